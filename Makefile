@@ -1,0 +1,40 @@
+# The two set-up commands: `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint bench chromium
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+demo: $(VENV)/.runtime
+	$(PY) -m pscsync.demo
+
+# Browser tests drive Debian's Chromium (never a downloaded browser); install it if missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else sudo -n apt-get install -y -qq chromium >/dev/null 2>&1 || echo "chromium is not installed: browser tests will be skipped"; fi; }
+
+# Tests run with production settings (DEBUG off) and throwaway keys.
+TEST_ENV := SECRET_KEY=$${SECRET_KEY:-test-only-secret-key-not-for-production-use-0123456789} \
+	PSCSYNC_CREDENTIALS_KEYS=$${PSCSYNC_CREDENTIALS_KEYS:-t1:dGVzdC1vbmx5LWNyZWRlbnRpYWxzLWtleS0zMmJ5dGU=} \
+	PSCSYNC_SECURE_COOKIES=false
+
+test: $(VENV)/.dev chromium
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(VENV)/.dev
+	$(PY) bench/ingest

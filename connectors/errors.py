@@ -1,0 +1,55 @@
+"""How a call to another system can fail. The class decides what the engine does next.
+
+- TransientError: nothing was applied (connection refused, 429, ...): retry with backoff.
+- UnknownOutcomeError: the request may have been applied (timeout after sending, reset, 5xx on a
+  write): look the object up by its key before trying again.
+- ValidationError, MappingError, RejectedError: a person must act; retrying cannot help.
+"""
+
+from __future__ import annotations
+
+
+class ConnectorError(Exception):
+    error_class = "error"
+    retryable = False
+
+    def __init__(self, message: str, *, http_status: int | None = None, response: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.response = response
+
+
+class TransientError(ConnectorError):
+    error_class = "transient"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class UnknownOutcomeError(ConnectorError):
+    error_class = "unknown"
+    retryable = True
+
+
+class ValidationError(ConnectorError):
+    error_class = "validation"
+
+
+class MappingError(ConnectorError):
+    error_class = "mapping"
+
+
+class RejectedError(ConnectorError):
+    error_class = "rejected"
+
+
+class WebhookRejected(Exception):
+    """A webhook delivery we refuse: the HTTP status and a message that says what is wrong."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message

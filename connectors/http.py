@@ -1,0 +1,123 @@
+"""All outbound HTTP goes through here: timeouts, no redirects, failures classified.
+
+One httpx client per process keeps connections alive between steps. Tests and connectors never
+reach deeper than `request()`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from connectors.errors import RejectedError, TransientError, UnknownOutcomeError
+
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 30.0
+
+_client: httpx.Client | None = None
+
+
+def _get_client() -> httpx.Client:
+    global _client
+    if _client is None:
+        _client = httpx.Client(
+            follow_redirects=False,
+            timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        )
+    return _client
+
+
+def reset_client() -> None:
+    """Drop pooled connections (after fork, or in tests)."""
+    global _client
+    if _client is not None:
+        _client.close()
+    _client = None
+
+
+@dataclass
+class HttpResult:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    elapsed_ms: int = 0
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _body(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:2000]
+
+
+def request(
+    method: str,
+    url: str,
+    *,
+    json: Any = None,
+    headers: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+    timeout: float | None = None,
+    accept_statuses: tuple[int, ...] = (),
+) -> HttpResult:
+    """Send one request. 2xx and `accept_statuses` come back; everything else raises.
+
+    A write whose fate we cannot know (timeout after sending, reset, 5xx) raises
+    UnknownOutcomeError, so the engine looks the object up before writing it again.
+    """
+    is_write = method.upper() not in {"GET", "HEAD", "OPTIONS"}
+    started = time.monotonic()
+    try:
+        response = _get_client().request(
+            method, url, json=json, headers=headers, params=params, timeout=timeout or httpx.USE_CLIENT_DEFAULT
+        )
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise TransientError(f"could not connect to {httpx.URL(url).host}: {exc.__class__.__name__}") from exc
+    except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
+        cls = UnknownOutcomeError if is_write else TransientError
+        raise cls(f"no answer from {httpx.URL(url).host} in time") from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        cls = UnknownOutcomeError if is_write else TransientError
+        raise cls(f"connection to {httpx.URL(url).host} broke before the answer: {exc}") from exc
+    elapsed_ms = int((time.monotonic() - started) * 1000)
+    body = _body(response)
+    result = HttpResult(status=response.status_code, body=body, headers=dict(response.headers), elapsed_ms=elapsed_ms)
+    status = response.status_code
+    if 200 <= status < 300 or status in accept_statuses:
+        return result
+    if status == 429:
+        raise TransientError(
+            "the target is rate limiting us (429)",
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            http_status=status,
+            response=body,
+        )
+    if status >= 500:
+        cls = UnknownOutcomeError if is_write else TransientError
+        raise cls(f"the target failed with {status}", http_status=status, response=body)
+    if 300 <= status < 400:
+        raise RejectedError(f"the target redirected ({status}); redirects are not followed", http_status=status)
+    if status in (401, 403):
+        raise RejectedError(
+            f"the target refused our credentials ({status}); check the connection's credentials",
+            http_status=status,
+            response=body,
+        )
+    raise RejectedError(f"the target rejected the request ({status}): {body}", http_status=status, response=body)

@@ -1,0 +1,87 @@
+"""Integration health figures, computed from stored records only (pages never call a vendor)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Count, Max, Q
+
+from connectors.models import Connection
+from pscsync import clock
+from pscsync.access import scope_queryset
+from pscsync.models import Attempt, Event, Handoff
+from pscsync.selectors import handoffs_visible_to
+
+OVERDUE_AFTER = dt.timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class HealthSummary:
+    by_status: dict[str, int]
+    oldest_open: Handoff | None
+    oldest_open_age: dt.timedelta | None
+    overdue: int
+    succeeded_last_hour: int
+    attempts_last_day: int
+    failed_attempts_last_day: int
+
+    @property
+    def failure_rate(self) -> float | None:
+        if not self.attempts_last_day:
+            return None
+        return self.failed_attempts_last_day / self.attempts_last_day
+
+
+FAILED_OUTCOMES = [
+    Attempt.Outcome.TRANSIENT,
+    Attempt.Outcome.UNKNOWN,
+    Attempt.Outcome.VALIDATION,
+    Attempt.Outcome.MAPPING,
+    Attempt.Outcome.REJECTED,
+    Attempt.Outcome.WORKER_LOST,
+]
+
+
+def health_summary(user: AbstractBaseUser | AnonymousUser) -> HealthSummary:
+    now = clock.now()
+    handoffs = handoffs_visible_to(user)
+    counts = dict(handoffs.values_list("status").annotate(n=Count("pk")).order_by())
+    by_status = {value: counts.get(value, 0) for value, _ in Handoff.Status.choices}
+    unfinished = handoffs.filter(status__in=["pending", "running", "waiting_retry"])
+    oldest = unfinished.order_by("created_at").first()
+    attempts = scope_queryset(
+        Attempt.objects.filter(started_at__gte=now - dt.timedelta(days=1)), user, "step__handoff__legal_entity"
+    )
+    totals = attempts.aggregate(all=Count("pk"), failed=Count("pk", filter=Q(outcome__in=FAILED_OUTCOMES)))
+    return HealthSummary(
+        by_status=by_status,
+        oldest_open=oldest,
+        oldest_open_age=(now - oldest.created_at) if oldest else None,
+        overdue=unfinished.filter(created_at__lt=now - OVERDUE_AFTER).count(),
+        succeeded_last_hour=handoffs.filter(status="succeeded", finished_at__gte=now - dt.timedelta(hours=1)).count(),
+        attempts_last_day=totals["all"],
+        failed_attempts_last_day=totals["failed"],
+    )
+
+
+def connection_activity(user: AbstractBaseUser | AnonymousUser) -> list[dict]:
+    """Per connection the user may see: events in the last day and the last one's time."""
+    now = clock.now()
+    connections = scope_queryset(Connection.objects.all(), user, "legal_entities")
+    events = scope_queryset(Event.objects.all(), user)
+    stats = {
+        row["connection"]: row
+        for row in events.values("connection")
+        .annotate(last=Max("received_at"), day=Count("pk", filter=Q(received_at__gte=now - dt.timedelta(days=1))))
+        .order_by()
+    }
+    return [
+        {
+            "connection": c,
+            "last_event_at": stats.get(c.pk, {}).get("last"),
+            "events_last_day": stats.get(c.pk, {}).get("day", 0),
+        }
+        for c in connections.order_by("name")
+    ]

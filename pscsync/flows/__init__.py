@@ -1,0 +1,20 @@
+"""Flows: ordered steps, each idempotent by a key derived from business data.
+
+A flow is data (a name, its steps, its attempt budget); the runner (pscsync.runner) does the
+rest: leases, attempts, retries, recovery. Flows call other systems only through the connector
+interface (connectors.base.Connector).
+"""
+
+from __future__ import annotations
+
+from pscsync.flows.base import Flow, StepContext, StepDef, UpsertStep
+from pscsync.flows.echo import ECHO_FLOW
+
+FLOWS: dict[str, Flow] = {flow.name: flow for flow in (ECHO_FLOW,)}
+
+
+def flow_get(name: str) -> Flow | None:
+    return FLOWS.get(name)
+
+
+__all__ = ["FLOWS", "Flow", "StepContext", "StepDef", "UpsertStep", "flow_get"]

@@ -1,0 +1,78 @@
+"""The shapes of a flow and its steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from connectors.base import WriteResult
+from connectors.registry import connector_for
+
+if TYPE_CHECKING:
+    from connectors.models import Connection
+    from pscsync.models import Handoff
+
+
+@dataclass
+class StepContext:
+    handoff: Handoff
+    # What earlier steps wrote, by step name: their external ids, for later steps to refer to.
+    results: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.handoff.payload
+
+
+class StepDef:
+    """One step. Subclasses say how to key, perform and find the write."""
+
+    name: str
+
+    def idempotency_key(self, ctx: StepContext) -> str:
+        raise NotImplementedError
+
+    def target(self, ctx: StepContext) -> Connection | None:
+        raise NotImplementedError
+
+    def perform(self, ctx: StepContext) -> WriteResult:
+        raise NotImplementedError
+
+    def find_existing(self, ctx: StepContext) -> WriteResult | None:
+        """After an unknown outcome: the object written under this step's key, if it exists."""
+        raise NotImplementedError
+
+
+@dataclass
+class UpsertStep(StepDef):
+    """Upsert one entity in a target system under a key built from business data."""
+
+    name: str
+    entity: str
+    key: Callable[[StepContext], str]
+    fields: Callable[[StepContext], dict[str, Any]]
+    # Which connection to write to; by default the one the change came from.
+    choose_target: Callable[[StepContext], Connection] = field(default=lambda ctx: ctx.handoff.source_connection)
+
+    def idempotency_key(self, ctx: StepContext) -> str:
+        return self.key(ctx)
+
+    def target(self, ctx: StepContext) -> Connection:
+        return self.choose_target(ctx)
+
+    def perform(self, ctx: StepContext) -> WriteResult:
+        connector = connector_for(self.target(ctx))
+        return connector.upsert(entity=self.entity, key=self.key(ctx), fields=self.fields(ctx))
+
+    def find_existing(self, ctx: StepContext) -> WriteResult | None:
+        return connector_for(self.target(ctx)).lookup(entity=self.entity, key=self.key(ctx))
+
+
+@dataclass(frozen=True)
+class Flow:
+    name: str
+    label: str
+    steps: tuple[StepDef, ...]
+    # Retryable failures allowed before the handoff goes to the workbench.
+    attempt_budget: int = 8

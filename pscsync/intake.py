@@ -1,0 +1,219 @@
+"""Intake: store an inbound change, dedupe it, and start or queue its handoff, in one transaction.
+
+The rules (DESIGN.md "Rules that must hold" 1 and 4):
+- An event is committed before anyone is told it was accepted; a duplicate delivery of the same
+  (connection, source event id) changes nothing.
+- One open handoff per (flow, business key). A newer change supersedes an open handoff that has
+  written nothing yet; otherwise it queues behind it and starts when that one ends. A change
+  older than one already applied or pending is stale and only recorded.
+- The handoff is published to the workers after commit; if that publish is lost, the sweeper
+  publishes it again (pscsync.sweeper), so a lost message delays a handoff but never drops it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+
+from connectors.base import InboundChange
+from connectors.models import Connection, PollCursor
+from pscsync import clock
+from pscsync.dispatch import handoffs_publish
+from pscsync.flows import flow_get
+from pscsync.models import Event, Handoff, LegalEntity, Step
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    event: Event
+    created: bool
+    handoff: Handoff | None
+
+
+def _legal_entity(connection: Connection, code: str) -> LegalEntity | None:
+    if code:
+        return connection.legal_entities.filter(code=code).first()
+    entities = list(connection.legal_entities.all()[:2])
+    # A connection serving exactly one entity needs no routing hint in the change.
+    return entities[0] if len(entities) == 1 else None
+
+
+def _store(connection: Connection, change: InboundChange, headers: dict[str, str], raw_body: str) -> Event | None:
+    try:
+        with transaction.atomic():
+            return Event.objects.create(
+                connection=connection,
+                source_event_id=change.source_event_id,
+                event_type=change.event_type,
+                flow=change.flow,
+                business_key=change.business_key,
+                legal_entity=_legal_entity(connection, change.legal_entity_code),
+                occurred_at=change.occurred_at,
+                source_sequence=change.sequence,
+                received_at=clock.now(),
+                headers=headers,
+                raw_body=raw_body,
+                payload=change.payload,
+            )
+    except IntegrityError:
+        return None  # the unique (connection, source_event_id) says we have it already
+
+
+def _latest_applied(flow: str, key: str) -> Event | None:
+    done = (
+        Handoff.objects.filter(flow=flow, business_key=key, status=Handoff.Status.SUCCEEDED)
+        .select_related("trigger_event")
+        .order_by("-trigger_event__occurred_at", "-trigger_event__source_sequence")
+        .first()
+    )
+    return done.trigger_event if done else None
+
+
+def _open_handoff(flow: str, key: str) -> Handoff | None:
+    return (
+        Handoff.objects.select_for_update()
+        .select_related("trigger_event")
+        .filter(flow=flow, business_key=key, status__in=Handoff.OPEN)
+        .first()
+    )
+
+
+def _has_written(handoff: Handoff) -> bool:
+    return Step.objects.filter(handoff=handoff, status__in=[Step.Status.SUCCEEDED, Step.Status.IN_FLIGHT]).exists()
+
+
+def handoff_start(*, event: Event) -> Handoff:
+    """Open a handoff for an event. The caller holds the transaction."""
+    now = clock.now()
+    handoff = Handoff.objects.create(
+        flow=event.flow,
+        business_key=event.business_key,
+        legal_entity=event.legal_entity,
+        source_connection=event.connection,
+        trigger_event=event,
+        payload=event.payload,
+        business_started_at=event.occurred_at,
+        created_at=now,
+        next_attempt_at=now,
+        dispatched_at=now,
+    )
+    event.status = Event.Status.ACCEPTED
+    event.handoff = handoff
+    event.save(update_fields=["status", "handoff"])
+    return handoff
+
+
+def _route(event: Event) -> Handoff | None:
+    """Decide what an event starts. Returns the handoff to publish, if any."""
+    if flow_get(event.flow) is None:
+        event.status = Event.Status.IGNORED
+        event.save(update_fields=["status"])
+        return None
+    applied = _latest_applied(event.flow, event.business_key)
+    if applied is not None and event.source_position <= applied.source_position:
+        event.status = Event.Status.STALE
+        event.save(update_fields=["status"])
+        return None
+    for _ in range(2):
+        open_handoff = _open_handoff(event.flow, event.business_key)
+        if open_handoff is None:
+            try:
+                with transaction.atomic():
+                    return handoff_start(event=event)
+            except IntegrityError:
+                continue  # another intake opened one for this key a moment ago: route against it
+        return _route_behind(event, open_handoff)
+    raise RuntimeError(f"could not route event {event.pk}: the open handoff keeps changing")
+
+
+def _route_behind(event: Event, open_handoff: Handoff) -> Handoff | None:
+    current = open_handoff.trigger_event
+    if event.source_position <= current.source_position:
+        event.status = Event.Status.STALE
+        event.save(update_fields=["status"])
+        return None
+    supersedable = open_handoff.status != Handoff.Status.RUNNING and not _has_written(open_handoff)
+    if not supersedable:
+        event.status = Event.Status.QUEUED
+        event.handoff = None
+        event.save(update_fields=["status", "handoff"])
+        return None
+    # Nothing of the older change reached any system yet: run the newer one in its place.
+    now = clock.now()
+    current.status = Event.Status.SUPERSEDED
+    current.save(update_fields=["status"])
+    open_handoff.trigger_event = event
+    open_handoff.payload = event.payload
+    open_handoff.superseded_count += 1
+    open_handoff.status = Handoff.Status.PENDING
+    open_handoff.attempt_count = 0
+    open_handoff.next_attempt_at = now
+    open_handoff.dispatched_at = now
+    open_handoff.save()
+    event.status = Event.Status.ACCEPTED
+    event.handoff = open_handoff
+    event.save(update_fields=["status", "handoff"])
+    return open_handoff
+
+
+def queued_event_start(*, flow: str, business_key: str) -> Handoff | None:
+    """When a key's handoff ends, start the newest queued change; older queued ones are superseded."""
+    queued = list(
+        Event.objects.select_for_update()
+        .filter(flow=flow, business_key=business_key, status=Event.Status.QUEUED)
+        .order_by("-occurred_at", "-source_sequence")
+    )
+    if not queued:
+        return None
+    newest, older = queued[0], queued[1:]
+    Event.objects.filter(pk__in=[e.pk for e in older]).update(status=Event.Status.SUPERSEDED)
+    applied = _latest_applied(flow, business_key)
+    if applied is not None and newest.source_position <= applied.source_position:
+        newest.status = Event.Status.STALE
+        newest.save(update_fields=["status"])
+        return None
+    return handoff_start(event=newest)
+
+
+def event_receive(
+    *, connection: Connection, change: InboundChange, headers: dict[str, str], raw_body: str
+) -> IntakeResult:
+    """Store one change and route it. Publishes the handoff after commit."""
+    with transaction.atomic():
+        event = _store(connection, change, headers, raw_body)
+        if event is None:
+            existing = Event.objects.get(connection=connection, source_event_id=change.source_event_id)
+            return IntakeResult(event=existing, created=False, handoff=None)
+        handoff = _route(event)
+        if handoff is not None:
+            handoff_id = handoff.pk
+            transaction.on_commit(lambda: handoffs_publish([handoff_id], fault_key=change.source_event_id))
+    return IntakeResult(event=event, created=True, handoff=handoff)
+
+
+def connection_poll(*, connection: Connection) -> int:
+    """Fetch changes since the stored cursor; store them and the new cursor in one transaction."""
+    from connectors.registry import connector_for
+
+    cursor, _ = PollCursor.objects.get_or_create(connection=connection)
+    changes, next_position = connector_for(connection).poll(cursor=cursor.position)
+    stored = 0
+    with transaction.atomic():
+        for change in changes:
+            result = event_receive(
+                connection=connection, change=change, headers={}, raw_body=json.dumps(change.payload)
+            )
+            stored += int(result.created)
+        PollCursor.objects.filter(pk=cursor.pk).update(position=next_position, polled_at=clock.now(), last_error="")
+    return stored
+
+
+def connection_poll_failed(*, connection: Connection, error: Exception) -> None:
+    """Keep the cursor where it was (nothing is skipped) and say why polling failed."""
+    log.warning("polling %s failed: %s", connection.slug, error)
+    PollCursor.objects.update_or_create(connection=connection, defaults={"last_error": str(error)[:2000]})

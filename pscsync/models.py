@@ -1,0 +1,281 @@
+"""The engine's records: legal entities, access scopes, events, handoffs, steps, attempts,
+cross references and the audit trail. State changes happen in services, never in save()."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class LegalEntity(models.Model):
+    """A subsidiary: the unit a user's access is limited to and a connection serves."""
+
+    code = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=120)
+    currency = models.CharField(max_length=3, default="USD")
+    country = models.CharField(max_length=2, blank=True)
+
+    class Meta:
+        ordering = ["code"]
+        verbose_name_plural = "legal entities"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AccessProfile(models.Model):
+    """Which legal entities a user sees. Neither entities nor all_entities means nothing at all."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access")
+    all_entities = models.BooleanField(default=False)
+    legal_entities = models.ManyToManyField(LegalEntity, blank=True, related_name="+")
+
+    def __str__(self) -> str:
+        return f"access of {self.user}"
+
+
+class Event(models.Model):
+    """An inbound change, stored raw before anything else happens. Unique per (connection, id)."""
+
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted", "Accepted"  # started a handoff
+        QUEUED = "queued", "Queued behind an open handoff for the same key"
+        SUPERSEDED = "superseded", "Superseded by a later change"
+        STALE = "stale", "Older than a change already applied"
+        IGNORED = "ignored", "Not handled by any flow"
+
+    connection = models.ForeignKey("connectors.Connection", on_delete=models.PROTECT, related_name="events")
+    source_event_id = models.CharField(max_length=200)
+    event_type = models.CharField(max_length=80, blank=True)
+    flow = models.CharField(max_length=40, blank=True)
+    business_key = models.CharField(max_length=200, blank=True)
+    legal_entity = models.ForeignKey(LegalEntity, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # Source order: when the change happened in the source system, then its version there.
+    occurred_at = models.DateTimeField()
+    source_sequence = models.BigIntegerField(default=0)
+    received_at = models.DateTimeField()
+    headers = models.JSONField(default=dict, blank=True)
+    raw_body = models.TextField()
+    payload = models.JSONField(default=dict)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.ACCEPTED)
+    handoff = models.ForeignKey("Handoff", null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "source_event_id"], name="event_unique_per_connection"),
+        ]
+        indexes = [models.Index(fields=["flow", "business_key", "status"], name="event_key_status")]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id}:{self.source_event_id}"
+
+    @property
+    def source_position(self) -> tuple:
+        return (self.occurred_at, self.source_sequence)
+
+
+class Handoff(models.Model):
+    """One run of one flow for one business key, e.g. quote-to-project for an opportunity."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        WAITING_RETRY = "waiting_retry", "Waiting to retry"
+        SUCCEEDED = "succeeded", "Succeeded"
+        NEEDS_ATTENTION = "needs_attention", "Needs attention"
+        RESOLVED = "resolved", "Resolved by a person"
+        CANCELLED = "cancelled", "Cancelled"
+
+    OPEN: ClassVar[frozenset[str]] = frozenset({"pending", "running", "waiting_retry", "needs_attention"})
+    TERMINAL: ClassVar[frozenset[str]] = frozenset({"succeeded", "resolved", "cancelled"})
+    # The only legal moves; anything else is a bug or a lost race.
+    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
+        "pending": frozenset({"running", "cancelled", "needs_attention"}),
+        "running": frozenset({"succeeded", "waiting_retry", "needs_attention", "running"}),
+        "waiting_retry": frozenset({"running", "cancelled", "needs_attention"}),
+        "needs_attention": frozenset({"pending", "resolved", "cancelled"}),
+    }
+
+    flow = models.CharField(max_length=40)
+    business_key = models.CharField(max_length=200)
+    legal_entity = models.ForeignKey(LegalEntity, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    source_connection = models.ForeignKey("connectors.Connection", on_delete=models.PROTECT, related_name="+")
+    trigger_event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+    payload = models.JSONField(default=dict, help_text="The input the steps map from (the trigger event's).")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    # Business time: when it happened in the source system (e.g. the deal closed).
+    business_started_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    business_finished_at = models.DateTimeField(null=True, blank=True)
+    # Scheduling: retries wait in the database, not in the broker (RELIABILITY.md CQ-3).
+    attempt_count = models.PositiveIntegerField(default=0, help_text="Runs that ended in a retryable failure.")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=120, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    worker_crashes = models.PositiveIntegerField(default=0)
+    superseded_count = models.PositiveIntegerField(default=0)
+    last_error_class = models.CharField(max_length=40, blank=True)
+    last_error_message = models.TextField(blank=True)
+    mapping_version = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One open handoff per business key (Temporal's workflow-id guard).
+            models.UniqueConstraint(
+                fields=["flow", "business_key"],
+                condition=Q(status__in=["pending", "running", "waiting_retry", "needs_attention"]),
+                name="one_open_handoff_per_key",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="handoff_due"),
+            models.Index(fields=["flow", "business_key", "-created_at"], name="handoff_key"),
+        ]
+        permissions = [
+            ("view_dashboards", "Can read dashboards"),
+            ("work_exceptions", "Can work exceptions: edit, resubmit, resolve, assign, replay"),
+            ("configure_integrations", "Can configure connections, credentials, mappings and SLAs"),
+            ("manage_users", "Can manage users and their access"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flow} {self.business_key}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in self.OPEN
+
+    def can_move_to(self, new: str) -> bool:
+        return new in self.TRANSITIONS.get(self.status, frozenset())
+
+
+class Step(models.Model):
+    """One step of a handoff. Succeeded steps are never sent again (recovery points)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        IN_FLIGHT = "in_flight", "In flight (outcome not yet stored)"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    handoff = models.ForeignKey(Handoff, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=60)
+    position = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    idempotency_key = models.CharField(max_length=200)
+    target_connection = models.ForeignKey(
+        "connectors.Connection", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    external_id = models.CharField(max_length=200, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["handoff", "position"]
+        constraints = [models.UniqueConstraint(fields=["handoff", "name"], name="step_unique_per_handoff")]
+
+    def __str__(self) -> str:
+        return f"{self.handoff_id}/{self.name}"
+
+
+class Attempt(models.Model):
+    """One try of a step: what was sent, what came back, how it ended."""
+
+    class Outcome(models.TextChoices):
+        IN_FLIGHT = "in_flight", "In flight"
+        SUCCEEDED = "succeeded", "Succeeded"
+        ADOPTED = "adopted", "Found already written, adopted"
+        TRANSIENT = "transient", "Temporary failure"
+        UNKNOWN = "unknown", "Outcome unknown"
+        VALIDATION = "validation", "Validation failed"
+        MAPPING = "mapping", "Mapping failed"
+        REJECTED = "rejected", "Rejected by the target"
+        WORKER_LOST = "worker_lost", "Worker died"
+
+    step = models.ForeignKey(Step, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    outcome = models.CharField(max_length=12, choices=Outcome.choices, default=Outcome.IN_FLIGHT)
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    request = models.JSONField(default=dict, blank=True)
+    response = models.JSONField(default=dict, blank=True)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error_class = models.CharField(max_length=40, blank=True)
+    error_message = models.TextField(blank=True)
+    external_id = models.CharField(max_length=200, blank=True)
+    retry_after_seconds = models.PositiveIntegerField(null=True, blank=True)
+    worker = models.CharField(max_length=120, blank=True)
+
+    class Meta:
+        ordering = ["step", "number"]
+        constraints = [models.UniqueConstraint(fields=["step", "number"], name="attempt_unique_number")]
+
+    def __str__(self) -> str:
+        return f"{self.step} #{self.number} {self.outcome}"
+
+
+class CrossReference(models.Model):
+    """The canonical id of an entity and its id in one system."""
+
+    entity_type = models.CharField(max_length=40)
+    canonical_id = models.CharField(max_length=200)
+    connection = models.ForeignKey("connectors.Connection", on_delete=models.PROTECT, related_name="+")
+    external_id = models.CharField(max_length=200)
+    legal_entity = models.ForeignKey(LegalEntity, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    handoff = models.ForeignKey(Handoff, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["entity_type", "canonical_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["entity_type", "canonical_id", "connection"], name="xref_one_id_per_system"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.entity_type}:{self.canonical_id} = {self.external_id}"
+
+
+class AuditEntry(models.Model):
+    """A human action or configuration change. Append-only (see audit.audit_record)."""
+
+    created_at = models.DateTimeField(db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Copied at write time so history survives the user's deletion.
+    actor_label = models.CharField(max_length=150)
+    action = models.CharField(max_length=60)
+    object_type = models.CharField(max_length=60)
+    object_id = models.CharField(max_length=60)
+    object_repr = models.CharField(max_length=200, blank=True)
+    legal_entity = models.ForeignKey(LegalEntity, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    comment = models.TextField(blank=True)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.actor_label} {self.action} {self.object_type}:{self.object_id}"
+
+    def save(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        # Append-only: an existing entry is never rewritten (PostgreSQL also refuses it by trigger).
+        if self.pk is not None:
+            raise PermissionError("audit entries are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        raise PermissionError("audit entries are append-only")

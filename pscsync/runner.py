@@ -1,0 +1,369 @@
+"""The handoff runner: lease, resume at the first unfinished step, record every attempt.
+
+Lifecycle of a handoff (Handoff.TRANSITIONS):
+  pending -> running -> succeeded
+                     -> waiting_retry -> running ...    (transient or unknown outcome, within budget)
+                     -> needs_attention                 (validation, mapping, rejected; budget spent;
+                                                         or the worker died on it too often)
+Recovery points: each attempt is committed as "in flight" before the call, and its result is
+committed before the next step starts. A step found in flight after a crash had an unknown
+outcome: the runner looks the object up by the step's key and adopts it if it exists, so a write
+applied just before a crash is never made twice.
+Every write to the handoff checks that this worker still holds the lease; a worker that lost it
+(it stalled past the lease and another took over) stops without writing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+
+from connectors.base import WriteResult
+from connectors.errors import ConnectorError, TransientError, UnknownOutcomeError
+from pscsync import clock
+from pscsync.faults import fault_point
+from pscsync.flows import Flow, StepContext, StepDef, flow_get
+from pscsync.intake import queued_event_start
+from pscsync.models import Attempt, CrossReference, Handoff, Step
+
+log = logging.getLogger(__name__)
+
+RETRY_BASE_SECONDS = 10.0
+RETRY_CAP_SECONDS = 3600.0
+
+
+class LeaseLost(Exception):
+    """Another worker owns this handoff now; stop without writing anything."""
+
+
+@dataclass
+class StepFailed(Exception):
+    error_class: str
+    message: str
+    retryable: bool
+    retry_after: float | None = None
+
+
+def retry_delay(attempt: int, *, retry_after: float | None = None, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter, never sooner than the target's Retry-After."""
+    base = getattr(settings, "RETRY_BASE_SECONDS", RETRY_BASE_SECONDS)
+    ceiling = min(RETRY_CAP_SECONDS, base * 2 ** max(attempt - 1, 0))
+    delay = (rng or random).uniform(0, ceiling)
+    return max(delay, retry_after or 0.0)
+
+
+def _lease_until(now: dt.datetime) -> dt.datetime:
+    return now + dt.timedelta(seconds=settings.LEASE_SECONDS)
+
+
+def _renew(handoff: Handoff, worker: str) -> dt.datetime:
+    """Inside a transaction: prove we still hold the lease and extend it, or raise LeaseLost."""
+    now = clock.now()
+    held = Handoff.objects.filter(pk=handoff.pk, lease_owner=worker, status=Handoff.Status.RUNNING).update(
+        lease_expires_at=_lease_until(now)
+    )
+    if held != 1:
+        raise LeaseLost(f"handoff {handoff.pk}: lease no longer held by {worker}")
+    return now
+
+
+def _lease(handoff_id: int, worker: str) -> Handoff | None:
+    """Take the handoff if it is due and nobody live holds it. Counts takeovers from dead workers."""
+    now = clock.now()
+    with transaction.atomic():
+        handoff = Handoff.objects.select_for_update().filter(pk=handoff_id).first()
+        if handoff is None or handoff.status not in {"pending", "waiting_retry", "running"}:
+            return None
+        if handoff.lease_expires_at is not None and handoff.lease_expires_at > now:
+            return None  # a live worker has it; this delivery is a duplicate
+        if handoff.status != Handoff.Status.RUNNING and handoff.next_attempt_at and handoff.next_attempt_at > now:
+            return None  # a retry that is not due yet
+        if handoff.status == Handoff.Status.RUNNING:
+            # The previous worker's lease ran out while it was running: it died or hung.
+            handoff.worker_crashes += 1
+            _record_worker_lost(handoff, now)
+            if handoff.worker_crashes >= settings.MAX_WORKER_CRASHES:
+                handoff.status = Handoff.Status.NEEDS_ATTENTION
+                handoff.last_error_class = "worker_lost"
+                handoff.last_error_message = (
+                    f"The worker processing this handoff died {handoff.worker_crashes} times (killed, out of "
+                    "memory or past its time limit). It was stopped so it cannot take other work down with it."
+                )
+                handoff.lease_owner = ""
+                handoff.lease_expires_at = None
+                handoff.finished_at = None
+                handoff.save()
+                return None
+        handoff.status = Handoff.Status.RUNNING
+        handoff.lease_owner = worker
+        handoff.lease_expires_at = _lease_until(now)
+        handoff.started_at = handoff.started_at or now
+        handoff.save()
+    return handoff
+
+
+def _record_worker_lost(handoff: Handoff, now: dt.datetime) -> None:
+    step = Step.objects.filter(handoff=handoff, status=Step.Status.IN_FLIGHT).order_by("position").first()
+    if step is None:
+        return
+    last = step.attempts.filter(outcome=Attempt.Outcome.IN_FLIGHT).order_by("-number").first()
+    if last is not None:
+        last.outcome = Attempt.Outcome.WORKER_LOST
+        last.error_class = "worker_lost"
+        last.error_message = "the worker died during this attempt; the outcome is checked before any retry"
+        last.duration_ms = int((now - last.started_at).total_seconds() * 1000)
+        last.save()
+
+
+def _ensure_steps(handoff: Handoff, flow: Flow) -> list[Step]:
+    existing = {s.name: s for s in Step.objects.filter(handoff=handoff)}
+    steps = []
+    for position, step_def in enumerate(flow.steps):
+        step = existing.get(step_def.name)
+        if step is None:
+            step = Step.objects.create(handoff=handoff, name=step_def.name, position=position, idempotency_key="")
+        steps.append(step)
+    return steps
+
+
+def _begin_attempt(handoff: Handoff, step: Step, step_def: StepDef, ctx: StepContext, worker: str) -> Attempt:
+    with transaction.atomic():
+        now = _renew(handoff, worker)
+        if not step.idempotency_key:
+            step.idempotency_key = step_def.idempotency_key(ctx)
+            target = step_def.target(ctx)
+            step.target_connection = target
+        step.status = Step.Status.IN_FLIGHT
+        step.save(update_fields=["status", "idempotency_key", "target_connection"])
+        number = (step.attempts.aggregate(n=Max("number"))["n"] or 0) + 1
+        return Attempt.objects.create(step=step, number=number, started_at=now, worker=worker)
+
+
+def _finish_attempt(
+    handoff: Handoff,
+    step: Step,
+    attempt: Attempt,
+    worker: str,
+    *,
+    outcome: str,
+    started: float,
+    result: WriteResult | None = None,
+    error: ConnectorError | None = None,
+) -> None:
+    with transaction.atomic():
+        now = _renew(handoff, worker)
+        attempt.outcome = outcome
+        attempt.duration_ms = int((time.monotonic() - started) * 1000)
+        if result is not None:
+            attempt.request = _jsonable(result.request)
+            attempt.response = _jsonable(result.response)
+            attempt.http_status = result.http_status
+            attempt.external_id = result.external_id
+        if error is not None:
+            attempt.error_class = error.error_class
+            attempt.error_message = error.message
+            attempt.http_status = error.http_status
+            attempt.response = _jsonable(error.response) if error.response is not None else {}
+            if isinstance(error, TransientError) and error.retry_after is not None:
+                attempt.retry_after_seconds = int(error.retry_after)
+        attempt.save()
+        if outcome in (Attempt.Outcome.SUCCEEDED, Attempt.Outcome.ADOPTED):
+            step.status = Step.Status.SUCCEEDED
+            step.external_id = result.external_id if result else ""
+            step.finished_at = now
+            step.save(update_fields=["status", "external_id", "finished_at"])
+            if step.target_connection_id and step.external_id:
+                _cross_reference(handoff, step, now)
+        elif outcome != Attempt.Outcome.UNKNOWN:
+            # An unknown outcome leaves the step in flight, so the next run looks before writing.
+            step.status = Step.Status.FAILED
+            step.save(update_fields=["status"])
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None:
+        return {}
+    if isinstance(value, (dict, list, str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _cross_reference(handoff: Handoff, step: Step, now: dt.datetime) -> None:
+    CrossReference.objects.update_or_create(
+        entity_type=step.name.removeprefix("upsert_"),
+        canonical_id=step.idempotency_key,
+        connection_id=step.target_connection_id,
+        defaults={
+            "external_id": step.external_id,
+            "legal_entity": handoff.legal_entity,
+            "handoff": handoff,
+            "updated_at": now,
+        },
+        create_defaults={
+            "external_id": step.external_id,
+            "legal_entity": handoff.legal_entity,
+            "handoff": handoff,
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+
+
+def _run_step(handoff: Handoff, step: Step, step_def: StepDef, ctx: StepContext, worker: str) -> str:
+    """Run one step to success, or raise StepFailed. Returns the external id written."""
+    recovering = step.status == Step.Status.IN_FLIGHT
+    attempt = _begin_attempt(handoff, step, step_def, ctx, worker)
+    started = time.monotonic()
+    if recovering:
+        # The last try may have been applied before its worker died: look before writing again.
+        try:
+            existing = step_def.find_existing(ctx)
+        except ConnectorError as exc:
+            _finish_attempt(handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc)
+            raise _failure(exc) from exc
+        if existing is not None:
+            _finish_attempt(
+                handoff, step, attempt, worker, outcome=Attempt.Outcome.ADOPTED, started=started, result=existing
+            )
+            return existing.external_id
+    fault_point("before_target_call", handoff.business_key)
+    try:
+        result = step_def.perform(ctx)
+    except UnknownOutcomeError as exc:
+        result = _adopt_after_unknown(step_def, ctx)
+        if result is None:
+            _finish_attempt(handoff, step, attempt, worker, outcome=Attempt.Outcome.UNKNOWN, started=started, error=exc)
+            raise _failure(exc) from exc
+        _finish_attempt(handoff, step, attempt, worker, outcome=Attempt.Outcome.ADOPTED, started=started, result=result)
+        return result.external_id
+    except ConnectorError as exc:
+        _finish_attempt(handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc)
+        raise _failure(exc) from exc
+    except Exception as exc:
+        # A defect on our side (mapping code, an unexpected response). The write may have happened,
+        # so the step stays in flight and a resubmit looks before writing; a person must look.
+        log.exception("handoff %s step %s failed unexpectedly", handoff.pk, step.name)
+        internal = ConnectorError(f"internal error: {exc.__class__.__name__}: {exc}")
+        internal.error_class = "internal"
+        _finish_attempt(
+            handoff, step, attempt, worker, outcome=Attempt.Outcome.UNKNOWN, started=started, error=internal
+        )
+        raise StepFailed("internal", internal.message, retryable=False) from exc
+    fault_point("after_target_call_before_commit", step.idempotency_key)
+    _finish_attempt(handoff, step, attempt, worker, outcome=Attempt.Outcome.SUCCEEDED, started=started, result=result)
+    return result.external_id
+
+
+def _adopt_after_unknown(step_def: StepDef, ctx: StepContext) -> WriteResult | None:
+    try:
+        return step_def.find_existing(ctx)
+    except ConnectorError:
+        return None  # still unknown; the step stays in flight and the next run looks again
+
+
+def _outcome_of(exc: ConnectorError) -> str:
+    return {
+        "transient": Attempt.Outcome.TRANSIENT,
+        "unknown": Attempt.Outcome.UNKNOWN,
+        "validation": Attempt.Outcome.VALIDATION,
+        "mapping": Attempt.Outcome.MAPPING,
+    }.get(exc.error_class, Attempt.Outcome.REJECTED)
+
+
+def _failure(exc: ConnectorError) -> StepFailed:
+    return StepFailed(
+        error_class=exc.error_class,
+        message=exc.message,
+        retryable=exc.retryable,
+        retry_after=getattr(exc, "retry_after", None),
+    )
+
+
+def _fail(handoff: Handoff, flow: Flow, step: Step, failure: StepFailed, worker: str) -> str:
+    with transaction.atomic():
+        now = _renew(handoff, worker)
+        handoff.refresh_from_db()
+        handoff.last_error_class = failure.error_class
+        handoff.lease_owner = ""
+        handoff.lease_expires_at = None
+        if failure.retryable:
+            handoff.attempt_count += 1
+        if failure.retryable and handoff.attempt_count < flow.attempt_budget:
+            delay = retry_delay(handoff.attempt_count, retry_after=failure.retry_after)
+            handoff.status = Handoff.Status.WAITING_RETRY
+            handoff.next_attempt_at = now + dt.timedelta(seconds=delay)
+            handoff.last_error_message = (
+                f"{step.name}: {failure.message} (retry {handoff.attempt_count} in {delay:.0f} s)"
+            )
+        else:
+            handoff.status = Handoff.Status.NEEDS_ATTENTION
+            handoff.next_attempt_at = None
+            spent = f" after {handoff.attempt_count} attempts" if failure.retryable else ""
+            handoff.last_error_message = f"{step.name}: {failure.message}{spent}"
+        handoff.save()
+        return handoff.status
+
+
+def _succeed(handoff: Handoff, worker: str) -> None:
+    with transaction.atomic():
+        now = _renew(handoff, worker)
+        handoff.refresh_from_db()
+        handoff.status = Handoff.Status.SUCCEEDED
+        handoff.finished_at = now
+        handoff.business_finished_at = now
+        handoff.lease_owner = ""
+        handoff.lease_expires_at = None
+        handoff.next_attempt_at = None
+        handoff.last_error_class = ""
+        handoff.last_error_message = ""
+        handoff.save()
+        following = queued_event_start(flow=handoff.flow, business_key=handoff.business_key)
+        if following is not None:
+            from pscsync.dispatch import handoffs_publish
+
+            following_id = following.pk
+            transaction.on_commit(lambda: handoffs_publish([following_id]))
+
+
+def handoff_run(*, handoff_id: int, worker: str) -> str:
+    """Run a handoff from its first unfinished step. Safe to call twice: the lease decides."""
+    handoff = _lease(handoff_id, worker)
+    if handoff is None:
+        return "skipped"
+    flow = flow_get(handoff.flow)
+    if flow is None:
+        failure = StepFailed("mapping", f"no flow named {handoff.flow!r} is installed", retryable=False)
+        with transaction.atomic():
+            _renew(handoff, worker)
+            Handoff.objects.filter(pk=handoff.pk).update(
+                status=Handoff.Status.NEEDS_ATTENTION,
+                last_error_class=failure.error_class,
+                last_error_message=failure.message,
+                lease_owner="",
+                lease_expires_at=None,
+            )
+        return Handoff.Status.NEEDS_ATTENTION
+    ctx = StepContext(handoff=handoff)
+    try:
+        steps = _ensure_steps(handoff, flow)
+        for step_def, step in zip(flow.steps, steps, strict=True):
+            if step.status == Step.Status.SUCCEEDED:
+                ctx.results[step.name] = step.external_id
+                continue
+            try:
+                ctx.results[step.name] = _run_step(handoff, step, step_def, ctx, worker)
+            except StepFailed as failure:
+                return _fail(handoff, flow, step, failure, worker)
+        _succeed(handoff, worker)
+    except LeaseLost:
+        log.warning("handoff %s: lease lost by %s; another worker continues it", handoff_id, worker)
+        return "lease_lost"
+    return Handoff.Status.SUCCEEDED

@@ -1,0 +1,41 @@
+"""Reads that pages, the API and tasks share. Every one is scoped to the user's legal entities."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Q, QuerySet
+from django.shortcuts import get_object_or_404
+
+from pscsync.access import scope_queryset
+from pscsync.models import Event, Handoff
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def handoffs_visible_to(user: User) -> QuerySet[Handoff]:
+    return scope_queryset(Handoff.objects.select_related("legal_entity", "source_connection"), user)
+
+
+def handoff_get_for_user(*, user: User, pk: int) -> Handoff:
+    """The handoff, or 404, also when it belongs to an entity the user may not see."""
+    return get_object_or_404(handoffs_visible_to(user), pk=pk)
+
+
+def handoffs_filtered(user: User, *, status: str = "", flow: str = "", q: str = "") -> QuerySet[Handoff]:
+    qs = handoffs_visible_to(user)
+    if status:
+        qs = qs.filter(status=status)
+    if flow:
+        qs = qs.filter(flow=flow)
+    if q:
+        qs = qs.filter(Q(business_key__icontains=q) | Q(last_error_message__icontains=q))
+    return qs.order_by("-created_at")
+
+
+def events_for_handoff(handoff: Handoff) -> QuerySet[Event]:
+    """The trigger event and every later change for the same key (queued, superseded, stale)."""
+    return (
+        Event.objects.filter(flow=handoff.flow, business_key=handoff.business_key)
+        .select_related("connection")
+        .order_by("occurred_at", "source_sequence")
+    )

@@ -1,0 +1,103 @@
+"""Set-up services: legal entities, connections and users with their roles and scope."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, Group
+from django.db import transaction
+
+from connectors.models import Connection
+from pscsync.access import ensure_roles
+from pscsync.audit import audit_record
+from pscsync.models import AccessProfile, LegalEntity
+
+
+def new_webhook_secret() -> str:
+    import base64
+
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@transaction.atomic
+def user_provision(
+    *,
+    username: str,
+    password: str,
+    role: str,
+    entities: Iterable[LegalEntity] = (),
+    all_entities: bool = False,
+    actor: AbstractBaseUser | None = None,
+) -> AbstractBaseUser:
+    """Create or update a user with exactly one role and the given legal-entity scope."""
+    ensure_roles()
+    user_model = get_user_model()
+    user, created = user_model.objects.get_or_create(username=username)
+    user.set_password(password)
+    user.is_active = True
+    user.save()
+    user.groups.set([Group.objects.get(name=role)])
+    profile, _ = AccessProfile.objects.get_or_create(user=user)
+    profile.all_entities = all_entities
+    profile.save()
+    profile.legal_entities.set(list(entities))
+    audit_record(
+        actor=actor,
+        actor_label="" if actor else "system:setup",
+        action="user.provision",
+        obj=user,
+        after={"role": role, "all_entities": all_entities, "entities": [e.code for e in entities]},
+    )
+    return user
+
+
+@transaction.atomic
+def connection_save(
+    *,
+    slug: str,
+    name: str,
+    kind: str,
+    vendor: str,
+    base_url: str,
+    entities: Iterable[LegalEntity],
+    credentials: dict[str, Any] | None = None,
+    intake: str = Connection.Intake.WEBHOOK,
+    is_sandbox: bool = False,
+    actor: AbstractBaseUser | None = None,
+) -> Connection:
+    """Create or update a connection. Credentials are sealed; the audit trail records that they
+    changed, never what they are."""
+    connection = Connection.objects.filter(slug=slug).first()
+    before = _connection_snapshot(connection) if connection else {}
+    connection = connection or Connection(slug=slug)
+    connection.name, connection.kind, connection.vendor = name, kind, vendor
+    connection.base_url, connection.intake, connection.is_sandbox = base_url, intake, is_sandbox
+    if credentials is not None:
+        connection.set_credentials(credentials)
+    connection.save()
+    connection.legal_entities.set(list(entities))
+    after = _connection_snapshot(connection)
+    after["credentials_changed"] = credentials is not None
+    audit_record(
+        actor=actor,
+        actor_label="" if actor else "system:setup",
+        action="connection.save",
+        obj=connection,
+        before=before,
+        after=after,
+    )
+    return connection
+
+
+def _connection_snapshot(connection: Connection) -> dict[str, Any]:
+    return {
+        "name": connection.name,
+        "kind": connection.kind,
+        "vendor": connection.vendor,
+        "base_url": connection.base_url,
+        "intake": connection.intake,
+        "entities": sorted(connection.legal_entities.values_list("code", flat=True)) if connection.pk else [],
+    }

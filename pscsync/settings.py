@@ -1,0 +1,249 @@
+"""pscsync settings: one file, read top to bottom, every deploy-time value from the environment.
+
+The defaults give the embedded set-up (SQLite in WAL mode under var/, a broker kept in files
+under var/) so `make demo` runs on a bare machine with the same web, worker and beat processes
+as production. DATABASE_URL and CELERY_BROKER_URL switch to PostgreSQL and Redis.
+Every variable is listed in .env.example.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.getenv(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() not in {"true", "false", "1", "0"}:
+        raise ImproperlyConfigured(f"{name} must be 'true' or 'false', got {raw!r}")
+    return raw.lower() in {"true", "1"}
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.getenv(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.getenv(name)
+    if raw is None or raw == "":
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+VAR_DIR = Path(os.getenv("PSCSYNC_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("PSCSYNC_DEBUG", False)
+
+SECRET_KEY = os.getenv("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is required when PSCSYNC_DEBUG is off. `make demo` writes one to var/demo.env."
+        )
+    SECRET_KEY = "insecure-development-key-only-for-debug-runs-0123456789abcdef"  # noqa: S105 (DEBUG only)
+
+# Key for the authenticated encryption of connector credentials: 32 bytes, urlsafe base64.
+# Several keys may be listed as "id:key,id:key"; the first encrypts, all decrypt (rotation).
+CREDENTIALS_KEYS = os.getenv("PSCSYNC_CREDENTIALS_KEYS", "")
+if not CREDENTIALS_KEYS:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "PSCSYNC_CREDENTIALS_KEYS is required when PSCSYNC_DEBUG is off "
+            "(python -m pscsync.crypto prints a new one)."
+        )
+    CREDENTIALS_KEYS = "dev:ZGV2ZWxvcG1lbnQta2V5LW5vdC1mb3ItcHJvZC11c2U="
+
+ALLOWED_HOSTS = env_list("PSCSYNC_ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_htmx",
+    "pscsync.apps.PscsyncConfig",
+    "connectors.apps.ConnectorsConfig",
+    "remediation.apps.RemediationConfig",
+    "dashboards.apps.DashboardsConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "pscsync.urls"
+WSGI_APPLICATION = "pscsync.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "pscsync.access.navigation",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------------------
+DATABASE_URL = os.getenv("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL, conn_max_age=env_int("PSCSYNC_CONN_MAX_AGE", 60), conn_health_checks=True
+        )
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "pscsync.sqlite3",
+            "OPTIONS": {
+                # IMMEDIATE takes the write lock at BEGIN, so two writers queue instead of one
+                # failing with "database is locked" half-way through a transaction.
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Auth and sessions --------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+SESSION_COOKIE_AGE = env_int("PSCSYNC_SESSION_SECONDS", 12 * 3600)
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+# Secure cookies need HTTPS; the demo on http://127.0.0.1 turns this off explicitly.
+SECURE_COOKIES = env_bool("PSCSYNC_SECURE_COOKIES", not DEBUG)
+SESSION_COOKIE_SECURE = SECURE_COOKIES
+CSRF_COOKIE_SECURE = SECURE_COOKIES
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.getenv("PSCSYNC_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- The sync engine ----------------------------------------------------------------------
+# Webhook bodies above this size are refused with 413 before anything is read into memory.
+WEBHOOK_MAX_BODY_BYTES = env_int("PSCSYNC_WEBHOOK_MAX_BODY_BYTES", 1024 * 1024)
+# Signed timestamps further than this from our clock, either way, are refused (Standard Webhooks).
+WEBHOOK_TOLERANCE_SECONDS = 300
+# How long a worker owns a handoff. Longer than the task hard time limit, so a live worker never
+# loses its lease mid-step; a dead worker's handoff is taken over once it expires.
+TASK_HARD_TIME_LIMIT_SECONDS = env_int("PSCSYNC_TASK_TIME_LIMIT", 300)
+LEASE_SECONDS = env_int("PSCSYNC_LEASE_SECONDS", TASK_HARD_TIME_LIMIT_SECONDS + 60)
+# The sweeper runs this often, re-publishing due retries and handoffs whose lease expired.
+SWEEP_SECONDS = env_int("PSCSYNC_SWEEP_SECONDS", 5)
+# A pending handoff already published is published again only after this long (lost message).
+REDISPATCH_SECONDS = env_int("PSCSYNC_REDISPATCH_SECONDS", 60)
+# A worker that dies this many times on one handoff stops it: it needs a person (poison message).
+MAX_WORKER_CRASHES = env_int("PSCSYNC_MAX_WORKER_CRASHES", 3)
+POLL_SECONDS = env_int("PSCSYNC_POLL_SECONDS", 30)
+# Injectable clock: "system", or "scaled:<speed>@<ISO start>" to run business time fast in demos.
+CLOCK = os.getenv("PSCSYNC_CLOCK", "system")
+# Named fault points for the fault tests; refused unless explicitly allowed (never in production).
+FAULTS = os.getenv("PSCSYNC_FAULTS", "")
+FAULTS_ALLOWED = env_bool("PSCSYNC_ALLOW_FAULTS", False)
+FAULTS_DIR = VAR_DIR / "faults"
+
+# --- Celery -------------------------------------------------------------------------------
+CELERY_BROKER_URL = os.getenv("CELERY_BROKER_URL", "filesystem://")
+_VISIBILITY_TIMEOUT = env_int("PSCSYNC_VISIBILITY_TIMEOUT", 3600)
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # The embedded broker: messages are files under var/broker, so web, worker and beat
+    # processes on one machine share a queue without any server.
+    _broker_dir = VAR_DIR / "broker"
+    for _sub in ("queue", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _VISIBILITY_TIMEOUT}
+# Redis redelivers an unacked message after this; it must exceed the task hard time limit, or a
+# slow task runs twice (celery#2599). Checked at start-up by pscsync.checks.
+VISIBILITY_TIMEOUT_SECONDS = _VISIBILITY_TIMEOUT
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Ack after the task returns, requeue when the worker child dies, take one message at a time:
+# the broker is a doorbell, PostgreSQL is the ledger (RELIABILITY.md CQ-1).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = TASK_HARD_TIME_LIMIT_SECONDS
+CELERY_TASK_SOFT_TIME_LIMIT = max(TASK_HARD_TIME_LIMIT_SECONDS - 10, 1)
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 10.0
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "sweep-handoffs": {"task": "pscsync.tasks.handoffs_sweep_task", "schedule": float(SWEEP_SECONDS)},
+    "poll-connections": {"task": "pscsync.tasks.connections_poll_task", "schedule": float(POLL_SECONDS)},
+}
+
+DEMO_PASSWORD = os.getenv("DEMO_PASSWORD", "")

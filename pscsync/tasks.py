@@ -1,0 +1,58 @@
+"""Celery tasks: thin, take ids, safe to repeat. The services decide; the lease guards."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from celery import shared_task
+
+from connectors.http import reset_client
+
+
+def _worker_name(task_id: str | None) -> str:
+    # Unique per delivery: a redelivered duplicate of the same message never shares a lease.
+    return f"{socket.gethostname()}:{os.getpid()}:{task_id or '-'}"
+
+
+@shared_task(bind=True, name="pscsync.tasks.handoff_run_task")
+def handoff_run_task(self, handoff_id: int) -> str:  # noqa: ANN001
+    from pscsync.runner import handoff_run
+
+    return handoff_run(handoff_id=handoff_id, worker=_worker_name(self.request.id))
+
+
+@shared_task(name="pscsync.tasks.handoffs_sweep_task")
+def handoffs_sweep_task() -> int:
+    from pscsync.sweeper import handoffs_sweep
+
+    return len(handoffs_sweep())
+
+
+@shared_task(name="pscsync.tasks.connections_poll_task")
+def connections_poll_task() -> int:
+    from connectors.models import Connection
+
+    ids = list(Connection.objects.filter(is_active=True, intake=Connection.Intake.POLL).values_list("pk", flat=True))
+    for connection_id in ids:
+        connection_poll_task.delay(connection_id)
+    return len(ids)
+
+
+@shared_task(name="pscsync.tasks.connection_poll_task")
+def connection_poll_task(connection_id: int) -> int:
+    from connectors.models import Connection
+    from pscsync.intake import connection_poll, connection_poll_failed
+
+    connection = Connection.objects.filter(pk=connection_id, is_active=True).first()
+    if connection is None:
+        return 0
+    try:
+        return connection_poll(connection=connection)
+    except Exception as exc:
+        connection_poll_failed(connection=connection, error=exc)
+        return 0
+
+
+# A forked worker child must not reuse the parent's pooled HTTP connections.
+os.register_at_fork(after_in_child=reset_client)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from django.contrib.auth import views as auth_views
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+from django.views.decorators.http import require_GET
+
+from connectors.webhooks import webhook_receive
+from pscsync import views
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness for load balancers: answers 200 only when the database answers."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:
+        return JsonResponse({"ok": False}, status=503)
+    return JsonResponse({"ok": True})
+
+
+handoff_patterns = (
+    [path("", views.handoff_list, name="list"), path("<int:pk>/", views.handoff_detail, name="detail")],
+    "handoffs",
+)
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("healthz", healthz, name="healthz"),
+    path("webhooks/<slug:slug>/", webhook_receive, name="webhook"),
+    path("handoffs/", include(handoff_patterns)),
+    path("dashboards/", include("dashboards.urls")),
+    path("workbench/", include("remediation.urls")),
+    path("connections/", include("connectors.urls")),
+]

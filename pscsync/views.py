@@ -1,0 +1,65 @@
+"""Pages of the engine: home and the handoff list and detail. Thin: parse, select, render."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET
+
+from pscsync.access import VIEW_HANDOFFS, navigation, permission_required
+from pscsync.flows import FLOWS
+from pscsync.models import Handoff
+from pscsync.secrets import mask_secrets
+from pscsync.selectors import events_for_handoff, handoff_get_for_user, handoffs_filtered
+
+
+@login_required
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    """Send each user to the first page their role may use."""
+    items = navigation(request)["nav_items"]
+    if items:
+        return redirect(items[0]["url"])
+    return render(request, "no_access.html", status=403)
+
+
+@permission_required(VIEW_HANDOFFS)
+@require_GET
+def handoff_list(request: HttpRequest) -> HttpResponse:
+    status = request.GET.get("status", "")
+    flow = request.GET.get("flow", "")
+    q = request.GET.get("q", "").strip()
+    qs = handoffs_filtered(request.user, status=status, flow=flow, q=q)
+    page = Paginator(qs, 50).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "status": status,
+        "flow": flow,
+        "q": q,
+        "statuses": Handoff.Status.choices,
+        "flows": [(f.name, f.label) for f in FLOWS.values()],
+    }
+    if request.htmx and not request.htmx.boosted:
+        return render(request, "handoffs/_table.html", context)
+    return render(request, "handoffs/list.html", context)
+
+
+@permission_required(VIEW_HANDOFFS)
+@require_GET
+def handoff_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    handoff = handoff_get_for_user(user=request.user, pk=pk)
+    steps = list(handoff.steps.select_related("target_connection").prefetch_related("attempts"))
+    for step in steps:
+        step.shown_attempts = [
+            {"attempt": a, "request": mask_secrets(a.request), "response": mask_secrets(a.response)}
+            for a in step.attempts.all()
+        ]
+    context = {
+        "handoff": handoff,
+        "steps": steps,
+        "events": events_for_handoff(handoff),
+        "flow": FLOWS.get(handoff.flow),
+    }
+    return render(request, "handoffs/detail.html", context)

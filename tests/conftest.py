@@ -1,0 +1,136 @@
+"""Shared fixtures: the cast (viewer, operator, admin, outsider), legal entities, the echo target,
+and the live stack (web, worker, beat as real processes) for integration tests.
+
+Tests that need PostgreSQL or Redis are skipped, with the reason, when those are not reachable;
+in CI (PSCSYNC_REQUIRE_SERVICES=true) they fail instead, so CI never passes by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.helpers import EchoTarget, free_port
+
+REQUIRE_SERVICES = os.getenv("PSCSYNC_REQUIRE_SERVICES", "").lower() in {"1", "true"}
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def services_missing() -> str:
+    """Why integration tests cannot run here, or '' when they can."""
+    db = os.getenv("DATABASE_URL", "")
+    broker = os.getenv("CELERY_BROKER_URL", "")
+    if not db.startswith("postgres"):
+        return "DATABASE_URL does not point at PostgreSQL"
+    if not broker.startswith("redis"):
+        return "CELERY_BROKER_URL does not point at Redis"
+    if not _reachable(db, 5432):
+        return f"PostgreSQL at {urlparse(db).hostname} is not reachable"
+    if not _reachable(broker, 6379):
+        return f"Redis at {urlparse(broker).hostname} is not reachable"
+    return ""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = services_missing()
+    if not reason:
+        return
+    if REQUIRE_SERVICES:
+        raise pytest.UsageError(f"integration tests cannot run: {reason} (PSCSYNC_REQUIRE_SERVICES is on)")
+    skip = pytest.mark.skip(reason=f"needs PostgreSQL and Redis: {reason}")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fast_hasher(settings) -> None:  # noqa: ANN001
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def entities(db):  # noqa: ANN001, ANN201
+    from pscsync.models import LegalEntity
+
+    us = LegalEntity.objects.create(code="us", name="Acme Consulting Inc.", currency="USD", country="US")
+    uk = LegalEntity.objects.create(code="uk", name="Acme Consulting Ltd.", currency="GBP", country="GB")
+    return {"us": us, "uk": uk}
+
+
+def _person(username: str, role: str, entities: list, all_entities: bool = False):  # noqa: ANN001, ANN202
+    from pscsync.services import user_provision
+
+    return user_provision(
+        username=username, password="a-long-test-password", role=role, entities=entities, all_entities=all_entities
+    )
+
+
+@pytest.fixture
+def viewer(entities):  # noqa: ANN001, ANN201
+    return _person("vera.viewer", "viewer", [entities["us"]])
+
+
+@pytest.fixture
+def operator(entities):  # noqa: ANN001, ANN201
+    return _person("otto.operator", "operator", [entities["us"]])
+
+
+@pytest.fixture
+def admin(entities):  # noqa: ANN001, ANN201
+    return _person("ada.admin", "admin", [], all_entities=True)
+
+
+@pytest.fixture
+def outsider(entities):  # noqa: ANN001, ANN201
+    """An operator who works for the UK entity only: must never see US records."""
+    return _person("uma.outsider", "operator", [entities["uk"]])
+
+
+@pytest.fixture(scope="session")
+def echo_target():  # noqa: ANN201
+    target = EchoTarget(port=free_port())
+    target.start()
+    yield target
+    target.stop()
+
+
+@pytest.fixture
+def echo(echo_target):  # noqa: ANN001, ANN201
+    echo_target.reset()
+    return echo_target
+
+
+@pytest.fixture
+def echo_connection(entities, echo):  # noqa: ANN001, ANN201
+    """An echo connection serving the US entity, with a current and a previous webhook secret."""
+    import datetime as dt
+
+    from connectors.models import Connection
+    from pscsync.services import connection_save
+    from tests.helpers import OLD_SECRET, SECRET
+
+    rotation_ends = (dt.datetime.now(tz=dt.UTC) + dt.timedelta(days=1)).isoformat()
+    return connection_save(
+        slug="echo-us",
+        name="Echo US",
+        kind=Connection.Kind.TEST,
+        vendor=Connection.Vendor.ECHO,
+        base_url=echo.url,
+        entities=[entities["us"]],
+        credentials={
+            "token": echo.token,
+            "webhook_secrets": [{"secret": SECRET}, {"secret": OLD_SECRET, "expires_at": rotation_ends}],
+        },
+        is_sandbox=True,
+    )

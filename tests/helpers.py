@@ -1,0 +1,171 @@
+"""Test helpers: processes we start (echo target, web, worker, beat), signed deliveries, the
+ledger checker every fault test uses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # test-only
+OLD_SECRET = "whsec_" + "C2FVsBQIhrscChlQIMV+b5sSYspob7oD"  # test-only
+TOKEN = "echo-test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+def sign(body: bytes, *, msg_id: str, timestamp: int | None = None, secret: str = SECRET) -> dict[str, str]:
+    """Headers of a Standard Webhooks delivery, signed by the reference implementation."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    signature = Webhook(secret).sign(msg_id, dt.datetime.fromtimestamp(ts, tz=dt.UTC), body.decode())
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+    }
+
+
+def change_body(key: str, version: int = 1, *, data: dict[str, Any] | None = None, entity: str = "") -> bytes:
+    occurred = dt.datetime(2026, 11, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=version)
+    body: dict[str, Any] = {
+        "type": "record.changed",
+        "key": key,
+        "version": version,
+        "occurred_at": occurred.isoformat(),
+        "data": data if data is not None else {"amount": f"{100 * version}.00", "name": f"Customer {key}"},
+    }
+    if entity:
+        body["legal_entity"] = entity
+    return json.dumps(body).encode()
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        # Own process group, so kill() takes the worker's children with it, as `kill -9` on a host would.
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass
+class EchoTarget:
+    port: int
+    token: str = TOKEN
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = Process(
+            "echo",
+            [PYTHON, "-m", "connectors.sandboxes.echo", "--port", str(self.port), "--token", self.token],
+            dict(os.environ),
+            ROOT / "var" / "test-logs" / f"echo-{self.port}.log",
+        )
+        self.process.start()
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_reset", timeout=5).raise_for_status()
+
+    def fault(self, **spec: Any) -> None:
+        httpx.post(f"{self.url}/_faults", json=spec, timeout=5).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/_stats", timeout=5).json()
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        rows = httpx.get(f"{self.url}/_records", timeout=5).json()["records"]
+        return {f"{r['entity']}/{r['key']}": r for r in rows}
+
+
+ENTITIES = {"customer": "CUST", "project": "PRJ", "invoice": "INV"}
+
+
+@dataclass
+class LedgerReport:
+    """The checker every fault test uses: acknowledged keys against what the target holds."""
+
+    lost: list[str] = field(default_factory=list)
+    duplicated: dict[str, int] = field(default_factory=dict)
+    orphaned: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.lost or self.duplicated or self.orphaned)
+
+
+def ledger_check(keys: list[str], target: EchoTarget) -> LedgerReport:
+    creates = target.stats()["creates"]
+    expected = {f"{entity}/{prefix}-{key}" for key in keys for entity, prefix in ENTITIES.items()}
+    report = LedgerReport()
+    report.lost = sorted(ref for ref in expected if creates.get(ref, 0) == 0)
+    report.duplicated = {ref: n for ref, n in creates.items() if n > 1}
+    report.orphaned = sorted(ref for ref in creates if ref not in expected)
+    return report

@@ -1,0 +1,219 @@
+"""Webhook intake: the signature matrix and bad input. Each refusal says what is wrong and stores
+nothing that could be processed; each acceptance is committed before the 2xx."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from pscsync.models import Event, Handoff
+from tests.helpers import OLD_SECRET, SECRET, change_body, sign
+
+URL = "/webhooks/echo-us/"
+
+
+def post(client, body: bytes, headers: dict[str, str], url: str = URL):  # noqa: ANN001, ANN201
+    extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items() if k != "content-type"}
+    return client.post(url, data=body, content_type="application/json", **extra)
+
+
+def nothing_stored() -> bool:
+    return not Event.objects.exists() and not Handoff.objects.exists()
+
+
+@pytest.fixture
+def publishes(monkeypatch):  # noqa: ANN001, ANN201
+    """Record what intake publishes to the workers instead of ringing a broker."""
+    published: list[int] = []
+    monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: published.extend(ids))
+    return published
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_valid_delivery_is_stored_and_published_after_commit(client, echo_connection, publishes) -> None:
+    body = change_body("OPP-1")
+    response = post(client, body, sign(body, msg_id="evt-1"))
+    assert response.status_code == 202, response.content
+    event = Event.objects.get()
+    assert event.source_event_id == "evt-1"
+    assert event.raw_body == body.decode()
+    assert event.legal_entity.code == "us"
+    handoff = Handoff.objects.get()
+    assert handoff.status == "pending" and handoff.business_key == "OPP-1"
+    assert publishes == [handoff.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_duplicate_delivery_is_acknowledged_and_changes_nothing(client, echo_connection, publishes) -> None:
+    body = change_body("OPP-1")
+    headers = sign(body, msg_id="evt-1")
+    assert post(client, body, headers).status_code == 202
+    again = post(client, body, headers)
+    assert again.status_code == 200
+    assert again.json()["status"] == "duplicate"
+    assert Event.objects.count() == 1 and Handoff.objects.count() == 1
+    assert len(publishes) == 1
+
+
+@pytest.mark.django_db
+def test_delivery_signed_with_the_previous_secret_is_accepted_during_rotation(client, echo_connection, publishes) -> None:
+    body = change_body("OPP-2")
+    assert post(client, body, sign(body, msg_id="evt-2", secret=OLD_SECRET)).status_code == 202
+
+
+@pytest.mark.django_db
+def test_previous_secret_is_refused_once_its_rotation_window_ended(client, echo_connection, publishes) -> None:
+    credentials = echo_connection.credentials()
+    credentials["webhook_secrets"][1]["expires_at"] = "2020-01-01T00:00:00+00:00"
+    echo_connection.set_credentials(credentials)
+    echo_connection.save()
+    body = change_body("OPP-2")
+    response = post(client, body, sign(body, msg_id="evt-2", secret=OLD_SECRET))
+    assert response.status_code == 401
+    assert nothing_stored()
+
+
+def _one_byte_changed(body: bytes) -> bytes:
+    return body.replace(b"Customer", b"Cust0mer", 1)
+
+
+def _reserialised(body: bytes) -> bytes:
+    return json.dumps(json.loads(body), indent=2).encode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("case", "expected_message"),
+    [
+        ("body changed by one byte", "no signature matches"),
+        ("JSON re-serialised", "no signature matches"),
+        ("wrong secret", "no signature matches"),
+        ("missing signature header", "missing header(s): webhook-signature"),
+        ("missing id header", "missing header(s): webhook-id"),
+        ("timestamp 301 s old", "301 s old"),
+        ("timestamp 301 s ahead", "301 s far in the future"),
+        ("unknown signature version only", "holds no v1 signature"),
+        ("signature without a comma", "holds no v1 signature"),
+    ],
+)
+def test_bad_signatures_are_refused_with_a_precise_reason(client, echo_connection, publishes, case, expected_message):  # noqa: ANN001
+    body = change_body("OPP-3")
+    now = int(time.time())
+    headers = sign(body, msg_id="evt-3")
+    sent = body
+    if case == "body changed by one byte":
+        sent = _one_byte_changed(body)
+    elif case == "JSON re-serialised":
+        sent = _reserialised(body)
+    elif case == "wrong secret":
+        headers = sign(body, msg_id="evt-3", secret="whsec_" + "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA==")
+    elif case == "missing signature header":
+        del headers["webhook-signature"]
+    elif case == "missing id header":
+        del headers["webhook-id"]
+    elif case == "timestamp 301 s old":
+        headers = sign(body, msg_id="evt-3", timestamp=now - 301)
+    elif case == "timestamp 301 s ahead":
+        headers = sign(body, msg_id="evt-3", timestamp=now + 301)
+    elif case == "unknown signature version only":
+        headers["webhook-signature"] = headers["webhook-signature"].replace("v1,", "v9,")
+    elif case == "signature without a comma":
+        headers["webhook-signature"] = "garbage"
+    response = post(client, sent, headers)
+    assert response.status_code == 401, case
+    assert expected_message in response.json()["error"]
+    assert nothing_stored()
+    assert publishes == []
+
+
+@pytest.mark.django_db
+def test_a_timestamp_within_the_window_is_accepted(client, echo_connection, publishes) -> None:
+    body = change_body("OPP-4")
+    assert post(client, body, sign(body, msg_id="evt-4", timestamp=int(time.time()) - 240)).status_code == 202
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (json.dumps({"key": "K", "version": 1, "data": {}}).encode(), "missing field(s): occurred_at"),
+        (
+            json.dumps({"key": "K", "version": "one", "occurred_at": "2026-11-01T00:00:00+00:00", "data": {}}).encode(),
+            "version must be a whole number",
+        ),
+        (
+            json.dumps({"key": "K", "version": 1, "occurred_at": "2026-11-01T00:00:00", "data": {}}).encode(),
+            "must carry a time zone",
+        ),
+    ],
+)
+def test_a_signed_but_malformed_body_gets_400_and_stores_nothing(client, echo_connection, publishes, body, message):  # noqa: ANN001
+    response = post(client, body, sign(body, msg_id="evt-5"))
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+    assert nothing_stored()
+
+
+@pytest.mark.django_db
+def test_unknown_connection_is_404(client, echo_connection) -> None:
+    body = change_body("OPP-6")
+    response = post(client, body, sign(body, msg_id="evt-6"), url="/webhooks/nobody/")
+    assert response.status_code == 404
+    assert "no active connection" in response.json()["error"]
+    assert nothing_stored()
+
+
+@pytest.mark.django_db
+def test_oversized_body_is_413_before_it_is_read(client, echo_connection, settings) -> None:
+    settings.WEBHOOK_MAX_BODY_BYTES = 1024 * 1024
+    body = json.dumps({"pad": "x" * (1024 * 1024)}).encode()
+    response = post(client, body, sign(body, msg_id="evt-7"))
+    assert response.status_code == 413
+    assert nothing_stored()
+
+
+@pytest.mark.django_db
+def test_webhook_answers_only_post(client, echo_connection) -> None:
+    assert client.get(URL).status_code == 405
+
+
+@pytest.mark.django_db
+def test_webhook_is_the_only_csrf_exempt_route(echo_connection) -> None:
+    """CSRF protection stays on everywhere else; the webhook is exempt because it is signed."""
+    from django.urls import get_resolver
+
+    exempt = []
+    for pattern in _all_patterns(get_resolver()):
+        callback = pattern.callback
+        if getattr(callback, "csrf_exempt", False):
+            exempt.append(pattern.name)
+    assert exempt == ["webhook"]
+
+
+def _all_patterns(resolver, prefix=""):  # noqa: ANN001, ANN202
+    from django.urls import URLPattern, URLResolver
+
+    for p in resolver.url_patterns:
+        if isinstance(p, URLResolver):
+            yield from _all_patterns(p)
+        elif isinstance(p, URLPattern):
+            yield p
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_unavailable_answers_503_so_the_sender_retries(client, echo_connection, monkeypatch) -> None:
+    from django.db import OperationalError
+
+    def down(**kwargs):  # noqa: ANN003, ANN202
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr("connectors.webhooks.event_receive", down)
+    body = change_body("OPP-8")
+    response = post(client, body, sign(body, msg_id="evt-8"))
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert nothing_stored()
