@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
+from django.db import connection as db
 
 from connectors.base import InboundChange
 from connectors.models import Connection, PollCursor
@@ -108,12 +109,25 @@ def handoff_start(*, event: Event) -> Handoff:
     return handoff
 
 
+def business_key_lock(flow: str, key: str) -> None:
+    """Serialise every routing decision for one business key until the transaction ends.
+
+    Intake and the runner's "finished, start the next queued change" both take it, so a change
+    is always judged against what is committed for its key (no stale write after a newer one).
+    On SQLite, IMMEDIATE transactions already serialise all writers.
+    """
+    if db.vendor == "postgresql":
+        with db.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"{flow}\x1f{key}"])
+
+
 def _route(event: Event) -> Handoff | None:
     """Decide what an event starts. Returns the handoff to publish, if any."""
     if flow_get(event.flow) is None:
         event.status = Event.Status.IGNORED
         event.save(update_fields=["status"])
         return None
+    business_key_lock(event.flow, event.business_key)
     applied = _latest_applied(event.flow, event.business_key)
     if applied is not None and event.source_position <= applied.source_position:
         event.status = Event.Status.STALE
@@ -162,7 +176,10 @@ def _route_behind(event: Event, open_handoff: Handoff) -> Handoff | None:
 
 
 def queued_event_start(*, flow: str, business_key: str) -> Handoff | None:
-    """When a key's handoff ends, start the newest queued change; older queued ones are superseded."""
+    """When a key's handoff ends, start the newest queued change; older queued ones are superseded.
+
+    Call inside the transaction that ends the handoff."""
+    business_key_lock(flow, business_key)
     queued = list(
         Event.objects.select_for_update()
         .filter(flow=flow, business_key=business_key, status=Event.Status.QUEUED)

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
@@ -31,12 +32,11 @@ from connectors.errors import ConnectorError, TransientError, UnknownOutcomeErro
 from pscsync import clock
 from pscsync.faults import fault_point
 from pscsync.flows import Flow, StepContext, StepDef, flow_get
-from pscsync.intake import queued_event_start
+from pscsync.intake import business_key_lock, queued_event_start
 from pscsync.models import Attempt, CrossReference, Handoff, Step
 
 log = logging.getLogger(__name__)
 
-RETRY_BASE_SECONDS = 10.0
 RETRY_CAP_SECONDS = 3600.0
 
 
@@ -54,8 +54,7 @@ class StepFailed(Exception):
 
 def retry_delay(attempt: int, *, retry_after: float | None = None, rng: random.Random | None = None) -> float:
     """Exponential backoff with full jitter, never sooner than the target's Retry-After."""
-    base = getattr(settings, "RETRY_BASE_SECONDS", RETRY_BASE_SECONDS)
-    ceiling = min(RETRY_CAP_SECONDS, base * 2 ** max(attempt - 1, 0))
+    ceiling = min(RETRY_CAP_SECONDS, settings.RETRY_BASE_SECONDS * 2 ** max(attempt - 1, 0))
     delay = (rng or random).uniform(0, ceiling)
     return max(delay, retry_after or 0.0)
 
@@ -247,6 +246,11 @@ def _run_step(handoff: Handoff, step: Step, step_def: StepDef, ctx: StepContext,
     except ConnectorError as exc:
         _finish_attempt(handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc)
         raise _failure(exc) from exc
+    except SoftTimeLimitExceeded as exc:
+        # The step ran past the task's time limit mid-call: it may or may not have been applied.
+        unknown = UnknownOutcomeError("the step took longer than the task time limit")
+        _finish_attempt(handoff, step, attempt, worker, outcome=Attempt.Outcome.UNKNOWN, started=started, error=unknown)
+        raise _failure(unknown) from exc
     except Exception as exc:
         # A defect on our side (mapping code, an unexpected response). The write may have happened,
         # so the step stays in flight and a resubmit looks before writing; a person must look.
@@ -314,6 +318,8 @@ def _fail(handoff: Handoff, flow: Flow, step: Step, failure: StepFailed, worker:
 
 def _succeed(handoff: Handoff, worker: str) -> None:
     with transaction.atomic():
+        # The key lock before the row lock, in the same order as intake takes them (no deadlock).
+        business_key_lock(handoff.flow, handoff.business_key)
         now = _renew(handoff, worker)
         handoff.refresh_from_db()
         handoff.status = Handoff.Status.SUCCEEDED

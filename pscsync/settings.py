@@ -179,7 +179,7 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.getenv("PSCSYNC_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }
 
 # --- The sync engine ----------------------------------------------------------------------
@@ -198,6 +198,8 @@ REDISPATCH_SECONDS = env_int("PSCSYNC_REDISPATCH_SECONDS", 60)
 # A worker that dies this many times on one handoff stops it: it needs a person (poison message).
 MAX_WORKER_CRASHES = env_int("PSCSYNC_MAX_WORKER_CRASHES", 3)
 POLL_SECONDS = env_int("PSCSYNC_POLL_SECONDS", 30)
+# First retry waits up to this many seconds (full jitter), doubling each time up to an hour.
+RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
 # Injectable clock: "system", or "scaled:<speed>@<ISO start>" to run business time fast in demos.
 CLOCK = os.getenv("PSCSYNC_CLOCK", "system")
 # Named fault points for the fault tests; refused unless explicitly allowed (never in production).
@@ -235,7 +237,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = TASK_HARD_TIME_LIMIT_SECONDS
-CELERY_TASK_SOFT_TIME_LIMIT = max(TASK_HARD_TIME_LIMIT_SECONDS - 10, 1)
+# The soft limit interrupts a step that hangs; the runner records it as an unknown outcome.
+CELERY_TASK_SOFT_TIME_LIMIT = max(1, TASK_HARD_TIME_LIMIT_SECONDS - max(1, TASK_HARD_TIME_LIMIT_SECONDS // 5))
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 10.0
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

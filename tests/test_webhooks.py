@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pscsync.models import Event, Handoff
-from tests.helpers import OLD_SECRET, SECRET, change_body, sign
+from tests.helpers import OLD_SECRET, change_body, sign
 
 URL = "/webhooks/echo-us/"
 
@@ -58,7 +58,9 @@ def test_a_duplicate_delivery_is_acknowledged_and_changes_nothing(client, echo_c
 
 
 @pytest.mark.django_db
-def test_delivery_signed_with_the_previous_secret_is_accepted_during_rotation(client, echo_connection, publishes) -> None:
+def test_delivery_signed_with_the_previous_secret_is_accepted_during_rotation(
+    client, echo_connection, publishes
+) -> None:
     body = change_body("OPP-2")
     assert post(client, body, sign(body, msg_id="evt-2", secret=OLD_SECRET)).status_code == 202
 

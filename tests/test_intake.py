@@ -1,0 +1,113 @@
+"""Order per business key: supersede, queue, stale; and polling intake with a stored cursor."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from connectors.models import PollCursor
+from pscsync.intake import connection_poll, event_receive
+from pscsync.models import Event, Handoff
+from pscsync.runner import _lease, handoff_run
+from tests.helpers import change_body
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: None)
+    monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
+
+
+def receive(connection, key: str, version: int):  # noqa: ANN001, ANN201
+    from connectors.registry import connector_for
+
+    body = change_body(key, version)
+    [change] = connector_for(connection).parse_webhook(event_id=f"{key}-v{version}", body=body)
+    return event_receive(connection=connection, change=change, headers={}, raw_body=body.decode())
+
+
+def status_of(key: str, version: int) -> str:
+    return Event.objects.get(source_event_id=f"{key}-v{version}").status
+
+
+def test_a_newer_change_supersedes_a_handoff_that_has_written_nothing(echo_connection) -> None:
+    first = receive(echo_connection, "K", 1).handoff
+    second = receive(echo_connection, "K", 2).handoff
+    assert second.pk == first.pk
+    handoff = Handoff.objects.get()
+    assert handoff.payload["version"] == 2 and handoff.superseded_count == 1
+    assert status_of("K", 1) == "superseded" and status_of("K", 2) == "accepted"
+
+
+def test_an_older_change_arriving_late_is_stale_and_starts_nothing(echo_connection) -> None:
+    receive(echo_connection, "K", 3)
+    assert receive(echo_connection, "K", 2).handoff is None
+    assert status_of("K", 2) == "stale"
+    assert Handoff.objects.get().payload["version"] == 3
+
+
+def test_a_change_for_a_running_handoff_queues_and_the_newest_starts_after_it(echo_connection, echo) -> None:
+    running = receive(echo_connection, "K", 1).handoff
+    _lease(running.pk, "w1")  # a worker has it
+    assert receive(echo_connection, "K", 2).handoff is None
+    assert receive(echo_connection, "K", 3).handoff is None
+    assert status_of("K", 2) == "queued" and status_of("K", 3) == "queued"
+    Handoff.objects.filter(pk=running.pk).update(lease_expires_at=None, status="pending")
+    assert handoff_run(handoff_id=running.pk, worker="w1") == "succeeded"
+    # v3 started as its own handoff; v2 was superseded by it without ever running.
+    following = Handoff.objects.exclude(pk=running.pk).get()
+    assert following.payload["version"] == 3 and following.status == "pending"
+    assert status_of("K", 2) == "superseded"
+    assert handoff_run(handoff_id=following.pk, worker="w1") == "succeeded"
+    assert echo.records()["invoice/INV-K"]["fields"]["version"] == 3
+
+
+def test_a_change_older_than_what_was_applied_is_stale(echo_connection, echo) -> None:
+    handoff = receive(echo_connection, "K", 5).handoff
+    handoff_run(handoff_id=handoff.pk, worker="w1")
+    assert receive(echo_connection, "K", 4).handoff is None
+    assert status_of("K", 4) == "stale"
+
+
+def test_one_open_handoff_per_business_key_is_enforced_by_the_database(echo_connection) -> None:
+    from django.db import IntegrityError
+
+    handoff = receive(echo_connection, "K", 1).handoff
+    with pytest.raises(IntegrityError):
+        Handoff.objects.create(
+            flow="echo",
+            business_key="K",
+            source_connection=echo_connection,
+            trigger_event=handoff.trigger_event,
+            business_started_at=handoff.business_started_at,
+            created_at=handoff.created_at,
+        )
+
+
+def test_polling_stores_new_changes_and_advances_the_cursor_once(echo_connection, echo) -> None:
+    echo_connection.intake = "poll"
+    echo_connection.save()
+    for version in (1, 2):
+        httpx.post(
+            f"{echo.url}/_changes",
+            json={"key": f"P-{version}", "version": 1, "occurred_at": "2026-11-01T10:00:00+00:00", "data": {}},
+        ).raise_for_status()
+    assert connection_poll(connection=echo_connection) == 2
+    assert PollCursor.objects.get(connection=echo_connection).position == "2"
+    assert connection_poll(connection=echo_connection) == 0
+    assert Handoff.objects.count() == 2
+
+
+def test_a_failed_poll_keeps_the_cursor_and_says_why(echo_connection, echo) -> None:
+    from connectors.errors import ConnectorError
+    from pscsync.intake import connection_poll_failed
+
+    echo.fault(mode="status", status=503, match="/changes", count=1)
+    with pytest.raises(ConnectorError):
+        connection_poll(connection=echo_connection)
+    connection_poll_failed(connection=echo_connection, error=RuntimeError("the target failed with 503"))
+    cursor = PollCursor.objects.get(connection=echo_connection)
+    assert cursor.position == ""
+    assert "503" in cursor.last_error
