@@ -7,6 +7,7 @@ reach deeper than `request()`.
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,21 @@ def _body(response: httpx.Response) -> Any:
         return response.text[:2000]
 
 
+def vendor_message(body: Any) -> str:
+    """The human part of a vendor's error body, whatever its shape."""
+    if isinstance(body, dict):
+        for key in ("message", "error_description", "detail", "title", "error"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, dict):
+                return vendor_message(value)
+        return json.dumps(body)[:500]
+    if isinstance(body, list) and body:
+        return vendor_message(body[0])
+    return str(body or "")[:500]
+
+
 def request(
     method: str,
     url: str,
@@ -120,4 +136,6 @@ def request(
             http_status=status,
             response=body,
         )
-    raise RejectedError(f"the target rejected the request ({status}): {body}", http_status=status, response=body)
+    raise RejectedError(
+        f"the target rejected the request ({status}): {vendor_message(body)}", http_status=status, response=body
+    )

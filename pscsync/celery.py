@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pscsync.settings")
 
 app = Celery("pscsync")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+log = logging.getLogger("pscsync.worker")
+
+
+@worker_ready.connect
+def _check_effective_timings(sender: object = None, **kwargs: object) -> None:
+    """Log, and refuse to run with, queue timings that would redeliver running tasks.
+
+    Celery has ignored configured visibility timeouts before (celery#7651), so we read back the
+    values the worker actually uses rather than trusting the settings file.
+    """
+    conf = app.conf
+    options = conf.broker_transport_options or {}
+    hard = conf.task_time_limit
+    visibility = options.get("visibility_timeout")
+    log.info(
+        "queue timings: task_time_limit=%s visibility_timeout=%s acks_late=%s reject_on_worker_lost=%s prefetch=%s",
+        hard,
+        visibility,
+        conf.task_acks_late,
+        conf.task_reject_on_worker_lost,
+        conf.worker_prefetch_multiplier,
+    )
+    problems = []
+    if not (conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1):
+        problems.append("acks_late, reject_on_worker_lost and prefetch 1 must all be on")
+    if visibility is not None and hard is not None and hard >= visibility - 30:
+        problems.append(f"task_time_limit {hard} s is not at least 30 s below visibility_timeout {visibility} s")
+    if problems:
+        log.critical("refusing to run: %s", "; ".join(problems))
+        raise SystemExit(2)

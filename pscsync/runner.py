@@ -143,7 +143,11 @@ def _begin_attempt(handoff: Handoff, step: Step, step_def: StepDef, ctx: StepCon
         step.status = Step.Status.IN_FLIGHT
         step.save(update_fields=["status", "idempotency_key", "target_connection"])
         number = (step.attempts.aggregate(n=Max("number"))["n"] or 0) + 1
-        return Attempt.objects.create(step=step, number=number, started_at=now, worker=worker)
+        try:
+            planned = _jsonable(step_def.planned_request(ctx))
+        except Exception as exc:  # the same error surfaces, classified, when the step runs
+            planned = {"could_not_build_request": str(exc)}
+        return Attempt.objects.create(step=step, number=number, started_at=now, worker=worker, request=planned)
 
 
 def _finish_attempt(
@@ -161,8 +165,9 @@ def _finish_attempt(
         now = _renew(handoff, worker)
         attempt.outcome = outcome
         attempt.duration_ms = int((time.monotonic() - started) * 1000)
-        if result is not None:
+        if result is not None and result.request:
             attempt.request = _jsonable(result.request)
+        if result is not None:
             attempt.response = _jsonable(result.response)
             attempt.http_status = result.http_status
             attempt.external_id = result.external_id

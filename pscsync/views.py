@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
@@ -13,6 +15,10 @@ from pscsync.flows import FLOWS
 from pscsync.models import Handoff
 from pscsync.secrets import mask_secrets
 from pscsync.selectors import events_for_handoff, handoff_get_for_user, handoffs_filtered
+
+
+def _pretty(value: object) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str) if value not in ({}, None, "") else "—"
 
 
 @login_required
@@ -53,7 +59,7 @@ def handoff_detail(request: HttpRequest, pk: int) -> HttpResponse:
     steps = list(handoff.steps.select_related("target_connection").prefetch_related("attempts"))
     for step in steps:
         step.shown_attempts = [
-            {"attempt": a, "request": mask_secrets(a.request), "response": mask_secrets(a.response)}
+            {"attempt": a, "request": _pretty(mask_secrets(a.request)), "response": _pretty(mask_secrets(a.response))}
             for a in step.attempts.all()
         ]
     context = {

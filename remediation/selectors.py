@@ -10,7 +10,9 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from pscsync.models import Handoff
 from pscsync.selectors import handoffs_visible_to
 
-_VARIABLE = re.compile(r"\b[0-9a-f]{8,}\b|\d+(\.\d+)?|'[^']*'|\"[^\"]*\"")
+# Variable parts: long hex ids, numbers of 5+ digits, amounts with decimals, keys like OPP-1042,
+# quoted values. Short numbers stay: "(422)" or "step 3" say something about the cause.
+_VARIABLE = re.compile(r"\b[0-9a-f]{8,}\b|\b[A-Z]{2,}-[\w-]+|\d{5,}|\d+\.\d+|'[^']*'|\"[^\"]*\"")
 
 
 def cause_signature(message: str) -> str:

@@ -36,6 +36,10 @@ class StepDef:
     def target(self, ctx: StepContext) -> Connection | None:
         raise NotImplementedError
 
+    def planned_request(self, ctx: StepContext) -> dict[str, Any]:
+        """What this step is about to send, recorded before sending so a failed attempt shows it."""
+        raise NotImplementedError
+
     def perform(self, ctx: StepContext) -> WriteResult:
         raise NotImplementedError
 
@@ -60,6 +64,9 @@ class UpsertStep(StepDef):
 
     def target(self, ctx: StepContext) -> Connection:
         return self.choose_target(ctx)
+
+    def planned_request(self, ctx: StepContext) -> dict[str, Any]:
+        return {"operation": "upsert", "entity": self.entity, "key": self.key(ctx), "fields": self.fields(ctx)}
 
     def perform(self, ctx: StepContext) -> WriteResult:
         connector = connector_for(self.target(ctx))
