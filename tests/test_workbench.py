@@ -6,8 +6,12 @@ from remediation.selectors import cause_signature
 
 
 def test_variable_parts_of_a_message_are_blanked_but_status_codes_stay() -> None:
-    a = cause_signature("upsert_invoice: the target rejected the request (422): customer 'Acme' not found for INV-OPP-1042")
-    b = cause_signature("upsert_invoice: the target rejected the request (422): customer 'Globex' not found for INV-OPP-7")
+    a = cause_signature(
+        "upsert_invoice: the target rejected the request (422): customer 'Acme' not found for INV-OPP-1042"
+    )
+    b = cause_signature(
+        "upsert_invoice: the target rejected the request (422): customer 'Globex' not found for INV-OPP-7"
+    )
     assert a == b
     assert "(422)" in a
     assert cause_signature("amount 1200.50 exceeds budget") == cause_signature("amount 99.10 exceeds budget")

@@ -1,0 +1,118 @@
+"""In a real headless Chromium: an operator signs in, finds a failed handoff and reads why.
+
+Screenshots of every page land in var/screenshots/ so a person can look at what was built.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pscsync.intake import event_receive
+from pscsync.runner import handoff_run
+from tests.helpers import ROOT, change_body
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "var" / "screenshots"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed (make test installs it)"),
+]
+
+
+@pytest.fixture
+def page(live_server, monkeypatch):  # noqa: ANN001, ANN201
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes
+    # between browser steps are still plain synchronous calls.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        context = browser.new_context(viewport={"width": 1360, "height": 860})
+        yield context.new_page()
+        browser.close()
+
+
+def _shot(page, name: str) -> Path:  # noqa: ANN001
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def _seed(connection, echo) -> None:  # noqa: ANN001
+    from connectors.registry import connector_for
+
+    echo.fault(mode="status", status=422, match="INV-OPP-2002", count=1)
+    for key in ("OPP-2001", "OPP-2002"):
+        body = change_body(key)
+        [change] = connector_for(connection).parse_webhook(event_id=f"evt-{key}", body=body)
+        handoff = event_receive(connection=connection, change=change, headers={}, raw_body=body.decode()).handoff
+        handoff_run(handoff_id=handoff.pk, worker="seed")
+
+
+def test_an_operator_finds_a_failed_handoff_and_reads_what_the_target_said(
+    page,
+    live_server,
+    operator,
+    echo_connection,
+    echo,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: None)
+    monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
+    _seed(echo_connection, echo)
+
+    page.goto(f"{live_server.url}/")
+    _shot(page, "login")
+    page.fill("#id_username", operator.username)
+    page.fill("#id_password", "a-long-test-password")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboards/health/")
+    assert page.locator(".tile", has_text="Need a person").locator(".figure").inner_text() == "1"
+    _shot(page, "health")
+
+    page.click("text=Need a person")
+    page.wait_for_url("**/handoffs/?status=needs_attention")
+    rows = page.locator("table.grid tbody tr")
+    assert rows.count() == 1 and "OPP-2002" in rows.first.inner_text()
+    _shot(page, "handoffs-needs-attention")
+
+    # Changing the filter swaps the table in place and keeps the filter in the address.
+    page.select_option("select[name=status]", "succeeded")
+    page.wait_for_url("**status=succeeded**")
+    page.wait_for_function("document.querySelector('#handoff-table').innerText.includes('OPP-2001')")
+    assert "OPP-2002" not in page.locator("#handoff-table").inner_text()
+
+    page.select_option("select[name=status]", "needs_attention")
+    page.wait_for_function("document.querySelector('#handoff-table').innerText.includes('OPP-2002')")
+    page.click("text=OPP-2002")
+    page.wait_for_url("**/handoffs/*/")
+    assert "Needs attention" in page.locator("h1").inner_text()
+    assert "the target rejected the request (422): injected" in page.locator(".callout").inner_text()
+    failed_step = page.locator(".step-failed")
+    assert "upsert_invoice" in failed_step.inner_text()
+    assert "INV-OPP-2002" in failed_step.locator("pre").first.inner_text()  # what we tried to send
+    _shot(page, "handoff-detail")
+
+    page.click("text=Workbench")
+    page.wait_for_url("**/workbench/")
+    assert "rejected the request (422)" in page.locator("table.grid").inner_text()
+    _shot(page, "workbench")
+    assert os.path.getsize(SHOTS / "handoff-detail.png") > 10_000
