@@ -208,7 +208,7 @@ FAULTS_ALLOWED = env_bool("PSCSYNC_ALLOW_FAULTS", False)
 FAULTS_DIR = VAR_DIR / "faults"
 
 # --- Celery -------------------------------------------------------------------------------
-CELERY_BROKER_URL = os.getenv("CELERY_BROKER_URL", "filesystem://")
+CELERY_BROKER_URL = os.getenv("CELERY_BROKER_URL", "") or "filesystem://localhost/"
 _VISIBILITY_TIMEOUT = env_int("PSCSYNC_VISIBILITY_TIMEOUT", 3600)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # The embedded broker: messages are files under var/broker, so web, worker and beat

@@ -110,8 +110,8 @@ class Stack:
         return self.post(body, headers, slug=slug)
 
     def post(self, body: bytes, headers: dict[str, str], *, slug: str = "echo-us") -> int:
-        response = httpx.post(
-            f"http://127.0.0.1:{self.web_port}/webhooks/{slug}/", content=body, headers=headers, timeout=30
+        response = httpx.post(  # a generous timeout: a killed web worker takes a moment to be replaced
+            f"http://127.0.0.1:{self.web_port}/webhooks/{slug}/", content=body, headers=headers, timeout=60
         )
         return response.status_code
 
@@ -143,10 +143,7 @@ def stack(django_db_setup, django_db_blocker, echo_target, tmp_path_factory):  #
         "PYTHONPATH": str(ROOT),
     }
     stack = Stack(env=env, var_dir=var_dir, web_port=free_port(), echo=echo_target)
-    _flush_broker(env["CELERY_BROKER_URL"])
     stack.start_web()
-    stack.start_worker()
-    stack.start_beat()
     yield stack
     stack.stop()
 
@@ -159,8 +156,18 @@ def _flush_broker(url: str) -> None:
 
 @pytest.fixture
 def live(stack, echo_connection, transactional_db):  # noqa: ANN001, ANN201
-    """The stack with a fresh echo target and connection for one test."""
+    """The stack with a fresh echo target, connection, queue, worker and beat for one test.
+
+    Worker and beat stop before the test database is flushed, so the flush never races them.
+    """
+    _flush_broker(stack.env["CELERY_BROKER_URL"])
+    stack.worker_faults = {}
+    stack.start_worker()
+    stack.start_beat()
     yield stack
+    for process in (stack.beat, stack.worker):
+        if process:
+            process.kill()
 
 
 def wait_until(condition: Callable[[], bool], *, timeout: float, stack: Stack, what: str) -> float:
