@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from connectors import http
+from connectors.errors import ConnectorError
 from connectors.models import Connection
 
 
@@ -34,13 +40,127 @@ class WriteResult:
     created: bool | None = None
 
 
+@dataclass(frozen=True)
+class Token:
+    value: str
+    expires_at: float  # time.time() seconds
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The answer to "Test connection": could we authenticate and make one cheap call?"""
+
+    ok: bool
+    latency_ms: int
+    message: str
+
+
+# Tokens per process, per connection and credentials: a worker authenticates once, not per step.
+_tokens: dict[tuple[int | None, str], Token] = {}
+_tokens_lock = threading.Lock()
+TOKEN_MARGIN_SECONDS = 60
+
+
 class Connector:
+    """One vendor's API behind the interface flows use. Subclasses implement the vendor parts:
+    `fetch_token`, `read`, `upsert`, `lookup`, `describe_error`, and intake where the vendor has it.
+    All HTTP goes through `send`, which adds auth, refreshes an expired token once on 401, and
+    rewrites vendor errors into words a finance person understands."""
+
     vendor: ClassVar[str]
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
 
+    # Auth -------------------------------------------------------------------------------------
+    def fetch_token(self) -> Token:
+        """Ask the vendor's token endpoint for a new access token."""
+        raise NotImplementedError
+
+    def _token_key(self) -> tuple[int | None, str]:
+        fingerprint = hashlib.sha256(bytes(self.connection.credentials_sealed or b"")).hexdigest()
+        return (self.connection.pk, fingerprint)
+
+    def token(self, *, refresh: bool = False) -> str:
+        key = self._token_key()
+        with _tokens_lock:
+            cached = _tokens.get(key)
+        if cached and not refresh and cached.expires_at - TOKEN_MARGIN_SECONDS > time.time():
+            return cached.value
+        fresh = self.fetch_token()
+        with _tokens_lock:
+            _tokens[key] = fresh
+        return fresh.value
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token()}"}
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return self.connection.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        accept_statuses: tuple[int, ...] = (),
+    ) -> http.HttpResult:
+        """One authenticated call. A 401 refreshes the token and tries once more."""
+        for attempt in (1, 2):
+            try:
+                return http.request(
+                    method,
+                    self.url(path),
+                    json=json,
+                    params=params,
+                    headers={**self.auth_headers(), **(headers or {})},
+                    accept_statuses=accept_statuses,
+                )
+            except ConnectorError as exc:
+                if exc.http_status == 401 and attempt == 1:
+                    self.token(refresh=True)
+                    continue
+                self.describe_error(exc)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def describe_error(self, error: ConnectorError) -> None:
+        """Rewrite `error.message` from the vendor's error body (override per vendor)."""
+
+    def check(self) -> CheckResult:
+        """Authenticate and make one cheap call; never raises."""
+        started = time.monotonic()
+        try:
+            self.token(refresh=True)
+            self.ping()
+        except ConnectorError as exc:
+            return CheckResult(False, int((time.monotonic() - started) * 1000), exc.message)
+        except Exception as exc:  # a connection test reports, it does not crash the page
+            return CheckResult(False, int((time.monotonic() - started) * 1000), f"{exc.__class__.__name__}: {exc}")
+        return CheckResult(True, int((time.monotonic() - started) * 1000), "authenticated and answered")
+
+    def ping(self) -> None:
+        """One cheap authenticated call (override per vendor)."""
+        raise NotImplementedError
+
+    # Reading ----------------------------------------------------------------------------------
+    def read(
+        self, entity: str, *, since: dt.datetime | None = None, where: dict[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every record of `entity` (changed since `since`, matching `where`), following the vendor's paging."""
+        raise NotImplementedError
+
     # Inbound ---------------------------------------------------------------------------------
+    def handshake(self, *, method: str, query: dict[str, str], body: bytes) -> tuple[int, str, bytes] | None:
+        """A subscription validation request (e.g. Business Central's validationToken), answered
+        before any signature check: (status, content type, body). None when this is not one."""
+        return None
+
     def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:
         """Check the delivery is authentic and fresh; return the delivery's event id.
 

@@ -12,8 +12,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from connectors import http
-from connectors.base import Connector, InboundChange, WriteResult
+from connectors.base import Connector, InboundChange, Token, WriteResult
 from connectors.errors import WebhookRejected
 from connectors.signatures import standard_webhook_verify
 
@@ -62,12 +61,12 @@ def _change(item: Any, *, event_id: str) -> InboundChange:
 class EchoConnector(Connector):
     vendor = "echo"
 
-    def _headers(self) -> dict[str, str]:
-        token = self.connection.credentials().get("token", "")
-        return {"Authorization": f"Bearer {token}"}
+    def fetch_token(self) -> Token:
+        # The echo target takes a fixed bearer token from the credentials; it never expires.
+        return Token(value=self.connection.credentials().get("token", ""), expires_at=float("inf"))
 
-    def _url(self, path: str) -> str:
-        return self.connection.base_url.rstrip("/") + path
+    def ping(self) -> None:
+        self.send("GET", "/changes", params={"after": "0"})
 
     def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:
         from django.conf import settings
@@ -85,13 +84,13 @@ class EchoConnector(Connector):
         return [_change(item, event_id=event_id)]
 
     def poll(self, *, cursor: str) -> tuple[list[InboundChange], str]:
-        result = http.request("GET", self._url("/changes"), params={"after": cursor or "0"}, headers=self._headers())
+        result = self.send("GET", "/changes", params={"after": cursor or "0"})
         changes = [_change(item, event_id=f"change-{item['id']}") for item in result.body["changes"]]
         return changes, str(result.body["next"])
 
     def upsert(self, *, entity: str, key: str, fields: dict[str, Any]) -> WriteResult:
-        url = self._url(f"/records/{quote(entity, safe='')}/{quote(key, safe='')}")
-        result = http.request("PUT", url, json=fields, headers=self._headers())
+        url = self.url(f"/records/{quote(entity, safe='')}/{quote(key, safe='')}")
+        result = self.send("PUT", url, json=fields)
         return WriteResult(
             external_id=str(result.body["id"]),
             request={"method": "PUT", "url": url, "json": fields},
@@ -101,8 +100,8 @@ class EchoConnector(Connector):
         )
 
     def lookup(self, *, entity: str, key: str) -> WriteResult | None:
-        url = self._url(f"/records/{quote(entity, safe='')}/{quote(key, safe='')}")
-        result = http.request("GET", url, headers=self._headers(), accept_statuses=(404,))
+        url = self.url(f"/records/{quote(entity, safe='')}/{quote(key, safe='')}")
+        result = self.send("GET", url, accept_statuses=(404,))
         if result.status == 404:
             return None
         return WriteResult(

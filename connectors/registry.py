@@ -1,18 +1,30 @@
-"""Which connector class speaks for which vendor."""
+"""Which connector class speaks for which vendor. Imported lazily: a vendor's module loads only
+when a connection of that vendor is used (the Healthchecks TRANSPORTS idea)."""
 
 from __future__ import annotations
 
+import importlib
+
 from connectors.base import Connector
-from connectors.echo import EchoConnector
 from connectors.models import Connection
 
-CONNECTORS: dict[str, type[Connector]] = {
-    EchoConnector.vendor: EchoConnector,
+CONNECTORS: dict[str, str] = {
+    "echo": "connectors.echo.EchoConnector",
+    "salesforce": "connectors.salesforce.SalesforceConnector",
+    "certinia": "connectors.certinia.CertiniaConnector",
+    "kantata": "connectors.kantata.KantataConnector",
+    "netsuite": "connectors.netsuite.NetSuiteConnector",
+    "businesscentral": "connectors.businesscentral.BusinessCentralConnector",
 }
 
 
-def connector_for(connection: Connection) -> Connector:
+def connector_class(vendor: str) -> type[Connector]:
     try:
-        return CONNECTORS[connection.vendor](connection)
+        module_name, _, class_name = CONNECTORS[vendor].rpartition(".")
     except KeyError:
-        raise LookupError(f"no connector is installed for vendor {connection.vendor!r}") from None
+        raise LookupError(f"no connector is installed for vendor {vendor!r}") from None
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def connector_for(connection: Connection) -> Connector:
+    return connector_class(connection.vendor)(connection)

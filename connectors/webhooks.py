@@ -11,7 +11,7 @@ import logging
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -49,7 +49,7 @@ def _read_body(request: HttpRequest) -> bytes | None:
 
 @csrf_exempt
 @require_POST
-def webhook_receive(request: HttpRequest, slug: str) -> JsonResponse:
+def webhook_receive(request: HttpRequest, slug: str) -> HttpResponse:
     body = _read_body(request)
     if body is None:
         return _error(413, f"the body is larger than {settings.WEBHOOK_MAX_BODY_BYTES} bytes")
@@ -58,6 +58,10 @@ def webhook_receive(request: HttpRequest, slug: str) -> JsonResponse:
         if connection is None:
             return _error(404, f"no active connection is named {slug!r}")
         connector = connector_for(connection)
+        handshake = connector.handshake(method=request.method, query=request.GET.dict(), body=body)
+        if handshake is not None:
+            status, content_type, content = handshake
+            return HttpResponse(content, status=status, content_type=content_type)
         headers = dict(request.headers.items())
         try:
             event_id = connector.verify_webhook(headers=headers, body=body, now=clock.now())

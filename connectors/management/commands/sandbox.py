@@ -5,13 +5,14 @@ Only this command imports the sandboxes; they keep their own state under var/san
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-SANDBOXES = {"echo": 8790}
+from connectors.sandboxes import SANDBOXES
 
 
 class Command(BaseCommand):
@@ -20,14 +21,17 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("name", choices=sorted(SANDBOXES))
         parser.add_argument("--port", type=int, default=None)
-        parser.add_argument("--token", default="sandbox-token")
         parser.add_argument("--state-dir", type=Path, default=None)
+        parser.add_argument("--token", default="sandbox-token", help="echo only: the bearer token it accepts")
 
-    def handle(self, *args: Any, name: str, port: int | None, token: str, state_dir: Path | None, **opts: Any) -> None:
+    def handle(self, *args: Any, name: str, port: int | None, state_dir: Path | None, token: str, **opts: Any) -> None:
+        module_name, default_port = SANDBOXES[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise CommandError(f"the {name} sandbox is not installed: {exc}") from exc
         state = state_dir or Path(settings.VAR_DIR) / "sandboxes" / name
+        kwargs: dict[str, Any] = {"port": port or default_port, "state_dir": state}
         if name == "echo":
-            from connectors.sandboxes.echo import serve
-
-            serve(port=port or SANDBOXES[name], token=token, state_dir=state)
-        else:  # pragma: no cover - every name in SANDBOXES has a branch
-            raise CommandError(f"unknown sandbox {name}")
+            kwargs["token"] = token
+        module.serve(**kwargs)
