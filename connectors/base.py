@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from connectors import http
+from connectors.egress import check_destination
 from connectors.errors import ConnectorError
 from connectors.models import Connection
 
@@ -100,6 +101,12 @@ class Connector:
             return path
         return self.connection.base_url.rstrip("/") + "/" + path.lstrip("/")
 
+    def call(self, method: str, url: str, **kwargs: Any) -> http.HttpResult:
+        """An outbound call after the egress check (the address may have changed since it was saved).
+        Every vendor call goes through here or through `send`."""
+        check_destination(url, vendor=self.connection.vendor, is_sandbox=self.connection.is_sandbox)
+        return http.request(method, url, **kwargs)
+
     def send(
         self,
         method: str,
@@ -113,7 +120,7 @@ class Connector:
         """One authenticated call. A 401 refreshes the token and tries once more."""
         for attempt in (1, 2):
             try:
-                return http.request(
+                return self.call(
                     method,
                     self.url(path),
                     json=json,

@@ -1,22 +1,36 @@
+"""Admin pages for connections: list, create, edit, and "Test connection"."""
+
 from __future__ import annotations
 
+from django.contrib import messages
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from connectors.forms import ConnectionForm
 from connectors.models import Connection
-from pscsync.access import CONFIGURE, permission_required, scope_queryset
+from connectors.registry import connector_for
+from pscsync.access import CONFIGURE, entity_ids_for, permission_required, scope_queryset
+from pscsync.crypto import CredentialsUnreadable
+from pscsync.models import LegalEntity
+from pscsync.services import connection_save
+
+
+def _connections_for(request: HttpRequest) -> QuerySet[Connection]:
+    return scope_queryset(Connection.objects.prefetch_related("legal_entities"), request.user, "legal_entities")
+
+
+def _entities_for(request: HttpRequest) -> QuerySet[LegalEntity]:
+    ids = entity_ids_for(request.user)
+    return LegalEntity.objects.all() if ids is None else LegalEntity.objects.filter(pk__in=ids)
 
 
 @permission_required(CONFIGURE)
 @require_GET
 def connection_list(request: HttpRequest) -> HttpResponse:
-    connections = scope_queryset(
-        Connection.objects.prefetch_related("legal_entities").select_related("poll_cursor"),
-        request.user,
-        "legal_entities",
-    )
+    connections = _connections_for(request).select_related("poll_cursor")
     rows = [
         {
             "connection": c,
@@ -27,3 +41,74 @@ def connection_list(request: HttpRequest) -> HttpResponse:
         for c in connections
     ]
     return render(request, "connections/list.html", {"rows": rows})
+
+
+def _save(request: HttpRequest, form: ConnectionForm, slug: str) -> Connection:
+    data = form.cleaned_data
+    return connection_save(
+        slug=slug,
+        name=data["name"],
+        kind=data["kind"],
+        vendor=data["vendor"],
+        base_url=data["base_url"],
+        api_version=data["api_version"],
+        intake=data["intake"],
+        rate_limit_per_minute=data["rate_limit_per_minute"],
+        entities=data["legal_entities"],
+        credentials=data["credentials"],
+        is_sandbox=data["is_sandbox"],
+        is_active=data["is_active"],
+        actor=request.user,
+    )
+
+
+@permission_required(CONFIGURE)
+@require_http_methods(["GET", "POST"])
+def connection_create(request: HttpRequest) -> HttpResponse:
+    form = ConnectionForm(request.POST or None, entities=_entities_for(request))
+    if request.method == "POST" and form.is_valid():
+        connection = _save(request, form, form.cleaned_data["slug"])
+        messages.success(request, f"Connection “{connection.name}” saved. Its credentials are sealed.")
+        return redirect("connections:edit", pk=connection.pk)
+    return render(request, "connections/form.html", {"form": form, "connection": None})
+
+
+@permission_required(CONFIGURE)
+@require_http_methods(["GET", "POST"])
+def connection_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    connection = get_object_or_404(_connections_for(request), pk=pk)
+    initial = {
+        "name": connection.name,
+        "slug": connection.slug,
+        "kind": connection.kind,
+        "vendor": connection.vendor,
+        "base_url": connection.base_url,
+        "api_version": connection.api_version,
+        "intake": connection.intake,
+        "rate_limit_per_minute": connection.rate_limit_per_minute,
+        "legal_entities": list(connection.legal_entities.all()),
+        "is_sandbox": connection.is_sandbox,
+        "is_active": connection.is_active,
+    }
+    form = ConnectionForm(request.POST or None, initial=initial, entities=_entities_for(request), editing=connection)
+    if request.method == "POST" and form.is_valid():
+        _save(request, form, connection.slug)
+        messages.success(request, f"Connection “{connection.name}” saved.")
+        return redirect("connections:edit", pk=connection.pk)
+    webhook_url = request.build_absolute_uri(reverse("webhook", args=[connection.slug]))
+    return render(
+        request, "connections/form.html", {"form": form, "connection": connection, "webhook_url": webhook_url}
+    )
+
+
+@permission_required(CONFIGURE)
+@require_POST
+def connection_test(request: HttpRequest, pk: int) -> HttpResponse:
+    """Authenticate and make one cheap call; show the answer and how long it took."""
+    connection = get_object_or_404(_connections_for(request), pk=pk)
+    try:
+        result = connector_for(connection).check()
+    except (LookupError, CredentialsUnreadable) as exc:
+        return render(request, "connections/_check.html", {"ok": False, "message": str(exc), "latency_ms": None})
+    context = {"ok": result.ok, "message": result.message, "latency_ms": result.latency_ms}
+    return render(request, "connections/_check.html", context)

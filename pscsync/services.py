@@ -66,6 +66,9 @@ def connection_save(
     credentials: dict[str, Any] | None = None,
     intake: str = Connection.Intake.WEBHOOK,
     is_sandbox: bool = False,
+    api_version: str = "",
+    rate_limit_per_minute: int = 600,
+    is_active: bool = True,
     actor: AbstractBaseUser | None = None,
 ) -> Connection:
     """Create or update a connection. Credentials are sealed; the audit trail records that they
@@ -75,6 +78,8 @@ def connection_save(
     connection = connection or Connection(slug=slug)
     connection.name, connection.kind, connection.vendor = name, kind, vendor
     connection.base_url, connection.intake, connection.is_sandbox = base_url, intake, is_sandbox
+    connection.api_version, connection.rate_limit_per_minute = api_version, rate_limit_per_minute
+    connection.is_active = is_active
     if credentials is not None:
         connection.set_credentials(credentials)
     connection.save()
@@ -99,5 +104,9 @@ def _connection_snapshot(connection: Connection) -> dict[str, Any]:
         "vendor": connection.vendor,
         "base_url": connection.base_url,
         "intake": connection.intake,
+        "api_version": connection.api_version,
+        "rate_limit_per_minute": connection.rate_limit_per_minute,
+        "is_sandbox": connection.is_sandbox,
+        "is_active": connection.is_active,
         "entities": sorted(connection.legal_entities.values_list("code", flat=True)) if connection.pk else [],
     }

@@ -200,6 +200,8 @@ MAX_WORKER_CRASHES = env_int("PSCSYNC_MAX_WORKER_CRASHES", 3)
 POLL_SECONDS = env_int("PSCSYNC_POLL_SECONDS", 30)
 # First retry waits up to this many seconds (full jitter), doubling each time up to an hour.
 RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
+# Connections marked "sandbox" may call loopback addresses (our own sandboxes). Turn off in production.
+ALLOW_SANDBOXES = env_bool("PSCSYNC_ALLOW_SANDBOXES", True)
 # Injectable clock: "system", or "scaled:<speed>@<ISO start>" to run business time fast in demos.
 CLOCK = os.getenv("PSCSYNC_CLOCK", "system")
 # Named fault points for the fault tests; refused unless explicitly allowed (never in production).

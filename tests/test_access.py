@@ -37,6 +37,18 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 200, "admin": 200, "outsider": 200},
     ),
+    "connections:create": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "connections:edit": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "connections:test": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
     "connections:list": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
@@ -106,6 +118,8 @@ def _args(name: str, records) -> list:  # noqa: ANN001
         return [records["us"].pk]
     if name == "webhook":
         return ["echo-us"]
+    if name in ("connections:edit", "connections:test"):
+        return [records["us"].source_connection_id]
     return []
 
 

@@ -120,3 +120,19 @@ def test_an_operator_finds_a_failed_handoff_and_reads_what_the_target_said(
     assert "rejected the request (422)" in page.locator("table.grid").inner_text()
     _shot(page, "workbench")
     assert os.path.getsize(SHOTS / "handoff-detail.png") > 10_000
+
+
+def test_an_admin_tests_a_connection_from_its_page(page, live_server, admin, echo_connection) -> None:  # noqa: ANN001
+    page.goto(f"{live_server.url}/login/")
+    page.fill("#id_username", admin.username)
+    page.fill("#id_password", "a-long-test-password")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboards/health/")
+    page.click("text=Connections")
+    page.click("text=Echo US")
+    page.wait_for_url("**/connections/*/")
+    assert "Credentials are set" in page.content()
+    page.click("button:has-text('Test connection')")
+    page.wait_for_selector(".check-ok")
+    assert "Connected" in page.locator("#check-result").inner_text()
+    _shot(page, "connection-edit")

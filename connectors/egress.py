@@ -1,0 +1,96 @@
+"""Where connectors may send requests: vendor hosts over https, never private networks.
+
+Checked when a connection is saved and again before every call (a DNS name can change what it
+points at after it was saved). Connections marked as sandbox may point at loopback (our own
+sandboxes on this machine) while PSCSYNC_ALLOW_SANDBOXES is on; never at other private addresses.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+from connectors.errors import RejectedError
+
+# Host patterns per vendor (the vendors' documented API hosts).
+VENDOR_HOSTS: dict[str, tuple[str, ...]] = {
+    "salesforce": ("*.my.salesforce.com", "*.salesforce.com", "*.force.com"),
+    "certinia": ("*.my.salesforce.com", "*.salesforce.com", "*.force.com"),
+    "kantata": ("api.mavenlink.com", "*.mavenlink.com", "*.kantata.com"),
+    "netsuite": ("*.suitetalk.api.netsuite.com", "*.netsuite.com"),
+    "businesscentral": ("api.businesscentral.dynamics.com", "login.microsoftonline.com"),
+    "echo": (),  # the engine's test target: sandbox only
+}
+
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+_cache_lock = threading.Lock()
+CACHE_SECONDS = 60.0
+
+
+class DestinationRefused(RejectedError):
+    error_class = "rejected"
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get((host, port))
+        if hit and hit[0] > now:
+            return hit[1]
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise DestinationRefused(f"the host {host} cannot be resolved: {exc.strerror}") from None
+    addresses = sorted({info[4][0] for info in infos})
+    with _cache_lock:
+        _cache[(host, port)] = (now + CACHE_SECONDS, addresses)
+    return addresses
+
+
+def _kind(address: str) -> str:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
+        return "carrier-grade NAT"
+    if ip.is_private or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+        return "private"
+    return "public"
+
+
+def check_destination(url: str, *, vendor: str, is_sandbox: bool) -> None:
+    """Raise DestinationRefused unless `url` is an allowed destination for this connection."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise DestinationRefused("the address must not contain a user name or password")
+    host = parts.hostname or ""
+    if not host:
+        raise DestinationRefused("the address has no host")
+    sandbox_ok = is_sandbox and settings.ALLOW_SANDBOXES
+    if parts.scheme != "https" and not (sandbox_ok and parts.scheme == "http"):
+        raise DestinationRefused("the address must use https")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise DestinationRefused("the address has an invalid port") from None
+    kinds = {_kind(address) for address in _resolve(host, port)}
+    if sandbox_ok and kinds == {"loopback"}:
+        return
+    refused = kinds - {"public"}
+    if refused:
+        raise DestinationRefused(f"{host} points at a {sorted(refused)[0]} address; connectors may not call it")
+    patterns = VENDOR_HOSTS.get(vendor, ())
+    if not any(fnmatch.fnmatchcase(host.lower(), pattern) for pattern in patterns):
+        allowed = ", ".join(patterns) or "no public host (sandbox only)"
+        raise DestinationRefused(f"{host} is not a {vendor} API host (allowed: {allowed})")
