@@ -279,3 +279,62 @@ class AuditEntry(models.Model):
 
     def delete(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
         raise PermissionError("audit entries are append-only")
+
+
+class Mapping(models.Model):
+    """How one entity crosses into (or out of) one connection: a versioned set of field rules."""
+
+    class Direction(models.TextChoices):
+        OUTBOUND = "outbound", "To this system"
+        INBOUND = "inbound", "From this system"
+
+    connection = models.ForeignKey("connectors.Connection", on_delete=models.CASCADE, related_name="mappings")
+    entity = models.CharField(max_length=80, help_text="The object in that system, e.g. customer or pse__Proj__c.")
+    direction = models.CharField(max_length=8, choices=Direction.choices, default=Direction.OUTBOUND)
+    name = models.CharField(max_length=120)
+
+    class Meta:
+        ordering = ["connection", "entity", "direction"]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "entity", "direction"], name="mapping_one_per_entity"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class MappingVersion(models.Model):
+    """An immutable, numbered set of rules and value maps. A handoff records the version it used."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        PUBLISHED = "published", "Published"
+        RETIRED = "retired", "Retired"
+
+    mapping = models.ForeignKey(Mapping, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    rules = models.JSONField(default=list)
+    value_maps = models.JSONField(default=dict)
+    comment = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField()
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["mapping", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["mapping", "number"], name="mapping_version_number"),
+            models.UniqueConstraint(
+                fields=["mapping"], condition=Q(status="published"), name="mapping_one_published_version"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mapping} v{self.number}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.mapping.connection.slug}/{self.mapping.entity}@v{self.number}"
