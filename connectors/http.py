@@ -88,6 +88,7 @@ def request(
     url: str,
     *,
     json: Any = None,
+    data: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
     params: dict[str, Any] | None = None,
     timeout: float | None = None,
@@ -102,7 +103,13 @@ def request(
     started = time.monotonic()
     try:
         response = _get_client().request(
-            method, url, json=json, headers=headers, params=params, timeout=timeout or httpx.USE_CLIENT_DEFAULT
+            method,
+            url,
+            json=json,
+            data=data,
+            headers=headers,
+            params=params,
+            timeout=timeout or httpx.USE_CLIENT_DEFAULT,
         )
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise TransientError(f"could not connect to {httpx.URL(url).host}: {exc.__class__.__name__}") from exc

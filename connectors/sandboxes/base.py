@@ -457,6 +457,9 @@ def _http_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
     class HTTPHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = f"{sandbox.name}-sandbox"
+        # Headers and body go out in separate writes; without this each answer waits ~40 ms on
+        # delayed ACKs (measured: 84 -> 400+ upserts/s).
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             return

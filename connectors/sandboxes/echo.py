@@ -93,6 +93,8 @@ class EchoState:
 def make_handler(state: EchoState, token: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body are separate writes: without this each answer waits on delayed ACKs.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet by default
             return

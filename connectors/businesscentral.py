@@ -1,0 +1,402 @@
+"""Microsoft Dynamics 365 Business Central (API v2.0) as an ERP: customers, sales invoices,
+projects and customer payments of one company, plus its webhook notifications.
+
+Credentials (the sealed dict of the connection):
+    {"tenant": "<Entra tenant id or domain>", "environment": "production",
+     "client_id": "<app registration id>", "client_secret": "<its secret>",
+     "company_id": "<BC company GUID>", "client_state": "<shared secret echoed in notifications>",
+     "login_url": "https://login.microsoftonline.com"}          # optional, see _login_url()
+The connection's base_url is the API host (https://api.businesscentral.dynamics.com, or a sandbox);
+paths are built as /v2.0/{tenant}/{environment}/api/v2.0/companies({company_id})/...
+
+Business Central has no upsert by external key. `upsert` looks the record up by its business key
+($filter on `number` or `externalDocumentNumber`), then creates it (POST) or changes it (PATCH with
+If-Match: <etag>). A process-level lock per (connection, entity, key) keeps two threads of one worker
+from both creating; across worker processes the engine's per-handoff lease guarantees that only one
+worker runs a given handoff step at a time, so the lookup-then-create is never raced across processes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from connectors import http
+from connectors.base import Connector, InboundChange, Token, WriteResult
+from connectors.errors import ConnectorError, RejectedError, WebhookRejected
+
+SCOPE = "https://api.businesscentral.dynamics.com/.default"
+PUBLIC_API_HOST = "api.businesscentral.dynamics.com"
+PUBLIC_LOGIN_URL = "https://login.microsoftonline.com"
+
+# Entity set -> the business key field we match on, and the words a finance person uses for it.
+ENTITIES: dict[str, tuple[str, str]] = {
+    "customers": ("number", "customer"),
+    "salesInvoices": ("externalDocumentNumber", "sales invoice"),
+    "projects": ("number", "project"),
+    "customerPayments": ("externalDocumentNumber", "customer payment"),
+}
+ALIASES = {"customer": "customers", "invoice": "salesInvoices", "project": "projects", "payment": "customerPayments"}
+# What BC computes itself: never sent back on a PATCH, never compared when deciding whether to write.
+READ_ONLY = {
+    "id",
+    "@odata.etag",
+    "@odata.context",
+    "lastModifiedDateTime",
+    "status",
+    "customerName",
+    "totalAmountExcludingTax",
+    "totalTaxAmount",
+    "totalAmountIncludingTax",
+    "remainingAmount",
+    "balanceDue",
+    "journalDisplayName",
+}
+CORRELATION = re.compile(r"\s*CorrelationId:.*$", re.DOTALL)
+
+_key_locks: dict[tuple[Any, ...], threading.Lock] = {}
+_key_locks_guard = threading.Lock()
+
+
+def _key_lock(*key: Any) -> threading.Lock:
+    with _key_locks_guard:
+        return _key_locks.setdefault(key, threading.Lock())
+
+
+def odata_literal(value: str) -> str:
+    """A string literal for $filter: single quotes doubled, as OData requires."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _instant(value: str) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        raise WebhookRejected(400, f"lastModifiedDateTime {value!r} is not an ISO 8601 date-time") from None
+
+
+class BusinessCentralConnector(Connector):
+    vendor = "businesscentral"
+    page_size = 1000  # Prefer: odata.maxpagesize; BC allows up to 20,000
+
+    def __init__(self, connection: Any) -> None:
+        super().__init__(connection)
+        self._context = threading.local()
+
+    # Addresses -----------------------------------------------------------------------------------
+    @property
+    def credentials(self) -> dict[str, Any]:
+        return self.connection.credentials()
+
+    def api_root(self) -> str:
+        creds = self.credentials
+        return f"/v2.0/{creds['tenant']}/{creds.get('environment') or 'production'}/api/v2.0"
+
+    def company_path(self) -> str:
+        return f"{self.api_root()}/companies({self.credentials['company_id']})"
+
+    def _entity(self, entity: str) -> tuple[str, str, str]:
+        """(entity set, business key field, finance word) for an entity name or alias."""
+        name = ALIASES.get(entity, entity)
+        if name not in ENTITIES:
+            raise RejectedError(f"Business Central has no entity {entity!r} here (known: {', '.join(ENTITIES)})")
+        return name, *ENTITIES[name]
+
+    def _login_url(self) -> str:
+        """Entra ID lives on its own host for the real service; a sandbox serves both from base_url."""
+        configured = self.credentials.get("login_url")
+        if configured:
+            return str(configured).rstrip("/")
+        if urlsplit(self.connection.base_url).hostname == PUBLIC_API_HOST:
+            return PUBLIC_LOGIN_URL
+        return self.connection.base_url.rstrip("/")
+
+    # Auth -----------------------------------------------------------------------------------------
+    def fetch_token(self) -> Token:
+        creds = self.credentials
+        url = f"{self._login_url()}/{creds['tenant']}/oauth2/v2.0/token"
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": creds["client_id"],
+            "client_secret": creds["client_secret"],
+            "scope": SCOPE,
+        }
+        try:
+            result = self._post_form(url, form)
+        except RejectedError as exc:
+            body = exc.response if isinstance(exc.response, dict) else {}
+            description = str(body.get("error_description") or exc.message).split(" Trace ID:")[0]
+            exc.message = f"Microsoft Entra ID refused the Business Central credentials: {description}"
+            exc.args = (exc.message,)
+            raise
+        body = result.body if isinstance(result.body, dict) else {}
+        if "access_token" not in body:
+            raise RejectedError("Microsoft Entra ID answered without an access token", response=result.body)
+        return Token(value=body["access_token"], expires_at=time.time() + float(body.get("expires_in", 3599)))
+
+    def _post_form(self, url: str, form: dict[str, str]) -> http.HttpResult:
+        """A form-encoded POST (Entra accepts nothing else), through the egress check."""
+        return self.call("POST", url, data=form)
+
+    def ping(self) -> None:
+        self.send("GET", self.company_path())
+
+    # Errors ---------------------------------------------------------------------------------------
+    def describe_error(self, error: ConnectorError) -> None:
+        body = error.response if isinstance(error.response, dict) else {}
+        detail = body.get("error") if isinstance(body.get("error"), dict) else {}
+        code = str(detail.get("code") or "")
+        message = CORRELATION.sub("", str(detail.get("message") or "")).strip()
+        noun = getattr(self._context, "noun", "request")
+        status = error.http_status
+        if status == 429:
+            wait = getattr(error, "retry_after", None)
+            error.message = "Business Central is throttling our requests (429 Too Many Requests)" + (
+                f"; retrying after {wait:g} s" if wait else "; retrying with back-off"
+            )
+        elif status == 401:
+            error.message = (
+                "Business Central refused our access token (401). Check the app registration's client id and "
+                "secret, and that the app is added on BC's 'Microsoft Entra Applications' page."
+            )
+        elif status == 403:
+            reason = f": {message}" if message else ""
+            error.message = (
+                f"Business Central does not allow this app to change the {noun} (403{reason}). "
+                "Grant the app a permission set in Business Central."
+            )
+        elif code == "Internal_CompanyNotFound":
+            error.message = (
+                f"The Business Central company {self.credentials.get('company_id')} does not exist: {message}"
+            )
+        elif status in (409, 412) or code == "Request_EntityChanged":
+            error.message = f"Someone changed the {noun} in Business Central while we were updating it: {message}"
+        elif status is not None and status >= 500:
+            error.message = (
+                f"Business Central failed while handling the {noun} ({status}{': ' + message if message else ''})"
+            )
+        elif message:
+            error.message = f"Business Central rejected the {noun}: {message}"
+        error.args = (error.message,)
+
+    # Reading --------------------------------------------------------------------------------------
+    def read(
+        self, entity: str, *, since: dt.datetime | None = None, where: dict[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        name, _, noun = self._entity(entity)
+        clauses = []
+        if since is not None:
+            stamp = since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+            clauses.append(f"lastModifiedDateTime gt {stamp}")
+        for field, value in (where or {}).items():
+            clauses.append(f"{field} eq {self._literal(value)}")
+        params = {"$filter": " and ".join(clauses)} if clauses else None
+        url: str | None = f"{self.company_path()}/{name}"
+        headers = {"Prefer": f"odata.maxpagesize={self.page_size}"}
+        self._context.noun = noun
+        while url:
+            result = self.send("GET", url, params=params, headers=headers)
+            yield from result.body.get("value", [])
+            url = result.body.get("@odata.nextLink")
+            params = None  # the next link carries the query
+
+    @staticmethod
+    def _literal(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return str(value)
+        if isinstance(value, dt.datetime):
+            return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        return odata_literal(str(value))
+
+    def lookup(self, *, entity: str, key: str) -> WriteResult | None:
+        name, key_field, noun = self._entity(entity)
+        self._context.noun = noun
+        url = self.url(f"{self.company_path()}/{name}")
+        params = {"$filter": f"{key_field} eq {odata_literal(key)}", "$top": "2"}
+        result = self.send("GET", url, params=params)
+        found = result.body.get("value", [])
+        if not found:
+            return None
+        return WriteResult(
+            external_id=str(found[0]["id"]),
+            request={"method": "GET", "url": url, "params": params},
+            response=found[0],
+            http_status=result.status,
+            created=False,
+        )
+
+    # Writing --------------------------------------------------------------------------------------
+    def upsert(self, *, entity: str, key: str, fields: dict[str, Any]) -> WriteResult:
+        name, key_field, noun = self._entity(entity)
+        body = {**fields, key_field: key}
+        with _key_lock(self.connection.pk, name, key):
+            self._context.noun = noun
+            for attempt in (1, 2):
+                existing = self.lookup(entity=name, key=key)
+                if existing is None:
+                    return self._create(name, body)
+                try:
+                    return self._update(name, noun, existing.response, body)
+                except ConnectorError as exc:
+                    # Someone changed it between our read and our write: read again, apply ours once more.
+                    if exc.http_status in (409, 412) and attempt == 1:
+                        continue
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _create(self, name: str, body: dict[str, Any]) -> WriteResult:
+        url = self.url(f"{self.company_path()}/{name}")
+        result = self.send("POST", url, json=body)
+        return WriteResult(
+            external_id=str(result.body["id"]),
+            request={"method": "POST", "url": url, "json": body},
+            response=result.body,
+            http_status=result.status,
+            created=True,
+        )
+
+    def _update(self, name: str, noun: str, current: dict[str, Any], body: dict[str, Any]) -> WriteResult:
+        url = self.url(f"{self.company_path()}/{name}({current['id']})")
+        # Lines are written with the invoice only when it is created (deep insert); BC takes no deep update.
+        changes = {
+            k: v for k, v in body.items() if k not in READ_ONLY and k != "salesInvoiceLines" and current.get(k) != v
+        }
+        if not changes:  # already as wanted: writing again would only bump its version
+            return WriteResult(
+                external_id=str(current["id"]),
+                request={"method": "GET", "url": url, "note": "no change needed"},
+                response=current,
+                http_status=200,
+                created=False,
+            )
+        if name == "salesInvoices" and current.get("status") not in (None, "Draft"):
+            raise RejectedError(
+                f"Business Central rejected the {noun}: invoice {current.get('number')} is already posted "
+                f"({current.get('status')}) and cannot be changed (fields {', '.join(sorted(changes))} differ)",
+                http_status=400,
+                response=current,
+            )
+        headers = {"If-Match": current["@odata.etag"]}
+        result = self.send("PATCH", url, json=changes, headers=headers)
+        return WriteResult(
+            external_id=str(result.body["id"]),
+            request={"method": "PATCH", "url": url, "json": changes, "headers": headers},
+            response=result.body,
+            http_status=result.status,
+            created=False,
+        )
+
+    def post_invoice(self, invoice_id: str, *, etag: str | None = None) -> WriteResult:
+        """Post a draft sales invoice (Microsoft.NAV.post). Safe to repeat: an invoice already posted
+        is reported as it is, not posted twice."""
+        self._context.noun = "sales invoice"
+        invoice_url = self.url(f"{self.company_path()}/salesInvoices({invoice_id})")
+        current = self.send("GET", invoice_url).body
+        if current.get("status") != "Draft":
+            return WriteResult(str(current["id"]), {"method": "GET", "url": invoice_url}, current, 200, False)
+        url = f"{invoice_url}/Microsoft.NAV.post"
+        headers = {"If-Match": etag or current["@odata.etag"]}
+        result = self.send("POST", url, headers=headers)
+        posted = self.send("GET", invoice_url).body
+        return WriteResult(
+            external_id=str(posted["id"]),
+            request={"method": "POST", "url": url, "headers": headers},
+            response=posted,
+            http_status=result.status,
+            created=False,
+        )
+
+    # Webhooks ---------------------------------------------------------------------------------------
+    def handshake(self, *, method: str, query: dict[str, str], body: bytes) -> tuple[int, str, bytes] | None:
+        """BC validates a subscription (and every renewal) by calling us with ?validationToken=...;
+        only the token echoed as plain text creates the subscription."""
+        token = query.get("validationToken")
+        if token is None:
+            return None
+        return 200, "text/plain", token.encode()
+
+    def _items(self, body: bytes) -> list[dict[str, Any]]:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise WebhookRejected(400, f"the body is not valid JSON: {exc}") from None
+        items = payload.get("value") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+            raise WebhookRejected(400, "a Business Central notification has a non-empty 'value' list of objects")
+        for item in items:
+            missing = [
+                f for f in ("subscriptionId", "resource", "changeType", "lastModifiedDateTime") if not item.get(f)
+            ]
+            if missing:
+                raise WebhookRejected(400, f"a notification item lacks {', '.join(missing)}")
+        return items
+
+    @staticmethod
+    def _item_id(item: dict[str, Any]) -> str:
+        event_id = f"{item['subscriptionId']}:{item['resource']}:{item['lastModifiedDateTime']}"
+        if len(event_id) <= 200:
+            return event_id
+        return f"{item['subscriptionId']}:{hashlib.sha256(event_id.encode()).hexdigest()}"
+
+    def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:
+        """BC signs nothing: the clientState we chose at subscription time, in every item, is the proof."""
+        expected = str(self.credentials.get("client_state") or "")
+        if not expected:
+            raise WebhookRejected(401, "this connection has no client_state configured; set one and resubscribe")
+        items = self._items(body)
+        for item in items:
+            if not hmac.compare_digest(str(item.get("clientState") or "").encode(), expected.encode()):
+                raise WebhookRejected(401, "clientState does not match")
+        if len(items) == 1:
+            return self._item_id(items[0])
+        joined = "\n".join(self._item_id(item) for item in items)
+        return "batch:" + hashlib.sha256(joined.encode()).hexdigest()
+
+    def parse_webhook(self, *, event_id: str, body: bytes) -> list[InboundChange]:
+        changes = []
+        for item in self._items(body):
+            resource = str(item["resource"])
+            match = re.search(r"/(\w+)\(([^)]*)\)$", resource)
+            entity, record_id = (match.group(1), match.group(2)) if match else (resource, resource)
+            if not match:  # a `collection` item: many changes, re-read the filtered resource
+                entity = re.sub(r"\?.*$", "", resource).rsplit("/", 1)[-1]
+            changes.append(
+                InboundChange(
+                    source_event_id=self._item_id(item),
+                    event_type=f"{entity}.{item['changeType']}",
+                    flow="",
+                    business_key=record_id[:200],
+                    occurred_at=_instant(str(item["lastModifiedDateTime"])),
+                    payload=dict(item),
+                )
+            )
+        return changes
+
+    # Subscriptions (how a connection starts receiving notifications) --------------------------------
+    def subscribe(self, *, entity: str, notification_url: str) -> dict[str, Any]:
+        """Register a webhook subscription for one entity set of our company (BC calls back to validate)."""
+        name = ALIASES.get(entity, entity)
+        self._context.noun = "webhook subscription"
+        body = {
+            "notificationUrl": notification_url,
+            "resource": f"/api/v2.0/companies({self.credentials['company_id']})/{name}",
+            "clientState": self.credentials.get("client_state", ""),
+        }
+        return self.send("POST", f"{self.api_root()}/subscriptions", json=body).body
+
+    def renew_subscription(self, subscription: dict[str, Any]) -> dict[str, Any]:
+        """Subscriptions expire after 3 days; a PATCH renews them (and BC repeats the handshake)."""
+        self._context.noun = "webhook subscription"
+        url = f"{self.api_root()}/subscriptions('{subscription['subscriptionId']}')"
+        headers = {"If-Match": subscription.get("@odata.etag", "*")}
+        return self.send("PATCH", url, json={}, headers=headers).body
