@@ -14,18 +14,7 @@ from urllib.parse import quote
 
 from connectors.base import Connector, InboundChange, Token, WriteResult
 from connectors.errors import WebhookRejected
-from connectors.signatures import standard_webhook_verify
-
-
-def active_webhook_secrets(credentials: dict[str, Any], now: dt.datetime) -> list[str]:
-    """Current and not-yet-expired previous secrets (rotation keeps two valid for a while)."""
-    secrets = []
-    for entry in credentials.get("webhook_secrets", []):
-        expires = entry.get("expires_at")
-        if expires and dt.datetime.fromisoformat(expires) <= now:
-            continue
-        secrets.append(entry["secret"])
-    return secrets
+from connectors.signatures import active_webhook_secrets, standard_webhook_verify
 
 
 def _change(item: Any, *, event_id: str) -> InboundChange:

@@ -16,6 +16,7 @@ import binascii
 import datetime as dt
 import hashlib
 import hmac
+from typing import Any
 
 from connectors.errors import WebhookRejected
 
@@ -73,3 +74,14 @@ def standard_webhook_verify(
     if not matched:
         raise WebhookRejected(401, "no signature matches this connection's webhook secrets")
     return msg_id
+
+
+def active_webhook_secrets(credentials: dict[str, Any], now: dt.datetime) -> list[str]:
+    """Current and not-yet-expired previous secrets (rotation keeps two valid for a while)."""
+    secrets = []
+    for entry in credentials.get("webhook_secrets", []):
+        expires = entry.get("expires_at")
+        if expires and dt.datetime.fromisoformat(expires) <= now:
+            continue
+        secrets.append(entry["secret"])
+    return secrets

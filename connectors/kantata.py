@@ -1,0 +1,326 @@
+"""Kantata OX (formerly Mavenlink) API v1: projects, tasks, time, expenses and invoices in the PSA.
+
+Connection:
+  base_url     the API host without the version, e.g. https://api.mavenlink.com (the sandbox:
+               http://127.0.0.1:8792). The API lives under /api/v1, the token endpoint at /oauth/token.
+  credentials  {"client_id": "...", "client_secret": "..."}; optional "token_url" when the
+               account's token endpoint is on another host (e.g. https://app.mavenlink.com/oauth/token).
+
+Kantata has no upsert and no idempotency key: a retried POST makes a second project. So every
+write is keyed by an *external reference* (service_name "pscsync", service_model_ref = our
+business key) stored with the object in the same create call, and `upsert` looks the key up
+before it creates. Within one process a lock per (connection, object, key) covers the gap
+between lookup and create; across processes and machines the engine's per-handoff lease does
+(only one worker runs a given handoff at a time), so two creates for one key never race.
+
+Kantata does not push changes: `poll` reads the Subscribed Events feed (9 days retained).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from connectors.base import Connector, InboundChange, Token, WriteResult
+from connectors.errors import ConnectorError, MappingError, RejectedError, WebhookRejected
+
+logger = logging.getLogger(__name__)
+
+API = "/api/v1"
+SERVICE_NAME = "pscsync"  # our name on every external reference we write
+PAGE_SIZE = 200  # Kantata's maximum per_page
+# Events can be committed out of order, so each poll re-reads this much before the cursor; the
+# engine drops what it already has (events are unique per connection and Kantata event id).
+POLL_OVERLAP = dt.timedelta(seconds=30)
+EVENT_RETENTION = dt.timedelta(days=9)
+# Kantata documents tokens as non-expiring until revoked; when the answer gives no lifetime we
+# re-authenticate daily anyway, and a 401 on the way refreshes at once.
+DEFAULT_TOKEN_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class ObjectType:
+    """A Kantata object as the API names it, and what a finance person calls it."""
+
+    collection: str
+    singular: str
+    subject_type: str
+    label: str
+
+
+OBJECTS: dict[str, ObjectType] = {
+    "workspaces": ObjectType("workspaces", "workspace", "Workspace", "project"),
+    "stories": ObjectType("stories", "story", "Story", "task"),
+    "participations": ObjectType("participations", "participation", "Participation", "project team member"),
+    "time_entries": ObjectType("time_entries", "time_entry", "TimeEntry", "time entry"),
+    "expenses": ObjectType("expenses", "expense", "Expense", "expense"),
+    "invoices": ObjectType("invoices", "invoice", "Invoice", "invoice"),
+    "users": ObjectType("users", "user", "User", "user"),
+}
+# The names flows and mappings may use for each object.
+ALIASES: dict[str, str] = {
+    "workspace": "workspaces",
+    "project": "workspaces",
+    "projects": "workspaces",
+    "story": "stories",
+    "task": "stories",
+    "tasks": "stories",
+    "milestone": "stories",
+    "milestones": "stories",
+    "phase": "stories",
+    "phases": "stories",
+    "participation": "participations",
+    "time_entry": "time_entries",
+    "time": "time_entries",
+    "expense": "expenses",
+    "invoice": "invoices",
+    "user": "users",
+}
+SUBJECTS = {o.subject_type: o for o in OBJECTS.values()}
+
+# One lock per (connection, object, key) while a lookup-then-create is in flight in this process.
+_key_locks: dict[tuple[int | None, str, str], tuple[threading.Lock, int]] = {}
+_key_locks_guard = threading.Lock()
+
+
+@contextmanager
+def key_lock(connection_id: int | None, collection: str, key: str) -> Iterator[None]:
+    """Serialise writes of one business key in this process; forgotten when nobody holds it."""
+    ident = (connection_id, collection, key)
+    with _key_locks_guard:
+        lock, holders = _key_locks.get(ident, (threading.Lock(), 0))
+        _key_locks[ident] = (lock, holders + 1)
+    try:
+        with lock:
+            yield
+    finally:
+        with _key_locks_guard:
+            lock, holders = _key_locks[ident]
+            if holders <= 1:
+                del _key_locks[ident]
+            else:
+                _key_locks[ident] = (lock, holders - 1)
+
+
+def object_type(entity: str) -> ObjectType:
+    name = ALIASES.get(entity, entity)
+    if name not in OBJECTS:
+        known = ", ".join(sorted(OBJECTS))
+        raise MappingError(f"Kantata has no object called {entity!r}; use one of: {known}")
+    return OBJECTS[name]
+
+
+def parse_when(value: Any) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return dt.datetime.now(tz=dt.UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def records_of(body: Any, collection: str) -> list[dict[str, Any]]:
+    """The objects of one type in Kantata's envelope, in `results` order (the keyed map has none)."""
+    if not isinstance(body, dict):
+        return []
+    objects = body.get(collection) or {}
+    return [objects[r["id"]] for r in body.get("results", []) if r.get("key") == collection and r["id"] in objects]
+
+
+class KantataConnector(Connector):
+    vendor = "kantata"
+
+    # Auth -------------------------------------------------------------------------------------
+    def fetch_token(self) -> Token:
+        credentials = self.connection.credentials()
+        url = credentials.get("token_url") or self.url("/oauth/token")
+        body = {
+            "grant_type": "client_credentials",
+            "client_id": credentials.get("client_id", ""),
+            "client_secret": credentials.get("client_secret", ""),
+        }
+        try:
+            # OAuth 2 token requests are form-encoded (RFC 6749 section 4.4).
+            result = self.call("POST", url, data=body)
+        except ConnectorError as exc:
+            self.describe_error(exc)
+            raise
+        answer = result.body if isinstance(result.body, dict) else {}
+        if not answer.get("access_token"):
+            raise RejectedError("Kantata's token endpoint answered without an access token", response=answer)
+        lifetime = float(answer.get("expires_in") or DEFAULT_TOKEN_SECONDS)
+        return Token(value=answer["access_token"], expires_at=dt.datetime.now(tz=dt.UTC).timestamp() + lifetime)
+
+    def ping(self) -> None:
+        self.send("GET", f"{API}/users/me")
+
+    def describe_error(self, error: ConnectorError) -> None:
+        """Say in plain words what Kantata objected to."""
+        body = error.response if isinstance(error.response, dict) else {}
+        problems = body.get("errors") if isinstance(body.get("errors"), list) else []
+        said = "; ".join(
+            f"{p.get('message', '')}" + (f" (field: {p['field']})" if p.get("field") else "")
+            for p in problems
+            if isinstance(p, dict)
+        )
+        status = error.http_status
+        if body.get("error") and status in (400, 401):  # the OAuth token endpoint's own shape
+            error.message = (
+                f"Kantata refused the connection's client id and secret ({body['error']}); "
+                "check the credentials of this connection"
+            )
+        elif status == 401:
+            error.message = f"Kantata refused our access token: {said or 'unauthorised'}; check the credentials"
+        elif status == 403:
+            error.message = f"Kantata does not allow this for the connection's user: {said or 'forbidden'}"
+        elif status == 404:
+            error.message = f"Kantata has no such record: {said or 'not found'}"
+        elif status == 422:
+            error.message = f"Kantata rejected the change: {said}"
+        elif status == 429:
+            wait = getattr(error, "retry_after", None)
+            error.message = "Kantata is limiting how fast we call it" + (
+                f"; retrying after {wait:.0f} s" if wait else ""
+            )
+        elif status is not None and status >= 500:
+            error.message = f"Kantata failed ({status}): {said or 'server error'}"
+        elif status is not None and said:
+            error.message = f"Kantata rejected the request ({status}): {said}"
+
+    # Reading ----------------------------------------------------------------------------------
+    def read(
+        self, entity: str, *, since: dt.datetime | None = None, where: dict[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every object of `entity`, following page/per_page until the last page Kantata reports."""
+        kind = object_type(entity)
+        params: dict[str, Any] = {**(where or {}), "per_page": PAGE_SIZE}
+        if since is not None:
+            params["updated_after"] = since.isoformat()
+        page = 1
+        while True:
+            result = self.send("GET", f"{API}/{kind.collection}", params={**params, "page": page})
+            yield from records_of(result.body, kind.collection)
+            meta = result.body.get("meta", {}) if isinstance(result.body, dict) else {}
+            if page >= int(meta.get("page_count") or 0):
+                return
+            page += 1
+
+    # Outbound ---------------------------------------------------------------------------------
+    def find(self, kind: ObjectType, key: str) -> tuple[dict[str, Any] | None, str]:
+        """The object carrying our external reference `key`, and the URL asked."""
+        params = {
+            "external_reference_service_name": SERVICE_NAME,
+            "external_reference_service_model_ref": key,
+            "order": "id:asc",
+            "per_page": 2,
+        }
+        path = f"{API}/{kind.collection}"
+        if kind.collection == "workspaces":
+            params["include_archived"] = "true"  # an archived project is still the one we made
+        result = self.send("GET", path, params=params)
+        found = records_of(result.body, kind.collection)
+        if len(found) > 1:
+            # Someone else (or an old integration) wrote the same key twice; keep writing the oldest.
+            logger.warning("Kantata holds %s %ss for key %s; using %s", len(found), kind.label, key, found[0]["id"])
+        return (found[0] if found else None), self.url(path)
+
+    def lookup(self, *, entity: str, key: str) -> WriteResult | None:
+        kind = object_type(entity)
+        record, url = self.find(kind, key)
+        if record is None:
+            return None
+        return WriteResult(
+            external_id=str(record["id"]), request={"method": "GET", "url": url, "key": key}, response=record
+        )
+
+    def upsert(self, *, entity: str, key: str, fields: dict[str, Any]) -> WriteResult:
+        """Create the object under `key`, or update the one already there. Safe to repeat."""
+        kind = object_type(entity)
+        with key_lock(self.connection.pk, kind.collection, key):
+            existing, _ = self.find(kind, key)
+            if existing is None:
+                method, path = "POST", f"{API}/{kind.collection}"
+                reference = {
+                    "service_name": SERVICE_NAME,
+                    "service_model": kind.singular,
+                    "service_model_ref": key,
+                    "status": "successful",
+                }
+                # The reference travels in the create call itself, so the object never exists
+                # without it: a lost answer is found by the next lookup, not created twice.
+                body = {kind.singular: {**fields, "external_reference": reference}}
+            else:
+                method, path = "PUT", f"{API}/{kind.collection}/{existing['id']}"
+                body = {kind.singular: dict(fields)}
+            try:
+                result = self.send(method, path, json=body)
+            except RejectedError as exc:
+                exc.message = f"{exc.message} [{kind.label} {key}]"
+                raise
+            written = records_of(result.body, kind.collection)
+            return WriteResult(
+                external_id=str(written[0]["id"]) if written else str((existing or {}).get("id", "")),
+                request={"method": method, "url": self.url(path), "json": body},
+                response=result.body,
+                http_status=result.status,
+                created=existing is None,
+            )
+
+    # Inbound ----------------------------------------------------------------------------------
+    def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:
+        raise WebhookRejected(404, "Kantata does not push changes; this connection polls")
+
+    def parse_webhook(self, *, event_id: str, body: bytes) -> list[InboundChange]:
+        raise WebhookRejected(404, "Kantata does not push changes; this connection polls")
+
+    def poll(self, *, cursor: str) -> tuple[list[InboundChange], str]:
+        """Subscribed events created since the cursor (an ISO time), oldest first, de-duplicated.
+
+        The cursor is the newest event time seen. Each poll starts POLL_OVERLAP before it, so an
+        event committed late is still read; repeats carry the same event id and are dropped by
+        the engine. A cursor older than Kantata's 9-day window means events may be gone: we log
+        it, and the reconciliation job (a full read) is what catches up.
+        """
+        now = dt.datetime.now(tz=dt.UTC)
+        since = parse_when(cursor) - POLL_OVERLAP if cursor else None
+        if since is not None and since < now - EVENT_RETENTION:
+            logger.warning("Kantata keeps 9 days of events; cursor %s is older, some changes may be missed", cursor)
+        params: dict[str, Any] = {"per_page": PAGE_SIZE, "include": "subject"}
+        if since is not None:
+            params["created_after"] = since.isoformat()
+        seen: dict[str, InboundChange] = {}
+        newest = cursor
+        page = 1
+        while True:
+            result = self.send("GET", f"{API}/subscribed_events", params={**params, "page": page})
+            for event in records_of(result.body, "subscribed_events"):
+                change = self.change_of(event, result.body)
+                seen.setdefault(change.source_event_id, change)
+                if not newest or parse_when(event["created_at"]) > parse_when(newest):
+                    newest = event["created_at"]
+            meta = result.body.get("meta", {}) if isinstance(result.body, dict) else {}
+            if page >= int(meta.get("page_count") or 0):
+                break
+            page += 1
+        # Kantata may list events out of order; apply them in the order they happened.
+        changes = sorted(seen.values(), key=lambda c: (c.occurred_at, c.sequence))
+        return changes, newest or ""
+
+    def change_of(self, event: dict[str, Any], body: dict[str, Any]) -> InboundChange:
+        kind = SUBJECTS.get(event.get("subject_type", ""))
+        subject = None
+        if kind is not None:
+            subject = (body.get(kind.collection) or {}).get(str(event.get("subject_id")))
+        return InboundChange(
+            source_event_id=str(event["id"]),
+            event_type=str(event.get("event_type", "")),
+            flow="",
+            business_key=f"{event.get('subject_type', '')}:{event.get('subject_id', '')}",
+            occurred_at=parse_when(event.get("subject_changed_at") or event.get("created_at")),
+            payload={"event": event, "subject": subject},
+            sequence=int(event["id"]) if str(event["id"]).isdigit() else 0,
+        )

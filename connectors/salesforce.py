@@ -1,0 +1,430 @@
+"""Salesforce (the CRM) through its REST API: OAuth 2.0 client credentials, sObject upsert by
+external id, SOQL with query-locator paging, Change Data Capture events for intake.
+
+Credentials (connection.credentials()):
+    {"client_id": "<connected app consumer key>", "client_secret": "<consumer secret>",
+     "webhook_secrets": [{"secret": "whsec_...", "expires_at": "2026-12-01T00:00:00+00:00" | None}]}
+connection.base_url is the org's My Domain URL (https://acme.my.salesforce.com), used both for
+the token endpoint and for the API; connection.api_version is e.g. "v62.0" (blank: v62.0).
+
+Writes are idempotent by business key: every synced object has the external id field
+`pscsync_Key__c` (External ID, Unique) and every write is `PATCH /sobjects/{type}/pscsync_Key__c/{key}`,
+which Salesforce itself turns into create-or-update, so no lock is needed around it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from connectors import http
+from connectors.base import Connector, InboundChange, Token, WriteResult
+from connectors.errors import (
+    ConnectorError,
+    MappingError,
+    RejectedError,
+    TransientError,
+    UnknownOutcomeError,
+    WebhookRejected,
+)
+from connectors.signatures import active_webhook_secrets, standard_webhook_verify
+
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+_OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SalesforceConnector(Connector):
+    vendor = "salesforce"
+    default_api_version = "v62.0"
+    # The external id field the connector upserts by, and per-object exceptions to it.
+    external_id_field = "pscsync_Key__c"
+    external_id_fields: ClassVar[dict[str, str]] = {}
+    # Friendly entity names the flows may use, and the words used in messages.
+    entity_aliases: ClassVar[dict[str, str]] = {
+        "account": "Account",
+        "contact": "Contact",
+        "opportunity": "Opportunity",
+        "quote": "Quote",
+        "contract": "Contract",
+    }
+    entity_labels: ClassVar[dict[str, str]] = {
+        "Account": "account",
+        "Contact": "contact",
+        "Opportunity": "opportunity",
+        "Quote": "quote",
+        "Contract": "contract",
+    }
+    # What read() selects when the caller names no fields (there is no SELECT * in SOQL).
+    default_fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Account": ("Id", "Name", "AccountNumber", "Type", "Industry", "BillingCountry", "CurrencyIsoCode", "ParentId"),
+        "Contact": ("Id", "FirstName", "LastName", "Email", "AccountId"),
+        "Opportunity": (
+            "Id",
+            "Name",
+            "AccountId",
+            "StageName",
+            "CloseDate",
+            "Amount",
+            "Probability",
+            "CurrencyIsoCode",
+            "IsClosed",
+            "IsWon",
+        ),
+    }
+    batch_size = 2000  # Sforce-Query-Options batchSize: records per page of a query
+    # Client-credentials tokens carry no lifetime; the org's session timeout decides (2 h by
+    # default). We assume that much and refresh on the 401 INVALID_SESSION_ID if it is shorter.
+    assumed_session_seconds = 2 * 3600
+    # Salesforce sends no Retry-After with REQUEST_LIMIT_EXCEEDED: wait this long when it has none.
+    limit_retry_seconds = 900
+    # Sent as Sforce-Call-Options so change events caused by our own writes carry
+    # changeOrigin "...;client=pscsync" and can be told apart from users' changes.
+    call_options_client = "pscsync"
+    last_api_usage = ""  # the last Sforce-Limit-Info header: "api-usage=used/allowed"
+
+    # Names -------------------------------------------------------------------------------------
+    @property
+    def api_version(self) -> str:
+        version = (self.connection.api_version or self.default_api_version).strip()
+        return version if version.startswith("v") else f"v{version}"
+
+    def api_path(self, tail: str) -> str:
+        return f"/services/data/{self.api_version}/{tail.lstrip('/')}"
+
+    def sobject(self, entity: str) -> str:
+        name = self.entity_aliases.get(entity, self.entity_aliases.get(entity.lower(), entity))
+        if not _OBJECT_NAME.match(name):
+            raise MappingError(f"{entity!r} is not a Salesforce object name")
+        return name
+
+    def label(self, sobject: str) -> str:
+        return self.entity_labels.get(sobject, sobject)
+
+    def external_id_field_for(self, sobject: str) -> str:
+        return self.external_id_fields.get(sobject, self.external_id_field)
+
+    # Auth -------------------------------------------------------------------------------------
+    def fetch_token(self) -> Token:
+        credentials = self.connection.credentials()
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": credentials.get("client_id", ""),
+            "client_secret": credentials.get("client_secret", ""),
+        }
+        result = self._post_form(self.url("/services/oauth2/token"), form)
+        body = result.body if isinstance(result.body, dict) else {}
+        if result.status != 200 or not body.get("access_token"):
+            reason = body.get("error_description") or body.get("error") or f"HTTP {result.status}"
+            raise RejectedError(
+                f"Salesforce refused the connection's client id and secret ({body.get('error', 'error')}: {reason}); "
+                "check the connected app's consumer key and secret on this connection",
+                http_status=result.status,
+                response=body,
+            )
+        expires_in = body.get("expires_in")  # not sent for this flow today; honoured if it ever is
+        lifetime = float(expires_in) if expires_in else self.assumed_session_seconds
+        return Token(value=body["access_token"], expires_at=time.time() + lifetime)
+
+    def _post_form(self, url: str, form: dict[str, str]) -> http.HttpResult:
+        """POST a form-encoded body (OAuth token endpoints take no JSON), through the egress check."""
+        return self.call("POST", url, data=form, accept_statuses=(400, 401))
+
+    def auth_headers(self) -> dict[str, str]:
+        return {
+            **super().auth_headers(),
+            "Accept": "application/json",
+            "Sforce-Call-Options": f"client={self.call_options_client}",
+        }
+
+    def call(self, method: str, url: str, **kwargs: Any) -> http.HttpResult:
+        """Salesforce throttles with 403 REQUEST_LIMIT_EXCEEDED rather than 429: that is a
+        transient failure (retry later), while any other 403 is a permission problem."""
+        accepted = tuple(kwargs.pop("accept_statuses", ()))
+        result = super().call(method, url, accept_statuses=(*accepted, 403), **kwargs)
+        self.last_api_usage = result.headers.get("sforce-limit-info", "")
+        if result.status != 403 or 403 in accepted:
+            return result
+        if _error_code(result.body) == "REQUEST_LIMIT_EXCEEDED":
+            retry_after = http.parse_retry_after(result.headers.get("retry-after"))
+            raise TransientError(
+                "Salesforce's API request limit is reached (403 REQUEST_LIMIT_EXCEEDED)",
+                retry_after=retry_after if retry_after is not None else self.limit_retry_seconds,
+                http_status=403,
+                response=result.body,
+            )
+        raise RejectedError(
+            f"Salesforce refused the request (403): {http.vendor_message(result.body)}",
+            http_status=403,
+            response=result.body,
+        )
+
+    def describe_error(self, error: ConnectorError) -> None:
+        items = [i for i in error.response if isinstance(i, dict)] if isinstance(error.response, list) else []
+        if not items:
+            return
+        explained = "; ".join(_explain(i) for i in items)
+        if isinstance(error, TransientError):
+            error.message = f"Salesforce is not taking requests right now: {explained}; pscsync will retry"
+        elif isinstance(error, UnknownOutcomeError):
+            error.message = (
+                f"Salesforce failed while saving ({error.http_status}: {explained}); it may or may not have saved, "
+                "so pscsync looks the record up before trying again"
+            )
+        else:
+            error.message = f"Salesforce rejected the request: {explained}"
+        error.args = (error.message,)
+
+    def ping(self) -> None:
+        self.send("GET", self.api_path("limits"))
+
+    # Reading ----------------------------------------------------------------------------------
+    def soql(
+        self,
+        entity: str,
+        *,
+        since: dt.datetime | None = None,
+        where: dict[str, Any] | None = None,
+        fields: list[str] | tuple[str, ...] | None = None,
+    ) -> str:
+        """The SOQL for read(): the fields, the filters ANDed, oldest change first."""
+        sobject = self.sobject(entity)
+        chosen = list(fields or self.default_fields.get(sobject, ("Id", "Name")))
+        for extra in ("Id", "LastModifiedDate"):
+            if extra not in chosen:
+                chosen.append(extra)
+        conditions = []
+        if since is not None:
+            conditions.append(f"LastModifiedDate > {_literal(since)}")
+        for name, value in (where or {}).items():
+            _check_field(name)
+            if isinstance(value, list | tuple | set | frozenset):
+                conditions.append(f"{name} IN ({', '.join(_literal(v) for v in value)})")
+            else:
+                conditions.append(f"{name} = {_literal(value)}")
+        for name in chosen:
+            _check_field(name)
+        text = f"SELECT {', '.join(chosen)} FROM {sobject}"  # noqa: S608 - SOQL; names checked, values quoted
+        if conditions:
+            text += " WHERE " + " AND ".join(conditions)
+        return text + " ORDER BY LastModifiedDate, Id"
+
+    def read(
+        self,
+        entity: str,
+        *,
+        since: dt.datetime | None = None,
+        where: dict[str, Any] | None = None,
+        fields: list[str] | tuple[str, ...] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every matching record, page after page (Salesforce's query locator), without the
+        `attributes` blocks."""
+        yield from self.query(self.soql(entity, since=since, where=where, fields=fields))
+
+    def query(self, soql: str) -> Iterator[dict[str, Any]]:
+        headers = {"Sforce-Query-Options": f"batchSize={self.batch_size}"}
+        result = self.send("GET", self.api_path("query"), params={"q": soql}, headers=headers)
+        while True:
+            for record in result.body.get("records", []):
+                yield _plain(record)
+            next_url = result.body.get("nextRecordsUrl")
+            if result.body.get("done", True) or not next_url:
+                return
+            result = self.send("GET", next_url, headers=headers)
+
+    # Writing ----------------------------------------------------------------------------------
+    def _key_path(self, sobject: str, key: str) -> str:
+        # Keys are quoted whole: a "/" in a key must not become a path separator. Salesforce may
+        # read a key ending in ".xyz" as a file extension (documented): keep dots out of keys.
+        field = self.external_id_field_for(sobject)
+        return self.api_path(f"sobjects/{sobject}/{field}/{quote(key, safe='')}")
+
+    def upsert(self, *, entity: str, key: str, fields: dict[str, Any]) -> WriteResult:
+        sobject = self.sobject(entity)
+        field = self.external_id_field_for(sobject)
+        # Salesforce refuses Id and the external id itself in the body of an upsert.
+        body = {k: v for k, v in fields.items() if k != "Id" and k.lower() != field.lower()}
+        url = self.url(self._key_path(sobject, key))
+        try:
+            result = self.send("PATCH", url, json=body, accept_statuses=(300,))
+        except ConnectorError as exc:
+            raise _about(exc, f"{self.label(sobject)} {key}") from None
+        if result.status == 300:
+            raise _duplicates(self.label(sobject), field, key, result.body)
+        answer = result.body if isinstance(result.body, dict) else {}
+        record_id = answer.get("id")
+        if not record_id:  # 204 No Content on an update (older API versions): ask for the id
+            found = self.lookup(entity=sobject, key=key)
+            record_id = found.external_id if found else ""
+        created = bool(answer.get("created")) if "created" in answer else result.status == 201
+        return WriteResult(
+            external_id=str(record_id),
+            request={"method": "PATCH", "url": url, "json": body},
+            response=result.body,
+            http_status=result.status,
+            created=created,
+        )
+
+    def lookup(self, *, entity: str, key: str) -> WriteResult | None:
+        sobject = self.sobject(entity)
+        url = self.url(self._key_path(sobject, key))
+        result = self.send("GET", url, accept_statuses=(300, 404))
+        if result.status == 404:
+            return None
+        if result.status == 300:
+            raise _duplicates(self.label(sobject), self.external_id_field_for(sobject), key, result.body)
+        return WriteResult(
+            external_id=str(result.body["Id"]),
+            request={"method": "GET", "url": url},
+            response=result.body,
+            http_status=result.status,
+            created=False,
+        )
+
+    # Change intake ----------------------------------------------------------------------------
+    def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:
+        from django.conf import settings
+
+        secrets = active_webhook_secrets(self.connection.credentials(), now)
+        return standard_webhook_verify(
+            headers=headers, body=body, secrets=secrets, now=now, tolerance_seconds=settings.WEBHOOK_TOLERANCE_SECONDS
+        )
+
+    def parse_webhook(self, *, event_id: str, body: bytes) -> list[InboundChange]:
+        try:
+            message = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise WebhookRejected(400, f"the body is not valid JSON: {exc}") from None
+        messages = message if isinstance(message, list) else [message]
+        return [change for item in messages for change in change_event_changes(item)]
+
+    def poll(self, *, cursor: str) -> tuple[list[InboundChange], str]:
+        """Change events after the replay id `cursor` ("" = every retained event).
+
+        The sandbox serves them over a simplified HTTP pull (/cometd/NN.N/pull) in CometD's
+        message shape; a real org delivers them over CometD or the Pub/Sub API."""
+        version = self.api_version.removeprefix("v")
+        params = {"channel": "/data/ChangeEvents", "replayId": cursor or "-2", "limit": "200"}
+        result = self.send("GET", f"/cometd/{version}/pull", params=params)
+        messages = result.body.get("messages", [])
+        changes = [change for item in messages for change in change_event_changes(item)]
+        latest = result.body.get("latestReplayId")
+        next_cursor = str(latest) if latest is not None else cursor
+        return changes, next_cursor
+
+
+# Helpers ---------------------------------------------------------------------------------------
+def change_event_changes(message: Any) -> list[InboundChange]:
+    """One CDC message (CometD shape) as InboundChanges: one per record it names."""
+    try:
+        data = message["data"]
+        payload = data["payload"]
+        header = payload["ChangeEventHeader"]
+        replay_id = int(data["event"]["replayId"])
+        record_ids = list(header["recordIds"])
+        entity, change_type = str(header["entityName"]), str(header["changeType"])
+        occurred_at = dt.datetime.fromtimestamp(int(header["commitTimestamp"]) / 1000, tz=dt.UTC)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WebhookRejected(400, f"not a Salesforce change event: missing or invalid {exc}") from None
+    if not record_ids:
+        raise WebhookRejected(400, "the change event names no record (recordIds is empty)")
+    event_uuid = str(data["event"].get("EventUuid") or "")
+    changes = []
+    for record_id in record_ids:
+        if event_uuid:
+            source_id = event_uuid if len(record_ids) == 1 else f"{event_uuid}:{record_id}"
+        else:
+            source_id = f"{header.get('transactionKey', '')}:{header.get('sequenceNumber', 0)}:{record_id}"
+        changes.append(
+            InboundChange(
+                source_event_id=source_id,
+                event_type=f"{entity}.{change_type}",
+                flow="",
+                business_key=str(record_id),
+                occurred_at=occurred_at,
+                payload=message,
+                sequence=replay_id,
+            )
+        )
+    return changes
+
+
+def _error_code(body: Any) -> str:
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        return str(body[0].get("errorCode") or body[0].get("statusCode") or "")
+    return ""
+
+
+def _explain(item: dict[str, Any]) -> str:
+    """One Salesforce error in words a finance person understands."""
+    code = str(item.get("errorCode") or item.get("statusCode") or "")
+    message = str(item.get("message") or "").strip()
+    fields = ", ".join(str(f) for f in item.get("fields") or [])
+    explained = {
+        "REQUIRED_FIELD_MISSING": f"required field(s) missing: {fields or message}",
+        "FIELD_CUSTOM_VALIDATION_EXCEPTION": f"a Salesforce validation rule refused it: {message}",
+        "DUPLICATE_VALUE": f"another record already has this value ({message})",
+        "INVALID_FIELD": f"the mapping uses a field Salesforce does not accept: {message}",
+        "INVALID_FIELD_FOR_INSERT_UPDATE": f"the mapping writes a read-only field: {fields or message}",
+        "MALFORMED_ID": f"a linked record id is not a Salesforce id ({fields}): {message}",
+        "INVALID_CROSS_REFERENCE_KEY": f"a linked record does not exist in Salesforce ({fields})",
+        "INVALID_SESSION_ID": "Salesforce refused our session; check the connection's client id and secret",
+        "REQUEST_LIMIT_EXCEEDED": f"the org's API request limit is reached ({message})",
+        "NOT_FOUND": "the record was not found in Salesforce",
+        "ENTITY_IS_DELETED": "the record has been deleted in Salesforce",
+        "MALFORMED_QUERY": f"the query was refused: {message}",
+        "INVALID_TYPE": f"Salesforce has no such object: {message}",
+        "INSUFFICIENT_ACCESS": f"the integration user may not do this: {message}",
+        "STRING_TOO_LONG": f"a value is too long for its field ({fields}): {message}",
+    }.get(code)
+    return explained or (f"{message} ({code})" if code else message)
+
+
+def _about(error: ConnectorError, subject: str) -> ConnectorError:
+    """Name the record in a rejection: "Salesforce rejected the account ACME-1: ..."."""
+    if error.message.startswith("Salesforce rejected the request"):
+        error.message = error.message.replace("the request", f"the {subject}", 1)
+        error.args = (error.message,)
+    return error
+
+
+def _duplicates(label: str, field: str, key: str, body: Any) -> RejectedError:
+    count = len(body) if isinstance(body, list) else "several"
+    return RejectedError(
+        f"Salesforce has {count} {label} records with {field} = {key}, so it cannot tell which one to update; "
+        "merge the duplicates in Salesforce, then resubmit",
+        http_status=300,
+        response=body,
+    )
+
+
+def _check_field(name: str) -> None:
+    if not _FIELD_NAME.match(name):
+        raise MappingError(f"{name!r} is not a Salesforce field name")
+
+
+def _literal(value: Any) -> str:
+    """A SOQL literal, quoted and escaped."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def _plain(record: dict[str, Any]) -> dict[str, Any]:
+    """A query record without Salesforce's `attributes` blocks (also in related records)."""
+    return {k: _plain(v) if isinstance(v, dict) else v for k, v in record.items() if k != "attributes"}
