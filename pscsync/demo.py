@@ -21,6 +21,7 @@ VAR = Path(os.environ.get("PSCSYNC_VAR_DIR", ROOT / "var"))
 BIN = Path(sys.executable).parent
 WEB_PORT = int(os.environ.get("PSCSYNC_DEMO_PORT", "8000"))
 ECHO_PORT = 8790
+VENDOR_SANDBOXES = ("salesforce", "kantata", "netsuite", "businesscentral")
 
 
 def demo_env() -> dict[str, str]:
@@ -63,6 +64,7 @@ def main() -> None:
     logs.mkdir(exist_ok=True)
     commands = {
         "sandbox-echo": [*manage, "sandbox", "echo", "--port", str(ECHO_PORT)],
+        **{f"sandbox-{name}": [*manage, "sandbox", name] for name in VENDOR_SANDBOXES},
         "web": [str(BIN / "gunicorn"), "pscsync.wsgi", "-b", f"127.0.0.1:{WEB_PORT}", "-w", "2", "--threads", "4"],
         "worker": [str(BIN / "celery"), "-A", "pscsync", "worker", "-c", "2", "-l", "WARNING", "--without-gossip"],
         "beat": [str(BIN / "celery"), "-A", "pscsync", "beat", "-l", "WARNING"],
@@ -74,7 +76,7 @@ def main() -> None:
         processes[name] = subprocess.Popen(
             argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        time.sleep(0.5 if name != "web" else 2.0)
+        time.sleep(2.0 if name == "web" else 0.3)
 
     def stop(*_: object) -> None:
         print("\nstopping ...", flush=True)
@@ -98,7 +100,8 @@ pscsync is running: http://127.0.0.1:{WEB_PORT}/
   Sign in as viewer, operator or admin, password: {env["DEMO_PASSWORD"]}
   (set DEMO_PASSWORD to choose it; it is kept in var/demo.env)
 
-  Running: web (gunicorn), Celery worker, Celery beat, echo sandbox on :{ECHO_PORT}, demo traffic.
+  Running: web (gunicorn), Celery worker, Celery beat, demo traffic, and the sandboxes:
+    echo :{ECHO_PORT} · salesforce (and Certinia) :8791 · kantata :8792 · netsuite :8793 · businesscentral :8794
   Database: var/pscsync.sqlite3 (SQLite, WAL) · broker: var/broker (files) · logs: var/logs/
   Press Ctrl-C to stop everything.
 """,
