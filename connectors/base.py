@@ -14,6 +14,7 @@ from connectors import http
 from connectors.egress import check_destination
 from connectors.errors import ConnectorError
 from connectors.models import Connection
+from connectors.signatures import active_webhook_secrets, standard_webhook_verify
 
 
 @dataclass(frozen=True)
@@ -169,11 +170,18 @@ class Connector:
         return None
 
     def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:
-        """Check the delivery is authentic and fresh; return the delivery's event id.
+        """Check the delivery is authentic and fresh on the raw bytes, before any parsing; return
+        the delivery's event id, or raise connectors.errors.WebhookRejected.
 
-        Raises connectors.errors.WebhookRejected. Runs on the raw bytes, before any parsing.
+        The default is the Standard Webhooks scheme with the connection's webhook secrets (our
+        sandboxes and relays sign that way); vendors with their own scheme override it.
         """
-        raise NotImplementedError
+        from django.conf import settings
+
+        secrets = active_webhook_secrets(self.connection.credentials(), now)
+        return standard_webhook_verify(
+            headers=headers, body=body, secrets=secrets, now=now, tolerance_seconds=settings.WEBHOOK_TOLERANCE_SECONDS
+        )
 
     def parse_webhook(self, *, event_id: str, body: bytes) -> list[InboundChange]:
         """Turn a verified body into changes. Raises WebhookRejected(400) on a malformed body."""

@@ -14,7 +14,6 @@ from urllib.parse import quote
 
 from connectors.base import Connector, InboundChange, Token, WriteResult
 from connectors.errors import WebhookRejected
-from connectors.signatures import active_webhook_secrets, standard_webhook_verify
 
 
 def _change(item: Any, *, event_id: str) -> InboundChange:
@@ -56,14 +55,6 @@ class EchoConnector(Connector):
 
     def ping(self) -> None:
         self.send("GET", "/changes", params={"after": "0"})
-
-    def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:
-        from django.conf import settings
-
-        secrets = active_webhook_secrets(self.connection.credentials(), now)
-        return standard_webhook_verify(
-            headers=headers, body=body, secrets=secrets, now=now, tolerance_seconds=settings.WEBHOOK_TOLERANCE_SECONDS
-        )
 
     def parse_webhook(self, *, event_id: str, body: bytes) -> list[InboundChange]:
         try:

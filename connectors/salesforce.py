@@ -33,7 +33,6 @@ from connectors.errors import (
     UnknownOutcomeError,
     WebhookRejected,
 )
-from connectors.signatures import active_webhook_secrets, standard_webhook_verify
 
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -287,14 +286,6 @@ class SalesforceConnector(Connector):
         )
 
     # Change intake ----------------------------------------------------------------------------
-    def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:
-        from django.conf import settings
-
-        secrets = active_webhook_secrets(self.connection.credentials(), now)
-        return standard_webhook_verify(
-            headers=headers, body=body, secrets=secrets, now=now, tolerance_seconds=settings.WEBHOOK_TOLERANCE_SECONDS
-        )
-
     def parse_webhook(self, *, event_id: str, body: bytes) -> list[InboundChange]:
         try:
             message = json.loads(body)
