@@ -40,6 +40,10 @@ class WriteResult:
     response: Any = None
     http_status: int | None = None
     created: bool | None = None
+    # What a flow step keeps for later steps (ids of several records, a document read); stored on
+    # the step, so a resumed handoff has it without asking the system again.
+    output: dict[str, Any] = field(default_factory=dict)
+    mapping_version_id: int | None = None
 
 
 @dataclass(frozen=True)

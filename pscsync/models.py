@@ -3,6 +3,7 @@ cross references and the audit trail. State changes happen in services, never in
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import ClassVar
 
 from django.conf import settings
@@ -124,6 +125,14 @@ class Handoff(models.Model):
     last_error_class = models.CharField(max_length=40, blank=True)
     last_error_message = models.TextField(blank=True)
     mapping_version = models.CharField(max_length=40, blank=True)
+    # Business facts the flow found in the source, for dashboards, filters and the workbench.
+    business_times = models.JSONField(
+        default=dict, blank=True, help_text="Timestamps from the source systems: deal_closed, project_activated, ..."
+    )
+    customer_name = models.CharField(max_length=200, blank=True)
+    service_line = models.CharField(max_length=80, blank=True)
+    amount = models.DecimalField(max_digits=16, decimal_places=2, null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -175,6 +184,11 @@ class Step(models.Model):
         "connectors.Connection", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     external_id = models.CharField(max_length=200, blank=True)
+    # What the step produced for later steps (a read document, ids of records written).
+    output = models.JSONField(default=dict, blank=True)
+    mapping_version = models.ForeignKey(
+        "MappingVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="steps"
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -338,3 +352,80 @@ class MappingVersion(models.Model):
     @property
     def label(self) -> str:
         return f"{self.mapping.connection.slug}/{self.mapping.entity}@v{self.number}"
+
+
+class ReconciliationTolerance(models.Model):
+    """How big a difference a legal entity accepts before it is a mismatch."""
+
+    legal_entity = models.OneToOneField(LegalEntity, on_delete=models.CASCADE, related_name="tolerance")
+    absolute = models.DecimalField(
+        max_digits=12, decimal_places=2, default=Decimal("1.00"), help_text="In the entity's currency."
+    )
+    relative = models.DecimalField(
+        max_digits=6, decimal_places=4, default=Decimal("0.0010"), help_text="Share of the larger amount."
+    )
+
+    def __str__(self) -> str:
+        return f"tolerance {self.legal_entity.code}: {self.absolute} or {self.relative:%}"
+
+
+class Mismatch(models.Model):
+    """A reconciliation difference beyond tolerance, classified by the catalogue (DOMAIN.md §3.2).
+
+    One row per (check, legal entity, subject, period); a later run updates it, and clears it when
+    the difference is gone, so its history (first seen, cleared) stays."""
+
+    class Comparison(models.TextChoices):
+        DEAL_VALUE = "deal_value", "Deal value: CRM vs ERP contract vs PSA budget"
+        BILLED_TIME = "billed_time", "Approved billable time vs invoiced"
+        REVENUE = "revenue", "Recognised revenue: PSA vs ERP"
+
+    class Cause(models.TextChoices):
+        ROUNDING = "rounding", "Rounding"
+        FX_DATE = "fx_date", "FX rate date"
+        AMENDMENT_NOT_SYNCED = "amendment_not_synced", "Amendment not synced"
+        LATE_TIME = "late_time", "Time approved after period close"
+        DUPLICATE_INVOICE = "duplicate_invoice", "Duplicate invoice"
+        MISSING_CUSTOMER = "missing_customer", "Missing customer in ERP"
+        TAX_CODE = "tax_code", "Tax code"
+        CURRENCY_MIX = "currency_mix", "Currency mix"
+        ENTITY_MISMATCH = "entity_mismatch", "Entity / subsidiary mismatch"
+        CREDIT_NOT_IN_PSA = "credit_not_in_psa", "Credit or write-off not in PSA"
+        RETRO_CHANGE = "retro_change", "Retroactive rate or data change"
+        MISSING_RECORD = "missing_record", "Missing on one side"
+        UNEXPLAINED = "unexplained", "Unexplained"
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        CLEARED = "cleared", "Cleared"
+
+    comparison = models.CharField(max_length=16, choices=Comparison.choices)
+    legal_entity = models.ForeignKey(LegalEntity, on_delete=models.PROTECT, related_name="+")
+    subject_key = models.CharField(max_length=200, help_text="The canonical key, e.g. the opportunity id.")
+    subject_name = models.CharField(max_length=200, blank=True)
+    customer_name = models.CharField(max_length=200, blank=True)
+    period = models.CharField(max_length=7, blank=True, help_text="YYYY-MM, blank for the contract as a whole.")
+    cause = models.CharField(max_length=24, choices=Cause.choices)
+    explanation = models.TextField()
+    currency = models.CharField(max_length=3)
+    # The amounts compared, per system, e.g. {"crm": "1200.00", "erp": "1150.00", "psa": "1200.00"}.
+    amounts = models.JSONField(default=dict)
+    difference = models.DecimalField(max_digits=16, decimal_places=2)
+    details = models.JSONField(default=dict, blank=True)
+    handoff = models.ForeignKey(Handoff, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    cleared_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["comparison", "legal_entity", "subject_key", "period"], name="one_mismatch_per_subject_period"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "cause"], name="mismatch_open_by_cause")]
+
+    def __str__(self) -> str:
+        return f"{self.get_comparison_display()} {self.subject_key} {self.period}: {self.get_cause_display()}"

@@ -182,14 +182,32 @@ def _finish_attempt(
         if outcome in (Attempt.Outcome.SUCCEEDED, Attempt.Outcome.ADOPTED):
             step.status = Step.Status.SUCCEEDED
             step.external_id = result.external_id if result else ""
+            step.output = result.output if result else {}
+            step.mapping_version_id = result.mapping_version_id if result else None
             step.finished_at = now
-            step.save(update_fields=["status", "external_id", "finished_at"])
+            step.save(update_fields=["status", "external_id", "output", "mapping_version", "finished_at"])
+            if result is not None and result.output.get("handoff_facts"):
+                _record_facts(handoff, result.output["handoff_facts"])
             if step.target_connection_id and step.external_id:
                 _cross_reference(handoff, step, now)
         elif outcome != Attempt.Outcome.UNKNOWN:
             # An unknown outcome leaves the step in flight, so the next run looks before writing.
             step.status = Step.Status.FAILED
             step.save(update_fields=["status"])
+
+
+def _record_facts(handoff: Handoff, facts: dict[str, Any]) -> None:
+    """Business facts a step found (customer, service line, amount, source timestamps) go on the
+    handoff, so dashboards and the workbench can filter and measure without reading payloads."""
+    fields = {k: facts[k] for k in ("customer_name", "service_line", "amount", "currency") if facts.get(k) is not None}
+    times = facts.get("business_times") or {}
+    if times:
+        current = Handoff.objects.filter(pk=handoff.pk).values_list("business_times", flat=True).first() or {}
+        fields["business_times"] = {**current, **times}
+    if fields:
+        Handoff.objects.filter(pk=handoff.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(handoff, name, value)
 
 
 def _jsonable(value: Any) -> Any:
@@ -221,8 +239,10 @@ def _cross_reference(handoff: Handoff, step: Step, now: dt.datetime) -> None:
     )
 
 
-def _run_step(handoff: Handoff, step: Step, step_def: StepDef, ctx: StepContext, worker: str) -> str:
-    """Run one step to success, or raise StepFailed. Returns the external id written."""
+def _run_step(
+    handoff: Handoff, step: Step, step_def: StepDef, ctx: StepContext, worker: str
+) -> tuple[str, dict[str, Any]]:
+    """Run one step to success, or raise StepFailed. Returns the external id written and the output kept."""
     recovering = step.status == Step.Status.IN_FLIGHT
     attempt = _begin_attempt(handoff, step, step_def, ctx, worker)
     started = time.monotonic()
@@ -237,7 +257,7 @@ def _run_step(handoff: Handoff, step: Step, step_def: StepDef, ctx: StepContext,
             _finish_attempt(
                 handoff, step, attempt, worker, outcome=Attempt.Outcome.ADOPTED, started=started, result=existing
             )
-            return existing.external_id
+            return existing.external_id, existing.output
     fault_point("before_target_call", handoff.business_key)
     try:
         result = step_def.perform(ctx)
@@ -247,7 +267,7 @@ def _run_step(handoff: Handoff, step: Step, step_def: StepDef, ctx: StepContext,
             _finish_attempt(handoff, step, attempt, worker, outcome=Attempt.Outcome.UNKNOWN, started=started, error=exc)
             raise _failure(exc) from exc
         _finish_attempt(handoff, step, attempt, worker, outcome=Attempt.Outcome.ADOPTED, started=started, result=result)
-        return result.external_id
+        return result.external_id, result.output
     except ConnectorError as exc:
         _finish_attempt(handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc)
         raise _failure(exc) from exc
@@ -268,7 +288,7 @@ def _run_step(handoff: Handoff, step: Step, step_def: StepDef, ctx: StepContext,
         raise StepFailed("internal", internal.message, retryable=False) from exc
     fault_point("after_target_call_before_commit", step.idempotency_key)
     _finish_attempt(handoff, step, attempt, worker, outcome=Attempt.Outcome.SUCCEEDED, started=started, result=result)
-    return result.external_id
+    return result.external_id, result.output
 
 
 def _adopt_after_unknown(step_def: StepDef, ctx: StepContext) -> WriteResult | None:
@@ -368,9 +388,10 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
         for step_def, step in zip(flow.steps, steps, strict=True):
             if step.status == Step.Status.SUCCEEDED:
                 ctx.results[step.name] = step.external_id
+                ctx.outputs[step.name] = step.output
                 continue
             try:
-                ctx.results[step.name] = _run_step(handoff, step, step_def, ctx, worker)
+                ctx.results[step.name], ctx.outputs[step.name] = _run_step(handoff, step, step_def, ctx, worker)
             except StepFailed as failure:
                 return _fail(handoff, flow, step, failure, worker)
         _succeed(handoff, worker)

@@ -19,6 +19,8 @@ class StepContext:
     handoff: Handoff
     # What earlier steps wrote, by step name: their external ids, for later steps to refer to.
     results: dict[str, str] = field(default_factory=dict)
+    # What earlier steps kept (Step.output), by step name.
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def payload(self) -> dict[str, Any]:
