@@ -36,6 +36,7 @@ from connectors.errors import (
 
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ID = re.compile(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
 
 
 class SalesforceConnector(Connector):
@@ -267,6 +268,26 @@ class SalesforceConnector(Connector):
             response=result.body,
             http_status=result.status,
             created=created,
+        )
+
+    def update(self, *, entity: str, record_id: str, fields: dict[str, Any]) -> WriteResult:
+        """Change fields of a record by its Salesforce id (records people created carry no key of
+        ours). Setting the same values again is harmless, so a repeat needs no lookup."""
+        sobject = self.sobject(entity)
+        if not _ID.match(record_id):
+            raise MappingError(f"{record_id!r} is not a Salesforce record id")
+        body = {k: v for k, v in fields.items() if k != "Id"}
+        url = self.url(self.api_path(f"sobjects/{sobject}/{record_id}"))
+        try:
+            result = self.send("PATCH", url, json=body)
+        except ConnectorError as exc:
+            raise _about(exc, f"{self.label(sobject)} {record_id}") from None
+        return WriteResult(
+            external_id=record_id,
+            request={"method": "PATCH", "url": url, "json": body},
+            response=result.body,
+            http_status=result.status,
+            created=False,
         )
 
     def lookup(self, *, entity: str, key: str) -> WriteResult | None:
