@@ -270,6 +270,24 @@ class KantataConnector(Connector):
                 created=existing is None,
             )
 
+    def update(self, *, entity: str, record_id: str, fields: dict[str, Any]) -> WriteResult:
+        """Change an object by its Kantata id (objects people made carry no reference of ours)."""
+        kind = object_type(entity)
+        path = f"{API}/{kind.collection}/{int(record_id)}"
+        body = {kind.singular: dict(fields)}
+        try:
+            result = self.send("PUT", path, json=body)
+        except RejectedError as exc:
+            exc.message = f"{exc.message} [{kind.label} {record_id}]"
+            raise
+        return WriteResult(
+            external_id=str(record_id),
+            request={"method": "PUT", "url": self.url(path), "json": body},
+            response=result.body,
+            http_status=result.status,
+            created=False,
+        )
+
     # Inbound ----------------------------------------------------------------------------------
     def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:
         raise WebhookRejected(404, "Kantata does not push changes; this connection polls")
