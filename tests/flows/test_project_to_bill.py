@@ -149,33 +149,30 @@ def test_a_batch_mixing_currencies_is_stopped_before_the_erp(firm) -> None:  # n
     assert not BilledItem.objects.exists()
 
 
-def test_a_kantata_invoice_becomes_a_business_central_invoice(firm) -> None:  # noqa: ANN001
-    deal = provisioned(firm, "uk", "24", Billing_Model__c="Time and Materials", Service_Line__c="Advisory")
+def kantata_invoice(firm, opportunity: str) -> str:  # noqa: ANN001
+    """Two approved days at 120/h (8 h and 6.5 h) invoiced in Kantata: 1,740.00."""
     kantata = firm.connector("kantata-uk")
-    workspace = kantata.lookup(entity="workspaces", key=f"P-{deal['opportunity']}").external_id
+    workspace = kantata.lookup(entity="workspaces", key=f"P-{opportunity}").external_id
     entries = []
     for day, minutes in (("2026-12-07", 480), ("2026-12-08", 390)):
-        answer = kantata.send(
-            "POST",
-            "/api/v1/time_entries",
-            json={
-                "time_entry": {
-                    "workspace_id": workspace,
-                    "date_performed": day,
-                    "time_in_minutes": minutes,
-                    "rate_in_cents": 12000,
-                    "billable": True,
-                    "approved": True,
-                }
-            },
-        ).body
+        entry = {
+            "workspace_id": workspace,
+            "date_performed": day,
+            "time_in_minutes": minutes,
+            "rate_in_cents": 12000,
+            "billable": True,
+            "approved": True,
+        }
+        answer = kantata.send("POST", "/api/v1/time_entries", json={"time_entry": entry}).body
         entries.append(next(iter(answer["time_entries"])))
-    invoice = kantata.send(
-        "POST",
-        "/api/v1/invoices",
-        json={"invoice": {"workspace_id": workspace, "time_entry_ids": entries, "invoice_date": "2026-12-14"}},
-    ).body
-    invoice_id = next(iter(invoice["invoices"]))
+    invoice = {"workspace_id": workspace, "time_entry_ids": entries, "invoice_date": "2026-12-14"}
+    answer = kantata.send("POST", "/api/v1/invoices", json={"invoice": invoice}).body
+    return next(iter(answer["invoices"]))
+
+
+def test_a_kantata_invoice_becomes_a_business_central_invoice(firm) -> None:  # noqa: ANN001
+    deal = provisioned(firm, "uk", "24", Billing_Model__c="Time and Materials", Service_Line__c="Advisory")
+    invoice_id = kantata_invoice(firm, deal["opportunity"])
 
     handoff = run(trigger(firm, "project-to-bill", f"kantata-invoice:{invoice_id}", slug="kantata-uk"))
 
@@ -183,5 +180,6 @@ def test_a_kantata_invoice_becomes_a_business_central_invoice(firm) -> None:  # 
     bc = firm.connector("businesscentral-uk")
     written = bc.lookup(entity="salesInvoices", key=f"I-K{invoice_id}").response
     assert written["customerNumber"] == f"C-{deal['account']}" and written["totalAmountExcludingTax"] == 1740.0
+    kantata = firm.connector("kantata-uk")
     marked = list(kantata.read("invoices", where={"only": invoice_id}))[0]
     assert marked["user_invoice_number"] == handoff.steps.get(name="upsert_invoice").external_id
