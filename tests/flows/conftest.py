@@ -81,7 +81,7 @@ def trigger(
     from pscsync.intake import event_receive
 
     change = InboundChange(
-        source_event_id=event_id or f"test:{flow}:{key}",
+        source_event_id=event_id or f"test:{flow}:{key}:{minutes_later}",
         event_type="test",
         flow=flow,
         business_key=key,
