@@ -27,7 +27,10 @@ class Firm:
 
     @property
     def salesforce(self) -> Any:
-        return self.connector("salesforce")
+        """Salesforce as a salesperson edits it: their changes are not pscsync's own echoes."""
+        connector = self.connector("salesforce")
+        connector.call_options_client = "salesforce-ui"
+        return connector
 
 
 @pytest.fixture
