@@ -256,13 +256,20 @@ def billing(h: Holdings, tolerance: Tolerance, *, erp_name: str, psa_name: str, 
     paired: dict[str, ErpInvoice] = {}
     invoice_project: dict[str, str] = {}
 
+    by_key: dict[str, list[ErpInvoice]] = defaultdict(list)
+    by_batch: dict[str, list[ErpInvoice]] = defaultdict(list)
+    for invoice in h.invoices:
+        if invoice.key:
+            by_key[invoice.key].append(invoice)
+        if invoice.batch_id:
+            by_batch[invoice.batch_id].append(invoice)
     for batch in h.batches:
         deal = deals_by_project.get(batch.project_key)
         names[batch.project_key] = (
             batch.project_name or (deal.name if deal else ""),
             deal.account_name if deal else "",
         )
-        invoices = [i for i in h.invoices if i.key == batch.invoice_key or (i.batch_id and i.batch_id == batch.id)]
+        invoices = by_key.get(batch.invoice_key, []) + by_batch.get(batch.id, [])
         invoices = list({i.id: i for i in invoices}.values())
         for invoice in invoices:
             paired[invoice.id] = invoice

@@ -46,8 +46,9 @@ def _systems(entity: LegalEntity) -> _Systems:
 
 def reconcile(*, entity: str | None = None, period: str = "") -> list[ReconciliationRun]:
     """Reconcile one legal entity (by code) or every entity with systems; one run each."""
-    entities = LegalEntity.objects.all()
+    entities = LegalEntity.objects.filter(connections__isnull=False).distinct()  # entities with systems
     if entity:
+        entities = LegalEntity.objects.all()
         entities = entities.filter(code__iexact=entity)
         if not entities.exists():
             raise LookupError(f"no legal entity {entity!r}")

@@ -264,3 +264,13 @@ def test_command_prints_a_summary(firm):  # noqa: ANN001
     call_command("reconcile", "--entity", "us", "--period", "2026-10", stdout=out)
     text = out.getvalue()
     assert "billed_time" in text and "missing_record" in text and "complete" in text
+
+
+def test_beat_runs_the_task_for_every_entity(firm, settings):  # noqa: ANN001
+    from pscsync.tasks import reconcile_task
+
+    assert settings.CELERY_BEAT_SCHEDULE["reconcile"]["task"] == "pscsync.tasks.reconcile_task"
+    assert settings.CELERY_BEAT_SCHEDULE["reconcile"]["schedule"] == float(settings.RECONCILE_SECONDS)
+    billed(firm)
+    assert reconcile_task() == {"uk": "complete", "us": "complete"}
+    assert {m.cause for m in open_mismatches()} == {"missing_record"}
