@@ -103,3 +103,37 @@ def firm_connections_save(*, us: LegalEntity, uk: LegalEntity, sandbox_urls: dic
         shipped_mappings_install(connection)
         saved[slug] = connection
     return saved
+
+
+def firm_subscriptions_register(*, connections: dict[str, Connection], web_url: str) -> list[str]:
+    """Point the vendors' change notifications at pscsync's webhooks: the Salesforce org pushes
+    its change events to the CRM and the PSA connection (each keeps what concerns it), Business
+    Central notifies on sales invoices (a payment changes its invoice). Kantata and NetSuite are polled by beat.
+    Returns what was registered, for the demo's start-up message."""
+    import httpx
+
+    from connectors.registry import connector_for
+
+    done = []
+    for slug in ("salesforce", "certinia-us"):
+        connection = connections.get(slug)
+        if connection is None:
+            continue
+        secret = connection.credentials()["webhook_secrets"][0]["secret"]
+        url = f"{web_url.rstrip('/')}/webhooks/{connection.slug}/"
+        answer = httpx.post(
+            f"{connection.base_url.rstrip('/')}/_sandbox/subscribers",
+            json={"url": url, "secret": secret, "channel": "/data/ChangeEvents"},
+            timeout=10,
+        )
+        answer.raise_for_status()
+        done.append(f"{connection.name} -> {url}")
+    bc = connections.get("businesscentral-uk")
+    if bc is not None:
+        connector = connector_for(bc)
+        # BC refuses subscriptions to customerPayments; a payment shows as its invoice changing.
+        for entity in ("salesInvoices",):
+            url = f"{web_url.rstrip('/')}/webhooks/{bc.slug}/"
+            connector.subscribe(entity=entity, notification_url=url)
+            done.append(f"{bc.name} {entity} -> {url}")
+    return done

@@ -21,7 +21,7 @@ ENTITY_NAMES: dict[str, dict[str, str]] = {
     "customer": {"netsuite": "customer", "businesscentral": "customers"},
     "project": {"certinia": "project", "kantata": "workspaces"},
     "milestone": {"certinia": "milestone", "kantata": "stories"},
-    "budget": {"certinia": "budget"},
+    "budget": {"certinia": "budget", "kantata": "workspaces"},
     "contract": {"netsuite": "sales_order", "businesscentral": "projects"},
     "resource_request": {"certinia": "resource_request", "kantata": "stories"},
     "deal_status": {"salesforce": "opportunity"},
@@ -110,7 +110,8 @@ def budget_records(ctx: StepContext, psa: Connection) -> list[Record]:
         return []
     deal = ctx.outputs["read_deal"]["deal"]
     key = f"B-{deal['id']}-v{deal['contract_version']}"
-    return [Record(key=key, source=document(ctx), references={"pse__Project__c": ctx.results["upsert_project"]})]
+    source = document(ctx, item={"amount": deal["amount"]})
+    return [Record(key=key, source=source, references={"pse__Project__c": ctx.results["upsert_project"]})]
 
 
 def contract_records(ctx: StepContext, erp: Connection) -> list[Record]:
@@ -145,7 +146,11 @@ def contract_shape(fields: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def resource_request_records(ctx: StepContext, psa: Connection, *, status: str = "Ready to Staff") -> list[Record]:
+def resource_request_records(
+    ctx: StepContext, psa: Connection, *, status: str = "Ready to Staff", probability: Decimal | None = None
+) -> list[Record]:
+    """Resource requests from the plan: firm ("Ready to Staff") for a won deal; for pipeline,
+    tentative and weighted by the deal's probability (forecast demand)."""
     project = ctx.results.get("upsert_project", "")
     records = []
     for item in resource_plan(ctx, psa):
@@ -155,7 +160,11 @@ def resource_request_records(ctx: StepContext, psa: Connection, *, status: str =
                 refs["pse__Project__c"] = project
         else:
             refs = {"workspace_id": project, "story_type": "task"}
-        source = document(ctx, item={**item, "status": status})
+        extra: dict[str, Any] = {"status": status}
+        if probability is not None:
+            weighted = (Decimal(item["hours"]) * probability / 100).quantize(Decimal("0.01"))
+            extra.update(probability=str(probability), weighted_hours=str(weighted))
+        source = document(ctx, item={**item, **extra})
         records.append(Record(key=f"RR-{opportunity_id(ctx)}-{item['number']}", source=source, references=refs))
     return records
 

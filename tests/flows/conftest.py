@@ -27,7 +27,10 @@ class Firm:
 
     @property
     def salesforce(self) -> Any:
-        return self.connector("salesforce")
+        """Salesforce as a salesperson edits it: their changes are not pscsync's own echoes."""
+        connector = self.connector("salesforce")
+        connector.call_options_client = "salesforce-ui"
+        return connector
 
 
 @pytest.fixture
@@ -81,7 +84,7 @@ def trigger(
     from pscsync.intake import event_receive
 
     change = InboundChange(
-        source_event_id=event_id or f"test:{flow}:{key}",
+        source_event_id=event_id or f"test:{flow}:{key}:{minutes_later}",
         event_type="test",
         flow=flow,
         business_key=key,
