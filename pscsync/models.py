@@ -454,3 +454,31 @@ class Mismatch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_comparison_display()} {self.subject_key} {self.period}: {self.get_cause_display()}"
+
+
+class ReconciliationRun(models.Model):
+    """One reconciliation of one legal entity: what was checked and found, or why it stopped.
+
+    An incomplete run (a vendor did not answer) changes no mismatch: it neither clears old ones
+    nor records new ones, and says here which system failed and how."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        COMPLETE = "complete", "Complete"
+        INCOMPLETE = "incomplete", "Incomplete"
+
+    legal_entity = models.ForeignKey(LegalEntity, on_delete=models.PROTECT, related_name="+")
+    period = models.CharField(max_length=7, blank=True, help_text="YYYY-MM when the run was limited to one period.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="Why the run is incomplete, in words a finance person reads.")
+    # Per comparison: {"checked": n, "matched": n, "mismatches": {cause: n}, "cleared": n}.
+    summary = models.JSONField(default=dict, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"reconciliation {self.legal_entity_id} {self.period or 'all periods'} {self.status}"

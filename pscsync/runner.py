@@ -200,6 +200,8 @@ def _record_facts(handoff: Handoff, facts: dict[str, Any]) -> None:
     """Business facts a step found (customer, service line, amount, source timestamps) go on the
     handoff, so dashboards and the workbench can filter and measure without reading payloads."""
     fields = {k: facts[k] for k in ("customer_name", "service_line", "amount", "currency") if facts.get(k) is not None}
+    if len(str(fields.get("currency", ""))) != 3:
+        fields.pop("currency", None)  # only an ISO code is a currency here
     if facts.get("legal_entity") and handoff.legal_entity_id is None:
         entity = LegalEntity.objects.filter(code__iexact=facts["legal_entity"]).first()
         if entity is not None:

@@ -60,6 +60,10 @@ def invoice_read(ctx: StepContext, erp: Connection) -> dict[str, Any]:
     }
 
 
+# NetSuite's currency internal ids (its reference data): the ISO code of each.
+NETSUITE_CURRENCIES = {"1": "USD", "2": "GBP", "3": "CAD", "4": "EUR", "5": "JPY"}
+
+
 def _netsuite_invoice(erp: Connection, key: str) -> tuple[dict[str, Any] | None, str]:
     connector = connector_for(erp)
     paid_on = ""
@@ -80,6 +84,9 @@ def _netsuite_invoice(erp: Connection, key: str) -> tuple[dict[str, Any] | None,
 
 def _netsuite_shape(record: dict[str, Any]) -> dict[str, Any]:
     currency = record.get("currency") or {}
+    if isinstance(currency, dict):
+        # NetSuite references a currency by internal id; its ISO code is the mapping's business.
+        currency = {"refName": NETSUITE_CURRENCIES.get(str(currency.get("id")), "")}
     return {
         "id": str(record["id"]),
         "key": record.get("externalId") or "",

@@ -15,7 +15,7 @@ from connectors.registry import connector_for
 from pscsync import clock
 from pscsync.flows.base import StepContext
 from pscsync.flows.routing import legal_entity_get, systems_for
-from pscsync.mappings import mapping_in_force
+from pscsync.flows.steps import mapping_for
 
 OPPORTUNITY_FIELDS = (
     "Id",
@@ -193,7 +193,7 @@ def _date(text: str) -> dt.date | None:
 def _check_value_mapped(ctx: StepContext, purpose: str, table: str, value: str, subject: str) -> None:
     entity = legal_entity_get(ctx.outputs["read_deal"]["deal"]["legal_entity"])
     erp = systems_for(entity).erp
-    version = mapping_in_force(connection=erp, entity=purpose)
+    version = mapping_for(ctx, erp, purpose)
     values = version.value_maps.get(table, {})
     if value.strip().lower() not in {str(k).strip().lower() for k in values}:
         raise MappingError(
@@ -208,7 +208,7 @@ def phase_plan(ctx: StepContext, connection: Connection) -> list[dict[str, Any]]
     `phase_plan` value map: service line -> [[phase name, share of the fee, share of the term]]).
     For fixed fee each milestone bills its share of the deal; for time and materials it bills 0."""
     deal = ctx.outputs["read_deal"]["deal"]
-    version = mapping_in_force(connection=connection, entity="milestone")
+    version = mapping_for(ctx, connection, "milestone")
     plans = {str(k).strip().lower(): v for k, v in version.value_maps.get("phase_plan", {}).items()}
     plan = plans.get(deal["service_line"].lower()) or plans.get("default") or [["Delivery", 1, 1]]
     start, end = _date(deal["contract_start"]), _date(deal["contract_end"])
@@ -241,7 +241,7 @@ def resource_plan(ctx: StepContext, connection: Connection) -> list[dict[str, An
     deal = ctx.outputs["read_deal"]["deal"]
     own = _resource_plan(deal["resource_plan_text"])
     if own is None:
-        version = mapping_in_force(connection=connection, entity="resource_request")
+        version = mapping_for(ctx, connection, "resource_request")
         plans = {str(k).strip().lower(): v for k, v in version.value_maps.get("default_plan", {}).items()}
         own = [{"role": r, "hours": h} for r, h in plans.get(deal["service_line"].lower(), [])]
     return [

@@ -19,8 +19,7 @@ from connectors.registry import connector_for
 from pscsync import clock
 from pscsync.flows.base import Flow, StepContext
 from pscsync.flows.deals import now_iso
-from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, systems
-from pscsync.mappings import mapping_in_force
+from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, mapping_for, systems
 from pscsync.models import BilledItem, CrossReference, Step
 
 CERTINIA_EVENT_FIELDS = (
@@ -257,7 +256,7 @@ def _claim(ctx: StepContext, batch: dict[str, Any]) -> None:
 def invoice_records(ctx: StepContext, erp: Connection) -> list[Record]:
     batch = ctx.outputs["read_billing"]["billing"]
     customer_id = ctx.outputs["validate_billing"]["erp_customer_id"]
-    lines = _lines(erp, batch)
+    lines = _lines(ctx, erp, batch)
     if erp.vendor == "netsuite":
         references: dict[str, Any] = {"entity": {"id": customer_id}, "item": {"items": lines}}
     else:
@@ -266,9 +265,9 @@ def invoice_records(ctx: StepContext, erp: Connection) -> list[Record]:
     return [Record(key=batch["invoice_key"], source=source, references=references)]
 
 
-def _lines(erp: Connection, batch: dict[str, Any]) -> list[dict[str, Any]]:
+def _lines(ctx: StepContext, erp: Connection, batch: dict[str, Any]) -> list[dict[str, Any]]:
     """One ERP line per PSA item, naming the item it bills."""
-    tables = mapping_in_force(connection=erp, entity="invoice").value_maps
+    tables = mapping_for(ctx, erp, "invoice").value_maps
     lines = []
     for item in batch["items"]:
         code = KIND_CODES.get(item["kind"], "IT")

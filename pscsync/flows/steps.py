@@ -23,6 +23,15 @@ from pscsync.mappings import mapping_in_force, mapping_run
 
 if TYPE_CHECKING:
     from connectors.models import Connection
+    from pscsync.models import MappingVersion
+
+
+def mapping_for(ctx: StepContext, connection: Connection, purpose: str) -> MappingVersion:
+    """The mapping version in force, read once per run: every record of a run maps alike."""
+    key = ("mapping", connection.pk, purpose)
+    if key not in ctx.cache:
+        ctx.cache[key] = mapping_in_force(connection=connection, entity=purpose)
+    return ctx.cache[key]
 
 
 def systems(ctx: StepContext) -> Systems:
@@ -121,15 +130,19 @@ class WriteStep(StepDef):
         return text if len(text) <= 200 else f"{keys[0]}..{keys[-1]} ({len(keys)} records)"
 
     def _mapped(self, ctx: StepContext) -> tuple[int | None, list[tuple[Record, dict[str, Any]]]]:
+        memo = ("mapped", self.name)
+        if memo in ctx.cache:
+            return ctx.cache[memo]
         records = self._records(ctx)
         if not records:
             return None, []
         connection = self.target(ctx)
-        version = mapping_in_force(connection=connection, entity=self.purpose)
+        version = mapping_for(ctx, connection, self.purpose)
         mapped = []
         for record in records:
             fields = {**mapping_run(version, record.source).output, **record.references}
             mapped.append((record, self.shape(fields) if self.shape else fields))
+        ctx.cache[memo] = (version.pk, mapped)
         return version.pk, mapped
 
     def planned_request(self, ctx: StepContext) -> dict[str, Any]:

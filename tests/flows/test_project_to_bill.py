@@ -48,17 +48,23 @@ def certinia_billing_event(firm, opportunity: str) -> str:  # noqa: ANN001
             "pse__Project__c": project,
             "pse__Resource__c": resource,
             "pse__Assignment__c": assignment,
-            "pse__Start_Date__c": "2026-12-07",
-            "pse__End_Date__c": "2026-12-13",
+            "pse__Start_Date__c": "2026-11-16",
+            "pse__End_Date__c": "2026-11-22",
             "pse__Monday_Hours__c": 8,
             "pse__Tuesday_Hours__c": 7.5,
             "pse__Status__c": "Approved",
             "pse__Billable__c": True,
         },
     )
-    certinia.upsert(entity="milestone", key=f"M-{opportunity}-1", fields={"pse__Status__c": "Approved"})
+    certinia.upsert(
+        entity="milestone",
+        key=f"M-{opportunity}-1",
+        fields={"pse__Status__c": "Approved", "pse__Actual_Date__c": "2026-11-20"},
+    )
     url = f"{firm.sandboxes['salesforce'].url}/_sandbox/certinia/billing-events"
     [event] = httpx.post(url, json={"project": project}).json()["billingEvents"]
+    # The billing run is dated at the month end it bills (the sandbox would stamp today's date).
+    certinia.update(entity="billing_event", record_id=event, fields={"pse__Date__c": "2026-11-30"})
     return event
 
 
