@@ -5,7 +5,7 @@ the correction an operator makes in that system before resubmitting.
 |---|---|---|
 | missing_tax_profile | Salesforce Account without `Tax_Profile__c` | set the entity's standard tax profile |
 | unknown_service_line | Opportunity `Service_Line__c` not in the ERP's value map | set a known service line |
-| duplicate_customer | ERP customer of the same name keyed by hand, no external id | link it: external id / number `C-<Account Id>` |
+| duplicate_customer | ERP customer of the same name keyed by hand, no external id | link it: key `C-<Account Id>` |
 | erp_outage | the ERP sandbox answers 503 for a window | (none: the engine retries) |
 | rate_limit_burst | the sandbox allows N requests a minute for a window | (none) |
 | late_time | a week's time approved in the month after it was worked | (none: reconciliation explains it) |
@@ -87,7 +87,7 @@ def fix_duplicate_customer(erp: Driver, *, customer_id: str, account_id: str) ->
 
 def fix_mixed_currency_certinia(sf: Salesforce, *, event_id: str, currency: str) -> str:
     items = sf.query(
-        "SELECT Id, CurrencyIsoCode, pse__Amount__c FROM pse__Billing_Event_Item__c "
+        "SELECT Id, CurrencyIsoCode, pse__Amount__c FROM pse__Billing_Event_Item__c "  # noqa: S608 - vendor ids we read back, not user input
         f"WHERE pse__Billing_Event__c = '{event_id}'"
     )
     fixed = 0

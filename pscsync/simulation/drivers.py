@@ -61,17 +61,22 @@ class Driver:
         """Send, retrying transient failures for up to `patience` seconds; the JSON answer (or
         the response itself when it has no JSON body)."""
         url = path if path.startswith("http") else f"{self.base_url}{path}"
+        extra_headers = kwargs.pop("headers", {})
         deadline = time.monotonic() + self.patience
         delay = 0.05
         refreshed = False
         while True:
             try:
-                headers = {**self.headers(), **kwargs.pop("headers", {})}
+                headers = {**self.headers(), **extra_headers}
                 self.calls += 1
                 response = self.http.request(method, url, headers=headers, **kwargs)
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                # Unreachable, or the sign-in itself failed (an outage covers the token endpoint).
+                status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else 0
+                if status and status not in (429, 502, 503, 504):
+                    raise VendorError(status, exc.response.text, f"{self.name} sign-in") from None
                 if time.monotonic() > deadline:
-                    raise VendorUnavailable(0, str(exc), what or f"{self.name} {method} {path}") from None
+                    raise VendorUnavailable(status, str(exc), what or f"{self.name} {method} {path}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue
@@ -140,7 +145,7 @@ class Salesforce(Driver):
         )
         if isinstance(answer, dict) and answer.get("id"):
             return answer["id"]
-        found = self.query(f"SELECT Id FROM {sobject} WHERE pscsync_Key__c = '{key}'")
+        found = self.query(f"SELECT Id FROM {sobject} WHERE pscsync_Key__c = '{key}'")  # noqa: S608 - vendor ids we read back, not user input
         return found[0]["Id"]
 
     def update(self, sobject: str, record_id: str, fields: dict[str, Any]) -> None:

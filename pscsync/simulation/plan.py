@@ -23,6 +23,22 @@ ENTITIES = {
     "us": {"currency": "USD", "country": "US", "tax_profiles": ["US-STANDARD", "US-STANDARD", "US-EXEMPT"]},
     "uk": {"currency": "GBP", "country": "GB", "tax_profiles": ["GB-VAT20"]},
 }
+# The US entity also serves Canadian clients, contracted and billed in CAD (NetSuite subsidiary 3
+# allows CAD): the deals where exchange rates, and so the FX-date anomaly, matter.
+CANADA = {"currency": "CAD", "country": "CA", "tax_profiles": ["US-EXEMPT"]}
+NETSUITE_CURRENCIES = {"1": "USD", "2": "GBP", "3": "CAD", "4": "EUR"}
+# Functional-currency value of one unit, around which the daily rate moves.
+FX_BASE = {"USD": 1.0, "CAD": 0.73, "EUR": 1.08, "GBP": 1.27}
+
+
+def fx_rate(currency: str, day: dt.date) -> float:
+    """The firm's daily exchange rate to USD: deterministic, different from one day to the next."""
+    base = FX_BASE.get(currency.upper(), 1.0)
+    if base == 1.0:
+        return 1.0
+    return round(base + ((day.toordinal() * 37) % 41 - 20) / 10000, 4)
+
+
 SERVICE_LINES = ("Advisory", "Implementation", "Managed Services", "Cloud Migration")
 UNKNOWN_SERVICE_LINES = ("Cyber Security", "Data Strategy", "Digital Forensics")
 # Role -> hourly bill rate, per entity (USD, GBP).
@@ -95,6 +111,7 @@ class Options:
     seed: int = 7
     deals_per_week: float = 3.0
     uk_share: float = 0.35
+    cad_share: float = 0.15
     win_rate: float = 0.65
     amendment_rate: float = 0.25
     missing_tax_profile: float = 0.06
@@ -103,7 +120,7 @@ class Options:
     erp_outages: int = 1
     rate_limit_bursts: int = 1
     late_time: float = 0.05
-    fx_date: float = 0.08
+    fx_date: float = 0.3
     mixed_currency: float = 0.04
     operator_fix_share: float = 0.7
     operator_delay_hours: float = 20.0
@@ -185,6 +202,7 @@ def scenario_plan(options: Options, start_weekday: int = 0) -> Plan:
     people = _people(rng)
     actions: list[Action] = []
     accounts: dict[str, list[str]] = {"us": [], "uk": []}
+    account_market: dict[str, dict[str, Any]] = {}
     names: set[str] = set()
     deal_count = 0
     # A book of deals already in negotiation when the story starts, so delivery begins at once,
@@ -207,6 +225,8 @@ def scenario_plan(options: Options, start_weekday: int = 0) -> Plan:
             account_ref = f"acct-{entity}-{len(accounts[entity]) + 1}"
             accounts[entity].append(account_ref)
             name = _client_name(rng, entity, names)
+            market = CANADA if entity == "us" and rng.random() < options.cad_share else ENTITIES[entity]
+            account_market[account_ref] = market
             anomalies = []
             if rng.random() < options.missing_tax_profile:
                 anomalies.append("missing_tax_profile")
@@ -225,16 +245,19 @@ def scenario_plan(options: Options, start_weekday: int = 0) -> Plan:
                         "name": name,
                         "entity": entity,
                         "number": f"{entity.upper()}-{1000 + len(accounts[entity])}",
-                        "country": ENTITIES[entity]["country"],
+                        "country": market["country"],
                         "tax_profile": None
                         if "missing_tax_profile" in anomalies
-                        else rng.choice(ENTITIES[entity]["tax_profiles"]),
+                        else rng.choice(market["tax_profiles"]),
                         "parent": parent,
                         "anomalies": anomalies,
                     },
                 )
             )
-        actions.extend(_deal(rng, options, deal_ref, account_ref, entity, created, advanced, people, start_weekday))
+        currency = account_market[account_ref]["currency"]
+        actions.extend(
+            _deal(rng, options, deal_ref, account_ref, entity, created, advanced, people, start_weekday, currency)
+        )
     actions.extend(_billing_runs(options, start_weekday))
     actions.extend(_incidents(rng, options))
     actions.sort(key=lambda a: (a.day, a.minute, a.kind, a.ref))
@@ -273,6 +296,7 @@ def _deal(
     advanced: bool,
     people: list[Person],
     start_weekday: int,
+    currency: str = "",
 ) -> list[Action]:
     actions = []
     anomalies = []
@@ -284,6 +308,7 @@ def _deal(
     staffing = STAFFING.get(service_line, STAFFING["Advisory"])
     scale = rng.choice((0.5, 0.75, 1.0, 1.25))
     plan = [{"role": role, "hours": int(hours * scale)} for role, hours in staffing]
+    currency = currency or ENTITIES[entity]["currency"]
     amount = sum(p["hours"] * RATE_CARD[entity][p["role"]] for p in plan)
     amount = int(round(amount * rng.uniform(0.9, 1.1), -3))
     team = []
@@ -308,7 +333,7 @@ def _deal(
                 "stage": STAGES[stage_index][0],
                 "probability": probability,
                 "amount": amount,
-                "currency": ENTITIES[entity]["currency"],
+                "currency": currency,
                 "service_line": service_line,
                 "billing_model": billing_model,
                 "resource_plan": plan,
@@ -388,9 +413,9 @@ def _deal(
 
 
 def _next_month_day(start_weekday: int, week_start: int, rng: random.Random) -> int:
-    """A day 3-9 days into the month after the week's month (day numbers are relative; the
-    simulator maps them to dates, so here it is enough to be 30-40 days after the week)."""
-    return week_start + rng.randint(33, 40)
+    """A day in a later month than the week's last day: 31 or more days after it always is
+    (day numbers are relative; the simulator maps them to dates)."""
+    return week_start + 6 + rng.randint(31, 36)
 
 
 def _billing_runs(options: Options, start_weekday: int) -> list[Action]:

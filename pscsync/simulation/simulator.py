@@ -35,7 +35,16 @@ from pscsync.simulation.drivers import (
     VendorUnavailable,
 )
 from pscsync.simulation.operators import Workbench, WorkbenchUnavailable
-from pscsync.simulation.plan import ENTITIES, Action, Options, Plan, record_rng, scenario_plan
+from pscsync.simulation.plan import (
+    ENTITIES,
+    NETSUITE_CURRENCIES,
+    Action,
+    Options,
+    Plan,
+    fx_rate,
+    record_rng,
+    scenario_plan,
+)
 
 log = logging.getLogger("pscsync.simulation")
 KANTATA_USERS = ("43", "44", "42")  # the sandbox's seeded users stand in for the UK consultants
@@ -87,6 +96,7 @@ class Invoice:
     post_on: dt.date | None = None
     payments: list[tuple[dt.date, float]] = field(default_factory=list)
     fx_date: bool = False
+    currency: str = ""
 
 
 class Simulation:
@@ -147,7 +157,7 @@ class Simulation:
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
         days = self.options.days
-        speed = 86400.0 / self.settings.day_seconds
+        speed = 86400.0 / max(self.settings.day_seconds, 0.001)
         for action in self.plan.actions:
             self.push(Plan.at(action, self.settings.start), action)
         self.ensure_people()
@@ -207,7 +217,8 @@ class Simulation:
     def summary(self) -> str:
         s = self.stats
         return (
-            f"deals {s['deal_create']} (won {s['deal_won']}, lost {s['deal_lost']}), projects seen {len(self.projects)}, "
+            f"deals {s['deal_create']} (won {s['deal_won']}, lost {s['deal_lost']}), "
+            f"projects seen {len(self.projects)}, "
             f"weeks of time {s['week_time']}, billing runs {s['billing_run']}, invoices {len(self.invoices)} "
             f"(posted {s['invoices_posted']}, payments {s['payments']}), operator fixes {s['operator_resubmits']}"
         )
@@ -263,11 +274,6 @@ class Simulation:
             "Legal_Entity__c": data["entity"],
             "Service_Line__c": data["service_line"],
             "Billing_Model__c": data["billing_model"],
-            "Contract_Start__c": (close + dt.timedelta(days=7 - close.weekday())).isoformat(),
-            "Contract_End__c": (
-                close + dt.timedelta(days=7 - close.weekday() + data["term_weeks"] * 7 - 1)
-            ).isoformat(),
-            "Contract_Version__c": 1,
             "PO_Number__c": f"PO-{action.ref.upper()}",
             "Resource_Plan__c": json.dumps(data["resource_plan"]),
         }
@@ -317,8 +323,10 @@ class Simulation:
                 "Probability": 100,
                 "CloseDate": self.now.date().isoformat(),
                 "Closed_At__c": self.now.isoformat(timespec="seconds"),
+                # The contract attributes are set at signature (version 1).
                 "Contract_Start__c": deal.contract_start,
                 "Contract_End__c": deal.contract_end,
+                "Contract_Version__c": 1,
             },
         )
         deal.won = True
@@ -425,7 +433,7 @@ class Simulation:
                     "pse__Type__c": expense["category"],
                     "pse__Billable__c": True,
                     "pse__Status__c": "Approved",
-                    "CurrencyIsoCode": anomalies.FOREIGN_CURRENCY if mixed else "USD",
+                    "CurrencyIsoCode": anomalies.FOREIGN_CURRENCY if mixed else deal.data["currency"],
                 },
             )
             if mixed:
@@ -433,7 +441,7 @@ class Simulation:
         if deal.data["billing_model"] == "Fixed Fee":
             week_end = (week + dt.timedelta(days=6)).isoformat()
             for milestone in self.sf.query(
-                "SELECT Id, pse__Target_Date__c, pse__Status__c FROM pse__Milestone__c "
+                "SELECT Id, pse__Target_Date__c, pse__Status__c FROM pse__Milestone__c "  # noqa: S608 - vendor ids we read back, not user input
                 f"WHERE pse__Project__c = '{project}' AND pse__Status__c != 'Approved'"
             ):
                 target = (milestone.get("pse__Target_Date__c") or "")[:10]
@@ -503,13 +511,25 @@ class Simulation:
         events = self.sf.billing_run(date=today)
         if events:
             quoted = ", ".join(f"'{e}'" for e in events)
+            currency_of = {}
+            for event in self.sf.query(
+                f"SELECT Id, pse__Project__r.pse__Currency__c FROM pse__Billing_Event__c WHERE Id IN ({quoted})"  # noqa: S608 - vendor ids we read back, not user input
+            ):
+                currency = ((event.get("pse__Project__r") or {}).get("pse__Currency__c") or "USD").upper()
+                currency_of[event["Id"]] = currency
+                # The PSA's rate on the billing day (what reconciliation compares with the ERP's).
+                rate = fx_rate(currency, self.now.date())
+                self.sf.update("pse__Billing_Event__c", event["Id"], {"pscsync_Exchange_Rate__c": rate})
             for item in self.sf.query(
-                "SELECT pse__Billing_Event__c, CurrencyIsoCode FROM pse__Billing_Event_Item__c "
+                "SELECT pse__Billing_Event__c, CurrencyIsoCode FROM pse__Billing_Event_Item__c "  # noqa: S608 - vendor ids we read back, not user input
                 f"WHERE pse__Billing_Event__c IN ({quoted})"
             ):
-                if (item.get("CurrencyIsoCode") or "USD").upper() != "USD":
-                    self.anomalies_by_key.setdefault(item["pse__Billing_Event__c"], {})["mixed_currency"] = {
-                        "psa": "certinia"
+                event = item["pse__Billing_Event__c"]
+                project_currency = currency_of.get(event, "USD")
+                if (item.get("CurrencyIsoCode") or project_currency).upper() != project_currency:
+                    self.anomalies_by_key.setdefault(event, {})["mixed_currency"] = {
+                        "psa": "certinia",
+                        "currency": project_currency,
                     }
         self.stats["billing_events"] += len(events)
         self.refresh_projects("uk")
@@ -567,7 +587,8 @@ class Simulation:
         rng = record_rng(self.options.seed, invoice.key)
         billed = dt.date.fromisoformat(invoice.date[:10]) if invoice.date else self.now.date()
         invoice.post_on = max(billed, self.now.date()) + dt.timedelta(days=rng.randint(0, 3))
-        invoice.fx_date = rng.random() < self.options.fx_date
+        # Only where a rate matters: a NetSuite invoice in another currency than the entity's.
+        invoice.fx_date = rng.random() < self.options.fx_date and invoice.currency not in ("", "USD")
         behaviour = rng.random()
         pay_day = invoice.post_on + dt.timedelta(days=rng.randint(14, 45))
         if behaviour < 0.7:
@@ -582,7 +603,8 @@ class Simulation:
 
     def _netsuite_invoices(self) -> None:
         rows = self.netsuite.suiteql(
-            "SELECT id, externalid, tranid, total, entity, trandate FROM transaction WHERE type = 'CustInvc' ORDER BY id"
+            "SELECT id, externalid, tranid, total, entity, trandate, currency FROM transaction "
+            "WHERE type = 'CustInvc' ORDER BY id"
         )
         for row in rows:
             key = row.get("externalid") or f"ns-{row['id']}"
@@ -596,6 +618,7 @@ class Simulation:
                 total=float(row.get("total") or 0),
                 date=_us_date(row.get("trandate")),
                 number=row.get("tranid") or "",
+                currency=NETSUITE_CURRENCIES.get(str(row.get("currency") or "1"), "USD"),
             )
             self._plan_invoice(invoice)
             self.invoices[key] = invoice
@@ -629,7 +652,12 @@ class Simulation:
                 )
                 self.stats["anomaly:fx_date"] += 1
             if invoice.erp == "netsuite":
-                fields: dict[str, Any] = {"approvalStatus": {"id": "2", "refName": "Approved"}}
+                billed = dt.date.fromisoformat(invoice.date[:10]) if invoice.date else posted_on
+                dated = posted_on if invoice.fx_date else billed
+                fields: dict[str, Any] = {
+                    "approvalStatus": {"id": "2", "refName": "Approved"},
+                    "exchangeRate": fx_rate(invoice.currency or "USD", dated),
+                }
                 if invoice.fx_date:
                     fields["tranDate"] = posted_on.isoformat()
                 self.netsuite.update("invoice", invoice.record_id, fields)
@@ -767,7 +795,7 @@ class Simulation:
             if "mixed_currency" in known:
                 info = known["mixed_currency"]
                 if info["psa"] == "certinia":
-                    done.append(anomalies.fix_mixed_currency_certinia(self.sf, event_id=key, currency="USD"))
+                    done.append(anomalies.fix_mixed_currency_certinia(self.sf, event_id=key, currency=info["currency"]))
                 else:
                     done.append(
                         anomalies.fix_mixed_currency_kantata(self.kantata, expense_ids=info["expenses"], currency="GBP")

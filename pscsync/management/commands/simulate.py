@@ -72,6 +72,8 @@ class Command(BaseCommand):
             "--trickle", action="store_true", help="after the history, keep the firm alive in real time"
         )
         parser.add_argument("--trickle-every", type=float, default=20.0, help="seconds between live activities")
+        parser.add_argument("--skip-history", action="store_true", help="no history: only the live trickle")
+        parser.add_argument("--done-marker", type=Path, default=None, help="a file written when the history is done")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         fields = {f.name for f in dataclasses.fields(Options)}
@@ -118,8 +120,15 @@ class Command(BaseCommand):
             f"{counts.get('billing_run', 0)} billing runs; clock file: {clock_file or 'none'}"
         )
         started = time.monotonic()
-        stats = simulation.run()
+        if opts["skip_history"]:
+            simulation.ensure_people()
+            simulation.settle(0)
+            trickle_forever(simulation, every=opts["trickle_every"])
+            return
+        simulation.run()
         simulation.settle(opts["settle_seconds"])
+        if opts["done_marker"]:
+            opts["done_marker"].write_text(f"seed {options.seed}, {options.days} days from {start:%Y-%m-%d}\n")
         wall = time.monotonic() - started
         stats = dict(simulation.stats)
         vendor_calls = {name: d.calls for name, d in simulation.drivers.items()}
