@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from pscsync.clock import clock_file_write
 from pscsync.simulation import anomalies
 from pscsync.simulation.drivers import (
@@ -185,8 +187,8 @@ class Simulation:
     def execute(self, action: Action, tries: int) -> None:
         handler = getattr(self, f"do_{action.kind}")
         try:
-            handler(action)
-            self.stats[action.kind] += 1
+            if handler(action) is not False:  # False: not done yet, queued again
+                self.stats[action.kind] += 1
         except Defer as exc:
             if tries + 1 >= MAX_DEFERRALS:
                 self.stats[f"gave_up:{action.kind}"] += 1
@@ -202,6 +204,9 @@ class Simulation:
         except VendorError as exc:
             self.stats[f"failed:{action.kind}"] += 1
             log.warning("%s %s failed: %s", action.kind, action.ref, exc)
+        except Exception:  # the firm goes on: one broken action must not end the demo
+            self.stats[f"error:{action.kind}"] += 1
+            log.exception("%s %s: unexpected error", action.kind, action.ref)
 
     def settle(self, seconds: float) -> None:
         """Hand over to real time: the shared clock runs at speed 1 from now on."""
@@ -274,6 +279,11 @@ class Simulation:
             "Legal_Entity__c": data["entity"],
             "Service_Line__c": data["service_line"],
             "Billing_Model__c": data["billing_model"],
+            # The quoted contract term (the version is set at signature).
+            "Contract_Start__c": (close + dt.timedelta(days=7 - close.weekday())).isoformat(),
+            "Contract_End__c": (
+                close + dt.timedelta(days=7 - close.weekday() + data["term_weeks"] * 7 - 1)
+            ).isoformat(),
             "PO_Number__c": f"PO-{action.ref.upper()}",
             "Resource_Plan__c": json.dumps(data["resource_plan"]),
         }
@@ -729,13 +739,14 @@ class Simulation:
         )
         self.push(self.now + dt.timedelta(hours=action.data["hours"]), end)
 
-    def do_incident_end(self, action: Action) -> None:
+    def do_incident_end(self, action: Action) -> bool:
         if action.data["not_before"] > time.monotonic():
             # At full speed hours pass in a blink: keep the incident on for a few wall seconds,
             # so the engine meets it, while the firm's business goes on.
             self.push(self.now + dt.timedelta(minutes=30), action)
-            return
+            return False
         anomalies.incident_end(self.drivers[action.data["sandbox"]])
+        return True
 
     # Operators --------------------------------------------------------------------------------
     def operator_round(self, final: bool = False) -> None:
@@ -744,7 +755,7 @@ class Simulation:
             return
         try:
             exceptions = self.workbench.exceptions()
-        except (WorkbenchUnavailable, OSError, ValueError) as exc:
+        except (WorkbenchUnavailable, httpx.HTTPError, OSError, ValueError) as exc:
             if not self.stats["workbench_unavailable"]:
                 self.echo(f"  operators cannot use the workbench: {exc}")
             self.stats["workbench_unavailable"] += 1
@@ -810,7 +821,7 @@ class Simulation:
         comment = "; ".join(done) or "vendor was unavailable; retrying"
         try:
             status = self.workbench.resubmit(int(row["id"]), comment)  # type: ignore[union-attr]
-        except (WorkbenchUnavailable, OSError) as exc:
+        except (WorkbenchUnavailable, httpx.HTTPError, OSError) as exc:
             self.stats["operator_resubmit_failed"] += 1
             log.info("resubmit %s: %s", row["id"], exc)
             return

@@ -59,7 +59,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--day-seconds", type=float, default=2.0, help="wall seconds per simulated day (at least; default 2)"
         )
-        parser.add_argument("--settle-seconds", type=float, default=20.0, help="wait for the engine after the last day")
+        parser.add_argument("--settle-seconds", type=float, default=10.0, help="wait for the engine after the last day")
         parser.add_argument(
             "--clock-file", type=Path, default=None, help="the shared clock file (default: PSCSYNC_CLOCK)"
         )
