@@ -66,6 +66,23 @@ def demo_env() -> dict[str, str]:
     }
 
 
+ENGINE = ("web", "worker", "beat")
+
+
+def history_env(env: dict[str, str]) -> dict[str, str]:
+    """The engine's settings while the firm runs through its history at ~43 000x: the lease, the
+    re-publish delay and the retry backoff are read on the business clock, so they are set in
+    business days and hours (a few wall seconds), and beat polls every 5 s. Once the history is
+    done the engine restarts with the real-time settings."""
+    return {
+        **env,
+        "PSCSYNC_LEASE_SECONDS": str(3 * 86400),
+        "PSCSYNC_REDISPATCH_SECONDS": str(10 * 86400),
+        "PSCSYNC_RETRY_BASE_SECONDS": "1800",
+        "PSCSYNC_POLL_SECONDS": "5",
+    }
+
+
 def main() -> None:
     env = demo_env()
     manage = [sys.executable, str(ROOT / "manage.py")]
@@ -101,11 +118,16 @@ def main() -> None:
         str(simulated),
     ]
     processes: dict[str, subprocess.Popen] = {}
-    for name, argv in commands.items():
+    fast = history_env(env) if history else env
+
+    def start(name: str, process_env: dict[str, str]) -> None:
         log = (logs / f"{name}.log").open("ab")
         processes[name] = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            commands[name], env=process_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+    for name in commands:
+        start(name, fast if name in ENGINE else env)
         time.sleep(2.0 if name == "web" else 0.3)
         if name == "beat":
             # The sandboxes push to pscsync's webhooks (Salesforce, Business Central); Kantata and
@@ -151,6 +173,17 @@ pscsync is running: http://127.0.0.1:{WEB_PORT}/
     )
     while True:
         time.sleep(1)
+        if history and simulated.exists():
+            history = []
+            print("the demo firm's history is done: the engine goes on in real time", flush=True)
+            for name in ENGINE:
+                os.killpg(processes[name].pid, signal.SIGTERM)
+                try:
+                    processes[name].wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(processes[name].pid, signal.SIGKILL)
+                start(name, env)
+                time.sleep(2.0 if name == "web" else 0.3)
         for name, process in list(processes.items()):
             if process.poll() is not None:
                 print(f"{name} exited with {process.returncode}; see {logs / (name + '.log')}", flush=True)

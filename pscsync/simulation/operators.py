@@ -7,6 +7,8 @@ They never touch pscsync's tables: every read and action is an HTTP call a perso
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import httpx
@@ -56,13 +58,14 @@ class Workbench:
         return answer
 
     def exceptions(self) -> list[dict[str, Any]]:
-        """Every open exception the operator may see (all pages)."""
+        """Every open exception the operator may see: from the REST API when this pscsync has it,
+        else from the handoff list page filtered on "needs attention"."""
         rows: list[dict[str, Any]] = []
-        url = "/api/v1/exceptions/?page_size=200"
+        url: str | None = "/api/v1/exceptions/?page_size=200"
         while url:
             answer = self.call("GET", url)
             if answer.status_code == 404:
-                raise WorkbenchUnavailable("this pscsync has no exception API (/api/v1/exceptions/)")
+                return self._exceptions_from_pages()
             answer.raise_for_status()
             body = answer.json()
             rows += body.get("results", body if isinstance(body, list) else [])
@@ -71,11 +74,33 @@ class Workbench:
                 url = url[len(self.web_url) :]
         return rows
 
-    def resubmit(self, exception_id: int, comment: str) -> int:
+    def _exceptions_from_pages(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for page in range(1, 21):
+            answer = self.call("GET", f"/handoffs/?status=needs_attention&page={page}")
+            if answer.status_code != 200:
+                raise WorkbenchUnavailable(f"the handoff list answered HTTP {answer.status_code}")
+            for flow, pk, key in ROW.findall(answer.text):
+                rows.append({"id": int(pk), "flow": flow, "business_key": html.unescape(key), "last_error_class": ""})
+            if "Older →" not in answer.text:
+                break
+        return rows
+
+    def resubmit(self, exception_id: int, comment: str, *, reread: bool) -> int:
+        """Resubmit through the workbench's retry dialog (re-mapping from the source when the
+        source was corrected), else through the REST API."""
+        form = f"/workbench/handoffs/{exception_id}/resubmit/"
+        page = self.call("GET", form)
+        if page.status_code == 200:
+            answer = self.call("POST", form, data={"mode": "remap" if reread else "stored", "reason": comment})
+            return answer.status_code
         answer = self.call("POST", f"/api/v1/exceptions/{exception_id}/resubmit/", json={"comment": comment})
         if answer.status_code == 404:
-            raise WorkbenchUnavailable("this pscsync has no resubmit endpoint")
+            raise WorkbenchUnavailable("this pscsync has neither the workbench's retry dialog nor the exception API")
         return answer.status_code
+
+
+ROW = re.compile(r"<td>([a-z-]+)</td>\s*<td><a href=\"/handoffs/(\d+)/\">([^<]+)</a></td>")
 
 
 def _csrf_from_cookies(client: httpx.Client) -> str:

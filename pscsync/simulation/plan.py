@@ -207,7 +207,8 @@ def scenario_plan(options: Options, start_weekday: int = 0) -> Plan:
     deal_count = 0
     # A book of deals already in negotiation when the story starts, so delivery begins at once,
     # then new deals arriving through the period.
-    arrivals: list[tuple[int, bool]] = [(rng.randint(0, 2), True) for _ in range(max(2, int(options.deals_per_week)))]
+    book = max(2, int(2 * options.deals_per_week))
+    arrivals: list[tuple[int, bool]] = [(rng.randint(0, 2), True) for _ in range(book)]
     day = 0.0
     while True:
         day += rng.expovariate(options.deals_per_week / 7.0)
@@ -318,7 +319,8 @@ def _deal(
     stage_index = 3 if advanced else 0
     probability = STAGES[stage_index][1]
     close_day = created + (rng.randint(2, 12) if advanced else rng.randint(14, 45))
-    won = rng.random() < options.win_rate
+    # Deals already in negotiation when the story starts are mostly won: the firm's running book.
+    won = rng.random() < (max(options.win_rate, 0.85) if advanced else options.win_rate)
     term_weeks = rng.randint(6, 16)
     actions.append(
         Action(

@@ -51,7 +51,7 @@ from pscsync.simulation.plan import (
 log = logging.getLogger("pscsync.simulation")
 KANTATA_USERS = ("43", "44", "42")  # the sandbox's seeded users stand in for the UK consultants
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
-MAX_DEFERRALS = 12
+MAX_DEFERRALS = 30  # x 12 business hours: a week of time waits up to 15 days for its project
 INCIDENT_MIN_WALL_SECONDS = 6.0
 
 
@@ -815,12 +815,12 @@ class Simulation:
             self.stats["operator_fix_failed"] += 1
             log.info("operator could not correct %s: %s", key, exc)
             return
-        if not done and row.get("last_error_class") not in ("transient", "unknown", "conflict"):
+        if not done and row.get("last_error_class") not in ("transient", "unknown", "conflict", "timeout"):
             self.stats["operator_left"] += 1  # a cause the simulated staff cannot fix in a source
             return
         comment = "; ".join(done) or "vendor was unavailable; retrying"
         try:
-            status = self.workbench.resubmit(int(row["id"]), comment)  # type: ignore[union-attr]
+            status = self.workbench.resubmit(int(row["id"]), comment, reread=bool(done))  # type: ignore[union-attr]
         except (WorkbenchUnavailable, httpx.HTTPError, OSError) as exc:
             self.stats["operator_resubmit_failed"] += 1
             log.info("resubmit %s: %s", row["id"], exc)

@@ -238,6 +238,9 @@ def test_a_duplicate_customer_is_keyed_by_hand_in_the_erp(simulation) -> None:  
     us = next(a for a in names.values() if a["entity"] == "us")
     anomalies.fix_duplicate_customer(sim.netsuite, customer_id=us["hand_keyed"], account_id=us["id"])
     assert sim.netsuite.get("customer", us["hand_keyed"])["externalId"] == f"C-{us['id']}"
+    uk = next(a for a in names.values() if a["entity"] == "uk")
+    anomalies.fix_duplicate_customer(sim.bc, customer_id=uk["hand_keyed"], account_id=uk["id"])
+    assert {c["number"] for c in sim.bc.list("customers") if c["displayName"] == uk["name"]} == {f"C-{uk['id']}"}
 
 
 def test_an_erp_outage_and_a_rate_limit_burst_are_sandbox_faults_for_a_while(simulation, sandboxes) -> None:  # noqa: ANN001
