@@ -92,8 +92,12 @@ class Workbench:
         form = f"/workbench/handoffs/{exception_id}/resubmit/"
         page = self.call("GET", form)
         if page.status_code == 200:
-            answer = self.call("POST", form, data={"mode": "remap" if reread else "stored", "reason": comment})
-            return answer.status_code
+            # The dialog reviews first; `confirm=yes` is the operator pressing "Resubmit" on the review.
+            answer = self.call(
+                "POST", form, data={"mode": "remap" if reread else "stored", "reason": comment, "confirm": "yes"}
+            )
+            # Done: a redirect to the handoff's page. The form again (200/400): refused.
+            return 200 if answer.status_code in (302, 303) else max(answer.status_code, 400)
         answer = self.call("POST", f"/api/v1/exceptions/{exception_id}/resubmit/", json={"comment": comment})
         if answer.status_code == 404:
             raise WorkbenchUnavailable("this pscsync has neither the workbench's retry dialog nor the exception API")

@@ -16,6 +16,7 @@ import datetime as dt
 import heapq
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -123,6 +124,7 @@ class Simulation:
         self.anomalies_by_key: dict[str, dict[str, Any]] = {}  # handoff business key -> what is wrong
         self.operator_queue: dict[int, dt.datetime] = {}  # exception id -> when they get to it
         self.operator_done: set[int] = set()
+        self.fixed_accounts: set[str] = set()  # accounts whose deal an operator put right
         self.stats: Counter[str] = Counter()
         self.queue: list[tuple[dt.datetime, int, Action, int]] = []
         self.seq = 0
@@ -779,9 +781,11 @@ class Simulation:
                 continue
             del self.operator_queue[exception_id]
             self.operator_done.add(exception_id)
-            self.operator_fix(row)
+            if self.operator_fix(row) is False:  # nothing they can do yet: look again tomorrow
+                self.operator_done.discard(exception_id)
+                self.operator_queue[exception_id] = now + dt.timedelta(hours=24)
 
-    def operator_fix(self, row: dict[str, Any]) -> None:
+    def operator_fix(self, row: dict[str, Any]) -> bool | None:
         key = str(row.get("business_key") or "")
         known = self.anomalies_by_key.get(key, {})
         done = []
@@ -815,17 +819,26 @@ class Simulation:
             self.stats["operator_fix_failed"] += 1
             log.info("operator could not correct %s: %s", key, exc)
             return
+        waiting_for = re.search(r"has no customer C-(\w+)", str(row.get("last_error_message") or ""))
+        if not done and waiting_for and waiting_for.group(1) in self.fixed_accounts:
+            done.append(f"customer C-{waiting_for.group(1)} exists now")  # its deal was put right
+            reread = False
+        else:
+            reread = bool(done)
         if not done and row.get("last_error_class") not in ("transient", "unknown", "conflict", "timeout"):
-            self.stats["operator_left"] += 1  # a cause the simulated staff cannot fix in a source
-            return
+            return False  # a cause the simulated staff cannot fix in a source (yet)
         comment = "; ".join(done) or "vendor was unavailable; retrying"
         try:
-            status = self.workbench.resubmit(int(row["id"]), comment, reread=bool(done))  # type: ignore[union-attr]
+            status = self.workbench.resubmit(int(row["id"]), comment, reread=reread)  # type: ignore[union-attr]
         except (WorkbenchUnavailable, httpx.HTTPError, OSError) as exc:
             self.stats["operator_resubmit_failed"] += 1
             log.info("resubmit %s: %s", row["id"], exc)
             return
         self.stats["operator_resubmits" if status < 400 else "operator_resubmit_refused"] += 1
+        if status < 400 and row.get("flow") == "quote-to-project":
+            deal = next((d for d in self.deals.values() if d.opportunity == key), None)
+            if deal is not None:
+                self.fixed_accounts.add(self.accounts[deal.data["account"]]["id"])
 
 
 def _spread(hours: int) -> list[int]:
