@@ -167,11 +167,12 @@ class WriteStep(StepDef):
         write = self.write(ctx) if self.write is not None else None
         ids: dict[str, str] = {}
         responses = []
-        for record, fields in mapped:
-            if write is not None:
-                result = write(connection, entity, record, fields)
-            else:
-                result = connector.upsert(entity=entity, key=record.key, fields=fields)
+        if write is None:
+            # One call for many records where the vendor has a bulk API (fewer calls, same keys).
+            written = connector.upsert_many(entity=entity, records=[(r.key, f) for r, f in mapped])
+        else:
+            written = [write(connection, entity, record, fields) for record, fields in mapped]
+        for (record, _), result in zip(mapped, written, strict=True):
             ids[record.key] = result.external_id
             responses.append({"key": record.key, "id": result.external_id, "status": result.http_status})
         return WriteResult(
