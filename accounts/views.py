@@ -50,7 +50,7 @@ def _audit_attempt(request: HttpRequest, username: str, action: str, comment: st
         object_type="auth.user",
         object_id="",
         comment=comment,
-        remote_addr=client_ip(request),
+        remote_addr=client_ip(request) or None,
     )
 
 
@@ -91,7 +91,7 @@ class SignInView(auth_views.LoginView):
         user = form.get_user()
         throttle.set_device_cookie(response, user.get_username())
         security_log.info("sign-in user=%r ip=%s", user.get_username(), client_ip(self.request))
-        audit_record(actor=user, action="login.succeeded", obj=user, remote_addr=client_ip(self.request))
+        audit_record(actor=user, action="login.succeeded", obj=user, remote_addr=client_ip(self.request) or None)
         return response
 
 
@@ -120,7 +120,7 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
                 device.confirmed = True
                 device.save()
                 codes = recovery_codes_new(user)
-                audit_record(actor=user, action="2fa.enrolled", obj=user, remote_addr=client_ip(request))
+                audit_record(actor=user, action="2fa.enrolled", obj=user, remote_addr=client_ip(request) or None)
             otp_login(request, device)
             return render(request, "accounts/recovery_codes.html", {"codes": codes, "next": _next_url(request)})
         error = "That code did not match. Check the phone's time and try the newest code."
@@ -155,7 +155,7 @@ def two_factor_verify(request: HttpRequest) -> HttpResponse:
                 action="2fa.verified",
                 obj=user,
                 comment="recovery code" if used_recovery else "authenticator app",
-                remote_addr=client_ip(request),
+                remote_addr=client_ip(request) or None,
             )
             if used_recovery:
                 messages.warning(
@@ -164,7 +164,7 @@ def two_factor_verify(request: HttpRequest) -> HttpResponse:
                 )
             return HttpResponseRedirect(_next_url(request))
         security_log.warning("second factor failed user=%r ip=%s", user.get_username(), client_ip(request))
-        audit_record(actor=user, action="2fa.failed", obj=user, remote_addr=client_ip(request))
+        audit_record(actor=user, action="2fa.failed", obj=user, remote_addr=client_ip(request) or None)
         error = "That code did not work. Try the newest code from the app, or a recovery code."
     return render(request, "accounts/two_factor_verify.html", {"error": error, "next": _next_url(request)})
 
@@ -195,7 +195,7 @@ def user_sessions_end(request: HttpRequest, pk: int) -> HttpResponse:
             action="user.sessions_ended",
             obj=target,
             after={"sessions": count},
-            remote_addr=client_ip(request),
+            remote_addr=client_ip(request) or None,
         )
     messages.success(request, f"Ended {count} session(s) of {target.get_username()}.")
     return redirect("accounts:users")
@@ -213,7 +213,7 @@ def user_two_factor_reset(request: HttpRequest, pk: int) -> HttpResponse:
             action="user.2fa_reset",
             obj=target,
             after={"sessions_ended": count},
-            remote_addr=client_ip(request),
+            remote_addr=client_ip(request) or None,
         )
     messages.success(request, f"{target.get_username()} sets up a new authenticator at the next sign-in.")
     return redirect("accounts:users")
