@@ -167,6 +167,12 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
+try:  # plotly.js from the installed plotly package, served as static/plotly/plotly.min.js (no CDN)
+    import plotly as _plotly
+
+    STATICFILES_DIRS.append(("plotly", Path(_plotly.__file__).parent / "package_data"))
+except ImportError:  # pragma: no cover - plotly is in requirements.txt
+    pass
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},

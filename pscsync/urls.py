@@ -7,6 +7,7 @@ from django.urls import include, path
 from django.views.decorators.http import require_GET
 
 from connectors.webhooks import webhook_receive
+from dashboards.urls import api_urlpatterns as dashboard_api_urls
 from pscsync import views
 
 
@@ -34,6 +35,7 @@ urlpatterns = [
     path("webhooks/<slug:slug>/", webhook_receive, name="webhook"),
     path("handoffs/", include(handoff_patterns)),
     path("dashboards/", include("dashboards.urls")),
+    path("api/v1/", include((dashboard_api_urls, "dashboards_api"))),
     path("workbench/", include("remediation.urls")),
     path("connections/", include("connectors.urls")),
 ]
