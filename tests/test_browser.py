@@ -88,7 +88,7 @@ def test_an_operator_finds_a_failed_handoff_and_reads_what_the_target_said(
     page.fill("#id_username", operator.username)
     page.fill("#id_password", "a-long-test-password")
     page.click("button[type=submit]")
-    page.wait_for_url("**/dashboards/health/")
+    page.wait_for_url("**/dashboards/")
     assert page.locator(".tile", has_text="Need a person").locator(".figure").inner_text() == "1"
     _shot(page, "health")
 
@@ -127,7 +127,7 @@ def test_an_admin_tests_a_connection_from_its_page(page, live_server, admin, ech
     page.fill("#id_username", admin.username)
     page.fill("#id_password", "a-long-test-password")
     page.click("button[type=submit]")
-    page.wait_for_url("**/dashboards/health/")
+    page.wait_for_url("**/dashboards/")
     page.click("text=Connections")
     page.click("text=Echo US")
     page.wait_for_url("**/connections/*/")
