@@ -249,6 +249,12 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
+try:  # plotly.js from the installed plotly package, served as static/plotly/plotly.min.js (no CDN)
+    import plotly as _plotly
+
+    STATICFILES_DIRS.append(("plotly", Path(_plotly.__file__).parent / "package_data"))
+except ImportError:  # pragma: no cover - plotly is in requirements.txt
+    pass
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -334,6 +340,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-handoffs": {"task": "pscsync.tasks.handoffs_sweep_task", "schedule": float(SWEEP_SECONDS)},
     "poll-connections": {"task": "pscsync.tasks.connections_poll_task", "schedule": float(POLL_SECONDS)},
     "reconcile": {"task": "pscsync.tasks.reconcile_task", "schedule": float(RECONCILE_SECONDS)},
+    "dashboard-rollups": {"task": "dashboards.tasks.rollups_catch_up_task", "schedule": 300.0},
 }
 
 DEMO_PASSWORD = os.getenv("DEMO_PASSWORD", "")

@@ -8,6 +8,7 @@ from django.views.decorators.http import require_GET
 
 from accounts.views import SignInView
 from connectors.webhooks import webhook_receive
+from dashboards.urls import api_urlpatterns as dashboard_api_urls
 from pscsync import views
 
 
@@ -35,6 +36,7 @@ urlpatterns = [
     path("webhooks/<slug:slug>/", webhook_receive, name="webhook"),
     path("handoffs/", include(handoff_patterns)),
     path("dashboards/", include("dashboards.urls")),
+    path("api/v1/", include((dashboard_api_urls, "dashboards_api"))),
     path("workbench/", include("remediation.urls")),
     path("connections/", include("connectors.urls")),
     path("account/", include("accounts.urls")),

@@ -33,6 +33,46 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
     ),
+    "dashboards:overview": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:quote_to_project": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:project_to_bill": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:bill_to_cash": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:exceptions": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:integration": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:demand": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:items": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:settings": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "dashboards_api:metrics": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
     "remediation:inbox": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 200, "admin": 200, "outsider": 200},

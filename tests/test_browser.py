@@ -109,7 +109,7 @@ def test_an_operator_finds_a_failed_handoff_and_reads_what_the_target_said(
     page.goto(f"{live_server.url}/")
     _shot(page, "login")
     _sign_in(page, live_server, operator)
-    page.wait_for_url("**/dashboards/health/")
+    page.wait_for_url("**/dashboards/")
     assert page.locator(".tile", has_text="Need a person").locator(".figure").inner_text() == "1"
     _shot(page, "health")
 
@@ -147,7 +147,7 @@ def test_an_operator_finds_a_failed_handoff_and_reads_what_the_target_said(
 
 def test_an_admin_tests_a_connection_from_its_page(page, live_server, admin, echo_connection) -> None:  # noqa: ANN001
     _sign_in(page, live_server, admin, start="/login/")
-    page.wait_for_url("**/dashboards/health/")
+    page.wait_for_url("**/dashboards/")
     page.click("text=Connections")
     page.click("text=Echo US")
     page.wait_for_url("**/connections/*/")
