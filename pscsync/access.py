@@ -135,6 +135,7 @@ NAVIGATION = [
     NavItem("Dashboards", "dashboards:overview", VIEW_DASHBOARDS, "dashboards"),
     NavItem("Workbench", "remediation:inbox", WORK_EXCEPTIONS, "workbench"),
     NavItem("Handoffs", "handoffs:list", VIEW_HANDOFFS, "handoffs"),
+    NavItem("Mappings", "studio:list", CONFIGURE, "mappings"),
     NavItem("Connections", "connections:list", CONFIGURE, "connections"),
     NavItem("Users", "accounts:users", MANAGE_USERS, "account/users"),
 ]

@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "connectors.apps.ConnectorsConfig",
     "remediation.apps.RemediationConfig",
     "dashboards.apps.DashboardsConfig",
+    "studio.apps.StudioConfig",
 ]
 
 MIDDLEWARE = [

@@ -39,5 +39,6 @@ urlpatterns = [
     path("api/v1/", include((dashboard_api_urls, "dashboards_api"))),
     path("workbench/", include("remediation.urls")),
     path("connections/", include("connectors.urls")),
+    path("mappings/", include("studio.urls")),
     path("account/", include("accounts.urls")),
 ]

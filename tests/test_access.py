@@ -15,7 +15,81 @@ ROLES = ["anonymous", "norole", "viewer", "operator", "admin", "outsider"]
 
 # name -> (method, expected status per role). "own" detail pages use a US handoff; the outsider
 # works for the UK entity only, so every US record is a 404 for them, never a 403 that confirms it exists.
+# The mapping studio is for admins only (pages 200; actions refuse GET with 405 once allowed).
+STUDIO_PAGE = ("GET", {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403})
+STUDIO_ACTION = (
+    "GET",
+    {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+)
 EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
+    "studio:list": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "studio:detail": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "studio:impact": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "studio:version": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "studio:value_map_csv": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "studio:export": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "studio:draft": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:rule": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:rule_remove": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:rule_move": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:value_map": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:preview": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:publish": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:discard": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:rerun": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:restore": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:import": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
     "home": ("GET", {"anonymous": 302, "norole": 403, "viewer": 302, "operator": 302, "admin": 302, "outsider": 302}),
     "login": ("GET", {"anonymous": 200, "norole": 302, "viewer": 302, "operator": 302, "admin": 302, "outsider": 302}),
     "logout": ("GET", dict.fromkeys(ROLES, 405)),
@@ -169,7 +243,31 @@ def records(echo_connection, entities):  # noqa: ANN001, ANN201
     return made
 
 
+def _mapping_args(name: str, records) -> list:  # noqa: ANN001
+    from pscsync.mappings import mapping_publish
+    from pscsync.models import Mapping
+
+    connection = records["us"].source_connection
+    mapping = Mapping.objects.filter(connection=connection, entity="customer").first()
+    if mapping is None:
+        rules = [{"target": "name", "source": "account.name", "required": True}]
+        mapping = mapping_publish(
+            connection=connection, entity="customer", rules=rules, value_maps={"tax": {"A": "1"}}, comment="first"
+        ).mapping
+    if name == "studio:export" or name == "studio:import":
+        return [connection.pk]
+    if name in ("studio:rule", "studio:rule_remove", "studio:rule_move"):
+        return [mapping.pk, 1]
+    if name in ("studio:version", "studio:restore"):
+        return [mapping.pk, 1]
+    if name == "studio:value_map_csv":
+        return [mapping.pk, "tax"]
+    return [] if name == "studio:list" else [mapping.pk]
+
+
 def _args(name: str, records) -> list:  # noqa: ANN001
+    if name.startswith("studio:"):
+        return _mapping_args(name, records)
     if name == "handoffs:detail":
         return [records["us"].pk]
     if name == "webhook":
