@@ -83,6 +83,10 @@ def _label(path: str) -> str:
 class DocumentForm(forms.Form):
     """One field per leaf of the read document."""
 
+    # Checked on the server, and only when "resume with my edit" is chosen: the browser must not
+    # block the other two choices because the stored document has an empty required field.
+    use_required_attribute = False
+
     def __init__(self, *args: Any, document: dict[str, Any], handoff: Handoff, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.original = flatten(document)
@@ -101,8 +105,8 @@ class DocumentForm(forms.Form):
                 options = [(v, v) for v in known]
                 if value not in (None, "") and str(value) not in known:
                     options.insert(0, (str(value), f"{value} (not in the value map)"))
-                if not required:
-                    options.insert(0, ("", "—"))
+                if not required or value in (None, ""):
+                    options.insert(0, ("", "— choose —" if required else "—"))
                 field = forms.ChoiceField(choices=options, required=required, label=label)
             elif isinstance(value, int) and not isinstance(value, bool):
                 field = forms.IntegerField(required=required, label=label)
