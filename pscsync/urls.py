@@ -6,6 +6,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from django.views.decorators.http import require_GET
 
+from accounts.views import SignInView
 from connectors.webhooks import webhook_receive
 from pscsync import views
 
@@ -28,7 +29,7 @@ handoff_patterns = (
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", healthz, name="healthz"),
     path("webhooks/<slug:slug>/", webhook_receive, name="webhook"),
@@ -36,4 +37,5 @@ urlpatterns = [
     path("dashboards/", include("dashboards.urls")),
     path("workbench/", include("remediation.urls")),
     path("connections/", include("connectors.urls")),
+    path("account/", include("accounts.urls")),
 ]

@@ -71,6 +71,22 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
     ),
+    # Sign-in security (accounts/): anyone signed in may set up a second factor; the users and
+    # sessions page is for admins (manage_users).
+    "accounts:two_factor_setup": ("GET", {"anonymous": 302, **dict.fromkeys(ROLES[1:], 200)}),
+    "accounts:two_factor_verify": ("GET", {"anonymous": 302, **dict.fromkeys(ROLES[1:], 302)}),
+    "accounts:users": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "accounts:end_sessions": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "accounts:reset_two_factor": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
 }
 
 
@@ -152,6 +168,8 @@ def _args(name: str, records) -> list:  # noqa: ANN001
         return ["echo-us"]
     if name in ("connections:edit", "connections:test"):
         return [records["us"].source_connection_id]
+    if name in ("accounts:end_sessions", "accounts:reset_two_factor"):
+        return [records["us"].source_connection_id]  # any user id: GET is refused before the lookup
     return []
 
 
