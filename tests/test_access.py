@@ -155,15 +155,43 @@ def records(echo_connection, entities):  # noqa: ANN001, ANN201
     return made
 
 
+def _cause_for(handoff: Handoff):  # noqa: ANN202
+    """A cause holding this handoff, for the workbench's URLs (when the handoff did not fail)."""
+    from remediation.models import ExceptionCause, HandoffException
+
+    at = handoff.created_at
+    cause = ExceptionCause.objects.create(
+        signature=f"access-matrix-{handoff.pk}", flow=handoff.flow, message="—", first_seen_at=at, last_seen_at=at
+    )
+    HandoffException.objects.create(
+        handoff=handoff,
+        cause=cause,
+        flow=handoff.flow,
+        legal_entity=handoff.legal_entity,
+        opened_at=at,
+        last_failed_at=at,
+    )
+    return cause
+
+
 def _args(name: str, records) -> list:  # noqa: ANN001
     from remediation.models import BulkJob, ExceptionCause
 
     if name in ("handoffs:detail", "remediation:handoff", "remediation:resubmit", "remediation:handoff_act"):
         return [records["us"].pk]
     if name.startswith("remediation:cause"):
-        return [ExceptionCause.objects.get().pk]
+        cause = ExceptionCause.objects.filter(items__handoff=records["us"]).first()
+        return [cause.pk if cause else _cause_for(records["us"]).pk]
     if name.startswith("remediation:job"):
-        return [BulkJob.objects.get().pk]
+        job = BulkJob.objects.filter(handoff_ids=[records["us"].pk]).first()
+        return [
+            (
+                job
+                or BulkJob.objects.create(
+                    kind="retry", created_at=records["us"].created_at, handoff_ids=[records["us"].pk], total=1
+                )
+            ).pk
+        ]
     if name == "webhook":
         return ["echo-us"]
     if name in ("connections:edit", "connections:test"):

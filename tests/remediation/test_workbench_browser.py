@@ -51,11 +51,19 @@ def _shot(page, name: str) -> None:  # noqa: ANN001
 
 
 def _login(page, live_server, user) -> None:  # noqa: ANN001
+    """Password, then the authenticator's code where the role requires a second factor."""
+    from tests.twofactor import totp_code, totp_device_for
+
+    device = totp_device_for(user)
     page.goto(f"{live_server.url}/login/")
     page.fill("#id_username", user.username)
     page.fill("#id_password", "a-long-test-password")
     page.click("button[type=submit]")
     page.wait_for_load_state()
+    if "/two-factor/verify/" in page.url:
+        page.fill("#id_token", totp_code(device))
+        page.click("main button.primary")
+        page.wait_for_load_state()
 
 
 def test_an_operator_fixes_a_missing_tax_profile_at_the_source_and_resubmits(page, live_server, firm, operator) -> None:  # noqa: ANN001
@@ -134,7 +142,9 @@ def test_an_operator_bulk_retries_a_group_after_an_erp_outage_and_watches_progre
 
     job = BulkJob.objects.get()
     bulk_job_run(job.pk)  # the worker's turn; the page polls and shows the outcome without a reload
-    page.wait_for_function("document.querySelector('.job-count').innerText.includes('3 of 3')")
+    from playwright.sync_api import expect
+
+    expect(page.locator(".job-count")).to_contain_text("3 of 3", timeout=15000)
     assert "Done" in page.locator(".job-status").inner_text()
     for handoff in handoffs:
         assert run(handoff).status == Handoff.Status.SUCCEEDED
