@@ -13,6 +13,9 @@ from pscsync.models import Event, Handoff
 
 ROLES = ["anonymous", "norole", "viewer", "operator", "admin", "outsider"]
 
+_WORK = {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 200, "admin": 200, "outsider": 200}
+_WORK_POST = {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 405, "admin": 405, "outsider": 405}
+
 # name -> (method, expected status per role). "own" detail pages use a US handoff; the outsider
 # works for the UK entity only, so every US record is a 404 for them, never a 403 that confirms it exists.
 # The mapping studio is for admins only (pages 200; actions refuse GET with 405 once allowed).
@@ -151,6 +154,21 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 200, "admin": 200, "outsider": 200},
     ),
+    # The workbench (remediation/): operators act; viewers may read one handoff's timeline.
+    "remediation:cause": ("GET", _WORK | {"outsider": 404}),
+    "remediation:cause_items": ("GET", _WORK | {"outsider": 404}),
+    "remediation:cause_act": ("GET", _WORK_POST),
+    "remediation:handoff": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 404},
+    ),
+    "remediation:resubmit": ("GET", _WORK | {"outsider": 404}),
+    "remediation:handoff_act": ("GET", _WORK_POST),
+    "remediation:bulk": ("GET", _WORK_POST),
+    "remediation:job": ("GET", _WORK | {"outsider": 404}),
+    "remediation:job_cancel": ("GET", _WORK_POST),
+    "remediation:replay": ("GET", _WORK),
+    "remediation:saved_view": ("GET", _WORK_POST),
     "connections:create": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
@@ -240,6 +258,14 @@ def records(echo_connection, entities):  # noqa: ANN001, ANN201
             business_started_at=at,
             created_at=at,
         )
+    # The US handoff needs a person (so it has a cause) and is in a bulk job.
+    from remediation.models import BulkJob
+
+    made["us"].status = Handoff.Status.NEEDS_ATTENTION
+    made["us"].last_error_class = "validation"
+    made["us"].last_error_message = "echo: account has no Tax Profile"
+    made["us"].save()
+    BulkJob.objects.create(kind="retry", created_at=at, handoff_ids=[made["us"].pk], total=1)
     return made
 
 
@@ -265,11 +291,45 @@ def _mapping_args(name: str, records) -> list:  # noqa: ANN001
     return [] if name == "studio:list" else [mapping.pk]
 
 
+def _cause_for(handoff: Handoff):  # noqa: ANN202
+    """A cause holding this handoff, for the workbench's URLs (when the handoff did not fail)."""
+    from remediation.models import ExceptionCause, HandoffException
+
+    at = handoff.created_at
+    cause = ExceptionCause.objects.create(
+        signature=f"access-matrix-{handoff.pk}", flow=handoff.flow, message="—", first_seen_at=at, last_seen_at=at
+    )
+    HandoffException.objects.create(
+        handoff=handoff,
+        cause=cause,
+        flow=handoff.flow,
+        legal_entity=handoff.legal_entity,
+        opened_at=at,
+        last_failed_at=at,
+    )
+    return cause
+
+
 def _args(name: str, records) -> list:  # noqa: ANN001
+    from remediation.models import BulkJob, ExceptionCause
+
     if name.startswith("studio:"):
         return _mapping_args(name, records)
-    if name == "handoffs:detail":
+    if name in ("handoffs:detail", "remediation:handoff", "remediation:resubmit", "remediation:handoff_act"):
         return [records["us"].pk]
+    if name.startswith("remediation:cause"):
+        cause = ExceptionCause.objects.filter(items__handoff=records["us"]).first()
+        return [cause.pk if cause else _cause_for(records["us"]).pk]
+    if name.startswith("remediation:job"):
+        job = BulkJob.objects.filter(handoff_ids=[records["us"].pk]).first()
+        return [
+            (
+                job
+                or BulkJob.objects.create(
+                    kind="retry", created_at=records["us"].created_at, handoff_ids=[records["us"].pk], total=1
+                )
+            ).pk
+        ]
     if name == "webhook":
         return ["echo-us"]
     if name in ("connections:edit", "connections:test"):
