@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from connectors.models import Connection
 from pscsync.flows import FLOWS
-from pscsync.models import AuditEntry, CrossReference, Handoff, Step
+from pscsync.models import AuditEntry, CrossReference, Handoff, Mapping, Step
 from pscsync.secrets import mask_secrets
 from pscsync.selectors import events_for_handoff
 
@@ -133,12 +133,12 @@ def fix_links(handoff: Handoff, steps: list[Step]) -> list[dict[str, str]]:
     if handoff.last_error_class == "mapping":
         match = _MAPPING_LABEL.search(message)
         if match:
-            connection = Connection.objects.filter(slug=match.group(1)).first()
-            if connection is not None:
+            mapping = Mapping.objects.filter(connection__slug=match.group(1), entity=match.group(2)).first()
+            if mapping is not None:
                 links.append(
                     {
-                        "label": f"Open mapping {match.group(0)[8:]} on {connection.name}",
-                        "url": reverse("connections:edit", args=[connection.pk]) + f"#mapping-{match.group(2)}",
+                        "label": f"Open the {mapping.entity} mapping of {mapping.connection.name} in the studio",
+                        "url": reverse("studio:detail", args=[mapping.pk]),
                     }
                 )
     if last is not None and last.http_status in (401, 403) and failed.target_connection is not None:

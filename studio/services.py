@@ -471,28 +471,3 @@ def impact(version: MappingVersion) -> Impact:
 
 def transforms() -> list[str]:
     return sorted(TRANSFORMS)
-
-
-@transaction.atomic
-def handoffs_rerun(*, handoffs: list[Handoff], actor: AbstractBaseUser, reason: str) -> int:
-    """Send handoffs that need attention back to the engine: each resumes at its failed step
-    (finished steps are not sent again) with the mappings now in force. Audited one by one."""
-    from pscsync.dispatch import handoffs_publish
-
-    moved = []
-    for handoff in handoffs:
-        updated = Handoff.objects.filter(pk=handoff.pk, status=Handoff.Status.NEEDS_ATTENTION).update(
-            status=Handoff.Status.PENDING, attempt_count=0, next_attempt_at=None, worker_crashes=0
-        )
-        if updated:
-            moved.append(handoff.pk)
-            _audit(
-                actor,
-                "handoff.rerun",
-                handoff,
-                {"status": "needs_attention", "error": handoff.last_error_message},
-                {"status": "pending"},
-                comment=reason,
-            )
-    transaction.on_commit(lambda: handoffs_publish(moved))
-    return len(moved)

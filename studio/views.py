@@ -17,6 +17,8 @@ from django.views.decorators.http import require_GET, require_POST
 from connectors.models import Connection
 from pscsync.access import CONFIGURE, permission_required, scope_queryset
 from pscsync.models import Handoff, Mapping, MappingVersion
+from remediation.models import BulkJob
+from remediation.services import ActionRefused, bulk_job_create
 from studio import services
 from studio.services import StudioError
 
@@ -235,17 +237,25 @@ def discard_view(request: HttpRequest, pk: int) -> HttpResponse:
 @permission_required(CONFIGURE)
 @require_POST
 def rerun_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Hand the handoffs this mapping now lets through to the workbench's bulk retry: a tracked,
+    audited job; each handoff resumes at the step that failed with the version in force."""
     mapping = _mapping(request, pk)
     version = services.published(mapping)
     impact = services.impact(version) if version else None
-    # Only handoffs of entities this admin may act on.
     candidates = [h.pk for h in (impact.would_pass if impact else [])]
-    handoffs = list(scope_queryset(Handoff.objects.filter(pk__in=candidates), request.user))
-    count = services.handoffs_rerun(
-        handoffs=handoffs, actor=request.user, reason=f"re-run after publishing {version.label}" if version else ""
-    )
-    messages.success(request, f"{count} handoffs sent back to run with {version.label if version else 'the mapping'}.")
-    return redirect(reverse("studio:detail", args=[pk]) + "#publish")
+    allowed = list(scope_queryset(Handoff.objects.filter(pk__in=candidates), request.user).values_list("pk", flat=True))
+    try:
+        job = bulk_job_create(
+            actor=request.user,
+            kind=BulkJob.Kind.RETRY,
+            handoff_ids=allowed,
+            reason=f"re-run after publishing {version.label}" if version else "",
+        )
+    except ActionRefused as refused:
+        messages.error(request, str(refused))
+        return redirect(reverse("studio:detail", args=[pk]) + "#publish")
+    messages.success(request, f"{job.total} handoffs sent back to run with {version.label}: follow the job below.")
+    return redirect("remediation:job", pk=job.pk)
 
 
 @permission_required(CONFIGURE)

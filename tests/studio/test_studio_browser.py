@@ -63,9 +63,14 @@ def test_an_admin_fixes_an_unknown_service_line_and_twelve_handoffs_go_through(p
     expect(page.locator("#impact")).to_contain_text("12 of 12")
     page.click("button:has-text('Re-run these 12 handoffs with v2')")
     expect(page.locator(".flash")).to_contain_text("12 handoffs sent back to run")
+    page.wait_for_url("**/workbench/jobs/*/")
     _shot(page, "mapping-published-rerun")
 
-    # The worker's part, done here: each resumes at the step that failed.
+    # The worker's part, done here: the bulk job resubmits; each resumes at the step that failed.
+    from remediation.models import BulkJob
+    from remediation.services import bulk_job_run
+
+    bulk_job_run(BulkJob.objects.get().pk)
     for handoff in Handoff.objects.filter(status=Handoff.Status.PENDING):
         handoff_run(handoff_id=handoff.pk, worker="test-worker")
     assert Handoff.objects.filter(flow="quote-to-project", status=Handoff.Status.SUCCEEDED).count() == 12
