@@ -57,6 +57,9 @@ def demo_env() -> dict[str, str]:
         # One business clock for web, worker and beat, steered by the simulated firm.
         "PSCSYNC_CLOCK": os.environ.get("PSCSYNC_CLOCK", f"file:{VAR / 'clock.json'}"),
         "PSCSYNC_SANDBOX_PORT_OFFSET": str(PORT_OFFSET),
+        # Demo users sign in with a password only; every page shows a banner saying so
+        # (docs/security.md). PSCSYNC_2FA_REQUIRED_ROLES=admin,operator tries the real thing.
+        "PSCSYNC_2FA_REQUIRED_ROLES": os.environ.get("PSCSYNC_2FA_REQUIRED_ROLES", "none"),
         "PSCSYNC_SWEEP_SECONDS": "2",
         "PSCSYNC_POLL_SECONDS": "15",
         "PSCSYNC_RETRY_BASE_SECONDS": "3",
@@ -160,6 +163,7 @@ pscsync is running: http://127.0.0.1:{WEB_PORT}/
 
   Sign in as viewer, operator or admin, password: {env["DEMO_PASSWORD"]}
   (set DEMO_PASSWORD to choose it; it is kept in var/demo.env)
+  Two-factor sign-in is optional in the demo; any user can turn it on under /account/two-factor/.
 
   Running: web (gunicorn), Celery worker, Celery beat, the demo firm, and the sandboxes:
     echo :{ECHO_PORT} · salesforce (and Certinia) :{8791 + PORT_OFFSET} · kantata :{8792 + PORT_OFFSET}

@@ -66,9 +66,10 @@ def customer_guard(ctx: StepContext) -> Any:
     def guard(erp: Connection, entity: str, record: Record, fields: dict[str, Any]) -> WriteResult:
         connector = connector_for(erp)
         known = CrossReference.objects.filter(entity_type="customer", canonical_id=record.key, connection=erp).exists()
-        if not known and connector.lookup(entity=entity, key=record.key) is None:
+        if not known:
             name = record.source["account"]["name"]
-            for other in _customers_named(connector, erp, name):
+            others = [c for c in _customers_named(connector, erp, name) if c["key"] != record.key]
+            for other in others:
                 raise ValidationError(
                     f"{erp.name} already has a customer named {name!r} (internal id {other['id']}"
                     f"{', external id ' + other['key'] if other['key'] else ', keyed by hand'}) that is not linked "
