@@ -759,7 +759,7 @@ class Simulation:
             exceptions = self.workbench.exceptions()
         except (WorkbenchUnavailable, httpx.HTTPError, OSError, ValueError) as exc:
             if not self.stats["workbench_unavailable"]:
-                self.echo(f"  operators cannot use the workbench: {exc}")
+                self.echo(f"  operators could not reach the workbench ({exc}); they try again at each round")
             self.stats["workbench_unavailable"] += 1
             return
         now = self.business_clock() if not final else self.now
