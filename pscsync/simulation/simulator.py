@@ -774,7 +774,8 @@ class Simulation:
                 continue
             delay = dt.timedelta(hours=self.options.operator_delay_hours * rng.uniform(0.5, 1.5))
             self.operator_queue[exception_id] = now + (dt.timedelta(0) if final else delay)
-        for row in exceptions:
+        # The deal's own handoff first: the others of the same key wait on it.
+        for row in sorted(exceptions, key=lambda r: (r.get("flow") != "quote-to-project", int(r["id"]))):
             exception_id = int(row["id"])
             due = self.operator_queue.get(exception_id)
             if due is None or due > now:
@@ -784,6 +785,14 @@ class Simulation:
             if self.operator_fix(row) is False:  # nothing they can do yet: look again tomorrow
                 self.operator_done.discard(exception_id)
                 self.operator_queue[exception_id] = now + dt.timedelta(hours=24)
+                continue
+            # Having put the source right, they resubmit the key's other exceptions too.
+            for other in exceptions:
+                other_id = int(other["id"])
+                if other.get("business_key") == row.get("business_key") and other_id not in self.operator_done:
+                    self.operator_queue.pop(other_id, None)
+                    self.operator_done.add(other_id)
+                    self.operator_fix(other)
 
     def operator_fix(self, row: dict[str, Any]) -> bool | None:
         key = str(row.get("business_key") or "")

@@ -354,3 +354,48 @@ def test_finance_posts_business_central_invoices_and_records_payments(simulation
 def test_the_plan_for_a_clean_firm_has_no_incidents() -> None:
     plan = scenario_plan(Options(days=30, **QUIET), start_weekday=0)
     assert not [a for a in plan.actions if a.kind in ("erp_outage", "rate_limit_burst")]
+
+
+# Operators ------------------------------------------------------------------------------------------
+class FakeWorkbench:
+    """pscsync's workbench as the operators see it: the exceptions listed, resubmits recorded."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+        self.resubmitted: list[tuple[int, str, bool]] = []
+
+    def exceptions(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["id"] not in {i for i, _, _ in self.resubmitted}]
+
+    def resubmit(self, exception_id: int, comment: str, *, reread: bool) -> int:
+        self.resubmitted.append((exception_id, comment, reread))
+        return 200
+
+
+def test_operators_correct_the_source_then_resubmit_the_deal_first_and_its_other_exceptions(simulation) -> None:  # noqa: ANN001
+    sim = simulation(days=14, missing_tax_profile=1.0, operator_fix_share=1.0, operator_delay_hours=0)
+    sim.run()
+    won = next(d for d in sim.deals.values() if d.won)
+    account = sim.accounts[won.data["account"]]
+    assert sim.anomalies_by_key[won.opportunity]["missing_tax_profile"]["account"] == account["id"]
+    rows = [
+        {"id": 2, "flow": "contract-change", "business_key": won.opportunity, "last_error_class": "validation"},
+        {"id": 5, "flow": "quote-to-project", "business_key": won.opportunity, "last_error_class": "validation"},
+        {"id": 9, "flow": "project-to-bill", "business_key": "a3B1", "last_error_class": "validation"},
+    ]
+    sim.workbench = FakeWorkbench(rows)
+    sim.operator_round(final=True)
+    assert sim.sf.get("Account", account["id"])["Tax_Profile__c"] in ("US-STANDARD", "GB-VAT20")
+    assert [(i, reread) for i, _, reread in sim.workbench.resubmitted] == [(5, True), (2, True)]
+    assert "set Tax Profile" in sim.workbench.resubmitted[0][1]
+    # Nothing they can correct in a source: left for a person, looked at again later.
+    assert 9 in sim.operator_queue
+
+
+def test_operators_leave_a_share_of_exceptions_to_people(simulation) -> None:  # noqa: ANN001
+    sim = simulation(days=7, operator_fix_share=0.0)
+    sim.workbench = FakeWorkbench(
+        [{"id": 1, "flow": "quote-to-project", "business_key": "006X", "last_error_class": "transient"}]
+    )
+    sim.operator_round(final=True)
+    assert sim.workbench.resubmitted == [] and sim.stats["operator_left"] == 1
