@@ -87,7 +87,7 @@ def fix_duplicate_customer(erp: Driver, *, customer_id: str, account_id: str) ->
 
 def fix_mixed_currency_certinia(sf: Salesforce, *, event_id: str, currency: str) -> str:
     items = sf.query(
-        "SELECT Id, CurrencyIsoCode, pse__Amount__c FROM pse__Billing_Event_Item__c "  # noqa: S608 - vendor ids we read back, not user input
+        "SELECT Id, CurrencyIsoCode, pse__Amount__c FROM pse__Billing_Event_Item__c "  # noqa: S608  # nosec B608  # SOQL on ids read back from the vendor
         f"WHERE pse__Billing_Event__c = '{event_id}'"
     )
     fixed = 0

@@ -453,7 +453,7 @@ class Simulation:
         if deal.data["billing_model"] == "Fixed Fee":
             week_end = (week + dt.timedelta(days=6)).isoformat()
             for milestone in self.sf.query(
-                "SELECT Id, pse__Target_Date__c, pse__Status__c FROM pse__Milestone__c "  # noqa: S608 - vendor ids we read back, not user input
+                "SELECT Id, pse__Target_Date__c, pse__Status__c FROM pse__Milestone__c "  # noqa: S608  # nosec B608  # SOQL on ids read back from the vendor
                 f"WHERE pse__Project__c = '{project}' AND pse__Status__c != 'Approved'"
             ):
                 target = (milestone.get("pse__Target_Date__c") or "")[:10]
@@ -525,7 +525,7 @@ class Simulation:
             quoted = ", ".join(f"'{e}'" for e in events)
             currency_of = {}
             for event in self.sf.query(
-                f"SELECT Id, pse__Project__r.pse__Currency__c FROM pse__Billing_Event__c WHERE Id IN ({quoted})"  # noqa: S608 - vendor ids we read back, not user input
+                f"SELECT Id, pse__Project__r.pse__Currency__c FROM pse__Billing_Event__c WHERE Id IN ({quoted})"  # noqa: S608  # nosec B608  # SOQL on ids read back from the vendor
             ):
                 currency = ((event.get("pse__Project__r") or {}).get("pse__Currency__c") or "USD").upper()
                 currency_of[event["Id"]] = currency
@@ -533,7 +533,7 @@ class Simulation:
                 rate = fx_rate(currency, self.now.date())
                 self.sf.update("pse__Billing_Event__c", event["Id"], {"pscsync_Exchange_Rate__c": rate})
             for item in self.sf.query(
-                "SELECT pse__Billing_Event__c, CurrencyIsoCode FROM pse__Billing_Event_Item__c "  # noqa: S608 - vendor ids we read back, not user input
+                "SELECT pse__Billing_Event__c, CurrencyIsoCode FROM pse__Billing_Event_Item__c "  # noqa: S608  # nosec B608  # SOQL on ids read back from the vendor
                 f"WHERE pse__Billing_Event__c IN ({quoted})"
             ):
                 event = item["pse__Billing_Event__c"]
