@@ -12,13 +12,13 @@ import logging
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from connectors.errors import WebhookRejected
 from connectors.models import Connection
 from connectors.registry import connector_for
-from pscsync import clock
 from pscsync.crypto import CredentialsUnreadable
 from pscsync.intake import event_receive
 
@@ -64,7 +64,9 @@ def webhook_receive(request: HttpRequest, slug: str) -> HttpResponse:
             return HttpResponse(content, status=status, content_type=content_type)
         headers = dict(request.headers.items())
         try:
-            event_id = connector.verify_webhook(headers=headers, body=body, now=clock.now())
+            # Freshness of a signature is replay protection against the sender's real clock: wall
+            # time, not the business clock (which a simulated firm runs in the past).
+            event_id = connector.verify_webhook(headers=headers, body=body, now=timezone.now())
             changes = connector.parse_webhook(event_id=event_id, body=body)
         except WebhookRejected as rejected:
             log.warning("webhook refused for %s from %s: %s", slug, request.META.get("REMOTE_ADDR"), rejected.message)

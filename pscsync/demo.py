@@ -1,5 +1,13 @@
-"""`make demo`: migrate, seed, and run web, worker, beat, the sandbox and demo traffic on the
-embedded default (SQLite in WAL mode, the file broker under var/). Ctrl-C stops everything.
+"""`make demo`: migrate, seed, and run web, worker, beat, the vendor sandboxes and the demo firm
+on the embedded default (SQLite in WAL mode, the file broker under var/). Ctrl-C stops everything.
+
+The demo firm (`manage.py simulate`, docs/demo-firm.md) first lives through the last
+PSCSYNC_DEMO_DAYS days (90) in a few minutes, steering every process's clock through the shared
+clock file var/clock.json, then goes on in real time (a live trickle). The history is simulated
+once; a later `make demo` only continues the trickle (delete var/ to start afresh).
+
+Ports: web PSCSYNC_DEMO_PORT (8000); sandboxes 8790-8794 plus PSCSYNC_SANDBOX_PORT_OFFSET, so a
+second demo can run beside the first.
 
 Runs before Django is configured: it writes var/demo.env (a secret key, a credentials key and the
 demo password, generated once and kept) and hands that environment to every process it starts.
@@ -20,7 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("PSCSYNC_VAR_DIR", ROOT / "var"))
 BIN = Path(sys.executable).parent
 WEB_PORT = int(os.environ.get("PSCSYNC_DEMO_PORT", "8000"))
-ECHO_PORT = 8790
+PORT_OFFSET = int(os.environ.get("PSCSYNC_SANDBOX_PORT_OFFSET", "0") or 0)
+ECHO_PORT = 8790 + PORT_OFFSET
+DEMO_DAYS = int(os.environ.get("PSCSYNC_DEMO_DAYS", "90"))
 VENDOR_SANDBOXES = ("salesforce", "kantata", "netsuite", "businesscentral")
 
 
@@ -44,6 +54,9 @@ def demo_env() -> dict[str, str]:
         **os.environ,
         **values,
         "PSCSYNC_SECURE_COOKIES": "false",  # plain http on 127.0.0.1
+        # One business clock for web, worker and beat, steered by the simulated firm.
+        "PSCSYNC_CLOCK": os.environ.get("PSCSYNC_CLOCK", f"file:{VAR / 'clock.json'}"),
+        "PSCSYNC_SANDBOX_PORT_OFFSET": str(PORT_OFFSET),
         # Demo users sign in with a password only; every page shows a banner saying so
         # (docs/security.md). PSCSYNC_2FA_REQUIRED_ROLES=admin,operator tries the real thing.
         "PSCSYNC_2FA_REQUIRED_ROLES": os.environ.get("PSCSYNC_2FA_REQUIRED_ROLES", "none"),
@@ -53,6 +66,23 @@ def demo_env() -> dict[str, str]:
         "PSCSYNC_RECONCILE_SECONDS": os.environ.get("PSCSYNC_RECONCILE_SECONDS", "300"),
         "PSCSYNC_LOG_LEVEL": os.environ.get("PSCSYNC_LOG_LEVEL", "WARNING"),
         "PYTHONUNBUFFERED": "1",
+    }
+
+
+ENGINE = ("web", "worker", "beat")
+
+
+def history_env(env: dict[str, str]) -> dict[str, str]:
+    """The engine's settings while the firm runs through its history at ~43 000x: the lease, the
+    re-publish delay and the retry backoff are read on the business clock, so they are set in
+    business days and hours (a few wall seconds), and beat polls every 5 s. Once the history is
+    done the engine restarts with the real-time settings."""
+    return {
+        **env,
+        "PSCSYNC_LEASE_SECONDS": str(3 * 86400),
+        "PSCSYNC_REDISPATCH_SECONDS": str(10 * 86400),
+        "PSCSYNC_RETRY_BASE_SECONDS": "1800",
+        "PSCSYNC_POLL_SECONDS": "5",
     }
 
 
@@ -72,15 +102,40 @@ def main() -> None:
         "web": [str(BIN / "gunicorn"), "pscsync.wsgi", "-b", f"127.0.0.1:{WEB_PORT}", "-w", "2", "--threads", "4"],
         "worker": [str(BIN / "celery"), "-A", "pscsync", "worker", "-c", "2", "-l", "WARNING", "--without-gossip"],
         "beat": [str(BIN / "celery"), "-A", "pscsync", "beat", "-l", "WARNING"],
-        "traffic": [*manage, "demo_traffic", "--web", f"http://127.0.0.1:{WEB_PORT}"],
     }
+    web_url = f"http://127.0.0.1:{WEB_PORT}"
+    if os.environ.get("PSCSYNC_DEMO_ECHO_TRAFFIC", "") in ("1", "true"):
+        commands["traffic"] = [*manage, "demo_traffic", "--web", web_url, "--echo-url", f"http://127.0.0.1:{ECHO_PORT}"]
+    simulated = VAR / "simulated"
+    history = [] if simulated.exists() else ["--days", str(DEMO_DAYS)]
+    commands["firm"] = [
+        *manage,
+        "simulate",
+        *(history or ["--skip-history"]),
+        "--seed",
+        os.environ.get("PSCSYNC_DEMO_SEED", "7"),
+        "--web",
+        web_url,
+        "--trickle",
+        "--done-marker",
+        str(simulated),
+    ]
     processes: dict[str, subprocess.Popen] = {}
-    for name, argv in commands.items():
+    fast = history_env(env) if history else env
+
+    def start(name: str, process_env: dict[str, str]) -> None:
         log = (logs / f"{name}.log").open("ab")
         processes[name] = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            commands[name], env=process_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+    for name in commands:
+        start(name, fast if name in ENGINE else env)
         time.sleep(2.0 if name == "web" else 0.3)
+        if name == "beat":
+            # The sandboxes push to pscsync's webhooks (Salesforce, Business Central); Kantata and
+            # NetSuite are polled by beat.
+            subprocess.run([*manage, "demo_subscribe", "--web", web_url], env=env, cwd=ROOT, check=False)
 
     def stop(*_: object) -> None:
         print("\nstopping ...", flush=True)
@@ -97,6 +152,11 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    firm_note = (
+        f"is living through the last {DEMO_DAYS} days (a few minutes; see var/logs/firm.log), then"
+        if history
+        else "continues:"
+    )
     print(
         f"""
 pscsync is running: http://127.0.0.1:{WEB_PORT}/
@@ -105,8 +165,11 @@ pscsync is running: http://127.0.0.1:{WEB_PORT}/
   (set DEMO_PASSWORD to choose it; it is kept in var/demo.env)
   Two-factor sign-in is optional in the demo; any user can turn it on under /account/two-factor/.
 
-  Running: web (gunicorn), Celery worker, Celery beat, demo traffic, and the sandboxes:
-    echo :{ECHO_PORT} · salesforce (and Certinia) :8791 · kantata :8792 · netsuite :8793 · businesscentral :8794
+  Running: web (gunicorn), Celery worker, Celery beat, the demo firm, and the sandboxes:
+    echo :{ECHO_PORT} · salesforce (and Certinia) :{8791 + PORT_OFFSET} · kantata :{8792 + PORT_OFFSET}
+    · netsuite :{8793 + PORT_OFFSET} · businesscentral :{8794 + PORT_OFFSET}
+  The demo firm {firm_note}
+  new activity every few seconds, in real time.
   Database: var/pscsync.sqlite3 (SQLite, WAL) · broker: var/broker (files) · logs: var/logs/
   Press Ctrl-C to stop everything.
 """,
@@ -114,9 +177,23 @@ pscsync is running: http://127.0.0.1:{WEB_PORT}/
     )
     while True:
         time.sleep(1)
-        for name, process in processes.items():
+        if history and simulated.exists():
+            history = []
+            print("the demo firm's history is done: the engine goes on in real time", flush=True)
+            for name in ENGINE:
+                os.killpg(processes[name].pid, signal.SIGTERM)
+                try:
+                    processes[name].wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(processes[name].pid, signal.SIGKILL)
+                start(name, env)
+                time.sleep(2.0 if name == "web" else 0.3)
+        for name, process in list(processes.items()):
             if process.poll() is not None:
-                print(f"{name} exited with {process.returncode}; see var/logs/{name}.log", flush=True)
+                print(f"{name} exited with {process.returncode}; see {logs / (name + '.log')}", flush=True)
+                if name == "firm":  # the rest of the demo works without new activity
+                    del processes[name]
+                    continue
                 stop()
 
 

@@ -293,7 +293,8 @@ RECONCILE_SECONDS = env_int("PSCSYNC_RECONCILE_SECONDS", 24 * 3600)
 RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
 # Connections marked "sandbox" may call loopback addresses (our own sandboxes). Turn off in production.
 ALLOW_SANDBOXES = env_bool("PSCSYNC_ALLOW_SANDBOXES", True)
-# Injectable clock: "system", or "scaled:<speed>@<ISO start>" to run business time fast in demos.
+# Injectable clock: "system", "scaled:<speed>@<ISO start>" to run business time fast in demos, or
+# "file:<path>" to share a clock a simulator steers across processes (pscsync/clock.py FileClock).
 CLOCK = os.getenv("PSCSYNC_CLOCK", "system")
 # Named fault points for the fault tests; refused unless explicitly allowed (never in production).
 FAULTS = os.getenv("PSCSYNC_FAULTS", "")

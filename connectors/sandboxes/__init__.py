@@ -7,6 +7,8 @@ and its default port.
 
 from __future__ import annotations
 
+import os
+
 SANDBOXES: dict[str, tuple[str, int]] = {
     "echo": ("connectors.sandboxes.echo", 8790),
     "salesforce": ("connectors.sandboxes.salesforce", 8791),
@@ -14,3 +16,13 @@ SANDBOXES: dict[str, tuple[str, int]] = {
     "netsuite": ("connectors.sandboxes.netsuite", 8793),
     "businesscentral": ("connectors.sandboxes.businesscentral", 8794),
 }
+
+
+def sandbox_port(name: str) -> int:
+    """The sandbox's port: its default plus PSCSYNC_SANDBOX_PORT_OFFSET (0 unless set), so a second
+    demo on the same machine can run its own sandboxes beside the first."""
+    return SANDBOXES[name][1] + int(os.environ.get("PSCSYNC_SANDBOX_PORT_OFFSET", "0") or 0)
+
+
+def sandbox_url(name: str) -> str:
+    return f"http://127.0.0.1:{sandbox_port(name)}"

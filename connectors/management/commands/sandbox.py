@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from connectors.sandboxes import SANDBOXES
+from connectors.sandboxes import SANDBOXES, sandbox_port
 
 
 class Command(BaseCommand):
@@ -25,13 +25,13 @@ class Command(BaseCommand):
         parser.add_argument("--token", default="sandbox-token", help="echo only: the bearer token it accepts")
 
     def handle(self, *args: Any, name: str, port: int | None, state_dir: Path | None, token: str, **opts: Any) -> None:
-        module_name, default_port = SANDBOXES[name]
+        module_name, _ = SANDBOXES[name]
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise CommandError(f"the {name} sandbox is not installed: {exc}") from exc
         state = state_dir or Path(settings.VAR_DIR) / "sandboxes" / name
-        kwargs: dict[str, Any] = {"port": port or default_port, "state_dir": state}
+        kwargs: dict[str, Any] = {"port": port or sandbox_port(name), "state_dir": state}
         if name == "echo":
             kwargs["token"] = token
         module.serve(**kwargs)

@@ -1205,6 +1205,8 @@ class SalesforceSandbox(Sandbox):
         of a project become one billing event with an item per source record."""
         body = request.json() or {}
         project_filter = body.get("project") if isinstance(body, dict) else None
+        # The business day the run is for (a simulated firm runs billing in the past); default today.
+        run_date = str(body.get("date") or "")[:10] if isinstance(body, dict) else ""
         created: list[str] = []
         request.params.setdefault("version", "62.0")
         with self._transaction(request) as (db, ctx):
@@ -1232,7 +1234,7 @@ class SalesforceSandbox(Sandbox):
                     OBJECTS["pse__Billing_Event__c"],
                     {
                         "pse__Project__c": project,
-                        "pse__Date__c": ctx.now.date().isoformat(),
+                        "pse__Date__c": run_date or ctx.now.date().isoformat(),
                         "pse__Status__c": "Draft",
                         "pse__Is_Released__c": False,
                         "pse__Invoiced__c": False,
@@ -1262,6 +1264,8 @@ class SalesforceSandbox(Sandbox):
                 pse__Category__c="Expense", pse__Quantity__c=1, pse__Unit_Price__c=amount, pse__Amount__c=amount
             )
             item.update(pse__Date__c=record.get("pse__Expense_Date__c"), pse__Expense__c=record["Id"])
+            if record.get("CurrencyIsoCode"):  # an expense incurred in another currency keeps it
+                item["CurrencyIsoCode"] = record["CurrencyIsoCode"]
         else:
             amount = float(record.get("pse__Milestone_Amount__c") or 0)
             item.update(

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from connectors.models import Connection
-from connectors.sandboxes import SANDBOXES
+from connectors.sandboxes import SANDBOXES, sandbox_url
 from pscsync.firm import firm_connections_save
 from pscsync.models import LegalEntity
 from pscsync.services import connection_save, new_webhook_secret, user_provision
@@ -18,7 +18,7 @@ DEMO_USERS = [("viewer", "viewer"), ("operator", "operator"), ("admin", "admin")
 
 
 def _sandbox_url(name: str) -> str:
-    return f"http://127.0.0.1:{SANDBOXES[name][1]}"
+    return sandbox_url(name)
 
 
 class Command(BaseCommand):
