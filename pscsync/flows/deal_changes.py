@@ -42,6 +42,10 @@ def amendment_validate(ctx: StepContext) -> dict[str, Any]:
     subject = f"opportunity {deal['name']!r} ({deal['id']})"
     if not deal["is_won"]:
         raise ValidationError(f"{subject} is not Closed Won: a contract change applies to won deals only")
+    if deal["contract_version"] <= 1:
+        # The original contract's terms, set as the deal closed: quote-to-project provisions them
+        # from the deal as it reads it, so there is nothing to amend.
+        return {"action": "none", "why": "contract version 1 is the original contract, provisioned by quote-to-project"}
     psa = systems(ctx).psa
     project = connector_for(psa).lookup(entity=entity_name("project")(psa), key=f"P-{deal['id']}")
     if project is None:
@@ -52,12 +56,18 @@ def amendment_validate(ctx: StepContext) -> dict[str, Any]:
     found = connector_for(erp).lookup(entity=entity_name("customer")(erp), key=f"C-{customer}")
     if found is None:
         raise TransientError(f"the ERP customer for {subject} is not created yet; the amendment waits for it")
-    return {"project_id": project.external_id, "erp_customer_id": found.external_id}
+    return {"action": "amend", "project_id": project.external_id, "erp_customer_id": found.external_id}
+
+
+def _amending(ctx: StepContext) -> bool:
+    return ctx.outputs["validate_amendment"].get("action", "amend") == "amend"
 
 
 def amendment_budget_records(ctx: StepContext, psa: Connection) -> list[Record]:
     """Certinia: a budget record for this version holding the change in value (earlier versions
     keep theirs). Kantata: the project's price is the contract value."""
+    if not _amending(ctx):
+        return []
     deal = ctx.outputs["read_deal"]["deal"]
     project = ctx.outputs["validate_amendment"]["project_id"]
     if psa.vendor == "kantata":
@@ -74,11 +84,15 @@ def amendment_budget_records(ctx: StepContext, psa: Connection) -> list[Record]:
 
 
 def amendment_contract_records(ctx: StepContext, erp: Connection) -> list[Record]:
+    if not _amending(ctx):
+        return []
     ctx.results.setdefault("upsert_customer", ctx.outputs["validate_amendment"]["erp_customer_id"])
     return contract_records(ctx, erp)
 
 
 def amendment_status_records(ctx: StepContext, crm: Connection) -> list[Record]:
+    if not _amending(ctx):
+        return []
     return [Record(key=opportunity_id(ctx), source=document(ctx, synced_at=now_iso()))]
 
 
