@@ -14,7 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from connectors.errors import TransientError, ValidationError
+from connectors.errors import TransientError
 from connectors.models import Connection
 from connectors.registry import connector_for
 from pscsync.flows.base import Flow, StepContext
@@ -41,7 +41,8 @@ def amendment_validate(ctx: StepContext) -> dict[str, Any]:
     deal = ctx.outputs["read_deal"]["deal"]
     subject = f"opportunity {deal['name']!r} ({deal['id']})"
     if not deal["is_won"]:
-        raise ValidationError(f"{subject} is not Closed Won: a contract change applies to won deals only")
+        # An open deal's terms move with the pipeline (pipeline-to-demand); a lost one has none.
+        return {"action": "none", "why": f"{subject} is not Closed Won: its terms are not a contract yet"}
     if deal["contract_version"] <= 1:
         # The original contract's terms, set as the deal closed: quote-to-project provisions them
         # from the deal as it reads it, so there is nothing to amend.
