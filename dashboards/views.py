@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from csp.decorators import csp_update
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
@@ -92,6 +93,9 @@ def _csv(table: pages.Table, filename: str) -> HttpResponse:
 
 
 def _page_view(builder: Callable[[Filters], pages.Page], url_name: str) -> Callable[[HttpRequest], HttpResponse]:
+    # plotly.js sets inline styles on the elements it draws (and adds its own <style>): chart pages
+    # allow inline *styles*; scripts stay nonce-only everywhere (docs/security.md).
+    @csp_update({"style-src": ["'unsafe-inline'"]})
     @permission_required(VIEW_DASHBOARDS)
     @require_GET
     def view(request: HttpRequest) -> HttpResponse:

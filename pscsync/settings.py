@@ -337,6 +337,11 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 10.0
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes every database connection before and after every task unless this
+# is set, so each task would fork a new PostgreSQL backend (about half of PostgreSQL's CPU per
+# handoff). With it, a worker keeps its connection; pscsync.celery still drops a broken one, or
+# one older than CONN_MAX_AGE, around every task (close_old_connections, as Django does per request).
+CELERY_DB_REUSE_MAX = env_int("PSCSYNC_DB_REUSE_MAX", 1000)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "sweep-handoffs": {"task": "pscsync.tasks.handoffs_sweep_task", "schedule": float(SWEEP_SECONDS)},

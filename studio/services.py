@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,10 +222,48 @@ def value_map_save(
     return draft
 
 
+# A rule evaluated on one record may take this long; more means an expression to rewrite.
+EVALUATION_LIMIT_SECONDS = 0.05
+
+
+def dry_run_problems(draft: MappingVersion) -> list[RuleProblem]:
+    """Run the draft on the records this mapping recently mapped: a rule that now returns a
+    value its transform cannot take (the wrong type), where the version in force did not fail,
+    or that takes too long, is a problem to fix before publishing."""
+    in_force = published(draft.mapping)
+    problems: dict[tuple[int, str], RuleProblem] = {}
+    for label, document in sample_documents(draft.mapping):
+        before = (
+            {p.rule for p in mapping_apply(in_force.rules, in_force.value_maps, document).errors} if in_force else set()
+        )
+        for position, rule in enumerate(draft.rules, start=1):
+            started = time.perf_counter()
+            result = mapping_apply([rule], draft.value_maps, document)
+            took = time.perf_counter() - started
+            if took > EVALUATION_LIMIT_SECONDS:
+                problems[(position, "slow")] = RuleProblem(
+                    position, "source", f"took {took * 1000:.0f} ms on {label}: simplify the expression"
+                )
+            for error in result.errors:
+                same_rule_before = any(
+                    r.get("target") == rule.get("target") and i in before
+                    for i, r in enumerate(in_force.rules if in_force else [], start=1)
+                )
+                if rule.get("transform") and error.message.startswith(f"{rule['transform']}:") and not same_rule_before:
+                    problems[(position, "type")] = RuleProblem(
+                        position, "transform", f"{error.message} (on {label}): the expression returns the wrong type"
+                    )
+    return list(problems.values())
+
+
 @transaction.atomic
 def draft_publish(*, draft: MappingVersion, comment: str, actor: AbstractBaseUser) -> MappingVersion:
-    """Publish the draft as the next version. Refused whole if any rule is invalid."""
+    """Publish the draft as the next version. Refused whole if any rule is invalid, or fails on
+    the records the mapping recently mapped where the version in force did not."""
     _editable(draft)
+    problems = dry_run_problems(draft)
+    if problems:
+        raise StudioError(problems)
     mapping = draft.mapping
     rules, value_maps = list(draft.rules), dict(draft.value_maps)
     draft.delete()  # the draft's number goes to the published version

@@ -14,7 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from connectors.errors import TransientError, ValidationError
+from connectors.errors import TransientError
 from connectors.models import Connection
 from connectors.registry import connector_for
 from pscsync.flows.base import Flow, StepContext
@@ -41,7 +41,12 @@ def amendment_validate(ctx: StepContext) -> dict[str, Any]:
     deal = ctx.outputs["read_deal"]["deal"]
     subject = f"opportunity {deal['name']!r} ({deal['id']})"
     if not deal["is_won"]:
-        raise ValidationError(f"{subject} is not Closed Won: a contract change applies to won deals only")
+        # An open deal's terms move with the pipeline (pipeline-to-demand); a lost one has none.
+        return {"action": "none", "why": f"{subject} is not Closed Won: its terms are not a contract yet"}
+    if deal["contract_version"] <= 1:
+        # The original contract's terms, set as the deal closed: quote-to-project provisions them
+        # from the deal as it reads it, so there is nothing to amend.
+        return {"action": "none", "why": "contract version 1 is the original contract, provisioned by quote-to-project"}
     psa = systems(ctx).psa
     project = connector_for(psa).lookup(entity=entity_name("project")(psa), key=f"P-{deal['id']}")
     if project is None:
@@ -52,12 +57,18 @@ def amendment_validate(ctx: StepContext) -> dict[str, Any]:
     found = connector_for(erp).lookup(entity=entity_name("customer")(erp), key=f"C-{customer}")
     if found is None:
         raise TransientError(f"the ERP customer for {subject} is not created yet; the amendment waits for it")
-    return {"project_id": project.external_id, "erp_customer_id": found.external_id}
+    return {"action": "amend", "project_id": project.external_id, "erp_customer_id": found.external_id}
+
+
+def _amending(ctx: StepContext) -> bool:
+    return ctx.outputs["validate_amendment"].get("action", "amend") == "amend"
 
 
 def amendment_budget_records(ctx: StepContext, psa: Connection) -> list[Record]:
     """Certinia: a budget record for this version holding the change in value (earlier versions
     keep theirs). Kantata: the project's price is the contract value."""
+    if not _amending(ctx):
+        return []
     deal = ctx.outputs["read_deal"]["deal"]
     project = ctx.outputs["validate_amendment"]["project_id"]
     if psa.vendor == "kantata":
@@ -74,11 +85,15 @@ def amendment_budget_records(ctx: StepContext, psa: Connection) -> list[Record]:
 
 
 def amendment_contract_records(ctx: StepContext, erp: Connection) -> list[Record]:
+    if not _amending(ctx):
+        return []
     ctx.results.setdefault("upsert_customer", ctx.outputs["validate_amendment"]["erp_customer_id"])
     return contract_records(ctx, erp)
 
 
 def amendment_status_records(ctx: StepContext, crm: Connection) -> list[Record]:
+    if not _amending(ctx):
+        return []
     return [Record(key=opportunity_id(ctx), source=document(ctx, synced_at=now_iso()))]
 
 

@@ -43,7 +43,7 @@ def _salesforce(change: InboundChange) -> tuple[str, str]:
     if entity == "Opportunity" and kind in {"CREATE", "UPDATE"}:
         if payload.get("StageName") == "Closed Won":
             return "quote-to-project", change.business_key
-        if changed & AMENDMENT_FIELDS:
+        if kind == "UPDATE" and changed & AMENDMENT_FIELDS:
             return "contract-change", change.business_key
         if changed & PIPELINE_FIELDS:
             return "pipeline-to-demand", change.business_key

@@ -36,7 +36,7 @@ def test_an_amendment_adds_a_change_budget_and_updates_the_netsuite_contract(fir
 
 
 def test_an_amendment_before_the_project_exists_waits_instead_of_failing(firm) -> None:  # noqa: ANN001
-    deal = won_deal(firm, entity="uk", key="42")
+    deal = won_deal(firm, entity="uk", key="42", Contract_Version__c=2)  # amended before provisioning
     handoff = run(trigger(firm, "contract-change", deal["opportunity"]))
     assert handoff.status == Handoff.Status.WAITING_RETRY
     assert "not provisioned yet" in handoff.last_error_message
@@ -91,3 +91,11 @@ def test_a_lost_deal_cancels_its_forecast_demand_in_kantata(firm) -> None:  # no
         if s["title"].startswith("Resource request")
     ]
     assert requests and all(s["description"] == "Demand status: Cancelled" for s in requests)
+
+
+def test_the_contract_terms_set_as_the_deal_closes_are_not_an_amendment(firm) -> None:  # noqa: ANN001
+    deal = won_deal(firm, entity="us", key="46")  # Contract_Version__c 1, not provisioned yet
+    handoff = run(trigger(firm, "contract-change", deal["opportunity"]))
+    assert handoff.status == Handoff.Status.SUCCEEDED, handoff.last_error_message
+    assert handoff.steps.get(name="validate_amendment").output["action"] == "none"
+    assert firm.connector("netsuite-us").lookup(entity="sales_order", key=f"SO-{deal['opportunity']}") is None

@@ -25,6 +25,12 @@ def sf_change(entity: str, kind: str, origin: str = "com/salesforce/api/rest/62.
         ("salesforce", sf_change("Opportunity", "UPDATE", StageName="Closed Won"), "quote-to-project"),
         ("salesforce", sf_change("Opportunity", "CREATE", StageName="Closed Won", Amount=10), "quote-to-project"),
         ("salesforce", sf_change("Opportunity", "UPDATE", Contract_Version__c=2), "contract-change"),
+        # a new deal's quoted terms are pipeline, not an amendment
+        (
+            "salesforce",
+            sf_change("Opportunity", "CREATE", StageName="Proposal", Contract_End__c="2027-01-31"),
+            "pipeline-to-demand",
+        ),
         ("salesforce", sf_change("Opportunity", "UPDATE", Probability=60), "pipeline-to-demand"),
         ("salesforce", sf_change("Opportunity", "UPDATE", StageName="Negotiation"), "pipeline-to-demand"),
         ("salesforce", sf_change("Opportunity", "UPDATE", Description="note"), ""),

@@ -158,7 +158,7 @@ def test_a_viewer_reads_but_cannot_act(page, live_server, firm, viewer) -> None:
     deal = won_deal(firm, key="99", account={"Tax_Profile__c": None})
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
     _login(page, live_server, viewer)
-    assert "Workbench" not in page.locator("nav").inner_text()
+    assert "Workbench" not in page.locator("nav[aria-label=Main]").inner_text()
     response = page.goto(f"{live_server.url}/workbench/")
     assert response.status == 403
     page.goto(f"{live_server.url}/workbench/handoffs/{handoff.pk}/")

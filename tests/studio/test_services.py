@@ -119,3 +119,49 @@ def test_preview_shows_each_field_and_the_rule_that_failed(mapping) -> None:  # 
     rows = {r["rule"]["target"]: r for r in result["rows"]}
     assert rows["companyName"]["value"] == "Acme"
     assert "'Cyber' is not in value map 'service_line'" in rows["custbody_department"]["error"].message
+
+
+def _mapped_before(connection, document: dict) -> None:  # noqa: ANN001
+    """A record this mapping mapped in a past run (as the write step stores it on its attempt)."""
+    from pscsync import clock
+    from pscsync.models import Attempt, Event, Handoff, Step
+
+    now = clock.now()
+    event = Event.objects.create(
+        connection=connection, source_event_id="e-1", occurred_at=now, received_at=now, raw_body="{}"
+    )
+    handoff = Handoff.objects.create(
+        flow="quote-to-project",
+        business_key="006A",
+        source_connection=connection,
+        trigger_event=event,
+        business_started_at=now,
+        created_at=now,
+        status="succeeded",
+    )
+    step = Step.objects.create(handoff=handoff, name="upsert_contract", position=6, target_connection=connection)
+    Attempt.objects.create(
+        step=step,
+        number=1,
+        started_at=now,
+        request={"purpose": "contract", "records": [{"key": "SO-006A", "source": document}]},
+    )
+
+
+def test_publishing_a_rule_that_returns_the_wrong_type_on_real_records_is_refused(
+    mapping, draft, admin, echo_connection
+) -> None:  # noqa: ANN001
+    _mapped_before(
+        echo_connection, {"account": {"name": "Acme"}, "deal": {"service_line": "Advisory", "lines": [1, 2]}}
+    )
+    services.rule_save(
+        draft=draft,
+        position=3,
+        data={"target": "contract_amount", "source": "deal.lines", "transform": "amount"},
+        actor=admin,
+    )
+    with pytest.raises(StudioError) as refused:
+        services.draft_publish(draft=draft, comment="amount from the lines", actor=admin)
+    assert "rule 3 (transform): amount: [1, 2] is not an amount" in str(refused.value)
+    assert "returns the wrong type" in str(refused.value)
+    assert services.published(mapping).number == 1  # nothing published half-valid
