@@ -136,6 +136,7 @@ NAVIGATION = [
     NavItem("Workbench", "remediation:inbox", WORK_EXCEPTIONS, "workbench"),
     NavItem("Handoffs", "handoffs:list", VIEW_HANDOFFS, "handoffs"),
     NavItem("Connections", "connections:list", CONFIGURE, "connections"),
+    NavItem("Alerts", "alerts:list", CONFIGURE, "alerts"),
 ]
 
 

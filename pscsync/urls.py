@@ -36,4 +36,7 @@ urlpatterns = [
     path("dashboards/", include("dashboards.urls")),
     path("workbench/", include("remediation.urls")),
     path("connections/", include("connectors.urls")),
+    path("api/", include("api.urls")),
+    path("account/", include("api.account_urls")),
+    path("alerts/", include("api.alert_urls")),
 ]

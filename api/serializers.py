@@ -1,0 +1,446 @@
+"""API serializers: explicit fields only. Output serializers are read-only; input serializers
+name exactly what a client may send (no status, legal entity, amounts or ids by mass assignment)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from api.models import BulkJob
+from connectors.models import Connection
+from pscsync.models import Attempt, AuditEntry, Event, Handoff, LegalEntity, Mapping, MappingVersion, Mismatch, Step
+from pscsync.secrets import mask_secrets
+
+
+class MaskedJSONField(serializers.JSONField):
+    """JSON shown with secret-looking fields masked (as on the pages)."""
+
+    def to_representation(self, value: Any) -> Any:
+        return mask_secrets(value)
+
+
+@extend_schema_field({"type": "object", "additionalProperties": True})
+class ObjectField(MaskedJSONField):
+    pass
+
+
+class LegalEntityCodeField(serializers.SlugRelatedField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(slug_field="code", read_only=True, **kwargs)
+
+
+# --- Handoffs, steps, attempts, events ------------------------------------------------------
+
+
+class AttemptSerializer(serializers.ModelSerializer):
+    request = ObjectField(read_only=True)
+    response = ObjectField(read_only=True)
+
+    class Meta:
+        model = Attempt
+        fields = [
+            "id",
+            "number",
+            "outcome",
+            "started_at",
+            "duration_ms",
+            "http_status",
+            "error_class",
+            "error_message",
+            "external_id",
+            "retry_after_seconds",
+            "request",
+            "response",
+        ]
+        read_only_fields = fields
+
+
+class StepSerializer(serializers.ModelSerializer):
+    target_connection = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    attempts = AttemptSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Step
+        fields = ["id", "name", "position", "status", "target_connection", "external_id", "finished_at", "attempts"]
+        read_only_fields = fields
+
+
+class HandoffSerializer(serializers.ModelSerializer):
+    legal_entity = LegalEntityCodeField(allow_null=True)
+    source_connection = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    amount = serializers.DecimalField(max_digits=16, decimal_places=2, read_only=True, allow_null=True)
+
+    class Meta:
+        model = Handoff
+        fields = [
+            "id",
+            "flow",
+            "business_key",
+            "legal_entity",
+            "source_connection",
+            "trigger_event",
+            "status",
+            "business_started_at",
+            "business_finished_at",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "attempt_count",
+            "next_attempt_at",
+            "last_error_class",
+            "last_error_message",
+            "mapping_version",
+            "customer_name",
+            "service_line",
+            "amount",
+            "currency",
+        ]
+        read_only_fields = fields
+
+
+class HandoffDetailSerializer(HandoffSerializer):
+    payload = ObjectField(read_only=True)
+    steps = StepSerializer(many=True, read_only=True)
+
+    class Meta(HandoffSerializer.Meta):
+        fields = [*HandoffSerializer.Meta.fields, "payload", "steps"]
+        read_only_fields = fields
+
+
+class EventSerializer(serializers.ModelSerializer):
+    connection = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    legal_entity = LegalEntityCodeField(allow_null=True)
+    payload = ObjectField(read_only=True)
+
+    class Meta:
+        model = Event
+        fields = [
+            "id",
+            "connection",
+            "source_event_id",
+            "event_type",
+            "flow",
+            "business_key",
+            "legal_entity",
+            "occurred_at",
+            "source_sequence",
+            "received_at",
+            "status",
+            "handoff",
+            "payload",
+        ]
+        read_only_fields = fields
+
+
+# --- Exceptions and jobs -----------------------------------------------------------------------
+
+
+class ExceptionSerializer(HandoffSerializer):
+    """A handoff that needs a person, with its failed step and its cause group."""
+
+    group = serializers.SerializerMethodField()
+    failed_step = serializers.SerializerMethodField()
+
+    class Meta(HandoffSerializer.Meta):
+        fields = [*HandoffSerializer.Meta.fields, "group", "failed_step"]
+        read_only_fields = fields
+
+    def get_group(self, obj: Handoff) -> str:
+        from api.selectors import group_id
+        from remediation.selectors import cause_signature
+
+        return group_id(obj.flow, obj.last_error_class, cause_signature(obj.last_error_message))
+
+    @extend_schema_field(StepSerializer(allow_null=True))
+    def get_failed_step(self, obj: Handoff) -> dict[str, Any] | None:
+        failed = [s for s in obj.steps.all() if s.status in (Step.Status.FAILED, Step.Status.IN_FLIGHT)]
+        return StepSerializer(failed[0]).data if failed else None
+
+
+class ExceptionDetailSerializer(ExceptionSerializer):
+    payload = ObjectField(read_only=True)
+
+    class Meta(ExceptionSerializer.Meta):
+        fields = [*ExceptionSerializer.Meta.fields, "payload"]
+        read_only_fields = fields
+
+
+class ExceptionGroupSerializer(serializers.Serializer):
+    id = serializers.CharField(read_only=True)
+    flow = serializers.CharField(read_only=True)
+    error_class = serializers.CharField(read_only=True)
+    signature = serializers.CharField(read_only=True)
+    count = serializers.IntegerField(read_only=True)
+    first_seen = serializers.DateTimeField(read_only=True)
+    last_seen = serializers.DateTimeField(read_only=True)
+    legal_entities = serializers.ListField(child=serializers.CharField(), read_only=True)
+    handoffs = serializers.ListField(child=serializers.IntegerField(), read_only=True)
+
+
+class ExceptionGroupPageSerializer(serializers.Serializer):
+    next = serializers.CharField(allow_null=True, read_only=True)
+    previous = serializers.CharField(allow_null=True, read_only=True)
+    results = ExceptionGroupSerializer(many=True, read_only=True)
+
+
+class ResubmitSerializer(serializers.Serializer):
+    payload = serializers.DictField(
+        required=False, help_text="The edited payload the steps map from; omit to run with the stored one."
+    )
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+
+class CommentRequiredSerializer(serializers.Serializer):
+    comment = serializers.CharField(max_length=2000, help_text="Why; recorded in the audit trail.")
+
+
+class BulkJobCreateSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(choices=BulkJob.Action.choices)
+    handoffs = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        min_length=1,
+        max_length=1000,
+        required=False,
+        help_text="Handoff ids; or give `group`.",
+    )
+    group = serializers.CharField(required=False, max_length=16, help_text="An exception group id: all its handoffs.")
+    comment = serializers.CharField(
+        required=False, allow_blank=True, max_length=2000, default="", help_text="Required to resolve or cancel."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if bool(attrs.get("handoffs")) == bool(attrs.get("group")):
+            raise serializers.ValidationError("give either handoffs or group")
+        return attrs
+
+
+class BulkJobResultSerializer(serializers.Serializer):
+    handoff = serializers.IntegerField()
+    ok = serializers.BooleanField()
+    detail = serializers.CharField()
+
+
+class BulkJobSerializer(serializers.ModelSerializer):
+    handoffs = serializers.ListField(source="handoff_ids", child=serializers.IntegerField(), read_only=True)
+    total = serializers.IntegerField(read_only=True)
+    results = BulkJobResultSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = BulkJob
+        fields = [
+            "id",
+            "action",
+            "status",
+            "handoffs",
+            "comment",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "total",
+            "succeeded",
+            "failed",
+            "results",
+        ]
+        read_only_fields = fields
+
+
+# --- Mappings ---------------------------------------------------------------------------------
+
+
+class RuleSerializer(serializers.Serializer):
+    target = serializers.CharField(max_length=200)
+    source = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    value_map = serializers.CharField(max_length=120, required=False, allow_blank=True)
+    transform = serializers.CharField(max_length=40, required=False, allow_blank=True)
+    default = serializers.JSONField(required=False)
+    required = serializers.BooleanField(required=False)
+
+
+class MappingVersionSerializer(serializers.ModelSerializer):
+    rules = serializers.JSONField(read_only=True)
+    value_maps = serializers.JSONField(read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = MappingVersion
+        fields = [
+            "id",
+            "number",
+            "status",
+            "rules",
+            "value_maps",
+            "comment",
+            "created_by",
+            "created_at",
+            "published_at",
+        ]
+        read_only_fields = fields
+
+
+class MappingSerializer(serializers.ModelSerializer):
+    connection = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    in_force = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Mapping
+        fields = ["id", "connection", "entity", "direction", "name", "in_force"]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_in_force(self, obj: Mapping) -> int | None:
+        published = [v for v in obj.versions.all() if v.status == MappingVersion.Status.PUBLISHED]
+        return published[0].number if published else None
+
+
+class MappingDetailSerializer(MappingSerializer):
+    versions = MappingVersionSerializer(many=True, read_only=True)
+
+    class Meta(MappingSerializer.Meta):
+        fields = [*MappingSerializer.Meta.fields, "versions"]
+        read_only_fields = fields
+
+
+class MappingPublishSerializer(serializers.Serializer):
+    rules = RuleSerializer(many=True, min_length=1, max_length=500)
+    value_maps = serializers.DictField(child=serializers.DictField(), required=False, default=dict)
+    comment = serializers.CharField(max_length=2000, help_text="What changed and why.")
+
+
+class MappingCreateSerializer(MappingPublishSerializer):
+    connection = serializers.SlugField(help_text="The connection's slug.")
+    entity = serializers.CharField(max_length=80)
+    direction = serializers.ChoiceField(choices=Mapping.Direction.choices, default=Mapping.Direction.OUTBOUND)
+    name = serializers.CharField(max_length=120, required=False, allow_blank=True, default="")
+
+
+# --- Connections ------------------------------------------------------------------------------
+
+
+class ConnectionSerializer(serializers.ModelSerializer):
+    """Never carries credentials: only whether they are set."""
+
+    legal_entities = serializers.SlugRelatedField(slug_field="code", many=True, read_only=True)
+    has_credentials = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Connection
+        fields = [
+            "id",
+            "slug",
+            "name",
+            "kind",
+            "vendor",
+            "base_url",
+            "api_version",
+            "intake",
+            "rate_limit_per_minute",
+            "is_sandbox",
+            "is_active",
+            "legal_entities",
+            "has_credentials",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class ConnectionWriteSerializer(serializers.Serializer):
+    """Create (all but credentials' keys required) or change a connection. Credentials are write-only."""
+
+    slug = serializers.SlugField(max_length=50)
+    name = serializers.CharField(max_length=120)
+    kind = serializers.ChoiceField(choices=Connection.Kind.choices)
+    vendor = serializers.ChoiceField(choices=Connection.Vendor.choices)
+    base_url = serializers.URLField(max_length=400)
+    api_version = serializers.CharField(max_length=20, required=False, allow_blank=True, default="")
+    intake = serializers.ChoiceField(choices=Connection.Intake.choices, default=Connection.Intake.WEBHOOK)
+    rate_limit_per_minute = serializers.IntegerField(min_value=1, max_value=100_000, default=600)
+    is_sandbox = serializers.BooleanField(default=False)
+    is_active = serializers.BooleanField(default=True)
+    legal_entities = serializers.ListField(
+        child=serializers.SlugField(), min_length=1, max_length=100, help_text="Codes of the legal entities it serves."
+    )
+    credentials = serializers.DictField(
+        write_only=True, required=False, help_text="Write-only; never returned. Omit to keep what is stored."
+    )
+
+
+class ConnectionUpdateSerializer(ConnectionWriteSerializer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields.pop("slug")
+        for f in self.fields.values():
+            f.required = False
+
+
+# --- Mismatches, metrics, audit --------------------------------------------------------------
+
+
+class MismatchSerializer(serializers.ModelSerializer):
+    legal_entity = LegalEntityCodeField()
+    amounts = serializers.JSONField(read_only=True)
+    details = serializers.JSONField(read_only=True)
+
+    class Meta:
+        model = Mismatch
+        fields = [
+            "id",
+            "comparison",
+            "legal_entity",
+            "subject_key",
+            "subject_name",
+            "customer_name",
+            "period",
+            "cause",
+            "explanation",
+            "currency",
+            "amounts",
+            "difference",
+            "details",
+            "handoff",
+            "status",
+            "first_seen_at",
+            "last_seen_at",
+            "cleared_at",
+        ]
+        read_only_fields = fields
+
+
+class HealthMetricsSerializer(serializers.Serializer):
+    by_status = serializers.DictField(child=serializers.IntegerField())
+    oldest_open_handoff = serializers.IntegerField(allow_null=True)
+    oldest_open_age_seconds = serializers.FloatField(allow_null=True)
+    overdue = serializers.IntegerField()
+    succeeded_last_hour = serializers.IntegerField()
+    attempts_last_day = serializers.IntegerField()
+    failed_attempts_last_day = serializers.IntegerField()
+    failure_rate = serializers.FloatField(allow_null=True)
+
+
+class AuditEntrySerializer(serializers.ModelSerializer):
+    legal_entity = LegalEntityCodeField(allow_null=True)
+    before = ObjectField(read_only=True)
+    after = ObjectField(read_only=True)
+
+    class Meta:
+        model = AuditEntry
+        fields = [
+            "id",
+            "created_at",
+            "actor_label",
+            "action",
+            "object_type",
+            "object_id",
+            "object_repr",
+            "legal_entity",
+            "before",
+            "after",
+            "comment",
+        ]
+        read_only_fields = fields
+
+
+__all__ = ["LegalEntity"]
