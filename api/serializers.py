@@ -8,6 +8,7 @@ from typing import Any
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.fields import empty
 
 from api.models import BulkJob
 from connectors.models import Connection
@@ -373,7 +374,8 @@ class ConnectionUpdateSerializer(ConnectionWriteSerializer):
         super().__init__(*args, **kwargs)
         self.fields.pop("slug")
         for f in self.fields.values():
-            f.required = False
+            # A change names only what changes: no defaults filled in for what was left out.
+            f.required, f.default = False, empty
 
 
 # --- Mismatches, metrics, audit --------------------------------------------------------------
