@@ -2,23 +2,80 @@
 
 from __future__ import annotations
 
+import re
+
 import django_filters as filters
+from django import forms
+from drf_spectacular.utils import extend_schema_field
 
 from api.models import BulkJob
 from connectors.models import Connection
 from pscsync.models import AuditEntry, Event, Handoff, Mapping, Mismatch
 
+# RFC 3339, as OpenAPI's date-time format says: a date, a time and an offset (Z or ±hh:mm).
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
-class HandoffFilter(filters.FilterSet):
+
+class Rfc3339Field(forms.DateTimeField):
+    def to_python(self, value):  # noqa: ANN001, ANN201
+        if value in self.empty_values:
+            return None
+        if not isinstance(value, str) or not _RFC3339.match(value.strip()):
+            raise forms.ValidationError("Use an RFC 3339 date-time, e.g. 2026-11-01T09:00:00Z.", code="invalid")
+        return forms.DateTimeField.to_python(self, value.strip().replace("z", "Z").replace("t", "T"))
+
+
+class DateTimeFilter(filters.IsoDateTimeFilter):
+    field_class = Rfc3339Field
+
+
+@extend_schema_field({"type": "integer", "minimum": 1, "maximum": 2**63 - 1})
+class IdFilter(filters.NumberFilter):
+    """A record id: a whole number in the database's range (not a float that overflows it)."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", 2**63 - 1)
+        super().__init__(*args, **kwargs)
+
+
+def _boolean(qs, name: str, value: str):  # noqa: ANN001, ANN202
+    return qs.filter(**{name: value == "true"}) if value else qs
+
+
+def strict_boolean(**kwargs):  # noqa: ANN003, ANN201
+    """true or false, and nothing else (a typo is an error, not 'no filter')."""
+    return filters.ChoiceFilter(choices=[("true", "true"), ("false", "false")], method=_boolean, **kwargs)
+
+
+class StrictFilterSet(filters.FilterSet):
+    """A typed filter (a choice, a date-time, a number) given with an empty value is an error,
+    not "no filter": an integration with a bug in its query string should hear about it.
+    Free-text filters may be empty."""
+
+    def is_valid(self) -> bool:
+        valid = super().is_valid()
+        for name, flt in self.filters.items():
+            if isinstance(flt, filters.CharFilter) and not isinstance(flt, filters.ChoiceFilter):
+                continue
+            if name in self.data and "" in self.data.getlist(name):
+                self.form.add_error(name if name in self.form.fields else None, "may not be empty")
+                valid = False
+        return valid
+
+
+class HandoffFilter(StrictFilterSet):
     status = filters.MultipleChoiceFilter(choices=Handoff.Status.choices)
     flow = filters.CharFilter()
     business_key = filters.CharFilter()
     legal_entity = filters.CharFilter(field_name="legal_entity__code", help_text="A legal entity code.")
     error_class = filters.CharFilter(field_name="last_error_class")
-    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
-    business_started_after = filters.IsoDateTimeFilter(field_name="business_started_at", lookup_expr="gte")
-    business_started_before = filters.IsoDateTimeFilter(field_name="business_started_at", lookup_expr="lt")
+    created_after = DateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = DateTimeFilter(field_name="created_at", lookup_expr="lt")
+    business_started_after = DateTimeFilter(field_name="business_started_at", lookup_expr="gte")
+    business_started_before = DateTimeFilter(field_name="business_started_at", lookup_expr="lt")
 
     class Meta:
         model = Handoff
@@ -29,22 +86,22 @@ class ExceptionFilter(HandoffFilter):
     status = None  # always needs_attention
 
 
-class EventFilter(filters.FilterSet):
+class EventFilter(StrictFilterSet):
     status = filters.MultipleChoiceFilter(choices=Event.Status.choices)
     flow = filters.CharFilter()
     business_key = filters.CharFilter()
     connection = filters.CharFilter(field_name="connection__slug", help_text="A connection slug.")
     legal_entity = filters.CharFilter(field_name="legal_entity__code")
-    handoff = filters.NumberFilter(field_name="handoff_id")
-    received_after = filters.IsoDateTimeFilter(field_name="received_at", lookup_expr="gte")
-    received_before = filters.IsoDateTimeFilter(field_name="received_at", lookup_expr="lt")
+    handoff = IdFilter(field_name="handoff_id")
+    received_after = DateTimeFilter(field_name="received_at", lookup_expr="gte")
+    received_before = DateTimeFilter(field_name="received_at", lookup_expr="lt")
 
     class Meta:
         model = Event
         fields: list[str] = []
 
 
-class BulkJobFilter(filters.FilterSet):
+class BulkJobFilter(StrictFilterSet):
     action = filters.ChoiceFilter(choices=BulkJob.Action.choices)
     status = filters.ChoiceFilter(choices=BulkJob.Status.choices)
 
@@ -53,7 +110,7 @@ class BulkJobFilter(filters.FilterSet):
         fields: list[str] = []
 
 
-class MappingFilter(filters.FilterSet):
+class MappingFilter(StrictFilterSet):
     connection = filters.CharFilter(field_name="connection__slug")
     entity = filters.CharFilter()
     direction = filters.ChoiceFilter(choices=Mapping.Direction.choices)
@@ -63,17 +120,17 @@ class MappingFilter(filters.FilterSet):
         fields: list[str] = []
 
 
-class ConnectionFilter(filters.FilterSet):
+class ConnectionFilter(StrictFilterSet):
     kind = filters.ChoiceFilter(choices=Connection.Kind.choices)
     vendor = filters.ChoiceFilter(choices=Connection.Vendor.choices)
-    is_active = filters.BooleanFilter()
+    is_active = strict_boolean()
 
     class Meta:
         model = Connection
         fields: list[str] = []
 
 
-class MismatchFilter(filters.FilterSet):
+class MismatchFilter(StrictFilterSet):
     status = filters.ChoiceFilter(choices=Mismatch.Status.choices)
     comparison = filters.ChoiceFilter(choices=Mismatch.Comparison.choices)
     cause = filters.ChoiceFilter(choices=Mismatch.Cause.choices)
@@ -86,13 +143,13 @@ class MismatchFilter(filters.FilterSet):
         fields: list[str] = []
 
 
-class AuditEntryFilter(filters.FilterSet):
+class AuditEntryFilter(StrictFilterSet):
     action = filters.CharFilter()
     object_type = filters.CharFilter()
     object_id = filters.CharFilter()
     actor = filters.CharFilter(field_name="actor_label")
-    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = DateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = DateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEntry

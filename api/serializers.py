@@ -28,6 +28,60 @@ class ObjectField(MaskedJSONField):
     pass
 
 
+class StrictTypesMixin:
+    """Text is text: DRF would turn a number into a string; an API client that sends 0 for a
+    comment has a bug it should hear about."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+class TextField(StrictTypesMixin, serializers.CharField):
+    """Text kept as sent (no trimming): a comment of only spaces is refused by the services."""
+
+    default_error_messages = {"invalid": "Not a valid string."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+
+class SlugField(StrictTypesMixin, serializers.SlugField):
+    default_error_messages = {"invalid": "Not a valid slug."}
+
+
+class RegexField(StrictTypesMixin, serializers.RegexField):
+    default_error_messages = {"invalid": "This value does not match the required pattern."}
+
+
+class BooleanField(serializers.BooleanField):
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class IntegerField(serializers.IntegerField):
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class InputSerializer(serializers.Serializer):
+    """A request body: only the fields named here. An unknown field is an error (400), so a
+    misspelt or unexpected field (status, legal_entity, id …) never passes silently."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
+        return super().to_internal_value(data)
+
+
 class LegalEntityCodeField(serializers.SlugRelatedField):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(slug_field="code", read_only=True, **kwargs)
@@ -170,58 +224,57 @@ class ExceptionDetailSerializer(ExceptionSerializer):
 
 
 class ExceptionGroupSerializer(serializers.Serializer):
-    id = serializers.CharField(read_only=True)
-    flow = serializers.CharField(read_only=True)
-    error_class = serializers.CharField(read_only=True)
-    signature = serializers.CharField(read_only=True)
+    id = TextField(read_only=True)
+    flow = TextField(read_only=True)
+    error_class = TextField(read_only=True)
+    signature = TextField(read_only=True)
     count = serializers.IntegerField(read_only=True)
     first_seen = serializers.DateTimeField(read_only=True)
     last_seen = serializers.DateTimeField(read_only=True)
-    legal_entities = serializers.ListField(child=serializers.CharField(), read_only=True)
+    legal_entities = serializers.ListField(child=TextField(), read_only=True)
     handoffs = serializers.ListField(child=serializers.IntegerField(), read_only=True)
 
 
 class ExceptionGroupPageSerializer(serializers.Serializer):
-    next = serializers.CharField(allow_null=True, read_only=True)
-    previous = serializers.CharField(allow_null=True, read_only=True)
+    next = TextField(allow_null=True, read_only=True)
+    previous = TextField(allow_null=True, read_only=True)
     results = ExceptionGroupSerializer(many=True, read_only=True)
 
 
-class ResubmitSerializer(serializers.Serializer):
+class ResubmitSerializer(InputSerializer):
     payload = serializers.DictField(
         required=False, help_text="The edited payload the steps map from; omit to run with the stored one."
     )
-    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    comment = TextField(required=False, allow_blank=True, max_length=2000, default="")
 
 
-class CommentRequiredSerializer(serializers.Serializer):
-    comment = serializers.CharField(max_length=2000, help_text="Why; recorded in the audit trail.")
+class CommentSerializer(InputSerializer):
+    comment = TextField(required=False, allow_blank=True, max_length=2000, default="")
 
 
-class BulkJobCreateSerializer(serializers.Serializer):
+class CommentRequiredSerializer(InputSerializer):
+    comment = TextField(max_length=2000, help_text="Why; recorded in the audit trail.")
+
+
+class BulkJobCreateSerializer(InputSerializer):
     action = serializers.ChoiceField(choices=BulkJob.Action.choices)
     handoffs = serializers.ListField(
-        child=serializers.IntegerField(min_value=1),
+        child=IntegerField(min_value=1),
         min_length=1,
         max_length=1000,
         required=False,
         help_text="Handoff ids; or give `group`.",
     )
-    group = serializers.CharField(required=False, max_length=16, help_text="An exception group id: all its handoffs.")
-    comment = serializers.CharField(
+    group = TextField(required=False, max_length=16, help_text="An exception group id: all its handoffs.")
+    comment = TextField(
         required=False, allow_blank=True, max_length=2000, default="", help_text="Required to resolve or cancel."
     )
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if bool(attrs.get("handoffs")) == bool(attrs.get("group")):
-            raise serializers.ValidationError("give either handoffs or group")
-        return attrs
 
 
 class BulkJobResultSerializer(serializers.Serializer):
     handoff = serializers.IntegerField()
     ok = serializers.BooleanField()
-    detail = serializers.CharField()
+    detail = TextField()
 
 
 class BulkJobSerializer(serializers.ModelSerializer):
@@ -251,13 +304,13 @@ class BulkJobSerializer(serializers.ModelSerializer):
 # --- Mappings ---------------------------------------------------------------------------------
 
 
-class RuleSerializer(serializers.Serializer):
-    target = serializers.CharField(max_length=200)
-    source = serializers.CharField(max_length=2000, required=False, allow_blank=True)
-    value_map = serializers.CharField(max_length=120, required=False, allow_blank=True)
-    transform = serializers.CharField(max_length=40, required=False, allow_blank=True)
-    default = serializers.JSONField(required=False)
-    required = serializers.BooleanField(required=False)
+class RuleSerializer(InputSerializer):
+    target = TextField(max_length=200)
+    source = TextField(max_length=2000, required=False, allow_blank=True)
+    value_map = TextField(max_length=120, required=False, allow_blank=True)
+    transform = TextField(max_length=40, required=False, allow_blank=True)
+    default = serializers.JSONField(required=False, allow_null=True)
+    required = BooleanField(required=False)
 
 
 class MappingVersionSerializer(serializers.ModelSerializer):
@@ -304,17 +357,17 @@ class MappingDetailSerializer(MappingSerializer):
         read_only_fields = fields
 
 
-class MappingPublishSerializer(serializers.Serializer):
-    rules = RuleSerializer(many=True, min_length=1, max_length=500)
+class MappingPublishSerializer(InputSerializer):
+    rules = RuleSerializer(many=True, max_length=500, help_text="At least one rule.")
     value_maps = serializers.DictField(child=serializers.DictField(), required=False, default=dict)
-    comment = serializers.CharField(max_length=2000, help_text="What changed and why.")
+    comment = TextField(max_length=2000, help_text="What changed and why.")
 
 
 class MappingCreateSerializer(MappingPublishSerializer):
-    connection = serializers.SlugField(help_text="The connection's slug.")
-    entity = serializers.CharField(max_length=80)
+    connection = SlugField(help_text="The connection's slug.")
+    entity = TextField(max_length=80)
     direction = serializers.ChoiceField(choices=Mapping.Direction.choices, default=Mapping.Direction.OUTBOUND)
-    name = serializers.CharField(max_length=120, required=False, allow_blank=True, default="")
+    name = TextField(max_length=120, required=False, allow_blank=True, default="")
 
 
 # --- Connections ------------------------------------------------------------------------------
@@ -348,21 +401,23 @@ class ConnectionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ConnectionWriteSerializer(serializers.Serializer):
+class ConnectionWriteSerializer(InputSerializer):
     """Create (all but credentials' keys required) or change a connection. Credentials are write-only."""
 
-    slug = serializers.SlugField(max_length=50)
-    name = serializers.CharField(max_length=120)
+    slug = SlugField(max_length=50)
+    name = TextField(max_length=120)
     kind = serializers.ChoiceField(choices=Connection.Kind.choices)
     vendor = serializers.ChoiceField(choices=Connection.Vendor.choices)
-    base_url = serializers.URLField(max_length=400)
-    api_version = serializers.CharField(max_length=20, required=False, allow_blank=True, default="")
+    base_url = RegexField(
+        r"^https?://[!-~]+$", max_length=400, help_text="The system's API address (https; http only for sandboxes)."
+    )
+    api_version = TextField(max_length=20, required=False, allow_blank=True, default="")
     intake = serializers.ChoiceField(choices=Connection.Intake.choices, default=Connection.Intake.WEBHOOK)
-    rate_limit_per_minute = serializers.IntegerField(min_value=1, max_value=100_000, default=600)
-    is_sandbox = serializers.BooleanField(default=False)
-    is_active = serializers.BooleanField(default=True)
+    rate_limit_per_minute = IntegerField(min_value=1, max_value=100_000, default=600)
+    is_sandbox = BooleanField(default=False)
+    is_active = BooleanField(default=True)
     legal_entities = serializers.ListField(
-        child=serializers.SlugField(), min_length=1, max_length=100, help_text="Codes of the legal entities it serves."
+        child=SlugField(), min_length=1, max_length=100, help_text="Codes of the legal entities it serves."
     )
     credentials = serializers.DictField(
         write_only=True, required=False, help_text="Write-only; never returned. Omit to keep what is stored."

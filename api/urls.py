@@ -20,7 +20,6 @@ router = Router()
 router.register("handoffs", views.HandoffViewSet, basename="handoff")
 router.register("events", views.EventViewSet, basename="event")
 router.register("exceptions", views.ExceptionViewSet, basename="exception")
-router.register("exception-groups", views.ExceptionGroupViewSet, basename="exception-group")
 router.register("jobs", views.BulkJobViewSet, basename="job")
 router.register("mappings", views.MappingViewSet, basename="mapping")
 router.register("connections", views.ConnectionViewSet, basename="connection")
@@ -29,6 +28,8 @@ router.register("audit-entries", views.AuditEntryViewSet, basename="audit-entry"
 
 urlpatterns = [
     path("v1/", include(router.urls)),
+    path("v1/exception-groups/", views.ExceptionGroupListView.as_view(), name="exception-group-list"),
+    path("v1/exception-groups/<str:gid>/", views.ExceptionGroupDetailView.as_view(), name="exception-group-detail"),
     path("v1/metrics/health/", views.HealthMetricsView.as_view(), name="metrics-health"),
     path("schema/", SpectacularAPIView.as_view(api_version="v1"), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import URLValidator
 from django.db.models import Prefetch, QuerySet
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
@@ -67,13 +69,13 @@ class HandoffViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(
         summary="Replay a finished handoff as a new handoff",
         tags=["handoffs"],
-        request=serializers.ResubmitSerializer,
+        request=serializers.CommentSerializer,
         responses={201: serializers.HandoffSerializer},
     )
     @action(detail=True, methods=["post"])
     def replay(self, request: Request, pk: str | None = None) -> Response:
         handoff = self.get_object()
-        body = serializers.ResubmitSerializer(data=request.data)
+        body = serializers.CommentSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
             replayed = remediation.handoff_replay(
@@ -181,29 +183,33 @@ def _group_data(group: Any) -> dict[str, Any]:
     }
 
 
-class ExceptionGroupViewSet(viewsets.ViewSet):
+class ExceptionGroupListView(APIView):
     """Exceptions grouped by cause (flow, error class, message with its variable parts blanked)."""
 
     required_permissions = {"read": WORK_EXCEPTIONS}
-    lookup_value_regex = "[0-9a-f]{16}"
 
     @extend_schema(
-        summary="List exception groups, largest first",
+        operation_id="exception_groups_list",
+        summary="List exception groups, largest first (one page: groups are few)",
         tags=["exceptions"],
         responses={200: serializers.ExceptionGroupPageSerializer},
     )
-    def list(self, request: Request) -> Response:
+    def get(self, request: Request) -> Response:
         groups = [_group_data(g) for g in exception_groups(request.user)]
         data = serializers.ExceptionGroupSerializer(groups, many=True).data
         return Response({"next": None, "previous": None, "results": data})
+
+
+class ExceptionGroupDetailView(APIView):
+    required_permissions = {"read": WORK_EXCEPTIONS}
 
     @extend_schema(
         summary="An exception group and its handoffs",
         tags=["exceptions"],
         responses={200: serializers.ExceptionGroupSerializer},
     )
-    def retrieve(self, request: Request, pk: str | None = None) -> Response:
-        group = exception_group_get(request.user, pk or "")
+    def get(self, request: Request, gid: str) -> Response:
+        group = exception_group_get(request.user, gid)
         if group is None:
             raise NotFound()
         return Response(serializers.ExceptionGroupSerializer(_group_data(group)).data)
@@ -235,6 +241,8 @@ class BulkJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         body = serializers.BulkJobCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        if bool(data.get("handoffs")) == bool(data.get("group")):
+            raise Unprocessable({"non_field_errors": ["give either handoffs or group"]})
         ids = data.get("handoffs") or []
         if data.get("group"):
             group = exception_group_get(request.user, data["group"])
@@ -285,17 +293,19 @@ class MappingViewSet(viewsets.ReadOnlyModelViewSet):
     def get_serializer_class(self) -> type:
         return serializers.MappingDetailSerializer if self.action == "retrieve" else serializers.MappingSerializer
 
-    def _publish(self, request: Request, *, connection: Connection, entity: str, direction: str, name: str) -> Response:
-        body = serializers.MappingPublishSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        rules = [dict(r) for r in body.validated_data["rules"]]
+    def _publish(
+        self, request: Request, data: dict[str, Any], *, connection: Connection, entity: str, direction: str, name: str
+    ) -> Response:
+        rules = [dict(r) for r in data["rules"]]
+        if not rules:
+            raise Unprocessable({"rules": ["a mapping needs at least one rule"]})
         try:
             version = mapping_publish(
                 connection=connection,
                 entity=entity,
                 rules=rules,
-                value_maps=body.validated_data["value_maps"],
-                comment=body.validated_data["comment"],
+                value_maps=data["value_maps"],
+                comment=data["comment"],
                 actor=request.user,
                 direction=direction,
                 name=name,
@@ -319,6 +329,7 @@ class MappingViewSet(viewsets.ReadOnlyModelViewSet):
             raise Unprocessable({"connection": ["no connection with this slug"]})
         return self._publish(
             request,
+            head.validated_data,
             connection=connection,
             entity=head.validated_data["entity"],
             direction=head.validated_data["direction"],
@@ -334,8 +345,11 @@ class MappingViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"])
     def publish(self, request: Request, pk: str | None = None) -> Response:
         mapping = self.get_object()
+        body = serializers.MappingPublishSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
         return self._publish(
             request,
+            body.validated_data,
             connection=mapping.connection,
             entity=mapping.entity,
             direction=mapping.direction,
@@ -381,6 +395,10 @@ class ConnectionViewSet(mixins.CreateModelMixin, mixins.UpdateModelMixin, viewse
                 "is_active",
             )
         }
+        try:
+            URLValidator(schemes=["http", "https"])(merged["base_url"])
+        except DjangoValidationError:
+            raise Unprocessable({"base_url": ["not a valid address"]}) from None
         try:
             check_destination(merged["base_url"], vendor=merged["vendor"], is_sandbox=bool(merged["is_sandbox"]))
         except DestinationRefused as exc:

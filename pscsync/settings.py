@@ -289,6 +289,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "api.schema.closed_request_bodies",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "HandoffStatusEnum": "pscsync.models.Handoff.Status",
         "EventStatusEnum": "pscsync.models.Event.Status",

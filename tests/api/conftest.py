@@ -99,11 +99,22 @@ def make_exception(connection, entity, key: str, message: str, *, error_class: s
     )
     event.handoff = handoff
     event.save()
-    done = Step.objects.create(handoff=handoff, name="read", position=1, status=Step.Status.SUCCEEDED, idempotency_key=f"{key}-1")
-    Attempt.objects.create(step=done, number=1, outcome=Attempt.Outcome.SUCCEEDED, started_at=AT, request={"authorization": "Bearer x"})
-    failed = Step.objects.create(handoff=handoff, name="write", position=2, status=Step.Status.FAILED, idempotency_key=f"{key}-2")
+    done = Step.objects.create(
+        handoff=handoff, name="read", position=1, status=Step.Status.SUCCEEDED, idempotency_key=f"{key}-1"
+    )
     Attempt.objects.create(
-        step=failed, number=1, outcome=Attempt.Outcome.VALIDATION, started_at=AT, error_class=error_class, error_message=message
+        step=done, number=1, outcome=Attempt.Outcome.SUCCEEDED, started_at=AT, request={"authorization": "Bearer x"}
+    )
+    failed = Step.objects.create(
+        handoff=handoff, name="write", position=2, status=Step.Status.FAILED, idempotency_key=f"{key}-2"
+    )
+    Attempt.objects.create(
+        step=failed,
+        number=1,
+        outcome=Attempt.Outcome.VALIDATION,
+        started_at=AT,
+        error_class=error_class,
+        error_message=message,
     )
     return handoff
 
@@ -121,7 +132,10 @@ def world(entities, people):  # noqa: ANN001, ANN201
         entity = entities[code]
         connection = make_connection(f"echo-{code}", entity)
         handoff = make_exception(
-            connection, entity, f"OPP-{code.upper()}", "the customer 'Acme' has no tax code" if code == "us" else "budget is missing"
+            connection,
+            entity,
+            f"OPP-{code.upper()}",
+            "the customer 'Acme' has no tax code" if code == "us" else "budget is missing",
         )
         version = mapping_publish(
             connection=connection,
@@ -151,8 +165,12 @@ def world(entities, people):  # noqa: ANN001, ANN201
             "mismatch": mismatch,
             "audit": audit,
         }
-    made["us"]["job"] = bulk_job_create(actor=people["operator"], action="resolve", handoff_ids=[made["us"]["handoff"].pk], comment="x")
-    made["uk"]["job"] = bulk_job_create(actor=people["outsider"], action="resolve", handoff_ids=[made["uk"]["handoff"].pk], comment="x")
+    made["us"]["job"] = bulk_job_create(
+        actor=people["operator"], action="resolve", handoff_ids=[made["us"]["handoff"].pk], comment="x"
+    )
+    made["uk"]["job"] = bulk_job_create(
+        actor=people["outsider"], action="resolve", handoff_ids=[made["uk"]["handoff"].pk], comment="x"
+    )
     return made
 
 

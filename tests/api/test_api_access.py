@@ -22,7 +22,14 @@ LEVELS = {
     "ukadmin": {VIEW, DASH, WORK, CONFIGURE, AUDIT},
     "norole": set(),
 }
-SEES = {"viewer": {"us"}, "operator": {"us"}, "outsider": {"uk"}, "admin": {"us", "uk"}, "ukadmin": {"uk"}, "norole": set()}
+SEES = {
+    "viewer": {"us"},
+    "operator": {"us"},
+    "outsider": {"uk"},
+    "admin": {"us", "uk"},
+    "ukadmin": {"uk"},
+    "norole": set(),
+}
 ROLES = ["anonymous", "badtoken", *LEVELS]
 
 # name -> (method, permission level, record kind for detail routes or None, body, status when allowed and visible)
@@ -43,7 +50,13 @@ API_ROUTES: dict[str, tuple[str, str, str | None, dict | None, int]] = {
     "api:job-detail": ("GET", WORK, "job", None, 200),
     "api:mapping-list": ("GET", WORK, None, None, 200),
     "api:mapping-detail": ("GET", WORK, "mapping", None, 200),
-    "api:mapping-publish": ("POST", CONFIGURE, "mapping", {"rules": [{"target": "n", "source": "name"}], "comment": "c"}, 201),
+    "api:mapping-publish": (
+        "POST",
+        CONFIGURE,
+        "mapping",
+        {"rules": [{"target": "n", "source": "name"}], "comment": "c"},
+        201,
+    ),
     "api:connection-list": ("GET", CONFIGURE, None, None, 200),
     "api:connection-detail": ("GET", CONFIGURE, "connection", None, 200),
     "api:mismatch-list": ("GET", DASH, None, None, 200),
@@ -151,7 +164,13 @@ def test_each_role_gets_the_expected_answer_on_every_api_write(api, world, token
                 }
             else:
                 payload = {
-                    k: ([world[entity]["handoff"].pk] if v == ["own"] else world[entity]["connection"].slug if v == "own" else v)
+                    k: (
+                        [world[entity]["handoff"].pk]
+                        if v == ["own"]
+                        else world[entity]["connection"].slug
+                        if v == "own"
+                        else v
+                    )
                     for k, v in body.items()
                 }
             args = [world[entity]["connection"].pk] if name.endswith("-detail") else []
@@ -168,7 +187,8 @@ def test_each_role_gets_the_expected_answer_on_every_api_write(api, world, token
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    "url", ["/api/v1/handoffs/", "/api/v1/events/", "/api/v1/exceptions/", "/api/v1/mismatches/", "/api/v1/audit-entries/"]
+    "url",
+    ["/api/v1/handoffs/", "/api/v1/events/", "/api/v1/exceptions/", "/api/v1/mismatches/", "/api/v1/audit-entries/"],
 )
 def test_lists_never_include_another_entitys_records(api, world, tokens, url) -> None:  # noqa: ANN001
     ukadmin = api("GET", url, tokens["ukadmin"]).json()["results"]
@@ -176,7 +196,9 @@ def test_lists_never_include_another_entitys_records(api, world, tokens, url) ->
     ids_us = {world["us"][k].pk for k in ("handoff", "event", "mismatch", "audit")}
     got = {row["id"] for row in ukadmin}
     assert got and got <= ids_uk | (got - ids_us), got
-    assert not ({row["id"] for row in ukadmin} & {world["us"]["handoff"].pk} and url.endswith(("handoffs/", "exceptions/")))
+    assert not (
+        {row["id"] for row in ukadmin} & {world["us"]["handoff"].pk} and url.endswith(("handoffs/", "exceptions/"))
+    )
     keys = {row.get("business_key") or row.get("subject_key") for row in ukadmin}
     assert "OPP-US" not in keys
 
