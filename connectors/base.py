@@ -196,6 +196,11 @@ class Connector:
         raise NotImplementedError
 
     # Outbound --------------------------------------------------------------------------------
+    def upsert_many(self, *, entity: str, records: list[tuple[str, dict[str, Any]]]) -> list[WriteResult]:
+        """Upsert several records of one entity, each by its key. Vendors with a bulk API
+        override this to write them in fewer calls; the default writes one at a time."""
+        return [self.upsert(entity=entity, key=key, fields=fields) for key, fields in records]
+
     def upsert(self, *, entity: str, key: str, fields: dict[str, Any]) -> WriteResult:
         """Create or update the `entity` whose external key is `key`. Idempotent by key."""
         raise NotImplementedError

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from connectors.base import Connector, InboundChange, Token, WriteResult
 from connectors.errors import ConnectorError, MappingError, RejectedError, WebhookRejected
@@ -269,6 +269,110 @@ class KantataConnector(Connector):
                 http_status=result.status,
                 created=existing is None,
             )
+
+    # Objects Kantata creates in bulk, and how many a call (its documented limits).
+    bulk_limits: ClassVar[dict[str, int]] = {
+        "stories": 300,
+        "time_entries": 100,
+        "expenses": 100,
+        "participations": 100,
+    }
+
+    def find_many(self, kind: ObjectType, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The objects carrying our references `keys` (up to 200 a call), by key."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(keys), 200):
+            chunk = keys[start : start + 200]
+            params = {
+                "external_reference_service_name": SERVICE_NAME,
+                "external_reference_service_model_refs": ",".join(chunk),
+                "include": "external_references",
+                "per_page": 200,
+                "order": "id:asc",
+            }
+            result = self.send("GET", f"{API}/{kind.collection}", params=params)
+            references = (result.body.get("external_references") or {}) if isinstance(result.body, dict) else {}
+            for record in records_of(result.body, kind.collection):
+                for ref_id in record.get("external_reference_ids") or []:
+                    ref = references.get(str(ref_id)) or {}
+                    key = ref.get("service_model_ref")
+                    if ref.get("service_name") == SERVICE_NAME and key in chunk:
+                        found.setdefault(key, record)  # the oldest, as find() keeps
+        return found
+
+    def upsert_many(self, *, entity: str, records: list[tuple[str, dict[str, Any]]]) -> list[WriteResult]:
+        """One lookup for every key, one bulk create for the missing (each with its reference in
+        the same call), an update for each that exists. Safe to repeat: a lost answer is found by
+        the next lookup."""
+        kind = object_type(entity)
+        limit = self.bulk_limits.get(kind.collection, 0)
+        if len(records) < 2 or not limit:
+            return super().upsert_many(entity=entity, records=records)
+        existing = self.find_many(kind, [key for key, _ in records])
+        results: dict[str, WriteResult] = {}
+        missing = [(key, fields) for key, fields in records if key not in existing]
+        path = f"{API}/{kind.collection}"
+        for start in range(0, len(missing), limit):
+            chunk = missing[start : start + limit]
+            body = {
+                kind.collection: [
+                    {
+                        **fields,
+                        "external_reference": {
+                            "service_name": SERVICE_NAME,
+                            "service_model": kind.singular,
+                            "service_model_ref": key,
+                            "status": "successful",
+                        },
+                    }
+                    for key, fields in chunk
+                ]
+            }
+            try:
+                result = self.send("POST", path, json=body)
+            except RejectedError as exc:
+                exc.message = f"{exc.message} [{len(chunk)} {kind.label}s]"
+                raise
+            written = records_of(result.body, kind.collection)
+            for (key, fields), record in zip(chunk, written, strict=True):
+                results[key] = WriteResult(
+                    external_id=str(record["id"]),
+                    request={"method": "POST", "url": self.url(path), "key": key, "json": fields},
+                    response=record,
+                    http_status=result.status,
+                    created=True,
+                )
+        for key, fields in records:
+            if key in existing:
+                current = existing[key]
+                update = f"{API}/{kind.collection}/{current['id']}"
+                result = self.send("PUT", update, json={kind.singular: dict(fields)})
+                results[key] = WriteResult(
+                    external_id=str(current["id"]),
+                    request={"method": "PUT", "url": self.url(update), "json": fields},
+                    response=result.body,
+                    http_status=result.status,
+                    created=False,
+                )
+        return [results[key] for key, _ in records]
+
+    def update(self, *, entity: str, record_id: str, fields: dict[str, Any]) -> WriteResult:
+        """Change an object by its Kantata id (objects people made carry no reference of ours)."""
+        kind = object_type(entity)
+        path = f"{API}/{kind.collection}/{int(record_id)}"
+        body = {kind.singular: dict(fields)}
+        try:
+            result = self.send("PUT", path, json=body)
+        except RejectedError as exc:
+            exc.message = f"{exc.message} [{kind.label} {record_id}]"
+            raise
+        return WriteResult(
+            external_id=str(record_id),
+            request={"method": "PUT", "url": self.url(path), "json": body},
+            response=result.body,
+            http_status=result.status,
+            created=False,
+        )
 
     # Inbound ----------------------------------------------------------------------------------
     def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:

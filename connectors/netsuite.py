@@ -307,6 +307,16 @@ class NetSuiteConnector(Connector):
             http_status=result.status,
         )
 
+    def get(self, *, entity: str, record_id: str) -> dict[str, Any] | None:
+        """One record by its internal id, with its sublists (e.g. a payment's applied invoices)."""
+        record_type = self.record_type(entity)
+        self._about(record_type)
+        if not str(record_id).isdigit():
+            return None
+        url = self.url(f"{RECORD}/{record_type}/{record_id}")
+        result = self.send("GET", url, params={"expandSubResources": "true"}, accept_statuses=(404,))
+        return None if result.status == 404 else result.body
+
     def _query(self, url: str, query: str, params: dict[str, Any] | None) -> http.HttpResult:
         """One SuiteQL page. It is a POST but only reads, so a 5xx or timeout is safe to retry."""
         try:

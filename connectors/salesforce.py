@@ -36,6 +36,7 @@ from connectors.errors import (
 
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ID = re.compile(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
 
 
 class SalesforceConnector(Connector):
@@ -267,6 +268,79 @@ class SalesforceConnector(Connector):
             response=result.body,
             http_status=result.status,
             created=created,
+        )
+
+    collection_limit = 200  # sObject Collections take at most 200 records a call
+
+    def upsert_many(self, *, entity: str, records: list[tuple[str, dict[str, Any]]]) -> list[WriteResult]:
+        """Upsert by external id with sObject Collections: up to 200 records in one call, all or
+        none, so a failure leaves nothing half-written and a retry repeats the whole set."""
+        if len(records) < 2:
+            return super().upsert_many(entity=entity, records=records)
+        sobject = self.sobject(entity)
+        field = self.external_id_field_for(sobject)
+        results: list[WriteResult] = []
+        for start in range(0, len(records), self.collection_limit):
+            chunk = records[start : start + self.collection_limit]
+            body = {
+                "allOrNone": True,
+                "records": [
+                    {
+                        "attributes": {"type": sobject},
+                        **{k: v for k, v in fields.items() if k != "Id" and k.lower() != field.lower()},
+                        field: key,
+                    }
+                    for key, fields in chunk
+                ],
+            }
+            url = self.url(self.api_path(f"composite/sobjects/{sobject}/{field}"))
+            try:
+                result = self.send("PATCH", url, json=body)
+            except ConnectorError as exc:
+                raise _about(exc, f"{len(chunk)} {self.label(sobject)} records") from None
+            answers = result.body if isinstance(result.body, list) else []
+            failed = [(key, a) for (key, _), a in zip(chunk, answers, strict=False) if not a.get("success")]
+            if failed or len(answers) != len(chunk):
+                details = "; ".join(
+                    f"{key}: {_explain((a.get('errors') or [{}])[0])}"
+                    for key, a in failed
+                    if (a.get("errors") or [{}])[0].get("statusCode") != "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+                )
+                raise RejectedError(
+                    f"Salesforce rejected the {self.label(sobject)} records: {details or 'the batch was rolled back'}",
+                    http_status=result.status,
+                    response=result.body,
+                )
+            for (key, fields), answer in zip(chunk, answers, strict=True):
+                results.append(
+                    WriteResult(
+                        external_id=str(answer["id"]),
+                        request={"method": "PATCH", "url": url, "key": key, "json": fields},
+                        response=answer,
+                        http_status=result.status,
+                        created=bool(answer.get("created")),
+                    )
+                )
+        return results
+
+    def update(self, *, entity: str, record_id: str, fields: dict[str, Any]) -> WriteResult:
+        """Change fields of a record by its Salesforce id (records people created carry no key of
+        ours). Setting the same values again is harmless, so a repeat needs no lookup."""
+        sobject = self.sobject(entity)
+        if not _ID.match(record_id):
+            raise MappingError(f"{record_id!r} is not a Salesforce record id")
+        body = {k: v for k, v in fields.items() if k != "Id"}
+        url = self.url(self.api_path(f"sobjects/{sobject}/{record_id}"))
+        try:
+            result = self.send("PATCH", url, json=body)
+        except ConnectorError as exc:
+            raise _about(exc, f"{self.label(sobject)} {record_id}") from None
+        return WriteResult(
+            external_id=record_id,
+            request={"method": "PATCH", "url": url, "json": body},
+            response=result.body,
+            http_status=result.status,
+            created=False,
         )
 
     def lookup(self, *, entity: str, key: str) -> WriteResult | None:

@@ -47,6 +47,7 @@ def demo_env() -> dict[str, str]:
         "PSCSYNC_SWEEP_SECONDS": "2",
         "PSCSYNC_POLL_SECONDS": "15",
         "PSCSYNC_RETRY_BASE_SECONDS": "3",
+        "PSCSYNC_RECONCILE_SECONDS": os.environ.get("PSCSYNC_RECONCILE_SECONDS", "300"),
         "PSCSYNC_LOG_LEVEL": os.environ.get("PSCSYNC_LOG_LEVEL", "WARNING"),
         "PYTHONUNBUFFERED": "1",
     }

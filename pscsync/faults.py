@@ -31,8 +31,8 @@ POINTS = frozenset(
 
 @cache
 def _config() -> dict[str, dict[str, Any]]:
-    if not settings.FAULTS:
-        return {}
+    if not settings.FAULTS or settings.FAULTS.strip() in ("{}", "null"):
+        return {}  # nothing to inject
     if not settings.FAULTS_ALLOWED:
         raise ImproperlyConfigured("PSCSYNC_FAULTS is set but PSCSYNC_ALLOW_FAULTS is not: refusing to inject faults")
     config = json.loads(settings.FAULTS)

@@ -24,6 +24,7 @@ from connectors.models import Connection, PollCursor
 from pscsync import clock
 from pscsync.dispatch import handoffs_publish
 from pscsync.flows import flow_get
+from pscsync.flows.triggers import change_route
 from pscsync.models import Event, Handoff, LegalEntity, Step
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ def event_receive(
     *, connection: Connection, change: InboundChange, headers: dict[str, str], raw_body: str
 ) -> IntakeResult:
     """Store one change and route it. Publishes the handoff after commit."""
+    change = change_route(connection, change)
     with transaction.atomic():
         event = _store(connection, change, headers, raw_body)
         if event is None:

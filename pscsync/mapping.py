@@ -60,6 +60,13 @@ def _to_datetime(value: Any) -> str:
     return parsed.isoformat()
 
 
+def _to_cents(value: Any) -> int:
+    try:
+        return int((decimal.Decimal(str(value)) * 100).quantize(decimal.Decimal("1"), rounding=decimal.ROUND_HALF_UP))
+    except decimal.InvalidOperation:
+        raise ValueError(f"{value!r} is not an amount") from None
+
+
 def _to_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -81,6 +88,8 @@ TRANSFORMS: dict[str, Callable[[Any], Any]] = {
     "date": _to_date,
     "datetime": _to_datetime,
     "boolean": _to_bool,
+    "cents": _to_cents,
+    "minutes_from_hours": lambda v: _to_int(decimal.Decimal(str(v)) * 60),
     "negate_amount": lambda v: _to_decimal(-decimal.Decimal(str(v))),
     "first_line": lambda v: str(v).splitlines()[0] if str(v) else "",
 }

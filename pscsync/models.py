@@ -354,6 +354,31 @@ class MappingVersion(models.Model):
         return f"{self.mapping.connection.slug}/{self.mapping.entity}@v{self.number}"
 
 
+class BilledItem(models.Model):
+    """A PSA item (time, expense, milestone) and the one ERP invoice that bills it. The unique
+    constraint is the guarantee that no item is billed twice, whatever the PSA sends again."""
+
+    psa_connection = models.ForeignKey("connectors.Connection", on_delete=models.PROTECT, related_name="+")
+    item_id = models.CharField(max_length=200, help_text="The item's id in the PSA.")
+    item_kind = models.CharField(max_length=20)
+    source_id = models.CharField(max_length=200, blank=True, help_text="The time entry, expense or milestone.")
+    invoice_key = models.CharField(max_length=200, help_text="The ERP invoice's key, e.g. I-<billing event>.")
+    amount = models.DecimalField(max_digits=16, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    work_date = models.DateField(null=True, blank=True)
+    legal_entity = models.ForeignKey(LegalEntity, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    handoff = models.ForeignKey(Handoff, on_delete=models.PROTECT, related_name="billed_items")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["psa_connection", "source_id"], name="psa_item_billed_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.item_kind} {self.source_id} on {self.invoice_key}"
+
+
 class ReconciliationTolerance(models.Model):
     """How big a difference a legal entity accepts before it is a mismatch."""
 
@@ -429,3 +454,31 @@ class Mismatch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_comparison_display()} {self.subject_key} {self.period}: {self.get_cause_display()}"
+
+
+class ReconciliationRun(models.Model):
+    """One reconciliation of one legal entity: what was checked and found, or why it stopped.
+
+    An incomplete run (a vendor did not answer) changes no mismatch: it neither clears old ones
+    nor records new ones, and says here which system failed and how."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        COMPLETE = "complete", "Complete"
+        INCOMPLETE = "incomplete", "Incomplete"
+
+    legal_entity = models.ForeignKey(LegalEntity, on_delete=models.PROTECT, related_name="+")
+    period = models.CharField(max_length=7, blank=True, help_text="YYYY-MM when the run was limited to one period.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="Why the run is incomplete, in words a finance person reads.")
+    # Per comparison: {"checked": n, "matched": n, "mismatches": {cause: n}, "cleared": n}.
+    summary = models.JSONField(default=dict, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"reconciliation {self.legal_entity_id} {self.period or 'all periods'} {self.status}"

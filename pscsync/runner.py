@@ -33,7 +33,7 @@ from pscsync import clock
 from pscsync.faults import fault_point
 from pscsync.flows import Flow, StepContext, StepDef, flow_get
 from pscsync.intake import business_key_lock, queued_event_start
-from pscsync.models import Attempt, CrossReference, Handoff, Step
+from pscsync.models import Attempt, CrossReference, Handoff, LegalEntity, Step
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,12 @@ def _record_facts(handoff: Handoff, facts: dict[str, Any]) -> None:
     """Business facts a step found (customer, service line, amount, source timestamps) go on the
     handoff, so dashboards and the workbench can filter and measure without reading payloads."""
     fields = {k: facts[k] for k in ("customer_name", "service_line", "amount", "currency") if facts.get(k) is not None}
+    if len(str(fields.get("currency", ""))) != 3:
+        fields.pop("currency", None)  # only an ISO code is a currency here
+    if facts.get("legal_entity") and handoff.legal_entity_id is None:
+        entity = LegalEntity.objects.filter(code__iexact=facts["legal_entity"]).first()
+        if entity is not None:
+            fields["legal_entity"] = entity
     times = facts.get("business_times") or {}
     if times:
         current = Handoff.objects.filter(pk=handoff.pk).values_list("business_times", flat=True).first() or {}
@@ -219,24 +225,31 @@ def _jsonable(value: Any) -> Any:
 
 
 def _cross_reference(handoff: Handoff, step: Step, now: dt.datetime) -> None:
-    CrossReference.objects.update_or_create(
-        entity_type=step.name.removeprefix("upsert_"),
-        canonical_id=step.idempotency_key,
-        connection_id=step.target_connection_id,
-        defaults={
-            "external_id": step.external_id,
-            "legal_entity": handoff.legal_entity,
-            "handoff": handoff,
-            "updated_at": now,
-        },
-        create_defaults={
-            "external_id": step.external_id,
-            "legal_entity": handoff.legal_entity,
-            "handoff": handoff,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
+    """Remember the id each record has in the target, under its canonical key."""
+    output = step.output or {}
+    entity_type = output.get("entity_type") or step.name.removeprefix("upsert_")
+    pairs = output.get("ids") or {step.idempotency_key: step.external_id}
+    for canonical_id, external_id in pairs.items():
+        if not external_id:
+            continue
+        CrossReference.objects.update_or_create(
+            entity_type=entity_type,
+            canonical_id=canonical_id,
+            connection_id=step.target_connection_id,
+            defaults={
+                "external_id": external_id,
+                "legal_entity": handoff.legal_entity,
+                "handoff": handoff,
+                "updated_at": now,
+            },
+            create_defaults={
+                "external_id": external_id,
+                "legal_entity": handoff.legal_entity,
+                "handoff": handoff,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
 
 
 def _run_step(

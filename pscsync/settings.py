@@ -203,6 +203,8 @@ REDISPATCH_SECONDS = env_int("PSCSYNC_REDISPATCH_SECONDS", 60)
 # A worker that dies this many times on one handoff stops it: it needs a person (poison message).
 MAX_WORKER_CRASHES = env_int("PSCSYNC_MAX_WORKER_CRASHES", 3)
 POLL_SECONDS = env_int("PSCSYNC_POLL_SECONDS", 30)
+# Reconciliation (CRM vs PSA vs ERP) runs this often: daily by default, every few minutes in the demo.
+RECONCILE_SECONDS = env_int("PSCSYNC_RECONCILE_SECONDS", 24 * 3600)
 # First retry waits up to this many seconds (full jitter), doubling each time up to an hour.
 RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
 # Connections marked "sandbox" may call loopback addresses (our own sandboxes). Turn off in production.
@@ -254,6 +256,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "sweep-handoffs": {"task": "pscsync.tasks.handoffs_sweep_task", "schedule": float(SWEEP_SECONDS)},
     "poll-connections": {"task": "pscsync.tasks.connections_poll_task", "schedule": float(POLL_SECONDS)},
+    "reconcile": {"task": "pscsync.tasks.reconcile_task", "schedule": float(RECONCILE_SECONDS)},
     "alerts-scan": {"task": "api.tasks.alerts_scan_task", "schedule": 60.0},
     "alerts-deliver": {"task": "api.tasks.alerts_deliver_due_task", "schedule": 30.0},
 }

@@ -54,5 +54,13 @@ def connection_poll_task(connection_id: int) -> int:
         return 0
 
 
+@shared_task(name="pscsync.tasks.reconcile_task")
+def reconcile_task(entity: str = "", period: str = "") -> dict[str, str]:
+    """Reconcile every legal entity (or one); each entity's run is recorded, complete or not."""
+    from pscsync.reconciliation.services import reconcile
+
+    return {run.legal_entity.code: run.status for run in reconcile(entity=entity or None, period=period)}
+
+
 # A forked worker child must not reuse the parent's pooled HTTP connections.
 os.register_at_fork(after_in_child=reset_client)

@@ -983,7 +983,27 @@ class BusinessCentralSandbox(Sandbox):
             self.store.put(self._object(cid, ENTITY_SETS["salesInvoiceLines"]), line["id"], line)
         if line_records:
             record = self._retotal(cid, record["id"])
+        if entity.name == "customerPayments":
+            self._settle(cid, record.get("appliesToInvoiceId"))
         return record
+
+    def _settle(self, cid: str, invoice_id: str | None) -> None:
+        """A payment applied to a posted invoice lowers its remaining amount; at zero it is Paid.
+        (BC does this when the payment journal is posted; the sandbox treats journal lines as
+        posted when written, so the demo's cash arrives without a separate posting step.)"""
+        if not invoice_id or invoice_id.startswith("00000000"):
+            return
+        invoice_set = ENTITY_SETS["salesInvoices"]
+        invoice = self.store.get(self._object(cid, invoice_set), invoice_id)
+        if invoice is None or invoice["status"] == "Draft":
+            return
+        payments = self.store.find(self._object(cid, ENTITY_SETS["customerPayments"]), "appliesToInvoiceId", invoice_id)
+        received = -sum(float(p.get("amount") or 0) for p in payments)
+        remaining = round(float(invoice["totalAmountIncludingTax"]) - received, 2)
+        invoice.update(remainingAmount=max(remaining, 0.0), status="Paid" if remaining <= 0 else "Open")
+        self._stamp(invoice)
+        self.store.put(self._object(cid, invoice_set), invoice_id, invoice)
+        self._changed(cid, invoice_set, invoice, "updated")
 
     def _update(self, cid: str, entity: EntitySet, record: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         before = dict(record)
@@ -996,6 +1016,9 @@ class BusinessCentralSandbox(Sandbox):
         self.store.put(self._object(cid, entity), record["id"], record)
         if entity.name == "salesInvoiceLines":
             self._retotal(cid, record["documentId"])
+        if entity.name == "customerPayments":
+            self._settle(cid, before.get("appliesToInvoiceId"))
+            self._settle(cid, record.get("appliesToInvoiceId"))
         return record
 
     def _remove(self, cid: str, entity: EntitySet, record: dict[str, Any]) -> None:

@@ -21,6 +21,8 @@ class StepContext:
     results: dict[str, str] = field(default_factory=dict)
     # What earlier steps kept (Step.output), by step name.
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per-run memo (connections, mapping versions, records built): never stored.
+    cache: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def payload(self) -> dict[str, Any]:

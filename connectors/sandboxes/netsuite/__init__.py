@@ -512,7 +512,38 @@ class NetSuiteSandbox(Sandbox):
             self.store.db.execute("DELETE FROM kv WHERE name = ?", (f"eid:{type_key}:{existing['externalId']}",))
         if record.get("externalId"):
             self.store.kv_set(f"eid:{type_key}:{record['externalId']}", record["id"])
+        if record_type.name == "invoice" and existing is None:
+            record["amountRemaining"] = record.get("total", 0)
+            record["status"] = "Open"
+            self.store.put(type_key, record["id"], record)
+        if record_type.name == "customerPayment":
+            self._apply_payment(existing, record)
         return record
+
+    def _apply_payment(self, before: dict[str, Any] | None, payment: dict[str, Any]) -> None:
+        """What NetSuite does when a payment is applied: each invoice it touches gets its amount
+        remaining recomputed from every payment applied to it, and "Paid In Full" at zero."""
+        touched = set()
+        for record in (before or {}, payment):
+            for line in (record.get("apply") or {}).get("items", []):
+                if (line.get("doc") or {}).get("id"):
+                    touched.add(str(line["doc"]["id"]))
+        payments = [p for p in self.store.all("customerpayment") if p["id"] != payment["id"]] + [payment]
+        for invoice_id in touched:
+            invoice = self.store.get("invoice", invoice_id)
+            if invoice is None:
+                continue
+            applied = sum(
+                float(line.get("amount") or 0)
+                for p in payments
+                for line in (p.get("apply") or {}).get("items", [])
+                if str((line.get("doc") or {}).get("id")) == invoice_id and line.get("apply", True)
+            )
+            remaining = round(float(invoice.get("total") or 0) - applied, 2)
+            invoice["amountRemaining"] = max(remaining, 0.0)
+            invoice["status"] = "Paid In Full" if remaining <= 0 else ("Open" if applied == 0 else "Partially Paid")
+            invoice["lastModifiedDate"] = payment["lastModifiedDate"]
+            self.store.put("invoice", invoice_id, invoice)
 
     def reference(self, target: str, name: str, value: Any) -> dict[str, str] | None:
         if value is None:

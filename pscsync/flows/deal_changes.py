@@ -1,0 +1,176 @@
+"""Changes to a deal after it is won (contract change) and before (pipeline to demand).
+
+contract-change: an amendment (new contract version, value or end date) adds a budget for the
+change in the PSA (Certinia keeps one budget record per change order; Kantata holds the project
+price), updates the ERP contract, and writes the synced version back to the opportunity.
+
+pipeline-to-demand: an open deal's stage or probability moves; the PSA's forecast demand (soft,
+tentative resource requests weighted by probability) follows. A lost deal cancels its demand; a
+won deal is quote-to-project's business.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from connectors.errors import TransientError, ValidationError
+from connectors.models import Connection
+from connectors.registry import connector_for
+from pscsync.flows.base import Flow, StepContext
+from pscsync.flows.deals import deal_read, now_iso
+from pscsync.flows.quote_to_project import (
+    contract_records,
+    contract_shape,
+    document,
+    entity_name,
+    opportunity_id,
+    project_records,
+    resource_request_records,
+    update_by_id,
+)
+from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, systems
+
+
+def read_crm(ctx: StepContext) -> Connection:
+    return ctx.handoff.source_connection
+
+
+# contract-change ---------------------------------------------------------------------------------
+def amendment_validate(ctx: StepContext) -> dict[str, Any]:
+    deal = ctx.outputs["read_deal"]["deal"]
+    subject = f"opportunity {deal['name']!r} ({deal['id']})"
+    if not deal["is_won"]:
+        raise ValidationError(f"{subject} is not Closed Won: a contract change applies to won deals only")
+    psa = systems(ctx).psa
+    project = connector_for(psa).lookup(entity=entity_name("project")(psa), key=f"P-{deal['id']}")
+    if project is None:
+        # The deal's quote-to-project has not provisioned it yet: wait for it rather than fail.
+        raise TransientError(f"the project for {subject} is not provisioned yet; the amendment waits for it")
+    customer = ctx.outputs["read_deal"]["account"]["id"]
+    erp = systems(ctx).erp
+    found = connector_for(erp).lookup(entity=entity_name("customer")(erp), key=f"C-{customer}")
+    if found is None:
+        raise TransientError(f"the ERP customer for {subject} is not created yet; the amendment waits for it")
+    return {"project_id": project.external_id, "erp_customer_id": found.external_id}
+
+
+def amendment_budget_records(ctx: StepContext, psa: Connection) -> list[Record]:
+    """Certinia: a budget record for this version holding the change in value (earlier versions
+    keep theirs). Kantata: the project's price is the contract value."""
+    deal = ctx.outputs["read_deal"]["deal"]
+    project = ctx.outputs["validate_amendment"]["project_id"]
+    if psa.vendor == "kantata":
+        return [Record(key=f"P-{deal['id']}", source=document(ctx))]
+    key = f"B-{deal['id']}-v{deal['contract_version']}"
+    earlier = connector_for(psa).read(
+        "budget", where={"pse__Project__c": project}, fields=["pscsync_Key__c", "pse__Amount__c"]
+    )
+    before = sum(Decimal(str(b.get("pse__Amount__c") or 0)) for b in earlier if b.get("pscsync_Key__c") != key)
+    change = (Decimal(deal["amount"] or "0") - before).quantize(Decimal("0.01"))
+    return [
+        Record(key=key, source=document(ctx, item={"amount": str(change)}), references={"pse__Project__c": project})
+    ]
+
+
+def amendment_contract_records(ctx: StepContext, erp: Connection) -> list[Record]:
+    ctx.results.setdefault("upsert_customer", ctx.outputs["validate_amendment"]["erp_customer_id"])
+    return contract_records(ctx, erp)
+
+
+def amendment_status_records(ctx: StepContext, crm: Connection) -> list[Record]:
+    return [Record(key=opportunity_id(ctx), source=document(ctx, synced_at=now_iso()))]
+
+
+CONTRACT_CHANGE = Flow(
+    name="contract-change",
+    label="Contract change",
+    steps=(
+        ReadStep(name="read_deal", system=read_crm, read=deal_read),
+        CheckStep(name="validate_amendment", check=amendment_validate),
+        WriteStep(
+            name="upsert_budget",
+            system="psa",
+            purpose="budget",
+            entity=entity_name("budget"),
+            records=amendment_budget_records,
+        ),
+        WriteStep(
+            name="upsert_contract",
+            system="erp",
+            purpose="contract",
+            entity=entity_name("contract"),
+            records=amendment_contract_records,
+            shape=contract_shape,
+        ),
+        WriteStep(
+            name="update_opportunity",
+            system="crm",
+            purpose="deal_amendment",
+            entity=entity_name("deal_status"),
+            records=amendment_status_records,
+            write=lambda ctx: update_by_id,
+        ),
+    ),
+    attempt_budget=12,
+)
+
+
+# pipeline-to-demand ------------------------------------------------------------------------------
+def demand_decide(ctx: StepContext) -> dict[str, Any]:
+    deal = ctx.outputs["read_deal"]["deal"]
+    if deal["is_won"]:
+        return {"action": "none", "why": "the deal is won: quote-to-project turns its demand into firm requests"}
+    if deal["is_closed"]:
+        return {"action": "cancel", "why": f"the deal is closed ({deal['stage']}): its forecast demand is cancelled"}
+    if not deal["legal_entity"] or not deal["contract_start"] or not deal["contract_end"]:
+        return {"action": "none", "why": "no legal entity or contract dates yet: nothing to forecast"}
+    return {"action": "forecast", "probability": str(deal["probability"] or 0)}
+
+
+def _decision(ctx: StepContext) -> dict[str, Any]:
+    return ctx.outputs["decide_demand"]
+
+
+def demand_project_records(ctx: StepContext, psa: Connection) -> list[Record]:
+    """Kantata holds demand on a project: the deal's future project (same key) carries it, as an
+    estimate the won deal later turns into the real project. Certinia's requests need none."""
+    if psa.vendor != "kantata" or _decision(ctx)["action"] == "none":
+        return []
+    return project_records(ctx, psa)
+
+
+def demand_records(ctx: StepContext, psa: Connection) -> list[Record]:
+    decision = _decision(ctx)
+    if decision["action"] == "none":
+        return []
+    if psa.vendor == "kantata":
+        ctx.results.setdefault("upsert_project", ctx.results.get("upsert_estimate", ""))
+    if decision["action"] == "cancel":
+        return resource_request_records(ctx, psa, status="Cancelled", probability=Decimal("0"))
+    return resource_request_records(ctx, psa, status="Tentative", probability=Decimal(decision["probability"]))
+
+
+PIPELINE_TO_DEMAND = Flow(
+    name="pipeline-to-demand",
+    label="Pipeline to demand",
+    steps=(
+        ReadStep(name="read_deal", system=read_crm, read=deal_read),
+        CheckStep(name="decide_demand", check=demand_decide),
+        WriteStep(
+            name="upsert_estimate",
+            system="psa",
+            purpose="project",
+            entity=entity_name("project"),
+            records=demand_project_records,
+        ),
+        WriteStep(
+            name="upsert_forecast_demand",
+            system="psa",
+            purpose="resource_request",
+            entity=entity_name("resource_request"),
+            records=demand_records,
+        ),
+    ),
+    attempt_budget=8,
+)

@@ -1,0 +1,213 @@
+"""The step kinds the business flows are made of.
+
+- CheckStep: validates what was read; calls no system; a failure is a validation error a
+  person must fix at the source.
+- ReadStep: reads the source records the flow works from; calls a system but writes nothing, so
+  after an unknown outcome it is simply read again.
+- WriteStep: writes one or more records to a target, each under a key built from business data,
+  through the mapping in force for (connection, purpose). After an unknown outcome it looks every
+  key up before writing again (connectors upsert by key, so a repeat never duplicates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from connectors.base import WriteResult
+from connectors.registry import connector_for
+from pscsync.flows.base import StepContext, StepDef
+from pscsync.flows.routing import Systems, legal_entity_get, systems_for
+from pscsync.mappings import mapping_in_force, mapping_run
+
+if TYPE_CHECKING:
+    from connectors.models import Connection
+    from pscsync.models import MappingVersion
+
+
+def mapping_for(ctx: StepContext, connection: Connection, purpose: str) -> MappingVersion:
+    """The mapping version in force, read once per run: every record of a run maps alike."""
+    key = ("mapping", connection.pk, purpose)
+    if key not in ctx.cache:
+        ctx.cache[key] = mapping_in_force(connection=connection, entity=purpose)
+    return ctx.cache[key]
+
+
+def systems(ctx: StepContext) -> Systems:
+    """The CRM, PSA and ERP of the handoff's legal entity (known once the source is read)."""
+    if "systems" not in ctx.cache:
+        entity = ctx.handoff.legal_entity
+        if entity is None:
+            code = ctx.outputs.get("read_deal", {}).get("deal", {}).get("legal_entity", "")
+            entity = legal_entity_get(code)
+        ctx.cache["systems"] = systems_for(entity)
+    return ctx.cache["systems"]
+
+
+@dataclass
+class CheckStep(StepDef):
+    name: str
+    check: Callable[[StepContext], dict[str, Any]]
+
+    def idempotency_key(self, ctx: StepContext) -> str:
+        return f"{self.name}:{ctx.handoff.business_key}"
+
+    def target(self, ctx: StepContext) -> Connection | None:
+        return None
+
+    def planned_request(self, ctx: StepContext) -> dict[str, Any]:
+        return {"operation": "check", "step": self.name}
+
+    def perform(self, ctx: StepContext) -> WriteResult:
+        return WriteResult(external_id="", output=self.check(ctx))
+
+    def find_existing(self, ctx: StepContext) -> WriteResult | None:
+        return None  # a check changes nothing anywhere: run it again
+
+
+@dataclass
+class ReadStep(StepDef):
+    name: str
+    system: Callable[[StepContext], Connection]
+    read: Callable[[StepContext, Connection], dict[str, Any]]
+
+    def idempotency_key(self, ctx: StepContext) -> str:
+        return f"{self.name}:{ctx.handoff.business_key}"
+
+    def target(self, ctx: StepContext) -> Connection:
+        return self.system(ctx)
+
+    def planned_request(self, ctx: StepContext) -> dict[str, Any]:
+        return {"operation": "read", "step": self.name, "key": ctx.handoff.business_key}
+
+    def perform(self, ctx: StepContext) -> WriteResult:
+        connection = self.system(ctx)
+        output = self.read(ctx, connection)
+        return WriteResult(external_id="", output=output)
+
+    def find_existing(self, ctx: StepContext) -> WriteResult | None:
+        return None  # reading twice is harmless
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record a WriteStep writes: its key, the document its mapping reads, fields set by code
+    (references to records written earlier, which a mapping cannot know)."""
+
+    key: str
+    source: dict[str, Any]
+    references: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WriteStep(StepDef):
+    name: str
+    system: str  # "crm", "psa" or "erp" of the handoff's legal entity
+    purpose: str  # the mapping's entity: customer, project, milestone, contract, ...
+    entity: Callable[[Connection], str]  # the connector's name for it on that vendor
+    records: Callable[[StepContext, Connection], list[Record]]
+    # Given the context, a function that writes one record some other way than the connector's
+    # upsert (a duplicate check first, an update by the source's own id); returns a WriteResult.
+    write: Callable[[StepContext], Callable[[Connection, str, Record, dict[str, Any]], WriteResult]] | None = None
+    # Reshapes the mapped fields where a vendor needs structure a flat mapping cannot express.
+    shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # Business facts to record on the handoff when the step succeeds.
+    facts: Callable[[StepContext], dict[str, Any]] | None = None
+
+    def target(self, ctx: StepContext) -> Connection:
+        return systems(ctx).of(self.system)
+
+    def _records(self, ctx: StepContext) -> list[Record]:
+        key = ("records", self.name)
+        if key not in ctx.cache:
+            ctx.cache[key] = self.records(ctx, self.target(ctx))
+        return ctx.cache[key]
+
+    def idempotency_key(self, ctx: StepContext) -> str:
+        keys = [r.key for r in self._records(ctx)]
+        text = ",".join(keys) if keys else f"{self.name}:{ctx.handoff.business_key}:none"
+        return text if len(text) <= 200 else f"{keys[0]}..{keys[-1]} ({len(keys)} records)"
+
+    def _mapped(self, ctx: StepContext) -> tuple[int | None, list[tuple[Record, dict[str, Any]]]]:
+        memo = ("mapped", self.name)
+        if memo in ctx.cache:
+            return ctx.cache[memo]
+        records = self._records(ctx)
+        if not records:
+            return None, []
+        connection = self.target(ctx)
+        version = mapping_for(ctx, connection, self.purpose)
+        mapped = []
+        for record in records:
+            fields = {**mapping_run(version, record.source).output, **record.references}
+            mapped.append((record, self.shape(fields) if self.shape else fields))
+        ctx.cache[memo] = (version.pk, mapped)
+        return version.pk, mapped
+
+    def planned_request(self, ctx: StepContext) -> dict[str, Any]:
+        connection = self.target(ctx)
+        _, mapped = self._mapped(ctx)
+        if not mapped:
+            return {"operation": "none", "system": connection.slug, "reason": "nothing to write here"}
+        return {
+            "operation": "upsert",
+            "system": connection.slug,
+            "entity": self.entity(connection),
+            "records": [{"key": r.key, "fields": f} for r, f in mapped],
+        }
+
+    def perform(self, ctx: StepContext) -> WriteResult:
+        connection = self.target(ctx)
+        version_id, mapped = self._mapped(ctx)
+        if not mapped:
+            return WriteResult(external_id="", output={"entity_type": self.purpose, "ids": {}, "skipped": True})
+        connector = connector_for(connection)
+        entity = self.entity(connection)
+        write = self.write(ctx) if self.write is not None else None
+        ids: dict[str, str] = {}
+        responses = []
+        if write is None:
+            # One call for many records where the vendor has a bulk API (fewer calls, same keys).
+            written = connector.upsert_many(entity=entity, records=[(r.key, f) for r, f in mapped])
+        else:
+            written = [write(connection, entity, record, fields) for record, fields in mapped]
+        for (record, _), result in zip(mapped, written, strict=True):
+            ids[record.key] = result.external_id
+            responses.append({"key": record.key, "id": result.external_id, "status": result.http_status})
+        return WriteResult(
+            external_id=next(iter(ids.values()), ""),
+            request={"entity": entity, "records": [{"key": r.key, "fields": f} for r, f in mapped]},
+            response={"written": responses},
+            output={
+                "entity_type": self.purpose,
+                "ids": ids,
+                **({"handoff_facts": self.facts(ctx)} if self.facts else {}),
+            },
+            mapping_version_id=version_id,
+        )
+
+    def find_existing(self, ctx: StepContext) -> WriteResult | None:
+        """Adopt the step only when every record is found under its key; otherwise write again
+        (upserts by key: what exists is updated, what is missing is created)."""
+        connection = self.target(ctx)
+        records = self._records(ctx)
+        if not records:
+            return None
+        connector = connector_for(connection)
+        entity = self.entity(connection)
+        ids = {}
+        for record in records:
+            found = connector.lookup(entity=entity, key=record.key)
+            if found is None:
+                return None
+            ids[record.key] = found.external_id
+        return WriteResult(
+            external_id=next(iter(ids.values()), ""),
+            response={"found": ids},
+            output={
+                "entity_type": self.purpose,
+                "ids": ids,
+                **({"handoff_facts": self.facts(ctx)} if self.facts else {}),
+            },
+        )

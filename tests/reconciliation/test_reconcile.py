@@ -1,0 +1,276 @@
+"""Reconciliation against the real sandboxes over HTTP: a clean firm, each catalogue class, clearing,
+an outage, tolerances and the command."""
+
+from __future__ import annotations
+
+import io
+import time
+from decimal import Decimal
+
+import pytest
+from django.core.management import call_command
+
+from pscsync.models import Mismatch, ReconciliationRun, ReconciliationTolerance
+from pscsync.reconciliation.services import reconcile
+from tests.reconciliation import seed
+
+pytestmark = pytest.mark.django_db
+
+
+def open_mismatches(**filters) -> list[Mismatch]:  # noqa: ANN003
+    return list(Mismatch.objects.filter(status="open", **filters).order_by("comparison", "period"))
+
+
+def run(entity: str = "us", period: str = "") -> ReconciliationRun:
+    (result,) = reconcile(entity=entity, period=period)
+    assert result.status == "complete", result.error
+    return result
+
+
+def only(comparison: str, **filters) -> Mismatch:  # noqa: ANN003
+    found = open_mismatches(comparison=comparison, **filters)
+    assert len(found) == 1, [(m.comparison, m.period, m.cause, m.explanation) for m in open_mismatches()]
+    return found[0]
+
+
+def billed(firm, **deal_options):  # noqa: ANN001, ANN003, ANN201
+    """A US deal with one released billing batch (two timecard items in October)."""
+    s = seed.deal(firm, **deal_options)
+    batch = seed.certinia_batch(firm, s)
+    return s, batch
+
+
+# A clean firm --------------------------------------------------------------------------------------
+def test_clean_firm_has_no_mismatches(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    seed.netsuite_invoice(firm, s, batch)
+    uk = seed.deal(firm, entity="uk", n=2, amount=50000)
+    seed.kantata_batch_and_invoice(firm, uk)
+    us_run, uk_run = run("us"), run("uk")
+    assert open_mismatches() == []
+    assert us_run.summary["deal_value"] == {"checked": 1, "matched": 1, "mismatches": {}, "cleared": 0}
+    assert us_run.summary["billed_time"]["checked"] == 1 and us_run.summary["revenue"]["checked"] == 1
+    assert uk_run.summary["billed_time"]["matched"] == 1 and uk_run.summary["deal_value"]["matched"] == 1
+
+
+# One test per catalogue class ---------------------------------------------------------------------
+def test_rounding(firm):  # noqa: ANN001
+    ReconciliationTolerance.objects.create(
+        legal_entity_id=firm.connections["netsuite-us"].legal_entities.get().pk,
+        absolute=Decimal("0.00"),
+        relative=Decimal("0"),
+    )
+    s, batch = billed(firm)
+    seed.netsuite_invoice(firm, s, batch, amounts={0: 4000.01})
+    run()
+    mismatch = only("billed_time")
+    assert mismatch.cause == "rounding" and mismatch.difference == Decimal("0.01")
+    assert s.project_key in mismatch.explanation and "one cent per line" in mismatch.explanation
+
+
+def test_fx_rate_date(firm):  # noqa: ANN001
+    s = seed.deal(firm, currency="CAD")
+    batch = seed.certinia_batch(firm, s, currency="CAD", fx_rate=0.72)
+    seed.netsuite_invoice(firm, s, batch, exchangeRate=0.73)
+    run()
+    found = {m.comparison: m for m in open_mismatches()}
+    assert {m.cause for m in found.values()} == {"fx_date"}
+    assert found["revenue"].difference == Decimal("60.00")  # 6000 x (0.73 - 0.72)
+    assert "0.72" in found["revenue"].explanation and "0.73" in found["revenue"].explanation
+
+
+def test_amendment_not_synced(firm):  # noqa: ANN001
+    s = seed.deal(firm, amount=150000, version=2, psa_amount=120000, erp_amount=120000, psa_version=1, erp_version=1)
+    run()
+    mismatch = only("deal_value")
+    assert mismatch.cause == "amendment_not_synced"
+    assert mismatch.subject_key == s.opportunity and mismatch.difference == Decimal("-30000.00")
+    assert "version 2" in mismatch.explanation and "contract change" in mismatch.explanation
+    assert mismatch.amounts == {"crm": "150000.00", "psa": "120000.00", "erp": "120000.00"}
+
+
+def test_time_approved_after_period_close(firm):  # noqa: ANN001
+    s = seed.deal(firm)
+    batch = seed.certinia_batch(firm, s, date="2026-10-05", items=[("2026-09-27", 3000.0), ("2026-10-04", 1000.0)])
+    seed.netsuite_invoice(firm, s, batch)
+    run()
+    (september, october) = open_mismatches(comparison="billed_time")
+    assert (september.period, october.period) == ("2026-09", "2026-10")
+    assert september.cause == october.cause == "late_time"
+    assert "worked in 2026-09" in september.explanation and "a4T" in september.explanation
+    assert open_mismatches(comparison="revenue") == []
+
+
+def test_duplicate_invoice(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    seed.netsuite_invoice(firm, s, batch)
+    seed.netsuite_invoice(firm, s, batch, key=None, date="2026-11-01")  # keyed again by hand, two days later
+    run()
+    mismatch = only("billed_time", period="2026-11")
+    assert mismatch.cause == "duplicate_invoice" and mismatch.difference == Decimal("6000.00")
+    assert "same customer, amount and date within 3 days" in mismatch.explanation
+
+
+def test_duplicate_invoice_for_one_billing_event(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    seed.netsuite_invoice(firm, s, batch)
+    seed.netsuite_invoice(firm, s, batch, key="I-again-" + batch["id"])  # a second one naming the same batch
+    run()
+    mismatch = only("billed_time")
+    assert mismatch.cause == "duplicate_invoice" and "billed by 2 invoices" in mismatch.explanation
+
+
+def test_missing_customer(firm):  # noqa: ANN001
+    s, batch = billed(firm, customer=False)
+    run()
+    found = open_mismatches()
+    assert {m.cause for m in found} == {"missing_customer"}
+    billed_time = only("billed_time")
+    assert f"C-{s.account}" in billed_time.explanation and batch["id"] in billed_time.explanation
+
+
+def test_missing_invoice(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    run()
+    mismatch = only("billed_time")
+    assert mismatch.cause == "missing_record" and f"I-{batch['id']}" in mismatch.explanation
+    assert mismatch.amounts == {"psa": "6000.00", "erp": "0.00"}
+
+
+def test_tax_code(firm):  # noqa: ANN001
+    s, batch = billed(firm, customer_tax_code="US-EXEMPT")
+    seed.netsuite_invoice(firm, s, batch)
+    run()
+    mismatch = only("billed_time")
+    assert mismatch.cause == "tax_code" and "US-STD" in mismatch.explanation and "US-EXEMPT" in mismatch.explanation
+
+
+def test_tax_charged_to_exempt_customer(firm):  # noqa: ANN001
+    s, batch = billed(firm, tax_profile="US-EXEMPT")
+    seed.netsuite_invoice(firm, s, batch, taxTotal=480)
+    run()
+    mismatch = only("billed_time")
+    assert (
+        mismatch.cause == "tax_code" and "480.00" in mismatch.explanation and mismatch.difference == Decimal("480.00")
+    )
+
+
+def test_currency_mix(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    seed.netsuite_invoice(firm, s, batch, currency="CAD")
+    run()
+    mismatch = only("billed_time")
+    assert mismatch.cause == "currency_mix" and "CAD" in mismatch.explanation
+
+
+def test_entity_mismatch(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    seed.netsuite_invoice(firm, s, batch, subsidiary="2")
+    run()
+    mismatch = only("billed_time")
+    assert mismatch.cause == "entity_mismatch" and "subsidiary 2" in mismatch.explanation
+
+
+def test_credit_not_in_psa(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    credit = {"item": {"id": "55"}, "quantity": 1, "rate": -500, "amount": -500, "description": "Goodwill write-off"}
+    seed.netsuite_invoice(firm, s, batch, extra_lines=[credit])
+    run()
+    mismatch = only("billed_time")
+    assert mismatch.cause == "credit_not_in_psa" and "Goodwill write-off" in mismatch.explanation
+    assert mismatch.difference == Decimal("-500.00")
+
+
+def test_retro_change(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    seed.netsuite_invoice(firm, s, batch)
+    time.sleep(1.1)  # NetSuite stamps whole seconds
+    certinia = firm.connector("certinia-us")
+    certinia.update(entity="billing_event_item", record_id=batch["items"][0]["id"], fields={"pse__Amount__c": 4400})
+    run()
+    mismatch = only("billed_time")
+    assert mismatch.cause == "retro_change" and batch["items"][0]["id"] in mismatch.explanation
+
+
+def test_unexplained(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    seed.netsuite_invoice(firm, s, batch, amounts={1: 2300.0})
+    run()
+    mismatch = only("billed_time")
+    assert mismatch.cause == "unexplained" and mismatch.difference == Decimal("300.00")
+
+
+# Lifecycle, outage, tolerance -----------------------------------------------------------------------
+def test_mismatch_clears_when_the_difference_is_gone(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    run()
+    first = only("billed_time")
+    seen = first.last_seen_at
+    run()
+    again = only("billed_time")
+    assert again.pk == first.pk and again.last_seen_at > seen and again.first_seen_at == first.first_seen_at
+    seed.netsuite_invoice(firm, s, batch)
+    result = run()
+    first.refresh_from_db()
+    assert first.status == "cleared" and first.cleared_at is not None
+    assert result.summary["billed_time"]["cleared"] == 1 and open_mismatches() == []
+
+
+def test_vendor_outage_changes_nothing(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    run()
+    before = only("billed_time")
+    count = Mismatch.objects.count()
+    seed.netsuite_invoice(firm, s, batch)  # fixed in the ERP, but the ERP now fails
+    firm.sandboxes["netsuite"].fault(error_status=503, count=1000)
+    try:
+        (result,) = reconcile(entity="us")
+    finally:
+        firm.sandboxes["netsuite"].clear_faults()
+    assert result.status == "incomplete" and "NetSuite" in result.error and "no mismatch was changed" in result.error
+    after = only("billed_time")
+    assert (after.pk, after.status, after.last_seen_at) == (before.pk, "open", before.last_seen_at)
+    assert Mismatch.objects.count() == count == 2  # billed time and revenue, both still open
+
+
+def test_tolerance_per_entity(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    seed.netsuite_invoice(firm, s, batch, amounts={1: 2000.5})
+    run()
+    assert open_mismatches() == []  # default: 1.00 absolute
+    ReconciliationTolerance.objects.create(
+        legal_entity=firm.connections["netsuite-us"].legal_entities.get(),
+        absolute=Decimal("0.10"),
+        relative=Decimal("0"),
+    )
+    run()
+    assert only("billed_time").cause == "unexplained"
+
+
+def test_uk_deal_value_is_crm_against_psa(firm):  # noqa: ANN001
+    uk = seed.deal(firm, entity="uk", amount=50000, psa_amount=45000)
+    seed.kantata_batch_and_invoice(firm, uk, bc_amount=1400.0)
+    run("uk")
+    deal = only("deal_value")
+    assert deal.amounts == {"crm": "50000.00", "psa": "45000.00"} and deal.cause == "unexplained"
+    assert "no contract value" in deal.details["note"]
+    billed_time = only("billed_time")
+    assert billed_time.amounts == {"psa": "1500.00", "erp": "1400.00"} and billed_time.cause == "unexplained"
+
+
+def test_command_prints_a_summary(firm):  # noqa: ANN001
+    s, batch = billed(firm)
+    out = io.StringIO()
+    call_command("reconcile", "--entity", "us", "--period", "2026-10", stdout=out)
+    text = out.getvalue()
+    assert "billed_time" in text and "missing_record" in text and "complete" in text
+
+
+def test_beat_runs_the_task_for_every_entity(firm, settings):  # noqa: ANN001
+    from pscsync.tasks import reconcile_task
+
+    assert settings.CELERY_BEAT_SCHEDULE["reconcile"]["task"] == "pscsync.tasks.reconcile_task"
+    assert settings.CELERY_BEAT_SCHEDULE["reconcile"]["schedule"] == float(settings.RECONCILE_SECONDS)
+    billed(firm)
+    assert reconcile_task() == {"uk": "complete", "us": "complete"}
+    assert {m.cause for m in open_mismatches()} == {"missing_record"}
