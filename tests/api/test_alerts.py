@@ -4,7 +4,6 @@ retries with backoff, SSRF refusal, e-mail, and the admin pages."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
