@@ -54,7 +54,17 @@ class AlertSubscriptionForm(forms.ModelForm):
             "digest_minutes",
             "is_active",
         ]
-        labels = {"all_entities": "All legal entities", "target": "E-mail address or webhook URL"}
+        labels = {
+            "all_entities": "All legal entities",
+            "target": "E-mail address or webhook URL",
+            "sla_minutes": "SLA (minutes)",
+            "stuck_minutes": "Stuck after (minutes)",
+            "spike_count": "Spike: exceptions",
+            "spike_window_minutes": "Spike: within (minutes)",
+            "mismatch_min_amount": "Mismatch alert from (amount)",
+            "digest_minutes": "Digest at most every (minutes)",
+            "is_active": "Active",
+        }
 
     def __init__(self, *args: Any, entities: Any, sees_all: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
