@@ -259,6 +259,7 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "pscsync.tasks.reconcile_task", "schedule": float(RECONCILE_SECONDS)},
     "alerts-scan": {"task": "api.tasks.alerts_scan_task", "schedule": 60.0},
     "alerts-deliver": {"task": "api.tasks.alerts_deliver_due_task", "schedule": 30.0},
+    "bulk-jobs-sweep": {"task": "api.tasks.bulk_jobs_sweep_task", "schedule": 60.0},
 }
 
 DEMO_PASSWORD = os.getenv("DEMO_PASSWORD", "")

@@ -276,3 +276,22 @@ def test_the_form_refuses_a_private_webhook_url(client, admin, entities) -> None
     )
     assert page.status_code == 400 and "https" in page.content.decode()
     assert not AlertSubscription.objects.exists()
+
+
+def test_beat_runs_the_alert_and_job_tasks(settings) -> None:  # noqa: ANN001
+    from pscsync.celery import app
+
+    app.loader.import_default_modules()
+    for entry in ("alerts-scan", "alerts-deliver", "bulk-jobs-sweep"):
+        assert settings.CELERY_BEAT_SCHEDULE[entry]["task"] in app.tasks
+
+
+@pytest.mark.django_db
+def test_a_delivery_whose_message_was_lost_is_sent_by_the_sweep(world, admin, frozen, monkeypatch) -> None:  # noqa: ANN001
+    from api import tasks
+
+    sent: list[int] = []
+    monkeypatch.setattr(tasks.alert_deliver_task, "delay", lambda pk: sent.append(pk))
+    subscribe(admin, "ops@example.com", "email", [EventType.EXCEPTION_GROUP_NEW])
+    alerts_scan()  # on_commit never ran inside the test transaction: as if the broker lost it
+    assert tasks.alerts_deliver_due_task() == 2 and len(sent) == 2

@@ -229,3 +229,19 @@ def test_filters_and_cursor_pagination(api, world, tokens, entities) -> None:  #
         api("GET", "/api/v1/handoffs/?business_key=OPP-P1", tokens["viewer"]).json()["results"][0]["business_key"]
         == "OPP-P1"
     )
+
+
+@pytest.mark.django_db
+def test_a_job_whose_message_was_lost_is_published_again(world, people, monkeypatch) -> None:  # noqa: ANN001
+    import datetime as dt
+
+    from api import tasks
+    from api.jobs import bulk_jobs_sweep
+    from pscsync import clock
+
+    sent: list[int] = []
+    monkeypatch.setattr(tasks.bulk_job_run_task, "delay", lambda pk: sent.append(pk))
+    job = world["us"]["job"]
+    assert bulk_jobs_sweep() == []  # queued just now: its message is still on its way
+    BulkJob.objects.filter(pk=job.pk).update(created_at=clock.now() - dt.timedelta(minutes=2))
+    assert bulk_jobs_sweep() == [job.pk] and sent == [job.pk]
