@@ -477,6 +477,15 @@ class HealthMetricsSerializer(serializers.Serializer):
     failure_rate = serializers.FloatField(allow_null=True)
 
 
+class ConnectionActivitySerializer(serializers.Serializer):
+    connection = serializers.CharField(help_text="The connection's slug.")
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    vendor = serializers.CharField()
+    last_event_at = serializers.DateTimeField(allow_null=True)
+    events_last_day = serializers.IntegerField()
+
+
 class AuditEntrySerializer(serializers.ModelSerializer):
     legal_entity = LegalEntityCodeField(allow_null=True)
     before = ObjectField(read_only=True)

@@ -31,6 +31,7 @@ urlpatterns = [
     path("v1/exception-groups/", views.ExceptionGroupListView.as_view(), name="exception-group-list"),
     path("v1/exception-groups/<str:gid>/", views.ExceptionGroupDetailView.as_view(), name="exception-group-detail"),
     path("v1/metrics/health/", views.HealthMetricsView.as_view(), name="metrics-health"),
+    path("v1/metrics/connections/", views.ConnectionActivityView.as_view(), name="metrics-connections"),
     path("schema/", SpectacularAPIView.as_view(api_version="v1"), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),

@@ -24,7 +24,7 @@ from api.models import BulkJob
 from api.selectors import exception_group_get, group_id
 from connectors.egress import DestinationRefused, check_destination
 from connectors.models import Connection
-from dashboards.queries import health_summary
+from dashboards.queries import connection_activity, health_summary
 from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, VIEW_HANDOFFS, WORK_EXCEPTIONS, entity_ids_for, scope_queryset
 from pscsync.mapping import RuleProblem
 from pscsync.mappings import MappingInvalid, mapping_publish
@@ -484,6 +484,29 @@ class HealthMetricsView(APIView):
             "failure_rate": s.failure_rate,
         }
         return Response(serializers.HealthMetricsSerializer(data).data)
+
+
+class ConnectionActivityView(APIView):
+    required_permissions = {"read": VIEW_DASHBOARDS}
+
+    @extend_schema(
+        summary="Events per connection in the last day (as on the health dashboard)",
+        tags=["metrics"],
+        responses={200: serializers.ConnectionActivitySerializer(many=True)},
+    )
+    def get(self, request: Request) -> Response:
+        rows = [
+            {
+                "connection": row["connection"].slug,
+                "name": row["connection"].name,
+                "kind": row["connection"].kind,
+                "vendor": row["connection"].vendor,
+                "last_event_at": row["last_event_at"],
+                "events_last_day": row["events_last_day"],
+            }
+            for row in connection_activity(request.user)
+        ]
+        return Response(serializers.ConnectionActivitySerializer(rows, many=True).data)
 
 
 @extend_schema_view(

@@ -64,6 +64,7 @@ API_ROUTES: dict[str, tuple[str, str, str | None, dict | None, int]] = {
     "api:audit-entry-list": ("GET", AUDIT, None, None, 200),
     "api:audit-entry-detail": ("GET", AUDIT, "audit", None, 200),
     "api:metrics-health": ("GET", DASH, None, None, 200),
+    "api:metrics-connections": ("GET", DASH, None, None, 200),
 }
 # Writes on list routes, checked separately with a body the caller may send.
 API_WRITES = {
@@ -209,6 +210,8 @@ def test_aggregates_count_only_the_callers_entities(api, world, tokens) -> None:
     assert [g["handoffs"] for g in groups] == [[world["uk"]["handoff"].pk]]
     health = api("GET", "/api/v1/metrics/health/", tokens["viewer"]).json()
     assert health["by_status"]["needs_attention"] == 1  # the US one only; the UK one is not counted
+    activity = api("GET", "/api/v1/metrics/connections/", tokens["viewer"]).json()
+    assert [row["connection"] for row in activity] == ["echo-us"]
 
 
 @pytest.mark.django_db
