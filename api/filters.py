@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import django_filters as filters
@@ -22,7 +23,14 @@ class Rfc3339Field(forms.DateTimeField):
             return None
         if not isinstance(value, str) or not _RFC3339.match(value.strip()):
             raise forms.ValidationError("Use an RFC 3339 date-time, e.g. 2026-11-01T09:00:00Z.", code="invalid")
-        return forms.DateTimeField.to_python(self, value.strip().replace("z", "Z").replace("t", "T"))
+        parsed = forms.DateTimeField.to_python(self, value.strip().replace("z", "Z").replace("t", "T"))
+        # In UTC: PostgreSQL refuses offsets beyond ±15:59, which RFC 3339 allows.
+        try:
+            return parsed.astimezone(dt.UTC) if parsed is not None else None
+        except OverflowError:  # beyond year 1 or 9999 in UTC: the edge of time is the same filter
+            if parsed.year == 1:
+                return dt.datetime.min.replace(tzinfo=dt.UTC)
+            return dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 class DateTimeFilter(filters.IsoDateTimeFilter):

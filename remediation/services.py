@@ -28,7 +28,8 @@ class PayloadInvalid(ValueError):
 
 
 def _locked(handoff_id: int) -> Handoff:
-    return Handoff.objects.select_for_update().select_related("legal_entity").get(pk=handoff_id)
+    # of=("self",): PostgreSQL cannot lock the nullable side of the legal-entity join.
+    return Handoff.objects.select_for_update(of=("self",)).select_related("legal_entity").get(pk=handoff_id)
 
 
 def _publish_after_commit(handoff_id: int) -> None:
