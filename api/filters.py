@@ -9,9 +9,9 @@ import django_filters as filters
 from django import forms
 from drf_spectacular.utils import extend_schema_field
 
-from api.models import BulkJob
 from connectors.models import Connection
 from pscsync.models import AuditEntry, Event, Handoff, Mapping, Mismatch
+from remediation.models import BulkJob
 
 # RFC 3339, as OpenAPI's date-time format says: a date, a time and an offset (Z or ±hh:mm).
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -110,7 +110,7 @@ class EventFilter(StrictFilterSet):
 
 
 class BulkJobFilter(StrictFilterSet):
-    action = filters.ChoiceFilter(choices=BulkJob.Action.choices)
+    kind = filters.ChoiceFilter(choices=BulkJob.Kind.choices)
     status = filters.ChoiceFilter(choices=BulkJob.Status.choices)
 
     class Meta:

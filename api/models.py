@@ -1,4 +1,4 @@
-"""API tokens, bulk jobs, and outbound alerts: subscriptions, their noise state and deliveries."""
+"""API tokens and outbound alerts: subscriptions, their noise state and deliveries."""
 
 from __future__ import annotations
 
@@ -35,45 +35,6 @@ class ApiToken(models.Model):
 
     def __repr__(self) -> str:
         return f"<ApiToken {self.pk} {self.prefix}>"
-
-
-class BulkJob(models.Model):
-    """An action on many handoffs, run by a worker; clients poll it for progress and results."""
-
-    class Action(models.TextChoices):
-        RESUBMIT = "resubmit", "Resubmit"
-        RESOLVE = "resolve", "Resolve"
-        CANCEL = "cancel", "Cancel"
-        REPLAY = "replay", "Replay"
-
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        FINISHED = "finished", "Finished"
-
-    action = models.CharField(max_length=10, choices=Action.choices)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    handoff_ids = models.JSONField(default=list)
-    comment = models.TextField(blank=True)
-    created_at = models.DateTimeField()
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    succeeded = models.PositiveIntegerField(default=0)
-    failed = models.PositiveIntegerField(default=0)
-    # One entry per handoff: {"handoff": id, "ok": bool, "detail": "..."}.
-    results = models.JSONField(default=list, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "created_at"], name="bulkjob_status")]
-
-    def __str__(self) -> str:
-        return f"{self.action} job {self.pk} ({self.status})"
-
-    @property
-    def total(self) -> int:
-        return len(self.handoff_ids)
 
 
 class AlertSubscription(models.Model):

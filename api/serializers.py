@@ -10,10 +10,11 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import empty
 
-from api.models import BulkJob
 from connectors.models import Connection
 from pscsync.models import Attempt, AuditEntry, Event, Handoff, LegalEntity, Mapping, MappingVersion, Mismatch, Step
 from pscsync.secrets import mask_secrets
+from remediation.models import BulkJob
+from remediation.services import ResubmitMode
 
 
 class MaskedJSONField(serializers.JSONField):
@@ -215,12 +216,33 @@ class ExceptionSerializer(HandoffSerializer):
         return StepSerializer(failed[0]).data if failed else None
 
 
+class CommentSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    author = serializers.CharField(source="author_label")
+    body = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    handoff = serializers.IntegerField(source="handoff_id", allow_null=True)
+
+
 class ExceptionDetailSerializer(ExceptionSerializer):
     payload = ObjectField(read_only=True)
+    assignee = serializers.SerializerMethodField()
+    comments = serializers.SerializerMethodField()
 
     class Meta(ExceptionSerializer.Meta):
-        fields = [*ExceptionSerializer.Meta.fields, "payload"]
+        fields = [*ExceptionSerializer.Meta.fields, "payload", "assignee", "comments"]
         read_only_fields = fields
+
+    @extend_schema_field({"type": "string", "nullable": True})
+    def get_assignee(self, obj: Handoff) -> str | None:
+        item = getattr(obj, "exception", None)
+        return item.assignee.get_username() if item is not None and item.assignee else None
+
+    @extend_schema_field(CommentSerializer(many=True))
+    def get_comments(self, obj: Handoff) -> list[dict[str, Any]]:
+        from remediation.models import Comment
+
+        return CommentSerializer(Comment.objects.filter(handoff=obj).order_by("created_at"), many=True).data
 
 
 class ExceptionGroupSerializer(serializers.Serializer):
@@ -242,61 +264,65 @@ class ExceptionGroupPageSerializer(serializers.Serializer):
 
 
 class ResubmitSerializer(InputSerializer):
-    payload = serializers.DictField(
-        required=False, help_text="The edited payload the steps map from; omit to run with the stored one."
+    mode = serializers.ChoiceField(
+        choices=ResubmitMode.CHOICES,
+        default=ResubmitMode.STORED,
+        help_text="stored: resume as is; edit: resume with `document` as the read step's output; "
+        "remap: read the source again and map with the mapping in force.",
     )
-    comment = TextField(required=False, allow_blank=True, max_length=2000, default="")
+    document = serializers.DictField(required=False, help_text="The edited read document (mode edit).")
+    reason = TextField(max_length=2000, help_text="Why; recorded in the audit trail.")
 
 
-class CommentSerializer(InputSerializer):
-    comment = TextField(required=False, allow_blank=True, max_length=2000, default="")
+class ReasonSerializer(InputSerializer):
+    reason = TextField(max_length=2000, help_text="Why; recorded in the audit trail.")
 
 
-class CommentRequiredSerializer(InputSerializer):
-    comment = TextField(max_length=2000, help_text="Why; recorded in the audit trail.")
+class AssignSerializer(InputSerializer):
+    assignee = TextField(max_length=150, allow_null=True, help_text="A user name, or null to unassign.")
+
+
+class CommentCreateSerializer(InputSerializer):
+    body = TextField(max_length=5000)
 
 
 class BulkJobCreateSerializer(InputSerializer):
-    action = serializers.ChoiceField(choices=BulkJob.Action.choices)
+    kind = serializers.ChoiceField(choices=BulkJob.Kind.choices, help_text="retry, resolve, assign or replay (re-map).")
     handoffs = serializers.ListField(
-        child=IntegerField(min_value=1),
-        min_length=1,
-        max_length=1000,
-        required=False,
-        help_text="Handoff ids; or give `group`.",
+        child=IntegerField(min_value=1), max_length=1000, required=False, help_text="Handoff ids; or give `group`."
     )
     group = TextField(required=False, max_length=16, help_text="An exception group id: all its handoffs.")
-    comment = TextField(
-        required=False, allow_blank=True, max_length=2000, default="", help_text="Required to resolve or cancel."
-    )
+    reason = TextField(required=False, max_length=2000, default="", help_text="Required for retry, resolve, replay.")
+    assignee = TextField(required=False, max_length=150, allow_null=True, help_text="For assign: a user name.")
 
 
-class BulkJobResultSerializer(serializers.Serializer):
-    handoff = serializers.IntegerField()
-    ok = serializers.BooleanField()
-    detail = TextField()
+class BulkJobItemSerializer(serializers.Serializer):
+    handoff = serializers.IntegerField(source="handoff_id")
+    outcome = serializers.CharField()
+    detail = serializers.CharField()
 
 
 class BulkJobSerializer(serializers.ModelSerializer):
     handoffs = serializers.ListField(source="handoff_ids", child=serializers.IntegerField(), read_only=True)
-    total = serializers.IntegerField(read_only=True)
-    results = BulkJobResultSerializer(many=True, read_only=True)
+    items = BulkJobItemSerializer(many=True, read_only=True)
 
     class Meta:
         model = BulkJob
         fields = [
             "id",
-            "action",
+            "kind",
             "status",
             "handoffs",
-            "comment",
+            "reason",
             "created_at",
             "started_at",
             "finished_at",
             "total",
+            "done",
             "succeeded",
+            "skipped",
             "failed",
-            "results",
+            "items",
         ]
         read_only_fields = fields
 

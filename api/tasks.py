@@ -5,20 +5,6 @@ from __future__ import annotations
 from celery import shared_task
 
 
-@shared_task(name="api.tasks.bulk_job_run_task")
-def bulk_job_run_task(job_id: int) -> str:
-    from api.jobs import bulk_job_run
-
-    return bulk_job_run(job_id=job_id)
-
-
-@shared_task(name="api.tasks.bulk_jobs_sweep_task")
-def bulk_jobs_sweep_task() -> int:
-    from api.jobs import bulk_jobs_sweep
-
-    return len(bulk_jobs_sweep())
-
-
 @shared_task(name="api.tasks.alerts_scan_task")
 def alerts_scan_task() -> int:
     from api.alerts import alerts_scan

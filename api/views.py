@@ -19,8 +19,6 @@ from rest_framework.views import APIView
 
 from api import filters, serializers
 from api.errors import Conflict, Unprocessable
-from api.jobs import JobRefused, bulk_job_create
-from api.models import BulkJob
 from api.selectors import exception_group_get, group_id
 from connectors.egress import DestinationRefused, check_destination
 from connectors.models import Connection
@@ -32,6 +30,7 @@ from pscsync.models import AuditEntry, Event, Handoff, LegalEntity, Mapping, Map
 from pscsync.selectors import handoffs_visible_to
 from pscsync.services import connection_save
 from remediation import services as remediation
+from remediation.models import BulkJob
 from remediation.selectors import exception_groups
 
 VIEW_AUDIT = "pscsync.view_auditentry"
@@ -53,7 +52,7 @@ def _refused(exc: Exception) -> Conflict:
     retrieve=extend_schema(summary="A handoff with its steps and attempts", tags=["handoffs"]),
 )
 class HandoffViewSet(viewsets.ReadOnlyModelViewSet):
-    required_permissions = {"read": VIEW_HANDOFFS, "replay": WORK_EXCEPTIONS}
+    required_permissions = {"read": VIEW_HANDOFFS}
     filterset_class = filters.HandoffFilter
 
     def get_queryset(self) -> QuerySet[Handoff]:
@@ -65,28 +64,6 @@ class HandoffViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_serializer_class(self) -> type:
         return serializers.HandoffDetailSerializer if self.action == "retrieve" else serializers.HandoffSerializer
-
-    @extend_schema(
-        summary="Replay a finished handoff as a new handoff",
-        tags=["handoffs"],
-        request=serializers.CommentSerializer,
-        responses={201: serializers.HandoffSerializer},
-    )
-    @action(detail=True, methods=["post"])
-    def replay(self, request: Request, pk: str | None = None) -> Response:
-        handoff = self.get_object()
-        body = serializers.CommentSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        try:
-            replayed = remediation.handoff_replay(
-                handoff_id=handoff.pk,
-                actor=request.user,
-                comment=body.validated_data["comment"],
-                remote_addr=_addr(request),
-            )
-        except remediation.ActionRefused as exc:
-            raise _refused(exc) from None
-        return Response(serializers.HandoffSerializer(replayed).data, status=status.HTTP_201_CREATED)
 
 
 @extend_schema_view(
@@ -115,7 +92,11 @@ class ExceptionViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self) -> QuerySet[Handoff]:
         steps = Step.objects.select_related("target_connection").prefetch_related("attempts")
-        qs = handoffs_visible_to(self.request.user).prefetch_related(Prefetch("steps", queryset=steps))
+        qs = (
+            handoffs_visible_to(self.request.user)
+            .select_related("exception__assignee", "exception__cause")
+            .prefetch_related(Prefetch("steps", queryset=steps))
+        )
         if self.action in ("list", "retrieve"):
             qs = qs.filter(status=Handoff.Status.NEEDS_ATTENTION)
         return qs
@@ -123,50 +104,123 @@ class ExceptionViewSet(viewsets.ReadOnlyModelViewSet):
     def get_serializer_class(self) -> type:
         return serializers.ExceptionDetailSerializer if self.action == "retrieve" else serializers.ExceptionSerializer
 
-    def _act(self, request: Request, run: Any, body_class: type, **extra: Any) -> Response:
-        handoff = self.get_object()
-        body = body_class(data=request.data)
-        body.is_valid(raise_exception=True)
+    def _do(self, run: Any, **kwargs: Any) -> Any:
         try:
-            result = run(
-                handoff_id=handoff.pk, actor=request.user, remote_addr=_addr(request), **body.validated_data, **extra
-            )
-        except remediation.PayloadInvalid as exc:
-            raise Unprocessable({"payload": [str(exc)]}) from None
+            return run(**kwargs)
         except remediation.ActionRefused as exc:
             raise _refused(exc) from None
-        return Response(serializers.HandoffSerializer(result).data)
+
+    def _body(self, request: Request, body_class: type) -> dict[str, Any]:
+        body = body_class(data=request.data)
+        body.is_valid(raise_exception=True)
+        return body.validated_data
 
     @extend_schema(
-        summary="Resubmit, optionally with an edited payload",
-        description="Runs the handoff again from its first unfinished step; finished steps are not sent again.",
+        summary="Resubmit: resume at the failed step (stored, edited or re-mapped input)",
+        description="Finished steps are never sent again. Mode `edit` replaces the read step's document "
+        "with `document`; `remap` reads the source again and maps with the mapping in force.",
         tags=["exceptions"],
         request=serializers.ResubmitSerializer,
         responses={200: serializers.HandoffSerializer},
     )
     @action(detail=True, methods=["post"])
     def resubmit(self, request: Request, pk: str | None = None) -> Response:
-        return self._act(request, remediation.exception_resubmit, serializers.ResubmitSerializer)
+        handoff = self.get_object()
+        data = self._body(request, serializers.ResubmitSerializer)
+        if data["mode"] == remediation.ResubmitMode.EDIT and "document" not in data:
+            raise Unprocessable({"document": ["give the edited document for mode edit"]})
+        result = self._do(
+            remediation.handoff_resubmit,
+            actor=request.user,
+            handoff=handoff,
+            mode=data["mode"],
+            reason=data["reason"],
+            edited=data.get("document"),
+        )
+        return Response(serializers.HandoffSerializer(result).data)
 
     @extend_schema(
         summary="Resolve without a successful run",
         tags=["exceptions"],
-        request=serializers.CommentRequiredSerializer,
+        request=serializers.ReasonSerializer,
         responses={200: serializers.HandoffSerializer},
     )
     @action(detail=True, methods=["post"])
     def resolve(self, request: Request, pk: str | None = None) -> Response:
-        return self._act(request, remediation.exception_resolve, serializers.CommentRequiredSerializer)
+        handoff = self.get_object()
+        data = self._body(request, serializers.ReasonSerializer)
+        result = self._do(remediation.handoff_resolve, actor=request.user, handoff=handoff, reason=data["reason"])
+        return Response(serializers.HandoffSerializer(result).data)
 
     @extend_schema(
         summary="Cancel: nothing more is sent",
         tags=["exceptions"],
-        request=serializers.CommentRequiredSerializer,
+        request=serializers.ReasonSerializer,
         responses={200: serializers.HandoffSerializer},
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
-        return self._act(request, remediation.exception_cancel, serializers.CommentRequiredSerializer)
+        handoff = self.get_object()
+        data = self._body(request, serializers.ReasonSerializer)
+        result = self._do(remediation.handoff_cancel, actor=request.user, handoff=handoff, reason=data["reason"])
+        return Response(serializers.HandoffSerializer(result).data)
+
+    @extend_schema(
+        summary="Reopen a resolved or cancelled handoff",
+        tags=["exceptions"],
+        request=serializers.ReasonSerializer,
+        responses={200: serializers.HandoffSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def reopen(self, request: Request, pk: str | None = None) -> Response:
+        handoff = self.get_object()
+        data = self._body(request, serializers.ReasonSerializer)
+        result = self._do(remediation.handoff_reopen, actor=request.user, handoff=handoff, reason=data["reason"])
+        return Response(serializers.HandoffSerializer(result).data)
+
+    @extend_schema(
+        summary="Assign to a person (or unassign with null)",
+        tags=["exceptions"],
+        request=serializers.AssignSerializer,
+        responses={200: serializers.ExceptionDetailSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def assign(self, request: Request, pk: str | None = None) -> Response:
+        handoff = self.get_object()
+        data = self._body(request, serializers.AssignSerializer)
+        assignee = _assignee(data["assignee"])
+        self._do(remediation.handoff_assign, actor=request.user, handoff=handoff, assignee=assignee)
+        return Response(serializers.ExceptionDetailSerializer(self.get_object()).data)
+
+    @extend_schema(
+        summary="Comment on an exception (shared with its cause group)",
+        tags=["exceptions"],
+        request=serializers.CommentCreateSerializer,
+        responses={201: serializers.CommentSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def comment(self, request: Request, pk: str | None = None) -> Response:
+        handoff = self.get_object()
+        data = self._body(request, serializers.CommentCreateSerializer)
+        item = getattr(handoff, "exception", None)
+        if item is None:
+            raise Conflict("This handoff never needed a person: there is nothing to comment on.")
+        created = self._do(
+            remediation.comment_add, actor=request.user, cause=item.cause, body=data["body"], handoff=handoff
+        )
+        return Response(serializers.CommentSerializer(created).data, status=status.HTTP_201_CREATED)
+
+
+def _assignee(username: str | None) -> Any:
+    """A user who may work exceptions, by user name; an unknown name is refused as a whole."""
+    if username is None:
+        return None
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None or not user.has_perm(WORK_EXCEPTIONS):
+        raise Unprocessable({"assignee": ["no active user who works exceptions has this name"]})
+    return user
 
 
 def _group_data(group: Any) -> dict[str, Any]:
@@ -220,7 +274,7 @@ class ExceptionGroupDetailView(APIView):
     retrieve=extend_schema(summary="A bulk job: poll it for progress and per-handoff results", tags=["jobs"]),
 )
 class BulkJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
-    """Bulk resubmit, resolve, cancel and replay. A job runs in a worker; poll it."""
+    """Bulk retry, resolve, assign and replay (the workbench's jobs). A job runs in a worker; poll it."""
 
     required_permissions = {"read": WORK_EXCEPTIONS, "write": WORK_EXCEPTIONS}
     serializer_class = serializers.BulkJobSerializer
@@ -229,7 +283,7 @@ class BulkJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     def get_queryset(self) -> QuerySet[BulkJob]:
         if getattr(self, "swagger_fake_view", False):  # schema generation has no user
             return BulkJob.objects.none()
-        return BulkJob.objects.filter(created_by=self.request.user)
+        return BulkJob.objects.filter(created_by=self.request.user).prefetch_related("items")
 
     @extend_schema(
         summary="Start a bulk job",
@@ -243,21 +297,27 @@ class BulkJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         data = body.validated_data
         if bool(data.get("handoffs")) == bool(data.get("group")):
             raise Unprocessable({"non_field_errors": ["give either handoffs or group"]})
-        ids = data.get("handoffs") or []
+        ids = list(data.get("handoffs") or [])
         if data.get("group"):
             group = exception_group_get(request.user, data["group"])
             if group is None:
                 raise Unprocessable({"group": ["no exception group with this id"]})
             ids = [h.pk for h in group.handoffs]
+        visible = set(handoffs_visible_to(request.user).filter(pk__in=ids).values_list("pk", flat=True))
+        missing = sorted(set(ids) - visible)
+        if missing:
+            # Same answer for "not yours" and "does not exist": a job never confirms another entity's ids.
+            raise Unprocessable({"handoffs": [f"not found: {', '.join(map(str, missing))}"]})
+        params: dict[str, Any] = {}
+        if data["kind"] == BulkJob.Kind.ASSIGN:
+            assignee = _assignee(data.get("assignee"))
+            params["assignee"] = assignee.pk if assignee else None
         try:
-            job = bulk_job_create(actor=request.user, action=data["action"], handoff_ids=ids, comment=data["comment"])
-        except JobRefused as exc:
-            errors = (
-                {"handoffs": [f"not found: {', '.join(map(str, exc.missing))}"]}
-                if exc.missing
-                else {"non_field_errors": [str(exc)]}
+            job = remediation.bulk_job_create(
+                actor=request.user, kind=data["kind"], handoff_ids=ids, reason=data["reason"], params=params
             )
-            raise Unprocessable(errors) from None
+        except remediation.ActionRefused as exc:
+            raise Unprocessable({"non_field_errors": [str(exc)]}) from None
         headers = {"Location": request.build_absolute_uri(f"{job.pk}/")}
         return Response(serializers.BulkJobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)
 

@@ -3,12 +3,18 @@
 Checked when a connection is saved and again before every call (a DNS name can change what it
 points at after it was saved). Connections marked as sandbox may point at loopback (our own
 sandboxes on this machine) while PSCSYNC_ALLOW_SANDBOXES is on; never at other private addresses.
+
+The check resolves the name once and remembers the addresses it approved; the HTTP client then
+connects to exactly those (`connect_address`), so a name that re-resolves to a private address
+between the check and the connection (DNS rebinding) is never reached.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import logging
+import re
 import socket
 import threading
 import time
@@ -32,6 +38,12 @@ _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
 _cache_lock = threading.Lock()
 CACHE_SECONDS = 60.0
+# (host, port) -> (expiry, addresses) that check_destination approved for connecting.
+_approved: dict[tuple[str, int], tuple[float, list[str]]] = {}
+_NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$", re.IGNORECASE)
+
+
+log = logging.getLogger("pscsync.egress")
 
 
 class DestinationRefused(RejectedError):
@@ -84,16 +96,49 @@ def check_destination(url: str, *, vendor: str, is_sandbox: bool) -> None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise DestinationRefused("the address has an invalid port") from None
-    kinds = {_kind(address) for address in _resolve(host, port)}
+    addresses = _resolve(host, port)
+    kinds = {_kind(address) for address in addresses}
     if sandbox_ok and kinds == {"loopback"}:
+        _approve(host, port, addresses)
         return
     refused = kinds - {"public"}
     if refused:
         raise DestinationRefused(f"{host} points at a {sorted(refused)[0]} address; connectors may not call it")
+    if parts.scheme != "https" or port != 443:
+        raise DestinationRefused("vendor APIs are called over https on port 443 only")
+    if _NUMERIC_HOST.match(host):
+        raise DestinationRefused("the address must name the vendor's host, not a number")
     patterns = VENDOR_HOSTS.get(vendor, ())
     if not any(fnmatch.fnmatchcase(host.lower(), pattern) for pattern in patterns):
         allowed = ", ".join(patterns) or "no public host (sandbox only)"
         raise DestinationRefused(f"{host} is not a {vendor} API host (allowed: {allowed})")
+    _approve(host, port, addresses)
+
+
+def _approve(host: str, port: int, addresses: list[str]) -> None:
+    with _cache_lock:
+        _approved[(host.lower(), port)] = (time.monotonic() + CACHE_SECONDS, addresses)
+
+
+def connect_address(host: str, port: int) -> str:
+    """The address the HTTP client connects to for host:port: one that a check approved.
+
+    A host no check approved (or whose approval expired) is resolved once and accepted only if
+    every address is public, or loopback while sandboxes are allowed."""
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _approved.get((host.lower(), port))
+    if hit and hit[0] > now:
+        addresses = hit[1]
+    else:
+        addresses = _resolve(host, port)
+        kinds = {_kind(address) for address in addresses}
+        if not (kinds == {"public"} or (settings.ALLOW_SANDBOXES and kinds == {"loopback"})):
+            log.warning("egress refused host=%r port=%s kinds=%s", host, port, sorted(kinds))
+            raise DestinationRefused(f"{host} points at a non-public address; not connecting")
+    address = addresses[0]
+    log.debug("egress connect host=%r port=%s address=%s", host, port, address)
+    return address
 
 
 def check_public_url(url: str, *, allow_loopback: bool = False) -> None:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpcore
 import httpx
 
 from connectors.errors import RejectedError, TransientError, UnknownOutcomeError
@@ -22,13 +23,31 @@ READ_TIMEOUT = 30.0
 _client: httpx.Client | None = None
 
 
+class PinnedBackend(httpcore.SyncBackend):
+    """Connects to the address the egress check approved for the host, never a fresh DNS answer.
+    TLS still verifies the certificate against the host name (httpcore passes it as SNI)."""
+
+    def connect_tcp(self, host: str, port: int, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        from connectors.egress import DestinationRefused, connect_address
+
+        try:
+            address = connect_address(host, port)
+        except DestinationRefused as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        return super().connect_tcp(address, port, *args, **kwargs)
+
+
 def _get_client() -> httpx.Client:
     global _client
     if _client is None:
+        limits = httpx.Limits(max_connections=20, max_keepalive_connections=10)
+        transport = httpx.HTTPTransport(limits=limits)
+        # httpx does not take a network backend; its pool does (covered by tests/test_egress_security.py).
+        transport._pool._network_backend = PinnedBackend()
         _client = httpx.Client(
+            transport=transport,
             follow_redirects=False,
             timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
         )
     return _client
 

@@ -5,4 +5,18 @@ from django.urls import path
 from dashboards import views
 
 app_name = "dashboards"
-urlpatterns = [path("health/", views.health, name="health")]
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path("quote-to-project/", views.quote_to_project, name="quote_to_project"),
+    path("project-to-bill/", views.project_to_bill, name="project_to_bill"),
+    path("bill-to-cash/", views.bill_to_cash, name="bill_to_cash"),
+    path("exceptions/", views.exceptions, name="exceptions"),
+    path("integration/", views.integration, name="integration"),
+    path("demand/", views.demand, name="demand"),
+    path("items/", views.items, name="items"),
+    path("settings/", views.settings_page, name="settings"),
+    path("health/", views.health, name="health"),
+]
+
+# The metrics JSON lives at /api/v1/metrics/ (pscsync/urls.py) until the API app re-homes it.
+api_urlpatterns = [path("metrics/", views.metrics_json, name="metrics")]

@@ -132,10 +132,12 @@ class NavItem:
 
 # The navigation, in order. A page joins it when it exists; each shows only to roles that may use it.
 NAVIGATION = [
-    NavItem("Dashboards", "dashboards:health", VIEW_DASHBOARDS, "dashboards"),
+    NavItem("Dashboards", "dashboards:overview", VIEW_DASHBOARDS, "dashboards"),
     NavItem("Workbench", "remediation:inbox", WORK_EXCEPTIONS, "workbench"),
     NavItem("Handoffs", "handoffs:list", VIEW_HANDOFFS, "handoffs"),
+    NavItem("Mappings", "studio:list", CONFIGURE, "mappings"),
     NavItem("Connections", "connections:list", CONFIGURE, "connections"),
+    NavItem("Users", "accounts:users", MANAGE_USERS, "account/users"),
     NavItem("Alerts", "alerts:list", CONFIGURE, "alerts"),
 ]
 

@@ -6,7 +6,8 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import task_postrun, task_prerun, worker_ready
+from django.db import close_old_connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pscsync.settings")
 
@@ -15,6 +16,11 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 log = logging.getLogger("pscsync.worker")
+
+# Connections are reused across tasks (CELERY_DB_REUSE_MAX); like Django around a request, drop
+# one that is broken or past CONN_MAX_AGE before and after each task, so no task inherits it.
+task_prerun.connect(close_old_connections, weak=False)
+task_postrun.connect(close_old_connections, weak=False)
 
 
 @worker_ready.connect

@@ -43,6 +43,11 @@ def _keys() -> list[tuple[str, bytes]]:
     return keys
 
 
+def current_key_id() -> str:
+    """The key new ciphertexts are sealed with (the first listed)."""
+    return _keys()[0][0]
+
+
 def seal(data: dict[str, Any], *, bound_to: str) -> Sealed:
     key_id, key = _keys()[0]
     nonce = os.urandom(12)

@@ -44,6 +44,9 @@ def demo_env() -> dict[str, str]:
         **os.environ,
         **values,
         "PSCSYNC_SECURE_COOKIES": "false",  # plain http on 127.0.0.1
+        # Demo users sign in with a password only; every page shows a banner saying so
+        # (docs/security.md). PSCSYNC_2FA_REQUIRED_ROLES=admin,operator tries the real thing.
+        "PSCSYNC_2FA_REQUIRED_ROLES": os.environ.get("PSCSYNC_2FA_REQUIRED_ROLES", "none"),
         "PSCSYNC_SWEEP_SECONDS": "2",
         "PSCSYNC_POLL_SECONDS": "15",
         "PSCSYNC_RETRY_BASE_SECONDS": "3",
@@ -100,6 +103,7 @@ pscsync is running: http://127.0.0.1:{WEB_PORT}/
 
   Sign in as viewer, operator or admin, password: {env["DEMO_PASSWORD"]}
   (set DEMO_PASSWORD to choose it; it is kept in var/demo.env)
+  Two-factor sign-in is optional in the demo; any user can turn it on under /account/two-factor/.
 
   Running: web (gunicorn), Celery worker, Celery beat, demo traffic, and the sandboxes:
     echo :{ECHO_PORT} · salesforce (and Certinia) :8791 · kantata :8792 · netsuite :8793 · businesscentral :8794

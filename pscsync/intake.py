@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
@@ -25,7 +26,7 @@ from pscsync import clock
 from pscsync.dispatch import handoffs_publish
 from pscsync.flows import flow_get
 from pscsync.flows.triggers import change_route
-from pscsync.models import Event, Handoff, LegalEntity, Step
+from pscsync.models import Event, Handoff, Step
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,29 @@ class IntakeResult:
     handoff: Handoff | None
 
 
-def _legal_entity(connection: Connection, code: str) -> LegalEntity | None:
+# (connection id, its updated_at) -> (its only legal entity's id or None, when looked up). The
+# entities of a connection change only through services.connection_save, which saves the
+# connection (a new updated_at, so a new key) in the same transaction; the age limit bounds any
+# other path (a deleted entity).
+_ONLY_ENTITY: dict[tuple[int, object], tuple[int | None, float]] = {}
+_ONLY_ENTITY_MAX_AGE_S = 60.0
+
+
+def _legal_entity_id(connection: Connection, code: str) -> int | None:
     if code:
-        return connection.legal_entities.filter(code=code).first()
-    entities = list(connection.legal_entities.all()[:2])
+        return connection.legal_entities.filter(code=code).values_list("pk", flat=True).first()
+    key = (connection.pk, connection.updated_at)
+    cached = _ONLY_ENTITY.get(key)
+    now = time.monotonic()
+    if cached is not None and now - cached[1] < _ONLY_ENTITY_MAX_AGE_S:
+        return cached[0]
+    entities = list(connection.legal_entities.values_list("pk", flat=True)[:2])
     # A connection serving exactly one entity needs no routing hint in the change.
-    return entities[0] if len(entities) == 1 else None
+    only = entities[0] if len(entities) == 1 else None
+    if len(_ONLY_ENTITY) > 1000:
+        _ONLY_ENTITY.clear()
+    _ONLY_ENTITY[key] = (only, now)
+    return only
 
 
 def _store(connection: Connection, change: InboundChange, headers: dict[str, str], raw_body: str) -> Event | None:
@@ -54,7 +72,7 @@ def _store(connection: Connection, change: InboundChange, headers: dict[str, str
                 event_type=change.event_type,
                 flow=change.flow,
                 business_key=change.business_key,
-                legal_entity=_legal_entity(connection, change.legal_entity_code),
+                legal_entity_id=_legal_entity_id(connection, change.legal_entity_code),
                 occurred_at=change.occurred_at,
                 source_sequence=change.sequence,
                 received_at=clock.now(),
@@ -66,23 +84,27 @@ def _store(connection: Connection, change: InboundChange, headers: dict[str, str
         return None  # the unique (connection, source_event_id) says we have it already
 
 
-def _latest_applied(flow: str, key: str) -> Event | None:
-    done = (
+def _latest_applied(flow: str, key: str) -> tuple | None:
+    """The source position (occurred_at, source_sequence) of the newest change applied for the key."""
+    return (
         Handoff.objects.filter(flow=flow, business_key=key, status=Handoff.Status.SUCCEEDED)
-        .select_related("trigger_event")
         .order_by("-trigger_event__occurred_at", "-trigger_event__source_sequence")
+        .values_list("trigger_event__occurred_at", "trigger_event__source_sequence")
         .first()
     )
-    return done.trigger_event if done else None
 
 
 def _open_handoff(flow: str, key: str) -> Handoff | None:
-    return (
+    # Lock by id first: usually there is none, and then no row is fetched and decoded.
+    pk = (
         Handoff.objects.select_for_update()
-        .select_related("trigger_event")
         .filter(flow=flow, business_key=key, status__in=Handoff.OPEN)
+        .values_list("pk", flat=True)
         .first()
     )
+    if pk is None:
+        return None
+    return Handoff.objects.select_related("trigger_event").get(pk=pk)
 
 
 def _has_written(handoff: Handoff) -> bool:
@@ -95,7 +117,7 @@ def handoff_start(*, event: Event) -> Handoff:
     handoff = Handoff.objects.create(
         flow=event.flow,
         business_key=event.business_key,
-        legal_entity=event.legal_entity,
+        legal_entity_id=event.legal_entity_id,
         source_connection=event.connection,
         trigger_event=event,
         payload=event.payload,
@@ -130,7 +152,7 @@ def _route(event: Event) -> Handoff | None:
         return None
     business_key_lock(event.flow, event.business_key)
     applied = _latest_applied(event.flow, event.business_key)
-    if applied is not None and event.source_position <= applied.source_position:
+    if applied is not None and event.source_position <= applied:
         event.status = Event.Status.STALE
         event.save(update_fields=["status"])
         return None
@@ -176,11 +198,13 @@ def _route_behind(event: Event, open_handoff: Handoff) -> Handoff | None:
     return open_handoff
 
 
-def queued_event_start(*, flow: str, business_key: str) -> Handoff | None:
+def queued_event_start(*, flow: str, business_key: str, key_locked: bool = False) -> Handoff | None:
     """When a key's handoff ends, start the newest queued change; older queued ones are superseded.
 
-    Call inside the transaction that ends the handoff."""
-    business_key_lock(flow, business_key)
+    Call inside the transaction that ends the handoff; key_locked when it holds the key's lock
+    already (a second pg_advisory_xact_lock in one transaction is a no-op round trip)."""
+    if not key_locked:
+        business_key_lock(flow, business_key)
     queued = list(
         Event.objects.select_for_update()
         .filter(flow=flow, business_key=business_key, status=Event.Status.QUEUED)
@@ -191,7 +215,7 @@ def queued_event_start(*, flow: str, business_key: str) -> Handoff | None:
     newest, older = queued[0], queued[1:]
     Event.objects.filter(pk__in=[e.pk for e in older]).update(status=Event.Status.SUPERSEDED)
     applied = _latest_applied(flow, business_key)
-    if applied is not None and newest.source_position <= applied.source_position:
+    if applied is not None and newest.source_position <= applied:
         newest.status = Event.Status.STALE
         newest.save(update_fields=["status"])
         return None
@@ -203,7 +227,9 @@ def event_receive(
 ) -> IntakeResult:
     """Store one change and route it. Publishes the handoff after commit."""
     change = change_route(connection, change)
-    with transaction.atomic():
+    # No savepoint of its own: _store and handoff_start keep theirs for the races they handle;
+    # any other error fails the caller's whole transaction anyway.
+    with transaction.atomic(savepoint=False):
         event = _store(connection, change, headers, raw_body)
         if event is None:
             existing = Event.objects.get(connection=connection, source_event_id=change.source_event_id)

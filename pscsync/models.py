@@ -277,6 +277,10 @@ class AuditEntry(models.Model):
     after = models.JSONField(default=dict, blank=True)
     comment = models.TextField(blank=True)
     remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    # Hash chain (pscsync.audit): each entry's hash covers its content and the previous hash, so
+    # a changed, deleted or inserted row breaks the chain (`manage.py audit_verify`).
+    prev_hash = models.CharField(max_length=64, blank=True, default="")
+    hash = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]

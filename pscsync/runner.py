@@ -6,7 +6,8 @@ Lifecycle of a handoff (Handoff.TRANSITIONS):
                      -> needs_attention                 (validation, mapping, rejected; budget spent;
                                                          or the worker died on it too often)
 Recovery points: each attempt is committed as "in flight" before the call, and its result is
-committed before the next step starts. A step found in flight after a crash had an unknown
+committed before the next step starts (in the same transaction that marks the next step in flight,
+or that ends the handoff: one commit per step). A step found in flight after a crash had an unknown
 outcome: the runner looks the object up by the step's key and adopts it if it exists, so a write
 applied just before a crash is never made twice.
 Every write to the handoff checks that this worker still holds the lease; a worker that lost it
@@ -25,7 +26,9 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import F, Max, Q
+from django.db.models.functions import Coalesce
+from django.db.models.signals import post_save
 
 from connectors.base import WriteResult
 from connectors.errors import ConnectorError, TransientError, UnknownOutcomeError
@@ -77,6 +80,22 @@ def _renew(handoff: Handoff, worker: str) -> dt.datetime:
 def _lease(handoff_id: int, worker: str) -> Handoff | None:
     """Take the handoff if it is due and nobody live holds it. Counts takeovers from dead workers."""
     now = clock.now()
+    # The common case in one statement: a due pending or waiting handoff that no live worker holds.
+    # Anything else (running with a lease that ran out, not due, gone) takes the locked path below.
+    taken = (
+        Handoff.objects.filter(pk=handoff_id, status__in=[Handoff.Status.PENDING, Handoff.Status.WAITING_RETRY])
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .update(
+            status=Handoff.Status.RUNNING,
+            lease_owner=worker,
+            lease_expires_at=_lease_until(now),
+            started_at=Coalesce(F("started_at"), now),
+        )
+    )
+    if taken:
+        # Ours now (only the lease holder changes it); steps write to its source connection.
+        return Handoff.objects.select_related("source_connection").get(pk=handoff_id)
     with transaction.atomic():
         handoff = Handoff.objects.select_for_update().filter(pk=handoff_id).first()
         if handoff is None or handoff.status not in {"pending", "waiting_retry", "running"}:
@@ -123,31 +142,74 @@ def _record_worker_lost(handoff: Handoff, now: dt.datetime) -> None:
 
 
 def _ensure_steps(handoff: Handoff, flow: Flow) -> list[Step]:
-    existing = {s.name: s for s in Step.objects.filter(handoff=handoff)}
-    steps = []
-    for position, step_def in enumerate(flow.steps):
-        step = existing.get(step_def.name)
-        if step is None:
-            step = Step.objects.create(handoff=handoff, name=step_def.name, position=position, idempotency_key="")
-        steps.append(step)
-    return steps
+    # Each step with the number of its last attempt: only the lease holder adds attempts, so the
+    # runner counts them from here on instead of asking before each one.
+    existing = {s.name: s for s in Step.objects.filter(handoff=handoff).annotate(last_attempt=Max("attempts__number"))}
+    missing = [
+        Step(handoff=handoff, name=step_def.name, position=position, idempotency_key="")
+        for position, step_def in enumerate(flow.steps)
+        if step_def.name not in existing
+    ]
+    for step in Step.objects.bulk_create(missing):  # one statement, so all or none
+        step.last_attempt = 0
+        existing[step.name] = step
+    return [existing[step_def.name] for step_def in flow.steps]
 
 
-def _begin_attempt(handoff: Handoff, step: Step, step_def: StepDef, ctx: StepContext, worker: str) -> Attempt:
+@dataclass
+class _Done:
+    """A step that succeeded (or was adopted) at the target and whose result is not stored yet:
+    the next commit stores it, the one that begins the next step or ends the handoff."""
+
+    step: Step
+    attempt: Attempt
+    outcome: str
+    started: float
+    result: WriteResult
+
+
+def _begin_attempt(
+    handoff: Handoff, step: Step, step_def: StepDef, ctx: StepContext, worker: str, *, done: _Done | None = None
+) -> Attempt:
+    """Commit the step as in flight with a new attempt, and the result of the step before (done)."""
+    key = target = None
+    if not step.idempotency_key:
+        try:
+            key, target = step_def.idempotency_key(ctx), step_def.target(ctx)
+        except Exception:
+            if done is not None:  # a defect in this step's definition must not lose the last result
+                _finish_attempt(
+                    handoff,
+                    done.step,
+                    done.attempt,
+                    worker,
+                    outcome=done.outcome,
+                    started=done.started,
+                    result=done.result,
+                )
+            raise
+    try:
+        planned = _jsonable(step_def.planned_request(ctx))
+    except Exception as exc:  # the same error surfaces, classified, when the step runs
+        planned = {"could_not_build_request": str(exc)}
     with transaction.atomic():
         now = _renew(handoff, worker)
-        if not step.idempotency_key:
-            step.idempotency_key = step_def.idempotency_key(ctx)
-            target = step_def.target(ctx)
+        if done is not None:
+            _record_outcome(
+                handoff, done.step, done.attempt, now, outcome=done.outcome, started=done.started, result=done.result
+            )
+        if key is not None:
+            step.idempotency_key = key
             step.target_connection = target
         step.status = Step.Status.IN_FLIGHT
         step.save(update_fields=["status", "idempotency_key", "target_connection"])
-        number = (step.attempts.aggregate(n=Max("number"))["n"] or 0) + 1
-        try:
-            planned = _jsonable(step_def.planned_request(ctx))
-        except Exception as exc:  # the same error surfaces, classified, when the step runs
-            planned = {"could_not_build_request": str(exc)}
-        return Attempt.objects.create(step=step, number=number, started_at=now, worker=worker, request=planned)
+        last = getattr(step, "last_attempt", None)
+        if last is None:
+            last = step.attempts.aggregate(n=Max("number"))["n"]
+        number = (last or 0) + 1
+        attempt = Attempt.objects.create(step=step, number=number, started_at=now, worker=worker, request=planned)
+    step.last_attempt = number
+    return attempt
 
 
 def _finish_attempt(
@@ -163,37 +225,58 @@ def _finish_attempt(
 ) -> None:
     with transaction.atomic():
         now = _renew(handoff, worker)
-        attempt.outcome = outcome
-        attempt.duration_ms = int((time.monotonic() - started) * 1000)
-        if result is not None and result.request:
-            attempt.request = _jsonable(result.request)
-        if result is not None:
-            attempt.response = _jsonable(result.response)
-            attempt.http_status = result.http_status
-            attempt.external_id = result.external_id
-        if error is not None:
-            attempt.error_class = error.error_class
-            attempt.error_message = error.message
-            attempt.http_status = error.http_status
-            attempt.response = _jsonable(error.response) if error.response is not None else {}
-            if isinstance(error, TransientError) and error.retry_after is not None:
-                attempt.retry_after_seconds = int(error.retry_after)
-        attempt.save()
-        if outcome in (Attempt.Outcome.SUCCEEDED, Attempt.Outcome.ADOPTED):
-            step.status = Step.Status.SUCCEEDED
-            step.external_id = result.external_id if result else ""
-            step.output = result.output if result else {}
-            step.mapping_version_id = result.mapping_version_id if result else None
-            step.finished_at = now
-            step.save(update_fields=["status", "external_id", "output", "mapping_version", "finished_at"])
-            if result is not None and result.output.get("handoff_facts"):
-                _record_facts(handoff, result.output["handoff_facts"])
-            if step.target_connection_id and step.external_id:
-                _cross_reference(handoff, step, now)
-        elif outcome != Attempt.Outcome.UNKNOWN:
-            # An unknown outcome leaves the step in flight, so the next run looks before writing.
-            step.status = Step.Status.FAILED
-            step.save(update_fields=["status"])
+        _record_outcome(handoff, step, attempt, now, outcome=outcome, started=started, result=result, error=error)
+
+
+_ATTEMPT_OUTCOME_FIELDS = (
+    "outcome", "duration_ms", "request", "response", "http_status", "external_id", "error_class", "error_message",
+    "retry_after_seconds",
+)  # fmt: skip
+
+
+def _record_outcome(
+    handoff: Handoff,
+    step: Step,
+    attempt: Attempt,
+    now: dt.datetime,
+    *,
+    outcome: str,
+    started: float,
+    result: WriteResult | None = None,
+    error: ConnectorError | None = None,
+) -> None:
+    """Inside a transaction that has just renewed the lease: store how an attempt ended."""
+    attempt.outcome = outcome
+    attempt.duration_ms = int((time.monotonic() - started) * 1000)
+    if result is not None and result.request:
+        attempt.request = _jsonable(result.request)
+    if result is not None:
+        attempt.response = _jsonable(result.response)
+        attempt.http_status = result.http_status
+        attempt.external_id = result.external_id
+    if error is not None:
+        attempt.error_class = error.error_class
+        attempt.error_message = error.message
+        attempt.http_status = error.http_status
+        attempt.response = _jsonable(error.response) if error.response is not None else {}
+        if isinstance(error, TransientError) and error.retry_after is not None:
+            attempt.retry_after_seconds = int(error.retry_after)
+    attempt.save(update_fields=_ATTEMPT_OUTCOME_FIELDS)
+    if outcome in (Attempt.Outcome.SUCCEEDED, Attempt.Outcome.ADOPTED):
+        step.status = Step.Status.SUCCEEDED
+        step.external_id = result.external_id if result else ""
+        step.output = result.output if result else {}
+        step.mapping_version_id = result.mapping_version_id if result else None
+        step.finished_at = now
+        step.save(update_fields=["status", "external_id", "output", "mapping_version", "finished_at"])
+        if result is not None and result.output.get("handoff_facts"):
+            _record_facts(handoff, result.output["handoff_facts"])
+        if step.target_connection_id and (step.external_id or step.output.get("ids")):
+            _cross_reference(handoff, step, now)
+    elif outcome != Attempt.Outcome.UNKNOWN:
+        # An unknown outcome leaves the step in flight, so the next run looks before writing.
+        step.status = Step.Status.FAILED
+        step.save(update_fields=["status"])
 
 
 def _record_facts(handoff: Handoff, facts: dict[str, Any]) -> None:
@@ -225,39 +308,46 @@ def _jsonable(value: Any) -> Any:
 
 
 def _cross_reference(handoff: Handoff, step: Step, now: dt.datetime) -> None:
-    """Remember the id each record has in the target, under its canonical key."""
+    """Remember the id each record has in the target, under its canonical key: one INSERT ...
+    ON CONFLICT DO UPDATE for all the records of the step (created_at is kept when a row exists)."""
     output = step.output or {}
     entity_type = output.get("entity_type") or step.name.removeprefix("upsert_")
     pairs = output.get("ids") or {step.idempotency_key: step.external_id}
-    for canonical_id, external_id in pairs.items():
-        if not external_id:
-            continue
-        CrossReference.objects.update_or_create(
+    rows = [
+        CrossReference(
             entity_type=entity_type,
             canonical_id=canonical_id,
             connection_id=step.target_connection_id,
-            defaults={
-                "external_id": external_id,
-                "legal_entity": handoff.legal_entity,
-                "handoff": handoff,
-                "updated_at": now,
-            },
-            create_defaults={
-                "external_id": external_id,
-                "legal_entity": handoff.legal_entity,
-                "handoff": handoff,
-                "created_at": now,
-                "updated_at": now,
-            },
+            external_id=external_id,
+            legal_entity_id=handoff.legal_entity_id,
+            handoff=handoff,
+            created_at=now,
+            updated_at=now,
+        )
+        for canonical_id, external_id in pairs.items()
+        if external_id
+    ]
+    if rows:
+        CrossReference.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=["entity_type", "canonical_id", "connection"],
+            update_fields=["external_id", "legal_entity", "handoff", "updated_at"],
         )
 
 
 def _run_step(
-    handoff: Handoff, step: Step, step_def: StepDef, ctx: StepContext, worker: str
-) -> tuple[str, dict[str, Any]]:
-    """Run one step to success, or raise StepFailed. Returns the external id written and the output kept."""
-    recovering = step.status == Step.Status.IN_FLIGHT
-    attempt = _begin_attempt(handoff, step, step_def, ctx, worker)
+    handoff: Handoff,
+    step: Step,
+    step_def: StepDef,
+    ctx: StepContext,
+    worker: str,
+    attempt: Attempt,
+    *,
+    recovering: bool,
+) -> _Done:
+    """Run one begun attempt to success, or store the failure and raise StepFailed. The success is
+    returned, not stored: the caller's next commit stores it (before any further call)."""
     started = time.monotonic()
     if recovering:
         # The last try may have been applied before its worker died: look before writing again.
@@ -267,10 +357,7 @@ def _run_step(
             _finish_attempt(handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc)
             raise _failure(exc) from exc
         if existing is not None:
-            _finish_attempt(
-                handoff, step, attempt, worker, outcome=Attempt.Outcome.ADOPTED, started=started, result=existing
-            )
-            return existing.external_id, existing.output
+            return _Done(step, attempt, Attempt.Outcome.ADOPTED, started, existing)
     fault_point("before_target_call", handoff.business_key)
     try:
         result = step_def.perform(ctx)
@@ -279,8 +366,7 @@ def _run_step(
         if result is None:
             _finish_attempt(handoff, step, attempt, worker, outcome=Attempt.Outcome.UNKNOWN, started=started, error=exc)
             raise _failure(exc) from exc
-        _finish_attempt(handoff, step, attempt, worker, outcome=Attempt.Outcome.ADOPTED, started=started, result=result)
-        return result.external_id, result.output
+        return _Done(step, attempt, Attempt.Outcome.ADOPTED, started, result)
     except ConnectorError as exc:
         _finish_attempt(handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc)
         raise _failure(exc) from exc
@@ -300,8 +386,7 @@ def _run_step(
         )
         raise StepFailed("internal", internal.message, retryable=False) from exc
     fault_point("after_target_call_before_commit", step.idempotency_key)
-    _finish_attempt(handoff, step, attempt, worker, outcome=Attempt.Outcome.SUCCEEDED, started=started, result=result)
-    return result.external_id, result.output
+    return _Done(step, attempt, Attempt.Outcome.SUCCEEDED, started, result)
 
 
 def _adopt_after_unknown(step_def: StepDef, ctx: StepContext) -> WriteResult | None:
@@ -354,22 +439,36 @@ def _fail(handoff: Handoff, flow: Flow, step: Step, failure: StepFailed, worker:
         return handoff.status
 
 
-def _succeed(handoff: Handoff, worker: str) -> None:
+def _succeed(handoff: Handoff, worker: str, *, done: _Done | None = None) -> None:
+    """End the handoff as succeeded, storing the last step's result (done) in the same commit."""
     with transaction.atomic():
         # The key lock before the row lock, in the same order as intake takes them (no deadlock).
         business_key_lock(handoff.flow, handoff.business_key)
-        now = _renew(handoff, worker)
-        handoff.refresh_from_db()
-        handoff.status = Handoff.Status.SUCCEEDED
-        handoff.finished_at = now
-        handoff.business_finished_at = now
-        handoff.lease_owner = ""
-        handoff.lease_expires_at = None
-        handoff.next_attempt_at = None
-        handoff.last_error_class = ""
-        handoff.last_error_message = ""
-        handoff.save()
-        following = queued_event_start(flow=handoff.flow, business_key=handoff.business_key)
+        now = clock.now()
+        ended = {
+            "status": Handoff.Status.SUCCEEDED,
+            "finished_at": now,
+            "business_finished_at": now,
+            "lease_owner": "",
+            "lease_expires_at": None,
+            "next_attempt_at": None,
+            "last_error_class": "",
+            "last_error_message": "",
+        }
+        # The lease check and the end in one statement; only the fields that change are written.
+        held = Handoff.objects.filter(pk=handoff.pk, lease_owner=worker, status=Handoff.Status.RUNNING).update(**ended)
+        if held != 1:
+            raise LeaseLost(f"handoff {handoff.pk}: lease no longer held by {worker}")
+        for name, value in ended.items():
+            setattr(handoff, name, value)
+        if done is not None:
+            _record_outcome(
+                handoff, done.step, done.attempt, now, outcome=done.outcome, started=done.started, result=done.result
+            )
+        # The end was one UPDATE, which sends no post_save: tell the listeners (the workbench
+        # resolves the handoff's exception, the dashboards update their figures) as a save would.
+        post_save.send(sender=Handoff, instance=handoff, created=False, update_fields=frozenset(ended), raw=False)
+        following = queued_event_start(flow=handoff.flow, business_key=handoff.business_key, key_locked=True)
         if following is not None:
             from pscsync.dispatch import handoffs_publish
 
@@ -398,16 +497,22 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
     ctx = StepContext(handoff=handoff)
     try:
         steps = _ensure_steps(handoff, flow)
+        done: _Done | None = None  # the last step's success, stored by the next commit
         for step_def, step in zip(flow.steps, steps, strict=True):
             if step.status == Step.Status.SUCCEEDED:
                 ctx.results[step.name] = step.external_id
                 ctx.outputs[step.name] = step.output
                 continue
+            recovering = step.status == Step.Status.IN_FLIGHT
+            attempt = _begin_attempt(handoff, step, step_def, ctx, worker, done=done)
+            done = None
             try:
-                ctx.results[step.name], ctx.outputs[step.name] = _run_step(handoff, step, step_def, ctx, worker)
+                done = _run_step(handoff, step, step_def, ctx, worker, attempt, recovering=recovering)
             except StepFailed as failure:
                 return _fail(handoff, flow, step, failure, worker)
-        _succeed(handoff, worker)
+            ctx.results[step.name] = done.result.external_id
+            ctx.outputs[step.name] = done.result.output
+        _succeed(handoff, worker, done=done)
     except LeaseLost:
         log.warning("handoff %s: lease lost by %s; another worker continues it", handoff_id, worker)
         return "lease_lost"

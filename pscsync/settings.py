@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "connectors.apps.ConnectorsConfig",
     "remediation.apps.RemediationConfig",
     "dashboards.apps.DashboardsConfig",
+    "studio.apps.StudioConfig",
     "api.apps.ApiConfig",
 ]
 
@@ -163,6 +164,88 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 
+# --- Security hardening (docs/security.md) ------------------------------------------------
+# Kept as one block added to the lists above, so it reads in one place.
+INSTALLED_APPS += [
+    "csp",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "accounts.apps.AccountsConfig",
+]
+# After authentication django-otp marks the session's second factor; after messages our session
+# policy (idle timeout, absolute lifetime, second factor required) runs before any view.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+    "django_otp.middleware.OTPMiddleware",
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.messages.middleware.MessageMiddleware") + 1,
+    "accounts.middleware.SessionPolicyMiddleware",
+)
+MIDDLEWARE.insert(1, "csp.middleware.CSPMiddleware")
+TEMPLATES[0]["OPTIONS"]["context_processors"].append("accounts.context.security_notice")
+
+# Content Security Policy (django-csp 4; Django 5.2 has none built in, Django 6.0 will).
+# No inline script or style anywhere: a page that needs one uses the request's nonce.
+from csp.constants import NONCE, NONE, SELF  # noqa: E402
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "form-action": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "frame-ancestors": [NONE],
+    }
+}
+# HSTS: one year with subdomains. Preload is the domain owner's decision (see SILENCED below).
+SECURE_HSTS_SECONDS = env_int("PSCSYNC_HSTS_SECONDS", 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = env_bool("PSCSYNC_HSTS_PRELOAD", False)
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Plain http is redirected to https whenever cookies are secure; /healthz stays reachable for
+# load balancers that probe over http.
+SECURE_SSL_REDIRECT = env_bool("PSCSYNC_SSL_REDIRECT", SECURE_COOKIES)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients).
+if env_bool("PSCSYNC_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Client IPs: X-Forwarded-For is believed only from these proxy addresses (CIDRs allowed).
+TRUSTED_PROXIES = env_list("PSCSYNC_TRUSTED_PROXIES", [])
+# __Host- cookies: Secure, Path=/, no Domain, so no sibling host can set or read them.
+if SECURE_COOKIES:
+    SESSION_COOKIE_NAME = "__Host-sessionid"
+    CSRF_COOKIE_NAME = "__Host-csrftoken"
+CSRF_COOKIE_HTTPONLY = True  # the token reaches htmx through the page, never through the cookie
+# Sessions: absolute lifetime is SESSION_COOKIE_AGE (above); idle timeout below.
+SESSION_IDLE_SECONDS = env_int("PSCSYNC_SESSION_IDLE_SECONDS", 30 * 60)
+# Roles that must pass a second factor (TOTP or a recovery code) before any page. Empty turns
+# enforcement off: the page shows a warning and `check --deploy` fails (accounts.W001).
+TWO_FACTOR_REQUIRED_ROLES = env_list("PSCSYNC_2FA_REQUIRED_ROLES", ["admin", "operator"])
+if os.getenv("PSCSYNC_2FA_REQUIRED_ROLES") == "none":
+    TWO_FACTOR_REQUIRED_ROLES = []
+OTP_TOTP_ISSUER = "pscsync"
+# Login throttling (accounts.throttle): free failures, then waits doubling up to a cap.
+LOGIN_THROTTLE = {
+    "account_free": env_int("PSCSYNC_LOGIN_ACCOUNT_FREE", 5),
+    "account_cap_seconds": env_int("PSCSYNC_LOGIN_ACCOUNT_CAP", 300),
+    "ip_free": env_int("PSCSYNC_LOGIN_IP_FREE", 20),
+    "ip_cap_seconds": env_int("PSCSYNC_LOGIN_IP_CAP", 900),
+    "window_seconds": 3600,
+}
+SILENCED_SYSTEM_CHECKS = []
+if not SECURE_HSTS_PRELOAD:
+    # W021 asks for HSTS preload. Preloading commits every subdomain of the firm's registered
+    # domain to https for months and is the domain owner's call, not this app's; turn it on
+    # with PSCSYNC_HSTS_PRELOAD=true once they decide. Everything else W021 guards is set above.
+    SILENCED_SYSTEM_CHECKS.append("security.W021")
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
@@ -172,6 +255,12 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
+try:  # plotly.js from the installed plotly package, served as static/plotly/plotly.min.js (no CDN)
+    import plotly as _plotly
+
+    STATICFILES_DIRS.append(("plotly", Path(_plotly.__file__).parent / "package_data"))
+except ImportError:  # pragma: no cover - plotly is in requirements.txt
+    pass
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -252,14 +341,19 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 10.0
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes every database connection before and after every task unless this
+# is set, so each task would fork a new PostgreSQL backend (about half of PostgreSQL's CPU per
+# handoff). With it, a worker keeps its connection; pscsync.celery still drops a broken one, or
+# one older than CONN_MAX_AGE, around every task (close_old_connections, as Django does per request).
+CELERY_DB_REUSE_MAX = env_int("PSCSYNC_DB_REUSE_MAX", 1000)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "sweep-handoffs": {"task": "pscsync.tasks.handoffs_sweep_task", "schedule": float(SWEEP_SECONDS)},
     "poll-connections": {"task": "pscsync.tasks.connections_poll_task", "schedule": float(POLL_SECONDS)},
     "reconcile": {"task": "pscsync.tasks.reconcile_task", "schedule": float(RECONCILE_SECONDS)},
+    "dashboard-rollups": {"task": "dashboards.tasks.rollups_catch_up_task", "schedule": 300.0},
     "alerts-scan": {"task": "api.tasks.alerts_scan_task", "schedule": 60.0},
     "alerts-deliver": {"task": "api.tasks.alerts_deliver_due_task", "schedule": 30.0},
-    "bulk-jobs-sweep": {"task": "api.tasks.bulk_jobs_sweep_task", "schedule": 60.0},
 }
 
 DEMO_PASSWORD = os.getenv("DEMO_PASSWORD", "")
@@ -303,7 +397,9 @@ SPECTACULAR_SETTINGS = {
         "StepStatusEnum": "pscsync.models.Step.Status",
         "MappingVersionStatusEnum": "pscsync.models.MappingVersion.Status",
         "MismatchStatusEnum": "pscsync.models.Mismatch.Status",
-        "BulkJobStatusEnum": "api.models.BulkJob.Status",
+        "BulkJobStatusEnum": "remediation.models.BulkJob.Status",
+        "BulkJobKindEnum": "remediation.models.BulkJob.Kind",
+        "ConnectionKindEnum": "connectors.models.Connection.Kind",
     },
 }
 # Outbound alerts: how often a subscription gets a digest of repeats, and how deliveries retry.

@@ -6,7 +6,9 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from django.views.decorators.http import require_GET
 
+from accounts.views import SignInView
 from connectors.webhooks import webhook_receive
+from dashboards.urls import api_urlpatterns as dashboard_api_urls
 from pscsync import views
 
 
@@ -28,14 +30,17 @@ handoff_patterns = (
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", healthz, name="healthz"),
     path("webhooks/<slug:slug>/", webhook_receive, name="webhook"),
     path("handoffs/", include(handoff_patterns)),
     path("dashboards/", include("dashboards.urls")),
+    path("api/v1/", include((dashboard_api_urls, "dashboards_api"))),
     path("workbench/", include("remediation.urls")),
     path("connections/", include("connectors.urls")),
+    path("mappings/", include("studio.urls")),
+    path("account/", include("accounts.urls")),
     path("api/", include("api.urls")),
     path("account/", include("api.account_urls")),
     path("alerts/", include("api.alert_urls")),

@@ -50,3 +50,188 @@ def exception_groups(user: AbstractBaseUser | AnonymousUser) -> list[CauseGroup]
         key = (handoff.flow, handoff.last_error_class, cause_signature(handoff.last_error_message))
         groups.setdefault(key, CauseGroup(*key)).handoffs.append(handoff)
     return sorted(groups.values(), key=lambda g: (-g.count, g.first_seen))
+
+
+# ---------------------------------------------------------------------------------------------
+# The inbox over the stored exceptions (remediation.models): scoped, filtered, grouped by cause.
+# ---------------------------------------------------------------------------------------------
+FILTERS = ("tab", "q", "flow", "step", "error_class", "entity", "customer", "connection", "assignee", "age", "sort")
+TABS = {
+    "open": "Open",
+    "regressed": "Regressed",
+    "in_progress": "Retrying",
+    "archived": "Archived",
+    "resolved": "Resolved",
+}
+SORTS = {"count": "-count", "money": "-money", "oldest": "oldest", "recent": "-last_failed"}
+
+
+@dataclass
+class InboxFilter:
+    tab: str = "open"
+    q: str = ""
+    flow: str = ""
+    step: str = ""
+    error_class: str = ""
+    entity: str = ""
+    customer: str = ""
+    connection: str = ""
+    assignee: str = ""
+    age: str = ""
+    sort: str = "count"
+
+    @classmethod
+    def from_query(cls, query) -> InboxFilter:  # noqa: ANN001  (a QueryDict)
+        values = {name: query.get(name, "").strip() for name in FILTERS}
+        values["tab"] = values["tab"] if values["tab"] in TABS else "open"
+        values["sort"] = values["sort"] if values["sort"] in SORTS else "count"
+        return cls(**values)
+
+    def active(self) -> dict[str, str]:
+        return {k: v for k, v in self.__dict__.items() if v and k not in ("tab", "sort")}
+
+
+def exception_items(user: AbstractBaseUser | AnonymousUser, f: InboxFilter):  # noqa: ANN201
+    """The handoff exceptions the user may see, narrowed by the filter (a QuerySet)."""
+    from datetime import timedelta
+
+    from pscsync import clock
+    from pscsync.access import scope_queryset
+    from remediation.models import ExceptionStatus, HandoffException
+
+    qs = scope_queryset(HandoffException.objects.all(), user)
+    open_like = [ExceptionStatus.OPEN]
+    if f.tab == "open":
+        qs = qs.filter(status__in=open_like, cause__status=ExceptionStatus.OPEN)
+    elif f.tab == "regressed":
+        qs = qs.filter(status__in=open_like, cause__status=ExceptionStatus.REGRESSED)
+    elif f.tab == "archived":
+        qs = qs.filter(status__in=open_like, cause__status=ExceptionStatus.ARCHIVED)
+    elif f.tab == "in_progress":
+        qs = qs.filter(status=ExceptionStatus.IN_PROGRESS)
+    else:
+        qs = qs.filter(status=ExceptionStatus.RESOLVED)
+    if f.q:
+        qs = qs.filter(search_text__contains=f.q.lower())
+    if f.flow:
+        qs = qs.filter(flow=f.flow)
+    if f.step:
+        qs = qs.filter(step_name=f.step)
+    if f.error_class:
+        qs = qs.filter(error_class=f.error_class)
+    if f.entity:
+        qs = qs.filter(legal_entity__code=f.entity)
+    if f.customer:
+        qs = qs.filter(customer_name__icontains=f.customer)
+    if f.connection:
+        qs = qs.filter(connection__slug=f.connection)
+    if f.assignee == "none":
+        qs = qs.filter(assignee__isnull=True, cause__assignee__isnull=True)
+    elif f.assignee:
+        from django.db.models import Q
+
+        qs = qs.filter(
+            Q(assignee__username=f.assignee) | Q(assignee__isnull=True, cause__assignee__username=f.assignee)
+        )
+    if f.age.isdigit():
+        qs = qs.filter(opened_at__lte=clock.now() - timedelta(days=int(f.age)))
+    return qs
+
+
+@dataclass
+class InboxGroup:
+    cause: object
+    count: int
+    first_seen: object
+    last_seen: object
+    money: list[tuple[str, object]]
+    customers: list[str]
+    entities: list[str]
+
+    @property
+    def money_total(self):  # noqa: ANN201  (for sorting: a plain sum across currencies)
+        return sum((m for _, m in self.money if m is not None), 0)
+
+
+def inbox_groups(user: AbstractBaseUser | AnonymousUser, f: InboxFilter, *, limit: int = 50) -> list[InboxGroup]:
+    """One row per cause with the totals of the handoffs this user may see (never more)."""
+    from django.db.models import Count, Max, Min, Sum
+
+    from remediation.models import ExceptionCause
+
+    items = exception_items(user, f)
+    order = {"count": "-count", "oldest": "first", "recent": "-last", "money": "-money"}[f.sort]
+    rows = list(
+        items.values("cause_id")
+        .annotate(count=Count("id"), first=Min("opened_at"), last=Max("last_failed_at"), money=Sum("amount"))
+        .order_by(order, "cause_id")[:limit]
+    )
+    ids = [r["cause_id"] for r in rows]
+    causes = ExceptionCause.objects.select_related("assignee").in_bulk(ids)
+    money: dict[int, list] = {}
+    for r in (
+        items.filter(cause_id__in=ids, amount__isnull=False)
+        .values("cause_id", "currency")
+        .annotate(total=Sum("amount"))
+        .order_by("currency")
+    ):
+        money.setdefault(r["cause_id"], []).append((r["currency"], r["total"]))
+    customers: dict[int, set] = {}
+    entities: dict[int, set] = {}
+    for cause_id, customer, entity in (
+        items.filter(cause_id__in=ids).values_list("cause_id", "customer_name", "legal_entity__name").distinct()[:2000]
+    ):
+        if customer:
+            customers.setdefault(cause_id, set()).add(customer)
+        if entity:
+            entities.setdefault(cause_id, set()).add(entity)
+    return [
+        InboxGroup(
+            cause=causes[r["cause_id"]],
+            count=r["count"],
+            first_seen=r["first"],
+            last_seen=r["last"],
+            money=money.get(r["cause_id"], []),
+            customers=sorted(customers.get(r["cause_id"], set())),
+            entities=sorted(entities.get(r["cause_id"], set())),
+        )
+        for r in rows
+    ]
+
+
+def inbox_choices(user: AbstractBaseUser | AnonymousUser) -> dict[str, list]:
+    """Values for the filter selects, from what the user may see."""
+    from django.contrib.auth import get_user_model
+
+    from connectors.models import Connection
+    from pscsync.access import scope_queryset
+    from pscsync.flows import FLOWS
+    from pscsync.models import LegalEntity
+    from remediation.models import HandoffException
+
+    mine = scope_queryset(HandoffException.objects.all(), user)
+    from pscsync.access import entity_ids_for
+
+    ids = entity_ids_for(user)
+    entities = LegalEntity.objects.all() if ids is None else LegalEntity.objects.filter(pk__in=ids)
+    return {
+        "flows": [(f.name, f.label) for f in FLOWS.values()],
+        "steps": sorted({s for s in mine.values_list("step_name", flat=True).distinct() if s}),
+        "error_classes": sorted({s for s in mine.values_list("error_class", flat=True).distinct() if s}),
+        "entities": [(e.code, e.name) for e in entities],
+        "connections": list(Connection.objects.order_by("slug").values_list("slug", "name")),
+        "assignees": list(
+            get_user_model()
+            .objects.filter(groups__permissions__codename="work_exceptions", is_active=True)
+            .distinct()
+            .order_by("username")
+            .values_list("username", flat=True)
+        ),
+        "tabs": list(TABS.items()),
+        "sorts": [
+            ("count", "Most handoffs"),
+            ("money", "Most money at risk"),
+            ("oldest", "Oldest"),
+            ("recent", "Most recent"),
+        ],
+    }

@@ -1,191 +1,639 @@
-"""What a person does about an exception: resubmit (optionally with an edited payload), resolve,
-cancel, and replay a finished handoff. Pages, the API and bulk jobs all call these; each checks
-the handoff's state under a row lock, writes an audit entry in the same transaction, and
-publishes work only after the commit."""
+"""What changes state in the workbench: exceptions kept in step with handoffs, and every human
+action (resubmit, resolve, cancel, reopen, assign, comment, archive, runbook, bulk jobs, replay).
+
+Every human action writes an AuditEntry (who, when, before, after) in the transaction that makes
+the change. Status moves of a handoff are conditional UPDATEs on its current status, so two
+operators acting at the same moment cannot both win: the second is told what happened.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import re
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 
 from pscsync import clock
 from pscsync.audit import audit_record
-from pscsync.dispatch import handoffs_publish
-from pscsync.intake import business_key_lock, handoff_start, queued_event_start
-from pscsync.models import Handoff
-
-MAX_PAYLOAD_BYTES = 256 * 1024
+from pscsync.flows import flow_get
+from pscsync.models import Handoff, Step
+from remediation.models import (
+    BulkJob,
+    BulkJobItem,
+    Comment,
+    ExceptionCause,
+    ExceptionStatus,
+    HandoffException,
+    SavedView,
+)
+from remediation.selectors import cause_signature
 
 
 class ActionRefused(Exception):
-    """The handoff's state does not allow the action; the message says why, in plain words."""
+    """The action cannot be done now; the message says why, in words an operator reads."""
 
 
-class PayloadInvalid(ValueError):
-    """An edited payload that cannot be used; nothing was changed."""
+# ---------------------------------------------------------------------------------------------
+# Keeping exceptions in step with handoffs
+# ---------------------------------------------------------------------------------------------
+_STEP_PREFIX = re.compile(r"^([a-z_]+): ")
+_ATTEMPTS_SUFFIX = re.compile(r" after \d+ attempts$")
 
 
-def _locked(handoff_id: int) -> Handoff:
-    # of=("self",): PostgreSQL cannot lock the nullable side of the legal-entity join.
-    return Handoff.objects.select_for_update(of=("self",)).select_related("legal_entity").get(pk=handoff_id)
+def failed_step_name(handoff: Handoff) -> str:
+    """The step the handoff stopped at, read from its message (the runner prefixes it)."""
+    match = _STEP_PREFIX.match(handoff.last_error_message or "")
+    flow = flow_get(handoff.flow)
+    if match and flow is not None and match.group(1) in {s.name for s in flow.steps}:
+        return match.group(1)
+    return ""
 
 
-def _publish_after_commit(handoff_id: int) -> None:
-    transaction.on_commit(lambda: handoffs_publish([handoff_id]))
+def cause_key(handoff: Handoff) -> tuple[str, str, str, str, str]:
+    """(signature hash, flow, step, error class, normalised message): same cause, same group."""
+    step = failed_step_name(handoff)
+    message = handoff.last_error_message or ""
+    if step:
+        message = message[len(step) + 2 :]
+    message = cause_signature(_ATTEMPTS_SUFFIX.sub("", message))
+    raw = "\x1f".join((handoff.flow, step, handoff.last_error_class, message))
+    return hashlib.sha256(raw.encode()).hexdigest(), handoff.flow, step, handoff.last_error_class, message
 
 
-def payload_validate(payload: Any) -> dict[str, Any]:
-    import json
-
-    if not isinstance(payload, dict) or not payload:
-        raise PayloadInvalid("the payload must be a JSON object with at least one field")
-    size = len(json.dumps(payload, default=str))
-    if size > MAX_PAYLOAD_BYTES:
-        raise PayloadInvalid(f"the payload is {size} bytes; at most {MAX_PAYLOAD_BYTES} are accepted")
-    return payload
-
-
-@transaction.atomic
-def exception_resubmit(
-    *,
-    handoff_id: int,
-    actor: AbstractBaseUser,
-    payload: dict[str, Any] | None = None,
-    comment: str = "",
-    remote_addr: str | None = None,
-) -> Handoff:
-    """Run a handoff that needs attention again, from its first unfinished step (finished steps
-    are never sent again). With `payload`, the steps map from the edited payload."""
-    if payload is not None:
-        payload = payload_validate(payload)
-    handoff = _locked(handoff_id)
-    if handoff.status != Handoff.Status.NEEDS_ATTENTION:
-        raise ActionRefused(f"only a handoff that needs attention can be resubmitted; this one is {handoff.status}")
-    before: dict[str, Any] = {"status": handoff.status, "error": handoff.last_error_message}
-    after: dict[str, Any] = {"status": Handoff.Status.PENDING}
-    if payload is not None and payload != handoff.payload:
-        before["payload"], after["payload"] = handoff.payload, payload
-        handoff.payload = payload
-    now = clock.now()
-    handoff.status = Handoff.Status.PENDING
-    handoff.attempt_count = 0
-    handoff.worker_crashes = 0
-    handoff.next_attempt_at = now
-    handoff.dispatched_at = now
-    handoff.finished_at = None
-    handoff.save()
-    audit_record(
-        actor=actor,
-        action="exception.resubmit",
-        obj=handoff,
-        before=before,
-        after=after,
-        comment=comment,
-        legal_entity=handoff.legal_entity,
-        remote_addr=remote_addr,
-    )
-    _publish_after_commit(handoff.pk)
-    return handoff
+def business_identifiers(handoff: Handoff) -> dict[str, str]:
+    """The identifiers people search by: opportunity, project code, billing event, invoice."""
+    key = handoff.business_key
+    if handoff.flow in ("quote-to-project", "contract-change", "pipeline-to-demand"):
+        return {"opportunity": key, "project": f"P-{key}", "contract": f"SO-{key}"}
+    if handoff.flow == "project-to-bill":
+        if key.startswith("kantata-invoice:"):
+            return {"psa_invoice": key.split(":", 1)[1], "invoice": f"I-K{key.split(':', 1)[1]}"}
+        return {"billing_event": key, "invoice": f"I-{key}"}
+    if handoff.flow == "bill-to-cash":
+        return {"invoice": key}
+    return {"key": key}
 
 
-def _finish_by_person(
-    *, handoff_id: int, actor: AbstractBaseUser, status: str, allowed: set[str], comment: str, remote_addr: str | None
-) -> Handoff:
-    if not comment.strip():
-        raise PayloadInvalid("say why: a comment is required")
-    handoff = Handoff.objects.only("flow", "business_key").get(pk=handoff_id)
-    # The key lock before the row lock, in the order intake and the runner take them.
-    business_key_lock(handoff.flow, handoff.business_key)
-    handoff = _locked(handoff_id)
-    if handoff.status not in allowed:
-        raise ActionRefused(f"a handoff that is {handoff.status} cannot be {status}")
-    before = {"status": handoff.status}
-    handoff.status = status
-    handoff.finished_at = clock.now()
-    handoff.next_attempt_at = None
-    handoff.save()
-    audit_record(
-        actor=actor,
-        action=f"exception.{'resolve' if status == Handoff.Status.RESOLVED else 'cancel'}",
-        obj=handoff,
-        before=before,
-        after={"status": status},
-        comment=comment,
-        legal_entity=handoff.legal_entity,
-        remote_addr=remote_addr,
-    )
-    # The key is free again: a change that waited behind this handoff starts now.
-    following = queued_event_start(flow=handoff.flow, business_key=handoff.business_key)
-    if following is not None:
-        _publish_after_commit(following.pk)
-    return handoff
-
-
-@transaction.atomic
-def exception_resolve(
-    *, handoff_id: int, actor: AbstractBaseUser, comment: str, remote_addr: str | None = None
-) -> Handoff:
-    """Mark a handoff as dealt with by a person, without a successful run."""
-    return _finish_by_person(
-        handoff_id=handoff_id,
-        actor=actor,
-        status=Handoff.Status.RESOLVED,
-        allowed={Handoff.Status.NEEDS_ATTENTION},
-        comment=comment,
-        remote_addr=remote_addr,
-    )
-
-
-@transaction.atomic
-def exception_cancel(
-    *, handoff_id: int, actor: AbstractBaseUser, comment: str, remote_addr: str | None = None
-) -> Handoff:
-    """Stop a handoff that has not run to the end; nothing more is sent for it."""
-    return _finish_by_person(
-        handoff_id=handoff_id,
-        actor=actor,
-        status=Handoff.Status.CANCELLED,
-        allowed={Handoff.Status.NEEDS_ATTENTION, Handoff.Status.PENDING, Handoff.Status.WAITING_RETRY},
-        comment=comment,
-        remote_addr=remote_addr,
-    )
-
-
-@transaction.atomic
-def handoff_replay(
-    *, handoff_id: int, actor: AbstractBaseUser, comment: str = "", remote_addr: str | None = None
-) -> Handoff:
-    """Run a finished handoff's change again as a new handoff (e.g. after a mapping fix).
-
-    Only the latest handoff of its business key may be replayed, so an older change never
-    overwrites a newer one; steps are idempotent, so what exists is adopted, not duplicated."""
-    original = Handoff.objects.select_related("trigger_event").get(pk=handoff_id)
-    business_key_lock(original.flow, original.business_key)
-    if original.status not in Handoff.TERMINAL:
-        raise ActionRefused(f"only a finished handoff can be replayed; this one is {original.status}")
-    latest = (
-        Handoff.objects.filter(flow=original.flow, business_key=original.business_key)
-        .order_by("-created_at", "-pk")
+def _failed_step(handoff: Handoff) -> Step | None:
+    return (
+        Step.objects.filter(handoff=handoff)
+        .exclude(status=Step.Status.SUCCEEDED)
+        .select_related("target_connection")
+        .order_by("position")
         .first()
     )
-    if latest is not None and latest.pk != original.pk:
-        raise ActionRefused(f"handoff {latest.pk} is newer for the same business key; replay that one")
+
+
+def _archive_expired(cause: ExceptionCause, now: dt.datetime) -> bool:
+    if cause.archived_until is not None and now >= cause.archived_until:
+        return True
+    return cause.archived_until_occurrences is not None and cause.archived_until_occurrences <= 0
+
+
+def cause_refresh(cause: ExceptionCause) -> None:
+    """Derive a cause's status from its handoffs (archived and regressed are remembered)."""
+    now = clock.now()
+    open_items = cause.items.filter(status=ExceptionStatus.OPEN).exists()
+    retrying = cause.items.filter(status=ExceptionStatus.IN_PROGRESS).exists()
+    status = cause.status
+    if cause.status == ExceptionStatus.ARCHIVED and not _archive_expired(cause, now):
+        return
+    if open_items:
+        status = ExceptionStatus.REGRESSED if cause.status in (ExceptionStatus.RESOLVED,) else status
+        if status not in (ExceptionStatus.REGRESSED,):
+            status = ExceptionStatus.OPEN
+    elif retrying:
+        status = ExceptionStatus.IN_PROGRESS
+    else:
+        status = ExceptionStatus.RESOLVED
+    fields = {"status": status}
+    if status == ExceptionStatus.RESOLVED and cause.status != ExceptionStatus.RESOLVED:
+        fields["resolved_at"] = now
+    if cause.status == ExceptionStatus.ARCHIVED:
+        fields.update(archived_until=None, archived_until_occurrences=None)
+    ExceptionCause.objects.filter(pk=cause.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(cause, name, value)
+
+
+def _open(handoff: Handoff, now: dt.datetime) -> HandoffException:
+    signature, flow, step_name, error_class, message = cause_key(handoff)
+    cause, _ = ExceptionCause.objects.get_or_create(
+        signature=signature,
+        defaults={
+            "flow": flow,
+            "step_name": step_name,
+            "error_class": error_class,
+            "message": message[:300],
+            "first_seen_at": now,
+            "last_seen_at": now,
+        },
+    )
+    item = HandoffException.objects.filter(handoff=handoff).first()
+    if item is not None and item.status == ExceptionStatus.OPEN and item.cause_id == cause.pk:
+        return item  # the same failure seen again (a save that changed something else)
+    step = _failed_step(handoff)
+    identifiers = business_identifiers(handoff)
+    keys = [step.idempotency_key] if step is not None and step.idempotency_key else []
+    search = " ".join([handoff.business_key, handoff.customer_name, *identifiers.values(), *keys, message]).lower()
+    values = {
+        "cause": cause,
+        "status": ExceptionStatus.OPEN,
+        "flow": handoff.flow,
+        "step_name": step_name,
+        "error_class": error_class,
+        "legal_entity_id": handoff.legal_entity_id,
+        "connection_id": (step.target_connection_id if step and step.target_connection_id else None)
+        or handoff.source_connection_id,
+        "customer_name": handoff.customer_name,
+        "amount": handoff.amount,
+        "currency": handoff.currency,
+        "identifiers": identifiers,
+        "search_text": search[:4000],
+        "last_failed_at": now,
+        "resolved_at": None,
+        "resolution": "",
+    }
+    if item is None:
+        item = HandoffException.objects.create(handoff=handoff, opened_at=now, **values)
+    else:
+        old_cause = item.cause
+        for name, value in values.items():
+            setattr(item, name, value)
+        item.failures += 1
+        if item.status != ExceptionStatus.OPEN:
+            item.opened_at = item.opened_at if item.resolved_at is None else now
+        item.save()
+        if old_cause.pk != cause.pk:
+            cause_refresh(old_cause)
+    occurrences = cause.occurrences + 1
+    updates: dict[str, Any] = {"occurrences": occurrences, "last_seen_at": now}
+    if cause.archived_until_occurrences is not None:
+        updates["archived_until_occurrences"] = cause.archived_until_occurrences - 1
+    ExceptionCause.objects.filter(pk=cause.pk).update(**updates)
+    for name, value in updates.items():
+        setattr(cause, name, value)
+    cause_refresh(cause)
+    return item
+
+
+def exception_sync(handoff: Handoff) -> None:
+    """Bring the handoff's exception in line with its status. Cheap when there is none."""
+    now = clock.now()
+    if handoff.status == Handoff.Status.NEEDS_ATTENTION:
+        _open(handoff, now)
+        return
+    item = HandoffException.objects.filter(handoff_id=handoff.pk).exclude(status=ExceptionStatus.RESOLVED).first()
+    if item is None:
+        return
+    if handoff.status in Handoff.TERMINAL:
+        item.status = ExceptionStatus.RESOLVED
+        item.resolved_at = now
+        item.resolution = handoff.status
+    else:
+        item.status = ExceptionStatus.IN_PROGRESS
+    item.save(update_fields=["status", "resolved_at", "resolution"])
+    cause_refresh(item.cause)
+
+
+def exceptions_reconcile() -> int:
+    """Repair what a missed signal left behind (a status changed by a bulk UPDATE). Returns fixes."""
+    fixed = 0
+    missing = Handoff.objects.filter(status=Handoff.Status.NEEDS_ATTENTION).exclude(
+        exception__status=ExceptionStatus.OPEN
+    )
+    for handoff in missing.iterator():
+        exception_sync(handoff)
+        fixed += 1
+    stale = HandoffException.objects.filter(status=ExceptionStatus.OPEN).exclude(
+        handoff__status=Handoff.Status.NEEDS_ATTENTION
+    )
+    for item in stale.select_related("handoff").iterator():
+        exception_sync(item.handoff)
+        fixed += 1
+    return fixed
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting on one handoff
+# ---------------------------------------------------------------------------------------------
+class ResubmitMode:
+    STORED = "stored"
+    EDIT = "edit"
+    REMAP = "remap"
+    CHOICES = (
+        (STORED, "Resume with the stored payload"),
+        (EDIT, "Resume with my edit"),
+        (REMAP, "Re-map from the source with the current mapping"),
+    )
+
+
+def read_step(handoff: Handoff) -> Step | None:
+    """The flow's first step: it reads the source document every later step maps from."""
+    flow = flow_get(handoff.flow)
+    if flow is None or not flow.steps:
+        return None
+    return Step.objects.filter(handoff=handoff, name=flow.steps[0].name).first()
+
+
+def _snapshot(handoff: Handoff) -> dict[str, Any]:
+    return {
+        "status": handoff.status,
+        "last_error_class": handoff.last_error_class,
+        "last_error_message": handoff.last_error_message[:500],
+    }
+
+
+def _take(handoff: Handoff, *, allowed: tuple[str, ...], to: str, now: dt.datetime, **fields: Any) -> None:
+    """Move the handoff from one of `allowed` to `to`, or refuse: one operator wins a race."""
+    moved = Handoff.objects.filter(pk=handoff.pk, status__in=allowed).update(status=to, **fields)
+    if moved != 1:
+        current = Handoff.objects.filter(pk=handoff.pk).values_list("status", flat=True).first()
+        label = dict(Handoff.Status.choices).get(current, current)
+        raise ActionRefused(
+            f"Nothing was done: this handoff is now “{label}” — someone else acted on it a moment ago."
+            if current in (Handoff.Status.PENDING, Handoff.Status.RUNNING, Handoff.Status.WAITING_RETRY)
+            else f"Nothing was done: this handoff is “{label}”, not waiting for a person."
+        )
+    handoff.refresh_from_db()
+
+
+def handoff_resubmit(
+    *,
+    actor: AbstractBaseUser | None,
+    handoff: Handoff,
+    mode: str,
+    reason: str,
+    edited: dict[str, Any] | None = None,
+    job: BulkJob | None = None,
+) -> Handoff:
+    """Resume a handoff at its failed step. Finished steps are never sent again; a step whose
+    outcome is unknown stays in flight, so the runner looks its record up before writing."""
+    if not reason.strip():
+        raise ActionRefused("Say why you resubmit: the reason is kept in the audit trail.")
+    now = clock.now()
+    with transaction.atomic():
+        before = _snapshot(handoff)
+        _take(
+            handoff,
+            allowed=(Handoff.Status.NEEDS_ATTENTION,),
+            to=Handoff.Status.PENDING,
+            now=now,
+            attempt_count=0,
+            worker_crashes=0,
+            next_attempt_at=now,
+            dispatched_at=now,
+            lease_owner="",
+            lease_expires_at=None,
+        )
+        source = read_step(handoff)
+        change: dict[str, Any] = {"mode": mode}
+        if mode == ResubmitMode.EDIT:
+            if source is None or source.status != Step.Status.SUCCEEDED or edited is None:
+                raise ActionRefused("There is no read document to edit: re-map from the source instead.")
+            change["document_before"] = source.output
+            change["document_after"] = edited
+            Step.objects.filter(pk=source.pk).update(output=edited)
+        elif mode == ResubmitMode.REMAP and source is not None:
+            # Read the source again; every later unfinished step maps from the new read with the
+            # mapping in force. Steps in flight stay in flight (looked up before writing).
+            Step.objects.filter(pk=source.pk).update(status=Step.Status.PENDING, output={}, finished_at=None)
+        exception_sync(handoff)
+        audit_record(
+            actor=actor,
+            action="handoff.resubmit" if job is None else "handoff.resubmit.bulk",
+            obj=handoff,
+            before=before,
+            after={**_snapshot(handoff), **change, **({"bulk_job": job.pk} if job else {})},
+            comment=reason,
+            legal_entity=handoff.legal_entity,
+        )
+        transaction.on_commit(lambda: _publish(handoff.pk))
+    return handoff
+
+
+def _publish(handoff_id: int) -> None:
+    from pscsync.dispatch import handoffs_publish
+
+    handoffs_publish([handoff_id])
+
+
+def _end(
+    *, actor: AbstractBaseUser | None, handoff: Handoff, to: str, reason: str, action: str, job: BulkJob | None
+) -> Handoff:
+    from pscsync.intake import business_key_lock, queued_event_start
+
+    if not reason.strip():
+        raise ActionRefused("A reason is required: say why no retry is needed.")
+    now = clock.now()
+    with transaction.atomic():
+        business_key_lock(handoff.flow, handoff.business_key)
+        before = _snapshot(handoff)
+        _take(handoff, allowed=(Handoff.Status.NEEDS_ATTENTION,), to=to, now=now, finished_at=now, next_attempt_at=None)
+        exception_sync(handoff)
+        audit_record(
+            actor=actor,
+            action=action,
+            obj=handoff,
+            before=before,
+            after={**_snapshot(handoff), **({"bulk_job": job.pk} if job else {})},
+            comment=reason,
+            legal_entity=handoff.legal_entity,
+        )
+        # The key is free again: a change that queued behind this handoff starts now.
+        following = queued_event_start(flow=handoff.flow, business_key=handoff.business_key)
+        if following is not None:
+            following_id = following.pk
+            transaction.on_commit(lambda: _publish(following_id))
+    return handoff
+
+
+def handoff_resolve(
+    *, actor: AbstractBaseUser | None, handoff: Handoff, reason: str, job: BulkJob | None = None
+) -> Handoff:
+    return _end(
+        actor=actor, handoff=handoff, to=Handoff.Status.RESOLVED, reason=reason, action="handoff.resolve", job=job
+    )
+
+
+def handoff_cancel(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: str) -> Handoff:
+    return _end(
+        actor=actor, handoff=handoff, to=Handoff.Status.CANCELLED, reason=reason, action="handoff.cancel", job=None
+    )
+
+
+def handoff_reopen(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: str) -> Handoff:
+    """Back to the workbench after a resolve or cancel (e.g. resolved by mistake)."""
+    if not reason.strip():
+        raise ActionRefused("A reason is required to reopen.")
+    now = clock.now()
     try:
         with transaction.atomic():
-            replayed = handoff_start(event=original.trigger_event)
+            before = _snapshot(handoff)
+            _take(
+                handoff,
+                allowed=(Handoff.Status.RESOLVED, Handoff.Status.CANCELLED),
+                to=Handoff.Status.NEEDS_ATTENTION,
+                now=now,
+                finished_at=None,
+            )
+            exception_sync(handoff)
+            audit_record(
+                actor=actor,
+                action="handoff.reopen",
+                obj=handoff,
+                before=before,
+                after=_snapshot(handoff),
+                comment=reason,
+                legal_entity=handoff.legal_entity,
+            )
     except IntegrityError:
-        raise ActionRefused("another handoff for this business key is open; wait for it to finish") from None
-    audit_record(
-        actor=actor,
-        action="handoff.replay",
-        obj=replayed,
-        before={"replay_of": original.pk},
-        after={"status": replayed.status},
-        comment=comment,
-        legal_entity=replayed.legal_entity,
-        remote_addr=remote_addr,
+        raise ActionRefused(
+            "Cannot reopen: a newer handoff for the same business key is open; work that one instead."
+        ) from None
+    return handoff
+
+
+def handoff_assign(
+    *, actor: AbstractBaseUser | None, handoff: Handoff, assignee: AbstractBaseUser | None, job: BulkJob | None = None
+) -> None:
+    item = HandoffException.objects.filter(handoff=handoff).first()
+    if item is None:
+        raise ActionRefused("This handoff never needed a person: there is nothing to assign.")
+    with transaction.atomic():
+        before = {"assignee": item.assignee.get_username() if item.assignee else None}
+        HandoffException.objects.filter(pk=item.pk).update(assignee=assignee)
+        audit_record(
+            actor=actor,
+            action="exception.assign",
+            obj=handoff,
+            before=before,
+            after={"assignee": assignee.get_username() if assignee else None, **({"bulk_job": job.pk} if job else {})},
+            legal_entity=handoff.legal_entity,
+        )
+
+
+def cause_assign(*, actor: AbstractBaseUser | None, cause: ExceptionCause, assignee: AbstractBaseUser | None) -> None:
+    with transaction.atomic():
+        before = {"assignee": cause.assignee.get_username() if cause.assignee else None}
+        ExceptionCause.objects.filter(pk=cause.pk).update(assignee=assignee)
+        audit_record(
+            actor=actor,
+            action="cause.assign",
+            obj=cause,
+            before=before,
+            after={"assignee": assignee.get_username() if assignee else None},
+        )
+
+
+def comment_add(
+    *, actor: AbstractBaseUser, cause: ExceptionCause, body: str, handoff: Handoff | None = None
+) -> Comment:
+    if not body.strip():
+        raise ActionRefused("Write something first.")
+    with transaction.atomic():
+        comment = Comment.objects.create(
+            cause=cause,
+            handoff=handoff,
+            legal_entity=handoff.legal_entity if handoff else None,
+            author=actor,
+            author_label=actor.get_username(),
+            body=body.strip(),
+            created_at=clock.now(),
+        )
+        audit_record(
+            actor=actor,
+            action="exception.comment",
+            obj=handoff or cause,
+            after={"comment": comment.body, "cause": cause.pk},
+            legal_entity=handoff.legal_entity if handoff else None,
+        )
+    return comment
+
+
+def cause_archive(
+    *,
+    actor: AbstractBaseUser,
+    cause: ExceptionCause,
+    until: dt.datetime | None,
+    occurrences: int | None,
+    reason: str,
+) -> None:
+    if until is None and not occurrences:
+        raise ActionRefused("Archive until a date or until a number of new occurrences.")
+    with transaction.atomic():
+        before = {"status": cause.status}
+        ExceptionCause.objects.filter(pk=cause.pk).update(
+            status=ExceptionStatus.ARCHIVED, archived_until=until, archived_until_occurrences=occurrences or None
+        )
+        audit_record(
+            actor=actor,
+            action="cause.archive",
+            obj=cause,
+            before=before,
+            after={"status": "archived", "until": until.isoformat() if until else None, "occurrences": occurrences},
+            comment=reason,
+        )
+
+
+def cause_unarchive(*, actor: AbstractBaseUser, cause: ExceptionCause) -> None:
+    with transaction.atomic():
+        ExceptionCause.objects.filter(pk=cause.pk).update(status=ExceptionStatus.OPEN)
+        cause.status = ExceptionStatus.OPEN
+        cause_refresh(cause)
+        audit_record(actor=actor, action="cause.unarchive", obj=cause, before={"status": "archived"})
+
+
+def runbook_save(*, actor: AbstractBaseUser, cause: ExceptionCause, fields: dict[str, str]) -> None:
+    names = ("runbook_meaning", "runbook_cause", "runbook_action", "runbook_link")
+    with transaction.atomic():
+        before = {n: getattr(cause, n) for n in names}
+        after = {n: fields.get(n, "") for n in names}
+        ExceptionCause.objects.filter(pk=cause.pk).update(**after)
+        audit_record(actor=actor, action="cause.runbook", obj=cause, before=before, after=after)
+
+
+def saved_view_save(*, actor: AbstractBaseUser, name: str, query: str) -> SavedView:
+    if not name.strip():
+        raise ActionRefused("Give the view a name.")
+    with transaction.atomic():
+        view, _ = SavedView.objects.update_or_create(
+            name=name.strip()[:120],
+            defaults={"query": query[:1000], "created_by": actor, "created_at": clock.now()},
+        )
+        audit_record(actor=actor, action="saved_view.save", obj=view, after={"query": view.query})
+    return view
+
+
+# ---------------------------------------------------------------------------------------------
+# Many at once: bulk jobs and replay
+# ---------------------------------------------------------------------------------------------
+def bulk_job_create(
+    *,
+    actor: AbstractBaseUser,
+    kind: str,
+    handoff_ids: list[int],
+    reason: str = "",
+    params: dict[str, Any] | None = None,
+) -> BulkJob:
+    """Record the job and hand it to a worker after commit. `handoff_ids` must already be scoped
+    to what the actor may see (the views pass ids from scoped selectors)."""
+    if kind in (BulkJob.Kind.RETRY, BulkJob.Kind.RESOLVE, BulkJob.Kind.REPLAY) and not reason.strip():
+        raise ActionRefused("A reason is required for a bulk action.")
+    if not handoff_ids:
+        raise ActionRefused("Nothing selected: choose handoffs or a filter that matches some.")
+    ids = sorted(set(handoff_ids))
+    with transaction.atomic():
+        job = BulkJob.objects.create(
+            kind=kind,
+            created_by=actor,
+            created_at=clock.now(),
+            reason=reason.strip(),
+            params=params or {},
+            handoff_ids=ids,
+            total=len(ids),
+        )
+        audit_record(
+            actor=actor,
+            action=f"bulk.{kind}",
+            obj=job,
+            after={"handoffs": len(ids), "params": params or {}},
+            comment=reason,
+        )
+        transaction.on_commit(lambda: _bulk_enqueue(job.pk))
+    return job
+
+
+def _bulk_enqueue(job_id: int) -> None:
+    from remediation.tasks import bulk_job_task
+
+    try:
+        bulk_job_task.delay(job_id)
+    except Exception:  # the broker is down: the job stays queued and can be started again
+        import logging
+
+        logging.getLogger(__name__).warning("could not publish bulk job %s", job_id, exc_info=True)
+
+
+def bulk_job_cancel(*, actor: AbstractBaseUser, job: BulkJob) -> None:
+    with transaction.atomic():
+        BulkJob.objects.filter(pk=job.pk).update(cancel_requested=True)
+        BulkJob.objects.filter(pk=job.pk, status=BulkJob.Status.QUEUED).update(
+            status=BulkJob.Status.CANCELLED, finished_at=clock.now()
+        )
+        audit_record(actor=actor, action="bulk.cancel", obj=job, before={"done": job.done, "total": job.total})
+
+
+def _bulk_item(job: BulkJob, handoff: Handoff) -> tuple[str, str]:
+    actor = job.created_by
+    try:
+        if job.kind == BulkJob.Kind.RETRY:
+            handoff_resubmit(actor=actor, handoff=handoff, mode=ResubmitMode.STORED, reason=job.reason, job=job)
+        elif job.kind == BulkJob.Kind.REPLAY:
+            handoff_resubmit(actor=actor, handoff=handoff, mode=ResubmitMode.REMAP, reason=job.reason, job=job)
+        elif job.kind == BulkJob.Kind.RESOLVE:
+            handoff_resolve(actor=actor, handoff=handoff, reason=job.reason, job=job)
+        elif job.kind == BulkJob.Kind.ASSIGN:
+            from django.contrib.auth import get_user_model
+
+            assignee = get_user_model().objects.filter(pk=job.params.get("assignee")).first()
+            handoff_assign(actor=actor, handoff=handoff, assignee=assignee, job=job)
+    except ActionRefused as refused:
+        return BulkJobItem.Outcome.SKIPPED, str(refused)[:300]
+    return BulkJobItem.Outcome.DONE, ""
+
+
+def bulk_job_run(job_id: int) -> str:
+    """Work through a job's handoffs, recording each outcome. Safe to run again: items already
+    done are skipped; a cancel stops it between items."""
+    from pscsync.selectors import handoffs_visible_to
+
+    now = clock.now()
+    claimed = BulkJob.objects.filter(pk=job_id, status__in=[BulkJob.Status.QUEUED, BulkJob.Status.RUNNING]).update(
+        status=BulkJob.Status.RUNNING, started_at=now
     )
-    _publish_after_commit(replayed.pk)
-    return replayed
+    if not claimed:
+        return "skipped"
+    job = BulkJob.objects.select_related("created_by").get(pk=job_id)
+    done_ids = set(BulkJobItem.objects.filter(job=job).values_list("handoff_id", flat=True))
+    # Scope again at run time: the creator's access may have shrunk since.
+    visible = handoffs_visible_to(job.created_by) if job.created_by else Handoff.objects.none()
+    for position, handoff_id in enumerate(job.handoff_ids):
+        if handoff_id in done_ids:
+            continue
+        if position % 10 == 0 and BulkJob.objects.filter(pk=job_id, cancel_requested=True).exists():
+            BulkJob.objects.filter(pk=job_id).update(status=BulkJob.Status.CANCELLED, finished_at=clock.now())
+            return "cancelled"
+        handoff = visible.filter(pk=handoff_id).first()
+        if handoff is None:
+            outcome, detail = BulkJobItem.Outcome.SKIPPED, "not visible to you any more"
+        else:
+            outcome, detail = _bulk_item(job, handoff)
+        with transaction.atomic():
+            BulkJobItem.objects.create(job=job, handoff_id=handoff_id, outcome=outcome, detail=detail)
+            counter = {"done": "succeeded", "skipped": "skipped", "failed": "failed"}[outcome]
+            from django.db.models import F
+
+            BulkJob.objects.filter(pk=job_id).update(done=F("done") + 1, **{counter: F(counter) + 1})
+    BulkJob.objects.filter(pk=job_id).update(status=BulkJob.Status.DONE, finished_at=clock.now())
+    return "done"
+
+
+def replay_scope(*, user: AbstractBaseUser, connection_id: int, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+    """What a replay of a connection's events in [start, end) will touch: every event counted,
+    and the handoffs that need a person among those the events led to."""
+    from pscsync.access import scope_queryset
+    from pscsync.models import Event
+
+    events = scope_queryset(Event.objects.all(), user).filter(
+        connection_id=connection_id, received_at__gte=start, received_at__lt=end
+    )
+    handoffs = scope_queryset(Handoff.objects.all(), user).filter(
+        Q(events__in=events) | Q(trigger_event__in=events), status=Handoff.Status.NEEDS_ATTENTION
+    )
+    ids = sorted(set(handoffs.values_list("pk", flat=True)))
+    return {"events": events.count(), "handoff_ids": ids, "handoffs": len(ids)}

@@ -1,14 +1,386 @@
+"""Pages of the workbench. Thin: parse, select (scoped), call one service, render."""
+
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+import datetime as dt
+import json
+from typing import Any
+from urllib.parse import urlencode
 
-from pscsync.access import WORK_EXCEPTIONS, permission_required
-from remediation.selectors import exception_groups
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from connectors.models import Connection
+from pscsync import clock
+from pscsync.access import CONFIGURE, VIEW_HANDOFFS, WORK_EXCEPTIONS, permission_required, scope_queryset
+from pscsync.models import Handoff
+from pscsync.selectors import handoff_get_for_user
+from remediation import selectors, services
+from remediation.forms import DocumentForm, ReasonForm, ResubmitForm
+from remediation.models import BulkJob, Comment, ExceptionCause, HandoffException, SavedView
+from remediation.services import ActionRefused, ResubmitMode
+
+
+def _filter_query(f: selectors.InboxFilter, **override: str) -> str:
+    values = {**{k: v for k, v in f.__dict__.items() if v}, **override}
+    return urlencode({k: v for k, v in values.items() if v})
 
 
 @permission_required(WORK_EXCEPTIONS)
 @require_GET
 def inbox(request: HttpRequest) -> HttpResponse:
-    return render(request, "remediation/inbox.html", {"groups": exception_groups(request.user)})
+    f = selectors.InboxFilter.from_query(request.GET)
+    groups = selectors.inbox_groups(request.user, f)
+    context = {
+        "groups": groups,
+        "f": f,
+        "query": _filter_query(f),
+        "tab_links": [(key, label, _filter_query(f, tab=key)) for key, label in selectors.TABS.items()],
+        "choices": selectors.inbox_choices(request.user),
+        "saved_views": SavedView.objects.all(),
+        "jobs": BulkJob.objects.filter(created_by=request.user)[:5],
+    }
+    if request.htmx and not request.htmx.boosted:
+        return render(request, "remediation/_groups.html", context)
+    return render(request, "remediation/inbox.html", context)
+
+
+def _cause_for_user(request: HttpRequest, pk: int) -> ExceptionCause:
+    """A cause, or 404 when none of its handoffs is visible to the user."""
+    cause = get_object_or_404(ExceptionCause, pk=pk)
+    if not scope_queryset(HandoffException.objects.filter(cause=cause), request.user).exists():
+        from django.http import Http404
+
+        raise Http404("no such cause")
+    return cause
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_GET
+def cause_items(request: HttpRequest, pk: int) -> HttpResponse:
+    cause = _cause_for_user(request, pk)
+    f = selectors.InboxFilter.from_query(request.GET)
+    items = (
+        selectors.exception_items(request.user, f)
+        .filter(cause=cause)
+        .select_related("handoff", "legal_entity", "assignee")
+        .order_by("opened_at")[:200]
+    )
+    return render(request, "remediation/_items.html", {"items": items, "cause": cause})
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_GET
+def cause_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    cause = _cause_for_user(request, pk)
+    items = (
+        scope_queryset(HandoffException.objects.filter(cause=cause), request.user)
+        .select_related("handoff", "legal_entity", "assignee")
+        .order_by("status", "opened_at")[:200]
+    )
+    comments = scope_queryset(Comment.objects.filter(cause=cause, handoff__isnull=False), request.user)
+    general = Comment.objects.filter(cause=cause, handoff__isnull=True)
+    context = {
+        "cause": cause,
+        "items": items,
+        "comments": sorted([*comments, *general], key=lambda c: c.created_at),
+        "assignees": selectors.inbox_choices(request.user)["assignees"],
+        "can_edit_runbook": request.user.has_perm(CONFIGURE),
+    }
+    return render(request, "remediation/cause.html", context)
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_POST
+def cause_act(request: HttpRequest, pk: int) -> HttpResponse:
+    cause = _cause_for_user(request, pk)
+    action = request.POST.get("action", "")
+    try:
+        if action == "assign":
+            username = request.POST.get("assignee", "")
+            assignee = get_user_model().objects.filter(username=username).first() if username else None
+            services.cause_assign(actor=request.user, cause=cause, assignee=assignee)
+            messages.success(request, f"Assigned to {username or 'nobody'}.")
+        elif action == "comment":
+            services.comment_add(actor=request.user, cause=cause, body=request.POST.get("body", ""))
+        elif action == "archive":
+            until = request.POST.get("until", "")
+            day = dt.date.fromisoformat(until) if until else None
+            at = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) if day else None
+            count = request.POST.get("occurrences", "")
+            services.cause_archive(
+                actor=request.user,
+                cause=cause,
+                until=at,
+                occurrences=int(count) if count.isdigit() else None,
+                reason=request.POST.get("reason", ""),
+            )
+            messages.success(request, "Archived: it comes back when the date passes or it happens again that often.")
+        elif action == "unarchive":
+            services.cause_unarchive(actor=request.user, cause=cause)
+        elif action == "runbook":
+            if not request.user.has_perm(CONFIGURE):
+                raise PermissionDenied
+            services.runbook_save(actor=request.user, cause=cause, fields=request.POST.dict())
+            messages.success(request, "Runbook saved.")
+        else:
+            return HttpResponse("unknown action", status=400)
+    except (ActionRefused, ValueError) as refused:
+        messages.error(request, str(refused))
+    return redirect("remediation:cause", pk=cause.pk)
+
+
+# ---------------------------------------------------------------------------------------------
+# One handoff
+# ---------------------------------------------------------------------------------------------
+def _pretty(value: object) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str) if value not in ({}, None, "") else "—"
+
+
+@permission_required(VIEW_HANDOFFS)
+@require_GET
+def handoff(request: HttpRequest, pk: int) -> HttpResponse:
+    from remediation.timeline import handoff_timeline
+
+    handoff = handoff_get_for_user(user=request.user, pk=pk)
+    context = handoff_timeline(handoff)
+    context["can_act"] = request.user.has_perm(WORK_EXCEPTIONS)
+    context["comments"] = Comment.objects.filter(handoff=handoff)
+    context["reason_form"] = ReasonForm()
+    context["assignees"] = selectors.inbox_choices(request.user)["assignees"] if context["can_act"] else []
+    return render(request, "remediation/handoff.html", context)
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_http_methods(["GET", "POST"])
+def handoff_resubmit(request: HttpRequest, pk: int) -> HttpResponse:
+    """The retry dialog: choose how to resume, edit the read document, review the diff, confirm."""
+    from remediation.timeline import resubmit_plan
+
+    handoff = handoff_get_for_user(user=request.user, pk=pk)
+    source = services.read_step(handoff)
+    editable = source is not None and source.status == "succeeded" and isinstance(source.output, dict)
+    document = source.output if editable else {}
+    data = request.POST if request.method == "POST" else None
+    form = ResubmitForm(data)
+    doc_form = DocumentForm(data, document=document, handoff=handoff, prefix="doc") if editable else None
+    context: dict[str, Any] = {
+        "handoff": handoff,
+        "form": form,
+        "doc_form": doc_form,
+        "plan": resubmit_plan(handoff),
+        "diff": None,
+    }
+    if request.method == "GET":
+        return render(request, "remediation/resubmit.html", context)
+    if handoff.status != Handoff.Status.NEEDS_ATTENTION:
+        form.add_error(None, f"This handoff is “{handoff.get_status_display()}”: there is nothing to resubmit.")
+    if not form.is_valid():
+        return render(request, "remediation/resubmit.html", context, status=400)
+    mode = form.cleaned_data["mode"]
+    edited = None
+    if mode == ResubmitMode.EDIT:
+        if doc_form is None:
+            form.add_error("mode", "There is no read document to edit: re-map from the source instead.")
+            return render(request, "remediation/resubmit.html", context, status=400)
+        if not doc_form.is_valid():
+            return render(request, "remediation/resubmit.html", context, status=400)
+        diff = doc_form.changes()
+        if not diff:
+            form.add_error("mode", "Your edit changes nothing: edit a field, or resume with the stored payload.")
+            return render(request, "remediation/resubmit.html", context, status=400)
+        context["diff"] = [(path, old, new) for path, (old, new) in diff.items()]
+        edited = doc_form.edited_document()
+        problem = _check_edited(handoff, edited)
+        if problem:
+            form.add_error(None, f"The edited document would fail the flow's checks: {problem}")
+            return render(request, "remediation/resubmit.html", context, status=400)
+    if request.POST.get("confirm") != "yes":
+        context["review"] = True
+        return render(request, "remediation/resubmit.html", context)
+    try:
+        services.handoff_resubmit(
+            actor=request.user, handoff=handoff, mode=mode, reason=form.cleaned_data["reason"], edited=edited
+        )
+    except ActionRefused as refused:
+        messages.error(request, str(refused))
+        return redirect("remediation:handoff", pk=handoff.pk)
+    messages.success(request, "Resubmitted: it resumes at the failed step; finished steps are not sent again.")
+    return redirect("remediation:handoff", pk=handoff.pk)
+
+
+def _check_edited(handoff: Handoff, edited: dict[str, Any]) -> str:
+    """Run the flow's check step (it calls no system to write) against the edited document."""
+    from connectors.errors import ConnectorError
+    from pscsync.flows import StepContext, flow_get
+    from pscsync.flows.steps import CheckStep
+
+    flow = flow_get(handoff.flow)
+    if flow is None or len(flow.steps) < 2 or not isinstance(flow.steps[1], CheckStep):
+        return ""
+    ctx = StepContext(handoff=handoff, outputs={flow.steps[0].name: edited})
+    try:
+        flow.steps[1].check(ctx)
+    except ConnectorError as exc:
+        if exc.error_class in ("validation", "mapping"):
+            return exc.message
+        return ""  # the check could not reach a system: the run will tell
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"the document is missing or mis-typed: {exc}"
+    return ""
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_POST
+def handoff_act(request: HttpRequest, pk: int) -> HttpResponse:
+    handoff = handoff_get_for_user(user=request.user, pk=pk)
+    action = request.POST.get("action", "")
+    reason = request.POST.get("reason", "")
+    try:
+        if action == "resolve":
+            services.handoff_resolve(actor=request.user, handoff=handoff, reason=reason)
+            messages.success(request, "Resolved without a retry.")
+        elif action == "cancel":
+            services.handoff_cancel(actor=request.user, handoff=handoff, reason=reason)
+            messages.success(request, "Cancelled.")
+        elif action == "reopen":
+            services.handoff_reopen(actor=request.user, handoff=handoff, reason=reason)
+            messages.success(request, "Reopened: it is back in the workbench.")
+        elif action == "assign":
+            username = request.POST.get("assignee", "")
+            assignee = get_user_model().objects.filter(username=username).first() if username else None
+            services.handoff_assign(actor=request.user, handoff=handoff, assignee=assignee)
+            messages.success(request, f"Assigned to {username or 'nobody'}.")
+        elif action == "comment":
+            item = HandoffException.objects.filter(handoff=handoff).select_related("cause").first()
+            if item is None:
+                raise ActionRefused("This handoff never needed a person: comment on it in its group.")
+            services.comment_add(
+                actor=request.user, cause=item.cause, handoff=handoff, body=request.POST.get("body", "")
+            )
+        else:
+            return HttpResponse("unknown action", status=400)
+    except ActionRefused as refused:
+        messages.error(request, str(refused))
+    return redirect("remediation:handoff", pk=handoff.pk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Many at once
+# ---------------------------------------------------------------------------------------------
+@permission_required(WORK_EXCEPTIONS)
+@require_POST
+def bulk(request: HttpRequest) -> HttpResponse:
+    """Make a job from the selection (handoffs, whole groups) or the whole filter."""
+    f = selectors.InboxFilter.from_query(request.POST)
+    items = selectors.exception_items(request.user, f)
+    if request.POST.get("scope") != "filter":
+        causes = [int(c) for c in request.POST.getlist("cause") if c.isdigit()]
+        handoffs = [int(h) for h in request.POST.getlist("handoff") if h.isdigit()]
+        from django.db.models import Q
+
+        items = items.filter(Q(cause_id__in=causes) | Q(handoff_id__in=handoffs))
+    ids = list(items.values_list("handoff_id", flat=True)[:20000])
+    kind = request.POST.get("kind", "")
+    if kind not in BulkJob.Kind.values or kind == BulkJob.Kind.REPLAY:
+        return HttpResponse("unknown bulk action", status=400)
+    params: dict[str, Any] = {"filter": _filter_query(f)}
+    if kind == BulkJob.Kind.ASSIGN:
+        assignee = get_user_model().objects.filter(username=request.POST.get("assignee", "")).first()
+        params["assignee"] = assignee.pk if assignee else None
+    try:
+        job = services.bulk_job_create(
+            actor=request.user, kind=kind, handoff_ids=ids, reason=request.POST.get("reason", ""), params=params
+        )
+    except ActionRefused as refused:
+        messages.error(request, str(refused))
+        return redirect(f"{reverse('remediation:inbox')}?{_filter_query(f)}")
+    return redirect("remediation:job", pk=job.pk)
+
+
+def _job_for_user(request: HttpRequest, pk: int) -> BulkJob:
+    # Jobs are seen by whoever may work exceptions, but only when they could see every handoff in it.
+    job = get_object_or_404(BulkJob, pk=pk)
+    visible = scope_queryset(Handoff.objects.filter(pk__in=job.handoff_ids), request.user).count()
+    if visible != len(job.handoff_ids):
+        from django.http import Http404
+
+        raise Http404("no such job")
+    return job
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_GET
+def job(request: HttpRequest, pk: int) -> HttpResponse:
+    job = _job_for_user(request, pk)
+    context = {"job": job, "items": job.items.select_related("handoff")[:500]}
+    if request.htmx:
+        return render(request, "remediation/_job_progress.html", context)
+    return render(request, "remediation/job.html", context)
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_POST
+def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    job = _job_for_user(request, pk)
+    if not job.is_finished:
+        services.bulk_job_cancel(actor=request.user, job=job)
+        messages.success(request, "Cancel requested: the job stops before its next handoff.")
+    return redirect("remediation:job", pk=job.pk)
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_http_methods(["GET", "POST"])
+def replay(request: HttpRequest) -> HttpResponse:
+    """Re-run what a connection's events in a window led to, after an outage or a fix: a preview
+    of how many events and handoffs, then a tracked job (resubmit, re-reading the source)."""
+    data = request.POST if request.method == "POST" else request.GET
+    connections = Connection.objects.order_by("slug")
+    context: dict[str, Any] = {"connections": connections, "values": data}
+    slug = data.get("connection", "")
+    start_text, end_text = data.get("start", ""), data.get("end", "")
+    if slug and start_text and end_text:
+        connection = connections.filter(slug=slug).first()
+        try:
+            start = dt.datetime.fromisoformat(start_text).replace(tzinfo=dt.UTC)
+            end = dt.datetime.fromisoformat(end_text).replace(tzinfo=dt.UTC)
+        except ValueError:
+            context["error"] = "Give the window as dates and times (YYYY-MM-DDTHH:MM)."
+            return render(request, "remediation/replay.html", context, status=400)
+        if connection is None or end <= start:
+            context["error"] = "Choose a connection and a window whose end is after its start."
+            return render(request, "remediation/replay.html", context, status=400)
+        scope = services.replay_scope(user=request.user, connection_id=connection.pk, start=start, end=end)
+        context["preview"] = scope
+        if request.method == "POST" and data.get("confirm") == "yes":
+            try:
+                job = services.bulk_job_create(
+                    actor=request.user,
+                    kind=BulkJob.Kind.REPLAY,
+                    handoff_ids=scope["handoff_ids"],
+                    reason=data.get("reason", ""),
+                    params={"connection": slug, "start": start.isoformat(), "end": end.isoformat()},
+                )
+            except ActionRefused as refused:
+                context["error"] = str(refused)
+                return render(request, "remediation/replay.html", context, status=400)
+            return redirect("remediation:job", pk=job.pk)
+    context["now"] = clock.now()
+    return render(request, "remediation/replay.html", context)
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_POST
+def saved_view_save(request: HttpRequest) -> HttpResponse:
+    query = request.POST.get("query", "")
+    try:
+        services.saved_view_save(actor=request.user, name=request.POST.get("name", ""), query=query)
+        messages.success(request, "View saved for the team.")
+    except ActionRefused as refused:
+        messages.error(request, str(refused))
+    return redirect(f"{reverse('remediation:inbox')}?{query}")

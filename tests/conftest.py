@@ -54,6 +54,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture
+def client():  # noqa: ANN201
+    """pytest-django's client, except that force_login also passes the second factor (2FA is
+    required for admins and operators; tests about 2FA use client.login_password_only)."""
+    from tests.twofactor import VerifiedClient
+
+    return VerifiedClient()
+
+
 @pytest.fixture(autouse=True)
 def _fast_hasher(settings) -> None:  # noqa: ANN001
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

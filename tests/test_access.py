@@ -13,11 +13,87 @@ from pscsync.models import Event, Handoff
 
 ROLES = ["anonymous", "norole", "viewer", "operator", "admin", "outsider"]
 
+_WORK = {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 200, "admin": 200, "outsider": 200}
+_WORK_POST = {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 405, "admin": 405, "outsider": 405}
 _ADMIN_ONLY = {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "outsider": 403}
 
 # name -> (method, expected status per role). "own" detail pages use a US handoff; the outsider
 # works for the UK entity only, so every US record is a 404 for them, never a 403 that confirms it exists.
+# The mapping studio is for admins only (pages 200; actions refuse GET with 405 once allowed).
+STUDIO_PAGE = ("GET", {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403})
+STUDIO_ACTION = (
+    "GET",
+    {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+)
 EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
+    "studio:list": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "studio:detail": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "studio:impact": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "studio:version": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "studio:value_map_csv": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "studio:export": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "studio:draft": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:rule": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:rule_remove": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:rule_move": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:value_map": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:preview": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:publish": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:discard": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:rerun": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:restore": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "studio:import": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
     "home": ("GET", {"anonymous": 302, "norole": 403, "viewer": 302, "operator": 302, "admin": 302, "outsider": 302}),
     "login": ("GET", {"anonymous": 200, "norole": 302, "viewer": 302, "operator": 302, "admin": 302, "outsider": 302}),
     "logout": ("GET", dict.fromkeys(ROLES, 405)),
@@ -35,10 +111,65 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
     ),
+    "dashboards:overview": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:quote_to_project": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:project_to_bill": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:bill_to_cash": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:exceptions": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:integration": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:demand": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:items": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "dashboards:settings": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "dashboards_api:metrics": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
     "remediation:inbox": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 200, "admin": 200, "outsider": 200},
     ),
+    # The workbench (remediation/): operators act; viewers may read one handoff's timeline.
+    "remediation:cause": ("GET", _WORK | {"outsider": 404}),
+    "remediation:cause_items": ("GET", _WORK | {"outsider": 404}),
+    "remediation:cause_act": ("GET", _WORK_POST),
+    "remediation:handoff": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 404},
+    ),
+    "remediation:resubmit": ("GET", _WORK | {"outsider": 404}),
+    "remediation:handoff_act": ("GET", _WORK_POST),
+    "remediation:bulk": ("GET", _WORK_POST),
+    "remediation:job": ("GET", _WORK | {"outsider": 404}),
+    "remediation:job_cancel": ("GET", _WORK_POST),
+    "remediation:replay": ("GET", _WORK),
+    "remediation:saved_view": ("GET", _WORK_POST),
     "connections:create": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
@@ -54,6 +185,22 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
     "connections:list": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    # Sign-in security (accounts/): anyone signed in may set up a second factor; the users and
+    # sessions page is for admins (manage_users).
+    "accounts:two_factor_setup": ("GET", {"anonymous": 302, **dict.fromkeys(ROLES[1:], 200)}),
+    "accounts:two_factor_verify": ("GET", {"anonymous": 302, **dict.fromkeys(ROLES[1:], 302)}),
+    "accounts:users": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "accounts:end_sessions": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
+    "accounts:reset_two_factor": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
     ),
     # The API's v1 routes have their own matrix (tests/api/test_api_access.py, tokens × entities).
     "account:tokens": (
@@ -133,16 +280,84 @@ def records(echo_connection, entities):  # noqa: ANN001, ANN201
             business_started_at=at,
             created_at=at,
         )
+    # The US handoff needs a person (so it has a cause) and is in a bulk job.
+    from remediation.models import BulkJob
+
+    made["us"].status = Handoff.Status.NEEDS_ATTENTION
+    made["us"].last_error_class = "validation"
+    made["us"].last_error_message = "echo: account has no Tax Profile"
+    made["us"].save()
+    BulkJob.objects.create(kind="retry", created_at=at, handoff_ids=[made["us"].pk], total=1)
     return made
 
 
+def _mapping_args(name: str, records) -> list:  # noqa: ANN001
+    from pscsync.mappings import mapping_publish
+    from pscsync.models import Mapping
+
+    connection = records["us"].source_connection
+    mapping = Mapping.objects.filter(connection=connection, entity="customer").first()
+    if mapping is None:
+        rules = [{"target": "name", "source": "account.name", "required": True}]
+        mapping = mapping_publish(
+            connection=connection, entity="customer", rules=rules, value_maps={"tax": {"A": "1"}}, comment="first"
+        ).mapping
+    if name == "studio:export" or name == "studio:import":
+        return [connection.pk]
+    if name in ("studio:rule", "studio:rule_remove", "studio:rule_move"):
+        return [mapping.pk, 1]
+    if name in ("studio:version", "studio:restore"):
+        return [mapping.pk, 1]
+    if name == "studio:value_map_csv":
+        return [mapping.pk, "tax"]
+    return [] if name == "studio:list" else [mapping.pk]
+
+
+def _cause_for(handoff: Handoff):  # noqa: ANN202
+    """A cause holding this handoff, for the workbench's URLs (when the handoff did not fail)."""
+    from remediation.models import ExceptionCause, HandoffException
+
+    at = handoff.created_at
+    cause = ExceptionCause.objects.create(
+        signature=f"access-matrix-{handoff.pk}", flow=handoff.flow, message="—", first_seen_at=at, last_seen_at=at
+    )
+    HandoffException.objects.create(
+        handoff=handoff,
+        cause=cause,
+        flow=handoff.flow,
+        legal_entity=handoff.legal_entity,
+        opened_at=at,
+        last_failed_at=at,
+    )
+    return cause
+
+
 def _args(name: str, records) -> list:  # noqa: ANN001
-    if name == "handoffs:detail":
+    from remediation.models import BulkJob, ExceptionCause
+
+    if name.startswith("studio:"):
+        return _mapping_args(name, records)
+    if name in ("handoffs:detail", "remediation:handoff", "remediation:resubmit", "remediation:handoff_act"):
         return [records["us"].pk]
+    if name.startswith("remediation:cause"):
+        cause = ExceptionCause.objects.filter(items__handoff=records["us"]).first()
+        return [cause.pk if cause else _cause_for(records["us"]).pk]
+    if name.startswith("remediation:job"):
+        job = BulkJob.objects.filter(handoff_ids=[records["us"].pk]).first()
+        return [
+            (
+                job
+                or BulkJob.objects.create(
+                    kind="retry", created_at=records["us"].created_at, handoff_ids=[records["us"].pk], total=1
+                )
+            ).pk
+        ]
     if name == "webhook":
         return ["echo-us"]
     if name in ("connections:edit", "connections:test"):
         return [records["us"].source_connection_id]
+    if name in ("accounts:end_sessions", "accounts:reset_two_factor"):
+        return [records["us"].source_connection_id]  # any user id: GET is refused before the lookup
     if name in ("alerts:edit", "alerts:test", "alerts:delete", "account:token-revoke"):
         return [999999]
     return []

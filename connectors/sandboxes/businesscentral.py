@@ -676,7 +676,7 @@ class BusinessCentralSandbox(Sandbox):
         if field_name in {"number", "externalDocumentNumber"}:
             with self.store.lock:
                 rows = self.store.db.execute(
-                    f"SELECT data FROM records WHERE object = ? AND json_extract(data, '$.{field_name}') = ?",  # noqa: S608 - fixed names
+                    f"SELECT data FROM records WHERE object = ? AND json_extract(data, '$.{field_name}') = ?",  # noqa: S608  # nosec B608  # fixed names
                     (self._object(cid, entity), value),
                 ).fetchall()
             found = [json.loads(r[0]) for r in rows]
@@ -1330,7 +1330,7 @@ class BusinessCentralSandbox(Sandbox):
             f"{url}{joiner}validationToken={quote(token)}", data=b"", method="POST"
         )
         try:
-            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310  # nosec B310  # sandbox callback URL set by the test or demo, http(s) only
                 status, text = answer.status, answer.read(4096).decode("utf-8", "replace")
         except urllib.error.HTTPError as exc:
             status, text = exc.code, ""
@@ -1491,7 +1491,7 @@ class BusinessCentralSandbox(Sandbox):
                 time.sleep(delay)
                 request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
                 try:
-                    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+                    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310  # nosec B310  # sandbox callback URL set by the test or demo, http(s) only
                         if 200 <= answer.status < 300:
                             return
                 except urllib.error.HTTPError as exc:

@@ -573,7 +573,7 @@ class KantataSandbox(Sandbox):
             if refs:
                 marks = ",".join("?" * len(refs))
                 rows = self.store.db.execute(
-                    "SELECT data FROM records WHERE object = ? "  # noqa: S608 - only placeholders are interpolated
+                    "SELECT data FROM records WHERE object = ? "  # noqa: S608  # nosec B608  # only placeholders are interpolated
                     f"AND json_extract(data, '$.service_model_ref') IN ({marks})",
                     (XREFS, *refs),
                 ).fetchall()
@@ -936,7 +936,7 @@ class KantataSandbox(Sandbox):
             args.extend(int(i) for i in only)
         with self.store.lock:
             rows = self.store.db.execute(
-                f"SELECT seq, data FROM events WHERE {' AND '.join(clauses)} ORDER BY seq",  # noqa: S608 - fixed clauses
+                f"SELECT seq, data FROM events WHERE {' AND '.join(clauses)} ORDER BY seq",  # noqa: S608  # nosec B608  # fixed clauses
                 args,
             ).fetchall()
         events = [{**json.loads(data), "id": str(seq)} for seq, data in rows]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from connectors.base import WriteResult
+from connectors.errors import MappingError
 from connectors.registry import connector_for
 from pscsync.flows.base import StepContext, StepDef
 from pscsync.flows.routing import Systems, legal_entity_get, systems_for
@@ -147,14 +148,27 @@ class WriteStep(StepDef):
 
     def planned_request(self, ctx: StepContext) -> dict[str, Any]:
         connection = self.target(ctx)
-        _, mapped = self._mapped(ctx)
+        try:
+            _, mapped = self._mapped(ctx)
+        except MappingError as exc:
+            # Keep what would have been mapped: the fix (a mapping change) is previewed against it.
+            return {
+                "operation": "upsert",
+                "system": connection.slug,
+                "purpose": self.purpose,
+                "mapping_error": exc.message,
+                "records": [{"key": r.key, "source": r.source} for r in self._records(ctx)],
+            }
         if not mapped:
             return {"operation": "none", "system": connection.slug, "reason": "nothing to write here"}
         return {
             "operation": "upsert",
             "system": connection.slug,
             "entity": self.entity(connection),
-            "records": [{"key": r.key, "fields": f} for r, f in mapped],
+            "purpose": self.purpose,
+            # The document each record was mapped from: the workbench and the mapping studio's
+            # previews re-map it without asking the source system again.
+            "records": [{"key": r.key, "fields": f, "source": r.source} for r, f in mapped],
         }
 
     def perform(self, ctx: StepContext) -> WriteResult:

@@ -72,6 +72,7 @@ def make_connection(slug: str, entity, base_url: str = "http://127.0.0.1:9/"):  
 def make_exception(connection, entity, key: str, message: str, *, error_class: str = "validation"):  # noqa: ANN001, ANN201
     """A handoff that needs attention, with a succeeded step and a failed one."""
     from pscsync.models import Attempt, Event, Handoff, Step
+    from remediation.services import exception_sync
 
     event = Event.objects.create(
         connection=connection,
@@ -95,18 +96,23 @@ def make_exception(connection, entity, key: str, message: str, *, error_class: s
         business_started_at=AT,
         created_at=AT,
         last_error_class=error_class,
-        last_error_message=f"write: {message}",
+        last_error_message=f"upsert_project: {message}",
     )
     event.handoff = handoff
     event.save()
     done = Step.objects.create(
-        handoff=handoff, name="read", position=1, status=Step.Status.SUCCEEDED, idempotency_key=f"{key}-1"
+        handoff=handoff,
+        name="upsert_customer",
+        position=1,
+        status=Step.Status.SUCCEEDED,
+        idempotency_key=f"{key}-1",
+        output={"name": key},
     )
     Attempt.objects.create(
         step=done, number=1, outcome=Attempt.Outcome.SUCCEEDED, started_at=AT, request={"authorization": "Bearer x"}
     )
     failed = Step.objects.create(
-        handoff=handoff, name="write", position=2, status=Step.Status.FAILED, idempotency_key=f"{key}-2"
+        handoff=handoff, name="upsert_project", position=2, status=Step.Status.FAILED, idempotency_key=f"{key}-2"
     )
     Attempt.objects.create(
         step=failed,
@@ -116,16 +122,17 @@ def make_exception(connection, entity, key: str, message: str, *, error_class: s
         error_class=error_class,
         error_message=message,
     )
+    exception_sync(handoff)  # the workbench's exception and cause rows, as the runner makes them
     return handoff
 
 
 @pytest.fixture
 def world(entities, people):  # noqa: ANN001, ANN201
     """One record of every kind per entity."""
-    from api.jobs import bulk_job_create
     from pscsync.audit import audit_record
     from pscsync.mappings import mapping_publish
     from pscsync.models import Mismatch
+    from remediation.services import bulk_job_create
 
     made: dict[str, dict] = {"us": {}, "uk": {}}
     for code in ("us", "uk"):
@@ -165,12 +172,10 @@ def world(entities, people):  # noqa: ANN001, ANN201
             "mismatch": mismatch,
             "audit": audit,
         }
-    made["us"]["job"] = bulk_job_create(
-        actor=people["operator"], action="resolve", handoff_ids=[made["us"]["handoff"].pk], comment="x"
-    )
-    made["uk"]["job"] = bulk_job_create(
-        actor=people["outsider"], action="resolve", handoff_ids=[made["uk"]["handoff"].pk], comment="x"
-    )
+    for code, person in (("us", "operator"), ("uk", "outsider")):
+        made[code]["job"] = bulk_job_create(
+            actor=people[person], kind="resolve", handoff_ids=[made[code]["handoff"].pk], reason="x"
+        )
     return made
 
 

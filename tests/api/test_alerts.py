@@ -282,7 +282,7 @@ def test_beat_runs_the_alert_and_job_tasks(settings) -> None:  # noqa: ANN001
     from pscsync.celery import app
 
     app.loader.import_default_modules()
-    for entry in ("alerts-scan", "alerts-deliver", "bulk-jobs-sweep"):
+    for entry in ("alerts-scan", "alerts-deliver"):
         assert settings.CELERY_BEAT_SCHEDULE[entry]["task"] in app.tasks
 
 

@@ -36,14 +36,16 @@ ROLES = ["anonymous", "badtoken", *LEVELS]
 API_ROUTES: dict[str, tuple[str, str, str | None, dict | None, int]] = {
     "api:handoff-list": ("GET", VIEW, None, None, 200),
     "api:handoff-detail": ("GET", VIEW, "handoff", None, 200),
-    "api:handoff-replay": ("POST", WORK, "handoff", {}, 409),  # it needs attention: not finished
     "api:event-list": ("GET", VIEW, None, None, 200),
     "api:event-detail": ("GET", VIEW, "event", None, 200),
     "api:exception-list": ("GET", WORK, None, None, 200),
     "api:exception-detail": ("GET", WORK, "handoff", None, 200),
-    "api:exception-resubmit": ("POST", WORK, "handoff", {"comment": "go"}, 200),
-    "api:exception-resolve": ("POST", WORK, "handoff", {"comment": "fixed by hand"}, 200),
-    "api:exception-cancel": ("POST", WORK, "handoff", {"comment": "not needed"}, 200),
+    "api:exception-resubmit": ("POST", WORK, "handoff", {"reason": "go"}, 200),
+    "api:exception-resolve": ("POST", WORK, "handoff", {"reason": "fixed by hand"}, 200),
+    "api:exception-cancel": ("POST", WORK, "handoff", {"reason": "not needed"}, 200),
+    "api:exception-reopen": ("POST", WORK, "handoff", {"reason": "again"}, 409),  # it is not resolved
+    "api:exception-assign": ("POST", WORK, "handoff", {"assignee": "otto.operator"}, 200),
+    "api:exception-comment": ("POST", WORK, "handoff", {"body": "looking"}, 201),
     "api:exception-group-list": ("GET", WORK, None, None, 200),
     "api:exception-group-detail": ("GET", WORK, "group", None, 200),
     "api:job-list": ("GET", WORK, None, None, 200),
@@ -68,7 +70,7 @@ API_ROUTES: dict[str, tuple[str, str, str | None, dict | None, int]] = {
 }
 # Writes on list routes, checked separately with a body the caller may send.
 API_WRITES = {
-    ("api:job-list", "POST"): (WORK, {"action": "resolve", "handoffs": ["own"], "comment": "bulk"}, 202),
+    ("api:job-list", "POST"): (WORK, {"kind": "resolve", "handoffs": ["own"], "reason": "bulk"}, 202),
     ("api:mapping-list", "POST"): (
         CONFIGURE,
         {"connection": "own", "entity": "project", "rules": [{"target": "n", "source": "name"}], "comment": "c"},

@@ -8,21 +8,18 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.test_browser import _shot, page, pytestmark  # noqa: F401  (the browser fixture and marks)
+from tests.test_browser import _shot, _sign_in, page, pytestmark  # noqa: F401  (the browser fixture and marks)
 
 
-def _sign_in(page, live_server, user) -> None:  # noqa: ANN001, F811
-    page.goto(f"{live_server.url}/login/")
-    page.fill("#id_username", user.username)
-    page.fill("#id_password", "a-long-test-password")
-    page.click("button[type=submit]")
-    page.wait_for_url("**/dashboards/health/")
+def _enter(page, live_server, user) -> None:  # noqa: ANN001, F811
+    _sign_in(page, live_server, user)  # password, then the second factor
+    page.wait_for_url("**/dashboards/**")
 
 
 def test_a_user_makes_and_revokes_an_api_token(page, live_server, operator) -> None:  # noqa: ANN001, F811
     from api.models import ApiToken
 
-    _sign_in(page, live_server, operator)
+    _enter(page, live_server, operator)
     page.click("header .who >> text=API tokens")
     page.wait_for_url("**/account/tokens/")
     page.fill("#id_name", "ServiceNow sync")
@@ -51,7 +48,7 @@ def test_an_admin_subscribes_a_webhook_and_reads_the_delivery_log(page, live_ser
     settings.ALERT_WEBHOOK_ALLOW_LOOPBACK = True
     receiver = Receiver()
     try:
-        _sign_in(page, live_server, admin)
+        _enter(page, live_server, admin)
         page.click("nav >> text=Alerts")
         page.wait_for_url("**/alerts/")
         page.click("text=Add a subscription")
@@ -84,7 +81,7 @@ def test_an_admin_subscribes_a_webhook_and_reads_the_delivery_log(page, live_ser
 def test_the_api_docs_load_offline(page, live_server, viewer) -> None:  # noqa: ANN001, F811
     hosts: set[str] = set()
     page.on("request", lambda request: hosts.add(urlsplit(request.url).netloc))
-    _sign_in(page, live_server, viewer)
+    _enter(page, live_server, viewer)
     page.goto(f"{live_server.url}/api/docs/")
     page.wait_for_selector("text=pscsync API")
     page.wait_for_selector("text=/api/v1/handoffs/")

@@ -120,10 +120,10 @@ def test_nobody_revokes_someone_elses_token(client, operator, viewer) -> None:  
 
 @pytest.mark.django_db
 def test_session_writes_need_the_csrf_token(operator, world) -> None:  # noqa: ANN001
-    from django.test import Client
+    from tests.twofactor import VerifiedClient
 
-    browser = Client(enforce_csrf_checks=True)
+    browser = VerifiedClient(enforce_csrf_checks=True)
     browser.force_login(operator)
     url = f"/api/v1/exceptions/{world['us']['handoff'].pk}/resolve/"
-    response = browser.post(url, data={"comment": "x"}, content_type="application/json")
+    response = browser.post(url, data={"reason": "x"}, content_type="application/json")
     assert response.status_code == 403 and "CSRF" in response.json()["detail"]

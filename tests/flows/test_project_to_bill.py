@@ -18,10 +18,8 @@ def provisioned(firm, entity: str, key: str, **deal: object) -> dict[str, str]: 
     return ids
 
 
-def certinia_billing_event(firm, opportunity: str) -> str:  # noqa: ANN001
-    """A resource works 15.5 approved hours at 150/h and the first milestone is approved; the PSA's
-    billing run bundles them into one billing event."""
-    certinia = firm.connector("certinia-us")
+def certinia_approved_week(certinia, opportunity: str, *, hours: tuple[float, ...] = (8, 7.5)) -> None:  # noqa: ANN001
+    """A resource on the project at 150/h with one approved, billable week (16-22 Nov 2026)."""
     project = certinia.lookup(entity="project", key=f"P-{opportunity}").external_id
     resource = certinia.upsert(
         entity="resource", key=f"R-{opportunity}", fields={"LastName": "Okafor", "pse__Is_Resource__c": True}
@@ -41,6 +39,7 @@ def certinia_billing_event(firm, opportunity: str) -> str:  # noqa: ANN001
             "pse__Bill_Rate__c": 150,
         },
     ).external_id
+    days = ("pse__Monday_Hours__c", "pse__Tuesday_Hours__c", "pse__Wednesday_Hours__c")
     certinia.upsert(
         entity="timecard",
         key=f"T-{opportunity}",
@@ -50,12 +49,19 @@ def certinia_billing_event(firm, opportunity: str) -> str:  # noqa: ANN001
             "pse__Assignment__c": assignment,
             "pse__Start_Date__c": "2026-11-16",
             "pse__End_Date__c": "2026-11-22",
-            "pse__Monday_Hours__c": 8,
-            "pse__Tuesday_Hours__c": 7.5,
+            **dict(zip(days, hours, strict=False)),
             "pse__Status__c": "Approved",
             "pse__Billable__c": True,
         },
     )
+
+
+def certinia_billing_event(firm, opportunity: str) -> str:  # noqa: ANN001
+    """15.5 approved hours at 150/h and the first milestone approved; the PSA's billing run
+    bundles them into one billing event."""
+    certinia = firm.connector("certinia-us")
+    project = certinia.lookup(entity="project", key=f"P-{opportunity}").external_id
+    certinia_approved_week(certinia, opportunity)
     certinia.upsert(
         entity="milestone",
         key=f"M-{opportunity}-1",

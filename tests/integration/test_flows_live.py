@@ -19,6 +19,7 @@ from pscsync.firm import firm_connections_save, firm_subscriptions_register
 from pscsync.models import BilledItem, Handoff
 from tests.connectors.conftest import sandbox_factory  # noqa: F401  (the fixture, shared)
 from tests.flows.conftest import Firm, won_deal
+from tests.flows.test_project_to_bill import certinia_approved_week
 from tests.helpers import free_port, wait_for_port
 from tests.integration.conftest import Stack, _flush_broker, _test_database_url, wait_until
 
@@ -113,7 +114,7 @@ def test_deals_to_projects_to_invoices_exactly_once_through_kills_and_erp_outage
     for n, deal in enumerate(deals):
         opp = deal["opportunity"]
         if n < US_DEALS:
-            _approve_certinia_week(certinia, opp)
+            certinia_approved_week(certinia, opp, hours=(8,))
             project = certinia.lookup(entity="project", key=f"P-{opp}").external_id
             httpx.post(
                 f"{firm.sandboxes['salesforce'].url}/_sandbox/certinia/billing-events", json={"project": project}
@@ -166,38 +167,6 @@ def test_deals_to_projects_to_invoices_exactly_once_through_kills_and_erp_outage
     print(  # the figures for the issue note (shown with -s)
         f"\n[flow-fault-test] deals={total} projects_took_s={took:.1f} chaos={chaos} billing_chaos={chaos_billing} "
         f"us_lines={sum(us_lines.values())} uk_lines={sum(uk_lines.values())} duplicates=0"
-    )
-
-
-def _approve_certinia_week(certinia, opp: str) -> None:  # noqa: ANN001
-    project = certinia.lookup(entity="project", key=f"P-{opp}").external_id
-    resource = certinia.upsert(entity="resource", key=f"R-{opp}", fields={"LastName": "Okafor"}).external_id
-    schedule = certinia.upsert(
-        entity="schedule", key=f"S-{opp}", fields={"pse__Start_Date__c": "2026-12-01", "pse__End_Date__c": "2027-05-31"}
-    ).external_id
-    assignment = certinia.upsert(
-        entity="assignment",
-        key=f"A-{opp}",
-        fields={
-            "pse__Project__c": project,
-            "pse__Resource__c": resource,
-            "pse__Schedule__c": schedule,
-            "pse__Bill_Rate__c": 150,
-        },
-    ).external_id
-    certinia.upsert(
-        entity="timecard",
-        key=f"T-{opp}",
-        fields={
-            "pse__Project__c": project,
-            "pse__Resource__c": resource,
-            "pse__Assignment__c": assignment,
-            "pse__Start_Date__c": "2026-12-07",
-            "pse__End_Date__c": "2026-12-13",
-            "pse__Monday_Hours__c": 8,
-            "pse__Status__c": "Approved",
-            "pse__Billable__c": True,
-        },
     )
 
 

@@ -1276,7 +1276,7 @@ class SalesforceSandbox(Sandbox):
         answer = super()._reset(request)
         with self.store.transaction() as db:
             for table in ("sf_external_ids", "sf_change_events", "sf_query_locators"):
-                db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+                db.execute(f"DELETE FROM {table}")  # noqa: S608  # nosec B608  # fixed table names
         with self.usage_lock:
             self.usage_day, self.usage_used = "", 0
         self.token_cache.clear()

@@ -1,0 +1,83 @@
+"""Session policy on every request: idle timeout, absolute lifetime, and the second factor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import logout
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseRedirect
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.sessions import AUTH_AT, SEEN_AT, session_ended
+from accounts.twofactor import second_factor_required, user_has_totp
+
+# Session writes are throttled: "last seen" moves at most this often (idle timeout precision).
+SEEN_GRANULARITY_SECONDS = 30
+
+
+def _wants_page(request: HttpRequest) -> bool:
+    """A plain browser navigation (redirect it) rather than htmx, a form post or the API."""
+    return (
+        request.method in ("GET", "HEAD")
+        and not request.headers.get("HX-Request")
+        and not request.path.startswith("/api/")
+    )
+
+
+def _send_to(request: HttpRequest, url: str, status_text: str) -> HttpResponse:
+    if _wants_page(request):
+        return HttpResponseRedirect(f"{url}?{urlencode({'next': request.get_full_path()})}")
+    response = HttpResponseForbidden(status_text)
+    if request.headers.get("HX-Request"):
+        response["HX-Redirect"] = url
+    return response
+
+
+class SessionPolicyMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.user.is_authenticated and not request.path.startswith(f"/{settings.STATIC_URL.strip('/')}/"):
+            response = self._expired(request) or self._second_factor(request)
+            if response is not None:
+                return response
+        return self.get_response(request)
+
+    def _expired(self, request: HttpRequest) -> HttpResponse | None:
+        # Wall-clock time, not pscsync.clock: the demo's scaled business clock must not end sessions.
+        now = timezone.now().timestamp()
+        session = request.session
+        auth_at, seen_at = session.get(AUTH_AT), session.get(SEEN_AT)
+        reason = ""
+        if auth_at is None or now - auth_at > settings.SESSION_COOKIE_AGE:
+            reason = "absolute lifetime reached"
+            text = f"Your session ended after {settings.SESSION_COOKIE_AGE // 3600} hours. Please sign in again."
+        elif seen_at is None or now - seen_at > settings.SESSION_IDLE_SECONDS:
+            reason = "idle timeout"
+            text = f"You were signed out after {settings.SESSION_IDLE_SECONDS // 60} minutes without activity."
+        if reason:
+            session_ended(session.session_key, reason)
+            logout(request)
+            messages.info(request, text)
+            return _send_to(request, reverse("login"), "Session ended")
+        if now - seen_at > SEEN_GRANULARITY_SECONDS:
+            session[SEEN_AT] = now
+            from accounts.models import UserSession
+
+            UserSession.objects.filter(session_key=session.session_key).update(last_seen_at=timezone.now())
+        return None
+
+    def _second_factor(self, request: HttpRequest) -> HttpResponse | None:
+        user = request.user
+        if user.is_verified() or not second_factor_required(user):
+            return None
+        open_paths = {reverse("accounts:two_factor_setup"), reverse("accounts:two_factor_verify"), reverse("logout")}
+        if request.path in open_paths:
+            return None
+        target = "accounts:two_factor_verify" if user_has_totp(user) else "accounts:two_factor_setup"
+        return _send_to(request, reverse(target), "Second factor required")

@@ -1,0 +1,219 @@
+"""Sign-in (throttled), the second factor (set up, verify), and the admin's users and sessions page."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods, require_POST
+from django_otp import login as otp_login
+from django_otp import match_token
+
+from accounts import throttle
+from accounts.clientip import client_ip
+from accounts.sessions import open_sessions, sessions_end
+from accounts.twofactor import (
+    pending_device,
+    qr_svg,
+    recovery_codes_left,
+    recovery_codes_new,
+    second_factor_required,
+    second_factor_reset,
+    secret_text,
+    user_has_totp,
+)
+from pscsync.access import MANAGE_USERS, permission_required, role_of
+from pscsync.audit import audit_record
+from pscsync.models import AuditEntry
+
+security_log = logging.getLogger("pscsync.security")
+
+
+def _audit_attempt(request: HttpRequest, username: str, action: str, comment: str = "") -> None:
+    """Sign-in attempts are audited even when no account matches (no object to point at)."""
+    from django.utils import timezone
+
+    AuditEntry.objects.create(
+        created_at=timezone.now(),
+        actor=None,
+        actor_label=username[:150] or "(blank)",
+        action=action,
+        object_type="auth.user",
+        object_id="",
+        comment=comment,
+        remote_addr=client_ip(request) or None,
+    )
+
+
+class SignInView(auth_views.LoginView):
+    """Django's login view behind the throttle. Unknown and known accounts get the same answer."""
+
+    redirect_authenticated_user = True
+
+    def _keys(self) -> tuple[str, str]:
+        username = self.request.POST.get("username", "")[:150]
+        return f"ip:{client_ip(self.request)}", throttle.account_key(self.request, username)
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        verdict = throttle.check(list(self._keys()))
+        if not verdict.allowed:
+            username = request.POST.get("username", "")[:150]
+            security_log.warning(
+                "sign-in throttled user=%r ip=%s wait=%ss", username, client_ip(request), verdict.retry_after
+            )
+            _audit_attempt(request, username, "login.throttled", f"wait {verdict.retry_after} s")
+            context = self.get_context_data(form=self.form_class(request), throttled_seconds=verdict.retry_after)
+            response = self.render_to_response(context, status=429)
+            response["Retry-After"] = str(verdict.retry_after)
+            return response
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        username = self.request.POST.get("username", "")[:150]
+        throttle.failed(list(self._keys()))
+        security_log.warning("sign-in failed user=%r ip=%s", username, client_ip(self.request))
+        _audit_attempt(self.request, username, "login.failed")
+        return super().form_invalid(form)
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        _, account_key = self._keys()
+        throttle.succeeded([account_key])
+        response = super().form_valid(form)
+        user = form.get_user()
+        throttle.set_device_cookie(response, user.get_username())
+        security_log.info("sign-in user=%r ip=%s", user.get_username(), client_ip(self.request))
+        audit_record(actor=user, action="login.succeeded", obj=user, remote_addr=client_ip(self.request) or None)
+        return response
+
+
+def _next_url(request: HttpRequest) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        return target
+    return reverse("home")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def two_factor_setup(request: HttpRequest) -> HttpResponse:
+    """Enrol an authenticator app. Once enrolled, the page shows the status instead; a new app or
+    lost phone goes through an admin's reset (who also ends the sessions)."""
+    user = request.user
+    if user_has_totp(user):
+        context = {"enrolled": True, "codes_left": recovery_codes_left(user)}
+        return render(request, "accounts/two_factor_setup.html", context)
+    device = pending_device(user)
+    error = ""
+    if request.method == "POST":
+        token = request.POST.get("token", "").replace(" ", "")
+        if device.verify_token(token):
+            with transaction.atomic():
+                device.confirmed = True
+                device.save()
+                codes = recovery_codes_new(user)
+                audit_record(actor=user, action="2fa.enrolled", obj=user, remote_addr=client_ip(request) or None)
+            otp_login(request, device)
+            return render(request, "accounts/recovery_codes.html", {"codes": codes, "next": _next_url(request)})
+        error = "That code did not match. Check the phone's time and try the newest code."
+    context = {
+        "enrolled": False,
+        "qr": qr_svg(device),
+        "secret": secret_text(device),
+        "error": error,
+        "required": second_factor_required(user),
+        "next": _next_url(request),
+    }
+    return render(request, "accounts/two_factor_setup.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def two_factor_verify(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    if user.is_verified():
+        return HttpResponseRedirect(_next_url(request))
+    if not user_has_totp(user):
+        return redirect("accounts:two_factor_setup")
+    error = ""
+    if request.method == "POST":
+        token = request.POST.get("token", "").replace(" ", "").strip()
+        device = match_token(user, token) if token else None
+        if device is not None:
+            otp_login(request, device)
+            used_recovery = device.__class__.__name__ == "StaticDevice"
+            audit_record(
+                actor=user,
+                action="2fa.verified",
+                obj=user,
+                comment="recovery code" if used_recovery else "authenticator app",
+                remote_addr=client_ip(request) or None,
+            )
+            if used_recovery:
+                messages.warning(
+                    request,
+                    f"You used a recovery code; {recovery_codes_left(user)} are left. Ask an admin for new ones.",
+                )
+            return HttpResponseRedirect(_next_url(request))
+        security_log.warning("second factor failed user=%r ip=%s", user.get_username(), client_ip(request))
+        audit_record(actor=user, action="2fa.failed", obj=user, remote_addr=client_ip(request) or None)
+        error = "That code did not work. Try the newest code from the app, or a recovery code."
+    return render(request, "accounts/two_factor_verify.html", {"error": error, "next": _next_url(request)})
+
+
+@permission_required(MANAGE_USERS)
+def user_list(request: HttpRequest) -> HttpResponse:
+    users = get_user_model().objects.order_by("username").prefetch_related("groups")
+    rows = [
+        {
+            "user": u,
+            "role": role_of(u) or "no role",
+            "two_factor": user_has_totp(u),
+            "sessions": open_sessions(u),
+        }
+        for u in users
+    ]
+    return render(request, "accounts/users.html", {"rows": rows})
+
+
+@permission_required(MANAGE_USERS)
+@require_POST
+def user_sessions_end(request: HttpRequest, pk: int) -> HttpResponse:
+    target = get_object_or_404(get_user_model(), pk=pk)
+    with transaction.atomic():
+        count = sessions_end(target, f"ended by {request.user.get_username()}")
+        audit_record(
+            actor=request.user,
+            action="user.sessions_ended",
+            obj=target,
+            after={"sessions": count},
+            remote_addr=client_ip(request) or None,
+        )
+    messages.success(request, f"Ended {count} session(s) of {target.get_username()}.")
+    return redirect("accounts:users")
+
+
+@permission_required(MANAGE_USERS)
+@require_POST
+def user_two_factor_reset(request: HttpRequest, pk: int) -> HttpResponse:
+    target = get_object_or_404(get_user_model(), pk=pk)
+    with transaction.atomic():
+        second_factor_reset(target)
+        count = sessions_end(target, f"second factor reset by {request.user.get_username()}")
+        audit_record(
+            actor=request.user,
+            action="user.2fa_reset",
+            obj=target,
+            after={"sessions_ended": count},
+            remote_addr=client_ip(request) or None,
+        )
+    messages.success(request, f"{target.get_username()} sets up a new authenticator at the next sign-in.")
+    return redirect("accounts:users")

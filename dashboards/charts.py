@@ -1,0 +1,83 @@
+"""Plotly figure builders: pure functions, data in, JSON-safe dict out (rendered by charts.js)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+LAYOUT = {
+    "height": 260,
+    "margin": {"l": 50, "r": 10, "t": 10, "b": 40},
+    "paper_bgcolor": "rgba(0,0,0,0)",
+    "plot_bgcolor": "rgba(0,0,0,0)",
+    "font": {"family": "system-ui, sans-serif", "size": 12, "color": "#1c2430"},
+    "showlegend": False,
+}
+
+
+def bars(labels: list[str], values: list[float], unit: str) -> dict[str, Any]:
+    return {
+        "data": [
+            {
+                "type": "bar",
+                "x": labels,
+                "y": values,
+                "marker": {"color": "#1f5fbf"},
+                "hovertemplate": f"%{{x}}: %{{y:,.0f}} {unit}<extra></extra>",
+            }
+        ],
+        "layout": {**LAYOUT, "yaxis": {"title": {"text": unit}, "rangemode": "tozero"}},
+    }
+
+
+def weekly(weeks: list[dt.date], median: list[float | None], p90: list[float | None]) -> dict[str, Any]:
+    x = [w.isoformat() for w in weeks]
+    return {
+        "data": [
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": "median",
+                "x": x,
+                "y": median,
+                "line": {"color": "#1f5fbf"},
+            },
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": "p90",
+                "x": x,
+                "y": p90,
+                "line": {"color": "#a15c00", "dash": "dot"},
+            },
+        ],
+        "layout": {
+            **LAYOUT,
+            "showlegend": True,
+            "legend": {"orientation": "h", "y": 1.15},
+            "yaxis": {"title": {"text": "hours"}, "rangemode": "tozero"},
+        },
+    }
+
+
+def histogram(hist: dict[str, int], sla_hours: float | None) -> dict[str, Any]:
+    keys = sorted((k for k in hist if k != "inf"), key=float) + (["inf"] if "inf" in hist else [])
+    labels = [f"≤ {k} h" if k != "inf" else "longer" for k in keys]
+    colors = ["#b42318" if sla_hours is not None and k != "inf" and float(k) > sla_hours else "#1a7f4b" for k in keys]
+    fig = bars(labels, [hist[k] for k in keys], "items")
+    fig["data"][0]["marker"] = {"color": colors}
+    fig["layout"]["xaxis"] = {"type": "category"}
+    return fig
+
+
+def stacked(x: list[str], series: dict[str, list[float]]) -> dict[str, Any]:
+    return {
+        "data": [{"type": "bar", "name": name, "x": x, "y": values} for name, values in series.items()],
+        "layout": {
+            **LAYOUT,
+            "barmode": "stack",
+            "showlegend": True,
+            "legend": {"orientation": "h", "y": 1.2},
+            "yaxis": {"title": {"text": "hours"}},
+        },
+    }

@@ -1,0 +1,617 @@
+"""Aggregates kept as data arrives: one FlowFact per business item, rebuilt from its handoffs when
+one finishes, and DailyRollup / AttemptRollup rows rebuilt from the facts. Pages read rollups, so
+their cost depends on the number of days shown, not on the number of handoffs stored.
+
+Entry points: `handoff_finished` (called after commit when a handoff reaches an end state, see
+apps.py), `rollups_catch_up` (the beat job: anything finished recently), `rollups_rebuild_all`
+(backfill, e.g. after an SLA change or on a database loaded in bulk).
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db import connection as db_connection
+from django.db import transaction
+from django.db.models import Q
+
+from dashboards.models import AttemptRollup, DailyRollup, FlowFact, FlowSla, RollupMark
+from pscsync import clock
+from pscsync.models import Attempt, Handoff, Step
+
+log = logging.getLogger("dashboards.facts")
+
+END_STATES = frozenset({"succeeded", "needs_attention", "resolved", "cancelled"})
+EXCEPTION_OUTCOMES = ("validation", "mapping", "rejected")
+
+# What each flow measures (start -> end, business_times keys) and how it is described on pages.
+MEASURES: dict[str, dict[str, str]] = {
+    "quote-to-project": {
+        "label": "Deal closed won → project active in the PSA",
+        "extra": "",
+    },
+    "project-to-bill": {
+        "label": "Time approved → invoice created in the ERP",
+        "extra": "Billing batch released → invoice created",
+    },
+    "bill-to-cash": {
+        "label": "Invoice posted or payment applied in the ERP → status written back to CRM and PSA",
+        "extra": "Invoice posted → paid in full (days to pay)",
+    },
+    "contract-change": {"label": "Amendment in the CRM → PSA budget and ERP contract updated", "extra": ""},
+    "pipeline-to-demand": {"label": "Stage or probability change → forecast demand in the PSA", "extra": ""},
+}
+
+# Default SLAs (proposal) until an admin sets one: the issue's examples and a day for the rest.
+DEFAULT_SLAS: dict[str, tuple[Decimal, str]] = {
+    "quote-to-project": (Decimal("1"), FlowSla.Unit.BUSINESS_DAYS),
+    "project-to-bill": (Decimal("5"), FlowSla.Unit.BUSINESS_DAYS),
+    "bill-to-cash": (Decimal("24"), FlowSla.Unit.HOURS),
+    "contract-change": (Decimal("1"), FlowSla.Unit.BUSINESS_DAYS),
+    "pipeline-to-demand": (Decimal("24"), FlowSla.Unit.HOURS),
+}
+
+# Latency histogram edges in hours, buckets (previous edge, edge]: 1 h up to 3 days, 6 h up to
+# 14 days, 1 day up to 120 days, then a quarter and a year. Percentiles are reported as the upper
+# edge of the bucket holding the nearest rank, so they are exact to the bucket.
+HOUR_EDGES: list[float] = (
+    [float(h) for h in range(1, 73)]
+    + [float(h) for h in range(78, 337, 6)]
+    + [float(h) for h in range(360, 2881, 24)]
+    + [4320.0, 8760.0, float("inf")]
+)
+# Attempt duration edges in ms.
+MS_EDGES: list[float] = [
+    *(float(x) for x in (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750)),
+    *(float(x) for x in (1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000)),
+    float("inf"),
+]
+
+
+def bucket_of(value: float, edges: Sequence[float]) -> str:
+    edge = edges[bisect.bisect_left(edges, value)]
+    return "inf" if edge == float("inf") else f"{edge:g}"
+
+
+def sla_for(flow: str) -> FlowSla:
+    """The admin's SLA for a flow, or the default (an unsaved row) when none is set."""
+    sla = FlowSla.objects.filter(flow=flow).first()
+    if sla is None:
+        target, unit = DEFAULT_SLAS.get(flow, (Decimal("24"), FlowSla.Unit.HOURS))
+        sla = FlowSla(flow=flow, target=target, unit=unit, note="default (no SLA set by an admin)")
+    return sla
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    """A source timestamp (ISO datetime or date) as an aware UTC datetime; dates are midnight UTC."""
+    if not value:
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    text = str(value).strip().replace("Z", "+00:00")
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            parsed = dt.datetime.combine(dt.date.fromisoformat(text[:10]), dt.time())
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def business_days_between(start: dt.datetime, end: dt.datetime) -> float:
+    """Elapsed Monday-to-Friday days between two instants (UTC); weekends do not count."""
+    if end < start:
+        return -business_days_between(end, start)
+    total = 0.0
+    cursor = start
+    while cursor < end:
+        next_midnight = dt.datetime.combine(cursor.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+        segment_end = min(end, next_midnight)
+        if cursor.weekday() < 5:
+            total += (segment_end - cursor).total_seconds() / 86400
+        cursor = segment_end
+    return total
+
+
+def _hours(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds() / 3600
+
+
+# Building facts -----------------------------------------------------------------------------------
+@dataclass
+class HandoffRow:
+    """The fields of a handoff a fact is built from (also built in bulk without model instances)."""
+
+    id: int
+    flow: str
+    business_key: str
+    status: str
+    legal_entity_id: int | None
+    source_connection_id: int | None
+    customer_name: str
+    service_line: str
+    amount: Decimal | None
+    currency: str
+    business_times: dict[str, Any]
+    business_started_at: dt.datetime | None
+    business_finished_at: dt.datetime | None
+    created_at: dt.datetime
+    exception: bool = False
+    invoice: dict[str, Any] = field(default_factory=dict)
+    deal: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in Handoff.OPEN
+
+
+HANDOFF_FIELDS = [
+    "id",
+    "flow",
+    "business_key",
+    "status",
+    "legal_entity_id",
+    "source_connection_id",
+    "customer_name",
+    "service_line",
+    "amount",
+    "currency",
+    "business_times",
+    "business_started_at",
+    "business_finished_at",
+    "created_at",
+]
+
+
+def item_key(row: HandoffRow) -> str:
+    """The business item a handoff is about: for bill-to-cash the invoice (a payment names it)."""
+    if row.flow == "bill-to-cash" and row.invoice.get("id"):
+        return f"invoice:{row.invoice['id']}"
+    return row.business_key
+
+
+def fact_values(flow: str, key: str, rows: list[HandoffRow], sla: FlowSla) -> dict[str, Any]:
+    """The fact of one business item from all its handoffs (oldest first). Pure: no queries."""
+    rows = sorted(rows, key=lambda r: r.created_at)
+    latest = rows[-1]
+    known = [r for r in rows if r.amount is not None]
+    money = known[-1] if known else latest
+    values: dict[str, Any] = {
+        "flow": flow,
+        "key": key,
+        "legal_entity_id": next((r.legal_entity_id for r in reversed(rows) if r.legal_entity_id), None),
+        "service_line": next((r.service_line for r in reversed(rows) if r.service_line), ""),
+        "customer_name": next((r.customer_name for r in reversed(rows) if r.customer_name), ""),
+        "connection_id": latest.source_connection_id,
+        "currency": money.currency or "",
+        "amount": money.amount if money.amount is not None else Decimal("0"),
+        "handoff_id": latest.id,
+        "handoff_count": len(rows),
+        "status": latest.status,
+        "exception": any(r.exception or r.status in {"needs_attention", "resolved", "cancelled"} for r in rows),
+        "details": {},
+    }
+    start = end = measured_end = None
+    measure_start = None
+    extra = None
+    times = [r.business_times or {} for r in rows]
+    if flow == "quote-to-project":
+        closes = [t for t in (parse_time(x.get("deal_closed")) for x in times) if t]
+        activations = sorted(t for t in (parse_time(x.get("project_activated")) for x in times) if t)
+        # Re-opened deal: the last closed-won counts; several projects: the first activation after it.
+        start = max(closes) if closes else None
+        if start is not None:
+            after = [a for a in activations if a >= start]
+            if after:
+                end = after[0]
+            elif activations and not latest.is_open:
+                end = activations[-1]  # activated before the (last) close: an at-risk start, negative
+        values["details"] = {"closes": len(closes), "projects_activated": len(activations)}
+        measure_start, measured_end = start, end
+    elif flow == "project-to-bill":
+        t = times[-1]
+        released = parse_time(t.get("billing_released"))
+        start = parse_time(t.get("time_approved")) or released
+        end = parse_time(t.get("invoice_created"))
+        extra = _hours(released, end)
+        measure_start, measured_end = start, end
+        values["details"] = {"released": t.get("billing_released", ""), "approved_proxy": t.get("time_approved", "")}
+    elif flow == "bill-to-cash":
+        posted = [p for p in (parse_time(x.get("invoice_posted")) for x in times) if p]
+        start = min(posted) if posted else None
+        invoice = next((r.invoice for r in reversed(rows) if r.invoice), {})
+        if invoice:
+            values["amount"] = Decimal(str(invoice.get("total") or values["amount"]))
+            values["currency"] = invoice.get("currency") or values["currency"]
+        remaining = Decimal(str(invoice.get("remaining", "1") or "0")) if invoice else None
+        payments = [p for p in (parse_time(x.get("payment_applied")) for x in times) if p]
+        if payments and remaining is not None and remaining <= 0:
+            end = max(payments)
+        extra = _hours(start, end)
+        # The SLA measure: the latest business change -> written back to CRM and PSA.
+        synced = [r for r in rows if r.business_finished_at]
+        if synced:
+            last = synced[-1]
+            lt = last.business_times or {}
+            measure_start = parse_time(lt.get("payment_applied")) or parse_time(lt.get("invoice_posted"))
+            measured_end = last.business_finished_at if measure_start else None
+        values["details"] = {"remaining": str(remaining) if remaining is not None else ""}
+    else:
+        start = rows[0].business_started_at
+        end = latest.business_finished_at
+        measure_start, measured_end = latest.business_started_at, latest.business_finished_at
+        if flow == "pipeline-to-demand" and latest.deal:
+            deal = latest.deal
+            values["details"] = {
+                k: deal.get(k) for k in ("probability", "contract_start", "contract_end", "resource_plan_text", "stage")
+            }
+            values["details"]["is_closed"] = bool(deal.get("is_closed"))
+    latency = _hours(measure_start, measured_end)
+    bdays = business_days_between(measure_start, measured_end) if latency is not None else None
+    values.update(
+        start_at=start,
+        end_at=end,
+        start_day=start.date() if start else None,
+        end_day=end.date() if end else None,
+        measured_day=measured_end.date() if latency is not None and measured_end else None,
+        latency_hours=latency,
+        latency_business_days=bdays,
+        extra_hours=extra,
+        within_sla=within_sla(latency, bdays, sla) if latency is not None and latency >= 0 else None,
+    )
+    return values
+
+
+def within_sla(hours: float | None, bdays: float | None, sla: FlowSla) -> bool | None:
+    if hours is None:
+        return None
+    if sla.unit == FlowSla.Unit.BUSINESS_DAYS:
+        return (bdays or 0) <= float(sla.target)
+    return hours <= float(sla.target)
+
+
+def _rows_for(handoffs: Iterable[dict[str, Any]]) -> list[HandoffRow]:
+    """HandoffRows with their exception flag and the step outputs facts need, in three queries."""
+    rows = [HandoffRow(**h) for h in handoffs]
+    ids = [r.id for r in rows]
+    if not ids:
+        return rows
+    by_id = {r.id: r for r in rows}
+    flagged = set(
+        Attempt.objects.filter(step__handoff_id__in=ids, outcome__in=EXCEPTION_OUTCOMES)
+        .values_list("step__handoff_id", flat=True)
+        .distinct()
+    )
+    for hid in flagged:
+        by_id[hid].exception = True
+    wanted = [r.id for r in rows if r.flow in {"bill-to-cash", "pipeline-to-demand"}]
+    if wanted:
+        for hid, name, output in Step.objects.filter(
+            handoff_id__in=wanted, name__in=["read_invoice", "read_deal"]
+        ).values_list("handoff_id", "name", "output"):
+            output = output or {}
+            if name == "read_invoice":
+                by_id[hid].invoice = output.get("invoice") or {}
+            else:
+                by_id[hid].deal = output.get("deal") or {}
+    return rows
+
+
+def _fact_write(values: dict[str, Any]) -> tuple[set[dt.date], set[dt.date]]:
+    """Upsert a fact; return the days it touched before and after (for the rollup rebuild)."""
+    old = (
+        FlowFact.objects.filter(flow=values["flow"], key=values["key"])
+        .values("start_day", "end_day", "measured_day")
+        .first()
+    )
+    FlowFact.objects.update_or_create(flow=values["flow"], key=values["key"], defaults=values)
+    before = {d for d in (old or {}).values() if d}
+    after = {values[k] for k in ("start_day", "end_day", "measured_day") if values.get(k)}
+    return before, after
+
+
+def fact_refresh(handoff_id: int) -> tuple[str, set[dt.date]] | None:
+    """Rebuild the fact of the item a handoff is about; returns (flow, days to rebuild)."""
+    base = Handoff.objects.filter(pk=handoff_id).values(*HANDOFF_FIELDS).first()
+    if base is None:
+        return None
+    (row,) = _rows_for([base])
+    key = item_key(row)
+    if row.flow == "bill-to-cash":
+        existing = FlowFact.objects.filter(flow=row.flow, key=key).values_list("details", flat=True).first() or {}
+        ids = set(existing.get("handoffs", [])) | {row.id}
+        siblings = Handoff.objects.filter(pk__in=ids).values(*HANDOFF_FIELDS)
+    else:
+        siblings = Handoff.objects.filter(flow=row.flow, business_key=row.business_key).values(*HANDOFF_FIELDS)
+    rows = _rows_for(list(siblings))
+    values = fact_values(row.flow, key, rows, sla_for(row.flow))
+    if row.flow == "bill-to-cash":
+        values["details"]["handoffs"] = sorted(r.id for r in rows)
+    before, after = _fact_write(values)
+    return row.flow, before | after
+
+
+# Rollups ------------------------------------------------------------------------------------------
+def _lock(flow: str, day: dt.date) -> None:
+    """Serialise rebuilds of one (flow, day): the aggregate read must see every committed fact."""
+    if db_connection.vendor == "postgresql":
+        with db_connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"rollup:{flow}:{day.isoformat()}"])
+
+
+def rollup_rows(facts: Iterable[dict[str, Any]], days: set[dt.date] | None = None) -> list[DailyRollup]:
+    """DailyRollup rows from fact values: started on start_day, finished on end_day, measured on
+    measured_day. Pure: the same function serves the rebuild and the per-customer live path."""
+    acc: dict[tuple, dict[str, Any]] = {}
+
+    def slot(day: dt.date, f: dict[str, Any]) -> dict[str, Any]:
+        k = (day, f["flow"], f["legal_entity_id"], f["service_line"], f["connection_id"], f["currency"])
+        if k not in acc:
+            acc[k] = {
+                "started": 0,
+                "started_amount": Decimal("0"),
+                "finished": 0,
+                "finished_amount": Decimal("0"),
+                "measured": 0,
+                "negative": 0,
+                "within_sla": 0,
+                "exceptions": 0,
+                "exception_amount": Decimal("0"),
+                "hist": defaultdict(int),
+                "extra_hist": defaultdict(int),
+            }
+        return acc[k]
+
+    for f in facts:
+        amount = f["amount"] or Decimal("0")
+        if f["start_day"] and (days is None or f["start_day"] in days):
+            s = slot(f["start_day"], f)
+            s["started"] += 1
+            s["started_amount"] += amount
+            if f["exception"]:
+                s["exceptions"] += 1
+                s["exception_amount"] += amount
+        if f["end_day"] and (days is None or f["end_day"] in days):
+            s = slot(f["end_day"], f)
+            s["finished"] += 1
+            s["finished_amount"] += amount
+            if f["extra_hours"] is not None and f["extra_hours"] >= 0:
+                s["extra_hist"][bucket_of(f["extra_hours"], HOUR_EDGES)] += 1
+        if f["measured_day"] and (days is None or f["measured_day"] in days):
+            s = slot(f["measured_day"], f)
+            if f["latency_hours"] < 0:
+                s["negative"] += 1
+            else:
+                s["measured"] += 1
+                s["hist"][bucket_of(f["latency_hours"], HOUR_EDGES)] += 1
+                if f["within_sla"]:
+                    s["within_sla"] += 1
+    out = []
+    for (day, flow, entity, service_line, conn, currency), s in acc.items():
+        out.append(
+            DailyRollup(
+                day=day,
+                flow=flow,
+                legal_entity_id=entity,
+                service_line=service_line,
+                connection_id=conn,
+                currency=currency,
+                **{**s, "hist": dict(s["hist"]), "extra_hist": dict(s["extra_hist"])},
+            )
+        )
+    return out
+
+
+FACT_FIELDS = [
+    "flow",
+    "legal_entity_id",
+    "service_line",
+    "connection_id",
+    "currency",
+    "amount",
+    "start_day",
+    "end_day",
+    "measured_day",
+    "latency_hours",
+    "extra_hours",
+    "within_sla",
+    "exception",
+]
+
+
+def rollup_rebuild(flow: str, days: Iterable[dt.date]) -> None:
+    """Recompute the DailyRollup rows of one flow for these days from the facts."""
+    for day in sorted(set(days)):
+        with transaction.atomic():
+            _lock(flow, day)
+            facts = FlowFact.objects.filter(Q(start_day=day) | Q(end_day=day) | Q(measured_day=day), flow=flow).values(
+                *FACT_FIELDS
+            )
+            DailyRollup.objects.filter(flow=flow, day=day).delete()
+            DailyRollup.objects.bulk_create(rollup_rows(facts, {day}))
+
+
+def attempt_rollup_rows(attempts: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    acc: dict[tuple, dict[str, Any]] = {}
+    for a in attempts:
+        hour = a["started_at"].replace(minute=0, second=0, microsecond=0)
+        k = (hour, a["flow"], a["step"], a["connection_id"], a["legal_entity_id"])
+        s = acc.setdefault(
+            k, {"attempts": 0, "failures": 0, "transient": 0, "rate_limited": 0, "retry_after_seconds": 0, "hist": {}}
+        )
+        s["attempts"] += 1
+        if a["outcome"] not in ("succeeded", "adopted", "in_flight"):
+            s["failures"] += 1
+        if a["outcome"] in ("transient", "unknown", "worker_lost"):
+            s["transient"] += 1
+        if a["http_status"] == 429:
+            s["rate_limited"] += 1
+        s["retry_after_seconds"] += a["retry_after_seconds"] or 0
+        if a["duration_ms"] is not None:
+            b = bucket_of(float(a["duration_ms"]), MS_EDGES)
+            s["hist"][b] = s["hist"].get(b, 0) + 1
+    return acc
+
+
+ATTEMPT_FIELDS = {
+    "id": "id",
+    "handoff_id": "step__handoff_id",
+    "started_at": "started_at",
+    "flow": "step__handoff__flow",
+    "step": "step__name",
+    "connection_id": "step__target_connection_id",
+    "legal_entity_id": "step__handoff__legal_entity_id",
+    "outcome": "outcome",
+    "http_status": "http_status",
+    "retry_after_seconds": "retry_after_seconds",
+    "duration_ms": "duration_ms",
+}
+
+
+def _attempt_dicts(qs: Any) -> list[dict[str, Any]]:
+    names = list(ATTEMPT_FIELDS)
+    return [dict(zip(names, row, strict=True)) for row in qs.values_list(*ATTEMPT_FIELDS.values())]
+
+
+def attempts_roll(handoff_id: int) -> None:
+    """Add a handoff's attempts not yet counted to AttemptRollup (each attempt counted once)."""
+    with transaction.atomic():
+        mark, _ = RollupMark.objects.select_for_update().get_or_create(handoff_id=handoff_id)
+        attempts = _attempt_dicts(
+            Attempt.objects.filter(step__handoff_id=handoff_id, pk__gt=mark.attempts_through).exclude(
+                outcome="in_flight"
+            )
+        )
+        if not attempts:
+            return
+        for (hour, flow, step, conn, entity), s in attempt_rollup_rows(attempts).items():
+            row, _ = AttemptRollup.objects.select_for_update().get_or_create(
+                hour=hour, flow=flow, step=step, connection_id=conn, legal_entity_id=entity
+            )
+            row.attempts += s["attempts"]
+            row.failures += s["failures"]
+            row.transient += s["transient"]
+            row.rate_limited += s["rate_limited"]
+            row.retry_after_seconds += s["retry_after_seconds"]
+            hist = dict(row.duration_hist)
+            for b, n in s["hist"].items():
+                hist[b] = hist.get(b, 0) + n
+            row.duration_hist = hist
+            row.save()
+        mark.attempts_through = max(a["id"] for a in attempts)
+        mark.save(update_fields=["attempts_through"])
+
+
+def handoff_finished(handoff_id: int) -> None:
+    """A handoff reached an end state: refresh its item's fact, the rollups, the attempt counts."""
+    result = fact_refresh(handoff_id)
+    if result is not None:
+        flow, days = result
+        rollup_rebuild(flow, days)
+    attempts_roll(handoff_id)
+
+
+def handoff_finished_safely(handoff_id: int) -> None:
+    """Called after a runner's commit: a failure here must never fail the handoff; the beat job
+    (`rollups_catch_up`) repairs whatever was missed."""
+    try:
+        handoff_finished(handoff_id)
+    except Exception:  # noqa: BLE001 - logged and repaired by the beat job
+        log.exception("dashboard rollups not updated for handoff %s; the catch-up job will retry", handoff_id)
+
+
+def rollups_catch_up(window: dt.timedelta = dt.timedelta(minutes=30)) -> int:
+    """The beat job: refresh every handoff that reached an end state recently (finished_at, or
+    needs attention and created recently). Safe to repeat: rebuilds are idempotent."""
+    since = clock.now() - window
+    ids = list(
+        Handoff.objects.filter(
+            Q(finished_at__gte=since) | Q(status="needs_attention", created_at__gte=since)
+        ).values_list("pk", flat=True)
+    )
+    for hid in ids:
+        handoff_finished(hid)
+    return len(ids)
+
+
+def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
+    """Rebuild every fact and rollup from the handoffs and attempts (backfill, SLA change)."""
+    stats = {"handoffs": 0, "facts": 0, "rollups": 0, "attempt_rollups": 0}
+    slas = {flow: sla_for(flow) for flow in MEASURES}
+    FlowFact.objects.all().delete()
+    DailyRollup.objects.all().delete()
+    AttemptRollup.objects.all().delete()
+    RollupMark.objects.all().delete()
+    groups: dict[tuple[str, str], list[HandoffRow]] = defaultdict(list)
+    last_id = 0
+    while True:
+        chunk = list(Handoff.objects.filter(pk__gt=last_id).order_by("pk").values(*HANDOFF_FIELDS)[:batch])
+        if not chunk:
+            break
+        last_id = chunk[-1]["id"]
+        for row in _rows_for(chunk):
+            groups[(row.flow, item_key(row))].append(row)
+        stats["handoffs"] += len(chunk)
+    facts = []
+    for (flow, key), rows in groups.items():
+        values = fact_values(flow, key, rows, slas.get(flow) or sla_for(flow))
+        if flow == "bill-to-cash":
+            values["details"]["handoffs"] = sorted(r.id for r in rows)
+        facts.append(values)
+    for i in range(0, len(facts), batch):
+        FlowFact.objects.bulk_create([FlowFact(**v) for v in facts[i : i + batch]])
+    stats["facts"] = len(facts)
+    rollups = rollup_rows(facts)
+    DailyRollup.objects.bulk_create(rollups, batch_size=batch)
+    stats["rollups"] = len(rollups)
+    acc: dict[tuple, dict[str, Any]] = {}
+    last_attempt = 0
+    marks: dict[int, int] = {}
+    while True:
+        chunk = _attempt_dicts(
+            Attempt.objects.filter(pk__gt=last_attempt).exclude(outcome="in_flight").order_by("pk")[: batch * 5]
+        )
+        if not chunk:
+            break
+        last_attempt = chunk[-1]["id"]
+        for k, s in attempt_rollup_rows(chunk).items():
+            t = acc.setdefault(
+                k,
+                {"attempts": 0, "failures": 0, "transient": 0, "rate_limited": 0, "retry_after_seconds": 0, "hist": {}},
+            )
+            for name in ("attempts", "failures", "transient", "rate_limited", "retry_after_seconds"):
+                t[name] += s[name]
+            for b, n in s["hist"].items():
+                t["hist"][b] = t["hist"].get(b, 0) + n
+        for a in chunk:
+            marks[a["handoff_id"]] = max(marks.get(a["handoff_id"], 0), a["id"])
+    AttemptRollup.objects.bulk_create(
+        [
+            AttemptRollup(
+                hour=hour,
+                flow=flow,
+                step=step,
+                connection_id=conn,
+                legal_entity_id=entity,
+                duration_hist=s.pop("hist"),
+                **s,
+            )
+            for (hour, flow, step, conn, entity), s in acc.items()
+        ],
+        batch_size=batch,
+    )
+    RollupMark.objects.bulk_create(
+        [RollupMark(handoff_id=h, attempts_through=a) for h, a in marks.items()], batch_size=batch
+    )
+    stats["attempt_rollups"] = len(acc)
+    return stats

@@ -1,0 +1,534 @@
+"""The KPIs (DOMAIN.md §2), as query functions with explicit arguments (`Filters`): pages, CSV
+exports and the JSON endpoint all read these, so a figure means the same everywhere.
+
+Latencies come from DailyRollup histograms (facts.py), reported as nearest-rank median and p90,
+exact to the histogram bucket (1 h up to 3 days, 6 h up to 14 days, 1 day up to 120 days). Items
+not finished yet are censored: left out of latencies, counted as open. Money is converted to the
+reporting currency by `Converter` (FxRate: flows at the month's average rate, balances at the
+period-end rate); an amount with no rate is left out and counted in `unconverted`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q, QuerySet
+
+from dashboards.facts import FACT_FIELDS, HOUR_EDGES, MEASURES, MS_EDGES, rollup_rows, sla_for
+from dashboards.models import AttemptRollup, DailyRollup, FlowFact, FxRate
+from pscsync import clock
+from pscsync.models import Handoff, Mismatch, ReconciliationRun
+
+FLOWS = list(MEASURES)
+AGE_BUCKETS_DAYS = [(0, 30, "0–30 days"), (31, 60, "31–60 days"), (61, 90, "61–90 days"), (91, None, "over 90 days")]
+EXCEPTION_AGE_BUCKETS = [(0, 1, "under 1 day"), (1, 7, "1–7 days"), (7, 30, "7–30 days"), (30, None, "over 30 days")]
+
+
+def reporting_currency() -> str:
+    return getattr(settings, "PSCSYNC_REPORTING_CURRENCY", "USD")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a figure is about. `entity_ids` is already limited to the user's scope (None = all)."""
+
+    start: dt.date
+    end: dt.date
+    entity_ids: tuple[int, ...] | None = None
+    service_line: str = ""
+    customer: str = ""
+    connection_id: int | None = None
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    def previous(self) -> Filters:
+        """The period of the same length just before this one (for trends)."""
+        return replace(self, start=self.start - dt.timedelta(days=self.days), end=self.start - dt.timedelta(days=1))
+
+    def apply(self, qs: QuerySet, *, entity: str = "legal_entity_id", connection: str = "connection_id") -> QuerySet:
+        if self.entity_ids is not None:
+            qs = qs.filter(**{f"{entity}__in": self.entity_ids})
+        if self.service_line:
+            qs = qs.filter(service_line=self.service_line)
+        if self.customer:
+            qs = qs.filter(customer_name=self.customer)
+        if self.connection_id:
+            qs = qs.filter(**{connection: self.connection_id})
+        return qs
+
+
+# Currency ---------------------------------------------------------------------------------------
+@dataclass
+class Converter:
+    """Reporting-currency conversion with the stated policy; remembers what it could not convert."""
+
+    target: str = field(default_factory=reporting_currency)
+    unconverted: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    _rates: dict[tuple[str, str], list[tuple[str, Decimal]]] | None = None
+
+    def _load(self) -> dict[tuple[str, str], list[tuple[str, Decimal]]]:
+        if self._rates is None:
+            rates: dict[tuple[str, str], list[tuple[str, Decimal]]] = defaultdict(list)
+            for cur, month, kind, rate in FxRate.objects.order_by("month").values_list(
+                "currency", "month", "kind", "rate"
+            ):
+                rates[(cur, kind)].append((month, rate))
+            self._rates = rates
+        return self._rates
+
+    def rate(self, currency: str, month: str, kind: str) -> Decimal | None:
+        if not currency or currency == self.target:
+            return Decimal("1")
+        found = None
+        for m, r in self._load().get((currency, kind), []):
+            if m <= month:
+                found = r
+        return found
+
+    def convert(self, amount: Decimal, currency: str, day: dt.date, kind: str = "average") -> Decimal:
+        if not amount:
+            return Decimal("0")
+        rate = self.rate(currency, day.strftime("%Y-%m"), kind)
+        if rate is None:
+            self.unconverted[currency] += amount
+            return Decimal("0")
+        return (amount * rate).quantize(Decimal("0.01"))
+
+    @property
+    def note(self) -> str:
+        if not self.unconverted:
+            return ""
+        parts = ", ".join(f"{a:,.2f} {c}" for c, a in sorted(self.unconverted.items()))
+        return f"Not included (no {self.target} rate for the month): {parts}."
+
+
+POLICY = (
+    "Amounts are shown in {cur}. Flows (billings, payments, exception value) are converted at the "
+    "average rate of the month they happened in; balances (receivables, blocked value, money at "
+    "risk) at the closing rate of the period's last month. Rates are kept under Dashboards → SLAs "
+    "and rates; an amount with no rate is left out and named under the figure."
+)
+
+
+def policy_text() -> str:
+    return POLICY.format(cur=reporting_currency())
+
+
+# Histograms -------------------------------------------------------------------------------------
+def _edge(label: str) -> float:
+    return float("inf") if label == "inf" else float(label)
+
+
+def percentile(hist: dict[str, int], p: float) -> float | None:
+    """Nearest-rank percentile of a histogram: the upper edge of the bucket holding rank ⌈p·n⌉."""
+    n = sum(hist.values())
+    if not n:
+        return None
+    rank = max(1, -(-int(p * n * 1000) // 1000))  # ceil without float drift for p*n integers
+    seen = 0
+    for label in sorted(hist, key=_edge):
+        seen += hist[label]
+        if seen >= rank:
+            return _edge(label)
+    return None
+
+
+def merge(hists: Iterable[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for h in hists:
+        for k, v in h.items():
+            out[k] += v
+    return dict(out)
+
+
+# Rollup reads -----------------------------------------------------------------------------------
+def rollups(f: Filters, flow: str, start: dt.date | None = None, end: dt.date | None = None) -> list[DailyRollup]:
+    """Rollup rows of one flow in [start, end] (default: the filter's period). With a customer
+    filter the rows are built on the fly from that customer's facts (rollups have no customer)."""
+    start = start or f.start
+    end = end or f.end
+    if f.customer:
+        facts = f.apply(FlowFact.objects.filter(flow=flow)).filter(
+            Q(start_day__range=(start, end)) | Q(end_day__range=(start, end)) | Q(measured_day__range=(start, end))
+        )
+        days = {start + dt.timedelta(days=i) for i in range((end - start).days + 1)}
+        return rollup_rows(facts.values(*FACT_FIELDS), days)
+    qs = DailyRollup.objects.filter(flow=flow)
+    if start != dt.date.min:
+        qs = qs.filter(day__gte=start)
+    qs = qs.filter(day__lte=end)
+    return list(f.apply(qs))
+
+
+@dataclass
+class FlowStats:
+    flow: str
+    label: str
+    measure: str
+    finished: int
+    measured: int
+    negative: int
+    median_hours: float | None
+    p90_hours: float | None
+    within_sla: int
+    sla_label: str
+    started: int
+    started_value: Decimal
+    hist: dict[str, int]
+    extra_hist: dict[str, int]
+    previous: FlowStats | None = None
+
+    @property
+    def pct_within_sla(self) -> float | None:
+        return 100.0 * self.within_sla / self.measured if self.measured else None
+
+    @property
+    def breaches(self) -> int:
+        return self.measured - self.within_sla
+
+    @property
+    def extra_median_hours(self) -> float | None:
+        return percentile(self.extra_hist, 0.5)
+
+    @property
+    def extra_p90_hours(self) -> float | None:
+        return percentile(self.extra_hist, 0.9)
+
+
+def flow_stats(f: Filters, flow: str, *, with_previous: bool = True, conv: Converter | None = None) -> FlowStats:
+    """Volume, median and p90 business latency, % within SLA for one flow, measured in the period."""
+    conv = conv or Converter()
+    rows = rollups(f, flow)
+    measured_rows = rows
+    hist = merge(r.hist for r in measured_rows)
+    sla = sla_for(flow)
+    stats = FlowStats(
+        flow=flow,
+        label=flow.replace("-", " ").capitalize(),
+        measure=MEASURES[flow]["label"],
+        finished=sum(r.finished for r in rows),
+        measured=sum(r.measured for r in rows),
+        negative=sum(r.negative for r in rows),
+        median_hours=percentile(hist, 0.5),
+        p90_hours=percentile(hist, 0.9),
+        within_sla=sum(r.within_sla for r in rows),
+        sla_label=sla.target_label,
+        started=sum(r.started for r in rows),
+        started_value=sum((conv.convert(r.started_amount, r.currency, r.day) for r in rows), Decimal("0")),
+        hist=hist,
+        extra_hist=merge(r.extra_hist for r in rows),
+    )
+    if with_previous:
+        stats.previous = flow_stats(f.previous(), flow, with_previous=False, conv=Converter())
+    return stats
+
+
+def weekly_latency(f: Filters, flow: str) -> list[dict[str, Any]]:
+    """Per ISO week in the period: items measured, median and p90 hours, % within SLA."""
+    weeks: dict[dt.date, list[DailyRollup]] = defaultdict(list)
+    for r in rollups(f, flow):
+        weeks[r.day - dt.timedelta(days=r.day.weekday())].append(r)
+    out = []
+    for week in sorted(weeks):
+        rows = weeks[week]
+        hist = merge(r.hist for r in rows)
+        measured = sum(r.measured for r in rows)
+        out.append(
+            {
+                "week": week,
+                "measured": measured,
+                "median_hours": percentile(hist, 0.5),
+                "p90_hours": percentile(hist, 0.9),
+                "pct_within_sla": 100.0 * sum(r.within_sla for r in rows) / measured if measured else None,
+            }
+        )
+    return out
+
+
+def latency_by(f: Filters, flow: str, dimension: str) -> list[dict[str, Any]]:
+    """Median/p90 and % within SLA per legal entity or service line."""
+    groups: dict[Any, list[DailyRollup]] = defaultdict(list)
+    for r in rollups(f, flow):
+        groups[getattr(r, dimension)].append(r)
+    out = []
+    for key, rows in groups.items():
+        hist = merge(r.hist for r in rows)
+        measured = sum(r.measured for r in rows)
+        if not measured:
+            continue
+        out.append(
+            {
+                dimension: key,
+                "measured": measured,
+                "median_hours": percentile(hist, 0.5),
+                "p90_hours": percentile(hist, 0.9),
+                "pct_within_sla": 100.0 * sum(r.within_sla for r in rows) / measured,
+            }
+        )
+    return sorted(out, key=lambda x: -x["measured"])
+
+
+# Open (censored) items, read live: few rows, on the status index ---------------------------------
+def open_handoffs(f: Filters, flow: str | None = None, statuses: Iterable[str] = Handoff.OPEN) -> QuerySet[Handoff]:
+    qs = Handoff.objects.filter(status__in=list(statuses))
+    if flow:
+        qs = qs.filter(flow=flow)
+    return f.apply(qs, connection="source_connection_id")
+
+
+def _age_days(h: dict[str, Any], now: dt.datetime, key: str | None = None) -> int:
+    from dashboards.facts import parse_time
+
+    since = parse_time((h["business_times"] or {}).get(key)) if key else None
+    since = since or h["business_started_at"] or h["created_at"]
+    return max(0, (now - since).days)
+
+
+def _bucketed(rows: list[dict[str, Any]], buckets: list[tuple[int, int | None, str]], conv: Converter, f: Filters):
+    out = [{"label": label, "low": lo, "high": hi, "count": 0, "value": Decimal("0")} for lo, hi, label in buckets]
+    for row in rows:
+        for b in out:
+            if row["age"] >= b["low"] and (b["high"] is None or row["age"] <= b["high"]):
+                b["count"] += 1
+                b["value"] += conv.convert(row["amount"] or Decimal("0"), row["currency"], f.end, "closing")
+                break
+    return out
+
+
+OPEN_FIELDS = [
+    "id",
+    "flow",
+    "business_key",
+    "status",
+    "customer_name",
+    "service_line",
+    "amount",
+    "currency",
+    "legal_entity_id",
+    "business_times",
+    "business_started_at",
+    "created_at",
+]
+
+
+def blocked_billing(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+    """Billing batches released in the PSA with no ERP invoice yet (open project-to-bill handoffs),
+    aged by release date: the part of unbilled WIP pscsync can see."""
+    conv = conv or Converter()
+    now = clock.now()
+    rows = list(open_handoffs(f, "project-to-bill").values(*OPEN_FIELDS))
+    for r in rows:
+        r["age"] = _age_days(r, now, "billing_released")
+    buckets = _bucketed(rows, AGE_BUCKETS_DAYS, conv, f)
+    return {
+        "count": len(rows),
+        "value": sum((b["value"] for b in buckets), Decimal("0")),
+        "buckets": buckets,
+        "rows": rows,
+    }
+
+
+def won_not_activated(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+    """Won deals whose project is not active yet (open quote-to-project handoffs), with value and age."""
+    conv = conv or Converter()
+    now = clock.now()
+    rows = list(open_handoffs(f, "quote-to-project").values(*OPEN_FIELDS).order_by("business_started_at"))
+    sla = sla_for("quote-to-project")
+    for r in rows:
+        r["age"] = _age_days(r, now, "deal_closed")
+        r["value"] = conv.convert(r["amount"] or Decimal("0"), r["currency"], f.end, "closing")
+    over = [r for r in rows if r["age"] * 24 > float(sla.target) * (24 if sla.unit == "business_days" else 1)]
+    return {"count": len(rows), "value": sum((r["value"] for r in rows), Decimal("0")), "rows": rows, "over_sla": over}
+
+
+def open_exceptions(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+    """Handoffs that need a person, by age since they started, with the value they carry."""
+    conv = conv or Converter()
+    now = clock.now()
+    rows = list(open_handoffs(f, statuses=["needs_attention"]).values(*OPEN_FIELDS))
+    for r in rows:
+        r["age"] = _age_days(r, now)
+    buckets = []
+    for lo, hi, label in EXCEPTION_AGE_BUCKETS:
+        inside = [r for r in rows if r["age"] >= lo and (hi is None or r["age"] < hi)]
+        buckets.append(
+            {
+                "label": label,
+                "count": len(inside),
+                "value": sum(
+                    (conv.convert(r["amount"] or Decimal("0"), r["currency"], f.end, "closing") for r in inside),
+                    Decimal("0"),
+                ),
+            }
+        )
+    by_flow: dict[str, int] = defaultdict(int)
+    for r in rows:
+        by_flow[r["flow"]] += 1
+    return {"count": len(rows), "buckets": buckets, "by_flow": dict(by_flow)}
+
+
+# Billing exceptions, mismatches, DSO --------------------------------------------------------------
+def billing_exceptions(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+    """Billing batches released in the period that needed a person or were rejected at least once,
+    ÷ batches released, by count and by value. First-pass yield = 1 − rate."""
+    conv = conv or Converter()
+    rows = rollups(f, "project-to-bill")
+    started = sum(r.started for r in rows)
+    exceptions = sum(r.exceptions for r in rows)
+    value = sum((conv.convert(r.started_amount, r.currency, r.day) for r in rows), Decimal("0"))
+    exc_value = sum((conv.convert(r.exception_amount, r.currency, r.day) for r in rows), Decimal("0"))
+    return {
+        "attempted": started,
+        "exceptions": exceptions,
+        "value": value,
+        "exception_value": exc_value,
+        "rate": 100.0 * exceptions / started if started else None,
+        "value_rate": float(100 * exc_value / value) if value else None,
+    }
+
+
+def _months(f: Filters) -> list[str]:
+    months, day = [], f.start.replace(day=1)
+    while day <= f.end:
+        months.append(day.strftime("%Y-%m"))
+        day = (day + dt.timedelta(days=32)).replace(day=1)
+    return months
+
+
+def mismatches(f: Filters) -> QuerySet[Mismatch]:
+    """Open reconciliation mismatches of the period's months (and contract-level ones)."""
+    qs = Mismatch.objects.filter(status=Mismatch.Status.OPEN).filter(Q(period__in=_months(f)) | Q(period=""))
+    if f.entity_ids is not None:
+        qs = qs.filter(legal_entity_id__in=f.entity_ids)
+    if f.customer:
+        qs = qs.filter(customer_name=f.customer)
+    return qs
+
+
+def revenue_accuracy(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+    """Revenue schedule accuracy (§2.5): open revenue mismatches (value = Σ|Δ|), and the row match
+    rate = matched ÷ checked of each entity's latest complete reconciliation run."""
+    conv = conv or Converter()
+    rows = list(mismatches(f).filter(comparison="revenue").values("difference", "currency", "cause"))
+    value = sum((conv.convert(abs(r["difference"]), r["currency"], f.end, "closing") for r in rows), Decimal("0"))
+    runs = ReconciliationRun.objects.filter(status="complete")
+    if f.entity_ids is not None:
+        runs = runs.filter(legal_entity_id__in=f.entity_ids)
+    checked = matched = 0
+    seen = set()
+    for run in runs.order_by("-started_at").only("legal_entity_id", "summary")[:200]:
+        if run.legal_entity_id in seen:
+            continue
+        seen.add(run.legal_entity_id)
+        part = (run.summary or {}).get("revenue", {})
+        checked += part.get("checked", 0)
+        matched += part.get("matched", 0)
+    by_cause: dict[str, int] = defaultdict(int)
+    for r in rows:
+        by_cause[r["cause"]] += 1
+    return {
+        "open": len(rows),
+        "value": value,
+        "checked": checked,
+        "matched": matched,
+        "match_rate": 100.0 * matched / checked if checked else None,
+        "by_cause": dict(by_cause),
+    }
+
+
+def dso(f: Filters, window_days: int = 90, conv: Converter | None = None) -> dict[str, Any]:
+    """Simple DSO (§2.6) at the period end: open receivables ÷ billings of the last 90 days × 90.
+    Receivables = invoices posted up to the end and not paid in full by then (bill-to-cash)."""
+    conv = conv or Converter()
+    rows = rollups(f, "bill-to-cash", start=dt.date.min, end=f.end)
+    window_start = f.end - dt.timedelta(days=window_days - 1)
+    ar = Decimal("0")
+    billings = Decimal("0")
+    invoices = 0
+    for r in rows:
+        ar += conv.convert(r.started_amount - r.finished_amount, r.currency, f.end, "closing")
+        if r.day >= window_start:
+            billings += conv.convert(r.started_amount, r.currency, r.day)
+            invoices += r.started
+    value = float(ar / billings * window_days) if billings > 0 else None
+    return {"days": value, "receivables": ar, "billings": billings, "invoices": invoices, "window": window_days}
+
+
+def money_at_risk(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+    """Money at risk at the period end = billing released but not invoiced + won deals not yet a
+    project past their SLA + |Δ| of open billed-time and revenue mismatches."""
+    conv = conv or Converter()
+    blocked = blocked_billing(f, conv)["value"]
+    won = won_not_activated(f, conv)
+    late_deals = sum((r["value"] for r in won["over_sla"]), Decimal("0"))
+    mm = list(mismatches(f).filter(comparison__in=["billed_time", "revenue"]).values("difference", "currency"))
+    mm_value = sum((conv.convert(abs(r["difference"]), r["currency"], f.end, "closing") for r in mm), Decimal("0"))
+    return {
+        "value": blocked + late_deals + mm_value,
+        "parts": [
+            {"label": "Billing released, not invoiced", "value": blocked},
+            {"label": "Won deals not activated past SLA", "value": late_deals, "count": len(won["over_sla"])},
+            {"label": "Open billing and revenue mismatches", "value": mm_value, "count": len(mm)},
+        ],
+    }
+
+
+# Integration health -----------------------------------------------------------------------------
+def attempt_stats(f: Filters, since: dt.datetime, group: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Attempts, failure rate, rate-limit waits and p95 duration since a time, optionally grouped."""
+    qs = AttemptRollup.objects.filter(hour__gte=since.replace(minute=0, second=0, microsecond=0))
+    if f.entity_ids is not None:
+        qs = qs.filter(legal_entity_id__in=f.entity_ids)
+    if f.connection_id:
+        qs = qs.filter(connection_id=f.connection_id)
+    groups: dict[tuple, list[AttemptRollup]] = defaultdict(list)
+    for row in qs:
+        groups[tuple(getattr(row, g) for g in group)].append(row)
+    out = []
+    for key, rows in groups.items():
+        attempts = sum(r.attempts for r in rows)
+        failures = sum(r.failures for r in rows)
+        out.append(
+            {
+                **dict(zip(group, key, strict=True)),
+                "attempts": attempts,
+                "failures": failures,
+                "failure_rate": 100.0 * failures / attempts if attempts else None,
+                "transient": sum(r.transient for r in rows),
+                "rate_limited": sum(r.rate_limited for r in rows),
+                "retry_after_seconds": sum(r.retry_after_seconds for r in rows),
+                "p95_ms": percentile(merge(r.duration_hist for r in rows), 0.95),
+            }
+        )
+    return sorted(out, key=lambda x: -x["attempts"])
+
+
+def health_line(f: Filters) -> dict[str, Any]:
+    """One line: attempts and failure rate over 24 h, dead-lettered backlog, oldest unfinished."""
+    now = clock.now()
+    day = attempt_stats(f, now - dt.timedelta(days=1))
+    totals = day[0] if day else {"attempts": 0, "failures": 0, "failure_rate": None, "rate_limited": 0}
+    backlog = open_handoffs(f, statuses=["needs_attention"]).count()
+    oldest = (
+        open_handoffs(f, statuses=["pending", "running", "waiting_retry"])
+        .order_by("created_at")
+        .values("id", "created_at")
+        .first()
+    )
+    return {
+        **totals,
+        "dead_lettered": backlog,
+        "oldest_unfinished_id": oldest["id"] if oldest else None,
+        "oldest_unfinished_age": (now - oldest["created_at"]) if oldest else None,
+    }
+
+
+__all__ = ["HOUR_EDGES", "MS_EDGES"]

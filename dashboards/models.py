@@ -1,0 +1,167 @@
+"""Dashboard records: SLAs per flow, FX rates for the reporting currency, and the aggregates
+kept as data arrives (facts per business item, daily and hourly rollups) so pages stay fast."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import models
+
+
+class FlowSla(models.Model):
+    """An admin's target for one flow's business latency (the measure is in dashboards.facts)."""
+
+    class Unit(models.TextChoices):
+        HOURS = "hours", "Calendar hours"
+        BUSINESS_DAYS = "business_days", "Business days (Mon–Fri)"
+
+    flow = models.CharField(max_length=40, unique=True)
+    target = models.DecimalField(max_digits=8, decimal_places=2, help_text="e.g. 1 business day, or 120 hours.")
+    unit = models.CharField(max_length=16, choices=Unit.choices, default=Unit.HOURS)
+    note = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["flow"]
+        verbose_name = "flow SLA"
+
+    def __str__(self) -> str:
+        return f"{self.flow} within {self.target} {self.get_unit_display().lower()}"
+
+    @property
+    def target_label(self) -> str:
+        n = f"{self.target.normalize():f}"
+        return f"{n} business day{'s' if self.target != 1 else ''}" if self.unit == "business_days" else f"{n} h"
+
+
+class FxRate(models.Model):
+    """Units of the reporting currency per one unit of `currency`, for a month.
+
+    Policy (DOMAIN.md §1.11): flows (billings, payments, exception value) use the month's
+    average rate; balances (AR, blocked value, money at risk) the closing rate of the period's
+    last month. A missing month falls back to the latest earlier month of the same kind."""
+
+    class Kind(models.TextChoices):
+        AVERAGE = "average", "Period average"
+        CLOSING = "closing", "Period end"
+
+    currency = models.CharField(max_length=3)
+    month = models.CharField(max_length=7, help_text="YYYY-MM")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.AVERAGE)
+    rate = models.DecimalField(max_digits=18, decimal_places=8)
+
+    class Meta:
+        ordering = ["currency", "-month"]
+        constraints = [models.UniqueConstraint(fields=["currency", "month", "kind"], name="fx_one_rate_per_month")]
+
+    def __str__(self) -> str:
+        return f"{self.currency} {self.month} {self.kind} {self.rate}"
+
+
+class FlowFact(models.Model):
+    """One business item of one flow (a deal, a billing batch, an invoice) with its measured
+    latency, rebuilt from its handoffs whenever one of them finishes. Grain per flow:
+    quote-to-project, contract-change and pipeline-to-demand: the opportunity; project-to-bill:
+    the billing batch; bill-to-cash: the invoice."""
+
+    flow = models.CharField(max_length=40)
+    key = models.CharField(max_length=200)
+    legal_entity = models.ForeignKey(
+        "pscsync.LegalEntity", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    service_line = models.CharField(max_length=80, blank=True)
+    customer_name = models.CharField(max_length=200, blank=True)
+    connection = models.ForeignKey(
+        "connectors.Connection", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    currency = models.CharField(max_length=3, blank=True)
+    amount = models.DecimalField(max_digits=16, decimal_places=2, default=Decimal("0"))
+    start_at = models.DateTimeField(null=True, blank=True)
+    end_at = models.DateTimeField(null=True, blank=True, help_text="Empty: not finished yet (censored).")
+    start_day = models.DateField(null=True, blank=True)
+    end_day = models.DateField(null=True, blank=True)
+    measured_day = models.DateField(null=True, blank=True, help_text="When the SLA measure completed.")
+    latency_hours = models.FloatField(null=True, blank=True, help_text="The flow's SLA measure.")
+    latency_business_days = models.FloatField(null=True, blank=True)
+    extra_hours = models.FloatField(null=True, blank=True, help_text="The flow's second measure, e.g. days to pay.")
+    within_sla = models.BooleanField(null=True)
+    exception = models.BooleanField(default=False, help_text="Needed a person or was rejected at least once.")
+    handoff = models.ForeignKey("pscsync.Handoff", null=True, on_delete=models.SET_NULL, related_name="+")
+    handoff_count = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=16, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["flow", "key"], name="fact_one_per_item")]
+        indexes = [
+            models.Index(fields=["flow", "end_day"], name="fact_flow_end"),
+            models.Index(fields=["flow", "start_day"], name="fact_flow_start"),
+            models.Index(fields=["flow", "measured_day"], name="fact_flow_measured"),
+            models.Index(fields=["customer_name"], name="fact_customer"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flow} {self.key}"
+
+
+class DailyRollup(models.Model):
+    """Per day and dimension: items started and finished, their value, the latency histogram.
+    Rebuilt per (flow, day) from FlowFact, so a rebuild is always correct and safe to repeat."""
+
+    day = models.DateField()
+    flow = models.CharField(max_length=40)
+    legal_entity_id = models.BigIntegerField(null=True)
+    service_line = models.CharField(max_length=80, blank=True)
+    connection_id = models.BigIntegerField(null=True)
+    currency = models.CharField(max_length=3, blank=True)
+    started = models.PositiveIntegerField(default=0)
+    started_amount = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"))
+    finished = models.PositiveIntegerField(default=0)
+    finished_amount = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"))
+    measured = models.PositiveIntegerField(default=0, help_text="Finished items with a latency (not negative).")
+    negative = models.PositiveIntegerField(
+        default=0, help_text="Finished before they started (e.g. project before close)."
+    )
+    within_sla = models.PositiveIntegerField(default=0)
+    exceptions = models.PositiveIntegerField(default=0)
+    exception_amount = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"))
+    hist = models.JSONField(default=dict, help_text="Latency histogram: bucket upper edge (h) -> count.")
+    extra_hist = models.JSONField(default=dict)
+
+    class Meta:
+        indexes = [models.Index(fields=["flow", "day"], name="rollup_flow_day")]
+
+    def __str__(self) -> str:
+        return f"{self.flow} {self.day}"
+
+
+class AttemptRollup(models.Model):
+    """Per hour, connection and step: attempts, failures, rate limits, duration histogram."""
+
+    hour = models.DateTimeField()
+    flow = models.CharField(max_length=40)
+    step = models.CharField(max_length=60)
+    connection_id = models.BigIntegerField(null=True)
+    legal_entity_id = models.BigIntegerField(null=True)
+    attempts = models.PositiveIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    transient = models.PositiveIntegerField(default=0)
+    rate_limited = models.PositiveIntegerField(default=0)
+    retry_after_seconds = models.PositiveBigIntegerField(default=0)
+    duration_hist = models.JSONField(default=dict, help_text="Duration histogram: bucket upper edge (ms) -> count.")
+
+    class Meta:
+        indexes = [models.Index(fields=["hour"], name="attempt_rollup_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.flow}/{self.step} {self.hour:%Y-%m-%d %H}h"
+
+
+class RollupMark(models.Model):
+    """How far a handoff's attempts are counted in AttemptRollup (so nothing is counted twice)."""
+
+    handoff = models.OneToOneField("pscsync.Handoff", on_delete=models.CASCADE, related_name="+")
+    attempts_through = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"handoff {self.handoff_id} attempts through {self.attempts_through}"

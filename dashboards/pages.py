@@ -1,0 +1,748 @@
+"""What each dashboard page shows: tiles, charts and tables built from metrics.py, as plain data a
+single template renders. Every tile and row carries its drill-down link and its help text."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+from django.urls import reverse
+
+from dashboards import charts, metrics
+from dashboards.facts import MEASURES, parse_time, sla_for
+from dashboards.metrics import Converter, Filters
+from dashboards.models import FlowFact
+from pscsync.models import LegalEntity, Mismatch
+
+
+@dataclass
+class Tile:
+    label: str
+    figure: str
+    note: str = ""
+    href: str = ""
+    help: str = ""
+    state: str = ""  # good | bad | ""
+    question: str = ""
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    headers: list[str]
+    rows: list[list[Any]] = field(default_factory=list)  # a cell is a value or (value, href)
+    help: str = ""
+    empty: str = "Nothing in this period."
+
+    @property
+    def cells(self) -> list[list[dict[str, Any]]]:
+        """Rows as {text, href} cells for the template."""
+        return [
+            [{"text": c[0], "href": c[1]} if isinstance(c, tuple) else {"text": c, "href": ""} for c in row]
+            for row in self.rows
+        ]
+
+
+@dataclass
+class Chart:
+    id: str
+    title: str
+    figure: dict[str, Any]
+    help: str = ""
+
+    @property
+    def data_id(self) -> str:
+        return f"{self.id}-data"
+
+    @property
+    def has_data(self) -> bool:
+        return any(any(v for v in (t.get("y") or []) if v) for t in self.figure.get("data", []))
+
+
+@dataclass
+class Page:
+    title: str
+    intro: str
+    tiles: list[Tile] = field(default_factory=list)
+    charts: list[Chart] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def hours_label(hours: float | None) -> str:
+    if hours is None:
+        return "—"
+    if hours == float("inf"):
+        return "over a year"
+    if hours < 72:
+        return f"{hours:g} h"
+    return f"{hours / 24:.1f} days"
+
+
+def money(value: Decimal | None) -> str:
+    if value is None:
+        return "—"
+    return f"{metrics.reporting_currency()} {value:,.0f}"
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}%"
+
+
+def trend(now: float | None, before: float | None, unit: str = "", lower_is_better: bool = True) -> str:
+    if now is None or before is None:
+        return "no previous period to compare"
+    delta = now - before
+    if abs(delta) < 1e-9:
+        return "same as the previous period"
+    better = (delta < 0) == lower_is_better
+    arrow = "▼" if delta < 0 else "▲"
+    return f"{arrow} {abs(delta):g}{unit} vs previous period ({'better' if better else 'worse'})"
+
+
+def link(name: str, f: Filters, **params: Any) -> str:
+    query = {"from": f.start.isoformat(), "to": f.end.isoformat(), **{k: v for k, v in params.items() if v != ""}}
+    if f.service_line:
+        query["service_line"] = f.service_line
+    if f.customer:
+        query["customer"] = f.customer
+    if f.entity_ids is not None and "legal_entity" not in query:
+        query["legal_entity"] = ",".join(
+            LegalEntity.objects.filter(pk__in=f.entity_ids).order_by("code").values_list("code", flat=True)
+        )
+    return f"{reverse(name)}?{urlencode(query)}"
+
+
+def handoff_link(pk: int | None) -> str:
+    return reverse("handoffs:detail", args=[pk]) if pk else ""
+
+
+def flow_title(flow: str) -> str:
+    return flow.replace("-", " ").capitalize()
+
+
+# Overview ---------------------------------------------------------------------------------------
+def overview(f: Filters) -> Page:
+    conv = Converter()
+    stats = {flow: metrics.flow_stats(f, flow, conv=conv) for flow in metrics.FLOWS}
+    q2p, p2b, b2c = stats["quote-to-project"], stats["project-to-bill"], stats["bill-to-cash"]
+    blocked = metrics.blocked_billing(f, conv)
+    dso = metrics.dso(f, conv=conv)
+    risk = metrics.money_at_risk(f, conv)
+    won = metrics.won_not_activated(f, conv)
+    page = Page(
+        "Overview",
+        "Are deals becoming projects, is approved work being billed, is billing becoming cash, and where is "
+        "money stuck? From the business times the source systems reported, for the legal entities you can see.",
+    )
+    page.tiles = [
+        Tile(
+            "Deal closed → project active (median)",
+            hours_label(q2p.median_hours),
+            f"{pct(q2p.pct_within_sla)} within SLA ({q2p.sla_label}) · {q2p.measured} deals · "
+            + trend(q2p.median_hours, q2p.previous.median_hours if q2p.previous else None, " h"),
+            link("dashboards:quote_to_project", f),
+            "Median of (project activated in the PSA − deal closed won in the CRM), nearest rank, for deals "
+            "activated in the period. Re-opened deals count from the last close; a deal with two projects "
+            "from the first activation after it. Deals not activated yet are not in the median.",
+            "bad" if (q2p.pct_within_sla or 100) < 90 else "good",
+            "Are deals becoming projects?",
+        ),
+        Tile(
+            "Approved time → invoice (median)",
+            hours_label(p2b.median_hours),
+            f"{pct(p2b.pct_within_sla)} within SLA ({p2b.sla_label}) · {money(blocked['value'])} released, "
+            f"not invoiced ({blocked['count']} batches)",
+            link("dashboards:project_to_bill", f),
+            "Median of (invoice created in the ERP − latest approved item date in the PSA billing batch) for "
+            "batches invoiced in the period. Blocked value: batches released in the PSA with no ERP invoice yet.",
+            "bad" if blocked["count"] else "good",
+            "Is approved work being billed?",
+        ),
+        Tile(
+            "DSO",
+            "—" if dso["days"] is None else f"{dso['days']:.0f} days",
+            f"{money(dso['receivables'])} open receivables · days to pay median {hours_label(b2c.extra_median_hours)}",
+            link("dashboards:bill_to_cash", f),
+            "Open receivables at the period end (invoices posted and not paid in full) ÷ invoices posted in "
+            "the last 90 days × 90 (simple DSO, DOMAIN.md §2.6).",
+            "",
+            "Is billing becoming cash?",
+        ),
+        Tile(
+            "Money at risk",
+            money(risk["value"]),
+            " · ".join(f"{money(p['value'])} {p['label'].lower()}" for p in risk["parts"] if p["value"]) or "none",
+            link("dashboards:exceptions", f),
+            "Billing released but not invoiced + value of won deals not activated past their SLA + |difference| "
+            "of open billed-time and revenue mismatches, at the period-end rate.",
+            "bad" if risk["value"] else "good",
+            "Where is money stuck?",
+        ),
+    ]
+    rows = []
+    for flow, s in stats.items():
+        prev = s.previous
+        rows.append(
+            [
+                (flow_title(flow), link(FLOW_PAGES.get(flow, "dashboards:items"), f, flow=flow)),
+                (s.measured, link("dashboards:items", f, flow=flow, measure="measured")),
+                hours_label(s.median_hours),
+                hours_label(s.p90_hours),
+                pct(s.pct_within_sla),
+                (s.breaches, link("dashboards:items", f, flow=flow, measure="breached")),
+                s.sla_label,
+                trend(s.median_hours, prev.median_hours if prev else None, " h"),
+            ]
+        )
+    page.tables.append(
+        Table(
+            "flows",
+            "Each flow in the period",
+            ["Flow", "Finished", "Median", "p90", "Within SLA", "Breaches", "SLA", "Median vs previous period"],
+            rows,
+            "Business latency per flow: "
+            + "; ".join(f"{flow_title(k)}: {v['label']}" for k, v in MEASURES.items())
+            + ". Percentiles are nearest-rank, exact to the hour up to 3 days, to 6 h up to 14 days, to a day beyond.",
+        )
+    )
+    ex = metrics.billing_exceptions(f, conv)
+    rev = metrics.revenue_accuracy(f, conv)
+    opened = metrics.open_exceptions(f, conv)
+    health = metrics.health_line(f)
+    page.tiles += [
+        Tile(
+            "Billing exceptions",
+            pct(ex["rate"]),
+            f"{ex['exceptions']} of {ex['attempted']} batches · {money(ex['exception_value'])} "
+            f"({pct(ex['value_rate'])} of value)",
+            link("dashboards:items", f, flow="project-to-bill", measure="exceptions"),
+            "Billing batches released in the period that needed a person or were rejected at least once "
+            "(validation, mapping, vendor rejection) ÷ batches released, by count and by value.",
+            "bad" if ex["exceptions"] else "good",
+        ),
+        Tile(
+            "Revenue mismatches",
+            money(rev["value"]),
+            f"{rev['open']} open · match rate {pct(rev['match_rate'])} ({rev['matched']} of {rev['checked']})",
+            link("dashboards:exceptions", f),
+            "Σ|PSA − ERP| of open revenue mismatches for the period's months; match rate = matched ÷ checked "
+            "subjects in each entity's latest complete reconciliation.",
+            "bad" if rev["open"] else "good",
+        ),
+        Tile(
+            "Need a person",
+            str(opened["count"]),
+            " · ".join(f"{b['count']} {b['label']}" for b in opened["buckets"] if b["count"]) or "none",
+            reverse("handoffs:list") + "?status=needs_attention",
+            "Handoffs waiting in the workbench, by age since their business change.",
+            "bad" if opened["count"] else "good",
+        ),
+        Tile(
+            "Won, not yet a project",
+            str(won["count"]),
+            f"{money(won['value'])} · {len(won['over_sla'])} past SLA",
+            link("dashboards:quote_to_project", f),
+            "Won deals whose quote-to-project handoff has not finished.",
+            "bad" if won["over_sla"] else "",
+        ),
+    ]
+    page.notes.append(
+        f"Integration: {health['attempts']} calls in 24 h, {pct(health['failure_rate'])} failed, "
+        f"{health['rate_limited']} rate-limited; {health['dead_lettered']} dead-lettered; oldest unfinished "
+        + (f"{health['oldest_unfinished_age']}".split(".")[0] if health["oldest_unfinished_age"] else "none")
+        + "."
+    )
+    page.charts.append(
+        Chart(
+            "chart-age",
+            "Handoffs needing a person, by age",
+            charts.bars([b["label"] for b in opened["buckets"]], [b["count"] for b in opened["buckets"]], "handoffs"),
+            "Click a bar for the workbench list.",
+        )
+    )
+    _currency_note(page, conv)
+    return page
+
+
+FLOW_PAGES = {
+    "quote-to-project": "dashboards:quote_to_project",
+    "project-to-bill": "dashboards:project_to_bill",
+    "bill-to-cash": "dashboards:bill_to_cash",
+}
+
+
+def _currency_note(page: Page, conv: Converter) -> None:
+    page.notes.append(metrics.policy_text())
+    if conv.note:
+        page.notes.append(conv.note)
+
+
+def _flow_common(page: Page, f: Filters, flow: str, conv: Converter) -> metrics.FlowStats:
+    s = metrics.flow_stats(f, flow, conv=conv)
+    page.tiles.append(
+        Tile(
+            "Median",
+            hours_label(s.median_hours),
+            trend(s.median_hours, s.previous.median_hours if s.previous else None, " h"),
+            link("dashboards:items", f, flow=flow, measure="measured"),
+            f"{s.measure}: nearest-rank median of items finished in the period.",
+        )
+    )
+    page.tiles.append(
+        Tile("p90", hours_label(s.p90_hours), "nine in ten are faster", "", "90th percentile, nearest rank.")
+    )
+    page.tiles.append(
+        Tile(
+            "Within SLA",
+            pct(s.pct_within_sla),
+            f"{s.breaches} breaches of {s.sla_label}",
+            link("dashboards:items", f, flow=flow, measure="breached"),
+            "Items whose latency is at most the flow's SLA ÷ items measured. Admins set SLAs under SLAs and rates.",
+            "bad" if s.breaches else "good",
+        )
+    )
+    weekly = metrics.weekly_latency(f, flow)
+    page.charts.append(
+        Chart(
+            f"chart-{flow}-weekly",
+            "Median and p90 by week",
+            charts.weekly(
+                [w["week"] for w in weekly], [w["median_hours"] for w in weekly], [w["p90_hours"] for w in weekly]
+            ),
+            "Hours, per ISO week the items finished in.",
+        )
+    )
+    page.charts.append(
+        Chart(
+            f"chart-{flow}-dist",
+            "Latency distribution",
+            charts.histogram(s.hist, float(sla_for(flow).target) if sla_for(flow).unit == "hours" else None),
+            "Items per latency bucket (hours).",
+        )
+    )
+    entities = dict(LegalEntity.objects.values_list("pk", "name"))
+    for dim, title in (("legal_entity_id", "By legal entity"), ("service_line", "By service line")):
+        rows = []
+        for r in metrics.latency_by(f, flow, dim):
+            key = r[dim]
+            label = entities.get(key, "—") if dim == "legal_entity_id" else (key or "—")
+            params = {"flow": flow, "measure": "measured"}
+            if dim == "service_line":
+                params["service_line"] = key
+            else:
+                params["legal_entity"] = LegalEntity.objects.filter(pk=key).values_list("code", flat=True).first() or ""
+            rows.append(
+                [
+                    (label, link("dashboards:items", f, **params)),
+                    r["measured"],
+                    hours_label(r["median_hours"]),
+                    hours_label(r["p90_hours"]),
+                    pct(r["pct_within_sla"]),
+                ]
+            )
+        page.tables.append(Table(f"{flow}-{dim}", title, ["", "Finished", "Median", "p90", "Within SLA"], rows))
+    return s
+
+
+def quote_to_project(f: Filters) -> Page:
+    conv = Converter()
+    page = Page("Quote to project", "How fast won deals become active projects in the PSA.")
+    _flow_common(page, f, "quote-to-project", conv)
+    won = metrics.won_not_activated(f, conv)
+    page.tables.insert(
+        0,
+        Table(
+            "won-not-activated",
+            "Won, not yet a project",
+            ["Deal", "Customer", "Service line", "Value", "Age (days)", "Status"],
+            [
+                [
+                    (r["business_key"], handoff_link(r["id"])),
+                    r["customer_name"],
+                    r["service_line"],
+                    money(r["value"]),
+                    r["age"],
+                    r["status"],
+                ]
+                for r in won["rows"]
+            ],
+            "Open quote-to-project handoffs: age since the deal closed won.",
+            "Every won deal has an active project.",
+        ),
+    )
+    _currency_note(page, conv)
+    return page
+
+
+def project_to_bill(f: Filters) -> Page:
+    conv = Converter()
+    page = Page(
+        "Project to bill",
+        "Approved time and milestones turning into ERP invoices. pscsync sees PSA items when a billing batch "
+        "is released; approved time not yet in a batch, and milestones completed but not released for "
+        "billing, stay in the PSA and are not counted here.",
+    )
+    s = _flow_common(page, f, "project-to-bill", conv)
+    page.tiles.append(
+        Tile(
+            "Released → invoiced (median)",
+            hours_label(s.extra_median_hours),
+            f"p90 {hours_label(s.extra_p90_hours)}",
+            "",
+            "Billing batch released in the PSA → invoice created in the ERP.",
+        )
+    )
+    blocked = metrics.blocked_billing(f, conv)
+    page.charts.insert(
+        0,
+        Chart(
+            "chart-wip",
+            "Released, not invoiced: value by age",
+            charts.bars(
+                [b["label"] for b in blocked["buckets"]],
+                [float(b["value"]) for b in blocked["buckets"]],
+                metrics.reporting_currency(),
+            ),
+            "Billing batches released with no ERP invoice yet, aged by release date (period-end rate).",
+        ),
+    )
+    page.tables.insert(
+        0,
+        Table(
+            "blocked-billing",
+            "Released, not invoiced",
+            ["Batch", "Customer", "Value", "Currency", "Age (days)", "Status"],
+            [
+                [
+                    (r["business_key"], handoff_link(r["id"])),
+                    r["customer_name"],
+                    r["amount"],
+                    r["currency"],
+                    r["age"],
+                    r["status"],
+                ]
+                for r in blocked["rows"]
+            ],
+            "Open project-to-bill handoffs, in the batch's currency.",
+            "Every released batch has its invoice.",
+        ),
+    )
+    _currency_note(page, conv)
+    return page
+
+
+def bill_to_cash(f: Filters) -> Page:
+    conv = Converter()
+    page = Page("Bill to cash", "Invoices posted vs paid, days to pay, and how fast their status reaches CRM and PSA.")
+    s = _flow_common(page, f, "bill-to-cash", conv)
+    d = metrics.dso(f, conv=conv)
+    rows = metrics.rollups(f, "bill-to-cash")
+    posted = sum(r.started for r in rows)
+    paid = sum(r.finished for r in rows)
+    page.tiles[0].label = "Status sync (median)"
+    page.tiles += [
+        Tile(
+            "Posted vs paid",
+            f"{posted} / {paid}",
+            "invoices posted / paid in full in the period",
+            link("dashboards:items", f, flow="bill-to-cash", measure="started"),
+            "Invoices by their posting date and by the date the payment that cleared them was applied.",
+        ),
+        Tile(
+            "Days to pay (median)",
+            hours_label(s.extra_median_hours),
+            f"p90 {hours_label(s.extra_p90_hours)}",
+            link("dashboards:items", f, flow="bill-to-cash", measure="finished"),
+            "Invoice posted → paid in full; partly paid invoices stay open.",
+        ),
+        Tile(
+            "DSO",
+            "—" if d["days"] is None else f"{d['days']:.0f} days",
+            f"{money(d['receivables'])} open",
+            "",
+            "Open receivables ÷ billings of the last 90 days × 90.",
+        ),
+    ]
+    _currency_note(page, conv)
+    return page
+
+
+def exceptions(f: Filters) -> Page:
+    conv = Converter()
+    page = Page("Exceptions and mismatches", "Billing exceptions and reconciliation mismatches, with their causes.")
+    ex = metrics.billing_exceptions(f, conv)
+    rev = metrics.revenue_accuracy(f, conv)
+    risk = metrics.money_at_risk(f, conv)
+    page.tiles = [
+        Tile(
+            "Billing exception rate",
+            pct(ex["rate"]),
+            f"{ex['exceptions']} of {ex['attempted']} batches",
+            link("dashboards:items", f, flow="project-to-bill", measure="exceptions"),
+            "Batches that needed a person or were rejected ÷ batches released in the period.",
+        ),
+        Tile(
+            "Revenue match rate",
+            pct(rev["match_rate"]),
+            f"{rev['open']} open · {money(rev['value'])}",
+            "",
+            "Matched ÷ checked in each entity's latest complete reconciliation.",
+        ),
+        Tile(
+            "Money at risk",
+            money(risk["value"]),
+            "",
+            "",
+            "See the overview's definition.",
+            "bad" if risk["value"] else "good",
+        ),
+    ]
+    qs = metrics.mismatches(f)
+    causes: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+    for cause, diff, cur in qs.values_list("cause", "difference", "currency"):
+        causes[cause][0] += 1
+        causes[cause][1] += conv.convert(abs(diff), cur, f.end, "closing")
+    labels = dict(Mismatch.Cause.choices)
+    page.charts.append(
+        Chart(
+            "chart-causes",
+            "Open mismatches by explanation",
+            charts.bars(
+                [labels.get(c, c) for c in causes], [float(v[1]) for v in causes.values()], metrics.reporting_currency()
+            ),
+            "Σ|difference| per cause (DOMAIN.md §3.2 catalogue).",
+        )
+    )
+    page.tables.append(
+        Table(
+            "mismatch-causes",
+            "By explanation",
+            ["Cause", "Open", "Value"],
+            [[labels.get(c, c), v[0], money(v[1])] for c, v in sorted(causes.items(), key=lambda x: -x[1][1])],
+            "Open mismatches for the period's months and contract-level ones.",
+            "No open mismatch: the systems agree. Reconciliation runs daily (manage.py reconcile).",
+        )
+    )
+    entities = dict(LegalEntity.objects.values_list("pk", "code"))
+    page.tables.append(
+        Table(
+            "mismatches",
+            "Open mismatches",
+            ["Comparison", "Entity", "Customer", "Subject", "Period", "Cause", "Difference", "Handoff"],
+            [
+                [
+                    m.get_comparison_display(),
+                    entities.get(m.legal_entity_id, ""),
+                    m.customer_name,
+                    m.subject_name or m.subject_key,
+                    m.period or "contract",
+                    m.get_cause_display(),
+                    f"{m.difference:,.2f} {m.currency}",
+                    ("open", handoff_link(m.handoff_id)) if m.handoff_id else "",
+                ]
+                for m in qs.order_by("-difference")[:200]
+            ],
+            "The 200 largest; the CSV export has them all.",
+            "No open mismatch.",
+        )
+    )
+    facts = f.apply(FlowFact.objects.filter(flow="project-to-bill", exception=True, start_day__range=(f.start, f.end)))
+    by_customer: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+    for name, amount, cur, day in facts.values_list("customer_name", "amount", "currency", "start_day"):
+        by_customer[name][0] += 1
+        by_customer[name][1] += conv.convert(amount, cur, day)
+    page.tables.append(
+        Table(
+            "billing-exceptions-by-customer",
+            "Billing exceptions by customer",
+            ["Customer", "Batches", "Value"],
+            [
+                [
+                    (c or "—", link("dashboards:items", f, flow="project-to-bill", measure="exceptions", customer=c)),
+                    v[0],
+                    money(v[1]),
+                ]
+                for c, v in sorted(by_customer.items(), key=lambda x: -x[1][1])
+            ],
+            "Batches released in the period that needed a person.",
+            "No billing exception in this period.",
+        )
+    )
+    _currency_note(page, conv)
+    return page
+
+
+def integration(f: Filters) -> Page:
+    from connectors.models import Connection
+
+    page = Page("Integration health", "Calls to the vendors: throughput, failures, p95 latency, retries and waits.")
+    since = metrics.clock.now() - dt.timedelta(days=1)
+    health = metrics.health_line(f)
+    page.tiles = [
+        Tile("Calls, last 24 h", str(health["attempts"]), f"{pct(health['failure_rate'])} failed", "", ""),
+        Tile(
+            "Rate-limited",
+            str(health["rate_limited"]),
+            "answers 429 in 24 h",
+            "",
+            "Attempts the vendor refused with 429; their Retry-After waits are summed below.",
+        ),
+        Tile(
+            "Dead-lettered",
+            str(health["dead_lettered"]),
+            "need a person",
+            reverse("handoffs:list") + "?status=needs_attention",
+            "",
+            "bad" if health["dead_lettered"] else "good",
+        ),
+        Tile(
+            "Oldest unfinished",
+            str(health["oldest_unfinished_age"]).split(".")[0] if health["oldest_unfinished_age"] else "none",
+            "",
+            handoff_link(health["oldest_unfinished_id"]) if health["oldest_unfinished_id"] else "",
+            "",
+        ),
+    ]
+    names = dict(Connection.objects.values_list("pk", "name"))
+    rows = metrics.attempt_stats(f, since, ("connection_id", "step"))
+    page.tables.append(
+        Table(
+            "calls",
+            "Per connection and step, last 24 h",
+            [
+                "Connection",
+                "Step",
+                "Calls",
+                "Failed",
+                "Failure rate",
+                "Transient",
+                "429",
+                "Retry-After waited (s)",
+                "p95",
+            ],
+            [
+                [
+                    names.get(r["connection_id"], "—"),
+                    r["step"],
+                    r["attempts"],
+                    r["failures"],
+                    pct(r["failure_rate"]),
+                    r["transient"],
+                    r["rate_limited"],
+                    r["retry_after_seconds"],
+                    "—" if r["p95_ms"] is None else f"≤ {r['p95_ms']:g} ms",
+                ]
+                for r in rows
+            ],
+            "From attempts of finished handoffs, counted once each; p95 is exact to the duration bucket.",
+            "No calls in the last 24 hours.",
+        )
+    )
+    return page
+
+
+def demand(f: Filters) -> Page:
+    page = Page(
+        "Resource demand",
+        "Pipeline-weighted demand hours by role and month, from the latest pipeline-to-demand handoff of each open "
+        "deal: plan hours × probability, spread evenly over the contract months. Assigned hours live in the PSA "
+        "and pscsync does not read them, so demand is not compared with supply here.",
+    )
+    months: dict[tuple[str, str], float] = defaultdict(float)
+    deals = 0
+    default_plan = 0
+    facts = f.apply(FlowFact.objects.filter(flow="pipeline-to-demand")).values_list("details", flat=True)
+    for d in facts.iterator():
+        if not d or d.get("is_closed") or not d.get("contract_start") or not d.get("contract_end"):
+            continue
+        try:
+            plan = json.loads(d.get("resource_plan_text") or "null")
+        except ValueError:
+            plan = None
+        if not plan:
+            default_plan += 1
+            continue
+        start, end = parse_time(d["contract_start"]), parse_time(d["contract_end"])
+        if not start or not end or end.date() < f.start:
+            continue
+        span = []
+        day = start.date().replace(day=1)
+        while day <= end.date():
+            span.append(day.strftime("%Y-%m"))
+            day = (day + dt.timedelta(days=32)).replace(day=1)
+        prob = float(d.get("probability") or 0) / 100
+        deals += 1
+        for item in plan:
+            for m in span:
+                months[(str(item.get("role")), m)] += float(item.get("hours") or 0) * prob / len(span)
+    roles = sorted({r for r, _ in months})
+    all_months = sorted({m for _, m in months})
+    page.charts.append(
+        Chart(
+            "chart-demand",
+            "Weighted demand hours by month",
+            charts.stacked(all_months, {r: [months.get((r, m), 0) for m in all_months] for r in roles}),
+            "Hours × probability.",
+        )
+    )
+    page.tables.append(
+        Table(
+            "demand",
+            "Weighted hours by role and month",
+            ["Role", *all_months],
+            [[r, *[round(months.get((r, m), 0)) for m in all_months]] for r in roles],
+            "",
+            "No open deal with a resource plan. Demand appears as the CRM's opportunities change stage.",
+        )
+    )
+    if default_plan:
+        page.notes.append(
+            f"{default_plan} open deals use their service line's default plan (held in the PSA mapping), not shown."
+        )
+    page.tiles.append(
+        Tile(
+            "Open deals with a plan",
+            str(deals),
+            "",
+            link("dashboards:items", f, flow="pipeline-to-demand", measure="started"),
+        )
+    )
+    return page
+
+
+ITEM_MEASURES = {
+    "measured": "finished in the period (with a latency)",
+    "breached": "over the SLA",
+    "started": "started in the period",
+    "finished": "completed in the period",
+    "exceptions": "needed a person or were rejected",
+}
+
+
+def items(f: Filters, flow: str, measure: str) -> tuple[Page, Any]:
+    """The records behind a figure: the facts, each linked to its latest handoff."""
+    qs = f.apply(FlowFact.objects.all())
+    if flow:
+        qs = qs.filter(flow=flow)
+    if measure in ("measured", "breached"):
+        qs = qs.filter(measured_day__range=(f.start, f.end), latency_hours__gte=0)
+        if measure == "breached":
+            qs = qs.filter(within_sla=False)
+    elif measure == "finished":
+        qs = qs.filter(end_day__range=(f.start, f.end))
+    else:
+        qs = qs.filter(start_day__range=(f.start, f.end))
+        if measure == "exceptions":
+            qs = qs.filter(exception=True)
+    page = Page(
+        f"{flow_title(flow) if flow else 'All flows'}: items {ITEM_MEASURES.get(measure, '')}",
+        "The records behind the figure. Open one for its handoff: steps, attempts and source events.",
+    )
+    return page, qs.order_by("-latency_hours", "key")

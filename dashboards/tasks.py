@@ -1,0 +1,21 @@
+"""Beat jobs of the dashboards: thin, each calls one service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from dashboards.facts import rollups_catch_up
+
+
+@shared_task(name="dashboards.tasks.rollups_catch_up_task", ignore_result=True)
+def rollups_catch_up_task() -> int:
+    """Refresh the aggregates of every handoff that finished recently (repairs missed updates)."""
+    return rollups_catch_up()
+
+
+@shared_task(name="dashboards.tasks.rollups_rebuild_task", ignore_result=True)
+def rollups_rebuild_task() -> dict[str, int]:
+    """Rebuild every fact and rollup (after an SLA change, or a bulk load)."""
+    from dashboards.facts import rollups_rebuild_all
+
+    return rollups_rebuild_all()

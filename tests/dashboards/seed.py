@@ -1,0 +1,209 @@
+"""A realistic two-entity firm for screenshots: eight weeks of deals, billing batches, invoices,
+payments, mismatches and vendor calls, built through the models with a fixed random seed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from decimal import Decimal
+
+from dashboards.facts import rollups_rebuild_all
+from dashboards.models import FxRate
+from pscsync.models import LegalEntity, Mismatch, ReconciliationRun
+from tests.dashboards.builders import connection, handoff
+
+NOW = dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC)
+CUSTOMERS = {
+    "us": ["Contoso Health", "Northwind Traders", "Tailspin Toys", "Wide World Importers", "Litware Inc."],
+    "uk": ["Fabrikam Ltd", "Adventure Works UK", "Margie's Travel", "Proseware Ltd"],
+}
+LINES = ["Advisory", "Implementation", "Managed Services"]
+
+
+def seed_firm() -> dict[str, LegalEntity]:
+    rnd = random.Random(6)
+    us, _ = LegalEntity.objects.get_or_create(
+        code="us", defaults={"name": "Northwind Consulting Inc.", "currency": "USD"}
+    )
+    uk, _ = LegalEntity.objects.get_or_create(
+        code="uk", defaults={"name": "Northwind Consulting Ltd.", "currency": "GBP"}
+    )
+    ents = {"us": us, "uk": uk}
+    crm = connection("salesforce", [us, uk])
+    psa = {
+        "us": connection("certinia-us", [us], "psa", "certinia"),
+        "uk": connection("kantata-uk", [uk], "psa", "kantata"),
+    }
+    erp = {
+        "us": connection("netsuite-us", [us], "erp", "netsuite"),
+        "uk": connection("businesscentral-uk", [uk], "erp", "businesscentral"),
+    }
+    for month in ("2026-08", "2026-09", "2026-10"):
+        FxRate.objects.get_or_create(currency="GBP", month=month, kind="average", defaults={"rate": Decimal("1.27")})
+        FxRate.objects.get_or_create(currency="GBP", month=month, kind="closing", defaults={"rate": Decimal("1.26")})
+    start = NOW - dt.timedelta(days=63)
+    n = 0
+    for day in range(60):
+        for _ in range(rnd.randint(1, 3)):
+            n += 1
+            code = "us" if rnd.random() < 0.6 else "uk"
+            cur = "USD" if code == "us" else "GBP"
+            cust = rnd.choice(CUSTOMERS[code])
+            line = rnd.choice(LINES)
+            closed = start + dt.timedelta(days=day, hours=rnd.randint(8, 17))
+            value = Decimal(rnd.randrange(20, 400) * 500)
+            hours = rnd.choice([2, 3, 5, 8, 12, 20, 26, 40, 70]) * (1.6 if code == "uk" else 1)
+            fails = rnd.random() < 0.12
+            open_deal = day > 55 and rnd.random() < 0.5
+            attempts = [
+                {"at": NOW - dt.timedelta(hours=rnd.randint(1, 23)), "ms": rnd.choice([80, 140, 220, 400, 900])}
+                for _ in range(3)
+            ]
+            if rnd.random() < 0.2:
+                attempts.insert(0, {"at": attempts[0]["at"], "outcome": "transient", "http": 429, "retry_after": 20})
+            handoff(
+                flow="quote-to-project",
+                conn=crm,
+                entity=ents[code],
+                key=f"006{n:05d}",
+                customer=cust,
+                service_line=line,
+                amount=value,
+                currency=cur,
+                started=closed,
+                status="needs_attention" if (fails and open_deal) else ("running" if open_deal else "succeeded"),
+                finished=None if open_deal else closed + dt.timedelta(hours=hours),
+                times={
+                    "deal_closed": closed,
+                    **({} if open_deal else {"project_activated": closed + dt.timedelta(hours=hours)}),
+                },
+                attempts=attempts,
+            )
+            if open_deal:
+                continue
+            # Billing batches: released a few days after work is approved; most invoiced within days.
+            for b in range(rnd.randint(1, 2)):
+                approved = closed + dt.timedelta(days=7 + 7 * b, hours=rnd.randint(0, 8))
+                if approved > NOW - dt.timedelta(days=1):
+                    continue
+                released = approved + dt.timedelta(days=rnd.choice([1, 2, 3, 6]))
+                stuck = rnd.random() < 0.1
+                inv_at = released + dt.timedelta(hours=rnd.choice([1, 4, 20, 50]))
+                amount = (value / rnd.choice([4, 6, 8])).quantize(Decimal("0.01"))
+                released = min(released, NOW - dt.timedelta(hours=2))
+                inv_at = min(inv_at, NOW - dt.timedelta(hours=1))
+                handoff(
+                    flow="project-to-bill",
+                    conn=psa[code],
+                    entity=ents[code],
+                    key=f"a1B{n:05d}{b}",
+                    customer=cust,
+                    service_line=line,
+                    amount=amount,
+                    currency=cur,
+                    started=released,
+                    status="needs_attention" if stuck else "succeeded",
+                    finished=None if stuck else inv_at,
+                    times={
+                        "time_approved": approved,
+                        "billing_released": released,
+                        **({} if stuck else {"invoice_created": inv_at}),
+                    },
+                    attempts=[
+                        {"at": NOW - dt.timedelta(hours=rnd.randint(1, 23)), "ms": rnd.choice([120, 300, 700])},
+                        *([{"at": NOW - dt.timedelta(hours=3), "outcome": "validation"}] if stuck else []),
+                    ],
+                )
+                if stuck:
+                    continue
+                posted = inv_at.date()
+                paid = posted + dt.timedelta(days=rnd.choice([12, 20, 28, 35, 44, 60]))
+                inv = f"INV-{n}{b}"
+                is_paid = paid < NOW.date()
+                for which, when in (("post", posted), *((("pay", paid),) if is_paid else ())):
+                    at = dt.datetime.combine(when, dt.time(10), tzinfo=dt.UTC)
+                    handoff(
+                        flow="bill-to-cash",
+                        conn=erp[code],
+                        entity=ents[code],
+                        key=f"{which}:{inv}",
+                        customer=cust,
+                        service_line=line,
+                        amount=amount,
+                        currency=cur,
+                        started=at,
+                        finished=at + dt.timedelta(minutes=rnd.choice([2, 5, 30, 90])),
+                        times={
+                            "invoice_posted": posted.isoformat(),
+                            **({"payment_applied": paid.isoformat()} if which == "pay" else {}),
+                        },
+                        outputs={
+                            "read_invoice": {
+                                "invoice": {
+                                    "id": inv,
+                                    "total": str(amount),
+                                    "currency": cur,
+                                    "remaining": "0.00" if which == "pay" else str(amount),
+                                }
+                            }
+                        },
+                    )
+    for i in range(14):
+        code = "us" if i % 3 else "uk"
+        plan = [{"role": "Senior Consultant", "hours": 320}, {"role": "Project Manager", "hours": 80}]
+        if i % 2:
+            plan.append({"role": "Architect", "hours": 120})
+        handoff(
+            flow="pipeline-to-demand",
+            conn=crm,
+            entity=ents[code],
+            key=f"006P{i:04d}",
+            started=NOW - dt.timedelta(days=i),
+            finished=NOW - dt.timedelta(days=i) + dt.timedelta(minutes=3),
+            customer=rnd.choice(CUSTOMERS[code]),
+            outputs={
+                "read_deal": {
+                    "deal": {
+                        "probability": rnd.choice([20, 40, 60, 80]),
+                        "is_closed": False,
+                        "contract_start": "2026-11-01",
+                        "contract_end": "2027-03-31",
+                        "resource_plan_text": json.dumps(plan),
+                    }
+                }
+            },
+        )
+    causes = [
+        ("revenue", "late_time", "-1840.00"),
+        ("revenue", "fx_date", "212.40"),
+        ("billed_time", "duplicate_invoice", "4500.00"),
+        ("revenue", "unexplained", "96.10"),
+        ("deal_value", "amendment_not_synced", "12000.00"),
+        ("billed_time", "rounding", "0.04"),
+    ]
+    for i, (comp, cause, diff) in enumerate(causes):
+        code = "us" if i % 2 == 0 else "uk"
+        Mismatch.objects.create(
+            comparison=comp,
+            legal_entity=ents[code],
+            subject_key=f"P-006{i:05d}",
+            subject_name=f"Project {i + 1}",
+            customer_name=CUSTOMERS[code][i % 4],
+            period="" if comp == "deal_value" else "2026-10",
+            cause=cause,
+            explanation="seeded",
+            currency="USD" if code == "us" else "GBP",
+            difference=Decimal(diff),
+            first_seen_at=NOW,
+            last_seen_at=NOW,
+        )
+    for code, (checked, matched) in (("us", (48, 46)), ("uk", (31, 29))):
+        ReconciliationRun.objects.create(
+            legal_entity=ents[code],
+            status="complete",
+            started_at=NOW,
+            summary={"revenue": {"checked": checked, "matched": matched}},
+        )
+    rollups_rebuild_all()
+    return ents

@@ -1,0 +1,241 @@
+"""Each KPI on hand-built handoffs with known answers, incl. DOMAIN.md §2's edge cases."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from dashboards import metrics
+from dashboards.facts import business_days_between, rollups_rebuild_all
+from dashboards.models import FlowSla, FxRate
+from pscsync import clock
+from pscsync.models import Mismatch, ReconciliationRun
+from tests.dashboards.builders import T0, connection, handoff
+
+H = dt.timedelta(hours=1)
+OCT = metrics.Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
+
+
+@pytest.fixture
+def crm(entities):  # noqa: ANN001, ANN201
+    return connection("salesforce", list(entities.values()))
+
+
+@pytest.fixture(autouse=True)
+def _now(monkeypatch):  # noqa: ANN001, ANN202
+    monkeypatch.setattr(clock, "now", lambda: dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC))
+
+
+def q2p(crm, entity, key, closed, activated, **kw):  # noqa: ANN001, ANN201, ANN003
+    times = {"deal_closed": closed}
+    if activated is not None:
+        times["project_activated"] = activated
+    return handoff(
+        flow="quote-to-project", conn=crm, entity=entity, key=key, started=closed, finished=activated, times=times, **kw
+    )
+
+
+def test_business_days_skip_weekends() -> None:
+    friday = dt.datetime(2026, 10, 9, 12, tzinfo=dt.UTC)
+    assert business_days_between(friday, friday + dt.timedelta(days=3)) == pytest.approx(1.0)
+
+
+@pytest.mark.django_db
+def test_activation_median_p90_and_sla_on_known_latencies(crm, entities) -> None:  # noqa: ANN001
+    for i, hours in enumerate([10, 20, 30]):
+        q2p(crm, entities["us"], f"OPP-{i}", T0, T0 + hours * H)
+    rollups_rebuild_all()
+    s = metrics.flow_stats(OCT, "quote-to-project")
+    assert (s.measured, s.median_hours, s.p90_hours) == (3, 20.0, 30.0)
+    # Default SLA: 1 business day. 30 h from Monday 09:00 is 1.25 business days: one breach.
+    assert (s.within_sla, s.breaches) == (2, 1)
+    assert s.pct_within_sla == pytest.approx(66.67, abs=0.01)
+
+
+@pytest.mark.django_db
+def test_admin_sla_changes_the_breach_count_after_rebuild(crm, entities) -> None:  # noqa: ANN001
+    for i, hours in enumerate([10, 20, 30]):
+        q2p(crm, entities["us"], f"OPP-{i}", T0, T0 + hours * H)
+    FlowSla.objects.create(flow="quote-to-project", target=Decimal("12"), unit="hours")
+    rollups_rebuild_all()
+    assert metrics.flow_stats(OCT, "quote-to-project").within_sla == 1
+
+
+@pytest.mark.django_db
+def test_censored_deal_is_not_a_latency_but_is_won_not_activated(crm, entities) -> None:  # noqa: ANN001
+    q2p(crm, entities["us"], "OPP-DONE", T0, T0 + 4 * H)
+    q2p(crm, entities["us"], "OPP-OPEN", T0, None, status="needs_attention", amount="50000.00")
+    rollups_rebuild_all()
+    s = metrics.flow_stats(OCT, "quote-to-project")
+    assert (s.measured, s.median_hours) == (1, 4.0)
+    won = metrics.won_not_activated(OCT)
+    assert won["count"] == 1 and won["value"] == Decimal("50000.00")
+    assert [r["business_key"] for r in won["over_sla"]] == ["OPP-OPEN"]
+
+
+@pytest.mark.django_db
+def test_reopened_deal_uses_the_last_closed_won(crm, entities) -> None:  # noqa: ANN001
+    q2p(crm, entities["us"], "OPP-R", T0, T0 + 5 * H)
+    q2p(crm, entities["us"], "OPP-R", T0 + 48 * H, T0 + 50 * H)
+    rollups_rebuild_all()
+    s = metrics.flow_stats(OCT, "quote-to-project")
+    assert (s.measured, s.median_hours) == (1, 2.0)
+
+
+@pytest.mark.django_db
+def test_one_deal_two_projects_uses_the_first_activation(crm, entities) -> None:  # noqa: ANN001
+    q2p(crm, entities["us"], "OPP-2P", T0, T0 + 8 * H)
+    q2p(crm, entities["us"], "OPP-2P", T0, T0 + 3 * H)
+    rollups_rebuild_all()
+    assert metrics.flow_stats(OCT, "quote-to-project").median_hours == 3.0
+
+
+@pytest.mark.django_db
+def test_project_before_close_is_reported_apart(crm, entities) -> None:  # noqa: ANN001
+    q2p(crm, entities["us"], "OPP-EARLY", T0, T0 - 6 * H)
+    q2p(crm, entities["us"], "OPP-OK", T0, T0 + 6 * H)
+    rollups_rebuild_all()
+    s = metrics.flow_stats(OCT, "quote-to-project")
+    assert (s.measured, s.negative, s.median_hours) == (1, 1, 6.0)
+
+
+def p2b(crm, entity, approved, released, invoiced, **kw):  # noqa: ANN001, ANN201, ANN003
+    times = {"time_approved": approved, "billing_released": released}
+    if invoiced:
+        times["invoice_created"] = invoiced
+    return handoff(
+        flow="project-to-bill", conn=crm, entity=entity, started=released, finished=invoiced, times=times, **kw
+    )
+
+
+@pytest.mark.django_db
+def test_multi_currency_billing_exceptions_in_the_reporting_currency(crm, entities) -> None:  # noqa: ANN001
+    FxRate.objects.create(currency="GBP", month="2026-09", kind="average", rate=Decimal("1.25"))
+    p2b(crm, entities["us"], T0, T0 + 24 * H, T0 + 48 * H, amount="1000.00", currency="USD")
+    p2b(crm, entities["uk"], T0, T0 + 24 * H, None, status="needs_attention", amount="1000.00", currency="GBP")
+    p2b(crm, entities["uk"], T0, T0 + 24 * H, T0 + 30 * H, amount="400.00", currency="EUR")
+    rollups_rebuild_all()
+    conv = metrics.Converter()
+    ex = metrics.billing_exceptions(OCT, conv)
+    # GBP at September's rate (the latest month before October); EUR has no rate: left out, named.
+    assert (ex["attempted"], ex["exceptions"]) == (3, 1)
+    assert (ex["value"], ex["exception_value"]) == (Decimal("2250.00"), Decimal("1250.00"))
+    assert ex["rate"] == pytest.approx(33.33, abs=0.01)
+    assert "400.00 EUR" in conv.note
+    # Approved-time-to-invoice: 48 h and 30 h; the open batch is censored.
+    s = metrics.flow_stats(OCT, "project-to-bill")
+    assert (s.measured, s.median_hours, s.p90_hours) == (2, 30.0, 48.0)
+    assert s.extra_median_hours == 6.0  # released -> invoiced
+    blocked = metrics.blocked_billing(OCT)
+    assert blocked["count"] == 1 and blocked["buckets"][0]["count"] == 1
+
+
+@pytest.mark.django_db
+def test_dso_from_posted_and_paid_invoices(crm, entities) -> None:  # noqa: ANN001
+    def b2c(inv, posted, paid, total, remaining):  # noqa: ANN001, ANN202
+        times = {"invoice_posted": posted}
+        if paid:
+            times["payment_applied"] = paid
+        return handoff(
+            flow="bill-to-cash",
+            conn=crm,
+            entity=entities["us"],
+            key=f"payment:{inv}",
+            started=dt.datetime.combine(paid or posted, dt.time(), tzinfo=dt.UTC),
+            finished=dt.datetime.combine(paid or posted, dt.time(2), tzinfo=dt.UTC),
+            times={k: v.isoformat() for k, v in times.items()},
+            amount=total,
+            outputs={
+                "read_invoice": {"invoice": {"id": inv, "total": total, "remaining": remaining, "currency": "USD"}}
+            },
+        )
+
+    b2c("1", dt.date(2026, 10, 1), None, "1000.00", "1000.00")
+    b2c("1", dt.date(2026, 10, 1), dt.date(2026, 10, 20), "1000.00", "0.00")  # the payment: same invoice
+    b2c("2", dt.date(2026, 10, 15), None, "3000.00", "3000.00")
+    rollups_rebuild_all()
+    d = metrics.dso(OCT)
+    assert (d["receivables"], d["billings"], d["invoices"]) == (Decimal("3000.00"), Decimal("4000.00"), 2)
+    assert d["days"] == pytest.approx(67.5)
+    s = metrics.flow_stats(OCT, "bill-to-cash")
+    assert s.extra_median_hours == 19 * 24  # days to pay of invoice 1
+    assert s.median_hours == 2.0  # payment or posting -> written back
+
+
+@pytest.mark.django_db
+def test_revenue_accuracy_from_mismatches_and_the_latest_run(entities) -> None:  # noqa: ANN001
+    at = dt.datetime(2026, 10, 30, tzinfo=dt.UTC)
+    for i, (diff, cause) in enumerate([("-120.00", "late_time"), ("30.00", "unexplained")]):
+        Mismatch.objects.create(
+            comparison="revenue",
+            legal_entity=entities["us"],
+            subject_key=f"P-{i}",
+            period="2026-10",
+            cause=cause,
+            explanation="x",
+            currency="USD",
+            difference=Decimal(diff),
+            first_seen_at=at,
+            last_seen_at=at,
+        )
+    ReconciliationRun.objects.create(
+        legal_entity=entities["us"],
+        status="complete",
+        started_at=at - H,
+        summary={"revenue": {"checked": 8, "matched": 5}},
+    )
+    ReconciliationRun.objects.create(
+        legal_entity=entities["us"],
+        status="complete",
+        started_at=at,
+        summary={"revenue": {"checked": 10, "matched": 8}},
+    )
+    r = metrics.revenue_accuracy(OCT)
+    assert (r["open"], r["value"], r["match_rate"]) == (2, Decimal("150.00"), 80.0)
+    risk = metrics.money_at_risk(OCT)
+    assert risk["value"] == Decimal("150.00")
+
+
+@pytest.mark.django_db
+def test_entity_filter_limits_every_figure(crm, entities) -> None:  # noqa: ANN001
+    q2p(crm, entities["us"], "OPP-US", T0, T0 + 2 * H)
+    q2p(crm, entities["uk"], "OPP-UK", T0, T0 + 9 * H)
+    rollups_rebuild_all()
+    uk_only = metrics.Filters(start=OCT.start, end=OCT.end, entity_ids=(entities["uk"].pk,))
+    assert metrics.flow_stats(uk_only, "quote-to-project").median_hours == 9.0
+    by_customer = metrics.Filters(start=OCT.start, end=OCT.end, customer="Nobody")
+    assert metrics.flow_stats(by_customer, "quote-to-project").measured == 0
+
+
+@pytest.mark.django_db
+def test_attempts_counted_once_with_rate_limits(crm, entities) -> None:  # noqa: ANN001
+    from dashboards.facts import attempts_roll
+
+    h = q2p(
+        crm,
+        entities["us"],
+        "OPP-A",
+        T0,
+        T0 + H,
+        attempts=[
+            {"at": dt.datetime(2026, 10, 31, 2, tzinfo=dt.UTC), "outcome": "transient", "http": 429, "retry_after": 30},
+            {"at": dt.datetime(2026, 10, 31, 2, 5, tzinfo=dt.UTC), "outcome": "succeeded", "ms": 400},
+        ],
+    )
+    attempts_roll(h.pk)
+    attempts_roll(h.pk)  # safe to repeat
+    (row,) = metrics.attempt_stats(OCT, dt.datetime(2026, 10, 30, tzinfo=dt.UTC))
+    assert (row["attempts"], row["failures"], row["rate_limited"], row["retry_after_seconds"]) == (2, 1, 1, 30)
+    assert row["p95_ms"] == 500.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_finished_handoff_updates_the_rollups_as_it_commits(crm, entities) -> None:  # noqa: ANN001
+    h = q2p(crm, entities["us"], "OPP-LIVE", T0, None, status="running")
+    assert metrics.flow_stats(OCT, "quote-to-project").measured == 0
+    h.status = "succeeded"
+    h.business_times = {**h.business_times, "project_activated": (T0 + 7 * H).isoformat()}
+    h.save()
+    assert metrics.flow_stats(OCT, "quote-to-project").median_hours == 7.0

@@ -1,0 +1,102 @@
+"""Pages, CSV and JSON render the KPIs, and a viewer limited to one entity sees only its figures."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from dashboards.facts import rollups_rebuild_all
+from pscsync import clock
+from tests.dashboards.builders import T0, connection, handoff
+
+H = dt.timedelta(hours=1)
+PERIOD = "from=2026-10-01&to=2026-10-31"
+PAGES = ["overview", "quote-to-project", "project-to-bill", "bill-to-cash", "exceptions", "integration", "demand"]
+
+
+@pytest.fixture
+def firm(entities, monkeypatch):  # noqa: ANN001, ANN201
+    monkeypatch.setattr(clock, "now", lambda: dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC))
+    crm = connection("salesforce", list(entities.values()))
+    for code, hours, customer in (("us", 5, "Contoso US"), ("uk", 11, "Fabrikam UK")):
+        handoff(
+            flow="quote-to-project",
+            conn=crm,
+            entity=entities[code],
+            key=f"OPP-{code}",
+            started=T0,
+            finished=T0 + hours * H,
+            customer=customer,
+            times={"deal_closed": T0, "project_activated": T0 + hours * H},
+        )
+        handoff(
+            flow="project-to-bill",
+            conn=crm,
+            entity=entities[code],
+            key=f"BE-{code}",
+            status="needs_attention",
+            customer=customer,
+            amount="777.00" if code == "uk" else "100.00",
+            times={"billing_released": T0, "time_approved": T0},
+        )
+    rollups_rebuild_all()
+    return entities
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: f"page-{p}")
+def test_every_page_renders_with_its_help_and_csv(client, admin, firm, page) -> None:  # noqa: ANN001
+    client.force_login(admin)
+    url = "/dashboards/" if page == "overview" else f"/dashboards/{page}/"
+    response = client.get(f"{url}?{PERIOD}")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "<script>" not in body and "style=" not in body  # CSP: no inline script or style
+    assert "Export CSV" in body or page in ("integration",)
+
+
+@pytest.mark.django_db
+def test_viewer_of_one_entity_sees_only_its_figures(client, viewer, firm) -> None:  # noqa: ANN001
+    client.force_login(viewer)  # limited to the US entity
+    page = client.get(f"/dashboards/quote-to-project/?{PERIOD}").content.decode()
+    assert "5 h" in page and "11 h" not in page
+    csv = client.get(f"/dashboards/project-to-bill/?{PERIOD}&csv=blocked-billing").content.decode()
+    assert "BE-us" in csv and "BE-uk" not in csv
+    # Asking for the UK entity by URL gives nothing, not the UK figures.
+    data = client.get(f"/api/v1/metrics/?{PERIOD}&legal_entity=uk").json()
+    figures = {m["key"]: m for m in data["metrics"]}
+    assert figures["quote-to-project.finished"]["value"] == 0
+    data = client.get(f"/api/v1/metrics/?{PERIOD}").json()
+    figures = {m["key"]: m for m in data["metrics"]}
+    assert figures["quote-to-project.latency_median"]["value"] == 5.0
+    assert figures["billing.released_not_invoiced"] == {
+        "key": "billing.released_not_invoiced",
+        "value": "100.00",
+        "unit": "USD",
+        "count": 1,
+        "definition": figures["billing.released_not_invoiced"]["definition"],
+    }
+    items = client.get(f"/dashboards/items/?{PERIOD}&flow=quote-to-project&measure=measured&csv=1").content.decode()
+    assert "OPP-us" in items and "OPP-uk" not in items
+
+
+@pytest.mark.django_db
+def test_drill_down_reaches_the_handoff(client, admin, firm) -> None:  # noqa: ANN001
+    client.force_login(admin)
+    body = client.get(f"/dashboards/items/?{PERIOD}&flow=quote-to-project&measure=measured").content.decode()
+    assert "/handoffs/" in body and "OPP-uk" in body
+
+
+@pytest.mark.django_db
+def test_admin_sets_an_sla(client, admin, firm, monkeypatch) -> None:  # noqa: ANN001
+    from dashboards import tasks
+    from dashboards.models import FlowSla
+
+    monkeypatch.setattr(tasks.rollups_rebuild_task, "delay", lambda: tasks.rollups_rebuild_task())
+    client.force_login(admin)
+    r = client.post("/dashboards/settings/", {"sla-flow": "quote-to-project", "sla-target": "8", "sla-unit": "hours"})
+    assert r.status_code == 302
+    assert FlowSla.objects.get(flow="quote-to-project").target == 8
+    body = client.get(f"/dashboards/quote-to-project/?{PERIOD}").content.decode()
+    assert "1 breaches of 8 h" in body

@@ -1,0 +1,81 @@
+"""CI steps for dependencies and code (SEC-23): pip-audit on the pinned requirements, bandit on
+our packages. They run as tests because CI runs only `make test` (.ci/run).
+
+pip-audit needs a vulnerability database: PyPI's per-release JSON API or OSV. Where neither
+answers (this workplace's machines reach a PyPI mirror without per-release JSON and no OSV), the
+audit cannot run and the test says so by skipping, unless PSCSYNC_REQUIRE_AUDIT=true makes that a
+failure (set it on a CI runner with internet). docs/security.md has the details.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+BIN = Path(sys.executable).parent
+REQUIRE_AUDIT = os.getenv("PSCSYNC_REQUIRE_AUDIT", "").lower() in {"1", "true"}
+
+pytestmark = pytest.mark.ci_step
+
+
+def test_bandit_finds_nothing_unjustified() -> None:
+    """Medium and high findings fail; each accepted one carries a nosec comment naming the check and why."""
+    result = subprocess.run(
+        [str(BIN / "bandit"), "-q", "-r", "pscsync", "connectors", "remediation", "dashboards", "accounts", "-ll"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    # Every suppression names the test it suppresses and says why.
+    for package in ("pscsync", "connectors", "remediation", "dashboards", "accounts"):
+        for path in (ROOT / package).rglob("*.py"):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if "# nosec" in line:
+                    after = line.split("# nosec", 1)[1]
+                    assert after.strip().startswith("B") and "#" in after, f"{path}:{number} nosec without id or reason"
+
+
+def test_pip_audit_finds_no_known_vulnerability(tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "audit.json"
+    result = subprocess.run(
+        [
+            str(BIN / "pip-audit"),
+            "-r",
+            "requirements.txt",
+            "--progress-spinner",
+            "off",
+            "--format",
+            "json",
+            "--output",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report = json.loads(out.read_text()) if out.exists() and out.stat().st_size else {"dependencies": []}
+    deps = report.get("dependencies", [])
+    vulnerable = {d["name"]: [v["id"] for v in d.get("vulns", [])] for d in deps if d.get("vulns")}
+    assert vulnerable == {}, f"known vulnerabilities (fix or record an exception in docs/security.md): {vulnerable}"
+    unaudited = [d["name"] for d in deps if d.get("skip_reason")]
+    if not deps or unaudited:
+        # pip-audit exits 0 and says "No known vulnerabilities found" even when it could look
+        # nothing up: never read that as a pass.
+        reason = (
+            f"pip-audit could not reach a vulnerability database for {len(unaudited) or 'any'} package(s) "
+            f"(e.g. {', '.join(unaudited[:3]) or result.stderr.strip()[-200:]}); see docs/security.md"
+        )
+        if REQUIRE_AUDIT:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    assert result.returncode == 0, result.stderr[-2000:]
