@@ -139,3 +139,30 @@ def connect_address(host: str, port: int) -> str:
     address = addresses[0]
     log.debug("egress connect host=%r port=%s address=%s", host, port, address)
     return address
+
+
+def check_public_url(url: str, *, allow_loopback: bool = False) -> None:
+    """Raise DestinationRefused unless `url` is https to public addresses only (any host name).
+
+    For addresses people type in that are not vendor APIs, e.g. outbound alert webhooks.
+    `allow_loopback` (tests, demos) also accepts http to loopback and nothing else private."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise DestinationRefused("the address must not contain a user name or password")
+    host = parts.hostname or ""
+    if not host:
+        raise DestinationRefused("the address has no host")
+    if parts.scheme != "https" and not (allow_loopback and parts.scheme == "http"):
+        raise DestinationRefused("the address must use https")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise DestinationRefused("the address has an invalid port") from None
+    kinds = {_kind(address) for address in _resolve(host, port)}
+    if allow_loopback and kinds == {"loopback"}:
+        return
+    refused = kinds - {"public"}
+    if refused:
+        raise DestinationRefused(f"{host} points at a {sorted(refused)[0]} address; alerts may not be sent there")
+    if parts.scheme != "https":
+        raise DestinationRefused("the address must use https")

@@ -138,6 +138,7 @@ NAVIGATION = [
     NavItem("Mappings", "studio:list", CONFIGURE, "mappings"),
     NavItem("Connections", "connections:list", CONFIGURE, "connections"),
     NavItem("Users", "accounts:users", MANAGE_USERS, "account/users"),
+    NavItem("Alerts", "alerts:list", CONFIGURE, "alerts"),
 ]
 
 

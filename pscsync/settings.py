@@ -77,11 +77,16 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "pscsync.apps.PscsyncConfig",
     "connectors.apps.ConnectorsConfig",
     "remediation.apps.RemediationConfig",
     "dashboards.apps.DashboardsConfig",
     "studio.apps.StudioConfig",
+    "api.apps.ApiConfig",
 ]
 
 MIDDLEWARE = [
@@ -348,6 +353,61 @@ CELERY_BEAT_SCHEDULE = {
     "poll-connections": {"task": "pscsync.tasks.connections_poll_task", "schedule": float(POLL_SECONDS)},
     "reconcile": {"task": "pscsync.tasks.reconcile_task", "schedule": float(RECONCILE_SECONDS)},
     "dashboard-rollups": {"task": "dashboards.tasks.rollups_catch_up_task", "schedule": 300.0},
+    "alerts-scan": {"task": "api.tasks.alerts_scan_task", "schedule": 60.0},
+    "alerts-deliver": {"task": "api.tasks.alerts_deliver_due_task", "schedule": 30.0},
 }
 
 DEMO_PASSWORD = os.getenv("DEMO_PASSWORD", "")
+
+# --- REST API and outbound alerts (api/, docs/api.md) -------------------------------------
+# Requests per minute per API token (per user for session requests). Per process unless CACHES
+# points at a shared cache.
+API_RATE_PER_MINUTE = env_int("PSCSYNC_API_RATE_PER_MINUTE", 600)
+API_TOKEN_MAX_DAYS = env_int("PSCSYNC_API_TOKEN_MAX_DAYS", 365)
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.auth.ApiTokenAuthentication", "api.auth.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.RolePermission"],
+    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.PerTokenRateThrottle"],
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.IdCursorPagination",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "api.schema.ApiAutoSchema",
+    "EXCEPTION_HANDLER": "api.errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "pscsync API",
+    "DESCRIPTION": "Handoffs, events, exceptions, jobs, mappings, connections, mismatches, metrics and audit "
+    "entries, with the same roles and legal-entity scope as the pages. See docs/api.md.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "api.schema.closed_request_bodies",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "HandoffStatusEnum": "pscsync.models.Handoff.Status",
+        "EventStatusEnum": "pscsync.models.Event.Status",
+        "StepStatusEnum": "pscsync.models.Step.Status",
+        "MappingVersionStatusEnum": "pscsync.models.MappingVersion.Status",
+        "MismatchStatusEnum": "pscsync.models.Mismatch.Status",
+        "BulkJobStatusEnum": "remediation.models.BulkJob.Status",
+        "BulkJobKindEnum": "remediation.models.BulkJob.Kind",
+        "ConnectionKindEnum": "connectors.models.Connection.Kind",
+    },
+}
+# Outbound alerts: how often a subscription gets a digest of repeats, and how deliveries retry.
+ALERT_DELIVERY_MAX_ATTEMPTS = env_int("PSCSYNC_ALERT_DELIVERY_MAX_ATTEMPTS", 8)
+ALERT_RETRY_BASE_SECONDS = float(env_int("PSCSYNC_ALERT_RETRY_BASE_SECONDS", 30))
+# Webhook alert targets must be public https addresses; tests may allow loopback receivers.
+ALERT_WEBHOOK_ALLOW_LOOPBACK = env_bool("PSCSYNC_ALERT_WEBHOOK_ALLOW_LOOPBACK", False)
+DEFAULT_FROM_EMAIL = os.getenv("PSCSYNC_FROM_EMAIL", "pscsync@localhost")
+EMAIL_HOST = os.getenv("PSCSYNC_EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("PSCSYNC_EMAIL_PORT", 25)

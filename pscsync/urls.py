@@ -41,4 +41,7 @@ urlpatterns = [
     path("connections/", include("connectors.urls")),
     path("mappings/", include("studio.urls")),
     path("account/", include("accounts.urls")),
+    path("api/", include("api.urls")),
+    path("account/", include("api.account_urls")),
+    path("alerts/", include("api.alert_urls")),
 ]

@@ -15,6 +15,7 @@ ROLES = ["anonymous", "norole", "viewer", "operator", "admin", "outsider"]
 
 _WORK = {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 200, "admin": 200, "outsider": 200}
 _WORK_POST = {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 405, "admin": 405, "outsider": 405}
+_ADMIN_ONLY = {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "outsider": 403}
 
 # name -> (method, expected status per role). "own" detail pages use a US handoff; the outsider
 # works for the UK entity only, so every US record is a 404 for them, never a 403 that confirms it exists.
@@ -201,6 +202,25 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
     ),
+    # The API's v1 routes have their own matrix (tests/api/test_api_access.py, tokens × entities).
+    "account:tokens": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "account:token-revoke": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 405, "operator": 405, "admin": 405, "outsider": 405},
+    ),
+    "alerts:list": ("GET", {**_ADMIN_ONLY, "admin": 200}),
+    "alerts:create": ("GET", {**_ADMIN_ONLY, "admin": 200}),
+    "alerts:edit": ("GET", {**_ADMIN_ONLY, "admin": 404}),  # no subscription 999999
+    "alerts:test": ("GET", {**_ADMIN_ONLY, "admin": 405}),
+    "alerts:delete": ("GET", {**_ADMIN_ONLY, "admin": 405}),
+    "alerts:deliveries": ("GET", {**_ADMIN_ONLY, "admin": 200}),
+    "api:schema": ("GET", {**dict.fromkeys(ROLES, 200), "anonymous": 401}),
+    "api:docs": ("GET", {**dict.fromkeys(ROLES, 200), "anonymous": 401}),
+    "api:redoc": ("GET", {**dict.fromkeys(ROLES, 200), "anonymous": 401}),
+    "api:not-found": ("GET", dict.fromkeys(ROLES, 404)),
 }
 
 
@@ -214,7 +234,9 @@ def _patterns(resolver, namespace: str = ""):  # noqa: ANN001, ANN202
 
 
 def test_every_url_has_a_row_in_the_access_matrix() -> None:
-    names = {name for name, _ in _patterns(get_resolver())}
+    from tests.api.test_api_access import API_ROUTES
+
+    names = {name for name, _ in _patterns(get_resolver())} - API_ROUTES.keys()
     assert names - EXPECTED.keys() == set(), "add these URLs to the access matrix"
     assert EXPECTED.keys() - names == set(), "these matrix rows name URLs that no longer exist"
 
@@ -336,6 +358,8 @@ def _args(name: str, records) -> list:  # noqa: ANN001
         return [records["us"].source_connection_id]
     if name in ("accounts:end_sessions", "accounts:reset_two_factor"):
         return [records["us"].source_connection_id]  # any user id: GET is refused before the lookup
+    if name in ("alerts:edit", "alerts:test", "alerts:delete", "account:token-revoke"):
+        return [999999]
     return []
 
 
@@ -385,7 +409,7 @@ def test_navigation_shows_only_what_the_role_may_use(client, cast) -> None:  # n
     assert "Workbench" not in page and "Connections" not in page
     client.force_login(cast["admin"])
     page = client.get("/handoffs/").content.decode()
-    assert all(label in page for label in ("Dashboards", "Workbench", "Handoffs", "Connections"))
+    assert all(label in page for label in ("Dashboards", "Workbench", "Handoffs", "Connections", "Alerts"))
 
 
 @pytest.mark.django_db

@@ -1,0 +1,29 @@
+"""Celery tasks for the API and alerts: thin, take ids, safe to repeat."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+
+@shared_task(name="api.tasks.alerts_scan_task")
+def alerts_scan_task() -> int:
+    from api.alerts import alerts_scan
+
+    return alerts_scan()
+
+
+@shared_task(name="api.tasks.alert_deliver_task")
+def alert_deliver_task(delivery_id: int) -> str:
+    from api.alerts import alert_delivery_attempt
+
+    return alert_delivery_attempt(delivery_id=delivery_id)
+
+
+@shared_task(name="api.tasks.alerts_deliver_due_task")
+def alerts_deliver_due_task() -> int:
+    from api.alerts import alerts_due
+
+    due = alerts_due()
+    for delivery_id in due:
+        alert_deliver_task.delay(delivery_id)
+    return len(due)
