@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -17,6 +18,8 @@ from django.db.models import Model
 
 from pscsync import clock
 from pscsync.models import AuditEntry, LegalEntity
+
+_external = logging.getLogger("pscsync.audit")
 
 # One chain for the whole table: writers queue on this lock for the few microseconds of an insert.
 _CHAIN_LOCK = 0x70736373  # "pscs"
@@ -112,7 +115,34 @@ def audit_record(
         )
         entry.hash = entry_hash_of(entry, prev_hash)
         entry.save()
+        transaction.on_commit(lambda: _ship(entry))
         return entry
+
+
+def _ship(entry: AuditEntry) -> None:
+    """Copy a committed entry to the external audit log (logger `pscsync.audit`, routed by
+    PSCSYNC_AUDIT_LOG_FILE or the deployment's log shipper), so tampering with the table is
+    also visible against a store the application cannot rewrite."""
+    _external.info(
+        json.dumps(
+            {
+                "id": entry.pk,
+                "at": entry.created_at.isoformat(),
+                "actor": entry.actor_label,
+                "action": entry.action,
+                "object": f"{entry.object_type}:{entry.object_id}",
+                "entity": entry.legal_entity_id,
+                "before": entry.before,
+                "after": entry.after,
+                "comment": entry.comment,
+                "addr": entry.remote_addr,
+                "prev_hash": entry.prev_hash,
+                "hash": entry.hash,
+            },
+            sort_keys=True,
+            default=str,
+        )
+    )
 
 
 def audit_verify() -> tuple[int, AuditEntry | None, str]:

@@ -279,6 +279,17 @@ def _record_outcome(
         step.save(update_fields=["status"])
 
 
+def _instant(value: Any) -> dt.datetime | None:
+    """An ISO date or date-time from a source system, as an aware date-time (dates: midnight UTC)."""
+    if not value:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
 def _record_facts(handoff: Handoff, facts: dict[str, Any]) -> None:
     """Business facts a step found (customer, service line, amount, source timestamps) go on the
     handoff, so dashboards and the workbench can filter and measure without reading payloads."""
@@ -289,6 +300,11 @@ def _record_facts(handoff: Handoff, facts: dict[str, Any]) -> None:
         entity = LegalEntity.objects.filter(code__iexact=facts["legal_entity"]).first()
         if entity is not None:
             fields["legal_entity"] = entity
+    started = _instant(facts.get("started_at"))
+    if started is not None:
+        # When it happened in the source's business time (the deal closed, the batch was
+        # released), not when the vendor's system committed the change we heard about.
+        fields["business_started_at"] = started
     times = facts.get("business_times") or {}
     if times:
         current = Handoff.objects.filter(pk=handoff.pk).values_list("business_times", flat=True).first() or {}

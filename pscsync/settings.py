@@ -267,13 +267,31 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 
+# The audit trail's external copy (RELIABILITY.md SEC-14): one JSON line per committed entry on
+# the `pscsync.audit` logger, to a file of its own when PSCSYNC_AUDIT_LOG_FILE is set (ship it to
+# a store the application cannot rewrite), else to standard error with the other logs.
+AUDIT_LOG_FILE = os.getenv("PSCSYNC_AUDIT_LOG_FILE", "")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "line": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "audit": (
+            {"class": "logging.handlers.WatchedFileHandler", "filename": AUDIT_LOG_FILE, "formatter": "line"}
+            if AUDIT_LOG_FILE
+            else {"class": "logging.StreamHandler", "formatter": "plain"}
+        ),
+    },
     "root": {"handlers": ["console"], "level": os.getenv("PSCSYNC_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "pscsync.audit": {"handlers": ["audit"], "level": "INFO", "propagate": False},
+    },
 }
 
 # --- The sync engine ----------------------------------------------------------------------

@@ -51,7 +51,10 @@ def invoice_read(ctx: StepContext, erp: Connection) -> dict[str, Any]:
     times = {"invoice_posted": invoice["date"]} if invoice["posted"] else {}
     if paid_on:
         times["payment_applied"] = paid_on
+    started = paid_on or (invoice["date"] if invoice["posted"] else "")
     facts = {"amount": str(invoice["total"]), "currency": invoice["currency"], "business_times": times}
+    if started:
+        facts["started_at"] = started
     return {
         "id": invoice["id"],
         "invoice": {**invoice, "total": str(invoice["total"]), "remaining": str(invoice["remaining"])},

@@ -120,6 +120,8 @@ def deal_read(ctx: StepContext, connection: Connection) -> dict[str, Any]:
     }
     if deal["is_won"] and closed_at:
         facts["business_times"] = {"deal_closed": closed_at}
+        if ctx.handoff.flow == "quote-to-project":
+            facts["started_at"] = closed_at
     return {"id": deal["id"], "deal": deal, "account": account_doc, "handoff_facts": facts}
 
 

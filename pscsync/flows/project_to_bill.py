@@ -59,6 +59,8 @@ def billing_read(ctx: StepContext, psa: Connection) -> dict[str, Any]:
         "amount": batch["total"],
         "currency": batch["currency"],
         "business_times": {"billing_released": batch["date"], **({"time_approved": dates[-1]} if dates else {})},
+        # The clock of approved-time-to-invoice starts when the last item of the batch was approved.
+        "started_at": dates[-1] if dates else batch["date"],
     }
     return {"id": batch["id"], "billing": batch, "handoff_facts": facts}
 

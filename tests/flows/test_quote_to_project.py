@@ -12,7 +12,8 @@ pytestmark = pytest.mark.django_db
 
 def test_a_us_deal_becomes_a_netsuite_customer_a_certinia_project_and_a_contract(firm) -> None:  # noqa: ANN001
     deal = won_deal(firm, entity="us", key="7")
-    handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
+    # The change is heard 30 minutes after the deal closed (e.g. a delayed push).
+    handoff = run(trigger(firm, "quote-to-project", deal["opportunity"], minutes_later=30))
 
     assert handoff.status == Handoff.Status.SUCCEEDED, handoff.last_error_message
     opp = deal["opportunity"]
@@ -38,6 +39,7 @@ def test_a_us_deal_becomes_a_netsuite_customer_a_certinia_project_and_a_contract
     # The handoff carries the business facts and the mapping version each write used.
     assert handoff.customer_name == "Globex 7" and handoff.service_line == "Implementation"
     assert handoff.business_times["deal_closed"].startswith("2026-11-20T15:04")
+    assert handoff.business_started_at.isoformat().startswith("2026-11-20T15:04")  # the deal's close, not the CDC
     assert "project_activated" in handoff.business_times
     assert Step.objects.filter(handoff=handoff, mapping_version__isnull=False).count() >= 5
 
