@@ -143,3 +143,14 @@ def echo_connection(entities, echo):  # noqa: ANN001, ANN201
         },
         is_sandbox=True,
     )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_connection_for_live_server_tests(request):  # noqa: ANN001, ANN202
+    """A live-server test starts on fresh database connections: an earlier integration test (the
+    database outage) cuts every connection to the test database, and psycopg only notices a cut
+    connection when it is next used. Closing is always safe here (no transaction is open yet)."""
+    if "live_server" in request.fixturenames:
+        from django.db import connections
+
+        connections.close_all()
