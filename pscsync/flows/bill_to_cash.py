@@ -13,7 +13,7 @@ from connectors.errors import ValidationError
 from connectors.models import Connection
 from connectors.registry import connector_for
 from pscsync.flows.base import Flow, StepContext
-from pscsync.flows.steps import ReadStep, Record, WriteStep
+from pscsync.flows.steps import ReadStep, Record, WriteStep, update_by_id
 
 
 def _money(value: Any) -> Decimal:
@@ -161,13 +161,6 @@ def psa_records(ctx: StepContext, psa: Connection) -> list[Record]:
     if not batch or read["invoice"]["status"] != "Paid":
         return []  # Kantata records payment only: its invoice is marked when fully paid
     return [Record(key=batch, source=read)]
-
-
-def update_by_id(ctx: StepContext) -> Any:
-    def write(connection: Connection, entity: str, record: Record, fields: dict[str, Any]) -> WriteResult:
-        return connector_for(connection).update(entity=entity, record_id=record.key, fields=fields)
-
-    return write
 
 
 def psa_write(ctx: StepContext) -> Any:

@@ -26,14 +26,10 @@ from pscsync.flows.quote_to_project import (
     entity_name,
     opportunity_id,
     project_records,
+    read_crm,
     resource_request_records,
-    update_by_id,
 )
-from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, systems
-
-
-def read_crm(ctx: StepContext) -> Connection:
-    return ctx.handoff.source_connection
+from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, systems, update_by_id
 
 
 # contract-change ---------------------------------------------------------------------------------
@@ -124,7 +120,7 @@ CONTRACT_CHANGE = Flow(
             purpose="deal_amendment",
             entity=entity_name("deal_status"),
             records=amendment_status_records,
-            write=lambda ctx: update_by_id,
+            write=update_by_id,
         ),
     ),
     attempt_budget=12,

@@ -12,14 +12,13 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from connectors.base import WriteResult
 from connectors.errors import ValidationError
 from connectors.models import Connection
 from connectors.registry import connector_for
 from pscsync import clock
 from pscsync.flows.base import Flow, StepContext
 from pscsync.flows.deals import now_iso
-from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, mapping_for, systems
+from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, mapping_for, systems, update_by_id
 from pscsync.models import BilledItem, CrossReference, Step
 
 CERTINIA_EVENT_FIELDS = (
@@ -308,13 +307,6 @@ def billing_source_records(ctx: StepContext, psa: Connection) -> list[Record]:
     return [Record(key=batch["id"], source=source)]
 
 
-def update_source(ctx: StepContext) -> Any:
-    def write(psa: Connection, entity: str, record: Record, fields: dict[str, Any]) -> WriteResult:
-        return connector_for(psa).update(entity=entity, record_id=record.key, fields=fields)
-
-    return write
-
-
 def _psa_entity(psa: Connection) -> str:
     return "billing_event" if psa.vendor == "certinia" else "invoices"
 
@@ -343,7 +335,7 @@ PROJECT_TO_BILL = Flow(
             purpose="billing_status",
             entity=_psa_entity,
             records=billing_source_records,
-            write=update_source,
+            write=update_by_id,
         ),
     ),
     attempt_budget=8,

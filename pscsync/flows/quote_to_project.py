@@ -13,7 +13,7 @@ from connectors.models import Connection
 from connectors.registry import connector_for
 from pscsync.flows.base import Flow, StepContext
 from pscsync.flows.deals import deal_read, deal_validate, now_iso, phase_plan, resource_plan
-from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep
+from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, update_by_id
 from pscsync.models import CrossReference
 
 # The connector's name for each thing, per vendor.
@@ -174,10 +174,6 @@ def deal_status_records(ctx: StepContext, crm: Connection) -> list[Record]:
     return [Record(key=opportunity_id(ctx), source=document(ctx, provisioned_at=now_iso()))]
 
 
-def update_by_id(crm: Connection, entity: str, record: Record, fields: dict[str, Any]) -> WriteResult:
-    return connector_for(crm).update(entity=entity, record_id=record.key, fields=fields)
-
-
 def read_crm(ctx: StepContext) -> Connection:
     return ctx.handoff.source_connection
 
@@ -235,7 +231,7 @@ QUOTE_TO_PROJECT = Flow(
             purpose="deal_status",
             entity=entity_name("deal_status"),
             records=deal_status_records,
-            write=lambda ctx: update_by_id,
+            write=update_by_id,
         ),
     ),
     attempt_budget=8,

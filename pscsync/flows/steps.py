@@ -225,3 +225,14 @@ class WriteStep(StepDef):
                 **({"handoff_facts": self.facts(ctx)} if self.facts else {}),
             },
         )
+
+
+def update_by_id(ctx: StepContext) -> Callable[[Connection, str, Record, dict[str, Any]], WriteResult]:
+    """A WriteStep `write` for records a person made in the target (an opportunity, a billing
+    event, an invoice): they carry no key of ours, so they are changed by their own id (the
+    record's key). Setting the same values again is harmless, so a repeat needs no lookup."""
+
+    def write(connection: Connection, entity: str, record: Record, fields: dict[str, Any]) -> WriteResult:
+        return connector_for(connection).update(entity=entity, record_id=record.key, fields=fields)
+
+    return write
