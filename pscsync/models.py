@@ -486,3 +486,38 @@ class ReconciliationRun(models.Model):
 
     def __str__(self) -> str:
         return f"reconciliation {self.legal_entity_id} {self.period or 'all periods'} {self.status}"
+
+
+class UnbilledWork(models.Model):
+    """Approved billable work the PSA holds that is not in a billing batch yet: time, expenses and
+    completed milestones. Read from the PSA with every full reconciliation of the legal entity and
+    replaced as a whole, so the rows are the PSA's unbilled WIP as of `read_at` (DOMAIN.md §2.3)."""
+
+    class Kind(models.TextChoices):
+        TIME = "time", "Time"
+        EXPENSE = "expense", "Expense"
+        MILESTONE = "milestone", "Milestone"
+
+    legal_entity = models.ForeignKey(LegalEntity, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    source_id = models.CharField(max_length=200, help_text="The timecard, expense or milestone in the PSA.")
+    description = models.CharField(max_length=200, blank=True)
+    project_key = models.CharField(max_length=200, help_text="P-<opportunity>, the project pscsync created.")
+    project_name = models.CharField(max_length=200, blank=True)
+    customer_name = models.CharField(max_length=200, blank=True)
+    service_line = models.CharField(max_length=100, blank=True)
+    work_date = models.DateField(
+        null=True, blank=True, help_text="Week end for time, the expense date, the milestone's actual date."
+    )
+    amount = models.DecimalField(max_digits=16, decimal_places=2, help_text="At bill rate, in `currency`.")
+    currency = models.CharField(max_length=3)
+    read_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["legal_entity", "kind", "source_id"], name="unbilled_work_once"),
+        ]
+        indexes = [models.Index(fields=["legal_entity", "work_date"], name="unbilled_by_entity_date")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.source_id} {self.amount} {self.currency} unbilled on {self.project_key}"

@@ -80,6 +80,7 @@ class Deal:
     legal_entity: str
     close_date: dt.date | None
     modified_at: dt.datetime | None
+    service_line: str = ""
 
     @property
     def project_key(self) -> str:
@@ -192,6 +193,21 @@ class Holdings:
     expected_subsidiary: str  # the ERP subsidiary the entity books in ("" when the ERP has none)
     tax_codes: dict[str, str]  # CRM tax profile -> the ERP tax code the mapping writes
     erp_has_contract_value: bool
+    unbilled: list[Unbilled] = field(default_factory=list)  # approved work not in a batch yet
+
+
+@dataclass
+class Unbilled:
+    """Approved billable work in the PSA that no billing batch holds yet."""
+
+    kind: str  # time | expense | milestone
+    source_id: str
+    description: str
+    project_key: str
+    project_name: str
+    work_date: dt.date | None
+    amount: Decimal
+    currency: str
 
 
 # Mapping tables ------------------------------------------------------------------------------------
@@ -218,6 +234,7 @@ DEAL_FIELDS = (
     "LastModifiedDate",
     "Account.Name",
     "Account.Tax_Profile__c",
+    "Service_Line__c",
 )
 
 
@@ -245,6 +262,7 @@ def crm_deals(crm: Connection, entity: LegalEntity) -> dict[str, Deal]:
             legal_entity=entity.code,
             close_date=day(row.get("CloseDate")),
             modified_at=instant(row.get("LastModifiedDate")),
+            service_line=str(row.get("Service_Line__c") or ""),
         )
     return deals
 
@@ -310,6 +328,70 @@ def certinia_holdings(psa: Connection) -> tuple[dict[str, PsaProject], list[PsaB
             )
         )
     return {p.key: p for p in projects_by_id.values()}, [b for b in events.values() if b.items]
+
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def certinia_unbilled(psa: Connection, projects: dict[str, PsaProject]) -> list[Unbilled]:
+    """Approved, billable timecards and expenses and approved milestones the PSA has not put in a
+    billing event (`pse__Billed__c` is what Certinia's billing run sets), priced as the billing run
+    prices them: timecard hours x the assignment's bill rate."""
+    connector = connector_for(psa)
+    by_id = {p.id: p for p in projects.values()}
+    found: list[Unbilled] = []
+
+    def add(kind: str, row: dict[str, Any], amount: Decimal, work_date: Any, currency: str = "") -> None:
+        project = by_id.get(row.get("pse__Project__c") or "")
+        if project is None or row.get("pse__Billed__c"):
+            return  # a project pscsync did not create is not ours to report
+        found.append(
+            Unbilled(
+                kind=kind,
+                source_id=row["Id"],
+                description=str(row.get("Name") or row["Id"]),
+                project_key=project.key,
+                project_name=project.name,
+                work_date=day(work_date),
+                amount=amount,
+                currency=(currency or project.currency).upper(),
+            )
+        )
+
+    rates = {
+        row["Id"]: money(row.get("pse__Bill_Rate__c"))
+        for row in connector.query("SELECT Id, pse__Bill_Rate__c FROM pse__Assignment__c")
+    }
+    hour_fields = ", ".join(f"pse__{d}_Hours__c" for d in WEEKDAYS)
+    for row in connector.query(
+        f"SELECT Id, Name, pse__Project__c, pse__Assignment__c, pse__End_Date__c, pse__Billable__c, "  # noqa: S608  # nosec B608  # fixed field names
+        f"pse__Billed__c, {hour_fields} FROM pse__Timecard_Header__c WHERE pse__Status__c = 'Approved'"
+    ):
+        if row.get("pse__Billable__c") is False:
+            continue
+        hours = sum((Decimal(str(row.get(f"pse__{d}_Hours__c") or 0)) for d in WEEKDAYS), Decimal("0"))
+        amount = money(hours * rates.get(row.get("pse__Assignment__c") or "", Decimal("0")))
+        add("time", row, amount, row.get("pse__End_Date__c"))
+    for row in connector.query(
+        "SELECT Id, Name, pse__Project__c, pse__Expense_Date__c, pse__Amount__c, pse__Billable__c, "
+        "pse__Billed__c, CurrencyIsoCode FROM pse__Expense__c WHERE pse__Status__c = 'Approved'"
+    ):
+        if row.get("pse__Billable__c") is False:
+            continue
+        add(
+            "expense",
+            row,
+            money(row.get("pse__Amount__c")),
+            row.get("pse__Expense_Date__c"),
+            row.get("CurrencyIsoCode") or "",
+        )
+    for row in connector.query(
+        "SELECT Id, Name, pse__Project__c, pse__Actual_Date__c, pse__Target_Date__c, pse__Milestone_Amount__c, "
+        "pse__Billed__c FROM pse__Milestone__c WHERE pse__Status__c = 'Approved'"
+    ):
+        completed = row.get("pse__Actual_Date__c") or row.get("pse__Target_Date__c")
+        add("milestone", row, money(row.get("pse__Milestone_Amount__c")), completed)
+    return found
 
 
 # Kantata -------------------------------------------------------------------------------------------
@@ -539,13 +621,51 @@ def businesscentral_holdings(
     return contracts, invoices, customers
 
 
+def kantata_unbilled(psa: Connection, projects: dict[str, PsaProject]) -> list[Unbilled]:
+    """Approved, billable time entries and expenses no Kantata invoice holds yet (`is_invoiced`),
+    time priced at the entry's own rate. Kantata bills fixed fees on the workspace price, not on
+    milestones pscsync could read, so there are no milestone rows here."""
+    connector = connector_for(psa)
+    by_id = {p.id: p for p in projects.values()}
+    found: list[Unbilled] = []
+    for collection, kind in (("time_entries", "time"), ("expenses", "expense")):
+        for row in connector.read(collection, where={"approved": "true", "is_invoiced": "false"}):
+            project = by_id.get(str(row.get("workspace_id")))
+            if project is None or row.get("billable") is False or row.get("is_invoiced"):
+                continue
+            if kind == "time":
+                hours = Decimal(row.get("time_in_minutes") or 0) / 60
+                amount = money(hours * Decimal(row.get("rate_in_cents") or 0) / 100)
+                work_date, currency = row.get("date_performed"), project.currency
+                description = str(row.get("notes") or f"time entry {row['id']}")
+            else:
+                amount = money(Decimal(row.get("amount_in_cents") or 0) / 100)
+                work_date, currency = row.get("date"), (row.get("currency") or project.currency)
+                description = str(row.get("category") or f"expense {row['id']}")
+            found.append(
+                Unbilled(
+                    kind=kind,
+                    source_id=f"{collection[:-1]}:{row['id']}",
+                    description=description[:200],
+                    project_key=project.key,
+                    project_name=project.name,
+                    work_date=day(work_date),
+                    amount=amount,
+                    currency=currency.upper(),
+                )
+            )
+    return found
+
+
 # All of one entity ------------------------------------------------------------------------------------
 def holdings_read(*, entity: LegalEntity, crm: Connection, psa: Connection, erp: Connection) -> Holdings:
     deals = crm_deals(crm, entity)
     if psa.vendor == "certinia":
         projects, batches = certinia_holdings(psa)
+        unbilled = certinia_unbilled(psa, projects)
     elif psa.vendor == "kantata":
         projects, batches = kantata_holdings(psa)
+        unbilled = kantata_unbilled(psa, projects)
     else:
         raise LookupError(f"reconciliation cannot read a {psa.vendor} PSA")
     if erp.vendor == "netsuite":
@@ -568,4 +688,5 @@ def holdings_read(*, entity: LegalEntity, crm: Connection, psa: Connection, erp:
         expected_subsidiary=subsidiary,
         tax_codes=tax_codes,
         erp_has_contract_value=erp.vendor == "netsuite",
+        unbilled=unbilled,
     )

@@ -16,9 +16,9 @@ from django.db import transaction
 
 from connectors.errors import ConnectorError
 from pscsync import clock
-from pscsync.models import LegalEntity, Mismatch, ReconciliationRun, ReconciliationTolerance
+from pscsync.models import LegalEntity, Mismatch, ReconciliationRun, ReconciliationTolerance, UnbilledWork
 from pscsync.reconciliation import rules
-from pscsync.reconciliation.readers import holdings_read
+from pscsync.reconciliation.readers import Holdings, holdings_read
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def entity_reconcile(*, legal_entity: LegalEntity, period: str = "") -> Reconcil
     if period:
         results = [r for r in results if r.comparison == rules.DEAL_VALUE or r.period == period]
     summary = _store(legal_entity, results, checked, period=period)
+    unbilled_store(legal_entity, holdings)  # as of now, whatever period the run compared
     run.status = ReconciliationRun.Status.COMPLETE
     run.summary = summary
     run.finished_at = clock.now()
@@ -139,3 +140,33 @@ def _store(entity: LegalEntity, results: list[rules.Result], checked: dict[str, 
         }
         for c in rules.COMPARISONS
     }
+
+
+@transaction.atomic
+def unbilled_store(legal_entity: LegalEntity, holdings: Holdings) -> int:
+    """Replace the entity's unbilled-work snapshot with what the PSA holds now. Customer and
+    service line come from the CRM deal the project was made from (project key P-<opportunity>)."""
+    now = clock.now()
+    deals = {deal.project_key: deal for deal in holdings.deals.values()}
+    rows = []
+    for item in holdings.unbilled:
+        deal = deals.get(item.project_key)
+        rows.append(
+            UnbilledWork(
+                legal_entity=legal_entity,
+                kind=item.kind,
+                source_id=item.source_id[:200],
+                description=item.description[:200],
+                project_key=item.project_key[:200],
+                project_name=item.project_name[:200],
+                customer_name=(deal.account_name if deal else "")[:200],
+                service_line=(deal.service_line if deal else "")[:100],
+                work_date=item.work_date,
+                amount=item.amount,
+                currency=item.currency[:3],
+                read_at=now,
+            )
+        )
+    UnbilledWork.objects.filter(legal_entity=legal_entity).delete()
+    UnbilledWork.objects.bulk_create(rows)
+    return len(rows)
