@@ -70,14 +70,23 @@ def histogram(hist: dict[str, int], sla_hours: float | None) -> dict[str, Any]:
     return fig
 
 
-def stacked(x: list[str], series: dict[str, list[float]]) -> dict[str, Any]:
+def stacked(x: list[str], series: dict[str, list[float]], unit: str = "hours") -> dict[str, Any]:
     return {
-        "data": [{"type": "bar", "name": name, "x": x, "y": values} for name, values in series.items()],
+        "data": [
+            {
+                "type": "bar",
+                "name": name,
+                "x": x,
+                "y": values,
+                "hovertemplate": f"{name}, %{{x}}: %{{y:,.0f}} {unit}<extra></extra>",
+            }
+            for name, values in series.items()
+        ],
         "layout": {
             **LAYOUT,
             "barmode": "stack",
             "showlegend": True,
             "legend": {"orientation": "h", "y": 1.2},
-            "yaxis": {"title": {"text": "hours"}},
+            "yaxis": {"title": {"text": unit}},
         },
     }

@@ -13,11 +13,12 @@ from urllib.parse import urlencode
 
 from django.urls import reverse
 
-from dashboards import charts, metrics
+from dashboards import charts, metrics, wip
 from dashboards.facts import MEASURES, parse_time, sla_for
 from dashboards.metrics import Converter, Filters
 from dashboards.models import FlowFact
 from pscsync.models import LegalEntity, Mismatch
+from remediation import timeline
 
 
 @dataclass
@@ -39,13 +40,14 @@ class Table:
     rows: list[list[Any]] = field(default_factory=list)  # a cell is a value or (value, href)
     help: str = ""
     empty: str = "Nothing in this period."
+    limit: int = 0  # rows shown on the page (0: all); the CSV export always has every row
 
     @property
     def cells(self) -> list[list[dict[str, Any]]]:
         """Rows as {text, href} cells for the template."""
         return [
             [{"text": c[0], "href": c[1]} if isinstance(c, tuple) else {"text": c, "href": ""} for c in row]
-            for row in self.rows
+            for row in (self.rows[: self.limit] if self.limit else self.rows)
         ]
 
 
@@ -214,6 +216,7 @@ def overview(f: Filters) -> Page:
     )
     ex = metrics.billing_exceptions(f, conv)
     rev = metrics.revenue_accuracy(f, conv)
+    page.tiles.append(_wip_tile(f, wip.unbilled_wip(f, conv)))
     opened = metrics.open_exceptions(f, conv)
     health = metrics.health_line(f)
     page.tiles += [
@@ -385,9 +388,8 @@ def project_to_bill(f: Filters) -> Page:
     conv = Converter()
     page = Page(
         "Project to bill",
-        "Approved time and milestones turning into ERP invoices. pscsync sees PSA items when a billing batch "
-        "is released; approved time not yet in a batch, and milestones completed but not released for "
-        "billing, stay in the PSA and are not counted here.",
+        "Approved time, expenses and completed milestones turning into ERP invoices, and the approved work "
+        "not invoiced yet (unbilled WIP).",
     )
     s = _flow_common(page, f, "project-to-bill", conv)
     page.tiles.append(
@@ -399,22 +401,84 @@ def project_to_bill(f: Filters) -> Page:
             "Billing batch released in the PSA → invoice created in the ERP.",
         )
     )
-    blocked = metrics.blocked_billing(f, conv)
+    unbilled = wip.unbilled_wip(f, conv)
+    page.tiles.insert(0, _wip_tile(f, unbilled))
+    labels = unbilled["labels"]
     page.charts.insert(
         0,
         Chart(
             "chart-wip",
-            "Released, not invoiced: value by age",
-            charts.bars(
-                [b["label"] for b in blocked["buckets"]],
-                [float(b["value"]) for b in blocked["buckets"]],
+            "Unbilled WIP by age",
+            charts.stacked(
+                labels,
+                {
+                    (wip.KIND_LABELS.get(kind) or wip.RELEASED): [float(v) for v in values]
+                    for kind, values in unbilled["by_kind"].items()
+                },
                 metrics.reporting_currency(),
             ),
-            "Billing batches released with no ERP invoice yet, aged by release date (period-end rate).",
+            "Approved work not invoiced, by age: PSA items by work date, released batches by release date. "
+            + wip.as_of_text(unbilled),
         ),
     )
-    page.tables.insert(
-        0,
+    blocked = metrics.blocked_billing(f, conv)
+    psa = _psa_of(f)
+    page.tables[0:0] = [
+        Table(
+            "wip-by-entity",
+            "Unbilled WIP by legal entity",
+            ["Legal entity", *labels, "Total"],
+            [
+                [name, *(money(v) for v in buckets), money(sum(buckets))]
+                for name, buckets in unbilled["by_entity"].items()
+            ],
+            "Approved time, expenses and completed milestones the PSA has not batched, plus batches released "
+            "with no ERP invoice, at the period-end rate. " + wip.as_of_text(unbilled),
+            "No unbilled work: everything approved is invoiced.",
+        ),
+        Table(
+            "wip-by-project",
+            "Unbilled WIP by project",
+            ["Project", "Customer", "Items", "Oldest (days)", *labels, "Total"],
+            [
+                [
+                    (
+                        p["name"] or p["key"],
+                        reverse("handoffs:list") + "?" + urlencode({"q": p["key"].removeprefix("P-")}),
+                    ),
+                    p["customer"],
+                    p["items"],
+                    p["oldest"],
+                    *(money(v) for v in p["buckets"]),
+                    money(p["total"]),
+                ]
+                for p in unbilled["projects"]
+            ],
+            "Largest first; the page shows the 50 largest, Export CSV has every project. A project links to its "
+            "handoffs.",
+            "No unbilled work: everything approved is invoiced.",
+            limit=50,
+        ),
+        Table(
+            "milestones-not-billed",
+            "Milestones completed, not billed",
+            ["Milestone", "Project", "Customer", "Completed", "Age (days)", "Value", "Currency"],
+            [
+                [
+                    (m["description"], timeline.record_url(psa.get(m["legal_entity_id"]), "milestone", m["source_id"])),
+                    m["project_name"] or m["project_key"],
+                    m["customer_name"],
+                    m["work_date"],
+                    m["age"],
+                    f"{m['amount']:,.2f}",
+                    m["currency"],
+                ]
+                for m in unbilled["milestones"]
+            ],
+            "Milestones approved in the PSA that no billing batch holds yet, oldest first; a milestone links to "
+            "the PSA record. " + wip.as_of_text(unbilled),
+            "No completed milestone is waiting to be billed.",
+        ),
         Table(
             "blocked-billing",
             "Released, not invoiced",
@@ -423,19 +487,60 @@ def project_to_bill(f: Filters) -> Page:
                 [
                     (r["business_key"], handoff_link(r["id"])),
                     r["customer_name"],
-                    r["amount"],
+                    f"{r['amount'] or 0:,.2f}",
                     r["currency"],
                     r["age"],
-                    r["status"],
+                    STATUS_WORDS.get(r["status"], r["status"]),
                 ]
                 for r in blocked["rows"]
             ],
             "Open project-to-bill handoffs, in the batch's currency.",
             "Every released batch has its invoice.",
         ),
-    )
+    ]
     _currency_note(page, conv)
     return page
+
+
+STATUS_WORDS = {
+    "needs_attention": "needs a person",
+    "pending": "queued",
+    "running": "running",
+    "waiting_retry": "waiting to retry",
+}
+
+
+def _psa_of(f: Filters) -> dict[int, Any]:
+    """Each visible legal entity's PSA connection (for links to PSA records)."""
+    from connectors.errors import MappingError
+    from pscsync.flows.routing import systems_for
+
+    found = {}
+    for entity in LegalEntity.objects.filter(connections__isnull=False).distinct():
+        if f.entity_ids is None or entity.pk in f.entity_ids:
+            try:
+                found[entity.pk] = systems_for(entity).psa
+            except MappingError:
+                continue  # no single PSA serves it: its milestones are listed without a link
+    return found
+
+
+def _wip_tile(f: Filters, unbilled: dict[str, Any]) -> Tile:
+    ages = " · ".join(
+        f"{money(sum(v[i] for v in unbilled['by_kind'].values()))} {label}"
+        for i, label in enumerate(unbilled["labels"])
+        if any(v[i] for v in unbilled["by_kind"].values())
+    )
+    return Tile(
+        "Unbilled WIP",
+        money(unbilled["value"]),
+        ages or "nothing approved is waiting",
+        link("dashboards:project_to_bill", f) + "#wip-by-entity",
+        "Approved billable time and expenses and completed milestones the PSA has not put in a billing batch "
+        "(read from the PSA with each reconciliation), plus batches released with no ERP invoice yet; aged by "
+        "work date and release date; balances at the period-end rate. " + wip.as_of_text(unbilled),
+        "bad" if unbilled["over_60"] else "good",
+    )
 
 
 def bill_to_cash(f: Filters) -> Page:

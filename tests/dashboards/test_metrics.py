@@ -7,11 +7,11 @@ from decimal import Decimal
 
 import pytest
 
-from dashboards import metrics
+from dashboards import metrics, wip
 from dashboards.facts import business_days_between, rollups_rebuild_all
 from dashboards.models import FlowSla, FxRate
 from pscsync import clock
-from pscsync.models import Mismatch, ReconciliationRun
+from pscsync.models import Mismatch, ReconciliationRun, UnbilledWork
 from tests.dashboards.builders import T0, connection, handoff
 
 H = dt.timedelta(hours=1)
@@ -239,3 +239,51 @@ def test_a_finished_handoff_updates_the_rollups_as_it_commits(crm, entities) -> 
     h.business_times = {**h.business_times, "project_activated": (T0 + 7 * H).isoformat()}
     h.save()
     assert metrics.flow_stats(OCT, "quote-to-project").median_hours == 7.0
+
+
+def unbilled(entity, kind: str, source: str, work_date: dt.date, amount: str, currency: str = "USD", **kw):  # noqa: ANN001, ANN201, ANN003
+    return UnbilledWork.objects.create(
+        legal_entity=entity,
+        kind=kind,
+        source_id=source,
+        project_key=kw.pop("project", "P-006A"),
+        work_date=work_date,
+        amount=Decimal(amount),
+        currency=currency,
+        read_at=dt.datetime(2026, 10, 31, 8, tzinfo=dt.UTC),
+        **kw,
+    )
+
+
+@pytest.mark.django_db
+def test_unbilled_wip_ages_psa_work_and_released_batches_and_respects_scope(crm, entities) -> None:  # noqa: ANN001
+    FxRate.objects.create(currency="GBP", month="2026-10", kind="closing", rate=Decimal("1.20"))
+    us, uk = entities["us"], entities["uk"]
+    unbilled(us, "time", "a4T1", dt.date(2026, 10, 25), "1800.00", customer_name="Contoso")  # 6 days
+    unbilled(us, "milestone", "a2M1", dt.date(2026, 8, 20), "25000.00", description="Design signed off")  # 72 days
+    unbilled(uk, "time", "time_entry:9", dt.date(2026, 7, 1), "1000.00", "GBP", project="P-006B")  # 122 days
+    # A batch released 40 days ago with no invoice yet (an open project-to-bill handoff).
+    released = T0 - dt.timedelta(days=14)
+    p2b(crm, us, released, released, None, status="needs_attention", amount="500.00", currency="USD")
+    everything = wip.unbilled_wip(OCT)
+    assert everything["count"] == 4 and everything["as_of"] == dt.date(2026, 10, 31)
+    assert everything["by_kind"]["time"] == [Decimal("1800.00"), 0, 0, Decimal("1200.00")]  # GBP 1000 at 1.20
+    assert everything["by_kind"]["milestone"] == [0, 0, Decimal("25000.00"), 0]
+    assert everything["by_kind"]["released"] == [0, Decimal("500.00"), 0, 0]
+    assert everything["value"] == Decimal("28500.00") and everything["over_60"] == Decimal("26200.00")
+    assert [m["source_id"] for m in everything["milestones"]] == ["a2M1"]
+    assert everything["projects"][0]["key"] == "P-006A" and everything["projects"][0]["items"] == 2
+    # A user who sees only the UK entity sees only its work, in every breakdown.
+    uk_only = wip.unbilled_wip(metrics.Filters(start=OCT.start, end=OCT.end, entity_ids=(uk.pk,)))
+    assert uk_only["value"] == Decimal("1200.00") and list(uk_only["by_entity"]) == [uk.name]
+    assert uk_only["milestones"] == [] and [p["key"] for p in uk_only["projects"]] == ["P-006B"]
+    # A customer filter applies to the PSA's work as to handoffs.
+    contoso = wip.unbilled_wip(metrics.Filters(start=OCT.start, end=OCT.end, customer="Contoso"))
+    assert contoso["by_kind"]["time"][0] == Decimal("1800.00") and contoso["by_kind"]["milestone"] == [0, 0, 0, 0]
+
+
+@pytest.mark.django_db
+def test_unbilled_wip_before_any_psa_read_says_so(entities) -> None:  # noqa: ANN001
+    empty = wip.unbilled_wip(OCT)
+    assert (empty["count"], empty["value"], empty["as_of"]) == (0, 0, None)
+    assert "not been read yet" in wip.as_of_text(empty)

@@ -1,0 +1,111 @@
+"""Unbilled WIP (DOMAIN.md §2.3): approved billable work not invoiced yet, in two parts —
+work the PSA holds that no billing batch has taken (`UnbilledWork`, read from the PSA with every
+reconciliation) and batches released in the PSA that have no ERP invoice yet (open project-to-bill
+handoffs). Aged by work date (time: week end; expense: its date; milestone: its actual date) for
+the first part and by release date for the second, as of the last PSA read.
+
+A balance, so it is converted at the closing rate of the month of the figure's date (the policy
+in metrics.POLICY), and it is a snapshot: the page period does not move it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Max
+
+from dashboards import metrics
+from dashboards.metrics import AGE_BUCKETS_DAYS, Converter, Filters
+from pscsync import clock
+from pscsync.models import LegalEntity, UnbilledWork
+
+KIND_LABELS = {"time": "Approved time", "expense": "Approved expenses", "milestone": "Completed milestones"}
+RELEASED = "Released, not invoiced"
+
+
+def _bucket_of(age: int) -> int:
+    for index, (low, high, _label) in enumerate(AGE_BUCKETS_DAYS):
+        if age >= low and (high is None or age <= high):
+            return index
+    return len(AGE_BUCKETS_DAYS) - 1
+
+
+def psa_work(f: Filters):  # noqa: ANN201 - a queryset of UnbilledWork
+    qs = UnbilledWork.objects.all()
+    if f.entity_ids is not None:
+        qs = qs.filter(legal_entity_id__in=f.entity_ids)
+    if f.service_line:
+        qs = qs.filter(service_line=f.service_line)
+    if f.customer:
+        qs = qs.filter(customer_name=f.customer)
+    return qs
+
+
+def unbilled_wip(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+    """Both parts, bucketed by age, with totals by kind, by legal entity and by project."""
+    conv = conv or Converter()
+    read_at = psa_work(f).aggregate(at=Max("read_at"))["at"]
+    as_of = (read_at or clock.now()).date()
+    entities = dict(LegalEntity.objects.values_list("pk", "name"))
+    kinds = [*KIND_LABELS, "released"]
+    empty = [Decimal("0")] * len(AGE_BUCKETS_DAYS)
+    by_kind: dict[str, list[Decimal]] = {k: list(empty) for k in kinds}
+    by_entity: dict[str, list[Decimal]] = defaultdict(lambda: list(empty))
+    by_project: dict[str, dict[str, Any]] = {}
+    milestones: list[dict[str, Any]] = []
+    count = 0
+
+    def add(kind: str, entity: str, project: tuple[str, str, str], amount: Decimal, currency: str, age: int) -> None:
+        """project: (key, name, customer); one row per key, named by whichever source knows the name."""
+        nonlocal count
+        value = conv.convert(amount or Decimal("0"), currency, f.end, "closing")
+        bucket = _bucket_of(age)
+        by_kind[kind][bucket] += value
+        by_entity[entity][bucket] += value
+        row = by_project.setdefault(
+            project[0], {"buckets": list(empty), "items": 0, "oldest": 0, "name": "", "customer": ""}
+        )
+        row["name"] = row["name"] or project[1]
+        row["customer"] = row["customer"] or project[2]
+        row["buckets"][bucket] += value
+        row["items"] += 1
+        row["oldest"] = max(row["oldest"], age)
+        count += 1
+
+    fields = ("kind", "legal_entity_id", "project_key", "project_name", "customer_name", "amount", "currency")
+    for w in psa_work(f).values(*fields, "work_date", "description", "source_id"):
+        age = max(0, (as_of - w["work_date"]).days) if w["work_date"] else 0
+        project = (w["project_key"], w["project_name"], w["customer_name"])
+        add(w["kind"], entities.get(w["legal_entity_id"], "—"), project, w["amount"], w["currency"], age)
+        if w["kind"] == "milestone":
+            milestones.append({**w, "age": age})
+    released = metrics.blocked_billing(f, conv)
+    for r in released["rows"]:
+        # The batch's project is in its read step's output, not on the handoff: list the batch itself.
+        project = (r["business_key"], f"Billing batch {r['business_key']}, released", r["customer_name"])
+        add("released", entities.get(r["legal_entity_id"], "—"), project, r["amount"], r["currency"], r["age"])
+    projects = sorted(
+        ({"key": key, **v, "total": sum(v["buckets"])} for key, v in by_project.items()),
+        key=lambda p: p["total"],
+        reverse=True,
+    )
+    return {
+        "as_of": as_of if read_at else None,
+        "count": count,
+        "value": sum((sum(v) for v in by_kind.values()), Decimal("0")),
+        "labels": [label for _low, _high, label in AGE_BUCKETS_DAYS],
+        "by_kind": by_kind,
+        "by_entity": dict(sorted(by_entity.items())),
+        "projects": projects,
+        "milestones": sorted(milestones, key=lambda m: m["age"], reverse=True),
+        "over_60": sum((sum(v[2:]) for v in by_kind.values()), Decimal("0")),
+    }
+
+
+def as_of_text(wip: dict[str, Any]) -> str:
+    when: dt.date | None = wip["as_of"]
+    if when is None:
+        return "The PSA has not been read yet: reconciliation reads its unbilled work (every few minutes)."
+    return f"As of the last PSA read, {when:%d %b %Y}."
