@@ -62,11 +62,12 @@ def weekly(weeks: list[dt.date], median: list[float | None], p90: list[float | N
 
 def histogram(hist: dict[str, int], sla_hours: float | None) -> dict[str, Any]:
     keys = sorted((k for k in hist if k != "inf"), key=float) + (["inf"] if "inf" in hist else [])
-    labels = [f"≤ {k} h" if k != "inf" else "longer" for k in keys]
+    labels = [f"{k} h" if k != "inf" else "longer" for k in keys]
     colors = ["#b42318" if sla_hours is not None and k != "inf" and float(k) > sla_hours else "#1a7f4b" for k in keys]
     fig = bars(labels, [hist[k] for k in keys], "items")
     fig["data"][0]["marker"] = {"color": colors}
-    fig["layout"]["xaxis"] = {"type": "category"}
+    fig["layout"]["xaxis"] = {"type": "category", "tickangle": -45, "title": {"text": "up to (hours)"}}
+    fig["layout"]["margin"] = {**LAYOUT["margin"], "b": 70}
     return fig
 
 
@@ -86,7 +87,9 @@ def stacked(x: list[str], series: dict[str, list[float]], unit: str = "hours") -
             **LAYOUT,
             "barmode": "stack",
             "showlegend": True,
-            "legend": {"orientation": "h", "y": 1.2},
+            # Above the plot, not over the bars: a tall stack would hide under an inside legend.
+            "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "traceorder": "normal"},
+            "margin": {**LAYOUT["margin"], "t": 60},
             "yaxis": {"title": {"text": unit}},
         },
     }

@@ -180,7 +180,10 @@ def overview(f: Filters) -> Page:
         Tile(
             "Money at risk",
             money(risk["value"]),
-            " · ".join(f"{money(p['value'])} {p['label'].lower()}" for p in risk["parts"] if p["value"]) or "none",
+            " · ".join(
+                f"{money(p['value'])} {p['label'][:1].lower() + p['label'][1:]}" for p in risk["parts"] if p["value"]
+            )
+            or "none",
             link("dashboards:exceptions", f),
             "Billing released but not invoiced + value of won deals not activated past their SLA + |difference| "
             "of open billed-time and revenue mismatches, at the period-end rate.",
@@ -454,10 +457,10 @@ def project_to_bill(f: Filters) -> Page:
                 ]
                 for p in unbilled["projects"]
             ],
-            "Largest first; the page shows the 50 largest, Export CSV has every project. A project links to its "
+            "Largest first; the page shows the 15 largest, Export CSV has every project. A project links to its "
             "handoffs.",
             "No unbilled work: everything approved is invoiced.",
-            limit=50,
+            limit=15,
         ),
         Table(
             "milestones-not-billed",

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from dashboards.facts import rollups_rebuild_all
 from dashboards.models import FxRate
-from pscsync.models import LegalEntity, Mismatch, ReconciliationRun
+from pscsync.models import LegalEntity, Mismatch, ReconciliationRun, UnbilledWork
 from tests.dashboards.builders import connection, handoff
 
 NOW = dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC)
@@ -82,6 +82,7 @@ def seed_firm() -> dict[str, LegalEntity]:
             )
             if open_deal:
                 continue
+            _unbilled_work(rnd, ents[code], f"006{n:05d}", cust, line, cur, value, closed)
             # Billing batches: released a few days after work is approved; most invoiced within days.
             for b in range(rnd.randint(1, 2)):
                 approved = closed + dt.timedelta(days=7 + 7 * b, hours=rnd.randint(0, 8))
@@ -207,3 +208,45 @@ def seed_firm() -> dict[str, LegalEntity]:
         )
     rollups_rebuild_all()
     return ents
+
+
+def _unbilled_work(
+    rnd: random.Random,
+    entity: LegalEntity,
+    opportunity: str,
+    customer: str,
+    line: str,
+    currency: str,
+    value: Decimal,
+    closed: dt.datetime,
+) -> None:
+    """What the PSA holds unbilled for one project: the last week or two of approved time, now and
+    then an expense, and for some fixed-fee projects a completed milestone nobody has billed."""
+    rows = []
+    project = {"project_key": f"P-{opportunity}", "project_name": f"{customer} {line.lower()}"}
+    for week in range(rnd.choice([0, 1, 1, 2])):
+        work = NOW.date() - dt.timedelta(days=3 + 7 * week + rnd.randint(0, 2))
+        if work > closed.date():
+            amount = Decimal(rnd.randrange(8, 60) * 180)
+            rows.append(("time", f"TC-{opportunity}-{week}", f"Timecard week of {work:%d %b}", work, amount))
+    if rnd.random() < 0.15:
+        rows.append(("expense", f"EX-{opportunity}", "Travel", NOW.date() - dt.timedelta(days=12), Decimal("640.00")))
+    if rnd.random() < 0.12:
+        done = max(closed.date(), NOW.date() - dt.timedelta(days=rnd.choice([9, 24, 41, 75])))
+        rows.append(("milestone", f"MS-{opportunity}", "Design signed off", done, (value / 5).quantize(Decimal("1"))))
+    UnbilledWork.objects.bulk_create(
+        UnbilledWork(
+            legal_entity=entity,
+            kind=kind,
+            source_id=source,
+            description=text,
+            customer_name=customer,
+            service_line=line,
+            work_date=work,
+            amount=amount,
+            currency=currency,
+            read_at=NOW - dt.timedelta(minutes=20),
+            **project,
+        )
+        for kind, source, text, work, amount in rows
+    )
