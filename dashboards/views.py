@@ -16,7 +16,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from connectors.models import Connection
-from dashboards import metrics, pages
+from dashboards import metrics, pages, wip
 from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Filters
 from dashboards.models import FlowSla, FxRate
@@ -216,6 +216,22 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
         cur,
         blocked["count"],
         "Billing batches released in the PSA with no ERP invoice yet, at the period-end rate.",
+    )
+    unbilled = wip.unbilled_wip(f, conv)
+    add(
+        "billing.unbilled_wip",
+        unbilled["value"],
+        cur,
+        unbilled["count"],
+        "Approved billable time, expenses and completed milestones not in a PSA billing batch (as of the last "
+        "PSA read) + batches released with no ERP invoice, at the period-end rate.",
+    )
+    add(
+        "billing.unbilled_wip_over_60_days",
+        unbilled["over_60"],
+        cur,
+        unbilled["count"],
+        "The part of unbilled WIP older than 60 days (work date; release date for batches).",
     )
     ex = metrics.billing_exceptions(f, conv)
     add(

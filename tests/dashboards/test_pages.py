@@ -100,3 +100,32 @@ def test_admin_sets_an_sla(client, admin, firm, monkeypatch) -> None:  # noqa: A
     assert FlowSla.objects.get(flow="quote-to-project").target == 8
     body = client.get(f"/dashboards/quote-to-project/?{PERIOD}").content.decode()
     assert "1 breaches of 8 h" in body
+
+
+@pytest.mark.django_db
+def test_unbilled_wip_is_scoped_in_page_csv_and_json(client, viewer, firm) -> None:  # noqa: ANN001
+    import datetime as dt
+    from decimal import Decimal
+
+    from pscsync.models import UnbilledWork
+
+    for code, amount in (("us", "1800.00"), ("uk", "950.00")):
+        UnbilledWork.objects.create(
+            legal_entity=firm[code],
+            kind="milestone",
+            source_id=f"MS-{code}",
+            description=f"Go-live {code}",
+            project_key=f"P-OPP-{code}",
+            work_date=dt.date(2026, 10, 20),
+            amount=Decimal(amount),
+            currency="USD",
+            read_at=T0,
+        )
+    client.force_login(viewer)  # limited to the US entity
+    page = client.get(f"/dashboards/project-to-bill/?{PERIOD}").content.decode()
+    assert "Go-live us" in page and "Go-live uk" not in page
+    csv = client.get(f"/dashboards/project-to-bill/?{PERIOD}&csv=wip-by-project").content.decode()
+    assert "P-OPP-us" in csv and "P-OPP-uk" not in csv
+    figures = {m["key"]: m for m in client.get(f"/api/v1/metrics/?{PERIOD}").json()["metrics"]}
+    # The US milestone plus the US batch released and not invoiced (100.00).
+    assert (figures["billing.unbilled_wip"]["value"], figures["billing.unbilled_wip"]["count"]) == ("1900.00", 2)
