@@ -71,7 +71,7 @@ def histogram(hist: dict[str, int], sla_hours: float | None) -> dict[str, Any]:
     return fig
 
 
-def stacked(x: list[str], series: dict[str, list[float]], unit: str = "hours") -> dict[str, Any]:
+def _multi_bar(x: list[str], series: dict[str, list[float]], unit: str, mode: str, colors: list[str]) -> dict:
     return {
         "data": [
             {
@@ -80,16 +80,26 @@ def stacked(x: list[str], series: dict[str, list[float]], unit: str = "hours") -
                 "x": x,
                 "y": values,
                 "hovertemplate": f"{name}, %{{x}}: %{{y:,.0f}} {unit}<extra></extra>",
+                **({"marker": {"color": colors[i % len(colors)]}} if colors else {}),
             }
-            for name, values in series.items()
+            for i, (name, values) in enumerate(series.items())
         ],
         "layout": {
             **LAYOUT,
-            "barmode": "stack",
+            "barmode": mode,
             "showlegend": True,
             # Above the plot, not over the bars: a tall stack would hide under an inside legend.
             "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "traceorder": "normal"},
             "margin": {**LAYOUT["margin"], "t": 60},
-            "yaxis": {"title": {"text": unit}},
+            "yaxis": {"title": {"text": unit}, "rangemode": "tozero"},
         },
     }
+
+
+def stacked(x: list[str], series: dict[str, list[float]], unit: str = "hours") -> dict[str, Any]:
+    return _multi_bar(x, series, unit, "stack", [])
+
+
+def grouped(x: list[str], series: dict[str, list[float]], unit: str) -> dict[str, Any]:
+    """Side by side, for comparing two measures (demand against supply)."""
+    return _multi_bar(x, series, unit, "group", ["#1f5fbf", "#a15c00", "#1a7f4b", "#b42318"])

@@ -760,8 +760,8 @@ def demand(f: Filters) -> Page:
     page = Page(
         "Resource demand",
         "Pipeline-weighted demand hours by role and month, from the latest pipeline-to-demand handoff of each open "
-        "deal: plan hours × probability, spread evenly over the contract months. Assigned hours live in the PSA "
-        "and pscsync does not read them, so demand is not compared with supply here.",
+        "deal (plan hours × probability, spread evenly over the contract months), against the hours people are "
+        "already assigned in the PSA.",
     )
     months: dict[tuple[str, str], float] = defaultdict(float)
     deals = 0
@@ -790,8 +790,9 @@ def demand(f: Filters) -> Page:
         for item in plan:
             for m in span:
                 months[(str(item.get("role")), m)] += float(item.get("hours") or 0) * prob / len(span)
-    roles = sorted({r for r, _ in months})
-    all_months = sorted({m for _, m in months})
+    all_months = sorted({m for _, m in months if m >= f.start.strftime("%Y-%m")})
+    assigned = wip.assigned_hours(f, all_months)
+    roles = sorted({r for r, m in months if m in all_months} | {r for r, _ in assigned})
     page.charts.append(
         Chart(
             "chart-demand",
@@ -800,14 +801,41 @@ def demand(f: Filters) -> Page:
             "Hours × probability.",
         )
     )
+    page.charts.append(
+        Chart(
+            "chart-supply",
+            "Pipeline demand against hours assigned",
+            charts.grouped(
+                all_months,
+                {
+                    "Pipeline demand (weighted)": [sum(months.get((r, m), 0) for r in roles) for m in all_months],
+                    "Assigned in the PSA": [sum(assigned.get((r, m), 0) for r in roles) for m in all_months],
+                },
+                "hours",
+            ),
+            "All roles. Assigned: people scheduled on projects in the PSA (schedule hours a week, weekdays).",
+        )
+    )
     page.tables.append(
         Table(
             "demand",
-            "Weighted hours by role and month",
+            "Weighted demand by role and month",
             ["Role", *all_months],
             [[r, *[round(months.get((r, m), 0)) for m in all_months]] for r in roles],
             "",
             "No open deal with a resource plan. Demand appears as the CRM's opportunities change stage.",
+        )
+    )
+    page.tables.append(
+        Table(
+            "assigned",
+            "Hours assigned in the PSA by role and month",
+            ["Role", *all_months],
+            [[r, *[round(assigned.get((r, m), 0)) for m in all_months]] for r in roles],
+            "Each PSA assignment's scheduled hours a week ÷ 5 per weekday of the month, for the legal entities "
+            "you can see (the service-line and customer filters do not apply to people). Read from the PSA with "
+            "each reconciliation; Kantata's API gives no scheduled hours, so its entities show demand only.",
+            "No assignment in the PSA for these months.",
         )
     )
     if default_plan:

@@ -19,7 +19,7 @@ from django.db.models import Max
 from dashboards import metrics
 from dashboards.metrics import AGE_BUCKETS_DAYS, Converter, Filters
 from pscsync import clock
-from pscsync.models import LegalEntity, UnbilledWork
+from pscsync.models import LegalEntity, PsaAssignment, UnbilledWork
 
 KIND_LABELS = {"time": "Approved time", "expense": "Approved expenses", "milestone": "Completed milestones"}
 RELEASED = "Released, not invoiced"
@@ -109,3 +109,27 @@ def as_of_text(wip: dict[str, Any]) -> str:
     if when is None:
         return "The PSA has not been read yet: reconciliation reads its unbilled work (every few minutes)."
     return f"As of the last PSA read, {when:%d %b %Y}."
+
+
+def assigned_hours(f: Filters, months: list[str]) -> dict[tuple[str, str], float]:
+    """Hours people are scheduled for in the PSA, by (role, YYYY-MM): each assignment's weekly
+    hours ÷ 5 per weekday it covers in the month. Supply is the firm's, so the service-line and
+    customer filters do not apply; the legal-entity scope does."""
+    if not months:
+        return {}
+    first = dt.date.fromisoformat(months[0] + "-01")
+    last_month = dt.date.fromisoformat(months[-1] + "-01")
+    last = (last_month + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+    qs = PsaAssignment.objects.filter(starts_on__lte=last, ends_on__gte=first)
+    if f.entity_ids is not None:
+        qs = qs.filter(legal_entity_id__in=f.entity_ids)
+    wanted = set(months)
+    out: dict[tuple[str, str], float] = defaultdict(float)
+    for role, starts, ends, weekly in qs.values_list("role", "starts_on", "ends_on", "weekly_hours").iterator():
+        daily = float(weekly) / 5
+        day = max(starts, first)
+        while day <= min(ends, last):
+            if day.weekday() < 5 and day.strftime("%Y-%m") in wanted:
+                out[(role or "—", day.strftime("%Y-%m"))] += daily
+            day += dt.timedelta(days=1)
+    return out

@@ -521,3 +521,26 @@ class UnbilledWork(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.source_id} {self.amount} {self.currency} unbilled on {self.project_key}"
+
+
+class PsaAssignment(models.Model):
+    """A person staffed on a project in the PSA, with the hours a week their schedule holds: the
+    supply the resource-demand page sets against pipeline demand. Read and replaced with each full
+    reconciliation, like UnbilledWork."""
+
+    legal_entity = models.ForeignKey(LegalEntity, on_delete=models.CASCADE, related_name="+")
+    source_id = models.CharField(max_length=200, help_text="The assignment in the PSA.")
+    role = models.CharField(max_length=100, blank=True)
+    project_key = models.CharField(max_length=200, blank=True, help_text="Blank for a project pscsync did not make.")
+    starts_on = models.DateField()
+    ends_on = models.DateField()
+    weekly_hours = models.DecimalField(max_digits=6, decimal_places=2)
+    read_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["legal_entity", "source_id"], name="psa_assignment_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role or 'assignment'} {self.weekly_hours} h/week {self.starts_on}..{self.ends_on}"

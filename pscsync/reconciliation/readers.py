@@ -194,6 +194,19 @@ class Holdings:
     tax_codes: dict[str, str]  # CRM tax profile -> the ERP tax code the mapping writes
     erp_has_contract_value: bool
     unbilled: list[Unbilled] = field(default_factory=list)  # approved work not in a batch yet
+    assignments: list[Assignment] = field(default_factory=list)  # people staffed, hours a week
+
+
+@dataclass
+class Assignment:
+    """A person staffed on a project: the PSA's supply of hours for a role."""
+
+    source_id: str
+    role: str
+    project_key: str
+    starts_on: dt.date
+    ends_on: dt.date
+    weekly_hours: Decimal
 
 
 @dataclass
@@ -391,6 +404,38 @@ def certinia_unbilled(psa: Connection, projects: dict[str, PsaProject]) -> list[
     ):
         completed = row.get("pse__Actual_Date__c") or row.get("pse__Target_Date__c")
         add("milestone", row, money(row.get("pse__Milestone_Amount__c")), completed)
+    return found
+
+
+def certinia_assignments(psa: Connection, projects: dict[str, PsaProject]) -> list[Assignment]:
+    """Every assignment with its schedule's dates and weekday hours (all projects: a person staffed
+    on an internal project is not free for a client's)."""
+    connector = connector_for(psa)
+    keys = {p.id: p.key for p in projects.values()}
+    hour_fields = ", ".join(f"pse__{d}_Hours__c" for d in WEEKDAYS)
+    schedules = {
+        row["Id"]: row
+        for row in connector.query(
+            f"SELECT Id, pse__Start_Date__c, pse__End_Date__c, {hour_fields} FROM pse__Schedule__c"  # noqa: S608  # nosec B608  # fixed field names
+        )
+    }
+    found = []
+    for row in connector.query("SELECT Id, pse__Project__c, pse__Schedule__c, pse__Role__c FROM pse__Assignment__c"):
+        schedule = schedules.get(row.get("pse__Schedule__c") or "") or {}
+        starts, ends = day(schedule.get("pse__Start_Date__c")), day(schedule.get("pse__End_Date__c"))
+        if starts is None or ends is None or ends < starts:
+            continue
+        weekly = sum((Decimal(str(schedule.get(f"pse__{d}_Hours__c") or 0)) for d in WEEKDAYS), Decimal("0"))
+        found.append(
+            Assignment(
+                source_id=row["Id"],
+                role=str(row.get("pse__Role__c") or ""),
+                project_key=keys.get(row.get("pse__Project__c") or "", ""),
+                starts_on=starts,
+                ends_on=ends,
+                weekly_hours=weekly,
+            )
+        )
     return found
 
 
@@ -663,9 +708,11 @@ def holdings_read(*, entity: LegalEntity, crm: Connection, psa: Connection, erp:
     if psa.vendor == "certinia":
         projects, batches = certinia_holdings(psa)
         unbilled = certinia_unbilled(psa, projects)
+        assignments = certinia_assignments(psa, projects)
     elif psa.vendor == "kantata":
         projects, batches = kantata_holdings(psa)
         unbilled = kantata_unbilled(psa, projects)
+        assignments = []  # Kantata's API (VENDOR_APIS.md) exposes no scheduled hours per person
     else:
         raise LookupError(f"reconciliation cannot read a {psa.vendor} PSA")
     if erp.vendor == "netsuite":
@@ -689,4 +736,5 @@ def holdings_read(*, entity: LegalEntity, crm: Connection, psa: Connection, erp:
         tax_codes=tax_codes,
         erp_has_contract_value=erp.vendor == "netsuite",
         unbilled=unbilled,
+        assignments=assignments,
     )

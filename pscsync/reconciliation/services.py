@@ -16,7 +16,14 @@ from django.db import transaction
 
 from connectors.errors import ConnectorError
 from pscsync import clock
-from pscsync.models import LegalEntity, Mismatch, ReconciliationRun, ReconciliationTolerance, UnbilledWork
+from pscsync.models import (
+    LegalEntity,
+    Mismatch,
+    PsaAssignment,
+    ReconciliationRun,
+    ReconciliationTolerance,
+    UnbilledWork,
+)
 from pscsync.reconciliation import rules
 from pscsync.reconciliation.readers import Holdings, holdings_read
 
@@ -78,7 +85,7 @@ def entity_reconcile(*, legal_entity: LegalEntity, period: str = "") -> Reconcil
     if period:
         results = [r for r in results if r.comparison == rules.DEAL_VALUE or r.period == period]
     summary = _store(legal_entity, results, checked, period=period)
-    unbilled_store(legal_entity, holdings)  # as of now, whatever period the run compared
+    psa_snapshot_store(legal_entity, holdings)  # as of now, whatever period the run compared
     run.status = ReconciliationRun.Status.COMPLETE
     run.summary = summary
     run.finished_at = clock.now()
@@ -143,9 +150,9 @@ def _store(entity: LegalEntity, results: list[rules.Result], checked: dict[str, 
 
 
 @transaction.atomic
-def unbilled_store(legal_entity: LegalEntity, holdings: Holdings) -> int:
-    """Replace the entity's unbilled-work snapshot with what the PSA holds now. Customer and
-    service line come from the CRM deal the project was made from (project key P-<opportunity>)."""
+def psa_snapshot_store(legal_entity: LegalEntity, holdings: Holdings) -> None:
+    """Replace the entity's unbilled work and assignments with what the PSA holds now. Customer
+    and service line come from the CRM deal the project was made from (project key P-<opportunity>)."""
     now = clock.now()
     deals = {deal.project_key: deal for deal in holdings.deals.values()}
     rows = []
@@ -169,4 +176,17 @@ def unbilled_store(legal_entity: LegalEntity, holdings: Holdings) -> int:
         )
     UnbilledWork.objects.filter(legal_entity=legal_entity).delete()
     UnbilledWork.objects.bulk_create(rows)
-    return len(rows)
+    PsaAssignment.objects.filter(legal_entity=legal_entity).delete()
+    PsaAssignment.objects.bulk_create(
+        PsaAssignment(
+            legal_entity=legal_entity,
+            source_id=a.source_id[:200],
+            role=a.role[:100],
+            project_key=a.project_key[:200],
+            starts_on=a.starts_on,
+            ends_on=a.ends_on,
+            weekly_hours=a.weekly_hours,
+            read_at=now,
+        )
+        for a in holdings.assignments
+    )

@@ -394,10 +394,18 @@ class Simulation:
             person = self.people[entry["person"]]
             assignment = self.assignments.get((deal.ref, person.ref))
             if assignment is None:
+                # The person's share of the plan, as a weekday pattern over the contract (what a
+                # resource manager schedules when staffing): plan hours for the role ÷ weeks ÷ 5.
+                planned = sum(p["hours"] for p in deal.data["resource_plan"] if p["role"] == person.role)
+                daily = round(planned / max(int(deal.data.get("term_weeks") or 1), 1) / 5, 1)
                 schedule = self.sf.upsert(
                     "pse__Schedule__c",
                     f"SIM-S-{deal.ref}-{person.ref}",
-                    {"pse__Start_Date__c": deal.contract_start, "pse__End_Date__c": deal.contract_end},
+                    {
+                        "pse__Start_Date__c": deal.contract_start,
+                        "pse__End_Date__c": deal.contract_end,
+                        **{f"pse__{day}_Hours__c": daily for day in WEEKDAYS[:5]},
+                    },
                 )
                 assignment = self.sf.upsert(
                     "pse__Assignment__c",

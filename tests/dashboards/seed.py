@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from dashboards.facts import rollups_rebuild_all
 from dashboards.models import FxRate
-from pscsync.models import LegalEntity, Mismatch, ReconciliationRun, UnbilledWork
+from pscsync.models import LegalEntity, Mismatch, PsaAssignment, ReconciliationRun, UnbilledWork
 from tests.dashboards.builders import connection, handoff
 
 NOW = dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC)
@@ -206,6 +206,19 @@ def seed_firm() -> dict[str, LegalEntity]:
             started_at=NOW,
             summary={"revenue": {"checked": checked, "matched": matched}},
         )
+    # People staffed in the PSA (the US entity's Certinia; Kantata gives no scheduled hours).
+    staffed = [("Senior Consultant", 6, 32), ("Project Manager", 2, 16), ("Architect", 2, 24)]
+    for role, people, weekly in staffed:
+        for i in range(people):
+            PsaAssignment.objects.create(
+                legal_entity=us,
+                source_id=f"a1A-{role[:3]}-{i}",
+                role=role,
+                starts_on=dt.date(2026, 9, 7) + dt.timedelta(weeks=3 * i),
+                ends_on=dt.date(2027, 1, 29) - dt.timedelta(weeks=2 * i),
+                weekly_hours=Decimal(weekly),
+                read_at=NOW - dt.timedelta(minutes=20),
+            )
     rollups_rebuild_all()
     return ents
 

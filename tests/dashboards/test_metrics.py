@@ -287,3 +287,30 @@ def test_unbilled_wip_before_any_psa_read_says_so(entities) -> None:  # noqa: AN
     empty = wip.unbilled_wip(OCT)
     assert (empty["count"], empty["value"], empty["as_of"]) == (0, 0, None)
     assert "not been read yet" in wip.as_of_text(empty)
+
+
+@pytest.mark.django_db
+def test_assigned_hours_by_role_and_month_on_weekdays_within_scope(entities) -> None:  # noqa: ANN001
+    from pscsync.models import PsaAssignment
+
+    def assign(entity, source, role, starts, ends, weekly):  # noqa: ANN001, ANN202
+        PsaAssignment.objects.create(
+            legal_entity=entity,
+            source_id=source,
+            role=role,
+            starts_on=starts,
+            ends_on=ends,
+            weekly_hours=Decimal(weekly),
+            read_at=clock.now(),
+        )
+
+    # Two working weeks in November at 30 h a week; then one crossing into December (Mon 30 Nov - Fri 4 Dec).
+    assign(entities["us"], "a1A1", "Architect", dt.date(2026, 11, 2), dt.date(2026, 11, 13), "30")
+    assign(entities["us"], "a1A2", "Architect", dt.date(2026, 11, 30), dt.date(2026, 12, 4), "40")
+    assign(entities["uk"], "a1A3", "Architect", dt.date(2026, 11, 2), dt.date(2026, 11, 13), "35")
+    months = ["2026-11", "2026-12"]
+    everything = wip.assigned_hours(OCT, months)
+    assert everything[("Architect", "2026-11")] == pytest.approx(60 + 70 + 8)  # 10×6 + 10×7 + Monday 30 Nov
+    assert everything[("Architect", "2026-12")] == pytest.approx(32)  # 1-4 December: 4 weekdays × 8
+    us_only = wip.assigned_hours(metrics.Filters(start=OCT.start, end=OCT.end, entity_ids=(entities["us"].pk,)), months)
+    assert us_only[("Architect", "2026-11")] == pytest.approx(68)

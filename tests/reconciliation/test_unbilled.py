@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from connectors.kantata import API as KANTATA_API
-from pscsync.models import UnbilledWork
+from pscsync.models import PsaAssignment, UnbilledWork
 from pscsync.reconciliation.services import reconcile
 from tests.reconciliation import seed
 
@@ -26,8 +26,9 @@ def certinia_work(firm, s: seed.Seeded) -> dict[str, str]:  # noqa: ANN001
     timecard still submitted (not approved: not WIP yet)."""
     certinia = firm.connector("certinia-us")
     contact = create(certinia, "Contact", {"LastName": "Rivera", "FirstName": "Ana"})
+    pattern = {f"pse__{day}_Hours__c": 6 for day in ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")}
     schedule = create(
-        certinia, "pse__Schedule__c", {"pse__Start_Date__c": "2026-10-01", "pse__End_Date__c": "2026-12-31"}
+        certinia, "pse__Schedule__c", {"pse__Start_Date__c": "2026-10-01", "pse__End_Date__c": "2026-12-31", **pattern}
     )
     assignment = create(
         certinia,
@@ -37,6 +38,7 @@ def certinia_work(firm, s: seed.Seeded) -> dict[str, str]:  # noqa: ANN001
             "pse__Resource__c": contact,
             "pse__Schedule__c": schedule,
             "pse__Bill_Rate__c": 180,
+            "pse__Role__c": "Architect",
         },
     )
     week = {"pse__Project__c": s.project, "pse__Resource__c": contact, "pse__Assignment__c": assignment}
@@ -158,3 +160,12 @@ def test_vendor_outage_keeps_the_last_snapshot(firm):  # noqa: ANN001
         firm.sandboxes["salesforce"].clear_faults()
     assert result.status == "incomplete"
     assert sorted(UnbilledWork.objects.values_list("source_id", "read_at")) == before
+
+
+def test_assignments_are_read_as_supply(firm):  # noqa: ANN001
+    s = seed.deal(firm)
+    certinia_work(firm, s)
+    reconcile(entity="us")
+    (assignment,) = PsaAssignment.objects.all()
+    assert (assignment.role, assignment.weekly_hours, assignment.project_key) == ("Architect", 30, s.project_key)
+    assert (assignment.starts_on, assignment.ends_on) == (dt.date(2026, 10, 1), dt.date(2026, 12, 31))
