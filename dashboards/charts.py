@@ -30,6 +30,29 @@ def bars(labels: list[str], values: list[float], unit: str) -> dict[str, Any]:
     }
 
 
+def hbars(labels: list[str], values: list[float], unit: str) -> dict[str, Any]:
+    """Horizontal bars, largest on top: for long category names (causes, customers)."""
+    pairs = sorted(zip(labels, values, strict=True), key=lambda p: p[1])
+    return {
+        "data": [
+            {
+                "type": "bar",
+                "orientation": "h",
+                "y": [p[0] for p in pairs],
+                "x": [p[1] for p in pairs],
+                "marker": {"color": "#1f5fbf"},
+                "hovertemplate": f"%{{y}}: %{{x:,.0f}} {unit}<extra></extra>",
+            }
+        ],
+        "layout": {
+            **LAYOUT,
+            "margin": {**LAYOUT["margin"], "l": 190},
+            "xaxis": {"title": {"text": unit}, "rangemode": "tozero"},
+            "yaxis": {"automargin": True},
+        },
+    }
+
+
 def weekly(weeks: list[dt.date], median: list[float | None], p90: list[float | None]) -> dict[str, Any]:
     x = [w.isoformat() for w in weeks]
     return {

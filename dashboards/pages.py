@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -14,10 +15,10 @@ from urllib.parse import urlencode
 from django.urls import reverse
 
 from dashboards import charts, metrics, wip
-from dashboards.facts import MEASURES, parse_time, sla_for
+from dashboards.facts import EXCEPTION_OUTCOMES, MEASURES, parse_time, sla_for
 from dashboards.metrics import Converter, Filters
 from dashboards.models import FlowFact
-from pscsync.models import LegalEntity, Mismatch
+from pscsync.models import Attempt, LegalEntity, Mismatch, Step
 from remediation import timeline
 
 
@@ -64,7 +65,10 @@ class Chart:
 
     @property
     def has_data(self) -> bool:
-        return any(any(v for v in (t.get("y") or []) if v) for t in self.figure.get("data", []))
+        def values(trace: dict[str, Any]) -> list[Any]:
+            return trace.get("x" if trace.get("orientation") == "h" else "y") or []
+
+        return any(any(v for v in values(t) if v) for t in self.figure.get("data", []))
 
 
 @dataclass
@@ -622,7 +626,7 @@ def exceptions(f: Filters) -> Page:
         Chart(
             "chart-causes",
             "Open mismatches by explanation",
-            charts.bars(
+            charts.hbars(
                 [labels.get(c, c) for c in causes], [float(v[1]) for v in causes.values()], metrics.reporting_currency()
             ),
             "Σ|difference| per cause (DOMAIN.md §3.2 catalogue).",
@@ -649,42 +653,102 @@ def exceptions(f: Filters) -> Page:
                     m.get_comparison_display(),
                     entities.get(m.legal_entity_id, ""),
                     m.customer_name,
-                    m.subject_name or m.subject_key,
+                    (
+                        m.subject_name or m.subject_key,
+                        reverse("handoffs:list") + "?" + urlencode({"q": m.subject_key.split("-", 1)[-1]}),
+                    ),
                     m.period or "contract",
                     m.get_cause_display(),
                     f"{m.difference:,.2f} {m.currency}",
                     ("open", handoff_link(m.handoff_id)) if m.handoff_id else "",
                 ]
-                for m in qs.order_by("-difference")[:200]
+                for m in qs.order_by("-difference")
             ],
-            "The 200 largest; the CSV export has them all.",
+            "The 200 largest; the CSV export has them all. A subject links to the handoffs behind it.",
             "No open mismatch.",
+            limit=200,
         )
     )
-    facts = f.apply(FlowFact.objects.filter(flow="project-to-bill", exception=True, start_day__range=(f.start, f.end)))
-    by_customer: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal("0")])
-    for name, amount, cur, day in facts.values_list("customer_name", "amount", "currency", "start_day"):
-        by_customer[name][0] += 1
-        by_customer[name][1] += conv.convert(amount, cur, day)
-    page.tables.append(
-        Table(
-            "billing-exceptions-by-customer",
-            "Billing exceptions by customer",
-            ["Customer", "Batches", "Value"],
-            [
-                [
-                    (c or "—", link("dashboards:items", f, flow="project-to-bill", measure="exceptions", customer=c)),
-                    v[0],
-                    money(v[1]),
-                ]
-                for c, v in sorted(by_customer.items(), key=lambda x: -x[1][1])
-            ],
-            "Batches released in the period that needed a person.",
-            "No billing exception in this period.",
-        )
-    )
+    page.tables += _billing_exception_tables(f, conv)
+    page.tables.append(_mismatches_by_customer(qs, conv, f, entities))
     _currency_note(page, conv)
     return page
+
+
+def _billing_exception_tables(f: Filters, conv: Converter) -> list[Table]:
+    """Billing batches of the period that needed a person or were rejected, by what went wrong, by
+    customer, by legal entity and by project. The type is the batch's first failed attempt's outcome
+    (a batch still waiting with no failed attempt: a worker or step gave up on it); the project
+    is read from the batch document its read step stored."""
+    facts = f.apply(FlowFact.objects.filter(flow="project-to-bill", exception=True, start_day__range=(f.start, f.end)))
+    rows = list(facts.values("handoff_id", "customer_name", "legal_entity_id", "amount", "currency", "start_day"))
+    ids = [r["handoff_id"] for r in rows if r["handoff_id"]]
+    kinds: dict[int, str] = {}
+    for hid, outcome in (
+        Attempt.objects.filter(step__handoff_id__in=ids, outcome__in=EXCEPTION_OUTCOMES)
+        .order_by("started_at")
+        .values_list("step__handoff_id", "outcome")
+    ):
+        kinds.setdefault(hid, outcome)
+    projects = dict(
+        Step.objects.filter(handoff_id__in=ids, name="read_billing").values_list(
+            "handoff_id", "output__billing__project_name"
+        )
+    )
+    outcome_words = dict(Attempt.Outcome.choices)
+    entities = dict(LegalEntity.objects.values_list("pk", "name"))
+    groups: dict[str, dict[str, list[Any]]] = {
+        dim: defaultdict(lambda: [0, Decimal("0")]) for dim in ("type", "customer", "entity", "project")
+    }
+    for r in rows:
+        value = conv.convert(r["amount"], r["currency"], r["start_day"])
+        for dim, key in (
+            ("type", outcome_words.get(kinds.get(r["handoff_id"], ""), "Needed a person (no rejection)")),
+            ("customer", r["customer_name"] or "—"),
+            ("entity", entities.get(r["legal_entity_id"], "—")),
+            ("project", projects.get(r["handoff_id"]) or "—"),
+        ):
+            groups[dim][key][0] += 1
+            groups[dim][key][1] += value
+
+    def table(dim: str, title: str, header: str, href: Callable[[str], str] | None = None) -> Table:
+        ordered = sorted(groups[dim].items(), key=lambda x: -x[1][1])
+        return Table(
+            f"billing-exceptions-by-{dim}",
+            title,
+            [header, "Batches", "Value"],
+            [[(k, href(k)) if href else k, v[0], money(v[1])] for k, v in ordered],
+            "Batches released in the period that needed a person or were rejected, at the month's average rate.",
+            "No billing exception in this period.",
+        )
+
+    return [
+        table("type", "Billing exceptions by type", "What went wrong"),
+        table(
+            "customer",
+            "Billing exceptions by customer",
+            "Customer",
+            lambda c: link("dashboards:items", f, flow="project-to-bill", measure="exceptions", customer=c),
+        ),
+        table("entity", "Billing exceptions by legal entity", "Legal entity"),
+        table("project", "Billing exceptions by project", "Project"),
+    ]
+
+
+def _mismatches_by_customer(qs: Any, conv: Converter, f: Filters, entities: dict[int, str]) -> Table:
+    grouped: dict[tuple[str, str], list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+    for entity_id, customer, diff, cur in qs.values_list("legal_entity_id", "customer_name", "difference", "currency"):
+        key = (entities.get(entity_id, ""), customer or "—")
+        grouped[key][0] += 1
+        grouped[key][1] += conv.convert(abs(diff), cur, f.end, "closing")
+    return Table(
+        "mismatches-by-customer",
+        "Open mismatches by legal entity and customer",
+        ["Legal entity", "Customer", "Open", "Value"],
+        [[e, c, v[0], money(v[1])] for (e, c), v in sorted(grouped.items(), key=lambda x: -x[1][1])],
+        "Σ|difference| at the period-end rate.",
+        "No open mismatch.",
+    )
 
 
 def integration(f: Filters) -> Page:

@@ -106,6 +106,7 @@ def seed_firm() -> dict[str, LegalEntity]:
                     started=released,
                     status="needs_attention" if stuck else "succeeded",
                     finished=None if stuck else inv_at,
+                    outputs={"read_billing": {"billing": {"project_name": f"{cust} {line.lower()}"}}},
                     times={
                         "time_approved": approved,
                         "billing_released": released,
