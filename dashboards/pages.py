@@ -558,6 +558,26 @@ def bill_to_cash(f: Filters) -> Page:
     rows = metrics.rollups(f, "bill-to-cash")
     posted = sum(r.started for r in rows)
     paid = sum(r.finished for r in rows)
+    weeks: dict[dt.date, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for r in rows:
+        week = r.day - dt.timedelta(days=r.day.weekday())
+        weeks[week][0] += float(conv.convert(r.started_amount, r.currency, r.day))
+        weeks[week][1] += float(conv.convert(r.finished_amount, r.currency, r.day))
+    ordered = sorted(weeks)
+    page.charts.insert(
+        0,
+        Chart(
+            "chart-posted-paid",
+            "Invoiced and collected by week",
+            charts.grouped(
+                [w.isoformat() for w in ordered],
+                {"Invoices posted": [weeks[w][0] for w in ordered], "Paid in full": [weeks[w][1] for w in ordered]},
+                metrics.reporting_currency(),
+            ),
+            "Value of invoices by ISO week of posting, and of invoices by the week they were paid in full "
+            "(month's average rate).",
+        ),
+    )
     page.tiles[0].label = "Status sync (median)"
     page.tiles += [
         Tile(
