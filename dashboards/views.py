@@ -11,7 +11,7 @@ from csp.decorators import csp_update
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -21,6 +21,7 @@ from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Filters
 from dashboards.models import FlowSla, FxRate
 from dashboards.queries import OVERDUE_AFTER, connection_activity, health_summary
+from dashboards.services import flow_sla_set
 from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, entity_ids_for, permission_required
 from pscsync.audit import audit_record
@@ -186,7 +187,7 @@ def items(request: HttpRequest) -> HttpResponse:
 
 
 def metrics_payload(f: Filters) -> dict[str, Any]:
-    """Every overview KPI with value, unit, count of records and definition (the JSON endpoint)."""
+    """Every overview KPI with value, unit, count of records and definition (GET /api/v1/metrics/, api.views)."""
     conv = metrics.Converter()
     cur = metrics.reporting_currency()
     out: list[dict[str, Any]] = []
@@ -257,13 +258,6 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
     }
 
 
-@permission_required(VIEW_DASHBOARDS)
-@require_GET
-def metrics_json(request: HttpRequest) -> JsonResponse:
-    """GET /api/v1/metrics/?from=&to=&legal_entity= (to be re-homed under the REST API app)."""
-    return JsonResponse(metrics_payload(filters_from(request)))
-
-
 class SlaForm(forms.Form):
     flow = forms.ChoiceField(choices=[(f, f) for f in MEASURES])
     target = forms.DecimalField(min_value=0, max_digits=8, decimal_places=2)
@@ -287,20 +281,7 @@ def settings_page(request: HttpRequest) -> HttpResponse:
             sla_form = SlaForm(request.POST, prefix="sla")
             if sla_form.is_valid():
                 d = sla_form.cleaned_data
-                before = sla_for(d["flow"])
-                sla, _ = FlowSla.objects.update_or_create(
-                    flow=d["flow"], defaults={"target": d["target"], "unit": d["unit"]}
-                )
-                audit_record(
-                    actor=request.user,
-                    action="sla.set",
-                    obj=sla,
-                    before={"target": str(before.target), "unit": before.unit},
-                    after={"target": str(d["target"]), "unit": d["unit"]},
-                )
-                from dashboards.tasks import rollups_rebuild_task
-
-                rollups_rebuild_task.delay()
+                flow_sla_set(actor=request.user, flow=d["flow"], target=d["target"], unit=d["unit"])
                 messages.success(request, f"SLA for {d['flow']} saved; breach flags are being recomputed.")
                 return redirect("dashboards:settings")
         else:
