@@ -3,11 +3,10 @@ name exactly what a client may send (no status, legal entity, amounts or ids by 
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.fields import empty
 
@@ -314,7 +313,10 @@ class CommentCreateSerializer(InputSerializer):
 class BulkJobCreateSerializer(InputSerializer):
     kind = serializers.ChoiceField(choices=BulkJob.Kind.choices, help_text="retry, resolve, assign or replay (re-map).")
     handoffs = serializers.ListField(
-        child=IntegerField(min_value=1), max_length=1000, required=False, help_text="Handoff ids; or give `group`."
+        child=IntegerField(min_value=1, max_value=2**63 - 1),
+        max_length=1000,
+        required=False,
+        help_text="Handoff ids; or give `cause`.",
     )
     group = TextField(
         required=False, max_length=16, help_text="Deprecated (sunset 2027-05-27): an exception group id; use `cause`."
@@ -610,6 +612,8 @@ class ExceptionCauseDetailSerializer(ExceptionCauseSerializer):
     comments = CommentSerializer(many=True)
 
 
+# One page, not a list of pages (a list action with no paginator would say so).
+@extend_schema_serializer(many=False)
 class ExceptionCausePageSerializer(serializers.Serializer):
     next = TextField(allow_null=True, read_only=True)
     previous = TextField(allow_null=True, read_only=True)
@@ -621,14 +625,14 @@ class CauseListQuerySerializer(serializers.Serializer):
 
     tab = serializers.ChoiceField(choices=list(INBOX_TABS), default="open", help_text="Which inbox tab.")
     sort = serializers.ChoiceField(choices=list(INBOX_SORTS), default="count")
-    q = serializers.CharField(required=False, max_length=200, help_text="Search identifiers, customer, message.")
-    flow = serializers.CharField(required=False, max_length=40)
-    step = serializers.CharField(required=False, max_length=60)
-    error_class = serializers.CharField(required=False, max_length=40)
-    legal_entity = serializers.CharField(required=False, max_length=40)
-    customer = serializers.CharField(required=False, max_length=200)
-    connection = serializers.CharField(required=False, max_length=50)
-    assignee = serializers.CharField(required=False, max_length=150, help_text="A user name, or `none`.")
+    q = TextField(required=False, max_length=200, help_text="Search identifiers, customer, message.")
+    flow = TextField(required=False, max_length=40)
+    step = TextField(required=False, max_length=60)
+    error_class = TextField(required=False, max_length=40)
+    legal_entity = TextField(required=False, max_length=40)
+    customer = TextField(required=False, max_length=200)
+    connection = TextField(required=False, max_length=50)
+    assignee = TextField(required=False, max_length=150, help_text="A user name, or `none`.")
     age = serializers.IntegerField(required=False, min_value=0, max_value=36500, help_text="Open for at least N days.")
 
 
@@ -695,12 +699,12 @@ class MetricsQuerySerializer(serializers.Serializer):
     """The dashboards' filters. Dates are YYYY-MM-DD, inclusive; default: the last 30 days."""
 
     to = serializers.DateField(required=False, help_text="Last day (YYYY-MM-DD); default today.")
-    legal_entity = serializers.CharField(
+    legal_entity = TextField(
         required=False, max_length=400, help_text="Entity codes, comma-separated; yours only (others count nothing)."
     )
-    service_line = serializers.CharField(required=False, max_length=80)
-    customer = serializers.CharField(required=False, max_length=200)
-    connection = serializers.CharField(required=False, max_length=50, help_text="A connection slug.")
+    service_line = TextField(required=False, max_length=80)
+    customer = TextField(required=False, max_length=200)
+    connection = TextField(required=False, max_length=50, help_text="A connection slug.")
 
     def get_fields(self) -> dict[str, Any]:
         fields = super().get_fields()
@@ -802,6 +806,8 @@ class FlowSlaSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField(allow_null=True)
 
 
+# One page, not a list of pages (a list action with no paginator would say so).
+@extend_schema_serializer(many=False)
 class FlowSlaPageSerializer(serializers.Serializer):
     next = TextField(allow_null=True, read_only=True)
     previous = TextField(allow_null=True, read_only=True)
@@ -809,7 +815,7 @@ class FlowSlaPageSerializer(serializers.Serializer):
 
 
 class FlowSlaWriteSerializer(InputSerializer):
-    target = serializers.DecimalField(max_digits=8, decimal_places=2, min_value=Decimal("0.01"))
+    target = serializers.DecimalField(max_digits=8, decimal_places=2, help_text="Greater than zero.")
     unit = serializers.ChoiceField(choices=FlowSla.Unit.choices)
     note = TextField(required=False, allow_blank=True, default="", max_length=200)
 

@@ -43,5 +43,6 @@ urlpatterns = [
     # The split view serves its start-up script as a file: no inline script for the CSP to refuse.
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),
-    re_path(r"^.*$", api_not_found, name="not-found"),
+    # Any character, newlines included: every unknown path answers in the API's shape.
+    re_path(r"^[\s\S]*$", api_not_found, name="not-found"),
 ]

@@ -714,6 +714,7 @@ class ExceptionCauseViewSet(viewsets.GenericViewSet):
 
     required_permissions = {"read": WORK_EXCEPTIONS, "write": WORK_EXCEPTIONS, "runbook": CONFIGURE}
     queryset = ExceptionCause.objects.none()
+    serializer_class = serializers.ExceptionCauseSerializer  # for OPTIONS; answers pick theirs
     lookup_value_regex = "[0-9]+"
     pagination_class = None
     filter_backends: list[type] = []
@@ -878,12 +879,12 @@ class SavedViewViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
         name, query = body.validated_data["name"].strip(), body.validated_data["query"].lstrip("?")
         problems = _inbox_query_problems(query)
         if problems:
-            raise ValidationError({"query": problems})
+            raise Unprocessable({"query": problems})
         existed = SavedView.objects.filter(name=name[:120]).exists()
         try:
             view = remediation.saved_view_save(actor=request.user, name=name, query=query)
         except remediation.ActionRefused as exc:
-            raise ValidationError({"name": [str(exc)]}) from None
+            raise Unprocessable({"name": [str(exc)]}) from None
         code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
         return Response(serializers.SavedViewSerializer(view).data, status=code)
 
@@ -913,14 +914,17 @@ class ReplayViewSet(viewsets.ViewSet):
     """Re-run what a connection's events in a time window led to (the workbench's /workbench/replay/):
     preview the scope, then start a replay job (resubmit, re-reading the source) and poll it."""
 
+    refuses_well_formed_queries = True  # documents the 422 (api.schema)
     required_permissions = {"read": WORK_EXCEPTIONS, "write": WORK_EXCEPTIONS}
 
-    def _scope(self, request: Request, data: dict[str, Any], error: type[ValidationError]) -> dict[str, Any]:
+    def _scope(self, request: Request, data: dict[str, Any]) -> dict[str, Any]:
+        # Well-formed but refused (422): a window that ends before it starts, a connection the
+        # caller cannot see (the same answer as one that does not exist).
         if data["end"] <= data["start"]:
-            raise error({"end": ["the window's end must be after its start"]})
+            raise Unprocessable({"end": ["the window's end must be after its start"]})
         connection = _connections_for(request.user).filter(slug=data["connection"]).first()
         if connection is None:
-            raise error({"connection": ["no connection with this slug"]})
+            raise Unprocessable({"connection": ["no connection with this slug"]})
         scope = remediation.replay_scope(
             user=request.user, connection_id=connection.pk, start=data["start"], end=data["end"]
         )
@@ -934,7 +938,7 @@ class ReplayViewSet(viewsets.ViewSet):
     )
     @action(detail=False, methods=["get"])
     def preview(self, request: Request) -> Response:
-        scope = self._scope(request, _query(request, serializers.ReplayWindowSerializer), ValidationError)
+        scope = self._scope(request, _query(request, serializers.ReplayWindowSerializer))
         return Response(serializers.ReplayPreviewSerializer(scope).data)
 
     @extend_schema(
@@ -947,7 +951,7 @@ class ReplayViewSet(viewsets.ViewSet):
         body = serializers.ReplayCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        scope = self._scope(request, data, Unprocessable)
+        scope = self._scope(request, data)
         try:
             job = remediation.bulk_job_create(
                 actor=request.user,
@@ -981,13 +985,14 @@ def _dashboard_filters(request: Request, query_class: type) -> tuple[Filters, di
     q = _query(request, query_class)
     end = q.get("to") or clock.now().date()
     start = q.get("from") or end - dt.timedelta(days=29)
+    # Malformed dates were a 400 above; well-formed ones the dashboards cannot answer are a 422.
     for name, day in (("from", start), ("to", end)):
         if not EARLIEST <= day <= LATEST:
-            raise ValidationError({name: [f"give a day from {EARLIEST} to {LATEST}"]})
+            raise Unprocessable({name: [f"give a day from {EARLIEST} to {LATEST}"]})
     if start > end:
-        raise ValidationError({"from": ["must not be after to"]})
+        raise Unprocessable({"from": ["must not be after to"]})
     if (end - start).days >= MAX_DAYS:
-        raise ValidationError({"to": [f"a period is at most {MAX_DAYS} days"]})
+        raise Unprocessable({"to": [f"a period is at most {MAX_DAYS} days"]})
     allowed = entity_ids_for(request.user)
     ids: tuple[int, ...] | None = None if allowed is None else tuple(allowed)
     codes = [c.strip() for c in q.get("legal_entity", "").split(",") if c.strip()]
@@ -1013,6 +1018,7 @@ def _dashboard_filters(request: Request, query_class: type) -> tuple[Filters, di
 class MetricsView(APIView):
     """Every KPI of the dashboards' overview (the JSON the overview's figures come from)."""
 
+    refuses_well_formed_queries = True  # documents the 422 (api.schema)
     required_permissions = {"read": VIEW_DASHBOARDS}
 
     @extend_schema(
@@ -1028,6 +1034,7 @@ class MetricsView(APIView):
 
 
 class LatencySeriesView(APIView):
+    refuses_well_formed_queries = True  # documents the 422 (api.schema)
     required_permissions = {"read": VIEW_DASHBOARDS}
 
     @extend_schema(
@@ -1123,5 +1130,7 @@ class FlowSlaViewSet(viewsets.ViewSet):
         body = serializers.FlowSlaWriteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        if data["target"] <= 0:
+            raise Unprocessable({"target": ["an SLA is a time greater than zero"]})
         flow_sla_set(actor=request.user, flow=flow, target=data["target"], unit=data["unit"], note=data["note"])
         return Response(serializers.FlowSlaSerializer(_sla_data(flow)).data)

@@ -197,8 +197,9 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
             value = str(value)
         out.append({"key": key, "value": value, "unit": unit, "count": count, "definition": definition})
 
+    stats = {}
     for flow in metrics.FLOWS:
-        s = metrics.flow_stats(f, flow, conv=conv, with_previous=False)
+        s = stats[flow] = metrics.flow_stats(f, flow, conv=conv, with_previous=False)
         label = MEASURES[flow]["label"]
         add(f"{flow}.finished", s.finished, "count", s.finished, f"Items of {flow} completed in the period.")
         add(f"{flow}.latency_median", s.median_hours, "hours", s.measured, f"Nearest-rank median of: {label}.")
@@ -238,6 +239,37 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
     )
     d = metrics.dso(f, conv=conv)
     add("cash.dso", d["days"], "days", d["invoices"], "Open receivables ÷ billings of the last 90 days × 90.")
+    add(
+        "cash.receivables",
+        d["receivables"],
+        cur,
+        d["invoices"],
+        "Invoices posted up to the period end and not paid in full by then, at the period-end rate.",
+    )
+    b2c = stats["bill-to-cash"]
+    add(
+        "bill-to-cash.days_to_pay_median",
+        b2c.extra_median_hours,
+        "hours",
+        sum(b2c.extra_hist.values()),
+        f"Nearest-rank median of: {MEASURES['bill-to-cash']['extra']}.",
+    )
+    won = metrics.won_not_activated(f, conv)
+    add("deals.won_not_activated", won["count"], "count", won["count"], "Won deals whose project is not active yet.")
+    add(
+        "deals.won_not_activated_value",
+        won["value"],
+        cur,
+        won["count"],
+        "Value of those deals, at the period-end rate.",
+    )
+    add(
+        "deals.won_not_activated_past_sla",
+        len(won["over_sla"]),
+        "count",
+        won["count"],
+        f"Those of them older than the quote-to-project SLA ({sla_for('quote-to-project').target_label}).",
+    )
     opened = metrics.open_exceptions(f, conv)
     add("exceptions.open", opened["count"], "count", opened["count"], "Handoffs that need a person.")
     risk = metrics.money_at_risk(f, conv)

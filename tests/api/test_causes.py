@@ -205,19 +205,20 @@ def test_saved_views_are_shared_with_the_team_and_replaced_by_name(api, tokens, 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    ("body", "field"),
+    ("body", "field", "status"),
     [
-        ({"name": "x", "query": "tab=open&colour=red"}, "query"),
-        ({"name": "x", "query": "tab=everything"}, "query"),
-        ({"name": "x", "query": "sort=loudest"}, "query"),
-        ({"name": "  ", "query": "tab=open"}, "name"),
-        ({"name": "x"}, "query"),
+        ({"name": "x", "query": "tab=open&colour=red"}, "query", 422),
+        ({"name": "x", "query": "tab=everything"}, "query", 422),
+        ({"name": "x", "query": "sort=loudest"}, "query", 422),
+        ({"name": "  ", "query": "tab=open"}, "name", 422),
+        ({"name": "x"}, "query", 400),
+        ({"name": "x", "query": "tab=open", "created_by": "ada.admin"}, "created_by", 400),
     ],
 )
-def test_a_saved_view_the_inbox_cannot_read_is_refused(api, tokens, world, body, field) -> None:  # noqa: ANN001
+def test_a_saved_view_the_inbox_cannot_read_is_refused(api, tokens, world, body, field, status) -> None:  # noqa: ANN001
     before = SavedView.objects.count()
     response = api("POST", "/api/v1/saved-views/", tokens["operator"], body)
-    assert response.status_code == 400 and field in response.json()["errors"], response.json()
+    assert response.status_code == status and field in response.json()["errors"], response.json()
     assert SavedView.objects.count() == before
 
 
@@ -228,3 +229,29 @@ def test_deleting_a_saved_view_is_audited(api, tokens, world) -> None:  # noqa: 
     assert api("DELETE", f"/api/v1/saved-views/{view.pk}/", tokens["operator"]).status_code == 204
     assert not SavedView.objects.filter(pk=view.pk).exists()
     assert AuditEntry.objects.get(action="saved_view.delete").before == {"name": "us queue", "query": "entity=us"}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path", ["/api/v1/exception-causes/abc/", "/api/v1/exception-causes/%0A/", "/api/v1/slas/X%0A/"]
+)
+def test_an_id_that_is_not_one_answers_404_in_the_api_shape(api, tokens, world, path) -> None:  # noqa: ANN001
+    response = api("GET", path, tokens["admin"])
+    assert response.status_code == 404 and response.json()["code"] == "not_found"
+
+
+@pytest.mark.django_db
+def test_the_cause_list_costs_the_same_queries_for_more_causes(api, tokens, world, entities) -> None:  # noqa: ANN001
+    def queries() -> int:
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        with CaptureQueriesContext(connection) as seen:
+            assert api("GET", "/api/v1/exception-causes/", tokens["admin"]).status_code == 200
+        return len(seen)
+
+    queries()  # the first request of a token also records its last use
+    few = queries()
+    for n in range(5):
+        make_exception(world["us"]["connection"], entities["us"], f"OPP-N{n}", f"failure number {n} of a new kind")
+    assert queries() == few  # one row per cause is summed in the database, not fetched per cause

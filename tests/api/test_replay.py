@@ -35,18 +35,20 @@ def test_a_replay_preview_counts_the_windows_events_and_handoffs(api, world, tok
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    ("query", "field"),
+    ("query", "field", "status"),
     [
-        ("connection=echo-uk&" + WINDOW, "connection"),  # another entity's connection is unknown
-        ("connection=nope&" + WINDOW, "connection"),
-        ("connection=echo-us&start=2026-11-02T00:00:00Z&end=2026-11-01T00:00:00Z", "end"),
-        ("connection=echo-us&start=yesterday&end=2026-11-01T00:00:00Z", "start"),
-        ("connection=echo-us&start=2026-11-01T00:00:00Z", "end"),
+        ("connection=echo-us&start=yesterday&end=2026-11-01T00:00:00Z", "start", 400),
+        ("connection=echo-us&start=2026-11-01T00:00:00Z", "end", 400),
+        ("connection=&" + WINDOW, "connection", 400),
+        # Well-formed but refused: another entity's connection is as unknown as one that does not exist.
+        ("connection=echo-uk&" + WINDOW, "connection", 422),
+        ("connection=nope&" + WINDOW, "connection", 422),
+        ("connection=echo-us&start=2026-11-02T00:00:00Z&end=2026-11-01T00:00:00Z", "end", 422),
     ],
 )
-def test_a_bad_replay_window_is_a_400_that_names_the_parameter(api, world, tokens, query, field) -> None:  # noqa: ANN001
+def test_a_bad_replay_window_is_refused_naming_the_parameter(api, world, tokens, query, field, status) -> None:  # noqa: ANN001
     response = api("GET", f"/api/v1/replays/preview/?{query}", tokens["operator"])
-    assert response.status_code == 400 and field in response.json()["errors"], response.json()
+    assert response.status_code == status and field in response.json()["errors"], response.json()
 
 
 @pytest.mark.django_db
