@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,12 +52,13 @@ class FixedAddressBackend(httpcore.SyncBackend):
         return super().connect_tcp(self.address, port, *args, **kwargs)
 
 
-def pinned_client(url: str, address: str, *, timeout: float) -> httpx.Client:
+def pinned_client(url: str, address: str, *, timeout: float, verify: ssl.SSLContext | bool = True) -> httpx.Client:
     """A one-off client for `url` that connects to `address` only (one the egress check vetted),
-    follows no redirect and ignores proxy variables (a proxy would resolve the name itself)."""
+    follows no redirect and ignores proxy variables (a proxy would resolve the name itself).
+    `verify` is for tests that bring their own certificate authority."""
     target = httpx.URL(url)
     port = target.port or (443 if target.scheme == "https" else 80)
-    transport = httpx.HTTPTransport()
+    transport = httpx.HTTPTransport(verify=verify)
     transport._pool._network_backend = FixedAddressBackend(target.host, port, address)
     return httpx.Client(transport=transport, follow_redirects=False, timeout=timeout, trust_env=False)
 

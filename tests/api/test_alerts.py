@@ -410,3 +410,72 @@ def test_the_pinned_client_refuses_any_other_host() -> None:
     backend = FixedAddressBackend("hooks.example.test", 443, "127.0.0.1")
     with pytest.raises(httpcore.ConnectError, match="only hooks.example.test:443 was checked"):
         backend.connect_tcp("elsewhere.example.test", 443)
+
+
+def _tls_receiver(name: str):  # noqa: ANN202
+    """An https receiver on 127.0.0.1 whose self-signed certificate names `name`; records the SNI."""
+    import os
+    import ssl
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(tz=dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
+        f.write(
+            pem
+            + key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    server_names: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(f.name)
+    os.unlink(f.name)
+    context.sni_callback = lambda sock, server_name, ctx: server_names.append(server_name)
+    receiver = Receiver()
+    receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+    client_trust = ssl.create_default_context(cadata=pem.decode())
+    return receiver, client_trust, server_names
+
+
+@pytest.mark.parametrize(("certificate_name", "accepted"), [("hooks.example.test", True), ("evil.example.test", False)])
+def test_the_pinned_connection_keeps_tls_on_the_host_name(certificate_name, accepted) -> None:  # noqa: ANN001
+    """Connecting to the vetted address does not weaken TLS: SNI is the URL's host name and the
+    certificate must be valid for that name (not for the address connected to)."""
+    import httpx
+
+    from connectors.http import pinned_client
+
+    receiver, trust, server_names = _tls_receiver(certificate_name)
+    port = receiver.server.server_address[1]
+    url = f"https://hooks.example.test:{port}/hooks/pscsync"  # a name no DNS knows: only the pin reaches it
+    try:
+        with pinned_client(url, "127.0.0.1", timeout=5, verify=trust) as client:
+            if accepted:
+                assert client.post(url, content=b"{}").status_code == 204
+                assert receiver.received[0][0]["host"] == f"hooks.example.test:{port}"
+            else:
+                with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+                    client.post(url, content=b"{}")
+    finally:
+        receiver.stop()
+    assert server_names[0] == "hooks.example.test"
