@@ -4,7 +4,7 @@ and deliver with retries (the delivery rows are the queue; beat publishes what i
 Event types and their groups (one message when a group appears, repeats go to the digest):
 - exception_group.new — handoffs needing attention, grouped by flow, error class and cause signature
 - exception.spike — at least `spike_count` handoffs needing attention failed within the window
-- handoff.sla_breach — open handoffs older in business time than `sla_minutes`, grouped by flow
+- handoff.sla_breach — open handoffs older in business time than their flow's SLA (FlowSla), by flow
 - handoff.stuck — unfinished handoffs (not waiting for a person) older than `stuck_minutes`, by flow
 - mismatch.over_value — open mismatches whose difference is at least `mismatch_min_amount`,
   grouped by comparison and cause
@@ -30,7 +30,10 @@ from django.db.models import Count, F, Q, QuerySet
 from api.models import AlertDelivery, AlertSubscription, AlertTopic
 from api.selectors import group_id
 from connectors.egress import DestinationRefused, check_public_url
+from connectors.http import pinned_client
 from connectors.signatures import standard_webhook_sign
+from dashboards.facts import sla_for
+from dashboards.models import FlowSla
 from pscsync import clock
 from pscsync.models import Handoff, Mismatch
 from remediation.selectors import cause_signature
@@ -99,20 +102,50 @@ def _spike(sub: AlertSubscription, now: dt.datetime) -> list[Signal]:
     return [Signal(EventType.EXCEPTION_SPIKE, "spike", summary, count, {"window_minutes": sub.spike_window_minutes})]
 
 
-def _by_flow(event_type: str, qs: QuerySet, what: str, minutes: int) -> list[Signal]:
+def _by_flow(event_type: str, qs: QuerySet, what: str, extra: dict[str, Any] | None = None) -> list[Signal]:
     signals = []
     for row in qs.values("flow").annotate(n=Count("pk")).order_by("flow"):
         ids = list(qs.filter(flow=row["flow"]).order_by("created_at").values_list("pk", flat=True)[:20])
-        summary = f"{row['n']} {row['flow']} handoffs {what} {minutes} minutes"
-        signals.append(Signal(event_type, row["flow"], summary, row["n"], {"flow": row["flow"], "handoffs": ids}))
+        summary = f"{row['n']} {row['flow']} handoffs {what}"
+        data = {"flow": row["flow"], "handoffs": ids, **(extra or {})}
+        signals.append(Signal(event_type, row["flow"], summary, row["n"], data))
     return signals
 
 
+def business_days_before(now: dt.datetime, days: float) -> dt.datetime:
+    """The instant `days` Monday-to-Friday days before `now` (UTC), weekends not counted: the
+    inverse of dashboards.facts.business_days_between, so alerts and dashboards agree."""
+    remaining = dt.timedelta(days=days)
+    cursor = now
+    while True:
+        day_start = dt.datetime.combine(cursor.date(), dt.time(), tzinfo=dt.UTC)
+        if day_start == cursor:
+            day_start -= dt.timedelta(days=1)
+        if day_start.weekday() < 5:
+            if cursor - day_start >= remaining:
+                return cursor - remaining
+            remaining -= cursor - day_start
+        cursor = day_start
+
+
+def sla_deadline(sla: FlowSla, now: dt.datetime) -> dt.datetime:
+    """An open handoff whose business time started before this instant is past its flow's SLA."""
+    if sla.unit == FlowSla.Unit.BUSINESS_DAYS:
+        return business_days_before(now, float(sla.target))
+    return now - dt.timedelta(hours=float(sla.target))
+
+
 def _sla_breaches(sub: AlertSubscription, now: dt.datetime) -> list[Signal]:
-    late = _scoped(Handoff.objects.filter(status__in=Handoff.OPEN), sub).filter(
-        business_started_at__lt=now - dt.timedelta(minutes=sub.sla_minutes)
-    )
-    return _by_flow(EventType.SLA_BREACH, late, "open for longer than the SLA of", sub.sla_minutes)
+    """Each flow's own SLA (the one the dashboards' "% within SLA" uses: an admin's FlowSla, else
+    the dashboards' default), measured from the source's business time."""
+    open_handoffs = _scoped(Handoff.objects.filter(status__in=Handoff.OPEN), sub)
+    signals: list[Signal] = []
+    for flow in open_handoffs.values_list("flow", flat=True).distinct().order_by("flow"):
+        sla = sla_for(flow)
+        late = open_handoffs.filter(flow=flow, business_started_at__lt=sla_deadline(sla, now))
+        what = f"open for longer than their SLA of {sla.target_label}"
+        signals += _by_flow(EventType.SLA_BREACH, late, what, {"sla": sla.target_label})
+    return signals
 
 
 def _stuck(sub: AlertSubscription, now: dt.datetime) -> list[Signal]:
@@ -122,7 +155,7 @@ def _stuck(sub: AlertSubscription, now: dt.datetime) -> list[Signal]:
         ),
         sub,
     ).filter(created_at__lt=now - dt.timedelta(minutes=sub.stuck_minutes))
-    return _by_flow(EventType.HANDOFF_STUCK, stuck, "unfinished for more than", sub.stuck_minutes)
+    return _by_flow(EventType.HANDOFF_STUCK, stuck, f"unfinished for more than {sub.stuck_minutes} minutes")
 
 
 def _mismatches(sub: AlertSubscription, now: dt.datetime) -> list[Signal]:
@@ -309,8 +342,10 @@ def retry_delay(attempt: int, rng: random.Random | None = None) -> float:
 
 def _send_webhook(delivery: AlertDelivery) -> int:
     sub = delivery.subscription
+    # Resolved once per delivery and checked; the connection goes to that very address, so a name
+    # that re-resolves to a private one after the check (DNS rebinding) is never reached.
     try:
-        check_public_url(sub.target, allow_loopback=settings.ALERT_WEBHOOK_ALLOW_LOOPBACK)
+        addresses = check_public_url(sub.target, allow_loopback=settings.ALERT_WEBHOOK_ALLOW_LOOPBACK)
     except DestinationRefused as exc:
         raise DeliveryFailed(str(exc), permanent=True) from None
     body = json.dumps(delivery.payload, separators=(",", ":"), default=str).encode()
@@ -325,9 +360,9 @@ def _send_webhook(delivery: AlertDelivery) -> int:
             secret=sub.secret(), msg_id=delivery.msg_id, timestamp=timestamp, body=body
         ),
     }
-    # httpx directly (not connectors.http): the signature covers these exact bytes.
+    # Not connectors.http.request: the signature covers these exact bytes, sent as they are.
     try:
-        with httpx.Client(follow_redirects=False, timeout=WEBHOOK_TIMEOUT_SECONDS) as client:
+        with pinned_client(sub.target, addresses[0], timeout=WEBHOOK_TIMEOUT_SECONDS) as client:
             response = client.post(sub.target, content=body, headers=headers)
     except httpx.HTTPError as exc:
         raise DeliveryFailed(f"could not deliver: {exc.__class__.__name__}") from None

@@ -10,7 +10,7 @@ from django import forms
 from drf_spectacular.utils import extend_schema_field
 
 from connectors.models import Connection
-from pscsync.models import AuditEntry, Event, Handoff, Mapping, Mismatch
+from pscsync.models import AuditEntry, Event, Handoff, Mapping, Mismatch, ReconciliationRun
 from remediation.models import BulkJob
 
 # RFC 3339, as OpenAPI's date-time format says: a date, a time and an offset (Z or ±hh:mm).
@@ -161,4 +161,16 @@ class AuditEntryFilter(StrictFilterSet):
 
     class Meta:
         model = AuditEntry
+        fields: list[str] = []
+
+
+class ReconciliationRunFilter(StrictFilterSet):
+    status = filters.ChoiceFilter(choices=ReconciliationRun.Status.choices)
+    legal_entity = filters.CharFilter(field_name="legal_entity__code")
+    period = filters.CharFilter()
+    started_after = DateTimeFilter(field_name="started_at", lookup_expr="gte")
+    started_before = DateTimeFilter(field_name="started_at", lookup_expr="lt")
+
+    class Meta:
+        model = ReconciliationRun
         fields: list[str] = []

@@ -28,7 +28,10 @@ class ApiTokenForm(forms.Form):
 
 class AlertSubscriptionForm(forms.ModelForm):
     event_types = forms.MultipleChoiceField(
-        choices=AlertSubscription.EventType.choices, widget=forms.CheckboxSelectMultiple, label="Send"
+        choices=AlertSubscription.EventType.choices,
+        widget=forms.CheckboxSelectMultiple,
+        label="Send",
+        help_text="An SLA breach is measured against each flow's SLA (Dashboards → Settings), as on the dashboards.",
     )
     legal_entities = forms.ModelMultipleChoiceField(
         queryset=LegalEntity.objects.none(),
@@ -48,7 +51,6 @@ class AlertSubscriptionForm(forms.ModelForm):
             "legal_entities",
             "spike_count",
             "spike_window_minutes",
-            "sla_minutes",
             "stuck_minutes",
             "mismatch_min_amount",
             "digest_minutes",
@@ -57,7 +59,6 @@ class AlertSubscriptionForm(forms.ModelForm):
         labels = {
             "all_entities": "All legal entities",
             "target": "E-mail address or webhook URL",
-            "sla_minutes": "SLA (minutes)",
             "stuck_minutes": "Stuck after (minutes)",
             "spike_count": "Spike: exceptions",
             "spike_window_minutes": "Spike: within (minutes)",

@@ -60,7 +60,6 @@ class AlertSubscription(models.Model):
     all_entities = models.BooleanField(default=False)
     spike_count = models.PositiveIntegerField(default=10, help_text="Exceptions within the window that make a spike.")
     spike_window_minutes = models.PositiveIntegerField(default=15)
-    sla_minutes = models.PositiveIntegerField(default=240, help_text="Business minutes an open handoff may take.")
     stuck_minutes = models.PositiveIntegerField(default=30, help_text="Minutes unfinished without needing a person.")
     mismatch_min_amount = models.DecimalField(max_digits=16, decimal_places=2, default=Decimal("1000.00"))
     digest_minutes = models.PositiveIntegerField(default=60, help_text="At most one digest of repeats this often.")

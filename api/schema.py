@@ -38,6 +38,8 @@ class ApiAutoSchema(AutoSchema):
         extra.update(_ERRORS_LIST if self.method == "GET" else {})
         if self.method in ("POST", "PUT", "PATCH", "DELETE"):
             extra.update(_ERRORS_WRITE)
+        elif getattr(self.view, "refuses_well_formed_queries", False):
+            extra["422"] = "Well-formed parameters that the domain refuses (e.g. a period too long); see errors."
         if "{" not in self.path and self.method in ("GET",) and not self._is_list_view():
             extra.pop("404", None)
         for code, description in extra.items():

@@ -6,14 +6,29 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.fields import empty
 
 from connectors.models import Connection
-from pscsync.models import Attempt, AuditEntry, Event, Handoff, LegalEntity, Mapping, MappingVersion, Mismatch, Step
+from dashboards.facts import MEASURES as FLOW_MEASURES
+from dashboards.models import FlowSla
+from pscsync.models import (
+    Attempt,
+    AuditEntry,
+    Event,
+    Handoff,
+    LegalEntity,
+    Mapping,
+    MappingVersion,
+    Mismatch,
+    ReconciliationRun,
+    Step,
+)
 from pscsync.secrets import mask_secrets
-from remediation.models import BulkJob
+from remediation.models import BulkJob, ExceptionStatus, SavedView
+from remediation.selectors import SORTS as INBOX_SORTS
+from remediation.selectors import TABS as INBOX_TABS
 from remediation.services import ResubmitMode
 
 
@@ -198,12 +213,21 @@ class ExceptionSerializer(HandoffSerializer):
     """A handoff that needs a person, with its failed step and its cause group."""
 
     group = serializers.SerializerMethodField()
+    cause = serializers.SerializerMethodField()
     failed_step = serializers.SerializerMethodField()
 
     class Meta(HandoffSerializer.Meta):
-        fields = [*HandoffSerializer.Meta.fields, "group", "failed_step"]
+        fields = [*HandoffSerializer.Meta.fields, "group", "cause", "failed_step"]
         read_only_fields = fields
 
+    @extend_schema_field({"type": "integer", "nullable": True})
+    def get_cause(self, obj: Handoff) -> int | None:
+        item = getattr(obj, "exception", None)
+        return item.cause_id if item is not None else None
+
+    @extend_schema_field(
+        {"type": "string", "deprecated": True, "description": "Deprecated (sunset 2027-05-27): use `cause`."}
+    )
     def get_group(self, obj: Handoff) -> str:
         from api.selectors import group_id
         from remediation.selectors import cause_signature
@@ -289,9 +313,17 @@ class CommentCreateSerializer(InputSerializer):
 class BulkJobCreateSerializer(InputSerializer):
     kind = serializers.ChoiceField(choices=BulkJob.Kind.choices, help_text="retry, resolve, assign or replay (re-map).")
     handoffs = serializers.ListField(
-        child=IntegerField(min_value=1), max_length=1000, required=False, help_text="Handoff ids; or give `group`."
+        child=IntegerField(min_value=1, max_value=2**63 - 1),
+        max_length=1000,
+        required=False,
+        help_text="Handoff ids; or give `cause`.",
     )
-    group = TextField(required=False, max_length=16, help_text="An exception group id: all its handoffs.")
+    group = TextField(
+        required=False, max_length=16, help_text="Deprecated (sunset 2027-05-27): an exception group id; use `cause`."
+    )
+    cause = IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, help_text="An exception cause id: its open handoffs."
+    )
     reason = TextField(required=False, max_length=2000, default="", help_text="Required for retry, resolve, replay.")
     assignee = TextField(required=False, max_length=150, allow_null=True, help_text="For assign: a user name.")
 
@@ -533,6 +565,259 @@ class AuditEntrySerializer(serializers.ModelSerializer):
             "comment",
         ]
         read_only_fields = fields
+
+
+# --- Exception causes (the workbench's groups), saved views, replay ---------------------------
+
+
+class MoneySerializer(serializers.Serializer):
+    currency = serializers.CharField()
+    amount = serializers.DecimalField(max_digits=18, decimal_places=2)
+
+
+class ExceptionCauseSerializer(serializers.Serializer):
+    """One cause as the inbox shows it: totals over the caller's entities only."""
+
+    id = serializers.IntegerField()
+    flow = serializers.CharField()
+    step = serializers.CharField(help_text="The step the handoffs stopped at.")
+    error_class = serializers.CharField()
+    message = serializers.CharField(help_text="The error message with its variable parts blanked.")
+    status = serializers.ChoiceField(choices=ExceptionStatus.choices)
+    assignee = serializers.CharField(allow_null=True, help_text="Who owns the whole cause (user name).")
+    archived_until = serializers.DateTimeField(allow_null=True)
+    archived_until_occurrences = serializers.IntegerField(
+        allow_null=True, help_text="While archived: new occurrences left before it comes back."
+    )
+    count = serializers.IntegerField(help_text="Handoffs of this cause in the inbox tab it sits in (yours only).")
+    first_seen = serializers.DateTimeField(allow_null=True)
+    last_seen = serializers.DateTimeField(allow_null=True)
+    money = MoneySerializer(many=True, help_text="Amounts at stake per currency.")
+    customers = serializers.ListField(child=serializers.CharField())
+    legal_entities = serializers.ListField(child=serializers.CharField(), help_text="Legal entity codes.")
+
+
+class RunbookSerializer(serializers.Serializer):
+    meaning = serializers.CharField(allow_blank=True)
+    cause = serializers.CharField(allow_blank=True)
+    action = serializers.CharField(allow_blank=True)
+    link = serializers.CharField(allow_blank=True)
+
+
+class ExceptionCauseDetailSerializer(ExceptionCauseSerializer):
+    runbook = RunbookSerializer()
+    handoffs = serializers.ListField(
+        child=serializers.IntegerField(), help_text="The handoffs counted in `count` (at most 500)."
+    )
+    comments = CommentSerializer(many=True)
+
+
+# One page, not a list of pages (a list action with no paginator would say so).
+@extend_schema_serializer(many=False)
+class ExceptionCausePageSerializer(serializers.Serializer):
+    next = TextField(allow_null=True, read_only=True)
+    previous = TextField(allow_null=True, read_only=True)
+    results = ExceptionCauseSerializer(many=True, read_only=True)
+
+
+class CauseListQuerySerializer(serializers.Serializer):
+    """The inbox's filters, by the same names (legal_entity is the entity code)."""
+
+    tab = serializers.ChoiceField(choices=list(INBOX_TABS), default="open", help_text="Which inbox tab.")
+    sort = serializers.ChoiceField(choices=list(INBOX_SORTS), default="count")
+    q = TextField(required=False, max_length=200, help_text="Search identifiers, customer, message.")
+    flow = TextField(required=False, max_length=40)
+    step = TextField(required=False, max_length=60)
+    error_class = TextField(required=False, max_length=40)
+    legal_entity = TextField(required=False, max_length=40)
+    customer = TextField(required=False, max_length=200)
+    connection = TextField(required=False, max_length=50)
+    assignee = TextField(required=False, max_length=150, help_text="A user name, or `none`.")
+    age = serializers.IntegerField(required=False, min_value=0, max_value=36500, help_text="Open for at least N days.")
+
+
+class CauseArchiveSerializer(InputSerializer):
+    until = serializers.DateField(required=False, allow_null=True, help_text="Comes back on this day (UTC).")
+    occurrences = IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=1_000_000, help_text="…or after N new failures."
+    )
+    reason = TextField(required=False, default="", max_length=2000, help_text="Why; recorded in the audit trail.")
+
+
+class EmptySerializer(InputSerializer):
+    """No fields: send {} (or nothing)."""
+
+
+class RunbookWriteSerializer(InputSerializer):
+    """Only the parts given change; an empty string clears a part."""
+
+    meaning = TextField(required=False, allow_blank=True, max_length=5000)
+    cause = TextField(required=False, allow_blank=True, max_length=5000)
+    action = TextField(required=False, allow_blank=True, max_length=5000)
+    link = RegexField(r"^https?://[!-~]+$", required=False, allow_blank=True, max_length=200)
+
+
+class SavedViewSerializer(serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = SavedView
+        fields = ["id", "name", "query", "created_by", "created_at"]
+        read_only_fields = fields
+
+
+class SavedViewCreateSerializer(InputSerializer):
+    name = TextField(max_length=120)
+    query = TextField(
+        max_length=1000, allow_blank=True, help_text="The inbox's query string without '?', e.g. tab=open&flow=…"
+    )
+
+
+class ReplayWindowSerializer(serializers.Serializer):
+    connection = SlugField(help_text="The connection's slug.")
+    start = serializers.DateTimeField(help_text="RFC 3339; events received at or after this.")
+    end = serializers.DateTimeField(help_text="RFC 3339; events received before this.")
+
+
+class ReplayCreateSerializer(ReplayWindowSerializer, InputSerializer):
+    reason = TextField(max_length=2000, help_text="Why; recorded in the audit trail.")
+
+
+class ReplayPreviewSerializer(serializers.Serializer):
+    connection = serializers.CharField()
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    events = serializers.IntegerField(help_text="Events of the connection received in the window (yours only).")
+    handoffs = serializers.IntegerField(help_text="Handoffs they led to that need a person: what a replay re-runs.")
+    handoff_ids = serializers.ListField(child=serializers.IntegerField())
+
+
+# --- Metrics, reconciliation runs, SLAs -------------------------------------------------------
+
+
+class MetricsQuerySerializer(serializers.Serializer):
+    """The dashboards' filters. Dates are YYYY-MM-DD, inclusive; default: the last 30 days."""
+
+    to = serializers.DateField(required=False, help_text="Last day (YYYY-MM-DD); default today.")
+    legal_entity = TextField(
+        required=False, max_length=400, help_text="Entity codes, comma-separated; yours only (others count nothing)."
+    )
+    service_line = TextField(required=False, max_length=80)
+    customer = TextField(required=False, max_length=200)
+    connection = TextField(required=False, max_length=50, help_text="A connection slug.")
+
+    def get_fields(self) -> dict[str, Any]:
+        fields = super().get_fields()
+        # "from" is a Python keyword: declared here so the parameter keeps the page's name.
+        fields["from"] = serializers.DateField(
+            required=False, help_text="First day (YYYY-MM-DD); default to − 29 days."
+        )
+        return fields
+
+
+class LatencyQuerySerializer(MetricsQuerySerializer):
+    flow = serializers.ChoiceField(choices=list(FLOW_MEASURES), required=False, help_text="One flow; default all.")
+
+
+@extend_schema_field(
+    {
+        "nullable": True,
+        "anyOf": [{"type": "number"}, {"type": "string", "format": "decimal"}],
+        "description": "A number; money as a decimal string; null when nothing was measured.",
+    }
+)
+class FigureField(serializers.Field):
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class MetricSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    value = FigureField()
+    unit = serializers.CharField(help_text="count, hours, percent, days, or the reporting currency.")
+    count = serializers.IntegerField(help_text="How many records the figure is computed from.")
+    definition = serializers.CharField()
+
+
+class MetricsSerializer(serializers.Serializer):
+    from_ = serializers.DateField()
+    to = serializers.DateField()
+    reporting_currency = serializers.CharField()
+    currency_policy = serializers.CharField()
+    unconverted = serializers.DictField(
+        child=serializers.CharField(), help_text="Amounts per currency left out for want of an FX rate."
+    )
+    metrics = MetricSerializer(many=True)
+
+    def get_fields(self) -> dict[str, Any]:
+        fields = super().get_fields()
+        fields["from"] = fields.pop("from_")
+        return fields
+
+
+class LatencyWeekSerializer(serializers.Serializer):
+    week = serializers.DateField(help_text="The Monday of the ISO week.")
+    measured = serializers.IntegerField()
+    median_hours = serializers.FloatField(allow_null=True)
+    p90_hours = serializers.FloatField(allow_null=True)
+    pct_within_sla = serializers.FloatField(allow_null=True)
+
+
+class LatencyFlowSerializer(serializers.Serializer):
+    flow = serializers.CharField()
+    measure = serializers.CharField(help_text="What is measured, from which business event to which.")
+    sla = serializers.CharField()
+    weeks = LatencyWeekSerializer(many=True)
+
+
+class LatencySeriesSerializer(MetricsSerializer):
+    metrics = None
+    flows = LatencyFlowSerializer(many=True)
+
+
+class ReconciliationRunSerializer(serializers.ModelSerializer):
+    legal_entity = LegalEntityCodeField()
+    summary = serializers.JSONField(read_only=True)
+
+    class Meta:
+        model = ReconciliationRun
+        fields = [
+            "id",
+            "legal_entity",
+            "period",
+            "status",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "error",
+            "summary",
+        ]
+        read_only_fields = fields
+
+
+class FlowSlaSerializer(serializers.Serializer):
+    flow = serializers.CharField()
+    measure = serializers.CharField(help_text="What the SLA is measured on.")
+    target = serializers.DecimalField(max_digits=8, decimal_places=2)
+    unit = serializers.ChoiceField(choices=FlowSla.Unit.choices)
+    target_label = serializers.CharField()
+    note = serializers.CharField(allow_blank=True)
+    is_default = serializers.BooleanField(help_text="No admin has set one: the dashboards' default applies.")
+    updated_at = serializers.DateTimeField(allow_null=True)
+
+
+# One page, not a list of pages (a list action with no paginator would say so).
+@extend_schema_serializer(many=False)
+class FlowSlaPageSerializer(serializers.Serializer):
+    next = TextField(allow_null=True, read_only=True)
+    previous = TextField(allow_null=True, read_only=True)
+    results = FlowSlaSerializer(many=True, read_only=True)
+
+
+class FlowSlaWriteSerializer(InputSerializer):
+    target = serializers.DecimalField(max_digits=8, decimal_places=2, help_text="Greater than zero.")
+    unit = serializers.ChoiceField(choices=FlowSla.Unit.choices)
+    note = TextField(required=False, allow_blank=True, default="", max_length=200)
 
 
 __all__ = ["LegalEntity"]

@@ -23,7 +23,6 @@ FIELDS = (
     "all_entities",
     "spike_count",
     "spike_window_minutes",
-    "sla_minutes",
     "stuck_minutes",
     "mismatch_min_amount",
     "digest_minutes",

@@ -4,34 +4,64 @@ an output serializer. Business rules live in the services they call."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import URLValidator
 from django.db.models import Prefetch, QuerySet
+from django.http import QueryDict
+from django.urls import reverse
+from django.utils.http import http_date
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import filters, serializers
 from api.errors import Conflict, Unprocessable
-from api.selectors import exception_group_get, group_id
+from api.selectors import (
+    cause_comments,
+    cause_handoff_ids,
+    cause_row,
+    causes_visible_to,
+    exception_group_get,
+    group_id,
+)
 from connectors.egress import DestinationRefused, check_destination
 from connectors.models import Connection
+from dashboards.facts import MEASURES as FLOW_MEASURES
+from dashboards.facts import sla_for
+from dashboards.metrics import Filters, policy_text, reporting_currency, weekly_latency
 from dashboards.queries import connection_activity, health_summary
+from dashboards.services import flow_sla_set
+from dashboards.views import metrics_payload
+from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, VIEW_HANDOFFS, WORK_EXCEPTIONS, entity_ids_for, scope_queryset
 from pscsync.mapping import RuleProblem
 from pscsync.mappings import MappingInvalid, mapping_publish
-from pscsync.models import AuditEntry, Event, Handoff, LegalEntity, Mapping, MappingVersion, Mismatch, Step
+from pscsync.models import (
+    AuditEntry,
+    Event,
+    Handoff,
+    LegalEntity,
+    Mapping,
+    MappingVersion,
+    Mismatch,
+    ReconciliationRun,
+    Step,
+)
 from pscsync.selectors import handoffs_visible_to
 from pscsync.services import connection_save
 from remediation import services as remediation
-from remediation.models import BulkJob
-from remediation.selectors import exception_groups
+from remediation.models import BulkJob, ExceptionCause, ExceptionStatus, HandoffException, SavedView
+from remediation.selectors import FILTERS as INBOX_FILTERS
+from remediation.selectors import SORTS as INBOX_SORTS
+from remediation.selectors import TABS as INBOX_TABS
+from remediation.selectors import InboxFilter, InboxGroup, exception_groups, inbox_groups
 
 VIEW_AUDIT = "pscsync.view_auditentry"
 
@@ -237,14 +267,32 @@ def _group_data(group: Any) -> dict[str, Any]:
     }
 
 
-class ExceptionGroupListView(APIView):
-    """Exceptions grouped by cause (flow, error class, message with its variable parts blanked)."""
+class DeprecatedMixin:
+    """Deprecation (RFC 9745) and Sunset (RFC 8594) headers on every answer, and the successor."""
+
+    deprecated_since = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
+    sunset = dt.datetime(2027, 5, 27, tzinfo=dt.UTC)
+    successor = "/api/v1/exception-causes/"
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        response["Deprecation"] = f"@{int(self.deprecated_since.timestamp())}"
+        response["Sunset"] = http_date(self.sunset.timestamp())
+        response["Link"] = f'<{self.successor}>; rel="successor-version"'
+        return response
+
+
+class ExceptionGroupListView(DeprecatedMixin, APIView):
+    """Exceptions grouped by cause (flow, error class, message with its variable parts blanked).
+    Deprecated: these groups are computed on the fly and differ from the workbench's causes."""
 
     required_permissions = {"read": WORK_EXCEPTIONS}
 
     @extend_schema(
         operation_id="exception_groups_list",
         summary="List exception groups, largest first (one page: groups are few)",
+        description="Deprecated since v1.1.0, sunset 2027-05-27: use /api/v1/exception-causes/.",
+        deprecated=True,
         tags=["exceptions"],
         responses={200: serializers.ExceptionGroupPageSerializer},
     )
@@ -254,11 +302,13 @@ class ExceptionGroupListView(APIView):
         return Response({"next": None, "previous": None, "results": data})
 
 
-class ExceptionGroupDetailView(APIView):
+class ExceptionGroupDetailView(DeprecatedMixin, APIView):
     required_permissions = {"read": WORK_EXCEPTIONS}
 
     @extend_schema(
         summary="An exception group and its handoffs",
+        description="Deprecated since v1.1.0, sunset 2027-05-27: use /api/v1/exception-causes/{id}/.",
+        deprecated=True,
         tags=["exceptions"],
         responses={200: serializers.ExceptionGroupSerializer},
     )
@@ -295,14 +345,23 @@ class BulkJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         body = serializers.BulkJobCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        if bool(data.get("handoffs")) == bool(data.get("group")):
-            raise Unprocessable({"non_field_errors": ["give either handoffs or group"]})
+        if sum(1 for name in ("handoffs", "group", "cause") if data.get(name)) != 1:
+            raise Unprocessable({"non_field_errors": ["give one of handoffs, cause or group"]})
         ids = list(data.get("handoffs") or [])
         if data.get("group"):
             group = exception_group_get(request.user, data["group"])
             if group is None:
                 raise Unprocessable({"group": ["no exception group with this id"]})
             ids = [h.pk for h in group.handoffs]
+        if data.get("cause"):
+            cause = causes_visible_to(request.user).filter(pk=data["cause"]).first()
+            if cause is None:
+                raise Unprocessable({"cause": ["no exception cause with this id"]})
+            # The cause's handoffs that need a person now, in the caller's entities.
+            open_items = scope_queryset(HandoffException.objects.filter(cause=cause), request.user).filter(
+                status=ExceptionStatus.OPEN
+            )
+            ids = list(open_items.values_list("handoff_id", flat=True))
         visible = set(handoffs_visible_to(request.user).filter(pk__in=ids).values_list("pk", flat=True))
         missing = sorted(set(ids) - visible)
         if missing:
@@ -318,8 +377,22 @@ class BulkJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             )
         except remediation.ActionRefused as exc:
             raise Unprocessable({"non_field_errors": [str(exc)]}) from None
-        headers = {"Location": request.build_absolute_uri(f"{job.pk}/")}
-        return Response(serializers.BulkJobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)
+        return _job_accepted(request, job)
+
+    @extend_schema(
+        summary="Cancel a job: it stops before its next handoff; what was done stays done",
+        tags=["jobs"],
+        request=serializers.EmptySerializer,
+        responses={200: serializers.BulkJobSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        job = self.get_object()
+        serializers.EmptySerializer(data=request.data).is_valid(raise_exception=True)
+        if job.is_finished:
+            raise Conflict(f"This job is {job.get_status_display().lower()}: there is nothing to cancel.")
+        remediation.bulk_job_cancel(actor=request.user, job=job)
+        return Response(serializers.BulkJobSerializer(self.get_object()).data)
 
 
 # --- Mappings and connections ---------------------------------------------------------------
@@ -580,3 +653,484 @@ class AuditEntryViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self) -> QuerySet[AuditEntry]:
         return scope_queryset(AuditEntry.objects.select_related("legal_entity"), self.request.user)
+
+
+# --- Exception causes: the workbench's groups, keyed by cause id ------------------------------
+
+
+def _query(request: Request, query_class: type) -> dict[str, Any]:
+    """Query parameters through their serializer. A parameter given empty is an error, not "not
+    given" (DRF's reading of an empty form value), as in the lists' filters."""
+    query = query_class(data=request.query_params)
+    empty = {name: ["may not be empty"] for name in query.fields if "" in request.query_params.getlist(name, [None])}
+    if empty:
+        raise ValidationError(empty)
+    query.is_valid(raise_exception=True)
+    return query.validated_data
+
+
+def _entity_codes() -> dict[str, str]:
+    return dict(LegalEntity.objects.values_list("name", "code"))
+
+
+def _cause_data(row: InboxGroup, codes: dict[str, str]) -> dict[str, Any]:
+    cause = row.cause
+    return {
+        "id": cause.pk,
+        "flow": cause.flow,
+        "step": cause.step_name,
+        "error_class": cause.error_class,
+        "message": cause.message,
+        "status": cause.status,
+        "assignee": cause.assignee.get_username() if cause.assignee else None,
+        "archived_until": cause.archived_until,
+        "archived_until_occurrences": cause.archived_until_occurrences,
+        "count": row.count,
+        "first_seen": row.first_seen,
+        "last_seen": row.last_seen,
+        "money": [{"currency": c, "amount": a} for c, a in row.money],
+        "customers": row.customers,
+        "legal_entities": sorted(codes.get(name, name) for name in row.entities),
+    }
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List exception causes as the inbox shows them (one page, at most 200)",
+        description="The workbench's groups: one row per cause with totals over your entities only, "
+        "filtered and sorted like the inbox.",
+        tags=["exceptions"],
+        parameters=[serializers.CauseListQuerySerializer],
+        responses={200: serializers.ExceptionCausePageSerializer},
+    ),
+    retrieve=extend_schema(
+        summary="A cause with its runbook, its handoffs and comments",
+        tags=["exceptions"],
+        responses={200: serializers.ExceptionCauseDetailSerializer},
+    ),
+)
+class ExceptionCauseViewSet(viewsets.GenericViewSet):
+    """Cause-level actions of the workbench, through its services (remediation/services.py)."""
+
+    required_permissions = {"read": WORK_EXCEPTIONS, "write": WORK_EXCEPTIONS, "runbook": CONFIGURE}
+    queryset = ExceptionCause.objects.none()
+    serializer_class = serializers.ExceptionCauseSerializer  # for OPTIONS; answers pick theirs
+    lookup_value_regex = "[0-9]+"
+    pagination_class = None
+    filter_backends: list[type] = []
+
+    def get_queryset(self) -> QuerySet[ExceptionCause]:
+        return causes_visible_to(self.request.user)
+
+    def _detail(self, cause: ExceptionCause) -> Response:
+        cause = self.get_queryset().get(pk=cause.pk)  # re-read after an action
+        user = self.request.user
+        data = _cause_data(cause_row(user, cause), _entity_codes())
+        data["runbook"] = {
+            "meaning": cause.runbook_meaning,
+            "cause": cause.runbook_cause,
+            "action": cause.runbook_action,
+            "link": cause.runbook_link,
+        }
+        data["handoffs"] = cause_handoff_ids(user, cause)
+        data["comments"] = cause_comments(user, cause)
+        return Response(serializers.ExceptionCauseDetailSerializer(data).data)
+
+    def list(self, request: Request) -> Response:
+        q = _query(request, serializers.CauseListQuerySerializer)
+        f = InboxFilter(
+            tab=q["tab"],
+            sort=q["sort"],
+            q=q.get("q", "").strip(),
+            flow=q.get("flow", ""),
+            step=q.get("step", ""),
+            error_class=q.get("error_class", ""),
+            entity=q.get("legal_entity", ""),
+            customer=q.get("customer", "").strip(),
+            connection=q.get("connection", ""),
+            assignee=q.get("assignee", ""),
+            age=str(q["age"]) if "age" in q else "",
+        )
+        codes = _entity_codes()
+        rows = [_cause_data(row, codes) for row in inbox_groups(request.user, f, limit=200)]
+        results = serializers.ExceptionCauseSerializer(rows, many=True).data
+        return Response({"next": None, "previous": None, "results": results})
+
+    def retrieve(self, request: Request, pk: str | None = None) -> Response:
+        return self._detail(self.get_object())
+
+    @extend_schema(
+        summary="Assign the whole cause to a person (or unassign with null)",
+        tags=["exceptions"],
+        request=serializers.AssignSerializer,
+        responses={200: serializers.ExceptionCauseDetailSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def assign(self, request: Request, pk: str | None = None) -> Response:
+        cause = self.get_object()
+        data = serializers.AssignSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        remediation.cause_assign(actor=request.user, cause=cause, assignee=_assignee(data.validated_data["assignee"]))
+        return self._detail(cause)
+
+    @extend_schema(
+        summary="Archive until a day, or until N more occurrences",
+        description="An archived cause leaves the open tab; it comes back when the day comes or after "
+        "that many new failures, whichever is first.",
+        tags=["exceptions"],
+        request=serializers.CauseArchiveSerializer,
+        responses={200: serializers.ExceptionCauseDetailSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def archive(self, request: Request, pk: str | None = None) -> Response:
+        cause = self.get_object()
+        body = serializers.CauseArchiveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        day = data.get("until")
+        if day is not None and day <= clock.now().date():
+            raise Unprocessable({"until": ["give a day after today"]})
+        until = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) if day else None
+        try:
+            remediation.cause_archive(
+                actor=request.user,
+                cause=cause,
+                until=until,
+                occurrences=data.get("occurrences"),
+                reason=data["reason"],
+            )
+        except remediation.ActionRefused as exc:
+            raise Unprocessable({"non_field_errors": [str(exc)]}) from None
+        return self._detail(cause)
+
+    @extend_schema(
+        summary="Reopen an archived cause: back to the inbox now",
+        tags=["exceptions"],
+        request=serializers.EmptySerializer,
+        responses={200: serializers.ExceptionCauseDetailSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def reopen(self, request: Request, pk: str | None = None) -> Response:
+        cause = self.get_object()
+        serializers.EmptySerializer(data=request.data).is_valid(raise_exception=True)
+        if cause.status != ExceptionStatus.ARCHIVED:
+            raise Conflict(f"This cause is “{cause.get_status_display()}”, not archived: there is nothing to reopen.")
+        remediation.cause_unarchive(actor=request.user, cause=cause)
+        return self._detail(cause)
+
+    @extend_schema(
+        summary="Edit the runbook (admins); parts left out stay as they are",
+        tags=["exceptions"],
+        request=serializers.RunbookWriteSerializer,
+        responses={200: serializers.ExceptionCauseDetailSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def runbook(self, request: Request, pk: str | None = None) -> Response:
+        cause = self.get_object()
+        body = serializers.RunbookWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        fields = {
+            f"runbook_{part}": getattr(cause, f"runbook_{part}") for part in ("meaning", "cause", "action", "link")
+        }
+        fields.update({f"runbook_{part}": value for part, value in body.validated_data.items()})
+        remediation.runbook_save(actor=request.user, cause=cause, fields=fields)
+        return self._detail(cause)
+
+    @extend_schema(
+        summary="Comment on the cause",
+        tags=["exceptions"],
+        request=serializers.CommentCreateSerializer,
+        responses={201: serializers.CommentSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def comment(self, request: Request, pk: str | None = None) -> Response:
+        cause = self.get_object()
+        body = serializers.CommentCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            created = remediation.comment_add(actor=request.user, cause=cause, body=body.validated_data["body"])
+        except remediation.ActionRefused as exc:
+            raise Unprocessable({"body": [str(exc)]}) from None
+        return Response(serializers.CommentSerializer(created).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List the team's saved inbox views", tags=["exceptions"]),
+    retrieve=extend_schema(summary="A saved inbox view", tags=["exceptions"]),
+    destroy=extend_schema(summary="Delete a saved view (its creator or an admin)", tags=["exceptions"]),
+)
+class SavedViewViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
+    """Named inbox filters, shared with the team (the workbench's saved views)."""
+
+    required_permissions = {"read": WORK_EXCEPTIONS, "write": WORK_EXCEPTIONS}
+    serializer_class = serializers.SavedViewSerializer
+    queryset = SavedView.objects.select_related("created_by")
+    filter_backends: list[type] = []
+
+    @extend_schema(
+        summary="Save an inbox view for the team (a view of the same name is replaced)",
+        tags=["exceptions"],
+        request=serializers.SavedViewCreateSerializer,
+        responses={201: serializers.SavedViewSerializer, 200: serializers.SavedViewSerializer},
+    )
+    def create(self, request: Request) -> Response:
+        body = serializers.SavedViewCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        name, query = body.validated_data["name"].strip(), body.validated_data["query"].lstrip("?")
+        problems = _inbox_query_problems(query)
+        if problems:
+            raise Unprocessable({"query": problems})
+        existed = SavedView.objects.filter(name=name[:120]).exists()
+        try:
+            view = remediation.saved_view_save(actor=request.user, name=name, query=query)
+        except remediation.ActionRefused as exc:
+            raise Unprocessable({"name": [str(exc)]}) from None
+        code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
+        return Response(serializers.SavedViewSerializer(view).data, status=code)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        view = self.get_object()
+        if view.created_by_id != request.user.pk and not request.user.has_perm(CONFIGURE):
+            raise PermissionDenied("Only whoever saved this view, or an admin, may delete it.")
+        remediation.saved_view_delete(actor=request.user, view=view)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _inbox_query_problems(query: str) -> list[str]:
+    """A saved view's query must be one the inbox understands: its filters, valid tab and sort."""
+    params = QueryDict(query)
+    problems = [f"unknown inbox filter: {name}" for name in sorted(set(params) - set(INBOX_FILTERS))]
+    if params.get("tab", "open") not in INBOX_TABS:
+        problems.append(f"tab must be one of: {', '.join(INBOX_TABS)}")
+    if params.get("sort", "count") not in INBOX_SORTS:
+        problems.append(f"sort must be one of: {', '.join(INBOX_SORTS)}")
+    return problems
+
+
+# --- Replay -----------------------------------------------------------------------------------
+
+
+class ReplayViewSet(viewsets.ViewSet):
+    """Re-run what a connection's events in a time window led to (the workbench's /workbench/replay/):
+    preview the scope, then start a replay job (resubmit, re-reading the source) and poll it."""
+
+    refuses_well_formed_queries = True  # documents the 422 (api.schema)
+    required_permissions = {"read": WORK_EXCEPTIONS, "write": WORK_EXCEPTIONS}
+
+    def _scope(self, request: Request, data: dict[str, Any]) -> dict[str, Any]:
+        # Well-formed but refused (422): a window that ends before it starts, a connection the
+        # caller cannot see (the same answer as one that does not exist).
+        if data["end"] <= data["start"]:
+            raise Unprocessable({"end": ["the window's end must be after its start"]})
+        connection = _connections_for(request.user).filter(slug=data["connection"]).first()
+        if connection is None:
+            raise Unprocessable({"connection": ["no connection with this slug"]})
+        scope = remediation.replay_scope(
+            user=request.user, connection_id=connection.pk, start=data["start"], end=data["end"]
+        )
+        return {**scope, "connection": connection.slug, "start": data["start"], "end": data["end"]}
+
+    @extend_schema(
+        summary="Preview a replay: events in the window and the handoffs a replay would re-run",
+        tags=["jobs"],
+        parameters=[serializers.ReplayWindowSerializer],
+        responses={200: serializers.ReplayPreviewSerializer},
+    )
+    @action(detail=False, methods=["get"])
+    def preview(self, request: Request) -> Response:
+        scope = self._scope(request, _query(request, serializers.ReplayWindowSerializer))
+        return Response(serializers.ReplayPreviewSerializer(scope).data)
+
+    @extend_schema(
+        summary="Start a replay job over a connection's time window",
+        tags=["jobs"],
+        request=serializers.ReplayCreateSerializer,
+        responses={202: serializers.BulkJobSerializer},
+    )
+    def create(self, request: Request) -> Response:
+        body = serializers.ReplayCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        scope = self._scope(request, data)
+        try:
+            job = remediation.bulk_job_create(
+                actor=request.user,
+                kind=BulkJob.Kind.REPLAY,
+                handoff_ids=scope["handoff_ids"],
+                reason=data["reason"],
+                params={
+                    "connection": scope["connection"],
+                    "start": data["start"].isoformat(),
+                    "end": data["end"].isoformat(),
+                },
+            )
+        except remediation.ActionRefused as exc:
+            raise Unprocessable({"non_field_errors": [str(exc)]}) from None
+        return _job_accepted(request, job)
+
+
+def _job_accepted(request: Request, job: BulkJob) -> Response:
+    headers = {"Location": request.build_absolute_uri(reverse("api:job-detail", args=[job.pk]))}
+    return Response(serializers.BulkJobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+# --- Metrics, reconciliation runs, SLAs ----------------------------------------------------------
+
+EARLIEST, LATEST, MAX_DAYS = dt.date(2000, 1, 1), dt.date(2100, 12, 31), 731
+
+
+def _dashboard_filters(request: Request, query_class: type) -> tuple[Filters, dict[str, Any]]:
+    """The dashboards' filters from the query string, validated (a bad date is a 400, never "today"),
+    and limited to the caller's entities: a code outside them counts nothing."""
+    q = _query(request, query_class)
+    end = q.get("to") or clock.now().date()
+    start = q.get("from") or end - dt.timedelta(days=29)
+    # Malformed dates were a 400 above; well-formed ones the dashboards cannot answer are a 422.
+    for name, day in (("from", start), ("to", end)):
+        if not EARLIEST <= day <= LATEST:
+            raise Unprocessable({name: [f"give a day from {EARLIEST} to {LATEST}"]})
+    if start > end:
+        raise Unprocessable({"from": ["must not be after to"]})
+    if (end - start).days >= MAX_DAYS:
+        raise Unprocessable({"to": [f"a period is at most {MAX_DAYS} days"]})
+    allowed = entity_ids_for(request.user)
+    ids: tuple[int, ...] | None = None if allowed is None else tuple(allowed)
+    codes = [c.strip() for c in q.get("legal_entity", "").split(",") if c.strip()]
+    if codes:
+        wanted = set(LegalEntity.objects.filter(code__in=codes).values_list("pk", flat=True))
+        ids = tuple(sorted(wanted if allowed is None else wanted & set(allowed)))
+    connection_id = None
+    if q.get("connection"):
+        # An unknown slug (or another entity's) matches nothing rather than being ignored.
+        connection_id = _connections_for(request.user).filter(slug=q["connection"]).values_list("pk", flat=True).first()
+        connection_id = connection_id or -1
+    f = Filters(
+        start=start,
+        end=end,
+        entity_ids=ids,
+        service_line=q.get("service_line", "").strip(),
+        customer=q.get("customer", "").strip(),
+        connection_id=connection_id,
+    )
+    return f, q
+
+
+class MetricsView(APIView):
+    """Every KPI of the dashboards' overview (the JSON the overview's figures come from)."""
+
+    refuses_well_formed_queries = True  # documents the 422 (api.schema)
+    required_permissions = {"read": VIEW_DASHBOARDS}
+
+    @extend_schema(
+        operation_id="metrics_retrieve",
+        summary="Every overview KPI with its value, unit, count of records and definition",
+        tags=["metrics"],
+        parameters=[serializers.MetricsQuerySerializer],
+        responses={200: serializers.MetricsSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        f, _ = _dashboard_filters(request, serializers.MetricsQuerySerializer)
+        return Response(serializers.MetricsSerializer(metrics_payload(f)).data)
+
+
+class LatencySeriesView(APIView):
+    refuses_well_formed_queries = True  # documents the 422 (api.schema)
+    required_permissions = {"read": VIEW_DASHBOARDS}
+
+    @extend_schema(
+        summary="Business latency per ISO week and flow: measured, median, p90, % within SLA",
+        tags=["metrics"],
+        parameters=[serializers.LatencyQuerySerializer],
+        responses={200: serializers.LatencySeriesSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        f, q = _dashboard_filters(request, serializers.LatencyQuerySerializer)
+        flows = [q["flow"]] if q.get("flow") else list(FLOW_MEASURES)
+        data = {
+            "from": f.start,
+            "to": f.end,
+            "reporting_currency": reporting_currency(),
+            "currency_policy": policy_text(),
+            "unconverted": {},
+            "flows": [
+                {
+                    "flow": flow,
+                    "measure": FLOW_MEASURES[flow]["label"],
+                    "sla": sla_for(flow).target_label,
+                    "weeks": weekly_latency(f, flow),
+                }
+                for flow in flows
+            ],
+        }
+        return Response(serializers.LatencySeriesSerializer(data).data)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List reconciliation runs, newest first", tags=["mismatches"]),
+    retrieve=extend_schema(
+        summary="A reconciliation run: what was checked and found, or why it stopped", tags=["mismatches"]
+    ),
+)
+class ReconciliationRunViewSet(viewsets.ReadOnlyModelViewSet):
+    required_permissions = {"read": VIEW_DASHBOARDS}
+    serializer_class = serializers.ReconciliationRunSerializer
+    filterset_class = filters.ReconciliationRunFilter
+
+    def get_queryset(self) -> QuerySet[ReconciliationRun]:
+        return scope_queryset(ReconciliationRun.objects.select_related("legal_entity"), self.request.user)
+
+
+def _sla_data(flow: str) -> dict[str, Any]:
+    sla = sla_for(flow)
+    return {
+        "flow": flow,
+        "measure": FLOW_MEASURES[flow]["label"],
+        "target": sla.target,
+        "unit": sla.unit,
+        "target_label": sla.target_label,
+        "note": sla.note,
+        "is_default": sla.pk is None,
+        "updated_at": sla.updated_at if sla.pk else None,
+    }
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Every flow's SLA (one page)", tags=["metrics"], responses={200: serializers.FlowSlaPageSerializer}
+    ),
+    retrieve=extend_schema(summary="A flow's SLA", tags=["metrics"], responses={200: serializers.FlowSlaSerializer}),
+)
+class FlowSlaViewSet(viewsets.ViewSet):
+    """Each flow's business-latency SLA: the dashboards' "% within SLA" and the SLA-breach alert use it."""
+
+    required_permissions = {"read": VIEW_DASHBOARDS, "write": CONFIGURE}
+    lookup_field = "flow"
+    lookup_value_regex = "[a-z-]+"
+
+    def _flow(self, flow: str) -> str:
+        if flow not in FLOW_MEASURES:
+            raise NotFound("No such flow.")
+        return flow
+
+    def list(self, request: Request) -> Response:
+        results = serializers.FlowSlaSerializer([_sla_data(f) for f in FLOW_MEASURES], many=True).data
+        return Response({"next": None, "previous": None, "results": results})
+
+    def retrieve(self, request: Request, flow: str = "") -> Response:
+        return Response(serializers.FlowSlaSerializer(_sla_data(self._flow(flow))).data)
+
+    @extend_schema(
+        summary="Set a flow's SLA (admins); breach flags are recomputed",
+        tags=["metrics"],
+        request=serializers.FlowSlaWriteSerializer,
+        responses={200: serializers.FlowSlaSerializer},
+    )
+    def update(self, request: Request, flow: str = "") -> Response:
+        flow = self._flow(flow)
+        body = serializers.FlowSlaWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if data["target"] <= 0:
+            raise Unprocessable({"target": ["an SLA is a time greater than zero"]})
+        flow_sla_set(actor=request.user, flow=flow, target=data["target"], unit=data["unit"], note=data["note"])
+        return Response(serializers.FlowSlaSerializer(_sla_data(flow)).data)

@@ -141,8 +141,9 @@ def connect_address(host: str, port: int) -> str:
     return address
 
 
-def check_public_url(url: str, *, allow_loopback: bool = False) -> None:
+def check_public_url(url: str, *, allow_loopback: bool = False) -> list[str]:
     """Raise DestinationRefused unless `url` is https to public addresses only (any host name).
+    Returns the addresses it vetted: connect to one of those, never to a fresh DNS answer.
 
     For addresses people type in that are not vendor APIs, e.g. outbound alert webhooks.
     `allow_loopback` (tests, demos) also accepts http to loopback and nothing else private."""
@@ -158,11 +159,13 @@ def check_public_url(url: str, *, allow_loopback: bool = False) -> None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise DestinationRefused("the address has an invalid port") from None
-    kinds = {_kind(address) for address in _resolve(host, port)}
+    addresses = _resolve(host, port)
+    kinds = {_kind(address) for address in addresses}
     if allow_loopback and kinds == {"loopback"}:
-        return
+        return addresses
     refused = kinds - {"public"}
     if refused:
         raise DestinationRefused(f"{host} points at a {sorted(refused)[0]} address; alerts may not be sent there")
     if parts.scheme != "https":
         raise DestinationRefused("the address must use https")
+    return addresses

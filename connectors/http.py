@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,31 @@ class PinnedBackend(httpcore.SyncBackend):
         except DestinationRefused as exc:
             raise httpcore.ConnectError(str(exc)) from exc
         return super().connect_tcp(address, port, *args, **kwargs)
+
+
+class FixedAddressBackend(httpcore.SyncBackend):
+    """Connects to one vetted address for one host and port, whatever DNS answers by then (DNS
+    rebinding). The request keeps the host name: the Host header, TLS SNI and the certificate's
+    host name check all use it (httpcore passes it as server_hostname)."""
+
+    def __init__(self, host: str, port: int, address: str) -> None:
+        self.host, self.port, self.address = host.lower(), port, address
+
+    def connect_tcp(self, host: str, port: int, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        if (host.lower(), port) != (self.host, self.port):
+            raise httpcore.ConnectError(f"not connecting to {host}:{port}: only {self.host}:{self.port} was checked")
+        return super().connect_tcp(self.address, port, *args, **kwargs)
+
+
+def pinned_client(url: str, address: str, *, timeout: float, verify: ssl.SSLContext | bool = True) -> httpx.Client:
+    """A one-off client for `url` that connects to `address` only (one the egress check vetted),
+    follows no redirect and ignores proxy variables (a proxy would resolve the name itself).
+    `verify` is for tests that bring their own certificate authority."""
+    target = httpx.URL(url)
+    port = target.port or (443 if target.scheme == "https" else 80)
+    transport = httpx.HTTPTransport(verify=verify)
+    transport._pool._network_backend = FixedAddressBackend(target.host, port, address)
+    return httpx.Client(transport=transport, follow_redirects=False, timeout=timeout, trust_env=False)
 
 
 def _get_client() -> httpx.Client:

@@ -17,6 +17,3 @@ urlpatterns = [
     path("settings/", views.settings_page, name="settings"),
     path("health/", views.health, name="health"),
 ]
-
-# The metrics JSON lives at /api/v1/metrics/ (pscsync/urls.py) until the API app re-homes it.
-api_urlpatterns = [path("metrics/", views.metrics_json, name="metrics")]

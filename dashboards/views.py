@@ -11,7 +11,7 @@ from csp.decorators import csp_update
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -21,6 +21,7 @@ from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Filters
 from dashboards.models import FlowSla, FxRate
 from dashboards.queries import OVERDUE_AFTER, connection_activity, health_summary
+from dashboards.services import flow_sla_set
 from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, entity_ids_for, permission_required
 from pscsync.audit import audit_record
@@ -186,7 +187,7 @@ def items(request: HttpRequest) -> HttpResponse:
 
 
 def metrics_payload(f: Filters) -> dict[str, Any]:
-    """Every overview KPI with value, unit, count of records and definition (the JSON endpoint)."""
+    """Every overview KPI with value, unit, count of records and definition (GET /api/v1/metrics/, api.views)."""
     conv = metrics.Converter()
     cur = metrics.reporting_currency()
     out: list[dict[str, Any]] = []
@@ -196,8 +197,9 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
             value = str(value)
         out.append({"key": key, "value": value, "unit": unit, "count": count, "definition": definition})
 
+    stats = {}
     for flow in metrics.FLOWS:
-        s = metrics.flow_stats(f, flow, conv=conv, with_previous=False)
+        s = stats[flow] = metrics.flow_stats(f, flow, conv=conv, with_previous=False)
         label = MEASURES[flow]["label"]
         add(f"{flow}.finished", s.finished, "count", s.finished, f"Items of {flow} completed in the period.")
         add(f"{flow}.latency_median", s.median_hours, "hours", s.measured, f"Nearest-rank median of: {label}.")
@@ -253,6 +255,37 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
     )
     d = metrics.dso(f, conv=conv)
     add("cash.dso", d["days"], "days", d["invoices"], "Open receivables ÷ billings of the last 90 days × 90.")
+    add(
+        "cash.receivables",
+        d["receivables"],
+        cur,
+        d["invoices"],
+        "Invoices posted up to the period end and not paid in full by then, at the period-end rate.",
+    )
+    b2c = stats["bill-to-cash"]
+    add(
+        "bill-to-cash.days_to_pay_median",
+        b2c.extra_median_hours,
+        "hours",
+        sum(b2c.extra_hist.values()),
+        f"Nearest-rank median of: {MEASURES['bill-to-cash']['extra']}.",
+    )
+    won = metrics.won_not_activated(f, conv)
+    add("deals.won_not_activated", won["count"], "count", won["count"], "Won deals whose project is not active yet.")
+    add(
+        "deals.won_not_activated_value",
+        won["value"],
+        cur,
+        won["count"],
+        "Value of those deals, at the period-end rate.",
+    )
+    add(
+        "deals.won_not_activated_past_sla",
+        len(won["over_sla"]),
+        "count",
+        won["count"],
+        f"Those of them older than the quote-to-project SLA ({sla_for('quote-to-project').target_label}).",
+    )
     opened = metrics.open_exceptions(f, conv)
     add("exceptions.open", opened["count"], "count", opened["count"], "Handoffs that need a person.")
     risk = metrics.money_at_risk(f, conv)
@@ -271,13 +304,6 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
         "unconverted": {k: str(v) for k, v in conv.unconverted.items()},
         "metrics": out,
     }
-
-
-@permission_required(VIEW_DASHBOARDS)
-@require_GET
-def metrics_json(request: HttpRequest) -> JsonResponse:
-    """GET /api/v1/metrics/?from=&to=&legal_entity= (to be re-homed under the REST API app)."""
-    return JsonResponse(metrics_payload(filters_from(request)))
 
 
 class SlaForm(forms.Form):
@@ -303,20 +329,7 @@ def settings_page(request: HttpRequest) -> HttpResponse:
             sla_form = SlaForm(request.POST, prefix="sla")
             if sla_form.is_valid():
                 d = sla_form.cleaned_data
-                before = sla_for(d["flow"])
-                sla, _ = FlowSla.objects.update_or_create(
-                    flow=d["flow"], defaults={"target": d["target"], "unit": d["unit"]}
-                )
-                audit_record(
-                    actor=request.user,
-                    action="sla.set",
-                    obj=sla,
-                    before={"target": str(before.target), "unit": before.unit},
-                    after={"target": str(d["target"]), "unit": d["unit"]},
-                )
-                from dashboards.tasks import rollups_rebuild_task
-
-                rollups_rebuild_task.delay()
+                flow_sla_set(actor=request.user, flow=d["flow"], target=d["target"], unit=d["unit"])
                 messages.success(request, f"SLA for {d['flow']} saved; breach flags are being recomputed.")
                 return redirect("dashboards:settings")
         else:

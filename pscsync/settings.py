@@ -377,9 +377,30 @@ CELERY_BEAT_SCHEDULE = {
 
 DEMO_PASSWORD = os.getenv("DEMO_PASSWORD", "")
 
+# --- Caches --------------------------------------------------------------------------------
+# Redis for what must be shared across web processes: REDIS_URL, else the broker when it is Redis.
+REDIS_URL = os.getenv("REDIS_URL", "") or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ""
+)
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # The API's per-token request counts (api.throttling): in Redis they hold across gunicorn
+    # workers and machines; in process memory only for the embedded set-up without Redis.
+    "throttle": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "pscsync-throttle",
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "api-throttle"}
+    ),
+}
+
 # --- REST API and outbound alerts (api/, docs/api.md) -------------------------------------
-# Requests per minute per API token (per user for session requests). Per process unless CACHES
-# points at a shared cache.
+# Requests per minute per API token (per user for session requests), counted in the "throttle"
+# cache above (shared through Redis when Redis is configured).
 API_RATE_PER_MINUTE = env_int("PSCSYNC_API_RATE_PER_MINUTE", 600)
 API_TOKEN_MAX_DAYS = env_int("PSCSYNC_API_TOKEN_MAX_DAYS", 365)
 REST_FRAMEWORK = {
@@ -398,7 +419,7 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "pscsync API",
     "DESCRIPTION": "Handoffs, events, exceptions, jobs, mappings, connections, mismatches, metrics and audit "
     "entries, with the same roles and legal-entity scope as the pages. See docs/api.md.",
-    "VERSION": "1.0.0",
+    "VERSION": "1.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -419,6 +440,8 @@ SPECTACULAR_SETTINGS = {
         "BulkJobStatusEnum": "remediation.models.BulkJob.Status",
         "BulkJobKindEnum": "remediation.models.BulkJob.Kind",
         "ConnectionKindEnum": "connectors.models.Connection.Kind",
+        "ExceptionCauseStatusEnum": "remediation.models.ExceptionStatus",
+        "ReconciliationRunStatusEnum": "pscsync.models.ReconciliationRun.Status",
     },
 }
 # Outbound alerts: how often a subscription gets a digest of repeats, and how deliveries retry.

@@ -8,7 +8,6 @@ from django.views.decorators.http import require_GET
 
 from accounts.views import SignInView
 from connectors.webhooks import webhook_receive
-from dashboards.urls import api_urlpatterns as dashboard_api_urls
 from pscsync import views
 
 
@@ -36,7 +35,6 @@ urlpatterns = [
     path("webhooks/<slug:slug>/", webhook_receive, name="webhook"),
     path("handoffs/", include(handoff_patterns)),
     path("dashboards/", include("dashboards.urls")),
-    path("api/v1/", include((dashboard_api_urls, "dashboards_api"))),
     path("workbench/", include("remediation.urls")),
     path("connections/", include("connectors.urls")),
     path("mappings/", include("studio.urls")),

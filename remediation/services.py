@@ -637,3 +637,10 @@ def replay_scope(*, user: AbstractBaseUser, connection_id: int, start: dt.dateti
     )
     ids = sorted(set(handoffs.values_list("pk", flat=True)))
     return {"events": events.count(), "handoff_ids": ids, "handoffs": len(ids)}
+
+
+def saved_view_delete(*, actor: AbstractBaseUser, view: SavedView) -> None:
+    """Remove a team view; the audit entry keeps what it was."""
+    with transaction.atomic():
+        audit_record(actor=actor, action="saved_view.delete", obj=view, before={"name": view.name, "query": view.query})
+        view.delete()

@@ -147,10 +147,6 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
     ),
-    "dashboards_api:metrics": (
-        "GET",
-        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
-    ),
     "remediation:inbox": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 200, "admin": 200, "outsider": 200},

@@ -131,8 +131,8 @@ def world(entities, people):  # noqa: ANN001, ANN201
     """One record of every kind per entity."""
     from pscsync.audit import audit_record
     from pscsync.mappings import mapping_publish
-    from pscsync.models import Mismatch
-    from remediation.services import bulk_job_create
+    from pscsync.models import Mismatch, ReconciliationRun
+    from remediation.services import bulk_job_create, saved_view_save
 
     made: dict[str, dict] = {"us": {}, "uk": {}}
     for code in ("us", "uk"):
@@ -176,6 +176,14 @@ def world(entities, people):  # noqa: ANN001, ANN201
         made[code]["job"] = bulk_job_create(
             actor=people[person], kind="resolve", handoff_ids=[made[code]["handoff"].pk], reason="x"
         )
+        made[code]["saved_view"] = saved_view_save(actor=people[person], name=f"{code} queue", query=f"entity={code}")
+        made[code]["reconciliation_run"] = ReconciliationRun.objects.create(
+            legal_entity=entities[code],
+            status=ReconciliationRun.Status.COMPLETE,
+            started_at=AT,
+            finished_at=AT,
+            summary={"deal_value": {"checked": 1, "matched": 0, "mismatches": {"unexplained": 1}, "cleared": 0}},
+        )
     return made
 
 
@@ -191,3 +199,11 @@ def api(client):  # noqa: ANN001, ANN201
         return client.generic(method, url, data=json.dumps(body or {}), content_type="application/json", **headers)
 
     return call
+
+
+@pytest.fixture
+def mid_minute(monkeypatch):  # noqa: ANN001, ANN201
+    """Throttle windows are clock minutes: hold the clock mid-minute so a test never straddles two."""
+    from api import throttling
+
+    monkeypatch.setattr(throttling, "_now", lambda: 1_800_000_030.0)  # hh:mm:30

@@ -14,6 +14,7 @@ from standardwebhooks.webhooks import Webhook
 from api.alerts import alert_delivery_attempt, alerts_scan, retry_delay
 from api.models import AlertDelivery, AlertSubscription
 from api.services import alert_subscription_save
+from dashboards.models import FlowSla
 from pscsync import clock
 from pscsync.models import Handoff, Mismatch
 from tests.api.conftest import make_exception
@@ -136,10 +137,10 @@ def test_spike_sla_stuck_and_mismatch_alerts(world, admin, entities, frozen) -> 
         "email",
         types,
         spike_count=2,
-        sla_minutes=60,
         stuck_minutes=30,
         mismatch_min_amount=Decimal("150.00"),
     )
+    FlowSla.objects.create(flow="echo", target=Decimal("1"), unit=FlowSla.Unit.HOURS)
     Attempt.objects.update(started_at=frozen.now() - dt.timedelta(minutes=5))  # both exceptions failed just now
     stuck = make_exception(world["us"]["connection"], entities["us"], "OPP-STUCK", "x")
     Handoff.objects.filter(pk=stuck.pk).update(
@@ -151,7 +152,9 @@ def test_spike_sla_stuck_and_mismatch_alerts(world, admin, entities, frozen) -> 
     assert set(by_type) == set(types)
     assert by_type[EventType.EXCEPTION_SPIKE].payload["data"]["count"] == 2
     assert by_type[EventType.HANDOFF_STUCK].payload["data"]["handoffs"] == [stuck.pk]
-    assert by_type[EventType.SLA_BREACH].payload["data"]["count"] == 3  # all three opened a day ago in business time
+    # All three opened a day ago in business time: past the flow's SLA of an hour.
+    assert by_type[EventType.SLA_BREACH].payload["data"]["count"] == 3
+    assert by_type[EventType.SLA_BREACH].payload["data"]["sla"] == "1 h"
     assert by_type[EventType.MISMATCH_OVER_VALUE].payload["data"]["mismatches"] == [world["us"]["mismatch"].pk]
 
 
@@ -239,7 +242,6 @@ def test_the_alert_pages(client, admin, operator, world, receiver, frozen) -> No
         "all_entities": "on",
         "spike_count": 10,
         "spike_window_minutes": 15,
-        "sla_minutes": 240,
         "stuck_minutes": 30,
         "mismatch_min_amount": "1000",
         "digest_minutes": 60,
@@ -268,7 +270,6 @@ def test_the_form_refuses_a_private_webhook_url(client, admin, entities) -> None
             "all_entities": "on",
             "spike_count": 1,
             "spike_window_minutes": 1,
-            "sla_minutes": 1,
             "stuck_minutes": 1,
             "mismatch_min_amount": "1",
             "digest_minutes": 1,
@@ -295,3 +296,186 @@ def test_a_delivery_whose_message_was_lost_is_sent_by_the_sweep(world, admin, fr
     subscribe(admin, "ops@example.com", "email", [EventType.EXCEPTION_GROUP_NEW])
     alerts_scan()  # on_commit never ran inside the test transaction: as if the broker lost it
     assert tasks.alerts_deliver_due_task() == 2 and len(sent) == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("target", "unit", "breached"),
+    [
+        # Started Friday 17:00, now Monday 09:00: 64 calendar hours, but 16 hours of weekdays.
+        ("48", FlowSla.Unit.HOURS, True),
+        ("1", FlowSla.Unit.BUSINESS_DAYS, False),
+        ("0.5", FlowSla.Unit.BUSINESS_DAYS, True),
+    ],
+)
+def test_the_sla_breach_uses_the_flows_sla_as_the_dashboards_do(world, admin, target, unit, breached) -> None:  # noqa: ANN001
+    monday = dt.datetime(2026, 11, 9, 9, 0, tzinfo=dt.UTC)
+    clock.use(clock.FrozenClock(monday))
+    try:
+        Handoff.objects.update(business_started_at=dt.datetime(2026, 11, 6, 17, 0, tzinfo=dt.UTC))
+        FlowSla.objects.create(flow="echo", target=Decimal(target), unit=unit)
+        subscribe(admin, "ops@example.com", "email", [EventType.SLA_BREACH])
+        alerts_scan()
+    finally:
+        clock.use(None)
+    sent = AlertDelivery.objects.filter(event_type=EventType.SLA_BREACH)
+    assert sent.exists() is breached
+    if breached:
+        assert sent.get().payload["data"]["count"] == 2  # the US and the UK exception
+
+
+@pytest.mark.django_db
+def test_a_flow_without_an_admins_sla_uses_the_dashboards_default(world, admin, frozen) -> None:  # noqa: ANN001
+    # The echo flow's default is 24 hours; the exceptions opened exactly 24 hours ago: not yet late.
+    subscribe(admin, "ops@example.com", "email", [EventType.SLA_BREACH])
+    alerts_scan()
+    assert not AlertDelivery.objects.exists()
+    frozen.advance(60)
+    alerts_scan()
+    assert AlertDelivery.objects.get().payload["data"]["sla"] == "24 h"
+
+
+@pytest.mark.parametrize("days", [0.25, 1, 1.5, 3, 7.75])
+@pytest.mark.parametrize("hour", [0, 9, 23])
+@pytest.mark.parametrize("day", range(9, 16))  # Monday 9 November to Sunday 15 November 2026
+def test_business_days_before_is_the_inverse_of_the_dashboards_measure(days, hour, day) -> None:  # noqa: ANN001
+    from api.alerts import business_days_before
+    from dashboards.facts import business_days_between
+
+    now = dt.datetime(2026, 11, day, hour, 30, tzinfo=dt.UTC)
+    start = business_days_before(now, days)
+    assert business_days_between(start, now) == pytest.approx(days)
+
+
+@pytest.fixture
+def rebinding_dns(monkeypatch):  # noqa: ANN001, ANN201
+    """hooks.example.test answers loopback (the test receiver) once, then a private address, as a
+    DNS-rebinding attacker's name would. Address literals resolve as usual. Counts the lookups."""
+    import socket
+
+    from connectors import egress
+
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def getaddrinfo(host, port, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if host != "hooks.example.test":
+            return real(host, port, *args, **kwargs)
+        lookups.append(host)
+        address = "127.0.0.1" if len(lookups) == 1 else "10.1.2.3"
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    egress._cache.clear()
+    yield lookups
+    egress._cache.clear()
+
+
+@pytest.mark.django_db
+def test_a_webhook_connects_to_the_address_that_was_checked(world, admin, receiver, frozen, rebinding_dns) -> None:  # noqa: ANN001
+    port = receiver.url.split(":")[2].split("/")[0]
+    subscribe(admin, f"http://hooks.example.test:{port}/hooks/pscsync", "webhook", [EventType.EXCEPTION_GROUP_NEW])
+    alerts_scan()
+    rebinding_dns.clear()
+    results = deliver_all()
+    # One lookup per delivery, checked, and the connection went to that answer (the receiver on
+    # loopback), not to the private address a second lookup would have given.
+    assert results == ["delivered", "delivered"]
+    assert len(rebinding_dns) == 1  # the second delivery used the checked answer still cached
+    assert [headers["host"] for headers, _ in receiver.received] == [f"hooks.example.test:{port}"] * 2
+
+
+@pytest.mark.django_db
+def test_a_name_that_turns_private_before_a_retry_is_refused(world, admin, receiver, frozen, rebinding_dns) -> None:  # noqa: ANN001
+    from connectors import egress
+
+    port = receiver.url.split(":")[2].split("/")[0]
+    subscribe(admin, f"http://hooks.example.test:{port}/hooks/pscsync", "webhook", [EventType.EXCEPTION_GROUP_NEW])
+    alerts_scan()
+    receiver.statuses = [503]
+    first = AlertDelivery.objects.order_by("pk").first()
+    assert alert_delivery_attempt(delivery_id=first.pk) == "pending"  # the receiver failed; retried later
+    egress._cache.clear()  # the cached answer expired; the retry resolves again and gets 10.1.2.3
+    AlertDelivery.objects.filter(pk=first.pk).update(next_attempt_at=frozen.now())
+    assert alert_delivery_attempt(delivery_id=first.pk) == "failed"
+    first.refresh_from_db()
+    assert "private address" in first.last_error and len(receiver.received) == 1
+
+
+def test_the_pinned_client_refuses_any_other_host() -> None:
+    import httpcore
+
+    from connectors.http import FixedAddressBackend
+
+    backend = FixedAddressBackend("hooks.example.test", 443, "127.0.0.1")
+    with pytest.raises(httpcore.ConnectError, match="only hooks.example.test:443 was checked"):
+        backend.connect_tcp("elsewhere.example.test", 443)
+
+
+def _tls_receiver(name: str):  # noqa: ANN202
+    """An https receiver on 127.0.0.1 whose self-signed certificate names `name`; records the SNI."""
+    import os
+    import ssl
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(tz=dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
+        f.write(
+            pem
+            + key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    server_names: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(f.name)
+    os.unlink(f.name)
+    context.sni_callback = lambda sock, server_name, ctx: server_names.append(server_name)
+    receiver = Receiver()
+    receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+    client_trust = ssl.create_default_context(cadata=pem.decode())
+    return receiver, client_trust, server_names
+
+
+@pytest.mark.parametrize(("certificate_name", "accepted"), [("hooks.example.test", True), ("evil.example.test", False)])
+def test_the_pinned_connection_keeps_tls_on_the_host_name(certificate_name, accepted) -> None:  # noqa: ANN001
+    """Connecting to the vetted address does not weaken TLS: SNI is the URL's host name and the
+    certificate must be valid for that name (not for the address connected to)."""
+    import httpx
+
+    from connectors.http import pinned_client
+
+    receiver, trust, server_names = _tls_receiver(certificate_name)
+    port = receiver.server.server_address[1]
+    url = f"https://hooks.example.test:{port}/hooks/pscsync"  # a name no DNS knows: only the pin reaches it
+    try:
+        with pinned_client(url, "127.0.0.1", timeout=5, verify=trust) as client:
+            if accepted:
+                assert client.post(url, content=b"{}").status_code == 204
+                assert receiver.received[0][0]["host"] == f"hooks.example.test:{port}"
+            else:
+                with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+                    client.post(url, content=b"{}")
+    finally:
+        receiver.stop()
+    assert server_names[0] == "hooks.example.test"

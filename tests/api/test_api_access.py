@@ -67,7 +67,29 @@ API_ROUTES: dict[str, tuple[str, str, str | None, dict | None, int]] = {
     "api:audit-entry-detail": ("GET", AUDIT, "audit", None, 200),
     "api:metrics-health": ("GET", DASH, None, None, 200),
     "api:metrics-connections": ("GET", DASH, None, None, 200),
+    "api:metrics": ("GET", DASH, None, None, 200),
+    "api:metrics-latency": ("GET", DASH, None, None, 200),
+    # The workbench's causes (v1.1.0). Archive runs before reopen on purpose: reopen needs an archived cause.
+    "api:exception-cause-list": ("GET", WORK, None, None, 200),
+    "api:exception-cause-detail": ("GET", WORK, "cause", None, 200),
+    "api:exception-cause-assign": ("POST", WORK, "cause", {"assignee": "otto.operator"}, 200),
+    "api:exception-cause-archive": ("POST", WORK, "cause", {"occurrences": 5, "reason": "known"}, 200),
+    "api:exception-cause-reopen": ("POST", WORK, "cause", {}, 200),
+    "api:exception-cause-runbook": ("POST", CONFIGURE, "cause", {"action": "Set the tax code"}, 200),
+    "api:exception-cause-comment": ("POST", WORK, "cause", {"body": "seen"}, 201),
+    "api:job-cancel": ("POST", WORK, "job", {}, 200),
+    # Saved views and SLAs are the team's, not an entity's: both records are everyone's with the role.
+    "api:saved-view-list": ("GET", WORK, None, None, 200),
+    "api:saved-view-detail": ("GET", WORK, "saved_view", None, 200),
+    # Replays are created with POST (below); GET on the collection is not a method it has.
+    "api:replay-list": ("GET", WORK, None, None, 405),
+    "api:replay-preview": ("GET", WORK, "replay_window", None, 200),
+    "api:reconciliation-run-list": ("GET", DASH, None, None, 200),
+    "api:reconciliation-run-detail": ("GET", DASH, "reconciliation_run", None, 200),
+    "api:sla-list": ("GET", DASH, None, None, 200),
+    "api:sla-detail": ("GET", DASH, "sla", None, 200),
 }
+UNSCOPED = {"saved_view", "sla"}
 # Writes on list routes, checked separately with a body the caller may send.
 API_WRITES = {
     ("api:job-list", "POST"): (WORK, {"kind": "resolve", "handoffs": ["own"], "reason": "bulk"}, 202),
@@ -78,6 +100,16 @@ API_WRITES = {
     ),
     ("api:connection-list", "POST"): (CONFIGURE, "connection-body", 201),
     ("api:connection-detail", "PATCH"): (CONFIGURE, {"name": "Renamed"}, 200),
+    ("api:replay-list", "POST"): (
+        WORK,
+        {"connection": "own", "start": "2026-10-31T00:00:00Z", "end": "2026-11-02T00:00:00Z", "reason": "outage"},
+        202,
+    ),
+}
+# Writes on the team's records (no legal entity): the same answer for both records.
+TEAM_WRITES = {
+    ("api:saved-view-list", "POST"): (WORK, {"name": "Tax codes", "query": "tab=open&q=tax"}, 201),
+    ("api:sla-detail", "PUT"): (CONFIGURE, {"target": "2.5", "unit": "business_days"}, 200),
 }
 NOT_API = {"api:schema", "api:docs", "api:redoc", "api:not-found"}
 
@@ -101,7 +133,7 @@ def _expected(role: str, level: str, entity: str | None, allowed_status: int, ki
         return 401
     if level not in LEVELS[role]:
         return 403
-    if entity is None:
+    if entity is None or kind in UNSCOPED:
         return allowed_status
     if kind == "job":  # a job is its creator's: the operator made the US one, the outsider the UK one
         creator = {"us": "operator", "uk": "outsider"}[entity]
@@ -113,7 +145,19 @@ def _record_id(world, kind: str, entity: str):  # noqa: ANN001, ANN202
     if kind == "group":
         h = world[entity]["handoff"]
         return group_id(h.flow, h.last_error_class, cause_signature(h.last_error_message))
+    if kind == "cause":
+        return world[entity]["handoff"].exception.cause_id
+    if kind == "sla":
+        return "quote-to-project"
     return world[entity][kind].pk
+
+
+def _url(name: str, kind: str | None, world, entity: str | None) -> str:  # noqa: ANN001
+    if kind == "replay_window":
+        # The preview's window names a connection: another entity's is unknown.
+        slug = world[entity]["connection"].slug
+        return f"{reverse(name)}?connection={slug}&start=2026-10-31T00:00:00Z&end=2026-11-02T00:00:00Z"
+    return reverse(name, args=[_record_id(world, kind, entity)] if kind else [])
 
 
 def _token(role: str, tokens: dict[str, str]) -> str | None:
@@ -130,9 +174,10 @@ def test_each_role_gets_the_expected_answer_on_every_api_route(api, world, token
     wrong = {}
     for name, (method, level, kind, body, allowed) in API_ROUTES.items():
         for entity in ("us", "uk") if kind else (None,):
-            args = [_record_id(world, kind, entity)] if kind else []
-            response = api(method, reverse(name, args=args), _token(role, tokens), body)
+            response = api(method, _url(name, kind, world, entity), _token(role, tokens), body)
             expected = _expected(role, level, entity, allowed, kind)
+            if kind == "replay_window" and expected == 404:
+                expected = 422  # a connection named in the query that the caller cannot see
             if response.status_code != expected:
                 wrong[f"{name} {entity or ''}"] = (response.status_code, expected, response.content[:200])
             # A state-changing call that succeeded changes the record: rebuild nothing, but stop
@@ -185,7 +230,25 @@ def test_each_role_gets_the_expected_answer_on_every_api_write(api, world, token
                 expected = 422
             if response.status_code != expected:
                 wrong[f"{method} {name} {entity}"] = (response.status_code, expected, response.content[:300])
+    for (name, method), (level, body, allowed) in TEAM_WRITES.items():
+        args = ["quote-to-project"] if name == "api:sla-detail" else []
+        response = api(method, reverse(name, args=args), _token(role, tokens), body)
+        expected = _expected(role, level, None, allowed, None)
+        if response.status_code != expected:
+            wrong[f"{method} {name}"] = (response.status_code, expected, response.content[:300])
     assert wrong == {}, f"{role}: (got, expected, body) per write"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ROLES)
+def test_a_saved_view_is_deleted_by_its_creator_or_an_admin(api, world, tokens, role) -> None:  # noqa: ANN001
+    for entity, creator in (("us", "operator"), ("uk", "outsider")):
+        view = world[entity]["saved_view"]
+        response = api("DELETE", reverse("api:saved-view-detail", args=[view.pk]), _token(role, tokens))
+        expected = _expected(role, WORK, None, 204, None)
+        if expected == 204 and role != creator and CONFIGURE not in LEVELS[role]:
+            expected = 403
+        assert response.status_code == expected, (entity, response.content)
 
 
 @pytest.mark.django_db

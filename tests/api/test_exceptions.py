@@ -189,3 +189,10 @@ def test_any_rfc3339_date_time_filters_also_on_postgresql(api, world, tokens, va
     from urllib.parse import quote
 
     assert api("GET", f"/api/v1/handoffs/?created_after={quote(value)}", tokens["viewer"]).status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_handoff_id_beyond_the_databases_range_is_a_400(api, world, tokens) -> None:  # noqa: ANN001
+    body = {"kind": "resolve", "handoffs": [2**70], "reason": "r"}
+    response = api("POST", "/api/v1/jobs/", tokens["operator"], body)
+    assert response.status_code == 400 and "handoffs" in response.json()["errors"]

@@ -89,13 +89,17 @@ def test_drill_down_reaches_the_handoff(client, admin, firm) -> None:  # noqa: A
 
 
 @pytest.mark.django_db
-def test_admin_sets_an_sla(client, admin, firm, monkeypatch) -> None:  # noqa: ANN001
+def test_admin_sets_an_sla(client, admin, firm, monkeypatch, django_capture_on_commit_callbacks) -> None:  # noqa: ANN001
     from dashboards import tasks
     from dashboards.models import FlowSla
 
     monkeypatch.setattr(tasks.rollups_rebuild_task, "delay", lambda: tasks.rollups_rebuild_task())
     client.force_login(admin)
-    r = client.post("/dashboards/settings/", {"sla-flow": "quote-to-project", "sla-target": "8", "sla-unit": "hours"})
+    # The rebuild is queued after the SLA is committed (dashboards.services.flow_sla_set).
+    with django_capture_on_commit_callbacks(execute=True):
+        r = client.post(
+            "/dashboards/settings/", {"sla-flow": "quote-to-project", "sla-target": "8", "sla-unit": "hours"}
+        )
     assert r.status_code == 302
     assert FlowSla.objects.get(flow="quote-to-project").target == 8
     body = client.get(f"/dashboards/quote-to-project/?{PERIOD}").content.decode()
