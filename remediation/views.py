@@ -153,7 +153,40 @@ def handoff(request: HttpRequest, pk: int) -> HttpResponse:
     context["comments"] = Comment.objects.filter(handoff=handoff)
     context["reason_form"] = ReasonForm()
     context["assignees"] = selectors.inbox_choices(request.user)["assignees"] if context["can_act"] else []
+    context.update(_compensation_context(handoff))
     return render(request, "remediation/handoff.html", context)
+
+
+def _compensation_context(handoff: Handoff) -> dict[str, Any]:
+    from remediation.models import Compensation
+
+    return {
+        "compensation_plan": services.compensation_plan(handoff),
+        "compensation_refusal": services.compensation_refusal(handoff),
+        "compensation": Compensation.objects.filter(handoff=handoff).first(),
+    }
+
+
+@permission_required(VIEW_HANDOFFS)
+@require_GET
+def handoff_compensation(request: HttpRequest, pk: int) -> HttpResponse:
+    """The compensation card, polled while a worker runs it."""
+    handoff = handoff_get_for_user(user=request.user, pk=pk)
+    context = {"handoff": handoff, "can_act": request.user.has_perm(WORK_EXCEPTIONS), **_compensation_context(handoff)}
+    return render(request, "remediation/_compensation.html", context)
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_POST
+def handoff_compensate(request: HttpRequest, pk: int) -> HttpResponse:
+    handoff = handoff_get_for_user(user=request.user, pk=pk)
+    try:
+        services.handoff_compensate(actor=request.user, handoff=handoff, reason=request.POST.get("reason", ""))
+    except ActionRefused as refused:
+        messages.error(request, str(refused))
+        return redirect("remediation:handoff", pk=handoff.pk)
+    messages.success(request, "Compensation started: a worker removes the records; this page shows the outcome.")
+    return redirect("remediation:handoff", pk=handoff.pk)
 
 
 @permission_required(WORK_EXCEPTIONS)
