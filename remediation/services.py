@@ -206,8 +206,9 @@ STALE_WORK = dt.timedelta(minutes=10)
 
 
 def exceptions_reconcile() -> int:
-    """Repair what a missed signal left behind (a status changed by a bulk UPDATE), and hand
-    compensations and bulk jobs whose broker message was lost back to a worker. Returns repairs.
+    """Repair what a missed signal left behind (a status changed by a bulk UPDATE), end archives
+    whose date has passed, and hand compensations and bulk jobs whose broker message was lost
+    back to a worker. Returns repairs.
 
     Cheap at any history size: it reads only open work, never the finished handoffs. A handoff
     out of step is either waiting for a person without an open exception, or has an open or
@@ -230,6 +231,10 @@ def exceptions_reconcile() -> int:
         for handoff in Handoff.objects.filter(pk__in=ids[start : start + RECONCILE_BATCH]):
             exception_sync(handoff)
             fixed += 1
+    # An archive whose date has passed ends even if the cause never happens again.
+    for cause in ExceptionCause.objects.filter(status=ExceptionStatus.ARCHIVED, archived_until__lte=clock.now()):
+        cause_refresh(cause)
+        fixed += 1
     fixed += _stale_work_requeue(clock.now() - STALE_WORK)
     return fixed
 
@@ -546,6 +551,17 @@ def saved_view_save(*, actor: AbstractBaseUser, name: str, query: str) -> SavedV
         )
         audit_record(actor=actor, action="saved_view.save", obj=view, after={"query": view.query})
     return view
+
+
+def saved_view_delete(*, actor: AbstractBaseUser, view: SavedView) -> None:
+    """A shared view is removed by whoever saved it, or by an admin."""
+    from pscsync.access import CONFIGURE
+
+    if view.created_by_id != actor.pk and not actor.has_perm(CONFIGURE):
+        raise ActionRefused(f"“{view.name}” was saved by someone else: ask them or an admin to remove it.")
+    with transaction.atomic():
+        audit_record(actor=actor, action="saved_view.delete", obj=view, before={"name": view.name, "query": view.query})
+        view.delete()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -889,16 +905,38 @@ def bulk_job_run(job_id: int) -> str:
 
 
 def replay_scope(*, user: AbstractBaseUser, connection_id: int, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
-    """What a replay of a connection's events in [start, end) will touch: every event counted,
-    and the handoffs that need a person among those the events led to."""
-    from pscsync.access import scope_queryset
+    """What a replay of a connection's events in [start, end) will touch, before it runs: the
+    events by status, the handoffs they led to by status, and those that will be resubmitted
+    (waiting for a person and not held by a compensation). Only what the user may see: an event
+    without a legal entity of its own counts when the handoff it led to is the user's."""
+    from django.db.models import Count
+
+    from pscsync.access import entity_ids_for, scope_queryset
     from pscsync.models import Event
 
-    events = scope_queryset(Event.objects.all(), user).filter(
-        connection_id=connection_id, received_at__gte=start, received_at__lt=end
+    events = Event.objects.filter(connection_id=connection_id, received_at__gte=start, received_at__lt=end)
+    entity_ids = entity_ids_for(user)
+    if entity_ids is not None:
+        events = events.filter(
+            Q(legal_entity__in=entity_ids) | Q(legal_entity__isnull=True, handoff__legal_entity__in=entity_ids)
+        )
+    led_to = scope_queryset(Handoff.objects.all(), user).filter(
+        Q(pk__in=events.exclude(handoff=None).values("handoff_id")) | Q(trigger_event__in=events.values("pk"))
     )
-    handoffs = scope_queryset(Handoff.objects.all(), user).filter(
-        Q(events__in=events) | Q(trigger_event__in=events), status=Handoff.Status.NEEDS_ATTENTION
-    )
-    ids = sorted(set(handoffs.values_list("pk", flat=True)))
-    return {"events": events.count(), "handoff_ids": ids, "handoffs": len(ids)}
+    by_status = {
+        r["status"]: r["n"]
+        for r in Handoff.objects.filter(pk__in=led_to.values("pk")).values("status").annotate(n=Count("pk"))
+    }
+    events_by_status = {r["status"]: r["n"] for r in events.values("status").annotate(n=Count("pk")).order_by()}
+    replayable = led_to.filter(status=Handoff.Status.NEEDS_ATTENTION, lease_owner="")
+    ids = sorted(set(replayable.values_list("pk", flat=True)))
+    raw = f"{connection_id}|{start.isoformat()}|{end.isoformat()}|{','.join(map(str, ids))}"
+    return {
+        "events": sum(events_by_status.values()),
+        "events_by_status": sorted(events_by_status.items()),
+        "handoffs_by_status": [(s, label, by_status[s]) for s, label in Handoff.Status.choices if s in by_status],
+        "handoff_ids": ids,
+        "handoffs": len(ids),
+        # What the person saw: the replay runs only if the same window still touches the same handoffs.
+        "fingerprint": hashlib.sha256(raw.encode()).hexdigest()[:16],
+    }

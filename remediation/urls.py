@@ -7,6 +7,7 @@ from remediation import views
 app_name = "remediation"
 urlpatterns = [
     path("", views.inbox, name="inbox"),
+    path("export.csv", views.export, name="export"),
     path("causes/<int:pk>/", views.cause_detail, name="cause"),
     path("causes/<int:pk>/items/", views.cause_items, name="cause_items"),
     path("causes/<int:pk>/act/", views.cause_act, name="cause_act"),
@@ -20,4 +21,5 @@ urlpatterns = [
     path("jobs/<int:pk>/cancel/", views.job_cancel, name="job_cancel"),
     path("replay/", views.replay, name="replay"),
     path("views/", views.saved_view_save, name="saved_view"),
+    path("views/<int:pk>/delete/", views.saved_view_delete, name="saved_view_delete"),
 ]

@@ -63,7 +63,7 @@ def billing_read(ctx: StepContext, psa: Connection) -> dict[str, Any]:
     batch = _certinia_batch(ctx, psa) if psa.vendor == "certinia" else _kantata_batch(ctx, psa)
     dates = sorted(i["date"] for i in batch["items"] if i["date"])
     facts = {
-        "customer_name": batch.get("customer_name", ""),
+        "customer_name": batch.get("customer_name") or _deal_customer(batch.get("project_key", "")),
         "amount": batch["total"],
         "currency": batch["currency"],
         "business_times": {"billing_released": batch["date"], **({"time_approved": dates[-1]} if dates else {})},
@@ -71,6 +71,15 @@ def billing_read(ctx: StepContext, psa: Connection) -> dict[str, Any]:
         "started_at": dates[-1] if dates else batch["date"],
     }
     return {"id": batch["id"], "billing": batch, "handoff_facts": facts}
+
+
+def _deal_customer(project_key: str) -> str:
+    """The customer's name as the deal that made the project knew it (the PSA batch has only ids),
+    so billing failures in the workbench show whom they bill."""
+    if not project_key.startswith("P-"):
+        return ""
+    names = Handoff.objects.filter(flow="quote-to-project", business_key=project_key.removeprefix("P-"))
+    return names.exclude(customer_name="").values_list("customer_name", flat=True).first() or ""
 
 
 def _certinia_batch(ctx: StepContext, psa: Connection) -> dict[str, Any]:
