@@ -198,3 +198,20 @@ def test_a_required_field_the_mapping_could_not_fill_opens_that_rule(firm, admin
     mapping = Mapping.objects.get(connection__slug="netsuite-us", entity="customer")
     assert link["url"] == f"/mappings/{mapping.pk}/?field=companyName#rule-1"
     assert link["label"] == "Open rule “companyName” of the customer mapping of NetSuite (US)" and link["admin"]
+
+
+def test_a_change_after_the_review_is_shown_for_review_again_and_nothing_is_sent(client, firm, operator) -> None:  # noqa: ANN001
+    from pscsync.models import Handoff
+
+    handoff = _tax_failure(firm, "v1")
+    client.force_login(operator)
+    url = f"/workbench/handoffs/{handoff.pk}/resubmit/"
+    review = client.post(url, {"mode": "stored", "reason": "retry"}).content.decode()
+    reviewed = re.search(r'name="reviewed" value="(\w+)"', review).group(1)
+    # The operator switches to re-mapping after reviewing "stored", then confirms.
+    again = client.post(url, {"mode": "remap", "reason": "retry", "confirm": "yes", "reviewed": reviewed})
+    assert "You changed something after the review" in again.content.decode()
+    assert Handoff.objects.get(pk=handoff.pk).status == Handoff.Status.NEEDS_ATTENTION
+    reviewed = re.search(r'name="reviewed" value="(\w+)"', again.content.decode()).group(1)
+    client.post(url, {"mode": "remap", "reason": "retry", "confirm": "yes", "reviewed": reviewed})
+    assert Handoff.objects.get(pk=handoff.pk).status == Handoff.Status.PENDING
