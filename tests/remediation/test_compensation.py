@@ -200,7 +200,23 @@ def test_compensate_needs_a_reason_an_operator_and_a_failed_handoff(client, firm
     assert "Delete the invoice from the ERP" in detail and f"I-{event}" in detail
     page = client.post(url, {"reason": "undo"}, follow=True).content.decode()
     assert "Compensation started" in page and "Compensation queued" in page
-    assert Compensation.objects.get().status == Compensation.Status.QUEUED
+    assert "A compensation is running on this handoff" in page and "Edit and resubmit" not in page
+    compensation = Compensation.objects.get()
+    assert compensation.status == Compensation.Status.QUEUED
+
+    # The card the page polls shows the outcome once the worker is done.
+    compensation_run(compensation.pk)
+    card = client.get(f"/workbench/handoffs/{handoff.pk}/compensation/").content.decode()
+    assert "Compensated" in card and f"I-{event}" in card and "2 PSA items released" in card
+    assert "hx-trigger" not in card  # finished: it stops polling
+
+
+def test_another_entitys_operator_cannot_compensate_or_even_see_it(client, firm, outsider) -> None:  # noqa: ANN001
+    handoff, _ = _invoiced_then_failed(firm, "c10")
+    client.force_login(outsider)  # works for the UK entity only
+    assert client.post(f"/workbench/handoffs/{handoff.pk}/compensate/", {"reason": "x"}).status_code == 404
+    assert client.get(f"/workbench/handoffs/{handoff.pk}/compensation/").status_code == 404
+    assert not Compensation.objects.exists()
 
 
 def test_quote_to_project_offers_no_compensation(client, firm, operator) -> None:  # noqa: ANN001
