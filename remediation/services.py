@@ -567,9 +567,12 @@ def saved_view_delete(*, actor: AbstractBaseUser, view: SavedView) -> None:
 # ---------------------------------------------------------------------------------------------
 # Compensation: undo what a step wrote, where the step defines how (e.g. delete an unpaid invoice)
 # ---------------------------------------------------------------------------------------------
-# From where a compensation may start. A resolved handoff is reopened first: "resolved" says a
-# person settled it as it is, and undoing its records would contradict that silently.
-COMPENSABLE_FROM = (Handoff.Status.NEEDS_ATTENTION, Handoff.Status.CANCELLED)
+# From where a compensation may start: waiting for a person only. That status is open, so the
+# one-open-handoff-per-key constraint keeps any newer run of the key out while the records are
+# removed (a new change queues behind it). A resolved or cancelled handoff is reopened first:
+# reopening refuses when a newer handoff holds the key, and "resolved" is a person saying it is
+# settled as it is.
+COMPENSABLE_FROM = (Handoff.Status.NEEDS_ATTENTION,)
 
 
 def compensable_steps(handoff: Handoff) -> list[tuple[Step, Any]]:
@@ -598,10 +601,10 @@ def compensation_refusal(handoff: Handoff) -> str:
         return "A compensation is already running on this handoff."
     if not compensable_steps(handoff):
         return "Nothing this handoff wrote can be undone by pscsync."
-    if handoff.status == Handoff.Status.RESOLVED:
-        return "It was resolved by a person: reopen it first if its records must be undone."
+    if handoff.status in (Handoff.Status.RESOLVED, Handoff.Status.CANCELLED):
+        return f"It was {handoff.get_status_display().lower()}: reopen it first if its records must be undone."
     if handoff.status not in COMPENSABLE_FROM:
-        return f"It is “{handoff.get_status_display()}”: only a failed or cancelled handoff is compensated."
+        return f"It is “{handoff.get_status_display()}”: only a handoff waiting for a person is compensated."
     same_key = Handoff.objects.filter(flow=handoff.flow, business_key=handoff.business_key)
     if same_key.filter(created_at__gt=handoff.created_at).exists():
         # The newer run writes under the same keys, so the record is now (also) its record.

@@ -193,7 +193,7 @@ def test_compensate_needs_a_reason_an_operator_and_a_failed_handoff(client, firm
 
     handoff_resolve(actor=operator, handoff=handoff, reason="settled by hand")
     page = client.post(url, {"reason": "undo"}, follow=True).content.decode()
-    assert "reopen it first" in page and not Compensation.objects.exists()
+    assert "It was resolved by a person: reopen it first" in page and not Compensation.objects.exists()
 
     handoff_reopen(actor=operator, handoff=Handoff.objects.get(pk=handoff.pk), reason="undo it after all")
     detail = client.get(f"/workbench/handoffs/{handoff.pk}/").content.decode()
