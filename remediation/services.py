@@ -681,12 +681,18 @@ def _compensation_enqueue(compensation_id: int) -> None:
 def compensation_run(compensation_id: int) -> str:
     """Remove the records, then (only when every one is gone) release our bookkeeping, cancel
     the handoff and reset its steps so the work can be run again from the source. Safe to run
-    twice: the claim below lets one run at a time through, and a record already gone is gone."""
+    twice: the claim lets one run at a time through, and a record already gone is gone."""
     from connectors.errors import ConnectorError
     from connectors.registry import connector_for
 
-    claimed = Compensation.objects.filter(pk=compensation_id, status__in=Compensation.ACTIVE).update(
-        status=Compensation.Status.RUNNING, started_at=clock.now()
+    # One run at a time: a queued one, or a running one whose worker died long ago (a duplicate
+    # delivery of the task while the first run is alive finds nothing to claim).
+    now = clock.now()
+    claimable = Q(status=Compensation.Status.QUEUED) | Q(
+        status=Compensation.Status.RUNNING, started_at__lt=now - STALE_WORK
+    )
+    claimed = Compensation.objects.filter(claimable, pk=compensation_id).update(
+        status=Compensation.Status.RUNNING, started_at=now
     )
     if not claimed:
         return "skipped"
@@ -755,7 +761,7 @@ def _compensation_done(compensation: Compensation, handoff: Handoff, removed: li
         moved = Handoff.objects.filter(pk=handoff.pk, lease_owner=compensation.lease).update(
             status=Handoff.Status.CANCELLED, lease_owner="", finished_at=now, next_attempt_at=None
         )
-        if moved != 1:  # pragma: no cover - only this compensation may release its lease
+        if moved != 1:  # a run taken over as dead finished first: roll this one back
             raise RuntimeError(f"handoff {handoff.pk} is no longer held by compensation {compensation.pk}")
         released: dict[str, Any] = {}
         for step, step_def in compensable_steps(handoff):

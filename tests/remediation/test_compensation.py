@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from pscsync import clock
 from pscsync.models import AuditEntry, BilledItem, CrossReference, Handoff, Step
 from remediation.models import Compensation, ExceptionStatus, HandoffException
 from remediation.services import (
@@ -85,6 +86,10 @@ def test_a_second_click_or_a_repeated_task_never_deletes_twice(firm, operator, a
     with pytest.raises(ActionRefused, match="compensation is running"):
         handoff_resolve(actor=admin, handoff=stale_copy, reason="done by hand")
 
+    # A duplicate delivery while a live worker runs it finds nothing to claim.
+    Compensation.objects.filter(pk=compensation.pk).update(status=Compensation.Status.RUNNING, started_at=clock.now())
+    assert compensation_run(compensation.pk) == "skipped"
+    Compensation.objects.filter(pk=compensation.pk).update(status=Compensation.Status.QUEUED)
     assert compensation_run(compensation.pk) == "done"
     assert compensation_run(compensation.pk) == "skipped"  # a redelivered task does nothing
     deletes = [e for e in firm.sandboxes["netsuite"].journal()["entries"] if e["method"] == "DELETE"]
