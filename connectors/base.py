@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from connectors import http
 from connectors.egress import check_destination
-from connectors.errors import ConnectorError
+from connectors.errors import ConnectorError, RejectedError
 from connectors.models import Connection
 from connectors.signatures import active_webhook_secrets, standard_webhook_verify
 
@@ -208,3 +208,10 @@ class Connector:
     def lookup(self, *, entity: str, key: str) -> WriteResult | None:
         """Find the `entity` written under `key`, or None."""
         raise NotImplementedError
+
+    def withdraw(self, *, entity: str, record_id: str) -> WriteResult:
+        """Remove a record pscsync wrote that nobody has built on yet (an unpaid or draft invoice),
+        where the vendor allows it. The vendor decides: a refusal is a RejectedError in its words
+        and changes nothing. Safe to repeat: a record already gone is reported in
+        `output["already_gone"]`, not an error. `response` is the record as it was."""
+        raise RejectedError(f"pscsync cannot remove {entity} records from {self.connection.name}")

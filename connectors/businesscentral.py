@@ -316,6 +316,37 @@ class BusinessCentralConnector(Connector):
             created=False,
         )
 
+    def withdraw(self, *, entity: str, record_id: str) -> WriteResult:
+        """DELETE a record (with its etag). Business Central deletes a draft sales invoice and
+        refuses a posted one: that is cancelled in BC, which makes a corrective credit memo."""
+        name, _, noun = self._entity(entity)
+        self._context.noun = noun
+        url = self.url(f"{self.company_path()}/{name}({record_id})")
+        found = self.send("GET", url, accept_statuses=(404,))
+        if found.status == 404:
+            return WriteResult(str(record_id), {"method": "GET", "url": url}, None, 404, output={"already_gone": True})
+        current = found.body
+        headers = {"If-Match": current["@odata.etag"]}
+        try:
+            result = self.send("DELETE", url, headers=headers, accept_statuses=(404,))
+        except RejectedError as exc:
+            if name == "salesInvoices" and current.get("status") != "Draft":
+                exc.message = (
+                    f"Business Central refused to delete sales invoice {current.get('number')}: it is posted "
+                    f"({current.get('status')}). Cancel it in Business Central (a corrective credit memo) "
+                    "instead; nothing was changed"
+                )
+                exc.args = (exc.message,)
+            raise
+        kept = ("id", "number", "externalDocumentNumber", "status", "totalAmountIncludingTax", "customerNumber")
+        return WriteResult(
+            external_id=str(record_id),
+            request={"method": "DELETE", "url": url, "headers": headers},
+            response={k: current[k] for k in kept if k in current},
+            http_status=result.status,
+            output={"already_gone": result.status == 404},
+        )
+
     # Webhooks ---------------------------------------------------------------------------------------
     def handshake(self, *, method: str, query: dict[str, str], body: bytes) -> tuple[int, str, bytes] | None:
         """BC validates a subscription (and every renewal) by calling us with ?validationToken=...;

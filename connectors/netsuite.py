@@ -317,6 +317,34 @@ class NetSuiteConnector(Connector):
         result = self.send("GET", url, params={"expandSubResources": "true"}, accept_statuses=(404,))
         return None if result.status == 404 else result.body
 
+    def withdraw(self, *, entity: str, record_id: str) -> WriteResult:
+        """DELETE the record. NetSuite's REST API has no void; an invoice nobody has paid may be
+        deleted, one with a payment applied is refused by NetSuite (it has dependent records)."""
+        record_type = self.record_type(entity)
+        current = self.get(entity=entity, record_id=record_id)
+        url = self.url(f"{RECORD}/{record_type}/{record_id}")
+        if current is None:
+            return WriteResult(str(record_id), {"method": "GET", "url": url}, None, 404, output={"already_gone": True})
+        self._about(record_type)
+        try:
+            result = self.send("DELETE", url, accept_statuses=(404,))
+        except RejectedError as exc:
+            if _error_code(exc.response) == "THIS_RECORD_CANNOT_BE_DELETED_BECAUSE_IT_HAS_DEPENDENT_RECORDS":
+                exc.message = (
+                    f"NetSuite refused to delete {self.labels.get(record_type, record_type)} "
+                    f"{current.get('tranId') or record_id}: a payment or another record is applied to it. "
+                    "Credit it in NetSuite (credit memo) instead; nothing was changed"
+                )
+            raise
+        kept = ("id", "externalId", "tranId", "status", "total", "amountRemaining", "tranDate", "entity")
+        return WriteResult(
+            external_id=str(record_id),
+            request={"method": "DELETE", "url": url},
+            response={k: current[k] for k in kept if k in current},
+            http_status=result.status,
+            output={"already_gone": result.status == 404},
+        )
+
     def _query(self, url: str, query: str, params: dict[str, Any] | None) -> http.HttpResult:
         """One SuiteQL page. It is a POST but only reads, so a 5xx or timeout is safe to retry."""
         try:

@@ -312,6 +312,9 @@ MAX_WORKER_CRASHES = env_int("PSCSYNC_MAX_WORKER_CRASHES", 3)
 POLL_SECONDS = env_int("PSCSYNC_POLL_SECONDS", 30)
 # Reconciliation (CRM vs PSA vs ERP) runs this often: daily by default, every few minutes in the demo.
 RECONCILE_SECONDS = env_int("PSCSYNC_RECONCILE_SECONDS", 24 * 3600)
+# The workbench re-checks that every handoff waiting for a person has its exception (and hands
+# lost compensations and bulk jobs back to a worker) this often. It reads only open work.
+EXCEPTIONS_RECONCILE_SECONDS = env_int("PSCSYNC_EXCEPTIONS_RECONCILE_SECONDS", 300)
 # First retry waits up to this many seconds (full jitter), doubling each time up to an hour.
 RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
 # Connections marked "sandbox" may call loopback addresses (our own sandboxes). Turn off in production.
@@ -371,6 +374,10 @@ CELERY_BEAT_SCHEDULE = {
     "poll-connections": {"task": "pscsync.tasks.connections_poll_task", "schedule": float(POLL_SECONDS)},
     "reconcile": {"task": "pscsync.tasks.reconcile_task", "schedule": float(RECONCILE_SECONDS)},
     "dashboard-rollups": {"task": "dashboards.tasks.rollups_catch_up_task", "schedule": 300.0},
+    "exceptions-reconcile": {
+        "task": "remediation.tasks.exceptions_reconcile_task",
+        "schedule": float(EXCEPTIONS_RECONCILE_SECONDS),
+    },
     "alerts-scan": {"task": "api.tasks.alerts_scan_task", "schedule": 60.0},
     "alerts-deliver": {"task": "api.tasks.alerts_deliver_due_task", "schedule": 30.0},
 }

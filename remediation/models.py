@@ -204,3 +204,46 @@ class BulkJobItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id}/{self.handoff_id} {self.outcome}"
+
+
+class Compensation(models.Model):
+    """A person's request to undo what a handoff's steps wrote (e.g. delete an unpaid invoice),
+    run by a worker. While one is queued or running the handoff is leased to it
+    (`Handoff.lease_owner = "compensation:<pk>"`), so no resubmit, resolve or second compensation
+    can start; it ends done (the handoff cancelled) or failed (the handoff as it was)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    ACTIVE = ("queued", "running")
+
+    handoff = models.ForeignKey("pscsync.Handoff", on_delete=models.CASCADE, related_name="compensations")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    reason = models.TextField()
+    steps = models.JSONField(default=list, help_text="The steps whose records are removed.")
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # The records as the vendor held them, what was removed and what was released.
+    removed = models.JSONField(default=list, blank=True)
+    released = models.JSONField(default=dict, blank=True)
+    detail = models.TextField(blank=True, help_text="Why it failed, in the vendor's words.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["handoff"], condition=models.Q(status__in=["queued", "running"]), name="one_active_compensation"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"compensation of {self.handoff_id} ({self.status})"
+
+    @property
+    def lease(self) -> str:
+        return f"compensation:{self.pk}"

@@ -235,3 +235,20 @@ def inbox_choices(user: AbstractBaseUser | AnonymousUser) -> dict[str, list]:
             ("recent", "Most recent"),
         ],
     }
+
+
+def inbox_totals(user: AbstractBaseUser | AnonymousUser, f: InboxFilter) -> dict[str, object]:
+    """The totals of everything the filter matches that the user may see (not only the groups
+    shown): causes, handoffs and money at risk per currency."""
+    from django.db.models import Count, Sum
+
+    items = exception_items(user, f)
+    counted = items.aggregate(handoffs=Count("id"), groups=Count("cause_id", distinct=True))
+    money = [
+        (r["currency"], r["total"])
+        for r in items.filter(amount__isnull=False)
+        .values("currency")
+        .annotate(total=Sum("amount"))
+        .order_by("currency")
+    ]
+    return {**counted, "money": money}

@@ -25,6 +25,7 @@ from remediation.models import (
     BulkJob,
     BulkJobItem,
     Comment,
+    Compensation,
     ExceptionCause,
     ExceptionStatus,
     HandoffException,
@@ -200,22 +201,61 @@ def exception_sync(handoff: Handoff) -> None:
     cause_refresh(item.cause)
 
 
+RECONCILE_BATCH = 500
+STALE_WORK = dt.timedelta(minutes=10)
+
+
 def exceptions_reconcile() -> int:
-    """Repair what a missed signal left behind (a status changed by a bulk UPDATE). Returns fixes."""
+    """Repair what a missed signal left behind (a status changed by a bulk UPDATE), end archives
+    whose date has passed, and hand compensations and bulk jobs whose broker message was lost
+    back to a worker. Returns repairs.
+
+    Cheap at any history size: it reads only open work, never the finished handoffs. A handoff
+    out of step is either waiting for a person without an open exception, or has an open or
+    retrying exception while it is not in that state; both are found through the indexed status
+    columns of the open sets (handoff `status`, exception `status`), so the cost follows the
+    open work, not the history."""
     fixed = 0
+    retrying = (Handoff.Status.PENDING, Handoff.Status.RUNNING, Handoff.Status.WAITING_RETRY)
     missing = Handoff.objects.filter(status=Handoff.Status.NEEDS_ATTENTION).exclude(
         exception__status=ExceptionStatus.OPEN
     )
-    for handoff in missing.iterator():
-        exception_sync(handoff)
-        fixed += 1
-    stale = HandoffException.objects.filter(status=ExceptionStatus.OPEN).exclude(
-        handoff__status=Handoff.Status.NEEDS_ATTENTION
+    stale = HandoffException.objects.filter(
+        Q(status=ExceptionStatus.OPEN, handoff__status__in=[*retrying, *Handoff.TERMINAL])
+        | Q(status=ExceptionStatus.IN_PROGRESS, handoff__status__in=[Handoff.Status.NEEDS_ATTENTION, *Handoff.TERMINAL])
     )
-    for item in stale.select_related("handoff").iterator():
-        exception_sync(item.handoff)
+    # The ids first (none in the steady state), then the rows in batches: an ORDER BY pk LIMIT
+    # over the whole table could make the planner walk the primary key past every old handoff.
+    ids = sorted({*missing.values_list("pk", flat=True), *stale.values_list("handoff_id", flat=True)})
+    for start in range(0, len(ids), RECONCILE_BATCH):
+        for handoff in Handoff.objects.filter(pk__in=ids[start : start + RECONCILE_BATCH]):
+            exception_sync(handoff)
+            fixed += 1
+    # An archive whose date has passed ends even if the cause never happens again.
+    for cause in ExceptionCause.objects.filter(status=ExceptionStatus.ARCHIVED, archived_until__lte=clock.now()):
+        cause_refresh(cause)
         fixed += 1
+    fixed += _stale_work_requeue(clock.now() - STALE_WORK)
     return fixed
+
+
+def _stale_work_requeue(before: dt.datetime) -> int:
+    """Queued long ago and never started (the broker lost the message), or running on a worker
+    that died: run again. Both are safe to repeat (items done are skipped; a withdrawal of a
+    record already gone is reported as gone)."""
+    compensations = list(
+        Compensation.objects.filter(
+            Q(status=Compensation.Status.QUEUED, created_at__lt=before)
+            | Q(status=Compensation.Status.RUNNING, started_at__lt=before)
+        ).values_list("pk", flat=True)
+    )
+    queued = BulkJob.objects.filter(status=BulkJob.Status.QUEUED, created_at__lt=before)
+    jobs = list(queued.values_list("pk", flat=True))
+    for compensation_id in compensations:
+        _compensation_enqueue(compensation_id)
+    for job_id in jobs:
+        _bulk_enqueue(job_id)
+    return len(compensations) + len(jobs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,9 +290,13 @@ def _snapshot(handoff: Handoff) -> dict[str, Any]:
 
 def _take(handoff: Handoff, *, allowed: tuple[str, ...], to: str, now: dt.datetime, **fields: Any) -> None:
     """Move the handoff from one of `allowed` to `to`, or refuse: one operator wins a race."""
-    moved = Handoff.objects.filter(pk=handoff.pk, status__in=allowed).update(status=to, **fields)
+    # lease_owner is empty unless a compensation holds the handoff (a worker never holds one that
+    # waits for a person): nothing else may move it meanwhile.
+    moved = Handoff.objects.filter(pk=handoff.pk, status__in=allowed, lease_owner="").update(status=to, **fields)
     if moved != 1:
-        current = Handoff.objects.filter(pk=handoff.pk).values_list("status", flat=True).first()
+        current, lease = Handoff.objects.filter(pk=handoff.pk).values_list("status", "lease_owner").first() or ("", "")
+        if lease.startswith("compensation:") and current in allowed:
+            raise ActionRefused("Nothing was done: a compensation is running on this handoff; wait for its outcome.")
         label = dict(Handoff.Status.choices).get(current, current)
         raise ActionRefused(
             f"Nothing was done: this handoff is now “{label}” — someone else acted on it a moment ago."
@@ -509,6 +553,252 @@ def saved_view_save(*, actor: AbstractBaseUser, name: str, query: str) -> SavedV
     return view
 
 
+def saved_view_delete(*, actor: AbstractBaseUser, view: SavedView) -> None:
+    """A shared view is removed by whoever saved it, or by an admin."""
+    from pscsync.access import CONFIGURE
+
+    if view.created_by_id != actor.pk and not actor.has_perm(CONFIGURE):
+        raise ActionRefused(f"“{view.name}” was saved by someone else: ask them or an admin to remove it.")
+    with transaction.atomic():
+        audit_record(actor=actor, action="saved_view.delete", obj=view, before={"name": view.name, "query": view.query})
+        view.delete()
+
+
+# ---------------------------------------------------------------------------------------------
+# Compensation: undo what a step wrote, where the step defines how (e.g. delete an unpaid invoice)
+# ---------------------------------------------------------------------------------------------
+# From where a compensation may start: waiting for a person only. That status is open, so the
+# one-open-handoff-per-key constraint keeps any newer run of the key out while the records are
+# removed (a new change queues behind it). A resolved or cancelled handoff is reopened first:
+# reopening refuses when a newer handoff holds the key, and "resolved" is a person saying it is
+# settled as it is.
+COMPENSABLE_FROM = (Handoff.Status.NEEDS_ATTENTION,)
+
+
+def compensable_steps(handoff: Handoff) -> list[tuple[Step, Any]]:
+    """(step, its WriteStep) for each finished step whose definition says how to undo it and
+    which wrote something, last written first."""
+    flow = flow_get(handoff.flow)
+    if flow is None:
+        return []
+    defs = {d.name: d for d in flow.steps if getattr(d, "compensation", None) is not None}
+    steps = (
+        Step.objects.filter(handoff=handoff, name__in=list(defs), status=Step.Status.SUCCEEDED)
+        .select_related("target_connection")
+        .order_by("-position")
+    )
+    return [(step, defs[step.name]) for step in steps if _written_ids(step)]
+
+
+def _written_ids(step: Step) -> dict[str, str]:
+    ids = (step.output or {}).get("ids") or {}
+    return {key: value for key, value in ids.items() if value}
+
+
+def compensation_refusal(handoff: Handoff) -> str:
+    """Why "Compensate" cannot be offered now, in an operator's words; "" when it can."""
+    if handoff.lease_owner.startswith("compensation:"):
+        return "A compensation is already running on this handoff."
+    if not compensable_steps(handoff):
+        return "Nothing this handoff wrote can be undone by pscsync."
+    if handoff.status in (Handoff.Status.RESOLVED, Handoff.Status.CANCELLED):
+        return f"It was {handoff.get_status_display().lower()}: reopen it first if its records must be undone."
+    if handoff.status not in COMPENSABLE_FROM:
+        return f"It is “{handoff.get_status_display()}”: only a handoff waiting for a person is compensated."
+    same_key = Handoff.objects.filter(flow=handoff.flow, business_key=handoff.business_key)
+    if same_key.filter(created_at__gt=handoff.created_at).exists():
+        # The newer run writes under the same keys, so the record is now (also) its record.
+        return "A newer handoff for the same business key exists: its records are the same ones; work that one."
+    return ""
+
+
+def compensation_plan(handoff: Handoff) -> list[dict[str, Any]]:
+    """What a compensation would remove: one line per record, for the confirmation."""
+    plan = []
+    for step, step_def in compensable_steps(handoff):
+        for key, record_id in _written_ids(step).items():
+            plan.append(
+                {
+                    "step": step.name,
+                    "label": step_def.compensation.label,
+                    "explain": step_def.compensation.explain,
+                    "key": key,
+                    "id": record_id,
+                    "system": step.target_connection.name if step.target_connection else "",
+                }
+            )
+    return plan
+
+
+def handoff_compensate(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: str) -> Compensation:
+    """Queue the undoing of what the handoff's compensable steps wrote. The handoff is leased to
+    the compensation in the same statement that checks its status, so of two operators (or two
+    clicks) one wins and the other is told; a worker does the vendor calls after commit."""
+    if not reason.strip():
+        raise ActionRefused("A reason is required: say why what was written must be undone.")
+    refusal = compensation_refusal(handoff)
+    if refusal:
+        raise ActionRefused(refusal)
+    steps = [step.name for step, _ in compensable_steps(handoff)]
+    now = clock.now()
+    try:
+        with transaction.atomic():
+            compensation = Compensation.objects.create(
+                handoff=handoff, requested_by=actor, reason=reason.strip(), steps=steps, created_at=now
+            )
+            claimed = Handoff.objects.filter(pk=handoff.pk, status__in=COMPENSABLE_FROM, lease_owner="").update(
+                lease_owner=compensation.lease
+            )
+            if claimed != 1:
+                raise ActionRefused("Nothing was done: someone else acted on this handoff a moment ago.")
+            audit_record(
+                actor=actor,
+                action="handoff.compensate.request",
+                obj=handoff,
+                before=_snapshot(handoff),
+                after={"compensation": compensation.pk, "will_remove": compensation_plan(handoff)},
+                comment=reason,
+                legal_entity=handoff.legal_entity,
+            )
+            transaction.on_commit(lambda: _compensation_enqueue(compensation.pk))
+    except IntegrityError:  # one_active_compensation: another request got in first
+        raise ActionRefused("Nothing was done: a compensation is already running on this handoff.") from None
+    handoff.refresh_from_db()
+    return compensation
+
+
+def _compensation_enqueue(compensation_id: int) -> None:
+    from remediation.tasks import compensation_run_task
+
+    try:
+        compensation_run_task.delay(compensation_id)
+    except Exception:  # the broker is down: exceptions_reconcile hands it to a worker later
+        import logging
+
+        logging.getLogger(__name__).warning("could not publish compensation %s", compensation_id, exc_info=True)
+
+
+def compensation_run(compensation_id: int) -> str:
+    """Remove the records, then (only when every one is gone) release our bookkeeping, cancel
+    the handoff and reset its steps so the work can be run again from the source. Safe to run
+    twice: the claim lets one run at a time through, and a record already gone is gone."""
+    from connectors.errors import ConnectorError
+    from connectors.registry import connector_for
+
+    # One run at a time: a queued one, or a running one whose worker died long ago (a duplicate
+    # delivery of the task while the first run is alive finds nothing to claim).
+    now = clock.now()
+    claimable = Q(status=Compensation.Status.QUEUED) | Q(
+        status=Compensation.Status.RUNNING, started_at__lt=now - STALE_WORK
+    )
+    claimed = Compensation.objects.filter(claimable, pk=compensation_id).update(
+        status=Compensation.Status.RUNNING, started_at=now
+    )
+    if not claimed:
+        return "skipped"
+    compensation = Compensation.objects.select_related("handoff", "requested_by").get(pk=compensation_id)
+    handoff = compensation.handoff
+    removed: list[dict[str, Any]] = []
+    try:
+        for step, step_def in compensable_steps(handoff):
+            connection = step.target_connection
+            connector = connector_for(connection)
+            entity = step_def.entity(connection)
+            for key, record_id in _written_ids(step).items():
+                result = connector.withdraw(entity=entity, record_id=record_id)
+                removed.append(
+                    {
+                        "step": step.name,
+                        "system": connection.name,
+                        "key": key,
+                        "id": record_id,
+                        "before": result.response,
+                        "already_gone": bool(result.output.get("already_gone")),
+                    }
+                )
+    except ConnectorError as exc:
+        return _compensation_failed(compensation, handoff, exc.message, removed)
+    except Exception as exc:  # a defect must not leave the handoff held by this compensation
+        import logging
+
+        logging.getLogger(__name__).exception("compensation %s failed unexpectedly", compensation_id)
+        return _compensation_failed(compensation, handoff, f"internal error: {exc.__class__.__name__}: {exc}", removed)
+    return _compensation_done(compensation, handoff, removed)
+
+
+def _compensation_failed(compensation: Compensation, handoff: Handoff, message: str, removed: list) -> str:
+    if removed:
+        gone = ", ".join(f"{r['key']} (id {r['id']})" for r in removed)
+        message = f"{message}. Already removed: {gone}; compensate again to finish"
+    else:
+        message = f"{message}. Nothing was changed"
+    with transaction.atomic():
+        Handoff.objects.filter(pk=handoff.pk, lease_owner=compensation.lease).update(lease_owner="")
+        Compensation.objects.filter(pk=compensation.pk).update(
+            status=Compensation.Status.FAILED, finished_at=clock.now(), removed=removed, detail=message[:2000]
+        )
+        audit_record(
+            actor=compensation.requested_by,
+            action="handoff.compensate.failed",
+            obj=handoff,
+            before=_snapshot(handoff),
+            after={"compensation": compensation.pk, "removed": removed},
+            comment=message,
+            legal_entity=handoff.legal_entity,
+        )
+    return "failed"
+
+
+def _compensation_done(compensation: Compensation, handoff: Handoff, removed: list[dict[str, Any]]) -> str:
+    from pscsync.intake import business_key_lock, queued_event_start
+    from pscsync.models import CrossReference
+
+    now = clock.now()
+    with transaction.atomic():
+        business_key_lock(handoff.flow, handoff.business_key)
+        handoff.refresh_from_db()
+        before = {**_snapshot(handoff), "steps": {s.name: s.output for s in handoff.steps.all()}}
+        moved = Handoff.objects.filter(pk=handoff.pk, lease_owner=compensation.lease).update(
+            status=Handoff.Status.CANCELLED, lease_owner="", finished_at=now, next_attempt_at=None
+        )
+        if moved != 1:  # a run taken over as dead finished first: roll this one back
+            raise RuntimeError(f"handoff {handoff.pk} is no longer held by compensation {compensation.pk}")
+        released: dict[str, Any] = {}
+        for step, step_def in compensable_steps(handoff):
+            ids = _written_ids(step)
+            keys = list(ids)
+            CrossReference.objects.filter(
+                connection=step.target_connection, canonical_id__in=keys, external_id__in=list(ids.values())
+            ).delete()
+            if step_def.compensation.release is not None:
+                released.update(step_def.compensation.release(handoff, keys))
+        # Every step runs again on a rerun (reopen and resubmit): the source is read again, the
+        # checks claim the items again, and the record is written again under the same key.
+        Step.objects.filter(handoff=handoff).update(
+            status=Step.Status.PENDING, output={}, external_id="", idempotency_key="", finished_at=None
+        )
+        handoff.refresh_from_db()
+        exception_sync(handoff)
+        HandoffException.objects.filter(handoff=handoff).update(resolution="compensated")
+        Compensation.objects.filter(pk=compensation.pk).update(
+            status=Compensation.Status.DONE, finished_at=now, removed=removed, released=released
+        )
+        audit_record(
+            actor=compensation.requested_by,
+            action="handoff.compensate",
+            obj=handoff,
+            before=before,
+            after={**_snapshot(handoff), "compensation": compensation.pk, "removed": removed, **released},
+            comment=compensation.reason,
+            legal_entity=handoff.legal_entity,
+        )
+        following = queued_event_start(flow=handoff.flow, business_key=handoff.business_key)
+        if following is not None:
+            following_id = following.pk
+            transaction.on_commit(lambda: _publish(following_id))
+    return "done"
+
+
 # ---------------------------------------------------------------------------------------------
 # Many at once: bulk jobs and replay
 # ---------------------------------------------------------------------------------------------
@@ -624,23 +914,38 @@ def bulk_job_run(job_id: int) -> str:
 
 
 def replay_scope(*, user: AbstractBaseUser, connection_id: int, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
-    """What a replay of a connection's events in [start, end) will touch: every event counted,
-    and the handoffs that need a person among those the events led to."""
-    from pscsync.access import scope_queryset
+    """What a replay of a connection's events in [start, end) will touch, before it runs: the
+    events by status, the handoffs they led to by status, and those that will be resubmitted
+    (waiting for a person and not held by a compensation). Only what the user may see: an event
+    without a legal entity of its own counts when the handoff it led to is the user's."""
+    from django.db.models import Count
+
+    from pscsync.access import entity_ids_for, scope_queryset
     from pscsync.models import Event
 
-    events = scope_queryset(Event.objects.all(), user).filter(
-        connection_id=connection_id, received_at__gte=start, received_at__lt=end
+    events = Event.objects.filter(connection_id=connection_id, received_at__gte=start, received_at__lt=end)
+    entity_ids = entity_ids_for(user)
+    if entity_ids is not None:
+        events = events.filter(
+            Q(legal_entity__in=entity_ids) | Q(legal_entity__isnull=True, handoff__legal_entity__in=entity_ids)
+        )
+    led_to = scope_queryset(Handoff.objects.all(), user).filter(
+        Q(pk__in=events.exclude(handoff=None).values("handoff_id")) | Q(trigger_event__in=events.values("pk"))
     )
-    handoffs = scope_queryset(Handoff.objects.all(), user).filter(
-        Q(events__in=events) | Q(trigger_event__in=events), status=Handoff.Status.NEEDS_ATTENTION
-    )
-    ids = sorted(set(handoffs.values_list("pk", flat=True)))
-    return {"events": events.count(), "handoff_ids": ids, "handoffs": len(ids)}
-
-
-def saved_view_delete(*, actor: AbstractBaseUser, view: SavedView) -> None:
-    """Remove a team view; the audit entry keeps what it was."""
-    with transaction.atomic():
-        audit_record(actor=actor, action="saved_view.delete", obj=view, before={"name": view.name, "query": view.query})
-        view.delete()
+    by_status = {
+        r["status"]: r["n"]
+        for r in Handoff.objects.filter(pk__in=led_to.values("pk")).values("status").annotate(n=Count("pk"))
+    }
+    events_by_status = {r["status"]: r["n"] for r in events.values("status").annotate(n=Count("pk")).order_by()}
+    replayable = led_to.filter(status=Handoff.Status.NEEDS_ATTENTION, lease_owner="")
+    ids = sorted(set(replayable.values_list("pk", flat=True)))
+    raw = f"{connection_id}|{start.isoformat()}|{end.isoformat()}|{','.join(map(str, ids))}"
+    return {
+        "events": sum(events_by_status.values()),
+        "events_by_status": sorted(events_by_status.items()),
+        "handoffs_by_status": [(s, label, by_status[s]) for s, label in Handoff.Status.choices if s in by_status],
+        "handoff_ids": ids,
+        "handoffs": len(ids),
+        # What the person saw: the replay runs only if the same window still touches the same handoffs.
+        "fingerprint": hashlib.sha256(raw.encode()).hexdigest()[:16],
+    }

@@ -17,3 +17,10 @@ def exceptions_reconcile_task() -> int:
     from remediation.services import exceptions_reconcile
 
     return exceptions_reconcile()
+
+
+@shared_task(name="remediation.tasks.compensation_run_task")
+def compensation_run_task(compensation_id: int) -> str:
+    from remediation.services import compensation_run
+
+    return compensation_run(compensation_id)

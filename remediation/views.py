@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from typing import Any
 from urllib.parse import urlencode
@@ -10,7 +11,7 @@ from urllib.parse import urlencode
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -38,11 +39,13 @@ def inbox(request: HttpRequest) -> HttpResponse:
     groups = selectors.inbox_groups(request.user, f)
     context = {
         "groups": groups,
+        "totals": selectors.inbox_totals(request.user, f),
         "f": f,
         "query": _filter_query(f),
         "tab_links": [(key, label, _filter_query(f, tab=key)) for key, label in selectors.TABS.items()],
         "choices": selectors.inbox_choices(request.user),
-        "saved_views": SavedView.objects.all(),
+        "saved_views": SavedView.objects.select_related("created_by"),
+        "can_configure": request.user.has_perm(CONFIGURE),
         "jobs": BulkJob.objects.filter(created_by=request.user)[:5],
     }
     if request.htmx and not request.htmx.boosted:
@@ -65,13 +68,68 @@ def _cause_for_user(request: HttpRequest, pk: int) -> ExceptionCause:
 def cause_items(request: HttpRequest, pk: int) -> HttpResponse:
     cause = _cause_for_user(request, pk)
     f = selectors.InboxFilter.from_query(request.GET)
-    items = (
+    matching = selectors.exception_items(request.user, f).filter(cause=cause)
+    items = list(matching.select_related("handoff", "legal_entity", "assignee").order_by("opened_at")[:ITEMS_SHOWN])
+    total = matching.count() if len(items) == ITEMS_SHOWN else len(items)
+    context = {"items": items, "cause": cause, "total": total, "more": total > len(items)}
+    return render(request, "remediation/_items.html", context)
+
+
+ITEMS_SHOWN = 200
+EXPORT_COLUMNS = (
+    "handoff", "flow", "step", "kind", "status", "business_key", "identifiers", "customer", "legal_entity",
+    "amount", "currency", "connection", "assignee", "opened_at", "last_failed_at", "cause",
+)  # fmt: skip
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_GET
+def export(request: HttpRequest) -> StreamingHttpResponse:
+    """The handoffs the inbox filter matches, one CSV row each: only what the user may see."""
+    import csv
+
+    f = selectors.InboxFilter.from_query(request.GET)
+    rows = (
         selectors.exception_items(request.user, f)
-        .filter(cause=cause)
-        .select_related("handoff", "legal_entity", "assignee")
-        .order_by("opened_at")[:200]
+        .select_related("handoff", "legal_entity", "connection", "assignee", "cause")
+        .order_by("opened_at", "pk")
     )
-    return render(request, "remediation/_items.html", {"items": items, "cause": cause})
+
+    class Echo:
+        def write(self, value: str) -> str:
+            return value
+
+    writer = csv.writer(Echo())
+
+    def lines():  # noqa: ANN202
+        yield writer.writerow(EXPORT_COLUMNS)
+        for item in rows.iterator(chunk_size=2000):
+            yield writer.writerow(_export_row(item))
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="workbench-{f.tab}.csv"'
+    return response
+
+
+def _export_row(item: HandoffException) -> list[object]:
+    return [
+        item.handoff_id,
+        item.flow,
+        item.step_name,
+        item.error_class,
+        item.get_status_display(),
+        item.handoff.business_key,
+        " ".join(f"{k}={v}" for k, v in item.identifiers.items()),
+        item.customer_name,
+        item.legal_entity.code if item.legal_entity else "",
+        "" if item.amount is None else item.amount,
+        item.currency,
+        item.connection.slug if item.connection else "",
+        item.assignee.get_username() if item.assignee else "",
+        item.opened_at.isoformat(),
+        item.last_failed_at.isoformat(),
+        item.cause.message,
+    ]
 
 
 @permission_required(WORK_EXCEPTIONS)
@@ -150,10 +208,44 @@ def handoff(request: HttpRequest, pk: int) -> HttpResponse:
     handoff = handoff_get_for_user(user=request.user, pk=pk)
     context = handoff_timeline(handoff)
     context["can_act"] = request.user.has_perm(WORK_EXCEPTIONS)
+    context["can_configure"] = request.user.has_perm(CONFIGURE)
     context["comments"] = Comment.objects.filter(handoff=handoff)
     context["reason_form"] = ReasonForm()
     context["assignees"] = selectors.inbox_choices(request.user)["assignees"] if context["can_act"] else []
+    context.update(_compensation_context(handoff))
     return render(request, "remediation/handoff.html", context)
+
+
+def _compensation_context(handoff: Handoff) -> dict[str, Any]:
+    from remediation.models import Compensation
+
+    return {
+        "compensation_plan": services.compensation_plan(handoff),
+        "compensation_refusal": services.compensation_refusal(handoff),
+        "compensation": Compensation.objects.filter(handoff=handoff).first(),
+    }
+
+
+@permission_required(VIEW_HANDOFFS)
+@require_GET
+def handoff_compensation(request: HttpRequest, pk: int) -> HttpResponse:
+    """The compensation card, polled while a worker runs it."""
+    handoff = handoff_get_for_user(user=request.user, pk=pk)
+    context = {"handoff": handoff, "can_act": request.user.has_perm(WORK_EXCEPTIONS), **_compensation_context(handoff)}
+    return render(request, "remediation/_compensation.html", context)
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_POST
+def handoff_compensate(request: HttpRequest, pk: int) -> HttpResponse:
+    handoff = handoff_get_for_user(user=request.user, pk=pk)
+    try:
+        services.handoff_compensate(actor=request.user, handoff=handoff, reason=request.POST.get("reason", ""))
+    except ActionRefused as refused:
+        messages.error(request, str(refused))
+        return redirect("remediation:handoff", pk=handoff.pk)
+    messages.success(request, "Compensation started: a worker removes the records; this page shows the outcome.")
+    return redirect("remediation:handoff", pk=handoff.pk)
 
 
 @permission_required(WORK_EXCEPTIONS)
@@ -200,8 +292,12 @@ def handoff_resubmit(request: HttpRequest, pk: int) -> HttpResponse:
         if problem:
             form.add_error(None, f"The edited document would fail the flow's checks: {problem}")
             return render(request, "remediation/resubmit.html", context, status=400)
-    if request.POST.get("confirm") != "yes":
-        context["review"] = True
+    # What the person reviewed: a change of choice or edit after the review is shown again first.
+    reviewed = hashlib.sha256(json.dumps([mode, context["diff"]], default=str).encode()).hexdigest()[:16]
+    if request.POST.get("confirm") != "yes" or request.POST.get("reviewed") != reviewed:
+        if request.POST.get("confirm") == "yes":
+            form.add_error(None, "You changed something after the review: check it again, then confirm.")
+        context.update(review=True, reviewed=reviewed)
         return render(request, "remediation/resubmit.html", context)
     try:
         services.handoff_resubmit(
@@ -285,7 +381,14 @@ def bulk(request: HttpRequest) -> HttpResponse:
         from django.db.models import Q
 
         items = items.filter(Q(cause_id__in=causes) | Q(handoff_id__in=handoffs))
-    ids = list(items.values_list("handoff_id", flat=True)[:20000])
+    ids = list(items.values_list("handoff_id", flat=True)[: BULK_CAP + 1])
+    if len(ids) > BULK_CAP:
+        ids = ids[:BULK_CAP]
+        messages.warning(
+            request,
+            f"The filter matches more than {BULK_CAP:,} handoffs: this job takes the first "
+            f"{BULK_CAP:,}; start another for the rest once it is done.",
+        )
     kind = request.POST.get("kind", "")
     if kind not in BulkJob.Kind.values or kind == BulkJob.Kind.REPLAY:
         return HttpResponse("unknown bulk action", status=400)
@@ -301,6 +404,9 @@ def bulk(request: HttpRequest) -> HttpResponse:
         messages.error(request, str(refused))
         return redirect(f"{reverse('remediation:inbox')}?{_filter_query(f)}")
     return redirect("remediation:job", pk=job.pk)
+
+
+BULK_CAP = 20000  # one job's list of ids stays a reasonable JSON document
 
 
 def _job_for_user(request: HttpRequest, pk: int) -> BulkJob:
@@ -357,6 +463,9 @@ def replay(request: HttpRequest) -> HttpResponse:
             return render(request, "remediation/replay.html", context, status=400)
         scope = services.replay_scope(user=request.user, connection_id=connection.pk, start=start, end=end)
         context["preview"] = scope
+        if request.method == "POST" and data.get("confirm") == "yes" and data.get("seen") != scope["fingerprint"]:
+            context["error"] = "The window, or what it touches, changed since the preview: check the counts again."
+            return render(request, "remediation/replay.html", context, status=409)
         if request.method == "POST" and data.get("confirm") == "yes":
             try:
                 job = services.bulk_job_create(
@@ -384,3 +493,15 @@ def saved_view_save(request: HttpRequest) -> HttpResponse:
     except ActionRefused as refused:
         messages.error(request, str(refused))
     return redirect(f"{reverse('remediation:inbox')}?{query}")
+
+
+@permission_required(WORK_EXCEPTIONS)
+@require_POST
+def saved_view_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    view = get_object_or_404(SavedView, pk=pk)
+    try:
+        services.saved_view_delete(actor=request.user, view=view)
+        messages.success(request, f"View “{view.name}” removed.")
+    except ActionRefused as refused:
+        messages.error(request, str(refused))
+    return redirect("remediation:inbox")

@@ -80,7 +80,11 @@ def _detail_context(mapping: Mapping, **extra: Any) -> dict[str, Any]:
 @permission_required(CONFIGURE)
 @require_GET
 def mapping_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    context = _detail_context(_mapping(request, pk), open_map=request.GET.get("open", ""))
+    # ?field=<target> highlights that rule, ?open=<value map> opens that table: the workbench's
+    # fix buttons for a mapping error land on the rule or value map that failed.
+    context = _detail_context(
+        _mapping(request, pk), open_map=request.GET.get("open", ""), focus_field=request.GET.get("field", "")
+    )
     return render(request, "studio/detail.html", context)
 
 

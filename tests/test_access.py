@@ -166,6 +166,13 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
     "remediation:job_cancel": ("GET", _WORK_POST),
     "remediation:replay": ("GET", _WORK),
     "remediation:saved_view": ("GET", _WORK_POST),
+    "remediation:saved_view_delete": ("GET", _WORK_POST),
+    "remediation:export": ("GET", _WORK),  # the outsider's export holds only the outsider's rows
+    "remediation:compensate": ("GET", _WORK_POST),
+    "remediation:compensation": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 404},
+    ),
     "connections:create": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
@@ -333,8 +340,17 @@ def _args(name: str, records) -> list:  # noqa: ANN001
 
     if name.startswith("studio:"):
         return _mapping_args(name, records)
-    if name in ("handoffs:detail", "remediation:handoff", "remediation:resubmit", "remediation:handoff_act"):
+    if name in (
+        "handoffs:detail",
+        "remediation:handoff",
+        "remediation:resubmit",
+        "remediation:handoff_act",
+        "remediation:compensate",
+        "remediation:compensation",
+    ):
         return [records["us"].pk]
+    if name == "remediation:saved_view_delete":
+        return [999999]  # GET is refused before the lookup
     if name.startswith("remediation:cause"):
         cause = ExceptionCause.objects.filter(items__handoff=records["us"]).first()
         return [cause.pk if cause else _cause_for(records["us"]).pk]

@@ -18,8 +18,17 @@ from connectors.registry import connector_for
 from pscsync import clock
 from pscsync.flows.base import Flow, StepContext
 from pscsync.flows.deals import now_iso
-from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, mapping_for, systems, update_by_id
-from pscsync.models import BilledItem, CrossReference, Step
+from pscsync.flows.steps import (
+    CheckStep,
+    Compensation,
+    ReadStep,
+    Record,
+    WriteStep,
+    mapping_for,
+    systems,
+    update_by_id,
+)
+from pscsync.models import BilledItem, CrossReference, Handoff, Step
 
 CERTINIA_EVENT_FIELDS = (
     "Id",
@@ -54,7 +63,7 @@ def billing_read(ctx: StepContext, psa: Connection) -> dict[str, Any]:
     batch = _certinia_batch(ctx, psa) if psa.vendor == "certinia" else _kantata_batch(ctx, psa)
     dates = sorted(i["date"] for i in batch["items"] if i["date"])
     facts = {
-        "customer_name": batch.get("customer_name", ""),
+        "customer_name": batch.get("customer_name") or _deal_customer(batch.get("project_key", "")),
         "amount": batch["total"],
         "currency": batch["currency"],
         "business_times": {"billing_released": batch["date"], **({"time_approved": dates[-1]} if dates else {})},
@@ -62,6 +71,15 @@ def billing_read(ctx: StepContext, psa: Connection) -> dict[str, Any]:
         "started_at": dates[-1] if dates else batch["date"],
     }
     return {"id": batch["id"], "billing": batch, "handoff_facts": facts}
+
+
+def _deal_customer(project_key: str) -> str:
+    """The customer's name as the deal that made the project knew it (the PSA batch has only ids),
+    so billing failures in the workbench show whom they bill."""
+    if not project_key.startswith("P-"):
+        return ""
+    names = Handoff.objects.filter(flow="quote-to-project", business_key=project_key.removeprefix("P-"))
+    return names.exclude(customer_name="").values_list("customer_name", flat=True).first() or ""
 
 
 def _certinia_batch(ctx: StepContext, psa: Connection) -> dict[str, Any]:
@@ -315,6 +333,37 @@ def _erp_invoice_entity(erp: Connection) -> str:
     return "invoice" if erp.vendor == "netsuite" else "salesInvoices"
 
 
+def invoice_claims_release(handoff: Handoff, invoice_keys: list[str]) -> dict[str, Any]:
+    """The invoice is gone from the ERP: its PSA items are no longer billed, so their claims go
+    (the next run of the batch claims them again for its new invoice; until then no other batch
+    can bill them twice because nothing bills them at all)."""
+    claims = BilledItem.objects.filter(psa_connection=handoff.source_connection, invoice_key__in=invoice_keys)
+    released = [
+        {
+            "item": c.source_id,
+            "kind": c.item_kind,
+            "amount": str(c.amount),
+            "currency": c.currency,
+            "invoice": c.invoice_key,
+        }
+        for c in claims.order_by("source_id")
+    ]
+    claims.delete()
+    return {"released_items": released}
+
+
+INVOICE_COMPENSATION = Compensation(
+    label="Delete the invoice from the ERP",
+    explain=(
+        "Removes the ERP invoice this handoff created, while nobody has paid it (NetSuite) or posted "
+        "it (Business Central); the ERP refuses otherwise and nothing changes. Its PSA items are "
+        "released, the handoff is cancelled, and the batch can be billed again (reopen and "
+        "resubmit, or a new billing run) without billing anything twice."
+    ),
+    release=invoice_claims_release,
+)
+
+
 PROJECT_TO_BILL = Flow(
     name="project-to-bill",
     label="Project to bill",
@@ -328,6 +377,7 @@ PROJECT_TO_BILL = Flow(
             entity=_erp_invoice_entity,
             records=invoice_records,
             facts=lambda ctx: {"business_times": {"invoice_created": now_iso()}},
+            compensation=INVOICE_COMPENSATION,
         ),
         WriteStep(
             name="mark_billed_in_psa",

@@ -178,6 +178,10 @@ def read_crm(ctx: StepContext) -> Connection:
     return ctx.handoff.source_connection
 
 
+# No step here declares a compensation (steps.Compensation). Every write is an upsert by a key of
+# ours, so a wrong record is corrected by fixing the deal and resubmitting, never by removing it;
+# and removing them would destroy what people build on them: the ERP customer is shared by every
+# deal of the account, and the PSA project collects time, assignments and staffing from day one.
 QUOTE_TO_PROJECT = Flow(
     name="quote-to-project",
     label="Quote to project",

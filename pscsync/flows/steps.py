@@ -24,7 +24,7 @@ from pscsync.mappings import mapping_in_force, mapping_run
 
 if TYPE_CHECKING:
     from connectors.models import Connection
-    from pscsync.models import MappingVersion
+    from pscsync.models import Handoff, MappingVersion
 
 
 def mapping_for(ctx: StepContext, connection: Connection, purpose: str) -> MappingVersion:
@@ -101,6 +101,18 @@ class Record:
     references: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Compensation:
+    """How a person may undo what a write step wrote, where the vendor allows it (the workbench's
+    "Compensate"). Each record the step wrote is removed through the connector's `withdraw`, which
+    the vendor may refuse (a paid or posted invoice); then `release` undoes our own bookkeeping
+    that assumed the record exists (e.g. the billed-item claims) and says what it released."""
+
+    label: str  # what the button does, in an operator's words
+    explain: str  # when the vendor allows it and what happens afterwards
+    release: Callable[[Handoff, list[str]], dict[str, Any]] | None = None  # (handoff, record keys)
+
+
 @dataclass
 class WriteStep(StepDef):
     name: str
@@ -115,6 +127,8 @@ class WriteStep(StepDef):
     shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     # Business facts to record on the handoff when the step succeeds.
     facts: Callable[[StepContext], dict[str, Any]] | None = None
+    # How a person may undo what this step wrote; None when it must not be undone by us.
+    compensation: Compensation | None = None
 
     def target(self, ctx: StepContext) -> Connection:
         return systems(ctx).of(self.system)

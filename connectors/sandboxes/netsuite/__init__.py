@@ -13,7 +13,8 @@ Speaks the protocol of VENDOR_APIS.md section 4 over HTTP, with its own SQLite s
                                                 fields=a,b; expandSubResources=true shows sublists
   PATCH  /services/rest/record/v1/{type}/{ref}  update -> 204
   PUT    /services/rest/record/v1/{type}/eid:X  upsert by external id -> 204 + Location
-  DELETE /services/rest/record/v1/{type}/{ref}  -> 204
+  DELETE /services/rest/record/v1/{type}/{ref}  -> 204; an invoice with a payment applied is refused
+                                                (400: it has dependent records)
   POST   /services/rest/record/v1/salesOrder/{id}/!transform/invoice  bill a sales order
   POST   /services/rest/query/v1/suiteql        SuiteQL subset (suiteql.py), Prefer: transient
   GET    /services/rest/system/v1/governanceLimits
@@ -434,6 +435,7 @@ class NetSuiteSandbox(Sandbox):
         record_type = self.record_type(request)
         with self.store.lock:
             record = self.must_find(record_type, request.params["ref"])
+            self._check_no_dependents(record_type, record)
             self.store.delete(record_type.name.lower(), record["id"])
             if record.get("externalId"):
                 self.store.db.execute(
@@ -441,6 +443,19 @@ class NetSuiteSandbox(Sandbox):
                 )
         self.journal_write(request, 204, f"{record_type.name}/{record.get('externalId') or record['id']}", False)
         return Response(204, None)
+
+    def _check_no_dependents(self, record_type: RecordType, record: dict[str, Any]) -> None:
+        """NetSuite refuses to delete a transaction others point at: an invoice with a payment
+        applied to it must be credited (credit memo), not deleted."""
+        if record_type.name != "invoice":
+            return
+        for payment in self.store.all("customerpayment"):
+            for line in (payment.get("apply") or {}).get("items", []):
+                if str((line.get("doc") or {}).get("id")) == record["id"] and line.get("apply", True):
+                    raise BadRequest(
+                        "This record cannot be deleted because it has dependent records.",
+                        code="THIS_RECORD_CANNOT_BE_DELETED_BECAUSE_IT_HAS_DEPENDENT_RECORDS",
+                    )
 
     def transform(self, request: Request) -> Response:
         source_type = self.record_type(request)
