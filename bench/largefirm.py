@@ -507,7 +507,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             deal_doc = _deal_doc(rnd, key, entity, customer, line, amount, business_start, won=True)
             extra_outputs["read_deal"] = {"deal": deal_doc, "account": {"name": customer}}
         elif flow in ("contract-change", "pipeline-to-demand"):
-            key, entity, customer, line, amount = deals[int(len(deals) * (1 - rnd.random() ** 3))]
+            key, entity, customer, line, amount = deals[min(len(deals) - 1, int(len(deals) * (1 - rnd.random() ** 3)))]
             business_start = created - dt.timedelta(minutes=rnd.randint(1, 20))
             won = flow == "contract-change"
             if flow == "contract-change":
@@ -519,7 +519,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             batch_seq += 1
             key = f"a1B{batch_seq:012d}" if entity == "us" else f"kantata-invoice:{4000000 + batch_seq}"
             if deals:
-                _k, entity, customer, line, _v = deals[int(len(deals) * (1 - rnd.random() ** 2))]
+                _k, entity, customer, line, _v = deals[min(len(deals) - 1, int(len(deals) * (1 - rnd.random() ** 2)))]
                 key = f"a1B{batch_seq:012d}" if entity == "us" else f"kantata-invoice:{4000000 + batch_seq}"
             else:
                 customer = customers[entity][0]
