@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet, Sum
 
 from dashboards.facts import FACT_FIELDS, HOUR_EDGES, MEASURES, MS_EDGES, rollup_rows, sla_for
 from dashboards.models import AttemptRollup, DailyRollup, FlowFact, FxRate
@@ -66,6 +66,9 @@ class Filters:
 
 
 # Currency ---------------------------------------------------------------------------------------
+_UNSEEN = object()
+
+
 @dataclass
 class Converter:
     """Reporting-currency conversion with the stated policy; remembers what it could not convert."""
@@ -73,6 +76,7 @@ class Converter:
     target: str = field(default_factory=reporting_currency)
     unconverted: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     _rates: dict[tuple[str, str], list[tuple[str, Decimal]]] | None = None
+    _memo: dict[tuple[str, str, str], Decimal | None] = field(default_factory=dict)
 
     def _load(self) -> dict[tuple[str, str], list[tuple[str, Decimal]]]:
         if self._rates is None:
@@ -87,10 +91,16 @@ class Converter:
     def rate(self, currency: str, month: str, kind: str) -> Decimal | None:
         if not currency or currency == self.target:
             return Decimal("1")
+        # Pages convert thousands of rollup rows with a handful of distinct (currency, month, kind):
+        # look each up once (the scan below walks every month on record).
+        memo = self._memo.get((currency, month, kind), _UNSEEN)
+        if memo is not _UNSEEN:
+            return memo
         found = None
         for m, r in self._load().get((currency, kind), []):
             if m <= month:
                 found = r
+        self._memo[(currency, month, kind)] = found
         return found
 
     def convert(self, amount: Decimal, currency: str, day: dt.date, kind: str = "average") -> Decimal:
@@ -150,6 +160,18 @@ def merge(hists: Iterable[dict[str, int]]) -> dict[str, int]:
 
 
 # Rollup reads -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DayRange:
+    """[start, end] as a container of days: `day in DayRange(...)` without building every date
+    (DSO asks for all history, from date.min)."""
+
+    start: dt.date
+    end: dt.date
+
+    def __contains__(self, day: object) -> bool:
+        return isinstance(day, dt.date) and self.start <= day <= self.end
+
+
 def rollups(f: Filters, flow: str, start: dt.date | None = None, end: dt.date | None = None) -> list[DailyRollup]:
     """Rollup rows of one flow in [start, end] (default: the filter's period). With a customer
     filter the rows are built on the fly from that customer's facts (rollups have no customer)."""
@@ -159,8 +181,7 @@ def rollups(f: Filters, flow: str, start: dt.date | None = None, end: dt.date | 
         facts = f.apply(FlowFact.objects.filter(flow=flow)).filter(
             Q(start_day__range=(start, end)) | Q(end_day__range=(start, end)) | Q(measured_day__range=(start, end))
         )
-        days = {start + dt.timedelta(days=i) for i in range((end - start).days + 1)}
-        return rollup_rows(facts.values(*FACT_FIELDS), days)
+        return rollup_rows(facts.values(*FACT_FIELDS), DayRange(start, end))
     qs = DailyRollup.objects.filter(flow=flow)
     if start != dt.date.min:
         qs = qs.filter(day__gte=start)
@@ -350,29 +371,37 @@ def won_not_activated(f: Filters, conv: Converter | None = None) -> dict[str, An
 
 
 def open_exceptions(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
-    """Handoffs that need a person, by age since they started, with the value they carry."""
+    """Handoffs that need a person, by age since they started, with the value they carry.
+
+    Counted in the database (one grouped query with a filtered count and sum per age bucket): the
+    backlog can be tens of thousands of handoffs, too many to read into the page. An age in whole
+    days >= lo and < hi is a start in (now - hi days, now - lo days]. The value is converted per
+    currency total (rounded once, where a row-by-row sum rounded each row)."""
     conv = conv or Converter()
     now = clock.now()
-    rows = list(open_handoffs(f, statuses=["needs_attention"]).values(*OPEN_FIELDS))
-    for r in rows:
-        r["age"] = _age_days(r, now)
-    buckets = []
-    for lo, hi, label in EXCEPTION_AGE_BUCKETS:
-        inside = [r for r in rows if r["age"] >= lo and (hi is None or r["age"] < hi)]
-        buckets.append(
-            {
-                "label": label,
-                "count": len(inside),
-                "value": sum(
-                    (conv.convert(r["amount"] or Decimal("0"), r["currency"], f.end, "closing") for r in inside),
-                    Decimal("0"),
-                ),
-            }
-        )
+    qs = open_handoffs(f, statuses=["needs_attention"])
+    since = "business_started_at"  # never empty: the age counts from it (as _age_days does)
+    conditions = []
+    for lo, hi, _label in EXCEPTION_AGE_BUCKETS:
+        cond = Q()
+        if lo > 0:
+            cond &= Q(**{f"{since}__lte": now - dt.timedelta(days=lo)})
+        if hi is not None:
+            cond &= Q(**{f"{since}__gt": now - dt.timedelta(days=hi)})
+        conditions.append(cond)
+    annotations: dict[str, Any] = {}
+    for i, cond in enumerate(conditions):
+        annotations[f"n{i}"] = Count("id", filter=cond)
+        annotations[f"v{i}"] = Sum("amount", filter=cond)
+    buckets = [{"label": label, "count": 0, "value": Decimal("0")} for _lo, _hi, label in EXCEPTION_AGE_BUCKETS]
     by_flow: dict[str, int] = defaultdict(int)
-    for r in rows:
-        by_flow[r["flow"]] += 1
-    return {"count": len(rows), "buckets": buckets, "by_flow": dict(by_flow)}
+    for row in qs.values("flow", "currency").annotate(**annotations).order_by():
+        for i, b in enumerate(buckets):
+            b["count"] += row[f"n{i}"]
+            by_flow[row["flow"]] += row[f"n{i}"]
+            b["value"] += conv.convert(row[f"v{i}"] or Decimal("0"), row["currency"], f.end, "closing")
+    by_flow = {flow: n for flow, n in by_flow.items() if n}
+    return {"count": sum(b["count"] for b in buckets), "buckets": buckets, "by_flow": dict(by_flow)}
 
 
 # Billing exceptions, mismatches, DSO --------------------------------------------------------------
@@ -448,26 +477,41 @@ def dso(f: Filters, window_days: int = 90, conv: Converter | None = None) -> dic
     """Simple DSO (§2.6) at the period end: open receivables ÷ billings of the last 90 days × 90.
     Receivables = invoices posted up to the end and not paid in full by then (bill-to-cash)."""
     conv = conv or Converter()
-    rows = rollups(f, "bill-to-cash", start=dt.date.min, end=f.end)
+    # Every bill-to-cash rollup row up to the end (all history): read as plain tuples, not model
+    # instances with their histograms, since there are days x dimensions of them.
+    fields = ("day", "currency", "started_amount", "finished_amount", "started")
+    if f.customer:
+        rows = [tuple(getattr(r, name) for name in fields) for r in rollups(f, "bill-to-cash", dt.date.min, f.end)]
+    else:
+        rows = list(
+            f.apply(DailyRollup.objects.filter(flow="bill-to-cash", day__lte=f.end)).values_list(*fields).order_by()
+        )
     window_start = f.end - dt.timedelta(days=window_days - 1)
     ar = Decimal("0")
     billings = Decimal("0")
     invoices = 0
-    for r in rows:
-        ar += conv.convert(r.started_amount - r.finished_amount, r.currency, f.end, "closing")
-        if r.day >= window_start:
-            billings += conv.convert(r.started_amount, r.currency, r.day)
-            invoices += r.started
+    for day, currency, started_amount, finished_amount, started in rows:
+        ar += conv.convert(started_amount - finished_amount, currency, f.end, "closing")
+        if day >= window_start:
+            billings += conv.convert(started_amount, currency, day)
+            invoices += started
     value = float(ar / billings * window_days) if billings > 0 else None
     return {"days": value, "receivables": ar, "billings": billings, "invoices": invoices, "window": window_days}
 
 
-def money_at_risk(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+def money_at_risk(
+    f: Filters,
+    conv: Converter | None = None,
+    *,
+    blocked: dict[str, Any] | None = None,
+    won: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Money at risk at the period end = billing released but not invoiced + won deals not yet a
-    project past their SLA + |Δ| of open billed-time and revenue mismatches."""
+    project past their SLA + |Δ| of open billed-time and revenue mismatches. A page that already
+    has `blocked_billing` and `won_not_activated` passes them in rather than reading them twice."""
     conv = conv or Converter()
-    blocked = blocked_billing(f, conv)["value"]
-    won = won_not_activated(f, conv)
+    blocked = (blocked or blocked_billing(f, conv))["value"]
+    won = won or won_not_activated(f, conv)
     late_deals = sum((r["value"] for r in won["over_sla"]), Decimal("0"))
     mm = list(mismatches(f).filter(comparison__in=["billed_time", "revenue"]).values("difference", "currency"))
     mm_value = sum((conv.convert(abs(r["difference"]), r["currency"], f.end, "closing") for r in mm), Decimal("0"))

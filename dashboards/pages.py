@@ -134,8 +134,8 @@ def overview(f: Filters) -> Page:
     q2p, p2b, b2c = stats["quote-to-project"], stats["project-to-bill"], stats["bill-to-cash"]
     blocked = metrics.blocked_billing(f, conv)
     dso = metrics.dso(f, conv=conv)
-    risk = metrics.money_at_risk(f, conv)
     won = metrics.won_not_activated(f, conv)
+    risk = metrics.money_at_risk(f, conv, blocked=blocked, won=won)
     page = Page(
         "Overview",
         "Are deals becoming projects, is approved work being billed, is billing becoming cash, and where is "

@@ -239,7 +239,7 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
     add("cash.dso", d["days"], "days", d["invoices"], "Open receivables ÷ billings of the last 90 days × 90.")
     opened = metrics.open_exceptions(f, conv)
     add("exceptions.open", opened["count"], "count", opened["count"], "Handoffs that need a person.")
-    risk = metrics.money_at_risk(f, conv)
+    risk = metrics.money_at_risk(f, conv, blocked=blocked)
     add(
         "money_at_risk",
         risk["value"],
