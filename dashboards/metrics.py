@@ -348,6 +348,7 @@ def blocked_billing(f: Filters, conv: Converter | None = None) -> dict[str, Any]
     rows = list(open_handoffs(f, "project-to-bill").values(*OPEN_FIELDS))
     for r in rows:
         r["age"] = _age_days(r, now, "billing_released")
+    rows.sort(key=lambda r: -r["age"])  # oldest first: the page shows the first rows of the table
     buckets = _bucketed(rows, AGE_BUCKETS_DAYS, conv, f)
     return {
         "count": len(rows),
