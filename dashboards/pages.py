@@ -121,9 +121,11 @@ def link(name: str, f: Filters, **params: Any) -> str:
     if f.customer:
         query["customer"] = f.customer
     if f.entity_ids is not None and "legal_entity" not in query:
-        query["legal_entity"] = ",".join(
-            LegalEntity.objects.filter(pk__in=f.entity_ids).order_by("code").values_list("code", flat=True)
-        )
+        if "codes" not in f.memo:
+            f.memo["codes"] = ",".join(
+                LegalEntity.objects.filter(pk__in=f.entity_ids).order_by("code").values_list("code", flat=True)
+            )
+        query["legal_entity"] = f.memo["codes"]
     return f"{reverse(name)}?{urlencode(query)}"
 
 
@@ -140,9 +142,9 @@ def overview(f: Filters) -> Page:
     conv = Converter()
     stats = {flow: metrics.flow_stats(f, flow, conv=conv) for flow in metrics.FLOWS}
     q2p, p2b, b2c = stats["quote-to-project"], stats["project-to-bill"], stats["bill-to-cash"]
-    blocked = metrics.blocked_billing(f, conv)
+    blocked = metrics.blocked_billing(f, conv, with_rows=False)
     dso = metrics.dso(f, conv=conv)
-    won = metrics.won_not_activated(f, conv)
+    won = metrics.won_not_activated(f, conv, with_rows=False)
     risk = metrics.money_at_risk(f, conv, blocked=blocked, won=won)
     page = Page(
         "Overview",
@@ -255,10 +257,10 @@ def overview(f: Filters) -> Page:
         Tile(
             "Won, not yet a project",
             str(won["count"]),
-            f"{money(won['value'])} · {len(won['over_sla'])} past SLA",
+            f"{money(won['value'])} · {won['over_sla_count']} past SLA",
             link("dashboards:quote_to_project", f),
             "Won deals whose quote-to-project handoff has not finished.",
-            "bad" if won["over_sla"] else "",
+            "bad" if won["over_sla_count"] else "",
         ),
     ]
     page.notes.append(
@@ -573,11 +575,18 @@ def exceptions(f: Filters) -> Page:
             ["Customer", "Batches", "Value"],
             [
                 [
-                    (c or "—", link("dashboards:items", f, flow="project-to-bill", measure="exceptions", customer=c)),
+                    # Links only for the rows the page shows (the CSV has no links): thousands of
+                    # customers would otherwise cost a reverse() and an entity lookup each.
+                    (
+                        c or "—",
+                        link("dashboards:items", f, flow="project-to-bill", measure="exceptions", customer=c)
+                        if i < Table.limit
+                        else "",
+                    ),
                     v[0],
                     money(v[1]),
                 ]
-                for c, v in sorted(by_customer.items(), key=lambda x: -x[1][1])
+                for i, (c, v) in enumerate(sorted(by_customer.items(), key=lambda x: -x[1][1]))
             ],
             "Batches released in the period that needed a person.",
             "No billing exception in this period.",
@@ -664,9 +673,17 @@ def demand(f: Filters) -> Page:
         "and pscsync does not read them, so demand is not compared with supply here.",
     )
     months: dict[tuple[str, str], float] = defaultdict(float)
+    spans: dict[tuple[dt.date, dt.date], list[str]] = {}
     deals = 0
     default_plan = 0
-    facts = f.apply(FlowFact.objects.filter(flow="pipeline-to-demand")).values_list("details", flat=True)
+    # Closed deals and contracts that ended before the period are skipped below; leave them in the
+    # database (ISO dates compare as text), since a firm has many more of them than open deals.
+    facts = (
+        f.apply(FlowFact.objects.filter(flow="pipeline-to-demand"))
+        .exclude(details__is_closed=True)
+        .filter(details__contract_end__gte=f.start.isoformat())
+        .values_list("details", flat=True)
+    )
     for d in facts.iterator():
         if not d or d.get("is_closed") or not d.get("contract_start") or not d.get("contract_end"):
             continue
@@ -680,11 +697,14 @@ def demand(f: Filters) -> Page:
         start, end = parse_time(d["contract_start"]), parse_time(d["contract_end"])
         if not start or not end or end.date() < f.start:
             continue
-        span = []
-        day = start.date().replace(day=1)
-        while day <= end.date():
-            span.append(day.strftime("%Y-%m"))
-            day = (day + dt.timedelta(days=32)).replace(day=1)
+        first, last = start.date().replace(day=1), end.date()
+        span = spans.get((first, last))
+        if span is None:  # many deals share their contract months: build each span once
+            span, day = [], first
+            while day <= last:
+                span.append(day.strftime("%Y-%m"))
+                day = (day + dt.timedelta(days=32)).replace(day=1)
+            spans[(first, last)] = span
         prob = float(d.get("probability") or 0) / 100
         deals += 1
         for item in plan:

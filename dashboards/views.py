@@ -209,7 +209,7 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
             s.measured,
             f"Share measured within the SLA ({sla_for(flow).target_label}).",
         )
-    blocked = metrics.blocked_billing(f, conv)
+    blocked = metrics.blocked_billing(f, conv, with_rows=False)
     add(
         "billing.released_not_invoiced",
         blocked["value"],
