@@ -386,13 +386,18 @@ def _aged_groups(qs: QuerySet[Handoff], key: str, now: dt.datetime) -> list[tupl
     timed = qs.annotate(_since=KT(f"business_times__{key}"))
     out: list[tuple[int, str, int, Decimal | None]] = []
     unreadable: list[str] = []
+    missing = False
     for g in timed.values("_since", "currency").annotate(n=Count("id"), total=Sum("amount")).order_by():
         since = parse_time(g["_since"])
         if since is None:
-            if g["_since"] is not None:
+            if g["_since"] is None:
+                missing = True
+            else:
                 unreadable.append(g["_since"])
             continue
         out.append((max(0, (now - since).days), g["currency"], g["n"], g["total"]))
+    if not missing and not unreadable:
+        return out
     rest = timed.filter(Q(_since__isnull=True) | Q(_since__in=unreadable))
     fields = ("business_started_at", "created_at", "currency", "amount")
     for started, created, currency, amount in rest.values_list(*fields):
