@@ -336,12 +336,16 @@ def open_handoffs(f: Filters, flow: str | None = None, statuses: Iterable[str] =
     return f.apply(qs, connection="source_connection_id")
 
 
-def _age_days(h: dict[str, Any], now: dt.datetime, key: str | None = None) -> int:
+def _aged_rows(qs: QuerySet[Handoff], key: str, now: dt.datetime) -> list[dict[str, Any]]:
+    """Open handoffs as dicts with their age in whole days since the business time `key` (else
+    since they started). Reads that one time as text, not the whole business_times document."""
     from dashboards.facts import parse_time
 
-    since = parse_time((h["business_times"] or {}).get(key)) if key else None
-    since = since or h["business_started_at"] or h["created_at"]
-    return max(0, (now - since).days)
+    rows = list(qs.values(*OPEN_FIELDS, _since=KT(f"business_times__{key}")))
+    for r in rows:
+        since = parse_time(r.pop("_since")) or r["business_started_at"] or r["created_at"]
+        r["age"] = max(0, (now - since).days)
+    return rows
 
 
 def _empty_buckets(buckets: list[tuple[int, int | None, str]]) -> list[dict[str, Any]]:
@@ -369,7 +373,6 @@ OPEN_FIELDS = [
     "amount",
     "currency",
     "legal_entity_id",
-    "business_times",
     "business_started_at",
     "created_at",
 ]
@@ -377,7 +380,7 @@ OPEN_FIELDS = [
 
 def _aged_groups(qs: QuerySet[Handoff], key: str, now: dt.datetime) -> list[tuple[int, str, int, Decimal | None]]:
     """(age in days, currency, handoffs, sum of amounts) of open handoffs, aged since the business
-    time `key` as `_age_days` does, grouped in the database by that time's text: a backlog of
+    time `key` as `_aged_rows` does, grouped in the database by that time's text: a backlog of
     thousands is a few hundred release dates, and no row is read into Python. Handoffs without a
     readable time (e.g. failed before the read step recorded it) age from their start, read one
     by one as before."""
@@ -426,9 +429,7 @@ def blocked_billing(f: Filters, conv: Converter | None = None, *, with_rows: boo
             "buckets": buckets,
             "rows": [],
         }
-    rows = list(open_handoffs(f, "project-to-bill").values(*OPEN_FIELDS))
-    for r in rows:
-        r["age"] = _age_days(r, now, "billing_released")
+    rows = _aged_rows(open_handoffs(f, "project-to-bill"), "billing_released", now)
     rows.sort(key=lambda r: -r["age"])  # oldest first: the page shows the first rows of the table
     buckets = _bucketed(rows, AGE_BUCKETS_DAYS, conv, f)
     return {
@@ -468,9 +469,8 @@ def won_not_activated(f: Filters, conv: Converter | None = None, *, with_rows: b
             "over_sla_count": over_count,
             "over_sla_value": over_value,
         }
-    rows = list(open_handoffs(f, "quote-to-project").values(*OPEN_FIELDS).order_by("business_started_at"))
+    rows = _aged_rows(open_handoffs(f, "quote-to-project").order_by("business_started_at"), "deal_closed", now)
     for r in rows:
-        r["age"] = _age_days(r, now, "deal_closed")
         r["value"] = conv.convert(r["amount"] or Decimal("0"), r["currency"], f.end, "closing")
     over = [r for r in rows if r["age"] > limit]
     return {
@@ -493,7 +493,7 @@ def open_exceptions(f: Filters, conv: Converter | None = None) -> dict[str, Any]
     conv = conv or Converter()
     now = clock.now()
     qs = open_handoffs(f, statuses=["needs_attention"])
-    since = "business_started_at"  # never empty: the age counts from it (as _age_days does)
+    since = "business_started_at"  # never empty: the age counts from it
     conditions = []
     for lo, hi, _label in EXCEPTION_AGE_BUCKETS:
         cond = Q()

@@ -374,14 +374,14 @@ def quote_to_project(f: Filters) -> Page:
             ["Deal", "Customer", "Service line", "Value", "Age (days)", "Status"],
             [
                 [
-                    (r["business_key"], handoff_link(r["id"])),
+                    (r["business_key"], handoff_link(r["id"]) if i < Table.limit else ""),
                     r["customer_name"],
                     r["service_line"],
                     money(r["value"]),
                     r["age"],
                     r["status"],
                 ]
-                for r in won["rows"]
+                for i, r in enumerate(won["rows"])  # links only for the rows shown (see by-customer)
             ],
             "Open quote-to-project handoffs: age since the deal closed won.",
             "Every won deal has an active project.",
@@ -431,14 +431,14 @@ def project_to_bill(f: Filters) -> Page:
             ["Batch", "Customer", "Value", "Currency", "Age (days)", "Status"],
             [
                 [
-                    (r["business_key"], handoff_link(r["id"])),
+                    (r["business_key"], handoff_link(r["id"]) if i < Table.limit else ""),
                     r["customer_name"],
                     r["amount"],
                     r["currency"],
                     r["age"],
                     r["status"],
                 ]
-                for r in blocked["rows"]
+                for i, r in enumerate(blocked["rows"])  # links only for the rows shown
             ],
             "Open project-to-bill handoffs, in the batch's currency.",
             "Every released batch has its invoice.",
