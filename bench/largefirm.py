@@ -872,6 +872,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
     audit_backfill(cursor)
     cursor.execute("ANALYZE")
     _seen_customers.clear()
+    cursor.close()
     stats.seconds_copy = time.monotonic() - t0
     log(f"  rows written in {stats.seconds_copy:.0f} s")
     return stats
