@@ -13,7 +13,7 @@ import bisect
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -349,7 +349,7 @@ def _lock(flow: str, day: dt.date) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"rollup:{flow}:{day.isoformat()}"])
 
 
-def rollup_rows(facts: Iterable[dict[str, Any]], days: set[dt.date] | None = None) -> list[DailyRollup]:
+def rollup_rows(facts: Iterable[dict[str, Any]], days: Container[dt.date] | None = None) -> list[DailyRollup]:
     """DailyRollup rows from fact values: started on start_day, finished on end_day, measured on
     measured_day. Pure: the same function serves the rebuild and the per-customer live path."""
     acc: dict[tuple, dict[str, Any]] = {}

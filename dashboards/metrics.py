@@ -18,7 +18,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.fields.json import KT
 
 from dashboards.facts import FACT_FIELDS, HOUR_EDGES, MEASURES, MS_EDGES, rollup_rows, sla_for
 from dashboards.models import AttemptRollup, DailyRollup, FlowFact, FxRate
@@ -44,6 +45,8 @@ class Filters:
     service_line: str = ""
     customer: str = ""
     connection_id: int | None = None
+    # Per-request memo for link(): the entity codes of entity_ids (a table links every row).
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def days(self) -> int:
@@ -66,6 +69,9 @@ class Filters:
 
 
 # Currency ---------------------------------------------------------------------------------------
+_UNSEEN = object()
+
+
 @dataclass
 class Converter:
     """Reporting-currency conversion with the stated policy; remembers what it could not convert."""
@@ -73,6 +79,7 @@ class Converter:
     target: str = field(default_factory=reporting_currency)
     unconverted: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     _rates: dict[tuple[str, str], list[tuple[str, Decimal]]] | None = None
+    _memo: dict[tuple[str, str, str], Decimal | None] = field(default_factory=dict)
 
     def _load(self) -> dict[tuple[str, str], list[tuple[str, Decimal]]]:
         if self._rates is None:
@@ -87,10 +94,16 @@ class Converter:
     def rate(self, currency: str, month: str, kind: str) -> Decimal | None:
         if not currency or currency == self.target:
             return Decimal("1")
+        # Pages convert thousands of rollup rows with a handful of distinct (currency, month, kind):
+        # look each up once (the scan below walks every month on record).
+        memo = self._memo.get((currency, month, kind), _UNSEEN)
+        if memo is not _UNSEEN:
+            return memo
         found = None
         for m, r in self._load().get((currency, kind), []):
             if m <= month:
                 found = r
+        self._memo[(currency, month, kind)] = found
         return found
 
     def convert(self, amount: Decimal, currency: str, day: dt.date, kind: str = "average") -> Decimal:
@@ -150,7 +163,19 @@ def merge(hists: Iterable[dict[str, int]]) -> dict[str, int]:
 
 
 # Rollup reads -----------------------------------------------------------------------------------
-def rollups(f: Filters, flow: str, start: dt.date | None = None, end: dt.date | None = None) -> list[DailyRollup]:
+@dataclass(frozen=True)
+class DayRange:
+    """[start, end] as a container of days: `day in DayRange(...)` without building every date
+    (DSO asks for all history, from date.min)."""
+
+    start: dt.date
+    end: dt.date
+
+    def __contains__(self, day: object) -> bool:
+        return isinstance(day, dt.date) and self.start <= day <= self.end
+
+
+def rollups(f: Filters, flow: str, start: dt.date | None = None, end: dt.date | None = None) -> list[Any]:
     """Rollup rows of one flow in [start, end] (default: the filter's period). With a customer
     filter the rows are built on the fly from that customer's facts (rollups have no customer)."""
     start = start or f.start
@@ -159,13 +184,40 @@ def rollups(f: Filters, flow: str, start: dt.date | None = None, end: dt.date | 
         facts = f.apply(FlowFact.objects.filter(flow=flow)).filter(
             Q(start_day__range=(start, end)) | Q(end_day__range=(start, end)) | Q(measured_day__range=(start, end))
         )
-        days = {start + dt.timedelta(days=i) for i in range((end - start).days + 1)}
-        return rollup_rows(facts.values(*FACT_FIELDS), days)
+        return rollup_rows(facts.values(*FACT_FIELDS), DayRange(start, end))
     qs = DailyRollup.objects.filter(flow=flow)
     if start != dt.date.min:
         qs = qs.filter(day__gte=start)
     qs = qs.filter(day__lte=end)
-    return list(f.apply(qs))
+    # Plain rows, not model instances: a quarter is thousands of rows per flow and the overview
+    # reads ten flow periods (building model instances was most of its time at 1M handoffs).
+    return [RollupRow(*values) for values in f.apply(qs).values_list(*ROLLUP_ROW_FIELDS).order_by()]
+
+
+@dataclass(slots=True)
+class RollupRow:
+    """A DailyRollup's values, read-only (what `rollups` returns from the database)."""
+
+    day: dt.date
+    flow: str
+    legal_entity_id: int | None
+    service_line: str
+    connection_id: int | None
+    currency: str
+    started: int
+    started_amount: Decimal
+    finished: int
+    finished_amount: Decimal
+    measured: int
+    negative: int
+    within_sla: int
+    exceptions: int
+    exception_amount: Decimal
+    hist: dict[str, int]
+    extra_hist: dict[str, int]
+
+
+ROLLUP_ROW_FIELDS = [name for name in RollupRow.__dataclass_fields__]
 
 
 @dataclass
@@ -284,16 +336,24 @@ def open_handoffs(f: Filters, flow: str | None = None, statuses: Iterable[str] =
     return f.apply(qs, connection="source_connection_id")
 
 
-def _age_days(h: dict[str, Any], now: dt.datetime, key: str | None = None) -> int:
+def _aged_rows(qs: QuerySet[Handoff], key: str, now: dt.datetime) -> list[dict[str, Any]]:
+    """Open handoffs as dicts with their age in whole days since the business time `key` (else
+    since they started). Reads that one time as text, not the whole business_times document."""
     from dashboards.facts import parse_time
 
-    since = parse_time((h["business_times"] or {}).get(key)) if key else None
-    since = since or h["business_started_at"] or h["created_at"]
-    return max(0, (now - since).days)
+    rows = list(qs.values(*OPEN_FIELDS, _since=KT(f"business_times__{key}")))
+    for r in rows:
+        since = parse_time(r.pop("_since")) or r["business_started_at"] or r["created_at"]
+        r["age"] = max(0, (now - since).days)
+    return rows
+
+
+def _empty_buckets(buckets: list[tuple[int, int | None, str]]) -> list[dict[str, Any]]:
+    return [{"label": label, "low": lo, "high": hi, "count": 0, "value": Decimal("0")} for lo, hi, label in buckets]
 
 
 def _bucketed(rows: list[dict[str, Any]], buckets: list[tuple[int, int | None, str]], conv: Converter, f: Filters):
-    out = [{"label": label, "low": lo, "high": hi, "count": 0, "value": Decimal("0")} for lo, hi, label in buckets]
+    out = _empty_buckets(buckets)
     for row in rows:
         for b in out:
             if row["age"] >= b["low"] and (b["high"] is None or row["age"] <= b["high"]):
@@ -313,20 +373,64 @@ OPEN_FIELDS = [
     "amount",
     "currency",
     "legal_entity_id",
-    "business_times",
     "business_started_at",
     "created_at",
 ]
 
 
-def blocked_billing(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+def _aged_groups(qs: QuerySet[Handoff], key: str, now: dt.datetime) -> list[tuple[int, str, int, Decimal | None]]:
+    """(age in days, currency, handoffs, sum of amounts) of open handoffs, aged since the business
+    time `key` as `_aged_rows` does, grouped in the database by that time's text: a backlog of
+    thousands is a few hundred release dates, and no row is read into Python. Handoffs without a
+    readable time (e.g. failed before the read step recorded it) age from their start, read one
+    by one as before."""
+    from dashboards.facts import parse_time
+
+    timed = qs.annotate(_since=KT(f"business_times__{key}"))
+    out: list[tuple[int, str, int, Decimal | None]] = []
+    unreadable: list[str] = []
+    missing = False
+    for g in timed.values("_since", "currency").annotate(n=Count("id"), total=Sum("amount")).order_by():
+        since = parse_time(g["_since"])
+        if since is None:
+            if g["_since"] is None:
+                missing = True
+            else:
+                unreadable.append(g["_since"])
+            continue
+        out.append((max(0, (now - since).days), g["currency"], g["n"], g["total"]))
+    if not missing and not unreadable:
+        return out
+    rest = timed.filter(Q(_since__isnull=True) | Q(_since__in=unreadable))
+    fields = ("business_started_at", "created_at", "currency", "amount")
+    for started, created, currency, amount in rest.values_list(*fields):
+        out.append((max(0, (now - (started or created)).days), currency, 1, amount))
+    return out
+
+
+def blocked_billing(f: Filters, conv: Converter | None = None, *, with_rows: bool = True) -> dict[str, Any]:
     """Billing batches released in the PSA with no ERP invoice yet (open project-to-bill handoffs),
-    aged by release date: the part of unbilled WIP pscsync can see."""
+    aged by release date: the part of unbilled WIP pscsync can see. Without rows (the overview,
+    money at risk, the JSON) it is counted in the database; values are then converted per group
+    of release date and currency (rounded once per group, not per row)."""
     conv = conv or Converter()
     now = clock.now()
-    rows = list(open_handoffs(f, "project-to-bill").values(*OPEN_FIELDS))
-    for r in rows:
-        r["age"] = _age_days(r, now, "billing_released")
+    if not with_rows:
+        buckets = _empty_buckets(AGE_BUCKETS_DAYS)
+        for age, currency, n, total in _aged_groups(open_handoffs(f, "project-to-bill"), "billing_released", now):
+            for b in buckets:
+                if age >= b["low"] and (b["high"] is None or age <= b["high"]):
+                    b["count"] += n
+                    b["value"] += conv.convert(total or Decimal("0"), currency, f.end, "closing")
+                    break
+        return {
+            "count": sum(b["count"] for b in buckets),
+            "value": sum((b["value"] for b in buckets), Decimal("0")),
+            "buckets": buckets,
+            "rows": [],
+        }
+    rows = _aged_rows(open_handoffs(f, "project-to-bill"), "billing_released", now)
+    rows.sort(key=lambda r: -r["age"])  # oldest first: the page shows the first rows of the table
     buckets = _bucketed(rows, AGE_BUCKETS_DAYS, conv, f)
     return {
         "count": len(rows),
@@ -336,43 +440,81 @@ def blocked_billing(f: Filters, conv: Converter | None = None) -> dict[str, Any]
     }
 
 
-def won_not_activated(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
-    """Won deals whose project is not active yet (open quote-to-project handoffs), with value and age."""
+def _over_sla_days() -> float:
+    sla = sla_for("quote-to-project")
+    return float(sla.target) * (24 if sla.unit == "business_days" else 1) / 24
+
+
+def won_not_activated(f: Filters, conv: Converter | None = None, *, with_rows: bool = True) -> dict[str, Any]:
+    """Won deals whose project is not active yet (open quote-to-project handoffs), with value and
+    age. Without rows it is counted in the database, as blocked_billing is."""
     conv = conv or Converter()
     now = clock.now()
-    rows = list(open_handoffs(f, "quote-to-project").values(*OPEN_FIELDS).order_by("business_started_at"))
-    sla = sla_for("quote-to-project")
+    limit = _over_sla_days()
+    if not with_rows:
+        count = over_count = 0
+        value = over_value = Decimal("0")
+        for age, currency, n, total in _aged_groups(open_handoffs(f, "quote-to-project"), "deal_closed", now):
+            converted = conv.convert(total or Decimal("0"), currency, f.end, "closing")
+            count += n
+            value += converted
+            if age > limit:
+                over_count += n
+                over_value += converted
+        return {
+            "count": count,
+            "value": value,
+            "rows": [],
+            "over_sla": [],
+            "over_sla_count": over_count,
+            "over_sla_value": over_value,
+        }
+    rows = _aged_rows(open_handoffs(f, "quote-to-project").order_by("business_started_at"), "deal_closed", now)
     for r in rows:
-        r["age"] = _age_days(r, now, "deal_closed")
         r["value"] = conv.convert(r["amount"] or Decimal("0"), r["currency"], f.end, "closing")
-    over = [r for r in rows if r["age"] * 24 > float(sla.target) * (24 if sla.unit == "business_days" else 1)]
-    return {"count": len(rows), "value": sum((r["value"] for r in rows), Decimal("0")), "rows": rows, "over_sla": over}
+    over = [r for r in rows if r["age"] > limit]
+    return {
+        "count": len(rows),
+        "value": sum((r["value"] for r in rows), Decimal("0")),
+        "rows": rows,
+        "over_sla": over,
+        "over_sla_count": len(over),
+        "over_sla_value": sum((r["value"] for r in over), Decimal("0")),
+    }
 
 
 def open_exceptions(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
-    """Handoffs that need a person, by age since they started, with the value they carry."""
+    """Handoffs that need a person, by age since they started, with the value they carry.
+
+    Counted in the database (one grouped query with a filtered count and sum per age bucket): the
+    backlog can be tens of thousands of handoffs, too many to read into the page. An age in whole
+    days >= lo and < hi is a start in (now - hi days, now - lo days]. The value is converted per
+    currency total (rounded once, where a row-by-row sum rounded each row)."""
     conv = conv or Converter()
     now = clock.now()
-    rows = list(open_handoffs(f, statuses=["needs_attention"]).values(*OPEN_FIELDS))
-    for r in rows:
-        r["age"] = _age_days(r, now)
-    buckets = []
-    for lo, hi, label in EXCEPTION_AGE_BUCKETS:
-        inside = [r for r in rows if r["age"] >= lo and (hi is None or r["age"] < hi)]
-        buckets.append(
-            {
-                "label": label,
-                "count": len(inside),
-                "value": sum(
-                    (conv.convert(r["amount"] or Decimal("0"), r["currency"], f.end, "closing") for r in inside),
-                    Decimal("0"),
-                ),
-            }
-        )
+    qs = open_handoffs(f, statuses=["needs_attention"])
+    since = "business_started_at"  # never empty: the age counts from it
+    conditions = []
+    for lo, hi, _label in EXCEPTION_AGE_BUCKETS:
+        cond = Q()
+        if lo > 0:
+            cond &= Q(**{f"{since}__lte": now - dt.timedelta(days=lo)})
+        if hi is not None:
+            cond &= Q(**{f"{since}__gt": now - dt.timedelta(days=hi)})
+        conditions.append(cond)
+    annotations: dict[str, Any] = {}
+    for i, cond in enumerate(conditions):
+        annotations[f"n{i}"] = Count("id", filter=cond)
+        annotations[f"v{i}"] = Sum("amount", filter=cond)
+    buckets = [{"label": label, "count": 0, "value": Decimal("0")} for _lo, _hi, label in EXCEPTION_AGE_BUCKETS]
     by_flow: dict[str, int] = defaultdict(int)
-    for r in rows:
-        by_flow[r["flow"]] += 1
-    return {"count": len(rows), "buckets": buckets, "by_flow": dict(by_flow)}
+    for row in qs.values("flow", "currency").annotate(**annotations).order_by():
+        for i, b in enumerate(buckets):
+            b["count"] += row[f"n{i}"]
+            by_flow[row["flow"]] += row[f"n{i}"]
+            b["value"] += conv.convert(row[f"v{i}"] or Decimal("0"), row["currency"], f.end, "closing")
+    by_flow = {flow: n for flow, n in by_flow.items() if n}
+    return {"count": sum(b["count"] for b in buckets), "buckets": buckets, "by_flow": dict(by_flow)}
 
 
 # Billing exceptions, mismatches, DSO --------------------------------------------------------------
@@ -448,34 +590,49 @@ def dso(f: Filters, window_days: int = 90, conv: Converter | None = None) -> dic
     """Simple DSO (§2.6) at the period end: open receivables ÷ billings of the last 90 days × 90.
     Receivables = invoices posted up to the end and not paid in full by then (bill-to-cash)."""
     conv = conv or Converter()
-    rows = rollups(f, "bill-to-cash", start=dt.date.min, end=f.end)
+    # Every bill-to-cash rollup row up to the end (all history): read as plain tuples, not model
+    # instances with their histograms, since there are days x dimensions of them.
+    fields = ("day", "currency", "started_amount", "finished_amount", "started")
+    if f.customer:
+        rows = [tuple(getattr(r, name) for name in fields) for r in rollups(f, "bill-to-cash", dt.date.min, f.end)]
+    else:
+        rows = list(
+            f.apply(DailyRollup.objects.filter(flow="bill-to-cash", day__lte=f.end)).values_list(*fields).order_by()
+        )
     window_start = f.end - dt.timedelta(days=window_days - 1)
     ar = Decimal("0")
     billings = Decimal("0")
     invoices = 0
-    for r in rows:
-        ar += conv.convert(r.started_amount - r.finished_amount, r.currency, f.end, "closing")
-        if r.day >= window_start:
-            billings += conv.convert(r.started_amount, r.currency, r.day)
-            invoices += r.started
+    for day, currency, started_amount, finished_amount, started in rows:
+        ar += conv.convert(started_amount - finished_amount, currency, f.end, "closing")
+        if day >= window_start:
+            billings += conv.convert(started_amount, currency, day)
+            invoices += started
     value = float(ar / billings * window_days) if billings > 0 else None
     return {"days": value, "receivables": ar, "billings": billings, "invoices": invoices, "window": window_days}
 
 
-def money_at_risk(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+def money_at_risk(
+    f: Filters,
+    conv: Converter | None = None,
+    *,
+    blocked: dict[str, Any] | None = None,
+    won: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Money at risk at the period end = billing released but not invoiced + won deals not yet a
-    project past their SLA + |Δ| of open billed-time and revenue mismatches."""
+    project past their SLA + |Δ| of open billed-time and revenue mismatches. A page that already
+    has `blocked_billing` and `won_not_activated` passes them in rather than reading them twice."""
     conv = conv or Converter()
-    blocked = blocked_billing(f, conv)["value"]
-    won = won_not_activated(f, conv)
-    late_deals = sum((r["value"] for r in won["over_sla"]), Decimal("0"))
+    blocked = (blocked or blocked_billing(f, conv, with_rows=False))["value"]
+    won = won or won_not_activated(f, conv, with_rows=False)
+    late_deals = won["over_sla_value"]
     mm = list(mismatches(f).filter(comparison__in=["billed_time", "revenue"]).values("difference", "currency"))
     mm_value = sum((conv.convert(abs(r["difference"]), r["currency"], f.end, "closing") for r in mm), Decimal("0"))
     return {
         "value": blocked + late_deals + mm_value,
         "parts": [
             {"label": "Billing released, not invoiced", "value": blocked},
-            {"label": "Won deals not activated past SLA", "value": late_deals, "count": len(won["over_sla"])},
+            {"label": "Won deals not activated past SLA", "value": late_deals, "count": won["over_sla_count"]},
             {"label": "Open billing and revenue mismatches", "value": mm_value, "count": len(mm)},
         ],
     }

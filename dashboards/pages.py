@@ -41,15 +41,22 @@ class Table:
     rows: list[list[Any]] = field(default_factory=list)  # a cell is a value or (value, href)
     help: str = ""
     empty: str = "Nothing in this period."
-    limit: int = 0  # rows shown on the page (0: all); the CSV export always has every row
+    # The page shows the first `limit` rows; the CSV export has every row. A backlog of thousands
+    # of open handoffs would otherwise make a page of thousands of table rows.
+    limit: int = 200
 
     @property
     def cells(self) -> list[list[dict[str, Any]]]:
-        """Rows as {text, href} cells for the template."""
+        """The shown rows as {text, href} cells for the template."""
         return [
             [{"text": c[0], "href": c[1]} if isinstance(c, tuple) else {"text": c, "href": ""} for c in row]
-            for row in (self.rows[: self.limit] if self.limit else self.rows)
+            for row in self.rows[: self.limit]
         ]
+
+    @property
+    def hidden(self) -> int:
+        """Rows not shown on the page (in the CSV export only)."""
+        return max(0, len(self.rows) - self.limit)
 
 
 @dataclass
@@ -119,9 +126,11 @@ def link(name: str, f: Filters, **params: Any) -> str:
     if f.customer:
         query["customer"] = f.customer
     if f.entity_ids is not None and "legal_entity" not in query:
-        query["legal_entity"] = ",".join(
-            LegalEntity.objects.filter(pk__in=f.entity_ids).order_by("code").values_list("code", flat=True)
-        )
+        if "codes" not in f.memo:
+            f.memo["codes"] = ",".join(
+                LegalEntity.objects.filter(pk__in=f.entity_ids).order_by("code").values_list("code", flat=True)
+            )
+        query["legal_entity"] = f.memo["codes"]
     return f"{reverse(name)}?{urlencode(query)}"
 
 
@@ -138,10 +147,10 @@ def overview(f: Filters) -> Page:
     conv = Converter()
     stats = {flow: metrics.flow_stats(f, flow, conv=conv) for flow in metrics.FLOWS}
     q2p, p2b, b2c = stats["quote-to-project"], stats["project-to-bill"], stats["bill-to-cash"]
-    blocked = metrics.blocked_billing(f, conv)
+    blocked = metrics.blocked_billing(f, conv, with_rows=False)
     dso = metrics.dso(f, conv=conv)
-    risk = metrics.money_at_risk(f, conv)
-    won = metrics.won_not_activated(f, conv)
+    won = metrics.won_not_activated(f, conv, with_rows=False)
+    risk = metrics.money_at_risk(f, conv, blocked=blocked, won=won)
     page = Page(
         "Overview",
         "Are deals becoming projects, is approved work being billed, is billing becoming cash, and where is "
@@ -223,7 +232,7 @@ def overview(f: Filters) -> Page:
     )
     ex = metrics.billing_exceptions(f, conv)
     rev = metrics.revenue_accuracy(f, conv)
-    page.tiles.append(_wip_tile(f, wip.unbilled_wip(f, conv)))
+    page.tiles.append(_wip_tile(f, wip.unbilled_wip(f, conv, detail=False, released=blocked)))
     opened = metrics.open_exceptions(f, conv)
     health = metrics.health_line(f)
     page.tiles += [
@@ -257,10 +266,10 @@ def overview(f: Filters) -> Page:
         Tile(
             "Won, not yet a project",
             str(won["count"]),
-            f"{money(won['value'])} · {len(won['over_sla'])} past SLA",
+            f"{money(won['value'])} · {won['over_sla_count']} past SLA",
             link("dashboards:quote_to_project", f),
             "Won deals whose quote-to-project handoff has not finished.",
-            "bad" if won["over_sla"] else "",
+            "bad" if won["over_sla_count"] else "",
         ),
     ]
     page.notes.append(
@@ -374,14 +383,14 @@ def quote_to_project(f: Filters) -> Page:
             ["Deal", "Customer", "Service line", "Value", "Age (days)", "Status"],
             [
                 [
-                    (r["business_key"], handoff_link(r["id"])),
+                    (r["business_key"], handoff_link(r["id"]) if i < Table.limit else ""),
                     r["customer_name"],
                     r["service_line"],
                     money(r["value"]),
                     r["age"],
                     r["status"],
                 ]
-                for r in won["rows"]
+                for i, r in enumerate(won["rows"])  # links only for the rows shown (see by-customer)
             ],
             "Open quote-to-project handoffs: age since the deal closed won.",
             "Every won deal has an active project.",
@@ -408,7 +417,8 @@ def project_to_bill(f: Filters) -> Page:
             "Billing batch released in the PSA → invoice created in the ERP.",
         )
     )
-    unbilled = wip.unbilled_wip(f, conv)
+    blocked = metrics.blocked_billing(f, conv)
+    unbilled = wip.unbilled_wip(f, conv, released=blocked)
     page.tiles.insert(0, _wip_tile(f, unbilled))
     labels = unbilled["labels"]
     page.charts.insert(
@@ -428,7 +438,6 @@ def project_to_bill(f: Filters) -> Page:
             + wip.as_of_text(unbilled),
         ),
     )
-    blocked = metrics.blocked_billing(f, conv)
     psa = _psa_of(f)
     page.tables[0:0] = [
         Table(
@@ -492,14 +501,14 @@ def project_to_bill(f: Filters) -> Page:
             ["Batch", "Customer", "Value", "Currency", "Age (days)", "Status"],
             [
                 [
-                    (r["business_key"], handoff_link(r["id"])),
+                    (r["business_key"], handoff_link(r["id"]) if i < Table.limit else ""),
                     r["customer_name"],
                     f"{r['amount'] or 0:,.2f}",
                     r["currency"],
                     r["age"],
                     STATUS_WORDS.get(r["status"], r["status"]),
                 ]
-                for r in blocked["rows"]
+                for i, r in enumerate(blocked["rows"])  # links only for the rows shown
             ],
             "Open project-to-bill handoffs, in the batch's currency.",
             "Every released batch has its invoice.",
@@ -684,7 +693,7 @@ def exceptions(f: Filters) -> Page:
                 ]
                 for m in qs.order_by("-difference")
             ],
-            "The 200 largest; the CSV export has them all. A subject links to the handoffs behind it.",
+            "Largest first. A subject links to the handoffs behind it.",
             "No open mismatch.",
             limit=200,
         )
@@ -737,7 +746,12 @@ def _billing_exception_tables(f: Filters, conv: Converter) -> list[Table]:
             f"billing-exceptions-by-{dim}",
             title,
             [header, "Batches", "Value"],
-            [[(k, href(k)) if href else k, v[0], money(v[1])] for k, v in ordered],
+            # Links only for the rows the page shows (the CSV has none): thousands of customers would
+            # otherwise cost a reverse() and an entity lookup each.
+            [
+                [(k, href(k) if i < Table.limit else "") if href else k, v[0], money(v[1])]
+                for i, (k, v) in enumerate(ordered)
+            ],
             "Batches released in the period that needed a person or were rejected, at the month's average rate.",
             "No billing exception in this period.",
         )
@@ -848,9 +862,17 @@ def demand(f: Filters) -> Page:
         "already assigned in the PSA.",
     )
     months: dict[tuple[str, str], float] = defaultdict(float)
+    spans: dict[tuple[dt.date, dt.date], list[str]] = {}
     deals = 0
     default_plan = 0
-    facts = f.apply(FlowFact.objects.filter(flow="pipeline-to-demand")).values_list("details", flat=True)
+    # Closed deals and contracts that ended before the period are skipped below; leave them in the
+    # database (ISO dates compare as text), since a firm has many more of them than open deals.
+    facts = (
+        f.apply(FlowFact.objects.filter(flow="pipeline-to-demand"))
+        .exclude(details__is_closed=True)
+        .filter(details__contract_end__gte=f.start.isoformat())
+        .values_list("details", flat=True)
+    )
     for d in facts.iterator():
         if not d or d.get("is_closed") or not d.get("contract_start") or not d.get("contract_end"):
             continue
@@ -864,11 +886,14 @@ def demand(f: Filters) -> Page:
         start, end = parse_time(d["contract_start"]), parse_time(d["contract_end"])
         if not start or not end or end.date() < f.start:
             continue
-        span = []
-        day = start.date().replace(day=1)
-        while day <= end.date():
-            span.append(day.strftime("%Y-%m"))
-            day = (day + dt.timedelta(days=32)).replace(day=1)
+        first, last = start.date().replace(day=1), end.date()
+        span = spans.get((first, last))
+        if span is None:  # many deals share their contract months: build each span once
+            span, day = [], first
+            while day <= last:
+                span.append(day.strftime("%Y-%m"))
+                day = (day + dt.timedelta(days=32)).replace(day=1)
+            spans[(first, last)] = span
         prob = float(d.get("probability") or 0) / 100
         deals += 1
         for item in plan:

@@ -71,17 +71,16 @@ def connection_activity(user: AbstractBaseUser | AnonymousUser) -> list[dict]:
     now = clock.now()
     connections = scope_queryset(Connection.objects.all(), user, "legal_entities")
     events = scope_queryset(Event.objects.all(), user)
-    stats = {
-        row["connection"]: row
-        for row in events.values("connection")
-        .annotate(last=Max("received_at"), day=Count("pk", filter=Q(received_at__gte=now - dt.timedelta(days=1))))
-        .order_by()
-    }
-    return [
-        {
-            "connection": c,
-            "last_event_at": stats.get(c.pk, {}).get("last"),
-            "events_last_day": stats.get(c.pk, {}).get("day", 0),
-        }
-        for c in connections.order_by("name")
-    ]
+    out = []
+    # Two index probes per connection (event_connection_received): a GROUP BY over every event
+    # ever received read the whole table.
+    for c in connections.order_by("name"):
+        mine = events.filter(connection=c)
+        out.append(
+            {
+                "connection": c,
+                "last_event_at": mine.aggregate(last=Max("received_at"))["last"],
+                "events_last_day": mine.filter(received_at__gte=now - dt.timedelta(days=1)).count(),
+            }
+        )
+    return out

@@ -211,7 +211,7 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
             s.measured,
             f"Share measured within the SLA ({sla_for(flow).target_label}).",
         )
-    blocked = metrics.blocked_billing(f, conv)
+    blocked = metrics.blocked_billing(f, conv, with_rows=False)
     add(
         "billing.released_not_invoiced",
         blocked["value"],
@@ -219,7 +219,7 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
         blocked["count"],
         "Billing batches released in the PSA with no ERP invoice yet, at the period-end rate.",
     )
-    unbilled = wip.unbilled_wip(f, conv)
+    unbilled = wip.unbilled_wip(f, conv, detail=False, released=blocked)
     add(
         "billing.unbilled_wip",
         unbilled["value"],
@@ -288,7 +288,7 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
     )
     opened = metrics.open_exceptions(f, conv)
     add("exceptions.open", opened["count"], "count", opened["count"], "Handoffs that need a person.")
-    risk = metrics.money_at_risk(f, conv)
+    risk = metrics.money_at_risk(f, conv, blocked=blocked)
     add(
         "money_at_risk",
         risk["value"],

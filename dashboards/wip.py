@@ -14,7 +14,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Max
+from django.db.models import Count, Max, Sum
 
 from dashboards import metrics
 from dashboards.metrics import AGE_BUCKETS_DAYS, Converter, Filters
@@ -43,12 +43,17 @@ def psa_work(f: Filters):  # noqa: ANN201 - a queryset of UnbilledWork
     return qs
 
 
-def unbilled_wip(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
-    """Both parts, bucketed by age, with totals by kind, by legal entity and by project."""
+def unbilled_wip(
+    f: Filters, conv: Converter | None = None, *, detail: bool = True, released: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Both parts, bucketed by age. With `detail` also by legal entity, by project and the
+    milestones list (the project-to-bill page); without it (the overview, the JSON) both parts are
+    summed in the database by work or release date, so no row is read. `released`: the
+    blocked_billing() result the caller already has, with rows when `detail`."""
     conv = conv or Converter()
     read_at = psa_work(f).aggregate(at=Max("read_at"))["at"]
     as_of = (read_at or clock.now()).date()
-    entities = dict(LegalEntity.objects.values_list("pk", "name"))
+    entities = dict(LegalEntity.objects.values_list("pk", "name")) if detail else {}
     kinds = [*KIND_LABELS, "released"]
     empty = [Decimal("0")] * len(AGE_BUCKETS_DAYS)
     by_kind: dict[str, list[Decimal]] = {k: list(empty) for k in kinds}
@@ -74,18 +79,31 @@ def unbilled_wip(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
         row["oldest"] = max(row["oldest"], age)
         count += 1
 
-    fields = ("kind", "legal_entity_id", "project_key", "project_name", "customer_name", "amount", "currency")
-    for w in psa_work(f).values(*fields, "work_date", "description", "source_id"):
-        age = max(0, (as_of - w["work_date"]).days) if w["work_date"] else 0
-        project = (w["project_key"], w["project_name"], w["customer_name"])
-        add(w["kind"], entities.get(w["legal_entity_id"], "—"), project, w["amount"], w["currency"], age)
-        if w["kind"] == "milestone":
-            milestones.append({**w, "age": age})
-    released = metrics.blocked_billing(f, conv)
-    for r in released["rows"]:
-        # The batch's project is in its read step's output, not on the handoff: list the batch itself.
-        project = (r["business_key"], f"Billing batch {r['business_key']}, released", r["customer_name"])
-        add("released", entities.get(r["legal_entity_id"], "—"), project, r["amount"], r["currency"], r["age"])
+    if not detail:
+        groups = psa_work(f).values("kind", "work_date", "currency").annotate(n=Count("id"), total=Sum("amount"))
+        for g in groups.order_by():
+            age = max(0, (as_of - g["work_date"]).days) if g["work_date"] else 0
+            by_kind[g["kind"]][_bucket_of(age)] += conv.convert(
+                g["total"] or Decimal("0"), g["currency"], f.end, "closing"
+            )
+            count += g["n"]
+        released = released or metrics.blocked_billing(f, conv, with_rows=False)
+        for index, bucket in enumerate(released["buckets"]):
+            by_kind["released"][index] += bucket["value"]
+        count += released["count"]
+    else:
+        fields = ("kind", "legal_entity_id", "project_key", "project_name", "customer_name", "amount", "currency")
+        for w in psa_work(f).values(*fields, "work_date", "description", "source_id"):
+            age = max(0, (as_of - w["work_date"]).days) if w["work_date"] else 0
+            project = (w["project_key"], w["project_name"], w["customer_name"])
+            add(w["kind"], entities.get(w["legal_entity_id"], "—"), project, w["amount"], w["currency"], age)
+            if w["kind"] == "milestone":
+                milestones.append({**w, "age": age})
+        released = released or metrics.blocked_billing(f, conv)
+        for r in released["rows"]:
+            # The batch's project is in its read step's output, not on the handoff: list the batch itself.
+            project = (r["business_key"], f"Billing batch {r['business_key']}, released", r["customer_name"])
+            add("released", entities.get(r["legal_entity_id"], "—"), project, r["amount"], r["currency"], r["age"])
     projects = sorted(
         ({"key": key, **v, "total": sum(v["buckets"])} for key, v in by_project.items()),
         key=lambda p: p["total"],

@@ -69,7 +69,11 @@ class Event(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["connection", "source_event_id"], name="event_unique_per_connection"),
         ]
-        indexes = [models.Index(fields=["flow", "business_key", "status"], name="event_key_status")]
+        indexes = [
+            models.Index(fields=["flow", "business_key", "status"], name="event_key_status"),
+            # The health page's per-connection latest event and last day's count.
+            models.Index(fields=["connection", "received_at"], name="event_connection_received"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.connection_id}:{self.source_event_id}"
@@ -147,6 +151,8 @@ class Handoff(models.Model):
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="handoff_due"),
             models.Index(fields=["flow", "business_key", "-created_at"], name="handoff_key"),
+            # Recently finished: the health page's last hour and the rollups' catch-up job.
+            models.Index(fields=["finished_at"], name="handoff_finished"),
         ]
         permissions = [
             ("view_dashboards", "Can read dashboards"),
@@ -230,6 +236,8 @@ class Attempt(models.Model):
     class Meta:
         ordering = ["step", "number"]
         constraints = [models.UniqueConstraint(fields=["step", "number"], name="attempt_unique_number")]
+        # The health page counts the last day's attempts: without it, a scan of every attempt.
+        indexes = [models.Index(fields=["started_at"], name="attempt_started")]
 
     def __str__(self) -> str:
         return f"{self.step} #{self.number} {self.outcome}"
@@ -285,6 +293,8 @@ class AuditEntry(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "audit entries"
+        # A handoff's page reads its history: without it, a scan of the whole (append-only) trail.
+        indexes = [models.Index(fields=["object_type", "object_id"], name="audit_object")]
 
     def __str__(self) -> str:
         return f"{self.actor_label} {self.action} {self.object_type}:{self.object_id}"

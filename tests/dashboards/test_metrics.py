@@ -272,6 +272,13 @@ def test_unbilled_wip_ages_psa_work_and_released_batches_and_respects_scope(crm,
     assert everything["by_kind"]["released"] == [0, Decimal("500.00"), 0, 0]
     assert everything["value"] == Decimal("28500.00") and everything["over_60"] == Decimal("26200.00")
     assert [m["source_id"] for m in everything["milestones"]] == ["a2M1"]
+    # The overview and the JSON sum in the database: the same figures.
+    summary = wip.unbilled_wip(OCT, detail=False)
+    assert (summary["by_kind"], summary["count"], summary["value"]) == (
+        everything["by_kind"],
+        everything["count"],
+        everything["value"],
+    )
     assert everything["projects"][0]["key"] == "P-006A" and everything["projects"][0]["items"] == 2
     # A user who sees only the UK entity sees only its work, in every breakdown.
     uk_only = wip.unbilled_wip(metrics.Filters(start=OCT.start, end=OCT.end, entity_ids=(uk.pk,)))

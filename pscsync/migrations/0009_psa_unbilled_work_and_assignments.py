@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('pscsync', '0007_audit_hash_chain'),
+        ("pscsync", "0008_bench_indexes"),
     ]
 
     operations = [
