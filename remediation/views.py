@@ -36,10 +36,10 @@ def _filter_query(f: selectors.InboxFilter, **override: str) -> str:
 @require_GET
 def inbox(request: HttpRequest) -> HttpResponse:
     f = selectors.InboxFilter.from_query(request.GET)
-    groups = selectors.inbox_groups(request.user, f)
+    groups, totals = selectors.inbox_page(request.user, f)
     context = {
         "groups": groups,
-        "totals": selectors.inbox_totals(request.user, f),
+        "totals": totals,
         "f": f,
         "query": _filter_query(f),
         "tab_links": [(key, label, _filter_query(f, tab=key)) for key, label in selectors.TABS.items()],
