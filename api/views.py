@@ -5,6 +5,7 @@ an output serializer. Business rules live in the services they call."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -1057,12 +1058,17 @@ class LatencySeriesView(APIView):
                     "flow": flow,
                     "measure": FLOW_MEASURES[flow]["label"],
                     "sla": sla_for(flow).target_label,
-                    "weeks": weekly_latency(f, flow),
+                    "weeks": [_finite(week) for week in weekly_latency(f, flow)],
                 }
                 for flow in flows
             ],
         }
         return Response(serializers.LatencySeriesSerializer(data).data)
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no infinity: a percentile in the histograms' open last bucket (over a year) is null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
 @extend_schema_view(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -195,6 +196,10 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
     def add(key: str, value: Any, unit: str, count: int, definition: str) -> None:
         if hasattr(value, "quantize"):
             value = str(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            # A percentile in the histogram's open last bucket: over a year. JSON has no infinity.
+            value = None
+            definition += " Null: longer than the histograms resolve (over a year)."
         out.append({"key": key, "value": value, "unit": unit, "count": count, "definition": definition})
 
     stats = {}

@@ -133,3 +133,31 @@ def test_unbilled_wip_is_scoped_in_page_csv_and_json(client, viewer, firm) -> No
     figures = {m["key"]: m for m in client.get(f"/api/v1/metrics/?{PERIOD}").json()["metrics"]}
     # The US milestone plus the US batch released and not invoiced (100.00).
     assert (figures["billing.unbilled_wip"]["value"], figures["billing.unbilled_wip"]["count"]) == ("1900.00", 2)
+
+
+@pytest.mark.django_db
+def test_a_latency_over_a_year_is_null_in_the_json_not_an_error(client, admin, entities, monkeypatch) -> None:  # noqa: ANN001
+    # A deal activated 400 days after it closed lands in the histograms' open last bucket (infinity).
+    monkeypatch.setattr(clock, "now", lambda: dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC))
+    crm = connection("salesforce", list(entities.values()))
+    closed = T0 - dt.timedelta(days=400)
+    handoff(
+        flow="quote-to-project",
+        conn=crm,
+        entity=entities["us"],
+        key="OPP-slow",
+        started=closed,
+        finished=T0,
+        times={"deal_closed": closed.isoformat(), "project_activated": T0.isoformat()},
+    )
+    rollups_rebuild_all()
+    client.force_login(admin)
+    page = client.get(f"/dashboards/quote-to-project/?{PERIOD}").content.decode()
+    assert "over a year" in page
+    response = client.get(f"/api/v1/metrics/?{PERIOD}")
+    assert response.status_code == 200
+    figures = {m["key"]: m for m in response.json()["metrics"]}
+    assert figures["quote-to-project.latency_median"]["value"] is None
+    assert "over a year" in figures["quote-to-project.latency_median"]["definition"]
+    weeks = client.get(f"/api/v1/metrics/latency/?{PERIOD}&flow=quote-to-project").json()["flows"][0]["weeks"]
+    assert [w["median_hours"] for w in weeks if w["measured"]] == [None]
