@@ -439,6 +439,7 @@ def project_to_bill(f: Filters) -> Page:
         ),
     )
     psa = _psa_of(f)
+    handoffs_url = reverse("handoffs:list")  # once: reverse() per row of thousands costs seconds
     page.tables[0:0] = [
         Table(
             "wip-by-entity",
@@ -460,7 +461,7 @@ def project_to_bill(f: Filters) -> Page:
                 [
                     (
                         p["name"] or p["key"],
-                        reverse("handoffs:list") + "?" + urlencode({"q": p["key"].removeprefix("P-")}),
+                        handoffs_url + "?" + urlencode({"q": p["key"].removeprefix("P-")}),
                     ),
                     p["customer"],
                     p["items"],
@@ -470,8 +471,9 @@ def project_to_bill(f: Filters) -> Page:
                 ]
                 for p in unbilled["projects"]
             ],
-            "Largest first; the page shows the 15 largest, Export CSV has every project. A project links to its "
-            "handoffs.",
+            "Approved work the PSA has not batched, largest first; the page shows the 15 largest, Export CSV has "
+            "every project. A project links to its handoffs. Batches already released are under Released, not "
+            "invoiced.",
             "No unbilled work: everything approved is invoiced.",
             limit=15,
         ),
@@ -672,6 +674,7 @@ def exceptions(f: Filters) -> Page:
         )
     )
     entities = dict(LegalEntity.objects.values_list("pk", "code"))
+    handoffs_url = reverse("handoffs:list")  # once: reverse() per row of thousands costs seconds
     page.tables.append(
         Table(
             "mismatches",
@@ -684,7 +687,7 @@ def exceptions(f: Filters) -> Page:
                     m.customer_name,
                     (
                         m.subject_name or m.subject_key,
-                        reverse("handoffs:list") + "?" + urlencode({"q": m.subject_key.split("-", 1)[-1]}),
+                        handoffs_url + "?" + urlencode({"q": m.subject_key.split("-", 1)[-1]}),
                     ),
                     m.period or "contract",
                     m.get_cause_display(),

@@ -62,13 +62,18 @@ def unbilled_wip(
     milestones: list[dict[str, Any]] = []
     count = 0
 
-    def add(kind: str, entity: str, project: tuple[str, str, str], amount: Decimal, currency: str, age: int) -> None:
-        """project: (key, name, customer); one row per key, named by whichever source knows the name."""
+    def add(
+        kind: str, entity: str, project: tuple[str, str, str] | None, amount: Decimal, currency: str, age: int
+    ) -> None:
+        """project: (key, name, customer) or None; one row per key."""
         nonlocal count
         value = conv.convert(amount or Decimal("0"), currency, f.end, "closing")
         bucket = _bucket_of(age)
         by_kind[kind][bucket] += value
         by_entity[entity][bucket] += value
+        count += 1
+        if project is None:
+            return
         row = by_project.setdefault(
             project[0], {"buckets": list(empty), "items": 0, "oldest": 0, "name": "", "customer": ""}
         )
@@ -77,7 +82,6 @@ def unbilled_wip(
         row["buckets"][bucket] += value
         row["items"] += 1
         row["oldest"] = max(row["oldest"], age)
-        count += 1
 
     if not detail:
         groups = psa_work(f).values("kind", "work_date", "currency").annotate(n=Count("id"), total=Sum("amount"))
@@ -101,9 +105,9 @@ def unbilled_wip(
                 milestones.append({**w, "age": age})
         released = released or metrics.blocked_billing(f, conv)
         for r in released["rows"]:
-            # The batch's project is in its read step's output, not on the handoff: list the batch itself.
-            project = (r["business_key"], f"Billing batch {r['business_key']}, released", r["customer_name"])
-            add("released", entities.get(r["legal_entity_id"], "—"), project, r["amount"], r["currency"], r["age"])
+            # Released batches have their own table on the page (oldest first); by project lists the
+            # PSA's work only, since a batch's project is in its read step's output, not on the handoff.
+            add("released", entities.get(r["legal_entity_id"], "—"), None, r["amount"], r["currency"], r["age"])
     projects = sorted(
         ({"key": key, **v, "total": sum(v["buckets"])} for key, v in by_project.items()),
         key=lambda p: p["total"],
