@@ -308,14 +308,24 @@ def _rows_for(handoffs: Iterable[dict[str, Any]]) -> list[HandoffRow]:
 
 
 def _fact_write(values: dict[str, Any]) -> tuple[set[dt.date], set[dt.date]]:
-    """Upsert a fact; return the days it touched before and after (for the rollup rebuild)."""
-    old = (
-        FlowFact.objects.filter(flow=values["flow"], key=values["key"])
-        .values("start_day", "end_day", "measured_day")
-        .first()
-    )
-    FlowFact.objects.update_or_create(flow=values["flow"], key=values["key"], defaults=values)
-    before = {d for d in (old or {}).values() if d}
+    """Upsert a fact; return the days it touched before and after (for the rollup rebuild). A
+    pipeline fact also moves its deal's demand (dashboards.demand), under a lock on the deal so
+    two refreshes of one deal cannot both take out the same old demand."""
+    demand = values["flow"] == "pipeline-to-demand"
+    with transaction.atomic():
+        if demand and db_connection.vendor == "postgresql":
+            with db_connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"fact:{values['flow']}:{values['key']}"])
+        fields = ["start_day", "end_day", "measured_day"]
+        if demand:
+            fields += ["legal_entity_id", "service_line", "connection_id", "details"]
+        old = FlowFact.objects.filter(flow=values["flow"], key=values["key"]).values(*fields).first()
+        FlowFact.objects.update_or_create(flow=values["flow"], key=values["key"], defaults=values)
+        if demand:
+            from dashboards.demand import demand_move  # it reads this module: import here
+
+            demand_move(old, values)
+    before = {(old or {}).get(k) for k in ("start_day", "end_day", "measured_day")} - {None}
     after = {values[k] for k in ("start_day", "end_day", "measured_day") if values.get(k)}
     return before, after
 
@@ -614,4 +624,9 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
         [RollupMark(handoff_id=h, attempts_through=a) for h, a in marks.items()], batch_size=batch
     )
     stats["attempt_rollups"] = len(acc)
+    from dashboards.backlog import backlog_rebuild  # these read this module: import here
+    from dashboards.demand import demand_rebuild
+
+    stats["open_items"] = backlog_rebuild()["items"]
+    stats["demand_rows"] = demand_rebuild()
     return stats

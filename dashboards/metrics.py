@@ -18,8 +18,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.fields.json import KT
+from django.db.models import Q, QuerySet, Sum
+from django.db.models.functions import TruncMonth
 
 from dashboards.facts import FACT_FIELDS, HOUR_EDGES, MEASURES, MS_EDGES, rollup_rows, sla_for
 from dashboards.models import AttemptRollup, DailyRollup, FlowFact, FxRate
@@ -28,7 +28,8 @@ from pscsync.models import Handoff, Mismatch, ReconciliationRun
 
 FLOWS = list(MEASURES)
 AGE_BUCKETS_DAYS = [(0, 30, "0–30 days"), (31, 60, "31–60 days"), (61, 90, "61–90 days"), (91, None, "over 90 days")]
-EXCEPTION_AGE_BUCKETS = [(0, 1, "under 1 day"), (1, 7, "1–7 days"), (7, 30, "7–30 days"), (30, None, "over 30 days")]
+# Calendar days, lo <= age < hi (see age_days).
+EXCEPTION_AGE_BUCKETS = [(0, 1, "today"), (1, 7, "1–6 days"), (7, 30, "7–29 days"), (30, None, "30 days or more")]
 
 
 def reporting_currency() -> str:
@@ -328,7 +329,7 @@ def latency_by(f: Filters, flow: str, dimension: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda x: -x["measured"])
 
 
-# Open (censored) items, read live: few rows, on the status index ---------------------------------
+# Open (censored) items: from the backlog kept as handoffs change (dashboards.backlog) ------------
 def open_handoffs(f: Filters, flow: str | None = None, statuses: Iterable[str] = Handoff.OPEN) -> QuerySet[Handoff]:
     qs = Handoff.objects.filter(status__in=list(statuses))
     if flow:
@@ -336,108 +337,62 @@ def open_handoffs(f: Filters, flow: str | None = None, statuses: Iterable[str] =
     return f.apply(qs, connection="source_connection_id")
 
 
-def _aged_rows(qs: QuerySet[Handoff], key: str, now: dt.datetime) -> list[dict[str, Any]]:
-    """Open handoffs as dicts with their age in whole days since the business time `key` (else
-    since they started). Reads that one time as text, not the whole business_times document."""
-    from dashboards.facts import parse_time
+def age_days(since: dt.datetime | dt.date, now: dt.datetime) -> int:
+    """Age in calendar days (UTC), as finance ages an item: released yesterday is 1 day old,
+    whatever the hour. The backlog counts by day, so every page and export uses this rule."""
+    day = since.astimezone(dt.UTC).date() if isinstance(since, dt.datetime) else since
+    return max(0, (now.astimezone(dt.UTC).date() - day).days)
 
-    rows = list(qs.values(*OPEN_FIELDS, _since=KT(f"business_times__{key}")))
+
+def _bucket_index(age: int, buckets: list[tuple[int, int | None, str]]) -> int:
+    """AGE_BUCKETS_DAYS style: lo <= age <= hi (the last bucket open)."""
+    for index, (lo, hi, _label) in enumerate(buckets):
+        if age >= lo and (hi is None or age <= hi):
+            return index
+    return len(buckets) - 1
+
+
+def _open_rows(f: Filters, flow: str, now: dt.datetime, limit: int | None) -> list[dict[str, Any]]:
+    from dashboards.backlog import open_items
+
+    rows = open_items(f, flow, limit=limit)
     for r in rows:
-        since = parse_time(r.pop("_since")) or r["business_started_at"] or r["created_at"]
-        r["age"] = max(0, (now - since).days)
+        r["age"] = age_days(r.pop("aged_day"), now)
     return rows
+
+
+def blocked_billing(
+    f: Filters, conv: Converter | None = None, *, with_rows: bool = True, limit: int | None = 200
+) -> dict[str, Any]:
+    """Billing batches released in the PSA with no ERP invoice yet (open project-to-bill handoffs),
+    aged by release date: the part of unbilled WIP pscsync can see. Counted from the backlog's
+    groups (converted per release day and currency, rounded once per group); with rows, the
+    `limit` oldest batches (None: all of them, for a CSV). `by_entity`: legal entity id → value
+    per age bucket."""
+    from dashboards.backlog import backlog_groups
+
+    conv = conv or Converter()
+    now = clock.now()
+    buckets = _empty_buckets(AGE_BUCKETS_DAYS)
+    by_entity: dict[int, list[Decimal]] = defaultdict(lambda: [Decimal("0")] * len(AGE_BUCKETS_DAYS))
+    groups = backlog_groups(f, flow="project-to-bill", by=("legal_entity_id", "currency", "aged_day"))
+    for g in groups:
+        index = _bucket_index(age_days(g["aged_day"], now), AGE_BUCKETS_DAYS)
+        value = conv.convert(g["total"] or Decimal("0"), g["currency"], f.end, "closing")
+        buckets[index]["count"] += g["n"]
+        buckets[index]["value"] += value
+        by_entity[g["legal_entity_id"]][index] += value
+    return {
+        "count": sum(b["count"] for b in buckets),
+        "value": sum((b["value"] for b in buckets), Decimal("0")),
+        "buckets": buckets,
+        "by_entity": dict(by_entity),
+        "rows": _open_rows(f, "project-to-bill", now, limit) if with_rows else [],
+    }
 
 
 def _empty_buckets(buckets: list[tuple[int, int | None, str]]) -> list[dict[str, Any]]:
     return [{"label": label, "low": lo, "high": hi, "count": 0, "value": Decimal("0")} for lo, hi, label in buckets]
-
-
-def _bucketed(rows: list[dict[str, Any]], buckets: list[tuple[int, int | None, str]], conv: Converter, f: Filters):
-    out = _empty_buckets(buckets)
-    for row in rows:
-        for b in out:
-            if row["age"] >= b["low"] and (b["high"] is None or row["age"] <= b["high"]):
-                b["count"] += 1
-                b["value"] += conv.convert(row["amount"] or Decimal("0"), row["currency"], f.end, "closing")
-                break
-    return out
-
-
-OPEN_FIELDS = [
-    "id",
-    "flow",
-    "business_key",
-    "status",
-    "customer_name",
-    "service_line",
-    "amount",
-    "currency",
-    "legal_entity_id",
-    "business_started_at",
-    "created_at",
-]
-
-
-def _aged_groups(qs: QuerySet[Handoff], key: str, now: dt.datetime) -> list[tuple[int, str, int, Decimal | None]]:
-    """(age in days, currency, handoffs, sum of amounts) of open handoffs, aged since the business
-    time `key` as `_aged_rows` does, grouped in the database by that time's text: a backlog of
-    thousands is a few hundred release dates, and no row is read into Python. Handoffs without a
-    readable time (e.g. failed before the read step recorded it) age from their start, read one
-    by one as before."""
-    from dashboards.facts import parse_time
-
-    timed = qs.annotate(_since=KT(f"business_times__{key}"))
-    out: list[tuple[int, str, int, Decimal | None]] = []
-    unreadable: list[str] = []
-    missing = False
-    for g in timed.values("_since", "currency").annotate(n=Count("id"), total=Sum("amount")).order_by():
-        since = parse_time(g["_since"])
-        if since is None:
-            if g["_since"] is None:
-                missing = True
-            else:
-                unreadable.append(g["_since"])
-            continue
-        out.append((max(0, (now - since).days), g["currency"], g["n"], g["total"]))
-    if not missing and not unreadable:
-        return out
-    rest = timed.filter(Q(_since__isnull=True) | Q(_since__in=unreadable))
-    fields = ("business_started_at", "created_at", "currency", "amount")
-    for started, created, currency, amount in rest.values_list(*fields):
-        out.append((max(0, (now - (started or created)).days), currency, 1, amount))
-    return out
-
-
-def blocked_billing(f: Filters, conv: Converter | None = None, *, with_rows: bool = True) -> dict[str, Any]:
-    """Billing batches released in the PSA with no ERP invoice yet (open project-to-bill handoffs),
-    aged by release date: the part of unbilled WIP pscsync can see. Without rows (the overview,
-    money at risk, the JSON) it is counted in the database; values are then converted per group
-    of release date and currency (rounded once per group, not per row)."""
-    conv = conv or Converter()
-    now = clock.now()
-    if not with_rows:
-        buckets = _empty_buckets(AGE_BUCKETS_DAYS)
-        for age, currency, n, total in _aged_groups(open_handoffs(f, "project-to-bill"), "billing_released", now):
-            for b in buckets:
-                if age >= b["low"] and (b["high"] is None or age <= b["high"]):
-                    b["count"] += n
-                    b["value"] += conv.convert(total or Decimal("0"), currency, f.end, "closing")
-                    break
-        return {
-            "count": sum(b["count"] for b in buckets),
-            "value": sum((b["value"] for b in buckets), Decimal("0")),
-            "buckets": buckets,
-            "rows": [],
-        }
-    rows = _aged_rows(open_handoffs(f, "project-to-bill"), "billing_released", now)
-    rows.sort(key=lambda r: -r["age"])  # oldest first: the page shows the first rows of the table
-    buckets = _bucketed(rows, AGE_BUCKETS_DAYS, conv, f)
-    return {
-        "count": len(rows),
-        "value": sum((b["value"] for b in buckets), Decimal("0")),
-        "buckets": buckets,
-        "rows": rows,
-    }
 
 
 def _over_sla_days() -> float:
@@ -445,75 +400,54 @@ def _over_sla_days() -> float:
     return float(sla.target) * (24 if sla.unit == "business_days" else 1) / 24
 
 
-def won_not_activated(f: Filters, conv: Converter | None = None, *, with_rows: bool = True) -> dict[str, Any]:
+def won_not_activated(
+    f: Filters, conv: Converter | None = None, *, with_rows: bool = True, limit: int | None = 200
+) -> dict[str, Any]:
     """Won deals whose project is not active yet (open quote-to-project handoffs), with value and
-    age. Without rows it is counted in the database, as blocked_billing is."""
+    age since the deal closed, counted from the backlog's groups; with rows, the `limit` oldest."""
+    from dashboards.backlog import backlog_groups
+
     conv = conv or Converter()
     now = clock.now()
-    limit = _over_sla_days()
-    if not with_rows:
-        count = over_count = 0
-        value = over_value = Decimal("0")
-        for age, currency, n, total in _aged_groups(open_handoffs(f, "quote-to-project"), "deal_closed", now):
-            converted = conv.convert(total or Decimal("0"), currency, f.end, "closing")
-            count += n
-            value += converted
-            if age > limit:
-                over_count += n
-                over_value += converted
-        return {
-            "count": count,
-            "value": value,
-            "rows": [],
-            "over_sla": [],
-            "over_sla_count": over_count,
-            "over_sla_value": over_value,
-        }
-    rows = _aged_rows(open_handoffs(f, "quote-to-project").order_by("business_started_at"), "deal_closed", now)
+    limit_days = _over_sla_days()
+    count = over_count = 0
+    value = over_value = Decimal("0")
+    for g in backlog_groups(f, flow="quote-to-project", by=("currency", "aged_day")):
+        converted = conv.convert(g["total"] or Decimal("0"), g["currency"], f.end, "closing")
+        count += g["n"]
+        value += converted
+        if age_days(g["aged_day"], now) > limit_days:
+            over_count += g["n"]
+            over_value += converted
+    rows = _open_rows(f, "quote-to-project", now, limit) if with_rows else []
     for r in rows:
         r["value"] = conv.convert(r["amount"] or Decimal("0"), r["currency"], f.end, "closing")
-    over = [r for r in rows if r["age"] > limit]
     return {
-        "count": len(rows),
-        "value": sum((r["value"] for r in rows), Decimal("0")),
+        "count": count,
+        "value": value,
         "rows": rows,
-        "over_sla": over,
-        "over_sla_count": len(over),
-        "over_sla_value": sum((r["value"] for r in over), Decimal("0")),
+        "over_sla_count": over_count,
+        "over_sla_value": over_value,
     }
 
 
 def open_exceptions(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
-    """Handoffs that need a person, by age since they started, with the value they carry.
+    """Handoffs that need a person, by age in days since their business started, with the value
+    they carry, from the backlog's groups (values converted per currency and day)."""
+    from dashboards.backlog import backlog_groups
 
-    Counted in the database (one grouped query with a filtered count and sum per age bucket): the
-    backlog can be tens of thousands of handoffs, too many to read into the page. An age in whole
-    days >= lo and < hi is a start in (now - hi days, now - lo days]. The value is converted per
-    currency total (rounded once, where a row-by-row sum rounded each row)."""
     conv = conv or Converter()
     now = clock.now()
-    qs = open_handoffs(f, statuses=["needs_attention"])
-    since = "business_started_at"  # never empty: the age counts from it
-    conditions = []
-    for lo, hi, _label in EXCEPTION_AGE_BUCKETS:
-        cond = Q()
-        if lo > 0:
-            cond &= Q(**{f"{since}__lte": now - dt.timedelta(days=lo)})
-        if hi is not None:
-            cond &= Q(**{f"{since}__gt": now - dt.timedelta(days=hi)})
-        conditions.append(cond)
-    annotations: dict[str, Any] = {}
-    for i, cond in enumerate(conditions):
-        annotations[f"n{i}"] = Count("id", filter=cond)
-        annotations[f"v{i}"] = Sum("amount", filter=cond)
     buckets = [{"label": label, "count": 0, "value": Decimal("0")} for _lo, _hi, label in EXCEPTION_AGE_BUCKETS]
     by_flow: dict[str, int] = defaultdict(int)
-    for row in qs.values("flow", "currency").annotate(**annotations).order_by():
-        for i, b in enumerate(buckets):
-            b["count"] += row[f"n{i}"]
-            by_flow[row["flow"]] += row[f"n{i}"]
-            b["value"] += conv.convert(row[f"v{i}"] or Decimal("0"), row["currency"], f.end, "closing")
-    by_flow = {flow: n for flow, n in by_flow.items() if n}
+    for g in backlog_groups(f, needs_person=True, by=("flow", "currency", "started_day")):
+        age = age_days(g["started_day"], now)
+        for b, (lo, hi, _label) in zip(buckets, EXCEPTION_AGE_BUCKETS, strict=True):
+            if age >= lo and (hi is None or age < hi):
+                b["count"] += g["n"]
+                b["value"] += conv.convert(g["total"] or Decimal("0"), g["currency"], f.end, "closing")
+                break
+        by_flow[g["flow"]] += g["n"]
     return {"count": sum(b["count"] for b in buckets), "buckets": buckets, "by_flow": dict(by_flow)}
 
 
@@ -590,24 +524,27 @@ def dso(f: Filters, window_days: int = 90, conv: Converter | None = None) -> dic
     """Simple DSO (§2.6) at the period end: open receivables ÷ billings of the last 90 days × 90.
     Receivables = invoices posted up to the end and not paid in full by then (bill-to-cash)."""
     conv = conv or Converter()
-    # Every bill-to-cash rollup row up to the end (all history): read as plain tuples, not model
-    # instances with their histograms, since there are days x dimensions of them.
-    fields = ("day", "currency", "started_amount", "finished_amount", "started")
-    if f.customer:
-        rows = [tuple(getattr(r, name) for name in fields) for r in rollups(f, "bill-to-cash", dt.date.min, f.end)]
-    else:
-        rows = list(
-            f.apply(DailyRollup.objects.filter(flow="bill-to-cash", day__lte=f.end)).values_list(*fields).order_by()
-        )
     window_start = f.end - dt.timedelta(days=window_days - 1)
     ar = Decimal("0")
     billings = Decimal("0")
     invoices = 0
-    for day, currency, started_amount, finished_amount, started in rows:
-        ar += conv.convert(started_amount - finished_amount, currency, f.end, "closing")
-        if day >= window_start:
-            billings += conv.convert(started_amount, currency, day)
-            invoices += started
+    if f.customer:
+        for r in rollups(f, "bill-to-cash", dt.date.min, f.end):
+            ar += conv.convert(r.started_amount - r.finished_amount, r.currency, f.end, "closing")
+            if r.day >= window_start:
+                billings += conv.convert(r.started_amount, r.currency, r.day)
+                invoices += r.started
+    else:
+        # Summed in the database: receivables per currency over all history (a balance, one rate),
+        # billings per currency and month of the window (each month at its average rate).
+        history = f.apply(DailyRollup.objects.filter(flow="bill-to-cash", day__lte=f.end))
+        for g in history.values("currency").annotate(posted=Sum("started_amount"), paid=Sum("finished_amount")):
+            ar += conv.convert((g["posted"] or 0) - (g["paid"] or 0), g["currency"], f.end, "closing")
+        window = history.filter(day__gte=window_start).annotate(month=TruncMonth("day"))
+        for g in window.values("currency", "month").annotate(v=Sum("started_amount"), n=Sum("started")).order_by():
+            month = g["month"].date() if isinstance(g["month"], dt.datetime) else g["month"]
+            billings += conv.convert(g["v"] or Decimal("0"), g["currency"], month)
+            invoices += g["n"] or 0
     value = float(ar / billings * window_days) if billings > 0 else None
     return {"days": value, "receivables": ar, "billings": billings, "invoices": invoices, "window": window_days}
 
@@ -673,7 +610,9 @@ def health_line(f: Filters) -> dict[str, Any]:
     now = clock.now()
     day = attempt_stats(f, now - dt.timedelta(days=1))
     totals = day[0] if day else {"attempts": 0, "failures": 0, "failure_rate": None, "rate_limited": 0}
-    backlog = open_handoffs(f, statuses=["needs_attention"]).count()
+    from dashboards.backlog import backlog_groups
+
+    backlog = sum(g["n"] for g in backlog_groups(f, needs_person=True, by=("needs_person",)))
     oldest = (
         open_handoffs(f, statuses=["pending", "running", "waiting_retry"])
         .order_by("created_at")

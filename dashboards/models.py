@@ -165,3 +165,90 @@ class RollupMark(models.Model):
 
     def __str__(self) -> str:
         return f"handoff {self.handoff_id} attempts through {self.attempts_through}"
+
+
+class OpenItem(models.Model):
+    """One open handoff as the open backlog counts it: the group it adds one to (see
+    dashboards.backlog). Ids are 0 and texts empty where the handoff has none, so groups compare."""
+
+    handoff = models.OneToOneField("pscsync.Handoff", primary_key=True, on_delete=models.CASCADE, related_name="+")
+    flow = models.CharField(max_length=40)
+    needs_person = models.BooleanField()
+    legal_entity_id = models.BigIntegerField(default=0)
+    service_line = models.CharField(max_length=80, blank=True)
+    connection_id = models.BigIntegerField(default=0)
+    currency = models.CharField(max_length=3, blank=True)
+    aged_day = models.DateField(help_text="Day of the business time the item ages from (release, close, start).")
+    started_day = models.DateField(help_text="Day the handoff's business started.")
+    customer_name = models.CharField(max_length=200, blank=True)
+    amount = models.DecimalField(max_digits=16, decimal_places=2, default=Decimal("0"))
+
+    class Meta:
+        # Pages list the oldest open items of a flow (won deals, released batches) 200 at a time.
+        indexes = [models.Index(fields=["flow", "aged_day"], name="open_item_flow_age")]
+
+    def __str__(self) -> str:
+        return f"open {self.flow} handoff {self.handoff_id}"
+
+
+# What makes an OpenBacklog group (dashboards.backlog keys its upserts by it).
+BACKLOG_GROUP_FIELDS = (
+    "flow",
+    "needs_person",
+    "legal_entity_id",
+    "service_line",
+    "connection_id",
+    "currency",
+    "aged_day",
+    "started_day",
+)
+
+
+class OpenBacklog(models.Model):
+    """Open handoffs counted per flow, dimension, currency and day: what the overview reads for
+    won-not-activated, billing released not invoiced and exceptions by age."""
+
+    flow = models.CharField(max_length=40)
+    needs_person = models.BooleanField()
+    legal_entity_id = models.BigIntegerField(default=0)
+    service_line = models.CharField(max_length=80, blank=True)
+    connection_id = models.BigIntegerField(default=0)
+    currency = models.CharField(max_length=3, blank=True)
+    aged_day = models.DateField()
+    started_day = models.DateField()
+    items = models.IntegerField(default=0)
+    amount = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"))
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=BACKLOG_GROUP_FIELDS, name="backlog_one_row_per_group")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.items} open {self.flow} from {self.aged_day}"
+
+
+class DemandMonth(models.Model):
+    """Pipeline-weighted demand hours per role and month (role rows), and how many open deals'
+    contracts end in the month, with and without a resource plan (the row with an empty role),
+    kept as pipeline facts change (dashboards.demand)."""
+
+    legal_entity_id = models.BigIntegerField(default=0)
+    service_line = models.CharField(max_length=80, blank=True)
+    connection_id = models.BigIntegerField(default=0)
+    role = models.CharField(max_length=120, blank=True)
+    month = models.CharField(max_length=7, help_text="YYYY-MM")
+    hours = models.FloatField(default=0)
+    deals_ending = models.IntegerField(default=0)
+    default_plan_ending = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["legal_entity_id", "service_line", "connection_id", "role", "month"],
+                name="demand_one_row_per_group",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role or 'deals'} {self.month}: {self.hours:.0f} h"

@@ -4,7 +4,6 @@ single template renders. Every tile and row carries its drill-down link and its 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +14,8 @@ from urllib.parse import urlencode
 from django.urls import reverse
 
 from dashboards import charts, metrics, wip
-from dashboards.facts import MEASURES, parse_time, sla_for
+from dashboards.demand import demand_for
+from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters
 from dashboards.models import FlowFact
 from pscsync.models import Attempt, LegalEntity, Mismatch, Step
@@ -44,6 +44,10 @@ class Table:
     # The page shows the first `limit` rows; the CSV export has every row. A backlog of thousands
     # of open handoffs would otherwise make a page of thousands of table rows.
     limit: int = 200
+    # A table of a backlog reads only the rows it shows: then `total` says how many there are and
+    # `every_row` builds them all for the CSV export.
+    total: int | None = None
+    every_row: Callable[[], list[list[Any]]] | None = None
 
     @property
     def cells(self) -> list[list[dict[str, Any]]]:
@@ -56,7 +60,10 @@ class Table:
     @property
     def hidden(self) -> int:
         """Rows not shown on the page (in the CSV export only)."""
-        return max(0, len(self.rows) - self.limit)
+        return max(0, (len(self.rows) if self.total is None else self.total) - self.limit)
+
+    def all_rows(self) -> list[list[Any]]:
+        return self.every_row() if self.every_row is not None else self.rows
 
 
 @dataclass
@@ -374,26 +381,32 @@ def quote_to_project(f: Filters) -> Page:
     conv = Converter()
     page = Page("Quote to project", "How fast won deals become active projects in the PSA.")
     _flow_common(page, f, "quote-to-project", conv)
-    won = metrics.won_not_activated(f, conv)
+    won = metrics.won_not_activated(f, conv, limit=Table.limit)
+
+    def won_rows(rows: list[dict[str, Any]], links: bool = True) -> list[list[Any]]:
+        return [
+            [
+                (r["business_key"], handoff_link(r["id"])) if links else r["business_key"],
+                r["customer_name"],
+                r["service_line"],
+                money(r["value"]),
+                r["age"],
+                STATUS_WORDS.get(r["status"], r["status"]),
+            ]
+            for r in rows
+        ]
+
     page.tables.insert(
         0,
         Table(
             "won-not-activated",
             "Won, not yet a project",
             ["Deal", "Customer", "Service line", "Value", "Age (days)", "Status"],
-            [
-                [
-                    (r["business_key"], handoff_link(r["id"]) if i < Table.limit else ""),
-                    r["customer_name"],
-                    r["service_line"],
-                    money(r["value"]),
-                    r["age"],
-                    r["status"],
-                ]
-                for i, r in enumerate(won["rows"])  # links only for the rows shown (see by-customer)
-            ],
-            "Open quote-to-project handoffs: age since the deal closed won.",
+            won_rows(won["rows"]),
+            "Open quote-to-project handoffs, oldest first: age in days since the deal closed won.",
             "Every won deal has an active project.",
+            total=won["count"],
+            every_row=lambda: won_rows(metrics.won_not_activated(f, Converter(), limit=None)["rows"], links=False),
         ),
     )
     _currency_note(page, conv)
@@ -417,7 +430,7 @@ def project_to_bill(f: Filters) -> Page:
             "Billing batch released in the PSA → invoice created in the ERP.",
         )
     )
-    blocked = metrics.blocked_billing(f, conv)
+    blocked = metrics.blocked_billing(f, conv, limit=Table.limit)
     unbilled = wip.unbilled_wip(f, conv, released=blocked)
     page.tiles.insert(0, _wip_tile(f, unbilled))
     labels = unbilled["labels"]
@@ -439,6 +452,20 @@ def project_to_bill(f: Filters) -> Page:
         ),
     )
     psa = _psa_of(f)
+
+    def blocked_rows(rows: list[dict[str, Any]], links: bool = True) -> list[list[Any]]:
+        return [
+            [
+                (r["business_key"], handoff_link(r["id"])) if links else r["business_key"],
+                r["customer_name"],
+                f"{r['amount'] or 0:,.2f}",
+                r["currency"],
+                r["age"],
+                STATUS_WORDS.get(r["status"], r["status"]),
+            ]
+            for r in rows
+        ]
+
     handoffs_url = reverse("handoffs:list")  # once: reverse() per row of thousands costs seconds
     page.tables[0:0] = [
         Table(
@@ -501,19 +528,11 @@ def project_to_bill(f: Filters) -> Page:
             "blocked-billing",
             "Released, not invoiced",
             ["Batch", "Customer", "Value", "Currency", "Age (days)", "Status"],
-            [
-                [
-                    (r["business_key"], handoff_link(r["id"]) if i < Table.limit else ""),
-                    r["customer_name"],
-                    f"{r['amount'] or 0:,.2f}",
-                    r["currency"],
-                    r["age"],
-                    STATUS_WORDS.get(r["status"], r["status"]),
-                ]
-                for i, r in enumerate(blocked["rows"])  # links only for the rows shown
-            ],
-            "Open project-to-bill handoffs, in the batch's currency.",
+            blocked_rows(blocked["rows"]),
+            "Open project-to-bill handoffs, oldest first, in the batch's currency; age in days since release.",
             "Every released batch has its invoice.",
+            total=blocked["count"],
+            every_row=lambda: blocked_rows(metrics.blocked_billing(f, Converter(), limit=None)["rows"], links=False),
         ),
     ]
     _currency_note(page, conv)
@@ -861,44 +880,8 @@ def demand(f: Filters) -> Page:
         "deal (plan hours × probability, spread evenly over the contract months), against the hours people are "
         "already assigned in the PSA.",
     )
-    months: dict[tuple[str, str], float] = defaultdict(float)
-    spans: dict[tuple[dt.date, dt.date], list[str]] = {}
-    deals = 0
-    default_plan = 0
-    # Closed deals and contracts that ended before the period are skipped below; leave them in the
-    # database (ISO dates compare as text), since a firm has many more of them than open deals.
-    facts = (
-        f.apply(FlowFact.objects.filter(flow="pipeline-to-demand"))
-        .exclude(details__is_closed=True)
-        .filter(details__contract_end__gte=f.start.isoformat())
-        .values_list("details", flat=True)
-    )
-    for d in facts.iterator():
-        if not d or d.get("is_closed") or not d.get("contract_start") or not d.get("contract_end"):
-            continue
-        try:
-            plan = json.loads(d.get("resource_plan_text") or "null")
-        except ValueError:
-            plan = None
-        if not plan:
-            default_plan += 1
-            continue
-        start, end = parse_time(d["contract_start"]), parse_time(d["contract_end"])
-        if not start or not end or end.date() < f.start:
-            continue
-        first, last = start.date().replace(day=1), end.date()
-        span = spans.get((first, last))
-        if span is None:  # many deals share their contract months: build each span once
-            span, day = [], first
-            while day <= last:
-                span.append(day.strftime("%Y-%m"))
-                day = (day + dt.timedelta(days=32)).replace(day=1)
-            spans[(first, last)] = span
-        prob = float(d.get("probability") or 0) / 100
-        deals += 1
-        for item in plan:
-            for m in span:
-                months[(str(item.get("role")), m)] += float(item.get("hours") or 0) * prob / len(span)
+    found = demand_for(f)
+    months, deals, default_plan = found.hours, found.deals, found.default_plan
     all_months = sorted({m for _, m in months if m >= f.start.strftime("%Y-%m")})
     assigned = wip.assigned_hours(f, all_months)
     roles = sorted({r for r, m in months if m in all_months} | {r for r, _ in assigned})

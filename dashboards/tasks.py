@@ -19,3 +19,11 @@ def rollups_rebuild_task() -> dict[str, int]:
     from dashboards.facts import rollups_rebuild_all
 
     return rollups_rebuild_all()
+
+
+@shared_task(name="dashboards.tasks.backlog_repair_task", ignore_result=True)
+def backlog_repair_task() -> dict[str, int]:
+    """Put right any open handoff the backlog counts wrongly (missed update, killed process)."""
+    from dashboards.backlog import backlog_repair
+
+    return backlog_repair()

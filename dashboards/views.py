@@ -89,7 +89,7 @@ def _csv(table: pages.Table, filename: str) -> HttpResponse:
     response["Content-Disposition"] = f'attachment; filename="{filename}.csv"'
     writer = csv.writer(response)
     writer.writerow(table.headers)
-    for row in table.rows:
+    for row in table.all_rows():
         writer.writerow([c[0] if isinstance(c, tuple) else c for c in row])
     return response
 
@@ -275,7 +275,7 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
         sum(b2c.extra_hist.values()),
         f"Nearest-rank median of: {MEASURES['bill-to-cash']['extra']}.",
     )
-    won = metrics.won_not_activated(f, conv)
+    won = metrics.won_not_activated(f, conv, with_rows=False)
     add("deals.won_not_activated", won["count"], "count", won["count"], "Won deals whose project is not active yet.")
     add(
         "deals.won_not_activated_value",
@@ -286,14 +286,14 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
     )
     add(
         "deals.won_not_activated_past_sla",
-        len(won["over_sla"]),
+        won["over_sla_count"],
         "count",
         won["count"],
         f"Those of them older than the quote-to-project SLA ({sla_for('quote-to-project').target_label}).",
     )
     opened = metrics.open_exceptions(f, conv)
     add("exceptions.open", opened["count"], "count", opened["count"], "Handoffs that need a person.")
-    risk = metrics.money_at_risk(f, conv, blocked=blocked)
+    risk = metrics.money_at_risk(f, conv, blocked=blocked, won=won)
     add(
         "money_at_risk",
         risk["value"],

@@ -103,11 +103,14 @@ def unbilled_wip(
             add(w["kind"], entities.get(w["legal_entity_id"], "—"), project, w["amount"], w["currency"], age)
             if w["kind"] == "milestone":
                 milestones.append({**w, "age": age})
-        released = released or metrics.blocked_billing(f, conv)
-        for r in released["rows"]:
-            # Released batches have their own table on the page (oldest first); by project lists the
-            # PSA's work only, since a batch's project is in its read step's output, not on the handoff.
-            add("released", entities.get(r["legal_entity_id"], "—"), None, r["amount"], r["currency"], r["age"])
+        released = released or metrics.blocked_billing(f, conv, with_rows=False)
+        # Released batches have their own table on the page (oldest first); by project lists the
+        # PSA's work only, since a batch's project is in its read step's output, not on the handoff.
+        for entity_id, values in released["by_entity"].items():
+            for bucket, value in enumerate(values):
+                by_kind["released"][bucket] += value
+                by_entity[entities.get(entity_id, "—")][bucket] += value
+        count += released["count"]
     projects = sorted(
         ({"key": key, **v, "total": sum(v["buckets"])} for key, v in by_project.items()),
         key=lambda p: p["total"],

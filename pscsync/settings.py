@@ -374,6 +374,7 @@ CELERY_BEAT_SCHEDULE = {
     "poll-connections": {"task": "pscsync.tasks.connections_poll_task", "schedule": float(POLL_SECONDS)},
     "reconcile": {"task": "pscsync.tasks.reconcile_task", "schedule": float(RECONCILE_SECONDS)},
     "dashboard-rollups": {"task": "dashboards.tasks.rollups_catch_up_task", "schedule": 300.0},
+    "dashboard-open-backlog": {"task": "dashboards.tasks.backlog_repair_task", "schedule": 300.0},
     "exceptions-reconcile": {
         "task": "remediation.tasks.exceptions_reconcile_task",
         "schedule": float(EXCEPTIONS_RECONCILE_SECONDS),

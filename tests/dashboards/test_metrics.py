@@ -72,7 +72,8 @@ def test_censored_deal_is_not_a_latency_but_is_won_not_activated(crm, entities) 
     assert (s.measured, s.median_hours) == (1, 4.0)
     won = metrics.won_not_activated(OCT)
     assert won["count"] == 1 and won["value"] == Decimal("50000.00")
-    assert [r["business_key"] for r in won["over_sla"]] == ["OPP-OPEN"]
+    assert [r["business_key"] for r in won["rows"]] == ["OPP-OPEN"] and won["rows"][0]["age"] == 26
+    assert (won["over_sla_count"], won["over_sla_value"]) == (1, Decimal("50000.00"))
 
 
 @pytest.mark.django_db
@@ -256,7 +257,9 @@ def unbilled(entity, kind: str, source: str, work_date: dt.date, amount: str, cu
 
 
 @pytest.mark.django_db
-def test_unbilled_wip_ages_psa_work_and_released_batches_and_respects_scope(crm, entities) -> None:  # noqa: ANN001
+def test_unbilled_wip_ages_psa_work_and_released_batches_and_respects_scope(
+    crm, entities, django_capture_on_commit_callbacks
+) -> None:  # noqa: ANN001
     FxRate.objects.create(currency="GBP", month="2026-10", kind="closing", rate=Decimal("1.20"))
     us, uk = entities["us"], entities["uk"]
     unbilled(us, "time", "a4T1", dt.date(2026, 10, 25), "1800.00", customer_name="Contoso")  # 6 days
@@ -264,7 +267,8 @@ def test_unbilled_wip_ages_psa_work_and_released_batches_and_respects_scope(crm,
     unbilled(uk, "time", "time_entry:9", dt.date(2026, 7, 1), "1000.00", "GBP", project="P-006B")  # 122 days
     # A batch released 40 days ago with no invoice yet (an open project-to-bill handoff).
     released = T0 - dt.timedelta(days=14)
-    p2b(crm, us, released, released, None, status="needs_attention", amount="500.00", currency="USD")
+    with django_capture_on_commit_callbacks(execute=True):  # the open backlog's hook, as after a commit
+        p2b(crm, us, released, released, None, status="needs_attention", amount="500.00", currency="USD")
     everything = wip.unbilled_wip(OCT)
     assert everything["count"] == 4 and everything["as_of"] == dt.date(2026, 10, 31)
     assert everything["by_kind"]["time"] == [Decimal("1800.00"), 0, 0, Decimal("1200.00")]  # GBP 1000 at 1.20

@@ -161,3 +161,33 @@ def test_a_latency_over_a_year_is_null_in_the_json_not_an_error(client, admin, e
     assert "over a year" in figures["quote-to-project.latency_median"]["definition"]
     weeks = client.get(f"/api/v1/metrics/latency/?{PERIOD}&flow=quote-to-project").json()["flows"][0]["weeks"]
     assert [w["median_hours"] for w in weeks if w["measured"]] == [None]
+
+
+@pytest.mark.django_db
+def test_a_backlog_table_shows_the_oldest_200_and_the_csv_has_every_row(
+    client, viewer, entities, monkeypatch, django_capture_on_commit_callbacks
+) -> None:  # noqa: ANN001
+    """250 released batches without an invoice: the page reads and lists the 200 oldest and says
+    how many the CSV has; the CSV lists all 250, oldest first; the tile counts all 250."""
+    monkeypatch.setattr(clock, "now", lambda: dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC))
+    crm = connection("salesforce", list(entities.values()))
+    with django_capture_on_commit_callbacks(execute=True):  # the backlog hook, as after each commit
+        for i in range(250):
+            released = T0 - dt.timedelta(days=i)
+            handoff(
+                flow="project-to-bill",
+                conn=crm,
+                entity=entities["us"],
+                key=f"BATCH-{i:03d}",
+                status="running",
+                started=released,
+                times={"billing_released": released, "time_approved": released},
+            )
+    client.force_login(viewer)
+    html = client.get(f"/dashboards/project-to-bill/?{PERIOD}").content.decode()
+    assert "Showing the first 200 of 250 rows" in html
+    assert "BATCH-249" in html and "BATCH-050" in html and "BATCH-049" not in html  # oldest first
+    rows = client.get(f"/dashboards/project-to-bill/?{PERIOD}&csv=blocked-billing").content.decode().splitlines()
+    assert len(rows) == 251 and rows[1].startswith("BATCH-249,") and rows[-1].startswith("BATCH-000,")
+    overview = client.get(f"/dashboards/?{PERIOD}").content.decode()
+    assert "(250 batches)" in overview
