@@ -18,8 +18,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q, QuerySet, Sum
-from django.db.models.functions import TruncMonth
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import Abs, TruncMonth
 
 from dashboards.facts import FACT_FIELDS, HOUR_EDGES, MEASURES, MS_EDGES, rollup_rows, sla_for
 from dashboards.models import AttemptRollup, DailyRollup, FlowFact, FxRate
@@ -238,6 +238,7 @@ class FlowStats:
     hist: dict[str, int]
     extra_hist: dict[str, int]
     previous: FlowStats | None = None
+    rows: list[Any] = field(default_factory=list, repr=False)  # the rollup rows read (for other KPIs)
 
     @property
     def pct_within_sla(self) -> float | None:
@@ -278,6 +279,7 @@ def flow_stats(f: Filters, flow: str, *, with_previous: bool = True, conv: Conve
         started_value=sum((conv.convert(r.started_amount, r.currency, r.day) for r in rows), Decimal("0")),
         hist=hist,
         extra_hist=merge(r.extra_hist for r in rows),
+        rows=rows,
     )
     if with_previous:
         stats.previous = flow_stats(f.previous(), flow, with_previous=False, conv=Converter())
@@ -452,11 +454,12 @@ def open_exceptions(f: Filters, conv: Converter | None = None) -> dict[str, Any]
 
 
 # Billing exceptions, mismatches, DSO --------------------------------------------------------------
-def billing_exceptions(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+def billing_exceptions(f: Filters, conv: Converter | None = None, rows: list[Any] | None = None) -> dict[str, Any]:
     """Billing batches released in the period that needed a person or were rejected at least once,
-    ÷ batches released, by count and by value. First-pass yield = 1 − rate."""
+    ÷ batches released, by count and by value. First-pass yield = 1 − rate. `rows`: the period's
+    project-to-bill rollup rows when the caller has read them already (FlowStats.rows)."""
     conv = conv or Converter()
-    rows = rollups(f, "project-to-bill")
+    rows = rollups(f, "project-to-bill") if rows is None else rows
     started = sum(r.started for r in rows)
     exceptions = sum(r.exceptions for r in rows)
     value = sum((conv.convert(r.started_amount, r.currency, r.day) for r in rows), Decimal("0"))
@@ -493,8 +496,15 @@ def revenue_accuracy(f: Filters, conv: Converter | None = None) -> dict[str, Any
     """Revenue schedule accuracy (§2.5): open revenue mismatches (value = Σ|Δ|), and the row match
     rate = matched ÷ checked of each entity's latest complete reconciliation run."""
     conv = conv or Converter()
-    rows = list(mismatches(f).filter(comparison="revenue").values("difference", "currency", "cause"))
-    value = sum((conv.convert(abs(r["difference"]), r["currency"], f.end, "closing") for r in rows), Decimal("0"))
+    # Grouped in the database by currency and cause: a month can hold thousands of mismatches.
+    rows = list(
+        mismatches(f)
+        .filter(comparison="revenue")
+        .values("currency", "cause")
+        .annotate(n=Count("id"), total=Sum(Abs("difference")))
+        .order_by()
+    )
+    value = sum((conv.convert(r["total"] or Decimal("0"), r["currency"], f.end, "closing") for r in rows), Decimal("0"))
     runs = ReconciliationRun.objects.filter(status="complete")
     if f.entity_ids is not None:
         runs = runs.filter(legal_entity_id__in=f.entity_ids)
@@ -509,9 +519,9 @@ def revenue_accuracy(f: Filters, conv: Converter | None = None) -> dict[str, Any
         matched += part.get("matched", 0)
     by_cause: dict[str, int] = defaultdict(int)
     for r in rows:
-        by_cause[r["cause"]] += 1
+        by_cause[r["cause"]] += r["n"]
     return {
-        "open": len(rows),
+        "open": sum(r["n"] for r in rows),
         "value": value,
         "checked": checked,
         "matched": matched,
@@ -563,14 +573,22 @@ def money_at_risk(
     blocked = (blocked or blocked_billing(f, conv, with_rows=False))["value"]
     won = won or won_not_activated(f, conv, with_rows=False)
     late_deals = won["over_sla_value"]
-    mm = list(mismatches(f).filter(comparison__in=["billed_time", "revenue"]).values("difference", "currency"))
-    mm_value = sum((conv.convert(abs(r["difference"]), r["currency"], f.end, "closing") for r in mm), Decimal("0"))
+    mm = list(
+        mismatches(f)
+        .filter(comparison__in=["billed_time", "revenue"])
+        .values("currency")
+        .annotate(n=Count("id"), total=Sum(Abs("difference")))
+        .order_by()
+    )
+    mm_value = sum(
+        (conv.convert(r["total"] or Decimal("0"), r["currency"], f.end, "closing") for r in mm), Decimal("0")
+    )
     return {
         "value": blocked + late_deals + mm_value,
         "parts": [
             {"label": "Billing released, not invoiced", "value": blocked},
             {"label": "Won deals not activated past SLA", "value": late_deals, "count": won["over_sla_count"]},
-            {"label": "Open billing and revenue mismatches", "value": mm_value, "count": len(mm)},
+            {"label": "Open billing and revenue mismatches", "value": mm_value, "count": sum(r["n"] for r in mm)},
         ],
     }
 
@@ -608,8 +626,15 @@ def attempt_stats(f: Filters, since: dt.datetime, group: tuple[str, ...] = ()) -
 def health_line(f: Filters) -> dict[str, Any]:
     """One line: attempts and failure rate over 24 h, dead-lettered backlog, oldest unfinished."""
     now = clock.now()
-    day = attempt_stats(f, now - dt.timedelta(days=1))
-    totals = day[0] if day else {"attempts": 0, "failures": 0, "failure_rate": None, "rate_limited": 0}
+    # Summed in the database: the line needs no percentile, so no histogram is read.
+    qs = AttemptRollup.objects.filter(hour__gte=(now - dt.timedelta(days=1)).replace(minute=0, second=0, microsecond=0))
+    if f.entity_ids is not None:
+        qs = qs.filter(legal_entity_id__in=f.entity_ids)
+    if f.connection_id:
+        qs = qs.filter(connection_id=f.connection_id)
+    totals = qs.aggregate(attempts=Sum("attempts"), failures=Sum("failures"), rate_limited=Sum("rate_limited"))
+    totals = {k: v or 0 for k, v in totals.items()}
+    totals["failure_rate"] = 100.0 * totals["failures"] / totals["attempts"] if totals["attempts"] else None
     from dashboards.backlog import backlog_groups
 
     backlog = sum(g["n"] for g in backlog_groups(f, needs_person=True, by=("needs_person",)))

@@ -220,9 +220,7 @@ class OpenBacklog(models.Model):
     amount = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"))
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=BACKLOG_GROUP_FIELDS, name="backlog_one_row_per_group")
-        ]
+        constraints = [models.UniqueConstraint(fields=BACKLOG_GROUP_FIELDS, name="backlog_one_row_per_group")]
 
     def __str__(self) -> str:
         return f"{self.items} open {self.flow} from {self.aged_day}"

@@ -237,7 +237,7 @@ def overview(f: Filters) -> Page:
             + ". Percentiles are nearest-rank, exact to the hour up to 3 days, to 6 h up to 14 days, to a day beyond.",
         )
     )
-    ex = metrics.billing_exceptions(f, conv)
+    ex = metrics.billing_exceptions(f, conv, rows=p2b.rows)
     rev = metrics.revenue_accuracy(f, conv)
     page.tiles.append(_wip_tile(f, wip.unbilled_wip(f, conv, detail=False, released=blocked)))
     opened = metrics.open_exceptions(f, conv)

@@ -240,7 +240,7 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
         unbilled["count"],
         "The part of unbilled WIP older than 60 days (work date; release date for batches).",
     )
-    ex = metrics.billing_exceptions(f, conv)
+    ex = metrics.billing_exceptions(f, conv, rows=stats["project-to-bill"].rows)
     add(
         "billing.exception_rate",
         ex["rate"],
