@@ -22,7 +22,7 @@ from django.db import connection as db_connection
 from django.db import transaction
 from django.db.models import Q
 
-from dashboards.models import AttemptRollup, DailyRollup, FlowFact, FlowSla, RollupMark
+from dashboards.models import AttemptRollup, DailyRollup, EntityDailyRollup, FlowFact, FlowSla, RollupMark
 from pscsync import clock
 from pscsync.models import Attempt, Handoff, Step
 
@@ -422,6 +422,44 @@ def rollup_rows(facts: Iterable[dict[str, Any]], days: Container[dt.date] | None
     return out
 
 
+ENTITY_SUMS = (
+    "started",
+    "started_amount",
+    "finished",
+    "finished_amount",
+    "measured",
+    "negative",
+    "within_sla",
+    "exceptions",
+    "exception_amount",
+)
+
+
+def entity_rollup_values(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """DailyRollup rows (objects) summed over service line and connection: the values of the
+    EntityDailyRollup rows of the same days (histograms merged bucket by bucket)."""
+    acc: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        k = (r.day, r.flow, r.legal_entity_id, r.currency)
+        t = acc.get(k)
+        if t is None:
+            t = acc[k] = {
+                "day": r.day,
+                "flow": r.flow,
+                "legal_entity_id": r.legal_entity_id,
+                "currency": r.currency,
+                **{name: 0 for name in ENTITY_SUMS},
+                "hist": defaultdict(int),
+                "extra_hist": defaultdict(int),
+            }
+        for name in ENTITY_SUMS:
+            t[name] += getattr(r, name)
+        for name in ("hist", "extra_hist"):
+            for bucket, n in (getattr(r, name) or {}).items():
+                t[name][bucket] += n
+    return [{**t, "hist": dict(t["hist"]), "extra_hist": dict(t["extra_hist"])} for t in acc.values()]
+
+
 FACT_FIELDS = [
     "flow",
     "legal_entity_id",
@@ -448,7 +486,9 @@ def rollup_rebuild(flow: str, days: Iterable[dt.date]) -> None:
                 *FACT_FIELDS
             )
             DailyRollup.objects.filter(flow=flow, day=day).delete()
-            DailyRollup.objects.bulk_create(rollup_rows(facts, {day}))
+            rows = DailyRollup.objects.bulk_create(rollup_rows(facts, {day}))
+            EntityDailyRollup.objects.filter(flow=flow, day=day).delete()
+            EntityDailyRollup.objects.bulk_create([EntityDailyRollup(**v) for v in entity_rollup_values(rows)])
 
 
 def attempt_rollup_rows(attempts: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
@@ -560,6 +600,7 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
     slas = {flow: sla_for(flow) for flow in MEASURES}
     FlowFact.objects.all().delete()
     DailyRollup.objects.all().delete()
+    EntityDailyRollup.objects.all().delete()
     AttemptRollup.objects.all().delete()
     RollupMark.objects.all().delete()
     groups: dict[tuple[str, str], list[HandoffRow]] = defaultdict(list)
@@ -584,6 +625,9 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
     rollups = rollup_rows(facts)
     DailyRollup.objects.bulk_create(rollups, batch_size=batch)
     stats["rollups"] = len(rollups)
+    EntityDailyRollup.objects.bulk_create(
+        [EntityDailyRollup(**v) for v in entity_rollup_values(rollups)], batch_size=batch
+    )
     acc: dict[tuple, dict[str, Any]] = {}
     last_attempt = 0
     marks: dict[int, int] = {}

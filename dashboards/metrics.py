@@ -22,7 +22,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Abs, TruncMonth
 
 from dashboards.facts import FACT_FIELDS, HOUR_EDGES, MEASURES, MS_EDGES, rollup_rows, sla_for
-from dashboards.models import AttemptRollup, DailyRollup, FlowFact, FxRate
+from dashboards.models import AttemptRollup, DailyRollup, EntityDailyRollup, FlowFact, FxRate
 from pscsync import clock
 from pscsync.models import Handoff, Mismatch, ReconciliationRun
 
@@ -176,9 +176,13 @@ class DayRange:
         return isinstance(day, dt.date) and self.start <= day <= self.end
 
 
-def rollups(f: Filters, flow: str, start: dt.date | None = None, end: dt.date | None = None) -> list[Any]:
+def rollups(
+    f: Filters, flow: str, start: dt.date | None = None, end: dt.date | None = None, *, by_line: bool = False
+) -> list[Any]:
     """Rollup rows of one flow in [start, end] (default: the filter's period). With a customer
-    filter the rows are built on the fly from that customer's facts (rollups have no customer)."""
+    filter the rows are built on the fly from that customer's facts (rollups have no customer);
+    without a service-line or connection filter, and unless the caller groups by service line
+    (`by_line`), they come from the per-entity rollups (service line empty, connection None)."""
     start = start or f.start
     end = end or f.end
     if f.customer:
@@ -186,12 +190,19 @@ def rollups(f: Filters, flow: str, start: dt.date | None = None, end: dt.date | 
             Q(start_day__range=(start, end)) | Q(end_day__range=(start, end)) | Q(measured_day__range=(start, end))
         )
         return rollup_rows(facts.values(*FACT_FIELDS), DayRange(start, end))
-    qs = DailyRollup.objects.filter(flow=flow)
+    per_entity = not (by_line or f.service_line or f.connection_id)
+    qs = (EntityDailyRollup if per_entity else DailyRollup).objects.filter(flow=flow)
     if start != dt.date.min:
         qs = qs.filter(day__gte=start)
     qs = qs.filter(day__lte=end)
     # Plain rows, not model instances: a quarter is thousands of rows per flow and the overview
     # reads ten flow periods (building model instances was most of its time at 1M handoffs).
+    if per_entity:
+        fields = [name for name in ROLLUP_ROW_FIELDS if name not in ("service_line", "connection_id")]
+        at = ROLLUP_ROW_FIELDS.index("service_line")
+        return [
+            RollupRow(*values[:at], "", None, *values[at:]) for values in f.apply(qs).values_list(*fields).order_by()
+        ]
     return [RollupRow(*values) for values in f.apply(qs).values_list(*ROLLUP_ROW_FIELDS).order_by()]
 
 
@@ -311,7 +322,7 @@ def weekly_latency(f: Filters, flow: str) -> list[dict[str, Any]]:
 def latency_by(f: Filters, flow: str, dimension: str) -> list[dict[str, Any]]:
     """Median/p90 and % within SLA per legal entity or service line."""
     groups: dict[Any, list[DailyRollup]] = defaultdict(list)
-    for r in rollups(f, flow):
+    for r in rollups(f, flow, by_line=dimension == "service_line"):
         groups[getattr(r, dimension)].append(r)
     out = []
     for key, rows in groups.items():
@@ -547,7 +558,8 @@ def dso(f: Filters, window_days: int = 90, conv: Converter | None = None) -> dic
     else:
         # Summed in the database: receivables per currency over all history (a balance, one rate),
         # billings per currency and month of the window (each month at its average rate).
-        history = f.apply(DailyRollup.objects.filter(flow="bill-to-cash", day__lte=f.end))
+        table = DailyRollup if (f.service_line or f.connection_id) else EntityDailyRollup
+        history = f.apply(table.objects.filter(flow="bill-to-cash", day__lte=f.end))
         for g in history.values("currency").annotate(posted=Sum("started_amount"), paid=Sum("finished_amount")):
             ar += conv.convert((g["posted"] or 0) - (g["paid"] or 0), g["currency"], f.end, "closing")
         window = history.filter(day__gte=window_start).annotate(month=TruncMonth("day"))

@@ -265,7 +265,7 @@ def overview(f: Filters) -> Page:
         Tile(
             "Need a person",
             str(opened["count"]),
-            " · ".join(f"{b['count']} {b['label']}" for b in opened["buckets"] if b["count"]) or "none",
+            " · ".join(f"{b['label']}: {b['count']}" for b in opened["buckets"] if b["count"]) or "none",
             reverse("handoffs:list") + "?status=needs_attention",
             "Handoffs waiting in the workbench, by age since their business change.",
             "bad" if opened["count"] else "good",

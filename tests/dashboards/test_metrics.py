@@ -325,3 +325,42 @@ def test_assigned_hours_by_role_and_month_on_weekdays_within_scope(entities) -> 
     assert everything[("Architect", "2026-12")] == pytest.approx(32)  # 1-4 December: 4 weekdays × 8
     us_only = wip.assigned_hours(metrics.Filters(start=OCT.start, end=OCT.end, entity_ids=(entities["us"].pk,)), months)
     assert us_only[("Architect", "2026-11")] == pytest.approx(68)
+
+
+@pytest.mark.django_db
+def test_per_entity_rollups_equal_the_detailed_ones_as_handoffs_finish(
+    crm, entities, django_capture_on_commit_callbacks
+) -> None:  # noqa: ANN001
+    """Pages without a service-line or connection filter read rollups summed per entity; they must
+    give the figures the detailed rollups give, kept up to date as each handoff finishes."""
+    from dashboards.facts import entity_rollup_values
+    from dashboards.models import DailyRollup, EntityDailyRollup
+
+    with django_capture_on_commit_callbacks(execute=True):
+        for i, (line, hours) in enumerate([("Advisory", 3), ("Advisory", 30), ("Delivery", 7), ("Delivery", 90)]):
+            q2p(crm, entities["us" if i % 2 else "uk"], f"OPP-L{i}", T0, T0 + hours * H, service_line=line)
+    whole = metrics.flow_stats(OCT, "quote-to-project")
+    lines = [
+        metrics.flow_stats(metrics.Filters(start=OCT.start, end=OCT.end, service_line=line), "quote-to-project")
+        for line in ("Advisory", "Delivery")
+    ]
+    assert whole.measured == 4 == sum(s.measured for s in lines)
+    assert whole.hist == metrics.merge(s.hist for s in lines) and (whole.median_hours, whole.p90_hours) == (7.0, 90.0)
+    assert {r["service_line"] for r in metrics.latency_by(OCT, "quote-to-project", "service_line")} == {
+        "Advisory",
+        "Delivery",
+    }
+
+    def kept() -> list[tuple]:
+        return sorted(
+            (v["day"], v["legal_entity_id"], v["measured"], sorted(v["hist"].items()))
+            for v in EntityDailyRollup.objects.values("day", "legal_entity_id", "measured", "hist")
+        )
+
+    incremental = kept()
+    assert incremental == sorted(
+        (v["day"], v["legal_entity_id"], v["measured"], sorted(v["hist"].items()))
+        for v in entity_rollup_values(DailyRollup.objects.all())
+    )
+    rollups_rebuild_all()
+    assert kept() == incremental
