@@ -18,7 +18,7 @@ class DashboardsConfig(AppConfig):
         from pscsync.models import Handoff
 
         def _on_handoff_saved(sender: Any, instance: Handoff, update_fields: Any = None, **kwargs: Any) -> None:
-            from dashboards.backlog import RELEVANT_FIELDS, backlog_sync_safely
+            from dashboards.backlog import backlog_sync_safely, save_may_move
             from dashboards.facts import END_STATES, handoff_finished_safely
 
             handoff_id = instance.pk
@@ -26,7 +26,7 @@ class DashboardsConfig(AppConfig):
                 transaction.on_commit(lambda: handoff_finished_safely(handoff_id))
             # The open backlog follows every save that can move the handoff between groups (it
             # opens, changes status, learns its release date or amount, closes).
-            if update_fields is None or RELEVANT_FIELDS.intersection(update_fields):
+            if save_may_move(instance.flow, instance.status, update_fields):
                 transaction.on_commit(lambda: backlog_sync_safely(handoff_id))
 
         post_save.connect(_on_handoff_saved, sender=Handoff, weak=False, dispatch_uid="dashboards-handoff-finished")

@@ -1,5 +1,6 @@
 """The open backlog kept as data arrives: what is still open (won deals not yet a project, billing
-released and not invoiced, handoffs that need a person), counted and summed per flow, dimension,
+released and not invoiced, and handoffs of any flow that need a person; other flows' handoffs in
+progress are not counted, since no figure reads them), counted and summed per flow, dimension,
 currency and calendar day, so the overview sums a few hundred rows instead of reading tens of
 thousands of open handoffs on every request.
 
@@ -70,6 +71,20 @@ RELEVANT_FIELDS = frozenset(
 )
 
 
+# Statuses an untracked flow's handoff reaches only from states the backlog does not count either
+# (Handoff.TRANSITIONS: needs_attention moves only to pending, resolved or cancelled).
+_NEVER_COUNTED_FROM = frozenset({"running", "waiting_retry", "succeeded"})
+
+
+def save_may_move(flow: str, status: str, update_fields: Any) -> bool:
+    """Whether a save can move a handoff in the backlog (the hook skips the others without a query):
+    it must touch a field that matters, and a flow the backlog does not follow must be able to be
+    leaving a counted state (needing a person)."""
+    if update_fields is not None and not RELEVANT_FIELDS.intersection(update_fields):
+        return False
+    return flow in AGED_FROM or status not in _NEVER_COUNTED_FROM
+
+
 class Group(NamedTuple):
     flow: str
     needs_person: bool
@@ -91,12 +106,17 @@ def contribution(row: dict[str, Any]) -> Contribution | None:
     """What one handoff (as a dict of _HANDOFF_FIELDS) adds to the backlog; None when not open."""
     if row["status"] not in Handoff.OPEN:
         return None
+    needs_person = row["status"] == Handoff.Status.NEEDS_ATTENTION
+    if not needs_person and row["flow"] not in AGED_FROM:
+        # Nothing reads other flows' handoffs while they run: leaving them out keeps a busy flow's
+        # every handoff from taking a group row's lock twice (created, finished).
+        return None
     started = row["business_started_at"] or row["created_at"]
     key = AGED_FROM.get(row["flow"])
     aged = (parse_time((row["business_times"] or {}).get(key)) if key else None) or started
     group = Group(
         flow=row["flow"],
-        needs_person=row["status"] == Handoff.Status.NEEDS_ATTENTION,
+        needs_person=needs_person,
         legal_entity_id=row["legal_entity_id"] or 0,
         service_line=row["service_line"] or "",
         connection_id=row["source_connection_id"] or 0,
@@ -191,10 +211,28 @@ def backlog_sync(handoff_ids: Iterable[int]) -> int:
     return moved
 
 
+_ITEM_VALUES = [f"open_item__{name}" for name in (*GROUP_FIELDS, "customer_name", "amount")]
+
+
+def backlog_unchanged(handoff_id: int) -> bool:
+    """True when the handoff's committed state and its item agree (one read, no lock): most saves
+    of a running handoff (taken by a worker, a step's outputs stored) move it nowhere. A state read
+    here that a later commit changes is that commit's own hook's to sync."""
+    row = Handoff.objects.filter(pk=handoff_id).values(*_HANDOFF_FIELDS, *_ITEM_VALUES).first()
+    if row is None:
+        return False
+    item = [row.pop(name) for name in _ITEM_VALUES]
+    have = None
+    if item[0] is not None:
+        have = Contribution(Group(*item[: len(GROUP_FIELDS)]), item[-2], item[-1] or Decimal("0"))
+    return have == contribution(row)
+
+
 def backlog_sync_safely(handoff_id: int) -> None:
     """Called after a commit: a failure here must never fail the handoff (the repair job fixes it)."""
     try:
-        backlog_sync([handoff_id])
+        if not backlog_unchanged(handoff_id):
+            backlog_sync([handoff_id])
     except Exception:  # noqa: BLE001 - logged and repaired by the beat job
         log.exception("open backlog not updated for handoff %s; the repair job will", handoff_id)
 

@@ -312,18 +312,21 @@ def _fact_write(values: dict[str, Any]) -> tuple[set[dt.date], set[dt.date]]:
     pipeline fact also moves its deal's demand (dashboards.demand), under a lock on the deal so
     two refreshes of one deal cannot both take out the same old demand."""
     demand = values["flow"] == "pipeline-to-demand"
-    with transaction.atomic():
-        if demand and db_connection.vendor == "postgresql":
-            with db_connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"fact:{values['flow']}:{values['key']}"])
-        fields = ["start_day", "end_day", "measured_day"]
-        if demand:
-            fields += ["legal_entity_id", "service_line", "connection_id", "details"]
+    fields = ["start_day", "end_day", "measured_day"]
+    if not demand:
         old = FlowFact.objects.filter(flow=values["flow"], key=values["key"]).values(*fields).first()
         FlowFact.objects.update_or_create(flow=values["flow"], key=values["key"], defaults=values)
-        if demand:
-            from dashboards.demand import demand_move  # it reads this module: import here
+    else:
+        from dashboards.demand import demand_move  # it reads this module: import here
 
+        fields += ["legal_entity_id", "service_line", "connection_id", "details"]
+        with transaction.atomic():
+            if db_connection.vendor == "postgresql":
+                with db_connection.cursor() as cursor:
+                    lock = f"fact:{values['flow']}:{values['key']}"
+                    cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [lock])
+            old = FlowFact.objects.filter(flow=values["flow"], key=values["key"]).values(*fields).first()
+            FlowFact.objects.update_or_create(flow=values["flow"], key=values["key"], defaults=values)
             demand_move(old, values)
     before = {(old or {}).get(k) for k in ("start_day", "end_day", "measured_day")} - {None}
     after = {values[k] for k in ("start_day", "end_day", "measured_day") if values.get(k)}

@@ -187,7 +187,9 @@ class OpenItem(models.Model):
     """One open handoff as the open backlog counts it: the group it adds one to (see
     dashboards.backlog). Ids are 0 and texts empty where the handoff has none, so groups compare."""
 
-    handoff = models.OneToOneField("pscsync.Handoff", primary_key=True, on_delete=models.CASCADE, related_name="+")
+    handoff = models.OneToOneField(
+        "pscsync.Handoff", primary_key=True, on_delete=models.CASCADE, related_name="open_item"
+    )
     flow = models.CharField(max_length=40)
     needs_person = models.BooleanField()
     legal_entity_id = models.BigIntegerField(default=0)

@@ -12,7 +12,7 @@ import pytest
 from django.db import connection as db_connection
 
 from dashboards import metrics
-from dashboards.backlog import backlog_rebuild, backlog_repair, backlog_sync
+from dashboards.backlog import backlog_rebuild, backlog_repair, backlog_sync, backlog_unchanged
 from dashboards.models import FxRate, OpenBacklog, OpenItem
 from pscsync import clock
 from pscsync.models import Handoff
@@ -136,8 +136,11 @@ def test_repair_puts_right_what_an_update_without_signal_or_a_crash_left(crm, en
     assert backlog_repair()["resynced"] == 2
     assert metrics.blocked_billing(OCT, with_rows=False)["count"] == 2
 
+    # The hook's one-read check: in step now; not once the handoff moved without a signal.
+    assert backlog_unchanged(a.pk)
     # Moved by a queryset update (no signal): resolved, and a group count corrupted by hand.
     Handoff.objects.filter(pk=a.pk).update(status=Handoff.Status.RESOLVED)
+    assert not backlog_unchanged(a.pk)
     OpenBacklog.objects.update(items=99)
     result = backlog_repair()
     assert result["resynced"] == 1 and result["groups_fixed"] >= 1
