@@ -183,3 +183,25 @@ def test_concurrent_syncs_of_the_same_handoffs_count_each_once(crm, entities) ->
     assert OpenItem.objects.count() == 40
     assert sum(OpenBacklog.objects.values_list("items", flat=True)) == 40
     assert backlog_repair()["groups_fixed"] == 0
+
+
+@pytest.mark.django_db
+def test_a_flow_the_backlog_does_not_follow_counts_only_while_it_needs_a_person(
+    crm, entities, django_capture_on_commit_callbacks
+) -> None:  # noqa: ANN001
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice = handoff(flow="bill-to-cash", conn=crm, entity=entities["us"], status="running")
+    assert not OpenItem.objects.exists()  # running: no figure reads it
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice.status = Handoff.Status.NEEDS_ATTENTION
+        invoice.save(update_fields=["status"])
+    assert metrics.open_exceptions(OCT)["by_flow"] == {"bill-to-cash": 1}
+    with django_capture_on_commit_callbacks(execute=True):  # resubmitted from the workbench
+        invoice.status = Handoff.Status.PENDING
+        invoice.save(update_fields=["status"])
+    assert metrics.open_exceptions(OCT)["count"] == 0 and not OpenItem.objects.exists()
+    # Taken by a worker and finished: no backlog work is even scheduled (only the rollups' refresh).
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        invoice.status = Handoff.Status.RUNNING
+        invoice.save(update_fields=["status"])
+    assert callbacks == []
