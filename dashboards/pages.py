@@ -11,6 +11,9 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
+from django.db.models import Count, F, OuterRef, Subquery, Sum
+from django.db.models.fields.json import KT
+from django.db.models.functions import TruncMonth
 from django.urls import reverse
 
 from dashboards import charts, metrics, wip
@@ -20,6 +23,7 @@ from dashboards.metrics import Converter, Filters
 from dashboards.models import FlowFact
 from pscsync.models import Attempt, LegalEntity, Mismatch, Step
 from remediation import timeline
+from remediation.models import HandoffException
 
 
 @dataclass
@@ -731,33 +735,46 @@ def _billing_exception_tables(f: Filters, conv: Converter) -> list[Table]:
     customer, by legal entity and by project. The type is the error class of the workbench cause
     the batch was filed under; the project is read from the batch document its read step stored."""
     facts = f.apply(FlowFact.objects.filter(flow="project-to-bill", exception=True, start_day__range=(f.start, f.end)))
-    rows = list(facts.values("handoff_id", "customer_name", "legal_entity_id", "amount", "currency", "start_day"))
-    ids = [r["handoff_id"] for r in rows if r["handoff_id"]]
-    # The workbench keeps one exception record per handoff that ever needed a person, with the error
-    # class of its cause: one index probe per batch (joining attempts to steps took 0.5 s at 1M).
-    from remediation.models import HandoffException
-
-    kinds = dict(HandoffException.objects.filter(handoff_id__in=ids).values_list("handoff_id", "error_class"))
-    projects = dict(
-        Step.objects.filter(handoff_id__in=ids, name="read_billing").values_list(
-            "handoff_id", "output__billing__project_name"
-        )
-    )
+    # Grouped in the database, per key, currency and month (converted at the month's average rate,
+    # once per group): a month of a large firm holds thousands of such batches. The type is the
+    # error class of the workbench record of the batch's handoff and the project comes from the
+    # batch document its read step stored, each one index probe per batch inside the query.
+    keys = {
+        "type": Subquery(
+            HandoffException.objects.filter(handoff_id=OuterRef("handoff_id")).order_by().values("error_class")[:1]
+        ),
+        "customer": F("customer_name"),
+        "entity": F("legal_entity_id"),
+        "project": Subquery(
+            Step.objects.filter(handoff_id=OuterRef("handoff_id"), name="read_billing")
+            .order_by()
+            .values(p=KT("output__billing__project_name"))[:1]
+        ),
+    }
     outcome_words = {**dict(Attempt.Outcome.choices), "transient": "Vendor unavailable", "unknown": "Outcome unknown"}
     entities = dict(LegalEntity.objects.values_list("pk", "name"))
-    groups: dict[str, dict[str, list[Any]]] = {
-        dim: defaultdict(lambda: [0, Decimal("0")]) for dim in ("type", "customer", "entity", "project")
+    words = {
+        "type": lambda k: outcome_words.get(k or "", "Not filed in the workbench"),
+        "customer": lambda k: k or "—",
+        "entity": lambda k: entities.get(k, "—"),
+        "project": lambda k: k or "—",
     }
-    for r in rows:
-        value = conv.convert(r["amount"], r["currency"], r["start_day"])
-        for dim, key in (
-            ("type", outcome_words.get(kinds.get(r["handoff_id"], ""), "Not filed in the workbench")),
-            ("customer", r["customer_name"] or "—"),
-            ("entity", entities.get(r["legal_entity_id"], "—")),
-            ("project", projects.get(r["handoff_id"]) or "—"),
+    groups: dict[str, dict[str, list[Any]]] = {dim: defaultdict(lambda: [0, Decimal("0")]) for dim in keys}
+    for dim, key in keys.items():
+        field_name = {"customer": "customer_name", "entity": "legal_entity_id"}.get(dim)
+        grouped = facts.annotate(_month=TruncMonth("start_day"))
+        if field_name is None:
+            grouped = grouped.annotate(_key=key)
+        for g in (
+            grouped.values(field_name or "_key", "currency", "_month")
+            .annotate(n=Count("id"), total=Sum("amount"))
+            .order_by()
         ):
-            groups[dim][key][0] += 1
-            groups[dim][key][1] += value
+            month = g["_month"].date() if isinstance(g["_month"], dt.datetime) else g["_month"]
+            value = conv.convert(g["total"] or Decimal("0"), g["currency"], month)
+            label = words[dim](g[field_name or "_key"])
+            groups[dim][label][0] += g["n"]
+            groups[dim][label][1] += value
 
     def table(dim: str, title: str, header: str, href: Callable[[str], str] | None = None) -> Table:
         ordered = sorted(groups[dim].items(), key=lambda x: -x[1][1])

@@ -191,3 +191,64 @@ def test_a_backlog_table_shows_the_oldest_200_and_the_csv_has_every_row(
     assert len(rows) == 251 and rows[1].startswith("BATCH-249,") and rows[-1].startswith("BATCH-000,")
     overview = client.get(f"/dashboards/?{PERIOD}").content.decode()
     assert "(250 batches)" in overview
+
+
+@pytest.mark.django_db
+def test_billing_exceptions_by_type_customer_entity_and_project(client, admin, entities, monkeypatch) -> None:  # noqa: ANN001
+    """Known answers for the exceptions page's four breakdowns (counted and summed in SQL), in
+    the reporting currency at the month's average rate."""
+    from dashboards.models import FxRate
+    from remediation.models import ExceptionCause, HandoffException
+
+    monkeypatch.setattr(clock, "now", lambda: dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC))
+    FxRate.objects.create(currency="GBP", month="2026-10", kind="average", rate="1.50")
+    crm = connection("salesforce", list(entities.values()))
+    cause = ExceptionCause.objects.create(
+        signature="s" * 64,
+        flow="project-to-bill",
+        error_class="mapping",
+        message="x",
+        first_seen_at=T0,
+        last_seen_at=T0,
+    )
+    rejected = [{"outcome": "mapping"}]
+    batches = [  # entity, customer, project, amount, currency, filed in the workbench as
+        ("us", "Contoso", "Cloud move", "1000.00", "USD", "mapping"),
+        ("us", "Contoso", "Cloud move", "500.00", "USD", "rejected"),
+        ("uk", "Fabrikam", "", "200.00", "GBP", None),
+    ]
+    for code, customer, project, amount, currency, filed in batches:
+        h = handoff(
+            flow="project-to-bill",
+            conn=crm,
+            entity=entities[code],
+            customer=customer,
+            amount=amount,
+            currency=currency,
+            times={"billing_released": T0, "time_approved": T0, "invoice_created": T0 + 5 * H},
+            finished=T0 + 5 * H,
+            attempts=rejected,
+            outputs={"read_billing": {"billing": {"project_name": project}}} if project else None,
+        )
+        if filed:
+            HandoffException.objects.create(
+                handoff=h, cause=cause, flow=h.flow, error_class=filed, opened_at=T0, last_failed_at=T0
+            )
+    rollups_rebuild_all()
+    client.force_login(admin)
+
+    def csv(name: str) -> list[str]:
+        return (
+            client.get(f"/dashboards/exceptions/?{PERIOD}&csv=billing-exceptions-by-{name}")
+            .content.decode()
+            .splitlines()[1:]
+        )
+
+    assert csv("type") == [
+        'Mapping failed,1,"USD 1,000"',
+        "Rejected by the target,1,USD 500",
+        "Not filed in the workbench,1,USD 300",
+    ]
+    assert csv("customer") == ['Contoso,2,"USD 1,500"', "Fabrikam,1,USD 300"]
+    assert csv("entity") == [f'{entities["us"].name},2,"USD 1,500"', f"{entities['uk'].name},1,USD 300"]
+    assert csv("project") == ['Cloud move,2,"USD 1,500"', "—,1,USD 300"]
