@@ -211,13 +211,12 @@ def test_billing_exceptions_by_type_customer_entity_and_project(client, admin, e
         first_seen_at=T0,
         last_seen_at=T0,
     )
-    rejected = [{"outcome": "mapping"}]
-    batches = [  # entity, customer, project, amount, currency, filed in the workbench as
-        ("us", "Contoso", "Cloud move", "1000.00", "USD", "mapping"),
-        ("us", "Contoso", "Cloud move", "500.00", "USD", "rejected"),
-        ("uk", "Fabrikam", "", "200.00", "GBP", None),
+    batches = [  # entity, customer, project, amount, currency, filed in the workbench as, failed attempt
+        ("us", "Contoso", "Cloud move", "1000.00", "USD", "mapping", "mapping"),
+        ("us", "Contoso", "Cloud move", "500.00", "USD", "rejected", "mapping"),
+        ("uk", "Fabrikam", "", "200.00", "GBP", None, "validation"),
     ]
-    for code, customer, project, amount, currency, filed in batches:
+    for code, customer, project, amount, currency, filed, failed in batches:
         h = handoff(
             flow="project-to-bill",
             conn=crm,
@@ -227,7 +226,7 @@ def test_billing_exceptions_by_type_customer_entity_and_project(client, admin, e
             currency=currency,
             times={"billing_released": T0, "time_approved": T0, "invoice_created": T0 + 5 * H},
             finished=T0 + 5 * H,
-            attempts=rejected,
+            attempts=[{"outcome": failed}],
             outputs={"read_billing": {"billing": {"project_name": project}}} if project else None,
         )
         if filed:
@@ -247,7 +246,7 @@ def test_billing_exceptions_by_type_customer_entity_and_project(client, admin, e
     assert csv("type") == [
         'Mapping failed,1,"USD 1,000"',
         "Rejected by the target,1,USD 500",
-        "Not filed in the workbench,1,USD 300",
+        "Validation failed,1,USD 300",  # not filed: its first failed attempt's outcome
     ]
     assert csv("customer") == ['Contoso,2,"USD 1,500"', "Fabrikam,1,USD 300"]
     assert csv("entity") == [f'{entities["us"].name},2,"USD 1,500"', f"{entities['uk'].name},1,USD 300"]
