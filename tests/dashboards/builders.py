@@ -48,6 +48,7 @@ def handoff(
     service_line: str = "Advisory",
     outputs: dict[str, dict[str, Any]] | None = None,
     attempts: list[dict[str, Any]] | None = None,
+    error_class: str = "",
 ) -> Handoff:
     n = next(_seq)
     key = key or f"KEY-{n}"
@@ -78,6 +79,8 @@ def handoff(
         service_line=service_line,
         amount=Decimal(str(amount)) if amount is not None else None,
         currency=currency,
+        last_error_class=error_class,
+        last_error_message=f"{error_class} failure" if error_class else "",
     )
     for pos, (name, output) in enumerate((outputs or {}).items()):
         Step.objects.create(

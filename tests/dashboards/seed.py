@@ -105,6 +105,7 @@ def seed_firm() -> dict[str, LegalEntity]:
                     currency=cur,
                     started=released,
                     status="needs_attention" if stuck else "succeeded",
+                    error_class="validation" if stuck else "",
                     finished=None if stuck else inv_at,
                     outputs={"read_billing": {"billing": {"project_name": f"{cust} {line.lower()}"}}},
                     times={

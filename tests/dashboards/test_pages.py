@@ -246,7 +246,7 @@ def test_billing_exceptions_by_type_customer_entity_and_project(client, admin, e
     assert csv("type") == [
         'Mapping failed,1,"USD 1,000"',
         "Rejected by the target,1,USD 500",
-        "Validation failed,1,USD 300",  # not filed: its first failed attempt's outcome
+        "Not filed in the workbench,1,USD 300",
     ]
     assert csv("customer") == ['Contoso,2,"USD 1,500"', "Fabrikam,1,USD 300"]
     assert csv("entity") == [f'{entities["us"].name},2,"USD 1,500"', f"{entities['uk'].name},1,USD 300"]
