@@ -606,31 +606,39 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
     EntityDailyRollup.objects.all().delete()
     AttemptRollup.objects.all().delete()
     RollupMark.objects.all().delete()
-    groups: dict[tuple[str, str], list[HandoffRow]] = defaultdict(list)
-    last_id = 0
-    while True:
-        chunk = list(Handoff.objects.filter(pk__gt=last_id).order_by("pk").values(*HANDOFF_FIELDS)[:batch])
-        if not chunk:
-            break
-        last_id = chunk[-1]["id"]
-        for row in _rows_for(chunk):
-            groups[(row.flow, item_key(row))].append(row)
-        stats["handoffs"] += len(chunk)
-    facts = []
-    for (flow, key), rows in groups.items():
-        values = fact_values(flow, key, rows, slas.get(flow) or sla_for(flow))
-        if flow == "bill-to-cash":
-            values["details"]["handoffs"] = sorted(r.id for r in rows)
-        facts.append(values)
-    for i in range(0, len(facts), batch):
-        FlowFact.objects.bulk_create([FlowFact(**v) for v in facts[i : i + batch]])
-    stats["facts"] = len(facts)
-    rollups = rollup_rows(facts)
-    DailyRollup.objects.bulk_create(rollups, batch_size=batch)
-    stats["rollups"] = len(rollups)
-    EntityDailyRollup.objects.bulk_create(
-        [EntityDailyRollup(**v) for v in entity_rollup_values(rollups)], batch_size=batch
-    )
+    # One flow at a time: a flow's items never span flows, so only one flow's handoffs (a third of
+    # the history at most) are held at once, not all of them with all their facts.
+    for flow in sorted(set(Handoff.objects.values_list("flow", flat=True).distinct())):
+        groups: dict[str, list[HandoffRow]] = defaultdict(list)
+        last_id = 0
+        while True:
+            chunk = list(
+                Handoff.objects.filter(flow=flow, pk__gt=last_id).order_by("pk").values(*HANDOFF_FIELDS)[:batch]
+            )
+            if not chunk:
+                break
+            last_id = chunk[-1]["id"]
+            for row in _rows_for(chunk):
+                groups[item_key(row)].append(row)
+            stats["handoffs"] += len(chunk)
+        facts = []
+        sla = slas.get(flow) or sla_for(flow)
+        for key in list(groups):
+            rows = groups.pop(key)
+            values = fact_values(flow, key, rows, sla)
+            if flow == "bill-to-cash":
+                values["details"]["handoffs"] = sorted(r.id for r in rows)
+            facts.append(values)
+        for i in range(0, len(facts), batch):
+            FlowFact.objects.bulk_create([FlowFact(**v) for v in facts[i : i + batch]])
+        stats["facts"] += len(facts)
+        rollups = rollup_rows(facts)
+        del facts
+        DailyRollup.objects.bulk_create(rollups, batch_size=batch)
+        stats["rollups"] += len(rollups)
+        EntityDailyRollup.objects.bulk_create(
+            [EntityDailyRollup(**v) for v in entity_rollup_values(rollups)], batch_size=batch
+        )
     acc: dict[tuple, dict[str, Any]] = {}
     last_attempt = 0
     marks: dict[int, int] = {}
