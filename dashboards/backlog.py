@@ -151,6 +151,10 @@ def add_to_groups(model: Any, key_fields: tuple[str, ...], sum_fields: tuple[str
                 cursor.execute(sql, [*group, *values])
 
 
+def _item(handoff_id: int, c: Contribution) -> OpenItem:
+    return OpenItem(pk=handoff_id, **c.group._asdict(), customer_name=c.customer_name, amount=c.amount)
+
+
 def _apply(deltas: dict[Group, list]) -> None:
     add_to_groups(OpenBacklog, GROUP_FIELDS, ("items", "amount"), deltas)
 
@@ -195,9 +199,7 @@ def backlog_sync(handoff_ids: Iterable[int]) -> int:
             if new is None:
                 to_delete.append(hid)
             else:
-                to_save.append(
-                    OpenItem(pk=hid, **new.group._asdict(), customer_name=new.customer_name, amount=new.amount)
-                )
+                to_save.append(_item(hid, new))
         if to_delete:
             OpenItem.objects.filter(pk__in=to_delete).delete()
         if to_save:
@@ -292,9 +294,7 @@ def backlog_rebuild() -> dict[str, int]:
             if new is None:
                 continue
             _move(deltas, None, new)
-            items.append(
-                OpenItem(pk=row["pk"], **new.group._asdict(), customer_name=new.customer_name, amount=new.amount)
-            )
+            items.append(_item(row["pk"], new))
         OpenItem.objects.bulk_create(items, batch_size=5000)
         OpenBacklog.objects.bulk_create(
             [OpenBacklog(**g._asdict(), items=n, amount=a) for g, (n, a) in deltas.items()], batch_size=5000

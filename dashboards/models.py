@@ -183,13 +183,10 @@ class RollupMark(models.Model):
         return f"handoff {self.handoff_id} attempts through {self.attempts_through}"
 
 
-class OpenItem(models.Model):
-    """One open handoff as the open backlog counts it: the group it adds one to (see
-    dashboards.backlog). Ids are 0 and texts empty where the handoff has none, so groups compare."""
+class BacklogGroupFields(models.Model):
+    """What makes a group of the open backlog. Ids are 0 and texts empty where the handoff has
+    none, so groups compare (and a unique constraint holds: NULLs are never equal)."""
 
-    handoff = models.OneToOneField(
-        "pscsync.Handoff", primary_key=True, on_delete=models.CASCADE, related_name="open_item"
-    )
     flow = models.CharField(max_length=40)
     needs_person = models.BooleanField()
     legal_entity_id = models.BigIntegerField(default=0)
@@ -198,6 +195,22 @@ class OpenItem(models.Model):
     currency = models.CharField(max_length=3, blank=True)
     aged_day = models.DateField(help_text="Day of the business time the item ages from (release, close, start).")
     started_day = models.DateField(help_text="Day the handoff's business started.")
+
+    class Meta:
+        abstract = True
+
+
+# dashboards.backlog keys its upserts by these.
+BACKLOG_GROUP_FIELDS = tuple(f.name for f in BacklogGroupFields._meta.local_fields)
+
+
+class OpenItem(BacklogGroupFields):
+    """One open handoff as the open backlog counts it: the group it adds one to (see
+    dashboards.backlog)."""
+
+    handoff = models.OneToOneField(
+        "pscsync.Handoff", primary_key=True, on_delete=models.CASCADE, related_name="open_item"
+    )
     customer_name = models.CharField(max_length=200, blank=True)
     amount = models.DecimalField(max_digits=16, decimal_places=2, default=Decimal("0"))
 
@@ -209,31 +222,10 @@ class OpenItem(models.Model):
         return f"open {self.flow} handoff {self.handoff_id}"
 
 
-# What makes an OpenBacklog group (dashboards.backlog keys its upserts by it).
-BACKLOG_GROUP_FIELDS = (
-    "flow",
-    "needs_person",
-    "legal_entity_id",
-    "service_line",
-    "connection_id",
-    "currency",
-    "aged_day",
-    "started_day",
-)
-
-
-class OpenBacklog(models.Model):
+class OpenBacklog(BacklogGroupFields):
     """Open handoffs counted per flow, dimension, currency and day: what the overview reads for
     won-not-activated, billing released not invoiced and exceptions by age."""
 
-    flow = models.CharField(max_length=40)
-    needs_person = models.BooleanField()
-    legal_entity_id = models.BigIntegerField(default=0)
-    service_line = models.CharField(max_length=80, blank=True)
-    connection_id = models.BigIntegerField(default=0)
-    currency = models.CharField(max_length=3, blank=True)
-    aged_day = models.DateField()
-    started_day = models.DateField()
     items = models.IntegerField(default=0)
     amount = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"))
 

@@ -245,7 +245,7 @@ def overview(f: Filters) -> Page:
     rev = metrics.revenue_accuracy(f, conv)
     page.tiles.append(_wip_tile(f, wip.unbilled_wip(f, conv, detail=False, released=blocked)))
     opened = metrics.open_exceptions(f, conv)
-    health = metrics.health_line(f)
+    health = metrics.health_line(f, dead_lettered=opened["count"])
     page.tiles += [
         Tile(
             "Billing exceptions",

@@ -25,13 +25,6 @@ KIND_LABELS = {"time": "Approved time", "expense": "Approved expenses", "milesto
 RELEASED = "Released, not invoiced"
 
 
-def _bucket_of(age: int) -> int:
-    for index, (low, high, _label) in enumerate(AGE_BUCKETS_DAYS):
-        if age >= low and (high is None or age <= high):
-            return index
-    return len(AGE_BUCKETS_DAYS) - 1
-
-
 def psa_work(f: Filters):  # noqa: ANN201 - a queryset of UnbilledWork
     qs = UnbilledWork.objects.all()
     if f.entity_ids is not None:
@@ -68,7 +61,7 @@ def unbilled_wip(
         """project: (key, name, customer) or None; one row per key."""
         nonlocal count
         value = conv.convert(amount or Decimal("0"), currency, f.end, "closing")
-        bucket = _bucket_of(age)
+        bucket = metrics.bucket_index(age, AGE_BUCKETS_DAYS)
         by_kind[kind][bucket] += value
         by_entity[entity][bucket] += value
         count += 1
@@ -87,7 +80,7 @@ def unbilled_wip(
         groups = psa_work(f).values("kind", "work_date", "currency").annotate(n=Count("id"), total=Sum("amount"))
         for g in groups.order_by():
             age = max(0, (as_of - g["work_date"]).days) if g["work_date"] else 0
-            by_kind[g["kind"]][_bucket_of(age)] += conv.convert(
+            by_kind[g["kind"]][metrics.bucket_index(age, AGE_BUCKETS_DAYS)] += conv.convert(
                 g["total"] or Decimal("0"), g["currency"], f.end, "closing"
             )
             count += g["n"]

@@ -16,15 +16,10 @@ from dashboards.backlog import backlog_rebuild, backlog_repair, backlog_sync, ba
 from dashboards.models import FxRate, OpenBacklog, OpenItem
 from pscsync import clock
 from pscsync.models import Handoff
-from tests.dashboards.builders import connection, handoff
+from tests.dashboards.builders import handoff
 
 NOW = dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC)
 OCT = metrics.Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
-
-
-@pytest.fixture
-def crm(entities):  # noqa: ANN001, ANN201
-    return connection("salesforce", list(entities.values()))
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from dashboards import metrics
 from dashboards.demand import demand_for, demand_rebuild
 from dashboards.models import DemandMonth
 from pscsync import clock
-from tests.dashboards.builders import connection, handoff
+from tests.dashboards.builders import handoff
 
 NOW = dt.datetime(2026, 10, 20, 12, tzinfo=dt.UTC)
 OCT = metrics.Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
@@ -22,11 +22,6 @@ OCT = metrics.Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
 @pytest.fixture(autouse=True)
 def _now(monkeypatch):  # noqa: ANN001, ANN202
     monkeypatch.setattr(clock, "now", lambda: NOW)
-
-
-@pytest.fixture
-def crm(entities):  # noqa: ANN001, ANN201
-    return connection("salesforce", list(entities.values()))
 
 
 def pipeline(crm, entity, key: str, *, customer: str = "Contoso", minutes: int = 0, **deal):  # noqa: ANN001, ANN201, ANN003

@@ -12,15 +12,10 @@ from dashboards.facts import business_days_between, rollups_rebuild_all
 from dashboards.models import FlowSla, FxRate
 from pscsync import clock
 from pscsync.models import Mismatch, ReconciliationRun, UnbilledWork
-from tests.dashboards.builders import T0, connection, handoff
+from tests.dashboards.builders import T0, handoff
 
 H = dt.timedelta(hours=1)
 OCT = metrics.Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
-
-
-@pytest.fixture
-def crm(entities):  # noqa: ANN001, ANN201
-    return connection("salesforce", list(entities.values()))
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,13 @@
+"""Fixtures the dashboards' tests share."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.dashboards.builders import connection
+
+
+@pytest.fixture
+def crm(entities):  # noqa: ANN001, ANN201
+    """The CRM connection every hand-built handoff comes from, serving both legal entities."""
+    return connection("salesforce", list(entities.values()))
