@@ -84,10 +84,6 @@ def unbilled_wip(
                 g["total"] or Decimal("0"), g["currency"], f.end, "closing"
             )
             count += g["n"]
-        released = released or metrics.blocked_billing(f, conv, with_rows=False)
-        for index, bucket in enumerate(released["buckets"]):
-            by_kind["released"][index] += bucket["value"]
-        count += released["count"]
     else:
         fields = ("kind", "legal_entity_id", "project_key", "project_name", "customer_name", "amount", "currency")
         for w in psa_work(f).values(*fields, "work_date", "description", "source_id"):
@@ -96,14 +92,15 @@ def unbilled_wip(
             add(w["kind"], entities.get(w["legal_entity_id"], "—"), project, w["amount"], w["currency"], age)
             if w["kind"] == "milestone":
                 milestones.append({**w, "age": age})
-        released = released or metrics.blocked_billing(f, conv, with_rows=False)
-        # Released batches have their own table on the page (oldest first); by project lists the
-        # PSA's work only, since a batch's project is in its read step's output, not on the handoff.
-        for entity_id, values in released["by_entity"].items():
-            for bucket, value in enumerate(values):
-                by_kind["released"][bucket] += value
+    # Released batches have their own table on the page (oldest first); by project lists the PSA's
+    # work only, since a batch's project is in its read step's output, not on the handoff.
+    released = released or metrics.blocked_billing(f, conv, with_rows=False)
+    for entity_id, values in released["by_entity"].items():
+        for bucket, value in enumerate(values):
+            by_kind["released"][bucket] += value
+            if detail:
                 by_entity[entities.get(entity_id, "—")][bucket] += value
-        count += released["count"]
+    count += released["count"]
     projects = sorted(
         ({"key": key, **v, "total": sum(v["buckets"])} for key, v in by_project.items()),
         key=lambda p: p["total"],
