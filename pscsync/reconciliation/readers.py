@@ -81,6 +81,7 @@ class Deal:
     close_date: dt.date | None
     modified_at: dt.datetime | None
     service_line: str = ""
+    billing_model: str = ""  # the contract's billing terms follow from it (rules.arrears_periods)
 
     @property
     def project_key(self) -> str:
@@ -248,6 +249,7 @@ DEAL_FIELDS = (
     "Account.Name",
     "Account.Tax_Profile__c",
     "Service_Line__c",
+    "Billing_Model__c",
 )
 
 
@@ -276,6 +278,7 @@ def crm_deals(crm: Connection, entity: LegalEntity) -> dict[str, Deal]:
             close_date=day(row.get("CloseDate")),
             modified_at=instant(row.get("LastModifiedDate")),
             service_line=str(row.get("Service_Line__c") or ""),
+            billing_model=str(row.get("Billing_Model__c") or ""),
         )
     return deals
 
