@@ -33,7 +33,6 @@ from pscsync.flows.quote_to_project import (
 from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, systems, update_by_id
 from pscsync.models import Handoff
 
-
 # contract-change ---------------------------------------------------------------------------------
 # A deal's quote-to-project that no worker is running: one waiting to run, to retry, or for a person.
 _WAITING = (Handoff.Status.PENDING, Handoff.Status.WAITING_RETRY, Handoff.Status.NEEDS_ATTENTION)

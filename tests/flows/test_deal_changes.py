@@ -126,9 +126,7 @@ def test_an_amendment_before_the_project_exists_revalues_won_not_yet_a_project(
         waiting = run(trigger(firm, "quote-to-project", opp))
     assert waiting.status == Handoff.Status.NEEDS_ATTENTION and waiting.amount == 120000
     assert OpenItem.objects.get(pk=waiting.pk).amount == 120000
-    firm.salesforce.update(
-        entity="opportunity", record_id=opp, fields={"Amount": 150000, "Contract_Version__c": 2}
-    )
+    firm.salesforce.update(entity="opportunity", record_id=opp, fields={"Amount": 150000, "Contract_Version__c": 2})
     with django_capture_on_commit_callbacks(execute=True):
         amendment = run(trigger(firm, "contract-change", opp, minutes_later=5))
     assert amendment.status == Handoff.Status.WAITING_RETRY  # the amendment itself waits for the project
