@@ -138,6 +138,9 @@ class Result:
 class Outcome:
     checked: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COMPARISONS, 0))
     results: list[Result] = field(default_factory=list)
+    # Σ|ERP amount| of every subject checked, per comparison and currency: the denominator of
+    # revenue schedule accuracy (1 − Σ|Δ| ÷ Σ|ERP recognised|, DOMAIN.md §2.5).
+    erp_total: dict[str, dict[str, Decimal]] = field(default_factory=lambda: {c: {} for c in COMPARISONS})
 
 
 def _cause_of(findings: list[Finding]) -> str | None:
@@ -341,6 +344,9 @@ def billing(h: Holdings, tolerance: Tolerance, *, erp_name: str, psa_name: str, 
     for comparison in (BILLED_TIME, REVENUE):
         for (pk, period), bucket in sorted(buckets[comparison].items()):
             outcome.checked[comparison] += 1
+            totals = outcome.erp_total[comparison]
+            currency = bucket.currency or entity_currency
+            totals[currency] = totals.get(currency, ZERO) + abs(bucket.erp)
             touching = [f for f in findings if (pk, period) in f.buckets.get(comparison, set())]
             result = _bucket_result(
                 comparison,

@@ -120,8 +120,10 @@ def test_billing_in_arrears_is_not_a_mismatch(firm):  # noqa: ANN001
     seed.netsuite_invoice(firm, t, late_posted, date="2026-11-03")
     summary = run().summary
     assert open_mismatches() == []
-    assert summary["billed_time"] == {"checked": 2, "matched": 2, "mismatches": {}, "cleared": 0}
-    assert summary["revenue"] == {"checked": 2, "matched": 2, "mismatches": {}, "cleared": 0}
+    # Σ|ERP| over the checked subjects: the two invoices, 6000.00 each.
+    totals = {"erp_total": {"USD": "12000.00"}}
+    assert summary["billed_time"] == {"checked": 2, "matched": 2, "mismatches": {}, "cleared": 0, **totals}
+    assert summary["revenue"] == {"checked": 2, "matched": 2, "mismatches": {}, "cleared": 0, **totals}
 
 
 def test_duplicate_invoice(firm):  # noqa: ANN001
