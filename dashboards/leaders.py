@@ -77,7 +77,9 @@ class Accuracy:
 
     @property
     def accuracy(self) -> float | None:
-        return None if self.wape is None else 100.0 - self.wape
+        # max(0, 1 − WAPE): a forecast off by more than the actual hours has no accuracy left, and a
+        # negative percentage reads as nonsense; WAPE and bias still say by how much.
+        return None if self.wape is None else max(0.0, 100.0 - self.wape)
 
     @property
     def bias(self) -> float | None:

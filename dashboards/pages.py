@@ -1005,8 +1005,8 @@ FORECAST_HELP = (
     "Resource forecast accuracy (DOMAIN.md §2.8): for each month of the period that has ended, the weighted "
     "demand forecast (open deals' plan hours × probability) as it stood N days before the month (the latest "
     "weekly snapshot then) against the hours people were later assigned in the PSA and the approved hours they "
-    "worked, by role. WAPE = Σ|forecast − actual| ÷ Σ actual; accuracy = 1 − WAPE; bias = Σ(forecast − actual) "
-    "÷ Σ actual (positive: over-forecast)."
+    "worked, by role. WAPE = Σ|forecast − actual| ÷ Σ actual; accuracy = 1 − WAPE, not below 0; "
+    "bias = Σ(forecast − actual) ÷ Σ actual (positive: over-forecast)."
 )
 REVENUE_HELP = (
     "Revenue schedule accuracy (DOMAIN.md §2.5), as of each legal entity's latest complete reconciliation: "
@@ -1023,7 +1023,9 @@ EFFORT_HELP = (
 
 
 def _acc_text(a: leaders.Accuracy | None) -> str:
-    return "—" if a is None or a.accuracy is None else f"{a.accuracy:.0f}%"
+    if a is None or a.accuracy is None or a.wape is None:
+        return "—"
+    return f"{a.accuracy:.0f}%" + (f" (off by {a.wape:.0f}%)" if a.wape > 100 else "")
 
 
 def leader_tiles(f: Filters, conv: Converter) -> list[Tile]:
@@ -1036,12 +1038,12 @@ def leader_tiles(f: Filters, conv: Converter) -> list[Tile]:
     return [
         Tile(
             "Resource forecast accuracy",
-            _acc_text(head) if head else "not measured yet",
+            _acc_text(head) if head else "—",
             (
                 f"{shortest}-day forecast vs hours worked · vs hours assigned {_acc_text(assigned)} · bias "
                 + ("—" if head.bias is None else f"{head.bias:+.0f}%")
                 if head
-                else "needs a weekly forecast snapshot older than the month it forecast"
+                else "not measured yet: no forecast snapshot is that much older than an ended month"
             ),
             link("dashboards:leaders", f) + "#forecast",
             FORECAST_HELP,
@@ -1050,8 +1052,9 @@ def leader_tiles(f: Filters, conv: Converter) -> list[Tile]:
         ),
         Tile(
             "Revenue schedule accuracy",
-            "not measured yet" if rev["value_accuracy"] is None else f"{rev['value_accuracy']:.1f}%",
-            f"match rate {pct(rev['match_rate'])} ({rev['matched']} of {rev['checked']} project-months) · "
+            "—" if rev["value_accuracy"] is None else f"{rev['value_accuracy']:.1f}%",
+            ("not measured yet: no reconciliation has completed · " if rev["value_accuracy"] is None else "")
+            + f"match rate {pct(rev['match_rate'])} ({rev['matched']} of {rev['checked']} project-months) · "
             f"{money(rev['abs_difference'])} apart",
             link("dashboards:leaders", f) + "#revenue",
             REVENUE_HELP,
