@@ -20,7 +20,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
+from django.db.models.functions import Abs
 
 from dashboards import wip
 from dashboards.metrics import Converter, Filters
@@ -171,7 +172,7 @@ def _latest_runs(f: Filters) -> list[ReconciliationRun]:
     return list(latest.values())
 
 
-def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None, *, with_rows: bool = True) -> dict[str, Any]:
     """As of each entity's latest complete reconciliation (the period filter does not apply: it
     compares every month the systems hold): value accuracy = 1 − Σ|Δ| of the open revenue
     mismatches ÷ Σ|ERP recognised| of every project-month checked, at the closing rate of the
@@ -192,11 +193,17 @@ def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None) -> dict
         status=Mismatch.Status.OPEN,
         legal_entity_id__in=[r.legal_entity_id for r in runs],
     ).select_related("legal_entity")
-    rows, abs_difference = [], Decimal("0")
-    for m in qs.order_by("legal_entity__code", "subject_key", "period"):
-        converted = conv.convert(abs(m.difference), m.currency, f.end, "closing")
-        abs_difference += converted
-        rows.append({"mismatch": m, "abs_difference": converted})
+    # Summed in the database per currency (there can be thousands); the rows only for the drill-down.
+    totals = qs.values("currency").annotate(total=Sum(Abs("difference"))).order_by()
+    abs_difference = sum(
+        (conv.convert(t["total"] or Decimal("0"), t["currency"], f.end, "closing") for t in totals), Decimal("0")
+    )
+    rows = []
+    if with_rows:
+        for m in qs.order_by("legal_entity__code", "subject_key", "period"):
+            rows.append(
+                {"mismatch": m, "abs_difference": conv.convert(abs(m.difference), m.currency, f.end, "closing")}
+            )
     return {
         "as_of": max((r.finished_at for r in runs if r.finished_at), default=None),
         "checked": checked,
@@ -228,16 +235,17 @@ def reconciliation_effort(f: Filters) -> dict[str, Any]:
     minutes of reading before the first; a sitting counts in the week it began."""
     start = dt.datetime.combine(f.start, dt.time.min, tzinfo=dt.UTC)
     end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
-    qs = AuditEntry.objects.filter(created_at__gte=start, created_at__lt=end, actor__isnull=False)
+    kinds = Q()
+    for prefix in EFFORT_ACTIONS:
+        kinds |= Q(action__startswith=prefix)
+    qs = AuditEntry.objects.filter(kinds, created_at__gte=start, created_at__lt=end, actor__isnull=False)
     if f.entity_ids is not None:
         qs = qs.filter(legal_entity_id__in=f.entity_ids)
-    entries = [
-        e
-        for e in qs.order_by("actor_id", "created_at", "pk").only(
+    entries = list(
+        qs.order_by("actor_id", "created_at", "pk").only(
             "created_at", "actor_id", "actor_label", "action", "object_type", "object_id", "object_repr", "comment"
         )
-        if e.action.startswith(EFFORT_ACTIONS)
-    ]
+    )
     weeks: dict[dt.date, dict[str, Any]] = defaultdict(
         lambda: {"actions": 0, "people": set(), "items": set(), "hours": 0.0}
     )

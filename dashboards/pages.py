@@ -1028,10 +1028,17 @@ def _acc_text(a: leaders.Accuracy | None) -> str:
     return f"{a.accuracy:.0f}%" + (f" (off by {a.wape:.0f}%)" if a.wape > 100 else "")
 
 
-def leader_tiles(f: Filters, conv: Converter) -> list[Tile]:
-    fc = leaders.forecast_accuracy(f)
-    rev = leaders.revenue_schedule_accuracy(f, conv)
-    effort = leaders.reconciliation_effort(f)
+def leader_tiles(
+    f: Filters,
+    conv: Converter,
+    fc: leaders.ForecastAccuracy | None = None,
+    rev: dict[str, Any] | None = None,
+    effort: dict[str, Any] | None = None,
+) -> list[Tile]:
+    """The three leader figures' tiles (from the figures when the caller has them already)."""
+    fc = fc or leaders.forecast_accuracy(f)
+    rev = rev or leaders.revenue_schedule_accuracy(f, conv, with_rows=False)
+    effort = effort or leaders.reconciliation_effort(f)
     head = fc.headline
     shortest = min(fc.lags, default=None)
     assigned = fc.lags[shortest]["assigned"] if shortest else None
@@ -1080,8 +1087,10 @@ def leaders_page(f: Filters) -> Page:
         "Resource forecast accuracy, revenue schedule accuracy and reconciliation effort, with the records each "
         "figure is built from.",
     )
-    page.tiles = leader_tiles(f, conv)
     fc = leaders.forecast_accuracy(f)
+    rev = leaders.revenue_schedule_accuracy(f, conv)
+    effort = leaders.reconciliation_effort(f)
+    page.tiles = leader_tiles(f, conv, fc, rev, effort)
     page.tables.append(
         Table(
             "forecast",
@@ -1135,7 +1144,6 @@ def leaders_page(f: Filters) -> Page:
             "No forecast to compare yet.",
         )
     )
-    rev = leaders.revenue_schedule_accuracy(f, conv)
     page.tables.append(
         Table(
             "revenue",
@@ -1171,7 +1179,6 @@ def leaders_page(f: Filters) -> Page:
             else "Not measured yet: no reconciliation has completed.",
         )
     )
-    effort = leaders.reconciliation_effort(f)
     page.tables.append(
         Table(
             "effort",

@@ -342,7 +342,7 @@ def leader_metrics(f: Filters, conv: metrics.Converter) -> list[dict[str, Any]]:
                     definition=f"Σ(forecast − actual) ÷ Σ actual of {what} (positive: over-forecast).",
                 ),
             ]
-    rev = revenue_schedule_accuracy(f, conv)
+    rev = revenue_schedule_accuracy(f, conv, with_rows=False)
     out += [
         dict(
             key="revenue.schedule_value_accuracy",
