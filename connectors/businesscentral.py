@@ -447,15 +447,22 @@ class BusinessCentralConnector(Connector):
             where: dict[str, Any] | None = {"id": invoice_id}
         else:
             where = {"customerPurchaseOrderReference": project_key} if project_key else None
-        records = list(self.read("salesInvoices", where=where))
+        return self.ledger_build(
+            list(self.read("salesInvoices", where=where)), every_payment=not (project_key or invoice_id)
+        )
+
+    def ledger_build(self, records: list[dict[str, Any]], *, every_payment: bool = True) -> list[LedgerInvoice]:
+        """salesInvoices records already read as canonical invoices, with the customer payments
+        applied to them: the company's every payment line (`every_payment`, a full read, one
+        paged call) or those applied to these invoices (one call each)."""
         if not records:
             return []
-        if project_key or invoice_id:
+        if every_payment:
+            rows = list(self.read("customerPayments"))
+        else:
             rows = [
                 r for inv in records for r in self.read("customerPayments", where={"appliesToInvoiceId": inv["id"]})
             ]
-        else:
-            rows = list(self.read("customerPayments"))
         payments = [p for p in (payment_application(r) for r in rows) if p is not None]
         # An invoice in the company's local currency has a blank currencyCode: the ledger takes
         # the legal entity's functional currency for it.

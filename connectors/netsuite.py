@@ -429,13 +429,20 @@ class NetSuiteConnector(Connector):
                 )
                 if r
             ]
+        return self.ledger_build(records, every_payment=not (project_key or invoice_id))
+
+    def ledger_build(
+        self, records: list[dict[str, Any]], *, names: dict[str, str] | None = None, every_payment: bool = True
+    ) -> list[LedgerInvoice]:
+        """Invoice records already read (REST, with sublists) as canonical invoices, with the
+        payments applied to them: all the account's payments (`every_payment`, a full read) or
+        those of these invoices' customers. `names`: customer names the caller has read."""
         if not records:
             return []
         customers = sorted({_ref(r.get("entity"))[0] for r in records} - {""})
-        # Payments are read per customer of these invoices (all of them for a full read): the
-        # invoice record does not list what was applied to it, the payments' apply lines do.
-        payments = self._applications(customers if (project_key or invoice_id) else None)
-        names = self._customer_names(customers)
+        # The invoice record does not list what was applied to it; the payments' apply lines do.
+        payments = self._applications(None if every_payment else customers)
+        names = names if names is not None else self._customer_names(customers)
         return [
             ledger_invoice(r, payments=payments, customer_name=names.get(_ref(r.get("entity"))[0], "")) for r in records
         ]

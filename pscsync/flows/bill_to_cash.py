@@ -44,6 +44,8 @@ def invoice_read(ctx: StepContext, erp: Connection) -> dict[str, Any]:
         status = "Partly paid"
     elif posted:
         status = "Invoiced"
+    elif any(i.status == InvoiceStatus.PENDING_APPROVAL for i in invoices):
+        status = "Invoice awaiting approval"
     else:
         status = "Invoice in draft"
     project = {
