@@ -71,8 +71,8 @@ def ageing_index(days_past_due: int) -> int:
 
 def receivables(f: Filters, conv: Converter | None = None, *, at: dt.date | None = None) -> dict[str, Any]:
     """Open balances at `at` (default: the period end), aged by due date, by customer and legal
-    entity. `rows`: one per (legal entity, customer), largest first; `native`: the open amounts
-    in their own currencies, before conversion."""
+    entity. `rows`: one per (legal entity, customer), largest first; `invoices`: each open invoice
+    (its open amount in its own currency); `native`: the open amounts per currency, unconverted."""
     conv = conv or Converter()
     at = at or f.end
     applied = Coalesce(
@@ -84,7 +84,17 @@ def receivables(f: Filters, conv: Converter | None = None, *, at: dt.date | None
         ledger_invoices(f)
         .filter(status__in=ErpInvoice.POSTED_STATES, posting_date__lte=at)
         .annotate(applied=applied)
-        .values("legal_entity_id", "customer_name", "currency", "due_date", "total", "applied")
+        .values(
+            "legal_entity_id",
+            "customer_name",
+            "currency",
+            "due_date",
+            "total",
+            "applied",
+            "number",
+            "status",
+            "posting_date",
+        )
         .order_by()
     )
     n = len(AGEING_BUCKETS)
@@ -92,11 +102,14 @@ def receivables(f: Filters, conv: Converter | None = None, *, at: dt.date | None
     by_customer: dict[tuple[int, str], list[Decimal]] = defaultdict(lambda: [ZERO] * n)
     by_entity: dict[int, Decimal] = defaultdict(Decimal)
     native: dict[str, Decimal] = defaultdict(Decimal)
+    invoices = []
     for row in qs:
         open_amount = row["total"] - row["applied"]
         if open_amount <= 0:
             continue
-        index = ageing_index((at - row["due_date"]).days if row["due_date"] else 0)
+        late = (at - row["due_date"]).days if row["due_date"] else 0
+        index = ageing_index(late)
+        invoices.append({**row, "open": open_amount, "days_past_due": max(0, late), "bucket": index})
         value = conv.convert(open_amount, row["currency"], at, "closing")
         buckets[index] += value
         counts[index] += 1
@@ -118,6 +131,8 @@ def receivables(f: Filters, conv: Converter | None = None, *, at: dt.date | None
         "rows": sorted(rows, key=lambda r: (-r["total"], r["customer"])),
         "by_entity": dict(by_entity),
         "native": dict(native),
+        # The drill-down: every invoice behind the figure, the longest overdue first.
+        "invoices": sorted(invoices, key=lambda r: (-r["days_past_due"], r["number"])),
     }
 
 

@@ -21,7 +21,7 @@ from dashboards.demand import demand_for
 from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters
 from dashboards.models import FlowFact
-from pscsync.models import Attempt, LegalEntity, Mismatch, Step
+from pscsync.models import Attempt, ErpInvoice, LegalEntity, Mismatch, Step
 from remediation import timeline
 from remediation.models import HandoffException
 
@@ -678,6 +678,28 @@ def bill_to_cash(f: Filters) -> Page:
             [[name, *(money(v) for v in values), money(sum(values))] for name, values in sorted(per_entity.items())],
             "The same open balances summed per legal entity.",
             "No customer owes anything: every posted invoice is paid.",
+        ),
+        Table(
+            "open-invoices",
+            "Open invoices",
+            ["Invoice", "Legal entity", "Customer", "Posted", "Due", "Days past due", "Open", "Currency", "State"],
+            [
+                [
+                    i["number"],
+                    entities.get(i["legal_entity_id"], "—"),
+                    i["customer_name"] or "—",
+                    i["posting_date"],
+                    i["due_date"] or "—",
+                    i["days_past_due"],
+                    f"{i['open']:,.2f}",
+                    i["currency"],
+                    ErpInvoice.Status(i["status"]).label,
+                ]
+                for i in owed["invoices"]
+            ],
+            "The invoices behind the receivables, the longest overdue first, in their own currency: total less "
+            "the payments applied up to the period end. The state is the ERP's today.",
+            "No invoice is open.",
         ),
     ]
     _currency_note(page, conv)
