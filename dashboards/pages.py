@@ -698,8 +698,10 @@ def bill_to_cash(f: Filters) -> Page:
                 for i in owed["invoices"]
             ],
             "The invoices behind the receivables, the longest overdue first, in their own currency: total less "
-            "the payments applied up to the period end. The state is the ERP's today.",
+            "the payments applied up to the period end. The state is the ERP's today. The page shows the 25 "
+            "longest overdue; Export CSV has every open invoice.",
             "No invoice is open.",
+            limit=25,
         ),
     ]
     _currency_note(page, conv)
