@@ -33,7 +33,9 @@ def invoice_read(ctx: StepContext, erp: Connection) -> dict[str, Any]:
     invoices = connector.ledger_invoices(project_key=project_key) if project_key else found
     if invoice.id not in {i.id for i in invoices}:
         invoices = [*invoices, invoice]
-    ledger_record_invoices(legal_entity=ctx.handoff.legal_entity, connection=erp, invoices=invoices)
+    entity = ctx.handoff.legal_entity or (erp.legal_entities.first() if erp.legal_entities.count() == 1 else None)
+    if entity is not None:  # else the entity's reconciliation records them, knowing whose they are
+        ledger_record_invoices(legal_entity=entity, connection=erp, invoices=invoices)
     posted = [i for i in invoices if i.posted]
     invoiced = sum((i.total for i in posted), Decimal("0.00"))
     paid = min(invoiced, sum((i.paid_amount for i in posted), Decimal("0.00")))
