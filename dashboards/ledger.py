@@ -27,7 +27,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, DecimalField, Q, QuerySet, Sum, Value
+from django.db.models import Count, DecimalField, Max, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, TruncMonth, TruncWeek
 
 from dashboards.metrics import AGE_BUCKETS_DAYS, Converter, Filters, bucket_index
@@ -60,6 +60,12 @@ def ledger_invoices(f: Filters) -> QuerySet[ErpInvoice]:
     if f.connection_id:
         qs = qs.filter(connection_id=f.connection_id)
     return qs
+
+
+def ledger_read_at(f: Filters) -> dt.datetime | None:
+    """When the ledger in scope was last read from an ERP; None: never (the figures are not
+    measured yet, which is not the same as nothing owed)."""
+    return ledger_invoices(f).aggregate(at=Max("read_at"))["at"]
 
 
 def ageing_index(days_past_due: int) -> int:
@@ -176,6 +182,7 @@ def dso(f: Filters, conv: Converter | None = None, *, window_days: int = DSO_WIN
     days = float(owed["value"] / billed["value"] * window_days) if billed["value"] > 0 else None
     return {
         "days": days,
+        "as_of": ledger_read_at(f),
         "receivables": owed["value"],
         "billings": billed["value"],
         "invoices": billed["count"],

@@ -579,6 +579,16 @@ def _wip_tile(f: Filters, unbilled: dict[str, Any]) -> Tile:
 
 def _dso_tile(f: Filters, d: dict[str, Any], *, question: str = "") -> Tile:
     owed = d["ageing"]
+    if d["as_of"] is None:
+        return Tile(
+            "DSO",
+            "—",
+            "not measured yet: no ERP invoice has been read (each bill-to-cash sync and reconciliation reads them)",
+            link("dashboards:bill_to_cash", f),
+            ledger.DSO_DEFINITION,
+            "",
+            question,
+        )
     return Tile(
         "DSO",
         "—" if d["days"] is None else f"{d['days']:.0f} days",

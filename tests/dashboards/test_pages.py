@@ -260,6 +260,9 @@ def test_receivables_ageing_and_cash_agree_in_page_csv_and_json_and_respect_scop
     from connectors.models import Connection
     from tests.dashboards.test_metrics import ledger_invoice
 
+    client.force_login(viewer)  # limited to the US entity
+    before = client.get(f"/dashboards/bill-to-cash/?{PERIOD}").content.decode()
+    assert "not measured yet: no ERP invoice has been read" in before  # not "USD 0 owed"
     erp = Connection.objects.get(slug="salesforce")  # any connection: the ledger row only names it
     # US: 2,000 posted 1 Sep, due 1 Oct, 500 paid 10 Oct -> 1,500 owed, 30 days past due at 31 Oct.
     ledger_invoice(
@@ -270,7 +273,6 @@ def test_receivables_ageing_and_cash_agree_in_page_csv_and_json_and_respect_scop
     ledger_invoice(
         erp, firm["uk"], "UK-1", status="posted", posted=dt.date(2026, 10, 2), due=dt.date(2026, 11, 1), total="9000.00"
     )
-    client.force_login(viewer)  # limited to the US entity
     page = client.get(f"/dashboards/bill-to-cash/?{PERIOD}").content.decode()
     assert "Receivables ageing by customer" in page and "USD 1,500" in page and "9,000" not in page
     csv = client.get(f"/dashboards/bill-to-cash/?{PERIOD}&csv=receivables-ageing").content.decode().splitlines()
