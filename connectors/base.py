@@ -280,9 +280,10 @@ class Connector:
         raise NotImplementedError
 
     # The ledger (ERPs) ----------------------------------------------------------------------
-    def ledger_locate(self, *, key: str) -> tuple[str | None, dt.date | None]:
-        """The ERP id of the invoice a change is about (an invoice key, or a payment applied to
-        one), and the payment's date when the change is a payment. (None, None): nothing to read."""
+    def ledger_locate(self, *, key: str) -> tuple[list[str], dt.date | None]:
+        """The ERP ids of the invoices a change is about (an invoice key; or every invoice a
+        payment is applied to, the first one first), and the payment's date when the change is a
+        payment. ([], None): nothing to read."""
         raise RejectedError(f"{self.connection.name} keeps no invoices")
 
     def ledger_invoices(self, *, project_key: str = "", invoice_id: str = "") -> list[LedgerInvoice]:

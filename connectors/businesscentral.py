@@ -430,17 +430,17 @@ class BusinessCentralConnector(Connector):
         )
 
     # The ledger -------------------------------------------------------------------------------------
-    def ledger_locate(self, *, key: str) -> tuple[str | None, dt.date | None]:
+    def ledger_locate(self, *, key: str) -> tuple[list[str], dt.date | None]:
         if key.startswith("bc-payment:"):
             rows = list(self.read("customerPayments", where={"id": key.removeprefix("bc-payment:")}))
             applied = payment_application(rows[0]) if rows else None
             if applied is None:
-                return None, None  # a payment applied to nothing (yet): nothing to reflect
-            return applied.invoice_id, applied.applied_on
+                return [], None  # a payment applied to nothing (yet): nothing to reflect
+            return [applied.invoice_id], applied.applied_on  # a BC payment line applies to one invoice
         if key.startswith("bc-invoice:"):
-            return key.removeprefix("bc-invoice:"), None
+            return [key.removeprefix("bc-invoice:")], None
         found = self.lookup(entity="salesInvoices", key=key)
-        return (found.external_id if found else None), None
+        return ([found.external_id] if found else []), None
 
     def ledger_invoices(self, *, project_key: str = "", invoice_id: str = "") -> list[LedgerInvoice]:
         if invoice_id:

@@ -404,17 +404,17 @@ class NetSuiteConnector(Connector):
             yield row
 
     # The ledger -------------------------------------------------------------------------------
-    def ledger_locate(self, *, key: str) -> tuple[str | None, dt.date | None]:
+    def ledger_locate(self, *, key: str) -> tuple[list[str], dt.date | None]:
         if key.startswith("payment:"):
             payment = self.get(entity="payment", record_id=key.removeprefix("payment:"))
             applied = payment_applications(payment or {})
             if not applied:
-                return None, None  # a payment applied to nothing (yet): nothing to reflect
-            return applied[0].invoice_id, applied[0].applied_on
+                return [], None  # a payment applied to nothing (yet): nothing to reflect
+            return list(dict.fromkeys(p.invoice_id for p in applied)), applied[0].applied_on
         if key.startswith("invoice:"):
-            return key.removeprefix("invoice:"), None
+            return [key.removeprefix("invoice:")], None
         found = self.lookup(entity="invoice", key=key)
-        return (found.external_id if found else None), None
+        return ([found.external_id] if found else []), None
 
     def ledger_invoices(self, *, project_key: str = "", invoice_id: str = "") -> list[LedgerInvoice]:
         if invoice_id:

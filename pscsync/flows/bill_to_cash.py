@@ -24,19 +24,26 @@ def invoice_read(ctx: StepContext, erp: Connection) -> dict[str, Any]:
     applied to them, open = the rest."""
     key = ctx.handoff.business_key
     connector = connector_for(erp)
-    invoice_id, paid_on = connector.ledger_locate(key=key)
-    found = connector.ledger_invoices(invoice_id=invoice_id) if invoice_id else []
+    invoice_ids, paid_on = connector.ledger_locate(key=key)
+    found = connector.ledger_invoices(invoice_id=invoice_ids[0]) if invoice_ids else []
     if not found:
         raise ValidationError(f"{erp.name} has no invoice for {key} (deleted, or a payment applied to nothing)")
     invoice = found[0]
     project_key = invoice.project_key
     invoices = connector.ledger_invoices(project_key=project_key) if project_key else found
-    if invoice.id not in {i.id for i in invoices}:
-        invoices = [*invoices, invoice]
+    # One payment may settle several invoices: the ledger takes them all now; the CRM and PSA
+    # are told about the first invoice's project (its own sync tells the others').
+    seen = {i.id for i in invoices}
+    for other in [invoice.id, *invoice_ids[1:]]:
+        if other not in seen:
+            invoices += [invoice] if other == invoice.id else connector.ledger_invoices(invoice_id=other)
+            seen.add(other)
     entity = ctx.handoff.legal_entity or (erp.legal_entities.first() if erp.legal_entities.count() == 1 else None)
     if entity is not None:  # else the entity's reconciliation records them, knowing whose they are
         ledger_record_invoices(legal_entity=entity, connection=erp, invoices=invoices)
-    posted = [i for i in invoices if i.posted]
+    # The write-back is about this invoice's project (or this invoice alone when it names none).
+    mine = [i for i in invoices if (i.project_key == project_key if project_key else i.id == invoice.id)]
+    posted = [i for i in mine if i.posted]
     invoiced = sum((i.total for i in posted), Decimal("0.00"))
     paid = min(invoiced, sum((i.paid_amount for i in posted), Decimal("0.00")))
     open_amount = invoiced - paid
@@ -46,7 +53,7 @@ def invoice_read(ctx: StepContext, erp: Connection) -> dict[str, Any]:
         status = "Partly paid"
     elif posted:
         status = "Invoiced"
-    elif any(i.status == InvoiceStatus.PENDING_APPROVAL for i in invoices):
+    elif any(i.status == InvoiceStatus.PENDING_APPROVAL for i in mine):
         status = "Invoice awaiting approval"
     else:
         status = "Invoice in draft"

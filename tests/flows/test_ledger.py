@@ -236,3 +236,31 @@ def test_receivables_ageing_invoiced_cash_and_dso_match_the_ledgers_to_the_cent(
         assert wip.unbilled_wip(uk, detail=False)["by_kind"]["unposted"] == [D("2500.00"), D("0"), D("0"), D("0")]
         settings.PSCSYNC_REPORTING_CURRENCY = "USD"
         assert wip.unbilled_wip(us, detail=False)["by_kind"]["unposted"] == [D("8000.00"), D("0"), D("0"), D("0")]
+
+
+def test_one_netsuite_payment_over_two_invoices_settles_both_in_the_ledger(firm, entities) -> None:  # noqa: ANN001
+    ns = firm.connector("netsuite-us")
+    customer = (
+        ns.upsert(
+            entity="customer", key="C-KA-2", fields={"companyName": "Hooli", "subsidiary": {"id": "3"}}
+        ).external_id
+        or ns.lookup(entity="customer", key="C-KA-2").external_id
+    )
+    ids = []
+    for name, amount in (("M1", 300.0), ("M2", 700.0)):
+        lines = {"items": [{"item": {"id": "55"}, "quantity": 1, "rate": amount, "amount": amount}]}
+        fields = {"entity": {"id": customer}, "tranDate": "2026-12-01", "item": lines, "approvalStatus": {"id": "2"}}
+        ns.upsert(entity="invoice", key=f"KA-{name}", fields=fields)
+        ids.append(ns.lookup(entity="invoice", key=f"KA-{name}").external_id)
+    # One wire of 800.00: 300.00 clears M1, 500.00 goes to M2.
+    apply = {"items": [{"doc": {"id": ids[0]}, "amount": 300.0}, {"doc": {"id": ids[1]}, "amount": 500.0}]}
+    ns.upsert(
+        entity="payment",
+        key="KA-W1",
+        fields={"customer": {"id": customer}, "payment": 800.0, "tranDate": "2026-12-12", "apply": apply},
+    )
+    synced(firm, "netsuite-us", f"payment:{ns.lookup(entity='payment', key='KA-W1').external_id}")
+    stored = {i.key: (i.status, i.open_balance) for i in ErpInvoice.objects.filter(key__in=["KA-M1", "KA-M2"])}
+    assert stored == {"KA-M1": ("paid", D("0.00")), "KA-M2": ("partly_paid", D("200.00"))}
+    cash = ledger.cash_collected(Filters(**DEC, entity_ids=(entities["us"].pk,)))
+    assert cash["value"] == D("800.00")  # 300.00 + 500.00 on 12 Dec
