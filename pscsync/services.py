@@ -5,13 +5,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import transaction
 
 from connectors.models import Connection
-from pscsync.access import ensure_roles
+from pscsync.access import ensure_roles, entity_ids_for
 from pscsync.audit import audit_record
 from pscsync.models import AccessProfile, LegalEntity
 
@@ -54,6 +55,65 @@ def user_provision(
     return user
 
 
+class ConnectionChangeRefused(Exception):  # noqa: N818 (a refusal, read as a sentence at the call site)
+    """A connection change this actor may not make (`forbidden`) or must complete (a field to fill)."""
+
+    def __init__(self, field: str, message: str, *, forbidden: bool = False) -> None:
+        super().__init__(message)
+        self.field, self.message, self.forbidden = field, message, forbidden
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port: where stored credentials would be sent."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+def connection_change_check(
+    *,
+    actor: AbstractBaseUser | None,
+    current: Connection | None,
+    base_url: str,
+    entities: Iterable[LegalEntity],
+    credentials: dict[str, Any] | None,
+) -> None:
+    """Refuse what would let one admin reach beyond their scope or move secrets to a new host.
+
+    - An admin limited to some legal entities changes only connections whose every entity is in
+      their scope, and only to entities in their scope: a connection shared with another entity
+      belongs to an admin of both (a UK admin must not repoint or unlink the US's ERP).
+    - Changing the scheme, host or port requires the credentials again, for every admin: stored
+      credentials are write-only, so they must never follow a new address nobody vouched for
+      ("Test connection" would otherwise hand them to whoever listens there).
+    """
+    if actor is not None and actor.is_authenticated:
+        ids = entity_ids_for(actor)
+        if ids is not None:
+            if current is not None and current.legal_entities.exclude(pk__in=ids).exists():
+                raise ConnectionChangeRefused(
+                    "legal_entities",
+                    "This connection also serves legal entities outside your scope; "
+                    "only an admin of every entity it serves may change it.",
+                    forbidden=True,
+                )
+            if any(e.pk not in ids for e in entities):
+                raise ConnectionChangeRefused(
+                    "legal_entities", "You may link a connection only to legal entities in your scope.", forbidden=True
+                )
+    if (
+        current is not None
+        and current.has_credentials
+        and credentials is None
+        and _origin(current.base_url) != _origin(base_url)
+    ):
+        raise ConnectionChangeRefused(
+            "credentials",
+            "The base URL now points at another host, port or scheme: enter the credentials again "
+            "(stored credentials are never sent to a new address).",
+        )
+
+
 @transaction.atomic
 def connection_save(
     *,
@@ -72,8 +132,12 @@ def connection_save(
     actor: AbstractBaseUser | None = None,
 ) -> Connection:
     """Create or update a connection. Credentials are sealed; the audit trail records that they
-    changed, never what they are."""
+    changed, never what they are. Raises ConnectionChangeRefused (connection_change_check)."""
     connection = Connection.objects.filter(slug=slug).first()
+    entities = list(entities)
+    connection_change_check(
+        actor=actor, current=connection, base_url=base_url, entities=entities, credentials=credentials
+    )
     before = _connection_snapshot(connection) if connection else {}
     connection = connection or Connection(slug=slug)
     connection.name, connection.kind, connection.vendor = name, kind, vendor
