@@ -32,23 +32,19 @@ from accounts.twofactor import (
     user_has_totp,
 )
 from pscsync.access import MANAGE_USERS, permission_required, role_of
-from pscsync.audit import audit_record
-from pscsync.models import AuditEntry
+from pscsync.audit import audit_append, audit_record
 
 security_log = logging.getLogger("pscsync.security")
 
 
 def _audit_attempt(request: HttpRequest, username: str, action: str, comment: str = "") -> None:
-    """Sign-in attempts are audited even when no account matches (no object to point at)."""
-    from django.utils import timezone
-
-    AuditEntry.objects.create(
-        created_at=timezone.now(),
+    """Sign-in attempts are audited even when no account matches (no object to point at), through
+    the one chained writer, so they reach the external log and keep the chain whole."""
+    audit_append(
         actor=None,
         actor_label=username[:150] or "(blank)",
         action=action,
         object_type="auth.user",
-        object_id="",
         comment=comment,
         remote_addr=client_ip(request) or None,
     )

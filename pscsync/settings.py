@@ -271,6 +271,10 @@ WHITENOISE_USE_FINDERS = True
 # the `pscsync.audit` logger, to a file of its own when PSCSYNC_AUDIT_LOG_FILE is set (ship it to
 # a store the application cannot rewrite), else to standard error with the other logs.
 AUDIT_LOG_FILE = os.getenv("PSCSYNC_AUDIT_LOG_FILE", "")
+# Keys of the audit chain's HMAC, "id:base64[,id:base64]" (first signs, all verify): kept out of
+# the database so a rewritten row cannot be re-chained. Unset: derived from SECRET_KEY (deploy
+# check accounts.W004 warns). `python -m pscsync.crypto` prints a new key.
+AUDIT_KEYS = os.getenv("PSCSYNC_AUDIT_KEYS", "")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -317,8 +321,9 @@ RECONCILE_SECONDS = env_int("PSCSYNC_RECONCILE_SECONDS", 24 * 3600)
 EXCEPTIONS_RECONCILE_SECONDS = env_int("PSCSYNC_EXCEPTIONS_RECONCILE_SECONDS", 300)
 # First retry waits up to this many seconds (full jitter), doubling each time up to an hour.
 RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
-# Connections marked "sandbox" may call loopback addresses (our own sandboxes). Turn off in production.
-ALLOW_SANDBOXES = env_bool("PSCSYNC_ALLOW_SANDBOXES", True)
+# Connections marked "sandbox" may call loopback addresses (our own sandboxes). Off unless turned on:
+# `make demo` (pscsync.demo) and the test run set PSCSYNC_ALLOW_SANDBOXES=true; production never.
+ALLOW_SANDBOXES = env_bool("PSCSYNC_ALLOW_SANDBOXES", False)
 # Injectable clock: "system", "scaled:<speed>@<ISO start>" to run business time fast in demos, or
 # "file:<path>" to share a clock a simulator steers across processes (pscsync/clock.py FileClock).
 CLOCK = os.getenv("PSCSYNC_CLOCK", "system")
