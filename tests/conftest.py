@@ -7,6 +7,8 @@ in CI (PSCSYNC_REQUIRE_SERVICES=true) they fail instead, so CI never passes by s
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
 from urllib.parse import urlparse
@@ -104,6 +106,26 @@ def admin(entities):  # noqa: ANN001, ANN201
 def outsider(entities):  # noqa: ANN001, ANN201
     """An operator who works for the UK entity only: must never see US records."""
     return _person("uma.outsider", "operator", [entities["uk"]])
+
+
+class _AuditLines(logging.Handler):
+    """The external audit log (logger `pscsync.audit`), one parsed JSON line per entry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(record.getMessage()))
+
+
+@pytest.fixture
+def external():  # noqa: ANN201
+    handler = _AuditLines()
+    logger = logging.getLogger("pscsync.audit")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

@@ -169,3 +169,16 @@ def ledger_check(keys: list[str], target: EchoTarget) -> LedgerReport:
     report.duplicated = {ref: n for ref, n in creates.items() if n > 1}
     report.orphaned = sorted(ref for ref in creates if ref not in expected)
     return report
+
+
+def audit_raw_sql(sql: str, params: list) -> None:
+    """What someone with write access to the audit table can do, with the append-only trigger lifted."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute("ALTER TABLE pscsync_auditentry DISABLE TRIGGER pscsync_auditentry_append_only")
+        cursor.execute(sql, params)
+        if connection.vendor == "postgresql":
+            cursor.execute("ALTER TABLE pscsync_auditentry ENABLE TRIGGER pscsync_auditentry_append_only")

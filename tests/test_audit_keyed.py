@@ -5,8 +5,6 @@ TRUNCATE refused, and an app role that can neither disable the trigger nor rewri
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import uuid
 
 import pytest
@@ -15,38 +13,10 @@ from django.db import DatabaseError, connection, transaction
 
 from pscsync.audit import audit_record, audit_verify, entry_hash_of
 from pscsync.models import AuditEntry
+from tests.helpers import audit_raw_sql
 
 pytestmark = pytest.mark.django_db
 postgres_only = pytest.mark.skipif("connection.vendor != 'postgresql'")
-
-
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[dict] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(record.getMessage()))
-
-
-@pytest.fixture
-def external():  # noqa: ANN201
-    handler = Lines()
-    logger = logging.getLogger("pscsync.audit")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-
-
-def _raw(sql: str, params: list) -> None:
-    """What someone with write access to the table (and the trigger lifted) can do."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            cursor.execute("ALTER TABLE pscsync_auditentry DISABLE TRIGGER pscsync_auditentry_append_only")
-        cursor.execute(sql, params)
-        if connection.vendor == "postgresql":
-            cursor.execute("ALTER TABLE pscsync_auditentry ENABLE TRIGGER pscsync_auditentry_append_only")
 
 
 def test_failed_and_throttled_sign_ins_are_chained_and_shipped(
@@ -68,11 +38,11 @@ def test_a_row_rewritten_and_re_chained_without_the_key_is_found(operator) -> No
     would without a key (plain SHA-256). Before the key, audit_verify then said "intact"."""
     entries = [audit_record(actor=operator, action="exception.comment", obj=operator, after={"n": i}) for i in range(4)]
     target = entries[1]
-    _raw("UPDATE pscsync_auditentry SET comment = %s WHERE id = %s", ["nothing happened here", target.pk])
+    audit_raw_sql("UPDATE pscsync_auditentry SET comment = %s WHERE id = %s", ["nothing happened here", target.pk])
     prev = AuditEntry.objects.get(pk=entries[0].pk).hash
     for entry in AuditEntry.objects.filter(pk__gte=target.pk).order_by("pk"):
         forged = entry_hash_of(entry, prev)  # no key: what the attacker can compute
-        _raw("UPDATE pscsync_auditentry SET prev_hash = %s, hash = %s WHERE id = %s", [prev, forged, entry.pk])
+        audit_raw_sql("UPDATE pscsync_auditentry SET prev_hash = %s, hash = %s WHERE id = %s", [prev, forged, entry.pk])
         prev = forged
     report = audit_verify()
     assert [entry.pk for entry, _ in report.breaks] == [e.pk for e in entries[1:]]
@@ -81,8 +51,8 @@ def test_a_row_rewritten_and_re_chained_without_the_key_is_found(operator) -> No
 
 def test_every_break_is_reported_not_only_the_first(operator, capsys) -> None:  # noqa: ANN001
     entries = [audit_record(actor=operator, action="exception.comment", obj=operator, after={"n": i}) for i in range(6)]
-    _raw("UPDATE pscsync_auditentry SET comment = %s WHERE id = %s", ["changed", entries[1].pk])
-    _raw("DELETE FROM pscsync_auditentry WHERE id = %s", [entries[3].pk])
+    audit_raw_sql("UPDATE pscsync_auditentry SET comment = %s WHERE id = %s", ["changed", entries[1].pk])
+    audit_raw_sql("DELETE FROM pscsync_auditentry WHERE id = %s", [entries[3].pk])
     report = audit_verify()
     assert [(e.pk, "changed" in why or "deleted" in why) for e, why in report.breaks] == [
         (entries[1].pk, True),
