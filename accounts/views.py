@@ -55,12 +55,12 @@ class SignInView(auth_views.LoginView):
 
     redirect_authenticated_user = True
 
-    def _keys(self) -> tuple[str, str]:
+    def _keys(self) -> list[str]:
         username = self.request.POST.get("username", "")[:150]
-        return f"ip:{client_ip(self.request)}", throttle.account_key(self.request, username)
+        return throttle.sign_in_keys(self.request, username, client_ip(self.request))
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        verdict = throttle.check(list(self._keys()))
+        verdict = throttle.check(self._keys())
         if not verdict.allowed:
             username = request.POST.get("username", "")[:150]
             security_log.warning(
@@ -75,14 +75,13 @@ class SignInView(auth_views.LoginView):
 
     def form_invalid(self, form: Any) -> HttpResponse:
         username = self.request.POST.get("username", "")[:150]
-        throttle.failed(list(self._keys()))
+        throttle.failed(self._keys())
         security_log.warning("sign-in failed user=%r ip=%s", username, client_ip(self.request))
         _audit_attempt(self.request, username, "login.failed")
         return super().form_invalid(form)
 
     def form_valid(self, form: Any) -> HttpResponse:
-        _, account_key = self._keys()
-        throttle.succeeded([account_key])
+        throttle.succeeded([key for key in self._keys() if not key.startswith("ip:")])
         response = super().form_valid(form)
         user = form.get_user()
         throttle.set_device_cookie(response, user.get_username())
