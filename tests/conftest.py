@@ -17,6 +17,11 @@ import pytest
 
 from tests.helpers import EchoTarget, free_port
 
+# Tests talk to sandboxes and the echo target on loopback, which production refuses by default
+# (PSCSYNC_ALLOW_SANDBOXES is off unless set): on for this process's settings (the autouse
+# fixture below) and for every process a test starts (they inherit the environment).
+os.environ.setdefault("PSCSYNC_ALLOW_SANDBOXES", "true")
+
 REQUIRE_SERVICES = os.getenv("PSCSYNC_REQUIRE_SERVICES", "").lower() in {"1", "true"}
 
 
@@ -68,6 +73,7 @@ def client():  # noqa: ANN201
 @pytest.fixture(autouse=True)
 def _fast_hasher(settings) -> None:  # noqa: ANN001
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.ALLOW_SANDBOXES = os.environ["PSCSYNC_ALLOW_SANDBOXES"].lower() in {"true", "1"}
 
 
 @pytest.fixture

@@ -182,3 +182,15 @@ def audit_raw_sql(sql: str, params: list) -> None:
         cursor.execute(sql, params)
         if connection.vendor == "postgresql":
             cursor.execute("ALTER TABLE pscsync_auditentry ENABLE TRIGGER pscsync_auditentry_append_only")
+
+
+def deploy_check(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`manage.py check --deploy --fail-level WARNING` (the CI step) in a fresh process with `env`."""
+    return subprocess.run(
+        [PYTHON, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
