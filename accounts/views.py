@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
@@ -31,7 +30,7 @@ from accounts.twofactor import (
     secret_text,
     user_has_totp,
 )
-from pscsync.access import MANAGE_USERS, permission_required, role_of
+from pscsync.access import MANAGE_USERS, permission_required, role_of, users_in_scope
 from pscsync.audit import audit_append, audit_record
 
 security_log = logging.getLogger("pscsync.security")
@@ -87,6 +86,29 @@ class SignInView(auth_views.LoginView):
         throttle.set_device_cookie(response, user.get_username())
         security_log.info("sign-in user=%r ip=%s", user.get_username(), client_ip(self.request))
         audit_record(actor=user, action="login.succeeded", obj=user, remote_addr=client_ip(self.request) or None)
+        return response
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    """Self-service password change: the old password, then the new one twice, through every
+    validator (settings.AUTH_PASSWORD_VALIDATORS). The session stays; others end (Django rotates
+    the session hash), and the change is audited."""
+
+    template_name = "accounts/password_change.html"
+
+    def get_success_url(self) -> str:
+        return reverse("home")
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        with transaction.atomic():
+            response = super().form_valid(form)
+            audit_record(
+                actor=self.request.user,
+                action="user.password_changed",
+                obj=self.request.user,
+                remote_addr=client_ip(self.request) or None,
+            )
+        messages.success(self.request, "Your password is changed. Other browsers signed in as you are signed out.")
         return response
 
 
@@ -166,7 +188,7 @@ def two_factor_verify(request: HttpRequest) -> HttpResponse:
 
 @permission_required(MANAGE_USERS)
 def user_list(request: HttpRequest) -> HttpResponse:
-    users = get_user_model().objects.order_by("username").prefetch_related("groups")
+    users = users_in_scope(request.user).order_by("username").prefetch_related("groups")
     rows = [
         {
             "user": u,
@@ -182,7 +204,7 @@ def user_list(request: HttpRequest) -> HttpResponse:
 @permission_required(MANAGE_USERS)
 @require_POST
 def user_sessions_end(request: HttpRequest, pk: int) -> HttpResponse:
-    target = get_object_or_404(get_user_model(), pk=pk)
+    target = get_object_or_404(users_in_scope(request.user), pk=pk)
     with transaction.atomic():
         count = sessions_end(target, f"ended by {request.user.get_username()}")
         audit_record(
@@ -199,7 +221,7 @@ def user_sessions_end(request: HttpRequest, pk: int) -> HttpResponse:
 @permission_required(MANAGE_USERS)
 @require_POST
 def user_two_factor_reset(request: HttpRequest, pk: int) -> HttpResponse:
-    target = get_object_or_404(get_user_model(), pk=pk)
+    target = get_object_or_404(users_in_scope(request.user), pk=pk)
     with transaction.atomic():
         second_factor_reset(target)
         count = sessions_end(target, f"second factor reset by {request.user.get_username()}")

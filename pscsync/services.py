@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
 
 from connectors.models import Connection
@@ -33,10 +34,12 @@ def user_provision(
     all_entities: bool = False,
     actor: AbstractBaseUser | None = None,
 ) -> AbstractBaseUser:
-    """Create or update a user with exactly one role and the given legal-entity scope."""
+    """Create or update a user with exactly one role and the given legal-entity scope. The
+    password passes the same validators as everywhere else (ValidationError otherwise)."""
     ensure_roles()
     user_model = get_user_model()
-    user, created = user_model.objects.get_or_create(username=username)
+    user = user_model.objects.filter(username=username).first() or user_model(username=username)
+    validate_password(password, user)
     user.set_password(password)
     user.is_active = True
     user.save()

@@ -145,9 +145,13 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Auth and sessions --------------------------------------------------------------------
+# Every place a password is set runs these (sign-up by an admin, user_provision, the change page).
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+    {"NAME": "accounts.passwords.VarietyValidator"},
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -184,6 +188,11 @@ MIDDLEWARE.insert(
     "accounts.middleware.SessionPolicyMiddleware",
 )
 MIDDLEWARE.insert(1, "csp.middleware.CSPMiddleware")
+# Signed-in pages and API answers are never cached (accounts.middleware.NoStoreMiddleware).
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMiddleware") + 1,
+    "accounts.middleware.NoStoreMiddleware",
+)
 TEMPLATES[0]["OPTIONS"]["context_processors"].append("accounts.context.security_notice")
 
 # Content Security Policy (django-csp 4; Django 5.2 has none built in, Django 6.0 will).

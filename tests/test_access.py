@@ -193,6 +193,7 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
     # sessions page is for admins (manage_users).
     "accounts:two_factor_setup": ("GET", {"anonymous": 302, **dict.fromkeys(ROLES[1:], 200)}),
     "accounts:two_factor_verify": ("GET", {"anonymous": 302, **dict.fromkeys(ROLES[1:], 302)}),
+    "accounts:password_change": ("GET", {"anonymous": 302, **dict.fromkeys(ROLES[1:], 200)}),
     "accounts:users": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},

@@ -4,6 +4,8 @@ finding (docs/security.md lists them). Each failed before its fix."""
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import os
 import re
 import secrets
@@ -111,3 +113,132 @@ def test_deploy_check_passes_with_the_documented_production_values(tmp_path) -> 
     )
     result = deploy_check(env)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Lower: scoped admins and users, cause-wide actions, caching, CSV, passwords -----------
+
+
+@pytest.fixture
+def ukadmin(entities):  # noqa: ANN001, ANN201
+    from pscsync.services import user_provision
+
+    return user_provision(username="ulla.ukadmin", password=PASSWORD, role="admin", entities=[entities["uk"]])
+
+
+@pytest.mark.django_db
+def test_a_scoped_admin_sees_and_manages_only_users_of_their_entities(client, ukadmin, viewer, admin, outsider) -> None:  # noqa: ANN001
+    """viewer: US only; admin: every entity; outsider: UK only. A UK admin manages the outsider
+    (and themself), never the US viewer nor the admin of everything."""
+    page_client = VerifiedClient()
+    assert _sign_in(page_client, viewer.username).status_code == 302  # an open session to see
+    client.force_login(ukadmin)
+    page = client.get("/account/users/").content.decode()
+    assert outsider.username in page and ukadmin.username in page
+    assert viewer.username not in page and admin.username not in page
+    for target in (viewer, admin):
+        assert client.post(f"/account/users/{target.pk}/end-sessions/").status_code == 404
+        assert client.post(f"/account/users/{target.pk}/reset-two-factor/").status_code == 404
+    assert page_client.get("/").status_code in (200, 302) and "_auth_user_id" in page_client.session
+    assert client.post(f"/account/users/{outsider.pk}/end-sessions/").status_code == 302
+
+
+@pytest.mark.django_db
+def test_a_scoped_operator_cannot_act_on_a_cause_that_spans_other_entities(
+    client, outsider, operator, entities
+) -> None:  # noqa: ANN001
+    from remediation.models import ExceptionCause, ExceptionStatus
+    from tests.api.conftest import make_connection, make_exception
+
+    connection = make_connection("erp-both", entities["us"])
+    make_exception(connection, entities["us"], "US-1", "Tax code missing")
+    make_exception(connection, entities["uk"], "UK-1", "Tax code missing")
+    cause = ExceptionCause.objects.get()
+    client.force_login(outsider)  # UK only
+    archive = {"action": "archive", "occurrences": "5", "reason": "noise"}
+    assert client.post(f"/workbench/causes/{cause.pk}/act/", archive).status_code == 403
+    response = client.post(f"/workbench/causes/{cause.pk}/act/", {"action": "assign", "assignee": outsider.username})
+    assert response.status_code == 302
+    cause.refresh_from_db()
+    assert cause.status != ExceptionStatus.ARCHIVED and cause.assignee is None  # the cause is untouched
+    items = cause.items.values_list("legal_entity__code", "assignee__username")
+    assert sorted(items) == [("uk", outsider.username), ("us", None)]  # only the UK exception is theirs
+
+
+@pytest.mark.django_db
+def test_signed_in_pages_and_api_answers_are_not_cached(client, viewer) -> None:  # noqa: ANN001
+    from api.tokens import api_token_issue
+
+    client.force_login(viewer)
+    for url in ("/", "/handoffs/", "/api/v1/handoffs/"):
+        response = client.get(url, follow=True)
+        assert "no-store" in response["Cache-Control"] and "private" in response["Cache-Control"], url
+    token = api_token_issue(user=viewer, name="t", days=1).plaintext
+    response = Client().get("/api/v1/handoffs/", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+
+
+@pytest.mark.parametrize(
+    ("cell", "written"),
+    [
+        ('=HYPERLINK("http://evil","x")', '\'=HYPERLINK("http://evil","x")'),
+        ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("-12.50", "-12.50"),  # a plain number stays a number
+        ("Acme Ltd", "Acme Ltd"),
+    ],
+)
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(cell: str, written: str) -> None:
+    from pscsync.csvsafe import csv_cell, csv_unneutralise
+
+    assert csv_cell(cell) == written
+    assert csv_unneutralise(written) == cell
+
+
+@pytest.mark.django_db
+def test_the_workbench_export_neutralises_vendor_text(client, operator, entities) -> None:  # noqa: ANN001
+    from tests.api.conftest import make_connection, make_exception
+
+    connection = make_connection("erp-us", entities["us"])
+    make_exception(connection, entities["us"], "=HYPERLINK(1)", "=cmd|' /C calc'!A0")
+    client.force_login(operator)
+    response = client.get("/workbench/export.csv")
+    body = b"".join(response.streaming_content).decode()
+    rows = list(csv.reader(io.StringIO(body)))
+    cells = [cell for row in rows[1:] for cell in row]
+    assert "'=HYPERLINK(1)" in cells and not any(c.startswith(("=", "+", "@")) for c in cells)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [("aaaaaaaaaaaa", "too few characters"), ("vera.viewer.2026", "too similar"), ("123456789012345", "numeric")],
+)
+def test_weak_passwords_are_refused_by_user_provision(entities, password: str, why: str) -> None:  # noqa: ANN001
+    from django.core.exceptions import ValidationError
+
+    from pscsync.services import user_provision
+
+    with pytest.raises(ValidationError, match=why):
+        user_provision(username="vera.viewer", password=password, role="viewer", entities=[entities["us"]])
+
+
+@pytest.mark.django_db
+def test_a_person_changes_their_own_password_through_the_validators(client, viewer) -> None:  # noqa: ANN001
+    from pscsync.models import AuditEntry
+
+    other = VerifiedClient()
+    assert _sign_in(other, viewer.username).status_code == 302
+    client.force_login(viewer)
+    weak = {"old_password": PASSWORD, "new_password1": "aaaaaaaaaaaa", "new_password2": "aaaaaaaaaaaa"}
+    response = client.post("/account/password/", weak)
+    assert response.status_code == 200 and "too few characters" in response.content.decode()
+    strong = "plum-orchard-sketch-41"
+    good = {"old_password": PASSWORD, "new_password1": strong, "new_password2": strong}
+    assert client.post("/account/password/", good).status_code == 302
+    viewer.refresh_from_db()
+    assert viewer.check_password(strong)
+    assert AuditEntry.objects.filter(action="user.password_changed", actor=viewer).exists()
+    assert other.get("/handoffs/").status_code == 302  # the other browser is signed out
