@@ -8,6 +8,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,6 +20,7 @@ from django_otp import match_token
 
 from accounts import throttle
 from accounts.clientip import client_ip
+from accounts.forms import UserAdminForm
 from accounts.sessions import open_sessions, sessions_end
 from accounts.twofactor import (
     pending_device,
@@ -30,8 +32,10 @@ from accounts.twofactor import (
     secret_text,
     user_has_totp,
 )
-from pscsync.access import MANAGE_USERS, permission_required, role_of, users_in_scope
+from pscsync.access import MANAGE_USERS, entity_ids_for, permission_required, role_of, users_in_scope
 from pscsync.audit import audit_append, audit_record
+from pscsync.models import AccessProfile, LegalEntity
+from pscsync.services import UserChangeRefused, user_admin_save
 
 security_log = logging.getLogger("pscsync.security")
 
@@ -186,19 +190,91 @@ def two_factor_verify(request: HttpRequest) -> HttpResponse:
     return render(request, "accounts/two_factor_verify.html", {"error": error, "next": _next_url(request)})
 
 
+def _scope_words(user: Any) -> str:
+    profile = getattr(user, "access", None)
+    if profile is None:
+        return "none"
+    if profile.all_entities:
+        return "all"
+    return ", ".join(e.name for e in profile.legal_entities.all()) or "none"
+
+
 @permission_required(MANAGE_USERS)
 def user_list(request: HttpRequest) -> HttpResponse:
-    users = users_in_scope(request.user).order_by("username").prefetch_related("groups")
+    users = (
+        users_in_scope(request.user)
+        .order_by("username")
+        .select_related("access")
+        .prefetch_related("groups", "access__legal_entities")
+    )
     rows = [
         {
             "user": u,
             "role": role_of(u) or "no role",
+            "entities": _scope_words(u),
             "two_factor": user_has_totp(u),
             "sessions": open_sessions(u),
         }
         for u in users
     ]
     return render(request, "accounts/users.html", {"rows": rows})
+
+
+def _user_form_page(request: HttpRequest, target: Any) -> HttpResponse:
+    ids = entity_ids_for(request.user)
+    entities = LegalEntity.objects.order_by("name") if ids is None else LegalEntity.objects.filter(pk__in=ids)
+    initial: dict[str, Any] = {"is_active": True, "role": "viewer"}
+    if target is not None:
+        profile = AccessProfile.objects.filter(user=target).first()
+        initial = {
+            "username": target.get_username(),
+            "email": target.email,
+            "role": role_of(target) or "viewer",
+            "all_entities": bool(profile and profile.all_entities),
+            "legal_entities": list(profile.legal_entities.all()) if profile else [],
+            "is_active": target.is_active,
+        }
+    form = UserAdminForm(
+        request.POST or None,
+        initial=initial,
+        entities=entities,
+        editing=target is not None,
+        may_grant_all=ids is None,
+    )
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            saved = user_admin_save(
+                actor=request.user,
+                user=target,
+                username=initial.get("username") or data["username"],
+                email=data["email"],
+                role=data["role"],
+                entities=data["legal_entities"],
+                all_entities=data.get("all_entities", False),
+                is_active=data["is_active"],
+                password=data["password"],
+            )
+        except UserChangeRefused as refusal:
+            if refusal.forbidden:
+                raise PermissionDenied(refusal.message) from None
+            form.add_error(refusal.field if refusal.field in form.fields else None, refusal.message)
+        else:
+            messages.success(request, f"{saved.get_username()} saved.")
+            return redirect("accounts:users")
+    return render(request, "accounts/user_form.html", {"form": form, "target": target})
+
+
+@permission_required(MANAGE_USERS)
+@require_http_methods(["GET", "POST"])
+def user_create(request: HttpRequest) -> HttpResponse:
+    return _user_form_page(request, None)
+
+
+@permission_required(MANAGE_USERS)
+@require_http_methods(["GET", "POST"])
+def user_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    return _user_form_page(request, get_object_or_404(users_in_scope(request.user), pk=pk))
 
 
 @permission_required(MANAGE_USERS)

@@ -198,6 +198,14 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
     ),
+    "accounts:user_create": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "accounts:user_edit": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
     "accounts:end_sessions": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
@@ -369,11 +377,20 @@ def _args(name: str, records) -> list:  # noqa: ANN001
         return ["echo-us"]
     if name in ("connections:edit", "connections:test"):
         return [records["us"].source_connection_id]
+    if name == "accounts:user_edit":
+        return [cast_user_pk(records)]
     if name in ("accounts:end_sessions", "accounts:reset_two_factor"):
         return [records["us"].source_connection_id]  # any user id: GET is refused before the lookup
     if name in ("alerts:edit", "alerts:test", "alerts:delete", "account:token-revoke"):
         return [999999]
     return []
+
+
+def cast_user_pk(records) -> int:  # noqa: ANN001
+    """The US viewer: every admin of the cast may manage them (the admin sees every entity)."""
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.get(username="vera.viewer").pk
 
 
 @pytest.mark.django_db

@@ -242,3 +242,93 @@ def test_a_person_changes_their_own_password_through_the_validators(client, view
     assert viewer.check_password(strong)
     assert AuditEntry.objects.filter(action="user.password_changed", actor=viewer).exists()
     assert other.get("/handoffs/").status_code == 302  # the other browser is signed out
+
+
+# --- User administration in the browser -------------------------------------------------------
+
+
+def _user_form(**overrides: object) -> dict:
+    data = {"username": "sam.uk", "email": "sam@example.com", "role": "viewer", "is_active": "on", "password": ""}
+    data.update(overrides)
+    return data
+
+
+@pytest.mark.django_db
+def test_an_admin_adds_a_user_scoped_to_one_entity_who_then_sees_only_it(client, admin, entities, records_both) -> None:  # noqa: ANN001
+    from pscsync.models import AuditEntry
+
+    client.force_login(admin)
+    assert client.get("/account/users/new/").status_code == 200
+    password = "plum-orchard-sketch-41"
+    response = client.post("/account/users/new/", _user_form(legal_entities=[entities["uk"].pk], password=password))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    entry = AuditEntry.objects.get(action="user.save")
+    assert entry.actor == admin and entry.after["entities"] == ["uk"] and entry.after["role"] == "viewer"
+    assert password not in str(entry.after)
+    sam = Client()
+    assert _sign_in(sam, "sam.uk", password).status_code == 302
+    page = sam.get("/handoffs/").content.decode()
+    assert "OPP-UK" in page and "OPP-US" not in page
+
+
+@pytest.fixture
+def records_both(echo_connection, entities):  # noqa: ANN001, ANN201
+    import datetime as dt
+
+    from pscsync.models import Event, Handoff
+
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    for code in ("us", "uk"):
+        event = Event.objects.create(
+            connection=echo_connection,
+            source_event_id=f"evt-{code}",
+            flow="echo",
+            business_key=f"OPP-{code.upper()}",
+            legal_entity=entities[code],
+            occurred_at=at,
+            received_at=at,
+            raw_body="{}",
+            payload={},
+        )
+        Handoff.objects.create(
+            flow="echo",
+            business_key=f"OPP-{code.upper()}",
+            legal_entity=entities[code],
+            source_connection=echo_connection,
+            trigger_event=event,
+            business_started_at=at,
+            created_at=at,
+        )
+
+
+@pytest.mark.django_db
+def test_a_scoped_admin_adds_and_changes_users_only_inside_their_scope(
+    client, ukadmin, viewer, outsider, entities
+) -> None:  # noqa: ANN001
+    client.force_login(ukadmin)
+    page = client.get("/account/users/new/").content.decode()
+    assert "Every legal entity" not in page and entities["us"].name not in page
+    # A US entity id slipped into the post, or "all entities", is refused and stores nothing.
+    assert client.post("/account/users/new/", _user_form(legal_entities=[entities["us"].pk])).status_code == 200
+    assert client.post("/account/users/new/", _user_form(all_entities="on")).status_code == 200
+    from django.contrib.auth import get_user_model
+
+    assert not get_user_model().objects.filter(username="sam.uk").exists()
+    # A US user is not theirs to open or change.
+    assert client.get(f"/account/users/{viewer.pk}/").status_code == 404
+    # A UK user is: deactivating ends their sessions.
+    data = _user_form(username=outsider.username, role="operator", legal_entities=[entities["uk"].pk])
+    del data["is_active"]
+    assert client.post(f"/account/users/{outsider.pk}/", data).status_code == 302
+    outsider.refresh_from_db()
+    assert not outsider.is_active
+
+
+@pytest.mark.django_db
+def test_an_admin_cannot_lock_themself_out_and_weak_passwords_are_refused(client, admin, entities) -> None:  # noqa: ANN001
+    client.force_login(admin)
+    data = _user_form(username=admin.username, role="viewer", all_entities="on")
+    response = client.post(f"/account/users/{admin.pk}/", data)
+    assert response.status_code == 200 and "your own role" in response.content.decode()
+    response = client.post("/account/users/new/", _user_form(legal_entities=[entities["us"].pk], password="a" * 12))
+    assert response.status_code == 200 and "too few characters" in response.content.decode()
