@@ -194,3 +194,33 @@ def deploy_check(env: dict[str, str]) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
+
+
+def handoffs_per_entity(connection: Any, entities: dict[str, Any]) -> dict[str, Any]:
+    """One pending handoff (with its event) per legal entity, keyed OPP-<CODE>."""
+    from pscsync.models import Event, Handoff
+
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    made = {}
+    for code, entity in entities.items():
+        event = Event.objects.create(
+            connection=connection,
+            source_event_id=f"evt-{code}",
+            flow="echo",
+            business_key=f"OPP-{code.upper()}",
+            legal_entity=entity,
+            occurred_at=at,
+            received_at=at,
+            raw_body="{}",
+            payload={},
+        )
+        made[code] = Handoff.objects.create(
+            flow="echo",
+            business_key=f"OPP-{code.upper()}",
+            legal_entity=entity,
+            source_connection=connection,
+            trigger_event=event,
+            business_started_at=at,
+            created_at=at,
+        )
+    return made

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from pscsync.models import Event, Handoff
+from pscsync.models import Handoff
 
 ROLES = ["anonymous", "norole", "viewer", "operator", "admin", "outsider"]
 
@@ -269,29 +269,10 @@ def records(echo_connection, entities):  # noqa: ANN001, ANN201
     """One handoff in the US entity and one in the UK entity."""
     import datetime as dt
 
-    made = {}
-    for code in ("us", "uk"):
-        at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-        event = Event.objects.create(
-            connection=echo_connection,
-            source_event_id=f"evt-{code}",
-            flow="echo",
-            business_key=f"OPP-{code.upper()}",
-            legal_entity=entities[code],
-            occurred_at=at,
-            received_at=at,
-            raw_body="{}",
-            payload={},
-        )
-        made[code] = Handoff.objects.create(
-            flow="echo",
-            business_key=f"OPP-{code.upper()}",
-            legal_entity=entities[code],
-            source_connection=echo_connection,
-            trigger_event=event,
-            business_started_at=at,
-            created_at=at,
-        )
+    from tests.helpers import handoffs_per_entity
+
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    made = handoffs_per_entity(echo_connection, {code: entities[code] for code in ("us", "uk")})
     # The US handoff needs a person (so it has a cause) and is in a bulk job.
     from remediation.models import BulkJob
 

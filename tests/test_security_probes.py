@@ -273,32 +273,9 @@ def test_an_admin_adds_a_user_scoped_to_one_entity_who_then_sees_only_it(client,
 
 @pytest.fixture
 def records_both(echo_connection, entities):  # noqa: ANN001, ANN201
-    import datetime as dt
+    from tests.helpers import handoffs_per_entity
 
-    from pscsync.models import Event, Handoff
-
-    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-    for code in ("us", "uk"):
-        event = Event.objects.create(
-            connection=echo_connection,
-            source_event_id=f"evt-{code}",
-            flow="echo",
-            business_key=f"OPP-{code.upper()}",
-            legal_entity=entities[code],
-            occurred_at=at,
-            received_at=at,
-            raw_body="{}",
-            payload={},
-        )
-        Handoff.objects.create(
-            flow="echo",
-            business_key=f"OPP-{code.upper()}",
-            legal_entity=entities[code],
-            source_connection=echo_connection,
-            trigger_event=event,
-            business_started_at=at,
-            created_at=at,
-        )
+    return handoffs_per_entity(echo_connection, entities)
 
 
 @pytest.mark.django_db
