@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 
+from accounts.models import IdentityGroupRule
 from pscsync.access import ROLES
 from pscsync.models import LegalEntity
 
@@ -43,3 +44,17 @@ class UserAdminForm(forms.Form):
             self.fields["username"].disabled = True
         if not may_grant_all:
             del self.fields["all_entities"]
+
+
+class IdentityGroupRuleForm(forms.ModelForm):
+    class Meta:
+        model = IdentityGroupRule
+        fields = ["group", "role", "all_entities", "legal_entities"]
+        widgets = {"legal_entities": forms.CheckboxSelectMultiple}
+        labels = {"group": "Identity-provider group", "all_entities": "Every legal entity"}
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if not data.get("all_entities") and not data.get("legal_entities"):
+            raise forms.ValidationError("Choose at least one legal entity, or every legal entity.")
+        return data

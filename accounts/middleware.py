@@ -77,6 +77,10 @@ class SessionPolicyMiddleware:
         user = request.user
         if user.is_verified() or not second_factor_required(user):
             return None
+        from accounts.oidc import IDP_MFA_SESSION_KEY
+
+        if request.session.get(IDP_MFA_SESSION_KEY) == user.pk:
+            return None  # the identity provider's own multi-factor sign-in (accounts/oidc.py)
         open_paths = {reverse("accounts:two_factor_setup"), reverse("accounts:two_factor_verify"), reverse("logout")}
         if request.path in open_paths:
             return None

@@ -20,7 +20,8 @@ from django_otp import match_token
 
 from accounts import throttle
 from accounts.clientip import client_ip
-from accounts.forms import UserAdminForm
+from accounts.forms import IdentityGroupRuleForm, UserAdminForm
+from accounts.models import IdentityGroupRule
 from accounts.sessions import open_sessions, sessions_end
 from accounts.twofactor import (
     pending_device,
@@ -57,6 +58,16 @@ class SignInView(auth_views.LoginView):
     """Django's login view behind the throttle. Unknown and known accounts get the same answer."""
 
     redirect_authenticated_user = True
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        from django.conf import settings
+
+        context = super().get_context_data(**kwargs)
+        context["sso_enabled"] = settings.OIDC_ENABLED
+        context["sso_name"] = settings.OIDC_PROVIDER_NAME
+        context["sso_failed"] = self.request.GET.get("sso") == "failed"
+        context["local_passwords"] = settings.LOCAL_PASSWORDS or not settings.OIDC_ENABLED
+        return context
 
     def _keys(self) -> list[str]:
         username = self.request.POST.get("username", "")[:150]
@@ -310,3 +321,34 @@ def user_two_factor_reset(request: HttpRequest, pk: int) -> HttpResponse:
         )
     messages.success(request, f"{target.get_username()} sets up a new authenticator at the next sign-in.")
     return redirect("accounts:users")
+
+
+@permission_required(MANAGE_USERS)
+@require_http_methods(["GET", "POST"])
+def sso_rules(request: HttpRequest) -> HttpResponse:
+    """Which identity-provider groups get which role and legal entities (accounts/oidc.py). Only
+    an admin of every entity edits them: a rule can grant any entity."""
+    if entity_ids_for(request.user) is not None:
+        raise PermissionDenied("Only an admin of every legal entity edits the single sign-on rules.")
+    form = IdentityGroupRuleForm(request.POST or None)
+    if request.method == "POST" and request.POST.get("delete", "").isdigit():
+        rule = get_object_or_404(IdentityGroupRule, pk=int(request.POST["delete"]))
+        with transaction.atomic():
+            audit_record(actor=request.user, action="sso_rule.delete", obj=rule, before={"rule": str(rule)})
+            rule.delete()
+        messages.success(request, f"Rule for “{rule.group}” removed; it applies from each person's next sign-in.")
+        return redirect("accounts:sso_rules")
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            rule = form.save()
+            after = {
+                "group": rule.group,
+                "role": rule.role,
+                "all_entities": rule.all_entities,
+                "entities": sorted(rule.legal_entities.values_list("code", flat=True)),
+            }
+            audit_record(actor=request.user, action="sso_rule.save", obj=rule, after=after)
+        messages.success(request, f"Rule for “{rule.group}” saved; it applies from each person's next sign-in.")
+        return redirect("accounts:sso_rules")
+    rules = IdentityGroupRule.objects.prefetch_related("legal_entities")
+    return render(request, "accounts/sso_rules.html", {"form": form, "rules": rules})

@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
+    "mozilla_django_oidc",
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -248,6 +249,30 @@ LOGIN_THROTTLE = {
     "ip_cap_seconds": env_int("PSCSYNC_LOGIN_IP_CAP", 900),
     "window_seconds": 3600,
 }
+# Single sign-on with OpenID Connect (mozilla-django-oidc, accounts/oidc.py, docs/security.md):
+# on when PSCSYNC_OIDC_CLIENT_ID is set. Roles and legal entities come from the provider's groups
+# through the admin-editable rules at /account/sso/. PSCSYNC_LOCAL_PASSWORDS=false leaves SSO as
+# the only way in (no password form, no password backend).
+OIDC_ENABLED = bool(os.getenv("PSCSYNC_OIDC_CLIENT_ID"))
+OIDC_PROVIDER_NAME = os.getenv("PSCSYNC_OIDC_PROVIDER_NAME", "single sign-on")
+OIDC_RP_CLIENT_ID = os.getenv("PSCSYNC_OIDC_CLIENT_ID", "")
+OIDC_RP_CLIENT_SECRET = os.getenv("PSCSYNC_OIDC_CLIENT_SECRET", "")
+OIDC_OP_AUTHORIZATION_ENDPOINT = os.getenv("PSCSYNC_OIDC_AUTHORIZATION_ENDPOINT", "")
+OIDC_OP_TOKEN_ENDPOINT = os.getenv("PSCSYNC_OIDC_TOKEN_ENDPOINT", "")
+OIDC_OP_USER_ENDPOINT = os.getenv("PSCSYNC_OIDC_USERINFO_ENDPOINT", "")
+OIDC_OP_JWKS_ENDPOINT = os.getenv("PSCSYNC_OIDC_JWKS_ENDPOINT", "")
+OIDC_GROUPS_CLAIM = os.getenv("PSCSYNC_OIDC_GROUPS_CLAIM", "groups")
+OIDC_USERNAME_CLAIM = os.getenv("PSCSYNC_OIDC_USERNAME_CLAIM", "preferred_username")
+OIDC_RP_SIGN_ALGO = "RS256"
+OIDC_RP_SCOPES = "openid email profile"
+OIDC_USE_PKCE = True
+OIDC_AUTHENTICATE_CLASS = "accounts.oidc.SignInRequestView"
+OIDC_CALLBACK_CLASS = "accounts.oidc.SignInCallbackView"
+LOGIN_REDIRECT_URL_FAILURE = "/login/?sso=failed"
+LOCAL_PASSWORDS = env_bool("PSCSYNC_LOCAL_PASSWORDS", True)
+AUTHENTICATION_BACKENDS = (["accounts.oidc.GroupMappedOIDCBackend"] if OIDC_ENABLED else []) + (
+    ["django.contrib.auth.backends.ModelBackend"] if LOCAL_PASSWORDS or not OIDC_ENABLED else []
+)
 SILENCED_SYSTEM_CHECKS = []
 if not SECURE_HSTS_PRELOAD:
     # W021 asks for HSTS preload. Preloading commits every subdomain of the firm's registered

@@ -198,6 +198,13 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
     ),
+    "accounts:sso_rules": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    # Single sign-on is off in the matrix's settings: both ends answer 404 to everyone.
+    "oidc_authentication_init": ("GET", dict.fromkeys(ROLES, 404)),
+    "oidc_authentication_callback": ("GET", dict.fromkeys(ROLES, 404)),
     "accounts:user_create": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
