@@ -289,6 +289,8 @@ class AuditEntry(models.Model):
     # a changed, deleted or inserted row breaks the chain (`manage.py audit_verify`).
     prev_hash = models.CharField(max_length=64, blank=True, default="")
     hash = models.CharField(max_length=64, blank=True, default="")
+    # Which PSCSYNC_AUDIT_KEYS key made `hash` (an HMAC); blank on rows from before the chain was keyed.
+    key_id = models.CharField(max_length=20, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]
