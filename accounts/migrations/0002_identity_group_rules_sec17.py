@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0001_initial'),
-        ('pscsync', '0010_audit_keyed_chain_sec17'),
+        ('pscsync', '0011_audit_keyed_chain_sec17'),
     ]
 
     operations = [

@@ -38,7 +38,7 @@ def backwards(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("pscsync", "0009_psa_unbilled_work_and_assignments")]
+    dependencies = [("pscsync", "0010_ledger_invoices")]
     operations = [
         migrations.AddField(
             model_name="auditentry",
