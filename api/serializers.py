@@ -252,10 +252,27 @@ class ExceptionDetailSerializer(ExceptionSerializer):
     payload = ObjectField(read_only=True)
     assignee = serializers.SerializerMethodField()
     comments = serializers.SerializerMethodField()
+    document = serializers.SerializerMethodField()
 
     class Meta(ExceptionSerializer.Meta):
-        fields = [*ExceptionSerializer.Meta.fields, "payload", "assignee", "comments"]
+        fields = [*ExceptionSerializer.Meta.fields, "payload", "assignee", "comments", "document"]
         read_only_fields = fields
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "description": "What the first step read (e.g. the deal and its account): the document a resubmit "
+            "in mode `edit` replaces. Null when the read step has not succeeded.",
+        }
+    )
+    def get_document(self, obj: Handoff) -> dict[str, Any] | None:
+        from remediation.services import read_step
+
+        step = read_step(obj)
+        if step is None or step.status != "succeeded" or not isinstance(step.output, dict):
+            return None
+        return step.output
 
     @extend_schema_field({"type": "string", "nullable": True})
     def get_assignee(self, obj: Handoff) -> str | None:

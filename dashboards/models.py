@@ -260,3 +260,27 @@ class DemandMonth(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role or 'deals'} {self.month}: {self.hours:.0f} h"
+
+
+class DemandSnapshot(models.Model):
+    """The weighted demand forecast as it stood on one day, per legal entity, role and month:
+    resource forecast accuracy compares what was forecast N days before a month with the hours
+    later assigned and worked (DOMAIN.md §2.8), and the live DemandMonth keeps only the present.
+    Written weekly by beat (dashboards.leaders.demand_snapshot_take)."""
+
+    taken_on = models.DateField()
+    legal_entity_id = models.BigIntegerField(default=0)
+    role = models.CharField(max_length=120)
+    month = models.CharField(max_length=7, help_text="YYYY-MM the hours are forecast for.")
+    hours = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["taken_on", "legal_entity_id", "role", "month"], name="demand_snapshot_one_row"
+            )
+        ]
+        indexes = [models.Index(fields=["month", "taken_on"], name="demand_snapshot_month")]
+
+    def __str__(self) -> str:
+        return f"forecast of {self.taken_on} for {self.role} {self.month}: {self.hours:.0f} h"

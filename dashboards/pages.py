@@ -16,7 +16,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import TruncMonth
 from django.urls import reverse
 
-from dashboards import charts, ledger, metrics, wip
+from dashboards import charts, leaders, ledger, metrics, wip
 from dashboards.demand import demand_for
 from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters
@@ -97,6 +97,7 @@ class Page:
     charts: list[Chart] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sections: list[tuple[str, list[Tile]]] = field(default_factory=list)  # titled groups of tiles
 
 
 def hours_label(hours: float | None) -> str:
@@ -276,6 +277,7 @@ def overview(f: Filters) -> Page:
             "bad" if won["over_sla_count"] else "",
         ),
     ]
+    page.sections.append(("Leader figures", leader_tiles(f, conv)))
     page.notes.append(
         f"Integration: {health['attempts']} calls in 24 h, {pct(health['failure_rate'])} failed, "
         f"{health['rate_limited']} rate-limited; {health['dead_lettered']} dead-lettered; oldest unfinished "
@@ -1074,3 +1076,215 @@ def items(f: Filters, flow: str, measure: str) -> tuple[Page, Any]:
         "The records behind the figure. Open one for its handoff: steps, attempts and source events.",
     )
     return page, qs.order_by("-latency_hours", "key")
+
+
+# Leader figures ------------------------------------------------------------------------------------
+FORECAST_HELP = (
+    "Resource forecast accuracy (DOMAIN.md §2.8): for each month of the period that has ended, the weighted "
+    "demand forecast (open deals' plan hours × probability) as it stood N days before the month (the latest "
+    "weekly snapshot then) against the hours people were later assigned in the PSA and the approved hours they "
+    "worked, by role. WAPE = Σ|forecast − actual| ÷ Σ actual; accuracy = 1 − WAPE, not below 0; "
+    "bias = Σ(forecast − actual) ÷ Σ actual (positive: over-forecast)."
+)
+REVENUE_HELP = (
+    "Revenue schedule accuracy (DOMAIN.md §2.5), as of each legal entity's latest complete reconciliation: "
+    "value accuracy = 1 − Σ|PSA − ERP| of the open revenue mismatches ÷ Σ|ERP recognised| of every "
+    "project-month compared (differences within tolerance count as agreement); row match rate = project-months "
+    "matched ÷ compared. Amounts at the closing rate of the period's last month."
+)
+EFFORT_HELP = (
+    "Reconciliation effort: people's actions on exceptions and mismatches in the period (resubmit, resolve, "
+    "cancel, assign, comment, bulk actions; from the audit trail) and the hours they spent. Hours are sittings: "
+    "one person's actions no more than 30 minutes apart are one sitting, from its first action to its last plus "
+    "10 minutes of reading before the first."
+)
+
+
+def _acc_text(a: leaders.Accuracy | None) -> str:
+    if a is None or a.accuracy is None or a.wape is None:
+        return "—"
+    return f"{a.accuracy:.0f}%" + (f" (off by {a.wape:.0f}%)" if a.wape > 100 else "")
+
+
+def leader_tiles(
+    f: Filters,
+    conv: Converter,
+    fc: leaders.ForecastAccuracy | None = None,
+    rev: dict[str, Any] | None = None,
+    effort: dict[str, Any] | None = None,
+) -> list[Tile]:
+    """The three leader figures' tiles (from the figures when the caller has them already)."""
+    fc = fc or leaders.forecast_accuracy(f)
+    rev = rev or leaders.revenue_schedule_accuracy(f, conv, with_rows=False)
+    effort = effort or leaders.reconciliation_effort(f)
+    head = fc.headline
+    shortest = min(fc.lags, default=None)
+    assigned = fc.lags[shortest]["assigned"] if shortest else None
+    return [
+        Tile(
+            "Resource forecast accuracy",
+            _acc_text(head) if head else "—",
+            (
+                f"{shortest}-day forecast vs hours worked · vs hours assigned {_acc_text(assigned)} · bias "
+                + ("—" if head.bias is None else f"{head.bias:+.0f}%")
+                if head
+                else "not measured yet: no forecast snapshot is that much older than an ended month"
+            ),
+            link("dashboards:leaders", f) + "#forecast",
+            FORECAST_HELP,
+            "" if head is None or head.accuracy is None else ("good" if head.accuracy >= 80 else "bad"),
+            "Are we staffing what we forecast?",
+        ),
+        Tile(
+            "Revenue schedule accuracy",
+            "—" if rev["value_accuracy"] is None else f"{rev['value_accuracy']:.1f}%",
+            ("not measured yet: no reconciliation has completed · " if rev["value_accuracy"] is None else "")
+            + f"match rate {pct(rev['match_rate'])} ({rev['matched']} of {rev['checked']} project-months) · "
+            f"{money(rev['abs_difference'])} apart",
+            link("dashboards:leaders", f) + "#revenue",
+            REVENUE_HELP,
+            "" if rev["value_accuracy"] is None else ("good" if rev["value_accuracy"] >= 99 else "bad"),
+            "Do the PSA and the ERP recognise the same revenue?",
+        ),
+        Tile(
+            "Reconciliation effort",
+            f"{effort['hours']:g} h",
+            f"{effort['actions']} actions on exceptions and mismatches · {len(effort['weeks'])} weeks",
+            link("dashboards:leaders", f) + "#effort",
+            EFFORT_HELP,
+            "",
+            "What does keeping the systems in step cost us?",
+        ),
+    ]
+
+
+def leaders_page(f: Filters) -> Page:
+    conv = Converter()
+    page = Page(
+        "Leader figures",
+        "Resource forecast accuracy, revenue schedule accuracy and reconciliation effort, with the records each "
+        "figure is built from.",
+    )
+    fc = leaders.forecast_accuracy(f)
+    rev = leaders.revenue_schedule_accuracy(f, conv)
+    effort = leaders.reconciliation_effort(f)
+    page.tiles = leader_tiles(f, conv, fc, rev, effort)
+    page.tables.append(
+        Table(
+            "forecast",
+            "Resource forecast accuracy by lag",
+            [
+                "Made before the month",
+                "Forecast (h)",
+                "Worked (h)",
+                "Accuracy vs worked",
+                "Bias vs worked",
+                "Assigned (h)",
+                "Accuracy vs assigned",
+                "Bias vs assigned",
+            ],
+            [
+                [
+                    f"{lag} days",
+                    round(a["worked"].forecast),
+                    round(a["worked"].actual),
+                    _acc_text(a["worked"]),
+                    "—" if a["worked"].bias is None else f"{a['worked'].bias:+.0f}%",
+                    round(a["assigned"].actual),
+                    _acc_text(a["assigned"]),
+                    "—" if a["assigned"].bias is None else f"{a['assigned'].bias:+.0f}%",
+                ]
+                for lag, a in sorted(fc.lags.items())
+            ],
+            FORECAST_HELP,
+            "Not measured yet: no month of the period has ended with a forecast snapshot taken 30 days or more "
+            "before it (snapshots are kept weekly).",
+        )
+    )
+    page.tables.append(
+        Table(
+            "forecast_rows",
+            "Forecast against actuals by role and month",
+            ["Made before the month", "Month", "Forecast of", "Role", "Forecast (h)", "Assigned (h)", "Worked (h)"],
+            [
+                [
+                    f"{r['lag']} days",
+                    r["month"],
+                    f"{r['snapshot']:%d %b %Y}",
+                    r["role"],
+                    round(r["forecast"], 1),
+                    round(r["assigned"], 1),
+                    round(r["worked"], 1),
+                ]
+                for r in fc.rows
+            ],
+            "Each row is one role in one month at one lag; the table above sums them.",
+            "No forecast to compare yet.",
+        )
+    )
+    page.tables.append(
+        Table(
+            "revenue",
+            "Revenue rows that differ (the numerator of revenue schedule accuracy)",
+            [
+                "Entity",
+                "Project",
+                "Customer",
+                "Month",
+                "Cause",
+                "PSA",
+                "ERP",
+                "Difference",
+                f"|Difference| ({metrics.reporting_currency()})",
+            ],
+            [
+                [
+                    r["mismatch"].legal_entity.code.upper(),
+                    r["mismatch"].subject_name or r["mismatch"].subject_key,
+                    r["mismatch"].customer_name,
+                    r["mismatch"].period,
+                    r["mismatch"].get_cause_display(),
+                    f"{Decimal(r['mismatch'].amounts.get('psa', '0')):,.2f} {r['mismatch'].currency}",
+                    f"{Decimal(r['mismatch'].amounts.get('erp', '0')):,.2f} {r['mismatch'].currency}",
+                    f"{r['mismatch'].difference:,.2f} {r['mismatch'].currency}",
+                    f"{r['abs_difference']:,.2f}",
+                ]
+                for r in rev["rows"]
+            ],
+            f"{REVENUE_HELP} Σ|difference| {money(rev['abs_difference'])} of {money(rev['erp_total'])} ERP recognised.",
+            "No revenue row differs in the latest reconciliation."
+            if rev["checked"]
+            else "Not measured yet: no reconciliation has completed.",
+        )
+    )
+    page.tables.append(
+        Table(
+            "effort",
+            "Reconciliation effort by week",
+            ["Week of", "Actions", "People", "Exceptions and mismatches worked", "Hours"],
+            [[f"{w['week']:%d %b %Y}", w["actions"], w["people"], w["items"], w["hours"]] for w in effort["weeks"]],
+            EFFORT_HELP,
+            "No one acted on an exception or mismatch in this period.",
+        )
+    )
+    page.tables.append(
+        Table(
+            "effort_actions",
+            "The actions",
+            ["When", "Who", "Action", "On", "Comment"],
+            [
+                [
+                    f"{e.created_at:%d %b %Y %H:%M}",
+                    e.actor_label,
+                    e.action.replace(".", " ").replace("_", " "),
+                    e.object_repr,
+                    e.comment,
+                ]
+                for e in reversed(effort["entries"])
+            ],
+            "Newest first; the audit trail holds each one with its before and after.",
+            "No action in this period.",
+        )
+    )
+    _currency_note(page, conv)
+    return page

@@ -27,3 +27,11 @@ def backlog_repair_task() -> dict[str, int]:
     from dashboards.backlog import backlog_repair
 
     return backlog_repair()
+
+
+@shared_task(name="dashboards.tasks.demand_snapshot_task", ignore_result=True)
+def demand_snapshot_task() -> int:
+    """Keep this week's demand forecast, for resource forecast accuracy (one per 7 days)."""
+    from dashboards.leaders import demand_snapshot_take
+
+    return demand_snapshot_take()

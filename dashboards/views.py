@@ -36,6 +36,7 @@ DASH_PAGES = [
     ("dashboards:exceptions", "Exceptions & mismatches"),
     ("dashboards:integration", "Integration health"),
     ("dashboards:demand", "Resource demand"),
+    ("dashboards:leaders", "Leader figures"),
 ]
 
 
@@ -124,6 +125,7 @@ bill_to_cash = _page_view(pages.bill_to_cash, "dashboards:bill_to_cash")
 exceptions = _page_view(pages.exceptions, "dashboards:exceptions")
 integration = _page_view(pages.integration, "dashboards:integration")
 demand = _page_view(pages.demand, "dashboards:demand")
+leaders = _page_view(pages.leaders_page, "dashboards:leaders")
 
 
 @permission_required(VIEW_DASHBOARDS)
@@ -322,6 +324,8 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
         len(risk["parts"]),
         "Released-not-invoiced + won deals not activated past SLA + open billing/revenue mismatch |Δ|.",
     )
+    for entry in leader_metrics(f, conv):
+        add(**entry)
     return {
         "from": f.start.isoformat(),
         "to": f.end.isoformat(),
@@ -330,6 +334,72 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
         "unconverted": {k: str(v) for k, v in conv.unconverted.items()},
         "metrics": out,
     }
+
+
+def leader_metrics(f: Filters, conv: metrics.Converter) -> list[dict[str, Any]]:
+    """The leader figures (dashboards.leaders) as metrics entries: key, value, unit, count, definition."""
+    from dashboards.leaders import LAGS_DAYS, forecast_accuracy, reconciliation_effort, revenue_schedule_accuracy
+
+    out = []
+    fc = forecast_accuracy(f)
+    for lag in LAGS_DAYS:
+        for actual in ("worked", "assigned"):
+            a = fc.lags.get(lag, {}).get(actual)
+            count = sum(1 for r in fc.rows if r["lag"] == lag)
+            what = f"the demand forecast made {lag} days before each ended month of the period vs hours {actual}"
+            out += [
+                dict(
+                    key=f"forecast.accuracy_{lag}d_{actual}",
+                    value=a and a.accuracy,
+                    unit="percent",
+                    count=count,
+                    definition=f"1 − WAPE of {what}, by role and month (null: not measured yet).",
+                ),
+                dict(
+                    key=f"forecast.bias_{lag}d_{actual}",
+                    value=a and a.bias,
+                    unit="percent",
+                    count=count,
+                    definition=f"Σ(forecast − actual) ÷ Σ actual of {what} (positive: over-forecast).",
+                ),
+            ]
+    rev = revenue_schedule_accuracy(f, conv, with_rows=False)
+    out += [
+        dict(
+            key="revenue.schedule_value_accuracy",
+            value=rev["value_accuracy"],
+            unit="percent",
+            count=rev["checked"],
+            definition="1 − Σ|PSA − ERP| of open revenue mismatches ÷ Σ|ERP recognised| of "
+            "every project-month compared, as of each entity's latest complete reconciliation.",
+        ),
+        dict(
+            key="revenue.schedule_row_match_rate",
+            value=rev["match_rate"],
+            unit="percent",
+            count=rev["checked"],
+            definition="Project-months whose PSA and ERP revenue agree within tolerance ÷ compared.",
+        ),
+    ]
+    effort = reconciliation_effort(f)
+    out += [
+        dict(
+            key="reconciliation.effort_actions",
+            value=effort["actions"],
+            unit="count",
+            count=effort["actions"],
+            definition="People's audited actions on exceptions and mismatches in the period.",
+        ),
+        dict(
+            key="reconciliation.effort_hours",
+            value=effort["hours"],
+            unit="hours",
+            count=effort["actions"],
+            definition="Hours of those actions: sittings of one person's actions ≤ 30 min apart, first to last "
+            "action + 10 min each.",
+        ),
+    ]
+    return out
 
 
 class SlaForm(forms.Form):

@@ -85,6 +85,7 @@ def history_env(env: dict[str, str]) -> dict[str, str]:
         "PSCSYNC_REDISPATCH_SECONDS": str(10 * 86400),
         "PSCSYNC_RETRY_BASE_SECONDS": "1800",
         "PSCSYNC_POLL_SECONDS": "5",
+        "PSCSYNC_DEMAND_SNAPSHOT_SECONDS": "5",  # 7 business days pass in ~14 wall seconds here
     }
 
 

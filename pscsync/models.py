@@ -558,6 +558,26 @@ class PsaAssignment(models.Model):
         return f"{self.role or 'assignment'} {self.weekly_hours} h/week {self.starts_on}..{self.ends_on}"
 
 
+class PsaWorkedHours(models.Model):
+    """Approved hours worked in the PSA per role and month (every approved timecard, billable or
+    not, billed or not): what resource forecast accuracy compares the forecast with (DOMAIN.md
+    §2.8, delivery accuracy). Read and replaced with each full reconciliation, like PsaAssignment."""
+
+    legal_entity = models.ForeignKey(LegalEntity, on_delete=models.CASCADE, related_name="+")
+    role = models.CharField(max_length=100, blank=True)
+    month = models.CharField(max_length=7, help_text="YYYY-MM of the day worked.")
+    hours = models.DecimalField(max_digits=12, decimal_places=2)
+    read_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["legal_entity", "role", "month"], name="psa_worked_hours_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role or 'no role'} {self.month}: {self.hours} h worked"
+
+
 class ErpInvoice(models.Model):
     """An invoice as the ERP's ledger holds it, in canonical states (the connector maps the
     vendor's): written by pscsync.ledger on every bill-to-cash sync and every reconciliation read.

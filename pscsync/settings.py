@@ -353,6 +353,9 @@ RECONCILE_SECONDS = env_int("PSCSYNC_RECONCILE_SECONDS", 24 * 3600)
 # The workbench re-checks that every handoff waiting for a person has its exception (and hands
 # lost compensations and bulk jobs back to a worker) this often. It reads only open work.
 EXCEPTIONS_RECONCILE_SECONDS = env_int("PSCSYNC_EXCEPTIONS_RECONCILE_SECONDS", 300)
+# How often beat asks for a demand-forecast snapshot; one is kept per 7 business days whatever this
+# is (dashboards.leaders), so a short interval only makes a fast business clock (the demo) get them.
+DEMAND_SNAPSHOT_SECONDS = env_int("PSCSYNC_DEMAND_SNAPSHOT_SECONDS", 3600)
 # First retry waits up to this many seconds (full jitter), doubling each time up to an hour.
 RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
 # Connections marked "sandbox" may call loopback addresses (our own sandboxes). Off unless turned on:
@@ -414,6 +417,7 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "pscsync.tasks.reconcile_task", "schedule": float(RECONCILE_SECONDS)},
     "dashboard-rollups": {"task": "dashboards.tasks.rollups_catch_up_task", "schedule": 300.0},
     "dashboard-open-backlog": {"task": "dashboards.tasks.backlog_repair_task", "schedule": 300.0},
+    "demand-snapshot": {"task": "dashboards.tasks.demand_snapshot_task", "schedule": float(DEMAND_SNAPSHOT_SECONDS)},
     "exceptions-reconcile": {
         "task": "remediation.tasks.exceptions_reconcile_task",
         "schedule": float(EXCEPTIONS_RECONCILE_SECONDS),
