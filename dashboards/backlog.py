@@ -196,7 +196,7 @@ _ITEM_VALUES = [f"open_item__{name}" for name in (*GROUP_FIELDS, "customer_name"
 def backlog_unchanged(handoff_id: int) -> bool:
     """True when the handoff's committed state and its item agree (one read, no lock): most saves
     of a running handoff (taken by a worker, a step's outputs stored) move it nowhere. A state read
-    here that a later commit changes is that commit's own hook's to sync."""
+    here that a later commit changes is that commit's own listener's to sync."""
     row = Handoff.objects.filter(pk=handoff_id).values(*_HANDOFF_FIELDS, *_ITEM_VALUES).first()
     if row is None:
         return False
