@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('pscsync', '0009_psa_unbilled_work_and_assignments'),
+        ('pscsync', '0011_audit_keyed_chain_sec17'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
