@@ -24,9 +24,9 @@ def handoff_run_task(self, handoff_id: int) -> str:  # noqa: ANN001
 
 @shared_task(name="pscsync.tasks.handoffs_sweep_task")
 def handoffs_sweep_task() -> int:
-    from pscsync.sweeper import handoffs_sweep
+    from pscsync.sweeper import handoffs_sweep_all
 
-    return len(handoffs_sweep())
+    return handoffs_sweep_all()
 
 
 @shared_task(name="pscsync.tasks.connections_poll_task")

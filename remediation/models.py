@@ -3,7 +3,8 @@
 An *exception* (the word users see) is a handoff that needs a person. `HandoffException` is one
 per handoff that ever needed one; `ExceptionCause` groups them by signature (flow, step, error
 class, normalised message). Both are kept in step with the handoff's status by
-`remediation.services.exception_sync`, called on every handoff save (signal, see apps.py).
+`remediation.services.exception_sync`, called after every move of a handoff (the lifecycle
+listener, see apps.py).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from pscsync import clock
 from pscsync.access import entity_ids_for
 from pscsync.audit import audit_record
 from pscsync.flows import flow_get
+from pscsync.lifecycle import Move, handoff_move, repairs_note
 from pscsync.models import Handoff, Step
 from remediation.models import (
     BulkJob,
@@ -203,12 +204,42 @@ def exception_sync(handoff: Handoff) -> None:
     cause_refresh(item.cause)
 
 
+# Moves after which an exception cannot have changed: a handoff just opened has none, and one
+# that is taken by a worker or waits for a retry keeps an exception it has "in progress".
+_MOVES_WITHOUT_EXCEPTION_CHANGE = frozenset({Handoff.Status.RUNNING, Handoff.Status.WAITING_RETRY})
+
+
+def exception_follow(move: Move) -> None:
+    """The lifecycle listener: after a committed move, bring the handoff's exception in line with
+    its committed status (which a later move may already have changed: each move's listener reads
+    what is committed, so they converge in any order). One query for a handoff that never needed a
+    person."""
+    if move.to_status in _MOVES_WITHOUT_EXCEPTION_CHANGE:
+        return
+    if not move.from_status and move.to_status != Handoff.Status.NEEDS_ATTENTION:
+        return
+    with transaction.atomic():
+        if move.to_status == Handoff.Status.NEEDS_ATTENTION:
+            handoff = Handoff.objects.filter(pk=move.handoff_id).first()
+        else:
+            item = (
+                HandoffException.objects.filter(handoff_id=move.handoff_id)
+                .exclude(status=ExceptionStatus.RESOLVED)
+                .select_related("handoff")
+                .first()
+            )
+            handoff = item.handoff if item is not None else None
+        if handoff is not None:
+            exception_sync(handoff)
+
+
 RECONCILE_BATCH = 500
 STALE_WORK = dt.timedelta(minutes=10)
 
 
 def exceptions_reconcile() -> int:
-    """Repair what a missed signal left behind (a status changed by a bulk UPDATE), end archives
+    """Repair what a missed listener left behind (a process killed between a move's commit and its
+    listeners: counted, see lifecycle.repairs_note), end archives
     whose date has passed, and hand compensations and bulk jobs whose broker message was lost
     back to a worker. Returns repairs.
 
@@ -229,6 +260,7 @@ def exceptions_reconcile() -> int:
     # The ids first (none in the steady state), then the rows in batches: an ORDER BY pk LIMIT
     # over the whole table could make the planner walk the primary key past every old handoff.
     ids = sorted({*missing.values_list("pk", flat=True), *stale.values_list("handoff_id", flat=True)})
+    repairs_note("workbench exceptions", len(ids))
     for start in range(0, len(ids), RECONCILE_BATCH):
         for handoff in Handoff.objects.filter(pk__in=ids[start : start + RECONCILE_BATCH]):
             exception_sync(handoff)
@@ -290,12 +322,22 @@ def _snapshot(handoff: Handoff) -> dict[str, Any]:
     }
 
 
-def _take(handoff: Handoff, *, allowed: tuple[str, ...], to: str, now: dt.datetime, **fields: Any) -> None:
+def _take(
+    handoff: Handoff,
+    *,
+    allowed: tuple[str, ...],
+    to: str,
+    actor: AbstractBaseUser | None,
+    reason: str,
+    **fields: Any,
+) -> None:
     """Move the handoff from one of `allowed` to `to`, or refuse: one operator wins a race."""
     # lease_owner is empty unless a compensation holds the handoff (a worker never holds one that
     # waits for a person): nothing else may move it meanwhile.
-    moved = Handoff.objects.filter(pk=handoff.pk, status__in=allowed, lease_owner="").update(status=to, **fields)
-    if moved != 1:
+    moved = handoff_move(
+        handoff, from_states=allowed, to=to, actor=actor, reason=reason, where=Q(lease_owner=""), fields=fields
+    )
+    if moved is None:
         current, lease = Handoff.objects.filter(pk=handoff.pk).values_list("status", "lease_owner").first() or ("", "")
         if lease.startswith("compensation:") and current in allowed:
             raise ActionRefused("Nothing was done: a compensation is running on this handoff; wait for its outcome.")
@@ -328,7 +370,8 @@ def handoff_resubmit(
             handoff,
             allowed=(Handoff.Status.NEEDS_ATTENTION,),
             to=Handoff.Status.PENDING,
-            now=now,
+            actor=actor,
+            reason=reason,
             attempt_count=0,
             worker_crashes=0,
             next_attempt_at=now,
@@ -379,7 +422,15 @@ def _end(
     with transaction.atomic():
         business_key_lock(handoff.flow, handoff.business_key)
         before = _snapshot(handoff)
-        _take(handoff, allowed=(Handoff.Status.NEEDS_ATTENTION,), to=to, now=now, finished_at=now, next_attempt_at=None)
+        _take(
+            handoff,
+            allowed=(Handoff.Status.NEEDS_ATTENTION,),
+            to=to,
+            actor=actor,
+            reason=reason,
+            finished_at=now,
+            next_attempt_at=None,
+        )
         exception_sync(handoff)
         audit_record(
             actor=actor,
@@ -416,7 +467,6 @@ def handoff_reopen(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: 
     """Back to the workbench after a resolve or cancel (e.g. resolved by mistake)."""
     if not reason.strip():
         raise ActionRefused("A reason is required to reopen.")
-    now = clock.now()
     try:
         with transaction.atomic():
             before = _snapshot(handoff)
@@ -424,7 +474,8 @@ def handoff_reopen(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: 
                 handoff,
                 allowed=(Handoff.Status.RESOLVED, Handoff.Status.CANCELLED),
                 to=Handoff.Status.NEEDS_ATTENTION,
-                now=now,
+                actor=actor,
+                reason=reason,
                 finished_at=None,
             )
             exception_sync(handoff)
@@ -792,10 +843,16 @@ def _compensation_done(compensation: Compensation, handoff: Handoff, removed: li
         business_key_lock(handoff.flow, handoff.business_key)
         handoff.refresh_from_db()
         before = {**_snapshot(handoff), "steps": {s.name: s.output for s in handoff.steps.all()}}
-        moved = Handoff.objects.filter(pk=handoff.pk, lease_owner=compensation.lease).update(
-            status=Handoff.Status.CANCELLED, lease_owner="", finished_at=now, next_attempt_at=None
+        moved = handoff_move(
+            handoff,
+            from_states=COMPENSABLE_FROM,
+            to=Handoff.Status.CANCELLED,
+            actor=compensation.requested_by,
+            reason=f"compensated: {compensation.reason}",
+            where=Q(lease_owner=compensation.lease),
+            fields={"lease_owner": "", "finished_at": now, "next_attempt_at": None},
         )
-        if moved != 1:  # a run taken over as dead finished first: roll this one back
+        if moved is None:  # a run taken over as dead finished first: roll this one back
             raise RuntimeError(f"handoff {handoff.pk} is no longer held by compensation {compensation.pk}")
         released: dict[str, Any] = {}
         for step, step_def in compensable_steps(handoff):

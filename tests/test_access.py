@@ -281,12 +281,18 @@ def records(echo_connection, entities):  # noqa: ANN001, ANN201
     at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     made = handoffs_per_entity(echo_connection, {code: entities[code] for code in ("us", "uk")})
     # The US handoff needs a person (so it has a cause) and is in a bulk job.
+    from pscsync.lifecycle import handoff_move
     from remediation.models import BulkJob
+    from tests.helpers import moves_told
 
-    made["us"].status = Handoff.Status.NEEDS_ATTENTION
-    made["us"].last_error_class = "validation"
-    made["us"].last_error_message = "echo: account has no Tax Profile"
-    made["us"].save()
+    with moves_told():
+        handoff_move(
+            made["us"],
+            from_states=[Handoff.Status.PENDING],
+            to=Handoff.Status.NEEDS_ATTENTION,
+            actor="test",
+            fields={"last_error_class": "validation", "last_error_message": "echo: account has no Tax Profile"},
+        )
     BulkJob.objects.create(kind="retry", created_at=at, handoff_ids=[made["us"].pk], total=1)
     return made
 

@@ -289,9 +289,15 @@ def test_attempts_counted_once_with_rate_limits(crm, entities) -> None:  # noqa:
 def test_a_finished_handoff_updates_the_rollups_as_it_commits(crm, entities) -> None:  # noqa: ANN001
     h = q2p(crm, entities["us"], "OPP-LIVE", T0, None, status="running")
     assert metrics.flow_stats(OCT, "quote-to-project").measured == 0
-    h.status = "succeeded"
-    h.business_times = {**h.business_times, "project_activated": (T0 + 7 * H).isoformat()}
-    h.save()
+    from pscsync.lifecycle import handoff_move
+
+    handoff_move(
+        h,
+        from_states=["running"],
+        to="succeeded",
+        actor="test",
+        fields={"business_times": {**h.business_times, "project_activated": (T0 + 7 * H).isoformat()}},
+    )
     assert metrics.flow_stats(OCT, "quote-to-project").median_hours == 7.0
 
 
