@@ -15,6 +15,11 @@ app = Celery("pscsync")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
+# Readiness (/readyz) knows a worker is alive by its heartbeat row (ops.worker).
+from ops.worker import WorkerHeartbeat  # noqa: E402
+
+app.steps["worker"].add(WorkerHeartbeat)
+
 log = logging.getLogger("pscsync.worker")
 
 # Connections are reused across tasks (CELERY_DB_REUSE_MAX); like Django around a request, drop

@@ -460,3 +460,17 @@ ALERT_WEBHOOK_ALLOW_LOOPBACK = env_bool("PSCSYNC_ALERT_WEBHOOK_ALLOW_LOOPBACK", 
 DEFAULT_FROM_EMAIL = os.getenv("PSCSYNC_FROM_EMAIL", "pscsync@localhost")
 EMAIL_HOST = os.getenv("PSCSYNC_EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("PSCSYNC_EMAIL_PORT", 25)
+
+# --- Operations: health, readiness, the beat leader (docs/operations.md) --------------------
+INSTALLED_APPS += ["ops.apps.OpsConfig"]
+SECURE_REDIRECT_EXEMPT += [r"^readyz$"]
+# Beat publishes only while it holds a lease row in the database (ops.beat), so a standby beat can
+# run beside it and takes over within BEAT_LEASE_SECONDS when the leader dies.
+CELERY_BEAT_SCHEDULER = "ops.beat:LeaderScheduler"
+BEAT_LEASE_SECONDS = env_int("PSCSYNC_BEAT_LEASE_SECONDS", 30)
+WORKER_HEARTBEAT_SECONDS = env_int("PSCSYNC_WORKER_HEARTBEAT_SECONDS", 10)
+# /readyz answers 503 when the newest worker heartbeat, the beat leader's renewal or the last
+# sweep is older than these.
+READY_WORKER_SECONDS = env_int("PSCSYNC_READY_WORKER_SECONDS", 3 * WORKER_HEARTBEAT_SECONDS)
+READY_BEAT_SECONDS = env_int("PSCSYNC_READY_BEAT_SECONDS", BEAT_LEASE_SECONDS)
+READY_SWEEP_SECONDS = env_int("PSCSYNC_READY_SWEEP_SECONDS", max(60, 4 * SWEEP_SECONDS))

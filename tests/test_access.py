@@ -98,6 +98,7 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
     "login": ("GET", {"anonymous": 200, "norole": 302, "viewer": 302, "operator": 302, "admin": 302, "outsider": 302}),
     "logout": ("GET", dict.fromkeys(ROLES, 405)),
     "healthz": ("GET", dict.fromkeys(ROLES, 200)),
+    "readyz": ("GET", dict.fromkeys(ROLES, 503)),  # no worker or beat runs in these tests
     "webhook": ("GET", dict.fromkeys(ROLES, 405)),
     "handoffs:list": (
         "GET",
