@@ -117,7 +117,8 @@ def readiness() -> list[Check]:
     if settings.REDIS_URL and settings.REDIS_URL != settings.CELERY_BROKER_URL:
         checks.append(_tcp("redis", settings.REDIS_URL, 6379))
     if not database.ok:
-        return checks + [Check(n, False, "unknown: the database does not answer") for n in ("worker", "beat", "sweeper")]
+        unknown = "unknown: the database does not answer"
+        return checks + [Check(name, False, unknown) for name in ("worker", "beat", "sweeper")]
     now = database_now()
     rows = {h.name: h for h in Heartbeat.objects.filter(name__in=[SWEEPER, BEAT_LEADER])}
     latest_worker = (

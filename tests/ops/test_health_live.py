@@ -79,7 +79,11 @@ def _sends(process: Process) -> int:
 
 
 def test_readyz_follows_the_worker_and_a_standby_beat_takes_over_without_double_publishing(env, tmp_path) -> None:  # noqa: ANN001
-    worker, beat_a, beat_b = _worker(env, tmp_path, "w1"), _beat(env, tmp_path, "beat-a"), _beat(env, tmp_path, "beat-b")
+    worker, beat_a, beat_b = (
+        _worker(env, tmp_path, "w1"),
+        _beat(env, tmp_path, "beat-a"),
+        _beat(env, tmp_path, "beat-b"),
+    )
     processes = (worker, beat_a, beat_b)
     try:
         worker.start()
