@@ -474,3 +474,18 @@ WORKER_HEARTBEAT_SECONDS = env_int("PSCSYNC_WORKER_HEARTBEAT_SECONDS", 10)
 READY_WORKER_SECONDS = env_int("PSCSYNC_READY_WORKER_SECONDS", 3 * WORKER_HEARTBEAT_SECONDS)
 READY_BEAT_SECONDS = env_int("PSCSYNC_READY_BEAT_SECONDS", BEAT_LEASE_SECONDS)
 READY_SWEEP_SECONDS = env_int("PSCSYNC_READY_SWEEP_SECONDS", max(60, 4 * SWEEP_SECONDS))
+
+# Database connections (docs/operations.md, "Database connections"). By default each thread keeps
+# one persistent connection (CONN_MAX_AGE above). PSCSYNC_DB_POOL=true gives a web process
+# Django's psycopg pool instead; set it for gunicorn only, never for Celery prefork workers (a pool's
+# threads do not survive the fork). PSCSYNC_PGBOUNCER=true when connecting through pgbouncer in
+# transaction mode: a server-side cursor cannot outlive the transaction pgbouncer lends.
+if env_bool("PSCSYNC_DB_POOL", False) and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django refuses persistent connections with a pool
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("PSCSYNC_DB_POOL_MIN", 2),
+        "max_size": env_int("PSCSYNC_DB_POOL_MAX", 10),
+        "timeout": env_int("PSCSYNC_DB_POOL_TIMEOUT", 10),
+    }
+if env_bool("PSCSYNC_PGBOUNCER", False):
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
