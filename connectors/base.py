@@ -15,6 +15,7 @@ from connectors.egress import check_destination
 from connectors.errors import ConnectorError, RejectedError
 from connectors.models import Connection
 from connectors.signatures import active_webhook_secrets, standard_webhook_verify
+from ops.logs import bound as log_bound
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ class Connector:
         """An outbound call after the egress check (the address may have changed since it was saved).
         Every vendor call goes through here or through `send`."""
         check_destination(url, vendor=self.connection.vendor, is_sandbox=self.connection.is_sandbox)
-        return http.request(method, url, **kwargs)
+        with log_bound(connection=self.connection.slug):
+            return http.request(method, url, **kwargs)
 
     def send(
         self,

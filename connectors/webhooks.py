@@ -19,6 +19,7 @@ from django.views.decorators.http import require_POST
 from connectors.errors import WebhookRejected
 from connectors.models import Connection
 from connectors.registry import connector_for
+from ops.logs import bind as log_bind
 from pscsync.crypto import CredentialsUnreadable
 from pscsync.intake import event_receive
 
@@ -53,6 +54,7 @@ def webhook_receive(request: HttpRequest, slug: str) -> HttpResponse:
     body = _read_body(request)
     if body is None:
         return _error(413, f"the body is larger than {settings.WEBHOOK_MAX_BODY_BYTES} bytes")
+    log_bind(connection=slug)  # for this request's log lines (RequestIdMiddleware resets it)
     try:
         connection = Connection.objects.filter(slug=slug, is_active=True).first()
         if connection is None:

@@ -8,3 +8,11 @@ class OpsConfig(AppConfig):
 
     name = "ops"
     verbose_name = "Operations"
+
+    def ready(self) -> None:
+        from django.core.signals import request_finished
+
+        from ops.logs import request_finished_clear
+
+        # Framework glue: a request's log fields end with the request (ops.logs).
+        request_finished.connect(request_finished_clear, weak=False, dispatch_uid="ops-log-context")

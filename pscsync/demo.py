@@ -94,6 +94,7 @@ def demo_env() -> dict[str, str]:
         "PSCSYNC_RETRY_BASE_SECONDS": "3",
         "PSCSYNC_RECONCILE_SECONDS": os.environ.get("PSCSYNC_RECONCILE_SECONDS", "300"),
         "PSCSYNC_LOG_LEVEL": os.environ.get("PSCSYNC_LOG_LEVEL", "WARNING"),
+        "PSCSYNC_LOG_FORMAT": os.environ.get("PSCSYNC_LOG_FORMAT", "text"),  # JSON is for machines
         # The audit trail's external copy goes to its own file, not over the terminal.
         "PSCSYNC_AUDIT_LOG_FILE": os.environ.get("PSCSYNC_AUDIT_LOG_FILE", str(VAR / "logs" / "audit.log")),
         "PYTHONUNBUFFERED": "1",

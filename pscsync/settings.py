@@ -489,3 +489,25 @@ if env_bool("PSCSYNC_DB_POOL", False) and DATABASES["default"]["ENGINE"].endswit
     }
 if env_bool("PSCSYNC_PGBOUNCER", False):
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+
+# --- Structured logs (docs/operations.md, "Logs") ------------------------------------------
+# JSON lines (one object per line, with request_id, trace_id, handoff_id, business_key, flow and
+# connection where known) unless PSCSYNC_LOG_FORMAT=text, which `make demo` sets for people.
+LOG_FORMAT = os.getenv("PSCSYNC_LOG_FORMAT", "json")
+if LOG_FORMAT not in {"json", "text"}:
+    raise ImproperlyConfigured(f"PSCSYNC_LOG_FORMAT must be 'json' or 'text', got {LOG_FORMAT!r}")
+LOGGING["filters"] = {"context": {"()": "ops.logs.ContextFilter"}}
+LOGGING["formatters"]["json"] = {
+    "()": "ops.logs.json_formatter",
+    "fmt": "%(levelname)s %(name)s %(message)s",
+    "timestamp": "time",  # ISO 8601 in UTC
+    "rename_fields": {"levelname": "level", "name": "logger"},
+}
+LOGGING["formatters"]["text"] = {
+    "()": "ops.logs.TextFormatter",
+    "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+}
+for _handler in ("console", "audit") if not AUDIT_LOG_FILE else ("console",):
+    LOGGING["handlers"][_handler]["formatter"] = LOG_FORMAT
+    LOGGING["handlers"][_handler]["filters"] = ["context"]
+MIDDLEWARE.insert(0, "ops.logs.RequestIdMiddleware")  # first: every later line has the request id
