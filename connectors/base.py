@@ -16,6 +16,7 @@ from connectors.errors import ConnectorError, RejectedError
 from connectors.models import Connection
 from connectors.signatures import active_webhook_secrets, standard_webhook_verify
 from ops.logs import bound as log_bound
+from ops.metrics import vendor_call_observed
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,21 @@ class Connector:
         """An outbound call after the egress check (the address may have changed since it was saved).
         Every vendor call goes through here or through `send`."""
         check_destination(url, vendor=self.connection.vendor, is_sandbox=self.connection.is_sandbox)
-        with log_bound(connection=self.connection.slug):
-            return http.request(method, url, **kwargs)
+        slug = self.connection.slug
+        started, status, retry_after = time.monotonic(), "no_answer", None
+        try:
+            with log_bound(connection=slug):
+                result = http.request(method, url, **kwargs)
+            status = str(result.status)
+            return result
+        except ConnectorError as exc:
+            status = str(exc.http_status) if exc.http_status else "no_answer"
+            retry_after = getattr(exc, "retry_after", None)
+            raise
+        finally:
+            vendor_call_observed(
+                connection=slug, status=status, seconds=time.monotonic() - started, retry_after=retry_after
+            )
 
     def send(
         self,

@@ -511,3 +511,12 @@ for _handler in ("console", "audit") if not AUDIT_LOG_FILE else ("console",):
     LOGGING["handlers"][_handler]["formatter"] = LOG_FORMAT
     LOGGING["handlers"][_handler]["filters"] = ["context"]
 MIDDLEWARE.insert(0, "ops.logs.RequestIdMiddleware")  # first: every later line has the request id
+
+# --- Prometheus metrics (docs/operations.md, "Metrics") -------------------------------------
+# /metrics answers only a scraper sending "Authorization: Bearer <PSCSYNC_METRICS_TOKEN>" (404
+# while unset). Under gunicorn or Celery prefork set PROMETHEUS_MULTIPROC_DIR to an empty folder
+# shared by every process of one machine, so counters add up across processes.
+METRICS_TOKEN = os.getenv("PSCSYNC_METRICS_TOKEN", "")
+# The business gauges (money at risk, won-not-activated, unbilled WIP) are read at most this often.
+METRICS_BUSINESS_SECONDS = env_int("PSCSYNC_METRICS_BUSINESS_SECONDS", 60)
+SECURE_REDIRECT_EXEMPT += [r"^metrics$"]

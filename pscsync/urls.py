@@ -5,7 +5,7 @@ from django.urls import include, path
 
 from accounts.views import SignInView
 from connectors.webhooks import webhook_receive
-from ops.views import healthz, readyz
+from ops.views import healthz, metrics, readyz
 from pscsync import views
 
 handoff_patterns = (
@@ -19,6 +19,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
     path("webhooks/<slug:slug>/", webhook_receive, name="webhook"),
     path("handoffs/", include(handoff_patterns)),
     path("dashboards/", include("dashboards.urls")),

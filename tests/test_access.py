@@ -99,6 +99,7 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
     "logout": ("GET", dict.fromkeys(ROLES, 405)),
     "healthz": ("GET", dict.fromkeys(ROLES, 200)),
     "readyz": ("GET", dict.fromkeys(ROLES, 503)),  # no worker or beat runs in these tests
+    "metrics": ("GET", dict.fromkeys(ROLES, 404)),  # off without PSCSYNC_METRICS_TOKEN; a session is no token
     "webhook": ("GET", dict.fromkeys(ROLES, 405)),
     "handoffs:list": (
         "GET",
