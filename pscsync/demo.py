@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("PSCSYNC_VAR_DIR", ROOT / "var"))
 BIN = Path(sys.executable).parent
 WEB_PORT = int(os.environ.get("PSCSYNC_DEMO_PORT", "8000"))
+# 0.0.0.0 only inside a container (compose.yaml's demo profile), where the port is published.
+WEB_HOST = os.environ.get("PSCSYNC_DEMO_HOST", "127.0.0.1")
 PORT_OFFSET = int(os.environ.get("PSCSYNC_SANDBOX_PORT_OFFSET", "0") or 0)
 ECHO_PORT = 8790 + PORT_OFFSET
 DEMO_DAYS = int(os.environ.get("PSCSYNC_DEMO_DAYS", "90"))
@@ -179,7 +181,7 @@ def main() -> None:
     commands = {
         "sandbox-echo": [*manage, "sandbox", "echo", "--port", str(ECHO_PORT)],
         **{f"sandbox-{name}": [*manage, "sandbox", name] for name in VENDOR_SANDBOXES},
-        "web": [str(BIN / "gunicorn"), "pscsync.wsgi", "-b", f"127.0.0.1:{WEB_PORT}", "-w", "2", "--threads", "4"],
+        "web": [str(BIN / "gunicorn"), "pscsync.wsgi", "-b", f"{WEB_HOST}:{WEB_PORT}", "-w", "2", "--threads", "4"],
         "worker": [str(BIN / "celery"), "-A", "pscsync", "worker", "-c", "2", "-l", "WARNING", "--without-gossip"],
         "beat": [str(BIN / "celery"), "-A", "pscsync", "beat", "-l", "WARNING"],
     }
