@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -178,9 +178,18 @@ class Connector:
 
     # Reading ----------------------------------------------------------------------------------
     def read(
-        self, entity: str, *, since: dt.datetime | None = None, where: dict[str, Any] | None = None
+        self,
+        entity: str,
+        *,
+        since: dt.datetime | None = None,
+        where: dict[str, Any] | None = None,
+        fields: Sequence[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Every record of `entity` (changed since `since`, matching `where`), following the vendor's paging."""
+        """Every record of `entity` (changed since `since`, matching `where`), following the vendor's paging.
+
+        `fields` names the fields the caller needs: a vendor that selects fields (Salesforce's SOQL)
+        asks for those; the others return whole records, which hold them too. Every override takes
+        it, so a flow may pass it to any connector (before, only Salesforce's did: a TypeError)."""
         raise NotImplementedError
 
     # Inbound ---------------------------------------------------------------------------------
