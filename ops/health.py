@@ -85,7 +85,7 @@ def _tcp(name: str, url: str, default_port: int) -> Check:
 def _broker() -> Check:
     url = settings.CELERY_BROKER_URL
     if url.startswith("filesystem://"):
-        folder = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
+        folder = Path(str(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]))
         ok = folder.is_dir()
         return Check("broker", ok, "the message folder exists" if ok else f"the message folder {folder} is missing")
     if url.startswith(("redis://", "rediss://")):

@@ -94,7 +94,7 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request_id = request_id_for(request)
-        request.request_id = request_id
+        setattr(request, "request_id", request_id)  # noqa: B010 (HttpRequest declares no such attribute)
         # Left bound after the middleware returns, so Django's own line about the response (written
         # by the handler outside the middleware) has the id too; request_finished clears it.
         _context.set({"request_id": request_id})
