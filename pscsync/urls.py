@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from accounts.oidc import SignInCallbackView, SignInRequestView
 from accounts.views import SignInView
 from connectors.webhooks import webhook_receive
 from ops.views import healthz, metrics, readyz
@@ -17,6 +18,9 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("login/", SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Single sign-on (accounts/oidc.py): 404 unless PSCSYNC_OIDC_CLIENT_ID is set.
+    path("oidc/authenticate/", SignInRequestView.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", SignInCallbackView.as_view(), name="oidc_authentication_callback"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),
