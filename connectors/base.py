@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -16,6 +16,8 @@ from connectors.egress import check_destination
 from connectors.errors import ConnectorError, RejectedError
 from connectors.models import Connection
 from connectors.signatures import active_webhook_secrets, standard_webhook_verify
+from ops.logs import bound as log_bound
+from ops.metrics import vendor_call_observed
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,21 @@ class Connector:
         """An outbound call after the egress check (the address may have changed since it was saved).
         Every vendor call goes through here or through `send`."""
         check_destination(url, vendor=self.connection.vendor, is_sandbox=self.connection.is_sandbox)
-        return http.request(method, url, **kwargs)
+        slug = self.connection.slug
+        started, status, retry_after = time.monotonic(), "no_answer", None
+        try:
+            with log_bound(connection=slug):
+                result = http.request(method, url, **kwargs)
+            status = str(result.status)
+            return result
+        except ConnectorError as exc:
+            status = str(exc.http_status) if exc.http_status else "no_answer"
+            retry_after = getattr(exc, "retry_after", None)
+            raise
+        finally:
+            vendor_call_observed(
+                connection=slug, status=status, seconds=time.monotonic() - started, retry_after=retry_after
+            )
 
     def send(
         self,
@@ -232,9 +248,18 @@ class Connector:
 
     # Reading ----------------------------------------------------------------------------------
     def read(
-        self, entity: str, *, since: dt.datetime | None = None, where: dict[str, Any] | None = None
+        self,
+        entity: str,
+        *,
+        since: dt.datetime | None = None,
+        where: dict[str, Any] | None = None,
+        fields: Sequence[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Every record of `entity` (changed since `since`, matching `where`), following the vendor's paging."""
+        """Every record of `entity` (changed since `since`, matching `where`), following the vendor's paging.
+
+        `fields` names the fields the caller needs: a vendor that selects fields (Salesforce's SOQL)
+        asks for those; the others return whole records, which hold them too. Every override takes
+        it, so a flow may pass it to any connector (before, only Salesforce's did: a TypeError)."""
         raise NotImplementedError
 
     # Inbound ---------------------------------------------------------------------------------

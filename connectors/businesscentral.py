@@ -25,7 +25,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
@@ -271,7 +271,12 @@ class BusinessCentralConnector(Connector):
 
     # Reading --------------------------------------------------------------------------------------
     def read(
-        self, entity: str, *, since: dt.datetime | None = None, where: dict[str, Any] | None = None
+        self,
+        entity: str,
+        *,
+        since: dt.datetime | None = None,
+        where: dict[str, Any] | None = None,
+        fields: Sequence[str] | None = None,  # whole records come back: they hold these fields too
     ) -> Iterator[dict[str, Any]]:
         name, _, noun = self._entity(entity)
         clauses = []

@@ -31,7 +31,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -377,7 +377,12 @@ class NetSuiteConnector(Connector):
             params = None  # the next link carries limit and offset
 
     def read(
-        self, entity: str, *, since: dt.datetime | None = None, where: dict[str, Any] | None = None
+        self,
+        entity: str,
+        *,
+        since: dt.datetime | None = None,
+        where: dict[str, Any] | None = None,
+        fields: Sequence[str] | None = None,  # whole records come back: they hold these fields too
     ) -> Iterator[dict[str, Any]]:
         record_type = self.record_type(entity)
         self._about(record_type)

@@ -30,6 +30,7 @@ from django.db.models import Max, Q
 
 from connectors.base import WriteResult
 from connectors.errors import ConnectorError, TransientError, UnknownOutcomeError
+from ops.logs import bind as log_bind
 from pscsync import clock
 from pscsync.faults import fault_point
 from pscsync.flows import Flow, StepContext, StepDef, flow_get
@@ -521,6 +522,7 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
     handoff = _lease(handoff_id, worker)
     if handoff is None:
         return "skipped"
+    log_bind(handoff_id=handoff.pk, business_key=handoff.business_key, flow=handoff.flow)  # on every line after
     flow = flow_get(handoff.flow)
     if flow is None:
         failure = StepFailed("mapping", f"no flow named {handoff.flow!r} is installed", retryable=False)

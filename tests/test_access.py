@@ -98,6 +98,8 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
     "login": ("GET", {"anonymous": 200, "norole": 302, "viewer": 302, "operator": 302, "admin": 302, "outsider": 302}),
     "logout": ("GET", dict.fromkeys(ROLES, 405)),
     "healthz": ("GET", dict.fromkeys(ROLES, 200)),
+    "readyz": ("GET", dict.fromkeys(ROLES, 503)),  # no worker or beat runs in these tests
+    "metrics": ("GET", dict.fromkeys(ROLES, 404)),  # off without PSCSYNC_METRICS_TOKEN; a session is no token
     "webhook": ("GET", dict.fromkeys(ROLES, 405)),
     "handoffs:list": (
         "GET",
