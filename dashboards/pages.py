@@ -19,8 +19,9 @@ from django.urls import reverse
 from dashboards import charts, metrics, wip
 from dashboards.demand import demand_for
 from dashboards.facts import MEASURES, sla_for
-from dashboards.metrics import Converter, Filters
+from dashboards.metrics import Converter, Filters, converter_for
 from dashboards.models import FlowFact
+from dashboards.money import Money, money_text
 from pscsync.models import Attempt, LegalEntity, Mismatch, Step
 from remediation import timeline
 from remediation.models import HandoffException
@@ -33,7 +34,7 @@ class Tile:
     note: str = ""
     href: str = ""
     help: str = ""
-    state: str = ""  # good | bad | ""
+    state: str = ""  # good | bad | incomplete (a money figure misses an amount: amber) | ""
     question: str = ""
 
 
@@ -109,10 +110,16 @@ def hours_label(hours: float | None) -> str:
     return f"{hours / 24:.1f} days"
 
 
-def money(value: Decimal | None) -> str:
-    if value is None:
-        return "—"
-    return f"{metrics.reporting_currency()} {value:,.0f}"
+def money(value: Money | Decimal | None) -> str:
+    """A money figure as a person reads it, naming what it could not convert (dashboards.money)."""
+    return money_text(value, metrics.reporting_currency())
+
+
+def money_state(*values: Money | Decimal | None, otherwise: str = "") -> str:
+    """A tile showing a money figure that misses an amount turns amber ("incomplete"), whatever else."""
+    if any(isinstance(v, Money) and not v.complete for v in values):
+        return "incomplete"
+    return otherwise
 
 
 def pct(value: float | None) -> str:
@@ -155,7 +162,7 @@ def flow_title(flow: str) -> str:
 
 # Overview ---------------------------------------------------------------------------------------
 def overview(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     stats = {flow: metrics.flow_stats(f, flow, conv=conv) for flow in metrics.FLOWS}
     q2p, p2b, b2c = stats["quote-to-project"], stats["project-to-bill"], stats["bill-to-cash"]
     blocked = metrics.blocked_billing(f, conv, with_rows=False)
@@ -188,17 +195,17 @@ def overview(f: Filters) -> Page:
             link("dashboards:project_to_bill", f),
             "Median of (invoice created in the ERP − latest approved item date in the PSA billing batch) for "
             "batches invoiced in the period. Blocked value: batches released in the PSA with no ERP invoice yet.",
-            "bad" if blocked["count"] else "good",
+            money_state(blocked["value"], otherwise="bad" if blocked["count"] else "good"),
             "Is approved work being billed?",
         ),
         Tile(
             "DSO",
-            "—" if dso["days"] is None else f"{dso['days']:.0f} days",
+            _dso_figure(dso),
             f"{money(dso['receivables'])} open receivables · days to pay median {hours_label(b2c.extra_median_hours)}",
             link("dashboards:bill_to_cash", f),
             "Open receivables at the period end (invoices posted and not paid in full) ÷ invoices posted in "
-            "the last 90 days × 90 (simple DSO, DOMAIN.md §2.6).",
-            "",
+            "the last 90 days × 90 (simple DSO, DOMAIN.md §2.6). Not computed while an amount has no rate.",
+            money_state(dso["receivables"], dso["billings"]),
             "Is billing becoming cash?",
         ),
         Tile(
@@ -211,7 +218,7 @@ def overview(f: Filters) -> Page:
             link("dashboards:exceptions", f),
             "Billing released but not invoiced + value of won deals not activated past their SLA + |difference| "
             "of open billed-time and revenue mismatches, at the period-end rate.",
-            "bad" if risk["value"] else "good",
+            money_state(risk["value"], otherwise="bad" if risk["value"] else "good"),
             "Where is money stuck?",
         ),
     ]
@@ -255,7 +262,7 @@ def overview(f: Filters) -> Page:
             link("dashboards:items", f, flow="project-to-bill", measure="exceptions"),
             "Billing batches released in the period that needed a person or were rejected at least once "
             "(validation, mapping, vendor rejection) ÷ batches released, by count and by value.",
-            "bad" if ex["exceptions"] else "good",
+            money_state(ex["exception_value"], ex["value"], otherwise="bad" if ex["exceptions"] else "good"),
         ),
         Tile(
             "Revenue mismatches",
@@ -264,7 +271,7 @@ def overview(f: Filters) -> Page:
             link("dashboards:exceptions", f),
             "Σ|PSA − ERP| of open revenue mismatches for the period's months; match rate = matched ÷ checked "
             "subjects in each entity's latest complete reconciliation.",
-            "bad" if rev["open"] else "good",
+            money_state(rev["value"], otherwise="bad" if rev["open"] else "good"),
         ),
         Tile(
             "Need a person",
@@ -280,7 +287,7 @@ def overview(f: Filters) -> Page:
             f"{money(won['value'])} · {won['over_sla_count']} past SLA",
             link("dashboards:quote_to_project", f),
             "Won deals whose quote-to-project handoff has not finished.",
-            "bad" if won["over_sla_count"] else "",
+            money_state(won["value"], otherwise="bad" if won["over_sla_count"] else ""),
         ),
     ]
     page.notes.append(
@@ -301,6 +308,14 @@ def overview(f: Filters) -> Page:
     return page
 
 
+def _dso_figure(dso: dict[str, Any]) -> str:
+    """Days, or what keeps DSO from being computed (an amount without a rate)."""
+    gap = dso["receivables"] + dso["billings"]
+    if not gap.complete:
+        return "— · " + money(Money(gap.currency, Decimal("0"), gap.missing))
+    return "—" if dso["days"] is None else f"{dso['days']:.0f} days"
+
+
 FLOW_PAGES = {
     "quote-to-project": "dashboards:quote_to_project",
     "project-to-bill": "dashboards:project_to_bill",
@@ -309,9 +324,8 @@ FLOW_PAGES = {
 
 
 def _currency_note(page: Page, conv: Converter) -> None:
-    page.notes.append(metrics.policy_text())
-    if conv.note:
-        page.notes.append(conv.note)
+    # What a figure could not convert is on that figure (money_text), not summed for the page.
+    page.notes.append(metrics.policy_text(conv.target))
 
 
 def _flow_common(page: Page, f: Filters, flow: str, conv: Converter) -> metrics.FlowStats:
@@ -382,7 +396,7 @@ def _flow_common(page: Page, f: Filters, flow: str, conv: Converter) -> metrics.
 
 
 def quote_to_project(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     page = Page("Quote to project", "How fast won deals become active projects in the PSA.")
     _flow_common(page, f, "quote-to-project", conv)
     won = metrics.won_not_activated(f, conv, limit=Table.limit)
@@ -410,7 +424,7 @@ def quote_to_project(f: Filters) -> Page:
             "Open quote-to-project handoffs, oldest first: age in days since the deal closed won.",
             "Every won deal has an active project.",
             total=won["count"],
-            every_row=lambda: won_rows(metrics.won_not_activated(f, Converter(), limit=None)["rows"], links=False),
+            every_row=lambda: won_rows(metrics.won_not_activated(f, converter_for(f), limit=None)["rows"], links=False),
         ),
     )
     _currency_note(page, conv)
@@ -418,7 +432,7 @@ def quote_to_project(f: Filters) -> Page:
 
 
 def project_to_bill(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     page = Page(
         "Project to bill",
         "Approved time, expenses and completed milestones turning into ERP invoices, and the approved work "
@@ -449,7 +463,7 @@ def project_to_bill(f: Filters) -> Page:
                     (wip.KIND_LABELS.get(kind) or wip.RELEASED): [float(v) for v in values]
                     for kind, values in unbilled["by_kind"].items()
                 },
-                metrics.reporting_currency(),
+                conv.target,
             ),
             "Approved work not invoiced, by age: PSA items by work date, released batches by release date. "
             + wip.as_of_text(unbilled),
@@ -536,7 +550,9 @@ def project_to_bill(f: Filters) -> Page:
             "Open project-to-bill handoffs, oldest first, in the batch's currency; age in days since release.",
             "Every released batch has its invoice.",
             total=blocked["count"],
-            every_row=lambda: blocked_rows(metrics.blocked_billing(f, Converter(), limit=None)["rows"], links=False),
+            every_row=lambda: blocked_rows(
+                metrics.blocked_billing(f, converter_for(f), limit=None)["rows"], links=False
+            ),
         ),
     ]
     _currency_note(page, conv)
@@ -580,12 +596,12 @@ def _wip_tile(f: Filters, unbilled: dict[str, Any]) -> Tile:
         "Approved billable time and expenses and completed milestones the PSA has not put in a billing batch "
         "(read from the PSA with each reconciliation), plus batches released with no ERP invoice yet; aged by "
         "work date and release date; balances at the period-end rate. " + wip.as_of_text(unbilled),
-        "bad" if unbilled["over_60"] else "good",
+        money_state(unbilled["value"], otherwise="bad" if unbilled["over_60"] else "good"),
     )
 
 
 def bill_to_cash(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     page = Page("Bill to cash", "Invoices posted vs paid, days to pay, and how fast their status reaches CRM and PSA.")
     s = _flow_common(page, f, "bill-to-cash", conv)
     d = metrics.dso(f, conv=conv)
@@ -606,7 +622,7 @@ def bill_to_cash(f: Filters) -> Page:
             charts.grouped(
                 [w.isoformat() for w in ordered],
                 {"Invoices posted": [weeks[w][0] for w in ordered], "Paid in full": [weeks[w][1] for w in ordered]},
-                metrics.reporting_currency(),
+                conv.target,
             ),
             "Value of invoices by ISO week of posting, and of invoices by the week they were paid in full "
             "(month's average rate).",
@@ -630,10 +646,11 @@ def bill_to_cash(f: Filters) -> Page:
         ),
         Tile(
             "DSO",
-            "—" if d["days"] is None else f"{d['days']:.0f} days",
+            _dso_figure(d),
             f"{money(d['receivables'])} open",
             "",
-            "Open receivables ÷ billings of the last 90 days × 90.",
+            "Open receivables ÷ billings of the last 90 days × 90. Not computed while an amount has no rate.",
+            money_state(d["receivables"], d["billings"]),
         ),
     ]
     _currency_note(page, conv)
@@ -641,7 +658,7 @@ def bill_to_cash(f: Filters) -> Page:
 
 
 def exceptions(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     page = Page("Exceptions and mismatches", "Billing exceptions and reconciliation mismatches, with their causes.")
     ex = metrics.billing_exceptions(f, conv)
     rev = metrics.revenue_accuracy(f, conv)
@@ -667,22 +684,20 @@ def exceptions(f: Filters) -> Page:
             "",
             "",
             "See the overview's definition.",
-            "bad" if risk["value"] else "good",
+            money_state(risk["value"], otherwise="bad" if risk["value"] else "good"),
         ),
     ]
     qs = metrics.mismatches(f)
-    causes: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+    causes: dict[str, list[Any]] = defaultdict(lambda: [0, conv.zero()])
     for cause, diff, cur in qs.values_list("cause", "difference", "currency"):
         causes[cause][0] += 1
-        causes[cause][1] += conv.convert(abs(diff), cur, f.end, "closing")
+        causes[cause][1] += conv.money(abs(diff), cur, f.end, "closing")
     labels = dict(Mismatch.Cause.choices)
     page.charts.append(
         Chart(
             "chart-causes",
             "Open mismatches by explanation",
-            charts.hbars(
-                [labels.get(c, c) for c in causes], [float(v[1]) for v in causes.values()], metrics.reporting_currency()
-            ),
+            charts.hbars([labels.get(c, c) for c in causes], [float(v[1]) for v in causes.values()], conv.target),
             "Σ|difference| per cause (DOMAIN.md §3.2 catalogue).",
         )
     )
@@ -764,7 +779,7 @@ def _billing_exception_tables(f: Filters, conv: Converter) -> list[Table]:
         "entity": lambda k: entities.get(k, "—"),
         "project": lambda k: k or "—",
     }
-    groups: dict[str, dict[str, list[Any]]] = {dim: defaultdict(lambda: [0, Decimal("0")]) for dim in keys}
+    groups: dict[str, dict[str, list[Any]]] = {dim: defaultdict(lambda: [0, conv.zero()]) for dim in keys}
     for dim, key in keys.items():
         field_name = {"customer": "customer_name", "entity": "legal_entity_id"}.get(dim)
         grouped = facts.annotate(_month=TruncMonth("start_day"))
@@ -776,7 +791,7 @@ def _billing_exception_tables(f: Filters, conv: Converter) -> list[Table]:
             .order_by()
         ):
             month = g["_month"].date() if isinstance(g["_month"], dt.datetime) else g["_month"]
-            value = conv.convert(g["total"] or Decimal("0"), g["currency"], month)
+            value = conv.money(g["total"] or Decimal("0"), g["currency"], month)
             label = words[dim](g[field_name or "_key"])
             groups[dim][label][0] += g["n"]
             groups[dim][label][1] += value
@@ -811,11 +826,11 @@ def _billing_exception_tables(f: Filters, conv: Converter) -> list[Table]:
 
 
 def _mismatches_by_customer(qs: Any, conv: Converter, f: Filters, entities: dict[int, str]) -> Table:
-    grouped: dict[tuple[str, str], list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+    grouped: dict[tuple[str, str], list[Any]] = defaultdict(lambda: [0, conv.zero()])
     for entity_id, customer, diff, cur in qs.values_list("legal_entity_id", "customer_name", "difference", "currency"):
         key = (entities.get(entity_id, ""), customer or "—")
         grouped[key][0] += 1
-        grouped[key][1] += conv.convert(abs(diff), cur, f.end, "closing")
+        grouped[key][1] += conv.money(abs(diff), cur, f.end, "closing")
     return Table(
         "mismatches-by-customer",
         "Open mismatches by legal entity and customer",

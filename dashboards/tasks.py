@@ -27,3 +27,11 @@ def backlog_repair_task() -> dict[str, int]:
     from dashboards.backlog import backlog_repair
 
     return backlog_repair()
+
+
+@shared_task(name="dashboards.tasks.fx_rates_read_task", ignore_result=True)
+def fx_rates_read_task() -> dict:
+    """Read the ERPs' exchange rates and refresh the month rates figures convert with (daily)."""
+    from dashboards.fx import fx_rates_read
+
+    return fx_rates_read()
