@@ -309,10 +309,11 @@ def overview(f: Filters) -> Page:
 
 
 def _dso_figure(dso: dict[str, Any]) -> str:
-    """Days, or what keeps DSO from being computed (an amount without a rate)."""
-    gap = dso["receivables"] + dso["billings"]
-    if not gap.complete:
-        return "— · " + money(Money(gap.currency, Decimal("0"), gap.missing))
+    """Days, or what keeps DSO from being computed (amounts without a rate, named in the note)."""
+    # Not a sum of the two parts' gaps (no business quantity): which currencies lack a rate.
+    missing = sorted({*dso["receivables"].missing, *dso["billings"].missing})
+    if missing:
+        return f"— · no rate for {', '.join(missing)}"
     return "—" if dso["days"] is None else f"{dso['days']:.0f} days"
 
 
