@@ -140,3 +140,29 @@ def test_an_erp_that_cannot_be_reached_leaves_the_other_erps_rates(erps) -> None
     summary = fx_rates_read(now=NOW)
     assert list(summary["failed"]) == ["businesscentral-uk"] and summary["connections"] == 1
     assert month_rate("GBP/USD", "2026-10", "closing").rate == Decimal("1.29")
+
+
+def test_the_generated_market_is_daily_on_business_days_with_plausible_drift(sandbox_factory, entities) -> None:  # noqa: ANN001
+    """Without a test's table the sandboxes publish their generated market (connectors/sandboxes/fx.py)."""
+    from connectors.registry import connector_for
+
+    bc = sandbox_factory("businesscentral")
+    unused = "http://127.0.0.1:9"
+    urls = {
+        "salesforce": unused,
+        "kantata": unused,
+        "netsuite": sandbox_factory("netsuite").url,
+        "businesscentral": bc.url,
+    }
+    connections = firm_connections_save(us=entities["us"], uk=entities["uk"], sandbox_urls=urls)
+    rates = connector_for(connections["netsuite-us"]).exchange_rates(since=dt.date(2026, 10, 1))
+    gbp = {r.effective_date: r.rate for r in rates if r.rate_type == "daily" and r.from_currency == "GBP"}
+    # The table's value for Thursday 15 October 2026, as the generator writes it (six decimals).
+    assert gbp[dt.date(2026, 10, 15)] == Decimal("1.292123")
+    assert not any(day.weekday() >= 5 for day in gbp)  # business days only
+    days = sorted(gbp)
+    assert all(abs(gbp[b] / gbp[a] - 1) < Decimal("0.02") for a, b in zip(days, days[1:], strict=False))
+    # Business Central (UK, GBP) publishes the same market against its own currency: USD = 1 / GBP.
+    uk = connector_for(connections["businesscentral-uk"]).exchange_rates(since=dt.date(2026, 10, 15))
+    usd = next(r for r in uk if r.from_currency == "USD" and r.effective_date == dt.date(2026, 10, 15))
+    assert (usd.to_currency, usd.rate) == ("GBP", (Decimal(1) / Decimal("1.292123")).quantize(Decimal("0.000001")))
