@@ -722,6 +722,11 @@ class MetricsQuerySerializer(serializers.Serializer):
     service_line = TextField(required=False, max_length=80)
     customer = TextField(required=False, max_length=200)
     connection = TextField(required=False, max_length=50, help_text="A connection slug.")
+    currency = serializers.RegexField(
+        r"^[A-Z]{3}$",
+        required=False,
+        help_text="Show money in this ISO currency (default: one entity's own currency, else the reporting one).",
+    )
 
     def get_fields(self) -> dict[str, Any]:
         fields = super().get_fields()
@@ -754,16 +759,25 @@ class MetricSerializer(serializers.Serializer):
     unit = serializers.CharField(help_text="count, hours, percent, days, or the reporting currency.")
     count = serializers.IntegerField(help_text="How many records the figure is computed from.")
     definition = serializers.CharField()
+    complete = serializers.BooleanField(
+        required=False, help_text="Money figures only: every amount behind the figure was converted."
+    )
+    missing = serializers.DictField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Money figures only: per currency, the amount this figure could not convert (no rate).",
+    )
 
 
 class MetricsSerializer(serializers.Serializer):
     from_ = serializers.DateField()
     to = serializers.DateField()
     reporting_currency = serializers.CharField()
-    currency_policy = serializers.CharField()
-    unconverted = serializers.DictField(
-        child=serializers.CharField(), help_text="Amounts per currency left out for want of an FX rate."
+    currency = serializers.CharField(
+        help_text="The currency of the money figures: the one asked for, else the one legal entity's functional "
+        "currency, else the reporting currency."
     )
+    currency_policy = serializers.CharField()
     metrics = MetricSerializer(many=True)
 
     def get_fields(self) -> dict[str, Any]:

@@ -119,6 +119,22 @@ class LedgerInvoice:
 
 
 @dataclass(frozen=True)
+class ExchangeRate:
+    """A rate as an ERP keeps it, in our terms: 1 `from_currency` = `rate` `to_currency`.
+
+    rate_type "daily": in effect from `effective_date` until the next one; "average" / "closing":
+    the ERP's own rate for the period from `effective_date` to `period_end` (NetSuite's
+    consolidated average and current rates)."""
+
+    from_currency: str
+    to_currency: str
+    rate_type: str
+    effective_date: dt.date
+    rate: Decimal
+    period_end: dt.date | None = None
+
+
+@dataclass(frozen=True)
 class Token:
     value: str
     expires_at: float  # time.time() seconds
@@ -146,6 +162,7 @@ class Connector:
     rewrites vendor errors into words a finance person understands."""
 
     vendor: ClassVar[str]
+    reads_exchange_rates: ClassVar[bool] = False  # implements exchange_rates()
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -291,6 +308,11 @@ class Connector:
         raise NotImplementedError
 
     # Outbound --------------------------------------------------------------------------------
+    def exchange_rates(self, *, since: dt.date) -> list[ExchangeRate]:
+        """The ERP's exchange rates in effect on or after `since` (daily, and the ERP's own period
+        rates where it keeps them). Only ERP connectors that read rates implement it."""
+        raise RejectedError(f"{self.vendor} connections do not provide exchange rates")
+
     def upsert_many(self, *, entity: str, records: list[tuple[str, dict[str, Any]]]) -> list[WriteResult]:
         """Upsert several records of one entity, each by its key. Vendors with a bulk API
         override this to write them in fewer calls; the default writes one at a time."""

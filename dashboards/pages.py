@@ -19,8 +19,9 @@ from django.urls import reverse
 from dashboards import charts, leaders, ledger, metrics, wip
 from dashboards.demand import demand_for
 from dashboards.facts import MEASURES, sla_for
-from dashboards.metrics import Converter, Filters
+from dashboards.metrics import Converter, Filters, converter_for
 from dashboards.models import FlowFact
+from dashboards.money import Money, money_text
 from pscsync.models import Attempt, ErpInvoice, LegalEntity, Mismatch, Step
 from remediation import timeline
 from remediation.models import HandoffException
@@ -33,7 +34,7 @@ class Tile:
     note: str = ""
     href: str = ""
     help: str = ""
-    state: str = ""  # good | bad | ""
+    state: str = ""  # good | bad | incomplete (a money figure misses an amount: amber) | ""
     question: str = ""
 
 
@@ -110,10 +111,16 @@ def hours_label(hours: float | None) -> str:
     return f"{hours / 24:.1f} days"
 
 
-def money(value: Decimal | None) -> str:
-    if value is None:
-        return "—"
-    return f"{metrics.reporting_currency()} {value:,.0f}"
+def money(value: Money | Decimal | None) -> str:
+    """A money figure as a person reads it, naming what it could not convert (dashboards.money)."""
+    return money_text(value, metrics.reporting_currency())
+
+
+def money_state(*values: Money | Decimal | None, otherwise: str = "") -> str:
+    """A tile showing a money figure that misses an amount turns amber ("incomplete"), whatever else."""
+    if any(isinstance(v, Money) and not v.complete for v in values):
+        return "incomplete"
+    return otherwise
 
 
 def pct(value: float | None) -> str:
@@ -156,7 +163,7 @@ def flow_title(flow: str) -> str:
 
 # Overview ---------------------------------------------------------------------------------------
 def overview(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     stats = {flow: metrics.flow_stats(f, flow, conv=conv) for flow in metrics.FLOWS}
     q2p, p2b = stats["quote-to-project"], stats["project-to-bill"]
     blocked = metrics.blocked_billing(f, conv, with_rows=False)
@@ -190,7 +197,7 @@ def overview(f: Filters) -> Page:
             link("dashboards:project_to_bill", f),
             "Median of (invoice created in the ERP − latest approved item date in the PSA billing batch) for "
             "batches invoiced in the period. Blocked value: batches released in the PSA with no ERP invoice yet.",
-            "bad" if blocked["count"] else "good",
+            money_state(blocked["value"], otherwise="bad" if blocked["count"] else "good"),
             "Is approved work being billed?",
         ),
         _dso_tile(f, dso, question="Is billing becoming cash?"),
@@ -205,7 +212,7 @@ def overview(f: Filters) -> Page:
             link("dashboards:exceptions", f),
             "Billing released but not invoiced + value of won deals not activated past their SLA + |difference| "
             "of open billed-time and revenue mismatches, at the period-end rate.",
-            "bad" if risk["value"] else "good",
+            money_state(risk["value"], otherwise="bad" if risk["value"] else "good"),
             "Where is money stuck?",
         ),
     ]
@@ -249,7 +256,7 @@ def overview(f: Filters) -> Page:
             link("dashboards:items", f, flow="project-to-bill", measure="exceptions"),
             "Billing batches released in the period that needed a person or were rejected at least once "
             "(validation, mapping, vendor rejection) ÷ batches released, by count and by value.",
-            "bad" if ex["exceptions"] else "good",
+            money_state(ex["exception_value"], ex["value"], otherwise="bad" if ex["exceptions"] else "good"),
         ),
         Tile(
             "Revenue mismatches",
@@ -258,7 +265,7 @@ def overview(f: Filters) -> Page:
             link("dashboards:exceptions", f),
             "Σ|PSA − ERP| of open revenue mismatches for the period's months; match rate = matched ÷ checked "
             "subjects in each entity's latest complete reconciliation.",
-            "bad" if rev["open"] else "good",
+            money_state(rev["value"], otherwise="bad" if rev["open"] else "good"),
         ),
         Tile(
             "Need a person",
@@ -274,7 +281,7 @@ def overview(f: Filters) -> Page:
             f"{money(won['value'])} · {won['over_sla_count']} past SLA",
             link("dashboards:quote_to_project", f),
             "Won deals whose quote-to-project handoff has not finished.",
-            "bad" if won["over_sla_count"] else "",
+            money_state(won["value"], otherwise="bad" if won["over_sla_count"] else ""),
         ),
     ]
     page.sections.append(("Leader figures", leader_tiles(f, conv)))
@@ -296,6 +303,15 @@ def overview(f: Filters) -> Page:
     return page
 
 
+def _dso_figure(dso: dict[str, Any]) -> str:
+    """Days, or what keeps DSO from being computed (amounts without a rate, named in the note)."""
+    # Not a sum of the two parts' gaps (no business quantity): which currencies lack a rate.
+    missing = sorted({*dso["receivables"].missing, *dso["billings"].missing})
+    if missing:
+        return f"— · no rate for {', '.join(missing)}"
+    return "—" if dso["days"] is None else f"{dso['days']:.0f} days"
+
+
 FLOW_PAGES = {
     "quote-to-project": "dashboards:quote_to_project",
     "project-to-bill": "dashboards:project_to_bill",
@@ -304,9 +320,8 @@ FLOW_PAGES = {
 
 
 def _currency_note(page: Page, conv: Converter) -> None:
-    page.notes.append(metrics.policy_text())
-    if conv.note:
-        page.notes.append(conv.note)
+    # What a figure could not convert is on that figure (money_text), not summed for the page.
+    page.notes.append(metrics.policy_text(conv.target))
 
 
 def _flow_common(page: Page, f: Filters, flow: str, conv: Converter) -> metrics.FlowStats:
@@ -377,7 +392,7 @@ def _flow_common(page: Page, f: Filters, flow: str, conv: Converter) -> metrics.
 
 
 def quote_to_project(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     page = Page("Quote to project", "How fast won deals become active projects in the PSA.")
     _flow_common(page, f, "quote-to-project", conv)
     won = metrics.won_not_activated(f, conv, limit=Table.limit)
@@ -405,7 +420,7 @@ def quote_to_project(f: Filters) -> Page:
             "Open quote-to-project handoffs, oldest first: age in days since the deal closed won.",
             "Every won deal has an active project.",
             total=won["count"],
-            every_row=lambda: won_rows(metrics.won_not_activated(f, Converter(), limit=None)["rows"], links=False),
+            every_row=lambda: won_rows(metrics.won_not_activated(f, converter_for(f), limit=None)["rows"], links=False),
         ),
     )
     _currency_note(page, conv)
@@ -413,7 +428,7 @@ def quote_to_project(f: Filters) -> Page:
 
 
 def project_to_bill(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     page = Page(
         "Project to bill",
         "Approved time, expenses and completed milestones turning into ERP invoices, and the approved work "
@@ -441,7 +456,7 @@ def project_to_bill(f: Filters) -> Page:
             charts.stacked(
                 labels,
                 {wip.PART_LABELS[kind]: [float(v) for v in values] for kind, values in unbilled["by_kind"].items()},
-                metrics.reporting_currency(),
+                conv.target,
             ),
             "Approved work not on a posted invoice, by age: PSA items by work date, released batches by release "
             "date, invoices the ERP has not posted (draft or pending approval) by invoice date. "
@@ -530,7 +545,9 @@ def project_to_bill(f: Filters) -> Page:
             "Open project-to-bill handoffs, oldest first, in the batch's currency; age in days since release.",
             "Every released batch has its invoice.",
             total=blocked["count"],
-            every_row=lambda: blocked_rows(metrics.blocked_billing(f, Converter(), limit=None)["rows"], links=False),
+            every_row=lambda: blocked_rows(
+                metrics.blocked_billing(f, converter_for(f), limit=None)["rows"], links=False
+            ),
         ),
     ]
     _currency_note(page, conv)
@@ -575,7 +592,7 @@ def _wip_tile(f: Filters, unbilled: dict[str, Any]) -> Tile:
         "(read from the PSA with each reconciliation), plus batches released with no ERP invoice yet, plus "
         "invoices the ERP holds but has not posted (draft or pending approval, net of tax); aged by work, "
         "release and invoice date; balances at the period-end rate. " + wip.as_of_text(unbilled),
-        "bad" if unbilled["over_60"] else "good",
+        money_state(unbilled["value"], otherwise="bad" if unbilled["over_60"] else "good"),
     )
 
 
@@ -593,11 +610,11 @@ def _dso_tile(f: Filters, d: dict[str, Any], *, question: str = "") -> Tile:
         )
     return Tile(
         "DSO",
-        "—" if d["days"] is None else f"{d['days']:.0f} days",
+        _dso_figure(d),
         f"{money(d['receivables'])} receivables at {owed['at']:%d %b %Y} · {money(owed['past_due'])} past due",
         link("dashboards:bill_to_cash", f) + "#receivables-ageing",
-        ledger.DSO_DEFINITION,
-        "bad" if owed["buckets"][-1] else "",
+        ledger.DSO_DEFINITION + " Not computed while an amount has no rate.",
+        money_state(d["receivables"], d["billings"], otherwise="bad" if owed["buckets"][-1] else ""),
         question,
     )
 
@@ -610,11 +627,12 @@ def _cash_tile(f: Filters, cash: dict[str, Any]) -> Tile:
         link("dashboards:bill_to_cash", f),
         "Customer payments the ERP applied to invoices, by the date of the application, at the month's "
         "average rate (NetSuite payment apply lines; Business Central customer payments).",
+        money_state(cash["value"]),
     )
 
 
 def bill_to_cash(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     page = Page(
         "Bill to cash",
         "Invoices posted and cash collected as the ERPs' ledgers hold them, what customers owe and how late, "
@@ -634,7 +652,7 @@ def bill_to_cash(f: Filters) -> Page:
             charts.grouped(
                 [w.isoformat() for w in weeks],
                 {"Invoiced (posted)": [v[0] for v in weeks.values()], "Cash collected": [v[1] for v in weeks.values()]},
-                metrics.reporting_currency(),
+                conv.target,
             ),
             "Invoices the ERP posted, by ISO week of their posting date, and payments the ERP applied, by week of "
             "the application (month's average rate).",
@@ -721,7 +739,7 @@ def bill_to_cash(f: Filters) -> Page:
 
 
 def exceptions(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     page = Page("Exceptions and mismatches", "Billing exceptions and reconciliation mismatches, with their causes.")
     ex = metrics.billing_exceptions(f, conv)
     rev = metrics.revenue_accuracy(f, conv)
@@ -747,22 +765,20 @@ def exceptions(f: Filters) -> Page:
             "",
             "",
             "See the overview's definition.",
-            "bad" if risk["value"] else "good",
+            money_state(risk["value"], otherwise="bad" if risk["value"] else "good"),
         ),
     ]
     qs = metrics.mismatches(f)
-    causes: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+    causes: dict[str, list[Any]] = defaultdict(lambda: [0, conv.zero()])
     for cause, diff, cur in qs.values_list("cause", "difference", "currency"):
         causes[cause][0] += 1
-        causes[cause][1] += conv.convert(abs(diff), cur, f.end, "closing")
+        causes[cause][1] += conv.money(abs(diff), cur, f.end, "closing")
     labels = dict(Mismatch.Cause.choices)
     page.charts.append(
         Chart(
             "chart-causes",
             "Open mismatches by explanation",
-            charts.hbars(
-                [labels.get(c, c) for c in causes], [float(v[1]) for v in causes.values()], metrics.reporting_currency()
-            ),
+            charts.hbars([labels.get(c, c) for c in causes], [float(v[1]) for v in causes.values()], conv.target),
             "Σ|difference| per cause (DOMAIN.md §3.2 catalogue).",
         )
     )
@@ -844,7 +860,7 @@ def _billing_exception_tables(f: Filters, conv: Converter) -> list[Table]:
         "entity": lambda k: entities.get(k, "—"),
         "project": lambda k: k or "—",
     }
-    groups: dict[str, dict[str, list[Any]]] = {dim: defaultdict(lambda: [0, Decimal("0")]) for dim in keys}
+    groups: dict[str, dict[str, list[Any]]] = {dim: defaultdict(lambda: [0, conv.zero()]) for dim in keys}
     for dim, key in keys.items():
         field_name = {"customer": "customer_name", "entity": "legal_entity_id"}.get(dim)
         grouped = facts.annotate(_month=TruncMonth("start_day"))
@@ -856,7 +872,7 @@ def _billing_exception_tables(f: Filters, conv: Converter) -> list[Table]:
             .order_by()
         ):
             month = g["_month"].date() if isinstance(g["_month"], dt.datetime) else g["_month"]
-            value = conv.convert(g["total"] or Decimal("0"), g["currency"], month)
+            value = conv.money(g["total"] or Decimal("0"), g["currency"], month)
             label = words[dim](g[field_name or "_key"])
             groups[dim][label][0] += g["n"]
             groups[dim][label][1] += value
@@ -891,11 +907,11 @@ def _billing_exception_tables(f: Filters, conv: Converter) -> list[Table]:
 
 
 def _mismatches_by_customer(qs: Any, conv: Converter, f: Filters, entities: dict[int, str]) -> Table:
-    grouped: dict[tuple[str, str], list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+    grouped: dict[tuple[str, str], list[Any]] = defaultdict(lambda: [0, conv.zero()])
     for entity_id, customer, diff, cur in qs.values_list("legal_entity_id", "customer_name", "difference", "currency"):
         key = (entities.get(entity_id, ""), customer or "—")
         grouped[key][0] += 1
-        grouped[key][1] += conv.convert(abs(diff), cur, f.end, "closing")
+        grouped[key][1] += conv.money(abs(diff), cur, f.end, "closing")
     return Table(
         "mismatches-by-customer",
         "Open mismatches by legal entity and customer",

@@ -35,3 +35,11 @@ def demand_snapshot_task() -> int:
     from dashboards.leaders import demand_snapshot_take
 
     return demand_snapshot_take()
+
+
+@shared_task(name="dashboards.tasks.fx_rates_read_task", ignore_result=True)
+def fx_rates_read_task() -> dict:
+    """Read the ERPs' exchange rates and refresh the month rates figures convert with (daily)."""
+    from dashboards.fx import fx_rates_read
+
+    return fx_rates_read()

@@ -350,6 +350,7 @@ MAX_WORKER_CRASHES = env_int("PSCSYNC_MAX_WORKER_CRASHES", 3)
 POLL_SECONDS = env_int("PSCSYNC_POLL_SECONDS", 30)
 # Reconciliation (CRM vs PSA vs ERP) runs this often: daily by default, every few minutes in the demo.
 RECONCILE_SECONDS = env_int("PSCSYNC_RECONCILE_SECONDS", 24 * 3600)
+FX_READ_SECONDS = env_int("PSCSYNC_FX_READ_SECONDS", 6 * 3600)
 # The workbench re-checks that every handoff waiting for a person has its exception (and hands
 # lost compensations and bulk jobs back to a worker) this often. It reads only open work.
 EXCEPTIONS_RECONCILE_SECONDS = env_int("PSCSYNC_EXCEPTIONS_RECONCILE_SECONDS", 300)
@@ -418,6 +419,8 @@ CELERY_BEAT_SCHEDULE = {
     "dashboard-rollups": {"task": "dashboards.tasks.rollups_catch_up_task", "schedule": 300.0},
     "dashboard-open-backlog": {"task": "dashboards.tasks.backlog_repair_task", "schedule": 300.0},
     "demand-snapshot": {"task": "dashboards.tasks.demand_snapshot_task", "schedule": float(DEMAND_SNAPSHOT_SECONDS)},
+    # The ERPs publish rates once a business day; reading every 6 h keeps a day's rate within hours.
+    "fx-rates": {"task": "dashboards.tasks.fx_rates_read_task", "schedule": float(FX_READ_SECONDS)},
     "exceptions-reconcile": {
         "task": "remediation.tasks.exceptions_reconcile_task",
         "schedule": float(EXCEPTIONS_RECONCILE_SECONDS),

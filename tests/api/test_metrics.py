@@ -47,7 +47,10 @@ def test_metrics_give_every_overview_kpi_for_the_callers_entities(api, tokens, d
     figures = {m["key"]: m for m in data["metrics"]}
     assert figures["quote-to-project.latency_median"]["value"] == 5.0  # the US deal only
     assert figures["quote-to-project.finished"]["count"] == 1
-    assert all(set(m) == {"key", "value", "unit", "count", "definition"} for m in data["metrics"])
+    plain = {"key", "value", "unit", "count", "definition"}
+    # Money figures also say whether every amount converted, and what is missing per currency.
+    assert all(set(m) in (plain, plain | {"complete", "missing"}) for m in data["metrics"])
+    assert data["currency"] == "USD" and figures["money_at_risk"]["complete"] is True
     # The same payload the overview's figures come from, for the same filters.
     expected = metrics_payload(
         Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31), entity_ids=(deals["us"].pk,))
