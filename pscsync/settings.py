@@ -116,6 +116,9 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "pscsync.access.navigation",
             ],
+            # The presentation filters (money, duration, when, counted, flow_name, ...) in every
+            # template without a {% load %}: no page has an excuse to print a raw value.
+            "builtins": ["pscsync.templatetags.present"],
         },
     },
 ]
