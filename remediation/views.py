@@ -22,6 +22,7 @@ from pscsync.access import CONFIGURE, VIEW_HANDOFFS, WORK_EXCEPTIONS, permission
 from pscsync.models import Handoff
 from pscsync.selectors import handoff_get_for_user
 from remediation import selectors, services
+from remediation.fingerprints import placeholders
 from remediation.forms import DocumentForm, ReasonForm, ResubmitForm
 from remediation.models import BulkJob, Comment, ExceptionCause, HandoffException, SavedView
 from remediation.services import ActionRefused, ResubmitMode
@@ -128,7 +129,8 @@ def _export_row(item: HandoffException) -> list[object]:
         item.assignee.get_username() if item.assignee else "",
         item.opened_at.isoformat(),
         item.last_failed_at.isoformat(),
-        item.cause.message,
+        # The handoff's own message in full (the cause's is its fingerprint, with placeholders).
+        services.failure_text(item.handoff, item.step_name) or item.cause.title or item.cause.message,
     ]
 
 
@@ -143,9 +145,14 @@ def cause_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
     comments = scope_queryset(Comment.objects.filter(cause=cause, handoff__isnull=False), request.user)
     general = Comment.objects.filter(cause=cause, handoff__isnull=True)
+    open_items = list(items)
+    step = cause.step_name
+    texts = [services.failure_text(i.handoff, step) for i in open_items if i.handoff.last_error_message]
     context = {
         "cause": cause,
-        "items": items,
+        "items": open_items,
+        "placeholders": placeholders(cause.message, texts),
+        "roots": selectors.cause_roots(request.user, [cause.pk]).get(cause.pk, {}),
         "comments": sorted([*comments, *general], key=lambda c: c.created_at),
         "assignees": selectors.inbox_choices(request.user)["assignees"],
         "can_edit_runbook": request.user.has_perm(CONFIGURE),
@@ -392,6 +399,13 @@ def bulk(request: HttpRequest) -> HttpResponse:
     kind = request.POST.get("kind", "")
     if kind not in BulkJob.Kind.values or kind == BulkJob.Kind.REPLAY:
         return HttpResponse("unknown bulk action", status=400)
+    if kind == BulkJob.Kind.RETRY and request.POST.get("confirmed") != "yes":
+        warnings = selectors.retry_warnings(request.user, ids)
+        if warnings:
+            # Ask before sending back work that will fail the same way; nothing is started yet.
+            fields = [(k, v) for k, values in request.POST.lists() if k not in ("csrfmiddlewaretoken",) for v in values]
+            context = {"warnings": warnings, "fields": fields, "count": len(ids), "query": _filter_query(f)}
+            return render(request, "remediation/bulk_confirm.html", context)
     params: dict[str, Any] = {"filter": _filter_query(f)}
     if kind == BulkJob.Kind.ASSIGN:
         assignee = get_user_model().objects.filter(username=request.POST.get("assignee", "")).first()
@@ -424,7 +438,12 @@ def _job_for_user(request: HttpRequest, pk: int) -> BulkJob:
 @require_GET
 def job(request: HttpRequest, pk: int) -> HttpResponse:
     job = _job_for_user(request, pk)
-    context = {"job": job, "items": job.items.select_related("handoff")[:500]}
+    context = {
+        "job": job,
+        "results": selectors.job_results(job),
+        "result_names": selectors.RESULT_NAMES,
+        "queue": selectors.job_queue_place(job) if job.status == BulkJob.Status.QUEUED else None,
+    }
     if request.htmx:
         return render(request, "remediation/_job_progress.html", context)
     return render(request, "remediation/job.html", context)
