@@ -60,7 +60,7 @@ TABS = {
     "archived": "Archived",
     "resolved": "Resolved",
 }
-SORTS = {"count": "-count", "money": "-money", "oldest": "oldest", "recent": "-last_failed"}
+SORTS = {"urgency": "urgency", "count": "-count", "money": "-money", "oldest": "oldest", "recent": "-last_failed"}
 
 
 @dataclass
@@ -75,13 +75,13 @@ class InboxFilter:
     connection: str = ""
     assignee: str = ""
     age: str = ""
-    sort: str = "count"
+    sort: str = "urgency"
 
     @classmethod
     def from_query(cls, query) -> InboxFilter:  # noqa: ANN001  (a QueryDict)
         values = {name: query.get(name, "").strip() for name in FILTERS}
         values["tab"] = values["tab"] if values["tab"] in TABS else "open"
-        values["sort"] = values["sort"] if values["sort"] in SORTS else "count"
+        values["sort"] = values["sort"] if values["sort"] in SORTS else "urgency"
         return cls(**values)
 
     def active(self) -> dict[str, str]:
@@ -149,6 +149,8 @@ class InboxGroup:
     blocks: int = 0
     blocks_money: list[tuple[str, object]] = field(default_factory=list)
     waiting_on: list[object] = field(default_factory=list)
+    # Seconds until the oldest handoff's flow SLA is breached (negative: breached that long ago).
+    sla_remaining: float | None = None
 
     @property
     def money_total(self):  # noqa: ANN201  (for sorting: a plain sum across currencies)
@@ -172,18 +174,20 @@ def inbox_page(
     from remediation.models import ExceptionCause
 
     items = exception_items(user, f)
-    order = {"count": "-count", "oldest": "first", "recent": "-last", "money": "-money"}[f.sort]
+    order = {"count": "-count", "oldest": "first", "recent": "-last", "money": "-money", "urgency": "first"}[f.sort]
     every = list(
-        items.values("cause_id")
-        .annotate(count=Count("id"), first=Min("opened_at"), last=Max("last_failed_at"), money=Sum("amount"))
+        items.values("cause_id", "flow")
+        .annotate(
+            count=Count("id"),
+            first=Min("opened_at"),
+            last=Max("last_failed_at"),
+            money=Sum("amount"),
+            started=Min("handoff__business_started_at"),
+        )
         .order_by(order, "cause_id")
     )
-    rows = every[:limit]
-    ids = [r["cause_id"] for r in rows]
-    causes = ExceptionCause.objects.select_related("assignee").in_bulk(ids)
-    money: dict[int, list] = {}
+    by_cause_money: dict[int, list] = {}
     all_money: dict[str, object] = {}
-    shown = set(ids)
     for r in (
         items.filter(amount__isnull=False)
         .values("cause_id", "currency")
@@ -191,8 +195,23 @@ def inbox_page(
         .order_by("currency")
     ):
         all_money[r["currency"]] = all_money.get(r["currency"], 0) + r["total"]
-        if r["cause_id"] in shown:
-            money.setdefault(r["cause_id"], []).append((r["currency"], r["total"]))
+        by_cause_money.setdefault(r["cause_id"], []).append((r["currency"], r["total"]))
+    remaining = _sla_remaining(every)
+    if f.sort == "urgency":
+        # SLA breached first, then money at risk in the reporting currency, then the oldest.
+        at_risk = _converted(by_cause_money)
+        every.sort(
+            key=lambda r: (
+                not (remaining.get(r["cause_id"]) is not None and remaining[r["cause_id"]] < 0),
+                -at_risk.get(r["cause_id"], 0),
+                r["first"],
+            )
+        )
+    rows = every[:limit]
+    ids = [r["cause_id"] for r in rows]
+    causes = ExceptionCause.objects.select_related("assignee").in_bulk(ids)
+    shown = set(ids)
+    money = {k: v for k, v in by_cause_money.items() if k in shown}
     totals = {
         "handoffs": sum(r["count"] for r in every),
         "groups": len(every),
@@ -222,11 +241,51 @@ def inbox_page(
             money=money.get(r["cause_id"], []),
             customers=sorted(customers.get(r["cause_id"], set())),
             entities=sorted(entities.get(r["cause_id"], set())),
+            sla_remaining=remaining.get(r["cause_id"]),
             **roots.get(r["cause_id"], {}),
         )
         for r in rows
     ]
     return groups, totals
+
+
+def _sla_remaining(rows: list[dict]) -> dict[int, float]:
+    """Per cause: seconds until its oldest handoff's flow SLA is breached (negative when it is),
+    counted from the business start the source gave (the same SLA as the dashboards, sla_for).
+    A target in business days is counted as calendar days here: a lower bound on the time left."""
+    from dashboards.facts import sla_for
+    from dashboards.models import FlowSla
+    from pscsync import clock
+
+    now = clock.now()
+    targets: dict[str, float] = {}
+    out = {}
+    for r in rows:
+        if r.get("started") is None:
+            continue
+        flow = r["flow"]
+        if flow not in targets:
+            sla = sla_for(flow)
+            hours = float(sla.target) * (24 if sla.unit == FlowSla.Unit.BUSINESS_DAYS else 1)
+            targets[flow] = hours * 3600
+        out[r["cause_id"]] = (r["started"] - now).total_seconds() + targets[flow]
+    return out
+
+
+def _converted(money: dict[int, list]) -> dict[int, float]:
+    """Money at risk per cause in the reporting currency at today's closing rate (the dashboards'
+    converter and policy), so GBP and USD are not compared at face value."""
+    import datetime as dt
+
+    from dashboards.metrics import Converter
+    from pscsync import clock
+
+    converter = Converter()
+    today: dt.date = clock.now().date()
+    return {
+        cause: float(sum(converter.convert(total, currency, today, "closing") for currency, total in rows))
+        for cause, rows in money.items()
+    }
 
 
 def cause_roots(user: AbstractBaseUser | AnonymousUser, cause_ids: list[int]) -> dict[int, dict[str, object]]:
@@ -302,6 +361,7 @@ def inbox_choices(user: AbstractBaseUser | AnonymousUser) -> dict[str, list]:
         ),
         "tabs": list(TABS.items()),
         "sorts": [
+            ("urgency", "Most urgent (SLA, money, age)"),
             ("count", "Most handoffs"),
             ("money", "Most money at risk"),
             ("oldest", "Oldest"),

@@ -266,12 +266,13 @@ def handoff_resubmit(request: HttpRequest, pk: int) -> HttpResponse:
     editable = source is not None and source.status == "succeeded" and isinstance(source.output, dict)
     document = source.output if editable else {}
     data = request.POST if request.method == "POST" else None
-    form = ResubmitForm(data)
+    form = ResubmitForm(data, initial={"mode": _mode_that_can_succeed(handoff, editable)})
     doc_form = DocumentForm(data, document=document, handoff=handoff, prefix="doc") if editable else None
     context: dict[str, Any] = {
         "handoff": handoff,
         "form": form,
         "doc_form": doc_form,
+        "failing_fields": _failing_fields(handoff, doc_form),
         "plan": resubmit_plan(handoff),
         "diff": None,
     }
@@ -315,6 +316,31 @@ def handoff_resubmit(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("remediation:handoff", pk=handoff.pk)
     messages.success(request, "Resubmitted: it resumes at the failed step; finished steps are not sent again.")
     return redirect("remediation:handoff", pk=handoff.pk)
+
+
+def _mode_that_can_succeed(handoff: Handoff, editable: bool) -> str:
+    """The resubmit choice that can succeed for this kind of failure: a mapping error is fixed in
+    the mapping, so re-map; bad source data is corrected in an edit (or at the source, then
+    re-map); a temporary failure resumes with what was stored."""
+    if handoff.last_error_class == "mapping":
+        return ResubmitMode.REMAP
+    if handoff.last_error_class == "validation":
+        return ResubmitMode.EDIT if editable else ResubmitMode.REMAP
+    return ResubmitMode.STORED
+
+
+def _failing_fields(handoff: Handoff, doc_form: DocumentForm | None) -> set[str]:
+    """The edit form's fields the error message names ("no Tax Profile" marks tax_profile)."""
+    if doc_form is None:
+        return set()
+    message = (handoff.last_error_message or "").lower()
+    found = set()
+    for field in doc_form:
+        words = str(field.label).lower()
+        leaf = field.name.rsplit(".", 1)[-1].replace("_", " ").lower()
+        if (words and words in message) or (leaf and leaf in message):
+            found.add(field.name)
+    return found
 
 
 def _check_edited(handoff: Handoff, edited: dict[str, Any]) -> str:
