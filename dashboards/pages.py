@@ -16,12 +16,12 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import TruncMonth
 from django.urls import reverse
 
-from dashboards import charts, metrics, wip
+from dashboards import charts, ledger, metrics, wip
 from dashboards.demand import demand_for
 from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters
 from dashboards.models import FlowFact
-from pscsync.models import Attempt, LegalEntity, Mismatch, Step
+from pscsync.models import Attempt, ErpInvoice, LegalEntity, Mismatch, Step
 from remediation import timeline
 from remediation.models import HandoffException
 
@@ -157,9 +157,10 @@ def flow_title(flow: str) -> str:
 def overview(f: Filters) -> Page:
     conv = Converter()
     stats = {flow: metrics.flow_stats(f, flow, conv=conv) for flow in metrics.FLOWS}
-    q2p, p2b, b2c = stats["quote-to-project"], stats["project-to-bill"], stats["bill-to-cash"]
+    q2p, p2b = stats["quote-to-project"], stats["project-to-bill"]
     blocked = metrics.blocked_billing(f, conv, with_rows=False)
-    dso = metrics.dso(f, conv=conv)
+    dso = ledger.dso(f, conv)
+    cash = ledger.cash_collected(f, conv)
     won = metrics.won_not_activated(f, conv, with_rows=False)
     risk = metrics.money_at_risk(f, conv, blocked=blocked, won=won)
     page = Page(
@@ -191,16 +192,8 @@ def overview(f: Filters) -> Page:
             "bad" if blocked["count"] else "good",
             "Is approved work being billed?",
         ),
-        Tile(
-            "DSO",
-            "—" if dso["days"] is None else f"{dso['days']:.0f} days",
-            f"{money(dso['receivables'])} open receivables · days to pay median {hours_label(b2c.extra_median_hours)}",
-            link("dashboards:bill_to_cash", f),
-            "Open receivables at the period end (invoices posted and not paid in full) ÷ invoices posted in "
-            "the last 90 days × 90 (simple DSO, DOMAIN.md §2.6).",
-            "",
-            "Is billing becoming cash?",
-        ),
+        _dso_tile(f, dso, question="Is billing becoming cash?"),
+        _cash_tile(f, cash),
         Tile(
             "Money at risk",
             money(risk["value"]),
@@ -445,13 +438,11 @@ def project_to_bill(f: Filters) -> Page:
             "Unbilled WIP by age",
             charts.stacked(
                 labels,
-                {
-                    (wip.KIND_LABELS.get(kind) or wip.RELEASED): [float(v) for v in values]
-                    for kind, values in unbilled["by_kind"].items()
-                },
+                {wip.PART_LABELS[kind]: [float(v) for v in values] for kind, values in unbilled["by_kind"].items()},
                 metrics.reporting_currency(),
             ),
-            "Approved work not invoiced, by age: PSA items by work date, released batches by release date. "
+            "Approved work not on a posted invoice, by age: PSA items by work date, released batches by release "
+            "date, invoices the ERP has not posted (draft or pending approval) by invoice date. "
             + wip.as_of_text(unbilled),
         ),
     )
@@ -481,7 +472,8 @@ def project_to_bill(f: Filters) -> Page:
                 for name, buckets in unbilled["by_entity"].items()
             ],
             "Approved time, expenses and completed milestones the PSA has not batched, plus batches released "
-            "with no ERP invoice, at the period-end rate. " + wip.as_of_text(unbilled),
+            "with no ERP invoice, plus ERP invoices not posted yet (net of tax), at the period-end rate. "
+            + wip.as_of_text(unbilled),
             "No unbilled work: everything approved is invoiced.",
         ),
         Table(
@@ -578,49 +570,85 @@ def _wip_tile(f: Filters, unbilled: dict[str, Any]) -> Tile:
         ages or "nothing approved is waiting",
         link("dashboards:project_to_bill", f) + "#wip-by-entity",
         "Approved billable time and expenses and completed milestones the PSA has not put in a billing batch "
-        "(read from the PSA with each reconciliation), plus batches released with no ERP invoice yet; aged by "
-        "work date and release date; balances at the period-end rate. " + wip.as_of_text(unbilled),
+        "(read from the PSA with each reconciliation), plus batches released with no ERP invoice yet, plus "
+        "invoices the ERP holds but has not posted (draft or pending approval, net of tax); aged by work, "
+        "release and invoice date; balances at the period-end rate. " + wip.as_of_text(unbilled),
         "bad" if unbilled["over_60"] else "good",
+    )
+
+
+def _dso_tile(f: Filters, d: dict[str, Any], *, question: str = "") -> Tile:
+    owed = d["ageing"]
+    if d["as_of"] is None:
+        return Tile(
+            "DSO",
+            "—",
+            "not measured yet: no ERP invoice has been read (each bill-to-cash sync and reconciliation reads them)",
+            link("dashboards:bill_to_cash", f),
+            ledger.DSO_DEFINITION,
+            "",
+            question,
+        )
+    return Tile(
+        "DSO",
+        "—" if d["days"] is None else f"{d['days']:.0f} days",
+        f"{money(d['receivables'])} receivables at {owed['at']:%d %b %Y} · {money(owed['past_due'])} past due",
+        link("dashboards:bill_to_cash", f) + "#receivables-ageing",
+        ledger.DSO_DEFINITION,
+        "bad" if owed["buckets"][-1] else "",
+        question,
+    )
+
+
+def _cash_tile(f: Filters, cash: dict[str, Any]) -> Tile:
+    return Tile(
+        "Cash collected",
+        money(cash["value"]),
+        f"{cash['count']} payment applications in the period",
+        link("dashboards:bill_to_cash", f),
+        "Customer payments the ERP applied to invoices, by the date of the application, at the month's "
+        "average rate (NetSuite payment apply lines; Business Central customer payments).",
     )
 
 
 def bill_to_cash(f: Filters) -> Page:
     conv = Converter()
-    page = Page("Bill to cash", "Invoices posted vs paid, days to pay, and how fast their status reaches CRM and PSA.")
+    page = Page(
+        "Bill to cash",
+        "Invoices posted and cash collected as the ERPs' ledgers hold them, what customers owe and how late, "
+        "and how fast invoice and payment status reaches CRM and PSA.",
+    )
     s = _flow_common(page, f, "bill-to-cash", conv)
-    d = metrics.dso(f, conv=conv)
-    rows = metrics.rollups(f, "bill-to-cash")
-    posted = sum(r.started for r in rows)
-    paid = sum(r.finished for r in rows)
-    weeks: dict[dt.date, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for r in rows:
-        week = r.day - dt.timedelta(days=r.day.weekday())
-        weeks[week][0] += float(conv.convert(r.started_amount, r.currency, r.day))
-        weeks[week][1] += float(conv.convert(r.finished_amount, r.currency, r.day))
-    ordered = sorted(weeks)
+    d = ledger.dso(f, conv)
+    owed = d["ageing"]
+    billed = ledger.invoiced(f, conv)
+    cash = ledger.cash_collected(f, conv)
+    weeks = ledger.by_week(f, conv)
     page.charts.insert(
         0,
         Chart(
             "chart-posted-paid",
             "Invoiced and collected by week",
             charts.grouped(
-                [w.isoformat() for w in ordered],
-                {"Invoices posted": [weeks[w][0] for w in ordered], "Paid in full": [weeks[w][1] for w in ordered]},
+                [w.isoformat() for w in weeks],
+                {"Invoiced (posted)": [v[0] for v in weeks.values()], "Cash collected": [v[1] for v in weeks.values()]},
                 metrics.reporting_currency(),
             ),
-            "Value of invoices by ISO week of posting, and of invoices by the week they were paid in full "
-            "(month's average rate).",
+            "Invoices the ERP posted, by ISO week of their posting date, and payments the ERP applied, by week of "
+            "the application (month's average rate).",
         ),
     )
     page.tiles[0].label = "Status sync (median)"
     page.tiles += [
         Tile(
-            "Posted vs paid",
-            f"{posted} / {paid}",
-            "invoices posted / paid in full in the period",
+            "Invoiced",
+            money(billed["value"]),
+            f"{billed['count']} invoices posted in the period",
             link("dashboards:items", f, flow="bill-to-cash", measure="started"),
-            "Invoices by their posting date and by the date the payment that cleared them was applied.",
+            "Totals (tax included) of invoices the ERP posted, by posting date. Drafts and invoices pending "
+            "approval are not invoiced; voided and credited invoices are left out.",
         ),
+        _cash_tile(f, cash),
         Tile(
             "Days to pay (median)",
             hours_label(s.extra_median_hours),
@@ -628,12 +656,62 @@ def bill_to_cash(f: Filters) -> Page:
             link("dashboards:items", f, flow="bill-to-cash", measure="finished"),
             "Invoice posted → paid in full; partly paid invoices stay open.",
         ),
-        Tile(
-            "DSO",
-            "—" if d["days"] is None else f"{d['days']:.0f} days",
-            f"{money(d['receivables'])} open",
-            "",
-            "Open receivables ÷ billings of the last 90 days × 90.",
+        _dso_tile(f, d),
+    ]
+    entities = dict(LegalEntity.objects.values_list("pk", "name"))
+    per_entity: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal("0")] * len(owed["labels"]))
+    for r in owed["rows"]:
+        for index, value in enumerate(r["buckets"]):
+            per_entity[entities.get(r["legal_entity_id"], "—")][index] += value
+    page.tables[0:0] = [
+        Table(
+            "receivables-ageing",
+            "Receivables ageing by customer",
+            ["Legal entity", "Customer", *owed["labels"], "Total"],
+            [
+                [
+                    entities.get(r["legal_entity_id"], "—"),
+                    r["customer"] or "—",
+                    *(money(v) for v in r["buckets"]),
+                    money(r["total"]),
+                ]
+                for r in owed["rows"]
+            ],
+            f"What each customer owes at {owed['at']:%d %b %Y}: posted invoices' totals less the payments the ERP "
+            "applied up to that day, by days past the due date; at the closing rate. Largest first.",
+            "No customer owes anything: every posted invoice is paid.",
+        ),
+        Table(
+            "receivables-by-entity",
+            "Receivables by legal entity",
+            ["Legal entity", *owed["labels"], "Total"],
+            [[name, *(money(v) for v in values), money(sum(values))] for name, values in sorted(per_entity.items())],
+            "The same open balances summed per legal entity.",
+            "No customer owes anything: every posted invoice is paid.",
+        ),
+        Table(
+            "open-invoices",
+            "Open invoices",
+            ["Invoice", "Legal entity", "Customer", "Posted", "Due", "Days past due", "Open", "Currency", "State"],
+            [
+                [
+                    i["number"],
+                    entities.get(i["legal_entity_id"], "—"),
+                    i["customer_name"] or "—",
+                    i["posting_date"],
+                    i["due_date"] or "—",
+                    i["days_past_due"],
+                    f"{i['open']:,.2f}",
+                    i["currency"],
+                    ErpInvoice.Status(i["status"]).label,
+                ]
+                for i in owed["invoices"]
+            ],
+            "The invoices behind the receivables, the longest overdue first, in their own currency: total less "
+            "the payments applied up to the period end. The state is the ERP's today. The page shows the 25 "
+            "longest overdue; Export CSV has every open invoice.",
+            "No invoice is open.",
+            limit=25,
         ),
     ]
     _currency_note(page, conv)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import math
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from connectors.models import Connection
-from dashboards import metrics, pages, wip
+from dashboards import ledger, metrics, pages, wip
 from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Filters
 from dashboards.models import FlowSla, FxRate
@@ -26,6 +25,7 @@ from dashboards.services import flow_sla_set
 from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, entity_ids_for, permission_required
 from pscsync.audit import audit_record
+from pscsync.csvsafe import SafeWriter
 from pscsync.models import LegalEntity
 
 DASH_PAGES = [
@@ -87,7 +87,7 @@ def _filter_context(request: HttpRequest, f: Filters) -> dict[str, Any]:
 def _csv(table: pages.Table, filename: str) -> HttpResponse:
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}.csv"'
-    writer = csv.writer(response)
+    writer = SafeWriter(response)  # vendor text never runs as a spreadsheet formula
     writer.writerow(table.headers)
     for row in table.all_rows():
         writer.writerow([c[0] if isinstance(c, tuple) else c for c in row])
@@ -231,7 +231,8 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
         cur,
         unbilled["count"],
         "Approved billable time, expenses and completed milestones not in a PSA billing batch (as of the last "
-        "PSA read) + batches released with no ERP invoice, at the period-end rate.",
+        "PSA read) + batches released with no ERP invoice + ERP invoices not posted yet (draft or pending "
+        "approval, net of tax), at the period-end rate.",
     )
     add(
         "billing.unbilled_wip_over_60_days",
@@ -258,14 +259,34 @@ def metrics_payload(f: Filters) -> dict[str, Any]:
         rev["checked"],
         "Matched ÷ checked in each entity's latest complete reconciliation.",
     )
-    d = metrics.dso(f, conv=conv)
-    add("cash.dso", d["days"], "days", d["invoices"], "Open receivables ÷ billings of the last 90 days × 90.")
+    d = ledger.dso(f, conv)
+    add("cash.dso", d["days"], "days", d["invoices"], ledger.DSO_DEFINITION)
+    owed = d["ageing"]
     add(
         "cash.receivables",
-        d["receivables"],
+        owed["value"],
         cur,
-        d["invoices"],
-        "Invoices posted up to the period end and not paid in full by then, at the period-end rate.",
+        owed["count"],
+        "Posted invoices' totals less the payments the ERP applied up to the period end, at the period-end rate.",
+    )
+    for (low, high, label), value, count in zip(ledger.AGEING_BUCKETS, owed["buckets"], owed["counts"], strict=True):
+        band = "current" if low is None else f"{low}_{high}_days" if high else f"over_{low - 1}_days"
+        add(f"cash.receivables_{band}", value, cur, count, f"Receivables {label.lower()} (by due date).")
+    billed = ledger.invoiced(f, conv)
+    add(
+        "billing.invoiced",
+        billed["value"],
+        cur,
+        billed["count"],
+        "Invoices the ERP posted in the period, by posting date (drafts, pending approval, voided not counted).",
+    )
+    cash = ledger.cash_collected(f, conv)
+    add(
+        "cash.collected",
+        cash["value"],
+        cur,
+        cash["count"],
+        "Payments the ERP applied to invoices in the period, by application date, at the month's average rate.",
     )
     b2c = stats["bill-to-cash"]
     add(

@@ -100,7 +100,8 @@ def test_a_journey_per_role(page, live_server, firm, request, role) -> None:  # 
         from pscsync.models import Mapping
 
         for mapping in Mapping.objects.all():
-            with page.expect_response(lambda r: r.url.endswith(f"/mappings/{mapping.pk}/impact/")) as answer:
+            impact = f"/mappings/{mapping.pk}/impact/"
+            with page.expect_response(lambda r, impact=impact: r.url.endswith(impact)) as answer:
                 page.goto(f"{live_server.url}/mappings/{mapping.pk}/")
             if answer.value.status != 200:
                 problems.append(f"mapping {mapping.pk}: the impact panel answered {answer.value.status}")
