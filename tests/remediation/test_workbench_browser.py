@@ -74,7 +74,7 @@ def test_an_operator_fixes_a_missing_tax_profile_at_the_source_and_resubmits(pag
     _login(page, live_server, operator)
     page.goto(f"{live_server.url}/workbench/")
     group = page.locator("tr.group").first
-    assert "has no Tax Profile" in group.inner_text() and "120,000.00 USD" in group.inner_text()
+    assert "has no Tax Profile" in group.inner_text() and "$120,000.00" in group.inner_text()
     group.locator("summary").click()
     page.wait_for_selector(f"text={deal['opportunity']}")
     _shot(page, "workbench-inbox")
@@ -127,7 +127,7 @@ def test_an_operator_bulk_retries_a_group_after_an_erp_outage_and_watches_progre
     _login(page, live_server, operator)
     page.goto(f"{live_server.url}/workbench/?flow=quote-to-project")
     group = page.locator("tr.group").first
-    assert "upsert_customer" in group.inner_text() and "3" in group.locator("td.num").first.inner_text()
+    assert "Create the customer in the ERP" in group.inner_text() and "3" in group.locator("td.num").first.inner_text()
     group.locator("input[name=cause]").check()
     page.select_option("select[name=kind]", "retry")
     page.fill("input[name=reason]", "NetSuite outage over")
