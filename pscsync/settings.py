@@ -117,6 +117,9 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "pscsync.access.navigation",
             ],
+            # The presentation filters (money, duration, when, counted, flow_name, ...) in every
+            # template without a {% load %}: no page has an excuse to print a raw value.
+            "builtins": ["pscsync.templatetags.present"],
         },
     },
 ]
@@ -478,7 +481,6 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [

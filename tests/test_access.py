@@ -240,7 +240,6 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
     "alerts:deliveries": ("GET", {**_ADMIN_ONLY, "admin": 200}),
     "api:schema": ("GET", {**dict.fromkeys(ROLES, 200), "anonymous": 401}),
     "api:docs": ("GET", {**dict.fromkeys(ROLES, 200), "anonymous": 401}),
-    "api:redoc": ("GET", {**dict.fromkeys(ROLES, 200), "anonymous": 401}),
     "api:not-found": ("GET", dict.fromkeys(ROLES, 404)),
 }
 

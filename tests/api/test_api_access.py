@@ -112,7 +112,7 @@ TEAM_WRITES = {
     ("api:saved-view-list", "POST"): (WORK, {"name": "Tax codes", "query": "tab=open&q=tax"}, 201),
     ("api:sla-detail", "PUT"): (CONFIGURE, {"target": "2.5", "unit": "business_days"}, 200),
 }
-NOT_API = {"api:schema", "api:docs", "api:redoc", "api:not-found"}
+NOT_API = {"api:schema", "api:docs", "api:not-found"}
 
 
 def _names(resolver, namespace: str = ""):  # noqa: ANN001, ANN202

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('pscsync', '0011_audit_keyed_chain_sec17'),
+        ('pscsync', '0012_psa_worked_hours_leader'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('connectors', '0002_initial'),
-        ('dashboards', '0006_backlog_help_texts'),
+        ('dashboards', '0007_demand_snapshot_leader'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
