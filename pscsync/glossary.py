@@ -107,7 +107,7 @@ def error_kind_name(code: str) -> str:
 
 
 def count_words(n: Any, singular: str, plural: str = "") -> str:
-    """"1 deal", "2 deals", "1,204 handoffs"."""
+    """ "1 deal", "2 deals", "1,204 handoffs"."""
     try:
         number = int(n)
     except (TypeError, ValueError):
@@ -134,7 +134,7 @@ def money_words(amount: Any, currency: str = "") -> str:
 
 
 def duration_words(value: Any) -> str:
-    """"16 days 7 h", "3 h 20 min", "45 s": two units at most, rounded to the nearest."""
+    """ "16 days 7 h", "3 h 20 min", "45 s": two units at most, rounded to the nearest."""
     if value is None or value == "":
         return "—"
     seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
