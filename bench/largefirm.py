@@ -816,6 +816,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             "runbook_cause",
             "runbook_action",
             "runbook_link",
+            "title",
         ],
     )
     with_open = sorted(i for i, r in cause_rows.items() if r["open"])
@@ -850,6 +851,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             "",
             "",
             "",
+            text,  # the title: the latest occurrence's message in full
         )
         stats.open_exceptions += row["open"]
         stats.in_progress_exceptions += row["prog"]

@@ -7,12 +7,14 @@ from __future__ import annotations
 import pytest
 
 from pscsync import clock
+from pscsync.lifecycle import handoff_move
 from pscsync.models import AuditEntry, Event, Handoff, Step
 from remediation.fingerprints import fingerprint, placeholders
 from remediation.models import ExceptionCause, HandoffException
 from remediation.selectors import InboxFilter, inbox_groups
 from remediation.services import ResubmitMode, handoff_resubmit
 from tests.flows.conftest import run, trigger, won_deal
+from tests.helpers import moves_told
 
 pytestmark = pytest.mark.django_db
 
@@ -78,10 +80,17 @@ def _blocked_batch(firm, root: Handoff, account: str, n: int) -> Handoff:  # noq
         output={"billing": {"customer_key": key, "name": f"Batch {n}"}},
     )
     Step.objects.create(handoff=handoff, name="validate_billing", position=2, status="failed")
-    handoff.status = Handoff.Status.NEEDS_ATTENTION
-    handoff.last_error_class = "validation"
-    handoff.last_error_message = NO_CUSTOMER.format(batch=f"Batch {n}", id=f"k{n}x", project=f"Proj {n}", key=key)
-    handoff.save()  # the workbench's hook opens the exception, as for the runner's save
+    with moves_told():  # the workbench's listener opens the exception, as after the runner's move
+        handoff_move(
+            handoff,
+            from_states=[Handoff.Status.RUNNING],
+            to=Handoff.Status.NEEDS_ATTENTION,
+            actor="test",
+            fields={
+                "last_error_class": "validation",
+                "last_error_message": NO_CUSTOMER.format(batch=f"Batch {n}", id=f"k{n}x", project=f"Proj {n}", key=key),
+            },
+        )
     return handoff
 
 
