@@ -36,10 +36,10 @@ from connectors.egress import DestinationRefused, check_destination
 from connectors.models import Connection
 from dashboards.facts import MEASURES as FLOW_MEASURES
 from dashboards.facts import sla_for
+from dashboards.kpis import payload as metrics_payload
 from dashboards.metrics import Filters, policy_text, reporting_currency, weekly_latency
 from dashboards.queries import connection_activity, health_summary
 from dashboards.services import flow_sla_set
-from dashboards.views import metrics_payload
 from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, VIEW_HANDOFFS, WORK_EXCEPTIONS, entity_ids_for, scope_queryset
 from pscsync.mapping import RuleProblem
@@ -1094,6 +1094,8 @@ def _sla_data(flow: str) -> dict[str, Any]:
         "target": sla.target,
         "unit": sla.unit,
         "target_label": sla.target_label,
+        "sync_measure": FLOW_MEASURES[flow]["sync"],
+        "sync_target_minutes": sla.sync_target_minutes,
         "note": sla.note,
         "is_default": sla.pk is None,
         "updated_at": sla.updated_at if sla.pk else None,

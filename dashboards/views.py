@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from connectors.models import Connection
-from dashboards import metrics, pages, wip
+from dashboards import kpis, metrics, pages
 from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Filters
 from dashboards.models import FlowSla, FxRate
@@ -144,8 +143,9 @@ def items(request: HttpRequest) -> HttpResponse:
         "Currency",
         "Started",
         "Finished",
-        "Latency (h)",
+        "Cycle (h)",
         "Within SLA",
+        "Sync (min)",
         "Exception",
         "Handoffs",
     ]
@@ -163,6 +163,7 @@ def items(request: HttpRequest) -> HttpResponse:
             x.end_at.isoformat() if x.end_at else "open",
             "" if x.latency_hours is None else round(x.latency_hours, 1),
             {True: "yes", False: "no", None: ""}[x.within_sla],
+            "" if x.sync_minutes is None else round(x.sync_minutes, 1),
             "yes" if x.exception else "",
             x.handoff_count,
         ]
@@ -188,127 +189,9 @@ def items(request: HttpRequest) -> HttpResponse:
 
 
 def metrics_payload(f: Filters) -> dict[str, Any]:
-    """Every overview KPI with value, unit, count of records and definition (GET /api/v1/metrics/, api.views)."""
-    conv = metrics.Converter()
-    cur = metrics.reporting_currency()
-    out: list[dict[str, Any]] = []
-
-    def add(key: str, value: Any, unit: str, count: int, definition: str) -> None:
-        if hasattr(value, "quantize"):
-            value = str(value)
-        if isinstance(value, float) and not math.isfinite(value):
-            # A percentile in the histogram's open last bucket: over a year. JSON has no infinity.
-            value = None
-            definition += " Null: longer than the histograms resolve (over a year)."
-        out.append({"key": key, "value": value, "unit": unit, "count": count, "definition": definition})
-
-    stats = {}
-    for flow in metrics.FLOWS:
-        s = stats[flow] = metrics.flow_stats(f, flow, conv=conv, with_previous=False)
-        label = MEASURES[flow]["label"]
-        add(f"{flow}.finished", s.finished, "count", s.finished, f"Items of {flow} completed in the period.")
-        add(f"{flow}.latency_median", s.median_hours, "hours", s.measured, f"Nearest-rank median of: {label}.")
-        add(f"{flow}.latency_p90", s.p90_hours, "hours", s.measured, f"Nearest-rank 90th percentile of: {label}.")
-        add(
-            f"{flow}.within_sla",
-            s.pct_within_sla,
-            "percent",
-            s.measured,
-            f"Share measured within the SLA ({sla_for(flow).target_label}).",
-        )
-    blocked = metrics.blocked_billing(f, conv, with_rows=False)
-    add(
-        "billing.released_not_invoiced",
-        blocked["value"],
-        cur,
-        blocked["count"],
-        "Billing batches released in the PSA with no ERP invoice yet, at the period-end rate.",
-    )
-    unbilled = wip.unbilled_wip(f, conv, detail=False, released=blocked)
-    add(
-        "billing.unbilled_wip",
-        unbilled["value"],
-        cur,
-        unbilled["count"],
-        "Approved billable time, expenses and completed milestones not in a PSA billing batch (as of the last "
-        "PSA read) + batches released with no ERP invoice, at the period-end rate.",
-    )
-    add(
-        "billing.unbilled_wip_over_60_days",
-        unbilled["over_60"],
-        cur,
-        unbilled["count"],
-        "The part of unbilled WIP older than 60 days (work date; release date for batches).",
-    )
-    ex = metrics.billing_exceptions(f, conv, rows=stats["project-to-bill"].rows)
-    add(
-        "billing.exception_rate",
-        ex["rate"],
-        "percent",
-        ex["attempted"],
-        "Batches released in the period that needed a person or were rejected ÷ batches released.",
-    )
-    add("billing.exception_value", ex["exception_value"], cur, ex["exceptions"], "Value of those batches.")
-    rev = metrics.revenue_accuracy(f, conv)
-    add("revenue.mismatch_value", rev["value"], cur, rev["open"], "Σ|PSA − ERP| of open revenue mismatches.")
-    add(
-        "revenue.match_rate",
-        rev["match_rate"],
-        "percent",
-        rev["checked"],
-        "Matched ÷ checked in each entity's latest complete reconciliation.",
-    )
-    d = metrics.dso(f, conv=conv)
-    add("cash.dso", d["days"], "days", d["invoices"], "Open receivables ÷ billings of the last 90 days × 90.")
-    add(
-        "cash.receivables",
-        d["receivables"],
-        cur,
-        d["invoices"],
-        "Invoices posted up to the period end and not paid in full by then, at the period-end rate.",
-    )
-    b2c = stats["bill-to-cash"]
-    add(
-        "bill-to-cash.days_to_pay_median",
-        b2c.extra_median_hours,
-        "hours",
-        sum(b2c.extra_hist.values()),
-        f"Nearest-rank median of: {MEASURES['bill-to-cash']['extra']}.",
-    )
-    won = metrics.won_not_activated(f, conv, with_rows=False)
-    add("deals.won_not_activated", won["count"], "count", won["count"], "Won deals whose project is not active yet.")
-    add(
-        "deals.won_not_activated_value",
-        won["value"],
-        cur,
-        won["count"],
-        "Value of those deals, at the period-end rate.",
-    )
-    add(
-        "deals.won_not_activated_past_sla",
-        won["over_sla_count"],
-        "count",
-        won["count"],
-        f"Those of them older than the quote-to-project SLA ({sla_for('quote-to-project').target_label}).",
-    )
-    opened = metrics.open_exceptions(f, conv)
-    add("exceptions.open", opened["count"], "count", opened["count"], "Handoffs that need a person.")
-    risk = metrics.money_at_risk(f, conv, blocked=blocked, won=won)
-    add(
-        "money_at_risk",
-        risk["value"],
-        cur,
-        len(risk["parts"]),
-        "Released-not-invoiced + won deals not activated past SLA + open billing/revenue mismatch |Δ|.",
-    )
-    return {
-        "from": f.start.isoformat(),
-        "to": f.end.isoformat(),
-        "reporting_currency": cur,
-        "currency_policy": metrics.policy_text(),
-        "unconverted": {k: str(v) for k, v in conv.unconverted.items()},
-        "metrics": out,
-    }
+    """Every registered KPI with value, unit, count, definition, state and as-of time (GET
+    /api/v1/metrics/, api.views): read from the registry, dashboards.kpis."""
+    return kpis.payload(f)
 
 
 class SlaForm(forms.Form):
