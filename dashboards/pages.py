@@ -527,7 +527,7 @@ def project_to_bill(f: Filters) -> Page:
                 metrics.reporting_currency(),
             ),
             "Approved work not invoiced, by age: PSA items by work date, released batches by release date. "
-            + wip.as_of_text(unbilled),
+            + _psa_as_of(psa_read),
         ),
     )
     psa = _psa_of(f)
@@ -556,7 +556,7 @@ def project_to_bill(f: Filters) -> Page:
                 for name, buckets in unbilled["by_entity"].items()
             ],
             "Approved time, expenses and completed milestones the PSA has not batched, plus batches released "
-            "with no ERP invoice, at the period-end rate. " + wip.as_of_text(unbilled),
+            "with no ERP invoice, at the period-end rate. " + _psa_as_of(psa_read),
             _unmeasured_empty(psa_read, "No unbilled work: everything approved is invoiced."),
         ),
         Table(
@@ -600,7 +600,7 @@ def project_to_bill(f: Filters) -> Page:
                 for m in unbilled["milestones"]
             ],
             "Milestones approved in the PSA that no billing batch holds yet, oldest first; a milestone links to "
-            "the PSA record. " + wip.as_of_text(unbilled),
+            "the PSA record. " + _psa_as_of(psa_read),
             _unmeasured_empty(psa_read, "No completed milestone is waiting to be billed."),
         ),
         Table(
@@ -657,6 +657,14 @@ def _wip_tile(f: Filters, unbilled: dict[str, Any], reading: kpis.Reading | None
         href=link("dashboards:project_to_bill", f) + "#wip-by-entity",
         state="bad" if unbilled["over_60"] else "good",
     )
+
+
+def _psa_as_of(m: kpis.Measurement) -> str:
+    """When the PSA snapshot behind the WIP figures was read (the registry's measurement)."""
+    if m.as_of is None:
+        return "The PSA has not been read yet: reconciliation reads its unbilled work on its schedule."
+    stale = " (stale: older than its schedule allows)" if m.state == kpis.STALE else ""
+    return f"As of the last PSA read, {m.as_of:%d %b %Y %H:%M} UTC{stale}."
 
 
 def _unmeasured_empty(m: kpis.Measurement, empty: str) -> str:

@@ -8,7 +8,8 @@ from decimal import Decimal
 import pytest
 
 from dashboards import metrics, wip
-from dashboards.facts import business_days_between, rollups_rebuild_all
+from dashboards.facts import rollups_rebuild_all
+from dashboards.sla import business_days_between
 from dashboards.models import FlowSla, FxRate
 from pscsync import clock
 from pscsync.models import Mismatch, ReconciliationRun, UnbilledWork
@@ -156,8 +157,11 @@ def test_dso_from_posted_and_paid_invoices(crm, entities) -> None:  # noqa: ANN0
     assert (d["receivables"], d["billings"], d["invoices"]) == (Decimal("3000.00"), Decimal("4000.00"), 2)
     assert d["days"] == pytest.approx(67.5)
     s = metrics.flow_stats(OCT, "bill-to-cash")
-    assert s.extra_median_hours == 19 * 24  # days to pay of invoice 1
-    assert s.median_hours == 2.0  # payment or posting -> written back
+    # The business cycle is the customer's: invoice 1 posted 1 Oct, paid in full 20 Oct = 19 × 24 h.
+    assert (s.measured, s.median_hours) == (1, 19 * 24)
+    # The integration's own clock, apart: each invoice's last handoff ran 00:00 -> 02:00 = 120 min
+    # (invoice 1's payment on 20 Oct, invoice 2's posting on 15 Oct), over the 15 min default.
+    assert (s.synced, s.sync_median_minutes, s.sync_within_sla) == (2, 120.0, 0)
 
 
 @pytest.mark.django_db

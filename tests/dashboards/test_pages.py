@@ -71,11 +71,12 @@ def test_viewer_of_one_entity_sees_only_its_figures(client, viewer, firm) -> Non
     figures = {m["key"]: m for m in data["metrics"]}
     assert figures["quote-to-project.latency_median"]["value"] == 5.0
     assert figures["billing.released_not_invoiced"] == {
+        **figures["billing.released_not_invoiced"],
         "key": "billing.released_not_invoiced",
         "value": "100.00",
         "unit": "USD",
         "count": 1,
-        "definition": figures["billing.released_not_invoiced"]["definition"],
+        "state": "measured",
     }
     items = client.get(f"/dashboards/items/?{PERIOD}&flow=quote-to-project&measure=measured&csv=1").content.decode()
     assert "OPP-us" in items and "OPP-uk" not in items
