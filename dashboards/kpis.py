@@ -26,6 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import Max
+from django.db.models.functions import Coalesce
 
 from dashboards import metrics, wip
 from dashboards.facts import MEASURES, sla_for
@@ -74,12 +75,13 @@ def _scope_entities(f: Filters) -> list[int]:
     return list(qs.values_list("pk", flat=True))
 
 
-def _from_reads(reads: dict[int, dt.datetime | None], what: str, now: dt.datetime) -> Measurement:
-    """One measurement from each entity's last read: never read anywhere → not measured; never
-    read for one entity or older than the schedule allows → stale; as of the oldest read."""
+def _from_reads(reads: dict[int, dt.datetime | None], what: str, never: str, now: dt.datetime) -> Measurement:
+    """One measurement from each entity's last read: never read anywhere → not measured (`never`
+    says so); never read for one entity or older than the schedule allows → stale; as of the
+    oldest read."""
     times = [t for t in reads.values() if t]
     if not times:
-        return Measurement(NOT_MEASURED, None, f"{what} has not been read yet")
+        return Measurement(NOT_MEASURED, None, never)
     oldest = min(times)
     limit = dt.timedelta(seconds=_schedule_seconds() * STALE_AFTER_SCHEDULES)
     missing = [e for e, t in reads.items() if t is None]
@@ -91,17 +93,23 @@ def _from_reads(reads: dict[int, dt.datetime | None], what: str, now: dt.datetim
     return Measurement(MEASURED, oldest)
 
 
+def _last_complete_runs(entities: list[int]) -> dict[int, dt.datetime]:
+    """Each entity's last complete reconciliation run (its finish; its start if none recorded)."""
+    return dict(
+        ReconciliationRun.objects.filter(status=ReconciliationRun.Status.COMPLETE, legal_entity_id__in=entities)
+        .values("legal_entity_id")
+        .annotate(at=Max(Coalesce("finished_at", "started_at")))
+        .values_list("legal_entity_id", "at")
+    )
+
+
 def reconciliation_measurement(f: Filters, now: dt.datetime | None = None) -> Measurement:
     """Mismatch figures are as of each entity's last complete reconciliation run."""
     now = now or clock.now()
     entities = _scope_entities(f)
-    last = dict(
-        ReconciliationRun.objects.filter(status=ReconciliationRun.Status.COMPLETE, legal_entity_id__in=entities)
-        .values("legal_entity_id")
-        .annotate(at=Max("finished_at"))
-        .values_list("legal_entity_id", "at")
-    )
-    return _from_reads({e: last.get(e) for e in entities}, "No reconciliation has completed: mismatches", now)
+    last = _last_complete_runs(entities)
+    never = "No reconciliation has completed yet, so mismatches are not known"
+    return _from_reads({e: last.get(e) for e in entities}, "Reconciliation", never, now)
 
 
 def psa_measurement(f: Filters, now: dt.datetime | None = None) -> Measurement:
@@ -119,14 +127,10 @@ def psa_measurement(f: Filters, now: dt.datetime | None = None) -> Measurement:
             .values_list("legal_entity_id", "at")
         ):
             reads[entity] = max(filter(None, [reads[entity], at]))
-    for entity, at in (
-        ReconciliationRun.objects.filter(status=ReconciliationRun.Status.COMPLETE, legal_entity_id__in=entities)
-        .values("legal_entity_id")
-        .annotate(at=Max("finished_at"))
-        .values_list("legal_entity_id", "at")
-    ):
+    for entity, at in _last_complete_runs(entities).items():
         reads[entity] = max(filter(None, [reads[entity], at]))
-    return _from_reads(reads, "The PSA", now)
+    never = "The PSA has not been read yet: reconciliation reads its unbilled work on its schedule"
+    return _from_reads(reads, "The PSA", never, now)
 
 
 class Reading:

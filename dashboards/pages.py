@@ -35,8 +35,9 @@ class Tile:
     help: str = ""
     state: str = ""  # good | bad | stale | ""
     question: str = ""
-    measurement: str = ""  # "", or the state in words when not simply measured now
+    measurement: str = ""  # "", or why the figure is stale
     as_of: dt.datetime | None = None
+    unmeasured: bool = False  # its source was never read: no figure
 
 
 def kpi_tile(
@@ -61,7 +62,7 @@ def kpi_tile(
             href = reverse(kpi.drill) + ("?" + urlencode(dict(kpi.drill_params)) if kpi.drill_params else "")
     tile = Tile(label or kpi.name, figure, note, href, kpi.describe(), state, question)
     if m.state == kpis.NOT_MEASURED:
-        tile.figure, tile.note, tile.state = "Not measured yet", m.note + ".", ""
+        tile.figure, tile.note, tile.state, tile.unmeasured = "Not measured yet", m.note + ".", "", True
     elif m.state == kpis.STALE:
         tile.state, tile.measurement, tile.as_of = "stale", f"Stale: {m.note}", m.as_of
     elif kpi.source != kpis.HANDOFFS:
@@ -381,7 +382,11 @@ def _flow_common(page: Page, f: Filters, flow: str, conv: Converter) -> metrics.
             label="Business cycle (median)",
         )
     )
-    page.tiles.append(kpi_tile(r, f"{flow}.latency_p90", hours_label(s.p90_hours), "nine in ten are faster"))
+    page.tiles.append(
+        kpi_tile(
+            r, f"{flow}.latency_p90", hours_label(s.p90_hours), "nine in ten are faster", label="Business cycle (p90)"
+        )
+    )
     page.tiles.append(
         kpi_tile(
             r,

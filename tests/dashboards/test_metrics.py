@@ -9,8 +9,8 @@ import pytest
 
 from dashboards import metrics, wip
 from dashboards.facts import rollups_rebuild_all
-from dashboards.sla import business_days_between
 from dashboards.models import FlowSla, FxRate
+from dashboards.sla import business_days_between
 from pscsync import clock
 from pscsync.models import Mismatch, ReconciliationRun, UnbilledWork
 from tests.dashboards.builders import T0, handoff

@@ -48,7 +48,7 @@ def test_every_dashboard_page_renders_its_charts(live_server, admin, monkeypatch
     period = f"from={(NOW - dt.timedelta(days=29)).date()}&to={NOW.date()}"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_context(viewport={"width": 1360, "height": 900}).new_page()
+        page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         _sign_in(page, live_server, admin, start="/login/")  # password and the second factor
