@@ -829,6 +829,9 @@ class FlowSlaPageSerializer(serializers.Serializer):
 class FlowSlaWriteSerializer(InputSerializer):
     target = serializers.DecimalField(max_digits=8, decimal_places=2, help_text="Greater than zero.")
     unit = serializers.ChoiceField(choices=FlowSla.Unit.choices)
+    sync_target_minutes = serializers.IntegerField(
+        required=False, min_value=1, max_value=43200, help_text="The sync SLA in minutes; omitted: kept."
+    )
     note = TextField(required=False, allow_blank=True, default="", max_length=200)
 
 

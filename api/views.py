@@ -1140,5 +1140,12 @@ class FlowSlaViewSet(viewsets.ViewSet):
         data = body.validated_data
         if data["target"] <= 0:
             raise Unprocessable({"target": ["an SLA is a time greater than zero"]})
-        flow_sla_set(actor=request.user, flow=flow, target=data["target"], unit=data["unit"], note=data["note"])
+        flow_sla_set(
+            actor=request.user,
+            flow=flow,
+            target=data["target"],
+            unit=data["unit"],
+            note=data["note"],
+            sync_target_minutes=data.get("sync_target_minutes"),
+        )
         return Response(serializers.FlowSlaSerializer(_sla_data(flow)).data)

@@ -198,6 +198,9 @@ class SlaForm(forms.Form):
     flow = forms.ChoiceField(choices=[(f, f) for f in MEASURES])
     target = forms.DecimalField(min_value=0, max_digits=8, decimal_places=2)
     unit = forms.ChoiceField(choices=FlowSla.Unit.choices)
+    sync_target_minutes = forms.IntegerField(
+        min_value=1, max_value=43200, required=False, label="Sync SLA (minutes)", help_text="Empty: keep it."
+    )
 
 
 class FxForm(forms.Form):
@@ -217,7 +220,13 @@ def settings_page(request: HttpRequest) -> HttpResponse:
             sla_form = SlaForm(request.POST, prefix="sla")
             if sla_form.is_valid():
                 d = sla_form.cleaned_data
-                flow_sla_set(actor=request.user, flow=d["flow"], target=d["target"], unit=d["unit"])
+                flow_sla_set(
+                    actor=request.user,
+                    flow=d["flow"],
+                    target=d["target"],
+                    unit=d["unit"],
+                    sync_target_minutes=d["sync_target_minutes"],
+                )
                 messages.success(request, f"SLA for {d['flow']} saved; breach flags are being recomputed.")
                 return redirect("dashboards:settings")
         else:

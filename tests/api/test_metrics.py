@@ -178,14 +178,19 @@ def test_an_admin_sets_an_sla_audited_and_the_breach_flags_are_recomputed(
     monkeypatch.setattr(tasks.rollups_rebuild_task, "delay", lambda: rebuilt.append(True))
     with django_capture_on_commit_callbacks(execute=True):
         response = api(
-            "PUT", "/api/v1/slas/bill-to-cash/", tokens["admin"], {"target": "12", "unit": "hours", "note": "CFO"}
+            "PUT",
+            "/api/v1/slas/bill-to-cash/",
+            tokens["admin"],
+            {"target": "12", "unit": "hours", "note": "CFO", "sync_target_minutes": 30},
         )
     assert response.status_code == 200 and response.json()["target_label"] == "12 h"
+    assert response.json()["sync_target_minutes"] == 30
     assert response.json()["is_default"] is False and rebuilt == [True]
     sla = FlowSla.objects.get(flow="bill-to-cash")
     assert (sla.target, sla.unit, sla.note) == (Decimal("12"), "hours", "CFO")
     entry = AuditEntry.objects.get(action="sla.set")
-    assert entry.before == {"target": "720", "unit": "hours"} and entry.after == {"target": "12.00", "unit": "hours"}
+    assert entry.before == {"target": "720", "unit": "hours", "sync_minutes": 15}
+    assert entry.after == {"target": "12.00", "unit": "hours", "sync_minutes": 30}
 
 
 @pytest.mark.django_db
@@ -197,6 +202,7 @@ def test_an_admin_sets_an_sla_audited_and_the_breach_flags_are_recomputed(
         ({"target": "8", "unit": "fortnights"}, 400),
         ({"target": "8"}, 400),
         ({"target": "eight", "unit": "hours"}, 400),
+        ({"target": "8", "unit": "hours", "sync_target_minutes": 0}, 400),
         ({"target": "8", "unit": "hours", "flow": "bill-to-cash"}, 400),
     ],
 )
