@@ -27,7 +27,7 @@ chromium:
 # Tests run with production settings (DEBUG off) and throwaway keys.
 TEST_ENV := SECRET_KEY=$${SECRET_KEY:-test-only-secret-key-not-for-production-use-0123456789} \
 	PSCSYNC_CREDENTIALS_KEYS=$${PSCSYNC_CREDENTIALS_KEYS:-t1:dGVzdC1vbmx5LWNyZWRlbnRpYWxzLWtleS0zMmJ5dGU=} \
-	PSCSYNC_SECURE_COOKIES=false
+	PSCSYNC_SECURE_COOKIES=false PSCSYNC_ALLOW_SANDBOXES=true
 
 test: $(VENV)/.dev chromium
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)

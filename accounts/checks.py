@@ -30,4 +30,13 @@ def check_security_settings(app_configs: Any = None, **kwargs: Any) -> list[Warn
         )
     if settings.FAULTS_ALLOWED:
         found.append(Warning("Fault injection is allowed.", hint="Unset PSCSYNC_ALLOW_FAULTS.", id="accounts.W003"))
+    if not settings.AUDIT_KEYS:
+        found.append(
+            Warning(
+                "The audit chain's key is derived from SECRET_KEY.",
+                hint="Set PSCSYNC_AUDIT_KEYS (python -m pscsync.crypto prints a key); rotating SECRET_KEY "
+                "would otherwise leave older audit entries unverifiable.",
+                id="accounts.W004",
+            )
+        )
     return found

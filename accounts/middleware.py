@@ -11,6 +11,7 @@ from django.contrib.auth import logout
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import patch_cache_control
 
 from accounts.sessions import AUTH_AT, SEEN_AT, session_ended
 from accounts.twofactor import second_factor_required, user_has_totp
@@ -76,8 +77,30 @@ class SessionPolicyMiddleware:
         user = request.user
         if user.is_verified() or not second_factor_required(user):
             return None
+        from accounts.oidc import IDP_MFA_SESSION_KEY
+
+        if request.session.get(IDP_MFA_SESSION_KEY) == user.pk:
+            return None  # the identity provider's own multi-factor sign-in (accounts/oidc.py)
         open_paths = {reverse("accounts:two_factor_setup"), reverse("accounts:two_factor_verify"), reverse("logout")}
         if request.path in open_paths:
             return None
         target = "accounts:two_factor_verify" if user_has_totp(user) else "accounts:two_factor_setup"
         return _send_to(request, reverse(target), "Second factor required")
+
+
+class NoStoreMiddleware:
+    """`Cache-Control: no-store, private` on every answer to a signed-in person or an API
+    caller: a page or JSON with a firm's records must not stay in a shared proxy or in the
+    browser's cache after sign-out (the back button on a shared machine)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        user = getattr(request, "user", None)  # a token caller's user is set by DRF by now
+        signed_in = user is not None and user.is_authenticated
+        private = signed_in or "HTTP_AUTHORIZATION" in request.META or request.path.startswith("/api/")
+        if private and "no-store" not in response.get("Cache-Control", ""):
+            patch_cache_control(response, no_store=True, private=True)
+        return response

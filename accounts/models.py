@@ -35,3 +35,19 @@ class UserSession(models.Model):
 
     def __str__(self) -> str:
         return f"session of user {self.user_id} from {self.ip}"
+
+
+class IdentityGroupRule(models.Model):
+    """Single sign-on: members of an identity-provider group get this role and these legal
+    entities (accounts.oidc). Several matching rules: the strongest role, the union of entities."""
+
+    group = models.CharField(max_length=200, unique=True, help_text="The group's name as the provider sends it.")
+    role = models.CharField(max_length=20, choices=[("viewer", "Viewer"), ("operator", "Operator"), ("admin", "Admin")])
+    all_entities = models.BooleanField(default=False)
+    legal_entities = models.ManyToManyField("pscsync.LegalEntity", blank=True, related_name="+")
+
+    class Meta:
+        ordering = ["group"]
+
+    def __str__(self) -> str:
+        return f"{self.group} → {self.role}"

@@ -6,6 +6,11 @@ their password waits minutes at worst. An account's counter is shared by every b
 device cookie; a browser where the account signed in before carries a signed device cookie and
 has a counter of its own, so an attacker hammering an account does not slow its owner down
 (OWASP "device cookies"). Keys never depend on whether the account exists.
+
+The per-address counter slows password spraying from one address, but one office NAT (or a
+proxy whose address we do not know, without PSCSYNC_TRUSTED_PROXIES) is one address for
+everyone: so it applies to unknown browsers only. A browser with a valid device cookie for the
+account it signs in to is counted by its own device counter alone (`sign_in_keys`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,14 @@ def account_key(request: HttpRequest, username: str) -> str:
         if data.get("u") == _digest(name):
             return f"account:{_digest(name)}:device:{_digest(raw)}"
     return f"account:{_digest(name)}"
+
+
+def sign_in_keys(request: HttpRequest, username: str, address: str) -> list[str]:
+    """The counters a sign-in attempt is checked against and charged to."""
+    account = account_key(request, username)
+    if ":device:" in account:
+        return [account]
+    return [f"ip:{address}", account]
 
 
 def set_device_cookie(response: HttpResponse, username: str) -> None:

@@ -56,7 +56,7 @@ from pscsync.models import (
     Step,
 )
 from pscsync.selectors import handoffs_visible_to
-from pscsync.services import connection_save
+from pscsync.services import ConnectionChangeRefused, connection_save
 from remediation import services as remediation
 from remediation.models import BulkJob, ExceptionCause, ExceptionStatus, HandoffException, SavedView
 from remediation.selectors import FILTERS as INBOX_FILTERS
@@ -540,13 +540,18 @@ class ConnectionViewSet(mixins.CreateModelMixin, mixins.UpdateModelMixin, viewse
         credentials = data.get("credentials")
         if credentials is not None and not credentials:
             raise Unprocessable({"credentials": ["give at least one entry, or leave credentials out to keep them"]})
-        return connection_save(
-            slug=current.slug if current else data["slug"],
-            entities=entities,
-            credentials=credentials,
-            actor=request.user,
-            **merged,
-        )
+        try:
+            return connection_save(
+                slug=current.slug if current else data["slug"],
+                entities=entities,
+                credentials=credentials,
+                actor=request.user,
+                **merged,
+            )
+        except ConnectionChangeRefused as refusal:
+            if refusal.forbidden:
+                raise PermissionDenied(refusal.message) from None
+            raise Unprocessable({refusal.field: [refusal.message]}) from None
 
     @extend_schema(
         summary="Create a connection",

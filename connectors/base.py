@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from connectors import http
@@ -44,6 +45,75 @@ class WriteResult:
     # the step, so a resumed handoff has it without asking the system again.
     output: dict[str, Any] = field(default_factory=dict)
     mapping_version_id: int | None = None
+
+
+class InvoiceStatus:
+    """An ERP invoice's state in the ledger's words, whichever ERP holds it. Each ERP connector
+    maps its own states onto these (`ledger_invoice`); nothing outside the connector reads the
+    vendor's status. Posted = the ERP has posted it to its general ledger."""
+
+    DRAFT = "draft"
+    PENDING_APPROVAL = "pending_approval"
+    POSTED = "posted"
+    PARTLY_PAID = "partly_paid"
+    PAID = "paid"
+    VOIDED = "voided"
+    CREDITED = "credited"
+
+    POSTED_STATES = frozenset({POSTED, PARTLY_PAID, PAID})
+    UNPOSTED_STATES = frozenset({DRAFT, PENDING_APPROVAL})
+    REVERSED_STATES = frozenset({VOIDED, CREDITED})
+    LABELS: ClassVar[dict[str, str]] = {
+        DRAFT: "Draft",
+        PENDING_APPROVAL: "Pending approval",
+        POSTED: "Posted",
+        PARTLY_PAID: "Partly paid",
+        PAID: "Paid",
+        VOIDED: "Voided",
+        CREDITED: "Credited",
+    }
+
+
+@dataclass(frozen=True)
+class PaymentApplied:
+    """One customer payment applied to one invoice, as the ERP applied it (DOMAIN.md §1.9)."""
+
+    payment_id: str
+    invoice_id: str
+    amount: Decimal  # positive: what this payment took off the invoice
+    applied_on: dt.date | None  # the application's date (the payment's posting date)
+    reference: str = ""  # the payment's number, for people
+
+
+@dataclass(frozen=True)
+class LedgerInvoice:
+    """An ERP invoice in canonical terms: what the connector read, vendor words already mapped."""
+
+    id: str  # the ERP's own id
+    number: str
+    key: str  # our business key on it (externalId / externalDocumentNumber), "" if keyed in the ERP
+    project_key: str
+    batch_key: str  # the PSA billing batch it bills ("" when unknown)
+    customer_id: str
+    customer_name: str
+    currency: str  # ISO 4217
+    total: Decimal  # including tax
+    tax: Decimal
+    open_balance: Decimal  # the ERP's amount remaining
+    status: str  # an InvoiceStatus value
+    source_status: str  # the ERP's own words, kept for people and audits
+    invoice_date: dt.date | None
+    due_date: dt.date | None
+    posting_date: dt.date | None  # the date it posts to the ledger (None while not posted)
+    payments: tuple[PaymentApplied, ...] = ()
+
+    @property
+    def posted(self) -> bool:
+        return self.status in InvoiceStatus.POSTED_STATES
+
+    @property
+    def paid_amount(self) -> Decimal:
+        return sum((p.amount for p in self.payments), Decimal("0.00"))
 
 
 @dataclass(frozen=True)
@@ -208,6 +278,18 @@ class Connector:
     def lookup(self, *, entity: str, key: str) -> WriteResult | None:
         """Find the `entity` written under `key`, or None."""
         raise NotImplementedError
+
+    # The ledger (ERPs) ----------------------------------------------------------------------
+    def ledger_locate(self, *, key: str) -> tuple[list[str], dt.date | None]:
+        """The ERP ids of the invoices a change is about (an invoice key; or every invoice a
+        payment is applied to, the first one first), and the payment's date when the change is a
+        payment. ([], None): nothing to read."""
+        raise RejectedError(f"{self.connection.name} keeps no invoices")
+
+    def ledger_invoices(self, *, project_key: str = "", invoice_id: str = "") -> list[LedgerInvoice]:
+        """Invoices in canonical terms with the payments applied to each: one invoice
+        (`invoice_id`), a project's (`project_key`), or all of them. Reads everything or raises."""
+        raise RejectedError(f"{self.connection.name} keeps no invoices")
 
     def withdraw(self, *, entity: str, record_id: str) -> WriteResult:
         """Remove a record pscsync wrote that nobody has built on yet (an unpaid or draft invoice),

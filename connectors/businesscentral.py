@@ -25,12 +25,13 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
 from connectors import http
-from connectors.base import Connector, InboundChange, Token, WriteResult
+from connectors.base import Connector, InboundChange, InvoiceStatus, LedgerInvoice, PaymentApplied, Token, WriteResult
 from connectors.errors import ConnectorError, RejectedError, WebhookRejected
 
 SCOPE = "https://api.businesscentral.dynamics.com/.default"
@@ -60,6 +61,18 @@ READ_ONLY = {
     "balanceDue",
     "journalDisplayName",
 }
+# salesInvoices.status in ledger words. A draft has no number from the posted series; In Review
+# is waiting in an approval workflow; Open is posted; Canceled was reversed by a corrective credit
+# memo; Corrective is an invoice that a credit memo corrected.
+INVOICE_STATES = {
+    "Draft": InvoiceStatus.DRAFT,
+    "In Review": InvoiceStatus.PENDING_APPROVAL,
+    "Open": InvoiceStatus.POSTED,
+    "Paid": InvoiceStatus.PAID,
+    "Canceled": InvoiceStatus.VOIDED,
+    "Corrective": InvoiceStatus.CREDITED,
+}
+NO_INVOICE = "00000000-0000-0000-0000-000000000000"  # appliesToInvoiceId of an unapplied payment
 CORRELATION = re.compile(r"\s*CorrelationId:.*$", re.DOTALL)
 
 _key_locks: dict[tuple[Any, ...], threading.Lock] = {}
@@ -81,6 +94,75 @@ def _instant(value: str) -> dt.datetime:
         return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except (AttributeError, ValueError):
         raise WebhookRejected(400, f"lastModifiedDateTime {value!r} is not an ISO 8601 date-time") from None
+
+
+def _amount(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value if value not in (None, "") else 0)).quantize(Decimal("0.01"))
+    except InvalidOperation:
+        return Decimal("0.00")
+
+
+def _date(value: Any) -> dt.date | None:
+    text = str(value or "")[:10]
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        return None
+    return None if day.year <= 1 else day  # BC writes 0001-01-01 for "no date"
+
+
+def payment_application(row: dict[str, Any]) -> PaymentApplied | None:
+    """A customerPayments journal line applied to an invoice; BC enters receipts as negative
+    amounts, so what it took off the invoice is the amount's opposite."""
+    invoice_id = str(row.get("appliesToInvoiceId") or "")
+    if not invoice_id or invoice_id == NO_INVOICE:
+        return None
+    return PaymentApplied(
+        payment_id=str(row.get("id") or ""),
+        invoice_id=invoice_id,
+        amount=-_amount(row.get("amount")),
+        applied_on=_date(row.get("postingDate")),
+        reference=str(row.get("documentNumber") or row.get("externalDocumentNumber") or ""),
+    )
+
+
+def ledger_invoice(
+    record: dict[str, Any], *, payments: Iterable[PaymentApplied] = (), currency: str = ""
+) -> LedgerInvoice:
+    """A salesInvoices record as a canonical invoice. `currency`: the company's local currency,
+    which BC leaves blank on invoices in it."""
+    source = str(record.get("status") or "")
+    status = INVOICE_STATES.get(source, InvoiceStatus.DRAFT)
+    total = _amount(record.get("totalAmountIncludingTax"))
+    remaining = _amount(record.get("remainingAmount"))
+    if status == InvoiceStatus.POSTED and remaining <= 0 and total > 0:
+        status = InvoiceStatus.PAID
+    elif status == InvoiceStatus.POSTED and remaining < total:
+        status = InvoiceStatus.PARTLY_PAID
+    posted = status in InvoiceStatus.POSTED_STATES | InvoiceStatus.REVERSED_STATES
+    invoice_date = _date(record.get("invoiceDate"))
+    key = str(record.get("externalDocumentNumber") or "")
+    return LedgerInvoice(
+        id=str(record["id"]),
+        number=str(record.get("number") or ""),
+        key=key,
+        project_key=str(record.get("customerPurchaseOrderReference") or ""),
+        batch_key=key.removeprefix("I-K") if key.startswith("I-K") else "",
+        customer_id=str(record.get("customerNumber") or record.get("customerId") or ""),
+        customer_name=str(record.get("customerName") or ""),
+        currency=(str(record.get("currencyCode") or "") or currency).upper(),
+        total=total,
+        tax=_amount(record.get("totalTaxAmount")),
+        # A draft has no balance in BC's ledger; its remainingAmount is what it would be.
+        open_balance=remaining if posted and status not in InvoiceStatus.REVERSED_STATES else Decimal("0.00"),
+        status=status,
+        source_status=source,
+        invoice_date=invoice_date,
+        due_date=_date(record.get("dueDate")) or invoice_date,
+        posting_date=(_date(record.get("postingDate")) or invoice_date) if posted else None,
+        payments=tuple(p for p in payments if p.invoice_id == str(record["id"])),
+    )
 
 
 class BusinessCentralConnector(Connector):
@@ -346,6 +428,45 @@ class BusinessCentralConnector(Connector):
             http_status=result.status,
             output={"already_gone": result.status == 404},
         )
+
+    # The ledger -------------------------------------------------------------------------------------
+    def ledger_locate(self, *, key: str) -> tuple[list[str], dt.date | None]:
+        if key.startswith("bc-payment:"):
+            rows = list(self.read("customerPayments", where={"id": key.removeprefix("bc-payment:")}))
+            applied = payment_application(rows[0]) if rows else None
+            if applied is None:
+                return [], None  # a payment applied to nothing (yet): nothing to reflect
+            return [applied.invoice_id], applied.applied_on  # a BC payment line applies to one invoice
+        if key.startswith("bc-invoice:"):
+            return [key.removeprefix("bc-invoice:")], None
+        found = self.lookup(entity="salesInvoices", key=key)
+        return ([found.external_id] if found else []), None
+
+    def ledger_invoices(self, *, project_key: str = "", invoice_id: str = "") -> list[LedgerInvoice]:
+        if invoice_id:
+            where: dict[str, Any] | None = {"id": invoice_id}
+        else:
+            where = {"customerPurchaseOrderReference": project_key} if project_key else None
+        return self.ledger_build(
+            list(self.read("salesInvoices", where=where)), every_payment=not (project_key or invoice_id)
+        )
+
+    def ledger_build(self, records: list[dict[str, Any]], *, every_payment: bool = True) -> list[LedgerInvoice]:
+        """salesInvoices records already read as canonical invoices, with the customer payments
+        applied to them: the company's every payment line (`every_payment`, a full read, one
+        paged call) or those applied to these invoices (one call each)."""
+        if not records:
+            return []
+        if every_payment:
+            rows = list(self.read("customerPayments"))
+        else:
+            rows = [
+                r for inv in records for r in self.read("customerPayments", where={"appliesToInvoiceId": inv["id"]})
+            ]
+        payments = [p for p in (payment_application(r) for r in rows) if p is not None]
+        # An invoice in the company's local currency has a blank currencyCode: the ledger takes
+        # the legal entity's functional currency for it.
+        return [ledger_invoice(r, payments=payments) for r in records]
 
     # Webhooks ---------------------------------------------------------------------------------------
     def handshake(self, *, method: str, query: dict[str, str], body: bytes) -> tuple[int, str, bytes] | None:

@@ -31,7 +31,8 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from connectors import http
-from connectors.base import Connector, InboundChange, Token, WriteResult
+from connectors.base import Connector, InboundChange, InvoiceStatus, LedgerInvoice, PaymentApplied, Token, WriteResult
 from connectors.errors import (
     ConnectorError,
     MappingError,
@@ -64,6 +65,18 @@ THROTTLE_CODES = {
 _EXTERNAL_ID = re.compile(r"^[A-Za-z0-9_\-.]{1,255}$")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _STAMP = "%Y-%m-%d %H:%M:%S"
+# NetSuite's currency internal ids as a standard account (and the sandbox) seeds them: the ISO
+# code of each. A firm's mapping value map may name others (reconciliation reads it first).
+CURRENCIES = {"1": "USD", "2": "GBP", "3": "CAD", "4": "EUR", "5": "JPY"}
+# Invoice approval (Accounting Preferences > Approval Routing): approvalStatus 1 Pending Approval,
+# 2 Approved, 3 Rejected. Only an approved invoice posts to the general ledger; an account without
+# invoice approval sends no approvalStatus and every saved invoice posts.
+APPROVAL_PENDING, APPROVAL_APPROVED, APPROVAL_REJECTED = "1", "2", "3"
+# Invoice status (the record's `status`, id and refName): A Open, B Paid In Full, D Pending
+# Approval, E Rejected, V Voided. A partly paid invoice stays Open with less amountRemaining.
+STATUS_VOIDED = {"v", "voided"}
+STATUS_PENDING = {"d", "pending approval"}
+STATUS_REJECTED = {"e", "rejected"}
 _STAMP_MODEL = "YYYY-MM-DD HH24:MI:SS"
 
 
@@ -390,6 +403,68 @@ class NetSuiteConnector(Connector):
         for row, _ in self.suiteql(query):
             yield row
 
+    # The ledger -------------------------------------------------------------------------------
+    def ledger_locate(self, *, key: str) -> tuple[list[str], dt.date | None]:
+        if key.startswith("payment:"):
+            payment = self.get(entity="payment", record_id=key.removeprefix("payment:"))
+            applied = payment_applications(payment or {})
+            if not applied:
+                return [], None  # a payment applied to nothing (yet): nothing to reflect
+            return list(dict.fromkeys(p.invoice_id for p in applied)), applied[0].applied_on
+        if key.startswith("invoice:"):
+            return [key.removeprefix("invoice:")], None
+        found = self.lookup(entity="invoice", key=key)
+        return ([found.external_id] if found else []), None
+
+    def ledger_invoices(self, *, project_key: str = "", invoice_id: str = "") -> list[LedgerInvoice]:
+        if invoice_id:
+            record = self.get(entity="invoice", record_id=invoice_id)
+            records = [record] if record else []
+        else:
+            where = {"custbody_project_key": project_key} if project_key else None
+            records = [
+                r
+                for r in (
+                    self.get(entity="invoice", record_id=str(row["id"])) for row in self.read("invoice", where=where)
+                )
+                if r
+            ]
+        return self.ledger_build(records, every_payment=not (project_key or invoice_id))
+
+    def ledger_build(
+        self, records: list[dict[str, Any]], *, names: dict[str, str] | None = None, every_payment: bool = True
+    ) -> list[LedgerInvoice]:
+        """Invoice records already read (REST, with sublists) as canonical invoices, with the
+        payments applied to them: all the account's payments (`every_payment`, a full read) or
+        those of these invoices' customers. `names`: customer names the caller has read."""
+        if not records:
+            return []
+        customers = sorted({_ref(r.get("entity"))[0] for r in records} - {""})
+        # The invoice record does not list what was applied to it; the payments' apply lines do.
+        payments = self._applications(None if every_payment else customers)
+        names = names if names is not None else self._customer_names(customers)
+        return [
+            ledger_invoice(r, payments=payments, customer_name=names.get(_ref(r.get("entity"))[0], "")) for r in records
+        ]
+
+    def _applications(self, customers: list[str] | None) -> list[PaymentApplied]:
+        where = {"entity": customers} if customers is not None else None
+        if customers == []:
+            return []
+        out: list[PaymentApplied] = []
+        for row in self.read("payment", where=where):
+            payment = self.get(entity="payment", record_id=str(row["id"]))
+            out.extend(payment_applications(payment or {}))
+        return out
+
+    def _customer_names(self, customers: list[str]) -> dict[str, str]:
+        if not customers:
+            return {}
+        return {
+            str(row["id"]): str(row.get("companyname") or row.get("entityid") or "")
+            for row in self.read("customer", where={"id": customers})
+        }
+
     # Inbound: NetSuite polls -------------------------------------------------------------------
     def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:
         raise WebhookRejected(404, "NetSuite does not push changes; this connection polls")
@@ -461,6 +536,118 @@ class NetSuiteConnector(Connector):
             },
             sequence=int(modified.timestamp()),
         )
+
+
+def _ref(value: Any) -> tuple[str, str]:
+    """(id, refName) of a NetSuite reference or select field, as the REST record writes it
+    ({"id", "refName"}) or as a flat value (SuiteQL rows, older payloads)."""
+    if isinstance(value, dict):
+        return str(value.get("id") or ""), str(value.get("refName") or "")
+    return ("", "") if value in (None, "") else (str(value), str(value))
+
+
+def _amount(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value if value not in (None, "") else 0)).quantize(Decimal("0.01"))
+    except InvalidOperation:
+        return Decimal("0.00")
+
+
+def _date(value: Any) -> dt.date | None:
+    text = str(value or "").strip()
+    try:
+        if "/" in text:  # the account's date format in SuiteQL rows: M/D/YYYY
+            month, day, year = (int(part) for part in text.split("/"))
+            return dt.date(year, month, day)
+        return dt.date.fromisoformat(text[:10])
+    except ValueError:
+        return None
+
+
+def invoice_status(record: dict[str, Any]) -> str:
+    """NetSuite's invoice state in ledger words: voided first, then the approval (only an
+    approved invoice is posted), then paid or partly paid from the amount remaining."""
+    status_id, status_name = _ref(record.get("status"))
+    words = {status_id.lower(), status_name.lower()}
+    if words & STATUS_VOIDED or record.get("voided") is True:
+        return InvoiceStatus.VOIDED
+    approval_id, approval_name = _ref(record.get("approvalStatus"))
+    if approval_id or approval_name:
+        if approval_id == APPROVAL_REJECTED or approval_name.lower() == "rejected":
+            return InvoiceStatus.DRAFT  # sent back to whoever raised it: not posted, not pending
+        if approval_id != APPROVAL_APPROVED and approval_name.lower() != "approved":
+            return InvoiceStatus.PENDING_APPROVAL
+    elif words & STATUS_PENDING:
+        return InvoiceStatus.PENDING_APPROVAL
+    elif words & STATUS_REJECTED:
+        return InvoiceStatus.DRAFT
+    total = _amount(record.get("total"))
+    remaining = _amount(record.get("amountRemaining", record.get("total")))
+    if total > 0 and remaining <= 0:
+        return InvoiceStatus.PAID
+    if remaining < total:
+        return InvoiceStatus.PARTLY_PAID
+    return InvoiceStatus.POSTED
+
+
+def payment_applications(payment: dict[str, Any]) -> list[PaymentApplied]:
+    """A customerPayment's `apply` lines that are applied, each as one application dated on the
+    payment's date (NetSuite applies a payment on its transaction date; the line's applyDate is
+    the invoice's date, not the application's)."""
+    out = []
+    on = _date(payment.get("tranDate") or payment.get("trandate"))
+    for line in (payment.get("apply") or {}).get("items", []) or []:
+        if not isinstance(line, dict) or line.get("apply") is False:
+            continue
+        doc, _ = _ref(line.get("doc"))
+        amount = _amount(line.get("amount"))
+        if doc and amount:
+            out.append(
+                PaymentApplied(
+                    payment_id=str(payment.get("id") or ""),
+                    invoice_id=doc,
+                    amount=amount,
+                    applied_on=on,
+                    reference=str(payment.get("tranId") or payment.get("id") or ""),
+                )
+            )
+    return out
+
+
+def ledger_invoice(
+    record: dict[str, Any], *, payments: Iterable[PaymentApplied] = (), customer_name: str = ""
+) -> LedgerInvoice:
+    """A NetSuite invoice record (REST, with sublists) as a canonical invoice."""
+    currency_id, currency_name = _ref(record.get("currency"))
+    status = invoice_status(record)
+    status_id, status_name = _ref(record.get("status"))
+    approval = _ref(record.get("approvalStatus"))[1]
+    total = _amount(record.get("total"))
+    tran_date = _date(record.get("tranDate") or record.get("trandate"))
+    customer_id, customer_ref = _ref(record.get("entity"))
+    return LedgerInvoice(
+        id=str(record["id"]),
+        number=str(record.get("tranId") or record["id"]),
+        key=str(record.get("externalId") or ""),
+        project_key=str(record.get("custbody_project_key") or ""),
+        batch_key=str(record.get("custbody_psa_batch") or ""),
+        customer_id=customer_id,
+        customer_name=customer_name or (customer_ref if customer_ref != customer_id else ""),
+        currency=CURRENCIES.get(currency_id, currency_name if len(currency_name) == 3 else ""),
+        total=total,
+        tax=_amount(record.get("taxTotal")),
+        # Only a posted invoice is owed: a pending one is not in receivables, a voided one is reversed.
+        open_balance=_amount(record.get("amountRemaining", record.get("total")))
+        if status in InvoiceStatus.POSTED_STATES
+        else Decimal("0.00"),
+        status=status,
+        source_status=" · ".join(w for w in (status_name or status_id, approval) if w),
+        invoice_date=tran_date,
+        due_date=_date(record.get("dueDate")) or tran_date,
+        # NetSuite posts an approved invoice on its transaction date (its posting period follows it).
+        posting_date=tran_date if status in InvoiceStatus.POSTED_STATES | InvoiceStatus.REVERSED_STATES else None,
+        payments=tuple(p for p in payments if p.invoice_id == str(record["id"])),
+    )
 
 
 def _error_code(body: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -15,7 +16,7 @@ from connectors.registry import connector_for
 from pscsync.access import CONFIGURE, entity_ids_for, permission_required, scope_queryset
 from pscsync.crypto import CredentialsUnreadable
 from pscsync.models import LegalEntity
-from pscsync.services import connection_save
+from pscsync.services import ConnectionChangeRefused, connection_save
 
 
 def _connections_for(request: HttpRequest) -> QuerySet[Connection]:
@@ -43,8 +44,19 @@ def connection_list(request: HttpRequest) -> HttpResponse:
     return render(request, "connections/list.html", {"rows": rows})
 
 
-def _save(request: HttpRequest, form: ConnectionForm, slug: str) -> Connection:
+def _save(request: HttpRequest, form: ConnectionForm, slug: str) -> Connection | None:
+    """Save, or put the refusal on the form (None); a change beyond the admin's scope is a 403."""
     data = form.cleaned_data
+    try:
+        return _connection_save(request, data, slug)
+    except ConnectionChangeRefused as refusal:
+        if refusal.forbidden:
+            raise PermissionDenied(refusal.message) from None
+        form.add_error(refusal.field, refusal.message)
+        return None
+
+
+def _connection_save(request: HttpRequest, data: dict, slug: str) -> Connection:
     return connection_save(
         slug=slug,
         name=data["name"],
@@ -68,8 +80,9 @@ def connection_create(request: HttpRequest) -> HttpResponse:
     form = ConnectionForm(request.POST or None, entities=_entities_for(request))
     if request.method == "POST" and form.is_valid():
         connection = _save(request, form, form.cleaned_data["slug"])
-        messages.success(request, f"Connection “{connection.name}” saved. Its credentials are sealed.")
-        return redirect("connections:edit", pk=connection.pk)
+        if connection is not None:
+            messages.success(request, f"Connection “{connection.name}” saved. Its credentials are sealed.")
+            return redirect("connections:edit", pk=connection.pk)
     return render(request, "connections/form.html", {"form": form, "connection": None})
 
 
@@ -90,15 +103,19 @@ def connection_edit(request: HttpRequest, pk: int) -> HttpResponse:
         "is_sandbox": connection.is_sandbox,
         "is_active": connection.is_active,
     }
+    # A connection shared with entities outside a scoped admin's scope is theirs to read and test,
+    # not to change (pscsync.services.connection_change_check refuses the save as well).
+    ids = entity_ids_for(request.user)
+    others = [] if ids is None else [e.name for e in connection.legal_entities.all() if e.pk not in ids]
+    if others and request.method == "POST":
+        raise PermissionDenied("This connection also serves legal entities outside your scope.")
     form = ConnectionForm(request.POST or None, initial=initial, entities=_entities_for(request), editing=connection)
-    if request.method == "POST" and form.is_valid():
-        _save(request, form, connection.slug)
+    if request.method == "POST" and form.is_valid() and _save(request, form, connection.slug) is not None:
         messages.success(request, f"Connection “{connection.name}” saved.")
         return redirect("connections:edit", pk=connection.pk)
     webhook_url = request.build_absolute_uri(reverse("webhook", args=[connection.slug]))
-    return render(
-        request, "connections/form.html", {"form": form, "connection": connection, "webhook_url": webhook_url}
-    )
+    context = {"form": form, "connection": connection, "webhook_url": webhook_url, "other_entities": others}
+    return render(request, "connections/form.html", context)
 
 
 @permission_required(CONFIGURE)

@@ -2,7 +2,9 @@
 
 CSRF-exempt only because every delivery is authenticated by its signature, never by a cookie.
 2xx is answered only after the event is committed; if the database is unavailable the answer is
-503 so the sender retries (RELIABILITY.md WH-5).
+503 so the sender retries (RELIABILITY.md WH-5). A delivery that can never be stored (not UTF-8,
+an id or type too long, a number out of range, a NUL byte) is a 400 naming the problem: a 503
+would have the sender retry the same bytes for ever.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, DataError, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -20,7 +22,7 @@ from connectors.errors import WebhookRejected
 from connectors.models import Connection
 from connectors.registry import connector_for
 from pscsync.crypto import CredentialsUnreadable
-from pscsync.intake import event_receive
+from pscsync.intake import change_problem, event_receive
 
 log = logging.getLogger("pscsync.security")
 
@@ -36,6 +38,8 @@ def _error(status: int, message: str) -> JsonResponse:
 
 
 def _read_body(request: HttpRequest) -> bytes | None:
+    """The body, or None when it is over the limit. A chunked body (no Content-Length) is read
+    from the server's de-chunked input under the same limit: Django reads such a body as empty."""
     limit = settings.WEBHOOK_MAX_BODY_BYTES
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -43,8 +47,31 @@ def _read_body(request: HttpRequest) -> bytes | None:
         declared = 0
     if declared > limit:
         return None
-    body = request.read(limit + 1)
+    chunked = "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if chunked and not request.META.get("CONTENT_LENGTH"):
+        stream = request.META["wsgi.input"]
+        parts, size = [], 0
+        while size <= limit:
+            part = stream.read(min(65536, limit + 1 - size))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+        body = b"".join(parts)
+    else:
+        body = request.read(limit + 1)
     return None if len(body) > limit else body
+
+
+def _text(body: bytes) -> str:
+    """The body as stored (Event.raw_body): UTF-8 without NUL bytes, which PostgreSQL text refuses."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WebhookRejected(400, f"the body is not UTF-8 text (byte {exc.start}); send JSON in UTF-8") from None
+    if "\x00" in text:
+        raise WebhookRejected(400, "the body contains a NUL byte")
+    return text
 
 
 @csrf_exempt
@@ -67,12 +94,18 @@ def webhook_receive(request: HttpRequest, slug: str) -> HttpResponse:
             # Freshness of a signature is replay protection against the sender's real clock: wall
             # time, not the business clock (which a simulated firm runs in the past).
             event_id = connector.verify_webhook(headers=headers, body=body, now=timezone.now())
-            changes = connector.parse_webhook(event_id=event_id, body=body)
+            raw = _text(body)
+            try:
+                changes = connector.parse_webhook(event_id=event_id, body=body)
+            except RecursionError:
+                raise WebhookRejected(400, "the body is nested too deeply") from None
+            problem = next(filter(None, map(change_problem, changes)), "")
+            if problem:
+                raise WebhookRejected(400, problem)
         except WebhookRejected as rejected:
             log.warning("webhook refused for %s from %s: %s", slug, request.META.get("REMOTE_ADDR"), rejected.message)
             return _error(rejected.status, rejected.message)
         kept = {name: headers[name] for name in headers if name.lower() in KEPT_HEADERS}
-        raw = body.decode("utf-8")
         with transaction.atomic():
             results = [
                 event_receive(connection=connection, change=change, headers=kept, raw_body=raw) for change in changes
@@ -80,6 +113,11 @@ def webhook_receive(request: HttpRequest, slug: str) -> HttpResponse:
     except CredentialsUnreadable:
         log.error("webhook for %s: the connection's credentials cannot be decrypted", slug)
         return _error(503, "this connection's credentials cannot be read; an administrator must re-enter them")
+    except DataError as exc:
+        # The database refused the values themselves (a case change_problem does not know yet):
+        # permanent, so a 400 the sender will not retry; the transaction stored nothing.
+        log.error("webhook for %s: the database refused the event's values: %s", slug, exc)
+        return _error(400, "the event's values cannot be stored (a field too long or a number out of range)")
     except DatabaseError:
         log.exception("webhook for %s: database unavailable", slug)
         return _error(503, "the event could not be stored; please retry")

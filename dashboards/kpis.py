@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db.models import Max
 from django.db.models.functions import Coalesce
 
-from dashboards import metrics, wip
+from dashboards import ledger, metrics, wip
 from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters
 from pscsync import clock
@@ -38,7 +38,7 @@ MEASURED, STALE, NOT_MEASURED = "measured", "stale", "not_measured"
 STATE_WORDS = {MEASURED: "measured", STALE: "stale", NOT_MEASURED: "not measured yet"}
 # A source read on a schedule is stale once it is older than this many schedules.
 STALE_AFTER_SCHEDULES = 2
-HANDOFFS, PSA, RECONCILIATION = "handoffs", "psa", "reconciliation"
+HANDOFFS, PSA, RECONCILIATION, LEDGER = "handoffs", "psa", "reconciliation", "ledger"
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,22 @@ def psa_measurement(f: Filters, now: dt.datetime | None = None) -> Measurement:
     return _from_reads(reads, "The PSA", never, now)
 
 
+def ledger_measurement(f: Filters, now: dt.datetime | None = None) -> Measurement:
+    """Ledger figures (receivables, DSO, invoiced, cash) are as of the last ERP invoice read in
+    scope (each bill-to-cash sync and each reconciliation reads them): none yet is not measured."""
+    now = now or clock.now()
+    at = ledger.ledger_read_at(f)
+    if at is None:
+        return Measurement(
+            NOT_MEASURED,
+            None,
+            "No ERP invoice has been read yet (each bill-to-cash sync and reconciliation reads them)",
+        )
+    if now - at > dt.timedelta(seconds=_schedule_seconds() * STALE_AFTER_SCHEDULES):
+        return Measurement(STALE, at, "The ERP ledger was last read longer ago than its schedule allows")
+    return Measurement(MEASURED, at)
+
+
 class Reading:
     """One request's reads, each done once and shared by every figure built from it."""
 
@@ -167,7 +183,19 @@ class Reading:
 
     @cached_property
     def dso(self) -> dict[str, Any]:
-        return metrics.dso(self.f, conv=self.conv)
+        return ledger.dso(self.f, self.conv)
+
+    @cached_property
+    def invoiced(self) -> dict[str, Any]:
+        return ledger.invoiced(self.f, self.conv)
+
+    @cached_property
+    def cash(self) -> dict[str, Any]:
+        return ledger.cash_collected(self.f, self.conv)
+
+    @cached_property
+    def books(self) -> Measurement:
+        return ledger_measurement(self.f, self.now)
 
     @cached_property
     def won(self) -> dict[str, Any]:
@@ -194,6 +222,8 @@ class Reading:
             return _worst([self.psa, Measurement(MEASURED, self.now)])
         if source == RECONCILIATION:
             return self.reconciliation
+        if source == LEDGER:
+            return self.books
         if source == f"{HANDOFFS}+{RECONCILIATION}":
             return _worst([Measurement(MEASURED, self.now), self.reconciliation])
         return Measurement(MEASURED, self.now)
@@ -372,7 +402,8 @@ register(
         "Unbilled WIP",
         "Work in progress not yet billed: approved billable time and expenses and completed milestones the PSA "
         "has not put in a billing batch (as of the last PSA read), plus batches released with no ERP invoice, "
-        "valued at the period-end rate.",
+        "plus invoices the ERP holds but has not posted (draft or pending approval, net of tax); aged by work, "
+        "release and invoice date; valued at the period-end rate.",
         "money",
         lambda r: (r.unbilled["value"], r.unbilled["count"]),
         "dashboards:project_to_bill",
@@ -443,21 +474,66 @@ register(
     Kpi(
         "cash.dso",
         "DSO",
-        "Days sales outstanding at the period end: open receivables ÷ invoices posted in the last 90 days × 90 "
-        "(simple DSO, DOMAIN.md §2.6).",
+        ledger.DSO_DEFINITION,
         "days",
         lambda r: (r.dso["days"], r.dso["invoices"]),
         "dashboards:bill_to_cash",
+        source=LEDGER,
     )
 )
 register(
     Kpi(
         "cash.receivables",
-        "Open receivables",
-        "Invoices posted up to the period end and not paid in full by then, at the period-end rate.",
+        "Receivables",
+        "What customers owe at the period end: posted invoices' totals less the payments the ERP applied up to "
+        "that day, at the period-end rate.",
         "money",
-        lambda r: (r.dso["receivables"], r.dso["invoices"]),
+        lambda r: (r.dso["ageing"]["value"], r.dso["ageing"]["count"]),
         "dashboards:bill_to_cash",
+        source=LEDGER,
+    )
+)
+
+
+def _ageing_figures() -> None:
+    for index, (low, high, label) in enumerate(ledger.AGEING_BUCKETS):
+        band = "current" if low is None else f"{low}_{high}_days" if high else f"over_{low - 1}_days"
+        register(
+            Kpi(
+                f"cash.receivables_{band}",
+                f"Receivables {label.lower()}",
+                f"Receivables {label.lower()} at the period end, by the invoice's due date.",
+                "money",
+                lambda r, i=index: (r.dso["ageing"]["buckets"][i], r.dso["ageing"]["counts"][i]),
+                "dashboards:bill_to_cash",
+                source=LEDGER,
+            )
+        )
+
+
+_ageing_figures()
+register(
+    Kpi(
+        "billing.invoiced",
+        "Invoiced",
+        "Invoices the ERP posted in the period, by posting date, totals with tax, at the month's average rate. "
+        "Drafts, invoices pending approval, voided and credited invoices are not invoiced.",
+        "money",
+        lambda r: (r.invoiced["value"], r.invoiced["count"]),
+        "dashboards:bill_to_cash",
+        source=LEDGER,
+    )
+)
+register(
+    Kpi(
+        "cash.collected",
+        "Cash collected",
+        "Customer payments the ERP applied to invoices, by the date of the application, at the month's average "
+        "rate (NetSuite payment apply lines; Business Central customer payments).",
+        "money",
+        lambda r: (r.cash["value"], r.cash["count"]),
+        "dashboards:bill_to_cash",
+        source=LEDGER,
     )
 )
 register(

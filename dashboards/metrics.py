@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import Abs, TruncMonth
+from django.db.models.functions import Abs
 
 from dashboards import sla as sla_rule
 from dashboards.facts import FACT_FIELDS, HOUR_EDGES, MEASURES, MS_EDGES, parse_time, rollup_rows, sla_for
@@ -520,7 +520,7 @@ def open_exceptions(f: Filters, conv: Converter | None = None) -> dict[str, Any]
     return {"count": sum(b["count"] for b in buckets), "buckets": buckets, "by_flow": dict(by_flow)}
 
 
-# Billing exceptions, mismatches, DSO --------------------------------------------------------------
+# Billing exceptions, mismatches (receivables, cash, DSO: dashboards.ledger) ------------------------------
 def billing_exceptions(f: Filters, conv: Converter | None = None, rows: list[Any] | None = None) -> dict[str, Any]:
     """Billing batches released in the period that needed a person or were rejected at least once,
     ÷ batches released, by count and by value. First-pass yield = 1 − rate. `rows`: the period's
@@ -595,35 +595,6 @@ def revenue_accuracy(f: Filters, conv: Converter | None = None) -> dict[str, Any
         "match_rate": 100.0 * matched / checked if checked else None,
         "by_cause": dict(by_cause),
     }
-
-
-def dso(f: Filters, window_days: int = 90, conv: Converter | None = None) -> dict[str, Any]:
-    """Simple DSO (§2.6) at the period end: open receivables ÷ billings of the last 90 days × 90.
-    Receivables = invoices posted up to the end and not paid in full by then (bill-to-cash)."""
-    conv = conv or Converter()
-    window_start = f.end - dt.timedelta(days=window_days - 1)
-    ar = Decimal("0")
-    billings = Decimal("0")
-    invoices = 0
-    if f.customer:
-        for r in rollups(f, "bill-to-cash", dt.date.min, f.end):
-            ar += conv.convert(r.started_amount - r.finished_amount, r.currency, f.end, "closing")
-            if r.day >= window_start:
-                billings += conv.convert(r.started_amount, r.currency, r.day)
-                invoices += r.started
-    else:
-        # Summed in the database: receivables per currency over all history (a balance, one rate),
-        # billings per currency and month of the window (each month at its average rate).
-        history = f.apply(_rollup_model(f).objects.filter(flow="bill-to-cash", day__lte=f.end))
-        for g in history.values("currency").annotate(posted=Sum("started_amount"), paid=Sum("finished_amount")):
-            ar += conv.convert((g["posted"] or 0) - (g["paid"] or 0), g["currency"], f.end, "closing")
-        window = history.filter(day__gte=window_start).annotate(month=TruncMonth("day"))
-        for g in window.values("currency", "month").annotate(v=Sum("started_amount"), n=Sum("started")).order_by():
-            month = g["month"].date() if isinstance(g["month"], dt.datetime) else g["month"]
-            billings += conv.convert(g["v"] or Decimal("0"), g["currency"], month)
-            invoices += g["n"] or 0
-    value = float(ar / billings * window_days) if billings > 0 else None
-    return {"days": value, "receivables": ar, "billings": billings, "invoices": invoices, "window": window_days}
 
 
 def money_at_risk(

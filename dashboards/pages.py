@@ -16,12 +16,12 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import TruncMonth
 from django.urls import reverse
 
-from dashboards import charts, kpis, metrics, wip
+from dashboards import charts, kpis, ledger, metrics, wip
 from dashboards.demand import demand_for
 from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters
 from dashboards.models import FlowFact
-from pscsync.models import Attempt, LegalEntity, Mismatch, Step
+from pscsync.models import Attempt, ErpInvoice, LegalEntity, Mismatch, Step
 from remediation import timeline
 from remediation.models import HandoffException
 
@@ -191,8 +191,8 @@ def overview(f: Filters) -> Page:
     r = kpis.Reading(f, with_previous=True)
     conv = r.conv
     stats = r.stats
-    q2p, p2b, b2c = stats["quote-to-project"], stats["project-to-bill"], stats["bill-to-cash"]
-    blocked, dso, won, risk = r.blocked, r.dso, r.won, r.risk
+    q2p, p2b = stats["quote-to-project"], stats["project-to-bill"]
+    blocked, dso, cash, won, risk = r.blocked, r.dso, r.cash, r.won, r.risk
     page = Page(
         "Overview",
         "Are deals becoming projects, is approved work being billed, is billing becoming cash, and where is "
@@ -221,13 +221,8 @@ def overview(f: Filters) -> Page:
             state="bad" if blocked["count"] else "good",
             question="Is approved work being billed?",
         ),
-        kpi_tile(
-            r,
-            "cash.dso",
-            "—" if dso["days"] is None else f"{dso['days']:.0f} days",
-            f"{money(dso['receivables'])} open receivables · days to pay median {hours_label(b2c.median_hours)}",
-            question="Is billing becoming cash?",
-        ),
+        _dso_tile(f, dso, question="Is billing becoming cash?", reading=r),
+        _cash_tile(f, cash, r),
         kpi_tile(
             r,
             "money_at_risk",
@@ -525,13 +520,11 @@ def project_to_bill(f: Filters) -> Page:
             "Unbilled WIP by age",
             charts.stacked(
                 labels,
-                {
-                    (wip.KIND_LABELS.get(kind) or wip.RELEASED): [float(v) for v in values]
-                    for kind, values in unbilled["by_kind"].items()
-                },
+                {wip.PART_LABELS[kind]: [float(v) for v in values] for kind, values in unbilled["by_kind"].items()},
                 metrics.reporting_currency(),
             ),
-            "Approved work not invoiced, by age: PSA items by work date, released batches by release date. "
+            "Approved work not on a posted invoice, by age: PSA items by work date, released batches by release "
+            "date, invoices the ERP has not posted (draft or pending approval) by invoice date. "
             + _psa_as_of(psa_read),
         ),
     )
@@ -561,7 +554,8 @@ def project_to_bill(f: Filters) -> Page:
                 for name, buckets in unbilled["by_entity"].items()
             ],
             "Approved time, expenses and completed milestones the PSA has not batched, plus batches released "
-            "with no ERP invoice, at the period-end rate. " + _psa_as_of(psa_read),
+            "with no ERP invoice, plus ERP invoices not posted yet (net of tax), at the period-end rate. "
+            + _psa_as_of(psa_read),
             _unmeasured_empty(psa_read, "No unbilled work: everything approved is invoiced."),
         ),
         Table(
@@ -679,53 +673,126 @@ def _unmeasured_empty(m: kpis.Measurement, empty: str) -> str:
     return empty
 
 
+def _dso_tile(f: Filters, d: dict[str, Any], *, question: str = "", reading: kpis.Reading | None = None) -> Tile:
+    """DSO from the ERP ledger: not measured before any ERP invoice was read."""
+    owed = d["ageing"]
+    return kpi_tile(
+        reading or kpis.Reading(f),
+        "cash.dso",
+        "—" if d["days"] is None else f"{d['days']:.0f} days",
+        f"{money(d['receivables'])} receivables at {owed['at']:%d %b %Y} · {money(owed['past_due'])} past due",
+        href=link("dashboards:bill_to_cash", f) + "#receivables-ageing",
+        state="bad" if owed["buckets"][-1] else "",
+        question=question,
+    )
+
+
+def _cash_tile(f: Filters, cash: dict[str, Any], reading: kpis.Reading | None = None) -> Tile:
+    return kpi_tile(
+        reading or kpis.Reading(f),
+        "cash.collected",
+        money(cash["value"]),
+        f"{cash['count']} payment applications in the period",
+        href=link("dashboards:bill_to_cash", f),
+    )
+
+
 def bill_to_cash(f: Filters) -> Page:
     conv = Converter()
     page = Page(
         "Bill to cash",
-        "Invoices posted vs paid and days to pay (the customer's cycle), then how fast their status reaches CRM "
-        "and PSA (the integration's own clock).",
+        "Days to pay and cash collected as the ERPs' ledgers hold them (the customer's cycle), what customers "
+        "owe and how late, then how fast invoice and payment status reaches CRM and PSA (the integration's own "
+        "clock).",
     )
     _flow_common(page, f, "bill-to-cash", conv)
-    d = metrics.dso(f, conv=conv)
-    rows = metrics.rollups(f, "bill-to-cash")
-    posted = sum(r.started for r in rows)
-    paid = sum(r.finished for r in rows)
-    weeks: dict[dt.date, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for r in rows:
-        week = r.day - dt.timedelta(days=r.day.weekday())
-        weeks[week][0] += float(conv.convert(r.started_amount, r.currency, r.day))
-        weeks[week][1] += float(conv.convert(r.finished_amount, r.currency, r.day))
-    ordered = sorted(weeks)
+    reading = kpis.Reading(f, conv)
+    books = reading.measurement(kpis.LEDGER)
+    d = ledger.dso(f, conv)
+    owed = d["ageing"]
+    billed = ledger.invoiced(f, conv)
+    cash = ledger.cash_collected(f, conv)
+    weeks = ledger.by_week(f, conv)
     page.charts.insert(
         0,
         Chart(
             "chart-posted-paid",
             "Invoiced and collected by week",
             charts.grouped(
-                [w.isoformat() for w in ordered],
-                {"Invoices posted": [weeks[w][0] for w in ordered], "Paid in full": [weeks[w][1] for w in ordered]},
+                [w.isoformat() for w in weeks],
+                {"Invoiced (posted)": [v[0] for v in weeks.values()], "Cash collected": [v[1] for v in weeks.values()]},
                 metrics.reporting_currency(),
             ),
-            "Value of invoices by ISO week of posting, and of invoices by the week they were paid in full "
-            "(month's average rate).",
+            "Invoices the ERP posted, by ISO week of their posting date, and payments the ERP applied, by week of "
+            "the application (month's average rate).",
         ),
     )
     page.tiles[0].label = "Days to pay (median)"
     page.tiles += [
-        Tile(
-            "Posted vs paid",
-            f"{posted} / {paid}",
-            "invoices posted / paid in full in the period",
-            link("dashboards:items", f, flow="bill-to-cash", measure="started"),
-            "Invoices by their posting date and by the date the payment that cleared them was applied.",
+        kpi_tile(
+            reading,
+            "billing.invoiced",
+            money(billed["value"]),
+            f"{billed['count']} invoices posted in the period",
+            href=link("dashboards:items", f, flow="bill-to-cash", measure="started"),
         ),
-        Tile(
-            "DSO",
-            "—" if d["days"] is None else f"{d['days']:.0f} days",
-            f"{money(d['receivables'])} open",
-            "",
-            "Open receivables ÷ billings of the last 90 days × 90.",
+        _cash_tile(f, cash, reading),
+        _dso_tile(f, d, reading=reading),
+    ]
+    entities = dict(LegalEntity.objects.values_list("pk", "name"))
+    per_entity: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal("0")] * len(owed["labels"]))
+    for r in owed["rows"]:
+        for index, value in enumerate(r["buckets"]):
+            per_entity[entities.get(r["legal_entity_id"], "—")][index] += value
+    page.tables[0:0] = [
+        Table(
+            "receivables-ageing",
+            "Receivables ageing by customer",
+            ["Legal entity", "Customer", *owed["labels"], "Total"],
+            [
+                [
+                    entities.get(r["legal_entity_id"], "—"),
+                    r["customer"] or "—",
+                    *(money(v) for v in r["buckets"]),
+                    money(r["total"]),
+                ]
+                for r in owed["rows"]
+            ],
+            f"What each customer owes at {owed['at']:%d %b %Y}: posted invoices' totals less the payments the ERP "
+            "applied up to that day, by days past the due date; at the closing rate. Largest first.",
+            _unmeasured_empty(books, "No customer owes anything: every posted invoice is paid."),
+        ),
+        Table(
+            "receivables-by-entity",
+            "Receivables by legal entity",
+            ["Legal entity", *owed["labels"], "Total"],
+            [[name, *(money(v) for v in values), money(sum(values))] for name, values in sorted(per_entity.items())],
+            "The same open balances summed per legal entity.",
+            _unmeasured_empty(books, "No customer owes anything: every posted invoice is paid."),
+        ),
+        Table(
+            "open-invoices",
+            "Open invoices",
+            ["Invoice", "Legal entity", "Customer", "Posted", "Due", "Days past due", "Open", "Currency", "State"],
+            [
+                [
+                    i["number"],
+                    entities.get(i["legal_entity_id"], "—"),
+                    i["customer_name"] or "—",
+                    i["posting_date"],
+                    i["due_date"] or "—",
+                    i["days_past_due"],
+                    f"{i['open']:,.2f}",
+                    i["currency"],
+                    ErpInvoice.Status(i["status"]).label,
+                ]
+                for i in owed["invoices"]
+            ],
+            "The invoices behind the receivables, the longest overdue first, in their own currency: total less "
+            "the payments applied up to the period end. The state is the ERP's today. The page shows the 25 "
+            "longest overdue; Export CSV has every open invoice.",
+            _unmeasured_empty(books, "No invoice is open."),
+            limit=25,
         ),
     ]
     _currency_note(page, conv)

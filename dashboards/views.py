@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +24,7 @@ from dashboards.services import flow_sla_set
 from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, entity_ids_for, permission_required
 from pscsync.audit import audit_record
+from pscsync.csvsafe import SafeWriter
 from pscsync.models import LegalEntity
 
 DASH_PAGES = [
@@ -86,7 +86,7 @@ def _filter_context(request: HttpRequest, f: Filters) -> dict[str, Any]:
 def _csv(table: pages.Table, filename: str) -> HttpResponse:
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}.csv"'
-    writer = csv.writer(response)
+    writer = SafeWriter(response)  # vendor text never runs as a spreadsheet formula
     writer.writerow(table.headers)
     for row in table.all_rows():
         writer.writerow([c[0] if isinstance(c, tuple) else c for c in row])

@@ -1,8 +1,10 @@
-"""Unbilled WIP (DOMAIN.md §2.3): approved billable work not invoiced yet, in two parts —
-work the PSA holds that no billing batch has taken (`UnbilledWork`, read from the PSA with every
-reconciliation) and batches released in the PSA that have no ERP invoice yet (open project-to-bill
-handoffs). Aged by work date (time: week end; expense: its date; milestone: its actual date) for
-the first part and by release date for the second, as of the last PSA read.
+"""Unbilled WIP (DOMAIN.md §2.3): approved billable work not on a posted invoice yet, in three
+parts — work the PSA holds that no billing batch has taken (`UnbilledWork`, read from the PSA with
+every reconciliation), batches released in the PSA that have no ERP invoice yet (open
+project-to-bill handoffs), and invoices the ERP holds but has not posted (a draft, or pending
+approval; the ledger, dashboards.ledger). Aged by work date (time: week end; expense: its date;
+milestone: its actual date) for the first part, by release date for the second and by invoice
+date for the third, as of the last PSA read.
 
 A balance, so it is converted at the closing rate of the month of the figure's date (the policy
 in metrics.POLICY), and it is a snapshot: the page period does not move it."""
@@ -16,13 +18,15 @@ from typing import Any
 
 from django.db.models import Count, Max, Sum
 
-from dashboards import metrics
+from dashboards import ledger, metrics
 from dashboards.metrics import AGE_BUCKETS_DAYS, Converter, Filters
 from pscsync import clock
 from pscsync.models import LegalEntity, PsaAssignment, UnbilledWork
 
 KIND_LABELS = {"time": "Approved time", "expense": "Approved expenses", "milestone": "Completed milestones"}
 RELEASED = "Released, not invoiced"
+UNPOSTED = "On an unposted ERP invoice"
+PART_LABELS = {**KIND_LABELS, "released": RELEASED, "unposted": UNPOSTED}
 
 
 def psa_work(f: Filters):  # noqa: ANN201 - a queryset of UnbilledWork
@@ -47,7 +51,7 @@ def unbilled_wip(
     read_at = psa_work(f).aggregate(at=Max("read_at"))["at"]
     as_of = (read_at or clock.now()).date()
     entities = dict(LegalEntity.objects.values_list("pk", "name")) if detail else {}
-    kinds = [*KIND_LABELS, "released"]
+    kinds = [*KIND_LABELS, "released", "unposted"]
     empty = [Decimal("0")] * len(AGE_BUCKETS_DAYS)
     by_kind: dict[str, list[Decimal]] = {k: list(empty) for k in kinds}
     by_entity: dict[str, list[Decimal]] = defaultdict(lambda: list(empty))
@@ -101,6 +105,13 @@ def unbilled_wip(
             if detail:
                 by_entity[entities.get(entity_id, "—")][bucket] += value
     count += released["count"]
+    unposted = ledger.unposted_invoices(f, conv, as_of=as_of)
+    for entity_id, values in unposted["by_entity"].items():
+        for bucket, value in enumerate(values):
+            by_kind["unposted"][bucket] += value
+            if detail:
+                by_entity[entities.get(entity_id, "—")][bucket] += value
+    count += unposted["count"]
     projects = sorted(
         ({"key": key, **v, "total": sum(v["buckets"])} for key, v in by_project.items()),
         key=lambda p: p["total"],

@@ -106,6 +106,27 @@ def scope_queryset(qs: QuerySet[M], user: AbstractBaseUser | AnonymousUser, path
     return qs.filter(**{f"{path}__in": ids}).distinct()
 
 
+def users_in_scope(actor: AbstractBaseUser | AnonymousUser) -> QuerySet:
+    """The users an admin may see and manage: all of them for an admin of every entity; for an
+    admin limited to some entities, only users limited to (some of) those same entities. A user
+    who sees all entities, or any entity outside the admin's scope, is not theirs to manage:
+    ending their sessions or resetting their second factor would reach beyond the scope."""
+    from django.contrib.auth import get_user_model
+    from django.db.models import Exists, OuterRef
+
+    from pscsync.models import AccessProfile
+
+    users = get_user_model().objects.all()
+    ids = entity_ids_for(actor)
+    if ids is None:
+        return users
+    if not ids:
+        return users.none()
+    through = AccessProfile.legal_entities.through
+    outside = through.objects.filter(accessprofile__user=OuterRef("pk")).exclude(legalentity_id__in=ids)
+    return users.filter(access__all_entities=False, access__legal_entities__in=ids).exclude(Exists(outside)).distinct()
+
+
 def permission_required(perm: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
     """Login required, then the permission, else 403 (not a redirect loop to the login page)."""
 

@@ -54,6 +54,8 @@ def demo_env() -> dict[str, str]:
         **os.environ,
         **values,
         "PSCSYNC_SECURE_COOKIES": "false",  # plain http on 127.0.0.1
+        # The demo's connections point at the sandboxes on loopback; production leaves this off.
+        "PSCSYNC_ALLOW_SANDBOXES": "true",
         # One business clock for web, worker and beat, steered by the simulated firm.
         "PSCSYNC_CLOCK": os.environ.get("PSCSYNC_CLOCK", f"file:{VAR / 'clock.json'}"),
         "PSCSYNC_SANDBOX_PORT_OFFSET": str(PORT_OFFSET),

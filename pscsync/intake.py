@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -61,6 +62,65 @@ def _legal_entity_id(connection: Connection, code: str) -> int | None:
         _ONLY_ENTITY.clear()
     _ONLY_ENTITY[key] = (only, now)
     return only
+
+
+# What PostgreSQL's bigint holds (Event.source_sequence); SQLite's integer is the same 64 bits.
+_SEQUENCE_RANGE = (-(2**63), 2**63 - 1)
+
+
+def change_problem(change: InboundChange) -> str:
+    """Why this change can never be stored, in words for the sender ("" when it can).
+
+    A permanent problem (an over-long id, a number out of range, a NUL byte PostgreSQL text and
+    JSON cannot hold, a non-finite number JSON cannot carry) must be answered with a 4xx naming
+    it: answered as a database error (503) the sender would retry the same bytes for ever.
+    Lengths come from the Event model, so the check and the column never disagree.
+    """
+    for name, value in (
+        ("source_event_id", change.source_event_id),
+        ("event_type", change.event_type),
+        ("flow", change.flow),
+        ("business_key", change.business_key),
+    ):
+        limit = Event._meta.get_field(name).max_length
+        label = _FIELD_WORDS[name]
+        if len(value) > limit:
+            return f"{label} is {len(value)} characters long; at most {limit} are accepted"
+        if "\x00" in value:
+            return f"{label} contains a NUL character"
+    if not _SEQUENCE_RANGE[0] <= change.sequence <= _SEQUENCE_RANGE[1]:
+        return f"the version/sequence number {change.sequence} is out of range (at most {_SEQUENCE_RANGE[1]})"
+    if "\x00" in change.legal_entity_code:
+        return "the legal entity code contains a NUL character"
+    return _json_problem(change.payload, "the body")
+
+
+_FIELD_WORDS = {
+    "source_event_id": "the event id (webhook-id)",
+    "event_type": "the event type",
+    "flow": "the flow",
+    "business_key": "the record key",
+}
+
+
+def _json_problem(value: object, where: str, depth: int = 0) -> str:
+    if depth > 64:
+        return f"{where} is nested more than 64 levels deep"
+    if isinstance(value, str):
+        return f"{where} contains a NUL character (\\u0000)" if "\x00" in value else ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where} contains a number JSON cannot carry (NaN or Infinity)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _json_problem(key, where, depth + 1) or _json_problem(item, where, depth + 1)
+            if problem:
+                return problem
+    if isinstance(value, list):
+        for item in value:
+            problem = _json_problem(item, where, depth + 1)
+            if problem:
+                return problem
+    return ""
 
 
 def _store(connection: Connection, change: InboundChange, headers: dict[str, str], raw_body: str) -> Event | None:

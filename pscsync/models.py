@@ -289,6 +289,8 @@ class AuditEntry(models.Model):
     # a changed, deleted or inserted row breaks the chain (`manage.py audit_verify`).
     prev_hash = models.CharField(max_length=64, blank=True, default="")
     hash = models.CharField(max_length=64, blank=True, default="")
+    # Which PSCSYNC_AUDIT_KEYS key made `hash` (an HMAC); blank on rows from before the chain was keyed.
+    key_id = models.CharField(max_length=20, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]
@@ -554,3 +556,91 @@ class PsaAssignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role or 'assignment'} {self.weekly_hours} h/week {self.starts_on}..{self.ends_on}"
+
+
+class ErpInvoice(models.Model):
+    """An invoice as the ERP's ledger holds it, in canonical states (the connector maps the
+    vendor's): written by pscsync.ledger on every bill-to-cash sync and every reconciliation read.
+    The dashboards' receivables, billings, cash and DSO are computed from these rows and their
+    payment applications, never from handoffs (DESIGN.md rule 8)."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        PENDING_APPROVAL = "pending_approval", "Pending approval"
+        POSTED = "posted", "Posted"
+        PARTLY_PAID = "partly_paid", "Partly paid"
+        PAID = "paid", "Paid"
+        VOIDED = "voided", "Voided"
+        CREDITED = "credited", "Credited"
+
+    POSTED_STATES: ClassVar[tuple[str, ...]] = ("posted", "partly_paid", "paid")
+    UNPOSTED_STATES: ClassVar[tuple[str, ...]] = ("draft", "pending_approval")
+
+    legal_entity = models.ForeignKey(LegalEntity, on_delete=models.CASCADE, related_name="+")
+    connection = models.ForeignKey("connectors.Connection", on_delete=models.PROTECT, related_name="+")
+    vendor_id = models.CharField(max_length=100, help_text="The invoice's id in the ERP.")
+    number = models.CharField(max_length=100, blank=True)
+    key = models.CharField(max_length=200, blank=True, help_text="Our business key on it (I-<batch>).")
+    customer_id = models.CharField(max_length=100, blank=True, help_text="The customer's id or number in the ERP.")
+    customer_name = models.CharField(max_length=200, blank=True)
+    project_key = models.CharField(max_length=200, blank=True)
+    batch_key = models.CharField(max_length=200, blank=True)
+    currency = models.CharField(max_length=3)
+    total = models.DecimalField(max_digits=16, decimal_places=2, help_text="Including tax, in `currency`.")
+    tax = models.DecimalField(max_digits=16, decimal_places=2, default=Decimal("0"))
+    open_balance = models.DecimalField(max_digits=16, decimal_places=2, help_text="The ERP's amount remaining.")
+    status = models.CharField(max_length=20, choices=Status.choices)
+    source_status = models.CharField(max_length=100, blank=True, help_text="The ERP's own words for its state.")
+    invoice_date = models.DateField(null=True, blank=True)
+    due_date = models.DateField(null=True, blank=True)
+    posting_date = models.DateField(null=True, blank=True, help_text="The date it posts to the ledger; None unposted.")
+    paid_on = models.DateField(null=True, blank=True, help_text="The application that cleared it, when paid.")
+    voided_on = models.DateField(null=True, blank=True, help_text="When pscsync first saw it voided or credited.")
+    first_seen_at = models.DateTimeField()
+    read_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "vendor_id"], name="erp_invoice_once")]
+        indexes = [
+            models.Index(fields=["legal_entity", "posting_date"], name="erp_invoice_by_posting"),
+            models.Index(fields=["legal_entity", "status"], name="erp_invoice_by_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"invoice {self.number or self.vendor_id} {self.total} {self.currency} {self.status}"
+
+
+class InvoiceStatusChange(models.Model):
+    """One move of an ERP invoice between ledger states, append-only: when it happened in the
+    ledger's terms (`on`: the posting date, the clearing payment's date) and when pscsync saw it."""
+
+    invoice = models.ForeignKey(ErpInvoice, on_delete=models.CASCADE, related_name="status_changes")
+    from_status = models.CharField(max_length=20, blank=True, choices=ErpInvoice.Status.choices)
+    to_status = models.CharField(max_length=20, choices=ErpInvoice.Status.choices)
+    on = models.DateField(null=True, blank=True)
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["seen_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.from_status or 'new'} → {self.to_status} on {self.on}"
+
+
+class PaymentApplication(models.Model):
+    """A customer payment applied to an ERP invoice, as the ERP applied it: cash collected is
+    dated by `applied_on`, and receivables at a date subtract what was applied up to it."""
+
+    invoice = models.ForeignKey(ErpInvoice, on_delete=models.CASCADE, related_name="applications")
+    payment_id = models.CharField(max_length=100)
+    reference = models.CharField(max_length=100, blank=True)
+    amount = models.DecimalField(max_digits=16, decimal_places=2)
+    applied_on = models.DateField(null=True, blank=True)
+    read_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["invoice", "payment_id"], name="payment_application_once")]
+        indexes = [models.Index(fields=["applied_on"], name="payment_application_by_day")]
+
+    def __str__(self) -> str:
+        return f"{self.amount} from payment {self.reference or self.payment_id} on {self.applied_on}"

@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
+    "mozilla_django_oidc",
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -145,9 +146,13 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Auth and sessions --------------------------------------------------------------------
+# Every place a password is set runs these (sign-up by an admin, user_provision, the change page).
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+    {"NAME": "accounts.passwords.VarietyValidator"},
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -184,6 +189,11 @@ MIDDLEWARE.insert(
     "accounts.middleware.SessionPolicyMiddleware",
 )
 MIDDLEWARE.insert(1, "csp.middleware.CSPMiddleware")
+# Signed-in pages and API answers are never cached (accounts.middleware.NoStoreMiddleware).
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMiddleware") + 1,
+    "accounts.middleware.NoStoreMiddleware",
+)
 TEMPLATES[0]["OPTIONS"]["context_processors"].append("accounts.context.security_notice")
 
 # Content Security Policy (django-csp 4; Django 5.2 has none built in, Django 6.0 will).
@@ -239,6 +249,30 @@ LOGIN_THROTTLE = {
     "ip_cap_seconds": env_int("PSCSYNC_LOGIN_IP_CAP", 900),
     "window_seconds": 3600,
 }
+# Single sign-on with OpenID Connect (mozilla-django-oidc, accounts/oidc.py, docs/security.md):
+# on when PSCSYNC_OIDC_CLIENT_ID is set. Roles and legal entities come from the provider's groups
+# through the admin-editable rules at /account/sso/. PSCSYNC_LOCAL_PASSWORDS=false leaves SSO as
+# the only way in (no password form, no password backend).
+OIDC_ENABLED = bool(os.getenv("PSCSYNC_OIDC_CLIENT_ID"))
+OIDC_PROVIDER_NAME = os.getenv("PSCSYNC_OIDC_PROVIDER_NAME", "single sign-on")
+OIDC_RP_CLIENT_ID = os.getenv("PSCSYNC_OIDC_CLIENT_ID", "")
+OIDC_RP_CLIENT_SECRET = os.getenv("PSCSYNC_OIDC_CLIENT_SECRET", "")
+OIDC_OP_AUTHORIZATION_ENDPOINT = os.getenv("PSCSYNC_OIDC_AUTHORIZATION_ENDPOINT", "")
+OIDC_OP_TOKEN_ENDPOINT = os.getenv("PSCSYNC_OIDC_TOKEN_ENDPOINT", "")
+OIDC_OP_USER_ENDPOINT = os.getenv("PSCSYNC_OIDC_USERINFO_ENDPOINT", "")
+OIDC_OP_JWKS_ENDPOINT = os.getenv("PSCSYNC_OIDC_JWKS_ENDPOINT", "")
+OIDC_GROUPS_CLAIM = os.getenv("PSCSYNC_OIDC_GROUPS_CLAIM", "groups")
+OIDC_USERNAME_CLAIM = os.getenv("PSCSYNC_OIDC_USERNAME_CLAIM", "preferred_username")
+OIDC_RP_SIGN_ALGO = "RS256"
+OIDC_RP_SCOPES = "openid email profile"
+OIDC_USE_PKCE = True
+OIDC_AUTHENTICATE_CLASS = "accounts.oidc.SignInRequestView"
+OIDC_CALLBACK_CLASS = "accounts.oidc.SignInCallbackView"
+LOGIN_REDIRECT_URL_FAILURE = "/login/?sso=failed"
+LOCAL_PASSWORDS = env_bool("PSCSYNC_LOCAL_PASSWORDS", True)
+AUTHENTICATION_BACKENDS = (["accounts.oidc.GroupMappedOIDCBackend"] if OIDC_ENABLED else []) + (
+    ["django.contrib.auth.backends.ModelBackend"] if LOCAL_PASSWORDS or not OIDC_ENABLED else []
+)
 SILENCED_SYSTEM_CHECKS = []
 if not SECURE_HSTS_PRELOAD:
     # W021 asks for HSTS preload. Preloading commits every subdomain of the firm's registered
@@ -271,6 +305,10 @@ WHITENOISE_USE_FINDERS = True
 # the `pscsync.audit` logger, to a file of its own when PSCSYNC_AUDIT_LOG_FILE is set (ship it to
 # a store the application cannot rewrite), else to standard error with the other logs.
 AUDIT_LOG_FILE = os.getenv("PSCSYNC_AUDIT_LOG_FILE", "")
+# Keys of the audit chain's HMAC, "id:base64[,id:base64]" (first signs, all verify): kept out of
+# the database so a rewritten row cannot be re-chained. Unset: derived from SECRET_KEY (deploy
+# check accounts.W004 warns). `python -m pscsync.crypto` prints a new key.
+AUDIT_KEYS = os.getenv("PSCSYNC_AUDIT_KEYS", "")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -317,8 +355,9 @@ RECONCILE_SECONDS = env_int("PSCSYNC_RECONCILE_SECONDS", 24 * 3600)
 EXCEPTIONS_RECONCILE_SECONDS = env_int("PSCSYNC_EXCEPTIONS_RECONCILE_SECONDS", 300)
 # First retry waits up to this many seconds (full jitter), doubling each time up to an hour.
 RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
-# Connections marked "sandbox" may call loopback addresses (our own sandboxes). Turn off in production.
-ALLOW_SANDBOXES = env_bool("PSCSYNC_ALLOW_SANDBOXES", True)
+# Connections marked "sandbox" may call loopback addresses (our own sandboxes). Off unless turned on:
+# `make demo` (pscsync.demo) and the test run set PSCSYNC_ALLOW_SANDBOXES=true; production never.
+ALLOW_SANDBOXES = env_bool("PSCSYNC_ALLOW_SANDBOXES", False)
 # Injectable clock: "system", "scaled:<speed>@<ISO start>" to run business time fast in demos, or
 # "file:<path>" to share a clock a simulator steers across processes (pscsync/clock.py FileClock).
 CLOCK = os.getenv("PSCSYNC_CLOCK", "system")

@@ -6,6 +6,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from django.views.decorators.http import require_GET
 
+from accounts.oidc import SignInCallbackView, SignInRequestView
 from accounts.views import SignInView
 from connectors.webhooks import webhook_receive
 from pscsync import views
@@ -31,6 +32,9 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("login/", SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Single sign-on (accounts/oidc.py): 404 unless PSCSYNC_OIDC_CLIENT_ID is set.
+    path("oidc/authenticate/", SignInRequestView.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", SignInCallbackView.as_view(), name="oidc_authentication_callback"),
     path("healthz", healthz, name="healthz"),
     path("webhooks/<slug:slug>/", webhook_receive, name="webhook"),
     path("handoffs/", include(handoff_patterns)),

@@ -14,10 +14,12 @@ import re
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from pscsync import clock
+from pscsync.access import entity_ids_for
 from pscsync.audit import audit_record
 from pscsync.flows import flow_get
 from pscsync.models import Handoff, Step
@@ -461,17 +463,47 @@ def handoff_assign(
         )
 
 
+def _cause_entities_outside(actor: AbstractBaseUser | None, cause: ExceptionCause) -> list[int] | None:
+    """The actor's entity ids when the cause also holds open exceptions outside them, else None
+    (an actor of every entity, or a cause wholly inside the actor's scope)."""
+    ids = entity_ids_for(actor) if actor is not None else None
+    if ids is None:
+        return None
+    live = HandoffException.objects.filter(cause=cause).exclude(status=ExceptionStatus.RESOLVED)
+    return ids if live.exclude(legal_entity_id__in=ids).exists() else None
+
+
+def cause_scope_check(actor: AbstractBaseUser | None, cause: ExceptionCause) -> None:
+    """A cause groups failures of every legal entity. Archiving or reopening it changes it for
+    all of them, so an operator limited to some entities may do that only while every open
+    exception of the cause is theirs; else a person who works for every entity involved does."""
+    if _cause_entities_outside(actor, cause) is not None:
+        raise PermissionDenied(
+            "This cause also groups exceptions of legal entities outside your scope; archive or reopen it "
+            "is for someone who works for every entity involved. You may assign or resolve your own exceptions."
+        )
+
+
 def cause_assign(*, actor: AbstractBaseUser | None, cause: ExceptionCause, assignee: AbstractBaseUser | None) -> None:
+    """Assign the cause; for an operator whose scope covers only part of it, assign their own
+    entities' exceptions of the cause instead (the others' stay as they are)."""
+    ids = _cause_entities_outside(actor, cause)
+    after = {"assignee": assignee.get_username() if assignee else None}
     with transaction.atomic():
+        if ids is not None:
+            items = HandoffException.objects.filter(cause=cause, legal_entity_id__in=ids)
+            count = items.update(assignee=assignee)
+            audit_record(
+                actor=actor,
+                action="cause.assign",
+                obj=cause,
+                after={**after, "exceptions": count, "entities": sorted(ids)},
+                comment="only the exceptions of the assigner's legal entities",
+            )
+            return
         before = {"assignee": cause.assignee.get_username() if cause.assignee else None}
         ExceptionCause.objects.filter(pk=cause.pk).update(assignee=assignee)
-        audit_record(
-            actor=actor,
-            action="cause.assign",
-            obj=cause,
-            before=before,
-            after={"assignee": assignee.get_username() if assignee else None},
-        )
+        audit_record(actor=actor, action="cause.assign", obj=cause, before=before, after=after)
 
 
 def comment_add(
@@ -507,6 +539,7 @@ def cause_archive(
     occurrences: int | None,
     reason: str,
 ) -> None:
+    cause_scope_check(actor, cause)
     if until is None and not occurrences:
         raise ActionRefused("Archive until a date or until a number of new occurrences.")
     with transaction.atomic():
@@ -525,6 +558,7 @@ def cause_archive(
 
 
 def cause_unarchive(*, actor: AbstractBaseUser, cause: ExceptionCause) -> None:
+    cause_scope_check(actor, cause)
     with transaction.atomic():
         ExceptionCause.objects.filter(pk=cause.pk).update(status=ExceptionStatus.OPEN)
         cause.status = ExceptionStatus.OPEN

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from connectors.models import Connection
 from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_HANDOFFS, WORK_EXCEPTIONS, permission_required, scope_queryset
+from pscsync.csvsafe import SafeWriter
 from pscsync.models import Handoff
 from pscsync.selectors import handoff_get_for_user
 from remediation import selectors, services
@@ -85,9 +86,8 @@ EXPORT_COLUMNS = (
 @permission_required(WORK_EXCEPTIONS)
 @require_GET
 def export(request: HttpRequest) -> StreamingHttpResponse:
-    """The handoffs the inbox filter matches, one CSV row each: only what the user may see."""
-    import csv
-
+    """The handoffs the inbox filter matches, one CSV row each: only what the user may see.
+    Cells that a spreadsheet would run as a formula are neutralised (pscsync.csvsafe)."""
     f = selectors.InboxFilter.from_query(request.GET)
     rows = (
         selectors.exception_items(request.user, f)
@@ -99,7 +99,7 @@ def export(request: HttpRequest) -> StreamingHttpResponse:
         def write(self, value: str) -> str:
             return value
 
-    writer = csv.writer(Echo())
+    writer = SafeWriter(Echo())
 
     def lines():  # noqa: ANN202
         yield writer.writerow(EXPORT_COLUMNS)

@@ -22,6 +22,7 @@ from django.db.models import Max
 from connectors.models import Connection
 from pscsync import clock
 from pscsync.audit import audit_record
+from pscsync.csvsafe import SafeWriter, csv_unneutralise
 from pscsync.mapping import TRANSFORMS, RuleProblem, mapping_apply, mapping_validate
 from pscsync.mappings import MappingInvalid, mapping_publish
 from pscsync.models import Handoff, Mapping, MappingVersion, Step
@@ -185,7 +186,8 @@ def value_map_rows(rows: list[tuple[str, str]], name: str) -> dict[str, Any]:
 def value_map_from_csv(text: str, name: str) -> dict[str, Any]:
     """CSV with two columns (source value, target value); a header row `key,value` is skipped."""
     reader = csv.reader(io.StringIO(text.strip()))
-    rows = [(r[0] if r else "", r[1] if len(r) > 1 else "") for r in reader]
+    # Our own export neutralises formula-like cells with an apostrophe; reading it back undoes that.
+    rows = [(csv_unneutralise(r[0]) if r else "", csv_unneutralise(r[1]) if len(r) > 1 else "") for r in reader]
     if rows and [c.strip().lower() for c in rows[0]] in (["key", "value"], ["source", "target"]):
         rows = rows[1:]
     bad = [n for n, r in enumerate(rows, start=1) if r[0].strip() and not r[1].strip()]
@@ -196,7 +198,7 @@ def value_map_from_csv(text: str, name: str) -> dict[str, Any]:
 
 def value_map_to_csv(table: dict[str, Any]) -> str:
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = SafeWriter(out)  # a key or value never runs as a spreadsheet formula
     writer.writerow(["key", "value"])
     for key, value in table.items():
         writer.writerow([key, value if isinstance(value, str) else json.dumps(value)])

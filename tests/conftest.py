@@ -7,6 +7,8 @@ in CI (PSCSYNC_REQUIRE_SERVICES=true) they fail instead, so CI never passes by s
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
 from urllib.parse import urlparse
@@ -14,6 +16,11 @@ from urllib.parse import urlparse
 import pytest
 
 from tests.helpers import EchoTarget, free_port
+
+# Tests talk to sandboxes and the echo target on loopback, which production refuses by default
+# (PSCSYNC_ALLOW_SANDBOXES is off unless set): on for this process's settings (the autouse
+# fixture below) and for every process a test starts (they inherit the environment).
+os.environ.setdefault("PSCSYNC_ALLOW_SANDBOXES", "true")
 
 REQUIRE_SERVICES = os.getenv("PSCSYNC_REQUIRE_SERVICES", "").lower() in {"1", "true"}
 
@@ -66,6 +73,7 @@ def client():  # noqa: ANN201
 @pytest.fixture(autouse=True)
 def _fast_hasher(settings) -> None:  # noqa: ANN001
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.ALLOW_SANDBOXES = os.environ["PSCSYNC_ALLOW_SANDBOXES"].lower() in {"true", "1"}
 
 
 @pytest.fixture
@@ -104,6 +112,26 @@ def admin(entities):  # noqa: ANN001, ANN201
 def outsider(entities):  # noqa: ANN001, ANN201
     """An operator who works for the UK entity only: must never see US records."""
     return _person("uma.outsider", "operator", [entities["uk"]])
+
+
+class _AuditLines(logging.Handler):
+    """The external audit log (logger `pscsync.audit`), one parsed JSON line per entry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(record.getMessage()))
+
+
+@pytest.fixture
+def external():  # noqa: ANN201
+    handler = _AuditLines()
+    logger = logging.getLogger("pscsync.audit")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

@@ -169,3 +169,58 @@ def ledger_check(keys: list[str], target: EchoTarget) -> LedgerReport:
     report.duplicated = {ref: n for ref, n in creates.items() if n > 1}
     report.orphaned = sorted(ref for ref in creates if ref not in expected)
     return report
+
+
+def audit_raw_sql(sql: str, params: list) -> None:
+    """What someone with write access to the audit table can do, with the append-only trigger lifted."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute("ALTER TABLE pscsync_auditentry DISABLE TRIGGER pscsync_auditentry_append_only")
+        cursor.execute(sql, params)
+        if connection.vendor == "postgresql":
+            cursor.execute("ALTER TABLE pscsync_auditentry ENABLE TRIGGER pscsync_auditentry_append_only")
+
+
+def deploy_check(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`manage.py check --deploy --fail-level WARNING` (the CI step) in a fresh process with `env`."""
+    return subprocess.run(
+        [PYTHON, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def handoffs_per_entity(connection: Any, entities: dict[str, Any]) -> dict[str, Any]:
+    """One pending handoff (with its event) per legal entity, keyed OPP-<CODE>."""
+    from pscsync.models import Event, Handoff
+
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    made = {}
+    for code, entity in entities.items():
+        event = Event.objects.create(
+            connection=connection,
+            source_event_id=f"evt-{code}",
+            flow="echo",
+            business_key=f"OPP-{code.upper()}",
+            legal_entity=entity,
+            occurred_at=at,
+            received_at=at,
+            raw_body="{}",
+            payload={},
+        )
+        made[code] = Handoff.objects.create(
+            flow="echo",
+            business_key=f"OPP-{code.upper()}",
+            legal_entity=entity,
+            source_connection=connection,
+            trigger_event=event,
+            business_started_at=at,
+            created_at=at,
+        )
+    return made

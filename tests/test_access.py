@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from pscsync.models import Event, Handoff
+from pscsync.models import Handoff
 
 ROLES = ["anonymous", "norole", "viewer", "operator", "admin", "outsider"]
 
@@ -193,7 +193,23 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
     # sessions page is for admins (manage_users).
     "accounts:two_factor_setup": ("GET", {"anonymous": 302, **dict.fromkeys(ROLES[1:], 200)}),
     "accounts:two_factor_verify": ("GET", {"anonymous": 302, **dict.fromkeys(ROLES[1:], 302)}),
+    "accounts:password_change": ("GET", {"anonymous": 302, **dict.fromkeys(ROLES[1:], 200)}),
     "accounts:users": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "accounts:sso_rules": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    # Single sign-on is off in the matrix's settings: both ends answer 404 to everyone.
+    "oidc_authentication_init": ("GET", dict.fromkeys(ROLES, 404)),
+    "oidc_authentication_callback": ("GET", dict.fromkeys(ROLES, 404)),
+    "accounts:user_create": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
+    ),
+    "accounts:user_edit": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 200, "outsider": 403},
     ),
@@ -260,29 +276,10 @@ def records(echo_connection, entities):  # noqa: ANN001, ANN201
     """One handoff in the US entity and one in the UK entity."""
     import datetime as dt
 
-    made = {}
-    for code in ("us", "uk"):
-        at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-        event = Event.objects.create(
-            connection=echo_connection,
-            source_event_id=f"evt-{code}",
-            flow="echo",
-            business_key=f"OPP-{code.upper()}",
-            legal_entity=entities[code],
-            occurred_at=at,
-            received_at=at,
-            raw_body="{}",
-            payload={},
-        )
-        made[code] = Handoff.objects.create(
-            flow="echo",
-            business_key=f"OPP-{code.upper()}",
-            legal_entity=entities[code],
-            source_connection=echo_connection,
-            trigger_event=event,
-            business_started_at=at,
-            created_at=at,
-        )
+    from tests.helpers import handoffs_per_entity
+
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    made = handoffs_per_entity(echo_connection, {code: entities[code] for code in ("us", "uk")})
     # The US handoff needs a person (so it has a cause) and is in a bulk job.
     from remediation.models import BulkJob
 
@@ -368,11 +365,20 @@ def _args(name: str, records) -> list:  # noqa: ANN001
         return ["echo-us"]
     if name in ("connections:edit", "connections:test"):
         return [records["us"].source_connection_id]
+    if name == "accounts:user_edit":
+        return [cast_user_pk(records)]
     if name in ("accounts:end_sessions", "accounts:reset_two_factor"):
         return [records["us"].source_connection_id]  # any user id: GET is refused before the lookup
     if name in ("alerts:edit", "alerts:test", "alerts:delete", "account:token-revoke"):
         return [999999]
     return []
+
+
+def cast_user_pk(records) -> int:  # noqa: ANN001
+    """Any user: the matrix's admin sees every entity, so may open any user's page."""
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.order_by("pk").values_list("pk", flat=True).first()
 
 
 @pytest.mark.django_db

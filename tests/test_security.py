@@ -16,7 +16,7 @@ import time
 import pytest
 from django.test import Client
 
-from tests.helpers import ROOT, change_body, sign
+from tests.helpers import ROOT, change_body, deploy_check, sign
 from tests.twofactor import VerifiedClient, totp_code, totp_device_for
 
 PASSWORD = "a-long-test-password"
@@ -419,26 +419,16 @@ def _production_env(tmp_path, **overrides: str) -> dict[str, str]:  # noqa: ANN0
         "PSCSYNC_CREDENTIALS_KEYS": "k1:" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=",
         "PSCSYNC_ALLOWED_HOSTS": "pscsync.example.com",
         "PSCSYNC_ALLOW_SANDBOXES": "false",
+        "PSCSYNC_AUDIT_KEYS": "a1:" + "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=",
         "PSCSYNC_VAR_DIR": str(tmp_path / "var"),
     }
     env.update(overrides)
     return env
 
 
-def _deploy_check(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_t28_deploy_check_passes_with_production_settings(tmp_path) -> None:  # noqa: ANN001
     """The CI step: `manage.py check --deploy --fail-level WARNING`, with only W021 silenced."""
-    result = _deploy_check(_production_env(tmp_path))
+    result = deploy_check(_production_env(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues (1 silenced)" in result.stdout
 
@@ -450,10 +440,11 @@ def test_t28_deploy_check_passes_with_production_settings(tmp_path) -> None:  # 
         ({"PSCSYNC_ALLOW_SANDBOXES": "true"}, "accounts.W002"),
         ({"PSCSYNC_SECURE_COOKIES": "false"}, "security.W012"),
         ({"PSCSYNC_HSTS_SECONDS": "0"}, "security.W004"),
+        ({"PSCSYNC_AUDIT_KEYS": ""}, "accounts.W004"),
     ],
 )
 def test_t28_deploy_check_fails_on_an_unsafe_setting(tmp_path, override, check_id) -> None:  # noqa: ANN001
-    result = _deploy_check(_production_env(tmp_path, **override))
+    result = deploy_check(_production_env(tmp_path, **override))
     assert result.returncode != 0 and check_id in result.stderr + result.stdout
 
 

@@ -11,6 +11,7 @@ connection is pointed at api.businesscentral.dynamics.com (see docs/sandboxes/bu
   .../salesInvoices({id})/salesInvoiceLines                  lines of one invoice (navigation)
   .../customerPaymentJournals({id})/customerPayments         lines of one payment journal
   .../salesInvoices({id})/Microsoft.NAV.post                 post a draft invoice (204)
+  .../salesInvoices({id})/Microsoft.NAV.cancel               cancel a posted unpaid invoice (204): Canceled
   /v2.0/{tenant}/{environment}/api/v2.0/subscriptions        webhook subscriptions
 
 OData: @odata.context, @odata.etag, value arrays, @odata.nextLink paging with
@@ -453,6 +454,7 @@ class BusinessCentralSandbox(Sandbox):
         self.route("PATCH", sub, self.subscription_renew)
         self.route("DELETE", sub, self.subscription_delete)
         self.route("POST", COMPANY + r"/salesInvoices\((?P<id>[^)]*)\)/Microsoft\.NAV\.post", self.invoice_post)
+        self.route("POST", COMPANY + r"/salesInvoices\((?P<id>[^)]*)\)/Microsoft\.NAV\.cancel", self.invoice_cancel)
         one = COMPANY + r"/(?P<set>[A-Za-z]+)\((?P<id>[^)]*)\)"
         self.route("GET", one + r"/(?P<sub>[A-Za-z]+)", self.collection_get)
         self.route("POST", one + r"/(?P<sub>[A-Za-z]+)", self.collection_post)
@@ -1263,6 +1265,34 @@ class BusinessCentralSandbox(Sandbox):
                 number=self._next_number(cid, "postedSalesInvoices", "", 6, 103001),
                 remainingAmount=invoice["totalAmountIncludingTax"],
             )
+            self._stamp(invoice)
+            self.store.put(self._object(cid, invoice_set), invoice["id"], invoice)
+        self.journal_write(request, 204, f"salesInvoices/{invoice['externalDocumentNumber'] or invoice['id']}", False)
+        self._changed(cid, invoice_set, invoice, "updated")
+        return Response(204)
+
+    def invoice_cancel(self, request: Request) -> Response:
+        """Cancel a posted, unpaid sales invoice: BC posts a corrective credit memo for it and the
+        invoice becomes Canceled, owing nothing. A draft is deleted instead; a paid one refused."""
+        company = self._company(request)
+        cid = company["id"]
+        invoice_set = ENTITY_SETS["salesInvoices"]
+        with self.write_lock:
+            invoice = self._find(cid, invoice_set, request.params["id"])
+            if invoice["status"] == "Draft":
+                raise BadRequest(
+                    "A draft sales invoice cannot be canceled; delete it.", code="Application_DialogException"
+                )
+            paid = self.store.find(
+                self._object(cid, ENTITY_SETS["customerPayments"]), "appliesToInvoiceId", invoice["id"]
+            )
+            if invoice["status"] != "Open" or paid:
+                raise BadRequest(
+                    f"You cannot cancel the posted sales invoice {invoice['number']} because it is fully or "
+                    "partially paid.",
+                    code="Application_DialogException",
+                )
+            invoice.update(status="Canceled", remainingAmount=0.0)
             self._stamp(invoice)
             self.store.put(self._object(cid, invoice_set), invoice["id"], invoice)
         self.journal_write(request, 204, f"salesInvoices/{invoice['externalDocumentNumber'] or invoice['id']}", False)

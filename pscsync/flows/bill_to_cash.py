@@ -8,35 +8,53 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from connectors.base import WriteResult
+from connectors.base import InvoiceStatus, WriteResult
 from connectors.errors import ValidationError
 from connectors.models import Connection
 from connectors.registry import connector_for
 from pscsync.flows.base import Flow, StepContext
 from pscsync.flows.steps import ReadStep, Record, WriteStep, update_by_id
-
-
-def _money(value: Any) -> Decimal:
-    return Decimal(str(value or 0)).quantize(Decimal("0.01"))
+from pscsync.ledger import ledger_record_invoices
 
 
 def invoice_read(ctx: StepContext, erp: Connection) -> dict[str, Any]:
+    """Read the invoice (and its project's other invoices) in canonical terms from the ERP, store
+    them in the ledger, and work out what the CRM and PSA are told: invoiced = posted invoices'
+    totals (a draft or an invoice pending approval is not invoiced), paid = the payments the ERP
+    applied to them, open = the rest."""
     key = ctx.handoff.business_key
-    invoice, paid_on = (_netsuite_invoice if erp.vendor == "netsuite" else _bc_invoice)(erp, key)
-    if invoice is None:
+    connector = connector_for(erp)
+    invoice_ids, paid_on = connector.ledger_locate(key=key)
+    found = connector.ledger_invoices(invoice_id=invoice_ids[0]) if invoice_ids else []
+    if not found:
         raise ValidationError(f"{erp.name} has no invoice for {key} (deleted, or a payment applied to nothing)")
-    project_key = invoice["project_key"]
-    invoices = _project_invoices(erp, project_key) if project_key else [invoice]
-    posted = [i for i in invoices if i["posted"]]
-    invoiced = sum((i["total"] for i in posted), Decimal("0.00"))
-    open_amount = sum((i["remaining"] for i in posted), Decimal("0.00"))
-    paid = invoiced - open_amount
+    invoice = found[0]
+    project_key = invoice.project_key
+    invoices = connector.ledger_invoices(project_key=project_key) if project_key else found
+    # One payment may settle several invoices: the ledger takes them all now; the CRM and PSA
+    # are told about the first invoice's project (its own sync tells the others').
+    seen = {i.id for i in invoices}
+    for other in [invoice.id, *invoice_ids[1:]]:
+        if other not in seen:
+            invoices += [invoice] if other == invoice.id else connector.ledger_invoices(invoice_id=other)
+            seen.add(other)
+    entity = ctx.handoff.legal_entity or (erp.legal_entities.first() if erp.legal_entities.count() == 1 else None)
+    if entity is not None:  # else the entity's reconciliation records them, knowing whose they are
+        ledger_record_invoices(legal_entity=entity, connection=erp, invoices=invoices)
+    # The write-back is about this invoice's project (or this invoice alone when it names none).
+    mine = [i for i in invoices if (i.project_key == project_key if project_key else i.id == invoice.id)]
+    posted = [i for i in mine if i.posted]
+    invoiced = sum((i.total for i in posted), Decimal("0.00"))
+    paid = min(invoiced, sum((i.paid_amount for i in posted), Decimal("0.00")))
+    open_amount = invoiced - paid
     if posted and open_amount <= 0:
         status = "Paid"
     elif paid > 0:
         status = "Partly paid"
     elif posted:
         status = "Invoiced"
+    elif any(i.status == InvoiceStatus.PENDING_APPROVAL for i in mine):
+        status = "Invoice awaiting approval"
     else:
         status = "Invoice in draft"
     project = {
@@ -48,101 +66,35 @@ def invoice_read(ctx: StepContext, erp: Connection) -> dict[str, Any]:
         "status": status,
         "invoice_count": len(posted),
     }
-    times = {"invoice_posted": invoice["date"]} if invoice["posted"] else {}
-    if paid_on:
-        times["payment_applied"] = paid_on
-    started = paid_on or (invoice["date"] if invoice["posted"] else "")
-    facts = {"amount": str(invoice["total"]), "currency": invoice["currency"], "business_times": times}
+    posted_on = invoice.posting_date.isoformat() if invoice.posted and invoice.posting_date else ""
+    paid_day = paid_on.isoformat() if paid_on else ""
+    times = {"invoice_posted": posted_on} if posted_on else {}
+    if paid_day:
+        times["payment_applied"] = paid_day
+    started = paid_day or posted_on
+    facts = {"amount": str(invoice.total), "currency": invoice.currency, "business_times": times}
     if started:
         facts["started_at"] = started
     return {
-        "id": invoice["id"],
-        "invoice": {**invoice, "total": str(invoice["total"]), "remaining": str(invoice["remaining"])},
+        "id": invoice.id,
+        "invoice": {
+            "id": invoice.id,
+            "key": invoice.key,
+            "number": invoice.number,
+            "project_key": project_key,
+            "posted": invoice.posted,
+            "status": InvoiceStatus.LABELS[invoice.status],
+            "ledger_status": invoice.status,
+            "total": str(invoice.total),
+            "remaining": str(invoice.open_balance),
+            "currency": invoice.currency,
+            "date": (invoice.posting_date or invoice.invoice_date or "")
+            and str(invoice.posting_date or invoice.invoice_date),
+            "psa_batch": invoice.batch_key,
+        },
         "project": project,
         "handoff_facts": facts,
     }
-
-
-# NetSuite's currency internal ids (its reference data): the ISO code of each.
-NETSUITE_CURRENCIES = {"1": "USD", "2": "GBP", "3": "CAD", "4": "EUR", "5": "JPY"}
-
-
-def _netsuite_invoice(erp: Connection, key: str) -> tuple[dict[str, Any] | None, str]:
-    connector = connector_for(erp)
-    paid_on = ""
-    if key.startswith("payment:"):
-        payment = connector.get(entity="payment", record_id=key.removeprefix("payment:"))
-        lines = ((payment or {}).get("apply") or {}).get("items", [])
-        if not lines:
-            return None, ""
-        paid_on = (payment or {}).get("tranDate", "")
-        record = connector.get(entity="invoice", record_id=str(lines[0]["doc"]["id"]))
-    elif key.startswith("invoice:"):
-        record = connector.get(entity="invoice", record_id=key.removeprefix("invoice:"))
-    else:
-        found = connector.lookup(entity="invoice", key=key)
-        record = found.response if found else None
-    return (_netsuite_shape(record) if record else None), paid_on
-
-
-def _netsuite_shape(record: dict[str, Any]) -> dict[str, Any]:
-    currency = record.get("currency") or {}
-    if isinstance(currency, dict):
-        # NetSuite references a currency by internal id; its ISO code is the mapping's business.
-        currency = {"refName": NETSUITE_CURRENCIES.get(str(currency.get("id")), "")}
-    return {
-        "id": str(record["id"]),
-        "key": record.get("externalId") or "",
-        "number": record.get("tranId") or str(record["id"]),
-        "project_key": record.get("custbody_project_key") or record.get("custbodyprojectkey") or "",
-        "posted": True,  # a NetSuite invoice is posted when saved
-        "status": record.get("status") or "Open",
-        "total": _money(record.get("total")),
-        "remaining": _money(record.get("amountRemaining", record.get("amountremaining", record.get("total")))),
-        "currency": currency.get("refName", "") if isinstance(currency, dict) else str(currency),
-        "date": str(record.get("tranDate") or record.get("trandate") or "")[:10],
-        "psa_batch": record.get("custbody_psa_batch") or "",
-    }
-
-
-def _bc_invoice(erp: Connection, key: str) -> tuple[dict[str, Any] | None, str]:
-    connector = connector_for(erp)
-    paid_on = ""
-    if key.startswith("bc-payment:"):
-        payments = list(connector.read("customerPayments", where={"id": key.removeprefix("bc-payment:")}))
-        if not payments or not payments[0].get("appliesToInvoiceId"):
-            return None, ""
-        paid_on = payments[0].get("postingDate", "")
-        invoice_id = payments[0]["appliesToInvoiceId"]
-    else:
-        invoice_id = key.removeprefix("bc-invoice:")
-    found = list(connector.read("salesInvoices", where={"id": invoice_id}))
-    return (_bc_shape(found[0]) if found else None), paid_on
-
-
-def _bc_shape(record: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": str(record["id"]),
-        "key": record.get("externalDocumentNumber") or "",
-        "number": record.get("number") or "",
-        "project_key": record.get("customerPurchaseOrderReference") or "",
-        "posted": record.get("status") not in ("Draft", "Canceled"),
-        "status": record.get("status") or "",
-        "total": _money(record.get("totalAmountIncludingTax")),
-        "remaining": _money(record.get("remainingAmount")),
-        "currency": record.get("currencyCode") or "",
-        "date": str(record.get("postingDate") or record.get("invoiceDate") or "")[:10],
-        "psa_batch": (record.get("externalDocumentNumber") or "").removeprefix("I-K"),
-    }
-
-
-def _project_invoices(erp: Connection, project_key: str) -> list[dict[str, Any]]:
-    connector = connector_for(erp)
-    if erp.vendor == "netsuite":
-        rows = connector.read("invoice", where={"custbody_project_key": project_key})
-        return [_netsuite_shape(r) for r in rows]
-    rows = connector.read("salesInvoices", where={"customerPurchaseOrderReference": project_key})
-    return [_bc_shape(r) for r in rows]
 
 
 # Writing back ---------------------------------------------------------------------------------------
@@ -158,7 +110,7 @@ def psa_records(ctx: StepContext, psa: Connection) -> list[Record]:
         key = read["project"]["key"]
         return [Record(key=key, source=read)] if key else []
     batch = read["invoice"]["key"].removeprefix("I-K") if read["invoice"]["key"].startswith("I-K") else ""
-    if not batch or read["invoice"]["status"] != "Paid":
+    if not batch or read["invoice"].get("ledger_status") != InvoiceStatus.PAID:
         return []  # Kantata records payment only: its invoice is marked when fully paid
     return [Record(key=batch, source=read)]
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from connectors.base import LedgerInvoice
 from connectors.models import Connection
 from connectors.registry import connector_for
 from pscsync.mappings import mapping_in_force
@@ -21,9 +22,6 @@ from pscsync.models import LegalEntity
 
 CENT = Decimal("0.01")
 LINE_REF = re.compile(r"^\[(?P<ref>[A-Z]{2}-[^\]]+)\]")
-# NetSuite's currency internal ids as the sandbox and a standard account seed them; the firm's
-# mapping value maps are read first (values_of below), these only fill gaps.
-NETSUITE_CURRENCIES = {"1": "USD", "2": "GBP", "3": "CAD", "4": "EUR", "5": "JPY"}
 
 
 def money(value: Any) -> Decimal:
@@ -150,6 +148,9 @@ class ErpInvoice:
     fx_rate: Decimal | None
     created_at: dt.datetime | None
     lines: list[ErpLine] = field(default_factory=list)
+    # The same invoice in ledger terms (posted state, open balance, payments), as the connector
+    # mapped it: reconciliation stores it in the ledger the dashboards read (pscsync.ledger).
+    ledger: LedgerInvoice | None = None
 
     @property
     def net(self) -> Decimal:
@@ -529,11 +530,12 @@ def kantata_holdings(psa: Connection) -> tuple[dict[str, PsaProject], list[PsaBa
 def netsuite_holdings(
     erp: Connection,
 ) -> tuple[dict[str, ErpContract], list[ErpInvoice], dict[str, ErpCustomer]]:
-    from connectors.netsuite import RECORD
+    from connectors.netsuite import CURRENCIES, RECORD
 
     connector = connector_for(erp)
+    # The firm's mapping value maps are read first; NetSuite's standard ids only fill gaps.
     currencies = {v: k for k, v in values_of(erp, "contract", "currency").items()}
-    currencies = {**NETSUITE_CURRENCIES, **currencies}
+    currencies = {**CURRENCIES, **currencies}
     customers: dict[str, ErpCustomer] = {}
     customer_keys: dict[str, str] = {}
     for row in connector.read("customer"):
@@ -562,8 +564,10 @@ def netsuite_holdings(
             modified_on=_us_date(row.get("lastmodifieddate")),
         )
     invoices = []
+    bodies = []
     for row in connector.read("invoice"):
         body = connector.send("GET", f"{RECORD}/invoice/{row['id']}", params={"expandSubResources": "true"}).body
+        bodies.append(body)
         lines = [
             ErpLine(
                 ref=str(line.get("custcol_source_ref") or ""),
@@ -591,6 +595,9 @@ def netsuite_holdings(
                 lines=lines,
             )
         )
+    names = {c.id: c.name for c in customers.values()}
+    for invoice, ledger in zip(invoices, connector.ledger_build(bodies, names=names), strict=True):
+        invoice.ledger = ledger
     return contracts, invoices, customers
 
 
@@ -644,7 +651,9 @@ def businesscentral_holdings(
             )
         url = body.get("@odata.nextLink")
     invoices = []
-    for row in connector.read("salesInvoices"):
+    rows = list(connector.read("salesInvoices"))
+    ledgers = connector.ledger_build(rows)
+    for row, ledger in zip(rows, ledgers, strict=True):
         key = row.get("externalDocumentNumber") or ""
         invoices.append(
             ErpInvoice(
@@ -661,6 +670,7 @@ def businesscentral_holdings(
                 fx_rate=None,
                 created_at=instant(row.get("lastModifiedDateTime")),
                 lines=lines.get(str(row["id"]), []),
+                ledger=ledger,
             )
         )
     return contracts, invoices, customers

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from connectors.errors import ConnectorError
+from connectors.models import Connection
 from pscsync import clock
+from pscsync.ledger import ledger_record_invoices
 from pscsync.models import (
     LegalEntity,
     Mismatch,
@@ -86,6 +88,7 @@ def entity_reconcile(*, legal_entity: LegalEntity, period: str = "") -> Reconcil
         results = [r for r in results if r.comparison == rules.DEAL_VALUE or r.period == period]
     summary = _store(legal_entity, results, checked, period=period)
     psa_snapshot_store(legal_entity, holdings)  # as of now, whatever period the run compared
+    erp_ledger_store(legal_entity, systems.erp, holdings)
     run.status = ReconciliationRun.Status.COMPLETE
     run.summary = summary
     run.finished_at = clock.now()
@@ -147,6 +150,18 @@ def _store(entity: LegalEntity, results: list[rules.Result], checked: dict[str, 
         }
         for c in rules.COMPARISONS
     }
+
+
+def erp_ledger_store(legal_entity: LegalEntity, erp: Connection, holdings: Holdings) -> None:
+    """Store the ERP's invoices as its ledger holds them now (posted state, open balance, payments).
+    A connection serving only this entity holds only its invoices, so the read is complete for
+    it; one shared by several entities records the invoices of this entity's projects."""
+    invoices = [i.ledger for i in holdings.invoices if i.ledger is not None]
+    complete = erp.legal_entities.count() <= 1
+    if not complete:
+        projects = {deal.project_key for deal in holdings.deals.values()}
+        invoices = [i for i in invoices if i.project_key in projects]
+    ledger_record_invoices(legal_entity=legal_entity, connection=erp, invoices=invoices, complete=complete)
 
 
 @transaction.atomic

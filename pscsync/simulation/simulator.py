@@ -607,6 +607,10 @@ class Simulation:
         rng = record_rng(self.options.seed, invoice.key)
         billed = dt.date.fromisoformat(invoice.date[:10]) if invoice.date else self.now.date()
         invoice.post_on = max(billed, self.now.date()) + dt.timedelta(days=rng.randint(0, 3))
+        if invoice.erp == "netsuite" and record_rng(self.options.seed, invoice.key + ":approval").random() < 0.15:
+            # The approver is away: the invoice waits in Pending Approval for two to three weeks,
+            # so the demo shows work on an unposted invoice (unbilled WIP, not receivables).
+            invoice.post_on += dt.timedelta(days=record_rng(self.options.seed, invoice.key + ":wait").randint(14, 21))
         # Only where a rate matters: a NetSuite invoice in another currency than the entity's.
         invoice.fx_date = rng.random() < self.options.fx_date and invoice.currency not in ("", "USD")
         behaviour = rng.random()

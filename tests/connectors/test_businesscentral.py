@@ -477,3 +477,40 @@ def test_bad_requests_get_business_centrals_error_shape(bc, raw: httpx.Client) -
     assert wrong_secret.status_code == 401 and wrong_secret.json()["error"] == "invalid_client"
     assert wrong_secret.json()["error_description"].startswith("AADSTS7000215")
     assert "CorrelationId" in malformed.json()["error"]["message"]
+
+
+def test_an_invoice_paid_by_two_payments_is_paid_with_both_applications(connector: BusinessCentralConnector) -> None:
+    from decimal import Decimal
+
+    draft = draft_invoice(connector, "BE-TWO")
+    (before,) = connector.ledger_invoices(invoice_id=draft.external_id)
+    assert (before.status, before.posted, before.open_balance) == ("draft", False, Decimal("0.00"))
+    connector.post_invoice(draft.external_id)
+    for key, day, amount in (("PAY-T1", "2026-07-10", -500), ("PAY-T2", "2026-07-24", -700)):
+        connector.upsert(
+            entity="customerPayments",
+            key=key,
+            fields={
+                "customerNumber": "C-INV",
+                "amount": amount,
+                "appliesToInvoiceId": draft.external_id,
+                "postingDate": day,
+            },
+        )
+        (now,) = connector.ledger_invoices(invoice_id=draft.external_id)
+        if key == "PAY-T1":  # 1,200 − 500: BC keeps it Open with 700 remaining
+            assert (now.status, now.open_balance, now.source_status) == ("partly_paid", Decimal("700.00"), "Open")
+    assert (now.status, now.open_balance, now.source_status) == ("paid", Decimal("0.00"), "Paid")
+    assert sorted((p.amount, p.applied_on.isoformat()) for p in now.payments) == [
+        (Decimal("500.00"), "2026-07-10"),
+        (Decimal("700.00"), "2026-07-24"),
+    ]
+    assert now.posting_date.isoformat() == "2026-06-30" and now.due_date.isoformat() == "2026-07-30"
+
+
+def test_a_cancelled_invoice_is_voided_and_owes_nothing(connector: BusinessCentralConnector) -> None:
+    draft = draft_invoice(connector, "BE-CANCEL")
+    connector.post_invoice(draft.external_id)
+    connector.send("POST", f"{connector.company_path()}/salesInvoices({draft.external_id})/Microsoft.NAV.cancel")
+    (found,) = connector.ledger_invoices(invoice_id=draft.external_id)
+    assert (found.status, found.source_status, str(found.open_balance)) == ("voided", "Canceled", "0.00")

@@ -405,3 +405,61 @@ def test_the_sandbox_keeps_its_records_across_a_restart(connector, netsuite) -> 
     http.reset_client()  # the old keep-alive connections died with the process
     found = connector.lookup(entity="customer", key="CUST-1")
     assert found is not None and found.external_id == written.external_id
+
+
+def test_an_invoice_is_posted_only_once_approved_and_paid_by_its_payments_apply_lines(connector, netsuite) -> None:  # noqa: ANN001
+    from decimal import Decimal
+
+    customer = connector.upsert(entity="customer", key="CUST-L", fields=NORTHWIND).external_id or (
+        connector.lookup(entity="customer", key="CUST-L").external_id
+    )
+    lines = {"items": [{"item": {"id": "55"}, "quantity": 10, "rate": 100.0}]}
+    fields = {"entity": {"id": customer}, "tranDate": "2026-11-02", "item": lines}
+    connector.upsert(entity="invoice", key="I-L1", fields=fields)
+    invoice_id = connector.lookup(entity="invoice", key="I-L1").external_id
+
+    def state() -> tuple[str, Decimal, Decimal, list[tuple[Decimal, str]]]:
+        (found,) = connector.ledger_invoices(invoice_id=invoice_id)
+        paid = [(p.amount, p.applied_on.isoformat()) for p in found.payments]
+        return found.status, found.total, found.open_balance, paid
+
+    # Invoice approval routing: a new invoice waits, owing nothing in the ledger.
+    assert state() == ("pending_approval", Decimal("1000.00"), Decimal("0.00"), [])
+    connector.upsert(entity="invoice", key="I-L1", fields={"approvalStatus": {"id": "2"}})
+    assert state() == ("posted", Decimal("1000.00"), Decimal("1000.00"), [])
+    (record,) = connector.ledger_invoices(invoice_id=invoice_id)
+    assert record.due_date.isoformat() == "2026-12-02" and record.posting_date.isoformat() == "2026-11-02"
+
+    def pay(key: str, day: str, amount: float) -> None:
+        apply = {"items": [{"doc": {"id": invoice_id}, "apply": True, "amount": amount}]}
+        connector.upsert(
+            entity="payment",
+            key=key,
+            fields={"customer": {"id": customer}, "payment": amount, "tranDate": day, "apply": apply},
+        )
+
+    pay("PAY-L1", "2026-11-20", 400.0)
+    # NetSuite keeps a partly paid invoice Open with less remaining: partly paid in the ledger.
+    assert state() == ("partly_paid", Decimal("1000.00"), Decimal("600.00"), [(Decimal("400.00"), "2026-11-20")])
+    pay("PAY-L2", "2026-12-01", 600.0)
+    assert state()[0:3] == ("paid", Decimal("1000.00"), Decimal("0.00"))
+    assert sorted(state()[3]) == [(Decimal("400.00"), "2026-11-20"), (Decimal("600.00"), "2026-12-01")]
+
+
+def test_a_voided_or_rejected_invoice_is_not_posted(connector, netsuite) -> None:  # noqa: ANN001
+    customer = connector.upsert(entity="customer", key="CUST-V", fields=NORTHWIND).external_id or (
+        connector.lookup(entity="customer", key="CUST-V").external_id
+    )
+    lines = {"items": [{"item": {"id": "55"}, "quantity": 1, "rate": 50.0}]}
+    for key, approval in (("I-V1", "2"), ("I-V2", "3")):
+        connector.upsert(
+            entity="invoice",
+            key=key,
+            fields={"entity": {"id": customer}, "item": lines, "approvalStatus": {"id": approval}},
+        )
+    voided = connector.lookup(entity="invoice", key="I-V1").external_id
+    assert httpx.post(f"{netsuite.url}/_sandbox/void/invoice/{voided}", timeout=5).status_code == 204
+    (one,) = connector.ledger_invoices(invoice_id=voided)
+    (two,) = connector.ledger_invoices(invoice_id=connector.lookup(entity="invoice", key="I-V2").external_id)
+    assert (one.status, one.source_status, str(one.open_balance)) == ("voided", "Voided · Approved", "0.00")
+    assert (two.status, two.posted) == ("draft", False)

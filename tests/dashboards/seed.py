@@ -23,6 +23,7 @@ LINES = ["Advisory", "Implementation", "Managed Services"]
 
 def seed_firm() -> dict[str, LegalEntity]:
     rnd = random.Random(6)
+    lrnd = random.Random(15)  # the ledger's own choices, so the other records stay as they were
     us, _ = LegalEntity.objects.get_or_create(
         code="us", defaults={"name": "Northwind Consulting Inc.", "currency": "USD"}
     )
@@ -124,6 +125,7 @@ def seed_firm() -> dict[str, LegalEntity]:
                 paid = posted + dt.timedelta(days=rnd.choice([12, 20, 28, 35, 44, 60]))
                 inv = f"INV-{n}{b}"
                 is_paid = paid < NOW.date()
+                _ledger_invoice(lrnd, ents[code], erp[code], inv, cust, amount, cur, posted, paid if is_paid else None)
                 for which, when in (("post", posted), *((("pay", paid),) if is_paid else ())):
                     at = dt.datetime.combine(when, dt.time(10), tzinfo=dt.UTC)
                     handoff(
@@ -265,4 +267,67 @@ def _unbilled_work(
             **project,
         )
         for kind, source, text, work, amount in rows
+    )
+
+
+def _ledger_invoice(
+    rnd: random.Random,
+    entity: LegalEntity,
+    erp: object,
+    number: str,
+    customer: str,
+    amount: Decimal,
+    currency: str,
+    posted: dt.date,
+    paid: dt.date | None,
+) -> None:
+    """The invoice as the ERP's ledger holds it: one in eight still pending approval (NetSuite)
+    or a draft (BC), one paid invoice in four paid in two parts, one open invoice in three partly
+    paid; Net 30."""
+    from connectors.base import LedgerInvoice, PaymentApplied
+    from pscsync.ledger import ledger_record_invoice
+
+    payments: list[PaymentApplied] = []
+    if rnd.random() < 0.125:
+        status = "pending_approval" if entity.code == "us" else "draft"
+    elif paid is not None:
+        status = "paid"
+        if rnd.random() < 0.25:
+            first = (amount * Decimal("0.4")).quantize(Decimal("0.01"))
+            payments = [
+                PaymentApplied(f"{number}-1", number, first, paid - dt.timedelta(days=10)),
+                PaymentApplied(f"{number}-2", number, amount - first, paid),
+            ]
+        else:
+            payments = [PaymentApplied(f"{number}-1", number, amount, paid)]
+    elif rnd.random() < 0.33:
+        status = "partly_paid"
+        part = (amount * Decimal("0.5")).quantize(Decimal("0.01"))
+        payments = [PaymentApplied(f"{number}-1", number, part, min(posted + dt.timedelta(days=20), NOW.date()))]
+    else:
+        status = "posted"
+    is_posted = status in ("posted", "partly_paid", "paid")
+    ledger_record_invoice(
+        legal_entity=entity,
+        connection=erp,
+        invoice=LedgerInvoice(
+            id=number,
+            number=number,
+            key=f"I-{number}",
+            project_key="",
+            batch_key="",
+            customer_id=customer,
+            customer_name=customer,
+            currency=currency,
+            total=amount,
+            tax=Decimal("0.00"),
+            open_balance=amount - sum((p.amount for p in payments), Decimal("0")) if is_posted else Decimal("0"),
+            status=status,
+            source_status=status,
+            invoice_date=posted,
+            due_date=posted + dt.timedelta(days=30),
+            posting_date=posted if is_posted else None,
+            payments=tuple(payments),
+        ),
+        seen_at=NOW,
     )

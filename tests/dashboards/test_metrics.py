@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from dashboards import metrics, wip
+from dashboards import ledger, metrics, wip
 from dashboards.facts import rollups_rebuild_all
 from dashboards.models import FlowSla, FxRate
 from dashboards.sla import business_days_between
@@ -130,7 +130,7 @@ def test_multi_currency_billing_exceptions_in_the_reporting_currency(crm, entiti
 
 
 @pytest.mark.django_db
-def test_dso_from_posted_and_paid_invoices(crm, entities) -> None:  # noqa: ANN001
+def test_days_to_pay_and_status_sync_from_bill_to_cash_handoffs(crm, entities) -> None:  # noqa: ANN001
     def b2c(inv, posted, paid, total, remaining):  # noqa: ANN001, ANN202
         times = {"invoice_posted": posted}
         if paid:
@@ -153,15 +153,73 @@ def test_dso_from_posted_and_paid_invoices(crm, entities) -> None:  # noqa: ANN0
     b2c("1", dt.date(2026, 10, 1), dt.date(2026, 10, 20), "1000.00", "0.00")  # the payment: same invoice
     b2c("2", dt.date(2026, 10, 15), None, "3000.00", "3000.00")
     rollups_rebuild_all()
-    d = metrics.dso(OCT)
-    assert (d["receivables"], d["billings"], d["invoices"]) == (Decimal("3000.00"), Decimal("4000.00"), 2)
-    assert d["days"] == pytest.approx(67.5)
     s = metrics.flow_stats(OCT, "bill-to-cash")
     # The business cycle is the customer's: invoice 1 posted 1 Oct, paid in full 20 Oct = 19 × 24 h.
     assert (s.measured, s.median_hours) == (1, 19 * 24)
     # The integration's own clock, apart: each invoice's last handoff ran 00:00 -> 02:00 = 120 min
     # (invoice 1's payment on 20 Oct, invoice 2's posting on 15 Oct), over the 15 min default.
     assert (s.synced, s.sync_median_minutes, s.sync_within_sla) == (2, 120.0, 0)
+
+
+def ledger_invoice(crm, entity, number, *, status, posted, due, total, payments=(), tax="0.00"):  # noqa: ANN001, ANN201, PLR0913
+    """An ERP invoice as a connector maps it, stored through the ledger service."""
+    from connectors.base import LedgerInvoice, PaymentApplied
+    from pscsync.ledger import ledger_record_invoice
+
+    applied = tuple(PaymentApplied(f"{number}-{i}", number, Decimal(a), on) for i, (a, on) in enumerate(payments))
+    paid = sum((p.amount for p in applied), Decimal("0"))
+    invoice = LedgerInvoice(
+        id=number,
+        number=number,
+        key=f"I-{number}",
+        project_key="",
+        batch_key="",
+        customer_id="C1",
+        customer_name="Globex",
+        currency="USD",
+        total=Decimal(total),
+        tax=Decimal(tax),
+        open_balance=Decimal(total) - paid if status in ("posted", "partly_paid", "paid") else Decimal("0"),
+        status=status,
+        source_status=status,
+        invoice_date=posted,
+        due_date=due,
+        posting_date=posted if status in ("posted", "partly_paid", "paid", "voided") else None,
+        payments=applied,
+    )
+    return ledger_record_invoice(legal_entity=entity, connection=crm, invoice=invoice)
+
+
+@pytest.mark.django_db
+def test_dso_receivables_and_cash_from_the_ledger_not_from_handoffs(crm, entities) -> None:  # noqa: ANN001
+    us = entities["us"]
+    # 1: 1,000 posted 1 Oct, paid 20 Oct. 2: 3,000 posted 15 Oct, 1,200 paid 25 Oct, due 14 Nov.
+    # 3: 500 pending approval (not invoiced, not owed). 4: 700 posted then voided (nothing).
+    ledger_invoice(
+        crm, us, "1", status="paid", posted=dt.date(2026, 10, 1), due=dt.date(2026, 10, 31), total="1000.00",
+        payments=[("1000.00", dt.date(2026, 10, 20))],
+    )  # fmt: skip
+    ledger_invoice(
+        crm, us, "2", status="partly_paid", posted=dt.date(2026, 10, 15), due=dt.date(2026, 11, 14),
+        total="3000.00", payments=[("1200.00", dt.date(2026, 10, 25))],
+    )  # fmt: skip
+    ledger_invoice(crm, us, "3", status="pending_approval", posted=dt.date(2026, 10, 20), due=None, total="500.00")
+    ledger_invoice(crm, us, "4", status="voided", posted=dt.date(2026, 10, 5), due=None, total="700.00")
+    d = ledger.dso(OCT)
+    # Receivables at 31 Oct: 3,000 − 1,200 = 1,800 (not yet due: current); invoice 1 is paid.
+    # Billings 3 Aug – 31 Oct: 1,000 + 3,000 = 4,000 (pending and voided left out).
+    assert (d["receivables"], d["billings"], d["invoices"]) == (Decimal("1800.00"), Decimal("4000.00"), 2)
+    assert d["days"] == pytest.approx(40.5)  # 1,800 ÷ 4,000 × 90
+    assert d["ageing"]["buckets"][0] == Decimal("1800.00")
+    # At 19 Oct invoice 1 was still owed in full: 1,000 + 3,000 = 4,000.
+    assert ledger.receivables(OCT, at=dt.date(2026, 10, 19))["value"] == Decimal("4000.00")
+    # Cash in October: 1,000 on 20 Oct + 1,200 on 25 Oct.
+    assert ledger.cash_collected(OCT)["value"] == Decimal("2200.00")
+    # In November, with nothing more paid, invoice 2 is 16 days past due (14 Nov → 30 Nov).
+    nov = metrics.Filters(start=dt.date(2026, 11, 1), end=dt.date(2026, 11, 30))
+    assert ledger.receivables(nov)["buckets"][1] == Decimal("1800.00")
+    # The pending invoice is unbilled WIP, 11 days old on 31 Oct.
+    assert ledger.unposted_invoices(OCT)["buckets"] == [Decimal("500.00"), 0, 0, 0]
 
 
 @pytest.mark.django_db

@@ -252,3 +252,38 @@ def test_billing_exceptions_by_type_customer_entity_and_project(client, admin, e
     assert csv("customer") == ['Contoso,2,"USD 1,500"', "Fabrikam,1,USD 300"]
     assert csv("entity") == [f'{entities["us"].name},2,"USD 1,500"', f"{entities['uk'].name},1,USD 300"]
     assert csv("project") == ['Cloud move,2,"USD 1,500"', "—,1,USD 300"]
+
+
+@pytest.mark.django_db
+def test_receivables_ageing_and_cash_agree_in_page_csv_and_json_and_respect_scope(client, viewer, firm) -> None:  # noqa: ANN001
+    from decimal import Decimal
+
+    from connectors.models import Connection
+    from tests.dashboards.test_metrics import ledger_invoice
+
+    client.force_login(viewer)  # limited to the US entity
+    before = client.get(f"/dashboards/bill-to-cash/?{PERIOD}").content.decode()
+    assert "No ERP invoice has been read yet" in before and "Not measured yet" in before  # not "USD 0 owed"
+    erp = Connection.objects.get(slug="salesforce")  # any connection: the ledger row only names it
+    # US: 2,000 posted 1 Sep, due 1 Oct, 500 paid 10 Oct -> 1,500 owed, 30 days past due at 31 Oct.
+    ledger_invoice(
+        erp, firm["us"], "US-1", status="partly_paid", posted=dt.date(2026, 9, 1), due=dt.date(2026, 10, 1),
+        total="2000.00", payments=[("500.00", dt.date(2026, 10, 10))],
+    )  # fmt: skip
+    # UK (the viewer does not see it): 9,000 posted, unpaid.
+    ledger_invoice(
+        erp, firm["uk"], "UK-1", status="posted", posted=dt.date(2026, 10, 2), due=dt.date(2026, 11, 1), total="9000.00"
+    )
+    page = client.get(f"/dashboards/bill-to-cash/?{PERIOD}").content.decode()
+    assert "Receivables ageing by customer" in page and "USD 1,500" in page and "9,000" not in page
+    csv = client.get(f"/dashboards/bill-to-cash/?{PERIOD}&csv=receivables-ageing").content.decode().splitlines()
+    assert len(csv) == 2 and "USD 1,500" in csv[1] and "Globex" in csv[1]
+    drill = client.get(f"/dashboards/bill-to-cash/?{PERIOD}&csv=open-invoices").content.decode().splitlines()
+    assert len(drill) == 2 and drill[1].startswith("US-1,") and "1,500.00" in drill[1] and ",30," in drill[1]
+    figures = {m["key"]: m for m in client.get(f"/api/v1/metrics/?{PERIOD}").json()["metrics"]}
+    assert Decimal(figures["cash.receivables"]["value"]) == Decimal("1500.00")
+    assert Decimal(figures["cash.receivables_1_30_days"]["value"]) == Decimal("1500.00")
+    assert Decimal(figures["cash.collected"]["value"]) == Decimal("500.00")
+    # Invoiced in the 90 days to 31 Oct: 2,000 (1 Sep); DSO = 1,500 ÷ 2,000 × 90 = 67.5 days.
+    assert figures["cash.dso"]["value"] == pytest.approx(67.5)
+    assert figures["cash.dso"]["state"] == "measured" and figures["cash.dso"]["as_of"]

@@ -21,12 +21,19 @@ def test_netsuite_invoice_then_part_payment_show_on_the_opportunity_and_the_cert
     event = certinia_billing_event(firm, deal["opportunity"])
     assert run(trigger(firm, "project-to-bill", event, slug="certinia-us")).status == Handoff.Status.SUCCEEDED
 
-    invoiced = run(trigger(firm, "bill-to-cash", f"I-{event}", slug="netsuite-us"))
+    # NetSuite routes the new invoice for approval: not posted, so not invoiced on the deal.
+    pending = run(trigger(firm, "bill-to-cash", f"I-{event}", slug="netsuite-us"))
+    assert pending.status == Handoff.Status.SUCCEEDED, pending.last_error_message
+    assert opportunity(firm, deal["opportunity"])["Billing_Status__c"] == "Invoice awaiting approval"
+    assert float(opportunity(firm, deal["opportunity"])["Amount_Invoiced__c"] or 0) == 0.0
+
+    netsuite = firm.connector("netsuite-us")
+    netsuite.upsert(entity="invoice", key=f"I-{event}", fields={"approvalStatus": {"id": "2"}})  # finance approves
+    invoiced = run(trigger(firm, "bill-to-cash", f"I-{event}", slug="netsuite-us", minutes_later=1))
     assert invoiced.status == Handoff.Status.SUCCEEDED, invoiced.last_error_message
     assert opportunity(firm, deal["opportunity"])["Billing_Status__c"] == "Invoiced"
     assert float(opportunity(firm, deal["opportunity"])["Amount_Invoiced__c"]) == 26325.0
 
-    netsuite = firm.connector("netsuite-us")
     invoice = netsuite.lookup(entity="invoice", key=f"I-{event}")
     customer = invoice.response["entity"]["id"]
     payment = netsuite.upsert(

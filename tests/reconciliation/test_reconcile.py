@@ -53,6 +53,43 @@ def test_clean_firm_has_no_mismatches(firm):  # noqa: ANN001
     assert uk_run.summary["billed_time"]["matched"] == 1 and uk_run.summary["deal_value"]["matched"] == 1
 
 
+def test_reconciliation_stores_the_erp_ledger_with_posted_states_and_payments(firm):  # noqa: ANN001
+    from pscsync.models import ErpInvoice
+
+    s, batch = billed(firm)
+    invoice_id = seed.netsuite_invoice(firm, s, batch)  # routed for approval: pending
+    uk = seed.deal(firm, entity="uk", n=2, amount=50000)
+    seed.kantata_batch_and_invoice(firm, uk)  # a BC draft
+    run("us"), run("uk")
+    assert list(ErpInvoice.objects.values_list("legal_entity__code", "status").order_by("legal_entity__code")) == [
+        ("uk", "draft"),
+        ("us", "pending_approval"),
+    ]
+    netsuite = firm.connector("netsuite-us")
+    netsuite.upsert(entity="invoice", key=f"I-{batch['id']}", fields={"approvalStatus": {"id": "2"}})
+    total = netsuite.get(entity="invoice", record_id=invoice_id)["total"]
+    apply = {"items": [{"doc": {"id": invoice_id}, "apply": True, "amount": 1000.0}]}
+    netsuite.upsert(
+        entity="payment",
+        key="PAY-R1",
+        fields={"customer": {"id": s.customer}, "payment": 1000.0, "tranDate": "2026-11-15", "apply": apply},
+    )
+    run("us")
+    stored = ErpInvoice.objects.get(legal_entity__code="us")
+    assert (stored.status, stored.total, stored.open_balance) == (
+        "partly_paid",
+        Decimal(str(total)).quantize(Decimal("0.01")),
+        Decimal(str(total - 1000)).quantize(Decimal("0.01")),
+    )
+    assert [(a.amount, a.applied_on.isoformat()) for a in stored.applications.all()] == [
+        (Decimal("1000.00"), "2026-11-15")
+    ]
+    assert list(stored.status_changes.values_list("from_status", "to_status")) == [
+        ("", "pending_approval"),
+        ("pending_approval", "partly_paid"),
+    ]
+
+
 # One test per catalogue class ---------------------------------------------------------------------
 def test_rounding(firm):  # noqa: ANN001
     ReconciliationTolerance.objects.create(

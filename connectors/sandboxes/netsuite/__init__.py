@@ -28,9 +28,17 @@ Errors: {"type", "title", "status", "o:errorDetails": [{"detail", "o:errorCode",
 An account-wide concurrency limit (15 requests in flight, as a shared-tier account with one
 SuiteCloud Plus licence) answers 429 CONCURRENCY_LIMIT_EXCEEDED beyond it.
 
+Invoices follow approval routing: a new invoice is Pending Approval (approvalStatus 1, status D)
+unless it is written with approvalStatus 2 (Approved); PATCH approvalStatus to approve (status A
+Open) or reject (E). A payment's apply lines lower amountRemaining; at zero the status is B Paid In
+Full (a partly paid invoice stays Open). The due date defaults to the date + 30 days (Net 30).
+
 Sandbox-only settings, sent as rules to /_sandbox/faults:
   {"concurrency_limit": 2}             lower (or raise) the account's concurrency limit
   {"require_prefer_transient": false}  accept SuiteQL without the Prefer: transient header
+  {"invoice_approval": false}          no approval routing: every saved invoice is Open (posted)
+Sandbox-only action (NetSuite's Void button; REST has none):
+  POST /_sandbox/void/invoice/{id}     void an invoice: status V Voided, nothing remaining
 """
 
 from __future__ import annotations
@@ -62,7 +70,18 @@ CLOCK_SKEW_SECONDS = 60
 ACCESS_TOKEN_SECONDS = 3600
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EXTERNAL_ID = re.compile(r"^[A-Za-z0-9_\-.]{1,255}$")
-READ_ONLY = {"id", "links", "refName", "dateCreated", "lastModifiedDate", "total", "amountRemaining"}
+READ_ONLY = {"id", "links", "refName", "dateCreated", "lastModifiedDate", "total", "amountRemaining", "status"}
+# Invoice approval routing is on (as in most firms): approvalStatus 1 Pending Approval, 2 Approved,
+# 3 Rejected; only an approved invoice posts. The invoice's own status, a select field {id, refName}.
+APPROVAL = {"1": "Pending Approval", "2": "Approved", "3": "Rejected"}
+INVOICE_STATUS = {
+    "open": {"id": "A", "refName": "Open"},
+    "paid": {"id": "B", "refName": "Paid In Full"},
+    "pending": {"id": "D", "refName": "Pending Approval"},
+    "rejected": {"id": "E", "refName": "Rejected"},
+    "voided": {"id": "V", "refName": "Voided"},
+}
+PAYMENT_TERMS_DAYS = 30  # Net 30, the seeded customers' terms: the due date when none is given
 
 
 @dataclass(frozen=True)
@@ -193,6 +212,7 @@ class NetSuiteSandbox(Sandbox):
         self.route("PATCH", rf"{RECORD}/(?P<type>[^/]+)/(?P<ref>[^/]+)", self.update)
         self.route("PUT", rf"{RECORD}/(?P<type>[^/]+)/(?P<ref>[^/]+)", self.upsert)
         self.route("DELETE", rf"{RECORD}/(?P<type>[^/]+)/(?P<ref>[^/]+)", self.delete)
+        self.route("POST", r"/_sandbox/void/invoice/(?P<ref>\d+)", self.void_invoice, auth=False)
 
     # The vendor's error shape ------------------------------------------------------------------
     def error(self, status: int, message: str, *, code: str = "", field_name: str = "") -> Response:
@@ -527,9 +547,8 @@ class NetSuiteSandbox(Sandbox):
             self.store.db.execute("DELETE FROM kv WHERE name = ?", (f"eid:{type_key}:{existing['externalId']}",))
         if record.get("externalId"):
             self.store.kv_set(f"eid:{type_key}:{record['externalId']}", record["id"])
-        if record_type.name == "invoice" and existing is None:
-            record["amountRemaining"] = record.get("total", 0)
-            record["status"] = "Open"
+        if record_type.name == "invoice":
+            self._invoice_state(record, new=existing is None)
             self.store.put(type_key, record["id"], record)
         if record_type.name == "customerPayment":
             self._apply_payment(existing, record)
@@ -554,11 +573,44 @@ class NetSuiteSandbox(Sandbox):
                 for line in (p.get("apply") or {}).get("items", [])
                 if str((line.get("doc") or {}).get("id")) == invoice_id and line.get("apply", True)
             )
-            remaining = round(float(invoice.get("total") or 0) - applied, 2)
-            invoice["amountRemaining"] = max(remaining, 0.0)
-            invoice["status"] = "Paid In Full" if remaining <= 0 else ("Open" if applied == 0 else "Partially Paid")
+            invoice["amountRemaining"] = max(round(float(invoice.get("total") or 0) - applied, 2), 0.0)
+            self._invoice_state(invoice, new=False)
             invoice["lastModifiedDate"] = payment["lastModifiedDate"]
             self.store.put("invoice", invoice_id, invoice)
+
+    def _invoice_state(self, invoice: dict[str, Any], *, new: bool) -> None:
+        """approvalStatus, status, amountRemaining and dueDate as NetSuite keeps them."""
+        if (invoice.get("status") or {}).get("id") == "V":
+            return  # voided stays voided
+        approval = invoice.get("approvalStatus")
+        approval_id = str(approval.get("id") if isinstance(approval, dict) else approval or "")
+        if self.faults.setting("invoice_approval") is False:
+            approval_id = approval_id or "2"
+        approval_id = approval_id if approval_id in APPROVAL else "1"
+        invoice["approvalStatus"] = {"id": approval_id, "refName": APPROVAL[approval_id]}
+        if new or "amountRemaining" not in invoice:
+            invoice["amountRemaining"] = invoice.get("total", 0)
+        if approval_id == "1":
+            invoice["status"] = dict(INVOICE_STATUS["pending"])
+        elif approval_id == "3":
+            invoice["status"] = dict(INVOICE_STATUS["rejected"])
+        elif float(invoice.get("total") or 0) > 0 and float(invoice.get("amountRemaining") or 0) <= 0:
+            invoice["status"] = dict(INVOICE_STATUS["paid"])
+        else:
+            invoice["status"] = dict(INVOICE_STATUS["open"])
+        if not invoice.get("dueDate"):
+            dated = str(invoice.get("tranDate") or _now())[:10]
+            invoice["dueDate"] = (dt.date.fromisoformat(dated) + dt.timedelta(days=PAYMENT_TERMS_DAYS)).isoformat()
+
+    def void_invoice(self, request: Request) -> Response:
+        """What a NetSuite user's Void does (without reversing journals): the invoice stays, with
+        status Voided and nothing remaining. An invoice with a payment applied cannot be voided."""
+        with self.store.lock:
+            invoice = self.must_find(TYPES["invoice"], request.params["ref"])
+            self._check_no_dependents(TYPES["invoice"], invoice)
+            invoice.update(status=dict(INVOICE_STATUS["voided"]), amountRemaining=0.0, lastModifiedDate=_now())
+            self.store.put("invoice", invoice["id"], invoice)
+        return Response(204, None)
 
     def reference(self, target: str, name: str, value: Any) -> dict[str, str] | None:
         if value is None:
@@ -734,6 +786,8 @@ class NetSuiteSandbox(Sandbox):
                     row[name.lower()] = value
                 if kind.suiteql_type:
                     row["type"] = kind.suiteql_type
+                if kind.name == "customerPayment" and "customer" in row:
+                    row["entity"] = row["customer"]  # SuiteQL's transaction.entity: the paying customer
                 rows.append(row)
         return rows
 

@@ -1,4 +1,4 @@
-"""Verify the audit trail's hash chain and name the first broken row."""
+"""Verify the audit trail's keyed hash chain and name every broken row."""
 
 from __future__ import annotations
 
@@ -10,14 +10,24 @@ from pscsync.audit import audit_verify
 
 
 class Command(BaseCommand):
-    help = "Verify the audit trail's hash chain; exit 1 naming the first broken row."
+    help = "Verify the audit trail's keyed hash chain; exit 1 naming every broken row."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        checked, broken, why = audit_verify()
-        if broken is not None:
-            raise CommandError(
-                f"audit chain broken at entry {broken.pk} ({broken.created_at:%Y-%m-%d %H:%M:%S} "
-                f"{broken.actor_label} {broken.action} {broken.object_type}:{broken.object_id}): {why}; "
-                f"{checked} entries before it are intact"
+        report = audit_verify()
+        if report.unkeyed:
+            self.stdout.write(
+                f"{report.unkeyed} entries predate the keyed chain: checked with a plain hash, "
+                "which someone with write access could recompute"
             )
-        self.stdout.write(f"audit chain intact: {checked} entries")
+        if report.breaks:
+            for entry, why in report.breaks:
+                self.stderr.write(
+                    f"entry {entry.pk} ({entry.created_at:%Y-%m-%d %H:%M:%S} {entry.actor_label} {entry.action} "
+                    f"{entry.object_type}:{entry.object_id}): {why}"
+                )
+            first = report.breaks[0][0]
+            raise CommandError(
+                f"audit chain broken at entry {first.pk}: {len(report.breaks)} problem(s) in "
+                f"{report.checked} entries (listed above)"
+            )
+        self.stdout.write(f"audit chain intact: {report.checked} entries")

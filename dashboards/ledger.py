@@ -1,0 +1,240 @@
+"""Money as the ERPs' ledgers hold it: receivables and their ageing, invoiced (billings), cash
+collected, DSO, and the invoices still unposted in the ERP. One definition each, read by the
+pages, their CSV exports and /api/v1/metrics/. Built from the ledger pscsync keeps
+(pscsync.ledger: ErpInvoice, PaymentApplication), never from handoffs: an invoice counts when
+the ERP has posted it, a payment when the ERP applied it (DESIGN.md rule 8).
+
+- Invoiced in a period: totals (tax included) of invoices posted in the ERP whose posting date
+  falls in the period. Drafts and invoices pending approval are not invoiced; a voided or
+  credited invoice is not either (the ERP reversed it).
+- Receivables at a date D: for each invoice posted on or before D and not voided, its total less
+  the payments applied to it on or before D; aged by days past due at D (current, 1–30, 31–60,
+  61–90, over 90 days past the due date).
+- Cash collected in a period: payments applied to invoices, by the application's date.
+- DSO (simple, DOMAIN.md §2.6): receivables at the period end ÷ invoiced in the 90 days ending
+  then × 90.
+
+Currency: balances (receivables, unposted invoices) at the closing rate of D's month, flows
+(invoiced, cash) at the average rate of their month, through metrics.Converter. The service-line
+filter does not apply (an ERP invoice carries no service line); legal entity, customer and
+connection do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Count, DecimalField, Max, Q, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce, TruncMonth, TruncWeek
+
+from dashboards.metrics import AGE_BUCKETS_DAYS, Converter, Filters, bucket_index
+from pscsync.models import ErpInvoice, PaymentApplication
+
+ZERO = Decimal("0")
+DSO_WINDOW_DAYS = 90
+# Days past the due date at the date of the figure: (lowest, highest, label); "current" is not due yet.
+AGEING_BUCKETS: list[tuple[int | None, int | None, str]] = [
+    (None, 0, "Current"),
+    (1, 30, "1–30 days past due"),
+    (31, 60, "31–60 days past due"),
+    (61, 90, "61–90 days past due"),
+    (91, None, "Over 90 days past due"),
+]
+DSO_DEFINITION = (
+    "Simple DSO: receivables at the period end ÷ invoices posted in the 90 days up to it × 90 "
+    "(DOMAIN.md §2.6). Receivables are posted invoices' totals less the payments the ERP applied "
+    "up to that date."
+)
+
+
+def ledger_invoices(f: Filters) -> QuerySet[ErpInvoice]:
+    """The ledger's invoices within the filter's scope (legal entities, customer, connection)."""
+    qs = ErpInvoice.objects.all()
+    if f.entity_ids is not None:
+        qs = qs.filter(legal_entity_id__in=f.entity_ids)
+    if f.customer:
+        qs = qs.filter(customer_name=f.customer)
+    if f.connection_id:
+        qs = qs.filter(connection_id=f.connection_id)
+    return qs
+
+
+def ledger_read_at(f: Filters) -> dt.datetime | None:
+    """When the ledger in scope was last read from an ERP; None: never (the figures are not
+    measured yet, which is not the same as nothing owed)."""
+    return ledger_invoices(f).aggregate(at=Max("read_at"))["at"]
+
+
+def ageing_index(days_past_due: int) -> int:
+    for index, (low, high, _label) in enumerate(AGEING_BUCKETS):
+        if (low is None or days_past_due >= low) and (high is None or days_past_due <= high):
+            return index
+    return len(AGEING_BUCKETS) - 1
+
+
+def receivables(f: Filters, conv: Converter | None = None, *, at: dt.date | None = None) -> dict[str, Any]:
+    """Open balances at `at` (default: the period end), aged by due date, by customer and legal
+    entity. `rows`: one per (legal entity, customer), largest first; `invoices`: each open invoice
+    (its open amount in its own currency); `native`: the open amounts per currency, unconverted."""
+    conv = conv or Converter()
+    at = at or f.end
+    applied = Coalesce(
+        Sum("applications__amount", filter=Q(applications__applied_on__lte=at)),
+        Value(ZERO),
+        output_field=DecimalField(max_digits=16, decimal_places=2),
+    )
+    qs = (
+        ledger_invoices(f)
+        .filter(status__in=ErpInvoice.POSTED_STATES, posting_date__lte=at)
+        .annotate(applied=applied)
+        .values(
+            "legal_entity_id",
+            "customer_name",
+            "currency",
+            "due_date",
+            "total",
+            "applied",
+            "number",
+            "status",
+            "posting_date",
+        )
+        .order_by()
+    )
+    n = len(AGEING_BUCKETS)
+    buckets, counts = [ZERO] * n, [0] * n
+    by_customer: dict[tuple[int, str], list[Decimal]] = defaultdict(lambda: [ZERO] * n)
+    by_entity: dict[int, Decimal] = defaultdict(Decimal)
+    native: dict[str, Decimal] = defaultdict(Decimal)
+    invoices = []
+    for row in qs:
+        open_amount = row["total"] - row["applied"]
+        if open_amount <= 0:
+            continue
+        late = (at - row["due_date"]).days if row["due_date"] else 0
+        index = ageing_index(late)
+        invoices.append({**row, "open": open_amount, "days_past_due": max(0, late), "bucket": index})
+        value = conv.convert(open_amount, row["currency"], at, "closing")
+        buckets[index] += value
+        counts[index] += 1
+        by_customer[(row["legal_entity_id"], row["customer_name"])][index] += value
+        by_entity[row["legal_entity_id"]] += value
+        native[row["currency"]] += open_amount
+    rows = [
+        {"legal_entity_id": entity, "customer": customer, "buckets": values, "total": sum(values, ZERO)}
+        for (entity, customer), values in by_customer.items()
+    ]
+    return {
+        "at": at,
+        "value": sum(buckets, ZERO),
+        "count": sum(counts),
+        "labels": [label for _low, _high, label in AGEING_BUCKETS],
+        "buckets": buckets,
+        "counts": counts,
+        "past_due": sum(buckets[1:], ZERO),
+        "rows": sorted(rows, key=lambda r: (-r["total"], r["customer"])),
+        "by_entity": dict(by_entity),
+        "native": dict(native),
+        # The drill-down: every invoice behind the figure, the longest overdue first.
+        "invoices": sorted(invoices, key=lambda r: (-r["days_past_due"], r["number"])),
+    }
+
+
+def invoiced(f: Filters, conv: Converter | None = None, *, start: dt.date | None = None) -> dict[str, Any]:
+    """Invoices posted from `start` (default: the period start) to the period end: count and
+    value, each month at its average rate."""
+    conv = conv or Converter()
+    qs = ledger_invoices(f).filter(status__in=ErpInvoice.POSTED_STATES, posting_date__range=(start or f.start, f.end))
+    value, count = ZERO, 0
+    groups = qs.annotate(month=TruncMonth("posting_date")).values("currency", "month")
+    for g in groups.annotate(v=Sum("total"), n=Count("id")).order_by():
+        value += conv.convert(g["v"] or ZERO, g["currency"], _day(g["month"]))
+        count += g["n"]
+    return {"value": value, "count": count}
+
+
+def cash_collected(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
+    """Payments the ERP applied to invoices in scope, dated in the period (month's average rate)."""
+    conv = conv or Converter()
+    qs = PaymentApplication.objects.filter(invoice__in=ledger_invoices(f), applied_on__range=(f.start, f.end)).exclude(
+        invoice__status__in=[ErpInvoice.Status.VOIDED, ErpInvoice.Status.CREDITED]
+    )
+    value, count = ZERO, 0
+    by_entity: dict[int, Decimal] = defaultdict(Decimal)
+    groups = qs.annotate(month=TruncMonth("applied_on")).values(
+        "invoice__currency", "invoice__legal_entity_id", "month"
+    )
+    for g in groups.annotate(v=Sum("amount"), n=Count("id")).order_by():
+        converted = conv.convert(g["v"] or ZERO, g["invoice__currency"], _day(g["month"]))
+        value += converted
+        count += g["n"]
+        by_entity[g["invoice__legal_entity_id"]] += converted
+    return {"value": value, "count": count, "by_entity": dict(by_entity)}
+
+
+def dso(f: Filters, conv: Converter | None = None, *, window_days: int = DSO_WINDOW_DAYS) -> dict[str, Any]:
+    """Simple DSO at the period end (DSO_DEFINITION). None when nothing was invoiced in the window."""
+    conv = conv or Converter()
+    owed = receivables(f, conv)
+    billed = invoiced(f, conv, start=f.end - dt.timedelta(days=window_days - 1))
+    days = float(owed["value"] / billed["value"] * window_days) if billed["value"] > 0 else None
+    return {
+        "days": days,
+        "as_of": ledger_read_at(f),
+        "receivables": owed["value"],
+        "billings": billed["value"],
+        "invoices": billed["count"],
+        "window": window_days,
+        "ageing": owed,
+    }
+
+
+def by_week(f: Filters, conv: Converter | None = None) -> dict[dt.date, list[float]]:
+    """Invoiced (by posting week) and cash collected (by application week) per ISO week start."""
+    conv = conv or Converter()
+    weeks: dict[dt.date, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    posted = ledger_invoices(f).filter(status__in=ErpInvoice.POSTED_STATES, posting_date__range=(f.start, f.end))
+    for g in (
+        posted.annotate(week=TruncWeek("posting_date")).values("currency", "week").annotate(v=Sum("total")).order_by()
+    ):
+        weeks[_day(g["week"])][0] += float(conv.convert(g["v"] or ZERO, g["currency"], _day(g["week"])))
+    paid = PaymentApplication.objects.filter(invoice__in=ledger_invoices(f), applied_on__range=(f.start, f.end))
+    paid = paid.exclude(invoice__status__in=[ErpInvoice.Status.VOIDED, ErpInvoice.Status.CREDITED])
+    for g in (
+        paid.annotate(week=TruncWeek("applied_on"))
+        .values("invoice__currency", "week")
+        .annotate(v=Sum("amount"))
+        .order_by()
+    ):
+        weeks[_day(g["week"])][1] += float(conv.convert(g["v"] or ZERO, g["invoice__currency"], _day(g["week"])))
+    return dict(sorted(weeks.items()))
+
+
+def unposted_invoices(f: Filters, conv: Converter | None = None, *, as_of: dt.date | None = None) -> dict[str, Any]:
+    """Work on an ERP invoice that is not posted yet (a draft, or pending approval): still
+    unbilled WIP (DOMAIN.md §2.3). Valued net of tax at the closing rate, aged by invoice date
+    in unbilled WIP's buckets. `by_entity`: legal entity id → value per age bucket."""
+    conv = conv or Converter()
+    as_of = as_of or f.end
+    empty = [ZERO] * len(AGE_BUCKETS_DAYS)
+    buckets = list(empty)
+    by_entity: dict[int, list[Decimal]] = defaultdict(lambda: list(empty))
+    count = 0
+    qs = ledger_invoices(f).filter(status__in=ErpInvoice.UNPOSTED_STATES)
+    groups = qs.values("legal_entity_id", "currency", "invoice_date").annotate(
+        v=Sum("total"), tax=Sum("tax"), n=Count("id")
+    )
+    for g in groups.order_by():
+        age = max(0, (as_of - g["invoice_date"]).days) if g["invoice_date"] else 0
+        index = bucket_index(age, AGE_BUCKETS_DAYS)
+        value = conv.convert((g["v"] or ZERO) - (g["tax"] or ZERO), g["currency"], f.end, "closing")
+        buckets[index] += value
+        by_entity[g["legal_entity_id"]][index] += value
+        count += g["n"]
+    return {"count": count, "value": sum(buckets, ZERO), "buckets": buckets, "by_entity": dict(by_entity)}
+
+
+def _day(value: dt.date | dt.datetime) -> dt.date:
+    return value.date() if isinstance(value, dt.datetime) else value
