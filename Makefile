@@ -29,7 +29,8 @@ TEST_ENV := SECRET_KEY=$${SECRET_KEY:-test-only-secret-key-not-for-production-us
 	PSCSYNC_CREDENTIALS_KEYS=$${PSCSYNC_CREDENTIALS_KEYS:-t1:dGVzdC1vbmx5LWNyZWRlbnRpYWxzLWtleS0zMmJ5dGU=} \
 	PSCSYNC_SECURE_COOKIES=false PSCSYNC_ALLOW_SANDBOXES=true
 
-test: $(VENV)/.dev chromium
+# Lint first: a style or lint failure fails CI in seconds, before the 10-minute suite.
+test: $(VENV)/.dev chromium lint
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev

@@ -252,10 +252,27 @@ class ExceptionDetailSerializer(ExceptionSerializer):
     payload = ObjectField(read_only=True)
     assignee = serializers.SerializerMethodField()
     comments = serializers.SerializerMethodField()
+    document = serializers.SerializerMethodField()
 
     class Meta(ExceptionSerializer.Meta):
-        fields = [*ExceptionSerializer.Meta.fields, "payload", "assignee", "comments"]
+        fields = [*ExceptionSerializer.Meta.fields, "payload", "assignee", "comments", "document"]
         read_only_fields = fields
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "description": "What the first step read (e.g. the deal and its account): the document a resubmit "
+            "in mode `edit` replaces. Null when the read step has not succeeded.",
+        }
+    )
+    def get_document(self, obj: Handoff) -> dict[str, Any] | None:
+        from remediation.services import read_step
+
+        step = read_step(obj)
+        if step is None or step.status != "succeeded" or not isinstance(step.output, dict):
+            return None
+        return step.output
 
     @extend_schema_field({"type": "string", "nullable": True})
     def get_assignee(self, obj: Handoff) -> str | None:
@@ -705,6 +722,11 @@ class MetricsQuerySerializer(serializers.Serializer):
     service_line = TextField(required=False, max_length=80)
     customer = TextField(required=False, max_length=200)
     connection = TextField(required=False, max_length=50, help_text="A connection slug.")
+    currency = serializers.RegexField(
+        r"^[A-Z]{3}$",
+        required=False,
+        help_text="Show money in this ISO currency (default: one entity's own currency, else the reporting one).",
+    )
 
     def get_fields(self) -> dict[str, Any]:
         fields = super().get_fields()
@@ -735,7 +757,9 @@ class MetricSerializer(serializers.Serializer):
     key = serializers.CharField()
     name = serializers.CharField(help_text="The figure's name on the pages.")
     value = FigureField()
-    unit = serializers.CharField(help_text="count, hours, minutes, percent, days, or the reporting currency.")
+    unit = serializers.CharField(
+        help_text="count, hours, minutes, percent, days, or the figures' currency (see currency)."
+    )
     count = serializers.IntegerField(help_text="How many records the figure is computed from.")
     definition = serializers.CharField()
     state = serializers.ChoiceField(
@@ -747,16 +771,25 @@ class MetricSerializer(serializers.Serializer):
     state_note = serializers.CharField(allow_blank=True, help_text="Why it is stale or not measured.")
     drill_down = serializers.CharField(allow_blank=True, help_text="The page listing the records behind it.")
     sla = serializers.CharField(allow_blank=True, help_text="The SLA the figure is measured against, if any.")
+    complete = serializers.BooleanField(
+        required=False, help_text="Money figures only: every amount behind the figure was converted."
+    )
+    missing = serializers.DictField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Money figures only: per currency, the amount this figure could not convert (no rate).",
+    )
 
 
 class MetricsSerializer(serializers.Serializer):
     from_ = serializers.DateField()
     to = serializers.DateField()
     reporting_currency = serializers.CharField()
-    currency_policy = serializers.CharField()
-    unconverted = serializers.DictField(
-        child=serializers.CharField(), help_text="Amounts per currency left out for want of an FX rate."
+    currency = serializers.CharField(
+        help_text="The currency of the money figures: the one asked for, else the one legal entity's functional "
+        "currency, else the reporting currency."
     )
+    currency_policy = serializers.CharField()
     metrics = MetricSerializer(many=True)
 
     def get_fields(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from connectors.egress import DestinationRefused, check_destination
 from connectors.models import Connection
 from dashboards.facts import MEASURES as FLOW_MEASURES
 from dashboards.facts import sla_for
+from dashboards.fx import known_currencies
 from dashboards.kpis import payload as metrics_payload
 from dashboards.metrics import Filters, policy_text, reporting_currency, weekly_latency
 from dashboards.queries import connection_activity, health_summary
@@ -1017,7 +1018,10 @@ def _dashboard_filters(request: Request, query_class: type) -> tuple[Filters, di
         service_line=q.get("service_line", "").strip(),
         customer=q.get("customer", "").strip(),
         connection_id=connection_id,
+        currency=q.get("currency", ""),
     )
+    if f.currency and f.currency not in known_currencies():
+        raise Unprocessable({"currency": [f"choose one of {', '.join(known_currencies())}"]})
     return f, q
 
 
@@ -1057,7 +1061,7 @@ class LatencySeriesView(APIView):
             "to": f.end,
             "reporting_currency": reporting_currency(),
             "currency_policy": policy_text(),
-            "unconverted": {},
+            "currency": reporting_currency(),
             "flows": [
                 {
                     "flow": flow,

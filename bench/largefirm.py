@@ -897,14 +897,14 @@ def aggregates_build(stats: LoadStats, log: Any = print) -> None:
 
 AUDIT_BACKFILL = """
 INSERT INTO pscsync_auditentry (created_at, actor_id, actor_label, action, object_type, object_id, object_repr,
-    legal_entity_id, before, after, comment, remote_addr, prev_hash, hash)
+    legal_entity_id, before, after, comment, remote_addr, prev_hash, hash, key_id)
 SELECT e.resolved_at - interval '1 hour', u.id, u.username,
     CASE e.resolution WHEN 'succeeded' THEN 'handoff.resubmit' WHEN 'resolved' THEN 'handoff.resolve'
         ELSE 'handoff.cancel' END,
     'pscsync.handoff', e.handoff_id::text, h.flow || ' ' || h.business_key, e.legal_entity_id,
     jsonb_build_object('status', 'needs_attention'),
     jsonb_build_object('status', CASE e.resolution WHEN 'succeeded' THEN 'pending' ELSE e.resolution END),
-    'fixed at the source', NULL, '', ''
+    'fixed at the source', NULL, '', '', ''
 FROM remediation_handoffexception e JOIN pscsync_handoff h ON h.id = e.handoff_id
     CROSS JOIN auth_user u
 WHERE e.status = 'resolved' AND u.username = 'operator'

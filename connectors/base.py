@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -16,6 +16,8 @@ from connectors.egress import check_destination
 from connectors.errors import ConnectorError, RejectedError
 from connectors.models import Connection
 from connectors.signatures import active_webhook_secrets, standard_webhook_verify
+from ops.logs import bound as log_bound
+from ops.metrics import vendor_call_observed
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,22 @@ class LedgerInvoice:
 
 
 @dataclass(frozen=True)
+class ExchangeRate:
+    """A rate as an ERP keeps it, in our terms: 1 `from_currency` = `rate` `to_currency`.
+
+    rate_type "daily": in effect from `effective_date` until the next one; "average" / "closing":
+    the ERP's own rate for the period from `effective_date` to `period_end` (NetSuite's
+    consolidated average and current rates)."""
+
+    from_currency: str
+    to_currency: str
+    rate_type: str
+    effective_date: dt.date
+    rate: Decimal
+    period_end: dt.date | None = None
+
+
+@dataclass(frozen=True)
 class Token:
     value: str
     expires_at: float  # time.time() seconds
@@ -144,6 +162,7 @@ class Connector:
     rewrites vendor errors into words a finance person understands."""
 
     vendor: ClassVar[str]
+    reads_exchange_rates: ClassVar[bool] = False  # implements exchange_rates()
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -180,7 +199,21 @@ class Connector:
         """An outbound call after the egress check (the address may have changed since it was saved).
         Every vendor call goes through here or through `send`."""
         check_destination(url, vendor=self.connection.vendor, is_sandbox=self.connection.is_sandbox)
-        return http.request(method, url, **kwargs)
+        slug = self.connection.slug
+        started, status, retry_after = time.monotonic(), "no_answer", None
+        try:
+            with log_bound(connection=slug):
+                result = http.request(method, url, **kwargs)
+            status = str(result.status)
+            return result
+        except ConnectorError as exc:
+            status = str(exc.http_status) if exc.http_status else "no_answer"
+            retry_after = getattr(exc, "retry_after", None)
+            raise
+        finally:
+            vendor_call_observed(
+                connection=slug, status=status, seconds=time.monotonic() - started, retry_after=retry_after
+            )
 
     def send(
         self,
@@ -232,9 +265,18 @@ class Connector:
 
     # Reading ----------------------------------------------------------------------------------
     def read(
-        self, entity: str, *, since: dt.datetime | None = None, where: dict[str, Any] | None = None
+        self,
+        entity: str,
+        *,
+        since: dt.datetime | None = None,
+        where: dict[str, Any] | None = None,
+        fields: Sequence[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Every record of `entity` (changed since `since`, matching `where`), following the vendor's paging."""
+        """Every record of `entity` (changed since `since`, matching `where`), following the vendor's paging.
+
+        `fields` names the fields the caller needs: a vendor that selects fields (Salesforce's SOQL)
+        asks for those; the others return whole records, which hold them too. Every override takes
+        it, so a flow may pass it to any connector (before, only Salesforce's did: a TypeError)."""
         raise NotImplementedError
 
     # Inbound ---------------------------------------------------------------------------------
@@ -266,6 +308,11 @@ class Connector:
         raise NotImplementedError
 
     # Outbound --------------------------------------------------------------------------------
+    def exchange_rates(self, *, since: dt.date) -> list[ExchangeRate]:
+        """The ERP's exchange rates in effect on or after `since` (daily, and the ERP's own period
+        rates where it keeps them). Only ERP connectors that read rates implement it."""
+        raise RejectedError(f"{self.vendor} connections do not provide exchange rates")
+
     def upsert_many(self, *, entity: str, records: list[tuple[str, dict[str, Any]]]) -> list[WriteResult]:
         """Upsert several records of one entity, each by its key. Vendors with a bulk API
         override this to write them in fewer calls; the default writes one at a time."""

@@ -25,13 +25,22 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
 from connectors import http
-from connectors.base import Connector, InboundChange, InvoiceStatus, LedgerInvoice, PaymentApplied, Token, WriteResult
+from connectors.base import (
+    Connector,
+    ExchangeRate,
+    InboundChange,
+    InvoiceStatus,
+    LedgerInvoice,
+    PaymentApplied,
+    Token,
+    WriteResult,
+)
 from connectors.errors import ConnectorError, RejectedError, WebhookRejected
 
 SCOPE = "https://api.businesscentral.dynamics.com/.default"
@@ -271,7 +280,12 @@ class BusinessCentralConnector(Connector):
 
     # Reading --------------------------------------------------------------------------------------
     def read(
-        self, entity: str, *, since: dt.datetime | None = None, where: dict[str, Any] | None = None
+        self,
+        entity: str,
+        *,
+        since: dt.datetime | None = None,
+        where: dict[str, Any] | None = None,
+        fields: Sequence[str] | None = None,  # whole records come back: they hold these fields too
     ) -> Iterator[dict[str, Any]]:
         name, _, noun = self._entity(entity)
         clauses = []
@@ -288,6 +302,63 @@ class BusinessCentralConnector(Connector):
             result = self.send("GET", url, params=params, headers=headers)
             yield from result.body.get("value", [])
             url = result.body.get("@odata.nextLink")
+            params = None  # the next link carries the query
+
+    # Exchange rates ------------------------------------------------------------------------------
+    reads_exchange_rates = True
+
+    def exchange_rates(self, *, since: dt.date) -> list[ExchangeRate]:
+        """The company's currencyExchangeRates from `since` on (plus the row in effect on that
+        day): `exchangeRateAmount` units of `currencyCode` = `relationalExchangeRateAmount` units of
+        the relational currency, which is the company's local currency (LCY) when empty. BC keeps
+        only these dated rates; period averages and closings are derived by dashboards.fx."""
+        local = self._local_currency()
+        self._context.noun = "currency exchange rates"
+        rows = list(self._collection("currencyExchangeRates", {"$filter": f"startingDate ge {since.isoformat()}"}))
+        # The rate in effect on `since` may have started earlier: the latest row of the month before.
+        window = (
+            f"startingDate lt {since.isoformat()} and startingDate ge {(since - dt.timedelta(days=31)).isoformat()}"
+        )
+        earlier: dict[str, dict[str, Any]] = {}
+        for row in self._collection("currencyExchangeRates", {"$filter": window}):
+            code = str(row.get("currencyCode"))
+            if code not in earlier or str(row.get("startingDate")) > str(earlier[code].get("startingDate")):
+                earlier[code] = row
+        out = []
+        for row in [*earlier.values(), *rows]:
+            amount = Decimal(str(row.get("exchangeRateAmount") or 0))
+            relational = Decimal(str(row.get("relationalExchangeRateAmount") or 0))
+            code = str(row.get("currencyCode") or "")
+            to_currency = str(row.get("relationalCurrencyCode") or local)
+            if not amount or not relational or not code or code == to_currency:
+                continue
+            out.append(
+                ExchangeRate(
+                    from_currency=code,
+                    to_currency=to_currency,
+                    rate_type="daily",
+                    effective_date=dt.date.fromisoformat(str(row["startingDate"])[:10]),
+                    rate=(relational / amount).quantize(Decimal("0.00000001")),
+                )
+            )
+        return out
+
+    def _local_currency(self) -> str:
+        """The company's local currency (LCY), from companyInformation."""
+        self._context.noun = "company information"
+        for row in self._collection("companyInformation", None):
+            if row.get("currencyCode"):
+                return str(row["currencyCode"])
+        raise RejectedError("Business Central did not say the company's local currency (companyInformation)")
+
+    def _collection(self, name: str, params: dict[str, str] | None) -> Iterator[dict[str, Any]]:
+        """Every row of one of the company's collections, following @odata.nextLink."""
+        url: str | None = f"{self.company_path()}/{name}"
+        headers = {"Prefer": f"odata.maxpagesize={self.page_size}"}
+        while url:
+            body = self.send("GET", url, params=params, headers=headers).body
+            yield from body.get("value", [])
+            url = body.get("@odata.nextLink")
             params = None  # the next link carries the query
 
     @staticmethod

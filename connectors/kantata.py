@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -193,7 +193,12 @@ class KantataConnector(Connector):
 
     # Reading ----------------------------------------------------------------------------------
     def read(
-        self, entity: str, *, since: dt.datetime | None = None, where: dict[str, Any] | None = None
+        self,
+        entity: str,
+        *,
+        since: dt.datetime | None = None,
+        where: dict[str, Any] | None = None,
+        fields: Sequence[str] | None = None,  # whole records come back: they hold these fields too
     ) -> Iterator[dict[str, Any]]:
         """Every object of `entity`, following page/per_page until the last page Kantata reports."""
         kind = object_type(entity)

@@ -31,7 +31,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -41,7 +41,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from connectors import http
-from connectors.base import Connector, InboundChange, InvoiceStatus, LedgerInvoice, PaymentApplied, Token, WriteResult
+from connectors.base import (
+    Connector,
+    ExchangeRate,
+    InboundChange,
+    InvoiceStatus,
+    LedgerInvoice,
+    PaymentApplied,
+    Token,
+    WriteResult,
+)
 from connectors.errors import (
     ConnectorError,
     MappingError,
@@ -377,7 +386,12 @@ class NetSuiteConnector(Connector):
             params = None  # the next link carries limit and offset
 
     def read(
-        self, entity: str, *, since: dt.datetime | None = None, where: dict[str, Any] | None = None
+        self,
+        entity: str,
+        *,
+        since: dt.datetime | None = None,
+        where: dict[str, Any] | None = None,
+        fields: Sequence[str] | None = None,  # whole records come back: they hold these fields too
     ) -> Iterator[dict[str, Any]]:
         record_type = self.record_type(entity)
         self._about(record_type)
@@ -402,6 +416,67 @@ class NetSuiteConnector(Connector):
         query += " ORDER BY id"
         for row, _ in self.suiteql(query):
             yield row
+
+    # Exchange rates ----------------------------------------------------------------------------
+    reads_exchange_rates = True
+
+    def exchange_rates(self, *, since: dt.date) -> list[ExchangeRate]:
+        """The currency rate table (daily: 1 transaction currency = `exchangerate` base currency,
+        effective from `effectivedate`) and, in OneWorld accounts, the consolidated exchange rates
+        of each accounting period (average and current, child subsidiary's currency → parent's)."""
+        symbols = {str(row["id"]): str(row["symbol"]) for row, _ in self.suiteql("SELECT id, symbol FROM currency")}
+        day = _literal(dt.datetime.combine(since, dt.time(), tzinfo=dt.UTC))
+        query = f"SELECT id, basecurrency, transactioncurrency, exchangerate, TO_CHAR(effectivedate, 'YYYY-MM-DD') AS effectivedate FROM currencyrate WHERE effectivedate >= {day} ORDER BY effectivedate, id"  # noqa: S608, E501  # nosec B608  # a formatted date literal
+        rates = [
+            ExchangeRate(
+                from_currency=symbols[str(row["transactioncurrency"])],
+                to_currency=symbols[str(row["basecurrency"])],
+                rate_type="daily",
+                effective_date=dt.date.fromisoformat(row["effectivedate"]),
+                rate=Decimal(str(row["exchangerate"])),
+            )
+            for row, _ in self.suiteql(query)
+            if str(row["transactioncurrency"]) in symbols and str(row["basecurrency"]) in symbols
+        ]
+        return rates + self._consolidated_rates(since, symbols)
+
+    def _consolidated_rates(self, since: dt.date, symbols: dict[str, str]) -> list[ExchangeRate]:
+        """Average and current rates per accounting period (months only), where the account has them."""
+        day = _literal(dt.datetime.combine(since.replace(day=1), dt.time(), tzinfo=dt.UTC))
+        periods_query = f"SELECT id, TO_CHAR(startdate, 'YYYY-MM-DD') AS startdate, TO_CHAR(enddate, 'YYYY-MM-DD') AS enddate FROM accountingperiod WHERE isquarter = 'F' AND isyear = 'F' AND startdate >= {day}"  # noqa: S608, E501  # nosec B608  # a formatted date literal
+        try:
+            periods = {
+                str(row["id"]): (dt.date.fromisoformat(row["startdate"]), dt.date.fromisoformat(row["enddate"]))
+                for row, _ in self.suiteql(periods_query)
+            }
+            rows = [
+                row
+                for row, _ in self.suiteql(
+                    "SELECT id, postingperiod, fromcurrency, tocurrency, averagerate, currentrate "
+                    "FROM consolidatedexchangerate ORDER BY id"
+                )
+            ]
+        except RejectedError:
+            return []  # not a OneWorld account (no consolidated rates): the daily table is all there is
+        out = []
+        for row in rows:
+            period = periods.get(str(row["postingperiod"]))
+            pair = symbols.get(str(row["fromcurrency"])), symbols.get(str(row["tocurrency"]))
+            if period is None or None in pair or pair[0] == pair[1]:
+                continue
+            for rate_type, column in (("average", "averagerate"), ("closing", "currentrate")):
+                if row.get(column) not in (None, ""):
+                    out.append(
+                        ExchangeRate(
+                            from_currency=str(pair[0]),
+                            to_currency=str(pair[1]),
+                            rate_type=rate_type,
+                            effective_date=period[0],
+                            period_end=period[1],
+                            rate=Decimal(str(row[column])),
+                        )
+                    )
+        return out
 
     # The ledger -------------------------------------------------------------------------------
     def ledger_locate(self, *, key: str) -> tuple[list[str], dt.date | None]:

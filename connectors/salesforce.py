@@ -19,7 +19,7 @@ import decimal
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -190,7 +190,7 @@ class SalesforceConnector(Connector):
         *,
         since: dt.datetime | None = None,
         where: dict[str, Any] | None = None,
-        fields: list[str] | tuple[str, ...] | None = None,
+        fields: Sequence[str] | None = None,
     ) -> str:
         """The SOQL for read(): the fields, the filters ANDed, oldest change first."""
         sobject = self.sobject(entity)
@@ -220,7 +220,7 @@ class SalesforceConnector(Connector):
         *,
         since: dt.datetime | None = None,
         where: dict[str, Any] | None = None,
-        fields: list[str] | tuple[str, ...] | None = None,
+        fields: Sequence[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every matching record, page after page (Salesforce's query locator), without the
         `attributes` blocks."""

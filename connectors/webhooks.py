@@ -21,6 +21,8 @@ from django.views.decorators.http import require_POST
 from connectors.errors import WebhookRejected
 from connectors.models import Connection
 from connectors.registry import connector_for
+from ops.logs import bind as log_bind
+from ops.metrics import intake_observed
 from pscsync.crypto import CredentialsUnreadable
 from pscsync.intake import change_problem, event_receive
 
@@ -77,13 +79,27 @@ def _text(body: bytes) -> str:
 @csrf_exempt
 @require_POST
 def webhook_receive(request: HttpRequest, slug: str) -> HttpResponse:
+    response = _receive(request, slug)
+    status = response.status_code
+    outcome = (
+        "accepted" if status == 202 else "duplicate" if status == 200 else "failed" if status >= 500 else "refused"
+    )
+    # The label is the slug only when it names a connection: callers choose URLs, not label values.
+    known = getattr(request, "pscsync_connection", None)
+    intake_observed(connection=known or "unknown", outcome=outcome)
+    return response
+
+
+def _receive(request: HttpRequest, slug: str) -> HttpResponse:
     body = _read_body(request)
     if body is None:
         return _error(413, f"the body is larger than {settings.WEBHOOK_MAX_BODY_BYTES} bytes")
+    log_bind(connection=slug)  # for this request's log lines (RequestIdMiddleware resets it)
     try:
         connection = Connection.objects.filter(slug=slug, is_active=True).first()
         if connection is None:
             return _error(404, f"no active connection is named {slug!r}")
+        request.pscsync_connection = connection.slug
         connector = connector_for(connection)
         handshake = connector.handshake(method=request.method, query=request.GET.dict(), body=body)
         if handshake is not None:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
-
 from django.apps import AppConfig
 
 
@@ -10,23 +8,21 @@ class DashboardsConfig(AppConfig):
     verbose_name = "Dashboards"
 
     def ready(self) -> None:
-        # The engine knows no screen: the dashboards listen for handoffs reaching an end state and
-        # update their aggregates after the runner's commit (never inside its transaction).
-        from django.db import transaction
-        from django.db.models.signals import post_save
+        # The engine knows no screen: the dashboards follow every committed move of a handoff
+        # through the lifecycle's listeners (told after the mover's commit, never inside its
+        # transaction) and update their aggregates. The beat jobs (rollups_catch_up,
+        # backlog_repair) put right what a process killed between commit and listener missed.
+        from pscsync import lifecycle
 
-        from pscsync.models import Handoff
+        lifecycle.listener_add("dashboards.aggregates", _handoff_moved)
 
-        def _on_handoff_saved(sender: Any, instance: Handoff, update_fields: Any = None, **kwargs: Any) -> None:
-            from dashboards.backlog import backlog_sync_safely, save_may_move
-            from dashboards.facts import END_STATES, handoff_finished_safely
 
-            handoff_id = instance.pk
-            if instance.status in END_STATES:
-                transaction.on_commit(lambda: handoff_finished_safely(handoff_id))
-            # The open backlog follows every save that can move the handoff between groups (it
-            # opens, changes status, learns its release date or amount, closes).
-            if save_may_move(instance.flow, instance.status, update_fields):
-                transaction.on_commit(lambda: backlog_sync_safely(handoff_id))
+def _handoff_moved(move: object) -> None:
+    from dashboards.backlog import backlog_sync_safely, move_may_move
+    from dashboards.facts import END_STATES, handoff_finished_safely
 
-        post_save.connect(_on_handoff_saved, sender=Handoff, weak=False, dispatch_uid="dashboards-handoff-finished")
+    if move.to_status in END_STATES:  # type: ignore[attr-defined]
+        handoff_finished_safely(move.handoff_id)  # type: ignore[attr-defined]
+    # The open backlog follows every move that can take the handoff into, out of or between groups.
+    if move_may_move(move.flow, move.from_status, move.to_status):  # type: ignore[attr-defined]
+        backlog_sync_safely(move.handoff_id)  # type: ignore[attr-defined]

@@ -6,11 +6,11 @@ thousands of open handoffs on every request.
 
 Each open handoff has one `OpenItem` (what it adds to the counts) and the counts live in
 `OpenBacklog`. `backlog_sync` moves a handoff's contribution from the group it was in to the group
-it is in now; it is called after every commit that saved a handoff (apps.py), locks the handoff's
-row, reads its committed state and so converges whatever order the calls come in. `backlog_repair`
-(beat) finds handoffs whose item is missing or stale and groups whose counts drifted (a handoff
-moved by a queryset update, a process killed between commit and hook) and puts them right;
-`backlog_rebuild` recomputes everything (after a bulk load or an upgrade).
+it is in now; it is called after every committed move of a handoff (the lifecycle listener in
+apps.py), locks the handoff's row, reads its committed state and so converges whatever order the
+calls come in. `backlog_repair` (beat) finds handoffs whose item is missing or stale and groups
+whose counts drifted (a process killed between a move's commit and its listener, a bulk load) and
+puts them right; `backlog_rebuild` recomputes everything (after a bulk load or an upgrade).
 
 Ages are calendar days (UTC), from the day the business time happened to today, as finance ages a
 receivable: a batch released yesterday is 1 day old whatever the hour.
@@ -31,6 +31,7 @@ from django.db.models import Count, F, Sum
 
 from dashboards.facts import parse_time
 from dashboards.models import BACKLOG_GROUP_FIELDS, OpenBacklog, OpenItem
+from pscsync.lifecycle import repairs_note
 from pscsync.models import Handoff
 
 log = logging.getLogger("dashboards.backlog")
@@ -52,37 +53,13 @@ _HANDOFF_FIELDS = (
     "created_at",
     "business_times",
 )
-# A save that touched none of these cannot change what the handoff adds to the backlog.
-RELEVANT_FIELDS = frozenset(
-    {
-        "status",
-        "flow",
-        "legal_entity",
-        "legal_entity_id",
-        "service_line",
-        "source_connection",
-        "source_connection_id",
-        "customer_name",
-        "currency",
-        "amount",
-        "business_started_at",
-        "business_times",
-    }
-)
 
 
-# Statuses an untracked flow's handoff reaches only from states the backlog does not count either
-# (Handoff.TRANSITIONS: needs_attention moves only to pending, resolved or cancelled).
-_NEVER_COUNTED_FROM = frozenset({"running", "waiting_retry", "succeeded"})
-
-
-def save_may_move(flow: str, status: str, update_fields: Any) -> bool:
-    """Whether a save can move a handoff in the backlog (the hook skips the others without a query):
-    it must touch a field that matters, and a flow the backlog does not follow must be able to be
-    leaving a counted state (needing a person)."""
-    if update_fields is not None and not RELEVANT_FIELDS.intersection(update_fields):
-        return False
-    return flow in AGED_FROM or status not in _NEVER_COUNTED_FROM
+def move_may_move(flow: str, from_status: str, to_status: str) -> bool:
+    """Whether a handoff's move can change the backlog (the listener skips the others without a
+    query): a followed flow's handoff counts while open, any other flow's only while it needs a
+    person."""
+    return flow in AGED_FROM or Handoff.Status.NEEDS_ATTENTION in (from_status, to_status)
 
 
 class Group(NamedTuple):
@@ -219,7 +196,7 @@ _ITEM_VALUES = [f"open_item__{name}" for name in (*GROUP_FIELDS, "customer_name"
 def backlog_unchanged(handoff_id: int) -> bool:
     """True when the handoff's committed state and its item agree (one read, no lock): most saves
     of a running handoff (taken by a worker, a step's outputs stored) move it nowhere. A state read
-    here that a later commit changes is that commit's own hook's to sync."""
+    here that a later commit changes is that commit's own listener's to sync."""
     row = Handoff.objects.filter(pk=handoff_id).values(*_HANDOFF_FIELDS, *_ITEM_VALUES).first()
     if row is None:
         return False
@@ -250,6 +227,7 @@ def backlog_repair(batch: int = 2000) -> dict[str, int]:
     for start in range(0, len(stale), batch):
         backlog_sync(stale[start : start + batch])
     fixed = _groups_repair()
+    repairs_note("open backlog", len(stale) + fixed)
     return {"open": len(wanted), "resynced": len(stale), "groups_fixed": fixed}
 
 

@@ -20,11 +20,12 @@ from typing import Any
 
 from django.db import connection as db_connection
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Max, Q
 
 from dashboards import sla as sla_rule
 from dashboards.models import AttemptRollup, DailyRollup, EntityDailyRollup, FlowFact, FlowSla, RollupMark
 from pscsync import clock
+from pscsync.lifecycle import repairs_note
 from pscsync.models import Attempt, Handoff, LegalEntity, Step
 
 log = logging.getLogger("dashboards.facts")
@@ -650,9 +651,24 @@ def rollups_catch_up(window: dt.timedelta = dt.timedelta(minutes=30)) -> int:
             Q(finished_at__gte=since) | Q(status="needs_attention", created_at__gte=since)
         ).values_list("pk", flat=True)
     )
+    repairs_note("rollups", _listener_missed(ids))
     for hid in ids:
         handoff_finished(hid)
     return len(ids)
+
+
+def _listener_missed(ids: list[int]) -> int:
+    """Of these finished handoffs, how many the lifecycle listener missed: no RollupMark (never
+    rolled) or a finished attempt past the mark (a later end not rolled)."""
+    marks = dict(RollupMark.objects.filter(handoff_id__in=ids).values_list("handoff_id", "attempts_through"))
+    latest = dict(
+        Attempt.objects.filter(step__handoff_id__in=ids)
+        .exclude(outcome="in_flight")
+        .values("step__handoff_id")
+        .annotate(last=Max("pk"))
+        .values_list("step__handoff_id", "last")
+    )
+    return sum(1 for hid in ids if hid not in marks or latest.get(hid, 0) > marks[hid])
 
 
 def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:

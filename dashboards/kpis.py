@@ -28,9 +28,10 @@ from django.conf import settings
 from django.db.models import Max
 from django.db.models.functions import Coalesce
 
-from dashboards import ledger, metrics, wip
+from dashboards import leaders, ledger, metrics, wip
 from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters
+from dashboards.money import Money
 from pscsync import clock
 from pscsync.models import LegalEntity, PsaAssignment, ReconciliationRun, UnbilledWork
 
@@ -154,7 +155,9 @@ class Reading:
 
     def __init__(self, f: Filters, conv: Converter | None = None, *, with_previous: bool = False) -> None:
         self.f = f
-        self.conv = conv or Converter()
+        # The figures' currency: the filter's ?currency=, else the entity's functional currency, else
+        # the reporting currency (metrics.figure_currency).
+        self.conv = conv or metrics.converter_for(f)
         self.now = clock.now()
         self.with_previous = with_previous
 
@@ -208,6 +211,18 @@ class Reading:
     @cached_property
     def risk(self) -> dict[str, Any]:
         return metrics.money_at_risk(self.f, self.conv, blocked=self.blocked, won=self.won)
+
+    @cached_property
+    def forecast(self) -> Any:
+        return leaders.forecast_accuracy(self.f)
+
+    @cached_property
+    def schedule(self) -> dict[str, Any]:
+        return leaders.revenue_schedule_accuracy(self.f, self.conv, with_rows=False)
+
+    @cached_property
+    def effort(self) -> dict[str, Any]:
+        return leaders.reconciliation_effort(self.f)
 
     @cached_property
     def psa(self) -> Measurement:
@@ -271,7 +286,14 @@ class Figure:
     def as_json(self, currency: str) -> dict[str, Any]:
         value = self.value
         definition = self.kpi.describe()
-        if isinstance(value, Decimal):
+        unit = currency if self.kpi.unit == "money" else self.kpi.unit
+        extra: dict[str, Any] = {}
+        if isinstance(value, Money):
+            # Each money figure says what it could not convert, per currency, for that figure alone.
+            money = value.as_dict()
+            value, unit = money["value"], money["currency"]
+            extra = {"complete": money["complete"], "missing": money["missing"]}
+        elif isinstance(value, Decimal):
             value = str(value)
         if isinstance(value, float) and not math.isfinite(value):
             # A percentile in the histogram's open last bucket: over a year. JSON has no infinity.
@@ -282,7 +304,7 @@ class Figure:
             "key": self.kpi.key,
             "name": self.kpi.name,
             "value": value,
-            "unit": currency if self.kpi.unit == "money" else self.kpi.unit,
+            "unit": unit,
             "count": self.count,
             "definition": definition,
             "state": m.state,
@@ -290,6 +312,7 @@ class Figure:
             "state_note": m.note,
             "drill_down": self.kpi.drill,
             "sla": sla_for(self.kpi.sla).target_label if self.kpi.sla else "",
+            **extra,
         }
 
 
@@ -606,16 +629,96 @@ register(
 )
 
 
+def _leader_figures() -> None:
+    """The leader figures (dashboards.leaders): forecast accuracy and bias per lag, the revenue
+    schedule's accuracy, and the people's reconciliation effort."""
+    for lag in leaders.LAGS_DAYS:
+        for actual in ("worked", "assigned"):
+            what = f"the demand forecast made {lag} days before each ended month of the period vs hours {actual}"
+
+            def read(r: Reading, attr: str, lag: int = lag, actual: str = actual) -> tuple[Any, int]:
+                a = r.forecast.lags.get(lag, {}).get(actual)
+                return (a and getattr(a, attr), sum(1 for row in r.forecast.rows if row["lag"] == lag))
+
+            register(
+                Kpi(
+                    f"forecast.accuracy_{lag}d_{actual}",
+                    f"Forecast accuracy, {lag} days ahead, vs hours {actual}",
+                    f"1 − WAPE of {what}, by role and month (null: not measured yet).",
+                    "percent",
+                    lambda r, read=read: read(r, "accuracy"),
+                    "dashboards:leaders",
+                )
+            )
+            register(
+                Kpi(
+                    f"forecast.bias_{lag}d_{actual}",
+                    f"Forecast bias, {lag} days ahead, vs hours {actual}",
+                    f"Σ(forecast − actual) ÷ Σ actual of {what} (positive: over-forecast).",
+                    "percent",
+                    lambda r, read=read: read(r, "bias"),
+                    "dashboards:leaders",
+                )
+            )
+
+
+_leader_figures()
+register(
+    Kpi(
+        "revenue.schedule_value_accuracy",
+        "Revenue schedule accuracy",
+        "1 − Σ|PSA − ERP| of open revenue mismatches ÷ Σ|ERP recognised| of every project-month compared, "
+        "as of each entity's latest complete reconciliation.",
+        "percent",
+        lambda r: (r.schedule["value_accuracy"], r.schedule["checked"]),
+        "dashboards:leaders",
+        source=RECONCILIATION,
+    )
+)
+register(
+    Kpi(
+        "revenue.schedule_row_match_rate",
+        "Revenue schedule rows matching",
+        "Project-months whose PSA and ERP revenue agree within tolerance ÷ compared.",
+        "percent",
+        lambda r: (r.schedule["match_rate"], r.schedule["checked"]),
+        "dashboards:leaders",
+        source=RECONCILIATION,
+    )
+)
+register(
+    Kpi(
+        "reconciliation.effort_actions",
+        "Reconciliation effort: actions",
+        "People's audited actions on exceptions and mismatches in the period.",
+        "count",
+        lambda r: (r.effort["actions"], r.effort["actions"]),
+        "dashboards:leaders",
+    )
+)
+register(
+    Kpi(
+        "reconciliation.effort_hours",
+        "Reconciliation effort: hours",
+        "Hours of those actions: sittings of one person's actions ≤ 30 min apart, first to last action + 10 min each.",
+        "hours",
+        lambda r: (r.effort["hours"], r.effort["actions"]),
+        "dashboards:leaders",
+    )
+)
+
+
 def payload(f: Filters) -> dict[str, Any]:
-    """Every registered figure with value, unit, count, definition, state and as-of time."""
+    """Every registered figure with value, unit, count, definition, state and as-of time; money
+    figures in the filter's currency, each saying whether it is complete and what it is missing."""
     reading = Reading(f)
-    cur = metrics.reporting_currency()
+    cur = reading.conv.target
     figures = [reading.figure(key).as_json(cur) for key in KPIS]
     return {
         "from": f.start.isoformat(),
         "to": f.end.isoformat(),
-        "reporting_currency": cur,
-        "currency_policy": metrics.policy_text(),
-        "unconverted": {k: str(v) for k, v in reading.conv.unconverted.items()},
+        "reporting_currency": metrics.reporting_currency(),
+        "currency": cur,
+        "currency_policy": metrics.policy_text(cur),
         "metrics": figures,
     }

@@ -30,7 +30,8 @@ from typing import Any
 from django.db.models import Count, DecimalField, Max, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, TruncMonth, TruncWeek
 
-from dashboards.metrics import AGE_BUCKETS_DAYS, Converter, Filters, bucket_index
+from dashboards.metrics import AGE_BUCKETS_DAYS, Converter, Filters, bucket_index, converter_for
+from dashboards.money import Money
 from pscsync.models import ErpInvoice, PaymentApplication
 
 ZERO = Decimal("0")
@@ -79,7 +80,7 @@ def receivables(f: Filters, conv: Converter | None = None, *, at: dt.date | None
     """Open balances at `at` (default: the period end), aged by due date, by customer and legal
     entity. `rows`: one per (legal entity, customer), largest first; `invoices`: each open invoice
     (its open amount in its own currency); `native`: the open amounts per currency, unconverted."""
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     at = at or f.end
     applied = Coalesce(
         Sum("applications__amount", filter=Q(applications__applied_on__lte=at)),
@@ -104,9 +105,9 @@ def receivables(f: Filters, conv: Converter | None = None, *, at: dt.date | None
         .order_by()
     )
     n = len(AGEING_BUCKETS)
-    buckets, counts = [ZERO] * n, [0] * n
-    by_customer: dict[tuple[int, str], list[Decimal]] = defaultdict(lambda: [ZERO] * n)
-    by_entity: dict[int, Decimal] = defaultdict(Decimal)
+    buckets, counts = [conv.zero()] * n, [0] * n
+    by_customer: dict[tuple[int, str], list[Money]] = defaultdict(lambda: [conv.zero()] * n)
+    by_entity: dict[int, Money] = defaultdict(conv.zero)
     native: dict[str, Decimal] = defaultdict(Decimal)
     invoices = []
     for row in qs:
@@ -116,24 +117,24 @@ def receivables(f: Filters, conv: Converter | None = None, *, at: dt.date | None
         late = (at - row["due_date"]).days if row["due_date"] else 0
         index = ageing_index(late)
         invoices.append({**row, "open": open_amount, "days_past_due": max(0, late), "bucket": index})
-        value = conv.convert(open_amount, row["currency"], at, "closing")
+        value = conv.money(open_amount, row["currency"], at, "closing")
         buckets[index] += value
         counts[index] += 1
         by_customer[(row["legal_entity_id"], row["customer_name"])][index] += value
         by_entity[row["legal_entity_id"]] += value
         native[row["currency"]] += open_amount
     rows = [
-        {"legal_entity_id": entity, "customer": customer, "buckets": values, "total": sum(values, ZERO)}
+        {"legal_entity_id": entity, "customer": customer, "buckets": values, "total": sum(values, conv.zero())}
         for (entity, customer), values in by_customer.items()
     ]
     return {
         "at": at,
-        "value": sum(buckets, ZERO),
+        "value": sum(buckets, conv.zero()),
         "count": sum(counts),
         "labels": [label for _low, _high, label in AGEING_BUCKETS],
         "buckets": buckets,
         "counts": counts,
-        "past_due": sum(buckets[1:], ZERO),
+        "past_due": sum(buckets[1:], conv.zero()),
         "rows": sorted(rows, key=lambda r: (-r["total"], r["customer"])),
         "by_entity": dict(by_entity),
         "native": dict(native),
@@ -145,29 +146,29 @@ def receivables(f: Filters, conv: Converter | None = None, *, at: dt.date | None
 def invoiced(f: Filters, conv: Converter | None = None, *, start: dt.date | None = None) -> dict[str, Any]:
     """Invoices posted from `start` (default: the period start) to the period end: count and
     value, each month at its average rate."""
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     qs = ledger_invoices(f).filter(status__in=ErpInvoice.POSTED_STATES, posting_date__range=(start or f.start, f.end))
-    value, count = ZERO, 0
+    value, count = conv.zero(), 0
     groups = qs.annotate(month=TruncMonth("posting_date")).values("currency", "month")
     for g in groups.annotate(v=Sum("total"), n=Count("id")).order_by():
-        value += conv.convert(g["v"] or ZERO, g["currency"], _day(g["month"]))
+        value += conv.money(g["v"] or ZERO, g["currency"], _day(g["month"]))
         count += g["n"]
     return {"value": value, "count": count}
 
 
 def cash_collected(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
     """Payments the ERP applied to invoices in scope, dated in the period (month's average rate)."""
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     qs = PaymentApplication.objects.filter(invoice__in=ledger_invoices(f), applied_on__range=(f.start, f.end)).exclude(
         invoice__status__in=[ErpInvoice.Status.VOIDED, ErpInvoice.Status.CREDITED]
     )
-    value, count = ZERO, 0
-    by_entity: dict[int, Decimal] = defaultdict(Decimal)
+    value, count = conv.zero(), 0
+    by_entity: dict[int, Money] = defaultdict(conv.zero)
     groups = qs.annotate(month=TruncMonth("applied_on")).values(
         "invoice__currency", "invoice__legal_entity_id", "month"
     )
     for g in groups.annotate(v=Sum("amount"), n=Count("id")).order_by():
-        converted = conv.convert(g["v"] or ZERO, g["invoice__currency"], _day(g["month"]))
+        converted = conv.money(g["v"] or ZERO, g["invoice__currency"], _day(g["month"]))
         value += converted
         count += g["n"]
         by_entity[g["invoice__legal_entity_id"]] += converted
@@ -176,10 +177,14 @@ def cash_collected(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
 
 def dso(f: Filters, conv: Converter | None = None, *, window_days: int = DSO_WINDOW_DAYS) -> dict[str, Any]:
     """Simple DSO at the period end (DSO_DEFINITION). None when nothing was invoiced in the window."""
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     owed = receivables(f, conv)
     billed = invoiced(f, conv, start=f.end - dt.timedelta(days=window_days - 1))
-    days = float(owed["value"] / billed["value"] * window_days) if billed["value"] > 0 else None
+    # A DSO from partly converted amounts would be a wrong number: none until every amount converts.
+    complete = owed["value"].complete and billed["value"].complete
+    days = (
+        float(owed["value"].amount / billed["value"].amount * window_days) if complete and billed["value"] > 0 else None
+    )
     return {
         "days": days,
         "as_of": ledger_read_at(f),
@@ -193,7 +198,7 @@ def dso(f: Filters, conv: Converter | None = None, *, window_days: int = DSO_WIN
 
 def by_week(f: Filters, conv: Converter | None = None) -> dict[dt.date, list[float]]:
     """Invoiced (by posting week) and cash collected (by application week) per ISO week start."""
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     weeks: dict[dt.date, list[float]] = defaultdict(lambda: [0.0, 0.0])
     posted = ledger_invoices(f).filter(status__in=ErpInvoice.POSTED_STATES, posting_date__range=(f.start, f.end))
     for g in (
@@ -216,11 +221,11 @@ def unposted_invoices(f: Filters, conv: Converter | None = None, *, as_of: dt.da
     """Work on an ERP invoice that is not posted yet (a draft, or pending approval): still
     unbilled WIP (DOMAIN.md §2.3). Valued net of tax at the closing rate, aged by invoice date
     in unbilled WIP's buckets. `by_entity`: legal entity id → value per age bucket."""
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     as_of = as_of or f.end
-    empty = [ZERO] * len(AGE_BUCKETS_DAYS)
+    empty = [conv.zero()] * len(AGE_BUCKETS_DAYS)
     buckets = list(empty)
-    by_entity: dict[int, list[Decimal]] = defaultdict(lambda: list(empty))
+    by_entity: dict[int, list[Money]] = defaultdict(lambda: list(empty))
     count = 0
     qs = ledger_invoices(f).filter(status__in=ErpInvoice.UNPOSTED_STATES)
     groups = qs.values("legal_entity_id", "currency", "invoice_date").annotate(
@@ -229,11 +234,11 @@ def unposted_invoices(f: Filters, conv: Converter | None = None, *, as_of: dt.da
     for g in groups.order_by():
         age = max(0, (as_of - g["invoice_date"]).days) if g["invoice_date"] else 0
         index = bucket_index(age, AGE_BUCKETS_DAYS)
-        value = conv.convert((g["v"] or ZERO) - (g["tax"] or ZERO), g["currency"], f.end, "closing")
+        value = conv.money((g["v"] or ZERO) - (g["tax"] or ZERO), g["currency"], f.end, "closing")
         buckets[index] += value
         by_entity[g["legal_entity_id"]][index] += value
         count += g["n"]
-    return {"count": count, "value": sum(buckets, ZERO), "buckets": buckets, "by_entity": dict(by_entity)}
+    return {"count": count, "value": sum(buckets, conv.zero()), "buckets": buckets, "by_entity": dict(by_entity)}
 
 
 def _day(value: dt.date | dt.datetime) -> dt.date:

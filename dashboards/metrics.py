@@ -24,6 +24,7 @@ from django.db.models.functions import Abs
 from dashboards import sla as sla_rule
 from dashboards.facts import FACT_FIELDS, HOUR_EDGES, MEASURES, MS_EDGES, parse_time, rollup_rows, sla_for
 from dashboards.models import AttemptRollup, DailyRollup, EntityDailyRollup, FlowFact, FxRate, OpenItem
+from dashboards.money import Money
 from pscsync import clock
 from pscsync.models import Handoff, LegalEntity, Mismatch, ReconciliationRun
 
@@ -47,6 +48,7 @@ class Filters:
     service_line: str = ""
     customer: str = ""
     connection_id: int | None = None
+    currency: str = ""  # the figures' currency chosen by the reader; "" = the rule of figure_currency
     # Per-request memo for link(): the entity codes of entity_ids (a table links every row).
     memo: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -76,65 +78,108 @@ _UNSEEN = object()
 
 @dataclass
 class Converter:
-    """Reporting-currency conversion with the stated policy; remembers what it could not convert."""
+    """Conversion to one currency (`target`) with the stated policy. `money()` gives a figure its
+    own record of what it could not convert (a `Money`); `convert()` is the plain amount, for
+    charts and callers that keep no such record. `unconverted` keeps the sum over all calls.
+
+    A rate is looked up as the ERPs gave it (from → to), else inverted (to → from), else crossed
+    through the reporting currency (from → USD → to), so UK figures in GBP need only rates to and
+    from USD. A month with no rate uses the latest earlier month of the same kind."""
 
     target: str = field(default_factory=reporting_currency)
     unconverted: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    _rates: dict[tuple[str, str], list[tuple[str, Decimal]]] | None = None
-    _memo: dict[tuple[str, str, str], Decimal | None] = field(default_factory=dict)
+    _rates: dict[tuple[str, str, str], list[tuple[str, Decimal]]] | None = None
+    _memo: dict[tuple[str, str, str, str], Decimal | None] = field(default_factory=dict)
 
-    def _load(self) -> dict[tuple[str, str], list[tuple[str, Decimal]]]:
+    def _load(self) -> dict[tuple[str, str, str], list[tuple[str, Decimal]]]:
         if self._rates is None:
-            rates: dict[tuple[str, str], list[tuple[str, Decimal]]] = defaultdict(list)
-            for cur, month, kind, rate in FxRate.objects.order_by("month").values_list(
-                "currency", "month", "kind", "rate"
-            ):
-                rates[(cur, kind)].append((month, rate))
+            rates: dict[tuple[str, str, str], list[tuple[str, Decimal]]] = defaultdict(list)
+            rows = FxRate.objects.order_by("month").values_list("currency", "to_currency", "month", "kind", "rate")
+            for cur, to, month, kind, rate in rows:
+                if rate:
+                    rates[(cur, to, kind)].append((month, rate))
             self._rates = rates
         return self._rates
 
-    def rate(self, currency: str, month: str, kind: str) -> Decimal | None:
-        if not currency or currency == self.target:
-            return Decimal("1")
-        # Pages convert thousands of rollup rows with a handful of distinct (currency, month, kind):
-        # look each up once (the scan below walks every month on record).
-        memo = self._memo.get((currency, month, kind), _UNSEEN)
-        if memo is not _UNSEEN:
-            return memo
+    def _stored(self, source: str, target: str, month: str, kind: str) -> Decimal | None:
+        """The stored rate source → target for the month (or the latest earlier one), or its inverse."""
         found = None
-        for m, r in self._load().get((currency, kind), []):
+        for m, r in self._load().get((source, target, kind), []):
             if m <= month:
                 found = r
-        self._memo[(currency, month, kind)] = found
+        if found is None:
+            for m, r in self._load().get((target, source, kind), []):
+                if m <= month:
+                    found = Decimal(1) / r
         return found
 
-    def convert(self, amount: Decimal, currency: str, day: dt.date, kind: str = "average") -> Decimal:
+    def rate(self, currency: str, month: str, kind: str, target: str | None = None) -> Decimal | None:
+        target = target or self.target
+        if not currency or currency == target:
+            return Decimal("1")
+        # Pages convert thousands of rollup rows with a handful of distinct (currency, month, kind):
+        # look each up once (the scan walks every month on record).
+        key = (currency, target, month, kind)
+        memo = self._memo.get(key, _UNSEEN)
+        if memo is not _UNSEEN:
+            return memo
+        found = self._stored(currency, target, month, kind)
+        pivot = reporting_currency()
+        if found is None and pivot not in (currency, target):
+            to_pivot = self._stored(currency, pivot, month, kind)
+            from_pivot = self._stored(pivot, target, month, kind)
+            if to_pivot is not None and from_pivot is not None:
+                found = to_pivot * from_pivot
+        self._memo[key] = found
+        return found
+
+    def money(self, amount: Decimal, currency: str, day: dt.date, kind: str = "average") -> Money:
+        """`amount` in the target currency as a figure: converted, or named as missing."""
         if not amount:
-            return Decimal("0")
+            return Money(self.target)
         rate = self.rate(currency, day.strftime("%Y-%m"), kind)
         if rate is None:
             self.unconverted[currency] += amount
-            return Decimal("0")
-        return (amount * rate).quantize(Decimal("0.01"))
+            return Money(self.target, Decimal("0"), {currency: amount})
+        return Money(self.target, (amount * rate).quantize(Decimal("0.01")))
 
-    @property
-    def note(self) -> str:
-        if not self.unconverted:
-            return ""
-        parts = ", ".join(f"{a:,.2f} {c}" for c, a in sorted(self.unconverted.items()))
-        return f"Not included (no {self.target} rate for the month): {parts}."
+    def zero(self) -> Money:
+        return Money(self.target)
+
+    def convert(self, amount: Decimal, currency: str, day: dt.date, kind: str = "average") -> Decimal:
+        return self.money(amount, currency, day, kind).amount
 
 
 POLICY = (
     "Amounts are shown in {cur}. Flows (billings, payments, exception value) are converted at the "
     "average rate of the month they happened in; balances (receivables, blocked value, money at "
-    "risk) at the closing rate of the period's last month. Rates are kept under Dashboards → SLAs "
-    "and rates; an amount with no rate is left out and named under the figure."
+    "risk) at the closing rate of the period's last month. Rates are read daily from the ERPs "
+    "(an admin's override wins, under Dashboards → SLAs and rates); a figure with an amount that "
+    "has no rate says so on its face and names the amount."
 )
 
 
-def policy_text() -> str:
-    return POLICY.format(cur=reporting_currency())
+def policy_text(currency: str | None = None) -> str:
+    return POLICY.format(cur=currency or reporting_currency())
+
+
+def figure_currency(f: Filters) -> str:
+    """The currency a page's figures are in: the one chosen (`?currency=`), else the functional
+    currency of the one legal entity in scope (the UK in GBP), else the reporting currency."""
+    if f.currency:
+        return f.currency
+    if f.entity_ids is not None and len(f.entity_ids) == 1:
+        from pscsync.models import LegalEntity
+
+        code = LegalEntity.objects.filter(pk=f.entity_ids[0]).values_list("currency", flat=True).first()
+        if code:
+            return code
+    return reporting_currency()
+
+
+def converter_for(f: Filters) -> Converter:
+    """A converter to the currency of the filter's figures (see figure_currency)."""
+    return Converter(target=figure_currency(f))
 
 
 # Histograms -------------------------------------------------------------------------------------
@@ -300,7 +345,7 @@ class FlowStats:
 
 def flow_stats(f: Filters, flow: str, *, with_previous: bool = True, conv: Converter | None = None) -> FlowStats:
     """Volume, median and p90 business latency, % within SLA for one flow, measured in the period."""
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     rows = rollups(f, flow)
     measured_rows = rows
     hist = merge(r.hist for r in measured_rows)
@@ -317,7 +362,7 @@ def flow_stats(f: Filters, flow: str, *, with_previous: bool = True, conv: Conve
         within_sla=sum(r.within_sla for r in rows),
         sla_label=sla.target_label,
         started=sum(r.started for r in rows),
-        started_value=sum((conv.convert(r.started_amount, r.currency, r.day) for r in rows), Decimal("0")),
+        started_value=sum((conv.money(r.started_amount, r.currency, r.day) for r in rows), conv.zero()),
         hist=hist,
         extra_hist=merge(r.extra_hist for r in rows),
         synced=sum(r.synced for r in rows),
@@ -327,7 +372,7 @@ def flow_stats(f: Filters, flow: str, *, with_previous: bool = True, conv: Conve
         rows=rows,
     )
     if with_previous:
-        stats.previous = flow_stats(f.previous(), flow, with_previous=False, conv=Converter())
+        stats.previous = flow_stats(f.previous(), flow, with_previous=False, conv=Converter(target=conv.target))
     return stats
 
 
@@ -418,28 +463,30 @@ def blocked_billing(
     per age bucket."""
     from dashboards.backlog import backlog_groups
 
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     now = clock.now()
-    buckets = _empty_buckets(AGE_BUCKETS_DAYS)
-    by_entity: dict[int, list[Decimal]] = defaultdict(lambda: [Decimal("0")] * len(AGE_BUCKETS_DAYS))
+    buckets = _empty_buckets(AGE_BUCKETS_DAYS, conv.zero())
+    by_entity: dict[int, list[Money]] = defaultdict(lambda: [conv.zero()] * len(AGE_BUCKETS_DAYS))
     groups = backlog_groups(f, flow="project-to-bill", by=("legal_entity_id", "currency", "aged_day"))
     for g in groups:
         index = bucket_index(age_days(g["aged_day"], now), AGE_BUCKETS_DAYS)
-        value = conv.convert(g["total"] or Decimal("0"), g["currency"], f.end, "closing")
+        value = conv.money(g["total"] or Decimal("0"), g["currency"], f.end, "closing")
         buckets[index]["count"] += g["n"]
         buckets[index]["value"] += value
         by_entity[g["legal_entity_id"]][index] += value
     return {
         "count": sum(b["count"] for b in buckets),
-        "value": sum((b["value"] for b in buckets), Decimal("0")),
+        "value": sum((b["value"] for b in buckets), conv.zero()),
         "buckets": buckets,
         "by_entity": dict(by_entity),
         "rows": _open_rows(f, "project-to-bill", now, limit) if with_rows else [],
     }
 
 
-def _empty_buckets(buckets: list[tuple[int, int | None, str]]) -> list[dict[str, Any]]:
-    return [{"label": label, "low": lo, "high": hi, "count": 0, "value": Decimal("0")} for lo, hi, label in buckets]
+def _empty_buckets(
+    buckets: list[tuple[int, int | None, str]], zero: Money | Decimal = Decimal("0")
+) -> list[dict[str, Any]]:
+    return [{"label": label, "low": lo, "high": hi, "count": 0, "value": zero} for lo, hi, label in buckets]
 
 
 def won_not_activated(
@@ -452,19 +499,19 @@ def won_not_activated(
     deadline's own day are read one by one."""
     from dashboards.backlog import backlog_groups
 
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     now = clock.now()
     sla = sla_for("quote-to-project")
     countries = dict(LegalEntity.objects.values_list("pk", "country"))
     deadlines: dict[int, dt.datetime] = {}
     count = over_count = 0
-    value = over_value = Decimal("0")
+    value = over_value = conv.zero()
     for g in backlog_groups(f, flow="quote-to-project", by=("legal_entity_id", "currency", "aged_day")):
         entity = g["legal_entity_id"]
         if entity not in deadlines:
             deadlines[entity] = sla_rule.sla_deadline(sla, now, countries.get(entity, ""))
         deadline = deadlines[entity]
-        converted = conv.convert(g["total"] or Decimal("0"), g["currency"], f.end, "closing")
+        converted = conv.money(g["total"] or Decimal("0"), g["currency"], f.end, "closing")
         count += g["n"]
         value += converted
         if g["aged_day"] < deadline.date():
@@ -473,10 +520,10 @@ def won_not_activated(
         elif g["aged_day"] == deadline.date():
             for amount in _closed_before(f, entity, g["currency"], g["aged_day"], deadline):
                 over_count += 1
-                over_value += conv.convert(amount, g["currency"], f.end, "closing")
+                over_value += conv.money(amount, g["currency"], f.end, "closing")
     rows = _open_rows(f, "quote-to-project", now, limit) if with_rows else []
     for r in rows:
-        r["value"] = conv.convert(r["amount"] or Decimal("0"), r["currency"], f.end, "closing")
+        r["value"] = conv.money(r["amount"] or Decimal("0"), r["currency"], f.end, "closing")
     return {
         "count": count,
         "value": value,
@@ -505,16 +552,16 @@ def open_exceptions(f: Filters, conv: Converter | None = None) -> dict[str, Any]
     they carry, from the backlog's groups (values converted per currency and day)."""
     from dashboards.backlog import backlog_groups
 
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     now = clock.now()
-    buckets = [{"label": label, "count": 0, "value": Decimal("0")} for _lo, _hi, label in EXCEPTION_AGE_BUCKETS]
+    buckets = [{"label": label, "count": 0, "value": conv.zero()} for _lo, _hi, label in EXCEPTION_AGE_BUCKETS]
     by_flow: dict[str, int] = defaultdict(int)
     for g in backlog_groups(f, needs_person=True, by=("flow", "currency", "started_day")):
         age = age_days(g["started_day"], now)
         for b, (lo, hi, _label) in zip(buckets, EXCEPTION_AGE_BUCKETS, strict=True):
             if age >= lo and (hi is None or age < hi):
                 b["count"] += g["n"]
-                b["value"] += conv.convert(g["total"] or Decimal("0"), g["currency"], f.end, "closing")
+                b["value"] += conv.money(g["total"] or Decimal("0"), g["currency"], f.end, "closing")
                 break
         by_flow[g["flow"]] += g["n"]
     return {"count": sum(b["count"] for b in buckets), "buckets": buckets, "by_flow": dict(by_flow)}
@@ -525,19 +572,19 @@ def billing_exceptions(f: Filters, conv: Converter | None = None, rows: list[Any
     """Billing batches released in the period that needed a person or were rejected at least once,
     ÷ batches released, by count and by value. First-pass yield = 1 − rate. `rows`: the period's
     project-to-bill rollup rows when the caller has read them already (FlowStats.rows)."""
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     rows = rollups(f, "project-to-bill") if rows is None else rows
     started = sum(r.started for r in rows)
     exceptions = sum(r.exceptions for r in rows)
-    value = sum((conv.convert(r.started_amount, r.currency, r.day) for r in rows), Decimal("0"))
-    exc_value = sum((conv.convert(r.exception_amount, r.currency, r.day) for r in rows), Decimal("0"))
+    value = sum((conv.money(r.started_amount, r.currency, r.day) for r in rows), conv.zero())
+    exc_value = sum((conv.money(r.exception_amount, r.currency, r.day) for r in rows), conv.zero())
     return {
         "attempted": started,
         "exceptions": exceptions,
         "value": value,
         "exception_value": exc_value,
         "rate": 100.0 * exceptions / started if started else None,
-        "value_rate": float(100 * exc_value / value) if value else None,
+        "value_rate": float(100 * exc_value.amount / value.amount) if value.amount else None,
     }
 
 
@@ -562,7 +609,7 @@ def mismatches(f: Filters) -> QuerySet[Mismatch]:
 def revenue_accuracy(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
     """Revenue schedule accuracy (§2.5): open revenue mismatches (value = Σ|Δ|), and the row match
     rate = matched ÷ checked of each entity's latest complete reconciliation run."""
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     # Grouped in the database by currency and cause: a month can hold thousands of mismatches.
     rows = list(
         mismatches(f)
@@ -571,7 +618,7 @@ def revenue_accuracy(f: Filters, conv: Converter | None = None) -> dict[str, Any
         .annotate(n=Count("id"), total=Sum(Abs("difference")))
         .order_by()
     )
-    value = sum((conv.convert(r["total"] or Decimal("0"), r["currency"], f.end, "closing") for r in rows), Decimal("0"))
+    value = sum((conv.money(r["total"] or Decimal("0"), r["currency"], f.end, "closing") for r in rows), conv.zero())
     runs = ReconciliationRun.objects.filter(status="complete")
     if f.entity_ids is not None:
         runs = runs.filter(legal_entity_id__in=f.entity_ids)
@@ -607,7 +654,7 @@ def money_at_risk(
     """Money at risk at the period end = billing released but not invoiced + won deals not yet a
     project past their SLA + |Δ| of open billed-time and revenue mismatches. A page that already
     has `blocked_billing` and `won_not_activated` passes them in rather than reading them twice."""
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     blocked = (blocked or blocked_billing(f, conv, with_rows=False))["value"]
     won = won or won_not_activated(f, conv, with_rows=False)
     late_deals = won["over_sla_value"]
@@ -618,9 +665,7 @@ def money_at_risk(
         .annotate(n=Count("id"), total=Sum(Abs("difference")))
         .order_by()
     )
-    mm_value = sum(
-        (conv.convert(r["total"] or Decimal("0"), r["currency"], f.end, "closing") for r in mm), Decimal("0")
-    )
+    mm_value = sum((conv.money(r["total"] or Decimal("0"), r["currency"], f.end, "closing") for r in mm), conv.zero())
     return {
         "value": blocked + late_deals + mm_value,
         "parts": [

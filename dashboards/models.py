@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
 
 
@@ -47,28 +48,85 @@ class FlowSla(models.Model):
         return f"{minutes // 60} h" if minutes >= 120 and minutes % 60 == 0 else f"{minutes} min"
 
 
-class FxRate(models.Model):
-    """Units of the reporting currency per one unit of `currency`, for a month.
+class ExchangeRate(models.Model):
+    """One rate as an ERP keeps it, read by dashboards.fx: 1 `from_currency` = `rate` `to_currency`.
+    Daily rates take effect on `effective_date`; an ERP's own period rates (NetSuite's consolidated
+    average and current rates) carry the period's first day."""
 
-    Policy (DOMAIN.md §1.11): flows (billings, payments, exception value) use the month's
-    average rate; balances (AR, blocked value, money at risk) the closing rate of the period's
-    last month. A missing month falls back to the latest earlier month of the same kind."""
+    class RateType(models.TextChoices):
+        DAILY = "daily", "Daily"
+        AVERAGE = "average", "Period average"
+        CLOSING = "closing", "Period end"
+
+    connection = models.ForeignKey("connectors.Connection", on_delete=models.CASCADE, related_name="+")
+    from_currency = models.CharField(max_length=3)
+    to_currency = models.CharField(max_length=3)
+    rate_type = models.CharField(max_length=8, choices=RateType.choices)
+    effective_date = models.DateField()
+    rate = models.DecimalField(max_digits=18, decimal_places=8)
+    read_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "from_currency", "to_currency", "rate_type", "effective_date"],
+                name="exchange_rate_one_per_day",
+            )
+        ]
+        indexes = [models.Index(fields=["from_currency", "to_currency", "effective_date"], name="exchange_rate_pair")]
+
+    def __str__(self) -> str:
+        return f"{self.from_currency}/{self.to_currency} {self.effective_date} {self.rate}"
+
+
+class FxRate(models.Model):
+    """Units of `to_currency` per one unit of `currency`, for a month: what figures convert with.
+
+    Policy (docs/dashboards.md, DOMAIN.md §1.11): flows (billings, payments, exception value) use
+    the month's average rate; balances (AR, blocked value, money at risk) the closing rate of the
+    period's last month. Filled from the ERPs' rates (dashboards.fx); `rate` is the admin's
+    override when there is one, else the ERP's. A missing month falls back to the latest earlier
+    month of the same kind."""
 
     class Kind(models.TextChoices):
         AVERAGE = "average", "Period average"
         CLOSING = "closing", "Period end"
 
+    class Source(models.TextChoices):
+        ERP = "erp", "The ERP's period rate"
+        DERIVED = "derived", "Derived from the ERP's daily rates"
+        MANUAL = "manual", "Entered by an admin"
+
     currency = models.CharField(max_length=3)
+    to_currency = models.CharField(max_length=3, default="USD")
     month = models.CharField(max_length=7, help_text="YYYY-MM")
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.AVERAGE)
-    rate = models.DecimalField(max_digits=18, decimal_places=8)
+    rate = models.DecimalField(max_digits=18, decimal_places=8, help_text="The rate in use: override, else ERP.")
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.MANUAL)
+    connection = models.ForeignKey(
+        "connectors.Connection", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    read_at = models.DateTimeField(null=True, blank=True)
+    erp_rate = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
+    override_rate = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
+    overridden_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    overridden_at = models.DateTimeField(null=True, blank=True)
+    override_reason = models.CharField(max_length=200, blank=True)
 
     class Meta:
-        ordering = ["currency", "-month"]
-        constraints = [models.UniqueConstraint(fields=["currency", "month", "kind"], name="fx_one_rate_per_month")]
+        ordering = ["currency", "to_currency", "-month", "kind"]
+        constraints = [
+            models.UniqueConstraint(fields=["currency", "to_currency", "month", "kind"], name="fx_one_rate_per_month")
+        ]
 
     def __str__(self) -> str:
-        return f"{self.currency} {self.month} {self.kind} {self.rate}"
+        return f"{self.currency}/{self.to_currency} {self.month} {self.kind} {self.rate}"
+
+    @property
+    def overridden(self) -> bool:
+        return self.override_rate is not None
 
 
 class FlowFact(models.Model):
@@ -282,3 +340,27 @@ class DemandMonth(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role or 'deals'} {self.month}: {self.hours:.0f} h"
+
+
+class DemandSnapshot(models.Model):
+    """The weighted demand forecast as it stood on one day, per legal entity, role and month:
+    resource forecast accuracy compares what was forecast N days before a month with the hours
+    later assigned and worked (DOMAIN.md §2.8), and the live DemandMonth keeps only the present.
+    Written weekly by beat (dashboards.leaders.demand_snapshot_take)."""
+
+    taken_on = models.DateField()
+    legal_entity_id = models.BigIntegerField(default=0)
+    role = models.CharField(max_length=120)
+    month = models.CharField(max_length=7, help_text="YYYY-MM the hours are forecast for.")
+    hours = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["taken_on", "legal_entity_id", "role", "month"], name="demand_snapshot_one_row"
+            )
+        ]
+        indexes = [models.Index(fields=["month", "taken_on"], name="demand_snapshot_month")]
+
+    def __str__(self) -> str:
+        return f"forecast of {self.taken_on} for {self.role} {self.month}: {self.hours:.0f} h"

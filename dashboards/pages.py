@@ -16,11 +16,12 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import TruncMonth
 from django.urls import reverse
 
-from dashboards import charts, kpis, ledger, metrics, wip
+from dashboards import charts, kpis, leaders, ledger, metrics, wip
 from dashboards.demand import demand_for
 from dashboards.facts import MEASURES, sla_for
-from dashboards.metrics import Converter, Filters
+from dashboards.metrics import Converter, Filters, converter_for
 from dashboards.models import FlowFact
+from dashboards.money import Money, money_text
 from pscsync.models import Attempt, ErpInvoice, LegalEntity, Mismatch, Step
 from remediation import timeline
 from remediation.models import HandoffException
@@ -33,7 +34,7 @@ class Tile:
     note: str = ""
     href: str = ""
     help: str = ""
-    state: str = ""  # good | bad | stale | ""
+    state: str = ""  # good | bad | stale | incomplete (a money figure misses an amount: amber) | ""
     question: str = ""
     measurement: str = ""  # "", or why the figure is stale
     as_of: dt.datetime | None = None
@@ -130,6 +131,7 @@ class Page:
     charts: list[Chart] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sections: list[tuple[str, list[Tile]]] = field(default_factory=list)  # titled groups of tiles
 
 
 def hours_label(hours: float | None) -> str:
@@ -142,10 +144,16 @@ def hours_label(hours: float | None) -> str:
     return f"{hours / 24:.1f} days"
 
 
-def money(value: Decimal | None) -> str:
-    if value is None:
-        return "—"
-    return f"{metrics.reporting_currency()} {value:,.0f}"
+def money(value: Money | Decimal | None) -> str:
+    """A money figure as a person reads it, naming what it could not convert (dashboards.money)."""
+    return money_text(value, metrics.reporting_currency())
+
+
+def money_state(*values: Money | Decimal | None, otherwise: str = "") -> str:
+    """A tile showing a money figure that misses an amount turns amber ("incomplete"), whatever else."""
+    if any(isinstance(v, Money) and not v.complete for v in values):
+        return "incomplete"
+    return otherwise
 
 
 def pct(value: float | None) -> str:
@@ -218,7 +226,7 @@ def overview(f: Filters) -> Page:
             f"not invoiced ({blocked['count']} batches)",
             label="Approved time → invoice (median)",
             href=link("dashboards:project_to_bill", f),
-            state="bad" if blocked["count"] else "good",
+            state=money_state(blocked["value"], otherwise="bad" if blocked["count"] else "good"),
             question="Is approved work being billed?",
         ),
         _dso_tile(f, dso, question="Is billing becoming cash?", reading=r),
@@ -231,7 +239,7 @@ def overview(f: Filters) -> Page:
                 f"{money(p['value'])} {p['label'][:1].lower() + p['label'][1:]}" for p in risk["parts"] if p["value"]
             )
             or "none",
-            state="bad" if risk["value"] else "good",
+            state=money_state(risk["value"], otherwise="bad" if risk["value"] else "good"),
             question="Where is money stuck?",
         ),
     ]
@@ -246,14 +254,14 @@ def overview(f: Filters) -> Page:
             pct(ex["rate"]),
             f"{ex['exceptions']} of {ex['attempted']} batches · {money(ex['exception_value'])} "
             f"({pct(ex['value_rate'])} of value)",
-            state="bad" if ex["exceptions"] else "good",
+            state=money_state(ex["exception_value"], ex["value"], otherwise="bad" if ex["exceptions"] else "good"),
         ),
         kpi_tile(
             r,
             "revenue.mismatch_value",
             money(rev["value"]),
             f"{rev['open']} open · match rate {pct(rev['match_rate'])} ({rev['matched']} of {rev['checked']})",
-            state="bad" if rev["open"] else "good",
+            state=money_state(rev["value"], otherwise="bad" if rev["open"] else "good"),
         ),
         kpi_tile(
             r,
@@ -267,9 +275,10 @@ def overview(f: Filters) -> Page:
             "deals.won_not_activated",
             str(won["count"]),
             f"{money(won['value'])} · {won['over_sla_count']} past SLA",
-            state="bad" if won["over_sla_count"] else "",
+            state=money_state(won["value"], otherwise="bad" if won["over_sla_count"] else ""),
         ),
     ]
+    page.sections.append(("Leader figures", leader_tiles(f, conv)))
     page.notes.append(
         f"Integration: {health['attempts']} calls in 24 h, {pct(health['failure_rate'])} failed, "
         f"{health['rate_limited']} rate-limited; {health['dead_lettered']} dead-lettered; oldest unfinished "
@@ -349,6 +358,15 @@ def _flows_table(f: Filters, stats: dict[str, metrics.FlowStats]) -> Table:
     )
 
 
+def _dso_figure(dso: dict[str, Any]) -> str:
+    """Days, or what keeps DSO from being computed (amounts without a rate, named in the note)."""
+    # Not a sum of the two parts' gaps (no business quantity): which currencies lack a rate.
+    missing = sorted({*dso["receivables"].missing, *dso["billings"].missing})
+    if missing:
+        return f"— · no rate for {', '.join(missing)}"
+    return "—" if dso["days"] is None else f"{dso['days']:.0f} days"
+
+
 FLOW_PAGES = {
     "quote-to-project": "dashboards:quote_to_project",
     "project-to-bill": "dashboards:project_to_bill",
@@ -357,9 +375,8 @@ FLOW_PAGES = {
 
 
 def _currency_note(page: Page, conv: Converter) -> None:
-    page.notes.append(metrics.policy_text())
-    if conv.note:
-        page.notes.append(conv.note)
+    # What a figure could not convert is on that figure (money_text), not summed for the page.
+    page.notes.append(metrics.policy_text(conv.target))
 
 
 def _flow_common(page: Page, f: Filters, flow: str, conv: Converter) -> metrics.FlowStats:
@@ -455,7 +472,7 @@ def _flow_common(page: Page, f: Filters, flow: str, conv: Converter) -> metrics.
 
 
 def quote_to_project(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     page = Page("Quote to project", "How fast won deals become active projects in the PSA.")
     _flow_common(page, f, "quote-to-project", conv)
     won = metrics.won_not_activated(f, conv, limit=Table.limit)
@@ -483,7 +500,7 @@ def quote_to_project(f: Filters) -> Page:
             "Open quote-to-project handoffs, oldest first: age in days since the deal closed won.",
             "Every won deal has an active project.",
             total=won["count"],
-            every_row=lambda: won_rows(metrics.won_not_activated(f, Converter(), limit=None)["rows"], links=False),
+            every_row=lambda: won_rows(metrics.won_not_activated(f, converter_for(f), limit=None)["rows"], links=False),
         ),
     )
     _currency_note(page, conv)
@@ -491,7 +508,7 @@ def quote_to_project(f: Filters) -> Page:
 
 
 def project_to_bill(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     page = Page(
         "Project to bill",
         "Approved time, expenses and completed milestones turning into ERP invoices, and the approved work "
@@ -521,7 +538,7 @@ def project_to_bill(f: Filters) -> Page:
             charts.stacked(
                 labels,
                 {wip.PART_LABELS[kind]: [float(v) for v in values] for kind, values in unbilled["by_kind"].items()},
-                metrics.reporting_currency(),
+                conv.target,
             ),
             "Approved work not on a posted invoice, by age: PSA items by work date, released batches by release "
             "date, invoices the ERP has not posted (draft or pending approval) by invoice date. "
@@ -610,7 +627,9 @@ def project_to_bill(f: Filters) -> Page:
             "Open project-to-bill handoffs, oldest first, in the batch's currency; age in days since release.",
             "Every released batch has its invoice.",
             total=blocked["count"],
-            every_row=lambda: blocked_rows(metrics.blocked_billing(f, Converter(), limit=None)["rows"], links=False),
+            every_row=lambda: blocked_rows(
+                metrics.blocked_billing(f, converter_for(f), limit=None)["rows"], links=False
+            ),
         ),
     ]
     _currency_note(page, conv)
@@ -654,7 +673,7 @@ def _wip_tile(f: Filters, unbilled: dict[str, Any], reading: kpis.Reading | None
         money(unbilled["value"]),
         ages or "nothing approved is waiting",
         href=link("dashboards:project_to_bill", f) + "#wip-by-entity",
-        state="bad" if unbilled["over_60"] else "good",
+        state=money_state(unbilled["value"], otherwise="bad" if unbilled["over_60"] else "good"),
     )
 
 
@@ -679,10 +698,10 @@ def _dso_tile(f: Filters, d: dict[str, Any], *, question: str = "", reading: kpi
     return kpi_tile(
         reading or kpis.Reading(f),
         "cash.dso",
-        "—" if d["days"] is None else f"{d['days']:.0f} days",
+        _dso_figure(d),
         f"{money(d['receivables'])} receivables at {owed['at']:%d %b %Y} · {money(owed['past_due'])} past due",
         href=link("dashboards:bill_to_cash", f) + "#receivables-ageing",
-        state="bad" if owed["buckets"][-1] else "",
+        state=money_state(d["receivables"], d["billings"], otherwise="bad" if owed["buckets"][-1] else ""),
         question=question,
     )
 
@@ -694,11 +713,12 @@ def _cash_tile(f: Filters, cash: dict[str, Any], reading: kpis.Reading | None = 
         money(cash["value"]),
         f"{cash['count']} payment applications in the period",
         href=link("dashboards:bill_to_cash", f),
+        state=money_state(cash["value"]),
     )
 
 
 def bill_to_cash(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     page = Page(
         "Bill to cash",
         "Days to pay and cash collected as the ERPs' ledgers hold them (the customer's cycle), what customers "
@@ -721,7 +741,7 @@ def bill_to_cash(f: Filters) -> Page:
             charts.grouped(
                 [w.isoformat() for w in weeks],
                 {"Invoiced (posted)": [v[0] for v in weeks.values()], "Cash collected": [v[1] for v in weeks.values()]},
-                metrics.reporting_currency(),
+                conv.target,
             ),
             "Invoices the ERP posted, by ISO week of their posting date, and payments the ERP applied, by week of "
             "the application (month's average rate).",
@@ -800,7 +820,7 @@ def bill_to_cash(f: Filters) -> Page:
 
 
 def exceptions(f: Filters) -> Page:
-    conv = Converter()
+    conv = converter_for(f)
     page = Page("Exceptions and mismatches", "Billing exceptions and reconciliation mismatches, with their causes.")
     r = kpis.Reading(f, conv)
     ex, rev, risk = r.exceptions, r.revenue, r.risk
@@ -808,21 +828,26 @@ def exceptions(f: Filters) -> Page:
     page.tiles = [
         kpi_tile(r, "billing.exception_rate", pct(ex["rate"]), f"{ex['exceptions']} of {ex['attempted']} batches"),
         kpi_tile(r, "revenue.match_rate", pct(rev["match_rate"]), f"{rev['open']} open · {money(rev['value'])}"),
-        kpi_tile(r, "money_at_risk", money(risk["value"]), "", state="bad" if risk["value"] else "good", href=""),
+        kpi_tile(
+            r,
+            "money_at_risk",
+            money(risk["value"]),
+            "",
+            state=money_state(risk["value"], otherwise="bad" if risk["value"] else "good"),
+            href="",
+        ),
     ]
     qs = metrics.mismatches(f)
-    causes: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+    causes: dict[str, list[Any]] = defaultdict(lambda: [0, conv.zero()])
     for cause, diff, cur in qs.values_list("cause", "difference", "currency"):
         causes[cause][0] += 1
-        causes[cause][1] += conv.convert(abs(diff), cur, f.end, "closing")
+        causes[cause][1] += conv.money(abs(diff), cur, f.end, "closing")
     labels = dict(Mismatch.Cause.choices)
     page.charts.append(
         Chart(
             "chart-causes",
             "Open mismatches by explanation",
-            charts.hbars(
-                [labels.get(c, c) for c in causes], [float(v[1]) for v in causes.values()], metrics.reporting_currency()
-            ),
+            charts.hbars([labels.get(c, c) for c in causes], [float(v[1]) for v in causes.values()], conv.target),
             "Σ|difference| per cause (DOMAIN.md §3.2 catalogue).",
         )
     )
@@ -911,7 +936,7 @@ def _billing_exception_tables(f: Filters, conv: Converter) -> list[Table]:
         "entity": lambda k: entities.get(k, "—"),
         "project": lambda k: k or "—",
     }
-    groups: dict[str, dict[str, list[Any]]] = {dim: defaultdict(lambda: [0, Decimal("0")]) for dim in keys}
+    groups: dict[str, dict[str, list[Any]]] = {dim: defaultdict(lambda: [0, conv.zero()]) for dim in keys}
     for dim, key in keys.items():
         field_name = {"customer": "customer_name", "entity": "legal_entity_id"}.get(dim)
         grouped = facts.annotate(_month=TruncMonth("start_day"))
@@ -923,7 +948,7 @@ def _billing_exception_tables(f: Filters, conv: Converter) -> list[Table]:
             .order_by()
         ):
             month = g["_month"].date() if isinstance(g["_month"], dt.datetime) else g["_month"]
-            value = conv.convert(g["total"] or Decimal("0"), g["currency"], month)
+            value = conv.money(g["total"] or Decimal("0"), g["currency"], month)
             label = words[dim](g[field_name or "_key"])
             groups[dim][label][0] += g["n"]
             groups[dim][label][1] += value
@@ -958,11 +983,11 @@ def _billing_exception_tables(f: Filters, conv: Converter) -> list[Table]:
 
 
 def _mismatches_by_customer(qs: Any, conv: Converter, f: Filters, entities: dict[int, str]) -> Table:
-    grouped: dict[tuple[str, str], list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+    grouped: dict[tuple[str, str], list[Any]] = defaultdict(lambda: [0, conv.zero()])
     for entity_id, customer, diff, cur in qs.values_list("legal_entity_id", "customer_name", "difference", "currency"):
         key = (entities.get(entity_id, ""), customer or "—")
         grouped[key][0] += 1
-        grouped[key][1] += conv.convert(abs(diff), cur, f.end, "closing")
+        grouped[key][1] += conv.money(abs(diff), cur, f.end, "closing")
     return Table(
         "mismatches-by-customer",
         "Open mismatches by legal entity and customer",
@@ -1149,3 +1174,215 @@ def items(f: Filters, flow: str, measure: str) -> tuple[Page, Any]:
         "The records behind the figure. Open one for its handoff: steps, attempts and source events.",
     )
     return page, qs.order_by("-latency_hours", "key")
+
+
+# Leader figures ------------------------------------------------------------------------------------
+FORECAST_HELP = (
+    "Resource forecast accuracy (DOMAIN.md §2.8): for each month of the period that has ended, the weighted "
+    "demand forecast (open deals' plan hours × probability) as it stood N days before the month (the latest "
+    "weekly snapshot then) against the hours people were later assigned in the PSA and the approved hours they "
+    "worked, by role. WAPE = Σ|forecast − actual| ÷ Σ actual; accuracy = 1 − WAPE, not below 0; "
+    "bias = Σ(forecast − actual) ÷ Σ actual (positive: over-forecast)."
+)
+REVENUE_HELP = (
+    "Revenue schedule accuracy (DOMAIN.md §2.5), as of each legal entity's latest complete reconciliation: "
+    "value accuracy = 1 − Σ|PSA − ERP| of the open revenue mismatches ÷ Σ|ERP recognised| of every "
+    "project-month compared (differences within tolerance count as agreement); row match rate = project-months "
+    "matched ÷ compared. Amounts at the closing rate of the period's last month."
+)
+EFFORT_HELP = (
+    "Reconciliation effort: people's actions on exceptions and mismatches in the period (resubmit, resolve, "
+    "cancel, assign, comment, bulk actions; from the audit trail) and the hours they spent. Hours are sittings: "
+    "one person's actions no more than 30 minutes apart are one sitting, from its first action to its last plus "
+    "10 minutes of reading before the first."
+)
+
+
+def _acc_text(a: leaders.Accuracy | None) -> str:
+    if a is None or a.accuracy is None or a.wape is None:
+        return "—"
+    return f"{a.accuracy:.0f}%" + (f" (off by {a.wape:.0f}%)" if a.wape > 100 else "")
+
+
+def leader_tiles(
+    f: Filters,
+    conv: Converter,
+    fc: leaders.ForecastAccuracy | None = None,
+    rev: dict[str, Any] | None = None,
+    effort: dict[str, Any] | None = None,
+) -> list[Tile]:
+    """The three leader figures' tiles (from the figures when the caller has them already)."""
+    fc = fc or leaders.forecast_accuracy(f)
+    rev = rev or leaders.revenue_schedule_accuracy(f, conv, with_rows=False)
+    effort = effort or leaders.reconciliation_effort(f)
+    head = fc.headline
+    shortest = min(fc.lags, default=None)
+    assigned = fc.lags[shortest]["assigned"] if shortest else None
+    return [
+        Tile(
+            "Resource forecast accuracy",
+            _acc_text(head) if head else "—",
+            (
+                f"{shortest}-day forecast vs hours worked · vs hours assigned {_acc_text(assigned)} · bias "
+                + ("—" if head.bias is None else f"{head.bias:+.0f}%")
+                if head
+                else "not measured yet: no forecast snapshot is that much older than an ended month"
+            ),
+            link("dashboards:leaders", f) + "#forecast",
+            FORECAST_HELP,
+            "" if head is None or head.accuracy is None else ("good" if head.accuracy >= 80 else "bad"),
+            "Are we staffing what we forecast?",
+        ),
+        Tile(
+            "Revenue schedule accuracy",
+            "—" if rev["value_accuracy"] is None else f"{rev['value_accuracy']:.1f}%",
+            ("not measured yet: no reconciliation has completed · " if rev["value_accuracy"] is None else "")
+            + f"match rate {pct(rev['match_rate'])} ({rev['matched']} of {rev['checked']} project-months) · "
+            f"{money(rev['abs_difference'])} apart",
+            link("dashboards:leaders", f) + "#revenue",
+            REVENUE_HELP,
+            "" if rev["value_accuracy"] is None else ("good" if rev["value_accuracy"] >= 99 else "bad"),
+            "Do the PSA and the ERP recognise the same revenue?",
+        ),
+        Tile(
+            "Reconciliation effort",
+            f"{effort['hours']:g} h",
+            f"{effort['actions']} actions on exceptions and mismatches · {len(effort['weeks'])} weeks",
+            link("dashboards:leaders", f) + "#effort",
+            EFFORT_HELP,
+            "",
+            "What does keeping the systems in step cost us?",
+        ),
+    ]
+
+
+def leaders_page(f: Filters) -> Page:
+    conv = Converter()
+    page = Page(
+        "Leader figures",
+        "Resource forecast accuracy, revenue schedule accuracy and reconciliation effort, with the records each "
+        "figure is built from.",
+    )
+    fc = leaders.forecast_accuracy(f)
+    rev = leaders.revenue_schedule_accuracy(f, conv)
+    effort = leaders.reconciliation_effort(f)
+    page.tiles = leader_tiles(f, conv, fc, rev, effort)
+    page.tables.append(
+        Table(
+            "forecast",
+            "Resource forecast accuracy by lag",
+            [
+                "Made before the month",
+                "Forecast (h)",
+                "Worked (h)",
+                "Accuracy vs worked",
+                "Bias vs worked",
+                "Assigned (h)",
+                "Accuracy vs assigned",
+                "Bias vs assigned",
+            ],
+            [
+                [
+                    f"{lag} days",
+                    round(a["worked"].forecast),
+                    round(a["worked"].actual),
+                    _acc_text(a["worked"]),
+                    "—" if a["worked"].bias is None else f"{a['worked'].bias:+.0f}%",
+                    round(a["assigned"].actual),
+                    _acc_text(a["assigned"]),
+                    "—" if a["assigned"].bias is None else f"{a['assigned'].bias:+.0f}%",
+                ]
+                for lag, a in sorted(fc.lags.items())
+            ],
+            FORECAST_HELP,
+            "Not measured yet: no month of the period has ended with a forecast snapshot taken 30 days or more "
+            "before it (snapshots are kept weekly).",
+        )
+    )
+    page.tables.append(
+        Table(
+            "forecast_rows",
+            "Forecast against actuals by role and month",
+            ["Made before the month", "Month", "Forecast of", "Role", "Forecast (h)", "Assigned (h)", "Worked (h)"],
+            [
+                [
+                    f"{r['lag']} days",
+                    r["month"],
+                    f"{r['snapshot']:%d %b %Y}",
+                    r["role"],
+                    round(r["forecast"], 1),
+                    round(r["assigned"], 1),
+                    round(r["worked"], 1),
+                ]
+                for r in fc.rows
+            ],
+            "Each row is one role in one month at one lag; the table above sums them.",
+            "No forecast to compare yet.",
+        )
+    )
+    page.tables.append(
+        Table(
+            "revenue",
+            "Revenue rows that differ (the numerator of revenue schedule accuracy)",
+            [
+                "Entity",
+                "Project",
+                "Customer",
+                "Month",
+                "Cause",
+                "PSA",
+                "ERP",
+                "Difference",
+                f"|Difference| ({metrics.reporting_currency()})",
+            ],
+            [
+                [
+                    r["mismatch"].legal_entity.code.upper(),
+                    r["mismatch"].subject_name or r["mismatch"].subject_key,
+                    r["mismatch"].customer_name,
+                    r["mismatch"].period,
+                    r["mismatch"].get_cause_display(),
+                    f"{Decimal(r['mismatch'].amounts.get('psa', '0')):,.2f} {r['mismatch'].currency}",
+                    f"{Decimal(r['mismatch'].amounts.get('erp', '0')):,.2f} {r['mismatch'].currency}",
+                    f"{r['mismatch'].difference:,.2f} {r['mismatch'].currency}",
+                    f"{r['abs_difference']:,.2f}",
+                ]
+                for r in rev["rows"]
+            ],
+            f"{REVENUE_HELP} Σ|difference| {money(rev['abs_difference'])} of {money(rev['erp_total'])} ERP recognised.",
+            "No revenue row differs in the latest reconciliation."
+            if rev["checked"]
+            else "Not measured yet: no reconciliation has completed.",
+        )
+    )
+    page.tables.append(
+        Table(
+            "effort",
+            "Reconciliation effort by week",
+            ["Week of", "Actions", "People", "Exceptions and mismatches worked", "Hours"],
+            [[f"{w['week']:%d %b %Y}", w["actions"], w["people"], w["items"], w["hours"]] for w in effort["weeks"]],
+            EFFORT_HELP,
+            "No one acted on an exception or mismatch in this period.",
+        )
+    )
+    page.tables.append(
+        Table(
+            "effort_actions",
+            "The actions",
+            ["When", "Who", "Action", "On", "Comment"],
+            [
+                [
+                    f"{e.created_at:%d %b %Y %H:%M}",
+                    e.actor_label,
+                    e.action.replace(".", " ").replace("_", " "),
+                    e.object_repr,
+                    e.comment,
+                ]
+                for e in reversed(effort["entries"])
+            ],
+            "Newest first; the audit trail holds each one with its before and after.",
+            "No action in this period.",
+        )
+    )
+    _currency_note(page, conv)
+    return page

@@ -27,3 +27,19 @@ def backlog_repair_task() -> dict[str, int]:
     from dashboards.backlog import backlog_repair
 
     return backlog_repair()
+
+
+@shared_task(name="dashboards.tasks.demand_snapshot_task", ignore_result=True)
+def demand_snapshot_task() -> int:
+    """Keep this week's demand forecast, for resource forecast accuracy (one per 7 days)."""
+    from dashboards.leaders import demand_snapshot_take
+
+    return demand_snapshot_take()
+
+
+@shared_task(name="dashboards.tasks.fx_rates_read_task", ignore_result=True)
+def fx_rates_read_task() -> dict:
+    """Read the ERPs' exchange rates and refresh the month rates figures convert with (daily)."""
+    from dashboards.fx import fx_rates_read
+
+    return fx_rates_read()

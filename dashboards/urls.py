@@ -13,6 +13,7 @@ urlpatterns = [
     path("exceptions/", views.exceptions, name="exceptions"),
     path("integration/", views.integration, name="integration"),
     path("demand/", views.demand, name="demand"),
+    path("leaders/", views.leaders, name="leaders"),
     path("items/", views.items, name="items"),
     path("settings/", views.settings_page, name="settings"),
     path("health/", views.health, name="health"),

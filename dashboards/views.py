@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 from csp.decorators import csp_update
@@ -17,13 +19,13 @@ from django.views.decorators.http import require_GET, require_http_methods
 from connectors.models import Connection
 from dashboards import kpis, metrics, pages
 from dashboards.facts import MEASURES, sla_for
+from dashboards.fx import fx_last_read, fx_rate_override, known_currencies
 from dashboards.metrics import Filters
 from dashboards.models import FlowSla, FxRate
 from dashboards.queries import OVERDUE_AFTER, connection_activity, health_summary
 from dashboards.services import flow_sla_set
 from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, entity_ids_for, permission_required
-from pscsync.audit import audit_record
 from pscsync.csvsafe import SafeWriter
 from pscsync.models import LegalEntity
 
@@ -35,6 +37,7 @@ DASH_PAGES = [
     ("dashboards:exceptions", "Exceptions & mismatches"),
     ("dashboards:integration", "Integration health"),
     ("dashboards:demand", "Resource demand"),
+    ("dashboards:leaders", "Leader figures"),
 ]
 
 
@@ -66,6 +69,8 @@ def filters_from(request: HttpRequest) -> Filters:
         service_line=request.GET.get("service_line", "").strip(),
         customer=request.GET.get("customer", "").strip(),
         connection_id=conn,
+        # A currency we hold no rates for is ignored like an unknown entity code (the API says 422).
+        currency=currency if (currency := request.GET.get("currency", "")) in known_currencies() else "",
     )
 
 
@@ -80,6 +85,8 @@ def _filter_context(request: HttpRequest, f: Filters) -> dict[str, Any]:
         "selected_connection": request.GET.get("connection", ""),
         "dash_pages": DASH_PAGES,
         "reporting_currency": metrics.reporting_currency(),
+        "currencies": known_currencies(),
+        "default_currency_label": f"Default ({metrics.figure_currency(replace(f, currency=''))})",
     }
 
 
@@ -123,6 +130,7 @@ bill_to_cash = _page_view(pages.bill_to_cash, "dashboards:bill_to_cash")
 exceptions = _page_view(pages.exceptions, "dashboards:exceptions")
 integration = _page_view(pages.integration, "dashboards:integration")
 demand = _page_view(pages.demand, "dashboards:demand")
+leaders = _page_view(pages.leaders_page, "dashboards:leaders")
 
 
 @permission_required(VIEW_DASHBOARDS)
@@ -204,16 +212,26 @@ class SlaForm(forms.Form):
 
 
 class FxForm(forms.Form):
-    currency = forms.RegexField(regex=r"^[A-Z]{3}$")
-    month = forms.RegexField(regex=r"^\d{4}-\d{2}$")
+    currency = forms.RegexField(regex=r"^[A-Z]{3}$", help_text="From, e.g. GBP")
+    to_currency = forms.RegexField(regex=r"^[A-Z]{3}$", help_text="To, e.g. USD")
+    month = forms.RegexField(regex=r"^\d{4}-(0[1-9]|1[0-2])$", error_messages={"invalid": "Give the month as YYYY-MM."})
     kind = forms.ChoiceField(choices=FxRate.Kind.choices)
-    rate = forms.DecimalField(min_value=0, max_digits=18, decimal_places=8)
+    rate = forms.DecimalField(
+        required=False, min_value=Decimal("0.00000001"), max_digits=18, decimal_places=8, help_text="Empty: clear"
+    )
+    reason = forms.CharField(required=False, max_length=200)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("currency") and data.get("currency") == data.get("to_currency"):
+            raise forms.ValidationError("A rate converts between two different currencies.")
+        return data
 
 
 @permission_required(CONFIGURE)
 @require_http_methods(["GET", "POST"])
 def settings_page(request: HttpRequest) -> HttpResponse:
-    """Admins set each flow's SLA and the FX rates to the reporting currency."""
+    """Admins set each flow's SLA, and may override a month's FX rate read from the ERPs (audited)."""
     sla_form, fx_form = SlaForm(prefix="sla"), FxForm(prefix="fx")
     if request.method == "POST":
         if "sla-flow" in request.POST:
@@ -233,22 +251,36 @@ def settings_page(request: HttpRequest) -> HttpResponse:
             fx_form = FxForm(request.POST, prefix="fx")
             if fx_form.is_valid():
                 d = fx_form.cleaned_data
-                rate, _ = FxRate.objects.update_or_create(
-                    currency=d["currency"], month=d["month"], kind=d["kind"], defaults={"rate": d["rate"]}
+                fx_rate_override(
+                    actor=request.user,
+                    currency=d["currency"],
+                    to_currency=d["to_currency"],
+                    month=d["month"],
+                    kind=d["kind"],
+                    rate=d["rate"],
+                    reason=d["reason"],
                 )
-                audit_record(actor=request.user, action="fx_rate.set", obj=rate, after={"rate": str(d["rate"])})
-                messages.success(request, "Rate saved.")
+                done = "overridden: it wins over the ERP's rate" if d["rate"] is not None else "back to the ERP's rate"
+                messages.success(request, f"{d['currency']} → {d['to_currency']} {d['month']} {done}.")
                 return redirect("dashboards:settings")
-    context = {
+        # Here only when the form was not valid: it is shown again with what is wrong, nothing changed.
+        return render(request, "dashboards/settings.html", _settings_context(sla_form, fx_form), status=400)
+    return render(request, "dashboards/settings.html", _settings_context(sla_form, fx_form))
+
+
+def _settings_context(sla_form: SlaForm, fx_form: FxForm) -> dict[str, Any]:
+    return {
         "slas": [sla_for(f) for f in MEASURES],
         "measures": MEASURES,
-        "rates": FxRate.objects.all()[:100],
+        "rates": FxRate.objects.select_related("connection", "overridden_by").order_by("-month", "currency", "kind")[
+            :120
+        ],
+        "rates_read": fx_last_read(),
         "sla_form": sla_form,
         "fx_form": fx_form,
         "reporting_currency": metrics.reporting_currency(),
         "dash_pages": DASH_PAGES,
     }
-    return render(request, "dashboards/settings.html", context)
 
 
 @permission_required(VIEW_DASHBOARDS)

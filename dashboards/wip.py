@@ -20,6 +20,7 @@ from django.db.models import Count, Max, Sum
 
 from dashboards import ledger, metrics
 from dashboards.metrics import AGE_BUCKETS_DAYS, Converter, Filters
+from dashboards.money import Money
 from pscsync import clock
 from pscsync.models import LegalEntity, PsaAssignment, UnbilledWork
 
@@ -47,14 +48,14 @@ def unbilled_wip(
     milestones list (the project-to-bill page); without it (the overview, the JSON) both parts are
     summed in the database by work or release date, so no row is read. `released`: the
     blocked_billing() result the caller already has, with rows when `detail`."""
-    conv = conv or Converter()
+    conv = conv or metrics.converter_for(f)
     read_at = psa_work(f).aggregate(at=Max("read_at"))["at"]
     as_of = (read_at or clock.now()).date()
     entities = dict(LegalEntity.objects.values_list("pk", "name")) if detail else {}
     kinds = [*KIND_LABELS, "released", "unposted"]
-    empty = [Decimal("0")] * len(AGE_BUCKETS_DAYS)
-    by_kind: dict[str, list[Decimal]] = {k: list(empty) for k in kinds}
-    by_entity: dict[str, list[Decimal]] = defaultdict(lambda: list(empty))
+    empty = [conv.zero()] * len(AGE_BUCKETS_DAYS)
+    by_kind: dict[str, list[Money]] = {k: list(empty) for k in kinds}
+    by_entity: dict[str, list[Money]] = defaultdict(lambda: list(empty))
     by_project: dict[str, dict[str, Any]] = {}
     milestones: list[dict[str, Any]] = []
     count = 0
@@ -64,7 +65,7 @@ def unbilled_wip(
     ) -> None:
         """project: (key, name, customer) or None; one row per key."""
         nonlocal count
-        value = conv.convert(amount or Decimal("0"), currency, f.end, "closing")
+        value = conv.money(amount or Decimal("0"), currency, f.end, "closing")
         bucket = metrics.bucket_index(age, AGE_BUCKETS_DAYS)
         by_kind[kind][bucket] += value
         by_entity[entity][bucket] += value
@@ -84,7 +85,7 @@ def unbilled_wip(
         groups = psa_work(f).values("kind", "work_date", "currency").annotate(n=Count("id"), total=Sum("amount"))
         for g in groups.order_by():
             age = max(0, (as_of - g["work_date"]).days) if g["work_date"] else 0
-            by_kind[g["kind"]][metrics.bucket_index(age, AGE_BUCKETS_DAYS)] += conv.convert(
+            by_kind[g["kind"]][metrics.bucket_index(age, AGE_BUCKETS_DAYS)] += conv.money(
                 g["total"] or Decimal("0"), g["currency"], f.end, "closing"
             )
             count += g["n"]
@@ -113,20 +114,20 @@ def unbilled_wip(
                 by_entity[entities.get(entity_id, "—")][bucket] += value
     count += unposted["count"]
     projects = sorted(
-        ({"key": key, **v, "total": sum(v["buckets"])} for key, v in by_project.items()),
-        key=lambda p: p["total"],
+        ({"key": key, **v, "total": sum(v["buckets"], conv.zero())} for key, v in by_project.items()),
+        key=lambda p: p["total"].amount,
         reverse=True,
     )
     return {
         "as_of": as_of if read_at else None,
         "count": count,
-        "value": sum((sum(v) for v in by_kind.values()), Decimal("0")),
+        "value": sum((sum(v, conv.zero()) for v in by_kind.values()), conv.zero()),
         "labels": [label for _low, _high, label in AGE_BUCKETS_DAYS],
         "by_kind": by_kind,
         "by_entity": dict(sorted(by_entity.items())),
         "projects": projects,
         "milestones": sorted(milestones, key=lambda m: m["age"], reverse=True),
-        "over_60": sum((sum(v[2:]) for v in by_kind.values()), Decimal("0")),
+        "over_60": sum((sum(v[2:], conv.zero()) for v in by_kind.values()), conv.zero()),
     }
 
 

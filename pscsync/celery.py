@@ -6,7 +6,7 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun, worker_ready
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_ready
 from django.db import close_old_connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pscsync.settings")
@@ -14,6 +14,19 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pscsync.settings")
 app = Celery("pscsync")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# Readiness (/readyz) knows a worker is alive by its heartbeat row (ops.worker).
+from ops.worker import WorkerHeartbeat  # noqa: E402
+
+app.steps["worker"].add(WorkerHeartbeat)
+
+# Structured logs (ops.logs): the publishing request's id travels in the message headers, and a
+# task's lines carry it with the handoff id.
+from ops import logs as _logs  # noqa: E402
+
+before_task_publish.connect(_logs.celery_publish_headers, weak=False)
+task_prerun.connect(_logs.celery_task_started, weak=False)
+task_postrun.connect(_logs.celery_task_finished, weak=False)
 
 log = logging.getLogger("pscsync.worker")
 

@@ -16,9 +16,11 @@ demo password, generated once and kept) and hands that environment to every proc
 from __future__ import annotations
 
 import base64
+import ctypes
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,14 +30,43 @@ ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("PSCSYNC_VAR_DIR", ROOT / "var"))
 BIN = Path(sys.executable).parent
 WEB_PORT = int(os.environ.get("PSCSYNC_DEMO_PORT", "8000"))
+# 0.0.0.0 only inside a container (compose.yaml's demo profile), where the port is published.
+WEB_HOST = os.environ.get("PSCSYNC_DEMO_HOST", "127.0.0.1")
 PORT_OFFSET = int(os.environ.get("PSCSYNC_SANDBOX_PORT_OFFSET", "0") or 0)
 ECHO_PORT = 8790 + PORT_OFFSET
 DEMO_DAYS = int(os.environ.get("PSCSYNC_DEMO_DAYS", "90"))
 VENDOR_SANDBOXES = ("salesforce", "kantata", "netsuite", "businesscentral")
+# Container runtimes and systemd send SIGTERM and SIGKILL a few seconds later (often 5 or 10 s): the
+# demo stops its processes with SIGTERM, waits this long, then kills what is left.
+STOP_GRACE_SECONDS = 4.0
+
+
+def ports_taken() -> list[str]:
+    """The ports the demo needs that another program holds, each with the variable that moves it."""
+    sandboxes = ("echo", *VENDOR_SANDBOXES)  # on 8790, 8791, ... in this order (connectors.sandboxes)
+    wanted = [(WEB_PORT, "the web app", "PSCSYNC_DEMO_PORT")] + [
+        (ECHO_PORT + i, f"the {name} sandbox", "PSCSYNC_SANDBOX_PORT_OFFSET") for i, name in enumerate(sandboxes)
+    ]
+    taken = []
+    for port, what, variable in wanted:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                taken.append(f"port {port} ({what}) is taken by another program; set {variable} to move it")
+    return taken
+
+
+def _die_with_the_demo() -> None:
+    """Runs in each child before exec: if the demo itself is killed (SIGKILL after a grace period),
+    the kernel sends the child SIGTERM, so nothing it started outlives it (Linux prctl)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def demo_env() -> dict[str, str]:
-    VAR.mkdir(parents=True, exist_ok=True)
+    (VAR / "logs").mkdir(parents=True, exist_ok=True)
     env_file = VAR / "demo.env"
     values: dict[str, str] = {}
     if env_file.exists():
@@ -67,6 +98,9 @@ def demo_env() -> dict[str, str]:
         "PSCSYNC_RETRY_BASE_SECONDS": "3",
         "PSCSYNC_RECONCILE_SECONDS": os.environ.get("PSCSYNC_RECONCILE_SECONDS", "300"),
         "PSCSYNC_LOG_LEVEL": os.environ.get("PSCSYNC_LOG_LEVEL", "WARNING"),
+        "PSCSYNC_LOG_FORMAT": os.environ.get("PSCSYNC_LOG_FORMAT", "text"),  # JSON is for machines
+        # The audit trail's external copy goes to its own file, not over the terminal.
+        "PSCSYNC_AUDIT_LOG_FILE": os.environ.get("PSCSYNC_AUDIT_LOG_FILE", str(VAR / "logs" / "audit.log")),
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -85,7 +119,30 @@ def history_env(env: dict[str, str]) -> dict[str, str]:
         "PSCSYNC_REDISPATCH_SECONDS": str(10 * 86400),
         "PSCSYNC_RETRY_BASE_SECONDS": "1800",
         "PSCSYNC_POLL_SECONDS": "5",
+        "PSCSYNC_DEMAND_SNAPSHOT_SECONDS": "5",  # 7 business days pass in ~14 wall seconds here
     }
+
+
+def stop_all(processes: dict[str, subprocess.Popen], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM every process group we started, wait up to `grace` seconds in all, SIGKILL the rest."""
+    for process in processes.values():
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for process in processes.values():
+        try:
+            process.wait(timeout=max(0.05, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # the whole group: a gunicorn or Celery child left behind by its parent goes too
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if process.poll() is None:
+            process.wait(timeout=5)
 
 
 def main() -> None:
@@ -93,6 +150,32 @@ def main() -> None:
     manage = [sys.executable, str(ROOT / "manage.py")]
     if len(env["DEMO_PASSWORD"]) < 12:
         sys.exit("DEMO_PASSWORD must be at least 12 characters")
+    taken = ports_taken()
+    if taken:
+        sys.exit("pscsync demo cannot start:\n  " + "\n  ".join(taken))
+    simulated = VAR / "simulated"
+    print(
+        f"""pscsync demo: http://127.0.0.1:{WEB_PORT}/ once started
+  Sign in as viewer, operator or admin, password: {env["DEMO_PASSWORD"]}
+  (set DEMO_PASSWORD to choose it; it is kept in var/demo.env)
+"""
+        + (
+            ""
+            if simulated.exists()
+            else f"  The first start simulates the firm's last {DEMO_DAYS} days: that takes a few minutes.\n"
+        ),
+        flush=True,
+    )
+    processes: dict[str, subprocess.Popen] = {}
+
+    def stop(*_: object) -> None:
+        print("\nstopping ...", flush=True)
+        stop_all(processes)
+        sys.exit(0)
+
+    # Handlers first: a SIGTERM during migrate or seeding stops cleanly too.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     print("pscsync demo: migrating and seeding the demo firm ...", flush=True)
     subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
     subprocess.run([*manage, "demo_seed", "--echo-url", f"http://127.0.0.1:{ECHO_PORT}"], env=env, cwd=ROOT, check=True)
@@ -101,14 +184,13 @@ def main() -> None:
     commands = {
         "sandbox-echo": [*manage, "sandbox", "echo", "--port", str(ECHO_PORT)],
         **{f"sandbox-{name}": [*manage, "sandbox", name] for name in VENDOR_SANDBOXES},
-        "web": [str(BIN / "gunicorn"), "pscsync.wsgi", "-b", f"127.0.0.1:{WEB_PORT}", "-w", "2", "--threads", "4"],
+        "web": [str(BIN / "gunicorn"), "pscsync.wsgi", "-b", f"{WEB_HOST}:{WEB_PORT}", "-w", "2", "--threads", "4"],
         "worker": [str(BIN / "celery"), "-A", "pscsync", "worker", "-c", "2", "-l", "WARNING", "--without-gossip"],
         "beat": [str(BIN / "celery"), "-A", "pscsync", "beat", "-l", "WARNING"],
     }
     web_url = f"http://127.0.0.1:{WEB_PORT}"
     if os.environ.get("PSCSYNC_DEMO_ECHO_TRAFFIC", "") in ("1", "true"):
         commands["traffic"] = [*manage, "demo_traffic", "--web", web_url, "--echo-url", f"http://127.0.0.1:{ECHO_PORT}"]
-    simulated = VAR / "simulated"
     history = [] if simulated.exists() else ["--days", str(DEMO_DAYS)]
     commands["firm"] = [
         *manage,
@@ -122,13 +204,18 @@ def main() -> None:
         "--done-marker",
         str(simulated),
     ]
-    processes: dict[str, subprocess.Popen] = {}
     fast = history_env(env) if history else env
 
     def start(name: str, process_env: dict[str, str]) -> None:
         log = (logs / f"{name}.log").open("ab")
         processes[name] = subprocess.Popen(
-            commands[name], env=process_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            commands[name],
+            env=process_env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_the_demo,  # safe here: the demo runner starts no threads
         )
 
     for name in commands:
@@ -139,21 +226,6 @@ def main() -> None:
             # NetSuite are polled by beat.
             subprocess.run([*manage, "demo_subscribe", "--web", web_url], env=env, cwd=ROOT, check=False)
 
-    def stop(*_: object) -> None:
-        print("\nstopping ...", flush=True)
-        for process in processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for process in processes.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-        sys.exit(0)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     firm_note = (
         f"is living through the last {DEMO_DAYS} days (a few minutes; see var/logs/firm.log), then"
         if history
@@ -183,11 +255,7 @@ pscsync is running: http://127.0.0.1:{WEB_PORT}/
             history = []
             print("the demo firm's history is done: the engine goes on in real time", flush=True)
             for name in ENGINE:
-                os.killpg(processes[name].pid, signal.SIGTERM)
-                try:
-                    processes[name].wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(processes[name].pid, signal.SIGKILL)
+                stop_all({name: processes[name]}, grace=15)
                 start(name, env)
                 time.sleep(2.0 if name == "web" else 0.3)
         for name, process in list(processes.items()):

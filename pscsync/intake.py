@@ -27,6 +27,7 @@ from pscsync import clock
 from pscsync.dispatch import handoffs_publish
 from pscsync.flows import flow_get
 from pscsync.flows.triggers import change_route
+from pscsync.lifecycle import handoff_move, handoff_opened
 from pscsync.models import Event, Handoff, Step
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def _has_written(handoff: Handoff) -> bool:
     return Step.objects.filter(handoff=handoff, status__in=[Step.Status.SUCCEEDED, Step.Status.IN_FLIGHT]).exists()
 
 
-def handoff_start(*, event: Event) -> Handoff:
+def handoff_start(*, event: Event, reason: str = "a new change") -> Handoff:
     """Open a handoff for an event. The caller holds the transaction."""
     now = clock.now()
     handoff = Handoff.objects.create(
@@ -186,6 +187,7 @@ def handoff_start(*, event: Event) -> Handoff:
         next_attempt_at=now,
         dispatched_at=now,
     )
+    handoff_opened(handoff, actor="intake", reason=reason)
     event.status = Event.Status.ACCEPTED
     event.handoff = handoff
     event.save(update_fields=["status", "handoff"])
@@ -244,14 +246,21 @@ def _route_behind(event: Event, open_handoff: Handoff) -> Handoff | None:
     now = clock.now()
     current.status = Event.Status.SUPERSEDED
     current.save(update_fields=["status"])
-    open_handoff.trigger_event = event
-    open_handoff.payload = event.payload
-    open_handoff.superseded_count += 1
-    open_handoff.status = Handoff.Status.PENDING
-    open_handoff.attempt_count = 0
-    open_handoff.next_attempt_at = now
-    open_handoff.dispatched_at = now
-    open_handoff.save()
+    handoff_move(
+        open_handoff,
+        from_states=(open_handoff.status,),
+        to=Handoff.Status.PENDING,
+        actor="intake",
+        reason="superseded by a newer change before anything was written",
+        fields={
+            "trigger_event": event,
+            "payload": event.payload,
+            "superseded_count": open_handoff.superseded_count + 1,
+            "attempt_count": 0,
+            "next_attempt_at": now,
+            "dispatched_at": now,
+        },
+    )
     event.status = Event.Status.ACCEPTED
     event.handoff = open_handoff
     event.save(update_fields=["status", "handoff"])
@@ -279,7 +288,7 @@ def queued_event_start(*, flow: str, business_key: str, key_locked: bool = False
         newest.status = Event.Status.STALE
         newest.save(update_fields=["status"])
         return None
-    return handoff_start(event=newest)
+    return handoff_start(event=newest, reason="the newest change that waited behind the previous handoff")
 
 
 def event_receive(

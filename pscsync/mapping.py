@@ -204,6 +204,15 @@ def _lookup(table: dict[str, Any], value: Any) -> tuple[bool, Any]:
     return (True, folded[key]) if key in folded else (False, None)
 
 
+def _unreadable(exc: jmespath.exceptions.JMESPathError) -> str:
+    """Why a valid expression could not be evaluated on this record, in words."""
+    if isinstance(exc, jmespath.exceptions.JMESPathTypeError):
+        if exc.current_value is None:
+            return f"cannot be read from this record: {exc.function_name}() found an empty field"
+        return f"cannot be read from this record: {exc.function_name}() cannot take {exc.actual_type} values"
+    return f"cannot be read from this record: {exc}"
+
+
 def mapping_apply(
     rules: list[dict[str, Any]], value_maps: dict[str, dict[str, Any]], source: dict[str, Any]
 ) -> MappingResult:
@@ -212,7 +221,13 @@ def mapping_apply(
     for position, rule in enumerate(rules, start=1):
         target = rule["target"]
         expression = rule.get("source") or ""
-        value = jmespath.search(expression, source) if expression else None
+        try:
+            value = jmespath.search(expression, source) if expression else None
+        except jmespath.exceptions.JMESPathError as exc:
+            # A valid expression can still fail on a record of another shape (join() over a null,
+            # a function given the wrong type): that is this record's error, not a crash.
+            result.errors.append(RuleProblem(position, target, _unreadable(exc)))
+            continue
         if value in (None, "") and "default" in rule:
             value = rule["default"]
         if value in (None, "", []):

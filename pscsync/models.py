@@ -3,8 +3,9 @@ cross references and the audit trail. State changes happen in services, never in
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from decimal import Decimal
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import models
@@ -83,6 +84,33 @@ class Event(models.Model):
         return (self.occurred_at, self.source_sequence)
 
 
+# Set only by pscsync.lifecycle while it moves a handoff: every other write of a handoff's status
+# (a queryset update, a save of a changed status, a bulk update) is refused, so a new code path
+# cannot change a status without the transition check, the history row and the listeners.
+status_write_allowed: ContextVar[bool] = ContextVar("handoff_status_write_allowed", default=False)
+
+
+class StatusWriteRefused(RuntimeError):
+    """A handoff's status was written outside pscsync.lifecycle.handoff_move."""
+
+
+def _refuse_status_write() -> None:
+    if not status_write_allowed.get():
+        raise StatusWriteRefused("a handoff's status changes only through pscsync.lifecycle.handoff_move")
+
+
+class HandoffQuerySet(models.QuerySet):
+    def update(self, **kwargs: Any) -> int:
+        if "status" in kwargs:
+            _refuse_status_write()
+        return super().update(**kwargs)
+
+    def bulk_update(self, objs: Any, fields: Any, *args: Any, **kwargs: Any) -> int:
+        if "status" in fields:
+            _refuse_status_write()
+        return super().bulk_update(objs, fields, *args, **kwargs)
+
+
 class Handoff(models.Model):
     """One run of one flow for one business key, e.g. quote-to-project for an opportunity."""
 
@@ -97,13 +125,20 @@ class Handoff(models.Model):
 
     OPEN: ClassVar[frozenset[str]] = frozenset({"pending", "running", "waiting_retry", "needs_attention"})
     TERMINAL: ClassVar[frozenset[str]] = frozenset({"succeeded", "resolved", "cancelled"})
-    # The only legal moves; anything else is a bug or a lost race.
+    # The only legal moves (pscsync.lifecycle.handoff_move refuses any other). A move to the same
+    # state is real work: a newer change superseding a pending one, a worker taking over a run
+    # whose worker died. docs/engine.md has the table with who makes each move and why.
     TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
-        "pending": frozenset({"running", "cancelled", "needs_attention"}),
-        "running": frozenset({"succeeded", "waiting_retry", "needs_attention", "running"}),
-        "waiting_retry": frozenset({"running", "cancelled", "needs_attention"}),
+        "pending": frozenset({"pending", "running", "cancelled", "needs_attention"}),
+        "running": frozenset({"running", "succeeded", "waiting_retry", "needs_attention"}),
+        "waiting_retry": frozenset({"pending", "running", "cancelled", "needs_attention"}),
         "needs_attention": frozenset({"pending", "resolved", "cancelled"}),
+        "resolved": frozenset({"needs_attention"}),
+        "cancelled": frozenset({"needs_attention"}),
+        "succeeded": frozenset(),
     }
+
+    objects = HandoffQuerySet.as_manager()
 
     flow = models.CharField(max_length=40)
     business_key = models.CharField(max_length=200)
@@ -170,6 +205,54 @@ class Handoff(models.Model):
 
     def can_move_to(self, new: str) -> bool:
         return new in self.TRANSITIONS.get(self.status, frozenset())
+
+    # The status as loaded: save() refuses to write a different one (see status_write_allowed).
+    # A new handoff is created in any state (intake opens it pending; tests and loaders build
+    # records as they need them), which is not a move.
+    @classmethod
+    def from_db(cls, db: Any, field_names: Any, values: Any) -> Handoff:
+        instance = super().from_db(db, field_names, values)
+        instance._status_loaded = instance.__dict__.get("status")
+        return instance
+
+    def refresh_from_db(self, *args: Any, **kwargs: Any) -> None:
+        super().refresh_from_db(*args, **kwargs)
+        self._status_loaded = self.__dict__.get("status")
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        update_fields = kwargs.get("update_fields")
+        writes_status = update_fields is None or "status" in update_fields
+        if not self._state.adding and writes_status and self.status != getattr(self, "_status_loaded", self.status):
+            _refuse_status_write()
+        super().save(*args, **kwargs)
+        self._status_loaded = self.status
+
+
+class HandoffTransition(models.Model):
+    """One move of a handoff's status: from, to, when, who and why (written by
+    pscsync.lifecycle.handoff_move in the transaction that makes the move). Append-only."""
+
+    handoff = models.ForeignKey(Handoff, on_delete=models.CASCADE, related_name="transitions")
+    # Blank: the handoff was opened (intake created it).
+    from_status = models.CharField(max_length=16, choices=Handoff.Status.choices, blank=True)
+    to_status = models.CharField(max_length=16, choices=Handoff.Status.choices)
+    at = models.DateTimeField()
+    # Who moved it: a person (user) or a part of the engine (actor: "intake", "worker <name>", ...).
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor = models.CharField(max_length=150)
+    reason = models.TextField(blank=True)
+    # Context: the step it stopped at or ran, and the runs that had ended in a retryable failure.
+    step = models.CharField(max_length=60, blank=True)
+    attempt = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["handoff", "at", "pk"]
+        indexes = [models.Index(fields=["handoff", "at"], name="transition_handoff_at")]
+
+    def __str__(self) -> str:
+        return f"{self.handoff_id}: {self.from_status or 'opened'} -> {self.to_status}"
 
 
 class Step(models.Model):
@@ -556,6 +639,26 @@ class PsaAssignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role or 'assignment'} {self.weekly_hours} h/week {self.starts_on}..{self.ends_on}"
+
+
+class PsaWorkedHours(models.Model):
+    """Approved hours worked in the PSA per role and month (every approved timecard, billable or
+    not, billed or not): what resource forecast accuracy compares the forecast with (DOMAIN.md
+    §2.8, delivery accuracy). Read and replaced with each full reconciliation, like PsaAssignment."""
+
+    legal_entity = models.ForeignKey(LegalEntity, on_delete=models.CASCADE, related_name="+")
+    role = models.CharField(max_length=100, blank=True)
+    month = models.CharField(max_length=7, help_text="YYYY-MM of the day worked.")
+    hours = models.DecimalField(max_digits=12, decimal_places=2)
+    read_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["legal_entity", "role", "month"], name="psa_worked_hours_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role or 'no role'} {self.month}: {self.hours} h worked"
 
 
 class ErpInvoice(models.Model):

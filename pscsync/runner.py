@@ -1,6 +1,6 @@
 """The handoff runner: lease, resume at the first unfinished step, record every attempt.
 
-Lifecycle of a handoff (Handoff.TRANSITIONS):
+Lifecycle of a handoff (Handoff.TRANSITIONS; every move goes through pscsync.lifecycle.handoff_move):
   pending -> running -> succeeded
                      -> waiting_retry -> running ...    (transient or unknown outcome, within budget)
                      -> needs_attention                 (validation, mapping, rejected; budget spent;
@@ -26,16 +26,16 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Max, Q
-from django.db.models.functions import Coalesce
-from django.db.models.signals import post_save
+from django.db.models import Max, Q
 
 from connectors.base import WriteResult
 from connectors.errors import ConnectorError, TransientError, UnknownOutcomeError
+from ops.logs import bind as log_bind
 from pscsync import clock
 from pscsync.faults import fault_point
 from pscsync.flows import Flow, StepContext, StepDef, flow_get
 from pscsync.intake import business_key_lock, queued_event_start
+from pscsync.lifecycle import handoff_move
 from pscsync.models import Attempt, CrossReference, Handoff, LegalEntity, Step
 
 log = logging.getLogger(__name__)
@@ -80,51 +80,63 @@ def _renew(handoff: Handoff, worker: str) -> dt.datetime:
 def _lease(handoff_id: int, worker: str) -> Handoff | None:
     """Take the handoff if it is due and nobody live holds it. Counts takeovers from dead workers."""
     now = clock.now()
-    # The common case in one statement: a due pending or waiting handoff that no live worker holds.
-    # Anything else (running with a lease that ran out, not due, gone) takes the locked path below.
-    taken = (
-        Handoff.objects.filter(pk=handoff_id, status__in=[Handoff.Status.PENDING, Handoff.Status.WAITING_RETRY])
-        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
-        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-        .update(
-            status=Handoff.Status.RUNNING,
-            lease_owner=worker,
-            lease_expires_at=_lease_until(now),
-            started_at=Coalesce(F("started_at"), now),
-        )
-    )
-    if taken:
-        # Ours now (only the lease holder changes it); steps write to its source connection.
-        return Handoff.objects.select_related("source_connection").get(pk=handoff_id)
     with transaction.atomic():
-        handoff = Handoff.objects.select_for_update().filter(pk=handoff_id).first()
+        # The row lock makes a duplicate delivery wait and then find the lease held. The connection
+        # comes along (steps write to it) without being locked.
+        handoff = (
+            Handoff.objects.select_for_update(of=("self",))
+            .select_related("source_connection")
+            .filter(pk=handoff_id)
+            .first()
+        )
         if handoff is None or handoff.status not in {"pending", "waiting_retry", "running"}:
             return None
         if handoff.lease_expires_at is not None and handoff.lease_expires_at > now:
             return None  # a live worker has it; this delivery is a duplicate
         if handoff.status != Handoff.Status.RUNNING and handoff.next_attempt_at and handoff.next_attempt_at > now:
             return None  # a retry that is not due yet
+        reason = "taken by a worker"
         if handoff.status == Handoff.Status.RUNNING:
             # The previous worker's lease ran out while it was running: it died or hung.
-            handoff.worker_crashes += 1
+            crashes = handoff.worker_crashes + 1
             _record_worker_lost(handoff, now)
-            if handoff.worker_crashes >= settings.MAX_WORKER_CRASHES:
-                handoff.status = Handoff.Status.NEEDS_ATTENTION
-                handoff.last_error_class = "worker_lost"
-                handoff.last_error_message = (
-                    f"The worker processing this handoff died {handoff.worker_crashes} times (killed, out of "
+            if crashes >= settings.MAX_WORKER_CRASHES:
+                message = (
+                    f"The worker processing this handoff died {crashes} times (killed, out of "
                     "memory or past its time limit). It was stopped so it cannot take other work down with it."
                 )
-                handoff.lease_owner = ""
-                handoff.lease_expires_at = None
-                handoff.finished_at = None
-                handoff.save()
+                handoff_move(
+                    handoff,
+                    from_states=(Handoff.Status.RUNNING,),
+                    to=Handoff.Status.NEEDS_ATTENTION,
+                    actor=worker,
+                    reason=message,
+                    fields={
+                        "worker_crashes": crashes,
+                        "last_error_class": "worker_lost",
+                        "last_error_message": message,
+                        "lease_owner": "",
+                        "lease_expires_at": None,
+                        "finished_at": None,
+                    },
+                )
                 return None
-        handoff.status = Handoff.Status.RUNNING
-        handoff.lease_owner = worker
-        handoff.lease_expires_at = _lease_until(now)
-        handoff.started_at = handoff.started_at or now
-        handoff.save()
+            handoff.worker_crashes = crashes
+            reason = f"taken over from a worker that died ({crashes} so far)"
+        handoff_move(
+            handoff,
+            from_states=(handoff.status,),
+            to=Handoff.Status.RUNNING,
+            actor=worker,
+            reason=reason,
+            attempt=handoff.attempt_count,
+            fields={
+                "lease_owner": worker,
+                "lease_expires_at": _lease_until(now),
+                "started_at": handoff.started_at or now,
+                "worker_crashes": handoff.worker_crashes,
+            },
+        )
     return handoff
 
 
@@ -431,28 +443,39 @@ def _failure(exc: ConnectorError) -> StepFailed:
 
 
 def _fail(handoff: Handoff, flow: Flow, step: Step, failure: StepFailed, worker: str) -> str:
-    with transaction.atomic():
-        now = _renew(handoff, worker)
-        handoff.refresh_from_db()
-        handoff.last_error_class = failure.error_class
-        handoff.lease_owner = ""
-        handoff.lease_expires_at = None
-        if failure.retryable:
-            handoff.attempt_count += 1
-        if failure.retryable and handoff.attempt_count < flow.attempt_budget:
-            delay = retry_delay(handoff.attempt_count, retry_after=failure.retry_after)
-            handoff.status = Handoff.Status.WAITING_RETRY
-            handoff.next_attempt_at = now + dt.timedelta(seconds=delay)
-            handoff.last_error_message = (
-                f"{step.name}: {failure.message} (retry {handoff.attempt_count} in {delay:.0f} s)"
-            )
-        else:
-            handoff.status = Handoff.Status.NEEDS_ATTENTION
-            handoff.next_attempt_at = None
-            spent = f" after {handoff.attempt_count} attempts" if failure.retryable else ""
-            handoff.last_error_message = f"{step.name}: {failure.message}{spent}"
-        handoff.save()
-        return handoff.status
+    now = clock.now()
+    handoff.refresh_from_db(fields=["attempt_count"])
+    attempts = handoff.attempt_count + (1 if failure.retryable else 0)
+    fields: dict[str, Any] = {
+        "last_error_class": failure.error_class,
+        "lease_owner": "",
+        "lease_expires_at": None,
+        "attempt_count": attempts,
+    }
+    if failure.retryable and attempts < flow.attempt_budget:
+        delay = retry_delay(attempts, retry_after=failure.retry_after)
+        to = Handoff.Status.WAITING_RETRY
+        fields["next_attempt_at"] = now + dt.timedelta(seconds=delay)
+        fields["last_error_message"] = f"{step.name}: {failure.message} (retry {attempts} in {delay:.0f} s)"
+    else:
+        to = Handoff.Status.NEEDS_ATTENTION
+        fields["next_attempt_at"] = None
+        spent = f" after {attempts} attempts" if failure.retryable else ""
+        fields["last_error_message"] = f"{step.name}: {failure.message}{spent}"
+    # The lease check and the move in one conditional update (a worker that lost the lease writes nothing).
+    moved = handoff_move(
+        handoff,
+        from_states=(Handoff.Status.RUNNING,),
+        to=to,
+        actor=worker,
+        reason=fields["last_error_message"],
+        step=step.name,
+        where=Q(lease_owner=worker),
+        fields=fields,
+    )
+    if moved is None:
+        raise LeaseLost(f"handoff {handoff.pk}: lease no longer held by {worker}")
+    return to
 
 
 def _succeed(handoff: Handoff, worker: str, *, done: _Done | None = None) -> None:
@@ -462,7 +485,6 @@ def _succeed(handoff: Handoff, worker: str, *, done: _Done | None = None) -> Non
         business_key_lock(handoff.flow, handoff.business_key)
         now = clock.now()
         ended = {
-            "status": Handoff.Status.SUCCEEDED,
             "finished_at": now,
             "business_finished_at": now,
             "lease_owner": "",
@@ -472,18 +494,21 @@ def _succeed(handoff: Handoff, worker: str, *, done: _Done | None = None) -> Non
             "last_error_message": "",
         }
         # The lease check and the end in one statement; only the fields that change are written.
-        held = Handoff.objects.filter(pk=handoff.pk, lease_owner=worker, status=Handoff.Status.RUNNING).update(**ended)
-        if held != 1:
+        moved = handoff_move(
+            handoff,
+            from_states=(Handoff.Status.RUNNING,),
+            to=Handoff.Status.SUCCEEDED,
+            actor=worker,
+            reason="every step succeeded",
+            where=Q(lease_owner=worker),
+            fields=ended,
+        )
+        if moved is None:
             raise LeaseLost(f"handoff {handoff.pk}: lease no longer held by {worker}")
-        for name, value in ended.items():
-            setattr(handoff, name, value)
         if done is not None:
             _record_outcome(
                 handoff, done.step, done.attempt, now, outcome=done.outcome, started=done.started, result=done.result
             )
-        # The end was one UPDATE, which sends no post_save: tell the listeners (the workbench
-        # resolves the handoff's exception, the dashboards update their figures) as a save would.
-        post_save.send(sender=Handoff, instance=handoff, created=False, update_fields=frozenset(ended), raw=False)
         following = queued_event_start(flow=handoff.flow, business_key=handoff.business_key, key_locked=True)
         if following is not None:
             from pscsync.dispatch import handoffs_publish
@@ -497,18 +522,26 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
     handoff = _lease(handoff_id, worker)
     if handoff is None:
         return "skipped"
+    log_bind(handoff_id=handoff.pk, business_key=handoff.business_key, flow=handoff.flow)  # on every line after
     flow = flow_get(handoff.flow)
     if flow is None:
         failure = StepFailed("mapping", f"no flow named {handoff.flow!r} is installed", retryable=False)
-        with transaction.atomic():
-            _renew(handoff, worker)
-            Handoff.objects.filter(pk=handoff.pk).update(
-                status=Handoff.Status.NEEDS_ATTENTION,
-                last_error_class=failure.error_class,
-                last_error_message=failure.message,
-                lease_owner="",
-                lease_expires_at=None,
-            )
+        moved = handoff_move(
+            handoff,
+            from_states=(Handoff.Status.RUNNING,),
+            to=Handoff.Status.NEEDS_ATTENTION,
+            actor=worker,
+            reason=failure.message,
+            where=Q(lease_owner=worker),
+            fields={
+                "last_error_class": failure.error_class,
+                "last_error_message": failure.message,
+                "lease_owner": "",
+                "lease_expires_at": None,
+            },
+        )
+        if moved is None:
+            return "lease_lost"
         return Handoff.Status.NEEDS_ATTENTION
     ctx = StepContext(handoff=handoff)
     try:

@@ -117,6 +117,9 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "pscsync.access.navigation",
             ],
+            # The presentation filters (money, duration, when, counted, flow_name, ...) in every
+            # template without a {% load %}: no page has an excuse to print a raw value.
+            "builtins": ["pscsync.templatetags.present"],
         },
     },
 ]
@@ -350,9 +353,13 @@ MAX_WORKER_CRASHES = env_int("PSCSYNC_MAX_WORKER_CRASHES", 3)
 POLL_SECONDS = env_int("PSCSYNC_POLL_SECONDS", 30)
 # Reconciliation (CRM vs PSA vs ERP) runs this often: daily by default, every few minutes in the demo.
 RECONCILE_SECONDS = env_int("PSCSYNC_RECONCILE_SECONDS", 24 * 3600)
+FX_READ_SECONDS = env_int("PSCSYNC_FX_READ_SECONDS", 6 * 3600)
 # The workbench re-checks that every handoff waiting for a person has its exception (and hands
 # lost compensations and bulk jobs back to a worker) this often. It reads only open work.
 EXCEPTIONS_RECONCILE_SECONDS = env_int("PSCSYNC_EXCEPTIONS_RECONCILE_SECONDS", 300)
+# How often beat asks for a demand-forecast snapshot; one is kept per 7 business days whatever this
+# is (dashboards.leaders), so a short interval only makes a fast business clock (the demo) get them.
+DEMAND_SNAPSHOT_SECONDS = env_int("PSCSYNC_DEMAND_SNAPSHOT_SECONDS", 3600)
 # First retry waits up to this many seconds (full jitter), doubling each time up to an hour.
 RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
 # Connections marked "sandbox" may call loopback addresses (our own sandboxes). Off unless turned on:
@@ -414,6 +421,9 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "pscsync.tasks.reconcile_task", "schedule": float(RECONCILE_SECONDS)},
     "dashboard-rollups": {"task": "dashboards.tasks.rollups_catch_up_task", "schedule": 300.0},
     "dashboard-open-backlog": {"task": "dashboards.tasks.backlog_repair_task", "schedule": 300.0},
+    "demand-snapshot": {"task": "dashboards.tasks.demand_snapshot_task", "schedule": float(DEMAND_SNAPSHOT_SECONDS)},
+    # The ERPs publish rates once a business day; reading every 6 h keeps a day's rate within hours.
+    "fx-rates": {"task": "dashboards.tasks.fx_rates_read_task", "schedule": float(FX_READ_SECONDS)},
     "exceptions-reconcile": {
         "task": "remediation.tasks.exceptions_reconcile_task",
         "schedule": float(EXCEPTIONS_RECONCILE_SECONDS),
@@ -471,7 +481,6 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
@@ -499,3 +508,63 @@ ALERT_WEBHOOK_ALLOW_LOOPBACK = env_bool("PSCSYNC_ALERT_WEBHOOK_ALLOW_LOOPBACK", 
 DEFAULT_FROM_EMAIL = os.getenv("PSCSYNC_FROM_EMAIL", "pscsync@localhost")
 EMAIL_HOST = os.getenv("PSCSYNC_EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("PSCSYNC_EMAIL_PORT", 25)
+
+# --- Operations: health, readiness, the beat leader (docs/operations.md) --------------------
+INSTALLED_APPS += ["ops.apps.OpsConfig"]
+SECURE_REDIRECT_EXEMPT += [r"^readyz$"]
+# Beat publishes only while it holds a lease row in the database (ops.beat), so a standby beat can
+# run beside it and takes over within BEAT_LEASE_SECONDS when the leader dies.
+CELERY_BEAT_SCHEDULER = "ops.beat:LeaderScheduler"
+BEAT_LEASE_SECONDS = env_int("PSCSYNC_BEAT_LEASE_SECONDS", 30)
+WORKER_HEARTBEAT_SECONDS = env_int("PSCSYNC_WORKER_HEARTBEAT_SECONDS", 10)
+# /readyz answers 503 when the newest worker heartbeat, the beat leader's renewal or the last
+# sweep is older than these.
+READY_WORKER_SECONDS = env_int("PSCSYNC_READY_WORKER_SECONDS", 3 * WORKER_HEARTBEAT_SECONDS)
+READY_BEAT_SECONDS = env_int("PSCSYNC_READY_BEAT_SECONDS", BEAT_LEASE_SECONDS)
+READY_SWEEP_SECONDS = env_int("PSCSYNC_READY_SWEEP_SECONDS", max(60, 4 * SWEEP_SECONDS))
+
+# Database connections (docs/operations.md, "Database connections"). By default each thread keeps
+# one persistent connection (CONN_MAX_AGE above). PSCSYNC_DB_POOL=true gives a web process
+# Django's psycopg pool instead; set it for gunicorn only, never for Celery prefork workers (a pool's
+# threads do not survive the fork). PSCSYNC_PGBOUNCER=true when connecting through pgbouncer in
+# transaction mode: a server-side cursor cannot outlive the transaction pgbouncer lends.
+if env_bool("PSCSYNC_DB_POOL", False) and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django refuses persistent connections with a pool
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("PSCSYNC_DB_POOL_MIN", 2),
+        "max_size": env_int("PSCSYNC_DB_POOL_MAX", 10),
+        "timeout": env_int("PSCSYNC_DB_POOL_TIMEOUT", 10),
+    }
+if env_bool("PSCSYNC_PGBOUNCER", False):
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+
+# --- Structured logs (docs/operations.md, "Logs") ------------------------------------------
+# JSON lines (one object per line, with request_id, trace_id, handoff_id, business_key, flow and
+# connection where known) unless PSCSYNC_LOG_FORMAT=text, which `make demo` sets for people.
+LOG_FORMAT = os.getenv("PSCSYNC_LOG_FORMAT", "json")
+if LOG_FORMAT not in {"json", "text"}:
+    raise ImproperlyConfigured(f"PSCSYNC_LOG_FORMAT must be 'json' or 'text', got {LOG_FORMAT!r}")
+LOGGING["filters"] = {"context": {"()": "ops.logs.ContextFilter"}}
+LOGGING["formatters"]["json"] = {
+    "()": "ops.logs.json_formatter",
+    "fmt": "%(levelname)s %(name)s %(message)s",
+    "timestamp": "time",  # ISO 8601 in UTC
+    "rename_fields": {"levelname": "level", "name": "logger"},
+}
+LOGGING["formatters"]["text"] = {
+    "()": "ops.logs.TextFormatter",
+    "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+}
+for _handler in ("console", "audit") if not AUDIT_LOG_FILE else ("console",):
+    LOGGING["handlers"][_handler]["formatter"] = LOG_FORMAT
+    LOGGING["handlers"][_handler]["filters"] = ["context"]
+MIDDLEWARE.insert(0, "ops.logs.RequestIdMiddleware")  # first: every later line has the request id
+
+# --- Prometheus metrics (docs/operations.md, "Metrics") -------------------------------------
+# /metrics answers only a scraper sending "Authorization: Bearer <PSCSYNC_METRICS_TOKEN>" (404
+# while unset). Under gunicorn or Celery prefork set PROMETHEUS_MULTIPROC_DIR to an empty folder
+# shared by every process of one machine, so counters add up across processes.
+METRICS_TOKEN = os.getenv("PSCSYNC_METRICS_TOKEN", "")
+# The business gauges (money at risk, won-not-activated, unbilled WIP) are read at most this often.
+METRICS_BUSINESS_SECONDS = env_int("PSCSYNC_METRICS_BUSINESS_SECONDS", 60)
+SECURE_REDIRECT_EXEMPT += [r"^metrics$"]

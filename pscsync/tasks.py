@@ -24,9 +24,12 @@ def handoff_run_task(self, handoff_id: int) -> str:  # noqa: ANN001
 
 @shared_task(name="pscsync.tasks.handoffs_sweep_task")
 def handoffs_sweep_task() -> int:
-    from pscsync.sweeper import handoffs_sweep
+    from ops.health import SWEEPER, heartbeat_record
+    from pscsync.sweeper import handoffs_sweep_all
 
-    return len(handoffs_sweep())
+    published = handoffs_sweep_all()
+    heartbeat_record(name=SWEEPER)  # readiness: the safety net ran (after the sweep succeeded)
+    return published
 
 
 @shared_task(name="pscsync.tasks.connections_poll_task")

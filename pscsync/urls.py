@@ -1,27 +1,13 @@
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
-from django.db import connection
-from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
-from django.views.decorators.http import require_GET
 
 from accounts.oidc import SignInCallbackView, SignInRequestView
 from accounts.views import SignInView
 from connectors.webhooks import webhook_receive
+from ops.views import healthz, metrics, readyz
 from pscsync import views
-
-
-@require_GET
-def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness for load balancers: answers 200 only when the database answers."""
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except Exception:
-        return JsonResponse({"ok": False}, status=503)
-    return JsonResponse({"ok": True})
-
 
 handoff_patterns = (
     [path("", views.handoff_list, name="list"), path("<int:pk>/", views.handoff_detail, name="detail")],
@@ -36,6 +22,8 @@ urlpatterns = [
     path("oidc/authenticate/", SignInRequestView.as_view(), name="oidc_authentication_init"),
     path("oidc/callback/", SignInCallbackView.as_view(), name="oidc_authentication_callback"),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
     path("webhooks/<slug:slug>/", webhook_receive, name="webhook"),
     path("handoffs/", include(handoff_patterns)),
     path("dashboards/", include("dashboards.urls")),

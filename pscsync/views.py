@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
 
-from pscsync.access import VIEW_HANDOFFS, navigation, permission_required
+from pscsync.access import CONFIGURE, VIEW_HANDOFFS, WORK_EXCEPTIONS, navigation, permission_required
 from pscsync.flows import FLOWS
 from pscsync.models import Handoff
 from pscsync.secrets import mask_secrets
@@ -26,6 +26,8 @@ def _pretty(value: object) -> str:
 def home(request: HttpRequest) -> HttpResponse:
     """Send each user to the first page their role may use."""
     items = navigation(request)["nav_items"]
+    if request.user.has_perm(WORK_EXCEPTIONS) and not request.user.has_perm(CONFIGURE):
+        return redirect("remediation:inbox")  # operators land on the work, not the dashboards
     if items:
         return redirect(items[0]["url"])
     return render(request, "no_access.html", status=403)

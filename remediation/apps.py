@@ -8,19 +8,16 @@ class RemediationConfig(AppConfig):
     verbose_name = "Exception workbench"
 
     def ready(self) -> None:
-        # The engine knows no screen: the workbench listens to handoff saves instead of the
-        # runner calling it (DESIGN.md, which way imports run). Status changes made with
-        # QuerySet.update() send no signal; remediation.services.exceptions_reconcile repairs those.
-        from django.db.models.signals import post_save
+        # The engine knows no screen: the workbench follows every committed move of a handoff
+        # through the lifecycle's listeners (DESIGN.md rule 9, and which way imports run).
+        # remediation.services.exceptions_reconcile repairs what a process killed between a
+        # commit and its listener left behind.
+        from pscsync import lifecycle
 
-        from pscsync.models import Handoff
-
-        post_save.connect(_handoff_saved, sender=Handoff, dispatch_uid="remediation.exception_sync")
+        lifecycle.listener_add("remediation.exceptions", _handoff_moved)
 
 
-def _handoff_saved(sender: type, instance: object, created: bool, **kwargs: object) -> None:
-    from remediation.services import exception_sync
+def _handoff_moved(move: object) -> None:
+    from remediation.services import exception_follow
 
-    if created and getattr(instance, "status", "") != "needs_attention":
-        return  # a new handoff has no exception to keep in step
-    exception_sync(instance)  # type: ignore[arg-type]
+    exception_follow(move)  # type: ignore[arg-type]

@@ -3,7 +3,8 @@
 An *exception* (the word users see) is a handoff that needs a person. `HandoffException` is one
 per handoff that ever needed one; `ExceptionCause` groups them by signature (flow, step, error
 class, normalised message). Both are kept in step with the handoff's status by
-`remediation.services.exception_sync`, called on every handoff save (signal, see apps.py).
+`remediation.services.exception_sync`, called after every move of a handoff (the lifecycle
+listener, see apps.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ class ExceptionCause(models.Model):
     flow = models.CharField(max_length=40)
     step_name = models.CharField(max_length=60, blank=True)
     error_class = models.CharField(max_length=40, blank=True)
-    message = models.CharField(max_length=300, help_text="The message with its variable parts blanked.")
+    # The fingerprint (remediation.fingerprints): the message with its variable parts replaced.
+    message = models.TextField(help_text="The message with its variable parts replaced by placeholders.")
+    # What people read: the latest occurrence's real message, in full (never cut mid-sentence).
+    title = models.TextField(blank=True, help_text="The latest occurrence's message, with its real values.")
     status = models.CharField(max_length=12, choices=ExceptionStatus.choices, default=ExceptionStatus.OPEN)
     assignee = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -88,6 +92,12 @@ class HandoffException(models.Model):
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolution = models.CharField(max_length=40, blank=True, help_text="succeeded, resolved, cancelled.")
     failures = models.PositiveIntegerField(default=1)
+    # A handoff that cannot proceed because another one failed (a billing batch whose ERP
+    # customer was never created): that handoff, its root cause. When the root succeeds the
+    # blocked handoff resumes by itself (remediation.services.blocked_resume).
+    blocked_by = models.ForeignKey(
+        "pscsync.Handoff", null=True, blank=True, on_delete=models.SET_NULL, related_name="blocking"
+    )
 
     class Meta:
         ordering = ["opened_at"]
@@ -189,7 +199,9 @@ class BulkJobItem(models.Model):
     """The outcome for one handoff of a bulk job."""
 
     class Outcome(models.TextChoices):
-        DONE = "done", "Done"
+        # What the job did to the handoff. For a retry that is only "sent back to run": the
+        # result people read is the handoff's real end state (remediation.selectors.job_results).
+        DONE = "done", "Acted on"
         SKIPPED = "skipped", "Skipped"
         FAILED = "failed", "Failed"
 
@@ -197,6 +209,9 @@ class BulkJobItem(models.Model):
     handoff = models.ForeignKey("pscsync.Handoff", on_delete=models.CASCADE, related_name="+")
     outcome = models.CharField(max_length=8, choices=Outcome.choices)
     detail = models.CharField(max_length=300, blank=True)
+    # The cause the handoff was failing with when the job acted: failing again with the same
+    # cause and failing with another are told apart by it.
+    cause_before = models.ForeignKey(ExceptionCause, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
         ordering = ["pk"]

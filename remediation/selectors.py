@@ -9,15 +9,12 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 from pscsync.models import Handoff
 from pscsync.selectors import handoffs_visible_to
-
-# Variable parts: long hex ids, numbers of 5+ digits, amounts with decimals, keys like OPP-1042,
-# quoted values. Short numbers stay: "(422)" or "step 3" say something about the cause.
-_VARIABLE = re.compile(r"\b[0-9a-f]{8,}\b|\b[A-Z]{2,}-[\w-]+|\d{5,}|\d+\.\d+|'[^']*'|\"[^\"]*\"")
+from remediation.fingerprints import fingerprint
 
 
 def cause_signature(message: str) -> str:
-    """The message with its variable parts (numbers, ids, quoted values) blanked: same cause, same text."""
-    return _VARIABLE.sub("…", message)[:200]
+    """The message with its variable parts replaced (remediation.fingerprints): same cause, same text."""
+    return fingerprint(message)
 
 
 @dataclass
@@ -63,7 +60,7 @@ TABS = {
     "archived": "Archived",
     "resolved": "Resolved",
 }
-SORTS = {"count": "-count", "money": "-money", "oldest": "oldest", "recent": "-last_failed"}
+SORTS = {"urgency": "urgency", "count": "-count", "money": "-money", "oldest": "oldest", "recent": "-last_failed"}
 
 
 @dataclass
@@ -78,13 +75,13 @@ class InboxFilter:
     connection: str = ""
     assignee: str = ""
     age: str = ""
-    sort: str = "count"
+    sort: str = "urgency"
 
     @classmethod
     def from_query(cls, query) -> InboxFilter:  # noqa: ANN001  (a QueryDict)
         values = {name: query.get(name, "").strip() for name in FILTERS}
         values["tab"] = values["tab"] if values["tab"] in TABS else "open"
-        values["sort"] = values["sort"] if values["sort"] in SORTS else "count"
+        values["sort"] = values["sort"] if values["sort"] in SORTS else "urgency"
         return cls(**values)
 
     def active(self) -> dict[str, str]:
@@ -147,6 +144,13 @@ class InboxGroup:
     money: list[tuple[str, object]]
     customers: list[str]
     entities: list[str]
+    # Root causes: what this cause's handoffs block (count and money per currency), and the
+    # causes of the handoffs they wait on (their own fix is "wait", not the runbook).
+    blocks: int = 0
+    blocks_money: list[tuple[str, object]] = field(default_factory=list)
+    waiting_on: list[object] = field(default_factory=list)
+    # Seconds until the oldest handoff's flow SLA is breached (negative: breached that long ago).
+    sla_remaining: float | None = None
 
     @property
     def money_total(self):  # noqa: ANN201  (for sorting: a plain sum across currencies)
@@ -170,18 +174,20 @@ def inbox_page(
     from remediation.models import ExceptionCause
 
     items = exception_items(user, f)
-    order = {"count": "-count", "oldest": "first", "recent": "-last", "money": "-money"}[f.sort]
+    order = {"count": "-count", "oldest": "first", "recent": "-last", "money": "-money", "urgency": "first"}[f.sort]
     every = list(
-        items.values("cause_id")
-        .annotate(count=Count("id"), first=Min("opened_at"), last=Max("last_failed_at"), money=Sum("amount"))
+        items.values("cause_id", "flow")
+        .annotate(
+            count=Count("id"),
+            first=Min("opened_at"),
+            last=Max("last_failed_at"),
+            money=Sum("amount"),
+            started=Min("handoff__business_started_at"),
+        )
         .order_by(order, "cause_id")
     )
-    rows = every[:limit]
-    ids = [r["cause_id"] for r in rows]
-    causes = ExceptionCause.objects.select_related("assignee").in_bulk(ids)
-    money: dict[int, list] = {}
+    by_cause_money: dict[int, list] = {}
     all_money: dict[str, object] = {}
-    shown = set(ids)
     for r in (
         items.filter(amount__isnull=False)
         .values("cause_id", "currency")
@@ -189,8 +195,23 @@ def inbox_page(
         .order_by("currency")
     ):
         all_money[r["currency"]] = all_money.get(r["currency"], 0) + r["total"]
-        if r["cause_id"] in shown:
-            money.setdefault(r["cause_id"], []).append((r["currency"], r["total"]))
+        by_cause_money.setdefault(r["cause_id"], []).append((r["currency"], r["total"]))
+    remaining = _sla_remaining(every)
+    if f.sort == "urgency":
+        # SLA breached first, then money at risk in the reporting currency, then the oldest.
+        at_risk = _converted(by_cause_money)
+        every.sort(
+            key=lambda r: (
+                not (remaining.get(r["cause_id"]) is not None and remaining[r["cause_id"]] < 0),
+                -at_risk.get(r["cause_id"], 0),
+                r["first"],
+            )
+        )
+    rows = every[:limit]
+    ids = [r["cause_id"] for r in rows]
+    causes = ExceptionCause.objects.select_related("assignee").in_bulk(ids)
+    shown = set(ids)
+    money = {k: v for k, v in by_cause_money.items() if k in shown}
     totals = {
         "handoffs": sum(r["count"] for r in every),
         "groups": len(every),
@@ -210,6 +231,7 @@ def inbox_page(
             customers.setdefault(cause_id, set()).add(customer)
         if entity:
             entities.setdefault(cause_id, set()).add(entity)
+    roots = cause_roots(user, ids)
     groups = [
         InboxGroup(
             cause=causes[r["cause_id"]],
@@ -219,10 +241,89 @@ def inbox_page(
             money=money.get(r["cause_id"], []),
             customers=sorted(customers.get(r["cause_id"], set())),
             entities=sorted(entities.get(r["cause_id"], set())),
+            sla_remaining=remaining.get(r["cause_id"]),
+            **roots.get(r["cause_id"], {}),
         )
         for r in rows
     ]
     return groups, totals
+
+
+def _sla_remaining(rows: list[dict]) -> dict[int, float]:
+    """Per cause: seconds until its oldest handoff's flow SLA is breached (negative when it is),
+    counted from the business start the source gave (the same SLA as the dashboards, sla_for).
+    A target in business days is counted as calendar days here: a lower bound on the time left."""
+    from dashboards.facts import sla_for
+    from dashboards.models import FlowSla
+    from pscsync import clock
+
+    now = clock.now()
+    targets: dict[str, float] = {}
+    out = {}
+    for r in rows:
+        if r.get("started") is None:
+            continue
+        flow = r["flow"]
+        if flow not in targets:
+            sla = sla_for(flow)
+            hours = float(sla.target) * (24 if sla.unit == FlowSla.Unit.BUSINESS_DAYS else 1)
+            targets[flow] = hours * 3600
+        out[r["cause_id"]] = (r["started"] - now).total_seconds() + targets[flow]
+    return out
+
+
+def _converted(money: dict[int, list]) -> dict[int, float]:
+    """Money at risk per cause in the reporting currency at today's closing rate (the dashboards'
+    converter and policy), so GBP and USD are not compared at face value."""
+    import datetime as dt
+
+    from dashboards.metrics import Converter
+    from pscsync import clock
+
+    converter = Converter()
+    today: dt.date = clock.now().date()
+    return {
+        cause: float(sum(converter.convert(total, currency, today, "closing") for currency, total in rows))
+        for cause, rows in money.items()
+    }
+
+
+def cause_roots(user: AbstractBaseUser | AnonymousUser, cause_ids: list[int]) -> dict[int, dict[str, object]]:
+    """For each cause: how many open handoffs (the user may see) wait on its handoffs and their
+    money per currency, and the causes its own handoffs wait on. Two small aggregates over the
+    blocked exceptions (few: only handoffs that another failure stops), none when there are none."""
+    from django.db.models import Count, Sum
+
+    from pscsync.access import scope_queryset
+    from remediation.models import ExceptionCause, ExceptionStatus, HandoffException
+
+    if not cause_ids:
+        return {}
+    blocked = scope_queryset(HandoffException.objects.filter(status=ExceptionStatus.OPEN), user).filter(
+        blocked_by__isnull=False
+    )
+    out: dict[int, dict[str, object]] = {}
+    for r in (
+        blocked.filter(blocked_by__exception__cause_id__in=cause_ids)
+        .values("blocked_by__exception__cause_id", "currency")
+        .annotate(n=Count("id"), total=Sum("amount"))
+        .order_by("currency")
+    ):
+        entry = out.setdefault(r["blocked_by__exception__cause_id"], {"blocks": 0, "blocks_money": []})
+        entry["blocks"] += r["n"]
+        if r["total"] is not None and r["currency"]:
+            entry["blocks_money"].append((r["currency"], r["total"]))
+    waits = list(
+        blocked.filter(cause_id__in=cause_ids)
+        .values_list("cause_id", "blocked_by__exception__cause_id")
+        .order_by()
+        .distinct()
+    )
+    root_causes = ExceptionCause.objects.in_bulk({root for _, root in waits if root})
+    for cause_id, root in waits:
+        if root in root_causes:
+            out.setdefault(cause_id, {}).setdefault("waiting_on", []).append(root_causes[root])
+    return out
 
 
 def inbox_choices(user: AbstractBaseUser | AnonymousUser) -> dict[str, list]:
@@ -260,6 +361,7 @@ def inbox_choices(user: AbstractBaseUser | AnonymousUser) -> dict[str, list]:
         ),
         "tabs": list(TABS.items()),
         "sorts": [
+            ("urgency", "Most urgent (SLA, money, age)"),
             ("count", "Most handoffs"),
             ("money", "Most money at risk"),
             ("oldest", "Oldest"),
@@ -272,3 +374,145 @@ def inbox_totals(user: AbstractBaseUser | AnonymousUser, f: InboxFilter) -> dict
     """The totals of everything the filter matches that the user may see (not only the groups
     shown): causes, handoffs and money at risk per currency."""
     return inbox_page(user, f, limit=0)[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bulk jobs: real end states, place in the queue, and retries that will fail again
+# ---------------------------------------------------------------------------------------------
+RESULT_NAMES = {
+    "succeeded": "Succeeded",
+    "failed_same": "Failed again, same cause",
+    "failed_other": "Failed, another cause",
+    "retrying": "Still running or retrying",
+    "ended": "Resolved or cancelled by a person",
+    "done": "Done",
+    "skipped": "Skipped",
+}
+
+
+@dataclass
+class JobResults:
+    rows: list[tuple[object, str]]  # (BulkJobItem, result key)
+    counts: dict[str, int]
+    settled: bool  # every handoff it acted on has reached an end state
+
+    @property
+    def headline(self) -> list[tuple[str, str, int]]:
+        return [(key, RESULT_NAMES[key], self.counts[key]) for key in RESULT_NAMES if self.counts.get(key)]
+
+
+def job_results(job, *, limit: int = 500) -> JobResults:  # noqa: ANN001  (a BulkJob)
+    """Each handoff's real end state after the job: a retry is "done" only when the handoff
+    succeeded; one back in the workbench failed again with the same cause, or with another."""
+    from remediation.models import BulkJob, BulkJobItem, HandoffException
+
+    items = list(job.items.select_related("handoff").order_by("pk"))
+    causes_now = dict(
+        HandoffException.objects.filter(handoff_id__in=[i.handoff_id for i in items]).values_list(
+            "handoff_id", "cause_id"
+        )
+    )
+    rows, counts = [], {}
+    for item in items:
+        if item.outcome != BulkJobItem.Outcome.DONE:
+            key = "skipped"
+        elif job.kind not in (BulkJob.Kind.RETRY, BulkJob.Kind.REPLAY):
+            key = "done"
+        else:
+            status = item.handoff.status
+            if status == Handoff.Status.SUCCEEDED:
+                key = "succeeded"
+            elif status == Handoff.Status.NEEDS_ATTENTION:
+                same = causes_now.get(item.handoff_id) == item.cause_before_id
+                key = "failed_same" if same else "failed_other"
+            elif status in (Handoff.Status.RESOLVED, Handoff.Status.CANCELLED):
+                key = "ended"
+            else:
+                key = "retrying"
+        counts[key] = counts.get(key, 0) + 1
+        rows.append((item, key))
+    settled = job.is_finished and not counts.get("retrying")
+    return JobResults(rows=rows[:limit], counts=counts, settled=settled)
+
+
+def job_queue_place(job) -> dict[str, object]:  # noqa: ANN001
+    """A queued job's place (jobs ahead of it) and an estimate of when it is done, from how
+    long recent jobs took per handoff."""
+    from django.db.models import F, Sum
+
+    from remediation.models import BulkJob
+
+    ahead = BulkJob.objects.filter(
+        status__in=[BulkJob.Status.QUEUED, BulkJob.Status.RUNNING], created_at__lt=job.created_at
+    )
+    left_ahead = sum(max(j.total - j.done, 0) for j in ahead.only("total", "done"))
+    recent = BulkJob.objects.filter(status=BulkJob.Status.DONE, started_at__isnull=False, total__gt=0).order_by(
+        "-finished_at"
+    )[:20]
+    took = recent.aggregate(seconds=Sum(F("finished_at") - F("started_at")), handoffs=Sum("total"))
+    per = (took["seconds"].total_seconds() / took["handoffs"]) if took["seconds"] and took["handoffs"] else 0.2
+    return {
+        "place": ahead.count() + 1,
+        "ahead": ahead.count(),
+        "estimate_seconds": max(1.0, (left_ahead + job.total - job.done) * per),
+    }
+
+
+_MAPPING_NAMED = re.compile(r"([\w-]+)/(\w+)@v\d+")
+
+
+def retry_warnings(user: AbstractBaseUser | AnonymousUser, handoff_ids: list[int]) -> list[str]:
+    """Why a plain retry of these handoffs will fail again, for a confirmation before the job:
+    a mapping-kind failure whose mapping has not been published since it failed, or a
+    validation-kind failure whose data has not changed (no newer change for its key arrived,
+    and it waits on no root that has since succeeded): the stored data is checked again."""
+    from pscsync.access import scope_queryset
+    from pscsync.models import Event, MappingVersion
+    from remediation.models import HandoffException
+
+    items = scope_queryset(HandoffException.objects.filter(handoff_id__in=handoff_ids), user).filter(
+        status="open", error_class__in=("mapping", "validation")
+    )
+    mapping_same: list[str] = []
+    validation_same = 0
+    published: dict[tuple[str, str], object] = {}
+    for item in items.select_related("handoff", "blocked_by")[:2000]:
+        handoff = item.handoff
+        if item.error_class == "mapping":
+            named = _MAPPING_NAMED.search(handoff.last_error_message or "")
+            if named is None:
+                continue
+            key = (named.group(1), named.group(2))
+            if key not in published:
+                published[key] = (
+                    MappingVersion.objects.filter(mapping__connection__slug=key[0], mapping__entity=key[1])
+                    .exclude(published_at=None)
+                    .order_by("-published_at")
+                    .values_list("published_at", flat=True)
+                    .first()
+                )
+            latest = published[key]
+            if latest is None or latest <= item.last_failed_at:
+                mapping_same.append(named.group(0).split("@")[0])
+        else:
+            if item.blocked_by is not None and item.blocked_by.status == Handoff.Status.SUCCEEDED:
+                continue
+            newer = Event.objects.filter(
+                flow=handoff.flow, business_key=handoff.business_key, received_at__gt=item.last_failed_at
+            ).exists()
+            if not newer:
+                validation_same += 1
+    warnings = []
+    if mapping_same:
+        names = sorted(set(mapping_same))
+        warnings.append(
+            f"{len(mapping_same)} failed on a mapping ({', '.join(names)}) that has not been published again since: "
+            "a retry maps them the same way and they will fail again. Fix the mapping in the studio first."
+        )
+    if validation_same:
+        warnings.append(
+            f"{validation_same} failed a check of their data, and no newer version of that data has arrived since: "
+            "a retry checks the same stored data and they will fail again. Correct the record at the source and "
+            "re-map, or edit the payload on the handoff page."
+        )
+    return warnings

@@ -18,10 +18,11 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
-from pscsync import clock
+from pscsync import clock, glossary
 from pscsync.access import entity_ids_for
 from pscsync.audit import audit_record
 from pscsync.flows import flow_get
+from pscsync.lifecycle import Move, handoff_move, repairs_note
 from pscsync.models import Handoff, Step
 from remediation.models import (
     BulkJob,
@@ -56,15 +57,87 @@ def failed_step_name(handoff: Handoff) -> str:
     return ""
 
 
-def cause_key(handoff: Handoff) -> tuple[str, str, str, str, str]:
-    """(signature hash, flow, step, error class, normalised message): same cause, same group."""
-    step = failed_step_name(handoff)
+def failure_text(handoff: Handoff, step: str) -> str:
+    """The handoff's error as a person reads it: without the step prefix and the attempts count."""
     message = handoff.last_error_message or ""
     if step:
         message = message[len(step) + 2 :]
-    message = cause_signature(_ATTEMPTS_SUFFIX.sub("", message))
+    return _ATTEMPTS_SUFFIX.sub("", message)
+
+
+def cause_key(handoff: Handoff) -> tuple[str, str, str, str, str]:
+    """(signature hash, flow, step, error class, fingerprint): same cause, same group. The
+    fingerprint leaves out the batch name, record id and every other variable part."""
+    step = failed_step_name(handoff)
+    message = cause_signature(failure_text(handoff, step))
     raw = "\x1f".join((handoff.flow, step, handoff.last_error_class, message))
     return hashlib.sha256(raw.encode()).hexdigest(), handoff.flow, step, handoff.last_error_class, message
+
+
+# ---------------------------------------------------------------------------------------------
+# Root causes: a handoff that cannot proceed because another one failed
+# ---------------------------------------------------------------------------------------------
+# Flows that act on a won deal's project and contract: they cannot run before the deal's
+# quote-to-project handoff has created them.
+_NEEDS_THE_DEAL = ("contract-change", "pipeline-to-demand")
+
+
+def blocker_find(handoff: Handoff, step_name: str) -> Handoff | None:
+    """The failed handoff this one waits on, or None. Read from stored records, not from words:
+    - a billing batch whose ERP customer (its `customer_key`, our own key) is the record a
+      quote-to-project handoff failed to write at its customer step;
+    - an amendment or demand change whose deal's quote-to-project handoff needs a person."""
+    waiting = Handoff.objects.filter(status=Handoff.Status.NEEDS_ATTENTION).exclude(pk=handoff.pk)
+    if handoff.flow == "project-to-bill" and step_name == "validate_billing":
+        read = Step.objects.filter(handoff=handoff, name="read_billing").values_list("output", flat=True).first()
+        key = ((read or {}).get("billing") or {}).get("customer_key") or ""
+        if key and key in (handoff.last_error_message or ""):
+            deals = waiting.filter(flow="quote-to-project")
+            step = (
+                Step.objects.filter(name="upsert_customer", idempotency_key=key, handoff__in=deals)
+                .exclude(status=Step.Status.SUCCEEDED)
+                .first()
+            )
+            if step is not None:
+                return step.handoff
+            # Failed before its customer step (the deal check): the deal of the same account.
+            # The key is quote-to-project's own (customer_records: "C-" and the CRM account id).
+            account = key.removeprefix("C-")
+            read = Step.objects.filter(
+                name="read_deal", status=Step.Status.SUCCEEDED, handoff__in=deals, output__account__id=account
+            ).first()
+            return read.handoff if read is not None else None
+    if handoff.flow in _NEEDS_THE_DEAL:
+        return waiting.filter(flow="quote-to-project", business_key=handoff.business_key).first()
+    return None
+
+
+def blocked_resume(root_id: int) -> list[int]:
+    """The root succeeded: every handoff that waited on it resumes by itself at its failed step,
+    with an audit entry (so its timeline says why it ran again). Returns the resumed ids.
+
+    Called after the root's success is committed. Today from exception_sync (the post_save hook);
+    at the lifecycle merge it becomes a listener of the handoff's move to succeeded."""
+    root = Handoff.objects.filter(pk=root_id, status=Handoff.Status.SUCCEEDED).first()
+    if root is None:
+        return []
+    resumed = []
+    waiting = HandoffException.objects.filter(blocked_by=root, status=ExceptionStatus.OPEN).select_related("handoff")
+    what = f"{glossary.flow_name(root.flow)} {root.customer_name or root.business_key}"
+    reason = f"Resumed by itself: {what}, which it waited on, succeeded."
+    for item in waiting:
+        try:
+            handoff_resubmit(
+                actor=None,
+                handoff=item.handoff,
+                mode=ResubmitMode.STORED,
+                reason=reason,
+                actor_label="system:root-cause",
+            )
+        except ActionRefused:
+            continue  # someone acted on it meanwhile: theirs is the newer decision
+        resumed.append(item.handoff_id)
+    return resumed
 
 
 def business_identifiers(handoff: Handoff) -> dict[str, str]:
@@ -131,15 +204,22 @@ def _open(handoff: Handoff, now: dt.datetime) -> HandoffException:
             "flow": flow,
             "step_name": step_name,
             "error_class": error_class,
-            "message": message[:300],
+            "message": message,
+            "title": failure_text(handoff, step_name),
             "first_seen_at": now,
             "last_seen_at": now,
         },
     )
+    title = failure_text(handoff, step_name)
+    if cause.title != title:
+        # The title is the latest occurrence's real message, in full.
+        ExceptionCause.objects.filter(pk=cause.pk).update(title=title)
+        cause.title = title
     item = HandoffException.objects.filter(handoff=handoff).first()
     if item is not None and item.status == ExceptionStatus.OPEN and item.cause_id == cause.pk:
         return item  # the same failure seen again (a save that changed something else)
     step = _failed_step(handoff)
+    blocker = blocker_find(handoff, step_name)
     identifiers = business_identifiers(handoff)
     keys = [step.idempotency_key] if step is not None and step.idempotency_key else []
     search = " ".join([handoff.business_key, handoff.customer_name, *identifiers.values(), *keys, message]).lower()
@@ -160,6 +240,7 @@ def _open(handoff: Handoff, now: dt.datetime) -> HandoffException:
         "last_failed_at": now,
         "resolved_at": None,
         "resolution": "",
+        "blocked_by": blocker,
     }
     if item is None:
         item = HandoffException.objects.create(handoff=handoff, opened_at=now, **values)
@@ -190,6 +271,8 @@ def exception_sync(handoff: Handoff) -> None:
     if handoff.status == Handoff.Status.NEEDS_ATTENTION:
         _open(handoff, now)
         return
+    if handoff.status == Handoff.Status.SUCCEEDED:
+        _resume_blocked_after_commit(handoff)
     item = HandoffException.objects.filter(handoff_id=handoff.pk).exclude(status=ExceptionStatus.RESOLVED).first()
     if item is None:
         return
@@ -203,12 +286,50 @@ def exception_sync(handoff: Handoff) -> None:
     cause_refresh(item.cause)
 
 
+# Moves after which an exception cannot have changed: a handoff just opened has none, and one
+# that is taken by a worker or waits for a retry keeps an exception it has "in progress".
+_MOVES_WITHOUT_EXCEPTION_CHANGE = frozenset({Handoff.Status.RUNNING, Handoff.Status.WAITING_RETRY})
+
+
+def exception_follow(move: Move) -> None:
+    """The lifecycle listener: after a committed move, bring the handoff's exception in line with
+    its committed status (which a later move may already have changed: each move's listener reads
+    what is committed, so they converge in any order). One query for a handoff that never needed a
+    person."""
+    if move.to_status in _MOVES_WITHOUT_EXCEPTION_CHANGE:
+        return
+    if not move.from_status and move.to_status != Handoff.Status.NEEDS_ATTENTION:
+        return
+    with transaction.atomic():
+        if move.to_status == Handoff.Status.NEEDS_ATTENTION:
+            handoff = Handoff.objects.filter(pk=move.handoff_id).first()
+        else:
+            item = (
+                HandoffException.objects.filter(handoff_id=move.handoff_id)
+                .exclude(status=ExceptionStatus.RESOLVED)
+                .select_related("handoff")
+                .first()
+            )
+            handoff = item.handoff if item is not None else None
+        if handoff is not None:
+            exception_sync(handoff)
+
+
+def _resume_blocked_after_commit(root: Handoff) -> None:
+    """The one place where a root's success wakes the handoffs that waited on it (the lead
+    re-wires this to a lifecycle listener): only when some wait, after the commit."""
+    if HandoffException.objects.filter(blocked_by_id=root.pk, status=ExceptionStatus.OPEN).exists():
+        root_id = root.pk
+        transaction.on_commit(lambda: blocked_resume(root_id))
+
+
 RECONCILE_BATCH = 500
 STALE_WORK = dt.timedelta(minutes=10)
 
 
 def exceptions_reconcile() -> int:
-    """Repair what a missed signal left behind (a status changed by a bulk UPDATE), end archives
+    """Repair what a missed listener left behind (a process killed between a move's commit and its
+    listeners: counted, see lifecycle.repairs_note), end archives
     whose date has passed, and hand compensations and bulk jobs whose broker message was lost
     back to a worker. Returns repairs.
 
@@ -229,6 +350,7 @@ def exceptions_reconcile() -> int:
     # The ids first (none in the steady state), then the rows in batches: an ORDER BY pk LIMIT
     # over the whole table could make the planner walk the primary key past every old handoff.
     ids = sorted({*missing.values_list("pk", flat=True), *stale.values_list("handoff_id", flat=True)})
+    repairs_note("workbench exceptions", len(ids))
     for start in range(0, len(ids), RECONCILE_BATCH):
         for handoff in Handoff.objects.filter(pk__in=ids[start : start + RECONCILE_BATCH]):
             exception_sync(handoff)
@@ -290,12 +412,22 @@ def _snapshot(handoff: Handoff) -> dict[str, Any]:
     }
 
 
-def _take(handoff: Handoff, *, allowed: tuple[str, ...], to: str, now: dt.datetime, **fields: Any) -> None:
+def _take(
+    handoff: Handoff,
+    *,
+    allowed: tuple[str, ...],
+    to: str,
+    actor: AbstractBaseUser | None,
+    reason: str,
+    **fields: Any,
+) -> None:
     """Move the handoff from one of `allowed` to `to`, or refuse: one operator wins a race."""
     # lease_owner is empty unless a compensation holds the handoff (a worker never holds one that
     # waits for a person): nothing else may move it meanwhile.
-    moved = Handoff.objects.filter(pk=handoff.pk, status__in=allowed, lease_owner="").update(status=to, **fields)
-    if moved != 1:
+    moved = handoff_move(
+        handoff, from_states=allowed, to=to, actor=actor, reason=reason, where=Q(lease_owner=""), fields=fields
+    )
+    if moved is None:
         current, lease = Handoff.objects.filter(pk=handoff.pk).values_list("status", "lease_owner").first() or ("", "")
         if lease.startswith("compensation:") and current in allowed:
             raise ActionRefused("Nothing was done: a compensation is running on this handoff; wait for its outcome.")
@@ -316,6 +448,7 @@ def handoff_resubmit(
     reason: str,
     edited: dict[str, Any] | None = None,
     job: BulkJob | None = None,
+    actor_label: str = "",
 ) -> Handoff:
     """Resume a handoff at its failed step. Finished steps are never sent again; a step whose
     outcome is unknown stays in flight, so the runner looks its record up before writing."""
@@ -328,7 +461,8 @@ def handoff_resubmit(
             handoff,
             allowed=(Handoff.Status.NEEDS_ATTENTION,),
             to=Handoff.Status.PENDING,
-            now=now,
+            actor=actor,
+            reason=reason,
             attempt_count=0,
             worker_crashes=0,
             next_attempt_at=now,
@@ -357,6 +491,7 @@ def handoff_resubmit(
             after={**_snapshot(handoff), **change, **({"bulk_job": job.pk} if job else {})},
             comment=reason,
             legal_entity=handoff.legal_entity,
+            actor_label=actor_label,
         )
         transaction.on_commit(lambda: _publish(handoff.pk))
     return handoff
@@ -379,7 +514,15 @@ def _end(
     with transaction.atomic():
         business_key_lock(handoff.flow, handoff.business_key)
         before = _snapshot(handoff)
-        _take(handoff, allowed=(Handoff.Status.NEEDS_ATTENTION,), to=to, now=now, finished_at=now, next_attempt_at=None)
+        _take(
+            handoff,
+            allowed=(Handoff.Status.NEEDS_ATTENTION,),
+            to=to,
+            actor=actor,
+            reason=reason,
+            finished_at=now,
+            next_attempt_at=None,
+        )
         exception_sync(handoff)
         audit_record(
             actor=actor,
@@ -416,7 +559,6 @@ def handoff_reopen(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: 
     """Back to the workbench after a resolve or cancel (e.g. resolved by mistake)."""
     if not reason.strip():
         raise ActionRefused("A reason is required to reopen.")
-    now = clock.now()
     try:
         with transaction.atomic():
             before = _snapshot(handoff)
@@ -424,7 +566,8 @@ def handoff_reopen(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: 
                 handoff,
                 allowed=(Handoff.Status.RESOLVED, Handoff.Status.CANCELLED),
                 to=Handoff.Status.NEEDS_ATTENTION,
-                now=now,
+                actor=actor,
+                reason=reason,
                 finished_at=None,
             )
             exception_sync(handoff)
@@ -792,10 +935,16 @@ def _compensation_done(compensation: Compensation, handoff: Handoff, removed: li
         business_key_lock(handoff.flow, handoff.business_key)
         handoff.refresh_from_db()
         before = {**_snapshot(handoff), "steps": {s.name: s.output for s in handoff.steps.all()}}
-        moved = Handoff.objects.filter(pk=handoff.pk, lease_owner=compensation.lease).update(
-            status=Handoff.Status.CANCELLED, lease_owner="", finished_at=now, next_attempt_at=None
+        moved = handoff_move(
+            handoff,
+            from_states=COMPENSABLE_FROM,
+            to=Handoff.Status.CANCELLED,
+            actor=compensation.requested_by,
+            reason=f"compensated: {compensation.reason}",
+            where=Q(lease_owner=compensation.lease),
+            fields={"lease_owner": "", "finished_at": now, "next_attempt_at": None},
         )
-        if moved != 1:  # a run taken over as dead finished first: roll this one back
+        if moved is None:  # a run taken over as dead finished first: roll this one back
             raise RuntimeError(f"handoff {handoff.pk} is no longer held by compensation {compensation.pk}")
         released: dict[str, Any] = {}
         for step, step_def in compensable_steps(handoff):
@@ -933,12 +1082,15 @@ def bulk_job_run(job_id: int) -> str:
             BulkJob.objects.filter(pk=job_id).update(status=BulkJob.Status.CANCELLED, finished_at=clock.now())
             return "cancelled"
         handoff = visible.filter(pk=handoff_id).first()
+        cause_before = HandoffException.objects.filter(handoff_id=handoff_id).values_list("cause_id", flat=True).first()
         if handoff is None:
             outcome, detail = BulkJobItem.Outcome.SKIPPED, "not visible to you any more"
         else:
             outcome, detail = _bulk_item(job, handoff)
         with transaction.atomic():
-            BulkJobItem.objects.create(job=job, handoff_id=handoff_id, outcome=outcome, detail=detail)
+            BulkJobItem.objects.create(
+                job=job, handoff_id=handoff_id, outcome=outcome, detail=detail, cause_before_id=cause_before
+            )
             counter = {"done": "succeeded", "skipped": "skipped", "failed": "failed"}[outcome]
             from django.db.models import F
 

@@ -23,6 +23,7 @@ from pscsync.csvsafe import SafeWriter
 from pscsync.models import Handoff
 from pscsync.selectors import handoff_get_for_user
 from remediation import selectors, services
+from remediation.fingerprints import placeholders
 from remediation.forms import DocumentForm, ReasonForm, ResubmitForm
 from remediation.models import BulkJob, Comment, ExceptionCause, HandoffException, SavedView
 from remediation.services import ActionRefused, ResubmitMode
@@ -128,7 +129,8 @@ def _export_row(item: HandoffException) -> list[object]:
         item.assignee.get_username() if item.assignee else "",
         item.opened_at.isoformat(),
         item.last_failed_at.isoformat(),
-        item.cause.message,
+        # The handoff's own message in full (the cause's is its fingerprint, with placeholders).
+        services.failure_text(item.handoff, item.step_name) or item.cause.title or item.cause.message,
     ]
 
 
@@ -143,9 +145,14 @@ def cause_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
     comments = scope_queryset(Comment.objects.filter(cause=cause, handoff__isnull=False), request.user)
     general = Comment.objects.filter(cause=cause, handoff__isnull=True)
+    open_items = list(items)
+    step = cause.step_name
+    texts = [services.failure_text(i.handoff, step) for i in open_items if i.handoff.last_error_message]
     context = {
         "cause": cause,
-        "items": items,
+        "items": open_items,
+        "placeholders": placeholders(cause.message, texts),
+        "roots": selectors.cause_roots(request.user, [cause.pk]).get(cause.pk, {}),
         "comments": sorted([*comments, *general], key=lambda c: c.created_at),
         "assignees": selectors.inbox_choices(request.user)["assignees"],
         "can_edit_runbook": request.user.has_perm(CONFIGURE),
@@ -259,12 +266,13 @@ def handoff_resubmit(request: HttpRequest, pk: int) -> HttpResponse:
     editable = source is not None and source.status == "succeeded" and isinstance(source.output, dict)
     document = source.output if editable else {}
     data = request.POST if request.method == "POST" else None
-    form = ResubmitForm(data)
+    form = ResubmitForm(data, initial={"mode": _mode_that_can_succeed(handoff, editable)})
     doc_form = DocumentForm(data, document=document, handoff=handoff, prefix="doc") if editable else None
     context: dict[str, Any] = {
         "handoff": handoff,
         "form": form,
         "doc_form": doc_form,
+        "failing_fields": _failing_fields(handoff, doc_form),
         "plan": resubmit_plan(handoff),
         "diff": None,
     }
@@ -308,6 +316,31 @@ def handoff_resubmit(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("remediation:handoff", pk=handoff.pk)
     messages.success(request, "Resubmitted: it resumes at the failed step; finished steps are not sent again.")
     return redirect("remediation:handoff", pk=handoff.pk)
+
+
+def _mode_that_can_succeed(handoff: Handoff, editable: bool) -> str:
+    """The resubmit choice that can succeed for this kind of failure: a mapping error is fixed in
+    the mapping, so re-map; bad source data is corrected in an edit (or at the source, then
+    re-map); a temporary failure resumes with what was stored."""
+    if handoff.last_error_class == "mapping":
+        return ResubmitMode.REMAP
+    if handoff.last_error_class == "validation":
+        return ResubmitMode.EDIT if editable else ResubmitMode.REMAP
+    return ResubmitMode.STORED
+
+
+def _failing_fields(handoff: Handoff, doc_form: DocumentForm | None) -> set[str]:
+    """The edit form's fields the error message names ("no Tax Profile" marks tax_profile)."""
+    if doc_form is None:
+        return set()
+    message = (handoff.last_error_message or "").lower()
+    found = set()
+    for field in doc_form:
+        words = str(field.label).lower()
+        leaf = field.name.rsplit(".", 1)[-1].replace("_", " ").lower()
+        if (words and words in message) or (leaf and leaf in message):
+            found.add(field.name)
+    return found
 
 
 def _check_edited(handoff: Handoff, edited: dict[str, Any]) -> str:
@@ -392,6 +425,13 @@ def bulk(request: HttpRequest) -> HttpResponse:
     kind = request.POST.get("kind", "")
     if kind not in BulkJob.Kind.values or kind == BulkJob.Kind.REPLAY:
         return HttpResponse("unknown bulk action", status=400)
+    if kind == BulkJob.Kind.RETRY and request.POST.get("confirmed") != "yes":
+        warnings = selectors.retry_warnings(request.user, ids)
+        if warnings:
+            # Ask before sending back work that will fail the same way; nothing is started yet.
+            fields = [(k, v) for k, values in request.POST.lists() if k not in ("csrfmiddlewaretoken",) for v in values]
+            context = {"warnings": warnings, "fields": fields, "count": len(ids), "query": _filter_query(f)}
+            return render(request, "remediation/bulk_confirm.html", context)
     params: dict[str, Any] = {"filter": _filter_query(f)}
     if kind == BulkJob.Kind.ASSIGN:
         assignee = get_user_model().objects.filter(username=request.POST.get("assignee", "")).first()
@@ -424,7 +464,12 @@ def _job_for_user(request: HttpRequest, pk: int) -> BulkJob:
 @require_GET
 def job(request: HttpRequest, pk: int) -> HttpResponse:
     job = _job_for_user(request, pk)
-    context = {"job": job, "items": job.items.select_related("handoff")[:500]}
+    context = {
+        "job": job,
+        "results": selectors.job_results(job),
+        "result_names": selectors.RESULT_NAMES,
+        "queue": selectors.job_queue_place(job) if job.status == BulkJob.Status.QUEUED else None,
+    }
     if request.htmx:
         return render(request, "remediation/_job_progress.html", context)
     return render(request, "remediation/job.html", context)

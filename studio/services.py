@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from connectors.models import Connection
 from pscsync import clock
 from pscsync.audit import audit_record
 from pscsync.csvsafe import SafeWriter, csv_unneutralise
-from pscsync.mapping import TRANSFORMS, RuleProblem, mapping_apply, mapping_validate
+from pscsync.mapping import TRANSFORMS, MappingResult, RuleProblem, mapping_apply, mapping_validate
 from pscsync.mappings import MappingInvalid, mapping_publish
 from pscsync.models import Handoff, Mapping, MappingVersion, Step
 
@@ -234,10 +235,9 @@ def dry_run_problems(draft: MappingVersion) -> list[RuleProblem]:
     or that takes too long, is a problem to fix before publishing."""
     in_force = published(draft.mapping)
     problems: dict[tuple[int, str], RuleProblem] = {}
-    for label, document in sample_documents(draft.mapping):
-        before = (
-            {p.rule for p in mapping_apply(in_force.rules, in_force.value_maps, document).errors} if in_force else set()
-        )
+    for sample in sample_documents(draft.mapping):
+        label, document = sample.label, sample.document
+        before = {p.rule for p in _safe_apply(in_force, document).errors} if in_force else set()
         for position, rule in enumerate(draft.rules, start=1):
             started = time.perf_counter()
             result = mapping_apply([rule], draft.value_maps, document)
@@ -303,6 +303,73 @@ class Change:
     kind: str  # added, removed, changed
     before: Any = None
     after: Any = None
+
+    @property
+    def sentence(self) -> str:
+        """The change in words, for the versions page and the draft's list of changes."""
+        if self.what == "value map":
+            table, _, key = self.name.partition(": ")
+            if self.kind == "added":
+                return f"“{key}” added to the value map {table}, mapped to {_shown(self.after)}."
+            if self.kind == "removed":
+                return f"“{key}” removed from the value map {table} (it mapped to {_shown(self.before)})."
+            now, was = _shown(self.after), _shown(self.before)
+            return f"In the value map {table}, “{key}” now maps to {now} instead of {was}."
+        if self.kind == "added":
+            return f"New rule for {self.name}: {_rule_words(self.after)}."
+        if self.kind == "removed":
+            return f"The rule for {self.name} was removed (it was: {_rule_words(self.before)})."
+        parts = []
+        for part, word in _PART_WORDS:
+            a, b = (self.before or {}).get(part), (self.after or {}).get(part)
+            if a == b:
+                continue
+            if part == "required":
+                parts.append("now required" if b else "no longer required")
+            elif a in (None, ""):
+                parts.append(f"{word} set to {_shown(b)}")
+            elif b in (None, ""):
+                parts.append(f"{word} {_shown(a)} removed")
+            else:
+                parts.append(f"{word} changed from {_shown(a)} to {_shown(b)}")
+        return f"The rule for {self.name}: {'; '.join(parts)}."
+
+
+_PART_WORDS = (
+    ("source", "source"),
+    ("transform", "transform"),
+    ("value_map", "value map"),
+    ("default", "default"),
+    ("required", "required"),
+)
+
+
+def _shown(value: Any) -> str:
+    """A rule part or value-map value as a person reads it: text in quotes, lists joined."""
+    if isinstance(value, str):
+        return f"“{value}”"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items())
+    return "nothing" if value is None else str(value)
+
+
+def _rule_words(rule: dict[str, Any] | None) -> str:
+    if not rule:
+        return "nothing"
+    words = [f"from {_shown(rule['source'])}" if rule.get("source") else "a fixed value"]
+    if rule.get("value_map"):
+        words.append(f"looked up in the value map {rule['value_map']}")
+    if rule.get("transform"):
+        words.append(f"as {rule['transform']}")
+    if "default" in rule:
+        words.append(f"default {_shown(rule['default'])}")
+    if rule.get("required"):
+        words.append("required")
+    return ", ".join(words)
 
 
 def versions_diff(old: MappingVersion | None, new: MappingVersion) -> list[Change]:
@@ -393,7 +460,7 @@ def mappings_import(*, connection: Connection, document: Any, actor: AbstractBas
 
 # Previews --------------------------------------------------------------------------------------
 def preview(version: MappingVersion, document: dict[str, Any]) -> dict[str, Any]:
-    result = mapping_apply(version.rules, version.value_maps, document)
+    result = _safe_apply(version, document)
     by_rule = {p.rule: p for p in result.errors}
     rows = []
     for position, rule in enumerate(version.rules, start=1):
@@ -419,20 +486,54 @@ def _get_path(output: dict[str, Any], target: str) -> Any:
     return node
 
 
-def sample_documents(mapping: Mapping, limit: int = 20) -> list[tuple[str, dict[str, Any]]]:
-    """Documents this mapping recently mapped (or would have), from stored attempts: label, doc."""
-    found: list[tuple[str, dict[str, Any]]] = []
+def _safe_apply(version: MappingVersion, document: dict[str, Any]) -> MappingResult:
+    """Apply a version to one record for a preview. A rule that cannot evaluate on this record
+    (another kind of record, a value of the wrong type) is this record's error, never a crash of
+    the page: the preview must answer for every mapping whatever the records look like."""
+    try:
+        return mapping_apply(version.rules, version.value_maps, document)
+    except (ArithmeticError, AttributeError, KeyError, LookupError, TypeError, ValueError) as exc:
+        return MappingResult(errors=[RuleProblem(0, "record", f"cannot be mapped: {exc}")])
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A record offered to the live preview: where it comes from, and the document itself."""
+
+    label: str
+    document: dict[str, Any]
+    failing: bool = False
+
+
+def sample_documents(mapping: Mapping, limit: int = 10) -> list[Sample]:
+    """Records to preview with: the ones failing now because of this mapping first, then the
+    records it recently mapped (each write step keeps its source documents with its request)."""
+    found: list[Sample] = []
+    for handoff, _, documents in failing_handoffs(mapping, limit=limit):
+        for doc in documents[:1]:
+            found.append(Sample(f"Failing now · {_handoff_words(handoff)}", doc, failing=True))
     steps = (
-        Step.objects.filter(target_connection=mapping.connection)
+        Step.objects.filter(mapping_version__mapping=mapping, status=Step.Status.SUCCEEDED)
         .select_related("handoff")
-        .order_by("-handoff__created_at")[: limit * 5]
+        .order_by("-finished_at")[:limit]
     )
     for step in steps:
-        for label, doc in _step_documents(step, mapping.entity):
-            found.append((f"{step.handoff.flow} {step.handoff.business_key} · {label}", doc))
-            if len(found) >= limit:
-                return found
+        for _key, doc in _step_documents(step, mapping.entity)[:1]:
+            found.append(Sample(f"Mapped {_when(step.finished_at)} · {_handoff_words(step.handoff)}", doc))
     return found
+
+
+def _handoff_words(handoff: Handoff) -> str:
+    from pscsync.glossary import flow_name
+
+    who = handoff.customer_name or handoff.business_key
+    return f"{flow_name(handoff.flow)} for {who}"
+
+
+def _when(moment: Any) -> str:
+    from pscsync.glossary import when_words
+
+    return when_words(moment)
 
 
 def _step_documents(step: Step, purpose: str) -> list[tuple[str, dict[str, Any]]]:
@@ -444,47 +545,66 @@ def _step_documents(step: Step, purpose: str) -> list[tuple[str, dict[str, Any]]
 
 
 @dataclass
+class Failure:
+    handoff: Handoff
+    why: str  # in words, the rule that fails and why
+    rule: int = 0  # 1-based rule position in the previewed version, 0 when the record fails whole
+    missing_value: str = ""  # a value absent from a value map: "add it" in one click
+    value_map: str = ""
+
+
+@dataclass
 class Impact:
     would_pass: list[Handoff] = field(default_factory=list)
-    still_failing: list[tuple[Handoff, str]] = field(default_factory=list)
+    still_failing: list[Failure] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return len(self.would_pass) + len(self.still_failing)
 
 
-def failing_handoffs(mapping: Mapping) -> list[tuple[Handoff, list[dict[str, Any]]]]:
-    """Handoffs that need attention because of this mapping: the version in force fails on the
-    documents it would map for them. Each comes with those documents."""
-    in_force = published(mapping)
+def mapping_label_prefix(mapping: Mapping) -> str:
+    """The part of a version's label every error this mapping produced carries (any version)."""
+    return f"{mapping.connection.slug}/{mapping.entity}@"
+
+
+# "... service line 'Data Science' ... is not in the 'service_line' value map of mapping x/contract@v3"
+_VALUE_MAP_MISS = re.compile(
+    r"(?P<value>'[^']*'|\"[^\"]*\") (?:of .*? )?is not in (?:the )?(?:value map )?'(?P<map>\w+)'"
+)
+
+
+def failing_handoffs(mapping: Mapping, limit: int | None = None) -> list[tuple[Handoff, str, list[dict[str, Any]]]]:
+    """Handoffs that need attention because of this mapping, and only those: their error was
+    produced by this mapping (its message names the mapping, whatever the version). A handoff
+    failing on another mapping, or on a check of its own, is not counted here, even when this
+    mapping's rules would fail on a record of another kind. Each comes with its error and the
+    documents it would map (the records its failed write step kept, or the deal it read)."""
     candidates = (
-        Handoff.objects.filter(status=Handoff.Status.NEEDS_ATTENTION, last_error_class__in=("mapping", "validation"))
+        Handoff.objects.filter(
+            status=Handoff.Status.NEEDS_ATTENTION,
+            last_error_class__in=("mapping", "validation"),
+            last_error_message__contains=mapping_label_prefix(mapping),
+        )
         .select_related("legal_entity", "source_connection")
         .order_by("created_at")
     )
+    if limit is not None:
+        candidates = candidates[:limit]
     out = []
     for handoff in candidates:
         documents = []
-        failed = handoff.steps.exclude(status=Step.Status.SUCCEEDED).order_by("position")
-        for step in failed:
+        for step in handoff.steps.exclude(status=Step.Status.SUCCEEDED).order_by("position"):
             documents += [doc for _, doc in _step_documents(step, mapping.entity)]
         if not documents:
+            # Failed before writing (the deal check found the value missing): the deal it read.
             deal = handoff.steps.filter(name="read_deal", status=Step.Status.SUCCEEDED).values_list("output", flat=True)
-            if deal and deal[0].get("deal"):
-                code = deal[0]["deal"].get("legal_entity", "")
-                if not mapping.connection.legal_entities.filter(code__iexact=code).exists():
-                    continue
-                documents = [{"deal": deal[0]["deal"], "account": deal[0]["account"], "refs": _PLACEHOLDER_REFS}]
-        # Relevant when the handoff's error names this mapping (any version), or the version in
-        # force still fails on its records.
-        named = f"{mapping.connection.slug}/{mapping.entity}@" in handoff.last_error_message
-        if documents and (named or in_force is None or _fails(in_force, documents)):
-            out.append((handoff, documents))
+            if deal and isinstance(deal[0], dict) and deal[0].get("deal"):
+                read = deal[0]
+                documents = [{"deal": read["deal"], "account": read.get("account", {}), "refs": _PLACEHOLDER_REFS}]
+        if documents:
+            out.append((handoff, handoff.last_error_message, documents))
     return out
-
-
-def _fails(version: MappingVersion, documents: list[dict[str, Any]]) -> bool:
-    return any(not mapping_apply(version.rules, version.value_maps, d).ok for d in documents)
 
 
 # Ids written by earlier steps do not exist yet for a handoff that failed before them.
@@ -495,19 +615,47 @@ _PLACEHOLDER_REFS = {
 }
 
 
+def _failure(handoff: Handoff, version: MappingVersion, problem: RuleProblem) -> Failure:
+    rule = version.rules[problem.rule - 1] if 0 < problem.rule <= len(version.rules) else {}
+    where = f"rule {problem.rule} ({rule.get('target', problem.part)})" if rule else problem.part
+    failure = Failure(handoff, f"{where} {problem.message}", rule=problem.rule)
+    match = _VALUE_MAP_MISS.search(problem.message)
+    if match and rule.get("value_map") == match["map"]:
+        failure.missing_value, failure.value_map = match["value"][1:-1], match["map"]
+    return failure
+
+
 def impact(version: MappingVersion) -> Impact:
-    """What `version` (usually the draft) would do for the handoffs failing right now."""
+    """What `version` (usually the draft) would do for the handoffs this mapping fails right now.
+    Never raises on a record: a rule that cannot evaluate is that handoff's error."""
     result = Impact()
-    for handoff, documents in failing_handoffs(version.mapping):
-        errors = []
-        for document in documents:
-            applied = mapping_apply(version.rules, version.value_maps, document)
-            errors += [f"rule {p.rule} {p.part}: {p.message}" for p in applied.errors]
-        if errors:
-            result.still_failing.append((handoff, errors[0]))
+    for handoff, _, documents in failing_handoffs(version.mapping):
+        problems = [p for document in documents for p in _safe_apply(version, document).errors]
+        if problems:
+            result.still_failing.append(_failure(handoff, version, problems[0]))
         else:
             result.would_pass.append(handoff)
     return result
+
+
+@transaction.atomic
+def value_map_entry_add(
+    *, mapping: Mapping, name: str, key: str, value: str, actor: AbstractBaseUser
+) -> MappingVersion:
+    """Add one entry to a value map of the mapping's draft (opened from the version in force
+    when there is none): the impact list's "add this value" in one click. Refused, naming the
+    reason, when the key is already there or the value is empty."""
+    key, value = key.strip(), value.strip()
+    if not key or not value:
+        raise StudioError([RuleProblem(0, f"value map {name!r}", "needs both the value and what it maps to")])
+    draft = draft_open(mapping=mapping, actor=actor)
+    table = dict(draft.value_maps.get(name) or {})
+    if name not in draft.value_maps:
+        raise StudioError([RuleProblem(0, "value map", f"there is no value map named {name!r}")])
+    if key.lower() in {str(k).strip().lower() for k in table}:
+        raise StudioError([RuleProblem(0, f"value map {name!r}", f"{key!r} is already in it")])
+    table[key] = _parse_value(value)
+    return value_map_save(draft=draft, name=name, table=table, actor=actor)
 
 
 def transforms() -> list[str]:

@@ -16,6 +16,7 @@ urlpatterns = [
     path("<int:pk>/value-maps/<str:name>.csv", views.value_map_csv, name="value_map_csv"),
     path("<int:pk>/preview/", views.preview_view, name="preview"),
     path("<int:pk>/impact/", views.impact_view, name="impact"),
+    path("<int:pk>/impact/add-value/", views.value_map_add_view, name="value_map_add"),
     path("<int:pk>/publish/", views.publish_view, name="publish"),
     path("<int:pk>/discard/", views.discard_view, name="discard"),
     path("<int:pk>/rerun/", views.rerun_view, name="rerun"),

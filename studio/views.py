@@ -187,9 +187,12 @@ def preview_view(request: HttpRequest, pk: int) -> HttpResponse:
             error = f"That is not a JSON object: {exc}"
     else:
         samples = services.sample_documents(mapping)
-        index = int(request.POST.get("sample") or 0)
+        try:
+            index = int(request.POST.get("sample") or 0)
+        except ValueError:
+            index = -1
         if samples and 0 <= index < len(samples):
-            document = samples[index][1]
+            document = samples[index].document
         else:
             error = "Pick a stored record or paste one as JSON."
     if document is not None and version is not None:
@@ -209,10 +212,45 @@ def preview_view(request: HttpRequest, pk: int) -> HttpResponse:
 @permission_required(CONFIGURE)
 @require_GET
 def impact_view(request: HttpRequest, pk: int) -> HttpResponse:
-    mapping = _mapping(request, pk)
+    return _impact(request, _mapping(request, pk))
+
+
+def _impact(request: HttpRequest, mapping: Mapping) -> HttpResponse:
     version = services.draft_of(mapping) or services.published(mapping)
     result = services.impact(version) if version else None
-    return render(request, "studio/_impact.html", {"impact": result, "version": version, "mapping": mapping})
+    # The values a missing one may map to: the ones already in the table, offered in a list.
+    targets = {}
+    if version is not None:
+        for name, table in version.value_maps.items():
+            targets[name] = sorted({v for v in table.values() if isinstance(v, str)})
+    return render(
+        request,
+        "studio/_impact.html",
+        {"impact": result, "version": version, "mapping": mapping, "targets": targets},
+    )
+
+
+@permission_required(CONFIGURE)
+@require_POST
+def value_map_add_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """ "Add this value to the value map" from the impact list: one entry into the draft (opened
+    when there is none), then back to the impact list, which now counts it."""
+    mapping = _mapping(request, pk)
+    name, key = request.POST.get("name", ""), request.POST.get("key", "")
+    try:
+        services.value_map_entry_add(
+            mapping=mapping, name=name, key=key, value=request.POST.get("value", ""), actor=request.user
+        )
+    except StudioError as exc:
+        if request.htmx:
+            return HttpResponse("; ".join(str(p) for p in exc.problems), status=422)
+        for problem in exc.problems:
+            messages.error(request, str(problem))
+        return redirect(reverse("studio:detail", args=[pk]) + "#impact")
+    messages.success(request, f"{key} added to the value map {name} in the draft: publish to use it.")
+    if request.htmx:
+        return _impact(request, mapping)
+    return redirect(reverse("studio:detail", args=[pk]) + f"?open={name}#value-maps")
 
 
 @permission_required(CONFIGURE)

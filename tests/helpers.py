@@ -3,6 +3,7 @@ ledger checker every fault test uses."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,37 @@ def ledger_check(keys: list[str], target: EchoTarget) -> LedgerReport:
     report.duplicated = {ref: n for ref, n in creates.items() if n > 1}
     report.orphaned = sorted(ref for ref in creates if ref not in expected)
     return report
+
+
+@contextlib.contextmanager
+def moves_told() -> Iterator[list]:
+    """Tell the lifecycle's listeners (workbench, dashboards) of the handoff moves made inside, as
+    the commit would: a test's transaction never commits, so its after-commit callbacks never run.
+    Only the listeners run here; other after-commit work (publishing to the broker) does not."""
+    import functools
+
+    from django.test import TestCase
+
+    from pscsync.lifecycle import listeners_tell
+
+    with TestCase.captureOnCommitCallbacks(execute=False) as callbacks:
+        yield callbacks
+    for callback in callbacks:
+        if isinstance(callback, functools.partial) and callback.func is listeners_tell:
+            callback()
+
+
+def status_force(handoff_id: int, status: str, **fields: Any) -> int:
+    """Write a handoff's status around the lifecycle (no check, no history row, no listeners):
+    what a bulk load, a defect or a crash between commit and listeners would leave. For tests of
+    the repair jobs and of states no move reaches; production code never does this."""
+    from pscsync.models import Handoff, status_write_allowed
+
+    token = status_write_allowed.set(True)
+    try:
+        return Handoff.objects.filter(pk=handoff_id).update(status=status, **fields)
+    finally:
+        status_write_allowed.reset(token)
 
 
 def audit_raw_sql(sql: str, params: list) -> None:

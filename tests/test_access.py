@@ -98,6 +98,8 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
     "login": ("GET", {"anonymous": 200, "norole": 302, "viewer": 302, "operator": 302, "admin": 302, "outsider": 302}),
     "logout": ("GET", dict.fromkeys(ROLES, 405)),
     "healthz": ("GET", dict.fromkeys(ROLES, 200)),
+    "readyz": ("GET", dict.fromkeys(ROLES, 503)),  # no worker or beat runs in these tests
+    "metrics": ("GET", dict.fromkeys(ROLES, 404)),  # off without PSCSYNC_METRICS_TOKEN; a session is no token
     "webhook": ("GET", dict.fromkeys(ROLES, 405)),
     "handoffs:list": (
         "GET",
@@ -238,7 +240,6 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
     "alerts:deliveries": ("GET", {**_ADMIN_ONLY, "admin": 200}),
     "api:schema": ("GET", {**dict.fromkeys(ROLES, 200), "anonymous": 401}),
     "api:docs": ("GET", {**dict.fromkeys(ROLES, 200), "anonymous": 401}),
-    "api:redoc": ("GET", {**dict.fromkeys(ROLES, 200), "anonymous": 401}),
     "api:not-found": ("GET", dict.fromkeys(ROLES, 404)),
 }
 
@@ -281,12 +282,18 @@ def records(echo_connection, entities):  # noqa: ANN001, ANN201
     at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     made = handoffs_per_entity(echo_connection, {code: entities[code] for code in ("us", "uk")})
     # The US handoff needs a person (so it has a cause) and is in a bulk job.
+    from pscsync.lifecycle import handoff_move
     from remediation.models import BulkJob
+    from tests.helpers import moves_told
 
-    made["us"].status = Handoff.Status.NEEDS_ATTENTION
-    made["us"].last_error_class = "validation"
-    made["us"].last_error_message = "echo: account has no Tax Profile"
-    made["us"].save()
+    with moves_told():
+        handoff_move(
+            made["us"],
+            from_states=[Handoff.Status.PENDING],
+            to=Handoff.Status.NEEDS_ATTENTION,
+            actor="test",
+            fields={"last_error_class": "validation", "last_error_message": "echo: account has no Tax Profile"},
+        )
     BulkJob.objects.create(kind="retry", created_at=at, handoff_ids=[made["us"].pk], total=1)
     return made
 

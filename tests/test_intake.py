@@ -9,7 +9,7 @@ from connectors.models import PollCursor
 from pscsync.intake import connection_poll, event_receive
 from pscsync.models import Event, Handoff
 from pscsync.runner import _lease, handoff_run
-from tests.helpers import change_body
+from tests.helpers import change_body, status_force
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,7 +54,7 @@ def test_a_change_for_a_running_handoff_queues_and_the_newest_starts_after_it(ec
     assert receive(echo_connection, "K", 2).handoff is None
     assert receive(echo_connection, "K", 3).handoff is None
     assert status_of("K", 2) == "queued" and status_of("K", 3) == "queued"
-    Handoff.objects.filter(pk=running.pk).update(lease_expires_at=None, status="pending")
+    status_force(running.pk, "pending", lease_expires_at=None)
     assert handoff_run(handoff_id=running.pk, worker="w1") == "succeeded"
     # v3 started as its own handoff; v2 was superseded by it without ever running.
     following = Handoff.objects.exclude(pk=running.pk).get()

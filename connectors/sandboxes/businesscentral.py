@@ -12,6 +12,8 @@ connection is pointed at api.businesscentral.dynamics.com (see docs/sandboxes/bu
   .../customerPaymentJournals({id})/customerPayments         lines of one payment journal
   .../salesInvoices({id})/Microsoft.NAV.post                 post a draft invoice (204)
   .../salesInvoices({id})/Microsoft.NAV.cancel               cancel a posted unpaid invoice (204): Canceled
+  .../currencyExchangeRates | companyInformation             read-only; rates of the sandboxes' market
+                                                             (fx.py) against the company's currency
   /v2.0/{tenant}/{environment}/api/v2.0/subscriptions        webhook subscriptions
 
 OData: @odata.context, @odata.etag, value arrays, @odata.nextLink paging with
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+from connectors.sandboxes import fx
 from connectors.sandboxes.base import BadRequest, Request, Response, Sandbox
 from connectors.sandboxes.base import serve as base_serve
 
@@ -222,8 +225,51 @@ ENTITY_SETS: dict[str, EntitySet] = {
             frozenset({"id", "journalDisplayName", "lastModifiedDateTime"}),
             "externalDocumentNumber",
         ),
+        EntitySet(
+            "currencyExchangeRates",
+            "currencyExchangeRate",
+            "Currency Exchange Rate",
+            {
+                "id": "guid",
+                "currencyCode": "str:10",
+                "startingDate": "date",
+                "exchangeRateAmount": "num",
+                "relationalCurrencyCode": "str:10",
+                "relationalExchangeRateAmount": "num",
+                "lastModifiedDateTime": "datetime",
+            },
+            frozenset(
+                {
+                    "id",
+                    "currencyCode",
+                    "startingDate",
+                    "exchangeRateAmount",
+                    "relationalCurrencyCode",
+                    "relationalExchangeRateAmount",
+                    "lastModifiedDateTime",
+                }
+            ),
+            "id",
+        ),
+        EntitySet(
+            "companyInformation",
+            "companyInformation",
+            "Company Information",
+            {
+                "id": "guid",
+                "displayName": "str:100",
+                "currencyCode": "str:10",
+                "currentFiscalYearStartDate": "date",
+                "lastModifiedDateTime": "datetime",
+            },
+            frozenset({"id", "displayName", "currencyCode", "currentFiscalYearStartDate", "lastModifiedDateTime"}),
+            "id",
+        ),
     )
 }
+# Read-only sets computed on each request rather than stored: the company's information and the
+# exchange rates of the sandboxes' currency market (connectors/sandboxes/fx.py).
+COMPUTED = ("currencyExchangeRates", "companyInformation")
 # Navigation properties: parent set -> (child set, the child's field that points at the parent).
 CHILDREN = {
     "salesInvoices": ("salesInvoiceLines", "documentId"),
@@ -454,6 +500,8 @@ class BusinessCentralSandbox(Sandbox):
         self.route("PATCH", sub, self.subscription_renew)
         self.route("DELETE", sub, self.subscription_delete)
         self.route("POST", COMPANY + r"/salesInvoices\((?P<id>[^)]*)\)/Microsoft\.NAV\.post", self.invoice_post)
+        self.route("POST", r"/_sandbox/rates", lambda request: fx.rates_set(self.store, request), auth=False)
+        self.route("DELETE", r"/_sandbox/rates", lambda request: fx.rates_clear(self.store, request), auth=False)
         self.route("POST", COMPANY + r"/salesInvoices\((?P<id>[^)]*)\)/Microsoft\.NAV\.cancel", self.invoice_cancel)
         one = COMPANY + r"/(?P<set>[A-Za-z]+)\((?P<id>[^)]*)\)"
         self.route("GET", one + r"/(?P<sub>[A-Za-z]+)", self.collection_get)
@@ -840,7 +888,9 @@ class BusinessCentralSandbox(Sandbox):
         select = self._select(request, entity)
         where = Filter(request.arg("$filter") or "", entity) if request.arg("$filter") else None
         simple = where.simple_equality() if where else None
-        if simple and simple[0] in {"number", "externalDocumentNumber"}:
+        if entity.name in COMPUTED:
+            records = self._computed(company, entity.name)
+        elif simple and simple[0] in {"number", "externalDocumentNumber"}:
             records = self._by_field(company["id"], entity, simple[0], simple[1])
         else:
             records = sorted(self.store.all(self._object(company["id"], entity)), key=lambda r: r["_n"])
@@ -885,8 +935,49 @@ class BusinessCentralSandbox(Sandbox):
         out["salesInvoiceLines"] = [self._public(line) for line in sorted(lines, key=lambda r: r["sequence"])]
         return out
 
+    def _computed(self, company: dict[str, Any], name: str) -> list[dict[str, Any]]:
+        local = company.get("_currency", "")
+        if name == "companyInformation":
+            return [
+                {
+                    "id": company["id"],
+                    "displayName": company["name"],
+                    "currencyCode": local,
+                    "currentFiscalYearStartDate": f"{dt.datetime.now(dt.UTC).year}-01-01",
+                    "lastModifiedDateTime": company["systemModifiedAt"],
+                    "_etag": company["_etag"],
+                    "_n": 1,
+                }
+            ]
+        # BC's rates: `exchangeRateAmount` (100) units of the currency = `relationalExchangeRateAmount`
+        # units of the local currency (relationalCurrencyCode empty), from startingDate on.
+        rows = []
+        for day, usd_per in fx.by_day(self.store):
+            for code in ("USD", *sorted(usd_per)):
+                rate = fx.cross(usd_per, code, local) if code != local else None
+                if rate is None:
+                    continue
+                rows.append(
+                    {
+                        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{company['id']}/{code}/{day}")),
+                        "currencyCode": code,
+                        "startingDate": day.isoformat(),
+                        "exchangeRateAmount": 100.0,
+                        "relationalCurrencyCode": "",
+                        "relationalExchangeRateAmount": float(rate * 100),
+                        "lastModifiedDateTime": f"{day.isoformat()}T06:00:00Z",
+                        "_etag": 'W/"JzE7MDsn"',
+                        "_n": len(rows) + 1,
+                    }
+                )
+        return rows
+
     def collection_post(self, request: Request) -> Response:
         company, entity, parent, path = self._scope(request)
+        if entity.name in COMPUTED:
+            raise BadRequest(
+                f"'POST' requests for '{entity.name}' are not allowed.", status=405, code="BadRequest_MethodNotAllowed"
+            )
         body = self._body(request)
         lines = body.pop("salesInvoiceLines", None) if entity.name == "salesInvoices" else None
         fields = self._coerce(entity, body)

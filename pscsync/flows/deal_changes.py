@@ -11,6 +11,7 @@ won deal is quote-to-project's business.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -30,12 +31,36 @@ from pscsync.flows.quote_to_project import (
     resource_request_records,
 )
 from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, systems, update_by_id
-
+from pscsync.models import Handoff
 
 # contract-change ---------------------------------------------------------------------------------
+# A deal's quote-to-project that no worker is running: one waiting to run, to retry, or for a person.
+_WAITING = (Handoff.Status.PENDING, Handoff.Status.WAITING_RETRY, Handoff.Status.NEEDS_ATTENTION)
+
+
+def deal_value_carry(deal: dict[str, Any]) -> int:
+    """Give a won deal's waiting quote-to-project handoff the deal's latest value: "won, not yet a
+    project" counts that handoff, and an amendment that arrives before the project exists must not
+    leave it at the value the deal closed with. A running one reads the deal itself. Saved one by
+    one (update_fields) so the handoff's listeners (the open backlog) follow. Returns how many."""
+    if deal.get("amount") in (None, ""):
+        return 0
+    amount, currency = Decimal(str(deal["amount"])), str(deal.get("currency") or "")[:3]
+    carried = 0
+    for handoff in Handoff.objects.filter(flow="quote-to-project", business_key=deal["id"], status__in=_WAITING):
+        if handoff.amount == amount and (not currency or handoff.currency == currency):
+            continue
+        handoff.amount, handoff.currency = amount, currency or handoff.currency
+        handoff.save(update_fields=["amount", "currency"])
+        carried += 1
+    return carried
+
+
 def amendment_validate(ctx: StepContext) -> dict[str, Any]:
     deal = ctx.outputs["read_deal"]["deal"]
     subject = f"opportunity {deal['name']!r} ({deal['id']})"
+    if deal["is_won"]:
+        deal_value_carry(deal)
     if not deal["is_won"]:
         # An open deal's terms move with the pipeline (pipeline-to-demand); a lost one has none.
         return {"action": "none", "why": f"{subject} is not Closed Won: its terms are not a contract yet"}
@@ -148,7 +173,11 @@ def demand_project_records(ctx: StepContext, psa: Connection) -> list[Record]:
     estimate the won deal later turns into the real project. Certinia's requests need none."""
     if psa.vendor != "kantata" or _decision(ctx)["action"] == "none":
         return []
-    return project_records(ctx, psa)
+    # A lost deal's estimate is archived (Kantata's closed state; archived workspaces drop out of
+    # its project lists and reports), so no PSA backlog report counts work that will never come.
+    # A deal back in the pipeline reopens it.
+    lost = _decision(ctx)["action"] == "cancel"
+    return [replace(r, references={**r.references, "archived": lost}) for r in project_records(ctx, psa)]
 
 
 def demand_records(ctx: StepContext, psa: Connection) -> list[Record]:

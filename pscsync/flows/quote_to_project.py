@@ -90,7 +90,9 @@ def _customers_named(connector: Any, erp: Connection, name: str) -> list[dict[st
 
 
 def project_records(ctx: StepContext, psa: Connection) -> list[Record]:
-    return [Record(key=f"P-{opportunity_id(ctx)}", source=document(ctx))]
+    # Kantata: a won deal's workspace is open even if it was archived as a lost estimate before.
+    references = {"archived": False} if psa.vendor == "kantata" else {}
+    return [Record(key=f"P-{opportunity_id(ctx)}", source=document(ctx), references=references)]
 
 
 def milestone_records(ctx: StepContext, psa: Connection) -> list[Record]:

@@ -205,7 +205,13 @@ class WriteStep(StepDef):
             responses.append({"key": record.key, "id": result.external_id, "status": result.http_status})
         return WriteResult(
             external_id=next(iter(ids.values()), ""),
-            request={"entity": entity, "records": [{"key": r.key, "fields": f} for r, f in mapped]},
+            # The source documents stay with the request: the mapping studio offers the records a
+            # mapping really mapped as preview samples, without asking the source system again.
+            request={
+                "entity": entity,
+                "purpose": self.purpose,
+                "records": [{"key": r.key, "fields": f, "source": r.source} for r, f in mapped],
+            },
             response={"written": responses},
             output={
                 "entity_type": self.purpose,

@@ -79,6 +79,7 @@ class Deal:
     close_date: dt.date | None
     modified_at: dt.datetime | None
     service_line: str = ""
+    billing_model: str = ""  # the contract's billing terms follow from it (rules.arrears_periods)
 
     @property
     def project_key(self) -> str:
@@ -196,6 +197,7 @@ class Holdings:
     erp_has_contract_value: bool
     unbilled: list[Unbilled] = field(default_factory=list)  # approved work not in a batch yet
     assignments: list[Assignment] = field(default_factory=list)  # people staffed, hours a week
+    worked: list[Worked] = field(default_factory=list)  # approved hours by role and month
 
 
 @dataclass
@@ -208,6 +210,15 @@ class Assignment:
     starts_on: dt.date
     ends_on: dt.date
     weekly_hours: Decimal
+
+
+@dataclass
+class Worked:
+    """Approved hours worked in the PSA by one role in one month."""
+
+    role: str
+    month: str
+    hours: Decimal
 
 
 @dataclass
@@ -249,6 +260,7 @@ DEAL_FIELDS = (
     "Account.Name",
     "Account.Tax_Profile__c",
     "Service_Line__c",
+    "Billing_Model__c",
 )
 
 
@@ -277,6 +289,7 @@ def crm_deals(crm: Connection, entity: LegalEntity) -> dict[str, Deal]:
             close_date=day(row.get("CloseDate")),
             modified_at=instant(row.get("LastModifiedDate")),
             service_line=str(row.get("Service_Line__c") or ""),
+            billing_model=str(row.get("Billing_Model__c") or ""),
         )
     return deals
 
@@ -438,6 +451,35 @@ def certinia_assignments(psa: Connection, projects: dict[str, PsaProject]) -> li
             )
         )
     return found
+
+
+def certinia_worked(psa: Connection) -> list[Worked]:
+    """Approved hours worked per role (the assignment's) and month, each weekday's hours dated
+    from the timecard's start date (a week across a month end splits between the two months)."""
+    connector = connector_for(psa)
+    roles = {
+        row["Id"]: str(row.get("pse__Role__c") or "")
+        for row in connector.query("SELECT Id, pse__Role__c FROM pse__Assignment__c")
+    }
+    hour_fields = ", ".join(f"pse__{d}_Hours__c" for d in WEEKDAYS)
+    found: dict[tuple[str, str], Decimal] = {}
+    for row in connector.query(
+        f"SELECT Id, pse__Assignment__c, pse__Start_Date__c, pse__End_Date__c, {hour_fields} "  # noqa: S608  # nosec B608  # fixed field names
+        "FROM pse__Timecard_Header__c WHERE pse__Status__c = 'Approved'"
+    ):
+        starts, ends = day(row.get("pse__Start_Date__c")), day(row.get("pse__End_Date__c"))
+        if starts is None:
+            continue
+        role = roles.get(row.get("pse__Assignment__c") or "", "")
+        for offset in range(7):
+            date = starts + dt.timedelta(days=offset)
+            if ends is not None and date > ends:
+                break
+            hours = Decimal(str(row.get(f"pse__{WEEKDAYS[date.weekday()]}_Hours__c") or 0))
+            if hours:
+                key = (role, period_of(date))
+                found[key] = found.get(key, Decimal("0")) + hours
+    return [Worked(role=role, month=month, hours=hours) for (role, month), hours in sorted(found.items())]
 
 
 # Kantata -------------------------------------------------------------------------------------------
@@ -719,10 +761,12 @@ def holdings_read(*, entity: LegalEntity, crm: Connection, psa: Connection, erp:
         projects, batches = certinia_holdings(psa)
         unbilled = certinia_unbilled(psa, projects)
         assignments = certinia_assignments(psa, projects)
+        worked = certinia_worked(psa)
     elif psa.vendor == "kantata":
         projects, batches = kantata_holdings(psa)
         unbilled = kantata_unbilled(psa, projects)
         assignments = []  # Kantata's API (VENDOR_APIS.md) exposes no scheduled hours per person
+        worked = []  # nor a role on a time entry: worked hours by role are not measured there
     else:
         raise LookupError(f"reconciliation cannot read a {psa.vendor} PSA")
     if erp.vendor == "netsuite":
@@ -747,4 +791,5 @@ def holdings_read(*, entity: LegalEntity, crm: Connection, psa: Connection, erp:
         erp_has_contract_value=erp.vendor == "netsuite",
         unbilled=unbilled,
         assignments=assignments,
+        worked=worked,
     )

@@ -67,6 +67,39 @@ FIXES = {
 }
 
 
+# The contract's billing terms: how many months after the work (or the PSA's billing run) its
+# invoice may post and still be on time. Time and materials is billed monthly in arrears
+# (October's hours on November's invoice); a fixed fee milestone is invoiced after it completes,
+# in the month after at the latest. Billing on these terms is expected timing, not a mismatch. A
+# billing model with no terms here (a retainer billed in advance) allows none.
+ARREARS_MONTHS = {"Time and Materials": 1, "Fixed Fee": 1}
+
+
+def arrears_months(deal: Deal | None) -> int:
+    return ARREARS_MONTHS.get(deal.billing_model, 0) if deal else 0
+
+
+def months_between(earlier: str, later: str) -> int | None:
+    """Whole months from one YYYY-MM period to another; None when either is unknown."""
+    if not earlier or not later:
+        return None
+    (y1, m1), (y2, m2) = (map(int, earlier.split("-")), map(int, later.split("-")))
+    return (y2 - y1) * 12 + (m2 - m1)
+
+
+def on_terms(done: str, posted: str, arrears: int) -> bool:
+    """The invoice posted in the period the work was done in, or no later than the terms allow."""
+    gap = months_between(done, posted)
+    return gap is not None and 0 <= gap <= arrears
+
+
+def compared_period(done: str, invoices: list[ErpInvoice], arrears: int) -> str:
+    """The period a PSA amount is compared in: its invoice's posting period when the invoice came
+    on terms (so work billed in arrears meets its invoice), else the period the work was done."""
+    posted = min((period_of(i.date) for i in invoices if i.date), default="")
+    return posted if on_terms(done, posted, arrears) else done
+
+
 @dataclass(frozen=True)
 class Tolerance:
     absolute: Decimal = Decimal("1.00")
@@ -105,6 +138,9 @@ class Result:
 class Outcome:
     checked: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COMPARISONS, 0))
     results: list[Result] = field(default_factory=list)
+    # Σ|ERP amount| of every subject checked, per comparison and currency: the denominator of
+    # revenue schedule accuracy (1 − Σ|Δ| ÷ Σ|ERP recognised|, DOMAIN.md §2.5).
+    erp_total: dict[str, dict[str, Decimal]] = field(default_factory=lambda: {c: {} for c in COMPARISONS})
 
 
 def _cause_of(findings: list[Finding]) -> str | None:
@@ -178,12 +214,15 @@ def _deal_findings(
                 "could not be set up there.",
             )
         )
+    # A missing record holds nothing of the deal: the whole deal value is at stake.
     if project is None:
         findings.append(Finding("missing_record", f"{psa_name} has no project {deal.project_key} for this won deal."))
+        differences.append(-deal.amount)
     if contract is None:
         findings.append(
             Finding("missing_record", f"{erp_name} has no contract ({contract_word}{deal.id}) for this won deal.")
         )
+        differences.append(-deal.amount)
     # Currency and entity
     for system, holder in (("PSA", project), ("ERP", contract)):
         currency = getattr(holder, "currency", "") if holder else ""
@@ -275,12 +314,13 @@ def billing(h: Holdings, tolerance: Tolerance, *, erp_name: str, psa_name: str, 
             paired[invoice.id] = invoice
             invoice_project[invoice.id] = batch.project_key
         pk = batch.project_key
+        arrears = arrears_months(deal)
         for item in batch.items:
-            b = buckets[BILLED_TIME][(pk, period_of(item.date))]
+            b = buckets[BILLED_TIME][(pk, compared_period(period_of(item.date), invoices, arrears))]
             b.psa += item.amount
             b.lines += 1
             b.currency = b.currency or batch.currency
-        r = buckets[REVENUE][(pk, period_of(batch.date))]
+        r = buckets[REVENUE][(pk, compared_period(period_of(batch.date), invoices, arrears))]
         r.psa += batch.total
         r.lines += len(batch.items)
         r.currency = r.currency or batch.currency
@@ -304,6 +344,9 @@ def billing(h: Holdings, tolerance: Tolerance, *, erp_name: str, psa_name: str, 
     for comparison in (BILLED_TIME, REVENUE):
         for (pk, period), bucket in sorted(buckets[comparison].items()):
             outcome.checked[comparison] += 1
+            totals = outcome.erp_total[comparison]
+            currency = bucket.currency or entity_currency
+            totals[currency] = totals.get(currency, ZERO) + abs(bucket.erp)
             touching = [f for f in findings if (pk, period) in f.buckets.get(comparison, set())]
             result = _bucket_result(
                 comparison,
@@ -330,8 +373,13 @@ def _batch_findings(
     h: Holdings, batch: PsaBatch, invoices: list[ErpInvoice], deal: Deal | None, *, erp_name: str, psa_name: str
 ) -> list[Finding]:
     pk = batch.project_key
-    item_buckets = {(pk, period_of(i.date)) for i in batch.items}
-    batch_bucket = (pk, period_of(batch.date))
+    arrears = arrears_months(deal)
+
+    def item_bucket(item: Any) -> tuple[str, str]:
+        return (pk, compared_period(period_of(item.date), invoices, arrears))
+
+    item_buckets = {item_bucket(i) for i in batch.items}
+    batch_bucket = (pk, compared_period(period_of(batch.date), invoices, arrears))
     invoice_buckets = {(pk, period_of(i.date)) for i in invoices}
     everywhere = _both(item_buckets | invoice_buckets, {batch_bucket} | invoice_buckets)
     what = f"{psa_name} billing batch {batch.name} ({batch.id}, {batch.total} {batch.currency}, dated {batch.date})"
@@ -410,7 +458,7 @@ def _batch_findings(
                             f"{item.kind.lower()} {item.source_id} (item {item.id}) was changed in {psa_name} on "
                             f"{item.modified_at:%Y-%m-%d %H:%M} UTC, after {invoice.label} billed it: PSA now "
                             f"{item.amount}, invoiced {line.amount}.",
-                            _both({(pk, period_of(item.date))}, {batch_bucket}),
+                            _both({item_bucket(item)}, {batch_bucket}),
                         )
                     )
     for invoice in invoices:
@@ -466,9 +514,17 @@ def _batch_findings(
                     amount=functional,
                 )
             )
-    # Period
+    # Period: later than the billing terms allow (billing in arrears on its terms is on time)
+    terms = f"{arrears} month(s) in arrears" if arrears else "billing in the month of the work"
     for invoice in invoices:
-        late = sorted({period_of(i.date) for i in batch.items if period_of(i.date) < period_of(invoice.date)})
+        posted = period_of(invoice.date)
+        late = sorted(
+            {
+                period_of(i.date)
+                for i in batch.items
+                if period_of(i.date) < posted and not on_terms(period_of(i.date), posted, arrears)
+            }
+        )
         late_items = [i for i in batch.items if period_of(i.date) in late]
         if late_items:
             value = sum((i.amount for i in late_items), ZERO)
@@ -476,12 +532,12 @@ def _batch_findings(
                 Finding(
                     "late_time",
                     f"{len(late_items)} item(s) worth {value} {batch.currency} were worked in {', '.join(late)} but "
-                    f"{invoice.label} posted them in {period_of(invoice.date)} (e.g. "
+                    f"{invoice.label} posted them in {posted}, later than the contract's terms ({terms}) allow (e.g. "
                     f"{late_items[0].kind.lower()} {late_items[0].source_id} dated {late_items[0].date}).",
-                    _both({(pk, p) for p in late} | {(pk, period_of(invoice.date))}, set()),
+                    _both({(pk, p) for p in late} | {(pk, posted)}, set()),
                 )
             )
-        if period_of(batch.date) and period_of(invoice.date) and period_of(batch.date) != period_of(invoice.date):
+        if period_of(batch.date) and posted and not on_terms(period_of(batch.date), posted, arrears):
             out.append(
                 Finding(
                     "late_time",

@@ -22,6 +22,7 @@ from pscsync.models import (
     LegalEntity,
     Mismatch,
     PsaAssignment,
+    PsaWorkedHours,
     ReconciliationRun,
     ReconciliationTolerance,
     UnbilledWork,
@@ -87,6 +88,9 @@ def entity_reconcile(*, legal_entity: LegalEntity, period: str = "") -> Reconcil
     if period:
         results = [r for r in results if r.comparison == rules.DEAL_VALUE or r.period == period]
     summary = _store(legal_entity, results, checked, period=period)
+    for comparison in (rules.BILLED_TIME, rules.REVENUE):
+        totals = billed.erp_total[comparison]
+        summary[comparison]["erp_total"] = {c: str(v) for c, v in sorted(totals.items())}
     psa_snapshot_store(legal_entity, holdings)  # as of now, whatever period the run compared
     erp_ledger_store(legal_entity, systems.erp, holdings)
     run.status = ReconciliationRun.Status.COMPLETE
@@ -166,7 +170,7 @@ def erp_ledger_store(legal_entity: LegalEntity, erp: Connection, holdings: Holdi
 
 @transaction.atomic
 def psa_snapshot_store(legal_entity: LegalEntity, holdings: Holdings) -> None:
-    """Replace the entity's unbilled work and assignments with what the PSA holds now. Customer
+    """Replace the entity's unbilled work, assignments and hours worked with what the PSA holds now. Customer
     and service line come from the CRM deal the project was made from (project key P-<opportunity>)."""
     now = clock.now()
     deals = {deal.project_key: deal for deal in holdings.deals.values()}
@@ -204,4 +208,9 @@ def psa_snapshot_store(legal_entity: LegalEntity, holdings: Holdings) -> None:
             read_at=now,
         )
         for a in holdings.assignments
+    )
+    PsaWorkedHours.objects.filter(legal_entity=legal_entity).delete()
+    PsaWorkedHours.objects.bulk_create(
+        PsaWorkedHours(legal_entity=legal_entity, role=w.role[:100], month=w.month, hours=w.hours, read_at=now)
+        for w in holdings.worked
     )

@@ -1,6 +1,7 @@
 """Simulated ops staff: they sign in to pscsync as the demo `operator`, read the exceptions
 through pscsync's own HTTP API (the workbench's, `/api/v1/exceptions/`), fix the data in the
-source system where the cause is bad data, then resubmit — after a delay, like people do.
+source system where the cause is bad data, then resubmit; or resubmit with a corrected value
+(the workbench's edit); or resolve what they handled by hand — after a delay, like people do.
 
 They never touch pscsync's tables: every read and action is an HTTP call a person could make.
 """
@@ -90,20 +91,47 @@ class Workbench:
         """Resubmit through the workbench's retry dialog (re-mapping from the source when the
         source was corrected), else through the REST API."""
         form = f"/workbench/handoffs/{exception_id}/resubmit/"
+        mode = "remap" if reread else "stored"
         page = self.call("GET", form)
         if page.status_code == 200:
-            # The dialog reviews first; `confirm=yes` is the operator pressing "Resubmit" on the review.
+            # The dialog shows a review first (what will be sent, with a token of what was
+            # reviewed); pressing "Resubmit" on it posts the choice again with that token.
+            review = self.call("POST", form, data={"mode": mode, "reason": comment})
+            token = REVIEWED.search(review.text or "")
+            if review.status_code != 200 or token is None:
+                return max(review.status_code, 400)
             answer = self.call(
-                "POST", form, data={"mode": "remap" if reread else "stored", "reason": comment, "confirm": "yes"}
+                "POST",
+                form,
+                data={"mode": mode, "reason": comment, "confirm": "yes", "reviewed": html.unescape(token.group(1))},
             )
             # Done: a redirect to the handoff's page. The form again (200/400): refused.
             return 200 if answer.status_code in (302, 303) else max(answer.status_code, 400)
-        answer = self.call("POST", f"/api/v1/exceptions/{exception_id}/resubmit/", json={"comment": comment})
+        return self._api(exception_id, "resubmit", {"mode": mode, "reason": comment})
+
+    def document(self, exception_id: int) -> dict[str, Any] | None:
+        """The document the exception's read step holds (what an edit replaces), from the API."""
+        answer = self.call("GET", f"/api/v1/exceptions/{exception_id}/")
+        if answer.status_code != 200:
+            return None
+        return answer.json().get("document") or None
+
+    def resubmit_edited(self, exception_id: int, document: dict[str, Any], comment: str) -> int:
+        """Resubmit with a corrected value: the edited document replaces what the read step read."""
+        return self._api(exception_id, "resubmit", {"mode": "edit", "document": document, "reason": comment})
+
+    def resolve(self, exception_id: int, comment: str) -> int:
+        """Mark it resolved by a person (handled outside pscsync), with the reason in the audit trail."""
+        return self._api(exception_id, "resolve", {"reason": comment})
+
+    def _api(self, exception_id: int, action: str, body: dict[str, Any]) -> int:
+        answer = self.call("POST", f"/api/v1/exceptions/{exception_id}/{action}/", json=body)
         if answer.status_code == 404:
-            raise WorkbenchUnavailable("this pscsync has neither the workbench's retry dialog nor the exception API")
+            raise WorkbenchUnavailable(f"this pscsync has no exception API to {action} with")
         return answer.status_code
 
 
+REVIEWED = re.compile(r'name="reviewed" value="([^"]*)"')
 ROW = re.compile(r"<td>([a-z-]+)</td>\s*<td><a href=\"/handoffs/(\d+)/\">([^<]+)</a></td>")
 
 

@@ -123,6 +123,7 @@ class Options:
     fx_date: float = 0.3
     mixed_currency: float = 0.04
     operator_fix_share: float = 0.7
+    operator_resolve_share: float = 0.5
     operator_delay_hours: float = 20.0
 
     def to_dict(self) -> dict[str, Any]:

@@ -223,11 +223,15 @@ class Simulation:
 
     def summary(self) -> str:
         s = self.stats
+        fixes = s["operator_resubmits"] + s["operator_edits"] + s["operator_resolves"]
+        refused = s["operator_resubmit_refused"] + s["operator_resolve_refused"]
         return (
             f"deals {s['deal_create']} (won {s['deal_won']}, lost {s['deal_lost']}), "
             f"projects seen {len(self.projects)}, "
             f"weeks of time {s['week_time']}, billing runs {s['billing_run']}, invoices {len(self.invoices)} "
-            f"(posted {s['invoices_posted']}, payments {s['payments']}), operator fixes {s['operator_resubmits']}"
+            f"(posted {s['invoices_posted']}, payments {s['payments']}), operator fixes {fixes} "
+            f"(resubmitted {s['operator_resubmits']}, corrected in the workbench {s['operator_edits']}, "
+            f"resolved {s['operator_resolves']}; refused {refused})"
         )
 
     # The firm's people -------------------------------------------------------------------------
@@ -817,8 +821,10 @@ class Simulation:
                 for account in self.accounts.values():
                     if account["id"] == info["account"]:
                         account["tax_fixed"] = True
-            if "unknown_service_line" in known:
-                done.append(anomalies.fix_service_line(self.sf, opportunity_id=key))
+            if "unknown_service_line" in known and row.get("flow") != "project-to-bill":
+                # Corrected in the workbench: the retired service line becomes Advisory in the deal
+                # the handoff read, and it resumes with that (sales tidies the CRM in its own time).
+                return self._operator_edit(row, {"deal": {"service_line": "Advisory"}})
             if "duplicate_customer" in known:
                 info = known["duplicate_customer"]
                 erp = self.netsuite if info["entity"] == "us" else self.bc
@@ -847,7 +853,14 @@ class Simulation:
         else:
             reread = bool(done)
         if not done and row.get("last_error_class") not in ("transient", "unknown", "conflict", "timeout"):
-            return False  # a cause the simulated staff cannot fix in a source (yet)
+            # A cause the simulated staff cannot fix in a source: a share of them they handle by
+            # hand and resolve (decided once per exception); the others they look at again later.
+            if (
+                record_rng(self.options.seed, f"resolve:{key}:{row['id']}").random()
+                < self.options.operator_resolve_share
+            ):
+                return self._operator_resolve(row)
+            return False
         comment = "; ".join(done) or "vendor was unavailable; retrying"
         try:
             status = self.workbench.resubmit(int(row["id"]), comment, reread=reread)  # type: ignore[union-attr]
@@ -856,10 +869,49 @@ class Simulation:
             log.info("resubmit %s: %s", row["id"], exc)
             return
         self.stats["operator_resubmits" if status < 400 else "operator_resubmit_refused"] += 1
-        if status < 400 and row.get("flow") == "quote-to-project":
+        if status < 400:
+            self._deal_put_right(row)
+
+    def _deal_put_right(self, row: dict[str, Any]) -> None:
+        """A deal's quote-to-project resumed: its billing waiting on the customer may go on too."""
+        if row.get("flow") == "quote-to-project":
+            key = str(row.get("business_key") or "")
             deal = next((d for d in self.deals.values() if d.opportunity == key), None)
             if deal is not None:
                 self.fixed_accounts.add(self.accounts[deal.data["account"]]["id"])
+
+    def _operator_edit(self, row: dict[str, Any], changes: dict[str, dict[str, Any]]) -> bool | None:
+        """Resubmit with corrected values in the read document (the workbench's edit)."""
+        try:
+            document = self.workbench.document(int(row["id"]))  # type: ignore[union-attr]
+            if not document:
+                return False  # nothing read to edit yet: look again later
+            edited = {**document, **{part: {**(document.get(part) or {}), **v} for part, v in changes.items()}}
+            said = "; ".join(f"{part} {name} → {value}" for part, v in changes.items() for name, value in v.items())
+            status = self.workbench.resubmit_edited(int(row["id"]), edited, f"corrected in the workbench: {said}")  # type: ignore[union-attr]
+        except (WorkbenchUnavailable, httpx.HTTPError, OSError, ValueError) as exc:
+            self.stats["operator_resubmit_failed"] += 1
+            log.info("edit %s: %s", row["id"], exc)
+            return None
+        self.stats["operator_edits" if status < 400 else "operator_resubmit_refused"] += 1
+        if status < 400:
+            self._deal_put_right(row)
+        return None
+
+    def _operator_resolve(self, row: dict[str, Any]) -> bool | None:
+        how = {
+            "project-to-bill": "invoiced by hand in the ERP",
+            "bill-to-cash": "invoice status set by hand in the CRM and the PSA",
+            "contract-change": "contract change keyed by hand in the PSA and the ERP",
+        }.get(str(row.get("flow")), "set up by hand in the target systems")
+        try:
+            status = self.workbench.resolve(int(row["id"]), f"handled outside pscsync: {how}")  # type: ignore[union-attr]
+        except (WorkbenchUnavailable, httpx.HTTPError, OSError) as exc:
+            self.stats["operator_resubmit_failed"] += 1
+            log.info("resolve %s: %s", row["id"], exc)
+            return None
+        self.stats["operator_resolves" if status < 400 else "operator_resolve_refused"] += 1
+        return None
 
 
 def _spread(hours: int) -> list[int]:

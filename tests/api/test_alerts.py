@@ -18,6 +18,7 @@ from dashboards.models import FlowSla
 from pscsync import clock
 from pscsync.models import Handoff, Mismatch
 from tests.api.conftest import make_exception
+from tests.helpers import status_force
 
 EventType = AlertSubscription.EventType
 
@@ -103,10 +104,10 @@ def test_a_new_group_sends_one_message_then_repeats_go_to_the_digest(world, admi
 def test_a_group_that_cleared_and_came_back_is_news_again(world, admin, frozen) -> None:  # noqa: ANN001
     subscribe(admin, "ops@example.com", "email", [EventType.EXCEPTION_GROUP_NEW])
     alerts_scan()
-    Handoff.objects.filter(pk=world["us"]["handoff"].pk).update(status=Handoff.Status.RESOLVED)
+    status_force(world["us"]["handoff"].pk, Handoff.Status.RESOLVED)
     frozen.advance(60)
     alerts_scan()
-    Handoff.objects.filter(pk=world["us"]["handoff"].pk).update(status=Handoff.Status.NEEDS_ATTENTION)
+    status_force(world["us"]["handoff"].pk, Handoff.Status.NEEDS_ATTENTION)
     frozen.advance(60)
     alerts_scan()
     assert AlertDelivery.objects.filter(kind="alert").count() == 3
@@ -143,9 +144,7 @@ def test_spike_sla_stuck_and_mismatch_alerts(world, admin, entities, frozen) -> 
     FlowSla.objects.create(flow="echo", target=Decimal("1"), unit=FlowSla.Unit.HOURS)
     Attempt.objects.update(started_at=frozen.now() - dt.timedelta(minutes=5))  # both exceptions failed just now
     stuck = make_exception(world["us"]["connection"], entities["us"], "OPP-STUCK", "x")
-    Handoff.objects.filter(pk=stuck.pk).update(
-        status=Handoff.Status.PENDING, created_at=frozen.now() - dt.timedelta(hours=1)
-    )
+    status_force(stuck.pk, Handoff.Status.PENDING, created_at=frozen.now() - dt.timedelta(hours=1))
     Mismatch.objects.filter(pk=world["uk"]["mismatch"].pk).update(difference=Decimal("-100.00"))  # under the floor
     alerts_scan()
     by_type = {d.event_type: d for d in AlertDelivery.objects.all()}

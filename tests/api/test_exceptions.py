@@ -8,6 +8,7 @@ import pytest
 from pscsync.models import AuditEntry, Handoff, Step
 from remediation.models import BulkJob
 from remediation.services import bulk_job_run
+from tests.helpers import status_force
 
 
 @pytest.mark.django_db
@@ -88,7 +89,7 @@ def test_a_bulk_job_is_polled_to_its_per_handoff_results(api, world, tokens, ent
     second = make_exception(
         world["us"]["connection"], entities["us"], "OPP-US-2", "the customer 'Beta' has no tax code"
     )
-    Handoff.objects.filter(pk=second.pk).update(status=Handoff.Status.RESOLVED)
+    status_force(second.pk, Handoff.Status.RESOLVED)
     body = {"kind": "retry", "handoffs": [world["us"]["handoff"].pk, second.pk], "reason": "vendor back up"}
     created = api("POST", "/api/v1/jobs/", tokens["operator"], body)
     assert created.status_code == 202 and created.json()["status"] == "queued"

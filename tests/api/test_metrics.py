@@ -63,7 +63,11 @@ def test_metrics_give_every_overview_kpi_for_the_callers_entities(api, tokens, d
         "drill_down",
         "sla",
     }
-    assert all(set(m) == fields for m in data["metrics"])
+    # Money figures also say whether every amount converted, and what is missing per currency.
+    assert all(set(m) in (fields, fields | {"complete", "missing"}) for m in data["metrics"])
+    # (A figure not measured has no value, so nothing to be complete about: no reconciliation ran here.)
+    assert data["currency"] == "USD" and figures["billing.released_not_invoiced"]["complete"] is True
+    assert "complete" not in figures["money_at_risk"]
     # Every figure of the registry, once, and each says whether it was measured.
     assert [m["key"] for m in data["metrics"]] == list(KPIS)
     assert figures["quote-to-project.finished"]["state"] == "measured"

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from connectors.models import Connection
+from pscsync.lifecycle import handoff_opened
 from pscsync.models import Attempt, Event, Handoff, LegalEntity, Step
 
 _seq = itertools.count(1)
@@ -82,6 +83,8 @@ def handoff(
         last_error_class=error_class,
         last_error_message=f"{error_class} failure" if error_class else "",
     )
+    # Told to the listeners (dashboards, workbench) after commit, as intake opens a handoff.
+    handoff_opened(h, actor="test", reason="built by a test")
     for pos, (name, output) in enumerate((outputs or {}).items()):
         Step.objects.create(
             handoff=h, name=name, position=pos, status="succeeded", idempotency_key=f"{h.pk}-{name}", output=output

@@ -203,13 +203,13 @@ def seed_firm() -> dict[str, LegalEntity]:
             first_seen_at=NOW,
             last_seen_at=NOW,
         )
-    for code, (checked, matched) in (("us", (48, 46)), ("uk", (31, 29))):
+    for code, (checked, matched) in (("us", (48, 46)), ("uk", (31, 29))):  # Σ|ERP| kept as one USD total
         ReconciliationRun.objects.create(
             legal_entity=ents[code],
             status="complete",
             started_at=NOW - dt.timedelta(minutes=2),
             finished_at=NOW,
-            summary={"revenue": {"checked": checked, "matched": matched}},
+            summary={"revenue": {"checked": checked, "matched": matched, "erp_total": {"USD": "850000.00"}}},
         )
     # People staffed in the PSA (the US entity's Certinia; Kantata gives no scheduled hours).
     staffed = [("Senior Consultant", 6, 32), ("Project Manager", 2, 16), ("Architect", 2, 24)]
@@ -224,8 +224,40 @@ def seed_firm() -> dict[str, LegalEntity]:
                 weekly_hours=Decimal(weekly),
                 read_at=NOW - dt.timedelta(minutes=20),
             )
+    _leader_records(us)
     rollups_rebuild_all()
     return ents
+
+
+def _leader_records(us: LegalEntity) -> None:
+    """What the leader figures read: weekly forecast snapshots of September and October, hours
+    worked, and an operator's audited actions on exceptions over three weeks."""
+    from django.contrib.auth import get_user_model
+
+    from dashboards.models import DemandSnapshot
+    from pscsync import clock
+    from pscsync.audit import audit_record
+    from pscsync.models import PsaWorkedHours
+
+    plan = {"Senior Consultant": 900, "Project Manager": 300, "Architect": 420}
+    for taken, factor in ((dt.date(2026, 6, 29), 1.3), (dt.date(2026, 7, 27), 1.1)):
+        for role, hours in plan.items():
+            for month in ("2026-09", "2026-10"):
+                DemandSnapshot.objects.create(
+                    taken_on=taken, legal_entity_id=us.pk, role=role, month=month, hours=hours * factor
+                )
+    for role, hours in (("Senior Consultant", 860), ("Project Manager", 250), ("Architect", 380)):
+        PsaWorkedHours.objects.create(legal_entity=us, role=role, month="2026-09", hours=hours, read_at=NOW)
+    ops = get_user_model().objects.create_user("olga.ops", password="a-long-seed-password")
+    real_now = clock.now
+    try:
+        for day, minutes in ((5, (0, 12, 40)), (13, (0, 20)), (21, (0, 15, 30, 95))):
+            for m in minutes:
+                at = dt.datetime(2026, 10, day, 9, tzinfo=dt.UTC) + dt.timedelta(minutes=m)
+                clock.now = lambda at=at: at  # the actions' own times
+                audit_record(actor=ops, action="handoff.resubmit", obj=us, legal_entity=us, comment="seeded")
+    finally:
+        clock.now = real_now
 
 
 def _unbilled_work(

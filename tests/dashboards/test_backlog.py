@@ -15,8 +15,10 @@ from dashboards import metrics
 from dashboards.backlog import backlog_rebuild, backlog_repair, backlog_sync, backlog_unchanged
 from dashboards.models import FxRate, OpenBacklog, OpenItem
 from pscsync import clock
+from pscsync.lifecycle import handoff_move
 from pscsync.models import Handoff
 from tests.dashboards.builders import handoff
+from tests.helpers import status_force
 
 NOW = dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC)
 OCT = metrics.Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
@@ -44,6 +46,10 @@ def won_deal(crm, entity, closed: dt.datetime, **kw):  # noqa: ANN001, ANN201, A
     )
 
 
+def move(h: Handoff, from_status: str, to: str, **fields) -> None:  # noqa: ANN003
+    handoff_move(h, from_states=[from_status], to=to, actor="test", fields=fields)
+
+
 def figures(f: metrics.Filters) -> tuple:
     blocked = metrics.blocked_billing(f, with_rows=False)
     won = metrics.won_not_activated(f, with_rows=False)
@@ -68,25 +74,21 @@ def test_backlog_follows_a_handoff_through_its_life(crm, entities, django_captur
 
     # It fails and needs a person: still blocked billing, now also an open exception (40 days old).
     with django_capture_on_commit_callbacks(execute=True):
-        batch.status = Handoff.Status.NEEDS_ATTENTION
-        batch.save(update_fields=["status"])
+        move(batch, Handoff.Status.RUNNING, Handoff.Status.NEEDS_ATTENTION)
     opened = metrics.open_exceptions(OCT)
     assert [b["count"] for b in opened["buckets"]] == [0, 0, 0, 1] and opened["by_flow"] == {"project-to-bill": 1}
     assert metrics.blocked_billing(OCT, with_rows=False)["count"] == 1
 
-    # A save that cannot change the backlog (a lease renewal) schedules no backlog work: the one
-    # callback left is the rollups' refresh of a handoff in an end state.
+    # A save that is not a move (a lease renewal) tells no listener: no backlog work at all.
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         batch.save(update_fields=["lease_owner", "lease_expires_at"])
-    assert len(callbacks) == 1
+    assert callbacks == []
 
     # Resubmitted, then invoiced: it leaves the backlog and its group is gone.
     with django_capture_on_commit_callbacks(execute=True):
-        batch.status = Handoff.Status.PENDING
-        batch.save(update_fields=["status"])
-        batch.status = Handoff.Status.SUCCEEDED
-        batch.finished_at = NOW
-        batch.save()
+        move(batch, Handoff.Status.NEEDS_ATTENTION, Handoff.Status.PENDING)
+        move(batch, Handoff.Status.PENDING, Handoff.Status.RUNNING)
+        move(batch, Handoff.Status.RUNNING, Handoff.Status.SUCCEEDED, finished_at=NOW)
     assert metrics.blocked_billing(OCT, with_rows=False)["count"] == 0
     assert metrics.open_exceptions(OCT)["count"] == 0
     assert not OpenItem.objects.exists() and OpenBacklog.objects.filter(items__gt=0).count() == 0
@@ -134,7 +136,7 @@ def test_repair_puts_right_what_an_update_without_signal_or_a_crash_left(crm, en
     # The hook's one-read check: in step now; not once the handoff moved without a signal.
     assert backlog_unchanged(a.pk)
     # Moved by a queryset update (no signal): resolved, and a group count corrupted by hand.
-    Handoff.objects.filter(pk=a.pk).update(status=Handoff.Status.RESOLVED)
+    status_force(a.pk, Handoff.Status.RESOLVED)
     assert not backlog_unchanged(a.pk)
     OpenBacklog.objects.update(items=99)
     result = backlog_repair()
@@ -182,21 +184,21 @@ def test_concurrent_syncs_of_the_same_handoffs_count_each_once(crm, entities) ->
 
 @pytest.mark.django_db
 def test_a_flow_the_backlog_does_not_follow_counts_only_while_it_needs_a_person(
-    crm, entities, django_capture_on_commit_callbacks
+    crm, entities, django_capture_on_commit_callbacks, django_assert_num_queries
 ) -> None:  # noqa: ANN001
     with django_capture_on_commit_callbacks(execute=True):
         invoice = handoff(flow="bill-to-cash", conn=crm, entity=entities["us"], status="running")
     assert not OpenItem.objects.exists()  # running: no figure reads it
     with django_capture_on_commit_callbacks(execute=True):
-        invoice.status = Handoff.Status.NEEDS_ATTENTION
-        invoice.save(update_fields=["status"])
+        move(invoice, Handoff.Status.RUNNING, Handoff.Status.NEEDS_ATTENTION)
     assert metrics.open_exceptions(OCT)["by_flow"] == {"bill-to-cash": 1}
     with django_capture_on_commit_callbacks(execute=True):  # resubmitted from the workbench
-        invoice.status = Handoff.Status.PENDING
-        invoice.save(update_fields=["status"])
+        move(invoice, Handoff.Status.NEEDS_ATTENTION, Handoff.Status.PENDING)
     assert metrics.open_exceptions(OCT)["count"] == 0 and not OpenItem.objects.exists()
-    # Taken by a worker and finished: no backlog work is even scheduled (only the rollups' refresh).
+    # Taken by a worker: the listeners are told, and neither the backlog nor the workbench reads
+    # anything for it (no query at all).
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        invoice.status = Handoff.Status.RUNNING
-        invoice.save(update_fields=["status"])
-    assert callbacks == []
+        move(invoice, Handoff.Status.PENDING, Handoff.Status.RUNNING)
+    assert len(callbacks) == 1
+    with django_assert_num_queries(0):
+        callbacks[0]()

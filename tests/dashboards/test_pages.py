@@ -77,6 +77,8 @@ def test_viewer_of_one_entity_sees_only_its_figures(client, viewer, firm) -> Non
         "unit": "USD",
         "count": 1,
         "state": "measured",
+        "complete": True,
+        "missing": {},
     }
     items = client.get(f"/dashboards/items/?{PERIOD}&flow=quote-to-project&measure=measured&csv=1").content.decode()
     assert "OPP-us" in items and "OPP-uk" not in items

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -22,6 +25,7 @@ PAGES = {
     "dashboards-exceptions": "/dashboards/exceptions/",
     "dashboards-integration": "/dashboards/integration/",
     "dashboards-demand": "/dashboards/demand/",
+    "dashboards-leaders": "/dashboards/leaders/?from=2026-09-01&to=2026-10-31",
     "dashboards-items": "/dashboards/items/?flow=quote-to-project&measure=breached",
     "dashboards-settings": "/dashboards/settings/",
 }
@@ -36,7 +40,9 @@ pytestmark = [
 ]
 
 
-def test_every_dashboard_page_renders_its_charts(live_server, admin, monkeypatch) -> None:  # noqa: ANN001
+@contextlib.contextmanager
+def _signed_in(live_server, admin, monkeypatch) -> Iterator[Any]:  # noqa: ANN001
+    """The seeded firm at NOW, an admin signed in in headless Chromium: yields the page."""
     from playwright.sync_api import sync_playwright
 
     from tests.test_browser import _sign_in
@@ -45,7 +51,6 @@ def test_every_dashboard_page_renders_its_charts(live_server, admin, monkeypatch
     monkeypatch.setattr(clock, "now", lambda: NOW)
     seed_firm()
     SHOTS.mkdir(parents=True, exist_ok=True)
-    period = f"from={(NOW - dt.timedelta(days=29)).date()}&to={NOW.date()}"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
@@ -53,15 +58,39 @@ def test_every_dashboard_page_renders_its_charts(live_server, admin, monkeypatch
         page.on("pageerror", lambda e: errors.append(str(e)))
         _sign_in(page, live_server, admin, start="/login/")  # password and the second factor
         page.wait_for_url("**/dashboards/**")
+        yield page
+        browser.close()
+    assert errors == []
+
+
+def test_every_dashboard_page_renders_its_charts(live_server, admin, monkeypatch) -> None:  # noqa: ANN001
+    period = f"from={(NOW - dt.timedelta(days=29)).date()}&to={NOW.date()}"
+    with _signed_in(live_server, admin, monkeypatch) as page:
         drawn = 0
         for name, path in PAGES.items():
             sep = "&" if "?" in path else "?"
-            page.goto(f"{live_server.url}{path}{sep}{period}")
+            page.goto(f"{live_server.url}{path}" + ("" if "from=" in path else f"{sep}{period}"))
             assert "Two-factor" not in page.title() and page.locator("main h1").count() == 1, name
             if page.locator("[data-figure]").count():
                 page.wait_for_selector("[data-figure] .main-svg", timeout=15000)
                 drawn += 1
             page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
         assert drawn >= 4, "the flow pages draw their charts"
-        browser.close()
-    assert errors == []
+
+
+def test_the_overview_in_the_firms_and_the_uk_currency(live_server, admin, monkeypatch) -> None:  # noqa: ANN001
+    """The firm in USD, the UK entity in GBP, and the firm with no GBP rate: amber, named amounts."""
+    from dashboards.models import FxRate
+
+    period = f"from={(NOW - dt.timedelta(days=29)).date()}&to={NOW.date()}"
+    with _signed_in(live_server, admin, monkeypatch) as page:
+        page.goto(f"{live_server.url}/dashboards/?{period}")
+        assert "not converted" not in page.content()
+        page.screenshot(path=str(SHOTS / "dashboards-overview-firm-usd.png"), full_page=True)
+        page.goto(f"{live_server.url}/dashboards/?{period}&legal_entity=uk")
+        assert "GBP" in page.locator(".tiles").inner_text() and "not converted" not in page.content()
+        page.screenshot(path=str(SHOTS / "dashboards-overview-uk-gbp.png"), full_page=True)
+        FxRate.objects.filter(currency="GBP").delete()
+        page.goto(f"{live_server.url}/dashboards/?{period}")
+        assert page.locator(".tile.incomplete").count() >= 1 and "not converted" in page.content()
+        page.screenshot(path=str(SHOTS / "dashboards-overview-no-gbp-rate.png"), full_page=True)

@@ -15,6 +15,7 @@ from connectors.models import Connection
 from connectors.registry import connector_for
 from pscsync.models import Handoff
 from tests.connectors.conftest import sandbox_factory  # noqa: F401  (the fixture, shared)
+from tests.helpers import moves_told
 
 
 @dataclass
@@ -99,6 +100,7 @@ def trigger(
 def run(handoff: Handoff) -> Handoff:
     from pscsync.runner import handoff_run
 
-    handoff_run(handoff_id=handoff.pk, worker="test-worker")
+    with moves_told():  # the workbench and dashboards follow the moves, as after a worker's commits
+        handoff_run(handoff_id=handoff.pk, worker="test-worker")
     handoff.refresh_from_db()
     return handoff

@@ -91,6 +91,17 @@ def test_a_lost_deal_cancels_its_forecast_demand_in_kantata(firm) -> None:  # no
         if s["title"].startswith("Resource request")
     ]
     assert requests and all(s["description"] == "Demand status: Cancelled" for s in requests)
+    # The lost deal's estimate workspace is closed (archived): Kantata's own project lists and
+    # reports leave it out, so no PSA backlog counts its 120,000.00 that will never come.
+    estimate = kantata.lookup(entity="workspaces", key=f"P-{deal['opportunity']}").response
+    assert estimate["archived"] is True
+    assert all(w["id"] != workspace for w in kantata.read("workspaces"))  # default list: open ones only
+    # Back in the pipeline, the estimate reopens; won, it is the open project.
+    firm.salesforce.update(
+        entity="opportunity", record_id=deal["opportunity"], fields={"StageName": "Closed Won", "Probability": 100}
+    )
+    assert run(trigger(firm, "quote-to-project", deal["opportunity"], minutes_later=9)).status == "succeeded"
+    assert kantata.lookup(entity="workspaces", key=f"P-{deal['opportunity']}").response["archived"] is False
 
 
 def test_the_contract_terms_set_as_the_deal_closes_are_not_an_amendment(firm) -> None:  # noqa: ANN001
@@ -99,3 +110,27 @@ def test_the_contract_terms_set_as_the_deal_closes_are_not_an_amendment(firm) ->
     assert handoff.status == Handoff.Status.SUCCEEDED, handoff.last_error_message
     assert handoff.steps.get(name="validate_amendment").output["action"] == "none"
     assert firm.connector("netsuite-us").lookup(entity="sales_order", key=f"SO-{deal['opportunity']}") is None
+
+
+def test_an_amendment_before_the_project_exists_revalues_won_not_yet_a_project(
+    firm,  # noqa: ANN001
+    django_capture_on_commit_callbacks,  # noqa: ANN001
+) -> None:
+    from dashboards.models import OpenItem
+
+    # Won at 120,000.00 but the deal cannot be provisioned yet (a billing model pscsync does not
+    # bill), so it waits for a person; the salesperson then amends it to 150,000.00 (v2).
+    deal = won_deal(firm, entity="us", key="47", Billing_Model__c="Retainer")
+    opp = deal["opportunity"]
+    with django_capture_on_commit_callbacks(execute=True):
+        waiting = run(trigger(firm, "quote-to-project", opp))
+    assert waiting.status == Handoff.Status.NEEDS_ATTENTION and waiting.amount == 120000
+    assert OpenItem.objects.get(pk=waiting.pk).amount == 120000
+    firm.salesforce.update(entity="opportunity", record_id=opp, fields={"Amount": 150000, "Contract_Version__c": 2})
+    with django_capture_on_commit_callbacks(execute=True):
+        amendment = run(trigger(firm, "contract-change", opp, minutes_later=5))
+    assert amendment.status == Handoff.Status.WAITING_RETRY  # the amendment itself waits for the project
+    # "Won, not yet a project" now counts the deal at its latest value, 150,000.00, not 120,000.00.
+    waiting.refresh_from_db()
+    assert waiting.amount == 150000 and waiting.status == Handoff.Status.NEEDS_ATTENTION
+    assert OpenItem.objects.get(pk=waiting.pk).amount == 150000

@@ -126,16 +126,41 @@ def test_amendment_not_synced(firm):  # noqa: ANN001
     assert mismatch.amounts == {"crm": "150000.00", "psa": "120000.00", "erp": "120000.00"}
 
 
-def test_time_approved_after_period_close(firm):  # noqa: ANN001
+def test_time_invoiced_later_than_the_billing_terms_allow(firm):  # noqa: ANN001
+    # Time and materials bills monthly in arrears: October may post August's work no more. By hand:
+    # 2026-08: PSA 3000.00 (worked 27 Aug) vs ERP 0 -> -3000.00; 2026-10: PSA 1000.00 (4 Oct) vs
+    # ERP 4000.00 (the whole invoice, dated 5 Oct) -> +3000.00. Both are late time.
     s = seed.deal(firm)
-    batch = seed.certinia_batch(firm, s, date="2026-10-05", items=[("2026-09-27", 3000.0), ("2026-10-04", 1000.0)])
+    batch = seed.certinia_batch(firm, s, date="2026-10-05", items=[("2026-08-27", 3000.0), ("2026-10-04", 1000.0)])
     seed.netsuite_invoice(firm, s, batch)
     run()
-    (september, october) = open_mismatches(comparison="billed_time")
-    assert (september.period, october.period) == ("2026-09", "2026-10")
-    assert september.cause == october.cause == "late_time"
-    assert "worked in 2026-09" in september.explanation and "a4T" in september.explanation
+    (august, october) = open_mismatches(comparison="billed_time")
+    assert (august.period, october.period) == ("2026-08", "2026-10")
+    assert august.cause == october.cause == "late_time"
+    assert (august.difference, october.difference) == (Decimal("-3000.00"), Decimal("3000.00"))
+    assert "worked in 2026-08" in august.explanation and "a4T" in august.explanation
+    assert "1 month(s) in arrears" in august.explanation
     assert open_mismatches(comparison="revenue") == []
+
+
+def test_billing_in_arrears_is_not_a_mismatch(firm):  # noqa: ANN001
+    # October's time (4000.00 on 23 Oct + 2000.00 on 30 Oct) billed by the PSA's run on 2 November
+    # and invoiced on 2 November: one month in arrears, as time and materials is billed. Billed time
+    # compares 6000.00 with 6000.00 in 2026-11, revenue 6000.00 with 6000.00 in 2026-11.
+    s = seed.deal(firm)
+    batch = seed.certinia_batch(firm, s, date="2026-11-02")
+    seed.netsuite_invoice(firm, s, batch)
+    # A second project: the PSA's run dated 30 October, the ERP posting on 3 November (the
+    # revenue comparison's month end); October work, so billed time also compares in 2026-11.
+    t = seed.deal(firm, n=2)
+    late_posted = seed.certinia_batch(firm, t, date="2026-10-30")
+    seed.netsuite_invoice(firm, t, late_posted, date="2026-11-03")
+    summary = run().summary
+    assert open_mismatches() == []
+    # Σ|ERP| over the checked subjects: the two invoices, 6000.00 each.
+    totals = {"erp_total": {"USD": "12000.00"}}
+    assert summary["billed_time"] == {"checked": 2, "matched": 2, "mismatches": {}, "cleared": 0, **totals}
+    assert summary["revenue"] == {"checked": 2, "matched": 2, "mismatches": {}, "cleared": 0, **totals}
 
 
 def test_duplicate_invoice(firm):  # noqa: ANN001
@@ -164,6 +189,21 @@ def test_missing_customer(firm):  # noqa: ANN001
     assert {m.cause for m in found} == {"missing_customer"}
     billed_time = only("billed_time")
     assert f"C-{s.account}" in billed_time.explanation and batch["id"] in billed_time.explanation
+    # No ERP contract for the 120,000.00 deal: the whole deal value is at stake (CRM 120000 vs
+    # nothing in the ERP -> -120000.00), not a difference of 0.
+    assert only("deal_value").difference == Decimal("-120000.00")
+
+
+def test_deal_missing_in_the_erp_carries_its_value(firm):  # noqa: ANN001
+    # UK: the customer is in Business Central but its project P-<opp> is not. CRM 50,000.00, the
+    # PSA price 50,000.00 agrees; the ERP has no record: at stake 0 - 50,000.00 = -50,000.00.
+    s = seed.deal(firm, entity="uk", n=3, amount=50000)
+    bc = firm.connector("businesscentral-uk")
+    project = bc.lookup(entity="projects", key=s.project_key)
+    bc.withdraw(entity="projects", record_id=project.external_id)
+    run("uk")
+    mismatch = only("deal_value")
+    assert mismatch.cause == "missing_record" and mismatch.difference == Decimal("-50000.00")
 
 
 def test_missing_invoice(firm):  # noqa: ANN001

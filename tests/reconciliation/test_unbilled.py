@@ -169,3 +169,35 @@ def test_assignments_are_read_as_supply(firm):  # noqa: ANN001
     (assignment,) = PsaAssignment.objects.all()
     assert (assignment.role, assignment.weekly_hours, assignment.project_key) == ("Architect", 30, s.project_key)
     assert (assignment.starts_on, assignment.ends_on) == (dt.date(2026, 10, 1), dt.date(2026, 12, 31))
+
+
+def test_approved_hours_worked_are_read_by_role_and_month(firm):  # noqa: ANN001
+    from pscsync.models import PsaWorkedHours
+
+    s = seed.deal(firm)
+    ids = certinia_work(firm, s)
+    # A second approved week across the month end: Thu 29 Oct 5 h, Fri 30 Oct 3 h, Sun 1 Nov 2 h
+    # (week starting Mon 26 Oct). The submitted timecard (8 h) is not approved: not counted.
+    certinia = firm.connector("certinia-us")
+    soql = f"SELECT pse__Assignment__c, pse__Resource__c FROM pse__Timecard_Header__c WHERE Id = '{ids['time']}'"  # noqa: S608
+    (first_week,) = list(certinia.query(soql))
+    create(
+        certinia,
+        "pse__Timecard_Header__c",
+        {
+            "pse__Project__c": s.project,
+            "pse__Resource__c": first_week["pse__Resource__c"],
+            "pse__Assignment__c": first_week["pse__Assignment__c"],
+            "pse__Start_Date__c": "2026-10-26",
+            "pse__End_Date__c": "2026-11-01",
+            "pse__Thursday_Hours__c": 5,
+            "pse__Friday_Hours__c": 3,
+            "pse__Sunday_Hours__c": 2,
+            "pse__Billable__c": False,  # non-billable hours are still hours worked
+            "pse__Status__c": "Approved",
+        },
+    )
+    reconcile(entity="us")
+    worked = {(w.role, w.month): w.hours for w in PsaWorkedHours.objects.all()}
+    # October: 6 + 4 (week of 19 Oct) + 5 + 3 = 18 h; November: 2 h (Sunday 1 Nov).
+    assert worked == {("Architect", "2026-10"): Decimal("18.00"), ("Architect", "2026-11"): Decimal("2.00")}

@@ -16,6 +16,7 @@ from pscsync.models import Handoff
 from remediation.models import Compensation, ExceptionStatus, HandoffException
 from remediation.services import exceptions_reconcile
 from tests.flows.conftest import run, trigger, won_deal
+from tests.helpers import status_force
 
 pytestmark = pytest.mark.django_db
 
@@ -52,7 +53,7 @@ def test_it_repairs_what_bulk_updates_left_out_of_step_and_a_second_run_finds_no
     failed_behind_our_back = _failed(firm, "r2")
     retried_then_failed = _failed(firm, "r3")
     # Status changes made with QuerySet.update() send no signal: the exceptions do not follow.
-    Handoff.objects.filter(pk=succeeded_behind_our_back.pk).update(status=Handoff.Status.SUCCEEDED)
+    status_force(succeeded_behind_our_back.pk, Handoff.Status.SUCCEEDED)
     HandoffException.objects.filter(handoff=failed_behind_our_back).delete()
     HandoffException.objects.filter(handoff=retried_then_failed).update(status=ExceptionStatus.IN_PROGRESS)
 

@@ -74,7 +74,7 @@ def test_an_operator_fixes_a_missing_tax_profile_at_the_source_and_resubmits(pag
     _login(page, live_server, operator)
     page.goto(f"{live_server.url}/workbench/")
     group = page.locator("tr.group").first
-    assert "has no Tax Profile" in group.inner_text() and "120,000.00 USD" in group.inner_text()
+    assert "has no Tax Profile" in group.inner_text() and "$120,000.00" in group.inner_text()
     group.locator("summary").click()
     page.wait_for_selector(f"text={deal['opportunity']}")
     _shot(page, "workbench-inbox")
@@ -127,14 +127,15 @@ def test_an_operator_bulk_retries_a_group_after_an_erp_outage_and_watches_progre
     _login(page, live_server, operator)
     page.goto(f"{live_server.url}/workbench/?flow=quote-to-project")
     group = page.locator("tr.group").first
-    assert "upsert_customer" in group.inner_text() and "3" in group.locator("td.num").first.inner_text()
+    assert "Create the customer in the ERP" in group.inner_text() and "3" in group.locator("td.num").first.inner_text()
     group.locator("input[name=cause]").check()
     page.select_option("select[name=kind]", "retry")
     page.fill("input[name=reason]", "NetSuite outage over")
     _shot(page, "workbench-bulk-select")
     page.click("text=Start bulk job")
     page.wait_for_url("**/workbench/jobs/*/")
-    assert "0 of 3" in page.locator(".job-count").inner_text()
+    assert "Queued" in page.locator(".job-status").inner_text()
+    assert "Place in the queue: 1" in page.locator("#job-progress").inner_text()
     _shot(page, "workbench-bulk-queued")
 
     from remediation.models import BulkJob
@@ -144,10 +145,12 @@ def test_an_operator_bulk_retries_a_group_after_an_erp_outage_and_watches_progre
     bulk_job_run(job.pk)  # the worker's turn; the page polls and shows the outcome without a reload
     from playwright.sync_api import expect
 
-    expect(page.locator(".job-count")).to_contain_text("3 of 3", timeout=15000)
-    assert "Done" in page.locator(".job-status").inner_text()
+    # Sent back is not done: the job waits for the handoffs' real end states.
+    expect(page.locator(".job-count")).to_contain_text("3 still running or retrying", timeout=15000)
     for handoff in handoffs:
         assert run(handoff).status == Handoff.Status.SUCCEEDED
+    expect(page.locator(".job-count")).to_contain_text("3 succeeded", timeout=15000)
+    assert "Finished" in page.locator(".job-status").inner_text()
     page.reload()
     _shot(page, "workbench-bulk-done")
     page.goto(f"{live_server.url}/workbench/")

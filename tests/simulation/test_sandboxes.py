@@ -363,6 +363,8 @@ class FakeWorkbench:
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
         self.resubmitted: list[tuple[int, str, bool]] = []
+        self.edited: list[tuple[int, dict[str, Any], str]] = []
+        self.resolved: list[tuple[int, str]] = []
 
     def exceptions(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if r["id"] not in {i for i, _, _ in self.resubmitted}]
@@ -371,9 +373,22 @@ class FakeWorkbench:
         self.resubmitted.append((exception_id, comment, reread))
         return 200
 
+    def document(self, exception_id: int) -> dict[str, Any]:
+        return {"deal": {"service_line": "Cyber Security", "amount": "1000.00"}, "account": {"id": "001X"}}
+
+    def resubmit_edited(self, exception_id: int, document: dict[str, Any], comment: str) -> int:
+        self.edited.append((exception_id, document, comment))
+        return 200
+
+    def resolve(self, exception_id: int, comment: str) -> int:
+        self.resolved.append((exception_id, comment))
+        return 200
+
 
 def test_operators_correct_the_source_then_resubmit_the_deal_first_and_its_other_exceptions(simulation) -> None:  # noqa: ANN001
-    sim = simulation(days=14, missing_tax_profile=1.0, operator_fix_share=1.0, operator_delay_hours=0)
+    sim = simulation(
+        days=14, missing_tax_profile=1.0, operator_fix_share=1.0, operator_resolve_share=0.0, operator_delay_hours=0
+    )
     sim.run()
     won = next(d for d in sim.deals.values() if d.won)
     account = sim.accounts[won.data["account"]]
@@ -399,3 +414,25 @@ def test_operators_leave_a_share_of_exceptions_to_people(simulation) -> None:  #
     )
     sim.operator_round(final=True)
     assert sim.workbench.resubmitted == [] and sim.stats["operator_left"] == 1
+
+
+def test_operators_correct_a_retired_service_line_in_the_workbench_and_resolve_what_they_handle_by_hand(
+    simulation,  # noqa: ANN001
+) -> None:
+    sim = simulation(days=7, operator_fix_share=1.0, operator_resolve_share=1.0, operator_delay_hours=0)
+    sim.anomalies_by_key["006A"] = {"unknown_service_line": {}}
+    sim.workbench = FakeWorkbench(
+        [
+            {"id": 3, "flow": "quote-to-project", "business_key": "006A", "last_error_class": "mapping"},
+            {"id": 4, "flow": "project-to-bill", "business_key": "a3B9", "last_error_class": "validation"},
+        ]
+    )
+    sim.operator_round(final=True)
+    # The read deal resubmitted with its service line corrected, the rest of the document as read.
+    ((edited_id, document, comment),) = sim.workbench.edited
+    assert edited_id == 3 and document["deal"] == {"service_line": "Advisory", "amount": "1000.00"}
+    assert "service_line → Advisory" in comment
+    # The billing batch nothing in a source can fix: invoiced by hand and resolved.
+    assert sim.workbench.resolved == [(4, "handled outside pscsync: invoiced by hand in the ERP")]
+    assert (sim.stats["operator_edits"], sim.stats["operator_resolves"]) == (1, 1)
+    assert "operator fixes 2" in sim.summary()

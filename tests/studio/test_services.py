@@ -121,7 +121,7 @@ def test_preview_shows_each_field_and_the_rule_that_failed(mapping) -> None:  # 
     assert "'Cyber' is not in value map 'service_line'" in rows["custbody_department"]["error"].message
 
 
-def _mapped_before(connection, document: dict) -> None:  # noqa: ANN001
+def _mapped_before(connection, document: dict, version=None) -> None:  # noqa: ANN001
     """A record this mapping mapped in a past run (as the write step stores it on its attempt)."""
     from pscsync import clock
     from pscsync.models import Attempt, Event, Handoff, Step
@@ -139,7 +139,16 @@ def _mapped_before(connection, document: dict) -> None:  # noqa: ANN001
         created_at=now,
         status="succeeded",
     )
-    step = Step.objects.create(handoff=handoff, name="upsert_contract", position=6, target_connection=connection)
+    version = version or MappingVersion.objects.get(mapping__connection=connection, status="published")
+    step = Step.objects.create(
+        handoff=handoff,
+        name="upsert_contract",
+        position=6,
+        target_connection=connection,
+        status="succeeded",
+        mapping_version=version,
+        finished_at=now,
+    )
     Attempt.objects.create(
         step=step,
         number=1,
@@ -165,3 +174,122 @@ def test_publishing_a_rule_that_returns_the_wrong_type_on_real_records_is_refuse
     assert "rule 3 (transform): amount: [1, 2] is not an amount" in str(refused.value)
     assert "returns the wrong type" in str(refused.value)
     assert services.published(mapping).number == 1  # nothing published half-valid
+
+
+def _failing(connection, message: str, deal: dict, key: str = "006F") -> object:  # noqa: ANN001
+    """A quote-to-project handoff that failed before writing, with the deal it read kept."""
+    from pscsync import clock
+    from pscsync.models import Event, Handoff, Step
+
+    now = clock.now()
+    event = Event.objects.create(
+        connection=connection, source_event_id=f"e-{key}", occurred_at=now, received_at=now, raw_body="{}"
+    )
+    handoff = Handoff.objects.create(
+        flow="quote-to-project",
+        business_key=key,
+        source_connection=connection,
+        trigger_event=event,
+        business_started_at=now,
+        created_at=now,
+        status="needs_attention",
+        last_error_class="mapping",
+        last_error_message=message,
+    )
+    Step.objects.create(
+        handoff=handoff,
+        name="read_deal",
+        position=1,
+        status="succeeded",
+        output={"deal": deal, "account": {"name": "Acme"}},
+    )
+    return handoff
+
+
+def test_a_rule_that_cannot_evaluate_on_a_record_is_that_records_error_not_a_crash(
+    mapping, draft, admin, echo_connection
+) -> None:  # noqa: ANN001
+    # join() over a field this kind of record does not have raises JMESPathTypeError inside
+    # jmespath; the preview and the impact list must answer with it as the record's error.
+    services.rule_save(
+        draft=draft,
+        position=3,
+        data={"target": "memo", "source": "join('', ['Resource request: ', item.role])"},
+        actor=admin,
+    )
+    draft.refresh_from_db()
+    result = services.preview(draft, {"account": {"name": "Acme"}, "deal": {"service_line": "Advisory"}})
+    memo = next(r for r in result["rows"] if r["rule"]["target"] == "memo")
+    assert "cannot be read from this record: join() found an empty field" in memo["error"].message
+    _failing(
+        echo_connection,
+        f"service line 'Cyber' is not in the 'service_line' value map of mapping {services.published(mapping).label}",
+        {"service_line": "Cyber"},
+    )
+    impact = services.impact(draft)
+    assert impact.total == 1
+    assert not impact.would_pass
+
+
+def test_only_failures_this_mapping_produced_are_counted_and_the_rule_is_named(
+    mapping, draft, admin, echo_connection
+) -> None:  # noqa: ANN001
+    label = services.published(mapping).label
+    ours = _failing(
+        echo_connection,
+        f"service line 'Cyber' is not in the 'service_line' value map of mapping {label} — fix: an admin adds it",
+        {"service_line": "Cyber"},
+        key="006-ours",
+    )
+    # Fails on another mapping of the same connection: this mapping's rules would fail on its
+    # deal too (no service line), but this mapping did not produce the failure.
+    _failing(
+        echo_connection,
+        "mapping echo/customer@v2 could not map this record: companyName is required",
+        {},
+        key="006-other",
+    )
+    impact = services.impact(draft)
+    assert [f.handoff.pk for f in impact.still_failing] == [ours.pk]
+    failure = impact.still_failing[0]
+    assert failure.rule == 2
+    assert failure.why.startswith("rule 2 (custbody_department) 'Cyber' is not in value map 'service_line'")
+    assert (failure.value_map, failure.missing_value) == ("service_line", "Cyber")
+    # One click: the value goes into the draft and the same handoff would now pass.
+    services.value_map_entry_add(mapping=mapping, name="service_line", key="Cyber", value="D50", actor=admin)
+    after = services.impact(services.draft_of(mapping))
+    assert [h.pk for h in after.would_pass] == [ours.pk]
+    with pytest.raises(StudioError, match="already in it"):
+        services.value_map_entry_add(mapping=mapping, name="service_line", key="cyber", value="D51", actor=admin)
+
+
+def test_samples_are_the_failing_records_then_the_ones_it_mapped(mapping, echo_connection) -> None:  # noqa: ANN001
+    _mapped_before(echo_connection, {"account": {"name": "Mapped Co"}, "deal": {"service_line": "Advisory"}})
+    _failing(
+        echo_connection,
+        f"service line 'Cyber' is not in the 'service_line' value map of mapping {services.published(mapping).label}",
+        {"service_line": "Cyber"},
+    )
+    samples = services.sample_documents(mapping)
+    assert [s.failing for s in samples] == [True, False]
+    assert samples[0].document["deal"] == {"service_line": "Cyber"}
+    assert samples[0].label.startswith("Failing now · Quote to project for ")
+    assert samples[1].document["account"]["name"] == "Mapped Co"
+
+
+def test_version_changes_read_as_sentences(mapping, draft, admin) -> None:  # noqa: ANN001
+    services.rule_save(
+        draft=draft,
+        position=1,
+        data={"target": "companyName", "source": "account.legal_name", "required": "on"},
+        actor=admin,
+    )
+    services.value_map_save(
+        draft=draft, name="service_line", table={**MAPS["service_line"], "Cyber": "D50"}, actor=admin
+    )
+    words = [c.sentence for c in services.versions_diff(services.published(mapping), draft)]
+    assert words == [
+        "The rule for companyName: source changed from “account.name” to “account.legal_name”.",
+        "“Cyber” added to the value map service_line, mapped to “D50”.",
+    ]
+    assert not any("{'" in w for w in words)

@@ -24,6 +24,12 @@ customerPayment, billingSchedule; read-mostly reference data seeded on start: su
 currency, serviceItem, account. Subsidiary 3 (Acme Consulting Inc.) allows only USD and CAD, so a
 JPY customer there is the finance-recognisable validation error.
 
+Exchange rates (connectors/sandboxes/fx.py, the same market as the Business Central sandbox):
+SuiteQL tables `currencyrate` (daily: basecurrency USD, transactioncurrency GBP/EUR/CAD,
+exchangerate, effectivedate), `accountingperiod` (months) and `consolidatedexchangerate`
+(OneWorld: Acme Consulting Ltd.'s GBP → the parent's USD per period: averagerate, currentrate,
+historicalrate). POST /_sandbox/rates replaces the market with a test's table.
+
 Errors: {"type", "title", "status", "o:errorDetails": [{"detail", "o:errorCode", "o:errorPath"?}]}.
 An account-wide concurrency limit (15 requests in flight, as a shared-tier account with one
 SuiteCloud Plus licence) answers 429 CONCURRENCY_LIMIT_EXCEEDED beyond it.
@@ -48,11 +54,13 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
+from connectors.sandboxes import fx
 from connectors.sandboxes.base import BadRequest, Request, Response, Sandbox
 from connectors.sandboxes.base import serve as serve_sandbox
 from connectors.sandboxes.netsuite import jws, suiteql
@@ -62,6 +70,8 @@ REST = "/services/rest"
 RECORD = f"{REST}/record/v1"
 TOKEN_PATH = f"{REST}/auth/oauth2/v1/token"
 SUITEQL_PATH = f"{REST}/query/v1/suiteql"
+# SuiteQL tables computed from the sandbox's currency market (connectors/sandboxes/fx.py), read-only.
+RATE_TABLES = ("currencyrate", "accountingperiod", "consolidatedexchangerate")
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_LIMIT = 1000
 DEFAULT_CONCURRENCY_LIMIT = 15
@@ -205,6 +215,8 @@ class NetSuiteSandbox(Sandbox):
         self.route("POST", TOKEN_PATH, self.token, auth=False)
         self.route("POST", SUITEQL_PATH, self.suiteql)
         self.route("GET", f"{REST}/system/v1/governanceLimits", self.governance_limits)
+        self.route("POST", r"/_sandbox/rates", lambda request: fx.rates_set(self.store, request), auth=False)
+        self.route("DELETE", r"/_sandbox/rates", lambda request: fx.rates_clear(self.store, request), auth=False)
         self.route("POST", rf"{RECORD}/(?P<type>[^/!]+)/(?P<ref>[^/]+)/!transform/(?P<target>[^/]+)", self.transform)
         self.route("GET", rf"{RECORD}/(?P<type>[^/]+)", self.list_records)
         self.route("POST", rf"{RECORD}/(?P<type>[^/]+)", self.create)
@@ -766,6 +778,8 @@ class NetSuiteSandbox(Sandbox):
         return Response(200, _collection(base, request, items, offset=offset, limit=limit, total=len(result)))
 
     def suiteql_rows(self, table: str) -> list[dict[str, Any]]:
+        if table in RATE_TABLES:
+            return getattr(self, f"_rows_{table}")()
         if table == "transaction":
             kinds = [t for t in TYPES.values() if t.suiteql_type]
         elif table in TYPES:
@@ -789,6 +803,94 @@ class NetSuiteSandbox(Sandbox):
                 if kind.name == "customerPayment" and "customer" in row:
                     row["entity"] = row["customer"]  # SuiteQL's transaction.entity: the paying customer
                 rows.append(row)
+        return rows
+
+    # Exchange rates: the currency rate table and OneWorld's consolidated rates, from sandboxes/fx.py
+    def _currency_ids(self) -> dict[str, str]:
+        return {str(c["symbol"]): str(c["id"]) for c in self.store.all("currency")}
+
+    def _rows_currencyrate(self) -> list[dict[str, Any]]:
+        """One row per business day and foreign currency: 1 transaction currency = exchangerate
+        base currency (the root subsidiary's, USD), effective from effectivedate."""
+        ids = self._currency_ids()
+        rows = []
+        for day, usd_per in fx.by_day(self.store):
+            for currency, rate in sorted(usd_per.items()):
+                if currency in ids:
+                    rows.append(
+                        {
+                            "id": str(len(rows) + 1),
+                            "basecurrency": ids["USD"],
+                            "transactioncurrency": ids[currency],
+                            "exchangerate": float(rate),
+                            "effectivedate": dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC),
+                        }
+                    )
+        return rows
+
+    def _periods(self) -> list[tuple[str, dt.date, dt.date]]:
+        days = fx.by_day(self.store)
+        if not days:
+            return []
+        out, start = [], days[0][0].replace(day=1)
+        today = dt.datetime.now(dt.UTC).date()
+        while start <= max(today, days[-1][0]):
+            nxt = (start + dt.timedelta(days=32)).replace(day=1)
+            out.append((str(100 + len(out)), start, nxt - dt.timedelta(days=1)))
+            start = nxt
+        return out
+
+    def _rows_accountingperiod(self) -> list[dict[str, Any]]:
+        today = dt.datetime.now(dt.UTC).date()
+        return [
+            {
+                "id": pid,
+                "periodname": start.strftime("%b %Y"),
+                "startdate": dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC),
+                "enddate": dt.datetime.combine(end, dt.time(), tzinfo=dt.UTC),
+                "isquarter": "F",
+                "isyear": "F",
+                "isadjust": "F",
+                "closed": "T" if end < today else "F",
+            }
+            for pid, start, end in self._periods()
+        ]
+
+    def _rows_consolidatedexchangerate(self) -> list[dict[str, Any]]:
+        """Per month, each subsidiary whose currency is not the root's → the root: the average of
+        the month's daily rates, and the current (and historical) rate in effect at its end."""
+        ids = self._currency_ids()
+        symbols = {v: k for k, v in ids.items()}
+        root = self.store.get("subsidiary", "1") or {}
+        root_currency = symbols.get(str((root.get("currency") or {}).get("id")), "USD")
+        days = fx.by_day(self.store)
+        rows = []
+        for sub in sorted(self.store.all("subsidiary"), key=lambda r: int(r["id"])):
+            currency = symbols.get(str((sub.get("currency") or {}).get("id")))
+            if sub["id"] == "1" or currency is None or currency == root_currency:
+                continue
+            for pid, start, end in self._periods():
+                month = [fx.cross(rates, currency, root_currency) for day, rates in days if start <= day <= end]
+                month = [r for r in month if r is not None]
+                held = [fx.cross(rates, currency, root_currency) for day, rates in days if day <= end]
+                held = [r for r in held if r is not None]
+                if not held:
+                    continue
+                average = (sum(month, Decimal("0")) / len(month)).quantize(Decimal("0.000001")) if month else held[-1]
+                rows.append(
+                    {
+                        "id": str(len(rows) + 1),
+                        "postingperiod": pid,
+                        "fromsubsidiary": sub["id"],
+                        "tosubsidiary": "1",
+                        "fromcurrency": ids[currency],
+                        "tocurrency": ids[root_currency],
+                        "accountingbook": "1",
+                        "averagerate": float(average),
+                        "currentrate": float(held[-1]),
+                        "historicalrate": float(held[-1]),
+                    }
+                )
         return rows
 
     def governance_limits(self, request: Request) -> Response:

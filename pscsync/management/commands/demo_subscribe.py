@@ -42,3 +42,9 @@ class Command(BaseCommand):
                 time.sleep(1)
         for line in done:
             self.stdout.write(f"subscribed: {line}")
+        # The sandboxes are up: read the ERPs' exchange rates now (beat repeats it every few hours),
+        # so the firm's figures convert from its first day.
+        from dashboards.tasks import fx_rates_read_task
+
+        fx_rates_read_task.delay()
+        self.stdout.write("exchange rates: reading from the ERPs")

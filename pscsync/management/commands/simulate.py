@@ -32,6 +32,8 @@ RATE_OPTIONS = {
     "fx_date": "share of ERP invoices dated on another day than the PSA billed them",
     "mixed_currency": "share of expenses incurred in EUR (a mixed-currency billing batch)",
     "operator_fix_share": "share of exceptions the simulated operators fix and resubmit",
+    "operator_resolve_share": "share of the exceptions they work but cannot correct in a source that they resolve "
+    "(handled by hand); the rest is left for the demo's user",
 }
 
 
@@ -80,7 +82,7 @@ class Command(BaseCommand):
         values = {k: v for k, v in opts.items() if k in fields}
         if opts["no_anomalies"]:
             values.update(
-                {k: 0.0 for k in RATE_OPTIONS if k != "operator_fix_share"}, erp_outages=0, rate_limit_bursts=0
+                {k: 0.0 for k in RATE_OPTIONS if not k.startswith("operator_")}, erp_outages=0, rate_limit_bursts=0
             )
         for name, value in values.items():
             if name in RATE_OPTIONS and not 0 <= value <= 1:

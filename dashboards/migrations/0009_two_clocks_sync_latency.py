@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('connectors', '0002_initial'),
-        ('dashboards', '0006_backlog_help_texts'),
+        ('dashboards', '0008_fx_rates_from_erps'),
         ('pscsync', '0009_psa_unbilled_work_and_assignments'),
     ]
 

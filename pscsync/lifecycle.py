@@ -1,0 +1,250 @@
+"""One lifecycle (DESIGN.md rule 9): every change of a handoff's status goes through `handoff_move`.
+
+A move is one conditional UPDATE (the handoff must be in one of the expected states, plus any
+extra condition such as "this worker holds the lease"), so a move that lost a race changes nothing
+and says so (it returns None). A move the transitions table (`Handoff.TRANSITIONS`) does not allow
+is a bug and raises before anything is written. The move's history row (`HandoffTransition`: from,
+to, when, who, why, step and attempt) is written in the same transaction, and the listeners are
+told after that transaction commits, never inside it: a listener that fails or is slow cannot undo
+or hold up the move, and a rolled-back move tells nobody.
+
+Listeners are how the parts that read handoffs (the dashboards' backlog and rollups, the
+workbench's exceptions) follow them without the engine importing them (DESIGN.md, which way
+imports run). A part registers in its AppConfig.ready:
+
+    from pscsync import lifecycle
+
+    lifecycle.listener_add("workbench.exceptions", on_move)   # on_move(move: lifecycle.Move)
+
+Each listener is called once per committed move, in registration order, each in its own
+try/except: one failing is logged and does not stop the others. The repair beats of those parts
+remain as a safety net for a process killed between commit and listener (they count what they
+repaired; it should stay 0).
+
+Every other write of a status is refused at run time (`pscsync.models.status_write_allowed`) and
+by a test that reads the source (tests/test_lifecycle.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+from django.db.models import Q
+
+from pscsync import clock
+from pscsync.models import Handoff, HandoffTransition, status_write_allowed
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+log = logging.getLogger(__name__)
+
+
+class TransitionNotAllowed(ValueError):
+    """A move that Handoff.TRANSITIONS does not allow: a bug in the caller, never a lost race."""
+
+
+@dataclass(frozen=True)
+class Move:
+    """A committed move, as listeners receive it."""
+
+    handoff_id: int
+    flow: str
+    from_status: str  # "" when the handoff was opened
+    to_status: str
+    at: dt.datetime
+    actor: str
+    reason: str = ""
+    # The handoff's other fields the move wrote (lease, timestamps, error), for listeners that
+    # care only about some of them.
+    fields: frozenset[str] = field(default_factory=frozenset)
+
+
+Listener = Callable[[Move], None]
+_listeners: dict[str, Listener] = {}
+
+
+def listener_add(name: str, listener: Listener) -> Listener:
+    """Register (or replace, by name) a listener told of every committed move. Returns it, so it
+    can be used as a decorator: @functools.partial(lifecycle.listener_add, "name")."""
+    _listeners[name] = listener
+    return listener
+
+
+def listener_remove(name: str) -> None:
+    _listeners.pop(name, None)
+
+
+def listeners() -> dict[str, Listener]:
+    return dict(_listeners)
+
+
+def listeners_tell(move: Move) -> None:
+    """Tell every listener of one committed move. Runs after commit; never raises."""
+    for name, listener in list(_listeners.items()):
+        try:
+            listener(move)
+        except Exception:  # noqa: BLE001 - a listener must not fail the move or the others
+            log.exception("lifecycle listener %s failed on handoff %s; its repair job will", name, move.handoff_id)
+
+
+def transition_check(from_states: Iterable[str], to: str) -> None:
+    for state in from_states:
+        if to not in Handoff.TRANSITIONS.get(state, frozenset()):
+            raise TransitionNotAllowed(f"a handoff may not move from {state!r} to {to!r}")
+
+
+def _actor_label(actor: str | AbstractBaseUser | None) -> tuple[str, AbstractBaseUser | None]:
+    if actor is None:
+        return "system", None
+    if isinstance(actor, str):
+        return actor[:150] or "system", None
+    return actor.get_username()[:150], actor
+
+
+def _record(
+    handoff_id: int,
+    flow: str,
+    from_status: str,
+    to: str,
+    *,
+    actor: str | AbstractBaseUser | None,
+    reason: str,
+    step: str,
+    attempt: int | None,
+    fields: Iterable[str],
+) -> Move:
+    """Inside the move's transaction: the history row, and the listeners after commit."""
+    now = clock.now()
+    label, user = _actor_label(actor)
+    HandoffTransition.objects.create(
+        handoff_id=handoff_id,
+        from_status=from_status,
+        to_status=to,
+        at=now,
+        user=user,
+        actor=label,
+        reason=reason,
+        step=step[:60],
+        attempt=attempt,
+    )
+    move = Move(handoff_id, flow, from_status, to, now, label, reason, frozenset(fields))
+    transaction.on_commit(functools.partial(listeners_tell, move))
+    return move
+
+
+def handoff_move(
+    handoff: Handoff | int,
+    *,
+    from_states: Iterable[str],
+    to: str,
+    actor: str | AbstractBaseUser | None,
+    reason: str = "",
+    step: str = "",
+    attempt: int | None = None,
+    where: Q | None = None,
+    fields: dict[str, Any] | None = None,
+) -> Move | None:
+    """Move a handoff from one of `from_states` to `to`, writing `fields` with it, if it is in one
+    of those states and matches `where`; else change nothing and return None.
+
+    Raises TransitionNotAllowed for a move the transitions table does not allow. When `handoff`
+    is an instance, its status and the plain values of `fields` are set on it after the move
+    (expressions such as F() are not: refresh it if you need them)."""
+    from_states = tuple(dict.fromkeys(from_states))
+    transition_check(from_states, to)
+    fields = dict(fields or {})
+    fields.pop("status", None)
+    instance = handoff if isinstance(handoff, Handoff) else None
+    pk = instance.pk if instance is not None else int(handoff)
+    qs = Handoff.objects.filter(pk=pk, status__in=from_states)
+    if where is not None:
+        qs = qs.filter(where)
+    token = status_write_allowed.set(True)
+    try:
+        with transaction.atomic(savepoint=False):
+            if len(from_states) == 1 and instance is not None:
+                # One possible from-state: the conditional UPDATE alone says whether it moved.
+                moved = qs.update(status=to, **fields)
+                from_status, flow = (from_states[0], instance.flow) if moved else (None, "")
+            else:
+                # Several: lock the row to learn which one it was in, then move it.
+                found = qs.select_for_update().values_list("status", "flow").first()
+                from_status, flow = found if found is not None else (None, "")
+                if found is not None:
+                    Handoff.objects.filter(pk=pk).update(status=to, **fields)
+            if from_status is None:
+                return None
+            move = _record(
+                pk,
+                flow,
+                from_status,
+                to,
+                actor=actor,
+                reason=reason,
+                step=step,
+                attempt=attempt if attempt is not None else _plain(fields.get("attempt_count")),
+                fields=fields,
+            )
+    finally:
+        status_write_allowed.reset(token)
+    if instance is not None:
+        instance.status = to
+        instance._status_loaded = to
+        for name, value in fields.items():
+            if not hasattr(value, "resolve_expression"):
+                setattr(instance, name, value)
+    return move
+
+
+def _plain(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def handoff_opened(handoff: Handoff, *, actor: str | AbstractBaseUser | None, reason: str = "") -> Move:
+    """Record that a handoff was just created (its first history row, from nothing to its
+    status) and tell the listeners after commit. Call in the transaction that created it."""
+    return _record(
+        handoff.pk,
+        handoff.flow,
+        "",
+        handoff.status,
+        actor=actor,
+        reason=reason,
+        step="",
+        attempt=None,
+        fields=(),
+    )
+
+
+repairs_log = logging.getLogger("pscsync.lifecycle.repairs")
+
+
+def repairs_note(job: str, repaired: int) -> None:
+    """The repair beats' count of what the listeners had missed: the metric that should stay 0.
+    Anything above 0 means a listener failed or a process died between a commit and its
+    listeners (or a status was written around the lifecycle), and is logged as a warning."""
+    if repaired:
+        repairs_log.warning("lifecycle repair: %s put right %d handoff(s) its listener had missed", job, repaired)
+    else:
+        repairs_log.info("lifecycle repair: %s found nothing to put right", job)
+
+
+__all__ = [
+    "Move",
+    "TransitionNotAllowed",
+    "handoff_move",
+    "handoff_opened",
+    "listener_add",
+    "listener_remove",
+    "listeners",
+    "listeners_tell",
+    "repairs_note",
+    "transition_check",
+]

