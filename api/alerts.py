@@ -4,7 +4,8 @@ and deliver with retries (the delivery rows are the queue; beat publishes what i
 Event types and their groups (one message when a group appears, repeats go to the digest):
 - exception_group.new — handoffs needing attention, grouped by flow, error class and cause signature
 - exception.spike — at least `spike_count` handoffs needing attention failed within the window
-- handoff.sla_breach — open handoffs older in business time than their flow's SLA (FlowSla), by flow
+- handoff.sla_breach — open handoffs older in business time than their flow's SLA (FlowSla, on the
+  legal entity's business calendar: dashboards.sla), by flow
 - handoff.stuck — unfinished handoffs (not waiting for a person) older than `stuck_minutes`, by flow
 - mismatch.over_value — open mismatches whose difference is at least `mismatch_min_amount`,
   grouped by comparison and cause
@@ -33,7 +34,7 @@ from connectors.egress import DestinationRefused, check_public_url
 from connectors.http import pinned_client
 from connectors.signatures import standard_webhook_sign
 from dashboards.facts import sla_for
-from dashboards.models import FlowSla
+from dashboards.sla import sla_deadline
 from pscsync import clock
 from pscsync.models import Handoff, Mismatch
 from remediation.selectors import cause_signature
@@ -112,37 +113,21 @@ def _by_flow(event_type: str, qs: QuerySet, what: str, extra: dict[str, Any] | N
     return signals
 
 
-def business_days_before(now: dt.datetime, days: float) -> dt.datetime:
-    """The instant `days` Monday-to-Friday days before `now` (UTC), weekends not counted: the
-    inverse of dashboards.facts.business_days_between, so alerts and dashboards agree."""
-    remaining = dt.timedelta(days=days)
-    cursor = now
-    while True:
-        day_start = dt.datetime.combine(cursor.date(), dt.time(), tzinfo=dt.UTC)
-        if day_start == cursor:
-            day_start -= dt.timedelta(days=1)
-        if day_start.weekday() < 5:
-            if cursor - day_start >= remaining:
-                return cursor - remaining
-            remaining -= cursor - day_start
-        cursor = day_start
-
-
-def sla_deadline(sla: FlowSla, now: dt.datetime) -> dt.datetime:
-    """An open handoff whose business time started before this instant is past its flow's SLA."""
-    if sla.unit == FlowSla.Unit.BUSINESS_DAYS:
-        return business_days_before(now, float(sla.target))
-    return now - dt.timedelta(hours=float(sla.target))
-
-
 def _sla_breaches(sub: AlertSubscription, now: dt.datetime) -> list[Signal]:
     """Each flow's own SLA (the one the dashboards' "% within SLA" uses: an admin's FlowSla, else
     the dashboards' default), measured from the source's business time."""
     open_handoffs = _scoped(Handoff.objects.filter(status__in=Handoff.OPEN), sub)
     signals: list[Signal] = []
+    # One deadline per country: business days are each legal entity's working days (dashboards.sla).
+    countries = sorted(set(open_handoffs.values_list("legal_entity__country", flat=True).distinct()), key=str)
     for flow in open_handoffs.values_list("flow", flat=True).distinct().order_by("flow"):
         sla = sla_for(flow)
-        late = open_handoffs.filter(flow=flow, business_started_at__lt=sla_deadline(sla, now))
+        is_late = Q(pk__in=[])
+        for country in countries:
+            deadline = sla_deadline(sla, now, country or "")
+            place = Q(legal_entity__country=country) if country is not None else Q(legal_entity__isnull=True)
+            is_late |= place & Q(business_started_at__lt=deadline)
+        late = open_handoffs.filter(is_late, flow=flow)
         what = f"open for longer than their SLA of {sla.target_label}"
         signals += _by_flow(EventType.SLA_BREACH, late, what, {"sla": sla.target_label})
     return signals

@@ -755,10 +755,22 @@ class FigureField(serializers.Field):
 
 class MetricSerializer(serializers.Serializer):
     key = serializers.CharField()
+    name = serializers.CharField(help_text="The figure's name on the pages.")
     value = FigureField()
-    unit = serializers.CharField(help_text="count, hours, percent, days, or the reporting currency.")
+    unit = serializers.CharField(
+        help_text="count, hours, minutes, percent, days, or the figures' currency (see currency)."
+    )
     count = serializers.IntegerField(help_text="How many records the figure is computed from.")
     definition = serializers.CharField()
+    state = serializers.ChoiceField(
+        choices=["measured", "stale", "not_measured"],
+        help_text="measured; stale (its source was last read longer ago than its schedule allows); "
+        "not_measured (its source was never read: value is null, never a zero).",
+    )
+    as_of = serializers.DateTimeField(allow_null=True, help_text="When its source was last read.")
+    state_note = serializers.CharField(allow_blank=True, help_text="Why it is stale or not measured.")
+    drill_down = serializers.CharField(allow_blank=True, help_text="The page listing the records behind it.")
+    sla = serializers.CharField(allow_blank=True, help_text="The SLA the figure is measured against, if any.")
     complete = serializers.BooleanField(
         required=False, help_text="Money figures only: every amount behind the figure was converted."
     )
@@ -832,6 +844,8 @@ class FlowSlaSerializer(serializers.Serializer):
     target = serializers.DecimalField(max_digits=8, decimal_places=2)
     unit = serializers.ChoiceField(choices=FlowSla.Unit.choices)
     target_label = serializers.CharField()
+    sync_measure = serializers.CharField(help_text="The integration's own clock: what the sync SLA is measured on.")
+    sync_target_minutes = serializers.IntegerField(help_text="The sync SLA, in minutes.")
     note = serializers.CharField(allow_blank=True)
     is_default = serializers.BooleanField(help_text="No admin has set one: the dashboards' default applies.")
     updated_at = serializers.DateTimeField(allow_null=True)
@@ -848,6 +862,9 @@ class FlowSlaPageSerializer(serializers.Serializer):
 class FlowSlaWriteSerializer(InputSerializer):
     target = serializers.DecimalField(max_digits=8, decimal_places=2, help_text="Greater than zero.")
     unit = serializers.ChoiceField(choices=FlowSla.Unit.choices)
+    sync_target_minutes = serializers.IntegerField(
+        required=False, min_value=1, max_value=43200, help_text="The sync SLA in minutes; omitted: kept."
+    )
     note = TextField(required=False, allow_blank=True, default="", max_length=200)
 
 

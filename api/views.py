@@ -37,10 +37,10 @@ from connectors.models import Connection
 from dashboards.facts import MEASURES as FLOW_MEASURES
 from dashboards.facts import sla_for
 from dashboards.fx import known_currencies
+from dashboards.kpis import payload as metrics_payload
 from dashboards.metrics import Filters, policy_text, reporting_currency, weekly_latency
 from dashboards.queries import connection_activity, health_summary
 from dashboards.services import flow_sla_set
-from dashboards.views import metrics_payload
 from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, VIEW_HANDOFFS, WORK_EXCEPTIONS, entity_ids_for, scope_queryset
 from pscsync.mapping import RuleProblem
@@ -1103,6 +1103,8 @@ def _sla_data(flow: str) -> dict[str, Any]:
         "target": sla.target,
         "unit": sla.unit,
         "target_label": sla.target_label,
+        "sync_measure": FLOW_MEASURES[flow]["sync"],
+        "sync_target_minutes": sla.sync_target_minutes,
         "note": sla.note,
         "is_default": sla.pk is None,
         "updated_at": sla.updated_at if sla.pk else None,
@@ -1147,5 +1149,12 @@ class FlowSlaViewSet(viewsets.ViewSet):
         data = body.validated_data
         if data["target"] <= 0:
             raise Unprocessable({"target": ["an SLA is a time greater than zero"]})
-        flow_sla_set(actor=request.user, flow=flow, target=data["target"], unit=data["unit"], note=data["note"])
+        flow_sla_set(
+            actor=request.user,
+            flow=flow,
+            target=data["target"],
+            unit=data["unit"],
+            note=data["note"],
+            sync_target_minutes=data.get("sync_target_minutes"),
+        )
         return Response(serializers.FlowSlaSerializer(_sla_data(flow)).data)

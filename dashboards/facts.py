@@ -20,41 +20,63 @@ from typing import Any
 
 from django.db import connection as db_connection
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import F, Max, Q
 
+from dashboards import sla as sla_rule
 from dashboards.models import AttemptRollup, DailyRollup, EntityDailyRollup, FlowFact, FlowSla, RollupMark
 from pscsync import clock
 from pscsync.lifecycle import repairs_note
-from pscsync.models import Attempt, Handoff, Step
+from pscsync.models import Attempt, Handoff, LegalEntity, Step
 
 log = logging.getLogger("dashboards.facts")
 
 END_STATES = frozenset({"succeeded", "needs_attention", "resolved", "cancelled"})
 EXCEPTION_OUTCOMES = ("validation", "mapping", "rejected")
 
-# What each flow measures (start -> end, business_times keys) and how it is described on pages.
+# Two clocks per flow. `label`: the business cycle a leader manages (start -> end, business_times
+# keys), measured against the flow's SLA. `sync`: the integration's own latency, from the source
+# change that triggered a handoff to every target updated, against the flow's sync SLA.
+# `extra`: a second business measure shown on the flow's page.
+SYNC = "Source change → every target system updated"
 MEASURES: dict[str, dict[str, str]] = {
     "quote-to-project": {
+        "title": "Quote to project",
         "label": "Deal closed won → project active in the PSA",
+        "sync": "Deal change in the CRM → customer, project and write-back done in ERP, PSA and CRM",
         "extra": "",
     },
     "project-to-bill": {
-        "label": "Time approved → invoice created in the ERP",
-        "extra": "Billing batch released → invoice created",
+        "title": "Project to bill",
+        "label": "Time approved in the PSA → invoice raised in the ERP",
+        "sync": "Billing batch released in the PSA → invoice created in the ERP",
+        "extra": "Billing batch released → invoice raised",
     },
     "bill-to-cash": {
-        "label": "Invoice posted or payment applied in the ERP → status written back to CRM and PSA",
-        "extra": "Invoice posted → paid in full (days to pay)",
+        "title": "Bill to cash",
+        "label": "Invoice posted in the ERP → paid in full",
+        "sync": "Invoice posted or payment applied in the ERP → status written back to CRM and PSA",
+        "extra": "",
     },
-    "contract-change": {"label": "Amendment in the CRM → PSA budget and ERP contract updated", "extra": ""},
-    "pipeline-to-demand": {"label": "Stage or probability change → forecast demand in the PSA", "extra": ""},
+    "contract-change": {
+        "title": "Contract change",
+        "label": "Amendment in the CRM → PSA budget and ERP contract updated",
+        "sync": "Amendment in the CRM → PSA budget and ERP contract updated",
+        "extra": "",
+    },
+    "pipeline-to-demand": {
+        "title": "Pipeline to demand",
+        "label": "Stage or probability change → forecast demand in the PSA",
+        "sync": "Stage or probability change in the CRM → forecast demand in the PSA",
+        "extra": "",
+    },
 }
 
 # Default SLAs (proposal) until an admin sets one: the issue's examples and a day for the rest.
+# Bill to cash's cycle is the customer's payment: 30 days, common payment terms.
 DEFAULT_SLAS: dict[str, tuple[Decimal, str]] = {
     "quote-to-project": (Decimal("1"), FlowSla.Unit.BUSINESS_DAYS),
     "project-to-bill": (Decimal("5"), FlowSla.Unit.BUSINESS_DAYS),
-    "bill-to-cash": (Decimal("24"), FlowSla.Unit.HOURS),
+    "bill-to-cash": (Decimal("720"), FlowSla.Unit.HOURS),
     "contract-change": (Decimal("1"), FlowSla.Unit.BUSINESS_DAYS),
     "pipeline-to-demand": (Decimal("24"), FlowSla.Unit.HOURS),
 }
@@ -68,6 +90,12 @@ HOUR_EDGES: list[float] = (
     + [float(h) for h in range(360, 2881, 24)]
     + [4320.0, 8760.0, float("inf")]
 )
+# Sync latency edges in minutes (the integration's own clock is minutes, not days).
+MINUTE_EDGES: list[float] = [
+    *(float(x) for x in (1, 2, 3, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 360, 480, 720)),
+    *(float(x) for x in (1080, 1440, 2880, 4320, 10080, 20160, 43200)),
+    float("inf"),
+]
 # Attempt duration edges in ms.
 MS_EDGES: list[float] = [
     *(float(x) for x in (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750)),
@@ -107,21 +135,6 @@ def parse_time(value: Any) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-def business_days_between(start: dt.datetime, end: dt.datetime) -> float:
-    """Elapsed Monday-to-Friday days between two instants (UTC); weekends do not count."""
-    if end < start:
-        return -business_days_between(end, start)
-    total = 0.0
-    cursor = start
-    while cursor < end:
-        next_midnight = dt.datetime.combine(cursor.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-        segment_end = min(end, next_midnight)
-        if cursor.weekday() < 5:
-            total += (segment_end - cursor).total_seconds() / 86400
-        cursor = segment_end
-    return total
-
-
 def _hours(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
     if start is None or end is None:
         return None
@@ -150,6 +163,8 @@ class HandoffRow:
     exception: bool = False
     invoice: dict[str, Any] = field(default_factory=dict)
     deal: dict[str, Any] = field(default_factory=dict)
+    # When the source system made the change that triggered this handoff (its event's time).
+    source_changed_at: dt.datetime | None = None
 
     @property
     def is_open(self) -> bool:
@@ -174,6 +189,11 @@ HANDOFF_FIELDS = [
 ]
 
 
+def handoff_values(qs: Any) -> Any:
+    """The handoffs' HandoffRow fields, with their trigger event's source time."""
+    return qs.values(*HANDOFF_FIELDS, source_changed_at=F("trigger_event__occurred_at"))
+
+
 def item_key(row: HandoffRow) -> str:
     """The business item a handoff is about: for bill-to-cash the invoice (a payment names it)."""
     if row.flow == "bill-to-cash" and row.invoice.get("id"):
@@ -181,8 +201,10 @@ def item_key(row: HandoffRow) -> str:
     return row.business_key
 
 
-def fact_values(flow: str, key: str, rows: list[HandoffRow], sla: FlowSla) -> dict[str, Any]:
-    """The fact of one business item from all its handoffs (oldest first). Pure: no queries."""
+def fact_values(flow: str, key: str, rows: list[HandoffRow], sla: FlowSla, country: str = "") -> dict[str, Any]:
+    """The fact of one business item from all its handoffs (oldest first). Pure: no queries.
+    Two clocks: the business cycle (start/end, latency against the flow's SLA on the business
+    calendar of the entity's `country`) and the sync latency of its last finished handoff."""
     rows = sorted(rows, key=lambda r: r.created_at)
     latest = rows[-1]
     known = [r for r in rows if r.amount is not None]
@@ -222,11 +244,14 @@ def fact_values(flow: str, key: str, rows: list[HandoffRow], sla: FlowSla) -> di
     elif flow == "project-to-bill":
         t = times[-1]
         released = parse_time(t.get("billing_released"))
-        start = parse_time(t.get("time_approved")) or released
+        approved = parse_time(t.get("time_approved"))
+        # The batch counts in the period it was released in; its cycle starts when its last item
+        # was approved (a PSA with no approval date: at the release).
+        start = released or approved
         end = parse_time(t.get("invoice_created"))
         extra = _hours(released, end)
-        measure_start, measured_end = start, end
-        values["details"] = {"released": t.get("billing_released", ""), "approved_proxy": t.get("time_approved", "")}
+        measure_start, measured_end = approved or released, end
+        values["details"] = {"released": t.get("billing_released", ""), "approved": t.get("time_approved", "")}
     elif flow == "bill-to-cash":
         posted = [p for p in (parse_time(x.get("invoice_posted")) for x in times) if p]
         start = min(posted) if posted else None
@@ -238,14 +263,8 @@ def fact_values(flow: str, key: str, rows: list[HandoffRow], sla: FlowSla) -> di
         payments = [p for p in (parse_time(x.get("payment_applied")) for x in times) if p]
         if payments and remaining is not None and remaining <= 0:
             end = max(payments)
-        extra = _hours(start, end)
-        # The SLA measure: the latest business change -> written back to CRM and PSA.
-        synced = [r for r in rows if r.business_finished_at]
-        if synced:
-            last = synced[-1]
-            lt = last.business_times or {}
-            measure_start = parse_time(lt.get("payment_applied")) or parse_time(lt.get("invoice_posted"))
-            measured_end = last.business_finished_at if measure_start else None
+        # The business cycle: posted -> paid in full (the customer's payment, not the integration).
+        measure_start, measured_end = start, end
         values["details"] = {"remaining": str(remaining) if remaining is not None else ""}
     else:
         start = rows[0].business_started_at
@@ -258,7 +277,13 @@ def fact_values(flow: str, key: str, rows: list[HandoffRow], sla: FlowSla) -> di
             }
             values["details"]["is_closed"] = bool(deal.get("is_closed"))
     latency = _hours(measure_start, measured_end)
-    bdays = business_days_between(measure_start, measured_end) if latency is not None else None
+    bdays = None
+    if measure_start is not None and measured_end is not None:
+        bdays = sla_rule.business_days_between(measure_start, measured_end, country)
+    within = None
+    if measure_start is not None and measured_end is not None and latency is not None and latency >= 0:
+        within = sla_rule.within_sla(measure_start, measured_end, sla, country)
+    values.update(sync_values(rows, sla))
     values.update(
         start_at=start,
         end_at=end,
@@ -268,17 +293,26 @@ def fact_values(flow: str, key: str, rows: list[HandoffRow], sla: FlowSla) -> di
         latency_hours=latency,
         latency_business_days=bdays,
         extra_hours=extra,
-        within_sla=within_sla(latency, bdays, sla) if latency is not None and latency >= 0 else None,
+        within_sla=within,
     )
     return values
 
 
-def within_sla(hours: float | None, bdays: float | None, sla: FlowSla) -> bool | None:
-    if hours is None:
-        return None
-    if sla.unit == FlowSla.Unit.BUSINESS_DAYS:
-        return (bdays or 0) <= float(sla.target)
-    return hours <= float(sla.target)
+def sync_values(rows: list[HandoffRow], sla: FlowSla) -> dict[str, Any]:
+    """The integration's clock for an item: its last handoff that updated every target, from the
+    source change that triggered it to its finish, in minutes, against the flow's sync SLA."""
+    done = [r for r in rows if r.business_finished_at and r.source_changed_at]
+    if not done:
+        return {"sync_minutes": None, "sync_within_sla": None, "sync_day": None}
+    last = max(done, key=lambda r: r.business_finished_at)
+    minutes = (last.business_finished_at - last.source_changed_at).total_seconds() / 60
+    if minutes < 0:  # the source's clock ahead of ours: no honest measure
+        return {"sync_minutes": None, "sync_within_sla": None, "sync_day": None}
+    return {
+        "sync_minutes": minutes,
+        "sync_within_sla": minutes <= sla.sync_target_minutes,
+        "sync_day": last.business_finished_at.astimezone(dt.UTC).date(),
+    }
 
 
 def _rows_for(handoffs: Iterable[dict[str, Any]]) -> list[HandoffRow]:
@@ -308,12 +342,16 @@ def _rows_for(handoffs: Iterable[dict[str, Any]]) -> list[HandoffRow]:
     return rows
 
 
+# The days a fact counts on: started, finished, cycle measured, synced.
+FACT_DAYS = ("start_day", "end_day", "measured_day", "sync_day")
+
+
 def _fact_write(values: dict[str, Any]) -> tuple[set[dt.date], set[dt.date]]:
     """Upsert a fact; return the days it touched before and after (for the rollup rebuild). A
     pipeline fact also moves its deal's demand (dashboards.demand), under a lock on the deal so
     two refreshes of one deal cannot both take out the same old demand."""
     demand = values["flow"] == "pipeline-to-demand"
-    fields = ["start_day", "end_day", "measured_day"]
+    fields = list(FACT_DAYS)
     if not demand:
         old = FlowFact.objects.filter(flow=values["flow"], key=values["key"]).values(*fields).first()
         FlowFact.objects.update_or_create(flow=values["flow"], key=values["key"], defaults=values)
@@ -329,14 +367,14 @@ def _fact_write(values: dict[str, Any]) -> tuple[set[dt.date], set[dt.date]]:
             old = FlowFact.objects.filter(flow=values["flow"], key=values["key"]).values(*fields).first()
             FlowFact.objects.update_or_create(flow=values["flow"], key=values["key"], defaults=values)
             demand_move(old, values)
-    before = {(old or {}).get(k) for k in ("start_day", "end_day", "measured_day")} - {None}
-    after = {values[k] for k in ("start_day", "end_day", "measured_day") if values.get(k)}
+    before = {(old or {}).get(k) for k in FACT_DAYS} - {None}
+    after = {values[k] for k in FACT_DAYS if values.get(k)}
     return before, after
 
 
 def fact_refresh(handoff_id: int) -> tuple[str, set[dt.date]] | None:
     """Rebuild the fact of the item a handoff is about; returns (flow, days to rebuild)."""
-    base = Handoff.objects.filter(pk=handoff_id).values(*HANDOFF_FIELDS).first()
+    base = handoff_values(Handoff.objects.filter(pk=handoff_id)).first()
     if base is None:
         return None
     (row,) = _rows_for([base])
@@ -344,11 +382,13 @@ def fact_refresh(handoff_id: int) -> tuple[str, set[dt.date]] | None:
     if row.flow == "bill-to-cash":
         existing = FlowFact.objects.filter(flow=row.flow, key=key).values_list("details", flat=True).first() or {}
         ids = set(existing.get("handoffs", [])) | {row.id}
-        siblings = Handoff.objects.filter(pk__in=ids).values(*HANDOFF_FIELDS)
+        siblings = handoff_values(Handoff.objects.filter(pk__in=ids))
     else:
-        siblings = Handoff.objects.filter(flow=row.flow, business_key=row.business_key).values(*HANDOFF_FIELDS)
+        siblings = handoff_values(Handoff.objects.filter(flow=row.flow, business_key=row.business_key))
     rows = _rows_for(list(siblings))
-    values = fact_values(row.flow, key, rows, sla_for(row.flow))
+    entity = next((r.legal_entity_id for r in reversed(rows) if r.legal_entity_id), None)
+    country = LegalEntity.objects.filter(pk=entity).values_list("country", flat=True).first() or ""
+    values = fact_values(row.flow, key, rows, sla_for(row.flow), country)
     if row.flow == "bill-to-cash":
         values["details"]["handoffs"] = sorted(r.id for r in rows)
     before, after = _fact_write(values)
@@ -383,6 +423,9 @@ def rollup_rows(facts: Iterable[dict[str, Any]], days: Container[dt.date] | None
                 "exception_amount": Decimal("0"),
                 "hist": defaultdict(int),
                 "extra_hist": defaultdict(int),
+                "synced": 0,
+                "sync_within_sla": 0,
+                "sync_hist": defaultdict(int),
             }
         return acc[k]
 
@@ -410,6 +453,12 @@ def rollup_rows(facts: Iterable[dict[str, Any]], days: Container[dt.date] | None
                 s["hist"][bucket_of(f["latency_hours"], HOUR_EDGES)] += 1
                 if f["within_sla"]:
                     s["within_sla"] += 1
+        if f.get("sync_day") and f.get("sync_minutes") is not None and (days is None or f["sync_day"] in days):
+            s = slot(f["sync_day"], f)
+            s["synced"] += 1
+            s["sync_hist"][bucket_of(f["sync_minutes"], MINUTE_EDGES)] += 1
+            if f["sync_within_sla"]:
+                s["sync_within_sla"] += 1
     out = []
     for (day, flow, entity, service_line, conn, currency), s in acc.items():
         out.append(
@@ -420,7 +469,12 @@ def rollup_rows(facts: Iterable[dict[str, Any]], days: Container[dt.date] | None
                 service_line=service_line,
                 connection_id=conn,
                 currency=currency,
-                **{**s, "hist": dict(s["hist"]), "extra_hist": dict(s["extra_hist"])},
+                **{
+                    **s,
+                    "hist": dict(s["hist"]),
+                    "extra_hist": dict(s["extra_hist"]),
+                    "sync_hist": dict(s["sync_hist"]),
+                },
             )
         )
     return out
@@ -436,7 +490,10 @@ ENTITY_SUMS = (
     "within_sla",
     "exceptions",
     "exception_amount",
+    "synced",
+    "sync_within_sla",
 )
+HISTOGRAMS = ("hist", "extra_hist", "sync_hist")
 
 
 def entity_rollup_values(rows: Iterable[Any]) -> list[dict[str, Any]]:
@@ -453,15 +510,14 @@ def entity_rollup_values(rows: Iterable[Any]) -> list[dict[str, Any]]:
                 "legal_entity_id": r.legal_entity_id,
                 "currency": r.currency,
                 **{name: 0 for name in ENTITY_SUMS},
-                "hist": defaultdict(int),
-                "extra_hist": defaultdict(int),
+                **{name: defaultdict(int) for name in HISTOGRAMS},
             }
         for name in ENTITY_SUMS:
             t[name] += getattr(r, name)
-        for name in ("hist", "extra_hist"):
+        for name in HISTOGRAMS:
             for bucket, n in (getattr(r, name) or {}).items():
                 t[name][bucket] += n
-    return [{**t, "hist": dict(t["hist"]), "extra_hist": dict(t["extra_hist"])} for t in acc.values()]
+    return [{**t, **{name: dict(t[name]) for name in HISTOGRAMS}} for t in acc.values()]
 
 
 FACT_FIELDS = [
@@ -478,6 +534,9 @@ FACT_FIELDS = [
     "extra_hours",
     "within_sla",
     "exception",
+    "sync_day",
+    "sync_minutes",
+    "sync_within_sla",
 ]
 
 
@@ -486,9 +545,8 @@ def rollup_rebuild(flow: str, days: Iterable[dt.date]) -> None:
     for day in sorted(set(days)):
         with transaction.atomic():
             _lock(flow, day)
-            facts = FlowFact.objects.filter(Q(start_day=day) | Q(end_day=day) | Q(measured_day=day), flow=flow).values(
-                *FACT_FIELDS
-            )
+            on_day = Q(start_day=day) | Q(end_day=day) | Q(measured_day=day) | Q(sync_day=day)
+            facts = FlowFact.objects.filter(on_day, flow=flow).values(*FACT_FIELDS)
             DailyRollup.objects.filter(flow=flow, day=day).delete()
             rows = DailyRollup.objects.bulk_create(rollup_rows(facts, {day}))
             EntityDailyRollup.objects.filter(flow=flow, day=day).delete()
@@ -617,6 +675,7 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
     """Rebuild every fact and rollup from the handoffs and attempts (backfill, SLA change)."""
     stats = {"handoffs": 0, "facts": 0, "rollups": 0, "attempt_rollups": 0}
     slas = {flow: sla_for(flow) for flow in MEASURES}
+    countries = dict(LegalEntity.objects.values_list("pk", "country"))
     FlowFact.objects.all().delete()
     DailyRollup.objects.all().delete()
     EntityDailyRollup.objects.all().delete()
@@ -628,9 +687,7 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
         groups: dict[str, list[HandoffRow]] = defaultdict(list)
         last_id = 0
         while True:
-            chunk = list(
-                Handoff.objects.filter(flow=flow, pk__gt=last_id).order_by("pk").values(*HANDOFF_FIELDS)[:batch]
-            )
+            chunk = list(handoff_values(Handoff.objects.filter(flow=flow, pk__gt=last_id).order_by("pk"))[:batch])
             if not chunk:
                 break
             last_id = chunk[-1]["id"]
@@ -641,7 +698,8 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
         sla = slas.get(flow) or sla_for(flow)
         for key in list(groups):
             rows = groups.pop(key)
-            values = fact_values(flow, key, rows, sla)
+            entity = next((r.legal_entity_id for r in reversed(rows) if r.legal_entity_id), None)
+            values = fact_values(flow, key, rows, sla, countries.get(entity, ""))
             if flow == "bill-to-cash":
                 values["details"]["handoffs"] = sorted(r.id for r in rows)
             facts.append(values)

@@ -21,11 +21,12 @@ from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Abs
 
-from dashboards.facts import FACT_FIELDS, HOUR_EDGES, MEASURES, MS_EDGES, rollup_rows, sla_for
-from dashboards.models import AttemptRollup, DailyRollup, EntityDailyRollup, FlowFact, FxRate
+from dashboards import sla as sla_rule
+from dashboards.facts import FACT_FIELDS, HOUR_EDGES, MEASURES, MS_EDGES, parse_time, rollup_rows, sla_for
+from dashboards.models import AttemptRollup, DailyRollup, EntityDailyRollup, FlowFact, FxRate, OpenItem
 from dashboards.money import Money
 from pscsync import clock
-from pscsync.models import Handoff, Mismatch, ReconciliationRun
+from pscsync.models import Handoff, LegalEntity, Mismatch, ReconciliationRun
 
 FLOWS = list(MEASURES)
 AGE_BUCKETS_DAYS = [(0, 30, "0–30 days"), (31, 60, "31–60 days"), (61, 90, "61–90 days"), (91, None, "over 90 days")]
@@ -238,7 +239,10 @@ def rollups(
     end = end or f.end
     if f.customer:
         facts = f.apply(FlowFact.objects.filter(flow=flow)).filter(
-            Q(start_day__range=(start, end)) | Q(end_day__range=(start, end)) | Q(measured_day__range=(start, end))
+            Q(start_day__range=(start, end))
+            | Q(end_day__range=(start, end))
+            | Q(measured_day__range=(start, end))
+            | Q(sync_day__range=(start, end))
         )
         return rollup_rows(facts.values(*FACT_FIELDS), DayRange(start, end))
     model = _rollup_model(f, by_line=by_line)
@@ -279,6 +283,9 @@ class RollupRow:
     exception_amount: Decimal
     hist: dict[str, int]
     extra_hist: dict[str, int]
+    synced: int
+    sync_within_sla: int
+    sync_hist: dict[str, int]
 
 
 ROLLUP_ROW_FIELDS = [name for name in RollupRow.__dataclass_fields__]
@@ -300,12 +307,28 @@ class FlowStats:
     started_value: Decimal
     hist: dict[str, int]
     extra_hist: dict[str, int]
+    synced: int = 0
+    sync_within_sla: int = 0
+    sync_hist: dict[str, int] = field(default_factory=dict)
+    sync_sla_label: str = ""
     previous: FlowStats | None = None
     rows: list[Any] = field(default_factory=list, repr=False)  # the rollup rows read (for other KPIs)
 
     @property
     def pct_within_sla(self) -> float | None:
         return 100.0 * self.within_sla / self.measured if self.measured else None
+
+    @property
+    def sync_median_minutes(self) -> float | None:
+        return percentile(self.sync_hist, 0.5)
+
+    @property
+    def sync_p90_minutes(self) -> float | None:
+        return percentile(self.sync_hist, 0.9)
+
+    @property
+    def pct_sync_within_sla(self) -> float | None:
+        return 100.0 * self.sync_within_sla / self.synced if self.synced else None
 
     @property
     def breaches(self) -> int:
@@ -342,6 +365,10 @@ def flow_stats(f: Filters, flow: str, *, with_previous: bool = True, conv: Conve
         started_value=sum((conv.money(r.started_amount, r.currency, r.day) for r in rows), conv.zero()),
         hist=hist,
         extra_hist=merge(r.extra_hist for r in rows),
+        synced=sum(r.synced for r in rows),
+        sync_within_sla=sum(r.sync_within_sla for r in rows),
+        sync_hist=merge(r.sync_hist for r in rows),
+        sync_sla_label=sla.sync_label,
         rows=rows,
     )
     if with_previous:
@@ -462,30 +489,38 @@ def _empty_buckets(
     return [{"label": label, "low": lo, "high": hi, "count": 0, "value": zero} for lo, hi, label in buckets]
 
 
-def _over_sla_days() -> float:
-    sla = sla_for("quote-to-project")
-    return float(sla.target) * (24 if sla.unit == "business_days" else 1) / 24
-
-
 def won_not_activated(
     f: Filters, conv: Converter | None = None, *, with_rows: bool = True, limit: int | None = 200
 ) -> dict[str, Any]:
     """Won deals whose project is not active yet (open quote-to-project handoffs), with value and
-    age since the deal closed, counted from the backlog's groups; with rows, the `limit` oldest."""
+    age since the deal closed, counted from the backlog's groups; with rows, the `limit` oldest.
+    Past SLA by the one SLA rule (dashboards.sla) on each entity's business calendar: a day wholly
+    before the entity's deadline is late, a day wholly after is not, and only the deals of the
+    deadline's own day are read one by one."""
     from dashboards.backlog import backlog_groups
 
     conv = conv or converter_for(f)
     now = clock.now()
-    limit_days = _over_sla_days()
+    sla = sla_for("quote-to-project")
+    countries = dict(LegalEntity.objects.values_list("pk", "country"))
+    deadlines: dict[int, dt.datetime] = {}
     count = over_count = 0
     value = over_value = conv.zero()
-    for g in backlog_groups(f, flow="quote-to-project", by=("currency", "aged_day")):
+    for g in backlog_groups(f, flow="quote-to-project", by=("legal_entity_id", "currency", "aged_day")):
+        entity = g["legal_entity_id"]
+        if entity not in deadlines:
+            deadlines[entity] = sla_rule.sla_deadline(sla, now, countries.get(entity, ""))
+        deadline = deadlines[entity]
         converted = conv.money(g["total"] or Decimal("0"), g["currency"], f.end, "closing")
         count += g["n"]
         value += converted
-        if age_days(g["aged_day"], now) > limit_days:
+        if g["aged_day"] < deadline.date():
             over_count += g["n"]
             over_value += converted
+        elif g["aged_day"] == deadline.date():
+            for amount in _closed_before(f, entity, g["currency"], g["aged_day"], deadline):
+                over_count += 1
+                over_value += conv.money(amount, g["currency"], f.end, "closing")
     rows = _open_rows(f, "quote-to-project", now, limit) if with_rows else []
     for r in rows:
         r["value"] = conv.money(r["amount"] or Decimal("0"), r["currency"], f.end, "closing")
@@ -496,6 +531,20 @@ def won_not_activated(
         "over_sla_count": over_count,
         "over_sla_value": over_value,
     }
+
+
+def _closed_before(f: Filters, entity: int, currency: str, day: dt.date, deadline: dt.datetime) -> list[Decimal]:
+    """Amounts of the open won deals of one entity, currency and close day that closed before the
+    deadline instant (the backlog ages from the close, else from the handoff's business start)."""
+    qs = f.apply(OpenItem.objects.filter(flow="quote-to-project", legal_entity_id=entity, currency=currency))
+    out = []
+    for amount, times, started in qs.filter(aged_day=day).values_list(
+        "amount", "handoff__business_times", "handoff__business_started_at"
+    ):
+        closed = parse_time((times or {}).get("deal_closed")) or started
+        if closed < deadline:
+            out.append(amount or Decimal("0"))
+    return out
 
 
 def open_exceptions(f: Filters, conv: Converter | None = None) -> dict[str, Any]:

@@ -10,15 +10,19 @@ from django.db import models
 
 
 class FlowSla(models.Model):
-    """An admin's target for one flow's business latency (the measure is in dashboards.facts)."""
+    """An admin's targets for one flow: its business cycle (the measure is in dashboards.facts,
+    the rule with its business calendars in dashboards.sla) and its sync latency."""
 
     class Unit(models.TextChoices):
         HOURS = "hours", "Calendar hours"
-        BUSINESS_DAYS = "business_days", "Business days (Mon–Fri)"
+        BUSINESS_DAYS = "business_days", "Business days (the entity's working days)"
 
     flow = models.CharField(max_length=40, unique=True)
     target = models.DecimalField(max_digits=8, decimal_places=2, help_text="e.g. 1 business day, or 120 hours.")
     unit = models.CharField(max_length=16, choices=Unit.choices, default=Unit.HOURS)
+    sync_target_minutes = models.PositiveIntegerField(
+        default=15, help_text="The integration's own SLA: source change → every target updated, in minutes."
+    )
     note = models.CharField(max_length=200, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -32,7 +36,16 @@ class FlowSla(models.Model):
     @property
     def target_label(self) -> str:
         n = f"{self.target.normalize():f}"
-        return f"{n} business day{'s' if self.target != 1 else ''}" if self.unit == "business_days" else f"{n} h"
+        if self.unit == "business_days":
+            return f"{n} business day{'s' if self.target != 1 else ''}"
+        if self.target >= 72 and self.target % 24 == 0:
+            return f"{(self.target / 24).normalize():f} days"
+        return f"{n} h"
+
+    @property
+    def sync_label(self) -> str:
+        minutes = self.sync_target_minutes
+        return f"{minutes // 60} h" if minutes >= 120 and minutes % 60 == 0 else f"{minutes} min"
 
 
 class ExchangeRate(models.Model):
@@ -143,6 +156,11 @@ class FlowFact(models.Model):
     latency_business_days = models.FloatField(null=True, blank=True)
     extra_hours = models.FloatField(null=True, blank=True, help_text="The flow's second measure, e.g. days to pay.")
     within_sla = models.BooleanField(null=True)
+    sync_minutes = models.FloatField(
+        null=True, blank=True, help_text="Sync latency of its last finished handoff: source change → targets updated."
+    )
+    sync_within_sla = models.BooleanField(null=True)
+    sync_day = models.DateField(null=True, blank=True, help_text="When its last handoff updated every target.")
     exception = models.BooleanField(default=False, help_text="Needed a person or was rejected at least once.")
     handoff = models.ForeignKey("pscsync.Handoff", null=True, on_delete=models.SET_NULL, related_name="+")
     handoff_count = models.PositiveIntegerField(default=1)
@@ -155,6 +173,7 @@ class FlowFact(models.Model):
             models.Index(fields=["flow", "end_day"], name="fact_flow_end"),
             models.Index(fields=["flow", "start_day"], name="fact_flow_start"),
             models.Index(fields=["flow", "measured_day"], name="fact_flow_measured"),
+            models.Index(fields=["flow", "sync_day"], name="fact_flow_synced"),
             models.Index(fields=["customer_name"], name="fact_customer"),
         ]
 
@@ -182,6 +201,9 @@ class RollupMeasures(models.Model):
     exception_amount = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"))
     hist = models.JSONField(default=dict, help_text="Latency histogram: bucket upper edge (h) -> count.")
     extra_hist = models.JSONField(default=dict)
+    synced = models.PositiveIntegerField(default=0, help_text="Items whose last handoff updated every target.")
+    sync_within_sla = models.PositiveIntegerField(default=0)
+    sync_hist = models.JSONField(default=dict, help_text="Sync latency histogram: bucket upper edge (min) -> count.")
 
     class Meta:
         abstract = True

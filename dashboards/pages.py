@@ -16,7 +16,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import TruncMonth
 from django.urls import reverse
 
-from dashboards import charts, leaders, ledger, metrics, wip
+from dashboards import charts, kpis, leaders, ledger, metrics, wip
 from dashboards.demand import demand_for
 from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters, converter_for
@@ -34,8 +34,41 @@ class Tile:
     note: str = ""
     href: str = ""
     help: str = ""
-    state: str = ""  # good | bad | incomplete (a money figure misses an amount: amber) | ""
+    state: str = ""  # good | bad | stale | incomplete (a money figure misses an amount: amber) | ""
     question: str = ""
+    measurement: str = ""  # "", or why the figure is stale
+    as_of: dt.datetime | None = None
+    unmeasured: bool = False  # its source was never read: no figure
+
+
+def kpi_tile(
+    reading: kpis.Reading,
+    key: str,
+    figure: str,
+    note: str = "",
+    *,
+    state: str = "",
+    question: str = "",
+    label: str = "",
+    href: str | None = None,
+) -> Tile:
+    """A tile of a registered figure: its name, definition and drill-down come from the registry,
+    and it says when its source was last read. Not measured: no figure and no colour, never a
+    reassuring zero; stale: amber, with when it was last read."""
+    kpi = kpis.KPIS[key]
+    m = reading.measurement(kpi.source)
+    if href is None:
+        href = link(kpi.drill, reading.f, **dict(kpi.drill_params)) if kpi.drill.startswith("dashboards:") else ""
+        if kpi.drill and not kpi.drill.startswith("dashboards:"):
+            href = reverse(kpi.drill) + ("?" + urlencode(dict(kpi.drill_params)) if kpi.drill_params else "")
+    tile = Tile(label or kpi.name, figure, note, href, kpi.describe(), state, question)
+    if m.state == kpis.NOT_MEASURED:
+        tile.figure, tile.note, tile.state, tile.unmeasured = "Not measured yet", m.note + ".", "", True
+    elif m.state == kpis.STALE:
+        tile.state, tile.measurement, tile.as_of = "stale", f"Stale: {m.note}", m.as_of
+    elif kpi.source != kpis.HANDOFFS:
+        tile.as_of = m.as_of
+    return tile
 
 
 @dataclass
@@ -163,125 +196,86 @@ def flow_title(flow: str) -> str:
 
 # Overview ---------------------------------------------------------------------------------------
 def overview(f: Filters) -> Page:
-    conv = converter_for(f)
-    stats = {flow: metrics.flow_stats(f, flow, conv=conv) for flow in metrics.FLOWS}
+    r = kpis.Reading(f, with_previous=True)
+    conv = r.conv
+    stats = r.stats
     q2p, p2b = stats["quote-to-project"], stats["project-to-bill"]
-    blocked = metrics.blocked_billing(f, conv, with_rows=False)
-    dso = ledger.dso(f, conv)
-    cash = ledger.cash_collected(f, conv)
-    won = metrics.won_not_activated(f, conv, with_rows=False)
-    risk = metrics.money_at_risk(f, conv, blocked=blocked, won=won)
+    blocked, dso, cash, won, risk = r.blocked, r.dso, r.cash, r.won, r.risk
     page = Page(
         "Overview",
         "Are deals becoming projects, is approved work being billed, is billing becoming cash, and where is "
         "money stuck? From the business times the source systems reported, for the legal entities you can see.",
     )
     page.tiles = [
-        Tile(
-            "Deal closed → project active (median)",
+        kpi_tile(
+            r,
+            "quote-to-project.latency_median",
             hours_label(q2p.median_hours),
             f"{pct(q2p.pct_within_sla)} within SLA ({q2p.sla_label}) · {q2p.measured} deals · "
             + trend(q2p.median_hours, q2p.previous.median_hours if q2p.previous else None, " h"),
-            link("dashboards:quote_to_project", f),
-            "Median of (project activated in the PSA − deal closed won in the CRM), nearest rank, for deals "
-            "activated in the period. Re-opened deals count from the last close; a deal with two projects "
-            "from the first activation after it. Deals not activated yet are not in the median.",
-            "bad" if (q2p.pct_within_sla or 100) < 90 else "good",
-            "Are deals becoming projects?",
+            label="Deal closed → project active (median)",
+            href=link("dashboards:quote_to_project", f),
+            state=_sla_state(q2p),
+            question="Are deals becoming projects?",
         ),
-        Tile(
-            "Approved time → invoice (median)",
+        kpi_tile(
+            r,
+            "project-to-bill.latency_median",
             hours_label(p2b.median_hours),
             f"{pct(p2b.pct_within_sla)} within SLA ({p2b.sla_label}) · {money(blocked['value'])} released, "
             f"not invoiced ({blocked['count']} batches)",
-            link("dashboards:project_to_bill", f),
-            "Median of (invoice created in the ERP − latest approved item date in the PSA billing batch) for "
-            "batches invoiced in the period. Blocked value: batches released in the PSA with no ERP invoice yet.",
-            money_state(blocked["value"], otherwise="bad" if blocked["count"] else "good"),
-            "Is approved work being billed?",
+            label="Approved time → invoice (median)",
+            href=link("dashboards:project_to_bill", f),
+            state=money_state(blocked["value"], otherwise="bad" if blocked["count"] else "good"),
+            question="Is approved work being billed?",
         ),
-        _dso_tile(f, dso, question="Is billing becoming cash?"),
-        _cash_tile(f, cash),
-        Tile(
-            "Money at risk",
+        _dso_tile(f, dso, question="Is billing becoming cash?", reading=r),
+        _cash_tile(f, cash, r),
+        kpi_tile(
+            r,
+            "money_at_risk",
             money(risk["value"]),
             " · ".join(
                 f"{money(p['value'])} {p['label'][:1].lower() + p['label'][1:]}" for p in risk["parts"] if p["value"]
             )
             or "none",
-            link("dashboards:exceptions", f),
-            "Billing released but not invoiced + value of won deals not activated past their SLA + |difference| "
-            "of open billed-time and revenue mismatches, at the period-end rate.",
-            money_state(risk["value"], otherwise="bad" if risk["value"] else "good"),
-            "Where is money stuck?",
+            state=money_state(risk["value"], otherwise="bad" if risk["value"] else "good"),
+            question="Where is money stuck?",
         ),
     ]
-    rows = []
-    for flow, s in stats.items():
-        prev = s.previous
-        rows.append(
-            [
-                (flow_title(flow), link(FLOW_PAGES.get(flow, "dashboards:items"), f, flow=flow)),
-                (s.measured, link("dashboards:items", f, flow=flow, measure="measured")),
-                hours_label(s.median_hours),
-                hours_label(s.p90_hours),
-                pct(s.pct_within_sla),
-                (s.breaches, link("dashboards:items", f, flow=flow, measure="breached")),
-                s.sla_label,
-                trend(s.median_hours, prev.median_hours if prev else None, " h"),
-            ]
-        )
-    page.tables.append(
-        Table(
-            "flows",
-            "Each flow in the period",
-            ["Flow", "Finished", "Median", "p90", "Within SLA", "Breaches", "SLA", "Median vs previous period"],
-            rows,
-            "Business latency per flow: "
-            + "; ".join(f"{flow_title(k)}: {v['label']}" for k, v in MEASURES.items())
-            + ". Percentiles are nearest-rank, exact to the hour up to 3 days, to 6 h up to 14 days, to a day beyond.",
-        )
-    )
-    ex = metrics.billing_exceptions(f, conv, rows=p2b.rows)
-    rev = metrics.revenue_accuracy(f, conv)
-    page.tiles.append(_wip_tile(f, wip.unbilled_wip(f, conv, detail=False, released=blocked)))
-    opened = metrics.open_exceptions(f, conv)
+    page.tables.append(_flows_table(f, stats))
+    ex, rev, opened = r.exceptions, r.revenue, r.opened
+    page.tiles.append(_wip_tile(f, r.unbilled, r))
     health = metrics.health_line(f, dead_lettered=opened["count"])
     page.tiles += [
-        Tile(
-            "Billing exceptions",
+        kpi_tile(
+            r,
+            "billing.exception_rate",
             pct(ex["rate"]),
             f"{ex['exceptions']} of {ex['attempted']} batches · {money(ex['exception_value'])} "
             f"({pct(ex['value_rate'])} of value)",
-            link("dashboards:items", f, flow="project-to-bill", measure="exceptions"),
-            "Billing batches released in the period that needed a person or were rejected at least once "
-            "(validation, mapping, vendor rejection) ÷ batches released, by count and by value.",
-            money_state(ex["exception_value"], ex["value"], otherwise="bad" if ex["exceptions"] else "good"),
+            state=money_state(ex["exception_value"], ex["value"], otherwise="bad" if ex["exceptions"] else "good"),
         ),
-        Tile(
-            "Revenue mismatches",
+        kpi_tile(
+            r,
+            "revenue.mismatch_value",
             money(rev["value"]),
             f"{rev['open']} open · match rate {pct(rev['match_rate'])} ({rev['matched']} of {rev['checked']})",
-            link("dashboards:exceptions", f),
-            "Σ|PSA − ERP| of open revenue mismatches for the period's months; match rate = matched ÷ checked "
-            "subjects in each entity's latest complete reconciliation.",
-            money_state(rev["value"], otherwise="bad" if rev["open"] else "good"),
+            state=money_state(rev["value"], otherwise="bad" if rev["open"] else "good"),
         ),
-        Tile(
-            "Need a person",
+        kpi_tile(
+            r,
+            "exceptions.open",
             str(opened["count"]),
             " · ".join(f"{b['label']}: {b['count']}" for b in opened["buckets"] if b["count"]) or "none",
-            reverse("handoffs:list") + "?status=needs_attention",
-            "Handoffs waiting in the workbench, by age since their business change.",
-            "bad" if opened["count"] else "good",
+            state="bad" if opened["count"] else "good",
         ),
-        Tile(
-            "Won, not yet a project",
+        kpi_tile(
+            r,
+            "deals.won_not_activated",
             str(won["count"]),
             f"{money(won['value'])} · {won['over_sla_count']} past SLA",
-            link("dashboards:quote_to_project", f),
-            "Won deals whose quote-to-project handoff has not finished.",
-            money_state(won["value"], otherwise="bad" if won["over_sla_count"] else ""),
+            state=money_state(won["value"], otherwise="bad" if won["over_sla_count"] else ""),
         ),
     ]
     page.sections.append(("Leader figures", leader_tiles(f, conv)))
@@ -301,6 +295,67 @@ def overview(f: Filters) -> Page:
     )
     _currency_note(page, conv)
     return page
+
+
+def _sla_state(s: metrics.FlowStats) -> str:
+    if s.pct_within_sla is None:
+        return ""
+    return "bad" if s.pct_within_sla < 90 else "good"
+
+
+def minutes_label(minutes: float | None) -> str:
+    if minutes is None:
+        return "—"
+    if minutes == float("inf"):
+        return "over a month"
+    if minutes < 120:
+        return f"{minutes:g} min"
+    return hours_label(minutes / 60)
+
+
+def _flows_table(f: Filters, stats: dict[str, metrics.FlowStats]) -> Table:
+    """Each flow's two clocks: the business cycle against its SLA, the sync latency against its own."""
+    rows = []
+    for flow, s in stats.items():
+        prev = s.previous
+        rows.append(
+            [
+                (flow_title(flow), link(FLOW_PAGES.get(flow, "dashboards:items"), f, flow=flow)),
+                (s.measured, link("dashboards:items", f, flow=flow, measure="measured")),
+                hours_label(s.median_hours),
+                hours_label(s.p90_hours),
+                pct(s.pct_within_sla),
+                (s.breaches, link("dashboards:items", f, flow=flow, measure="breached")),
+                s.sla_label,
+                trend(s.median_hours, prev.median_hours if prev else None, " h"),
+                minutes_label(s.sync_median_minutes),
+                pct(s.pct_sync_within_sla),
+                s.sync_sla_label,
+            ]
+        )
+    return Table(
+        "flows",
+        "Each flow in the period: business cycle and sync latency",
+        [
+            "Flow",
+            "Completed",
+            "Cycle median",
+            "Cycle p90",
+            "Within SLA",
+            "Breaches",
+            "SLA",
+            "Median vs previous period",
+            "Sync median",
+            "Sync within SLA",
+            "Sync SLA",
+        ],
+        rows,
+        "Business cycle per flow: "
+        + "; ".join(f"{flow_title(k)}: {v['label']}" for k, v in MEASURES.items())
+        + ". Sync latency: the integration's own time from the source change to every target updated. "
+        "Percentiles are nearest-rank, exact to the hour up to 3 days, to 6 h up to 14 days, to a day beyond "
+        "(sync: to the minute up to 3 minutes, then 5, 10, 15, 20, 30, 45 min, 1 h …).",
+    )
 
 
 def _dso_figure(dso: dict[str, Any]) -> str:
@@ -325,27 +380,52 @@ def _currency_note(page: Page, conv: Converter) -> None:
 
 
 def _flow_common(page: Page, f: Filters, flow: str, conv: Converter) -> metrics.FlowStats:
+    """The flow's two clocks: first the business cycle a leader manages, against the flow's SLA;
+    then the integration's own sync latency, against its sync SLA."""
     s = metrics.flow_stats(f, flow, conv=conv)
+    r = kpis.Reading(f, conv)
     page.tiles.append(
-        Tile(
-            "Median",
+        kpi_tile(
+            r,
+            f"{flow}.latency_median",
             hours_label(s.median_hours),
-            trend(s.median_hours, s.previous.median_hours if s.previous else None, " h"),
-            link("dashboards:items", f, flow=flow, measure="measured"),
-            f"{s.measure}: nearest-rank median of items finished in the period.",
+            f"{MEASURES[flow]['label']} · "
+            + trend(s.median_hours, s.previous.median_hours if s.previous else None, " h"),
+            label="Business cycle (median)",
         )
     )
     page.tiles.append(
-        Tile("p90", hours_label(s.p90_hours), "nine in ten are faster", "", "90th percentile, nearest rank.")
+        kpi_tile(
+            r, f"{flow}.latency_p90", hours_label(s.p90_hours), "nine in ten are faster", label="Business cycle (p90)"
+        )
     )
     page.tiles.append(
-        Tile(
-            "Within SLA",
+        kpi_tile(
+            r,
+            f"{flow}.within_sla",
             pct(s.pct_within_sla),
             f"{s.breaches} breaches of {s.sla_label}",
-            link("dashboards:items", f, flow=flow, measure="breached"),
-            "Items whose latency is at most the flow's SLA ÷ items measured. Admins set SLAs under SLAs and rates.",
-            "bad" if s.breaches else "good",
+            label="Cycle within SLA",
+            state=("bad" if s.breaches else "good") if s.measured else "",
+        )
+    )
+    page.tiles.append(
+        kpi_tile(
+            r,
+            f"{flow}.sync_median",
+            minutes_label(s.sync_median_minutes),
+            f"p90 {minutes_label(s.sync_p90_minutes)} · {s.synced} handoffs",
+            label="Sync latency (median)",
+        )
+    )
+    page.tiles.append(
+        kpi_tile(
+            r,
+            f"{flow}.sync_within_sla",
+            pct(s.pct_sync_within_sla),
+            f"{s.synced - s.sync_within_sla} over {s.sync_sla_label}",
+            label="Sync within SLA",
+            state=("bad" if s.synced - s.sync_within_sla else "good") if s.synced else "",
         )
     )
     weekly = metrics.weekly_latency(f, flow)
@@ -446,7 +526,9 @@ def project_to_bill(f: Filters) -> Page:
     )
     blocked = metrics.blocked_billing(f, conv, limit=Table.limit)
     unbilled = wip.unbilled_wip(f, conv, released=blocked)
-    page.tiles.insert(0, _wip_tile(f, unbilled))
+    reading = kpis.Reading(f, conv)
+    page.tiles.insert(0, _wip_tile(f, unbilled, reading))
+    psa_read = reading.measurement(kpis.PSA)
     labels = unbilled["labels"]
     page.charts.insert(
         0,
@@ -460,7 +542,7 @@ def project_to_bill(f: Filters) -> Page:
             ),
             "Approved work not on a posted invoice, by age: PSA items by work date, released batches by release "
             "date, invoices the ERP has not posted (draft or pending approval) by invoice date. "
-            + wip.as_of_text(unbilled),
+            + _psa_as_of(psa_read),
         ),
     )
     psa = _psa_of(f)
@@ -490,8 +572,8 @@ def project_to_bill(f: Filters) -> Page:
             ],
             "Approved time, expenses and completed milestones the PSA has not batched, plus batches released "
             "with no ERP invoice, plus ERP invoices not posted yet (net of tax), at the period-end rate. "
-            + wip.as_of_text(unbilled),
-            "No unbilled work: everything approved is invoiced.",
+            + _psa_as_of(psa_read),
+            _unmeasured_empty(psa_read, "No unbilled work: everything approved is invoiced."),
         ),
         Table(
             "wip-by-project",
@@ -514,7 +596,7 @@ def project_to_bill(f: Filters) -> Page:
             "Approved work the PSA has not batched, largest first; the page shows the 15 largest, Export CSV has "
             "every project. A project links to its handoffs. Batches already released are under Released, not "
             "invoiced.",
-            "No unbilled work: everything approved is invoiced.",
+            _unmeasured_empty(psa_read, "No unbilled work: everything approved is invoiced."),
             limit=15,
         ),
         Table(
@@ -534,8 +616,8 @@ def project_to_bill(f: Filters) -> Page:
                 for m in unbilled["milestones"]
             ],
             "Milestones approved in the PSA that no billing batch holds yet, oldest first; a milestone links to "
-            "the PSA record. " + wip.as_of_text(unbilled),
-            "No completed milestone is waiting to be billed.",
+            "the PSA record. " + _psa_as_of(psa_read),
+            _unmeasured_empty(psa_read, "No completed milestone is waiting to be billed."),
         ),
         Table(
             "blocked-billing",
@@ -577,57 +659,61 @@ def _psa_of(f: Filters) -> dict[int, Any]:
     return found
 
 
-def _wip_tile(f: Filters, unbilled: dict[str, Any]) -> Tile:
+def _wip_tile(f: Filters, unbilled: dict[str, Any], reading: kpis.Reading | None = None) -> Tile:
+    """Unbilled WIP: before the PSA was read it is not measured (never "nothing is waiting")."""
+    reading = reading or kpis.Reading(f)
     ages = " · ".join(
         f"{money(sum(v[i] for v in unbilled['by_kind'].values()))} {label}"
         for i, label in enumerate(unbilled["labels"])
         if any(v[i] for v in unbilled["by_kind"].values())
     )
-    return Tile(
-        "Unbilled WIP",
+    return kpi_tile(
+        reading,
+        "billing.unbilled_wip",
         money(unbilled["value"]),
         ages or "nothing approved is waiting",
-        link("dashboards:project_to_bill", f) + "#wip-by-entity",
-        "Approved billable time and expenses and completed milestones the PSA has not put in a billing batch "
-        "(read from the PSA with each reconciliation), plus batches released with no ERP invoice yet, plus "
-        "invoices the ERP holds but has not posted (draft or pending approval, net of tax); aged by work, "
-        "release and invoice date; balances at the period-end rate. " + wip.as_of_text(unbilled),
-        money_state(unbilled["value"], otherwise="bad" if unbilled["over_60"] else "good"),
+        href=link("dashboards:project_to_bill", f) + "#wip-by-entity",
+        state=money_state(unbilled["value"], otherwise="bad" if unbilled["over_60"] else "good"),
     )
 
 
-def _dso_tile(f: Filters, d: dict[str, Any], *, question: str = "") -> Tile:
+def _psa_as_of(m: kpis.Measurement) -> str:
+    """When the PSA snapshot behind the WIP figures was read (the registry's measurement)."""
+    if m.as_of is None:
+        return "The PSA has not been read yet: reconciliation reads its unbilled work on its schedule."
+    stale = " (stale: older than its schedule allows)" if m.state == kpis.STALE else ""
+    return f"As of the last PSA read, {m.as_of:%d %b %Y %H:%M} UTC{stale}."
+
+
+def _unmeasured_empty(m: kpis.Measurement, empty: str) -> str:
+    """What an empty table says: good news only after a measurement."""
+    if m.state == kpis.NOT_MEASURED:
+        return f"Not measured yet: {m.note[:1].lower() + m.note[1:]}."
+    return empty
+
+
+def _dso_tile(f: Filters, d: dict[str, Any], *, question: str = "", reading: kpis.Reading | None = None) -> Tile:
+    """DSO from the ERP ledger: not measured before any ERP invoice was read."""
     owed = d["ageing"]
-    if d["as_of"] is None:
-        return Tile(
-            "DSO",
-            "—",
-            "not measured yet: no ERP invoice has been read (each bill-to-cash sync and reconciliation reads them)",
-            link("dashboards:bill_to_cash", f),
-            ledger.DSO_DEFINITION,
-            "",
-            question,
-        )
-    return Tile(
-        "DSO",
+    return kpi_tile(
+        reading or kpis.Reading(f),
+        "cash.dso",
         _dso_figure(d),
         f"{money(d['receivables'])} receivables at {owed['at']:%d %b %Y} · {money(owed['past_due'])} past due",
-        link("dashboards:bill_to_cash", f) + "#receivables-ageing",
-        ledger.DSO_DEFINITION + " Not computed while an amount has no rate.",
-        money_state(d["receivables"], d["billings"], otherwise="bad" if owed["buckets"][-1] else ""),
-        question,
+        href=link("dashboards:bill_to_cash", f) + "#receivables-ageing",
+        state=money_state(d["receivables"], d["billings"], otherwise="bad" if owed["buckets"][-1] else ""),
+        question=question,
     )
 
 
-def _cash_tile(f: Filters, cash: dict[str, Any]) -> Tile:
-    return Tile(
-        "Cash collected",
+def _cash_tile(f: Filters, cash: dict[str, Any], reading: kpis.Reading | None = None) -> Tile:
+    return kpi_tile(
+        reading or kpis.Reading(f),
+        "cash.collected",
         money(cash["value"]),
         f"{cash['count']} payment applications in the period",
-        link("dashboards:bill_to_cash", f),
-        "Customer payments the ERP applied to invoices, by the date of the application, at the month's "
-        "average rate (NetSuite payment apply lines; Business Central customer payments).",
-        money_state(cash["value"]),
+        href=link("dashboards:bill_to_cash", f),
+        state=money_state(cash["value"]),
     )
 
 
@@ -635,10 +721,13 @@ def bill_to_cash(f: Filters) -> Page:
     conv = converter_for(f)
     page = Page(
         "Bill to cash",
-        "Invoices posted and cash collected as the ERPs' ledgers hold them, what customers owe and how late, "
-        "and how fast invoice and payment status reaches CRM and PSA.",
+        "Days to pay and cash collected as the ERPs' ledgers hold them (the customer's cycle), what customers "
+        "owe and how late, then how fast invoice and payment status reaches CRM and PSA (the integration's own "
+        "clock).",
     )
-    s = _flow_common(page, f, "bill-to-cash", conv)
+    _flow_common(page, f, "bill-to-cash", conv)
+    reading = kpis.Reading(f, conv)
+    books = reading.measurement(kpis.LEDGER)
     d = ledger.dso(f, conv)
     owed = d["ageing"]
     billed = ledger.invoiced(f, conv)
@@ -658,25 +747,17 @@ def bill_to_cash(f: Filters) -> Page:
             "the application (month's average rate).",
         ),
     )
-    page.tiles[0].label = "Status sync (median)"
+    page.tiles[0].label = "Days to pay (median)"
     page.tiles += [
-        Tile(
-            "Invoiced",
+        kpi_tile(
+            reading,
+            "billing.invoiced",
             money(billed["value"]),
             f"{billed['count']} invoices posted in the period",
-            link("dashboards:items", f, flow="bill-to-cash", measure="started"),
-            "Totals (tax included) of invoices the ERP posted, by posting date. Drafts and invoices pending "
-            "approval are not invoiced; voided and credited invoices are left out.",
+            href=link("dashboards:items", f, flow="bill-to-cash", measure="started"),
         ),
-        _cash_tile(f, cash),
-        Tile(
-            "Days to pay (median)",
-            hours_label(s.extra_median_hours),
-            f"p90 {hours_label(s.extra_p90_hours)}",
-            link("dashboards:items", f, flow="bill-to-cash", measure="finished"),
-            "Invoice posted → paid in full; partly paid invoices stay open.",
-        ),
-        _dso_tile(f, d),
+        _cash_tile(f, cash, reading),
+        _dso_tile(f, d, reading=reading),
     ]
     entities = dict(LegalEntity.objects.values_list("pk", "name"))
     per_entity: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal("0")] * len(owed["labels"]))
@@ -699,7 +780,7 @@ def bill_to_cash(f: Filters) -> Page:
             ],
             f"What each customer owes at {owed['at']:%d %b %Y}: posted invoices' totals less the payments the ERP "
             "applied up to that day, by days past the due date; at the closing rate. Largest first.",
-            "No customer owes anything: every posted invoice is paid.",
+            _unmeasured_empty(books, "No customer owes anything: every posted invoice is paid."),
         ),
         Table(
             "receivables-by-entity",
@@ -707,7 +788,7 @@ def bill_to_cash(f: Filters) -> Page:
             ["Legal entity", *owed["labels"], "Total"],
             [[name, *(money(v) for v in values), money(sum(values))] for name, values in sorted(per_entity.items())],
             "The same open balances summed per legal entity.",
-            "No customer owes anything: every posted invoice is paid.",
+            _unmeasured_empty(books, "No customer owes anything: every posted invoice is paid."),
         ),
         Table(
             "open-invoices",
@@ -730,7 +811,7 @@ def bill_to_cash(f: Filters) -> Page:
             "The invoices behind the receivables, the longest overdue first, in their own currency: total less "
             "the payments applied up to the period end. The state is the ERP's today. The page shows the 25 "
             "longest overdue; Export CSV has every open invoice.",
-            "No invoice is open.",
+            _unmeasured_empty(books, "No invoice is open."),
             limit=25,
         ),
     ]
@@ -741,31 +822,19 @@ def bill_to_cash(f: Filters) -> Page:
 def exceptions(f: Filters) -> Page:
     conv = converter_for(f)
     page = Page("Exceptions and mismatches", "Billing exceptions and reconciliation mismatches, with their causes.")
-    ex = metrics.billing_exceptions(f, conv)
-    rev = metrics.revenue_accuracy(f, conv)
-    risk = metrics.money_at_risk(f, conv)
+    r = kpis.Reading(f, conv)
+    ex, rev, risk = r.exceptions, r.revenue, r.risk
+    reconciled = r.measurement(kpis.RECONCILIATION)
     page.tiles = [
-        Tile(
-            "Billing exception rate",
-            pct(ex["rate"]),
-            f"{ex['exceptions']} of {ex['attempted']} batches",
-            link("dashboards:items", f, flow="project-to-bill", measure="exceptions"),
-            "Batches that needed a person or were rejected ÷ batches released in the period.",
-        ),
-        Tile(
-            "Revenue match rate",
-            pct(rev["match_rate"]),
-            f"{rev['open']} open · {money(rev['value'])}",
-            "",
-            "Matched ÷ checked in each entity's latest complete reconciliation.",
-        ),
-        Tile(
-            "Money at risk",
+        kpi_tile(r, "billing.exception_rate", pct(ex["rate"]), f"{ex['exceptions']} of {ex['attempted']} batches"),
+        kpi_tile(r, "revenue.match_rate", pct(rev["match_rate"]), f"{rev['open']} open · {money(rev['value'])}"),
+        kpi_tile(
+            r,
+            "money_at_risk",
             money(risk["value"]),
             "",
-            "",
-            "See the overview's definition.",
-            money_state(risk["value"], otherwise="bad" if risk["value"] else "good"),
+            state=money_state(risk["value"], otherwise="bad" if risk["value"] else "good"),
+            href="",
         ),
     ]
     qs = metrics.mismatches(f)
@@ -789,7 +858,9 @@ def exceptions(f: Filters) -> Page:
             ["Cause", "Open", "Value"],
             [[labels.get(c, c), v[0], money(v[1])] for c, v in sorted(causes.items(), key=lambda x: -x[1][1])],
             "Open mismatches for the period's months and contract-level ones.",
-            "No open mismatch: the systems agree. Reconciliation runs daily (manage.py reconcile).",
+            _unmeasured_empty(
+                reconciled, "No open mismatch: the systems agree. Reconciliation runs daily (manage.py reconcile)."
+            ),
         )
     )
     entities = dict(LegalEntity.objects.values_list("pk", "code"))
@@ -816,12 +887,17 @@ def exceptions(f: Filters) -> Page:
                 for m in qs.order_by("-difference")
             ],
             "Largest first. A subject links to the handoffs behind it.",
-            "No open mismatch.",
+            _unmeasured_empty(reconciled, "No open mismatch."),
             limit=200,
         )
     )
     page.tables += _billing_exception_tables(f, conv)
     page.tables.append(_mismatches_by_customer(qs, conv, f, entities))
+    page.tables[-1].empty = _unmeasured_empty(reconciled, page.tables[-1].empty)
+    if reconciled.as_of:
+        page.notes.insert(
+            0, f"Mismatches as of the last complete reconciliation, {reconciled.as_of:%d %b %Y %H:%M} UTC."
+        )
     _currency_note(page, conv)
     return page
 
@@ -1069,6 +1145,8 @@ ITEM_MEASURES = {
     "started": "started in the period",
     "finished": "completed in the period",
     "exceptions": "needed a person or were rejected",
+    "synced": "whose last handoff updated every target in the period",
+    "sync_breached": "whose last handoff took longer than the sync SLA",
 }
 
 
@@ -1081,6 +1159,10 @@ def items(f: Filters, flow: str, measure: str) -> tuple[Page, Any]:
         qs = qs.filter(measured_day__range=(f.start, f.end), latency_hours__gte=0)
         if measure == "breached":
             qs = qs.filter(within_sla=False)
+    elif measure in ("synced", "sync_breached"):
+        qs = qs.filter(sync_day__range=(f.start, f.end), sync_minutes__isnull=False)
+        if measure == "sync_breached":
+            qs = qs.filter(sync_within_sla=False)
     elif measure == "finished":
         qs = qs.filter(end_day__range=(f.start, f.end))
     else:

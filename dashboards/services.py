@@ -12,12 +12,22 @@ from dashboards.models import FlowSla
 from pscsync.audit import audit_record
 
 
-def flow_sla_set(*, actor: AbstractBaseUser, flow: str, target: Decimal, unit: str, note: str | None = None) -> FlowSla:
-    """Set a flow's SLA, audited; the breach flags of stored facts are recomputed after commit.
-    `note` None keeps the note (the settings page has no note field)."""
+def flow_sla_set(
+    *,
+    actor: AbstractBaseUser,
+    flow: str,
+    target: Decimal,
+    unit: str,
+    note: str | None = None,
+    sync_target_minutes: int | None = None,
+) -> FlowSla:
+    """Set a flow's SLAs (business cycle; sync latency in minutes), audited; the breach flags of
+    stored facts are recomputed after commit. `note` or `sync_target_minutes` None keeps it."""
     values: dict[str, object] = {"target": target, "unit": unit}
     if note is not None:
         values["note"] = note
+    if sync_target_minutes is not None:
+        values["sync_target_minutes"] = sync_target_minutes
     with transaction.atomic():
         before = sla_for(flow)
         sla, _ = FlowSla.objects.update_or_create(flow=flow, defaults=values)
@@ -25,8 +35,8 @@ def flow_sla_set(*, actor: AbstractBaseUser, flow: str, target: Decimal, unit: s
             actor=actor,
             action="sla.set",
             obj=sla,
-            before={"target": str(before.target), "unit": before.unit},
-            after={"target": str(target), "unit": unit},
+            before={"target": str(before.target), "unit": before.unit, "sync_minutes": before.sync_target_minutes},
+            after={"target": str(target), "unit": unit, "sync_minutes": sla.sync_target_minutes},
         )
         transaction.on_commit(_rollups_rebuild)
     return sla

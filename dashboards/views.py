@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
@@ -18,12 +17,11 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from connectors.models import Connection
-from dashboards import ledger, metrics, pages, wip
+from dashboards import kpis, metrics, pages
 from dashboards.facts import MEASURES, sla_for
 from dashboards.fx import fx_last_read, fx_rate_override, known_currencies
 from dashboards.metrics import Filters
 from dashboards.models import FlowSla, FxRate
-from dashboards.money import Money
 from dashboards.queries import OVERDUE_AFTER, connection_activity, health_summary
 from dashboards.services import flow_sla_set
 from pscsync import clock
@@ -153,8 +151,9 @@ def items(request: HttpRequest) -> HttpResponse:
         "Currency",
         "Started",
         "Finished",
-        "Latency (h)",
+        "Cycle (h)",
         "Within SLA",
+        "Sync (min)",
         "Exception",
         "Handoffs",
     ]
@@ -172,6 +171,7 @@ def items(request: HttpRequest) -> HttpResponse:
             x.end_at.isoformat() if x.end_at else "open",
             "" if x.latency_hours is None else round(x.latency_hours, 1),
             {True: "yes", False: "no", None: ""}[x.within_sla],
+            "" if x.sync_minutes is None else round(x.sync_minutes, 1),
             "yes" if x.exception else "",
             x.handoff_count,
         ]
@@ -197,228 +197,18 @@ def items(request: HttpRequest) -> HttpResponse:
 
 
 def metrics_payload(f: Filters) -> dict[str, Any]:
-    """Every overview KPI with value, unit, count of records and definition (GET /api/v1/metrics/, api.views)."""
-    conv = metrics.converter_for(f)
-    cur = conv.target
-    out: list[dict[str, Any]] = []
-
-    def add(key: str, value: Any, unit: str, count: int, definition: str) -> None:
-        extra: dict[str, Any] = {}
-        if isinstance(value, Money):
-            # Each money figure says what it could not convert, per currency, for that figure alone.
-            figure = value.as_dict()
-            value, unit = figure["value"], figure["currency"]
-            extra = {"complete": figure["complete"], "missing": figure["missing"]}
-        elif hasattr(value, "quantize"):
-            value = str(value)
-        if isinstance(value, float) and not math.isfinite(value):
-            # A percentile in the histogram's open last bucket: over a year. JSON has no infinity.
-            value = None
-            definition += " Null: longer than the histograms resolve (over a year)."
-        out.append({"key": key, "value": value, "unit": unit, "count": count, "definition": definition, **extra})
-
-    stats = {}
-    for flow in metrics.FLOWS:
-        s = stats[flow] = metrics.flow_stats(f, flow, conv=conv, with_previous=False)
-        label = MEASURES[flow]["label"]
-        add(f"{flow}.finished", s.finished, "count", s.finished, f"Items of {flow} completed in the period.")
-        add(f"{flow}.latency_median", s.median_hours, "hours", s.measured, f"Nearest-rank median of: {label}.")
-        add(f"{flow}.latency_p90", s.p90_hours, "hours", s.measured, f"Nearest-rank 90th percentile of: {label}.")
-        add(
-            f"{flow}.within_sla",
-            s.pct_within_sla,
-            "percent",
-            s.measured,
-            f"Share measured within the SLA ({sla_for(flow).target_label}).",
-        )
-    blocked = metrics.blocked_billing(f, conv, with_rows=False)
-    add(
-        "billing.released_not_invoiced",
-        blocked["value"],
-        cur,
-        blocked["count"],
-        "Billing batches released in the PSA with no ERP invoice yet, at the period-end rate.",
-    )
-    unbilled = wip.unbilled_wip(f, conv, detail=False, released=blocked)
-    add(
-        "billing.unbilled_wip",
-        unbilled["value"],
-        cur,
-        unbilled["count"],
-        "Approved billable time, expenses and completed milestones not in a PSA billing batch (as of the last "
-        "PSA read) + batches released with no ERP invoice + ERP invoices not posted yet (draft or pending "
-        "approval, net of tax), at the period-end rate.",
-    )
-    add(
-        "billing.unbilled_wip_over_60_days",
-        unbilled["over_60"],
-        cur,
-        unbilled["count"],
-        "The part of unbilled WIP older than 60 days (work date; release date for batches).",
-    )
-    ex = metrics.billing_exceptions(f, conv, rows=stats["project-to-bill"].rows)
-    add(
-        "billing.exception_rate",
-        ex["rate"],
-        "percent",
-        ex["attempted"],
-        "Batches released in the period that needed a person or were rejected ÷ batches released.",
-    )
-    add("billing.exception_value", ex["exception_value"], cur, ex["exceptions"], "Value of those batches.")
-    rev = metrics.revenue_accuracy(f, conv)
-    add("revenue.mismatch_value", rev["value"], cur, rev["open"], "Σ|PSA − ERP| of open revenue mismatches.")
-    add(
-        "revenue.match_rate",
-        rev["match_rate"],
-        "percent",
-        rev["checked"],
-        "Matched ÷ checked in each entity's latest complete reconciliation.",
-    )
-    d = ledger.dso(f, conv)
-    add("cash.dso", d["days"], "days", d["invoices"], ledger.DSO_DEFINITION)
-    owed = d["ageing"]
-    add(
-        "cash.receivables",
-        owed["value"],
-        cur,
-        owed["count"],
-        "Posted invoices' totals less the payments the ERP applied up to the period end, at the period-end rate.",
-    )
-    for (low, high, label), value, count in zip(ledger.AGEING_BUCKETS, owed["buckets"], owed["counts"], strict=True):
-        band = "current" if low is None else f"{low}_{high}_days" if high else f"over_{low - 1}_days"
-        add(f"cash.receivables_{band}", value, cur, count, f"Receivables {label.lower()} (by due date).")
-    billed = ledger.invoiced(f, conv)
-    add(
-        "billing.invoiced",
-        billed["value"],
-        cur,
-        billed["count"],
-        "Invoices the ERP posted in the period, by posting date (drafts, pending approval, voided not counted).",
-    )
-    cash = ledger.cash_collected(f, conv)
-    add(
-        "cash.collected",
-        cash["value"],
-        cur,
-        cash["count"],
-        "Payments the ERP applied to invoices in the period, by application date, at the month's average rate.",
-    )
-    b2c = stats["bill-to-cash"]
-    add(
-        "bill-to-cash.days_to_pay_median",
-        b2c.extra_median_hours,
-        "hours",
-        sum(b2c.extra_hist.values()),
-        f"Nearest-rank median of: {MEASURES['bill-to-cash']['extra']}.",
-    )
-    won = metrics.won_not_activated(f, conv, with_rows=False)
-    add("deals.won_not_activated", won["count"], "count", won["count"], "Won deals whose project is not active yet.")
-    add(
-        "deals.won_not_activated_value",
-        won["value"],
-        cur,
-        won["count"],
-        "Value of those deals, at the period-end rate.",
-    )
-    add(
-        "deals.won_not_activated_past_sla",
-        won["over_sla_count"],
-        "count",
-        won["count"],
-        f"Those of them older than the quote-to-project SLA ({sla_for('quote-to-project').target_label}).",
-    )
-    opened = metrics.open_exceptions(f, conv)
-    add("exceptions.open", opened["count"], "count", opened["count"], "Handoffs that need a person.")
-    risk = metrics.money_at_risk(f, conv, blocked=blocked, won=won)
-    add(
-        "money_at_risk",
-        risk["value"],
-        cur,
-        len(risk["parts"]),
-        "Released-not-invoiced + won deals not activated past SLA + open billing/revenue mismatch |Δ|.",
-    )
-    for entry in leader_metrics(f, conv):
-        add(**entry)
-    return {
-        "from": f.start.isoformat(),
-        "to": f.end.isoformat(),
-        "reporting_currency": metrics.reporting_currency(),
-        "currency": cur,
-        "currency_policy": metrics.policy_text(cur),
-        "metrics": out,
-    }
-
-
-def leader_metrics(f: Filters, conv: metrics.Converter) -> list[dict[str, Any]]:
-    """The leader figures (dashboards.leaders) as metrics entries: key, value, unit, count, definition."""
-    from dashboards.leaders import LAGS_DAYS, forecast_accuracy, reconciliation_effort, revenue_schedule_accuracy
-
-    out = []
-    fc = forecast_accuracy(f)
-    for lag in LAGS_DAYS:
-        for actual in ("worked", "assigned"):
-            a = fc.lags.get(lag, {}).get(actual)
-            count = sum(1 for r in fc.rows if r["lag"] == lag)
-            what = f"the demand forecast made {lag} days before each ended month of the period vs hours {actual}"
-            out += [
-                dict(
-                    key=f"forecast.accuracy_{lag}d_{actual}",
-                    value=a and a.accuracy,
-                    unit="percent",
-                    count=count,
-                    definition=f"1 − WAPE of {what}, by role and month (null: not measured yet).",
-                ),
-                dict(
-                    key=f"forecast.bias_{lag}d_{actual}",
-                    value=a and a.bias,
-                    unit="percent",
-                    count=count,
-                    definition=f"Σ(forecast − actual) ÷ Σ actual of {what} (positive: over-forecast).",
-                ),
-            ]
-    rev = revenue_schedule_accuracy(f, conv, with_rows=False)
-    out += [
-        dict(
-            key="revenue.schedule_value_accuracy",
-            value=rev["value_accuracy"],
-            unit="percent",
-            count=rev["checked"],
-            definition="1 − Σ|PSA − ERP| of open revenue mismatches ÷ Σ|ERP recognised| of "
-            "every project-month compared, as of each entity's latest complete reconciliation.",
-        ),
-        dict(
-            key="revenue.schedule_row_match_rate",
-            value=rev["match_rate"],
-            unit="percent",
-            count=rev["checked"],
-            definition="Project-months whose PSA and ERP revenue agree within tolerance ÷ compared.",
-        ),
-    ]
-    effort = reconciliation_effort(f)
-    out += [
-        dict(
-            key="reconciliation.effort_actions",
-            value=effort["actions"],
-            unit="count",
-            count=effort["actions"],
-            definition="People's audited actions on exceptions and mismatches in the period.",
-        ),
-        dict(
-            key="reconciliation.effort_hours",
-            value=effort["hours"],
-            unit="hours",
-            count=effort["actions"],
-            definition="Hours of those actions: sittings of one person's actions ≤ 30 min apart, first to last "
-            "action + 10 min each.",
-        ),
-    ]
-    return out
+    """Every registered KPI with value, unit, count, definition, state and as-of time (GET
+    /api/v1/metrics/, api.views): read from the registry, dashboards.kpis."""
+    return kpis.payload(f)
 
 
 class SlaForm(forms.Form):
     flow = forms.ChoiceField(choices=[(f, f) for f in MEASURES])
     target = forms.DecimalField(min_value=0, max_digits=8, decimal_places=2)
     unit = forms.ChoiceField(choices=FlowSla.Unit.choices)
+    sync_target_minutes = forms.IntegerField(
+        min_value=1, max_value=43200, required=False, label="Sync SLA (minutes)", help_text="Empty: keep it."
+    )
 
 
 class FxForm(forms.Form):
@@ -448,7 +238,13 @@ def settings_page(request: HttpRequest) -> HttpResponse:
             sla_form = SlaForm(request.POST, prefix="sla")
             if sla_form.is_valid():
                 d = sla_form.cleaned_data
-                flow_sla_set(actor=request.user, flow=d["flow"], target=d["target"], unit=d["unit"])
+                flow_sla_set(
+                    actor=request.user,
+                    flow=d["flow"],
+                    target=d["target"],
+                    unit=d["unit"],
+                    sync_target_minutes=d["sync_target_minutes"],
+                )
                 messages.success(request, f"SLA for {d['flow']} saved; breach flags are being recomputed.")
                 return redirect("dashboards:settings")
         else:

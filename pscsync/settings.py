@@ -476,7 +476,7 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "pscsync API",
     "DESCRIPTION": "Handoffs, events, exceptions, jobs, mappings, connections, mismatches, metrics and audit "
     "entries, with the same roles and legal-entity scope as the pages. See docs/api.md.",
-    "VERSION": "1.1.0",
+    "VERSION": "1.2.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -61,14 +61,21 @@ def _money(value: Any) -> str:
 # Reading the batch ---------------------------------------------------------------------------------
 def billing_read(ctx: StepContext, psa: Connection) -> dict[str, Any]:
     batch = _certinia_batch(ctx, psa) if psa.vendor == "certinia" else _kantata_batch(ctx, psa)
-    dates = sorted(i["date"] for i in batch["items"] if i["date"])
+    # The clock of approved-time-to-invoice starts when the last item of the batch was approved
+    # (its approval date, not the day the work was done). Kantata's API gives no approval date
+    # (a time entry carries only `approved: true`): its batches' clock starts at the release.
+    approvals = sorted(i["approved"] for i in batch["items"] if i.get("approved"))
     facts = {
         "customer_name": batch.get("customer_name") or _deal_customer(batch.get("project_key", "")),
         "amount": batch["total"],
         "currency": batch["currency"],
-        "business_times": {"billing_released": batch["date"], **({"time_approved": dates[-1]} if dates else {})},
-        # The clock of approved-time-to-invoice starts when the last item of the batch was approved.
-        "started_at": dates[-1] if dates else batch["date"],
+        "business_times": {
+            "billing_released": batch["date"],
+            **({"time_approved": approvals[-1]} if approvals else {}),
+        },
+        # The batch's business starts when it was released (what it ages from, in the period it
+        # counts in), not at its latest work date.
+        "started_at": batch["date"],
     }
     return {"id": batch["id"], "billing": batch, "handoff_facts": facts}
 
@@ -94,6 +101,8 @@ def _certinia_batch(ctx: StepContext, psa: Connection) -> dict[str, Any]:
     rows = connector.read(
         "billing_event_item", where={"pse__Billing_Event__c": event_id}, fields=list(CERTINIA_ITEM_FIELDS)
     )
+    rows = list(rows)
+    approved_on = _certinia_approval_dates(connector, rows)
     items = []
     for row in rows:
         kind = {"Timecard": "Time"}.get(row.get("pse__Category__c"), row.get("pse__Category__c") or "Time")
@@ -107,6 +116,9 @@ def _certinia_batch(ctx: StepContext, psa: Connection) -> dict[str, Any]:
                 "unit_price": _money(row.get("pse__Unit_Price__c")),
                 "amount": _money(row.get("pse__Amount__c")),
                 "currency": (row.get("CurrencyIsoCode") or currency).upper(),
+                # When the source record was approved: the timecard's approval date; an expense or
+                # milestone item, its own date (an expense's date, a milestone's actual date).
+                "approved": approved_on.get(row.get("pse__Object_Id__c") or "", (row.get("pse__Date__c") or "")[:10]),
             }
         )
     account = project.get("pse__Account__c") or ""
@@ -123,6 +135,17 @@ def _certinia_batch(ctx: StepContext, psa: Connection) -> dict[str, Any]:
         "items": items,
         "total": _money(sum(Decimal(i["amount"]) for i in items)),
     }
+
+
+def _certinia_approval_dates(connector: Any, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Timecard id → its approval date (`pse__Approval_Date__c`), for the batch's time items."""
+    ids = sorted(
+        {r["pse__Object_Id__c"] for r in rows if r.get("pse__Category__c") == "Timecard" and r.get("pse__Object_Id__c")}
+    )
+    if not ids:
+        return {}
+    found = connector.read("timecard", where={"Id": ids}, fields=["Id", "pse__Approval_Date__c"])
+    return {t["Id"]: (t.get("pse__Approval_Date__c") or "")[:10] for t in found if t.get("pse__Approval_Date__c")}
 
 
 def _kantata_batch(ctx: StepContext, psa: Connection) -> dict[str, Any]:

@@ -4,11 +4,14 @@ flow SLAs: token auth, legal-entity scope, clear 400s for bad input."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 
 import pytest
 
+from api.serializers import MetricsSerializer
 from dashboards.facts import rollups_rebuild_all
+from dashboards.kpis import KPIS
 from dashboards.metrics import Filters
 from dashboards.models import FlowSla
 from dashboards.views import metrics_payload
@@ -47,15 +50,35 @@ def test_metrics_give_every_overview_kpi_for_the_callers_entities(api, tokens, d
     figures = {m["key"]: m for m in data["metrics"]}
     assert figures["quote-to-project.latency_median"]["value"] == 5.0  # the US deal only
     assert figures["quote-to-project.finished"]["count"] == 1
-    plain = {"key", "value", "unit", "count", "definition"}
+    fields = {
+        "key",
+        "name",
+        "value",
+        "unit",
+        "count",
+        "definition",
+        "state",
+        "as_of",
+        "state_note",
+        "drill_down",
+        "sla",
+    }
     # Money figures also say whether every amount converted, and what is missing per currency.
-    assert all(set(m) in (plain, plain | {"complete", "missing"}) for m in data["metrics"])
-    assert data["currency"] == "USD" and figures["money_at_risk"]["complete"] is True
+    assert all(set(m) in (fields, fields | {"complete", "missing"}) for m in data["metrics"])
+    # (A figure not measured has no value, so nothing to be complete about: no reconciliation ran here.)
+    assert data["currency"] == "USD" and figures["billing.released_not_invoiced"]["complete"] is True
+    assert "complete" not in figures["money_at_risk"]
+    # Every figure of the registry, once, and each says whether it was measured.
+    assert [m["key"] for m in data["metrics"]] == list(KPIS)
+    assert figures["quote-to-project.finished"]["state"] == "measured"
+    # No reconciliation ran: its figures are not measured (null), never a reassuring zero.
+    assert (figures["revenue.match_rate"]["state"], figures["revenue.match_rate"]["value"]) == ("not_measured", None)
+    assert figures["revenue.mismatch_value"]["as_of"] is None
     # The same payload the overview's figures come from, for the same filters.
     expected = metrics_payload(
         Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31), entity_ids=(deals["us"].pk,))
     )
-    assert data == {**expected, "metrics": [{**m, "value": m["value"]} for m in expected["metrics"]]}
+    assert data == json.loads(json.dumps(MetricsSerializer(expected).data))
     uk = api("GET", f"/api/v1/metrics/?{PERIOD}&legal_entity=uk", tokens["admin"]).json()
     assert {m["key"]: m for m in uk["metrics"]}["quote-to-project.latency_median"]["value"] == 11.0
     # Another entity's code counts nothing, rather than showing its figures or confirming it exists.
@@ -131,10 +154,14 @@ def test_reconciliation_runs_are_listed_for_the_callers_entities(api, world, tok
 @pytest.mark.django_db
 def test_every_flow_has_an_sla_default_until_an_admin_sets_one(api, tokens, entities) -> None:  # noqa: ANN001
     slas = {s["flow"]: s for s in api("GET", "/api/v1/slas/", tokens["viewer"]).json()["results"]}
+    # Two clocks: the business cycle's SLA and the integration's own sync SLA (minutes).
+    assert slas["bill-to-cash"]["target_label"] == "30 days" and slas["bill-to-cash"]["sync_target_minutes"] == 15
     assert set(slas) == {"quote-to-project", "project-to-bill", "bill-to-cash", "contract-change", "pipeline-to-demand"}
-    assert slas["quote-to-project"] | {"measure": ""} == {
+    assert slas["quote-to-project"] | {"measure": "", "sync_measure": "", "sync_target_minutes": 15} == {
         "flow": "quote-to-project",
         "measure": "",
+        "sync_measure": "",
+        "sync_target_minutes": 15,
         "target": "1.00",
         "unit": "business_days",
         "target_label": "1 business day",
@@ -155,14 +182,19 @@ def test_an_admin_sets_an_sla_audited_and_the_breach_flags_are_recomputed(
     monkeypatch.setattr(tasks.rollups_rebuild_task, "delay", lambda: rebuilt.append(True))
     with django_capture_on_commit_callbacks(execute=True):
         response = api(
-            "PUT", "/api/v1/slas/bill-to-cash/", tokens["admin"], {"target": "12", "unit": "hours", "note": "CFO"}
+            "PUT",
+            "/api/v1/slas/bill-to-cash/",
+            tokens["admin"],
+            {"target": "12", "unit": "hours", "note": "CFO", "sync_target_minutes": 30},
         )
     assert response.status_code == 200 and response.json()["target_label"] == "12 h"
+    assert response.json()["sync_target_minutes"] == 30
     assert response.json()["is_default"] is False and rebuilt == [True]
     sla = FlowSla.objects.get(flow="bill-to-cash")
     assert (sla.target, sla.unit, sla.note) == (Decimal("12"), "hours", "CFO")
     entry = AuditEntry.objects.get(action="sla.set")
-    assert entry.before == {"target": "24", "unit": "hours"} and entry.after == {"target": "12.00", "unit": "hours"}
+    assert entry.before == {"target": "720", "unit": "hours", "sync_minutes": 15}
+    assert entry.after == {"target": "12.00", "unit": "hours", "sync_minutes": 30}
 
 
 @pytest.mark.django_db
@@ -174,6 +206,7 @@ def test_an_admin_sets_an_sla_audited_and_the_breach_flags_are_recomputed(
         ({"target": "8", "unit": "fortnights"}, 400),
         ({"target": "8"}, 400),
         ({"target": "eight", "unit": "hours"}, 400),
+        ({"target": "8", "unit": "hours", "sync_target_minutes": 0}, 400),
         ({"target": "8", "unit": "hours", "flow": "bill-to-cash"}, 400),
     ],
 )

@@ -207,7 +207,8 @@ def seed_firm() -> dict[str, LegalEntity]:
         ReconciliationRun.objects.create(
             legal_entity=ents[code],
             status="complete",
-            started_at=NOW,
+            started_at=NOW - dt.timedelta(minutes=2),
+            finished_at=NOW,
             summary={"revenue": {"checked": checked, "matched": matched, "erp_total": {"USD": "850000.00"}}},
         )
     # People staffed in the PSA (the US entity's Certinia; Kantata gives no scheduled hours).

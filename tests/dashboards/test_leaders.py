@@ -14,6 +14,7 @@ from dashboards.models import DemandMonth, DemandSnapshot
 from pscsync import clock
 from pscsync.audit import audit_record
 from pscsync.models import Mismatch, PsaAssignment, PsaWorkedHours, ReconciliationRun
+from tests.dashboards.builders import connection
 
 pytestmark = pytest.mark.django_db
 NOW = dt.datetime(2026, 11, 10, 12, tzinfo=dt.UTC)
@@ -155,6 +156,8 @@ def test_reconciliation_effort_counts_people_actions_and_sittings(entities, oper
 
 
 def test_the_leader_figures_are_on_the_pages_and_in_the_metrics(client, viewer, entities) -> None:  # noqa: ANN001
+    # The revenue schedule's figures are as of the reconciliations of the entities a connection serves.
+    connection("netsuite", [entities["us"]], kind="erp", vendor="netsuite")
     run(entities["us"], checked=10, matched=8, erp="100000.00")
     mismatch(entities["us"], "P-1", "-2000.00")
     client.force_login(viewer)

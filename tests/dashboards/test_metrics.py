@@ -8,8 +8,9 @@ from decimal import Decimal
 import pytest
 
 from dashboards import ledger, metrics, wip
-from dashboards.facts import business_days_between, rollups_rebuild_all
+from dashboards.facts import rollups_rebuild_all
 from dashboards.models import FlowSla, FxRate
+from dashboards.sla import business_days_between
 from pscsync import clock
 from pscsync.models import Mismatch, ReconciliationRun, UnbilledWork
 from tests.dashboards.builders import T0, handoff
@@ -159,8 +160,11 @@ def test_days_to_pay_and_status_sync_from_bill_to_cash_handoffs(crm, entities) -
     b2c("2", dt.date(2026, 10, 15), None, "3000.00", "3000.00")
     rollups_rebuild_all()
     s = metrics.flow_stats(OCT, "bill-to-cash")
-    assert s.extra_median_hours == 19 * 24  # days to pay of invoice 1
-    assert s.median_hours == 2.0  # payment or posting -> written back
+    # The business cycle is the customer's: invoice 1 posted 1 Oct, paid in full 20 Oct = 19 × 24 h.
+    assert (s.measured, s.median_hours) == (1, 19 * 24)
+    # The integration's own clock, apart: each invoice's last handoff ran 00:00 -> 02:00 = 120 min
+    # (invoice 1's payment on 20 Oct, invoice 2's posting on 15 Oct), over the 15 min default.
+    assert (s.synced, s.sync_median_minutes, s.sync_within_sla) == (2, 120.0, 0)
 
 
 def ledger_invoice(crm, entity, number, *, status, posted, due, total, payments=(), tax="0.00"):  # noqa: ANN001, ANN201, PLR0913

@@ -71,11 +71,12 @@ def test_viewer_of_one_entity_sees_only_its_figures(client, viewer, firm) -> Non
     figures = {m["key"]: m for m in data["metrics"]}
     assert figures["quote-to-project.latency_median"]["value"] == 5.0
     assert figures["billing.released_not_invoiced"] == {
+        **figures["billing.released_not_invoiced"],
         "key": "billing.released_not_invoiced",
         "value": "100.00",
         "unit": "USD",
         "count": 1,
-        "definition": figures["billing.released_not_invoiced"]["definition"],
+        "state": "measured",
         "complete": True,
         "missing": {},
     }
@@ -264,7 +265,7 @@ def test_receivables_ageing_and_cash_agree_in_page_csv_and_json_and_respect_scop
 
     client.force_login(viewer)  # limited to the US entity
     before = client.get(f"/dashboards/bill-to-cash/?{PERIOD}").content.decode()
-    assert "not measured yet: no ERP invoice has been read" in before  # not "USD 0 owed"
+    assert "No ERP invoice has been read yet" in before and "Not measured yet" in before  # not "USD 0 owed"
     erp = Connection.objects.get(slug="salesforce")  # any connection: the ledger row only names it
     # US: 2,000 posted 1 Sep, due 1 Oct, 500 paid 10 Oct -> 1,500 owed, 30 days past due at 31 Oct.
     ledger_invoice(
@@ -287,3 +288,4 @@ def test_receivables_ageing_and_cash_agree_in_page_csv_and_json_and_respect_scop
     assert Decimal(figures["cash.collected"]["value"]) == Decimal("500.00")
     # Invoiced in the 90 days to 31 Oct: 2,000 (1 Sep); DSO = 1,500 ÷ 2,000 × 90 = 67.5 days.
     assert figures["cash.dso"]["value"] == pytest.approx(67.5)
+    assert figures["cash.dso"]["state"] == "measured" and figures["cash.dso"]["as_of"]

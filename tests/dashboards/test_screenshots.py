@@ -53,7 +53,7 @@ def _signed_in(live_server, admin, monkeypatch) -> Iterator[Any]:  # noqa: ANN00
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_context(viewport={"width": 1360, "height": 900}).new_page()
+        page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         _sign_in(page, live_server, admin, start="/login/")  # password and the second factor

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import httpx
 import pytest
 
@@ -52,6 +54,8 @@ def certinia_approved_week(certinia, opportunity: str, *, hours: tuple[float, ..
             **dict(zip(days, hours, strict=False)),
             "pse__Status__c": "Approved",
             "pse__Billable__c": True,
+            # Approved on the Tuesday after the week worked: the approved-time clock starts here.
+            "pse__Approval_Date__c": "2026-11-24",
         },
     )
 
@@ -92,6 +96,12 @@ def test_a_certinia_billing_event_becomes_one_netsuite_invoice_line_per_item(fir
     assert billed[0]["pse__Invoice_Number__c"] == handoff.steps.get(name="upsert_invoice").external_id
     assert BilledItem.objects.filter(invoice_key=f"I-{event}").count() == 2
     assert handoff.amount == 26325 and "invoice_created" in handoff.business_times
+    # Business dates: released on the billing run's date; the clock of approved time -> invoice
+    # starts at the latest approval (the timecard approved 24 Nov; the milestone done 20 Nov),
+    # not at the latest work date (the week ended 22 Nov).
+    assert handoff.business_times["billing_released"] == "2026-11-30"
+    assert handoff.business_times["time_approved"] == "2026-11-24"
+    assert handoff.business_started_at == dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
 
 
 def test_an_item_already_billed_is_never_billed_again(firm) -> None:  # noqa: ANN001
@@ -192,6 +202,9 @@ def test_a_kantata_invoice_becomes_a_business_central_invoice(firm) -> None:  # 
     bc = firm.connector("businesscentral-uk")
     written = bc.lookup(entity="salesInvoices", key=f"I-K{invoice_id}").response
     assert written["customerNumber"] == f"C-{deal['account']}" and written["totalAmountExcludingTax"] == 1740.0
+    # Kantata gives no approval date: the batch's clock starts at its release (the invoice date).
+    assert handoff.business_times["billing_released"] == "2026-12-14"
+    assert "time_approved" not in handoff.business_times
     kantata = firm.connector("kantata-uk")
     marked = list(kantata.read("invoices", where={"only": invoice_id}))[0]
     assert marked["user_invoice_number"] == handoff.steps.get(name="upsert_invoice").external_id
