@@ -248,3 +248,12 @@ __all__ = [
     "repairs_note",
     "transition_check",
 ]
+
+
+def handoff_values_changed(handoff: Handoff, *, fields: Iterable[str], actor: str = "system", reason: str = "") -> None:
+    """Tell the listeners, after commit, that a handoff's business values (not its status) changed,
+    e.g. an amended deal's value carried onto its waiting handoff: the open backlog counts that
+    value. Told as a move that stays in the handoff's status; no history row (the status did not
+    move)."""
+    move = Move(handoff.pk, handoff.flow, handoff.status, handoff.status, clock.now(), actor, reason, frozenset(fields))
+    transaction.on_commit(functools.partial(listeners_tell, move))

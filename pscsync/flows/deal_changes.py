@@ -31,6 +31,7 @@ from pscsync.flows.quote_to_project import (
     resource_request_records,
 )
 from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, systems, update_by_id
+from pscsync.lifecycle import handoff_values_changed
 from pscsync.models import Handoff
 
 # contract-change ---------------------------------------------------------------------------------
@@ -41,8 +42,8 @@ _WAITING = (Handoff.Status.PENDING, Handoff.Status.WAITING_RETRY, Handoff.Status
 def deal_value_carry(deal: dict[str, Any]) -> int:
     """Give a won deal's waiting quote-to-project handoff the deal's latest value: "won, not yet a
     project" counts that handoff, and an amendment that arrives before the project exists must not
-    leave it at the value the deal closed with. A running one reads the deal itself. Saved one by
-    one (update_fields) so the handoff's listeners (the open backlog) follow. Returns how many."""
+    leave it at the value the deal closed with. A running one reads the deal itself. The lifecycle's
+    listeners (the open backlog) are told after commit. Returns how many."""
     if deal.get("amount") in (None, ""):
         return 0
     amount, currency = Decimal(str(deal["amount"])), str(deal.get("currency") or "")[:3]
@@ -52,6 +53,7 @@ def deal_value_carry(deal: dict[str, Any]) -> int:
             continue
         handoff.amount, handoff.currency = amount, currency or handoff.currency
         handoff.save(update_fields=["amount", "currency"])
+        handoff_values_changed(handoff, fields=("amount", "currency"), reason="deal amended")
         carried += 1
     return carried
 
