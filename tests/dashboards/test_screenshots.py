@@ -88,7 +88,7 @@ def test_the_overview_in_the_firms_and_the_uk_currency(live_server, admin, monke
         assert "not converted" not in page.content()
         page.screenshot(path=str(SHOTS / "dashboards-overview-firm-usd.png"), full_page=True)
         page.goto(f"{live_server.url}/dashboards/?{period}&legal_entity=uk")
-        assert "GBP" in page.locator(".tiles").inner_text() and "not converted" not in page.content()
+        assert "GBP" in page.locator(".tiles").first.inner_text() and "not converted" not in page.content()
         page.screenshot(path=str(SHOTS / "dashboards-overview-uk-gbp.png"), full_page=True)
         FxRate.objects.filter(currency="GBP").delete()
         page.goto(f"{live_server.url}/dashboards/?{period}")
