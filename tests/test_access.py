@@ -137,6 +137,14 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
     ),
+    "dashboards:leaders": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+    ),
+    "studio:value_map_add": (
+        "GET",
+        {"anonymous": 302, "norole": 403, "viewer": 403, "operator": 403, "admin": 405, "outsider": 403},
+    ),
     "dashboards:demand": (
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},

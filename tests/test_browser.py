@@ -109,7 +109,8 @@ def test_an_operator_finds_a_failed_handoff_and_reads_what_the_target_said(
     page.goto(f"{live_server.url}/")
     _shot(page, "login")
     _sign_in(page, live_server, operator)
-    page.wait_for_url("**/dashboards/")
+    page.wait_for_url("**/workbench/")  # operators land on the workbench
+    page.goto(f"{live_server.url}/dashboards/")
     assert page.locator(".tile", has_text="Need a person").locator(".figure").inner_text() == "1"
     _shot(page, "health")
 
