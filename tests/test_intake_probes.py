@@ -74,7 +74,13 @@ def test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing(client, echo_
 @pytest.mark.skipif(os.getenv("PSCSYNC_INTAKE_PROBE_NESTED") == "1", reason="already the SQLite run")
 def test_the_same_on_sqlite(tmp_path: Path) -> None:
     """The parametrized test above, in a pytest of its own on the embedded SQLite database."""
-    env = {**os.environ, "DATABASE_URL": "", "PSCSYNC_VAR_DIR": str(tmp_path), "PSCSYNC_INTAKE_PROBE_NESTED": "1", "PSCSYNC_REQUIRE_SERVICES": ""}
+    env = {
+        **os.environ,
+        "DATABASE_URL": "",
+        "PSCSYNC_VAR_DIR": str(tmp_path),
+        "PSCSYNC_INTAKE_PROBE_NESTED": "1",
+        "PSCSYNC_REQUIRE_SERVICES": "",
+    }
     result = subprocess.run(
         [
             PYTHON,
