@@ -42,31 +42,13 @@ def counted(n: Any, words: str) -> str:
     return glossary.count_words(n, singular, plural)
 
 
-@register.filter
-def flow_name(code: str) -> str:
-    return glossary.flow_name(code)
-
-
-@register.filter
-def step_name(code: str) -> str:
-    return glossary.step_name(code)
-
-
-@register.filter
-def state_name(code: str) -> str:
-    return glossary.state_name(code)
-
-
-@register.filter
-def entity_name(code: str) -> str:
-    return glossary.entity_name(code)
-
-
-@register.filter
-def error_kind(code: str) -> str:
-    return glossary.error_kind_name(code)
-
-
-@register.filter
-def sla(remaining_seconds: float | None) -> str:
-    return glossary.sla_words(remaining_seconds)
+# The glossary's names as filters, registered as they are (no wrapper per name).
+for _name, _function in (
+    ("flow_name", glossary.flow_name),
+    ("step_name", glossary.step_name),
+    ("state_name", glossary.state_name),
+    ("entity_name", glossary.entity_name),
+    ("error_kind", glossary.error_kind_name),
+    ("sla", glossary.sla_words),
+):
+    register.filter(_name, _function)
