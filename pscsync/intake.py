@@ -30,7 +30,7 @@ from django.db import connection as db
 from connectors.base import InboundChange
 from connectors.models import Connection, PollCursor
 from pscsync import clock
-from pscsync.dispatch import events_ring, events_take, handoffs_publish
+from pscsync.dispatch import events_ring, events_take, events_wake, handoffs_publish
 from pscsync.flows import flow_get
 from pscsync.flows.triggers import change_route
 from pscsync.lifecycle import handoff_move, handoff_opened
@@ -435,7 +435,10 @@ def events_drain(*, batch: int = ROUTE_BATCH, budget_seconds: float | None = Non
     budget = budget_seconds if budget_seconds is not None else min(30.0, settings.CELERY_TASK_SOFT_TIME_LIMIT / 2)
     started = time.monotonic()
     taken = 0
-    while time.monotonic() - started < budget:
+    while True:
+        if time.monotonic() - started >= budget:
+            events_wake()  # entries may remain: hand over to a fresh task rather than wait for a sweep
+            break
         ids = events_take(batch)
         if not ids:
             break
