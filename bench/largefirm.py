@@ -1049,8 +1049,12 @@ def _mismatches(rnd: random.Random, ents: dict[str, int], deals: list, now: dt.d
 
 
 # Databases ----------------------------------------------------------------------------------------
+# Several people share one PostgreSQL: PSCSYNC_BENCH_DB_PREFIX gives each their own databases.
+DB_PREFIX = os.environ.get("PSCSYNC_BENCH_DB_PREFIX", "pscsync_bench_large")
+
+
 def template_name(n: int) -> str:
-    return f"pscsync_bench_large_tpl_{n}"
+    return f"{DB_PREFIX}_tpl_{n}"
 
 
 def _admin_sql(sql: str) -> str:

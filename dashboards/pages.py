@@ -22,6 +22,7 @@ from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters, converter_for
 from dashboards.models import FlowFact
 from dashboards.money import Money, money_text
+from pscsync.glossary import duration_words, step_name
 from pscsync.models import Attempt, ErpInvoice, LegalEntity, Mismatch, Step
 from remediation import timeline
 from remediation.models import HandoffException
@@ -186,6 +187,19 @@ def link(name: str, f: Filters, **params: Any) -> str:
     return f"{reverse(name)}?{urlencode(query)}"
 
 
+def age_bucket_link(f: Filters, lo: int, hi: int | None) -> str:
+    """The handoffs behind one bar of "needing attention, by age": the handoffs list, needing
+    attention, started lo..hi-1 days ago (the bucket's own rule), in the page's legal entities."""
+    query: dict[str, Any] = {"status": "needs_attention", "age_min": lo}
+    if hi is not None:
+        query["age_max"] = hi - 1
+    if f.entity_ids is not None:
+        query["legal_entity"] = ",".join(
+            LegalEntity.objects.filter(pk__in=f.entity_ids).order_by("code").values_list("code", flat=True)
+        )
+    return f"{reverse('handoffs:list')}?{urlencode(query)}"
+
+
 def handoff_link(pk: int | None) -> str:
     return reverse("handoffs:detail", args=[pk]) if pk else ""
 
@@ -281,16 +295,21 @@ def overview(f: Filters) -> Page:
     page.sections.append(("Leader figures", leader_tiles(f, conv)))
     page.notes.append(
         f"Integration: {health['attempts']} calls in 24 h, {pct(health['failure_rate'])} failed, "
-        f"{health['rate_limited']} rate-limited; {health['dead_lettered']} dead-lettered; oldest unfinished "
-        + (f"{health['oldest_unfinished_age']}".split(".")[0] if health["oldest_unfinished_age"] else "none")
+        f"{health['rate_limited']} rate-limited; {health['dead_lettered']} needing attention; oldest unfinished "
+        + (duration_words(health["oldest_unfinished_age"]) if health["oldest_unfinished_age"] else "none")
         + "."
     )
     page.charts.append(
         Chart(
             "chart-age",
-            "Handoffs needing a person, by age",
-            charts.bars([b["label"] for b in opened["buckets"]], [b["count"] for b in opened["buckets"]], "handoffs"),
-            "Click a bar for the workbench list.",
+            "Handoffs needing attention, by age",
+            charts.bars(
+                [b["label"] for b in opened["buckets"]],
+                [b["count"] for b in opened["buckets"]],
+                "handoffs",
+                [age_bucket_link(f, lo, hi) for lo, hi, _label in metrics.EXCEPTION_AGE_BUCKETS],
+            ),
+            "Click a bar for its handoffs.",
         )
     )
     _currency_note(page, conv)
@@ -998,73 +1017,50 @@ def _mismatches_by_customer(qs: Any, conv: Converter, f: Filters, entities: dict
     )
 
 
-def integration(f: Filters) -> Page:
+def rate_limited_last_day(f: Filters) -> int:
+    """Attempts the vendors refused with 429 in the last 24 h (their Retry-After waits are in the
+    calls table)."""
+    return int(metrics.health_line(f)["rate_limited"])
+
+
+def integration_calls(f: Filters) -> Table:
+    """Calls to the vendors in the last 24 h, per connection and step (Integration health)."""
     from connectors.models import Connection
 
-    page = Page("Integration health", "Calls to the vendors: throughput, failures, p95 latency, retries and waits.")
     since = metrics.clock.now() - dt.timedelta(days=1)
-    health = metrics.health_line(f)
-    page.tiles = [
-        Tile("Calls, last 24 h", str(health["attempts"]), f"{pct(health['failure_rate'])} failed", "", ""),
-        Tile(
-            "Rate-limited",
-            str(health["rate_limited"]),
-            "answers 429 in 24 h",
-            "",
-            "Attempts the vendor refused with 429; their Retry-After waits are summed below.",
-        ),
-        Tile(
-            "Dead-lettered",
-            str(health["dead_lettered"]),
-            "need a person",
-            reverse("handoffs:list") + "?status=needs_attention",
-            "",
-            "bad" if health["dead_lettered"] else "good",
-        ),
-        Tile(
-            "Oldest unfinished",
-            str(health["oldest_unfinished_age"]).split(".")[0] if health["oldest_unfinished_age"] else "none",
-            "",
-            handoff_link(health["oldest_unfinished_id"]) if health["oldest_unfinished_id"] else "",
-            "",
-        ),
-    ]
     names = dict(Connection.objects.values_list("pk", "name"))
     rows = metrics.attempt_stats(f, since, ("connection_id", "step"))
-    page.tables.append(
-        Table(
-            "calls",
-            "Per connection and step, last 24 h",
+    return Table(
+        "calls",
+        "Calls per connection and step, last 24 h",
+        [
+            "Connection",
+            "Step",
+            "Calls",
+            "Failed",
+            "Failure rate",
+            "Temporary failures",
+            "Rate-limited (429)",
+            "Retry-After waited",
+            "p95",
+        ],
+        [
             [
-                "Connection",
-                "Step",
-                "Calls",
-                "Failed",
-                "Failure rate",
-                "Transient",
-                "429",
-                "Retry-After waited (s)",
-                "p95",
-            ],
-            [
-                [
-                    names.get(r["connection_id"], "—"),
-                    r["step"],
-                    r["attempts"],
-                    r["failures"],
-                    pct(r["failure_rate"]),
-                    r["transient"],
-                    r["rate_limited"],
-                    r["retry_after_seconds"],
-                    "—" if r["p95_ms"] is None else f"≤ {r['p95_ms']:g} ms",
-                ]
-                for r in rows
-            ],
-            "From attempts of finished handoffs, counted once each; p95 is exact to the duration bucket.",
-            "No calls in the last 24 hours.",
-        )
+                names.get(r["connection_id"], "—"),
+                step_name(r["step"]),
+                r["attempts"],
+                r["failures"],
+                pct(r["failure_rate"]),
+                r["transient"],
+                r["rate_limited"],
+                duration_words(r["retry_after_seconds"] or 0),
+                "—" if r["p95_ms"] is None else f"≤ {r['p95_ms']:g} ms",
+            ]
+            for r in rows
+        ],
+        "From attempts of finished handoffs, counted once each; p95 is exact to the duration bucket.",
+        "No calls in the last 24 hours.",
     )
-    return page
 
 
 def demand(f: Filters) -> Page:

@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from connectors.models import Connection
-from pscsync import clock
+from pscsync import clock, glossary
 from pscsync.access import CONFIGURE, VIEW_HANDOFFS, WORK_EXCEPTIONS, permission_required, scope_queryset
 from pscsync.csvsafe import SafeWriter
 from pscsync.models import Handoff
@@ -78,9 +78,11 @@ def cause_items(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 ITEMS_SHOWN = 200
+# Headers and values in the words of the pages (the glossary): a person opens this in a
+# spreadsheet. Amounts stay plain numbers, next to their currency, so they can be summed.
 EXPORT_COLUMNS = (
-    "handoff", "flow", "step", "kind", "status", "business_key", "identifiers", "customer", "legal_entity",
-    "amount", "currency", "connection", "assignee", "opened_at", "last_failed_at", "cause",
+    "Handoff", "Flow", "Step", "Kind", "Status", "Business key", "Identifiers", "Customer", "Legal entity",
+    "Amount", "Currency", "Connection", "Assignee", "Opened", "Last failed", "Cause",
 )  # fmt: skip
 
 
@@ -115,22 +117,24 @@ def export(request: HttpRequest) -> StreamingHttpResponse:
 def _export_row(item: HandoffException) -> list[object]:
     return [
         item.handoff_id,
-        item.flow,
-        item.step_name,
-        item.error_class,
+        glossary.flow_name(item.flow),
+        glossary.step_name(item.step_name) if item.step_name else "",
+        glossary.error_kind_name(item.error_class),
         item.get_status_display(),
         item.handoff.business_key,
-        " ".join(f"{k}={v}" for k, v in item.identifiers.items()),
+        "; ".join(f"{k}: {v}" for k, v in item.identifiers.items()),
         item.customer_name,
-        item.legal_entity.code if item.legal_entity else "",
+        item.legal_entity.name if item.legal_entity else "",
         "" if item.amount is None else item.amount,
         item.currency,
-        item.connection.slug if item.connection else "",
+        item.connection.name if item.connection else "",
         item.assignee.get_username() if item.assignee else "",
-        item.opened_at.isoformat(),
-        item.last_failed_at.isoformat(),
+        glossary.when_words(item.opened_at),
+        glossary.when_words(item.last_failed_at),
         # The handoff's own message in full (the cause's is its fingerprint, with placeholders).
-        services.failure_text(item.handoff, item.step_name) or item.cause.title or item.cause.message,
+        glossary.error_words(
+            services.failure_text(item.handoff, item.step_name) or item.cause.title or item.cause.message
+        ),
     ]
 
 
@@ -203,8 +207,6 @@ def cause_act(request: HttpRequest, pk: int) -> HttpResponse:
 # ---------------------------------------------------------------------------------------------
 # One handoff
 # ---------------------------------------------------------------------------------------------
-def _pretty(value: object) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str) if value not in ({}, None, "") else "—"
 
 
 @permission_required(VIEW_HANDOFFS)

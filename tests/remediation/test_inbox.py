@@ -103,7 +103,8 @@ def test_totals_and_exports_hold_only_what_the_user_may_see(client, firm, operat
 
     client.force_login(operator)
     rows = list(csv.reader(io.StringIO(b"".join(client.get("/workbench/export.csv").streaming_content).decode())))
-    assert rows[0][:3] == ["handoff", "flow", "step"] and len(rows) == 3
+    assert rows[0][:3] == ["Handoff", "Flow", "Step"] and len(rows) == 3
+    assert rows[1][1:4] == ["Quote to project", "Check the deal", "Source data problem"]  # words, not codes
     assert {r[7] for r in rows[1:]} == {"Globex e1", "Globex e2"} and rows[1][9] == "120000.00"
     client.force_login(outsider)  # the UK operator: the header, and nothing of the US entity
     rows = list(csv.reader(io.StringIO(b"".join(client.get("/workbench/export.csv").streaming_content).decode())))
@@ -150,7 +151,7 @@ def test_the_resubmit_dialog_warns_when_the_target_already_holds_the_customer(cl
     page = client.get(f"/workbench/handoffs/{failed.pk}/resubmit/").content.decode()
     assert "The target already holds a record with this key" in page
     assert f"C-{first['account']}" in page and f"handoff {done.pk}" in page
-    assert "upsert_customer</code> writes to <strong>NetSuite (US)</strong>" in page
+    assert "Create the customer in the ERP writes to <strong>NetSuite (US)</strong>" in page
 
 
 def test_a_mapping_error_opens_the_value_map_in_the_studio_for_admins_and_operators_ask_one(
