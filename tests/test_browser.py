@@ -114,7 +114,7 @@ def test_an_operator_finds_a_failed_handoff_and_reads_what_the_target_said(
     assert page.locator(".tile", has_text="Needs attention").locator(".figure").inner_text() == "1"
     _shot(page, "health")
 
-    page.click(".tile:has-text(\"Needs attention\")")
+    page.click('.tile:has-text("Needs attention")')
     page.wait_for_url("**/handoffs/?status=needs_attention")
     rows = page.locator("table.grid tbody tr")
     assert rows.count() == 1 and "OPP-2002" in rows.first.inner_text()
