@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,6 +15,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from connectors.models import Connection
@@ -201,6 +203,10 @@ def cause_act(request: HttpRequest, pk: int) -> HttpResponse:
             return HttpResponse("unknown action", status=400)
     except (ActionRefused, ValueError) as refused:
         messages.error(request, str(refused))
+    back = request.POST.get("next", "")
+    # The inbox's per-row assign comes back to the inbox as it was filtered (our own pages only).
+    if back and url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=False):
+        return redirect(back)
     return redirect("remediation:cause", pk=cause.pk)
 
 
@@ -331,16 +337,23 @@ def _mode_that_can_succeed(handoff: Handoff, editable: bool) -> str:
     return ResubmitMode.STORED
 
 
+# Leaves too common to mean a field when a message says them ("the name", "its id").
+_VAGUE_LEAVES = {"id", "name", "number", "status", "type", "date", "amount"}
+
+
 def _failing_fields(handoff: Handoff, doc_form: DocumentForm | None) -> set[str]:
-    """The edit form's fields the error message names ("no Tax Profile" marks tax_profile)."""
+    """The edit form's fields the error message names: "has no Tax Profile" marks the field
+    labelled "account · tax profile". A label's last part must appear as whole words; vague ones
+    ("name", "id") only with their record ("account name")."""
     if doc_form is None:
         return set()
     message = (handoff.last_error_message or "").lower()
     found = set()
     for field in doc_form:
-        words = str(field.label).lower()
-        leaf = field.name.rsplit(".", 1)[-1].replace("_", " ").lower()
-        if (words and words in message) or (leaf and leaf in message):
+        parts = [p.strip() for p in str(field.label).lower().split("·")]
+        leaf = parts[-1]
+        wanted = " ".join(parts) if leaf in _VAGUE_LEAVES else leaf
+        if wanted and re.search(rf"\b{re.escape(wanted)}\b", message):
             found.add(field.name)
     return found
 
