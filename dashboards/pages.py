@@ -1046,7 +1046,7 @@ def integration_calls(f: Filters) -> Table:
         ],
         [
             [
-                names.get(r["connection_id"], "—"),
+                names.get(r["connection_id"], "pscsync (checks, no vendor call)"),
                 step_name(r["step"]),
                 r["attempts"],
                 r["failures"],

@@ -114,3 +114,22 @@ def test_a_journey_per_role(page, live_server, firm, request, role) -> None:  # 
                 if "Checking the handoffs" in page.locator("#publish").inner_text():
                     problems.append(f"mapping {mapping.pk}: the impact panel never answered")
     assert problems == [], "\n".join(problems)
+
+
+def test_a_bar_that_says_click_opens_its_handoffs(page, live_server, firm, viewer) -> None:  # noqa: ANN001, F811
+    # Two deals needing attention, started on 20 Nov 2026 (the trigger's time): one bar of the age chart.
+    run(trigger(firm, "quote-to-project", won_deal(firm, key="C1", account={"Tax_Profile__c": None})["opportunity"]))
+    run(trigger(firm, "quote-to-project", won_deal(firm, key="C2", Service_Line__c="Cyber Security")["opportunity"]))
+    _sign_in(page, live_server, viewer)
+    page.goto(f"{live_server.url}/dashboards/")
+    chart = page.locator("#chart-age")
+    chart.scroll_into_view_if_needed()
+    assert "Click a bar" in page.locator("figure.chart", has=chart).inner_text()
+    bars = chart.locator(".bars .point")
+    heights = [bars.nth(i).bounding_box()["height"] for i in range(bars.count())]
+    tallest = bars.nth(heights.index(max(heights))).bounding_box()
+    page.mouse.click(tallest["x"] + tallest["width"] / 2, tallest["y"] + tallest["height"] / 2)
+    page.wait_for_url("**/handoffs/?status=needs_attention&age_min=*")
+    rows = page.locator("#handoff-table table.grid tbody tr")
+    assert rows.count() == 2  # the bar's two handoffs, no other
+    assert "days ago" in page.locator("main").inner_text()  # the list says which ages it holds
