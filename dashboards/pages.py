@@ -22,7 +22,7 @@ from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters, converter_for
 from dashboards.models import FlowFact
 from dashboards.money import Money, money_text
-from pscsync.glossary import duration_words, step_name
+from pscsync.glossary import count_words, duration_words, step_name
 from pscsync.models import Attempt, ErpInvoice, LegalEntity, Mismatch, Step
 from remediation import timeline
 from remediation.models import HandoffException
@@ -187,6 +187,11 @@ def link(name: str, f: Filters, **params: Any) -> str:
     return f"{reverse(name)}?{urlencode(query)}"
 
 
+def batches_of(ex: dict[str, Any]) -> str:
+    """ "3 of 40 batches", "1 of 1 batch"."""
+    return f"{ex['exceptions']} of {count_words(ex['attempted'], 'batch', 'batches')}"
+
+
 def age_bucket_link(f: Filters, lo: int, hi: int | None) -> str:
     """The handoffs behind one bar of "needing attention, by age": the handoffs list, needing
     attention, started lo..hi-1 days ago (the bucket's own rule), in the page's legal entities."""
@@ -225,7 +230,7 @@ def overview(f: Filters) -> Page:
             r,
             "quote-to-project.latency_median",
             hours_label(q2p.median_hours),
-            f"{pct(q2p.pct_within_sla)} within SLA ({q2p.sla_label}) · {q2p.measured} deals · "
+            f"{pct(q2p.pct_within_sla)} within SLA ({q2p.sla_label}) · {count_words(q2p.measured, 'deal')} · "
             + trend(q2p.median_hours, q2p.previous.median_hours if q2p.previous else None, " h"),
             label="Deal closed → project active (median)",
             href=link("dashboards:quote_to_project", f),
@@ -237,7 +242,7 @@ def overview(f: Filters) -> Page:
             "project-to-bill.latency_median",
             hours_label(p2b.median_hours),
             f"{pct(p2b.pct_within_sla)} within SLA ({p2b.sla_label}) · {money(blocked['value'])} released, "
-            f"not invoiced ({blocked['count']} batches)",
+            f"not invoiced ({count_words(blocked['count'], 'batch', 'batches')})",
             label="Approved time → invoice (median)",
             href=link("dashboards:project_to_bill", f),
             state=money_state(blocked["value"], otherwise="bad" if blocked["count"] else "good"),
@@ -266,7 +271,8 @@ def overview(f: Filters) -> Page:
             r,
             "billing.exception_rate",
             pct(ex["rate"]),
-            f"{ex['exceptions']} of {ex['attempted']} batches · {money(ex['exception_value'])} "
+            f"{ex['exceptions']} of {count_words(ex['attempted'], 'batch', 'batches')} · "
+            f"{money(ex['exception_value'])} "
             f"({pct(ex['value_rate'])} of value)",
             state=money_state(ex["exception_value"], ex["value"], otherwise="bad" if ex["exceptions"] else "good"),
         ),
@@ -772,7 +778,7 @@ def bill_to_cash(f: Filters) -> Page:
             reading,
             "billing.invoiced",
             money(billed["value"]),
-            f"{billed['count']} invoices posted in the period",
+            f"{count_words(billed['count'], 'invoice')} posted in the period",
             href=link("dashboards:items", f, flow="bill-to-cash", measure="started"),
         ),
         _cash_tile(f, cash, reading),
@@ -845,7 +851,7 @@ def exceptions(f: Filters) -> Page:
     ex, rev, risk = r.exceptions, r.revenue, r.risk
     reconciled = r.measurement(kpis.RECONCILIATION)
     page.tiles = [
-        kpi_tile(r, "billing.exception_rate", pct(ex["rate"]), f"{ex['exceptions']} of {ex['attempted']} batches"),
+        kpi_tile(r, "billing.exception_rate", pct(ex["rate"]), batches_of(ex)),
         kpi_tile(r, "revenue.match_rate", pct(rev["match_rate"]), f"{rev['open']} open · {money(rev['value'])}"),
         kpi_tile(
             r,
@@ -867,7 +873,7 @@ def exceptions(f: Filters) -> Page:
             "chart-causes",
             "Open mismatches by explanation",
             charts.hbars([labels.get(c, c) for c in causes], [float(v[1]) for v in causes.values()], conv.target),
-            "Σ|difference| per cause (DOMAIN.md §3.2 catalogue).",
+            "The sum of the absolute differences, per explanation.",
         )
     )
     page.tables.append(
@@ -878,7 +884,7 @@ def exceptions(f: Filters) -> Page:
             [[labels.get(c, c), v[0], money(v[1])] for c, v in sorted(causes.items(), key=lambda x: -x[1][1])],
             "Open mismatches for the period's months and contract-level ones.",
             _unmeasured_empty(
-                reconciled, "No open mismatch: the systems agree. Reconciliation runs daily (manage.py reconcile)."
+                reconciled, "No open mismatch: the systems agree. Reconciliation compares them every day."
             ),
         )
     )
@@ -1174,14 +1180,14 @@ def items(f: Filters, flow: str, measure: str) -> tuple[Page, Any]:
 
 # Leader figures ------------------------------------------------------------------------------------
 FORECAST_HELP = (
-    "Resource forecast accuracy (DOMAIN.md §2.8): for each month of the period that has ended, the weighted "
+    "Resource forecast accuracy: for each month of the period that has ended, the weighted "
     "demand forecast (open deals' plan hours × probability) as it stood N days before the month (the latest "
     "weekly snapshot then) against the hours people were later assigned in the PSA and the approved hours they "
     "worked, by role. WAPE = Σ|forecast − actual| ÷ Σ actual; accuracy = 1 − WAPE, not below 0; "
     "bias = Σ(forecast − actual) ÷ Σ actual (positive: over-forecast)."
 )
 REVENUE_HELP = (
-    "Revenue schedule accuracy (DOMAIN.md §2.5), as of each legal entity's latest complete reconciliation: "
+    "Revenue schedule accuracy, as of each legal entity's latest complete reconciliation: "
     "value accuracy = 1 − Σ|PSA − ERP| of the open revenue mismatches ÷ Σ|ERP recognised| of every "
     "project-month compared (differences within tolerance count as agreement); row match rate = project-months "
     "matched ÷ compared. Amounts at the closing rate of the period's last month."
