@@ -69,3 +69,21 @@ def test_the_overview_counts_what_was_loaded(loaded, client) -> None:  # noqa: A
     assert started == FlowFact.objects.filter(start_day__isnull=False).count() > 1000
     client.force_login(get_user_model().objects.get(username="viewer"))
     assert client.get("/dashboards/").status_code == 200
+
+
+def test_the_ledger_holds_every_invoice_raised(loaded) -> None:  # noqa: ANN001
+    """One ERP invoice per invoice the project-to-bill handoffs raised, in ledger states whose
+    balances agree with their payment applications (so the money figures read a real ledger)."""
+    from django.db.models import Sum
+
+    from pscsync.models import ErpInvoice, Handoff, PaymentApplication
+
+    raised = Handoff.objects.filter(flow="project-to-bill", business_times__has_key="invoice_created").count()
+    assert ErpInvoice.objects.exclude(batch_key="").count() == raised > 100
+    assert loaded.ledger_invoices == ErpInvoice.objects.count()
+    statuses = set(ErpInvoice.objects.values_list("status", flat=True))
+    assert {"posted", "paid"} <= statuses
+    for invoice in ErpInvoice.objects.filter(status__in=["paid", "partly_paid"]).annotate(a=Sum("applications__amount")):
+        assert invoice.total - invoice.a == invoice.open_balance
+        assert invoice.posting_date is not None
+    assert not PaymentApplication.objects.filter(invoice__status__in=["draft", "pending_approval"]).exists()
