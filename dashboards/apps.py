@@ -12,9 +12,17 @@ class DashboardsConfig(AppConfig):
         # through the lifecycle's listeners (told after the mover's commit, never inside its
         # transaction) and update their aggregates. The beat jobs (rollups_catch_up,
         # backlog_repair) put right what a process killed between commit and listener missed.
-        from pscsync import lifecycle
+        from pscsync import ledger, lifecycle
 
         lifecycle.listener_add("dashboards.aggregates", _handoff_moved)
+        # The money cycles end on the ERP ledger's days (posted, paid): a move there refreshes them.
+        ledger.listener_add("dashboards.facts", _invoice_moved)
+
+
+def _invoice_moved(invoice_id: int) -> None:
+    from dashboards.facts import ledger_moved_safely
+
+    ledger_moved_safely(invoice_id)
 
 
 def _handoff_moved(move: object) -> None:

@@ -20,13 +20,21 @@ from typing import Any
 
 from django.db import connection as db_connection
 from django.db import transaction
-from django.db.models import F, Max, Q
+from django.db.models import F, Max, Min, Q
 
 from dashboards import sla as sla_rule
 from dashboards.models import AttemptRollup, DailyRollup, EntityDailyRollup, FlowFact, FlowSla, RollupMark
 from pscsync import clock
 from pscsync.lifecycle import repairs_note
-from pscsync.models import Attempt, Handoff, LegalEntity, Step
+from pscsync.models import (
+    Attempt,
+    CrossReference,
+    ErpInvoice,
+    Handoff,
+    InvoiceStatusChange,
+    LegalEntity,
+    Step,
+)
 
 log = logging.getLogger("dashboards.facts")
 
@@ -47,7 +55,7 @@ MEASURES: dict[str, dict[str, str]] = {
     },
     "project-to-bill": {
         "title": "Project to bill",
-        "label": "Time approved in the PSA → invoice raised in the ERP",
+        "label": "Time approved in the PSA → invoice posted in the ERP",
         "sync": "Billing batch released in the PSA → invoice created in the ERP",
         "extra": "Billing batch released → invoice raised",
     },
@@ -142,6 +150,22 @@ def _hours(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
 
 
 # Building facts -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Books:
+    """What the ERP's ledger (pscsync.ledger) says of an item's invoice: the day it posted and the
+    day it was paid in full (the payment application that cleared it), with its total. The money
+    cycles end on these days, never on when a handoff ran."""
+
+    posted_on: dt.date | None
+    paid_on: dt.date | None = None
+    total: Decimal | None = None
+    currency: str = ""
+
+
+def _midnight(day: dt.date | None) -> dt.datetime | None:
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) if day else None
+
+
 @dataclass
 class HandoffRow:
     """The fields of a handoff a fact is built from (also built in bulk without model instances)."""
@@ -165,6 +189,8 @@ class HandoffRow:
     deal: dict[str, Any] = field(default_factory=dict)
     # When the source system made the change that triggered this handoff (its event's time).
     source_changed_at: dt.datetime | None = None
+    # The ledger's record of the invoice this handoff raised (project-to-bill) or read (bill-to-cash).
+    books: Books | None = None
 
     @property
     def is_open(self) -> bool:
@@ -245,27 +271,36 @@ def fact_values(flow: str, key: str, rows: list[HandoffRow], sla: FlowSla, count
         t = times[-1]
         released = parse_time(t.get("billing_released"))
         approved = parse_time(t.get("time_approved"))
+        books = next((r.books for r in reversed(rows) if r.books), None)
         # The batch counts in the period it was released in; its cycle starts when its last item
-        # was approved (a PSA with no approval date: at the release).
+        # was approved (a PSA with no approval date: at the release) and ends when the ERP posted
+        # its invoice (the ledger's posting date). Raised but still a draft or pending approval in
+        # the ERP: not billed yet, the cycle is open (DOMAIN.md §2.2: "the posted ERP invoice").
         start = released or approved
-        end = parse_time(t.get("invoice_created"))
-        extra = _hours(released, end)
+        end = _midnight(books.posted_on) if books else None
+        # The second measure is the integration's part: released -> invoice raised by pscsync.
+        extra = _hours(released, parse_time(t.get("invoice_created")))
         measure_start, measured_end = approved or released, end
-        values["details"] = {"released": t.get("billing_released", ""), "approved": t.get("time_approved", "")}
+        values["details"] = {
+            "released": t.get("billing_released", ""),
+            "approved": t.get("time_approved", ""),
+            "posted": books.posted_on.isoformat() if books and books.posted_on else "",
+        }
     elif flow == "bill-to-cash":
-        posted = [p for p in (parse_time(x.get("invoice_posted")) for x in times) if p]
-        start = min(posted) if posted else None
+        # Days to pay, from the ledger alone: posted (its posting date) -> paid in full (the date of
+        # the payment application that cleared it). Partly paid stays open. The handoffs' own times
+        # say when pscsync heard of it, which is the sync clock's business, not the customer's.
+        books = next((r.books for r in reversed(rows) if r.books), None)
         invoice = next((r.invoice for r in reversed(rows) if r.invoice), {})
-        if invoice:
+        if books and books.total is not None:
+            values["amount"], values["currency"] = books.total, books.currency or values["currency"]
+        elif invoice:
             values["amount"] = Decimal(str(invoice.get("total") or values["amount"]))
             values["currency"] = invoice.get("currency") or values["currency"]
-        remaining = Decimal(str(invoice.get("remaining", "1") or "0")) if invoice else None
-        payments = [p for p in (parse_time(x.get("payment_applied")) for x in times) if p]
-        if payments and remaining is not None and remaining <= 0:
-            end = max(payments)
-        # The business cycle: posted -> paid in full (the customer's payment, not the integration).
+        start = _midnight(books.posted_on) if books else None
+        end = _midnight(books.paid_on) if books and start else None
         measure_start, measured_end = start, end
-        values["details"] = {"remaining": str(remaining) if remaining is not None else ""}
+        values["details"] = {"paid_on": books.paid_on.isoformat() if books and books.paid_on else ""}
     else:
         start = rows[0].business_started_at
         end = latest.business_finished_at
@@ -339,7 +374,48 @@ def _rows_for(handoffs: Iterable[dict[str, Any]]) -> list[HandoffRow]:
                 by_id[hid].invoice = output.get("invoice") or {}
             else:
                 by_id[hid].deal = output.get("deal") or {}
+    _books_attach(rows)
     return rows
+
+
+def _books_attach(rows: list[HandoffRow]) -> None:
+    """Each row's ledger record (Books): for project-to-bill the ERP invoice it raised (found by
+    our invoice key, remembered in the cross reference its upsert wrote) once posted; for
+    bill-to-cash the invoice it read (the ERP's id on its source connection). Two queries a kind."""
+    raised = {r.id: r for r in rows if r.flow == "project-to-bill"}
+    if raised:
+        keys = dict(
+            CrossReference.objects.filter(entity_type="invoice", handoff_id__in=list(raised)).values_list(
+                "handoff_id", "canonical_id"
+            )
+        )
+        posted = dict(
+            ErpInvoice.objects.filter(key__in=set(keys.values()), status__in=ErpInvoice.POSTED_STATES)
+            .values("key")
+            .annotate(on=Min("posting_date"))
+            .values_list("key", "on")
+        )
+        for hid, key in keys.items():
+            if posted.get(key):
+                raised[hid].books = Books(posted_on=posted[key])
+    read = [r for r in rows if r.flow == "bill-to-cash" and r.invoice.get("id") and r.source_connection_id]
+    by_connection: dict[int, set[str]] = defaultdict(set)
+    for r in read:
+        by_connection[r.source_connection_id].add(str(r.invoice["id"]))  # type: ignore[index]
+    ledger: dict[tuple[int, str], Books] = {}
+    for conn, ids in by_connection.items():
+        for inv in ErpInvoice.objects.filter(connection_id=conn, vendor_id__in=ids).values(
+            "vendor_id", "status", "posting_date", "paid_on", "total", "currency"
+        ):
+            is_posted = inv["status"] in ErpInvoice.POSTED_STATES
+            ledger[(conn, inv["vendor_id"])] = Books(
+                posted_on=inv["posting_date"] if is_posted else None,
+                paid_on=inv["paid_on"] if inv["status"] == ErpInvoice.Status.PAID else None,
+                total=inv["total"],
+                currency=inv["currency"],
+            )
+    for r in read:
+        r.books = ledger.get((r.source_connection_id, str(r.invoice["id"])))  # type: ignore[arg-type]
 
 
 # The days a fact counts on: started, finished, cycle measured, synced.
@@ -438,12 +514,14 @@ def rollup_rows(facts: Iterable[dict[str, Any]], days: Container[dt.date] | None
             if f["exception"]:
                 s["exceptions"] += 1
                 s["exception_amount"] += amount
+            # The second measure counts with the items started in the period (project to bill:
+            # batches released then, released -> raised), whether or not their cycle has ended.
+            if f["extra_hours"] is not None and f["extra_hours"] >= 0:
+                s["extra_hist"][bucket_of(f["extra_hours"], HOUR_EDGES)] += 1
         if f["end_day"] and (days is None or f["end_day"] in days):
             s = slot(f["end_day"], f)
             s["finished"] += 1
             s["finished_amount"] += amount
-            if f["extra_hours"] is not None and f["extra_hours"] >= 0:
-                s["extra_hist"][bucket_of(f["extra_hours"], HOUR_EDGES)] += 1
         if f["measured_day"] and (days is None or f["measured_day"] in days):
             s = slot(f["measured_day"], f)
             if f["latency_hours"] < 0:
@@ -633,6 +711,42 @@ def handoff_finished(handoff_id: int) -> None:
     attempts_roll(handoff_id)
 
 
+def ledger_moved(invoice_id: int) -> int:
+    """The ERP's ledger moved an invoice (posted, paid, voided; pscsync.ledger tells after its
+    commit): refresh the facts whose cycle ends on it, the project-to-bill batch that raised it
+    and the bill-to-cash item that reads it, and their rollups. Returns the facts refreshed."""
+    invoice = ErpInvoice.objects.filter(pk=invoice_id).values("key", "connection_id", "vendor_id").first()
+    if invoice is None:
+        return 0
+    ids: set[int] = set()
+    if invoice["key"]:
+        ids |= set(
+            CrossReference.objects.filter(
+                entity_type="invoice", canonical_id=invoice["key"], handoff__isnull=False
+            ).values_list("handoff_id", flat=True)
+        )
+    ids |= set(
+        FlowFact.objects.filter(flow="bill-to-cash", key=f"invoice:{invoice['vendor_id']}").values_list(
+            "handoff_id", flat=True
+        )
+    )
+    refreshed = 0
+    for hid in sorted(ids):
+        result = fact_refresh(hid)
+        if result is not None:
+            rollup_rebuild(*result)
+            refreshed += 1
+    return refreshed
+
+
+def ledger_moved_safely(invoice_id: int) -> None:
+    """The ledger's listener: a failure must not fail the ledger's write; the catch-up job repairs."""
+    try:
+        ledger_moved(invoice_id)
+    except Exception:  # noqa: BLE001 - logged and repaired by the beat job
+        log.exception("facts not refreshed for ERP invoice %s; the catch-up job will retry", invoice_id)
+
+
 def handoff_finished_safely(handoff_id: int) -> None:
     """Called after a runner's commit: a failure here must never fail the handoff; the beat job
     (`rollups_catch_up`) repairs whatever was missed."""
@@ -654,6 +768,10 @@ def rollups_catch_up(window: dt.timedelta = dt.timedelta(minutes=30)) -> int:
     repairs_note("rollups", _listener_missed(ids))
     for hid in ids:
         handoff_finished(hid)
+    # Ledger moves seen recently (a posting or payment read after the handoffs finished).
+    moved = InvoiceStatusChange.objects.filter(seen_at__gte=since).values_list("invoice_id", flat=True).distinct()
+    for invoice_id in moved:
+        ledger_moved(invoice_id)
     return len(ids)
 
 

@@ -707,6 +707,8 @@ class ErpInvoice(models.Model):
         indexes = [
             models.Index(fields=["legal_entity", "posting_date"], name="erp_invoice_by_posting"),
             models.Index(fields=["legal_entity", "status"], name="erp_invoice_by_status"),
+            # A billing batch's invoice is found by our key: where its project-to-bill cycle ends.
+            models.Index(fields=["key"], name="erp_invoice_by_key"),
         ]
 
     def __str__(self) -> str:

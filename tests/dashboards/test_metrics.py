@@ -127,16 +127,18 @@ def test_multi_currency_billing_exceptions_in_the_reporting_currency(crm, entiti
     )
     assert ex["exception_value"] == Decimal("1250.00") and ex["exception_value"].complete
     assert ex["rate"] == pytest.approx(33.33, abs=0.01)
-    # Approved-time-to-invoice: 48 h and 30 h; the open batch is censored.
+    # Released -> raised by pscsync (the integration's part): 24 h and 6 h.
     s = metrics.flow_stats(OCT, "project-to-bill")
-    assert (s.measured, s.median_hours, s.p90_hours) == (2, 30.0, 48.0)
-    assert s.extra_median_hours == 6.0  # released -> invoiced
+    assert s.extra_median_hours == 6.0
     blocked = metrics.blocked_billing(OCT)
     assert blocked["count"] == 1 and blocked["buckets"][0]["count"] == 1
 
 
 @pytest.mark.django_db
-def test_days_to_pay_and_status_sync_from_bill_to_cash_handoffs(crm, entities) -> None:  # noqa: ANN001
+def test_days_to_pay_from_the_ledger_and_status_sync_from_the_handoffs(crm, entities) -> None:  # noqa: ANN001
+    """Bill to cash's business cycle is the ledger's: posted (posting date) -> paid in full (the
+    application that cleared it). The handoffs' own times say when pscsync heard of it."""
+
     def b2c(inv, posted, paid, total, remaining):  # noqa: ANN001, ANN202
         times = {"invoice_posted": posted}
         if paid:
@@ -155,16 +157,114 @@ def test_days_to_pay_and_status_sync_from_bill_to_cash_handoffs(crm, entities) -
             },
         )
 
+    us = entities["us"]
+    # Invoice 1: posted 1 Oct, paid by two payments, 400 on 12 Oct and 600 on 20 Oct. The
+    # payment handoff pscsync ran says 12 Oct (it heard of the first payment and read the ledger
+    # then); the ledger says paid in full on 20 Oct: 1 Oct -> 20 Oct = 19 days = 456 h.
     b2c("1", dt.date(2026, 10, 1), None, "1000.00", "1000.00")
-    b2c("1", dt.date(2026, 10, 1), dt.date(2026, 10, 20), "1000.00", "0.00")  # the payment: same invoice
+    b2c("1", dt.date(2026, 10, 1), dt.date(2026, 10, 12), "1000.00", "0.00")
+    ledger_invoice(
+        crm, us, "1", status="paid", posted=dt.date(2026, 10, 1), due=dt.date(2026, 10, 31), total="1000.00",
+        payments=[("400.00", dt.date(2026, 10, 12)), ("600.00", dt.date(2026, 10, 20))],
+    )  # fmt: skip
+    # Invoice 2: posted 15 Oct, 1,200 of 3,000 paid: partly paid is not paid, the cycle is open.
     b2c("2", dt.date(2026, 10, 15), None, "3000.00", "3000.00")
+    ledger_invoice(
+        crm, us, "2", status="partly_paid", posted=dt.date(2026, 10, 15), due=dt.date(2026, 11, 14),
+        total="3000.00", payments=[("1200.00", dt.date(2026, 10, 25))],
+    )  # fmt: skip
+    # Invoice 3: the handoff's read said posted 2 Oct and paid 9 Oct, but the ledger now holds it
+    # pending approval (NetSuite sent it back): not posted, so neither started nor paid.
+    b2c("3", dt.date(2026, 10, 2), dt.date(2026, 10, 9), "500.00", "0.00")
+    ledger_invoice(crm, us, "3", status="pending_approval", posted=dt.date(2026, 10, 2), due=None, total="500.00")
     rollups_rebuild_all()
     s = metrics.flow_stats(OCT, "bill-to-cash")
-    # The business cycle is the customer's: invoice 1 posted 1 Oct, paid in full 20 Oct = 19 × 24 h.
-    assert (s.measured, s.median_hours) == (1, 19 * 24)
+    assert (s.started, s.finished, s.measured, s.median_hours) == (2, 1, 1, 19 * 24)
+    # Within the default 720 h (30 days): 456 h is.
+    assert s.within_sla == 1
     # The integration's own clock, apart: each invoice's last handoff ran 00:00 -> 02:00 = 120 min
-    # (invoice 1's payment on 20 Oct, invoice 2's posting on 15 Oct), over the 15 min default.
-    assert (s.synced, s.sync_median_minutes, s.sync_within_sla) == (2, 120.0, 0)
+    # (invoice 1's payment on 12 Oct, 2's posting on 15 Oct, 3's payment on 9 Oct), over 15 min.
+    assert (s.synced, s.sync_median_minutes, s.sync_within_sla) == (3, 120.0, 0)
+
+
+def invoice_raised(crm, entity, key, *, approved, released, raised, **kw):  # noqa: ANN001, ANN201, ANN003
+    """A project-to-bill handoff that raised ERP invoice I-<key>, as the runner leaves it: the
+    business times the flow recorded and the cross reference its upsert_invoice wrote."""
+    from pscsync.models import CrossReference
+
+    times = {"time_approved": approved, "billing_released": released, "invoice_created": raised}
+    released_at = dt.datetime.combine(released, dt.time(), tzinfo=dt.UTC)
+    h = handoff(
+        flow="project-to-bill",
+        conn=crm,
+        entity=entity,
+        key=key,
+        started=released_at,
+        finished=raised,
+        times=times,
+        **kw,
+    )
+    CrossReference.objects.create(
+        entity_type="invoice", canonical_id=f"I-{key}", connection=crm, external_id=f"ns-{key}",
+        legal_entity=entity, handoff=h, created_at=raised, updated_at=raised,
+    )  # fmt: skip
+    return h
+
+
+@pytest.mark.django_db
+def test_approved_time_to_invoice_ends_when_the_erp_posts_it(crm, entities) -> None:  # noqa: ANN001
+    """Project to bill's business cycle ends on the ledger's posting date, not when pscsync raised
+    the invoice: a draft or an invoice pending approval in the ERP is not billed yet."""
+    us = entities["us"]
+    day = dt.date
+    # A: approved Mon 5 Oct, released 6 Oct, raised by pscsync Wed 7 Oct 09:00, posted in the ERP
+    # Fri 9 Oct: 5 Oct 00:00 -> 9 Oct 00:00 = 96 h (not the 57 h to the raise); 4 business days.
+    invoice_raised(crm, us, "A", approved=day(2026, 10, 5), released=day(2026, 10, 6), raised=T0 + 48 * H)
+    ledger_invoice(crm, us, "A", status="posted", posted=day(2026, 10, 9), due=day(2026, 11, 8), total="800.00")
+    # B: approved 5 Oct, raised 5 Oct 09:00, pending approval until the ERP posted it Wed 14 Oct:
+    # 9 days = 216 h; business days Mon 5 – Tue 13 Oct less the weekend and Columbus Day (Mon 12
+    # Oct, a US federal holiday) = 6 > the 5-day default SLA.
+    invoice_raised(crm, us, "B", approved=day(2026, 10, 5), released=day(2026, 10, 5), raised=T0)
+    ledger_invoice(crm, us, "B", status="posted", posted=day(2026, 10, 14), due=day(2026, 11, 13), total="400.00")
+    # C: raised 5 Oct, still a draft in the ERP on 31 Oct: open, censored from the latency.
+    invoice_raised(crm, us, "C", approved=day(2026, 10, 5), released=day(2026, 10, 5), raised=T0)
+    ledger_invoice(crm, us, "C", status="draft", posted=day(2026, 10, 5), due=None, total="300.00")
+    # D: raised, not read from the ledger yet: not posted as far as anyone knows.
+    invoice_raised(crm, us, "D", approved=day(2026, 10, 5), released=day(2026, 10, 5), raised=T0)
+    rollups_rebuild_all()
+    s = metrics.flow_stats(OCT, "project-to-bill")
+    assert (s.started, s.finished, s.measured) == (4, 2, 2)
+    assert (s.median_hours, s.p90_hours) == (96.0, 216.0)
+    assert (s.within_sla, s.pct_within_sla) == (1, 50.0)
+    # Released -> raised (the integration's part): A 6 Oct 00:00 -> 7 Oct 09:00 = 33 h; B, C, D 9 h.
+    assert s.extra_median_hours == 9.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_posting_read_after_the_handoff_finished_ends_the_cycle(crm, entities) -> None:  # noqa: ANN001
+    """The ledger tells the dashboards after its commit: an invoice raised while the ERP held it
+    for approval, posted three days later and read by the next sync, ends its batch's cycle then."""
+    from dashboards.models import FlowFact
+
+    us, day = entities["us"], dt.date
+    h = invoice_raised(crm, us, "E", approved=day(2026, 10, 5), released=day(2026, 10, 5), raised=T0)
+    rollups_rebuild_all()
+    ledger_invoice(crm, us, "E", status="pending_approval", posted=None, due=None, total="900.00")
+    fact = FlowFact.objects.get(flow="project-to-bill", key="E")
+    assert (fact.end_day, fact.latency_hours) == (None, None)
+    # Posted Thu 8 Oct: 5 Oct -> 8 Oct = 72 h, on the fact and in the rollups the pages read.
+    ledger_invoice(crm, us, "E", status="posted", posted=day(2026, 10, 8), due=day(2026, 11, 7), total="900.00")
+    fact.refresh_from_db()
+    assert (fact.end_day, fact.latency_hours, fact.handoff_id) == (day(2026, 10, 8), 72.0, h.pk)
+    s = metrics.flow_stats(OCT, "project-to-bill")
+    assert (s.finished, s.measured, s.median_hours) == (1, 1, 72.0)
+    # Paid 30 Oct: the batch's cycle does not move (it ended at posting).
+    ledger_invoice(
+        crm, us, "E", status="paid", posted=day(2026, 10, 8), due=day(2026, 11, 7), total="900.00",
+        payments=[("900.00", day(2026, 10, 30))],
+    )  # fmt: skip
+    fact.refresh_from_db()
+    assert fact.latency_hours == 72.0
 
 
 def ledger_invoice(crm, entity, number, *, status, posted, due, total, payments=(), tax="0.00"):  # noqa: ANN001, ANN201, PLR0913
