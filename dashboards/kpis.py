@@ -563,8 +563,9 @@ register(
     Kpi(
         "bill-to-cash.days_to_pay_median",
         "Days to pay (median)",
-        "Invoice posted in the ERP → paid in full, nearest-rank median for invoices paid in full in the period "
-        "(the same figure as bill-to-cash.latency_median); partly paid invoices stay open.",
+        "Invoice posted in the ERP → paid in full, from the ERP's ledger: its posting date to the date of the "
+        "payment application that cleared it; nearest-rank median for invoices paid in full in the period (the "
+        "bill-to-cash business cycle's median under its finance name); partly paid invoices stay open.",
         "hours",
         lambda r: (r.stats["bill-to-cash"].median_hours, r.stats["bill-to-cash"].measured),
         "dashboards:items",
