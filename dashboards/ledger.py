@@ -87,9 +87,15 @@ def receivables(f: Filters, conv: Converter | None = None, *, at: dt.date | None
         Value(ZERO),
         output_field=DecimalField(max_digits=16, decimal_places=2),
     )
+    # Open at `at`: posted by then and not paid in full by then. A paid invoice's applications sum
+    # to its total by its paid_on day, so only those paid after `at` can still owe something at it;
+    # reading the rest (years of paid invoices) would only sum to zero.
+    open_then = Q(status__in=[ErpInvoice.Status.POSTED, ErpInvoice.Status.PARTLY_PAID]) | Q(
+        status=ErpInvoice.Status.PAID, paid_on__gt=at
+    )
     qs = (
         ledger_invoices(f)
-        .filter(status__in=ErpInvoice.POSTED_STATES, posting_date__lte=at)
+        .filter(open_then, posting_date__lte=at)
         .annotate(applied=applied)
         .values(
             "legal_entity_id",

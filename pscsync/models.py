@@ -709,6 +709,10 @@ class ErpInvoice(models.Model):
             models.Index(fields=["legal_entity", "status"], name="erp_invoice_by_status"),
             # A billing batch's invoice is found by our key: where its project-to-bill cycle ends.
             models.Index(fields=["key"], name="erp_invoice_by_key"),
+            # Receivables at a date read the invoices open then: unpaid ones, or paid after it.
+            models.Index(fields=["paid_on"], name="erp_invoice_by_paid_on"),
+            # "As of": the ledger's latest read in scope, without reading every invoice.
+            models.Index(fields=["read_at"], name="erp_invoice_by_read_at"),
         ]
 
     def __str__(self) -> str:
