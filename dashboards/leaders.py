@@ -24,7 +24,7 @@ from django.db.models import Q, Sum
 from django.db.models.functions import Abs
 
 from dashboards import wip
-from dashboards.metrics import Converter, Filters
+from dashboards.metrics import Converter, Filters, converter_for
 from dashboards.models import DemandMonth, DemandSnapshot
 from pscsync import clock
 from pscsync.models import AuditEntry, Mismatch, PsaWorkedHours, ReconciliationRun
@@ -178,16 +178,16 @@ def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None, *, with
     mismatches ÷ Σ|ERP recognised| of every project-month checked, at the closing rate of the
     period's last month; differences within tolerance count as agreement. Row match rate =
     matched ÷ checked. `rows` are the open revenue mismatches: their |Δ| sum to the numerator."""
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     runs = _latest_runs(f)
     checked = matched = 0
-    erp_total = Decimal("0")
+    erp_total = conv.zero()
     for run in runs:
         part = (run.summary or {}).get("revenue", {})
         checked += part.get("checked", 0)
         matched += part.get("matched", 0)
         for currency, total in (part.get("erp_total") or {}).items():
-            erp_total += conv.convert(Decimal(total), currency, f.end, "closing")
+            erp_total += conv.money(Decimal(total), currency, f.end, "closing")
     qs = Mismatch.objects.filter(
         comparison=Mismatch.Comparison.REVENUE,
         status=Mismatch.Status.OPEN,
@@ -196,14 +196,14 @@ def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None, *, with
     # Summed in the database per currency (there can be thousands); the rows only for the drill-down.
     totals = qs.values("currency").annotate(total=Sum(Abs("difference"))).order_by()
     abs_difference = sum(
-        (conv.convert(t["total"] or Decimal("0"), t["currency"], f.end, "closing") for t in totals), Decimal("0")
+        (conv.money(t["total"] or Decimal("0"), t["currency"], f.end, "closing") for t in totals), conv.zero()
     )
     rows = []
     if with_rows:
         for m in qs.order_by("legal_entity__code", "subject_key", "period"):
-            rows.append(
-                {"mismatch": m, "abs_difference": conv.convert(abs(m.difference), m.currency, f.end, "closing")}
-            )
+            rows.append({"mismatch": m, "abs_difference": conv.money(abs(m.difference), m.currency, f.end, "closing")})
+    # A ratio of partly converted sums would be a wrong number: none until every amount converts.
+    complete = abs_difference.complete and erp_total.complete
     return {
         "as_of": max((r.finished_at for r in runs if r.finished_at), default=None),
         "checked": checked,
@@ -211,7 +211,9 @@ def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None, *, with
         "match_rate": 100.0 * matched / checked if checked else None,
         "erp_total": erp_total,
         "abs_difference": abs_difference,
-        "value_accuracy": float(100 * (1 - abs_difference / erp_total)) if erp_total else None,
+        "value_accuracy": float(100 * (1 - abs_difference.amount / erp_total.amount))
+        if complete and erp_total.amount
+        else None,
         "rows": rows,
     }
 

@@ -1257,7 +1257,7 @@ def leader_tiles(
 
 
 def leaders_page(f: Filters) -> Page:
-    conv = Converter()
+    conv = metrics.converter_for(f)  # one entity: its functional currency, as the overview
     page = Page(
         "Leader figures",
         "Resource forecast accuracy, revenue schedule accuracy and reconciliation effort, with the records each "
@@ -1333,7 +1333,7 @@ def leaders_page(f: Filters) -> Page:
                 "PSA",
                 "ERP",
                 "Difference",
-                f"|Difference| ({metrics.reporting_currency()})",
+                f"|Difference| ({conv.target})",
             ],
             [
                 [
@@ -1345,7 +1345,7 @@ def leaders_page(f: Filters) -> Page:
                     f"{Decimal(r['mismatch'].amounts.get('psa', '0')):,.2f} {r['mismatch'].currency}",
                     f"{Decimal(r['mismatch'].amounts.get('erp', '0')):,.2f} {r['mismatch'].currency}",
                     f"{r['mismatch'].difference:,.2f} {r['mismatch'].currency}",
-                    f"{r['abs_difference']:,.2f}",
+                    money(r["abs_difference"]),
                 ]
                 for r in rev["rows"]
             ],

@@ -171,3 +171,25 @@ def test_the_leader_figures_are_on_the_pages_and_in_the_metrics(client, viewer, 
     assert figures["revenue.schedule_value_accuracy"] == 98.0 and figures["revenue.schedule_row_match_rate"] == 80.0
     assert figures["forecast.accuracy_30d_worked"] is None  # not measured yet: null, not 0
     assert figures["reconciliation.effort_actions"] == 0
+
+
+def test_revenue_schedule_accuracy_in_the_entitys_currency_and_none_from_a_partial_sum(entities) -> None:  # noqa: ANN001
+    """The UK alone is in GBP (its functional currency), not in the reporting currency's name; firm
+    wide with no GBP rate the ratio is not computed from the USD part alone."""
+    uk = entities["uk"]
+    ReconciliationRun.objects.create(
+        legal_entity=uk, status="complete", started_at=NOW - dt.timedelta(hours=1), finished_at=NOW,
+        summary={"revenue": {"checked": 5, "matched": 4, "erp_total": {"GBP": "40000.00"}}},
+    )  # fmt: skip
+    Mismatch.objects.create(
+        legal_entity=uk, subject_key="P-UK", explanation="", currency="GBP", difference=Decimal("-800.00"),
+        amounts={"psa": "0", "erp": "-800.00"}, first_seen_at=NOW, last_seen_at=NOW, comparison="revenue",
+        status="open", cause="unexplained", period="2026-10",
+    )  # fmt: skip
+    only_uk = metrics.Filters(start=OCT.start, end=OCT.end, entity_ids=(uk.pk,))
+    found = leaders.revenue_schedule_accuracy(only_uk)
+    # 1 − 800 ÷ 40,000 = 98 %, in GBP.
+    assert found["value_accuracy"] == 98.0
+    assert (found["abs_difference"].currency, found["abs_difference"].amount) == ("GBP", Decimal("800.00"))
+    firm = leaders.revenue_schedule_accuracy(OCT)  # USD, and no GBP rate anywhere
+    assert firm["abs_difference"].missing == {"GBP": Decimal("800.00")} and firm["value_accuracy"] is None
