@@ -223,8 +223,9 @@ def overview(f: Filters) -> Page:
             "project-to-bill.latency_median",
             hours_label(p2b.median_hours),
             f"{pct(p2b.pct_within_sla)} within SLA ({p2b.sla_label}) · {money(blocked['value'])} released, "
-            f"not invoiced ({blocked['count']} batches)",
-            label="Approved time → invoice (median)",
+            f"not invoiced ({blocked['count']} batches"
+            + (f", {blocked['unread']} not read from the PSA yet)" if blocked["unread"] else ")"),
+            label="Approved time → invoice posted (median)",
             href=link("dashboards:project_to_bill", f),
             state=money_state(blocked["value"], otherwise="bad" if blocked["count"] else "good"),
             question="Is approved work being billed?",

@@ -535,3 +535,16 @@ def test_per_entity_rollups_equal_the_detailed_ones_as_handoffs_finish(
     )
     rollups_rebuild_all()
     assert kept() == incremental
+
+
+@pytest.mark.django_db
+def test_a_batch_not_read_yet_is_counted_apart_not_taken_for_nothing_waiting(crm, entities) -> None:  # noqa: ANN001
+    uk = entities["uk"]
+    p2b(crm, uk, T0, T0 + 24 * H, None, status="needs_attention", amount="2500.00", currency="GBP")
+    # Released and waiting for the worker: its handoff has not read the batch, so no value yet.
+    p2b(crm, uk, T0, T0 + 24 * H, None, status="pending", amount=None, currency="")
+    rollups_rebuild_all()
+    only_uk = metrics.Filters(start=OCT.start, end=OCT.end, entity_ids=(uk.pk,))
+    blocked = metrics.blocked_billing(only_uk)
+    assert (blocked["count"], blocked["unread"], blocked["value"]) == (2, 1, Decimal("2500.00"))
+    assert blocked["value"].currency == "GBP"
