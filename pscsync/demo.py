@@ -258,9 +258,10 @@ pscsync is running: http://127.0.0.1:{WEB_PORT}/
                 stop_all({name: processes[name]}, grace=15)
                 start(name, env)
                 time.sleep(2.0 if name == "web" else 0.3)
-            # The firm's nightly reconciliation, once now (beat's first turn is a schedule away): the
-            # overview's unbilled WIP, mismatches and money at risk are measured when the history is.
-            commands["reconcile"] = [*manage, "reconcile"]
+            # The firm's nightly reconciliation, once the engine has caught up with the history's
+            # queue (beat's first turn is a schedule away, and a record still queued is no
+            # mismatch): the overview's unbilled WIP, mismatches and money at risk are then measured.
+            commands["reconcile"] = [*manage, "reconcile", "--after-backlog", "600"]
             start("reconcile", env)
         for name, process in list(processes.items()):
             if process.poll() is not None:

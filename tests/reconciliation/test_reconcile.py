@@ -343,6 +343,34 @@ def test_command_prints_a_summary(firm):  # noqa: ANN001
     assert "billed_time" in text and "missing_record" in text and "complete" in text
 
 
+def test_command_waits_for_the_queued_handoffs_before_it_reconciles(firm, monkeypatch):  # noqa: ANN001
+    """--after-backlog: a batch still queued for its handoff is not reported missing from the ERP
+    while the engine works through its queue (the demo, right after its history)."""
+    from pscsync.lifecycle import handoff_move
+    from pscsync.management.commands import reconcile as command
+    from tests.dashboards.builders import handoff
+
+    billed(firm)
+    queued = handoff(
+        flow="project-to-bill", conn=firm.connections["certinia-us"], entity=None, status="pending", amount=None
+    )
+    waits: list[int] = []
+
+    def sleep(_seconds: float) -> None:  # the worker takes the handoff while the command waits
+        waits.append(ReconciliationRun.objects.count())
+        handoff_move(queued.pk, from_states=["pending"], to="running", actor=None)
+        handoff_move(queued.pk, from_states=["running"], to="succeeded", actor=None)
+
+    monkeypatch.setattr(command.time, "sleep", sleep)
+    call_command("reconcile", "--entity", "us", "--after-backlog", "600", stdout=io.StringIO())
+    # One wait, during which no run had started; then the run, once nothing was queued.
+    assert waits == [0] and ReconciliationRun.objects.filter(status="complete").count() == 1
+    # Without the option it does not wait for another queued one.
+    handoff(flow="project-to-bill", conn=firm.connections["certinia-us"], entity=None, status="pending", amount=None)
+    call_command("reconcile", "--entity", "us", stdout=io.StringIO())
+    assert waits == [0] and ReconciliationRun.objects.count() == 2
+
+
 def test_beat_runs_the_task_for_every_entity(firm, settings):  # noqa: ANN001
     from pscsync.tasks import reconcile_task
 
