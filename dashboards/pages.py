@@ -22,6 +22,7 @@ from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters, converter_for
 from dashboards.models import FlowFact
 from dashboards.money import Money, money_text
+from pscsync.glossary import count_words
 from pscsync.models import Attempt, ErpInvoice, LegalEntity, Mismatch, Step
 from remediation import timeline
 from remediation.models import HandoffException
@@ -223,7 +224,7 @@ def overview(f: Filters) -> Page:
             "project-to-bill.latency_median",
             hours_label(p2b.median_hours),
             f"{pct(p2b.pct_within_sla)} within SLA ({p2b.sla_label}) · {money(blocked['value'])} released, "
-            f"not invoiced ({blocked['count']} batches"
+            f"not invoiced ({count_words(blocked['count'], 'batch', 'batches')}"
             + (f", {blocked['unread']} not read from the PSA yet)" if blocked["unread"] else ")"),
             label="Approved time → invoice posted (median)",
             href=link("dashboards:project_to_bill", f),
@@ -1248,7 +1249,8 @@ def leader_tiles(
         Tile(
             "Reconciliation effort",
             f"{effort['hours']:g} h",
-            f"{effort['actions']} actions on exceptions and mismatches · {len(effort['weeks'])} weeks",
+            f"{count_words(effort['actions'], 'action')} on exceptions and mismatches · "
+            f"{count_words(len(effort['weeks']), 'week')}",
             link("dashboards:leaders", f) + "#effort",
             EFFORT_HELP,
             "",
