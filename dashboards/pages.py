@@ -22,7 +22,7 @@ from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters, converter_for
 from dashboards.models import FlowFact
 from dashboards.money import Money, money_text
-from pscsync.glossary import count_words
+from pscsync.glossary import count_words, when_words
 from pscsync.models import Attempt, ErpInvoice, LegalEntity, Mismatch, Step
 from remediation import timeline
 from remediation.models import HandoffException
@@ -801,8 +801,8 @@ def bill_to_cash(f: Filters) -> Page:
                     i["number"],
                     entities.get(i["legal_entity_id"], "—"),
                     i["customer_name"] or "—",
-                    i["posting_date"],
-                    i["due_date"] or "—",
+                    when_words(i["posting_date"], with_time=False),
+                    when_words(i["due_date"], with_time=False),
                     i["days_past_due"],
                     f"{i['open']:,.2f}",
                     i["currency"],

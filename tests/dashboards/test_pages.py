@@ -282,6 +282,7 @@ def test_receivables_ageing_and_cash_agree_in_page_csv_and_json_and_respect_scop
     assert len(csv) == 2 and "USD 1,500" in csv[1] and "Globex" in csv[1]
     drill = client.get(f"/dashboards/bill-to-cash/?{PERIOD}&csv=open-invoices").content.decode().splitlines()
     assert len(drill) == 2 and drill[1].startswith("US-1,") and "1,500.00" in drill[1] and ",30," in drill[1]
+    assert "1 Sep 2026,1 Oct 2026" in drill[1]  # posted, due: dates as people write them
     figures = {m["key"]: m for m in client.get(f"/api/v1/metrics/?{PERIOD}").json()["metrics"]}
     assert Decimal(figures["cash.receivables"]["value"]) == Decimal("1500.00")
     assert Decimal(figures["cash.receivables_1_30_days"]["value"]) == Decimal("1500.00")
