@@ -186,7 +186,8 @@ class Reading:
 
     @cached_property
     def dso(self) -> dict[str, Any]:
-        return ledger.dso(self.f, self.conv)
+        # Sums only: the tiles and the JSON need no customer rows or invoice list.
+        return ledger.dso(self.f, self.conv, detail=False)
 
     @cached_property
     def invoiced(self) -> dict[str, Any]:
@@ -222,7 +223,7 @@ class Reading:
 
     @cached_property
     def effort(self) -> dict[str, Any]:
-        return leaders.reconciliation_effort(self.f)
+        return leaders.reconciliation_effort(self.f, with_entries=False)
 
     @cached_property
     def psa(self) -> Measurement:

@@ -223,6 +223,16 @@ def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None, *, with
 EFFORT_ACTIONS = ("handoff.", "exception.", "cause.", "bulk.", "mismatch.")
 SESSION_GAP = dt.timedelta(minutes=30)  # actions closer than this are one sitting
 SESSION_LEAD = dt.timedelta(minutes=10)  # reading the exception before the first action of a sitting
+EFFORT_ENTRY_FIELDS = (
+    "created_at",
+    "actor_id",
+    "actor_label",
+    "action",
+    "object_type",
+    "object_id",
+    "object_repr",
+    "comment",
+)
 
 
 def _week_of(moment: dt.datetime) -> dt.date:
@@ -230,7 +240,7 @@ def _week_of(moment: dt.datetime) -> dt.date:
     return day - dt.timedelta(days=day.weekday())
 
 
-def reconciliation_effort(f: Filters) -> dict[str, Any]:
+def reconciliation_effort(f: Filters, *, with_entries: bool = True) -> dict[str, Any]:
     """Per ISO week of the period: people's audited actions on exceptions and mismatches, the
     people and items they worked, and their hours. Hours are sittings: one person's actions no more
     than 30 minutes apart are one sitting, lasting from its first action to its last plus 10
@@ -243,17 +253,20 @@ def reconciliation_effort(f: Filters) -> dict[str, Any]:
     qs = AuditEntry.objects.filter(kinds, created_at__gte=start, created_at__lt=end, actor__isnull=False)
     if f.entity_ids is not None:
         qs = qs.filter(legal_entity_id__in=f.entity_ids)
-    entries = list(
-        qs.order_by("actor_id", "created_at", "pk").only(
-            "created_at", "actor_id", "actor_label", "action", "object_type", "object_id", "object_repr", "comment"
-        )
+    ordered = qs.order_by("actor_id", "created_at", "pk")
+    # The page lists the entries; a tile or the JSON needs only their times, people and items
+    # (plain rows: thousands of model instances a month cost more than the rest of the figure).
+    entries: list[Any] = (
+        list(ordered.only(*EFFORT_ENTRY_FIELDS))
+        if with_entries
+        else list(ordered.values_list("created_at", "actor_id", "object_type", "object_id", named=True))
     )
     weeks: dict[dt.date, dict[str, Any]] = defaultdict(
         lambda: {"actions": 0, "people": set(), "items": set(), "hours": 0.0}
     )
-    sitting: list[AuditEntry] = []
+    sitting: list[Any] = []
 
-    def close(sitting: list[AuditEntry]) -> None:
+    def close(sitting: list[Any]) -> None:
         if sitting:
             span = sitting[-1].created_at - sitting[0].created_at + SESSION_LEAD
             weeks[_week_of(sitting[0].created_at)]["hours"] += span.total_seconds() / 3600
@@ -282,5 +295,5 @@ def reconciliation_effort(f: Filters) -> dict[str, Any]:
         "actions": len(entries),
         "hours": round(sum(r["hours"] for r in rows), 2),
         "weeks": rows,
-        "entries": entries,
+        "entries": entries if with_entries else [],
     }

@@ -1216,7 +1216,7 @@ def leader_tiles(
     """The three leader figures' tiles (from the figures when the caller has them already)."""
     fc = fc or leaders.forecast_accuracy(f)
     rev = rev or leaders.revenue_schedule_accuracy(f, conv, with_rows=False)
-    effort = effort or leaders.reconciliation_effort(f)
+    effort = effort or leaders.reconciliation_effort(f, with_entries=False)
     head = fc.headline
     shortest = min(fc.lags, default=None)
     assigned = fc.lags[shortest]["assigned"] if shortest else None

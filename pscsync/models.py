@@ -713,6 +713,9 @@ class ErpInvoice(models.Model):
             models.Index(fields=["paid_on"], name="erp_invoice_by_paid_on"),
             # "As of": the ledger's latest read in scope, without reading every invoice.
             models.Index(fields=["read_at"], name="erp_invoice_by_read_at"),
+            # Invoiced in a window and the open invoices, firm-wide (no legal entity to lead with).
+            models.Index(fields=["posting_date"], name="erp_invoice_by_posted_day"),
+            models.Index(fields=["status", "posting_date"], name="erp_invoice_by_state_day"),
         ]
 
     def __str__(self) -> str:
