@@ -568,3 +568,20 @@ METRICS_TOKEN = os.getenv("PSCSYNC_METRICS_TOKEN", "")
 # The business gauges (money at risk, won-not-activated, unbilled WIP) are read at most this often.
 METRICS_BUSINESS_SECONDS = env_int("PSCSYNC_METRICS_BUSINESS_SECONDS", 60)
 SECURE_REDIRECT_EXEMPT += [r"^metrics$"]
+
+# --- Traces (docs/operations.md, "Traces") ---------------------------------------------------
+# OpenTelemetry is on only when an OTLP endpoint is set (the SDK's own variables: the endpoint,
+# OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER...); off, nothing is
+# instrumented. OTEL_SDK_DISABLED=true turns it off with the endpoint still set.
+TRACING = (
+    bool(os.getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.getenv("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    and os.getenv("OTEL_SDK_DISABLED", "false").lower() != "true"
+)
+# Where a person opens a trace: an address with {trace_id} in it, e.g.
+# https://grafana.example.com/explore?left={"queries":[{"query":"{trace_id}"}]} or
+# https://jaeger.example.com/trace/{trace_id}. Unset, the handoff page shows the id unlinked.
+TRACE_URL = os.getenv("PSCSYNC_TRACE_URL", "")
+if TRACE_URL and ("{trace_id}" not in TRACE_URL or not TRACE_URL.startswith(("https://", "http://"))):
+    raise ImproperlyConfigured(
+        f"PSCSYNC_TRACE_URL must be an http(s) address containing {{trace_id}}, got {TRACE_URL!r}"
+    )
