@@ -8,6 +8,8 @@ records the `traceparent` header each call brought."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 
 import pytest
@@ -16,7 +18,8 @@ from django.test import Client
 
 from ops import tracing
 from pscsync.models import Event, Handoff
-from tests.helpers import change_body, sign
+from tests.helpers import ROOT, change_body, sign
+from tests.test_browser import CHROMIUM, _sign_in, page  # noqa: F401 (the browser fixture, shared)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -195,8 +198,8 @@ def test_tracing_off_stores_no_trace_and_the_page_says_so(operator, echo_connect
     handoff = Handoff.objects.get(business_key="OPP-T3")
     assert (handoff.traceparent, handoff.trace_id) == ("", "")
     client.force_login(operator)
-    page = client.get(f"/handoffs/{handoff.pk}/").content.decode()
-    assert "Not traced" in page
+    html = client.get(f"/handoffs/{handoff.pk}/").content.decode()
+    assert "Not traced" in html
 
 
 def test_the_page_shows_the_trace_for_a_person_and_links_it_when_configured(
@@ -209,15 +212,15 @@ def test_the_page_shows_the_trace_for_a_person_and_links_it_when_configured(
     assert deliver("OPP-T4") == 202
     handoff = Handoff.objects.get(business_key="OPP-T4")
     client.force_login(operator)
-    page = client.get(f"/handoffs/{handoff.pk}/").content.decode()
+    html = client.get(f"/handoffs/{handoff.pk}/").content.decode()
     short = handoff.trace_id[:8]
-    assert f'<span title="{handoff.trace_id}">Trace {short}…</span>' in page
+    assert f'<span title="{handoff.trace_id}">Trace {short}…</span>' in html
     settings.TRACE_URL = "https://tempo.example.com/trace/{trace_id}"
-    page = client.get(f"/handoffs/{handoff.pk}/").content.decode()
+    html = client.get(f"/handoffs/{handoff.pk}/").content.decode()
     assert (
         f'<a href="https://tempo.example.com/trace/{handoff.trace_id}" title="{handoff.trace_id}" '
         f'rel="noopener">Trace {short}…</a>'
-    ) in page
+    ) in html
 
 
 @pytest.mark.parametrize(
@@ -236,3 +239,35 @@ def test_a_trace_address_without_the_id_or_not_http_is_refused_at_start(value: s
     )
     assert result.returncode != 0
     assert "PSCSYNC_TRACE_URL must be an http(s) address containing {trace_id}" in result.stderr
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(
+    not shutil.which(CHROMIUM) and not os.getenv("PSCSYNC_REQUIRE_SERVICES"),
+    reason="Debian's chromium is not installed (make test installs it)",
+)
+def test_an_operator_opens_a_handoffs_trace_from_its_page(
+    page,  # noqa: ANN001, F811
+    live_server,  # noqa: ANN001
+    operator,  # noqa: ANN001
+    echo_connection,  # noqa: ANN001
+    exporter,  # noqa: ANN001
+    settings,  # noqa: ANN001
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    """In headless Chromium; the screenshot is docs/screenshots/handoff-trace.png."""
+    from pscsync.runner import handoff_run
+
+    monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
+    settings.TRACE_URL = "https://grafana.example.com/explore?traceId={trace_id}"
+    assert deliver("OPP-T5") == 202
+    handoff = Handoff.objects.get(business_key="OPP-T5")
+    handoff_run(handoff_id=handoff.pk, worker="w1")
+    _sign_in(page, live_server, operator)
+    page.wait_for_url("**/workbench/")
+    page.goto(f"{live_server.url}/handoffs/{handoff.pk}/")
+    link = page.locator(".facts dd.trace a")
+    assert link.inner_text() == f"Trace {handoff.trace_id[:8]}…"
+    assert link.get_attribute("href") == f"https://grafana.example.com/explore?traceId={handoff.trace_id}"
+    assert link.get_attribute("title") == handoff.trace_id  # the whole id, to copy
+    page.screenshot(path=str(ROOT / "docs" / "screenshots" / "handoff-trace.png"), full_page=True)
