@@ -7,6 +7,7 @@ business attributes; the echo target must have received each call's own tracepar
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -214,6 +215,30 @@ def test_one_webhook_is_one_trace_across_the_web_and_worker_processes(traced, re
     ]
     assert any(by_id.get(q.parent_span_id) is run for q in queries)
     assert all(q.kind == "SPAN_KIND_CLIENT" for q in queries)
+
+
+def test_the_workers_json_log_lines_carry_the_handoffs_trace_id(traced, receiver, echo) -> None:  # noqa: ANN001
+    assert traced.deliver("OPP-L2") == 202
+    wait_until(
+        lambda: Handoff.objects.filter(business_key="OPP-L2", status=Handoff.Status.SUCCEEDED).exists(),
+        timeout=60,
+        stack=traced,
+        what="the handoff to succeed",
+    )
+    handoff = Handoff.objects.get(business_key="OPP-L2")
+
+    def about() -> list[dict]:
+        lines = traced.worker.log_path.read_text().splitlines()
+        return [
+            line
+            for line in map(json.loads, filter(lambda x: x.startswith("{"), lines))
+            if line.get("handoff_id") == handoff.pk
+        ]
+
+    # Celery's "succeeded" line, written as the task returns, inside its span.
+    wait_until(lambda: bool(about()), timeout=20, stack=traced, what="a worker line about the handoff")
+    assert {line.get("trace_id") for line in about()} == {handoff.trace_id}
+    assert {line.get("business_key") for line in about()} == {"OPP-L2"}
 
 
 def test_probes_are_not_traced(traced, receiver) -> None:  # noqa: ANN001
