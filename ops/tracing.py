@@ -89,6 +89,7 @@ def _sampler() -> Any:
         def get_description(self) -> str:
             return f"NoOrphanClientSpans{{{self.delegate.get_description()}}}"
 
+    # The SDK's own reading of OTEL_TRACES_SAMPLER(_ARG), what TracerProvider does when given none.
     return NoOrphanClientSpans(_get_from_env_or_default())
 
 

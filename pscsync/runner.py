@@ -531,7 +531,9 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
         legal_entity=handoff.legal_entity.code if handoff.legal_entity else "",
     )
     with tracing.handoff_span(handoff):
-        return _run_leased(handoff, worker)
+        outcome = _run_leased(handoff, worker)
+        tracing.annotate(outcome=outcome)  # succeeded, waiting_retry, needs_attention, lease_lost
+        return outcome
 
 
 def _run_leased(handoff: Handoff, worker: str) -> str:

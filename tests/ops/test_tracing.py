@@ -48,17 +48,25 @@ def worker():  # noqa: ANN201
     from pscsync.celery import app
 
     redis.Redis.from_url(django_settings.CELERY_BROKER_URL).flushdb()
+    before = _backends()
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
         yield
-    # The worker's threads kept their database connections: close them so the test database
-    # can be flushed and dropped.
+    # The worker's threads keep their database connections open after it stops: end those (and
+    # only those) so the test database can be flushed and dropped.
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [sorted(_backends() - before)])
+
+
+def _backends() -> set[int]:
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+        return {pid for (pid,) in cursor.fetchall()}
 
 
 def deliver(key: str, *, request_id: str = "") -> int:
@@ -154,6 +162,7 @@ def test_one_webhook_makes_one_trace_through_the_task_to_every_vendor_call(
         del expected["pscsync.connection"]
         assert {k: step.attributes.get(k) for k in expected} == expected
 
+    assert run.attributes["pscsync.outcome"] == "succeeded"
     # The run and intake carry the business key, flow and legal entity too (no step: not in one).
     for span in (run, intake):
         assert span.attributes["pscsync.business_key"] == "OPP-T1"
@@ -189,6 +198,32 @@ def test_a_run_delivered_outside_its_message_rejoins_the_handoffs_trace(
     assert format(run.parent.span_id, "016x") == handoff.traceparent.split("-")[2]
     assert [link.context.span_id for link in run.links] == [sweep.get_span_context().span_id]
     assert trace.get_current_span().get_span_context().is_valid is False  # nothing left attached
+
+
+def test_a_step_the_vendor_refused_is_an_error_span_and_the_run_says_what_became_of_it(
+    exporter,  # noqa: ANN001
+    echo_connection,  # noqa: ANN001
+    echo,  # noqa: ANN001
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    from pscsync.runner import handoff_run
+
+    monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
+    echo.fault(mode="status", status=422, match="/invoice/", count=1)
+    assert deliver("OPP-T6") == 202
+    handoff = Handoff.objects.get(business_key="OPP-T6")
+    assert handoff_run(handoff_id=handoff.pk, worker="w1") == Handoff.Status.NEEDS_ATTENTION
+    spans = {s.name: s for s in exporter.get_finished_spans() if s.name.startswith(("step ", "handoff run"))}
+    assert spans["step upsert_customer"].status.status_code.name == "UNSET"
+    assert spans["step upsert_invoice"].status.status_code.name == "ERROR"
+    assert spans["handoff run"].attributes["pscsync.outcome"] == "needs_attention"
+    vendor = next(
+        s
+        for s in exporter.get_finished_spans()
+        if s.parent and s.parent.span_id == spans["step upsert_invoice"].context.span_id
+    )
+    # (the httpx instrumentation names it by the older HTTP conventions unless told otherwise)
+    assert vendor.attributes.get("http.response.status_code", vendor.attributes.get("http.status_code")) == 422
 
 
 def test_tracing_off_stores_no_trace_and_the_page_says_so(operator, echo_connection, client) -> None:  # noqa: ANN001
