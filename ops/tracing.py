@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 
     from pscsync.models import Handoff
 
-# Server spans we never want: probes every few seconds, scrapes, static files.
-EXCLUDED_URLS = "healthz,readyz,metrics,static/"
+# Server spans we never want: probes every few seconds, scrapes, static files. Regular expressions
+# searched in the address without its query; anchored, so the REST API's /api/v1/metrics/ stays.
+EXCLUDED_URLS = "/healthz$,/readyz$,/metrics$,/static/"
 ATTRIBUTE_PREFIX = "pscsync."
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 

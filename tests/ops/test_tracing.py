@@ -226,6 +226,16 @@ def test_a_step_the_vendor_refused_is_an_error_span_and_the_run_says_what_became
     assert vendor.attributes.get("http.response.status_code", vendor.attributes.get("http.status_code")) == 422
 
 
+def test_only_the_probes_the_scrape_and_static_files_go_untraced() -> None:
+    from opentelemetry.util.http import parse_excluded_urls
+
+    excluded = parse_excluded_urls(tracing.EXCLUDED_URLS)
+    for path in ("/healthz", "/readyz", "/metrics", "/static/app.css"):
+        assert excluded.url_disabled(f"http://pscsync.example.com{path}"), path
+    for path in ("/api/v1/metrics/", "/api/v1/metrics/health/", "/webhooks/echo-us/", "/handoffs/1/"):
+        assert not excluded.url_disabled(f"http://pscsync.example.com{path}"), path
+
+
 def test_tracing_off_stores_no_trace_and_the_page_says_so(operator, echo_connection, client) -> None:  # noqa: ANN001
     # given tracing off (no OTLP endpoint: the test settings set none)
     assert not django_settings.TRACING and not tracing.enabled()
