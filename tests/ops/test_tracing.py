@@ -226,6 +226,34 @@ def test_a_step_the_vendor_refused_is_an_error_span_and_the_run_says_what_became
     assert vendor.attributes.get("http.response.status_code", vendor.attributes.get("http.status_code")) == 422
 
 
+def _instrumented() -> dict[str, bool]:
+    import httpx
+    import psycopg
+    from celery.signals import before_task_publish
+
+    return {
+        "django": any("opentelemetry" in m for m in django_settings.MIDDLEWARE),
+        "httpx": hasattr(httpx.HTTPTransport.handle_request, "__wrapped__"),
+        "psycopg": hasattr(psycopg.connect, "__wrapped__"),
+        "celery": any("opentelemetry" in repr(r) for _, r in before_task_publish.receivers),
+    }
+
+
+def test_off_means_nothing_is_instrumented_and_teardown_undoes_it(db) -> None:  # noqa: ANN001
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    # Off (no OTLP endpoint in the test settings): no SDK object, nothing wrapped.
+    assert not django_settings.TRACING and not tracing.enabled()
+    assert _instrumented() == {"django": False, "httpx": False, "psycopg": False, "celery": False}
+    assert tracing.current_traceparent() == ""
+    tracing.tracing_setup(exporter=InMemorySpanExporter(), make_global=False)
+    try:
+        assert _instrumented() == {"django": True, "httpx": True, "psycopg": True, "celery": True}
+    finally:
+        tracing.tracing_teardown()
+    assert _instrumented() == {"django": False, "httpx": False, "psycopg": False, "celery": False}
+
+
 def test_only_the_probes_the_scrape_and_static_files_go_untraced() -> None:
     from opentelemetry.util.http import parse_excluded_urls
 
