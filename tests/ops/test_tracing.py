@@ -264,6 +264,27 @@ def test_only_the_probes_the_scrape_and_static_files_go_untraced() -> None:
         assert not excluded.url_disabled(f"http://pscsync.example.com{path}"), path
 
 
+def test_a_handoff_taken_in_untraced_keeps_the_trace_of_its_first_traced_run(echo_connection, monkeypatch) -> None:  # noqa: ANN001
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from pscsync.runner import handoff_run
+
+    monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
+    assert deliver("OPP-T7") == 202  # tracing off
+    handoff = Handoff.objects.get(business_key="OPP-T7")
+    assert handoff.trace_id == ""
+    exporter = InMemorySpanExporter()
+    tracing.tracing_setup(exporter=exporter, make_global=False)
+    try:
+        assert handoff_run(handoff_id=handoff.pk, worker="w1") == Handoff.Status.SUCCEEDED
+    finally:
+        tracing.tracing_teardown()
+    run = next(s for s in exporter.get_finished_spans() if s.name == "handoff run")
+    handoff.refresh_from_db()
+    assert handoff.trace_id == format(run.context.trace_id, "032x")
+    assert points_at(handoff.traceparent) == (handoff.trace_id, run.context.span_id)
+
+
 def test_tracing_off_stores_no_trace_and_the_page_says_so(operator, echo_connection, client) -> None:  # noqa: ANN001
     # given tracing off (no OTLP endpoint: the test settings set none)
     assert not django_settings.TRACING and not tracing.enabled()
