@@ -330,6 +330,10 @@ class Connector:
         """Mapped fields reshaped where the vendor needs structure a flat mapping cannot express."""
         return fields
 
+    def record_url(self, record: str, external_id: str) -> str:
+        """A link to the record in the vendor's own UI, where the vendor has a stable one ("" if not)."""
+        return ""
+
     def deal_read(self, deal_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """A deal and its account as canonical documents (docs/canonical.md), or None if gone."""
         raise RejectedError(f"{self.connection.name} keeps no deals")

@@ -109,6 +109,7 @@ KEYS: dict[str, KeyFormat] = {
     BILLING_BATCH: KeyFormat("{batch}"),
     INVOICE: KeyFormat("I-{batch}"),
 }
+VENDOR_ID = KeyFormat("{id}")
 
 
 @dataclass(frozen=True)
@@ -124,13 +125,17 @@ class Capability:
     when_paid_only: bool = False
     # The record needs a project to exist before it (Kantata keeps demand on an estimate project).
     needs_project: bool = False
+    # What people search the record by in the workbench (an identifier's name), where it differs
+    # from the canonical record's name.
+    identifier: str = ""
 
     def can(self, operation: str) -> bool:
         return operation in self.operations
 
     @property
     def key_format(self) -> KeyFormat:
-        return self.key or KEYS[self.record]
+        # Records pscsync only reads (time, expenses, payments, rates) go by the vendor's own id.
+        return self.key or KEYS.get(self.record, VENDOR_ID)
 
 
 def can(*operations: str) -> frozenset[str]:

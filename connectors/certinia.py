@@ -60,7 +60,10 @@ class CertiniaConnector(SalesforceConnector):
         c.BUDGET: c.Capability(c.BUDGET, "budget", c.can(c.READ_ONE, c.UPSERT, c.FIND, c.RECONCILE)),
         c.RESOURCE_REQUEST: c.Capability(c.RESOURCE_REQUEST, "resource_request", c.can(c.UPSERT, c.FIND)),
         c.BILLING_BATCH: c.Capability(
-            c.BILLING_BATCH, "billing_event", c.can(c.READ_ONE, c.READ_CHANGED, c.UPDATE, c.RECONCILE)
+            c.BILLING_BATCH,
+            "billing_event",
+            c.can(c.READ_ONE, c.READ_CHANGED, c.UPDATE, c.RECONCILE),
+            identifier="billing_event",
         ),
         # The ERP invoice number and date on the billing event a person released.
         "billing_status": c.Capability(c.BILLING_BATCH, "billing_event", c.can(c.UPDATE)),

@@ -153,7 +153,11 @@ class KantataConnector(Connector):
         # Forecast demand lives on a project: the deal's future workspace, kept as an estimate.
         c.RESOURCE_REQUEST: c.Capability(c.RESOURCE_REQUEST, "stories", c.can(c.UPSERT, c.FIND), needs_project=True),
         c.BILLING_BATCH: c.Capability(
-            c.BILLING_BATCH, "invoices", c.can(c.READ_ONE, c.READ_CHANGED, c.UPDATE, c.RECONCILE), key=BATCH_KEY
+            c.BILLING_BATCH,
+            "invoices",
+            c.can(c.READ_ONE, c.READ_CHANGED, c.UPDATE, c.RECONCILE),
+            key=BATCH_KEY,
+            identifier="psa_invoice",
         ),
         "billing_status": c.Capability(c.BILLING_BATCH, "invoices", c.can(c.UPDATE)),
         # Kantata records payment only: the invoice it raised is marked once fully paid.
@@ -471,6 +475,11 @@ class KantataConnector(Connector):
         if purpose == c.RESOURCE_REQUEST:
             return {"workspace_id": links.get("project_id", ""), "story_type": "task"}
         return {}
+
+    def record_url(self, record: str, external_id: str) -> str:
+        if record in (c.PROJECT, c.BUDGET):  # a budget is the workspace's price
+            return f"{self.connection.base_url.rstrip('/')}/workspaces/{external_id}"
+        return ""
 
     def billing_batch(self, key: str, *, currency: str = "") -> dict[str, Any] | None:
         """A Kantata invoice with its time entries and expenses. Kantata carries neither our project

@@ -652,6 +652,12 @@ class NetSuiteConnector(Connector):
             }
         return fields
 
+    def record_url(self, record: str, external_id: str) -> str:
+        base = self.connection.base_url.rstrip("/")
+        if record == c.CUSTOMER:
+            return f"{base}/app/common/entity/custjob.nl?id={external_id}"
+        return f"{base}/app/accounting/transactions/transaction.nl?id={external_id}"
+
     def customers_named(self, name: str) -> list[dict[str, str]]:
         rows = self.read("customer", where={"companyname": name})
         return [{"id": str(r.get("id")), "key": r.get("externalid") or ""} for r in rows]

@@ -521,6 +521,9 @@ class SalesforceConnector(Connector):
             )
         return deals
 
+    def record_url(self, record: str, external_id: str) -> str:
+        return f"{self.connection.base_url.rstrip('/')}/{external_id}"
+
     def account_exists(self, account_id: str) -> bool:
         return bool(list(self.read("account", where={"Id": account_id}, fields=["Id"])))
 

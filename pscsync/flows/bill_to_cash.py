@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from connectors.base import InvoiceStatus
-from connectors.canonical import ON_BILLING_BATCH, capability
+from connectors.canonical import KEYS, ON_BILLING_BATCH, PROJECT, capability
 from connectors.errors import ValidationError
 from connectors.models import Connection
 from connectors.registry import connector_class, connector_for
@@ -60,7 +60,7 @@ def invoice_read(ctx: StepContext, erp: Connection) -> dict[str, Any]:
         status = "Invoice in draft"
     project = {
         "key": project_key,
-        "opportunity_id": project_key.removeprefix("P-") if project_key.startswith("P-") else "",
+        "opportunity_id": (KEYS[PROJECT].parse(project_key) or {}).get("deal", ""),
         "invoiced": str(invoiced),
         "paid": str(paid),
         "open": str(open_amount),

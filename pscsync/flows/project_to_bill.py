@@ -12,7 +12,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from connectors.canonical import CUSTOMER, KEYS, capability
+from connectors.canonical import CUSTOMER, KEYS, PROJECT, capability
 from connectors.errors import ValidationError
 from connectors.models import Connection
 from connectors.registry import connector_for
@@ -63,9 +63,10 @@ def billing_read(ctx: StepContext, psa: Connection) -> dict[str, Any]:
 def _deal_customer(project_key: str) -> str:
     """The customer's name as the deal that made the project knew it (the PSA batch has only ids),
     so billing failures in the workbench show whom they bill."""
-    if not project_key.startswith("P-"):
+    deal = KEYS[PROJECT].parse(project_key)
+    if deal is None:
         return ""
-    names = Handoff.objects.filter(flow="quote-to-project", business_key=project_key.removeprefix("P-"))
+    names = Handoff.objects.filter(flow="quote-to-project", business_key=deal["deal"])
     return names.exclude(customer_name="").values_list("customer_name", flat=True).first() or ""
 
 
@@ -76,7 +77,8 @@ def _batch(ctx: StepContext, psa: Connection) -> dict[str, Any]:
     entity = ctx.handoff.legal_entity
     batch = connector_for(psa).billing_batch(key, currency=entity.currency if entity else "")
     if batch is None:
-        raise ValidationError(f"billing batch {key} no longer exists in {psa.name}")
+        named = (capability(psa, "billing_batch").key_format.parse(key) or {"batch": key})["batch"]
+        raise ValidationError(f"billing batch {named} no longer exists in {psa.name}")
     if not batch["project_key"]:
         project_key, account = _project_origin(psa, batch["project_id"])
         batch["project_key"] = project_key
