@@ -47,6 +47,12 @@ BILLING_ITEM_FIELDS = (
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
+def _item_kind(row: dict[str, Any]) -> str:
+    """A billing event item's kind in canonical words (Time, Expense, Milestone)."""
+    category = str(row.get("pse__Category__c") or "")
+    return {"Timecard": "Time"}.get(category, category or "Time")
+
+
 def _money(value: Any) -> str:
     return str(Decimal(str(value or 0)).quantize(Decimal("0.01")))
 
@@ -242,7 +248,7 @@ class CertiniaConnector(SalesforceConnector):
         approved_on = self._approval_dates(rows)
         items = []
         for row in rows:
-            kind = {"Timecard": "Time"}.get(row.get("pse__Category__c"), row.get("pse__Category__c") or "Time")
+            kind = _item_kind(row)
             items.append(
                 {
                     "id": row["Id"],
@@ -343,7 +349,7 @@ class CertiniaConnector(SalesforceConnector):
             batch = events.get(row.get("pse__Billing_Event__c") or "")
             if batch is None:
                 continue
-            kind = {"Timecard": "Time"}.get(row.get("pse__Category__c"), row.get("pse__Category__c") or "Time")
+            kind = _item_kind(row)
             batch.items.append(
                 h.PsaItem(
                     id=row["Id"],
