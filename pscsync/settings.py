@@ -365,6 +365,15 @@ RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
 # Connections marked "sandbox" may call loopback addresses (our own sandboxes). Off unless turned on:
 # `make demo` (pscsync.demo) and the test run set PSCSYNC_ALLOW_SANDBOXES=true; production never.
 ALLOW_SANDBOXES = env_bool("PSCSYNC_ALLOW_SANDBOXES", False)
+# Where the demo's vendor sandboxes listen: the engine reaches them over HTTP only, at these
+# addresses: each sandbox's default port on this machine plus PSCSYNC_SANDBOX_PORT_OFFSET (so a
+# second demo can run its own beside the first). The defaults are the ports
+# `python manage.py sandbox <name>` listens on without --port.
+SANDBOX_DEFAULT_PORTS = {"echo": 8790, "salesforce": 8791, "kantata": 8792, "netsuite": 8793, "businesscentral": 8794}
+SANDBOX_URLS = {
+    name: f"http://127.0.0.1:{port + env_int('PSCSYNC_SANDBOX_PORT_OFFSET', 0)}"
+    for name, port in SANDBOX_DEFAULT_PORTS.items()
+}
 # Injectable clock: "system", "scaled:<speed>@<ISO start>" to run business time fast in demos, or
 # "file:<path>" to share a clock a simulator steers across processes (pscsync/clock.py FileClock).
 CLOCK = os.getenv("PSCSYNC_CLOCK", "system")
