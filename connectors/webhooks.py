@@ -18,13 +18,15 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from connectors.base import InboundChange
 from connectors.errors import WebhookRejected
 from connectors.models import Connection
 from connectors.registry import connector_for
+from ops import tracing
 from ops.logs import bind as log_bind
 from ops.metrics import intake_observed
 from pscsync.crypto import CredentialsUnreadable
-from pscsync.intake import change_problem, event_receive
+from pscsync.intake import IntakeResult, change_problem, event_receive
 
 log = logging.getLogger("pscsync.security")
 
@@ -90,6 +92,28 @@ def webhook_receive(request: HttpRequest, slug: str) -> HttpResponse:
     return response
 
 
+def _intake(connection: Connection, change: InboundChange, headers: dict[str, str], raw: str) -> IntakeResult:
+    """One change through intake, in a span of its own that names the change (ops.tracing): the
+    handoff it starts continues this span's trace."""
+    with tracing.span(
+        "intake",
+        business_key=change.business_key,
+        flow=change.flow,
+        legal_entity=change.legal_entity_code,
+        connection=connection.slug,
+    ):
+        result = event_receive(connection=connection, change=change, headers=headers, raw_body=raw)
+        if tracing.enabled():  # what routing decided: the flow, the key, the entity, the handoff
+            event = result.event
+            tracing.annotate(
+                flow=event.flow,
+                business_key=event.business_key,
+                legal_entity=event.legal_entity.code if event.legal_entity_id else "",
+                handoff_id=event.handoff_id,
+            )
+        return result
+
+
 def _receive(request: HttpRequest, slug: str) -> HttpResponse:
     body = _read_body(request)
     if body is None:
@@ -123,9 +147,7 @@ def _receive(request: HttpRequest, slug: str) -> HttpResponse:
             return _error(rejected.status, rejected.message)
         kept = {name: headers[name] for name in headers if name.lower() in KEPT_HEADERS}
         with transaction.atomic():
-            results = [
-                event_receive(connection=connection, change=change, headers=kept, raw_body=raw) for change in changes
-            ]
+            results = [_intake(connection, change, kept, raw) for change in changes]
     except CredentialsUnreadable:
         log.error("webhook for %s: the connection's credentials cannot be decrypted", slug)
         return _error(503, "this connection's credentials cannot be read; an administrator must re-enter them")

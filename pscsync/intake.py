@@ -23,6 +23,7 @@ from django.db import connection as db
 
 from connectors.base import InboundChange
 from connectors.models import Connection, PollCursor
+from ops.tracing import current_traceparent, handoff_trace_fields
 from pscsync import clock
 from pscsync.dispatch import handoffs_publish
 from pscsync.flows import flow_get
@@ -140,6 +141,7 @@ def _store(connection: Connection, change: InboundChange, headers: dict[str, str
                 headers=headers,
                 raw_body=raw_body,
                 payload=change.payload,
+                traceparent=current_traceparent(),
             )
     except IntegrityError:
         return None  # the unique (connection, source_event_id) says we have it already
@@ -186,6 +188,7 @@ def handoff_start(*, event: Event, reason: str = "a new change") -> Handoff:
         created_at=now,
         next_attempt_at=now,
         dispatched_at=now,
+        **handoff_trace_fields(event.traceparent),
     )
     handoff_opened(handoff, actor="intake", reason=reason)
     event.status = Event.Status.ACCEPTED
@@ -259,6 +262,7 @@ def _route_behind(event: Event, open_handoff: Handoff) -> Handoff | None:
             "attempt_count": 0,
             "next_attempt_at": now,
             "dispatched_at": now,
+            **handoff_trace_fields(event.traceparent),
         },
     )
     event.status = Event.Status.ACCEPTED

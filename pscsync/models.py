@@ -64,6 +64,9 @@ class Event(models.Model):
     payload = models.JSONField(default=dict)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.ACCEPTED)
     handoff = models.ForeignKey("Handoff", null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    # The W3C traceparent of the intake that stored it ("" when tracing is off): the handoff it
+    # starts, now or after waiting in a queue, continues that trace (ops.tracing).
+    traceparent = models.CharField(max_length=55, blank=True, default="")
 
     class Meta:
         ordering = ["-received_at"]
@@ -172,6 +175,10 @@ class Handoff(models.Model):
     service_line = models.CharField(max_length=80, blank=True)
     amount = models.DecimalField(max_digits=16, decimal_places=2, null=True, blank=True)
     currency = models.CharField(max_length=3, blank=True)
+    # Its trace (ops.tracing): every run joins the trace of the change that started it, whatever
+    # delivered the run. The id on its own is indexed so an id quoted from a tracing UI finds it.
+    traceparent = models.CharField(max_length=55, blank=True, default="")
+    trace_id = models.CharField(max_length=32, blank=True, default="", db_index=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -30,6 +30,7 @@ from django.db.models import Max, Q
 
 from connectors.base import WriteResult
 from connectors.errors import ConnectorError, TransientError, UnknownOutcomeError
+from ops import tracing
 from ops.logs import bind as log_bind
 from pscsync import clock
 from pscsync.faults import fault_point
@@ -85,7 +86,7 @@ def _lease(handoff_id: int, worker: str) -> Handoff | None:
         # comes along (steps write to it) without being locked.
         handoff = (
             Handoff.objects.select_for_update(of=("self",))
-            .select_related("source_connection")
+            .select_related("source_connection", "legal_entity")
             .filter(pk=handoff_id)
             .first()
         )
@@ -522,7 +523,20 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
     handoff = _lease(handoff_id, worker)
     if handoff is None:
         return "skipped"
-    log_bind(handoff_id=handoff.pk, business_key=handoff.business_key, flow=handoff.flow)  # on every line after
+    # On every line after, and on every span (ops.tracing), which the run joins to the handoff's trace.
+    log_bind(
+        handoff_id=handoff.pk,
+        business_key=handoff.business_key,
+        flow=handoff.flow,
+        legal_entity=handoff.legal_entity.code if handoff.legal_entity else "",
+    )
+    with tracing.handoff_span(handoff):
+        outcome = _run_leased(handoff, worker)
+        tracing.annotate(outcome=outcome)  # succeeded, waiting_retry, needs_attention, lease_lost
+        return outcome
+
+
+def _run_leased(handoff: Handoff, worker: str) -> str:
     flow = flow_get(handoff.flow)
     if flow is None:
         failure = StepFailed("mapping", f"no flow named {handoff.flow!r} is installed", retryable=False)
@@ -556,13 +570,14 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
             attempt = _begin_attempt(handoff, step, step_def, ctx, worker, done=done)
             done = None
             try:
-                done = _run_step(handoff, step, step_def, ctx, worker, attempt, recovering=recovering)
+                with tracing.span(f"step {step.name}", step=step.name):
+                    done = _run_step(handoff, step, step_def, ctx, worker, attempt, recovering=recovering)
             except StepFailed as failure:
                 return _fail(handoff, flow, step, failure, worker)
             ctx.results[step.name] = done.result.external_id
             ctx.outputs[step.name] = done.result.output
         _succeed(handoff, worker, done=done)
     except LeaseLost:
-        log.warning("handoff %s: lease lost by %s; another worker continues it", handoff_id, worker)
+        log.warning("handoff %s: lease lost by %s; another worker continues it", handoff.pk, worker)
         return "lease_lost"
     return Handoff.Status.SUCCEEDED

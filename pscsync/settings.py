@@ -365,6 +365,15 @@ RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
 # Connections marked "sandbox" may call loopback addresses (our own sandboxes). Off unless turned on:
 # `make demo` (pscsync.demo) and the test run set PSCSYNC_ALLOW_SANDBOXES=true; production never.
 ALLOW_SANDBOXES = env_bool("PSCSYNC_ALLOW_SANDBOXES", False)
+# Where the demo's vendor sandboxes listen: the engine reaches them over HTTP only, at these
+# addresses: each sandbox's default port on this machine plus PSCSYNC_SANDBOX_PORT_OFFSET (so a
+# second demo can run its own beside the first). The defaults are the ports
+# `python manage.py sandbox <name>` listens on without --port.
+SANDBOX_DEFAULT_PORTS = {"echo": 8790, "salesforce": 8791, "kantata": 8792, "netsuite": 8793, "businesscentral": 8794}
+SANDBOX_URLS = {
+    name: f"http://127.0.0.1:{port + env_int('PSCSYNC_SANDBOX_PORT_OFFSET', 0)}"
+    for name, port in SANDBOX_DEFAULT_PORTS.items()
+}
 # Injectable clock: "system", "scaled:<speed>@<ISO start>" to run business time fast in demos, or
 # "file:<path>" to share a clock a simulator steers across processes (pscsync/clock.py FileClock).
 CLOCK = os.getenv("PSCSYNC_CLOCK", "system")
@@ -571,3 +580,20 @@ METRICS_TOKEN = os.getenv("PSCSYNC_METRICS_TOKEN", "")
 # The business gauges (money at risk, won-not-activated, unbilled WIP) are read at most this often.
 METRICS_BUSINESS_SECONDS = env_int("PSCSYNC_METRICS_BUSINESS_SECONDS", 60)
 SECURE_REDIRECT_EXEMPT += [r"^metrics$"]
+
+# --- Traces (docs/operations.md, "Traces") ---------------------------------------------------
+# OpenTelemetry is on only when an OTLP endpoint is set (the SDK's own variables: the endpoint,
+# OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER...); off, nothing is
+# instrumented. OTEL_SDK_DISABLED=true turns it off with the endpoint still set.
+TRACING = (
+    bool(os.getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.getenv("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    and os.getenv("OTEL_SDK_DISABLED", "false").lower() != "true"
+)
+# Where a person opens a trace: an address with {trace_id} in it, e.g.
+# https://grafana.example.com/explore?left={"queries":[{"query":"{trace_id}"}]} or
+# https://jaeger.example.com/trace/{trace_id}. Unset, the handoff page shows the id unlinked.
+TRACE_URL = os.getenv("PSCSYNC_TRACE_URL", "")
+if TRACE_URL and ("{trace_id}" not in TRACE_URL or not TRACE_URL.startswith(("https://", "http://"))):
+    raise ImproperlyConfigured(
+        f"PSCSYNC_TRACE_URL must be an http(s) address containing {{trace_id}}, got {TRACE_URL!r}"
+    )

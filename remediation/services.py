@@ -18,12 +18,15 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
+from connectors.canonical import KEYS, capability_or_none
+from connectors.models import Connection
+from connectors.registry import connector_class
 from pscsync import clock, glossary
 from pscsync.access import entity_ids_for
 from pscsync.audit import audit_record
 from pscsync.flows import flow_get
 from pscsync.lifecycle import Move, handoff_move, repairs_note
-from pscsync.models import Handoff, Step
+from pscsync.models import Handoff, HandoffTransition, Step
 from remediation.models import (
     BulkJob,
     BulkJobItem,
@@ -49,19 +52,30 @@ _ATTEMPTS_SUFFIX = re.compile(r" after \d+ attempts$")
 
 
 def failed_step_name(handoff: Handoff) -> str:
-    """The step the handoff stopped at, read from its message (the runner prefixes it)."""
-    match = _STEP_PREFIX.match(handoff.last_error_message or "")
+    """The step the handoff stopped at: the step the engine recorded on its latest move to a
+    failure (HandoffTransition.step; a person's reopen records none). A move that recorded no
+    step (written before moves carried it, or by hand) falls back to the step named at the start
+    of the message; a lost worker's names none, so it stopped outside a step ("")."""
     flow = flow_get(handoff.flow)
-    if match and flow is not None and match.group(1) in {s.name for s in flow.steps}:
-        return match.group(1)
-    return ""
+    names = {s.name for s in flow.steps} if flow is not None else set()
+    stopped = (Handoff.Status.NEEDS_ATTENTION, Handoff.Status.WAITING_RETRY)
+    moved = (
+        HandoffTransition.objects.filter(handoff_id=handoff.pk, to_status__in=stopped, user__isnull=True)
+        .order_by("-pk")
+        .values_list("step", flat=True)
+        .first()
+    )
+    if moved:
+        return moved if moved in names else ""
+    match = _STEP_PREFIX.match(handoff.last_error_message or "")
+    return match.group(1) if match and match.group(1) in names else ""
 
 
 def failure_text(handoff: Handoff, step: str) -> str:
     """The handoff's error as a person reads it: without the step prefix and the attempts count."""
     message = handoff.last_error_message or ""
     if step:
-        message = message[len(step) + 2 :]
+        message = message.removeprefix(f"{step}: ")
     return _ATTEMPTS_SUFFIX.sub("", message)
 
 
@@ -141,14 +155,29 @@ def blocked_resume(root_id: int) -> list[int]:
 
 
 def business_identifiers(handoff: Handoff) -> dict[str, str]:
-    """The identifiers people search by: opportunity, project code, billing event, invoice."""
+    """The identifiers people search by: opportunity, project code, billing batch, invoice. The
+    keys are built by the key formats the systems' connectors declare (connectors/canonical.py),
+    never by decoding prefixes here."""
     key = handoff.business_key
     if handoff.flow in ("quote-to-project", "contract-change", "pipeline-to-demand"):
-        return {"opportunity": key, "project": f"P-{key}", "contract": f"SO-{key}"}
+        found = {"opportunity": key, "project": KEYS["project"](deal=key)}
+        erp = (
+            Connection.objects.filter(kind="erp", legal_entities=handoff.legal_entity_id, is_active=True).first()
+            if handoff.legal_entity_id
+            else None
+        )
+        held = capability_or_none(erp, "contract") if erp is not None else None
+        if held is not None:  # the contract's key is the ERP's (SO-… on NetSuite, P-… on Business Central)
+            found["contract"] = held.key_format(deal=key)
+        return found
     if handoff.flow == "project-to-bill":
-        if key.startswith("kantata-invoice:"):
-            return {"psa_invoice": key.split(":", 1)[1], "invoice": f"I-K{key.split(':', 1)[1]}"}
-        return {"billing_event": key, "invoice": f"I-{key}"}
+        psa = handoff.source_connection
+        held = capability_or_none(psa, "billing_batch")
+        if held is None:
+            return {"billing_batch": key, "invoice": KEYS["invoice"](batch=key)}
+        batch = (held.key_format.parse(key) or {"batch": key})["batch"]
+        invoice = connector_class(psa.vendor).invoice_key(batch=batch)
+        return {held.identifier or "billing_batch": batch, "invoice": invoice}
     if handoff.flow == "bill-to-cash":
         return {"invoice": key}
     return {"key": key}

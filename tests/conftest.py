@@ -76,6 +76,15 @@ def _fast_hasher(settings) -> None:  # noqa: ANN001
     settings.ALLOW_SANDBOXES = os.environ["PSCSYNC_ALLOW_SANDBOXES"].lower() in {"true", "1"}
 
 
+@pytest.fixture(autouse=True)
+def _no_log_fields_left_bound() -> None:
+    """Each test starts with no log fields bound (ops.logs): a handoff run called directly in a
+    test binds its fields until its task ends, which in a test's thread is never."""
+    from ops.logs import _context
+
+    _context.set(None)
+
+
 @pytest.fixture
 def entities(db):  # noqa: ANN001, ANN201
     from pscsync.models import LegalEntity

@@ -142,6 +142,9 @@ class EchoTarget:
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"{self.url}/_stats", timeout=5).json()
 
+    def calls(self) -> list[dict[str, str]]:
+        return httpx.get(f"{self.url}/_calls", timeout=5).json()["calls"]
+
     def records(self) -> dict[str, dict[str, Any]]:
         rows = httpx.get(f"{self.url}/_records", timeout=5).json()["records"]
         return {f"{r['entity']}/{r['key']}": r for r in rows}
