@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('connectors', '0002_initial'),
-        ('pscsync', '0013_handoff_transitions_lifecycle'),
+        ('pscsync', '0014_trace_context'),
     ]
 
     operations = [
