@@ -368,6 +368,8 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             "service_line",
             "amount",
             "currency",
+            "traceparent",
+            "trace_id",
         ],
     )
     events = Copier(
@@ -389,6 +391,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             "payload",
             "status",
             "handoff_id",
+            "traceparent",
         ],
     )
     steps = Copier(
@@ -654,6 +657,8 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             line,
             amount,
             currency,
+            "",  # no trace: the load is not a traced intake (ops.tracing)
+            "",
         )
         stats.by_status[status] = stats.by_status.get(status, 0) + 1
         events.add(
@@ -672,6 +677,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             payload,
             "accepted",
             hid,
+            "",
         )
         # Steps and attempts.
         clock_at = started_at
