@@ -83,7 +83,9 @@ def test_the_ledger_holds_every_invoice_raised(loaded) -> None:  # noqa: ANN001
     assert loaded.ledger_invoices == ErpInvoice.objects.count()
     statuses = set(ErpInvoice.objects.values_list("status", flat=True))
     assert {"posted", "paid"} <= statuses
-    for invoice in ErpInvoice.objects.filter(status__in=["paid", "partly_paid"]).annotate(a=Sum("applications__amount")):
+    for invoice in ErpInvoice.objects.filter(status__in=["paid", "partly_paid"]).annotate(
+        a=Sum("applications__amount")
+    ):
         assert invoice.total - invoice.a == invoice.open_balance
         assert invoice.posting_date is not None
     assert not PaymentApplication.objects.filter(invoice__status__in=["draft", "pending_approval"]).exists()
