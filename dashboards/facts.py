@@ -369,14 +369,35 @@ def _fact_lock(flow: str, key: str) -> None:
 def fact_refresh(handoff_id: int) -> tuple[str, set[dt.date]] | None:
     """Rebuild the fact of the item a handoff is about and move its contribution in the daily
     rollups from what the old fact counted to what the new one counts, in one transaction under a
-    lock on the item: the work is the item's own handoffs and at most eight rollup rows, whatever
-    the day's volume. Returns (flow, the days whose rollups it touched)."""
+    lock on the item: the work is the item's own handoffs and a few rollup rows, whatever the
+    day's volume. Returns (flow, the days whose rollups it touched)."""
     base = handoff_values(Handoff.objects.filter(pk=handoff_id)).first()
     if base is None:
         return None
-    (row,) = _rows_for([base])
+    row = HandoffRow(**base)
+    if row.flow == "bill-to-cash":
+        (row,) = _rows_for([base])  # its item is the invoice its read step names
     key = item_key(row)
-    rebuild: IntegrityError | None = None
+    try:
+        return row.flow, _fact_move(row, key, add=True)
+    except IntegrityError as error:
+        # RollupDrift, or a count that would go below zero: the rollups had drifted from the facts
+        # (a bulk load without the backfill, a hand edit). Write the fact, rebuild its days.
+        days = _fact_move(row, key, add=False)
+        log.warning(
+            "rollups of %s on %s disagreed with the facts (%s); rebuilt them",
+            row.flow,
+            ", ".join(d.isoformat() for d in sorted(days)),
+            error,
+        )
+        repairs_note("rollups", 1)
+        rollup_rebuild(row.flow, days)
+        return row.flow, days
+
+
+def _fact_move(row: HandoffRow, key: str, *, add: bool) -> set[dt.date]:
+    """Recompute and store the item's fact; with `add`, add its delta to the rollups in the same
+    transaction. Returns the days the delta touches."""
     with transaction.atomic():
         # The lock comes before the item's handoffs are read: the last refresh to take it reads
         # the latest committed state, so concurrent refreshes converge.
@@ -398,7 +419,8 @@ def fact_refresh(handoff_id: int) -> tuple[str, set[dt.date]] | None:
         old = FlowFact.objects.filter(flow=row.flow, key=key).values(*FACT_FIELDS, "details").first()
         deltas = rollup_deltas(old, values)
         days = {d.day for d in deltas}
-        _lock(row.flow, days, shared=True)
+        if add:
+            _lock(row.flow, days, shared=True)
         FlowFact.objects.bulk_create(
             [FlowFact(**values)],
             update_conflicts=True,
@@ -409,23 +431,9 @@ def fact_refresh(handoff_id: int) -> tuple[str, set[dt.date]] | None:
             from dashboards.demand import demand_move  # it reads this module: import here
 
             demand_move(old, values)
-        try:
-            with transaction.atomic():
-                rollups_add(deltas)
-        except IntegrityError as error:
-            # RollupDrift, or a count that would go below zero: the rollups had drifted from the
-            # facts (a bulk load without the backfill). The fact is right; rebuild its days.
-            rebuild = error
-    if rebuild:
-        log.warning(
-            "rollups of %s on %s disagreed with the facts (%s); rebuilt them",
-            row.flow,
-            ", ".join(d.isoformat() for d in sorted(days)),
-            rebuild,
-        )
-        repairs_note("rollups", 1)
-        rollup_rebuild(row.flow, days)
-    return row.flow, days
+        if add:
+            rollups_add(deltas)
+    return days
 
 
 def _cents(amount: Decimal | None) -> Decimal:
@@ -805,12 +813,18 @@ ATTEMPT_SUMS = ("attempts", "failures", "transient", "rate_limited", "retry_afte
 def attempts_roll(handoff_id: int) -> None:
     """Add a handoff's attempts not yet counted to AttemptRollup (each attempt counted once: the
     handoff's RollupMark, locked, says how far it is counted), one upsert for all its hours."""
+    table = db_connection.ops.quote_name(RollupMark._meta.db_table)
     with transaction.atomic():
-        mark, _ = RollupMark.objects.select_for_update().get_or_create(handoff_id=handoff_id)
-        attempts = _attempt_dicts(
-            Attempt.objects.filter(step__handoff_id=handoff_id, pk__gt=mark.attempts_through).exclude(
-                outcome="in_flight"
+        # Creates the handoff's mark or locks it, and reads it, in one statement.
+        with db_connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (handoff_id, attempts_through) VALUES (%s, 0) ON CONFLICT (handoff_id) "  # noqa: S608  # nosec B608  # model's name
+                f"DO UPDATE SET attempts_through = {table}.attempts_through RETURNING attempts_through",
+                [handoff_id],
             )
+            (through,) = cursor.fetchone()
+        attempts = _attempt_dicts(
+            Attempt.objects.filter(step__handoff_id=handoff_id, pk__gt=through).exclude(outcome="in_flight")
         )
         if not attempts:
             return
@@ -823,8 +837,7 @@ def attempts_roll(handoff_id: int) -> None:
             for k, s in attempt_rollup_rows(attempts).items()
         ]
         rollup_add(AttemptRollup, ATTEMPT_ROLLUP_KEY, ATTEMPT_SUMS, ("duration_hist",), rows)
-        mark.attempts_through = max(a["id"] for a in attempts)
-        mark.save(update_fields=["attempts_through"])
+        RollupMark.objects.filter(handoff_id=handoff_id).update(attempts_through=max(a["id"] for a in attempts))
 
 
 def handoff_finished(handoff_id: int) -> None:
