@@ -1,10 +1,17 @@
 """Aggregates kept as data arrives: one FlowFact per business item, rebuilt from its handoffs when
-one finishes, and DailyRollup / AttemptRollup rows rebuilt from the facts. Pages read rollups, so
-their cost depends on the number of days shown, not on the number of handoffs stored.
+one finishes, and DailyRollup / EntityDailyRollup / AttemptRollup rows kept INCREMENTALLY: a fact's
+refresh adds its own delta (what the new fact counts minus what the old one counted) in the same
+transaction, with set-based upserts, so a completion never re-reads the day and costs the same at
+200 or 20,000 handoffs a day (bench/rollup). Pages read rollups, so their cost depends on the
+number of days shown, not on the number of handoffs stored. Latencies are fixed-bucket histograms
+(bucket -> count), which add and subtract exactly; percentiles are read from them lazily
+(dashboards.metrics.percentile), exact to the bucket.
 
-Entry points: `handoff_finished` (called after commit when a handoff reaches an end state, see
-apps.py), `rollups_catch_up` (the beat job: anything finished recently), `rollups_rebuild_all`
-(backfill, e.g. after an SLA change or on a database loaded in bulk).
+Entry points: `handoff_finished` (called after commit when a handoff reaches or leaves an end
+state, see apps.py), `rollups_catch_up` (the beat job: anything finished recently; repeating a
+refresh adds a zero delta), `rollup_rebuild` (a (flow, day) recomputed from the facts: the repair
+and reference path the deltas must always agree with), `rollups_rebuild_all` (backfill, e.g.
+after an SLA change or on a database loaded in bulk).
 """
 
 from __future__ import annotations
