@@ -43,6 +43,9 @@ class Event(models.Model):
     """An inbound change, stored raw before anything else happens. Unique per (connection, id)."""
 
     class Status(models.TextChoices):
+        # Stored by intake and not routed yet: a worker takes it from the doorbell (pscsync.dispatch),
+        # or the sweeper rings again for it if the doorbell lost it.
+        RECEIVED = "received", "Received, not routed yet"
         ACCEPTED = "accepted", "Accepted"  # started a handoff
         QUEUED = "queued", "Queued behind an open handoff for the same key"
         SUPERSEDED = "superseded", "Superseded by a later change"
@@ -59,6 +62,9 @@ class Event(models.Model):
     occurred_at = models.DateTimeField()
     source_sequence = models.BigIntegerField(default=0)
     received_at = models.DateTimeField()
+    # When the doorbell was last rung for it (intake, then the sweeper if the ring was lost):
+    # only while it is "received", not routed yet.
+    rung_at = models.DateTimeField(null=True, blank=True)
     headers = models.JSONField(default=dict, blank=True)
     raw_body = models.TextField()
     payload = models.JSONField(default=dict)
@@ -77,6 +83,8 @@ class Event(models.Model):
             models.Index(fields=["flow", "business_key", "status"], name="event_key_status"),
             # The health page's per-connection latest event and last day's count.
             models.Index(fields=["connection", "received_at"], name="event_connection_received"),
+            # The sweeper's look for events whose doorbell was lost: few rows, none once routed.
+            models.Index(fields=["rung_at"], name="event_not_routed", condition=Q(status="received")),
         ]
 
     def __str__(self) -> str:

@@ -38,6 +38,7 @@ def test_t26_the_canary_secret_never_appears_anywhere(
 
     monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: None)
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
+    monkeypatch.setattr("pscsync.intake.events_ring", lambda ids, **kw: None)
     credentials = echo_connection.credentials()
     credentials["client_secret"] = canary
     echo_connection.set_credentials(credentials)

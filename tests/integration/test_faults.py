@@ -109,8 +109,9 @@ def test_the_same_300_webhooks_delivered_3_times_concurrently_start_300_handoffs
     assert sorted(set(statuses)) == [200, 202]
     assert statuses.count(202) == 300 and statuses.count(200) == 600
     assert Event.objects.count() == 300
-    assert Handoff.objects.count() == 300
+    # Routing is the worker's (the intake doorbell): the handoffs are opened as it drains.
     took = wait_until(lambda: _succeeded() == 300, timeout=120, stack=live, what="300 handoffs")
+    assert Handoff.objects.count() == 300
     report = ledger_check(keys, live.echo)
     assert report.clean, report
     assert live.echo.stats()["updates"] == 0, "no handoff ran twice"
@@ -127,7 +128,7 @@ def test_events_for_one_key_out_of_order_end_in_the_in_order_state(live) -> None
     def settled() -> bool:
         return (
             not Handoff.objects.filter(status__in=Handoff.OPEN).exists()
-            and not Event.objects.filter(status="queued").exists()
+            and not Event.objects.filter(status__in=["queued", "received"]).exists()  # routed, all of them
         )
 
     wait_until(settled, timeout=120, stack=live, what="all keys to settle")
