@@ -1,0 +1,260 @@
+"""Property: every registered figure that has a drill-down is made of its drill-down's rows. Over
+generated firms (handoffs of every flow with random business times, outcomes and amounts, and ERP
+ledgers with random states and payments, written as records), each figure of the KPI registry
+equals what its records give: counts are the number of rows the drill-down lists, money the sum of
+their amounts, percentiles the nearest-rank row's bucket, shares the rows that qualify.
+
+One currency (USD) so no rate enters; FX has its own tests (test_fx_figures) and the known-answer
+firm (tests/flows/test_known_answer_firm.py) converts with the sandboxes' rates."""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import math
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import transaction
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from dashboards import ledger, metrics, pages
+from dashboards.facts import HOUR_EDGES, MEASURES, MINUTE_EDGES, rollups_rebuild_all
+from dashboards.kpis import KPIS, Reading
+from dashboards.metrics import Filters
+from pscsync import clock
+from pscsync.models import ErpInvoice, Handoff, PaymentApplication
+from tests.dashboards.builders import connection, handoff
+
+pytestmark = pytest.mark.django_db
+
+ORIGIN = dt.datetime(2026, 9, 20, 9, tzinfo=dt.UTC)  # handoffs start from here, some before October
+NOW = dt.datetime(2026, 11, 3, 12, tzinfo=dt.UTC)
+OCT = Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
+H = dt.timedelta(hours=1)
+
+# One business item: its flow, start (hours after ORIGIN), cycle (hours; None: still open), how
+# long the integration took (minutes), whether a step was refused once, its amount, its status.
+_item = st.fixed_dictionaries(
+    {
+        "flow": st.sampled_from(sorted(MEASURES)),
+        "start": st.integers(min_value=200, max_value=700),
+        "cycle": st.one_of(st.none(), st.integers(min_value=0, max_value=300)),
+        "sync": st.integers(min_value=1, max_value=3000),
+        "refused": st.booleans(),
+        "amount": st.integers(min_value=1, max_value=500_000).map(lambda c: Decimal(c) / 100),
+        "stuck": st.sampled_from(["needs_attention", "waiting_retry", "pending"]),
+        "entity": st.sampled_from(["us", "uk"]),
+    }
+)
+# One ERP invoice: posted (or not) on a day around October, due 30 days later, payments on days.
+_invoice = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(["draft", "pending_approval", "posted", "voided"]),
+        "day": st.integers(min_value=-120, max_value=40),  # days after 1 Oct
+        "total": st.integers(min_value=100, max_value=2_000_000).map(lambda c: Decimal(c) / 100),
+        "paid": st.lists(
+            st.tuples(st.integers(min_value=0, max_value=60), st.integers(min_value=1, max_value=100)), max_size=3
+        ),
+        "customer": st.sampled_from(["Initech", "Hooli", "Umbrella"]),
+        "entity": st.sampled_from(["us", "uk"]),
+    }
+)
+
+
+def _handoff(crm: Any, entities: dict, n: int, it: dict[str, Any]) -> None:
+    start = ORIGIN + it["start"] * H
+    end = None if it["cycle"] is None else start + it["cycle"] * H
+    flow = it["flow"]
+    times: dict[str, Any] = {}
+    outputs: dict[str, dict[str, Any]] = {}
+    if flow == "quote-to-project":
+        times = {"deal_closed": start, **({"project_activated": end} if end else {})}
+    elif flow == "project-to-bill":
+        times = {"billing_released": start.date().isoformat(), "time_approved": start.date().isoformat()}
+        if end:
+            times["invoice_created"] = end
+    elif flow == "bill-to-cash":
+        times = {
+            "invoice_posted": start.date().isoformat(),
+            **({"payment_applied": end.date().isoformat()} if end else {}),
+        }
+        invoice = {"id": f"INV-{n}", "total": str(it["amount"]), "currency": "USD", "remaining": "0" if end else "1"}
+        outputs = {"read_invoice": {"invoice": invoice}}
+    finished = None if end is None else end + it["sync"] * dt.timedelta(minutes=1)
+    handoff(
+        flow=flow,
+        conn=crm,
+        entity=entities[it["entity"]],
+        key=f"K-{n}",
+        status="succeeded" if end is not None else it["stuck"],
+        started=start if flow != "bill-to-cash" else (end or start),
+        finished=finished,
+        times=times,
+        amount=it["amount"],
+        outputs=outputs,
+        attempts=[{"outcome": "validation"}, {"outcome": "succeeded"}] if it["refused"] else None,
+        error_class="validation" if end is None and it["stuck"] == "needs_attention" else "",
+    )
+
+
+def _ledger(erp: Any, entities: dict, n: int, inv: dict[str, Any]) -> None:
+    day = dt.date(2026, 10, 1) + dt.timedelta(days=inv["day"])
+    posted = inv["status"] in ("posted", "voided")
+    row = ErpInvoice.objects.create(
+        legal_entity=entities[inv["entity"]],
+        connection=erp,
+        vendor_id=f"V-{n}",
+        number=f"INV-{n}",
+        customer_name=inv["customer"],
+        currency="USD",
+        total=inv["total"],
+        open_balance=inv["total"],
+        status=inv["status"],
+        invoice_date=day,
+        due_date=day + dt.timedelta(days=30),
+        posting_date=day if posted else None,
+        first_seen_at=NOW,
+        read_at=NOW,
+    )
+    if inv["status"] != "posted":
+        return
+    left = inv["total"]
+    for i, (after, share) in enumerate(inv["paid"]):
+        amount = min(left, (inv["total"] * share / 100).quantize(Decimal("0.01")))
+        if amount <= 0:
+            break
+        PaymentApplication.objects.create(
+            invoice=row, payment_id=f"P-{n}-{i}", amount=amount, applied_on=day + dt.timedelta(days=after), read_at=NOW
+        )
+        left -= amount
+    row.open_balance = left
+    row.status = "paid" if left == 0 else "partly_paid" if left < inv["total"] else "posted"
+    row.save(update_fields=["open_balance", "status"])
+
+
+def _edge(value: float, edges: list[float]) -> float:
+    return edges[bisect.bisect_left(edges, value)]
+
+
+def _nearest_rank(values: list[float], p: float, edges: list[float]) -> float | None:
+    """The figure as its rows give it: the bucket edge of the value at rank ceil(p x n)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return _edge(ordered[max(1, math.ceil(p * len(ordered) - 1e-9)) - 1], edges)
+
+
+def _share(part: int, whole: int) -> float | None:
+    return 100.0 * part / whole if whole else None
+
+
+def _flow_checks(reading: Reading, flow: str) -> dict[str, tuple[Any, Any]]:
+    """Each figure of a flow: (the registry's value and count, what its drill-down rows give)."""
+
+    def rows(measure: str) -> list[Any]:
+        return list(pages.items(OCT, flow, measure)[1])
+
+    measured, breached = rows("measured"), rows("breached")
+    synced, late = rows("synced"), rows("sync_breached")
+    latencies = [r.latency_hours for r in measured]
+    syncs = [r.sync_minutes for r in synced]
+    gives = {
+        "finished": (len(rows("finished")), len(rows("finished"))),
+        "latency_median": (_nearest_rank(latencies, 0.5, HOUR_EDGES), len(measured)),
+        "latency_p90": (_nearest_rank(latencies, 0.9, HOUR_EDGES), len(measured)),
+        "within_sla": (_share(len(measured) - len(breached), len(measured)), len(measured)),
+        "sync_median": (_nearest_rank(syncs, 0.5, MINUTE_EDGES), len(synced)),
+        "sync_within_sla": (_share(len(synced) - len(late), len(synced)), len(synced)),
+    }
+    out = {}
+    for name, expected in gives.items():
+        figure = reading.figure(f"{flow}.{name}")
+        out[f"{flow}.{name}"] = ((figure.value, figure.count), expected)
+    return out
+
+
+def _value(figure: Any) -> Any:
+    value = figure.value
+    return value.amount if hasattr(value, "amount") else value
+
+
+def _checks(reading: Reading) -> dict[str, tuple[Any, Any]]:
+    out: dict[str, tuple[Any, Any]] = {}
+    for flow in MEASURES:
+        out.update(_flow_checks(reading, flow))
+    # Billing exceptions: the project-to-bill items started (released) in the period, and those of
+    # them that needed a person; their value is the exception rows' amounts.
+    started = list(pages.items(OCT, "project-to-bill", "started")[1])
+    refused = list(pages.items(OCT, "project-to-bill", "exceptions")[1])
+    rate = reading.figure("billing.exception_rate")
+    out["billing.exception_rate"] = ((rate.value, rate.count), (_share(len(refused), len(started)), len(started)))
+    value = reading.figure("billing.exception_value")
+    out["billing.exception_value"] = (
+        (_value(value), value.count),
+        (sum((r.amount for r in refused), Decimal("0")), len(refused)),
+    )
+    days = reading.figure("bill-to-cash.days_to_pay_median")
+    out["bill-to-cash.days_to_pay_median"] = ((days.value, days.count), out["bill-to-cash.latency_median"][1])
+    # Released, not invoiced and won, not yet a project: the open items listed on their pages.
+    blocked = metrics.blocked_billing(OCT, with_rows=True, limit=None)["rows"]
+    figure = reading.figure("billing.released_not_invoiced")
+    out["billing.released_not_invoiced"] = (
+        (_value(figure), figure.count),
+        (sum((r["amount"] or Decimal("0") for r in blocked), Decimal("0")), len(blocked)),
+    )
+    won = metrics.won_not_activated(OCT, with_rows=True, limit=None)["rows"]
+    for key, expected in (
+        ("deals.won_not_activated", (len(won), len(won))),
+        ("deals.won_not_activated_value", (sum((r["amount"] or Decimal("0") for r in won), Decimal("0")), len(won))),
+    ):
+        figure = reading.figure(key)
+        out[key] = ((_value(figure), figure.count), expected)
+    needs = Handoff.objects.filter(status=Handoff.Status.NEEDS_ATTENTION).count()  # the workbench list
+    figure = reading.figure("exceptions.open")
+    out["exceptions.open"] = ((figure.value, figure.count), (needs, needs))
+    # Receivables and their ageing: the bill-to-cash page's rows per customer and legal entity.
+    # No ERP invoice read at all: not measured (no value), whatever the rows.
+    read = ErpInvoice.objects.exists()
+    owed = ledger.receivables(OCT)
+    figure = reading.figure("cash.receivables")
+    total = sum((r["total"].amount for r in owed["rows"]), Decimal("0"))
+    out["cash.receivables"] = ((_value(figure), figure.count), (total if read else None, len(owed["invoices"])))
+    for index, key in enumerate(k for k in KPIS if k.startswith("cash.receivables_")):
+        figure = reading.figure(key)
+        in_bucket = [i for i in owed["invoices"] if i["bucket"] == index]
+        total = sum((r["buckets"][index].amount for r in owed["rows"]), Decimal("0"))
+        out[key] = ((_value(figure), figure.count), (total if read else None, len(in_bucket)))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _frozen(monkeypatch):  # noqa: ANN001, ANN202
+    monkeypatch.setattr(clock, "now", lambda: NOW)
+
+
+def test_every_drilled_figure_is_the_sum_or_count_of_its_rows(entities, settings) -> None:  # noqa: ANN001
+    settings.PSCSYNC_REPORTING_CURRENCY = "USD"
+    entities["uk"].currency = "USD"  # one currency: no rate enters (see the module docstring)
+    entities["uk"].save(update_fields=["currency"])
+    crm = connection("crm", list(entities.values()))
+    erp = connection("erp", list(entities.values()), kind="erp", vendor="netsuite")
+
+    @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(items=st.lists(_item, min_size=20, max_size=30), invoices=st.lists(_invoice, min_size=1, max_size=12))
+    def firm(items: list[dict[str, Any]], invoices: list[dict[str, Any]]) -> None:
+        with transaction.atomic():
+            for n, it in enumerate(items):
+                _handoff(crm, entities, n, it)
+            for n, inv in enumerate(invoices):
+                _ledger(erp, entities, n, inv)
+            rollups_rebuild_all()
+            checks = _checks(Reading(OCT))
+            wrong = {k: v for k, v in checks.items() if v[0] != v[1]}
+            transaction.set_rollback(True)
+        assert wrong == {}
+
+    firm()
