@@ -254,8 +254,12 @@ def fact_values(flow: str, key: str, rows: list[HandoffRow], sla: FlowSla, count
         values["details"] = {"released": t.get("billing_released", ""), "approved": t.get("time_approved", "")}
     elif flow == "bill-to-cash":
         posted = [p for p in (parse_time(x.get("invoice_posted")) for x in times) if p]
-        start = min(posted) if posted else None
         invoice = next((r.invoice for r in reversed(rows) if r.invoice), {})
+        if invoice.get("ledger_status") in ("voided", "credited"):
+            # Reversed in the ERP since it posted: not invoiced in any period (dashboards.ledger),
+            # so not an item started, and nothing is left to pay.
+            posted = []
+        start = min(posted) if posted else None
         if invoice:
             values["amount"] = Decimal(str(invoice.get("total") or values["amount"]))
             values["currency"] = invoice.get("currency") or values["currency"]
