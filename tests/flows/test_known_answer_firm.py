@@ -72,10 +72,12 @@ import httpx
 import pytest
 
 from connectors.base import InboundChange
+from dashboards import pages
 from dashboards.fx import fx_rates_read
 from dashboards.kpis import KPIS
+from dashboards.metrics import Filters
 from pscsync import clock
-from pscsync.models import Handoff
+from pscsync.models import ErpInvoice, Handoff
 from pscsync.reconciliation.services import reconcile
 from tests.flows.conftest import run, won_deal
 from tests.flows.test_ledger import bc_firm, netsuite_firm
@@ -388,7 +390,7 @@ def test_every_registered_figure_matches_the_hand_worked_firm(firm, entities, ad
     CLOCK.current = at("2026-11-30", 8)
     clock.use(CLOCK)
     try:
-        _build(firm, CLOCK)
+        built = _build(firm, CLOCK)
         CLOCK.to(at("2027-01-04", 9))
         token = api_token_issue(user=admin, name="known answers", days=30).plaintext
         api = Client()
@@ -401,6 +403,13 @@ def test_every_registered_figure_matches_the_hand_worked_firm(firm, entities, ad
             assert data["currency"] == CURRENCY[scope]
             got = {m["key"]: m for m in data["metrics"]}
             assert mismatched(got, EXPECTED[scope], CURRENCY[scope]) == [], scope
+        # "Invoiced" drills down to the bill-to-cash items started in the period: exactly the
+        # invoices posted in December, not the voided N5 or the cancelled B5 (posted, then reversed).
+        for scope, invoices in (("us", {f"I-{built['PB1']}", "KA-N6"}), ("uk", {"KA-B2"})):
+            f = Filters(start=dt.date(2026, 12, 1), end=dt.date(2026, 12, 31), entity_ids=(entities[scope].pk,))
+            ids = [x.key.removeprefix("invoice:") for x in pages.items(f, "bill-to-cash", "started")[1]]
+            assert set(ErpInvoice.objects.filter(vendor_id__in=ids).values_list("key", flat=True)) == invoices
+            assert len(ids) == len(invoices)
     finally:
         clock.use(None)
 
@@ -492,7 +501,7 @@ def _build(firm, c: Clock) -> dict:  # noqa: ANN001
     # Project to bill.
     c.to(at("2026-12-08", 9))
     _certinia_week(firm, d["Q1"]["opportunity"], monday="2026-11-30", hours=(8, 2), approved="2026-12-07", name="PB1")
-    pb1 = _certinia_run(firm, d["Q1"]["opportunity"], "2026-12-07")
+    pb1 = d["PB1"] = _certinia_run(firm, d["Q1"]["opportunity"], "2026-12-07")
     h = heard(firm, "project-to-bill", pb1, at("2026-12-08", 9, 56), slug="certinia-us")
     c.to(at("2026-12-08", 10))
     h = run(h)
