@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from dashboards import ledger, metrics, pages
+from dashboards import ledger, metrics, pages, wip
 from dashboards.facts import HOUR_EDGES, MEASURES, MINUTE_EDGES, rollups_rebuild_all
 from dashboards.kpis import KPIS, Reading
 from dashboards.metrics import Filters
 from pscsync import clock
-from pscsync.models import ErpInvoice, Handoff, PaymentApplication
+from pscsync.models import ErpInvoice, Handoff, PaymentApplication, UnbilledWork
 from tests.dashboards.builders import connection, handoff
 
 pytestmark = pytest.mark.django_db
@@ -60,6 +60,17 @@ _invoice = st.fixed_dictionaries(
             st.tuples(st.integers(min_value=0, max_value=60), st.integers(min_value=1, max_value=100)), max_size=3
         ),
         "customer": st.sampled_from(["Initech", "Hooli", "Umbrella"]),
+        "entity": st.sampled_from(["us", "uk"]),
+    }
+)
+
+# Approved work the PSA holds unbilled: kind, work day (days after 1 Oct), amount, project.
+_work = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(["time", "expense", "milestone"]),
+        "day": st.integers(min_value=-150, max_value=30),
+        "amount": st.integers(min_value=100, max_value=1_000_000).map(lambda c: Decimal(c) / 100),
+        "project": st.sampled_from(["P-1", "P-2", "P-3"]),
         "entity": st.sampled_from(["us", "uk"]),
     }
 )
@@ -134,6 +145,21 @@ def _ledger(erp: Any, entities: dict, n: int, inv: dict[str, Any]) -> None:
     row.open_balance = left
     row.status = "paid" if left == 0 else "partly_paid" if left < inv["total"] else "posted"
     row.save(update_fields=["open_balance", "status"])
+
+
+def _unbilled(entities: dict, n: int, w: dict[str, Any]) -> None:
+    UnbilledWork.objects.create(
+        legal_entity=entities[w["entity"]],
+        kind=w["kind"],
+        source_id=f"W-{n}",
+        project_key=w["project"],
+        project_name=w["project"],
+        customer_name="Initech",
+        work_date=dt.date(2026, 10, 1) + dt.timedelta(days=w["day"]),
+        amount=w["amount"],
+        currency="USD",
+        read_at=NOW,
+    )
 
 
 def _edge(value: float, edges: list[float]) -> float:
@@ -228,6 +254,15 @@ def _checks(reading: Reading) -> dict[str, tuple[Any, Any]]:
         in_bucket = [i for i in owed["invoices"] if i["bucket"] == index]
         total = sum((r["buckets"][index].amount for r in owed["rows"]), Decimal("0"))
         out[key] = ((_value(figure), figure.count), (total if read else None, len(in_bucket)))
+    # Unbilled WIP: the project-to-bill page's table by legal entity (every part, by age) sums to it;
+    # before any PSA read it has no value.
+    psa_read = UnbilledWork.objects.exists()
+    detail = wip.unbilled_wip(OCT, detail=True, released=metrics.blocked_billing(OCT, with_rows=False))
+    rows = list(detail["by_entity"].values())
+    for key, first in (("billing.unbilled_wip", 0), ("billing.unbilled_wip_over_60_days", 2)):
+        figure = reading.figure(key)
+        total = sum((b.amount for r in rows for b in r[first:]), Decimal("0"))
+        out[key] = ((_value(figure), figure.count), (total if psa_read else None, detail["count"]))
     return out
 
 
@@ -244,9 +279,15 @@ def test_every_drilled_figure_is_the_sum_or_count_of_its_rows(entities, settings
     erp = connection("erp", list(entities.values()), kind="erp", vendor="netsuite")
 
     @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(items=st.lists(_item, min_size=20, max_size=30), invoices=st.lists(_invoice, min_size=1, max_size=12))
-    def firm(items: list[dict[str, Any]], invoices: list[dict[str, Any]]) -> None:
+    @given(
+        items=st.lists(_item, min_size=20, max_size=30),
+        invoices=st.lists(_invoice, min_size=1, max_size=12),
+        work=st.lists(_work, max_size=10),
+    )
+    def firm(items: list[dict[str, Any]], invoices: list[dict[str, Any]], work: list[dict[str, Any]]) -> None:
         with transaction.atomic():
+            for n, w in enumerate(work):
+                _unbilled(entities, n, w)
             for n, it in enumerate(items):
                 _handoff(crm, entities, n, it)
             for n, inv in enumerate(invoices):
