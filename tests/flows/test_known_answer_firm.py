@@ -56,6 +56,9 @@ Ledgers (tests.flows.test_ledger's NetSuite and BC firms, synced on Thu 31 Dec, 
     7 Jan, paid 1,000 (18 Dec); B3 22 Dec 2,500 draft; B4 20 Oct 6,000 due 19 Nov unpaid; B5 2 Dec
     900 cancelled; PB3's invoice (14 Dec, 1,740) a draft.
 Every bill-to-cash sync is heard 5 minutes before it is done (sync 5 min, within 15 min).
+Reconciliation effort: a US operator takes W1 (Wed 30 Dec 10:30) and PB4 (10:45) into their
+inbox, one sitting of 15 min + 10 min reading = 25 min, and hands W1 back on Thu 31 Dec 09:00, a
+sitting of 10 min: 3 actions, 35 min = 0.58 h (the week of Mon 28 Dec; hours to two places).
 
 Running the same firm on the embedded SQLite default: see test_known_answer_firm_on_sqlite.
 """
@@ -79,6 +82,7 @@ from dashboards.metrics import Filters
 from pscsync import clock
 from pscsync.models import ErpInvoice, Handoff
 from pscsync.reconciliation.services import reconcile
+from remediation.services import handoff_assign
 from tests.flows.conftest import run, won_deal
 from tests.flows.test_ledger import bc_firm, netsuite_firm
 from tests.flows.test_project_to_bill import certinia_approved_week, kantata_invoice, kantata_time
@@ -178,8 +182,8 @@ EXPECTED: dict[str, dict[str, tuple[Any, int]]] = {
         # + 3,000 + 1,200 = 30,700; Σ|ERP| = 33,700 (every invoice): 3,000 / 33,700.
         "revenue.schedule_value_accuracy": (100 * 3000 / 33700, 8),
         "revenue.schedule_row_match_rate": (12.5, 8),
-        "reconciliation.effort_actions": (0, 0),
-        "reconciliation.effort_hours": (0, 0),
+        "reconciliation.effort_actions": (3, 3),
+        "reconciliation.effort_hours": (0.58, 3),
     },
     "uk": {
         # [3, 28, 114] h: median rank 2 -> 28, p90 rank 3 -> 114; Q7 late: 2 of 3.
@@ -313,8 +317,8 @@ EXPECTED: dict[str, dict[str, tuple[Any, int]]] = {
         # 68,439.20: 1 - 63,212 / 68,439.20 = 5,227.20 / 68,439.20.
         "revenue.schedule_value_accuracy": (100 * 5227.20 / 68439.20, 14),
         "revenue.schedule_row_match_rate": (100 * 2 / 14, 14),
-        "reconciliation.effort_actions": (0, 0),
-        "reconciliation.effort_hours": (0, 0),
+        "reconciliation.effort_actions": (3, 3),
+        "reconciliation.effort_hours": (0.58, 3),
     },
 }
 # Resource forecast accuracy needs a demand snapshot taken 30, 60 or 90 days before an ended month
@@ -379,7 +383,7 @@ def mismatched(got: dict[str, dict[str, Any]], expected: dict[str, tuple[Any, in
     return wrong
 
 
-def test_every_registered_figure_matches_the_hand_worked_firm(firm, entities, admin) -> None:  # noqa: ANN001
+def test_every_registered_figure_matches_the_hand_worked_firm(firm, entities, admin, operator) -> None:  # noqa: ANN001
     from django.db import connection
     from django.test import Client
 
@@ -390,7 +394,7 @@ def test_every_registered_figure_matches_the_hand_worked_firm(firm, entities, ad
     CLOCK.current = at("2026-11-30", 8)
     clock.use(CLOCK)
     try:
-        built = _build(firm, CLOCK)
+        built = _build(firm, CLOCK, operator)
         CLOCK.to(at("2027-01-04", 9))
         token = api_token_issue(user=admin, name="known answers", days=30).plaintext
         api = Client()
@@ -484,7 +488,7 @@ MARKET = [
 ]
 
 
-def _build(firm, c: Clock) -> dict:  # noqa: ANN001
+def _build(firm, c: Clock, operator) -> dict:  # noqa: ANN001
     for name in ("netsuite", "businesscentral"):
         body = {"rates": [{"currency": cur, "date": d, "usd": u} for cur, d, u in MARKET]}
         httpx.post(f"{firm.sandboxes[name].url}/_sandbox/rates", json=body, timeout=5).raise_for_status()
@@ -574,6 +578,7 @@ def _build(firm, c: Clock) -> dict:  # noqa: ANN001
             "pse__Amount__c": 1500,
         },
     )
+    d["PB4"] = again
     h = heard(firm, "project-to-bill", again, at("2026-12-21", 11, 56), slug="certinia-us")
     c.to(at("2026-12-21", 12))
     h = run(h)
@@ -623,6 +628,11 @@ def _build(firm, c: Clock) -> dict:  # noqa: ANN001
     assert (
         w1["handoff"].status == Handoff.Status.NEEDS_ATTENTION and "no Tax Profile" in w1["handoff"].last_error_message
     )
+    # An operator takes W1 and PB4 into their inbox (one sitting), then hands W1 back next morning.
+    c.to(at("2026-12-30", 10, 30))
+    handoff_assign(actor=operator, handoff=w1["handoff"], assignee=operator)
+    c.to(at("2026-12-30", 10, 45))
+    handoff_assign(actor=operator, handoff=Handoff.objects.get(business_key=d["PB4"]), assignee=operator)
     c.to(at("2026-12-30", 11))
     ns_ids = netsuite_firm(firm)
     slot = [at("2026-12-31", 10)]
@@ -631,6 +641,8 @@ def _build(firm, c: Clock) -> dict:  # noqa: ANN001
         _sync(firm, c, slug, key, slot[0] - dt.timedelta(minutes=5), slot[0], n)
         slot[0] += dt.timedelta(minutes=10)
 
+    c.to(at("2026-12-31", 9))
+    handoff_assign(actor=operator, handoff=w1["handoff"], assignee=None)
     for name in ("N1", "N2", "N3", "N4", "N5", "N6"):
         sync("netsuite-us", f"invoice:{ns_ids[name]}")
     httpx.post(f"{firm.sandboxes['netsuite'].url}/_sandbox/void/invoice/{ns_ids['N5']}", timeout=5).raise_for_status()
