@@ -25,8 +25,9 @@ from dashboards import ledger, metrics, pages, wip
 from dashboards.facts import HOUR_EDGES, MEASURES, MINUTE_EDGES, rollups_rebuild_all
 from dashboards.kpis import KPIS, Reading
 from dashboards.metrics import Filters
+from dashboards.models import DemandSnapshot
 from pscsync import clock
-from pscsync.models import ErpInvoice, Handoff, PaymentApplication, UnbilledWork
+from pscsync.models import ErpInvoice, Handoff, PaymentApplication, PsaAssignment, PsaWorkedHours, UnbilledWork
 from tests.dashboards.builders import connection, handoff
 
 pytestmark = pytest.mark.django_db
@@ -74,6 +75,40 @@ _work = st.fixed_dictionaries(
         "entity": st.sampled_from(["us", "uk"]),
     }
 )
+
+# The demand forecast as snapshots taken before October, and October's supply: assignments (weekly
+# hours over a span) and approved hours worked, per role.
+ROLES = ("Architect", "Consultant", "Project Manager")
+_snapshot = st.tuples(st.integers(min_value=0, max_value=100), st.sampled_from(ROLES), st.integers(0, 400))
+_assignment = st.tuples(
+    st.sampled_from(ROLES), st.integers(min_value=-40, max_value=40), st.integers(1, 60), st.integers(1, 40)
+)
+_worked = st.dictionaries(st.sampled_from(ROLES), st.integers(min_value=0, max_value=500))
+
+
+def _supply(entities: dict, snapshots: list, assignments: list, worked: dict[str, int]) -> None:
+    us = entities["us"]
+    for taken, role, hours in snapshots:  # taken N days before 1 Oct
+        DemandSnapshot.objects.get_or_create(
+            taken_on=dt.date(2026, 10, 1) - dt.timedelta(days=taken),
+            legal_entity_id=us.pk,
+            role=role,
+            month="2026-10",
+            defaults={"hours": float(hours)},
+        )
+    for n, (role, start, days, weekly) in enumerate(assignments):
+        starts = dt.date(2026, 10, 1) + dt.timedelta(days=start)
+        PsaAssignment.objects.create(
+            legal_entity=us,
+            source_id=f"A-{n}",
+            role=role,
+            starts_on=starts,
+            ends_on=starts + dt.timedelta(days=days),
+            weekly_hours=weekly,
+            read_at=NOW,
+        )
+    for role, hours in worked.items():
+        PsaWorkedHours.objects.create(legal_entity=us, role=role, month="2026-10", hours=hours, read_at=NOW)
 
 
 def _handoff(crm: Any, entities: dict, n: int, it: dict[str, Any]) -> None:
@@ -254,9 +289,24 @@ def _checks(reading: Reading) -> dict[str, tuple[Any, Any]]:
         in_bucket = [i for i in owed["invoices"] if i["bucket"] == index]
         total = sum((r["buckets"][index].amount for r in owed["rows"]), Decimal("0"))
         out[key] = ((_value(figure), figure.count), (total if read else None, len(in_bucket)))
+    # Forecast accuracy and bias per lag: the leaders page's rows (lag, month, role: forecast vs
+    # assigned and worked) give WAPE = Σ|F − A| ÷ Σ A, accuracy = max(0, 1 − WAPE), bias = Σ(F − A) ÷ Σ A.
+    forecast_rows = reading.forecast.rows
+    for lag in (30, 60, 90):
+        mine = [r for r in forecast_rows if r["lag"] == lag]
+        for actual in ("worked", "assigned"):
+            total = sum(r[actual] for r in mine)
+            error = sum(abs(r["forecast"] - r[actual]) for r in mine)
+            over = sum(r["forecast"] - r[actual] for r in mine)
+            accuracy = max(0.0, 100 - 100 * error / total) if total else None
+            bias = 100 * over / total if total else None
+            for name, want in (("accuracy", accuracy), ("bias", bias)):
+                figure = reading.figure(f"forecast.{name}_{lag}d_{actual}")
+                got = figure.value if figure.value is None or want is None else pytest.approx(figure.value, abs=1e-6)
+                out[f"forecast.{name}_{lag}d_{actual}"] = ((got, figure.count), (want, len(mine)))
     # Unbilled WIP: the project-to-bill page's table by legal entity (every part, by age) sums to it;
-    # before any PSA read it has no value.
-    psa_read = UnbilledWork.objects.exists()
+    # before any PSA read (unbilled work or assignments read) it has no value.
+    psa_read = UnbilledWork.objects.exists() or PsaAssignment.objects.exists()
     detail = wip.unbilled_wip(OCT, detail=True, released=metrics.blocked_billing(OCT, with_rows=False))
     rows = list(detail["by_entity"].values())
     for key, first in (("billing.unbilled_wip", 0), ("billing.unbilled_wip_over_60_days", 2)):
@@ -283,9 +333,11 @@ def test_every_drilled_figure_is_the_sum_or_count_of_its_rows(entities, settings
         items=st.lists(_item, min_size=20, max_size=30),
         invoices=st.lists(_invoice, min_size=1, max_size=12),
         work=st.lists(_work, max_size=10),
+        supply=st.tuples(st.lists(_snapshot, max_size=8), st.lists(_assignment, max_size=5), _worked),
     )
-    def firm(items: list[dict[str, Any]], invoices: list[dict[str, Any]], work: list[dict[str, Any]]) -> None:
+    def firm(items: list[dict[str, Any]], invoices: list[dict[str, Any]], work: list[dict[str, Any]], supply) -> None:  # noqa: ANN001
         with transaction.atomic():
+            _supply(entities, *supply)
             for n, w in enumerate(work):
                 _unbilled(entities, n, w)
             for n, it in enumerate(items):
