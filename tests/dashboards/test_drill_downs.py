@@ -21,13 +21,22 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from dashboards import ledger, metrics, pages, wip
+from dashboards import leaders, ledger, metrics, pages, wip
 from dashboards.facts import HOUR_EDGES, MEASURES, MINUTE_EDGES, rollups_rebuild_all
 from dashboards.kpis import KPIS, Reading
 from dashboards.metrics import Filters
 from dashboards.models import DemandSnapshot
 from pscsync import clock
-from pscsync.models import ErpInvoice, Handoff, PaymentApplication, PsaAssignment, PsaWorkedHours, UnbilledWork
+from pscsync.models import (
+    ErpInvoice,
+    Handoff,
+    Mismatch,
+    PaymentApplication,
+    PsaAssignment,
+    PsaWorkedHours,
+    ReconciliationRun,
+    UnbilledWork,
+)
 from tests.dashboards.builders import connection, handoff
 
 pytestmark = pytest.mark.django_db
@@ -109,6 +118,41 @@ def _supply(entities: dict, snapshots: list, assignments: list, worked: dict[str
         )
     for role, hours in worked.items():
         PsaWorkedHours.objects.create(legal_entity=us, role=role, month="2026-10", hours=hours, read_at=NOW)
+
+
+# Reconciliation: each entity's latest complete run (project-months checked, ERP total) and the
+# open or cleared mismatches it left, by comparison and month.
+_mismatch = st.tuples(
+    st.sampled_from(["us", "uk"]),
+    st.sampled_from(["revenue", "billed_time"]),
+    st.sampled_from(["open", "open", "cleared"]),
+    st.sampled_from(["2026-09", "2026-10", "2026-11"]),
+    st.integers(min_value=-500_000, max_value=500_000).map(lambda c: Decimal(c) / 100),
+)
+
+
+def _reconciled(entities: dict, mismatches: list) -> None:
+    for code, entity in entities.items():
+        erp = Decimal("1000000.00") if code == "us" else Decimal("250000.00")
+        summary = {"revenue": {"checked": 20, "matched": 20 - len(mismatches), "erp_total": {"USD": str(erp)}}}
+        ReconciliationRun.objects.create(
+            legal_entity=entity, status="complete", started_at=NOW, finished_at=NOW, summary=summary
+        )
+    for n, (code, comparison, status, period, difference) in enumerate(mismatches):
+        Mismatch.objects.create(
+            legal_entity=entities[code],
+            comparison=comparison,
+            status=status,
+            cause="unexplained",
+            period=period,
+            subject_key=f"P-{n}",
+            explanation="",
+            currency="USD",
+            difference=difference,
+            amounts={"psa": "0", "erp": str(difference)},
+            first_seen_at=NOW,
+            last_seen_at=NOW,
+        )
 
 
 def _handoff(crm: Any, entities: dict, n: int, it: dict[str, Any]) -> None:
@@ -304,9 +348,23 @@ def _checks(reading: Reading) -> dict[str, tuple[Any, Any]]:
                 figure = reading.figure(f"forecast.{name}_{lag}d_{actual}")
                 got = figure.value if figure.value is None or want is None else pytest.approx(figure.value, abs=1e-6)
                 out[f"forecast.{name}_{lag}d_{actual}"] = ((got, figure.count), (want, len(mine)))
+    # Revenue mismatches: the exceptions page's open revenue mismatches of the period's months; the
+    # revenue schedule's accuracy: the leaders page's mismatch rows against the ERP total compared.
+    listed = list(metrics.mismatches(OCT).filter(comparison="revenue"))
+    figure = reading.figure("revenue.mismatch_value")
+    out["revenue.mismatch_value"] = (
+        (_value(figure), figure.count),
+        (sum((abs(m.difference) for m in listed), Decimal("0")), len(listed)),
+    )
+    schedule = leaders.revenue_schedule_accuracy(OCT)
+    figure = reading.figure("revenue.schedule_value_accuracy")
+    gap = sum((r["abs_difference"] for r in schedule["rows"]), Decimal("0"))
+    want = float(100 * (1 - gap / schedule["erp_total"])) if schedule["erp_total"] else None
+    got = figure.value if figure.value is None or want is None else pytest.approx(figure.value, abs=1e-9)
+    out["revenue.schedule_value_accuracy"] = ((got, figure.count), (want, schedule["checked"]))
     # Unbilled WIP: the project-to-bill page's table by legal entity (every part, by age) sums to it;
-    # before any PSA read (unbilled work or assignments read) it has no value.
-    psa_read = UnbilledWork.objects.exists() or PsaAssignment.objects.exists()
+    # before any PSA read (unbilled work or assignments read, or a complete reconciliation) no value.
+    psa_read = UnbilledWork.objects.exists() or PsaAssignment.objects.exists() or ReconciliationRun.objects.exists()
     detail = wip.unbilled_wip(OCT, detail=True, released=metrics.blocked_billing(OCT, with_rows=False))
     rows = list(detail["by_entity"].values())
     for key, first in (("billing.unbilled_wip", 0), ("billing.unbilled_wip_over_60_days", 2)):
@@ -334,9 +392,11 @@ def test_every_drilled_figure_is_the_sum_or_count_of_its_rows(entities, settings
         invoices=st.lists(_invoice, min_size=1, max_size=12),
         work=st.lists(_work, max_size=10),
         supply=st.tuples(st.lists(_snapshot, max_size=8), st.lists(_assignment, max_size=5), _worked),
+        mismatches=st.lists(_mismatch, max_size=8),
     )
-    def firm(items: list[dict[str, Any]], invoices: list[dict[str, Any]], work: list[dict[str, Any]], supply) -> None:  # noqa: ANN001
+    def firm(items: list, invoices: list, work: list, supply: tuple, mismatches: list) -> None:
         with transaction.atomic():
+            _reconciled(entities, mismatches)
             _supply(entities, *supply)
             for n, w in enumerate(work):
                 _unbilled(entities, n, w)
