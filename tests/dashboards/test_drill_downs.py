@@ -4,6 +4,14 @@ ledgers with random states and payments, written as records), each figure of the
 equals what its records give: counts are the number of rows the drill-down lists, money the sum of
 their amounts, percentiles the nearest-rank row's bucket, shares the rows that qualify.
 
+Covered: every flow figure (items lists), billing exceptions, released not invoiced, unbilled WIP,
+won not yet a project (count, value), need a person, receivables and each ageing band, revenue
+mismatches, revenue schedule accuracy, forecast accuracy and bias at every lag. Not here: DSO,
+invoiced and cash collected (their drill-down is the bill-to-cash page as a whole; the known-answer
+firm checks Invoiced against its items list), the match rates (counts each run reports, not rows),
+money at risk (a sum of three figures checked here), won past SLA and reconciliation effort (the
+known-answer firm checks them by hand).
+
 One currency (USD) so no rate enters; FX has its own tests (test_fx_figures) and the known-answer
 firm (tests/flows/test_known_answer_firm.py) converts with the sandboxes' rates."""
 
