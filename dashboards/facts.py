@@ -936,7 +936,8 @@ def handoff_finished(handoff_id: int) -> None:
 def ledger_moved(invoice_id: int) -> int:
     """The ERP's ledger moved an invoice (posted, paid, voided; pscsync.ledger tells after its
     commit): refresh the facts whose cycle ends on it, the project-to-bill batch that raised it
-    and the bill-to-cash item that reads it (each refresh moves its delta in the rollups). Returns the facts refreshed."""
+    and the bill-to-cash item that reads it (each refresh moves its delta in the rollups).
+    Returns the facts refreshed."""
     invoice = ErpInvoice.objects.filter(pk=invoice_id).values("key", "connection_id", "vendor_id").first()
     if invoice is None:
         return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 
 from connectors.signatures import standard_webhook_sign
 from pscsync.models import Event, Handoff
-from tests.helpers import PYTHON, ROOT, SECRET, Process, free_port, wait_for_port
+from tests.helpers import PYTHON, ROOT, SECRET, Process, free_port, pytest_on_sqlite, wait_for_port
 
 URL = "/webhooks/echo-us/"
 
@@ -74,29 +73,8 @@ def test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing(client, echo_
 @pytest.mark.skipif(os.getenv("PSCSYNC_INTAKE_PROBE_NESTED") == "1", reason="already the SQLite run")
 def test_the_same_on_sqlite(tmp_path: Path) -> None:
     """The parametrized test above, in a pytest of its own on the embedded SQLite database."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": "",
-        "PSCSYNC_VAR_DIR": str(tmp_path),
-        "PSCSYNC_INTAKE_PROBE_NESTED": "1",
-        "PSCSYNC_REQUIRE_SERVICES": "",
-    }
-    result = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            f"{__file__}::test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    target = f"{__file__}::test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing"
+    result = pytest_on_sqlite(target, tmp_path, "PSCSYNC_INTAKE_PROBE_NESTED")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert f"{len(MALFORMED)} passed" in result.stdout
 

@@ -20,20 +20,32 @@ def provisioned(firm, entity: str, key: str, **deal: object) -> dict[str, str]: 
     return ids
 
 
-def certinia_approved_week(certinia, opportunity: str, *, hours: tuple[float, ...] = (8, 7.5)) -> None:  # noqa: ANN001
-    """A resource on the project at 150/h with one approved, billable week (16-22 Nov 2026)."""
+def certinia_approved_week(  # noqa: ANN201
+    certinia,  # noqa: ANN001
+    opportunity: str,
+    *,
+    hours: tuple[float, ...] = (8, 7.5),
+    monday: str = "2026-11-16",
+    approved: str = "2026-11-24",
+    name: str = "",
+    schedule_start: str = "2026-12-01",
+):
+    """A resource on the project at 150/h with one approved, billable week (by default 16-22 Nov
+    2026, approved on 24 Nov; `hours` from Monday on). Returns the timecard's id. `name` keys the
+    resource, schedule, assignment and timecard (default: the opportunity)."""
+    name = name or opportunity
     project = certinia.lookup(entity="project", key=f"P-{opportunity}").external_id
     resource = certinia.upsert(
-        entity="resource", key=f"R-{opportunity}", fields={"LastName": "Okafor", "pse__Is_Resource__c": True}
+        entity="resource", key=f"R-{name}", fields={"LastName": "Okafor", "pse__Is_Resource__c": True}
     ).external_id
     schedule = certinia.upsert(
         entity="schedule",
-        key=f"S-{opportunity}",
-        fields={"pse__Start_Date__c": "2026-12-01", "pse__End_Date__c": "2027-05-31"},
+        key=f"S-{name}",
+        fields={"pse__Start_Date__c": schedule_start, "pse__End_Date__c": "2027-05-31"},
     ).external_id
     assignment = certinia.upsert(
         entity="assignment",
-        key=f"A-{opportunity}",
+        key=f"A-{name}",
         fields={
             "pse__Project__c": project,
             "pse__Resource__c": resource,
@@ -41,23 +53,24 @@ def certinia_approved_week(certinia, opportunity: str, *, hours: tuple[float, ..
             "pse__Bill_Rate__c": 150,
         },
     ).external_id
-    days = ("pse__Monday_Hours__c", "pse__Tuesday_Hours__c", "pse__Wednesday_Hours__c")
-    certinia.upsert(
+    days = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
+    sunday = dt.date.fromisoformat(monday) + dt.timedelta(days=6)
+    return certinia.upsert(
         entity="timecard",
-        key=f"T-{opportunity}",
+        key=f"T-{name}",
         fields={
             "pse__Project__c": project,
             "pse__Resource__c": resource,
             "pse__Assignment__c": assignment,
-            "pse__Start_Date__c": "2026-11-16",
-            "pse__End_Date__c": "2026-11-22",
-            **dict(zip(days, hours, strict=False)),
+            "pse__Start_Date__c": monday,
+            "pse__End_Date__c": sunday.isoformat(),
+            **{f"pse__{day}_Hours__c": h for day, h in zip(days, hours, strict=False)},
             "pse__Status__c": "Approved",
             "pse__Billable__c": True,
-            # Approved on the Tuesday after the week worked: the approved-time clock starts here.
-            "pse__Approval_Date__c": "2026-11-24",
+            # Approved after the week worked (by default the Tuesday after): the approved-time clock starts here.
+            "pse__Approval_Date__c": approved,
         },
-    )
+    ).external_id
 
 
 def certinia_billing_event(firm, opportunity: str) -> str:  # noqa: ANN001
@@ -171,12 +184,12 @@ def test_a_batch_mixing_currencies_is_stopped_before_the_erp(firm) -> None:  # n
     assert not BilledItem.objects.exists()
 
 
-def kantata_invoice(firm, opportunity: str) -> str:  # noqa: ANN001
-    """Two approved days at 120/h (8 h and 6.5 h) invoiced in Kantata: 1,740.00."""
+def kantata_time(firm, opportunity: str, entries: tuple[tuple[str, int], ...]) -> list[str]:  # noqa: ANN001
+    """Approved billable time entries at 120/h on the deal's Kantata workspace: (day, minutes)."""
     kantata = firm.connector("kantata-uk")
     workspace = kantata.lookup(entity="workspaces", key=f"P-{opportunity}").external_id
-    entries = []
-    for day, minutes in (("2026-12-07", 480), ("2026-12-08", 390)):
+    ids = []
+    for day, minutes in entries:
         entry = {
             "workspace_id": workspace,
             "date_performed": day,
@@ -186,7 +199,15 @@ def kantata_invoice(firm, opportunity: str) -> str:  # noqa: ANN001
             "approved": True,
         }
         answer = kantata.send("POST", "/api/v1/time_entries", json={"time_entry": entry}).body
-        entries.append(next(iter(answer["time_entries"])))
+        ids.append(next(iter(answer["time_entries"])))
+    return ids
+
+
+def kantata_invoice(firm, opportunity: str) -> str:  # noqa: ANN001
+    """Two approved days at 120/h (8 h and 6.5 h) invoiced in Kantata on 14 Dec: 1,740.00."""
+    kantata = firm.connector("kantata-uk")
+    workspace = kantata.lookup(entity="workspaces", key=f"P-{opportunity}").external_id
+    entries = kantata_time(firm, opportunity, (("2026-12-07", 480), ("2026-12-08", 390)))
     invoice = {"workspace_id": workspace, "time_entry_ids": entries, "invoice_date": "2026-12-14"}
     answer = kantata.send("POST", "/api/v1/invoices", json={"invoice": invoice}).body
     return next(iter(answer["invoices"]))
