@@ -1150,9 +1150,13 @@ def _mismatches(rnd: random.Random, ents: dict[str, int], deals: list, now: dt.d
 
 
 # Databases ----------------------------------------------------------------------------------------
+# Several people share one PostgreSQL: PSCSYNC_BENCH_DB_PREFIX gives each their own databases.
+DB_PREFIX = os.environ.get("PSCSYNC_BENCH_DB_PREFIX", "pscsync_bench_large")
+
+
 def template_name(n: int) -> str:
     # BENCH_TEMPLATE_PREFIX: a template of one's own (two people benching different trees).
-    return f"{os.environ.get('BENCH_TEMPLATE_PREFIX', 'pscsync_bench_large_tpl')}_{n}"
+    return f"{os.environ.get('BENCH_TEMPLATE_PREFIX', DB_PREFIX + '_tpl')}_{n}"
 
 
 def _admin_sql(sql: str) -> str:

@@ -609,7 +609,7 @@ register(
 register(
     Kpi(
         "exceptions.open",
-        "Need a person",
+        "Needs attention",
         "Handoffs waiting in the workbench for a person, whatever their age.",
         "count",
         lambda r: (r.opened["count"], r.opened["count"]),

@@ -60,8 +60,8 @@ AGEING_BUCKETS: list[tuple[int | None, int | None, str]] = [
     (91, None, "Over 90 days past due"),
 ]
 DSO_DEFINITION = (
-    "Simple DSO: receivables at the period end ÷ invoices posted in the 90 days up to it × 90 "
-    "(DOMAIN.md §2.6). Receivables are posted invoices' totals less the payments the ERP applied "
+    "Simple DSO: receivables at the period end ÷ invoices posted in the 90 days up to it × 90. "
+    "Receivables are posted invoices' totals less the payments the ERP applied "
     "up to that date."
 )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Q, QuerySet
 from django.shortcuts import get_object_or_404
@@ -21,8 +23,29 @@ def handoff_get_for_user(*, user: User, pk: int) -> Handoff:
     return get_object_or_404(handoffs_visible_to(user), pk=pk)
 
 
-def handoffs_filtered(user: User, *, status: str = "", flow: str = "", q: str = "") -> QuerySet[Handoff]:
+def handoffs_filtered(
+    user: User,
+    *,
+    status: str = "",
+    flow: str = "",
+    q: str = "",
+    age_min: int | None = None,
+    age_max: int | None = None,
+    entity_codes: tuple[str, ...] = (),
+    today: dt.date | None = None,
+) -> QuerySet[Handoff]:
+    """`age_min`/`age_max`: whole calendar days (UTC) since the business started, both ends
+    included, the dashboards' rule (dashboards.metrics.age_days): a bar of "Handoffs needing a
+    person, by age" opens exactly its handoffs."""
     qs = handoffs_visible_to(user)
+    if age_min is not None or age_max is not None:
+        today = today or dt.datetime.now(dt.UTC).date()
+        if age_min is not None:
+            qs = qs.filter(business_started_at__date__lte=today - dt.timedelta(days=age_min))
+        if age_max is not None:
+            qs = qs.filter(business_started_at__date__gte=today - dt.timedelta(days=age_max))
+    if entity_codes:
+        qs = qs.filter(legal_entity__code__in=entity_codes)
     if status:
         qs = qs.filter(status=status)
     if flow:

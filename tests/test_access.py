@@ -133,9 +133,10 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
     ),
+    # Merged into Integration health (dashboards:health): old links are sent there.
     "dashboards:integration": (
         "GET",
-        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+        {"anonymous": 302, "norole": 403, "viewer": 301, "operator": 301, "admin": 301, "outsider": 301},
     ),
     "dashboards:leaders": (
         "GET",

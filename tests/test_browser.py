@@ -111,10 +111,10 @@ def test_an_operator_finds_a_failed_handoff_and_reads_what_the_target_said(
     _sign_in(page, live_server, operator)
     page.wait_for_url("**/workbench/")  # operators land on the workbench
     page.goto(f"{live_server.url}/dashboards/")
-    assert page.locator(".tile", has_text="Need a person").locator(".figure").inner_text() == "1"
+    assert page.locator(".tile", has_text="Needs attention").locator(".figure").inner_text() == "1"
     _shot(page, "health")
 
-    page.click("text=Need a person")
+    page.click('.tile:has-text("Needs attention")')
     page.wait_for_url("**/handoffs/?status=needs_attention")
     rows = page.locator("table.grid tbody tr")
     assert rows.count() == 1 and "OPP-2002" in rows.first.inner_text()

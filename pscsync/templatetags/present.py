@@ -57,6 +57,14 @@ def trace(trace_id: str) -> str:
     return format_html('<span title="{}">{}</span>', trace_id, label)
 
 
+@register.filter
+def step_key(key: Any, code: str) -> str:
+    """A step's record key as worth showing: ours ("C-001…", "P-006…"), or "" for the engine's
+    own per-step key ("read_deal:006…"), which names nothing in another system."""
+    key = str(key or "")
+    return "" if not key or key.startswith(f"{code}:") else key
+
+
 # The glossary's names as filters, registered as they are (no wrapper per name).
 for _name, _function in (
     ("flow_name", glossary.flow_name),
@@ -65,5 +73,6 @@ for _name, _function in (
     ("entity_name", glossary.entity_name),
     ("error_kind", glossary.error_kind_name),
     ("sla", glossary.sla_words),
+    ("error_words", glossary.error_words),
 ):
     register.filter(_name, _function)

@@ -23,7 +23,7 @@ PAGES = {
     "dashboards-project-to-bill": "/dashboards/project-to-bill/",
     "dashboards-bill-to-cash": "/dashboards/bill-to-cash/",
     "dashboards-exceptions": "/dashboards/exceptions/",
-    "dashboards-integration": "/dashboards/integration/",
+    "dashboards-health": "/dashboards/health/",
     "dashboards-demand": "/dashboards/demand/",
     "dashboards-leaders": "/dashboards/leaders/?from=2026-09-01&to=2026-10-31",
     "dashboards-items": "/dashboards/items/?flow=quote-to-project&measure=breached",

@@ -103,7 +103,8 @@ def test_totals_and_exports_hold_only_what_the_user_may_see(client, firm, operat
 
     client.force_login(operator)
     rows = list(csv.reader(io.StringIO(b"".join(client.get("/workbench/export.csv").streaming_content).decode())))
-    assert rows[0][:3] == ["handoff", "flow", "step"] and len(rows) == 3
+    assert rows[0][:3] == ["Handoff", "Flow", "Step"] and len(rows) == 3
+    assert rows[1][1:4] == ["Quote to project", "Check the deal", "Source data problem"]  # words, not codes
     assert {r[7] for r in rows[1:]} == {"Globex e1", "Globex e2"} and rows[1][9] == "120000.00"
     client.force_login(outsider)  # the UK operator: the header, and nothing of the US entity
     rows = list(csv.reader(io.StringIO(b"".join(client.get("/workbench/export.csv").streaming_content).decode())))
@@ -150,7 +151,7 @@ def test_the_resubmit_dialog_warns_when_the_target_already_holds_the_customer(cl
     page = client.get(f"/workbench/handoffs/{failed.pk}/resubmit/").content.decode()
     assert "The target already holds a record with this key" in page
     assert f"C-{first['account']}" in page and f"handoff {done.pk}" in page
-    assert "upsert_customer</code> writes to <strong>NetSuite (US)</strong>" in page
+    assert "Create the customer in the ERP writes to <strong>NetSuite (US)</strong>" in page
 
 
 def test_a_mapping_error_opens_the_value_map_in_the_studio_for_admins_and_operators_ask_one(
@@ -216,3 +217,61 @@ def test_a_change_after_the_review_is_shown_for_review_again_and_nothing_is_sent
     reviewed = re.search(r'name="reviewed" value="(\w+)"', again.content.decode()).group(1)
     client.post(url, {"mode": "remap", "reason": "retry", "confirm": "yes", "reviewed": reviewed})
     assert Handoff.objects.get(pk=handoff.pk).status == Handoff.Status.PENDING
+
+
+def test_a_group_row_assigns_its_cause_and_comes_back_to_the_filtered_inbox(client, firm, operator) -> None:  # noqa: ANN001
+    _tax_failure(firm, "r1")
+    cause = ExceptionCause.objects.get()
+    client.force_login(operator)
+    page = client.get("/workbench/?flow=quote-to-project").content.decode()
+    # The row's own forms sit outside the bulk form; its controls join them by the form attribute.
+    assert f'<form id="row-assign-{cause.pk}"' in page and f'form="row-resolve-{cause.pk}"' in page
+    back = "/workbench/?flow=quote-to-project"
+    answer = client.post(
+        f"/workbench/causes/{cause.pk}/act/", {"action": "assign", "assignee": operator.username, "next": back}
+    )
+    assert answer.status_code == 302 and answer["Location"] == back
+    assert ExceptionCause.objects.get().assignee == operator
+    # Somewhere else than our own pages: the cause page instead.
+    answer = client.post(
+        f"/workbench/causes/{cause.pk}/act/", {"action": "assign", "assignee": "", "next": "https://evil.example/"}
+    )
+    assert answer["Location"] == f"/workbench/causes/{cause.pk}/"
+    assert ExceptionCause.objects.get().assignee is None
+
+
+def test_a_group_row_resolves_its_handoffs_with_a_reason_through_a_tracked_job(client, firm, operator) -> None:  # noqa: ANN001
+    _tax_failure(firm, "r2")
+    _tax_failure(firm, "r3")
+    cause = ExceptionCause.objects.get()
+    client.force_login(operator)
+    row = {"tab": "open", "scope": "selection", "kind": "resolve", "cause": str(cause.pk)}
+    # Without a reason: refused, nothing started.
+    answer = client.post("/workbench/bulk/", row)
+    assert answer.status_code == 302 and BulkJob.objects.count() == 0
+    answer = client.post("/workbench/bulk/", {**row, "reason": "duplicates of deals already in the ERP"})
+    job = BulkJob.objects.get()
+    assert answer["Location"] == f"/workbench/jobs/{job.pk}/"
+    assert (job.kind, job.total) == ("resolve", 2)
+
+
+def test_the_resubmit_form_opens_on_the_choice_that_can_succeed_and_marks_the_failing_field(
+    client, firm, operator
+) -> None:  # noqa: ANN001
+    client.force_login(operator)
+    # Missing tax profile (source data, validation): the edit, with the tax profile marked.
+    tax = _tax_failure(firm, "d1")
+    page = client.get(f"/workbench/handoffs/{tax.pk}/resubmit/").content.decode()
+    assert re.search(r'<input[^>]*value="edit"[^>]*checked', page)
+    marked = re.findall(
+        r'<label for="[^"]+">([^<]*?)\s*(?:<span[^>]*>\*</span>)?\s*'
+        r'<strong class="error-text small">— the failure is about this field',
+        page,
+    )
+    assert marked == ["account · tax profile"]  # and not "account · name", though the message names the account
+    # A service line nobody mapped (mapping): re-map with the mapping in force.
+    ids = won_deal(firm, key="d2", Service_Line__c="Quantum Readiness")
+    unmapped = run(trigger(firm, "quote-to-project", ids["opportunity"]))
+    assert unmapped.last_error_class == "mapping"
+    page = client.get(f"/workbench/handoffs/{unmapped.pk}/resubmit/").content.decode()
+    assert re.search(r'<input[^>]*value="remap"[^>]*checked', page)
