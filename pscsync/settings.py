@@ -292,17 +292,13 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
-try:  # plotly.js from the installed plotly package, served as static/plotly/plotly.min.js (no CDN)
-    import plotly as _plotly
-
-    STATICFILES_DIRS.append(("plotly", Path(_plotly.__file__).parent / "package_data"))
-except ImportError:  # pragma: no cover - plotly is in requirements.txt
-    pass
+# collectstatic (the Dockerfile, `make demo` and the test session run it) writes each file under a
+# content-hashed name with gzip copies; whitenoise serves hashed names with a far-future immutable
+# max-age, so a changed file is a new URL and browsers never hold a stale chart library or style.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
-WHITENOISE_USE_FINDERS = True
 
 # The audit trail's external copy (RELIABILITY.md SEC-14): one JSON line per committed entry on
 # the `pscsync.audit` logger, to a file of its own when PSCSYNC_AUDIT_LOG_FILE is set (ship it to

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import pytest
@@ -68,6 +69,21 @@ def client():  # noqa: ANN201
     from tests.twofactor import VerifiedClient
 
     return VerifiedClient()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _collected_static(django_test_environment) -> Iterator[None]:  # noqa: ANN001
+    """Pages name static files through collectstatic's manifest (the production storage): collect
+    once per session, as the Dockerfile and `make demo` do, so every page renders its hashed URLs.
+    The live server then serves /static/ through whitenoise, as production does: Django's test
+    handler would look the hashed names up in the source folders and answer 404."""
+    from django.contrib.staticfiles import handlers
+    from django.core.management import call_command
+
+    call_command("collectstatic", "--noinput", verbosity=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(handlers, "StaticFilesHandler", lambda application: application)
+        yield
 
 
 @pytest.fixture(autouse=True)

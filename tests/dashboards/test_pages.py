@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 
@@ -289,3 +290,20 @@ def test_receivables_ageing_and_cash_agree_in_page_csv_and_json_and_respect_scop
     # Invoiced in the 90 days to 31 Oct: 2,000 (1 Sep); DSO = 1,500 ÷ 2,000 × 90 = 67.5 days.
     assert figures["cash.dso"]["value"] == pytest.approx(67.5)
     assert figures["cash.dso"]["state"] == "measured" and figures["cash.dso"]["as_of"]
+
+
+def test_the_chart_library_is_plotlys_basic_bundle_under_a_hashed_name_cached_for_a_year(client, admin, firm) -> None:  # noqa: ANN001
+    client.force_login(admin)
+    html = client.get(f"/dashboards/quote-to-project/?{PERIOD}").content.decode()
+    # The name carries the file's content hash (collectstatic's manifest), so it may be cached forever.
+    src = re.search(r'src="(/static/vendor/plotly/plotly-basic\.min\.[0-9a-f]{12}\.js)"', html)
+    assert src, "the page loads the hashed basic bundle"
+    response = client.get(src.group(1))
+    assert response.status_code == 200
+    cache = response.headers["Cache-Control"]
+    assert "immutable" in cache and int(cache.split("max-age=")[1].split(",")[0]) >= 365 * 24 * 3600
+    assert b"plotly.js (basic - minified)" in b"".join(response.streaming_content)[:200]
+    # The full bundle (4.8 MB, every trace type) is no longer shipped.
+    assert "plotly.min.js" not in html
+    # Its licence travels with it.
+    assert client.get("/static/vendor/plotly/LICENSE").status_code == 200
