@@ -638,7 +638,7 @@ def handoff_finished_safely(handoff_id: int) -> None:
     (`rollups_catch_up`) repairs whatever was missed."""
     try:
         handoff_finished(handoff_id)
-    except Exception:  # noqa: BLE001 - logged and repaired by the beat job
+    except Exception:  # logged and repaired by the beat job
         log.exception("dashboard rollups not updated for handoff %s; the catch-up job will retry", handoff_id)
 
 

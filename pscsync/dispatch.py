@@ -55,7 +55,7 @@ def queue_head_published_at() -> float | None:
         with app.connection_for_read() as connection:
             client = connection.default_channel.client
             raw = client.lindex(app.conf.task_default_queue, -1)
-    except Exception:  # noqa: BLE001 - unknown: the sweeper falls back on its fixed window
+    except Exception:  # unknown: the sweeper falls back on its fixed window
         log.warning("could not read the queue's head", exc_info=True)
         return None
     if raw is None:

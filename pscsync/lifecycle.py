@@ -90,7 +90,7 @@ def listeners_tell(move: Move) -> None:
     for name, listener in list(_listeners.items()):
         try:
             listener(move)
-        except Exception:  # noqa: BLE001 - a listener must not fail the move or the others
+        except Exception:  # a listener must not fail the move or the others
             log.exception("lifecycle listener %s failed on handoff %s; its repair job will", name, move.handoff_id)
 
 

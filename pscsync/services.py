@@ -59,7 +59,7 @@ def user_provision(
     return user
 
 
-class UserChangeRefused(Exception):  # noqa: N818 (a refusal, read as a sentence at the call site)
+class UserChangeRefused(Exception):  # a refusal, read as a sentence at the call site
     """A user change this admin may not make (`forbidden`: outside their scope) or that is wrong."""
 
     def __init__(self, field: str, message: str, *, forbidden: bool = False) -> None:
@@ -151,7 +151,7 @@ def _user_snapshot(user: AbstractBaseUser) -> dict[str, Any]:
     }
 
 
-class ConnectionChangeRefused(Exception):  # noqa: N818 (a refusal, read as a sentence at the call site)
+class ConnectionChangeRefused(Exception):  # a refusal, read as a sentence at the call site
     """A connection change this actor may not make (`forbidden`) or must complete (a field to fill)."""
 
     def __init__(self, field: str, message: str, *, forbidden: bool = False) -> None:

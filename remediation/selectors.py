@@ -29,11 +29,11 @@ class CauseGroup:
         return len(self.handoffs)
 
     @property
-    def first_seen(self):  # noqa: ANN201
+    def first_seen(self):
         return min(h.created_at for h in self.handoffs)
 
     @property
-    def last_seen(self):  # noqa: ANN201
+    def last_seen(self):
         return max(h.created_at for h in self.handoffs)
 
     @property
@@ -78,7 +78,7 @@ class InboxFilter:
     sort: str = "urgency"
 
     @classmethod
-    def from_query(cls, query) -> InboxFilter:  # noqa: ANN001  (a QueryDict)
+    def from_query(cls, query) -> InboxFilter:  # a QueryDict
         values = {name: query.get(name, "").strip() for name in FILTERS}
         values["tab"] = values["tab"] if values["tab"] in TABS else "open"
         values["sort"] = values["sort"] if values["sort"] in SORTS else "urgency"
@@ -88,7 +88,7 @@ class InboxFilter:
         return {k: v for k, v in self.__dict__.items() if v and k not in ("tab", "sort")}
 
 
-def exception_items(user: AbstractBaseUser | AnonymousUser, f: InboxFilter):  # noqa: ANN201
+def exception_items(user: AbstractBaseUser | AnonymousUser, f: InboxFilter):
     """The handoff exceptions the user may see, narrowed by the filter (a QuerySet)."""
     from datetime import timedelta
 
@@ -153,7 +153,7 @@ class InboxGroup:
     sla_remaining: float | None = None
 
     @property
-    def money_total(self):  # noqa: ANN201  (for sorting: a plain sum across currencies)
+    def money_total(self):  # for sorting: a plain sum across currencies
         return sum((m for _, m in self.money if m is not None), 0)
 
 
@@ -401,7 +401,7 @@ class JobResults:
         return [(key, RESULT_NAMES[key], self.counts[key]) for key in RESULT_NAMES if self.counts.get(key)]
 
 
-def job_results(job, *, limit: int = 500) -> JobResults:  # noqa: ANN001  (a BulkJob)
+def job_results(job, *, limit: int = 500) -> JobResults:  # a BulkJob
     """Each handoff's real end state after the job: a retry is "done" only when the handoff
     succeeded; one back in the workbench failed again with the same cause, or with another."""
     from remediation.models import BulkJob, BulkJobItem, HandoffException
@@ -435,7 +435,7 @@ def job_results(job, *, limit: int = 500) -> JobResults:  # noqa: ANN001  (a Bul
     return JobResults(rows=rows[:limit], counts=counts, settled=settled)
 
 
-def job_queue_place(job) -> dict[str, object]:  # noqa: ANN001
+def job_queue_place(job) -> dict[str, object]:
     """A queued job's place (jobs ahead of it) and an estimate of when it is done, from how
     long recent jobs took per handoff."""
     from django.db.models import F, Sum

@@ -15,12 +15,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def no_broker(monkeypatch) -> None:  # noqa: ANN001
+def no_broker(monkeypatch) -> None:
     monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: None)
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
 
 
-def receive(connection, key: str, version: int):  # noqa: ANN001, ANN201
+def receive(connection, key: str, version: int):
     from connectors.registry import connector_for
 
     body = change_body(key, version)

@@ -298,9 +298,7 @@ def crm_deals(crm: Connection, entity: LegalEntity) -> dict[str, Deal]:
 def certinia_holdings(psa: Connection) -> tuple[dict[str, PsaProject], list[PsaBatch]]:
     connector = connector_for(psa)
     projects_by_id: dict[str, PsaProject] = {}
-    for row in connector.query(
-        "SELECT Id, Name, pscsync_Key__c, pse__Currency__c, CurrencyIsoCode FROM pse__Proj__c"  # noqa: S608
-    ):
+    for row in connector.query("SELECT Id, Name, pscsync_Key__c, pse__Currency__c, CurrencyIsoCode FROM pse__Proj__c"):
         key = row.get("pscsync_Key__c") or ""
         if not key.startswith("P-"):
             continue

@@ -56,7 +56,7 @@ MAX_DEFERRALS = 30  # x 12 business hours: a week of time waits up to 15 days fo
 INCIDENT_MIN_WALL_SECONDS = 6.0
 
 
-class Defer(Exception):  # noqa: N818 - a signal, not an error
+class Defer(Exception):  # a signal, not an error
     """Not yet possible (pscsync has not provisioned the project yet): try again later."""
 
     def __init__(self, reason: str, hours: float = 12.0) -> None:

@@ -20,11 +20,11 @@ OCT = metrics.Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
 
 
 @pytest.fixture(autouse=True)
-def _now(monkeypatch):  # noqa: ANN001, ANN202
+def _now(monkeypatch):
     monkeypatch.setattr(clock, "now", lambda: dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC))
 
 
-def q2p(crm, entity, key, closed, activated, **kw):  # noqa: ANN001, ANN201, ANN003
+def q2p(crm, entity, key, closed, activated, **kw):
     times = {"deal_closed": closed}
     if activated is not None:
         times["project_activated"] = activated
@@ -39,7 +39,7 @@ def test_business_days_skip_weekends() -> None:
 
 
 @pytest.mark.django_db
-def test_activation_median_p90_and_sla_on_known_latencies(crm, entities) -> None:  # noqa: ANN001
+def test_activation_median_p90_and_sla_on_known_latencies(crm, entities) -> None:
     for i, hours in enumerate([10, 20, 30]):
         q2p(crm, entities["us"], f"OPP-{i}", T0, T0 + hours * H)
     rollups_rebuild_all()
@@ -51,7 +51,7 @@ def test_activation_median_p90_and_sla_on_known_latencies(crm, entities) -> None
 
 
 @pytest.mark.django_db
-def test_admin_sla_changes_the_breach_count_after_rebuild(crm, entities) -> None:  # noqa: ANN001
+def test_admin_sla_changes_the_breach_count_after_rebuild(crm, entities) -> None:
     for i, hours in enumerate([10, 20, 30]):
         q2p(crm, entities["us"], f"OPP-{i}", T0, T0 + hours * H)
     FlowSla.objects.create(flow="quote-to-project", target=Decimal("12"), unit="hours")
@@ -60,7 +60,7 @@ def test_admin_sla_changes_the_breach_count_after_rebuild(crm, entities) -> None
 
 
 @pytest.mark.django_db
-def test_censored_deal_is_not_a_latency_but_is_won_not_activated(crm, entities) -> None:  # noqa: ANN001
+def test_censored_deal_is_not_a_latency_but_is_won_not_activated(crm, entities) -> None:
     q2p(crm, entities["us"], "OPP-DONE", T0, T0 + 4 * H)
     q2p(crm, entities["us"], "OPP-OPEN", T0, None, status="needs_attention", amount="50000.00")
     rollups_rebuild_all()
@@ -73,7 +73,7 @@ def test_censored_deal_is_not_a_latency_but_is_won_not_activated(crm, entities) 
 
 
 @pytest.mark.django_db
-def test_reopened_deal_uses_the_last_closed_won(crm, entities) -> None:  # noqa: ANN001
+def test_reopened_deal_uses_the_last_closed_won(crm, entities) -> None:
     q2p(crm, entities["us"], "OPP-R", T0, T0 + 5 * H)
     q2p(crm, entities["us"], "OPP-R", T0 + 48 * H, T0 + 50 * H)
     rollups_rebuild_all()
@@ -82,7 +82,7 @@ def test_reopened_deal_uses_the_last_closed_won(crm, entities) -> None:  # noqa:
 
 
 @pytest.mark.django_db
-def test_one_deal_two_projects_uses_the_first_activation(crm, entities) -> None:  # noqa: ANN001
+def test_one_deal_two_projects_uses_the_first_activation(crm, entities) -> None:
     q2p(crm, entities["us"], "OPP-2P", T0, T0 + 8 * H)
     q2p(crm, entities["us"], "OPP-2P", T0, T0 + 3 * H)
     rollups_rebuild_all()
@@ -90,7 +90,7 @@ def test_one_deal_two_projects_uses_the_first_activation(crm, entities) -> None:
 
 
 @pytest.mark.django_db
-def test_project_before_close_is_reported_apart(crm, entities) -> None:  # noqa: ANN001
+def test_project_before_close_is_reported_apart(crm, entities) -> None:
     q2p(crm, entities["us"], "OPP-EARLY", T0, T0 - 6 * H)
     q2p(crm, entities["us"], "OPP-OK", T0, T0 + 6 * H)
     rollups_rebuild_all()
@@ -98,7 +98,7 @@ def test_project_before_close_is_reported_apart(crm, entities) -> None:  # noqa:
     assert (s.measured, s.negative, s.median_hours) == (1, 1, 6.0)
 
 
-def p2b(crm, entity, approved, released, invoiced, **kw):  # noqa: ANN001, ANN201, ANN003
+def p2b(crm, entity, approved, released, invoiced, **kw):
     times = {"time_approved": approved, "billing_released": released}
     if invoiced:
         times["invoice_created"] = invoiced
@@ -108,7 +108,7 @@ def p2b(crm, entity, approved, released, invoiced, **kw):  # noqa: ANN001, ANN20
 
 
 @pytest.mark.django_db
-def test_multi_currency_billing_exceptions_in_the_reporting_currency(crm, entities) -> None:  # noqa: ANN001
+def test_multi_currency_billing_exceptions_in_the_reporting_currency(crm, entities) -> None:
     FxRate.objects.create(currency="GBP", month="2026-09", kind="average", rate=Decimal("1.25"))
     p2b(crm, entities["us"], T0, T0 + 24 * H, T0 + 48 * H, amount="1000.00", currency="USD")
     p2b(crm, entities["uk"], T0, T0 + 24 * H, None, status="needs_attention", amount="1000.00", currency="GBP")
@@ -136,8 +136,8 @@ def test_multi_currency_billing_exceptions_in_the_reporting_currency(crm, entiti
 
 
 @pytest.mark.django_db
-def test_days_to_pay_and_status_sync_from_bill_to_cash_handoffs(crm, entities) -> None:  # noqa: ANN001
-    def b2c(inv, posted, paid, total, remaining):  # noqa: ANN001, ANN202
+def test_days_to_pay_and_status_sync_from_bill_to_cash_handoffs(crm, entities) -> None:
+    def b2c(inv, posted, paid, total, remaining):
         times = {"invoice_posted": posted}
         if paid:
             times["payment_applied"] = paid
@@ -167,7 +167,7 @@ def test_days_to_pay_and_status_sync_from_bill_to_cash_handoffs(crm, entities) -
     assert (s.synced, s.sync_median_minutes, s.sync_within_sla) == (2, 120.0, 0)
 
 
-def ledger_invoice(crm, entity, number, *, status, posted, due, total, payments=(), tax="0.00"):  # noqa: ANN001, ANN201, PLR0913
+def ledger_invoice(crm, entity, number, *, status, posted, due, total, payments=(), tax="0.00"):
     """An ERP invoice as a connector maps it, stored through the ledger service."""
     from connectors.base import LedgerInvoice, PaymentApplied
     from pscsync.ledger import ledger_record_invoice
@@ -197,7 +197,7 @@ def ledger_invoice(crm, entity, number, *, status, posted, due, total, payments=
 
 
 @pytest.mark.django_db
-def test_dso_receivables_and_cash_from_the_ledger_not_from_handoffs(crm, entities) -> None:  # noqa: ANN001
+def test_dso_receivables_and_cash_from_the_ledger_not_from_handoffs(crm, entities) -> None:
     us = entities["us"]
     # 1: 1,000 posted 1 Oct, paid 20 Oct. 2: 3,000 posted 15 Oct, 1,200 paid 25 Oct, due 14 Nov.
     # 3: 500 pending approval (not invoiced, not owed). 4: 700 posted then voided (nothing).
@@ -229,7 +229,7 @@ def test_dso_receivables_and_cash_from_the_ledger_not_from_handoffs(crm, entitie
 
 
 @pytest.mark.django_db
-def test_revenue_accuracy_from_mismatches_and_the_latest_run(entities) -> None:  # noqa: ANN001
+def test_revenue_accuracy_from_mismatches_and_the_latest_run(entities) -> None:
     at = dt.datetime(2026, 10, 30, tzinfo=dt.UTC)
     for i, (diff, cause) in enumerate([("-120.00", "late_time"), ("30.00", "unexplained")]):
         Mismatch.objects.create(
@@ -263,7 +263,7 @@ def test_revenue_accuracy_from_mismatches_and_the_latest_run(entities) -> None: 
 
 
 @pytest.mark.django_db
-def test_entity_filter_limits_every_figure(crm, entities) -> None:  # noqa: ANN001
+def test_entity_filter_limits_every_figure(crm, entities) -> None:
     q2p(crm, entities["us"], "OPP-US", T0, T0 + 2 * H)
     q2p(crm, entities["uk"], "OPP-UK", T0, T0 + 9 * H)
     rollups_rebuild_all()
@@ -274,7 +274,7 @@ def test_entity_filter_limits_every_figure(crm, entities) -> None:  # noqa: ANN0
 
 
 @pytest.mark.django_db
-def test_attempts_counted_once_with_rate_limits(crm, entities) -> None:  # noqa: ANN001
+def test_attempts_counted_once_with_rate_limits(crm, entities) -> None:
     from dashboards.facts import attempts_roll
 
     h = q2p(
@@ -296,7 +296,7 @@ def test_attempts_counted_once_with_rate_limits(crm, entities) -> None:  # noqa:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_finished_handoff_updates_the_rollups_as_it_commits(crm, entities) -> None:  # noqa: ANN001
+def test_a_finished_handoff_updates_the_rollups_as_it_commits(crm, entities) -> None:
     h = q2p(crm, entities["us"], "OPP-LIVE", T0, None, status="running")
     assert metrics.flow_stats(OCT, "quote-to-project").measured == 0
     from pscsync.lifecycle import handoff_move
@@ -311,7 +311,7 @@ def test_a_finished_handoff_updates_the_rollups_as_it_commits(crm, entities) -> 
     assert metrics.flow_stats(OCT, "quote-to-project").median_hours == 7.0
 
 
-def unbilled(entity, kind: str, source: str, work_date: dt.date, amount: str, currency: str = "USD", **kw):  # noqa: ANN001, ANN201, ANN003
+def unbilled(entity, kind: str, source: str, work_date: dt.date, amount: str, currency: str = "USD", **kw):
     return UnbilledWork.objects.create(
         legal_entity=entity,
         kind=kind,
@@ -328,7 +328,7 @@ def unbilled(entity, kind: str, source: str, work_date: dt.date, amount: str, cu
 @pytest.mark.django_db
 def test_unbilled_wip_ages_psa_work_and_released_batches_and_respects_scope(
     crm, entities, django_capture_on_commit_callbacks
-) -> None:  # noqa: ANN001
+) -> None:
     FxRate.objects.create(currency="GBP", month="2026-10", kind="closing", rate=Decimal("1.20"))
     us, uk = entities["us"], entities["uk"]
     unbilled(us, "time", "a4T1", dt.date(2026, 10, 25), "1800.00", customer_name="Contoso")  # 6 days
@@ -365,17 +365,17 @@ def test_unbilled_wip_ages_psa_work_and_released_batches_and_respects_scope(
 
 
 @pytest.mark.django_db
-def test_unbilled_wip_before_any_psa_read_says_so(entities) -> None:  # noqa: ANN001
+def test_unbilled_wip_before_any_psa_read_says_so(entities) -> None:
     empty = wip.unbilled_wip(OCT)
     assert (empty["count"], empty["value"], empty["as_of"]) == (0, 0, None)
     assert "not been read yet" in wip.as_of_text(empty)
 
 
 @pytest.mark.django_db
-def test_assigned_hours_by_role_and_month_on_weekdays_within_scope(entities) -> None:  # noqa: ANN001
+def test_assigned_hours_by_role_and_month_on_weekdays_within_scope(entities) -> None:
     from pscsync.models import PsaAssignment
 
-    def assign(entity, source, role, starts, ends, weekly):  # noqa: ANN001, ANN202
+    def assign(entity, source, role, starts, ends, weekly):
         PsaAssignment.objects.create(
             legal_entity=entity,
             source_id=source,
@@ -401,7 +401,7 @@ def test_assigned_hours_by_role_and_month_on_weekdays_within_scope(entities) -> 
 @pytest.mark.django_db
 def test_per_entity_rollups_equal_the_detailed_ones_as_handoffs_finish(
     crm, entities, django_capture_on_commit_callbacks
-) -> None:  # noqa: ANN001
+) -> None:
     """Pages without a service-line or connection filter read rollups summed per entity; they must
     give the figures the detailed rollups give, kept up to date as each handoff finishes."""
     from dashboards.facts import entity_rollup_values
