@@ -322,6 +322,11 @@ class Connector:
         """Create or update the `entity` whose external key is `key`. Idempotent by key."""
         raise NotImplementedError
 
+    def update(self, *, entity: str, record_id: str, fields: dict[str, Any]) -> WriteResult:
+        """Change the `entity` a person made in the target, by the target's own id (it carries no
+        key of ours). Setting the same values again is harmless."""
+        raise NotImplementedError
+
     def lookup(self, *, entity: str, key: str) -> WriteResult | None:
         """Find the `entity` written under `key`, or None."""
         raise NotImplementedError

@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db import connection as db
 
 from connectors.base import InboundChange
@@ -83,7 +83,8 @@ def change_problem(change: InboundChange) -> str:
         ("flow", change.flow),
         ("business_key", change.business_key),
     ):
-        limit = Event._meta.get_field(name).max_length
+        field = Event._meta.get_field(name)
+        limit = field.max_length if isinstance(field, models.CharField) and field.max_length else 0
         label = _FIELD_WORDS[name]
         if len(value) > limit:
             return f"{label} is {len(value)} characters long; at most {limit} are accepted"

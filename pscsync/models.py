@@ -3,9 +3,10 @@ cross references and the audit trail. State changes happen in services, never in
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from contextvars import ContextVar
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from django.conf import settings
 from django.db import models
@@ -210,8 +211,8 @@ class Handoff(models.Model):
     # A new handoff is created in any state (intake opens it pending; tests and loaders build
     # records as they need them), which is not a move.
     @classmethod
-    def from_db(cls, db: Any, field_names: Any, values: Any) -> Handoff:
-        instance = super().from_db(db, field_names, values)
+    def from_db(cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kwargs: Any) -> Self:
+        instance = super().from_db(db, field_names, values, **kwargs)
         instance._status_loaded = instance.__dict__.get("status")
         return instance
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -105,7 +106,7 @@ MIDDLEWARE = [
 ROOT_URLCONF = "pscsync.urls"
 WSGI_APPLICATION = "pscsync.wsgi.application"
 
-TEMPLATES = [
+TEMPLATES: list[dict[str, Any]] = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "DIRS": [BASE_DIR / "templates"],
@@ -136,7 +137,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "pscsync.sqlite3",
+            "NAME": str(VAR_DIR / "pscsync.sqlite3"),
             "OPTIONS": {
                 # IMMEDIATE takes the write lock at BEGIN, so two writers queue instead of one
                 # failing with "database is locked" half-way through a transaction.
@@ -308,7 +309,7 @@ AUDIT_LOG_FILE = os.getenv("PSCSYNC_AUDIT_LOG_FILE", "")
 # the database so a rewritten row cannot be re-chained. Unset: derived from SECRET_KEY (deploy
 # check accounts.W004 warns). `python -m pscsync.crypto` prints a new key.
 AUDIT_KEYS = os.getenv("PSCSYNC_AUDIT_KEYS", "")
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {

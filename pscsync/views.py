@@ -9,12 +9,19 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
+from django_htmx.middleware import HtmxDetails
 
 from pscsync.access import CONFIGURE, VIEW_HANDOFFS, WORK_EXCEPTIONS, navigation, permission_required
 from pscsync.flows import FLOWS
 from pscsync.models import Handoff
 from pscsync.secrets import mask_secrets
 from pscsync.selectors import events_for_handoff, handoff_get_for_user, handoffs_filtered
+
+
+class HtmxHttpRequest(HttpRequest):
+    """A request as django-htmx's middleware leaves it (for the type checker; never built)."""
+
+    htmx: HtmxDetails
 
 
 def _pretty(value: object) -> str:
@@ -35,7 +42,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @permission_required(VIEW_HANDOFFS)
 @require_GET
-def handoff_list(request: HttpRequest) -> HttpResponse:
+def handoff_list(request: HtmxHttpRequest) -> HttpResponse:
     status = request.GET.get("status", "")
     flow = request.GET.get("flow", "")
     q = request.GET.get("q", "").strip()
@@ -60,7 +67,7 @@ def handoff_detail(request: HttpRequest, pk: int) -> HttpResponse:
     handoff = handoff_get_for_user(user=request.user, pk=pk)
     steps = list(handoff.steps.select_related("target_connection").prefetch_related("attempts"))
     for step in steps:
-        step.shown_attempts = [
+        step.shown_attempts = [  # type: ignore[attr-defined]  # for the template only
             {"attempt": a, "request": _pretty(mask_secrets(a.request)), "response": _pretty(mask_secrets(a.response))}
             for a in step.attempts.all()
         ]

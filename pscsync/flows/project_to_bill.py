@@ -97,15 +97,19 @@ def _certinia_batch(ctx: StepContext, psa: Connection) -> dict[str, Any]:
         raise ValidationError(f"billing event {event_id} no longer exists in {psa.name}")
     event = events[0]
     project = event.get("pse__Project__r") or {}
-    currency = (project.get("pse__Currency__c") or ctx.handoff.legal_entity.currency or "").upper()
-    rows = connector.read(
-        "billing_event_item", where={"pse__Billing_Event__c": event_id}, fields=list(CERTINIA_ITEM_FIELDS)
+    currency = (
+        project.get("pse__Currency__c") or (ctx.handoff.legal_entity.currency if ctx.handoff.legal_entity else "") or ""
+    ).upper()
+    rows = list(
+        connector.read(
+            "billing_event_item", where={"pse__Billing_Event__c": event_id}, fields=list(CERTINIA_ITEM_FIELDS)
+        )
     )
-    rows = list(rows)
     approved_on = _certinia_approval_dates(connector, rows)
     items = []
     for row in rows:
-        kind = {"Timecard": "Time"}.get(row.get("pse__Category__c"), row.get("pse__Category__c") or "Time")
+        category = row.get("pse__Category__c") or "Time"
+        kind = {"Timecard": "Time"}.get(category, category)
         items.append(
             {
                 "id": row["Id"],

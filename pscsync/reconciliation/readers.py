@@ -15,8 +15,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from connectors.base import LedgerInvoice
+from connectors.businesscentral import BusinessCentralConnector
 from connectors.models import Connection
-from connectors.registry import connector_for
+from connectors.netsuite import NetSuiteConnector
+from connectors.registry import connector_for, connector_of
+from connectors.salesforce import SalesforceConnector
 from pscsync.mappings import mapping_in_force
 from pscsync.models import LegalEntity
 
@@ -296,7 +299,7 @@ def crm_deals(crm: Connection, entity: LegalEntity) -> dict[str, Deal]:
 
 # Certinia ------------------------------------------------------------------------------------------
 def certinia_holdings(psa: Connection) -> tuple[dict[str, PsaProject], list[PsaBatch]]:
-    connector = connector_for(psa)
+    connector = connector_of(psa, SalesforceConnector)  # Certinia is Salesforce's
     projects_by_id: dict[str, PsaProject] = {}
     for row in connector.query("SELECT Id, Name, pscsync_Key__c, pse__Currency__c, CurrencyIsoCode FROM pse__Proj__c"):
         key = row.get("pscsync_Key__c") or ""
@@ -340,7 +343,8 @@ def certinia_holdings(psa: Connection) -> tuple[dict[str, PsaProject], list[PsaB
         batch = events.get(row.get("pse__Billing_Event__c") or "")
         if batch is None:
             continue
-        kind = {"Timecard": "Time"}.get(row.get("pse__Category__c"), row.get("pse__Category__c") or "Time")
+        category = row.get("pse__Category__c") or "Time"
+        kind = {"Timecard": "Time"}.get(category, category)
         batch.items.append(
             PsaItem(
                 id=row["Id"],
@@ -362,7 +366,7 @@ def certinia_unbilled(psa: Connection, projects: dict[str, PsaProject]) -> list[
     """Approved, billable timecards and expenses and approved milestones the PSA has not put in a
     billing event (`pse__Billed__c` is what Certinia's billing run sets), priced as the billing run
     prices them: timecard hours x the assignment's bill rate."""
-    connector = connector_for(psa)
+    connector = connector_of(psa, SalesforceConnector)  # Certinia is Salesforce's
     by_id = {p.id: p for p in projects.values()}
     found: list[Unbilled] = []
 
@@ -422,7 +426,7 @@ def certinia_unbilled(psa: Connection, projects: dict[str, PsaProject]) -> list[
 def certinia_assignments(psa: Connection, projects: dict[str, PsaProject]) -> list[Assignment]:
     """Every assignment with its schedule's dates and weekday hours (all projects: a person staffed
     on an internal project is not free for a client's)."""
-    connector = connector_for(psa)
+    connector = connector_of(psa, SalesforceConnector)  # Certinia is Salesforce's
     keys = {p.id: p.key for p in projects.values()}
     hour_fields = ", ".join(f"pse__{d}_Hours__c" for d in WEEKDAYS)
     schedules = {
@@ -454,7 +458,7 @@ def certinia_assignments(psa: Connection, projects: dict[str, PsaProject]) -> li
 def certinia_worked(psa: Connection) -> list[Worked]:
     """Approved hours worked per role (the assignment's) and month, each weekday's hours dated
     from the timecard's start date (a week across a month end splits between the two months)."""
-    connector = connector_for(psa)
+    connector = connector_of(psa, SalesforceConnector)  # Certinia is Salesforce's
     roles = {
         row["Id"]: str(row.get("pse__Role__c") or "")
         for row in connector.query("SELECT Id, pse__Role__c FROM pse__Assignment__c")
@@ -572,7 +576,7 @@ def netsuite_holdings(
 ) -> tuple[dict[str, ErpContract], list[ErpInvoice], dict[str, ErpCustomer]]:
     from connectors.netsuite import CURRENCIES, RECORD
 
-    connector = connector_for(erp)
+    connector = connector_of(erp, NetSuiteConnector)
     # The firm's mapping value maps are read first; NetSuite's standard ids only fill gaps.
     currencies = {v: k for k, v in values_of(erp, "contract", "currency").items()}
     currencies = {**CURRENCIES, **currencies}
@@ -599,7 +603,7 @@ def netsuite_holdings(
             id=str(row["id"]),
             amount=money(row.get("total")),
             currency=currencies.get(str(row.get("currency") or ""), ""),
-            version=int(version) if str(version or "").isdigit() else None,
+            version=int(str(version)) if str(version or "").isdigit() else None,
             subsidiary=str(row.get("subsidiary") or ""),
             modified_on=_us_date(row.get("lastmodifieddate")),
         )
@@ -657,7 +661,7 @@ def _us_date(value: Any) -> dt.date | None:
 def businesscentral_holdings(
     erp: Connection, entity: LegalEntity
 ) -> tuple[dict[str, ErpContract], list[ErpInvoice], dict[str, ErpCustomer]]:
-    connector = connector_for(erp)
+    connector = connector_of(erp, BusinessCentralConnector)
     customers: dict[str, ErpCustomer] = {}
     for row in connector.read("customers"):
         key = row.get("number") or f"customer:{row['id']}"

@@ -42,9 +42,9 @@ def tolerance_for(entity: LegalEntity) -> rules.Tolerance:
 
 @dataclass
 class _Systems:
-    crm: object
-    psa: object
-    erp: object
+    crm: Connection
+    psa: Connection
+    erp: Connection
 
 
 def _systems(entity: LegalEntity) -> _Systems:
