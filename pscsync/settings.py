@@ -9,6 +9,7 @@ Every variable is listed in .env.example.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -520,19 +521,29 @@ READY_WORKER_SECONDS = env_int("PSCSYNC_READY_WORKER_SECONDS", 3 * WORKER_HEARTB
 READY_BEAT_SECONDS = env_int("PSCSYNC_READY_BEAT_SECONDS", BEAT_LEASE_SECONDS)
 READY_SWEEP_SECONDS = env_int("PSCSYNC_READY_SWEEP_SECONDS", max(60, 4 * SWEEP_SECONDS))
 
-# Database connections (docs/operations.md, "Database connections"). By default each thread keeps
-# one persistent connection (CONN_MAX_AGE above). PSCSYNC_DB_POOL=true gives a web process
-# Django's psycopg pool instead; set it for gunicorn only, never for Celery prefork workers (a pool's
-# threads do not survive the fork). PSCSYNC_PGBOUNCER=true when connecting through pgbouncer in
-# transaction mode: a server-side cursor cannot outlive the transaction pgbouncer lends.
-if env_bool("PSCSYNC_DB_POOL", False) and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+# Database connections (docs/operations.md, "Database connections"). On PostgreSQL every process
+# but Celery's borrows from Django's psycopg pool (PSCSYNC_DB_POOL, on by default): gunicorn's
+# threads share a few connections instead of holding one each. Celery processes keep one
+# persistent connection each (CONN_MAX_AGE above): the prefork worker's parent uses the database
+# (its heartbeat) and then forks its children, and a pool's threads and sockets do not survive a
+# fork. Behind pgbouncer in transaction mode (PSCSYNC_PGBOUNCER=true) pgbouncer is the pool: no
+# pool here, no persistent connections, and no server-side cursors (a cursor cannot outlive the
+# transaction pgbouncer lends).
+_argv0 = Path(sys.argv[0])
+CELERY_PROCESS = "celery" in (_argv0.name, _argv0.parent.name)  # `celery ...` or `python -m celery ...`
+PGBOUNCER = env_bool("PSCSYNC_PGBOUNCER", False)
+DB_POOL = env_bool("PSCSYNC_DB_POOL", not CELERY_PROCESS and not PGBOUNCER) and DATABASES["default"]["ENGINE"].endswith(
+    "postgresql"
+)
+if DB_POOL:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django refuses persistent connections with a pool
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("PSCSYNC_DB_POOL_MIN", 2),
         "max_size": env_int("PSCSYNC_DB_POOL_MAX", 10),
         "timeout": env_int("PSCSYNC_DB_POOL_TIMEOUT", 10),
     }
-if env_bool("PSCSYNC_PGBOUNCER", False):
+if PGBOUNCER:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 
 # --- Structured logs (docs/operations.md, "Logs") ------------------------------------------
