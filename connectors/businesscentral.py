@@ -257,7 +257,8 @@ class BusinessCentralConnector(Connector):
     # Errors ---------------------------------------------------------------------------------------
     def describe_error(self, error: ConnectorError) -> None:
         body = error.response if isinstance(error.response, dict) else {}
-        detail = body.get("error") if isinstance(body.get("error"), dict) else {}
+        error_body = body.get("error")
+        detail = error_body if isinstance(error_body, dict) else {}
         code = str(detail.get("code") or "")
         message = CORRELATION.sub("", str(detail.get("message") or "")).strip()
         noun = getattr(self._context, "noun", "request")

@@ -305,9 +305,7 @@ class CertiniaConnector(SalesforceConnector):
 
     def _projects_and_batches(self) -> tuple[dict[str, h.PsaProject], list[h.PsaBatch]]:
         projects_by_id: dict[str, h.PsaProject] = {}
-        for row in self.query(
-            "SELECT Id, Name, pscsync_Key__c, pse__Currency__c, CurrencyIsoCode FROM pse__Proj__c"  # noqa: S608
-        ):
+        for row in self.query("SELECT Id, Name, pscsync_Key__c, pse__Currency__c, CurrencyIsoCode FROM pse__Proj__c"):
             key = row.get("pscsync_Key__c") or ""
             if not key.startswith("P-"):
                 continue

@@ -198,7 +198,8 @@ class KantataConnector(Connector):
     def describe_error(self, error: ConnectorError) -> None:
         """Say in plain words what Kantata objected to."""
         body = error.response if isinstance(error.response, dict) else {}
-        problems = body.get("errors") if isinstance(body.get("errors"), list) else []
+        errors = body.get("errors")
+        problems = errors if isinstance(errors, list) else []
         said = "; ".join(
             f"{p.get('message', '')}" + (f" (field: {p['field']})" if p.get("field") else "")
             for p in problems

@@ -109,7 +109,8 @@ def sign_assertion(claims: dict[str, Any], *, private_key_pem: str, kid: str, al
         raise RejectedError("the NetSuite certificate key must be RSA or EC")
     header = {"alg": algorithm, "typ": "JWT", "kid": kid}
     signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}".encode()
-    digest = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}[algorithm[2:]]()
+    digests: dict[str, type[hashes.HashAlgorithm]] = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+    digest = digests[algorithm[2:]]()
     if algorithm.startswith("PS") and isinstance(key, rsa.RSAPrivateKey):
         signature = key.sign(signing_input, padding.PSS(padding.MGF1(digest), digest.digest_size), digest)
     elif algorithm.startswith("RS") and isinstance(key, rsa.RSAPrivateKey):
@@ -711,7 +712,7 @@ class NetSuiteConnector(Connector):
                 id=str(row["id"]),
                 amount=h.money(row.get("total")),
                 currency=currencies.get(str(row.get("currency") or ""), ""),
-                version=int(version) if str(version or "").isdigit() else None,
+                version=int(str(version)) if str(version or "").isdigit() else None,
                 subsidiary=str(row.get("subsidiary") or ""),
                 modified_on=_us_date(row.get("lastmodifieddate")),
             )

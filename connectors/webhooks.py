@@ -127,9 +127,9 @@ def _receive(request: HttpRequest, slug: str) -> HttpResponse:
         connection = Connection.objects.filter(slug=slug, is_active=True).first()
         if connection is None:
             return _error(404, f"no active connection is named {slug!r}")
-        request.pscsync_connection = connection.slug
+        request.pscsync_connection = connection.slug  # type: ignore[attr-defined]  # for the request log line
         connector = connector_for(connection)
-        handshake = connector.handshake(method=request.method, query=request.GET.dict(), body=body)
+        handshake = connector.handshake(method=request.method or "POST", query=request.GET.dict(), body=body)
         if handshake is not None:
             status, content_type, content = handshake
             return HttpResponse(content, status=status, content_type=content_type)

@@ -961,7 +961,7 @@ def ledger_moved_safely(invoice_id: int) -> None:
     """The ledger's listener: a failure must not fail the ledger's write; the catch-up job repairs."""
     try:
         ledger_moved(invoice_id)
-    except Exception:  # noqa: BLE001 - logged and repaired by the beat job
+    except Exception:
         log.exception("facts not refreshed for ERP invoice %s; the catch-up job will retry", invoice_id)
 
 
@@ -970,7 +970,7 @@ def handoff_finished_safely(handoff_id: int) -> None:
     (`rollups_catch_up`) repairs whatever was missed."""
     try:
         handoff_finished(handoff_id)
-    except Exception:  # noqa: BLE001 - logged and repaired by the beat job
+    except Exception:  # logged and repaired by the beat job
         log.exception("dashboard rollups not updated for handoff %s; the catch-up job will retry", handoff_id)
 
 

@@ -178,6 +178,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     print("pscsync demo: migrating and seeding the demo firm ...", flush=True)
     subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
+    # Pages name static files by content hash (the manifest collectstatic writes); see settings.
+    subprocess.run([*manage, "collectstatic", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
     subprocess.run([*manage, "demo_seed", "--echo-url", f"http://127.0.0.1:{ECHO_PORT}"], env=env, cwd=ROOT, check=True)
     logs = VAR / "logs"
     logs.mkdir(exist_ok=True)

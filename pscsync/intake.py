@@ -23,8 +23,9 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db import connection as db
 
 from connectors.base import InboundChange
@@ -90,7 +91,8 @@ def change_problem(change: InboundChange) -> str:
         ("flow", change.flow),
         ("business_key", change.business_key),
     ):
-        limit = Event._meta.get_field(name).max_length
+        field = Event._meta.get_field(name)
+        limit = field.max_length if isinstance(field, models.CharField) and field.max_length else 0
         label = _FIELD_WORDS[name]
         if len(value) > limit:
             return f"{label} is {len(value)} characters long; at most {limit} are accepted"
@@ -391,11 +393,11 @@ def _insert_new(events: list[Event]) -> dict[str, int]:
     fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
     quote = db.ops.quote_name
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    params: list[object] = []
+    params: list[Any] = []
     for event in events:
         params += [f.get_db_prep_save(f.pre_save(event, True), connection=db) for f in fields]
     table = quote(Event._meta.db_table)
-    columns = ", ".join(quote(f.column) for f in fields)
+    columns = ", ".join(quote(str(f.column)) for f in fields)
     rows = ", ".join([row] * len(events))
     # The names are the model's own and every value is a parameter.
     sql = (

@@ -46,7 +46,7 @@ def listeners_tell(invoice_id: int) -> None:
     for name, listener in list(_listeners.items()):
         try:
             listener(invoice_id)
-        except Exception:  # noqa: BLE001 - a listener must not fail the ledger's write or the others
+        except Exception:
             log.exception("ledger listener %s failed on ERP invoice %s", name, invoice_id)
 
 

@@ -3,9 +3,10 @@ cross references and the audit trail. State changes happen in services, never in
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from contextvars import ContextVar
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from django.conf import settings
 from django.db import models
@@ -225,8 +226,8 @@ class Handoff(models.Model):
     # A new handoff is created in any state (intake opens it pending; tests and loaders build
     # records as they need them), which is not a move.
     @classmethod
-    def from_db(cls, db: Any, field_names: Any, values: Any) -> Handoff:
-        instance = super().from_db(db, field_names, values)
+    def from_db(cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kwargs: Any) -> Self:
+        instance = super().from_db(db, field_names, values, **kwargs)
         instance._status_loaded = instance.__dict__.get("status")
         return instance
 
@@ -399,13 +400,13 @@ class AuditEntry(models.Model):
     def __str__(self) -> str:
         return f"{self.actor_label} {self.action} {self.object_type}:{self.object_id}"
 
-    def save(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def save(self, *args, **kwargs) -> None:
         # Append-only: an existing entry is never rewritten (PostgreSQL also refuses it by trigger).
         if self.pk is not None:
             raise PermissionError("audit entries are append-only")
         super().save(*args, **kwargs)
 
-    def delete(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    def delete(self, *args, **kwargs):
         raise PermissionError("audit entries are append-only")
 
 

@@ -9,7 +9,9 @@ Every variable is listed in .env.example.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -105,7 +107,7 @@ MIDDLEWARE = [
 ROOT_URLCONF = "pscsync.urls"
 WSGI_APPLICATION = "pscsync.wsgi.application"
 
-TEMPLATES = [
+TEMPLATES: list[dict[str, Any]] = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "DIRS": [BASE_DIR / "templates"],
@@ -136,7 +138,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "pscsync.sqlite3",
+            "NAME": str(VAR_DIR / "pscsync.sqlite3"),
             "OPTIONS": {
                 # IMMEDIATE takes the write lock at BEGIN, so two writers queue instead of one
                 # failing with "database is locked" half-way through a transaction.
@@ -292,17 +294,13 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
-try:  # plotly.js from the installed plotly package, served as static/plotly/plotly.min.js (no CDN)
-    import plotly as _plotly
-
-    STATICFILES_DIRS.append(("plotly", Path(_plotly.__file__).parent / "package_data"))
-except ImportError:  # pragma: no cover - plotly is in requirements.txt
-    pass
+# collectstatic (the Dockerfile, `make demo` and the test session run it) writes each file under a
+# content-hashed name with gzip copies; whitenoise serves hashed names with a far-future immutable
+# max-age, so a changed file is a new URL and browsers never hold a stale chart library or style.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
-WHITENOISE_USE_FINDERS = True
 
 # The audit trail's external copy (RELIABILITY.md SEC-14): one JSON line per committed entry on
 # the `pscsync.audit` logger, to a file of its own when PSCSYNC_AUDIT_LOG_FILE is set (ship it to
@@ -312,7 +310,7 @@ AUDIT_LOG_FILE = os.getenv("PSCSYNC_AUDIT_LOG_FILE", "")
 # the database so a rewritten row cannot be re-chained. Unset: derived from SECRET_KEY (deploy
 # check accounts.W004 warns). `python -m pscsync.crypto` prints a new key.
 AUDIT_KEYS = os.getenv("PSCSYNC_AUDIT_KEYS", "")
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
@@ -535,19 +533,29 @@ READY_WORKER_SECONDS = env_int("PSCSYNC_READY_WORKER_SECONDS", 3 * WORKER_HEARTB
 READY_BEAT_SECONDS = env_int("PSCSYNC_READY_BEAT_SECONDS", BEAT_LEASE_SECONDS)
 READY_SWEEP_SECONDS = env_int("PSCSYNC_READY_SWEEP_SECONDS", max(60, 4 * SWEEP_SECONDS))
 
-# Database connections (docs/operations.md, "Database connections"). By default each thread keeps
-# one persistent connection (CONN_MAX_AGE above). PSCSYNC_DB_POOL=true gives a web process
-# Django's psycopg pool instead; set it for gunicorn only, never for Celery prefork workers (a pool's
-# threads do not survive the fork). PSCSYNC_PGBOUNCER=true when connecting through pgbouncer in
-# transaction mode: a server-side cursor cannot outlive the transaction pgbouncer lends.
-if env_bool("PSCSYNC_DB_POOL", False) and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+# Database connections (docs/operations.md, "Database connections"). On PostgreSQL every process
+# but Celery's borrows from Django's psycopg pool (PSCSYNC_DB_POOL, on by default): gunicorn's
+# threads share a few connections instead of holding one each. Celery processes keep one
+# persistent connection each (CONN_MAX_AGE above): the prefork worker's parent uses the database
+# (its heartbeat) and then forks its children, and a pool's threads and sockets do not survive a
+# fork. Behind pgbouncer in transaction mode (PSCSYNC_PGBOUNCER=true) pgbouncer is the pool: no
+# pool here, no persistent connections, and no server-side cursors (a cursor cannot outlive the
+# transaction pgbouncer lends).
+_argv0 = Path(sys.argv[0])
+CELERY_PROCESS = "celery" in (_argv0.name, _argv0.parent.name)  # `celery ...` or `python -m celery ...`
+PGBOUNCER = env_bool("PSCSYNC_PGBOUNCER", False)
+DB_POOL = env_bool("PSCSYNC_DB_POOL", not CELERY_PROCESS and not PGBOUNCER) and DATABASES["default"]["ENGINE"].endswith(
+    "postgresql"
+)
+if DB_POOL:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django refuses persistent connections with a pool
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("PSCSYNC_DB_POOL_MIN", 2),
         "max_size": env_int("PSCSYNC_DB_POOL_MAX", 10),
         "timeout": env_int("PSCSYNC_DB_POOL_TIMEOUT", 10),
     }
-if env_bool("PSCSYNC_PGBOUNCER", False):
+if PGBOUNCER:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 
 # --- Structured logs (docs/operations.md, "Logs") ------------------------------------------

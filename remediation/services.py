@@ -13,7 +13,7 @@ import hashlib
 import re
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -446,7 +446,7 @@ def _take(
     *,
     allowed: tuple[str, ...],
     to: str,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     reason: str,
     **fields: Any,
 ) -> None:
@@ -471,7 +471,7 @@ def _take(
 
 def handoff_resubmit(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     handoff: Handoff,
     mode: str,
     reason: str,
@@ -532,9 +532,7 @@ def _publish(handoff_id: int) -> None:
     handoffs_publish([handoff_id])
 
 
-def _end(
-    *, actor: AbstractBaseUser | None, handoff: Handoff, to: str, reason: str, action: str, job: BulkJob | None
-) -> Handoff:
+def _end(*, actor: User | None, handoff: Handoff, to: str, reason: str, action: str, job: BulkJob | None) -> Handoff:
     from pscsync.intake import business_key_lock, queued_event_start
 
     if not reason.strip():
@@ -570,21 +568,19 @@ def _end(
     return handoff
 
 
-def handoff_resolve(
-    *, actor: AbstractBaseUser | None, handoff: Handoff, reason: str, job: BulkJob | None = None
-) -> Handoff:
+def handoff_resolve(*, actor: User | None, handoff: Handoff, reason: str, job: BulkJob | None = None) -> Handoff:
     return _end(
         actor=actor, handoff=handoff, to=Handoff.Status.RESOLVED, reason=reason, action="handoff.resolve", job=job
     )
 
 
-def handoff_cancel(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: str) -> Handoff:
+def handoff_cancel(*, actor: User | None, handoff: Handoff, reason: str) -> Handoff:
     return _end(
         actor=actor, handoff=handoff, to=Handoff.Status.CANCELLED, reason=reason, action="handoff.cancel", job=None
     )
 
 
-def handoff_reopen(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: str) -> Handoff:
+def handoff_reopen(*, actor: User | None, handoff: Handoff, reason: str) -> Handoff:
     """Back to the workbench after a resolve or cancel (e.g. resolved by mistake)."""
     if not reason.strip():
         raise ActionRefused("A reason is required to reopen.")
@@ -616,9 +612,7 @@ def handoff_reopen(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: 
     return handoff
 
 
-def handoff_assign(
-    *, actor: AbstractBaseUser | None, handoff: Handoff, assignee: AbstractBaseUser | None, job: BulkJob | None = None
-) -> None:
+def handoff_assign(*, actor: User | None, handoff: Handoff, assignee: User | None, job: BulkJob | None = None) -> None:
     item = HandoffException.objects.filter(handoff=handoff).first()
     if item is None:
         raise ActionRefused("This handoff never needed a person: there is nothing to assign.")
@@ -635,7 +629,7 @@ def handoff_assign(
         )
 
 
-def _cause_entities_outside(actor: AbstractBaseUser | None, cause: ExceptionCause) -> list[int] | None:
+def _cause_entities_outside(actor: User | None, cause: ExceptionCause) -> list[int] | None:
     """The actor's entity ids when the cause also holds open exceptions outside them, else None
     (an actor of every entity, or a cause wholly inside the actor's scope)."""
     ids = entity_ids_for(actor) if actor is not None else None
@@ -645,7 +639,7 @@ def _cause_entities_outside(actor: AbstractBaseUser | None, cause: ExceptionCaus
     return ids if live.exclude(legal_entity_id__in=ids).exists() else None
 
 
-def cause_scope_check(actor: AbstractBaseUser | None, cause: ExceptionCause) -> None:
+def cause_scope_check(actor: User | None, cause: ExceptionCause) -> None:
     """A cause groups failures of every legal entity. Archiving or reopening it changes it for
     all of them, so an operator limited to some entities may do that only while every open
     exception of the cause is theirs; else a person who works for every entity involved does."""
@@ -656,7 +650,7 @@ def cause_scope_check(actor: AbstractBaseUser | None, cause: ExceptionCause) -> 
         )
 
 
-def cause_assign(*, actor: AbstractBaseUser | None, cause: ExceptionCause, assignee: AbstractBaseUser | None) -> None:
+def cause_assign(*, actor: User | None, cause: ExceptionCause, assignee: User | None) -> None:
     """Assign the cause; for an operator whose scope covers only part of it, assign their own
     entities' exceptions of the cause instead (the others' stay as they are)."""
     ids = _cause_entities_outside(actor, cause)
@@ -678,9 +672,7 @@ def cause_assign(*, actor: AbstractBaseUser | None, cause: ExceptionCause, assig
         audit_record(actor=actor, action="cause.assign", obj=cause, before=before, after=after)
 
 
-def comment_add(
-    *, actor: AbstractBaseUser, cause: ExceptionCause, body: str, handoff: Handoff | None = None
-) -> Comment:
+def comment_add(*, actor: User, cause: ExceptionCause, body: str, handoff: Handoff | None = None) -> Comment:
     if not body.strip():
         raise ActionRefused("Write something first.")
     with transaction.atomic():
@@ -705,7 +697,7 @@ def comment_add(
 
 def cause_archive(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     cause: ExceptionCause,
     until: dt.datetime | None,
     occurrences: int | None,
@@ -729,7 +721,7 @@ def cause_archive(
         )
 
 
-def cause_unarchive(*, actor: AbstractBaseUser, cause: ExceptionCause) -> None:
+def cause_unarchive(*, actor: User, cause: ExceptionCause) -> None:
     cause_scope_check(actor, cause)
     with transaction.atomic():
         ExceptionCause.objects.filter(pk=cause.pk).update(status=ExceptionStatus.OPEN)
@@ -738,7 +730,7 @@ def cause_unarchive(*, actor: AbstractBaseUser, cause: ExceptionCause) -> None:
         audit_record(actor=actor, action="cause.unarchive", obj=cause, before={"status": "archived"})
 
 
-def runbook_save(*, actor: AbstractBaseUser, cause: ExceptionCause, fields: dict[str, str]) -> None:
+def runbook_save(*, actor: User, cause: ExceptionCause, fields: dict[str, str]) -> None:
     names = ("runbook_meaning", "runbook_cause", "runbook_action", "runbook_link")
     with transaction.atomic():
         before = {n: getattr(cause, n) for n in names}
@@ -747,7 +739,7 @@ def runbook_save(*, actor: AbstractBaseUser, cause: ExceptionCause, fields: dict
         audit_record(actor=actor, action="cause.runbook", obj=cause, before=before, after=after)
 
 
-def saved_view_save(*, actor: AbstractBaseUser, name: str, query: str) -> SavedView:
+def saved_view_save(*, actor: User, name: str, query: str) -> SavedView:
     if not name.strip():
         raise ActionRefused("Give the view a name.")
     with transaction.atomic():
@@ -759,7 +751,7 @@ def saved_view_save(*, actor: AbstractBaseUser, name: str, query: str) -> SavedV
     return view
 
 
-def saved_view_delete(*, actor: AbstractBaseUser, view: SavedView) -> None:
+def saved_view_delete(*, actor: User, view: SavedView) -> None:
     """A shared view is removed by whoever saved it, or by an admin."""
     from pscsync.access import CONFIGURE
 
@@ -836,7 +828,7 @@ def compensation_plan(handoff: Handoff) -> list[dict[str, Any]]:
     return plan
 
 
-def handoff_compensate(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: str) -> Compensation:
+def handoff_compensate(*, actor: User | None, handoff: Handoff, reason: str) -> Compensation:
     """Queue the undoing of what the handoff's compensable steps wrote. The handoff is leased to
     the compensation in the same statement that checks its status, so of two operators (or two
     clicks) one wins and the other is told; a worker does the vendor calls after commit."""
@@ -1016,7 +1008,7 @@ def _compensation_done(compensation: Compensation, handoff: Handoff, removed: li
 # ---------------------------------------------------------------------------------------------
 def bulk_job_create(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     kind: str,
     handoff_ids: list[int],
     reason: str = "",
@@ -1061,7 +1053,7 @@ def _bulk_enqueue(job_id: int) -> None:
         logging.getLogger(__name__).warning("could not publish bulk job %s", job_id, exc_info=True)
 
 
-def bulk_job_cancel(*, actor: AbstractBaseUser, job: BulkJob) -> None:
+def bulk_job_cancel(*, actor: User, job: BulkJob) -> None:
     with transaction.atomic():
         BulkJob.objects.filter(pk=job.pk).update(cancel_requested=True)
         BulkJob.objects.filter(pk=job.pk, status=BulkJob.Status.QUEUED).update(
@@ -1128,7 +1120,7 @@ def bulk_job_run(job_id: int) -> str:
     return "done"
 
 
-def replay_scope(*, user: AbstractBaseUser, connection_id: int, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+def replay_scope(*, user: User, connection_id: int, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
     """What a replay of a connection's events in [start, end) will touch, before it runs: the
     events by status, the handoffs they led to by status, and those that will be resubmitted
     (waiting for a person and not held by a compensation). Only what the user may see: an event

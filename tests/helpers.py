@@ -273,7 +273,7 @@ def pytest_on_sqlite(target: str, var_dir: Path | str, marker: str, timeout: int
         marker: "1",
         "PSCSYNC_REQUIRE_SERVICES": "",
     }
-    return subprocess.run(  # noqa: S603 - our own interpreter and test file
+    return subprocess.run(
         [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", target],
         cwd=ROOT,
         env=env,

@@ -44,7 +44,7 @@ def sandbox_serve(*, name: str, port: int | None = None, state_dir: Path | None 
         "state_dir": state_dir or var_dir / "sandboxes" / name,
     }
     if name == "echo":
-        kwargs["token"] = token or "sandbox-token"  # noqa: S105 - the echo sandbox's demo credential
+        kwargs["token"] = token or "sandbox-token"
     module.serve(**kwargs)
 
 

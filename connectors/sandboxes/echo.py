@@ -146,7 +146,7 @@ def make_handler(state: EchoState, token: str) -> type[BaseHTTPRequestHandler]:
                 return True, fault
             return False, fault
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             url = urlparse(self.path)
             if url.path == "/_stats":
                 with state.lock:
@@ -182,7 +182,7 @@ def make_handler(state: EchoState, token: str) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(200, record)
 
-        def do_PUT(self) -> None:  # noqa: N802
+        def do_PUT(self) -> None:
             url = urlparse(self.path)
             if not self._authorised():
                 return
@@ -209,7 +209,7 @@ def make_handler(state: EchoState, token: str) -> type[BaseHTTPRequestHandler]:
                 return
             self._send(201 if result["created"] else 200, result)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             url = urlparse(self.path)
             body = self._body() or {}
             if url.path == "/_faults":

@@ -24,7 +24,7 @@ PERIOD = "from=2026-10-01&to=2026-10-31"
 
 
 @pytest.fixture
-def deals(entities, monkeypatch):  # noqa: ANN001, ANN201
+def deals(entities, monkeypatch):
     """A deal activated in 5 h in the US and one in 11 h in the UK."""
     monkeypatch.setattr(clock, "now", lambda: dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC))
     crm = connection("salesforce", list(entities.values()))
@@ -43,7 +43,7 @@ def deals(entities, monkeypatch):  # noqa: ANN001, ANN201
 
 
 @pytest.mark.django_db
-def test_metrics_give_every_overview_kpi_for_the_callers_entities(api, tokens, deals) -> None:  # noqa: ANN001
+def test_metrics_give_every_overview_kpi_for_the_callers_entities(api, tokens, deals) -> None:
     response = api("GET", f"/api/v1/metrics/?{PERIOD}", tokens["viewer"])
     assert response.status_code == 200
     data = response.json()
@@ -101,7 +101,7 @@ def test_metrics_give_every_overview_kpi_for_the_callers_entities(api, tokens, d
         ("from=1999-12-31&to=2000-01-10", "from", 422),
     ],
 )
-def test_bad_dates_are_refused_with_an_error_that_names_the_parameter(api, tokens, deals, query, field, status) -> None:  # noqa: ANN001
+def test_bad_dates_are_refused_with_an_error_that_names_the_parameter(api, tokens, deals, query, field, status) -> None:
     for url in ("/api/v1/metrics/", "/api/v1/metrics/latency/"):
         response = api("GET", f"{url}?{query}", tokens["viewer"])
         assert response.status_code == status, (url, response.content)
@@ -109,7 +109,7 @@ def test_bad_dates_are_refused_with_an_error_that_names_the_parameter(api, token
 
 
 @pytest.mark.django_db
-def test_the_latency_series_is_weekly_per_flow(api, tokens, deals) -> None:  # noqa: ANN001
+def test_the_latency_series_is_weekly_per_flow(api, tokens, deals) -> None:
     data = api("GET", f"/api/v1/metrics/latency/?{PERIOD}&flow=quote-to-project", tokens["admin"]).json()
     (flow,) = data["flows"]
     assert flow["flow"] == "quote-to-project" and flow["sla"] == "1 business day"
@@ -128,7 +128,7 @@ def test_the_latency_series_is_weekly_per_flow(api, tokens, deals) -> None:  # n
 
 
 @pytest.mark.django_db
-def test_metrics_are_throttled_per_token(api, tokens, deals, settings, mid_minute) -> None:  # noqa: ANN001
+def test_metrics_are_throttled_per_token(api, tokens, deals, settings, mid_minute) -> None:
     settings.API_RATE_PER_MINUTE = 2
     codes = [api("GET", "/api/v1/metrics/", tokens["viewer"]).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
@@ -138,7 +138,7 @@ def test_metrics_are_throttled_per_token(api, tokens, deals, settings, mid_minut
 
 
 @pytest.mark.django_db
-def test_reconciliation_runs_are_listed_for_the_callers_entities(api, world, tokens) -> None:  # noqa: ANN001
+def test_reconciliation_runs_are_listed_for_the_callers_entities(api, world, tokens) -> None:
     runs = api("GET", "/api/v1/reconciliation-runs/", tokens["viewer"]).json()["results"]
     assert [r["legal_entity"] for r in runs] == ["us"]
     assert runs[0]["summary"]["deal_value"]["checked"] == 1
@@ -152,7 +152,7 @@ def test_reconciliation_runs_are_listed_for_the_callers_entities(api, world, tok
 
 
 @pytest.mark.django_db
-def test_every_flow_has_an_sla_default_until_an_admin_sets_one(api, tokens, entities) -> None:  # noqa: ANN001
+def test_every_flow_has_an_sla_default_until_an_admin_sets_one(api, tokens, entities) -> None:
     slas = {s["flow"]: s for s in api("GET", "/api/v1/slas/", tokens["viewer"]).json()["results"]}
     # Two clocks: the business cycle's SLA and the integration's own sync SLA (minutes).
     assert slas["bill-to-cash"]["target_label"] == "30 days" and slas["bill-to-cash"]["sync_target_minutes"] == 15
@@ -175,7 +175,7 @@ def test_every_flow_has_an_sla_default_until_an_admin_sets_one(api, tokens, enti
 @pytest.mark.django_db
 def test_an_admin_sets_an_sla_audited_and_the_breach_flags_are_recomputed(
     api, tokens, entities, monkeypatch, django_capture_on_commit_callbacks
-) -> None:  # noqa: ANN001
+) -> None:
     from dashboards import tasks
 
     rebuilt: list[bool] = []
@@ -210,13 +210,13 @@ def test_an_admin_sets_an_sla_audited_and_the_breach_flags_are_recomputed(
         ({"target": "8", "unit": "hours", "flow": "bill-to-cash"}, 400),
     ],
 )
-def test_a_bad_sla_is_refused_and_nothing_changes(api, tokens, entities, body, status) -> None:  # noqa: ANN001
+def test_a_bad_sla_is_refused_and_nothing_changes(api, tokens, entities, body, status) -> None:
     response = api("PUT", "/api/v1/slas/bill-to-cash/", tokens["admin"], body)
     assert response.status_code == status and response.json()["errors"]
     assert not FlowSla.objects.exists() and not AuditEntry.objects.filter(action="sla.set").exists()
 
 
-def _ledger(conn, entity, number, *, status, posted, due, total, currency, payments=()):  # noqa: ANN001, ANN202, PLR0913
+def _ledger(conn, entity, number, *, status, posted, due, total, currency, payments=()):
     """An ERP invoice as its connector maps it, stored by the ledger service (read at clock.now())."""
     from connectors.base import LedgerInvoice, PaymentApplied
     from pscsync.ledger import ledger_record_invoice
@@ -236,7 +236,7 @@ def _ledger(conn, entity, number, *, status, posted, due, total, currency, payme
 @pytest.mark.django_db
 def test_every_money_figure_from_the_ledger_with_its_currency_state_and_as_of(
     api, tokens, entities, monkeypatch
-) -> None:  # noqa: ANN001, E501
+) -> None:
     """Receivables and their ageing, invoiced, cash collected, DSO and days to pay, worked by hand
     from the ledger below; each money figure with its currency, `complete`, `state` and `as_of`."""
     from dashboards.models import FxRate
@@ -321,7 +321,7 @@ def test_every_money_figure_from_the_ledger_with_its_currency_state_and_as_of(
 
 
 @pytest.mark.django_db
-def test_the_leader_figures_are_in_the_metrics_not_measured_until_their_source_is_read(api, tokens, deals) -> None:  # noqa: ANN001, E501
+def test_the_leader_figures_are_in_the_metrics_not_measured_until_their_source_is_read(api, tokens, deals) -> None:
     """Forecast accuracy, revenue schedule accuracy, reconciliation effort and every ledger figure are
     listed, each with a state; before any reconciliation or ledger read they are null, not zero."""
     m = {f["key"]: f for f in api("GET", f"/api/v1/metrics/?{PERIOD}", tokens["viewer"]).json()["metrics"]}

@@ -198,7 +198,7 @@ def test_a_sandbox_starts_as_the_readme_says_on_a_fresh_machine(tmp_path: Path) 
     port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PSCSYNC_VAR_DIR": str(tmp_path)}
     log = (tmp_path / "sandbox.log").open("w")
-    process = subprocess.Popen(  # noqa: S603 - our own manage.py with fixed arguments
+    process = subprocess.Popen(
         [PYTHON, str(ROOT / "manage.py"), "sandbox", "kantata", "--port", str(port)],
         cwd=ROOT,
         env=env,

@@ -383,11 +383,11 @@ def _checks(reading: Reading) -> dict[str, tuple[Any, Any]]:
 
 
 @pytest.fixture(autouse=True)
-def _frozen(monkeypatch):  # noqa: ANN001, ANN202
+def _frozen(monkeypatch):
     monkeypatch.setattr(clock, "now", lambda: NOW)
 
 
-def test_every_drilled_figure_is_the_sum_or_count_of_its_rows(entities, settings) -> None:  # noqa: ANN001
+def test_every_drilled_figure_is_the_sum_or_count_of_its_rows(entities, settings) -> None:
     settings.PSCSYNC_REPORTING_CURRENCY = "USD"
     entities["uk"].currency = "USD"  # one currency: no rate enters (see the module docstring)
     entities["uk"].save(update_fields=["currency"])

@@ -26,7 +26,7 @@ MON = dt.datetime(2026, 10, 5, tzinfo=dt.UTC)  # a Monday; no US or UK holiday t
 
 
 @pytest.fixture(autouse=True)
-def _now(monkeypatch):  # noqa: ANN001, ANN202
+def _now(monkeypatch):
     monkeypatch.setattr(clock, "now", lambda: dt.datetime(2026, 10, 12, 12, tzinfo=dt.UTC))
 
 
@@ -77,7 +77,7 @@ def _deal(
 
 
 @pytest.mark.django_db
-def test_two_deals_worked_by_hand_give_the_same_rows_incrementally_and_by_rebuild(crm, entities) -> None:  # noqa: ANN001
+def test_two_deals_worked_by_hand_give_the_same_rows_incrementally_and_by_rebuild(crm, entities) -> None:
     us = entities["us"]
     # Deal A: closed Mon 09:00, project active Mon 15:00 -> 6 h, within 1 business day; its
     # handoff took 10 min (within the 15 min sync SLA). Deal B: closed Mon 10:00, active Wed 10:00
@@ -165,7 +165,7 @@ def test_two_deals_worked_by_hand_give_the_same_rows_incrementally_and_by_rebuil
 
 
 @pytest.mark.django_db
-def test_an_item_moved_off_a_day_leaves_no_empty_row_behind(crm, entities) -> None:  # noqa: ANN001
+def test_an_item_moved_off_a_day_leaves_no_empty_row_behind(crm, entities) -> None:
     us = entities["us"]
     a = _deal(crm, us, "OPP-MOVE", MON + 9 * H, MON + 15 * H, "100.00", synced=3)
     handoff_finished(a.pk)
@@ -181,7 +181,7 @@ def test_an_item_moved_off_a_day_leaves_no_empty_row_behind(crm, entities) -> No
 
 
 @pytest.mark.django_db
-def test_refreshing_the_same_handoff_again_changes_nothing(crm, entities) -> None:  # noqa: ANN001
+def test_refreshing_the_same_handoff_again_changes_nothing(crm, entities) -> None:
     a = _deal(crm, entities["uk"], "OPP-TWICE", MON + 9 * H, MON + 12 * H, "10.00", synced=1)
     handoff_finished(a.pk)
     once = snapshot()
@@ -191,7 +191,7 @@ def test_refreshing_the_same_handoff_again_changes_nothing(crm, entities) -> Non
 
 
 @pytest.mark.django_db
-def test_rollups_that_drifted_from_the_facts_are_rebuilt_not_driven_below_zero(crm, entities, caplog) -> None:  # noqa: ANN001
+def test_rollups_that_drifted_from_the_facts_are_rebuilt_not_driven_below_zero(crm, entities, caplog) -> None:
     a = _deal(crm, entities["us"], "OPP-DRIFT", MON + 9 * H, MON + 12 * H, "10.00", synced=1)
     handoff_finished(a.pk)
     # A bulk load (or a hand edit) empties the rollups behind the facts' back.
@@ -329,10 +329,10 @@ def _play(day: Day, i: int, path: str) -> None:
 
 @pytest.mark.django_db
 def test_a_day_of_mixed_moves_leaves_the_rollups_equal_to_a_full_rebuild(
-    crm,  # noqa: ANN001
-    entities,  # noqa: ANN001
-    django_capture_on_commit_callbacks,  # noqa: ANN001
-    caplog,  # noqa: ANN001
+    crm,
+    entities,
+    django_capture_on_commit_callbacks,
+    caplog,
 ) -> None:
     rng = random.Random(18)
     day = Day(crm, entities, django_capture_on_commit_callbacks, rng)

@@ -20,11 +20,11 @@ OCT = metrics.Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
 
 
 @pytest.fixture(autouse=True)
-def _now(monkeypatch):  # noqa: ANN001, ANN202
+def _now(monkeypatch):
     monkeypatch.setattr(clock, "now", lambda: dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC))
 
 
-def q2p(crm, entity, key, closed, activated, **kw):  # noqa: ANN001, ANN201, ANN003
+def q2p(crm, entity, key, closed, activated, **kw):
     times = {"deal_closed": closed}
     if activated is not None:
         times["project_activated"] = activated
@@ -39,7 +39,7 @@ def test_business_days_skip_weekends() -> None:
 
 
 @pytest.mark.django_db
-def test_activation_median_p90_and_sla_on_known_latencies(crm, entities) -> None:  # noqa: ANN001
+def test_activation_median_p90_and_sla_on_known_latencies(crm, entities) -> None:
     for i, hours in enumerate([10, 20, 30]):
         q2p(crm, entities["us"], f"OPP-{i}", T0, T0 + hours * H)
     rollups_rebuild_all()
@@ -51,7 +51,7 @@ def test_activation_median_p90_and_sla_on_known_latencies(crm, entities) -> None
 
 
 @pytest.mark.django_db
-def test_admin_sla_changes_the_breach_count_after_rebuild(crm, entities) -> None:  # noqa: ANN001
+def test_admin_sla_changes_the_breach_count_after_rebuild(crm, entities) -> None:
     for i, hours in enumerate([10, 20, 30]):
         q2p(crm, entities["us"], f"OPP-{i}", T0, T0 + hours * H)
     FlowSla.objects.create(flow="quote-to-project", target=Decimal("12"), unit="hours")
@@ -60,7 +60,7 @@ def test_admin_sla_changes_the_breach_count_after_rebuild(crm, entities) -> None
 
 
 @pytest.mark.django_db
-def test_censored_deal_is_not_a_latency_but_is_won_not_activated(crm, entities) -> None:  # noqa: ANN001
+def test_censored_deal_is_not_a_latency_but_is_won_not_activated(crm, entities) -> None:
     q2p(crm, entities["us"], "OPP-DONE", T0, T0 + 4 * H)
     q2p(crm, entities["us"], "OPP-OPEN", T0, None, status="needs_attention", amount="50000.00")
     rollups_rebuild_all()
@@ -73,7 +73,7 @@ def test_censored_deal_is_not_a_latency_but_is_won_not_activated(crm, entities) 
 
 
 @pytest.mark.django_db
-def test_reopened_deal_uses_the_last_closed_won(crm, entities) -> None:  # noqa: ANN001
+def test_reopened_deal_uses_the_last_closed_won(crm, entities) -> None:
     q2p(crm, entities["us"], "OPP-R", T0, T0 + 5 * H)
     q2p(crm, entities["us"], "OPP-R", T0 + 48 * H, T0 + 50 * H)
     rollups_rebuild_all()
@@ -82,7 +82,7 @@ def test_reopened_deal_uses_the_last_closed_won(crm, entities) -> None:  # noqa:
 
 
 @pytest.mark.django_db
-def test_one_deal_two_projects_uses_the_first_activation(crm, entities) -> None:  # noqa: ANN001
+def test_one_deal_two_projects_uses_the_first_activation(crm, entities) -> None:
     q2p(crm, entities["us"], "OPP-2P", T0, T0 + 8 * H)
     q2p(crm, entities["us"], "OPP-2P", T0, T0 + 3 * H)
     rollups_rebuild_all()
@@ -90,7 +90,7 @@ def test_one_deal_two_projects_uses_the_first_activation(crm, entities) -> None:
 
 
 @pytest.mark.django_db
-def test_project_before_close_is_reported_apart(crm, entities) -> None:  # noqa: ANN001
+def test_project_before_close_is_reported_apart(crm, entities) -> None:
     q2p(crm, entities["us"], "OPP-EARLY", T0, T0 - 6 * H)
     q2p(crm, entities["us"], "OPP-OK", T0, T0 + 6 * H)
     rollups_rebuild_all()
@@ -98,7 +98,7 @@ def test_project_before_close_is_reported_apart(crm, entities) -> None:  # noqa:
     assert (s.measured, s.negative, s.median_hours) == (1, 1, 6.0)
 
 
-def p2b(crm, entity, approved, released, invoiced, **kw):  # noqa: ANN001, ANN201, ANN003
+def p2b(crm, entity, approved, released, invoiced, **kw):
     times = {"time_approved": approved, "billing_released": released}
     if invoiced:
         times["invoice_created"] = invoiced
@@ -108,7 +108,7 @@ def p2b(crm, entity, approved, released, invoiced, **kw):  # noqa: ANN001, ANN20
 
 
 @pytest.mark.django_db
-def test_multi_currency_billing_exceptions_in_the_reporting_currency(crm, entities) -> None:  # noqa: ANN001
+def test_multi_currency_billing_exceptions_in_the_reporting_currency(crm, entities) -> None:
     FxRate.objects.create(currency="GBP", month="2026-09", kind="average", rate=Decimal("1.25"))
     p2b(crm, entities["us"], T0, T0 + 24 * H, T0 + 48 * H, amount="1000.00", currency="USD")
     p2b(crm, entities["uk"], T0, T0 + 24 * H, None, status="needs_attention", amount="1000.00", currency="GBP")
@@ -135,11 +135,11 @@ def test_multi_currency_billing_exceptions_in_the_reporting_currency(crm, entiti
 
 
 @pytest.mark.django_db
-def test_days_to_pay_from_the_ledger_and_status_sync_from_the_handoffs(crm, entities) -> None:  # noqa: ANN001
+def test_days_to_pay_from_the_ledger_and_status_sync_from_the_handoffs(crm, entities) -> None:
     """Bill to cash's business cycle is the ledger's: posted (posting date) -> paid in full (the
     application that cleared it). The handoffs' own times say when pscsync heard of it."""
 
-    def b2c(inv, posted, paid, total, remaining):  # noqa: ANN001, ANN202
+    def b2c(inv, posted, paid, total, remaining):
         times = {"invoice_posted": posted}
         if paid:
             times["payment_applied"] = paid
@@ -187,7 +187,7 @@ def test_days_to_pay_from_the_ledger_and_status_sync_from_the_handoffs(crm, enti
     assert (s.synced, s.sync_median_minutes, s.sync_within_sla) == (3, 120.0, 0)
 
 
-def invoice_raised(crm, entity, key, *, approved, released, raised, **kw):  # noqa: ANN001, ANN201, ANN003
+def invoice_raised(crm, entity, key, *, approved, released, raised, **kw):
     """A project-to-bill handoff that raised ERP invoice I-<key>, as the runner leaves it: the
     business times the flow recorded and the cross reference its upsert_invoice wrote."""
     from pscsync.models import CrossReference
@@ -212,7 +212,7 @@ def invoice_raised(crm, entity, key, *, approved, released, raised, **kw):  # no
 
 
 @pytest.mark.django_db
-def test_approved_time_to_invoice_ends_when_the_erp_posts_it(crm, entities) -> None:  # noqa: ANN001
+def test_approved_time_to_invoice_ends_when_the_erp_posts_it(crm, entities) -> None:
     """Project to bill's business cycle ends on the ledger's posting date, not when pscsync raised
     the invoice: a draft or an invoice pending approval in the ERP is not billed yet."""
     us = entities["us"]
@@ -241,7 +241,7 @@ def test_approved_time_to_invoice_ends_when_the_erp_posts_it(crm, entities) -> N
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_posting_read_after_the_handoff_finished_ends_the_cycle(crm, entities) -> None:  # noqa: ANN001
+def test_a_posting_read_after_the_handoff_finished_ends_the_cycle(crm, entities) -> None:
     """The ledger tells the dashboards after its commit: an invoice raised while the ERP held it
     for approval, posted three days later and read by the next sync, ends its batch's cycle then."""
     from dashboards.models import FlowFact
@@ -267,7 +267,7 @@ def test_a_posting_read_after_the_handoff_finished_ends_the_cycle(crm, entities)
     assert fact.latency_hours == 72.0
 
 
-def ledger_invoice(crm, entity, number, *, status, posted, due, total, payments=(), tax="0.00"):  # noqa: ANN001, ANN201, PLR0913
+def ledger_invoice(crm, entity, number, *, status, posted, due, total, payments=(), tax="0.00"):
     """An ERP invoice as a connector maps it, stored through the ledger service."""
     from connectors.base import LedgerInvoice, PaymentApplied
     from pscsync.ledger import ledger_record_invoice
@@ -297,7 +297,7 @@ def ledger_invoice(crm, entity, number, *, status, posted, due, total, payments=
 
 
 @pytest.mark.django_db
-def test_dso_receivables_and_cash_from_the_ledger_not_from_handoffs(crm, entities) -> None:  # noqa: ANN001
+def test_dso_receivables_and_cash_from_the_ledger_not_from_handoffs(crm, entities) -> None:
     us = entities["us"]
     # 1: 1,000 posted 1 Oct, paid 20 Oct. 2: 3,000 posted 15 Oct, 1,200 paid 25 Oct, due 14 Nov.
     # 3: 500 pending approval (not invoiced, not owed). 4: 700 posted then voided (nothing).
@@ -329,7 +329,7 @@ def test_dso_receivables_and_cash_from_the_ledger_not_from_handoffs(crm, entitie
 
 
 @pytest.mark.django_db
-def test_revenue_accuracy_from_mismatches_and_the_latest_run(entities) -> None:  # noqa: ANN001
+def test_revenue_accuracy_from_mismatches_and_the_latest_run(entities) -> None:
     at = dt.datetime(2026, 10, 30, tzinfo=dt.UTC)
     for i, (diff, cause) in enumerate([("-120.00", "late_time"), ("30.00", "unexplained")]):
         Mismatch.objects.create(
@@ -363,7 +363,7 @@ def test_revenue_accuracy_from_mismatches_and_the_latest_run(entities) -> None: 
 
 
 @pytest.mark.django_db
-def test_entity_filter_limits_every_figure(crm, entities) -> None:  # noqa: ANN001
+def test_entity_filter_limits_every_figure(crm, entities) -> None:
     q2p(crm, entities["us"], "OPP-US", T0, T0 + 2 * H)
     q2p(crm, entities["uk"], "OPP-UK", T0, T0 + 9 * H)
     rollups_rebuild_all()
@@ -374,7 +374,7 @@ def test_entity_filter_limits_every_figure(crm, entities) -> None:  # noqa: ANN0
 
 
 @pytest.mark.django_db
-def test_attempts_counted_once_with_rate_limits(crm, entities) -> None:  # noqa: ANN001
+def test_attempts_counted_once_with_rate_limits(crm, entities) -> None:
     from dashboards.facts import attempts_roll
 
     h = q2p(
@@ -396,7 +396,7 @@ def test_attempts_counted_once_with_rate_limits(crm, entities) -> None:  # noqa:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_finished_handoff_updates_the_rollups_as_it_commits(crm, entities) -> None:  # noqa: ANN001
+def test_a_finished_handoff_updates_the_rollups_as_it_commits(crm, entities) -> None:
     h = q2p(crm, entities["us"], "OPP-LIVE", T0, None, status="running")
     assert metrics.flow_stats(OCT, "quote-to-project").measured == 0
     from pscsync.lifecycle import handoff_move
@@ -411,7 +411,7 @@ def test_a_finished_handoff_updates_the_rollups_as_it_commits(crm, entities) -> 
     assert metrics.flow_stats(OCT, "quote-to-project").median_hours == 7.0
 
 
-def unbilled(entity, kind: str, source: str, work_date: dt.date, amount: str, currency: str = "USD", **kw):  # noqa: ANN001, ANN201, ANN003
+def unbilled(entity, kind: str, source: str, work_date: dt.date, amount: str, currency: str = "USD", **kw):
     return UnbilledWork.objects.create(
         legal_entity=entity,
         kind=kind,
@@ -428,7 +428,7 @@ def unbilled(entity, kind: str, source: str, work_date: dt.date, amount: str, cu
 @pytest.mark.django_db
 def test_unbilled_wip_ages_psa_work_and_released_batches_and_respects_scope(
     crm, entities, django_capture_on_commit_callbacks
-) -> None:  # noqa: ANN001
+) -> None:
     FxRate.objects.create(currency="GBP", month="2026-10", kind="closing", rate=Decimal("1.20"))
     us, uk = entities["us"], entities["uk"]
     unbilled(us, "time", "a4T1", dt.date(2026, 10, 25), "1800.00", customer_name="Contoso")  # 6 days
@@ -465,17 +465,17 @@ def test_unbilled_wip_ages_psa_work_and_released_batches_and_respects_scope(
 
 
 @pytest.mark.django_db
-def test_unbilled_wip_before_any_psa_read_says_so(entities) -> None:  # noqa: ANN001
+def test_unbilled_wip_before_any_psa_read_says_so(entities) -> None:
     empty = wip.unbilled_wip(OCT)
     assert (empty["count"], empty["value"], empty["as_of"]) == (0, 0, None)
     assert "not been read yet" in wip.as_of_text(empty)
 
 
 @pytest.mark.django_db
-def test_assigned_hours_by_role_and_month_on_weekdays_within_scope(entities) -> None:  # noqa: ANN001
+def test_assigned_hours_by_role_and_month_on_weekdays_within_scope(entities) -> None:
     from pscsync.models import PsaAssignment
 
-    def assign(entity, source, role, starts, ends, weekly):  # noqa: ANN001, ANN202
+    def assign(entity, source, role, starts, ends, weekly):
         PsaAssignment.objects.create(
             legal_entity=entity,
             source_id=source,
@@ -501,7 +501,7 @@ def test_assigned_hours_by_role_and_month_on_weekdays_within_scope(entities) -> 
 @pytest.mark.django_db
 def test_per_entity_rollups_equal_the_detailed_ones_as_handoffs_finish(
     crm, entities, django_capture_on_commit_callbacks
-) -> None:  # noqa: ANN001
+) -> None:
     """Pages without a service-line or connection filter read rollups summed per entity; they must
     give the figures the detailed rollups give, kept up to date as each handoff finishes."""
     from dashboards.facts import entity_rollup_values
@@ -538,7 +538,7 @@ def test_per_entity_rollups_equal_the_detailed_ones_as_handoffs_finish(
 
 
 @pytest.mark.django_db
-def test_a_batch_not_read_yet_is_counted_apart_not_taken_for_nothing_waiting(crm, entities) -> None:  # noqa: ANN001
+def test_a_batch_not_read_yet_is_counted_apart_not_taken_for_nothing_waiting(crm, entities) -> None:
     uk = entities["uk"]
     p2b(crm, uk, T0, T0 + 24 * H, None, status="needs_attention", amount="2500.00", currency="GBP")
     # Released and waiting for the worker: its handoff has not read the batch, so no value yet.

@@ -345,7 +345,7 @@ class Clock(clock.FrozenClock):
 CLOCK = Clock(at("2026-11-30", 8))
 
 
-def heard(firm, flow: str, key: str, when: dt.datetime, *, slug: str = "salesforce", n: int = 0) -> Handoff:  # noqa: ANN001
+def heard(firm, flow: str, key: str, when: dt.datetime, *, slug: str = "salesforce", n: int = 0) -> Handoff:
     """The change stored as intake would, heard at `when` (its source time; the clock moves there)."""
     from pscsync.intake import event_receive
 
@@ -383,7 +383,7 @@ def mismatched(got: dict[str, dict[str, Any]], expected: dict[str, tuple[Any, in
     return wrong
 
 
-def test_every_registered_figure_matches_the_hand_worked_firm(firm, entities, admin, operator) -> None:  # noqa: ANN001
+def test_every_registered_figure_matches_the_hand_worked_firm(firm, entities, admin, operator) -> None:
     from django.db import connection
     from django.test import Client
 
@@ -428,13 +428,13 @@ def _q2p(
     done: dt.datetime,
     amount: int,
     **deal,
-) -> dict[str, str]:  # noqa: ANN001
+) -> dict[str, str]:
     """A deal closed won at `closed` in Salesforce, heard at `heard_at`, provisioned at `done`."""
     ids = _deal(firm, c, key, entity, closed, amount, **deal)
     return _provision(firm, c, ids, heard_at, done)
 
 
-def _deal(firm, c: Clock, key: str, entity: str, closed: dt.datetime, amount: int, **deal) -> dict[str, str]:  # noqa: ANN001
+def _deal(firm, c: Clock, key: str, entity: str, closed: dt.datetime, amount: int, **deal) -> dict[str, str]:
     c.to(closed)
     return won_deal(
         firm,
@@ -447,14 +447,14 @@ def _deal(firm, c: Clock, key: str, entity: str, closed: dt.datetime, amount: in
     )
 
 
-def _provision(firm, c: Clock, ids: dict, heard_at: dt.datetime, done: dt.datetime) -> dict:  # noqa: ANN001
+def _provision(firm, c: Clock, ids: dict, heard_at: dt.datetime, done: dt.datetime) -> dict:
     h = heard(firm, "quote-to-project", ids["opportunity"], heard_at)
     c.to(done)
     ids["handoff"] = run(h)
     return ids
 
 
-def _certinia_week(firm, opp: str, *, monday: str, hours: tuple[float, ...], approved: str, name: str) -> str:  # noqa: ANN001
+def _certinia_week(firm, opp: str, *, monday: str, hours: tuple[float, ...], approved: str, name: str) -> str:
     """One approved billable week at 150/h on the deal's Certinia project (hours from Monday on)."""
     certinia = firm.connector("certinia-us")
     return certinia_approved_week(
@@ -462,7 +462,7 @@ def _certinia_week(firm, opp: str, *, monday: str, hours: tuple[float, ...], app
     )
 
 
-def _certinia_run(firm, opp: str, day: str) -> str:  # noqa: ANN001
+def _certinia_run(firm, opp: str, day: str) -> str:
     """The PSA's billing run on the project, dated `day`: one billing event."""
     certinia = firm.connector("certinia-us")
     project = certinia.lookup(entity="project", key=f"P-{opp}").external_id
@@ -472,7 +472,7 @@ def _certinia_run(firm, opp: str, day: str) -> str:  # noqa: ANN001
     return event
 
 
-def _sync(firm, c: Clock, slug: str, key: str, heard_at: dt.datetime, done: dt.datetime, n: int = 0) -> Handoff:  # noqa: ANN001
+def _sync(firm, c: Clock, slug: str, key: str, heard_at: dt.datetime, done: dt.datetime, n: int = 0) -> Handoff:
     h = heard(firm, "bill-to-cash", key, heard_at, slug=slug, n=n)
     c.to(done)
     h = run(h)
@@ -488,7 +488,7 @@ MARKET = [
 ]
 
 
-def _build(firm, c: Clock, operator) -> dict:  # noqa: ANN001
+def _build(firm, c: Clock, operator) -> dict:
     for name in ("netsuite", "businesscentral"):
         body = {"rates": [{"currency": cur, "date": d, "usd": u} for cur, d, u in MARKET]}
         httpx.post(f"{firm.sandboxes[name].url}/_sandbox/rates", json=body, timeout=5).raise_for_status()
@@ -682,7 +682,7 @@ def _build(firm, c: Clock, operator) -> dict:  # noqa: ANN001
 
 
 @pytest.mark.skipif(os.getenv(NESTED) == "1", reason="already the SQLite run")
-def test_known_answer_firm_on_sqlite(tmp_path) -> None:  # noqa: ANN001
+def test_known_answer_firm_on_sqlite(tmp_path) -> None:
     """The same firm and figures in a pytest of its own on the embedded default (SQLite, no
     DATABASE_URL): the flows run in-process (no worker or broker needed), the sandboxes over HTTP."""
     target = f"{__file__}::test_every_registered_figure_matches_the_hand_worked_firm"

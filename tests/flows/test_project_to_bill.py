@@ -13,15 +13,15 @@ from tests.flows.conftest import run, trigger, won_deal
 pytestmark = pytest.mark.django_db
 
 
-def provisioned(firm, entity: str, key: str, **deal: object) -> dict[str, str]:  # noqa: ANN001
+def provisioned(firm, entity: str, key: str, **deal: object) -> dict[str, str]:
     ids = won_deal(firm, entity=entity, key=key, **deal)
     handoff = run(trigger(firm, "quote-to-project", ids["opportunity"]))
     assert handoff.status == Handoff.Status.SUCCEEDED, handoff.last_error_message
     return ids
 
 
-def certinia_approved_week(  # noqa: ANN201
-    certinia,  # noqa: ANN001
+def certinia_approved_week(
+    certinia,
     opportunity: str,
     *,
     hours: tuple[float, ...] = (8, 7.5),
@@ -73,7 +73,7 @@ def certinia_approved_week(  # noqa: ANN201
     ).external_id
 
 
-def certinia_billing_event(firm, opportunity: str) -> str:  # noqa: ANN001
+def certinia_billing_event(firm, opportunity: str) -> str:
     """15.5 approved hours at 150/h and the first milestone approved; the PSA's billing run
     bundles them into one billing event."""
     certinia = firm.connector("certinia-us")
@@ -91,7 +91,7 @@ def certinia_billing_event(firm, opportunity: str) -> str:  # noqa: ANN001
     return event
 
 
-def test_a_certinia_billing_event_becomes_one_netsuite_invoice_line_per_item(firm) -> None:  # noqa: ANN001
+def test_a_certinia_billing_event_becomes_one_netsuite_invoice_line_per_item(firm) -> None:
     deal = provisioned(firm, "us", "21")
     event = certinia_billing_event(firm, deal["opportunity"])
 
@@ -117,7 +117,7 @@ def test_a_certinia_billing_event_becomes_one_netsuite_invoice_line_per_item(fir
     assert handoff.business_started_at == dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
 
 
-def test_an_item_already_billed_is_never_billed_again(firm) -> None:  # noqa: ANN001
+def test_an_item_already_billed_is_never_billed_again(firm) -> None:
     deal = provisioned(firm, "us", "22")
     event = certinia_billing_event(firm, deal["opportunity"])
     assert run(trigger(firm, "project-to-bill", event, slug="certinia-us")).status == Handoff.Status.SUCCEEDED
@@ -157,7 +157,7 @@ def test_an_item_already_billed_is_never_billed_again(firm) -> None:  # noqa: AN
     assert firm.connector("netsuite-us").lookup(entity="invoice", key=f"I-{again.external_id}") is None
 
 
-def test_a_batch_mixing_currencies_is_stopped_before_the_erp(firm) -> None:  # noqa: ANN001
+def test_a_batch_mixing_currencies_is_stopped_before_the_erp(firm) -> None:
     deal = provisioned(firm, "us", "23")
     certinia = firm.connector("certinia-us")
     project = certinia.lookup(entity="project", key=f"P-{deal['opportunity']}").external_id
@@ -184,7 +184,7 @@ def test_a_batch_mixing_currencies_is_stopped_before_the_erp(firm) -> None:  # n
     assert not BilledItem.objects.exists()
 
 
-def kantata_time(firm, opportunity: str, entries: tuple[tuple[str, int], ...]) -> list[str]:  # noqa: ANN001
+def kantata_time(firm, opportunity: str, entries: tuple[tuple[str, int], ...]) -> list[str]:
     """Approved billable time entries at 120/h on the deal's Kantata workspace: (day, minutes)."""
     kantata = firm.connector("kantata-uk")
     workspace = kantata.lookup(entity="workspaces", key=f"P-{opportunity}").external_id
@@ -203,7 +203,7 @@ def kantata_time(firm, opportunity: str, entries: tuple[tuple[str, int], ...]) -
     return ids
 
 
-def kantata_invoice(firm, opportunity: str) -> str:  # noqa: ANN001
+def kantata_invoice(firm, opportunity: str) -> str:
     """Two approved days at 120/h (8 h and 6.5 h) invoiced in Kantata on 14 Dec: 1,740.00."""
     kantata = firm.connector("kantata-uk")
     workspace = kantata.lookup(entity="workspaces", key=f"P-{opportunity}").external_id
@@ -213,7 +213,7 @@ def kantata_invoice(firm, opportunity: str) -> str:  # noqa: ANN001
     return next(iter(answer["invoices"]))
 
 
-def test_a_kantata_invoice_becomes_a_business_central_invoice(firm) -> None:  # noqa: ANN001
+def test_a_kantata_invoice_becomes_a_business_central_invoice(firm) -> None:
     deal = provisioned(firm, "uk", "24", Billing_Model__c="Time and Materials", Service_Line__c="Advisory")
     invoice_id = kantata_invoice(firm, deal["opportunity"])
 

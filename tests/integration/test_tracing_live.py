@@ -63,7 +63,7 @@ class OtlpReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
                     self.send_response(404)
@@ -119,7 +119,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture(scope="module")
-def traced_stack(django_db_setup, django_db_blocker, echo_target, tmp_path_factory, receiver):  # noqa: ANN001, ANN201
+def traced_stack(django_db_setup, django_db_blocker, echo_target, tmp_path_factory, receiver):
     var_dir = tmp_path_factory.mktemp("traced-stack")
     env = {
         **os.environ,
@@ -141,7 +141,7 @@ def traced_stack(django_db_setup, django_db_blocker, echo_target, tmp_path_facto
 
 
 @pytest.fixture
-def traced(traced_stack, echo_connection, transactional_db) -> Iterator[Stack]:  # noqa: ANN001
+def traced(traced_stack, echo_connection, transactional_db) -> Iterator[Stack]:
     _flush_broker(traced_stack.env["CELERY_BROKER_URL"])
     traced_stack.start_worker()
     yield traced_stack
@@ -149,7 +149,7 @@ def traced(traced_stack, echo_connection, transactional_db) -> Iterator[Stack]: 
         traced_stack.worker.kill()
 
 
-def test_one_webhook_is_one_trace_across_the_web_and_worker_processes(traced, receiver, echo) -> None:  # noqa: ANN001
+def test_one_webhook_is_one_trace_across_the_web_and_worker_processes(traced, receiver, echo) -> None:
     # when one webhook arrives at the web process
     assert traced.deliver("OPP-L1") == 202
     wait_until(
@@ -217,7 +217,7 @@ def test_one_webhook_is_one_trace_across_the_web_and_worker_processes(traced, re
     assert all(q.kind == "SPAN_KIND_CLIENT" for q in queries)
 
 
-def test_the_workers_json_log_lines_carry_the_handoffs_trace_id(traced, receiver, echo) -> None:  # noqa: ANN001
+def test_the_workers_json_log_lines_carry_the_handoffs_trace_id(traced, receiver, echo) -> None:
     assert traced.deliver("OPP-L2") == 202
     wait_until(
         lambda: Handoff.objects.filter(business_key="OPP-L2", status=Handoff.Status.SUCCEEDED).exists(),
@@ -241,7 +241,7 @@ def test_the_workers_json_log_lines_carry_the_handoffs_trace_id(traced, receiver
     assert {line.get("business_key") for line in about()} == {"OPP-L2"}
 
 
-def test_probes_are_not_traced(traced, receiver) -> None:  # noqa: ANN001
+def test_probes_are_not_traced(traced, receiver) -> None:
     import httpx
 
     for path in ("/healthz", "/readyz"):

@@ -9,12 +9,12 @@ from kombu import Connection
 from ops import broker
 
 
-def _connection(folder) -> Connection:  # noqa: ANN001
+def _connection(folder) -> Connection:
     options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False}
     return Connection("filesystem://localhost/", transport="ops.broker:Transport", transport_options=options)
 
 
-def test_a_message_goes_through_whole(tmp_path) -> None:  # noqa: ANN001
+def test_a_message_goes_through_whole(tmp_path) -> None:
     with _connection(tmp_path) as conn:
         queue = conn.SimpleQueue("tasks")
         queue.put({"task": "reconcile", "args": [1, "two"]})
@@ -22,7 +22,7 @@ def test_a_message_goes_through_whole(tmp_path) -> None:  # noqa: ANN001
         queue.close()
 
 
-def test_no_reader_can_take_the_file_before_it_is_written(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_no_reader_can_take_the_file_before_it_is_written(tmp_path, monkeypatch) -> None:
     """At the moment the message is renamed into place, its bytes are all written and no '.msg'
     file of it was there before: a worker listing the folder sees it whole or not at all."""
     seen: list[tuple[list[str], int]] = []

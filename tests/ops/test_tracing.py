@@ -27,7 +27,7 @@ STEPS = ("upsert_customer", "upsert_project", "upsert_invoice")
 
 
 @pytest.fixture
-def exporter():  # noqa: ANN201
+def exporter():
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     exporter = InMemorySpanExporter()
@@ -38,7 +38,7 @@ def exporter():  # noqa: ANN201
 
 
 @pytest.fixture
-def worker():  # noqa: ANN201
+def worker():
     """A Celery worker in a thread of this process, on the test broker (emptied first)."""
     if not django_settings.CELERY_BROKER_URL.startswith("redis://"):
         pytest.skip("needs the Redis broker (CELERY_BROKER_URL)")
@@ -84,7 +84,7 @@ def points_at(traceparent: str) -> tuple[str, int]:
     return trace_id, int(span_id, 16)
 
 
-def wait_for_task_span(exporter, timeout: float = 30.0) -> None:  # noqa: ANN001
+def wait_for_task_span(exporter, timeout: float = 30.0) -> None:
     """Until the worker has ended the task's span (after the task returned)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,10 +95,10 @@ def wait_for_task_span(exporter, timeout: float = 30.0) -> None:  # noqa: ANN001
 
 
 def test_one_webhook_makes_one_trace_through_the_task_to_every_vendor_call(
-    exporter,  # noqa: ANN001
-    worker,  # noqa: ANN001
-    echo_connection,  # noqa: ANN001
-    echo,  # noqa: ANN001
+    exporter,
+    worker,
+    echo_connection,
+    echo,
 ) -> None:
     # given a traced process and a worker; when one webhook arrives
     assert deliver("OPP-T1", request_id="req-trace-1") == 202
@@ -113,10 +113,10 @@ def test_one_webhook_makes_one_trace_through_the_task_to_every_vendor_call(
     trace_id = server.context.trace_id
     in_trace = [s for s in spans if s.context.trace_id == trace_id]
 
-    def parent_of(span):  # noqa: ANN001, ANN202
+    def parent_of(span):
         return by_id[span.parent.span_id] if span.parent else None
 
-    def one(name: str):  # noqa: ANN202
+    def one(name: str):
         found = [s for s in in_trace if s.name == name]
         assert len(found) == 1, f"{name}: {[s.name for s in in_trace]}"
         return found[0]
@@ -174,10 +174,10 @@ def test_one_webhook_makes_one_trace_through_the_task_to_every_vendor_call(
 
 
 def test_a_run_delivered_outside_its_message_rejoins_the_handoffs_trace(
-    exporter,  # noqa: ANN001
-    echo_connection,  # noqa: ANN001
-    echo,  # noqa: ANN001
-    monkeypatch,  # noqa: ANN001
+    exporter,
+    echo_connection,
+    echo,
+    monkeypatch,
 ) -> None:
     """The sweeper republishing it, a retry, a resubmit or a doorbell without headers: the run
     starts under the handoff's stored context, linked to the span that delivered it."""
@@ -201,10 +201,10 @@ def test_a_run_delivered_outside_its_message_rejoins_the_handoffs_trace(
 
 
 def test_a_step_the_vendor_refused_is_an_error_span_and_the_run_says_what_became_of_it(
-    exporter,  # noqa: ANN001
-    echo_connection,  # noqa: ANN001
-    echo,  # noqa: ANN001
-    monkeypatch,  # noqa: ANN001
+    exporter,
+    echo_connection,
+    echo,
+    monkeypatch,
 ) -> None:
     from pscsync.runner import handoff_run
 
@@ -239,7 +239,7 @@ def _instrumented() -> dict[str, bool]:
     }
 
 
-def test_off_means_nothing_is_instrumented_and_teardown_undoes_it(db) -> None:  # noqa: ANN001
+def test_off_means_nothing_is_instrumented_and_teardown_undoes_it(db) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     # Off (no OTLP endpoint in the test settings): no SDK object, nothing wrapped.
@@ -264,7 +264,7 @@ def test_only_the_probes_the_scrape_and_static_files_go_untraced() -> None:
         assert not excluded.url_disabled(f"http://pscsync.example.com{path}"), path
 
 
-def test_a_handoff_taken_in_untraced_keeps_the_trace_of_its_first_traced_run(echo_connection, monkeypatch) -> None:  # noqa: ANN001
+def test_a_handoff_taken_in_untraced_keeps_the_trace_of_its_first_traced_run(echo_connection, monkeypatch) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from pscsync.runner import handoff_run
@@ -285,7 +285,7 @@ def test_a_handoff_taken_in_untraced_keeps_the_trace_of_its_first_traced_run(ech
     assert points_at(handoff.traceparent) == (handoff.trace_id, run.context.span_id)
 
 
-def test_tracing_off_stores_no_trace_and_the_page_says_so(operator, echo_connection, client) -> None:  # noqa: ANN001
+def test_tracing_off_stores_no_trace_and_the_page_says_so(operator, echo_connection, client) -> None:
     # given tracing off (no OTLP endpoint: the test settings set none)
     assert not django_settings.TRACING and not tracing.enabled()
     assert deliver("OPP-T3") == 202
@@ -297,11 +297,11 @@ def test_tracing_off_stores_no_trace_and_the_page_says_so(operator, echo_connect
 
 
 def test_the_page_shows_the_trace_for_a_person_and_links_it_when_configured(
-    operator,  # noqa: ANN001
-    echo_connection,  # noqa: ANN001
-    client,  # noqa: ANN001
-    settings,  # noqa: ANN001
-    exporter,  # noqa: ANN001
+    operator,
+    echo_connection,
+    client,
+    settings,
+    exporter,
 ) -> None:
     assert deliver("OPP-T4") == 202
     handoff = Handoff.objects.get(business_key="OPP-T4")
@@ -341,13 +341,13 @@ def test_a_trace_address_without_the_id_or_not_http_is_refused_at_start(value: s
     reason="Debian's chromium is not installed (make test installs it)",
 )
 def test_an_operator_opens_a_handoffs_trace_from_its_page(
-    page,  # noqa: ANN001, F811
-    live_server,  # noqa: ANN001
-    operator,  # noqa: ANN001
-    echo_connection,  # noqa: ANN001
-    exporter,  # noqa: ANN001
-    settings,  # noqa: ANN001
-    monkeypatch,  # noqa: ANN001
+    page,  # noqa: F811
+    live_server,
+    operator,
+    echo_connection,
+    exporter,
+    settings,
+    monkeypatch,
 ) -> None:
     """In headless Chromium; the screenshot is docs/screenshots/handoff-trace.png."""
     from pscsync.runner import handoff_run

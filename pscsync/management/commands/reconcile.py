@@ -30,7 +30,7 @@ class Command(BaseCommand):
         period = str(options["period"] or "")
         if period and (len(period) != 7 or period[4] != "-" or not (period[:4] + period[5:]).isdigit()):
             raise CommandError(f"--period must look like 2026-10, not {period!r}")
-        deadline = time.monotonic() + int(options["after_backlog"] or 0)
+        deadline = time.monotonic() + int(str(options["after_backlog"] or 0))
         queued = Handoff.objects.filter(status__in=[Handoff.Status.PENDING, Handoff.Status.RUNNING])
         while time.monotonic() < deadline and queued.exists():
             time.sleep(2)
