@@ -22,7 +22,7 @@ from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters, converter_for
 from dashboards.models import FlowFact
 from dashboards.money import Money, money_text
-from pscsync.glossary import count_words, duration_words, step_name
+from pscsync.glossary import count_words, duration_words, step_name, when_words
 from pscsync.models import Attempt, ErpInvoice, LegalEntity, Mismatch, Step
 from remediation import timeline
 from remediation.models import HandoffException
@@ -242,8 +242,9 @@ def overview(f: Filters) -> Page:
             "project-to-bill.latency_median",
             hours_label(p2b.median_hours),
             f"{pct(p2b.pct_within_sla)} within SLA ({p2b.sla_label}) · {money(blocked['value'])} released, "
-            f"not invoiced ({count_words(blocked['count'], 'batch', 'batches')})",
-            label="Approved time → invoice (median)",
+            f"not invoiced ({count_words(blocked['count'], 'batch', 'batches')}"
+            + (f", {blocked['unread']} not read from the PSA yet)" if blocked["unread"] else ")"),
+            label="Approved time → invoice posted (median)",
             href=link("dashboards:project_to_bill", f),
             state=money_state(blocked["value"], otherwise="bad" if blocked["count"] else "good"),
             question="Is approved work being billed?",
@@ -824,8 +825,8 @@ def bill_to_cash(f: Filters) -> Page:
                     i["number"],
                     entities.get(i["legal_entity_id"], "—"),
                     i["customer_name"] or "—",
-                    i["posting_date"],
-                    i["due_date"] or "—",
+                    when_words(i["posting_date"], with_time=False),
+                    when_words(i["due_date"], with_time=False),
                     i["days_past_due"],
                     f"{i['open']:,.2f}",
                     i["currency"],
@@ -1216,7 +1217,7 @@ def leader_tiles(
     """The three leader figures' tiles (from the figures when the caller has them already)."""
     fc = fc or leaders.forecast_accuracy(f)
     rev = rev or leaders.revenue_schedule_accuracy(f, conv, with_rows=False)
-    effort = effort or leaders.reconciliation_effort(f)
+    effort = effort or leaders.reconciliation_effort(f, with_entries=False)
     head = fc.headline
     shortest = min(fc.lags, default=None)
     assigned = fc.lags[shortest]["assigned"] if shortest else None
@@ -1249,7 +1250,8 @@ def leader_tiles(
         Tile(
             "Reconciliation effort",
             f"{effort['hours']:g} h",
-            f"{effort['actions']} actions on exceptions and mismatches · {len(effort['weeks'])} weeks",
+            f"{count_words(effort['actions'], 'action')} on exceptions and mismatches · "
+            f"{count_words(len(effort['weeks']), 'week')}",
             link("dashboards:leaders", f) + "#effort",
             EFFORT_HELP,
             "",
@@ -1259,7 +1261,7 @@ def leader_tiles(
 
 
 def leaders_page(f: Filters) -> Page:
-    conv = Converter()
+    conv = metrics.converter_for(f)  # one entity: its functional currency, as the overview
     page = Page(
         "Leader figures",
         "Resource forecast accuracy, revenue schedule accuracy and reconciliation effort, with the records each "
@@ -1335,7 +1337,7 @@ def leaders_page(f: Filters) -> Page:
                 "PSA",
                 "ERP",
                 "Difference",
-                f"|Difference| ({metrics.reporting_currency()})",
+                f"|Difference| ({conv.target})",
             ],
             [
                 [
@@ -1347,7 +1349,7 @@ def leaders_page(f: Filters) -> Page:
                     f"{Decimal(r['mismatch'].amounts.get('psa', '0')):,.2f} {r['mismatch'].currency}",
                     f"{Decimal(r['mismatch'].amounts.get('erp', '0')):,.2f} {r['mismatch'].currency}",
                     f"{r['mismatch'].difference:,.2f} {r['mismatch'].currency}",
-                    f"{r['abs_difference']:,.2f}",
+                    money(r["abs_difference"]),
                 ]
                 for r in rev["rows"]
             ],

@@ -8,6 +8,12 @@ The rules (DESIGN.md "Rules that must hold" 1 and 4):
   older than one already applied or pending is stale and only recorded.
 - The handoff is published to the workers after commit; if that publish is lost, the sweeper
   publishes it again (pscsync.sweeper), so a lost message delays a handoff but never drops it.
+
+Webhooks take the short path (events_accept): the request stores its events with one INSERT and
+rings the doorbell (pscsync.dispatch.events_ring); a worker takes the ids in batches and routes
+them (events_route) by the same rules. An event answered 2xx is in PostgreSQL as "received" until
+routed, so a doorbell lost with Redis's data is rung again by the sweeper. Polling and tests use
+event_receive, which stores and routes in one transaction.
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db import connection as db
 
 from connectors.base import InboundChange
 from connectors.models import Connection, PollCursor
+from ops.tracing import current_traceparent, handoff_trace_fields
 from pscsync import clock
-from pscsync.dispatch import handoffs_publish
+from pscsync.dispatch import events_ring, events_take, events_wake, handoffs_publish
 from pscsync.flows import flow_get
 from pscsync.flows.triggers import change_route
 from pscsync.lifecycle import handoff_move, handoff_opened
@@ -83,7 +91,8 @@ def change_problem(change: InboundChange) -> str:
         ("flow", change.flow),
         ("business_key", change.business_key),
     ):
-        limit = Event._meta.get_field(name).max_length
+        field = Event._meta.get_field(name)
+        limit = field.max_length if isinstance(field, models.CharField) and field.max_length else 0
         label = _FIELD_WORDS[name]
         if len(value) > limit:
             return f"{label} is {len(value)} characters long; at most {limit} are accepted"
@@ -124,23 +133,32 @@ def _json_problem(value: object, where: str, depth: int = 0) -> str:
     return ""
 
 
+def _event(
+    connection: Connection, change: InboundChange, headers: dict[str, str], raw_body: str, **fields: object
+) -> Event:
+    """The unsaved Event of a change (its flow and key already routed)."""
+    return Event(
+        connection=connection,
+        source_event_id=change.source_event_id,
+        event_type=change.event_type,
+        flow=change.flow,
+        business_key=change.business_key,
+        legal_entity_id=_legal_entity_id(connection, change.legal_entity_code),
+        occurred_at=change.occurred_at,
+        source_sequence=change.sequence,
+        headers=headers,
+        raw_body=raw_body,
+        payload=change.payload,
+        **fields,
+    )
+
+
 def _store(connection: Connection, change: InboundChange, headers: dict[str, str], raw_body: str) -> Event | None:
+    event = _event(connection, change, headers, raw_body, received_at=clock.now(), traceparent=current_traceparent())
     try:
         with transaction.atomic():
-            return Event.objects.create(
-                connection=connection,
-                source_event_id=change.source_event_id,
-                event_type=change.event_type,
-                flow=change.flow,
-                business_key=change.business_key,
-                legal_entity_id=_legal_entity_id(connection, change.legal_entity_code),
-                occurred_at=change.occurred_at,
-                source_sequence=change.sequence,
-                received_at=clock.now(),
-                headers=headers,
-                raw_body=raw_body,
-                payload=change.payload,
-            )
+            event.save(force_insert=True)
+            return event
     except IntegrityError:
         return None  # the unique (connection, source_event_id) says we have it already
 
@@ -179,13 +197,14 @@ def handoff_start(*, event: Event, reason: str = "a new change") -> Handoff:
         flow=event.flow,
         business_key=event.business_key,
         legal_entity_id=event.legal_entity_id,
-        source_connection=event.connection,
+        source_connection_id=event.connection_id,
         trigger_event=event,
         payload=event.payload,
         business_started_at=event.occurred_at,
         created_at=now,
         next_attempt_at=now,
         dispatched_at=now,
+        **handoff_trace_fields(event.traceparent),
     )
     handoff_opened(handoff, actor="intake", reason=reason)
     event.status = Event.Status.ACCEPTED
@@ -259,6 +278,7 @@ def _route_behind(event: Event, open_handoff: Handoff) -> Handoff | None:
             "attempt_count": 0,
             "next_attempt_at": now,
             "dispatched_at": now,
+            **handoff_trace_fields(event.traceparent),
         },
     )
     event.status = Event.Status.ACCEPTED
@@ -308,6 +328,136 @@ def event_receive(
             handoff_id = handoff.pk
             transaction.on_commit(lambda: handoffs_publish([handoff_id], fault_key=change.source_event_id))
     return IntakeResult(event=event, created=True, handoff=handoff)
+
+
+def events_accept(
+    *,
+    connection: Connection,
+    changes: list[InboundChange],
+    headers: dict[str, str],
+    raw_body: str,
+    traceparents: list[str] | None = None,
+) -> list[IntakeResult]:
+    """Store a delivery's changes with one statement and ring the doorbell; a worker routes them.
+
+    One INSERT ... ON CONFLICT DO NOTHING RETURNING: all the changes or none, a change already
+    stored (same connection and source event id) is left as it was and answered as a duplicate.
+    The doorbell rings after the commit (at once outside a transaction); if it is lost the
+    sweeper rings again for every event still "received". `traceparents`, one per change, is the
+    trace each change's handoff continues (ops.tracing); the current one when not given."""
+    now = clock.now()
+    traces = traceparents or [current_traceparent()] * len(changes)
+    events = [
+        _event(
+            connection,
+            change_route(connection, change),
+            headers,
+            raw_body,
+            received_at=now,
+            rung_at=now,
+            status=Event.Status.RECEIVED,
+            traceparent=trace,
+        )
+        for change, trace in zip(changes, traces, strict=True)
+    ]
+    stored = _insert_new(events)
+    results = []
+    duplicates = [e.source_event_id for e in events if e.source_event_id not in stored]
+    existing = (
+        dict(
+            Event.objects.filter(connection=connection, source_event_id__in=duplicates).values_list(
+                "source_event_id", "pk"
+            )
+        )
+        if duplicates
+        else {}
+    )
+    for event in events:
+        created = event.source_event_id in stored
+        event.pk = stored[event.source_event_id] if created else existing.get(event.source_event_id)
+        results.append(IntakeResult(event=event, created=created, handoff=None))
+    new_ids = list(stored.values())
+    if new_ids:
+        first_key = next(e.source_event_id for e in events if e.source_event_id in stored)
+        transaction.on_commit(lambda: events_ring(new_ids, fault_key=first_key))
+    return results
+
+
+def _insert_new(events: list[Event]) -> dict[str, int]:
+    """INSERT the events, skipping any already stored: {source event id: new pk} of those stored.
+
+    Django's bulk_create cannot say which rows ON CONFLICT skipped, so the statement is built here
+    from the model's own fields (their defaults and database preparation, as bulk_create would)."""
+    if not events:
+        return {}
+    fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
+    quote = db.ops.quote_name
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params: list[Any] = []
+    for event in events:
+        params += [f.get_db_prep_save(f.pre_save(event, True), connection=db) for f in fields]
+    table = quote(Event._meta.db_table)
+    columns = ", ".join(quote(str(f.column)) for f in fields)
+    rows = ", ".join([row] * len(events))
+    # The names are the model's own and every value is a parameter.
+    sql = (
+        f"INSERT INTO {table} ({columns}) VALUES {rows} "  # noqa: S608
+        "ON CONFLICT (connection_id, source_event_id) DO NOTHING RETURNING id, source_event_id"
+    )
+    with db.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {source_event_id: pk for pk, source_event_id in cursor.fetchall()}
+
+
+# Events routed per batch: each in its own transaction (its own key lock), then their handoffs
+# published together.
+ROUTE_BATCH = 100
+
+
+def event_route(event_id: int) -> Handoff | None:
+    """Route one stored event that is still "received" (another worker or an earlier ring may
+    have routed it: then nothing happens). Returns the handoff to publish, if any."""
+    with transaction.atomic():
+        event = (
+            Event.objects.select_for_update(skip_locked=True).filter(pk=event_id, status=Event.Status.RECEIVED).first()
+        )
+        if event is None:
+            return None
+        return _route(event)
+
+
+def events_route(event_ids: list[int]) -> list[int]:
+    """Route these events (each in its own transaction) and publish the handoffs they open.
+    Returns the published handoff ids."""
+    opened: dict[int, None] = {}  # in order, once each (a newer change may supersede into it)
+    for event_id in event_ids:
+        handoff = event_route(event_id)
+        if handoff is not None:
+            opened[handoff.pk] = None
+    handoffs_publish(list(opened))
+    return list(opened)
+
+
+def events_drain(*, batch: int = ROUTE_BATCH, budget_seconds: float | None = None) -> int:
+    """A worker's turn at the doorbell: take event ids in batches and route them until it is
+    empty or the time budget is spent (then the next ring or sweep wakes a worker). Returns how
+    many ids were taken."""
+    from django.conf import settings
+
+    # Well inside the task's soft time limit: ids taken and not routed wait for the sweeper.
+    budget = budget_seconds if budget_seconds is not None else min(30.0, settings.CELERY_TASK_SOFT_TIME_LIMIT / 2)
+    started = time.monotonic()
+    taken = 0
+    while True:
+        if time.monotonic() - started >= budget:
+            events_wake()  # entries may remain: hand over to a fresh task rather than wait for a sweep
+            break
+        ids = events_take(batch)
+        if not ids:
+            break
+        taken += len(ids)
+        events_route(ids)
+    return taken
 
 
 def connection_poll(*, connection: Connection) -> int:

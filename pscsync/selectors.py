@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q, QuerySet
 from django.shortcuts import get_object_or_404
 
 from pscsync.access import scope_queryset
 from pscsync.models import Event, Handoff
 
-User = AbstractBaseUser | AnonymousUser
+Person = User | AnonymousUser
 
 
-def handoffs_visible_to(user: User) -> QuerySet[Handoff]:
+def handoffs_visible_to(user: Person) -> QuerySet[Handoff]:
     return scope_queryset(Handoff.objects.select_related("legal_entity", "source_connection"), user)
 
 
-def handoff_get_for_user(*, user: User, pk: int) -> Handoff:
+def handoff_get_for_user(*, user: Person, pk: int) -> Handoff:
     """The handoff, or 404, also when it belongs to an entity the user may not see."""
     return get_object_or_404(handoffs_visible_to(user), pk=pk)
 
 
 def handoffs_filtered(
-    user: User,
+    user: Person,
     *,
     status: str = "",
     flow: str = "",

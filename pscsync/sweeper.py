@@ -8,22 +8,29 @@ loss. It publishes, from the database:
 - retries whose time has come (waiting_retry, next_attempt_at passed);
 - running handoffs whose lease expired (their worker died); the runner counts the crash.
 Rows are claimed with SELECT ... FOR UPDATE SKIP LOCKED, so several sweepers never collide, in
-batches of SWEEP_BATCH published over one broker connection, batch after batch within one beat
-tick (handoffs_sweep_all), so a lost queue of a million is queued again in minutes.
+batches of SWEEP_BATCH pushed in one Redis pipeline (pscsync.dispatch.handoffs_publish), batch
+after batch within one beat tick (handoffs_sweep_all), so a lost queue of a million is queued
+again in minutes.
+
+It does the same for the intake's doorbell (events_sweep): events stored but not routed whose
+ring is older than REDISPATCH_SECONDS and than the oldest entry still on the doorbell are rung
+again; and if entries wait on the doorbell it wakes a worker (one whose drain was killed leaves
+them there).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 
 from pscsync import clock
-from pscsync.dispatch import handoffs_publish, queue_head_published_at
-from pscsync.models import Handoff
+from pscsync.dispatch import doorbell_state, events_ring, events_wake, handoffs_publish, queue_head_published_at
+from pscsync.models import Event, Handoff
 
 
 def handoffs_due(now: dt.datetime, *, waiting_since: dt.datetime | None = None) -> Q:
@@ -71,11 +78,45 @@ def handoffs_sweep_all(*, budget_seconds: float | None = None, batch: int = SWEE
     """Sweep batch after batch until nothing is due or the time budget is spent (so one beat tick
     can re-queue a whole lost queue: 1M handoffs in minutes, not hours). Returns how many."""
     budget = budget_seconds if budget_seconds is not None else max(settings.SWEEP_SECONDS * 0.8, 1.0)
+    return _batches(handoffs_sweep, budget=budget, batch=batch)
+
+
+def _batches(sweep: Callable[..., list[int]], *, budget: float, batch: int) -> int:
+    """Call sweep(limit=batch) until a batch comes back short or the budget is spent."""
     started = time.monotonic()
     total = 0
     while time.monotonic() - started < budget:
-        swept = len(handoffs_sweep(limit=batch))
+        swept = len(sweep(limit=batch))
         total += swept
         if swept < batch:
             break
     return total
+
+
+def events_sweep(*, limit: int = SWEEP_BATCH) -> list[int]:
+    """Ring again for up to `limit` stored events whose ring was lost; wake a worker if entries
+    wait on the doorbell. Returns the ids rung."""
+    now = clock.now()
+    waiting, oldest = doorbell_state()
+    cutoff = now - dt.timedelta(seconds=settings.REDISPATCH_SECONDS)
+    if oldest is not None:
+        # An event rung after the oldest entry still waiting is behind it, not lost.
+        cutoff = min(cutoff, dt.datetime.fromtimestamp(oldest, tz=dt.UTC) - QUEUE_CLOCK_MARGIN)
+    with transaction.atomic():
+        ids = list(
+            Event.objects.select_for_update(skip_locked=True)
+            .filter(status=Event.Status.RECEIVED)
+            .filter(Q(rung_at__isnull=True) | Q(rung_at__lt=cutoff))
+            .order_by("rung_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        if ids:
+            Event.objects.filter(pk__in=ids).update(rung_at=now)
+            transaction.on_commit(lambda: events_ring(ids))
+    if not ids and waiting:
+        events_wake()
+    return ids
+
+
+def events_sweep_all(*, budget_seconds: float, batch: int = SWEEP_BATCH) -> int:
+    return _batches(events_sweep, budget=budget_seconds, batch=batch)

@@ -16,17 +16,31 @@ def _worker_name(task_id: str | None) -> str:
 
 
 @shared_task(bind=True, name="pscsync.tasks.handoff_run_task")
-def handoff_run_task(self, handoff_id: int) -> str:  # noqa: ANN001
+def handoff_run_task(self, handoff_id: int) -> str:
     from pscsync.runner import handoff_run
 
     return handoff_run(handoff_id=handoff_id, worker=_worker_name(self.request.id))
 
 
+@shared_task(name="pscsync.tasks.events_route_task")
+def events_route_task(event_ids: list[int]) -> int:
+    """Route events stored by intake: these ids (the embedded broker carries them in the
+    message), then whatever waits on the doorbell (Redis), in batches."""
+    from pscsync.intake import events_drain, events_route
+
+    events_route(event_ids)
+    return len(event_ids) + events_drain()
+
+
 @shared_task(name="pscsync.tasks.handoffs_sweep_task")
 def handoffs_sweep_task() -> int:
-    from ops.health import SWEEPER, heartbeat_record
-    from pscsync.sweeper import handoffs_sweep_all
+    from django.conf import settings
 
+    from ops.health import SWEEPER, heartbeat_record
+    from pscsync.sweeper import events_sweep_all, handoffs_sweep_all
+
+    # Events first (a lost doorbell), within a fifth of the tick; then the handoffs.
+    events_sweep_all(budget_seconds=max(settings.SWEEP_SECONDS * 0.2, 0.5))
     published = handoffs_sweep_all()
     heartbeat_record(name=SWEEPER)  # readiness: the safety net ran (after the sweep succeeded)
     return published

@@ -7,6 +7,7 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
+from django_htmx.middleware import HtmxDetails
 
 from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_HANDOFFS, WORK_EXCEPTIONS, navigation, permission_required
@@ -15,6 +16,12 @@ from pscsync.glossary import document_text
 from pscsync.models import Handoff, LegalEntity
 from pscsync.secrets import mask_secrets
 from pscsync.selectors import events_for_handoff, handoff_get_for_user, handoffs_filtered
+
+
+class HtmxHttpRequest(HttpRequest):
+    """A request as django-htmx's middleware leaves it (for the type checker; never built)."""
+
+    htmx: HtmxDetails
 
 
 @login_required
@@ -31,7 +38,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @permission_required(VIEW_HANDOFFS)
 @require_GET
-def handoff_list(request: HttpRequest) -> HttpResponse:
+def handoff_list(request: HtmxHttpRequest) -> HttpResponse:
     status = request.GET.get("status", "")
     flow = request.GET.get("flow", "")
     q = request.GET.get("q", "").strip()
@@ -63,7 +70,7 @@ def handoff_detail(request: HttpRequest, pk: int) -> HttpResponse:
     handoff = handoff_get_for_user(user=request.user, pk=pk)
     steps = list(handoff.steps.select_related("target_connection").prefetch_related("attempts"))
     for step in steps:
-        step.shown_attempts = [
+        step.shown_attempts = [  # type: ignore[attr-defined]  # for the template only
             {
                 "attempt": a,
                 "request": document_text(mask_secrets(a.request)),

@@ -10,6 +10,7 @@ from typing import Any
 from django.urls import reverse
 
 from connectors.models import Connection
+from connectors.registry import connector_for
 from pscsync.flows import FLOWS
 from pscsync.glossary import action_name, document_text, error_words, step_name
 from pscsync.models import AuditEntry, CrossReference, Handoff, Mapping, Step
@@ -21,15 +22,7 @@ def record_url(connection: Connection | None, entity_type: str, external_id: str
     """A link to the record in the vendor's own UI, where the vendor has a stable one."""
     if connection is None or not external_id:
         return ""
-    base = connection.base_url.rstrip("/")
-    if connection.vendor in ("salesforce", "certinia"):
-        return f"{base}/{external_id}"
-    if connection.vendor == "netsuite":
-        page = "entity/custjob.nl" if entity_type == "customer" else "accounting/transactions/transaction.nl"
-        return f"{base}/app/{'common/' if entity_type == 'customer' else ''}{page}?id={external_id}"
-    if connection.vendor == "kantata" and entity_type in ("project", "budget"):
-        return f"{base}/workspaces/{external_id}"
-    return ""
+    return connector_for(connection).record_url(entity_type, external_id)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from connectors.models import PollCursor
-from pscsync.intake import connection_poll, event_receive
+from pscsync.intake import connection_poll, event_receive, events_accept, events_route
 from pscsync.models import Event, Handoff
 from pscsync.runner import _lease, handoff_run
 from tests.helpers import change_body, status_force
@@ -15,12 +15,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def no_broker(monkeypatch) -> None:  # noqa: ANN001
+def no_broker(monkeypatch) -> None:
     monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: None)
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
 
 
-def receive(connection, key: str, version: int):  # noqa: ANN001, ANN201
+def receive(connection, key: str, version: int):
     from connectors.registry import connector_for
 
     body = change_body(key, version)
@@ -111,3 +111,56 @@ def test_a_failed_poll_keeps_the_cursor_and_says_why(echo_connection, echo) -> N
     cursor = PollCursor.objects.get(connection=echo_connection)
     assert cursor.position == ""
     assert "503" in cursor.last_error
+
+
+def accept(connection, *versions: tuple[str, int]) -> list:
+    """One webhook delivery carrying these (key, version) changes, through the short path."""
+    from connectors.registry import connector_for
+
+    changes = []
+    for key, version in versions:
+        body = change_body(key, version)
+        changes += connector_for(connection).parse_webhook(event_id=f"{key}-v{version}", body=body)
+    return events_accept(connection=connection, changes=changes, headers={}, raw_body="{}")
+
+
+def test_the_short_path_stores_a_delivery_with_one_statement_and_rings_once(echo_connection, monkeypatch) -> None:
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    rung: list[list[int]] = []
+    monkeypatch.setattr("pscsync.intake.events_ring", lambda ids, **kw: rung.append(list(ids)))
+    accept(echo_connection, ("W", 1))  # warms the connection's legal-entity cache
+    with CaptureQueriesContext(db) as statements:
+        results = accept(echo_connection, ("A", 1), ("B", 1))
+    assert len(statements.captured_queries) == 1, [q["sql"][:80] for q in statements.captured_queries]
+    assert statements.captured_queries[0]["sql"].startswith("INSERT INTO")
+    ids = [r.event.pk for r in results]
+    assert all(r.created for r in results) and rung[-1] == ids
+    assert set(Event.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"received"}
+    assert not Handoff.objects.exists()  # nothing is routed by the request
+    # The same delivery again, with one new change: the new one is stored, the old one answered
+    # as a duplicate with its id, and only the new one is rung.
+    again = accept(echo_connection, ("A", 1), ("C", 1))
+    assert [r.created for r in again] == [False, True]
+    assert again[0].event.pk == ids[0]
+    assert rung[-1] == [again[1].event.pk]
+    assert Event.objects.count() == 4
+
+
+def test_the_worker_routes_received_events_by_the_same_rules(echo_connection, monkeypatch) -> None:
+    published: list[int] = []
+    monkeypatch.setattr("pscsync.intake.events_ring", lambda ids, **kw: None)
+    monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: published.extend(ids))
+    # Versions 2, 3 and then 1 of one key, and a key of a flow nobody installed, all received.
+    results = accept(echo_connection, ("K", 2), ("K", 3), ("K", 1))
+    ids = [r.event.pk for r in results]
+    events_route(ids)
+    handoff = Handoff.objects.get()
+    # v2 opened it, v3 superseded it (nothing written yet), v1 is older than both: stale.
+    assert handoff.payload["version"] == 3 and handoff.superseded_count == 1
+    assert [status_of("K", v) for v in (1, 2, 3)] == ["stale", "superseded", "accepted"]
+    assert published == [handoff.pk]
+    # Routed once: ringing again (a duplicate doorbell entry) changes nothing.
+    assert events_route(ids) == []
+    assert Handoff.objects.count() == 1 and handoff.transitions.count() == 2

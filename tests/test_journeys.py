@@ -28,7 +28,7 @@ MAX_PAGES = 30
 SHOTS = ROOT / "docs" / "screenshots"
 
 
-def _sign_in(browser_page, live_server, user) -> None:  # noqa: ANN001
+def _sign_in(browser_page, live_server, user) -> None:
     totp_device_for(user)  # enrolled beforehand, as a person's phone would be: the tour is not the set-up page
     browser_page.goto(f"{live_server.url}/")
     browser_page.fill("#id_username", user.username)
@@ -41,7 +41,7 @@ def _sign_in(browser_page, live_server, user) -> None:  # noqa: ANN001
         browser_page.wait_for_load_state()
 
 
-def _tour(browser_page, live_server, role: str) -> list[str]:  # noqa: ANN001
+def _tour(browser_page, live_server, role: str) -> list[str]:
     problems: list[str] = []
     origin = urlparse(live_server.url).netloc
     browser_page.on(
@@ -93,7 +93,7 @@ ROLES = {"leader": "viewer", "operator": "operator", "admin": "admin"}
 
 
 @pytest.mark.parametrize("role", list(ROLES))
-def test_a_journey_per_role(page, live_server, firm, request, role) -> None:  # noqa: ANN001, F811
+def test_a_journey_per_role(page, live_server, firm, request, role) -> None:  # noqa: F811
     # A firm with work to do: a deal stopped by a missing tax profile, one by an unknown service line.
     run(trigger(firm, "quote-to-project", won_deal(firm, key="J1", account={"Tax_Profile__c": None})["opportunity"]))
     run(trigger(firm, "quote-to-project", won_deal(firm, key="J2", Service_Line__c="Cyber Security")["opportunity"]))
@@ -116,7 +116,7 @@ def test_a_journey_per_role(page, live_server, firm, request, role) -> None:  # 
     assert problems == [], "\n".join(problems)
 
 
-def test_a_bar_that_says_click_opens_its_handoffs(page, live_server, firm, viewer) -> None:  # noqa: ANN001, F811
+def test_a_bar_that_says_click_opens_its_handoffs(page, live_server, firm, viewer) -> None:  # noqa: F811
     # Two deals needing attention, started on 20 Nov 2026 (the trigger's time): one bar of the age chart.
     run(trigger(firm, "quote-to-project", won_deal(firm, key="C1", account={"Tax_Profile__c": None})["opportunity"]))
     run(trigger(firm, "quote-to-project", won_deal(firm, key="C2", Service_Line__c="Cyber Security")["opportunity"]))

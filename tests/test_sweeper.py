@@ -23,7 +23,7 @@ NOW = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def frozen():  # noqa: ANN201
+def frozen():
     c = clock.FrozenClock(NOW)
     clock.use(c)
     yield c
@@ -31,7 +31,7 @@ def frozen():  # noqa: ANN201
 
 
 @pytest.fixture
-def queue():  # noqa: ANN201
+def queue():
     """The handoffs' queue in this test's Redis db, emptied before and after."""
     from pscsync.celery import app
 
@@ -43,7 +43,7 @@ def queue():  # noqa: ANN201
         client.delete(name)
 
 
-def pending(echo_connection, n: int, dispatched: dt.datetime) -> list[int]:  # noqa: ANN001
+def pending(echo_connection, n: int, dispatched: dt.datetime) -> list[int]:
     events = Event.objects.bulk_create(
         Event(
             connection=echo_connection,
@@ -74,10 +74,10 @@ def pending(echo_connection, n: int, dispatched: dt.datetime) -> list[int]:  # n
 
 @pytest.mark.django_db
 def test_a_handoff_behind_a_waiting_message_is_not_published_again(
-    echo_connection,  # noqa: ANN001
-    frozen,  # noqa: ANN001
-    queue,  # noqa: ANN001
-    monkeypatch,  # noqa: ANN001
+    echo_connection,
+    frozen,
+    queue,
+    monkeypatch,
 ) -> None:
     client, name = queue
     published: list[int] = []
@@ -103,9 +103,9 @@ def test_a_handoff_behind_a_waiting_message_is_not_published_again(
 
 @pytest.mark.django_db
 def test_a_lost_queue_is_published_again_in_bulk_each_handoff_once(
-    echo_connection,  # noqa: ANN001
-    frozen,  # noqa: ANN001
-    queue,  # noqa: ANN001
+    echo_connection,
+    frozen,
+    queue,
 ) -> None:
     client, name = queue
     ids = pending(echo_connection, 3000, NOW - dt.timedelta(seconds=settings.REDISPATCH_SECONDS * 2))
@@ -117,3 +117,115 @@ def test_a_lost_queue_is_published_again_in_bulk_each_handoff_once(
     # Published just now: nothing is due again, and the queue's head says so.
     assert handoffs_sweep() == []
     assert queue_head_published_at() == NOW.timestamp()
+
+
+@pytest.mark.django_db
+def test_a_bulk_message_is_what_apply_async_would_have_pushed(queue) -> None:
+    """The sweeper's pre-serialised messages (one template, one pipeline) must be the message
+    Celery itself pushes, apart from the ids: a Celery or kombu upgrade that changes the layout
+    fails here, not in production with messages no worker understands."""
+    from pscsync.celery import app
+    from pscsync.dispatch import handoff_messages
+    from pscsync.tasks import handoff_run_task
+
+    client, name = queue
+    handoff_run_task.apply_async((4711,), headers={PUBLISHED_AT_HEADER: 1.5})
+    celerys = json.loads(client.rpop(name))
+    ours = json.loads(handoff_messages([4711], published_at=1.5)[0])
+
+    def without_ids(message: dict) -> dict:
+        message = json.loads(json.dumps(message))
+        for key in ("id", "root_id", "origin"):
+            message["headers"].pop(key)
+        for key in ("correlation_id", "delivery_tag"):
+            message["properties"].pop(key)
+        return message
+
+    assert without_ids(ours) == without_ids(celerys)
+    assert ours["headers"]["root_id"] == ours["headers"]["id"] == ours["properties"]["correlation_id"]
+    assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": app.conf.task_default_queue}
+    # Two messages never share a task id or a delivery tag (the worker acks by tag).
+    pair = [json.loads(m) for m in handoff_messages([1, 2], published_at=1.5)]
+    assert pair[0]["headers"]["id"] != pair[1]["headers"]["id"]
+    assert pair[0]["properties"]["delivery_tag"] != pair[1]["properties"]["delivery_tag"]
+    assert [m["headers"]["argsrepr"] for m in pair] == ["(1,)", "(2,)"]
+
+
+def received(echo_connection, n: int, rung: dt.datetime, prefix: str) -> list[int]:
+    """n events stored by intake and not routed yet, their doorbell rung at `rung`."""
+    from connectors.registry import connector_for
+    from pscsync.intake import events_accept
+    from tests.helpers import change_body
+
+    changes = [
+        change
+        for i in range(n)
+        for change in connector_for(echo_connection).parse_webhook(
+            event_id=f"{prefix}-{i}", body=change_body(f"{prefix}-{i}")
+        )
+    ]
+    results = events_accept(connection=echo_connection, changes=changes, headers={}, raw_body="{}")
+    ids = [r.event.pk for r in results]
+    Event.objects.filter(pk__in=ids).update(rung_at=rung)
+    return ids
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_accepted_event_whose_doorbell_redis_lost_is_found_in_postgresql_and_routed(
+    echo_connection,
+    frozen,
+    queue,
+    monkeypatch,
+) -> None:
+    from pscsync.dispatch import DOORBELL, doorbell_state
+    from pscsync.intake import events_drain
+    from pscsync.sweeper import events_sweep
+
+    client, name = queue
+    client.delete(DOORBELL)
+    published: list[int] = []
+    monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: published.extend(ids))
+    window = dt.timedelta(seconds=settings.REDISPATCH_SECONDS)
+    # Accepted (2xx) and rung: the doorbell holds the three ids, and one wake message was queued.
+    ids = received(echo_connection, 3, NOW, "LOST")
+    assert doorbell_state() == (3, NOW.timestamp())
+    assert client.llen(name) == 1  # the wake: the list was empty, so no worker was on it
+    # Redis loses everything. Within the window nothing is rung again (it may still be on its way).
+    client.flushdb()
+    assert events_sweep() == []
+    frozen.advance(window.total_seconds() + 1)
+    assert sorted(events_sweep()) == sorted(ids)  # found from PostgreSQL: still "received"
+    assert doorbell_state()[0] == 3 and client.llen(name) == 1  # rung, and a worker woken
+    # Rung just now: the next sweep does not ring them again.
+    assert events_sweep() == []
+    # A worker drains the doorbell: each event routed once, its handoff published.
+    assert events_drain() == 3
+    assert sorted(Handoff.objects.values_list("trigger_event_id", flat=True)) == sorted(ids)
+    assert sorted(published) == sorted(Handoff.objects.values_list("pk", flat=True))
+    assert set(Event.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"accepted"}
+    client.delete(DOORBELL)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_waiting_on_a_long_doorbell_is_not_rung_again(
+    echo_connection,
+    frozen,
+    queue,
+) -> None:
+    from pscsync.dispatch import DOORBELL
+    from pscsync.sweeper import events_sweep
+
+    client, _name = queue
+    client.delete(DOORBELL)
+    window = dt.timedelta(seconds=settings.REDISPATCH_SECONDS)
+    lost = received(echo_connection, 1, NOW - window * 5, "OLD")  # rung before the oldest entry: lost
+    client.delete(DOORBELL)
+    waiting = received(echo_connection, 1, NOW - window * 2, "MID")  # rung after it: still waiting
+    client.delete(DOORBELL)
+    # The oldest entry still on the doorbell was rung 3 windows ago (a long backlog).
+    client.lpush(DOORBELL, f"999999@{(NOW - window * 3).timestamp()}")
+    assert events_sweep() == lost
+    # The doorbell drained: the one behind is due now; entries left wake a worker every sweep.
+    client.delete(DOORBELL)
+    assert events_sweep() == waiting
+    client.delete(DOORBELL)

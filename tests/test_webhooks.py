@@ -3,18 +3,20 @@ nothing that could be processed; each acceptance is committed before the 2xx."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 
 import pytest
 
+from pscsync.intake import events_route
 from pscsync.models import Event, Handoff
 from tests.helpers import OLD_SECRET, change_body, sign
 
 URL = "/webhooks/echo-us/"
 
 
-def post(client, body: bytes, headers: dict[str, str], url: str = URL):  # noqa: ANN001, ANN201
+def post(client, body: bytes, headers: dict[str, str], url: str = URL):
     extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items() if k != "content-type"}
     return client.post(url, data=body, content_type="application/json", **extra)
 
@@ -24,15 +26,21 @@ def nothing_stored() -> bool:
 
 
 @pytest.fixture
-def publishes(monkeypatch):  # noqa: ANN001, ANN201
-    """Record what intake publishes to the workers instead of ringing a broker."""
-    published: list[int] = []
-    monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: published.extend(ids))
+def publishes(monkeypatch):
+    """Record what intake rings (event ids) and what routing publishes (handoff ids) instead of
+    ringing a broker: ("event", id) and ("handoff", id) in order."""
+    published: list[tuple[str, int]] = []
+    monkeypatch.setattr("pscsync.intake.events_ring", lambda ids, **kw: published.extend(("event", i) for i in ids))
+    monkeypatch.setattr(
+        "pscsync.intake.handoffs_publish", lambda ids, **kw: published.extend(("handoff", i) for i in ids)
+    )
     return published
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_valid_delivery_is_stored_and_published_after_commit(client, echo_connection, publishes) -> None:
+def test_a_valid_delivery_is_stored_and_rung_after_commit_then_routed_by_a_worker(
+    client, echo_connection, publishes
+) -> None:
     body = change_body("OPP-1")
     response = post(client, body, sign(body, msg_id="evt-1"))
     assert response.status_code == 202, response.content
@@ -40,21 +48,42 @@ def test_a_valid_delivery_is_stored_and_published_after_commit(client, echo_conn
     assert event.source_event_id == "evt-1"
     assert event.raw_body == body.decode()
     assert event.legal_entity.code == "us"
+    # change_body("OPP-1") is version 1, which happened at 2026-11-01 00:01 UTC.
+    assert (event.business_key, event.source_sequence) == ("OPP-1", 1)
+    assert event.occurred_at == dt.datetime(2026, 11, 1, 0, 1, tzinfo=dt.UTC)
+    # The request stored the event and rang for it; routing is the worker's.
+    assert event.status == Event.Status.RECEIVED and event.rung_at is not None
+    assert response.json()["events"] == [event.pk]
+    assert publishes == [("event", event.pk)]
+    assert not Handoff.objects.exists()
+    # The worker's turn: the event opens a pending handoff, which is published.
+    assert events_route([event.pk]) == [Handoff.objects.get().pk]
     handoff = Handoff.objects.get()
     assert handoff.status == "pending" and handoff.business_key == "OPP-1"
-    assert publishes == [handoff.pk]
+    assert handoff.trigger_event_id == event.pk and handoff.source_connection_id == echo_connection.pk
+    event.refresh_from_db()
+    assert event.status == Event.Status.ACCEPTED and event.handoff_id == handoff.pk
+    assert publishes == [("event", event.pk), ("handoff", handoff.pk)]
+    # A second ring for the same event (the sweeper's, or a duplicate entry) routes nothing.
+    assert events_route([event.pk]) == []
+    assert Handoff.objects.count() == 1
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_duplicate_delivery_is_acknowledged_and_changes_nothing(client, echo_connection, publishes) -> None:
     body = change_body("OPP-1")
     headers = sign(body, msg_id="evt-1")
-    assert post(client, body, headers).status_code == 202
+    first = post(client, body, headers)
+    assert first.status_code == 202
     again = post(client, body, headers)
     assert again.status_code == 200
     assert again.json()["status"] == "duplicate"
+    assert again.json()["events"] == first.json()["events"]
+    assert Event.objects.count() == 1
+    assert publishes == [("event", Event.objects.get().pk)]
+    events_route([Event.objects.get().pk])
+    assert post(client, body, headers).status_code == 200
     assert Event.objects.count() == 1 and Handoff.objects.count() == 1
-    assert len(publishes) == 1
 
 
 @pytest.mark.django_db
@@ -100,7 +129,7 @@ def _reserialised(body: bytes) -> bytes:
         ("signature without a comma", "holds no v1 signature"),
     ],
 )
-def test_bad_signatures_are_refused_with_a_precise_reason(client, echo_connection, publishes, case, expected_message):  # noqa: ANN001
+def test_bad_signatures_are_refused_with_a_precise_reason(client, echo_connection, publishes, case, expected_message):
     body = change_body("OPP-3")
     now = int(time.time())
     headers = sign(body, msg_id="evt-3")
@@ -153,7 +182,7 @@ def test_a_timestamp_within_the_window_is_accepted(client, echo_connection, publ
         ),
     ],
 )
-def test_a_signed_but_malformed_body_gets_400_and_stores_nothing(client, echo_connection, publishes, body, message):  # noqa: ANN001
+def test_a_signed_but_malformed_body_gets_400_and_stores_nothing(client, echo_connection, publishes, body, message):
     response = post(client, body, sign(body, msg_id="evt-5"))
     assert response.status_code == 400
     assert message in response.json()["error"]
@@ -204,7 +233,7 @@ def test_webhook_is_the_only_csrf_exempt_route(echo_connection) -> None:
     assert exempt == ["webhook", "not-found"]
 
 
-def _all_patterns(resolver, prefix=""):  # noqa: ANN001, ANN202
+def _all_patterns(resolver, prefix=""):
     from django.urls import URLPattern, URLResolver
 
     for p in resolver.url_patterns:
@@ -218,10 +247,10 @@ def _all_patterns(resolver, prefix=""):  # noqa: ANN001, ANN202
 def test_database_unavailable_answers_503_so_the_sender_retries(client, echo_connection, monkeypatch) -> None:
     from django.db import OperationalError
 
-    def down(**kwargs):  # noqa: ANN003, ANN202
+    def down(**kwargs):
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr("connectors.webhooks.event_receive", down)
+    monkeypatch.setattr("connectors.webhooks.events_accept", down)
     body = change_body("OPP-8")
     response = post(client, body, sign(body, msg_id="evt-8"))
     assert response.status_code == 503

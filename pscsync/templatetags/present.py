@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.conf import settings
+from django.utils.html import format_html
 
 from pscsync import glossary
 
@@ -40,6 +42,19 @@ def counted(n: Any, words: str) -> str:
     """{{ n|counted:"deal" }} -> "1 deal" / "2 deals"; {{ n|counted:"batch,batches" }}."""
     singular, _, plural = words.partition(",")
     return glossary.count_words(n, singular, plural)
+
+
+@register.filter
+def trace(trace_id: str) -> str:
+    """{{ handoff.trace_id|trace }} -> "Trace 4bf92f35…", linked to PSCSYNC_TRACE_URL when set;
+    the whole id in the title, to copy into a tracing tool."""
+    if not trace_id:
+        return "Not traced"
+    label = f"Trace {trace_id[:8]}…"
+    if settings.TRACE_URL:
+        url = settings.TRACE_URL.replace("{trace_id}", trace_id)
+        return format_html('<a href="{}" title="{}" rel="noopener">{}</a>', url, trace_id, label)
+    return format_html('<span title="{}">{}</span>', trace_id, label)
 
 
 @register.filter

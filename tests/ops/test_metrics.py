@@ -7,7 +7,8 @@ import pytest
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from pscsync.models import Handoff
+from pscsync.intake import events_route
+from pscsync.models import Event, Handoff
 from pscsync.runner import handoff_run
 from tests.helpers import change_body, sign
 
@@ -16,11 +17,12 @@ TOKEN = "scrape-token-for-tests-only"
 
 
 @pytest.fixture(autouse=True)
-def _metrics_on(settings, monkeypatch) -> None:  # noqa: ANN001
+def _metrics_on(settings, monkeypatch) -> None:
     settings.METRICS_TOKEN = TOKEN
     settings.METRICS_BUSINESS_SECONDS = 0  # read the business gauges on every scrape
     monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: None)
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
+    monkeypatch.setattr("pscsync.intake.events_ring", lambda ids, **kw: None)
 
 
 def scrape() -> dict[tuple[str, tuple], float]:
@@ -44,20 +46,22 @@ def deliver(key: str, *, msg_id: str | None = None, slug: str = "echo-us", signe
     return Client().post(f"/webhooks/{slug}/", body, content_type="application/json", **extra).status_code
 
 
-def test_metrics_need_the_token_and_are_off_without_one(settings) -> None:  # noqa: ANN001
+def test_metrics_need_the_token_and_are_off_without_one(settings) -> None:
     assert Client().get("/metrics").status_code == 401
     assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     settings.METRICS_TOKEN = ""
     assert Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 404
 
 
-def test_counters_and_gauges_move_with_real_work(echo_connection, echo) -> None:  # noqa: ANN001
+def test_counters_and_gauges_move_with_real_work(echo_connection, echo) -> None:
     before = scrape()
     # Intake: one accepted, the same delivery again (duplicate), one unsigned, one unknown connection.
     assert deliver("OPP-M1") == 202
     assert deliver("OPP-M1") == 200
     assert deliver("OPP-M2", signed=False) == 401
     assert deliver("OPP-M3", slug="no-such-connection") == 404
+    # A worker routes what intake stored (the doorbell's work).
+    events_route(list(Event.objects.filter(status=Event.Status.RECEIVED).values_list("pk", flat=True)))
     handoff = Handoff.objects.get(business_key="OPP-M1")
     # The run: customer and project are written (201 each), the invoice gets a 429 asking 30 s.
     echo.fault(mode="status", status=429, retry_after=30, match="/invoice/", count=1)
@@ -97,7 +101,7 @@ def test_counters_and_gauges_move_with_real_work(echo_connection, echo) -> None:
     assert value(after, "pscsync_won_not_activated", entity="us") == 0
 
 
-def test_counters_add_up_across_processes_in_multiprocess_mode(tmp_path) -> None:  # noqa: ANN001
+def test_counters_add_up_across_processes_in_multiprocess_mode(tmp_path) -> None:
     """gunicorn workers and Celery prefork children each count; the scrape sums their files."""
     import os
     import subprocess
@@ -120,7 +124,7 @@ def test_counters_add_up_across_processes_in_multiprocess_mode(tmp_path) -> None
     assert 'pscsync_vendor_calls_total{connection="c1",status="200"} 2.0' in text
 
 
-def test_every_series_the_grafana_dashboard_plots_is_exposed(echo_connection, echo) -> None:  # noqa: ANN001
+def test_every_series_the_grafana_dashboard_plots_is_exposed(echo_connection, echo) -> None:
     import json
     import re
 
@@ -128,6 +132,7 @@ def test_every_series_the_grafana_dashboard_plots_is_exposed(echo_connection, ec
 
     assert deliver("OPP-G1") == 202
     echo.fault(mode="status", status=429, retry_after=5, match="/invoice/", count=1)
+    events_route(list(Event.objects.filter(status=Event.Status.RECEIVED).values_list("pk", flat=True)))
     handoff_run(handoff_id=Handoff.objects.get(business_key="OPP-G1").pk, worker="w1")
     exposed = {name for name, _labels in scrape()}
     dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())

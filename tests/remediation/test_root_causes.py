@@ -49,7 +49,7 @@ def test_the_variable_parts_are_left_out_of_the_fingerprint_and_kept_in_the_titl
     ]
 
 
-def _blocked_batch(firm, root: Handoff, account: str, n: int) -> Handoff:  # noqa: ANN001
+def _blocked_batch(firm, root: Handoff, account: str, n: int) -> Handoff:
     """A project-to-bill handoff stopped at its check because the ERP has no customer for the
     account: the records the runner keeps for it (the batch it read, the failed check)."""
     now = clock.now()
@@ -98,7 +98,7 @@ def _blocked_batch(firm, root: Handoff, account: str, n: int) -> Handoff:  # noq
 
 def test_blocked_batches_are_one_cause_under_their_root_and_resume_when_it_succeeds(
     firm, operator, django_capture_on_commit_callbacks
-) -> None:  # noqa: ANN001
+) -> None:
     # given: the deal's quote-to-project handoff stops (no tax profile), so no ERP customer
     deal = won_deal(firm, key="71", account={"Tax_Profile__c": None})
     root = run(trigger(firm, "quote-to-project", deal["opportunity"]))
@@ -139,7 +139,7 @@ def test_blocked_batches_are_one_cause_under_their_root_and_resume_when_it_succe
 
 def test_the_demos_five_batches_blocked_by_one_missing_business_central_customer(
     firm, outsider, django_capture_on_commit_callbacks
-) -> None:  # noqa: ANN001
+) -> None:
     """The demo's case end to end on the sandboxes: a UK deal's project bills five Kantata invoices
     while Business Central has no customer for its account (removed there, and refused when the
     deal is sent again). The five stop at their check: one cause, under the deal's handoff that
