@@ -12,7 +12,7 @@ def _networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return [ipaddress.ip_network(item, strict=False) for item in settings.TRUSTED_PROXIES]
 
 
-def _trusted(address: str, networks: list) -> bool:  # noqa: ANN001
+def _trusted(address: str, networks: list) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
@@ -33,7 +33,7 @@ _RANK = {"viewer": 1, "operator": 2, "admin": 3}
 
 
 @transaction.atomic
-def identity_groups_apply(user: AbstractBaseUser, groups: list[str]) -> bool:
+def identity_groups_apply(user: User, groups: list[str]) -> bool:
     """Give `user` the role and entities the rules grant `groups`; False when no rule does
     (their role and scope are then removed). Audited when anything changes."""
     from pscsync.access import role_of
@@ -77,14 +77,14 @@ class GroupMappedOIDCBackend(OIDCAuthenticationBackend):
     def verify_claims(self, claims: dict[str, Any]) -> bool:
         return bool(claims.get(settings.OIDC_USERNAME_CLAIM))
 
-    def create_user(self, claims: dict[str, Any]) -> AbstractBaseUser | None:
+    def create_user(self, claims: dict[str, Any]) -> User | None:
         user = self.UserModel(username=str(claims[settings.OIDC_USERNAME_CLAIM])[:150], email=claims.get("email", ""))
         user.set_unusable_password()  # signs in through the provider only
         with transaction.atomic():
             user.save()
             return self.update_user(user, claims, created=True)
 
-    def update_user(self, user: AbstractBaseUser, claims: dict[str, Any], created: bool = False) -> Any:
+    def update_user(self, user: User, claims: dict[str, Any], created: bool = False) -> Any:
         groups = claims.get(settings.OIDC_GROUPS_CLAIM) or []
         groups = [str(g) for g in groups] if isinstance(groups, list) else [str(groups)]
         if claims.get("email") and claims["email"] != user.email:

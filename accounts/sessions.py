@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -16,7 +16,7 @@ AUTH_AT = "pscsync_auth_at"
 SEEN_AT = "pscsync_seen_at"
 
 
-def session_started(request: HttpRequest, user: AbstractBaseUser) -> None:
+def session_started(request: HttpRequest, user: User) -> None:
     now = timezone.now()
     request.session[AUTH_AT] = now.timestamp()
     request.session[SEEN_AT] = now.timestamp()
@@ -43,11 +43,11 @@ def session_ended(session_key: str | None, reason: str) -> None:
         )
 
 
-def open_sessions(user: AbstractBaseUser) -> list[UserSession]:
+def open_sessions(user: User) -> list[UserSession]:
     return list(UserSession.objects.filter(user=user, ended_at__isnull=True))
 
 
-def sessions_end(user: AbstractBaseUser, reason: str) -> int:
+def sessions_end(user: User, reason: str) -> int:
     """Delete every session the user has open, server side. Returns how many were open."""
     store = import_module(settings.SESSION_ENGINE).SessionStore
     rows = open_sessions(user)

@@ -6,7 +6,7 @@ import base64
 
 import segno
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -15,18 +15,18 @@ from pscsync.access import role_of
 RECOVERY_CODES = 10
 
 
-def user_has_totp(user: AbstractBaseUser) -> bool:
+def user_has_totp(user: User) -> bool:
     return TOTPDevice.objects.filter(user=user, confirmed=True).exists()
 
 
-def second_factor_required(user: AbstractBaseUser) -> bool:
+def second_factor_required(user: User) -> bool:
     """Required for the configured roles and superusers; for anyone who enrolled, always."""
     if user.is_superuser or role_of(user) in settings.TWO_FACTOR_REQUIRED_ROLES:
         return True
     return user_has_totp(user)
 
 
-def pending_device(user: AbstractBaseUser) -> TOTPDevice:
+def pending_device(user: User) -> TOTPDevice:
     """The not yet confirmed authenticator being set up (one per user)."""
     device = TOTPDevice.objects.filter(user=user, confirmed=False).first()
     return device or TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
@@ -42,7 +42,7 @@ def qr_svg(device: TOTPDevice) -> str:
     return segno.make(device.config_url, error="m").svg_inline(scale=4, dark="#17202c", light="#ffffff")
 
 
-def recovery_codes_new(user: AbstractBaseUser) -> list[str]:
+def recovery_codes_new(user: User) -> list[str]:
     """Replace the user's recovery codes; the plain codes are shown once and stored only here."""
     device, _ = StaticDevice.objects.get_or_create(user=user, name="Recovery codes", defaults={"confirmed": True})
     device.token_set.all().delete()
@@ -51,10 +51,10 @@ def recovery_codes_new(user: AbstractBaseUser) -> list[str]:
     return codes
 
 
-def recovery_codes_left(user: AbstractBaseUser) -> int:
+def recovery_codes_left(user: User) -> int:
     return StaticToken.objects.filter(device__user=user, device__confirmed=True).count()
 
 
-def second_factor_reset(user: AbstractBaseUser) -> None:
+def second_factor_reset(user: User) -> None:
     TOTPDevice.objects.filter(user=user).delete()
     StaticDevice.objects.filter(user=user).delete()

@@ -18,7 +18,7 @@ _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-
 
 
 class Rfc3339Field(forms.DateTimeField):
-    def to_python(self, value):  # noqa: ANN001, ANN201
+    def to_python(self, value):
         if value in self.empty_values:
             return None
         if not isinstance(value, str) or not _RFC3339.match(value.strip()):
@@ -43,17 +43,17 @@ class IdFilter(filters.NumberFilter):
 
     field_class = forms.IntegerField
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("min_value", 1)
         kwargs.setdefault("max_value", 2**63 - 1)
         super().__init__(*args, **kwargs)
 
 
-def _boolean(qs, name: str, value: str):  # noqa: ANN001, ANN202
+def _boolean(qs, name: str, value: str):
     return qs.filter(**{name: value == "true"}) if value else qs
 
 
-def strict_boolean(**kwargs):  # noqa: ANN003, ANN201
+def strict_boolean(**kwargs):
     """true or false, and nothing else (a typo is an error, not 'no filter')."""
     return filters.ChoiceFilter(choices=[("true", "true"), ("false", "false")], method=_boolean, **kwargs)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import QuerySet
 
 from pscsync.access import scope_queryset
@@ -17,7 +17,7 @@ def group_id(flow: str, error_class: str, signature: str) -> str:
     return hashlib.sha256(f"{flow}\x1f{error_class}\x1f{signature}".encode()).hexdigest()[:16]
 
 
-def exception_group_get(user: AbstractBaseUser | AnonymousUser, gid: str) -> CauseGroup | None:
+def exception_group_get(user: User | AnonymousUser, gid: str) -> CauseGroup | None:
     for group in exception_groups(user):
         if group_id(group.flow, group.error_class, group.signature) == gid:
             return group
@@ -36,13 +36,13 @@ TAB_OF_STATUS = {
 }
 
 
-def causes_visible_to(user: AbstractBaseUser | AnonymousUser) -> QuerySet[ExceptionCause]:
+def causes_visible_to(user: User | AnonymousUser) -> QuerySet[ExceptionCause]:
     """Causes with at least one exception in the user's entities (as the workbench's cause page)."""
     items = scope_queryset(HandoffException.objects.all(), user)
     return ExceptionCause.objects.filter(pk__in=items.values("cause_id")).select_related("assignee")
 
 
-def cause_row(user: AbstractBaseUser | AnonymousUser, cause: ExceptionCause) -> InboxGroup:
+def cause_row(user: User | AnonymousUser, cause: ExceptionCause) -> InboxGroup:
     """The cause's inbox row: the inbox's own totals, for the tab the cause sits in, narrowed to
     its flow, step and error class so only a handful of causes are summed."""
     f = InboxFilter(
@@ -57,13 +57,13 @@ def cause_row(user: AbstractBaseUser | AnonymousUser, cause: ExceptionCause) -> 
     return InboxGroup(cause=cause, count=0, first_seen=None, last_seen=None, money=[], customers=[], entities=[])
 
 
-def cause_handoff_ids(user: AbstractBaseUser | AnonymousUser, cause: ExceptionCause, *, limit: int = 500) -> list[int]:
+def cause_handoff_ids(user: User | AnonymousUser, cause: ExceptionCause, *, limit: int = 500) -> list[int]:
     f = InboxFilter(tab=TAB_OF_STATUS.get(cause.status, "open"))
     items = exception_items(user, f).filter(cause=cause).order_by("opened_at", "pk")
     return list(items.values_list("handoff_id", flat=True)[:limit])
 
 
-def cause_comments(user: AbstractBaseUser | AnonymousUser, cause: ExceptionCause) -> list[Comment]:
+def cause_comments(user: User | AnonymousUser, cause: ExceptionCause) -> list[Comment]:
     """Notes on the cause itself, and notes on its handoffs in the user's entities."""
     on_handoffs = scope_queryset(Comment.objects.filter(cause=cause, handoff__isnull=False), user)
     general = Comment.objects.filter(cause=cause, handoff__isnull=True)

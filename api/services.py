@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from api.models import AlertSubscription
@@ -40,7 +40,7 @@ def _snapshot(sub: AlertSubscription) -> dict[str, Any]:
 @transaction.atomic
 def alert_subscription_save(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     data: dict[str, Any],
     entities: Iterable[LegalEntity],
     subscription: AlertSubscription | None = None,
@@ -63,6 +63,6 @@ def alert_subscription_save(
 
 
 @transaction.atomic
-def alert_subscription_delete(*, actor: AbstractBaseUser, subscription: AlertSubscription) -> None:
+def alert_subscription_delete(*, actor: User, subscription: AlertSubscription) -> None:
     audit_record(actor=actor, action="alert_subscription.delete", obj=subscription, before=_snapshot(subscription))
     subscription.delete()

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from api.models import ApiToken
@@ -37,7 +37,7 @@ def _digest(plaintext: str) -> str:
 
 
 @transaction.atomic
-def api_token_issue(*, user: AbstractBaseUser, name: str, days: int) -> IssuedToken:
+def api_token_issue(*, user: User, name: str, days: int) -> IssuedToken:
     if not 1 <= days <= settings.API_TOKEN_MAX_DAYS:
         raise ValueError(f"a token lives between 1 and {settings.API_TOKEN_MAX_DAYS} days")
     now = clock.now()
@@ -61,7 +61,7 @@ def api_token_issue(*, user: AbstractBaseUser, name: str, days: int) -> IssuedTo
 
 
 @transaction.atomic
-def api_token_revoke(*, user: AbstractBaseUser, token_id: int) -> ApiToken:
+def api_token_revoke(*, user: User, token_id: int) -> ApiToken:
     """Revoke one of the user's own tokens. Another user's token id is 'not found'."""
     token = ApiToken.objects.select_for_update().get(pk=token_id, user=user)
     if token.revoked_at is None:

@@ -30,6 +30,7 @@ import random
 import subprocess
 import sys
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -245,6 +246,7 @@ class LoadStats:
     in_progress_exceptions: int = 0
     resolved_exceptions: int = 0
     causes: int = 0
+    ledger_invoices: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     seconds_copy: float = 0.0
     seconds_rollups: float = 0.0
@@ -366,6 +368,8 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             "service_line",
             "amount",
             "currency",
+            "traceparent",
+            "trace_id",
         ],
     )
     events = Copier(
@@ -387,6 +391,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             "payload",
             "status",
             "handoff_id",
+            "traceparent",
         ],
     )
     steps = Copier(
@@ -466,6 +471,9 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
     invoices: deque[tuple[int, str, str, str, Decimal, dt.datetime, str]] = deque()  # created, not posted
     posted: deque[tuple[int, str, str, str, Decimal, dt.datetime, str]] = deque()  # posted, not paid
     open_keys: set[tuple[str, str]] = set()
+    # The ERP's ledger of every invoice pscsync raised: inv_id -> [entity, customer, amount,
+    # currency, batch key, raised at, posted on, paid on] (written by _ledger after the loop).
+    ledger: dict[int, list[Any]] = {}
     step_id = 0
     deal_seq = 0
     invoice_seq = 0
@@ -534,9 +542,9 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
                 inv_at = business_start + dt.timedelta(hours=_lognormal_hours(rnd, 3, 1.0))
                 times["invoice_created"] = inv_at.isoformat()
                 invoice_seq += 1
-                invoices.append(
-                    (invoice_seq, entity, customer, line, amount, inv_at, "USD" if entity == "us" else "GBP")
-                )
+                cur = "USD" if entity == "us" else "GBP"
+                invoices.append((invoice_seq, entity, customer, line, amount, inv_at, cur))
+                ledger[invoice_seq] = [entity, customer, amount, cur, key, inv_at, None, None]
             extra_outputs["read_billing"] = {
                 "id": key,
                 "invoice_key": f"I-{key}",
@@ -567,6 +575,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
                     created,
                     "USD",
                 )
+                ledger[inv_id] = ["us", customer, amount, cur, "", created, None, None]
                 paid = False
             posted_at = min(posted_at, created)
             if entity == "us":
@@ -577,6 +586,9 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             business_start = created - dt.timedelta(minutes=rnd.randint(1, 20))
             if paid:
                 times["payment_applied"] = business_start.date().isoformat()
+                ledger[inv_id][7] = business_start.date()
+            else:
+                ledger[inv_id][6] = posted_at.date()
             extra_outputs["read_invoice"] = {
                 "id": str(inv_id),
                 "invoice": {
@@ -645,6 +657,8 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             line,
             amount,
             currency,
+            "",  # no trace: the load is not a traced intake (ops.tracing)
+            "",
         )
         stats.by_status[status] = stats.by_status.get(status, 0) + 1
         events.add(
@@ -663,6 +677,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             payload,
             "accepted",
             hid,
+            "",
         )
         # Steps and attempts.
         clock_at = started_at
@@ -871,6 +886,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
     ):
         cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")  # noqa: S608
     _mismatches(rnd, ents, deals, now)
+    stats.ledger_invoices = _ledger(cursor, rnd, firm, ledger, now)
     audit_backfill(cursor)
     cursor.execute("ANALYZE")
     _seen_customers.clear()
@@ -878,6 +894,91 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
     stats.seconds_copy = time.monotonic() - t0
     log(f"  rows written in {stats.seconds_copy:.0f} s")
     return stats
+
+
+def _ledger(
+    cursor: Any, rnd: random.Random, firm: dict[str, Any], ledger: dict[int, list[Any]], now: dt.datetime
+) -> int:
+    """The ERPs' ledgers as pscsync.ledger stores them (ErpInvoice, InvoiceStatusChange,
+    PaymentApplication), one invoice per invoice raised. The bill-to-cash handoffs above post
+    and pay only part of them (one posting or payment handoff each); the ERP posts the rest a
+    day or three after it was raised and customers pay 20 to 75 days later, so that the ledger
+    holds what a firm this size holds: two years of paid invoices, about two months of open
+    receivables (some partly paid), and the last fortnight's drafts and pending approvals."""
+    today = now.date()
+    invoices = Copier(
+        cursor,
+        "pscsync_erpinvoice",
+        [
+            "id", "legal_entity_id", "connection_id", "vendor_id", "number", "key", "customer_id",
+            "customer_name", "project_key", "batch_key", "currency", "total", "tax", "open_balance",
+            "status", "source_status", "invoice_date", "due_date", "posting_date", "paid_on",
+            "voided_on", "first_seen_at", "read_at",
+        ],
+    )  # fmt: skip
+    moves = Copier(cursor, "pscsync_invoicestatuschange", ["invoice_id", "from_status", "to_status", "on", "seen_at"])
+    applications = Copier(
+        cursor,
+        "pscsync_paymentapplication",
+        ["invoice_id", "payment_id", "reference", "amount", "applied_on", "read_at"],
+    )
+    words = {"draft": "Draft", "pending_approval": "Pending Approval", "posted": "Open", "partly_paid": "Open"}
+    for inv_id, (entity, customer, amount, cur, batch, raised_at, posted_on, paid_on) in sorted(ledger.items()):
+        raised = raised_at.date()
+        if posted_on is None and (raised < today - dt.timedelta(days=14) or paid_on or rnd.random() < 0.5):
+            posted_on = min(today, raised + dt.timedelta(days=rnd.randint(1, 3)))
+        if posted_on and paid_on is None:
+            late = posted_on + dt.timedelta(days=int(rnd.uniform(20, 75)))
+            paid_on = late if late <= today - dt.timedelta(days=1) else None
+        if paid_on and posted_on:
+            paid_on = max(paid_on, posted_on)
+        paid_part = Decimal("0")
+        if posted_on is None:
+            status = "pending_approval" if entity == "us" else "draft"
+        elif paid_on:
+            status = "paid"
+            paid_part = amount
+        elif rnd.random() < 0.15:
+            status = "partly_paid"
+            paid_part = (amount * Decimal("0.4")).quantize(Decimal("0.01"))
+        else:
+            status = "posted"
+        connection = firm["connections"][CONNECTIONS[entity]["erp"]]
+        tax = (amount * Decimal("0.2") if entity == "uk" else Decimal("0")).quantize(Decimal("0.01"))
+        total = amount + tax
+        seen = dt.datetime.combine(posted_on or raised, dt.time(6), dt.UTC)
+        invoices.add(
+            inv_id, firm["entities"][entity], connection, str(inv_id), f"INV{inv_id:08d}",
+            f"I-{batch}" if batch else "", f"C{zlib.crc32(customer.encode()) % 100000:05d}", customer, "", batch, cur,
+            total, tax, total - paid_part if status != "paid" else Decimal("0"),
+            status, "Paid" if status == "paid" else words[status], raised,
+            (posted_on or raised) + dt.timedelta(days=30), posted_on, paid_on if status == "paid" else None,
+            None, seen, now,
+        )  # fmt: skip
+        if posted_on is None:
+            moves.add(inv_id, "", status, raised, seen)
+            continue
+        moves.add(inv_id, "", "posted", posted_on, seen)
+        if status == "paid":
+            if rnd.random() < 0.2:  # two customer payments: part on account, then the rest
+                first = (total * Decimal("0.5")).quantize(Decimal("0.01"))
+                early = posted_on + (paid_on - posted_on) / 2
+                applications.add(inv_id, f"p{inv_id}a", f"PAY{inv_id}A", first, early, now)
+                applications.add(inv_id, f"p{inv_id}", f"PAY{inv_id}", total - first, paid_on, now)
+                moves.add(inv_id, "posted", "partly_paid", early, seen)
+                moves.add(inv_id, "partly_paid", "paid", paid_on, seen)
+            else:
+                applications.add(inv_id, f"p{inv_id}", f"PAY{inv_id}", total, paid_on, now)
+                moves.add(inv_id, "posted", "paid", paid_on, seen)
+        elif status == "partly_paid":
+            on = min(today, posted_on + dt.timedelta(days=rnd.randint(5, 25)))
+            applications.add(inv_id, f"p{inv_id}", f"PAY{inv_id}", paid_part, on, now)
+            moves.add(inv_id, "posted", "partly_paid", on, seen)
+    for c in (invoices, moves, applications):
+        c.flush()
+    for table in ("pscsync_erpinvoice", "pscsync_invoicestatuschange", "pscsync_paymentapplication"):
+        cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")  # noqa: S608
+    return invoices.rows
 
 
 def aggregates_build(stats: LoadStats, log: Any = print) -> None:
@@ -1049,8 +1150,13 @@ def _mismatches(rnd: random.Random, ents: dict[str, int], deals: list, now: dt.d
 
 
 # Databases ----------------------------------------------------------------------------------------
+# Several people share one PostgreSQL: PSCSYNC_BENCH_DB_PREFIX gives each their own databases.
+DB_PREFIX = os.environ.get("PSCSYNC_BENCH_DB_PREFIX", "pscsync_bench_large")
+
+
 def template_name(n: int) -> str:
-    return f"pscsync_bench_large_tpl_{n}"
+    # BENCH_TEMPLATE_PREFIX: a template of one's own (two people benching different trees).
+    return f"{os.environ.get('BENCH_TEMPLATE_PREFIX', DB_PREFIX + '_tpl')}_{n}"
 
 
 def _admin_sql(sql: str) -> str:

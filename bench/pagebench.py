@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = "redis://127.0.0.1:6379/11"
+# Flushed after a run: PSCSYNC_BENCH_REDIS_URL points a shared machine's runs at their own db.
+REDIS_URL = os.environ.get("PSCSYNC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 
 
 def nearest_rank(values: list[float], p: float) -> float:

@@ -32,7 +32,7 @@ from connectors.sandboxes.netsuite.keys import (  # noqa: E402
     DEMO_PRIVATE_KEY_PEM,
 )
 
-TOKEN_PATH = "/services/rest/auth/oauth2/v1/token"  # noqa: S105 - a URL path
+TOKEN_PATH = "/services/rest/auth/oauth2/v1/token"  # a URL path
 
 
 def free_port() -> int:

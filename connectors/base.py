@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 from connectors import http
+from connectors.canonical import INVOICE, KEYS, Capability, ChangeSubject, KeyFormat, Limits
 from connectors.egress import check_destination
 from connectors.errors import ConnectorError, RejectedError
 from connectors.models import Connection
@@ -163,6 +164,12 @@ class Connector:
 
     vendor: ClassVar[str]
     reads_exchange_rates: ClassVar[bool] = False  # implements exchange_rates()
+    # The contract (connectors/canonical.py): per canonical record or write-back purpose, the
+    # vendor's entity for it, what this connector can do with it, and the key it is written under.
+    capabilities: ClassVar[dict[str, Capability]] = {}
+    limits: ClassVar[Limits] = Limits(page_size=200)
+    # A PSA: the key of the ERP invoice that bills one of its billing batches.
+    invoice_key: ClassVar[KeyFormat] = KEYS[INVOICE]
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -307,6 +314,74 @@ class Connector:
         """Changes since `cursor`, and the cursor to store once they are stored."""
         raise NotImplementedError
 
+    def change_subject(self, change: InboundChange) -> ChangeSubject:
+        """What `change` is about in canonical terms, read from this vendor's payload (the only
+        place that payload is read after intake); ChangeSubject() when no flow is about it."""
+        return ChangeSubject()
+
+    # Canonical records -----------------------------------------------------------------------
+    def references(self, purpose: str, **links: Any) -> dict[str, Any]:
+        """The vendor fields that tie a `purpose` record to others, from canonical links:
+        project_id, customer_id, customer_key, opportunity_id, status, archived, lines. A link the
+        vendor has no field for is left out (Certinia keeps no archived flag)."""
+        return {}
+
+    def shape(self, purpose: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Mapped fields reshaped where the vendor needs structure a flat mapping cannot express."""
+        return fields
+
+    def record_url(self, record: str, external_id: str) -> str:
+        """A link to the record in the vendor's own UI, where the vendor has a stable one ("" if not)."""
+        return ""
+
+    def deal_read(self, deal_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """A deal and its account as canonical documents (docs/canonical.md), or None if gone."""
+        raise RejectedError(f"{self.connection.name} keeps no deals")
+
+    def account_exists(self, account_id: str) -> bool:
+        raise RejectedError(f"{self.connection.name} keeps no accounts")
+
+    def customers_named(self, name: str) -> list[dict[str, str]]:
+        """Customers of that exact name: [{"id": their id here, "key": our key on them or ""}]."""
+        raise RejectedError(f"{self.connection.name} keeps no customers")
+
+    def billing_batch(self, key: str, *, currency: str = "") -> dict[str, Any] | None:
+        """The billing batch a project-to-bill handoff is keyed by, as a canonical document
+        (docs/canonical.md), or None when it no longer exists. `currency` is assumed where the
+        PSA names none (the legal entity's)."""
+        raise RejectedError(f"{self.connection.name} keeps no billing batches")
+
+    def budgets(self, project_id: str) -> list[tuple[str, Decimal]]:
+        """The budget records of a project: (our key on it, amount), for budgets kept as records."""
+        raise RejectedError(f"{self.connection.name} keeps no budget records")
+
+    def invoice_lines(
+        self, items: list[dict[str, Any]], *, batch_date: str, value_maps: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """ERP invoice lines for canonical billing items (each with its `label`), one per item."""
+        raise RejectedError(f"{self.connection.name} keeps no invoices")
+
+    # Reconciliation reads (connectors/holdings.py) ---------------------------------------------
+    # The mapping value maps an ERP's reconciliation needs, by the name erp_holdings takes them
+    # under: name -> (mapping purpose, value map). `subsidiary` is read by the legal entity's code,
+    # `tax_codes` maps a CRM tax profile to the ERP tax code the customer mapping writes.
+    reconcile_value_maps: ClassVar[dict[str, tuple[str, str]]] = {}
+    keeps_contract_value: ClassVar[bool] = False  # the ERP contract carries the deal's value
+
+    def deals_won(self, *, entity_code: str, currency: str) -> dict[str, Any]:
+        """A CRM: the legal entity's won deals (holdings.Deal), by deal id; all of them or raise."""
+        raise LookupError(f"reconciliation cannot read a {self.vendor} CRM")
+
+    def psa_holdings(self) -> Any:
+        """A PSA: its projects, billing batches, unbilled work, assignments and worked hours
+        (holdings.PsaHoldings); everything or raise."""
+        raise LookupError(f"reconciliation cannot read a {self.vendor} PSA")
+
+    def erp_holdings(self, *, currency: str, value_maps: dict[str, dict[str, str]]) -> Any:
+        """An ERP: its contracts, invoices (with ledger state) and customers (holdings.ErpHoldings);
+        everything or raise. `currency`: the legal entity's, for records in the local currency."""
+        raise LookupError(f"reconciliation cannot read a {self.vendor} ERP")
+
     # Outbound --------------------------------------------------------------------------------
     def exchange_rates(self, *, since: dt.date) -> list[ExchangeRate]:
         """The ERP's exchange rates in effect on or after `since` (daily, and the ERP's own period
@@ -325,6 +400,10 @@ class Connector:
     def lookup(self, *, entity: str, key: str) -> WriteResult | None:
         """Find the `entity` written under `key`, or None."""
         raise NotImplementedError
+
+    def update(self, *, entity: str, record_id: str, fields: dict[str, Any]) -> WriteResult:
+        """Change a record a person made (it carries no key of ours) by the vendor's own id."""
+        raise RejectedError(f"pscsync does not change {entity} records in {self.connection.name} by their id")
 
     # The ledger (ERPs) ----------------------------------------------------------------------
     def ledger_locate(self, *, key: str) -> tuple[list[str], dt.date | None]:

@@ -27,9 +27,11 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+from connectors import canonical as c
+from connectors import holdings as h
 from connectors import http
 from connectors.base import (
     Connector,
@@ -177,6 +179,18 @@ def ledger_invoice(
 class BusinessCentralConnector(Connector):
     vendor = "businesscentral"
     page_size = 1000  # Prefer: odata.maxpagesize; BC allows up to 20,000
+    capabilities: ClassVar[dict[str, c.Capability]] = {
+        c.CUSTOMER: c.Capability(c.CUSTOMER, "customers", c.can(c.READ_ONE, c.UPSERT, c.FIND, c.RECONCILE)),
+        # The contract is a BC project (jobs): it bills, and keeps no contract value.
+        c.CONTRACT: c.Capability(c.CONTRACT, "projects", c.can(c.UPSERT, c.FIND, c.RECONCILE)),
+        c.INVOICE: c.Capability(
+            c.INVOICE, "salesInvoices", c.can(c.READ_ONE, c.READ_CHANGED, c.UPSERT, c.FIND, c.RECONCILE)
+        ),
+        c.PAYMENT: c.Capability(c.PAYMENT, "customerPayments", c.can(c.READ_ONE, c.READ_CHANGED, c.RECONCILE)),
+        c.RATE: c.Capability(c.RATE, "currencyExchangeRates", c.can(c.RECONCILE)),
+    }
+    limits: ClassVar[c.Limits] = c.Limits(page_size=1000, max_concurrency=5)
+    reconcile_value_maps: ClassVar[dict[str, tuple[str, str]]] = {"tax_codes": ("customer", "tax_liable")}
 
     def __init__(self, connection: Any) -> None:
         super().__init__(connection)
@@ -243,7 +257,8 @@ class BusinessCentralConnector(Connector):
     # Errors ---------------------------------------------------------------------------------------
     def describe_error(self, error: ConnectorError) -> None:
         body = error.response if isinstance(error.response, dict) else {}
-        detail = body.get("error") if isinstance(body.get("error"), dict) else {}
+        error_body = body.get("error")
+        detail = error_body if isinstance(error_body, dict) else {}
         code = str(detail.get("code") or "")
         message = CORRELATION.sub("", str(detail.get("message") or "")).strip()
         noun = getattr(self._context, "noun", "request")
@@ -584,6 +599,106 @@ class BusinessCentralConnector(Connector):
             return self._item_id(items[0])
         joined = "\n".join(self._item_id(item) for item in items)
         return "batch:" + hashlib.sha256(joined.encode()).hexdigest()
+
+    def change_subject(self, change: InboundChange) -> c.ChangeSubject:
+        """A sales invoice or a customer payment changed; keyed so ledger_locate reads it back."""
+        entity = change.event_type.split(".", 1)[0]
+        if entity == "salesInvoices":
+            return c.ChangeSubject(record=c.INVOICE, action="changed", key=f"bc-invoice:{change.business_key}")
+        if entity == "customerPayments":
+            return c.ChangeSubject(record=c.PAYMENT, action="changed", key=f"bc-payment:{change.business_key}")
+        return c.ChangeSubject()
+
+    # Canonical records --------------------------------------------------------------------------------
+    def references(self, purpose: str, **links: Any) -> dict[str, Any]:
+        if purpose == c.INVOICE:
+            return {"customerNumber": links["customer_key"], "salesInvoiceLines": links["lines"]}
+        return {}
+
+    def shape(self, purpose: str, fields: dict[str, Any]) -> dict[str, Any]:
+        if purpose == c.CONTRACT:
+            fields.pop("service_line_check", None)  # checked by the mapping, not stored on the project
+        return fields
+
+    def customers_named(self, name: str) -> list[dict[str, str]]:
+        rows = self.read("customers", where={"displayName": name})
+        return [{"id": str(r.get("id")), "key": r.get("number") or ""} for r in rows]
+
+    def invoice_lines(
+        self, items: list[dict[str, Any]], *, batch_date: str, value_maps: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """One account line per item, on the G/L account the invoice mapping's `gl_account` table
+        names for its kind; the description (100 characters at most) names the PSA item."""
+        return [
+            {
+                "lineType": "Account",
+                "lineObjectNumber": str(value_maps.get("gl_account", {}).get(item["kind"], "40100")),
+                "description": item["label"][:100],
+                "quantity": float(item["quantity"]),
+                "unitPrice": float(item["unit_price"]),
+            }
+            for item in items
+        ]
+
+    # Reconciliation ----------------------------------------------------------------------------------
+    def erp_holdings(self, *, currency: str, value_maps: dict[str, dict[str, str]]) -> h.ErpHoldings:
+        """Customers, projects (contracts, without a value) and sales invoices with their lines."""
+        customers: dict[str, h.ErpCustomer] = {}
+        for row in self.read("customers"):
+            key = row.get("number") or f"customer:{row['id']}"
+            customers[key] = h.ErpCustomer(
+                key=key,
+                id=str(row["id"]),
+                name=row.get("displayName") or "",
+                tax_code="yes" if row.get("taxLiable") else "no",
+                currency=(row.get("currencyCode") or currency).upper(),
+            )
+        contracts = {}
+        for row in self.read("projects"):
+            key = row.get("number") or ""
+            if key.startswith("P-"):
+                contracts[key.removeprefix("P-")] = h.ErpContract(
+                    key=key, id=str(row["id"]), amount=None, currency="", version=None, subsidiary="", modified_on=None
+                )
+        lines: dict[str, list[h.ErpLine]] = {}
+        url: str | None = f"{self.company_path()}/salesInvoiceLines"
+        while url:
+            body = self.send("GET", url, headers={"Prefer": f"odata.maxpagesize={self.page_size}"}).body
+            for line in body.get("value", []):
+                description = str(line.get("description") or "")
+                match = h.LINE_REF.match(description)
+                lines.setdefault(str(line.get("documentId")), []).append(
+                    h.ErpLine(
+                        ref=match.group("ref") if match else "",
+                        amount=h.money(line.get("amountExcludingTax", line.get("netAmount"))),
+                        description=description,
+                    )
+                )
+            url = body.get("@odata.nextLink")
+        invoices = []
+        rows = list(self.read("salesInvoices"))
+        ledgers = self.ledger_build(rows)
+        for row, ledger in zip(rows, ledgers, strict=True):
+            key = row.get("externalDocumentNumber") or ""
+            invoices.append(
+                h.ErpInvoice(
+                    id=str(row["id"]),
+                    number=str(row.get("number") or ""),
+                    key=key,
+                    batch_id=key.removeprefix("I-K") if key.startswith("I-K") else "",
+                    project_key=str(row.get("customerPurchaseOrderReference") or ""),
+                    customer_id=str(row.get("customerNumber") or ""),
+                    date=h.day(row.get("invoiceDate")),
+                    currency=(row.get("currencyCode") or currency).upper(),
+                    subsidiary="",
+                    tax=h.money(row.get("totalTaxAmount")),
+                    fx_rate=None,
+                    created_at=h.instant(row.get("lastModifiedDateTime")),
+                    lines=lines.get(str(row["id"]), []),
+                    ledger=ledger,
+                )
+            )
+        return h.ErpHoldings(contracts=contracts, invoices=invoices, customers=customers)
 
     def parse_webhook(self, *, event_id: str, body: bytes) -> list[InboundChange]:
         changes = []

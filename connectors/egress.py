@@ -60,7 +60,7 @@ def _resolve(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise DestinationRefused(f"the host {host} cannot be resolved: {exc.strerror}") from None
-    addresses = sorted({info[4][0] for info in infos})
+    addresses = sorted({str(info[4][0]) for info in infos})
     with _cache_lock:
         _cache[(host, port)] = (now + CACHE_SECONDS, addresses)
     return addresses

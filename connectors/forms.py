@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 
@@ -37,7 +37,7 @@ class ConnectionForm(forms.Form):
     def __init__(self, *args: Any, entities: Any, editing: Connection | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.editing = editing
-        self.fields["legal_entities"].queryset = entities
+        cast(forms.ModelMultipleChoiceField, self.fields["legal_entities"]).queryset = entities
         if editing is not None:
             self.fields["slug"].disabled = True
         else:
@@ -63,7 +63,8 @@ class ConnectionForm(forms.Form):
         return value
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         url, vendor = data.get("base_url"), data.get("vendor")
         if url and vendor:
             try:

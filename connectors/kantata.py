@@ -24,8 +24,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, ClassVar
 
+from connectors import canonical as c
+from connectors import holdings as h
 from connectors.base import Connector, InboundChange, Token, WriteResult
 from connectors.errors import ConnectorError, MappingError, RejectedError, WebhookRejected
 
@@ -41,6 +44,9 @@ EVENT_RETENTION = dt.timedelta(days=9)
 # Kantata documents tokens as non-expiring until revoked; when the answer gives no lifetime we
 # re-authenticate daily anyway, and a 401 on the way refreshes at once.
 DEFAULT_TOKEN_SECONDS = 24 * 3600
+# A project-to-bill handoff for a Kantata invoice is keyed by it; its ERP invoice by "I-K<id>".
+BATCH_KEY = c.KeyFormat("kantata-invoice:{batch}")
+INVOICE_KEY = c.KeyFormat("I-K{batch}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,10 @@ def parse_when(value: Any) -> dt.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
+def _money(value: Any) -> str:
+    return str(Decimal(str(value or 0)).quantize(Decimal("0.01")))
+
+
 def records_of(body: Any, collection: str) -> list[dict[str, Any]]:
     """The objects of one type in Kantata's envelope, in `results` order (the keyed map has none)."""
     if not isinstance(body, dict):
@@ -133,6 +143,33 @@ def records_of(body: Any, collection: str) -> list[dict[str, Any]]:
 
 class KantataConnector(Connector):
     vendor = "kantata"
+    capabilities: ClassVar[dict[str, c.Capability]] = {
+        c.PROJECT: c.Capability(c.PROJECT, "workspaces", c.can(c.UPSERT, c.FIND, c.RECONCILE)),
+        c.MILESTONE: c.Capability(c.MILESTONE, "stories", c.can(c.UPSERT, c.FIND)),
+        # Kantata keeps no budget records: the contract value is the workspace's price.
+        c.BUDGET: c.Capability(
+            c.BUDGET, "workspaces", c.can(c.UPSERT, c.FIND, c.RECONCILE), key=c.KEYS[c.PROJECT], held_on=c.ON_PROJECT
+        ),
+        # Forecast demand lives on a project: the deal's future workspace, kept as an estimate.
+        c.RESOURCE_REQUEST: c.Capability(c.RESOURCE_REQUEST, "stories", c.can(c.UPSERT, c.FIND), needs_project=True),
+        c.BILLING_BATCH: c.Capability(
+            c.BILLING_BATCH,
+            "invoices",
+            c.can(c.READ_ONE, c.READ_CHANGED, c.UPDATE, c.RECONCILE),
+            key=BATCH_KEY,
+            identifier="psa_invoice",
+        ),
+        "billing_status": c.Capability(c.BILLING_BATCH, "invoices", c.can(c.UPDATE)),
+        # Kantata records payment only: the invoice it raised is marked once fully paid.
+        "project_billing": c.Capability(
+            c.BILLING_BATCH, "invoices", c.can(c.UPDATE), held_on=c.ON_BILLING_BATCH, when_paid_only=True
+        ),
+        c.TIME: c.Capability(c.TIME, "time_entries", c.can(c.RECONCILE)),
+        c.EXPENSE: c.Capability(c.EXPENSE, "expenses", c.can(c.RECONCILE)),
+    }
+    limits: ClassVar[c.Limits] = c.Limits(page_size=PAGE_SIZE)
+    # The ERP invoice key of a batch billed from here (a Certinia event's is the default "I-<id>").
+    invoice_key: ClassVar[c.KeyFormat] = INVOICE_KEY
 
     # Auth -------------------------------------------------------------------------------------
     def fetch_token(self) -> Token:
@@ -161,7 +198,8 @@ class KantataConnector(Connector):
     def describe_error(self, error: ConnectorError) -> None:
         """Say in plain words what Kantata objected to."""
         body = error.response if isinstance(error.response, dict) else {}
-        problems = body.get("errors") if isinstance(body.get("errors"), list) else []
+        errors = body.get("errors")
+        problems = errors if isinstance(errors, list) else []
         said = "; ".join(
             f"{p.get('message', '')}" + (f" (field: {p['field']})" if p.get("field") else "")
             for p in problems
@@ -418,6 +456,211 @@ class KantataConnector(Connector):
         # Kantata may list events out of order; apply them in the order they happened.
         changes = sorted(seen.values(), key=lambda c: (c.occurred_at, c.sequence))
         return changes, newest or ""
+
+    def change_subject(self, change: InboundChange) -> c.ChangeSubject:
+        """An invoice created in Kantata is a billing batch to bill in the ERP."""
+        event = change.payload.get("event") or {}
+        if event.get("subject_type") == "Invoice" and str(event.get("event_type", "")).endswith("created"):
+            return c.ChangeSubject(
+                record=c.BILLING_BATCH, action="created", key=BATCH_KEY(batch=event.get("subject_id"))
+            )
+        return c.ChangeSubject()
+
+    # Canonical records -------------------------------------------------------------------------
+    def references(self, purpose: str, **links: Any) -> dict[str, Any]:
+        if purpose == c.PROJECT and "archived" in links:
+            # A won deal's workspace is open even if it was archived as a lost estimate before.
+            return {"archived": links["archived"]}
+        if purpose == c.MILESTONE:
+            return {"workspace_id": links.get("project_id", ""), "story_type": "milestone"}
+        if purpose == c.RESOURCE_REQUEST:
+            return {"workspace_id": links.get("project_id", ""), "story_type": "task"}
+        return {}
+
+    def record_url(self, record: str, external_id: str) -> str:
+        if record in (c.PROJECT, c.BUDGET):  # a budget is the workspace's price
+            return f"{self.connection.base_url.rstrip('/')}/workspaces/{external_id}"
+        return ""
+
+    def billing_batch(self, key: str, *, currency: str = "") -> dict[str, Any] | None:
+        """A Kantata invoice with its time entries and expenses. Kantata carries neither our project
+        key nor the CRM account on it: project_key and customer_key are left for our own records."""
+        parts = BATCH_KEY.parse(key)
+        invoice_id = parts["batch"] if parts else key
+        invoices = list(self.read("invoices", where={"only": invoice_id}))
+        if not invoices:
+            return None
+        invoice = invoices[0]
+        workspace_id = str(invoice.get("workspace_id"))
+        workspace = next(iter(self.read("workspaces", where={"only": workspace_id, "include_archived": "true"})), {})
+        currency = (workspace.get("currency") or "").upper()
+        items = []
+        time_ids = [str(i) for i in invoice.get("time_entry_ids") or []]
+        expense_ids = [str(i) for i in invoice.get("expense_ids") or []]
+        if time_ids:
+            for entry in self.read("time_entries", where={"only": ",".join(time_ids)}):
+                hours = Decimal(entry.get("time_in_minutes") or 0) / 60
+                rate = Decimal(entry.get("rate_in_cents") or 0) / 100
+                items.append(
+                    {
+                        "id": f"TE-{entry['id']}",
+                        "kind": "Time",
+                        "source_id": f"time_entry:{entry['id']}",
+                        "date": entry.get("date_performed") or "",
+                        "quantity": _money(hours),
+                        "unit_price": _money(rate),
+                        "amount": _money(hours * rate),
+                        "currency": currency,
+                    }
+                )
+        if expense_ids:
+            for expense in self.read("expenses", where={"only": ",".join(expense_ids)}):
+                amount = Decimal(expense.get("amount_in_cents") or 0) / 100
+                items.append(
+                    {
+                        "id": f"EX-{expense['id']}",
+                        "kind": "Expense",
+                        "source_id": f"expense:{expense['id']}",
+                        "date": expense.get("date") or "",
+                        "quantity": "1.00",
+                        "unit_price": _money(amount),
+                        "amount": _money(amount),
+                        "currency": (expense.get("currency") or currency).upper(),
+                    }
+                )
+        return {
+            "id": invoice_id,
+            "invoice_key": INVOICE_KEY(batch=invoice_id),
+            "name": invoice.get("title") or f"Kantata invoice {invoice_id}",
+            "project_id": workspace_id,
+            "project_key": "",
+            "project_name": workspace.get("title") or "",
+            "date": (invoice.get("invoice_date") or "")[:10],
+            "currency": currency,
+            "customer_key": "",
+            "items": items,
+        }
+
+    # Reconciliation -------------------------------------------------------------------------
+    def psa_holdings(self) -> h.PsaHoldings:
+        projects, batches = self._projects_and_batches()
+        # Kantata's API (VENDOR_APIS.md) exposes no scheduled hours per person, nor a role on a
+        # time entry: assignments and worked hours by role are not measured there.
+        return h.PsaHoldings(projects=projects, batches=batches, unbilled=self._unbilled(projects))
+
+    def _references(self, model: str) -> dict[str, str]:
+        """Kantata id -> our key, from the external references we wrote."""
+        found: dict[str, str] = {}
+        page = 1
+        while True:
+            params = {"service_name": "pscsync", "service_model": model, "per_page": 200, "page": page}
+            body = self.send("GET", f"{API}/external_references", params=params).body or {}
+            for ref in (body.get("external_references") or {}).values():
+                found[str(ref.get("subject_id"))] = str(ref.get("service_model_ref") or "")
+            if page >= int((body.get("meta") or {}).get("page_count") or 0):
+                return found
+            page += 1
+
+    def _projects_and_batches(self) -> tuple[dict[str, h.PsaProject], list[h.PsaBatch]]:
+        keys = self._references("workspace")
+        workspaces: dict[str, h.PsaProject] = {}
+        for row in self.read("workspaces", where={"include_archived": "true"}):
+            key = keys.get(str(row["id"]), "")
+            if not key.startswith("P-"):
+                continue
+            price = row.get("price")
+            workspaces[str(row["id"])] = h.PsaProject(
+                key=key,
+                id=str(row["id"]),
+                name=row.get("title") or key,
+                currency=(row.get("currency") or "").upper(),
+                budget=(h.money(Decimal(price) / 100) if price is not None else None),
+                budget_version=None,
+                budget_records=[f"project price {h.money(Decimal(price) / 100)}" if price is not None else "no price"],
+            )
+        entries = {str(r["id"]): r for r in self.read("time_entries")}
+        expenses = {str(r["id"]): r for r in self.read("expenses")}
+        batches = []
+        for invoice in self.read("invoices"):
+            if (invoice.get("status") or "") == "cancelled":
+                continue
+            project = workspaces.get(str(invoice.get("workspace_id")))
+            currency = project.currency if project else ""
+            batch = h.PsaBatch(
+                id=str(invoice["id"]),
+                name=invoice.get("title") or f"Kantata invoice {invoice['id']}",
+                invoice_key=f"I-K{invoice['id']}",
+                project_key=project.key if project else f"workspace:{invoice.get('workspace_id')}",
+                project_name=project.name if project else "",
+                date=h.day(invoice.get("invoice_date")),
+                currency=currency,
+                fx_rate=None,
+            )
+            for entry_id in invoice.get("time_entry_ids") or []:
+                entry = entries.get(str(entry_id)) or {}
+                hours = Decimal(entry.get("time_in_minutes") or 0) / 60
+                amount = h.money(hours * Decimal(entry.get("rate_in_cents") or 0) / 100)
+                batch.items.append(
+                    h.PsaItem(
+                        id=f"TE-{entry_id}",
+                        kind="Time",
+                        source_id=f"time_entry:{entry_id}",
+                        date=h.day(entry.get("date_performed")),
+                        amount=amount,
+                        currency=currency,
+                        modified_at=h.instant(entry.get("updated_at")),
+                    )
+                )
+            for expense_id in invoice.get("expense_ids") or []:
+                expense = expenses.get(str(expense_id)) or {}
+                batch.items.append(
+                    h.PsaItem(
+                        id=f"EX-{expense_id}",
+                        kind="Expense",
+                        source_id=f"expense:{expense_id}",
+                        date=h.day(expense.get("date")),
+                        amount=h.money(Decimal(expense.get("amount_in_cents") or 0) / 100),
+                        currency=(expense.get("currency") or currency).upper(),
+                        modified_at=h.instant(expense.get("updated_at")),
+                    )
+                )
+            if batch.items:
+                batches.append(batch)
+        return {p.key: p for p in workspaces.values()}, batches
+
+    def _unbilled(self, projects: dict[str, h.PsaProject]) -> list[h.Unbilled]:
+        """Approved, billable time entries and expenses no Kantata invoice holds yet (`is_invoiced`),
+        time priced at the entry's own h.rate. Kantata bills fixed fees on the workspace price, not on
+        milestones pscsync could read, so there are no milestone rows here."""
+        by_id = {p.id: p for p in projects.values()}
+        found: list[h.Unbilled] = []
+        for collection, kind in (("time_entries", "time"), ("expenses", "expense")):
+            for row in self.read(collection, where={"approved": "true", "is_invoiced": "false"}):
+                project = by_id.get(str(row.get("workspace_id")))
+                if project is None or row.get("billable") is False or row.get("is_invoiced"):
+                    continue
+                if kind == "time":
+                    hours = Decimal(row.get("time_in_minutes") or 0) / 60
+                    amount = h.money(hours * Decimal(row.get("rate_in_cents") or 0) / 100)
+                    work_date, currency = row.get("date_performed"), project.currency
+                    description = str(row.get("notes") or f"time entry {row['id']}")
+                else:
+                    amount = h.money(Decimal(row.get("amount_in_cents") or 0) / 100)
+                    work_date, currency = row.get("date"), (row.get("currency") or project.currency)
+                    description = str(row.get("category") or f"expense {row['id']}")
+                found.append(
+                    h.Unbilled(
+                        kind=kind,
+                        source_id=f"{collection[:-1]}:{row['id']}",
+                        description=description[:200],
+                        project_key=project.key,
+                        project_name=project.name,
+                        work_date=h.day(work_date),
+                        amount=amount,
+                        currency=currency.upper(),
+                    )
+                )
+        return found
 
     def change_of(self, event: dict[str, Any], body: dict[str, Any]) -> InboundChange:
         kind = SUBJECTS.get(event.get("subject_type", ""))

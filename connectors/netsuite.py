@@ -40,6 +40,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from connectors import canonical as c
+from connectors import holdings as h
 from connectors import http
 from connectors.base import (
     Connector,
@@ -107,7 +109,8 @@ def sign_assertion(claims: dict[str, Any], *, private_key_pem: str, kid: str, al
         raise RejectedError("the NetSuite certificate key must be RSA or EC")
     header = {"alg": algorithm, "typ": "JWT", "kid": kid}
     signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}".encode()
-    digest = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}[algorithm[2:]]()
+    digests: dict[str, type[hashes.HashAlgorithm]] = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+    digest = digests[algorithm[2:]]()
     if algorithm.startswith("PS") and isinstance(key, rsa.RSAPrivateKey):
         signature = key.sign(signing_input, padding.PSS(padding.MGF1(digest), digest.digest_size), digest)
     elif algorithm.startswith("RS") and isinstance(key, rsa.RSAPrivateKey):
@@ -134,6 +137,23 @@ def _literal(value: Any) -> str:
 
 class NetSuiteConnector(Connector):
     vendor = "netsuite"
+    capabilities: ClassVar[dict[str, c.Capability]] = {
+        c.CUSTOMER: c.Capability(c.CUSTOMER, "customer", c.can(c.READ_ONE, c.UPSERT, c.FIND, c.RECONCILE)),
+        # The contract and its billing setup: a sales order with one line of the service item.
+        c.CONTRACT: c.Capability(
+            c.CONTRACT, "sales_order", c.can(c.UPSERT, c.FIND, c.RECONCILE), key=c.KeyFormat("SO-{deal}")
+        ),
+        c.INVOICE: c.Capability(c.INVOICE, "invoice", c.can(c.READ_ONE, c.READ_CHANGED, c.UPSERT, c.FIND, c.RECONCILE)),
+        c.PAYMENT: c.Capability(c.PAYMENT, "payment", c.can(c.READ_ONE, c.READ_CHANGED, c.RECONCILE)),
+        c.RATE: c.Capability(c.RATE, "currencyRate", c.can(c.RECONCILE)),
+    }
+    limits: ClassVar[c.Limits] = c.Limits(page_size=1000, max_concurrency=5)
+    reconcile_value_maps: ClassVar[dict[str, tuple[str, str]]] = {
+        "currency": ("contract", "currency"),
+        "subsidiary": ("contract", "subsidiary"),
+        "tax_codes": ("customer", "tax_code"),
+    }
+    keeps_contract_value: ClassVar[bool] = True
     page_size: ClassVar[int] = 1000  # SuiteQL's maximum
     assertion_seconds: ClassVar[int] = 300  # the JWT assertion only has to live until the token call
     settle_seconds: ClassVar[int] = 2
@@ -594,6 +614,145 @@ class NetSuiteConnector(Connector):
                 break
         return changes, [stamp, last_id]
 
+    def change_subject(self, change: InboundChange) -> c.ChangeSubject:
+        """An invoice or a customer payment changed in the ledger. The key is the invoice's (ours,
+        else its internal id) or the payment's: ledger_locate reads them back."""
+        record_type = change.payload.get("record_type")
+        if record_type == "invoice":
+            key = change.payload.get("external_id") or f"invoice:{change.payload.get('id')}"
+            return c.ChangeSubject(record=c.INVOICE, action="changed", key=key)
+        if record_type == "customerPayment":
+            return c.ChangeSubject(record=c.PAYMENT, action="changed", key=f"payment:{change.payload.get('id')}")
+        return c.ChangeSubject()
+
+    # Canonical records -------------------------------------------------------------------------
+    def references(self, purpose: str, **links: Any) -> dict[str, Any]:
+        if purpose == c.CONTRACT:
+            return {"entity": {"id": links["customer_id"]}}
+        if purpose == c.INVOICE:
+            return {"entity": {"id": links["customer_id"]}, "item": {"items": links["lines"]}}
+        return {}
+
+    def shape(self, purpose: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """The contract value goes on one line of the service item the mapping chose."""
+        if purpose != c.CONTRACT:
+            return fields
+        fields.pop("service_line_check", None)  # a check some mappings make, never stored
+        item_id = fields.pop("service_item", None)
+        amount = fields.pop("contract_amount", None)
+        if item_id is not None and amount is not None:
+            fields["item"] = {
+                "items": [
+                    {
+                        "item": {"id": str(item_id)},
+                        "quantity": 1,
+                        "rate": float(Decimal(amount)),
+                        "amount": float(Decimal(amount)),
+                    }
+                ]
+            }
+        return fields
+
+    def record_url(self, record: str, external_id: str) -> str:
+        base = self.connection.base_url.rstrip("/")
+        if record == c.CUSTOMER:
+            return f"{base}/app/common/entity/custjob.nl?id={external_id}"
+        return f"{base}/app/accounting/transactions/transaction.nl?id={external_id}"
+
+    def customers_named(self, name: str) -> list[dict[str, str]]:
+        rows = self.read("customer", where={"companyname": name})
+        return [{"id": str(r.get("id")), "key": r.get("externalid") or ""} for r in rows]
+
+    def invoice_lines(
+        self, items: list[dict[str, Any]], *, batch_date: str, value_maps: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """One line per item, on the service item the invoice mapping's `line_item` table names
+        for its kind, carrying the PSA item it bills and its revenue dates."""
+        return [
+            {
+                "item": {"id": str(value_maps.get("line_item", {}).get(item["kind"], "55"))},
+                "quantity": float(item["quantity"]),
+                "rate": float(item["unit_price"]),
+                "amount": float(item["amount"]),
+                "description": item["label"],
+                "custcol_source_ref": item["id"],
+                "custcol_source_record": item["source_id"],
+                "revRecStartDate": item["date"] or batch_date,
+                "revRecEndDate": item["date"] or batch_date,
+            }
+            for item in items
+        ]
+
+    # Reconciliation -------------------------------------------------------------------------
+    def erp_holdings(self, *, currency: str, value_maps: dict[str, dict[str, str]]) -> h.ErpHoldings:
+        """Customers, sales orders (contracts) and invoices with their lines and ledger state."""
+        # The firm's mapping value maps are read first; NetSuite's standard ids only fill gaps.
+        currencies = {v: k for k, v in value_maps.get("currency", {}).items()}
+        currencies = {**CURRENCIES, **currencies}
+        customers: dict[str, h.ErpCustomer] = {}
+        customer_keys: dict[str, str] = {}
+        for row in self.read("customer"):
+            key = row.get("externalid") or f"customer:{row['id']}"
+            customer_keys[str(row["id"])] = key
+            customers[key] = h.ErpCustomer(
+                key=key,
+                id=str(row["id"]),
+                name=row.get("companyname") or "",
+                tax_code=row.get("custentity_tax_code") or "",
+                currency=currencies.get(str(row.get("currency") or ""), ""),
+            )
+        contracts = {}
+        for row in self.read("sales_order"):
+            key = row.get("externalid") or ""
+            if not key.startswith("SO-"):
+                continue
+            version = row.get("custbody_contract_version")
+            contracts[key.removeprefix("SO-")] = h.ErpContract(
+                key=key,
+                id=str(row["id"]),
+                amount=h.money(row.get("total")),
+                currency=currencies.get(str(row.get("currency") or ""), ""),
+                version=int(str(version)) if str(version or "").isdigit() else None,
+                subsidiary=str(row.get("subsidiary") or ""),
+                modified_on=_us_date(row.get("lastmodifieddate")),
+            )
+        invoices = []
+        bodies = []
+        for row in self.read("invoice"):
+            body = self.send("GET", f"{RECORD}/invoice/{row['id']}", params={"expandSubResources": "true"}).body
+            bodies.append(body)
+            lines = [
+                h.ErpLine(
+                    ref=str(line.get("custcol_source_ref") or ""),
+                    amount=h.money(line.get("amount")),
+                    description=str(line.get("description") or ""),
+                )
+                for line in ((body.get("item") or {}).get("items") or [])
+            ]
+            invoices.append(
+                h.ErpInvoice(
+                    id=str(body.get("id")),
+                    number=str(body.get("tranId") or ""),
+                    key=str(body.get("externalId") or ""),
+                    batch_id=str(body.get("custbody_psa_batch") or ""),
+                    project_key=str(body.get("custbody_project_key") or ""),
+                    customer_id=customer_keys.get(
+                        str(_ref_id(body.get("entity"))), f"customer:{_ref_id(body.get('entity'))}"
+                    ),
+                    date=h.day(body.get("tranDate")),
+                    currency=currencies.get(str(_ref_id(body.get("currency")) or ""), ""),
+                    subsidiary=str(_ref_id(body.get("subsidiary")) or ""),
+                    tax=h.money(body.get("taxTotal")),
+                    fx_rate=h.rate(body.get("exchangeRate")),
+                    created_at=h.instant(body.get("dateCreated")),
+                    lines=lines,
+                )
+            )
+        names = {c.id: c.name for c in customers.values()}
+        for invoice, ledger in zip(invoices, self.ledger_build(bodies, names=names), strict=True):
+            invoice.ledger = ledger
+        return h.ErpHoldings(contracts=contracts, invoices=invoices, customers=customers)
+
     def _change(self, record_type: str, row: dict[str, Any], modified: dt.datetime) -> InboundChange:
         external_id = row.get("externalid") or ""
         return InboundChange(
@@ -611,6 +770,18 @@ class NetSuiteConnector(Connector):
             },
             sequence=int(modified.timestamp()),
         )
+
+
+def _ref_id(value: Any) -> Any:
+    return value.get("id") if isinstance(value, dict) else value
+
+
+def _us_date(value: Any) -> dt.date | None:
+    try:
+        month, day_, year = (int(part) for part in str(value).split("/"))
+        return dt.date(year, month, day_)
+    except ValueError:
+        return h.day(value)
 
 
 def _ref(value: Any) -> tuple[str, str]:

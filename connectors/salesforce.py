@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote
 
+from connectors import canonical as c
+from connectors import holdings as h
 from connectors import http
 from connectors.base import Connector, InboundChange, Token, WriteResult
 from connectors.errors import (
@@ -37,6 +39,61 @@ from connectors.errors import (
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ID = re.compile(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
+
+# The opportunity and account fields a canonical deal is read from (docs/canonical.md).
+OPPORTUNITY_FIELDS = (
+    "Id",
+    "Name",
+    "AccountId",
+    "StageName",
+    "Probability",
+    "CloseDate",
+    "Amount",
+    "CurrencyIsoCode",
+    "IsWon",
+    "IsClosed",
+    "Legal_Entity__c",
+    "Service_Line__c",
+    "Billing_Model__c",
+    "Contract_Start__c",
+    "Contract_End__c",
+    "Contract_Version__c",
+    "PO_Number__c",
+    "Resource_Plan__c",
+    "Closed_At__c",
+    "Account.Name",
+    "Account.AccountNumber",
+    "Account.BillingCountry",
+    "Account.ParentId",
+    "Account.Tax_Profile__c",
+)
+WON_DEAL_FIELDS = (
+    "Id",
+    "Name",
+    "AccountId",
+    "Amount",
+    "CurrencyIsoCode",
+    "CloseDate",
+    "Contract_Version__c",
+    "Legal_Entity__c",
+    "LastModifiedDate",
+    "Account.Name",
+    "Account.Tax_Profile__c",
+    "Service_Line__c",
+    "Billing_Model__c",
+)
+# Opportunity fields a change event names -> the canonical deal fields triggers route on.
+DEAL_FIELDS = {
+    "StageName": c.DEAL_STAGE,
+    "Probability": c.DEAL_PROBABILITY,
+    "Amount": c.DEAL_AMOUNT,
+    "CloseDate": c.DEAL_CLOSE_DATE,
+    "Contract_Version__c": c.DEAL_CONTRACT_VERSION,
+    "Contract_End__c": c.DEAL_CONTRACT_END,
+}
+# changeOrigin of a change caused by our own write (call_options_client below).
+OWN_CLIENT = "client=pscsync"
+CHANGE_ACTIONS = {"CREATE": "created", "UPDATE": "updated"}
 
 
 class SalesforceConnector(Connector):
@@ -87,6 +144,15 @@ class SalesforceConnector(Connector):
     # changeOrigin "...;client=pscsync" and can be told apart from users' changes.
     call_options_client = "pscsync"
     last_api_usage = ""  # the last Sforce-Limit-Info header: "api-usage=used/allowed"
+    capabilities: ClassVar[dict[str, c.Capability]] = {
+        c.DEAL: c.Capability(c.DEAL, "opportunity", c.can(c.READ_ONE, c.READ_CHANGED, c.UPDATE, c.RECONCILE)),
+        c.CUSTOMER: c.Capability(c.CUSTOMER, "account", c.can(c.READ_ONE)),
+        # Write-backs onto the opportunity a person made: by its own id.
+        "deal_status": c.Capability(c.DEAL, "opportunity", c.can(c.UPDATE)),
+        "deal_billing": c.Capability(c.DEAL, "opportunity", c.can(c.UPDATE)),
+        "deal_amendment": c.Capability(c.DEAL, "opportunity", c.can(c.UPDATE)),
+    }
+    limits: ClassVar[c.Limits] = c.Limits(page_size=2000, bulk_size=200, max_concurrency=25)
 
     # Names -------------------------------------------------------------------------------------
     @property
@@ -368,6 +434,99 @@ class SalesforceConnector(Connector):
         messages = message if isinstance(message, list) else [message]
         return [change for item in messages for change in change_event_changes(item)]
 
+    def change_subject(self, change: InboundChange) -> c.ChangeSubject:
+        """The CRM's changes are the deal's. A Certinia org is the same Salesforce org: its pse__
+        objects are handled through the PSA connection only, so one change never starts two handoffs."""
+        payload, header = change_event_parts(change.payload)
+        if OWN_CLIENT in str(header.get("changeOrigin", "")):
+            return c.ChangeSubject(own_write=True)
+        action = CHANGE_ACTIONS.get(str(header.get("changeType")), "")
+        if header.get("entityName") != "Opportunity" or not action:
+            return c.ChangeSubject()
+        named = set(header.get("changedFields") or []) | (set(payload) if action == "created" else set())
+        return c.ChangeSubject(
+            record=c.DEAL,
+            action=action,
+            changed=frozenset(DEAL_FIELDS[f] for f in named if f in DEAL_FIELDS),
+            won=payload.get("StageName") == "Closed Won",
+        )
+
+    # Canonical records -------------------------------------------------------------------------
+    def deal_read(self, deal_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The opportunity and its account in one query, as the canonical deal and account."""
+        rows = list(self.read("opportunity", where={"Id": deal_id}, fields=list(OPPORTUNITY_FIELDS)))
+        if not rows:
+            return None
+        row = rows[0]
+        account = row.get("Account") or {}
+        closed_at = _text(row.get("Closed_At__c")) or (
+            f"{row['CloseDate']}T00:00:00+00:00" if row.get("CloseDate") else ""
+        )
+        deal = {
+            "id": row["Id"],
+            "name": _text(row.get("Name")),
+            "stage": _text(row.get("StageName")),
+            "probability": row.get("Probability"),
+            "is_won": bool(row.get("IsWon")),
+            "is_closed": bool(row.get("IsClosed")),
+            "close_date": row.get("CloseDate"),
+            "closed_at": closed_at,
+            "amount": _money_text(row.get("Amount")),
+            "currency": _text(row.get("CurrencyIsoCode")).upper(),
+            "legal_entity": _text(row.get("Legal_Entity__c")).lower(),
+            "service_line": _text(row.get("Service_Line__c")),
+            "billing_model": _text(row.get("Billing_Model__c")),
+            "contract_start": _text(row.get("Contract_Start__c"))[:10],
+            "contract_end": _text(row.get("Contract_End__c"))[:10],
+            "contract_version": int(decimal.Decimal(str(row.get("Contract_Version__c") or 1))),
+            "po_number": _text(row.get("PO_Number__c")),
+            "resource_plan_text": row.get("Resource_Plan__c") or "",
+        }
+        account_doc = {
+            "id": _text(row.get("AccountId")),
+            "name": _text(account.get("Name")),
+            "number": _text(account.get("AccountNumber")),
+            "country": _text(account.get("BillingCountry")).upper(),
+            "parent_id": _text(account.get("ParentId")),
+            "tax_profile": _text(account.get("Tax_Profile__c")),
+        }
+        return deal, account_doc
+
+    def deals_won(self, *, entity_code: str, currency: str) -> dict[str, h.Deal]:
+        """The legal entity's won deals, by opportunity id."""
+        rows = self.read("opportunity", where={"StageName": "Closed Won"}, fields=list(WON_DEAL_FIELDS))
+        deals = {}
+        for row in rows:
+            if str(row.get("Legal_Entity__c") or "").strip().lower() != entity_code.lower():
+                continue
+            account = row.get("Account") or {}
+            try:
+                version = int(float(row.get("Contract_Version__c") or 1))
+            except (TypeError, ValueError):
+                version = 1
+            deals[row["Id"]] = h.Deal(
+                id=row["Id"],
+                name=row.get("Name") or row["Id"],
+                account_id=row.get("AccountId") or "",
+                account_name=account.get("Name") or "",
+                tax_profile=account.get("Tax_Profile__c") or "",
+                amount=h.money(row.get("Amount")),
+                currency=(row.get("CurrencyIsoCode") or currency).upper(),
+                version=version,
+                legal_entity=entity_code,
+                close_date=h.day(row.get("CloseDate")),
+                modified_at=h.instant(row.get("LastModifiedDate")),
+                service_line=str(row.get("Service_Line__c") or ""),
+                billing_model=str(row.get("Billing_Model__c") or ""),
+            )
+        return deals
+
+    def record_url(self, record: str, external_id: str) -> str:
+        return f"{self.connection.base_url.rstrip('/')}/{external_id}"
+
+    def account_exists(self, account_id: str) -> bool:
+        return bool(list(self.read("account", where={"Id": account_id}, fields=["Id"])))
+
     def poll(self, *, cursor: str) -> tuple[list[InboundChange], str]:
         """Change events after the replay id `cursor` ("" = every retained event).
 
@@ -384,6 +543,23 @@ class SalesforceConnector(Connector):
 
 
 # Helpers ---------------------------------------------------------------------------------------
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _money_text(value: Any) -> str | None:
+    try:
+        return str(decimal.Decimal(str(value)).quantize(decimal.Decimal("0.01"))) if value not in (None, "") else None
+    except decimal.InvalidOperation:
+        return None
+
+
+def change_event_parts(message: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A stored change event's record fields and its ChangeEventHeader ({} when absent)."""
+    payload = ((message or {}).get("data") or {}).get("payload") or {}
+    return payload, payload.get("ChangeEventHeader") or {}
+
+
 def change_event_changes(message: Any) -> list[InboundChange]:
     """One CDC message (CometD shape) as InboundChanges: one per record it names."""
     try:

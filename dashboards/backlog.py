@@ -212,7 +212,7 @@ def backlog_sync_safely(handoff_id: int) -> None:
     try:
         if not backlog_unchanged(handoff_id):
             backlog_sync([handoff_id])
-    except Exception:  # noqa: BLE001 - logged and repaired by the beat job
+    except Exception:  # logged and repaired by the beat job
         log.exception("open backlog not updated for handoff %s; the repair job will", handoff_id)
 
 

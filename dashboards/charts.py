@@ -15,19 +15,19 @@ LAYOUT = {
 }
 
 
-def bars(labels: list[str], values: list[float], unit: str) -> dict[str, Any]:
-    return {
-        "data": [
-            {
-                "type": "bar",
-                "x": labels,
-                "y": values,
-                "marker": {"color": "#1f5fbf"},
-                "hovertemplate": f"%{{x}}: %{{y:,.0f}} {unit}<extra></extra>",
-            }
-        ],
-        "layout": {**LAYOUT, "yaxis": {"title": {"text": unit}, "rangemode": "tozero"}},
+def bars(labels: list[str], values: list[float], unit: str, links: list[str] | None = None) -> dict[str, Any]:
+    """`links`: one address per bar; charts.js opens it when the bar is clicked."""
+    trace: dict[str, Any] = {
+        "type": "bar",
+        "x": labels,
+        "y": values,
+        "marker": {"color": "#1f5fbf"},
+        "hovertemplate": f"%{{x}}: %{{y:,.0f}} {unit}<extra></extra>",
     }
+    if links:
+        trace["customdata"] = links
+        trace["hovertemplate"] = f"%{{x}}: %{{y:,.0f}} {unit} · click for the list<extra></extra>"
+    return {"data": [trace], "layout": {**LAYOUT, "yaxis": {"title": {"text": unit}, "rangemode": "tozero"}}}
 
 
 def hbars(labels: list[str], values: list[float], unit: str) -> dict[str, Any]:

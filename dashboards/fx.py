@@ -19,7 +19,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Count, Max
 
@@ -199,7 +199,7 @@ def _month_rate_set(
 
 def fx_rate_override(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     currency: str,
     to_currency: str,
     month: str,

@@ -186,7 +186,8 @@ class Reading:
 
     @cached_property
     def dso(self) -> dict[str, Any]:
-        return ledger.dso(self.f, self.conv)
+        # Sums only: the tiles and the JSON need no customer rows or invoice list.
+        return ledger.dso(self.f, self.conv, detail=False)
 
     @cached_property
     def invoiced(self) -> dict[str, Any]:
@@ -222,7 +223,7 @@ class Reading:
 
     @cached_property
     def effort(self) -> dict[str, Any]:
-        return leaders.reconciliation_effort(self.f)
+        return leaders.reconciliation_effort(self.f, with_entries=False)
 
     @cached_property
     def psa(self) -> Measurement:
@@ -563,8 +564,9 @@ register(
     Kpi(
         "bill-to-cash.days_to_pay_median",
         "Days to pay (median)",
-        "Invoice posted in the ERP → paid in full, nearest-rank median for invoices paid in full in the period "
-        "(the same figure as bill-to-cash.latency_median); partly paid invoices stay open.",
+        "Invoice posted in the ERP → paid in full, from the ERP's ledger: its posting date to the date of the "
+        "payment application that cleared it; nearest-rank median for invoices paid in full in the period (the "
+        "bill-to-cash business cycle's median under its finance name); partly paid invoices stay open.",
         "hours",
         lambda r: (r.stats["bill-to-cash"].median_hours, r.stats["bill-to-cash"].measured),
         "dashboards:items",
@@ -607,7 +609,7 @@ register(
 register(
     Kpi(
         "exceptions.open",
-        "Need a person",
+        "Needs attention",
         "Handoffs waiting in the workbench for a person, whatever their age.",
         "count",
         lambda r: (r.opened["count"], r.opened["count"]),

@@ -24,7 +24,7 @@ from django.db.models import Q, Sum
 from django.db.models.functions import Abs
 
 from dashboards import wip
-from dashboards.metrics import Converter, Filters
+from dashboards.metrics import Converter, Filters, converter_for
 from dashboards.models import DemandMonth, DemandSnapshot
 from pscsync import clock
 from pscsync.models import AuditEntry, Mismatch, PsaWorkedHours, ReconciliationRun
@@ -178,16 +178,16 @@ def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None, *, with
     mismatches ÷ Σ|ERP recognised| of every project-month checked, at the closing rate of the
     period's last month; differences within tolerance count as agreement. Row match rate =
     matched ÷ checked. `rows` are the open revenue mismatches: their |Δ| sum to the numerator."""
-    conv = conv or Converter()
+    conv = conv or converter_for(f)
     runs = _latest_runs(f)
     checked = matched = 0
-    erp_total = Decimal("0")
+    erp_total = conv.zero()
     for run in runs:
         part = (run.summary or {}).get("revenue", {})
         checked += part.get("checked", 0)
         matched += part.get("matched", 0)
         for currency, total in (part.get("erp_total") or {}).items():
-            erp_total += conv.convert(Decimal(total), currency, f.end, "closing")
+            erp_total += conv.money(Decimal(total), currency, f.end, "closing")
     qs = Mismatch.objects.filter(
         comparison=Mismatch.Comparison.REVENUE,
         status=Mismatch.Status.OPEN,
@@ -196,14 +196,14 @@ def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None, *, with
     # Summed in the database per currency (there can be thousands); the rows only for the drill-down.
     totals = qs.values("currency").annotate(total=Sum(Abs("difference"))).order_by()
     abs_difference = sum(
-        (conv.convert(t["total"] or Decimal("0"), t["currency"], f.end, "closing") for t in totals), Decimal("0")
+        (conv.money(t["total"] or Decimal("0"), t["currency"], f.end, "closing") for t in totals), conv.zero()
     )
     rows = []
     if with_rows:
         for m in qs.order_by("legal_entity__code", "subject_key", "period"):
-            rows.append(
-                {"mismatch": m, "abs_difference": conv.convert(abs(m.difference), m.currency, f.end, "closing")}
-            )
+            rows.append({"mismatch": m, "abs_difference": conv.money(abs(m.difference), m.currency, f.end, "closing")})
+    # A ratio of partly converted sums would be a wrong number: none until every amount converts.
+    complete = abs_difference.complete and erp_total.complete
     return {
         "as_of": max((r.finished_at for r in runs if r.finished_at), default=None),
         "checked": checked,
@@ -211,7 +211,9 @@ def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None, *, with
         "match_rate": 100.0 * matched / checked if checked else None,
         "erp_total": erp_total,
         "abs_difference": abs_difference,
-        "value_accuracy": float(100 * (1 - abs_difference / erp_total)) if erp_total else None,
+        "value_accuracy": float(100 * (1 - abs_difference.amount / erp_total.amount))
+        if complete and erp_total.amount
+        else None,
         "rows": rows,
     }
 
@@ -221,6 +223,16 @@ def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None, *, with
 EFFORT_ACTIONS = ("handoff.", "exception.", "cause.", "bulk.", "mismatch.")
 SESSION_GAP = dt.timedelta(minutes=30)  # actions closer than this are one sitting
 SESSION_LEAD = dt.timedelta(minutes=10)  # reading the exception before the first action of a sitting
+EFFORT_ENTRY_FIELDS = (
+    "created_at",
+    "actor_id",
+    "actor_label",
+    "action",
+    "object_type",
+    "object_id",
+    "object_repr",
+    "comment",
+)
 
 
 def _week_of(moment: dt.datetime) -> dt.date:
@@ -228,7 +240,7 @@ def _week_of(moment: dt.datetime) -> dt.date:
     return day - dt.timedelta(days=day.weekday())
 
 
-def reconciliation_effort(f: Filters) -> dict[str, Any]:
+def reconciliation_effort(f: Filters, *, with_entries: bool = True) -> dict[str, Any]:
     """Per ISO week of the period: people's audited actions on exceptions and mismatches, the
     people and items they worked, and their hours. Hours are sittings: one person's actions no more
     than 30 minutes apart are one sitting, lasting from its first action to its last plus 10
@@ -241,17 +253,20 @@ def reconciliation_effort(f: Filters) -> dict[str, Any]:
     qs = AuditEntry.objects.filter(kinds, created_at__gte=start, created_at__lt=end, actor__isnull=False)
     if f.entity_ids is not None:
         qs = qs.filter(legal_entity_id__in=f.entity_ids)
-    entries = list(
-        qs.order_by("actor_id", "created_at", "pk").only(
-            "created_at", "actor_id", "actor_label", "action", "object_type", "object_id", "object_repr", "comment"
-        )
+    ordered = qs.order_by("actor_id", "created_at", "pk")
+    # The page lists the entries; a tile or the JSON needs only their times, people and items
+    # (plain rows: thousands of model instances a month cost more than the rest of the figure).
+    entries: list[Any] = (
+        list(ordered.only(*EFFORT_ENTRY_FIELDS))
+        if with_entries
+        else list(ordered.values_list("created_at", "actor_id", "object_type", "object_id", named=True))
     )
     weeks: dict[dt.date, dict[str, Any]] = defaultdict(
         lambda: {"actions": 0, "people": set(), "items": set(), "hours": 0.0}
     )
-    sitting: list[AuditEntry] = []
+    sitting: list[Any] = []
 
-    def close(sitting: list[AuditEntry]) -> None:
+    def close(sitting: list[Any]) -> None:
         if sitting:
             span = sitting[-1].created_at - sitting[0].created_at + SESSION_LEAD
             weeks[_week_of(sitting[0].created_at)]["hours"] += span.total_seconds() / 3600
@@ -280,5 +295,5 @@ def reconciliation_effort(f: Filters) -> dict[str, Any]:
         "actions": len(entries),
         "hours": round(sum(r["hours"] for r in rows), 2),
         "weeks": rows,
-        "entries": entries,
+        "entries": entries if with_entries else [],
     }

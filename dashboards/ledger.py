@@ -27,7 +27,22 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, DecimalField, Max, Q, QuerySet, Sum, Value
+from django.db.models import (
+    Case,
+    Count,
+    DecimalField,
+    ExpressionWrapper,
+    F,
+    IntegerField,
+    Max,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
 from django.db.models.functions import Coalesce, TruncMonth, TruncWeek
 
 from dashboards.metrics import AGE_BUCKETS_DAYS, Converter, Filters, bucket_index, converter_for
@@ -45,8 +60,8 @@ AGEING_BUCKETS: list[tuple[int | None, int | None, str]] = [
     (91, None, "Over 90 days past due"),
 ]
 DSO_DEFINITION = (
-    "Simple DSO: receivables at the period end ÷ invoices posted in the 90 days up to it × 90 "
-    "(DOMAIN.md §2.6). Receivables are posted invoices' totals less the payments the ERP applied "
+    "Simple DSO: receivables at the period end ÷ invoices posted in the 90 days up to it × 90. "
+    "Receivables are posted invoices' totals less the payments the ERP applied "
     "up to that date."
 )
 
@@ -63,6 +78,19 @@ def ledger_invoices(f: Filters) -> QuerySet[ErpInvoice]:
     return qs
 
 
+def ledger_applications(f: Filters) -> QuerySet[PaymentApplication]:
+    """Payment applications to the ledger's invoices within the filter's scope, filtered through
+    the join (not `invoice IN (every invoice in scope)`, which the planner reads whole)."""
+    qs = PaymentApplication.objects.all()
+    if f.entity_ids is not None:
+        qs = qs.filter(invoice__legal_entity_id__in=f.entity_ids)
+    if f.customer:
+        qs = qs.filter(invoice__customer_name=f.customer)
+    if f.connection_id:
+        qs = qs.filter(invoice__connection_id=f.connection_id)
+    return qs
+
+
 def ledger_read_at(f: Filters) -> dt.datetime | None:
     """When the ledger in scope was last read from an ERP; None: never (the figures are not
     measured yet, which is not the same as nothing owed)."""
@@ -76,57 +104,78 @@ def ageing_index(days_past_due: int) -> int:
     return len(AGEING_BUCKETS) - 1
 
 
-def receivables(f: Filters, conv: Converter | None = None, *, at: dt.date | None = None) -> dict[str, Any]:
+AMOUNT = DecimalField(max_digits=16, decimal_places=2)
+
+
+def _open_invoices(f: Filters, at: dt.date) -> QuerySet[ErpInvoice]:
+    """Invoices with something owed at `at`, each annotated with `open_amount` (total less the
+    payments applied up to `at`) and `bucket` (its ageing band by days past the due date at `at`)."""
+    # Open at `at`: posted by then and not paid in full by then. A paid invoice's applications sum
+    # to its total by its paid_on day, so only those paid after `at` can still owe something at it;
+    # reading the rest (years of paid invoices) would only sum to zero.
+    open_then = Q(status__in=[ErpInvoice.Status.POSTED, ErpInvoice.Status.PARTLY_PAID]) | Q(
+        status=ErpInvoice.Status.PAID, paid_on__gt=at
+    )
+    applied = Subquery(
+        PaymentApplication.objects.filter(invoice=OuterRef("pk"), applied_on__lte=at)
+        .order_by()
+        .values("invoice")
+        .annotate(s=Sum("amount"))
+        .values("s"),
+        output_field=AMOUNT,
+    )
+    # The band in SQL, so the sums are made there: not yet due (or no due date) is current.
+    bands = [When(due_date__isnull=True, then=Value(0))]
+    for index, (_low, high, _label) in enumerate(AGEING_BUCKETS):
+        if high is not None:
+            bands.append(When(due_date__gte=at - dt.timedelta(days=high), then=Value(index)))
+    return (
+        ledger_invoices(f)
+        .filter(open_then, posting_date__lte=at)
+        .annotate(
+            open_amount=ExpressionWrapper(F("total") - Coalesce(applied, Value(ZERO)), output_field=AMOUNT),
+            bucket=Case(*bands, default=Value(len(AGEING_BUCKETS) - 1), output_field=IntegerField()),
+        )
+        .filter(open_amount__gt=0)
+    )
+
+
+def receivables(
+    f: Filters, conv: Converter | None = None, *, at: dt.date | None = None, detail: bool = True
+) -> dict[str, Any]:
     """Open balances at `at` (default: the period end), aged by due date, by customer and legal
-    entity. `rows`: one per (legal entity, customer), largest first; `invoices`: each open invoice
-    (its open amount in its own currency); `native`: the open amounts per currency, unconverted."""
+    entity, summed in the database. With `detail`: `rows`, one per (legal entity, customer),
+    largest first, and `invoices`, each open invoice (its open amount in its own currency), for
+    the tables and their drill-down; without (the overview, the JSON), only the sums.
+    `native`: the open amounts per currency, unconverted."""
     conv = conv or converter_for(f)
     at = at or f.end
-    applied = Coalesce(
-        Sum("applications__amount", filter=Q(applications__applied_on__lte=at)),
-        Value(ZERO),
-        output_field=DecimalField(max_digits=16, decimal_places=2),
-    )
-    qs = (
-        ledger_invoices(f)
-        .filter(status__in=ErpInvoice.POSTED_STATES, posting_date__lte=at)
-        .annotate(applied=applied)
-        .values(
-            "legal_entity_id",
-            "customer_name",
-            "currency",
-            "due_date",
-            "total",
-            "applied",
-            "number",
-            "status",
-            "posting_date",
-        )
-        .order_by()
-    )
+    qs = _open_invoices(f, at)
+    by = ("legal_entity_id", "currency", "bucket", *(("customer_name",) if detail else ()))
     n = len(AGEING_BUCKETS)
     buckets, counts = [conv.zero()] * n, [0] * n
     by_customer: dict[tuple[int, str], list[Money]] = defaultdict(lambda: [conv.zero()] * n)
     by_entity: dict[int, Money] = defaultdict(conv.zero)
     native: dict[str, Decimal] = defaultdict(Decimal)
-    invoices = []
-    for row in qs:
-        open_amount = row["total"] - row["applied"]
-        if open_amount <= 0:
-            continue
-        late = (at - row["due_date"]).days if row["due_date"] else 0
-        index = ageing_index(late)
-        invoices.append({**row, "open": open_amount, "days_past_due": max(0, late), "bucket": index})
-        value = conv.money(open_amount, row["currency"], at, "closing")
+    for g in qs.values(*by).annotate(v=Sum("open_amount"), k=Count("id")).order_by():
+        value = conv.money(g["v"], g["currency"], at, "closing")
+        index = g["bucket"]
         buckets[index] += value
-        counts[index] += 1
-        by_customer[(row["legal_entity_id"], row["customer_name"])][index] += value
-        by_entity[row["legal_entity_id"]] += value
-        native[row["currency"]] += open_amount
+        counts[index] += g["k"]
+        by_entity[g["legal_entity_id"]] += value
+        native[g["currency"]] += g["v"]
+        if detail:
+            by_customer[(g["legal_entity_id"], g["customer_name"])][index] += value
     rows = [
         {"legal_entity_id": entity, "customer": customer, "buckets": values, "total": sum(values, conv.zero())}
         for (entity, customer), values in by_customer.items()
     ]
+    invoices = []
+    if detail:
+        fields = ("legal_entity_id", "customer_name", "currency", "due_date", "total", "number", "status")
+        for row in qs.values(*fields, "posting_date", "open_amount", "bucket").order_by():
+            late = (at - row["due_date"]).days if row["due_date"] else 0
+            invoices.append({**row, "open": row["open_amount"], "days_past_due": max(0, late)})
     return {
         "at": at,
         "value": sum(buckets, conv.zero()),
@@ -159,9 +208,8 @@ def invoiced(f: Filters, conv: Converter | None = None, *, start: dt.date | None
 def cash_collected(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
     """Payments the ERP applied to invoices in scope, dated in the period (month's average rate)."""
     conv = conv or converter_for(f)
-    qs = PaymentApplication.objects.filter(invoice__in=ledger_invoices(f), applied_on__range=(f.start, f.end)).exclude(
-        invoice__status__in=[ErpInvoice.Status.VOIDED, ErpInvoice.Status.CREDITED]
-    )
+    qs = ledger_applications(f).filter(applied_on__range=(f.start, f.end))
+    qs = qs.exclude(invoice__status__in=[ErpInvoice.Status.VOIDED, ErpInvoice.Status.CREDITED])
     value, count = conv.zero(), 0
     by_entity: dict[int, Money] = defaultdict(conv.zero)
     groups = qs.annotate(month=TruncMonth("applied_on")).values(
@@ -175,10 +223,13 @@ def cash_collected(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
     return {"value": value, "count": count, "by_entity": dict(by_entity)}
 
 
-def dso(f: Filters, conv: Converter | None = None, *, window_days: int = DSO_WINDOW_DAYS) -> dict[str, Any]:
-    """Simple DSO at the period end (DSO_DEFINITION). None when nothing was invoiced in the window."""
+def dso(
+    f: Filters, conv: Converter | None = None, *, window_days: int = DSO_WINDOW_DAYS, detail: bool = True
+) -> dict[str, Any]:
+    """Simple DSO at the period end (DSO_DEFINITION). None when nothing was invoiced in the window.
+    `detail`: the receivables' rows and invoices too (receivables())."""
     conv = conv or converter_for(f)
-    owed = receivables(f, conv)
+    owed = receivables(f, conv, detail=detail)
     billed = invoiced(f, conv, start=f.end - dt.timedelta(days=window_days - 1))
     # A DSO from partly converted amounts would be a wrong number: none until every amount converts.
     complete = owed["value"].complete and billed["value"].complete
@@ -205,7 +256,7 @@ def by_week(f: Filters, conv: Converter | None = None) -> dict[dt.date, list[flo
         posted.annotate(week=TruncWeek("posting_date")).values("currency", "week").annotate(v=Sum("total")).order_by()
     ):
         weeks[_day(g["week"])][0] += float(conv.convert(g["v"] or ZERO, g["currency"], _day(g["week"])))
-    paid = PaymentApplication.objects.filter(invoice__in=ledger_invoices(f), applied_on__range=(f.start, f.end))
+    paid = ledger_applications(f).filter(applied_on__range=(f.start, f.end))
     paid = paid.exclude(invoice__status__in=[ErpInvoice.Status.VOIDED, ErpInvoice.Status.CREDITED])
     for g in (
         paid.annotate(week=TruncWeek("applied_on"))

@@ -468,6 +468,9 @@ def blocked_billing(
     buckets = _empty_buckets(AGE_BUCKETS_DAYS, conv.zero())
     by_entity: dict[int, list[Money]] = defaultdict(lambda: [conv.zero()] * len(AGE_BUCKETS_DAYS))
     groups = backlog_groups(f, flow="project-to-bill", by=("legal_entity_id", "currency", "aged_day"))
+    # A batch whose handoff has not read it from the PSA yet has no value or currency: counted, and
+    # said apart, so its zero is not taken for nothing waiting.
+    unread = sum(g["n"] for g in groups if not g["currency"])
     for g in groups:
         index = bucket_index(age_days(g["aged_day"], now), AGE_BUCKETS_DAYS)
         value = conv.money(g["total"] or Decimal("0"), g["currency"], f.end, "closing")
@@ -476,6 +479,7 @@ def blocked_billing(
         by_entity[g["legal_entity_id"]][index] += value
     return {
         "count": sum(b["count"] for b in buckets),
+        "unread": unread,
         "value": sum((b["value"] for b in buckets), conv.zero()),
         "buckets": buckets,
         "by_entity": dict(by_entity),

@@ -7,6 +7,8 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 
 
 class FlowSla(models.Model):
@@ -212,23 +214,39 @@ class RollupMeasures(models.Model):
         return f"{self.flow} {self.day}"
 
 
+def _group_key(*names: str) -> list[F | Coalesce]:
+    """A rollup's group as a unique key: nullable ids count as 0, because NULLs are never equal and
+    the incremental upserts (dashboards.facts.rollup_add) need one row per group to add to."""
+    nullable = {"legal_entity_id", "connection_id"}
+    return [Coalesce(name, Value(0)) if name in nullable else F(name) for name in names]
+
+
+# dashboards.facts.rollup_add names these keys in its ON CONFLICT clauses.
+DAILY_ROLLUP_KEY = ("day", "flow", "legal_entity_id", "service_line", "connection_id", "currency")
+ENTITY_ROLLUP_KEY = ("day", "flow", "legal_entity_id", "currency")
+ATTEMPT_ROLLUP_KEY = ("hour", "flow", "step", "connection_id", "legal_entity_id")
+
+
 class DailyRollup(RollupMeasures):
     """Per day and dimension: items started and finished, their value, the latency histogram.
-    Rebuilt per (flow, day) from FlowFact, so a rebuild is always correct and safe to repeat."""
+    Kept incrementally: each fact's change adds its own delta (dashboards.facts.fact_refresh);
+    `rollup_rebuild` recomputes a (flow, day) from FlowFact as the repair and reference path."""
 
     service_line = models.CharField(max_length=80, blank=True)
     connection_id = models.BigIntegerField(null=True)
 
     class Meta:
         indexes = [models.Index(fields=["flow", "day"], name="rollup_flow_day")]
+        constraints = [models.UniqueConstraint(*_group_key(*DAILY_ROLLUP_KEY), name="rollup_one_row_per_group")]
 
 
 class EntityDailyRollup(RollupMeasures):
-    """DailyRollup summed over service lines and connections, rebuilt with it: what a page without
+    """DailyRollup summed over service lines and connections, kept with it: what a page without
     a service-line or connection filter reads (the overview at 1M handoffs: a sixth of the rows)."""
 
     class Meta:
         indexes = [models.Index(fields=["flow", "day"], name="entity_rollup_flow_day")]
+        constraints = [models.UniqueConstraint(*_group_key(*ENTITY_ROLLUP_KEY), name="entity_rollup_one_row_per_group")]
 
 
 class AttemptRollup(models.Model):
@@ -248,6 +266,9 @@ class AttemptRollup(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["hour"], name="attempt_rollup_hour")]
+        constraints = [
+            models.UniqueConstraint(*_group_key(*ATTEMPT_ROLLUP_KEY), name="attempt_rollup_one_row_per_group")
+        ]
 
     def __str__(self) -> str:
         return f"{self.flow}/{self.step} {self.hour:%Y-%m-%d %H}h"

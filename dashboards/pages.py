@@ -22,6 +22,7 @@ from dashboards.facts import MEASURES, sla_for
 from dashboards.metrics import Converter, Filters, converter_for
 from dashboards.models import FlowFact
 from dashboards.money import Money, money_text
+from pscsync.glossary import count_words, duration_words, step_name, when_words
 from pscsync.models import Attempt, ErpInvoice, LegalEntity, Mismatch, Step
 from remediation import timeline
 from remediation.models import HandoffException
@@ -186,6 +187,24 @@ def link(name: str, f: Filters, **params: Any) -> str:
     return f"{reverse(name)}?{urlencode(query)}"
 
 
+def batches_of(ex: dict[str, Any]) -> str:
+    """ "3 of 40 batches", "1 of 1 batch"."""
+    return f"{ex['exceptions']} of {count_words(ex['attempted'], 'batch', 'batches')}"
+
+
+def age_bucket_link(f: Filters, lo: int, hi: int | None) -> str:
+    """The handoffs behind one bar of "needing attention, by age": the handoffs list, needing
+    attention, started lo..hi-1 days ago (the bucket's own rule), in the page's legal entities."""
+    query: dict[str, Any] = {"status": "needs_attention", "age_min": lo}
+    if hi is not None:
+        query["age_max"] = hi - 1
+    if f.entity_ids is not None:
+        query["legal_entity"] = ",".join(
+            LegalEntity.objects.filter(pk__in=f.entity_ids).order_by("code").values_list("code", flat=True)
+        )
+    return f"{reverse('handoffs:list')}?{urlencode(query)}"
+
+
 def handoff_link(pk: int | None) -> str:
     return reverse("handoffs:detail", args=[pk]) if pk else ""
 
@@ -211,7 +230,7 @@ def overview(f: Filters) -> Page:
             r,
             "quote-to-project.latency_median",
             hours_label(q2p.median_hours),
-            f"{pct(q2p.pct_within_sla)} within SLA ({q2p.sla_label}) · {q2p.measured} deals · "
+            f"{pct(q2p.pct_within_sla)} within SLA ({q2p.sla_label}) · {count_words(q2p.measured, 'deal')} · "
             + trend(q2p.median_hours, q2p.previous.median_hours if q2p.previous else None, " h"),
             label="Deal closed → project active (median)",
             href=link("dashboards:quote_to_project", f),
@@ -223,8 +242,9 @@ def overview(f: Filters) -> Page:
             "project-to-bill.latency_median",
             hours_label(p2b.median_hours),
             f"{pct(p2b.pct_within_sla)} within SLA ({p2b.sla_label}) · {money(blocked['value'])} released, "
-            f"not invoiced ({blocked['count']} batches)",
-            label="Approved time → invoice (median)",
+            f"not invoiced ({count_words(blocked['count'], 'batch', 'batches')}"
+            + (f", {blocked['unread']} not read from the PSA yet)" if blocked["unread"] else ")"),
+            label="Approved time → invoice posted (median)",
             href=link("dashboards:project_to_bill", f),
             state=money_state(blocked["value"], otherwise="bad" if blocked["count"] else "good"),
             question="Is approved work being billed?",
@@ -252,7 +272,8 @@ def overview(f: Filters) -> Page:
             r,
             "billing.exception_rate",
             pct(ex["rate"]),
-            f"{ex['exceptions']} of {ex['attempted']} batches · {money(ex['exception_value'])} "
+            f"{ex['exceptions']} of {count_words(ex['attempted'], 'batch', 'batches')} · "
+            f"{money(ex['exception_value'])} "
             f"({pct(ex['value_rate'])} of value)",
             state=money_state(ex["exception_value"], ex["value"], otherwise="bad" if ex["exceptions"] else "good"),
         ),
@@ -281,16 +302,21 @@ def overview(f: Filters) -> Page:
     page.sections.append(("Leader figures", leader_tiles(f, conv)))
     page.notes.append(
         f"Integration: {health['attempts']} calls in 24 h, {pct(health['failure_rate'])} failed, "
-        f"{health['rate_limited']} rate-limited; {health['dead_lettered']} dead-lettered; oldest unfinished "
-        + (f"{health['oldest_unfinished_age']}".split(".")[0] if health["oldest_unfinished_age"] else "none")
+        f"{health['rate_limited']} rate-limited; {health['dead_lettered']} needing attention; oldest unfinished "
+        + (duration_words(health["oldest_unfinished_age"]) if health["oldest_unfinished_age"] else "none")
         + "."
     )
     page.charts.append(
         Chart(
             "chart-age",
-            "Handoffs needing a person, by age",
-            charts.bars([b["label"] for b in opened["buckets"]], [b["count"] for b in opened["buckets"]], "handoffs"),
-            "Click a bar for the workbench list.",
+            "Handoffs needing attention, by age",
+            charts.bars(
+                [b["label"] for b in opened["buckets"]],
+                [b["count"] for b in opened["buckets"]],
+                "handoffs",
+                [age_bucket_link(f, lo, hi) for lo, hi, _label in metrics.EXCEPTION_AGE_BUCKETS],
+            ),
+            "Click a bar for its handoffs.",
         )
     )
     _currency_note(page, conv)
@@ -753,7 +779,7 @@ def bill_to_cash(f: Filters) -> Page:
             reading,
             "billing.invoiced",
             money(billed["value"]),
-            f"{billed['count']} invoices posted in the period",
+            f"{count_words(billed['count'], 'invoice')} posted in the period",
             href=link("dashboards:items", f, flow="bill-to-cash", measure="started"),
         ),
         _cash_tile(f, cash, reading),
@@ -799,8 +825,8 @@ def bill_to_cash(f: Filters) -> Page:
                     i["number"],
                     entities.get(i["legal_entity_id"], "—"),
                     i["customer_name"] or "—",
-                    i["posting_date"],
-                    i["due_date"] or "—",
+                    when_words(i["posting_date"], with_time=False),
+                    when_words(i["due_date"], with_time=False),
                     i["days_past_due"],
                     f"{i['open']:,.2f}",
                     i["currency"],
@@ -826,7 +852,7 @@ def exceptions(f: Filters) -> Page:
     ex, rev, risk = r.exceptions, r.revenue, r.risk
     reconciled = r.measurement(kpis.RECONCILIATION)
     page.tiles = [
-        kpi_tile(r, "billing.exception_rate", pct(ex["rate"]), f"{ex['exceptions']} of {ex['attempted']} batches"),
+        kpi_tile(r, "billing.exception_rate", pct(ex["rate"]), batches_of(ex)),
         kpi_tile(r, "revenue.match_rate", pct(rev["match_rate"]), f"{rev['open']} open · {money(rev['value'])}"),
         kpi_tile(
             r,
@@ -848,7 +874,7 @@ def exceptions(f: Filters) -> Page:
             "chart-causes",
             "Open mismatches by explanation",
             charts.hbars([labels.get(c, c) for c in causes], [float(v[1]) for v in causes.values()], conv.target),
-            "Σ|difference| per cause (DOMAIN.md §3.2 catalogue).",
+            "The sum of the absolute differences, per explanation.",
         )
     )
     page.tables.append(
@@ -859,7 +885,7 @@ def exceptions(f: Filters) -> Page:
             [[labels.get(c, c), v[0], money(v[1])] for c, v in sorted(causes.items(), key=lambda x: -x[1][1])],
             "Open mismatches for the period's months and contract-level ones.",
             _unmeasured_empty(
-                reconciled, "No open mismatch: the systems agree. Reconciliation runs daily (manage.py reconcile)."
+                reconciled, "No open mismatch: the systems agree. Reconciliation compares them every day."
             ),
         )
     )
@@ -998,73 +1024,50 @@ def _mismatches_by_customer(qs: Any, conv: Converter, f: Filters, entities: dict
     )
 
 
-def integration(f: Filters) -> Page:
+def rate_limited_last_day(f: Filters) -> int:
+    """Attempts the vendors refused with 429 in the last 24 h (their Retry-After waits are in the
+    calls table)."""
+    return int(metrics.health_line(f)["rate_limited"])
+
+
+def integration_calls(f: Filters) -> Table:
+    """Calls to the vendors in the last 24 h, per connection and step (Integration health)."""
     from connectors.models import Connection
 
-    page = Page("Integration health", "Calls to the vendors: throughput, failures, p95 latency, retries and waits.")
     since = metrics.clock.now() - dt.timedelta(days=1)
-    health = metrics.health_line(f)
-    page.tiles = [
-        Tile("Calls, last 24 h", str(health["attempts"]), f"{pct(health['failure_rate'])} failed", "", ""),
-        Tile(
-            "Rate-limited",
-            str(health["rate_limited"]),
-            "answers 429 in 24 h",
-            "",
-            "Attempts the vendor refused with 429; their Retry-After waits are summed below.",
-        ),
-        Tile(
-            "Dead-lettered",
-            str(health["dead_lettered"]),
-            "need a person",
-            reverse("handoffs:list") + "?status=needs_attention",
-            "",
-            "bad" if health["dead_lettered"] else "good",
-        ),
-        Tile(
-            "Oldest unfinished",
-            str(health["oldest_unfinished_age"]).split(".")[0] if health["oldest_unfinished_age"] else "none",
-            "",
-            handoff_link(health["oldest_unfinished_id"]) if health["oldest_unfinished_id"] else "",
-            "",
-        ),
-    ]
     names = dict(Connection.objects.values_list("pk", "name"))
     rows = metrics.attempt_stats(f, since, ("connection_id", "step"))
-    page.tables.append(
-        Table(
-            "calls",
-            "Per connection and step, last 24 h",
+    return Table(
+        "calls",
+        "Calls per connection and step, last 24 h",
+        [
+            "Connection",
+            "Step",
+            "Calls",
+            "Failed",
+            "Failure rate",
+            "Temporary failures",
+            "Rate-limited (429)",
+            "Retry-After waited",
+            "p95",
+        ],
+        [
             [
-                "Connection",
-                "Step",
-                "Calls",
-                "Failed",
-                "Failure rate",
-                "Transient",
-                "429",
-                "Retry-After waited (s)",
-                "p95",
-            ],
-            [
-                [
-                    names.get(r["connection_id"], "—"),
-                    r["step"],
-                    r["attempts"],
-                    r["failures"],
-                    pct(r["failure_rate"]),
-                    r["transient"],
-                    r["rate_limited"],
-                    r["retry_after_seconds"],
-                    "—" if r["p95_ms"] is None else f"≤ {r['p95_ms']:g} ms",
-                ]
-                for r in rows
-            ],
-            "From attempts of finished handoffs, counted once each; p95 is exact to the duration bucket.",
-            "No calls in the last 24 hours.",
-        )
+                names.get(r["connection_id"], "pscsync (checks, no vendor call)"),
+                step_name(r["step"]),
+                r["attempts"],
+                r["failures"],
+                pct(r["failure_rate"]),
+                r["transient"],
+                r["rate_limited"],
+                duration_words(r["retry_after_seconds"] or 0),
+                "—" if r["p95_ms"] is None else f"≤ {r['p95_ms']:g} ms",
+            ]
+            for r in rows
+        ],
+        "From attempts of finished handoffs, counted once each; p95 is exact to the duration bucket.",
+        "No calls in the last 24 hours.",
     )
-    return page
 
 
 def demand(f: Filters) -> Page:
@@ -1178,14 +1181,14 @@ def items(f: Filters, flow: str, measure: str) -> tuple[Page, Any]:
 
 # Leader figures ------------------------------------------------------------------------------------
 FORECAST_HELP = (
-    "Resource forecast accuracy (DOMAIN.md §2.8): for each month of the period that has ended, the weighted "
+    "Resource forecast accuracy: for each month of the period that has ended, the weighted "
     "demand forecast (open deals' plan hours × probability) as it stood N days before the month (the latest "
     "weekly snapshot then) against the hours people were later assigned in the PSA and the approved hours they "
     "worked, by role. WAPE = Σ|forecast − actual| ÷ Σ actual; accuracy = 1 − WAPE, not below 0; "
     "bias = Σ(forecast − actual) ÷ Σ actual (positive: over-forecast)."
 )
 REVENUE_HELP = (
-    "Revenue schedule accuracy (DOMAIN.md §2.5), as of each legal entity's latest complete reconciliation: "
+    "Revenue schedule accuracy, as of each legal entity's latest complete reconciliation: "
     "value accuracy = 1 − Σ|PSA − ERP| of the open revenue mismatches ÷ Σ|ERP recognised| of every "
     "project-month compared (differences within tolerance count as agreement); row match rate = project-months "
     "matched ÷ compared. Amounts at the closing rate of the period's last month."
@@ -1214,7 +1217,7 @@ def leader_tiles(
     """The three leader figures' tiles (from the figures when the caller has them already)."""
     fc = fc or leaders.forecast_accuracy(f)
     rev = rev or leaders.revenue_schedule_accuracy(f, conv, with_rows=False)
-    effort = effort or leaders.reconciliation_effort(f)
+    effort = effort or leaders.reconciliation_effort(f, with_entries=False)
     head = fc.headline
     shortest = min(fc.lags, default=None)
     assigned = fc.lags[shortest]["assigned"] if shortest else None
@@ -1247,7 +1250,8 @@ def leader_tiles(
         Tile(
             "Reconciliation effort",
             f"{effort['hours']:g} h",
-            f"{effort['actions']} actions on exceptions and mismatches · {len(effort['weeks'])} weeks",
+            f"{count_words(effort['actions'], 'action')} on exceptions and mismatches · "
+            f"{count_words(len(effort['weeks']), 'week')}",
             link("dashboards:leaders", f) + "#effort",
             EFFORT_HELP,
             "",
@@ -1257,7 +1261,7 @@ def leader_tiles(
 
 
 def leaders_page(f: Filters) -> Page:
-    conv = Converter()
+    conv = metrics.converter_for(f)  # one entity: its functional currency, as the overview
     page = Page(
         "Leader figures",
         "Resource forecast accuracy, revenue schedule accuracy and reconciliation effort, with the records each "
@@ -1333,7 +1337,7 @@ def leaders_page(f: Filters) -> Page:
                 "PSA",
                 "ERP",
                 "Difference",
-                f"|Difference| ({metrics.reporting_currency()})",
+                f"|Difference| ({conv.target})",
             ],
             [
                 [
@@ -1345,7 +1349,7 @@ def leaders_page(f: Filters) -> Page:
                     f"{Decimal(r['mismatch'].amounts.get('psa', '0')):,.2f} {r['mismatch'].currency}",
                     f"{Decimal(r['mismatch'].amounts.get('erp', '0')):,.2f} {r['mismatch'].currency}",
                     f"{r['mismatch'].difference:,.2f} {r['mismatch'].currency}",
-                    f"{r['abs_difference']:,.2f}",
+                    money(r["abs_difference"]),
                 ]
                 for r in rev["rows"]
             ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, Max, Q
 
 from connectors.models import Connection
@@ -44,7 +44,7 @@ FAILED_OUTCOMES = [
 ]
 
 
-def health_summary(user: AbstractBaseUser | AnonymousUser) -> HealthSummary:
+def health_summary(user: User | AnonymousUser) -> HealthSummary:
     now = clock.now()
     handoffs = handoffs_visible_to(user)
     counts = dict(handoffs.values_list("status").annotate(n=Count("pk")).order_by())
@@ -66,7 +66,7 @@ def health_summary(user: AbstractBaseUser | AnonymousUser) -> HealthSummary:
     )
 
 
-def connection_activity(user: AbstractBaseUser | AnonymousUser) -> list[dict]:
+def connection_activity(user: User | AnonymousUser) -> list[dict]:
     """Per connection the user may see: events in the last day and the last one's time."""
     now = clock.now()
     connections = scope_queryset(Connection.objects.all(), user, "legal_entities")

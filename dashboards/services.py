@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from dashboards.facts import sla_for
@@ -14,7 +14,7 @@ from pscsync.audit import audit_record
 
 def flow_sla_set(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     flow: str,
     target: Decimal,
     unit: str,

@@ -14,6 +14,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from connectors.models import Connection
@@ -27,6 +28,7 @@ from dashboards.services import flow_sla_set
 from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, entity_ids_for, permission_required
 from pscsync.csvsafe import SafeWriter
+from pscsync.glossary import count_words, flow_name, money_words, when_words
 from pscsync.models import LegalEntity
 
 DASH_PAGES = [
@@ -35,7 +37,7 @@ DASH_PAGES = [
     ("dashboards:project_to_bill", "Project to bill"),
     ("dashboards:bill_to_cash", "Bill to cash"),
     ("dashboards:exceptions", "Exceptions & mismatches"),
-    ("dashboards:integration", "Integration health"),
+    ("dashboards:health", "Integration health"),
     ("dashboards:demand", "Resource demand"),
     ("dashboards:leaders", "Leader figures"),
 ]
@@ -128,7 +130,16 @@ quote_to_project = _page_view(pages.quote_to_project, "dashboards:quote_to_proje
 project_to_bill = _page_view(pages.project_to_bill, "dashboards:project_to_bill")
 bill_to_cash = _page_view(pages.bill_to_cash, "dashboards:bill_to_cash")
 exceptions = _page_view(pages.exceptions, "dashboards:exceptions")
-integration = _page_view(pages.integration, "dashboards:integration")
+
+
+@permission_required(VIEW_DASHBOARDS)
+@require_GET
+def integration(request: HttpRequest) -> HttpResponse:
+    """The page that was merged into Integration health: old links land there."""
+    query = request.GET.urlencode()
+    return redirect(reverse("dashboards:health") + (f"?{query}" if query else ""), permanent=True)
+
+
 demand = _page_view(pages.demand, "dashboards:demand")
 leaders = _page_view(pages.leaders_page, "dashboards:leaders")
 
@@ -140,7 +151,7 @@ def items(request: HttpRequest) -> HttpResponse:
     flow = request.GET.get("flow", "")
     measure = request.GET.get("measure", "measured")
     page, qs = pages.items(f, flow, measure)
-    entities = dict(LegalEntity.objects.values_list("pk", "code"))
+    entities = dict(LegalEntity.objects.values_list("pk", "name"))
     headers = [
         "Item",
         "Flow",
@@ -158,17 +169,18 @@ def items(request: HttpRequest) -> HttpResponse:
         "Handoffs",
     ]
 
-    def row(x: Any) -> list[Any]:
+    def row(x: Any, *, page: bool = True) -> list[Any]:
+        # The page shows money as money ("£12,435.00"); the CSV keeps the number for a spreadsheet.
         return [
             (x.key, pages.handoff_link(x.handoff_id)),
-            x.flow,
+            flow_name(x.flow),
             entities.get(x.legal_entity_id, ""),
             x.customer_name,
             x.service_line,
-            x.amount,
+            money_words(x.amount, x.currency) if page else x.amount,
             x.currency,
-            x.start_at.isoformat() if x.start_at else "",
-            x.end_at.isoformat() if x.end_at else "open",
+            when_words(x.start_at) if x.start_at else "",
+            when_words(x.end_at) if x.end_at else "open",
             "" if x.latency_hours is None else round(x.latency_hours, 1),
             {True: "yes", False: "no", None: ""}[x.within_sla],
             "" if x.sync_minutes is None else round(x.sync_minutes, 1),
@@ -177,12 +189,14 @@ def items(request: HttpRequest) -> HttpResponse:
         ]
 
     if request.GET.get("csv"):
-        return _csv(pages.Table("items", "", headers, [row(x) for x in qs.iterator()]), f"items-{flow}-{measure}")
+        return _csv(
+            pages.Table("items", "", headers, [row(x, page=False) for x in qs.iterator()]), f"items-{flow}-{measure}"
+        )
     paged = Paginator(qs, 50).get_page(request.GET.get("page"))
     page.tables.append(
         pages.Table(
             "items",
-            f"{paged.paginator.count} items",
+            count_words(paged.paginator.count, "item"),
             headers,
             [row(x) for x in paged],
             "",
@@ -286,9 +300,19 @@ def _settings_context(sla_form: SlaForm, fx_form: FxForm) -> dict[str, Any]:
 @permission_required(VIEW_DASHBOARDS)
 @require_GET
 def health(request: HttpRequest) -> HttpResponse:
+    """One Integration health page: the handoffs' state (scoped to the user's entities), the
+    vendor calls of the last 24 h per connection and step, and each connection's activity."""
+    f = filters_from(request)
+    calls = pages.integration_calls(f)
+    if request.GET.get("csv") == calls.name:
+        return _csv(calls, f"{calls.name}-{clock.now().date()}")
     context = {
         "summary": health_summary(request.user),
+        "calls": calls,
+        "rate_limited": pages.rate_limited_last_day(f),
         "connections": connection_activity(request.user),
         "overdue_minutes": int(OVERDUE_AFTER.total_seconds() // 60),
+        "dash_pages": DASH_PAGES,
+        "url_name": "dashboards:health",
     }
     return render(request, "dashboards/health.html", context)

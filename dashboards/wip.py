@@ -30,7 +30,7 @@ UNPOSTED = "On an unposted ERP invoice"
 PART_LABELS = {**KIND_LABELS, "released": RELEASED, "unposted": UNPOSTED}
 
 
-def psa_work(f: Filters):  # noqa: ANN201 - a queryset of UnbilledWork
+def psa_work(f: Filters):  # a queryset of UnbilledWork
     qs = UnbilledWork.objects.all()
     if f.entity_ids is not None:
         qs = qs.filter(legal_entity_id__in=f.entity_ids)

@@ -4,7 +4,8 @@ The fields are held in context variables, so they follow the work through a requ
 task and every vendor call without being passed around: `request_id` (from the caller's
 `X-Request-ID` or made here, returned on the response and carried into the tasks a request
 publishes), `trace_id` (the OpenTelemetry trace when tracing is on), `handoff_id`, `business_key`,
-`flow` and `connection`. A logging filter copies them onto each record; the JSON formatter
+`flow`, `step`, `legal_entity` and `connection`. The same fields become the attributes of the spans
+started inside them (ops.tracing). A logging filter copies them onto each record; the JSON formatter
 (python-json-logger) writes them as keys in production, the text formatter appends them in
 `make demo`. Any logger works unchanged: Django's, Celery's, ours.
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
-FIELDS = ("request_id", "trace_id", "handoff_id", "business_key", "flow", "connection")
+FIELDS = ("request_id", "trace_id", "handoff_id", "business_key", "flow", "step", "legal_entity", "connection")
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("pscsync_log_context", default=None)
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -98,6 +99,9 @@ class RequestIdMiddleware:
         # Left bound after the middleware returns, so Django's own line about the response (written
         # by the handler outside the middleware) has the id too; request_finished clears it.
         _context.set({"request_id": request_id})
+        from ops.tracing import annotate  # here: ops.tracing reads this module's fields
+
+        annotate(request_id=request_id)  # the server span started before the id was known
         response = self.get_response(request)
         response[REQUEST_ID_HEADER] = request_id
         return response

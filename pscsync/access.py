@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, Permission
+from django.contrib.auth.models import AnonymousUser, Group, Permission, User
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -63,7 +63,7 @@ def ensure_roles() -> None:
         group.permissions.set(perms)
 
 
-def role_of(user: AbstractBaseUser | AnonymousUser) -> str | None:
+def role_of(user: User | AnonymousUser) -> str | None:
     if not user.is_authenticated:
         return None
     names = {g.name for g in user.groups.all()}
@@ -73,7 +73,7 @@ def role_of(user: AbstractBaseUser | AnonymousUser) -> str | None:
     return None
 
 
-def entity_ids_for(user: AbstractBaseUser | AnonymousUser) -> list[int] | None:
+def entity_ids_for(user: User | AnonymousUser) -> list[int] | None:
     """The legal entity ids a user may see; None means all of them."""
     from pscsync.models import AccessProfile
 
@@ -81,7 +81,7 @@ def entity_ids_for(user: AbstractBaseUser | AnonymousUser) -> list[int] | None:
         return []
     cached = getattr(user, "_pscsync_entity_ids", False)
     if cached is not False:
-        return cached
+        return cast("list[int] | None", cached)
     profile = AccessProfile.objects.filter(user=user).first()
     if profile is None:
         ids: list[int] | None = []
@@ -89,11 +89,11 @@ def entity_ids_for(user: AbstractBaseUser | AnonymousUser) -> list[int] | None:
         ids = None
     else:
         ids = list(profile.legal_entities.values_list("pk", flat=True))
-    user._pscsync_entity_ids = ids  # type: ignore[union-attr]
+    user._pscsync_entity_ids = ids  # type: ignore[attr-defined]  # a per-request cache on the user
     return ids
 
 
-def scope_queryset(qs: QuerySet[M], user: AbstractBaseUser | AnonymousUser, path: str = "legal_entity") -> QuerySet[M]:
+def scope_queryset(qs: QuerySet[M], user: User | AnonymousUser, path: str = "legal_entity") -> QuerySet[M]:
     """Limit a queryset to the user's legal entities. `path` leads from the model to LegalEntity.
 
     Records with no legal entity are visible only to users who see all entities.
@@ -106,7 +106,7 @@ def scope_queryset(qs: QuerySet[M], user: AbstractBaseUser | AnonymousUser, path
     return qs.filter(**{f"{path}__in": ids}).distinct()
 
 
-def users_in_scope(actor: AbstractBaseUser | AnonymousUser) -> QuerySet:
+def users_in_scope(actor: User | AnonymousUser) -> QuerySet:
     """The users an admin may see and manage: all of them for an admin of every entity; for an
     admin limited to some entities, only users limited to (some of) those same entities. A user
     who sees all entities, or any entity outside the admin's scope, is not theirs to manage:

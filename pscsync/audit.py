@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.db.models import Model
@@ -119,7 +119,7 @@ def entry_hash_of(entry: AuditEntry, prev_hash: str, key: bytes | None = None) -
 
 def audit_record(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     action: str,
     obj: Model,
     before: dict[str, Any] | None = None,
@@ -147,7 +147,7 @@ def audit_record(
 
 def audit_append(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     action: str,
     object_type: str,
     object_id: str = "",

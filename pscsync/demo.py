@@ -178,6 +178,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     print("pscsync demo: migrating and seeding the demo firm ...", flush=True)
     subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
+    # Pages name static files by content hash (the manifest collectstatic writes); see settings.
+    subprocess.run([*manage, "collectstatic", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
     subprocess.run([*manage, "demo_seed", "--echo-url", f"http://127.0.0.1:{ECHO_PORT}"], env=env, cwd=ROOT, check=True)
     logs = VAR / "logs"
     logs.mkdir(exist_ok=True)
@@ -258,10 +260,18 @@ pscsync is running: http://127.0.0.1:{WEB_PORT}/
                 stop_all({name: processes[name]}, grace=15)
                 start(name, env)
                 time.sleep(2.0 if name == "web" else 0.3)
+            # The firm's nightly reconciliation, once the engine has caught up with the history's
+            # queue (beat's first turn is a schedule away, and a record still queued is no
+            # mismatch): the overview's unbilled WIP, mismatches and money at risk are then measured.
+            commands["reconcile"] = [*manage, "reconcile", "--after-backlog", "600"]
+            start("reconcile", env)
         for name, process in list(processes.items()):
             if process.poll() is not None:
+                if name == "reconcile" and process.returncode == 0:
+                    del processes[name]
+                    continue
                 print(f"{name} exited with {process.returncode}; see {logs / (name + '.log')}", flush=True)
-                if name == "firm":  # the rest of the demo works without new activity
+                if name in ("firm", "reconcile"):  # the rest of the demo works without them
                     del processes[name]
                     continue
                 stop()

@@ -35,13 +35,13 @@ def handoffs_publish(handoff_ids: Iterable[int], *, fault_key: str = "") -> None
         return
     try:
         messages = handoff_messages(ids, published_at=clock.now().timestamp())
-    except Exception:  # noqa: BLE001 - nothing was sent: Celery's own path still works
+    except Exception:
         log.exception("could not build %d handoff message(s) in bulk; publishing one by one", len(ids))
         _publish_each(ids)
         return
     try:
         _redis_push(messages)
-    except Exception:  # noqa: BLE001 - the broker is down: the sweeper will publish them again
+    except Exception:
         log.warning("could not publish %d handoff(s); the sweeper will retry", len(ids), exc_info=True)
 
 
@@ -146,7 +146,7 @@ def queue_head_published_at() -> float | None:
         with app.connection_for_read() as connection:
             client = connection.default_channel.client
             raw = client.lindex(app.conf.task_default_queue, -1)
-    except Exception:  # noqa: BLE001 - unknown: the sweeper falls back on its fixed window
+    except Exception:  # unknown: the sweeper falls back on its fixed window
         log.warning("could not read the queue's head", exc_info=True)
         return None
     if raw is None:
@@ -182,7 +182,7 @@ def events_ring(event_ids: Iterable[int], *, fault_key: str = "") -> None:
     try:
         with app.connection_for_write() as connection:
             length = connection.default_channel.client.lpush(DOORBELL, *(f"{i}@{stamp}" for i in ids))
-    except Exception:  # noqa: BLE001 - the broker is down: the sweeper rings again
+    except Exception:
         log.warning("could not ring for %d event(s); the sweeper will", len(ids), exc_info=True)
         return
     if length == len(ids):
@@ -200,7 +200,7 @@ def _events_route_publish(ids: list[int]) -> None:
 
     try:
         events_route_task.apply_async((ids,), headers={PUBLISHED_AT_HEADER: clock.now().timestamp()})
-    except Exception:  # noqa: BLE001 - the sweeper wakes a worker again
+    except Exception:
         log.warning("could not wake a worker for the events' doorbell", exc_info=True)
 
 
@@ -232,7 +232,7 @@ def doorbell_state() -> tuple[int, float | None]:
             client = connection.default_channel.client
             with client.pipeline(transaction=False) as pipe:
                 length, oldest = pipe.llen(DOORBELL).lindex(DOORBELL, -1).execute()
-    except Exception:  # noqa: BLE001 - unknown: the sweeper falls back on its fixed window
+    except Exception:
         log.warning("could not read the events' doorbell", exc_info=True)
         return 0, None
     if not oldest:

@@ -112,7 +112,8 @@ def firm_subscriptions_register(*, connections: dict[str, Connection], web_url: 
     Returns what was registered, for the demo's start-up message."""
     import httpx
 
-    from connectors.registry import connector_for
+    from connectors.businesscentral import BusinessCentralConnector
+    from connectors.registry import connector_of
 
     done = []
     for slug in ("salesforce", "certinia-us"):
@@ -130,7 +131,7 @@ def firm_subscriptions_register(*, connections: dict[str, Connection], web_url: 
         done.append(f"{connection.name} -> {url}")
     bc = connections.get("businesscentral-uk")
     if bc is not None:
-        connector = connector_for(bc)
+        connector = connector_of(bc, BusinessCentralConnector)
         # BC refuses subscriptions to customerPayments; a payment shows as its invoice changing.
         for entity in ("salesInvoices",):
             url = f"{web_url.rstrip('/')}/webhooks/{bc.slug}/"

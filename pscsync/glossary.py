@@ -9,6 +9,8 @@ The template filters in pscsync/templatetags/present.py are thin wrappers around
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -69,6 +71,21 @@ ERROR_KIND_NAMES = {
     "blocked": "Waiting on another handoff",
 }
 
+# What a person did (or the engine did for them) to a handoff, as the timeline says it.
+ACTION_NAMES = {
+    "handoff.resubmit": "Resubmitted",
+    "handoff.resubmit.bulk": "Resubmitted with others (bulk)",
+    "handoff.rerun": "Re-run after a mapping change",
+    "handoff.resolve": "Resolved without retry",
+    "handoff.cancel": "Cancelled",
+    "handoff.reopen": "Reopened",
+    "handoff.compensate": "Undone in the target systems",
+    "handoff.compensate.request": "Undo requested",
+    "handoff.compensate.failed": "Undo failed",
+    "handoff.sla_breach": "SLA breached",
+    "handoff.stuck": "Found stuck",
+}
+
 CURRENCY_SYMBOLS = {"GBP": "£", "USD": "$", "EUR": "€", "JPY": "¥", "AUD": "A$", "CAD": "C$", "CHF": "CHF "}
 CURRENCY_DECIMALS = {"JPY": 0, "KRW": 0, "HUF": 0}
 
@@ -76,6 +93,24 @@ CURRENCY_DECIMALS = {"JPY": 0, "KRW": 0, "HUF": 0}
 def _words(code: str) -> str:
     text = str(code or "").replace("_", " ").replace("-", " ").strip()
     return text[:1].upper() + text[1:]
+
+
+# A step code standing alone in a message (the runner prefixes every error with the step's code).
+_STEP_CODE = re.compile(r"\b(" + "|".join(sorted((k for k in STEP_NAMES if "_" in k), key=len, reverse=True)) + r")\b")
+
+
+def error_words(message: Any) -> str:
+    """A stored error message as a person reads it: "validate_deal: account … has no tax profile"
+    becomes "Check the deal: account … has no tax profile" (every step code named)."""
+    return _STEP_CODE.sub(lambda m: STEP_NAMES[m.group(1)], str(message or ""))
+
+
+def document_text(value: Any) -> str:
+    """A stored document (what a step sent or received, an audit entry's before and after) as a
+    person reads it: indented JSON, "—" when empty, step codes named."""
+    if value in ({}, None, ""):
+        return "—"
+    return error_words(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
 def flow_name(code: str) -> str:
@@ -100,6 +135,12 @@ def state_name(code: str) -> str:
 
 def entity_name(code: str) -> str:
     return ENTITY_NAMES.get(str(code or ""), _words(code).lower())
+
+
+def action_name(code: str) -> str:
+    """An audit action ("handoff.resubmit") as the timeline says it ("Resubmitted")."""
+    code = str(code or "")
+    return ACTION_NAMES.get(code) or _words(code.replace(".", " "))
 
 
 def error_kind_name(code: str) -> str:

@@ -23,12 +23,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db import connection as db
 
 from connectors.base import InboundChange
 from connectors.models import Connection, PollCursor
+from ops.tracing import current_traceparent, handoff_trace_fields
 from pscsync import clock
 from pscsync.dispatch import events_ring, events_take, events_wake, handoffs_publish
 from pscsync.flows import flow_get
@@ -89,7 +91,8 @@ def change_problem(change: InboundChange) -> str:
         ("flow", change.flow),
         ("business_key", change.business_key),
     ):
-        limit = Event._meta.get_field(name).max_length
+        field = Event._meta.get_field(name)
+        limit = field.max_length if isinstance(field, models.CharField) and field.max_length else 0
         label = _FIELD_WORDS[name]
         if len(value) > limit:
             return f"{label} is {len(value)} characters long; at most {limit} are accepted"
@@ -151,7 +154,7 @@ def _event(
 
 
 def _store(connection: Connection, change: InboundChange, headers: dict[str, str], raw_body: str) -> Event | None:
-    event = _event(connection, change, headers, raw_body, received_at=clock.now())
+    event = _event(connection, change, headers, raw_body, received_at=clock.now(), traceparent=current_traceparent())
     try:
         with transaction.atomic():
             event.save(force_insert=True)
@@ -201,6 +204,7 @@ def handoff_start(*, event: Event, reason: str = "a new change") -> Handoff:
         created_at=now,
         next_attempt_at=now,
         dispatched_at=now,
+        **handoff_trace_fields(event.traceparent),
     )
     handoff_opened(handoff, actor="intake", reason=reason)
     event.status = Event.Status.ACCEPTED
@@ -274,6 +278,7 @@ def _route_behind(event: Event, open_handoff: Handoff) -> Handoff | None:
             "attempt_count": 0,
             "next_attempt_at": now,
             "dispatched_at": now,
+            **handoff_trace_fields(event.traceparent),
         },
     )
     event.status = Event.Status.ACCEPTED
@@ -326,15 +331,22 @@ def event_receive(
 
 
 def events_accept(
-    *, connection: Connection, changes: list[InboundChange], headers: dict[str, str], raw_body: str
+    *,
+    connection: Connection,
+    changes: list[InboundChange],
+    headers: dict[str, str],
+    raw_body: str,
+    traceparents: list[str] | None = None,
 ) -> list[IntakeResult]:
     """Store a delivery's changes with one statement and ring the doorbell; a worker routes them.
 
     One INSERT ... ON CONFLICT DO NOTHING RETURNING: all the changes or none, a change already
     stored (same connection and source event id) is left as it was and answered as a duplicate.
     The doorbell rings after the commit (at once outside a transaction); if it is lost the
-    sweeper rings again for every event still "received"."""
+    sweeper rings again for every event still "received". `traceparents`, one per change, is the
+    trace each change's handoff continues (ops.tracing); the current one when not given."""
     now = clock.now()
+    traces = traceparents or [current_traceparent()] * len(changes)
     events = [
         _event(
             connection,
@@ -344,8 +356,9 @@ def events_accept(
             received_at=now,
             rung_at=now,
             status=Event.Status.RECEIVED,
+            traceparent=trace,
         )
-        for change in changes
+        for change, trace in zip(changes, traces, strict=True)
     ]
     stored = _insert_new(events)
     results = []
@@ -380,11 +393,11 @@ def _insert_new(events: list[Event]) -> dict[str, int]:
     fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
     quote = db.ops.quote_name
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    params: list[object] = []
+    params: list[Any] = []
     for event in events:
         params += [f.get_db_prep_save(f.pre_save(event, True), connection=db) for f in fields]
     table = quote(Event._meta.db_table)
-    columns = ", ".join(quote(f.column) for f in fields)
+    columns = ", ".join(quote(str(f.column)) for f in fields)
     rows = ", ".join([row] * len(events))
     # The names are the model's own and every value is a parameter.
     sql = (

@@ -5,12 +5,17 @@ this module only stores what they answered, so the dashboards' money figures are
 
 Written from two places, both reading the ERP over its API: every bill-to-cash sync (the invoice
 and its project's other invoices) and every reconciliation run (all of them). Recording the same
-answer twice changes nothing; a new answer moves the invoice and adds one history row."""
+answer twice changes nothing; a new answer moves the invoice and adds one history row.
+
+Listeners (`listener_add`) are told the invoice's id after the commit of every write that moved
+it or changed its posting or paid day: the dashboards end their money cycles on those days."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import functools
+import logging
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
@@ -19,6 +24,30 @@ from connectors.base import InvoiceStatus, LedgerInvoice
 from connectors.models import Connection
 from pscsync import clock
 from pscsync.models import ErpInvoice, InvoiceStatusChange, LegalEntity, PaymentApplication
+
+log = logging.getLogger("pscsync.ledger")
+Listener = Callable[[int], None]
+_listeners: dict[str, Listener] = {}
+
+
+def listener_add(name: str, listener: Listener) -> Listener:
+    """Register (or replace, by name) a listener told the id of each ERP invoice whose ledger
+    state or dates moved, after the commit that moved it."""
+    _listeners[name] = listener
+    return listener
+
+
+def listener_remove(name: str) -> None:
+    _listeners.pop(name, None)
+
+
+def listeners_tell(invoice_id: int) -> None:
+    """Runs after commit; never raises (a listener has its own repair job)."""
+    for name, listener in list(_listeners.items()):
+        try:
+            listener(invoice_id)
+        except Exception:
+            log.exception("ledger listener %s failed on ERP invoice %s", name, invoice_id)
 
 
 def _move_date(invoice: LedgerInvoice, status: str, today: dt.date) -> dt.date | None:
@@ -66,6 +95,7 @@ def ledger_record_invoice(
     }
     row = ErpInvoice.objects.select_for_update().filter(connection=connection, vendor_id=invoice.id).first()
     before = row.status if row else ""
+    dates_before = (row.posting_date, row.paid_on) if row else (None, None)
     if row is None:
         try:
             with transaction.atomic():
@@ -75,6 +105,7 @@ def ledger_record_invoice(
         except IntegrityError:  # another worker recorded it first: take its row and update it
             row = ErpInvoice.objects.select_for_update().get(connection=connection, vendor_id=invoice.id)
             before = row.status
+            dates_before = (row.posting_date, row.paid_on)
     for name, value in fields.items():
         setattr(row, name, value)
     applied = [p.applied_on for p in invoice.payments if p.applied_on]
@@ -92,6 +123,8 @@ def ledger_record_invoice(
             on=_move_date(invoice, invoice.status, today),
             seen_at=seen_at,
         )
+    if before != invoice.status or dates_before != (row.posting_date, row.paid_on):
+        transaction.on_commit(functools.partial(listeners_tell, row.pk))
     _applications_store(row, invoice, seen_at)
     return row
 
@@ -157,3 +190,4 @@ def _mark_deleted(row: ErpInvoice, seen_at: dt.datetime) -> None:
     InvoiceStatusChange.objects.create(
         invoice=row, from_status=before, to_status=row.status, on=seen_at.date(), seen_at=seen_at
     )
+    transaction.on_commit(functools.partial(listeners_tell, row.pk))

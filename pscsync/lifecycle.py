@@ -41,7 +41,7 @@ from pscsync import clock
 from pscsync.models import Handoff, HandoffTransition, status_write_allowed
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def listeners_tell(move: Move) -> None:
     for name, listener in list(_listeners.items()):
         try:
             listener(move)
-        except Exception:  # noqa: BLE001 - a listener must not fail the move or the others
+        except Exception:  # a listener must not fail the move or the others
             log.exception("lifecycle listener %s failed on handoff %s; its repair job will", name, move.handoff_id)
 
 
@@ -100,7 +100,7 @@ def transition_check(from_states: Iterable[str], to: str) -> None:
             raise TransitionNotAllowed(f"a handoff may not move from {state!r} to {to!r}")
 
 
-def _actor_label(actor: str | AbstractBaseUser | None) -> tuple[str, AbstractBaseUser | None]:
+def _actor_label(actor: str | User | None) -> tuple[str, User | None]:
     if actor is None:
         return "system", None
     if isinstance(actor, str):
@@ -114,7 +114,7 @@ def _record(
     from_status: str,
     to: str,
     *,
-    actor: str | AbstractBaseUser | None,
+    actor: str | User | None,
     reason: str,
     step: str,
     attempt: int | None,
@@ -144,7 +144,7 @@ def handoff_move(
     *,
     from_states: Iterable[str],
     to: str,
-    actor: str | AbstractBaseUser | None,
+    actor: str | User | None,
     reason: str = "",
     step: str = "",
     attempt: int | None = None,
@@ -162,7 +162,7 @@ def handoff_move(
     fields = dict(fields or {})
     fields.pop("status", None)
     instance = handoff if isinstance(handoff, Handoff) else None
-    pk = instance.pk if instance is not None else int(handoff)
+    pk = handoff.pk if isinstance(handoff, Handoff) else int(handoff)
     qs = Handoff.objects.filter(pk=pk, status__in=from_states)
     if where is not None:
         qs = qs.filter(where)
@@ -207,7 +207,7 @@ def _plain(value: Any) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def handoff_opened(handoff: Handoff, *, actor: str | AbstractBaseUser | None, reason: str = "") -> Move:
+def handoff_opened(handoff: Handoff, *, actor: str | User | None, reason: str = "") -> Move:
     """Record that a handoff was just created (its first history row, from nothing to its
     status) and tell the listeners after commit. Call in the transaction that created it."""
     return _record(

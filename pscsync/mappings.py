@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Max
 
@@ -32,7 +32,7 @@ def mapping_publish(
     rules: list[dict[str, Any]],
     value_maps: dict[str, dict[str, Any]],
     comment: str,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
     direction: str = Mapping.Direction.OUTBOUND,
     name: str = "",
 ) -> MappingVersion:

@@ -3,9 +3,10 @@ cross references and the audit trail. State changes happen in services, never in
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from contextvars import ContextVar
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from django.conf import settings
 from django.db import models
@@ -70,6 +71,9 @@ class Event(models.Model):
     payload = models.JSONField(default=dict)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.ACCEPTED)
     handoff = models.ForeignKey("Handoff", null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    # The W3C traceparent of the intake that stored it ("" when tracing is off): the handoff it
+    # starts, now or after waiting in a queue, continues that trace (ops.tracing).
+    traceparent = models.CharField(max_length=55, blank=True, default="")
 
     class Meta:
         ordering = ["-received_at"]
@@ -180,6 +184,10 @@ class Handoff(models.Model):
     service_line = models.CharField(max_length=80, blank=True)
     amount = models.DecimalField(max_digits=16, decimal_places=2, null=True, blank=True)
     currency = models.CharField(max_length=3, blank=True)
+    # Its trace (ops.tracing): every run joins the trace of the change that started it, whatever
+    # delivered the run. The id on its own is indexed so an id quoted from a tracing UI finds it.
+    traceparent = models.CharField(max_length=55, blank=True, default="")
+    trace_id = models.CharField(max_length=32, blank=True, default="", db_index=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -218,8 +226,8 @@ class Handoff(models.Model):
     # A new handoff is created in any state (intake opens it pending; tests and loaders build
     # records as they need them), which is not a move.
     @classmethod
-    def from_db(cls, db: Any, field_names: Any, values: Any) -> Handoff:
-        instance = super().from_db(db, field_names, values)
+    def from_db(cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kwargs: Any) -> Self:
+        instance = super().from_db(db, field_names, values, **kwargs)
         instance._status_loaded = instance.__dict__.get("status")
         return instance
 
@@ -392,13 +400,13 @@ class AuditEntry(models.Model):
     def __str__(self) -> str:
         return f"{self.actor_label} {self.action} {self.object_type}:{self.object_id}"
 
-    def save(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def save(self, *args, **kwargs) -> None:
         # Append-only: an existing entry is never rewritten (PostgreSQL also refuses it by trigger).
         if self.pk is not None:
             raise PermissionError("audit entries are append-only")
         super().save(*args, **kwargs)
 
-    def delete(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    def delete(self, *args, **kwargs):
         raise PermissionError("audit entries are append-only")
 
 
@@ -715,6 +723,15 @@ class ErpInvoice(models.Model):
         indexes = [
             models.Index(fields=["legal_entity", "posting_date"], name="erp_invoice_by_posting"),
             models.Index(fields=["legal_entity", "status"], name="erp_invoice_by_status"),
+            # A billing batch's invoice is found by our key: where its project-to-bill cycle ends.
+            models.Index(fields=["key"], name="erp_invoice_by_key"),
+            # Receivables at a date read the invoices open then: unpaid ones, or paid after it.
+            models.Index(fields=["paid_on"], name="erp_invoice_by_paid_on"),
+            # "As of": the ledger's latest read in scope, without reading every invoice.
+            models.Index(fields=["read_at"], name="erp_invoice_by_read_at"),
+            # Invoiced in a window and the open invoices, firm-wide (no legal entity to lead with).
+            models.Index(fields=["posting_date"], name="erp_invoice_by_posted_day"),
+            models.Index(fields=["status", "posting_date"], name="erp_invoice_by_state_day"),
         ]
 
     def __str__(self) -> str:

@@ -30,6 +30,7 @@ from django.db.models import Max, Q
 
 from connectors.base import WriteResult
 from connectors.errors import ConnectorError, TransientError, UnknownOutcomeError
+from ops import tracing
 from ops.logs import bind as log_bind
 from pscsync import clock
 from pscsync.faults import fault_point
@@ -85,7 +86,7 @@ def _lease(handoff_id: int, worker: str) -> Handoff | None:
         # comes along (steps write to it) without being locked.
         handoff = (
             Handoff.objects.select_for_update(of=("self",))
-            .select_related("source_connection")
+            .select_related("source_connection", "legal_entity")
             .filter(pk=handoff_id)
             .first()
         )
@@ -156,14 +157,16 @@ def _record_worker_lost(handoff: Handoff, now: dt.datetime) -> None:
 def _ensure_steps(handoff: Handoff, flow: Flow) -> list[Step]:
     # Each step with the number of its last attempt: only the lease holder adds attempts, so the
     # runner counts them from here on instead of asking before each one.
-    existing = {s.name: s for s in Step.objects.filter(handoff=handoff).annotate(last_attempt=Max("attempts__number"))}
+    existing: dict[str, Step] = {
+        s.name: s for s in Step.objects.filter(handoff=handoff).annotate(last_attempt=Max("attempts__number"))
+    }
     missing = [
         Step(handoff=handoff, name=step_def.name, position=position, idempotency_key="")
         for position, step_def in enumerate(flow.steps)
         if step_def.name not in existing
     ]
     for step in Step.objects.bulk_create(missing):  # one statement, so all or none
-        step.last_attempt = 0
+        step.last_attempt = 0  # type: ignore[attr-defined]  # as steps_for's annotate() gives the others
         existing[step.name] = step
     return [existing[step_def.name] for step_def in flow.steps]
 
@@ -220,7 +223,7 @@ def _begin_attempt(
             last = step.attempts.aggregate(n=Max("number"))["n"]
         number = (last or 0) + 1
         attempt = Attempt.objects.create(step=step, number=number, started_at=now, worker=worker, request=planned)
-    step.last_attempt = number
+    step.last_attempt = number  # type: ignore[attr-defined]  # see _steps
     return attempt
 
 
@@ -338,6 +341,7 @@ def _jsonable(value: Any) -> Any:
 def _cross_reference(handoff: Handoff, step: Step, now: dt.datetime) -> None:
     """Remember the id each record has in the target, under its canonical key: one INSERT ...
     ON CONFLICT DO UPDATE for all the records of the step (created_at is kept when a row exists)."""
+    assert step.target_connection_id is not None, "a step that wrote records has a target"
     output = step.output or {}
     entity_type = output.get("entity_type") or step.name.removeprefix("upsert_")
     pairs = output.get("ids") or {step.idempotency_key: step.external_id}
@@ -390,11 +394,11 @@ def _run_step(
     try:
         result = step_def.perform(ctx)
     except UnknownOutcomeError as exc:
-        result = _adopt_after_unknown(step_def, ctx)
-        if result is None:
+        adopted = _adopt_after_unknown(step_def, ctx)
+        if adopted is None:
             _finish_attempt(handoff, step, attempt, worker, outcome=Attempt.Outcome.UNKNOWN, started=started, error=exc)
             raise _failure(exc) from exc
-        return _Done(step, attempt, Attempt.Outcome.ADOPTED, started, result)
+        return _Done(step, attempt, Attempt.Outcome.ADOPTED, started, adopted)
     except ConnectorError as exc:
         _finish_attempt(handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc)
         raise _failure(exc) from exc
@@ -522,7 +526,20 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
     handoff = _lease(handoff_id, worker)
     if handoff is None:
         return "skipped"
-    log_bind(handoff_id=handoff.pk, business_key=handoff.business_key, flow=handoff.flow)  # on every line after
+    # On every line after, and on every span (ops.tracing), which the run joins to the handoff's trace.
+    log_bind(
+        handoff_id=handoff.pk,
+        business_key=handoff.business_key,
+        flow=handoff.flow,
+        legal_entity=handoff.legal_entity.code if handoff.legal_entity else "",
+    )
+    with tracing.handoff_span(handoff):
+        outcome = _run_leased(handoff, worker)
+        tracing.annotate(outcome=outcome)  # succeeded, waiting_retry, needs_attention, lease_lost
+        return outcome
+
+
+def _run_leased(handoff: Handoff, worker: str) -> str:
     flow = flow_get(handoff.flow)
     if flow is None:
         failure = StepFailed("mapping", f"no flow named {handoff.flow!r} is installed", retryable=False)
@@ -556,13 +573,14 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
             attempt = _begin_attempt(handoff, step, step_def, ctx, worker, done=done)
             done = None
             try:
-                done = _run_step(handoff, step, step_def, ctx, worker, attempt, recovering=recovering)
+                with tracing.span(f"step {step.name}", step=step.name):
+                    done = _run_step(handoff, step, step_def, ctx, worker, attempt, recovering=recovering)
             except StepFailed as failure:
                 return _fail(handoff, flow, step, failure, worker)
             ctx.results[step.name] = done.result.external_id
             ctx.outputs[step.name] = done.result.output
         _succeed(handoff, worker, done=done)
     except LeaseLost:
-        log.warning("handoff %s: lease lost by %s; another worker continues it", handoff_id, worker)
+        log.warning("handoff %s: lease lost by %s; another worker continues it", handoff.pk, worker)
         return "lease_lost"
     return Handoff.Status.SUCCEEDED

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group, User
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -33,8 +33,8 @@ def user_provision(
     role: str,
     entities: Iterable[LegalEntity] = (),
     all_entities: bool = False,
-    actor: AbstractBaseUser | None = None,
-) -> AbstractBaseUser:
+    actor: User | None = None,
+) -> User:
     """Create or update a user with exactly one role and the given legal-entity scope. The
     password passes the same validators as everywhere else (ValidationError otherwise)."""
     ensure_roles()
@@ -59,7 +59,7 @@ def user_provision(
     return user
 
 
-class UserChangeRefused(Exception):  # noqa: N818 (a refusal, read as a sentence at the call site)
+class UserChangeRefused(Exception):  # a refusal, read as a sentence at the call site
     """A user change this admin may not make (`forbidden`: outside their scope) or that is wrong."""
 
     def __init__(self, field: str, message: str, *, forbidden: bool = False) -> None:
@@ -70,8 +70,8 @@ class UserChangeRefused(Exception):  # noqa: N818 (a refusal, read as a sentence
 @transaction.atomic
 def user_admin_save(
     *,
-    actor: AbstractBaseUser,
-    user: AbstractBaseUser | None,
+    actor: User,
+    user: User | None,
     username: str,
     email: str,
     role: str,
@@ -79,7 +79,7 @@ def user_admin_save(
     all_entities: bool,
     is_active: bool,
     password: str = "",
-) -> AbstractBaseUser:
+) -> User:
     """An admin adds or changes a user: role, legal entities, active; audited before and after.
 
     An admin limited to some legal entities manages only users inside their scope (see
@@ -137,7 +137,7 @@ def user_admin_save(
     return target
 
 
-def _user_snapshot(user: AbstractBaseUser) -> dict[str, Any]:
+def _user_snapshot(user: User) -> dict[str, Any]:
     from pscsync.access import role_of
 
     profile = AccessProfile.objects.filter(user=user).first()
@@ -151,7 +151,7 @@ def _user_snapshot(user: AbstractBaseUser) -> dict[str, Any]:
     }
 
 
-class ConnectionChangeRefused(Exception):  # noqa: N818 (a refusal, read as a sentence at the call site)
+class ConnectionChangeRefused(Exception):  # a refusal, read as a sentence at the call site
     """A connection change this actor may not make (`forbidden`) or must complete (a field to fill)."""
 
     def __init__(self, field: str, message: str, *, forbidden: bool = False) -> None:
@@ -168,7 +168,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 def connection_change_check(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     current: Connection | None,
     base_url: str,
     entities: Iterable[LegalEntity],
@@ -225,7 +225,7 @@ def connection_save(
     api_version: str = "",
     rate_limit_per_minute: int = 600,
     is_active: bool = True,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
 ) -> Connection:
     """Create or update a connection. Credentials are sealed; the audit trail records that they
     changed, never what they are. Raises ConnectionChangeRefused (connection_change_check)."""

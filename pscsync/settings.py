@@ -9,7 +9,9 @@ Every variable is listed in .env.example.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -105,7 +107,7 @@ MIDDLEWARE = [
 ROOT_URLCONF = "pscsync.urls"
 WSGI_APPLICATION = "pscsync.wsgi.application"
 
-TEMPLATES = [
+TEMPLATES: list[dict[str, Any]] = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "DIRS": [BASE_DIR / "templates"],
@@ -136,7 +138,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "pscsync.sqlite3",
+            "NAME": str(VAR_DIR / "pscsync.sqlite3"),
             "OPTIONS": {
                 # IMMEDIATE takes the write lock at BEGIN, so two writers queue instead of one
                 # failing with "database is locked" half-way through a transaction.
@@ -292,17 +294,13 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
-try:  # plotly.js from the installed plotly package, served as static/plotly/plotly.min.js (no CDN)
-    import plotly as _plotly
-
-    STATICFILES_DIRS.append(("plotly", Path(_plotly.__file__).parent / "package_data"))
-except ImportError:  # pragma: no cover - plotly is in requirements.txt
-    pass
+# collectstatic (the Dockerfile, `make demo` and the test session run it) writes each file under a
+# content-hashed name with gzip copies; whitenoise serves hashed names with a far-future immutable
+# max-age, so a changed file is a new URL and browsers never hold a stale chart library or style.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
-WHITENOISE_USE_FINDERS = True
 
 # The audit trail's external copy (RELIABILITY.md SEC-14): one JSON line per committed entry on
 # the `pscsync.audit` logger, to a file of its own when PSCSYNC_AUDIT_LOG_FILE is set (ship it to
@@ -312,7 +310,7 @@ AUDIT_LOG_FILE = os.getenv("PSCSYNC_AUDIT_LOG_FILE", "")
 # the database so a rewritten row cannot be re-chained. Unset: derived from SECRET_KEY (deploy
 # check accounts.W004 warns). `python -m pscsync.crypto` prints a new key.
 AUDIT_KEYS = os.getenv("PSCSYNC_AUDIT_KEYS", "")
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
@@ -365,6 +363,15 @@ RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
 # Connections marked "sandbox" may call loopback addresses (our own sandboxes). Off unless turned on:
 # `make demo` (pscsync.demo) and the test run set PSCSYNC_ALLOW_SANDBOXES=true; production never.
 ALLOW_SANDBOXES = env_bool("PSCSYNC_ALLOW_SANDBOXES", False)
+# Where the demo's vendor sandboxes listen: the engine reaches them over HTTP only, at these
+# addresses: each sandbox's default port on this machine plus PSCSYNC_SANDBOX_PORT_OFFSET (so a
+# second demo can run its own beside the first). The defaults are the ports
+# `python manage.py sandbox <name>` listens on without --port.
+SANDBOX_DEFAULT_PORTS = {"echo": 8790, "salesforce": 8791, "kantata": 8792, "netsuite": 8793, "businesscentral": 8794}
+SANDBOX_URLS = {
+    name: f"http://127.0.0.1:{port + env_int('PSCSYNC_SANDBOX_PORT_OFFSET', 0)}"
+    for name, port in SANDBOX_DEFAULT_PORTS.items()
+}
 # Injectable clock: "system", "scaled:<speed>@<ISO start>" to run business time fast in demos, or
 # "file:<path>" to share a clock a simulator steers across processes (pscsync/clock.py FileClock).
 CLOCK = os.getenv("PSCSYNC_CLOCK", "system")
@@ -382,6 +389,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
     for _sub in ("queue", "processed"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    # kombu's filesystem transport, writing each message whole before a worker can take it
+    # (ops/broker.py: a half-written message stopped the worker).
+    CELERY_BROKER_TRANSPORT = "ops.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
@@ -523,19 +533,29 @@ READY_WORKER_SECONDS = env_int("PSCSYNC_READY_WORKER_SECONDS", 3 * WORKER_HEARTB
 READY_BEAT_SECONDS = env_int("PSCSYNC_READY_BEAT_SECONDS", BEAT_LEASE_SECONDS)
 READY_SWEEP_SECONDS = env_int("PSCSYNC_READY_SWEEP_SECONDS", max(60, 4 * SWEEP_SECONDS))
 
-# Database connections (docs/operations.md, "Database connections"). By default each thread keeps
-# one persistent connection (CONN_MAX_AGE above). PSCSYNC_DB_POOL=true gives a web process
-# Django's psycopg pool instead; set it for gunicorn only, never for Celery prefork workers (a pool's
-# threads do not survive the fork). PSCSYNC_PGBOUNCER=true when connecting through pgbouncer in
-# transaction mode: a server-side cursor cannot outlive the transaction pgbouncer lends.
-if env_bool("PSCSYNC_DB_POOL", False) and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+# Database connections (docs/operations.md, "Database connections"). On PostgreSQL every process
+# but Celery's borrows from Django's psycopg pool (PSCSYNC_DB_POOL, on by default): gunicorn's
+# threads share a few connections instead of holding one each. Celery processes keep one
+# persistent connection each (CONN_MAX_AGE above): the prefork worker's parent uses the database
+# (its heartbeat) and then forks its children, and a pool's threads and sockets do not survive a
+# fork. Behind pgbouncer in transaction mode (PSCSYNC_PGBOUNCER=true) pgbouncer is the pool: no
+# pool here, no persistent connections, and no server-side cursors (a cursor cannot outlive the
+# transaction pgbouncer lends).
+_argv0 = Path(sys.argv[0])
+CELERY_PROCESS = "celery" in (_argv0.name, _argv0.parent.name)  # `celery ...` or `python -m celery ...`
+PGBOUNCER = env_bool("PSCSYNC_PGBOUNCER", False)
+DB_POOL = env_bool("PSCSYNC_DB_POOL", not CELERY_PROCESS and not PGBOUNCER) and DATABASES["default"]["ENGINE"].endswith(
+    "postgresql"
+)
+if DB_POOL:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django refuses persistent connections with a pool
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("PSCSYNC_DB_POOL_MIN", 2),
         "max_size": env_int("PSCSYNC_DB_POOL_MAX", 10),
         "timeout": env_int("PSCSYNC_DB_POOL_TIMEOUT", 10),
     }
-if env_bool("PSCSYNC_PGBOUNCER", False):
+if PGBOUNCER:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 
 # --- Structured logs (docs/operations.md, "Logs") ------------------------------------------
@@ -568,3 +588,20 @@ METRICS_TOKEN = os.getenv("PSCSYNC_METRICS_TOKEN", "")
 # The business gauges (money at risk, won-not-activated, unbilled WIP) are read at most this often.
 METRICS_BUSINESS_SECONDS = env_int("PSCSYNC_METRICS_BUSINESS_SECONDS", 60)
 SECURE_REDIRECT_EXEMPT += [r"^metrics$"]
+
+# --- Traces (docs/operations.md, "Traces") ---------------------------------------------------
+# OpenTelemetry is on only when an OTLP endpoint is set (the SDK's own variables: the endpoint,
+# OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER...); off, nothing is
+# instrumented. OTEL_SDK_DISABLED=true turns it off with the endpoint still set.
+TRACING = (
+    bool(os.getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.getenv("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    and os.getenv("OTEL_SDK_DISABLED", "false").lower() != "true"
+)
+# Where a person opens a trace: an address with {trace_id} in it, e.g.
+# https://grafana.example.com/explore?left={"queries":[{"query":"{trace_id}"}]} or
+# https://jaeger.example.com/trace/{trace_id}. Unset, the handoff page shows the id unlinked.
+TRACE_URL = os.getenv("PSCSYNC_TRACE_URL", "")
+if TRACE_URL and ("{trace_id}" not in TRACE_URL or not TRACE_URL.startswith(("https://", "http://"))):
+    raise ImproperlyConfigured(
+        f"PSCSYNC_TRACE_URL must be an http(s) address containing {{trace_id}}, got {TRACE_URL!r}"
+    )

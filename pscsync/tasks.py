@@ -16,7 +16,7 @@ def _worker_name(task_id: str | None) -> str:
 
 
 @shared_task(bind=True, name="pscsync.tasks.handoff_run_task")
-def handoff_run_task(self, handoff_id: int) -> str:  # noqa: ANN001
+def handoff_run_task(self, handoff_id: int) -> str:
     from pscsync.runner import handoff_run
 
     return handoff_run(handoff_id=handoff_id, worker=_worker_name(self.request.id))

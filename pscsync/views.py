@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
+from django_htmx.middleware import HtmxDetails
 
+from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_HANDOFFS, WORK_EXCEPTIONS, navigation, permission_required
 from pscsync.flows import FLOWS
-from pscsync.models import Handoff
+from pscsync.glossary import document_text
+from pscsync.models import Handoff, LegalEntity
 from pscsync.secrets import mask_secrets
 from pscsync.selectors import events_for_handoff, handoff_get_for_user, handoffs_filtered
 
 
-def _pretty(value: object) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str) if value not in ({}, None, "") else "—"
+class HtmxHttpRequest(HttpRequest):
+    """A request as django-htmx's middleware leaves it (for the type checker; never built)."""
+
+    htmx: HtmxDetails
 
 
 @login_required
@@ -35,17 +38,24 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @permission_required(VIEW_HANDOFFS)
 @require_GET
-def handoff_list(request: HttpRequest) -> HttpResponse:
+def handoff_list(request: HtmxHttpRequest) -> HttpResponse:
     status = request.GET.get("status", "")
     flow = request.GET.get("flow", "")
     q = request.GET.get("q", "").strip()
-    qs = handoffs_filtered(request.user, status=status, flow=flow, q=q)
+    ages = {k: int(v) for k in ("age_min", "age_max") if (v := request.GET.get(k, "")).isdigit()}
+    entities = tuple(c for c in request.GET.get("legal_entity", "").split(",") if c)
+    qs = handoffs_filtered(
+        request.user, status=status, flow=flow, q=q, entity_codes=entities, today=clock.now().date(), **ages
+    )
     page = Paginator(qs, 50).get_page(request.GET.get("page"))
     context = {
         "page": page,
         "status": status,
         "flow": flow,
         "q": q,
+        "ages": ages,
+        "entities": entities,
+        "entity_names": LegalEntity.objects.filter(code__in=entities).order_by("name").values_list("name", flat=True),
         "statuses": Handoff.Status.choices,
         "flows": [(f.name, f.label) for f in FLOWS.values()],
     }
@@ -60,8 +70,12 @@ def handoff_detail(request: HttpRequest, pk: int) -> HttpResponse:
     handoff = handoff_get_for_user(user=request.user, pk=pk)
     steps = list(handoff.steps.select_related("target_connection").prefetch_related("attempts"))
     for step in steps:
-        step.shown_attempts = [
-            {"attempt": a, "request": _pretty(mask_secrets(a.request)), "response": _pretty(mask_secrets(a.response))}
+        step.shown_attempts = [  # type: ignore[attr-defined]  # for the template only
+            {
+                "attempt": a,
+                "request": document_text(mask_secrets(a.request)),
+                "response": document_text(mask_secrets(a.response)),
+            }
             for a in step.attempts.all()
         ]
     context = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 
 from pscsync.models import Handoff
 from pscsync.selectors import handoffs_visible_to
@@ -29,11 +29,11 @@ class CauseGroup:
         return len(self.handoffs)
 
     @property
-    def first_seen(self):  # noqa: ANN201
+    def first_seen(self):
         return min(h.created_at for h in self.handoffs)
 
     @property
-    def last_seen(self):  # noqa: ANN201
+    def last_seen(self):
         return max(h.created_at for h in self.handoffs)
 
     @property
@@ -41,7 +41,7 @@ class CauseGroup:
         return sorted({h.legal_entity.name for h in self.handoffs if h.legal_entity})
 
 
-def exception_groups(user: AbstractBaseUser | AnonymousUser) -> list[CauseGroup]:
+def exception_groups(user: User | AnonymousUser) -> list[CauseGroup]:
     groups: dict[tuple[str, str, str], CauseGroup] = {}
     for handoff in handoffs_visible_to(user).filter(status=Handoff.Status.NEEDS_ATTENTION).order_by("created_at"):
         key = (handoff.flow, handoff.last_error_class, cause_signature(handoff.last_error_message))
@@ -78,7 +78,7 @@ class InboxFilter:
     sort: str = "urgency"
 
     @classmethod
-    def from_query(cls, query) -> InboxFilter:  # noqa: ANN001  (a QueryDict)
+    def from_query(cls, query) -> InboxFilter:  # a QueryDict
         values = {name: query.get(name, "").strip() for name in FILTERS}
         values["tab"] = values["tab"] if values["tab"] in TABS else "open"
         values["sort"] = values["sort"] if values["sort"] in SORTS else "urgency"
@@ -88,7 +88,7 @@ class InboxFilter:
         return {k: v for k, v in self.__dict__.items() if v and k not in ("tab", "sort")}
 
 
-def exception_items(user: AbstractBaseUser | AnonymousUser, f: InboxFilter):  # noqa: ANN201
+def exception_items(user: User | AnonymousUser, f: InboxFilter):
     """The handoff exceptions the user may see, narrowed by the filter (a QuerySet)."""
     from datetime import timedelta
 
@@ -153,17 +153,17 @@ class InboxGroup:
     sla_remaining: float | None = None
 
     @property
-    def money_total(self):  # noqa: ANN201  (for sorting: a plain sum across currencies)
+    def money_total(self):  # for sorting: a plain sum across currencies
         return sum((m for _, m in self.money if m is not None), 0)
 
 
-def inbox_groups(user: AbstractBaseUser | AnonymousUser, f: InboxFilter, *, limit: int = 50) -> list[InboxGroup]:
+def inbox_groups(user: User | AnonymousUser, f: InboxFilter, *, limit: int = 50) -> list[InboxGroup]:
     """One row per cause with the totals of the handoffs this user may see (never more)."""
     return inbox_page(user, f, limit=limit)[0]
 
 
 def inbox_page(
-    user: AbstractBaseUser | AnonymousUser, f: InboxFilter, *, limit: int = 50
+    user: User | AnonymousUser, f: InboxFilter, *, limit: int = 50
 ) -> tuple[list[InboxGroup], dict[str, object]]:
     """The groups shown and the totals of everything the filter matches (inbox_totals), from the
     same two aggregates: counts per cause are read for every cause (a few hundred rows) and cut to
@@ -288,7 +288,7 @@ def _converted(money: dict[int, list]) -> dict[int, float]:
     }
 
 
-def cause_roots(user: AbstractBaseUser | AnonymousUser, cause_ids: list[int]) -> dict[int, dict[str, object]]:
+def cause_roots(user: User | AnonymousUser, cause_ids: list[int]) -> dict[int, dict[str, object]]:
     """For each cause: how many open handoffs (the user may see) wait on its handoffs and their
     money per currency, and the causes its own handoffs wait on. Two small aggregates over the
     blocked exceptions (few: only handoffs that another failure stops), none when there are none."""
@@ -326,7 +326,7 @@ def cause_roots(user: AbstractBaseUser | AnonymousUser, cause_ids: list[int]) ->
     return out
 
 
-def inbox_choices(user: AbstractBaseUser | AnonymousUser) -> dict[str, list]:
+def inbox_choices(user: User | AnonymousUser) -> dict[str, list]:
     """Values for the filter selects, from what the user may see."""
     from django.contrib.auth import get_user_model
     from django.db.models import Exists, OuterRef
@@ -370,7 +370,7 @@ def inbox_choices(user: AbstractBaseUser | AnonymousUser) -> dict[str, list]:
     }
 
 
-def inbox_totals(user: AbstractBaseUser | AnonymousUser, f: InboxFilter) -> dict[str, object]:
+def inbox_totals(user: User | AnonymousUser, f: InboxFilter) -> dict[str, object]:
     """The totals of everything the filter matches that the user may see (not only the groups
     shown): causes, handoffs and money at risk per currency."""
     return inbox_page(user, f, limit=0)[1]
@@ -401,7 +401,7 @@ class JobResults:
         return [(key, RESULT_NAMES[key], self.counts[key]) for key in RESULT_NAMES if self.counts.get(key)]
 
 
-def job_results(job, *, limit: int = 500) -> JobResults:  # noqa: ANN001  (a BulkJob)
+def job_results(job, *, limit: int = 500) -> JobResults:  # a BulkJob
     """Each handoff's real end state after the job: a retry is "done" only when the handoff
     succeeded; one back in the workbench failed again with the same cause, or with another."""
     from remediation.models import BulkJob, BulkJobItem, HandoffException
@@ -435,7 +435,7 @@ def job_results(job, *, limit: int = 500) -> JobResults:  # noqa: ANN001  (a Bul
     return JobResults(rows=rows[:limit], counts=counts, settled=settled)
 
 
-def job_queue_place(job) -> dict[str, object]:  # noqa: ANN001
+def job_queue_place(job) -> dict[str, object]:
     """A queued job's place (jobs ahead of it) and an estimate of when it is done, from how
     long recent jobs took per handoff."""
     from django.db.models import F, Sum
@@ -461,7 +461,7 @@ def job_queue_place(job) -> dict[str, object]:  # noqa: ANN001
 _MAPPING_NAMED = re.compile(r"([\w-]+)/(\w+)@v\d+")
 
 
-def retry_warnings(user: AbstractBaseUser | AnonymousUser, handoff_ids: list[int]) -> list[str]:
+def retry_warnings(user: User | AnonymousUser, handoff_ids: list[int]) -> list[str]:
     """Why a plain retry of these handoffs will fail again, for a confirmation before the job:
     a mapping-kind failure whose mapping has not been published since it failed, or a
     validation-kind failure whose data has not changed (no newer change for its key arrived,

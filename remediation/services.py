@@ -13,17 +13,20 @@ import hashlib
 import re
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
+from connectors.canonical import KEYS, capability_or_none
+from connectors.models import Connection
+from connectors.registry import connector_class
 from pscsync import clock, glossary
 from pscsync.access import entity_ids_for
 from pscsync.audit import audit_record
 from pscsync.flows import flow_get
 from pscsync.lifecycle import Move, handoff_move, repairs_note
-from pscsync.models import Handoff, Step
+from pscsync.models import Handoff, HandoffTransition, Step
 from remediation.models import (
     BulkJob,
     BulkJobItem,
@@ -49,19 +52,30 @@ _ATTEMPTS_SUFFIX = re.compile(r" after \d+ attempts$")
 
 
 def failed_step_name(handoff: Handoff) -> str:
-    """The step the handoff stopped at, read from its message (the runner prefixes it)."""
-    match = _STEP_PREFIX.match(handoff.last_error_message or "")
+    """The step the handoff stopped at: the step the engine recorded on its latest move to a
+    failure (HandoffTransition.step; a person's reopen records none). A move that recorded no
+    step (written before moves carried it, or by hand) falls back to the step named at the start
+    of the message; a lost worker's names none, so it stopped outside a step ("")."""
     flow = flow_get(handoff.flow)
-    if match and flow is not None and match.group(1) in {s.name for s in flow.steps}:
-        return match.group(1)
-    return ""
+    names = {s.name for s in flow.steps} if flow is not None else set()
+    stopped = (Handoff.Status.NEEDS_ATTENTION, Handoff.Status.WAITING_RETRY)
+    moved = (
+        HandoffTransition.objects.filter(handoff_id=handoff.pk, to_status__in=stopped, user__isnull=True)
+        .order_by("-pk")
+        .values_list("step", flat=True)
+        .first()
+    )
+    if moved:
+        return moved if moved in names else ""
+    match = _STEP_PREFIX.match(handoff.last_error_message or "")
+    return match.group(1) if match and match.group(1) in names else ""
 
 
 def failure_text(handoff: Handoff, step: str) -> str:
     """The handoff's error as a person reads it: without the step prefix and the attempts count."""
     message = handoff.last_error_message or ""
     if step:
-        message = message[len(step) + 2 :]
+        message = message.removeprefix(f"{step}: ")
     return _ATTEMPTS_SUFFIX.sub("", message)
 
 
@@ -141,14 +155,29 @@ def blocked_resume(root_id: int) -> list[int]:
 
 
 def business_identifiers(handoff: Handoff) -> dict[str, str]:
-    """The identifiers people search by: opportunity, project code, billing event, invoice."""
+    """The identifiers people search by: opportunity, project code, billing batch, invoice. The
+    keys are built by the key formats the systems' connectors declare (connectors/canonical.py),
+    never by decoding prefixes here."""
     key = handoff.business_key
     if handoff.flow in ("quote-to-project", "contract-change", "pipeline-to-demand"):
-        return {"opportunity": key, "project": f"P-{key}", "contract": f"SO-{key}"}
+        found = {"opportunity": key, "project": KEYS["project"](deal=key)}
+        erp = (
+            Connection.objects.filter(kind="erp", legal_entities=handoff.legal_entity_id, is_active=True).first()
+            if handoff.legal_entity_id
+            else None
+        )
+        held = capability_or_none(erp, "contract") if erp is not None else None
+        if held is not None:  # the contract's key is the ERP's (SO-… on NetSuite, P-… on Business Central)
+            found["contract"] = held.key_format(deal=key)
+        return found
     if handoff.flow == "project-to-bill":
-        if key.startswith("kantata-invoice:"):
-            return {"psa_invoice": key.split(":", 1)[1], "invoice": f"I-K{key.split(':', 1)[1]}"}
-        return {"billing_event": key, "invoice": f"I-{key}"}
+        psa = handoff.source_connection
+        held = capability_or_none(psa, "billing_batch")
+        if held is None:
+            return {"billing_batch": key, "invoice": KEYS["invoice"](batch=key)}
+        batch = (held.key_format.parse(key) or {"batch": key})["batch"]
+        invoice = connector_class(psa.vendor).invoice_key(batch=batch)
+        return {held.identifier or "billing_batch": batch, "invoice": invoice}
     if handoff.flow == "bill-to-cash":
         return {"invoice": key}
     return {"key": key}
@@ -417,7 +446,7 @@ def _take(
     *,
     allowed: tuple[str, ...],
     to: str,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     reason: str,
     **fields: Any,
 ) -> None:
@@ -442,7 +471,7 @@ def _take(
 
 def handoff_resubmit(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     handoff: Handoff,
     mode: str,
     reason: str,
@@ -503,9 +532,7 @@ def _publish(handoff_id: int) -> None:
     handoffs_publish([handoff_id])
 
 
-def _end(
-    *, actor: AbstractBaseUser | None, handoff: Handoff, to: str, reason: str, action: str, job: BulkJob | None
-) -> Handoff:
+def _end(*, actor: User | None, handoff: Handoff, to: str, reason: str, action: str, job: BulkJob | None) -> Handoff:
     from pscsync.intake import business_key_lock, queued_event_start
 
     if not reason.strip():
@@ -541,21 +568,19 @@ def _end(
     return handoff
 
 
-def handoff_resolve(
-    *, actor: AbstractBaseUser | None, handoff: Handoff, reason: str, job: BulkJob | None = None
-) -> Handoff:
+def handoff_resolve(*, actor: User | None, handoff: Handoff, reason: str, job: BulkJob | None = None) -> Handoff:
     return _end(
         actor=actor, handoff=handoff, to=Handoff.Status.RESOLVED, reason=reason, action="handoff.resolve", job=job
     )
 
 
-def handoff_cancel(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: str) -> Handoff:
+def handoff_cancel(*, actor: User | None, handoff: Handoff, reason: str) -> Handoff:
     return _end(
         actor=actor, handoff=handoff, to=Handoff.Status.CANCELLED, reason=reason, action="handoff.cancel", job=None
     )
 
 
-def handoff_reopen(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: str) -> Handoff:
+def handoff_reopen(*, actor: User | None, handoff: Handoff, reason: str) -> Handoff:
     """Back to the workbench after a resolve or cancel (e.g. resolved by mistake)."""
     if not reason.strip():
         raise ActionRefused("A reason is required to reopen.")
@@ -587,9 +612,7 @@ def handoff_reopen(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: 
     return handoff
 
 
-def handoff_assign(
-    *, actor: AbstractBaseUser | None, handoff: Handoff, assignee: AbstractBaseUser | None, job: BulkJob | None = None
-) -> None:
+def handoff_assign(*, actor: User | None, handoff: Handoff, assignee: User | None, job: BulkJob | None = None) -> None:
     item = HandoffException.objects.filter(handoff=handoff).first()
     if item is None:
         raise ActionRefused("This handoff never needed a person: there is nothing to assign.")
@@ -606,7 +629,7 @@ def handoff_assign(
         )
 
 
-def _cause_entities_outside(actor: AbstractBaseUser | None, cause: ExceptionCause) -> list[int] | None:
+def _cause_entities_outside(actor: User | None, cause: ExceptionCause) -> list[int] | None:
     """The actor's entity ids when the cause also holds open exceptions outside them, else None
     (an actor of every entity, or a cause wholly inside the actor's scope)."""
     ids = entity_ids_for(actor) if actor is not None else None
@@ -616,7 +639,7 @@ def _cause_entities_outside(actor: AbstractBaseUser | None, cause: ExceptionCaus
     return ids if live.exclude(legal_entity_id__in=ids).exists() else None
 
 
-def cause_scope_check(actor: AbstractBaseUser | None, cause: ExceptionCause) -> None:
+def cause_scope_check(actor: User | None, cause: ExceptionCause) -> None:
     """A cause groups failures of every legal entity. Archiving or reopening it changes it for
     all of them, so an operator limited to some entities may do that only while every open
     exception of the cause is theirs; else a person who works for every entity involved does."""
@@ -627,7 +650,7 @@ def cause_scope_check(actor: AbstractBaseUser | None, cause: ExceptionCause) -> 
         )
 
 
-def cause_assign(*, actor: AbstractBaseUser | None, cause: ExceptionCause, assignee: AbstractBaseUser | None) -> None:
+def cause_assign(*, actor: User | None, cause: ExceptionCause, assignee: User | None) -> None:
     """Assign the cause; for an operator whose scope covers only part of it, assign their own
     entities' exceptions of the cause instead (the others' stay as they are)."""
     ids = _cause_entities_outside(actor, cause)
@@ -649,9 +672,7 @@ def cause_assign(*, actor: AbstractBaseUser | None, cause: ExceptionCause, assig
         audit_record(actor=actor, action="cause.assign", obj=cause, before=before, after=after)
 
 
-def comment_add(
-    *, actor: AbstractBaseUser, cause: ExceptionCause, body: str, handoff: Handoff | None = None
-) -> Comment:
+def comment_add(*, actor: User, cause: ExceptionCause, body: str, handoff: Handoff | None = None) -> Comment:
     if not body.strip():
         raise ActionRefused("Write something first.")
     with transaction.atomic():
@@ -676,7 +697,7 @@ def comment_add(
 
 def cause_archive(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     cause: ExceptionCause,
     until: dt.datetime | None,
     occurrences: int | None,
@@ -700,7 +721,7 @@ def cause_archive(
         )
 
 
-def cause_unarchive(*, actor: AbstractBaseUser, cause: ExceptionCause) -> None:
+def cause_unarchive(*, actor: User, cause: ExceptionCause) -> None:
     cause_scope_check(actor, cause)
     with transaction.atomic():
         ExceptionCause.objects.filter(pk=cause.pk).update(status=ExceptionStatus.OPEN)
@@ -709,7 +730,7 @@ def cause_unarchive(*, actor: AbstractBaseUser, cause: ExceptionCause) -> None:
         audit_record(actor=actor, action="cause.unarchive", obj=cause, before={"status": "archived"})
 
 
-def runbook_save(*, actor: AbstractBaseUser, cause: ExceptionCause, fields: dict[str, str]) -> None:
+def runbook_save(*, actor: User, cause: ExceptionCause, fields: dict[str, str]) -> None:
     names = ("runbook_meaning", "runbook_cause", "runbook_action", "runbook_link")
     with transaction.atomic():
         before = {n: getattr(cause, n) for n in names}
@@ -718,7 +739,7 @@ def runbook_save(*, actor: AbstractBaseUser, cause: ExceptionCause, fields: dict
         audit_record(actor=actor, action="cause.runbook", obj=cause, before=before, after=after)
 
 
-def saved_view_save(*, actor: AbstractBaseUser, name: str, query: str) -> SavedView:
+def saved_view_save(*, actor: User, name: str, query: str) -> SavedView:
     if not name.strip():
         raise ActionRefused("Give the view a name.")
     with transaction.atomic():
@@ -730,7 +751,7 @@ def saved_view_save(*, actor: AbstractBaseUser, name: str, query: str) -> SavedV
     return view
 
 
-def saved_view_delete(*, actor: AbstractBaseUser, view: SavedView) -> None:
+def saved_view_delete(*, actor: User, view: SavedView) -> None:
     """A shared view is removed by whoever saved it, or by an admin."""
     from pscsync.access import CONFIGURE
 
@@ -807,7 +828,7 @@ def compensation_plan(handoff: Handoff) -> list[dict[str, Any]]:
     return plan
 
 
-def handoff_compensate(*, actor: AbstractBaseUser | None, handoff: Handoff, reason: str) -> Compensation:
+def handoff_compensate(*, actor: User | None, handoff: Handoff, reason: str) -> Compensation:
     """Queue the undoing of what the handoff's compensable steps wrote. The handoff is leased to
     the compensation in the same statement that checks its status, so of two operators (or two
     clicks) one wins and the other is told; a worker does the vendor calls after commit."""
@@ -987,7 +1008,7 @@ def _compensation_done(compensation: Compensation, handoff: Handoff, removed: li
 # ---------------------------------------------------------------------------------------------
 def bulk_job_create(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     kind: str,
     handoff_ids: list[int],
     reason: str = "",
@@ -1032,7 +1053,7 @@ def _bulk_enqueue(job_id: int) -> None:
         logging.getLogger(__name__).warning("could not publish bulk job %s", job_id, exc_info=True)
 
 
-def bulk_job_cancel(*, actor: AbstractBaseUser, job: BulkJob) -> None:
+def bulk_job_cancel(*, actor: User, job: BulkJob) -> None:
     with transaction.atomic():
         BulkJob.objects.filter(pk=job.pk).update(cancel_requested=True)
         BulkJob.objects.filter(pk=job.pk, status=BulkJob.Status.QUEUED).update(
@@ -1099,7 +1120,7 @@ def bulk_job_run(job_id: int) -> str:
     return "done"
 
 
-def replay_scope(*, user: AbstractBaseUser, connection_id: int, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+def replay_scope(*, user: User, connection_id: int, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
     """What a replay of a connection's events in [start, end) will touch, before it runs: the
     events by status, the handoffs they led to by status, and those that will be resubmitted
     (waiting for a person and not held by a compensation). Only what the user may see: an event

@@ -3,7 +3,6 @@ Nothing here calls a vendor: pages read what the engine stored."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -11,29 +10,19 @@ from typing import Any
 from django.urls import reverse
 
 from connectors.models import Connection
+from connectors.registry import connector_for
 from pscsync.flows import FLOWS
+from pscsync.glossary import action_name, document_text, error_words, step_name
 from pscsync.models import AuditEntry, CrossReference, Handoff, Mapping, Step
 from pscsync.secrets import mask_secrets
 from pscsync.selectors import events_for_handoff
-
-
-def _pretty(value: object) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str) if value not in ({}, None, "") else "—"
 
 
 def record_url(connection: Connection | None, entity_type: str, external_id: str) -> str:
     """A link to the record in the vendor's own UI, where the vendor has a stable one."""
     if connection is None or not external_id:
         return ""
-    base = connection.base_url.rstrip("/")
-    if connection.vendor in ("salesforce", "certinia"):
-        return f"{base}/{external_id}"
-    if connection.vendor == "netsuite":
-        page = "entity/custjob.nl" if entity_type == "customer" else "accounting/transactions/transaction.nl"
-        return f"{base}/app/{'common/' if entity_type == 'customer' else ''}{page}?id={external_id}"
-    if connection.vendor == "kantata" and entity_type in ("project", "budget"):
-        return f"{base}/workspaces/{external_id}"
-    return ""
+    return connector_for(connection).record_url(entity_type, external_id)
 
 
 @dataclass
@@ -43,7 +32,8 @@ class Entry:
     title: str
     detail: str = ""
     who: str = ""
-    outcome: str = ""
+    outcome: str = ""  # the code, for the badge's colour
+    outcome_label: str = ""
     request: str = ""
     response: str = ""
 
@@ -70,8 +60,8 @@ def handoff_timeline(handoff: Handoff) -> dict[str, Any]:
         for attempt in step.attempts.all():
             shown = {
                 "attempt": attempt,
-                "request": _pretty(mask_secrets(attempt.request)),
-                "response": _pretty(mask_secrets(attempt.response)),
+                "request": document_text(mask_secrets(attempt.request)),
+                "response": document_text(mask_secrets(attempt.response)),
             }
             step.shown_attempts.append(shown)
             target = f" → {step.target_connection.name}" if step.target_connection else ""
@@ -79,9 +69,10 @@ def handoff_timeline(handoff: Handoff) -> dict[str, Any]:
                 Entry(
                     at=attempt.started_at,
                     kind="attempt",
-                    title=f"{step.name} attempt {attempt.number}{target}",
-                    detail=attempt.error_message,
+                    title=f"{step_name(step.name)}, attempt {attempt.number}{target}",
+                    detail=error_words(attempt.error_message),
                     outcome=attempt.outcome,
+                    outcome_label=attempt.get_outcome_display(),
                     request=shown["request"],
                     response=shown["response"],
                 )
@@ -92,11 +83,11 @@ def handoff_timeline(handoff: Handoff) -> dict[str, Any]:
             Entry(
                 at=entry.created_at,
                 kind="audit",
-                title=entry.action,
-                detail=entry.comment,
+                title=action_name(entry.action),
+                detail=error_words(entry.comment),
                 who=entry.actor_label,
-                request=_pretty(entry.before),
-                response=_pretty(entry.after),
+                request=document_text(entry.before),
+                response=document_text(entry.after),
             )
         )
     entries.sort(key=lambda e: e.at)
@@ -242,7 +233,7 @@ def resubmit_plan(handoff: Handoff) -> dict[str, Any]:
     return {
         "step": failed,
         "in_flight": failed.status == Step.Status.IN_FLIGHT,
-        "request": _pretty(mask_secrets(last.request)) if last else "—",
+        "request": document_text(mask_secrets(last.request)) if last else "—",
         "request_is_write": bool(last and (last.request or {}).get("operation") == "upsert"),
         "existing": existing,
         "upcoming": upcoming,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,10 +15,11 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from connectors.models import Connection
-from pscsync import clock
+from pscsync import clock, glossary
 from pscsync.access import CONFIGURE, VIEW_HANDOFFS, WORK_EXCEPTIONS, permission_required, scope_queryset
 from pscsync.csvsafe import SafeWriter
 from pscsync.models import Handoff
@@ -78,9 +80,11 @@ def cause_items(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 ITEMS_SHOWN = 200
+# Headers and values in the words of the pages (the glossary): a person opens this in a
+# spreadsheet. Amounts stay plain numbers, next to their currency, so they can be summed.
 EXPORT_COLUMNS = (
-    "handoff", "flow", "step", "kind", "status", "business_key", "identifiers", "customer", "legal_entity",
-    "amount", "currency", "connection", "assignee", "opened_at", "last_failed_at", "cause",
+    "Handoff", "Flow", "Step", "Kind", "Status", "Business key", "Identifiers", "Customer", "Legal entity",
+    "Amount", "Currency", "Connection", "Assignee", "Opened", "Last failed", "Cause",
 )  # fmt: skip
 
 
@@ -102,7 +106,7 @@ def export(request: HttpRequest) -> StreamingHttpResponse:
 
     writer = SafeWriter(Echo())
 
-    def lines():  # noqa: ANN202
+    def lines():
         yield writer.writerow(EXPORT_COLUMNS)
         for item in rows.iterator(chunk_size=2000):
             yield writer.writerow(_export_row(item))
@@ -115,22 +119,24 @@ def export(request: HttpRequest) -> StreamingHttpResponse:
 def _export_row(item: HandoffException) -> list[object]:
     return [
         item.handoff_id,
-        item.flow,
-        item.step_name,
-        item.error_class,
+        glossary.flow_name(item.flow),
+        glossary.step_name(item.step_name) if item.step_name else "",
+        glossary.error_kind_name(item.error_class),
         item.get_status_display(),
         item.handoff.business_key,
-        " ".join(f"{k}={v}" for k, v in item.identifiers.items()),
+        "; ".join(f"{k}: {v}" for k, v in item.identifiers.items()),
         item.customer_name,
-        item.legal_entity.code if item.legal_entity else "",
+        item.legal_entity.name if item.legal_entity else "",
         "" if item.amount is None else item.amount,
         item.currency,
-        item.connection.slug if item.connection else "",
+        item.connection.name if item.connection else "",
         item.assignee.get_username() if item.assignee else "",
-        item.opened_at.isoformat(),
-        item.last_failed_at.isoformat(),
+        glossary.when_words(item.opened_at),
+        glossary.when_words(item.last_failed_at),
         # The handoff's own message in full (the cause's is its fingerprint, with placeholders).
-        services.failure_text(item.handoff, item.step_name) or item.cause.title or item.cause.message,
+        glossary.error_words(
+            services.failure_text(item.handoff, item.step_name) or item.cause.title or item.cause.message
+        ),
     ]
 
 
@@ -197,14 +203,16 @@ def cause_act(request: HttpRequest, pk: int) -> HttpResponse:
             return HttpResponse("unknown action", status=400)
     except (ActionRefused, ValueError) as refused:
         messages.error(request, str(refused))
+    back = request.POST.get("next", "")
+    # The inbox's per-row assign comes back to the inbox as it was filtered (our own pages only).
+    if back and url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=False):
+        return redirect(back)
     return redirect("remediation:cause", pk=cause.pk)
 
 
 # ---------------------------------------------------------------------------------------------
 # One handoff
 # ---------------------------------------------------------------------------------------------
-def _pretty(value: object) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str) if value not in ({}, None, "") else "—"
 
 
 @permission_required(VIEW_HANDOFFS)
@@ -329,16 +337,23 @@ def _mode_that_can_succeed(handoff: Handoff, editable: bool) -> str:
     return ResubmitMode.STORED
 
 
+# Leaves too common to mean a field when a message says them ("the name", "its id").
+_VAGUE_LEAVES = {"id", "name", "number", "status", "type", "date", "amount"}
+
+
 def _failing_fields(handoff: Handoff, doc_form: DocumentForm | None) -> set[str]:
-    """The edit form's fields the error message names ("no Tax Profile" marks tax_profile)."""
+    """The edit form's fields the error message names: "has no Tax Profile" marks the field
+    labelled "account · tax profile". A label's last part must appear as whole words; vague ones
+    ("name", "id") only with their record ("account name")."""
     if doc_form is None:
         return set()
     message = (handoff.last_error_message or "").lower()
     found = set()
     for field in doc_form:
-        words = str(field.label).lower()
-        leaf = field.name.rsplit(".", 1)[-1].replace("_", " ").lower()
-        if (words and words in message) or (leaf and leaf in message):
+        parts = [p.strip() for p in str(field.label).lower().split("·")]
+        leaf = parts[-1]
+        wanted = " ".join(parts) if leaf in _VAGUE_LEAVES else leaf
+        if wanted and re.search(rf"\b{re.escape(wanted)}\b", message):
             found.add(field.name)
     return found
 

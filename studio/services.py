@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Max
 
@@ -40,7 +40,7 @@ class StudioError(Exception):
         self.problems = problems
 
 
-def _audit(actor: AbstractBaseUser, action: str, obj: Any, before: Any, after: Any, comment: str = "") -> None:
+def _audit(actor: User, action: str, obj: Any, before: Any, after: Any, comment: str = "") -> None:
     audit_record(actor=actor, action=action, obj=obj, before=before, after=after, comment=comment)
 
 
@@ -53,7 +53,7 @@ def draft_of(mapping: Mapping) -> MappingVersion | None:
 
 
 @transaction.atomic
-def draft_open(*, mapping: Mapping, actor: AbstractBaseUser, based_on: MappingVersion | None = None) -> MappingVersion:
+def draft_open(*, mapping: Mapping, actor: User, based_on: MappingVersion | None = None) -> MappingVersion:
     """The mapping's draft; a new one starts as a copy of the version in force (or `based_on`)."""
     Mapping.objects.select_for_update().filter(pk=mapping.pk).first()
     existing = draft_of(mapping)
@@ -97,7 +97,7 @@ def rule_from_form(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save_rules(
-    draft: MappingVersion, rules: list[dict[str, Any]], actor: AbstractBaseUser, action: str, only: int | None = None
+    draft: MappingVersion, rules: list[dict[str, Any]], actor: User, action: str, only: int | None = None
 ) -> MappingVersion:
     """Validate the whole rule set; save only if it is valid (problems of rule `only` when given)."""
     problems = mapping_validate(rules, draft.value_maps)
@@ -113,7 +113,7 @@ def _save_rules(
 
 
 @transaction.atomic
-def rule_save(*, draft: MappingVersion, position: int, data: dict[str, Any], actor: AbstractBaseUser) -> MappingVersion:
+def rule_save(*, draft: MappingVersion, position: int, data: dict[str, Any], actor: User) -> MappingVersion:
     """Replace rule `position` (1-based); position len+1 adds a rule at the end."""
     _editable(draft)
     rules = list(draft.rules)
@@ -128,7 +128,7 @@ def rule_save(*, draft: MappingVersion, position: int, data: dict[str, Any], act
 
 
 @transaction.atomic
-def rule_remove(*, draft: MappingVersion, position: int, actor: AbstractBaseUser) -> MappingVersion:
+def rule_remove(*, draft: MappingVersion, position: int, actor: User) -> MappingVersion:
     _editable(draft)
     rules = list(draft.rules)
     if not 1 <= position <= len(rules):
@@ -138,7 +138,7 @@ def rule_remove(*, draft: MappingVersion, position: int, actor: AbstractBaseUser
 
 
 @transaction.atomic
-def rule_move(*, draft: MappingVersion, position: int, step: int, actor: AbstractBaseUser) -> MappingVersion:
+def rule_move(*, draft: MappingVersion, position: int, step: int, actor: User) -> MappingVersion:
     _editable(draft)
     rules = list(draft.rules)
     other = position + step
@@ -207,9 +207,7 @@ def value_map_to_csv(table: dict[str, Any]) -> str:
 
 
 @transaction.atomic
-def value_map_save(
-    *, draft: MappingVersion, name: str, table: dict[str, Any], actor: AbstractBaseUser
-) -> MappingVersion:
+def value_map_save(*, draft: MappingVersion, name: str, table: dict[str, Any], actor: User) -> MappingVersion:
     _editable(draft)
     name = name.strip()
     if not name or not name.replace("_", "").isalnum():
@@ -259,7 +257,7 @@ def dry_run_problems(draft: MappingVersion) -> list[RuleProblem]:
 
 
 @transaction.atomic
-def draft_publish(*, draft: MappingVersion, comment: str, actor: AbstractBaseUser) -> MappingVersion:
+def draft_publish(*, draft: MappingVersion, comment: str, actor: User) -> MappingVersion:
     """Publish the draft as the next version. Refused whole if any rule is invalid, or fails on
     the records the mapping recently mapped where the version in force did not."""
     _editable(draft)
@@ -284,7 +282,7 @@ def draft_publish(*, draft: MappingVersion, comment: str, actor: AbstractBaseUse
 
 
 @transaction.atomic
-def draft_discard(*, draft: MappingVersion, actor: AbstractBaseUser) -> None:
+def draft_discard(*, draft: MappingVersion, actor: User) -> None:
     _editable(draft)
     _audit(actor, "mapping.draft_discard", draft, {"rules": draft.rules, "value_maps": draft.value_maps}, {})
     draft.delete()
@@ -418,7 +416,7 @@ def mappings_export(connection: Connection) -> dict[str, Any]:
 
 
 @transaction.atomic
-def mappings_import(*, connection: Connection, document: Any, actor: AbstractBaseUser) -> list[MappingVersion]:
+def mappings_import(*, connection: Connection, document: Any, actor: User) -> list[MappingVersion]:
     """Each imported mapping becomes the draft of its mapping, for review and publishing. The whole
     file is refused, naming the mapping and the rule, if any part is invalid."""
     if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
@@ -639,9 +637,7 @@ def impact(version: MappingVersion) -> Impact:
 
 
 @transaction.atomic
-def value_map_entry_add(
-    *, mapping: Mapping, name: str, key: str, value: str, actor: AbstractBaseUser
-) -> MappingVersion:
+def value_map_entry_add(*, mapping: Mapping, name: str, key: str, value: str, actor: User) -> MappingVersion:
     """Add one entry to a value map of the mapping's draft (opened from the version in force
     when there is none): the impact list's "add this value" in one click. Refused, naming the
     reason, when the key is already there or the value is empty."""

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import pytest
@@ -62,7 +63,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def client():  # noqa: ANN201
+def client():
     """pytest-django's client, except that force_login also passes the second factor (2FA is
     required for admins and operators; tests about 2FA use client.login_password_only)."""
     from tests.twofactor import VerifiedClient
@@ -70,14 +71,38 @@ def client():  # noqa: ANN201
     return VerifiedClient()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _collected_static(django_test_environment) -> Iterator[None]:
+    """Pages name static files through collectstatic's manifest (the production storage): collect
+    once per session, as the Dockerfile and `make demo` do, so every page renders its hashed URLs.
+    The live server then serves /static/ through whitenoise, as production does: Django's test
+    handler would look the hashed names up in the source folders and answer 404."""
+    from django.contrib.staticfiles import handlers
+    from django.core.management import call_command
+
+    call_command("collectstatic", "--noinput", verbosity=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(handlers, "StaticFilesHandler", lambda application: application)
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _fast_hasher(settings) -> None:  # noqa: ANN001
+def _fast_hasher(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.ALLOW_SANDBOXES = os.environ["PSCSYNC_ALLOW_SANDBOXES"].lower() in {"true", "1"}
 
 
+@pytest.fixture(autouse=True)
+def _no_log_fields_left_bound() -> None:
+    """Each test starts with no log fields bound (ops.logs): a handoff run called directly in a
+    test binds its fields until its task ends, which in a test's thread is never."""
+    from ops.logs import _context
+
+    _context.set(None)
+
+
 @pytest.fixture
-def entities(db):  # noqa: ANN001, ANN201
+def entities(db):
     from pscsync.models import LegalEntity
 
     us = LegalEntity.objects.create(code="us", name="Acme Consulting Inc.", currency="USD", country="US")
@@ -85,7 +110,7 @@ def entities(db):  # noqa: ANN001, ANN201
     return {"us": us, "uk": uk}
 
 
-def _person(username: str, role: str, entities: list, all_entities: bool = False):  # noqa: ANN001, ANN202
+def _person(username: str, role: str, entities: list, all_entities: bool = False):
     from pscsync.services import user_provision
 
     return user_provision(
@@ -94,22 +119,22 @@ def _person(username: str, role: str, entities: list, all_entities: bool = False
 
 
 @pytest.fixture
-def viewer(entities):  # noqa: ANN001, ANN201
+def viewer(entities):
     return _person("vera.viewer", "viewer", [entities["us"]])
 
 
 @pytest.fixture
-def operator(entities):  # noqa: ANN001, ANN201
+def operator(entities):
     return _person("otto.operator", "operator", [entities["us"]])
 
 
 @pytest.fixture
-def admin(entities):  # noqa: ANN001, ANN201
+def admin(entities):
     return _person("ada.admin", "admin", [], all_entities=True)
 
 
 @pytest.fixture
-def outsider(entities):  # noqa: ANN001, ANN201
+def outsider(entities):
     """An operator who works for the UK entity only: must never see US records."""
     return _person("uma.outsider", "operator", [entities["uk"]])
 
@@ -126,7 +151,7 @@ class _AuditLines(logging.Handler):
 
 
 @pytest.fixture
-def external():  # noqa: ANN201
+def external():
     handler = _AuditLines()
     logger = logging.getLogger("pscsync.audit")
     logger.addHandler(handler)
@@ -135,7 +160,7 @@ def external():  # noqa: ANN201
 
 
 @pytest.fixture(scope="session")
-def echo_target():  # noqa: ANN201
+def echo_target():
     target = EchoTarget(port=free_port())
     target.start()
     yield target
@@ -143,13 +168,13 @@ def echo_target():  # noqa: ANN201
 
 
 @pytest.fixture
-def echo(echo_target):  # noqa: ANN001, ANN201
+def echo(echo_target):
     echo_target.reset()
     return echo_target
 
 
 @pytest.fixture
-def echo_connection(entities, echo):  # noqa: ANN001, ANN201
+def echo_connection(entities, echo):
     """An echo connection serving the US entity, with a current and a previous webhook secret."""
     import datetime as dt
 
@@ -174,7 +199,7 @@ def echo_connection(entities, echo):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(autouse=True)
-def _fresh_connection_for_live_server_tests(request):  # noqa: ANN001, ANN202
+def _fresh_connection_for_live_server_tests(request):
     """A live-server test starts on fresh database connections: an earlier integration test (the
     database outage) cuts every connection to the test database, and psycopg only notices a cut
     connection when it is next used. Closing is always safe here (no transaction is open yet)."""

@@ -142,6 +142,9 @@ class EchoTarget:
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"{self.url}/_stats", timeout=5).json()
 
+    def calls(self) -> list[dict[str, str]]:
+        return httpx.get(f"{self.url}/_calls", timeout=5).json()["calls"]
+
     def records(self) -> dict[str, dict[str, Any]]:
         rows = httpx.get(f"{self.url}/_records", timeout=5).json()["records"]
         return {f"{r['entity']}/{r['key']}": r for r in rows}
@@ -257,3 +260,24 @@ def handoffs_per_entity(connection: Any, entities: dict[str, Any]) -> dict[str, 
             created_at=at,
         )
     return made
+
+
+def pytest_on_sqlite(target: str, var_dir: Path | str, marker: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `target` (file::test) in a pytest of its own on the embedded default database (SQLite
+    under `var_dir`, no DATABASE_URL), with the environment variable `marker` set to "1" so the
+    nested run can tell it is the SQLite one."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": "",
+        "PSCSYNC_VAR_DIR": str(var_dir),
+        marker: "1",
+        "PSCSYNC_REQUIRE_SERVICES": "",
+    }
+    return subprocess.run(
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", target],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -19,7 +19,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 CLIENT_ID = "pscsync-test"
-CLIENT_SECRET = "test-only-client-secret-0123456789"  # noqa: S105 (test only)
+CLIENT_SECRET = "test-only-client-secret-0123456789"  # test only
 
 
 def _b64(number: int) -> str:
@@ -123,7 +123,7 @@ class Provider:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
                 if parts.path == "/authorize":
@@ -136,7 +136,7 @@ class Provider:
                 else:
                     self._answer((404, {}, b""))
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
                 self._answer(provider.token(form) if self.path == "/token" else (404, {}, b""))

@@ -133,9 +133,10 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
         "GET",
         {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
     ),
+    # Merged into Integration health (dashboards:health): old links are sent there.
     "dashboards:integration": (
         "GET",
-        {"anonymous": 302, "norole": 403, "viewer": 200, "operator": 200, "admin": 200, "outsider": 200},
+        {"anonymous": 302, "norole": 403, "viewer": 301, "operator": 301, "admin": 301, "outsider": 301},
     ),
     "dashboards:leaders": (
         "GET",
@@ -252,7 +253,7 @@ EXPECTED: dict[str, tuple[str, dict[str, int]]] = {
 }
 
 
-def _patterns(resolver, namespace: str = ""):  # noqa: ANN001, ANN202
+def _patterns(resolver, namespace: str = ""):
     for p in resolver.url_patterns:
         if isinstance(p, URLResolver):
             ns = f"{namespace}{p.namespace}:" if p.namespace else namespace
@@ -270,7 +271,7 @@ def test_every_url_has_a_row_in_the_access_matrix() -> None:
 
 
 @pytest.fixture
-def cast(viewer, operator, admin, outsider, entities):  # noqa: ANN001, ANN201
+def cast(viewer, operator, admin, outsider, entities):
     from django.contrib.auth import get_user_model
 
     from pscsync.models import AccessProfile
@@ -281,7 +282,7 @@ def cast(viewer, operator, admin, outsider, entities):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def records(echo_connection, entities):  # noqa: ANN001, ANN201
+def records(echo_connection, entities):
     """One handoff in the US entity and one in the UK entity."""
     import datetime as dt
 
@@ -306,7 +307,7 @@ def records(echo_connection, entities):  # noqa: ANN001, ANN201
     return made
 
 
-def _mapping_args(name: str, records) -> list:  # noqa: ANN001
+def _mapping_args(name: str, records) -> list:
     from pscsync.mappings import mapping_publish
     from pscsync.models import Mapping
 
@@ -328,7 +329,7 @@ def _mapping_args(name: str, records) -> list:  # noqa: ANN001
     return [] if name == "studio:list" else [mapping.pk]
 
 
-def _cause_for(handoff: Handoff):  # noqa: ANN202
+def _cause_for(handoff: Handoff):
     """A cause holding this handoff, for the workbench's URLs (when the handoff did not fail)."""
     from remediation.models import ExceptionCause, HandoffException
 
@@ -347,7 +348,7 @@ def _cause_for(handoff: Handoff):  # noqa: ANN202
     return cause
 
 
-def _args(name: str, records) -> list:  # noqa: ANN001
+def _args(name: str, records) -> list:
     from remediation.models import BulkJob, ExceptionCause
 
     if name.startswith("studio:"):
@@ -389,7 +390,7 @@ def _args(name: str, records) -> list:  # noqa: ANN001
     return []
 
 
-def cast_user_pk(records) -> int:  # noqa: ANN001
+def cast_user_pk(records) -> int:
     """Any user: the matrix's admin sees every entity, so may open any user's page."""
     from django.contrib.auth import get_user_model
 
@@ -398,7 +399,7 @@ def cast_user_pk(records) -> int:  # noqa: ANN001
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("role", ROLES)
-def test_each_role_gets_the_expected_answer_on_every_url(client, cast, records, role) -> None:  # noqa: ANN001
+def test_each_role_gets_the_expected_answer_on_every_url(client, cast, records, role) -> None:
     from django.urls import reverse
 
     if role != "anonymous":
@@ -413,7 +414,7 @@ def test_each_role_gets_the_expected_answer_on_every_url(client, cast, records, 
 
 
 @pytest.mark.django_db
-def test_lists_and_figures_never_include_another_entitys_records(client, cast, records) -> None:  # noqa: ANN001
+def test_lists_and_figures_never_include_another_entitys_records(client, cast, records) -> None:
     client.force_login(cast["outsider"])
     page = client.get("/handoffs/").content.decode()
     assert "OPP-UK" in page and "OPP-US" not in page
@@ -424,7 +425,7 @@ def test_lists_and_figures_never_include_another_entitys_records(client, cast, r
 
 
 @pytest.mark.django_db
-def test_a_user_with_a_role_but_no_entities_sees_nothing(client, cast, records) -> None:  # noqa: ANN001
+def test_a_user_with_a_role_but_no_entities_sees_nothing(client, cast, records) -> None:
     from pscsync.models import AccessProfile
 
     AccessProfile.objects.filter(user=cast["viewer"]).get().legal_entities.clear()
@@ -435,7 +436,7 @@ def test_a_user_with_a_role_but_no_entities_sees_nothing(client, cast, records) 
 
 
 @pytest.mark.django_db
-def test_navigation_shows_only_what_the_role_may_use(client, cast) -> None:  # noqa: ANN001
+def test_navigation_shows_only_what_the_role_may_use(client, cast) -> None:
     client.force_login(cast["viewer"])
     page = client.get("/handoffs/").content.decode()
     assert "Dashboards" in page and "Handoffs" in page
@@ -446,7 +447,7 @@ def test_navigation_shows_only_what_the_role_may_use(client, cast) -> None:  # n
 
 
 @pytest.mark.django_db
-def test_a_disabled_user_is_out_on_the_next_request(client, cast) -> None:  # noqa: ANN001
+def test_a_disabled_user_is_out_on_the_next_request(client, cast) -> None:
     client.force_login(cast["operator"])
     assert client.get("/handoffs/").status_code == 200
     cast["operator"].is_active = False
@@ -455,7 +456,7 @@ def test_a_disabled_user_is_out_on_the_next_request(client, cast) -> None:  # no
 
 
 @pytest.mark.django_db
-def test_credentials_never_appear_on_the_connections_page(client, cast, echo_connection) -> None:  # noqa: ANN001
+def test_credentials_never_appear_on_the_connections_page(client, cast, echo_connection) -> None:
     from tests.helpers import SECRET
 
     client.force_login(cast["admin"])

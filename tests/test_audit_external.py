@@ -12,7 +12,7 @@ from pscsync.models import AuditEntry
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_each_committed_entry_is_copied_once_and_a_rolled_back_one_never(entities, admin, external) -> None:  # noqa: ANN001
+def test_each_committed_entry_is_copied_once_and_a_rolled_back_one_never(entities, admin, external) -> None:
     existing = AuditEntry.objects.count()
     first = audit_record(actor=admin, action="connection.save", obj=entities["us"], before={}, after={"name": "x"})
     with pytest.raises(RuntimeError), transaction.atomic():

@@ -21,7 +21,7 @@ postgres_only = pytest.mark.skipif("connection.vendor != 'postgresql'")
 
 def test_failed_and_throttled_sign_ins_are_chained_and_shipped(
     client, viewer, settings, external, django_capture_on_commit_callbacks
-) -> None:  # noqa: ANN001
+) -> None:
     settings.LOGIN_THROTTLE = {**settings.LOGIN_THROTTLE, "account_free": 1}
     with django_capture_on_commit_callbacks(execute=True):
         for _ in range(3):
@@ -33,7 +33,7 @@ def test_failed_and_throttled_sign_ins_are_chained_and_shipped(
     assert [line["action"] for line in external.lines] == ["login.failed", "login.failed", "login.throttled"]
 
 
-def test_a_row_rewritten_and_re_chained_without_the_key_is_found(operator) -> None:  # noqa: ANN001
+def test_a_row_rewritten_and_re_chained_without_the_key_is_found(operator) -> None:
     """The attacker of the probe: rewrite a row, then recompute every later hash as the code
     would without a key (plain SHA-256). Before the key, audit_verify then said "intact"."""
     entries = [audit_record(actor=operator, action="exception.comment", obj=operator, after={"n": i}) for i in range(4)]
@@ -49,7 +49,7 @@ def test_a_row_rewritten_and_re_chained_without_the_key_is_found(operator) -> No
     assert all("keyed hash" in why for _, why in report.breaks)
 
 
-def test_every_break_is_reported_not_only_the_first(operator, capsys) -> None:  # noqa: ANN001
+def test_every_break_is_reported_not_only_the_first(operator, capsys) -> None:
     entries = [audit_record(actor=operator, action="exception.comment", obj=operator, after={"n": i}) for i in range(6)]
     audit_raw_sql("UPDATE pscsync_auditentry SET comment = %s WHERE id = %s", ["changed", entries[1].pk])
     audit_raw_sql("DELETE FROM pscsync_auditentry WHERE id = %s", [entries[3].pk])
@@ -64,7 +64,7 @@ def test_every_break_is_reported_not_only_the_first(operator, capsys) -> None:  
     assert f"entry {entries[1].pk} " in err and f"entry {entries[4].pk} " in err
 
 
-def test_rows_keep_verifying_after_the_key_is_rotated(entities, settings) -> None:  # noqa: ANN001
+def test_rows_keep_verifying_after_the_key_is_rotated(entities, settings) -> None:
     settings.AUDIT_KEYS = "a1:" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="
     audit_record(actor=None, action="entity.save", obj=entities["us"])
     settings.AUDIT_KEYS = "a2:" + "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=," + settings.AUDIT_KEYS
@@ -75,7 +75,7 @@ def test_rows_keep_verifying_after_the_key_is_rotated(entities, settings) -> Non
     assert "not configured" in audit_verify().breaks[-1][1]
 
 
-def test_an_unkeyed_row_after_keyed_ones_is_a_forgery(operator) -> None:  # noqa: ANN001
+def test_an_unkeyed_row_after_keyed_ones_is_a_forgery(operator) -> None:
     audit_record(actor=operator, action="exception.comment", obj=operator)
     last = AuditEntry.objects.order_by("-pk").first()
     with connection.cursor() as cursor:  # an INSERT the app role may do, bypassing audit_append
@@ -92,7 +92,7 @@ def test_an_unkeyed_row_after_keyed_ones_is_a_forgery(operator) -> None:  # noqa
 
 
 @postgres_only
-def test_truncate_of_the_audit_table_is_refused(operator) -> None:  # noqa: ANN001
+def test_truncate_of_the_audit_table_is_refused(operator) -> None:
     """Row triggers do not fire on TRUNCATE; the statement trigger does (for any non-superuser,
     even one holding the TRUNCATE privilege)."""
     audit_record(actor=operator, action="exception.comment", obj=operator)
@@ -112,7 +112,7 @@ def test_truncate_of_the_audit_table_is_refused(operator) -> None:  # noqa: ANN0
 
 
 @postgres_only
-def test_the_app_role_appends_but_cannot_disable_the_trigger_or_rewrite(operator, capsys) -> None:  # noqa: ANN001
+def test_the_app_role_appends_but_cannot_disable_the_trigger_or_rewrite(operator, capsys) -> None:
     role = f"pscsync_app_{uuid.uuid4().hex[:8]}"
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE ROLE {role} NOLOGIN")

@@ -44,7 +44,7 @@ def test_bandit_finds_nothing_unjustified() -> None:
                     assert after.strip().startswith("B") and "#" in after, f"{path}:{number} nosec without id or reason"
 
 
-def test_pip_audit_finds_no_known_vulnerability(tmp_path) -> None:  # noqa: ANN001
+def test_pip_audit_finds_no_known_vulnerability(tmp_path) -> None:
     out = tmp_path / "audit.json"
     result = subprocess.run(
         [

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def loaded():  # noqa: ANN201
+def loaded():
     if connection.vendor != "postgresql":
         pytest.skip("the loader writes with PostgreSQL COPY")
     from bench.largefirm import aggregates_build, load
@@ -24,7 +24,7 @@ def loaded():  # noqa: ANN201
     return stats
 
 
-def test_loader_writes_the_shapes_the_flows_write(loaded) -> None:  # noqa: ANN001
+def test_loader_writes_the_shapes_the_flows_write(loaded) -> None:
     from pscsync.models import Attempt, Handoff, Step
 
     assert Handoff.objects.count() == loaded.handoffs == 2000
@@ -39,7 +39,7 @@ def test_loader_writes_the_shapes_the_flows_write(loaded) -> None:  # noqa: ANN0
     assert loaded.by_status["needs_attention"] == Handoff.objects.filter(status="needs_attention").count() > 50
 
 
-def test_the_inbox_shows_every_loaded_open_exception(loaded, client) -> None:  # noqa: ANN001
+def test_the_inbox_shows_every_loaded_open_exception(loaded, client) -> None:
     from django.contrib.auth import get_user_model
 
     from remediation import selectors
@@ -55,7 +55,7 @@ def test_the_inbox_shows_every_loaded_open_exception(loaded, client) -> None:  #
     assert str(groups[0].count) in page.content.decode()
 
 
-def test_the_overview_counts_what_was_loaded(loaded, client) -> None:  # noqa: ANN001
+def test_the_overview_counts_what_was_loaded(loaded, client) -> None:
     from django.contrib.auth import get_user_model
 
     from dashboards import metrics
@@ -69,3 +69,23 @@ def test_the_overview_counts_what_was_loaded(loaded, client) -> None:  # noqa: A
     assert started == FlowFact.objects.filter(start_day__isnull=False).count() > 1000
     client.force_login(get_user_model().objects.get(username="viewer"))
     assert client.get("/dashboards/").status_code == 200
+
+
+def test_the_ledger_holds_every_invoice_raised(loaded) -> None:
+    """One ERP invoice per invoice the project-to-bill handoffs raised, in ledger states whose
+    balances agree with their payment applications (so the money figures read a real ledger)."""
+    from django.db.models import Sum
+
+    from pscsync.models import ErpInvoice, Handoff, PaymentApplication
+
+    raised = Handoff.objects.filter(flow="project-to-bill", business_times__has_key="invoice_created").count()
+    assert ErpInvoice.objects.exclude(batch_key="").count() == raised > 100
+    assert loaded.ledger_invoices == ErpInvoice.objects.count()
+    statuses = set(ErpInvoice.objects.values_list("status", flat=True))
+    assert {"posted", "paid"} <= statuses
+    for invoice in ErpInvoice.objects.filter(status__in=["paid", "partly_paid"]).annotate(
+        a=Sum("applications__amount")
+    ):
+        assert invoice.total - invoice.a == invoice.open_balance
+        assert invoice.posting_date is not None
+    assert not PaymentApplication.objects.filter(invoice__status__in=["draft", "pending_approval"]).exists()

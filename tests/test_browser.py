@@ -30,7 +30,7 @@ pytestmark = [
 
 
 @pytest.fixture
-def page(live_server, monkeypatch):  # noqa: ANN001, ANN201
+def page(live_server, monkeypatch):
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes
@@ -54,19 +54,19 @@ def page(live_server, monkeypatch):  # noqa: ANN001, ANN201
         browser.close()
 
 
-def expect(locator):  # noqa: ANN001, ANN201
+def expect(locator):
     from playwright.sync_api import expect as playwright_expect
 
     return playwright_expect(locator)
 
 
-def _shot(page, name: str) -> Path:  # noqa: ANN001
+def _shot(page, name: str) -> Path:
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
 
 
-def _sign_in(page, live_server, user, *, start: str = "/") -> None:  # noqa: ANN001
+def _sign_in(page, live_server, user, *, start: str = "/") -> None:
     """Password, then the code from the user's authenticator (enrolled beforehand, as a person's
     phone would be), the way every admin and operator signs in."""
     from tests.twofactor import totp_code, totp_device_for
@@ -81,7 +81,7 @@ def _sign_in(page, live_server, user, *, start: str = "/") -> None:  # noqa: ANN
     page.click("main button.primary")
 
 
-def _seed(connection, echo) -> None:  # noqa: ANN001
+def _seed(connection, echo) -> None:
     from connectors.registry import connector_for
 
     echo.fault(mode="status", status=422, match="INV-OPP-2002", count=1)
@@ -98,7 +98,7 @@ def test_an_operator_finds_a_failed_handoff_and_reads_what_the_target_said(
     operator,
     echo_connection,
     echo,
-    monkeypatch,  # noqa: ANN001
+    monkeypatch,
 ) -> None:
     monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: None)
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
@@ -111,10 +111,10 @@ def test_an_operator_finds_a_failed_handoff_and_reads_what_the_target_said(
     _sign_in(page, live_server, operator)
     page.wait_for_url("**/workbench/")  # operators land on the workbench
     page.goto(f"{live_server.url}/dashboards/")
-    assert page.locator(".tile", has_text="Need a person").locator(".figure").inner_text() == "1"
+    assert page.locator(".tile", has_text="Needs attention").locator(".figure").inner_text() == "1"
     _shot(page, "health")
 
-    page.click("text=Need a person")
+    page.click('.tile:has-text("Needs attention")')
     page.wait_for_url("**/handoffs/?status=needs_attention")
     rows = page.locator("table.grid tbody tr")
     assert rows.count() == 1 and "OPP-2002" in rows.first.inner_text()
@@ -146,7 +146,7 @@ def test_an_operator_finds_a_failed_handoff_and_reads_what_the_target_said(
     assert os.path.getsize(SHOTS / "handoff-detail.png") > 10_000
 
 
-def test_an_admin_tests_a_connection_from_its_page(page, live_server, admin, echo_connection) -> None:  # noqa: ANN001
+def test_an_admin_tests_a_connection_from_its_page(page, live_server, admin, echo_connection) -> None:
     _sign_in(page, live_server, admin, start="/login/")
     page.wait_for_url("**/dashboards/")
     page.click("text=Connections")
@@ -159,7 +159,7 @@ def test_an_admin_tests_a_connection_from_its_page(page, live_server, admin, ech
     _shot(page, "connection-edit")
 
 
-def test_an_operator_sets_up_two_factor_at_first_sign_in(page, live_server, operator, admin) -> None:  # noqa: ANN001
+def test_an_operator_sets_up_two_factor_at_first_sign_in(page, live_server, operator, admin) -> None:
     """No second factor yet: the password leads to the set-up page, never to the app."""
     import base64
 

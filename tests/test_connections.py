@@ -71,7 +71,7 @@ def test_editing_without_credentials_keeps_the_stored_ones(client, admin, entiti
         ("https://127.0.0.1:6379/", False, "loopback"),
     ],
 )
-def test_unsafe_addresses_are_refused_at_save(client, admin, entities, url, sandbox, reason) -> None:  # noqa: ANN001
+def test_unsafe_addresses_are_refused_at_save(client, admin, entities, url, sandbox, reason) -> None:
     client.force_login(admin)
     data = form_data(base_url=url, legal_entities=[entities["us"].pk])
     if not sandbox:

@@ -18,11 +18,11 @@ PUBLIC = "151.101.1.69"
 
 
 @pytest.fixture
-def connections(monkeypatch):  # noqa: ANN001, ANN201
+def connections(monkeypatch):
     """Every TCP connection the pinned client tries: (address, port). None are made."""
     tried: list[tuple[str, int]] = []
 
-    def record(self, host, port, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def record(self, host, port, *args, **kwargs):
         tried.append((host, port))
         raise httpcore.ConnectError("recorded, not connected (test)")
 
@@ -35,7 +35,7 @@ def connections(monkeypatch):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def dns(monkeypatch):  # noqa: ANN001, ANN201
+def dns(monkeypatch):
     """A DNS whose answers the test sets: name -> addresses."""
     answers: dict[str, list[str]] = {}
 
@@ -78,7 +78,7 @@ def dns(monkeypatch):  # noqa: ANN001, ANN201
         ("https://16843009/", "kantata", False, "not a number"),  # 1.1.1.1, public but obfuscated
     ],
 )
-def test_t25_unsafe_destinations_are_refused(dns, connections, url, vendor, sandbox, reason) -> None:  # noqa: ANN001
+def test_t25_unsafe_destinations_are_refused(dns, connections, url, vendor, sandbox, reason) -> None:
     dns["api.mavenlink.com"] = [PUBLIC]
     dns["evil.example.com"] = [PUBLIC]
     with pytest.raises(DestinationRefused, match=reason):
@@ -86,7 +86,7 @@ def test_t25_unsafe_destinations_are_refused(dns, connections, url, vendor, sand
     assert connections == []
 
 
-def test_t25_an_allowlisted_host_that_redirects_to_a_private_address_is_not_followed(monkeypatch) -> None:  # noqa: ANN001
+def test_t25_an_allowlisted_host_that_redirects_to_a_private_address_is_not_followed(monkeypatch) -> None:
     seen: list[str] = []
 
     def vendor(request: httpx.Request) -> httpx.Response:
@@ -111,7 +111,7 @@ def test_t25_the_client_really_is_configured_not_to_follow_redirects() -> None:
     http.reset_client()
 
 
-def test_t25_a_name_that_rebinds_to_a_private_address_is_not_reached(dns, connections) -> None:  # noqa: ANN001
+def test_t25_a_name_that_rebinds_to_a_private_address_is_not_reached(dns, connections) -> None:
     """Checked while the name pointed at a public address; it now answers 10.0.0.5. The client
     connects to the address that was checked, never to the new answer."""
     host = "1234567.suitetalk.api.netsuite.com"
@@ -131,7 +131,7 @@ def test_t25_a_name_that_rebinds_to_a_private_address_is_not_reached(dns, connec
 
 
 @pytest.mark.django_db
-def test_t25_unsafe_addresses_are_refused_at_call_time_with_no_connection(echo_connection, dns, connections) -> None:  # noqa: ANN001
+def test_t25_unsafe_addresses_are_refused_at_call_time_with_no_connection(echo_connection, dns, connections) -> None:
     """A connection saved as safe and changed behind the form's back (or whose DNS changed)."""
     from connectors.models import Connection
     from connectors.registry import connector_for

@@ -15,12 +15,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def no_broker(monkeypatch) -> None:  # noqa: ANN001
+def no_broker(monkeypatch) -> None:
     monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: None)
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
 
 
-def receive(connection, key: str, version: int):  # noqa: ANN001, ANN201
+def receive(connection, key: str, version: int):
     from connectors.registry import connector_for
 
     body = change_body(key, version)
@@ -113,7 +113,7 @@ def test_a_failed_poll_keeps_the_cursor_and_says_why(echo_connection, echo) -> N
     assert "503" in cursor.last_error
 
 
-def accept(connection, *versions: tuple[str, int]) -> list:  # noqa: ANN001
+def accept(connection, *versions: tuple[str, int]) -> list:
     """One webhook delivery carrying these (key, version) changes, through the short path."""
     from connectors.registry import connector_for
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 
 from connectors.signatures import standard_webhook_sign
 from pscsync.models import Event, Handoff
-from tests.helpers import PYTHON, ROOT, SECRET, Process, free_port, wait_for_port
+from tests.helpers import PYTHON, ROOT, SECRET, Process, free_port, pytest_on_sqlite, wait_for_port
 
 URL = "/webhooks/echo-us/"
 
@@ -54,7 +53,7 @@ MALFORMED = [
 ]
 
 
-def _post(client, body: bytes, msg_id: str):  # noqa: ANN001, ANN202
+def _post(client, body: bytes, msg_id: str):
     headers = signed_headers(body, msg_id)
     extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items() if k != "content-type"}
     return client.post(URL, data=body, content_type="application/json", **extra)
@@ -62,7 +61,7 @@ def _post(client, body: bytes, msg_id: str):  # noqa: ANN001, ANN202
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(("what", "body", "msg_id", "words"), MALFORMED, ids=[m[0] for m in MALFORMED])
-def test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing(client, echo_connection, what, body, msg_id, words):  # noqa: ANN001, ANN201
+def test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing(client, echo_connection, what, body, msg_id, words):
     response = _post(client, body, msg_id)
     assert response.status_code == 400, (what, response.status_code, response.content)
     assert words in response.json()["error"] and "Retry-After" not in response
@@ -74,29 +73,8 @@ def test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing(client, echo_
 @pytest.mark.skipif(os.getenv("PSCSYNC_INTAKE_PROBE_NESTED") == "1", reason="already the SQLite run")
 def test_the_same_on_sqlite(tmp_path: Path) -> None:
     """The parametrized test above, in a pytest of its own on the embedded SQLite database."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": "",
-        "PSCSYNC_VAR_DIR": str(tmp_path),
-        "PSCSYNC_INTAKE_PROBE_NESTED": "1",
-        "PSCSYNC_REQUIRE_SERVICES": "",
-    }
-    result = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            f"{__file__}::test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    target = f"{__file__}::test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing"
+    result = pytest_on_sqlite(target, tmp_path, "PSCSYNC_INTAKE_PROBE_NESTED")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert f"{len(MALFORMED)} passed" in result.stdout
 
@@ -105,7 +83,7 @@ def test_the_same_on_sqlite(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def web(django_db_setup, django_db_blocker, tmp_path_factory):  # noqa: ANN001, ANN201
+def web(django_db_setup, django_db_blocker, tmp_path_factory):
     """gunicorn on the test database: the server that de-chunks bodies in production."""
     from urllib.parse import urlparse, urlunparse
 
@@ -135,11 +113,11 @@ def _stored() -> tuple[int, int]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_chunked_body_is_read_not_taken_as_empty(web, echo_connection, settings) -> None:  # noqa: ANN001
+def test_a_chunked_body_is_read_not_taken_as_empty(web, echo_connection, settings) -> None:
     body = _body()
     headers = signed_headers(body, "evt-chunked")
 
-    def chunks():  # noqa: ANN202 - a generator makes httpx send Transfer-Encoding: chunked
+    def chunks():  # a generator makes httpx send Transfer-Encoding: chunked
         yield body[:40]
         yield body[40:]
 
@@ -185,7 +163,7 @@ _msg_id = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_siz
 
 
 @pytest.mark.django_db(transaction=True)
-def test_malformed_signed_deliveries_never_get_a_5xx_nor_half_store(web, echo_connection) -> None:  # noqa: ANN001
+def test_malformed_signed_deliveries_never_get_a_5xx_nor_half_store(web, echo_connection) -> None:
     client = httpx.Client(base_url=web, timeout=20)
     seen: dict[int, int] = {}
 

@@ -31,12 +31,12 @@ SOURCE_PACKAGES = ("pscsync", "remediation", "dashboards", "api", "connectors", 
 
 
 @pytest.fixture(autouse=True)
-def no_broker(monkeypatch) -> None:  # noqa: ANN001
+def no_broker(monkeypatch) -> None:
     monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: None)
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
 
 
-def receive(connection, key: str, version: int = 1) -> Handoff:  # noqa: ANN001
+def receive(connection, key: str, version: int = 1) -> Handoff:
     from connectors.registry import connector_for
 
     body = change_body(key, version)
@@ -62,7 +62,7 @@ def test_the_transitions_table_names_every_status_and_only_known_ones() -> None:
 
 
 @pytest.mark.django_db
-def test_a_move_the_table_does_not_allow_raises_and_writes_nothing(echo_connection) -> None:  # noqa: ANN001
+def test_a_move_the_table_does_not_allow_raises_and_writes_nothing(echo_connection) -> None:
     handoff = receive(echo_connection, "L-1")
     with pytest.raises(TransitionNotAllowed):
         handoff_move(handoff, from_states=["pending"], to="resolved", actor="test")
@@ -78,9 +78,9 @@ def test_a_move_the_table_does_not_allow_raises_and_writes_nothing(echo_connecti
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.django_db
 def test_a_move_is_recorded_in_its_transaction_and_told_after_commit(
-    echo_connection,  # noqa: ANN001
-    operator,  # noqa: ANN001
-    django_capture_on_commit_callbacks,  # noqa: ANN001
+    echo_connection,
+    operator,
+    django_capture_on_commit_callbacks,
 ) -> None:
     told: list[lifecycle.Move] = []
     lifecycle.listener_add("test.recorder", told.append)
@@ -119,8 +119,8 @@ def test_a_move_is_recorded_in_its_transaction_and_told_after_commit(
 
 @pytest.mark.django_db
 def test_a_rolled_back_move_leaves_no_history_and_tells_nobody(
-    echo_connection,  # noqa: ANN001
-    django_capture_on_commit_callbacks,  # noqa: ANN001
+    echo_connection,
+    django_capture_on_commit_callbacks,
 ) -> None:
     handoff = receive(echo_connection, "L-3")
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -134,7 +134,7 @@ def test_a_rolled_back_move_leaves_no_history_and_tells_nobody(
 
 
 @pytest.mark.django_db
-def test_a_move_that_finds_the_handoff_elsewhere_changes_nothing_and_says_so(echo_connection) -> None:  # noqa: ANN001
+def test_a_move_that_finds_the_handoff_elsewhere_changes_nothing_and_says_so(echo_connection) -> None:
     handoff = receive(echo_connection, "L-4")
     assert handoff_run(handoff_id=handoff.pk, worker="w1") == "succeeded"
     stale = Handoff.objects.get(pk=handoff.pk)
@@ -146,7 +146,7 @@ def test_a_move_that_finds_the_handoff_elsewhere_changes_nothing_and_says_so(ech
 
 
 @pytest.mark.django_db
-def test_a_status_written_around_the_lifecycle_is_refused(echo_connection) -> None:  # noqa: ANN001
+def test_a_status_written_around_the_lifecycle_is_refused(echo_connection) -> None:
     handoff = receive(echo_connection, "L-5")
     with pytest.raises(StatusWriteRefused):
         Handoff.objects.filter(pk=handoff.pk).update(status="running")
@@ -210,9 +210,9 @@ def test_no_code_writes_a_status_outside_the_lifecycle() -> None:
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.django_db
 def test_every_move_of_a_failure_resubmit_resolve_and_reopen_is_in_the_history(
-    echo_connection,  # noqa: ANN001
-    echo,  # noqa: ANN001
-    operator,  # noqa: ANN001
+    echo_connection,
+    echo,
+    operator,
 ) -> None:
     handoff = receive(echo_connection, "L-6")
     echo.fault(mode="status", status=422, match="/customer/", count=1)
@@ -250,10 +250,10 @@ def test_every_move_of_a_failure_resubmit_resolve_and_reopen_is_in_the_history(
 
 @pytest.mark.django_db(transaction=True)
 def test_an_operators_resolve_reaches_the_dashboards_backlog_at_once(
-    client,  # noqa: ANN001
-    echo_connection,  # noqa: ANN001
-    echo,  # noqa: ANN001
-    operator,  # noqa: ANN001
+    client,
+    echo_connection,
+    echo,
+    operator,
 ) -> None:
     """Real commits (no test transaction): the listeners run after the view's commit, inside the
     same request, so the backlog the overview reads is right before any repair job runs."""
@@ -277,10 +277,10 @@ def test_an_operators_resolve_reaches_the_dashboards_backlog_at_once(
 
 @pytest.mark.django_db(transaction=True)
 def test_after_a_run_of_moves_the_repair_beats_find_nothing_to_repair(
-    echo_connection,  # noqa: ANN001
-    echo,  # noqa: ANN001
-    operator,  # noqa: ANN001
-    caplog,  # noqa: ANN001
+    echo_connection,
+    echo,
+    operator,
+    caplog,
 ) -> None:
     """The repair beats are a safety net: when every move went through the lifecycle and its
     listeners ran, they count 0 (the metric to watch), and they still catch a write around it."""

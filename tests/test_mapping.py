@@ -89,7 +89,7 @@ def test_value_maps_match_regardless_of_case_and_spaces() -> None:
         ([{"target": "a", "source": "a" * 501}], {}, "longer than 500 characters"),
     ],
 )
-def test_bad_rules_are_refused_with_position_and_reason(rules, maps, expected) -> None:  # noqa: ANN001
+def test_bad_rules_are_refused_with_position_and_reason(rules, maps, expected) -> None:
     problems = [str(p) for p in mapping_validate(rules, maps)]
     assert any(expected in p for p in problems), problems
 

@@ -44,7 +44,7 @@ def test_moments_counts_and_names() -> None:
 
 
 @pytest.mark.django_db
-def test_a_missing_page_is_styled_with_the_navigation_and_a_way_back(client, operator, settings) -> None:  # noqa: ANN001
+def test_a_missing_page_is_styled_with_the_navigation_and_a_way_back(client, operator, settings) -> None:
     settings.DEBUG = False
     client.force_login(operator)
     response = client.get("/workbench/causes/999999/")

@@ -12,7 +12,7 @@ from pscsync.services import connection_save
 
 
 @pytest.fixture
-def two_connections(entities):  # noqa: ANN001, ANN201
+def two_connections(entities):
     made = []
     for slug in ("erp-a", "erp-b"):
         made.append(

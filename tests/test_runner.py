@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def frozen(monkeypatch):  # noqa: ANN001, ANN201
+def frozen(monkeypatch):
     c = clock.FrozenClock()
     clock.use(c)
     yield c
@@ -24,12 +24,12 @@ def frozen(monkeypatch):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(autouse=True)
-def no_broker(monkeypatch) -> None:  # noqa: ANN001
+def no_broker(monkeypatch) -> None:
     monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: None)
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
 
 
-def receive(connection, key: str, version: int = 1, event_id: str | None = None) -> Handoff | None:  # noqa: ANN001
+def receive(connection, key: str, version: int = 1, event_id: str | None = None) -> Handoff | None:
     from connectors.registry import connector_for
 
     body = change_body(key, version)
@@ -63,7 +63,7 @@ def test_running_a_finished_handoff_again_sends_nothing(echo_connection, echo) -
     assert Attempt.objects.count() == 3
 
 
-def test_a_transient_failure_waits_in_the_database_and_resumes_at_the_failed_step(echo_connection, echo, frozen):  # noqa: ANN001
+def test_a_transient_failure_waits_in_the_database_and_resumes_at_the_failed_step(echo_connection, echo, frozen):
     handoff = receive(echo_connection, "OPP-3")
     echo.fault(mode="status", status=429, retry_after=30, match="/invoice/", count=1)
     assert handoff_run(handoff_id=handoff.pk, worker="w1") == "waiting_retry"
@@ -105,7 +105,7 @@ def test_a_rejection_goes_to_a_person_at_once_with_the_targets_message(echo_conn
     assert handoff.next_attempt_at is None
 
 
-def test_after_the_attempt_budget_a_transient_failure_needs_a_person(echo_connection, echo, frozen, settings):  # noqa: ANN001
+def test_after_the_attempt_budget_a_transient_failure_needs_a_person(echo_connection, echo, frozen, settings):
     handoff = receive(echo_connection, "OPP-6")
     echo.fault(mode="status", status=503, match="/customer/", count=100)
     for _ in range(8):

@@ -30,7 +30,7 @@ def canary() -> str:
 @pytest.mark.django_db(transaction=True)
 def test_t26_the_canary_secret_never_appears_anywhere(
     client, admin, operator, echo_connection, echo, canary, caplog, capsys, monkeypatch
-) -> None:  # noqa: ANN001
+) -> None:
     from pscsync.intake import event_receive
     from pscsync.runner import handoff_run
     from tests.helpers import SECRET, change_body, sign
@@ -107,7 +107,7 @@ def test_t26_the_canary_secret_never_appears_anywhere(
 
 
 @pytest.mark.django_db
-def test_t26_rotating_the_key_reencrypts_every_row(entities, settings, canary) -> None:  # noqa: ANN001
+def test_t26_rotating_the_key_reencrypts_every_row(entities, settings, canary) -> None:
     old_keys = settings.CREDENTIALS_KEYS
     for slug in ("erp-a", "erp-b", "crm-a"):
         connection_save(
@@ -138,7 +138,7 @@ def test_t26_rotating_the_key_reencrypts_every_row(entities, settings, canary) -
 
 
 @pytest.mark.django_db
-def test_t26_reencryption_is_audited_without_the_secret(entities, settings, canary) -> None:  # noqa: ANN001
+def test_t26_reencryption_is_audited_without_the_secret(entities, settings, canary) -> None:
     from pscsync.models import AuditEntry
 
     connection_save(

@@ -22,7 +22,7 @@ from tests.twofactor import VerifiedClient, totp_code, totp_device_for
 PASSWORD = "a-long-test-password"
 
 
-def _sign_in(client: Client, username: str, password: str = PASSWORD, **extra: str):  # noqa: ANN201
+def _sign_in(client: Client, username: str, password: str = PASSWORD, **extra: str):
     return client.post("/login/", {"username": username, "password": password}, **extra)
 
 
@@ -30,7 +30,7 @@ def _sign_in(client: Client, username: str, password: str = PASSWORD, **extra: s
 
 
 @pytest.mark.django_db
-def test_t12_a_refused_signature_is_logged_as_a_security_event(client, echo_connection, caplog) -> None:  # noqa: ANN001
+def test_t12_a_refused_signature_is_logged_as_a_security_event(client, echo_connection, caplog) -> None:
     body = change_body("OPP-9")
     headers = sign(body, msg_id="evt-9", secret="whsec_" + "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA==")
     extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items() if k != "content-type"}
@@ -56,7 +56,7 @@ def csrf_client() -> VerifiedClient:
 
 
 @pytest.mark.django_db
-def test_t22_state_changes_without_a_valid_csrf_token_are_refused(csrf_client, admin, echo_connection) -> None:  # noqa: ANN001
+def test_t22_state_changes_without_a_valid_csrf_token_are_refused(csrf_client, admin, echo_connection) -> None:
     csrf_client.force_login(admin)
     targets = [
         f"/connections/{echo_connection.pk}/test/",
@@ -75,7 +75,7 @@ def test_t22_state_changes_without_a_valid_csrf_token_are_refused(csrf_client, a
 
 
 @pytest.mark.django_db
-def test_t22_a_cross_site_origin_is_refused_even_with_a_valid_token(csrf_client, admin, echo_connection) -> None:  # noqa: ANN001
+def test_t22_a_cross_site_origin_is_refused_even_with_a_valid_token(csrf_client, admin, echo_connection) -> None:
     csrf_client.force_login(admin)
     csrf_client.get("/connections/")
     token = csrf_client.cookies["csrftoken"].value
@@ -85,7 +85,7 @@ def test_t22_a_cross_site_origin_is_refused_even_with_a_valid_token(csrf_client,
 
 
 @pytest.mark.django_db
-def test_t22_state_changing_routes_refuse_get(client, admin, echo_connection) -> None:  # noqa: ANN001
+def test_t22_state_changing_routes_refuse_get(client, admin, echo_connection) -> None:
     client.force_login(admin)
     for url in (f"/connections/{echo_connection.pk}/test/", f"/account/users/{admin.pk}/end-sessions/", "/logout/"):
         assert client.get(url).status_code == 405, url
@@ -95,7 +95,7 @@ def test_t22_state_changing_routes_refuse_get(client, admin, echo_connection) ->
 
 
 @pytest.mark.django_db
-def test_t23_twenty_bad_passwords_on_one_account_are_slowed_down(client, viewer, settings) -> None:  # noqa: ANN001
+def test_t23_twenty_bad_passwords_on_one_account_are_slowed_down(client, viewer, settings) -> None:
     free = settings.LOGIN_THROTTLE["account_free"]
     statuses = [_sign_in(client, viewer.username, "wrong-password-123").status_code for _ in range(20)]
     assert statuses[:free] == [200] * free  # the form again, with the error
@@ -108,7 +108,7 @@ def test_t23_twenty_bad_passwords_on_one_account_are_slowed_down(client, viewer,
 
 
 @pytest.mark.django_db
-def test_t23_the_wait_doubles_and_is_capped(viewer, settings) -> None:  # noqa: ANN001
+def test_t23_the_wait_doubles_and_is_capped(viewer, settings) -> None:
     from accounts import throttle
     from accounts.models import LoginThrottle
 
@@ -124,7 +124,7 @@ def test_t23_the_wait_doubles_and_is_capped(viewer, settings) -> None:  # noqa: 
 
 
 @pytest.mark.django_db
-def test_t23_the_owner_with_a_device_cookie_is_not_slowed_by_an_attacker(viewer) -> None:  # noqa: ANN001
+def test_t23_the_owner_with_a_device_cookie_is_not_slowed_by_an_attacker(viewer) -> None:
     """Throttle, not lockout: the attacker's failures do not block the owner's known browser."""
     owner = VerifiedClient()
     assert _sign_in(owner, viewer.username).status_code == 302  # device cookie set
@@ -138,7 +138,7 @@ def test_t23_the_owner_with_a_device_cookie_is_not_slowed_by_an_attacker(viewer)
 
 
 @pytest.mark.django_db
-def test_t23_a_password_spray_from_one_address_is_slowed_down(client, entities, settings) -> None:  # noqa: ANN001
+def test_t23_a_password_spray_from_one_address_is_slowed_down(client, entities, settings) -> None:
     from django.contrib.auth import get_user_model
 
     for i in range(50):
@@ -152,7 +152,7 @@ def test_t23_a_password_spray_from_one_address_is_slowed_down(client, entities, 
 
 
 @pytest.mark.django_db
-def test_t23_a_spoofed_forwarded_for_header_is_ignored(client, entities, settings) -> None:  # noqa: ANN001
+def test_t23_a_spoofed_forwarded_for_header_is_ignored(client, entities, settings) -> None:
     """Rotating X-Forwarded-For does not buy fresh attempts: the header counts only from a proxy."""
     settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
     statuses = [
@@ -162,7 +162,7 @@ def test_t23_a_spoofed_forwarded_for_header_is_ignored(client, entities, setting
     assert statuses[-1] == 429
 
 
-def test_t23_client_address_comes_from_the_trusted_proxy_only(rf, settings) -> None:  # noqa: ANN001
+def test_t23_client_address_comes_from_the_trusted_proxy_only(rf, settings) -> None:
     from accounts.clientip import client_ip
 
     settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
@@ -178,7 +178,7 @@ def test_t23_client_address_comes_from_the_trusted_proxy_only(rf, settings) -> N
 
 
 @pytest.mark.django_db
-def test_t23_unknown_and_known_accounts_get_identical_answers(viewer) -> None:  # noqa: ANN001
+def test_t23_unknown_and_known_accounts_get_identical_answers(viewer) -> None:
     def answer(username: str) -> tuple[int, str]:
         c = Client()
         response = _sign_in(c, username, "not-the-password-1")
@@ -198,7 +198,7 @@ def test_t23_unknown_and_known_accounts_get_identical_answers(viewer) -> None:  
 
 
 @pytest.mark.django_db
-def test_t23_sign_in_attempts_are_logged_and_audited(client, viewer, caplog) -> None:  # noqa: ANN001
+def test_t23_sign_in_attempts_are_logged_and_audited(client, viewer, caplog) -> None:
     from pscsync.models import AuditEntry
 
     with caplog.at_level(logging.INFO, logger="pscsync.security"):
@@ -215,7 +215,7 @@ def test_t23_sign_in_attempts_are_logged_and_audited(client, viewer, caplog) -> 
 
 
 @pytest.fixture
-def otp_no_wait(settings):  # noqa: ANN001, ANN201
+def otp_no_wait(settings):
     """django-otp makes a device wait 1 s, 2 s, 4 s… after each wrong code; tests that try a
     wrong code and then the right one turn the wait off (test_t24_wrong_codes_make_the_next_wait)."""
     settings.OTP_TOTP_THROTTLE_FACTOR = 0
@@ -223,7 +223,7 @@ def otp_no_wait(settings):  # noqa: ANN001, ANN201
 
 
 @pytest.mark.django_db
-def test_t24_sign_in_gives_a_new_session_key(viewer) -> None:  # noqa: ANN001
+def test_t24_sign_in_gives_a_new_session_key(viewer) -> None:
     c = Client()
     c.get("/login/")
     c.session.save()
@@ -233,7 +233,7 @@ def test_t24_sign_in_gives_a_new_session_key(viewer) -> None:  # noqa: ANN001
 
 
 @pytest.mark.django_db
-def test_t24_after_sign_out_the_old_cookie_is_worthless(client, viewer) -> None:  # noqa: ANN001
+def test_t24_after_sign_out_the_old_cookie_is_worthless(client, viewer) -> None:
     client.force_login(viewer)
     assert client.get("/handoffs/").status_code == 200
     stolen = client.cookies["sessionid"].value
@@ -244,7 +244,7 @@ def test_t24_after_sign_out_the_old_cookie_is_worthless(client, viewer) -> None:
 
 
 @pytest.mark.django_db
-def test_t24_disabling_a_user_ends_all_three_of_their_sessions(viewer) -> None:  # noqa: ANN001
+def test_t24_disabling_a_user_ends_all_three_of_their_sessions(viewer) -> None:
     from django.contrib.sessions.models import Session
 
     from accounts.models import UserSession
@@ -263,7 +263,7 @@ def test_t24_disabling_a_user_ends_all_three_of_their_sessions(viewer) -> None: 
 
 
 @pytest.mark.django_db
-def test_t24_an_admin_ends_another_users_sessions(client, admin, operator) -> None:  # noqa: ANN001
+def test_t24_an_admin_ends_another_users_sessions(client, admin, operator) -> None:
     from pscsync.models import AuditEntry
 
     victim = VerifiedClient()
@@ -279,7 +279,7 @@ def test_t24_an_admin_ends_another_users_sessions(client, admin, operator) -> No
 
 
 @pytest.mark.django_db
-def test_t24_idle_for_31_minutes_ends_the_session(client, viewer) -> None:  # noqa: ANN001
+def test_t24_idle_for_31_minutes_ends_the_session(client, viewer) -> None:
     from accounts.sessions import SEEN_AT
 
     client.force_login(viewer)
@@ -297,7 +297,7 @@ def test_t24_idle_for_31_minutes_ends_the_session(client, viewer) -> None:  # no
 
 
 @pytest.mark.django_db
-def test_t24_twelve_hours_after_sign_in_the_session_ends_even_if_busy(client, viewer) -> None:  # noqa: ANN001
+def test_t24_twelve_hours_after_sign_in_the_session_ends_even_if_busy(client, viewer) -> None:
     from accounts.sessions import AUTH_AT
 
     client.force_login(viewer)
@@ -308,7 +308,7 @@ def test_t24_twelve_hours_after_sign_in_the_session_ends_even_if_busy(client, vi
 
 
 @pytest.mark.django_db
-def test_t24_removing_a_role_mid_session_takes_effect_on_the_next_request(client, operator) -> None:  # noqa: ANN001
+def test_t24_removing_a_role_mid_session_takes_effect_on_the_next_request(client, operator) -> None:
     from django.contrib.auth.models import Group
 
     client.force_login(operator)
@@ -321,7 +321,7 @@ def test_t24_removing_a_role_mid_session_takes_effect_on_the_next_request(client
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("role", ["operator", "admin"])
-def test_t24_no_sign_in_completes_without_the_second_factor(role, request, otp_no_wait) -> None:  # noqa: ANN001
+def test_t24_no_sign_in_completes_without_the_second_factor(role, request, otp_no_wait) -> None:
     user = request.getfixturevalue(role)
     c = VerifiedClient()
     assert _sign_in(c, user.username).status_code == 302
@@ -345,7 +345,7 @@ def test_t24_no_sign_in_completes_without_the_second_factor(role, request, otp_n
 
 
 @pytest.mark.django_db
-def test_t24_a_recovery_code_works_once(operator, otp_no_wait) -> None:  # noqa: ANN001
+def test_t24_a_recovery_code_works_once(operator, otp_no_wait) -> None:
     from accounts.twofactor import recovery_codes_new
 
     totp_device_for(operator)
@@ -361,7 +361,7 @@ def test_t24_a_recovery_code_works_once(operator, otp_no_wait) -> None:  # noqa:
 
 
 @pytest.mark.django_db
-def test_t24_wrong_codes_make_the_next_wait(operator) -> None:  # noqa: ANN001
+def test_t24_wrong_codes_make_the_next_wait(operator) -> None:
     """Guessing six digits is slowed down: right after a wrong code even the right one is refused."""
     device = totp_device_for(operator)
     c = VerifiedClient()
@@ -373,7 +373,7 @@ def test_t24_wrong_codes_make_the_next_wait(operator) -> None:  # noqa: ANN001
 
 
 @pytest.mark.django_db
-def test_t24_a_viewer_may_go_without_a_second_factor_but_not_once_enrolled(viewer) -> None:  # noqa: ANN001
+def test_t24_a_viewer_may_go_without_a_second_factor_but_not_once_enrolled(viewer) -> None:
     c = VerifiedClient()
     _sign_in(c, viewer.username)
     assert c.get("/handoffs/").status_code == 200
@@ -384,7 +384,7 @@ def test_t24_a_viewer_may_go_without_a_second_factor_but_not_once_enrolled(viewe
 
 
 @pytest.mark.django_db
-def test_t24_enrolment_checks_the_code_and_shows_ten_recovery_codes(operator, otp_no_wait) -> None:  # noqa: ANN001
+def test_t24_enrolment_checks_the_code_and_shows_ten_recovery_codes(operator, otp_no_wait) -> None:
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
     c = VerifiedClient()
@@ -400,7 +400,7 @@ def test_t24_enrolment_checks_the_code_and_shows_ten_recovery_codes(operator, ot
 
 
 @pytest.mark.django_db
-def test_t24_with_enforcement_off_the_pages_say_so(client, operator, settings) -> None:  # noqa: ANN001
+def test_t24_with_enforcement_off_the_pages_say_so(client, operator, settings) -> None:
     settings.TWO_FACTOR_REQUIRED_ROLES = []
     c = Client()
     c.force_login(operator)
@@ -411,7 +411,7 @@ def test_t24_with_enforcement_off_the_pages_say_so(client, operator, settings) -
 # --- T28: deployment configuration and headers --------------------------------------------
 
 
-def _production_env(tmp_path, **overrides: str) -> dict[str, str]:  # noqa: ANN001
+def _production_env(tmp_path, **overrides: str) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
@@ -426,7 +426,7 @@ def _production_env(tmp_path, **overrides: str) -> dict[str, str]:  # noqa: ANN0
     return env
 
 
-def test_t28_deploy_check_passes_with_production_settings(tmp_path) -> None:  # noqa: ANN001
+def test_t28_deploy_check_passes_with_production_settings(tmp_path) -> None:
     """The CI step: `manage.py check --deploy --fail-level WARNING`, with only W021 silenced."""
     result = deploy_check(_production_env(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -443,13 +443,13 @@ def test_t28_deploy_check_passes_with_production_settings(tmp_path) -> None:  # 
         ({"PSCSYNC_AUDIT_KEYS": ""}, "accounts.W004"),
     ],
 )
-def test_t28_deploy_check_fails_on_an_unsafe_setting(tmp_path, override, check_id) -> None:  # noqa: ANN001
+def test_t28_deploy_check_fails_on_an_unsafe_setting(tmp_path, override, check_id) -> None:
     result = deploy_check(_production_env(tmp_path, **override))
     assert result.returncode != 0 and check_id in result.stderr + result.stdout
 
 
 @pytest.mark.django_db
-def test_t28_headers_on_login_pages_and_dashboards(client, viewer, settings) -> None:  # noqa: ANN001
+def test_t28_headers_on_login_pages_and_dashboards(client, viewer, settings) -> None:
     settings.SECURE_SSL_REDIRECT = False
     client.force_login(viewer)
     for url in ("/login/", "/dashboards/health/", "/handoffs/"):
@@ -467,7 +467,7 @@ def test_t28_headers_on_login_pages_and_dashboards(client, viewer, settings) -> 
         assert response["Cross-Origin-Opener-Policy"] == "same-origin"
 
 
-def test_t28_cookies_are_host_prefixed_secure_httponly_and_samesite(tmp_path) -> None:  # noqa: ANN001
+def test_t28_cookies_are_host_prefixed_secure_httponly_and_samesite(tmp_path) -> None:
     """With production settings (secure cookies on), in a fresh process: sign in and read Set-Cookie."""
     script = """
 import django, os
@@ -503,7 +503,7 @@ for name, morsel in c.cookies.items():
 
 
 @pytest.mark.django_db
-def test_t28_plain_http_is_redirected_to_https_except_the_health_check(settings) -> None:  # noqa: ANN001
+def test_t28_plain_http_is_redirected_to_https_except_the_health_check(settings) -> None:
     settings.SECURE_SSL_REDIRECT = True
     c = Client()
     response = c.get("/login/")
@@ -512,8 +512,8 @@ def test_t28_plain_http_is_redirected_to_https_except_the_health_check(settings)
 
 
 @pytest.mark.django_db
-def test_t28_a_server_error_shows_a_generic_page_without_details(client, viewer, monkeypatch) -> None:  # noqa: ANN001
-    def boom(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+def test_t28_a_server_error_shows_a_generic_page_without_details(client, viewer, monkeypatch) -> None:
+    def boom(*args, **kwargs):
         raise RuntimeError("internal detail: /srv/pscsync/settings.py line 42")
 
     monkeypatch.setattr("pscsync.views.render", boom)

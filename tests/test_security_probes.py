@@ -21,7 +21,7 @@ from tests.twofactor import VerifiedClient
 PASSWORD = "a-long-test-password"
 
 
-def _sign_in(client: Client, username: str, password: str = PASSWORD, **extra: str):  # noqa: ANN201
+def _sign_in(client: Client, username: str, password: str = PASSWORD, **extra: str):
     return client.post("/login/", {"username": username, "password": password}, **extra)
 
 
@@ -29,7 +29,7 @@ def _sign_in(client: Client, username: str, password: str = PASSWORD, **extra: s
 
 
 @pytest.mark.django_db
-def test_a_known_device_signs_in_while_its_address_is_throttled(viewer, entities, settings) -> None:  # noqa: ANN001
+def test_a_known_device_signs_in_while_its_address_is_throttled(viewer, entities, settings) -> None:
     """One office NAT (or a proxy without PSCSYNC_TRUSTED_PROXIES): every browser has one address.
     Someone there sprays bad passwords; the owner's known browser must still get in."""
     owner = VerifiedClient()
@@ -44,7 +44,7 @@ def test_a_known_device_signs_in_while_its_address_is_throttled(viewer, entities
 
 
 @pytest.mark.django_db
-def test_a_known_device_guessing_is_still_slowed_by_its_own_counter(viewer, settings) -> None:  # noqa: ANN001
+def test_a_known_device_guessing_is_still_slowed_by_its_own_counter(viewer, settings) -> None:
     owner = VerifiedClient()
     assert _sign_in(owner, viewer.username).status_code == 302
     owner.post("/logout/")
@@ -81,7 +81,7 @@ def test_env_example_lists_every_variable_the_code_reads() -> None:
     assert not missing, f"read by the code but not in .env.example: {missing}"
 
 
-def test_sandboxes_are_off_unless_turned_on(tmp_path) -> None:  # noqa: ANN001
+def test_sandboxes_are_off_unless_turned_on(tmp_path) -> None:
     """Production settings without PSCSYNC_ALLOW_SANDBOXES: loopback is refused (the probe
     pointed a "sandbox" connection at 127.0.0.1:5432 and read the answer)."""
     env = {k: v for k, v in os.environ.items() if k != "PSCSYNC_ALLOW_SANDBOXES"}
@@ -99,7 +99,7 @@ def test_sandboxes_are_off_unless_turned_on(tmp_path) -> None:  # noqa: ANN001
     assert _env_example()["PSCSYNC_ALLOW_SANDBOXES"] == "false"
 
 
-def test_deploy_check_passes_with_the_documented_production_values(tmp_path) -> None:  # noqa: ANN001
+def test_deploy_check_passes_with_the_documented_production_values(tmp_path) -> None:
     """`check --deploy --fail-level WARNING` with .env.example as written, plus the three secrets
     it says to generate (and a var directory of the test's own)."""
     env = {name: value for name, value in _env_example().items() if value}
@@ -119,14 +119,14 @@ def test_deploy_check_passes_with_the_documented_production_values(tmp_path) -> 
 
 
 @pytest.fixture
-def ukadmin(entities):  # noqa: ANN001, ANN201
+def ukadmin(entities):
     from pscsync.services import user_provision
 
     return user_provision(username="ulla.ukadmin", password=PASSWORD, role="admin", entities=[entities["uk"]])
 
 
 @pytest.mark.django_db
-def test_a_scoped_admin_sees_and_manages_only_users_of_their_entities(client, ukadmin, viewer, admin, outsider) -> None:  # noqa: ANN001
+def test_a_scoped_admin_sees_and_manages_only_users_of_their_entities(client, ukadmin, viewer, admin, outsider) -> None:
     """viewer: US only; admin: every entity; outsider: UK only. A UK admin manages the outsider
     (and themself), never the US viewer nor the admin of everything."""
     page_client = VerifiedClient()
@@ -145,7 +145,7 @@ def test_a_scoped_admin_sees_and_manages_only_users_of_their_entities(client, uk
 @pytest.mark.django_db
 def test_a_scoped_operator_cannot_act_on_a_cause_that_spans_other_entities(
     client, outsider, operator, entities
-) -> None:  # noqa: ANN001
+) -> None:
     from remediation.models import ExceptionCause, ExceptionStatus
     from tests.api.conftest import make_connection, make_exception
 
@@ -165,7 +165,7 @@ def test_a_scoped_operator_cannot_act_on_a_cause_that_spans_other_entities(
 
 
 @pytest.mark.django_db
-def test_signed_in_pages_and_api_answers_are_not_cached(client, viewer) -> None:  # noqa: ANN001
+def test_signed_in_pages_and_api_answers_are_not_cached(client, viewer) -> None:
     from api.tokens import api_token_issue
 
     client.force_login(viewer)
@@ -198,7 +198,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(cell: str, writt
 
 
 @pytest.mark.django_db
-def test_the_workbench_export_neutralises_vendor_text(client, operator, entities) -> None:  # noqa: ANN001
+def test_the_workbench_export_neutralises_vendor_text(client, operator, entities) -> None:
     from tests.api.conftest import make_connection, make_exception
 
     connection = make_connection("erp-us", entities["us"])
@@ -216,7 +216,7 @@ def test_the_workbench_export_neutralises_vendor_text(client, operator, entities
     ("password", "why"),
     [("aaaaaaaaaaaa", "too few characters"), ("vera.viewer.2026", "too similar"), ("123456789012345", "numeric")],
 )
-def test_weak_passwords_are_refused_by_user_provision(entities, password: str, why: str) -> None:  # noqa: ANN001
+def test_weak_passwords_are_refused_by_user_provision(entities, password: str, why: str) -> None:
     from django.core.exceptions import ValidationError
 
     from pscsync.services import user_provision
@@ -226,7 +226,7 @@ def test_weak_passwords_are_refused_by_user_provision(entities, password: str, w
 
 
 @pytest.mark.django_db
-def test_a_person_changes_their_own_password_through_the_validators(client, viewer) -> None:  # noqa: ANN001
+def test_a_person_changes_their_own_password_through_the_validators(client, viewer) -> None:
     from pscsync.models import AuditEntry
 
     other = VerifiedClient()
@@ -254,7 +254,7 @@ def _user_form(**overrides: object) -> dict:
 
 
 @pytest.mark.django_db
-def test_an_admin_adds_a_user_scoped_to_one_entity_who_then_sees_only_it(client, admin, entities, records_both) -> None:  # noqa: ANN001
+def test_an_admin_adds_a_user_scoped_to_one_entity_who_then_sees_only_it(client, admin, entities, records_both) -> None:
     from pscsync.models import AuditEntry
 
     client.force_login(admin)
@@ -272,7 +272,7 @@ def test_an_admin_adds_a_user_scoped_to_one_entity_who_then_sees_only_it(client,
 
 
 @pytest.fixture
-def records_both(echo_connection, entities):  # noqa: ANN001, ANN201
+def records_both(echo_connection, entities):
     from tests.helpers import handoffs_per_entity
 
     return handoffs_per_entity(echo_connection, entities)
@@ -281,7 +281,7 @@ def records_both(echo_connection, entities):  # noqa: ANN001, ANN201
 @pytest.mark.django_db
 def test_a_scoped_admin_adds_and_changes_users_only_inside_their_scope(
     client, ukadmin, viewer, outsider, entities
-) -> None:  # noqa: ANN001
+) -> None:
     client.force_login(ukadmin)
     page = client.get("/account/users/new/").content.decode()
     assert "Every legal entity" not in page and entities["us"].name not in page
@@ -302,7 +302,7 @@ def test_a_scoped_admin_adds_and_changes_users_only_inside_their_scope(
 
 
 @pytest.mark.django_db
-def test_an_admin_cannot_lock_themself_out_and_weak_passwords_are_refused(client, admin, entities) -> None:  # noqa: ANN001
+def test_an_admin_cannot_lock_themself_out_and_weak_passwords_are_refused(client, admin, entities) -> None:
     client.force_login(admin)
     data = _user_form(username=admin.username, role="viewer", all_entities="on")
     response = client.post(f"/account/users/{admin.pk}/", data)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def provider(settings):  # noqa: ANN001, ANN201
+def provider(settings):
     provider = Provider()
     provider.start()
     for name, value in provider.settings().items():
@@ -29,7 +29,7 @@ def provider(settings):  # noqa: ANN001, ANN201
     provider.stop()
 
 
-def sso_sign_in(client: Client, provider: Provider, **person: object):  # noqa: ANN201
+def sso_sign_in(client: Client, provider: Provider, **person: object):
     """What a browser does: our start page → the provider → back to our callback."""
     provider.person = {"sub": f"sub-{person['preferred_username']}", **person}
     start = client.get("/oidc/authenticate/")
@@ -42,7 +42,7 @@ def sso_sign_in(client: Client, provider: Provider, **person: object):  # noqa: 
 
 def test_an_admin_adds_a_user_for_one_entity_who_signs_in_through_the_provider(
     provider, admin, entities, echo_connection
-) -> None:  # noqa: ANN001
+) -> None:
     handoffs_per_entity(echo_connection, entities)
     admin_client = VerifiedClient()
     admin_client.force_login(admin)
@@ -59,7 +59,7 @@ def test_an_admin_adds_a_user_for_one_entity_who_signs_in_through_the_provider(
     assert AuditEntry.objects.filter(action="login.succeeded", comment="single sign-on").exists()
 
 
-def test_groups_decide_role_and_entities_and_a_change_applies_at_the_next_sign_in(provider, admin, entities) -> None:  # noqa: ANN001
+def test_groups_decide_role_and_entities_and_a_change_applies_at_the_next_sign_in(provider, admin, entities) -> None:
     ops_us = IdentityGroupRule.objects.create(group="ops-us", role="operator")
     ops_us.legal_entities.set([entities["us"]])
     IdentityGroupRule.objects.create(group="finance", role="viewer", all_entities=True)
@@ -91,7 +91,7 @@ def test_groups_decide_role_and_entities_and_a_change_applies_at_the_next_sign_i
     assert [e.after["role"] for e in mapped] == ["operator", "viewer", None]
 
 
-def test_a_stranger_to_every_rule_gets_no_account_and_no_mfa_means_our_own_second_factor(provider, entities) -> None:  # noqa: ANN001
+def test_a_stranger_to_every_rule_gets_no_account_and_no_mfa_means_our_own_second_factor(provider, entities) -> None:
     rule = IdentityGroupRule.objects.create(group="ops-us", role="operator")
     rule.legal_entities.set([entities["us"]])
     from django.contrib.auth import get_user_model
@@ -105,7 +105,7 @@ def test_a_stranger_to_every_rule_gets_no_account_and_no_mfa_means_our_own_secon
     assert pat.get("/workbench/")["Location"].startswith("/account/two-factor/")
 
 
-def test_only_an_admin_of_every_entity_edits_the_rules(client, admin, entities) -> None:  # noqa: ANN001
+def test_only_an_admin_of_every_entity_edits_the_rules(client, admin, entities) -> None:
     from pscsync.services import user_provision
 
     ukadmin = user_provision(

@@ -23,7 +23,7 @@ NOW = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def frozen():  # noqa: ANN201
+def frozen():
     c = clock.FrozenClock(NOW)
     clock.use(c)
     yield c
@@ -31,7 +31,7 @@ def frozen():  # noqa: ANN201
 
 
 @pytest.fixture
-def queue():  # noqa: ANN201
+def queue():
     """The handoffs' queue in this test's Redis db, emptied before and after."""
     from pscsync.celery import app
 
@@ -43,7 +43,7 @@ def queue():  # noqa: ANN201
         client.delete(name)
 
 
-def pending(echo_connection, n: int, dispatched: dt.datetime) -> list[int]:  # noqa: ANN001
+def pending(echo_connection, n: int, dispatched: dt.datetime) -> list[int]:
     events = Event.objects.bulk_create(
         Event(
             connection=echo_connection,
@@ -74,10 +74,10 @@ def pending(echo_connection, n: int, dispatched: dt.datetime) -> list[int]:  # n
 
 @pytest.mark.django_db
 def test_a_handoff_behind_a_waiting_message_is_not_published_again(
-    echo_connection,  # noqa: ANN001
-    frozen,  # noqa: ANN001
-    queue,  # noqa: ANN001
-    monkeypatch,  # noqa: ANN001
+    echo_connection,
+    frozen,
+    queue,
+    monkeypatch,
 ) -> None:
     client, name = queue
     published: list[int] = []
@@ -103,9 +103,9 @@ def test_a_handoff_behind_a_waiting_message_is_not_published_again(
 
 @pytest.mark.django_db
 def test_a_lost_queue_is_published_again_in_bulk_each_handoff_once(
-    echo_connection,  # noqa: ANN001
-    frozen,  # noqa: ANN001
-    queue,  # noqa: ANN001
+    echo_connection,
+    frozen,
+    queue,
 ) -> None:
     client, name = queue
     ids = pending(echo_connection, 3000, NOW - dt.timedelta(seconds=settings.REDISPATCH_SECONDS * 2))
@@ -120,7 +120,7 @@ def test_a_lost_queue_is_published_again_in_bulk_each_handoff_once(
 
 
 @pytest.mark.django_db
-def test_a_bulk_message_is_what_apply_async_would_have_pushed(queue) -> None:  # noqa: ANN001
+def test_a_bulk_message_is_what_apply_async_would_have_pushed(queue) -> None:
     """The sweeper's pre-serialised messages (one template, one pipeline) must be the message
     Celery itself pushes, apart from the ids: a Celery or kombu upgrade that changes the layout
     fails here, not in production with messages no worker understands."""
@@ -151,7 +151,7 @@ def test_a_bulk_message_is_what_apply_async_would_have_pushed(queue) -> None:  #
     assert [m["headers"]["argsrepr"] for m in pair] == ["(1,)", "(2,)"]
 
 
-def received(echo_connection, n: int, rung: dt.datetime, prefix: str) -> list[int]:  # noqa: ANN001
+def received(echo_connection, n: int, rung: dt.datetime, prefix: str) -> list[int]:
     """n events stored by intake and not routed yet, their doorbell rung at `rung`."""
     from connectors.registry import connector_for
     from pscsync.intake import events_accept
@@ -172,10 +172,10 @@ def received(echo_connection, n: int, rung: dt.datetime, prefix: str) -> list[in
 
 @pytest.mark.django_db(transaction=True)
 def test_an_accepted_event_whose_doorbell_redis_lost_is_found_in_postgresql_and_routed(
-    echo_connection,  # noqa: ANN001
-    frozen,  # noqa: ANN001
-    queue,  # noqa: ANN001
-    monkeypatch,  # noqa: ANN001
+    echo_connection,
+    frozen,
+    queue,
+    monkeypatch,
 ) -> None:
     from pscsync.dispatch import DOORBELL, doorbell_state
     from pscsync.intake import events_drain
@@ -208,9 +208,9 @@ def test_an_accepted_event_whose_doorbell_redis_lost_is_found_in_postgresql_and_
 
 @pytest.mark.django_db(transaction=True)
 def test_an_event_waiting_on_a_long_doorbell_is_not_rung_again(
-    echo_connection,  # noqa: ANN001
-    frozen,  # noqa: ANN001
-    queue,  # noqa: ANN001
+    echo_connection,
+    frozen,
+    queue,
 ) -> None:
     from pscsync.dispatch import DOORBELL
     from pscsync.sweeper import events_sweep

@@ -16,7 +16,7 @@ from tests.helpers import OLD_SECRET, change_body, sign
 URL = "/webhooks/echo-us/"
 
 
-def post(client, body: bytes, headers: dict[str, str], url: str = URL):  # noqa: ANN001, ANN201
+def post(client, body: bytes, headers: dict[str, str], url: str = URL):
     extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items() if k != "content-type"}
     return client.post(url, data=body, content_type="application/json", **extra)
 
@@ -26,7 +26,7 @@ def nothing_stored() -> bool:
 
 
 @pytest.fixture
-def publishes(monkeypatch):  # noqa: ANN001, ANN201
+def publishes(monkeypatch):
     """Record what intake rings (event ids) and what routing publishes (handoff ids) instead of
     ringing a broker: ("event", id) and ("handoff", id) in order."""
     published: list[tuple[str, int]] = []
@@ -129,7 +129,7 @@ def _reserialised(body: bytes) -> bytes:
         ("signature without a comma", "holds no v1 signature"),
     ],
 )
-def test_bad_signatures_are_refused_with_a_precise_reason(client, echo_connection, publishes, case, expected_message):  # noqa: ANN001
+def test_bad_signatures_are_refused_with_a_precise_reason(client, echo_connection, publishes, case, expected_message):
     body = change_body("OPP-3")
     now = int(time.time())
     headers = sign(body, msg_id="evt-3")
@@ -182,7 +182,7 @@ def test_a_timestamp_within_the_window_is_accepted(client, echo_connection, publ
         ),
     ],
 )
-def test_a_signed_but_malformed_body_gets_400_and_stores_nothing(client, echo_connection, publishes, body, message):  # noqa: ANN001
+def test_a_signed_but_malformed_body_gets_400_and_stores_nothing(client, echo_connection, publishes, body, message):
     response = post(client, body, sign(body, msg_id="evt-5"))
     assert response.status_code == 400
     assert message in response.json()["error"]
@@ -233,7 +233,7 @@ def test_webhook_is_the_only_csrf_exempt_route(echo_connection) -> None:
     assert exempt == ["webhook", "not-found"]
 
 
-def _all_patterns(resolver, prefix=""):  # noqa: ANN001, ANN202
+def _all_patterns(resolver, prefix=""):
     from django.urls import URLPattern, URLResolver
 
     for p in resolver.url_patterns:
@@ -247,7 +247,7 @@ def _all_patterns(resolver, prefix=""):  # noqa: ANN001, ANN202
 def test_database_unavailable_answers_503_so_the_sender_retries(client, echo_connection, monkeypatch) -> None:
     from django.db import OperationalError
 
-    def down(**kwargs):  # noqa: ANN003, ANN202
+    def down(**kwargs):
         raise OperationalError("connection refused")
 
     monkeypatch.setattr("connectors.webhooks.events_accept", down)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.test import Client
 
 
-def totp_device_for(user):  # noqa: ANN001, ANN201
+def totp_device_for(user):
     """The user's confirmed authenticator, created if missing (as if they had enrolled)."""
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -14,7 +14,7 @@ def totp_device_for(user):  # noqa: ANN001, ANN201
     return device or TOTPDevice.objects.create(user=user, name="test phone", confirmed=True)
 
 
-def totp_code(device) -> str:  # noqa: ANN001
+def totp_code(device) -> str:
     """The code the phone shows now."""
     from django_otp.oath import totp
 
@@ -27,7 +27,7 @@ class VerifiedClient(Client):
     Tests that are about the second factor use `login_password_only`.
     """
 
-    def force_login(self, user, backend=None) -> None:  # noqa: ANN001
+    def force_login(self, user, backend=None) -> None:
         from django_otp import DEVICE_ID_SESSION_KEY
 
         super().force_login(user, backend)
@@ -36,5 +36,5 @@ class VerifiedClient(Client):
         session[DEVICE_ID_SESSION_KEY] = device.persistent_id
         session.save()
 
-    def login_password_only(self, user, backend=None) -> None:  # noqa: ANN001
+    def login_password_only(self, user, backend=None) -> None:
         super().force_login(user, backend)

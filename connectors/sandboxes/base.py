@@ -508,7 +508,7 @@ def _http_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             ):
                 sandbox.store.journal_add(request.method, request.path, response.status, None, False)
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch  # noqa: N815
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch
 
     return HTTPHandler
 

@@ -1223,7 +1223,7 @@ class BusinessCentralSandbox(Sandbox):
         record["customerId"], record["customerNumber"] = customer["id"], customer["number"]
         return customer
 
-    def _before_salesInvoices(  # noqa: N802 - named after BC's entity set
+    def _before_salesInvoices(  # named after BC's entity set
         self, cid: str, company: dict[str, Any], record: dict[str, Any], before: dict[str, Any] | None
     ) -> None:
         if before is not None and before["status"] != "Draft":
@@ -1265,7 +1265,7 @@ class BusinessCentralSandbox(Sandbox):
             )
         return invoice
 
-    def _before_salesInvoiceLines(  # noqa: N802 - named after BC's entity set
+    def _before_salesInvoiceLines(  # named after BC's entity set
         self, cid: str, company: dict[str, Any], record: dict[str, Any], before: dict[str, Any] | None
     ) -> None:
         self._draft_invoice(cid, record["documentId"])
@@ -1297,7 +1297,7 @@ class BusinessCentralSandbox(Sandbox):
         self.store.put(self._object(cid, invoice_set), invoice_id, invoice)
         return invoice
 
-    def _before_customerPayments(  # noqa: N802 - named after BC's entity set
+    def _before_customerPayments(  # named after BC's entity set
         self, cid: str, company: dict[str, Any], record: dict[str, Any], before: dict[str, Any] | None
     ) -> None:
         journals = ENTITY_SETS["customerPaymentJournals"]

@@ -11,6 +11,8 @@ Protocol (all JSON; every path but /_* needs "Authorization: Bearer <token>"):
   GET  /changes?after=<n>        change feed for polling intake: {"changes": [...], "next": n}
   POST /_changes                 append a change to the feed (what a user did in this system)
   GET  /_stats                   {"creates": {"<entity>/<key>": n}, "updates": n, "records": n}
+  GET  /_calls                   the last 1,000 authorised calls: {"calls": [{"method", "path",
+                                 "traceparent"}]} (the W3C trace context each call carried)
   POST /_faults                  inject faults: {"mode": "status"|"drop_after_apply"|"latency",
                                  "status": 503, "retry_after": 2, "latency_ms": 500,
                                  "count": 3, "match": "INV-"}
@@ -46,6 +48,7 @@ class EchoState:
         self.updates = 0
         self.changes: list[dict[str, Any]] = []
         self.faults: list[dict[str, Any]] = []
+        self.calls: list[dict[str, str]] = []
         self.next_id = 1
         if write and self.journal is not None:
             self.journal.write_text("")
@@ -116,6 +119,9 @@ def make_handler(state: EchoState, token: str) -> type[BaseHTTPRequestHandler]:
 
         def _authorised(self) -> bool:
             if self.headers.get("Authorization") == f"Bearer {token}":
+                call = {"method": self.command, "path": self.path, "traceparent": self.headers.get("traceparent", "")}
+                with state.lock:
+                    state.calls = [*state.calls[-999:], call]
                 return True
             self._send(401, {"error": "invalid_token", "message": "a valid bearer token is required"})
             return False
@@ -140,11 +146,15 @@ def make_handler(state: EchoState, token: str) -> type[BaseHTTPRequestHandler]:
                 return True, fault
             return False, fault
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             url = urlparse(self.path)
             if url.path == "/_stats":
                 with state.lock:
                     self._send(200, {"creates": state.creates, "updates": state.updates, "records": len(state.records)})
+                return
+            if url.path == "/_calls":
+                with state.lock:
+                    self._send(200, {"calls": state.calls})
                 return
             if url.path == "/_records":
                 with state.lock:
@@ -172,7 +182,7 @@ def make_handler(state: EchoState, token: str) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(200, record)
 
-        def do_PUT(self) -> None:  # noqa: N802
+        def do_PUT(self) -> None:
             url = urlparse(self.path)
             if not self._authorised():
                 return
@@ -199,7 +209,7 @@ def make_handler(state: EchoState, token: str) -> type[BaseHTTPRequestHandler]:
                 return
             self._send(201 if result["created"] else 200, result)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             url = urlparse(self.path)
             body = self._body() or {}
             if url.path == "/_faults":

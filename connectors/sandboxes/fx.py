@@ -30,7 +30,7 @@ TABLE_KEY = "fx_table"
 
 @cache
 def _walk(currency: str) -> tuple[float, ...]:
-    rng = random.Random(f"pscsync-sandbox-fx-{currency}")  # noqa: S311 - a simulation, not security
+    rng = random.Random(f"pscsync-sandbox-fx-{currency}")  # a simulation, not security
     start = START[currency]
     value, out = start, []
     for _ in range(HORIZON_DAYS):

@@ -8,12 +8,13 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from connectors.base import InvoiceStatus, WriteResult
+from connectors.base import InvoiceStatus
+from connectors.canonical import KEYS, ON_BILLING_BATCH, PROJECT, capability
 from connectors.errors import ValidationError
 from connectors.models import Connection
-from connectors.registry import connector_for
+from connectors.registry import connector_class, connector_for
 from pscsync.flows.base import Flow, StepContext
-from pscsync.flows.steps import ReadStep, Record, WriteStep, update_by_id
+from pscsync.flows.steps import ReadStep, Record, WriteStep, update_by_id, write_as_declared
 from pscsync.ledger import ledger_record_invoices
 
 
@@ -59,7 +60,7 @@ def invoice_read(ctx: StepContext, erp: Connection) -> dict[str, Any]:
         status = "Invoice in draft"
     project = {
         "key": project_key,
-        "opportunity_id": project_key.removeprefix("P-") if project_key.startswith("P-") else "",
+        "opportunity_id": (KEYS[PROJECT].parse(project_key) or {}).get("deal", ""),
         "invoiced": str(invoiced),
         "paid": str(paid),
         "open": str(open_amount),
@@ -105,27 +106,20 @@ def opportunity_records(ctx: StepContext, crm: Connection) -> list[Record]:
 
 
 def psa_records(ctx: StepContext, psa: Connection) -> list[Record]:
+    """Where the PSA keeps billing figures (its declared capability): on the project, under our
+    key (Certinia); or on the billing batch the invoice bills, by its own id, once it is paid
+    (Kantata records payment only)."""
     read = ctx.outputs["read_invoice"]
-    if psa.vendor == "certinia":
+    held = capability(psa, "project_billing")
+    if held.held_on != ON_BILLING_BATCH:
         key = read["project"]["key"]
         return [Record(key=key, source=read)] if key else []
-    batch = read["invoice"]["key"].removeprefix("I-K") if read["invoice"]["key"].startswith("I-K") else ""
-    if not batch or read["invoice"].get("ledger_status") != InvoiceStatus.PAID:
-        return []  # Kantata records payment only: its invoice is marked when fully paid
-    return [Record(key=batch, source=read)]
-
-
-def psa_write(ctx: StepContext) -> Any:
-    """Certinia: the project carries its billing figures (upsert by our key); Kantata: the
-    invoice it raised is updated by its own id."""
-
-    def write(psa: Connection, entity: str, record: Record, fields: dict[str, Any]) -> WriteResult:
-        connector = connector_for(psa)
-        if psa.vendor == "certinia":
-            return connector.upsert(entity=entity, key=record.key, fields=fields)
-        return connector.update(entity=entity, record_id=record.key, fields=fields)
-
-    return write
+    parts = connector_class(psa.vendor).invoice_key.parse(read["invoice"]["key"])
+    if not parts:
+        return []  # an invoice this PSA did not bill
+    if held.when_paid_only and read["invoice"].get("ledger_status") != InvoiceStatus.PAID:
+        return []
+    return [Record(key=parts["batch"], source=read)]
 
 
 BILL_TO_CASH = Flow(
@@ -137,7 +131,6 @@ BILL_TO_CASH = Flow(
             name="update_opportunity_billing",
             system="crm",
             purpose="deal_billing",
-            entity=lambda crm: "opportunity",
             records=opportunity_records,
             write=update_by_id,
         ),
@@ -145,9 +138,8 @@ BILL_TO_CASH = Flow(
             name="update_psa_billing",
             system="psa",
             purpose="project_billing",
-            entity=lambda psa: "project" if psa.vendor == "certinia" else "invoices",
             records=psa_records,
-            write=psa_write,
+            write=write_as_declared("project_billing"),
         ),
     ),
     attempt_budget=8,

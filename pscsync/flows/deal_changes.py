@@ -11,10 +11,10 @@ won deal is quote-to-project's business.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+from connectors.canonical import ON_PROJECT, capability
 from connectors.errors import TransientError
 from connectors.models import Connection
 from connectors.registry import connector_for
@@ -22,15 +22,13 @@ from pscsync.flows.base import Flow, StepContext
 from pscsync.flows.deals import deal_read, now_iso
 from pscsync.flows.quote_to_project import (
     contract_records,
-    contract_shape,
     document,
-    entity_name,
     opportunity_id,
     project_records,
     read_crm,
     resource_request_records,
 )
-from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, systems, update_by_id
+from pscsync.flows.steps import CheckStep, ReadStep, Record, WriteStep, find_by_key, key_of, systems, update_by_id
 from pscsync.lifecycle import handoff_values_changed
 from pscsync.models import Handoff
 
@@ -71,13 +69,13 @@ def amendment_validate(ctx: StepContext) -> dict[str, Any]:
         # from the deal as it reads it, so there is nothing to amend.
         return {"action": "none", "why": "contract version 1 is the original contract, provisioned by quote-to-project"}
     psa = systems(ctx).psa
-    project = connector_for(psa).lookup(entity=entity_name("project")(psa), key=f"P-{deal['id']}")
+    project = find_by_key(psa, "project", deal=deal["id"])
     if project is None:
         # The deal's quote-to-project has not provisioned it yet: wait for it rather than fail.
         raise TransientError(f"the project for {subject} is not provisioned yet; the amendment waits for it")
     customer = ctx.outputs["read_deal"]["account"]["id"]
     erp = systems(ctx).erp
-    found = connector_for(erp).lookup(entity=entity_name("customer")(erp), key=f"C-{customer}")
+    found = find_by_key(erp, "customer", account=customer)
     if found is None:
         raise TransientError(f"the ERP customer for {subject} is not created yet; the amendment waits for it")
     return {"action": "amend", "project_id": project.external_id, "erp_customer_id": found.external_id}
@@ -94,17 +92,14 @@ def amendment_budget_records(ctx: StepContext, psa: Connection) -> list[Record]:
         return []
     deal = ctx.outputs["read_deal"]["deal"]
     project = ctx.outputs["validate_amendment"]["project_id"]
-    if psa.vendor == "kantata":
-        return [Record(key=f"P-{deal['id']}", source=document(ctx))]
-    key = f"B-{deal['id']}-v{deal['contract_version']}"
-    earlier = connector_for(psa).read(
-        "budget", where={"pse__Project__c": project}, fields=["pscsync_Key__c", "pse__Amount__c"]
-    )
-    before = sum(Decimal(str(b.get("pse__Amount__c") or 0)) for b in earlier if b.get("pscsync_Key__c") != key)
+    if capability(psa, "budget").held_on == ON_PROJECT:
+        return [Record(key=key_of(psa, "budget", deal=deal["id"]), source=document(ctx))]
+    key = key_of(psa, "budget", deal=deal["id"], version=deal["contract_version"])
+    connector = connector_for(psa)
+    before = sum(amount for other, amount in connector.budgets(project) if other != key)
     change = (Decimal(deal["amount"] or "0") - before).quantize(Decimal("0.01"))
-    return [
-        Record(key=key, source=document(ctx, item={"amount": str(change)}), references={"pse__Project__c": project})
-    ]
+    refs = connector.references("budget", project_id=project)
+    return [Record(key=key, source=document(ctx, item={"amount": str(change)}), references=refs)]
 
 
 def amendment_contract_records(ctx: StepContext, erp: Connection) -> list[Record]:
@@ -117,7 +112,9 @@ def amendment_contract_records(ctx: StepContext, erp: Connection) -> list[Record
 def amendment_status_records(ctx: StepContext, crm: Connection) -> list[Record]:
     if not _amending(ctx):
         return []
-    return [Record(key=opportunity_id(ctx), source=document(ctx, synced_at=now_iso()))]
+    return [
+        Record(key=key_of(crm, "deal_amendment", deal=opportunity_id(ctx)), source=document(ctx, synced_at=now_iso()))
+    ]
 
 
 CONTRACT_CHANGE = Flow(
@@ -130,22 +127,18 @@ CONTRACT_CHANGE = Flow(
             name="upsert_budget",
             system="psa",
             purpose="budget",
-            entity=entity_name("budget"),
             records=amendment_budget_records,
         ),
         WriteStep(
             name="upsert_contract",
             system="erp",
             purpose="contract",
-            entity=entity_name("contract"),
             records=amendment_contract_records,
-            shape=contract_shape,
         ),
         WriteStep(
             name="update_opportunity",
             system="crm",
             purpose="deal_amendment",
-            entity=entity_name("deal_status"),
             records=amendment_status_records,
             write=update_by_id,
         ),
@@ -171,22 +164,21 @@ def _decision(ctx: StepContext) -> dict[str, Any]:
 
 
 def demand_project_records(ctx: StepContext, psa: Connection) -> list[Record]:
-    """Kantata holds demand on a project: the deal's future project (same key) carries it, as an
-    estimate the won deal later turns into the real project. Certinia's requests need none."""
-    if psa.vendor != "kantata" or _decision(ctx)["action"] == "none":
+    """A PSA that holds demand on a project (Kantata) gets the deal's future project (same key) as
+    an estimate the won deal later turns into the real project. Others' requests need none."""
+    if not capability(psa, "resource_request").needs_project or _decision(ctx)["action"] == "none":
         return []
     # A lost deal's estimate is archived (Kantata's closed state; archived workspaces drop out of
     # its project lists and reports), so no PSA backlog report counts work that will never come.
     # A deal back in the pipeline reopens it.
-    lost = _decision(ctx)["action"] == "cancel"
-    return [replace(r, references={**r.references, "archived": lost}) for r in project_records(ctx, psa)]
+    return project_records(ctx, psa, archived=_decision(ctx)["action"] == "cancel")
 
 
 def demand_records(ctx: StepContext, psa: Connection) -> list[Record]:
     decision = _decision(ctx)
     if decision["action"] == "none":
         return []
-    if psa.vendor == "kantata":
+    if capability(psa, "resource_request").needs_project:
         ctx.results.setdefault("upsert_project", ctx.results.get("upsert_estimate", ""))
     if decision["action"] == "cancel":
         return resource_request_records(ctx, psa, status="Cancelled", probability=Decimal("0"))
@@ -203,14 +195,12 @@ PIPELINE_TO_DEMAND = Flow(
             name="upsert_estimate",
             system="psa",
             purpose="project",
-            entity=entity_name("project"),
             records=demand_project_records,
         ),
         WriteStep(
             name="upsert_forecast_demand",
             system="psa",
             purpose="resource_request",
-            entity=entity_name("resource_request"),
             records=demand_records,
         ),
     ),

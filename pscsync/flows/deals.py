@@ -1,12 +1,13 @@
 """A deal as the flows see it: the opportunity and its account read from the CRM, the checks a
 deal must pass before anything is written elsewhere, and the plans derived from it (phases and
-milestones, resource requests). Field names are the CRM's (docs/flows.md)."""
+milestones, resource requests). The deal is the canonical one (docs/canonical.md) its CRM
+connector reads."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from connectors.errors import MappingError, ValidationError
@@ -17,44 +18,7 @@ from pscsync.flows.base import StepContext
 from pscsync.flows.routing import legal_entity_get, systems_for
 from pscsync.flows.steps import mapping_for
 
-OPPORTUNITY_FIELDS = (
-    "Id",
-    "Name",
-    "AccountId",
-    "StageName",
-    "Probability",
-    "CloseDate",
-    "Amount",
-    "CurrencyIsoCode",
-    "IsWon",
-    "IsClosed",
-    "Legal_Entity__c",
-    "Service_Line__c",
-    "Billing_Model__c",
-    "Contract_Start__c",
-    "Contract_End__c",
-    "Contract_Version__c",
-    "PO_Number__c",
-    "Resource_Plan__c",
-    "Closed_At__c",
-    "Account.Name",
-    "Account.AccountNumber",
-    "Account.BillingCountry",
-    "Account.ParentId",
-    "Account.Tax_Profile__c",
-)
 BILLING_MODELS = ("Time and Materials", "Fixed Fee")
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value).strip()
-
-
-def _amount(value: Any) -> str | None:
-    try:
-        return str(Decimal(str(value)).quantize(Decimal("0.01"))) if value not in (None, "") else None
-    except InvalidOperation:
-        return None
 
 
 def _resource_plan(value: Any) -> list[dict[str, Any]] | None:
@@ -76,41 +40,11 @@ def _resource_plan(value: Any) -> list[dict[str, Any]] | None:
 def deal_read(ctx: StepContext, connection: Connection) -> dict[str, Any]:
     """Read the opportunity and its account in one query: the document every later step maps from."""
     opportunity_id = ctx.handoff.business_key
-    connector = connector_for(connection)
-    rows = list(connector.read("opportunity", where={"Id": opportunity_id}, fields=list(OPPORTUNITY_FIELDS)))
-    if not rows:
+    found = connector_for(connection).deal_read(opportunity_id)
+    if found is None:
         raise ValidationError(f"opportunity {opportunity_id} no longer exists in {connection.name} (deleted?)")
-    row = rows[0]
-    account = row.get("Account") or {}
-    closed_at = _text(row.get("Closed_At__c")) or (f"{row['CloseDate']}T00:00:00+00:00" if row.get("CloseDate") else "")
-    deal = {
-        "id": row["Id"],
-        "name": _text(row.get("Name")),
-        "stage": _text(row.get("StageName")),
-        "probability": row.get("Probability"),
-        "is_won": bool(row.get("IsWon")),
-        "is_closed": bool(row.get("IsClosed")),
-        "close_date": row.get("CloseDate"),
-        "closed_at": closed_at,
-        "amount": _amount(row.get("Amount")),
-        "currency": _text(row.get("CurrencyIsoCode")).upper(),
-        "legal_entity": _text(row.get("Legal_Entity__c")).lower(),
-        "service_line": _text(row.get("Service_Line__c")),
-        "billing_model": _text(row.get("Billing_Model__c")),
-        "contract_start": _text(row.get("Contract_Start__c"))[:10],
-        "contract_end": _text(row.get("Contract_End__c"))[:10],
-        "contract_version": int(Decimal(str(row.get("Contract_Version__c") or 1))),
-        "po_number": _text(row.get("PO_Number__c")),
-        "resource_plan_text": row.get("Resource_Plan__c") or "",
-    }
-    account_doc = {
-        "id": _text(row.get("AccountId")),
-        "name": _text(account.get("Name")),
-        "number": _text(account.get("AccountNumber")),
-        "country": _text(account.get("BillingCountry")).upper(),
-        "parent_id": _text(account.get("ParentId")),
-        "tax_profile": _text(account.get("Tax_Profile__c")),
-    }
+    deal, account_doc = found
+    closed_at = deal["closed_at"]
     facts: dict[str, Any] = {
         "customer_name": account_doc["name"],
         "service_line": deal["service_line"],
@@ -181,8 +115,7 @@ def deal_validate(ctx: StepContext) -> dict[str, Any]:
 
 
 def _parent_exists(ctx: StepContext, parent_id: str) -> bool:
-    connector = connector_for(ctx.handoff.source_connection)
-    return bool(list(connector.read("account", where={"Id": parent_id}, fields=["Id"])))
+    return connector_for(ctx.handoff.source_connection).account_exists(parent_id)
 
 
 def _date(text: str) -> dt.date | None:

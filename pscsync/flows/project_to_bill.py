@@ -12,6 +12,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
+from connectors.canonical import CUSTOMER, KEYS, PROJECT, capability
 from connectors.errors import ValidationError
 from connectors.models import Connection
 from connectors.registry import connector_for
@@ -30,27 +31,6 @@ from pscsync.flows.steps import (
 )
 from pscsync.models import BilledItem, CrossReference, Handoff, Step
 
-CERTINIA_EVENT_FIELDS = (
-    "Id",
-    "Name",
-    "pse__Project__c",
-    "pse__Date__c",
-    "pse__Summary_Amount__c",
-    "pse__Project__r.Name",
-    "pse__Project__r.pscsync_Key__c",
-    "pse__Project__r.pse__Account__c",
-    "pse__Project__r.pse__Currency__c",
-)
-CERTINIA_ITEM_FIELDS = (
-    "Id",
-    "pse__Category__c",
-    "pse__Object_Id__c",
-    "pse__Quantity__c",
-    "pse__Unit_Price__c",
-    "pse__Amount__c",
-    "pse__Date__c",
-    "CurrencyIsoCode",
-)
 KIND_CODES = {"Time": "TE", "Expense": "EX", "Milestone": "MS"}
 
 
@@ -60,7 +40,7 @@ def _money(value: Any) -> str:
 
 # Reading the batch ---------------------------------------------------------------------------------
 def billing_read(ctx: StepContext, psa: Connection) -> dict[str, Any]:
-    batch = _certinia_batch(ctx, psa) if psa.vendor == "certinia" else _kantata_batch(ctx, psa)
+    batch = _batch(ctx, psa)
     # The clock of approved-time-to-invoice starts when the last item of the batch was approved
     # (its approval date, not the day the work was done). Kantata's API gives no approval date
     # (a time entry carries only `approved: true`): its batches' clock starts at the release.
@@ -83,135 +63,35 @@ def billing_read(ctx: StepContext, psa: Connection) -> dict[str, Any]:
 def _deal_customer(project_key: str) -> str:
     """The customer's name as the deal that made the project knew it (the PSA batch has only ids),
     so billing failures in the workbench show whom they bill."""
-    if not project_key.startswith("P-"):
+    deal = KEYS[PROJECT].parse(project_key)
+    if deal is None:
         return ""
-    names = Handoff.objects.filter(flow="quote-to-project", business_key=project_key.removeprefix("P-"))
+    names = Handoff.objects.filter(flow="quote-to-project", business_key=deal["deal"])
     return names.exclude(customer_name="").values_list("customer_name", flat=True).first() or ""
 
 
-def _certinia_batch(ctx: StepContext, psa: Connection) -> dict[str, Any]:
-    event_id = ctx.handoff.business_key
-    connector = connector_for(psa)
-    events = list(connector.read("billing_event", where={"Id": event_id}, fields=list(CERTINIA_EVENT_FIELDS)))
-    if not events:
-        raise ValidationError(f"billing event {event_id} no longer exists in {psa.name}")
-    event = events[0]
-    project = event.get("pse__Project__r") or {}
-    currency = (project.get("pse__Currency__c") or ctx.handoff.legal_entity.currency or "").upper()
-    rows = connector.read(
-        "billing_event_item", where={"pse__Billing_Event__c": event_id}, fields=list(CERTINIA_ITEM_FIELDS)
-    )
-    rows = list(rows)
-    approved_on = _certinia_approval_dates(connector, rows)
-    items = []
-    for row in rows:
-        kind = {"Timecard": "Time"}.get(row.get("pse__Category__c"), row.get("pse__Category__c") or "Time")
-        items.append(
-            {
-                "id": row["Id"],
-                "kind": kind,
-                "source_id": row.get("pse__Object_Id__c") or row["Id"],
-                "date": (row.get("pse__Date__c") or "")[:10],
-                "quantity": _money(row.get("pse__Quantity__c")),
-                "unit_price": _money(row.get("pse__Unit_Price__c")),
-                "amount": _money(row.get("pse__Amount__c")),
-                "currency": (row.get("CurrencyIsoCode") or currency).upper(),
-                # When the source record was approved: the timecard's approval date; an expense or
-                # milestone item, its own date (an expense's date, a milestone's actual date).
-                "approved": approved_on.get(row.get("pse__Object_Id__c") or "", (row.get("pse__Date__c") or "")[:10]),
-            }
-        )
-    account = project.get("pse__Account__c") or ""
-    return {
-        "id": event_id,
-        "invoice_key": f"I-{event_id}",
-        "name": event.get("Name") or event_id,
-        "project_id": event.get("pse__Project__c"),
-        "project_key": project.get("pscsync_Key__c") or "",
-        "project_name": project.get("Name") or "",
-        "date": (event.get("pse__Date__c") or clock.now().date().isoformat())[:10],
-        "currency": currency,
-        "customer_key": f"C-{account}" if account else "",
-        "items": items,
-        "total": _money(sum(Decimal(i["amount"]) for i in items)),
-    }
+def _batch(ctx: StepContext, psa: Connection) -> dict[str, Any]:
+    """The canonical billing batch its PSA connector reads (docs/canonical.md), completed from our
+    own records where the PSA does not carry them (the project's key and its CRM account)."""
+    key = ctx.handoff.business_key
+    entity = ctx.handoff.legal_entity
+    batch = connector_for(psa).billing_batch(key, currency=entity.currency if entity else "")
+    if batch is None:
+        named = (capability(psa, "billing_batch").key_format.parse(key) or {"batch": key})["batch"]
+        raise ValidationError(f"billing batch {named} no longer exists in {psa.name}")
+    if not batch["project_key"]:
+        project_key, account = _project_origin(psa, batch["project_id"])
+        batch["project_key"] = project_key
+        batch["customer_key"] = batch["customer_key"] or (KEYS[CUSTOMER](account=account) if account else "")
+    batch["date"] = batch["date"] or clock.now().date().isoformat()
+    batch["total"] = _money(sum(Decimal(i["amount"]) for i in batch["items"]))
+    return batch
 
 
-def _certinia_approval_dates(connector: Any, rows: list[dict[str, Any]]) -> dict[str, str]:
-    """Timecard id → its approval date (`pse__Approval_Date__c`), for the batch's time items."""
-    ids = sorted(
-        {r["pse__Object_Id__c"] for r in rows if r.get("pse__Category__c") == "Timecard" and r.get("pse__Object_Id__c")}
-    )
-    if not ids:
-        return {}
-    found = connector.read("timecard", where={"Id": ids}, fields=["Id", "pse__Approval_Date__c"])
-    return {t["Id"]: (t.get("pse__Approval_Date__c") or "")[:10] for t in found if t.get("pse__Approval_Date__c")}
-
-
-def _kantata_batch(ctx: StepContext, psa: Connection) -> dict[str, Any]:
-    invoice_id = ctx.handoff.business_key.removeprefix("kantata-invoice:")
-    connector = connector_for(psa)
-    invoices = list(connector.read("invoices", where={"only": invoice_id}))
-    if not invoices:
-        raise ValidationError(f"Kantata invoice {invoice_id} no longer exists in {psa.name}")
-    invoice = invoices[0]
-    workspace_id = str(invoice.get("workspace_id"))
-    workspace = next(iter(connector.read("workspaces", where={"only": workspace_id, "include_archived": "true"})), {})
-    currency = (workspace.get("currency") or "").upper()
-    items = []
-    time_ids = [str(i) for i in invoice.get("time_entry_ids") or []]
-    expense_ids = [str(i) for i in invoice.get("expense_ids") or []]
-    if time_ids:
-        for entry in connector.read("time_entries", where={"only": ",".join(time_ids)}):
-            hours = Decimal(entry.get("time_in_minutes") or 0) / 60
-            rate = Decimal(entry.get("rate_in_cents") or 0) / 100
-            items.append(
-                {
-                    "id": f"TE-{entry['id']}",
-                    "kind": "Time",
-                    "source_id": f"time_entry:{entry['id']}",
-                    "date": entry.get("date_performed") or "",
-                    "quantity": _money(hours),
-                    "unit_price": _money(rate),
-                    "amount": _money(hours * rate),
-                    "currency": currency,
-                }
-            )
-    if expense_ids:
-        for expense in connector.read("expenses", where={"only": ",".join(expense_ids)}):
-            amount = Decimal(expense.get("amount_in_cents") or 0) / 100
-            items.append(
-                {
-                    "id": f"EX-{expense['id']}",
-                    "kind": "Expense",
-                    "source_id": f"expense:{expense['id']}",
-                    "date": expense.get("date") or "",
-                    "quantity": "1.00",
-                    "unit_price": _money(amount),
-                    "amount": _money(amount),
-                    "currency": (expense.get("currency") or currency).upper(),
-                }
-            )
-    project_key, account = _kantata_project_origin(psa, workspace_id)
-    return {
-        "id": invoice_id,
-        "invoice_key": f"I-K{invoice_id}",
-        "name": invoice.get("title") or f"Kantata invoice {invoice_id}",
-        "project_id": workspace_id,
-        "project_key": project_key,
-        "project_name": workspace.get("title") or "",
-        "date": (invoice.get("invoice_date") or clock.now().date().isoformat())[:10],
-        "currency": currency,
-        "customer_key": f"C-{account}" if account else "",
-        "items": items,
-        "total": _money(sum(Decimal(i["amount"]) for i in items)),
-    }
-
-
-def _kantata_project_origin(psa: Connection, workspace_id: str) -> tuple[str, str]:
+def _project_origin(psa: Connection, project_id: str) -> tuple[str, str]:
     """The project's key and its CRM account, from the quote-to-project run that created it."""
     reference = (
-        CrossReference.objects.filter(entity_type="project", connection=psa, external_id=workspace_id)
+        CrossReference.objects.filter(entity_type="project", connection=psa, external_id=project_id)
         .select_related("handoff")
         .first()
     )
@@ -242,7 +122,7 @@ def billing_validate(ctx: StepContext) -> dict[str, Any]:
             f"{subject}: the project was not provisioned by pscsync, so its ERP customer is unknown — fix: run "
             "the deal's quote-to-project handoff (or link the project's account), then resubmit"
         )
-    customer = connector_for(erp).lookup(entity=_customer_entity(erp), key=batch["customer_key"])
+    customer = connector_for(erp).lookup(entity=capability(erp, "customer").entity, key=batch["customer_key"])
     if customer is None:
         raise ValidationError(
             f"{subject}: {erp.name} has no customer {batch['customer_key']} to bill — fix: resubmit the deal's "
@@ -250,10 +130,6 @@ def billing_validate(ctx: StepContext) -> dict[str, Any]:
         )
     _claim(ctx, batch)
     return {"erp_customer_id": customer.external_id}
-
-
-def _customer_entity(erp: Connection) -> str:
-    return "customer" if erp.vendor == "netsuite" else "customers"
 
 
 def _claim(ctx: StepContext, batch: dict[str, Any]) -> None:
@@ -299,10 +175,9 @@ def invoice_records(ctx: StepContext, erp: Connection) -> list[Record]:
     batch = ctx.outputs["read_billing"]["billing"]
     customer_id = ctx.outputs["validate_billing"]["erp_customer_id"]
     lines = _lines(ctx, erp, batch)
-    if erp.vendor == "netsuite":
-        references: dict[str, Any] = {"entity": {"id": customer_id}, "item": {"items": lines}}
-    else:
-        references = {"customerNumber": batch["customer_key"], "salesInvoiceLines": lines}
+    references = connector_for(erp).references(
+        "invoice", customer_id=customer_id, customer_key=batch["customer_key"], lines=lines
+    )
     source = {"billing": batch, "legal_entity": ctx.handoff.legal_entity.code if ctx.handoff.legal_entity else ""}
     return [Record(key=batch["invoice_key"], source=source, references=references)]
 
@@ -310,35 +185,12 @@ def invoice_records(ctx: StepContext, erp: Connection) -> list[Record]:
 def _lines(ctx: StepContext, erp: Connection, batch: dict[str, Any]) -> list[dict[str, Any]]:
     """One ERP line per PSA item, naming the item it bills."""
     tables = mapping_for(ctx, erp, "invoice").value_maps
-    lines = []
+    items = []
     for item in batch["items"]:
         code = KIND_CODES.get(item["kind"], "IT")
         label = f"[{code}-{item['source_id'].rsplit(':', 1)[-1]}] {item['kind']} {item['date']}"
-        if erp.vendor == "netsuite":
-            lines.append(
-                {
-                    "item": {"id": str(tables.get("line_item", {}).get(item["kind"], "55"))},
-                    "quantity": float(item["quantity"]),
-                    "rate": float(item["unit_price"]),
-                    "amount": float(item["amount"]),
-                    "description": label,
-                    "custcol_source_ref": item["id"],
-                    "custcol_source_record": item["source_id"],
-                    "revRecStartDate": item["date"] or batch["date"],
-                    "revRecEndDate": item["date"] or batch["date"],
-                }
-            )
-        else:
-            lines.append(
-                {
-                    "lineType": "Account",
-                    "lineObjectNumber": str(tables.get("gl_account", {}).get(item["kind"], "40100")),
-                    "description": label[:100],
-                    "quantity": float(item["quantity"]),
-                    "unitPrice": float(item["unit_price"]),
-                }
-            )
-    return lines
+        items.append({**item, "label": label})
+    return connector_for(erp).invoice_lines(items, batch_date=batch["date"], value_maps=tables)
 
 
 def billing_source_records(ctx: StepContext, psa: Connection) -> list[Record]:
@@ -346,14 +198,6 @@ def billing_source_records(ctx: StepContext, psa: Connection) -> list[Record]:
     invoice_id = ctx.results["upsert_invoice"]
     source = {"billing": batch, "refs": {"erp_invoice_id": invoice_id}, "invoiced_at": now_iso()}
     return [Record(key=batch["id"], source=source)]
-
-
-def _psa_entity(psa: Connection) -> str:
-    return "billing_event" if psa.vendor == "certinia" else "invoices"
-
-
-def _erp_invoice_entity(erp: Connection) -> str:
-    return "invoice" if erp.vendor == "netsuite" else "salesInvoices"
 
 
 def invoice_claims_release(handoff: Handoff, invoice_keys: list[str]) -> dict[str, Any]:
@@ -397,7 +241,6 @@ PROJECT_TO_BILL = Flow(
             name="upsert_invoice",
             system="erp",
             purpose="invoice",
-            entity=_erp_invoice_entity,
             records=invoice_records,
             facts=lambda ctx: {"business_times": {"invoice_created": now_iso()}},
             compensation=INVOICE_COMPENSATION,
@@ -406,7 +249,6 @@ PROJECT_TO_BILL = Flow(
             name="mark_billed_in_psa",
             system="psa",
             purpose="billing_status",
-            entity=_psa_entity,
             records=billing_source_records,
             write=update_by_id,
         ),

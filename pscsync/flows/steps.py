@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from connectors.base import WriteResult
+from connectors.canonical import UPSERT, capability
 from connectors.errors import MappingError
 from connectors.registry import connector_for
 from pscsync.flows.base import StepContext, StepDef
@@ -44,6 +45,17 @@ def systems(ctx: StepContext) -> Systems:
             entity = legal_entity_get(code)
         ctx.cache["systems"] = systems_for(entity)
     return ctx.cache["systems"]
+
+
+def key_of(connection: Connection, purpose: str, **parts: Any) -> str:
+    """The key a record is written under on that connection (its declared key format)."""
+    return capability(connection, purpose).key_format(**parts)
+
+
+def find_by_key(connection: Connection, purpose: str, **parts: Any) -> WriteResult | None:
+    """The record written under our key for `purpose` on that connection, or None."""
+    found = capability(connection, purpose)
+    return connector_for(connection).lookup(entity=found.entity, key=found.key_format(**parts))
 
 
 @dataclass
@@ -117,14 +129,14 @@ class Compensation:
 class WriteStep(StepDef):
     name: str
     system: str  # "crm", "psa" or "erp" of the handoff's legal entity
-    purpose: str  # the mapping's entity: customer, project, milestone, contract, ...
-    entity: Callable[[Connection], str]  # the connector's name for it on that vendor
+    # The canonical record (or write-back purpose) it writes, which names the mapping too:
+    # customer, project, milestone, contract, ... The connector's own entity for it, its key and
+    # how it is written come from the connector's declared capability (connectors/canonical.py).
+    purpose: str
     records: Callable[[StepContext, Connection], list[Record]]
     # Given the context, a function that writes one record some other way than the connector's
     # upsert (a duplicate check first, an update by the source's own id); returns a WriteResult.
     write: Callable[[StepContext], Callable[[Connection, str, Record, dict[str, Any]], WriteResult]] | None = None
-    # Reshapes the mapped fields where a vendor needs structure a flat mapping cannot express.
-    shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     # Business facts to record on the handoff when the step succeeds.
     facts: Callable[[StepContext], dict[str, Any]] | None = None
     # How a person may undo what this step wrote; None when it must not be undone by us.
@@ -132,6 +144,9 @@ class WriteStep(StepDef):
 
     def target(self, ctx: StepContext) -> Connection:
         return systems(ctx).of(self.system)
+
+    def entity(self, connection: Connection) -> str:
+        return capability(connection, self.purpose).entity
 
     def _records(self, ctx: StepContext) -> list[Record]:
         key = ("records", self.name)
@@ -153,10 +168,11 @@ class WriteStep(StepDef):
             return None, []
         connection = self.target(ctx)
         version = mapping_for(ctx, connection, self.purpose)
+        connector = connector_for(connection)
         mapped = []
         for record in records:
             fields = {**mapping_run(version, record.source).output, **record.references}
-            mapped.append((record, self.shape(fields) if self.shape else fields))
+            mapped.append((record, connector.shape(self.purpose, fields)))
         ctx.cache[memo] = (version.pk, mapped)
         return version.pk, mapped
 
@@ -256,3 +272,19 @@ def update_by_id(ctx: StepContext) -> Callable[[Connection, str, Record, dict[st
         return connector_for(connection).update(entity=entity, record_id=record.key, fields=fields)
 
     return write
+
+
+def write_as_declared(purpose: str) -> Callable[[StepContext], Callable[..., WriteResult]]:
+    """A WriteStep `write` for a purpose some vendors keep under our key (upsert) and others on a
+    record a person made (changed by its own id): the target's declared capability decides."""
+
+    def for_run(ctx: StepContext) -> Callable[[Connection, str, Record, dict[str, Any]], WriteResult]:
+        def write(connection: Connection, entity: str, record: Record, fields: dict[str, Any]) -> WriteResult:
+            connector = connector_for(connection)
+            if capability(connection, purpose).can(UPSERT):
+                return connector.upsert(entity=entity, key=record.key, fields=fields)
+            return connector.update(entity=entity, record_id=record.key, fields=fields)
+
+        return write
+
+    return for_run

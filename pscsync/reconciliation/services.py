@@ -42,9 +42,9 @@ def tolerance_for(entity: LegalEntity) -> rules.Tolerance:
 
 @dataclass
 class _Systems:
-    crm: object
-    psa: object
-    erp: object
+    crm: Connection
+    psa: Connection
+    erp: Connection
 
 
 def _systems(entity: LegalEntity) -> _Systems:
@@ -71,7 +71,7 @@ def entity_reconcile(*, legal_entity: LegalEntity, period: str = "") -> Reconcil
     try:
         systems = _systems(legal_entity)
         holdings = holdings_read(entity=legal_entity, crm=systems.crm, psa=systems.psa, erp=systems.erp)
-    except (ConnectorError, LookupError, Exception) as exc:  # noqa: BLE001 - any failure leaves mismatches as they are
+    except (ConnectorError, LookupError, Exception) as exc:  # any failure leaves mismatches as they are
         run.status = ReconciliationRun.Status.INCOMPLETE
         run.error = _why(exc)
         run.finished_at = clock.now()

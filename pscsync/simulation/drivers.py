@@ -73,7 +73,7 @@ class Driver:
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
                 # Unreachable, or the sign-in itself failed (an outage covers the token endpoint).
                 status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else 0
-                if status and status not in (429, 502, 503, 504):
+                if isinstance(exc, httpx.HTTPStatusError) and status not in (429, 502, 503, 504):
                     raise VendorError(status, exc.response.text, f"{self.name} sign-in") from None
                 if time.monotonic() > deadline:
                     raise VendorUnavailable(status, str(exc), what or f"{self.name} {method} {path}") from None

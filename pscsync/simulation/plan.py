@@ -267,7 +267,7 @@ def scenario_plan(options: Options, start_weekday: int = 0) -> Plan:
 
 
 def _people(rng: random.Random) -> list[Person]:
-    people = []
+    people: list[Person] = []
     for entity, per_role in (("us", 2), ("uk", 1)):
         for role, rate in RATE_CARD[entity].items():
             for _ in range(per_role):
@@ -309,8 +309,8 @@ def _deal(
     billing_model = "Fixed Fee" if entity == "us" and rng.random() < 0.4 else "Time and Materials"
     staffing = STAFFING.get(service_line, STAFFING["Advisory"])
     scale = rng.choice((0.5, 0.75, 1.0, 1.25))
-    plan = [{"role": role, "hours": int(hours * scale)} for role, hours in staffing]
-    currency = currency or ENTITIES[entity]["currency"]
+    plan: list[dict[str, Any]] = [{"role": role, "hours": int(hours * scale)} for role, hours in staffing]
+    currency = currency or str(ENTITIES[entity]["currency"])
     amount = sum(p["hours"] * RATE_CARD[entity][p["role"]] for p in plan)
     amount = int(round(amount * rng.uniform(0.9, 1.1), -3))
     team = []

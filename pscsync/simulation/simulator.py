@@ -56,7 +56,7 @@ MAX_DEFERRALS = 30  # x 12 business hours: a week of time waits up to 15 days fo
 INCIDENT_MIN_WALL_SECONDS = 6.0
 
 
-class Defer(Exception):  # noqa: N818 - a signal, not an error
+class Defer(Exception):  # a signal, not an error
     """Not yet possible (pscsync has not provisioned the project yet): try again later."""
 
     def __init__(self, reason: str, hours: float = 12.0) -> None:
@@ -177,8 +177,7 @@ class Simulation:
             self.run_until(day_end)
             if day % 7 == 6:
                 self.echo(f"  day {day + 1}/{days} ({self.date(day)}): {self.summary()}")
-        self.stats["wall_seconds_plan"] = round(time.monotonic() - started, 1)
-        return dict(self.stats)
+        return {**self.stats, "wall_seconds_plan": round(time.monotonic() - started, 1)}
 
     def run_until(self, until: dt.datetime) -> None:
         while self.queue and self.queue[0][0] < until:
@@ -845,7 +844,7 @@ class Simulation:
         except VendorError as exc:
             self.stats["operator_fix_failed"] += 1
             log.info("operator could not correct %s: %s", key, exc)
-            return
+            return None
         waiting_for = re.search(r"has no customer C-(\w+)", str(row.get("last_error_message") or ""))
         if not done and waiting_for and waiting_for.group(1) in self.fixed_accounts:
             done.append(f"customer C-{waiting_for.group(1)} exists now")  # its deal was put right
@@ -867,10 +866,11 @@ class Simulation:
         except (WorkbenchUnavailable, httpx.HTTPError, OSError) as exc:
             self.stats["operator_resubmit_failed"] += 1
             log.info("resubmit %s: %s", row["id"], exc)
-            return
+            return None
         self.stats["operator_resubmits" if status < 400 else "operator_resubmit_refused"] += 1
         if status < 400:
             self._deal_put_right(row)
+        return None
 
     def _deal_put_right(self, row: dict[str, Any]) -> None:
         """A deal's quote-to-project resumed: its billing waiting on the customer may go on too."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.conf import settings
+from django.utils.html import format_html
 
 from pscsync import glossary
 
@@ -42,6 +44,27 @@ def counted(n: Any, words: str) -> str:
     return glossary.count_words(n, singular, plural)
 
 
+@register.filter
+def trace(trace_id: str) -> str:
+    """{{ handoff.trace_id|trace }} -> "Trace 4bf92f35…", linked to PSCSYNC_TRACE_URL when set;
+    the whole id in the title, to copy into a tracing tool."""
+    if not trace_id:
+        return "Not traced"
+    label = f"Trace {trace_id[:8]}…"
+    if settings.TRACE_URL:
+        url = settings.TRACE_URL.replace("{trace_id}", trace_id)
+        return format_html('<a href="{}" title="{}" rel="noopener">{}</a>', url, trace_id, label)
+    return format_html('<span title="{}">{}</span>', trace_id, label)
+
+
+@register.filter
+def step_key(key: Any, code: str) -> str:
+    """A step's record key as worth showing: ours ("C-001…", "P-006…"), or "" for the engine's
+    own per-step key ("read_deal:006…"), which names nothing in another system."""
+    key = str(key or "")
+    return "" if not key or key.startswith(f"{code}:") else key
+
+
 # The glossary's names as filters, registered as they are (no wrapper per name).
 for _name, _function in (
     ("flow_name", glossary.flow_name),
@@ -50,5 +73,6 @@ for _name, _function in (
     ("entity_name", glossary.entity_name),
     ("error_kind", glossary.error_kind_name),
     ("sla", glossary.sla_words),
+    ("error_words", glossary.error_words),
 ):
     register.filter(_name, _function)

@@ -15,7 +15,7 @@ AT = dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def ukadmin(entities):  # noqa: ANN001, ANN201
+def ukadmin(entities):
     from pscsync.services import user_provision
 
     return user_provision(
@@ -24,7 +24,7 @@ def ukadmin(entities):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def norole(entities):  # noqa: ANN001, ANN201
+def norole(entities):
     from django.contrib.auth import get_user_model
 
     from pscsync.models import AccessProfile
@@ -35,7 +35,7 @@ def norole(entities):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def people(viewer, operator, admin, outsider, ukadmin, norole):  # noqa: ANN001, ANN201
+def people(viewer, operator, admin, outsider, ukadmin, norole):
     return {
         "viewer": viewer,
         "operator": operator,
@@ -47,13 +47,13 @@ def people(viewer, operator, admin, outsider, ukadmin, norole):  # noqa: ANN001,
 
 
 @pytest.fixture
-def tokens(people):  # noqa: ANN001, ANN201
+def tokens(people):
     from api.tokens import api_token_issue
 
     return {role: api_token_issue(user=user, name=f"{role} test", days=30).plaintext for role, user in people.items()}
 
 
-def make_connection(slug: str, entity, base_url: str = "http://127.0.0.1:9/"):  # noqa: ANN001, ANN201
+def make_connection(slug: str, entity, base_url: str = "http://127.0.0.1:9/"):
     from connectors.models import Connection
     from pscsync.services import connection_save
 
@@ -69,7 +69,7 @@ def make_connection(slug: str, entity, base_url: str = "http://127.0.0.1:9/"):  
     )
 
 
-def make_exception(connection, entity, key: str, message: str, *, error_class: str = "validation"):  # noqa: ANN001, ANN201
+def make_exception(connection, entity, key: str, message: str, *, error_class: str = "validation"):
     """A handoff that needs attention, with a succeeded step and a failed one."""
     from pscsync.models import Attempt, Event, Handoff, Step
     from remediation.services import exception_sync
@@ -127,7 +127,7 @@ def make_exception(connection, entity, key: str, message: str, *, error_class: s
 
 
 @pytest.fixture
-def world(entities, people):  # noqa: ANN001, ANN201
+def world(entities, people):
     """One record of every kind per entity."""
     from pscsync.audit import audit_record
     from pscsync.mappings import mapping_publish
@@ -188,11 +188,11 @@ def world(entities, people):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def api(client):  # noqa: ANN001, ANN201
+def api(client):
     """Calls the API with a token (or none, or a bad one), as an integration would."""
     import json
 
-    def call(method: str, url: str, token: str | None = None, body: object = None):  # noqa: ANN202
+    def call(method: str, url: str, token: str | None = None, body: object = None):
         headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
         if method == "GET":
             return client.get(url, **headers)
@@ -202,7 +202,7 @@ def api(client):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def mid_minute(monkeypatch):  # noqa: ANN001, ANN201
+def mid_minute(monkeypatch):
     """Throttle windows are clock minutes: hold the clock mid-minute so a test never straddles two."""
     from api import throttling
 

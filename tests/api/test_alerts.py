@@ -32,7 +32,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 outer.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(outer.statuses.pop(0) if outer.statuses else 204)
@@ -50,7 +50,7 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver(settings):  # noqa: ANN001, ANN201
+def receiver(settings):
     settings.ALERT_WEBHOOK_ALLOW_LOOPBACK = True
     r = Receiver()
     yield r
@@ -58,14 +58,14 @@ def receiver(settings):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def frozen():  # noqa: ANN201
+def frozen():
     c = clock.FrozenClock(dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC))
     clock.use(c)
     yield c
     clock.use(None)
 
 
-def subscribe(admin, target: str, channel: str, types: list[str], **extra):  # noqa: ANN001, ANN003, ANN201
+def subscribe(admin, target: str, channel: str, types: list[str], **extra):
     data = {"name": "Ops", "channel": channel, "target": target, "event_types": types, "all_entities": True, **extra}
     return alert_subscription_save(actor=admin, data=data, entities=[])
 
@@ -75,7 +75,7 @@ def deliver_all() -> list[str]:
 
 
 @pytest.mark.django_db
-def test_a_new_group_sends_one_message_then_repeats_go_to_the_digest(world, admin, entities, frozen) -> None:  # noqa: ANN001
+def test_a_new_group_sends_one_message_then_repeats_go_to_the_digest(world, admin, entities, frozen) -> None:
     sub, _ = subscribe(admin, "ops@example.com", "email", [EventType.EXCEPTION_GROUP_NEW], digest_minutes=60)
     alerts_scan()
     first = list(AlertDelivery.objects.filter(kind="alert"))
@@ -101,7 +101,7 @@ def test_a_new_group_sends_one_message_then_repeats_go_to_the_digest(world, admi
 
 
 @pytest.mark.django_db
-def test_a_group_that_cleared_and_came_back_is_news_again(world, admin, frozen) -> None:  # noqa: ANN001
+def test_a_group_that_cleared_and_came_back_is_news_again(world, admin, frozen) -> None:
     subscribe(admin, "ops@example.com", "email", [EventType.EXCEPTION_GROUP_NEW])
     alerts_scan()
     status_force(world["us"]["handoff"].pk, Handoff.Status.RESOLVED)
@@ -114,7 +114,7 @@ def test_a_group_that_cleared_and_came_back_is_news_again(world, admin, frozen) 
 
 
 @pytest.mark.django_db
-def test_a_subscription_hears_only_about_its_legal_entities(world, admin, entities, frozen) -> None:  # noqa: ANN001
+def test_a_subscription_hears_only_about_its_legal_entities(world, admin, entities, frozen) -> None:
     data = {
         "name": "UK",
         "channel": "email",
@@ -128,7 +128,7 @@ def test_a_subscription_hears_only_about_its_legal_entities(world, admin, entiti
 
 
 @pytest.mark.django_db
-def test_spike_sla_stuck_and_mismatch_alerts(world, admin, entities, frozen) -> None:  # noqa: ANN001
+def test_spike_sla_stuck_and_mismatch_alerts(world, admin, entities, frozen) -> None:
     from pscsync.models import Attempt
 
     types = [EventType.EXCEPTION_SPIKE, EventType.SLA_BREACH, EventType.HANDOFF_STUCK, EventType.MISMATCH_OVER_VALUE]
@@ -158,7 +158,7 @@ def test_spike_sla_stuck_and_mismatch_alerts(world, admin, entities, frozen) -> 
 
 
 @pytest.mark.django_db
-def test_webhooks_are_signed_the_standard_webhooks_way(world, admin, receiver, frozen) -> None:  # noqa: ANN001
+def test_webhooks_are_signed_the_standard_webhooks_way(world, admin, receiver, frozen) -> None:
     sub, secret = subscribe(admin, receiver.url, "webhook", [EventType.EXCEPTION_GROUP_NEW])
     assert secret.startswith("whsec_") and sub.secret() == secret
     alerts_scan()
@@ -171,7 +171,7 @@ def test_webhooks_are_signed_the_standard_webhooks_way(world, admin, receiver, f
 
 
 @pytest.mark.django_db
-def test_failed_deliveries_are_retried_with_backoff_then_given_up(world, admin, receiver, frozen, settings) -> None:  # noqa: ANN001
+def test_failed_deliveries_are_retried_with_backoff_then_given_up(world, admin, receiver, frozen, settings) -> None:
     settings.ALERT_DELIVERY_MAX_ATTEMPTS = 3
     subscribe(admin, receiver.url, "webhook", [EventType.EXCEPTION_GROUP_NEW], all_entities=False)
     sub = AlertSubscription.objects.get()
@@ -207,7 +207,7 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
 
 
 @pytest.mark.django_db
-def test_a_webhook_to_a_private_address_is_refused_at_send_time(world, admin, frozen, monkeypatch) -> None:  # noqa: ANN001
+def test_a_webhook_to_a_private_address_is_refused_at_send_time(world, admin, frozen, monkeypatch) -> None:
     from connectors import egress
 
     subscribe(admin, "https://hooks.example.com/x", "webhook", [EventType.EXCEPTION_GROUP_NEW])
@@ -220,7 +220,7 @@ def test_a_webhook_to_a_private_address_is_refused_at_send_time(world, admin, fr
 
 
 @pytest.mark.django_db
-def test_email_alerts_are_sent(world, admin, mailoutbox, frozen) -> None:  # noqa: ANN001
+def test_email_alerts_are_sent(world, admin, mailoutbox, frozen) -> None:
     subscribe(admin, "ops@example.com", "email", [EventType.EXCEPTION_GROUP_NEW])
     alerts_scan()
     assert deliver_all() == ["delivered", "delivered"]
@@ -229,7 +229,7 @@ def test_email_alerts_are_sent(world, admin, mailoutbox, frozen) -> None:  # noq
 
 
 @pytest.mark.django_db
-def test_the_alert_pages(client, admin, operator, world, receiver, frozen) -> None:  # noqa: ANN001
+def test_the_alert_pages(client, admin, operator, world, receiver, frozen) -> None:
     client.force_login(operator)
     assert client.get("/alerts/").status_code == 403
     client.force_login(admin)
@@ -257,7 +257,7 @@ def test_the_alert_pages(client, admin, operator, world, receiver, frozen) -> No
 
 
 @pytest.mark.django_db
-def test_the_form_refuses_a_private_webhook_url(client, admin, entities) -> None:  # noqa: ANN001
+def test_the_form_refuses_a_private_webhook_url(client, admin, entities) -> None:
     client.force_login(admin)
     page = client.post(
         "/alerts/new/",
@@ -278,7 +278,7 @@ def test_the_form_refuses_a_private_webhook_url(client, admin, entities) -> None
     assert not AlertSubscription.objects.exists()
 
 
-def test_beat_runs_the_alert_and_job_tasks(settings) -> None:  # noqa: ANN001
+def test_beat_runs_the_alert_and_job_tasks(settings) -> None:
     from pscsync.celery import app
 
     app.loader.import_default_modules()
@@ -287,7 +287,7 @@ def test_beat_runs_the_alert_and_job_tasks(settings) -> None:  # noqa: ANN001
 
 
 @pytest.mark.django_db
-def test_a_delivery_whose_message_was_lost_is_sent_by_the_sweep(world, admin, frozen, monkeypatch) -> None:  # noqa: ANN001
+def test_a_delivery_whose_message_was_lost_is_sent_by_the_sweep(world, admin, frozen, monkeypatch) -> None:
     from api import tasks
 
     sent: list[int] = []
@@ -307,7 +307,7 @@ def test_a_delivery_whose_message_was_lost_is_sent_by_the_sweep(world, admin, fr
         ("0.5", FlowSla.Unit.BUSINESS_DAYS, True),
     ],
 )
-def test_the_sla_breach_uses_the_flows_sla_as_the_dashboards_do(world, admin, target, unit, breached) -> None:  # noqa: ANN001
+def test_the_sla_breach_uses_the_flows_sla_as_the_dashboards_do(world, admin, target, unit, breached) -> None:
     monday = dt.datetime(2026, 11, 9, 9, 0, tzinfo=dt.UTC)
     clock.use(clock.FrozenClock(monday))
     try:
@@ -324,7 +324,7 @@ def test_the_sla_breach_uses_the_flows_sla_as_the_dashboards_do(world, admin, ta
 
 
 @pytest.mark.django_db
-def test_a_flow_without_an_admins_sla_uses_the_dashboards_default(world, admin, frozen) -> None:  # noqa: ANN001
+def test_a_flow_without_an_admins_sla_uses_the_dashboards_default(world, admin, frozen) -> None:
     # The echo flow's default is 24 hours; the exceptions opened exactly 24 hours ago: not yet late.
     subscribe(admin, "ops@example.com", "email", [EventType.SLA_BREACH])
     alerts_scan()
@@ -337,7 +337,7 @@ def test_a_flow_without_an_admins_sla_uses_the_dashboards_default(world, admin, 
 @pytest.mark.parametrize("days", [0.25, 1, 1.5, 3, 7.75])
 @pytest.mark.parametrize("hour", [0, 9, 23])
 @pytest.mark.parametrize("day", range(9, 16))  # Monday 9 November to Sunday 15 November 2026
-def test_business_days_before_is_the_inverse_of_the_dashboards_measure(days, hour, day) -> None:  # noqa: ANN001
+def test_business_days_before_is_the_inverse_of_the_dashboards_measure(days, hour, day) -> None:
     from dashboards.sla import business_days_between, business_instant_before
 
     now = dt.datetime(2026, 11, day, hour, 30, tzinfo=dt.UTC)
@@ -347,7 +347,7 @@ def test_business_days_before_is_the_inverse_of_the_dashboards_measure(days, hou
 
 
 @pytest.fixture
-def rebinding_dns(monkeypatch):  # noqa: ANN001, ANN201
+def rebinding_dns(monkeypatch):
     """hooks.example.test answers loopback (the test receiver) once, then a private address, as a
     DNS-rebinding attacker's name would. Address literals resolve as usual. Counts the lookups."""
     import socket
@@ -357,7 +357,7 @@ def rebinding_dns(monkeypatch):  # noqa: ANN001, ANN201
     real = socket.getaddrinfo
     lookups: list[str] = []
 
-    def getaddrinfo(host, port, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def getaddrinfo(host, port, *args, **kwargs):
         if host != "hooks.example.test":
             return real(host, port, *args, **kwargs)
         lookups.append(host)
@@ -371,7 +371,7 @@ def rebinding_dns(monkeypatch):  # noqa: ANN001, ANN201
 
 
 @pytest.mark.django_db
-def test_a_webhook_connects_to_the_address_that_was_checked(world, admin, receiver, frozen, rebinding_dns) -> None:  # noqa: ANN001
+def test_a_webhook_connects_to_the_address_that_was_checked(world, admin, receiver, frozen, rebinding_dns) -> None:
     port = receiver.url.split(":")[2].split("/")[0]
     subscribe(admin, f"http://hooks.example.test:{port}/hooks/pscsync", "webhook", [EventType.EXCEPTION_GROUP_NEW])
     alerts_scan()
@@ -385,7 +385,7 @@ def test_a_webhook_connects_to_the_address_that_was_checked(world, admin, receiv
 
 
 @pytest.mark.django_db
-def test_a_name_that_turns_private_before_a_retry_is_refused(world, admin, receiver, frozen, rebinding_dns) -> None:  # noqa: ANN001
+def test_a_name_that_turns_private_before_a_retry_is_refused(world, admin, receiver, frozen, rebinding_dns) -> None:
     from connectors import egress
 
     port = receiver.url.split(":")[2].split("/")[0]
@@ -411,7 +411,7 @@ def test_the_pinned_client_refuses_any_other_host() -> None:
         backend.connect_tcp("elsewhere.example.test", 443)
 
 
-def _tls_receiver(name: str):  # noqa: ANN202
+def _tls_receiver(name: str):
     """An https receiver on 127.0.0.1 whose self-signed certificate names `name`; records the SNI."""
     import os
     import ssl
@@ -457,7 +457,7 @@ def _tls_receiver(name: str):  # noqa: ANN202
 
 
 @pytest.mark.parametrize(("certificate_name", "accepted"), [("hooks.example.test", True), ("evil.example.test", False)])
-def test_the_pinned_connection_keeps_tls_on_the_host_name(certificate_name, accepted) -> None:  # noqa: ANN001
+def test_the_pinned_connection_keeps_tls_on_the_host_name(certificate_name, accepted) -> None:
     """Connecting to the vetted address does not weaken TLS: SNI is the URL's host name and the
     certificate must be valid for that name (not for the address connected to)."""
     import httpx

@@ -115,7 +115,7 @@ TEAM_WRITES = {
 NOT_API = {"api:schema", "api:docs", "api:not-found"}
 
 
-def _names(resolver, namespace: str = ""):  # noqa: ANN001, ANN202
+def _names(resolver, namespace: str = ""):
     for p in resolver.url_patterns:
         if isinstance(p, URLResolver):
             yield from _names(p, f"{namespace}{p.namespace}:" if p.namespace else namespace)
@@ -142,7 +142,7 @@ def _expected(role: str, level: str, entity: str | None, allowed_status: int, ki
     return allowed_status if entity in SEES[role] else 404
 
 
-def _record_id(world, kind: str, entity: str):  # noqa: ANN001, ANN202
+def _record_id(world, kind: str, entity: str):
     if kind == "group":
         h = world[entity]["handoff"]
         return group_id(h.flow, h.last_error_class, cause_signature(h.last_error_message))
@@ -153,7 +153,7 @@ def _record_id(world, kind: str, entity: str):  # noqa: ANN001, ANN202
     return world[entity][kind].pk
 
 
-def _url(name: str, kind: str | None, world, entity: str | None) -> str:  # noqa: ANN001
+def _url(name: str, kind: str | None, world, entity: str | None) -> str:
     if kind == "replay_window":
         # The preview's window names a connection: another entity's is unknown.
         slug = world[entity]["connection"].slug
@@ -171,7 +171,7 @@ def _token(role: str, tokens: dict[str, str]) -> str | None:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("role", ROLES)
-def test_each_role_gets_the_expected_answer_on_every_api_route(api, world, tokens, role) -> None:  # noqa: ANN001
+def test_each_role_gets_the_expected_answer_on_every_api_route(api, world, tokens, role) -> None:
     wrong = {}
     for name, (method, level, kind, body, allowed) in API_ROUTES.items():
         for entity in ("us", "uk") if kind else (None,):
@@ -188,7 +188,7 @@ def test_each_role_gets_the_expected_answer_on_every_api_route(api, world, token
     assert wrong == {}, f"{role}: (got, expected, body) per route"
 
 
-def _reset(handoff) -> None:  # noqa: ANN001
+def _reset(handoff) -> None:
     from pscsync.models import Handoff
 
     status_force(handoff.pk, Handoff.Status.NEEDS_ATTENTION, finished_at=None)
@@ -196,7 +196,7 @@ def _reset(handoff) -> None:  # noqa: ANN001
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("role", ROLES)
-def test_each_role_gets_the_expected_answer_on_every_api_write(api, world, tokens, role, monkeypatch) -> None:  # noqa: ANN001
+def test_each_role_gets_the_expected_answer_on_every_api_write(api, world, tokens, role, monkeypatch) -> None:
     wrong = {}
     for (name, method), (level, body, allowed) in API_WRITES.items():
         for entity in ("us", "uk"):
@@ -242,7 +242,7 @@ def test_each_role_gets_the_expected_answer_on_every_api_write(api, world, token
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("role", ROLES)
-def test_a_saved_view_is_deleted_by_its_creator_or_an_admin(api, world, tokens, role) -> None:  # noqa: ANN001
+def test_a_saved_view_is_deleted_by_its_creator_or_an_admin(api, world, tokens, role) -> None:
     for entity, creator in (("us", "operator"), ("uk", "outsider")):
         view = world[entity]["saved_view"]
         response = api("DELETE", reverse("api:saved-view-detail", args=[view.pk]), _token(role, tokens))
@@ -257,7 +257,7 @@ def test_a_saved_view_is_deleted_by_its_creator_or_an_admin(api, world, tokens, 
     "url",
     ["/api/v1/handoffs/", "/api/v1/events/", "/api/v1/exceptions/", "/api/v1/mismatches/", "/api/v1/audit-entries/"],
 )
-def test_lists_never_include_another_entitys_records(api, world, tokens, url) -> None:  # noqa: ANN001
+def test_lists_never_include_another_entitys_records(api, world, tokens, url) -> None:
     ukadmin = api("GET", url, tokens["ukadmin"]).json()["results"]
     ids_uk = {world["uk"][k].pk for k in ("handoff", "event", "mismatch", "audit")}
     ids_us = {world["us"][k].pk for k in ("handoff", "event", "mismatch", "audit")}
@@ -271,7 +271,7 @@ def test_lists_never_include_another_entitys_records(api, world, tokens, url) ->
 
 
 @pytest.mark.django_db
-def test_aggregates_count_only_the_callers_entities(api, world, tokens) -> None:  # noqa: ANN001
+def test_aggregates_count_only_the_callers_entities(api, world, tokens) -> None:
     groups = api("GET", "/api/v1/exception-groups/", tokens["outsider"]).json()["results"]
     assert [g["handoffs"] for g in groups] == [[world["uk"]["handoff"].pk]]
     health = api("GET", "/api/v1/metrics/health/", tokens["viewer"]).json()
@@ -281,7 +281,7 @@ def test_aggregates_count_only_the_callers_entities(api, world, tokens) -> None:
 
 
 @pytest.mark.django_db
-def test_connections_never_return_credentials(api, world, tokens) -> None:  # noqa: ANN001
+def test_connections_never_return_credentials(api, world, tokens) -> None:
     body = api("GET", "/api/v1/connections/", tokens["admin"]).content.decode()
     assert "secret-token-echo-us" not in body
     assert '"credentials"' not in body

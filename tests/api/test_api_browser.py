@@ -11,13 +11,13 @@ import pytest
 from tests.test_browser import _shot, _sign_in, page, pytestmark  # noqa: F401  (the browser fixture and marks)
 
 
-def _enter(page, live_server, user) -> None:  # noqa: ANN001, F811
+def _enter(page, live_server, user) -> None:  # noqa: F811
     _sign_in(page, live_server, user)  # password, then the second factor
     # Operators land on the workbench, viewers and admins on the dashboards.
     page.wait_for_url(lambda url: "/dashboards/" in url or "/workbench/" in url)
 
 
-def test_a_user_makes_and_revokes_an_api_token(page, live_server, operator) -> None:  # noqa: ANN001, F811
+def test_a_user_makes_and_revokes_an_api_token(page, live_server, operator) -> None:  # noqa: F811
     from api.models import ApiToken
 
     _enter(page, live_server, operator)
@@ -41,7 +41,7 @@ def test_a_user_makes_and_revokes_an_api_token(page, live_server, operator) -> N
     assert ApiToken.objects.get().revoked_at is not None
 
 
-def test_an_admin_subscribes_a_webhook_and_reads_the_delivery_log(page, live_server, admin, settings) -> None:  # noqa: ANN001, F811
+def test_an_admin_subscribes_a_webhook_and_reads_the_delivery_log(page, live_server, admin, settings) -> None:  # noqa: F811
     from api.alerts import alert_delivery_attempt
     from api.models import AlertDelivery
     from tests.api.test_alerts import Receiver
@@ -79,7 +79,7 @@ def test_an_admin_subscribes_a_webhook_and_reads_the_delivery_log(page, live_ser
         receiver.stop()
 
 
-def test_the_api_docs_load_offline(page, live_server, viewer) -> None:  # noqa: ANN001, F811
+def test_the_api_docs_load_offline(page, live_server, viewer) -> None:  # noqa: F811
     hosts: set[str] = set()
     page.on("request", lambda request: hosts.add(urlsplit(request.url).netloc))
     _enter(page, live_server, viewer)

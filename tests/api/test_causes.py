@@ -17,7 +17,7 @@ TAX = "the customer 'Acme' has no tax code"
 
 
 @pytest.fixture
-def tax_cause(world, entities):  # noqa: ANN001, ANN201
+def tax_cause(world, entities):
     """The US tax-code cause, failing twice more in the US and once in the UK, with amounts."""
     made = [
         make_exception(world["us"]["connection"], entities["us"], "OPP-US2", TAX.replace("Acme", "Globex")),
@@ -35,7 +35,7 @@ def tax_cause(world, entities):  # noqa: ANN001, ANN201
 
 
 @pytest.mark.django_db
-def test_causes_are_the_inbox_rows_with_totals_of_the_callers_entities_only(api, tokens, tax_cause, operator) -> None:  # noqa: ANN001
+def test_causes_are_the_inbox_rows_with_totals_of_the_callers_entities_only(api, tokens, tax_cause, operator) -> None:
     rows = api("GET", "/api/v1/exception-causes/", tokens["operator"]).json()["results"]
     tax = next(r for r in rows if r["id"] == tax_cause.pk)
     # The US operator counts the two US handoffs and their dollars, never the UK one.
@@ -53,7 +53,7 @@ def test_causes_are_the_inbox_rows_with_totals_of_the_callers_entities_only(api,
 
 
 @pytest.mark.django_db
-def test_the_cause_list_takes_the_inbox_filters_and_refuses_unknown_values(api, tokens, tax_cause) -> None:  # noqa: ANN001
+def test_the_cause_list_takes_the_inbox_filters_and_refuses_unknown_values(api, tokens, tax_cause) -> None:
     only_budget = api("GET", "/api/v1/exception-causes/?q=budget", tokens["admin"]).json()["results"]
     assert [r["message"] for r in only_budget] == ["budget is missing"]
     by_money = api("GET", "/api/v1/exception-causes/?sort=money&legal_entity=uk", tokens["admin"]).json()["results"]
@@ -64,7 +64,7 @@ def test_the_cause_list_takes_the_inbox_filters_and_refuses_unknown_values(api, 
 
 
 @pytest.mark.django_db
-def test_another_entitys_cause_is_not_found_and_nothing_changes(api, world, tokens) -> None:  # noqa: ANN001
+def test_another_entitys_cause_is_not_found_and_nothing_changes(api, world, tokens) -> None:
     uk_cause = world["uk"]["handoff"].exception.cause
     assert api("GET", f"/api/v1/exception-causes/{uk_cause.pk}/", tokens["operator"]).status_code == 404
     response = api("POST", f"/api/v1/exception-causes/{uk_cause.pk}/assign/", tokens["operator"], {"assignee": None})
@@ -76,7 +76,7 @@ def test_another_entitys_cause_is_not_found_and_nothing_changes(api, world, toke
 
 
 @pytest.mark.django_db
-def test_assigning_a_whole_cause_is_audited_and_an_unknown_person_refused(api, tokens, tax_cause) -> None:  # noqa: ANN001
+def test_assigning_a_whole_cause_is_audited_and_an_unknown_person_refused(api, tokens, tax_cause) -> None:
     url = f"/api/v1/exception-causes/{tax_cause.pk}/assign/"
     refused = api("POST", url, tokens["operator"], {"assignee": "vera.viewer"})  # a viewer does not work exceptions
     assert refused.status_code == 422 and "assignee" in refused.json()["errors"]
@@ -94,7 +94,7 @@ def test_assigning_a_whole_cause_is_audited_and_an_unknown_person_refused(api, t
 
 
 @pytest.mark.django_db
-def test_archive_until_more_occurrences_then_reopen(api, tokens, tax_cause) -> None:  # noqa: ANN001
+def test_archive_until_more_occurrences_then_reopen(api, tokens, tax_cause) -> None:
     url = f"/api/v1/exception-causes/{tax_cause.pk}"
     # The cause fails in the US and the UK: archiving it is for someone of both (issue 17); a
     # US-only operator is refused (tests/test_security_probes.py).
@@ -129,7 +129,7 @@ def test_archive_until_more_occurrences_then_reopen(api, tokens, tax_cause) -> N
 
 
 @pytest.mark.django_db
-def test_archive_until_a_day(api, tokens, tax_cause, monkeypatch) -> None:  # noqa: ANN001
+def test_archive_until_a_day(api, tokens, tax_cause, monkeypatch) -> None:
     import datetime as dt
 
     from pscsync import clock
@@ -142,7 +142,7 @@ def test_archive_until_a_day(api, tokens, tax_cause, monkeypatch) -> None:  # no
 
 
 @pytest.mark.django_db
-def test_only_admins_edit_the_runbook_and_parts_left_out_stay(api, tokens, tax_cause) -> None:  # noqa: ANN001
+def test_only_admins_edit_the_runbook_and_parts_left_out_stay(api, tokens, tax_cause) -> None:
     url = f"/api/v1/exception-causes/{tax_cause.pk}/runbook/"
     ExceptionCause.objects.filter(pk=tax_cause.pk).update(runbook_meaning="The ERP needs a tax code.")
     assert api("POST", url, tokens["operator"], {"action": "x"}).status_code == 403
@@ -160,7 +160,7 @@ def test_only_admins_edit_the_runbook_and_parts_left_out_stay(api, tokens, tax_c
 
 
 @pytest.mark.django_db
-def test_a_comment_on_a_cause(api, tokens, tax_cause) -> None:  # noqa: ANN001
+def test_a_comment_on_a_cause(api, tokens, tax_cause) -> None:
     url = f"/api/v1/exception-causes/{tax_cause.pk}"
     assert api("POST", f"{url}/comment/", tokens["operator"], {"body": "   "}).status_code == 422
     created = api("POST", f"{url}/comment/", tokens["operator"], {"body": "Vendor ticket 4711"})
@@ -170,7 +170,7 @@ def test_a_comment_on_a_cause(api, tokens, tax_cause) -> None:  # noqa: ANN001
 
 
 @pytest.mark.django_db
-def test_a_bulk_job_by_cause_takes_only_the_callers_handoffs(api, world, tokens, tax_cause) -> None:  # noqa: ANN001
+def test_a_bulk_job_by_cause_takes_only_the_callers_handoffs(api, world, tokens, tax_cause) -> None:
     job = api("POST", "/api/v1/jobs/", tokens["operator"], {"kind": "resolve", "cause": tax_cause.pk, "reason": "r"})
     assert job.status_code == 202
     us = set(
@@ -185,7 +185,7 @@ def test_a_bulk_job_by_cause_takes_only_the_callers_handoffs(api, world, tokens,
 
 
 @pytest.mark.django_db
-def test_the_old_exception_groups_say_they_are_deprecated(api, tokens, world) -> None:  # noqa: ANN001
+def test_the_old_exception_groups_say_they_are_deprecated(api, tokens, world) -> None:
     response = api("GET", "/api/v1/exception-groups/", tokens["operator"])
     assert response.status_code == 200
     assert response["Deprecation"].startswith("@") and response["Sunset"].endswith("GMT")
@@ -198,7 +198,7 @@ def test_the_old_exception_groups_say_they_are_deprecated(api, tokens, world) ->
 
 
 @pytest.mark.django_db
-def test_saved_views_are_shared_with_the_team_and_replaced_by_name(api, tokens, world) -> None:  # noqa: ANN001
+def test_saved_views_are_shared_with_the_team_and_replaced_by_name(api, tokens, world) -> None:
     created = api("POST", "/api/v1/saved-views/", tokens["operator"], {"name": "Tax", "query": "tab=open&q=tax"})
     assert created.status_code == 201 and created.json()["created_by"] == "otto.operator"
     names = {v["name"] for v in api("GET", "/api/v1/saved-views/", tokens["outsider"]).json()["results"]}
@@ -220,7 +220,7 @@ def test_saved_views_are_shared_with_the_team_and_replaced_by_name(api, tokens, 
         ({"name": "x", "query": "tab=open", "created_by": "ada.admin"}, "created_by", 400),
     ],
 )
-def test_a_saved_view_the_inbox_cannot_read_is_refused(api, tokens, world, body, field, status) -> None:  # noqa: ANN001
+def test_a_saved_view_the_inbox_cannot_read_is_refused(api, tokens, world, body, field, status) -> None:
     before = SavedView.objects.count()
     response = api("POST", "/api/v1/saved-views/", tokens["operator"], body)
     assert response.status_code == status and field in response.json()["errors"], response.json()
@@ -228,7 +228,7 @@ def test_a_saved_view_the_inbox_cannot_read_is_refused(api, tokens, world, body,
 
 
 @pytest.mark.django_db
-def test_deleting_a_saved_view_is_audited(api, tokens, world) -> None:  # noqa: ANN001
+def test_deleting_a_saved_view_is_audited(api, tokens, world) -> None:
     view = world["us"]["saved_view"]
     assert api("DELETE", f"/api/v1/saved-views/{view.pk}/", tokens["outsider"]).status_code == 403
     assert api("DELETE", f"/api/v1/saved-views/{view.pk}/", tokens["operator"]).status_code == 204
@@ -240,13 +240,13 @@ def test_deleting_a_saved_view_is_audited(api, tokens, world) -> None:  # noqa: 
 @pytest.mark.parametrize(
     "path", ["/api/v1/exception-causes/abc/", "/api/v1/exception-causes/%0A/", "/api/v1/slas/X%0A/"]
 )
-def test_an_id_that_is_not_one_answers_404_in_the_api_shape(api, tokens, world, path) -> None:  # noqa: ANN001
+def test_an_id_that_is_not_one_answers_404_in_the_api_shape(api, tokens, world, path) -> None:
     response = api("GET", path, tokens["admin"])
     assert response.status_code == 404 and response.json()["code"] == "not_found"
 
 
 @pytest.mark.django_db
-def test_the_cause_list_costs_the_same_queries_for_more_causes(api, tokens, world, entities) -> None:  # noqa: ANN001
+def test_the_cause_list_costs_the_same_queries_for_more_causes(api, tokens, world, entities) -> None:
     def queries() -> int:
         from django.db import connection
         from django.test.utils import CaptureQueriesContext

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def shared(entities):  # noqa: ANN001, ANN201
+def shared(entities):
     """One connection serving both the US and the UK entity, with a stored token."""
     connection = make_connection("erp-shared", entities["us"], base_url="http://127.0.0.1:9/")
     connection.legal_entities.add(entities["uk"])
@@ -28,12 +28,12 @@ def shared(entities):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def listener():  # noqa: ANN201
+def listener():
     """An attacker's HTTP listener on loopback: records every Authorization header it receives."""
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             seen.append(self.headers.get("Authorization", ""))
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -58,7 +58,7 @@ def _unchanged(connection: Connection, base_url: str, codes: set[str]) -> None:
     assert connection.credentials() == {"token": "secret-token-erp-shared"}
 
 
-def test_a_uk_admin_cannot_repoint_a_connection_that_also_serves_the_us(api, tokens, shared, listener) -> None:  # noqa: ANN001
+def test_a_uk_admin_cannot_repoint_a_connection_that_also_serves_the_us(api, tokens, shared, listener) -> None:
     url, seen = listener
     response = api("PATCH", f"/api/v1/connections/{shared.pk}/", tokens["ukadmin"], {"base_url": url})
     assert response.status_code == 403, response.content
@@ -67,7 +67,7 @@ def test_a_uk_admin_cannot_repoint_a_connection_that_also_serves_the_us(api, tok
     assert seen == []
 
 
-def test_a_uk_admin_cannot_drop_the_us_entity_or_change_credentials(api, tokens, shared) -> None:  # noqa: ANN001
+def test_a_uk_admin_cannot_drop_the_us_entity_or_change_credentials(api, tokens, shared) -> None:
     for body in ({"legal_entities": ["uk"]}, {"credentials": {"token": "mine"}}, {"name": "Renamed"}):
         response = api("PATCH", f"/api/v1/connections/{shared.pk}/", tokens["ukadmin"], body)
         assert response.status_code == 403, (body, response.content)
@@ -75,7 +75,7 @@ def test_a_uk_admin_cannot_drop_the_us_entity_or_change_credentials(api, tokens,
     assert not AuditEntry.objects.filter(action="connection.save", actor__username="ulla.ukadmin").exists()
 
 
-def test_a_uk_admin_still_changes_a_uk_only_connection(api, tokens, entities) -> None:  # noqa: ANN001
+def test_a_uk_admin_still_changes_a_uk_only_connection(api, tokens, entities) -> None:
     own = make_connection("erp-uk", entities["uk"])
     response = api("PATCH", f"/api/v1/connections/{own.pk}/", tokens["ukadmin"], {"name": "ERP UK (renamed)"})
     assert response.status_code == 200, response.content
@@ -84,7 +84,7 @@ def test_a_uk_admin_still_changes_a_uk_only_connection(api, tokens, entities) ->
     assert response.status_code == 422
 
 
-def test_moving_a_connection_to_another_host_requires_its_credentials_again(api, tokens, shared, listener) -> None:  # noqa: ANN001
+def test_moving_a_connection_to_another_host_requires_its_credentials_again(api, tokens, shared, listener) -> None:
     url, seen = listener
     response = api("PATCH", f"/api/v1/connections/{shared.pk}/", tokens["admin"], {"base_url": url})
     assert response.status_code == 422, response.content
@@ -102,7 +102,7 @@ def test_moving_a_connection_to_another_host_requires_its_credentials_again(api,
     assert shared.credentials() == {"token": "fresh-token-for-new-host"}
 
 
-def test_the_form_refuses_the_same_changes(client, ukadmin, admin, shared, listener, entities) -> None:  # noqa: ANN001
+def test_the_form_refuses_the_same_changes(client, ukadmin, admin, shared, listener, entities) -> None:
     url, seen = listener
     data = {
         "name": "ERP",

@@ -14,7 +14,7 @@ from tests.helpers import status_force
 @pytest.mark.django_db
 def test_resubmit_with_an_edited_document_resumes_at_the_failed_step(
     api, world, tokens, django_capture_on_commit_callbacks, monkeypatch
-) -> None:  # noqa: ANN001
+) -> None:
     published: list[list[int]] = []
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: published.append(list(ids)))
     handoff = world["us"]["handoff"]
@@ -38,7 +38,7 @@ def test_resubmit_with_an_edited_document_resumes_at_the_failed_step(
 
 
 @pytest.mark.django_db
-def test_edit_mode_needs_a_document(api, world, tokens) -> None:  # noqa: ANN001
+def test_edit_mode_needs_a_document(api, world, tokens) -> None:
     url = f"/api/v1/exceptions/{world['us']['handoff'].pk}/resubmit/"
     response = api("POST", url, tokens["operator"], {"mode": "edit", "reason": "x"})
     assert response.status_code == 422 and "document" in response.json()["errors"]
@@ -46,7 +46,7 @@ def test_edit_mode_needs_a_document(api, world, tokens) -> None:  # noqa: ANN001
 
 
 @pytest.mark.django_db
-def test_acting_on_a_handoff_in_the_wrong_state_is_a_conflict(api, world, tokens) -> None:  # noqa: ANN001
+def test_acting_on_a_handoff_in_the_wrong_state_is_a_conflict(api, world, tokens) -> None:
     url = f"/api/v1/exceptions/{world['us']['handoff'].pk}"
     assert api("POST", f"{url}/resolve/", tokens["operator"], {"reason": "done by hand"}).status_code == 200
     again = api("POST", f"{url}/resubmit/", tokens["operator"], {"reason": "again"})
@@ -56,14 +56,14 @@ def test_acting_on_a_handoff_in_the_wrong_state_is_a_conflict(api, world, tokens
 
 
 @pytest.mark.django_db
-def test_a_reason_is_required(api, world, tokens) -> None:  # noqa: ANN001
+def test_a_reason_is_required(api, world, tokens) -> None:
     url = f"/api/v1/exceptions/{world['us']['handoff'].pk}/resolve/"
     assert api("POST", url, tokens["operator"], {}).status_code == 400
     assert api("POST", url, tokens["operator"], {"reason": "   "}).status_code == 409
 
 
 @pytest.mark.django_db
-def test_unknown_or_protected_fields_are_refused_not_ignored(api, world, tokens) -> None:  # noqa: ANN001
+def test_unknown_or_protected_fields_are_refused_not_ignored(api, world, tokens) -> None:
     url = f"/api/v1/exceptions/{world['us']['handoff'].pk}/resubmit/"
     response = api("POST", url, tokens["operator"], {"reason": "x", "status": "succeeded", "legal_entity": "uk"})
     assert response.status_code == 400
@@ -71,7 +71,7 @@ def test_unknown_or_protected_fields_are_refused_not_ignored(api, world, tokens)
 
 
 @pytest.mark.django_db
-def test_assign_and_comment(api, world, tokens) -> None:  # noqa: ANN001
+def test_assign_and_comment(api, world, tokens) -> None:
     url = f"/api/v1/exceptions/{world['us']['handoff'].pk}"
     assigned = api("POST", f"{url}/assign/", tokens["operator"], {"assignee": "otto.operator"})
     assert assigned.status_code == 200 and assigned.json()["assignee"] == "otto.operator"
@@ -83,7 +83,7 @@ def test_assign_and_comment(api, world, tokens) -> None:  # noqa: ANN001
 
 
 @pytest.mark.django_db
-def test_a_bulk_job_is_polled_to_its_per_handoff_results(api, world, tokens, entities) -> None:  # noqa: ANN001
+def test_a_bulk_job_is_polled_to_its_per_handoff_results(api, world, tokens, entities) -> None:
     from tests.api.conftest import make_exception
 
     second = make_exception(
@@ -104,7 +104,7 @@ def test_a_bulk_job_is_polled_to_its_per_handoff_results(api, world, tokens, ent
 
 
 @pytest.mark.django_db
-def test_a_bulk_job_by_exception_group(api, world, tokens) -> None:  # noqa: ANN001
+def test_a_bulk_job_by_exception_group(api, world, tokens) -> None:
     groups = api("GET", "/api/v1/exception-groups/", tokens["operator"]).json()["results"]
     assert len(groups) == 1
     body = {"kind": "resolve", "group": groups[0]["id"], "reason": "known issue"}
@@ -113,7 +113,7 @@ def test_a_bulk_job_by_exception_group(api, world, tokens) -> None:  # noqa: ANN
 
 
 @pytest.mark.django_db
-def test_a_bulk_job_never_touches_another_entitys_handoffs(api, world, tokens) -> None:  # noqa: ANN001
+def test_a_bulk_job_never_touches_another_entitys_handoffs(api, world, tokens) -> None:
     uk = world["uk"]["handoff"].pk
     body = {"kind": "retry", "handoffs": [world["us"]["handoff"].pk, uk], "reason": "x"}
     refused = api("POST", "/api/v1/jobs/", tokens["operator"], body)
@@ -123,7 +123,7 @@ def test_a_bulk_job_never_touches_another_entitys_handoffs(api, world, tokens) -
 
 
 @pytest.mark.django_db
-def test_mappings_are_published_through_the_service_and_audited(api, world, tokens) -> None:  # noqa: ANN001
+def test_mappings_are_published_through_the_service_and_audited(api, world, tokens) -> None:
     mapping = world["us"]["mapping"]
     body = {"rules": [{"target": "companyName", "source": "name", "required": True}], "comment": "rename"}
     response = api("POST", f"/api/v1/mappings/{mapping.pk}/publish/", tokens["admin"], body)
@@ -136,7 +136,7 @@ def test_mappings_are_published_through_the_service_and_audited(api, world, toke
 
 
 @pytest.mark.django_db
-def test_connection_credentials_are_write_only(api, world, tokens) -> None:  # noqa: ANN001
+def test_connection_credentials_are_write_only(api, world, tokens) -> None:
     connection = world["us"]["connection"]
     body = {"credentials": {"token": "rotated-secret"}}
     response = api("PATCH", f"/api/v1/connections/{connection.pk}/", tokens["admin"], body)
@@ -148,7 +148,7 @@ def test_connection_credentials_are_write_only(api, world, tokens) -> None:  # n
 
 
 @pytest.mark.django_db
-def test_a_connection_url_must_pass_the_egress_check(api, world, tokens) -> None:  # noqa: ANN001
+def test_a_connection_url_must_pass_the_egress_check(api, world, tokens) -> None:
     connection = world["us"]["connection"]
     body = {"base_url": "http://169.254.169.254/latest/", "is_sandbox": False}
     response = api("PATCH", f"/api/v1/connections/{connection.pk}/", tokens["admin"], body)
@@ -156,7 +156,7 @@ def test_a_connection_url_must_pass_the_egress_check(api, world, tokens) -> None
 
 
 @pytest.mark.django_db
-def test_handoff_detail_has_steps_and_attempts_with_secrets_masked(api, world, tokens) -> None:  # noqa: ANN001
+def test_handoff_detail_has_steps_and_attempts_with_secrets_masked(api, world, tokens) -> None:
     body = api("GET", f"/api/v1/handoffs/{world['us']['handoff'].pk}/", tokens["viewer"]).json()
     assert [s["name"] for s in body["steps"]] == ["upsert_customer", "upsert_project"]
     assert body["steps"][0]["attempts"][0]["request"]["authorization"] == "••••••"
@@ -164,7 +164,7 @@ def test_handoff_detail_has_steps_and_attempts_with_secrets_masked(api, world, t
 
 
 @pytest.mark.django_db
-def test_filters_and_cursor_pagination(api, world, tokens, entities) -> None:  # noqa: ANN001
+def test_filters_and_cursor_pagination(api, world, tokens, entities) -> None:
     from tests.api.conftest import make_exception
 
     for n in range(3):
@@ -185,7 +185,7 @@ def test_filters_and_cursor_pagination(api, world, tokens, entities) -> None:  #
 @pytest.mark.parametrize(
     "value", ["0319-04-27T00:39:23-17:38", "5516-11-18T14:12:12.330655+22:48", "0001-01-01T00:00:00+23:00"]
 )
-def test_any_rfc3339_date_time_filters_also_on_postgresql(api, world, tokens, value) -> None:  # noqa: ANN001
+def test_any_rfc3339_date_time_filters_also_on_postgresql(api, world, tokens, value) -> None:
     # PostgreSQL refuses offsets beyond ±15:59 (schemathesis found it); filters compare in UTC.
     from urllib.parse import quote
 
@@ -193,7 +193,7 @@ def test_any_rfc3339_date_time_filters_also_on_postgresql(api, world, tokens, va
 
 
 @pytest.mark.django_db
-def test_a_handoff_id_beyond_the_databases_range_is_a_400(api, world, tokens) -> None:  # noqa: ANN001
+def test_a_handoff_id_beyond_the_databases_range_is_a_400(api, world, tokens) -> None:
     body = {"kind": "resolve", "handoffs": [2**70], "reason": "r"}
     response = api("POST", "/api/v1/jobs/", tokens["operator"], body)
     assert response.status_code == 400 and "handoffs" in response.json()["errors"]

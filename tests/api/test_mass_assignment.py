@@ -22,7 +22,7 @@ FORBIDDEN = {
 }
 
 
-def _state(world) -> tuple:  # noqa: ANN001
+def _state(world) -> tuple:
     handoff = Handoff.objects.get(pk=world["us"]["handoff"].pk)
     return (
         handoff.status,
@@ -50,7 +50,7 @@ def _state(world) -> tuple:  # noqa: ANN001
 )
 def test_fields_outside_the_allowlist_are_refused_and_nothing_changes(
     api, world, tokens, role, method, url, body
-) -> None:  # noqa: ANN001
+) -> None:
     ids = {"h": world["us"]["handoff"].pk, "c": world["us"]["connection"].pk}
     url = url.format(**ids)
     body = {k: ([ids["h"]] if v == ["{h}"] else v) for k, v in body.items()}

@@ -13,7 +13,7 @@ WINDOW = "start=2026-10-31T00:00:00Z&end=2026-11-02T00:00:00Z"
 
 
 @pytest.mark.django_db
-def test_a_replay_preview_counts_the_windows_events_and_handoffs(api, world, tokens) -> None:  # noqa: ANN001
+def test_a_replay_preview_counts_the_windows_events_and_handoffs(api, world, tokens) -> None:
     preview = api("GET", f"/api/v1/replays/preview/?connection=echo-us&{WINDOW}", tokens["operator"])
     assert preview.status_code == 200
     assert preview.json() | {"start": None, "end": None} == {
@@ -46,13 +46,13 @@ def test_a_replay_preview_counts_the_windows_events_and_handoffs(api, world, tok
         ("connection=echo-us&start=2026-11-02T00:00:00Z&end=2026-11-01T00:00:00Z", "end", 422),
     ],
 )
-def test_a_bad_replay_window_is_refused_naming_the_parameter(api, world, tokens, query, field, status) -> None:  # noqa: ANN001
+def test_a_bad_replay_window_is_refused_naming_the_parameter(api, world, tokens, query, field, status) -> None:
     response = api("GET", f"/api/v1/replays/preview/?{query}", tokens["operator"])
     assert response.status_code == status and field in response.json()["errors"], response.json()
 
 
 @pytest.mark.django_db
-def test_a_replay_job_is_created_polled_and_runs_the_workbench_replay(api, world, tokens) -> None:  # noqa: ANN001
+def test_a_replay_job_is_created_polled_and_runs_the_workbench_replay(api, world, tokens) -> None:
     body = {"connection": "echo-us", "start": "2026-10-31T00:00:00Z", "end": "2026-11-02T00:00:00Z", "reason": "outage"}
     created = api("POST", "/api/v1/replays/", tokens["operator"], body)
     assert created.status_code == 202 and created["Location"].endswith(f"/api/v1/jobs/{created.json()['id']}/")
@@ -79,7 +79,7 @@ def test_a_replay_job_is_created_polled_and_runs_the_workbench_replay(api, world
         ({"end": "2026-10-30T00:00:00Z"}, "end"),
     ],
 )
-def test_a_replay_that_cannot_run_is_refused_and_makes_no_job(api, world, tokens, change, field) -> None:  # noqa: ANN001
+def test_a_replay_that_cannot_run_is_refused_and_makes_no_job(api, world, tokens, change, field) -> None:
     body = {"connection": "echo-us", "start": "2026-10-31T00:00:00Z", "end": "2026-11-02T00:00:00Z", "reason": "x"}
     response = api("POST", "/api/v1/replays/", tokens["operator"], body | change)
     assert response.status_code == 422 and field in response.json()["errors"], response.json()
@@ -87,7 +87,7 @@ def test_a_replay_that_cannot_run_is_refused_and_makes_no_job(api, world, tokens
 
 
 @pytest.mark.django_db
-def test_a_queued_job_is_cancelled_and_a_finished_one_is_a_conflict(api, world, tokens) -> None:  # noqa: ANN001
+def test_a_queued_job_is_cancelled_and_a_finished_one_is_a_conflict(api, world, tokens) -> None:
     job = world["us"]["job"]
     assert api("POST", f"/api/v1/jobs/{job.pk}/cancel/", tokens["outsider"], {}).status_code == 404  # not theirs
     cancelled = api("POST", f"/api/v1/jobs/{job.pk}/cancel/", tokens["operator"], {})
@@ -99,7 +99,7 @@ def test_a_queued_job_is_cancelled_and_a_finished_one_is_a_conflict(api, world, 
 
 
 @pytest.mark.django_db
-def test_a_running_job_stops_before_its_next_handoff(api, world, tokens) -> None:  # noqa: ANN001
+def test_a_running_job_stops_before_its_next_handoff(api, world, tokens) -> None:
     job = world["us"]["job"]
     BulkJob.objects.filter(pk=job.pk).update(status="running")
     response = api("POST", f"/api/v1/jobs/{job.pk}/cancel/", tokens["operator"], {})

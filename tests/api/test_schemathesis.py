@@ -87,7 +87,7 @@ def _run(token: str, *, coverage: bool = True) -> tuple[list[str], float, int]:
 
 
 @pytest.fixture
-def offline_dns(monkeypatch):  # noqa: ANN001, ANN201
+def offline_dns(monkeypatch):
     # Generated URLs name random hosts; resolve them all to a public documentation address
     # instead of asking real DNS (the egress rules then refuse them as non-vendor hosts).
     def resolve(host: str, port: int) -> list[str]:
@@ -98,7 +98,7 @@ def offline_dns(monkeypatch):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def wsgi_transport(monkeypatch):  # noqa: ANN001, ANN201
+def wsgi_transport(monkeypatch):
     # schemathesis 4.32.5 hands `max_redirects` (a requests setting) to werkzeug's test client
     # on some probes, which raises TypeError; drop the socket-level settings as its own code
     # does for requests sessions.
@@ -106,7 +106,7 @@ def wsgi_transport(monkeypatch):  # noqa: ANN001, ANN201
 
     original = wsgi.WSGITransport.send
 
-    def send(self, case, *, session=None, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def send(self, case, *, session=None, **kwargs):
         for name in ("max_redirects", "verify", "cert", "proxies"):
             kwargs.pop(name, None)
         return original(self, case, session=session, **kwargs)
@@ -118,15 +118,15 @@ def wsgi_transport(monkeypatch):  # noqa: ANN001, ANN201
 @pytest.mark.parametrize("role", ["viewer", "operator", "admin", "outsider"])
 def test_schemathesis_finds_nothing_for_each_roles_token(
     world, tokens, role, settings, offline_dns, wsgi_transport
-) -> None:  # noqa: ANN001
+) -> None:
     settings.API_RATE_PER_MINUTE = 1_000_000
     problems, elapsed, operations = _run(tokens[role], coverage=FULL or role == "admin")
-    print(f"schemathesis {role}: {operations} scenarios in {elapsed:.1f} s")  # noqa: T201
+    print(f"schemathesis {role}: {operations} scenarios in {elapsed:.1f} s")
     assert problems == [], "\n\n".join(problems)
 
 
 @pytest.mark.django_db
-def test_every_operation_refuses_a_missing_or_invalid_token(client, world, tokens) -> None:  # noqa: ANN001
+def test_every_operation_refuses_a_missing_or_invalid_token(client, world, tokens) -> None:
     """Walks the schema itself, so a new operation is covered the day it is added."""
     schema = client.get("/api/schema/?format=json", HTTP_AUTHORIZATION=f"Bearer {tokens['viewer']}").json()
     ids = {"id": world["us"]["handoff"].pk, "gid": "0123456789abcdef", "flow": "quote-to-project"}

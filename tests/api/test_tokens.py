@@ -12,7 +12,7 @@ from api.tokens import TokenInvalid, api_token_check, api_token_issue
 
 
 @pytest.mark.django_db
-def test_a_token_is_stored_only_as_a_digest(viewer) -> None:  # noqa: ANN001
+def test_a_token_is_stored_only_as_a_digest(viewer) -> None:
     issued = api_token_issue(user=viewer, name="BI export", days=30)
     row = ApiToken.objects.get(pk=issued.token.pk)
     assert issued.plaintext.startswith(f"psc_{row.prefix}_")
@@ -23,7 +23,7 @@ def test_a_token_is_stored_only_as_a_digest(viewer) -> None:  # noqa: ANN001
 
 
 @pytest.mark.django_db
-def test_a_token_authenticates_as_its_user_and_records_last_use(api, viewer) -> None:  # noqa: ANN001
+def test_a_token_authenticates_as_its_user_and_records_last_use(api, viewer) -> None:
     issued = api_token_issue(user=viewer, name="BI export", days=30)
     assert api("GET", "/api/v1/handoffs/", issued.plaintext).status_code == 200
     issued.token.refresh_from_db()
@@ -35,7 +35,7 @@ def test_a_token_authenticates_as_its_user_and_records_last_use(api, viewer) -> 
     "change",
     ["revoked", "expired", "user_disabled", "wrong_secret", "unknown_prefix", "not_ours"],
 )
-def test_a_dead_or_forged_token_is_refused_with_401(api, viewer, change) -> None:  # noqa: ANN001
+def test_a_dead_or_forged_token_is_refused_with_401(api, viewer, change) -> None:
     from pscsync import clock
 
     issued = api_token_issue(user=viewer, name="t", days=30)
@@ -59,14 +59,14 @@ def test_a_dead_or_forged_token_is_refused_with_401(api, viewer, change) -> None
 
 
 @pytest.mark.django_db
-def test_the_token_acts_with_the_users_current_role_not_a_copy(api, viewer) -> None:  # noqa: ANN001
+def test_the_token_acts_with_the_users_current_role_not_a_copy(api, viewer) -> None:
     issued = api_token_issue(user=viewer, name="t", days=30)
     viewer.groups.clear()
     assert api("GET", "/api/v1/handoffs/", issued.plaintext).status_code == 403
 
 
 @pytest.mark.django_db
-def test_a_token_lives_at_most_the_configured_days(viewer, settings) -> None:  # noqa: ANN001
+def test_a_token_lives_at_most_the_configured_days(viewer, settings) -> None:
     settings.API_TOKEN_MAX_DAYS = 90
     with pytest.raises(ValueError):
         api_token_issue(user=viewer, name="t", days=365)
@@ -75,7 +75,7 @@ def test_a_token_lives_at_most_the_configured_days(viewer, settings) -> None:  #
 
 
 @pytest.mark.django_db
-def test_throttling_is_per_token(api, viewer, settings, mid_minute) -> None:  # noqa: ANN001
+def test_throttling_is_per_token(api, viewer, settings, mid_minute) -> None:
     settings.API_RATE_PER_MINUTE = 3
     first = api_token_issue(user=viewer, name="a", days=30).plaintext
     second = api_token_issue(user=viewer, name="b", days=30).plaintext
@@ -88,7 +88,7 @@ def test_throttling_is_per_token(api, viewer, settings, mid_minute) -> None:  # 
 
 
 @pytest.mark.django_db
-def test_the_token_page_shows_a_new_token_once_and_revokes(client, operator) -> None:  # noqa: ANN001
+def test_the_token_page_shows_a_new_token_once_and_revokes(client, operator) -> None:
     client.force_login(operator)
     page = client.post("/account/tokens/", {"name": "ServiceNow sync", "days": "90"})
     assert page.status_code == 201 and page["Cache-Control"] == "no-store"
@@ -106,7 +106,7 @@ def test_the_token_page_shows_a_new_token_once_and_revokes(client, operator) -> 
 
 
 @pytest.mark.django_db
-def test_nobody_revokes_someone_elses_token(client, operator, viewer) -> None:  # noqa: ANN001
+def test_nobody_revokes_someone_elses_token(client, operator, viewer) -> None:
     others = api_token_issue(user=viewer, name="v", days=30).token
     client.force_login(operator)
     assert client.post(f"/account/tokens/{others.pk}/revoke/").status_code == 404
@@ -115,7 +115,7 @@ def test_nobody_revokes_someone_elses_token(client, operator, viewer) -> None:  
 
 
 @pytest.mark.django_db
-def test_session_writes_need_the_csrf_token(operator, world) -> None:  # noqa: ANN001
+def test_session_writes_need_the_csrf_token(operator, world) -> None:
     from tests.twofactor import VerifiedClient
 
     browser = VerifiedClient(enforce_csrf_checks=True)
@@ -126,7 +126,7 @@ def test_session_writes_need_the_csrf_token(operator, world) -> None:  # noqa: A
 
 
 @pytest.mark.django_db
-def test_two_web_processes_share_one_count_through_redis(api, viewer, settings, mid_minute, monkeypatch) -> None:  # noqa: ANN001
+def test_two_web_processes_share_one_count_through_redis(api, viewer, settings, mid_minute, monkeypatch) -> None:
     """Two cache clients with their own connections stand for two gunicorn workers: a limit of 3
     holds across them, so a client cannot get 3 per worker by being spread over workers."""
     from django.core.cache.backends.redis import RedisCache
@@ -150,7 +150,7 @@ def test_two_web_processes_share_one_count_through_redis(api, viewer, settings, 
 
 
 @pytest.mark.django_db
-def test_a_throttle_cache_outage_lets_requests_through(api, viewer, monkeypatch, caplog) -> None:  # noqa: ANN001
+def test_a_throttle_cache_outage_lets_requests_through(api, viewer, monkeypatch, caplog) -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from api import throttling

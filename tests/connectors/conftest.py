@@ -54,7 +54,7 @@ def start_sandbox(name: str, state_dir: Path) -> RunningSandbox:
 
 
 @pytest.fixture(scope="session")
-def sandbox_factory(tmp_path_factory):  # noqa: ANN001, ANN201
+def sandbox_factory(tmp_path_factory):
     """Start a named sandbox once per session: sandbox_factory("netsuite")."""
     running: dict[str, RunningSandbox] = {}
 

@@ -37,11 +37,11 @@ COMPANY = f"{API}/companies({UK_COMPANY})"
 
 
 @pytest.fixture
-def bc(sandbox_factory):  # noqa: ANN001, ANN201
+def bc(sandbox_factory):
     return sandbox_factory("businesscentral")
 
 
-def make_connector(bc, entities, **overrides: str) -> BusinessCentralConnector:  # noqa: ANN001
+def make_connector(bc, entities, **overrides: str) -> BusinessCentralConnector:
     from pscsync.services import connection_save
 
     connection = connection_save(
@@ -58,13 +58,13 @@ def make_connector(bc, entities, **overrides: str) -> BusinessCentralConnector: 
 
 
 @pytest.fixture
-def connector(bc, entities) -> BusinessCentralConnector:  # noqa: ANN001
+def connector(bc, entities) -> BusinessCentralConnector:
     base._tokens.clear()  # the sandbox was reset: tokens cached by an earlier test are gone there
     return make_connector(bc, entities)
 
 
 @pytest.fixture
-def raw(bc) -> Iterator[httpx.Client]:  # noqa: ANN001
+def raw(bc) -> Iterator[httpx.Client]:
     """A plain HTTP client holding a sandbox token, for what the connector never sends."""
     answer = httpx.post(
         f"{bc.url}/sandbox-tenant/oauth2/v2.0/token",
@@ -80,7 +80,7 @@ def raw(bc) -> Iterator[httpx.Client]:  # noqa: ANN001
         yield client
 
 
-def token_requests(bc) -> int:  # noqa: ANN001
+def token_requests(bc) -> int:
     return sum(1 for e in bc.journal()["entries"] if e["path"].endswith("/oauth2/v2.0/token"))
 
 
@@ -118,7 +118,7 @@ def test_reading_with_since_and_where_returns_only_matching_changes(connector: B
 
 # Auth ---------------------------------------------------------------------------------------------
 def test_an_expired_token_is_replaced_and_calls_keep_working(
-    bc,  # noqa: ANN001
+    bc,
     connector: BusinessCentralConnector,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -138,7 +138,7 @@ def test_an_expired_token_is_replaced_and_calls_keep_working(
     assert token_requests(bc) == 3
 
 
-def test_a_wrong_client_secret_is_reported_in_entra_words(bc, entities) -> None:  # noqa: ANN001
+def test_a_wrong_client_secret_is_reported_in_entra_words(bc, entities) -> None:
     base._tokens.clear()
     connector = make_connector(bc, entities, client_secret="not-the-secret")
 
@@ -148,7 +148,7 @@ def test_a_wrong_client_secret_is_reported_in_entra_words(bc, entities) -> None:
     assert "Microsoft Entra ID refused the Business Central credentials: AADSTS7000215" in result.message
 
 
-def test_msal_the_microsoft_client_acquires_a_token_from_the_sandbox(bc) -> None:  # noqa: ANN001
+def test_msal_the_microsoft_client_acquires_a_token_from_the_sandbox(bc) -> None:
     msal = pytest.importorskip("msal")
     import requests
 
@@ -175,7 +175,7 @@ def test_msal_the_microsoft_client_acquires_a_token_from_the_sandbox(bc) -> None
 
 
 # Failures -----------------------------------------------------------------------------------------
-def test_throttling_surfaces_as_transient_with_the_retry_after(bc, connector: BusinessCentralConnector) -> None:  # noqa: ANN001
+def test_throttling_surfaces_as_transient_with_the_retry_after(bc, connector: BusinessCentralConnector) -> None:
     bc.fault(error_status=429, retry_after=7, match="/customers", count=1)
 
     with pytest.raises(TransientError) as caught:
@@ -193,7 +193,7 @@ def test_throttling_surfaces_as_transient_with_the_retry_after(bc, connector: Bu
 
 
 def test_a_server_error_is_transient_on_read_and_unknown_outcome_on_write(
-    bc,  # noqa: ANN001
+    bc,
     connector: BusinessCentralConnector,
 ) -> None:
     invoice = draft_invoice(connector, "BE-5XX")
@@ -216,7 +216,7 @@ def short_timeout(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("short_timeout")
-def test_a_timeout_is_transient_on_read_and_unknown_outcome_on_write(bc, connector: BusinessCentralConnector) -> None:  # noqa: ANN001
+def test_a_timeout_is_transient_on_read_and_unknown_outcome_on_write(bc, connector: BusinessCentralConnector) -> None:
     invoice = draft_invoice(connector, "BE-SLOW")
     bc.fault(timeout=True, timeout_seconds=2, match="/customers", count=1)
     with pytest.raises(TransientError):
@@ -228,7 +228,7 @@ def test_a_timeout_is_transient_on_read_and_unknown_outcome_on_write(bc, connect
 
 
 def test_business_central_validation_errors_read_as_finance_messages(
-    bc,  # noqa: ANN001
+    bc,
     connector: BusinessCentralConnector,
 ) -> None:
     connector.upsert(entity="customers", key="C-BLOCKED", fields={"displayName": "Stopped Ltd", "blocked": "All"})
@@ -255,7 +255,7 @@ def test_business_central_validation_errors_read_as_finance_messages(
 
 
 # Idempotent writes --------------------------------------------------------------------------------
-def test_the_same_upsert_twice_leaves_one_customer(bc, connector: BusinessCentralConnector) -> None:  # noqa: ANN001
+def test_the_same_upsert_twice_leaves_one_customer(bc, connector: BusinessCentralConnector) -> None:
     first = connector.upsert(entity="customers", key="C-100", fields={"displayName": "Northwind"})
     again = connector.upsert(entity="customers", key="C-100", fields={"displayName": "Northwind"})
     renamed = connector.upsert(entity="customers", key="C-100", fields={"displayName": "Northwind Traders"})
@@ -269,7 +269,7 @@ def test_the_same_upsert_twice_leaves_one_customer(bc, connector: BusinessCentra
     assert connector.lookup(entity="customers", key="C-100").response["displayName"] == "Northwind Traders"
 
 
-def test_concurrent_upserts_of_one_key_create_it_once(bc, connector: BusinessCentralConnector) -> None:  # noqa: ANN001
+def test_concurrent_upserts_of_one_key_create_it_once(bc, connector: BusinessCentralConnector) -> None:
     def write(n: int) -> bool | None:
         return connector.upsert(entity="projects", key="PR-RACE", fields={"displayName": f"Race {n % 2}"}).created
 
@@ -326,7 +326,7 @@ def test_posting_an_invoice_opens_it_once_even_when_repeated(connector: Business
         )
 
 
-def test_records_survive_a_sandbox_restart(bc, connector: BusinessCentralConnector) -> None:  # noqa: ANN001
+def test_records_survive_a_sandbox_restart(bc, connector: BusinessCentralConnector) -> None:
     created = connector.upsert(entity="customers", key="C-KEEP", fields={"displayName": "Kept"})
 
     bc.restart()
@@ -348,7 +348,7 @@ class Listener:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 token = parse_qs(urlsplit(self.path).query).get("validationToken")
                 if token:
@@ -455,7 +455,7 @@ def test_a_notification_with_the_wrong_client_state_is_refused(connector: Busine
 
 
 # Bad input to the sandbox -------------------------------------------------------------------------
-def test_bad_requests_get_business_centrals_error_shape(bc, raw: httpx.Client) -> None:  # noqa: ANN001
+def test_bad_requests_get_business_centrals_error_shape(bc, raw: httpx.Client) -> None:
     malformed = raw.post(f"{COMPANY}/customers", content=b"{not json", headers={"Content-Type": "application/json"})
     unknown_set = raw.get(f"{COMPANY}/widgets")
     unknown_field = raw.post(f"{COMPANY}/customers", json={"displayName": "X", "colour": "red"})

@@ -19,12 +19,12 @@ MONDAY = dt.date(2026, 11, 2)
 
 
 @pytest.fixture
-def sandbox(sandbox_factory):  # noqa: ANN001, ANN201
+def sandbox(sandbox_factory):
     return sandbox_factory("salesforce")
 
 
 @pytest.fixture
-def certinia(sandbox, entities, monkeypatch):  # noqa: ANN001, ANN201
+def certinia(sandbox, entities, monkeypatch):
     monkeypatch.setattr(base, "_tokens", {})
     connection = connection_save(
         slug="certinia",
@@ -40,7 +40,7 @@ def certinia(sandbox, entities, monkeypatch):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def staffed_project(certinia):  # noqa: ANN001, ANN201
+def staffed_project(certinia):
     """A project with a milestone, a resource, a schedule and an assignment at 150/h."""
     account = certinia.upsert(entity="Account", key="ACME", fields={"Name": "Acme"}).external_id
     project = certinia.upsert(
@@ -84,7 +84,7 @@ def timecard_fields(staffed: dict[str, str], **extra: object) -> dict[str, objec
     }
 
 
-def test_projects_upsert_once_by_key_under_their_pse_object(sandbox, certinia) -> None:  # noqa: ANN001
+def test_projects_upsert_once_by_key_under_their_pse_object(sandbox, certinia) -> None:
     first = certinia.upsert(entity="project", key="PRJ-9", fields={"Name": "Rollout"})
     again = certinia.upsert(entity="pse__Proj__c", key="PRJ-9", fields={"Name": "Rollout phase 1"})
     assert first.external_id == again.external_id and first.external_id.startswith("a2Q")
@@ -94,7 +94,7 @@ def test_projects_upsert_once_by_key_under_their_pse_object(sandbox, certinia) -
     assert row["Name"] == "Rollout phase 1"
 
 
-def test_a_milestone_without_its_project_is_explained_in_psa_words(certinia) -> None:  # noqa: ANN001
+def test_a_milestone_without_its_project_is_explained_in_psa_words(certinia) -> None:
     with pytest.raises(RejectedError) as caught:
         certinia.upsert(entity="milestone", key="MS-1", fields={"Name": "Go-live"})
     assert caught.value.message == (
@@ -102,20 +102,20 @@ def test_a_milestone_without_its_project_is_explained_in_psa_words(certinia) -> 
     )
 
 
-def test_an_approved_timecard_can_no_longer_be_edited(certinia, staffed_project) -> None:  # noqa: ANN001
+def test_an_approved_timecard_can_no_longer_be_edited(certinia, staffed_project) -> None:
     certinia.upsert(entity="timecard", key="TC-1", fields=timecard_fields(staffed_project))
     certinia.upsert(entity="timecard", key="TC-1", fields={"pse__Status__c": "Approved", "pse__Approved__c": True})
     with pytest.raises(RejectedError, match="This timecard is Approved and can no longer be edited"):
         certinia.upsert(entity="timecard", key="TC-1", fields={"pse__Monday_Hours__c": 10})
 
 
-def test_a_timecard_must_cover_one_week(certinia, staffed_project) -> None:  # noqa: ANN001
+def test_a_timecard_must_cover_one_week(certinia, staffed_project) -> None:
     fields = timecard_fields(staffed_project, pse__End_Date__c=(MONDAY + dt.timedelta(days=9)).isoformat())
     with pytest.raises(RejectedError, match="A timecard covers one week"):
         certinia.upsert(entity="timecard", key="TC-2", fields=fields)
 
 
-def test_billing_run_bundles_approved_time_expenses_and_milestones(sandbox, certinia, staffed_project) -> None:  # noqa: ANN001
+def test_billing_run_bundles_approved_time_expenses_and_milestones(sandbox, certinia, staffed_project) -> None:
     project = staffed_project["project"]
     certinia.upsert(entity="timecard", key="TC-3", fields=timecard_fields(staffed_project, pse__Status__c="Approved"))
     certinia.upsert(
@@ -145,7 +145,7 @@ def test_billing_run_bundles_approved_time_expenses_and_milestones(sandbox, cert
     assert again["billingEvents"] == []  # nothing is billed twice
 
 
-def test_psa_changes_arrive_on_their_change_event_channel(certinia, staffed_project) -> None:  # noqa: ANN001
+def test_psa_changes_arrive_on_their_change_event_channel(certinia, staffed_project) -> None:
     changes, _ = certinia.poll(cursor="")
     projects = [c for c in changes if c.event_type == "pse__Proj__c.CREATE"]
     assert [c.business_key for c in projects] == [staffed_project["project"]]

@@ -33,7 +33,7 @@ MARKET = [
 
 
 @pytest.fixture
-def erps(sandbox_factory, entities):  # noqa: ANN001, ANN201
+def erps(sandbox_factory, entities):
     """The demo firm's two ERP connections (NetSuite for the US, Business Central for the UK)."""
     netsuite, bc = sandbox_factory("netsuite"), sandbox_factory("businesscentral")
     for sandbox in (netsuite, bc):
@@ -56,7 +56,7 @@ def month_rate(pair: str, month: str, kind: str) -> FxRate:
     return FxRate.objects.select_related("connection").get(currency=cur, to_currency=to, month=month, kind=kind)
 
 
-def test_rates_are_read_from_both_erps_and_stored_with_source_and_time(erps) -> None:  # noqa: ANN001
+def test_rates_are_read_from_both_erps_and_stored_with_source_and_time(erps) -> None:
     summary = fx_rates_read(now=NOW)
     assert summary["connections"] == 2 and summary["failed"] == {}
     # NetSuite's currency rate table: 1 GBP = 1.27 USD from 15 Oct, as written.
@@ -96,7 +96,7 @@ def test_rates_are_read_from_both_erps_and_stored_with_source_and_time(erps) -> 
     assert ExchangeRate.objects.count() == count
 
 
-def test_an_override_wins_over_the_erp_is_audited_and_survives_the_next_read(erps, admin) -> None:  # noqa: ANN001
+def test_an_override_wins_over_the_erp_is_audited_and_survives_the_next_read(erps, admin) -> None:
     fx_rates_read(now=NOW)
     fx_rate_override(
         actor=admin, currency="GBP", to_currency="USD", month="2026-10", kind="average", rate=Decimal("1.30"),
@@ -118,7 +118,7 @@ def test_an_override_wins_over_the_erp_is_audited_and_survives_the_next_read(erp
     assert AuditEntry.objects.filter(action="fx_rate.override_cleared").count() == 1
 
 
-def test_the_settings_page_overrides_a_rate_and_refuses_a_bad_one(client, admin, erps) -> None:  # noqa: ANN001
+def test_the_settings_page_overrides_a_rate_and_refuses_a_bad_one(client, admin, erps) -> None:
     fx_rates_read(now=NOW)
     client.force_login(admin)
     form = {"fx-currency": "GBP", "fx-to_currency": "USD", "fx-month": "2026-10", "fx-kind": "closing"}
@@ -133,7 +133,7 @@ def test_the_settings_page_overrides_a_rate_and_refuses_a_bad_one(client, admin,
     assert month_rate("GBP/USD", "2026-10", "closing").rate == Decimal("1.31")
 
 
-def test_an_erp_that_cannot_be_reached_leaves_the_other_erps_rates(erps) -> None:  # noqa: ANN001
+def test_an_erp_that_cannot_be_reached_leaves_the_other_erps_rates(erps) -> None:
     bc = erps["businesscentral-uk"]
     bc.base_url = "http://127.0.0.1:9"
     bc.save(update_fields=["base_url"])
@@ -142,7 +142,7 @@ def test_an_erp_that_cannot_be_reached_leaves_the_other_erps_rates(erps) -> None
     assert month_rate("GBP/USD", "2026-10", "closing").rate == Decimal("1.29")
 
 
-def test_the_generated_market_is_daily_on_business_days_with_plausible_drift(sandbox_factory, entities) -> None:  # noqa: ANN001
+def test_the_generated_market_is_daily_on_business_days_with_plausible_drift(sandbox_factory, entities) -> None:
     """Without a test's table the sandboxes publish their generated market (connectors/sandboxes/fx.py)."""
     from connectors.registry import connector_for
 

@@ -22,12 +22,12 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def sandbox(sandbox_factory):  # noqa: ANN001, ANN201
+def sandbox(sandbox_factory):
     return sandbox_factory("kantata")
 
 
 @pytest.fixture
-def connection(sandbox, entities):  # noqa: ANN001, ANN201
+def connection(sandbox, entities):
     from pscsync.services import connection_save
 
     return connection_save(
@@ -44,12 +44,12 @@ def connection(sandbox, entities):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def kantata(connection, monkeypatch):  # noqa: ANN001, ANN201
+def kantata(connection, monkeypatch):
     monkeypatch.setattr(base, "_tokens", {})  # each test authenticates afresh
     return KantataConnector(connection)
 
 
-def api(sandbox, method: str, path: str, *, token: str | None = None, **kwargs):  # noqa: ANN001, ANN201
+def api(sandbox, method: str, path: str, *, token: str | None = None, **kwargs):
     """A raw call to the sandbox, as another Kantata user or integration would make it."""
     if token is None:
         answer = httpx.post(
@@ -60,7 +60,7 @@ def api(sandbox, method: str, path: str, *, token: str | None = None, **kwargs):
     return httpx.request(method, f"{sandbox.url}/api/v1{path}", headers={"Authorization": f"Bearer {token}"}, **kwargs)
 
 
-def token_requests(sandbox) -> int:  # noqa: ANN001
+def token_requests(sandbox) -> int:
     return sum(1 for e in sandbox.journal()["entries"] if e["path"] == "/oauth/token" and e["status"] == 200)
 
 
@@ -69,7 +69,7 @@ def project(title: str = "Northwind - ERP rollout", **more: object) -> dict[str,
 
 
 # Reading ------------------------------------------------------------------------------------------
-def test_reading_projects_follows_every_page_to_the_last(sandbox, kantata, monkeypatch) -> None:  # noqa: ANN001
+def test_reading_projects_follows_every_page_to_the_last(sandbox, kantata, monkeypatch) -> None:
     for n in range(45):
         kantata.upsert(entity="project", key=f"OPP-{n:03}", fields=project(f"Project {n}"))
     pages: list[int] = []
@@ -87,7 +87,7 @@ def test_reading_projects_follows_every_page_to_the_last(sandbox, kantata, monke
     assert pages == [1, 2, 3]
 
 
-def test_the_sandbox_answers_in_kantatas_envelope_and_caps_pages_at_200(sandbox, kantata) -> None:  # noqa: ANN001
+def test_the_sandbox_answers_in_kantatas_envelope_and_caps_pages_at_200(sandbox, kantata) -> None:
     kantata.upsert(entity="project", key="OPP-1", fields=project())
     body = api(sandbox, "GET", "/workspaces.json", params={"per_page": 500}).json()
     assert body["count"] == 1
@@ -97,7 +97,7 @@ def test_the_sandbox_answers_in_kantatas_envelope_and_caps_pages_at_200(sandbox,
     assert body["workspaces"][pointer["id"]]["title"] == "Northwind - ERP rollout"
 
 
-def test_a_time_entry_is_read_back_with_kantatas_fields(sandbox, kantata) -> None:  # noqa: ANN001
+def test_a_time_entry_is_read_back_with_kantatas_fields(sandbox, kantata) -> None:
     workspace = kantata.upsert(entity="project", key="OPP-1", fields=project())
     kantata.upsert(
         entity="time_entry",
@@ -120,7 +120,7 @@ def test_a_time_entry_is_read_back_with_kantatas_fields(sandbox, kantata) -> Non
     )
 
 
-def test_invoiced_time_cannot_be_invoiced_twice(sandbox, kantata) -> None:  # noqa: ANN001
+def test_invoiced_time_cannot_be_invoiced_twice(sandbox, kantata) -> None:
     workspace = kantata.upsert(entity="project", key="OPP-1", fields=project())
     entry = kantata.upsert(
         entity="time_entry",
@@ -147,7 +147,7 @@ def test_invoiced_time_cannot_be_invoiced_twice(sandbox, kantata) -> None:  # no
 
 
 # Authentication -----------------------------------------------------------------------------------
-def test_an_expired_token_is_renewed_and_the_call_still_works(sandbox, kantata) -> None:  # noqa: ANN001
+def test_an_expired_token_is_renewed_and_the_call_still_works(sandbox, kantata) -> None:
     sandbox.fault(token_lifetime_seconds=1)
     kantata.ping()
     time.sleep(1.5)
@@ -155,14 +155,14 @@ def test_an_expired_token_is_renewed_and_the_call_still_works(sandbox, kantata) 
     assert token_requests(sandbox) == 2
 
 
-def test_a_revoked_token_is_refreshed_once_on_401(sandbox, kantata) -> None:  # noqa: ANN001
+def test_a_revoked_token_is_refreshed_once_on_401(sandbox, kantata) -> None:
     kantata.ping()
     sandbox.reset()  # the sandbox forgets every token, as when a user revokes the app
     kantata.ping()
     assert token_requests(sandbox) == 1  # counted after the reset: just the refresh
 
 
-def test_wrong_client_secret_fails_test_connection_with_a_clear_message(connection, sandbox) -> None:  # noqa: ANN001
+def test_wrong_client_secret_fails_test_connection_with_a_clear_message(connection, sandbox) -> None:
     connection.set_credentials({"client_id": "sandbox-client", "client_secret": "wrong"})
     connection.save()
     result = KantataConnector(connection).check()
@@ -170,12 +170,12 @@ def test_wrong_client_secret_fails_test_connection_with_a_clear_message(connecti
     assert "client id and secret" in result.message
 
 
-def test_test_connection_succeeds_with_the_demo_credentials(kantata) -> None:  # noqa: ANN001
+def test_test_connection_succeeds_with_the_demo_credentials(kantata) -> None:
     assert kantata.check().ok
 
 
 # Failures -----------------------------------------------------------------------------------------
-def test_rate_limit_surfaces_as_transient_with_retry_after(sandbox, kantata) -> None:  # noqa: ANN001
+def test_rate_limit_surfaces_as_transient_with_retry_after(sandbox, kantata) -> None:
     kantata.ping()  # authenticate first: the token call counts towards the limit too
     sandbox.fault(rate_limit_per_minute=1)
     kantata.ping()
@@ -186,7 +186,7 @@ def test_rate_limit_surfaces_as_transient_with_retry_after(sandbox, kantata) -> 
     assert "limiting" in caught.value.message
 
 
-def test_a_server_error_is_transient_on_read_and_of_unknown_outcome_on_write(sandbox, kantata) -> None:  # noqa: ANN001
+def test_a_server_error_is_transient_on_read_and_of_unknown_outcome_on_write(sandbox, kantata) -> None:
     first = kantata.upsert(entity="project", key="OPP-1", fields=project())
     sandbox.fault(error_status=503, match="/api/v1/users/me", count=1)
     with pytest.raises(TransientError) as on_read:
@@ -197,7 +197,7 @@ def test_a_server_error_is_transient_on_read_and_of_unknown_outcome_on_write(san
         kantata.upsert(entity="project", key="OPP-1", fields=project("Renamed"))
 
 
-def test_a_call_kantata_never_answers_times_out_as_the_right_class(sandbox, kantata, monkeypatch) -> None:  # noqa: ANN001
+def test_a_call_kantata_never_answers_times_out_as_the_right_class(sandbox, kantata, monkeypatch) -> None:
     first = kantata.upsert(entity="project", key="OPP-1", fields=project())
     monkeypatch.setattr(http, "READ_TIMEOUT", 0.5)
     http.reset_client()
@@ -213,7 +213,7 @@ def test_a_call_kantata_never_answers_times_out_as_the_right_class(sandbox, kant
         http.reset_client()
 
 
-def test_a_project_without_a_title_is_rejected_in_words_a_person_understands(sandbox, kantata) -> None:  # noqa: ANN001
+def test_a_project_without_a_title_is_rejected_in_words_a_person_understands(sandbox, kantata) -> None:
     with pytest.raises(RejectedError) as caught:
         kantata.upsert(entity="project", key="OPP-9", fields={"price": 100})
     assert caught.value.http_status == 422
@@ -223,7 +223,7 @@ def test_a_project_without_a_title_is_rejected_in_words_a_person_understands(san
     assert sandbox.journal()["creates_by_key"] == {}
 
 
-def test_an_injected_rejection_reads_as_a_validation_failure(sandbox, kantata) -> None:  # noqa: ANN001
+def test_an_injected_rejection_reads_as_a_validation_failure(sandbox, kantata) -> None:
     kantata.ping()
     sandbox.fault(reject={"field": "title", "equals": None, "message": "Projects are locked for month end"})
     with pytest.raises(RejectedError) as caught:
@@ -231,13 +231,13 @@ def test_an_injected_rejection_reads_as_a_validation_failure(sandbox, kantata) -
     assert "Projects are locked for month end (field: title)" in caught.value.message
 
 
-def test_an_unknown_object_is_a_mapping_problem_not_a_call(kantata) -> None:  # noqa: ANN001
+def test_an_unknown_object_is_a_mapping_problem_not_a_call(kantata) -> None:
     with pytest.raises(MappingError, match="Kantata has no object called 'widget'"):
         kantata.upsert(entity="widget", key="W-1", fields={})
 
 
 # Idempotency --------------------------------------------------------------------------------------
-def test_the_same_upsert_twice_makes_one_project_and_one_external_reference(sandbox, kantata) -> None:  # noqa: ANN001
+def test_the_same_upsert_twice_makes_one_project_and_one_external_reference(sandbox, kantata) -> None:
     first = kantata.upsert(entity="project", key="OPP-1", fields=project())
     second = kantata.upsert(entity="project", key="OPP-1", fields=project("Northwind - ERP rollout, phase 2"))
     assert (first.created, second.created) == (True, False)
@@ -258,7 +258,7 @@ def test_the_same_upsert_twice_makes_one_project_and_one_external_reference(sand
     assert body["workspaces"][first.external_id]["title"] == "Northwind - ERP rollout, phase 2"
 
 
-def test_concurrent_upserts_of_one_key_make_one_project(sandbox, kantata) -> None:  # noqa: ANN001
+def test_concurrent_upserts_of_one_key_make_one_project(sandbox, kantata) -> None:
     kantata.ping()
     results = []
 
@@ -275,7 +275,7 @@ def test_concurrent_upserts_of_one_key_make_one_project(sandbox, kantata) -> Non
     assert sandbox.journal()["creates_by_key"] == {"OPP-RACE": 1}
 
 
-def test_a_create_whose_answer_was_lost_is_found_and_updated_not_created_again(sandbox, kantata) -> None:  # noqa: ANN001
+def test_a_create_whose_answer_was_lost_is_found_and_updated_not_created_again(sandbox, kantata) -> None:
     # Our earlier POST reached Kantata (with its external reference) but the answer never came back.
     landed = api(
         sandbox,
@@ -301,11 +301,11 @@ def test_a_create_whose_answer_was_lost_is_found_and_updated_not_created_again(s
     assert kantata.lookup(entity="project", key="OPP-LOST").external_id == landed_id
 
 
-def test_lookup_of_a_key_never_written_finds_nothing(kantata) -> None:  # noqa: ANN001
+def test_lookup_of_a_key_never_written_finds_nothing(kantata) -> None:
     assert kantata.lookup(entity="project", key="OPP-NONE") is None
 
 
-def test_projects_survive_a_sandbox_restart(sandbox, kantata) -> None:  # noqa: ANN001
+def test_projects_survive_a_sandbox_restart(sandbox, kantata) -> None:
     written = kantata.upsert(entity="project", key="OPP-KEEP", fields=project())
     sandbox.restart()
     http.reset_client()
@@ -313,7 +313,7 @@ def test_projects_survive_a_sandbox_restart(sandbox, kantata) -> None:  # noqa: 
 
 
 # Change intake ------------------------------------------------------------------------------------
-def test_polling_reads_created_and_updated_events_with_their_changes(sandbox, kantata) -> None:  # noqa: ANN001
+def test_polling_reads_created_and_updated_events_with_their_changes(sandbox, kantata) -> None:
     written = kantata.upsert(entity="project", key="OPP-1", fields=project())
     changes, cursor = kantata.poll(cursor="")
     assert [c.event_type for c in changes] == ["workspace:created"]
@@ -331,7 +331,7 @@ def test_polling_reads_created_and_updated_events_with_their_changes(sandbox, ka
     assert {c.source_event_id for c in changes} >= {updated[0].source_event_id}
 
 
-def test_duplicated_and_out_of_order_events_come_out_once_in_order(sandbox, kantata) -> None:  # noqa: ANN001
+def test_duplicated_and_out_of_order_events_come_out_once_in_order(sandbox, kantata) -> None:
     written = kantata.upsert(entity="project", key="OPP-1", fields=project())
     kantata.upsert(entity="story", key="TASK-1", fields={"workspace_id": written.external_id, "title": "Discovery"})
     sandbox.fault(duplicate_events=True, reverse_events=True)
@@ -339,7 +339,7 @@ def test_duplicated_and_out_of_order_events_come_out_once_in_order(sandbox, kant
     assert [c.event_type for c in changes] == ["workspace:created", "story:created"]
 
 
-def test_pushed_deliveries_are_refused_because_kantata_only_polls(kantata) -> None:  # noqa: ANN001
+def test_pushed_deliveries_are_refused_because_kantata_only_polls(kantata) -> None:
     with pytest.raises(WebhookRejected) as caught:
         kantata.verify_webhook(headers={}, body=b"{}", now=dt.datetime.now(tz=dt.UTC))
     assert caught.value.status == 404
@@ -347,26 +347,26 @@ def test_pushed_deliveries_are_refused_because_kantata_only_polls(kantata) -> No
 
 
 # Bad input to the sandbox -------------------------------------------------------------------------
-def test_malformed_json_gets_kantatas_error_shape(sandbox) -> None:  # noqa: ANN001
+def test_malformed_json_gets_kantatas_error_shape(sandbox) -> None:
     answer = api(sandbox, "POST", "/workspaces", content=b'{"workspace": ')
     assert answer.status_code == 400
     assert answer.json()["errors"][0]["type"] == "system"
     assert "malformed JSON" in answer.json()["errors"][0]["message"]
 
 
-def test_an_unknown_object_is_404_in_kantatas_error_shape(sandbox) -> None:  # noqa: ANN001
+def test_an_unknown_object_is_404_in_kantatas_error_shape(sandbox) -> None:
     answer = api(sandbox, "GET", "/widgets")
     assert answer.status_code == 404
     assert set(answer.json()["errors"][0]) == {"type", "message"}
 
 
-def test_a_wrong_token_is_401_with_kantatas_oauth_error(sandbox) -> None:  # noqa: ANN001
+def test_a_wrong_token_is_401_with_kantatas_oauth_error(sandbox) -> None:
     answer = api(sandbox, "GET", "/workspaces", token="not-a-token")
     assert answer.status_code == 401
     assert answer.json() == {"errors": [{"type": "oauth", "message": "Invalid OAuth 2 Request"}]}
 
 
-def test_a_time_entry_for_a_missing_project_is_a_422_naming_the_field(sandbox) -> None:  # noqa: ANN001
+def test_a_time_entry_for_a_missing_project_is_a_422_naming_the_field(sandbox) -> None:
     answer = api(
         sandbox,
         "POST",

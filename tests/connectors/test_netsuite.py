@@ -38,11 +38,11 @@ NORTHWIND = {"companyName": "Northwind Traders", "subsidiary": {"id": "3"}, "cur
 
 
 @pytest.fixture
-def netsuite(sandbox_factory):  # noqa: ANN001, ANN201
+def netsuite(sandbox_factory):
     return sandbox_factory("netsuite")
 
 
-def make_connector(netsuite, entities, **overrides: str) -> NetSuiteConnector:  # noqa: ANN001
+def make_connector(netsuite, entities, **overrides: str) -> NetSuiteConnector:
     from pscsync.services import connection_save
 
     connection = connection_save(
@@ -59,13 +59,13 @@ def make_connector(netsuite, entities, **overrides: str) -> NetSuiteConnector:  
 
 
 @pytest.fixture
-def connector(netsuite, entities) -> NetSuiteConnector:  # noqa: ANN001
+def connector(netsuite, entities) -> NetSuiteConnector:
     base._tokens.clear()  # the sandbox was reset: tokens cached by an earlier test are gone there
     return make_connector(netsuite, entities)
 
 
 @pytest.fixture
-def raw(netsuite) -> Iterator[httpx.Client]:  # noqa: ANN001
+def raw(netsuite) -> Iterator[httpx.Client]:
     """A plain HTTP client holding a sandbox token, for what the connector never sends."""
     token = httpx.post(netsuite.url + TOKEN_PATH, data=_token_form(netsuite.url)).json()["access_token"]
     with httpx.Client(base_url=netsuite.url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as client:
@@ -73,7 +73,7 @@ def raw(netsuite) -> Iterator[httpx.Client]:  # noqa: ANN001
 
 
 @pytest.fixture
-def short_timeouts(monkeypatch) -> Iterator[None]:  # noqa: ANN001
+def short_timeouts(monkeypatch) -> Iterator[None]:
     monkeypatch.setattr(http, "READ_TIMEOUT", 0.5)
     http.reset_client()
     yield
@@ -100,7 +100,7 @@ def _other_key(kind: str = "rsa") -> str:
     ).decode()
 
 
-def _token_requests(netsuite) -> int:  # noqa: ANN001
+def _token_requests(netsuite) -> int:
     return sum(1 for e in netsuite.journal()["entries"] if e["path"] == TOKEN_PATH and e["status"] == 200)
 
 
@@ -110,7 +110,7 @@ def test_test_connection_signs_in_with_the_certificate_and_answers(connector: Ne
     assert result.ok, result.message
 
 
-def test_a_certificate_signed_with_the_wrong_private_key_is_refused(netsuite, entities) -> None:  # noqa: ANN001
+def test_a_certificate_signed_with_the_wrong_private_key_is_refused(netsuite, entities) -> None:
     base._tokens.clear()
     connector = make_connector(netsuite, entities, private_key_pem=_other_key())
     result = connector.check()
@@ -122,7 +122,7 @@ def test_a_certificate_signed_with_the_wrong_private_key_is_refused(netsuite, en
     assert "signature does not match" in result.message
 
 
-def test_the_token_endpoint_answers_bad_assertions_with_oauth_errors(netsuite) -> None:  # noqa: ANN001
+def test_the_token_endpoint_answers_bad_assertions_with_oauth_errors(netsuite) -> None:
     url = netsuite.url + TOKEN_PATH
     expired = httpx.post(url, data=_token_form(netsuite.url, iat=int(time.time()) - 900, exp=int(time.time()) - 600))
     wrong_key = httpx.post(url, data=_token_form(netsuite.url, key=_other_key("ec")))
@@ -136,7 +136,7 @@ def test_the_token_endpoint_answers_bad_assertions_with_oauth_errors(netsuite) -
     assert (wrong_grant.status_code, wrong_grant.json()["error"]) == (400, "unsupported_grant_type")
 
 
-def test_an_expired_token_is_replaced_and_calls_keep_working(connector, netsuite, monkeypatch) -> None:  # noqa: ANN001
+def test_an_expired_token_is_replaced_and_calls_keep_working(connector, netsuite, monkeypatch) -> None:
     monkeypatch.setattr(base, "TOKEN_MARGIN_SECONDS", 0)
     netsuite.fault(token_lifetime_seconds=1)
     connector.ping()
@@ -151,7 +151,7 @@ def test_an_expired_token_is_replaced_and_calls_keep_working(connector, netsuite
     assert _token_requests(netsuite) == 2
 
 
-def test_a_token_netsuite_no_longer_knows_is_refreshed_once_on_401(connector, netsuite) -> None:  # noqa: ANN001
+def test_a_token_netsuite_no_longer_knows_is_refreshed_once_on_401(connector, netsuite) -> None:
     connector.ping()
     netsuite.reset()  # NetSuite forgets every token (and every record)
     connector.ping()
@@ -159,7 +159,7 @@ def test_a_token_netsuite_no_longer_knows_is_refreshed_once_on_401(connector, ne
 
 
 # Writing ---------------------------------------------------------------------------------------
-def test_the_same_upsert_twice_makes_one_customer(connector, netsuite) -> None:  # noqa: ANN001
+def test_the_same_upsert_twice_makes_one_customer(connector, netsuite) -> None:
     first = connector.upsert(entity="customer", key="CUST-1", fields=NORTHWIND)
     second = connector.upsert(entity="customer", key="CUST-1", fields={**NORTHWIND, "companyName": "Northwind Ltd"})
     journal = netsuite.journal()
@@ -176,11 +176,11 @@ def test_the_same_upsert_twice_makes_one_customer(connector, netsuite) -> None: 
     }
 
 
-def test_lookup_of_a_key_never_written_finds_nothing(connector) -> None:  # noqa: ANN001
+def test_lookup_of_a_key_never_written_finds_nothing(connector) -> None:
     assert connector.lookup(entity="customer", key="CUST-404") is None
 
 
-def test_an_invoice_for_a_project_is_written_by_key_with_its_lines(connector) -> None:  # noqa: ANN001
+def test_an_invoice_for_a_project_is_written_by_key_with_its_lines(connector) -> None:
     customer = connector.upsert(entity="customer", key="CUST-7", fields=NORTHWIND)
     project = connector.upsert(
         entity="project",
@@ -201,7 +201,7 @@ def test_an_invoice_for_a_project_is_written_by_key_with_its_lines(connector) ->
     assert found.response["item"]["items"][0]["item"]["refName"] == "Consulting Services"
 
 
-def test_a_customer_in_a_currency_its_subsidiary_does_not_allow_is_rejected_in_plain_words(connector) -> None:  # noqa: ANN001
+def test_a_customer_in_a_currency_its_subsidiary_does_not_allow_is_rejected_in_plain_words(connector) -> None:
     with pytest.raises(RejectedError) as caught:
         connector.upsert(entity="customer", key="CUST-JPY", fields={**NORTHWIND, "currency": {"id": "5"}})
     assert caught.value.message == (
@@ -211,20 +211,20 @@ def test_a_customer_in_a_currency_its_subsidiary_does_not_allow_is_rejected_in_p
     assert connector.lookup(entity="customer", key="CUST-JPY") is None  # nothing half-written
 
 
-def test_a_missing_required_field_is_named_in_the_message(connector) -> None:  # noqa: ANN001
+def test_a_missing_required_field_is_named_in_the_message(connector) -> None:
     with pytest.raises(RejectedError) as caught:
         connector.upsert(entity="project", key="PSA-1", fields={"companyName": "Orphan project"})
     assert caught.value.message == "NetSuite rejected the project: please enter value(s) for: Parent, Subsidiary"
 
 
-def test_an_injected_validation_rejection_reads_as_netsuite_s_words(connector, netsuite) -> None:  # noqa: ANN001
+def test_an_injected_validation_rejection_reads_as_netsuite_s_words(connector, netsuite) -> None:
     netsuite.fault(reject={"field": "companyName", "equals": "Blocked Co", "message": "This entity is on credit hold."})
     with pytest.raises(RejectedError) as caught:
         connector.upsert(entity="customer", key="CUST-9", fields={**NORTHWIND, "companyName": "Blocked Co"})
     assert caught.value.message == "NetSuite rejected the customer: this entity is on credit hold (field companyName)"
 
 
-def test_a_key_netsuite_cannot_hold_is_a_mapping_error(connector) -> None:  # noqa: ANN001
+def test_a_key_netsuite_cannot_hold_is_a_mapping_error(connector) -> None:
     with pytest.raises(MappingError):
         connector.upsert(entity="customer", key="CUST 1/2", fields=NORTHWIND)
     with pytest.raises(MappingError):
@@ -232,7 +232,7 @@ def test_a_key_netsuite_cannot_hold_is_a_mapping_error(connector) -> None:  # no
 
 
 # Failures --------------------------------------------------------------------------------------
-def test_a_rate_limit_is_transient_and_carries_retry_after(connector, netsuite) -> None:  # noqa: ANN001
+def test_a_rate_limit_is_transient_and_carries_retry_after(connector, netsuite) -> None:
     netsuite.fault(error_status=429, retry_after=7, match="/record/v1/", count=1)
     with pytest.raises(TransientError) as caught:
         connector.upsert(entity="customer", key="CUST-1", fields=NORTHWIND)
@@ -240,7 +240,7 @@ def test_a_rate_limit_is_transient_and_carries_retry_after(connector, netsuite) 
     assert caught.value.message.startswith("NetSuite is busy and asked us to wait")
 
 
-def test_requests_beyond_the_account_concurrency_limit_get_429_and_are_transient(connector, netsuite) -> None:  # noqa: ANN001
+def test_requests_beyond_the_account_concurrency_limit_get_429_and_are_transient(connector, netsuite) -> None:
     connector.ping()  # sign in first, so both threads share the token
     netsuite.fault(concurrency_limit=1)
     netsuite.fault(latency_ms=800, match="/record/v1/customer", count=1)
@@ -262,7 +262,7 @@ def test_requests_beyond_the_account_concurrency_limit_get_429_and_are_transient
     assert errors[0].response["o:errorDetails"][0]["o:errorCode"] == "CONCURRENCY_LIMIT_EXCEEDED"
 
 
-def test_a_server_error_is_transient_on_read_and_an_unknown_outcome_on_write(connector, netsuite) -> None:  # noqa: ANN001
+def test_a_server_error_is_transient_on_read_and_an_unknown_outcome_on_write(connector, netsuite) -> None:
     netsuite.fault(error_status=503, match=SUITEQL, count=1)
     with pytest.raises(TransientError):
         list(connector.read("customer"))
@@ -276,7 +276,7 @@ def test_a_server_error_is_transient_on_read_and_an_unknown_outcome_on_write(con
     assert netsuite.journal()["creates_by_key"] == {"customer/CUST-1": 1}
 
 
-def test_a_write_that_times_out_is_an_unknown_outcome(connector, netsuite, short_timeouts) -> None:  # noqa: ANN001
+def test_a_write_that_times_out_is_an_unknown_outcome(connector, netsuite, short_timeouts) -> None:
     connector.ping()
     netsuite.fault(timeout=True, timeout_seconds=1.0, match="/eid:CUST-1", count=1)
     with pytest.raises(UnknownOutcomeError):
@@ -287,7 +287,7 @@ def test_a_write_that_times_out_is_an_unknown_outcome(connector, netsuite, short
 
 
 # Reading and polling ---------------------------------------------------------------------------
-def test_reading_follows_suiteql_pages_to_the_end(connector, netsuite) -> None:  # noqa: ANN001
+def test_reading_follows_suiteql_pages_to_the_end(connector, netsuite) -> None:
     for n in range(7):
         connector.upsert(entity="customer", key=f"CUST-{n}", fields={**NORTHWIND, "companyName": f"Client {n}"})
     connector.upsert(entity="customer", key="CUST-UK", fields={"companyName": "Thames Ltd", "subsidiary": {"id": "2"}})
@@ -300,7 +300,7 @@ def test_reading_follows_suiteql_pages_to_the_end(connector, netsuite) -> None: 
     assert list(connector.read("customer", since=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))) == []
 
 
-def test_reading_invoices_queries_the_transaction_table(connector) -> None:  # noqa: ANN001
+def test_reading_invoices_queries_the_transaction_table(connector) -> None:
     connector.upsert(entity="customer", key="CUST-1", fields=NORTHWIND)
     line = {"items": [{"item": {"id": "56"}, "quantity": 1, "rate": 5000.0}]}
     connector.upsert(entity="invoice", key="BE-1", fields={"entity": {"externalId": "CUST-1"}, "item": line})
@@ -309,7 +309,7 @@ def test_reading_invoices_queries_the_transaction_table(connector) -> None:  # n
     assert list(connector.read("payment")) == []
 
 
-def test_polling_sees_every_change_once_even_when_timestamps_are_equal(connector) -> None:  # noqa: ANN001
+def test_polling_sees_every_change_once_even_when_timestamps_are_equal(connector) -> None:
     connector.watched = ("customer",)  # type: ignore[misc]
     connector.settle_seconds = 1  # type: ignore[misc]
     connector.page_size = 2  # type: ignore[misc]
@@ -326,7 +326,7 @@ def test_polling_sees_every_change_once_even_when_timestamps_are_equal(connector
     assert again[0].source_event_id != changes[2].source_event_id  # a new change, not a duplicate
 
 
-def test_a_change_still_settling_waits_for_the_next_poll(connector) -> None:  # noqa: ANN001
+def test_a_change_still_settling_waits_for_the_next_poll(connector) -> None:
     connector.watched = ("customer",)  # type: ignore[misc]
     connector.upsert(entity="customer", key="CUST-1", fields=NORTHWIND)
     changes, cursor = connector.poll(cursor="")
@@ -334,14 +334,14 @@ def test_a_change_still_settling_waits_for_the_next_poll(connector) -> None:  # 
     assert cursor == '{"customer": ["1970-01-01 00:00:00", 0]}'
 
 
-def test_webhooks_are_refused_because_netsuite_polls(connector) -> None:  # noqa: ANN001
+def test_webhooks_are_refused_because_netsuite_polls(connector) -> None:
     with pytest.raises(WebhookRejected) as caught:
         connector.verify_webhook(headers={}, body=b"{}", now=dt.datetime.now(dt.UTC))
     assert caught.value.status == 404
 
 
 # The sandbox speaks NetSuite -------------------------------------------------------------------
-def test_bad_input_gets_netsuite_s_error_shape(raw, netsuite) -> None:  # noqa: ANN001
+def test_bad_input_gets_netsuite_s_error_shape(raw, netsuite) -> None:
     malformed = raw.post(f"{RECORD}/customer", content=b"{not json", headers={"Content-Type": "application/json"})
     unknown = raw.get(f"{RECORD}/spaceship/1")
     missing = raw.get(f"{RECORD}/customer/999999")
@@ -365,7 +365,7 @@ def test_bad_input_gets_netsuite_s_error_shape(raw, netsuite) -> None:  # noqa: 
     assert anonymous.headers["www-authenticate"].startswith('Bearer realm="1234567_SB1", error="invalid_token"')
 
 
-def test_create_answers_204_with_the_location_of_the_new_record(raw) -> None:  # noqa: ANN001
+def test_create_answers_204_with_the_location_of_the_new_record(raw) -> None:
     answer = raw.post(f"{RECORD}/customer", json={**NORTHWIND, "externalId": "CRM-000123"})
     assert answer.status_code == 204
     location = answer.headers["location"]
@@ -379,7 +379,7 @@ def test_create_answers_204_with_the_location_of_the_new_record(raw) -> None:  #
     assert duplicate.status_code == 400
 
 
-def test_record_collections_page_with_limit_offset_and_next_links(raw) -> None:  # noqa: ANN001
+def test_record_collections_page_with_limit_offset_and_next_links(raw) -> None:
     for n in range(5):
         raw.put(f"{RECORD}/customer/eid:CUST-{n}", json=NORTHWIND)
     first = raw.get(f"{RECORD}/customer", params={"limit": 2}).json()
@@ -390,7 +390,7 @@ def test_record_collections_page_with_limit_offset_and_next_links(raw) -> None: 
     assert filtered["totalResults"] == 1
 
 
-def test_a_sales_order_can_be_billed_by_transforming_it_into_an_invoice(raw) -> None:  # noqa: ANN001
+def test_a_sales_order_can_be_billed_by_transforming_it_into_an_invoice(raw) -> None:
     raw.put(f"{RECORD}/customer/eid:CUST-1", json=NORTHWIND)
     lines = {"items": [{"item": {"id": "55"}, "quantity": 10, "rate": 150.0}]}
     order = raw.post(f"{RECORD}/salesOrder", json={"entity": {"externalId": "CUST-1"}, "item": lines})
@@ -399,7 +399,7 @@ def test_a_sales_order_can_be_billed_by_transforming_it_into_an_invoice(raw) -> 
     assert raw.get(invoice.headers["location"]).json()["total"] == 1500.0
 
 
-def test_the_sandbox_keeps_its_records_across_a_restart(connector, netsuite) -> None:  # noqa: ANN001
+def test_the_sandbox_keeps_its_records_across_a_restart(connector, netsuite) -> None:
     written = connector.upsert(entity="customer", key="CUST-1", fields=NORTHWIND)
     netsuite.restart()
     http.reset_client()  # the old keep-alive connections died with the process
@@ -407,7 +407,7 @@ def test_the_sandbox_keeps_its_records_across_a_restart(connector, netsuite) -> 
     assert found is not None and found.external_id == written.external_id
 
 
-def test_an_invoice_is_posted_only_once_approved_and_paid_by_its_payments_apply_lines(connector, netsuite) -> None:  # noqa: ANN001
+def test_an_invoice_is_posted_only_once_approved_and_paid_by_its_payments_apply_lines(connector, netsuite) -> None:
     from decimal import Decimal
 
     customer = connector.upsert(entity="customer", key="CUST-L", fields=NORTHWIND).external_id or (
@@ -446,7 +446,7 @@ def test_an_invoice_is_posted_only_once_approved_and_paid_by_its_payments_apply_
     assert sorted(state()[3]) == [(Decimal("400.00"), "2026-11-20"), (Decimal("600.00"), "2026-12-01")]
 
 
-def test_a_voided_or_rejected_invoice_is_not_posted(connector, netsuite) -> None:  # noqa: ANN001
+def test_a_voided_or_rejected_invoice_is_not_posted(connector, netsuite) -> None:
     customer = connector.upsert(entity="customer", key="CUST-V", fields=NORTHWIND).external_id or (
         connector.lookup(entity="customer", key="CUST-V").external_id
     )

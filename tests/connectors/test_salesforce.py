@@ -25,12 +25,12 @@ API = "/services/data/v62.0"
 
 
 @pytest.fixture
-def sandbox(sandbox_factory):  # noqa: ANN001, ANN201
+def sandbox(sandbox_factory):
     return sandbox_factory("salesforce")
 
 
 @pytest.fixture
-def connection(sandbox, entities, monkeypatch):  # noqa: ANN001, ANN201
+def connection(sandbox, entities, monkeypatch):
     monkeypatch.setattr(base, "_tokens", {})  # each test authenticates afresh
     return connection_save(
         slug="salesforce",
@@ -50,11 +50,11 @@ def connection(sandbox, entities, monkeypatch):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def salesforce(connection):  # noqa: ANN001, ANN201
+def salesforce(connection):
     return connector_for(connection)
 
 
-def token(sandbox) -> str:  # noqa: ANN001
+def token(sandbox) -> str:
     answer = httpx.post(
         f"{sandbox.url}/services/oauth2/token",
         data={"grant_type": "client_credentials", "client_id": "sandbox-client", "client_secret": "sandbox-secret"},
@@ -62,17 +62,17 @@ def token(sandbox) -> str:  # noqa: ANN001
     return answer.json()["access_token"]
 
 
-def api(sandbox, method: str, path: str, **kwargs: Any) -> httpx.Response:  # noqa: ANN001
+def api(sandbox, method: str, path: str, **kwargs: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token(sandbox)}", **kwargs.pop("headers", {})}
     return httpx.request(method, f"{sandbox.url}{API}{path}", headers=headers, timeout=10, **kwargs)
 
 
-def token_requests(sandbox) -> int:  # noqa: ANN001
+def token_requests(sandbox) -> int:
     return sum(1 for e in sandbox.journal()["entries"] if e["path"] == "/services/oauth2/token")
 
 
 # Auth -------------------------------------------------------------------------------------------
-def test_token_endpoint_answers_like_salesforce(sandbox) -> None:  # noqa: ANN001
+def test_token_endpoint_answers_like_salesforce(sandbox) -> None:
     answer = httpx.post(
         f"{sandbox.url}/services/oauth2/token",
         data={"grant_type": "client_credentials", "client_id": "sandbox-client", "client_secret": "sandbox-secret"},
@@ -82,7 +82,7 @@ def test_token_endpoint_answers_like_salesforce(sandbox) -> None:  # noqa: ANN00
     assert {"access_token", "signature", "issued_at", "id", "scope"} <= set(answer)
 
 
-def test_wrong_client_secret_fails_the_connection_test_with_a_clear_message(sandbox, connection) -> None:  # noqa: ANN001
+def test_wrong_client_secret_fails_the_connection_test_with_a_clear_message(sandbox, connection) -> None:
     refused = httpx.post(
         f"{sandbox.url}/services/oauth2/token",
         data={"grant_type": "client_credentials", "client_id": "sandbox-client", "client_secret": "wrong"},
@@ -95,12 +95,12 @@ def test_wrong_client_secret_fails_the_connection_test_with_a_clear_message(sand
     assert "refused the connection's client id and secret" in result.message
 
 
-def test_connection_test_succeeds_with_the_demo_credentials(salesforce) -> None:  # noqa: ANN001
+def test_connection_test_succeeds_with_the_demo_credentials(salesforce) -> None:
     assert salesforce.check().ok
     assert salesforce.last_api_usage.startswith("api-usage=")
 
 
-def test_an_expired_session_is_renewed_and_the_call_still_succeeds(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_an_expired_session_is_renewed_and_the_call_still_succeeds(sandbox, salesforce) -> None:
     sandbox.fault(token_lifetime_seconds=1)
     salesforce.upsert(entity="Account", key="ACME-1", fields={"Name": "Acme"})
     time.sleep(1.5)
@@ -110,7 +110,7 @@ def test_an_expired_session_is_renewed_and_the_call_still_succeeds(sandbox, sale
 
 
 # Reading ----------------------------------------------------------------------------------------
-def test_read_follows_next_records_url_across_pages(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_read_follows_next_records_url_across_pages(sandbox, salesforce) -> None:
     records = [{"attributes": {"type": "Account"}, "Name": f"Client {n:02d}", "Industry": "Legal"} for n in range(8)]
     created = api(sandbox, "POST", "/composite/sobjects", json={"allOrNone": True, "records": records}).json()
     assert all(r["success"] for r in created)
@@ -129,7 +129,7 @@ def test_read_follows_next_records_url_across_pages(sandbox, salesforce) -> None
     assert "/query/01g" in pages[1]
 
 
-def test_read_since_returns_only_records_changed_after_that_moment(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_read_since_returns_only_records_changed_after_that_moment(sandbox, salesforce) -> None:
     salesforce.upsert(entity="Account", key="OLD-1", fields={"Name": "Old"})
     time.sleep(1.1)
     since = dt.datetime.now(dt.UTC)
@@ -138,7 +138,7 @@ def test_read_since_returns_only_records_changed_after_that_moment(sandbox, sale
     assert [r["Name"] for r in salesforce.read("Account", since=since)] == ["New"]
 
 
-def test_soql_subset_filters_and_follows_one_level_of_relationships(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_soql_subset_filters_and_follows_one_level_of_relationships(sandbox, salesforce) -> None:
     salesforce.upsert(entity="Account", key="NW-1", fields={"Name": "Northwind Traders"})
     for key, stage, amount in (("O-1", "Closed Won", 5000), ("O-2", "Prospecting", 700), ("O-3", "Closed Lost", 90)):
         salesforce.upsert(
@@ -165,7 +165,7 @@ def test_soql_subset_filters_and_follows_one_level_of_relationships(sandbox, sal
 
 
 # Writing ----------------------------------------------------------------------------------------
-def test_the_same_upsert_twice_leaves_one_account(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_the_same_upsert_twice_leaves_one_account(sandbox, salesforce) -> None:
     first = salesforce.upsert(entity="Account", key="ACME-1", fields={"Name": "Acme", "Industry": "Consulting"})
     second = salesforce.upsert(entity="Account", key="ACME-1", fields={"Name": "Acme Ltd"})
     assert first.created is True and second.created is False
@@ -178,7 +178,7 @@ def test_the_same_upsert_twice_leaves_one_account(sandbox, salesforce) -> None: 
     assert salesforce.lookup(entity="Account", key="NOBODY") is None
 
 
-def test_upsert_refuses_to_guess_when_the_key_matches_several_records(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_upsert_refuses_to_guess_when_the_key_matches_several_records(sandbox, salesforce) -> None:
     for name in ("Acme East", "Acme West"):
         assert api(sandbox, "POST", "/sobjects/Account/", json={"Name": name, "Legacy_Id__c": "L-7"}).status_code == 201
     salesforce.external_id_fields = {"Account": "Legacy_Id__c"}
@@ -187,7 +187,7 @@ def test_upsert_refuses_to_guess_when_the_key_matches_several_records(sandbox, s
     assert caught.value.http_status == 300
 
 
-def test_a_missing_required_field_is_explained(salesforce) -> None:  # noqa: ANN001
+def test_a_missing_required_field_is_explained(salesforce) -> None:
     with pytest.raises(RejectedError) as caught:
         salesforce.upsert(entity="Opportunity", key="OPP-1", fields={"Name": "Big deal"})
     assert caught.value.message == (
@@ -195,7 +195,7 @@ def test_a_missing_required_field_is_explained(salesforce) -> None:  # noqa: ANN
     )
 
 
-def test_a_validation_rule_rejection_is_explained(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_a_validation_rule_rejection_is_explained(sandbox, salesforce) -> None:
     sandbox.fault(reject={"field": "Name", "equals": "Blocked Co", "message": "Accounts on credit hold are locked"})
     with pytest.raises(RejectedError) as caught:
         salesforce.upsert(entity="Account", key="B-1", fields={"Name": "Blocked Co"})
@@ -206,18 +206,18 @@ def test_a_validation_rule_rejection_is_explained(sandbox, salesforce) -> None: 
     assert salesforce.lookup(entity="Account", key="B-1") is None
 
 
-def test_a_link_to_a_missing_record_is_explained(salesforce) -> None:  # noqa: ANN001
+def test_a_link_to_a_missing_record_is_explained(salesforce) -> None:
     with pytest.raises(RejectedError, match="a linked record does not exist in Salesforce \\(AccountId\\)"):
         salesforce.upsert(entity="Contact", key="C-1", fields={"LastName": "Lee", "AccountId": "001SB0000009999"})
 
 
-def test_field_names_that_could_alter_the_query_are_refused(salesforce) -> None:  # noqa: ANN001
+def test_field_names_that_could_alter_the_query_are_refused(salesforce) -> None:
     with pytest.raises(MappingError):
         list(salesforce.read("Account", where={"Name = 'x' OR Name": "y"}))
 
 
 # Failures ---------------------------------------------------------------------------------------
-def test_request_limit_is_transient_and_carries_retry_after(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_request_limit_is_transient_and_carries_retry_after(sandbox, salesforce) -> None:
     salesforce.ping()
     sandbox.fault(rate_limit_per_minute=1)
     salesforce.ping()
@@ -228,7 +228,7 @@ def test_request_limit_is_transient_and_carries_retry_after(sandbox, salesforce)
     assert "request limit" in caught.value.message
 
 
-def test_spent_daily_allowance_is_transient_with_a_default_wait(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_spent_daily_allowance_is_transient_with_a_default_wait(sandbox, salesforce) -> None:
     salesforce.ping()
     sandbox.fault(daily_api_limit=1)
     with pytest.raises(TransientError) as caught:
@@ -237,7 +237,7 @@ def test_spent_daily_allowance_is_transient_with_a_default_wait(sandbox, salesfo
     assert "API request limit is reached (TotalRequests Limit exceeded.)" in caught.value.message
 
 
-def test_server_error_is_transient_on_read_and_unknown_outcome_on_write(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_server_error_is_transient_on_read_and_unknown_outcome_on_write(sandbox, salesforce) -> None:
     salesforce.ping()
     sandbox.fault(error_status=503, match="/query", count=1)
     with pytest.raises(TransientError):
@@ -247,7 +247,7 @@ def test_server_error_is_transient_on_read_and_unknown_outcome_on_write(sandbox,
         salesforce.upsert(entity="Account", key="X-1", fields={"Name": "X"})
 
 
-def test_timeout_is_transient_on_read_and_unknown_outcome_on_write(sandbox, salesforce, monkeypatch) -> None:  # noqa: ANN001
+def test_timeout_is_transient_on_read_and_unknown_outcome_on_write(sandbox, salesforce, monkeypatch) -> None:
     salesforce.ping()
     monkeypatch.setattr(http, "READ_TIMEOUT", 0.5)
     http.reset_client()
@@ -264,7 +264,7 @@ def test_timeout_is_transient_on_read_and_unknown_outcome_on_write(sandbox, sale
 
 
 # Bad input gets Salesforce's own errors ----------------------------------------------------------
-def test_bad_requests_get_salesforce_error_arrays(sandbox) -> None:  # noqa: ANN001
+def test_bad_requests_get_salesforce_error_arrays(sandbox) -> None:
     malformed = api(
         sandbox, "POST", "/sobjects/Account/", content=b"{not json", headers={"content-type": "application/json"}
     )
@@ -288,13 +288,13 @@ def test_bad_requests_get_salesforce_error_arrays(sandbox) -> None:  # noqa: ANN
     assert old_version.status_code == 404
 
 
-def test_upsert_with_update_only_does_not_create(sandbox) -> None:  # noqa: ANN001
+def test_upsert_with_update_only_does_not_create(sandbox) -> None:
     answer = api(sandbox, "PATCH", "/sobjects/Account/pscsync_Key__c/NEW-9?updateOnly=true", json={"Name": "New"})
     assert answer.status_code == 404 and answer.json()[0]["errorCode"] == "NOT_FOUND"
     assert api(sandbox, "GET", "/sobjects/Account/pscsync_Key__c/NEW-9").status_code == 404
 
 
-def test_collection_all_or_none_rolls_every_record_back(sandbox) -> None:  # noqa: ANN001
+def test_collection_all_or_none_rolls_every_record_back(sandbox) -> None:
     records = [
         {"attributes": {"type": "Account"}, "Name": "Good Co"},
         {"attributes": {"type": "Opportunity"}, "Name": "No stage"},
@@ -306,7 +306,7 @@ def test_collection_all_or_none_rolls_every_record_back(sandbox) -> None:  # noq
     assert count["totalSize"] == 0
 
 
-def test_records_survive_a_sandbox_restart(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_records_survive_a_sandbox_restart(sandbox, salesforce) -> None:
     written = salesforce.upsert(entity="Account", key="KEEP-1", fields={"Name": "Kept"})
     sandbox.restart()
     http.reset_client()
@@ -326,7 +326,7 @@ class _Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 deliveries.put(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(204)
@@ -337,7 +337,7 @@ class _Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/salesforce"
 
 
-def test_pushed_change_events_are_verified_and_parsed(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_pushed_change_events_are_verified_and_parsed(sandbox, salesforce) -> None:
     receiver = _Receiver()
     try:
         httpx.post(
@@ -360,13 +360,13 @@ def test_pushed_change_events_are_verified_and_parsed(sandbox, salesforce) -> No
     assert refused.value.status == 401
 
 
-def test_a_malformed_change_event_is_refused(salesforce) -> None:  # noqa: ANN001
+def test_a_malformed_change_event_is_refused(salesforce) -> None:
     with pytest.raises(WebhookRejected) as refused:
         salesforce.parse_webhook(event_id="x", body=b'{"data": {"payload": {}}}')
     assert refused.value.status == 400
 
 
-def test_polling_returns_changes_in_replay_order_and_resumes_from_the_cursor(sandbox, salesforce) -> None:  # noqa: ANN001
+def test_polling_returns_changes_in_replay_order_and_resumes_from_the_cursor(sandbox, salesforce) -> None:
     written = salesforce.upsert(entity="Account", key="POLL-1", fields={"Name": "Polled"})
     salesforce.upsert(entity="Account", key="POLL-1", fields={"Name": "Polled again"})
     salesforce.upsert(entity="Account", key="POLL-1", fields={"Name": "Polled again"})  # no change: no event
@@ -379,7 +379,7 @@ def test_polling_returns_changes_in_replay_order_and_resumes_from_the_cursor(san
 
 
 # A real client library, unchanged --------------------------------------------------------------
-def test_simple_salesforce_works_against_the_sandbox(sandbox) -> None:  # noqa: ANN001
+def test_simple_salesforce_works_against_the_sandbox(sandbox) -> None:
     simple_salesforce = pytest.importorskip("simple_salesforce")
     import requests
     from requests.adapters import HTTPAdapter

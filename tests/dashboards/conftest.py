@@ -8,6 +8,6 @@ from tests.dashboards.builders import connection
 
 
 @pytest.fixture
-def crm(entities):  # noqa: ANN001, ANN201
+def crm(entities):
     """The CRM connection every hand-built handoff comes from, serving both legal entities."""
     return connection("salesforce", list(entities.values()))

@@ -25,11 +25,11 @@ OCT = metrics.Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
 
 
 @pytest.fixture(autouse=True)
-def _now(monkeypatch):  # noqa: ANN001, ANN202
+def _now(monkeypatch):
     monkeypatch.setattr(clock, "now", lambda: NOW)
 
 
-def released_batch(crm, entity, released: dt.datetime, **kw):  # noqa: ANN001, ANN201, ANN003
+def released_batch(crm, entity, released: dt.datetime, **kw):
     return handoff(
         flow="project-to-bill",
         conn=crm,
@@ -40,13 +40,13 @@ def released_batch(crm, entity, released: dt.datetime, **kw):  # noqa: ANN001, A
     )
 
 
-def won_deal(crm, entity, closed: dt.datetime, **kw):  # noqa: ANN001, ANN201, ANN003
+def won_deal(crm, entity, closed: dt.datetime, **kw):
     return handoff(
         flow="quote-to-project", conn=crm, entity=entity, started=closed, times={"deal_closed": closed}, **kw
     )
 
 
-def move(h: Handoff, from_status: str, to: str, **fields) -> None:  # noqa: ANN003
+def move(h: Handoff, from_status: str, to: str, **fields) -> None:
     handoff_move(h, from_states=[from_status], to=to, actor="test", fields=fields)
 
 
@@ -64,7 +64,7 @@ def figures(f: metrics.Filters) -> tuple:
 
 
 @pytest.mark.django_db
-def test_backlog_follows_a_handoff_through_its_life(crm, entities, django_capture_on_commit_callbacks) -> None:  # noqa: ANN001
+def test_backlog_follows_a_handoff_through_its_life(crm, entities, django_capture_on_commit_callbacks) -> None:
     us = entities["us"]
     with django_capture_on_commit_callbacks(execute=True):
         batch = released_batch(crm, us, NOW - dt.timedelta(days=40), status="running", amount="700.00")
@@ -95,7 +95,7 @@ def test_backlog_follows_a_handoff_through_its_life(crm, entities, django_captur
 
 
 @pytest.mark.django_db
-def test_backlog_figures_equal_the_open_handoffs_read_live(crm, entities, django_capture_on_commit_callbacks) -> None:  # noqa: ANN001
+def test_backlog_figures_equal_the_open_handoffs_read_live(crm, entities, django_capture_on_commit_callbacks) -> None:
     """Every figure from the maintained groups equals the same figure read from the handoffs
     (the live path a customer filter takes), at the age boundaries, in two currencies."""
     FxRate.objects.create(currency="GBP", month="2026-10", kind="closing", rate=Decimal("1.25"))
@@ -124,7 +124,7 @@ def test_backlog_figures_equal_the_open_handoffs_read_live(crm, entities, django
 
 
 @pytest.mark.django_db
-def test_repair_puts_right_what_an_update_without_signal_or_a_crash_left(crm, entities) -> None:  # noqa: ANN001
+def test_repair_puts_right_what_an_update_without_signal_or_a_crash_left(crm, entities) -> None:
     us = entities["us"]
     # Loaded without the hook (as a bulk load or a killed process would leave them).
     a = released_batch(crm, us, NOW - dt.timedelta(days=5), status="needs_attention", amount="250.00")
@@ -152,7 +152,7 @@ def test_repair_puts_right_what_an_update_without_signal_or_a_crash_left(crm, en
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_syncs_of_the_same_handoffs_count_each_once(crm, entities) -> None:  # noqa: ANN001
+def test_concurrent_syncs_of_the_same_handoffs_count_each_once(crm, entities) -> None:
     """Two workers' hooks for the same handoffs racing (PostgreSQL row locks): nothing counted twice."""
     if db_connection.vendor != "postgresql":
         pytest.skip("row locks are PostgreSQL's; SQLite serialises writers")
@@ -166,7 +166,7 @@ def test_concurrent_syncs_of_the_same_handoffs_count_each_once(crm, entities) ->
         try:
             for hid in order:
                 backlog_sync([hid])
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
         finally:
             db_connection.close()
@@ -185,7 +185,7 @@ def test_concurrent_syncs_of_the_same_handoffs_count_each_once(crm, entities) ->
 @pytest.mark.django_db
 def test_a_flow_the_backlog_does_not_follow_counts_only_while_it_needs_a_person(
     crm, entities, django_capture_on_commit_callbacks, django_assert_num_queries
-) -> None:  # noqa: ANN001
+) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         invoice = handoff(flow="bill-to-cash", conn=crm, entity=entities["us"], status="running")
     assert not OpenItem.objects.exists()  # running: no figure reads it

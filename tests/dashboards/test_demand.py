@@ -20,11 +20,11 @@ OCT = metrics.Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
 
 
 @pytest.fixture(autouse=True)
-def _now(monkeypatch):  # noqa: ANN001, ANN202
+def _now(monkeypatch):
     monkeypatch.setattr(clock, "now", lambda: NOW)
 
 
-def pipeline(crm, entity, key: str, *, customer: str = "Contoso", minutes: int = 0, **deal):  # noqa: ANN001, ANN201, ANN003
+def pipeline(crm, entity, key: str, *, customer: str = "Contoso", minutes: int = 0, **deal):
     at = NOW - dt.timedelta(days=1) + dt.timedelta(minutes=minutes)
     return handoff(
         flow="pipeline-to-demand",
@@ -42,7 +42,7 @@ def plan(*items: tuple[str, int]) -> str:
     return json.dumps([{"role": role, "hours": hours} for role, hours in items])
 
 
-def deal_a(crm, entity, probability: int, minutes: int = 0):  # noqa: ANN001, ANN201
+def deal_a(crm, entity, probability: int, minutes: int = 0):
     """300 h of a consultant over October to December."""
     return pipeline(
         crm,
@@ -56,7 +56,7 @@ def deal_a(crm, entity, probability: int, minutes: int = 0):  # noqa: ANN001, AN
     )
 
 
-def deal_b(crm, entity, minutes: int = 0, **change):  # noqa: ANN001, ANN201, ANN003
+def deal_b(crm, entity, minutes: int = 0, **change):
     """90 h of an architect over November to January, for Fabrikam in the UK."""
     deal = {"probability": 100, "contract_start": "2026-11-15", "contract_end": "2027-01-10", **change}
     return pipeline(
@@ -65,7 +65,7 @@ def deal_b(crm, entity, minutes: int = 0, **change):  # noqa: ANN001, ANN201, AN
 
 
 @pytest.mark.django_db
-def test_demand_by_role_and_month_follows_each_deal(crm, entities, django_capture_on_commit_callbacks) -> None:  # noqa: ANN001
+def test_demand_by_role_and_month_follows_each_deal(crm, entities, django_capture_on_commit_callbacks) -> None:
     us, uk = entities["us"], entities["uk"]
     with django_capture_on_commit_callbacks(execute=True):  # each finished handoff refreshes its deal
         deal_a(crm, us, 50)  # 300 h × 50% over October to December: 50 h a month
@@ -117,7 +117,7 @@ def test_demand_by_role_and_month_follows_each_deal(crm, entities, django_captur
 
 
 @pytest.mark.django_db
-def test_demand_page_shows_the_kept_figures(client, viewer, crm, entities, django_capture_on_commit_callbacks) -> None:  # noqa: ANN001
+def test_demand_page_shows_the_kept_figures(client, viewer, crm, entities, django_capture_on_commit_callbacks) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         deal_a(crm, entities["us"], 50)
     client.force_login(viewer)

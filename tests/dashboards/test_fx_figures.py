@@ -20,7 +20,7 @@ PERIOD = "from=2026-10-01&to=2026-10-31"
 
 
 @pytest.fixture
-def blocked(entities, monkeypatch, django_capture_on_commit_callbacks):  # noqa: ANN001, ANN201
+def blocked(entities, monkeypatch, django_capture_on_commit_callbacks):
     """Two billing batches released and not invoiced: USD 412,000 (US) and GBP 44,632 (UK)."""
     monkeypatch.setattr(clock, "now", lambda: dt.datetime(2026, 10, 31, 12, tzinfo=dt.UTC))
     crm = connection("salesforce", list(entities.values()))
@@ -49,7 +49,7 @@ def test_money_names_what_it_misses() -> None:
 
 
 @pytest.mark.django_db
-def test_a_figure_without_a_rate_is_incomplete_with_its_own_missing_amount(blocked) -> None:  # noqa: ANN001
+def test_a_figure_without_a_rate_is_incomplete_with_its_own_missing_amount(blocked) -> None:
     f = metrics.Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
     value = metrics.blocked_billing(f, with_rows=False)["value"]
     # No GBP rate: USD 412,000 converted, GBP 44,632 missing, for this figure alone.
@@ -61,7 +61,7 @@ def test_a_figure_without_a_rate_is_incomplete_with_its_own_missing_amount(block
 
 
 @pytest.mark.django_db
-def test_the_tile_headline_says_not_converted_and_turns_amber(client, admin, blocked) -> None:  # noqa: ANN001
+def test_the_tile_headline_says_not_converted_and_turns_amber(client, admin, blocked) -> None:
     client.force_login(admin)
     page = client.get(f"/dashboards/?{PERIOD}").content.decode()
     assert "USD 412,000 + GBP 44,632 not converted" in page
@@ -78,7 +78,7 @@ def test_the_tile_headline_says_not_converted_and_turns_amber(client, admin, blo
 
 
 @pytest.mark.django_db
-def test_one_entity_is_shown_in_its_own_currency_unless_one_is_chosen(client, admin, blocked) -> None:  # noqa: ANN001
+def test_one_entity_is_shown_in_its_own_currency_unless_one_is_chosen(client, admin, blocked) -> None:
     client.force_login(admin)
     # Money at risk includes mismatches, so it is measured once the UK was reconciled (nothing found).
     at = clock.now()
@@ -99,7 +99,7 @@ def test_one_entity_is_shown_in_its_own_currency_unless_one_is_chosen(client, ad
 
 
 @pytest.mark.django_db
-def test_cross_rates_go_through_the_reporting_currency(entities) -> None:  # noqa: ANN001
+def test_cross_rates_go_through_the_reporting_currency(entities) -> None:
     FxRate.objects.create(currency="GBP", to_currency="USD", month="2026-10", kind="average", rate=Decimal("1.25"))
     FxRate.objects.create(currency="CAD", to_currency="USD", month="2026-10", kind="average", rate=Decimal("0.80"))
     # GBP → CAD = 1.25 USD per GBP ÷ 0.80 USD per CAD = 1.5625: GBP 100 = CAD 156.25.

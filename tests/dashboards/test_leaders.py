@@ -22,11 +22,11 @@ OCT = metrics.Filters(start=dt.date(2026, 10, 1), end=dt.date(2026, 10, 31))
 
 
 @pytest.fixture(autouse=True)
-def _now(monkeypatch):  # noqa: ANN001, ANN202
+def _now(monkeypatch):
     monkeypatch.setattr(clock, "now", lambda: NOW)
 
 
-def demand(entity, role: str, hours: float, service_line: str = "") -> DemandMonth:  # noqa: ANN001
+def demand(entity, role: str, hours: float, service_line: str = "") -> DemandMonth:
     return DemandMonth.objects.update_or_create(
         legal_entity_id=entity.pk,
         service_line=service_line,
@@ -37,7 +37,7 @@ def demand(entity, role: str, hours: float, service_line: str = "") -> DemandMon
     )[0]
 
 
-def test_forecast_accuracy_by_lag_against_hours_assigned_and_worked(entities) -> None:  # noqa: ANN001
+def test_forecast_accuracy_by_lag_against_hours_assigned_and_worked(entities) -> None:
     us = entities["us"]
     # The forecast on 15 Aug: Consultant 100 + 20 (two service lines) = 120 h, Architect 50 h in October.
     demand(us, "Consultant", 100)
@@ -76,12 +76,12 @@ def test_forecast_accuracy_by_lag_against_hours_assigned_and_worked(entities) ->
     assert other.lags == {} and other.headline is None
 
 
-def test_forecast_accuracy_is_not_measured_for_a_month_not_ended(entities) -> None:  # noqa: ANN001
+def test_forecast_accuracy_is_not_measured_for_a_month_not_ended(entities) -> None:
     found = leaders.forecast_accuracy(metrics.Filters(dt.date(2026, 11, 1), dt.date(2026, 11, 30)))
     assert found.months == [] and found.headline is None
 
 
-def run(entity, *, checked: int, matched: int, erp: str, minutes: int = 0) -> ReconciliationRun:  # noqa: ANN001
+def run(entity, *, checked: int, matched: int, erp: str, minutes: int = 0) -> ReconciliationRun:
     at = NOW - dt.timedelta(hours=1) + dt.timedelta(minutes=minutes)
     summary = {"revenue": {"checked": checked, "matched": matched, "erp_total": {"USD": erp}}}
     return ReconciliationRun.objects.create(
@@ -89,7 +89,7 @@ def run(entity, *, checked: int, matched: int, erp: str, minutes: int = 0) -> Re
     )
 
 
-def mismatch(entity, key: str, difference: str, **kw) -> Mismatch:  # noqa: ANN001, ANN003
+def mismatch(entity, key: str, difference: str, **kw) -> Mismatch:
     fields = {"comparison": "revenue", "status": "open", "cause": "unexplained", "period": "2026-10", **kw}
     return Mismatch.objects.create(
         legal_entity=entity,
@@ -104,7 +104,7 @@ def mismatch(entity, key: str, difference: str, **kw) -> Mismatch:  # noqa: ANN0
     )
 
 
-def test_revenue_schedule_accuracy_from_the_latest_reconciliation(entities) -> None:  # noqa: ANN001
+def test_revenue_schedule_accuracy_from_the_latest_reconciliation(entities) -> None:
     us = entities["us"]
     run(us, checked=4, matched=1, erp="5000.00")  # an older run: not the latest
     run(us, checked=10, matched=8, erp="100000.00", minutes=30)
@@ -122,15 +122,15 @@ def test_revenue_schedule_accuracy_from_the_latest_reconciliation(entities) -> N
     assert [r["mismatch"].subject_key for r in found["rows"]] == ["P-1", "P-2"]
 
 
-def test_revenue_schedule_accuracy_is_not_measured_before_a_reconciliation(entities) -> None:  # noqa: ANN001
+def test_revenue_schedule_accuracy_is_not_measured_before_a_reconciliation(entities) -> None:
     found = leaders.revenue_schedule_accuracy(OCT)
     assert found["value_accuracy"] is None and found["match_rate"] is None and found["rows"] == []
 
 
-def test_reconciliation_effort_counts_people_actions_and_sittings(entities, operator, admin, monkeypatch) -> None:  # noqa: ANN001
+def test_reconciliation_effort_counts_people_actions_and_sittings(entities, operator, admin, monkeypatch) -> None:
     us, uk = entities["us"], entities["uk"]
 
-    def act(at: str, actor, action: str, obj) -> None:  # noqa: ANN001
+    def act(at: str, actor, action: str, obj) -> None:
         monkeypatch.setattr(clock, "now", lambda: dt.datetime.fromisoformat(at).replace(tzinfo=dt.UTC))
         audit_record(actor=actor, action=action, obj=obj, legal_entity=us)
 
@@ -155,7 +155,7 @@ def test_reconciliation_effort_counts_people_actions_and_sittings(entities, oper
     assert len(found["entries"]) == found["actions"]  # the drill-down lists every action counted
 
 
-def test_the_leader_figures_are_on_the_pages_and_in_the_metrics(client, viewer, entities) -> None:  # noqa: ANN001
+def test_the_leader_figures_are_on_the_pages_and_in_the_metrics(client, viewer, entities) -> None:
     # The revenue schedule's figures are as of the reconciliations of the entities a connection serves.
     connection("netsuite", [entities["us"]], kind="erp", vendor="netsuite")
     run(entities["us"], checked=10, matched=8, erp="100000.00")
@@ -171,3 +171,25 @@ def test_the_leader_figures_are_on_the_pages_and_in_the_metrics(client, viewer, 
     assert figures["revenue.schedule_value_accuracy"] == 98.0 and figures["revenue.schedule_row_match_rate"] == 80.0
     assert figures["forecast.accuracy_30d_worked"] is None  # not measured yet: null, not 0
     assert figures["reconciliation.effort_actions"] == 0
+
+
+def test_revenue_schedule_accuracy_in_the_entitys_currency_and_none_from_a_partial_sum(entities) -> None:
+    """The UK alone is in GBP (its functional currency), not in the reporting currency's name; firm
+    wide with no GBP rate the ratio is not computed from the USD part alone."""
+    uk = entities["uk"]
+    ReconciliationRun.objects.create(
+        legal_entity=uk, status="complete", started_at=NOW - dt.timedelta(hours=1), finished_at=NOW,
+        summary={"revenue": {"checked": 5, "matched": 4, "erp_total": {"GBP": "40000.00"}}},
+    )  # fmt: skip
+    Mismatch.objects.create(
+        legal_entity=uk, subject_key="P-UK", explanation="", currency="GBP", difference=Decimal("-800.00"),
+        amounts={"psa": "0", "erp": "-800.00"}, first_seen_at=NOW, last_seen_at=NOW, comparison="revenue",
+        status="open", cause="unexplained", period="2026-10",
+    )  # fmt: skip
+    only_uk = metrics.Filters(start=OCT.start, end=OCT.end, entity_ids=(uk.pk,))
+    found = leaders.revenue_schedule_accuracy(only_uk)
+    # 1 − 800 ÷ 40,000 = 98 %, in GBP.
+    assert found["value_accuracy"] == 98.0
+    assert (found["abs_difference"].currency, found["abs_difference"].amount) == ("GBP", Decimal("800.00"))
+    firm = leaders.revenue_schedule_accuracy(OCT)  # USD, and no GBP rate anywhere
+    assert firm["abs_difference"].missing == {"GBP": Decimal("800.00")} and firm["value_accuracy"] is None

@@ -23,7 +23,7 @@ PAGES = {
     "dashboards-project-to-bill": "/dashboards/project-to-bill/",
     "dashboards-bill-to-cash": "/dashboards/bill-to-cash/",
     "dashboards-exceptions": "/dashboards/exceptions/",
-    "dashboards-integration": "/dashboards/integration/",
+    "dashboards-health": "/dashboards/health/",
     "dashboards-demand": "/dashboards/demand/",
     "dashboards-leaders": "/dashboards/leaders/?from=2026-09-01&to=2026-10-31",
     "dashboards-items": "/dashboards/items/?flow=quote-to-project&measure=breached",
@@ -41,7 +41,7 @@ pytestmark = [
 
 
 @contextlib.contextmanager
-def _signed_in(live_server, admin, monkeypatch) -> Iterator[Any]:  # noqa: ANN001
+def _signed_in(live_server, admin, monkeypatch) -> Iterator[Any]:
     """The seeded firm at NOW, an admin signed in in headless Chromium: yields the page."""
     from playwright.sync_api import sync_playwright
 
@@ -63,7 +63,7 @@ def _signed_in(live_server, admin, monkeypatch) -> Iterator[Any]:  # noqa: ANN00
     assert errors == []
 
 
-def test_every_dashboard_page_renders_its_charts(live_server, admin, monkeypatch) -> None:  # noqa: ANN001
+def test_every_dashboard_page_renders_its_charts(live_server, admin, monkeypatch) -> None:
     period = f"from={(NOW - dt.timedelta(days=29)).date()}&to={NOW.date()}"
     with _signed_in(live_server, admin, monkeypatch) as page:
         drawn = 0
@@ -78,7 +78,7 @@ def test_every_dashboard_page_renders_its_charts(live_server, admin, monkeypatch
         assert drawn >= 4, "the flow pages draw their charts"
 
 
-def test_the_overview_in_the_firms_and_the_uk_currency(live_server, admin, monkeypatch) -> None:  # noqa: ANN001
+def test_the_overview_in_the_firms_and_the_uk_currency(live_server, admin, monkeypatch) -> None:
     """The firm in USD, the UK entity in GBP, and the firm with no GBP rate: amber, named amounts."""
     from dashboards.models import FxRate
 

@@ -74,7 +74,7 @@ def test_a_country_the_package_does_not_know_counts_weekends_only() -> None:
 
 
 @pytest.mark.django_db
-def test_facts_tile_and_alert_agree_on_each_entitys_calendar(entities, monkeypatch) -> None:  # noqa: ANN001
+def test_facts_tile_and_alert_agree_on_each_entitys_calendar(entities, monkeypatch) -> None:
     crm = connection("salesforce", list(entities.values()))
     # Finished deals, the same times in both entities (default SLA: 1 business day).
     deals = {

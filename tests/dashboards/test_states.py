@@ -17,7 +17,7 @@ PERIOD = "from=2026-10-01&to=2026-10-31"
 
 
 @pytest.fixture
-def firm(entities, monkeypatch):  # noqa: ANN001, ANN201
+def firm(entities, monkeypatch):
     monkeypatch.setattr(clock, "now", lambda: NOW)
     crm = connection("salesforce", list(entities.values()))
     handoff(flow="quote-to-project", conn=crm, entity=entities["us"], key="OPP-1", finished=NOW)
@@ -25,19 +25,19 @@ def firm(entities, monkeypatch):  # noqa: ANN001, ANN201
     return entities
 
 
-def reconciled(entities: dict, at: dt.datetime) -> None:  # noqa: ANN001
+def reconciled(entities: dict, at: dt.datetime) -> None:
     for entity in entities.values():
         ReconciliationRun.objects.create(
             legal_entity=entity, status="complete", started_at=at - dt.timedelta(minutes=1), finished_at=at
         )
 
 
-def figures(client) -> dict:  # noqa: ANN001
+def figures(client) -> dict:
     return {m["key"]: m for m in client.get(f"/api/v1/metrics/?{PERIOD}").json()["metrics"]}
 
 
 @pytest.mark.django_db
-def test_before_the_first_reconciliation_nothing_says_the_systems_agree(client, admin, firm) -> None:  # noqa: ANN001
+def test_before_the_first_reconciliation_nothing_says_the_systems_agree(client, admin, firm) -> None:
     client.force_login(admin)
     page = client.get(f"/dashboards/exceptions/?{PERIOD}").content.decode()
     assert "the systems agree" not in page and "Not measured yet" in page
@@ -58,7 +58,7 @@ def test_before_the_first_reconciliation_nothing_says_the_systems_agree(client, 
 
 
 @pytest.mark.django_db
-def test_after_a_complete_reconciliation_the_good_news_is_measured(client, admin, firm) -> None:  # noqa: ANN001
+def test_after_a_complete_reconciliation_the_good_news_is_measured(client, admin, firm) -> None:
     reconciled(firm, NOW - dt.timedelta(hours=2))
     client.force_login(admin)
     page = client.get(f"/dashboards/exceptions/?{PERIOD}").content.decode()
@@ -73,7 +73,7 @@ def test_after_a_complete_reconciliation_the_good_news_is_measured(client, admin
 
 
 @pytest.mark.django_db
-def test_a_source_read_longer_ago_than_its_schedule_allows_is_stale(client, admin, firm, settings) -> None:  # noqa: ANN001
+def test_a_source_read_longer_ago_than_its_schedule_allows_is_stale(client, admin, firm, settings) -> None:
     settings.RECONCILE_SECONDS = 24 * 3600  # stale after two schedules: 48 h
     reconciled(firm, NOW - dt.timedelta(hours=49))
     client.force_login(admin)

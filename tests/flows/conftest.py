@@ -35,7 +35,7 @@ class Firm:
 
 
 @pytest.fixture
-def firm(sandbox_factory, entities, monkeypatch):  # noqa: ANN001, ANN201, F811
+def firm(sandbox_factory, entities, monkeypatch):  # noqa: F811
     from pscsync.firm import firm_connections_save
 
     monkeypatch.setattr(base, "_tokens", {})

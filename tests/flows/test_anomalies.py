@@ -12,11 +12,11 @@ from tests.flows.conftest import run, trigger, won_deal
 pytestmark = pytest.mark.django_db
 
 
-def erp_customers(firm, key: str) -> int:  # noqa: ANN001
+def erp_customers(firm, key: str) -> int:
     return firm.sandboxes["netsuite"].journal()["creates_by_key"].get(f"customer/{key}", 0)
 
 
-def test_a_missing_tax_profile_is_a_validation_error_naming_the_account(firm) -> None:  # noqa: ANN001
+def test_a_missing_tax_profile_is_a_validation_error_naming_the_account(firm) -> None:
     deal = won_deal(firm, key="51", account={"Tax_Profile__c": None})
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
     assert (handoff.status, handoff.last_error_class) == (Handoff.Status.NEEDS_ATTENTION, "validation")
@@ -25,7 +25,7 @@ def test_a_missing_tax_profile_is_a_validation_error_naming_the_account(firm) ->
     assert erp_customers(firm, f"C-{deal['account']}") == 0  # nothing written anywhere
 
 
-def test_an_unknown_service_line_is_a_mapping_error_naming_the_value_map(firm) -> None:  # noqa: ANN001
+def test_an_unknown_service_line_is_a_mapping_error_naming_the_value_map(firm) -> None:
     deal = won_deal(firm, key="52", Service_Line__c="Cyber Security")
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
     assert (handoff.status, handoff.last_error_class) == (Handoff.Status.NEEDS_ATTENTION, "mapping")
@@ -34,7 +34,7 @@ def test_an_unknown_service_line_is_a_mapping_error_naming_the_value_map(firm) -
     assert erp_customers(firm, f"C-{deal['account']}") == 0
 
 
-def test_several_problems_are_reported_together(firm) -> None:  # noqa: ANN001
+def test_several_problems_are_reported_together(firm) -> None:
     deal = won_deal(
         firm, key="53", Billing_Model__c="Retainer", Contract_End__c="2026-01-01", account={"BillingCountry": None}
     )
@@ -47,7 +47,7 @@ def test_several_problems_are_reported_together(firm) -> None:  # noqa: ANN001
     )
 
 
-def test_a_customer_keyed_by_hand_in_the_erp_is_not_duplicated(firm) -> None:  # noqa: ANN001
+def test_a_customer_keyed_by_hand_in_the_erp_is_not_duplicated(firm) -> None:
     netsuite = firm.connector("netsuite-us")
     netsuite.send(
         "POST",
@@ -62,7 +62,7 @@ def test_a_customer_keyed_by_hand_in_the_erp_is_not_duplicated(firm) -> None:  #
     assert erp_customers(firm, f"C-{deal['account']}") == 0
 
 
-def test_an_erp_outage_is_retried_and_nothing_is_written_twice(firm, settings) -> None:  # noqa: ANN001
+def test_an_erp_outage_is_retried_and_nothing_is_written_twice(firm, settings) -> None:
     deal = won_deal(firm, key="55")
     firm.sandboxes["netsuite"].fault(error_status=503, match="/record/v1/salesOrder", count=2)
     frozen = clock.FrozenClock()
@@ -86,7 +86,7 @@ def test_an_erp_outage_is_retried_and_nothing_is_written_twice(firm, settings) -
     assert handoff.steps.get(name="upsert_customer").attempts.count() == 1
 
 
-def test_a_rate_limit_answer_is_waited_out_as_the_vendor_asks(firm) -> None:  # noqa: ANN001
+def test_a_rate_limit_answer_is_waited_out_as_the_vendor_asks(firm) -> None:
     deal = won_deal(firm, key="56")
     firm.sandboxes["netsuite"].fault(error_status=429, retry_after=120, match="/record/v1/customer", count=1)
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))

@@ -11,12 +11,12 @@ from tests.flows.test_project_to_bill import certinia_billing_event, kantata_inv
 pytestmark = pytest.mark.django_db
 
 
-def opportunity(firm, opp: str) -> dict:  # noqa: ANN001
+def opportunity(firm, opp: str) -> dict:
     fields = ["Billing_Status__c", "Amount_Invoiced__c", "Amount_Paid__c", "Last_Invoice__c"]
     return next(firm.salesforce.read("opportunity", where={"Id": opp}, fields=fields))
 
 
-def test_netsuite_invoice_then_part_payment_show_on_the_opportunity_and_the_certinia_project(firm) -> None:  # noqa: ANN001
+def test_netsuite_invoice_then_part_payment_show_on_the_opportunity_and_the_certinia_project(firm) -> None:
     deal = provisioned(firm, "us", "31")
     event = certinia_billing_event(firm, deal["opportunity"])
     assert run(trigger(firm, "project-to-bill", event, slug="certinia-us")).status == Handoff.Status.SUCCEEDED
@@ -56,7 +56,7 @@ def test_netsuite_invoice_then_part_payment_show_on_the_opportunity_and_the_cert
     assert paid.business_times["payment_applied"] == "2027-01-10"
 
 
-def test_business_central_payment_in_full_marks_the_kantata_invoice_paid(firm) -> None:  # noqa: ANN001
+def test_business_central_payment_in_full_marks_the_kantata_invoice_paid(firm) -> None:
     deal = provisioned(firm, "uk", "32", Billing_Model__c="Time and Materials", Service_Line__c="Advisory")
     invoice_id = kantata_invoice(firm, deal["opportunity"])
     assert run(trigger(firm, "project-to-bill", f"kantata-invoice:{invoice_id}", slug="kantata-uk")).status == (

@@ -11,7 +11,7 @@ from tests.flows.test_project_to_bill import provisioned
 pytestmark = pytest.mark.django_db
 
 
-def test_an_amendment_adds_a_change_budget_and_updates_the_netsuite_contract(firm) -> None:  # noqa: ANN001
+def test_an_amendment_adds_a_change_budget_and_updates_the_netsuite_contract(firm) -> None:
     deal = provisioned(firm, "us", "41")
     opp = deal["opportunity"]
     firm.salesforce.update(
@@ -35,14 +35,14 @@ def test_an_amendment_adds_a_change_budget_and_updates_the_netsuite_contract(fir
     assert int(synced["Contract_Synced_Version__c"]) == 2
 
 
-def test_an_amendment_before_the_project_exists_waits_instead_of_failing(firm) -> None:  # noqa: ANN001
+def test_an_amendment_before_the_project_exists_waits_instead_of_failing(firm) -> None:
     deal = won_deal(firm, entity="uk", key="42", Contract_Version__c=2)  # amended before provisioning
     handoff = run(trigger(firm, "contract-change", deal["opportunity"]))
     assert handoff.status == Handoff.Status.WAITING_RETRY
     assert "not provisioned yet" in handoff.last_error_message
 
 
-def test_a_uk_amendment_changes_the_kantata_project_price(firm) -> None:  # noqa: ANN001
+def test_a_uk_amendment_changes_the_kantata_project_price(firm) -> None:
     deal = provisioned(firm, "uk", "43")
     firm.salesforce.update(
         entity="opportunity", record_id=deal["opportunity"], fields={"Amount": 99000, "Contract_Version__c": 2}
@@ -53,7 +53,7 @@ def test_a_uk_amendment_changes_the_kantata_project_price(firm) -> None:  # noqa
     assert project["price"] == 9900000
 
 
-def test_pipeline_moves_forecast_demand_then_the_won_deal_firms_it_up(firm) -> None:  # noqa: ANN001
+def test_pipeline_moves_forecast_demand_then_the_won_deal_firms_it_up(firm) -> None:
     deal = won_deal(firm, entity="us", key="44", StageName="Proposal", Probability=40)
     opp = deal["opportunity"]
     forecast = run(trigger(firm, "pipeline-to-demand", opp))
@@ -77,7 +77,7 @@ def test_pipeline_moves_forecast_demand_then_the_won_deal_firms_it_up(firm) -> N
     assert firm.sandboxes["salesforce"].journal()["creates_by_key"][f"pse__Resource_Request__c/RR-{opp}-3"] == 1
 
 
-def test_a_lost_deal_cancels_its_forecast_demand_in_kantata(firm) -> None:  # noqa: ANN001
+def test_a_lost_deal_cancels_its_forecast_demand_in_kantata(firm) -> None:
     deal = won_deal(firm, entity="uk", key="45", StageName="Proposal", Probability=60)
     assert run(trigger(firm, "pipeline-to-demand", deal["opportunity"])).status == Handoff.Status.SUCCEEDED
     firm.salesforce.update(entity="opportunity", record_id=deal["opportunity"], fields={"StageName": "Closed Lost"})
@@ -104,7 +104,7 @@ def test_a_lost_deal_cancels_its_forecast_demand_in_kantata(firm) -> None:  # no
     assert kantata.lookup(entity="workspaces", key=f"P-{deal['opportunity']}").response["archived"] is False
 
 
-def test_the_contract_terms_set_as_the_deal_closes_are_not_an_amendment(firm) -> None:  # noqa: ANN001
+def test_the_contract_terms_set_as_the_deal_closes_are_not_an_amendment(firm) -> None:
     deal = won_deal(firm, entity="us", key="46")  # Contract_Version__c 1, not provisioned yet
     handoff = run(trigger(firm, "contract-change", deal["opportunity"]))
     assert handoff.status == Handoff.Status.SUCCEEDED, handoff.last_error_message
@@ -113,8 +113,8 @@ def test_the_contract_terms_set_as_the_deal_closes_are_not_an_amendment(firm) ->
 
 
 def test_an_amendment_before_the_project_exists_revalues_won_not_yet_a_project(
-    firm,  # noqa: ANN001
-    django_capture_on_commit_callbacks,  # noqa: ANN001
+    firm,
+    django_capture_on_commit_callbacks,
 ) -> None:
     from dashboards.models import OpenItem
 

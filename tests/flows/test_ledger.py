@@ -41,12 +41,12 @@ DEC = dict(start=dt.date(2026, 12, 1), end=dt.date(2026, 12, 31))
 D = Decimal
 
 
-def synced(firm, slug: str, key: str, n: int = 0) -> None:  # noqa: ANN001
+def synced(firm, slug: str, key: str, n: int = 0) -> None:
     handoff = run(trigger(firm, "bill-to-cash", key, slug=slug, minutes_later=n))
     assert handoff.status == Handoff.Status.SUCCEEDED, handoff.last_error_message
 
 
-def netsuite_firm(firm) -> dict[str, str]:  # noqa: ANN001
+def netsuite_firm(firm) -> dict[str, str]:
     ns = firm.connector("netsuite-us")
     customer = (
         ns.upsert(
@@ -97,7 +97,7 @@ def netsuite_firm(firm) -> dict[str, str]:  # noqa: ANN001
     return ids
 
 
-def bc_firm(firm) -> dict[str, str]:  # noqa: ANN001
+def bc_firm(firm) -> dict[str, str]:
     bc = firm.connector("businesscentral-uk")
     bc.upsert(entity="customers", key="C-KA-UK", fields={"displayName": "Umbrella Ltd", "type": "Company"})
 
@@ -146,7 +146,7 @@ def bc_firm(firm) -> dict[str, str]:  # noqa: ANN001
     return ids
 
 
-def test_receivables_ageing_invoiced_cash_and_dso_match_the_ledgers_to_the_cent(firm, entities, settings) -> None:  # noqa: ANN001
+def test_receivables_ageing_invoiced_cash_and_dso_match_the_ledgers_to_the_cent(firm, entities, settings) -> None:
     # NetSuite: every invoice synced once, N5 voided in NetSuite and synced again, payments synced.
     ns_ids = netsuite_firm(firm)
     for name in ("N1", "N2", "N3", "N4", "N5", "N6"):
@@ -238,7 +238,7 @@ def test_receivables_ageing_invoiced_cash_and_dso_match_the_ledgers_to_the_cent(
         assert wip.unbilled_wip(us, detail=False)["by_kind"]["unposted"] == [D("8000.00"), D("0"), D("0"), D("0")]
 
 
-def test_one_netsuite_payment_over_two_invoices_settles_both_in_the_ledger(firm, entities) -> None:  # noqa: ANN001
+def test_one_netsuite_payment_over_two_invoices_settles_both_in_the_ledger(firm, entities) -> None:
     ns = firm.connector("netsuite-us")
     customer = (
         ns.upsert(

@@ -13,27 +13,39 @@ from tests.flows.conftest import run, trigger, won_deal
 pytestmark = pytest.mark.django_db
 
 
-def provisioned(firm, entity: str, key: str, **deal: object) -> dict[str, str]:  # noqa: ANN001
+def provisioned(firm, entity: str, key: str, **deal: object) -> dict[str, str]:
     ids = won_deal(firm, entity=entity, key=key, **deal)
     handoff = run(trigger(firm, "quote-to-project", ids["opportunity"]))
     assert handoff.status == Handoff.Status.SUCCEEDED, handoff.last_error_message
     return ids
 
 
-def certinia_approved_week(certinia, opportunity: str, *, hours: tuple[float, ...] = (8, 7.5)) -> None:  # noqa: ANN001
-    """A resource on the project at 150/h with one approved, billable week (16-22 Nov 2026)."""
+def certinia_approved_week(
+    certinia,
+    opportunity: str,
+    *,
+    hours: tuple[float, ...] = (8, 7.5),
+    monday: str = "2026-11-16",
+    approved: str = "2026-11-24",
+    name: str = "",
+    schedule_start: str = "2026-12-01",
+):
+    """A resource on the project at 150/h with one approved, billable week (by default 16-22 Nov
+    2026, approved on 24 Nov; `hours` from Monday on). Returns the timecard's id. `name` keys the
+    resource, schedule, assignment and timecard (default: the opportunity)."""
+    name = name or opportunity
     project = certinia.lookup(entity="project", key=f"P-{opportunity}").external_id
     resource = certinia.upsert(
-        entity="resource", key=f"R-{opportunity}", fields={"LastName": "Okafor", "pse__Is_Resource__c": True}
+        entity="resource", key=f"R-{name}", fields={"LastName": "Okafor", "pse__Is_Resource__c": True}
     ).external_id
     schedule = certinia.upsert(
         entity="schedule",
-        key=f"S-{opportunity}",
-        fields={"pse__Start_Date__c": "2026-12-01", "pse__End_Date__c": "2027-05-31"},
+        key=f"S-{name}",
+        fields={"pse__Start_Date__c": schedule_start, "pse__End_Date__c": "2027-05-31"},
     ).external_id
     assignment = certinia.upsert(
         entity="assignment",
-        key=f"A-{opportunity}",
+        key=f"A-{name}",
         fields={
             "pse__Project__c": project,
             "pse__Resource__c": resource,
@@ -41,26 +53,27 @@ def certinia_approved_week(certinia, opportunity: str, *, hours: tuple[float, ..
             "pse__Bill_Rate__c": 150,
         },
     ).external_id
-    days = ("pse__Monday_Hours__c", "pse__Tuesday_Hours__c", "pse__Wednesday_Hours__c")
-    certinia.upsert(
+    days = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
+    sunday = dt.date.fromisoformat(monday) + dt.timedelta(days=6)
+    return certinia.upsert(
         entity="timecard",
-        key=f"T-{opportunity}",
+        key=f"T-{name}",
         fields={
             "pse__Project__c": project,
             "pse__Resource__c": resource,
             "pse__Assignment__c": assignment,
-            "pse__Start_Date__c": "2026-11-16",
-            "pse__End_Date__c": "2026-11-22",
-            **dict(zip(days, hours, strict=False)),
+            "pse__Start_Date__c": monday,
+            "pse__End_Date__c": sunday.isoformat(),
+            **{f"pse__{day}_Hours__c": h for day, h in zip(days, hours, strict=False)},
             "pse__Status__c": "Approved",
             "pse__Billable__c": True,
-            # Approved on the Tuesday after the week worked: the approved-time clock starts here.
-            "pse__Approval_Date__c": "2026-11-24",
+            # Approved after the week worked (by default the Tuesday after): the approved-time clock starts here.
+            "pse__Approval_Date__c": approved,
         },
-    )
+    ).external_id
 
 
-def certinia_billing_event(firm, opportunity: str) -> str:  # noqa: ANN001
+def certinia_billing_event(firm, opportunity: str) -> str:
     """15.5 approved hours at 150/h and the first milestone approved; the PSA's billing run
     bundles them into one billing event."""
     certinia = firm.connector("certinia-us")
@@ -78,7 +91,7 @@ def certinia_billing_event(firm, opportunity: str) -> str:  # noqa: ANN001
     return event
 
 
-def test_a_certinia_billing_event_becomes_one_netsuite_invoice_line_per_item(firm) -> None:  # noqa: ANN001
+def test_a_certinia_billing_event_becomes_one_netsuite_invoice_line_per_item(firm) -> None:
     deal = provisioned(firm, "us", "21")
     event = certinia_billing_event(firm, deal["opportunity"])
 
@@ -104,7 +117,7 @@ def test_a_certinia_billing_event_becomes_one_netsuite_invoice_line_per_item(fir
     assert handoff.business_started_at == dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
 
 
-def test_an_item_already_billed_is_never_billed_again(firm) -> None:  # noqa: ANN001
+def test_an_item_already_billed_is_never_billed_again(firm) -> None:
     deal = provisioned(firm, "us", "22")
     event = certinia_billing_event(firm, deal["opportunity"])
     assert run(trigger(firm, "project-to-bill", event, slug="certinia-us")).status == Handoff.Status.SUCCEEDED
@@ -144,7 +157,7 @@ def test_an_item_already_billed_is_never_billed_again(firm) -> None:  # noqa: AN
     assert firm.connector("netsuite-us").lookup(entity="invoice", key=f"I-{again.external_id}") is None
 
 
-def test_a_batch_mixing_currencies_is_stopped_before_the_erp(firm) -> None:  # noqa: ANN001
+def test_a_batch_mixing_currencies_is_stopped_before_the_erp(firm) -> None:
     deal = provisioned(firm, "us", "23")
     certinia = firm.connector("certinia-us")
     project = certinia.lookup(entity="project", key=f"P-{deal['opportunity']}").external_id
@@ -171,12 +184,12 @@ def test_a_batch_mixing_currencies_is_stopped_before_the_erp(firm) -> None:  # n
     assert not BilledItem.objects.exists()
 
 
-def kantata_invoice(firm, opportunity: str) -> str:  # noqa: ANN001
-    """Two approved days at 120/h (8 h and 6.5 h) invoiced in Kantata: 1,740.00."""
+def kantata_time(firm, opportunity: str, entries: tuple[tuple[str, int], ...]) -> list[str]:
+    """Approved billable time entries at 120/h on the deal's Kantata workspace: (day, minutes)."""
     kantata = firm.connector("kantata-uk")
     workspace = kantata.lookup(entity="workspaces", key=f"P-{opportunity}").external_id
-    entries = []
-    for day, minutes in (("2026-12-07", 480), ("2026-12-08", 390)):
+    ids = []
+    for day, minutes in entries:
         entry = {
             "workspace_id": workspace,
             "date_performed": day,
@@ -186,13 +199,21 @@ def kantata_invoice(firm, opportunity: str) -> str:  # noqa: ANN001
             "approved": True,
         }
         answer = kantata.send("POST", "/api/v1/time_entries", json={"time_entry": entry}).body
-        entries.append(next(iter(answer["time_entries"])))
+        ids.append(next(iter(answer["time_entries"])))
+    return ids
+
+
+def kantata_invoice(firm, opportunity: str) -> str:
+    """Two approved days at 120/h (8 h and 6.5 h) invoiced in Kantata on 14 Dec: 1,740.00."""
+    kantata = firm.connector("kantata-uk")
+    workspace = kantata.lookup(entity="workspaces", key=f"P-{opportunity}").external_id
+    entries = kantata_time(firm, opportunity, (("2026-12-07", 480), ("2026-12-08", 390)))
     invoice = {"workspace_id": workspace, "time_entry_ids": entries, "invoice_date": "2026-12-14"}
     answer = kantata.send("POST", "/api/v1/invoices", json={"invoice": invoice}).body
     return next(iter(answer["invoices"]))
 
 
-def test_a_kantata_invoice_becomes_a_business_central_invoice(firm) -> None:  # noqa: ANN001
+def test_a_kantata_invoice_becomes_a_business_central_invoice(firm) -> None:
     deal = provisioned(firm, "uk", "24", Billing_Model__c="Time and Materials", Service_Line__c="Advisory")
     invoice_id = kantata_invoice(firm, deal["opportunity"])
 

@@ -10,7 +10,7 @@ from tests.flows.conftest import run, trigger, won_deal
 pytestmark = pytest.mark.django_db
 
 
-def test_a_us_deal_becomes_a_netsuite_customer_a_certinia_project_and_a_contract(firm) -> None:  # noqa: ANN001
+def test_a_us_deal_becomes_a_netsuite_customer_a_certinia_project_and_a_contract(firm) -> None:
     deal = won_deal(firm, entity="us", key="7")
     # The change is heard 30 minutes after the deal closed (e.g. a delayed push).
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"], minutes_later=30))
@@ -44,7 +44,7 @@ def test_a_us_deal_becomes_a_netsuite_customer_a_certinia_project_and_a_contract
     assert Step.objects.filter(handoff=handoff, mapping_version__isnull=False).count() >= 5
 
 
-def test_a_uk_deal_becomes_a_business_central_customer_and_a_kantata_project(firm) -> None:  # noqa: ANN001
+def test_a_uk_deal_becomes_a_business_central_customer_and_a_kantata_project(firm) -> None:
     deal = won_deal(firm, entity="uk", key="8", Billing_Model__c="Time and Materials", Service_Line__c="Advisory")
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
 
@@ -60,7 +60,7 @@ def test_a_uk_deal_becomes_a_business_central_customer_and_a_kantata_project(fir
     assert {s["title"] for s in stories} >= {"Assessment", "Recommendations", "Resource request: Senior Consultant"}
 
 
-def test_running_it_again_writes_nothing_twice(firm) -> None:  # noqa: ANN001
+def test_running_it_again_writes_nothing_twice(firm) -> None:
     deal = won_deal(firm, entity="us", key="9")
     first = run(trigger(firm, "quote-to-project", deal["opportunity"]))
     assert first.status == Handoff.Status.SUCCEEDED, first.last_error_message

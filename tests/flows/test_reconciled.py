@@ -13,7 +13,7 @@ from tests.flows.test_project_to_bill import certinia_billing_event, kantata_inv
 pytestmark = pytest.mark.django_db
 
 
-def test_a_firm_run_through_the_flows_reconciles_cleanly_then_an_unsynced_amendment_is_caught(firm) -> None:  # noqa: ANN001
+def test_a_firm_run_through_the_flows_reconciles_cleanly_then_an_unsynced_amendment_is_caught(firm) -> None:
     us = provisioned(firm, "us", "61")
     event = certinia_billing_event(firm, us["opportunity"])
     assert run(trigger(firm, "project-to-bill", event, slug="certinia-us")).status == Handoff.Status.SUCCEEDED

@@ -127,7 +127,7 @@ def _test_database_url() -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(django_db_setup, django_db_blocker, echo_target, tmp_path_factory):  # noqa: ANN001, ANN201
+def stack(django_db_setup, django_db_blocker, echo_target, tmp_path_factory):
     var_dir = tmp_path_factory.mktemp("stack-var")
     env = {
         **os.environ,
@@ -155,7 +155,7 @@ def _flush_broker(url: str) -> None:
 
 
 @pytest.fixture
-def live(stack, echo_connection, transactional_db):  # noqa: ANN001, ANN201
+def live(stack, echo_connection, transactional_db):
     """The stack with a fresh echo target, connection, queue, worker and beat for one test.
 
     Worker and beat stop before the test database is flushed, so the flush never races them.

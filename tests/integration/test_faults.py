@@ -24,7 +24,7 @@ def _succeeded() -> int:
     return Handoff.objects.filter(status="succeeded").count()
 
 
-def _deliver_all(live, keys: list[str], workers: int = 8) -> list[int]:  # noqa: ANN001
+def _deliver_all(live, keys: list[str], workers: int = 8) -> list[int]:
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(live.deliver, keys))
 
@@ -34,7 +34,7 @@ def _report(name: str, **figures: object) -> None:
     print(f"\n[fault-test] {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
-def test_kill_9_of_the_worker_during_300_handoffs_loses_and_duplicates_nothing(live) -> None:  # noqa: ANN001
+def test_kill_9_of_the_worker_during_300_handoffs_loses_and_duplicates_nothing(live) -> None:
     keys = [f"K9-{i:03d}" for i in range(300)]
     rng = random.Random(20261126)
     sender = threading.Thread(target=_deliver_all, args=(live, keys, 4))
@@ -63,7 +63,7 @@ def test_kill_9_of_the_worker_during_300_handoffs_loses_and_duplicates_nothing(l
     )
 
 
-def test_crash_after_the_target_applied_a_write_adopts_it_on_recovery(live) -> None:  # noqa: ANN001
+def test_crash_after_the_target_applied_a_write_adopts_it_on_recovery(live) -> None:
     keys = [f"T02-{i:02d}" for i in range(20)]
     # Every invoice write is applied by the target, then the worker dies before storing the result.
     live.restart_worker(faults={"after_target_call_before_commit": {"keys": ["INV-T02-*"], "once": True}})
@@ -80,7 +80,7 @@ def test_crash_after_the_target_applied_a_write_adopts_it_on_recovery(live) -> N
     _report("crash after target write", handoffs=20, adopted=adopted, took_s=round(took, 1), lost=0, duplicated=0)
 
 
-def test_redis_flushed_while_handoffs_are_queued_and_running_loses_nothing(live) -> None:  # noqa: ANN001
+def test_redis_flushed_while_handoffs_are_queued_and_running_loses_nothing(live) -> None:
     broker = redis.Redis.from_url(live.env["CELERY_BROKER_URL"])
     keys = [f"RF-{i:03d}" for i in range(300)]
     live.worker.kill()
@@ -96,7 +96,7 @@ def test_redis_flushed_while_handoffs_are_queued_and_running_loses_nothing(live)
     _report("redis flushed", handoffs=300, took_s=round(took, 1), lost=0, duplicated=0)
 
 
-def test_the_same_300_webhooks_delivered_3_times_concurrently_start_300_handoffs(live) -> None:  # noqa: ANN001
+def test_the_same_300_webhooks_delivered_3_times_concurrently_start_300_handoffs(live) -> None:
     keys = [f"DUP-{i:03d}" for i in range(300)]
     deliveries = []
     for key in keys:
@@ -118,7 +118,7 @@ def test_the_same_300_webhooks_delivered_3_times_concurrently_start_300_handoffs
     _report("3x concurrent redelivery", deliveries=900, events=300, handoffs=300, took_s=round(took, 1))
 
 
-def test_events_for_one_key_out_of_order_end_in_the_in_order_state(live) -> None:  # noqa: ANN001
+def test_events_for_one_key_out_of_order_end_in_the_in_order_state(live) -> None:
     keys = [f"ORD-{i:02d}" for i in range(20)]
     sends = [(key, version) for key in keys for version in range(1, 6)]
     random.Random(11).shuffle(sends)
@@ -143,7 +143,7 @@ def test_events_for_one_key_out_of_order_end_in_the_in_order_state(live) -> None
     _report("out of order", keys=20, events=100, **statuses)
 
 
-def test_a_poison_handoff_stops_after_the_crash_limit_and_spares_the_others(live, settings) -> None:  # noqa: ANN001
+def test_a_poison_handoff_stops_after_the_crash_limit_and_spares_the_others(live, settings) -> None:
     healthy = [f"OK-{i:02d}" for i in range(50)]
     live.restart_worker(faults={"before_target_call": {"keys": ["poison-*"]}})
     try:
@@ -169,7 +169,7 @@ def test_a_poison_handoff_stops_after_the_crash_limit_and_spares_the_others(live
     _report("poison", crashes=poison.worker_crashes, healthy_succeeded=50)
 
 
-def test_web_process_killed_between_commit_and_publish_loses_nothing(live) -> None:  # noqa: ANN001
+def test_web_process_killed_between_commit_and_publish_loses_nothing(live) -> None:
     keys = [f"PUB-{i:02d}" for i in range(20)]
     live.web.kill()
     live.start_web(faults={"after_commit_before_publish": {"keys": ["evt-PUB-*"], "once": True}})
@@ -197,7 +197,7 @@ def test_web_process_killed_between_commit_and_publish_loses_nothing(live) -> No
     _report("killed before publish", handoffs=20, killed_after_commit=fired, took_s=round(took, 1))
 
 
-def test_webhook_accept_is_not_blocked_by_a_slow_target(live) -> None:  # noqa: ANN001
+def test_webhook_accept_is_not_blocked_by_a_slow_target(live) -> None:
     """Intake answers from the database alone: a target taking 2 s to answer does not slow it."""
     live.echo.fault(mode="latency", latency_ms=2000, count=1)
     assert live.deliver("SLOW-1") == 202

@@ -29,7 +29,7 @@ US_DEALS, UK_DEALS = 8, 6
 
 
 @pytest.fixture(scope="module")
-def flow_stack(django_db_setup, django_db_blocker, echo_target, tmp_path_factory):  # noqa: ANN001, ANN201
+def flow_stack(django_db_setup, django_db_blocker, echo_target, tmp_path_factory):
     import os
 
     from tests.helpers import ROOT
@@ -55,7 +55,7 @@ def flow_stack(django_db_setup, django_db_blocker, echo_target, tmp_path_factory
 
 
 @pytest.fixture
-def live_firm(flow_stack, sandbox_factory, entities, transactional_db, monkeypatch):  # noqa: ANN001, ANN201, F811
+def live_firm(flow_stack, sandbox_factory, entities, transactional_db, monkeypatch):  # noqa: F811
     monkeypatch.setattr(base, "_tokens", {})
     _flush_broker(flow_stack.env["CELERY_BROKER_URL"])
     sandboxes = {name: sandbox_factory(name) for name in ("salesforce", "kantata", "netsuite", "businesscentral")}
@@ -93,7 +93,7 @@ def _chaos(firm: Firm, stack: Stack, rng: random.Random, rounds: int) -> dict[st
     return {"kills": kills, "erp_outages": outages}
 
 
-def test_deals_to_projects_to_invoices_exactly_once_through_kills_and_erp_outages(live_firm) -> None:  # noqa: ANN001
+def test_deals_to_projects_to_invoices_exactly_once_through_kills_and_erp_outages(live_firm) -> None:
     firm, stack = live_firm
     rng = random.Random(7)
     deals = [won_deal(firm, entity="us", key=f"L{n}") for n in range(US_DEALS)]
@@ -170,7 +170,7 @@ def test_deals_to_projects_to_invoices_exactly_once_through_kills_and_erp_outage
     )
 
 
-def _invoice_kantata_week(kantata, opp: str) -> list[str]:  # noqa: ANN001
+def _invoice_kantata_week(kantata, opp: str) -> list[str]:
     workspace = kantata.lookup(entity="workspaces", key=f"P-{opp}").external_id
     entries = []
     for day in ("2026-12-07", "2026-12-08"):

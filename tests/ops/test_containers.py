@@ -39,7 +39,8 @@ def test_compose_runs_the_engine_and_gates_on_readiness() -> None:
     assert "readyz" in " ".join(services["web"]["healthcheck"]["test"])
     for name in ("web", "worker", "beat"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    # The psycopg pool is for web processes only (a pool does not survive Celery's fork).
-    assert services["web"]["environment"]["PSCSYNC_DB_POOL"] == "true"
-    assert "PSCSYNC_DB_POOL" not in services["worker"]["environment"]
+    # The settings pool web connections and not Celery's (a pool does not survive the fork): no
+    # service overrides that.
+    for name in ("web", "worker", "beat"):
+        assert "PSCSYNC_DB_POOL" not in services[name]["environment"]
     assert services["demo"]["profiles"] == ["demo"]

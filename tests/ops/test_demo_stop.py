@@ -14,7 +14,7 @@ import time
 from tests.helpers import ROOT, free_port
 
 
-def _demo_env(tmp_path, web_port: int) -> dict[str, str]:  # noqa: ANN001
+def _demo_env(tmp_path, web_port: int) -> dict[str, str]:
     # The embedded set-up (SQLite, file broker), as `make demo` runs on a bare machine.
     drop = {"DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "SECRET_KEY", "PSCSYNC_CREDENTIALS_KEYS"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
@@ -46,7 +46,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_sigterm_stops_every_process_the_demo_started_within_10_seconds(tmp_path) -> None:  # noqa: ANN001
+def test_sigterm_stops_every_process_the_demo_started_within_10_seconds(tmp_path) -> None:
     demo = subprocess.Popen(
         [sys.executable, "-m", "pscsync.demo"],
         env=_demo_env(tmp_path, free_port()),
@@ -78,7 +78,7 @@ def test_sigterm_stops_every_process_the_demo_started_within_10_seconds(tmp_path
             demo.kill()
 
 
-def test_a_taken_port_is_named_with_the_variable_that_moves_it(tmp_path) -> None:  # noqa: ANN001
+def test_a_taken_port_is_named_with_the_variable_that_moves_it(tmp_path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()

@@ -50,7 +50,7 @@ def test_readyz_names_every_missing_process_when_nothing_ran() -> None:
     assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
 
 
-def test_readyz_names_a_stale_worker_and_a_stale_sweep(settings) -> None:  # noqa: ANN001
+def test_readyz_names_a_stale_worker_and_a_stale_sweep(settings) -> None:
     _all_beating()
     _age(worker_heartbeat_name("w1@host"), settings.READY_WORKER_SECONDS + 5)
     _age(SWEEPER, settings.READY_SWEEP_SECONDS + 5)
@@ -67,7 +67,7 @@ def test_readyz_fails_when_the_beat_lease_has_expired() -> None:
     assert body["checks"]["beat"]["detail"] == "no beat holds the leader lease (it expired)"
 
 
-def test_readyz_names_an_unreachable_broker(settings) -> None:  # noqa: ANN001
+def test_readyz_names_an_unreachable_broker(settings) -> None:
     _all_beating()
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
     body = Client().get("/readyz").json()

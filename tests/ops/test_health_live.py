@@ -31,7 +31,7 @@ def _test_database_url() -> str:
 
 
 @pytest.fixture
-def env(transactional_db, tmp_path, settings):  # noqa: ANN001, ANN201
+def env(transactional_db, tmp_path, settings):
     import redis
 
     redis.Redis.from_url(os.environ["CELERY_BROKER_URL"]).flushdb()
@@ -78,7 +78,7 @@ def _sends(process: Process) -> int:
     return len(SENT.findall(process.log_path.read_text(errors="replace"))) if process.log_path.exists() else 0
 
 
-def test_readyz_follows_the_worker_and_a_standby_beat_takes_over_without_double_publishing(env, tmp_path) -> None:  # noqa: ANN001
+def test_readyz_follows_the_worker_and_a_standby_beat_takes_over_without_double_publishing(env, tmp_path) -> None:
     worker, beat_a, beat_b = (
         _worker(env, tmp_path, "w1"),
         _beat(env, tmp_path, "beat-a"),

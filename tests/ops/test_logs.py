@@ -47,7 +47,7 @@ def _lines(stream: io.StringIO) -> list[dict]:
 
 
 @pytest.mark.django_db
-def test_a_webhook_line_carries_the_callers_request_id_and_the_connection(echo_connection, json_lines) -> None:  # noqa: ANN001
+def test_a_webhook_line_carries_the_callers_request_id_and_the_connection(echo_connection, json_lines) -> None:
     response = Client().post(
         "/webhooks/echo-us/", b"{}", content_type="application/json", HTTP_X_REQUEST_ID="req-7f3a.1"
     )
@@ -71,7 +71,7 @@ def test_an_unusable_request_id_is_replaced_by_a_fresh_one(given: str) -> None:
     assert len(response["X-Request-ID"]) == 32  # a uuid4 in hex
 
 
-def test_empty_fields_are_left_out_and_bound_fields_nest(json_lines) -> None:  # noqa: ANN001
+def test_empty_fields_are_left_out_and_bound_fields_nest(json_lines) -> None:
     log = logging.getLogger("pscsync.test")
     with bound(request_id="r1"):
         with bound(handoff_id=42, business_key="OPP-9", flow="quote-to-project", connection=""):

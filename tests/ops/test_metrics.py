@@ -17,7 +17,7 @@ TOKEN = "scrape-token-for-tests-only"
 
 
 @pytest.fixture(autouse=True)
-def _metrics_on(settings, monkeypatch) -> None:  # noqa: ANN001
+def _metrics_on(settings, monkeypatch) -> None:
     settings.METRICS_TOKEN = TOKEN
     settings.METRICS_BUSINESS_SECONDS = 0  # read the business gauges on every scrape
     monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: None)
@@ -46,14 +46,14 @@ def deliver(key: str, *, msg_id: str | None = None, slug: str = "echo-us", signe
     return Client().post(f"/webhooks/{slug}/", body, content_type="application/json", **extra).status_code
 
 
-def test_metrics_need_the_token_and_are_off_without_one(settings) -> None:  # noqa: ANN001
+def test_metrics_need_the_token_and_are_off_without_one(settings) -> None:
     assert Client().get("/metrics").status_code == 401
     assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     settings.METRICS_TOKEN = ""
     assert Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 404
 
 
-def test_counters_and_gauges_move_with_real_work(echo_connection, echo) -> None:  # noqa: ANN001
+def test_counters_and_gauges_move_with_real_work(echo_connection, echo) -> None:
     before = scrape()
     # Intake: one accepted, the same delivery again (duplicate), one unsigned, one unknown connection.
     assert deliver("OPP-M1") == 202
@@ -101,7 +101,7 @@ def test_counters_and_gauges_move_with_real_work(echo_connection, echo) -> None:
     assert value(after, "pscsync_won_not_activated", entity="us") == 0
 
 
-def test_counters_add_up_across_processes_in_multiprocess_mode(tmp_path) -> None:  # noqa: ANN001
+def test_counters_add_up_across_processes_in_multiprocess_mode(tmp_path) -> None:
     """gunicorn workers and Celery prefork children each count; the scrape sums their files."""
     import os
     import subprocess
@@ -124,7 +124,7 @@ def test_counters_add_up_across_processes_in_multiprocess_mode(tmp_path) -> None
     assert 'pscsync_vendor_calls_total{connection="c1",status="200"} 2.0' in text
 
 
-def test_every_series_the_grafana_dashboard_plots_is_exposed(echo_connection, echo) -> None:  # noqa: ANN001
+def test_every_series_the_grafana_dashboard_plots_is_exposed(echo_connection, echo) -> None:
     import json
     import re
 

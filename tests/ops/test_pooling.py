@@ -1,7 +1,9 @@
-"""PSCSYNC_DB_POOL=true gives a process Django's psycopg pool on the real PostgreSQL."""
+"""Database connections: Django's psycopg pool by default on PostgreSQL, none in Celery processes
+or behind pgbouncer (docs/operations.md, "Database connections"), on the real PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +12,65 @@ import pytest
 
 from tests.helpers import ROOT
 
-SCRIPT = """
+pytestmark = pytest.mark.skipif(not os.getenv("DATABASE_URL", "").startswith("postgres"), reason="needs PostgreSQL")
+
+SETTINGS = """
+import json, sys
+sys.argv[0] = {argv0!r}
+from django.conf import settings
+db = settings.DATABASES["default"]
+print(json.dumps({{"pool": db.get("OPTIONS", {{}}).get("pool"), "max_age": db["CONN_MAX_AGE"],
+                  "no_cursors": db.get("DISABLE_SERVER_SIDE_CURSORS", False)}}))
+"""
+
+
+def _database_settings(argv0: str = "gunicorn", **env: str) -> dict:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PSCSYNC_DB_POOL", "PSCSYNC_PGBOUNCER"))}
+    environ.update(env, DJANGO_SETTINGS_MODULE="pscsync.settings")
+    result = subprocess.run(
+        [sys.executable, "-c", SETTINGS.format(argv0=argv0)],
+        env=environ,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_web_process_pools_by_default() -> None:
+    got = _database_settings("/srv/.venv/bin/gunicorn")
+    assert got == {"pool": {"min_size": 2, "max_size": 10, "timeout": 10}, "max_age": 0, "no_cursors": False}
+
+
+@pytest.mark.parametrize("argv0", ["/srv/.venv/bin/celery", "/usr/lib/python3/site-packages/celery/__main__.py"])
+def test_a_celery_process_keeps_one_persistent_connection(argv0: str) -> None:
+    # The prefork parent uses the database, then forks: a pool would not survive the fork.
+    assert _database_settings(argv0) == {"pool": None, "max_age": 60, "no_cursors": False}
+
+
+def test_behind_pgbouncer_nothing_pools_persists_or_keeps_a_server_side_cursor() -> None:
+    assert _database_settings(PSCSYNC_PGBOUNCER="true") == {"pool": None, "max_age": 0, "no_cursors": True}
+
+
+def test_the_pool_can_be_turned_off() -> None:
+    assert _database_settings(PSCSYNC_DB_POOL="false")["pool"] is None
+
+
+def test_a_bad_switch_is_refused_at_start() -> None:
+    with pytest.raises(AssertionError, match="PSCSYNC_DB_POOL must be 'true' or 'false'"):
+        _database_settings(PSCSYNC_DB_POOL="maybe")
+
+
+def test_this_test_session_runs_on_the_pool() -> None:
+    # The suite runs the production settings, so every database test here exercised the pool.
+    from django.db import connection
+
+    assert connection.settings_dict["OPTIONS"]["pool"]["max_size"] == 10
+
+
+THREADS = """
 import django
 django.setup()
 from django.db import connection
@@ -27,11 +87,11 @@ print(connection.settings_dict["CONN_MAX_AGE"], stats["pool_max"], stats["connec
 """
 
 
-@pytest.mark.skipif(not os.getenv("DATABASE_URL", "").startswith("postgres"), reason="needs PostgreSQL")
-def test_the_pool_option_serves_many_threads_from_a_few_connections() -> None:
-    env = {**os.environ, "PSCSYNC_DB_POOL": "true", "PSCSYNC_DB_POOL_MAX": "3"}
+def test_the_pool_serves_many_threads_from_a_few_connections() -> None:
+    env = {**os.environ, "PSCSYNC_DB_POOL_MAX": "3"}
+    env.pop("PSCSYNC_DB_POOL", None)
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", THREADS], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     conn_max_age, pool_max, opened = (int(x) for x in result.stdout.split())

@@ -17,7 +17,7 @@ from tests.reconciliation import seed
 pytestmark = pytest.mark.django_db
 
 
-def open_mismatches(**filters) -> list[Mismatch]:  # noqa: ANN003
+def open_mismatches(**filters) -> list[Mismatch]:
     return list(Mismatch.objects.filter(status="open", **filters).order_by("comparison", "period"))
 
 
@@ -27,13 +27,13 @@ def run(entity: str = "us", period: str = "") -> ReconciliationRun:
     return result
 
 
-def only(comparison: str, **filters) -> Mismatch:  # noqa: ANN003
+def only(comparison: str, **filters) -> Mismatch:
     found = open_mismatches(comparison=comparison, **filters)
     assert len(found) == 1, [(m.comparison, m.period, m.cause, m.explanation) for m in open_mismatches()]
     return found[0]
 
 
-def billed(firm, **deal_options):  # noqa: ANN001, ANN003, ANN201
+def billed(firm, **deal_options):
     """A US deal with one released billing batch (two timecard items in October)."""
     s = seed.deal(firm, **deal_options)
     batch = seed.certinia_batch(firm, s)
@@ -41,7 +41,7 @@ def billed(firm, **deal_options):  # noqa: ANN001, ANN003, ANN201
 
 
 # A clean firm --------------------------------------------------------------------------------------
-def test_clean_firm_has_no_mismatches(firm):  # noqa: ANN001
+def test_clean_firm_has_no_mismatches(firm):
     s, batch = billed(firm)
     seed.netsuite_invoice(firm, s, batch)
     uk = seed.deal(firm, entity="uk", n=2, amount=50000)
@@ -53,7 +53,7 @@ def test_clean_firm_has_no_mismatches(firm):  # noqa: ANN001
     assert uk_run.summary["billed_time"]["matched"] == 1 and uk_run.summary["deal_value"]["matched"] == 1
 
 
-def test_reconciliation_stores_the_erp_ledger_with_posted_states_and_payments(firm):  # noqa: ANN001
+def test_reconciliation_stores_the_erp_ledger_with_posted_states_and_payments(firm):
     from pscsync.models import ErpInvoice
 
     s, batch = billed(firm)
@@ -91,7 +91,7 @@ def test_reconciliation_stores_the_erp_ledger_with_posted_states_and_payments(fi
 
 
 # One test per catalogue class ---------------------------------------------------------------------
-def test_rounding(firm):  # noqa: ANN001
+def test_rounding(firm):
     ReconciliationTolerance.objects.create(
         legal_entity_id=firm.connections["netsuite-us"].legal_entities.get().pk,
         absolute=Decimal("0.00"),
@@ -105,7 +105,7 @@ def test_rounding(firm):  # noqa: ANN001
     assert s.project_key in mismatch.explanation and "one cent per line" in mismatch.explanation
 
 
-def test_fx_rate_date(firm):  # noqa: ANN001
+def test_fx_rate_date(firm):
     s = seed.deal(firm, currency="CAD")
     batch = seed.certinia_batch(firm, s, currency="CAD", fx_rate=0.72)
     seed.netsuite_invoice(firm, s, batch, exchangeRate=0.73)
@@ -116,7 +116,7 @@ def test_fx_rate_date(firm):  # noqa: ANN001
     assert "0.72" in found["revenue"].explanation and "0.73" in found["revenue"].explanation
 
 
-def test_amendment_not_synced(firm):  # noqa: ANN001
+def test_amendment_not_synced(firm):
     s = seed.deal(firm, amount=150000, version=2, psa_amount=120000, erp_amount=120000, psa_version=1, erp_version=1)
     run()
     mismatch = only("deal_value")
@@ -126,7 +126,7 @@ def test_amendment_not_synced(firm):  # noqa: ANN001
     assert mismatch.amounts == {"crm": "150000.00", "psa": "120000.00", "erp": "120000.00"}
 
 
-def test_time_invoiced_later_than_the_billing_terms_allow(firm):  # noqa: ANN001
+def test_time_invoiced_later_than_the_billing_terms_allow(firm):
     # Time and materials bills monthly in arrears: October may post August's work no more. By hand:
     # 2026-08: PSA 3000.00 (worked 27 Aug) vs ERP 0 -> -3000.00; 2026-10: PSA 1000.00 (4 Oct) vs
     # ERP 4000.00 (the whole invoice, dated 5 Oct) -> +3000.00. Both are late time.
@@ -143,7 +143,7 @@ def test_time_invoiced_later_than_the_billing_terms_allow(firm):  # noqa: ANN001
     assert open_mismatches(comparison="revenue") == []
 
 
-def test_billing_in_arrears_is_not_a_mismatch(firm):  # noqa: ANN001
+def test_billing_in_arrears_is_not_a_mismatch(firm):
     # October's time (4000.00 on 23 Oct + 2000.00 on 30 Oct) billed by the PSA's run on 2 November
     # and invoiced on 2 November: one month in arrears, as time and materials is billed. Billed time
     # compares 6000.00 with 6000.00 in 2026-11, revenue 6000.00 with 6000.00 in 2026-11.
@@ -163,7 +163,7 @@ def test_billing_in_arrears_is_not_a_mismatch(firm):  # noqa: ANN001
     assert summary["revenue"] == {"checked": 2, "matched": 2, "mismatches": {}, "cleared": 0, **totals}
 
 
-def test_duplicate_invoice(firm):  # noqa: ANN001
+def test_duplicate_invoice(firm):
     s, batch = billed(firm)
     seed.netsuite_invoice(firm, s, batch)
     seed.netsuite_invoice(firm, s, batch, key=None, date="2026-11-01")  # keyed again by hand, two days later
@@ -173,7 +173,7 @@ def test_duplicate_invoice(firm):  # noqa: ANN001
     assert "same customer, amount and date within 3 days" in mismatch.explanation
 
 
-def test_duplicate_invoice_for_one_billing_event(firm):  # noqa: ANN001
+def test_duplicate_invoice_for_one_billing_event(firm):
     s, batch = billed(firm)
     seed.netsuite_invoice(firm, s, batch)
     seed.netsuite_invoice(firm, s, batch, key="I-again-" + batch["id"])  # a second one naming the same batch
@@ -182,7 +182,7 @@ def test_duplicate_invoice_for_one_billing_event(firm):  # noqa: ANN001
     assert mismatch.cause == "duplicate_invoice" and "billed by 2 invoices" in mismatch.explanation
 
 
-def test_missing_customer(firm):  # noqa: ANN001
+def test_missing_customer(firm):
     s, batch = billed(firm, customer=False)
     run()
     found = open_mismatches()
@@ -194,7 +194,7 @@ def test_missing_customer(firm):  # noqa: ANN001
     assert only("deal_value").difference == Decimal("-120000.00")
 
 
-def test_deal_missing_in_the_erp_carries_its_value(firm):  # noqa: ANN001
+def test_deal_missing_in_the_erp_carries_its_value(firm):
     # UK: the customer is in Business Central but its project P-<opp> is not. CRM 50,000.00, the
     # PSA price 50,000.00 agrees; the ERP has no record: at stake 0 - 50,000.00 = -50,000.00.
     s = seed.deal(firm, entity="uk", n=3, amount=50000)
@@ -206,7 +206,7 @@ def test_deal_missing_in_the_erp_carries_its_value(firm):  # noqa: ANN001
     assert mismatch.cause == "missing_record" and mismatch.difference == Decimal("-50000.00")
 
 
-def test_missing_invoice(firm):  # noqa: ANN001
+def test_missing_invoice(firm):
     s, batch = billed(firm)
     run()
     mismatch = only("billed_time")
@@ -214,7 +214,7 @@ def test_missing_invoice(firm):  # noqa: ANN001
     assert mismatch.amounts == {"psa": "6000.00", "erp": "0.00"}
 
 
-def test_tax_code(firm):  # noqa: ANN001
+def test_tax_code(firm):
     s, batch = billed(firm, customer_tax_code="US-EXEMPT")
     seed.netsuite_invoice(firm, s, batch)
     run()
@@ -222,7 +222,7 @@ def test_tax_code(firm):  # noqa: ANN001
     assert mismatch.cause == "tax_code" and "US-STD" in mismatch.explanation and "US-EXEMPT" in mismatch.explanation
 
 
-def test_tax_charged_to_exempt_customer(firm):  # noqa: ANN001
+def test_tax_charged_to_exempt_customer(firm):
     s, batch = billed(firm, tax_profile="US-EXEMPT")
     seed.netsuite_invoice(firm, s, batch, taxTotal=480)
     run()
@@ -232,7 +232,7 @@ def test_tax_charged_to_exempt_customer(firm):  # noqa: ANN001
     )
 
 
-def test_currency_mix(firm):  # noqa: ANN001
+def test_currency_mix(firm):
     s, batch = billed(firm)
     seed.netsuite_invoice(firm, s, batch, currency="CAD")
     run()
@@ -240,7 +240,7 @@ def test_currency_mix(firm):  # noqa: ANN001
     assert mismatch.cause == "currency_mix" and "CAD" in mismatch.explanation
 
 
-def test_entity_mismatch(firm):  # noqa: ANN001
+def test_entity_mismatch(firm):
     s, batch = billed(firm)
     seed.netsuite_invoice(firm, s, batch, subsidiary="2")
     run()
@@ -248,7 +248,7 @@ def test_entity_mismatch(firm):  # noqa: ANN001
     assert mismatch.cause == "entity_mismatch" and "subsidiary 2" in mismatch.explanation
 
 
-def test_credit_not_in_psa(firm):  # noqa: ANN001
+def test_credit_not_in_psa(firm):
     s, batch = billed(firm)
     credit = {"item": {"id": "55"}, "quantity": 1, "rate": -500, "amount": -500, "description": "Goodwill write-off"}
     seed.netsuite_invoice(firm, s, batch, extra_lines=[credit])
@@ -258,7 +258,7 @@ def test_credit_not_in_psa(firm):  # noqa: ANN001
     assert mismatch.difference == Decimal("-500.00")
 
 
-def test_retro_change(firm):  # noqa: ANN001
+def test_retro_change(firm):
     s, batch = billed(firm)
     seed.netsuite_invoice(firm, s, batch)
     time.sleep(1.1)  # NetSuite stamps whole seconds
@@ -269,7 +269,7 @@ def test_retro_change(firm):  # noqa: ANN001
     assert mismatch.cause == "retro_change" and batch["items"][0]["id"] in mismatch.explanation
 
 
-def test_unexplained(firm):  # noqa: ANN001
+def test_unexplained(firm):
     s, batch = billed(firm)
     seed.netsuite_invoice(firm, s, batch, amounts={1: 2300.0})
     run()
@@ -278,7 +278,7 @@ def test_unexplained(firm):  # noqa: ANN001
 
 
 # Lifecycle, outage, tolerance -----------------------------------------------------------------------
-def test_mismatch_clears_when_the_difference_is_gone(firm):  # noqa: ANN001
+def test_mismatch_clears_when_the_difference_is_gone(firm):
     s, batch = billed(firm)
     run()
     first = only("billed_time")
@@ -293,7 +293,7 @@ def test_mismatch_clears_when_the_difference_is_gone(firm):  # noqa: ANN001
     assert result.summary["billed_time"]["cleared"] == 1 and open_mismatches() == []
 
 
-def test_vendor_outage_changes_nothing(firm):  # noqa: ANN001
+def test_vendor_outage_changes_nothing(firm):
     s, batch = billed(firm)
     run()
     before = only("billed_time")
@@ -310,7 +310,7 @@ def test_vendor_outage_changes_nothing(firm):  # noqa: ANN001
     assert Mismatch.objects.count() == count == 2  # billed time and revenue, both still open
 
 
-def test_tolerance_per_entity(firm):  # noqa: ANN001
+def test_tolerance_per_entity(firm):
     s, batch = billed(firm)
     seed.netsuite_invoice(firm, s, batch, amounts={1: 2000.5})
     run()
@@ -324,7 +324,7 @@ def test_tolerance_per_entity(firm):  # noqa: ANN001
     assert only("billed_time").cause == "unexplained"
 
 
-def test_uk_deal_value_is_crm_against_psa(firm):  # noqa: ANN001
+def test_uk_deal_value_is_crm_against_psa(firm):
     uk = seed.deal(firm, entity="uk", amount=50000, psa_amount=45000)
     seed.kantata_batch_and_invoice(firm, uk, bc_amount=1400.0)
     run("uk")
@@ -335,7 +335,7 @@ def test_uk_deal_value_is_crm_against_psa(firm):  # noqa: ANN001
     assert billed_time.amounts == {"psa": "1500.00", "erp": "1400.00"} and billed_time.cause == "unexplained"
 
 
-def test_command_prints_a_summary(firm):  # noqa: ANN001
+def test_command_prints_a_summary(firm):
     s, batch = billed(firm)
     out = io.StringIO()
     call_command("reconcile", "--entity", "us", "--period", "2026-10", stdout=out)
@@ -343,7 +343,35 @@ def test_command_prints_a_summary(firm):  # noqa: ANN001
     assert "billed_time" in text and "missing_record" in text and "complete" in text
 
 
-def test_beat_runs_the_task_for_every_entity(firm, settings):  # noqa: ANN001
+def test_command_waits_for_the_queued_handoffs_before_it_reconciles(firm, monkeypatch):
+    """--after-backlog: a batch still queued for its handoff is not reported missing from the ERP
+    while the engine works through its queue (the demo, right after its history)."""
+    from pscsync.lifecycle import handoff_move
+    from pscsync.management.commands import reconcile as command
+    from tests.dashboards.builders import handoff
+
+    billed(firm)
+    queued = handoff(
+        flow="project-to-bill", conn=firm.connections["certinia-us"], entity=None, status="pending", amount=None
+    )
+    waits: list[int] = []
+
+    def sleep(_seconds: float) -> None:  # the worker takes the handoff while the command waits
+        waits.append(ReconciliationRun.objects.count())
+        handoff_move(queued.pk, from_states=["pending"], to="running", actor=None)
+        handoff_move(queued.pk, from_states=["running"], to="succeeded", actor=None)
+
+    monkeypatch.setattr(command.time, "sleep", sleep)
+    call_command("reconcile", "--entity", "us", "--after-backlog", "600", stdout=io.StringIO())
+    # One wait, during which no run had started; then the run, once nothing was queued.
+    assert waits == [0] and ReconciliationRun.objects.filter(status="complete").count() == 1
+    # Without the option it does not wait for another queued one.
+    handoff(flow="project-to-bill", conn=firm.connections["certinia-us"], entity=None, status="pending", amount=None)
+    call_command("reconcile", "--entity", "us", stdout=io.StringIO())
+    assert waits == [0] and ReconciliationRun.objects.count() == 2
+
+
+def test_beat_runs_the_task_for_every_entity(firm, settings):
     from pscsync.tasks import reconcile_task
 
     assert settings.CELERY_BEAT_SCHEDULE["reconcile"]["task"] == "pscsync.tasks.reconcile_task"

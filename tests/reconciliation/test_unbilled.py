@@ -17,11 +17,11 @@ from tests.reconciliation import seed
 pytestmark = pytest.mark.django_db
 
 
-def create(connector, sobject: str, fields: dict) -> str:  # noqa: ANN001
+def create(connector, sobject: str, fields: dict) -> str:
     return connector.send("POST", connector.api_path(f"sobjects/{sobject}/"), json=fields).body["id"]
 
 
-def certinia_work(firm, s: seed.Seeded) -> dict[str, str]:  # noqa: ANN001
+def certinia_work(firm, s: seed.Seeded) -> dict[str, str]:
     """One approved timecard (10 h at 180), one approved expense, one approved milestone, and one
     timecard still submitted (not approved: not WIP yet)."""
     certinia = firm.connector("certinia-us")
@@ -98,7 +98,7 @@ def certinia_work(firm, s: seed.Seeded) -> dict[str, str]:  # noqa: ANN001
     return ids
 
 
-def test_certinia_unbilled_time_expense_and_milestones(firm):  # noqa: ANN001
+def test_certinia_unbilled_time_expense_and_milestones(firm):
     s = seed.deal(firm)
     ids = certinia_work(firm, s)
     (result,) = reconcile(entity="us")
@@ -117,7 +117,7 @@ def test_certinia_unbilled_time_expense_and_milestones(firm):  # noqa: ANN001
     assert all(w.legal_entity.code == "us" for w in rows.values())
 
 
-def test_billing_run_takes_work_out_of_wip(firm):  # noqa: ANN001
+def test_billing_run_takes_work_out_of_wip(firm):
     s = seed.deal(firm)
     certinia_work(firm, s)
     reconcile(entity="us")
@@ -128,7 +128,7 @@ def test_billing_run_takes_work_out_of_wip(firm):  # noqa: ANN001
     assert UnbilledWork.objects.count() == 0  # all three are in a billing event now
 
 
-def test_kantata_unbilled_time_and_expenses(firm):  # noqa: ANN001
+def test_kantata_unbilled_time_and_expenses(firm):
     s = seed.deal(firm, entity="uk", n=2, amount=50000)
     seed.kantata_batch_and_invoice(firm, s)  # one entry already invoiced: not WIP
     kantata = firm.connector("kantata-uk")
@@ -148,7 +148,7 @@ def test_kantata_unbilled_time_and_expenses(firm):  # noqa: ANN001
     assert work.legal_entity.code == "uk" and work.project_key == s.project_key
 
 
-def test_vendor_outage_keeps_the_last_snapshot(firm):  # noqa: ANN001
+def test_vendor_outage_keeps_the_last_snapshot(firm):
     s = seed.deal(firm)
     certinia_work(firm, s)
     reconcile(entity="us")
@@ -162,7 +162,7 @@ def test_vendor_outage_keeps_the_last_snapshot(firm):  # noqa: ANN001
     assert sorted(UnbilledWork.objects.values_list("source_id", "read_at")) == before
 
 
-def test_assignments_are_read_as_supply(firm):  # noqa: ANN001
+def test_assignments_are_read_as_supply(firm):
     s = seed.deal(firm)
     certinia_work(firm, s)
     reconcile(entity="us")
@@ -171,7 +171,7 @@ def test_assignments_are_read_as_supply(firm):  # noqa: ANN001
     assert (assignment.starts_on, assignment.ends_on) == (dt.date(2026, 10, 1), dt.date(2026, 12, 31))
 
 
-def test_approved_hours_worked_are_read_by_role_and_month(firm):  # noqa: ANN001
+def test_approved_hours_worked_are_read_by_role_and_month(firm):
     from pscsync.models import PsaWorkedHours
 
     s = seed.deal(firm)

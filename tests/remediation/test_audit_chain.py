@@ -12,11 +12,11 @@ from tests.helpers import audit_raw_sql
 pytestmark = pytest.mark.django_db
 
 
-def _entries(operator, n: int) -> list[AuditEntry]:  # noqa: ANN001
+def _entries(operator, n: int) -> list[AuditEntry]:
     return [audit_record(actor=operator, action="exception.comment", obj=operator, after={"n": i}) for i in range(n)]
 
 
-def test_an_intact_chain_verifies(operator, capsys) -> None:  # noqa: ANN001
+def test_an_intact_chain_verifies(operator, capsys) -> None:
     _entries(operator, 4)
     call_command("audit_verify")
     assert "audit chain intact" in capsys.readouterr().out
@@ -24,7 +24,7 @@ def test_an_intact_chain_verifies(operator, capsys) -> None:  # noqa: ANN001
     assert second.prev_hash == first.hash and len(first.hash) == 64
 
 
-def test_a_changed_row_is_named(operator) -> None:  # noqa: ANN001
+def test_a_changed_row_is_named(operator) -> None:
     entries = _entries(operator, 5)
     audit_raw_sql("UPDATE pscsync_auditentry SET comment = %s WHERE id = %s", ["rewritten", entries[2].pk])
     report = audit_verify()
@@ -34,7 +34,7 @@ def test_a_changed_row_is_named(operator) -> None:  # noqa: ANN001
         call_command("audit_verify")
 
 
-def test_a_deleted_row_breaks_the_link_of_the_next(operator) -> None:  # noqa: ANN001
+def test_a_deleted_row_breaks_the_link_of_the_next(operator) -> None:
     entries = _entries(operator, 5)
     audit_raw_sql("DELETE FROM pscsync_auditentry WHERE id = %s", [entries[1].pk])
     [(broken, why)] = audit_verify().breaks

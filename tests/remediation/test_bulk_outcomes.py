@@ -15,14 +15,14 @@ from tests.flows.conftest import run, trigger, won_deal
 pytestmark = pytest.mark.django_db
 
 
-def _tax_failure(firm, key: str) -> Handoff:  # noqa: ANN001
+def _tax_failure(firm, key: str) -> Handoff:
     deal = won_deal(firm, key=key, account={"Tax_Profile__c": None})
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
     assert handoff.status == Handoff.Status.NEEDS_ATTENTION
     return handoff
 
 
-def test_a_bulk_retry_that_fails_again_says_so(firm, operator) -> None:  # noqa: ANN001
+def test_a_bulk_retry_that_fails_again_says_so(firm, operator) -> None:
     handoffs = [_tax_failure(firm, "81"), _tax_failure(firm, "82")]
     ids = [h.pk for h in handoffs]
     # Nothing changed since they failed (no newer change of the deal arrived): asked first.
@@ -44,7 +44,7 @@ def test_a_bulk_retry_that_fails_again_says_so(firm, operator) -> None:  # noqa:
     assert [name for _, name, _ in results.headline] == ["Failed again, same cause"]
 
 
-def test_a_queued_job_shows_its_place_and_an_estimate(operator, firm) -> None:  # noqa: ANN001
+def test_a_queued_job_shows_its_place_and_an_estimate(operator, firm) -> None:
     handoffs = [_tax_failure(firm, "83"), _tax_failure(firm, "84")]
     first = bulk_job_create(actor=operator, kind=BulkJob.Kind.ASSIGN, handoff_ids=[handoffs[0].pk])
     second = bulk_job_create(actor=operator, kind=BulkJob.Kind.ASSIGN, handoff_ids=[h.pk for h in handoffs])

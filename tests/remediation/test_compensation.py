@@ -26,12 +26,12 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _no_broker(monkeypatch):  # noqa: ANN001, ANN202
+def _no_broker(monkeypatch):
     # The test is the worker: it calls compensation_run itself, as the task would.
     monkeypatch.setattr("remediation.services._compensation_enqueue", lambda compensation_id: None)
 
 
-def _invoiced_then_failed(firm, key: str) -> tuple[Handoff, str]:  # noqa: ANN001
+def _invoiced_then_failed(firm, key: str) -> tuple[Handoff, str]:
     """A Certinia billing event whose NetSuite invoice was written, then the PSA refused to be
     marked as billed: the handoff needs a person with an invoice standing in the ERP."""
     deal = provisioned(firm, "us", key)
@@ -43,11 +43,11 @@ def _invoiced_then_failed(firm, key: str) -> tuple[Handoff, str]:  # noqa: ANN00
     return handoff, event
 
 
-def _netsuite_invoice(firm, event: str):  # noqa: ANN001, ANN202
+def _netsuite_invoice(firm, event: str):
     return firm.connector("netsuite-us").lookup(entity="invoice", key=f"I-{event}")
 
 
-def test_compensating_deletes_the_netsuite_invoice_releases_the_items_and_cancels(firm, operator) -> None:  # noqa: ANN001
+def test_compensating_deletes_the_netsuite_invoice_releases_the_items_and_cancels(firm, operator) -> None:
     handoff, event = _invoiced_then_failed(firm, "c1")
     invoice_id = _netsuite_invoice(firm, event).external_id
     assert BilledItem.objects.filter(invoice_key=f"I-{event}").count() == 2
@@ -74,7 +74,7 @@ def test_compensating_deletes_the_netsuite_invoice_releases_the_items_and_cancel
     assert audit.before["steps"]["upsert_invoice"]["ids"] == {f"I-{event}": invoice_id}
 
 
-def test_a_second_click_or_a_repeated_task_never_deletes_twice(firm, operator, admin) -> None:  # noqa: ANN001
+def test_a_second_click_or_a_repeated_task_never_deletes_twice(firm, operator, admin) -> None:
     handoff, event = _invoiced_then_failed(firm, "c2")
     stale_copy = Handoff.objects.get(pk=handoff.pk)
     compensation = handoff_compensate(actor=operator, handoff=handoff, reason="wrong customer")
@@ -100,7 +100,7 @@ def test_a_second_click_or_a_repeated_task_never_deletes_twice(firm, operator, a
     assert AuditEntry.objects.filter(action="handoff.compensate.request").count() == 1
 
 
-def test_after_compensating_the_batch_is_billed_again_exactly_once(firm, operator) -> None:  # noqa: ANN001
+def test_after_compensating_the_batch_is_billed_again_exactly_once(firm, operator) -> None:
     handoff, event = _invoiced_then_failed(firm, "c3")
     compensation_run(handoff_compensate(actor=operator, handoff=handoff, reason="re-bill after the fix").pk)
 
@@ -115,7 +115,7 @@ def test_after_compensating_the_batch_is_billed_again_exactly_once(firm, operato
     assert BilledItem.objects.filter(invoice_key=f"I-{event}").count() == 2  # claimed again, once
 
 
-def test_a_paid_invoice_is_refused_by_netsuite_and_nothing_changes(firm, operator) -> None:  # noqa: ANN001
+def test_a_paid_invoice_is_refused_by_netsuite_and_nothing_changes(firm, operator) -> None:
     handoff, event = _invoiced_then_failed(firm, "c4")
     invoice = _netsuite_invoice(firm, event)
     netsuite = firm.connector("netsuite-us")
@@ -144,7 +144,7 @@ def test_a_paid_invoice_is_refused_by_netsuite_and_nothing_changes(firm, operato
     assert AuditEntry.objects.get(action="handoff.compensate.failed").comment == compensation.detail
 
 
-def test_an_erp_outage_fails_the_compensation_cleanly_and_it_can_be_tried_again(firm, operator) -> None:  # noqa: ANN001
+def test_an_erp_outage_fails_the_compensation_cleanly_and_it_can_be_tried_again(firm, operator) -> None:
     handoff, event = _invoiced_then_failed(firm, "c5")
     firm.sandboxes["netsuite"].fault(error_status=503, match="/record/v1/invoice/", count=100)
 
@@ -160,7 +160,7 @@ def test_an_erp_outage_fails_the_compensation_cleanly_and_it_can_be_tried_again(
     assert _netsuite_invoice(firm, event) is None
 
 
-def test_business_central_deletes_a_draft_invoice_and_refuses_a_posted_one(firm, admin) -> None:  # noqa: ANN001
+def test_business_central_deletes_a_draft_invoice_and_refuses_a_posted_one(firm, admin) -> None:
     bc = firm.connector("businesscentral-uk")
     handoffs = {}
     for key in ("c6", "c7"):
@@ -185,7 +185,7 @@ def test_business_central_deletes_a_draft_invoice_and_refuses_a_posted_one(firm,
     assert Handoff.objects.get(pk=posted.pk).status == Handoff.Status.NEEDS_ATTENTION
 
 
-def test_compensate_needs_a_reason_an_operator_and_a_failed_handoff(client, firm, operator, viewer) -> None:  # noqa: ANN001
+def test_compensate_needs_a_reason_an_operator_and_a_failed_handoff(client, firm, operator, viewer) -> None:
     handoff, event = _invoiced_then_failed(firm, "c8")
     url = f"/workbench/handoffs/{handoff.pk}/compensate/"
 
@@ -216,7 +216,7 @@ def test_compensate_needs_a_reason_an_operator_and_a_failed_handoff(client, firm
     assert "hx-trigger" not in card  # finished: it stops polling
 
 
-def test_another_entitys_operator_cannot_compensate_or_even_see_it(client, firm, outsider) -> None:  # noqa: ANN001
+def test_another_entitys_operator_cannot_compensate_or_even_see_it(client, firm, outsider) -> None:
     handoff, _ = _invoiced_then_failed(firm, "c10")
     client.force_login(outsider)  # works for the UK entity only
     assert client.post(f"/workbench/handoffs/{handoff.pk}/compensate/", {"reason": "x"}).status_code == 404
@@ -224,7 +224,7 @@ def test_another_entitys_operator_cannot_compensate_or_even_see_it(client, firm,
     assert not Compensation.objects.exists()
 
 
-def test_quote_to_project_offers_no_compensation(client, firm, operator) -> None:  # noqa: ANN001
+def test_quote_to_project_offers_no_compensation(client, firm, operator) -> None:
     from tests.flows.conftest import won_deal
 
     deal = won_deal(firm, key="c9", account={"Tax_Profile__c": None})

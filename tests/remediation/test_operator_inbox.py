@@ -18,7 +18,7 @@ from tests.helpers import moves_told
 pytestmark = pytest.mark.django_db
 
 
-def _failed(connection, entity, *, key: str, hours_ago: float, amount: int, currency: str, message: str) -> Handoff:  # noqa: ANN001
+def _failed(connection, entity, *, key: str, hours_ago: float, amount: int, currency: str, message: str) -> Handoff:
     now = clock.now()
     started = now - dt.timedelta(hours=hours_ago)
     event = Event.objects.create(
@@ -47,7 +47,7 @@ def _failed(connection, entity, *, key: str, hours_ago: float, amount: int, curr
     return handoff
 
 
-def test_most_urgent_first_breach_then_converted_money_then_age(operator, echo_connection, entities) -> None:  # noqa: ANN001
+def test_most_urgent_first_breach_then_converted_money_then_age(operator, echo_connection, entities) -> None:
     FlowSla.objects.create(flow="quote-to-project", target=Decimal("24"), unit=FlowSla.Unit.HOURS)
     month = clock.now().strftime("%Y-%m")
     FxRate.objects.create(currency="GBP", month=month, kind=FxRate.Kind.CLOSING, rate=Decimal("1.25"))
@@ -65,7 +65,7 @@ def test_most_urgent_first_breach_then_converted_money_then_age(operator, echo_c
     assert sla_words(groups[1].sla_remaining) == "due in 22 h"
 
 
-def test_an_operator_lands_on_the_workbench(client, operator) -> None:  # noqa: ANN001
+def test_an_operator_lands_on_the_workbench(client, operator) -> None:
     client.force_login(operator)
     response = client.get("/")
     assert response.status_code == 302 and response["Location"] == "/workbench/"

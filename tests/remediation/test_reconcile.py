@@ -21,7 +21,7 @@ from tests.helpers import status_force
 pytestmark = pytest.mark.django_db
 
 
-def _failed(firm, key: str) -> Handoff:  # noqa: ANN001
+def _failed(firm, key: str) -> Handoff:
     deal = won_deal(firm, key=key, account={"Tax_Profile__c": None})
     return run(trigger(firm, "quote-to-project", deal["opportunity"]))
 
@@ -48,7 +48,7 @@ def test_it_is_scheduled_in_beat() -> None:
     assert entry["schedule"] == 300.0  # every five minutes: a missed repair shows within minutes
 
 
-def test_it_repairs_what_bulk_updates_left_out_of_step_and_a_second_run_finds_nothing(firm) -> None:  # noqa: ANN001
+def test_it_repairs_what_bulk_updates_left_out_of_step_and_a_second_run_finds_nothing(firm) -> None:
     succeeded_behind_our_back = _failed(firm, "r1")
     failed_behind_our_back = _failed(firm, "r2")
     retried_then_failed = _failed(firm, "r3")
@@ -65,7 +65,7 @@ def test_it_repairs_what_bulk_updates_left_out_of_step_and_a_second_run_finds_no
     assert exceptions_reconcile() == 0
 
 
-def test_its_cost_does_not_grow_with_the_finished_history(firm) -> None:  # noqa: ANN001
+def test_its_cost_does_not_grow_with_the_finished_history(firm) -> None:
     handoff = _failed(firm, "r4")
     _history(handoff, 20, 0)
     with CaptureQueriesContext(connection) as small:
@@ -81,7 +81,7 @@ def test_its_cost_does_not_grow_with_the_finished_history(firm) -> None:  # noqa
         assert any(text in query["sql"] for text in narrowed), query["sql"]
 
 
-def test_a_compensation_whose_message_was_lost_is_handed_to_a_worker_again(firm, operator, monkeypatch) -> None:  # noqa: ANN001
+def test_a_compensation_whose_message_was_lost_is_handed_to_a_worker_again(firm, operator, monkeypatch) -> None:
     handoff = _failed(firm, "r5")
     sent = []
     monkeypatch.setattr("remediation.services._compensation_enqueue", sent.append)

@@ -4,6 +4,8 @@ root succeeds (recorded in their timeline)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from pscsync import clock
@@ -47,7 +49,7 @@ def test_the_variable_parts_are_left_out_of_the_fingerprint_and_kept_in_the_titl
     ]
 
 
-def _blocked_batch(firm, root: Handoff, account: str, n: int) -> Handoff:  # noqa: ANN001
+def _blocked_batch(firm, root: Handoff, account: str, n: int) -> Handoff:
     """A project-to-bill handoff stopped at its check because the ERP has no customer for the
     account: the records the runner keeps for it (the batch it read, the failed check)."""
     now = clock.now()
@@ -96,7 +98,7 @@ def _blocked_batch(firm, root: Handoff, account: str, n: int) -> Handoff:  # noq
 
 def test_blocked_batches_are_one_cause_under_their_root_and_resume_when_it_succeeds(
     firm, operator, django_capture_on_commit_callbacks
-) -> None:  # noqa: ANN001
+) -> None:
     # given: the deal's quote-to-project handoff stops (no tax profile), so no ERP customer
     deal = won_deal(firm, key="71", account={"Tax_Profile__c": None})
     root = run(trigger(firm, "quote-to-project", deal["opportunity"]))
@@ -133,3 +135,62 @@ def test_blocked_batches_are_one_cause_under_their_root_and_resume_when_it_succe
         entry = AuditEntry.objects.get(action="handoff.resubmit", object_id=str(batch.pk))
         assert entry.actor_label == "system:root-cause"
         assert entry.comment.startswith("Resumed by itself: Quote to project")
+
+
+def test_the_demos_five_batches_blocked_by_one_missing_business_central_customer(
+    firm, outsider, django_capture_on_commit_callbacks
+) -> None:
+    """The demo's case end to end on the sandboxes: a UK deal's project bills five Kantata invoices
+    while Business Central has no customer for its account (removed there, and refused when the
+    deal is sent again). The five stop at their check: one cause, under the deal's handoff that
+    failed at its customer step; when that handoff succeeds, the five resume by themselves and
+    each becomes a Business Central invoice."""
+    from tests.flows.test_project_to_bill import kantata_invoice, provisioned
+
+    deal = provisioned(firm, "uk", "90", Billing_Model__c="Time and Materials", Service_Line__c="Advisory")
+    customer_key = f"C-{deal['account']}"
+    invoices = [kantata_invoice(firm, deal["opportunity"]) for _ in range(5)]
+    bc = firm.connector("businesscentral-uk")
+    bc.withdraw(entity="customers", record_id=bc.lookup(entity="customers", key=customer_key).external_id)
+    assert bc.lookup(entity="customers", key=customer_key) is None
+    # Business Central refuses the customer when the deal comes again (credit control).
+    firm.sandboxes["businesscentral"].fault(
+        match="/customers",
+        reject={"field": "displayName", "equals": "Globex 90", "message": "Customer blocked by credit control"},
+    )
+    root = run(trigger(firm, "quote-to-project", deal["opportunity"], minutes_later=5))
+    assert root.status == Handoff.Status.NEEDS_ATTENTION
+    assert root.last_error_message.startswith("upsert_customer: ")
+
+    batches = [run(trigger(firm, "project-to-bill", f"kantata-invoice:{i}", slug="kantata-uk")) for i in invoices]
+
+    assert [b.status for b in batches] == [Handoff.Status.NEEDS_ATTENTION] * 5
+    items = HandoffException.objects.filter(handoff__in=batches)
+    assert len({i.cause_id for i in items}) == 1  # one cause, whatever each batch's name and id
+    assert {i.blocked_by_id for i in items} == {root.pk}
+    # as the UK operator sees them (the `outsider` fixture works for the UK entity only)
+    groups = {g.cause.flow: g for g in inbox_groups(outsider, InboxFilter())}
+    assert groups["project-to-bill"].count == 5
+    assert groups["quote-to-project"].blocks == 5
+    # Each invoice is 8 h + 6.5 h at £120/h = £1,740.00; five of them wait on the root: £8,700.00.
+    assert groups["quote-to-project"].blocks_money == [("GBP", Decimal("8700.00"))]
+    assert [c.pk for c in groups["project-to-bill"].waiting_on] == [groups["quote-to-project"].cause.pk]
+
+    # when: credit control releases the customer and the root is resubmitted: it succeeds
+    firm.sandboxes["businesscentral"].clear_faults()
+    handoff_resubmit(actor=outsider, handoff=root, mode=ResubmitMode.STORED, reason="credit control released it")
+    with django_capture_on_commit_callbacks(execute=True):
+        root = run(root)
+    assert root.status == Handoff.Status.SUCCEEDED, root.last_error_message
+
+    # then: the five resumed by themselves (nobody touched them), and each bills once
+    for batch in batches:
+        batch.refresh_from_db()
+        assert batch.status == Handoff.Status.PENDING
+        entry = AuditEntry.objects.get(action="handoff.resubmit", object_id=str(batch.pk))
+        assert entry.actor_label == "system:root-cause"
+        assert run(batch).status == Handoff.Status.SUCCEEDED
+    for invoice_id in invoices:
+        written = bc.lookup(entity="salesInvoices", key=f"I-K{invoice_id}").response
+        assert written["customerNumber"] == customer_key and written["totalAmountExcludingTax"] == 1740.0
+    assert not HandoffException.objects.filter(handoff__in=batches, status="open").exists()

@@ -16,19 +16,19 @@ from tests.flows.conftest import run, trigger, won_deal
 
 
 @pytest.fixture
-def workbench(live_server, operator, settings):  # noqa: ANN001, ANN201
+def workbench(live_server, operator, settings):
     settings.TWO_FACTOR_REQUIRED_ROLES = []  # the demo's operators sign in with a password (docs/security.md)
     return Workbench(live_server.url, operator.username, "a-long-test-password")
 
 
-def failed(firm, key: str, **deal) -> Handoff:  # noqa: ANN001, ANN003
+def failed(firm, key: str, **deal) -> Handoff:
     opportunity = won_deal(firm, key=key, **deal)["opportunity"]
     handoff = run(trigger(firm, "quote-to-project", opportunity))
     assert handoff.status == Handoff.Status.NEEDS_ATTENTION, handoff.last_error_message
     return handoff
 
 
-def test_operators_resubmit_correct_and_resolve_through_the_workbench(firm, workbench, transactional_db) -> None:  # noqa: ANN001
+def test_operators_resubmit_correct_and_resolve_through_the_workbench(firm, workbench, transactional_db) -> None:
     no_tax = failed(firm, "71", account={"Tax_Profile__c": None})
     retired_line = failed(firm, "72", Service_Line__c="Cyber Security")
     handled = failed(firm, "73", Billing_Model__c="Retainer")

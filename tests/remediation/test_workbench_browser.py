@@ -27,7 +27,7 @@ pytestmark = [
 
 
 @pytest.fixture
-def page(live_server, monkeypatch):  # noqa: ANN001, ANN201
+def page(live_server, monkeypatch):
     from playwright.sync_api import sync_playwright
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -46,11 +46,11 @@ def page(live_server, monkeypatch):  # noqa: ANN001, ANN201
         browser.close()
 
 
-def _shot(page, name: str) -> None:  # noqa: ANN001
+def _shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def _login(page, live_server, user) -> None:  # noqa: ANN001
+def _login(page, live_server, user) -> None:
     """Password, then the authenticator's code where the role requires a second factor."""
     from tests.twofactor import totp_code, totp_device_for
 
@@ -66,7 +66,7 @@ def _login(page, live_server, user) -> None:  # noqa: ANN001
         page.wait_for_load_state()
 
 
-def test_an_operator_fixes_a_missing_tax_profile_at_the_source_and_resubmits(page, live_server, firm, operator) -> None:  # noqa: ANN001
+def test_an_operator_fixes_a_missing_tax_profile_at_the_source_and_resubmits(page, live_server, firm, operator) -> None:
     deal = won_deal(firm, key="91", account={"Tax_Profile__c": None})
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
     assert handoff.status == Handoff.Status.NEEDS_ATTENTION
@@ -112,7 +112,7 @@ def test_an_operator_fixes_a_missing_tax_profile_at_the_source_and_resubmits(pag
 
 def test_an_operator_bulk_retries_a_group_after_an_erp_outage_and_watches_progress(
     page, live_server, firm, operator
-) -> None:  # noqa: ANN001
+) -> None:
     firm.sandboxes["netsuite"].fault(error_status=503, match="/record/v1/customer", count=10000)
     handoffs = []
     for n in range(3):
@@ -157,7 +157,7 @@ def test_an_operator_bulk_retries_a_group_after_an_erp_outage_and_watches_progre
     assert "Nothing needs a person" in page.locator("#inbox-groups").inner_text()
 
 
-def test_a_viewer_reads_but_cannot_act(page, live_server, firm, viewer) -> None:  # noqa: ANN001
+def test_a_viewer_reads_but_cannot_act(page, live_server, firm, viewer) -> None:
     deal = won_deal(firm, key="99", account={"Tax_Profile__c": None})
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
     _login(page, live_server, viewer)

@@ -14,18 +14,18 @@ from tests.flows.conftest import run, trigger, won_deal
 pytestmark = pytest.mark.django_db
 
 
-def _tax_failure(firm, key: str):  # noqa: ANN001, ANN202
+def _tax_failure(firm, key: str):
     deal = won_deal(firm, key=key, account={"Tax_Profile__c": None})
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
     assert handoff.status == Handoff.Status.NEEDS_ATTENTION
     return deal, handoff
 
 
-def _projects(firm, opportunity: str) -> int:  # noqa: ANN001
+def _projects(firm, opportunity: str) -> int:
     return firm.sandboxes["salesforce"].journal()["creates_by_key"].get(f"pse__Proj__c/P-{opportunity}", 0)
 
 
-def test_a_failure_opens_one_group_with_money_and_identifiers(firm, operator) -> None:  # noqa: ANN001
+def test_a_failure_opens_one_group_with_money_and_identifiers(firm, operator) -> None:
     _, first = _tax_failure(firm, "61")
     _, second = _tax_failure(firm, "62")
     [group] = inbox_groups(operator, InboxFilter())
@@ -39,7 +39,7 @@ def test_a_failure_opens_one_group_with_money_and_identifiers(firm, operator) ->
     assert inbox_groups(operator, InboxFilter(entity="uk")) == []
 
 
-def test_fixed_at_the_source_then_remapped_the_project_is_written_and_the_group_resolves(firm, operator) -> None:  # noqa: ANN001
+def test_fixed_at_the_source_then_remapped_the_project_is_written_and_the_group_resolves(firm, operator) -> None:
     deal, handoff = _tax_failure(firm, "63")
     sf = firm.salesforce
     sf.send("PATCH", sf.api_path(f"sobjects/Account/{deal['account']}"), json={"Tax_Profile__c": "US-STANDARD"})
@@ -56,7 +56,7 @@ def test_fixed_at_the_source_then_remapped_the_project_is_written_and_the_group_
     assert audit.comment == "tax profile set in Salesforce" and audit.after["mode"] == "remap"
 
 
-def test_resume_with_my_edit_uses_the_edit(firm, operator) -> None:  # noqa: ANN001
+def test_resume_with_my_edit_uses_the_edit(firm, operator) -> None:
     deal, handoff = _tax_failure(firm, "64")
     read = Step.objects.get(handoff=handoff, name="read_deal")
     edited = {**read.output, "account": {**read.output["account"], "tax_profile": "US-EXEMPT"}}
@@ -71,7 +71,7 @@ def test_resume_with_my_edit_uses_the_edit(firm, operator) -> None:  # noqa: ANN
     assert audit.after["document_before"]["account"]["tax_profile"] == ""
 
 
-def test_a_regression_reopens_a_resolved_group(firm, operator) -> None:  # noqa: ANN001
+def test_a_regression_reopens_a_resolved_group(firm, operator) -> None:
     deal, handoff = _tax_failure(firm, "65")
     handoff_resubmit(actor=operator, handoff=handoff, mode=ResubmitMode.REMAP, reason="try again")
     handoff = run(handoff)  # still no tax profile: fails again, same cause
@@ -85,7 +85,7 @@ def test_a_regression_reopens_a_resolved_group(firm, operator) -> None:  # noqa:
     assert ExceptionCause.objects.get().status == ExceptionStatus.REGRESSED
 
 
-def test_two_operators_resubmitting_at_once_one_wins(firm, operator, admin) -> None:  # noqa: ANN001
+def test_two_operators_resubmitting_at_once_one_wins(firm, operator, admin) -> None:
     _, handoff = _tax_failure(firm, "67")
     stale_copy = Handoff.objects.get(pk=handoff.pk)
     handoff_resubmit(actor=operator, handoff=handoff, mode=ResubmitMode.STORED, reason="first")
@@ -94,7 +94,7 @@ def test_two_operators_resubmitting_at_once_one_wins(firm, operator, admin) -> N
     assert AuditEntry.objects.filter(action="handoff.resubmit").count() == 1
 
 
-def test_an_invalid_edit_shows_the_error_on_the_field_and_changes_nothing(client, firm, operator) -> None:  # noqa: ANN001
+def test_an_invalid_edit_shows_the_error_on_the_field_and_changes_nothing(client, firm, operator) -> None:
     _, handoff = _tax_failure(firm, "68")
     read = Step.objects.get(handoff=handoff, name="read_deal")
     before = read.output
@@ -118,7 +118,7 @@ def test_an_invalid_edit_shows_the_error_on_the_field_and_changes_nothing(client
     assert not AuditEntry.objects.filter(action="handoff.resubmit").exists()
 
 
-def test_bulk_retry_is_a_tracked_job_that_can_be_run_twice(firm, operator) -> None:  # noqa: ANN001
+def test_bulk_retry_is_a_tracked_job_that_can_be_run_twice(firm, operator) -> None:
     handoffs = [_tax_failure(firm, f"7{n}")[1] for n in range(3)]
     job = bulk_job_create(
         actor=operator, kind=BulkJob.Kind.RETRY, handoff_ids=[h.pk for h in handoffs], reason="after the fix"
@@ -130,7 +130,7 @@ def test_bulk_retry_is_a_tracked_job_that_can_be_run_twice(firm, operator) -> No
     assert Handoff.objects.filter(status=Handoff.Status.PENDING).count() == 3
 
 
-def test_a_scoped_user_never_sees_another_entitys_groups_or_money(firm, outsider, operator) -> None:  # noqa: ANN001
+def test_a_scoped_user_never_sees_another_entitys_groups_or_money(firm, outsider, operator) -> None:
     _tax_failure(firm, "81")
     assert inbox_groups(outsider, InboxFilter()) == []
     assert inbox_groups(operator, InboxFilter())[0].count == 1

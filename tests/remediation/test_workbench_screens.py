@@ -15,21 +15,21 @@ from remediation.services import bulk_job_create, bulk_job_run, handoff_resolve,
 from tests.flows.conftest import run, trigger, won_deal
 from tests.flows.test_project_to_bill import certinia_billing_event, provisioned
 from tests.remediation.test_workbench_browser import SHOTS, _login
-from tests.remediation.test_workbench_browser import page as page  # noqa: F401, PLC0414  (the fixture)
+from tests.remediation.test_workbench_browser import page as page  # the fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 WIDTH = 1360
 
 
-def _shot(browser_page, name: str) -> None:  # noqa: ANN001
+def _shot(browser_page, name: str) -> None:
     # Nothing may be wider than the window: a sideways scroll hides the status and owner columns.
     width = browser_page.evaluate("document.documentElement.scrollWidth")
     assert width <= WIDTH, f"{name}: the page is {width} px wide in a {WIDTH} px window"
     browser_page.screenshot(path=str(SHOTS / f"workbench-tour-{name}.png"), full_page=True)
 
 
-def _firm_with_trouble(firm) -> dict[str, Handoff]:  # noqa: ANN001
+def _firm_with_trouble(firm) -> dict[str, Handoff]:
     """What an ops morning looks like: missing tax profiles, an ERP outage that outlasted the
     retries, a service line nobody mapped, and an invoice written before the PSA refused."""
     made: dict[str, Handoff] = {}
@@ -53,7 +53,7 @@ def _firm_with_trouble(firm) -> dict[str, Handoff]:  # noqa: ANN001
     return made
 
 
-def test_every_workbench_page_fits_1360_pixels(page, live_server, firm, operator, admin) -> None:  # noqa: ANN001, F811
+def test_every_workbench_page_fits_1360_pixels(page, live_server, firm, operator, admin) -> None:
     made = _firm_with_trouble(firm)
     tax_cause = ExceptionCause.objects.get(items__handoff=made["tax0"])
     runbook_save(

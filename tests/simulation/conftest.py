@@ -26,12 +26,12 @@ QUIET = {
 
 
 @pytest.fixture
-def sandboxes(sandbox_factory):  # noqa: ANN001, ANN201, F811
+def sandboxes(sandbox_factory):  # noqa: F811
     return {name: sandbox_factory(name) for name in ("salesforce", "kantata", "netsuite", "businesscentral")}
 
 
 @pytest.fixture
-def simulation(sandboxes):  # noqa: ANN001, ANN201
+def simulation(sandboxes):
     def make(options: Options | None = None, plan: Plan | None = None, **overrides: Any) -> Simulation:
         options = options or Options(**{"days": 7, "seed": 7, **QUIET, **overrides})
         plan = plan or scenario_plan(options, start_weekday=START.weekday())

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def sim_stack(django_db_setup, django_db_blocker, echo_target, tmp_path_factory):  # noqa: ANN001, ANN201
+def sim_stack(django_db_setup, django_db_blocker, echo_target, tmp_path_factory):
     var_dir = tmp_path_factory.mktemp("sim-stack")
     env = {
         **os.environ,
@@ -49,11 +49,11 @@ def sim_stack(django_db_setup, django_db_blocker, echo_target, tmp_path_factory)
 
 
 def test_a_short_simulation_runs_through_the_engine_in_business_time(
-    sim_stack,  # noqa: ANN001
-    sandbox_factory,  # noqa: ANN001, F811
-    entities,  # noqa: ANN001
-    transactional_db,  # noqa: ANN001
-    monkeypatch,  # noqa: ANN001
+    sim_stack,
+    sandbox_factory,  # noqa: F811
+    entities,
+    transactional_db,
+    monkeypatch,
 ) -> None:
     monkeypatch.setattr(base, "_tokens", {})
     _flush_broker(sim_stack.env["CELERY_BROKER_URL"])

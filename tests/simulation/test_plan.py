@@ -25,7 +25,7 @@ def test_another_seed_gives_another_firm() -> None:
     assert scenario_plan(Options(seed=7)).to_json() != scenario_plan(Options(seed=8)).to_json()
 
 
-def test_the_plan_does_not_depend_on_the_wall_clock(monkeypatch) -> None:  # noqa: ANN001
+def test_the_plan_does_not_depend_on_the_wall_clock(monkeypatch) -> None:
     before = scenario_plan(Options(days=30, seed=3)).to_json()
     monkeypatch.setattr(time, "time", lambda: 4102444800.0)  # 2100-01-01
     assert scenario_plan(Options(days=30, seed=3)).to_json() == before
@@ -103,7 +103,7 @@ def test_the_simulation_starts_at_midnight_days_before_now() -> None:
     assert start_of(now, 90) == dt.datetime(2026, 8, 29, tzinfo=dt.UTC)
 
 
-def test_the_plan_only_command_prints_the_same_plan_twice(capsys) -> None:  # noqa: ANN001
+def test_the_plan_only_command_prints_the_same_plan_twice(capsys) -> None:
     from django.core.management import call_command
 
     call_command("simulate", "--days", "20", "--seed", "4", "--plan-only")
@@ -114,7 +114,7 @@ def test_the_plan_only_command_prints_the_same_plan_twice(capsys) -> None:  # no
 
 
 # The shared file clock ---------------------------------------------------------------------------
-def test_the_file_clock_follows_the_file_and_its_changes(tmp_path) -> None:  # noqa: ANN001
+def test_the_file_clock_follows_the_file_and_its_changes(tmp_path) -> None:
     path = tmp_path / "clock.json"
     shared = clock.FileClock(path=path)
     assert abs((shared.now() - dt.datetime.now(dt.UTC)).total_seconds()) < 2  # no file: system time
@@ -128,7 +128,7 @@ def test_the_file_clock_follows_the_file_and_its_changes(tmp_path) -> None:  # n
     assert later <= shared.now() < later + dt.timedelta(seconds=5)
 
 
-def test_the_clock_setting_accepts_a_file(tmp_path) -> None:  # noqa: ANN001
+def test_the_clock_setting_accepts_a_file(tmp_path) -> None:
     assert isinstance(clock.clock_from_setting(f"file:{tmp_path / 'c.json'}"), clock.FileClock)
     with pytest.raises(Exception, match="file:<path>"):
         clock.clock_from_setting("file:")

@@ -29,7 +29,7 @@ def _firm_records(sim: Any) -> dict[str, Any]:
     }
 
 
-def test_a_week_of_the_firm_creates_its_accounts_and_deals_in_salesforce(simulation) -> None:  # noqa: ANN001
+def test_a_week_of_the_firm_creates_its_accounts_and_deals_in_salesforce(simulation) -> None:
     sim = simulation()
     stats = sim.run()
     counts = sim.plan.counts()
@@ -50,7 +50,7 @@ def test_a_week_of_the_firm_creates_its_accounts_and_deals_in_salesforce(simulat
     assert open_stages <= {s for s, _ in STAGES}
 
 
-def test_the_same_seed_writes_the_same_firm(simulation, sandboxes) -> None:  # noqa: ANN001
+def test_the_same_seed_writes_the_same_firm(simulation, sandboxes) -> None:
     first = simulation()
     first.run()
     before = _firm_records(first)
@@ -161,7 +161,7 @@ def _run_with_projects(sim: Any, *, provision_after_day: int = 3) -> dict[str, s
     return projects
 
 
-def test_time_waits_for_the_project_then_is_approved_weekly_and_billed_by_the_psa(simulation) -> None:  # noqa: ANN001
+def test_time_waits_for_the_project_then_is_approved_weekly_and_billed_by_the_psa(simulation) -> None:
     actions = _deal_actions("us", 1, expense=True) + _deal_actions("uk", 2)
     actions.append(Action(18, 16 * 60, "billing_run", "", {}))
     options = Options(days=21, seed=7, **QUIET)
@@ -198,7 +198,7 @@ def test_time_waits_for_the_project_then_is_approved_weekly_and_billed_by_the_ps
     assert all(e["is_invoiced"] for e in sim.kantata.index("time_entries", workspace_id=projects["deal-2"]))
 
 
-def test_time_before_the_project_exists_is_deferred_not_lost(simulation) -> None:  # noqa: ANN001
+def test_time_before_the_project_exists_is_deferred_not_lost(simulation) -> None:
     options = Options(days=21, seed=7, **QUIET)
     sim = simulation(plan=Plan(options=options, people=PEOPLE, actions=_deal_actions("us", 1)))
     sim.run()  # nobody provisions the project
@@ -207,7 +207,7 @@ def test_time_before_the_project_exists_is_deferred_not_lost(simulation) -> None
 
 
 # Each anomaly leaves the condition it promises ----------------------------------------------------
-def test_missing_tax_profile_and_unknown_service_line_are_in_salesforce(simulation) -> None:  # noqa: ANN001
+def test_missing_tax_profile_and_unknown_service_line_are_in_salesforce(simulation) -> None:
     sim = simulation(days=14, missing_tax_profile=1.0, unknown_service_line=1.0)
     sim.run()
     accounts = sim.sf.query("SELECT Id, Tax_Profile__c FROM Account WHERE pscsync_Key__c LIKE 'SIM-%'")
@@ -222,7 +222,7 @@ def test_missing_tax_profile_and_unknown_service_line_are_in_salesforce(simulati
     assert sim.sf.get("Opportunity", opportunity)["Service_Line__c"] == "Advisory"
 
 
-def test_a_duplicate_customer_is_keyed_by_hand_in_the_erp(simulation) -> None:  # noqa: ANN001
+def test_a_duplicate_customer_is_keyed_by_hand_in_the_erp(simulation) -> None:
     sim = simulation(days=14, duplicate_customer=1.0, uk_share=0.5)
     sim.run()
     names = {a["name"]: a for a in sim.accounts.values()}
@@ -243,7 +243,7 @@ def test_a_duplicate_customer_is_keyed_by_hand_in_the_erp(simulation) -> None:  
     assert {c["number"] for c in sim.bc.list("customers") if c["displayName"] == uk["name"]} == {f"C-{uk['id']}"}
 
 
-def test_an_erp_outage_and_a_rate_limit_burst_are_sandbox_faults_for_a_while(simulation, sandboxes) -> None:  # noqa: ANN001
+def test_an_erp_outage_and_a_rate_limit_burst_are_sandbox_faults_for_a_while(simulation, sandboxes) -> None:
     sim = simulation(days=7)
     outage = Action(1, 600, "erp_outage", "outage-1", {"sandbox": "netsuite", "hours": 3})
     sim.now = START + dt.timedelta(days=1, hours=10)
@@ -263,7 +263,7 @@ def test_an_erp_outage_and_a_rate_limit_burst_are_sandbox_faults_for_a_while(sim
     assert 429 in statuses
 
 
-def test_late_time_is_approved_after_its_month_closed(simulation) -> None:  # noqa: ANN001
+def test_late_time_is_approved_after_its_month_closed(simulation) -> None:
     actions = _deal_actions("us", 1, week_anomalies=["late_time"])
     actions[-1] = Action(40, 540, "week_time", "deal-1", actions[-1].data)  # the week of Sep 7, approved Oct 10
     options = Options(days=45, seed=7, **QUIET)
@@ -273,7 +273,7 @@ def test_late_time_is_approved_after_its_month_closed(simulation) -> None:  # no
     assert cards and all(c["pse__End_Date__c"][:7] < c["pse__Approval_Date__c"][:7] for c in cards)
 
 
-def test_a_mixed_currency_batch_has_an_item_in_another_currency(simulation) -> None:  # noqa: ANN001
+def test_a_mixed_currency_batch_has_an_item_in_another_currency(simulation) -> None:
     actions = _deal_actions("us", 1, week_anomalies=["mixed_currency"], expense=True)
     actions += [Action(18, 16 * 60, "billing_run", "", {})]
     options = Options(days=21, seed=7, **QUIET)
@@ -290,7 +290,7 @@ def test_a_mixed_currency_batch_has_an_item_in_another_currency(simulation) -> N
     assert {i["CurrencyIsoCode"] or "USD" for i in fixed} == {"USD"}
 
 
-def test_an_fx_date_invoice_is_dated_and_rated_on_another_day_than_billed(simulation) -> None:  # noqa: ANN001
+def test_an_fx_date_invoice_is_dated_and_rated_on_another_day_than_billed(simulation) -> None:
     sim = simulation(days=30, fx_date=1.0)
     customer = sim.netsuite.create(
         "customer",
@@ -318,7 +318,7 @@ def test_an_fx_date_invoice_is_dated_and_rated_on_another_day_than_billed(simula
     assert record["exchangeRate"] != fx_rate("CAD", dt.date.fromisoformat(billed))
 
 
-def test_finance_posts_business_central_invoices_and_records_payments(simulation) -> None:  # noqa: ANN001
+def test_finance_posts_business_central_invoices_and_records_payments(simulation) -> None:
     sim = simulation(days=90)
     customer = sim.bc.create("customers", {"number": "C-001", "displayName": "Brit Ltd", "currencyCode": ""})
     invoice = sim.bc.create(
@@ -385,7 +385,7 @@ class FakeWorkbench:
         return 200
 
 
-def test_operators_correct_the_source_then_resubmit_the_deal_first_and_its_other_exceptions(simulation) -> None:  # noqa: ANN001
+def test_operators_correct_the_source_then_resubmit_the_deal_first_and_its_other_exceptions(simulation) -> None:
     sim = simulation(
         days=14, missing_tax_profile=1.0, operator_fix_share=1.0, operator_resolve_share=0.0, operator_delay_hours=0
     )
@@ -407,7 +407,7 @@ def test_operators_correct_the_source_then_resubmit_the_deal_first_and_its_other
     assert 9 in sim.operator_queue
 
 
-def test_operators_leave_a_share_of_exceptions_to_people(simulation) -> None:  # noqa: ANN001
+def test_operators_leave_a_share_of_exceptions_to_people(simulation) -> None:
     sim = simulation(days=7, operator_fix_share=0.0)
     sim.workbench = FakeWorkbench(
         [{"id": 1, "flow": "quote-to-project", "business_key": "006X", "last_error_class": "transient"}]
@@ -417,7 +417,7 @@ def test_operators_leave_a_share_of_exceptions_to_people(simulation) -> None:  #
 
 
 def test_operators_correct_a_retired_service_line_in_the_workbench_and_resolve_what_they_handle_by_hand(
-    simulation,  # noqa: ANN001
+    simulation,
 ) -> None:
     sim = simulation(days=7, operator_fix_share=1.0, operator_resolve_share=1.0, operator_delay_hours=0)
     sim.anomalies_by_key["006A"] = {"unknown_service_line": {}}

@@ -22,14 +22,14 @@ MAPS = {"service_line": {"Advisory": "D10", "Implementation": "D20"}}
 
 
 @pytest.fixture
-def mapping(echo_connection):  # noqa: ANN001, ANN201
+def mapping(echo_connection):
     return mapping_publish(
         connection=echo_connection, entity="contract", rules=RULES, value_maps=MAPS, comment="shipped"
     ).mapping
 
 
 @pytest.fixture
-def draft(mapping, admin):  # noqa: ANN001, ANN201
+def draft(mapping, admin):
     return services.draft_open(mapping=mapping, actor=admin)
 
 
@@ -44,7 +44,7 @@ def draft(mapping, admin):  # noqa: ANN001, ANN201
         ({"target": "x"}, "rule 3 (source): is empty and there is no default"),
     ],
 )
-def test_a_bad_rule_is_refused_with_its_position_and_reason_and_nothing_is_saved(draft, admin, data, expected) -> None:  # noqa: ANN001
+def test_a_bad_rule_is_refused_with_its_position_and_reason_and_nothing_is_saved(draft, admin, data, expected) -> None:
     with pytest.raises(StudioError) as refused:
         services.rule_save(draft=draft, position=3, data=data, actor=admin)
     assert expected in str(refused.value)
@@ -52,7 +52,7 @@ def test_a_bad_rule_is_refused_with_its_position_and_reason_and_nothing_is_saved
     assert draft.rules == RULES
 
 
-def test_a_value_map_with_the_same_key_twice_is_refused(draft, admin) -> None:  # noqa: ANN001
+def test_a_value_map_with_the_same_key_twice_is_refused(draft, admin) -> None:
     with pytest.raises(StudioError) as refused:
         services.value_map_rows([("Advisory", "D10"), ("advisory ", "D11")], "service_line")
     assert "value map 'service_line' row 2: 'advisory' is already on row 1" in str(refused.value)
@@ -60,7 +60,7 @@ def test_a_value_map_with_the_same_key_twice_is_refused(draft, admin) -> None:  
         services.value_map_from_csv("key,value\nCyber,D50\nCYBER,D51\n", "service_line")
 
 
-def test_csv_round_trip_and_a_row_without_a_value(draft, admin) -> None:  # noqa: ANN001
+def test_csv_round_trip_and_a_row_without_a_value(draft, admin) -> None:
     table = services.value_map_from_csv("key,value\nAdvisory,D10\nCyber Security,D50\n", "service_line")
     services.value_map_save(draft=draft, name="service_line", table=table, actor=admin)
     assert services.value_map_from_csv(services.value_map_to_csv(table), "service_line") == table
@@ -68,12 +68,12 @@ def test_csv_round_trip_and_a_row_without_a_value(draft, admin) -> None:  # noqa
         services.value_map_from_csv("Cyber Security\n", "service_line")
 
 
-def test_a_value_map_name_must_be_simple(draft, admin) -> None:  # noqa: ANN001
+def test_a_value_map_name_must_be_simple(draft, admin) -> None:
     with pytest.raises(StudioError, match="name"):
         services.value_map_save(draft=draft, name="bad name!", table={}, actor=admin)
 
 
-def test_publishing_needs_a_comment_and_keeps_the_previous_version(mapping, draft, admin) -> None:  # noqa: ANN001
+def test_publishing_needs_a_comment_and_keeps_the_previous_version(mapping, draft, admin) -> None:
     services.rule_save(draft=draft, position=3, data={"target": "memo", "source": "deal.name"}, actor=admin)
     with pytest.raises(StudioError, match="needs a comment"):
         services.draft_publish(draft=draft, comment=" ", actor=admin)
@@ -84,7 +84,7 @@ def test_publishing_needs_a_comment_and_keeps_the_previous_version(mapping, draf
     assert AuditEntry.objects.filter(action="mapping.publish").count() == 2  # shipped + this
 
 
-def test_diff_and_restore(mapping, draft, admin) -> None:  # noqa: ANN001
+def test_diff_and_restore(mapping, draft, admin) -> None:
     services.value_map_save(draft=draft, name="service_line", table={"Advisory": "D11", "Cyber": "D50"}, actor=admin)
     services.rule_remove(draft=draft, position=1, actor=admin)
     changes = {(c.what, c.name, c.kind) for c in services.versions_diff(services.published(mapping), draft)}
@@ -99,7 +99,7 @@ def test_diff_and_restore(mapping, draft, admin) -> None:  # noqa: ANN001
     assert restored.rules == RULES and restored.status == "draft" and v2.status == "published"
 
 
-def test_export_then_import_as_drafts_and_a_bad_file_names_the_rule(mapping, admin, echo_connection) -> None:  # noqa: ANN001
+def test_export_then_import_as_drafts_and_a_bad_file_names_the_rule(mapping, admin, echo_connection) -> None:
     exported = services.mappings_export(echo_connection)
     assert exported["mappings"][0]["rules"] == RULES
     broken = json.loads(json.dumps(exported))
@@ -112,7 +112,7 @@ def test_export_then_import_as_drafts_and_a_bad_file_names_the_rule(mapping, adm
     assert [d.status for d in drafts] == ["draft"]
 
 
-def test_preview_shows_each_field_and_the_rule_that_failed(mapping) -> None:  # noqa: ANN001
+def test_preview_shows_each_field_and_the_rule_that_failed(mapping) -> None:
     version = services.published(mapping)
     result = services.preview(version, {"account": {"name": "Acme"}, "deal": {"service_line": "Cyber"}})
     assert not result["ok"]
@@ -121,7 +121,7 @@ def test_preview_shows_each_field_and_the_rule_that_failed(mapping) -> None:  # 
     assert "'Cyber' is not in value map 'service_line'" in rows["custbody_department"]["error"].message
 
 
-def _mapped_before(connection, document: dict, version=None) -> None:  # noqa: ANN001
+def _mapped_before(connection, document: dict, version=None) -> None:
     """A record this mapping mapped in a past run (as the write step stores it on its attempt)."""
     from pscsync import clock
     from pscsync.models import Attempt, Event, Handoff, Step
@@ -159,7 +159,7 @@ def _mapped_before(connection, document: dict, version=None) -> None:  # noqa: A
 
 def test_publishing_a_rule_that_returns_the_wrong_type_on_real_records_is_refused(
     mapping, draft, admin, echo_connection
-) -> None:  # noqa: ANN001
+) -> None:
     _mapped_before(
         echo_connection, {"account": {"name": "Acme"}, "deal": {"service_line": "Advisory", "lines": [1, 2]}}
     )
@@ -176,7 +176,7 @@ def test_publishing_a_rule_that_returns_the_wrong_type_on_real_records_is_refuse
     assert services.published(mapping).number == 1  # nothing published half-valid
 
 
-def _failing(connection, message: str, deal: dict, key: str = "006F") -> object:  # noqa: ANN001
+def _failing(connection, message: str, deal: dict, key: str = "006F") -> object:
     """A quote-to-project handoff that failed before writing, with the deal it read kept."""
     from pscsync import clock
     from pscsync.models import Event, Handoff, Step
@@ -208,7 +208,7 @@ def _failing(connection, message: str, deal: dict, key: str = "006F") -> object:
 
 def test_a_rule_that_cannot_evaluate_on_a_record_is_that_records_error_not_a_crash(
     mapping, draft, admin, echo_connection
-) -> None:  # noqa: ANN001
+) -> None:
     # join() over a field this kind of record does not have raises JMESPathTypeError inside
     # jmespath; the preview and the impact list must answer with it as the record's error.
     services.rule_save(
@@ -233,7 +233,7 @@ def test_a_rule_that_cannot_evaluate_on_a_record_is_that_records_error_not_a_cra
 
 def test_only_failures_this_mapping_produced_are_counted_and_the_rule_is_named(
     mapping, draft, admin, echo_connection
-) -> None:  # noqa: ANN001
+) -> None:
     label = services.published(mapping).label
     ours = _failing(
         echo_connection,
@@ -263,7 +263,7 @@ def test_only_failures_this_mapping_produced_are_counted_and_the_rule_is_named(
         services.value_map_entry_add(mapping=mapping, name="service_line", key="cyber", value="D51", actor=admin)
 
 
-def test_samples_are_the_failing_records_then_the_ones_it_mapped(mapping, echo_connection) -> None:  # noqa: ANN001
+def test_samples_are_the_failing_records_then_the_ones_it_mapped(mapping, echo_connection) -> None:
     _mapped_before(echo_connection, {"account": {"name": "Mapped Co"}, "deal": {"service_line": "Advisory"}})
     _failing(
         echo_connection,
@@ -277,7 +277,7 @@ def test_samples_are_the_failing_records_then_the_ones_it_mapped(mapping, echo_c
     assert samples[1].document["account"]["name"] == "Mapped Co"
 
 
-def test_version_changes_read_as_sentences(mapping, draft, admin) -> None:  # noqa: ANN001
+def test_version_changes_read_as_sentences(mapping, draft, admin) -> None:
     services.rule_save(
         draft=draft,
         position=1,

@@ -26,12 +26,12 @@ pytestmark = [
 ]
 
 
-def _shot(browser_page, name: str) -> None:  # noqa: ANN001
+def _shot(browser_page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     browser_page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def test_an_admin_fixes_an_unknown_service_line_and_twelve_handoffs_go_through(page, live_server, firm, admin) -> None:  # noqa: ANN001
+def test_an_admin_fixes_an_unknown_service_line_and_twelve_handoffs_go_through(page, live_server, firm, admin) -> None:
     deals = [won_deal(firm, entity="us", key=f"S{n}", Service_Line__c="Cyber Security") for n in range(12)]
     for deal in deals:
         handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))

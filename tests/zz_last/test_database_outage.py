@@ -20,7 +20,7 @@ def _report(name: str, **figures: object) -> None:
     print(f"\n[fault-test] {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
-def test_database_outage_answers_503_and_a_retried_delivery_is_kept(live) -> None:  # noqa: ANN001
+def test_database_outage_answers_503_and_a_retried_delivery_is_kept(live) -> None:
     import psycopg
     from django.db import connection
 

@@ -1,18 +1,18 @@
-"""python manage.py sandbox <name> --port N: run one vendor simulator as its own process.
+"""Run one vendor simulator as its own process, from Django (call_command). `python manage.py
+sandbox ...` itself goes to connectors.sandboxes.main before any settings load (manage.py).
 
 Only this command imports the sandboxes; they keep their own state under var/sandboxes/<name>.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from connectors.sandboxes import SANDBOXES, sandbox_port
+from connectors.sandboxes import SANDBOXES, sandbox_serve
 
 
 class Command(BaseCommand):
@@ -25,13 +25,8 @@ class Command(BaseCommand):
         parser.add_argument("--token", default="sandbox-token", help="echo only: the bearer token it accepts")
 
     def handle(self, *args: Any, name: str, port: int | None, state_dir: Path | None, token: str, **opts: Any) -> None:
-        module_name, _ = SANDBOXES[name]
+        state = state_dir or Path(settings.VAR_DIR) / "sandboxes" / name
         try:
-            module = importlib.import_module(module_name)
+            sandbox_serve(name=name, port=port, state_dir=state, token=token)
         except ImportError as exc:
             raise CommandError(f"the {name} sandbox is not installed: {exc}") from exc
-        state = state_dir or Path(settings.VAR_DIR) / "sandboxes" / name
-        kwargs: dict[str, Any] = {"port": port or sandbox_port(name), "state_dir": state}
-        if name == "echo":
-            kwargs["token"] = token
-        module.serve(**kwargs)

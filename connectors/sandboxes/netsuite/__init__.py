@@ -997,9 +997,9 @@ def _collection_filter(text: str) -> Any:
         if isinstance(actual, dict):
             actual = actual.get("id")
         if op in {"IS", "EQUAL"}:
-            return suiteql._compare(actual, value) == 0  # noqa: SLF001 - one comparison for both query styles
+            return suiteql._compare(actual, value) == 0  # one comparison for both query styles
         if op in {"IS_NOT", "NOT_EQUAL"}:
-            return suiteql._compare(actual, value) != 0  # noqa: SLF001
+            return suiteql._compare(actual, value) != 0
         if op in {"CONTAIN", "START_WITH"}:
             text_value = str(actual or "").lower()
             return value.lower() in text_value if op == "CONTAIN" else text_value.startswith(value.lower())
@@ -1011,7 +1011,7 @@ def _collection_filter(text: str) -> Any:
                 right: Any = suiteql.parse_date(value)
             else:
                 left, right = actual, value
-            result = suiteql._compare(left, right)  # noqa: SLF001
+            result = suiteql._compare(left, right)
             return (
                 result is not None
                 and {

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from connectors.models import Connection
-from connectors.sandboxes import SANDBOXES, sandbox_url
 from pscsync.firm import firm_connections_save
 from pscsync.models import LegalEntity
 from pscsync.services import connection_save, new_webhook_secret, user_provision
@@ -18,7 +18,7 @@ DEMO_USERS = [("viewer", "viewer"), ("operator", "operator"), ("admin", "admin")
 
 
 def _sandbox_url(name: str) -> str:
-    return sandbox_url(name)
+    return settings.SANDBOX_URLS[name]
 
 
 class Command(BaseCommand):
@@ -54,5 +54,5 @@ class Command(BaseCommand):
             credentials={"token": echo_token, "webhook_secrets": [{"secret": secret}]},
             is_sandbox=True,
         )
-        firm_connections_save(us=us, uk=uk, sandbox_urls={name: _sandbox_url(name) for name in SANDBOXES})
+        firm_connections_save(us=us, uk=uk, sandbox_urls={name: _sandbox_url(name) for name in settings.SANDBOX_URLS})
         self.stdout.write("demo firm seeded")

@@ -18,7 +18,6 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from connectors.sandboxes import sandbox_url
 from pscsync.simulation.drivers import drivers_for
 from pscsync.simulation.plan import Options, scenario_plan, start_of
 from pscsync.simulation.simulator import Settings, Simulation
@@ -99,7 +98,7 @@ class Command(BaseCommand):
         if clock_file is None and str(settings.CLOCK).startswith("file:"):
             clock_file = Path(str(settings.CLOCK).removeprefix("file:"))
         urls = {
-            name: opts[f"{name}_url"] or sandbox_url(name)
+            name: opts[f"{name}_url"] or settings.SANDBOX_URLS[name]
             for name in ("salesforce", "kantata", "netsuite", "businesscentral")
         }
         password = os.environ.get("DEMO_PASSWORD", "")

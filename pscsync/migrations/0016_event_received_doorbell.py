@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('connectors', '0002_initial'),
-        ('pscsync', '0013_handoff_transitions_lifecycle'),
+        ('pscsync', '0015_erp_invoice_indexes'),
     ]
 
     operations = [
