@@ -465,6 +465,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             "resolved_at",
             "resolution",
             "failures",
+            "business_started_at",
         ],
     )
     deals: list[tuple[str, str, str, str, Decimal]] = []  # (key, entity, customer, service line, value)
@@ -805,6 +806,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
                 resolved_at,
                 resolution,
                 1,
+                business_start,
             )
         if hid % 100000 == 0:
             log(f"  {hid:,} handoffs generated ({time.monotonic() - t0:.0f} s)")

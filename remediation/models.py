@@ -88,6 +88,9 @@ class HandoffException(models.Model):
     identifiers = models.JSONField(default=dict, blank=True)
     search_text = models.TextField(blank=True, help_text="Lower-cased identifiers, customer and message.")
     opened_at = models.DateTimeField(help_text="When it first needed a person (this time).")
+    # The handoff's business start (the SLA clock), copied here so the inbox's urgency order reads
+    # the exceptions alone: joining 50k open exceptions to the handoffs doubled the inbox at 1M.
+    business_started_at = models.DateTimeField(null=True, blank=True)
     last_failed_at = models.DateTimeField()
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolution = models.CharField(max_length=40, blank=True, help_text="succeeded, resolved, cancelled.")

@@ -182,7 +182,7 @@ def inbox_page(
             first=Min("opened_at"),
             last=Max("last_failed_at"),
             money=Sum("amount"),
-            started=Min("handoff__business_started_at"),
+            started=Min("business_started_at"),
         )
         .order_by(order, "cause_id")
     )

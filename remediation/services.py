@@ -262,6 +262,7 @@ def _open(handoff: Handoff, now: dt.datetime) -> HandoffException:
         "connection_id": (step.target_connection_id if step and step.target_connection_id else None)
         or handoff.source_connection_id,
         "customer_name": handoff.customer_name,
+        "business_started_at": handoff.business_started_at,
         "amount": handoff.amount,
         "currency": handoff.currency,
         "identifiers": identifiers,
