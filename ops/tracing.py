@@ -208,12 +208,37 @@ def handoff_span(handoff: Handoff) -> Iterator[None]:
     stored_span = trace.get_current_span(stored).get_span_context() if stored is not None else None
     links: Sequence[Any] = ()
     parent = None
-    if stored_span is not None and stored_span.is_valid and stored_span.trace_id != current.trace_id:
+    if stored_span is not None and stored_span.is_valid:
+        # Always under the stored (intake) context: since the doorbell (issue 18) no message of
+        # the webhook's own carries the run, so whatever delivered it is another trace, or the
+        # routing task's batch of many webhooks. That delivery is a link, never the parent.
         parent = stored
         links = [trace.Link(current)] if current.is_valid else ()
     with _tracer().start_as_current_span("handoff run", context=parent, links=links):
         if not handoff.trace_id:
             _store_trace(handoff)
+        yield
+
+
+@contextmanager
+def event_route_span(traceparent: str) -> Iterator[None]:
+    """Routing one stored event (the doorbell's worker), in the trace of the webhook that stored
+    it: a child of its `intake` span, linked to the routing task's span. One task routes a batch
+    of many webhooks' events, so the task itself cannot be in each trace; this span is."""
+    if _provider is None or not traceparent:
+        yield
+        return
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    current = trace.get_current_span().get_span_context()
+    stored = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    stored_span = trace.get_current_span(stored).get_span_context()
+    if not stored_span.is_valid:
+        yield
+        return
+    links = [trace.Link(current)] if current.is_valid else ()
+    with _tracer().start_as_current_span("route", context=stored, links=links):
         yield
 
 

@@ -30,7 +30,7 @@ from django.db import connection as db
 
 from connectors.base import InboundChange
 from connectors.models import Connection, PollCursor
-from ops.tracing import current_traceparent, handoff_trace_fields
+from ops.tracing import current_traceparent, event_route_span, handoff_trace_fields
 from pscsync import clock
 from pscsync.dispatch import events_ring, events_take, events_wake, handoffs_publish
 from pscsync.flows import flow_get
@@ -423,7 +423,8 @@ def event_route(event_id: int) -> Handoff | None:
         )
         if event is None:
             return None
-        return _route(event)
+        with event_route_span(event.traceparent):
+            return _route(event)
 
 
 def events_route(event_ids: list[int]) -> list[int]:

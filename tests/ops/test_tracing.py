@@ -69,6 +69,17 @@ def _backends() -> set[int]:
         return {pid for (pid,) in cursor.fetchall()}
 
 
+def route(key: str) -> Handoff:
+    """Route the events the webhook stored for this key (what the doorbell's worker does), and
+    return the handoff they opened."""
+    from pscsync.intake import events_route
+
+    events_route(
+        list(Event.objects.filter(business_key=key, status=Event.Status.RECEIVED).values_list("pk", flat=True))
+    )
+    return Handoff.objects.get(business_key=key)
+
+
 def deliver(key: str, *, request_id: str = "") -> int:
     body = change_body(key)
     headers = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in sign(body, msg_id=f"{key}-v1").items()}
@@ -121,15 +132,24 @@ def test_one_webhook_makes_one_trace_through_the_task_to_every_vendor_call(
         assert len(found) == 1, f"{name}: {[s.name for s in in_trace]}"
         return found[0]
 
-    # the chain: request -> intake; request -> publish -> task -> handoff run -> step -> vendor call
+    # the chain: request -> intake (one per change); the doorbell's task routes the event in a
+    # `route` span under that intake span; the handoff's run continues the intake span's context
+    # (however the run was delivered), linked to the task span that delivered it.
     intake = one("intake")
-    publish = one("apply_async/pscsync.tasks.handoff_run_task")
-    task = one("run/pscsync.tasks.handoff_run_task")
+    route = one("route")
     run = one("handoff run")
     assert parent_of(intake) is server
-    assert parent_of(publish) is server
-    assert parent_of(task) is publish and task.kind.name == "CONSUMER"
-    assert parent_of(run) is task
+    assert parent_of(route) is intake
+    assert parent_of(run) is intake
+    by_any = {s.context.span_id: s for s in spans}
+    (route_task,) = [by_any[link.context.span_id] for link in route.links]
+    assert route_task.name == "run/pscsync.tasks.events_route_task" and route_task.kind.name == "CONSUMER"
+    (run_task,) = [by_any[link.context.span_id] for link in run.links]
+    assert run_task.name == "run/pscsync.tasks.handoff_run_task" and run_task.kind.name == "CONSUMER"
+    # The request rang the doorbell and woke the routing task: that wake is in the webhook's trace.
+    wake = one("apply_async/pscsync.tasks.events_route_task")
+    assert parent_of(wake) is server
+    assert route_task.context.trace_id == trace_id and parent_of(route_task) is wake
 
     # The handoff stores the trace (the intake span's context) and the page can show it.
     handoff_trace = format(trace_id, "032x")
@@ -187,7 +207,7 @@ def test_a_run_delivered_outside_its_message_rejoins_the_handoffs_trace(
 
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)  # no message at all
     assert deliver("OPP-T2") == 202
-    handoff = Handoff.objects.get(business_key="OPP-T2")
+    handoff = route("OPP-T2")
     stored_trace = handoff.trace_id
     assert len(stored_trace) == 32
 
@@ -211,7 +231,7 @@ def test_a_step_the_vendor_refused_is_an_error_span_and_the_run_says_what_became
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
     echo.fault(mode="status", status=422, match="/invoice/", count=1)
     assert deliver("OPP-T6") == 202
-    handoff = Handoff.objects.get(business_key="OPP-T6")
+    handoff = route("OPP-T6")
     assert handoff_run(handoff_id=handoff.pk, worker="w1") == Handoff.Status.NEEDS_ATTENTION
     spans = {s.name: s for s in exporter.get_finished_spans() if s.name.startswith(("step ", "handoff run"))}
     assert spans["step upsert_customer"].status.status_code.name == "UNSET"
@@ -271,7 +291,7 @@ def test_a_handoff_taken_in_untraced_keeps_the_trace_of_its_first_traced_run(ech
 
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
     assert deliver("OPP-T7") == 202  # tracing off
-    handoff = Handoff.objects.get(business_key="OPP-T7")
+    handoff = route("OPP-T7")
     assert handoff.trace_id == ""
     exporter = InMemorySpanExporter()
     tracing.tracing_setup(exporter=exporter, make_global=False)
@@ -289,7 +309,7 @@ def test_tracing_off_stores_no_trace_and_the_page_says_so(operator, echo_connect
     # given tracing off (no OTLP endpoint: the test settings set none)
     assert not django_settings.TRACING and not tracing.enabled()
     assert deliver("OPP-T3") == 202
-    handoff = Handoff.objects.get(business_key="OPP-T3")
+    handoff = route("OPP-T3")
     assert (handoff.traceparent, handoff.trace_id) == ("", "")
     client.force_login(operator)
     html = client.get(f"/handoffs/{handoff.pk}/").content.decode()
@@ -304,7 +324,7 @@ def test_the_page_shows_the_trace_for_a_person_and_links_it_when_configured(
     exporter,
 ) -> None:
     assert deliver("OPP-T4") == 202
-    handoff = Handoff.objects.get(business_key="OPP-T4")
+    handoff = route("OPP-T4")
     client.force_login(operator)
     html = client.get(f"/handoffs/{handoff.pk}/").content.decode()
     short = handoff.trace_id[:8]
@@ -355,7 +375,7 @@ def test_an_operator_opens_a_handoffs_trace_from_its_page(
     monkeypatch.setattr("pscsync.dispatch.handoffs_publish", lambda ids, **kw: None)
     settings.TRACE_URL = "https://grafana.example.com/explore?traceId={trace_id}"
     assert deliver("OPP-T5") == 202
-    handoff = Handoff.objects.get(business_key="OPP-T5")
+    handoff = route("OPP-T5")
     handoff_run(handoff_id=handoff.pk, worker="w1")
     _sign_in(page, live_server, operator)
     page.wait_for_url("**/workbench/")
