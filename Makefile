@@ -24,10 +24,13 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else sudo -n apt-get install -y -qq chromium >/dev/null 2>&1 || echo "chromium is not installed: browser tests will be skipped"; fi; }
 
-# Tests run with production settings (DEBUG off) and throwaway keys.
+# Tests run with production settings (DEBUG off) and throwaway keys; without the connection pool:
+# one process runs many threads (live servers, in-process workers) that keep connections past their
+# request, and a shared pool of 10 ran dry mid-suite (every checkout waiting 10 s). The pool itself
+# is tested in tests/ops/test_pooling.py, in processes of its own.
 TEST_ENV := SECRET_KEY=$${SECRET_KEY:-test-only-secret-key-not-for-production-use-0123456789} \
 	PSCSYNC_CREDENTIALS_KEYS=$${PSCSYNC_CREDENTIALS_KEYS:-t1:dGVzdC1vbmx5LWNyZWRlbnRpYWxzLWtleS0zMmJ5dGU=} \
-	PSCSYNC_SECURE_COOKIES=false PSCSYNC_ALLOW_SANDBOXES=true
+	PSCSYNC_SECURE_COOKIES=false PSCSYNC_ALLOW_SANDBOXES=true PSCSYNC_DB_POOL=$${PSCSYNC_DB_POOL:-false}
 
 # Lint first: a style or lint failure fails CI in seconds, before the 10-minute suite.
 test: $(VENV)/.dev chromium lint

@@ -63,7 +63,9 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = log_context()
-        trace_id = _trace_id()
+        # A handoff's trace, once bound (ops.tracing.handoff_span), wins over the current span's:
+        # the task's own lines (Celery's "succeeded") come from a delivery serving many handoffs.
+        trace_id = fields.get("trace_id") or _trace_id()
         if trace_id:
             fields["trace_id"] = trace_id
         for name in FIELDS:

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ops.logs import FIELDS, bound, log_context
+from ops.logs import FIELDS, bind, bound, log_context
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -214,9 +214,11 @@ def handoff_span(handoff: Handoff) -> Iterator[None]:
         # routing task's batch of many webhooks. That delivery is a link, never the parent.
         parent = stored
         links = [trace.Link(current)] if current.is_valid else ()
-    with _tracer().start_as_current_span("handoff run", context=parent, links=links):
+    with _tracer().start_as_current_span("handoff run", context=parent, links=links) as run:
         if not handoff.trace_id:
             _store_trace(handoff)
+        # The rest of the task's log lines are about this handoff: they carry its trace.
+        bind(trace_id=format(run.get_span_context().trace_id, "032x"))
         yield
 
 

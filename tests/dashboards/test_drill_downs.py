@@ -366,8 +366,10 @@ def _checks(reading: Reading) -> dict[str, tuple[Any, Any]]:
     )
     schedule = leaders.revenue_schedule_accuracy(OCT)
     figure = reading.figure("revenue.schedule_value_accuracy")
-    gap = sum((r["abs_difference"] for r in schedule["rows"]), Decimal("0"))
-    want = float(100 * (1 - gap / schedule["erp_total"])) if schedule["erp_total"] else None
+    # The rows' differences and the ERP total are Money in the figure's currency (dashboards.money).
+    gap = sum((r["abs_difference"].amount for r in schedule["rows"]), Decimal("0"))
+    erp_total = schedule["erp_total"].amount
+    want = float(100 * (1 - gap / erp_total)) if erp_total else None
     got = figure.value if figure.value is None or want is None else pytest.approx(figure.value, abs=1e-9)
     out["revenue.schedule_value_accuracy"] = ((got, figure.count), (want, schedule["checked"]))
     # Unbilled WIP: the project-to-bill page's table by legal entity (every part, by age) sums to it;
