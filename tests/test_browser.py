@@ -134,7 +134,9 @@ def test_an_operator_finds_a_failed_handoff_and_reads_what_the_target_said(
     assert "Needs attention" in page.locator("h1").inner_text()
     assert "the target rejected the request (422): injected" in page.locator(".callout").inner_text()
     failed_step = page.locator(".step-failed")
-    assert "upsert_invoice" in failed_step.inner_text()
+    # The step by its name for a person (pscsync.glossary), never its code.
+    text = failed_step.inner_text()
+    assert "Create the invoice in the ERP" in text and "upsert_invoice" not in text
     assert "INV-OPP-2002" in failed_step.locator("pre").first.inner_text()  # what we tried to send
     _shot(page, "handoff-detail")
 

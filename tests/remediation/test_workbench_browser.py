@@ -75,7 +75,7 @@ def test_an_operator_fixes_a_missing_tax_profile_at_the_source_and_resubmits(pag
     page.goto(f"{live_server.url}/workbench/")
     group = page.locator("tr.group").first
     assert "has no Tax Profile" in group.inner_text() and "$120,000.00" in group.inner_text()
-    group.locator("summary").click()
+    group.locator("summary", has_text="Show the").click()
     page.wait_for_selector(f"text={deal['opportunity']}")
     _shot(page, "workbench-inbox")
 
