@@ -782,7 +782,7 @@ def _groups_upsert(
     adds += [f"{name} = {_hist_add(table, name, 'EXCLUDED')}" for name in hists]
     # Table and column names are the model's own; every value is bound.
     sql = (
-        f"INSERT INTO {table} ({', '.join([*key, *sums, *hists])}) VALUES {', '.join([row_marks] * len(rows))} "  # noqa: S608  # nosec B608
+        f"INSERT INTO {table} ({', '.join([*key, *sums, *hists])}) VALUES {', '.join([row_marks] * len(rows))} "  # noqa: S608  # nosec B608  # names from the model, values bound
         f"ON CONFLICT ({target}) DO UPDATE SET {', '.join(adds)}"
     )
     cursor.execute(sql, [value for r in rows for value in _values(r, key, sums, hists)])

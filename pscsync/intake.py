@@ -401,7 +401,7 @@ def _insert_new(events: list[Event]) -> dict[str, int]:
     rows = ", ".join([row] * len(events))
     # The names are the model's own and every value is a parameter.
     sql = (
-        f"INSERT INTO {table} ({columns}) VALUES {rows} "  # noqa: S608
+        f"INSERT INTO {table} ({columns}) VALUES {rows} "  # noqa: S608  # nosec B608  # names from the model, values as parameters
         "ON CONFLICT (connection_id, source_event_id) DO NOTHING RETURNING id, source_event_id"
     )
     with db.cursor() as cursor:

@@ -474,6 +474,7 @@ import django, os
 django.setup()
 from django.core.management import call_command
 call_command("migrate", verbosity=0)
+call_command("collectstatic", "--noinput", verbosity=0)  # pages name static files by the manifest
 from django.test import Client
 from django.test.utils import setup_test_environment
 setup_test_environment()
