@@ -90,6 +90,8 @@ INSTALLED_APPS = [
     "dashboards.apps.DashboardsConfig",
     "studio.apps.StudioConfig",
     "api.apps.ApiConfig",
+    # The demo firm: management commands only, no models; the engine never imports it.
+    "demo.apps.DemoConfig",
 ]
 
 MIDDLEWARE = [
@@ -366,7 +368,7 @@ DEMAND_SNAPSHOT_SECONDS = env_int("PSCSYNC_DEMAND_SNAPSHOT_SECONDS", 3600)
 # First retry waits up to this many seconds (full jitter), doubling each time up to an hour.
 RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
 # Connections marked "sandbox" may call loopback addresses (our own sandboxes). Off unless turned on:
-# `make demo` (pscsync.demo) and the test run set PSCSYNC_ALLOW_SANDBOXES=true; production never.
+# `make demo` (`python -m demo`) and the test run set PSCSYNC_ALLOW_SANDBOXES=true; production never.
 ALLOW_SANDBOXES = env_bool("PSCSYNC_ALLOW_SANDBOXES", False)
 # Where the demo's vendor sandboxes listen: the engine reaches them over HTTP only, at these
 # addresses: each sandbox's default port on this machine plus PSCSYNC_SANDBOX_PORT_OFFSET (so a
