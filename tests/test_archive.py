@@ -11,6 +11,8 @@ import datetime as dt
 import gzip
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,8 @@ from pscsync.audit import audit_verify
 from pscsync.intake import event_receive
 from pscsync.models import Archive, Attempt, AuditEntry, Event, Handoff
 from pscsync.runner import handoff_run
-from tests.helpers import change_body, status_force
+from tests.helpers import ROOT, change_body, status_force
+from tests.test_browser import CHROMIUM, _sign_in, page  # noqa: F401 (the browser fixture, shared)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -136,8 +139,8 @@ def test_a_month_past_retention_moves_its_bodies_to_checksummed_files_and_every_
 
     # The handoff's page says where its bodies went, in words.
     client.force_login(admin)
-    page = client.get(f"/workbench/handoffs/{month['done'][0].pk}/").content.decode()
-    assert "archive, not here" in page and "September 2025" in page
+    html = client.get(f"/workbench/handoffs/{month['done'][0].pk}/").content.decode()
+    assert "archive, not here" in html and "September 2025" in html
 
     # A restore brings back exactly what left, and the month can be archived again later.
     assert archive_restore(archive=archive, actor=admin) == 12
@@ -194,3 +197,26 @@ def test_the_due_pass_finds_each_month_past_retention_once(month) -> None:
         (dt.date(2025, 10, 1), 1),
     ]
     assert archives_due(today=dt.date(2026, 12, 5)) == []
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(
+    not shutil.which(CHROMIUM) and not os.getenv("PSCSYNC_REQUIRE_SERVICES"),
+    reason="Debian's chromium is not installed (make test installs it)",
+)
+def test_an_operator_reads_where_an_archived_handoffs_bodies_went(
+    page,  # noqa: F811
+    live_server,
+    operator,
+    month,
+    admin,
+) -> None:
+    """In headless Chromium; the screenshot is docs/screenshots/handoff-archived.png."""
+    archive_month(entity=month["us"], month=Month.parse("2025-09"), actor=admin)
+    _sign_in(page, live_server, operator)
+    page.wait_for_url("**/workbench/")
+    page.goto(f"{live_server.url}/workbench/handoffs/{month['done'][0].pk}/")
+    note = page.locator(".archived-note")
+    assert "September 2025 archive, not here" in note.inner_text()
+    assert page.locator("details.raw").count() == 0  # no empty "raw source event" to open
+    page.screenshot(path=str(ROOT / "docs" / "screenshots" / "handoff-archived.png"), full_page=True)
