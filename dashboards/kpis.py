@@ -329,13 +329,14 @@ def register(kpi: Kpi) -> Kpi:
 
 def _flow_figures(flow: str) -> None:
     cycle = MEASURES[flow]["label"]
+    ends = f" {MEASURES[flow]['ends']}" if MEASURES[flow].get("ends") else ""
     sync = MEASURES[flow]["sync"]
     items = (("flow", flow), ("measure", "measured"))
     register(
         Kpi(
             f"{flow}.finished",
             f"{MEASURES[flow]['title']}: items completed",
-            f"Business items of this flow whose cycle ({cycle}) completed in the period.",
+            f"Business items of this flow whose cycle ({cycle}) completed in the period.{ends}",
             "count",
             lambda r: (r.stats[flow].finished, r.stats[flow].finished),
             "dashboards:items",
@@ -347,7 +348,7 @@ def _flow_figures(flow: str) -> None:
             f"{flow}.latency_median",
             f"{MEASURES[flow]['title']}: business cycle (median)",
             f"Nearest-rank median of the business cycle: {cycle}, for items that completed it in the period; "
-            "items still open are not in the median.",
+            f"items still open are not in the median.{ends}",
             "hours",
             lambda r: (r.stats[flow].median_hours, r.stats[flow].measured),
             "dashboards:items",

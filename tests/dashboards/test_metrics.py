@@ -240,6 +240,44 @@ def test_approved_time_to_invoice_ends_when_the_erp_posts_it(crm, entities) -> N
     assert s.extra_median_hours == 9.0
 
 
+@pytest.mark.django_db
+def test_a_back_dated_posting_ends_the_cycle_when_the_invoice_was_raised(crm, entities) -> None:
+    """An ERP may date an invoice before it existed (NetSuite's transaction date defaults to the
+    billing event's day; a person back-dates to close a month). That is the accounting date: the
+    bill went out when pscsync raised it, so the cycle ends at the later of the two."""
+    from dashboards.facts import bill_posted_at
+    from dashboards.models import FlowFact
+
+    us, day = entities["us"], dt.date
+    raised = dt.datetime(2026, 10, 7, 9, tzinfo=dt.UTC)
+    assert bill_posted_at(day(2026, 10, 5), raised) == raised  # back-dated: the raise
+    assert bill_posted_at(day(2026, 10, 9), raised) == dt.datetime(2026, 10, 9, tzinfo=dt.UTC)  # posted later
+    assert bill_posted_at(None, raised) is None  # not posted: open
+    # F: approved Mon 5 Oct, released Tue 6 Oct, raised Wed 7 Oct 09:00, the ERP's posting date
+    # Mon 5 Oct. Ends 7 Oct 09:00: 5 Oct 00:00 -> 7 Oct 09:00 = 48 h + 9 h = 57 h (not 0 h).
+    invoice_raised(crm, us, "F", approved=day(2026, 10, 5), released=day(2026, 10, 6), raised=raised)
+    ledger_invoice(crm, us, "F", status="posted", posted=day(2026, 10, 5), due=day(2026, 11, 4), total="500.00")
+    # G: approved and released Thu 1 Oct, raised Fri 2 Oct 15:00, back-dated into September (30
+    # Sep) to close the month. Ends 2 Oct 15:00: 24 h + 15 h = 39 h, in October, not September.
+    g_raised = dt.datetime(2026, 10, 2, 15, tzinfo=dt.UTC)
+    invoice_raised(crm, us, "G", approved=day(2026, 10, 1), released=day(2026, 10, 1), raised=g_raised)
+    ledger_invoice(crm, us, "G", status="paid", posted=day(2026, 9, 30), due=day(2026, 10, 30), total="250.00",
+                   payments=[("250.00", day(2026, 10, 20))])  # fmt: skip
+    # H: raised Mon 5 Oct 09:00, pending approval on 31 Oct (its transaction date 5 Oct): open.
+    invoice_raised(crm, us, "H", approved=day(2026, 10, 5), released=day(2026, 10, 5), raised=T0)
+    ledger_invoice(crm, us, "H", status="pending_approval", posted=None, due=None, total="300.00")
+    rollups_rebuild_all()
+    facts = {f.key: f for f in FlowFact.objects.filter(flow="project-to-bill")}
+    assert (facts["F"].end_at, facts["F"].latency_hours) == (raised, 57.0)
+    assert (facts["G"].end_day, facts["G"].latency_hours) == (day(2026, 10, 2), 39.0)
+    assert (facts["H"].end_at, facts["H"].latency_hours) == (None, None)
+    # Two ended in October, [39, 57] h: median rank ceil(0.5 x 2) = 1 -> 39, p90 rank 2 -> 57;
+    # F 2.4 and G 1.6 business days, both within the 5-day default.
+    s = metrics.flow_stats(OCT, "project-to-bill")
+    assert (s.finished, s.measured, s.median_hours, s.p90_hours) == (2, 2, 39.0, 57.0)
+    assert (s.within_sla, s.pct_within_sla) == (2, 100.0)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_posting_read_after_the_handoff_finished_ends_the_cycle(crm, entities) -> None:
     """The ledger tells the dashboards after its commit: an invoice raised while the ERP held it
