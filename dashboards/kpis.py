@@ -475,8 +475,9 @@ register(
     Kpi(
         "revenue.mismatch_value",
         "Revenue mismatches",
-        "Sum of the absolute differences between PSA and ERP recognised revenue in open revenue mismatches "
-        "for the period's months, as of each entity's last complete reconciliation, at the period-end rate.",
+        "Sum of the absolute differences between PSA and ERP recognised revenue (invoices the ERP posted; "
+        "drafts, pending approval, voided and cancelled are no revenue) in open revenue mismatches for the "
+        "period's months, as of each entity's last complete reconciliation, at the period-end rate.",
         "money",
         lambda r: (r.revenue["value"], r.revenue["open"]),
         "dashboards:exceptions",
@@ -622,8 +623,10 @@ register(
     Kpi(
         "money_at_risk",
         "Money at risk",
-        "Billing released but not invoiced + value of won deals not activated past their SLA + absolute "
-        "difference of open billed-time and revenue mismatches, at the period-end rate.",
+        "Billing released but not invoiced + value of won deals not activated past their SLA + what open "
+        "billed-time and revenue mismatches put at stake, at the period-end rate. A batch's money counts once: "
+        "per project the larger of its billed-time and revenue differences (two views of the same money), less "
+        "the batches in it already counted as released and not invoiced.",
         "money",
         lambda r: (r.risk["value"], len(r.risk["parts"])),
         "dashboards:exceptions",

@@ -401,6 +401,50 @@ def test_revenue_accuracy_from_mismatches_and_the_latest_run(entities) -> None:
 
 
 @pytest.mark.django_db
+def test_money_at_risk_counts_a_refused_batch_once(crm, entities) -> None:
+    """A batch the ERP refused is stuck (released, not invoiced) and, at the next reconciliation,
+    shows in both the billed-time and the revenue comparison of its project: its money counts
+    once, and so does any other project's difference seen by both comparisons."""
+    us, at = entities["us"], dt.datetime(2026, 10, 30, tzinfo=dt.UTC)
+    # BE-4: 1,500.00 released 6 Oct, refused by the ERP, waiting for a person.
+    p2b(crm, us, T0, T0 + 24 * H, None, key="BE-4", status="needs_attention", amount="1500.00")
+    # BE-2: 3,000.00 raised (the handoff is done); its invoice waits for approval in the ERP.
+    p2b(crm, us, T0, T0 + 24 * H, T0 + 30 * H, key="BE-2", amount="3000.00")
+    rollups_rebuild_all()
+
+    def mismatch(comparison, subject, period, difference, batches):
+        Mismatch.objects.create(
+            comparison=comparison, legal_entity=us, subject_key=subject, period=period, cause="missing_record",
+            explanation="x", currency="USD", difference=Decimal(difference), details={"batches": batches},
+            first_seen_at=at, last_seen_at=at,
+        )  # fmt: skip
+
+    # P-1: BE-4's item has no work date (no period), its total falls in October: 1,500 twice.
+    mismatch("billed_time", "P-1", "", "-1500.00", ["BE-4"])
+    mismatch("revenue", "P-1", "2026-10", "-1500.00", ["BE-4"])
+    # P-2: BE-2 not posted: 3,000 short in both comparisons.
+    mismatch("billed_time", "P-2", "2026-10", "-3000.00", ["BE-2"])
+    mismatch("revenue", "P-2", "2026-10", "-3000.00", ["BE-2"])
+    # An ERP invoice of 1,200 no batch explains, in both comparisons.
+    mismatch("billed_time", "invoice:N6", "2026-10", "1200.00", [])
+    mismatch("revenue", "invoice:N6", "2026-10", "1200.00", [])
+    risk = metrics.money_at_risk(OCT)
+    # Released, not invoiced: BE-4 1,500. Mismatches per project, the larger comparison: P-1
+    # 1,500 less BE-4's 1,500 already counted = 0; P-2 3,000 (BE-2 is not stuck); N6 1,200.
+    # 1,500 + 0 + 3,000 + 1,200 = 5,700.00 (counting every mismatch and the stuck batch gave
+    # 1,500 + 2 x 1,500 + 2 x 3,000 + 2 x 1,200 = 12,900.00: BE-4 three times).
+    assert [p["value"] for p in risk["parts"]] == [Decimal("1500.00"), Decimal("0"), Decimal("4200.00")]
+    assert risk["value"] == Decimal("5700.00")
+    assert risk["parts"][2]["count"] == 6  # the mismatches behind it, all six still listed
+    # Once BE-4 is invoiced (no longer stuck), its project's 1,500 counts as a mismatch, once.
+    from pscsync.models import Handoff
+    from tests.helpers import status_force
+
+    status_force(Handoff.objects.get(business_key="BE-4").pk, "succeeded")
+    assert metrics.mismatch_at_stake(OCT) == ({"USD": Decimal("5700.00")}, 6)
+
+
+@pytest.mark.django_db
 def test_entity_filter_limits_every_figure(crm, entities) -> None:
     q2p(crm, entities["us"], "OPP-US", T0, T0 + 2 * H)
     q2p(crm, entities["uk"], "OPP-UK", T0, T0 + 9 * H)

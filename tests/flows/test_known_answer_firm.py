@@ -156,13 +156,14 @@ EXPECTED: dict[str, dict[str, tuple[Any, int]]] = {
         # Released in December: PB1, PB2, PB4; PB4 needed a person: 1 / 3.
         "billing.exception_rate": (100 / 3, 3),
         "billing.exception_value": (D("1500.00"), 1),
-        # Revenue per project-month, PSA batches vs ERP invoices (DOMAIN.md §3.1), 8 compared:
-        # Q1/Dec PSA 1,500 + 1,500 (PB1, PB4) vs ERP 1,500 -> 1,500; Q2/Dec 3,000 vs 3,000 agrees;
-        # N1 (Oct) 10,000, N2 (Nov) 5,000, N3 (Dec) 8,000, N4 (Sep) 2,000, N5 (Dec) 3,000, N6 (Dec)
-        # 1,200 are ERP invoices no PSA batch explains. December's: 1,500 + 8,000 + 3,000 + 1,200
-        # = 13,700.00 in 4 mismatches; 1 of 8 agrees.
-        "revenue.mismatch_value": (D("13700.00"), 4),
-        "revenue.match_rate": (12.5, 8),
+        # Revenue per project-month, PSA batches vs the ERP's POSTED invoices (DOMAIN.md §3.1; a
+        # draft, pending or voided invoice is no revenue), 6 compared: Q1/Dec PSA 1,500 + 1,500
+        # (PB1, PB4) vs ERP 1,500 (PB1's, posted) -> 1,500; Q2/Dec 3,000 vs 0 (PB2's invoice
+        # pending) -> 3,000; N1 (Oct) 10,000, N2 (Nov) 5,000, N4 (Sep) 2,000, N6 (Dec) 1,200 are
+        # posted invoices no PSA batch explains; N3 (pending) and N5 (voided) are not compared.
+        # December's: 1,500 + 3,000 + 1,200 = 5,700.00 in 3 mismatches; 0 of 6 agree.
+        "revenue.mismatch_value": (D("5700.00"), 3),
+        "revenue.match_rate": (0.0, 6),
         # Receivables 31 Dec: N2 5,000 - 1,500 = 3,500 (21 days late) + N4 2,000 (91 days late) +
         # N6 1,200 (current) = 6,700; N1 and PB1's invoice paid in full, N3 and PB2's pending, N5
         # voided. Invoiced in the 90 days 3 Oct - 31 Dec: N1 10,000 + N2 5,000 + N6 1,200 + PB1's
@@ -183,13 +184,20 @@ EXPECTED: dict[str, dict[str, tuple[Any, int]]] = {
         "deals.won_not_activated_value": (D("50000.00"), 1),
         "deals.won_not_activated_past_sla": (1, 1),
         "exceptions.open": (2, 2),  # W1 and PB4
-        # 1,500 released + 50,000 (W1, past SLA) + billed time 13,700 + revenue 13,700 (December's
-        # mismatches are the same invoices in both comparisons) = 78,900.00; three parts.
-        "money_at_risk": (D("78900.00"), 3),
-        # 1 - Σ|Δ| / Σ|ERP| over every project-month: Σ|Δ| = 1,500 + 10,000 + 5,000 + 8,000 + 2,000
-        # + 3,000 + 1,200 = 30,700; Σ|ERP| = 33,700 (every invoice): 3,000 / 33,700.
-        "revenue.schedule_value_accuracy": (100 * 3000 / 33700, 8),
-        "revenue.schedule_row_match_rate": (12.5, 8),
+        # Each batch's money once: PB4 1,500 released, not invoiced + W1 50,000 (past SLA) + the
+        # mismatches per project, the larger of billed time and revenue (the same money twice):
+        # Q1 billed time 1,500 (PB4's item carries no date: no period, counted in every period)
+        # and revenue 1,500 (Dec) -> 1,500, all of it PB4's, already counted -> 0; Q2 3,000 and
+        # 3,000 -> 3,000 (PB2's handoff is done, not stuck); N6 1,200 and 1,200 -> 1,200.
+        # 1,500 + 50,000 + 0 + 3,000 + 1,200 = 55,700.00 (was 78,900 with PB4 three times and
+        # every invoice twice); three parts.
+        "money_at_risk": (D("55700.00"), 3),
+        # 1 - Σ|Δ| / Σ|ERP| over every project-month compared: Σ|Δ| = 1,500 + 3,000 + 10,000 +
+        # 5,000 + 2,000 + 1,200 = 22,700; Σ|ERP| = posted invoices 1,500 + 10,000 + 5,000 + 2,000
+        # + 1,200 = 19,700: 1 - 22,700 / 19,700 = -3,000 / 19,700 = -15.23 % (the PSA counts
+        # 3,000 the ledger has not posted on top of 1,500 it bills twice: worse than no schedule).
+        "revenue.schedule_value_accuracy": (-100 * 3000 / 19700, 6),
+        "revenue.schedule_row_match_rate": (0.0, 6),
         "reconciliation.effort_actions": (3, 3),
         "reconciliation.effort_hours": (0.58, 3),
     },
@@ -234,10 +242,11 @@ EXPECTED: dict[str, dict[str, tuple[Any, int]]] = {
         "billing.unbilled_wip_over_60_days": (D("0"), 3),
         "billing.exception_rate": (0.0, 1),
         "billing.exception_value": (D("0"), 0),
-        # 6 compared: Q6/Dec 1,740 vs 1,740 agrees; B1 (Nov) 12,000, B2 (Dec) 4,000, B3 (Dec) 2,500,
-        # B4 (Oct) 6,000, B5 (Dec) 900 have no PSA batch. December's: 4,000 + 2,500 + 900 = 7,400.
-        "revenue.mismatch_value": (D("7400.00"), 3),
-        "revenue.match_rate": (100 / 6, 6),
+        # Posted invoices only, 4 compared: Q6/Dec PSA 1,740 vs 0 (PB3's invoice a draft) ->
+        # 1,740; B1 (Nov) 12,000, B2 (Dec) 4,000, B4 (Oct) 6,000 have no PSA batch; B3 (draft) and
+        # B5 (cancelled) are not compared. December's: 1,740 + 4,000 = 5,740.00 in 2; 0 of 4 agree.
+        "revenue.mismatch_value": (D("5740.00"), 2),
+        "revenue.match_rate": (0.0, 4),
         # B2 4,000 - 1,000 = 3,000 (current) + B4 6,000 (42 days late) = 9,000; invoiced 3 Oct - 31 Dec:
         # B1 12,000 + B2 4,000 + B4 6,000 = 22,000; DSO = 9,000 / 22,000 x 90 = 36.8181818.
         "cash.dso": (9000 / 22000 * 90, 3),
@@ -254,10 +263,13 @@ EXPECTED: dict[str, dict[str, tuple[Any, int]]] = {
         "deals.won_not_activated_value": (D("36000.00"), 1),  # W2 at its amended value
         "deals.won_not_activated_past_sla": (0, 1),
         "exceptions.open": (0, 0),
-        "money_at_risk": (D("14800.00"), 3),  # billed time 7,400 + revenue 7,400
-        # Σ|Δ| = 12,000 + 4,000 + 2,500 + 6,000 + 900 = 25,400; Σ|ERP| = 27,140: 1,740 / 27,140.
-        "revenue.schedule_value_accuracy": (100 * 1740 / 27140, 6),
-        "revenue.schedule_row_match_rate": (100 / 6, 6),
+        # Nothing released and stuck, W2 not past SLA; per project the larger of billed time and
+        # revenue: Q6 1,740 (PB3's handoff done) + B2 4,000 = 5,740.00.
+        "money_at_risk": (D("5740.00"), 3),
+        # Σ|Δ| = 1,740 + 12,000 + 4,000 + 6,000 = 23,740; Σ|ERP| = 12,000 + 4,000 + 6,000 = 22,000:
+        # 1 - 23,740 / 22,000 = -1,740 / 22,000 = -7.91 %.
+        "revenue.schedule_value_accuracy": (-100 * 1740 / 22000, 4),
+        "revenue.schedule_row_match_rate": (0.0, 4),
         "reconciliation.effort_actions": (0, 0),
         "reconciliation.effort_hours": (0, 0),
     },
@@ -302,9 +314,9 @@ EXPECTED: dict[str, dict[str, tuple[Any, int]]] = {
         "billing.unbilled_wip_over_60_days": (D("1500.00"), 7),
         "billing.exception_rate": (25.0, 4),
         "billing.exception_value": (D("1500.00"), 1),
-        # 13,700 + 7,400 x 1.28 (9,472) = 23,172.00; 2 of 14 agree.
-        "revenue.mismatch_value": (D("23172.00"), 7),
-        "revenue.match_rate": (100 * 2 / 14, 14),
+        # 5,700 + 5,740 x 1.28 (7,347.20) = 13,047.20 in 5; 0 of 10 agree.
+        "revenue.mismatch_value": (D("13047.20"), 5),
+        "revenue.match_rate": (0.0, 10),
         # Receivables 6,700 + 9,000 x 1.28 (11,520) = 18,220; invoiced in the window: US 17,700 +
         # B1 12,000 x 1.25 (Nov, 15,000) + B2 4,000 x 1.26 (Dec, 5,040) + B4 6,000 x 1.20 (Oct,
         # 7,200) = 44,940; DSO = 18,220 / 44,940 x 90 = 36.4886515 days.
@@ -322,11 +334,11 @@ EXPECTED: dict[str, dict[str, tuple[Any, int]]] = {
         "deals.won_not_activated_value": (D("96080.00"), 2),  # 50,000 + 36,000 x 1.28 (46,080)
         "deals.won_not_activated_past_sla": (1, 2),
         "exceptions.open": (2, 2),
-        "money_at_risk": (D("97844.00"), 3),  # 1,500 + 50,000 + 23,172 x 2
-        # Σ|Δ| 30,700 + 25,400 x 1.28 (32,512) = 63,212; Σ|ERP| 33,700 + 27,140 x 1.28 (34,739.20) =
-        # 68,439.20: 1 - 63,212 / 68,439.20 = 5,227.20 / 68,439.20.
-        "revenue.schedule_value_accuracy": (100 * 5227.20 / 68439.20, 14),
-        "revenue.schedule_row_match_rate": (100 * 2 / 14, 14),
+        "money_at_risk": (D("63047.20"), 3),  # 55,700 + 5,740 x 1.28 (7,347.20)
+        # Σ|Δ| 22,700 + 23,740 x 1.28 (30,387.20) = 53,087.20; Σ|ERP| 19,700 + 22,000 x 1.28
+        # (28,160) = 47,860: 1 - 53,087.20 / 47,860 = -5,227.20 / 47,860.
+        "revenue.schedule_value_accuracy": (-100 * 5227.20 / 47860, 10),
+        "revenue.schedule_row_match_rate": (0.0, 10),
         "reconciliation.effort_actions": (3, 3),
         "reconciliation.effort_hours": (0.58, 3),
     },
@@ -393,11 +405,6 @@ def mismatched(got: dict[str, dict[str, Any]], expected: dict[str, tuple[Any, in
     return wrong
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="project-to-bill now ends on the ledger's posting date (issue 15): PB2's invoice is pending "
-    "and PB1's posting date precedes its raise; the hand-worked project-to-bill figures are to be redone",
-)
 def test_every_registered_figure_matches_the_hand_worked_firm(firm, entities, admin, operator) -> None:
     from django.db import connection
     from django.test import Client
@@ -701,11 +708,6 @@ def _build(firm, c: Clock, operator) -> dict:
 
 
 @pytest.mark.skipif(os.getenv(NESTED) == "1", reason="already the SQLite run")
-@pytest.mark.xfail(
-    strict=False,
-    reason="project-to-bill now ends on the ledger's posting date (issue 15): PB2's invoice is pending "
-    "and PB1's posting date precedes its raise; the hand-worked project-to-bill figures are to be redone",
-)
 def test_known_answer_firm_on_sqlite(tmp_path) -> None:
     """The same firm and figures in a pytest of its own on the embedded default (SQLite, no
     DATABASE_URL): the flows run in-process (no worker or broker needed), the sandboxes over HTTP."""
