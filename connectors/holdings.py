@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from connectors.base import LedgerInvoice
+from connectors.base import InvoiceStatus, LedgerInvoice
 
 CENT = Decimal("0.01")
 LINE_REF = re.compile(r"^\[(?P<ref>[A-Z]{2}-[^\]]+)\]")
@@ -154,6 +154,19 @@ class ErpInvoice:
     @property
     def net(self) -> Decimal:
         return sum((line.amount for line in self.lines), Decimal("0.00"))
+
+    @property
+    def posted(self) -> bool:
+        """The ERP has posted it to its ledger (the connector's mapping of the vendor's state):
+        only a posted invoice is billed and recognised. One whose state was not read is not."""
+        return self.ledger is not None and self.ledger.posted
+
+    @property
+    def state_words(self) -> str:
+        """Its ledger state for people ("pending approval", "voided")."""
+        if self.ledger is None:
+            return "in an unknown state"
+        return InvoiceStatus.LABELS.get(self.ledger.status, self.ledger.status).lower()
 
     @property
     def label(self) -> str:

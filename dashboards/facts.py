@@ -62,7 +62,8 @@ EXCEPTION_OUTCOMES = ("validation", "mapping", "rejected")
 # Two clocks per flow. `label`: the business cycle a leader manages (start -> end, business_times
 # keys), measured against the flow's SLA. `sync`: the integration's own latency, from the source
 # change that triggered a handoff to every target updated, against the flow's sync SLA.
-# `extra`: a second business measure shown on the flow's page.
+# `extra`: a second business measure shown on the flow's page. `ends`: when the cycle's end
+# needs more words than its label (the registry's definitions add them).
 SYNC = "Source change → every target system updated"
 MEASURES: dict[str, dict[str, str]] = {
     "quote-to-project": {
@@ -76,6 +77,9 @@ MEASURES: dict[str, dict[str, str]] = {
         "label": "Time approved in the PSA → invoice posted in the ERP",
         "sync": "Billing batch released in the PSA → invoice created in the ERP",
         "extra": "Billing batch released → invoice raised",
+        "ends": "The invoice counts as posted at the later of the ERP ledger's posting date and the moment "
+        "pscsync raised it (a back-dated transaction date is the accounting date, not when the bill went out); "
+        "an invoice still a draft or pending approval leaves the cycle open.",
     },
     "bill-to-cash": {
         "title": "Bill to cash",
@@ -184,6 +188,19 @@ def _midnight(day: dt.date | None) -> dt.datetime | None:
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) if day else None
 
 
+def bill_posted_at(posted_on: dt.date | None, raised_at: dt.datetime | None) -> dt.datetime | None:
+    """When a billing batch's invoice was posted, the end of approved time -> invoice posted: the
+    later of the ledger's posting date and the moment pscsync raised the invoice in the ERP. An
+    ERP may date a transaction before it existed (NetSuite's `trandate` defaults to the billing
+    event's date, and a person may back-date it to close a month): that is the accounting date,
+    not the day the bill went out, and an invoice cannot be posted before it exists. Not posted
+    (no posting date: a draft, pending approval, or not read from the ledger yet): None, open."""
+    posted = _midnight(posted_on)
+    if posted is None:
+        return None
+    return max(posted, raised_at) if raised_at else posted
+
+
 @dataclass
 class HandoffRow:
     """The fields of a handoff a fact is built from (also built in bulk without model instances)."""
@@ -289,15 +306,16 @@ def fact_values(flow: str, key: str, rows: list[HandoffRow], sla: FlowSla, count
         t = times[-1]
         released = parse_time(t.get("billing_released"))
         approved = parse_time(t.get("time_approved"))
+        raised = parse_time(t.get("invoice_created"))
         books = next((r.books for r in reversed(rows) if r.books), None)
         # The batch counts in the period it was released in; its cycle starts when its last item
-        # was approved (a PSA with no approval date: at the release) and ends when the ERP posted
-        # its invoice (the ledger's posting date). Raised but still a draft or pending approval in
-        # the ERP: not billed yet, the cycle is open (DOMAIN.md §2.2: "the posted ERP invoice").
+        # was approved (a PSA with no approval date: at the release) and ends when the invoice is
+        # posted (bill_posted_at). Raised but still a draft or pending approval in the ERP: not
+        # billed yet, the cycle is open (DOMAIN.md §2.2: "the posted ERP invoice").
         start = released or approved
-        end = _midnight(books.posted_on) if books else None
+        end = bill_posted_at(books.posted_on if books else None, raised)
         # The second measure is the integration's part: released -> invoice raised by pscsync.
-        extra = _hours(released, parse_time(t.get("invoice_created")))
+        extra = _hours(released, raised)
         measure_start, measured_end = approved or released, end
         values["details"] = {
             "released": t.get("billing_released", ""),

@@ -329,13 +329,14 @@ def register(kpi: Kpi) -> Kpi:
 
 def _flow_figures(flow: str) -> None:
     cycle = MEASURES[flow]["label"]
+    ends = f" {MEASURES[flow]['ends']}" if MEASURES[flow].get("ends") else ""
     sync = MEASURES[flow]["sync"]
     items = (("flow", flow), ("measure", "measured"))
     register(
         Kpi(
             f"{flow}.finished",
             f"{MEASURES[flow]['title']}: items completed",
-            f"Business items of this flow whose cycle ({cycle}) completed in the period.",
+            f"Business items of this flow whose cycle ({cycle}) completed in the period.{ends}",
             "count",
             lambda r: (r.stats[flow].finished, r.stats[flow].finished),
             "dashboards:items",
@@ -347,7 +348,7 @@ def _flow_figures(flow: str) -> None:
             f"{flow}.latency_median",
             f"{MEASURES[flow]['title']}: business cycle (median)",
             f"Nearest-rank median of the business cycle: {cycle}, for items that completed it in the period; "
-            "items still open are not in the median.",
+            f"items still open are not in the median.{ends}",
             "hours",
             lambda r: (r.stats[flow].median_hours, r.stats[flow].measured),
             "dashboards:items",
@@ -474,8 +475,9 @@ register(
     Kpi(
         "revenue.mismatch_value",
         "Revenue mismatches",
-        "Sum of the absolute differences between PSA and ERP recognised revenue in open revenue mismatches "
-        "for the period's months, as of each entity's last complete reconciliation, at the period-end rate.",
+        "Sum of the absolute differences between PSA and ERP recognised revenue (invoices the ERP posted; "
+        "drafts, pending approval, voided and cancelled are no revenue) in open revenue mismatches for the "
+        "period's months, as of each entity's last complete reconciliation, at the period-end rate.",
         "money",
         lambda r: (r.revenue["value"], r.revenue["open"]),
         "dashboards:exceptions",
@@ -621,8 +623,10 @@ register(
     Kpi(
         "money_at_risk",
         "Money at risk",
-        "Billing released but not invoiced + value of won deals not activated past their SLA + absolute "
-        "difference of open billed-time and revenue mismatches, at the period-end rate.",
+        "Billing released but not invoiced + value of won deals not activated past their SLA + what open "
+        "billed-time and revenue mismatches put at stake, at the period-end rate. A batch's money counts once: "
+        "per project the larger of its billed-time and revenue differences (two views of the same money), less "
+        "the batches in it already counted as released and not invoiced.",
         "money",
         lambda r: (r.risk["value"], len(r.risk["parts"])),
         "dashboards:exceptions",

@@ -656,28 +656,67 @@ def money_at_risk(
     won: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Money at risk at the period end = billing released but not invoiced + won deals not yet a
-    project past their SLA + |Δ| of open billed-time and revenue mismatches. A page that already
-    has `blocked_billing` and `won_not_activated` passes them in rather than reading them twice."""
+    project past their SLA + what open billed-time and revenue mismatches put at stake, each
+    batch's money once (mismatch_at_stake). A page that already has `blocked_billing` and
+    `won_not_activated` passes them in rather than reading them twice."""
     conv = conv or converter_for(f)
     blocked = (blocked or blocked_billing(f, conv, with_rows=False))["value"]
     won = won or won_not_activated(f, conv, with_rows=False)
     late_deals = won["over_sla_value"]
-    mm = list(
-        mismatches(f)
-        .filter(comparison__in=["billed_time", "revenue"])
-        .values("currency")
-        .annotate(n=Count("id"), total=Sum(Abs("difference")))
-        .order_by()
-    )
-    mm_value = sum((conv.money(r["total"] or Decimal("0"), r["currency"], f.end, "closing") for r in mm), conv.zero())
+    at_stake, n = mismatch_at_stake(f)
+    mm_value = sum((conv.money(v, currency, f.end, "closing") for currency, v in at_stake.items()), conv.zero())
     return {
         "value": blocked + late_deals + mm_value,
         "parts": [
             {"label": "Billing released, not invoiced", "value": blocked},
             {"label": "Won deals not activated past SLA", "value": late_deals, "count": won["over_sla_count"]},
-            {"label": "Open billing and revenue mismatches", "value": mm_value, "count": sum(r["n"] for r in mm)},
+            {"label": "Open billing and revenue mismatches", "value": mm_value, "count": n},
         ],
     }
+
+
+def mismatch_at_stake(f: Filters) -> tuple[dict[str, Decimal], int]:
+    """The money open billed-time and revenue mismatches of the period put at stake, per currency,
+    with the number of mismatches. One batch's money is counted once:
+    - billed time (the batch's items) and revenue (the batch's total) are two comparisons of the
+      same money, so per project the larger of its two sums of |Δ| counts, not both;
+    - a batch released and not invoiced is already in money at risk at its own value (its open
+      project-to-bill handoff): the mismatches naming it (`details["batches"]`, written by
+      reconciliation) count what is left after its value, never below zero.
+    So a batch the ERP refused counts once, not once as a stuck batch and once per comparison."""
+    per_project: dict[tuple[int, str, str], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    named: dict[tuple[int, str, str], set[str]] = defaultdict(set)
+    n = 0
+    for entity, subject, comparison, currency, difference, batches in (
+        mismatches(f)
+        .filter(comparison__in=["billed_time", "revenue"])
+        .values_list("legal_entity_id", "subject_key", "comparison", "currency", "difference", "details__batches")
+        .order_by()
+    ):
+        n += 1
+        project = (entity, subject, currency)
+        per_project[project][comparison] += abs(difference or Decimal("0"))
+        named[project].update(batches or [])
+    keys = set().union(*named.values()) if named else set()
+    stuck: dict[tuple[int | None, str], tuple[Decimal, str]] = {
+        (entity, key): (amount or Decimal("0"), currency)
+        for entity, key, amount, currency in Handoff.objects.filter(
+            flow="project-to-bill", status__in=Handoff.OPEN, business_key__in=keys
+        ).values_list("legal_entity_id", "business_key", "amount", "currency")
+    }
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for project, by_comparison in per_project.items():
+        entity, _subject, currency = project
+        counted = sum(
+            (
+                stuck[(entity, key)][0]
+                for key in named[project]
+                if (entity, key) in stuck and stuck[(entity, key)][1] == currency
+            ),
+            Decimal("0"),
+        )
+        totals[currency] += max(max(by_comparison.values()) - counted, Decimal("0"))
+    return dict(totals), n
 
 
 # Integration health -----------------------------------------------------------------------------

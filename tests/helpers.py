@@ -178,19 +178,23 @@ def ledger_check(keys: list[str], target: EchoTarget) -> LedgerReport:
 
 @contextlib.contextmanager
 def moves_told() -> Iterator[list]:
-    """Tell the lifecycle's listeners (workbench, dashboards) of the handoff moves made inside, as
-    the commit would: a test's transaction never commits, so its after-commit callbacks never run.
+    """Tell the lifecycle's listeners (workbench, dashboards) of the handoff moves made inside, and
+    the ledger's listeners (the dashboards' money cycles) of the ERP invoices moved inside, as the
+    commit would: a test's transaction never commits, so its after-commit callbacks never run.
     Only the listeners run here; other after-commit work (publishing to the broker) does not."""
     import functools
 
     from django.test import TestCase
 
-    from pscsync.lifecycle import listeners_tell
+    from pscsync import ledger, lifecycle
 
     with TestCase.captureOnCommitCallbacks(execute=False) as callbacks:
         yield callbacks
     for callback in callbacks:
-        if isinstance(callback, functools.partial) and callback.func is listeners_tell:
+        if isinstance(callback, functools.partial) and callback.func in (
+            lifecycle.listeners_tell,
+            ledger.listeners_tell,
+        ):
             callback()
 
 

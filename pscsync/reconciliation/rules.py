@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -283,7 +284,19 @@ class _Bucket:
     records: list[str] = field(default_factory=list)
 
 
-def billing(h: Holdings, tolerance: Tolerance, *, erp_name: str, psa_name: str, entity_currency: str) -> Outcome:
+def billing(
+    h: Holdings,
+    tolerance: Tolerance,
+    *,
+    erp_name: str,
+    psa_name: str,
+    entity_currency: str,
+    batch_key: Callable[[str], str] = str,
+) -> Outcome:
+    """Billed time and revenue per (project, period), PSA batches vs the ERP's posted invoices.
+    Each mismatch names the batches in it (`details["batches"]`, by `batch_key` of the batch's
+    id: the business key its project-to-bill handoff runs under), so a figure that also counts
+    batches released and not invoiced can count a batch's money once."""
     outcome = Outcome()
     deals_by_project = {d.project_key: d for d in h.deals.values()}
     names: dict[str, tuple[str, str]] = {}
@@ -308,11 +321,16 @@ def billing(h: Holdings, tolerance: Tolerance, *, erp_name: str, psa_name: str, 
             batch.project_name or (deal.name if deal else ""),
             deal.account_name if deal else "",
         )
-        invoices = by_key.get(batch.invoice_key, []) + by_batch.get(batch.id, [])
-        invoices = list({i.id: i for i in invoices}.values())
-        for invoice in invoices:
+        raised = by_key.get(batch.invoice_key, []) + by_batch.get(batch.id, [])
+        raised = list({i.id: i for i in raised}.values())
+        for invoice in raised:
             paired[invoice.id] = invoice
             invoice_project[invoice.id] = batch.project_key
+        # Only what the ERP posted is billed and recognised: a draft, an invoice pending approval,
+        # a voided or credited one carries no revenue, so the batch is compared with its posted
+        # invoices alone (and in their posting period).
+        invoices = [i for i in raised if i.posted]
+        unposted = [i for i in raised if not i.posted]
         pk = batch.project_key
         arrears = arrears_months(deal)
         for item in batch.items:
@@ -320,13 +338,20 @@ def billing(h: Holdings, tolerance: Tolerance, *, erp_name: str, psa_name: str, 
             b.psa += item.amount
             b.lines += 1
             b.currency = b.currency or batch.currency
+            b.records.append(batch_key(batch.id))
         r = buckets[REVENUE][(pk, compared_period(period_of(batch.date), invoices, arrears))]
         r.psa += batch.total
         r.lines += len(batch.items)
         r.currency = r.currency or batch.currency
-        findings.extend(_batch_findings(h, batch, invoices, deal, erp_name=erp_name, psa_name=psa_name))
+        r.records.append(batch_key(batch.id))
+        findings.extend(
+            _batch_findings(h, batch, invoices, deal, unposted=unposted, erp_name=erp_name, psa_name=psa_name)
+        )
 
+    posted_pairs = {k: i for k, i in paired.items() if i.posted}
     for invoice in h.invoices:
+        if not invoice.posted:
+            continue  # not revenue (draft, pending approval, voided, credited): nothing to compare
         pk = invoice_project.get(invoice.id) or invoice.project_key or f"invoice:{invoice.number or invoice.id}"
         invoice_project[invoice.id] = pk
         period = period_of(invoice.date)
@@ -339,7 +364,7 @@ def billing(h: Holdings, tolerance: Tolerance, *, erp_name: str, psa_name: str, 
             deal = deals_by_project.get(pk)
             names[pk] = (deal.name if deal else "", deal.account_name if deal else "")
         if invoice.id not in paired:
-            findings.append(_unpaired_finding(h, invoice, pk, paired, erp_name=erp_name, psa_name=psa_name))
+            findings.append(_unpaired_finding(h, invoice, pk, posted_pairs, erp_name=erp_name, psa_name=psa_name))
 
     for comparison in (BILLED_TIME, REVENUE):
         for (pk, period), bucket in sorted(buckets[comparison].items()):
@@ -370,8 +395,17 @@ def _both(bt: set[tuple[str, str]], rev: set[tuple[str, str]]) -> dict[str, set[
 
 
 def _batch_findings(
-    h: Holdings, batch: PsaBatch, invoices: list[ErpInvoice], deal: Deal | None, *, erp_name: str, psa_name: str
+    h: Holdings,
+    batch: PsaBatch,
+    invoices: list[ErpInvoice],
+    deal: Deal | None,
+    *,
+    unposted: list[ErpInvoice] | None = None,
+    erp_name: str,
+    psa_name: str,
 ) -> list[Finding]:
+    """What is wrong with one batch against its posted invoices (`invoices`); `unposted` are the
+    invoices it raised that the ERP has not posted (or voided), named when none is posted."""
     pk = batch.project_key
     arrears = arrears_months(deal)
 
@@ -393,6 +427,15 @@ def _batch_findings(
                     "missing_customer",
                     f"{what} has no invoice {batch.invoice_key} in {erp_name} because {erp_name} has no customer "
                     f"{customer_key} for {deal.account_name}.",
+                    everywhere,
+                )
+            )
+        elif unposted:
+            states = ", ".join(f"{i.label} is {i.state_words}" for i in unposted)
+            out.append(
+                Finding(
+                    "missing_record",
+                    f"{what} has no posted invoice in {erp_name}: {states}, so {erp_name} has not billed it yet.",
                     everywhere,
                 )
             )
@@ -635,5 +678,9 @@ def _bucket_result(
         currency=currency,
         amounts={"psa": str(bucket.psa), "erp": str(bucket.erp)},
         difference=difference,
-        details={"lines": bucket.lines, "findings": [{"cause": f.cause, "message": f.message} for f in findings]},
+        details={
+            "lines": bucket.lines,
+            "batches": sorted(set(bucket.records)),
+            "findings": [{"cause": f.cause, "message": f.message} for f in findings],
+        },
     )

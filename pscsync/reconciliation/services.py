@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
+from connectors.canonical import BILLING_BATCH, KEYS, capability_or_none
 from connectors.errors import ConnectorError
 from connectors.models import Connection
 from pscsync import clock
@@ -82,7 +83,16 @@ def entity_reconcile(*, legal_entity: LegalEntity, period: str = "") -> Reconcil
     tolerance = tolerance_for(legal_entity)
     names = {"erp_name": systems.erp.name, "psa_name": systems.psa.name}
     deal = rules.deal_value(holdings, tolerance, **names)
-    billed = rules.billing(holdings, tolerance, entity_currency=legal_entity.currency, **names)
+    # A batch is named by the key its project-to-bill handoff runs under (the PSA's own key format).
+    found = capability_or_none(systems.psa, BILLING_BATCH)
+    batch_key = found.key_format if found else KEYS[BILLING_BATCH]
+    billed = rules.billing(
+        holdings,
+        tolerance,
+        entity_currency=legal_entity.currency,
+        batch_key=lambda batch: batch_key(batch=batch),
+        **names,
+    )
     checked = {c: deal.checked[c] + billed.checked[c] for c in rules.COMPARISONS}
     results = deal.results + billed.results
     if period:

@@ -240,6 +240,44 @@ def test_approved_time_to_invoice_ends_when_the_erp_posts_it(crm, entities) -> N
     assert s.extra_median_hours == 9.0
 
 
+@pytest.mark.django_db
+def test_a_back_dated_posting_ends_the_cycle_when_the_invoice_was_raised(crm, entities) -> None:
+    """An ERP may date an invoice before it existed (NetSuite's transaction date defaults to the
+    billing event's day; a person back-dates to close a month). That is the accounting date: the
+    bill went out when pscsync raised it, so the cycle ends at the later of the two."""
+    from dashboards.facts import bill_posted_at
+    from dashboards.models import FlowFact
+
+    us, day = entities["us"], dt.date
+    raised = dt.datetime(2026, 10, 7, 9, tzinfo=dt.UTC)
+    assert bill_posted_at(day(2026, 10, 5), raised) == raised  # back-dated: the raise
+    assert bill_posted_at(day(2026, 10, 9), raised) == dt.datetime(2026, 10, 9, tzinfo=dt.UTC)  # posted later
+    assert bill_posted_at(None, raised) is None  # not posted: open
+    # F: approved Mon 5 Oct, released Tue 6 Oct, raised Wed 7 Oct 09:00, the ERP's posting date
+    # Mon 5 Oct. Ends 7 Oct 09:00: 5 Oct 00:00 -> 7 Oct 09:00 = 48 h + 9 h = 57 h (not 0 h).
+    invoice_raised(crm, us, "F", approved=day(2026, 10, 5), released=day(2026, 10, 6), raised=raised)
+    ledger_invoice(crm, us, "F", status="posted", posted=day(2026, 10, 5), due=day(2026, 11, 4), total="500.00")
+    # G: approved and released Thu 1 Oct, raised Fri 2 Oct 15:00, back-dated into September (30
+    # Sep) to close the month. Ends 2 Oct 15:00: 24 h + 15 h = 39 h, in October, not September.
+    g_raised = dt.datetime(2026, 10, 2, 15, tzinfo=dt.UTC)
+    invoice_raised(crm, us, "G", approved=day(2026, 10, 1), released=day(2026, 10, 1), raised=g_raised)
+    ledger_invoice(crm, us, "G", status="paid", posted=day(2026, 9, 30), due=day(2026, 10, 30), total="250.00",
+                   payments=[("250.00", day(2026, 10, 20))])  # fmt: skip
+    # H: raised Mon 5 Oct 09:00, pending approval on 31 Oct (its transaction date 5 Oct): open.
+    invoice_raised(crm, us, "H", approved=day(2026, 10, 5), released=day(2026, 10, 5), raised=T0)
+    ledger_invoice(crm, us, "H", status="pending_approval", posted=None, due=None, total="300.00")
+    rollups_rebuild_all()
+    facts = {f.key: f for f in FlowFact.objects.filter(flow="project-to-bill")}
+    assert (facts["F"].end_at, facts["F"].latency_hours) == (raised, 57.0)
+    assert (facts["G"].end_day, facts["G"].latency_hours) == (day(2026, 10, 2), 39.0)
+    assert (facts["H"].end_at, facts["H"].latency_hours) == (None, None)
+    # Two ended in October, [39, 57] h: median rank ceil(0.5 x 2) = 1 -> 39, p90 rank 2 -> 57;
+    # F 2.4 and G 1.6 business days, both within the 5-day default.
+    s = metrics.flow_stats(OCT, "project-to-bill")
+    assert (s.finished, s.measured, s.median_hours, s.p90_hours) == (2, 2, 39.0, 57.0)
+    assert (s.within_sla, s.pct_within_sla) == (2, 100.0)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_posting_read_after_the_handoff_finished_ends_the_cycle(crm, entities) -> None:
     """The ledger tells the dashboards after its commit: an invoice raised while the ERP held it
@@ -360,6 +398,50 @@ def test_revenue_accuracy_from_mismatches_and_the_latest_run(entities) -> None:
     assert (r["open"], r["value"], r["match_rate"]) == (2, Decimal("150.00"), 80.0)
     risk = metrics.money_at_risk(OCT)
     assert risk["value"] == Decimal("150.00")
+
+
+@pytest.mark.django_db
+def test_money_at_risk_counts_a_refused_batch_once(crm, entities) -> None:
+    """A batch the ERP refused is stuck (released, not invoiced) and, at the next reconciliation,
+    shows in both the billed-time and the revenue comparison of its project: its money counts
+    once, and so does any other project's difference seen by both comparisons."""
+    us, at = entities["us"], dt.datetime(2026, 10, 30, tzinfo=dt.UTC)
+    # BE-4: 1,500.00 released 6 Oct, refused by the ERP, waiting for a person.
+    p2b(crm, us, T0, T0 + 24 * H, None, key="BE-4", status="needs_attention", amount="1500.00")
+    # BE-2: 3,000.00 raised (the handoff is done); its invoice waits for approval in the ERP.
+    p2b(crm, us, T0, T0 + 24 * H, T0 + 30 * H, key="BE-2", amount="3000.00")
+    rollups_rebuild_all()
+
+    def mismatch(comparison, subject, period, difference, batches):
+        Mismatch.objects.create(
+            comparison=comparison, legal_entity=us, subject_key=subject, period=period, cause="missing_record",
+            explanation="x", currency="USD", difference=Decimal(difference), details={"batches": batches},
+            first_seen_at=at, last_seen_at=at,
+        )  # fmt: skip
+
+    # P-1: BE-4's item has no work date (no period), its total falls in October: 1,500 twice.
+    mismatch("billed_time", "P-1", "", "-1500.00", ["BE-4"])
+    mismatch("revenue", "P-1", "2026-10", "-1500.00", ["BE-4"])
+    # P-2: BE-2 not posted: 3,000 short in both comparisons.
+    mismatch("billed_time", "P-2", "2026-10", "-3000.00", ["BE-2"])
+    mismatch("revenue", "P-2", "2026-10", "-3000.00", ["BE-2"])
+    # An ERP invoice of 1,200 no batch explains, in both comparisons.
+    mismatch("billed_time", "invoice:N6", "2026-10", "1200.00", [])
+    mismatch("revenue", "invoice:N6", "2026-10", "1200.00", [])
+    risk = metrics.money_at_risk(OCT)
+    # Released, not invoiced: BE-4 1,500. Mismatches per project, the larger comparison: P-1
+    # 1,500 less BE-4's 1,500 already counted = 0; P-2 3,000 (BE-2 is not stuck); N6 1,200.
+    # 1,500 + 0 + 3,000 + 1,200 = 5,700.00 (counting every mismatch and the stuck batch gave
+    # 1,500 + 2 x 1,500 + 2 x 3,000 + 2 x 1,200 = 12,900.00: BE-4 three times).
+    assert [p["value"] for p in risk["parts"]] == [Decimal("1500.00"), Decimal("0"), Decimal("4200.00")]
+    assert risk["value"] == Decimal("5700.00")
+    assert risk["parts"][2]["count"] == 6  # the mismatches behind it, all six still listed
+    # Once BE-4 is invoiced (no longer stuck), its project's 1,500 counts as a mismatch, once.
+    from pscsync.models import Handoff
+    from tests.helpers import status_force
+
+    status_force(Handoff.objects.get(business_key="BE-4").pk, "succeeded")
+    assert metrics.mismatch_at_stake(OCT) == ({"USD": Decimal("5700.00")}, 6)
 
 
 @pytest.mark.django_db

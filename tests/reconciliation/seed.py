@@ -182,9 +182,12 @@ def netsuite_invoice(
     currency: str = "",
     subsidiary: str = "3",
     extra_lines: list[dict[str, Any]] = (),
+    posted: bool = True,
     **fields: Any,
 ) -> str:
-    """The invoice project-to-bill writes for `batch` (key None: keyed by hand, no external id)."""
+    """The invoice project-to-bill writes for `batch` (key None: keyed by hand, no external id),
+    approved in NetSuite (posted) unless `posted` is False: it then waits in the approval queue,
+    and reconciliation counts no revenue for it."""
     netsuite = firm.connector("netsuite-us")
     lines = [
         {
@@ -205,6 +208,7 @@ def netsuite_invoice(
         "custbody_psa_batch": batch["id"] if key is not None else "",
         "custbody_project_key": seeded.project_key,
         "item": {"items": lines + list(extra_lines)},
+        **({"approvalStatus": {"id": "2"}} if posted else {}),
         **fields,
     }
     if key is None:
@@ -222,7 +226,10 @@ def kantata_batch_and_invoice(
     rate_cents: int = 15000,
     invoice: bool = True,
     bc_amount: float | None = None,
+    posted: bool = True,
 ) -> dict:
+    """A Kantata invoice of one approved time entry and, with `invoice`, its Business Central
+    invoice, posted unless `posted` is False (a draft: no revenue in the ledger)."""
     kantata = firm.connector("kantata-uk")
     entry = kantata.send(
         "POST",
@@ -248,7 +255,7 @@ def kantata_batch_and_invoice(
     amount = minutes / 60 * rate_cents / 100
     if invoice:
         bc = firm.connector("businesscentral-uk")
-        bc.upsert(
+        written = bc.upsert(
             entity="salesInvoices",
             key=f"I-K{invoice_id}",
             fields={
@@ -266,4 +273,6 @@ def kantata_batch_and_invoice(
                 ],
             },
         )
+        if posted:
+            bc.post_invoice(written.external_id)
     return {"invoice": invoice_id, "entry": entry_id, "amount": amount}

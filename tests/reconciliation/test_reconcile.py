@@ -57,9 +57,9 @@ def test_reconciliation_stores_the_erp_ledger_with_posted_states_and_payments(fi
     from pscsync.models import ErpInvoice
 
     s, batch = billed(firm)
-    invoice_id = seed.netsuite_invoice(firm, s, batch)  # routed for approval: pending
+    invoice_id = seed.netsuite_invoice(firm, s, batch, posted=False)  # routed for approval: pending
     uk = seed.deal(firm, entity="uk", n=2, amount=50000)
-    seed.kantata_batch_and_invoice(firm, uk)  # a BC draft
+    seed.kantata_batch_and_invoice(firm, uk, posted=False)  # a BC draft
     run("us"), run("uk")
     assert list(ErpInvoice.objects.values_list("legal_entity__code", "status").order_by("legal_entity__code")) == [
         ("uk", "draft"),
@@ -212,6 +212,67 @@ def test_missing_invoice(firm):
     mismatch = only("billed_time")
     assert mismatch.cause == "missing_record" and f"I-{batch['id']}" in mismatch.explanation
     assert mismatch.amounts == {"psa": "6000.00", "erp": "0.00"}
+
+
+def test_only_posted_invoices_are_erp_revenue(firm):
+    """A draft, an invoice pending approval, a voided or a cancelled invoice is no revenue: the ERP
+    has not billed it (or took it back). Only what the ledger posted is compared with the PSA."""
+    import httpx
+
+    s, batch = billed(firm)  # 4,000.00 (23 Oct) + 2,000.00 (30 Oct), released 30 Oct
+    seed.netsuite_invoice(firm, s, batch, posted=False)  # its invoice waits for approval
+    # Two invoices keyed by hand on the same project in October, no batch: 700.00 pending
+    # approval, and 900.00 approved then voided.
+    by_hand = {"id": "", "date": "2026-10-15", "currency": "USD"}
+    seed.netsuite_invoice(
+        firm, s, {**by_hand, "items": [{"id": "h1", "date": "2026-10-15", "amount": 700.0}]}, key=None, posted=False
+    )
+    voided = seed.netsuite_invoice(
+        firm, s, {**by_hand, "items": [{"id": "h2", "date": "2026-10-16", "amount": 900.0}]}, key=None
+    )
+    httpx.post(f"{firm.sandboxes['netsuite'].url}/_sandbox/void/invoice/{voided}", timeout=5).raise_for_status()
+    result = run()
+    # The project's October: PSA 6,000.00 vs posted 0.00 (not 6,000 + 700 + 900 = 7,600.00).
+    for comparison in ("billed_time", "revenue"):
+        mismatch = only(comparison)
+        assert (mismatch.period, mismatch.amounts, mismatch.difference) == (
+            "2026-10",
+            {"psa": "6000.00", "erp": "0.00"},
+            Decimal("-6000.00"),
+        )
+        assert mismatch.cause == "missing_record" and "pending approval" in mismatch.explanation
+        assert f"I-{batch['id']}" in mismatch.explanation
+        # One project-month compared; the ERP recognised nothing in it.
+        assert (result.summary[comparison]["checked"], result.summary[comparison]["erp_total"]) == (
+            1,
+            {"USD": "0.00"},
+        )
+    # Approved in NetSuite, the batch's invoice is revenue: 6,000.00 vs 6,000.00, nothing open
+    # (the pending 700 and the voided 900 still count for nothing).
+    netsuite = firm.connector("netsuite-us")
+    netsuite.upsert(entity="invoice", key=f"I-{batch['id']}", fields={"approvalStatus": {"id": "2"}})
+    result = run()
+    assert open_mismatches() == []
+    assert result.summary["revenue"]["erp_total"] == {"USD": "6000.00"}
+
+
+def test_a_business_central_draft_or_cancelled_invoice_is_no_revenue(firm):
+    # 600 min x 150.00/h = 1,500.00 invoiced by Kantata on 30 Oct; its BC invoice a draft.
+    uk = seed.deal(firm, entity="uk", n=2, amount=50000)
+    kantata = seed.kantata_batch_and_invoice(firm, uk, posted=False)
+    run("uk")
+    mismatch = only("revenue")
+    assert (mismatch.amounts, mismatch.difference) == ({"psa": "1500.00", "erp": "0.00"}, Decimal("-1500.00"))
+    assert "draft" in mismatch.explanation
+    bc = firm.connector("businesscentral-uk")
+    invoice = bc.lookup(entity="salesInvoices", key=f"I-K{kantata['invoice']}").external_id
+    bc.post_invoice(invoice)
+    run("uk")
+    assert open_mismatches() == []  # posted: 1,500.00 vs 1,500.00
+    bc.send("POST", f"{bc.company_path()}/salesInvoices({invoice})/Microsoft.NAV.cancel")
+    run("uk")
+    # Cancelled: taken back, no revenue again: 1,500.00 vs 0.00.
+    assert only("revenue").amounts == {"psa": "1500.00", "erp": "0.00"}
 
 
 def test_tax_code(firm):
