@@ -922,7 +922,7 @@ def _ledger(
     applications = Copier(
         cursor,
         "pscsync_paymentapplication",
-        ["invoice_id", "payment_id", "reference", "amount", "applied_on", "read_at"],
+        ["invoice_id", "legal_entity_id", "currency", "payment_id", "reference", "amount", "applied_on", "read_at"],
     )
     words = {"draft": "Draft", "pending_approval": "Pending Approval", "posted": "Open", "partly_paid": "Open"}
     for inv_id, (entity, customer, amount, cur, batch, raised_at, posted_on, paid_on) in sorted(ledger.items()):
@@ -946,6 +946,7 @@ def _ledger(
         else:
             status = "posted"
         connection = firm["connections"][CONNECTIONS[entity]["erp"]]
+        scope = firm["entities"][entity]  # applications carry their invoice's entity and currency
         tax = (amount * Decimal("0.2") if entity == "uk" else Decimal("0")).quantize(Decimal("0.01"))
         total = amount + tax
         seen = dt.datetime.combine(posted_on or raised, dt.time(6), dt.UTC)
@@ -965,16 +966,16 @@ def _ledger(
             if rnd.random() < 0.2:  # two customer payments: part on account, then the rest
                 first = (total * Decimal("0.5")).quantize(Decimal("0.01"))
                 early = posted_on + (paid_on - posted_on) / 2
-                applications.add(inv_id, f"p{inv_id}a", f"PAY{inv_id}A", first, early, now)
-                applications.add(inv_id, f"p{inv_id}", f"PAY{inv_id}", total - first, paid_on, now)
+                applications.add(inv_id, scope, cur, f"p{inv_id}a", f"PAY{inv_id}A", first, early, now)
+                applications.add(inv_id, scope, cur, f"p{inv_id}", f"PAY{inv_id}", total - first, paid_on, now)
                 moves.add(inv_id, "posted", "partly_paid", early, seen)
                 moves.add(inv_id, "partly_paid", "paid", paid_on, seen)
             else:
-                applications.add(inv_id, f"p{inv_id}", f"PAY{inv_id}", total, paid_on, now)
+                applications.add(inv_id, scope, cur, f"p{inv_id}", f"PAY{inv_id}", total, paid_on, now)
                 moves.add(inv_id, "posted", "paid", paid_on, seen)
         elif status == "partly_paid":
             on = min(today, posted_on + dt.timedelta(days=rnd.randint(5, 25)))
-            applications.add(inv_id, f"p{inv_id}", f"PAY{inv_id}", paid_part, on, now)
+            applications.add(inv_id, scope, cur, f"p{inv_id}", f"PAY{inv_id}", paid_part, on, now)
             moves.add(inv_id, "posted", "partly_paid", on, seen)
     for c in (invoices, moves, applications):
         c.flush()
