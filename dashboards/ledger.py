@@ -122,12 +122,21 @@ def _open_invoices(f: Filters, at: dt.date) -> QuerySet[ErpInvoice]:
     open_then = Q(status__in=[ErpInvoice.Status.POSTED, ErpInvoice.Status.PARTLY_PAID]) | Q(
         status=ErpInvoice.Status.PAID, paid_on__gt=at
     )
-    applied = Subquery(
+    summed = Subquery(
         PaymentApplication.objects.filter(invoice=OuterRef("pk"), applied_on__lte=at)
         .order_by()
         .values("invoice")
         .annotate(s=Sum("amount"))
         .values("s"),
+        output_field=AMOUNT,
+    )
+    # Applied up to `at`: nothing when no dated payment was applied; the invoice's own applied sum
+    # when its last application is on or before `at` (a figure as of today: every open invoice);
+    # only otherwise (a date in the past) the sum of its applications up to `at`.
+    applied = Case(
+        When(applied_through__isnull=True, then=Value(ZERO)),
+        When(applied_through__lte=at, then=F("applied_total")),
+        default=Coalesce(summed, Value(ZERO)),
         output_field=AMOUNT,
     )
     # The band in SQL, so the sums are made there: not yet due (or no due date) is current.
@@ -139,7 +148,7 @@ def _open_invoices(f: Filters, at: dt.date) -> QuerySet[ErpInvoice]:
         ledger_invoices(f)
         .filter(open_then, posting_date__lte=at)
         .annotate(
-            open_amount=ExpressionWrapper(F("total") - Coalesce(applied, Value(ZERO)), output_field=AMOUNT),
+            open_amount=ExpressionWrapper(F("total") - applied, output_field=AMOUNT),
             bucket=Case(*bands, default=Value(len(AGEING_BUCKETS) - 1), output_field=IntegerField()),
         )
         .filter(open_amount__gt=0)

@@ -160,6 +160,7 @@ def _applications_store(row: ErpInvoice, invoice: LedgerInvoice, seen_at: dt.dat
             found.save(update_fields=["amount", "applied_on", "reference", "read_at"])
     if existing:
         PaymentApplication.objects.filter(pk__in=[a.pk for a in existing.values()]).delete()
+        ErpInvoice.applications_summarise(row.pk)  # a queryset's delete does not pass through the model
 
 
 def ledger_record_invoices(
