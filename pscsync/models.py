@@ -741,6 +741,8 @@ class ErpInvoice(models.Model):
             # Invoiced in a window and the open invoices, firm-wide (no legal entity to lead with).
             models.Index(fields=["posting_date"], name="erp_invoice_by_posted_day"),
             models.Index(fields=["status", "posting_date"], name="erp_invoice_by_state_day"),
+            # Receivables at a date: the invoices paid in part after it, whose applications are summed.
+            models.Index(fields=["applied_through"], name="erp_invoice_by_applied_through"),
         ]
 
     def __str__(self) -> str:
