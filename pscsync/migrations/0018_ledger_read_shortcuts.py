@@ -37,7 +37,7 @@ WHERE id IN (SELECT invoice_id FROM pscsync_paymentapplication WHERE applied_on 
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('pscsync', '0016_event_received_doorbell'),
+        ('pscsync', '0017_archive'),
     ]
 
     operations = [
