@@ -155,6 +155,13 @@ def django_setup() -> None:
     django.setup()
     # The audit trail logs every entry at INFO; the bench's own set-up would drown its output.
     logging.getLogger("pscsync.audit").setLevel(logging.WARNING)
+    from django.conf import settings
+
+    if not (Path(settings.STATIC_ROOT) / "staticfiles.json").exists():
+        # Pages name their static files through collectstatic's manifest (the production storage).
+        from django.core.management import call_command
+
+        call_command("collectstatic", "--noinput", verbosity=0)
 
 
 def logged_in_client(username: str) -> Any:

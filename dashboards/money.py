@@ -34,6 +34,8 @@ class Money:
         if isinstance(other, Money):
             if other.currency != self.currency and (other.amount or self.amount):
                 raise ValueError(f"cannot add {other.currency} to {self.currency} without a rate")
+            if not other.missing:  # the usual case, thousands of times a page: nothing to merge
+                return Money(self.currency, self.amount + other.amount, dict(self.missing) if self.missing else {})
             missing = dict(self.missing)
             for cur, value in other.missing.items():
                 missing[cur] = missing.get(cur, ZERO) + value

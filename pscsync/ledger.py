@@ -96,6 +96,7 @@ def ledger_record_invoice(
     row = ErpInvoice.objects.select_for_update().filter(connection=connection, vendor_id=invoice.id).first()
     before = row.status if row else ""
     dates_before = (row.posting_date, row.paid_on) if row else (None, None)
+    scope_before = (row.legal_entity_id, row.currency) if row else None
     if row is None:
         try:
             with transaction.atomic():
@@ -106,6 +107,7 @@ def ledger_record_invoice(
             row = ErpInvoice.objects.select_for_update().get(connection=connection, vendor_id=invoice.id)
             before = row.status
             dates_before = (row.posting_date, row.paid_on)
+            scope_before = (row.legal_entity_id, row.currency)
     for name, value in fields.items():
         setattr(row, name, value)
     applied = [p.applied_on for p in invoice.payments if p.applied_on]
@@ -115,6 +117,10 @@ def ledger_record_invoice(
     else:
         row.voided_on = None
     row.save()
+    if scope_before is not None and scope_before != (row.legal_entity_id, row.currency):
+        # The applications carry their invoice's legal entity and currency (cash collected reads
+        # them alone): an invoice re-read under another entity or currency moves them with it.
+        row.applications.update(legal_entity_id=row.legal_entity_id, currency=row.currency)
     if before != invoice.status:
         InvoiceStatusChange.objects.create(
             invoice=row,
@@ -141,6 +147,8 @@ def _applications_store(row: ErpInvoice, invoice: LedgerInvoice, seen_at: dt.dat
         if found is None:
             PaymentApplication.objects.create(
                 invoice=row,
+                legal_entity_id=row.legal_entity_id,
+                currency=row.currency,
                 payment_id=payment_id,
                 amount=amount,
                 applied_on=on,
@@ -152,6 +160,7 @@ def _applications_store(row: ErpInvoice, invoice: LedgerInvoice, seen_at: dt.dat
             found.save(update_fields=["amount", "applied_on", "reference", "read_at"])
     if existing:
         PaymentApplication.objects.filter(pk__in=[a.pk for a in existing.values()]).delete()
+        ErpInvoice.applications_summarise(row.pk)  # a queryset's delete does not pass through the model
 
 
 def ledger_record_invoices(
