@@ -285,23 +285,20 @@ def _sla_remaining(rows: list[dict]) -> dict[int, float]:
     """Per cause: seconds until its oldest handoff's flow SLA is breached (negative when it is),
     counted from the business start the source gave (the same SLA as the dashboards, sla_for).
     A target in business days is counted as calendar days here: a lower bound on the time left."""
-    from dashboards.facts import sla_for
+    from dashboards.facts import slas_for
     from dashboards.models import FlowSla
     from pscsync import clock
 
     now = clock.now()
     targets: dict[str, float] = {}
-    out = {}
-    for r in rows:
-        if r.get("started") is None:
-            continue
-        flow = r["flow"]
-        if flow not in targets:
-            sla = sla_for(flow)
-            hours = float(sla.target) * (24 if sla.unit == FlowSla.Unit.BUSINESS_DAYS else 1)
-            targets[flow] = hours * 3600
-        out[r["cause_id"]] = (r["started"] - now).total_seconds() + targets[flow]
-    return out
+    for flow, sla in slas_for({r["flow"] for r in rows if r.get("started") is not None}).items():
+        hours = float(sla.target) * (24 if sla.unit == FlowSla.Unit.BUSINESS_DAYS else 1)
+        targets[flow] = hours * 3600
+    return {
+        r["cause_id"]: (r["started"] - now).total_seconds() + targets[r["flow"]]
+        for r in rows
+        if r.get("started") is not None
+    }
 
 
 def _converted(money: dict[int, list]) -> dict[int, float]:
