@@ -105,7 +105,22 @@ class HandoffException(models.Model):
     class Meta:
         ordering = ["opened_at"]
         indexes = [
-            models.Index(fields=["status", "cause"], name="exc_status_cause"),
+            # Covering: the inbox's aggregates (per cause and currency; the shown causes' customers
+            # and entities) read only these columns, so they scan the index, not the wide rows.
+            models.Index(
+                fields=["status", "cause"],
+                include=[
+                    "currency",
+                    "amount",
+                    "opened_at",
+                    "last_failed_at",
+                    "business_started_at",
+                    "flow",
+                    "legal_entity",
+                    "customer_name",
+                ],
+                name="exc_status_cause",
+            ),
             models.Index(fields=["status", "legal_entity", "opened_at"], name="exc_status_entity"),
         ]
 

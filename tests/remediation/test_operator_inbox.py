@@ -12,13 +12,15 @@ from dashboards.models import FlowSla, FxRate
 from pscsync import clock
 from pscsync.lifecycle import handoff_move
 from pscsync.models import Event, Handoff
-from remediation.selectors import InboxFilter, inbox_groups
+from remediation.selectors import InboxFilter, inbox_groups, inbox_totals
 from tests.helpers import moves_told
 
 pytestmark = pytest.mark.django_db
 
 
-def _failed(connection, entity, *, key: str, hours_ago: float, amount: int, currency: str, message: str) -> Handoff:
+def _failed(
+    connection, entity, *, key: str, hours_ago: float, amount: int | None, currency: str, message: str, customer=""
+) -> Handoff:
     now = clock.now()
     started = now - dt.timedelta(hours=hours_ago)
     event = Event.objects.create(
@@ -34,6 +36,7 @@ def _failed(connection, entity, *, key: str, hours_ago: float, amount: int, curr
         status=Handoff.Status.RUNNING,
         amount=amount,
         currency=currency,
+        customer_name=customer,
         legal_entity=entity,
     )
     with moves_told():  # the workbench's listener opens the exception, as after the runner's move
@@ -63,6 +66,45 @@ def test_most_urgent_first_breach_then_converted_money_then_age(operator, echo_c
 
     assert sla_words(groups[0].sla_remaining) == "3 h over"
     assert sla_words(groups[1].sla_remaining) == "due in 22 h"
+
+
+def test_a_cause_in_two_currencies_and_entities_is_one_row_with_its_money_per_currency(
+    admin, echo_connection, entities
+) -> None:
+    """The inbox reads one row per cause and currency and folds them per cause: the counts, dates,
+    money, customers and entities of a cause that fails in GBP for the UK and in USD for the US."""
+    us, uk = entities["us"], entities["uk"]
+    a = _failed(echo_connection, uk, key="A", hours_ago=2, amount=10000, currency="GBP", message="no Tax Profile",
+                customer="Initech")  # fmt: skip
+    _failed(echo_connection, us, key="D", hours_ago=5, amount=500, currency="USD", message="no Tax Profile",
+            customer="Globex")  # fmt: skip
+    _failed(echo_connection, us, key="E", hours_ago=1, amount=250, currency="USD", message="no Tax Profile",
+            customer="Globex")  # fmt: skip
+    _failed(echo_connection, us, key="B", hours_ago=3, amount=11000, currency="USD", message="no Service Line")
+    _failed(echo_connection, us, key="F", hours_ago=4, amount=None, currency="", message="no Amount")
+
+    # Most money at risk: a plain sum per cause (11,000 > 10,000 + 500 + 250 = 10,750); a cause
+    # with no amount at all comes last.
+    groups = inbox_groups(admin, InboxFilter(sort="money"))
+    assert [g.cause.title for g in groups] == ["no Service Line", "no Tax Profile", "no Amount"]
+    tax = groups[1]
+    assert tax.count == 3
+    assert tax.money == [("GBP", 10000), ("USD", 750)]
+    assert tax.customers == ["Globex", "Initech"]
+    assert tax.entities == ["Acme Consulting Inc.", "Acme Consulting Ltd."]
+    assert tax.first_seen == a.exception.opened_at  # the three opened in the order made: A first
+    assert groups[2].money == [] and groups[2].count == 1
+    assert inbox_totals(admin, InboxFilter()) == {
+        "handoffs": 5,
+        "groups": 3,
+        "money": [("GBP", 10000), ("USD", 11750)],  # 500 + 250 + 11,000
+    }
+    # The other orders over the same folded rows: most handoffs; oldest first (opened A, D, E, B, F).
+    assert [g.count for g in inbox_groups(admin, InboxFilter(sort="count"))] == [3, 1, 1]
+    oldest = [g.cause.title for g in inbox_groups(admin, InboxFilter(sort="oldest"))]
+    assert oldest == ["no Tax Profile", "no Service Line", "no Amount"]
+    recent = [g.cause.title for g in inbox_groups(admin, InboxFilter(sort="recent"))]
+    assert recent == ["no Amount", "no Service Line", "no Tax Profile"]
 
 
 def test_an_operator_lands_on_the_workbench(client, operator) -> None:
