@@ -106,7 +106,9 @@ def connection_activity(user: User | AnonymousUser) -> list[dict]:
                 "events_last_day": mine.filter(received_at__gte=now - dt.timedelta(days=1)).count(),
                 "usage": used,
                 "records_written": records,
-                "calls_per_record": used.calls / records if used is not None and records else None,
+                # Only where calls were counted: writes the limiter did not see (before it, or data loaded
+                # another way) would read as "0 calls a record".
+                "calls_per_record": used.calls / records if used is not None and used.calls and records else None,
                 "at_once": connector_class(c.vendor).limits.max_concurrency,
             }
         )
