@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from connectors import http
+from connectors import http, limiter
 from connectors.canonical import INVOICE, KEYS, Capability, ChangeSubject, KeyFormat, Limits
 from connectors.egress import check_destination
 from connectors.errors import ConnectorError, RejectedError
@@ -204,9 +204,20 @@ class Connector:
 
     def call(self, method: str, url: str, **kwargs: Any) -> http.HttpResult:
         """An outbound call after the egress check (the address may have changed since it was saved).
-        Every vendor call goes through here or through `send`."""
+        Every vendor call goes through here or through `send` (token requests too), so this is
+        where the shared limiter (connectors/limiter.py) holds each call until the connection's
+        per-minute and the vendor's at-once limits allow it, and where a Retry-After pauses the
+        connection for every worker."""
         check_destination(url, vendor=self.connection.vendor, is_sandbox=self.connection.is_sandbox)
-        slug = self.connection.slug
+        connection = self.connection
+        slug = connection.slug
+        slot = limiter.acquire(
+            connection_id=connection.pk,
+            per_minute=connection.rate_limit_per_minute,
+            max_concurrency=self.limits.max_concurrency,
+            name=connection.name,
+            timeout=kwargs.get("timeout"),
+        )
         started, status, retry_after = time.monotonic(), "no_answer", None
         try:
             with log_bound(connection=slug):
@@ -215,9 +226,13 @@ class Connector:
             return result
         except ConnectorError as exc:
             status = str(exc.http_status) if exc.http_status else "no_answer"
-            retry_after = getattr(exc, "retry_after", None)
+            retry_after = exc.retry_after
+            if exc.http_status in (429, 503) and retry_after:
+                limiter.pause(connection.pk, retry_after)
             raise
         finally:
+            slot.release()
+            limiter.record_call(connection.pk, status)
             vendor_call_observed(
                 connection=slug, status=status, seconds=time.monotonic() - started, retry_after=retry_after
             )

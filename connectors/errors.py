@@ -12,6 +12,10 @@ from __future__ import annotations
 class ConnectorError(Exception):
     error_class = "error"
     retryable = False
+    # Seconds the target asked us to wait (Retry-After on a 429 or 503), when it said.
+    retry_after: float | None = None
+    # Not a failure: nothing was sent, the call waits its turn under a limit (connectors/limiter.py).
+    deferred = False
 
     def __init__(self, message: str, *, http_status: int | None = None, response: object = None) -> None:
         super().__init__(message)

@@ -179,7 +179,11 @@ def request(
         )
     if status >= 500:
         cls = UnknownOutcomeError if is_write else TransientError
-        raise cls(f"the target failed with {status}", http_status=status, response=body)
+        error = cls(f"the target failed with {status}", http_status=status, response=body)
+        if status == 503:
+            # "Unavailable, come back then": honoured like a 429's (the limiter pauses on it).
+            error.retry_after = parse_retry_after(response.headers.get("retry-after"))
+        raise error
     if 300 <= status < 400:
         raise RejectedError(f"the target redirected ({status}); redirects are not followed", http_status=status)
     if status in (401, 403):

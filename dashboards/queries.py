@@ -66,21 +66,50 @@ def health_summary(user: User | AnonymousUser) -> HealthSummary:
     )
 
 
+WRITTEN_OUTCOMES = [Attempt.Outcome.SUCCEEDED, Attempt.Outcome.ADOPTED]
+
+
 def connection_activity(user: User | AnonymousUser) -> list[dict]:
-    """Per connection the user may see: events in the last day and the last one's time."""
+    """Per connection the user may see: events in the last day and the last one's time, and its
+    use of the vendor over the last hour: calls and 429s (counted by the limiter in Redis, every
+    worker's), records written, its limits and any pause a vendor asked for."""
+    from connectors import limiter
+    from connectors.registry import connector_class
+
     now = clock.now()
-    connections = scope_queryset(Connection.objects.all(), user, "legal_entities")
+    connections = list(scope_queryset(Connection.objects.all(), user, "legal_entities").order_by("name"))
     events = scope_queryset(Event.objects.all(), user)
+    usage = limiter.usage([c.pk for c in connections])
+    # Writes that landed: the last hour's attempts (attempt_started bounds the scan to them) whose
+    # step wrote to the connection and succeeded or found its record already written.
+    written = dict(
+        Attempt.objects.filter(
+            started_at__gte=now - dt.timedelta(hours=1),
+            outcome__in=WRITTEN_OUTCOMES,
+            step__target_connection__in=connections,
+        )
+        .values_list("step__target_connection_id")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
     out = []
     # Two index probes per connection (event_connection_received): a GROUP BY over every event
     # ever received read the whole table.
-    for c in connections.order_by("name"):
+    for c in connections:
         mine = events.filter(connection=c)
+        used = usage.get(c.pk) if usage is not None else None
+        records = written.get(c.pk, 0)
         out.append(
             {
                 "connection": c,
                 "last_event_at": mine.aggregate(last=Max("received_at"))["last"],
                 "events_last_day": mine.filter(received_at__gte=now - dt.timedelta(days=1)).count(),
+                "usage": used,
+                "records_written": records,
+                # Only where calls were counted: writes the limiter did not see (before it, or data loaded
+                # another way) would read as "0 calls a record".
+                "calls_per_record": used.calls / records if used is not None and used.calls and records else None,
+                "at_once": connector_class(c.vendor).limits.max_concurrency,
             }
         )
     return out

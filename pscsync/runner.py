@@ -54,6 +54,9 @@ class StepFailed(Exception):
     message: str
     retryable: bool
     retry_after: float | None = None
+    # Nothing was sent: the call waits its turn under a rate or concurrency limit. A deferral,
+    # not a failure: rescheduled for when its slot frees, with no retry spent.
+    deferred: bool = False
 
 
 def retry_delay(attempt: int, *, retry_after: float | None = None, rng: random.Random | None = None) -> float:
@@ -442,21 +445,29 @@ def _failure(exc: ConnectorError) -> StepFailed:
         error_class=exc.error_class,
         message=exc.message,
         retryable=exc.retryable,
-        retry_after=getattr(exc, "retry_after", None),
+        retry_after=exc.retry_after,
+        deferred=exc.deferred,
     )
 
 
 def _fail(handoff: Handoff, flow: Flow, step: Step, failure: StepFailed, worker: str) -> str:
     now = clock.now()
     handoff.refresh_from_db(fields=["attempt_count"])
-    attempts = handoff.attempt_count + (1 if failure.retryable else 0)
+    attempts = handoff.attempt_count + (1 if failure.retryable and not failure.deferred else 0)
     fields: dict[str, Any] = {
         "last_error_class": failure.error_class,
         "lease_owner": "",
         "lease_expires_at": None,
         "attempt_count": attempts,
     }
-    if failure.retryable and attempts < flow.attempt_budget:
+    if failure.deferred:
+        # When the slot frees, not a backoff: the limiter said when. A little jitter spreads the
+        # handoffs deferred together over the slots as they free.
+        delay = (failure.retry_after or 1.0) + random.uniform(0, 1.0)  # nosec B311  # jitter
+        to = Handoff.Status.WAITING_RETRY
+        fields["next_attempt_at"] = now + dt.timedelta(seconds=delay)
+        fields["last_error_message"] = f"{step.name}: {failure.message}"
+    elif failure.retryable and attempts < flow.attempt_budget:
         delay = retry_delay(attempts, retry_after=failure.retry_after)
         to = Handoff.Status.WAITING_RETRY
         fields["next_attempt_at"] = now + dt.timedelta(seconds=delay)

@@ -478,6 +478,15 @@ CACHES = {
     ),
 }
 
+# --- The vendor call limiter (connectors/limiter.py; docs/engine.md, "Rate limits") ------------
+# Each connection's rate_limit_per_minute and its vendor's concurrency limit, shared by every
+# worker through Redis. Empty (no Redis): calls are not limited (the embedded set-up).
+LIMITER_REDIS_URL = os.getenv("PSCSYNC_LIMITER_REDIS_URL", "") or REDIS_URL
+# A call waits in its worker at most this long for its slot; a longer wait defers the step.
+LIMITER_MAX_WAIT_SECONDS = float(env_int("PSCSYNC_LIMITER_MAX_WAIT_SECONDS", 10))
+# The "minute" of rate_limit_per_minute. 60 in production; tests shorten it to see windows pass.
+LIMITER_WINDOW_SECONDS = float(env_int("PSCSYNC_LIMITER_WINDOW_SECONDS", 60))
+
 # --- REST API and outbound alerts (api/, docs/api.md) -------------------------------------
 # Requests per minute per API token (per user for session requests), counted in the "throttle"
 # cache above (shared through Redis when Redis is configured).

@@ -101,6 +101,20 @@ def _no_log_fields_left_bound() -> None:
     _context.set(None)
 
 
+@pytest.fixture(autouse=True)
+def _limiter_fresh() -> Iterator[None]:
+    """Each test starts with no calls counted against any connection and no vendor pause: row ids
+    restart with each test database, and the limiter's Redis keys are by connection id."""
+    from connectors import limiter
+
+    limiter.reset_outage()
+    try:
+        limiter.forget_all()
+    except Exception:  # noqa: S110 - no Redis in this run: the limiter is off anyway
+        pass
+    yield
+
+
 @pytest.fixture
 def entities(db):
     from pscsync.models import LegalEntity
