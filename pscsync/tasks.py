@@ -79,5 +79,14 @@ def reconcile_task(entity: str = "", period: str = "") -> dict[str, str]:
     return {run.legal_entity.code: run.status for run in reconcile(entity=entity or None, period=period)}
 
 
+@shared_task(name="pscsync.tasks.schema_check_task")
+def schema_check_task() -> dict[str, int]:
+    """The daily schema check (pscsync.governance); alerts are scanned at once when it found
+    something new, so the alert does not wait for the next handoff to fail."""
+    from pscsync.governance import schema_check_alerting
+
+    return schema_check_alerting()
+
+
 # A forked worker child must not reuse the parent's pooled HTTP connections.
 os.register_at_fork(after_in_child=reset_client)
