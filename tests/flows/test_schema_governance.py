@@ -143,3 +143,41 @@ def test_a_field_that_became_required_is_found_for_the_mappings_that_create_with
     assert (finding.field, finding.kind) == ("Billed_To_Date__c", GovernanceFinding.Kind.BECAME_REQUIRED)
     assert finding.mappings == ["Certinia PSA (US): project version 1"]
     assert finding.flows == ["Pipeline to demand", "Quote to project"]
+
+
+def test_findings_show_on_the_connection_page_and_the_health_page(firm, baseline, client, admin) -> None:
+    change_schema(firm.sandboxes["salesforce"], record="pse__Proj__c", field="pse__Practice__c", change="drop")
+    schema_check()
+    client.force_login(admin)
+    certinia = firm.connections["certinia-us"]
+
+    page = client.get(f"/connections/{certinia.pk}/").content.decode()
+    assert "API version <strong>v62.0</strong>" in page  # pinned when the connection was saved
+    assert "Field no longer exists" in page and "pse__Practice__c is no longer a field of project" in page
+    assert "Quote to project" in page
+
+    health = client.get("/dashboards/health/").content.decode()
+    assert "Schema changes that break a mapping" in health and "Certinia PSA (US)" in health
+    assert "pse__Practice__c" in health
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/usr/bin/chromium").exists(), reason="no chromium")
+def test_a_person_sees_the_finding_in_a_browser(firm, baseline, live_server, admin, monkeypatch) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import CHROMIUM, _shot, _sign_in
+
+    change_schema(firm.sandboxes["salesforce"], record="pse__Proj__c", field="pse__Practice__c", change="drop")
+    schema_check()
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1360, "height": 860})
+        _sign_in(page, live_server, admin, start=f"/connections/{firm.connections['certinia-us'].pk}/")
+        page.wait_for_selector("text=Schema governance")
+        assert page.locator("td", has_text="Field no longer exists").count() == 1
+        _shot(page, "connection-schema-governance")
+        page.goto(f"{live_server.url}/dashboards/health/")
+        page.wait_for_selector("text=Schema changes that break a mapping")
+        _shot(page, "health-schema-governance")
+        browser.close()
