@@ -123,6 +123,21 @@ DESCRIBE_KINDS = {
     "picklist": PICKLIST,
     "multipicklist": PICKLIST,
 }
+# The opportunity as a deal is read from it (docs/canonical.md): a value of another type (an admin
+# turned Amount into text) is a validation error naming the field, not a lost amount or a crash.
+OPPORTUNITY_SHAPE = {
+    "Id": ((str,), True),
+    "Name": ((str,), False),
+    "StageName": ((str,), False),
+    "Amount": ((int, float), False),
+    "Probability": ((int, float), False),
+    "CloseDate": ((str,), False),
+    "CurrencyIsoCode": ((str,), False),
+    "Contract_Version__c": ((int, float), False),
+    "Contract_Start__c": ((str,), False),
+    "Contract_End__c": ((str,), False),
+    "Account": ((dict,), False),
+}
 DESCRIBE_SHAPE = {"name": ((str,), True), "fields": ((list,), True)}
 DESCRIBE_FIELD_SHAPE = {
     "name": ((str,), True),
@@ -522,7 +537,7 @@ class SalesforceConnector(Connector):
         rows = list(self.read("opportunity", where={"Id": deal_id}, fields=list(OPPORTUNITY_FIELDS)))
         if not rows:
             return None
-        row = rows[0]
+        row = payload_check(rows[0], OPPORTUNITY_SHAPE, what=f"Salesforce opportunity {deal_id}")
         account = row.get("Account") or {}
         closed_at = _text(row.get("Closed_At__c")) or (
             f"{row['CloseDate']}T00:00:00+00:00" if row.get("CloseDate") else ""

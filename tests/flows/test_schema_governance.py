@@ -181,3 +181,18 @@ def test_a_person_sees_the_finding_in_a_browser(firm, baseline, live_server, adm
         page.wait_for_selector("text=Schema changes that break a mapping")
         _shot(page, "health-schema-governance")
         browser.close()
+
+
+def test_a_payload_of_another_shape_is_a_classified_error_not_a_crash(firm) -> None:
+    from connectors.errors import ValidationError
+
+    # An admin turned Contract Version into text: the deal read says so instead of crashing.
+    deal = won_deal(firm, entity="us", key="43", Contract_Version__c="two")
+    with pytest.raises(ValidationError) as caught:
+        firm.salesforce.deal_read(deal["opportunity"])
+    assert caught.value.error_class == "validation"
+    assert caught.value.message == (
+        f"Salesforce opportunity {deal['opportunity']}: Contract_Version__c should be a number, got str 'two'"
+    )
+    handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
+    assert handoff.status == Handoff.Status.NEEDS_ATTENTION and handoff.last_error_class == "validation"
