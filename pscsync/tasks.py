@@ -88,5 +88,13 @@ def schema_check_task() -> dict[str, int]:
     return schema_check_alerting()
 
 
+@shared_task(name="pscsync.tasks.archive_due_task")
+def archive_due_task() -> list[str]:
+    """Archive the bodies of every month past its legal entity's retention (pscsync.archive)."""
+    from pscsync.archive import archive_due
+
+    return [str(a) for a in archive_due()]
+
+
 # A forked worker child must not reuse the parent's pooled HTTP connections.
 os.register_at_fork(after_in_child=reset_client)
