@@ -196,3 +196,35 @@ def test_a_payload_of_another_shape_is_a_classified_error_not_a_crash(firm) -> N
     )
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
     assert handoff.status == Handoff.Status.NEEDS_ATTENTION and handoff.last_error_class == "validation"
+
+
+def test_netsuite_metadata_catalog_type_change_is_found(firm, baseline) -> None:
+    change_schema(
+        firm.sandboxes["netsuite"],
+        record="salesOrder",
+        field="custbody_contract_version",
+        change="type",
+        type="string",
+    )
+
+    schema_check()
+
+    finding = GovernanceFinding.objects.get()
+    assert (finding.connection.slug, finding.record) == ("netsuite-us", "sales_order")
+    assert (finding.field, finding.kind) == ("custbody_contract_version", GovernanceFinding.Kind.TYPE_CHANGED)
+    assert "changed from a number (integer) to text (string)" in finding.detail
+    assert "Quote to project" in finding.flows
+
+
+def test_business_central_metadata_enum_member_loss_is_found(firm, baseline) -> None:
+    change_schema(
+        firm.sandboxes["businesscentral"], record="customers", field="type", change="remove_value", value="Company"
+    )
+
+    schema_check()
+
+    finding = GovernanceFinding.objects.get()
+    assert (finding.connection.slug, finding.record) == ("businesscentral-uk", "customers")
+    assert (finding.field, finding.kind) == ("type", GovernanceFinding.Kind.VALUE_REMOVED)
+    assert "no longer allows “Company” (it allows “Person”)" in finding.detail
+    assert finding.flows == ["Quote to project"]
