@@ -44,7 +44,7 @@ def baseline(firm):
 
 
 def test_nothing_changed_means_no_finding(firm, baseline, watching) -> None:
-    # Every record every published mapping writes was described; the demo firm writes to 20 of them.
+    # Every record every published mapping writes was described; the demo firm writes to 15 records on five connections.
     checked = {r.connection.slug: sorted(r.records_checked) for r in baseline}
     assert checked["certinia-us"] == ["billing_event", "budget", "milestone", "project", "resource_request"]
     assert checked["salesforce"] == ["opportunity"]
