@@ -9,6 +9,9 @@ Event types and their groups (one message when a group appears, repeats go to th
 - handoff.stuck — unfinished handoffs (not waiting for a person) older than `stuck_minutes`, by flow
 - mismatch.over_value — open mismatches whose difference is at least `mismatch_min_amount`,
   grouped by comparison and cause
+- schema.drift — open governance findings (pscsync.governance: a vendor schema change that breaks a
+  published mapping), one group per connection, record, field and kind; the message names the
+  mappings and flows affected, before any of their handoffs fails
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from api.models import AlertDelivery, AlertSubscription, AlertTopic
 from api.selectors import group_id
 from connectors.egress import DestinationRefused, check_public_url
 from connectors.http import pinned_client
+from connectors.models import GovernanceFinding
 from connectors.signatures import standard_webhook_sign
 from dashboards.facts import sla_for
 from dashboards.sla import sla_deadline
@@ -164,12 +168,40 @@ def _mismatches(sub: AlertSubscription, now: dt.datetime) -> list[Signal]:
     return signals
 
 
+def _schema_drift(sub: AlertSubscription, now: dt.datetime) -> list[Signal]:
+    findings = GovernanceFinding.objects.filter(resolved_at__isnull=True).select_related("connection")
+    if not sub.all_entities:
+        findings = findings.filter(connection__legal_entities__in=sub.legal_entities.all()).distinct()
+    signals = []
+    for f in findings.order_by("first_seen_at", "pk"):
+        signals.append(
+            Signal(
+                EventType.SCHEMA_DRIFT,
+                f"{f.connection.slug}|{f.record}|{f.field}|{f.kind}",
+                f.detail[:300],
+                1,
+                {
+                    "connection": f.connection.name,
+                    "record": f.record,
+                    "field": f.field,
+                    "change": f.get_kind_display(),
+                    "detail": f.detail,
+                    "mappings": f.mappings,
+                    "flows": f.flows,
+                    "first_seen": f.first_seen_at.isoformat(),
+                },
+            )
+        )
+    return signals
+
+
 DETECTORS = {
     EventType.EXCEPTION_GROUP_NEW: _exception_groups,
     EventType.EXCEPTION_SPIKE: _spike,
     EventType.SLA_BREACH: _sla_breaches,
     EventType.HANDOFF_STUCK: _stuck,
     EventType.MISMATCH_OVER_VALUE: _mismatches,
+    EventType.SCHEMA_DRIFT: _schema_drift,
 }
 
 

@@ -50,6 +50,7 @@ class AlertSubscription(models.Model):
         SLA_BREACH = "handoff.sla_breach", "SLA breach"
         HANDOFF_STUCK = "handoff.stuck", "Handoff stuck"
         MISMATCH_OVER_VALUE = "mismatch.over_value", "Reconciliation mismatch over a value"
+        SCHEMA_DRIFT = "schema.drift", "A vendor schema change breaks a mapping"
 
     name = models.CharField(max_length=120)
     channel = models.CharField(max_length=8, choices=Channel.choices)

@@ -16,6 +16,7 @@ from connectors.canonical import INVOICE, KEYS, Capability, ChangeSubject, KeyFo
 from connectors.egress import check_destination
 from connectors.errors import ConnectorError, RejectedError
 from connectors.models import Connection
+from connectors.schema import RecordShape
 from connectors.signatures import active_webhook_secrets, standard_webhook_verify
 from ops.logs import bound as log_bound
 from ops.metrics import vendor_call_observed
@@ -170,6 +171,12 @@ class Connector:
     limits: ClassVar[Limits] = Limits(page_size=200)
     # A PSA: the key of the ERP invoice that bills one of its billing batches.
     invoice_key: ClassVar[KeyFormat] = KEYS[INVOICE]
+    # The vendor API version a new connection is pinned to (Connection.api_version keeps the
+    # pinned one, so a newer default in a later release never moves a working connection).
+    default_api_version: ClassVar[str] = ""
+    # Mapping targets the connector consumes itself to build structure (shape()), per purpose:
+    # not fields of the vendor's record, so the schema check does not look for them there.
+    shaped_targets: ClassVar[dict[str, frozenset[str]]] = {}
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -196,6 +203,11 @@ class Connector:
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token()}"}
+
+    @property
+    def pinned_api_version(self) -> str:
+        """The vendor API version this connection speaks: the one pinned on it, else the default."""
+        return (self.connection.api_version or self.default_api_version).strip()
 
     def url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
@@ -375,6 +387,19 @@ class Connector:
     ) -> list[dict[str, Any]]:
         """ERP invoice lines for canonical billing items (each with its `label`), one per item."""
         raise RejectedError(f"{self.connection.name} keeps no invoices")
+
+    # Schema governance (pscsync/governance.py) ------------------------------------------------
+    def describe_record(self, entity: str) -> RecordShape:
+        """The vendor's own description of `entity` now (its describe, metadata catalog or
+        $metadata) in our terms. Raises ConnectorError when the vendor cannot be read."""
+        raise RejectedError(f"{self.connection.name} cannot describe its records")
+
+    def schema_field(self, purpose: str, target: str) -> str | None:
+        """The vendor field a mapping target of `purpose` writes ("subsidiary.id" writes
+        subsidiary), or None when the connector consumes the target itself (shaped_targets)."""
+        if target in self.shaped_targets.get(purpose, frozenset()):
+            return None
+        return target.split(".", 1)[0]
 
     # Reconciliation reads (connectors/holdings.py) ---------------------------------------------
     # The mapping value maps an ERP's reconciliation needs, by the name erp_holdings takes them

@@ -44,6 +44,7 @@ from connectors.base import (
     WriteResult,
 )
 from connectors.errors import ConnectorError, RejectedError, WebhookRejected
+from connectors.schema import RecordShape, csdl_shape
 
 SCOPE = "https://api.businesscentral.dynamics.com/.default"
 PUBLIC_API_HOST = "api.businesscentral.dynamics.com"
@@ -177,6 +178,7 @@ def ledger_invoice(
 
 
 class BusinessCentralConnector(Connector):
+    default_api_version = "v2.0"
     vendor = "businesscentral"
     page_size = 1000  # Prefer: odata.maxpagesize; BC allows up to 20,000
     capabilities: ClassVar[dict[str, c.Capability]] = {
@@ -191,6 +193,8 @@ class BusinessCentralConnector(Connector):
     }
     limits: ClassVar[c.Limits] = c.Limits(page_size=1000, max_concurrency=5)
     reconcile_value_maps: ClassVar[dict[str, tuple[str, str]]] = {"tax_codes": ("customer", "tax_liable")}
+    # The contract mapping checks the service line against its table; nothing is stored (shape()).
+    shaped_targets: ClassVar[dict[str, frozenset[str]]] = {c.CONTRACT: frozenset({"service_line_check"})}
 
     def __init__(self, connection: Any) -> None:
         super().__init__(connection)
@@ -203,7 +207,8 @@ class BusinessCentralConnector(Connector):
 
     def api_root(self) -> str:
         creds = self.credentials
-        return f"/v2.0/{creds['tenant']}/{creds.get('environment') or 'production'}/api/v2.0"
+        environment = creds.get("environment") or "production"
+        return f"/v2.0/{creds['tenant']}/{environment}/api/{self.pinned_api_version}"
 
     def company_path(self) -> str:
         return f"{self.api_root()}/companies({self.credentials['company_id']})"
@@ -615,6 +620,14 @@ class BusinessCentralConnector(Connector):
             return {"customerNumber": links["customer_key"], "salesInvoiceLines": links["lines"]}
         return {}
 
+    # Schema governance --------------------------------------------------------------------------
+    def describe_record(self, entity: str) -> RecordShape:
+        """The entity set's type in the API's OData `$metadata` (CSDL XML): property types, enum
+        members and nullability. One document describes every entity set."""
+        name, _, _ = self._entity(entity)
+        result = self.send("GET", f"{self.api_root()}/$metadata", headers={"Accept": "application/xml"})
+        return csdl_shape(result.text or str(result.body or ""), name)
+
     def shape(self, purpose: str, fields: dict[str, Any]) -> dict[str, Any]:
         if purpose == c.CONTRACT:
             fields.pop("service_line_check", None)  # checked by the mapping, not stored on the project
@@ -727,7 +740,7 @@ class BusinessCentralConnector(Connector):
         self._context.noun = "webhook subscription"
         body = {
             "notificationUrl": notification_url,
-            "resource": f"/api/v2.0/companies({self.credentials['company_id']})/{name}",
+            "resource": f"/api/{self.pinned_api_version}/companies({self.credentials['company_id']})/{name}",
             "clientState": self.credentials.get("client_state", ""),
         }
         return self.send("POST", f"{self.api_root()}/subscriptions", json=body).body

@@ -92,6 +92,9 @@ class HttpResult:
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
     elapsed_ms: int = 0
+    # The whole answer when it is not JSON (`body` keeps its first 2,000 characters for messages):
+    # an XML document such as OData's $metadata.
+    text: str = ""
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -166,7 +169,13 @@ def request(
         raise cls(f"connection to {httpx.URL(url).host} broke before the answer: {exc}") from exc
     elapsed_ms = int((time.monotonic() - started) * 1000)
     body = _body(response)
-    result = HttpResult(status=response.status_code, body=body, headers=dict(response.headers), elapsed_ms=elapsed_ms)
+    result = HttpResult(
+        status=response.status_code,
+        body=body,
+        headers=dict(response.headers),
+        elapsed_ms=elapsed_ms,
+        text=response.text if isinstance(body, str) else "",
+    )
     status = response.status_code
     if 200 <= status < 300 or status in accept_statuses:
         return result

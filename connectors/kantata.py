@@ -31,10 +31,21 @@ from connectors import canonical as c
 from connectors import holdings as h
 from connectors.base import Connector, InboundChange, Token, WriteResult
 from connectors.errors import ConnectorError, MappingError, RejectedError, WebhookRejected
+from connectors.schema import (
+    BOOLEAN,
+    DATE,
+    NUMBER,
+    PICKLIST,
+    REFERENCE,
+    TEXT,
+    FieldShape,
+    RecordShape,
+    shape_of,
+)
 
 logger = logging.getLogger(__name__)
 
-API = "/api/v1"
+API = "/api/v1"  # the default version's root (a connection's own: KantataConnector.api_root)
 SERVICE_NAME = "pscsync"  # our name on every external reference we write
 PAGE_SIZE = 200  # Kantata's maximum per_page
 # Events can be committed out of order, so each poll re-reads this much before the cursor; the
@@ -141,7 +152,55 @@ def records_of(body: Any, collection: str) -> list[dict[str, Any]]:
     return [objects[r["id"]] for r in body.get("results", []) if r.get("key") == collection and r["id"] in objects]
 
 
+# Kantata publishes no describe endpoint: its documented fields (VENDOR_APIS.md section 3.5, from
+# Kantata's API reference and published schemas) are the description the schema check compares
+# mappings with. name -> (kind, required on create, allowed values).
+DOCUMENTED_FIELDS: dict[str, dict[str, tuple[str, bool, tuple[str, ...]]]] = {
+    "workspaces": {
+        "title": (TEXT, True, ()),
+        "description": (TEXT, False, ()),
+        "budgeted": (BOOLEAN, False, ()),
+        "price": (NUMBER, False, ()),
+        "currency": (TEXT, False, ()),
+        "start_date": (DATE, False, ()),
+        "due_date": (DATE, False, ()),
+        "creator_role": (PICKLIST, False, ("maven", "consultant", "buyer", "client")),
+        "archived": (BOOLEAN, False, ()),
+    },
+    "stories": {
+        "workspace_id": (REFERENCE, True, ()),
+        "title": (TEXT, True, ()),
+        "description": (TEXT, False, ()),
+        "story_type": (PICKLIST, False, ("task", "deliverable", "milestone", "issue")),
+        "parent_id": (REFERENCE, False, ()),
+        "start_date": (DATE, False, ()),
+        "due_date": (DATE, False, ()),
+        "state": (TEXT, False, ()),
+        "billable": (BOOLEAN, False, ()),
+        "fixed_fee": (BOOLEAN, False, ()),
+        "time_estimate_in_minutes": (NUMBER, False, ()),
+        "budget_estimate_in_cents": (NUMBER, False, ()),
+    },
+    "invoices": {
+        "invoice_date": (DATE, False, ()),
+        "due_date": (DATE, False, ()),
+        "payment_schedule": (NUMBER, False, ()),
+        "status": (PICKLIST, False, ("new", "cancelled", "accepted payment")),
+        "draft": (BOOLEAN, False, ()),
+        "balance_in_cents": (NUMBER, False, ()),
+        "currency": (TEXT, False, ()),
+        "tax_rate": (NUMBER, False, ()),
+        "user_invoice_number": (TEXT, False, ()),
+        "title": (TEXT, False, ()),
+        "message": (TEXT, False, ()),
+        "purchase_order": (TEXT, False, ()),
+        "project_code": (TEXT, False, ()),
+    },
+}
+
+
 class KantataConnector(Connector):
+    default_api_version = "v1"
     vendor = "kantata"
     capabilities: ClassVar[dict[str, c.Capability]] = {
         c.PROJECT: c.Capability(c.PROJECT, "workspaces", c.can(c.UPSERT, c.FIND, c.RECONCILE)),
@@ -192,8 +251,26 @@ class KantataConnector(Connector):
         lifetime = float(answer.get("expires_in") or DEFAULT_TOKEN_SECONDS)
         return Token(value=answer["access_token"], expires_at=dt.datetime.now(tz=dt.UTC).timestamp() + lifetime)
 
+    # Schema governance -------------------------------------------------------------------------
+    def describe_record(self, entity: str) -> RecordShape:
+        """Kantata's documented fields of the object (DOCUMENTED_FIELDS): Kantata has no describe
+        endpoint, so a change on Kantata's side is only seen once its documentation changes here;
+        a mapping that writes an undocumented field is still found."""
+        documented = DOCUMENTED_FIELDS.get(entity)
+        if documented is None:
+            raise RejectedError(f"Kantata documents no fields for {entity!r} here")
+        return shape_of(
+            entity,
+            [FieldShape(name, kind, kind, required, values) for name, (kind, required, values) in documented.items()],
+        )
+
+    @property
+    def api_root(self) -> str:
+        """/api/{version}: Kantata has one version, v1, in the path (VENDOR_APIS.md section 3)."""
+        return f"/api/{self.pinned_api_version}"
+
     def ping(self) -> None:
-        self.send("GET", f"{API}/users/me")
+        self.send("GET", f"{self.api_root}/users/me")
 
     def describe_error(self, error: ConnectorError) -> None:
         """Say in plain words what Kantata objected to."""
@@ -245,7 +322,7 @@ class KantataConnector(Connector):
             params["updated_after"] = since.isoformat()
         page = 1
         while True:
-            result = self.send("GET", f"{API}/{kind.collection}", params={**params, "page": page})
+            result = self.send("GET", f"{self.api_root}/{kind.collection}", params={**params, "page": page})
             yield from records_of(result.body, kind.collection)
             meta = result.body.get("meta", {}) if isinstance(result.body, dict) else {}
             if page >= int(meta.get("page_count") or 0):
@@ -261,7 +338,7 @@ class KantataConnector(Connector):
             "order": "id:asc",
             "per_page": 2,
         }
-        path = f"{API}/{kind.collection}"
+        path = f"{self.api_root}/{kind.collection}"
         if kind.collection == "workspaces":
             params["include_archived"] = "true"  # an archived project is still the one we made
         result = self.send("GET", path, params=params)
@@ -286,7 +363,7 @@ class KantataConnector(Connector):
         with key_lock(self.connection.pk, kind.collection, key):
             existing, _ = self.find(kind, key)
             if existing is None:
-                method, path = "POST", f"{API}/{kind.collection}"
+                method, path = "POST", f"{self.api_root}/{kind.collection}"
                 reference = {
                     "service_name": SERVICE_NAME,
                     "service_model": kind.singular,
@@ -297,7 +374,7 @@ class KantataConnector(Connector):
                 # without it: a lost answer is found by the next lookup, not created twice.
                 body = {kind.singular: {**fields, "external_reference": reference}}
             else:
-                method, path = "PUT", f"{API}/{kind.collection}/{existing['id']}"
+                method, path = "PUT", f"{self.api_root}/{kind.collection}/{existing['id']}"
                 body = {kind.singular: dict(fields)}
             try:
                 result = self.send(method, path, json=body)
@@ -333,7 +410,7 @@ class KantataConnector(Connector):
                 "per_page": 200,
                 "order": "id:asc",
             }
-            result = self.send("GET", f"{API}/{kind.collection}", params=params)
+            result = self.send("GET", f"{self.api_root}/{kind.collection}", params=params)
             references = (result.body.get("external_references") or {}) if isinstance(result.body, dict) else {}
             for record in records_of(result.body, kind.collection):
                 for ref_id in record.get("external_reference_ids") or []:
@@ -354,7 +431,7 @@ class KantataConnector(Connector):
         existing = self.find_many(kind, [key for key, _ in records])
         results: dict[str, WriteResult] = {}
         missing = [(key, fields) for key, fields in records if key not in existing]
-        path = f"{API}/{kind.collection}"
+        path = f"{self.api_root}/{kind.collection}"
         for start in range(0, len(missing), limit):
             chunk = missing[start : start + limit]
             body = {
@@ -388,7 +465,7 @@ class KantataConnector(Connector):
         for key, fields in records:
             if key in existing:
                 current = existing[key]
-                update = f"{API}/{kind.collection}/{current['id']}"
+                update = f"{self.api_root}/{kind.collection}/{current['id']}"
                 result = self.send("PUT", update, json={kind.singular: dict(fields)})
                 results[key] = WriteResult(
                     external_id=str(current["id"]),
@@ -402,7 +479,7 @@ class KantataConnector(Connector):
     def update(self, *, entity: str, record_id: str, fields: dict[str, Any]) -> WriteResult:
         """Change an object by its Kantata id (objects people made carry no reference of ours)."""
         kind = object_type(entity)
-        path = f"{API}/{kind.collection}/{int(record_id)}"
+        path = f"{self.api_root}/{kind.collection}/{int(record_id)}"
         body = {kind.singular: dict(fields)}
         try:
             result = self.send("PUT", path, json=body)
@@ -443,7 +520,7 @@ class KantataConnector(Connector):
         newest = cursor
         page = 1
         while True:
-            result = self.send("GET", f"{API}/subscribed_events", params={**params, "page": page})
+            result = self.send("GET", f"{self.api_root}/subscribed_events", params={**params, "page": page})
             for event in records_of(result.body, "subscribed_events"):
                 change = self.change_of(event, result.body)
                 seen.setdefault(change.source_event_id, change)
@@ -554,7 +631,7 @@ class KantataConnector(Connector):
         page = 1
         while True:
             params = {"service_name": "pscsync", "service_model": model, "per_page": 200, "page": page}
-            body = self.send("GET", f"{API}/external_references", params=params).body or {}
+            body = self.send("GET", f"{self.api_root}/external_references", params=params).body or {}
             for ref in (body.get("external_references") or {}).values():
                 found[str(ref.get("subject_id"))] = str(ref.get("service_model_ref") or "")
             if page >= int((body.get("meta") or {}).get("page_count") or 0):

@@ -86,3 +86,61 @@ class PollCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.connection.slug}@{self.position or 'start'}"
+
+
+class RecordSchema(models.Model):
+    """What the vendor last said one of its records looks like (connectors.schema.RecordShape as
+    data): the schema check compares the next description with it to see what changed."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="record_schemas")
+    record = models.CharField(max_length=120, help_text="The vendor's name for the record.")
+    fields = models.JSONField(default=dict)
+    read_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["connection", "record"]
+        constraints = [models.UniqueConstraint(fields=["connection", "record"], name="record_schema_one_per_record")]
+
+    def __str__(self) -> str:
+        return f"{self.connection.slug}:{self.record}"
+
+
+class GovernanceFinding(models.Model):
+    """A change in a vendor's schema that breaks a published mapping, found by the schema check
+    before a handoff fails on it. One open row per (connection, record, field, kind); seen again
+    it is touched, no longer seen it is resolved."""
+
+    class Kind(models.TextChoices):
+        FIELD_MISSING = "field_missing", "Field no longer exists"
+        TYPE_CHANGED = "type_changed", "Field changed type"
+        BECAME_REQUIRED = "became_required", "Field became required"
+        VALUE_REMOVED = "value_removed", "Pick-list value removed"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="governance_findings")
+    record = models.CharField(max_length=120, help_text="The vendor's name for the record.")
+    field = models.CharField(max_length=120)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    detail = models.TextField(help_text="What changed and what it breaks, in words.")
+    # Who is affected, as people read them: mapping names with their version, flow labels.
+    mappings = models.JSONField(default=list)
+    flows = models.JSONField(default=list)
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen_at", "connection", "record", "field"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "record", "field", "kind"],
+                condition=models.Q(resolved_at__isnull=True),
+                name="governance_finding_one_open",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection.slug}:{self.record}.{self.field} {self.kind}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None

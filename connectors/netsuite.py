@@ -61,9 +61,25 @@ from connectors.errors import (
     UnknownOutcomeError,
     WebhookRejected,
 )
+from connectors.schema import (
+    BOOLEAN,
+    DATE,
+    DATETIME,
+    NUMBER,
+    OBJECT,
+    PICKLIST,
+    REFERENCE,
+    TEXT,
+    FieldShape,
+    RecordShape,
+    payload_check,
+    shape_of,
+)
 
-RECORD = "/services/rest/record/v1"
-SUITEQL = "/services/rest/query/v1/suiteql"
+# The version is the path segment after record/ and query/ (VENDOR_APIS.md 4.3): v1, pinned on
+# the connection (NetSuiteConnector.record_root).
+REST = "/services/rest"
+RECORD = f"{REST}/record/v1"  # the default version's record root (tests and tools)
 TOKEN_PATH = "/services/rest/auth/oauth2/v1/token"  # noqa: S105 - a URL path, not a secret
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # NetSuite's answers when too many requests are in flight for the account (REST, RESTlet, SOAP).
@@ -135,7 +151,15 @@ def _literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+# The metadata catalog's JSON schema types and string formats in our terms.
+CATALOG_KINDS = {"number": NUMBER, "integer": NUMBER, "boolean": BOOLEAN, "object": OBJECT, "array": OBJECT}
+CATALOG_FORMATS = {"date": DATE, "date-time": DATETIME}
+CATALOG_SHAPE = {"properties": ((dict,), True), "required": ((list,), False)}
+CATALOG_PROPERTY_SHAPE = {"type": ((str,), False), "format": ((str,), False), "enum": ((list,), False)}
+
+
 class NetSuiteConnector(Connector):
+    default_api_version = "v1"
     vendor = "netsuite"
     capabilities: ClassVar[dict[str, c.Capability]] = {
         c.CUSTOMER: c.Capability(c.CUSTOMER, "customer", c.can(c.READ_ONE, c.UPSERT, c.FIND, c.RECONCILE)),
@@ -154,6 +178,10 @@ class NetSuiteConnector(Connector):
         "tax_codes": ("customer", "tax_code"),
     }
     keeps_contract_value: ClassVar[bool] = True
+    # The contract mapping's service item and amount become the sales order's item line (shape()).
+    shaped_targets: ClassVar[dict[str, frozenset[str]]] = {
+        c.CONTRACT: frozenset({"service_item", "contract_amount", "service_line_check"})
+    }
     page_size: ClassVar[int] = 1000  # SuiteQL's maximum
     assertion_seconds: ClassVar[int] = 300  # the JWT assertion only has to live until the token call
     settle_seconds: ClassVar[int] = 2
@@ -306,9 +334,17 @@ class NetSuiteConnector(Connector):
         return record_type
 
     # Calls --------------------------------------------------------------------------------------
+    @property
+    def record_root(self) -> str:
+        return f"{REST}/record/{self.pinned_api_version}"
+
+    @property
+    def suiteql_path(self) -> str:
+        return f"{REST}/query/{self.pinned_api_version}/suiteql"
+
     def ping(self) -> None:
         self._about("customer")
-        self.send("GET", f"{RECORD}/customer", params={"limit": 1})
+        self.send("GET", f"{self.record_root}/customer", params={"limit": 1})
 
     def upsert(self, *, entity: str, key: str, fields: dict[str, Any]) -> WriteResult:
         record_type = self.record_type(entity)
@@ -317,7 +353,7 @@ class NetSuiteConnector(Connector):
             raise MappingError(
                 f"the key {key!r} cannot be a NetSuite external ID (letters, digits, '_', '-' and '.' only)"
             )
-        url = self.url(f"{RECORD}/{record_type}/eid:{quote(key, safe='')}")
+        url = self.url(f"{self.record_root}/{record_type}/eid:{quote(key, safe='')}")
         body = {k: v for k, v in fields.items() if k != "externalId"}
         result = self.send("PUT", url, json=body)
         location = result.headers.get("location", "")
@@ -334,7 +370,7 @@ class NetSuiteConnector(Connector):
         self._about(record_type)
         if not _EXTERNAL_ID.match(key):
             return None  # such a key was never written (upsert refuses it)
-        url = self.url(f"{RECORD}/{record_type}/eid:{quote(key, safe='')}")
+        url = self.url(f"{self.record_root}/{record_type}/eid:{quote(key, safe='')}")
         result = self.send("GET", url, params={"expandSubResources": "true"}, accept_statuses=(404,))
         if result.status == 404:
             if _error_code(result.body) not in {"", "NONEXISTENT_ID"}:
@@ -355,7 +391,7 @@ class NetSuiteConnector(Connector):
         self._about(record_type)
         if not str(record_id).isdigit():
             return None
-        url = self.url(f"{RECORD}/{record_type}/{record_id}")
+        url = self.url(f"{self.record_root}/{record_type}/{record_id}")
         result = self.send("GET", url, params={"expandSubResources": "true"}, accept_statuses=(404,))
         return None if result.status == 404 else result.body
 
@@ -364,7 +400,7 @@ class NetSuiteConnector(Connector):
         deleted, one with a payment applied is refused by NetSuite (it has dependent records)."""
         record_type = self.record_type(entity)
         current = self.get(entity=entity, record_id=record_id)
-        url = self.url(f"{RECORD}/{record_type}/{record_id}")
+        url = self.url(f"{self.record_root}/{record_type}/{record_id}")
         if current is None:
             return WriteResult(str(record_id), {"method": "GET", "url": url}, None, 404, output={"already_gone": True})
         self._about(record_type)
@@ -396,7 +432,7 @@ class NetSuiteConnector(Connector):
 
     def suiteql(self, query: str) -> Iterator[tuple[dict[str, Any], http.HttpResult]]:
         """Every row of a SuiteQL query, following NetSuite's `next` links page by page."""
-        url: str | None = self.url(SUITEQL)
+        url: str | None = self.url(self.suiteql_path)
         params: dict[str, Any] | None = {"limit": self.page_size, "offset": 0}
         while url:
             result = self._query(url, query, params)
@@ -600,7 +636,7 @@ class NetSuiteConnector(Connector):
             where = " AND ".join(conditions)
             query = f"SELECT {columns} FROM {table} WHERE {where} ORDER BY lastmodifieddate, id"  # noqa: S608  # nosec B608  # identifiers are fixed or checked names, values are bound or escaped literals
             result = self._query(
-                self.url(SUITEQL), query, {"limit": min(self.page_size, self.max_poll_rows), "offset": 0}
+                self.url(self.suiteql_path), query, {"limit": min(self.page_size, self.max_poll_rows), "offset": 0}
             )
             settled_before = _server_time(result.headers) - self.settle_seconds
             rows = result.body.get("items", [])
@@ -632,6 +668,36 @@ class NetSuiteConnector(Connector):
         if purpose == c.INVOICE:
             return {"entity": {"id": links["customer_id"]}, "item": {"items": links["lines"]}}
         return {}
+
+    # Schema governance -------------------------------------------------------------------------
+    def describe_record(self, entity: str) -> RecordShape:
+        """The metadata catalog's JSON schema of the record type (`GET record/v1/metadata-catalog/
+        {type}` with Accept: application/schema+json): a property's JSON type and format, its
+        enum, and the schema's `required` list."""
+        record_type = self.record_type(entity)
+        body = self.send(
+            "GET",
+            f"{self.record_root}/metadata-catalog/{record_type}",
+            headers={"Accept": "application/schema+json"},
+        ).body
+        schema = payload_check(body, CATALOG_SHAPE, what=f"NetSuite's metadata catalog for {record_type}")
+        required = {str(name) for name in schema.get("required") or []}
+        fields = []
+        for name, prop in schema["properties"].items():
+            prop = payload_check(prop, CATALOG_PROPERTY_SHAPE, what=f"NetSuite's schema of {record_type}.{name}")
+            json_type, fmt = str(prop.get("type") or "string"), str(prop.get("format") or "")
+            values = tuple(str(v) for v in prop.get("enum") or [])
+            if values:
+                kind = PICKLIST
+            elif json_type == "object" and "id" in (prop.get("properties") or {}):
+                kind = REFERENCE
+            elif json_type == "string" and fmt in CATALOG_FORMATS:
+                kind = CATALOG_FORMATS[fmt]
+            else:
+                kind = CATALOG_KINDS.get(json_type, TEXT)
+            vendor_type = f"{json_type} ({fmt})" if fmt else json_type
+            fields.append(FieldShape(str(name), kind, vendor_type, name in required, values))
+        return shape_of(record_type, fields)
 
     def shape(self, purpose: str, fields: dict[str, Any]) -> dict[str, Any]:
         """The contract value goes on one line of the service item the mapping chose."""
@@ -719,7 +785,9 @@ class NetSuiteConnector(Connector):
         invoices = []
         bodies = []
         for row in self.read("invoice"):
-            body = self.send("GET", f"{RECORD}/invoice/{row['id']}", params={"expandSubResources": "true"}).body
+            body = self.send(
+                "GET", f"{self.record_root}/invoice/{row['id']}", params={"expandSubResources": "true"}
+            ).body
             bodies.append(body)
             lines = [
                 h.ErpLine(

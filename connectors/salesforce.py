@@ -35,6 +35,19 @@ from connectors.errors import (
     UnknownOutcomeError,
     WebhookRejected,
 )
+from connectors.schema import (
+    BOOLEAN,
+    DATE,
+    DATETIME,
+    NUMBER,
+    PICKLIST,
+    REFERENCE,
+    TEXT,
+    FieldShape,
+    RecordShape,
+    payload_check,
+    shape_of,
+)
 
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -94,6 +107,44 @@ DEAL_FIELDS = {
 # changeOrigin of a change caused by our own write (call_options_client below).
 OWN_CLIENT = "client=pscsync"
 CHANGE_ACTIONS = {"CREATE": "created", "UPDATE": "updated"}
+
+
+# Salesforce's field types (describe's `type`) in our terms.
+DESCRIBE_KINDS = {
+    "double": NUMBER,
+    "currency": NUMBER,
+    "percent": NUMBER,
+    "int": NUMBER,
+    "long": NUMBER,
+    "boolean": BOOLEAN,
+    "date": DATE,
+    "datetime": DATETIME,
+    "reference": REFERENCE,
+    "picklist": PICKLIST,
+    "multipicklist": PICKLIST,
+}
+# The opportunity as a deal is read from it (docs/canonical.md): a value of another type (an admin
+# turned Amount into text) is a validation error naming the field, not a lost amount or a crash.
+OPPORTUNITY_SHAPE = {
+    "Id": ((str,), True),
+    "Name": ((str,), False),
+    "StageName": ((str,), False),
+    "Amount": ((int, float), False),
+    "Probability": ((int, float), False),
+    "CloseDate": ((str,), False),
+    "CurrencyIsoCode": ((str,), False),
+    "Contract_Version__c": ((int, float), False),
+    "Contract_Start__c": ((str,), False),
+    "Contract_End__c": ((str,), False),
+    "Account": ((dict,), False),
+}
+DESCRIBE_SHAPE = {"name": ((str,), True), "fields": ((list,), True)}
+DESCRIBE_FIELD_SHAPE = {
+    "name": ((str,), True),
+    "type": ((str,), True),
+    "nillable": ((bool,), False),
+    "picklistValues": ((list,), False),
+}
 
 
 class SalesforceConnector(Connector):
@@ -451,13 +502,42 @@ class SalesforceConnector(Connector):
             won=payload.get("StageName") == "Closed Won",
         )
 
+    # Schema governance ---------------------------------------------------------------------------
+    def describe_record(self, entity: str) -> RecordShape:
+        """`GET sobjects/{Object}/describe`: each field's type, nillable and picklist values. A
+        field is required when it must be given on create: not nillable, createable, and not
+        filled by Salesforce itself (defaultedOnCreate)."""
+        name = self.sobject(entity)
+        body = self.send("GET", self.api_path(f"sobjects/{name}/describe")).body
+        described = payload_check(body, DESCRIBE_SHAPE, what=f"Salesforce's describe of {name}")
+        fields = []
+        for item in described["fields"]:
+            item = payload_check(item, DESCRIBE_FIELD_SHAPE, what=f"a field in Salesforce's describe of {name}")
+            vendor_type = str(item["type"])
+            fields.append(
+                FieldShape(
+                    name=str(item["name"]),
+                    kind=DESCRIBE_KINDS.get(vendor_type, TEXT),
+                    vendor_type=vendor_type,
+                    required=not item.get("nillable", True)
+                    and bool(item.get("createable", True))
+                    and not item.get("defaultedOnCreate", False),
+                    values=tuple(
+                        str(v["value"])
+                        for v in item.get("picklistValues") or []
+                        if isinstance(v, dict) and v.get("active", True) and "value" in v
+                    ),
+                )
+            )
+        return shape_of(name, fields)
+
     # Canonical records -------------------------------------------------------------------------
     def deal_read(self, deal_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The opportunity and its account in one query, as the canonical deal and account."""
         rows = list(self.read("opportunity", where={"Id": deal_id}, fields=list(OPPORTUNITY_FIELDS)))
         if not rows:
             return None
-        row = rows[0]
+        row = payload_check(rows[0], OPPORTUNITY_SHAPE, what=f"Salesforce opportunity {deal_id}")
         account = row.get("Account") or {}
         closed_at = _text(row.get("Closed_At__c")) or (
             f"{row['CloseDate']}T00:00:00+00:00" if row.get("CloseDate") else ""

@@ -7,7 +7,7 @@ from typing import cast
 from django.contrib import messages
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Max, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from connectors.forms import ConnectionForm
 from connectors.models import Connection
-from connectors.registry import connector_for
+from connectors.registry import connector_class, connector_for
 from pscsync.access import CONFIGURE, entity_ids_for, permission_required, scope_queryset
 from pscsync.crypto import CredentialsUnreadable
 from pscsync.models import LegalEntity
@@ -117,7 +117,15 @@ def connection_edit(request: HttpRequest, pk: int) -> HttpResponse:
         messages.success(request, f"Connection “{connection.name}” saved.")
         return redirect("connections:edit", pk=connection.pk)
     webhook_url = request.build_absolute_uri(reverse("webhook", args=[connection.slug]))
-    context = {"form": form, "connection": connection, "webhook_url": webhook_url, "other_entities": others}
+    context = {
+        "form": form,
+        "connection": connection,
+        "webhook_url": webhook_url,
+        "other_entities": others,
+        "api_version": connection.api_version or connector_class(connection.vendor).default_api_version,
+        "findings": list(connection.governance_findings.filter(resolved_at__isnull=True)),
+        "checked_at": connection.record_schemas.aggregate(at=Max("read_at"))["at"],
+    }
     return render(request, "connections/form.html", context)
 
 

@@ -17,7 +17,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
-from connectors.models import Connection
+from connectors.models import Connection, GovernanceFinding
 from dashboards import kpis, metrics, pages
 from dashboards.facts import MEASURES, sla_for
 from dashboards.fx import fx_last_read, fx_rate_override, known_currencies
@@ -26,7 +26,7 @@ from dashboards.models import FlowSla, FxRate
 from dashboards.queries import OVERDUE_AFTER, connection_activity, health_summary
 from dashboards.services import flow_sla_set
 from pscsync import clock
-from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, entity_ids_for, permission_required
+from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, entity_ids_for, permission_required, scope_queryset
 from pscsync.csvsafe import SafeWriter
 from pscsync.glossary import count_words, flow_name, money_words, when_words
 from pscsync.models import LegalEntity
@@ -311,6 +311,13 @@ def health(request: HttpRequest) -> HttpResponse:
         "calls": calls,
         "rate_limited": pages.rate_limited_last_day(f),
         "connections": connection_activity(request.user),
+        "findings": list(
+            scope_queryset(
+                GovernanceFinding.objects.filter(resolved_at__isnull=True).select_related("connection"),
+                request.user,
+                "connection__legal_entities",
+            ).distinct()
+        ),
         "overdue_minutes": int(OVERDUE_AFTER.total_seconds() // 60),
         "dash_pages": DASH_PAGES,
         "url_name": "dashboards:health",

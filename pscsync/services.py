@@ -210,6 +210,16 @@ def connection_change_check(
         )
 
 
+def _default_api_version(vendor: str) -> str:
+    """The version a connection left blank is pinned to: its connector's declared default."""
+    from connectors.registry import connector_class
+
+    try:
+        return connector_class(vendor).default_api_version
+    except LookupError:
+        return ""
+
+
 @transaction.atomic
 def connection_save(
     *,
@@ -238,7 +248,8 @@ def connection_save(
     connection = connection or Connection(slug=slug)
     connection.name, connection.kind, connection.vendor = name, kind, vendor
     connection.base_url, connection.intake, connection.is_sandbox = base_url, intake, is_sandbox
-    connection.api_version, connection.rate_limit_per_minute = api_version, rate_limit_per_minute
+    connection.api_version = api_version.strip() or _default_api_version(vendor)
+    connection.rate_limit_per_minute = rate_limit_per_minute
     connection.is_active = is_active
     if credentials is not None:
         connection.set_credentials(credentials)

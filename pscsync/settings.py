@@ -437,6 +437,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # one older than CONN_MAX_AGE, around every task (close_old_connections, as Django does per request).
 CELERY_DB_REUSE_MAX = env_int("PSCSYNC_DB_REUSE_MAX", 1000)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+SCHEMA_CHECK_SECONDS = env_int("PSCSYNC_SCHEMA_CHECK_SECONDS", 24 * 3600)
 CELERY_BEAT_SCHEDULE = {
     "sweep-handoffs": {"task": "pscsync.tasks.handoffs_sweep_task", "schedule": float(SWEEP_SECONDS)},
     "poll-connections": {"task": "pscsync.tasks.connections_poll_task", "schedule": float(POLL_SECONDS)},
@@ -452,6 +453,8 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(EXCEPTIONS_RECONCILE_SECONDS),
     },
     "alerts-scan": {"task": "api.tasks.alerts_scan_task", "schedule": 60.0},
+    # Vendors change schemas in releases and admin sessions, not by the minute: once a day.
+    "schema-check": {"task": "pscsync.tasks.schema_check_task", "schedule": float(SCHEMA_CHECK_SECONDS)},
     "alerts-deliver": {"task": "api.tasks.alerts_deliver_due_task", "schedule": 30.0},
 }
 

@@ -79,6 +79,15 @@ def reconcile_task(entity: str = "", period: str = "") -> dict[str, str]:
     return {run.legal_entity.code: run.status for run in reconcile(entity=entity or None, period=period)}
 
 
+@shared_task(name="pscsync.tasks.schema_check_task")
+def schema_check_task() -> dict[str, int]:
+    """The daily schema check (pscsync.governance); alerts are scanned at once when it found
+    something new, so the alert does not wait for the next handoff to fail."""
+    from pscsync.governance import schema_check_alerting
+
+    return schema_check_alerting()
+
+
 @shared_task(name="pscsync.tasks.archive_due_task")
 def archive_due_task() -> list[str]:
     """Archive the bodies of every month past its legal entity's retention (pscsync.archive)."""

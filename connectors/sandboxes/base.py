@@ -15,7 +15,14 @@ Control API, the same on every sandbox (never part of the vendor's protocol):
   DELETE /_sandbox/faults clears them
   GET  /_sandbox/journal  every request received: method, path, status, external key of each write
                           (?since=<seq>); {"entries": [...], "writes_by_key": {"<key>": n}}
-  POST /_sandbox/reset    forget all records, tokens, journal and faults
+  POST /_sandbox/reset    forget all records, tokens, journal, faults and schema changes
+  POST /_sandbox/schema   {"record": "pse__Proj__c", "field": "pse__Practice__c", "change": "drop"}
+                          change the sandbox's own schema, as an admin of the vendor would:
+                          "drop" the field, "type" (with "type": the vendor's type word) changes
+                          its type, "required" makes it required, "remove_value" (with "value")
+                          takes a value off its picklist. The vendor's describe / metadata answer
+                          shows the change and writes are checked against it.
+  GET  /_sandbox/schema   the changes in force;  DELETE /_sandbox/schema  undoes them all
 """
 
 from __future__ import annotations
@@ -299,6 +306,36 @@ def _rule_applies(rule: dict[str, Any], body: Any, rng: random.Random) -> bool:
     return any(k in rule for k in ("latency_ms", "error_status", "timeout"))
 
 
+@dataclass(frozen=True)
+class FieldDef:
+    """One field of a sandbox record as the vendor describes it: its type in the vendor's own
+    words, whether a write must give it, and the values its picklist allows (empty: not a list)."""
+
+    name: str
+    type: str
+    required: bool = False
+    values: tuple[str, ...] = ()
+    label: str = ""
+
+
+SCHEMA_CHANGES = ("drop", "type", "required", "remove_value")
+# Vendor type words that hold numbers or yes/no: a value of another kind no longer fits after a
+# test changes a field's type to one of these (the sandbox's check is deliberately coarse).
+_NUMBER_WORDS = ("double", "currency", "int", "number", "decimal", "percent", "float")
+_BOOLEAN_WORDS = ("boolean", "bool", "checkbox")
+
+
+def _fits(value: Any, type_word: str) -> bool:
+    word = type_word.lower()
+    if value is None:
+        return True
+    if any(w in word for w in _BOOLEAN_WORDS):
+        return isinstance(value, bool)
+    if any(w in word for w in _NUMBER_WORDS):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return True
+
+
 class Sandbox:
     """One vendor's simulated API: routes, its error shape, its auth, the shared control API."""
 
@@ -317,6 +354,9 @@ class Sandbox:
         self.route("DELETE", r"/_sandbox/faults", self._faults_clear, auth=False)
         self.route("GET", r"/_sandbox/journal", self._journal, auth=False)
         self.route("POST", r"/_sandbox/reset", self._reset, auth=False)
+        self.route("POST", r"/_sandbox/schema", self._schema_change, auth=False)
+        self.route("GET", r"/_sandbox/schema", self._schema_list, auth=False)
+        self.route("DELETE", r"/_sandbox/schema", self._schema_clear, auth=False)
         self.setup_routes()
 
     # What vendors override ---------------------------------------------------------------------
@@ -351,6 +391,85 @@ class Sandbox:
         """Vendors call this for every write, so tests can count writes and creates per key."""
         request.params["_journalled"] = "1"
         self.store.journal_add(request.method, request.path, status, external_key, created)
+
+    # Schema changes (the control API's /_sandbox/schema) ---------------------------------------
+    def schema_changes(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{record (lower case): {field: {"drop": True, "type": ..., "required": True,
+        "removed": [values]}}}, kept in the store so a restart keeps the changed schema."""
+        changes: dict[str, dict[str, dict[str, Any]]] = self.store.kv_get("schema_changes", {})
+        return changes
+
+    def schema_fields(self, record: str, declared: list[FieldDef]) -> list[FieldDef]:
+        """A record's fields as the vendor would describe them now: declared, with the changes."""
+        changes = self.schema_changes().get(record.lower(), {})
+        out = []
+        for f in declared:
+            change = changes.get(f.name)
+            if not change:
+                out.append(f)
+                continue
+            if change.get("drop"):
+                continue
+            removed = set(change.get("removed", []))
+            out.append(
+                FieldDef(
+                    f.name,
+                    change.get("type") or f.type,
+                    f.required or bool(change.get("required")),
+                    tuple(v for v in f.values if v not in removed),
+                    f.label,
+                )
+            )
+        return out
+
+    def schema_problem(self, record: str, body: dict[str, Any], *, creating: bool) -> tuple[str, str, str] | None:
+        """The first way a write breaks the changed schema: (field, kind, message), kind one of
+        dropped | required | type | value; None when it fits. Only changed fields are checked, so
+        an unchanged sandbox accepts exactly what it accepted before."""
+        for name, change in self.schema_changes().get(record.lower(), {}).items():
+            present = name in body
+            value = body.get(name)
+            if change.get("drop") and present:
+                return name, "dropped", f"No such field {name} on {record}"
+            if change.get("required") and creating and value in (None, ""):
+                return name, "required", f"Required field is missing: {name}"
+            if present and change.get("type") and not _fits(value, change["type"]):
+                return name, "type", f"{name} is now of type {change['type']}: {value!r} does not fit"
+            if present and value in change.get("removed", []):
+                return name, "value", f"{value!r} is not an allowed value of {name}"
+        return None
+
+    def _schema_change(self, request: Request) -> Response:
+        body = request.json() or {}
+        if not isinstance(body, dict) or not body.get("record") or not body.get("field"):
+            raise BadRequest("a schema change names a record and a field")
+        change = body.get("change")
+        if change not in SCHEMA_CHANGES:
+            raise BadRequest(f"change must be one of {', '.join(SCHEMA_CHANGES)}")
+        if change == "type" and not body.get("type"):
+            raise BadRequest("a type change gives the new type")
+        if change == "remove_value" and body.get("value") in (None, ""):
+            raise BadRequest("remove_value gives the value to remove")
+        with self.store.lock:
+            changes = self.schema_changes()
+            entry = changes.setdefault(str(body["record"]).lower(), {}).setdefault(str(body["field"]), {})
+            if change == "drop":
+                entry["drop"] = True
+            elif change == "type":
+                entry["type"] = str(body["type"])
+            elif change == "required":
+                entry["required"] = True
+            else:
+                entry.setdefault("removed", []).append(body["value"])
+            self.store.kv_set("schema_changes", changes)
+        return Response(200, {"changes": changes})
+
+    def _schema_list(self, request: Request) -> Response:
+        return Response(200, {"changes": self.schema_changes()})
+
+    def _schema_clear(self, request: Request) -> Response:
+        self.store.kv_set("schema_changes", {})
+        return Response(200, {"changes": {}})
 
     def notify(self, url: str, body: bytes, headers: dict[str, str]) -> None:
         """Push a change notification to a subscriber, in the background, retrying a few times."""

@@ -15,6 +15,8 @@ connection is pointed at api.businesscentral.dynamics.com (see docs/sandboxes/bu
   .../currencyExchangeRates | companyInformation             read-only; rates of the sandboxes' market
                                                              (fx.py) against the company's currency
   /v2.0/{tenant}/{environment}/api/v2.0/subscriptions        webhook subscriptions
+  /v2.0/{tenant}/{environment}/api/v2.0/$metadata            the OData CSDL (EDMX XML) of every entity
+                                                             set: properties, types, enums, nullability
 
 OData: @odata.context, @odata.etag, value arrays, @odata.nextLink paging with
 `Prefer: odata.maxpagesize=N`, $filter (eq ne gt ge lt le, and, or, not, parentheses), $top,
@@ -44,7 +46,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from connectors.sandboxes import fx
-from connectors.sandboxes.base import BadRequest, Request, Response, Sandbox
+from connectors.sandboxes.base import BadRequest, FieldDef, Request, Response, Sandbox
 from connectors.sandboxes.base import serve as base_serve
 
 TENANT = "sandbox-tenant"
@@ -60,6 +62,10 @@ COMPANIES = (
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 API = r"/v2\.0/(?P<tenant>[^/]+)/(?P<env>[^/]+)/api/v2\.0"
 COMPANY = API + r"/companies\((?P<cid>[^)]*)\)"
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 @dataclass(frozen=True)
@@ -489,6 +495,7 @@ class BusinessCentralSandbox(Sandbox):
 
     # Routes ------------------------------------------------------------------------------------
     def setup_routes(self) -> None:
+        self.route("GET", API + r"/\$metadata", self.metadata)
         self.route("POST", r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token", self.token, auth=False)
         self.route("GET", r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration", self.discovery, auth=False)
         self.route("GET", API + r"/companies", self.companies)
@@ -514,6 +521,48 @@ class BusinessCentralSandbox(Sandbox):
         self.route("DELETE", one, self.entity_delete)
         self.route("GET", COMPANY + r"/(?P<set>[A-Za-z]+)", self.collection_get)
         self.route("POST", COMPANY + r"/(?P<set>[A-Za-z]+)", self.collection_post)
+
+    def entity_fields(self, entity: EntitySet) -> list[FieldDef]:
+        """An entity set's properties as $metadata declares them, with /_sandbox/schema changes."""
+        declared = []
+        for name, field_type in entity.fields.items():
+            base, _, arg = field_type.partition(":")
+            values = tuple(arg.split("|")) if base == "enum" else ()
+            declared.append(FieldDef(name, EDM[base], name == "id", values))
+        return self.schema_fields(entity.name, declared)
+
+    def metadata(self, request: Request) -> Response:
+        """OData CSDL (EDMX 4.0) for the API: one EntityType per entity set, enums as EnumTypes
+        whose member names encode spaces as _x0020_ (as BC does), Nullable="false" where required."""
+        types, enums, sets = [], [], []
+        for entity in ENTITY_SETS.values():
+            props = []
+            for f in self.entity_fields(entity):
+                edm_type = f.type
+                if f.values:
+                    enum_name = f"{entity.type_name}_{f.name}"
+                    members = "".join(
+                        f'<Member Name="{_xml(v.replace(" ", "_x0020_") or "_x0020_")}" Value="{i}"/>'
+                        for i, v in enumerate(f.values)
+                    )
+                    enums.append(f'<EnumType Name="{enum_name}">{members}</EnumType>')
+                    edm_type = f"Microsoft.NAV.{enum_name}"
+                nullable = "" if not f.required else ' Nullable="false"'
+                props.append(f'<Property Name="{_xml(f.name)}" Type="{_xml(edm_type)}"{nullable}/>')
+            key = '<Key><PropertyRef Name="id"/></Key>'
+            types.append(f'<EntityType Name="{entity.type_name}">{key}{"".join(props)}</EntityType>')
+            sets.append(f'<EntitySet Name="{entity.name}" EntityType="Microsoft.NAV.{entity.type_name}"/>')
+        xml = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            '<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx">'
+            '<edmx:DataServices><Schema Namespace="Microsoft.NAV" xmlns="http://docs.oasis-open.org/odata/ns/edm">'
+            + "".join(enums)
+            + "".join(types)
+            + '<EntityContainer Name="NAV">'
+            + "".join(sets)
+            + "</EntityContainer></Schema></edmx:DataServices></edmx:Edmx>"
+        )
+        return Response(200, raw=xml.encode(), headers={"Content-Type": "application/xml"})
 
     def handle(self, request: Request) -> Response | None:
         # Tenant and environment are checked before anything else, as BC's front door does.
@@ -749,6 +798,16 @@ class BusinessCentralSandbox(Sandbox):
     ) -> dict[str, Any]:
         """Check every property a client sent against the entity's type; read-only ones are ignored."""
         clean: dict[str, Any] = {}
+        problem = self.schema_problem(entity.name, body, creating=False)
+        if problem is not None:
+            name, kind, message = problem
+            if kind == "dropped":
+                raise BadRequest(
+                    f"The property '{name}' does not exist on type 'Microsoft.NAV.{entity.type_name}'. "
+                    "Make sure to only use property names that are defined by the type.",
+                    code="BadRequest",
+                )
+            raise BadRequest(f"{message} ({entity.table})", code="BadRequest")
         for name, value in body.items():
             if name.startswith("@odata.") or name in allow:
                 continue

@@ -18,6 +18,9 @@ Speaks the protocol of VENDOR_APIS.md section 4 over HTTP, with its own SQLite s
   POST   /services/rest/record/v1/salesOrder/{id}/!transform/invoice  bill a sales order
   POST   /services/rest/query/v1/suiteql        SuiteQL subset (suiteql.py), Prefer: transient
   GET    /services/rest/system/v1/governanceLimits
+  GET    /services/rest/record/v1/metadata-catalog/{type}   the record's JSON schema (Accept:
+                                                application/schema+json): properties with type,
+                                                format, enum and nullable, and `required`
 
 Record types (names case-insensitive): customer, job (project), projectTask, salesOrder, invoice,
 customerPayment, billingSchedule; read-mostly reference data seeded on start: subsidiary,
@@ -61,7 +64,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 from connectors.sandboxes import fx
-from connectors.sandboxes.base import BadRequest, Request, Response, Sandbox
+from connectors.sandboxes.base import BadRequest, FieldDef, Request, Response, Sandbox
 from connectors.sandboxes.base import serve as serve_sandbox
 from connectors.sandboxes.netsuite import jws, suiteql
 from connectors.sandboxes.netsuite.keys import DEMO_CERTIFICATE_ID, DEMO_CLIENT_ID, DEMO_PUBLIC_KEY_PEM
@@ -172,6 +175,83 @@ TYPES: dict[str, RecordType] = {
     )
 }
 
+
+def _fields(*specs: str, required: tuple[str, ...] = ()) -> tuple[FieldDef, ...]:
+    """ "name:type" (JSON schema types; date = string with format date; ref = a record link)."""
+    out = []
+    for spec in specs:
+        name, _, kind = spec.partition(":")
+        out.append(FieldDef(name, kind or "string", name in required))
+    return tuple(out)
+
+
+# The fields the metadata catalog describes per record type (standard ones and the account's custom
+# fields the demo firm's mappings write). Writes of other fields are still stored as before.
+FIELDS: dict[str, tuple[FieldDef, ...]] = {
+    "customer": _fields(
+        "id",
+        "entityId",
+        "externalId",
+        "companyName",
+        "isPerson:boolean",
+        "subsidiary:ref",
+        "currency:ref",
+        "parent:ref",
+        "email",
+        "accountNumber",
+        "custentity_tax_code",
+        "custentity_sf_account_id",
+        "dateCreated:datetime",
+        "lastModifiedDate:datetime",
+        required=("subsidiary",),
+    ),
+    "salesorder": _fields(
+        "id",
+        "tranId",
+        "externalId",
+        "entity:ref",
+        "subsidiary:ref",
+        "currency:ref",
+        "job:ref",
+        "tranDate:date",
+        "startDate:date",
+        "endDate:date",
+        "memo",
+        "otherRefNum",
+        "item:object",
+        "total:number",
+        "custbody_department",
+        "custbody_billing_model",
+        "custbody_rev_method",
+        "custbody_contract_version:integer",
+        "custbody_sf_opportunity",
+        "lastModifiedDate:datetime",
+        required=("entity",),
+    ),
+    "invoice": _fields(
+        "id",
+        "tranId",
+        "externalId",
+        "entity:ref",
+        "subsidiary:ref",
+        "currency:ref",
+        "job:ref",
+        "tranDate:date",
+        "dueDate:date",
+        "memo",
+        "item:object",
+        "total:number",
+        "amountRemaining:number",
+        "approvalStatus:ref",
+        "status:ref",
+        "custbody_psa_batch",
+        "custbody_project_key",
+        "lastModifiedDate:datetime",
+        required=("entity",),
+    ),
+}
+
+
 # Reference data every account has: the firm's subsidiaries, currencies, items and bank accounts.
 SEED: list[tuple[str, str, dict[str, Any]]] = [
     ("currency", "1", {"name": "US Dollar", "symbol": "USD"}),
@@ -212,6 +292,8 @@ class NetSuiteSandbox(Sandbox):
         self._seed()
 
     def setup_routes(self) -> None:
+        # Before the record routes: metadata-catalog/{type} would otherwise read as a record.
+        self.route("GET", rf"{RECORD}/metadata-catalog/(?P<type>[^/]+)", self.metadata_catalog)
         self.route("POST", TOKEN_PATH, self.token, auth=False)
         self.route("POST", SUITEQL_PATH, self.suiteql)
         self.route("GET", f"{REST}/system/v1/governanceLimits", self.governance_limits)
@@ -514,9 +596,55 @@ class NetSuiteSandbox(Sandbox):
         self.journal_write(request, 204, key, True)
         return Response(204, None, {"Location": f"{_origin(request)}{RECORD}/invoice/{record['id']}"})
 
+    def metadata_catalog(self, request: Request) -> Response:
+        """The record's JSON schema, with any change made through /_sandbox/schema."""
+        record_type = TYPES.get(request.params["type"].lower())
+        if record_type is None or record_type.name.lower() not in FIELDS:
+            raise BadRequest(
+                f"Record type '{request.params['type']}' does not exist.", status=404, code="NONEXISTENT_ID"
+            )
+        properties: dict[str, Any] = {}
+        required = []
+        for f in self.schema_fields(record_type.name, list(FIELDS[record_type.name.lower()])):
+            prop: dict[str, Any] = {"title": _label(f.name), "nullable": not f.required}
+            if f.type == "ref":
+                prop.update(type="object", properties={"id": {"type": "string"}, "refName": {"type": "string"}})
+            elif f.type in {"date", "datetime"}:
+                prop.update(type="string", format="date" if f.type == "date" else "date-time")
+            else:
+                prop["type"] = f.type
+            if f.values:
+                prop["enum"] = list(f.values)
+            if f.name.startswith(("custentity", "custbody", "custcol")):
+                prop["x-ns-custom-field"] = True
+            properties[f.name] = prop
+            if f.required:
+                required.append(f.name)
+        schema = {
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "x-ns-filterable": sorted(properties),
+        }
+        return Response(200, schema, {"Content-Type": "application/schema+json"})
+
     def write(self, record_type: RecordType, existing: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, Any]:
         """Validate `body` against the type's rules and store it; the caller holds the store lock."""
         type_key = record_type.name.lower()
+        problem = self.schema_problem(record_type.name, body, creating=existing is None)
+        if problem is not None:
+            name, kind, message = problem
+            if kind == "dropped":
+                raise BadRequest(f"Invalid field name '{name}'.", code="INVALID_CONTENT", field_name=name)
+            if kind == "required":
+                raise BadRequest(
+                    f"Error while accessing a resource. Please enter value(s) for: {_label(name)}.",
+                    code="USER_ERROR",
+                    field_name=name,
+                )
+            raise BadRequest(
+                f"Invalid value for {_label(name)}: {body.get(name)!r}.", code="INVALID_FLD_VALUE", field_name=name
+            )
         record = dict(existing or {})
         for name, value in body.items():
             if not isinstance(name, str) or not _FIELD.match(name):

@@ -53,7 +53,7 @@ from sqlite3 import Connection as Db
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from connectors.sandboxes.base import BadRequest, Request, Response, Sandbox
+from connectors.sandboxes.base import BadRequest, FieldDef, Request, Response, Sandbox
 from connectors.sandboxes.base import serve as base_serve
 from connectors.sandboxes.salesforce import soql
 from connectors.sandboxes.salesforce.schema import (
@@ -387,38 +387,43 @@ class SalesforceSandbox(Sandbox):
         return Response(200, {"objectDescribe": info, "recentItems": []})
 
     def describe(self, request: Request) -> Response:
+        """The object's fields as the org defines them now: standard, lookups, the custom fields
+        the org has (schema.py), the external id fields, and any change made through
+        /_sandbox/schema (a dropped field is gone, a required one is not nillable)."""
         sobject = self._object(request)
-        fields = []
+        declared = []
         for name in dict.fromkeys((*SYSTEM_FIELDS, "Name", *sobject.standard_fields, *sobject.references)):
             target = sobject.references.get(name)
             kind = "id" if name == "Id" else "reference" if target else "string"
             if name.endswith("Date") and not target:
                 kind = "datetime" if name in SYSTEM_FIELDS else "date"
+            declared.append(FieldDef(name, kind, name in sobject.required or name in SYSTEM_FIELDS))
+        declared.extend(
+            FieldDef(f.name, f.type, f.required or f.name in sobject.required, f.values) for f in sobject.custom_fields
+        )
+        declared.extend(FieldDef(name, "string") for name in sobject.external_id_fields)
+        fields = []
+        for f in self.schema_fields(sobject.name, declared):
+            target = sobject.references.get(f.name)
             fields.append(
                 {
-                    "name": name,
-                    "type": kind,
-                    "nillable": name not in sobject.required and name not in SYSTEM_FIELDS,
-                    "createable": name not in SYSTEM_FIELDS,
-                    "updateable": name not in SYSTEM_FIELDS,
-                    "externalId": False,
-                    "unique": False,
+                    "name": f.name,
+                    "label": f.label or f.name.removesuffix("__c").removeprefix("pse__").replace("_", " "),
+                    "type": f.type,
+                    "nillable": not f.required,
+                    "createable": f.name not in SYSTEM_FIELDS,
+                    "updateable": f.name not in SYSTEM_FIELDS,
+                    "custom": f.name.endswith("__c"),
+                    "externalId": f.name in sobject.external_id_fields,
+                    "unique": f.name == SYNC_KEY_FIELD,
                     "referenceTo": [target] if target else [],
-                    "relationshipName": (name[:-3] + "__r" if name.endswith("__c") else name[:-2]) if target else None,
-                }
-            )
-        for name in sobject.external_id_fields:
-            fields.append(
-                {
-                    "name": name,
-                    "type": "string",
-                    "nillable": True,
-                    "createable": True,
-                    "updateable": True,
-                    "externalId": True,
-                    "unique": name == SYNC_KEY_FIELD,
-                    "referenceTo": [],
-                    "relationshipName": None,
+                    "relationshipName": (f.name[:-3] + "__r" if f.name.endswith("__c") else f.name[:-2])
+                    if target
+                    else None,
+                    "picklistValues": [
+                        {"active": True, "defaultValue": False, "label": v, "validFor": None, "value": v}
+                        for v in f.values
+                    ],
                 }
             )
         return Response(
@@ -571,6 +576,27 @@ class SalesforceSandbox(Sandbox):
             raise SfError(400, "INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", [field_name])
         return full
 
+    def _schema_changed(self, sobject: SObject, fields: dict[str, Any], *, creating: bool) -> None:
+        """A write that breaks a schema change made through /_sandbox/schema fails as Salesforce
+        fails it: a deleted field is an unknown column, a new required field is missing, a value
+        taken off a restricted picklist is refused."""
+        problem = self.schema_problem(sobject.name, fields, creating=creating)
+        if problem is None:
+            return
+        name, kind, message = problem
+        if kind == "dropped":
+            raise SfError(400, "INVALID_FIELD", f"No such column '{name}' on sobject of type {sobject.name}", [name])
+        if kind == "required":
+            raise SfError(400, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{name}]", [name])
+        if kind == "value":
+            raise SfError(
+                400,
+                "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                f"bad value for restricted picklist field: {fields[name]}",
+                [name],
+            )
+        raise SfError(400, "JSON_PARSER_ERROR", f"Cannot deserialize instance of {name}: {message}", [name])
+
     def _missing_required(self, sobject: SObject, record: dict[str, Any]) -> None:
         missing = [name for name in sobject.required if record.get(name) in (None, "")]
         if missing:
@@ -668,6 +694,7 @@ class SalesforceSandbox(Sandbox):
         if sobject.name == "User":
             raise SfError(400, "INSUFFICIENT_ACCESS", "The integration user may not create users")
         fields = {**self._clean(db, sobject, body), **(extra or {})}
+        self._schema_changed(sobject, fields, creating=True)
         record_id = new_id(sobject.prefix, self._serial(db, f"sf_serial:{sobject.prefix}"))
         stamp = sf_datetime(ctx.now)
         record: dict[str, Any] = {
@@ -705,6 +732,7 @@ class SalesforceSandbox(Sandbox):
         if before.get("IsDeleted"):
             raise SfError(404, "ENTITY_IS_DELETED", "entity is deleted")
         fields = self._clean(db, sobject, body)
+        self._schema_changed(sobject, fields, creating=False)
         record = {**before, **fields}
         self._derive(sobject, record)
         self._missing_required(sobject, record)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from connectors.sandboxes.base import FieldDef
+
 # Every object has this external id field (Text, External ID, Unique): the connector upserts by it.
 SYNC_KEY_FIELD = "pscsync_Key__c"
 # A second, non-unique external id field, as older orgs have after data migrations: upserting by
@@ -42,6 +44,9 @@ class SObject:
     references: dict[str, str] = field(default_factory=dict)
     standard_fields: tuple[str, ...] = ()
     auto_name: str = ""  # an auto-number Name ("TCH-{0:06d}") when the caller does not give one
+    # The custom fields the org has defined on it, with their types and picklists, as its
+    # describe lists them. Writes of other `__c` fields are still accepted (see the module doc).
+    custom_fields: tuple[FieldDef, ...] = ()
 
     @property
     def custom(self) -> bool:
@@ -81,6 +86,34 @@ class SObject:
         if lowered.endswith("__r"):
             return lookup, None  # a custom lookup we do not model: the target comes from the id
         return None
+
+
+def _text(name: str) -> FieldDef:
+    return FieldDef(name, "string")
+
+
+def _money(name: str) -> FieldDef:
+    return FieldDef(name, "currency")
+
+
+def _number(name: str) -> FieldDef:
+    return FieldDef(name, "double")
+
+
+def _date(name: str) -> FieldDef:
+    return FieldDef(name, "date")
+
+
+def _moment(name: str) -> FieldDef:
+    return FieldDef(name, "datetime")
+
+
+def _flag(name: str) -> FieldDef:
+    return FieldDef(name, "boolean")
+
+
+def _picklist(name: str, *values: str) -> FieldDef:
+    return FieldDef(name, "picklist", values=values)
 
 
 _ADDRESS = tuple(
@@ -138,6 +171,18 @@ OBJECTS: dict[str, SObject] = {
                 "IsClosed",
                 "IsWon",
             ),
+            custom_fields=(
+                _text("ERP_Customer_Id__c"),
+                _text("PSA_Project_Id__c"),
+                _picklist("Project_Status__c", "Not Started", "Provisioned", "In Progress", "Closed"),
+                _moment("Provisioned_At__c"),
+                _text("Billing_Status__c"),
+                _money("Amount_Invoiced__c"),
+                _money("Amount_Paid__c"),
+                _text("Last_Invoice__c"),
+                _number("Contract_Synced_Version__c"),
+                _moment("Contract_Synced_At__c"),
+            ),
         ),
         SObject(
             "Quote",
@@ -169,6 +214,19 @@ OBJECTS: dict[str, SObject] = {
                 "pse__Opportunity__c": "Opportunity",
             },
             standard_fields=("CurrencyIsoCode",),
+            custom_fields=(
+                _date("pse__Start_Date__c"),
+                _date("pse__End_Date__c"),
+                _picklist("pse__Billing_Type__c", "Time and Materials", "Fixed Price", "Retainer"),
+                _text("pse__Practice__c"),
+                _text("pse__Currency__c"),
+                _flag("pse__Is_Active__c"),
+                _picklist("pse__Stage__c", "Planned", "In Progress", "Completed", "Canceled"),
+                _text("ERP_Customer_Id__c"),
+                _money("Billed_To_Date__c"),
+                _money("Paid_To_Date__c"),
+                _text("Billing_Status__c"),
+            ),
         ),
         SObject(
             "pse__Milestone__c",
@@ -177,6 +235,11 @@ OBJECTS: dict[str, SObject] = {
             required=("Name", "pse__Project__c"),
             references={"pse__Project__c": "pse__Proj__c"},
             standard_fields=("CurrencyIsoCode",),
+            custom_fields=(
+                _money("pse__Milestone_Amount__c"),
+                _date("pse__Target_Date__c"),
+                _picklist("pse__Status__c", "Planned", "Open", "In Progress", "Approved", "Complete", "Canceled"),
+            ),
         ),
         SObject(
             "pse__Schedule__c",
@@ -251,6 +314,15 @@ OBJECTS: dict[str, SObject] = {
                 "pse__Staffer_Resource__c": "Contact",
             },
             auto_name="RR-{0:06d}",
+            custom_fields=(
+                _text("pse__Resource_Role__c"),
+                _number("pse__SOW_Hours__c"),
+                _date("pse__Start_Date__c"),
+                _date("pse__End_Date__c"),
+                _money("pse__Requested_Bill_Rate__c"),
+                FieldDef("pse__Probability__c", "percent"),
+                _number("Weighted_Hours__c"),
+            ),
         ),
         SObject(
             "pse__Budget__c",
@@ -259,6 +331,19 @@ OBJECTS: dict[str, SObject] = {
             required=("Name", "pse__Project__c"),
             references={"pse__Project__c": "pse__Proj__c", "pse__Opportunity__c": "Opportunity"},
             standard_fields=("CurrencyIsoCode",),
+            custom_fields=(
+                _money("pse__Amount__c"),
+                _picklist(
+                    "pse__Type__c",
+                    "Customer Purchase Order",
+                    "Customer Purchase Order Change Request",
+                    "Internal Budget",
+                    "Vendor Purchase Order",
+                ),
+                _picklist("pse__Status__c", "Draft", "Open", "Approved", "Rejected"),
+                _date("pse__Effective_Date__c"),
+                _text("pse__Currency__c"),
+            ),
         ),
         SObject(
             "pse__Billing_Event__c",
@@ -268,6 +353,12 @@ OBJECTS: dict[str, SObject] = {
             references={"pse__Project__c": "pse__Proj__c", "pse__Billing_Contact__c": "Contact"},
             standard_fields=("CurrencyIsoCode",),
             auto_name="BE-{0:06d}",
+            custom_fields=(
+                _text("pse__Invoice_Number__c"),
+                _date("pse__Invoice_Date__c"),
+                _flag("pse__Is_Released__c"),
+                _picklist("pse__Status__c", "Draft", "Approved", "Released", "Invoiced"),
+            ),
         ),
         SObject(
             "pse__Billing_Event_Item__c",

@@ -1,0 +1,188 @@
+"""Record schemas in our terms: what a vendor says a record's fields are (its describe, metadata
+catalog or $metadata, read by the vendor's connector), and the declared shapes incoming payloads
+are checked against.
+
+A connector turns its vendor's description into a `RecordShape`: each field with the vendor's own
+type word (kept for people) and one of our `KINDS` (compared across checks), whether a write must
+give it, and the values its picklist allows. Nothing here knows a vendor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.errors import ValidationError
+
+# What a field holds, whatever the vendor calls it.
+TEXT, NUMBER, BOOLEAN, DATE, DATETIME, REFERENCE, PICKLIST, OBJECT = (
+    "text",
+    "number",
+    "boolean",
+    "date",
+    "datetime",
+    "reference",
+    "picklist",
+    "object",
+)
+KINDS = frozenset({TEXT, NUMBER, BOOLEAN, DATE, DATETIME, REFERENCE, PICKLIST, OBJECT})
+KIND_WORDS = {
+    TEXT: "text",
+    NUMBER: "a number",
+    BOOLEAN: "yes/no",
+    DATE: "a date",
+    DATETIME: "a date and time",
+    REFERENCE: "a link to another record",
+    PICKLIST: "a pick list",
+    OBJECT: "a structure",
+}
+
+
+@dataclass(frozen=True)
+class FieldShape:
+    name: str
+    kind: str  # one of KINDS
+    vendor_type: str  # the vendor's own word for the type (string, currency, Edm.Decimal, ...)
+    required: bool = False
+    values: tuple[str, ...] = ()  # a picklist's allowed values (empty: not a list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "vendor_type": self.vendor_type,
+            "required": self.required,
+            "values": list(self.values),
+        }
+
+    @classmethod
+    def from_dict(cls, name: str, data: Mapping[str, Any]) -> FieldShape:
+        return cls(
+            name,
+            str(data.get("kind", TEXT)),
+            str(data.get("vendor_type", "")),
+            bool(data.get("required")),
+            tuple(str(v) for v in data.get("values", ())),
+        )
+
+
+@dataclass(frozen=True)
+class RecordShape:
+    """A vendor record's fields as the vendor described them at one moment."""
+
+    record: str  # the vendor's name for the record (pse__Proj__c, salesOrder, customers)
+    fields: dict[str, FieldShape] = field(default_factory=dict)
+
+    def get(self, name: str) -> FieldShape | None:
+        """A field by name; vendors that ignore case in field names are matched that way too."""
+        found = self.fields.get(name)
+        if found is not None:
+            return found
+        lowered = name.lower()
+        return next((f for n, f in self.fields.items() if n.lower() == lowered), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: f.as_dict() for name, f in sorted(self.fields.items())}
+
+    @classmethod
+    def from_dict(cls, record: str, data: Mapping[str, Any]) -> RecordShape:
+        return cls(record, {name: FieldShape.from_dict(name, spec) for name, spec in data.items()})
+
+
+def shape_of(record: str, fields: Iterable[FieldShape]) -> RecordShape:
+    return RecordShape(record, {f.name: f for f in fields})
+
+
+# Declared shapes of incoming payloads ---------------------------------------------------------
+# A declared shape: field -> (python types it may hold, required). A connector declares the
+# shape of each payload it parses and checks it before reading it, so a payload of another shape
+# is a ValidationError in words (which vendor, which record, which field) instead of a KeyError
+# or TypeError half-way through intake.
+PayloadShape = Mapping[str, tuple[tuple[type, ...], bool]]
+_TYPE_WORDS = {str: "text", int: "a number", float: "a number", bool: "yes/no", dict: "an object", list: "a list"}
+
+
+def payload_check(payload: Any, shape: PayloadShape, *, what: str) -> dict[str, Any]:
+    """`payload` if it has the declared shape; else a ValidationError naming what is wrong."""
+    if not isinstance(payload, dict):
+        raise ValidationError(f"{what} is not a JSON object (got {type(payload).__name__})")
+    for name, (types, required) in shape.items():
+        value = payload.get(name)
+        if value is None:
+            if required:
+                raise ValidationError(f"{what} has no {name}, which it must carry")
+            continue
+        if isinstance(value, bool) and bool not in types:
+            ok = False
+        else:
+            ok = isinstance(value, types)
+        if not ok:
+            expected = " or ".join(dict.fromkeys(_TYPE_WORDS.get(t, t.__name__) for t in types))
+            raise ValidationError(f"{what}: {name} should be {expected}, got {type(value).__name__} {value!r:.60}")
+    return payload
+
+
+# OData CSDL ($metadata) ------------------------------------------------------------------------
+# A standard (OASIS OData v4), not one vendor's: Business Central and Dynamics 365 Finance both
+# describe their entity sets this way, so their connectors share the reading.
+_EDM_KINDS = {
+    "Edm.String": TEXT,
+    "Edm.Guid": TEXT,
+    "Edm.Decimal": NUMBER,
+    "Edm.Double": NUMBER,
+    "Edm.Single": NUMBER,
+    "Edm.Int16": NUMBER,
+    "Edm.Int32": NUMBER,
+    "Edm.Int64": NUMBER,
+    "Edm.Byte": NUMBER,
+    "Edm.Boolean": BOOLEAN,
+    "Edm.Date": DATE,
+    "Edm.DateTimeOffset": DATETIME,
+}
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def csdl_shape(document: str, entity_set: str) -> RecordShape:
+    """The properties of `entity_set`'s entity type in an OData CSDL XML document: EDM types,
+    enum members (spaces encoded as _x0020_, as Microsoft writes them) and Nullable="false"."""
+    from defusedxml import ElementTree
+
+    try:
+        root = ElementTree.fromstring(document)
+    except ElementTree.ParseError as exc:
+        raise ValidationError(f"the $metadata document is not valid XML: {exc}") from None
+    elements = list(root.iter())
+    entity_type = next(
+        (
+            str(e.get("EntityType", ""))
+            for e in elements
+            if _local(e.tag) == "EntitySet" and e.get("Name") == entity_set
+        ),
+        "",
+    )
+    if not entity_type:
+        raise ValidationError(f"the $metadata document has no entity set {entity_set}")
+    type_name = entity_type.rsplit(".", 1)[-1]
+    enums = {
+        str(e.get("Name")): tuple(
+            str(m.get("Name", "")).replace("_x0020_", " ").strip() for m in e if _local(m.tag) == "Member"
+        )
+        for e in elements
+        if _local(e.tag) == "EnumType"
+    }
+    declared = next((e for e in elements if _local(e.tag) == "EntityType" and e.get("Name") == type_name), None)
+    if declared is None:
+        raise ValidationError(f"the $metadata document declares no entity type {entity_type}")
+    fields = []
+    for prop in declared:
+        if _local(prop.tag) != "Property":
+            continue
+        edm_type = str(prop.get("Type", "Edm.String"))
+        values = enums.get(edm_type.rsplit(".", 1)[-1], ())
+        kind = PICKLIST if values else _EDM_KINDS.get(edm_type, TEXT)
+        required = prop.get("Nullable") == "false"
+        fields.append(FieldShape(str(prop.get("Name")), kind, edm_type, required, tuple(v for v in values if v)))
+    return shape_of(entity_set, fields)
