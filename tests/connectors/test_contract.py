@@ -149,6 +149,20 @@ def test_the_alerts_stand_on_the_product_and_nothing_imports_them() -> None:
     assert found == []
 
 
+def test_data_migrations_import_no_live_app_code() -> None:
+    """A migration runs against the models as they were (apps.get_model); live code changes after
+    it (a rule frozen in it is copied, not imported)."""
+    apps = (*PRODUCT, "demo")
+    found = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for app in apps
+        for path in sorted((ROOT / app).glob("migrations/*.py"))
+        for name in sorted(_imports(path))
+        if any(name == a or name.startswith(a + ".") for a in apps)
+    ]
+    assert found == []
+
+
 def test_the_connectors_import_nothing_of_the_engine() -> None:
     """docs/engine.md: the vendor modules and the contract stand below the engine. (The connection
     pages and the webhook endpoint, connectors/{models,forms,views,webhooks}.py, may use it.)"""
