@@ -12,7 +12,6 @@ from django.db.models import QuerySet
 from connectors.models import Connection
 from pscsync.access import scope_queryset
 from pscsync.filters import StrictFilterSet, strict_boolean
-from pscsync.models import LegalEntity
 
 
 def connections_for(user: Any) -> QuerySet[Connection]:
@@ -23,16 +22,9 @@ def connections_for(user: Any) -> QuerySet[Connection]:
 class ConnectionFilter(StrictFilterSet):
     kind = filters.ChoiceFilter(choices=Connection.Kind.choices)
     vendor = filters.ChoiceFilter(choices=Connection.Vendor.choices, label="System")
-    legal_entity = filters.ModelChoiceFilter(
-        field_name="legal_entities",
-        to_field_name="code",
-        queryset=lambda request: (
-            scope_queryset(LegalEntity.objects.all(), request.user, "pk")
-            if request is not None
-            else LegalEntity.objects.all()
-        ),
-        label="Legal entity",
-    )
+    # A code, as the other lists take it: within the scoped queryset, a code of an entity the user
+    # does not see matches nothing (never a hint that it exists).
+    legal_entity = filters.CharFilter(field_name="legal_entities__code", label="Legal entity", distinct=True)
     is_active = strict_boolean(label="Active")
 
     class Meta:

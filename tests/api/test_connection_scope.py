@@ -162,10 +162,15 @@ def test_the_page_and_the_api_filter_connections_with_one_filter_set_within_the_
     assert _page_names(client, "") == {"ERP-UK", "ERP-SHARED"}
     assert _api_names(api, tokens["ukadmin"], "") == {"ERP-UK", "ERP-SHARED"}
     assert _page_names(client, "kind=test&is_active=true") == {"ERP-UK", "ERP-SHARED"}
-    # Filtering by an entity outside the scope is refused alike (400), and shows nothing.
-    refused = client.get("/connections/?legal_entity=us")
-    assert refused.status_code == 400 and "CRM-US" not in refused.content.decode()
-    assert api("GET", "/api/v1/connections/?legal_entity=us", tokens["ukadmin"]).status_code == 400
+    # Filtering by the US finds only what the UK admin may see anyway (the shared one), never the
+    # US-only one; an unknown code finds nothing; a bad choice is a 400; all alike on both.
+    assert _page_names(client, "legal_entity=us") == _api_names(api, tokens["ukadmin"], "legal_entity=us")
+    assert _page_names(client, "legal_entity=us") == {"ERP-SHARED"}
+    assert _api_names(api, tokens["ukadmin"], "legal_entity=zz") == set()
+    assert "No connection you may see matches" in client.get("/connections/?legal_entity=zz").content.decode()
+    refused = client.get("/connections/?kind=nonsense")
+    assert refused.status_code == 400 and "ERP-UK" not in refused.content.decode()
+    assert api("GET", "/api/v1/connections/?kind=nonsense", tokens["ukadmin"]).status_code == 400
 
 
 def test_the_pages_blank_choices_mean_any(client, admin, shared, entities) -> None:
