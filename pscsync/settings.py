@@ -354,6 +354,11 @@ MAX_WORKER_CRASHES = env_int("PSCSYNC_MAX_WORKER_CRASHES", 3)
 POLL_SECONDS = env_int("PSCSYNC_POLL_SECONDS", 30)
 # Reconciliation (CRM vs PSA vs ERP) runs this often: daily by default, every few minutes in the demo.
 RECONCILE_SECONDS = env_int("PSCSYNC_RECONCILE_SECONDS", 24 * 3600)
+# Retention (pscsync.archive): where archived bodies are written (keep it on backed-up storage),
+# and how often beat looks for months past their entity's retention (a pass finds nothing new
+# until a month ends, so daily is plenty).
+ARCHIVE_DIR = os.getenv("PSCSYNC_ARCHIVE_DIR", "")
+ARCHIVE_SECONDS = env_int("PSCSYNC_ARCHIVE_SECONDS", 24 * 3600)
 FX_READ_SECONDS = env_int("PSCSYNC_FX_READ_SECONDS", 6 * 3600)
 # The workbench re-checks that every handoff waiting for a person has its exception (and hands
 # lost compensations and bulk jobs back to a worker) this often. It reads only open work.
@@ -432,6 +437,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-handoffs": {"task": "pscsync.tasks.handoffs_sweep_task", "schedule": float(SWEEP_SECONDS)},
     "poll-connections": {"task": "pscsync.tasks.connections_poll_task", "schedule": float(POLL_SECONDS)},
     "reconcile": {"task": "pscsync.tasks.reconcile_task", "schedule": float(RECONCILE_SECONDS)},
+    "archive-due": {"task": "pscsync.tasks.archive_due_task", "schedule": float(ARCHIVE_SECONDS)},
     "dashboard-rollups": {"task": "dashboards.tasks.rollups_catch_up_task", "schedule": 300.0},
     "dashboard-open-backlog": {"task": "dashboards.tasks.backlog_repair_task", "schedule": 300.0},
     "demand-snapshot": {"task": "dashboards.tasks.demand_snapshot_task", "schedule": float(DEMAND_SNAPSHOT_SECONDS)},
