@@ -50,7 +50,7 @@ def forwards(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pscsync", "0016_event_received_doorbell"),
+        ("pscsync", "0017_archive"),
     ]
 
     operations = [
