@@ -5,7 +5,7 @@ from django.apps import AppConfig
 
 class ApiConfig(AppConfig):
     name = "api"
-    verbose_name = "REST API, API tokens and outbound alerts"
+    verbose_name = "REST API and API tokens"
 
     def ready(self) -> None:
         from api import schema  # noqa: F401  (registers the token auth scheme with drf-spectacular)

@@ -9,7 +9,8 @@ import django_filters as filters
 from django import forms
 from drf_spectacular.utils import extend_schema_field
 
-from connectors.models import Connection
+from connectors.filters import ConnectionFilter  # noqa: F401  (the pages' filter set, the API's too)
+from pscsync.filters import StrictFilterSet, strict_boolean  # noqa: F401
 from pscsync.models import AuditEntry, Event, Handoff, Mapping, Mismatch, ReconciliationRun
 from remediation.models import BulkJob
 
@@ -47,31 +48,6 @@ class IdFilter(filters.NumberFilter):
         kwargs.setdefault("min_value", 1)
         kwargs.setdefault("max_value", 2**63 - 1)
         super().__init__(*args, **kwargs)
-
-
-def _boolean(qs, name: str, value: str):
-    return qs.filter(**{name: value == "true"}) if value else qs
-
-
-def strict_boolean(**kwargs):
-    """true or false, and nothing else (a typo is an error, not 'no filter')."""
-    return filters.ChoiceFilter(choices=[("true", "true"), ("false", "false")], method=_boolean, **kwargs)
-
-
-class StrictFilterSet(filters.FilterSet):
-    """A typed filter (a choice, a date-time, a number) given with an empty value is an error,
-    not "no filter": an integration with a bug in its query string should hear about it.
-    Free-text filters may be empty."""
-
-    def is_valid(self) -> bool:
-        valid = super().is_valid()
-        for name, flt in self.filters.items():
-            if isinstance(flt, filters.CharFilter) and not isinstance(flt, filters.ChoiceFilter):
-                continue
-            if name in self.data and "" in self.data.getlist(name):
-                self.form.add_error(name if name in self.form.fields else None, "may not be empty")
-                valid = False
-        return valid
 
 
 class HandoffFilter(StrictFilterSet):
@@ -125,16 +101,6 @@ class MappingFilter(StrictFilterSet):
 
     class Meta:
         model = Mapping
-        fields: list[str] = []
-
-
-class ConnectionFilter(StrictFilterSet):
-    kind = filters.ChoiceFilter(choices=Connection.Kind.choices)
-    vendor = filters.ChoiceFilter(choices=Connection.Vendor.choices)
-    is_active = strict_boolean()
-
-    class Meta:
-        model = Connection
         fields: list[str] = []
 
 

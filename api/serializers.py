@@ -163,6 +163,9 @@ class HandoffSerializer(serializers.ModelSerializer):
             "next_attempt_at",
             "last_error_class",
             "last_error_message",
+            # Our key of the record the failed step was about ("C-…"); the exceptions' failed_step
+            # is the step itself.
+            "failed_key",
             "mapping_version",
             "customer_name",
             "service_line",

@@ -33,6 +33,7 @@ from api.selectors import (
     group_id,
 )
 from connectors.egress import DestinationRefused, check_destination
+from connectors.filters import connections_for
 from connectors.models import Connection
 from dashboards.facts import MEASURES as FLOW_MEASURES
 from dashboards.facts import sla_for
@@ -409,7 +410,7 @@ def _problems(problems: list[RuleProblem]) -> dict[str, list[str]]:
 
 
 def _connections_for(user: Any) -> QuerySet[Connection]:
-    return scope_queryset(Connection.objects.prefetch_related("legal_entities"), user, "legal_entities")
+    return connections_for(user)  # the page's scope too (connectors/filters.py)
 
 
 @extend_schema_view(

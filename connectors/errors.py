@@ -17,11 +17,15 @@ class ConnectorError(Exception):
     # Not a failure: nothing was sent, the call waits its turn under a limit (connectors/limiter.py).
     deferred = False
 
-    def __init__(self, message: str, *, http_status: int | None = None, response: object = None) -> None:
+    def __init__(self, message: str, *, http_status: int | None = None, response: object = None, key: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.http_status = http_status
         self.response = response
+        # Our key of the record the error is about, when the raiser knows it and it is not the
+        # failing step's own (a check that found the ERP has no customer "C-…" to bill): the runner
+        # stores it on the handoff (Handoff.failed_key), so the workbench need not read the message.
+        self.key = key
 
 
 class TransientError(ConnectorError):

@@ -181,6 +181,14 @@ class Handoff(models.Model):
     superseded_count = models.PositiveIntegerField(default=0)
     last_error_class = models.CharField(max_length=40, blank=True)
     last_error_message = models.TextField(blank=True)
+    # Where the handoff stopped, as data the runner stores with the failure, so the workbench never
+    # parses it back out of the message: the step ("" when it stopped outside a step, e.g. its
+    # worker kept dying), our key of the record that step was about ("C-…", "P-…"; "" when it was
+    # a read or a check that named none) and the target's own words, without the step and the
+    # attempt count that last_error_message adds for people. Cleared when the handoff succeeds.
+    failed_step = models.CharField(max_length=60, blank=True, db_default="")
+    failed_key = models.CharField(max_length=200, blank=True, db_default="")
+    failure_reason = models.TextField(blank=True, db_default="")
     mapping_version = models.CharField(max_length=40, blank=True)
     # Business facts the flow found in the source, for dashboards, filters and the workbench.
     business_times = models.JSONField(

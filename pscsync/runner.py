@@ -57,6 +57,7 @@ class StepFailed(Exception):
     # Nothing was sent: the call waits its turn under a rate or concurrency limit. A deferral,
     # not a failure: rescheduled for when its slot frees, with no retry spent.
     deferred: bool = False
+    key: str = ""  # the record the failure is about, when the error named one (ConnectorError.key)
 
 
 def retry_delay(attempt: int, *, retry_after: float | None = None, rng: random.Random | None = None) -> float:
@@ -119,6 +120,9 @@ def _lease(handoff_id: int, worker: str) -> Handoff | None:
                         "worker_crashes": crashes,
                         "last_error_class": "worker_lost",
                         "last_error_message": message,
+                        "failed_step": "",  # it died somewhere, not at a step that answered
+                        "failed_key": "",
+                        "failure_reason": message,
                         "lease_owner": "",
                         "lease_expires_at": None,
                         "finished_at": None,
@@ -447,15 +451,21 @@ def _failure(exc: ConnectorError) -> StepFailed:
         retryable=exc.retryable,
         retry_after=exc.retry_after,
         deferred=exc.deferred,
+        key=exc.key,
     )
 
 
-def _fail(handoff: Handoff, flow: Flow, step: Step, failure: StepFailed, worker: str) -> str:
+def _fail(handoff: Handoff, flow: Flow, step: Step, step_def: StepDef, failure: StepFailed, worker: str) -> str:
     now = clock.now()
     handoff.refresh_from_db(fields=["attempt_count"])
     attempts = handoff.attempt_count + (1 if failure.retryable and not failure.deferred else 0)
     fields: dict[str, Any] = {
         "last_error_class": failure.error_class,
+        "failed_step": step.name,
+        # The record the step writes (its idempotency key is ours: "C-…"), unless the error named
+        # another; a read or a check is keyed by the engine alone ("read_deal:…"), which names nothing.
+        "failed_key": failure.key or (step.idempotency_key if step_def.keys_a_record else ""),
+        "failure_reason": failure.message,
         "lease_owner": "",
         "lease_expires_at": None,
         "attempt_count": attempts,
@@ -507,6 +517,9 @@ def _succeed(handoff: Handoff, worker: str, *, done: _Done | None = None) -> Non
             "next_attempt_at": None,
             "last_error_class": "",
             "last_error_message": "",
+            "failed_step": "",
+            "failed_key": "",
+            "failure_reason": "",
         }
         # The lease check and the end in one statement; only the fields that change are written.
         moved = handoff_move(
@@ -564,6 +577,9 @@ def _run_leased(handoff: Handoff, worker: str) -> str:
             fields={
                 "last_error_class": failure.error_class,
                 "last_error_message": failure.message,
+                "failed_step": "",
+                "failed_key": "",
+                "failure_reason": failure.message,
                 "lease_owner": "",
                 "lease_expires_at": None,
             },
@@ -587,7 +603,7 @@ def _run_leased(handoff: Handoff, worker: str) -> str:
                 with tracing.span(f"step {step.name}", step=step.name):
                     done = _run_step(handoff, step, step_def, ctx, worker, attempt, recovering=recovering)
             except StepFailed as failure:
-                return _fail(handoff, flow, step, failure, worker)
+                return _fail(handoff, flow, step, step_def, failure, worker)
             ctx.results[step.name] = done.result.external_id
             ctx.outputs[step.name] = done.result.output
         _succeed(handoff, worker, done=done)

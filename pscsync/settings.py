@@ -90,6 +90,7 @@ INSTALLED_APPS = [
     "dashboards.apps.DashboardsConfig",
     "studio.apps.StudioConfig",
     "api.apps.ApiConfig",
+    "alerts.apps.AlertsConfig",
     # The demo firm: management commands only, no models; the engine never imports it.
     "demo.apps.DemoConfig",
 ]

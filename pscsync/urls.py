@@ -33,5 +33,5 @@ urlpatterns = [
     path("account/", include("accounts.urls")),
     path("api/", include("api.urls")),
     path("account/", include("api.account_urls")),
-    path("alerts/", include("api.alert_urls")),
+    path("alerts/", include("alerts.urls")),
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -26,7 +25,7 @@ from pscsync.access import entity_ids_for
 from pscsync.audit import audit_record
 from pscsync.flows import flow_get
 from pscsync.lifecycle import Move, handoff_move, repairs_note
-from pscsync.models import Handoff, HandoffTransition, Step
+from pscsync.models import Handoff, Step
 from remediation.models import (
     BulkJob,
     BulkJobItem,
@@ -47,43 +46,26 @@ class ActionRefused(Exception):
 # ---------------------------------------------------------------------------------------------
 # Keeping exceptions in step with handoffs
 # ---------------------------------------------------------------------------------------------
-_STEP_PREFIX = re.compile(r"^([a-z_]+): ")
-_ATTEMPTS_SUFFIX = re.compile(r" after \d+ attempts$")
-
-
 def failed_step_name(handoff: Handoff) -> str:
-    """The step the handoff stopped at: the step the engine recorded on its latest move to a
-    failure (HandoffTransition.step; a person's reopen records none). A move that recorded no
-    step (written before moves carried it, or by hand) falls back to the step named at the start
-    of the message; a lost worker's names none, so it stopped outside a step ("")."""
+    """The step the handoff stopped at, as the runner stored it with the failure
+    (Handoff.failed_step; a person's reopen keeps it): "" when it stopped outside a step (a lost
+    worker) or at a step its flow no longer has."""
     flow = flow_get(handoff.flow)
     names = {s.name for s in flow.steps} if flow is not None else set()
-    stopped = (Handoff.Status.NEEDS_ATTENTION, Handoff.Status.WAITING_RETRY)
-    moved = (
-        HandoffTransition.objects.filter(handoff_id=handoff.pk, to_status__in=stopped, user__isnull=True)
-        .order_by("-pk")
-        .values_list("step", flat=True)
-        .first()
-    )
-    if moved:
-        return moved if moved in names else ""
-    match = _STEP_PREFIX.match(handoff.last_error_message or "")
-    return match.group(1) if match and match.group(1) in names else ""
+    return handoff.failed_step if handoff.failed_step in names else ""
 
 
-def failure_text(handoff: Handoff, step: str) -> str:
-    """The handoff's error as a person reads it: without the step prefix and the attempts count."""
-    message = handoff.last_error_message or ""
-    if step:
-        message = message.removeprefix(f"{step}: ")
-    return _ATTEMPTS_SUFFIX.sub("", message)
+def failure_text(handoff: Handoff) -> str:
+    """The handoff's error as a person reads it: the target's own words, as the runner stored them
+    without the step and the attempt count (Handoff.failure_reason)."""
+    return handoff.failure_reason or handoff.last_error_message or ""
 
 
 def cause_key(handoff: Handoff) -> tuple[str, str, str, str, str]:
     """(signature hash, flow, step, error class, fingerprint): same cause, same group. The
     fingerprint leaves out the batch name, record id and every other variable part."""
     step = failed_step_name(handoff)
-    message = cause_signature(failure_text(handoff, step))
+    message = cause_signature(failure_text(handoff))
     raw = "\x1f".join((handoff.flow, step, handoff.last_error_class, message))
     return hashlib.sha256(raw.encode()).hexdigest(), handoff.flow, step, handoff.last_error_class, message
 
@@ -98,29 +80,25 @@ _NEEDS_THE_DEAL = ("contract-change", "pipeline-to-demand")
 
 def blocker_find(handoff: Handoff, step_name: str) -> Handoff | None:
     """The failed handoff this one waits on, or None. Read from stored records, not from words:
-    - a billing batch whose ERP customer (its `customer_key`, our own key) is the record a
-      quote-to-project handoff failed to write at its customer step;
+    - a billing batch whose check failed on its ERP customer (the runner stored the customer's
+      key, our own, as Handoff.failed_key) that a quote-to-project handoff failed to write;
     - an amendment or demand change whose deal's quote-to-project handoff needs a person."""
     waiting = Handoff.objects.filter(status=Handoff.Status.NEEDS_ATTENTION).exclude(pk=handoff.pk)
-    if handoff.flow == "project-to-bill" and step_name == "validate_billing":
-        read = Step.objects.filter(handoff=handoff, name="read_billing").values_list("output", flat=True).first()
-        key = ((read or {}).get("billing") or {}).get("customer_key") or ""
-        if key and key in (handoff.last_error_message or ""):
-            deals = waiting.filter(flow="quote-to-project")
-            step = (
-                Step.objects.filter(name="upsert_customer", idempotency_key=key, handoff__in=deals)
-                .exclude(status=Step.Status.SUCCEEDED)
-                .first()
-            )
-            if step is not None:
-                return step.handoff
-            # Failed before its customer step (the deal check): the deal of the same account.
-            # The key is quote-to-project's own (customer_records: "C-" and the CRM account id).
-            account = key.removeprefix("C-")
-            read = Step.objects.filter(
-                name="read_deal", status=Step.Status.SUCCEEDED, handoff__in=deals, output__account__id=account
-            ).first()
-            return read.handoff if read is not None else None
+    key = handoff.failed_key
+    if handoff.flow == "project-to-bill" and step_name == "validate_billing" and key:
+        deals = waiting.filter(flow="quote-to-project")
+        found = deals.filter(failed_step="upsert_customer", failed_key=key).first()
+        if found is not None:
+            return found
+        # Failed before its customer step (the deal check): the deal of the same account, read
+        # back from the key by its declared format (connectors/canonical.py).
+        account = (KEYS["customer"].parse(key) or {}).get("account")
+        if not account:
+            return None
+        read = Step.objects.filter(
+            name="read_deal", status=Step.Status.SUCCEEDED, handoff__in=deals, output__account__id=account
+        ).first()
+        return read.handoff if read is not None else None
     if handoff.flow in _NEEDS_THE_DEAL:
         return waiting.filter(flow="quote-to-project", business_key=handoff.business_key).first()
     return None
@@ -234,12 +212,12 @@ def _open(handoff: Handoff, now: dt.datetime) -> HandoffException:
             "step_name": step_name,
             "error_class": error_class,
             "message": message,
-            "title": failure_text(handoff, step_name),
+            "title": failure_text(handoff),
             "first_seen_at": now,
             "last_seen_at": now,
         },
     )
-    title = failure_text(handoff, step_name)
+    title = failure_text(handoff)
     if cause.title != title:
         # The title is the latest occurrence's real message, in full.
         ExceptionCause.objects.filter(pk=cause.pk).update(title=title)

@@ -134,9 +134,7 @@ def _export_row(item: HandoffException) -> list[object]:
         glossary.when_words(item.opened_at),
         glossary.when_words(item.last_failed_at),
         # The handoff's own message in full (the cause's is its fingerprint, with placeholders).
-        glossary.error_words(
-            services.failure_text(item.handoff, item.step_name) or item.cause.title or item.cause.message
-        ),
+        glossary.error_words(services.failure_text(item.handoff) or item.cause.title or item.cause.message),
     ]
 
 
@@ -152,8 +150,7 @@ def cause_detail(request: HttpRequest, pk: int) -> HttpResponse:
     comments = scope_queryset(Comment.objects.filter(cause=cause, handoff__isnull=False), request.user)
     general = Comment.objects.filter(cause=cause, handoff__isnull=True)
     open_items = list(items)
-    step = cause.step_name
-    texts = [services.failure_text(i.handoff, step) for i in open_items if i.handoff.last_error_message]
+    texts = [services.failure_text(i.handoff) for i in open_items if i.handoff.last_error_message]
     context = {
         "cause": cause,
         "items": open_items,

@@ -82,6 +82,8 @@ def test_a_transient_failure_waits_in_the_database_and_resumes_at_the_failed_ste
     # move (tests/connectors/test_limiter.py): end it as 30 real seconds would.
     limiter.resume(echo_connection.pk)
     assert handoff_run(handoff_id=handoff.pk, worker="w2") == "succeeded"
+    handoff.refresh_from_db()
+    assert (handoff.failed_step, handoff.failed_key, handoff.failure_reason) == ("", "", "")  # cleared on success
     # The customer and project steps were not sent again.
     assert Step.objects.get(handoff=handoff, name="upsert_customer").attempts.count() == 1
     assert echo.stats()["updates"] == 0
@@ -105,6 +107,11 @@ def test_a_rejection_goes_to_a_person_at_once_with_the_targets_message(echo_conn
     handoff.refresh_from_db()
     assert handoff.last_error_class == "rejected"
     assert "upsert_customer: the target rejected the request (422)" in handoff.last_error_message
+    # Where it stopped, as data for the workbench: the step, the key of the customer it was
+    # writing (the step's own key), and the target's words without the step.
+    customer = Step.objects.get(handoff=handoff, name="upsert_customer")
+    assert (handoff.failed_step, handoff.failed_key) == ("upsert_customer", customer.idempotency_key)
+    assert customer.idempotency_key and handoff.failure_reason.startswith("the target rejected the request (422)")
     assert handoff.attempt_count == 0  # no retry budget spent on what retries cannot fix
     assert handoff.next_attempt_at is None
 
@@ -119,6 +126,7 @@ def test_after_the_attempt_budget_a_transient_failure_needs_a_person(echo_connec
     assert handoff.status == "needs_attention"
     assert handoff.attempt_count == 8
     assert "after 8 attempts" in handoff.last_error_message
+    assert handoff.failed_step == "upsert_customer" and "attempts" not in handoff.failure_reason
 
 
 def test_a_vendor_outage_then_recovery_loses_and_duplicates_nothing(echo_connection, echo, frozen) -> None:
@@ -166,6 +174,7 @@ def test_a_handoff_whose_worker_keeps_dying_stops_after_the_crash_limit(echo_con
     handoff.refresh_from_db()
     assert handoff.status == "needs_attention" and handoff.last_error_class == "worker_lost"
     assert "died 3 times" in handoff.last_error_message
+    assert handoff.failed_step == "" and "died 3 times" in handoff.failure_reason  # it stopped outside a step
 
 
 def test_backoff_grows_exponentially_with_full_jitter_and_a_cap() -> None:

@@ -16,7 +16,6 @@ import datetime as dt
 import heapq
 import json
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from connectors.canonical import KEYS
 from demo.simulation import anomalies
 from demo.simulation.drivers import (
     BusinessCentral,
@@ -845,9 +845,11 @@ class Simulation:
             self.stats["operator_fix_failed"] += 1
             log.info("operator could not correct %s: %s", key, exc)
             return None
-        waiting_for = re.search(r"has no customer C-(\w+)", str(row.get("last_error_message") or ""))
-        if not done and waiting_for and waiting_for.group(1) in self.fixed_accounts:
-            done.append(f"customer C-{waiting_for.group(1)} exists now")  # its deal was put right
+        # A billing check that found no ERP customer names it as data (the API's failed_key, our
+        # "C-<account>"), not only in its words: the account whose deal the staff put right.
+        waiting_for = KEYS["customer"].parse(str(row.get("failed_key") or "")) or {}
+        if not done and waiting_for.get("account") in self.fixed_accounts:
+            done.append(f"customer {row['failed_key']} exists now")  # its deal was put right
             reread = False
         else:
             reread = bool(done)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from connectors.base import WriteResult
 from connectors.registry import connector_for
@@ -33,6 +33,9 @@ class StepDef:
     """One step. Subclasses say how to key, perform and find the write."""
 
     name: str
+    # Whether the step's idempotency key is our key of a record in a target ("C-…", "P-…"): true
+    # for writes; a read or a check is keyed by the engine alone ("read_deal:…").
+    keys_a_record: ClassVar[bool] = True
 
     def idempotency_key(self, ctx: StepContext) -> str:
         raise NotImplementedError

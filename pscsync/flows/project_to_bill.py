@@ -126,7 +126,8 @@ def billing_validate(ctx: StepContext) -> dict[str, Any]:
     if customer is None:
         raise ValidationError(
             f"{subject}: {erp.name} has no customer {batch['customer_key']} to bill — fix: resubmit the deal's "
-            "quote-to-project handoff so the customer is created, then resubmit this one"
+            "quote-to-project handoff so the customer is created, then resubmit this one",
+            key=batch["customer_key"],  # the workbench finds the deal that failed to create it (root causes)
         )
     _claim(ctx, batch)
     return {"erp_customer_id": customer.external_id}

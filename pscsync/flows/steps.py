@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from connectors.base import WriteResult
 from connectors.canonical import UPSERT, capability
@@ -61,6 +61,7 @@ def find_by_key(connection: Connection, purpose: str, **parts: Any) -> WriteResu
 @dataclass
 class CheckStep(StepDef):
     name: str
+    keys_a_record: ClassVar[bool] = False
     check: Callable[[StepContext], dict[str, Any]]
 
     def idempotency_key(self, ctx: StepContext) -> str:
@@ -82,6 +83,7 @@ class CheckStep(StepDef):
 @dataclass
 class ReadStep(StepDef):
     name: str
+    keys_a_record: ClassVar[bool] = False
     system: Callable[[StepContext], Connection]
     read: Callable[[StepContext, Connection], dict[str, Any]]
 

@@ -97,6 +97,8 @@ def make_exception(connection, entity, key: str, message: str, *, error_class: s
         created_at=AT,
         last_error_class=error_class,
         last_error_message=f"upsert_project: {message}",
+        failed_step="upsert_project",  # as the runner stores it with the failure
+        failure_reason=message,
     )
     event.handoff = handoff
     event.save()

@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from api.alerts import alert_delivery_attempt, alerts_scan, retry_delay
-from api.models import AlertDelivery, AlertSubscription
-from api.services import alert_subscription_save
+from alerts.models import AlertDelivery, AlertSubscription
+from alerts.services import alert_delivery_attempt, alerts_scan, retry_delay
+from alerts.subscriptions import alert_subscription_save
 from dashboards.models import FlowSla
 from pscsync import clock
 from pscsync.models import Handoff, Mismatch
@@ -288,7 +288,7 @@ def test_beat_runs_the_alert_and_job_tasks(settings) -> None:
 
 @pytest.mark.django_db
 def test_a_delivery_whose_message_was_lost_is_sent_by_the_sweep(world, admin, frozen, monkeypatch) -> None:
-    from api import tasks
+    from alerts import tasks
 
     sent: list[int] = []
     monkeypatch.setattr(tasks.alert_deliver_task, "delay", lambda pk: sent.append(pk))

@@ -42,8 +42,8 @@ def test_a_user_makes_and_revokes_an_api_token(page, live_server, operator) -> N
 
 
 def test_an_admin_subscribes_a_webhook_and_reads_the_delivery_log(page, live_server, admin, settings) -> None:  # noqa: F811
-    from api.alerts import alert_delivery_attempt
-    from api.models import AlertDelivery
+    from alerts.models import AlertDelivery
+    from alerts.services import alert_delivery_attempt
     from tests.api.test_alerts import Receiver
 
     settings.ALERT_WEBHOOK_ALLOW_LOOPBACK = True

@@ -131,3 +131,51 @@ def test_the_form_refuses_the_same_changes(client, ukadmin, admin, shared, liste
     client.post(f"/connections/{shared.pk}/test/")
     _unchanged(shared, "http://127.0.0.1:9/", {"us", "uk"})
     assert seen == []
+
+
+def _page_names(client, query: str) -> set[str]:
+    from connectors.models import Connection
+
+    body = client.get(f"/connections/?{query}").content.decode()
+    return {c.name for c in Connection.objects.all() if f"<strong>{c.name}</strong>" in body}
+
+
+def _api_names(api, token: str, query: str) -> set[str]:
+    answer = api("GET", f"/api/v1/connections/?{query}", token)
+    assert answer.status_code == 200, answer.content
+    return {c["name"] for c in answer.json()["results"]}
+
+
+def test_the_page_and_the_api_filter_connections_with_one_filter_set_within_the_users_scope(
+    client, api, tokens, admin, ukadmin, shared, entities
+) -> None:
+    make_connection("crm-us", entities["us"])
+    make_connection("erp-uk", entities["uk"])
+    Connection.objects.filter(slug="crm-us").update(is_active=False)
+    client.force_login(admin)
+    # An admin of every entity: the UK's connections are the UK-only one and the shared one.
+    assert _page_names(client, "legal_entity=uk") == {"ERP-UK", "ERP-SHARED"}
+    assert _api_names(api, tokens["admin"], "legal_entity=uk") == {"ERP-UK", "ERP-SHARED"}
+    assert _page_names(client, "is_active=false") == _api_names(api, tokens["admin"], "is_active=false") == {"CRM-US"}
+    # The UK admin never sees the US-only connection, filtered or not.
+    client.force_login(ukadmin)
+    assert _page_names(client, "") == {"ERP-UK", "ERP-SHARED"}
+    assert _api_names(api, tokens["ukadmin"], "") == {"ERP-UK", "ERP-SHARED"}
+    assert _page_names(client, "kind=test&is_active=true") == {"ERP-UK", "ERP-SHARED"}
+    # Filtering by the US finds only what the UK admin may see anyway (the shared one), never the
+    # US-only one; an unknown code finds nothing; a bad choice is a 400; all alike on both.
+    assert _page_names(client, "legal_entity=us") == _api_names(api, tokens["ukadmin"], "legal_entity=us")
+    assert _page_names(client, "legal_entity=us") == {"ERP-SHARED"}
+    assert _api_names(api, tokens["ukadmin"], "legal_entity=zz") == set()
+    assert "No connection you may see matches" in client.get("/connections/?legal_entity=zz").content.decode()
+    refused = client.get("/connections/?kind=nonsense")
+    assert refused.status_code == 400 and "ERP-UK" not in refused.content.decode()
+    assert api("GET", "/api/v1/connections/?kind=nonsense", tokens["ukadmin"]).status_code == 400
+
+
+def test_the_pages_blank_choices_mean_any(client, admin, shared, entities) -> None:
+    make_connection("erp-uk", entities["uk"])
+    client.force_login(admin)
+    answer = client.get("/connections/?kind=&vendor=&legal_entity=uk&is_active=")
+    assert answer.status_code == 200
+    assert "ERP-UK" in answer.content.decode() and "ERP-SHARED" in answer.content.decode()

@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from api.alerts import _sla_breaches
-from api.models import AlertSubscription
+from alerts.models import AlertSubscription
+from alerts.services import _sla_breaches
 from dashboards import metrics
 from dashboards.facts import rollups_rebuild_all, sla_for
 from dashboards.models import FlowSla

@@ -88,9 +88,15 @@ def _blocked_batch(firm, root: Handoff, account: str, n: int) -> Handoff:
             from_states=[Handoff.Status.RUNNING],
             to=Handoff.Status.NEEDS_ATTENTION,
             actor="test",
+            # As the runner stores the check's failure: the step, and the customer it found missing.
             fields={
                 "last_error_class": "validation",
                 "last_error_message": NO_CUSTOMER.format(batch=f"Batch {n}", id=f"k{n}x", project=f"Proj {n}", key=key),
+                "failed_step": "validate_billing",
+                "failed_key": key,
+                "failure_reason": NO_CUSTOMER.format(
+                    batch=f"Batch {n}", id=f"k{n}x", project=f"Proj {n}", key=key
+                ).removeprefix("validate_billing: "),
             },
         )
     return handoff
@@ -161,10 +167,16 @@ def test_the_demos_five_batches_blocked_by_one_missing_business_central_customer
     root = run(trigger(firm, "quote-to-project", deal["opportunity"], minutes_later=5))
     assert root.status == Handoff.Status.NEEDS_ATTENTION
     assert root.last_error_message.startswith("upsert_customer: ")
+    # The runner stored where it stopped as data: the step and the customer it was writing.
+    assert (root.failed_step, root.failed_key) == ("upsert_customer", customer_key)
+    assert "Customer blocked by credit control" in root.failure_reason
+    assert not root.failure_reason.startswith("upsert_customer")  # the target's words, not the step
 
     batches = [run(trigger(firm, "project-to-bill", f"kantata-invoice:{i}", slug="kantata-uk")) for i in invoices]
 
     assert [b.status for b in batches] == [Handoff.Status.NEEDS_ATTENTION] * 5
+    # Each check named the missing customer as data (ConnectorError.key), not only in its words.
+    assert {(b.failed_step, b.failed_key) for b in batches} == {("validate_billing", customer_key)}
     items = HandoffException.objects.filter(handoff__in=batches)
     assert len({i.cause_id for i in items}) == 1  # one cause, whatever each batch's name and id
     assert {i.blocked_by_id for i in items} == {root.pk}

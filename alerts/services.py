@@ -31,7 +31,7 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Count, F, Q, QuerySet
 
-from api.models import AlertDelivery, AlertSubscription, AlertTopic
+from alerts.models import AlertDelivery, AlertSubscription, AlertTopic
 from api.selectors import group_id
 from connectors.egress import DestinationRefused, check_public_url
 from connectors.http import pinned_client
@@ -228,7 +228,7 @@ def _delivery_create(
 
 
 def _enqueue(delivery_id: int) -> None:
-    from api.tasks import alert_deliver_task
+    from alerts.tasks import alert_deliver_task
 
     try:
         alert_deliver_task.delay(delivery_id)

@@ -10,7 +10,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.db import transaction
 
-from api.models import AlertSubscription
+from alerts.models import AlertSubscription
 from pscsync import clock
 from pscsync.audit import audit_record
 from pscsync.models import LegalEntity
