@@ -50,7 +50,7 @@ def forwards(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pscsync", "0017_archive"),
+        ("pscsync", "0018_ledger_read_shortcuts"),
     ]
 
     operations = [
