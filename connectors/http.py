@@ -107,6 +107,8 @@ def parse_retry_after(value: str | None) -> float | None:
 def _body(response: httpx.Response) -> Any:
     if not response.content:
         return None
+    if response.headers.get("content-type", "").startswith("multipart/"):
+        return response.text  # an OData $batch answer: its caller parses every part
     try:
         return response.json()
     except ValueError:
@@ -134,6 +136,7 @@ def request(
     *,
     json: Any = None,
     data: dict[str, str] | None = None,
+    content: bytes | None = None,
     headers: dict[str, str] | None = None,
     params: dict[str, Any] | None = None,
     timeout: float | None = None,
@@ -141,6 +144,7 @@ def request(
 ) -> HttpResult:
     """Send one request. 2xx and `accept_statuses` come back; everything else raises.
 
+    `content` is a body sent as it is (an OData $batch's multipart body), with its own Content-Type header.
     A write whose fate we cannot know (timeout after sending, reset, 5xx) raises
     UnknownOutcomeError, so the engine looks the object up before writing it again.
     """
@@ -152,6 +156,7 @@ def request(
             url,
             json=json,
             data=data,
+            content=content,
             headers=headers,
             params=params,
             timeout=timeout or httpx.USE_CLIENT_DEFAULT,
