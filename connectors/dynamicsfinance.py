@@ -745,7 +745,12 @@ class DynamicsFinanceConnector(Connector):
         return {}
 
     def shape(self, purpose: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """A contract's mapped fields become the project contract and its project (same id)."""
+        """Dates become the DateTimeOffset D365 keeps them as (noon UTC, so no time zone moves
+        the day); a contract's mapped fields become the project contract and its project (same id)."""
+        for name in ("InvoiceDate", "DueDate", "ContractDate"):
+            value = fields.get(name)
+            if isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\d", value):
+                fields[name] = f"{value}T12:00:00Z"
         if purpose != c.CONTRACT:
             return fields
         customer = fields.pop("_customer", None)

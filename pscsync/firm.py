@@ -1,6 +1,7 @@
-"""The demo firm's systems: Salesforce for both entities, the US entity on Certinia + NetSuite,
-the UK entity (acquired) on Kantata + Business Central, each pointing at its sandbox, with the
-shipped mappings published. Used by demo_seed and by the flow tests."""
+"""The demo firm's systems: Salesforce for every entity, the US entity on Certinia + NetSuite,
+the UK entity (acquired) on Kantata + Business Central and, where the firm has one, the German
+entity on Kantata + Dynamics 365 Finance (legal entity demf), each pointing at its sandbox, with
+the shipped mappings published. Used by demo_seed and by the flow tests."""
 
 from __future__ import annotations
 
@@ -24,12 +25,15 @@ SANDBOX_OF_VENDOR = {
     "kantata": "kantata",
     "netsuite": "netsuite",
     "businesscentral": "businesscentral",
+    "dynamicsfinance": "dynamicsfinance",
 }
 
 
-def firm_connections_save(*, us: LegalEntity, uk: LegalEntity, sandbox_urls: dict[str, str]) -> dict[str, Connection]:
-    """Create or update the firm's five connections; keep credentials that exist (their webhook
-    secrets may already be in use). Returns them by slug."""
+def firm_connections_save(
+    *, us: LegalEntity, uk: LegalEntity, sandbox_urls: dict[str, str], de: LegalEntity | None = None
+) -> dict[str, Connection]:
+    """Create or update the firm's connections (five, seven with the German entity `de`); keep
+    credentials that exist (their webhook secrets may already be in use). Returns them by slug."""
     client = {"client_id": "sandbox-client", "client_secret": "sandbox-secret"}
     systems: list[tuple[str, str, str, str, list[LegalEntity], str, str, dict[str, Any]]] = [
         (
@@ -37,7 +41,7 @@ def firm_connections_save(*, us: LegalEntity, uk: LegalEntity, sandbox_urls: dic
             "Salesforce (CRM)",
             "crm",
             "salesforce",
-            [us, uk],
+            [us, uk, *([de] if de else [])],
             "webhook",
             "v62.0",
             {**client, "webhook_secrets": [{"secret": new_webhook_secret()}]},
@@ -85,6 +89,23 @@ def firm_connections_save(*, us: LegalEntity, uk: LegalEntity, sandbox_urls: dic
             },
         ),
     ]
+    if de is not None:
+        # Kantata's German workspaces (the same Kantata account, its own connection) and D365
+        # Finance's legal entity demf. D365 pushes no change to pscsync here: bill-to-cash runs
+        # when pscsync is told of an invoice or a payment (business events are not wired).
+        systems += [
+            ("kantata-de", "Kantata OX (DE)", "psa", "kantata", [de], "poll", "v1", client),
+            (
+                "dynamicsfinance-de",
+                "Dynamics 365 Finance (DE)",
+                "erp",
+                "dynamicsfinance",
+                [de],
+                "none",
+                "",
+                {"tenant": "sandbox-tenant", **client, "data_area_id": "demf"},
+            ),
+        ]
     saved = {}
     for slug, name, kind, vendor, entities, intake, version, credentials in systems:
         existing = Connection.objects.filter(slug=slug).first()

@@ -519,13 +519,13 @@ class DynamicsFinanceSandbox(Sandbox):
                 raise wrong
             return int(value) if base == "int" else float(value)
         if base == "datetime":
-            if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d\d-\d\d(T[0-9:.]+(Z|[+-]\d\d:\d\d))?", value):
+            if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d\d-\d\dT[0-9:.]+(Z|[+-]\d\d:\d\d)", value):
                 raise wrong
             try:
                 dt.date.fromisoformat(value[:10])
             except ValueError:
                 raise wrong from None
-            return value[:10] + "T12:00:00Z" if len(value) == 10 else value
+            return value
         raise wrong
 
     @staticmethod

@@ -285,7 +285,7 @@ def invoice(connector: DynamicsFinanceConnector, key: str) -> str:
     )
     refs = connector.references("invoice", customer_key="C-INV", lines=lines)
     fields = {"InvoiceDate": "2026-11-05", "CurrencyCode": "EUR", "CustomerRequisition": "P-006A", **refs}
-    return connector.upsert(entity="invoice", key=key, fields=fields).external_id
+    return connector.upsert(entity="invoice", key=key, fields=connector.shape("invoice", fields)).external_id
 
 
 def test_an_invoice_goes_from_draft_to_posted_to_paid_in_ledger_words(d365, connector, raw) -> None:
@@ -339,7 +339,7 @@ def test_an_invoice_goes_from_draft_to_posted_to_paid_in_ledger_words(d365, conn
 
     with pytest.raises(RejectedError, match="is posted and cannot be changed"):
         connector.upsert(
-            entity="invoice", key="I-a0B1", fields={"InvoiceDate": "2026-11-06", "CustomerAccount": "C-INV"}
+            entity="invoice", key="I-a0B1", fields={"InvoiceDate": "2026-11-06T12:00:00Z", "CustomerAccount": "C-INV"}
         )
 
 
