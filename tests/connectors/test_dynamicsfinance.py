@@ -403,3 +403,32 @@ def test_an_expired_token_is_replaced(d365, connector, monkeypatch: pytest.Monke
     connector.ping()
 
     assert len(journal(d365, "POST", r"oauth2/v2\.0/token$")) == 2
+
+
+def test_a_server_error_is_transient_on_read_and_unknown_outcome_on_a_write_batch(d365, connector) -> None:
+    from connectors.errors import UnknownOutcomeError
+
+    d365.fault(error_status=503, match="/data/CustomersV3", count=1)
+    with pytest.raises(TransientError) as on_read:
+        list(connector.read("CustomersV3"))
+    assert "Dynamics 365 Finance failed while handling the customer (503" in on_read.value.message
+
+    customer(connector, "C-5XX")
+    d365.fault(error_status=500, match="/data/$batch", count=1)  # the write may or may not have landed
+    with pytest.raises(UnknownOutcomeError):
+        customer(connector, "C-5XX", "Renamed GmbH")
+
+
+def test_many_writes_cost_two_calls_not_one_per_record(d365, connector, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = connector.call
+    monkeypatch.setattr(connector, "call", lambda method, url, **kw: calls.append(method) or real(method, url, **kw))
+    records = [
+        (f"C-M{n:02d}", {"OrganizationName": f"Mass {n}", "CustomerGroupId": "30", "SalesCurrencyCode": "EUR"})
+        for n in range(20)
+    ]
+
+    written = connector.upsert_many(entity="CustomersV3", records=records)
+
+    assert [w.created for w in written] == [True] * 20
+    assert calls.count("GET") == 1 and calls.count("POST") == 2  # one lookup, one $batch (and the token)
