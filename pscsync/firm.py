@@ -91,8 +91,8 @@ def firm_connections_save(
     ]
     if de is not None:
         # Kantata's German workspaces (the same Kantata account, its own connection) and D365
-        # Finance's legal entity demf. D365 pushes no change to pscsync here: bill-to-cash runs
-        # when pscsync is told of an invoice or a payment (business events are not wired).
+        # Finance's legal entity demf, polled for posted invoices and payments (its business
+        # events are not wired).
         systems += [
             ("kantata-de", "Kantata OX (DE)", "psa", "kantata", [de], "poll", "v1", client),
             (
@@ -101,7 +101,7 @@ def firm_connections_save(
                 "erp",
                 "dynamicsfinance",
                 [de],
-                "none",
+                "poll",
                 "",
                 {"tenant": "sandbox-tenant", **client, "data_area_id": "demf"},
             ),

@@ -601,6 +601,15 @@ class DynamicsFinanceSandbox(Sandbox):
             after = int(request.arg("$skiptoken") or 0)
         except ValueError:
             raise BadRequest("$top, $skip and $skiptoken must be whole numbers.") from None
+        order = [part.split() for part in (request.arg("$orderby") or "").split(",") if part.strip()]
+        for term in reversed(order):  # the last key first: Python's sort is stable
+            name, descending = term[0], len(term) > 1 and term[1].lower() == "desc"
+            if name not in entity.fields:
+                raise BadRequest(f"Could not find a property named '{name}' on type '{NAMESPACE}.{entity.single}'.")
+            records = sorted(records, key=lambda r, n=name: (r.get(n) is None, r.get(n)), reverse=descending)
+        if order:  # server-driven paging follows the order: the skip token is a position in it
+            for position, record in enumerate(records, start=1):
+                record["_n"] = position
         count = len(records)
         records = [r for r in records if r["_n"] > after][skip:]
         if top is not None:

@@ -75,6 +75,17 @@ def kantata_invoice(firm: Firm, opportunity: str) -> str:
     return next(iter(kantata.send("POST", "/api/v1/invoices", json={"invoice": invoice}).body["invoices"]))
 
 
+def polled(firm: Firm) -> list[Handoff]:
+    """Poll D365 as beat does and run the handoffs the changes opened."""
+    from pscsync.intake import connection_poll
+
+    connection = firm.connections["dynamicsfinance-de"]
+    before = set(Handoff.objects.values_list("pk", flat=True))
+    connection_poll(connection=connection)
+    opened = Handoff.objects.exclude(pk__in=before).order_by("pk")
+    return [run(h) for h in opened]
+
+
 def opportunity(firm: Firm, opp: str) -> dict:
     fields = ["Billing_Status__c", "Amount_Invoiced__c", "Amount_Paid__c", "Project_Status__c", "ERP_Customer_Id__c"]
     return next(firm.salesforce.read("opportunity", where={"Id": opp}, fields=fields))
@@ -112,16 +123,22 @@ def test_a_kantata_invoice_becomes_a_d365_invoice_then_payment_in_full_shows_pai
     assert drafted.status == Handoff.Status.SUCCEEDED, drafted.last_error_message
     assert opportunity(firm_de, deal["opportunity"])["Billing_Status__c"] == "Invoice in draft"
 
+    # Finance posts it in D365 and the customer pays in full; pscsync hears both by polling D365.
     sandbox = firm_de.sandboxes["dynamicsfinance"].url
     httpx.post(
         f"{sandbox}/_sandbox/post-invoice", json={"dataAreaId": "demf", "InvoiceIdentifier": int(found.external_id)}
     )
+    posted = polled(firm_de)
+    assert [(h.flow, h.business_key, h.status) for h in posted] == [
+        ("bill-to-cash", f"I-K{invoice_id}", Handoff.Status.SUCCEEDED)
+    ]
+    assert opportunity(firm_de, deal["opportunity"])["Billing_Status__c"] == "Invoiced"
     batch = d365.send(
         "POST",
         d365.data_url("CustomerPaymentJournalHeaders?cross-company=true"),
         json={"dataAreaId": "demf", "JournalName": "CustPay"},
     ).body["JournalBatchNumber"]
-    line = d365.send(
+    d365.send(
         "POST",
         d365.data_url("CustomerPaymentJournalLines?cross-company=true"),
         json={
@@ -132,12 +149,11 @@ def test_a_kantata_invoice_becomes_a_d365_invoice_then_payment_in_full_shows_pai
             "TransactionDate": "2027-01-12T12:00:00Z",
             "MarkedInvoice": "FTI-000001",
         },
-    ).body
-    paid = run(
-        trigger(firm_de, "bill-to-cash", f"d365-payment:{batch}:{line['LineNumber']}", slug="dynamicsfinance-de")
     )
+    (paid,) = polled(firm_de)
 
     assert paid.status == Handoff.Status.SUCCEEDED, paid.last_error_message
+    assert paid.business_key == f"d365-payment:{batch}:1.0" and polled(firm_de) == []  # the cursor moved on
     status = opportunity(firm_de, deal["opportunity"])
     assert status["Billing_Status__c"] == "Paid" and float(status["Amount_Paid__c"]) == 2070.60
     marked = next(firm_de.connector("kantata-de").read("invoices", where={"only": invoice_id}))
