@@ -90,11 +90,12 @@ def firm_connections_save(
         ),
     ]
     if de is not None:
-        # Kantata's German workspaces (the same Kantata account, its own connection) and D365
-        # Finance's legal entity demf, polled for posted invoices and payments (its business
-        # events are not wired).
+        # Kantata's German workspaces and D365 Finance's legal entity demf, polled for posted
+        # invoices and payments (its business events are not wired). The German workspaces share
+        # the UK's Kantata account: a poll of it would see the UK's invoices too and bill them
+        # here, so this connection is not polled (its billing batches are sent by hand).
         systems += [
-            ("kantata-de", "Kantata OX (DE)", "psa", "kantata", [de], "poll", "v1", client),
+            ("kantata-de", "Kantata OX (DE)", "psa", "kantata", [de], "none", "v1", client),
             (
                 "dynamicsfinance-de",
                 "Dynamics 365 Finance (DE)",
