@@ -929,12 +929,15 @@ class DynamicsFinanceConnector(Connector):
     # Exchange rates -------------------------------------------------------------------------------
     def exchange_rates(self, *, since: dt.date) -> list[ExchangeRate]:
         """The rates of the connection's rate type (credentials' rate_type, "Default" when unset)
-        in effect on or after `since`. ExchangeRates is shared by all legal entities; Rate is
-        quoted per ConversionFactor units of FromCurrency, each row valid StartDate..EndDate."""
+        in effect on or after `since`, into the legal entity's accounting currency (what its
+        ledger converts with). ExchangeRates is shared by all legal entities; Rate is quoted per
+        ConversionFactor units of FromCurrency, each row valid StartDate..EndDate."""
         rate_type = str(self.credentials.get("rate_type") or "Default")
-        params = {
-            "$filter": f"RateTypeName eq {odata_literal(rate_type)} and EndDate ge {self._literal(since)}",
-        }
+        clauses = [f"RateTypeName eq {odata_literal(rate_type)}", f"EndDate ge {self._literal(since)}"]
+        accounting = self._accounting_currencies()
+        if accounting:
+            clauses.append("(" + " or ".join(f"ToCurrency eq {odata_literal(cur)}" for cur in accounting) + ")")
+        params = {"$filter": " and ".join(clauses)}
         out = []
         for row in self._collection(ENTITIES["ExchangeRates"], params):
             factor = FACTORS.get(str(row.get("ConversionFactor") or "One"), 1)
@@ -952,6 +955,16 @@ class DynamicsFinanceConnector(Connector):
                 )
             )
         return out
+
+    def _accounting_currencies(self) -> list[str]:
+        """The accounting currency (credentials' accounting_currency), else the currencies of the
+        legal entities the connection serves; none known: every rate."""
+        configured = str(self.credentials.get("accounting_currency") or "")
+        if configured:
+            return [configured.upper()]
+        if self.connection.pk is None:
+            return []
+        return sorted({str(cur).upper() for cur in self.connection.legal_entities.values_list("currency", flat=True)})
 
     # Reconciliation -------------------------------------------------------------------------------
     def erp_holdings(self, *, currency: str, value_maps: dict[str, dict[str, str]]) -> h.ErpHoldings:

@@ -380,7 +380,7 @@ def test_metadata_describes_the_real_entity_sets(raw) -> None:
     assert '<EntitySet Name="FreeTextInvoiceHeaders"' in text and '<EntitySet Name="ExchangeRates"' in text
 
 
-def test_exchange_rates_are_read_per_unit_from_the_default_rate_type(d365, connector) -> None:
+def test_exchange_rates_are_read_per_unit_into_the_legal_entitys_currency(d365, connector) -> None:
     rates = [
         {"currency": "EUR", "date": "2026-10-01", "usd": "1.10"},
         {"currency": "GBP", "date": "2026-10-01", "usd": "1.25"},
@@ -389,9 +389,10 @@ def test_exchange_rates_are_read_per_unit_from_the_default_rate_type(d365, conne
 
     found = {(r.from_currency, r.to_currency): r for r in connector.exchange_rates(since=dt.date(2026, 10, 1))}
 
-    # 1 EUR = 1.10 USD; 1 EUR = 1.10 / 1.25 = 0.88 GBP (quoted per 100 units in D365: 88.0)
-    assert found[("EUR", "USD")].rate == Decimal("1.10000000")
-    assert found[("EUR", "GBP")].rate == Decimal("0.88000000")
+    # The connection serves the GBP entity: 1 EUR = 1.10 / 1.25 = 0.88 GBP (D365 quotes it per
+    # 100 units: 88.0); 1 USD = 1 / 1.25 = 0.80 GBP. Rates into other currencies are not its ledger's.
+    assert set(found) == {("EUR", "GBP"), ("USD", "GBP")}
+    assert (found[("EUR", "GBP")].rate, found[("USD", "GBP")].rate) == (Decimal("0.88000000"), Decimal("0.80000000"))
     assert found[("EUR", "GBP")].effective_date == dt.date(2026, 10, 1)
 
 

@@ -199,3 +199,29 @@ def test_the_german_entity_reconciles_cleanly_after_its_flows(firm_de) -> None:
     found = Mismatch.objects.filter(status="open")
     assert {(m.cause, m.subject_key) for m in found} == {("missing_record", f"P-{deal['opportunity']}")}
     assert all(f"has no invoice I-K{invoice_id} in Dynamics 365 Finance (DE)" in m.explanation for m in found)
+
+
+def test_the_german_ledgers_exchange_rates_feed_the_rate_table(firm_de) -> None:
+    import datetime as dt
+
+    from dashboards.fx import fx_rates_read
+    from dashboards.models import ExchangeRate
+
+    market = [
+        {"currency": "GBP", "date": "2026-10-01", "usd": "1.25"},
+        {"currency": "EUR", "date": "2026-10-01", "usd": "1.10"},
+    ]
+    httpx.post(f"{firm_de.sandboxes['dynamicsfinance'].url}/_sandbox/rates", json={"rates": market}).raise_for_status()
+    for slug in ("netsuite-us", "businesscentral-uk"):  # only D365 is read here
+        firm_de.connections[slug].is_active = False
+        firm_de.connections[slug].save(update_fields=["is_active"])
+
+    summary = fx_rates_read(now=dt.datetime(2026, 10, 20, 6, tzinfo=dt.UTC))
+
+    assert summary["connections"] == 1 and summary["failed"] == {}
+    stored = {
+        (r.from_currency, r.to_currency): r.rate
+        for r in ExchangeRate.objects.filter(connection=firm_de.connections["dynamicsfinance-de"], rate_type="daily")
+    }
+    # Into the German ledger's EUR: 1 GBP = 1.25 / 1.10 = 1.136364 EUR, 1 USD = 1 / 1.10 = 0.909091 EUR.
+    assert stored == {("GBP", "EUR"): Decimal("1.136364"), ("USD", "EUR"): Decimal("0.909091")}
