@@ -676,7 +676,8 @@ class DynamicsFinanceConnector(Connector):
         """Records keyed by the entity's own key (customers) in one $batch per `bulk_size`, each
         record its own change set: one bad record fails alone and is raised after the rest landed."""
         spec = self._entity(entity)
-        if not spec.keyed or len(records) < 2:
+        composite = any("_project" in fields or LINES in fields for _, fields in records)
+        if not spec.keyed or composite or len(records) < 2:  # a record of several entities writes alone
             return super().upsert_many(entity=entity, records=records)
         self._context.noun = spec.noun
         out: list[WriteResult] = []

@@ -433,3 +433,17 @@ def test_many_writes_cost_two_calls_not_one_per_record(d365, connector, monkeypa
 
     assert [w.created for w in written] == [True] * 20
     assert calls.count("GET") == 1 and calls.count("POST") == 2  # one lookup, one $batch (and the token)
+
+
+def test_several_contracts_each_land_with_their_project(connector) -> None:
+    customer(connector, "C-TWO")
+    shaped = [
+        (key, connector.shape("contract", {"Name": f"Contract {key}", "SalesCurrency": "EUR", "_customer": "C-TWO"}))
+        for key in ("P-0061", "P-0062")
+    ]
+
+    written = connector.upsert_many(entity="ProjectContracts", records=shaped)
+
+    assert [w.external_id for w in written] == ["P-0061", "P-0062"]
+    projects = {p["ProjectID"]: p["ProjectContractID"] for p in connector.read("Projects")}
+    assert projects == {"P-0061": "P-0061", "P-0062": "P-0062"}
