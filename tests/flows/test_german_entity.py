@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def firm_de(sandbox_factory, entities, monkeypatch):  # noqa: F811
-    from pscsync.firm import firm_connections_save
+    from demo.firm import firm_connections_save
     from pscsync.models import LegalEntity
 
     monkeypatch.setattr(base, "_tokens", {})
