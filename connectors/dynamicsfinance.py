@@ -41,7 +41,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from connectors import canonical as c
 from connectors import holdings as h
@@ -361,7 +361,8 @@ class DynamicsFinanceConnector(Connector):
     def key_path(self, entity: EntitySet, key: str | int) -> str:
         """The entity addressed by its key, of which the legal entity is part:
         CustomersV3(dataAreaId='demf',CustomerAccount='C-1')."""
-        value = str(key) if isinstance(key, int) else odata_literal(key)
+        # A key is part of the path: what is not safe there is percent-encoded (D365 decodes it).
+        value = str(key) if isinstance(key, int) else quote(odata_literal(key), safe="'")
         field = "InvoiceIdentifier" if entity.name == "FreeTextInvoiceHeaders" else entity.key_field
         return f"{entity.name}(dataAreaId={odata_literal(self.company)},{field}={value})"
 
@@ -806,6 +807,8 @@ class DynamicsFinanceConnector(Connector):
         return ([found.external_id] if found else []), None
 
     def ledger_invoices(self, *, project_key: str = "", invoice_id: str = "") -> list[LedgerInvoice]:
+        if invoice_id and not str(invoice_id).isdigit():
+            return []  # not a free text invoice's identifier (a record id D365 never gave)
         if invoice_id:
             where: dict[str, Any] | None = {"InvoiceIdentifier": int(invoice_id)}
         else:

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, unquote
 from xml.sax.saxutils import escape
 
 from connectors.sandboxes import fx
@@ -433,6 +433,7 @@ class DynamicsFinanceSandbox(Sandbox):
 
     def _key(self, entity: Entity, raw: str) -> dict[str, Any]:
         """Parse (dataAreaId='demf',CustomerAccount='C-1'): every key field, each of its type."""
+        raw = unquote(raw)
         values: dict[str, Any] = {}
         position = 0
         while position < len(raw):

@@ -447,3 +447,12 @@ def test_several_contracts_each_land_with_their_project(connector) -> None:
     assert [w.external_id for w in written] == ["P-0061", "P-0062"]
     projects = {p["ProjectID"]: p["ProjectContractID"] for p in connector.read("Projects")}
     assert projects == {"P-0061": "P-0061", "P-0062": "P-0062"}
+
+
+def test_a_key_with_characters_unsafe_in_a_path_is_found_by_it(connector) -> None:
+    customer(connector, "C-A/B #1 'x'")
+
+    found = connector.lookup(entity="customer", key="C-A/B #1 'x'")
+
+    assert found is not None and found.response["CustomerAccount"] == "C-A/B #1 'x'"
+    assert connector.ledger_invoices(invoice_id="not-a-number") == []
