@@ -192,13 +192,20 @@ def test_the_german_entity_reconciles_cleanly_after_its_flows(firm_de) -> None:
     assert all(r.status == "complete" for r in runs), [(r.legal_entity_id, r.error) for r in runs]
     assert list(Mismatch.objects.filter(status="open").values_list("explanation", flat=True)) == []
 
-    # Someone deletes the invoice in D365: reconciliation reads D365 and finds the batch unbilled.
+    # Someone makes the customer tax-exempt in D365 while Salesforce says DE-VAT19: caught.
     d365 = firm_de.connector("dynamicsfinance-de")
+    d365.upsert(entity="customer", key=f"C-{deal['account']}", fields={"SalesTaxGroup": "DE-EXEMPT"})
+    reconcile(entity="de")
+    taxed = list(Mismatch.objects.filter(status="open", cause="tax_code"))
+    assert taxed and all(f"customer C-{deal['account']}" in m.explanation for m in taxed)
+    assert all("has tax code DE-EXEMPT in Dynamics 365 Finance (DE)" in m.explanation for m in taxed)
+
+    # Someone deletes the invoice in D365: reconciliation reads D365 and finds the batch unbilled.
     d365.withdraw(entity="invoice", record_id=d365.lookup(entity="invoice", key=f"I-K{invoice_id}").external_id)
     reconcile(entity="de")
-    found = Mismatch.objects.filter(status="open")
-    assert {(m.cause, m.subject_key) for m in found} == {("missing_record", f"P-{deal['opportunity']}")}
-    assert all(f"has no invoice I-K{invoice_id} in Dynamics 365 Finance (DE)" in m.explanation for m in found)
+    missing = Mismatch.objects.filter(status="open", cause="missing_record")
+    assert {m.subject_key for m in missing} == {f"P-{deal['opportunity']}"}
+    assert all(f"has no invoice I-K{invoice_id} in Dynamics 365 Finance (DE)" in m.explanation for m in missing)
 
 
 def test_the_german_ledgers_exchange_rates_feed_the_rate_table(firm_de) -> None:
