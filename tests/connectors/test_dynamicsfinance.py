@@ -456,3 +456,27 @@ def test_a_key_with_characters_unsafe_in_a_path_is_found_by_it(connector) -> Non
 
     assert found is not None and found.response["CustomerAccount"] == "C-A/B #1 'x'"
     assert connector.ledger_invoices(invoice_id="not-a-number") == []
+
+
+@pytest.fixture
+def short_timeout(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from connectors import http
+
+    monkeypatch.setattr(http, "READ_TIMEOUT", 1.0)
+    http.reset_client()
+    yield
+    http.reset_client()
+
+
+@pytest.mark.usefixtures("short_timeout")
+def test_a_batch_that_times_out_is_an_unknown_outcome_and_the_lookup_tells(d365, connector) -> None:
+    from connectors.errors import UnknownOutcomeError
+
+    d365.fault(timeout=True, timeout_seconds=2, match="/data/$batch", count=1)
+    with pytest.raises(UnknownOutcomeError):
+        customer(connector, "C-SLOW")
+
+    # The sandbox dropped the request before applying it: the engine's lookup finds nothing, so it writes again.
+    assert connector.lookup(entity="customer", key="C-SLOW") is None
+    customer(connector, "C-SLOW")
+    assert connector.lookup(entity="customer", key="C-SLOW") is not None
