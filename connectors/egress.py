@@ -31,6 +31,7 @@ VENDOR_HOSTS: dict[str, tuple[str, ...]] = {
     "kantata": ("api.mavenlink.com", "*.mavenlink.com", "*.kantata.com"),
     "netsuite": ("*.suitetalk.api.netsuite.com", "*.netsuite.com"),
     "businesscentral": ("api.businesscentral.dynamics.com", "login.microsoftonline.com"),
+    "dynamicsfinance": ("*.operations.dynamics.com", "login.microsoftonline.com"),
     "echo": (),  # the engine's test target: sandbox only
 }
 

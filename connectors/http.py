@@ -110,6 +110,8 @@ def parse_retry_after(value: str | None) -> float | None:
 def _body(response: httpx.Response) -> Any:
     if not response.content:
         return None
+    if response.headers.get("content-type", "").startswith("multipart/"):
+        return response.text  # an OData $batch answer: its caller parses every part
     try:
         return response.json()
     except ValueError:
@@ -137,6 +139,7 @@ def request(
     *,
     json: Any = None,
     data: dict[str, str] | None = None,
+    content: bytes | None = None,
     headers: dict[str, str] | None = None,
     params: dict[str, Any] | None = None,
     timeout: float | None = None,
@@ -144,6 +147,7 @@ def request(
 ) -> HttpResult:
     """Send one request. 2xx and `accept_statuses` come back; everything else raises.
 
+    `content` is a body sent as it is (an OData $batch's multipart body), with its own Content-Type header.
     A write whose fate we cannot know (timeout after sending, reset, 5xx) raises
     UnknownOutcomeError, so the engine looks the object up before writing it again.
     """
@@ -155,6 +159,7 @@ def request(
             url,
             json=json,
             data=data,
+            content=content,
             headers=headers,
             params=params,
             timeout=timeout or httpx.USE_CLIENT_DEFAULT,

@@ -22,6 +22,7 @@ class Connection(models.Model):
         KANTATA = "kantata", "Kantata OX"
         NETSUITE = "netsuite", "NetSuite"
         BUSINESS_CENTRAL = "businesscentral", "Dynamics 365 Business Central"
+        DYNAMICS_FINANCE = "dynamicsfinance", "Dynamics 365 Finance"
         ECHO = "echo", "Echo (engine test target)"
 
     class Intake(models.TextChoices):

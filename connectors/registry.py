@@ -16,6 +16,7 @@ CONNECTORS: dict[str, str] = {
     "kantata": "connectors.kantata.KantataConnector",
     "netsuite": "connectors.netsuite.NetSuiteConnector",
     "businesscentral": "connectors.businesscentral.BusinessCentralConnector",
+    "dynamicsfinance": "connectors.dynamicsfinance.DynamicsFinanceConnector",
 }
 
 

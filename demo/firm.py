@@ -1,6 +1,7 @@
-"""The demo firm's systems: Salesforce for both entities, the US entity on Certinia + NetSuite,
-the UK entity (acquired) on Kantata + Business Central, each pointing at its sandbox, with the
-shipped mappings published. Used by demo_seed and by the flow tests."""
+"""The demo firm's systems: Salesforce for every entity, the US entity on Certinia + NetSuite,
+the UK entity (acquired) on Kantata + Business Central and, where the firm has one, the German
+entity on Kantata + Dynamics 365 Finance (legal entity demf), each pointing at its sandbox, with
+the shipped mappings published. Used by demo_seed and by the flow tests."""
 
 from __future__ import annotations
 
@@ -24,12 +25,15 @@ SANDBOX_OF_VENDOR = {
     "kantata": "kantata",
     "netsuite": "netsuite",
     "businesscentral": "businesscentral",
+    "dynamicsfinance": "dynamicsfinance",
 }
 
 
-def firm_connections_save(*, us: LegalEntity, uk: LegalEntity, sandbox_urls: dict[str, str]) -> dict[str, Connection]:
-    """Create or update the firm's five connections; keep credentials that exist (their webhook
-    secrets may already be in use). Returns them by slug."""
+def firm_connections_save(
+    *, us: LegalEntity, uk: LegalEntity, sandbox_urls: dict[str, str], de: LegalEntity | None = None
+) -> dict[str, Connection]:
+    """Create or update the firm's connections (five, seven with the German entity `de`); keep
+    credentials that exist (their webhook secrets may already be in use). Returns them by slug."""
     client = {"client_id": "sandbox-client", "client_secret": "sandbox-secret"}
     systems: list[tuple[str, str, str, str, list[LegalEntity], str, str, dict[str, Any]]] = [
         (
@@ -37,7 +41,7 @@ def firm_connections_save(*, us: LegalEntity, uk: LegalEntity, sandbox_urls: dic
             "Salesforce (CRM)",
             "crm",
             "salesforce",
-            [us, uk],
+            [us, uk, *([de] if de else [])],
             "webhook",
             "v62.0",
             {**client, "webhook_secrets": [{"secret": new_webhook_secret()}]},
@@ -85,6 +89,24 @@ def firm_connections_save(*, us: LegalEntity, uk: LegalEntity, sandbox_urls: dic
             },
         ),
     ]
+    if de is not None:
+        # Kantata's German workspaces and D365 Finance's legal entity demf, polled for posted
+        # invoices and payments (its business events are not wired). The German workspaces share
+        # the UK's Kantata account: a poll of it would see the UK's invoices too and bill them
+        # here, so this connection is not polled (its billing batches are sent by hand).
+        systems += [
+            ("kantata-de", "Kantata OX (DE)", "psa", "kantata", [de], "none", "v1", client),
+            (
+                "dynamicsfinance-de",
+                "Dynamics 365 Finance (DE)",
+                "erp",
+                "dynamicsfinance",
+                [de],
+                "poll",
+                "",
+                {"tenant": "sandbox-tenant", **client, "data_area_id": "demf"},
+            ),
+        ]
     saved = {}
     for slug, name, kind, vendor, entities, intake, version, credentials in systems:
         existing = Connection.objects.filter(slug=slug).first()

@@ -380,7 +380,14 @@ ALLOW_SANDBOXES = env_bool("PSCSYNC_ALLOW_SANDBOXES", False)
 # addresses: each sandbox's default port on this machine plus PSCSYNC_SANDBOX_PORT_OFFSET (so a
 # second demo can run its own beside the first). The defaults are the ports
 # `python manage.py sandbox <name>` listens on without --port.
-SANDBOX_DEFAULT_PORTS = {"echo": 8790, "salesforce": 8791, "kantata": 8792, "netsuite": 8793, "businesscentral": 8794}
+SANDBOX_DEFAULT_PORTS = {
+    "echo": 8790,
+    "salesforce": 8791,
+    "kantata": 8792,
+    "netsuite": 8793,
+    "businesscentral": 8794,
+    "dynamicsfinance": 8795,
+}
 SANDBOX_URLS = {
     name: f"http://127.0.0.1:{port + env_int('PSCSYNC_SANDBOX_PORT_OFFSET', 0)}"
     for name, port in SANDBOX_DEFAULT_PORTS.items()

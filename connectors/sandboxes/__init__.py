@@ -20,6 +20,7 @@ SANDBOXES: dict[str, tuple[str, int]] = {
     "kantata": ("connectors.sandboxes.kantata", 8792),
     "netsuite": ("connectors.sandboxes.netsuite", 8793),
     "businesscentral": ("connectors.sandboxes.businesscentral", 8794),
+    "dynamicsfinance": ("connectors.sandboxes.dynamicsfinance", 8795),
 }
 
 

@@ -230,6 +230,7 @@ def test_keys_are_built_and_read_back_by_their_format() -> None:
     assert connector_class("kantata").invoice_key.parse("I-K77") == {"batch": "77"}
     assert connector_class("netsuite").capabilities["contract"].key_format(deal="006A") == "SO-006A"
     assert connector_class("businesscentral").capabilities["contract"].key_format(deal="006A") == "P-006A"
+    assert connector_class("dynamicsfinance").capabilities["contract"].key_format(deal="006A") == "P-006A"
 
 
 def test_asking_a_connector_for_what_it_does_not_hold_names_the_gap() -> None:

@@ -39,6 +39,11 @@ class Command(BaseCommand):
         uk, _ = LegalEntity.objects.update_or_create(
             code="uk", defaults={"name": "Northwind Consulting Ltd.", "currency": "GBP", "country": "GB"}
         )
+        # The German entity (EUR) runs on Kantata and Dynamics 365 Finance; the simulated firm's
+        # traffic is the US and UK entities', the German one is there to be driven by hand.
+        de, _ = LegalEntity.objects.update_or_create(
+            code="de", defaults={"name": "Northwind Consulting GmbH", "currency": "EUR", "country": "DE"}
+        )
         for username, role in DEMO_USERS:
             user_provision(username=username, password=password, role=role, all_entities=True)
         existing = Connection.objects.filter(slug="echo-demo").first()
@@ -54,5 +59,6 @@ class Command(BaseCommand):
             credentials={"token": echo_token, "webhook_secrets": [{"secret": secret}]},
             is_sandbox=True,
         )
-        firm_connections_save(us=us, uk=uk, sandbox_urls={name: _sandbox_url(name) for name in settings.SANDBOX_URLS})
+        urls = {name: _sandbox_url(name) for name in settings.SANDBOX_URLS}
+        firm_connections_save(us=us, uk=uk, de=de, sandbox_urls=urls)
         self.stdout.write("demo firm seeded")
