@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('connectors', '0002_initial'),
+        ('connectors', '0003_schema_governance'),
     ]
 
     operations = [
