@@ -16,7 +16,7 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	touch $@
 
 demo: $(VENV)/.runtime
-	$(PY) -m pscsync.demo
+	$(PY) -m demo
 
 # Browser tests drive Debian's Chromium (never a downloaded browser); install it if missing.
 chromium:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 
@@ -39,7 +39,7 @@ class UserAdminForm(forms.Form):
 
     def __init__(self, *args: Any, entities: Any, editing: bool, may_grant_all: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["legal_entities"].queryset = entities
+        cast(forms.ModelMultipleChoiceField, self.fields["legal_entities"]).queryset = entities
         if editing:
             self.fields["username"].disabled = True
         if not may_grant_all:
@@ -54,7 +54,7 @@ class IdentityGroupRuleForm(forms.ModelForm):
         labels = {"group": "Identity-provider group", "all_entities": "Every legal entity"}
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         if not data.get("all_entities") and not data.get("legal_entities"):
             raise forms.ValidationError("Choose at least one legal entity, or every legal entity.")
         return data

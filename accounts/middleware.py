@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_cache_control
 
 from accounts.sessions import AUTH_AT, SEEN_AT, session_ended
-from accounts.twofactor import second_factor_required, user_has_totp
+from accounts.twofactor import second_factor_required, signed_in_with_second_factor, user_has_totp
 
 # Session writes are throttled: "last seen" moves at most this often (idle timeout precision).
 SEEN_GRANULARITY_SECONDS = 30
@@ -66,7 +68,7 @@ class SessionPolicyMiddleware:
             logout(request)
             messages.info(request, text)
             return _send_to(request, reverse("login"), "Session ended")
-        if now - seen_at > SEEN_GRANULARITY_SECONDS:
+        if seen_at is None or now - seen_at > SEEN_GRANULARITY_SECONDS:  # None: returned above
             session[SEEN_AT] = now
             from accounts.models import UserSession
 
@@ -74,8 +76,8 @@ class SessionPolicyMiddleware:
         return None
 
     def _second_factor(self, request: HttpRequest) -> HttpResponse | None:
-        user = request.user
-        if user.is_verified() or not second_factor_required(user):
+        user = cast(User, request.user)  # __call__ runs this for signed-in users only
+        if signed_in_with_second_factor(user) or not second_factor_required(user):
             return None
         from accounts.oidc import IDP_MFA_SESSION_KEY
 

@@ -92,7 +92,8 @@ def check(keys: list[str]) -> Verdict:
     now = timezone.now()
     wait = 0.0
     for row in LoginThrottle.objects.filter(key__in=keys, wait_until__gt=now):
-        wait = max(wait, (row.wait_until - now).total_seconds())
+        if row.wait_until is not None:  # always, by the filter; the column is nullable
+            wait = max(wait, (row.wait_until - now).total_seconds())
     return Verdict(allowed=wait <= 0, retry_after=math.ceil(wait))
 
 

@@ -15,6 +15,13 @@ from pscsync.access import role_of
 RECOVERY_CODES = 10
 
 
+def signed_in_with_second_factor(user: object) -> bool:
+    """Has this session's sign-in passed a second factor? django-otp's middleware gives the
+    request's user `is_verified()`; a user without it (another request path) has not."""
+    verified = getattr(user, "is_verified", None)
+    return bool(verified and verified())
+
+
 def user_has_totp(user: User) -> bool:
     return TOTPDevice.objects.filter(user=user, confirmed=True).exists()
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -31,11 +32,13 @@ from accounts.twofactor import (
     second_factor_required,
     second_factor_reset,
     secret_text,
+    signed_in_with_second_factor,
     user_has_totp,
 )
 from pscsync.access import MANAGE_USERS, entity_ids_for, permission_required, role_of, users_in_scope
 from pscsync.audit import audit_append, audit_record
 from pscsync.models import AccessProfile, LegalEntity
+from pscsync.request_types import SignedInRequest
 from pscsync.services import UserChangeRefused, user_admin_save
 
 security_log = logging.getLogger("pscsync.security")
@@ -117,10 +120,11 @@ class PasswordChangeView(auth_views.PasswordChangeView):
     def form_valid(self, form: Any) -> HttpResponse:
         with transaction.atomic():
             response = super().form_valid(form)
+            user = cast(User, self.request.user)  # the view is login_required
             audit_record(
-                actor=self.request.user,
+                actor=user,
                 action="user.password_changed",
-                obj=self.request.user,
+                obj=user,
                 remote_addr=client_ip(self.request) or None,
             )
         messages.success(self.request, "Your password is changed. Other browsers signed in as you are signed out.")
@@ -136,13 +140,13 @@ def _next_url(request: HttpRequest) -> str:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def two_factor_setup(request: HttpRequest) -> HttpResponse:
+def two_factor_setup(request: SignedInRequest) -> HttpResponse:
     """Enrol an authenticator app. Once enrolled, the page shows the status instead; a new app or
     lost phone goes through an admin's reset (who also ends the sessions)."""
     user = request.user
     if user_has_totp(user):
-        context = {"enrolled": True, "codes_left": recovery_codes_left(user)}
-        return render(request, "accounts/two_factor_setup.html", context)
+        enrolled = {"enrolled": True, "codes_left": recovery_codes_left(user)}
+        return render(request, "accounts/two_factor_setup.html", enrolled)
     device = pending_device(user)
     error = ""
     if request.method == "POST":
@@ -156,7 +160,7 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
             otp_login(request, device)
             return render(request, "accounts/recovery_codes.html", {"codes": codes, "next": _next_url(request)})
         error = "That code did not match. Check the phone's time and try the newest code."
-    context = {
+    context: dict[str, Any] = {
         "enrolled": False,
         "qr": qr_svg(device),
         "secret": secret_text(device),
@@ -169,9 +173,9 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def two_factor_verify(request: HttpRequest) -> HttpResponse:
+def two_factor_verify(request: SignedInRequest) -> HttpResponse:
     user = request.user
-    if user.is_verified():
+    if signed_in_with_second_factor(user):
         return HttpResponseRedirect(_next_url(request))
     if not user_has_totp(user):
         return redirect("accounts:two_factor_setup")
@@ -211,7 +215,7 @@ def _scope_words(user: Any) -> str:
 
 
 @permission_required(MANAGE_USERS)
-def user_list(request: HttpRequest) -> HttpResponse:
+def user_list(request: SignedInRequest) -> HttpResponse:
     users = (
         users_in_scope(request.user)
         .order_by("username")
@@ -231,7 +235,7 @@ def user_list(request: HttpRequest) -> HttpResponse:
     return render(request, "accounts/users.html", {"rows": rows})
 
 
-def _user_form_page(request: HttpRequest, target: Any) -> HttpResponse:
+def _user_form_page(request: SignedInRequest, target: Any) -> HttpResponse:
     ids = entity_ids_for(request.user)
     entities = LegalEntity.objects.order_by("name") if ids is None else LegalEntity.objects.filter(pk__in=ids)
     initial: dict[str, Any] = {"is_active": True, "role": "viewer"}
@@ -278,19 +282,19 @@ def _user_form_page(request: HttpRequest, target: Any) -> HttpResponse:
 
 @permission_required(MANAGE_USERS)
 @require_http_methods(["GET", "POST"])
-def user_create(request: HttpRequest) -> HttpResponse:
+def user_create(request: SignedInRequest) -> HttpResponse:
     return _user_form_page(request, None)
 
 
 @permission_required(MANAGE_USERS)
 @require_http_methods(["GET", "POST"])
-def user_edit(request: HttpRequest, pk: int) -> HttpResponse:
+def user_edit(request: SignedInRequest, pk: int) -> HttpResponse:
     return _user_form_page(request, get_object_or_404(users_in_scope(request.user), pk=pk))
 
 
 @permission_required(MANAGE_USERS)
 @require_POST
-def user_sessions_end(request: HttpRequest, pk: int) -> HttpResponse:
+def user_sessions_end(request: SignedInRequest, pk: int) -> HttpResponse:
     target = get_object_or_404(users_in_scope(request.user), pk=pk)
     with transaction.atomic():
         count = sessions_end(target, f"ended by {request.user.get_username()}")
@@ -307,7 +311,7 @@ def user_sessions_end(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required(MANAGE_USERS)
 @require_POST
-def user_two_factor_reset(request: HttpRequest, pk: int) -> HttpResponse:
+def user_two_factor_reset(request: SignedInRequest, pk: int) -> HttpResponse:
     target = get_object_or_404(users_in_scope(request.user), pk=pk)
     with transaction.atomic():
         second_factor_reset(target)
@@ -325,7 +329,7 @@ def user_two_factor_reset(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required(MANAGE_USERS)
 @require_http_methods(["GET", "POST"])
-def sso_rules(request: HttpRequest) -> HttpResponse:
+def sso_rules(request: SignedInRequest) -> HttpResponse:
     """Which identity-provider groups get which role and legal entities (accounts/oidc.py). Only
     an admin of every entity edits them: a rule can grant any entity."""
     if entity_ids_for(request.user) is not None:

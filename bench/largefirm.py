@@ -257,7 +257,7 @@ def firm_seed() -> dict[str, Any]:
     """Legal entities, the five connections with their shipped mappings, the bench's users, FX."""
     from connectors.models import Connection
     from dashboards.models import FxRate
-    from pscsync.firm import firm_connections_save
+    from demo.firm import firm_connections_save
     from pscsync.models import LegalEntity
     from pscsync.services import user_provision
 

@@ -26,7 +26,7 @@ from ops import tracing
 from ops.logs import bind as log_bind
 from ops.metrics import intake_observed
 from pscsync.crypto import CredentialsUnreadable
-from pscsync.intake import IntakeResult, change_problem, events_accept
+from pscsync.intake import IntakeResult, change_legal_entity_code, change_problem, events_accept
 
 log = logging.getLogger("pscsync.security")
 
@@ -107,7 +107,7 @@ def _accept(
             "intake",
             business_key=change.business_key,
             flow=change.flow,
-            legal_entity=change.legal_entity_code,
+            legal_entity=change_legal_entity_code(connection, change.legal_entity_code),
             connection=connection.slug,
         ):
             if len(changes) == 1:

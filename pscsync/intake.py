@@ -52,25 +52,41 @@ class IntakeResult:
 # entities of a connection change only through services.connection_save, which saves the
 # connection (a new updated_at, so a new key) in the same transaction; the age limit bounds any
 # other path (a deleted entity).
-_ONLY_ENTITY: dict[tuple[int, object], tuple[int | None, float]] = {}
+_ONLY_ENTITY: dict[tuple[int, object], tuple[tuple[int, str] | None, float]] = {}
 _ONLY_ENTITY_MAX_AGE_S = 60.0
 
 
-def _legal_entity_id(connection: Connection, code: str) -> int | None:
-    if code:
-        return connection.legal_entities.filter(code=code).values_list("pk", flat=True).first()
+def _only_entity(connection: Connection) -> tuple[int, str] | None:
+    """(id, code) of the one legal entity a connection serves, None when it serves several;
+    cached a minute per connection version, since intake asks for every change."""
     key = (connection.pk, connection.updated_at)
     cached = _ONLY_ENTITY.get(key)
     now = time.monotonic()
     if cached is not None and now - cached[1] < _ONLY_ENTITY_MAX_AGE_S:
         return cached[0]
-    entities = list(connection.legal_entities.values_list("pk", flat=True)[:2])
+    entities = list(connection.legal_entities.values_list("pk", "code")[:2])
     # A connection serving exactly one entity needs no routing hint in the change.
     only = entities[0] if len(entities) == 1 else None
     if len(_ONLY_ENTITY) > 1000:
         _ONLY_ENTITY.clear()
     _ONLY_ENTITY[key] = (only, now)
     return only
+
+
+def _legal_entity_id(connection: Connection, code: str) -> int | None:
+    if code:
+        return connection.legal_entities.filter(code=code).values_list("pk", flat=True).first()
+    only = _only_entity(connection)
+    return only[0] if only else None
+
+
+def change_legal_entity_code(connection: Connection, code: str) -> str:
+    """The legal entity a change belongs to, by code: the one it names, or the connection's only
+    entity ("" when neither says), for the intake's trace and log lines."""
+    if code:
+        return code
+    only = _only_entity(connection)
+    return only[1] if only else ""
 
 
 # What PostgreSQL's bigint holds (Event.source_sequence); SQLite's integer is the same 64 bits.

@@ -20,6 +20,11 @@ class LegalEntity(models.Model):
     name = models.CharField(max_length=120)
     currency = models.CharField(max_length=3, default="USD")
     country = models.CharField(max_length=2, blank=True)
+    # pscsync.archive: how long a finished handoff keeps its bodies (source event, vendor calls)
+    # in the database before they move to an archive file.
+    retention_months = models.PositiveSmallIntegerField(
+        default=13, help_text="Months a finished handoff's source event and vendor calls stay in the database."
+    )
 
     class Meta:
         ordering = ["code"]
@@ -188,6 +193,11 @@ class Handoff(models.Model):
     # delivered the run. The id on its own is indexed so an id quoted from a tracing UI finds it.
     traceparent = models.CharField(max_length=55, blank=True, default="")
     trace_id = models.CharField(max_length=32, blank=True, default="", db_index=True)
+    # Set when its bodies (events' raw bodies and payloads, attempts' requests and responses)
+    # moved to an archive file (pscsync.archive); cleared when restored.
+    archive = models.ForeignKey(
+        "Archive", null=True, blank=True, on_delete=models.PROTECT, related_name="handoffs_archived"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -772,3 +782,33 @@ class PaymentApplication(models.Model):
 
     def __str__(self) -> str:
         return f"{self.amount} from payment {self.reference or self.payment_id} on {self.applied_on}"
+
+
+class Archive(models.Model):
+    """One calendar month (UTC) of one legal entity's finished handoffs whose bodies were moved
+    to compressed files (pscsync.archive). The rows, their statuses, steps and timings stay, so
+    every dashboard figure and the audit trail are untouched; the manifest lists each file with
+    its row count and SHA-256, and a restore refuses files that no longer match."""
+
+    legal_entity = models.ForeignKey(LegalEntity, on_delete=models.PROTECT, related_name="+")
+    month = models.DateField(help_text="First day of the month archived.")
+    directory = models.CharField(max_length=500)
+    manifest = models.JSONField(default=dict)
+    manifest_sha256 = models.CharField(max_length=64)
+    handoffs = models.PositiveIntegerField()
+    created_at = models.DateTimeField()
+    restored_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-month"]
+        constraints = [
+            # A month is archived once at a time; after a restore it may be archived again.
+            models.UniqueConstraint(
+                fields=["legal_entity", "month"],
+                condition=Q(restored_at__isnull=True),
+                name="archive_one_per_entity_month",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.legal_entity} {self.month:%B %Y}"

@@ -90,6 +90,8 @@ INSTALLED_APPS = [
     "dashboards.apps.DashboardsConfig",
     "studio.apps.StudioConfig",
     "api.apps.ApiConfig",
+    # The demo firm: management commands only, no models; the engine never imports it.
+    "demo.apps.DemoConfig",
 ]
 
 MIDDLEWARE = [
@@ -351,6 +353,11 @@ MAX_WORKER_CRASHES = env_int("PSCSYNC_MAX_WORKER_CRASHES", 3)
 POLL_SECONDS = env_int("PSCSYNC_POLL_SECONDS", 30)
 # Reconciliation (CRM vs PSA vs ERP) runs this often: daily by default, every few minutes in the demo.
 RECONCILE_SECONDS = env_int("PSCSYNC_RECONCILE_SECONDS", 24 * 3600)
+# Retention (pscsync.archive): where archived bodies are written (keep it on backed-up storage),
+# and how often beat looks for months past their entity's retention (a pass finds nothing new
+# until a month ends, so daily is plenty).
+ARCHIVE_DIR = os.getenv("PSCSYNC_ARCHIVE_DIR", "")
+ARCHIVE_SECONDS = env_int("PSCSYNC_ARCHIVE_SECONDS", 24 * 3600)
 FX_READ_SECONDS = env_int("PSCSYNC_FX_READ_SECONDS", 6 * 3600)
 # The workbench re-checks that every handoff waiting for a person has its exception (and hands
 # lost compensations and bulk jobs back to a worker) this often. It reads only open work.
@@ -361,7 +368,7 @@ DEMAND_SNAPSHOT_SECONDS = env_int("PSCSYNC_DEMAND_SNAPSHOT_SECONDS", 3600)
 # First retry waits up to this many seconds (full jitter), doubling each time up to an hour.
 RETRY_BASE_SECONDS = float(env_int("PSCSYNC_RETRY_BASE_SECONDS", 10))
 # Connections marked "sandbox" may call loopback addresses (our own sandboxes). Off unless turned on:
-# `make demo` (pscsync.demo) and the test run set PSCSYNC_ALLOW_SANDBOXES=true; production never.
+# `make demo` (`python -m demo`) and the test run set PSCSYNC_ALLOW_SANDBOXES=true; production never.
 ALLOW_SANDBOXES = env_bool("PSCSYNC_ALLOW_SANDBOXES", False)
 # Where the demo's vendor sandboxes listen: the engine reaches them over HTTP only, at these
 # addresses: each sandbox's default port on this machine plus PSCSYNC_SANDBOX_PORT_OFFSET (so a
@@ -433,6 +440,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-handoffs": {"task": "pscsync.tasks.handoffs_sweep_task", "schedule": float(SWEEP_SECONDS)},
     "poll-connections": {"task": "pscsync.tasks.connections_poll_task", "schedule": float(POLL_SECONDS)},
     "reconcile": {"task": "pscsync.tasks.reconcile_task", "schedule": float(RECONCILE_SECONDS)},
+    "archive-due": {"task": "pscsync.tasks.archive_due_task", "schedule": float(ARCHIVE_SECONDS)},
     "dashboard-rollups": {"task": "dashboards.tasks.rollups_catch_up_task", "schedule": 300.0},
     "dashboard-open-backlog": {"task": "dashboards.tasks.backlog_repair_task", "schedule": 300.0},
     "demand-snapshot": {"task": "dashboards.tasks.demand_snapshot_task", "schedule": float(DEMAND_SNAPSHOT_SECONDS)},

@@ -79,5 +79,13 @@ def reconcile_task(entity: str = "", period: str = "") -> dict[str, str]:
     return {run.legal_entity.code: run.status for run in reconcile(entity=entity or None, period=period)}
 
 
+@shared_task(name="pscsync.tasks.archive_due_task")
+def archive_due_task() -> list[str]:
+    """Archive the bodies of every month past its legal entity's retention (pscsync.archive)."""
+    from pscsync.archive import archive_due
+
+    return [str(a) for a in archive_due()]
+
+
 # A forked worker child must not reuse the parent's pooled HTTP connections.
 os.register_at_fork(after_in_child=reset_client)

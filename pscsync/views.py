@@ -4,29 +4,23 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
-from django_htmx.middleware import HtmxDetails
 
 from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_HANDOFFS, WORK_EXCEPTIONS, navigation, permission_required
 from pscsync.flows import FLOWS
 from pscsync.glossary import document_text
 from pscsync.models import Handoff, LegalEntity
+from pscsync.request_types import SignedInRequest
 from pscsync.secrets import mask_secrets
 from pscsync.selectors import events_for_handoff, handoff_get_for_user, handoffs_filtered
 
 
-class HtmxHttpRequest(HttpRequest):
-    """A request as django-htmx's middleware leaves it (for the type checker; never built)."""
-
-    htmx: HtmxDetails
-
-
 @login_required
 @require_GET
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: SignedInRequest) -> HttpResponse:
     """Send each user to the first page their role may use."""
     items = navigation(request)["nav_items"]
     if request.user.has_perm(WORK_EXCEPTIONS) and not request.user.has_perm(CONFIGURE):
@@ -38,7 +32,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @permission_required(VIEW_HANDOFFS)
 @require_GET
-def handoff_list(request: HtmxHttpRequest) -> HttpResponse:
+def handoff_list(request: SignedInRequest) -> HttpResponse:
     status = request.GET.get("status", "")
     flow = request.GET.get("flow", "")
     q = request.GET.get("q", "").strip()
@@ -66,7 +60,7 @@ def handoff_list(request: HtmxHttpRequest) -> HttpResponse:
 
 @permission_required(VIEW_HANDOFFS)
 @require_GET
-def handoff_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def handoff_detail(request: SignedInRequest, pk: int) -> HttpResponse:
     handoff = handoff_get_for_user(user=request.user, pk=pk)
     steps = list(handoff.steps.select_related("target_connection").prefetch_related("attempts"))
     for step in steps:

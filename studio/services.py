@@ -61,7 +61,8 @@ def draft_open(*, mapping: Mapping, actor: User, based_on: MappingVersion | None
         return existing
     source = based_on or published(mapping)
     if existing is not None:
-        existing.rules, existing.value_maps = list(source.rules), dict(source.value_maps)
+        existing.rules = list(source.rules) if source else []
+        existing.value_maps = dict(source.value_maps) if source else {}
         existing.created_by, existing.created_at = actor, clock.now()
         existing.save(update_fields=["rules", "value_maps", "created_by", "created_at"])
         return existing

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from connectors.models import Connection
 from pscsync.access import CONFIGURE, permission_required, scope_queryset
 from pscsync.models import Handoff, Mapping, MappingVersion
+from pscsync.request_types import SignedInRequest
 from remediation.models import BulkJob
 from remediation.services import ActionRefused, bulk_job_create
 from studio import services
@@ -42,7 +43,7 @@ def _draft(mapping: Mapping) -> MappingVersion:
 
 @permission_required(CONFIGURE)
 @require_GET
-def mapping_list(request: HttpRequest) -> HttpResponse:
+def mapping_list(request: SignedInRequest) -> HttpResponse:
     groups = []
     for connection in _connections(request).order_by("name"):
         rows = []
@@ -79,7 +80,7 @@ def _detail_context(mapping: Mapping, **extra: Any) -> dict[str, Any]:
 
 @permission_required(CONFIGURE)
 @require_GET
-def mapping_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def mapping_detail(request: SignedInRequest, pk: int) -> HttpResponse:
     # ?field=<target> highlights that rule, ?open=<value map> opens that table: the workbench's
     # fix buttons for a mapping error land on the rule or value map that failed.
     context = _detail_context(
@@ -90,14 +91,14 @@ def mapping_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required(CONFIGURE)
 @require_POST
-def draft_start(request: HttpRequest, pk: int) -> HttpResponse:
+def draft_start(request: SignedInRequest, pk: int) -> HttpResponse:
     services.draft_open(mapping=_mapping(request, pk), actor=request.user)
     return redirect("studio:detail", pk=pk)
 
 
 @permission_required(CONFIGURE)
 @require_POST
-def rule_save_view(request: HttpRequest, pk: int, position: int) -> HttpResponse:
+def rule_save_view(request: SignedInRequest, pk: int, position: int) -> HttpResponse:
     mapping = _mapping(request, pk)
     draft = _draft(mapping)
     problems = []
@@ -117,7 +118,7 @@ def rule_save_view(request: HttpRequest, pk: int, position: int) -> HttpResponse
 
 @permission_required(CONFIGURE)
 @require_POST
-def rule_remove_view(request: HttpRequest, pk: int, position: int) -> HttpResponse:
+def rule_remove_view(request: SignedInRequest, pk: int, position: int) -> HttpResponse:
     mapping = _mapping(request, pk)
     try:
         services.rule_remove(draft=_draft(mapping), position=position, actor=request.user)
@@ -128,7 +129,7 @@ def rule_remove_view(request: HttpRequest, pk: int, position: int) -> HttpRespon
 
 @permission_required(CONFIGURE)
 @require_POST
-def rule_move_view(request: HttpRequest, pk: int, position: int) -> HttpResponse:
+def rule_move_view(request: SignedInRequest, pk: int, position: int) -> HttpResponse:
     mapping = _mapping(request, pk)
     step = -1 if request.POST.get("direction") == "up" else 1
     try:
@@ -140,13 +141,14 @@ def rule_move_view(request: HttpRequest, pk: int, position: int) -> HttpResponse
 
 @permission_required(CONFIGURE)
 @require_POST
-def value_map_save_view(request: HttpRequest, pk: int) -> HttpResponse:
+def value_map_save_view(request: SignedInRequest, pk: int) -> HttpResponse:
     mapping = _mapping(request, pk)
     draft = _draft(mapping)
     name = request.POST.get("name", "")
     try:
         if request.POST.get("csv", "").strip() or request.FILES.get("csv_file"):
-            text = request.POST.get("csv") or request.FILES["csv_file"].read().decode("utf-8-sig")
+            upload = request.FILES.get("csv_file")
+            text = request.POST.get("csv") or (upload.read().decode("utf-8-sig") if upload else "")
             table = services.value_map_from_csv(text, name)
         else:
             keys, values = request.POST.getlist("key"), request.POST.getlist("value")
@@ -161,7 +163,7 @@ def value_map_save_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required(CONFIGURE)
 @require_GET
-def value_map_csv(request: HttpRequest, pk: int, name: str) -> HttpResponse:
+def value_map_csv(request: SignedInRequest, pk: int, name: str) -> HttpResponse:
     mapping = _mapping(request, pk)
     shown = services.draft_of(mapping) or services.published(mapping)
     if shown is None or name not in shown.value_maps:
@@ -173,7 +175,7 @@ def value_map_csv(request: HttpRequest, pk: int, name: str) -> HttpResponse:
 
 @permission_required(CONFIGURE)
 @require_POST
-def preview_view(request: HttpRequest, pk: int) -> HttpResponse:
+def preview_view(request: SignedInRequest, pk: int) -> HttpResponse:
     mapping = _mapping(request, pk)
     version = services.draft_of(mapping) or services.published(mapping)
     pasted = request.POST.get("document", "").strip()
@@ -211,7 +213,7 @@ def preview_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required(CONFIGURE)
 @require_GET
-def impact_view(request: HttpRequest, pk: int) -> HttpResponse:
+def impact_view(request: SignedInRequest, pk: int) -> HttpResponse:
     return _impact(request, _mapping(request, pk))
 
 
@@ -232,7 +234,7 @@ def _impact(request: HttpRequest, mapping: Mapping) -> HttpResponse:
 
 @permission_required(CONFIGURE)
 @require_POST
-def value_map_add_view(request: HttpRequest, pk: int) -> HttpResponse:
+def value_map_add_view(request: SignedInRequest, pk: int) -> HttpResponse:
     """ "Add this value to the value map" from the impact list: one entry into the draft (opened
     when there is none), then back to the impact list, which now counts it."""
     mapping = _mapping(request, pk)
@@ -255,7 +257,7 @@ def value_map_add_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required(CONFIGURE)
 @require_POST
-def publish_view(request: HttpRequest, pk: int) -> HttpResponse:
+def publish_view(request: SignedInRequest, pk: int) -> HttpResponse:
     mapping = _mapping(request, pk)
     draft = _draft(mapping)
     try:
@@ -270,7 +272,7 @@ def publish_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required(CONFIGURE)
 @require_POST
-def discard_view(request: HttpRequest, pk: int) -> HttpResponse:
+def discard_view(request: SignedInRequest, pk: int) -> HttpResponse:
     services.draft_discard(draft=_draft(_mapping(request, pk)), actor=request.user)
     messages.success(request, "Draft discarded; the version in force is unchanged.")
     return redirect("studio:detail", pk=pk)
@@ -278,20 +280,22 @@ def discard_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required(CONFIGURE)
 @require_POST
-def rerun_view(request: HttpRequest, pk: int) -> HttpResponse:
+def rerun_view(request: SignedInRequest, pk: int) -> HttpResponse:
     """Hand the handoffs this mapping now lets through to the workbench's bulk retry: a tracked,
     audited job; each handoff resumes at the step that failed with the version in force."""
     mapping = _mapping(request, pk)
     version = services.published(mapping)
-    impact = services.impact(version) if version else None
-    candidates = [h.pk for h in (impact.would_pass if impact else [])]
+    if version is None:
+        messages.error(request, "This mapping has no published version yet: publish it first, then re-run.")
+        return redirect(reverse("studio:detail", args=[pk]) + "#publish")
+    candidates = [h.pk for h in services.impact(version).would_pass]
     allowed = list(scope_queryset(Handoff.objects.filter(pk__in=candidates), request.user).values_list("pk", flat=True))
     try:
         job = bulk_job_create(
             actor=request.user,
             kind=BulkJob.Kind.RETRY,
             handoff_ids=allowed,
-            reason=f"re-run after publishing {version.label}" if version else "",
+            reason=f"re-run after publishing {version.label}",
         )
     except ActionRefused as refused:
         messages.error(request, str(refused))
@@ -302,7 +306,7 @@ def rerun_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required(CONFIGURE)
 @require_GET
-def version_view(request: HttpRequest, pk: int, number: int) -> HttpResponse:
+def version_view(request: SignedInRequest, pk: int, number: int) -> HttpResponse:
     mapping = _mapping(request, pk)
     version = get_object_or_404(mapping.versions, number=number)
     previous = mapping.versions.filter(number__lt=number).exclude(status="draft").order_by("-number").first()
@@ -320,7 +324,7 @@ def version_view(request: HttpRequest, pk: int, number: int) -> HttpResponse:
 
 @permission_required(CONFIGURE)
 @require_POST
-def restore_view(request: HttpRequest, pk: int, number: int) -> HttpResponse:
+def restore_view(request: SignedInRequest, pk: int, number: int) -> HttpResponse:
     mapping = _mapping(request, pk)
     version = get_object_or_404(mapping.versions.exclude(status="draft"), number=number)
     services.draft_open(mapping=mapping, actor=request.user, based_on=version)
@@ -330,7 +334,7 @@ def restore_view(request: HttpRequest, pk: int, number: int) -> HttpResponse:
 
 @permission_required(CONFIGURE)
 @require_GET
-def export_view(request: HttpRequest, connection_id: int) -> HttpResponse:
+def export_view(request: SignedInRequest, connection_id: int) -> HttpResponse:
     connection = get_object_or_404(_connections(request), pk=connection_id)
     response = JsonResponse(services.mappings_export(connection), json_dumps_params={"indent": 2})
     response["Content-Disposition"] = f'attachment; filename="{connection.slug}-mappings.json"'
@@ -339,7 +343,7 @@ def export_view(request: HttpRequest, connection_id: int) -> HttpResponse:
 
 @permission_required(CONFIGURE)
 @require_POST
-def import_view(request: HttpRequest, connection_id: int) -> HttpResponse:
+def import_view(request: SignedInRequest, connection_id: int) -> HttpResponse:
     connection = get_object_or_404(_connections(request), pk=connection_id)
     upload = request.FILES.get("file")
     text = upload.read().decode("utf-8-sig") if upload else request.POST.get("document", "")

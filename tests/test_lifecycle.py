@@ -27,7 +27,7 @@ from tests.helpers import change_body, moves_told
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where production code lives (tests, the bench's loaders and migrations are not moves).
-SOURCE_PACKAGES = ("pscsync", "remediation", "dashboards", "api", "connectors", "studio", "accounts")
+SOURCE_PACKAGES = ("pscsync", "remediation", "dashboards", "api", "connectors", "studio", "accounts", "demo")
 
 
 @pytest.fixture(autouse=True)

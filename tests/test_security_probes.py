@@ -72,7 +72,7 @@ def test_env_example_lists_every_variable_the_code_reads() -> None:
         r"""|environ\[\s*["']([A-Z][A-Z0-9_]+)["']\]"""
     )
     read: dict[str, str] = {}
-    for package in ("pscsync", "accounts", "connectors", "api", "dashboards", "remediation", "studio"):
+    for package in ("pscsync", "accounts", "connectors", "api", "dashboards", "remediation", "studio", "demo"):
         for path in (ROOT / package).rglob("*.py"):
             for match in pattern.finditer(path.read_text()):
                 read.setdefault(match.group(1) or match.group(2), str(path.relative_to(ROOT)))

@@ -106,7 +106,8 @@ def test_flows_and_reconciliation_name_no_vendor_field() -> None:
 
 
 def test_the_engine_reaches_the_sandboxes_over_http_only() -> None:
-    found = [hit for path in _modules("pscsync", "remediation", "dashboards", "api") for hit in sandbox_imports(path)]
+    above = ("pscsync", "remediation", "dashboards", "api", "studio", "ops", "accounts")
+    found = [hit for path in _modules(*above) for hit in sandbox_imports(path)]
     assert found == [], "sandbox addresses come from settings (SANDBOX_URLS); only the sandbox command imports them"
 
 
@@ -118,6 +119,21 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
     return found
+
+
+# Every part of the product: none of them imports the demo app (its firm, its simulator, its
+# commands), so the product runs, and its tests hold, with demo/ deleted.
+PRODUCT = ("pscsync", "connectors", "remediation", "dashboards", "studio", "api", "ops", "accounts")
+
+
+def demo_imports(path: Path) -> list[str]:
+    names = sorted(_imports(path))
+    return [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "demo" or n.startswith("demo.")]
+
+
+def test_the_product_does_not_import_the_demo() -> None:
+    found = [hit for path in _modules(*PRODUCT) for hit in demo_imports(path)]
+    assert found == [], "the demo firm is an app beside the engine (docs/engine.md); the engine never imports it"
 
 
 def test_the_connectors_import_nothing_of_the_engine() -> None:
@@ -140,6 +156,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
     sample.write_text(
         '"""A docstring naming pse__Proj__c is prose."""\n'
         "from connectors.sandboxes import sandbox_url\n"
+        "from demo.firm import firm_connections_save\n"
         "def f(psa, db):\n"
         '    """So is this: custbody_x."""\n'
         '    if db.vendor == "postgresql":\n'
@@ -148,9 +165,10 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
         '    return psa.vendor == "certinia" and {"pse__Project__c": 1}\n'
     )
     try:
-        assert vendor_branches(sample) == ["pscsync/_contract_sample.py:8"]
+        assert vendor_branches(sample) == ["pscsync/_contract_sample.py:9"]
         assert [h.split(" ", 1)[1] for h in vendor_fields(sample)] == ["'pse__Project__c'"]
         assert sandbox_imports(sample) == ["pscsync/_contract_sample.py:2"]
+        assert demo_imports(sample) == ["pscsync/_contract_sample.py: demo.firm"]
     finally:
         sample.unlink()
 

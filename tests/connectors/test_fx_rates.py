@@ -14,7 +14,7 @@ import pytest
 from dashboards import metrics
 from dashboards.fx import fx_rate_override, fx_rates_read
 from dashboards.models import ExchangeRate, FxRate
-from pscsync.firm import firm_connections_save
+from demo.firm import firm_connections_save
 from pscsync.models import AuditEntry
 
 pytestmark = pytest.mark.django_db

@@ -36,7 +36,7 @@ class Firm:
 
 @pytest.fixture
 def firm(sandbox_factory, entities, monkeypatch):  # noqa: F811
-    from pscsync.firm import firm_connections_save
+    from demo.firm import firm_connections_save
 
     monkeypatch.setattr(base, "_tokens", {})
     sandboxes = {name: sandbox_factory(name) for name in ("salesforce", "kantata", "netsuite", "businesscentral")}

@@ -15,7 +15,7 @@ import pytest
 
 from connectors import base
 from connectors.registry import connector_for
-from pscsync.firm import firm_connections_save, firm_subscriptions_register
+from demo.firm import firm_connections_save, firm_subscriptions_register
 from pscsync.models import BilledItem, Handoff
 from tests.connectors.conftest import sandbox_factory  # noqa: F401  (the fixture, shared)
 from tests.flows.conftest import Firm, won_deal

@@ -48,7 +48,7 @@ def _alive(pid: int) -> bool:
 
 def test_sigterm_stops_every_process_the_demo_started_within_10_seconds(tmp_path) -> None:
     demo = subprocess.Popen(
-        [sys.executable, "-m", "pscsync.demo"],
+        [sys.executable, "-m", "demo"],
         env=_demo_env(tmp_path, free_port()),
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -84,7 +84,7 @@ def test_a_taken_port_is_named_with_the_variable_that_moves_it(tmp_path) -> None
         holder.listen()
         port = holder.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "pscsync.demo"],
+            [sys.executable, "-m", "demo"],
             env=_demo_env(tmp_path, port),
             cwd=ROOT,
             capture_output=True,

@@ -9,9 +9,9 @@ import datetime as dt
 import pytest
 
 from dashboards import leaders, metrics
+from demo.simulation.operators import Workbench
 from pscsync import clock
 from pscsync.models import AuditEntry, Handoff
-from pscsync.simulation.operators import Workbench
 from tests.flows.conftest import run, trigger, won_deal
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from pscsync.simulation.drivers import drivers_for
-from pscsync.simulation.plan import Options, Plan, scenario_plan
-from pscsync.simulation.simulator import Settings, Simulation
+from demo.simulation.drivers import drivers_for
+from demo.simulation.plan import Options, Plan, scenario_plan
+from demo.simulation.simulator import Settings, Simulation
 from tests.connectors.conftest import sandbox_factory  # noqa: F401  (the fixture, shared)
 
 START = dt.datetime(2026, 8, 31, tzinfo=dt.UTC)  # a Monday

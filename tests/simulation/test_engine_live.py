@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from connectors import base
-from pscsync.firm import firm_connections_save, firm_subscriptions_register
+from demo.firm import firm_connections_save, firm_subscriptions_register
+from demo.simulation.drivers import drivers_for
+from demo.simulation.plan import Action, Options, Plan
+from demo.simulation.simulator import Settings, Simulation
 from pscsync.models import Handoff
-from pscsync.simulation.drivers import drivers_for
-from pscsync.simulation.plan import Action, Options, Plan
-from pscsync.simulation.simulator import Settings, Simulation
 from tests.connectors.conftest import sandbox_factory  # noqa: F401  (the fixture, shared)
 from tests.helpers import ROOT, free_port
 from tests.integration.conftest import Stack, _flush_broker, _test_database_url, wait_until

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from demo.simulation.plan import Options, fx_rate, record_rng, scenario_plan, start_of
 from pscsync import clock
-from pscsync.simulation.plan import Options, fx_rate, record_rng, scenario_plan, start_of
 
 
 def test_the_same_seed_gives_the_same_firm() -> None:

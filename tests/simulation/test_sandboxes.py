@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from pscsync.simulation import anomalies
-from pscsync.simulation.drivers import VendorUnavailable
-from pscsync.simulation.plan import STAGES, Action, Options, Person, Plan, fx_rate, scenario_plan
+from demo.simulation import anomalies
+from demo.simulation.drivers import VendorUnavailable
+from demo.simulation.plan import STAGES, Action, Options, Person, Plan, fx_rate, scenario_plan
 from tests.simulation.conftest import QUIET, START
 
 pytestmark = pytest.mark.django_db

@@ -11,7 +11,7 @@ import httpx
 from django.core.management.base import BaseCommand, CommandError
 
 from connectors.models import Connection
-from pscsync.firm import firm_subscriptions_register
+from demo.firm import firm_subscriptions_register
 
 SLUGS = ("salesforce", "certinia-us", "kantata-uk", "netsuite-us", "businesscentral-uk")
 

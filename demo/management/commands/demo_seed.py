@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from connectors.models import Connection
-from pscsync.firm import firm_connections_save
+from demo.firm import firm_connections_save
 from pscsync.models import LegalEntity
 from pscsync.services import connection_save, new_webhook_secret, user_provision
 

@@ -26,9 +26,8 @@ from typing import Any
 
 import httpx
 
-from pscsync.clock import clock_file_write
-from pscsync.simulation import anomalies
-from pscsync.simulation.drivers import (
+from demo.simulation import anomalies
+from demo.simulation.drivers import (
     BusinessCentral,
     Driver,
     Kantata,
@@ -37,8 +36,8 @@ from pscsync.simulation.drivers import (
     VendorError,
     VendorUnavailable,
 )
-from pscsync.simulation.operators import Workbench, WorkbenchUnavailable
-from pscsync.simulation.plan import (
+from demo.simulation.operators import Workbench, WorkbenchUnavailable
+from demo.simulation.plan import (
     ENTITIES,
     NETSUITE_CURRENCIES,
     Action,
@@ -48,8 +47,9 @@ from pscsync.simulation.plan import (
     record_rng,
     scenario_plan,
 )
+from pscsync.clock import clock_file_write
 
-log = logging.getLogger("pscsync.simulation")
+log = logging.getLogger("demo.simulation")
 KANTATA_USERS = ("43", "44", "42")  # the sandbox's seeded users stand in for the UK consultants
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
 MAX_DEFERRALS = 30  # x 12 business hours: a week of time waits up to 15 days for its project

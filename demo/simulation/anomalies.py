@@ -18,7 +18,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from pscsync.simulation.drivers import BusinessCentral, Driver, Kantata, NetSuite, Salesforce
+from demo.simulation.drivers import BusinessCentral, Driver, Kantata, NetSuite, Salesforce
 
 ANOMALIES = (
     "missing_tax_profile",

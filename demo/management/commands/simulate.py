@@ -18,10 +18,10 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from pscsync.simulation.drivers import drivers_for
-from pscsync.simulation.plan import Options, scenario_plan, start_of
-from pscsync.simulation.simulator import Settings, Simulation
-from pscsync.simulation.trickle import trickle_forever
+from demo.simulation.drivers import drivers_for
+from demo.simulation.plan import Options, scenario_plan, start_of
+from demo.simulation.simulator import Settings, Simulation
+from demo.simulation.trickle import trickle_forever
 
 RATE_OPTIONS = {
     "missing_tax_profile": "share of new accounts created without a tax profile",

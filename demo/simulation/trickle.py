@@ -13,8 +13,8 @@ import datetime as dt
 import random
 import time
 
-from pscsync.simulation.plan import STAGES, Action, _client_name, _deal
-from pscsync.simulation.simulator import Simulation
+from demo.simulation.plan import STAGES, Action, _client_name, _deal
+from demo.simulation.simulator import Simulation
 
 
 def trickle_step(sim: Simulation, rng: random.Random, n: int) -> str:

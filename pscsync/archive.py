@@ -1,0 +1,288 @@
+"""Retention: a finished handoff's bodies leave the database after its legal entity's retention.
+
+What grows without bound is not the handoffs but what each one carries: the raw body, headers
+and payload of its source events and the request and response of every vendor call (a real
+vendor answers with kilobytes). After `LegalEntity.retention_months` those bodies move, one
+calendar month (UTC, by the handoff's finish) and one legal entity at a time, to gzip-compressed
+JSON Lines files with a manifest (row counts and SHA-256 per file); the rows are then emptied of
+them in the same transaction. Everything the dashboards, the workbench and reconciliation count
+stays: handoffs, steps and their outputs, attempts' outcomes and timings, transitions, facts and
+rollups. The audit trail is not archived (its hash chain and the database's append-only trigger
+keep it whole). A restore checks every file against the manifest before it writes a byte back.
+
+Only finished handoffs move: succeeded, resolved or cancelled. One that needs a person, waits to
+retry or is running keeps its bodies whatever its age. docs/operations.md ("Retention and
+archives") says how to run it; docs/engine.md why rows are not dropped yet (partitioning)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import Model
+
+from pscsync import clock
+from pscsync.audit import audit_record
+from pscsync.models import Archive, Attempt, Event, Handoff, LegalEntity
+
+FILES = {
+    "events": (Event, ("headers", "raw_body", "payload")),
+    "attempts": (Attempt, ("request", "response")),
+}
+EMPTY: dict[str, Any] = {"headers": {}, "raw_body": "", "payload": {}, "request": {}, "response": {}}
+CHUNK = 2000
+MANIFEST_VERSION = 1
+
+
+class ArchiveRefused(Exception):
+    """An archive or restore that must not happen, said in words a person reads."""
+
+
+@dataclass(frozen=True)
+class Month:
+    first: dt.date
+
+    @classmethod
+    def parse(cls, text: str) -> Month:
+        try:
+            year, month = (int(part) for part in text.split("-"))
+            return cls(dt.date(year, month, 1))
+        except ValueError:
+            raise ArchiveRefused(f"{text!r} is not a month: write it as YYYY-MM, e.g. 2025-10.") from None
+
+    def next(self) -> Month:
+        return Month(dt.date(self.first.year + self.first.month // 12, self.first.month % 12 + 1, 1))
+
+    def plus(self, months: int) -> Month:
+        m = self
+        for _ in range(months):
+            m = m.next()
+        return m
+
+    def bounds(self) -> tuple[dt.datetime, dt.datetime]:
+        start = dt.datetime.combine(self.first, dt.time.min, tzinfo=dt.UTC)
+        return start, dt.datetime.combine(self.next().first, dt.time.min, tzinfo=dt.UTC)
+
+    @property
+    def label(self) -> str:
+        return f"{self.first:%B %Y}"
+
+
+def archive_root() -> Path:
+    return Path(getattr(settings, "ARCHIVE_DIR", "") or Path(settings.BASE_DIR) / "var" / "archive")
+
+
+def retention_set(*, entity: LegalEntity, months: int, actor: User | None, actor_label: str = "") -> None:
+    """Change how long an entity's finished handoffs keep their bodies (audited). At least one
+    month: the current month's handoffs are still being looked at."""
+    if not 1 <= months <= 120:
+        raise ArchiveRefused(f"A retention is between 1 and 120 months, not {months}.")
+    with transaction.atomic():
+        before = entity.retention_months
+        entity.retention_months = months
+        entity.save(update_fields=["retention_months"])
+        audit_record(
+            actor=actor,
+            actor_label=actor_label,
+            action="retention.changed",
+            obj=entity,
+            before={"retention_months": before},
+            after={"retention_months": months},
+            legal_entity=entity,
+        )
+
+
+def month_due(entity: LegalEntity, month: Month, today: dt.date | None = None) -> bool:
+    """Has every day of `month` passed the entity's retention? (October 2025 with 13 months is due
+    on 1 December 2026.)"""
+    today = today or clock.now().date()
+    return month.next().plus(entity.retention_months).first <= today
+
+
+def _handoffs_of(entity: LegalEntity, month: Month) -> Any:
+    start, end = month.bounds()
+    return Handoff.objects.filter(
+        legal_entity=entity,
+        status__in=Handoff.TERMINAL,
+        finished_at__gte=start,
+        finished_at__lt=end,
+        archive__isnull=True,
+    )
+
+
+def _rows(model: type[Model], fields: tuple[str, ...], handoff_ids: list[int]) -> Iterator[dict[str, Any]]:
+    link = "handoff_id__in" if model is Event else "step__handoff_id__in"
+    for i in range(0, len(handoff_ids), CHUNK):
+        chunk = handoff_ids[i : i + CHUNK]
+        yield from model._default_manager.filter(**{link: chunk}).order_by("pk").values("pk", *fields).iterator(CHUNK)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest_sha256(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def archive_month(*, entity: LegalEntity, month: Month, actor: User | None, actor_label: str = "") -> Archive:
+    """Move one month's finished handoffs' bodies of one entity to files; empty them in the rows.
+
+    All in one transaction with the handoffs locked: a handoff reopened meanwhile waits, and a
+    failure leaves the rows as they were and no files behind."""
+    if not month_due(entity, month):
+        raise ArchiveRefused(
+            f"{month.label} is within {entity.name}'s retention of {entity.retention_months} months: "
+            f"its handoffs keep their bodies until {month.next().plus(entity.retention_months).first:%-d %B %Y}."
+        )
+    if Archive.objects.filter(legal_entity=entity, month=month.first, restored_at__isnull=True).exists():
+        raise ArchiveRefused(f"{entity.name}'s {month.label} is already archived.")
+    created_at = clock.now()
+    directory = archive_root() / entity.code / f"{month.first:%Y-%m}-{created_at:%Y%m%dT%H%M%S}"
+    with transaction.atomic():
+        ids = list(_handoffs_of(entity, month).select_for_update().order_by("pk").values_list("pk", flat=True))
+        if not ids:
+            raise ArchiveRefused(f"{entity.name} has no finished handoff in {month.label} left to archive.")
+        directory.mkdir(parents=True, exist_ok=False)
+        try:
+            files = {}
+            for name, (model, fields) in FILES.items():
+                path = directory / f"{name}.jsonl.gz"
+                count = 0
+                # mtime=0: the same rows make the same bytes, so a file's checksum names its content.
+                with gzip.GzipFile(path, "wb", mtime=0) as out:
+                    for row in _rows(model, fields, ids):
+                        out.write(json.dumps({"id": row["pk"], **{f: row[f] for f in fields}}).encode() + b"\n")
+                        count += 1
+                files[name] = {"file": path.name, "rows": count, "sha256": _sha256(path)}
+            manifest = {
+                "version": MANIFEST_VERSION,
+                "legal_entity": entity.code,
+                "month": f"{month.first:%Y-%m}",
+                "handoffs": len(ids),
+                "handoff_ids": [ids[0], ids[-1]],
+                "created_at": created_at.isoformat(),
+                "files": files,
+            }
+            (directory / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            archive = Archive.objects.create(
+                legal_entity=entity,
+                month=month.first,
+                directory=str(directory),
+                manifest=manifest,
+                manifest_sha256=_manifest_sha256(manifest),
+                handoffs=len(ids),
+                created_at=created_at,
+            )
+            for i in range(0, len(ids), CHUNK):
+                chunk = ids[i : i + CHUNK]
+                Event.objects.filter(handoff_id__in=chunk).update(**{f: EMPTY[f] for f in FILES["events"][1]})
+                Attempt.objects.filter(step__handoff_id__in=chunk).update(**{f: EMPTY[f] for f in FILES["attempts"][1]})
+                Handoff.objects.filter(pk__in=chunk).update(archive=archive)
+            audit_record(
+                actor=actor,
+                actor_label=actor_label,
+                action="archive.created",
+                obj=archive,
+                after={"month": manifest["month"], "handoffs": len(ids), "files": files},
+                legal_entity=entity,
+            )
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+    return archive
+
+
+def archives_due(today: dt.date | None = None) -> list[tuple[LegalEntity, Month]]:
+    """Every (entity, month) past its retention that still has a finished handoff to archive."""
+    due = []
+    for entity in LegalEntity.objects.all():
+        oldest = (
+            Handoff.objects.filter(legal_entity=entity, status__in=Handoff.TERMINAL, archive__isnull=True)
+            .exclude(finished_at=None)
+            .order_by("finished_at")
+            .values_list("finished_at", flat=True)
+            .first()
+        )
+        if oldest is None:
+            continue
+        month = Month(oldest.date().replace(day=1))
+        while month_due(entity, month, today):
+            if _handoffs_of(entity, month).exists():
+                due.append((entity, month))
+            month = month.next()
+    return due
+
+
+def archive_due(*, actor_label: str = "system:retention") -> list[Archive]:
+    """The beat's monthly pass: archive whatever has passed its entity's retention."""
+    return [
+        archive_month(entity=entity, month=month, actor=None, actor_label=actor_label)
+        for entity, month in archives_due()
+    ]
+
+
+def archive_verify(archive: Archive) -> list[str]:
+    """What no longer matches the manifest (empty when every file is whole)."""
+    problems = []
+    if _manifest_sha256(archive.manifest) != archive.manifest_sha256:
+        problems.append("the manifest stored with the archive was changed")
+    directory = Path(archive.directory)
+    for name, entry in archive.manifest.get("files", {}).items():
+        path = directory / entry["file"]
+        if not path.exists():
+            problems.append(f"the {name} file is missing ({path})")
+        elif _sha256(path) != entry["sha256"]:
+            problems.append(f"the {name} file no longer matches its checksum (changed or damaged)")
+    return problems
+
+
+def archive_restore(*, archive: Archive, actor: User | None, actor_label: str = "") -> int:
+    """Write an archive's bodies back into their rows (for an audit or an investigation).
+    Refuses, changing nothing, when a file is missing or does not match the manifest."""
+    if archive.restored_at is not None:
+        raise ArchiveRefused(f"{archive} was already restored.")
+    problems = archive_verify(archive)
+    if problems:
+        raise ArchiveRefused(f"{archive} cannot be restored: " + "; ".join(problems) + ".")
+    directory = Path(archive.directory)
+    restored = 0
+    with transaction.atomic():
+        for name, (model, fields) in FILES.items():
+            batch = []
+            with gzip.open(directory / archive.manifest["files"][name]["file"], "rb") as f:
+                for line in f:
+                    row = json.loads(line)
+                    batch.append(model(pk=row["id"], **{k: row[k] for k in fields}))
+                    if len(batch) >= CHUNK:
+                        model._default_manager.bulk_update(batch, fields)
+                        restored += len(batch)
+                        batch = []
+            model._default_manager.bulk_update(batch, fields)
+            restored += len(batch)
+        Handoff.objects.filter(archive=archive).update(archive=None)
+        archive.restored_at = clock.now()
+        archive.save(update_fields=["restored_at"])
+        audit_record(
+            actor=actor,
+            actor_label=actor_label,
+            action="archive.restored",
+            obj=archive,
+            after={"rows": restored},
+            legal_entity=archive.legal_entity,
+        )
+    return restored
