@@ -1,16 +1,18 @@
 # pscsync: one image for web, worker, beat, migrate and the demo (docs/operations.md, "Containers").
-# Written for `docker build .` / `podman build .`; not built on the machine it was written on
-# (no container runtime there): see the README for what was and was not run.
+# `docker build .` / `podman build .` on the official Python image. Built and run on a machine
+# without registry access by ops/containers/check.sh, with PYTHON_IMAGE set to a local stand-in
+# made from Debian bookworm (ops/containers/README.md says what that does and does not prove).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- build: a virtualenv with the pinned requirements (every one ships a wheel: no compiler) ---
-FROM python:3.11-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 COPY requirements.txt /tmp/requirements.txt
 RUN /opt/venv/bin/pip install --only-binary=:all: -r /tmp/requirements.txt
 
 # --- runtime: slim, no compilers, not root --------------------------------------------------
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench chromium
+.PHONY: demo test lint bench chromium containers
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(TEST_ENV) $(VENV)/bin/mypy
+
+# Build the image and run compose.yaml with podman on local stand-in base images, then stop it
+# (ops/containers/README.md). Root, apt and several minutes: deliberately not part of `make test`.
+containers:
+	sh ops/containers/check.sh
 
 bench: $(VENV)/.dev
 	$(PY) bench/ingest

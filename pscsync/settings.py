@@ -407,7 +407,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     # The embedded broker: messages are files under var/broker, so web, worker and beat
     # processes on one machine share a queue without any server.
     _broker_dir = VAR_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     # kombu's filesystem transport, writing each message whole before a worker can take it
     # (ops/broker.py: a half-written message stopped the worker).
@@ -416,6 +416,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        # kombu's default is "control" in the working directory: the repository under `make demo`,
+        # and /app in the image, which uid 10001 cannot write ("Permission denied: 'control'", the
+        # demo's worker dying at start in `compose --profile demo up demo`).
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 else:

@@ -40,3 +40,40 @@ def test_no_reader_can_take_the_file_before_it_is_written(tmp_path, monkeypatch)
         assert before == [] and size > 5000
         assert queue.get(timeout=1).payload == {"body": "x" * 5000}
         queue.close()
+
+
+def test_the_embedded_broker_keeps_every_folder_under_var(tmp_path, monkeypatch) -> None:
+    """kombu's default control folder is `control` in the working directory: /app in the image,
+    which its user cannot write, so the demo's worker died at start in the container. The settings
+    put it under var/broker, and a message going through creates nothing in the working directory."""
+    import json
+    import subprocess
+
+    from tests.helpers import PYTHON, ROOT
+
+    var, workdir = tmp_path / "var", tmp_path / "workdir"
+    workdir.mkdir()
+    env = {**os.environ, "CELERY_BROKER_URL": "filesystem://", "PSCSYNC_VAR_DIR": str(var)}
+    printed = subprocess.run(
+        [
+            PYTHON,
+            "-c",
+            "import json; from pscsync import settings; print(json.dumps(settings.CELERY_BROKER_TRANSPORT_OPTIONS))",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    options = json.loads(printed.strip().splitlines()[-1])
+    assert options["control_folder"] == str(var / "broker" / "control")
+    monkeypatch.chdir(workdir)
+    with Connection("filesystem://localhost/", transport="ops.broker:Transport", transport_options=options) as conn:
+        queue = conn.SimpleQueue("sweeps")  # a queue of its own: kombu keeps bindings per process
+        queue.put({"task": "sweep"})
+        assert queue.get(timeout=10).payload == {"task": "sweep"}
+        queue.close()
+    assert list(workdir.iterdir()) == []
+    assert (var / "broker" / "control").is_dir()
