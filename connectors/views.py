@@ -17,7 +17,7 @@ from connectors.filters import ConnectionFilter, connections_for
 from connectors.forms import ConnectionForm
 from connectors.models import Connection
 from connectors.registry import connector_class, connector_for
-from pscsync.access import CONFIGURE, entity_ids_for, permission_required, scope_queryset
+from pscsync.access import CONFIGURE, entity_ids_for, permission_required
 from pscsync.crypto import CredentialsUnreadable
 from pscsync.models import LegalEntity
 from pscsync.services import ConnectionChangeRefused, connection_save
