@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
+from django.dispatch import Signal
 
 from connectors.canonical import UPSERT, capability_or_none
 from connectors.errors import ConnectorError, RejectedError
@@ -316,16 +317,24 @@ def findings_open(connection: Connection | None = None) -> Any:
     return qs.filter(connection=connection) if connection is not None else qs
 
 
+# Sent when a check finds something new. The alerts app (which the engine must not import)
+# answers with a scan and returns how many messages it queued.
+findings_found = Signal()
+
+
+def alerts_for_new_findings() -> int:
+    """Scan for alerts now (schema.drift reads the open findings); messages queued."""
+    return sum(int(answer or 0) for _, answer in findings_found.send(sender=GovernanceFinding))
+
+
 def schema_check_alerting(*, accept: bool = False) -> dict[str, int]:
     """The schema check, then an alert scan when it found something new (the alerts read open
-    findings: api.alerts, schema.drift). Counts for the task's result and the command's report."""
+    findings: alerts.services, schema.drift). Counts for the task's result and the command's report."""
     results = schema_check(accept=accept)
     new = sum(len(r.new) for r in results)
     queued = 0
     if new:
-        from api.alerts import alerts_scan
-
-        queued = alerts_scan()
+        queued = alerts_for_new_findings()
     return {
         "connections": len(results),
         "records": sum(len(r.records_checked) for r in results),

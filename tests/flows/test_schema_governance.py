@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from api.models import AlertDelivery, AlertSubscription
+from alerts.models import AlertDelivery, AlertSubscription
 from connectors.models import GovernanceFinding
 from pscsync import clock
 from pscsync.governance import schema_check, schema_check_alerting

@@ -44,6 +44,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"  not checked: {error}")
             new += len(result.new)
         if new:
-            from api.alerts import alerts_scan
+            from pscsync.governance import alerts_for_new_findings
 
-            self.stdout.write(f"{new} new finding{'s' if new != 1 else ''}; {alerts_scan()} alert message(s) queued")
+            queued = alerts_for_new_findings()
+            self.stdout.write(f"{new} new finding{'s' if new != 1 else ''}; {queued} alert message(s) queued")
