@@ -186,6 +186,12 @@ def test_the_german_entity_reconciles_cleanly_after_its_flows(firm_de) -> None:
     assert run(trigger(firm_de, "project-to-bill", f"kantata-invoice:{invoice_id}", slug="kantata-de")).status == (
         Handoff.Status.SUCCEEDED
     )
+    # Finance posts the invoice in D365: only a posted invoice is revenue.
+    found = firm_de.connector("dynamicsfinance-de").lookup(entity="invoice", key=f"I-K{invoice_id}")
+    httpx.post(
+        f"{firm_de.sandboxes['dynamicsfinance'].url}/_sandbox/post-invoice",
+        json={"dataAreaId": "demf", "InvoiceIdentifier": int(found.external_id)},
+    )
 
     runs = reconcile(entity="de")
 
@@ -200,12 +206,18 @@ def test_the_german_entity_reconciles_cleanly_after_its_flows(firm_de) -> None:
     assert taxed and all(f"customer C-{deal['account']}" in m.explanation for m in taxed)
     assert all("has tax code DE-EXEMPT in Dynamics 365 Finance (DE)" in m.explanation for m in taxed)
 
-    # Someone deletes the invoice in D365: reconciliation reads D365 and finds the batch unbilled.
-    d365.withdraw(entity="invoice", record_id=d365.lookup(entity="invoice", key=f"I-K{invoice_id}").external_id)
+    # Another batch is billed and its draft is deleted in D365 (a posted one cannot be):
+    # reconciliation reads D365 and finds the batch unbilled.
+    other = provisioned(firm_de, "86")
+    other_invoice = kantata_invoice(firm_de, other["opportunity"])
+    assert run(trigger(firm_de, "project-to-bill", f"kantata-invoice:{other_invoice}", slug="kantata-de")).status == (
+        Handoff.Status.SUCCEEDED
+    )
+    d365.withdraw(entity="invoice", record_id=d365.lookup(entity="invoice", key=f"I-K{other_invoice}").external_id)
     reconcile(entity="de")
     missing = Mismatch.objects.filter(status="open", cause="missing_record")
-    assert {m.subject_key for m in missing} == {f"P-{deal['opportunity']}"}
-    assert all(f"has no invoice I-K{invoice_id} in Dynamics 365 Finance (DE)" in m.explanation for m in missing)
+    assert {m.subject_key for m in missing} == {f"P-{other['opportunity']}"}
+    assert all(f"has no invoice I-K{other_invoice} in Dynamics 365 Finance (DE)" in m.explanation for m in missing)
 
 
 def test_the_german_ledgers_exchange_rates_feed_the_rate_table(firm_de) -> None:

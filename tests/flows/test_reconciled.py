@@ -23,6 +23,11 @@ def test_a_firm_run_through_the_flows_reconciles_cleanly_then_an_unsynced_amendm
         Handoff.Status.SUCCEEDED
     )
 
+    # The accountants approve and post what the flows raised: only a posted invoice is revenue.
+    firm.connector("netsuite-us").upsert(entity="invoice", key=f"I-{event}", fields={"approvalStatus": {"id": "2"}})
+    bc = firm.connector("businesscentral-uk")
+    bc.post_invoice(bc.lookup(entity="salesInvoices", key=f"I-K{invoice}").external_id)
+
     runs = reconcile()
     assert all(r.status == "complete" for r in runs), [(r.legal_entity_id, r.error) for r in runs]
     assert list(Mismatch.objects.filter(status="open").values_list("explanation", flat=True)) == []
