@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--url", default="/dashboards/")
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, help="print the N slowest functions (cumulative)")
+    parser.add_argument("--sort", default="cumulative", help="cProfile order: cumulative or tottime")
     args = parser.parse_args()
     os.environ.update(pagebench.child_env(args.database))
     pagebench.django_setup()
@@ -78,7 +79,7 @@ def main() -> None:
         for _ in range(5):
             client.get(args.url)
         profile.disable()
-        pstats.Stats(profile).sort_stats("cumulative").print_stats(args.profile)
+        pstats.Stats(profile).sort_stats(args.sort).print_stats(args.profile)
 
 
 if __name__ == "__main__":
