@@ -28,7 +28,7 @@ def firm_de(sandbox_factory, entities, monkeypatch):  # noqa: F811
 
     monkeypatch.setattr(base, "_tokens", {})
     de = LegalEntity.objects.create(code="de", name="Acme Consulting GmbH", currency="EUR", country="DE")
-    names = ("salesforce", "kantata", "netsuite", "businesscentral", "dynamicsfinance")
+    names = ("salesforce", "kantata", "netsuite", "businesscentral", "dynamicsfinance", "kantata-de")
     sandboxes = {name: sandbox_factory(name) for name in names}
     connections = firm_connections_save(
         us=entities["us"], uk=entities["uk"], de=de, sandbox_urls={name: s.url for name, s in sandboxes.items()}
