@@ -35,6 +35,9 @@ WEB_HOST = os.environ.get("PSCSYNC_DEMO_HOST", "127.0.0.1")
 PORT_OFFSET = int(os.environ.get("PSCSYNC_SANDBOX_PORT_OFFSET", "0") or 0)
 ECHO_PORT = 8790 + PORT_OFFSET
 DEMO_DAYS = int(os.environ.get("PSCSYNC_DEMO_DAYS", "90"))
+# Wall seconds per simulated day (at least). On a loaded machine the engine falls behind the firm
+# at 2 s a day (a week's time waits for its project, then is given up): give it more.
+DAY_SECONDS = os.environ.get("PSCSYNC_DEMO_DAY_SECONDS", "2")
 # In port order from 8791: the German entity's own Kantata account is the second Kantata sandbox.
 VENDOR_SANDBOXES = ("salesforce", "kantata", "netsuite", "businesscentral", "dynamicsfinance", "kantata-de")
 # Container runtimes and systemd send SIGTERM and SIGKILL a few seconds later (often 5 or 10 s): the
@@ -203,6 +206,8 @@ def main() -> None:
         os.environ.get("PSCSYNC_DEMO_SEED", "7"),
         "--web",
         web_url,
+        "--day-seconds",
+        DAY_SECONDS,
         "--trickle",
         "--done-marker",
         str(simulated),
