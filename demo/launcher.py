@@ -234,6 +234,9 @@ def main() -> None:
             # accounts, NetSuite and Dynamics 365 Finance are polled by beat.
             subprocess.run([*manage, "demo_subscribe", "--web", web_url], env=env, cwd=ROOT, check=False)
 
+    # What the processes were given: the embedded default unless DATABASE_URL / CELERY_BROKER_URL say otherwise.
+    database = "PostgreSQL (DATABASE_URL)" if env.get("DATABASE_URL") else f"{VAR / 'pscsync.sqlite3'} (SQLite, WAL)"
+    broker = "CELERY_BROKER_URL" if env.get("CELERY_BROKER_URL") else f"{VAR / 'broker'} (files)"
     firm_note = (
         f"is living through the last {DEMO_DAYS} days (a few minutes; see var/logs/firm.log), then"
         if history
@@ -253,7 +256,7 @@ pscsync is running: http://127.0.0.1:{WEB_PORT}/
     · kantata (the German account) :{8796 + PORT_OFFSET}
   The demo firm {firm_note}
   new activity every few seconds, in real time.
-  Database: var/pscsync.sqlite3 (SQLite, WAL) · broker: var/broker (files) · logs: var/logs/
+  Database: {database} · broker: {broker} · logs: {logs}/
   Press Ctrl-C to stop everything.
 """,
         flush=True,
