@@ -181,6 +181,8 @@ KINDS: dict[str, Kind] = {
             "category",
             "expense_category_id",
             "amount_in_cents",
+            # The workspace's currency unless the expense was incurred in another (a trip abroad).
+            "currency",
             "notes",
             "billable",
             "reimbursable",

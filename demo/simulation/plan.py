@@ -288,10 +288,36 @@ def scenario_plan(options: Options, start_weekday: int = 0) -> Plan:
         actions.extend(
             _deal(rng, options, deal_ref, account_ref, entity, created, advanced, people, start_weekday, currency)
         )
+    _german_onboarding(actions, options)
     actions.extend(_billing_runs(options, start_weekday))
     actions.extend(_incidents(rng, options))
     actions.sort(key=lambda a: (a.day, a.minute, a.kind, a.ref))
     return Plan(options=options, people=people, actions=actions)
+
+
+def _german_onboarding(actions: list[Action], options: Options) -> None:
+    """The German entity is new to the firm's systems, so its data has the usual slips at least
+    once wherever those anomalies are on: the account of its first won deal is keyed without a
+    tax profile, and its first expense comes in another currency (a trip to the UK, in pounds).
+    Its exceptions are then there for the operators to correct whatever the seed; no draw is
+    taken, so the rest of the plan is as the seed made it."""
+    deals = {a.ref: a.data for a in actions if a.kind == "deal_create" and a.data["entity"] == "de"}
+    first_won = next(
+        (a.ref for a in sorted(actions, key=lambda a: (a.day, a.minute)) if a.kind == "deal_won" and a.ref in deals),
+        None,
+    )
+    accounts = {a.ref: a for a in actions if a.kind == "account_create" and a.data["entity"] == "de"}
+    if options.missing_tax_profile > 0 and first_won and deals[first_won]["account"] in accounts:
+        data = accounts[deals[first_won]["account"]].data
+        if "missing_tax_profile" not in data["anomalies"]:
+            data["tax_profile"] = None
+            data["anomalies"].append("missing_tax_profile")
+    weeks = sorted(
+        (a for a in actions if a.kind == "week_time" and a.ref in deals and "expense" in a.data),
+        key=lambda a: (a.day, a.minute),
+    )
+    if options.mixed_currency > 0 and weeks and not any("mixed_currency" in w.data["anomalies"] for w in weeks):
+        weeks[0].data["anomalies"].append("mixed_currency")
 
 
 def _people(rng: random.Random) -> list[Person]:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from typing import Any
 
 import pytest
 
 from demo.simulation.plan import Action, Options, Person, Plan, scenario_plan
 from tests.simulation.conftest import QUIET, START
+from tests.simulation.test_sandboxes import FakeWorkbench
 
 pytestmark = pytest.mark.django_db
 
@@ -41,6 +43,18 @@ def test_the_plan_gives_the_german_entity_its_share_of_deals_time_and_billing_in
     assert accounts and {a["country"] for a in accounts} == {"DE"}
     assert {a["tax_profile"] for a in accounts} <= {"DE-VAT19", None}
     assert not [a for a in accounts if "duplicate_customer" in a["anomalies"]]  # staged only in NetSuite and BC
+    # New to the firm's systems: its first won deal's account lacks its tax profile and its first
+    # expense comes in pounds, so the operators have German exceptions to correct whatever the seed.
+    first_won = min((a for a in plan.actions if a.kind == "deal_won" and a.ref in german), key=lambda a: a.day)
+    account = next(
+        a.data for a in plan.actions if a.kind == "account_create" and a.ref == deals[first_won.ref]["account"]
+    )
+    assert account["tax_profile"] is None and account["anomalies"] == ["missing_tax_profile"]
+    assert [w for w in weeks if "mixed_currency" in w.data["anomalies"]]
+    clean = scenario_plan(Options(days=90, seed=7, missing_tax_profile=0.0, mixed_currency=0.0), START.weekday())
+    assert not [
+        a for a in clean.actions if {"missing_tax_profile", "mixed_currency"} & set(a.data.get("anomalies", []))
+    ]
 
 
 def _german_deal() -> list[Action]:
@@ -100,11 +114,10 @@ def _german_deal() -> list[Action]:
     ]
 
 
-def test_german_time_and_milestones_go_to_the_german_kantata_account_and_its_billing_run_invoices_them(
-    simulation,
-) -> None:
-    plan = Plan(options=Options(days=21, seed=7, **QUIET), people=[GERMAN], actions=_german_deal())
-    sim = simulation(plan=plan)
+def _run_german_deal(sim: Any) -> str:
+    """Run the German deal's plan, writing its workspace and two milestones in the German account
+    as quote-to-project would; returns the workspace id."""
+    plan = sim.plan
     for action in plan.actions:
         sim.push(Plan.at(action, START), action)
     sim.run_until(START + dt.timedelta(days=3))
@@ -127,6 +140,14 @@ def test_german_time_and_milestones_go_to_the_german_kantata_account_and_its_bil
             {"workspace_id": workspace, "title": title, "story_type": "milestone", "due_date": due},
         )
     sim.run_until(START + dt.timedelta(days=21))
+    return str(workspace)
+
+
+def test_german_time_and_milestones_go_to_the_german_kantata_account_and_its_billing_run_invoices_them(
+    simulation,
+) -> None:
+    sim = simulation(plan=Plan(options=Options(days=21, seed=7, **QUIET), people=[GERMAN], actions=_german_deal()))
+    workspace = _run_german_deal(sim)
 
     entries = sim.kantata_de.index("time_entries", workspace_id=workspace)
     assert sum(e["time_in_minutes"] for e in entries) == 10 * 60
@@ -196,3 +217,25 @@ def test_finance_posts_german_invoices_in_d365_and_records_payments_against_them
     assert paid and round(sum(p["CreditAmount"] for p in paid), 2) == 1190.0
     assert {p["AccountDisplayValue"] for p in paid} <= {"C-001"} and {p["CurrencyCode"] for p in paid} <= {"EUR"}
     assert len(paid) == sim.stats["payments"]
+
+
+def test_operators_convert_a_german_projects_expense_in_pounds_to_euros_and_resubmit(simulation) -> None:
+    actions = _german_deal()
+    actions[3].data["anomalies"].append("mixed_currency")  # the week's expense comes in pounds
+    options = Options(days=21, seed=7, **{**QUIET, "operator_fix_share": 1.0, "operator_delay_hours": 0.0})
+    sim = simulation(plan=Plan(options=options, people=[GERMAN], actions=actions))
+    workspace = _run_german_deal(sim)
+    (expense,) = sim.kantata_de.index("expenses", workspace_id=workspace)
+    assert (expense["amount_in_cents"], expense["currency"]) == (24000, "GBP")
+    (invoice,) = sim.kantata_de.index("invoices", workspace_id=workspace)
+    key = f"kantata-invoice:{invoice['id']}"
+    # pscsync stops the batch (one item in GBP in a EUR project); the operator works it.
+    sim.workbench = FakeWorkbench([{"id": 11, "flow": "project-to-bill", "business_key": key,
+                                    "last_error_class": "validation"}])  # fmt: skip
+    sim.operator_round(final=True)
+
+    # GBP 240.00 at the firm's policy rate 1.16 is EUR 278.40, in the German account.
+    (fixed,) = sim.kantata_de.index("expenses", workspace_id=workspace)
+    assert (fixed["amount_in_cents"], fixed["currency"]) == (27840, "EUR")
+    ((exception_id, comment, reread),) = sim.workbench.resubmitted
+    assert exception_id == 11 and reread and f"converted expense(s) {expense['id']} to EUR" in comment
