@@ -268,14 +268,17 @@ class Connector:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         accept_statuses: tuple[int, ...] = (),
+        content: bytes | None = None,
     ) -> http.HttpResult:
-        """One authenticated call. A 401 refreshes the token and tries once more."""
+        """One authenticated call. A 401 refreshes the token and tries once more. `content`: a
+        body sent as it is, with its Content-Type in `headers` (an OData $batch)."""
         for attempt in (1, 2):
             try:
                 return self.call(
                     method,
                     self.url(path),
                     json=json,
+                    content=content,
                     params=params,
                     headers={**self.auth_headers(), **(headers or {})},
                     accept_statuses=accept_statuses,

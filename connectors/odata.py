@@ -178,18 +178,7 @@ class ODataConnector(Connector):
         boundary = uuid.uuid4().hex
         content = batch_encode(changesets, boundary)
         headers = {"Content-Type": f"multipart/mixed; boundary=batch_{boundary}", "Accept": "multipart/mixed"}
-        for attempt in (1, 2):
-            try:
-                result = self.call(
-                    "POST", self.batch_url(), content=content, headers={**self.auth_headers(), **headers}
-                )
-                break
-            except ConnectorError as exc:
-                if exc.http_status == 401 and attempt == 1:
-                    self.token(refresh=True)
-                    continue
-                self.describe_error(exc)
-                raise
+        result = self.send("POST", self.batch_url(), content=content, headers=headers)
         content_type = next((v for k, v in result.headers.items() if k.lower() == "content-type"), "")
         return batch_decode(str(result.body or ""), content_type)
 
