@@ -32,6 +32,9 @@ Control API beyond the shared one (connectors/sandboxes/base.py):
        posts a free text invoice as an accountant would in D365 (OData has no action for it):
        IsPosted Yes, and a row in the posted invoice journal with its number and totals
   POST | DELETE /_sandbox/rates          the currency market (fx.py)
+  POST | GET | DELETE /_sandbox/schema   as on every sandbox, with the entity set as the record:
+       {"record": "CustomersV3", "field": "CustomerGroupId", "change": "drop"}; /data/$metadata
+       shows the change and writes (lone or in a $batch) are checked against it
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from urllib.parse import parse_qs, unquote
 from xml.sax.saxutils import escape
 
 from connectors.sandboxes import fx
-from connectors.sandboxes.base import BadRequest, Request, Response
+from connectors.sandboxes.base import BadRequest, FieldDef, Request, Response
 from connectors.sandboxes.base import serve as base_serve
 from connectors.sandboxes.odata import TENANT, EntraSandbox, Filter, origin, server_page
 
@@ -403,6 +406,15 @@ class DynamicsFinanceSandbox(EntraSandbox):
         """Every property a client sent checked against the entity's type; read-only ones refused."""
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object with the entity's properties.")
+        problem = self.schema_problem(entity.name, body, creating=current is None)
+        if problem is not None:  # an admin changed the entity (the control API's /_sandbox/schema)
+            name, kind, message = problem
+            if kind == "dropped":
+                raise BadRequest(
+                    f"The property '{name}' does not exist on type '{NAMESPACE}.{entity.single}'. Make sure to only "
+                    "use property names that are defined by the type."
+                )
+            raise BadRequest(f"Write failed for table row of type '{entity.table}'. Infolog: Error: {message}.")
         clean: dict[str, Any] = {}
         for name, value in body.items():
             if name.startswith("@odata."):
@@ -471,29 +483,48 @@ class DynamicsFinanceSandbox(EntraSandbox):
         sets = [{"name": e.name, "kind": "EntitySet", "url": e.name} for e in ENTITIES.values()]
         return Response(200, {"@odata.context": f"{origin(request)}/data/$metadata", "value": sets})
 
+    def entity_fields(self, entity: Entity) -> list[FieldDef]:
+        """An entity's properties as $metadata declares them (type: the EDM type, or the enum
+        type's full name), with the changes made through /_sandbox/schema."""
+        declared = []
+        for name, kind in entity.fields.items():
+            base, _, arg = kind.partition(":")
+            edm = f"{NAMESPACE}.{arg}" if base == "enum" else EDM[base]
+            required = name in entity.keys or name in entity.required
+            declared.append(FieldDef(name, edm, required, ENUMS[arg] if base == "enum" else ()))
+        return self.schema_fields(entity.name, declared)
+
     def metadata(self, request: Request) -> Response:
-        """The EDMX of every entity served here, as D365 describes its data entities."""
+        """The EDMX of every entity served here, as D365 describes its data entities. An enum
+        property that lost a member (a schema change) gets an enum type of its own with the rest."""
         out = [
             '<?xml version="1.0" encoding="utf-8"?>',
             '<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx">',
             "<edmx:DataServices>",
             f'<Schema Namespace="{NAMESPACE}" xmlns="http://docs.oasis-open.org/odata/ns/edm">',
         ]
+        enums = {f"{NAMESPACE}.{name}": members for name, members in ENUMS.items()}
         for entity in ENTITIES.values():
             out.append(f'<EntityType Name="{entity.single}">')
             out.append("<Key>" + "".join(f'<PropertyRef Name="{k}" />' for k in entity.keys) + "</Key>")
-            for name, kind in entity.fields.items():
-                base, _, arg = kind.partition(":")
-                edm = f"{NAMESPACE}.{arg}" if base == "enum" else EDM[base]
+            for f in self.entity_fields(entity):
+                edm = f.type
+                if edm in enums and f.values != enums[edm]:
+                    edm = f"{NAMESPACE}.{entity.single}_{f.name}"
+                    enums[edm] = f.values
+                base, _, arg = entity.fields[f.name].partition(":")
+                unchanged = f.type == (EDM.get(base) or f"{NAMESPACE}.{arg}")
                 facets = (
-                    f' MaxLength="{arg}"' if base == "str" else ' Precision="32" Scale="6"' if base == "num" else ""
+                    (f' MaxLength="{arg}"' if base == "str" else ' Precision="32" Scale="6"' if base == "num" else "")
+                    if unchanged
+                    else ""
                 )
-                nullable = "false" if name in entity.keys or name in entity.required else "true"
-                out.append(f'<Property Name="{escape(name)}" Type="{edm}" Nullable="{nullable}"{facets} />')
+                nullable = "false" if f.required else "true"
+                out.append(f'<Property Name="{escape(f.name)}" Type="{escape(edm)}" Nullable="{nullable}"{facets} />')
             out.append("</EntityType>")
-        for enum, members in ENUMS.items():
-            out.append(f'<EnumType Name="{enum}">')
-            out += [f'<Member Name="{m}" Value="{i}" />' for i, m in enumerate(members)]
+        for full_name, members in enums.items():
+            out.append(f'<EnumType Name="{full_name.removeprefix(NAMESPACE + ".")}">')
+            out += [f'<Member Name="{escape(m)}" Value="{i}" />' for i, m in enumerate(members)]
             out.append("</EnumType>")
         out.append('<EntityContainer Name="Resources">')
         out += [f'<EntitySet Name="{e.name}" EntityType="{NAMESPACE}.{e.single}" />' for e in ENTITIES.values()]
