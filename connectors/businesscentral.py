@@ -25,7 +25,7 @@ import json
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from connectors import canonical as c
@@ -97,20 +97,12 @@ def _instant(value: str) -> dt.datetime:
         raise WebhookRejected(400, f"lastModifiedDateTime {value!r} is not an ISO 8601 date-time") from None
 
 
-def _amount(value: Any) -> Decimal:
-    try:
-        return Decimal(str(value if value not in (None, "") else 0)).quantize(Decimal("0.01"))
-    except InvalidOperation:
-        return Decimal("0.00")
+_amount = h.money  # an amount to the cent; blank or unreadable: 0.00
 
 
 def _date(value: Any) -> dt.date | None:
-    text = str(value or "")[:10]
-    try:
-        day = dt.date.fromisoformat(text)
-    except ValueError:
-        return None
-    return None if day.year <= 1 else day  # BC writes 0001-01-01 for "no date"
+    day = h.day(value)
+    return None if day is None or day.year <= 1 else day  # BC writes 0001-01-01 for "no date"
 
 
 def payment_application(row: dict[str, Any]) -> PaymentApplied | None:

@@ -36,7 +36,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -107,20 +107,12 @@ FACTORS = {"One": 1, "Ten": 10, "Hundred": 100, "Thousand": 1000, "TenThousand":
 __all__ = ["BatchAnswer", "BatchRequest", "DynamicsFinanceConnector", "batch_decode", "batch_encode"]
 
 
-def _amount(value: Any) -> Decimal:
-    try:
-        return Decimal(str(value if value not in (None, "") else 0)).quantize(Decimal("0.01"))
-    except InvalidOperation:
-        return Decimal("0.00")
+_amount = h.money  # an amount to the cent; blank or unreadable: 0.00
 
 
 def _date(value: Any) -> dt.date | None:
-    text = str(value or "")[:10]
-    try:
-        day = dt.date.fromisoformat(text)
-    except ValueError:
-        return None
-    return None if day.year <= 1900 else day  # D365 writes 1900-01-01 for "no date"
+    day = h.day(value)
+    return None if day is None or day.year <= 1900 else day  # D365 writes 1900-01-01 for "no date"
 
 
 def _yes(value: Any) -> bool:
