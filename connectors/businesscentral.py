@@ -44,7 +44,15 @@ from connectors.base import (
     WriteResult,
 )
 from connectors.errors import ConnectorError, RejectedError, WebhookRejected
-from connectors.schema import RecordShape, csdl_shape
+from connectors.schema import (
+    NUMBER_OR_TEXT,
+    DateText,
+    MalformedRecord,
+    RecordShape,
+    csdl_shape,
+    payload_check,
+    records_checked,
+)
 
 SCOPE = "https://api.businesscentral.dynamics.com/.default"
 PUBLIC_API_HOST = "api.businesscentral.dynamics.com"
@@ -56,6 +64,58 @@ ENTITIES: dict[str, tuple[str, str]] = {
     "salesInvoices": ("externalDocumentNumber", "sales invoice"),
     "projects": ("number", "project"),
     "customerPayments": ("externalDocumentNumber", "customer payment"),
+}
+# Declared shapes of what Business Central sends (connectors/schema.py), checked as each page and
+# record arrives, so a record of another shape is a MalformedRecord naming the field instead of a
+# KeyError in a flow or an amount read as zero.
+PAGE_SHAPE = {"value": ((list,), True, {}), "@odata.nextLink": ((str,), False)}
+RECORD_SHAPES: dict[str, dict[str, tuple[Any, ...]]] = {
+    "salesInvoices": {
+        "id": ((str,), True),
+        "number": ((str,), False),
+        "externalDocumentNumber": ((str,), False),
+        "customerNumber": ((str,), False),
+        "customerName": ((str,), False),
+        "currencyCode": ((str,), False),
+        "status": ((str,), False),
+        "invoiceDate": ((DateText,), False),
+        "dueDate": ((DateText,), False),
+        "postingDate": ((DateText,), False),
+        "totalAmountIncludingTax": (NUMBER_OR_TEXT, False),
+        "totalTaxAmount": (NUMBER_OR_TEXT, False),
+        "remainingAmount": (NUMBER_OR_TEXT, False),
+    },
+    "customerPayments": {
+        "id": ((str,), True),
+        "appliesToInvoiceId": ((str,), False),
+        "amount": (NUMBER_OR_TEXT, False),
+        "postingDate": ((DateText,), False),
+        "documentNumber": ((str,), False),
+    },
+    "customers": {"id": ((str,), True), "number": ((str,), False), "displayName": ((str,), False)},
+    "projects": {"id": ((str,), True), "number": ((str,), False)},
+    "salesInvoiceLines": {"documentId": ((str,), False), "amountExcludingTax": (NUMBER_OR_TEXT, False)},
+    "currencyExchangeRates": {
+        "currencyCode": ((str,), True),
+        "startingDate": ((DateText,), True),
+        "exchangeRateAmount": (NUMBER_OR_TEXT, False),
+        "relationalExchangeRateAmount": (NUMBER_OR_TEXT, False),
+        "relationalCurrencyCode": ((str,), False),
+    },
+    "companyInformation": {"currencyCode": ((str,), False)},
+}
+COLLECTION_NOUNS = {
+    "salesInvoiceLines": "sales invoice line",
+    "currencyExchangeRates": "currency exchange rate",
+    "companyInformation": "company information",
+}
+# A change notification item (the webhook body's `value`).
+NOTIFICATION_SHAPE = {
+    "subscriptionId": ((str,), True),
+    "clientState": ((str,), False),
+    "resource": ((str,), True),
+    "changeType": ((str,), True),
+    "lastModifiedDateTime": ((DateText,), True),
 }
 ALIASES = {"customer": "customers", "invoice": "salesInvoices", "project": "projects", "payment": "customerPayments"}
 # What BC computes itself: never sent back on a PATCH, never compared when deciding whether to write.
@@ -319,9 +379,9 @@ class BusinessCentralConnector(Connector):
         headers = {"Prefer": f"odata.maxpagesize={self.page_size}"}
         self._context.noun = noun
         while url:
-            result = self.send("GET", url, params=params, headers=headers)
-            yield from result.body.get("value", [])
-            url = result.body.get("@odata.nextLink")
+            page = self._page(name, self.send("GET", url, params=params, headers=headers).body)
+            yield from page["value"]
+            url = page.get("@odata.nextLink")
             params = None  # the next link carries the query
 
     # Exchange rates ------------------------------------------------------------------------------
@@ -376,10 +436,19 @@ class BusinessCentralConnector(Connector):
         url: str | None = f"{self.company_path()}/{name}"
         headers = {"Prefer": f"odata.maxpagesize={self.page_size}"}
         while url:
-            body = self.send("GET", url, params=params, headers=headers).body
-            yield from body.get("value", [])
-            url = body.get("@odata.nextLink")
+            page = self._page(name, self.send("GET", url, params=params, headers=headers).body)
+            yield from page["value"]
+            url = page.get("@odata.nextLink")
             params = None  # the next link carries the query
+
+    def _page(self, name: str, body: Any) -> dict[str, Any]:
+        """One page of an entity set, and each record on it, checked against their declared shapes."""
+        noun = ENTITIES.get(name, ("", COLLECTION_NOUNS.get(name, name)))[1]
+        page = payload_check(body, PAGE_SHAPE, what=f"Business Central sent a page of {noun} records")
+        shape = RECORD_SHAPES.get(name)
+        if shape is not None:
+            list(records_checked(page["value"], shape, what=f"Business Central sent a {noun}", id_field="id"))
+        return page
 
     @staticmethod
     def _literal(value: Any) -> str:
@@ -576,12 +645,13 @@ class BusinessCentralConnector(Connector):
         items = payload.get("value") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
             raise WebhookRejected(400, "a Business Central notification has a non-empty 'value' list of objects")
-        for item in items:
-            missing = [
-                f for f in ("subscriptionId", "resource", "changeType", "lastModifiedDateTime") if not item.get(f)
-            ]
-            if missing:
-                raise WebhookRejected(400, f"a notification item lacks {', '.join(missing)}")
+        try:
+            list(records_checked(items, NOTIFICATION_SHAPE, what="Business Central sent a notification"))
+        except MalformedRecord as exc:
+            raise WebhookRejected(400, exc.message) from None
+        missing = [f for item in items for f in NOTIFICATION_SHAPE if f != "clientState" and not item.get(f)]
+        if missing:
+            raise WebhookRejected(400, f"a notification item lacks {', '.join(dict.fromkeys(missing))}")
         return items
 
     @staticmethod
@@ -676,8 +746,11 @@ class BusinessCentralConnector(Connector):
         lines: dict[str, list[h.ErpLine]] = {}
         url: str | None = f"{self.company_path()}/salesInvoiceLines"
         while url:
-            body = self.send("GET", url, headers={"Prefer": f"odata.maxpagesize={self.page_size}"}).body
-            for line in body.get("value", []):
+            body = self._page(
+                "salesInvoiceLines",
+                self.send("GET", url, headers={"Prefer": f"odata.maxpagesize={self.page_size}"}).body,
+            )
+            for line in body["value"]:
                 description = str(line.get("description") or "")
                 match = h.LINE_REF.match(description)
                 lines.setdefault(str(line.get("documentId")), []).append(
