@@ -45,6 +45,7 @@ from connectors.schema import (
     TEXT,
     FieldShape,
     MalformedRecord,
+    PayloadShape,
     RecordShape,
     payload_check,
     records_checked,
@@ -53,6 +54,7 @@ from connectors.schema import (
 
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FROM = re.compile(r"\bFROM\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
 _ID = re.compile(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
 
 # The opportunity and account fields a canonical deal is read from (docs/canonical.md).
@@ -222,6 +224,13 @@ class SalesforceConnector(Connector):
             "IsWon",
         ),
     }
+    # Declared shapes of the records read, by object (connectors/schema.py): each record a query
+    # returns is checked against its object's, so a value of another type is a MalformedRecord
+    # naming the field, not a crash where a flow reads it. An object not listed needs an Id.
+    record_shapes: ClassVar[dict[str, PayloadShape]] = {
+        "Opportunity": OPPORTUNITY_SHAPE,
+        "Account": {"Id": ((str,), True), "Name": ((str,), False), "ParentId": ((str,), False)},
+    }
     batch_size = 2000  # Sforce-Query-Options batchSize: records per page of a query
     # Client-credentials tokens carry no lifetime; the org's session timeout decides (2 h by
     # default). We assume that much and refresh on the 401 INVALID_SESSION_ID if it is shorter.
@@ -381,12 +390,18 @@ class SalesforceConnector(Connector):
         yield from self.query(self.soql(entity, since=since, where=where, fields=fields))
 
     def query(self, soql: str) -> Iterator[dict[str, Any]]:
+        """Every record the SOQL selects, page after page, each checked against its object's
+        declared shape (the object named after FROM: our own query, so its form is known)."""
+        sobject = _FROM.search(soql)
+        name = sobject.group(1) if sobject else ""
+        shape = self.record_shapes.get(name, {"Id": ((str,), False)})
+        what = f"Salesforce sent {_a(self.label(name)) if name else 'a record'}"
         headers = {"Sforce-Query-Options": f"batchSize={self.batch_size}"}
         result = self.send("GET", self.api_path("query"), params={"q": soql}, headers=headers)
         while True:
             page = payload_check(result.body, QUERY_SHAPE, what="Salesforce sent a query answer")
             for record in page["records"]:
-                yield _plain(record)
+                yield payload_check(_plain(record), shape, what=f"{what} ({record.get('Id') or 'no id'})")
             next_url = page.get("nextRecordsUrl")
             if page.get("done", True) or not next_url:
                 return
@@ -669,6 +684,10 @@ class SalesforceConnector(Connector):
 
 
 # Helpers ---------------------------------------------------------------------------------------
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
