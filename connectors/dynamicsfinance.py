@@ -57,6 +57,7 @@ from connectors.base import (
     WriteResult,
 )
 from connectors.errors import ConnectorError, RejectedError, TransientError, UnknownOutcomeError
+from connectors.schema import NUMBER_OR_TEXT, DateText, NumberText, PayloadShape, payload_check, records_checked
 
 PUBLIC_HOST_SUFFIX = ".operations.dynamics.com"
 PUBLIC_LOGIN_URL = "https://login.microsoftonline.com"
@@ -94,6 +95,51 @@ ALIASES = {
     "project": "Projects",
     "invoice": "FreeTextInvoiceHeaders",
     "payment": "CustomerPaymentJournalLines",
+}
+# Declared shapes of what Dynamics 365 Finance sends (connectors/schema.py), per entity set:
+# checked as each page arrives, so a record of another shape is a MalformedRecord naming the
+# field instead of a KeyError in a flow or an amount read as zero.
+_TEXT, _NUM, _DAY = ((str,), False), (NUMBER_OR_TEXT, False), ((DateText,), False)
+PAGE_SHAPE = {"value": ((list,), True, {}), "@odata.nextLink": ((str,), False)}
+RECORD_SHAPES: dict[str, PayloadShape] = {
+    "CustomersV3": {"CustomerAccount": ((str,), True), "OrganizationName": _TEXT, "SalesCurrencyCode": _TEXT},
+    "ProjectContracts": {"ProjectContractID": ((str,), True)},
+    "Projects": {"ProjectID": ((str,), True)},
+    "FreeTextInvoiceHeaders": {
+        "InvoiceIdentifier": ((int, NumberText), True),
+        "CustomerReference": _TEXT,
+        "CustomerRequisition": _TEXT,
+        "CustomerAccount": _TEXT,
+        "CurrencyCode": _TEXT,
+        "InvoiceDate": _DAY,
+        "DueDate": _DAY,
+        "TotalInvoiceAmount": _NUM,
+        "TotalTaxAmount": _NUM,
+        "IsPosted": ((str, bool), False),
+    },
+    "FreeTextInvoiceLines": {"ParentRecId": ((int, NumberText), True), "Quantity": _NUM, "UnitPrice": _NUM},
+    "SalesInvoiceHeadersV2": {
+        "InvoiceNumber": ((str,), True),
+        "CustomersOrderReference": _TEXT,
+        "InvoiceDate": _DAY,
+        "TotalInvoiceAmount": _NUM,
+        "SalesTaxAmount": _NUM,
+    },
+    "CustomerPaymentJournalLines": {
+        "JournalBatchNumber": ((str,), True),
+        "LineNumber": ((int, float, NumberText), True),
+        "MarkedInvoice": _TEXT,
+        "CreditAmount": _NUM,
+        "DebitAmount": _NUM,
+        "TransactionDate": _DAY,
+    },
+    "ExchangeRates": {
+        "FromCurrency": ((str,), True),
+        "ToCurrency": ((str,), True),
+        "Rate": (NUMBER_OR_TEXT, True),
+        "StartDate": ((DateText,), True),
+        "ConversionFactor": _TEXT,
+    },
 }
 # What D365 computes or assigns itself: never sent back on a PATCH, never compared.
 READ_ONLY = {"@odata.etag", "@odata.context", "dataAreaId", "InvoiceIdentifier", "IsPosted"}
@@ -481,10 +527,19 @@ class DynamicsFinanceConnector(Connector):
         url: str | None = self.data_url(spec.name)
         headers = {"Prefer": f"odata.maxpagesize={self.page_size}"}
         while url:
-            body = self.send("GET", url, params=params, headers=headers).body
-            yield from body.get("value", [])
+            body = self._page(spec, self.send("GET", url, params=params, headers=headers).body)
+            yield from body["value"]
             url = body.get("@odata.nextLink")
             params = None
+
+    @staticmethod
+    def _page(spec: EntitySet, body: Any) -> dict[str, Any]:
+        """One page of an entity set, and each record on it, checked against their declared shapes."""
+        page = payload_check(body, PAGE_SHAPE, what=f"Dynamics 365 Finance sent a page of {spec.noun}s")
+        shape = RECORD_SHAPES.get(spec.name)
+        if shape is not None:
+            list(records_checked(page["value"], shape, what=f"Dynamics 365 Finance sent a {spec.noun}"))
+        return page
 
     @staticmethod
     def _literal(value: Any) -> str:
@@ -506,12 +561,16 @@ class DynamicsFinanceConnector(Connector):
             result = self.send("GET", url, params={"cross-company": "true"}, accept_statuses=(404,))
             if result.status == 404:
                 return None
-            record = result.body
+            record = payload_check(
+                result.body,
+                RECORD_SHAPES.get(spec.name, {}),
+                what=f"Dynamics 365 Finance sent a {spec.noun} ({key})",
+            )
         else:
             url = self.data_url(spec.name)
             params = self._params(where={spec.key_field: key}, top=2)
             result = self.send("GET", url, params=params)
-            rows = result.body.get("value", [])
+            rows = self._page(spec, result.body)["value"]
             if not rows:
                 return None
             record = rows[0]

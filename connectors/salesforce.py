@@ -54,7 +54,7 @@ from connectors.schema import (
 
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_FROM = re.compile(r"\bFROM\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+_SELECT = re.compile(r"^\s*SELECT\s+(.+?)\s+FROM\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE | re.DOTALL)
 _ID = re.compile(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
 
 # The opportunity and account fields a canonical deal is read from (docs/canonical.md).
@@ -392,9 +392,14 @@ class SalesforceConnector(Connector):
     def query(self, soql: str) -> Iterator[dict[str, Any]]:
         """Every record the SOQL selects, page after page, each checked against its object's
         declared shape (the object named after FROM: our own query, so its form is known)."""
-        sobject = _FROM.search(soql)
-        name = sobject.group(1) if sobject else ""
-        shape = self.record_shapes.get(name, {"Id": ((str,), False)})
+        parts = _SELECT.search(soql)
+        name = parts.group(2) if parts else ""
+        # A field the query did not select is not missing: only selected fields may be required.
+        selected = {f.strip() for f in parts.group(1).split(",")} if parts else set()
+        shape = {
+            field: (spec[0], spec[1] and field in selected, *spec[2:])
+            for field, spec in self.record_shapes.get(name, {"Id": ((str,), True)}).items()
+        }
         what = f"Salesforce sent {_a(self.label(name)) if name else 'a record'}"
         headers = {"Sforce-Query-Options": f"batchSize={self.batch_size}"}
         result = self.send("GET", self.api_path("query"), params={"q": soql}, headers=headers)
