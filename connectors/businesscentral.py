@@ -52,6 +52,7 @@ from connectors.schema import (
     csdl_shape,
     payload_check,
     records_checked,
+    sent,
 )
 
 SCOPE = "https://api.businesscentral.dynamics.com/.default"
@@ -447,7 +448,7 @@ class BusinessCentralConnector(Connector):
         page = payload_check(body, PAGE_SHAPE, what=f"Business Central sent a page of {noun} records")
         shape = RECORD_SHAPES.get(name)
         if shape is not None:
-            list(records_checked(page["value"], shape, what=f"Business Central sent a {noun}", id_field="id"))
+            list(records_checked(page["value"], shape, what=sent("Business Central", noun), id_field="id"))
         return page
 
     @staticmethod

@@ -57,7 +57,7 @@ from connectors.base import (
     WriteResult,
 )
 from connectors.errors import ConnectorError, RejectedError, TransientError, UnknownOutcomeError
-from connectors.schema import NUMBER_OR_TEXT, DateText, NumberText, PayloadShape, payload_check, records_checked
+from connectors.schema import NUMBER_OR_TEXT, DateText, NumberText, PayloadShape, payload_check, records_checked, sent
 
 PUBLIC_HOST_SUFFIX = ".operations.dynamics.com"
 PUBLIC_LOGIN_URL = "https://login.microsoftonline.com"
@@ -117,7 +117,12 @@ RECORD_SHAPES: dict[str, PayloadShape] = {
         "TotalTaxAmount": _NUM,
         "IsPosted": ((str, bool), False),
     },
-    "FreeTextInvoiceLines": {"ParentRecId": ((int, NumberText), True), "Quantity": _NUM, "UnitPrice": _NUM},
+    "FreeTextInvoiceLines": {
+        "ParentRecId": ((int, NumberText), True),
+        "Quantity": _NUM,
+        "UnitPrice": _NUM,
+        "SalesTaxAmount": _NUM,
+    },
     "SalesInvoiceHeadersV2": {
         "InvoiceNumber": ((str,), True),
         "CustomersOrderReference": _TEXT,
@@ -538,7 +543,7 @@ class DynamicsFinanceConnector(Connector):
         page = payload_check(body, PAGE_SHAPE, what=f"Dynamics 365 Finance sent a page of {spec.noun}s")
         shape = RECORD_SHAPES.get(spec.name)
         if shape is not None:
-            list(records_checked(page["value"], shape, what=f"Dynamics 365 Finance sent a {spec.noun}"))
+            list(records_checked(page["value"], shape, what=sent("Dynamics 365 Finance", spec.noun)))
         return page
 
     @staticmethod
@@ -564,7 +569,7 @@ class DynamicsFinanceConnector(Connector):
             record = payload_check(
                 result.body,
                 RECORD_SHAPES.get(spec.name, {}),
-                what=f"Dynamics 365 Finance sent a {spec.noun} ({key})",
+                what=f"{sent('Dynamics 365 Finance', spec.noun)} ({key})",
             )
         else:
             url = self.data_url(spec.name)

@@ -45,6 +45,7 @@ from connectors.schema import (
     RecordShape,
     payload_check,
     records_checked,
+    sent,
     shape_of,
 )
 
@@ -214,7 +215,7 @@ def records_of(body: Any, collection: str) -> list[dict[str, Any]]:
         payload_check(envelope, {collection: ((dict,), False)}, what=f"Kantata sent a list of {noun}s")
     found = [objects[r["id"]] for r in envelope["results"] if r["key"] == collection and r["id"] in objects]
     shape = RECORD_SHAPES.get(collection, {"id": (TEXT_OR_NUMBER, True)})
-    return list(records_checked(found, shape, what=f"Kantata sent a {noun}", id_field="id"))
+    return list(records_checked(found, shape, what=sent("Kantata", noun), id_field="id"))
 
 
 # Kantata publishes no describe endpoint: its documented fields (VENDOR_APIS.md section 3.5, from

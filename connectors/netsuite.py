@@ -78,6 +78,7 @@ from connectors.schema import (
     RecordShape,
     payload_check,
     records_checked,
+    sent,
     shape_of,
 )
 
@@ -465,7 +466,7 @@ class NetSuiteConnector(Connector):
             return None
         shape = RECORD_SHAPES.get(record_type, ROW_SHAPE)
         label = self.labels.get(record_type, record_type)
-        return payload_check(result.body, shape, what=f"NetSuite sent a {label} ({record_id})")
+        return payload_check(result.body, shape, what=f"{sent('NetSuite', label)} ({record_id})")
 
     def withdraw(self, *, entity: str, record_id: str) -> WriteResult:
         """DELETE the record. NetSuite's REST API has no void; an invoice nobody has paid may be
@@ -752,7 +753,7 @@ class NetSuiteConnector(Connector):
             for row in records_checked(
                 page["items"],
                 POLL_ROW_SHAPE,
-                what=f"NetSuite sent a {self.labels.get(record_type, record_type)} change",
+                what=sent("NetSuite", f"{self.labels.get(record_type, record_type)} change"),
                 id_field="id",
             ):
                 try:
@@ -761,7 +762,7 @@ class NetSuiteConnector(Connector):
                 except ValueError:
                     label = self.labels.get(record_type, record_type)
                     raise MalformedRecord(
-                        f"NetSuite sent a {label} change ({row['id']}) we cannot read: "
+                        f"{sent('NetSuite', label + ' change')} ({row['id']}) we cannot read: "
                         f"modified {row['modified']!r:.40} is not a date and time, or id is not a number"
                     ) from None
                 if modified.timestamp() > settled_before:

@@ -49,6 +49,7 @@ from connectors.schema import (
     RecordShape,
     payload_check,
     records_checked,
+    sent,
     shape_of,
 )
 
@@ -400,7 +401,7 @@ class SalesforceConnector(Connector):
             field: (spec[0], spec[1] and field in selected, *spec[2:])
             for field, spec in self.record_shapes.get(name, {"Id": ((str,), True)}).items()
         }
-        what = f"Salesforce sent {_a(self.label(name)) if name else 'a record'}"
+        what = sent("Salesforce", self.label(name) if name else "record")
         headers = {"Sforce-Query-Options": f"batchSize={self.batch_size}"}
         result = self.send("GET", self.api_path("query"), params={"q": soql}, headers=headers)
         while True:
@@ -689,10 +690,6 @@ class SalesforceConnector(Connector):
 
 
 # Helpers ---------------------------------------------------------------------------------------
-def _a(noun: str) -> str:
-    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
-
-
 def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 

@@ -125,6 +125,11 @@ class MalformedRecord(ValidationError):
     the same record reads the same way until someone changes it or its mapping."""
 
 
+def sent(vendor: str, noun: str) -> str:
+    """ "Kantata sent an invoice": who sent what, for payload_check's `what`."""
+    return f"{vendor} sent {'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def payload_check(payload: Any, shape: PayloadShape, *, what: str) -> dict[str, Any]:
     """`payload` if it has the declared shape; else a MalformedRecord naming what is wrong.
     `what` says who sent which record, as a person would: "Salesforce sent an opportunity
