@@ -442,7 +442,8 @@ class BusinessCentralConnector(Connector):
             url = page.get("@odata.nextLink")
             params = None  # the next link carries the query
 
-    def _page(self, name: str, body: Any) -> dict[str, Any]:
+    @staticmethod
+    def _page(name: str, body: Any) -> dict[str, Any]:
         """One page of an entity set, and each record on it, checked against their declared shapes."""
         noun = ENTITIES.get(name, ("", COLLECTION_NOUNS.get(name, name)))[1]
         page = payload_check(body, PAGE_SHAPE, what=f"Business Central sent a page of {noun} records")

@@ -56,7 +56,7 @@ from connectors.base import (
     Token,
     WriteResult,
 )
-from connectors.errors import ConnectorError, RejectedError, TransientError, UnknownOutcomeError
+from connectors.errors import ConnectorError, RejectedError, TransientError, UnknownOutcomeError, WebhookRejected
 from connectors.schema import NUMBER_OR_TEXT, DateText, NumberText, PayloadShape, payload_check, records_checked, sent
 
 PUBLIC_HOST_SUFFIX = ".operations.dynamics.com"
@@ -922,6 +922,12 @@ class DynamicsFinanceConnector(Connector):
         ]
 
     # Changes (polled) ------------------------------------------------------------------------------
+    def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:
+        raise WebhookRejected(404, "Dynamics 365 Finance changes are polled here; business events are not wired")
+
+    def parse_webhook(self, *, event_id: str, body: bytes) -> list[InboundChange]:
+        raise WebhookRejected(404, "Dynamics 365 Finance changes are polled here; business events are not wired")
+
     def poll(self, *, cursor: str) -> tuple[list[InboundChange], str]:
         """What reached the ledger since `cursor`: invoices posted (rows of the posted invoice
         journal, after the last invoice number seen) and customer payment lines (after the last

@@ -161,7 +161,7 @@ def _problem(payload: Any, shape: PayloadShape, prefix: str) -> str:
         inner: PayloadShape | None = spec[2] if len(spec) > 2 else None
         value = payload.get(name)
         label = f"{prefix}{name}"
-        if value is None:
+        if value is None or required and value == "":  # an empty id is no id
             if required:
                 return f"{label} is missing"
             continue
