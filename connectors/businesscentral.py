@@ -48,6 +48,7 @@ from connectors.schema import (
     NUMBER_OR_TEXT,
     DateText,
     MalformedRecord,
+    PayloadShape,
     RecordShape,
     csdl_shape,
     payload_check,
@@ -69,7 +70,7 @@ ENTITIES: dict[str, tuple[str, str]] = {
 # Declared shapes of what Business Central sends (connectors/schema.py), checked as each page and
 # record arrives, so a record of another shape is a MalformedRecord naming the field instead of a
 # KeyError in a flow or an amount read as zero.
-PAGE_SHAPE = {"value": ((list,), True, {}), "@odata.nextLink": ((str,), False)}
+PAGE_SHAPE: PayloadShape = {"value": ((list,), True, {}), "@odata.nextLink": ((str,), False)}
 RECORD_SHAPES: dict[str, dict[str, tuple[Any, ...]]] = {
     "salesInvoices": {
         "id": ((str,), True),

@@ -100,7 +100,7 @@ ALIASES = {
 # checked as each page arrives, so a record of another shape is a MalformedRecord naming the
 # field instead of a KeyError in a flow or an amount read as zero.
 _TEXT, _NUM, _DAY = ((str,), False), (NUMBER_OR_TEXT, False), ((DateText,), False)
-PAGE_SHAPE = {"value": ((list,), True, {}), "@odata.nextLink": ((str,), False)}
+PAGE_SHAPE: PayloadShape = {"value": ((list,), True, {}), "@odata.nextLink": ((str,), False)}
 RECORD_SHAPES: dict[str, PayloadShape] = {
     "CustomersV3": {"CustomerAccount": ((str,), True), "OrganizationName": _TEXT, "SalesCurrencyCode": _TEXT},
     "ProjectContracts": {"ProjectContractID": ((str,), True)},

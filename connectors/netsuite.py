@@ -75,6 +75,7 @@ from connectors.schema import (
     DateText,
     FieldShape,
     MalformedRecord,
+    PayloadShape,
     RecordShape,
     payload_check,
     records_checked,
@@ -167,7 +168,7 @@ CATALOG_PROPERTY_SHAPE = {"type": ((str,), False), "format": ((str,), False), "e
 # record of another shape is a MalformedRecord naming the field, not a KeyError or an amount read
 # as zero. A reference is {"id", "refName"} in a REST record, a flat id in a SuiteQL row.
 _REF = (dict, str, int)
-SUITEQL_PAGE_SHAPE = {"items": ((list,), True, {}), "hasMore": ((bool,), False)}
+SUITEQL_PAGE_SHAPE: PayloadShape = {"items": ((list,), True, {}), "hasMore": ((bool,), False)}
 ROW_SHAPE = {"id": (TEXT_OR_NUMBER, True)}
 POLL_ROW_SHAPE = {"id": ((int, str), True), "modified": ((str,), True), "externalid": ((str,), False)}
 INVOICE_SHAPE = {
@@ -211,7 +212,7 @@ SALES_ORDER_ROW_SHAPE = {
     "total": (NUMBER_OR_TEXT, False),
 }
 # A REST record by its record type (get()); other types are checked for their id only.
-RECORD_SHAPES = {"invoice": INVOICE_SHAPE, "customerPayment": PAYMENT_SHAPE}
+RECORD_SHAPES: dict[str, PayloadShape] = {"invoice": INVOICE_SHAPE, "customerPayment": PAYMENT_SHAPE}
 CURRENCY_ROW_SHAPE = {"id": (TEXT_OR_NUMBER, True), "symbol": ((str,), True)}
 RATE_ROW_SHAPE = {
     "transactioncurrency": (TEXT_OR_NUMBER, True),

@@ -156,7 +156,11 @@ DESCRIBE_FIELD_SHAPE = {
 DESCRIBE_SHAPE = {"name": ((str,), True), "fields": ((list,), True, DESCRIBE_FIELD_SHAPE)}
 # A query answer (one page of records) and the change events a poll pulls or a webhook pushes
 # (CometD's message shape around a ChangeEventHeader).
-QUERY_SHAPE = {"records": ((list,), True, {}), "done": ((bool,), False), "nextRecordsUrl": ((str,), False)}
+QUERY_SHAPE: PayloadShape = {
+    "records": ((list,), True, {}),
+    "done": ((bool,), False),
+    "nextRecordsUrl": ((str,), False),
+}
 CHANGE_EVENT_SHAPE = {
     "data": (
         (dict,),
@@ -184,7 +188,7 @@ CHANGE_EVENT_SHAPE = {
         },
     ),
 }
-PULL_SHAPE = {"messages": ((list,), True, {}), "latestReplayId": ((int, str), False)}
+PULL_SHAPE: PayloadShape = {"messages": ((list,), True, {}), "latestReplayId": ((int, str), False)}
 
 
 class SalesforceConnector(Connector):

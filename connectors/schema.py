@@ -103,7 +103,7 @@ def shape_of(record: str, fields: Iterable[FieldShape]) -> RecordShape:
 # before reading it, so a payload of another shape is a MalformedRecord in words (which vendor,
 # which record, which field) instead of a KeyError or TypeError half-way through a flow.
 PayloadShape = Mapping[str, tuple[Any, ...]]
-_TYPE_WORDS = {str: "text", int: "a number", float: "a number", bool: "yes/no", dict: "an object", list: "a list"}
+_TYPE_WORDS: dict[type, str] = {str: "text", int: "a number", float: "a number", bool: "yes/no", dict: "an object", list: "a list"}
 TEXT_OR_NUMBER = (str, int, float)  # ids some vendors send either way
 
 
@@ -117,7 +117,7 @@ class DateText(str):
 
 
 NUMBER_OR_TEXT = (int, float, NumberText)  # an amount or a rate, as a number or as number text
-_TYPE_WORDS_MORE = {NumberText: "a number", DateText: "a date"}
+_TYPE_WORDS_MORE: dict[type, str] = {NumberText: "a number", DateText: "a date"}
 
 
 class MalformedRecord(ValidationError):
@@ -166,7 +166,7 @@ def _problem(payload: Any, shape: PayloadShape, prefix: str) -> str:
                 return f"{label} is missing"
             continue
         if not _fits(value, types):
-            words = {**_TYPE_WORDS, **_TYPE_WORDS_MORE}
+            words: dict[type, str] = {**_TYPE_WORDS, **_TYPE_WORDS_MORE}
             expected = " or ".join(dict.fromkeys(words.get(t, t.__name__) for t in types))
             return f"{label} should be {expected}, got {_kind_of(value)}"
         if inner is not None:
