@@ -162,3 +162,50 @@ def test_dynamics_sending_an_invoice_line_with_a_text_price_stops_bill_to_cash_a
     cursor = PollCursor.objects.get(connection=connection)
     assert cursor.position == before and Handoff.objects.count() == handoffs
     assert cursor.last_error == ("Dynamics 365 Finance sent a posted invoice we cannot read: InvoiceNumber is missing")
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/usr/bin/chromium").exists(), reason="no chromium")
+def test_the_handoff_page_shows_a_wait_for_the_rate_limit_then_the_record_it_could_not_read(
+    firm, live_server, admin, monkeypatch
+) -> None:
+    import datetime as dt
+
+    from playwright.sync_api import sync_playwright
+
+    from connectors import limiter
+    from tests.test_browser import CHROMIUM, _shot, _sign_in
+
+    # given: Salesforce allows one call a minute and another worker spent it; and it sends the
+    # opportunity with its amount as text
+    deal = won_deal(firm, entity="us", key="m7")
+    crm = firm.connections["salesforce"]
+    crm.rate_limit_per_minute = 1
+    crm.save(update_fields=["rate_limit_per_minute"])
+    limiter.forget_all()  # the set-up's own calls (under the firm's usual limit) are not this minute's
+    limiter.acquire(connection_id=crm.pk, per_minute=1)
+    firm.sandboxes["salesforce"].fault(match="/query", malform={"field": "Amount", "value": "lots"})
+
+    # when: the first run waits for the limit, the second (the minute over) reads the opportunity
+    handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
+    assert handoff.status == Handoff.Status.WAITING_RETRY and handoff.attempt_count == 0
+    limiter.forget_all()
+    crm.rate_limit_per_minute = 0
+    crm.save(update_fields=["rate_limit_per_minute"])
+    Handoff.objects.filter(pk=handoff.pk).update(next_attempt_at=handoff.next_attempt_at - dt.timedelta(minutes=5))
+    handoff = run(handoff)
+    stopped_for_a_person(handoff)
+
+    # then: the page tells both in words
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1360, "height": 1000})
+        _sign_in(page, live_server, admin, start=f"/workbench/handoffs/{handoff.pk}/")
+        page.wait_for_selector("text=Timeline")
+        waited = page.locator("li.tl-deferred")
+        assert waited.count() == 1
+        assert "Waited for the vendor's rate limit; resumes at" in waited.inner_text()
+        failed = page.locator("li.tl-validation")
+        assert "we cannot read: Amount should be a number, got text 'lots'" in failed.inner_text()
+        _shot(page, "handoff-deferred-then-malformed")
+        browser.close()
