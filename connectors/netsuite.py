@@ -231,6 +231,7 @@ CONSOLIDATED_ROW_SHAPE = {
 class NetSuiteConnector(Connector):
     default_api_version = "v1"
     vendor = "netsuite"
+    api_hosts = ("*.suitetalk.api.netsuite.com", "*.netsuite.com")
     capabilities: ClassVar[dict[str, c.Capability]] = {
         c.CUSTOMER: c.Capability(c.CUSTOMER, "customer", c.can(c.READ_ONE, c.UPSERT, c.FIND, c.RECONCILE)),
         # The contract and its billing setup: a sales order with one line of the service item.

@@ -193,6 +193,8 @@ PULL_SHAPE: PayloadShape = {"messages": ((list,), True, {}), "latestReplayId": (
 
 class SalesforceConnector(Connector):
     vendor = "salesforce"
+    # My Domain hosts (the token endpoint too); Certinia runs in the same org, so it inherits them.
+    api_hosts = ("*.my.salesforce.com", "*.salesforce.com", "*.force.com")
     default_api_version = "v62.0"
     # The external id field the connector upserts by, and per-object exceptions to it.
     external_id_field = "pscsync_Key__c"

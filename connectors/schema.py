@@ -103,7 +103,14 @@ def shape_of(record: str, fields: Iterable[FieldShape]) -> RecordShape:
 # before reading it, so a payload of another shape is a MalformedRecord in words (which vendor,
 # which record, which field) instead of a KeyError or TypeError half-way through a flow.
 PayloadShape = Mapping[str, tuple[Any, ...]]
-_TYPE_WORDS: dict[type, str] = {str: "text", int: "a number", float: "a number", bool: "yes/no", dict: "an object", list: "a list"}
+_TYPE_WORDS: dict[type, str] = {
+    str: "text",
+    int: "a number",
+    float: "a number",
+    bool: "yes/no",
+    dict: "an object",
+    list: "a list",
+}
 TEXT_OR_NUMBER = (str, int, float)  # ids some vendors send either way
 
 

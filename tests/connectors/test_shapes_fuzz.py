@@ -141,15 +141,17 @@ def test_a_kantata_answer_of_any_shape_is_read_or_refused(body: Any, collection:
 @FUZZ
 @given(junk, st.sampled_from(sorted(bc.RECORD_SHAPES)))
 def test_a_business_central_page_of_any_shape_is_read_or_refused(record: Any, name: str) -> None:
+    connector = _connector(bc.BusinessCentralConnector, "businesscentral")
     for body in (record, {"value": [record]}, {"value": record}):
-        only_classified(bc.BusinessCentralConnector._page, name, body)
+        only_classified(connector.page_checked, body, bc.RECORD_SHAPES[name], what="Business Central sent a record")
 
 
 @FUZZ
 @given(junk, st.sampled_from(sorted(d365.RECORD_SHAPES)))
 def test_a_dynamics_page_of_any_shape_is_read_or_refused(record: Any, name: str) -> None:
+    connector = _connector(d365.DynamicsFinanceConnector, "dynamicsfinance")
     for body in (record, {"value": [record]}, {"@odata.nextLink": record, "value": []}):
-        only_classified(d365.DynamicsFinanceConnector._page, d365.ENTITIES[name], body)
+        only_classified(connector.page_checked, body, d365.RECORD_SHAPES[name], what="D365 sent a record")
 
 
 @FUZZ
