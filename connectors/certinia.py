@@ -50,7 +50,8 @@ WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", 
 # Declared shapes of the PSE records pscsync reads (connectors/schema.py; checked by query() on
 # every record): amounts and hours numbers, dates ISO dates, links ids, so a record of another
 # shape is a MalformedRecord naming the field instead of a crash in a flow or a wrong figure.
-_ID, _LINK, _NUM, _DAY = ((str,), True), ((str,), False), ((int, float), False), ((DateText,), False)
+# Amounts as numbers, or as text that reads as one (what a write as text leaves in the field).
+_ID, _LINK, _NUM, _DAY = ((str,), True), ((str,), False), (NUMBER_OR_TEXT, False), ((DateText,), False)
 _HOURS = {f"pse__{d}_Hours__c": _NUM for d in WEEKDAYS}
 RECORD_SHAPES: dict[str, PayloadShape] = {
     "pse__Proj__c": {"Id": _ID, "Name": _LINK, "pscsync_Key__c": _LINK, "pse__Currency__c": _LINK},

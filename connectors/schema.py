@@ -123,7 +123,8 @@ class DateText(str):
     """In a shape's types: text starting with an ISO date ("2026-12-06", "2026-12-06T10:42:00Z")."""
 
 
-NUMBER_OR_TEXT = (int, float, NumberText)  # an amount or a rate, as a number or as number text
+NUMBER_OR_TEXT = (int, float, NumberText)
+NUMBER_TEXT_LIMIT = Decimal("1e15")  # an amount or a rate, as a number or as number text
 _TYPE_WORDS_MORE: dict[type, str] = {NumberText: "a number", DateText: "a date"}
 
 
@@ -194,9 +195,11 @@ def _fits(value: Any, types: tuple[type, ...]) -> bool:
     if isinstance(value, str):
         if NumberText in types:
             try:
-                return Decimal(value.strip()).is_finite()
+                number = Decimal(value.strip())
             except InvalidOperation:
                 return False
+            # No amount, rate or count a vendor keeps comes near 10^15; "1e999" is not one.
+            return number.is_finite() and abs(number) < NUMBER_TEXT_LIMIT
         if DateText in types:
             try:
                 dt.date.fromisoformat(value[:10])
