@@ -336,6 +336,10 @@ class Attempt(models.Model):
         MAPPING = "mapping", "Mapping failed"
         REJECTED = "rejected", "Rejected by the target"
         WORKER_LOST = "worker_lost", "Worker died"
+        # Nothing was sent: the shared limiter (connectors/limiter.py) held the call past what a
+        # step may wait, and the handoff was rescheduled for its slot. Not a failure: no retry is
+        # spent and dashboards do not count it.
+        DEFERRED = "deferred", "Waited for the rate limit"
 
     step = models.ForeignKey(Step, on_delete=models.CASCADE, related_name="attempts")
     number = models.PositiveIntegerField()
