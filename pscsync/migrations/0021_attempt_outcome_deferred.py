@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("pscsync", "0019_handoff_failed_step_key"),
+        ("pscsync", "0020_ledger_days"),
     ]
 
     operations = [
