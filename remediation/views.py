@@ -39,12 +39,15 @@ def _filter_query(f: selectors.InboxFilter, **override: str) -> str:
 @permission_required(WORK_EXCEPTIONS)
 @require_GET
 def inbox(request: HttpRequest) -> HttpResponse:
-    f = selectors.InboxFilter.from_query(request.GET)
-    groups, totals = selectors.inbox_page(request.user, f)
+    # The API's filter set (GET /api/v1/exceptions/?tab=open&flow=...) over the same scope.
+    f, found = selectors.inbox_read(request.user, request.GET)
+    valid = not found.errors
+    groups, totals = selectors.inbox_page(request.user, f) if valid else ([], {"handoffs": 0, "groups": 0, "money": []})
     context = {
         "groups": groups,
         "totals": totals,
         "f": f,
+        "filters": found,
         "query": _filter_query(f),
         "tab_links": [(key, label, _filter_query(f, tab=key)) for key, label in selectors.TABS.items()],
         "choices": selectors.inbox_choices(request.user),
@@ -52,9 +55,17 @@ def inbox(request: HttpRequest) -> HttpResponse:
         "can_configure": request.user.has_perm(CONFIGURE),
         "jobs": BulkJob.objects.filter(created_by=request.user)[:5],
     }
+    status = 200 if valid else 400
     if request.htmx and not request.htmx.boosted:
-        return render(request, "remediation/_groups.html", context)
-    return render(request, "remediation/inbox.html", context)
+        return render(request, "remediation/_groups.html", context, status=status)
+    return render(request, "remediation/inbox.html", context, status=status)
+
+
+def _refused_filter(found: Any) -> HttpResponse:
+    """A filter the inbox cannot apply, said plainly (nothing is read, exported or started)."""
+    return HttpResponse(
+        f"This filter cannot be applied: {found.errors.as_text()}", status=400, content_type="text/plain"
+    )
 
 
 def _cause_for_user(request: HttpRequest, pk: int) -> ExceptionCause:
@@ -71,7 +82,9 @@ def _cause_for_user(request: HttpRequest, pk: int) -> ExceptionCause:
 @require_GET
 def cause_items(request: HttpRequest, pk: int) -> HttpResponse:
     cause = _cause_for_user(request, pk)
-    f = selectors.InboxFilter.from_query(request.GET)
+    f, found = selectors.inbox_read(request.user, request.GET)
+    if found.errors:
+        return _refused_filter(found)
     matching = selectors.exception_items(request.user, f).filter(cause=cause)
     items = list(matching.select_related("handoff", "legal_entity", "assignee").order_by("opened_at")[:ITEMS_SHOWN])
     total = matching.count() if len(items) == ITEMS_SHOWN else len(items)
@@ -93,7 +106,9 @@ EXPORT_COLUMNS = (
 def export(request: HttpRequest) -> StreamingHttpResponse:
     """The handoffs the inbox filter matches, one CSV row each: only what the user may see.
     Cells that a spreadsheet would run as a formula are neutralised (pscsync.csvsafe)."""
-    f = selectors.InboxFilter.from_query(request.GET)
+    f, found = selectors.inbox_read(request.user, request.GET)
+    if found.errors:
+        return _refused_filter(found)
     rows = (
         selectors.exception_items(request.user, f)
         .select_related("handoff", "legal_entity", "connection", "assignee", "cause")
@@ -418,7 +433,9 @@ def handoff_act(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def bulk(request: HttpRequest) -> HttpResponse:
     """Make a job from the selection (handoffs, whole groups) or the whole filter."""
-    f = selectors.InboxFilter.from_query(request.POST)
+    f, found = selectors.inbox_read(request.user, request.POST)
+    if found.errors:
+        return _refused_filter(found)
     items = selectors.exception_items(request.user, f)
     if request.POST.get("scope") != "filter":
         causes = [int(c) for c in request.POST.getlist("cause") if c.isdigit()]
