@@ -198,9 +198,7 @@ def test_the_inbox_and_the_exceptions_api_give_the_same_rows_for_the_same_filter
 
 
 @pytest.mark.django_db
-def test_the_exceptions_api_without_a_tab_lists_every_handoff_that_needs_a_person(
-    api, tokens, records, world
-) -> None:
+def test_the_exceptions_api_without_a_tab_lists_every_handoff_that_needs_a_person(api, tokens, records, world) -> None:
     from remediation.models import ExceptionCause, ExceptionStatus
 
     # An archived cause leaves the inbox's Open tab, but its handoff still needs a person.
