@@ -12,7 +12,9 @@ import re
 import django_filters as filters
 from django import forms
 from django.db.models import Q
+from drf_spectacular.utils import extend_schema_field
 
+from connectors.canonical import keys_behind
 from pscsync import clock
 from pscsync.models import Handoff
 
@@ -87,6 +89,7 @@ class CodesFilter(filters.BaseInFilter, filters.CharFilter):
 MAX_AGE_DAYS = 36500
 
 
+@extend_schema_field({"type": "integer", "minimum": 0, "maximum": MAX_AGE_DAYS})
 class DaysFilter(filters.NumberFilter):
     """A whole number of days, 0 to MAX_AGE_DAYS (not a float, not a date beyond the calendar)."""
 
@@ -122,6 +125,12 @@ class HandoffFilter(StrictFilterSet):
         label="Legal entity",
         help_text="A legal entity code, or several, comma-separated.",
     )
+    record = filters.CharFilter(
+        method="_about",
+        label="About the record",
+        help_text="Our key of a record (an opportunity id, P-…, C-…, I-…): the handoffs under that key, "
+        "under the key it is built from, or that failed on it.",
+    )
     error_class = filters.CharFilter(field_name="last_error_class", label="Kind of error")
     age_min = DaysFilter(
         method=_business_age, label="Started at least (days ago)", help_text="Whole days since the business started."
@@ -141,6 +150,13 @@ class HandoffFilter(StrictFilterSet):
     class Meta:
         model = Handoff
         fields: list[str] = []
+
+    def _about(self, qs, name: str, value: str):
+        value = value.strip()
+        if not value:
+            return qs
+        keys = keys_behind(value)
+        return qs.filter(Q(business_key__in=keys) | Q(failed_key__in=keys))
 
     def _search(self, qs, name: str, value: str):
         value = value.strip()

@@ -47,7 +47,7 @@ def handoff_list(request: SignedInRequest) -> HttpResponse:
     context = {
         "page": page,
         "filters": found,
-        "values": {name: (params or {}).get(name, "") for name in ("status", "flow", "q")},
+        "values": {name: (params or {}).get(name, "") for name in ("status", "flow", "q", "record")},
         "query": params.urlencode() if params else "",
         "ages": {k: values[k] for k in ("age_min", "age_max") if values.get(k) is not None},
         "entities": entities,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from django.contrib.auth.models import AnonymousUser, User
@@ -475,9 +474,6 @@ def job_queue_place(job) -> dict[str, object]:
     }
 
 
-_MAPPING_NAMED = re.compile(r"([\w-]+)/(\w+)@v\d+")
-
-
 def retry_warnings(user: User | AnonymousUser, handoff_ids: list[int]) -> list[str]:
     """Why a plain retry of these handoffs will fail again, for a confirmation before the job:
     a mapping-kind failure whose mapping has not been published since it failed, or a
@@ -492,25 +488,27 @@ def retry_warnings(user: User | AnonymousUser, handoff_ids: list[int]) -> list[s
     )
     mapping_same: list[str] = []
     validation_same = 0
-    published: dict[tuple[str, str], object] = {}
-    for item in items.select_related("handoff", "blocked_by")[:2000]:
+    published: dict[int, object] = {}
+    rows = items.select_related("handoff__failed_mapping__mapping__connection", "blocked_by")[:2000]
+    for item in rows:
         handoff = item.handoff
         if item.error_class == "mapping":
-            named = _MAPPING_NAMED.search(handoff.last_error_message or "")
-            if named is None:
+            # The mapping version the failure stored (Handoff.failed_mapping): none, nothing to say.
+            version = handoff.failed_mapping
+            if version is None:
                 continue
-            key = (named.group(1), named.group(2))
-            if key not in published:
-                published[key] = (
-                    MappingVersion.objects.filter(mapping__connection__slug=key[0], mapping__entity=key[1])
+            mapping = version.mapping
+            if mapping.pk not in published:
+                published[mapping.pk] = (
+                    MappingVersion.objects.filter(mapping=mapping)
                     .exclude(published_at=None)
                     .order_by("-published_at")
                     .values_list("published_at", flat=True)
                     .first()
                 )
-            latest = published[key]
+            latest = published[mapping.pk]
             if latest is None or latest <= item.last_failed_at:
-                mapping_same.append(named.group(0).split("@")[0])
+                mapping_same.append(f"the {mapping.entity} mapping of {mapping.connection.name}")
         else:
             if item.blocked_by is not None and item.blocked_by.status == Handoff.Status.SUCCEEDED:
                 continue

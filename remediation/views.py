@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -349,25 +348,13 @@ def _mode_that_can_succeed(handoff: Handoff, editable: bool) -> str:
     return ResubmitMode.STORED
 
 
-# Leaves too common to mean a field when a message says them ("the name", "its id").
-_VAGUE_LEAVES = {"id", "name", "number", "status", "type", "date", "amount"}
-
-
 def _failing_fields(handoff: Handoff, doc_form: DocumentForm | None) -> set[str]:
-    """The edit form's fields the error message names: "has no Tax Profile" marks the field
-    labelled "account · tax profile". A label's last part must appear as whole words; vague ones
-    ("name", "id") only with their record ("account name")."""
+    """The edit form's fields the failure named: the read document's paths the check stored with
+    it (Handoff.failed_fields), never words found in its message."""
     if doc_form is None:
         return set()
-    message = (handoff.last_error_message or "").lower()
-    found = set()
-    for field in doc_form:
-        parts = [p.strip() for p in str(field.label).lower().split("·")]
-        leaf = parts[-1]
-        wanted = " ".join(parts) if leaf in _VAGUE_LEAVES else leaf
-        if wanted and re.search(rf"\b{re.escape(wanted)}\b", message):
-            found.add(field.name)
-    return found
+    named = set(handoff.failed_fields or [])
+    return {name for name, path in doc_form.paths.items() if path in named}
 
 
 def _check_edited(handoff: Handoff, edited: dict[str, Any]) -> str:
