@@ -153,7 +153,7 @@ def test_a_bad_handoff_filter_is_refused_on_the_page_and_the_api(
     client.force_login(people["admin"])
     page = client.get(reverse("handoffs:list"), query)
     assert page.status_code == 400
-    assert "This filter cannot be applied" in page.content.decode()
+    assert "this filter cannot be applied" in page.content.decode()
     assert list(page.context["page"].object_list) == []  # nothing shown, rather than everything
 
 
