@@ -189,6 +189,15 @@ class Handoff(models.Model):
     failed_step = models.CharField(max_length=60, blank=True, db_default="")
     failed_key = models.CharField(max_length=200, blank=True, db_default="")
     failure_reason = models.TextField(blank=True, db_default="")
+    # What the failure is about, as the raiser knew it (ConnectorError): the mapping version whose
+    # rules failed, the fields it names (the read document's paths for a failed check, the
+    # mapping's target fields for a failed mapping) and the value map that lacked an entry. The
+    # workbench links and warns from these, never from the message. Cleared with the above.
+    failed_mapping = models.ForeignKey(
+        "MappingVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    failed_fields = models.JSONField(default=list, blank=True, db_default=[])
+    failed_value_map = models.CharField(max_length=100, blank=True, db_default="")
     mapping_version = models.CharField(max_length=40, blank=True)
     # Business facts the flow found in the source, for dashboards, filters and the workbench.
     business_times = models.JSONField(

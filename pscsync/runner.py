@@ -58,6 +58,15 @@ class StepFailed(Exception):
     # not a failure: rescheduled for when its slot frees, with no retry spent.
     deferred: bool = False
     key: str = ""  # the record the failure is about, when the error named one (ConnectorError.key)
+    # What else the error named (ConnectorError): fields at fault, mapping version id, value map.
+    fields: tuple[str, ...] = ()
+    mapping_version: int | None = None
+    value_map: str = ""
+
+
+# A failure's structured detail, cleared wherever the failure itself is (a success, a failure
+# outside any step): stale detail would point the workbench at the wrong fix.
+NO_FAILURE_DETAIL: dict[str, Any] = {"failed_mapping_id": None, "failed_fields": [], "failed_value_map": ""}
 
 
 def retry_delay(attempt: int, *, retry_after: float | None = None, rng: random.Random | None = None) -> float:
@@ -123,6 +132,7 @@ def _lease(handoff_id: int, worker: str) -> Handoff | None:
                         "failed_step": "",  # it died somewhere, not at a step that answered
                         "failed_key": "",
                         "failure_reason": message,
+                        **NO_FAILURE_DETAIL,
                         "lease_owner": "",
                         "lease_expires_at": None,
                         "finished_at": None,
@@ -474,6 +484,9 @@ def _failure(exc: ConnectorError) -> StepFailed:
         retry_after=exc.retry_after,
         deferred=exc.deferred,
         key=exc.key,
+        fields=exc.fields,
+        mapping_version=exc.mapping_version,
+        value_map=exc.value_map,
     )
 
 
@@ -488,6 +501,9 @@ def _fail(handoff: Handoff, flow: Flow, step: Step, step_def: StepDef, failure: 
         # another; a read or a check is keyed by the engine alone ("read_deal:…"), which names nothing.
         "failed_key": failure.key or (step.idempotency_key if step_def.keys_a_record else ""),
         "failure_reason": failure.message,
+        "failed_mapping_id": failure.mapping_version,
+        "failed_fields": list(failure.fields),
+        "failed_value_map": failure.value_map,
         "lease_owner": "",
         "lease_expires_at": None,
         "attempt_count": attempts,
@@ -544,6 +560,7 @@ def _succeed(handoff: Handoff, worker: str, *, done: _Done | None = None) -> Non
             "failed_step": "",
             "failed_key": "",
             "failure_reason": "",
+            **NO_FAILURE_DETAIL,
         }
         # The lease check and the end in one statement; only the fields that change are written.
         moved = handoff_move(
@@ -604,6 +621,7 @@ def _run_leased(handoff: Handoff, worker: str) -> str:
                 "failed_step": "",
                 "failed_key": "",
                 "failure_reason": failure.message,
+                **NO_FAILURE_DETAIL,
                 "lease_owner": "",
                 "lease_expires_at": None,
             },
