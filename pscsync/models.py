@@ -207,6 +207,9 @@ class Handoff(models.Model):
     archive = models.ForeignKey(
         "Archive", null=True, blank=True, on_delete=models.PROTECT, related_name="handoffs_archived"
     )
+    # Set when archived: one of its attempts needed a person or was rejected. The facts' exception
+    # flag reads it once the attempts' partition is dropped (pscsync.partitions).
+    attempts_flagged = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -873,3 +876,27 @@ class Archive(models.Model):
 
     def __str__(self) -> str:
         return f"{self.legal_entity} {self.month:%B %Y}"
+
+
+class AuditArchive(models.Model):
+    """One calendar month (UTC) of the audit trail moved to a file and its partition dropped
+    (pscsync.partitions.audit_month_archive). The chain's two ends are kept: `prev_hash` is the
+    link of the month's first entry, `last_hash` the hash of its last, so `audit_verify` accepts
+    exactly this gap and no other."""
+
+    month = models.DateField(unique=True, help_text="First day of the month archived.")
+    directory = models.CharField(max_length=500)
+    manifest = models.JSONField(default=dict)
+    manifest_sha256 = models.CharField(max_length=64)
+    entries = models.PositiveIntegerField()
+    first_id = models.BigIntegerField()
+    last_id = models.BigIntegerField()
+    prev_hash = models.CharField(max_length=64, blank=True)
+    last_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-month"]
+
+    def __str__(self) -> str:
+        return f"audit trail {self.month:%B %Y}"
