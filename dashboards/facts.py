@@ -228,6 +228,7 @@ class HandoffRow:
     business_finished_at: dt.datetime | None
     created_at: dt.datetime
     exception: bool = False
+    attempts_flagged: bool = False
     invoice: dict[str, Any] = field(default_factory=dict)
     deal: dict[str, Any] = field(default_factory=dict)
     # When the source system made the change that triggered this handoff (its event's time).
@@ -255,6 +256,7 @@ HANDOFF_FIELDS = [
     "business_started_at",
     "business_finished_at",
     "created_at",
+    "attempts_flagged",
 ]
 
 
@@ -408,6 +410,9 @@ def _rows_for(handoffs: Iterable[dict[str, Any]]) -> list[HandoffRow]:
     )
     for hid in flagged:
         by_id[hid].exception = True
+    for r in rows:
+        # Archived handoffs carry the flag themselves: their attempts' month may be dropped.
+        r.exception = r.exception or r.attempts_flagged
     wanted = [r.id for r in rows if r.flow in {"bill-to-cash", "pipeline-to-demand"}]
     if wanted:
         for hid, name, output in Step.objects.filter(
