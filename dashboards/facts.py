@@ -53,6 +53,7 @@ from pscsync.models import (
     LegalEntity,
     Step,
 )
+from pscsync.partitions import attempt_months_dropped
 
 log = logging.getLogger("dashboards.facts")
 
@@ -1043,11 +1044,21 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
     stats = {"handoffs": 0, "facts": 0, "rollups": 0, "attempt_rollups": 0}
     slas = {flow: sla_for(flow) for flow in MEASURES}
     countries = dict(LegalEntity.objects.values_list("pk", "country"))
+    # Months whose attempts were dropped (pscsync.partitions) keep their attempt rollups, and
+    # archived handoffs their marks: what they counted is no longer there to count again.
+    dropped = attempt_months_dropped()
+
+    def in_dropped(name: str) -> Q:
+        q = Q(pk__in=[])
+        for start, end in dropped:
+            q |= Q(**{f"{name}__gte": start, f"{name}__lt": end})
+        return q
+
     FlowFact.objects.all().delete()
     DailyRollup.objects.all().delete()
     EntityDailyRollup.objects.all().delete()
-    AttemptRollup.objects.all().delete()
-    RollupMark.objects.all().delete()
+    AttemptRollup.objects.exclude(in_dropped("hour")).delete()
+    RollupMark.objects.filter(handoff__archive__isnull=True).delete()
     # One flow at a time: a flow's items never span flows, so only one flow's handoffs (a third of
     # the history at most) are held at once, not all of them with all their facts.
     for flow in sorted(set(Handoff.objects.values_list("flow", flat=True).distinct())):
@@ -1085,7 +1096,10 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
     marks: dict[int, int] = {}
     while True:
         chunk = _attempt_dicts(
-            Attempt.objects.filter(pk__gt=last_attempt).exclude(outcome="in_flight").order_by("pk")[: batch * 5]
+            Attempt.objects.filter(pk__gt=last_attempt)
+            .exclude(outcome="in_flight")
+            .exclude(in_dropped("started_at"))
+            .order_by("pk")[: batch * 5]
         )
         if not chunk:
             break
@@ -1117,7 +1131,9 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
         batch_size=batch,
     )
     RollupMark.objects.bulk_create(
-        [RollupMark(handoff_id=h, attempts_through=a) for h, a in marks.items()], batch_size=batch
+        [RollupMark(handoff_id=h, attempts_through=a) for h, a in marks.items()],
+        batch_size=batch,
+        ignore_conflicts=True,
     )
     stats["attempt_rollups"] = len(acc)
     from dashboards.backlog import backlog_rebuild  # these read this module: import here

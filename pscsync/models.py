@@ -900,3 +900,21 @@ class AuditArchive(models.Model):
 
     def __str__(self) -> str:
         return f"audit trail {self.month:%B %Y}"
+
+
+class PartitionDrop(models.Model):
+    """A month of a partitioned table dropped (pscsync.partitions). Kept after a restore writes
+    some of its rows back: the month's attempt rollups counted every row it had, so a rebuild
+    of the dashboards keeps them and does not recount the month from what is there now."""
+
+    table = models.CharField(max_length=60)
+    month = models.DateField(help_text="First day of the month dropped.")
+    rows = models.PositiveBigIntegerField()
+    dropped_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["table", "month"]
+        constraints = [models.UniqueConstraint(fields=["table", "month"], name="partition_drop_once")]
+
+    def __str__(self) -> str:
+        return f"{self.table} {self.month:%B %Y}"

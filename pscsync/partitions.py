@@ -31,12 +31,13 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
+from django.db.models import F
 from django.db.utils import OperationalError, ProgrammingError
 
 from pscsync import clock
 from pscsync.archive import ArchiveRefused, Month, _manifest_sha256, _sha256, archive_lock, archive_root
 from pscsync.audit import audit_append, audit_record, audit_verify
-from pscsync.models import AuditArchive, AuditEntry, Handoff, LegalEntity
+from pscsync.models import AuditArchive, AuditEntry, Handoff, LegalEntity, PartitionDrop
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,11 @@ def attempts_drop(*, month: Month, actor: User | None = None, actor_label: str =
             cursor.execute(f"SELECT count(*) FROM {name}")  # noqa: S608  # nosec B608  # name from the catalogue
             rows = int(cursor.fetchone()[0])
             _detach_drop(cursor, "pscsync_attempt", name)
+        drop, made = PartitionDrop.objects.get_or_create(
+            table="pscsync_attempt", month=month.first, defaults={"rows": rows, "dropped_at": clock.now()}
+        )
+        if not made:  # dropped before, partly restored, archived and dropped again
+            PartitionDrop.objects.filter(pk=drop.pk).update(rows=F("rows") + rows, dropped_at=clock.now())
         audit_append(
             actor=actor,
             actor_label=actor_label,
@@ -207,7 +213,7 @@ def audit_month_due(month: Month, today: dt.date | None = None) -> bool:
     return month.next().plus(longest).first <= (today or clock.now().date())
 
 
-def _entry_json(row: dict[str, Any]) -> bytes:
+def _entry_json(row: Any) -> bytes:
     return json.dumps(row, sort_keys=True, default=str).encode() + b"\n"
 
 
@@ -296,3 +302,10 @@ def audit_archive_verify(sealed: AuditArchive) -> list[str]:
     if _sha256(path) != entry["sha256"]:
         problems.append("the audit file no longer matches its checksum (changed or damaged)")
     return problems
+
+
+def attempt_months_dropped() -> list[tuple[dt.datetime, dt.datetime]]:
+    """The months (as UTC bounds) whose attempts partition was ever dropped: their attempt
+    rollups stand for rows no longer (all) there, so a rebuild keeps them as they are."""
+    months = PartitionDrop.objects.filter(table="pscsync_attempt").values_list("month", flat=True)
+    return [Month(first).bounds() for first in months]

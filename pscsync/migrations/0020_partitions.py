@@ -187,5 +187,19 @@ class Migration(migrations.Migration):
             name="attempts_flagged",
             field=models.BooleanField(default=False),
         ),
+        migrations.CreateModel(
+            name="PartitionDrop",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("table", models.CharField(max_length=60)),
+                ("month", models.DateField(help_text="First day of the month dropped.")),
+                ("rows", models.PositiveBigIntegerField()),
+                ("dropped_at", models.DateTimeField()),
+            ],
+            options={
+                "ordering": ["table", "month"],
+                "constraints": [models.UniqueConstraint(fields=("table", "month"), name="partition_drop_once")],
+            },
+        ),
         migrations.RunPython(forwards, backwards),
     ]
