@@ -103,7 +103,27 @@ def partition_create(table: str, month: Month) -> bool:
         )
         for suffix, columns in UNIQUE.get(table, {}).items():
             cursor.execute(f"CREATE UNIQUE INDEX {name}_{suffix} ON {name} {columns}")
+        _grants_like_parent(cursor, table, name)
     return True
+
+
+def _grants_like_parent(cursor: Any, table: str, name: str) -> None:
+    """A new partition gets its parent's grants and no others: the default privileges would
+    give the app's role UPDATE and DELETE on an audit partition (`manage.py audit_db_roles`)."""
+    query = (
+        "SELECT grantee, string_agg(privilege_type, ', ') FROM information_schema.role_table_grants "
+        "WHERE table_name = %s AND grantee <> (SELECT tableowner FROM pg_tables WHERE tablename = %s) GROUP BY grantee"
+    )
+    cursor.execute(query, [name, table])
+    for grantee, _ in cursor.fetchall():
+        cursor.execute(f"REVOKE ALL ON {name} FROM {_role(grantee)}")
+    cursor.execute(query, [table, table])
+    for grantee, privileges in cursor.fetchall():
+        cursor.execute(f"GRANT {privileges} ON {name} TO {_role(grantee)}")
+
+
+def _role(grantee: str) -> str:
+    return "PUBLIC" if grantee == "PUBLIC" else connection.ops.quote_name(grantee)
 
 
 def partitions_ensure(today: dt.date | None = None, ahead: int = AHEAD) -> list[str]:
