@@ -7,12 +7,15 @@ calendar month (UTC, by the handoff's finish) and one legal entity at a time, to
 JSON Lines files with a manifest (row counts and SHA-256 per file); the rows are then emptied of
 them in the same transaction. Everything the dashboards, the workbench and reconciliation count
 stays: handoffs, steps and their outputs, attempts' outcomes and timings, transitions, facts and
-rollups. The audit trail is not archived (its hash chain and the database's append-only trigger
-keep it whole). A restore checks every file against the manifest before it writes a byte back.
+rollups. The attempts file holds attempts' whole rows, so on PostgreSQL a month of attempts can
+then leave by DROP of its partition (pscsync.partitions) and a restore writes them back whole. The
+audit trail is not archived here (pscsync.partitions.audit_month_archive, by hand). A restore
+checks every file against the manifest before it writes a byte back.
 
 Only finished handoffs move: succeeded, resolved or cancelled. One that needs a person, waits to
 retry or is running keeps its bodies whatever its age. docs/operations.md ("Retention and
-archives") says how to run it; docs/engine.md why rows are not dropped yet (partitioning)."""
+archives") says how to run it; docs/engine.md ("Retention: bodies, then rows by partition") when
+rows leave."""
 
 from __future__ import annotations
 

@@ -135,8 +135,12 @@ def partitions_ensure(today: dt.date | None = None, ahead: int = AHEAD) -> list[
     for table in TABLES:
         for i in range(ahead + 1):
             month = first.plus(i)
-            if partition_create(table, month):
-                made.append(partition_name(table, month))
+            try:
+                if partition_create(table, month):
+                    made.append(partition_name(table, month))
+            except (OperationalError, ProgrammingError) as error:  # not the tables' owner; a lock
+                log.warning("%s of %s not created now: %s", table, month.label, error)
+                return made
     return made
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from pscsync import clock
 from pscsync.archive import ArchiveRefused, Month, archive_month, archive_restore
 from pscsync.audit import audit_append, audit_verify
 from pscsync.clock import FrozenClock
-from pscsync.models import Attempt, AuditArchive, AuditEntry, Handoff
+from pscsync.models import Attempt, AuditArchive, AuditEntry, Handoff, PartitionDrop
 from pscsync.partitions import (
     attempts_drop,
     attempts_drop_due,
@@ -235,3 +236,22 @@ def test_the_migration_keeps_every_row_and_key_both_ways(months) -> None:
     with pytest.raises(Exception, match="append-only"), db.cursor() as cursor:
         cursor.execute("UPDATE pscsync_auditentry SET comment = 'x'")
     call_command("archive", "--partitions")
+
+
+def test_the_app_role_cannot_drop_a_month_and_the_beat_goes_on(months, admin) -> None:
+    """Web and workers run as a role that does not own the tables (audit_db_roles): the daily
+    pass archives, then leaves the month for the owner's run, logging why."""
+    archive_month(entity=months["us"], month=Month.parse("2025-09"), actor=admin)
+    role = f"pscsync_app_{uuid.uuid4().hex[:8]}"
+    with db.cursor() as cursor:
+        cursor.execute(f"CREATE ROLE {role} NOLOGIN")
+    call_command("audit_db_roles", role, "--apply")
+    with db.cursor() as cursor:
+        cursor.execute(f"SET ROLE {role}")
+        try:
+            assert partitions_ensure(today=dt.date(2031, 1, 1)) == []
+            assert attempts_drop_due(actor_label="test") == []
+        finally:
+            cursor.execute("RESET ROLE")
+    assert "pscsync_attempt_y2025m09" in tables() and not PartitionDrop.objects.exists()
+    assert [m.first for m, _ in attempts_drop_due(actor_label="test")] == [dt.date(2025, 9, 1)]
