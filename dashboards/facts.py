@@ -45,6 +45,7 @@ from dashboards.models import (
 from pscsync import clock
 from pscsync.lifecycle import repairs_note
 from pscsync.models import (
+    ATTEMPT_CLOCK_SLACK,
     Attempt,
     CrossReference,
     ErpInvoice,
@@ -404,8 +405,11 @@ def _rows_for(handoffs: Iterable[dict[str, Any]]) -> list[HandoffRow]:
     if not ids:
         return rows
     by_id = {r.id: r for r in rows}
+    # Bounded by the oldest handoff's age: only the attempts partitions since then are read.
+    since = min(r.created_at for r in rows) - ATTEMPT_CLOCK_SLACK
     flagged = set(
-        Attempt.objects.filter(step__handoff_id__in=ids, outcome__in=EXCEPTION_OUTCOMES)
+        Attempt.objects.filter(step__handoff_id__in=ids, outcome__in=EXCEPTION_OUTCOMES, started_at__gte=since)
+        .order_by()
         .values_list("step__handoff_id", flat=True)
         .distinct()
     )
@@ -934,14 +938,23 @@ def attempts_roll(handoff_id: int) -> None:
     with transaction.atomic():
         # Creates the handoff's mark or locks it, and reads it, in one statement.
         with db_connection.cursor() as cursor:
-            cursor.execute(
+            upsert = (
                 f"INSERT INTO {table} (handoff_id, attempts_through) VALUES (%s, 0) ON CONFLICT (handoff_id) "  # noqa: S608  # nosec B608  # model's name
-                f"DO UPDATE SET attempts_through = {table}.attempts_through RETURNING attempts_through",
-                [handoff_id],
+                f"DO UPDATE SET attempts_through = {table}.attempts_through RETURNING attempts_through"
             )
-            (through,) = cursor.fetchone()
+            if db_connection.vendor == "postgresql":
+                # ... and the handoff's age, which bounds the attempts partitions read below.
+                handoffs = db_connection.ops.quote_name(Handoff._meta.db_table)
+                cursor.execute(
+                    f"WITH m AS ({upsert}) SELECT m.attempts_through, h.created_at FROM m, {handoffs} h WHERE h.id = %s",  # noqa: S608  # nosec B608  # models' names
+                    [handoff_id, handoff_id],
+                )
+            else:  # SQLite: no partitions to bound, and no INSERT inside WITH
+                cursor.execute(upsert, [handoff_id])
+            (through, *created_at) = cursor.fetchone()
+        bound = {"started_at__gte": created_at[0] - ATTEMPT_CLOCK_SLACK} if created_at else {}
         attempts = _attempt_dicts(
-            Attempt.objects.filter(step__handoff_id=handoff_id, pk__gt=through).exclude(outcome="in_flight")
+            Attempt.objects.filter(step__handoff_id=handoff_id, pk__gt=through, **bound).exclude(outcome="in_flight")
         )
         if not attempts:
             return

@@ -3,6 +3,8 @@ cross references and the audit trail. State changes happen in services, never in
 
 from __future__ import annotations
 
+import datetime as dt
+
 from collections.abc import Collection
 from contextvars import ContextVar
 from decimal import Decimal
@@ -324,6 +326,12 @@ class Step(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handoff_id}/{self.name}"
+
+
+# On PostgreSQL attempts are partitioned by month of `started_at` (pscsync.partitions): a query
+# that names a lower bound reads only the months since, instead of planning over every month. A
+# handoff's attempts start after it was created, give or take the clocks of the hosts involved.
+ATTEMPT_CLOCK_SLACK = dt.timedelta(days=1)
 
 
 class Attempt(models.Model):
