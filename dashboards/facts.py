@@ -945,10 +945,8 @@ def attempts_roll(handoff_id: int) -> None:
             if db_connection.vendor == "postgresql":
                 # ... and the handoff's age, which bounds the attempts partitions read below.
                 handoffs = db_connection.ops.quote_name(Handoff._meta.db_table)
-                cursor.execute(
-                    f"WITH m AS ({upsert}) SELECT m.attempts_through, h.created_at FROM m, {handoffs} h WHERE h.id = %s",  # noqa: S608  # nosec B608  # models' names
-                    [handoff_id, handoff_id],
-                )
+                aged = f"WITH m AS ({upsert}) SELECT m.attempts_through, h.created_at FROM m, {handoffs} h "  # noqa: S608  # nosec B608  # models' names
+                cursor.execute(aged + "WHERE h.id = %s", [handoff_id, handoff_id])
             else:  # SQLite: no partitions to bound, and no INSERT inside WITH
                 cursor.execute(upsert, [handoff_id])
             (through, *created_at) = cursor.fetchone()

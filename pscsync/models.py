@@ -4,7 +4,6 @@ cross references and the audit trail. State changes happen in services, never in
 from __future__ import annotations
 
 import datetime as dt
-
 from collections.abc import Collection
 from contextvars import ContextVar
 from decimal import Decimal
