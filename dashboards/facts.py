@@ -45,6 +45,7 @@ from dashboards.models import (
 from pscsync import clock
 from pscsync.lifecycle import repairs_note
 from pscsync.models import (
+    ATTEMPT_CLOCK_SLACK,
     Attempt,
     CrossReference,
     ErpInvoice,
@@ -53,6 +54,7 @@ from pscsync.models import (
     LegalEntity,
     Step,
 )
+from pscsync.partitions import attempt_months_dropped
 
 log = logging.getLogger("dashboards.facts")
 
@@ -228,6 +230,7 @@ class HandoffRow:
     business_finished_at: dt.datetime | None
     created_at: dt.datetime
     exception: bool = False
+    attempts_flagged: bool = False
     invoice: dict[str, Any] = field(default_factory=dict)
     deal: dict[str, Any] = field(default_factory=dict)
     # When the source system made the change that triggered this handoff (its event's time).
@@ -255,6 +258,7 @@ HANDOFF_FIELDS = [
     "business_started_at",
     "business_finished_at",
     "created_at",
+    "attempts_flagged",
 ]
 
 
@@ -401,13 +405,19 @@ def _rows_for(handoffs: Iterable[dict[str, Any]]) -> list[HandoffRow]:
     if not ids:
         return rows
     by_id = {r.id: r for r in rows}
+    # Bounded by the oldest handoff's age: only the attempts partitions since then are read.
+    since = min(r.created_at for r in rows) - ATTEMPT_CLOCK_SLACK
     flagged = set(
-        Attempt.objects.filter(step__handoff_id__in=ids, outcome__in=EXCEPTION_OUTCOMES)
+        Attempt.objects.filter(step__handoff_id__in=ids, outcome__in=EXCEPTION_OUTCOMES, started_at__gte=since)
+        .order_by()
         .values_list("step__handoff_id", flat=True)
         .distinct()
     )
     for hid in flagged:
         by_id[hid].exception = True
+    for r in rows:
+        # Archived handoffs carry the flag themselves: their attempts' month may be dropped.
+        r.exception = r.exception or r.attempts_flagged
     wanted = [r.id for r in rows if r.flow in {"bill-to-cash", "pipeline-to-demand"}]
     if wanted:
         for hid, name, output in Step.objects.filter(
@@ -930,14 +940,21 @@ def attempts_roll(handoff_id: int) -> None:
     with transaction.atomic():
         # Creates the handoff's mark or locks it, and reads it, in one statement.
         with db_connection.cursor() as cursor:
-            cursor.execute(
+            upsert = (
                 f"INSERT INTO {table} (handoff_id, attempts_through) VALUES (%s, 0) ON CONFLICT (handoff_id) "  # noqa: S608  # nosec B608  # model's name
-                f"DO UPDATE SET attempts_through = {table}.attempts_through RETURNING attempts_through",
-                [handoff_id],
+                f"DO UPDATE SET attempts_through = {table}.attempts_through RETURNING attempts_through"
             )
-            (through,) = cursor.fetchone()
+            if db_connection.vendor == "postgresql":
+                # ... and the handoff's age, which bounds the attempts partitions read below.
+                handoffs = db_connection.ops.quote_name(Handoff._meta.db_table)
+                aged = f"WITH m AS ({upsert}) SELECT m.attempts_through, h.created_at FROM m, {handoffs} h "  # noqa: S608  # nosec B608  # models' names
+                cursor.execute(aged + "WHERE h.id = %s", [handoff_id, handoff_id])
+            else:  # SQLite: no partitions to bound, and no INSERT inside WITH
+                cursor.execute(upsert, [handoff_id])
+            (through, *created_at) = cursor.fetchone()
+        bound = {"started_at__gte": created_at[0] - ATTEMPT_CLOCK_SLACK} if created_at else {}
         attempts = _attempt_dicts(
-            Attempt.objects.filter(step__handoff_id=handoff_id, pk__gt=through).exclude(outcome="in_flight")
+            Attempt.objects.filter(step__handoff_id=handoff_id, pk__gt=through, **bound).exclude(outcome="in_flight")
         )
         if not attempts:
             return
@@ -1040,11 +1057,21 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
     stats = {"handoffs": 0, "facts": 0, "rollups": 0, "attempt_rollups": 0}
     slas = {flow: sla_for(flow) for flow in MEASURES}
     countries = dict(LegalEntity.objects.values_list("pk", "country"))
+    # Months whose attempts were dropped (pscsync.partitions) keep their attempt rollups, and
+    # archived handoffs their marks: what they counted is no longer there to count again.
+    dropped = attempt_months_dropped()
+
+    def in_dropped(name: str) -> Q:
+        q = Q(pk__in=[])
+        for start, end in dropped:
+            q |= Q(**{f"{name}__gte": start, f"{name}__lt": end})
+        return q
+
     FlowFact.objects.all().delete()
     DailyRollup.objects.all().delete()
     EntityDailyRollup.objects.all().delete()
-    AttemptRollup.objects.all().delete()
-    RollupMark.objects.all().delete()
+    AttemptRollup.objects.exclude(in_dropped("hour")).delete()
+    RollupMark.objects.filter(handoff__archive__isnull=True).delete()
     # One flow at a time: a flow's items never span flows, so only one flow's handoffs (a third of
     # the history at most) are held at once, not all of them with all their facts.
     for flow in sorted(set(Handoff.objects.values_list("flow", flat=True).distinct())):
@@ -1082,7 +1109,10 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
     marks: dict[int, int] = {}
     while True:
         chunk = _attempt_dicts(
-            Attempt.objects.filter(pk__gt=last_attempt).exclude(outcome="in_flight").order_by("pk")[: batch * 5]
+            Attempt.objects.filter(pk__gt=last_attempt)
+            .exclude(outcome="in_flight")
+            .exclude(in_dropped("started_at"))
+            .order_by("pk")[: batch * 5]
         )
         if not chunk:
             break
@@ -1114,7 +1144,9 @@ def rollups_rebuild_all(batch: int = 20000) -> dict[str, int]:
         batch_size=batch,
     )
     RollupMark.objects.bulk_create(
-        [RollupMark(handoff_id=h, attempts_through=a) for h, a in marks.items()], batch_size=batch
+        [RollupMark(handoff_id=h, attempts_through=a) for h, a in marks.items()],
+        batch_size=batch,
+        ignore_conflicts=True,
     )
     stats["attempt_rollups"] = len(acc)
     from dashboards.backlog import backlog_rebuild  # these read this module: import here

@@ -7,12 +7,15 @@ calendar month (UTC, by the handoff's finish) and one legal entity at a time, to
 JSON Lines files with a manifest (row counts and SHA-256 per file); the rows are then emptied of
 them in the same transaction. Everything the dashboards, the workbench and reconciliation count
 stays: handoffs, steps and their outputs, attempts' outcomes and timings, transitions, facts and
-rollups. The audit trail is not archived (its hash chain and the database's append-only trigger
-keep it whole). A restore checks every file against the manifest before it writes a byte back.
+rollups. The attempts file holds attempts' whole rows, so on PostgreSQL a month of attempts can
+then leave by DROP of its partition (pscsync.partitions) and a restore writes them back whole. The
+audit trail is not archived here (pscsync.partitions.audit_month_archive, by hand). A restore
+checks every file against the manifest before it writes a byte back.
 
 Only finished handoffs move: succeeded, resolved or cancelled. One that needs a person, waits to
 retry or is running keeps its bodies whatever its age. docs/operations.md ("Retention and
-archives") says how to run it; docs/engine.md why rows are not dropped yet (partitioning)."""
+archives") says how to run it; docs/engine.md ("Retention: bodies, then rows by partition") when
+rows leave."""
 
 from __future__ import annotations
 
@@ -28,20 +31,29 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Model
 
 from pscsync import clock
 from pscsync.audit import audit_record
 from pscsync.models import Archive, Attempt, Event, Handoff, LegalEntity
 
+# Handoffs whose attempts needed a person or were rejected (dashboards.facts.EXCEPTION_OUTCOMES).
+EXCEPTION_OUTCOMES = ("validation", "mapping", "rejected")
+
 FILES = {
     "events": (Event, ("headers", "raw_body", "payload")),
     "attempts": (Attempt, ("request", "response")),
 }
 EMPTY: dict[str, Any] = {"headers": {}, "raw_body": "", "payload": {}, "request": {}, "response": {}}
+# An attempt's whole row goes to the file (version 2), so its month's partition can be dropped
+# (pscsync.partitions) and a restore can write the row back; events keep their rows.
+ATTEMPT_COLUMNS = tuple(f.attname for f in Attempt._meta.concrete_fields if f.attname != "id")
 CHUNK = 2000
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+# Serialises archive, restore and partition drop: a restore must not write into a partition
+# being dropped, nor a drop read a month half restored.
+ARCHIVE_LOCK = 0x70617274  # "part"
 
 
 class ArchiveRefused(Exception):
@@ -102,6 +114,13 @@ def retention_set(*, entity: LegalEntity, months: int, actor: User | None, actor
         )
 
 
+def archive_lock() -> None:
+    """Inside a transaction: wait for any other archive, restore or partition drop to finish."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ARCHIVE_LOCK])
+
+
 def month_due(entity: LegalEntity, month: Month, today: dt.date | None = None) -> bool:
     """Has every day of `month` passed the entity's retention? (October 2025 with 13 months is due
     on 1 December 2026.)"""
@@ -118,6 +137,10 @@ def _handoffs_of(entity: LegalEntity, month: Month) -> Any:
         finished_at__lt=end,
         archive__isnull=True,
     )
+
+
+def _file_fields(name: str) -> tuple[str, ...]:
+    return ATTEMPT_COLUMNS if name == "attempts" else FILES[name][1]
 
 
 def _rows(model: type[Model], fields: tuple[str, ...], handoff_ids: list[int]) -> Iterator[dict[str, Any]]:
@@ -154,19 +177,22 @@ def archive_month(*, entity: LegalEntity, month: Month, actor: User | None, acto
     created_at = clock.now()
     directory = archive_root() / entity.code / f"{month.first:%Y-%m}-{created_at:%Y%m%dT%H%M%S}"
     with transaction.atomic():
+        archive_lock()
         ids = list(_handoffs_of(entity, month).select_for_update().order_by("pk").values_list("pk", flat=True))
         if not ids:
             raise ArchiveRefused(f"{entity.name} has no finished handoff in {month.label} left to archive.")
         directory.mkdir(parents=True, exist_ok=False)
         try:
             files = {}
-            for name, (model, fields) in FILES.items():
+            for name, (model, _fields) in FILES.items():
                 path = directory / f"{name}.jsonl.gz"
                 count = 0
                 # mtime=0: the same rows make the same bytes, so a file's checksum names its content.
+                columns = _file_fields(name)
                 with gzip.GzipFile(path, "wb", mtime=0) as out:
-                    for row in _rows(model, fields, ids):
-                        out.write(json.dumps({"id": row["pk"], **{f: row[f] for f in fields}}).encode() + b"\n")
+                    for row in _rows(model, columns, ids):
+                        line = {"id": row["pk"], **{f: row[f] for f in columns}}
+                        out.write(json.dumps(line, default=_iso).encode() + b"\n")
                         count += 1
                 files[name] = {"file": path.name, "rows": count, "sha256": _sha256(path)}
             manifest = {
@@ -192,6 +218,9 @@ def archive_month(*, entity: LegalEntity, month: Month, actor: User | None, acto
                 chunk = ids[i : i + CHUNK]
                 Event.objects.filter(handoff_id__in=chunk).update(**{f: EMPTY[f] for f in FILES["events"][1]})
                 Attempt.objects.filter(step__handoff_id__in=chunk).update(**{f: EMPTY[f] for f in FILES["attempts"][1]})
+                # What the facts read from attempts (pscsync.partitions may drop them later).
+                flagged = Attempt.objects.filter(step__handoff_id__in=chunk, outcome__in=EXCEPTION_OUTCOMES)
+                Handoff.objects.filter(pk__in=flagged.values("step__handoff_id")).update(attempts_flagged=True)
                 Handoff.objects.filter(pk__in=chunk).update(archive=archive)
             audit_record(
                 actor=actor,
@@ -205,6 +234,12 @@ def archive_month(*, entity: LegalEntity, month: Month, actor: User | None, acto
             shutil.rmtree(directory, ignore_errors=True)
             raise
     return archive
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def archives_due(today: dt.date | None = None) -> list[tuple[LegalEntity, Month]]:
@@ -236,6 +271,31 @@ def archive_due(*, actor_label: str = "system:retention") -> list[Archive]:
     ]
 
 
+def _restore_rows(model: type[Model], fields: tuple[str, ...], rows: list[dict[str, Any]]) -> int:
+    """Write the bodies back into rows that are there; write back whole the attempts whose month's
+    partition was dropped (recreating the partition first)."""
+    if not rows:
+        return 0
+    present = set(model._default_manager.filter(pk__in=[r["id"] for r in rows]).values_list("pk", flat=True))
+    model._default_manager.bulk_update(
+        [model(pk=r["id"], **{k: r[k] for k in fields}) for r in rows if r["id"] in present], fields
+    )
+    gone = [r for r in rows if r["id"] not in present]
+    if gone:
+        if model is not Attempt or "started_at" not in gone[0]:
+            raise ArchiveRefused(f"{len(gone)} {model._meta.verbose_name_plural} of this archive are no longer there.")
+        from pscsync.partitions import partition_create, partitioned
+
+        started = {r["id"]: dt.datetime.fromisoformat(r["started_at"]) for r in gone}
+        if partitioned():
+            for first in {s.astimezone(dt.UTC).date().replace(day=1) for s in started.values()}:
+                partition_create("pscsync_attempt", Month(first))
+        for r in gone:
+            r["started_at"] = started[r["id"]]
+        Attempt.objects.bulk_create([Attempt(pk=r["id"], **{k: r[k] for k in ATTEMPT_COLUMNS}) for r in gone])
+    return len(rows)
+
+
 def archive_verify(archive: Archive) -> list[str]:
     """What no longer matches the manifest (empty when every file is whole)."""
     problems = []
@@ -262,18 +322,16 @@ def archive_restore(*, archive: Archive, actor: User | None, actor_label: str = 
     directory = Path(archive.directory)
     restored = 0
     with transaction.atomic():
+        archive_lock()
         for name, (model, fields) in FILES.items():
-            batch = []
+            batch: list[dict[str, Any]] = []
             with gzip.open(directory / archive.manifest["files"][name]["file"], "rb") as f:
                 for line in f:
-                    row = json.loads(line)
-                    batch.append(model(pk=row["id"], **{k: row[k] for k in fields}))
+                    batch.append(json.loads(line))
                     if len(batch) >= CHUNK:
-                        model._default_manager.bulk_update(batch, fields)
-                        restored += len(batch)
+                        restored += _restore_rows(model, fields, batch)
                         batch = []
-            model._default_manager.bulk_update(batch, fields)
-            restored += len(batch)
+            restored += _restore_rows(model, fields, batch)
         Handoff.objects.filter(archive=archive).update(archive=None)
         archive.restored_at = clock.now()
         archive.save(update_fields=["restored_at"])

@@ -3,6 +3,7 @@ cross references and the audit trail. State changes happen in services, never in
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection
 from contextvars import ContextVar
 from decimal import Decimal
@@ -216,6 +217,9 @@ class Handoff(models.Model):
     archive = models.ForeignKey(
         "Archive", null=True, blank=True, on_delete=models.PROTECT, related_name="handoffs_archived"
     )
+    # Set when archived: one of its attempts needed a person or was rejected. The facts' exception
+    # flag reads it once the attempts' partition is dropped (pscsync.partitions).
+    attempts_flagged = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -330,6 +334,12 @@ class Step(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handoff_id}/{self.name}"
+
+
+# On PostgreSQL attempts are partitioned by month of `started_at` (pscsync.partitions): a query
+# that names a lower bound reads only the months since, instead of planning over every month. A
+# handoff's attempts start after it was created, give or take the clocks of the hosts involved.
+ATTEMPT_CLOCK_SLACK = dt.timedelta(days=1)
 
 
 class Attempt(models.Model):
@@ -973,3 +983,45 @@ class Archive(models.Model):
 
     def __str__(self) -> str:
         return f"{self.legal_entity} {self.month:%B %Y}"
+
+
+class AuditArchive(models.Model):
+    """One calendar month (UTC) of the audit trail moved to a file and its partition dropped
+    (pscsync.partitions.audit_month_archive). The chain's two ends are kept: `prev_hash` is the
+    link of the month's first entry, `last_hash` the hash of its last, so `audit_verify` accepts
+    exactly this gap and no other."""
+
+    month = models.DateField(unique=True, help_text="First day of the month archived.")
+    directory = models.CharField(max_length=500)
+    manifest = models.JSONField(default=dict)
+    manifest_sha256 = models.CharField(max_length=64)
+    entries = models.PositiveIntegerField()
+    first_id = models.BigIntegerField()
+    last_id = models.BigIntegerField()
+    prev_hash = models.CharField(max_length=64, blank=True)
+    last_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-month"]
+
+    def __str__(self) -> str:
+        return f"audit trail {self.month:%B %Y}"
+
+
+class PartitionDrop(models.Model):
+    """A month of a partitioned table dropped (pscsync.partitions). Kept after a restore writes
+    some of its rows back: the month's attempt rollups counted every row it had, so a rebuild
+    of the dashboards keeps them and does not recount the month from what is there now."""
+
+    table = models.CharField(max_length=60)
+    month = models.DateField(help_text="First day of the month dropped.")
+    rows = models.PositiveBigIntegerField()
+    dropped_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["table", "month"]
+        constraints = [models.UniqueConstraint(fields=["table", "month"], name="partition_drop_once")]
+
+    def __str__(self) -> str:
+        return f"{self.table} {self.month:%B %Y}"

@@ -26,7 +26,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import Max, OuterRef, Q, Subquery
 
 from connectors.base import WriteResult
 from connectors.errors import ConnectorError, TransientError, UnknownOutcomeError
@@ -37,7 +37,7 @@ from pscsync.faults import fault_point
 from pscsync.flows import Flow, StepContext, StepDef, flow_get
 from pscsync.intake import business_key_lock, queued_event_start
 from pscsync.lifecycle import handoff_move
-from pscsync.models import Attempt, CrossReference, Handoff, LegalEntity, Step
+from pscsync.models import ATTEMPT_CLOCK_SLACK, Attempt, CrossReference, Handoff, LegalEntity, Step
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,16 @@ def _record_worker_lost(handoff: Handoff, now: dt.datetime) -> None:
 def _ensure_steps(handoff: Handoff, flow: Flow) -> list[Step]:
     # Each step with the number of its last attempt: only the lease holder adds attempts, so the
     # runner counts them from here on instead of asking before each one.
+    # A subquery bounded by the handoff's age reads only the attempts partitions since then.
+    last = (
+        Attempt.objects.filter(step=OuterRef("pk"), started_at__gte=handoff.created_at - ATTEMPT_CLOCK_SLACK)
+        .order_by()
+        .values("step")
+        .annotate(n=Max("number"))
+        .values("n")
+    )
     existing: dict[str, Step] = {
-        s.name: s for s in Step.objects.filter(handoff=handoff).annotate(last_attempt=Max("attempts__number"))
+        s.name: s for s in Step.objects.filter(handoff=handoff).annotate(last_attempt=Subquery(last))
     }
     missing = [
         Step(handoff=handoff, name=step_def.name, position=position, idempotency_key="")
@@ -305,7 +313,11 @@ def _record_outcome(
         attempt.response = _jsonable(error.response) if error.response is not None else {}
         if isinstance(error, TransientError) and error.retry_after is not None:
             attempt.retry_after_seconds = int(error.retry_after)
-    attempt.save(update_fields=_ATTEMPT_OUTCOME_FIELDS)
+    # By id and start: on PostgreSQL the start names the attempt's month partition. Should the
+    # start read back differently (it never has), the id alone still finds the row.
+    outcome_fields = {f: getattr(attempt, f) for f in _ATTEMPT_OUTCOME_FIELDS}
+    if not Attempt.objects.filter(pk=attempt.pk, started_at=attempt.started_at).update(**outcome_fields):
+        Attempt.objects.filter(pk=attempt.pk).update(**outcome_fields)
     if outcome in (Attempt.Outcome.SUCCEEDED, Attempt.Outcome.ADOPTED):
         step.status = Step.Status.SUCCEEDED
         step.external_id = result.external_id if result else ""

@@ -90,10 +90,16 @@ def schema_check_task() -> dict[str, int]:
 
 @shared_task(name="pscsync.tasks.archive_due_task")
 def archive_due_task() -> list[str]:
-    """Archive the bodies of every month past its legal entity's retention (pscsync.archive)."""
+    """Daily: make the coming months' partitions, archive every month past its legal entity's
+    retention (pscsync.archive), then drop the attempts' months now wholly archived
+    (pscsync.partitions)."""
     from pscsync.archive import archive_due
+    from pscsync.partitions import attempts_drop_due, partitions_ensure
 
-    return [str(a) for a in archive_due()]
+    made = partitions_ensure()
+    archived = [str(a) for a in archive_due()]
+    dropped = [f"attempts of {m.label}: {rows} rows dropped" for m, rows in attempts_drop_due()]
+    return [*made, *archived, *dropped]
 
 
 # A forked worker child must not reuse the parent's pooled HTTP connections.

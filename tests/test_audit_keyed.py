@@ -10,9 +10,12 @@ import uuid
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
 
+from pscsync.archive import Month
 from pscsync.audit import audit_record, audit_verify, entry_hash_of
 from pscsync.models import AuditEntry
+from pscsync.partitions import partition_create
 from tests.helpers import audit_raw_sql
 
 pytestmark = pytest.mark.django_db
@@ -118,6 +121,12 @@ def test_the_app_role_appends_but_cannot_disable_the_trigger_or_rewrite(operator
         cursor.execute(f"CREATE ROLE {role} NOLOGIN")
     call_command("audit_db_roles", role, "--apply")
     assert "only SELECT and INSERT pscsync_auditentry" in capsys.readouterr().out
+    now = timezone.now()
+    this_month = f"pscsync_auditentry_y{now:%Y}m{now:%m}"
+    # A partition the daily beat makes after the grants takes the parent's grants, not the defaults.
+    later_month = Month(now.date().replace(day=1)).plus(30)
+    assert partition_create("pscsync_auditentry", later_month)
+    later = f"pscsync_auditentry_y{later_month.first:%Y}m{later_month.first:%m}"
     first = audit_record(actor=operator, action="exception.comment", obj=operator)
     with connection.cursor() as cursor:
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
@@ -132,6 +141,12 @@ def test_the_app_role_appends_but_cannot_disable_the_trigger_or_rewrite(operator
                 ("DELETE FROM pscsync_auditentry", "permission denied"),
                 ("TRUNCATE pscsync_auditentry", "permission denied"),
                 ("DROP TABLE pscsync_auditentry", "owner"),
+                # Its monthly partitions (migration 0020) are tables of their own: the same holds.
+                (f"UPDATE {this_month} SET comment = 'x'", "permission denied"),  # noqa: S608  # nosec B608  # test's own name
+                ("DELETE FROM pscsync_auditentry_default", "permission denied"),
+                (f"TRUNCATE {this_month}", "permission denied"),
+                (f"ALTER TABLE pscsync_auditentry DETACH PARTITION {this_month}", "owner"),
+                (f"UPDATE {later} SET comment = 'x'", "permission denied"),  # noqa: S608  # nosec B608  # test's own name
             ]:
                 with pytest.raises(DatabaseError, match=why), transaction.atomic():
                     cursor.execute(attack)

@@ -6,6 +6,11 @@
     archive --verify 12                  check archive 12's files against its manifest
     archive --restore 12                 write archive 12's bodies back (refused if a file changed)
     archive --entity us --retention 24   keep the US entity's bodies 24 months (audited)
+    archive --partitions                 make the coming months' partitions; list them
+    archive --drop-attempts 2025-10      drop October 2025's attempts partition (all archived)
+    archive --audit-month 2024-10        move October 2024's audit trail to a file, drop its partition
+
+Dropping partitions needs the tables' owner (pscsync.partitions).
 
 pscsync.archive says what moves and what stays; docs/operations.md, "Retention and archives"."""
 
@@ -24,6 +29,15 @@ from pscsync.archive import (
     retention_set,
 )
 from pscsync.models import Archive, LegalEntity
+from pscsync.partitions import (
+    TABLES,
+    attempts_drop,
+    attempts_drop_due,
+    audit_month_archive,
+    partition_months,
+    partitioned,
+    partitions_ensure,
+)
 
 ACTOR = "system:manage.py archive"
 
@@ -39,6 +53,9 @@ class Command(BaseCommand):
         what.add_argument("--verify", type=int, metavar="ID", help="check an archive's files against its manifest")
         what.add_argument("--restore", type=int, metavar="ID", help="write an archive's bodies back")
         what.add_argument("--retention", type=int, metavar="MONTHS", help="set --entity's retention (audited)")
+        what.add_argument("--partitions", action="store_true", help="make the coming months' partitions; list them")
+        what.add_argument("--drop-attempts", metavar="YYYY-MM", help="drop a month's attempts partition")
+        what.add_argument("--audit-month", metavar="YYYY-MM", help="move a month of the audit trail to a file")
         parser.add_argument("--entity", default="", help="legal entity code (with --month)")
 
     def handle(self, *args: object, **options: object) -> None:
@@ -60,6 +77,24 @@ class Command(BaseCommand):
             for a in made:
                 self.stdout.write(f"archived {a}: {a.handoffs:,} handoffs into {a.directory}")
             self.stdout.write(f"{len(made)} month(s) archived")
+            for month, rows in attempts_drop_due(actor_label=ACTOR):
+                self.stdout.write(f"dropped the attempts partition of {month.label}: {rows:,} rows")
+            return
+        if options["partitions"]:
+            for name in partitions_ensure():
+                self.stdout.write(f"created {name}")
+            for table in TABLES if partitioned() else ():
+                months = sorted(partition_months(table), key=lambda m: m.first)
+                self.stdout.write(f"{table}: " + ", ".join(f"{m.first:%Y-%m}" for m in months) + " and a default")
+            return
+        if options["drop_attempts"]:
+            month = Month.parse(str(options["drop_attempts"]))
+            rows = attempts_drop(month=month, actor=None, actor_label=ACTOR)
+            self.stdout.write(f"dropped the attempts partition of {month.label}: {rows:,} rows")
+            return
+        if options["audit_month"]:
+            sealed = audit_month_archive(month=Month.parse(str(options["audit_month"])), actor=None, actor_label=ACTOR)
+            self.stdout.write(f"archived {sealed}: {sealed.entries:,} entries into {sealed.directory}")
             return
         if options["month"] or options["retention"] is not None:
             found = LegalEntity.objects.filter(code=str(options["entity"] or "")).first()

@@ -16,13 +16,27 @@ from django.db import connection
 AUDIT_TABLE = "pscsync_auditentry"
 
 
+def audit_partitions() -> list[str]:
+    """The audit table's partitions (pscsync.partitions): each is a table the role could reach."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = %s::regclass ORDER BY c.relname",
+            [AUDIT_TABLE],
+        )
+        return [r[0] for r in cursor.fetchall()]
+
+
 def grants_sql(app_role: str) -> list[str]:
     role = connection.ops.quote_name(app_role)
+    revoke = "REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON {} FROM " + role
     return [
         f"GRANT USAGE ON SCHEMA public TO {role}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
         f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {role}",
-        f"REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON {AUDIT_TABLE} FROM {role}",
+        revoke.format(AUDIT_TABLE),
+        # A partition is a table of its own: the parent's revoke does not reach it.
+        *(revoke.format(name) for name in audit_partitions()),
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {role}",
     ]
