@@ -159,7 +159,7 @@ def backwards(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pscsync", "0019_handoff_failed_step_key"),
+        ("pscsync", "0022_handoff_failure_detail"),
     ]
 
     operations = [
