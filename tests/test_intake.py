@@ -189,3 +189,26 @@ def test_the_short_path_stores_when_a_source_changed_beside_its_business_time(ec
     stored = {e.source_event_id: e for e in Event.objects.filter(pk__in=[r.event.pk for r in results])}
     assert (stored["D-v2"].occurred_at, stored["D-v2"].changed_at) == (dated.occurred_at, seen)
     assert (stored["D-v1"].occurred_at, stored["D-v1"].changed_at) == (stamped.occurred_at, None)
+
+
+def test_the_migration_dates_stored_d365_events_by_when_pscsync_received_them(echo_connection, monkeypatch) -> None:
+    import datetime as dt
+    import importlib
+
+    from django.apps import apps
+
+    from connectors.models import Connection
+
+    monkeypatch.setattr("pscsync.intake.events_ring", lambda ids, **kw: None)
+    migration = importlib.import_module("pscsync.migrations.0020_event_changed_at")
+    (posted,), (other,) = accept(echo_connection, ("P", 1)), accept(echo_connection, ("Q", 1))
+    received = dt.datetime(2027, 1, 13, 12, tzinfo=dt.UTC)
+    Event.objects.filter(pk=posted.event.pk).update(received_at=received)
+    migration.forwards(apps, None)
+    assert Event.objects.filter(changed_at__isnull=False).count() == 0  # not a dated-only source
+    # The same event as if polled from D365 (its occurred_at an accounting date).
+    Connection.objects.filter(pk=echo_connection.pk).update(vendor="dynamicsfinance")
+    Event.objects.filter(pk=other.event.pk).update(changed_at=dt.datetime(2027, 1, 14, tzinfo=dt.UTC))
+    migration.forwards(apps, None)
+    assert Event.objects.get(pk=posted.event.pk).changed_at == received
+    assert Event.objects.get(pk=other.event.pk).changed_at == dt.datetime(2027, 1, 14, tzinfo=dt.UTC)  # kept
