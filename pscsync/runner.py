@@ -244,10 +244,21 @@ def _finish_attempt(
     started: float,
     result: WriteResult | None = None,
     error: ConnectorError | None = None,
+    recovering: bool = False,
 ) -> None:
     with transaction.atomic():
         now = _renew(handoff, worker)
-        _record_outcome(handoff, step, attempt, now, outcome=outcome, started=started, result=result, error=error)
+        _record_outcome(
+            handoff,
+            step,
+            attempt,
+            now,
+            outcome=outcome,
+            started=started,
+            result=result,
+            error=error,
+            recovering=recovering,
+        )
 
 
 _ATTEMPT_OUTCOME_FIELDS = (
@@ -266,6 +277,7 @@ def _record_outcome(
     started: float,
     result: WriteResult | None = None,
     error: ConnectorError | None = None,
+    recovering: bool = False,
 ) -> None:
     """Inside a transaction that has just renewed the lease: store how an attempt ended."""
     attempt.outcome = outcome
@@ -295,6 +307,12 @@ def _record_outcome(
             _record_facts(handoff, result.output["handoff_facts"])
         if step.target_connection_id and (step.external_id or step.output.get("ids")):
             _cross_reference(handoff, step, now)
+    elif outcome == Attempt.Outcome.DEFERRED:
+        # Nothing was sent: the step waits for its slot. A step being recovered stays in flight,
+        # so the run after the wait still looks before writing.
+        if not recovering:
+            step.status = Step.Status.PENDING
+            step.save(update_fields=["status"])
     elif outcome != Attempt.Outcome.UNKNOWN:
         # An unknown outcome leaves the step in flight, so the next run looks before writing.
         step.status = Step.Status.FAILED
@@ -393,7 +411,9 @@ def _run_step(
         try:
             existing = step_def.find_existing(ctx)
         except ConnectorError as exc:
-            _finish_attempt(handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc)
+            _finish_attempt(
+                handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc, recovering=True
+            )
             raise _failure(exc) from exc
         if existing is not None:
             return _Done(step, attempt, Attempt.Outcome.ADOPTED, started, existing)
@@ -436,6 +456,8 @@ def _adopt_after_unknown(step_def: StepDef, ctx: StepContext) -> WriteResult | N
 
 
 def _outcome_of(exc: ConnectorError) -> str:
+    if exc.deferred:
+        return Attempt.Outcome.DEFERRED  # nothing was sent: a wait for a limit, not a failure
     return {
         "transient": Attempt.Outcome.TRANSIENT,
         "unknown": Attempt.Outcome.UNKNOWN,
@@ -477,6 +499,8 @@ def _fail(handoff: Handoff, flow: Flow, step: Step, step_def: StepDef, failure: 
         to = Handoff.Status.WAITING_RETRY
         fields["next_attempt_at"] = now + dt.timedelta(seconds=delay)
         fields["last_error_message"] = f"{step.name}: {failure.message}"
+        # Nothing failed: the handoff did not stop at a step, it waits for its turn.
+        fields.update(failed_step="", failed_key="", failure_reason="")
     elif failure.retryable and attempts < flow.attempt_budget:
         delay = retry_delay(attempts, retry_after=failure.retry_after)
         to = Handoff.Status.WAITING_RETRY

@@ -22,7 +22,7 @@ def forwards(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pscsync", "0019_handoff_failed_step_key"),
+        ("pscsync", "0021_attempt_outcome_deferred"),
         ("connectors", "0004_dynamicsfinance_vendor"),
     ]
 
