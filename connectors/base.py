@@ -34,6 +34,12 @@ class InboundChange:
     payload: dict[str, Any]
     sequence: int = 0
     legal_entity_code: str = ""
+    # When the change was made in the source, for the sync clock (source change -> targets
+    # updated). `occurred_at` is the change's business time and source order; most sources
+    # stamp a modification time there, and this stays None. A source that records only a
+    # business date (a posting date) sets it to when we first observed the change, so the sync
+    # clock measures the integration rather than the days between posting and our poll.
+    changed_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ from connectors.odata import (
     odata_literal,
 )
 from connectors.schema import NUMBER_OR_TEXT, DateText, NumberText, PayloadShape, RecordShape, payload_check, sent
+from pscsync import clock
 
 PUBLIC_HOST_SUFFIX = ".operations.dynamics.com"
 NEVER = "2154-12-31"  # D365's "no end date"
@@ -713,7 +714,13 @@ class DynamicsFinanceConnector(ODataConnector):
         journal, after the last invoice number seen) and customer payment lines (after the last
         journal batch and line seen). These data entities carry no change date, so the cursor is
         keyset on their numbers, which number sequences hand out in order. Business events would
-        push the same; they are not wired here."""
+        push the same; they are not wired here.
+
+        Nor do they say when a row was posted, only its accounting date: that date (at noon) is a
+        change's occurred_at (its business time and order), and the moment of this poll is its
+        changed_at, so the sync clock runs from when pscsync first saw the posting."""
+        # The business clock, as the handoff's finish is stamped with it (demo runs it in the past).
+        observed = clock.now()
         try:
             position: dict[str, Any] = json.loads(cursor) if cursor else {}
         except ValueError:
@@ -734,6 +741,7 @@ class DynamicsFinanceConnector(ODataConnector):
                     key or f"d365-posted:{number}",
                     row,
                     "InvoiceDate",
+                    observed,
                 )
             )
             last_number = number
@@ -754,20 +762,24 @@ class DynamicsFinanceConnector(ODataConnector):
                     f"d365-payment:{batch}:{line}",
                     row,
                     "TransactionDate",
+                    observed,
                 )
             )
 
         return changes, json.dumps({"posted": last_number, "payments": [batch, line]}, sort_keys=True)
 
     @staticmethod
-    def _change(entity: str, event_id: str, key: str, row: dict[str, Any], date_field: str) -> InboundChange:
+    def _change(
+        entity: str, event_id: str, key: str, row: dict[str, Any], date_field: str, observed: dt.datetime
+    ) -> InboundChange:
         day = _date(row.get(date_field))
         return InboundChange(
             source_event_id=event_id,
             event_type=f"{entity}.created",
             flow="",
             business_key=key[:200],
-            occurred_at=dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC) if day else dt.datetime.now(dt.UTC),
+            occurred_at=dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC) if day else observed,
+            changed_at=observed,
             payload={k: v for k, v in row.items() if not k.startswith("@odata.")},
         )
 

@@ -29,6 +29,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db import connection as db_connection
 from django.db.models import F, Max, Min, Q
+from django.db.models.functions import Coalesce
 
 from dashboards import sla as sla_rule
 from dashboards.models import (
@@ -233,7 +234,8 @@ class HandoffRow:
     attempts_flagged: bool = False
     invoice: dict[str, Any] = field(default_factory=dict)
     deal: dict[str, Any] = field(default_factory=dict)
-    # When the source system made the change that triggered this handoff (its event's time).
+    # When the source system made the change that triggered this handoff: its event's changed_at,
+    # else its occurred_at (pscsync.models.Event says when they differ).
     source_changed_at: dt.datetime | None = None
     # The ledger's record of the invoice this handoff raised (project-to-bill) or read (bill-to-cash).
     books: Books | None = None
@@ -263,8 +265,11 @@ HANDOFF_FIELDS = [
 
 
 def handoff_values(qs: Any) -> Any:
-    """The handoffs' HandoffRow fields, with their trigger event's source time."""
-    return qs.values(*HANDOFF_FIELDS, source_changed_at=F("trigger_event__occurred_at"))
+    """The handoffs' HandoffRow fields, with their trigger event's source change time."""
+    return qs.values(
+        *HANDOFF_FIELDS,
+        source_changed_at=Coalesce(F("trigger_event__changed_at"), F("trigger_event__occurred_at")),
+    )
 
 
 def item_key(row: HandoffRow) -> str:

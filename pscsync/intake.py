@@ -161,6 +161,7 @@ def _event(
         business_key=change.business_key,
         legal_entity_id=_legal_entity_id(connection, change.legal_entity_code),
         occurred_at=change.occurred_at,
+        changed_at=change.changed_at,
         source_sequence=change.sequence,
         headers=headers,
         raw_body=raw_body,

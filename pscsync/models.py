@@ -69,6 +69,10 @@ class Event(models.Model):
     # Source order: when the change happened in the source system, then its version there.
     occurred_at = models.DateTimeField()
     source_sequence = models.BigIntegerField(default=0)
+    # When the source changed, for the sync latency only (dashboards.facts): set when it differs
+    # from occurred_at, as for a source that records only a business date, where it is when
+    # pscsync first observed the change. Null: occurred_at is that time.
+    changed_at = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField()
     # When the doorbell was last rung for it (intake, then the sweeper if the ring was lost):
     # only while it is "received", not routed yet.

@@ -164,3 +164,51 @@ def test_the_worker_routes_received_events_by_the_same_rules(echo_connection, mo
     # Routed once: ringing again (a duplicate doorbell entry) changes nothing.
     assert events_route(ids) == []
     assert Handoff.objects.count() == 1 and handoff.transitions.count() == 2
+
+
+def test_the_short_path_stores_when_a_source_changed_beside_its_business_time(echo_connection, monkeypatch) -> None:
+    import dataclasses
+    import datetime as dt
+
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    from connectors.registry import connector_for
+
+    monkeypatch.setattr("pscsync.intake.events_ring", lambda ids, **kw: None)
+    accept(echo_connection, ("W", 1))  # warms the connection's legal-entity cache
+    parse = connector_for(echo_connection).parse_webhook
+    (dated,) = parse(event_id="D-v2", body=change_body("D", 2))
+    (stamped,) = parse(event_id="D-v1", body=change_body("D", 1))
+    seen = dt.datetime(2027, 1, 13, 12, tzinfo=dt.UTC)
+    # A source with a business date only: its change is dated well before we observed it.
+    dated = dataclasses.replace(dated, occurred_at=dt.datetime(2026, 12, 14, 12, tzinfo=dt.UTC), changed_at=seen)
+    with CaptureQueriesContext(db) as statements:
+        results = events_accept(connection=echo_connection, changes=[dated, stamped], headers={}, raw_body="{}")
+    assert len(statements.captured_queries) == 1  # still one INSERT for the delivery
+    stored = {e.source_event_id: e for e in Event.objects.filter(pk__in=[r.event.pk for r in results])}
+    assert (stored["D-v2"].occurred_at, stored["D-v2"].changed_at) == (dated.occurred_at, seen)
+    assert (stored["D-v1"].occurred_at, stored["D-v1"].changed_at) == (stamped.occurred_at, None)
+
+
+def test_the_migration_dates_stored_d365_events_by_when_pscsync_received_them(echo_connection, monkeypatch) -> None:
+    import datetime as dt
+    import importlib
+
+    from django.apps import apps
+
+    from connectors.models import Connection
+
+    monkeypatch.setattr("pscsync.intake.events_ring", lambda ids, **kw: None)
+    migration = importlib.import_module("pscsync.migrations.0022_event_changed_at")
+    (posted,), (other,) = accept(echo_connection, ("P", 1)), accept(echo_connection, ("Q", 1))
+    received = dt.datetime(2027, 1, 13, 12, tzinfo=dt.UTC)
+    Event.objects.filter(pk=posted.event.pk).update(received_at=received)
+    migration.forwards(apps, None)
+    assert Event.objects.filter(changed_at__isnull=False).count() == 0  # not a dated-only source
+    # The same event as if polled from D365 (its occurred_at an accounting date).
+    Connection.objects.filter(pk=echo_connection.pk).update(vendor="dynamicsfinance")
+    Event.objects.filter(pk=other.event.pk).update(changed_at=dt.datetime(2027, 1, 14, tzinfo=dt.UTC))
+    migration.forwards(apps, None)
+    assert Event.objects.get(pk=posted.event.pk).changed_at == received
+    assert Event.objects.get(pk=other.event.pk).changed_at == dt.datetime(2027, 1, 14, tzinfo=dt.UTC)  # kept

@@ -160,6 +160,60 @@ def test_a_kantata_invoice_becomes_a_d365_invoice_then_payment_in_full_shows_pai
     assert marked["status"] == "accepted payment"
 
 
+def test_a_d365_posting_30_days_old_polled_now_syncs_in_4_minutes_and_its_cycle_starts_at_posting(
+    firm_de,
+) -> None:
+    """D365's posted invoice journal says only the accounting date. Worked by hand: the Kantata
+    invoice is dated 14 Dec 2026, so the posting's date is 14 Dec 12:00 UTC (noon: a date, no
+    time); pscsync polls on 13 Jan 2027 12:00 UTC, 30 days later, and the handoff writes the CRM
+    and PSA 4 minutes after: sync 4.0 min, within the default 15-minute sync SLA (the (3, 5]
+    minute bucket), while the business cycle (posted -> paid) starts on 14 Dec."""
+    import datetime as dt
+
+    from dashboards.facts import sla_for
+    from dashboards.models import DailyRollup, FlowFact
+    from pscsync import clock
+    from pscsync.intake import connection_poll
+
+    deal = provisioned(firm_de, "84")
+    invoice_id = kantata_invoice(firm_de, deal["opportunity"])
+    billed = run(trigger(firm_de, "project-to-bill", f"kantata-invoice:{invoice_id}", slug="kantata-de"))
+    assert billed.status == Handoff.Status.SUCCEEDED, billed.last_error_message
+    found = firm_de.connector("dynamicsfinance-de").lookup(entity="invoice", key=f"I-K{invoice_id}")
+    httpx.post(
+        f"{firm_de.sandboxes['dynamicsfinance'].url}/_sandbox/post-invoice",
+        json={"dataAreaId": "demf", "InvoiceIdentifier": int(found.external_id)},
+    )
+
+    posted_on = dt.datetime(2026, 12, 14, 12, tzinfo=dt.UTC)
+    polled_at = posted_on + dt.timedelta(days=30)
+    frozen = clock.FrozenClock(polled_at)
+    clock.use(frozen)
+    try:
+        before = set(Handoff.objects.values_list("pk", flat=True))
+        connection_poll(connection=firm_de.connections["dynamicsfinance-de"])
+        (opened,) = Handoff.objects.exclude(pk__in=before)
+        frozen.advance(4 * 60)
+        handoff = run(opened)
+    finally:
+        clock.use(None)
+
+    assert handoff.status == Handoff.Status.SUCCEEDED, handoff.last_error_message
+    event = handoff.trigger_event
+    # Two times on the change: the business one (source order, cycle start) and when we saw it.
+    assert (event.occurred_at, event.changed_at) == (posted_on, polled_at)
+    # The read step puts the ledger's posting date (a date: midnight) on the handoff.
+    assert handoff.business_started_at == dt.datetime(2026, 12, 14, tzinfo=dt.UTC)
+    assert handoff.business_finished_at == polled_at + dt.timedelta(minutes=4)
+    assert sla_for("bill-to-cash").sync_target_minutes == 15
+    fact = FlowFact.objects.get(flow="bill-to-cash", handoff=handoff)
+    # Counted from the posting date this would be 43,204 minutes and outside the SLA.
+    assert (fact.sync_minutes, fact.sync_within_sla, fact.sync_day) == (4.0, True, dt.date(2027, 1, 13))
+    assert fact.start_day == dt.date(2026, 12, 14) and fact.end_at is None  # posted, not paid yet
+    rollup = DailyRollup.objects.get(flow="bill-to-cash", day=dt.date(2027, 1, 13))
+    assert (rollup.synced, rollup.sync_within_sla, rollup.sync_hist) == (1, 1, {"5": 1})
+
+
 def test_a_german_amendment_and_pipeline_demand_reach_kantata(firm_de) -> None:
     deal = provisioned(firm_de, "83")
     firm_de.salesforce.update(
