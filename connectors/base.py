@@ -37,8 +37,10 @@ class InboundChange:
     # When the change was made in the source, for the sync clock (source change -> targets
     # updated). `occurred_at` is the change's business time and source order; most sources
     # stamp a modification time there, and this stays None. A source that records only a
-    # business date (a posting date) sets it to when we first observed the change, so the sync
-    # clock measures the integration rather than the days between posting and our poll.
+    # business date (a posting date) declares `polled_changes_dated_only` on its connector, and the
+    # engine stamps this with the moment of the poll (the business clock, which the connectors do
+    # not read), so the sync clock measures the integration rather than the days between posting
+    # and our poll.
     changed_at: dt.datetime | None = None
 
 
@@ -183,6 +185,8 @@ class Connector:
     # The vendor API version a new connection is pinned to (Connection.api_version keeps the
     # pinned one, so a newer default in a later release never moves a working connection).
     default_api_version: ClassVar[str] = ""
+    # True where polled records carry only a business date and no time of change (InboundChange).
+    polled_changes_dated_only: ClassVar[bool] = False
     # Mapping targets the connector consumes itself to build structure (shape()), per purpose:
     # not fields of the vendor's record, so the schema check does not look for them there.
     shaped_targets: ClassVar[dict[str, frozenset[str]]] = {}

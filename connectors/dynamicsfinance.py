@@ -61,7 +61,6 @@ from connectors.odata import (
     odata_literal,
 )
 from connectors.schema import NUMBER_OR_TEXT, DateText, NumberText, PayloadShape, RecordShape, payload_check, sent
-from pscsync import clock
 
 PUBLIC_HOST_SUFFIX = ".operations.dynamics.com"
 NEVER = "2154-12-31"  # D365's "no end date"
@@ -255,6 +254,7 @@ class DynamicsFinanceConnector(ODataConnector):
     # as CustomersV3): what a connection pins is the OData protocol version, sent as
     # OData-MaxVersion so the service never answers in a newer one.
     default_api_version = "4.0"
+    polled_changes_dated_only = True
     page_size = 1000  # Prefer: odata.maxpagesize; the service pages at 10,000 at most
     capabilities: ClassVar[dict[str, c.Capability]] = {
         c.CUSTOMER: c.Capability(c.CUSTOMER, "CustomersV3", c.can(c.READ_ONE, c.UPSERT, c.FIND, c.RECONCILE)),
@@ -717,10 +717,9 @@ class DynamicsFinanceConnector(ODataConnector):
         push the same; they are not wired here.
 
         Nor do they say when a row was posted, only its accounting date: that date (at noon) is a
-        change's occurred_at (its business time and order), and the moment of this poll is its
-        changed_at, so the sync clock runs from when pscsync first saw the posting."""
-        # The business clock, as the handoff's finish is stamped with it (demo runs it in the past).
-        observed = clock.now()
+        change's occurred_at (its business time and order); the engine stamps the moment of the
+        poll as its changed_at (`polled_changes_dated_only`), so the sync clock runs from when
+        pscsync first saw the posting."""
         try:
             position: dict[str, Any] = json.loads(cursor) if cursor else {}
         except ValueError:
@@ -741,7 +740,6 @@ class DynamicsFinanceConnector(ODataConnector):
                     key or f"d365-posted:{number}",
                     row,
                     "InvoiceDate",
-                    observed,
                 )
             )
             last_number = number
@@ -762,24 +760,20 @@ class DynamicsFinanceConnector(ODataConnector):
                     f"d365-payment:{batch}:{line}",
                     row,
                     "TransactionDate",
-                    observed,
                 )
             )
 
         return changes, json.dumps({"posted": last_number, "payments": [batch, line]}, sort_keys=True)
 
     @staticmethod
-    def _change(
-        entity: str, event_id: str, key: str, row: dict[str, Any], date_field: str, observed: dt.datetime
-    ) -> InboundChange:
+    def _change(entity: str, event_id: str, key: str, row: dict[str, Any], date_field: str) -> InboundChange:
         day = _date(row.get(date_field))
         return InboundChange(
             source_event_id=event_id,
             event_type=f"{entity}.created",
             flow="",
             business_key=key[:200],
-            occurred_at=dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC) if day else observed,
-            changed_at=observed,
+            occurred_at=dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC) if day else dt.datetime.now(dt.UTC),
             payload={k: v for k, v in row.items() if not k.startswith("@odata.")},
         )
 

@@ -18,6 +18,7 @@ event_receive, which stores and routes in one transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -483,7 +484,12 @@ def connection_poll(*, connection: Connection) -> int:
     from connectors.registry import connector_for
 
     cursor, _ = PollCursor.objects.get_or_create(connection=connection)
-    changes, next_position = connector_for(connection).poll(cursor=cursor.position)
+    connector = connector_for(connection)
+    changes, next_position = connector.poll(cursor=cursor.position)
+    if connector.polled_changes_dated_only:
+        # Records dated only by their business day: the sync clock starts when we saw them.
+        seen = clock.now()
+        changes = [c if c.changed_at else dataclasses.replace(c, changed_at=seen) for c in changes]
     stored = 0
     with transaction.atomic():
         for change in changes:

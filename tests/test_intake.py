@@ -200,7 +200,7 @@ def test_the_migration_dates_stored_d365_events_by_when_pscsync_received_them(ec
     from connectors.models import Connection
 
     monkeypatch.setattr("pscsync.intake.events_ring", lambda ids, **kw: None)
-    migration = importlib.import_module("pscsync.migrations.0022_event_changed_at")
+    migration = importlib.import_module("pscsync.migrations.0024_event_changed_at")
     (posted,), (other,) = accept(echo_connection, ("P", 1)), accept(echo_connection, ("Q", 1))
     received = dt.datetime(2027, 1, 13, 12, tzinfo=dt.UTC)
     Event.objects.filter(pk=posted.event.pk).update(received_at=received)

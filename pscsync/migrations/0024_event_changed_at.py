@@ -22,7 +22,7 @@ def forwards(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pscsync", "0021_attempt_outcome_deferred"),
+        ("pscsync", "0023_partitions"),
         ("connectors", "0004_dynamicsfinance_vendor"),
     ]
 
