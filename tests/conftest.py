@@ -86,6 +86,19 @@ def _collected_static(django_test_environment) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _quick_flush() -> Iterator[None]:
+    """Transactional tests end with Django's flush; on PostgreSQL it empties only the tables that
+    hold rows, with DELETE rather than a TRUNCATE of every table (tests/flush.py says why)."""
+    from django.core.management.commands import flush as flush_command
+
+    from tests.flush import sql_flush
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flush_command, "sql_flush", sql_flush)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _fast_hasher(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
