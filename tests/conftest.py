@@ -80,7 +80,10 @@ def _collected_static(django_test_environment) -> Iterator[None]:
     from django.contrib.staticfiles import handlers
     from django.core.management import call_command
 
-    call_command("collectstatic", "--noinput", verbosity=0)
+    from tests.helpers import STATIC_COLLECTED
+
+    if os.getenv(STATIC_COLLECTED) != "1":  # a nested run (pytest_on_sqlite) has a copy already
+        call_command("collectstatic", "--noinput", verbosity=0)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(handlers, "StaticFilesHandler", lambda application: application)
         yield
