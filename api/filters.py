@@ -2,40 +2,35 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import re
-
 import django_filters as filters
 from django import forms
+from django_filters.rest_framework import DjangoFilterBackend
+from django_filters.utils import translate_validation
 from drf_spectacular.utils import extend_schema_field
 
-from connectors.filters import ConnectionFilter  # noqa: F401  (the pages' filter set, the API's too)
-from pscsync.filters import StrictFilterSet, strict_boolean  # noqa: F401
-from pscsync.models import AuditEntry, Event, Handoff, Mapping, Mismatch, ReconciliationRun
+# The lists a page shows too use the page's filter set (one definition of each filter).
+from connectors.filters import ConnectionFilter  # noqa: F401
+from pscsync.filters import DateTimeFilter, HandoffFilter, StrictFilterSet, strict_boolean  # noqa: F401
+from pscsync.models import AuditEntry, Event, Mapping, Mismatch, ReconciliationRun
+from remediation.filters import ExceptionFilter, exceptions_for
 from remediation.models import BulkJob
 
-# RFC 3339, as OpenAPI's date-time format says: a date, a time and an offset (Z or ±hh:mm).
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
+class ExceptionFilterBackend(DjangoFilterBackend):
+    """The exceptions list (/api/v1/exceptions/) answers with handoffs, but its filter set is the
+    workbench's, over the exceptions (remediation.filters): the filter set runs on the exceptions
+    the user may see, and the list keeps the handoffs of those it selects."""
 
-class Rfc3339Field(forms.DateTimeField):
-    def to_python(self, value):
-        if value in self.empty_values:
-            return None
-        if not isinstance(value, str) or not _RFC3339.match(value.strip()):
-            raise forms.ValidationError("Use an RFC 3339 date-time, e.g. 2026-11-01T09:00:00Z.", code="invalid")
-        parsed = forms.DateTimeField.to_python(self, value.strip().replace("z", "Z").replace("t", "T"))
-        # In UTC: PostgreSQL refuses offsets beyond ±15:59, which RFC 3339 allows.
-        try:
-            return parsed.astimezone(dt.UTC) if parsed is not None else None
-        except OverflowError:  # beyond year 1 or 9999 in UTC: the edge of time is the same filter
-            if parsed.year == 1:
-                return dt.datetime.min.replace(tzinfo=dt.UTC)
-            return dt.datetime.max.replace(tzinfo=dt.UTC)
+    def get_filterset_class(self, view, queryset=None):
+        return ExceptionFilter  # over HandoffException, not the view's Handoff queryset
 
-
-class DateTimeFilter(filters.IsoDateTimeFilter):
-    field_class = Rfc3339Field
+    def filter_queryset(self, request, queryset, view):
+        if view.action != "list":  # one exception's actions reach it whatever its state (a reopen)
+            return queryset
+        found = self.get_filterset(request, exceptions_for(request.user), view)
+        if not found.is_valid():
+            raise translate_validation(found.errors)
+        return queryset.filter(pk__in=found.qs.values("handoff_id"))
 
 
 @extend_schema_field({"type": "integer", "minimum": 1, "maximum": 2**63 - 1})
@@ -48,26 +43,6 @@ class IdFilter(filters.NumberFilter):
         kwargs.setdefault("min_value", 1)
         kwargs.setdefault("max_value", 2**63 - 1)
         super().__init__(*args, **kwargs)
-
-
-class HandoffFilter(StrictFilterSet):
-    status = filters.MultipleChoiceFilter(choices=Handoff.Status.choices)
-    flow = filters.CharFilter()
-    business_key = filters.CharFilter()
-    legal_entity = filters.CharFilter(field_name="legal_entity__code", help_text="A legal entity code.")
-    error_class = filters.CharFilter(field_name="last_error_class")
-    created_after = DateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = DateTimeFilter(field_name="created_at", lookup_expr="lt")
-    business_started_after = DateTimeFilter(field_name="business_started_at", lookup_expr="gte")
-    business_started_before = DateTimeFilter(field_name="business_started_at", lookup_expr="lt")
-
-    class Meta:
-        model = Handoff
-        fields: list[str] = []
-
-
-class ExceptionFilter(HandoffFilter):
-    status = None  # always needs_attention
 
 
 class EventFilter(StrictFilterSet):

@@ -44,6 +44,7 @@ from dashboards.queries import connection_activity, health_summary
 from dashboards.services import flow_sla_set
 from pscsync import clock
 from pscsync.access import CONFIGURE, VIEW_DASHBOARDS, VIEW_HANDOFFS, WORK_EXCEPTIONS, entity_ids_for, scope_queryset
+from pscsync.filters import page_params
 from pscsync.mapping import RuleProblem
 from pscsync.mappings import MappingInvalid, mapping_publish
 from pscsync.models import (
@@ -63,7 +64,6 @@ from remediation import services as remediation
 from remediation.models import BulkJob, ExceptionCause, ExceptionStatus, HandoffException, SavedView
 from remediation.selectors import FILTERS as INBOX_FILTERS
 from remediation.selectors import SORTS as INBOX_SORTS
-from remediation.selectors import TABS as INBOX_TABS
 from remediation.selectors import InboxFilter, InboxGroup, exception_groups, inbox_groups
 
 VIEW_AUDIT = "pscsync.view_auditentry"
@@ -121,7 +121,10 @@ class EventViewSet(viewsets.ReadOnlyModelViewSet):
 )
 class ExceptionViewSet(viewsets.ReadOnlyModelViewSet):
     required_permissions = {"read": WORK_EXCEPTIONS, "write": WORK_EXCEPTIONS}
+    # The workbench's filter set: the list is the handoffs of the exceptions it selects (without a
+    # tab, every one that needs a person now).
     filterset_class = filters.ExceptionFilter
+    filter_backends = [filters.ExceptionFilterBackend]
 
     def get_queryset(self) -> QuerySet[Handoff]:
         steps = Step.objects.select_related("target_connection").prefetch_related("attempts")
@@ -130,7 +133,7 @@ class ExceptionViewSet(viewsets.ReadOnlyModelViewSet):
             .select_related("exception__assignee", "exception__cause")
             .prefetch_related(Prefetch("steps", queryset=steps))
         )
-        if self.action in ("list", "retrieve"):
+        if self.action == "retrieve":
             qs = qs.filter(status=Handoff.Status.NEEDS_ATTENTION)
         return qs
 
@@ -753,7 +756,7 @@ class ExceptionCauseViewSet(viewsets.GenericViewSet):
             flow=q.get("flow", ""),
             step=q.get("step", ""),
             error_class=q.get("error_class", ""),
-            entity=q.get("legal_entity", ""),
+            legal_entity=q.get("legal_entity", ""),
             customer=q.get("customer", "").strip(),
             connection=q.get("connection", ""),
             assignee=q.get("assignee", ""),
@@ -905,11 +908,13 @@ class SavedViewViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
 
 
 def _inbox_query_problems(query: str) -> list[str]:
-    """A saved view's query must be one the inbox understands: its filters, valid tab and sort."""
+    """A saved view's query must be one the inbox understands: its filters, each valid as the
+    shared filter set reads it (remediation.filters), and a valid sort."""
     params = QueryDict(query)
     problems = [f"unknown inbox filter: {name}" for name in sorted(set(params) - set(INBOX_FILTERS))]
-    if params.get("tab", "open") not in INBOX_TABS:
-        problems.append(f"tab must be one of: {', '.join(INBOX_TABS)}")
+    found = filters.ExceptionFilter(page_params(params), queryset=HandoffException.objects.none())
+    if not found.is_valid():
+        problems += [f"{name}: {message}" for name, messages in found.errors.items() for message in messages]
     if params.get("sort", "count") not in INBOX_SORTS:
         problems.append(f"sort must be one of: {', '.join(INBOX_SORTS)}")
     return problems

@@ -112,6 +112,16 @@ KEYS: dict[str, KeyFormat] = {
 VENDOR_ID = KeyFormat("{id}")
 
 
+def keys_behind(key: str) -> set[str]:
+    """The key and the keys it is built from, read by our key formats ("P-006A" -> {"P-006A",
+    "006A"}): the handoffs about a project are the deal's, whose business key is the deal id."""
+    found = {key}
+    for fmt in KEYS.values():
+        parts = fmt.parse(key) or {}
+        found.update(value for name, value in parts.items() if name in ("deal", "account", "batch") and value)
+    return found
+
+
 @dataclass(frozen=True)
 class Capability:
     """What one connector does with one canonical record (or write-back purpose)."""

@@ -17,7 +17,17 @@ class ConnectorError(Exception):
     # Not a failure: nothing was sent, the call waits its turn under a limit (connectors/limiter.py).
     deferred = False
 
-    def __init__(self, message: str, *, http_status: int | None = None, response: object = None, key: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        response: object = None,
+        key: str = "",
+        fields: tuple[str, ...] = (),
+        mapping_version: int | None = None,
+        value_map: str = "",
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.http_status = http_status
@@ -26,6 +36,13 @@ class ConnectorError(Exception):
         # failing step's own (a check that found the ERP has no customer "C-…" to bill): the runner
         # stores it on the handoff (Handoff.failed_key), so the workbench need not read the message.
         self.key = key
+        # The same for what the error names, when the raiser knows it: the fields at fault (the
+        # read document's paths, or a mapping's target fields), the id of the mapping version
+        # whose rules failed and the value map that lacked an entry (Handoff.failed_fields,
+        # failed_mapping, failed_value_map).
+        self.fields = tuple(fields)
+        self.mapping_version = mapping_version
+        self.value_map = value_map
 
 
 class TransientError(ConnectorError):

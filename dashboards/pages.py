@@ -609,7 +609,7 @@ def project_to_bill(f: Filters) -> Page:
                 [
                     (
                         p["name"] or p["key"],
-                        handoffs_url + "?" + urlencode({"q": p["key"].removeprefix("P-")}),
+                        handoffs_url + "?" + urlencode({"record": p["key"]}),
                     ),
                     p["customer"],
                     p["items"],
@@ -912,7 +912,7 @@ def exceptions(f: Filters) -> Page:
                     m.customer_name,
                     (
                         m.subject_name or m.subject_key,
-                        handoffs_url + "?" + urlencode({"q": m.subject_key.split("-", 1)[-1]}),
+                        handoffs_url + "?" + urlencode({"record": m.subject_key}),
                     ),
                     m.period or "contract",
                     m.get_cause_display(),
@@ -1249,6 +1249,7 @@ def leader_tiles(
             "Revenue schedule accuracy",
             "—" if rev["value_accuracy"] is None else f"{rev['value_accuracy']:.1f}%",
             ("not measured yet: no reconciliation has completed · " if rev["value_accuracy"] is None else "")
+            + ("the differences reach what the ERP recognised (shown as 0 %) · " if rev["floored"] else "")
             + f"match rate {pct(rev['match_rate'])} ({rev['matched']} of {rev['checked']} project-months) · "
             f"{money(rev['abs_difference'])} apart",
             link("dashboards:leaders", f) + "#revenue",

@@ -104,6 +104,8 @@ class RuleProblem:
     rule: int  # 1-based position; 0 for a value map problem
     part: str
     message: str
+    # The value map that lacked the record's value, when that is the problem (a fix in that map).
+    value_map: str = ""
 
     def __str__(self) -> str:
         where = f"rule {self.rule} ({self.part})" if self.rule else self.part
@@ -239,7 +241,9 @@ def mapping_apply(
             found, mapped = _lookup(value_maps.get(rule["value_map"], {}), value)
             if not found:
                 result.errors.append(
-                    RuleProblem(position, target, f"{value!r} is not in value map {rule['value_map']!r}")
+                    RuleProblem(
+                        position, target, f"{value!r} is not in value map {rule['value_map']!r}", rule["value_map"]
+                    )
                 )
                 continue
             value = mapped

@@ -102,5 +102,10 @@ def mapping_run(version: MappingVersion, source: dict[str, Any]) -> MappingResul
     result = mapping_apply(version.rules, version.value_maps, source)
     if not result.ok:
         details = "; ".join(f"{p.part} {p.message}" for p in result.errors)
-        raise MappingError(f"mapping {version.label} could not map this record: {details}")
+        raise MappingError(
+            f"mapping {version.label} could not map this record: {details}",
+            mapping_version=version.pk,
+            fields=tuple(dict.fromkeys(p.part for p in result.errors)),
+            value_map=next((p.value_map for p in result.errors if p.value_map), ""),
+        )
     return result

@@ -58,6 +58,15 @@ class StepFailed(Exception):
     # not a failure: rescheduled for when its slot frees, with no retry spent.
     deferred: bool = False
     key: str = ""  # the record the failure is about, when the error named one (ConnectorError.key)
+    # What else the error named (ConnectorError): fields at fault, mapping version id, value map.
+    fields: tuple[str, ...] = ()
+    mapping_version: int | None = None
+    value_map: str = ""
+
+
+# A failure's structured detail, cleared wherever the failure itself is (a success, a failure
+# outside any step): stale detail would point the workbench at the wrong fix.
+NO_FAILURE_DETAIL: dict[str, Any] = {"failed_mapping_id": None, "failed_fields": [], "failed_value_map": ""}
 
 
 def retry_delay(attempt: int, *, retry_after: float | None = None, rng: random.Random | None = None) -> float:
@@ -123,6 +132,7 @@ def _lease(handoff_id: int, worker: str) -> Handoff | None:
                         "failed_step": "",  # it died somewhere, not at a step that answered
                         "failed_key": "",
                         "failure_reason": message,
+                        **NO_FAILURE_DETAIL,
                         "lease_owner": "",
                         "lease_expires_at": None,
                         "finished_at": None,
@@ -244,10 +254,21 @@ def _finish_attempt(
     started: float,
     result: WriteResult | None = None,
     error: ConnectorError | None = None,
+    recovering: bool = False,
 ) -> None:
     with transaction.atomic():
         now = _renew(handoff, worker)
-        _record_outcome(handoff, step, attempt, now, outcome=outcome, started=started, result=result, error=error)
+        _record_outcome(
+            handoff,
+            step,
+            attempt,
+            now,
+            outcome=outcome,
+            started=started,
+            result=result,
+            error=error,
+            recovering=recovering,
+        )
 
 
 _ATTEMPT_OUTCOME_FIELDS = (
@@ -266,6 +287,7 @@ def _record_outcome(
     started: float,
     result: WriteResult | None = None,
     error: ConnectorError | None = None,
+    recovering: bool = False,
 ) -> None:
     """Inside a transaction that has just renewed the lease: store how an attempt ended."""
     attempt.outcome = outcome
@@ -295,6 +317,12 @@ def _record_outcome(
             _record_facts(handoff, result.output["handoff_facts"])
         if step.target_connection_id and (step.external_id or step.output.get("ids")):
             _cross_reference(handoff, step, now)
+    elif outcome == Attempt.Outcome.DEFERRED:
+        # Nothing was sent: the step waits for its slot. A step being recovered stays in flight,
+        # so the run after the wait still looks before writing.
+        if not recovering:
+            step.status = Step.Status.PENDING
+            step.save(update_fields=["status"])
     elif outcome != Attempt.Outcome.UNKNOWN:
         # An unknown outcome leaves the step in flight, so the next run looks before writing.
         step.status = Step.Status.FAILED
@@ -393,7 +421,9 @@ def _run_step(
         try:
             existing = step_def.find_existing(ctx)
         except ConnectorError as exc:
-            _finish_attempt(handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc)
+            _finish_attempt(
+                handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc, recovering=True
+            )
             raise _failure(exc) from exc
         if existing is not None:
             return _Done(step, attempt, Attempt.Outcome.ADOPTED, started, existing)
@@ -436,6 +466,8 @@ def _adopt_after_unknown(step_def: StepDef, ctx: StepContext) -> WriteResult | N
 
 
 def _outcome_of(exc: ConnectorError) -> str:
+    if exc.deferred:
+        return Attempt.Outcome.DEFERRED  # nothing was sent: a wait for a limit, not a failure
     return {
         "transient": Attempt.Outcome.TRANSIENT,
         "unknown": Attempt.Outcome.UNKNOWN,
@@ -452,6 +484,9 @@ def _failure(exc: ConnectorError) -> StepFailed:
         retry_after=exc.retry_after,
         deferred=exc.deferred,
         key=exc.key,
+        fields=exc.fields,
+        mapping_version=exc.mapping_version,
+        value_map=exc.value_map,
     )
 
 
@@ -466,6 +501,9 @@ def _fail(handoff: Handoff, flow: Flow, step: Step, step_def: StepDef, failure: 
         # another; a read or a check is keyed by the engine alone ("read_deal:…"), which names nothing.
         "failed_key": failure.key or (step.idempotency_key if step_def.keys_a_record else ""),
         "failure_reason": failure.message,
+        "failed_mapping_id": failure.mapping_version,
+        "failed_fields": list(failure.fields),
+        "failed_value_map": failure.value_map,
         "lease_owner": "",
         "lease_expires_at": None,
         "attempt_count": attempts,
@@ -477,6 +515,8 @@ def _fail(handoff: Handoff, flow: Flow, step: Step, step_def: StepDef, failure: 
         to = Handoff.Status.WAITING_RETRY
         fields["next_attempt_at"] = now + dt.timedelta(seconds=delay)
         fields["last_error_message"] = f"{step.name}: {failure.message}"
+        # Nothing failed: the handoff did not stop at a step, it waits for its turn.
+        fields.update(failed_step="", failed_key="", failure_reason="")
     elif failure.retryable and attempts < flow.attempt_budget:
         delay = retry_delay(attempts, retry_after=failure.retry_after)
         to = Handoff.Status.WAITING_RETRY
@@ -520,6 +560,7 @@ def _succeed(handoff: Handoff, worker: str, *, done: _Done | None = None) -> Non
             "failed_step": "",
             "failed_key": "",
             "failure_reason": "",
+            **NO_FAILURE_DETAIL,
         }
         # The lease check and the end in one statement; only the fields that change are written.
         moved = handoff_move(
@@ -580,6 +621,7 @@ def _run_leased(handoff: Handoff, worker: str) -> str:
                 "failed_step": "",
                 "failed_key": "",
                 "failure_reason": failure.message,
+                **NO_FAILURE_DETAIL,
                 "lease_owner": "",
                 "lease_expires_at": None,
             },

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from django.contrib.auth.models import AnonymousUser, User
+from django.db.models import QuerySet
+from django.http import QueryDict
 
+from pscsync.filters import page_params
 from pscsync.models import Handoff
 from pscsync.selectors import handoffs_visible_to
+from remediation.filters import TABS, ExceptionFilter, exceptions_for
 from remediation.fingerprints import fingerprint
+from remediation.models import HandoffException
 
 
 def cause_signature(message: str) -> str:
@@ -52,87 +56,70 @@ def exception_groups(user: User | AnonymousUser) -> list[CauseGroup]:
 # ---------------------------------------------------------------------------------------------
 # The inbox over the stored exceptions (remediation.models): scoped, filtered, grouped by cause.
 # ---------------------------------------------------------------------------------------------
-FILTERS = ("tab", "q", "flow", "step", "error_class", "entity", "customer", "connection", "assignee", "age", "sort")
-TABS = {
-    "open": "Open",
-    "regressed": "Regressed",
-    "in_progress": "Retrying",
-    "archived": "Archived",
-    "resolved": "Resolved",
-}
+FILTERS = (
+    "tab",
+    "q",
+    "flow",
+    "step",
+    "error_class",
+    "legal_entity",
+    "customer",
+    "connection",
+    "assignee",
+    "age",
+    "sort",
+)
 SORTS = {"urgency": "urgency", "count": "-count", "money": "-money", "oldest": "oldest", "recent": "-last_failed"}
 
 
 @dataclass
 class InboxFilter:
+    """The inbox's query as the page shows it back (its form, tabs and links). What each filter
+    selects is defined once, in the filter set the API shares (remediation.filters)."""
+
     tab: str = "open"
     q: str = ""
     flow: str = ""
     step: str = ""
     error_class: str = ""
-    entity: str = ""
+    legal_entity: str = ""
     customer: str = ""
     connection: str = ""
     assignee: str = ""
     age: str = ""
     sort: str = "urgency"
 
-    @classmethod
-    def from_query(cls, query) -> InboxFilter:  # a QueryDict
-        values = {name: query.get(name, "").strip() for name in FILTERS}
-        values["tab"] = values["tab"] if values["tab"] in TABS else "open"
-        values["sort"] = values["sort"] if values["sort"] in SORTS else "urgency"
-        return cls(**values)
-
     def active(self) -> dict[str, str]:
         return {k: v for k, v in self.__dict__.items() if v and k not in ("tab", "sort")}
 
+    def params(self) -> QueryDict:
+        """The filter set's query: the filters given, and the tab."""
+        query = QueryDict(mutable=True)
+        query.update({"tab": self.tab, **self.active()})
+        return query
 
-def exception_items(user: User | AnonymousUser, f: InboxFilter):
-    """The handoff exceptions the user may see, narrowed by the filter (a QuerySet)."""
-    from datetime import timedelta
 
-    from pscsync import clock
-    from pscsync.access import scope_queryset
-    from remediation.models import ExceptionStatus, HandoffException
+def inbox_read(user: User | AnonymousUser, query: QueryDict) -> tuple[InboxFilter, ExceptionFilter]:
+    """The inbox's query (a page's GET or POST) read through the shared filter set, over what the
+    user may see: the filter, and the filter set whose errors say what is wrong with it. The
+    form's "any" is an empty value, left out; no tab is the Open tab; a sort is one of SORTS."""
+    params = page_params(query) or QueryDict(mutable=True)
+    params.setdefault("tab", "open")
+    found = ExceptionFilter(params, queryset=exceptions_for(user))
+    found.is_valid()
+    sort = params.get("sort", "urgency")
+    if sort not in SORTS:
+        found.form.add_error(None, f"Sort by one of: {', '.join(SORTS)}.")
+    f = InboxFilter(**{name: params.get(name, "").strip() for name in FILTERS if name in params})
+    return f, found
 
-    qs = scope_queryset(HandoffException.objects.all(), user)
-    open_like = [ExceptionStatus.OPEN]
-    if f.tab == "open":
-        qs = qs.filter(status__in=open_like, cause__status=ExceptionStatus.OPEN)
-    elif f.tab == "regressed":
-        qs = qs.filter(status__in=open_like, cause__status=ExceptionStatus.REGRESSED)
-    elif f.tab == "archived":
-        qs = qs.filter(status__in=open_like, cause__status=ExceptionStatus.ARCHIVED)
-    elif f.tab == "in_progress":
-        qs = qs.filter(status=ExceptionStatus.IN_PROGRESS)
-    else:
-        qs = qs.filter(status=ExceptionStatus.RESOLVED)
-    if f.q:
-        qs = qs.filter(search_text__contains=f.q.lower())
-    if f.flow:
-        qs = qs.filter(flow=f.flow)
-    if f.step:
-        qs = qs.filter(step_name=f.step)
-    if f.error_class:
-        qs = qs.filter(error_class=f.error_class)
-    if f.entity:
-        qs = qs.filter(legal_entity__code=f.entity)
-    if f.customer:
-        qs = qs.filter(customer_name__icontains=f.customer)
-    if f.connection:
-        qs = qs.filter(connection__slug=f.connection)
-    if f.assignee == "none":
-        qs = qs.filter(assignee__isnull=True, cause__assignee__isnull=True)
-    elif f.assignee:
-        from django.db.models import Q
 
-        qs = qs.filter(
-            Q(assignee__username=f.assignee) | Q(assignee__isnull=True, cause__assignee__username=f.assignee)
-        )
-    if f.age.isdigit():
-        qs = qs.filter(opened_at__lte=clock.now() - timedelta(days=int(f.age)))
-    return qs
+def exception_items(user: User | AnonymousUser, f: InboxFilter) -> QuerySet[HandoffException]:
+    """The handoff exceptions the user may see, narrowed by the filter (the shared filter set)."""
+    found = ExceptionFilter(f.params(), queryset=exceptions_for(user))
+    if not found.is_valid():
+        raise ValueError(f"not an inbox filter: {found.errors.as_text()}")
+    return found.qs
 
 
 @dataclass
@@ -487,9 +474,6 @@ def job_queue_place(job) -> dict[str, object]:
     }
 
 
-_MAPPING_NAMED = re.compile(r"([\w-]+)/(\w+)@v\d+")
-
-
 def retry_warnings(user: User | AnonymousUser, handoff_ids: list[int]) -> list[str]:
     """Why a plain retry of these handoffs will fail again, for a confirmation before the job:
     a mapping-kind failure whose mapping has not been published since it failed, or a
@@ -504,25 +488,27 @@ def retry_warnings(user: User | AnonymousUser, handoff_ids: list[int]) -> list[s
     )
     mapping_same: list[str] = []
     validation_same = 0
-    published: dict[tuple[str, str], object] = {}
-    for item in items.select_related("handoff", "blocked_by")[:2000]:
+    published: dict[int, object] = {}
+    rows = items.select_related("handoff__failed_mapping__mapping__connection", "blocked_by")[:2000]
+    for item in rows:
         handoff = item.handoff
         if item.error_class == "mapping":
-            named = _MAPPING_NAMED.search(handoff.last_error_message or "")
-            if named is None:
+            # The mapping version the failure stored (Handoff.failed_mapping): none, nothing to say.
+            version = handoff.failed_mapping
+            if version is None:
                 continue
-            key = (named.group(1), named.group(2))
-            if key not in published:
-                published[key] = (
-                    MappingVersion.objects.filter(mapping__connection__slug=key[0], mapping__entity=key[1])
+            mapping = version.mapping
+            if mapping.pk not in published:
+                published[mapping.pk] = (
+                    MappingVersion.objects.filter(mapping=mapping)
                     .exclude(published_at=None)
                     .order_by("-published_at")
                     .values_list("published_at", flat=True)
                     .first()
                 )
-            latest = published[key]
+            latest = published[mapping.pk]
             if latest is None or latest <= item.last_failed_at:
-                mapping_same.append(named.group(0).split("@")[0])
+                mapping_same.append(f"the {mapping.entity} mapping of {mapping.connection.name}")
         else:
             if item.blocked_by is not None and item.blocked_by.status == Handoff.Status.SUCCEEDED:
                 continue

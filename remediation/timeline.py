@@ -3,7 +3,7 @@ Nothing here calls a vendor: pages read what the engine stored."""
 
 from __future__ import annotations
 
-import re
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +12,8 @@ from django.urls import reverse
 from connectors.models import Connection
 from connectors.registry import connector_for
 from pscsync.flows import FLOWS
-from pscsync.glossary import action_name, document_text, error_words, step_name
-from pscsync.models import AuditEntry, CrossReference, Handoff, Mapping, Step
+from pscsync.glossary import action_name, document_text, error_words, later_words, step_name
+from pscsync.models import Attempt, AuditEntry, CrossReference, Handoff, Mapping, Step
 from pscsync.secrets import mask_secrets
 from pscsync.selectors import events_for_handoff
 
@@ -70,7 +70,7 @@ def handoff_timeline(handoff: Handoff) -> dict[str, Any]:
                     at=attempt.started_at,
                     kind="attempt",
                     title=f"{step_name(step.name)}, attempt {attempt.number}{target}",
-                    detail=error_words(attempt.error_message),
+                    detail=_deferral_words(attempt) or error_words(attempt.error_message),
                     outcome=attempt.outcome,
                     outcome_label=attempt.get_outcome_display(),
                     request=shown["request"],
@@ -111,25 +111,27 @@ def handoff_timeline(handoff: Handoff) -> dict[str, Any]:
     }
 
 
-_MAPPING_LABEL = re.compile(r"mapping ([\w-]+)/(\w+)@v(\d+)")
-_VALUE_MAP = re.compile(r"'(\w+)' value map of mapping|is not in value map '(\w+)'")
-_FAILED_RULE = re.compile(r"could not map this record: ([\w.]+) ")
-_NO_MAPPING = re.compile(r"no published mapping for (\w+) on ")
-_SF_ID = re.compile(r"\(((?:001|006)[A-Za-z0-9]{12,15})\)")
-_CONNECTIONS_FIX = ("is not set up in pscsync", "connection serves legal entity", "served by more than one")
+def _deferral_words(attempt: Attempt) -> str:
+    """A deferred attempt in business words: it sent nothing and waited for the rate limit until
+    its slot (the limiter's wait, counted from when the attempt ended). "" for other attempts."""
+    if attempt.outcome != Attempt.Outcome.DEFERRED:
+        return ""
+    ended = attempt.started_at + dt.timedelta(milliseconds=attempt.duration_ms or 0)
+    resumes = ended + dt.timedelta(seconds=attempt.retry_after_seconds or 0)
+    return f"Waited for the vendor's rate limit; resumes at {later_words(resumes, since=attempt.started_at)}"
 
 
 def fix_links(handoff: Handoff, steps: list[Step]) -> list[dict[str, str]]:
     """Where the fix is: the failed rule or value map in the mapping studio for a mapping error,
     the connections for a legal entity no connection serves, the connection for an auth error,
     the source record for a missing or incomplete record. `admin` marks fixes only an admin can
-    make (the studio and connections are theirs): operators are told to ask one."""
+    make (the studio and connections are theirs): operators are told to ask one. All from what
+    the failure stored (Handoff.failed_mapping, failed_fields, failed_value_map), not its text."""
     links = []
-    message = handoff.last_error_message or ""
     failed = next((s for s in steps if s.status != Step.Status.SUCCEEDED), None)
     last = failed.shown_attempts[-1]["attempt"] if failed is not None and failed.shown_attempts else None
     if handoff.last_error_class == "mapping":
-        links.extend(_mapping_fixes(message))
+        links.extend(_mapping_fixes(handoff))
     if last is not None and last.http_status in (401, 403) and failed.target_connection is not None:
         links.append(
             {
@@ -138,11 +140,24 @@ def fix_links(handoff: Handoff, steps: list[Step]) -> list[dict[str, str]]:
                 "admin": "yes",
             }
         )
-    for record_id in dict.fromkeys(_SF_ID.findall(message)):
+    for record_id in _source_records(handoff, steps):
         url = record_url(handoff.source_connection, "record", record_id)
         if url:
             links.append({"label": f"Open {record_id} in {handoff.source_connection.name}", "url": url, "admin": ""})
     return links
+
+
+def _source_records(handoff: Handoff, steps: list[Step]) -> list[str]:
+    """The source's ids of the records whose fields the failure named: each named field's record
+    in the read document ("account.tax_profile" -> the document's account id)."""
+    read = steps[0] if steps and steps[0].status == Step.Status.SUCCEEDED else None
+    document = read.output if read is not None and isinstance(read.output, dict) else {}
+    ids = []
+    for record in dict.fromkeys(path.split(".", 1)[0] for path in handoff.failed_fields or [] if "." in path):
+        found = document.get(record)
+        if isinstance(found, dict) and found.get("id"):
+            ids.append(str(found["id"]))
+    return list(dict.fromkeys(ids))
 
 
 NEXT_STEPS = {
@@ -170,26 +185,18 @@ def next_step(handoff: Handoff) -> str:
     return NEXT_STEPS.get(handoff.last_error_class, "")
 
 
-def _mapping_fixes(message: str) -> list[dict[str, str]]:
-    match = _MAPPING_LABEL.search(message)
-    mappings = Mapping.objects.select_related("connection")
-    mapping = mappings.filter(connection__slug=match.group(1), entity=match.group(2)).first() if match else None
-    if mapping is not None:
+def _mapping_fixes(handoff: Handoff) -> list[dict[str, str]]:
+    version = handoff.failed_mapping
+    if version is not None:
+        mapping = Mapping.objects.select_related("connection").get(pk=version.mapping_id)
         what = f"the {mapping.entity} mapping of {mapping.connection.name}"
         url = reverse("studio:detail", args=[mapping.pk])
-        table = _VALUE_MAP.search(message)
-        rule = _FAILED_RULE.search(message)
+        table = handoff.failed_value_map
         if table:
-            name = table.group(1) or table.group(2)
-            return [
-                {
-                    "label": f"Open value map “{name}” of {what}",
-                    "url": f"{url}?open={name}#value-map-{name}",
-                    "admin": "yes",
-                }
-            ]
-        if rule:
-            field = rule.group(1)
+            label = f"Open value map “{table}” of {what}"
+            return [{"label": label, "url": f"{url}?open={table}#value-map-{table}", "admin": "yes"}]
+        if handoff.failed_fields:
+            field = handoff.failed_fields[0]
             return [
                 {
                     "label": f"Open rule “{field}” of {what}",
@@ -198,11 +205,10 @@ def _mapping_fixes(message: str) -> list[dict[str, str]]:
                 }
             ]
         return [{"label": f"Open {what} in the studio", "url": url, "admin": "yes"}]
-    if _NO_MAPPING.search(message):
-        return [{"label": "Publish the missing mapping in the studio", "url": reverse("studio:list"), "admin": "yes"}]
-    if any(text in message for text in _CONNECTIONS_FIX):
+    # Routing names the record's legal entity when no connection (or more than one) serves it.
+    if any(f == "legal_entity" or f.endswith(".legal_entity") for f in handoff.failed_fields or []):
         return [{"label": "Set up the legal entity's connections", "url": reverse("connections:list"), "admin": "yes"}]
-    return []
+    return [{"label": "Publish the missing mapping in the studio", "url": reverse("studio:list"), "admin": "yes"}]
 
 
 def _rule_position(mapping: Mapping, target: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -39,12 +38,15 @@ def _filter_query(f: selectors.InboxFilter, **override: str) -> str:
 @permission_required(WORK_EXCEPTIONS)
 @require_GET
 def inbox(request: HttpRequest) -> HttpResponse:
-    f = selectors.InboxFilter.from_query(request.GET)
-    groups, totals = selectors.inbox_page(request.user, f)
+    # The API's filter set (GET /api/v1/exceptions/?tab=open&flow=...) over the same scope.
+    f, found = selectors.inbox_read(request.user, request.GET)
+    valid = not found.errors
+    groups, totals = selectors.inbox_page(request.user, f) if valid else ([], {"handoffs": 0, "groups": 0, "money": []})
     context = {
         "groups": groups,
         "totals": totals,
         "f": f,
+        "filters": found,
         "query": _filter_query(f),
         "tab_links": [(key, label, _filter_query(f, tab=key)) for key, label in selectors.TABS.items()],
         "choices": selectors.inbox_choices(request.user),
@@ -52,9 +54,17 @@ def inbox(request: HttpRequest) -> HttpResponse:
         "can_configure": request.user.has_perm(CONFIGURE),
         "jobs": BulkJob.objects.filter(created_by=request.user)[:5],
     }
+    status = 200 if valid else 400
     if request.htmx and not request.htmx.boosted:
-        return render(request, "remediation/_groups.html", context)
-    return render(request, "remediation/inbox.html", context)
+        return render(request, "remediation/_groups.html", context, status=status)
+    return render(request, "remediation/inbox.html", context, status=status)
+
+
+def _refused_filter(found: Any) -> HttpResponse:
+    """A filter the inbox cannot apply, said plainly (nothing is read, exported or started)."""
+    return HttpResponse(
+        f"This filter cannot be applied: {found.errors.as_text()}", status=400, content_type="text/plain"
+    )
 
 
 def _cause_for_user(request: HttpRequest, pk: int) -> ExceptionCause:
@@ -71,7 +81,9 @@ def _cause_for_user(request: HttpRequest, pk: int) -> ExceptionCause:
 @require_GET
 def cause_items(request: HttpRequest, pk: int) -> HttpResponse:
     cause = _cause_for_user(request, pk)
-    f = selectors.InboxFilter.from_query(request.GET)
+    f, found = selectors.inbox_read(request.user, request.GET)
+    if found.errors:
+        return _refused_filter(found)
     matching = selectors.exception_items(request.user, f).filter(cause=cause)
     items = list(matching.select_related("handoff", "legal_entity", "assignee").order_by("opened_at")[:ITEMS_SHOWN])
     total = matching.count() if len(items) == ITEMS_SHOWN else len(items)
@@ -93,7 +105,9 @@ EXPORT_COLUMNS = (
 def export(request: HttpRequest) -> StreamingHttpResponse:
     """The handoffs the inbox filter matches, one CSV row each: only what the user may see.
     Cells that a spreadsheet would run as a formula are neutralised (pscsync.csvsafe)."""
-    f = selectors.InboxFilter.from_query(request.GET)
+    f, found = selectors.inbox_read(request.user, request.GET)
+    if found.errors:
+        return _refused_filter(found)
     rows = (
         selectors.exception_items(request.user, f)
         .select_related("handoff", "legal_entity", "connection", "assignee", "cause")
@@ -334,25 +348,13 @@ def _mode_that_can_succeed(handoff: Handoff, editable: bool) -> str:
     return ResubmitMode.STORED
 
 
-# Leaves too common to mean a field when a message says them ("the name", "its id").
-_VAGUE_LEAVES = {"id", "name", "number", "status", "type", "date", "amount"}
-
-
 def _failing_fields(handoff: Handoff, doc_form: DocumentForm | None) -> set[str]:
-    """The edit form's fields the error message names: "has no Tax Profile" marks the field
-    labelled "account · tax profile". A label's last part must appear as whole words; vague ones
-    ("name", "id") only with their record ("account name")."""
+    """The edit form's fields the failure named: the read document's paths the check stored with
+    it (Handoff.failed_fields), never words found in its message."""
     if doc_form is None:
         return set()
-    message = (handoff.last_error_message or "").lower()
-    found = set()
-    for field in doc_form:
-        parts = [p.strip() for p in str(field.label).lower().split("·")]
-        leaf = parts[-1]
-        wanted = " ".join(parts) if leaf in _VAGUE_LEAVES else leaf
-        if wanted and re.search(rf"\b{re.escape(wanted)}\b", message):
-            found.add(field.name)
-    return found
+    named = set(handoff.failed_fields or [])
+    return {name for name, path in doc_form.paths.items() if path in named}
 
 
 def _check_edited(handoff: Handoff, edited: dict[str, Any]) -> str:
@@ -418,7 +420,9 @@ def handoff_act(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def bulk(request: HttpRequest) -> HttpResponse:
     """Make a job from the selection (handoffs, whole groups) or the whole filter."""
-    f = selectors.InboxFilter.from_query(request.POST)
+    f, found = selectors.inbox_read(request.user, request.POST)
+    if found.errors:
+        return _refused_filter(found)
     items = selectors.exception_items(request.user, f)
     if request.POST.get("scope") != "filter":
         causes = [int(c) for c in request.POST.getlist("cause") if c.isdigit()]

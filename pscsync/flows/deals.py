@@ -66,48 +66,64 @@ def deal_validate(ctx: StepContext) -> dict[str, Any]:
     deal, account = document["deal"], document["account"]
     subject = f"opportunity {deal['name']!r} ({deal['id']})"
     problems: list[str] = []
+    # The read document's fields each problem is about (its paths, as the edit form names them):
+    # stored with the failure, so the resubmit page marks them without reading the message.
+    fields: list[str] = []
     if not deal["legal_entity"]:
         problems.append(f"{subject} has no Legal Entity — fix: set Legal Entity on the opportunity")
+        fields.append("deal.legal_entity")
     else:
         try:
             systems_for(legal_entity_get(deal["legal_entity"]))
         except MappingError as exc:
             problems.append(f"{subject}: {exc}")
+            fields.append("deal.legal_entity")
     if not account["id"]:
         problems.append(f"{subject} has no account — fix: set the Account on the opportunity")
+        fields.append("account.id")
     else:
         who = f"account {account['name']!r} ({account['id']})"
         if not account["tax_profile"]:
             problems.append(f"{who} has no Tax Profile — fix: set Tax Profile on the account in Salesforce")
+            fields.append("account.tax_profile")
         if not account["country"]:
             problems.append(f"{who} has no Billing Country — fix: set the billing address on the account")
+            fields.append("account.country")
         if account["parent_id"] and not _parent_exists(ctx, account["parent_id"]):
             problems.append(
                 f"{who} points to parent account {account['parent_id']}, which does not exist — fix: "
                 "correct or clear Parent Account so the customer hierarchy is right in the ERP"
             )
+            fields.append("account.parent_id")
     if not deal["service_line"]:
         problems.append(f"{subject} has no Service Line — fix: set Service Line on the opportunity")
+        fields.append("deal.service_line")
     if deal["billing_model"] not in BILLING_MODELS:
         problems.append(
             f"{subject} has billing model {deal['billing_model'] or 'empty'!r}; it must be one of "
             f"{', '.join(BILLING_MODELS)} — fix: set Billing Model on the opportunity"
         )
+        fields.append("deal.billing_model")
     if deal["amount"] is None or Decimal(deal["amount"]) <= 0:
         problems.append(f"{subject} has no positive Amount — fix: enter the contract value")
+        fields.append("deal.amount")
     if not deal["currency"]:
         problems.append(f"{subject} has no currency — fix: set the opportunity currency")
+        fields.append("deal.currency")
     start, end = _date(deal["contract_start"]), _date(deal["contract_end"])
     if start is None or end is None:
         problems.append(f"{subject} needs Contract Start and Contract End dates (YYYY-MM-DD)")
+        fields += [name for name, day in (("deal.contract_start", start), ("deal.contract_end", end)) if day is None]
     elif end < start:
         problems.append(f"{subject}: Contract End {end} is before Contract Start {start}")
+        fields += ["deal.contract_start", "deal.contract_end"]
     try:
         _resource_plan(deal["resource_plan_text"])
     except ValidationError as exc:
         problems.append(f"{subject}: {exc.message}")
+        fields.append("deal.resource_plan_text")
     if problems:
-        raise ValidationError("; ".join(problems))
+        raise ValidationError("; ".join(problems), fields=tuple(fields))
     # The service line must be known to the ERP contract mapping before anything is written.
     if deal["service_line"]:
         _check_value_mapped(ctx, "contract", "service_line", deal["service_line"], subject)
@@ -134,7 +150,10 @@ def _check_value_mapped(ctx: StepContext, purpose: str, table: str, value: str, 
         raise MappingError(
             f"service line {value!r} of {subject} is not in the {table!r} value map of mapping "
             f"{version.label} (known: {', '.join(sorted(values)) or 'none'}) — fix: an admin adds it "
-            "in Mappings, or correct the opportunity; then resubmit"
+            "in Mappings, or correct the opportunity; then resubmit",
+            mapping_version=version.pk,
+            fields=("deal.service_line",),
+            value_map=table,
         )
 
 

@@ -26,7 +26,8 @@ def legal_entity_get(code: str) -> LegalEntity:
         known = ", ".join(LegalEntity.objects.order_by("code").values_list("code", flat=True))
         raise MappingError(
             f"legal entity {code!r} is not set up in pscsync (known: {known or 'none'}); "
-            "set the opportunity's legal entity or add the entity under Connections"
+            "set the opportunity's legal entity or add the entity under Connections",
+            fields=("legal_entity",),
         )
     return entity
 
@@ -41,12 +42,14 @@ def systems_for(entity: LegalEntity) -> Systems:
         if not candidates:
             raise MappingError(
                 f"no {kind.upper()} connection serves legal entity {entity.code} ({entity.name}): "
-                "an admin must add the entity to one under Connections"
+                "an admin must add the entity to one under Connections",
+                fields=("legal_entity",),
             )
         if len(candidates) > 1:
             raise MappingError(
                 f"legal entity {entity.code} is served by more than one {kind.upper()} connection "
-                f"({candidates[0].slug}, {candidates[1].slug}): keep one, so records go to one place"
+                f"({candidates[0].slug}, {candidates[1].slug}): keep one, so records go to one place",
+                fields=("legal_entity",),
             )
         found[kind] = candidates[0]
     return Systems(entity=entity, **found)

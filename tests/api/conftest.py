@@ -178,7 +178,9 @@ def world(entities, people):
         made[code]["job"] = bulk_job_create(
             actor=people[person], kind="resolve", handoff_ids=[made[code]["handoff"].pk], reason="x"
         )
-        made[code]["saved_view"] = saved_view_save(actor=people[person], name=f"{code} queue", query=f"entity={code}")
+        made[code]["saved_view"] = saved_view_save(
+            actor=people[person], name=f"{code} queue", query=f"legal_entity={code}"
+        )
         made[code]["reconciliation_run"] = ReconciliationRun.objects.create(
             legal_entity=entities[code],
             status=ReconciliationRun.Status.COMPLETE,

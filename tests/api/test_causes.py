@@ -233,7 +233,7 @@ def test_deleting_a_saved_view_is_audited(api, tokens, world) -> None:
     assert api("DELETE", f"/api/v1/saved-views/{view.pk}/", tokens["outsider"]).status_code == 403
     assert api("DELETE", f"/api/v1/saved-views/{view.pk}/", tokens["operator"]).status_code == 204
     assert not SavedView.objects.filter(pk=view.pk).exists()
-    assert AuditEntry.objects.get(action="saved_view.delete").before == {"name": "us queue", "query": "entity=us"}
+    assert AuditEntry.objects.get(action="saved_view.delete").before == {"name": "us queue", "query": "legal_entity=us"}
 
 
 @pytest.mark.django_db

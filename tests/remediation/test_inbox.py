@@ -194,7 +194,14 @@ def test_a_required_field_the_mapping_could_not_fill_opens_that_rule(firm, admin
     with pytest.raises(MappingError) as failure:  # the message the runner stores, made by the real mapping
         document = {"deal": {"legal_entity": "us", "currency": "USD"}, "account": {"tax_profile": "US-STANDARD"}}
         mapping_run(version, document)
-    Handoff.objects.filter(pk=handoff.pk).update(last_error_class="mapping", last_error_message=failure.value.message)
+    # Stored as the runner stores a failure: the message for people, what it names as data.
+    Handoff.objects.filter(pk=handoff.pk).update(
+        last_error_class="mapping",
+        last_error_message=failure.value.message,
+        failed_mapping_id=failure.value.mapping_version,
+        failed_fields=list(failure.value.fields),
+        failed_value_map=failure.value.value_map,
+    )
     handoff.refresh_from_db()
     [link] = fix_links(handoff, [])
     mapping = Mapping.objects.get(connection__slug="netsuite-us", entity="customer")

@@ -36,7 +36,7 @@ def test_a_failure_opens_one_group_with_money_and_identifiers(firm, operator) ->
     item = HandoffException.objects.get(handoff=first)
     assert item.identifiers["project"] == f"P-{first.business_key}"
     assert inbox_groups(operator, InboxFilter(q=f"p-{second.business_key}".lower()))[0].count == 1
-    assert inbox_groups(operator, InboxFilter(entity="uk")) == []
+    assert inbox_groups(operator, InboxFilter(legal_entity="uk")) == []
 
 
 def test_fixed_at_the_source_then_remapped_the_project_is_written_and_the_group_resolves(firm, operator) -> None:
