@@ -80,9 +80,25 @@ def _collected_static(django_test_environment) -> Iterator[None]:
     from django.contrib.staticfiles import handlers
     from django.core.management import call_command
 
-    call_command("collectstatic", "--noinput", verbosity=0)
+    from tests.helpers import STATIC_COLLECTED
+
+    if os.getenv(STATIC_COLLECTED) != "1":  # a nested run (pytest_on_sqlite) has a copy already
+        call_command("collectstatic", "--noinput", verbosity=0)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(handlers, "StaticFilesHandler", lambda application: application)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quick_flush() -> Iterator[None]:
+    """Transactional tests end with Django's flush; on PostgreSQL it empties only the tables that
+    hold rows, with DELETE rather than a TRUNCATE of every table (tests/flush.py says why)."""
+    from django.core.management.commands import flush as flush_command
+
+    from tests.flush import sql_flush
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flush_command, "sql_flush", sql_flush)
         yield
 
 
