@@ -271,7 +271,10 @@ def _route_behind(event: Event, open_handoff: Handoff) -> Handoff | None:
         event.status = Event.Status.STALE
         event.save(update_fields=["status"])
         return None
-    supersedable = open_handoff.status != Handoff.Status.RUNNING and not _has_written(open_handoff)
+    # Claimed by a worker (reserved in a batch, pscsync.runner.handoffs_claim) counts as running:
+    # it may start at any moment with the input it was claimed with.
+    reserved = open_handoff.lease_expires_at is not None and open_handoff.lease_expires_at > clock.now()
+    supersedable = open_handoff.status != Handoff.Status.RUNNING and not reserved and not _has_written(open_handoff)
     if not supersedable:
         event.status = Event.Status.QUEUED
         event.handoff = None

@@ -72,8 +72,25 @@ def _lease_until(now: dt.datetime) -> dt.datetime:
 
 
 def _renew(handoff: Handoff, worker: str) -> dt.datetime:
-    """Inside a transaction: prove we still hold the lease and extend it, or raise LeaseLost."""
+    """Inside a transaction: prove we still hold the lease and extend it, or raise LeaseLost.
+
+    A handoff claimed in a batch (handoffs_claim) is reserved, not yet running: its first commit
+    moves it to running, with the same proof (the reservation is ours) in the same statement."""
     now = clock.now()
+    if handoff.status != Handoff.Status.RUNNING:
+        moved = handoff_move(
+            handoff,
+            from_states=(handoff.status,),
+            to=Handoff.Status.RUNNING,
+            actor=worker,
+            reason="taken by a worker",
+            attempt=handoff.attempt_count,
+            where=Q(lease_owner=worker),
+            fields={"lease_expires_at": _lease_until(now), "started_at": handoff.started_at or now},
+        )
+        if moved is None:
+            raise LeaseLost(f"handoff {handoff.pk}: reservation no longer held by {worker}")
+        return now
     held = Handoff.objects.filter(pk=handoff.pk, lease_owner=worker, status=Handoff.Status.RUNNING).update(
         lease_expires_at=_lease_until(now)
     )
@@ -162,20 +179,28 @@ def _record_worker_lost(handoff: Handoff, now: dt.datetime) -> None:
 
 
 def _ensure_steps(handoff: Handoff, flow: Flow) -> list[Step]:
+    return _steps_of({handoff.pk: (handoff, flow)})[handoff.pk]
+
+
+def _steps_of(runs: dict[int, tuple[Handoff, Flow]]) -> dict[int, list[Step]]:
+    """The steps of each handoff in its flow's order, the missing ones created: one SELECT and
+    one INSERT for the whole batch, so all or none."""
     # Each step with the number of its last attempt: only the lease holder adds attempts, so the
     # runner counts them from here on instead of asking before each one.
-    existing: dict[str, Step] = {
-        s.name: s for s in Step.objects.filter(handoff=handoff).annotate(last_attempt=Max("attempts__number"))
+    existing: dict[tuple[int, str], Step] = {
+        (s.handoff_id, s.name): s
+        for s in Step.objects.filter(handoff_id__in=list(runs)).annotate(last_attempt=Max("attempts__number"))
     }
     missing = [
         Step(handoff=handoff, name=step_def.name, position=position, idempotency_key="")
+        for handoff, flow in runs.values()
         for position, step_def in enumerate(flow.steps)
-        if step_def.name not in existing
+        if (handoff.pk, step_def.name) not in existing
     ]
-    for step in Step.objects.bulk_create(missing):  # one statement, so all or none
-        step.last_attempt = 0  # type: ignore[attr-defined]  # as steps_for's annotate() gives the others
-        existing[step.name] = step
-    return [existing[step_def.name] for step_def in flow.steps]
+    for step in Step.objects.bulk_create(missing):
+        step.last_attempt = 0  # type: ignore[attr-defined]  # as the annotate() gives the others
+        existing[(step.handoff_id, step.name)] = step
+    return {pk: [existing[(pk, step_def.name)] for step_def in flow.steps] for pk, (_, flow) in runs.items()}
 
 
 @dataclass
@@ -508,6 +533,8 @@ def _succeed(handoff: Handoff, worker: str, *, done: _Done | None = None) -> Non
     with transaction.atomic():
         # The key lock before the row lock, in the same order as intake takes them (no deadlock).
         business_key_lock(handoff.flow, handoff.business_key)
+        if handoff.status != Handoff.Status.RUNNING:
+            _renew(handoff, worker)  # claimed in a batch with nothing left to run: start it first
         now = clock.now()
         ended = {
             "finished_at": now,
@@ -550,6 +577,10 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
     handoff = _lease(handoff_id, worker)
     if handoff is None:
         return "skipped"
+    return _run_traced(handoff, worker)
+
+
+def _run_traced(handoff: Handoff, worker: str, steps: list[Step] | None = None) -> str:
     # On every line after, and on every span (ops.tracing), which the run joins to the handoff's trace.
     log_bind(
         handoff_id=handoff.pk,
@@ -558,18 +589,18 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
         legal_entity=handoff.legal_entity.code if handoff.legal_entity else "",
     )
     with tracing.handoff_span(handoff):
-        outcome = _run_leased(handoff, worker)
+        outcome = _run_leased(handoff, worker, steps=steps)
         tracing.annotate(outcome=outcome)  # succeeded, waiting_retry, needs_attention, lease_lost
         return outcome
 
 
-def _run_leased(handoff: Handoff, worker: str) -> str:
+def _run_leased(handoff: Handoff, worker: str, *, steps: list[Step] | None = None) -> str:
     flow = flow_get(handoff.flow)
     if flow is None:
         failure = StepFailed("mapping", f"no flow named {handoff.flow!r} is installed", retryable=False)
         moved = handoff_move(
             handoff,
-            from_states=(Handoff.Status.RUNNING,),
+            from_states=(handoff.status,),  # running, or reserved by a batch claim
             to=Handoff.Status.NEEDS_ATTENTION,
             actor=worker,
             reason=failure.message,
@@ -589,7 +620,8 @@ def _run_leased(handoff: Handoff, worker: str) -> str:
         return Handoff.Status.NEEDS_ATTENTION
     ctx = StepContext(handoff=handoff)
     try:
-        steps = _ensure_steps(handoff, flow)
+        if steps is None:
+            steps = _ensure_steps(handoff, flow)
         done: _Done | None = None  # the last step's success, stored by the next commit
         for step_def, step in zip(flow.steps, steps, strict=True):
             if step.status == Step.Status.SUCCEEDED:
@@ -611,3 +643,119 @@ def _run_leased(handoff: Handoff, worker: str) -> str:
         log.warning("handoff %s: lease lost by %s; another worker continues it", handoff.pk, worker)
         return "lease_lost"
     return Handoff.Status.SUCCEEDED
+
+
+# --- Batch claims -------------------------------------------------------------------------------
+
+
+def handoffs_claim(*, worker: str, limit: int, first: int | None = None) -> tuple[list[Handoff], bool]:
+    """Reserve up to `limit` runnable handoffs for this worker, the longest due first: one locking
+    SELECT (SKIP LOCKED, so two workers never take the same handoff nor wait for each other) and
+    one UPDATE that sets the lease on them all, in one transaction.
+
+    Runnable: pending or waiting to retry, due, and no live lease. `first` (the handoff whose
+    message woke us) is taken when runnable even without a due time. A reserved handoff keeps its
+    status until its first commit moves it to running (_renew); a worker that dies before that
+    leaves it pending with a lease that expires, and no crash is counted for a run that never
+    began. Returns the handoffs (with their connection and legal entity), and whether `first` is a
+    running handoff whose lease expired: the caller takes that one over through handoff_run,
+    which counts the crash."""
+    now = clock.now()
+    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now)
+    waiting = Q(status__in=(Handoff.Status.PENDING, Handoff.Status.WAITING_RETRY)) & free
+    runnable = waiting & Q(next_attempt_at__lte=now)
+    if first is not None:
+        runnable |= Q(pk=first) & waiting & Q(next_attempt_at__isnull=True)
+        runnable |= Q(pk=first, status=Handoff.Status.RUNNING, lease_expires_at__lte=now)
+    with transaction.atomic():
+        found = list(
+            Handoff.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("source_connection", "legal_entity")
+            .filter(runnable)
+            .order_by("next_attempt_at")[:limit]
+        )
+        takeover = any(h.status == Handoff.Status.RUNNING for h in found)
+        reserved = [h for h in found if h.status != Handoff.Status.RUNNING]
+        if reserved:
+            lease = _lease_until(now)
+            Handoff.objects.filter(pk__in=[h.pk for h in reserved]).update(lease_owner=worker, lease_expires_at=lease)
+            for h in reserved:
+                h.lease_owner, h.lease_expires_at = worker, lease
+    return reserved, takeover
+
+
+def _release(handoffs: list[Handoff], worker: str) -> None:
+    """Give back reservations this worker will not run (its time is up, or it failed): their
+    lease is cleared and they are published again, so they do not wait for the lease to expire."""
+    if not handoffs:
+        return
+    from pscsync.dispatch import handoffs_publish
+
+    ids = [h.pk for h in handoffs]
+    Handoff.objects.filter(
+        pk__in=ids, lease_owner=worker, status__in=(Handoff.Status.PENDING, Handoff.Status.WAITING_RETRY)
+    ).update(lease_owner="", lease_expires_at=None)
+    handoffs_publish(ids)
+
+
+def handoffs_claim_run(
+    *, worker: str, limit: int = 0, first: int | None = None, budget_seconds: float | None = None
+) -> int:
+    """A worker's turn: claim up to `limit` runnable handoffs at a time and run them one after the
+    other, until none is runnable or the time budget is spent. Returns how many it ran.
+
+    Each handoff runs exactly as handoff_run runs it (every attempt committed before its call,
+    its result before the next call, the lease proved at every commit); only the claim, the
+    reading of the steps and their creation are shared by the batch. A message whose handoff
+    another worker's batch already ran finds nothing to claim and returns at once."""
+    limit = limit or settings.RUN_BATCH
+    # Well inside the task's soft time limit: a handoff is started only while time is left.
+    budget = budget_seconds if budget_seconds is not None else min(30.0, settings.CELERY_TASK_SOFT_TIME_LIMIT / 2)
+    started = time.monotonic()
+    ran = 0
+    while time.monotonic() - started < budget:
+        handoffs, takeover = handoffs_claim(worker=worker, limit=limit, first=first)
+        if takeover and first is not None:
+            handoff_run(handoff_id=first, worker=worker)
+            ran += 1
+        first = None
+        if not handoffs:
+            if not takeover:
+                break
+            continue
+        ran += _run_batch(handoffs, worker, started=started, budget=budget)
+    return ran
+
+
+def _run_batch(handoffs: list[Handoff], worker: str, *, started: float, budget: float) -> int:
+    runs = {h.pk: (h, flow) for h in handoffs if (flow := flow_get(h.flow)) is not None}
+    steps = _steps_of(runs) if runs else {}
+    done = 0
+    try:
+        for handoff in handoffs:
+            if time.monotonic() - started >= budget:
+                break
+            try:
+                _run_traced(handoff, worker, steps.get(handoff.pk))
+            except Exception:
+                done += 1  # not given back: it failed on our side
+                _start_failed(handoff, worker)
+                raise
+            done += 1
+    finally:
+        _release(handoffs[done:], worker)  # none, unless time ran out or a run raised
+    return done
+
+
+def _start_failed(handoff: Handoff, worker: str) -> None:
+    """A run that raised before its first commit (a defect in a step's key, the database) is
+    moved to running and left there, as handoff_run leaves it: its lease expires, the sweeper
+    publishes it, and the takeover counts a crash, so a handoff that always fails stops after
+    MAX_WORKER_CRASHES instead of being claimed again for ever."""
+    if handoff.status == Handoff.Status.RUNNING:
+        return
+    try:
+        with transaction.atomic():
+            _renew(handoff, worker)
+    except Exception:  # the database is away or the reservation lost: its lease expires as is
+        log.warning("handoff %s: could not mark its failed start", handoff.pk, exc_info=True)
