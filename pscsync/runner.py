@@ -25,6 +25,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import connection as db
 from django.db import transaction
 from django.db.models import Max, Q
 
@@ -239,24 +240,115 @@ def _begin_attempt(
         planned = _jsonable(step_def.planned_request(ctx))
     except Exception as exc:  # the same error surfaces, classified, when the step runs
         planned = {"could_not_build_request": str(exc)}
+    last = getattr(step, "last_attempt", None)
     with transaction.atomic():
-        now = _renew(handoff, worker)
-        if done is not None:
-            _record_outcome(
-                handoff, done.step, done.attempt, now, outcome=done.outcome, started=done.started, result=done.result
-            )
-        if key is not None:
-            step.idempotency_key = key
-            step.target_connection = target
-        step.status = Step.Status.IN_FLIGHT
-        step.save(update_fields=["status", "idempotency_key", "target_connection"])
-        last = getattr(step, "last_attempt", None)
-        if last is None:
-            last = step.attempts.aggregate(n=Max("number"))["n"]
-        number = (last or 0) + 1
-        attempt = Attempt.objects.create(step=step, number=number, started_at=now, worker=worker, request=planned)
-    step.last_attempt = number  # type: ignore[attr-defined]  # see _steps
+        if (
+            db.vendor == "postgresql"
+            and last is not None
+            and handoff.status == Handoff.Status.RUNNING
+            and (done is None or _plain_success(done))
+        ):
+            # The common case, one statement (a data-modifying WITH): lease, last result, this
+            # step and its attempt.
+            now = clock.now()
+            if done is not None:
+                _outcome_apply(
+                    done.step, done.attempt, now, outcome=done.outcome, started=done.started, result=done.result
+                )
+            _step_begin_apply(step, key, target)
+            attempt = Attempt(step=step, number=last + 1, started_at=now, worker=worker, request=planned)
+            _step_write(handoff, worker, now, done=done, step=step, attempt=attempt)
+            if done is not None:
+                _record_links(handoff, done.step, now)
+        else:
+            now = _renew(handoff, worker)
+            if done is not None:
+                _record_outcome(
+                    handoff,
+                    done.step,
+                    done.attempt,
+                    now,
+                    outcome=done.outcome,
+                    started=done.started,
+                    result=done.result,
+                )
+            _step_begin_apply(step, key, target)
+            step.save(update_fields=["status", "idempotency_key", "target_connection"])
+            if last is None:
+                last = step.attempts.aggregate(n=Max("number"))["n"] or 0
+            attempt = Attempt.objects.create(step=step, number=last + 1, started_at=now, worker=worker, request=planned)
+    step.last_attempt = attempt.number  # type: ignore[attr-defined]  # see _steps
     return attempt
+
+
+def _step_begin_apply(step: Step, key: str | None, target: Any) -> None:
+    if key is not None:
+        step.idempotency_key = key
+        step.target_connection = target
+    step.status = Step.Status.IN_FLIGHT
+
+
+def _plain_success(done: _Done) -> bool:
+    """A success that writes only its attempt, its step and cross references (no business facts
+    for the handoff): what _step_write stores in its one statement."""
+    return done.outcome in (Attempt.Outcome.SUCCEEDED, Attempt.Outcome.ADOPTED) and not (
+        done.result is not None and done.result.output.get("handoff_facts")
+    )
+
+
+_STEP_DONE_FIELDS = ("status", "external_id", "output", "mapping_version", "finished_at")
+_STEP_BEGUN_FIELDS = ("status", "idempotency_key", "target_connection")
+
+
+def _step_write(
+    handoff: Handoff, worker: str, now: dt.datetime, *, done: _Done | None, step: Step, attempt: Attempt
+) -> None:
+    """Inside a transaction, in one statement: prove and extend the lease, store the last step's
+    result (its attempt and its step), mark this step in flight and insert its attempt. Each part
+    writes only if the lease is ours (the first CTE's row); else nothing is written and LeaseLost
+    is raised. Values are prepared by the models' own fields, as a save would prepare them."""
+    parts = [
+        "lease AS (UPDATE pscsync_handoff SET lease_expires_at = %s WHERE id = %s AND lease_owner = %s "
+        "AND status = %s RETURNING id)"
+    ]
+    params: list[Any] = [_lease_until(now), handoff.pk, worker, Handoff.Status.RUNNING]
+    held = "EXISTS (SELECT FROM lease)"
+    updates: list[tuple[Any, tuple[str, ...]]] = [(step, _STEP_BEGUN_FIELDS)]
+    if done is not None:
+        updates += [(done.attempt, _ATTEMPT_OUTCOME_FIELDS), (done.step, _STEP_DONE_FIELDS)]
+    for n, (obj, names) in enumerate(updates):
+        columns, values = _prepared(obj, names)
+        sets = ", ".join(f"{column} = {placeholder}" for column, placeholder in columns)
+        table = obj._meta.db_table
+        part = f"u{n} AS (UPDATE {table} SET {sets} WHERE id = %s AND {held})"  # noqa: S608  # nosec B608  # model names
+        parts.append(part)
+        params += [*values, obj.pk]
+    names = tuple(f.name for f in Attempt._meta.concrete_fields if not f.primary_key)
+    columns, values = _prepared(attempt, names)
+    insert = ", ".join(c for c, _ in columns)
+    sql = (
+        "WITH " + ", ".join(parts) + f" INSERT INTO {Attempt._meta.db_table} ({insert}) "  # nosec B608  # model names
+        f"SELECT {', '.join(p for _, p in columns)} WHERE {held} RETURNING id"  # nosec B608  # values as parameters
+    )
+    with db.cursor() as cursor:
+        cursor.execute(sql, [*params, *values])
+        row = cursor.fetchone()
+    if row is None:
+        raise LeaseLost(f"handoff {handoff.pk}: lease no longer held by {worker}")
+    attempt.pk = row[0]
+    attempt._state.adding = False
+    attempt._state.db = "default"
+
+
+def _prepared(obj: Any, names: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[Any]]:
+    """(quoted column, "%s::type") and the database value of each named field of obj, prepared
+    by the field (JSON, dates, foreign keys) and cast, so a value stands alone in a SELECT."""
+    columns, values = [], []
+    for name in names:
+        field = obj._meta.get_field(name)
+        columns.append((db.ops.quote_name(field.column), f"%s::{field.cast_db_type(db)}"))
+        values.append(field.get_db_prep_save(field.pre_save(obj, obj.pk is None), connection=db))
+    return columns, values
 
 
 def _finish_attempt(
@@ -293,6 +385,33 @@ def _record_outcome(
     error: ConnectorError | None = None,
 ) -> None:
     """Inside a transaction that has just renewed the lease: store how an attempt ended."""
+    succeeded = _outcome_apply(step, attempt, now, outcome=outcome, started=started, result=result, error=error)
+    attempt.save(update_fields=_ATTEMPT_OUTCOME_FIELDS)
+    if succeeded:
+        step.save(update_fields=["status", "external_id", "output", "mapping_version", "finished_at"])
+        if result is not None and result.output.get("handoff_facts"):
+            _record_facts(handoff, result.output["handoff_facts"])
+        _record_links(handoff, step, now)
+    elif outcome != Attempt.Outcome.UNKNOWN:
+        step.save(update_fields=["status"])
+
+
+def _record_links(handoff: Handoff, step: Step, now: dt.datetime) -> None:
+    if step.target_connection_id and (step.external_id or step.output.get("ids")):
+        _cross_reference(handoff, step, now)
+
+
+def _outcome_apply(
+    step: Step,
+    attempt: Attempt,
+    now: dt.datetime,
+    *,
+    outcome: str,
+    started: float,
+    result: WriteResult | None = None,
+    error: ConnectorError | None = None,
+) -> bool:
+    """Set how an attempt ended on it and its step (not saved). True when the step succeeded."""
     attempt.outcome = outcome
     attempt.duration_ms = int((time.monotonic() - started) * 1000)
     if result is not None and result.request:
@@ -308,22 +427,17 @@ def _record_outcome(
         attempt.response = _jsonable(error.response) if error.response is not None else {}
         if isinstance(error, TransientError) and error.retry_after is not None:
             attempt.retry_after_seconds = int(error.retry_after)
-    attempt.save(update_fields=_ATTEMPT_OUTCOME_FIELDS)
     if outcome in (Attempt.Outcome.SUCCEEDED, Attempt.Outcome.ADOPTED):
         step.status = Step.Status.SUCCEEDED
         step.external_id = result.external_id if result else ""
         step.output = result.output if result else {}
         step.mapping_version_id = result.mapping_version_id if result else None
         step.finished_at = now
-        step.save(update_fields=["status", "external_id", "output", "mapping_version", "finished_at"])
-        if result is not None and result.output.get("handoff_facts"):
-            _record_facts(handoff, result.output["handoff_facts"])
-        if step.target_connection_id and (step.external_id or step.output.get("ids")):
-            _cross_reference(handoff, step, now)
-    elif outcome != Attempt.Outcome.UNKNOWN:
+        return True
+    if outcome != Attempt.Outcome.UNKNOWN:
         # An unknown outcome leaves the step in flight, so the next run looks before writing.
         step.status = Step.Status.FAILED
-        step.save(update_fields=["status"])
+    return False
 
 
 def _instant(value: Any) -> dt.datetime | None:
