@@ -456,17 +456,15 @@ def events_route(event_ids: list[int]) -> list[int]:
     routed = False
     if db.vendor == "postgresql" and len(event_ids) > 1:
         try:
-            for handoff in events_route_batch(event_ids):
-                opened[handoff.pk] = None
+            opened = dict.fromkeys(h.pk for h in events_route_batch(event_ids))
             routed = True
         except Exception:
             log.warning("routing %d events together failed; routing them one by one", len(event_ids), exc_info=True)
-            opened.clear()
     if not routed:
         for event_id in event_ids:
-            handoff = event_route(event_id)
-            if handoff is not None:
-                opened[handoff.pk] = None
+            one = event_route(event_id)
+            if one is not None:
+                opened[one.pk] = None
     handoffs_publish(list(opened))
     return list(opened)
 
