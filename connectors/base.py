@@ -164,6 +164,9 @@ class Connector:
     rewrites vendor errors into words a finance person understands."""
 
     vendor: ClassVar[str]
+    # The vendor's documented API hosts (fnmatch patterns, token endpoints included): the only
+    # public hosts a connection of this vendor may call (connectors/egress.py). None: sandbox only.
+    api_hosts: ClassVar[tuple[str, ...]] = ()
     reads_exchange_rates: ClassVar[bool] = False  # implements exchange_rates()
     # The contract (connectors/canonical.py): per canonical record or write-back purpose, the
     # vendor's entity for it, what this connector can do with it, and the key it is written under.
@@ -239,8 +242,7 @@ class Connector:
         except ConnectorError as exc:
             status = str(exc.http_status) if exc.http_status else "no_answer"
             retry_after = exc.retry_after
-            if exc.http_status in (429, 503) and retry_after:
-                limiter.pause(connection.pk, retry_after)
+            self.honour_retry_after(exc)
             raise
         finally:
             slot.release()
@@ -248,6 +250,14 @@ class Connector:
             vendor_call_observed(
                 connection=slug, status=status, seconds=time.monotonic() - started, retry_after=retry_after
             )
+
+    def honour_retry_after(self, error: ConnectorError) -> None:
+        """A vendor's "come back in N seconds" (429 or 503 with Retry-After) pauses the connection
+        for every worker until then: the vendor throttles the app, not the one call. `call` does
+        this for every answer; a connector calls it for a failure it finds inside an answer (a
+        $batch part)."""
+        if error.http_status in (429, 503) and error.retry_after:
+            limiter.pause(self.connection.pk, error.retry_after)
 
     def send(
         self,
@@ -258,14 +268,17 @@ class Connector:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         accept_statuses: tuple[int, ...] = (),
+        content: bytes | None = None,
     ) -> http.HttpResult:
-        """One authenticated call. A 401 refreshes the token and tries once more."""
+        """One authenticated call. A 401 refreshes the token and tries once more. `content`: a
+        body sent as it is, with its Content-Type in `headers` (an OData $batch)."""
         for attempt in (1, 2):
             try:
                 return self.call(
                     method,
                     self.url(path),
                     json=json,
+                    content=content,
                     params=params,
                     headers={**self.auth_headers(), **(headers or {})},
                     accept_statuses=accept_statuses,

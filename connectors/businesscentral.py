@@ -24,31 +24,26 @@ import hmac
 import json
 import re
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 from connectors import canonical as c
 from connectors import holdings as h
-from connectors import http
 from connectors.base import (
-    Connector,
     ExchangeRate,
     InboundChange,
     InvoiceStatus,
     LedgerInvoice,
     PaymentApplied,
-    Token,
     WriteResult,
 )
 from connectors.errors import ConnectorError, RejectedError, WebhookRejected
-from connectors.schema import RecordShape, csdl_shape
+from connectors.odata import ODataConnector, literal, odata_literal
+from connectors.schema import RecordShape
 
 SCOPE = "https://api.businesscentral.dynamics.com/.default"
 PUBLIC_API_HOST = "api.businesscentral.dynamics.com"
-PUBLIC_LOGIN_URL = "https://login.microsoftonline.com"
 
 # Entity set -> the business key field we match on, and the words a finance person uses for it.
 ENTITIES: dict[str, tuple[str, str]] = {
@@ -85,7 +80,6 @@ INVOICE_STATES = {
     "Corrective": InvoiceStatus.CREDITED,
 }
 NO_INVOICE = "00000000-0000-0000-0000-000000000000"  # appliesToInvoiceId of an unapplied payment
-CORRELATION = re.compile(r"\s*CorrelationId:.*$", re.DOTALL)
 
 _key_locks: dict[tuple[Any, ...], threading.Lock] = {}
 _key_locks_guard = threading.Lock()
@@ -96,11 +90,6 @@ def _key_lock(*key: Any) -> threading.Lock:
         return _key_locks.setdefault(key, threading.Lock())
 
 
-def odata_literal(value: str) -> str:
-    """A string literal for $filter: single quotes doubled, as OData requires."""
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _instant(value: str) -> dt.datetime:
     try:
         return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -108,20 +97,12 @@ def _instant(value: str) -> dt.datetime:
         raise WebhookRejected(400, f"lastModifiedDateTime {value!r} is not an ISO 8601 date-time") from None
 
 
-def _amount(value: Any) -> Decimal:
-    try:
-        return Decimal(str(value if value not in (None, "") else 0)).quantize(Decimal("0.01"))
-    except InvalidOperation:
-        return Decimal("0.00")
+_amount = h.money  # an amount to the cent; blank or unreadable: 0.00
 
 
 def _date(value: Any) -> dt.date | None:
-    text = str(value or "")[:10]
-    try:
-        day = dt.date.fromisoformat(text)
-    except ValueError:
-        return None
-    return None if day.year <= 1 else day  # BC writes 0001-01-01 for "no date"
+    day = h.day(value)
+    return None if day is None or day.year <= 1 else day  # BC writes 0001-01-01 for "no date"
 
 
 def payment_application(row: dict[str, Any]) -> PaymentApplied | None:
@@ -177,9 +158,12 @@ def ledger_invoice(
     )
 
 
-class BusinessCentralConnector(Connector):
+class BusinessCentralConnector(ODataConnector):
     default_api_version = "v2.0"
     vendor = "businesscentral"
+    product = "Business Central"
+    api_hosts = (PUBLIC_API_HOST, "login.microsoftonline.com")
+    conflict_codes = frozenset({"Request_EntityChanged"})
     page_size = 1000  # Prefer: odata.maxpagesize; BC allows up to 20,000
     capabilities: ClassVar[dict[str, c.Capability]] = {
         c.CUSTOMER: c.Capability(c.CUSTOMER, "customers", c.can(c.READ_ONE, c.UPSERT, c.FIND, c.RECONCILE)),
@@ -196,15 +180,7 @@ class BusinessCentralConnector(Connector):
     # The contract mapping checks the service line against its table; nothing is stored (shape()).
     shaped_targets: ClassVar[dict[str, frozenset[str]]] = {c.CONTRACT: frozenset({"service_line_check"})}
 
-    def __init__(self, connection: Any) -> None:
-        super().__init__(connection)
-        self._context = threading.local()
-
     # Addresses -----------------------------------------------------------------------------------
-    @property
-    def credentials(self) -> dict[str, Any]:
-        return self.connection.credentials()
-
     def api_root(self) -> str:
         creds = self.credentials
         environment = creds.get("environment") or "production"
@@ -220,83 +196,33 @@ class BusinessCentralConnector(Connector):
             raise RejectedError(f"Business Central has no entity {entity!r} here (known: {', '.join(ENTITIES)})")
         return name, *ENTITIES[name]
 
-    def _login_url(self) -> str:
-        """Entra ID lives on its own host for the real service; a sandbox serves both from base_url."""
-        configured = self.credentials.get("login_url")
-        if configured:
-            return str(configured).rstrip("/")
-        if urlsplit(self.connection.base_url).hostname == PUBLIC_API_HOST:
-            return PUBLIC_LOGIN_URL
-        return self.connection.base_url.rstrip("/")
+    def public_api_host(self, host: str) -> bool:
+        return host == PUBLIC_API_HOST
 
     # Auth -----------------------------------------------------------------------------------------
-    def fetch_token(self) -> Token:
-        creds = self.credentials
-        url = f"{self._login_url()}/{creds['tenant']}/oauth2/v2.0/token"
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": creds["client_id"],
-            "client_secret": creds["client_secret"],
-            "scope": SCOPE,
-        }
-        try:
-            result = self._post_form(url, form)
-        except RejectedError as exc:
-            body = exc.response if isinstance(exc.response, dict) else {}
-            description = str(body.get("error_description") or exc.message).split(" Trace ID:")[0]
-            exc.message = f"Microsoft Entra ID refused the Business Central credentials: {description}"
-            exc.args = (exc.message,)
-            raise
-        body = result.body if isinstance(result.body, dict) else {}
-        if "access_token" not in body:
-            raise RejectedError("Microsoft Entra ID answered without an access token", response=result.body)
-        return Token(value=body["access_token"], expires_at=time.time() + float(body.get("expires_in", 3599)))
-
-    def _post_form(self, url: str, form: dict[str, str]) -> http.HttpResult:
-        """A form-encoded POST (Entra accepts nothing else), through the egress check."""
-        return self.call("POST", url, data=form)
+    def token_scope(self) -> str:
+        return SCOPE
 
     def ping(self) -> None:
         self.send("GET", self.company_path())
 
     # Errors ---------------------------------------------------------------------------------------
-    def describe_error(self, error: ConnectorError) -> None:
-        body = error.response if isinstance(error.response, dict) else {}
-        error_body = body.get("error")
-        detail = error_body if isinstance(error_body, dict) else {}
-        code = str(detail.get("code") or "")
-        message = CORRELATION.sub("", str(detail.get("message") or "")).strip()
-        noun = getattr(self._context, "noun", "request")
+    def describe_refusal(self, error: ConnectorError, code: str, message: str, noun: str) -> str | None:
         status = error.http_status
-        if status == 429:
-            wait = getattr(error, "retry_after", None)
-            error.message = "Business Central is throttling our requests (429 Too Many Requests)" + (
-                f"; retrying after {wait:g} s" if wait else "; retrying with back-off"
-            )
-        elif status == 401:
-            error.message = (
+        if status == 401:
+            return (
                 "Business Central refused our access token (401). Check the app registration's client id and "
                 "secret, and that the app is added on BC's 'Microsoft Entra Applications' page."
             )
-        elif status == 403:
+        if status == 403:
             reason = f": {message}" if message else ""
-            error.message = (
+            return (
                 f"Business Central does not allow this app to change the {noun} (403{reason}). "
                 "Grant the app a permission set in Business Central."
             )
-        elif code == "Internal_CompanyNotFound":
-            error.message = (
-                f"The Business Central company {self.credentials.get('company_id')} does not exist: {message}"
-            )
-        elif status in (409, 412) or code == "Request_EntityChanged":
-            error.message = f"Someone changed the {noun} in Business Central while we were updating it: {message}"
-        elif status is not None and status >= 500:
-            error.message = (
-                f"Business Central failed while handling the {noun} ({status}{': ' + message if message else ''})"
-            )
-        elif message:
-            error.message = f"Business Central rejected the {noun}: {message}"
-        error.args = (error.message,)
+        if code == "Internal_CompanyNotFound":
+            return f"The Business Central company {self.credentials.get('company_id')} does not exist: {message}"
+        return None
 
     # Reading --------------------------------------------------------------------------------------
     def read(
@@ -313,16 +239,10 @@ class BusinessCentralConnector(Connector):
             stamp = since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
             clauses.append(f"lastModifiedDateTime gt {stamp}")
         for field, value in (where or {}).items():
-            clauses.append(f"{field} eq {self._literal(value)}")
+            clauses.append(f"{field} eq {literal(value)}")
         params = {"$filter": " and ".join(clauses)} if clauses else None
-        url: str | None = f"{self.company_path()}/{name}"
-        headers = {"Prefer": f"odata.maxpagesize={self.page_size}"}
         self._context.noun = noun
-        while url:
-            result = self.send("GET", url, params=params, headers=headers)
-            yield from result.body.get("value", [])
-            url = result.body.get("@odata.nextLink")
-            params = None  # the next link carries the query
+        yield from self.pages(f"{self.company_path()}/{name}", params)
 
     # Exchange rates ------------------------------------------------------------------------------
     reads_exchange_rates = True
@@ -372,24 +292,8 @@ class BusinessCentralConnector(Connector):
         raise RejectedError("Business Central did not say the company's local currency (companyInformation)")
 
     def _collection(self, name: str, params: dict[str, str] | None) -> Iterator[dict[str, Any]]:
-        """Every row of one of the company's collections, following @odata.nextLink."""
-        url: str | None = f"{self.company_path()}/{name}"
-        headers = {"Prefer": f"odata.maxpagesize={self.page_size}"}
-        while url:
-            body = self.send("GET", url, params=params, headers=headers).body
-            yield from body.get("value", [])
-            url = body.get("@odata.nextLink")
-            params = None  # the next link carries the query
-
-    @staticmethod
-    def _literal(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float):
-            return str(value)
-        if isinstance(value, dt.datetime):
-            return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-        return odata_literal(str(value))
+        """Every row of one of the company's collections."""
+        yield from self.pages(f"{self.company_path()}/{name}", params)
 
     def lookup(self, *, entity: str, key: str) -> WriteResult | None:
         name, key_field, noun = self._entity(entity)
@@ -622,11 +526,9 @@ class BusinessCentralConnector(Connector):
 
     # Schema governance --------------------------------------------------------------------------
     def describe_record(self, entity: str) -> RecordShape:
-        """The entity set's type in the API's OData `$metadata` (CSDL XML): property types, enum
-        members and nullability. One document describes every entity set."""
+        """The entity set's type in the API's OData `$metadata`."""
         name, _, _ = self._entity(entity)
-        result = self.send("GET", f"{self.api_root()}/$metadata", headers={"Accept": "application/xml"})
-        return csdl_shape(result.text or str(result.body or ""), name)
+        return self.metadata_shape(f"{self.api_root()}/$metadata", name)
 
     def shape(self, purpose: str, fields: dict[str, Any]) -> dict[str, Any]:
         if purpose == c.CONTRACT:
@@ -674,20 +576,16 @@ class BusinessCentralConnector(Connector):
                     key=key, id=str(row["id"]), amount=None, currency="", version=None, subsidiary="", modified_on=None
                 )
         lines: dict[str, list[h.ErpLine]] = {}
-        url: str | None = f"{self.company_path()}/salesInvoiceLines"
-        while url:
-            body = self.send("GET", url, headers={"Prefer": f"odata.maxpagesize={self.page_size}"}).body
-            for line in body.get("value", []):
-                description = str(line.get("description") or "")
-                match = h.LINE_REF.match(description)
-                lines.setdefault(str(line.get("documentId")), []).append(
-                    h.ErpLine(
-                        ref=match.group("ref") if match else "",
-                        amount=h.money(line.get("amountExcludingTax", line.get("netAmount"))),
-                        description=description,
-                    )
+        for line in self._collection("salesInvoiceLines", None):
+            description = str(line.get("description") or "")
+            match = h.LINE_REF.match(description)
+            lines.setdefault(str(line.get("documentId")), []).append(
+                h.ErpLine(
+                    ref=match.group("ref") if match else "",
+                    amount=h.money(line.get("amountExcludingTax", line.get("netAmount"))),
+                    description=description,
                 )
-            url = body.get("@odata.nextLink")
+            )
         invoices = []
         rows = list(self.read("salesInvoices"))
         ledgers = self.ledger_build(rows)

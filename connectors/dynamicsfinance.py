@@ -34,32 +34,35 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import threading
-import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, ClassVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from connectors import canonical as c
 from connectors import holdings as h
-from connectors import http
 from connectors.base import (
-    Connector,
     ExchangeRate,
     InboundChange,
     InvoiceStatus,
     LedgerInvoice,
     PaymentApplied,
-    Token,
     WriteResult,
 )
-from connectors.errors import ConnectorError, RejectedError, TransientError, UnknownOutcomeError
+from connectors.errors import ConnectorError, RejectedError
+from connectors.odata import (
+    BatchAnswer,
+    BatchRequest,
+    ODataConnector,
+    batch_decode,
+    batch_encode,
+    literal,
+    odata_literal,
+)
+from connectors.schema import RecordShape
 
 PUBLIC_HOST_SUFFIX = ".operations.dynamics.com"
-PUBLIC_LOGIN_URL = "https://login.microsoftonline.com"
 NEVER = "2154-12-31"  # D365's "no end date"
 
 
@@ -100,28 +103,16 @@ READ_ONLY = {"@odata.etag", "@odata.context", "dataAreaId", "InvoiceIdentifier",
 LINES = "FreeTextInvoiceLines"  # the pseudo-field an invoice's lines ride in until written
 # ExchangeRates.ConversionFactor: how many units of the from-currency Rate is quoted for.
 FACTORS = {"One": 1, "Ten": 10, "Hundred": 100, "Thousand": 1000, "TenThousand": 10000}
-INNER_NOISE = re.compile(r"\s*(Stack trace|StackTrace):.*$", re.DOTALL)
+# batch_encode and batch_decode are OData's (connectors/odata.py); named here for D365's readers.
+__all__ = ["BatchAnswer", "BatchRequest", "DynamicsFinanceConnector", "batch_decode", "batch_encode"]
 
 
-def odata_literal(value: str) -> str:
-    """A string literal for $filter and keys: single quotes doubled, as OData requires."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _amount(value: Any) -> Decimal:
-    try:
-        return Decimal(str(value if value not in (None, "") else 0)).quantize(Decimal("0.01"))
-    except InvalidOperation:
-        return Decimal("0.00")
+_amount = h.money  # an amount to the cent; blank or unreadable: 0.00
 
 
 def _date(value: Any) -> dt.date | None:
-    text = str(value or "")[:10]
-    try:
-        day = dt.date.fromisoformat(text)
-    except ValueError:
-        return None
-    return None if day.year <= 1900 else day  # D365 writes 1900-01-01 for "no date"
+    day = h.day(value)
+    return None if day is None or day.year <= 1900 else day  # D365 writes 1900-01-01 for "no date"
 
 
 def _yes(value: Any) -> bool:
@@ -206,115 +197,14 @@ def ledger_invoice(
     )
 
 
-# $batch (OData v4 multipart/mixed) ---------------------------------------------------------------
-@dataclass(frozen=True)
-class BatchRequest:
-    method: str
-    url: str
-    body: dict[str, Any] | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class BatchAnswer:
-    status: int
-    body: Any
-    headers: dict[str, str]
-
-
-def batch_encode(changesets: Sequence[Sequence[BatchRequest]], boundary: str) -> bytes:
-    """A $batch body: each inner sequence is one change set (applied all or nothing)."""
-    out: list[str] = []
-    for number, changeset in enumerate(changesets, start=1):
-        inner = f"changeset_{boundary}_{number}"
-        out += [f"--batch_{boundary}", f"Content-Type: multipart/mixed; boundary={inner}", ""]
-        for content_id, request in enumerate(changeset, start=1):
-            body = json.dumps(request.body) if request.body is not None else ""
-            out += [
-                f"--{inner}",
-                "Content-Type: application/http",
-                "Content-Transfer-Encoding: binary",
-                f"Content-ID: {content_id}",
-                "",
-                f"{request.method} {request.url} HTTP/1.1",
-                "Content-Type: application/json; type=entry",
-                "Accept: application/json",
-                *(f"{k}: {v}" for k, v in request.headers),
-                "",
-                body,
-            ]
-        out.append(f"--{inner}--")
-    out.append(f"--batch_{boundary}--")
-    return ("\r\n".join(out) + "\r\n").encode()
-
-
-def _boundary(content_type: str) -> str:
-    match = re.search(r'boundary="?([^";]+)"?', content_type or "")
-    if not match:
-        raise RejectedError(f"the $batch answer is not multipart (Content-Type {content_type!r})")
-    return match.group(1)
-
-
-def _split(text: str, boundary: str) -> list[tuple[dict[str, str], str]]:
-    """The parts between --boundary lines: (their MIME headers, lower-cased; their body)."""
-    parts = []
-    for chunk in re.split(rf"--{re.escape(boundary)}(?:--)?", text)[1:]:
-        chunk = chunk.lstrip("\r\n")
-        if not chunk.strip():
-            continue
-        head, _, body = _head_body(chunk)
-        headers = {}
-        for line in head.splitlines():
-            name, _, value = line.partition(":")
-            if name.strip():
-                headers[name.strip().lower()] = value.strip()
-        parts.append((headers, body))
-    return parts
-
-
-def _head_body(chunk: str) -> tuple[str, str, str]:
-    """Headers, the blank line, the rest (all headers when there is no blank line)."""
-    match = re.search(r"\r?\n\r?\n", chunk)
-    if match is None:
-        return chunk, "", ""
-    return chunk[: match.start()], match.group(0), chunk[match.end() :]
-
-
-def _http_answer(text: str) -> BatchAnswer:
-    """One application/http part: a status line, headers, a JSON body."""
-    head, _, body = _head_body(text.lstrip("\r\n"))
-    lines = head.splitlines()
-    status_line = lines[0] if lines else ""
-    match = re.match(r"HTTP/\d\.\d (\d{3})", status_line)
-    if not match:
-        raise RejectedError(f"the $batch answer has a part without a status line: {status_line[:80]!r}")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    body = body.strip()
-    try:
-        parsed: Any = json.loads(body) if body else None
-    except ValueError:
-        parsed = body[:2000]
-    return BatchAnswer(int(match.group(1)), parsed, headers)
-
-
-def batch_decode(text: str, content_type: str) -> list[list[BatchAnswer]]:
-    """The answers of a $batch, one list per change set. A change set that failed has one answer:
-    the error that undid it (OData v4.0)."""
-    out = []
-    for headers, body in _split(text, _boundary(content_type)):
-        kind = headers.get("content-type", "")
-        if kind.startswith("multipart/mixed"):
-            out.append([_http_answer(b) for _, b in _split(body, _boundary(kind))])
-        else:
-            out.append([_http_answer(body)])
-    return out
-
-
-class DynamicsFinanceConnector(Connector):
+class DynamicsFinanceConnector(ODataConnector):
     vendor = "dynamicsfinance"
+    product = "Dynamics 365 Finance"
+    api_hosts = ("*" + PUBLIC_HOST_SUFFIX, "login.microsoftonline.com")
+    # The data entities' path carries no API version (entity versions are in the set names, such
+    # as CustomersV3): what a connection pins is the OData protocol version, sent as
+    # OData-MaxVersion so the service never answers in a newer one.
+    default_api_version = "4.0"
     page_size = 1000  # Prefer: odata.maxpagesize; the service pages at 10,000 at most
     capabilities: ClassVar[dict[str, c.Capability]] = {
         c.CUSTOMER: c.Capability(c.CUSTOMER, "CustomersV3", c.can(c.READ_ONE, c.UPSERT, c.FIND, c.RECONCILE)),
@@ -335,22 +225,19 @@ class DynamicsFinanceConnector(Connector):
     limits: ClassVar[c.Limits] = c.Limits(page_size=1000, bulk_size=100, max_concurrency=52)
     reconcile_value_maps: ClassVar[dict[str, tuple[str, str]]] = {"tax_codes": ("customer", "sales_tax_group")}
     reads_exchange_rates = True
-
-    def __init__(self, connection: Any) -> None:
-        super().__init__(connection)
-        self._context = threading.local()
+    # The contract mapping checks the service line against its table; nothing is stored (shape()).
+    shaped_targets: ClassVar[dict[str, frozenset[str]]] = {c.CONTRACT: frozenset({"service_line_check"})}
 
     # Addresses -----------------------------------------------------------------------------------
-    @property
-    def credentials(self) -> dict[str, Any]:
-        return self.connection.credentials()
-
     @property
     def company(self) -> str:
         return str(self.credentials["data_area_id"]).lower()
 
     def data_url(self, path: str = "") -> str:
         return self.url(f"/data/{path}")
+
+    def batch_url(self) -> str:
+        return self.data_url("$batch")
 
     def _entity(self, entity: str) -> EntitySet:
         name = ALIASES.get(entity, entity)
@@ -366,90 +253,50 @@ class DynamicsFinanceConnector(Connector):
         field = "InvoiceIdentifier" if entity.name == "FreeTextInvoiceHeaders" else entity.key_field
         return f"{entity.name}(dataAreaId={odata_literal(self.company)},{field}={value})"
 
-    def _login_url(self) -> str:
-        """Entra ID lives on its own host for the real service; a sandbox serves both from base_url."""
-        configured = self.credentials.get("login_url")
-        if configured:
-            return str(configured).rstrip("/")
-        if (urlsplit(self.connection.base_url).hostname or "").endswith(PUBLIC_HOST_SUFFIX):
-            return PUBLIC_LOGIN_URL
-        return self.connection.base_url.rstrip("/")
+    def public_api_host(self, host: str) -> bool:
+        return host.endswith(PUBLIC_HOST_SUFFIX)
 
     # Auth -----------------------------------------------------------------------------------------
-    def fetch_token(self) -> Token:
-        creds = self.credentials
-        url = f"{self._login_url()}/{creds['tenant']}/oauth2/v2.0/token"
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": creds["client_id"],
-            "client_secret": creds["client_secret"],
-            # The resource is the environment itself: https://<env>.operations.dynamics.com/.default
-            "scope": self.connection.base_url.rstrip("/") + "/.default",
-        }
-        try:
-            result = self.call("POST", url, data=form)
-        except RejectedError as exc:
-            body = exc.response if isinstance(exc.response, dict) else {}
-            description = str(body.get("error_description") or exc.message).split(" Trace ID:")[0]
-            exc.message = f"Microsoft Entra ID refused the Dynamics 365 Finance credentials: {description}"
-            exc.args = (exc.message,)
-            raise
-        body = result.body if isinstance(result.body, dict) else {}
-        if "access_token" not in body:
-            raise RejectedError("Microsoft Entra ID answered without an access token", response=result.body)
-        return Token(value=body["access_token"], expires_at=time.time() + float(body.get("expires_in", 3599)))
+    def token_scope(self) -> str:
+        # The resource is the environment itself: https://<env>.operations.dynamics.com/.default
+        return self.connection.base_url.rstrip("/") + "/.default"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {**super().auth_headers(), "OData-MaxVersion": self.pinned_api_version}
 
     def ping(self) -> None:
         self._context.noun = "legal entity"
         self.send("GET", self.data_url("CustomersV3"), params=self._params(top=1))
 
     # Errors ---------------------------------------------------------------------------------------
-    def describe_error(self, error: ConnectorError) -> None:
+    def describe_refusal(self, error: ConnectorError, code: str, message: str, noun: str) -> str | None:
         """D365's envelope: {"error": {"code", "message", "innererror": {"message", "type",
         "stacktrace"}}}; the outer message is often only "An error has occurred.", the infolog
-        (what a person can act on) is in the inner one."""
-        body = error.response if isinstance(error.response, dict) else {}
-        detail: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else {}
-        inner: dict[str, Any] = detail["innererror"] if isinstance(detail.get("innererror"), dict) else {}
-        message = INNER_NOISE.sub("", str(inner.get("message") or detail.get("message") or "")).strip()
-        noun = getattr(self._context, "noun", "request")
+        (what a person can act on) is in the inner one (odata_error reads it)."""
         status = error.http_status
-        if status == 429:
-            wait = getattr(error, "retry_after", None)
-            error.message = "Dynamics 365 Finance is throttling our requests (429 Too Many Requests)" + (
-                f"; retrying after {wait:g} s" if wait else "; retrying with back-off"
-            )
-        elif status == 401:
-            error.message = (
+        if status == 401:
+            return (
                 "Dynamics 365 Finance refused our access token (401). Check the app registration's client id "
                 "and secret, and that the app is listed on the environment's 'Microsoft Entra applications' page."
             )
-        elif status == 403:
-            error.message = (
+        if status == 403:
+            return (
                 f"Dynamics 365 Finance does not allow this app to change the {noun} "
                 f"(403{': ' + message if message else ''}). "
                 "Give the user the app is mapped to a role that may."
             )
-        elif status == 404:
-            error.message = f"Dynamics 365 Finance has no such {noun} in legal entity {self.company}" + (
+        if status == 404:
+            return f"Dynamics 365 Finance has no such {noun} in legal entity {self.company}" + (
                 f": {message}" if message else ""
             )
-        elif status in (409, 412):
-            error.message = f"Someone changed the {noun} in Dynamics 365 Finance while we were updating it: {message}"
-        elif status is not None and status >= 500:
-            error.message = (
-                f"Dynamics 365 Finance failed while handling the {noun} ({status}{': ' + message if message else ''})"
-            )
-        elif message:
-            error.message = f"Dynamics 365 Finance rejected the {noun}: {message}"
-        error.args = (error.message,)
+        return None
 
     # Reading --------------------------------------------------------------------------------------
     def _params(
         self, *, where: dict[str, Any] | None = None, top: int | None = None, company: bool = True
     ) -> dict[str, str]:
         clauses = [f"dataAreaId eq {odata_literal(self.company)}"] if company else []
-        clauses += [f"{name} eq {self._literal(value)}" for name, value in (where or {}).items()]
+        clauses += [f"{name} eq {literal(value)}" for name, value in (where or {}).items()]
         params = {"cross-company": "true"} if company else {}
         if clauses:
             params["$filter"] = " and ".join(clauses)
@@ -476,27 +323,9 @@ class DynamicsFinanceConnector(Connector):
         yield from self._collection(spec, params)
 
     def _collection(self, spec: EntitySet, params: dict[str, str] | None) -> Iterator[dict[str, Any]]:
-        """Every row of a query, following @odata.nextLink (which carries the query on)."""
+        """Every row of a query, following @odata.nextLink."""
         self._context.noun = spec.noun
-        url: str | None = self.data_url(spec.name)
-        headers = {"Prefer": f"odata.maxpagesize={self.page_size}"}
-        while url:
-            body = self.send("GET", url, params=params, headers=headers).body
-            yield from body.get("value", [])
-            url = body.get("@odata.nextLink")
-            params = None
-
-    @staticmethod
-    def _literal(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float | Decimal):
-            return str(value)
-        if isinstance(value, dt.datetime):
-            return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-        if isinstance(value, dt.date):
-            return f"{value.isoformat()}T00:00:00Z"
-        return odata_literal(str(value))
+        yield from self.pages(self.data_url(spec.name), params)
 
     def lookup(self, *, entity: str, key: str) -> WriteResult | None:
         spec = self._entity(entity)
@@ -532,52 +361,6 @@ class DynamicsFinanceConnector(Connector):
         return str(record.get(spec.key_field) or "")
 
     # Writing --------------------------------------------------------------------------------------
-    def batch(self, changesets: Sequence[Sequence[BatchRequest]]) -> list[list[BatchAnswer]]:
-        """POST /data/$batch: one HTTP call for many writes, each change set all or nothing. A
-        change set that failed is raised as the error its answer classifies to (after the others
-        ran: D365 goes on with the next change set unless told `Prefer: odata.continue-on-error`
-        is off, which is its default for change sets)."""
-        boundary = uuid.uuid4().hex
-        content = batch_encode(changesets, boundary)
-        headers = {"Content-Type": f"multipart/mixed; boundary=batch_{boundary}", "Accept": "multipart/mixed"}
-        for attempt in (1, 2):
-            try:
-                result = self.call(
-                    "POST", self.data_url("$batch"), content=content, headers={**self.auth_headers(), **headers}
-                )
-                break
-            except ConnectorError as exc:
-                if exc.http_status == 401 and attempt == 1:
-                    self.token(refresh=True)
-                    continue
-                self.describe_error(exc)
-                raise
-        content_type = next((v for k, v in result.headers.items() if k.lower() == "content-type"), "")
-        return batch_decode(str(result.body or ""), content_type)
-
-    def _raise_for(self, answer: BatchAnswer) -> None:
-        """A failed part of a $batch, classified as http.request classifies a lone call."""
-        if 200 <= answer.status < 300:
-            return
-        error: ConnectorError
-        if answer.status == 429:
-            retry = http.parse_retry_after(answer.headers.get("retry-after"))
-            error = TransientError(
-                "the target is rate limiting us (429)", retry_after=retry, http_status=429, response=answer.body
-            )
-        elif answer.status >= 500:
-            error = UnknownOutcomeError(
-                f"the target failed with {answer.status}", http_status=answer.status, response=answer.body
-            )
-        else:
-            error = RejectedError(
-                f"the target rejected the request ({answer.status}): {http.vendor_message(answer.body)}",
-                http_status=answer.status,
-                response=answer.body,
-            )
-        self.describe_error(error)
-        raise error
-
     def _write_request(
         self, spec: EntitySet, key: str, body: dict[str, Any], existing: dict[str, Any] | None
     ) -> BatchRequest | None:
@@ -621,7 +404,7 @@ class DynamicsFinanceConnector(Connector):
             return WriteResult(existing.external_id, {"note": "no change needed"}, existing.response, 200, False)
         answers = self.batch([changeset])[0]
         for answer in answers:
-            self._raise_for(answer)
+            self.raise_for_answer(answer)
         record = answers[0].body if request and isinstance(answers[0].body, dict) and answers[0].body else {**body}
         return WriteResult(
             external_id=key,
@@ -664,7 +447,7 @@ class DynamicsFinanceConnector(Connector):
             ]
             self._context.noun = "free text invoice line"
             for answer in self.batch([changeset])[0]:
-                self._raise_for(answer)
+                self.raise_for_answer(answer)
         return WriteResult(
             external_id=str(invoice_id),
             request={"header": request.body if request else None, "lines": len(lines) if not have else 0},
@@ -703,7 +486,7 @@ class DynamicsFinanceConnector(Connector):
                 out.append(WriteResult(key, {"method": request.method, "url": request.url, "json": request.body},
                                        answer.body or body, answer.status, key not in existing))  # fmt: skip
             if failure is not None:
-                self._raise_for(failure)
+                self.raise_for_answer(failure)
         return out
 
     def _existing(self, spec: EntitySet, keys: list[str]) -> dict[str, dict[str, Any]]:
@@ -750,6 +533,13 @@ class DynamicsFinanceConnector(Connector):
         if purpose == c.CONTRACT and links.get("customer_id"):
             return {"_customer": links["customer_id"]}
         return {}
+
+    # Schema governance ----------------------------------------------------------------------------
+    def describe_record(self, entity: str) -> RecordShape:
+        """The data entity's type in /data/$metadata (D365 describes every public entity there)."""
+        spec = self._entity(entity)
+        self._context.noun = "schema"
+        return self.metadata_shape(self.data_url("$metadata"), spec.name)
 
     def shape(self, purpose: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Dates become the DateTimeOffset D365 keeps them as (noon UTC, so no time zone moves
@@ -937,7 +727,7 @@ class DynamicsFinanceConnector(Connector):
         ledger converts with). ExchangeRates is shared by all legal entities; Rate is quoted per
         ConversionFactor units of FromCurrency, each row valid StartDate..EndDate."""
         rate_type = str(self.credentials.get("rate_type") or "Default")
-        clauses = [f"RateTypeName eq {odata_literal(rate_type)}", f"EndDate ge {self._literal(since)}"]
+        clauses = [f"RateTypeName eq {odata_literal(rate_type)}", f"EndDate ge {literal(since)}"]
         accounting = self._accounting_currencies()
         if accounting:
             clauses.append("(" + " or ".join(f"ToCurrency eq {odata_literal(cur)}" for cur in accounting) + ")")

@@ -48,6 +48,7 @@ def _change(item: Any, *, event_id: str) -> InboundChange:
 
 class EchoConnector(Connector):
     vendor = "echo"
+    api_hosts = ()  # the engine's test target: sandbox only, no public host
 
     def fetch_token(self) -> Token:
         # The echo target takes a fixed bearer token from the credentials; it never expires.

@@ -24,17 +24,6 @@ from django.conf import settings
 
 from connectors.errors import RejectedError
 
-# Host patterns per vendor (the vendors' documented API hosts).
-VENDOR_HOSTS: dict[str, tuple[str, ...]] = {
-    "salesforce": ("*.my.salesforce.com", "*.salesforce.com", "*.force.com"),
-    "certinia": ("*.my.salesforce.com", "*.salesforce.com", "*.force.com"),
-    "kantata": ("api.mavenlink.com", "*.mavenlink.com", "*.kantata.com"),
-    "netsuite": ("*.suitetalk.api.netsuite.com", "*.netsuite.com"),
-    "businesscentral": ("api.businesscentral.dynamics.com", "login.microsoftonline.com"),
-    "dynamicsfinance": ("*.operations.dynamics.com", "login.microsoftonline.com"),
-    "echo": (),  # the engine's test target: sandbox only
-}
-
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
 _cache_lock = threading.Lock()
@@ -82,6 +71,18 @@ def _kind(address: str) -> str:
     return "public"
 
 
+def vendor_hosts(vendor: str) -> tuple[str, ...]:
+    """The host patterns a vendor's connector declares (`api_hosts`); none for a vendor with no
+    connector installed, so its connections reach no public host."""
+    # Imported here: the registry imports the connectors, which import this module.
+    from connectors.registry import connector_class
+
+    try:
+        return tuple(connector_class(vendor).api_hosts)
+    except LookupError:
+        return ()
+
+
 def check_destination(url: str, *, vendor: str, is_sandbox: bool) -> None:
     """Raise DestinationRefused unless `url` is an allowed destination for this connection."""
     parts = urlsplit(url)
@@ -109,7 +110,7 @@ def check_destination(url: str, *, vendor: str, is_sandbox: bool) -> None:
         raise DestinationRefused("vendor APIs are called over https on port 443 only")
     if _NUMERIC_HOST.match(host):
         raise DestinationRefused("the address must name the vendor's host, not a number")
-    patterns = VENDOR_HOSTS.get(vendor, ())
+    patterns = vendor_hosts(vendor)
     if not any(fnmatch.fnmatchcase(host.lower(), pattern) for pattern in patterns):
         allowed = ", ".join(patterns) or "no public host (sandbox only)"
         raise DestinationRefused(f"{host} is not a {vendor} API host (allowed: {allowed})")

@@ -202,6 +202,7 @@ DOCUMENTED_FIELDS: dict[str, dict[str, tuple[str, bool, tuple[str, ...]]]] = {
 class KantataConnector(Connector):
     default_api_version = "v1"
     vendor = "kantata"
+    api_hosts = ("api.mavenlink.com", "*.mavenlink.com", "*.kantata.com")
     capabilities: ClassVar[dict[str, c.Capability]] = {
         c.PROJECT: c.Capability(c.PROJECT, "workspaces", c.can(c.UPSERT, c.FIND, c.RECONCILE)),
         c.MILESTONE: c.Capability(c.MILESTONE, "stories", c.can(c.UPSERT, c.FIND)),

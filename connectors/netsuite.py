@@ -161,6 +161,7 @@ CATALOG_PROPERTY_SHAPE = {"type": ((str,), False), "format": ((str,), False), "e
 class NetSuiteConnector(Connector):
     default_api_version = "v1"
     vendor = "netsuite"
+    api_hosts = ("*.suitetalk.api.netsuite.com", "*.netsuite.com")
     capabilities: ClassVar[dict[str, c.Capability]] = {
         c.CUSTOMER: c.Capability(c.CUSTOMER, "customer", c.can(c.READ_ONE, c.UPSERT, c.FIND, c.RECONCILE)),
         # The contract and its billing setup: a sales order with one line of the service item.

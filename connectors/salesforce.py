@@ -149,6 +149,8 @@ DESCRIBE_FIELD_SHAPE = {
 
 class SalesforceConnector(Connector):
     vendor = "salesforce"
+    # My Domain hosts (the token endpoint too); Certinia runs in the same org, so it inherits them.
+    api_hosts = ("*.my.salesforce.com", "*.salesforce.com", "*.force.com")
     default_api_version = "v62.0"
     # The external id field the connector upserts by, and per-object exceptions to it.
     external_id_field = "pscsync_Key__c"

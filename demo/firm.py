@@ -1,7 +1,7 @@
 """The demo firm's systems: Salesforce for every entity, the US entity on Certinia + NetSuite,
 the UK entity (acquired) on Kantata + Business Central and, where the firm has one, the German
-entity on Kantata + Dynamics 365 Finance (legal entity demf), each pointing at its sandbox, with
-the shipped mappings published. Used by demo_seed and by the flow tests."""
+entity on its own Kantata account + Dynamics 365 Finance (legal entity demf), each pointing at its
+sandbox, with the shipped mappings published. Used by demo_seed and by the flow tests."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ SANDBOX_OF_VENDOR = {
     "businesscentral": "businesscentral",
     "dynamicsfinance": "dynamicsfinance",
 }
+# A connection on a sandbox of its own rather than its vendor's: the German Kantata account.
+SANDBOX_OF_CONNECTION = {"kantata-de": "kantata-de"}
 
 
 def firm_connections_save(
@@ -90,12 +92,11 @@ def firm_connections_save(
         ),
     ]
     if de is not None:
-        # Kantata's German workspaces and D365 Finance's legal entity demf, polled for posted
-        # invoices and payments (its business events are not wired). The German workspaces share
-        # the UK's Kantata account: a poll of it would see the UK's invoices too and bill them
-        # here, so this connection is not polled (its billing batches are sent by hand).
+        # The German entity's own Kantata account, polled like the UK's (its invoices are German
+        # billing batches only), and D365 Finance's legal entity demf, polled for posted invoices
+        # and payments (its business events are not wired).
         systems += [
-            ("kantata-de", "Kantata OX (DE)", "psa", "kantata", [de], "none", "v1", client),
+            ("kantata-de", "Kantata OX (DE)", "psa", "kantata", [de], "poll", "v1", client),
             (
                 "dynamicsfinance-de",
                 "Dynamics 365 Finance (DE)",
@@ -115,7 +116,7 @@ def firm_connections_save(
             name=name,
             kind=kind,
             vendor=vendor,
-            base_url=sandbox_urls[SANDBOX_OF_VENDOR[vendor]],
+            base_url=sandbox_urls[SANDBOX_OF_CONNECTION.get(slug) or SANDBOX_OF_VENDOR[vendor]],
             entities=entities,
             intake=intake,
             api_version=version,
@@ -130,7 +131,8 @@ def firm_connections_save(
 def firm_subscriptions_register(*, connections: dict[str, Connection], web_url: str) -> list[str]:
     """Point the vendors' change notifications at pscsync's webhooks: the Salesforce org pushes
     its change events to the CRM and the PSA connection (each keeps what concerns it), Business
-    Central notifies on sales invoices (a payment changes its invoice). Kantata and NetSuite are polled by beat.
+    Central notifies on sales invoices (a payment changes its invoice). Both Kantata accounts,
+    NetSuite and Dynamics 365 Finance are polled by beat.
     Returns what was registered, for the demo's start-up message."""
     import httpx
 

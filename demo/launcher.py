@@ -6,7 +6,7 @@ PSCSYNC_DEMO_DAYS days (90) in a few minutes, steering every process's clock thr
 clock file var/clock.json, then goes on in real time (a live trickle). The history is simulated
 once; a later `make demo` only continues the trickle (delete var/ to start afresh).
 
-Ports: web PSCSYNC_DEMO_PORT (8000); sandboxes 8790-8795 plus PSCSYNC_SANDBOX_PORT_OFFSET, so a
+Ports: web PSCSYNC_DEMO_PORT (8000); sandboxes 8790-8796 plus PSCSYNC_SANDBOX_PORT_OFFSET, so a
 second demo can run beside the first.
 
 Runs before Django is configured: it writes var/demo.env (a secret key, a credentials key and the
@@ -35,7 +35,11 @@ WEB_HOST = os.environ.get("PSCSYNC_DEMO_HOST", "127.0.0.1")
 PORT_OFFSET = int(os.environ.get("PSCSYNC_SANDBOX_PORT_OFFSET", "0") or 0)
 ECHO_PORT = 8790 + PORT_OFFSET
 DEMO_DAYS = int(os.environ.get("PSCSYNC_DEMO_DAYS", "90"))
-VENDOR_SANDBOXES = ("salesforce", "kantata", "netsuite", "businesscentral", "dynamicsfinance")
+# Wall seconds per simulated day (at least). On a loaded machine the engine falls behind the firm
+# at 2 s a day (a week's time waits for its project, then is given up): give it more.
+DAY_SECONDS = os.environ.get("PSCSYNC_DEMO_DAY_SECONDS", "2")
+# In port order from 8791: the German entity's own Kantata account is the second Kantata sandbox.
+VENDOR_SANDBOXES = ("salesforce", "kantata", "netsuite", "businesscentral", "dynamicsfinance", "kantata-de")
 # Container runtimes and systemd send SIGTERM and SIGKILL a few seconds later (often 5 or 10 s): the
 # demo stops its processes with SIGTERM, waits this long, then kills what is left.
 STOP_GRACE_SECONDS = 4.0
@@ -202,6 +206,8 @@ def main() -> None:
         os.environ.get("PSCSYNC_DEMO_SEED", "7"),
         "--web",
         web_url,
+        "--day-seconds",
+        DAY_SECONDS,
         "--trickle",
         "--done-marker",
         str(simulated),
@@ -224,10 +230,13 @@ def main() -> None:
         start(name, fast if name in ENGINE else env)
         time.sleep(2.0 if name == "web" else 0.3)
         if name == "beat":
-            # The sandboxes push to pscsync's webhooks (Salesforce, Business Central); Kantata and
-            # NetSuite are polled by beat.
+            # The sandboxes push to pscsync's webhooks (Salesforce, Business Central); both Kantata
+            # accounts, NetSuite and Dynamics 365 Finance are polled by beat.
             subprocess.run([*manage, "demo_subscribe", "--web", web_url], env=env, cwd=ROOT, check=False)
 
+    # What the processes were given: the embedded default unless DATABASE_URL / CELERY_BROKER_URL say otherwise.
+    database = "PostgreSQL (DATABASE_URL)" if env.get("DATABASE_URL") else f"{VAR / 'pscsync.sqlite3'} (SQLite, WAL)"
+    broker = "CELERY_BROKER_URL" if env.get("CELERY_BROKER_URL") else f"{VAR / 'broker'} (files)"
     firm_note = (
         f"is living through the last {DEMO_DAYS} days (a few minutes; see var/logs/firm.log), then"
         if history
@@ -244,9 +253,10 @@ pscsync is running: http://127.0.0.1:{WEB_PORT}/
   Running: web (gunicorn), Celery worker, Celery beat, the demo firm, and the sandboxes:
     echo :{ECHO_PORT} · salesforce (and Certinia) :{8791 + PORT_OFFSET} · kantata :{8792 + PORT_OFFSET}
     · netsuite :{8793 + PORT_OFFSET} · businesscentral :{8794 + PORT_OFFSET} · dynamicsfinance :{8795 + PORT_OFFSET}
+    · kantata (the German account) :{8796 + PORT_OFFSET}
   The demo firm {firm_note}
   new activity every few seconds, in real time.
-  Database: var/pscsync.sqlite3 (SQLite, WAL) · broker: var/broker (files) · logs: var/logs/
+  Database: {database} · broker: {broker} · logs: {logs}/
   Press Ctrl-C to stop everything.
 """,
         flush=True,

@@ -391,6 +391,7 @@ SANDBOX_DEFAULT_PORTS = {
     "netsuite": 8793,
     "businesscentral": 8794,
     "dynamicsfinance": 8795,
+    "kantata-de": 8796,  # the German entity's own Kantata account
 }
 SANDBOX_URLS = {
     name: f"http://127.0.0.1:{port + env_int('PSCSYNC_SANDBOX_PORT_OFFSET', 0)}"

@@ -21,6 +21,9 @@ SANDBOXES: dict[str, tuple[str, int]] = {
     "netsuite": ("connectors.sandboxes.netsuite", 8793),
     "businesscentral": ("connectors.sandboxes.businesscentral", 8794),
     "dynamicsfinance": ("connectors.sandboxes.dynamicsfinance", 8795),
+    # A second Kantata account (the German entity's): the same simulator with its own store, as
+    # one firm's two Kantata subscriptions are two accounts that see nothing of each other.
+    "kantata-de": ("connectors.sandboxes.kantata", 8796),
 }
 
 
@@ -46,6 +49,8 @@ def sandbox_serve(*, name: str, port: int | None = None, state_dir: Path | None 
     }
     if name == "echo":
         kwargs["token"] = token or "sandbox-token"
+    if name == "kantata-de":
+        kwargs["second_account"] = True
     module.serve(**kwargs)
 
 

@@ -43,15 +43,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from connectors.sandboxes import fx
-from connectors.sandboxes.base import BadRequest, FieldDef, Request, Response, Sandbox
+from connectors.sandboxes.base import BadRequest, FieldDef, Request, Response
 from connectors.sandboxes.base import serve as base_serve
+from connectors.sandboxes.odata import EDM, TENANT, EntraSandbox, Filter, origin, parse_instant, server_page
 
-TENANT = "sandbox-tenant"
 ENVIRONMENTS = ("production",)
-SCOPE = "https://api.businesscentral.dynamics.com/.default"
+RESOURCE = "https://api.businesscentral.dynamics.com"  # tokens are asked for RESOURCE/.default
 CURRENCIES = ("GBP", "USD", "EUR", "CAD", "AUD")
 MAX_PAGE_SIZE = 20000  # BC online's server-driven page size
 SUBSCRIPTION_DAYS = 3
@@ -293,158 +293,8 @@ def new_etag() -> str:
     return 'W/"' + base64.b64encode(f"'{len(version)};{version};00;'".encode()).decode() + '"'
 
 
-def parse_instant(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-# $filter: a small OData expression parser -------------------------------------------------------
-TOKEN = re.compile(
-    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<dt>\d{4}-\d\d-\d\dT[0-9:.]+(?:Z|[+-]\d\d:\d\d))"
-    r"|(?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
-    r"|(?P<date>\d{4}-\d\d-\d\d)|(?P<num>-?\d+(?:\.\d+)?)|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<paren>[()]))"
-)
-OPERATORS = {"eq", "ne", "gt", "ge", "lt", "le"}
-EDM = {"str": "Edm.String", "num": "Edm.Decimal", "int": "Edm.Int32", "bool": "Edm.Boolean", "date": "Edm.Date"}
-EDM |= {"datetime": "Edm.DateTimeOffset", "guid": "Edm.Guid", "enum": "Edm.String"}
-
-
-class Filter:
-    """Parse once, then test records. Raises BadRequest with BC's messages on bad syntax."""
-
-    def __init__(self, text: str, entity: EntitySet) -> None:
-        self.entity = entity
-        self.tokens: list[tuple[str, Any]] = []
-        position = 0
-        while position < len(text):
-            match = TOKEN.match(text, position)
-            if not match or match.end() == position:
-                if text[position:].strip() == "":
-                    break
-                raise BadRequest(f"Syntax error at position {position} in '{text}'.", code="BadRequest")
-            kind = match.lastgroup or ""
-            raw = match.group(kind)
-            self.tokens.append((kind, raw))
-            position = match.end()
-        self.at = 0
-        self.tree = self._or()
-        if self.at != len(self.tokens):
-            raise BadRequest(f"Syntax error: unexpected '{self.tokens[self.at][1]}' in '{text}'.", code="BadRequest")
-
-    def _peek(self) -> tuple[str, Any] | None:
-        return self.tokens[self.at] if self.at < len(self.tokens) else None
-
-    def _word(self, *words: str) -> bool:
-        token = self._peek()
-        if token and token[0] == "word" and token[1] in words:
-            self.at += 1
-            return True
-        return False
-
-    def _or(self) -> Any:
-        node = self._and()
-        while self._word("or"):
-            node = ("or", node, self._and())
-        return node
-
-    def _and(self) -> Any:
-        node = self._not()
-        while self._word("and"):
-            node = ("and", node, self._not())
-        return node
-
-    def _not(self) -> Any:
-        if self._word("not"):
-            return ("not", self._not())
-        token = self._peek()
-        if token == ("paren", "("):
-            self.at += 1
-            node = self._or()
-            if self._peek() != ("paren", ")"):
-                raise BadRequest("Syntax error: ')' expected in $filter.", code="BadRequest")
-            self.at += 1
-            return node
-        return self._comparison()
-
-    def _comparison(self) -> Any:
-        if self.at + 3 > len(self.tokens):
-            raise BadRequest("Syntax error: the $filter expression ends too early.", code="BadRequest")
-        (kind, name), (op_kind, op), literal = self.tokens[self.at : self.at + 3]
-        self.at += 3
-        if kind != "word" or op_kind != "word" or op not in OPERATORS:
-            raise BadRequest(f"Syntax error near '{name} {op}' in $filter.", code="BadRequest")
-        field_type = self.entity.fields.get(name)
-        if field_type is None:
-            raise BadRequest(
-                f"Could not find a property named '{name}' on type 'Microsoft.NAV.{self.entity.type_name}'.",
-                code="BadRequest",
-            )
-        return ("cmp", name, op, self._value(field_type, literal, op))
-
-    def _value(self, field_type: str, literal: tuple[str, str], op: str) -> Any:
-        kind, raw = literal
-        base = field_type.split(":", 1)[0]
-        if kind == "word" and raw == "null":
-            return None
-        if base in {"str", "enum"} and kind == "str":
-            return raw[1:-1].replace("''", "'")
-        if base in {"num", "int"} and kind == "num":
-            return float(raw)
-        if base == "bool" and kind == "word" and raw in {"true", "false"}:
-            return raw == "true"
-        if base == "datetime" and kind == "dt":
-            return parse_instant(raw)
-        if base == "date" and kind == "date":
-            return raw
-        if base == "guid" and kind in {"guid", "str"}:
-            return raw.strip("'").lower()
-        found = {"str": "Edm.String", "num": "Edm.Decimal", "dt": "Edm.DateTimeOffset", "date": "Edm.Date"}.get(
-            kind, "Edm.Guid" if kind == "guid" else "Edm.Untyped"
-        )
-        raise BadRequest(
-            f"A binary operator with incompatible types was detected. Found operand types "
-            f"'{EDM[base]}' and '{found}' for operator kind '{op}'.",
-            code="BadRequest",
-        )
-
-    def simple_equality(self) -> tuple[str, Any] | None:
-        """(field, value) when the whole filter is `field eq 'text'`: served from an index."""
-        node = self.tree
-        if node[0] == "cmp" and node[2] == "eq" and isinstance(node[3], str):
-            return node[1], node[3]
-        return None
-
-    def test(self, record: dict[str, Any]) -> bool:
-        return self._eval(self.tree, record)
-
-    def _eval(self, node: Any, record: dict[str, Any]) -> bool:
-        if node[0] == "and":
-            return self._eval(node[1], record) and self._eval(node[2], record)
-        if node[0] == "or":
-            return self._eval(node[1], record) or self._eval(node[2], record)
-        if node[0] == "not":
-            return not self._eval(node[1], record)
-        _, name, op, wanted = node
-        value = record.get(name)
-        if isinstance(wanted, dt.datetime):
-            value = parse_instant(value) if value else None
-        elif isinstance(wanted, float) and value is not None:
-            value = float(value)
-        elif isinstance(value, str) and self.entity.fields[name] == "guid":
-            value = value.lower()
-        if op == "eq":
-            return value == wanted
-        if op == "ne":
-            return value != wanted
-        if value is None or wanted is None:
-            return False
-        try:
-            return {"gt": value > wanted, "ge": value >= wanted, "lt": value < wanted, "le": value <= wanted}[op]
-        except TypeError:
-            return False
-
-
 # The sandbox ------------------------------------------------------------------------------------
-class BusinessCentralSandbox(Sandbox):
+class BusinessCentralSandbox(EntraSandbox):
     name = "businesscentral"
 
     def __init__(self, state_dir: Path | None) -> None:
@@ -495,8 +345,8 @@ class BusinessCentralSandbox(Sandbox):
 
     # Routes ------------------------------------------------------------------------------------
     def setup_routes(self) -> None:
+        super().setup_routes()  # the Entra ID token endpoint
         self.route("GET", API + r"/\$metadata", self.metadata)
-        self.route("POST", r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token", self.token, auth=False)
         self.route("GET", r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration", self.discovery, auth=False)
         self.route("GET", API + r"/companies", self.companies)
         self.route("GET", COMPANY, self.company)
@@ -609,108 +459,14 @@ class BusinessCentralSandbox(Sandbox):
                 journal = {"code": "CASHRCPT", "displayName": "Cash receipts", "balancingAccountNumber": "2910"}
                 self._insert(company["id"], ENTITY_SETS["customerPaymentJournals"], journal)
 
-    # Auth: the Entra ID token endpoint -------------------------------------------------------
-    def _aad_error(self, status: int, error: str, code: int, description: str) -> Response:
-        trace = str(uuid.uuid4())
-        return Response(
-            status,
-            {
-                "error": error,
-                "error_description": f"AADSTS{code}: {description} Trace ID: {trace} Correlation ID: "
-                f"{uuid.uuid4()} Timestamp: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%SZ}",
-                "error_codes": [code],
-                "timestamp": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%SZ}",
-                "trace_id": trace,
-                "correlation_id": str(uuid.uuid4()),
-            },
-        )
+    # Auth: the Entra ID token endpoint (connectors/sandboxes/odata.py) ----------------------------
+    token_roles = ("API.ReadWrite.All", "Automation.ReadWrite.All")
 
-    def token(self, request: Request) -> Response:
-        if request.params["tenant"] != TENANT:
-            return self._aad_error(
-                400, "invalid_request", 90002, f"Tenant '{request.params['tenant']}' not found. Check the tenant id."
-            )
-        if "application/x-www-form-urlencoded" not in request.header("content-type"):
-            return self._aad_error(
-                400, "invalid_request", 900144, "The request body must contain the following parameter: 'grant_type'."
-            )
-        form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
-        for required in ("grant_type", "client_id"):
-            if not form.get(required):
-                return self._aad_error(
-                    400,
-                    "invalid_request",
-                    900144,
-                    f"The request body must contain the following parameter: '{required}'.",
-                )
-        if form["grant_type"] != "client_credentials":
-            return self._aad_error(
-                400,
-                "unsupported_grant_type",
-                70003,
-                f"The app requested an unsupported grant type '{form['grant_type']}'.",
-            )
-        if form["client_id"] != self.client_id:
-            return self._aad_error(
-                400,
-                "unauthorized_client",
-                700016,
-                f"Application with identifier '{form['client_id']}' was not found in the directory '{TENANT}'.",
-            )
-        if not secrets.compare_digest(form.get("client_secret", ""), self.client_secret):
-            return self._aad_error(
-                401,
-                "invalid_client",
-                7000215,
-                f"Invalid client secret provided. Ensure the secret being sent in the request is the client secret "
-                f"value, not the client secret ID, for a secret added to app '{self.client_id}'.",
-            )
-        if SCOPE not in form.get("scope", "").split():
-            return self._aad_error(
-                400,
-                "invalid_scope",
-                1002012,
-                f"The provided value for scope {form.get('scope', '')!r} is not valid. Client credential flows must "
-                f"have a scope value with /.default suffixed to the resource identifier (application ID URI).",
-            )
-        lifetime = float(self.faults.setting("token_lifetime_seconds") or self.token_lifetime)
-        access_token = self._jwt(lifetime)
-        with self.store.lock:
-            self.store.db.execute(
-                "INSERT INTO tokens (token, client_id, expires_at) VALUES (?, ?, ?)",
-                (access_token, self.client_id, time.time() + lifetime),
-            )
-        seconds = int(lifetime)
-        return Response(
-            200,
-            {"token_type": "Bearer", "expires_in": seconds, "ext_expires_in": seconds, "access_token": access_token},
-        )
-
-    def _jwt(self, lifetime: float) -> str:
-        """Looks like an Entra access token; the sandbox checks it against its token table only."""
-
-        def part(data: dict[str, Any] | bytes) -> str:
-            raw = data if isinstance(data, bytes) else json.dumps(data, separators=(",", ":")).encode()
-            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-        issued = int(time.time())
-        claims = {
-            "aud": "https://api.businesscentral.dynamics.com",
-            "iss": f"https://sts.windows.net/{TENANT}/",
-            "iat": issued,
-            "nbf": issued,
-            "exp": issued + int(lifetime),
-            "appid": self.client_id,
-            "roles": ["API.ReadWrite.All", "Automation.ReadWrite.All"],
-            "tid": TENANT,
-            "uti": secrets.token_urlsafe(16),
-        }
-        return ".".join(
-            [part({"typ": "JWT", "alg": "RS256", "kid": "sandbox"}), part(claims), part(secrets.token_bytes(64))]
-        )
+    def token_resource(self, request: Request) -> str:
+        return RESOURCE
 
     def discovery(self, request: Request) -> Response:
-        base = f"{self._origin(request)}/{request.params['tenant']}"
+        base = f"{origin(request)}/{request.params['tenant']}"
         return Response(
             200,
             {
@@ -723,13 +479,8 @@ class BusinessCentralSandbox(Sandbox):
         )
 
     # Helpers -------------------------------------------------------------------------------------
-    @staticmethod
-    def _origin(request: Request) -> str:
-        scheme = request.header("x-forwarded-proto") or "http"
-        return f"{scheme}://{request.header('host') or '127.0.0.1'}"
-
     def _api_root(self, request: Request) -> str:
-        return f"{self._origin(request)}/v2.0/{request.params['tenant']}/{request.params['env']}/api/v2.0"
+        return f"{origin(request)}/v2.0/{request.params['tenant']}/{request.params['env']}/api/v2.0"
 
     def _company(self, request: Request) -> dict[str, Any]:
         cid = request.params["cid"].strip("'").lower()
@@ -957,35 +708,12 @@ class BusinessCentralSandbox(Sandbox):
             records = [r for r in records if r.get(parent[0]) == parent[1]]
         if where is not None:
             records = [r for r in records if where.test(r)]
-        try:
-            skip = int(request.arg("$skip") or 0)
-            top = int(request.arg("$top")) if request.arg("$top") else None
-            after = int(request.arg("$skiptoken") or 0)
-        except ValueError:
-            raise BadRequest("$top, $skip and $skiptoken must be whole numbers.", code="BadRequest") from None
-        if skip < 0 or (top is not None and top < 0):
-            raise BadRequest("$top and $skip must not be negative.", code="BadRequest")
-        records = [r for r in records if r["_n"] > after][skip:]
-        if top is not None:
-            records = records[:top]
-        page_size = MAX_PAGE_SIZE
-        headers: dict[str, str] = {}
-        preference = re.search(r"odata\.maxpagesize=(\d+)", request.header("prefer"))
-        if preference and int(preference.group(1)) > 0:
-            page_size = min(int(preference.group(1)), MAX_PAGE_SIZE)
-            headers["Preference-Applied"] = f"odata.maxpagesize={page_size}"
-        page, rest = records[:page_size], records[page_size:]
+        page, next_link, headers = server_page(request, records, max_page_size=MAX_PAGE_SIZE)
         expand = "salesInvoiceLines" in (request.arg("$expand") or "") and entity.name == "salesInvoices"
         values = [self._with_lines(company["id"], r, select) if expand else self._public(r, select) for r in page]
         body: dict[str, Any] = {"@odata.context": f"{self._api_root(request)}/$metadata#{path}", "value": values}
-        if rest:
-            query = {k: v[0] for k, v in request.query.items() if k not in {"$skiptoken", "$skip", "$top"}}
-            query["$skiptoken"] = str(page[-1]["_n"])
-            if top is not None:
-                query["$top"] = str(len(rest))
-            # OData writes its system options with a literal `$` (…?$filter=…&$skiptoken=…), as BC does.
-            encoded = "&".join(f"{quote(k, safe='$')}={quote(v, safe=chr(39))}" for k, v in query.items())
-            body["@odata.nextLink"] = f"{self._origin(request)}{request.path}?{encoded}"
+        if next_link:
+            body["@odata.nextLink"] = next_link
         return Response(200, body, headers)
 
     def _with_lines(self, cid: str, invoice: dict[str, Any], select: list[str] | None = None) -> dict[str, Any]:

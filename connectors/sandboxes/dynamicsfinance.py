@@ -32,32 +32,31 @@ Control API beyond the shared one (connectors/sandboxes/base.py):
        posts a free text invoice as an accountant would in D365 (OData has no action for it):
        IsPosted Yes, and a row in the posted invoice journal with its number and totals
   POST | DELETE /_sandbox/rates          the currency market (fx.py)
+  POST | GET | DELETE /_sandbox/schema   as on every sandbox, with the entity set as the record:
+       {"record": "CustomersV3", "field": "CustomerGroupId", "change": "drop"}; /data/$metadata
+       shows the change and writes (lone or in a $batch) are checked against it
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import re
 import secrets
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import parse_qs, unquote
 from xml.sax.saxutils import escape
 
 from connectors.sandboxes import fx
-from connectors.sandboxes.base import BadRequest, Request, Response, Sandbox
+from connectors.sandboxes.base import BadRequest, FieldDef, Request, Response
 from connectors.sandboxes.base import serve as base_serve
-from connectors.sandboxes.businesscentral import EntitySet as FilterEntity
-from connectors.sandboxes.businesscentral import Filter
+from connectors.sandboxes.odata import TENANT, EntraSandbox, Filter, origin, server_page
 
-TENANT = "sandbox-tenant"
 NAMESPACE = "Microsoft.Dynamics.DataEntities"
 COMPANIES = {"usmf": "USD", "demf": "EUR", "gbsi": "GBP"}
 DEFAULT_COMPANY = "usmf"  # the company of the user the app registration is mapped to
@@ -101,13 +100,21 @@ class Entity:
     company: bool = True
     writable: bool = True
 
-    def filter_entity(self) -> FilterEntity:
+    def filter_entity(self) -> FilterFields:
         """The same fields in the $filter parser's notation."""
         fields = {
             k: ("enum:" + "|".join(ENUMS[v.split(":", 1)[1]]) if v.startswith("enum:") else v)
             for k, v in self.fields.items()
         }
-        return FilterEntity(self.name, self.single, self.table, fields, self.readonly, self.keys[-1])
+        return FilterFields(self.single, fields)
+
+
+@dataclass(frozen=True)
+class FilterFields:
+    """An entity's type name and fields as $filter reads them (connectors/sandboxes/odata.py)."""
+
+    type_name: str
+    fields: dict[str, str]
 
 
 def _entities() -> dict[str, Entity]:
@@ -284,7 +291,7 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class DynamicsFinanceSandbox(Sandbox):
+class DynamicsFinanceSandbox(EntraSandbox):
     name = "dynamicsfinance"
 
     def __init__(self, state_dir: Path | None) -> None:
@@ -319,7 +326,7 @@ class DynamicsFinanceSandbox(Sandbox):
 
     # Routes ------------------------------------------------------------------------------------
     def setup_routes(self) -> None:
-        self.route("POST", r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token", self.token, auth=False)
+        super().setup_routes()  # the Entra ID token endpoint
         self.route("POST", r"/_sandbox/post-invoice", self.post_invoice, auth=False)
         self.route("POST", r"/_sandbox/rates", lambda request: fx.rates_set(self.store, request), auth=False)
         self.route("DELETE", r"/_sandbox/rates", lambda request: fx.rates_clear(self.store, request), auth=False)
@@ -333,87 +340,12 @@ class DynamicsFinanceSandbox(Sandbox):
         self.route("GET", r"/data/(?P<set>[A-Za-z0-9]+)", self.collection_get)
         self.route("POST", r"/data/(?P<set>[A-Za-z0-9]+)", self.collection_post)
 
-    # Auth: the Entra ID token endpoint ---------------------------------------------------------
-    def _aad_error(self, status: int, error: str, code: int, description: str) -> Response:
-        trace = str(uuid.uuid4())
-        stamp = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%SZ}"
-        return Response(
-            status,
-            {
-                "error": error,
-                "error_description": f"AADSTS{code}: {description} Trace ID: {trace} Timestamp: {stamp}",
-                "error_codes": [code],
-                "timestamp": stamp,
-                "trace_id": trace,
-                "correlation_id": str(uuid.uuid4()),
-            },
-        )
-
-    def token(self, request: Request) -> Response:
-        if request.params["tenant"] != TENANT:
-            return self._aad_error(
-                400, "invalid_request", 90002, f"Tenant '{request.params['tenant']}' not found. Check the tenant id."
-            )
-        if "application/x-www-form-urlencoded" not in request.header("content-type"):
-            return self._aad_error(
-                400, "invalid_request", 900144, "The request body must contain the following parameter: 'grant_type'."
-            )
-        form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
-        if form.get("grant_type") != "client_credentials":
-            return self._aad_error(
-                400,
-                "unsupported_grant_type",
-                70003,
-                f"The app requested an unsupported grant type '{form.get('grant_type')}'.",
-            )
-        if form.get("client_id") != self.client_id:
-            return self._aad_error(
-                400,
-                "unauthorized_client",
-                700016,
-                f"Application with identifier '{form.get('client_id')}' was not found in the directory '{TENANT}'.",
-            )
-        if not secrets.compare_digest(form.get("client_secret", ""), self.client_secret):
-            return self._aad_error(
-                401,
-                "invalid_client",
-                7000215,
-                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret "
-                f"value, not the client secret ID, for a secret added to app '{self.client_id}'.",
-            )
-        wanted = f"{self._origin(request)}/.default"
-        if wanted not in form.get("scope", "").split():
-            return self._aad_error(
-                400,
-                "invalid_scope",
-                1002012,
-                f"The provided value for scope {form.get('scope', '')!r} is not valid. Client credential flows must "
-                f"have a scope value with /.default suffixed to the resource identifier ({wanted}).",
-            )
-        lifetime = float(self.faults.setting("token_lifetime_seconds") or self.token_lifetime)
-        claims = {"aud": self._origin(request), "iss": f"https://sts.windows.net/{TENANT}/", "appid": self.client_id,
-                  "exp": int(time.time() + lifetime), "tid": TENANT}  # fmt: skip
-        access_token = ".".join(
-            base64.urlsafe_b64encode(part).rstrip(b"=").decode()
-            for part in (b'{"typ":"JWT","alg":"RS256"}', json.dumps(claims).encode(), secrets.token_bytes(48))
-        )
-        with self.store.lock:
-            self.store.db.execute(
-                "INSERT INTO tokens (token, client_id, expires_at) VALUES (?, ?, ?)",
-                (access_token, self.client_id, time.time() + lifetime),
-            )
-        seconds = int(lifetime)
-        return Response(
-            200,
-            {"token_type": "Bearer", "expires_in": seconds, "ext_expires_in": seconds, "access_token": access_token},
-        )
+    # Auth: the Entra ID token endpoint (connectors/sandboxes/odata.py) ----------------------------
+    def token_resource(self, request: Request) -> str:
+        """The environment itself: https://<env>.operations.dynamics.com, here this origin."""
+        return origin(request)
 
     # Helpers -----------------------------------------------------------------------------------
-    @staticmethod
-    def _origin(request: Request) -> str:
-        scheme = request.header("x-forwarded-proto") or "http"
-        return f"{scheme}://{request.header('host') or '127.0.0.1'}"
-
     @staticmethod
     def _entity(name: str) -> Entity:
         entity = ENTITIES.get(name)
@@ -474,6 +406,15 @@ class DynamicsFinanceSandbox(Sandbox):
         """Every property a client sent checked against the entity's type; read-only ones refused."""
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object with the entity's properties.")
+        problem = self.schema_problem(entity.name, body, creating=current is None)
+        if problem is not None:  # an admin changed the entity (the control API's /_sandbox/schema)
+            name, kind, message = problem
+            if kind == "dropped":
+                raise BadRequest(
+                    f"The property '{name}' does not exist on type '{NAMESPACE}.{entity.single}'. Make sure to only "
+                    "use property names that are defined by the type."
+                )
+            raise BadRequest(f"Write failed for table row of type '{entity.table}'. Infolog: Error: {message}.")
         clean: dict[str, Any] = {}
         for name, value in body.items():
             if name.startswith("@odata."):
@@ -540,31 +481,50 @@ class DynamicsFinanceSandbox(Sandbox):
     # Service document and metadata -------------------------------------------------------------
     def service_document(self, request: Request) -> Response:
         sets = [{"name": e.name, "kind": "EntitySet", "url": e.name} for e in ENTITIES.values()]
-        return Response(200, {"@odata.context": f"{self._origin(request)}/data/$metadata", "value": sets})
+        return Response(200, {"@odata.context": f"{origin(request)}/data/$metadata", "value": sets})
+
+    def entity_fields(self, entity: Entity) -> list[FieldDef]:
+        """An entity's properties as $metadata declares them (type: the EDM type, or the enum
+        type's full name), with the changes made through /_sandbox/schema."""
+        declared = []
+        for name, kind in entity.fields.items():
+            base, _, arg = kind.partition(":")
+            edm = f"{NAMESPACE}.{arg}" if base == "enum" else EDM[base]
+            required = name in entity.keys or name in entity.required
+            declared.append(FieldDef(name, edm, required, ENUMS[arg] if base == "enum" else ()))
+        return self.schema_fields(entity.name, declared)
 
     def metadata(self, request: Request) -> Response:
-        """The EDMX of every entity served here, as D365 describes its data entities."""
+        """The EDMX of every entity served here, as D365 describes its data entities. An enum
+        property that lost a member (a schema change) gets an enum type of its own with the rest."""
         out = [
             '<?xml version="1.0" encoding="utf-8"?>',
             '<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx">',
             "<edmx:DataServices>",
             f'<Schema Namespace="{NAMESPACE}" xmlns="http://docs.oasis-open.org/odata/ns/edm">',
         ]
+        enums = {f"{NAMESPACE}.{name}": members for name, members in ENUMS.items()}
         for entity in ENTITIES.values():
             out.append(f'<EntityType Name="{entity.single}">')
             out.append("<Key>" + "".join(f'<PropertyRef Name="{k}" />' for k in entity.keys) + "</Key>")
-            for name, kind in entity.fields.items():
-                base, _, arg = kind.partition(":")
-                edm = f"{NAMESPACE}.{arg}" if base == "enum" else EDM[base]
+            for f in self.entity_fields(entity):
+                edm = f.type
+                if edm in enums and f.values != enums[edm]:
+                    edm = f"{NAMESPACE}.{entity.single}_{f.name}"
+                    enums[edm] = f.values
+                base, _, arg = entity.fields[f.name].partition(":")
+                unchanged = f.type == (EDM.get(base) or f"{NAMESPACE}.{arg}")
                 facets = (
-                    f' MaxLength="{arg}"' if base == "str" else ' Precision="32" Scale="6"' if base == "num" else ""
+                    (f' MaxLength="{arg}"' if base == "str" else ' Precision="32" Scale="6"' if base == "num" else "")
+                    if unchanged
+                    else ""
                 )
-                nullable = "false" if name in entity.keys or name in entity.required else "true"
-                out.append(f'<Property Name="{escape(name)}" Type="{edm}" Nullable="{nullable}"{facets} />')
+                nullable = "false" if f.required else "true"
+                out.append(f'<Property Name="{escape(f.name)}" Type="{escape(edm)}" Nullable="{nullable}"{facets} />')
             out.append("</EntityType>")
-        for enum, members in ENUMS.items():
-            out.append(f'<EnumType Name="{enum}">')
-            out += [f'<Member Name="{m}" Value="{i}" />' for i, m in enumerate(members)]
+        for full_name, members in enums.items():
+            out.append(f'<EnumType Name="{full_name.removeprefix(NAMESPACE + ".")}">')
+            out += [f'<Member Name="{escape(m)}" Value="{i}" />' for i, m in enumerate(members)]
             out.append("</EnumType>")
         out.append('<EntityContainer Name="Resources">')
         out += [f'<EntitySet Name="{e.name}" EntityType="{NAMESPACE}.{e.single}" />' for e in ENTITIES.values()]
@@ -591,17 +551,8 @@ class DynamicsFinanceSandbox(Sandbox):
         records = self._rows(request, entity)
         text = request.arg("$filter")
         if text:
-            try:
-                where = Filter(text, entity.filter_entity())
-            except BadRequest as exc:
-                raise BadRequest(exc.message.replace("Microsoft.NAV.", f"{NAMESPACE}."), status=400) from None
+            where = Filter(text, entity.filter_entity(), namespace=NAMESPACE)
             records = [r for r in records if where.test(r)]
-        try:
-            skip = int(request.arg("$skip") or 0)
-            top = int(request.arg("$top")) if request.arg("$top") else None
-            after = int(request.arg("$skiptoken") or 0)
-        except ValueError:
-            raise BadRequest("$top, $skip and $skiptoken must be whole numbers.") from None
         order = [part.split() for part in (request.arg("$orderby") or "").split(",") if part.strip()]
         for term in reversed(order):  # the last key first: Python's sort is stable
             name, descending = term[0], len(term) > 1 and term[1].lower() == "desc"
@@ -612,27 +563,14 @@ class DynamicsFinanceSandbox(Sandbox):
             for position, record in enumerate(records, start=1):
                 record["_n"] = position
         count = len(records)
-        records = [r for r in records if r["_n"] > after][skip:]
-        if top is not None:
-            records = records[:top]
-        page_size = MAX_PAGE_SIZE
-        headers: dict[str, str] = {"OData-Version": "4.0"}
-        preference = re.search(r"odata\.maxpagesize=(\d+)", request.header("prefer"))
-        if preference and int(preference.group(1)) > 0:
-            page_size = min(int(preference.group(1)), MAX_PAGE_SIZE)
-            headers["Preference-Applied"] = f"odata.maxpagesize={page_size}"
-        page, rest = records[:page_size], records[page_size:]
-        body: dict[str, Any] = {"@odata.context": f"{self._origin(request)}/data/$metadata#{entity.name}"}
+        page, next_link, paging = server_page(request, records, max_page_size=MAX_PAGE_SIZE)
+        headers = {"OData-Version": "4.0", **paging}
+        body: dict[str, Any] = {"@odata.context": f"{origin(request)}/data/$metadata#{entity.name}"}
         if (request.arg("$count") or "").lower() == "true":
             body["@odata.count"] = count
         body["value"] = [self._public(r, select) for r in page]
-        if rest:
-            query = {k: v[0] for k, v in request.query.items() if k not in {"$skiptoken", "$skip", "$top"}}
-            query["$skiptoken"] = str(page[-1]["_n"])
-            if top is not None:
-                query["$top"] = str(len(rest))
-            encoded = "&".join(f"{quote(k, safe='$')}={quote(v, safe=chr(39))}" for k, v in query.items())
-            body["@odata.nextLink"] = f"{self._origin(request)}{request.path}?{encoded}"
+        if next_link:
+            body["@odata.nextLink"] = next_link
         return Response(200, body, headers)
 
     def collection_post(self, request: Request) -> Response:
@@ -662,7 +600,7 @@ class DynamicsFinanceSandbox(Sandbox):
         return Response(204)
 
     def _entity_answer(self, request: Request, entity: Entity, record: dict[str, Any], status: int) -> Response:
-        context = f"{self._origin(request)}/data/$metadata#{entity.name}/$entity"
+        context = f"{origin(request)}/data/$metadata#{entity.name}/$entity"
         return Response(status, {"@odata.context": context, **self._public(record)}, {"ETag": record["_etag"]})
 
     # Business rules (what D365's tables and entities check) ------------------------------------

@@ -53,6 +53,9 @@ EVENTS = "subscribed_events"  # the events channel in the store
 XREFS = "external_references"
 ACCOUNT_ADMIN_ID = "42"  # every client-credentials token acts as this account administrator
 FIRST_ID = 5500  # ids count up from here, so they look like Kantata's (numeric strings)
+# Kantata numbers objects across all its accounts, so two accounts never share an id. A second
+# account's sandbox (the demo's German one) counts from here instead (see `serve`).
+SECOND_ACCOUNT_FIRST_ID = 9_100_000
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,8 @@ KINDS: dict[str, Kind] = {
             "category",
             "expense_category_id",
             "amount_in_cents",
+            # The workspace's currency unless the expense was incurred in another (a trip abroad).
+            "currency",
             "notes",
             "billable",
             "reimbursable",
@@ -298,8 +303,9 @@ class KantataSandbox(Sandbox):
     name = "kantata"
     token_lifetime = 7200.0  # Kantata's own tokens do not expire; ours do, so refresh is exercised
 
-    def __init__(self, state_dir: Path | None) -> None:
+    def __init__(self, state_dir: Path | None, first_id: int = FIRST_ID) -> None:
         super().__init__(state_dir)
+        self.first_id = first_id
         with self.store.lock:
             # Expression indexes so a lookup by external reference stays fast as the account grows.
             self.store.db.execute(
@@ -310,7 +316,7 @@ class KantataSandbox(Sandbox):
                 "CREATE INDEX IF NOT EXISTS kantata_xref_subject ON records "
                 "(object, json_extract(data, '$.subject_id'))"
             )
-        self.next_id = int(self.store.kv_get("kantata_next_id", FIRST_ID))
+        self.next_id = int(self.store.kv_get("kantata_next_id", first_id))
         self.seed()
 
     def seed(self) -> None:
@@ -345,7 +351,7 @@ class KantataSandbox(Sandbox):
     def _reset(self, request: Request) -> Response:
         answer = super()._reset(request)
         with self.store.lock:
-            self.next_id = FIRST_ID
+            self.next_id = self.first_id
         self.seed()  # the demo users come back with a fresh account
         return answer
 
@@ -970,5 +976,7 @@ class KantataSandbox(Sandbox):
         return Response(200, {"subscribed_event_types": types, "subscribed_event_type_schemas": {}})
 
 
-def serve(*, port: int, state_dir: Path | None, host: str = "127.0.0.1") -> None:
-    serve_sandbox(KantataSandbox(state_dir), port=port, host=host)
+def serve(*, port: int, state_dir: Path | None, host: str = "127.0.0.1", second_account: bool = False) -> None:
+    """`second_account`: another Kantata account beside the first (ids from another range)."""
+    first_id = SECOND_ACCOUNT_FIRST_ID if second_account else FIRST_ID
+    serve_sandbox(KantataSandbox(state_dir, first_id=first_id), port=port, host=host)

@@ -10,7 +10,7 @@ the correction an operator makes in that system before resubmitting.
 | rate_limit_burst | the sandbox allows N requests a minute for a window | (none) |
 | late_time | a week's time approved in the month after it was worked | (none: reconciliation explains it) |
 | fx_date | the ERP invoice dated/posted on another day than the PSA billed it | (none: reconciliation explains it) |
-| mixed_currency | an expense in EUR in a USD/GBP project's billing batch | correct the odd item's currency |
+| mixed_currency | an expense in EUR in a USD/GBP project's batch (GBP in a EUR one) | correct its currency |
 """
 
 from __future__ import annotations
@@ -32,12 +32,18 @@ ANOMALIES = (
 )
 FOREIGN_CURRENCY = "EUR"
 # What an operator converts a foreign expense at (the firm's policy rate for the demo).
-POLICY_RATES = {("EUR", "USD"): Decimal("1.08"), ("EUR", "GBP"): Decimal("0.86")}
-DEFAULT_TAX_PROFILE = {"us": "US-STANDARD", "uk": "GB-VAT20"}
+POLICY_RATES = {("EUR", "USD"): Decimal("1.08"), ("EUR", "GBP"): Decimal("0.86"), ("GBP", "EUR"): Decimal("1.16")}
+DEFAULT_TAX_PROFILE = {"us": "US-STANDARD", "uk": "GB-VAT20", "de": "DE-VAT19"}
 FALLBACK_SERVICE_LINE = "Advisory"
 
 
 # Injectors ----------------------------------------------------------------------------------------
+def foreign_currency(currency: str) -> str:
+    """The currency an odd expense comes in: euros (a trip to the continent), or pounds for the
+    German entity, whose own currency is the euro."""
+    return "GBP" if currency.upper() == FOREIGN_CURRENCY else FOREIGN_CURRENCY
+
+
 def hand_keyed_customer(erp: Driver, *, name: str, entity: str, number: str) -> str:
     """A customer someone created directly in the ERP: same name, no external id from us."""
     if isinstance(erp, NetSuite):

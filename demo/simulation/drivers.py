@@ -1,7 +1,8 @@
 """HTTP drivers: the firm's people acting in the vendor sandboxes through the vendors' own APIs.
 
 Each driver signs in as the vendor wants (Salesforce and Kantata client credentials, NetSuite a
-certificate-signed JWT, Business Central an Entra token), sends JSON and returns JSON. A busy or
+certificate-signed JWT, Business Central and Dynamics 365 Finance an Entra token), sends JSON and
+returns JSON. A busy or
 down vendor (429, 5xx, connection refused) is waited out a few times, as a person would retry;
 then `VendorUnavailable` lets the simulator try the action again later.
 
@@ -26,6 +27,9 @@ SF_VERSION = "v62.0"
 CLIENT = {"client_id": "sandbox-client", "client_secret": "sandbox-secret"}
 # Change events carry this, so pscsync can tell a person's edit from its own write-back.
 SF_CALL_OPTIONS = "client=northwind-firm"
+# The sandboxes the firm works in, by name (the German entity's Kantata account is its own).
+SANDBOXES = ("salesforce", "kantata", "netsuite", "businesscentral", "dynamicsfinance", "kantata-de")
+D365_TENANT = "sandbox-tenant"
 
 
 class VendorError(RuntimeError):
@@ -319,11 +323,57 @@ class BusinessCentral(Driver):
         )
 
 
+# Dynamics 365 Finance ---------------------------------------------------------------------------
+class DynamicsFinance(Driver):
+    """D365 Finance's OData data entities, across legal entities (`cross-company=true`)."""
+
+    name = "dynamicsfinance"
+
+    def fetch_token(self) -> str:
+        answer = self.http.post(
+            f"{self.base_url}/{D365_TENANT}/oauth2/v2.0/token",
+            data={"grant_type": "client_credentials", "scope": f"{self.base_url}/.default", **CLIENT},
+        )
+        answer.raise_for_status()
+        return answer.json()["access_token"]
+
+    def list(self, entity_set: str, odata_filter: str = "") -> list[dict[str, Any]]:
+        params = {"cross-company": "true", **({"$filter": odata_filter} if odata_filter else {})}
+        answer = self.request("GET", f"/data/{entity_set}", params=params, what=entity_set)
+        rows = list(answer.get("value", []))
+        while answer.get("@odata.nextLink"):
+            answer = self.request("GET", answer["@odata.nextLink"], what=f"{entity_set} page")
+            rows += answer.get("value", [])
+        return rows
+
+    def create(self, entity_set: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return self.request(
+            "POST", f"/data/{entity_set}", params={"cross-company": "true"}, json=fields, what=f"create {entity_set}"
+        )
+
+    def post_invoice(self, area: str, invoice_id: str) -> None:
+        """The accountant posts the free text invoice (D365 offers no OData action for it; the
+        sandbox's control API stands in for the posting form)."""
+        self.request(
+            "POST",
+            "/_sandbox/post-invoice",
+            json={"dataAreaId": area, "InvoiceIdentifier": int(invoice_id)},
+            what="post free text invoice",
+        )
+
+
 def drivers_for(urls: dict[str, str], *, patience: float = 2.0) -> dict[str, Driver]:
+    """A driver per sandbox given; the German entity's (its Kantata account, D365) when present."""
     client = httpx.Client(timeout=15)
-    return {
+    drivers: dict[str, Driver] = {
         "salesforce": Salesforce(urls["salesforce"], client=client, patience=patience),
         "kantata": Kantata(urls["kantata"], client=client, patience=patience),
         "netsuite": NetSuite(urls["netsuite"], client=client, patience=patience),
         "businesscentral": BusinessCentral(urls["businesscentral"], client=client, patience=patience),
     }
+    if urls.get("kantata-de"):
+        drivers["kantata-de"] = Kantata(urls["kantata-de"], client=client, patience=patience)
+        drivers["kantata-de"].name = "kantata-de"
+    if urls.get("dynamicsfinance"):
+        drivers["dynamicsfinance"] = DynamicsFinance(urls["dynamicsfinance"], client=client, patience=patience)
+    return drivers

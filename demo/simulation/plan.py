@@ -22,6 +22,7 @@ from typing import Any
 ENTITIES = {
     "us": {"currency": "USD", "country": "US", "tax_profiles": ["US-STANDARD", "US-STANDARD", "US-EXEMPT"]},
     "uk": {"currency": "GBP", "country": "GB", "tax_profiles": ["GB-VAT20"]},
+    "de": {"currency": "EUR", "country": "DE", "tax_profiles": ["DE-VAT19"]},
 }
 # The US entity also serves Canadian clients, contracted and billed in CAD (NetSuite subsidiary 3
 # allows CAD): the deals where exchange rates, and so the FX-date anomaly, matter.
@@ -41,7 +42,7 @@ def fx_rate(currency: str, day: dt.date) -> float:
 
 SERVICE_LINES = ("Advisory", "Implementation", "Managed Services", "Cloud Migration")
 UNKNOWN_SERVICE_LINES = ("Cyber Security", "Data Strategy", "Digital Forensics")
-# Role -> hourly bill rate, per entity (USD, GBP).
+# Role -> hourly bill rate, per entity (USD, GBP, EUR).
 RATE_CARD = {
     "us": {
         "Engagement Manager": 310,
@@ -62,6 +63,16 @@ RATE_CARD = {
         "Service Manager": 145,
         "Support Engineer": 95,
         "Cloud Architect": 195,
+    },
+    "de": {
+        "Engagement Manager": 260,
+        "Project Manager": 200,
+        "Solution Architect": 225,
+        "Senior Consultant": 180,
+        "Consultant": 140,
+        "Service Manager": 160,
+        "Support Engineer": 105,
+        "Cloud Architect": 215,
     },
 }
 # The roles each service line staffs (hours over the contract), as in the shipped default plans.
@@ -99,7 +110,15 @@ CLIENT_STEMS = (
     "Virtucon",
     "Blue Sun",
 )
-CLIENT_SUFFIXES = {"us": ("Inc.", "Corp.", "Health", "Bank", "Logistics"), "uk": ("Ltd", "plc", "Group", "Retail")}
+CLIENT_SUFFIXES = {
+    "us": ("Inc.", "Corp.", "Health", "Bank", "Logistics"),
+    "uk": ("Ltd", "plc", "Group", "Retail"),
+    "de": ("GmbH", "AG", "SE", "Handel GmbH"),
+}
+# Entities whose ERP the duplicate-customer anomaly is staged in (a hand-keyed NetSuite or BC
+# customer the operators can link); the German ledger's customers are all keyed by pscsync.
+DUPLICATE_CUSTOMER_ENTITIES = ("us", "uk")
+DEAL_NOUN = {"uk": "programme", "de": "project"}
 STAGES = (("Prospecting", 10), ("Qualification", 20), ("Proposal/Price Quote", 50), ("Negotiation/Review", 75))
 
 
@@ -111,6 +130,7 @@ class Options:
     seed: int = 7
     deals_per_week: float = 3.0
     uk_share: float = 0.35
+    de_share: float = 0.2
     cad_share: float = 0.15
     win_rate: float = 0.65
     amendment_rate: float = 0.25
@@ -187,6 +207,14 @@ def start_of(now: dt.datetime, days: int) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
+def entity_for(draw: float, options: Options) -> str:
+    """The legal entity a new deal is for, from a draw in [0, 1): the UK's share, then the German
+    entity's, the rest the US's."""
+    if draw < options.uk_share:
+        return "uk"
+    return "de" if draw < options.uk_share + options.de_share else "us"
+
+
 def record_rng(seed: int, key: str) -> random.Random:
     """The generator for choices about a record the engine created (an invoice, a project):
     seeded by the record's business key, so the order records are seen in does not matter."""
@@ -202,7 +230,7 @@ def scenario_plan(options: Options, start_weekday: int = 0) -> Plan:
     rng = random.Random(options.seed)
     people = _people(rng)
     actions: list[Action] = []
-    accounts: dict[str, list[str]] = {"us": [], "uk": []}
+    accounts: dict[str, list[str]] = {"us": [], "uk": [], "de": []}
     account_market: dict[str, dict[str, Any]] = {}
     names: set[str] = set()
     deal_count = 0
@@ -218,7 +246,7 @@ def scenario_plan(options: Options, start_weekday: int = 0) -> Plan:
         arrivals.append((int(day), False))
     for created, advanced in sorted(arrivals):
         deal_count += 1
-        entity = "uk" if rng.random() < options.uk_share else "us"
+        entity = entity_for(rng.random(), options)
         deal_ref = f"deal-{deal_count}"
         # The client: a new account, or one the firm already works for.
         if accounts[entity] and rng.random() < 0.3:
@@ -232,7 +260,7 @@ def scenario_plan(options: Options, start_weekday: int = 0) -> Plan:
             anomalies = []
             if rng.random() < options.missing_tax_profile:
                 anomalies.append("missing_tax_profile")
-            if rng.random() < options.duplicate_customer:
+            if rng.random() < options.duplicate_customer and entity in DUPLICATE_CUSTOMER_ENTITIES:
                 anomalies.append("duplicate_customer")
             parent = None
             if len(accounts[entity]) > 3 and rng.random() < 0.15:
@@ -260,15 +288,41 @@ def scenario_plan(options: Options, start_weekday: int = 0) -> Plan:
         actions.extend(
             _deal(rng, options, deal_ref, account_ref, entity, created, advanced, people, start_weekday, currency)
         )
+    _german_onboarding(actions, options)
     actions.extend(_billing_runs(options, start_weekday))
     actions.extend(_incidents(rng, options))
     actions.sort(key=lambda a: (a.day, a.minute, a.kind, a.ref))
     return Plan(options=options, people=people, actions=actions)
 
 
+def _german_onboarding(actions: list[Action], options: Options) -> None:
+    """The German entity is new to the firm's systems, so its data has the usual slips at least
+    once wherever those anomalies are on: the account of its first won deal is keyed without a
+    tax profile, and its first expense comes in another currency (a trip to the UK, in pounds).
+    Its exceptions are then there for the operators to correct whatever the seed; no draw is
+    taken, so the rest of the plan is as the seed made it."""
+    deals = {a.ref: a.data for a in actions if a.kind == "deal_create" and a.data["entity"] == "de"}
+    first_won = next(
+        (a.ref for a in sorted(actions, key=lambda a: (a.day, a.minute)) if a.kind == "deal_won" and a.ref in deals),
+        None,
+    )
+    accounts = {a.ref: a for a in actions if a.kind == "account_create" and a.data["entity"] == "de"}
+    if options.missing_tax_profile > 0 and first_won and deals[first_won]["account"] in accounts:
+        data = accounts[deals[first_won]["account"]].data
+        if "missing_tax_profile" not in data["anomalies"]:
+            data["tax_profile"] = None
+            data["anomalies"].append("missing_tax_profile")
+    weeks = sorted(
+        (a for a in actions if a.kind == "week_time" and a.ref in deals and "expense" in a.data),
+        key=lambda a: (a.day, a.minute),
+    )
+    if options.mixed_currency > 0 and weeks and not any("mixed_currency" in w.data["anomalies"] for w in weeks):
+        weeks[0].data["anomalies"].append("mixed_currency")
+
+
 def _people(rng: random.Random) -> list[Person]:
     people: list[Person] = []
-    for entity, per_role in (("us", 2), ("uk", 1)):
+    for entity, per_role in (("us", 2), ("uk", 1), ("de", 1)):
         for role, rate in RATE_CARD[entity].items():
             for _ in range(per_role):
                 n = len(people) + 1
@@ -332,7 +386,7 @@ def _deal(
             {
                 "account": account_ref,
                 "entity": entity,
-                "name": f"{service_line} {'programme' if entity == 'uk' else 'engagement'}",
+                "name": f"{service_line} {DEAL_NOUN.get(entity, 'engagement')}",
                 "stage": STAGES[stage_index][0],
                 "probability": probability,
                 "amount": amount,

@@ -30,6 +30,7 @@ from demo.simulation import anomalies
 from demo.simulation.drivers import (
     BusinessCentral,
     Driver,
+    DynamicsFinance,
     Kantata,
     NetSuite,
     Salesforce,
@@ -50,7 +51,8 @@ from demo.simulation.plan import (
 from pscsync.clock import clock_file_write
 
 log = logging.getLogger("demo.simulation")
-KANTATA_USERS = ("43", "44", "42")  # the sandbox's seeded users stand in for the UK consultants
+KANTATA_USERS = ("43", "44", "42")  # each account's seeded users stand in for its consultants
+D365_COMPANY = "demf"  # the German entity's legal entity in Dynamics 365 Finance
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
 MAX_DEFERRALS = 30  # x 12 business hours: a week of time waits up to 15 days for its project
 INCIDENT_MIN_WALL_SECONDS = 6.0
@@ -112,6 +114,11 @@ class Simulation:
         self.kantata: Kantata = drivers["kantata"]  # type: ignore[assignment]
         self.netsuite: NetSuite = drivers["netsuite"]  # type: ignore[assignment]
         self.bc: BusinessCentral = drivers["businesscentral"]  # type: ignore[assignment]
+        # The German entity's systems: its own Kantata account and Dynamics 365 Finance.
+        self.kantata_de: Kantata | None = drivers.get("kantata-de")  # type: ignore[assignment]
+        self.d365: DynamicsFinance | None = drivers.get("dynamicsfinance")  # type: ignore[assignment]
+        if any(a.data.get("entity") == "de" for a in plan.actions) and not (self.kantata_de and self.d365):
+            raise ValueError("the plan has German deals: the kantata-de and dynamicsfinance sandboxes are needed")
         self.drivers = drivers
         self.people = {p.ref: p for p in plan.people}
         self.accounts: dict[str, dict[str, Any]] = {}
@@ -369,12 +376,19 @@ class Simulation:
             raise Defer(f"project {key} not provisioned yet")
         return self.projects[key]
 
+    def kantata_of(self, entity: str) -> Kantata:
+        """The entity's Kantata account: the UK's, or the German entity's own."""
+        if entity == "de":
+            assert self.kantata_de is not None  # checked against the plan in __init__
+            return self.kantata_de
+        return self.kantata
+
     def refresh_projects(self, entity: str) -> None:
         if entity == "us":
             for row in self.sf.query("SELECT Id, pscsync_Key__c FROM pse__Proj__c WHERE pscsync_Key__c LIKE 'P-%'"):
                 self.projects[row["pscsync_Key__c"]] = row["Id"]
         else:
-            for key, found in self.kantata.workspaces_by_key().items():
+            for key, found in self.kantata_of(entity).workspaces_by_key().items():
                 if key.startswith("P-"):
                     self.projects[key] = found["id"]
 
@@ -390,6 +404,8 @@ class Simulation:
             self._certinia_week(deal, project, week, action)
         else:
             self._kantata_week(deal, project, week, action)
+            if deal.data["entity"] == "de":
+                self._kantata_milestones(deal, project, week)
 
     def _certinia_week(self, deal: Deal, project: str, week: dt.date, action: Action) -> None:
         approved_on = self.now.date().isoformat()
@@ -481,13 +497,15 @@ class Simulation:
                     self.stats["milestones_completed"] += 1
 
     def _kantata_week(self, deal: Deal, workspace: str, week: dt.date, action: Action) -> None:
+        kantata = self.kantata_of(deal.data["entity"])
+        currency = str(deal.data["currency"])
         entries = []
         for n, entry in enumerate(action.data["entries"]):
             person = self.people[entry["person"]]
             user = KANTATA_USERS[n % len(KANTATA_USERS)]
             if (workspace, user) not in self.participations:
                 try:
-                    self.kantata.create(
+                    kantata.create(
                         "participations", "participation", {"workspace_id": workspace, "user_id": user, "role": "maven"}
                     )
                 except VendorError as exc:
@@ -508,11 +526,11 @@ class Simulation:
                         }
                     )
         if entries:
-            self.kantata.request("POST", "/api/v1/time_entries", json={"time_entries": entries}, what="time entries")
+            kantata.request("POST", "/api/v1/time_entries", json={"time_entries": entries}, what="time entries")
         expense = action.data.get("expense")
         if expense:
             mixed = "mixed_currency" in action.data["anomalies"]
-            self.kantata.create(
+            kantata.create(
                 "expenses",
                 "expense",
                 {
@@ -520,13 +538,24 @@ class Simulation:
                     "date": (week + dt.timedelta(days=2)).isoformat(),
                     "category": expense["category"],
                     "amount_in_cents": expense["amount"] * 100,
-                    "currency": anomalies.FOREIGN_CURRENCY if mixed else "GBP",
+                    "currency": anomalies.foreign_currency(currency) if mixed else currency,
                     "billable": True,
                     "approved": True,
                 },
             )
             if mixed:
                 self.stats["anomaly:mixed_currency"] += 1
+
+    def _kantata_milestones(self, deal: Deal, workspace: str, week: dt.date) -> None:
+        """The project manager completes the milestones pscsync planned in the workspace (stories
+        of type milestone) whose due date falls in the week just approved."""
+        kantata = self.kantata_of(deal.data["entity"])
+        week_end = (week + dt.timedelta(days=6)).isoformat()
+        for story in kantata.index("stories", workspace_id=workspace, story_type="milestone"):
+            due = str(story.get("due_date") or "")[:10]
+            if story.get("state") != "completed" and due and due <= week_end:
+                kantata.update("stories", "story", str(story["id"]), {"state": "completed"})
+                self.stats["milestones_completed"] += 1
 
     # PSA billing runs ----------------------------------------------------------------------------
     def do_billing_run(self, action: Action) -> None:
@@ -555,26 +584,36 @@ class Simulation:
                         "currency": project_currency,
                     }
         self.stats["billing_events"] += len(events)
-        self.refresh_projects("uk")
-        uk_projects = {
+        for entity in ("uk", "de"):
+            if entity == "de" and self.kantata_de is None:
+                continue
+            self._kantata_billing_run(entity, today)
+
+    def _kantata_billing_run(self, entity: str, today: str) -> None:
+        """Per running project of the entity's Kantata account, an invoice of its approved,
+        uninvoiced time and expenses."""
+        kantata = self.kantata_of(entity)
+        currency = str(ENTITIES[entity]["currency"])
+        self.refresh_projects(entity)
+        projects = {
             self.projects[f"P-{d.opportunity}"]
             for d in self.deals.values()
-            if d.won and d.data["entity"] == "uk" and f"P-{d.opportunity}" in self.projects
+            if d.won and d.data["entity"] == entity and f"P-{d.opportunity}" in self.projects
         }
-        for workspace in sorted(uk_projects, key=int):
+        for workspace in sorted(projects, key=int):
             time_ids = [
                 str(e["id"])
-                for e in self.kantata.index("time_entries", workspace_id=workspace)
+                for e in kantata.index("time_entries", workspace_id=workspace)
                 if e.get("approved") and not e.get("is_invoiced") and e.get("billable", True)
             ]
             expenses = [
                 e
-                for e in self.kantata.index("expenses", workspace_id=workspace)
+                for e in kantata.index("expenses", workspace_id=workspace)
                 if e.get("approved", True) and not e.get("is_invoiced") and e.get("billable", True)
             ]
             if not time_ids and not expenses:
                 continue
-            invoice = self.kantata.create(
+            invoice = kantata.create(
                 "invoices",
                 "invoice",
                 {
@@ -587,16 +626,20 @@ class Simulation:
                 },
             )
             self.stats["kantata_invoices"] += 1
-            odd = [str(e["id"]) for e in expenses if (e.get("currency") or "GBP").upper() != "GBP"]
+            self.stats[f"kantata_invoices:{entity}"] += 1
+            odd = [str(e["id"]) for e in expenses if (e.get("currency") or currency).upper() != currency]
             if odd:
                 self.anomalies_by_key[f"kantata-invoice:{invoice['id']}"] = {
-                    "mixed_currency": {"psa": "kantata", "expenses": odd}
+                    "mixed_currency": {"psa": "kantata", "entity": entity, "expenses": odd, "currency": currency}
                 }
 
     # ERP: finance posts invoices and receives payments -------------------------------------------
     def do_finance_round(self, action: Action) -> None:
         today = self.now.date()
-        for erp, discover in (("netsuite", self._netsuite_invoices), ("businesscentral", self._bc_invoices)):
+        rounds = [("netsuite", self._netsuite_invoices), ("businesscentral", self._bc_invoices)]
+        if self.d365 is not None:
+            rounds.append(("dynamicsfinance", self._d365_invoices))
+        for erp, discover in rounds:
             try:
                 discover()
                 for invoice in [i for i in self.invoices.values() if i.erp == erp]:
@@ -615,7 +658,9 @@ class Simulation:
             # so the demo shows work on an unposted invoice (unbilled WIP, not receivables).
             invoice.post_on += dt.timedelta(days=record_rng(self.options.seed, invoice.key + ":wait").randint(14, 21))
         # Only where a rate matters: a NetSuite invoice in another currency than the entity's.
-        invoice.fx_date = rng.random() < self.options.fx_date and invoice.currency not in ("", "USD")
+        invoice.fx_date = (
+            rng.random() < self.options.fx_date and invoice.erp == "netsuite" and invoice.currency not in ("", "USD")
+        )
         behaviour = rng.random()
         pay_day = invoice.post_on + dt.timedelta(days=rng.randint(14, 45))
         if behaviour < 0.7:
@@ -668,6 +713,41 @@ class Simulation:
             self._plan_invoice(invoice)
             self.invoices[key] = invoice
 
+    def _d365_invoices(self) -> None:
+        """Free text invoices pscsync wrote in the German legal entity (our key in
+        CustomerReference), once their lines are there (the total is theirs)."""
+        assert self.d365 is not None
+        headers = [
+            row
+            for row in self.d365.list("FreeTextInvoiceHeaders", f"dataAreaId eq '{D365_COMPANY}'")
+            if str(row.get("CustomerReference") or "").startswith("I-")
+            and row["CustomerReference"] not in self.invoices
+        ]
+        if not headers:
+            return
+        totals: dict[str, float] = {}
+        for line in self.d365.list("FreeTextInvoiceLines", f"dataAreaId eq '{D365_COMPANY}'"):
+            parent = str(line.get("ParentRecId"))
+            totals[parent] = totals.get(parent, 0.0) + float(line.get("TransactionCurrencyAmount") or 0)
+            totals[parent] += float(line.get("SalesTaxAmount") or 0)
+        for row in headers:
+            record_id = str(row["InvoiceIdentifier"])
+            if not totals.get(record_id):
+                continue  # its lines are not written yet: the next round sees it
+            invoice = Invoice(
+                erp="dynamicsfinance",
+                key=str(row["CustomerReference"]),
+                record_id=record_id,
+                customer=str(row.get("InvoiceAccount") or row.get("CustomerAccount") or ""),
+                total=round(totals[record_id], 2),
+                date=str(row.get("InvoiceDate") or "")[:10],
+                number=str(row.get("FreeTextNumber") or ""),
+                posted=row.get("IsPosted") == "Yes",
+                currency=str(row.get("CurrencyCode") or "EUR"),
+            )
+            self._plan_invoice(invoice)
+            self.invoices[invoice.key] = invoice
+
     def _post_and_collect(self, invoice: Invoice, today: dt.date) -> None:
         if not invoice.posted and invoice.post_on and invoice.post_on <= today:
             posted_on = invoice.post_on
@@ -688,6 +768,14 @@ class Simulation:
                 if invoice.fx_date:
                     fields["tranDate"] = posted_on.isoformat()
                 self.netsuite.update("invoice", invoice.record_id, fields)
+            elif invoice.erp == "dynamicsfinance":
+                assert self.d365 is not None
+                self.d365.post_invoice(D365_COMPANY, invoice.record_id)
+                (header,) = self.d365.list(
+                    "FreeTextInvoiceHeaders",
+                    f"dataAreaId eq '{D365_COMPANY}' and InvoiceIdentifier eq {int(invoice.record_id)}",
+                )
+                invoice.number = str(header.get("FreeTextNumber") or invoice.number)
             else:
                 record = next(r for r in self.bc.list("salesInvoices", f"id eq {invoice.record_id}"))
                 if record.get("status") == "Draft":
@@ -713,6 +801,25 @@ class Simulation:
                         "payment": amount,
                         "tranDate": paid_on.isoformat(),
                         "apply": {"items": [{"doc": {"id": invoice.record_id}, "apply": True, "amount": amount}]},
+                    },
+                )
+            elif invoice.erp == "dynamicsfinance":
+                assert self.d365 is not None
+                # A customer payment journal with one line settling the posted invoice.
+                journal = self.d365.create(
+                    "CustomerPaymentJournalHeaders",
+                    {"dataAreaId": D365_COMPANY, "JournalName": "CustPay", "Description": f"Payment {invoice.number}"},
+                )
+                self.d365.create(
+                    "CustomerPaymentJournalLines",
+                    {
+                        "dataAreaId": D365_COMPANY,
+                        "JournalBatchNumber": journal["JournalBatchNumber"],
+                        "AccountDisplayValue": invoice.customer,
+                        "CreditAmount": amount,
+                        "TransactionDate": f"{paid_on.isoformat()}T12:00:00Z",
+                        "MarkedInvoice": invoice.number,
+                        "PaymentReference": f"PAY-{invoice.key}-{n + 1}"[:60],
                     },
                 )
             else:
@@ -839,7 +946,11 @@ class Simulation:
                     done.append(anomalies.fix_mixed_currency_certinia(self.sf, event_id=key, currency=info["currency"]))
                 else:
                     done.append(
-                        anomalies.fix_mixed_currency_kantata(self.kantata, expense_ids=info["expenses"], currency="GBP")
+                        anomalies.fix_mixed_currency_kantata(
+                            self.kantata_of(info.get("entity", "uk")),
+                            expense_ids=info["expenses"],
+                            currency=info.get("currency", "GBP"),
+                        )
                     )
         except VendorError as exc:
             self.stats["operator_fix_failed"] += 1

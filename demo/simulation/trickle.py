@@ -13,7 +13,7 @@ import datetime as dt
 import random
 import time
 
-from demo.simulation.plan import STAGES, Action, _client_name, _deal
+from demo.simulation.plan import ENTITIES, STAGES, Action, _client_name, _deal, entity_for
 from demo.simulation.simulator import Simulation
 
 
@@ -26,7 +26,8 @@ def trickle_step(sim: Simulation, rng: random.Random, n: int) -> str:
     running = [d for d in sim.deals.values() if d.won]
     roll = rng.random()
     if roll < 0.2 or not open_deals:
-        entity = "uk" if rng.random() < sim.options.uk_share else "us"
+        entity = entity_for(rng.random(), sim.options)
+        market = ENTITIES[entity]
         account_ref = f"acct-live-{n}"
         taken = {a["name"] for a in sim.accounts.values()}
         account = Action(
@@ -38,8 +39,8 @@ def trickle_step(sim: Simulation, rng: random.Random, n: int) -> str:
                 "name": _client_name(rng, entity, taken),
                 "entity": entity,
                 "number": f"{entity.upper()}-L{n}",
-                "country": "US" if entity == "us" else "GB",
-                "tax_profile": "US-STANDARD" if entity == "us" else "GB-VAT20",
+                "country": market["country"],
+                "tax_profile": market["tax_profiles"][0],
                 "parent": None,
                 "anomalies": [],
             },

@@ -17,7 +17,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from connectors import base
+from connectors import base, limiter
 from connectors.base import InvoiceStatus
 from connectors.dynamicsfinance import BatchRequest, DynamicsFinanceConnector, batch_decode, batch_encode
 from connectors.errors import RejectedError, TransientError
@@ -480,3 +480,43 @@ def test_a_batch_that_times_out_is_an_unknown_outcome_and_the_lookup_tells(d365,
     assert connector.lookup(entity="customer", key="C-SLOW") is None
     customer(connector, "C-SLOW")
     assert connector.lookup(entity="customer", key="C-SLOW") is not None
+
+
+def _new_customer(connector: DynamicsFinanceConnector, key: str) -> BatchRequest:
+    fields = {"dataAreaId": "demf", "CustomerAccount": key, "OrganizationName": key}
+    fields |= {"CustomerGroupId": "30", "SalesCurrencyCode": "EUR"}
+    return BatchRequest("POST", connector.data_url("CustomersV3?cross-company=true"), fields)
+
+
+@pytest.mark.parametrize("where", ["inside", "on"])
+def test_a_429_in_or_on_a_batch_pauses_the_connection_until_its_retry_after(
+    d365, connector, settings, where: str
+) -> None:
+    # D365 throttles the app, not one request: its Retry-After holds every call of the connection,
+    # in this worker and the others (the shared limiter in Redis), whether the 429 answered one
+    # part of a $batch or the $batch itself.
+    connector.ping()  # the token is fetched before the throttling starts
+    match = "/data/CustomersV3" if where == "inside" else "/data/$batch"
+    d365.fault(error_status=429, retry_after=2, match=match, count=1)
+
+    with pytest.raises(TransientError) as throttled:
+        for answer in connector.batch([[_new_customer(connector, "C-B1")]])[0]:
+            connector.raise_for_answer(answer)
+    throttled_at = time.monotonic()
+    assert (throttled.value.http_status, throttled.value.retry_after) == (429, 2)
+    assert "Dynamics 365 Finance is throttling our requests" in throttled.value.message
+
+    # The next call, if it may not wait that long, is deferred and nothing reaches D365.
+    settings.LIMITER_MAX_WAIT_SECONDS = 0.5
+    written = len(journal(d365, "POST", r"^/data/"))
+    with pytest.raises(limiter.SlotDeferred) as deferred:
+        connector.batch([[_new_customer(connector, "C-B2")]])
+    assert "the vendor asked us to pause" in deferred.value.message
+    assert len(journal(d365, "POST", r"^/data/")) == written
+
+    # If it may wait, it goes out once the two seconds are over, and lands.
+    settings.LIMITER_MAX_WAIT_SECONDS = 10
+    [[answer]] = connector.batch([[_new_customer(connector, "C-B2")]])
+    assert time.monotonic() - throttled_at >= 2 - 0.1  # 0.1 s: Redis's clock against ours
+    assert answer.status == 201, answer.body
+    assert connector.lookup(entity="customer", key="C-B2") is not None

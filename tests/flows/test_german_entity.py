@@ -28,7 +28,7 @@ def firm_de(sandbox_factory, entities, monkeypatch):  # noqa: F811
 
     monkeypatch.setattr(base, "_tokens", {})
     de = LegalEntity.objects.create(code="de", name="Acme Consulting GmbH", currency="EUR", country="DE")
-    names = ("salesforce", "kantata", "netsuite", "businesscentral", "dynamicsfinance")
+    names = ("salesforce", "kantata", "netsuite", "businesscentral", "dynamicsfinance", "kantata-de")
     sandboxes = {name: sandbox_factory(name) for name in names}
     connections = firm_connections_save(
         us=entities["us"], uk=entities["uk"], de=de, sandbox_urls={name: s.url for name, s in sandboxes.items()}
@@ -244,3 +244,40 @@ def test_the_german_ledgers_exchange_rates_feed_the_rate_table(firm_de) -> None:
     }
     # Into the German ledger's EUR: 1 GBP = 1.25 / 1.10 = 1.136364 EUR, 1 USD = 1 / 1.10 = 0.909091 EUR.
     assert stored == {("GBP", "EUR"): Decimal("1.136364"), ("USD", "EUR"): Decimal("0.909091")}
+
+
+def test_the_german_kantata_account_is_its_own_and_is_polled_for_german_invoices_only(firm_de) -> None:
+    from connectors.models import Connection
+    from pscsync.tasks import connection_poll_task
+
+    german, uk = firm_de.connections["kantata-de"], firm_de.connections["kantata-uk"]
+    assert german.intake == Connection.Intake.POLL == uk.intake  # beat polls both accounts
+    assert german.base_url == firm_de.sandboxes["kantata-de"].url != uk.base_url
+    deal = provisioned(firm_de, "87")
+    invoice_id = kantata_invoice(firm_de, deal["opportunity"])
+    # The UK bills in its own account at the same time; the German poll must not see it.
+    uk_kantata = firm_de.connector("kantata-uk")
+    workspace = next(
+        iter(uk_kantata.send("POST", "/api/v1/workspaces", json={"workspace": {"title": "UK"}}).body["workspaces"])
+    )
+    entry = {"workspace_id": workspace, "date_performed": "2026-12-07", "time_in_minutes": 60, "rate_in_cents": 9000,
+             "billable": True, "approved": True}  # fmt: skip
+    uk_entry = next(
+        iter(uk_kantata.send("POST", "/api/v1/time_entries", json={"time_entry": entry}).body["time_entries"])
+    )
+    uk_invoice = {"workspace_id": workspace, "time_entry_ids": [uk_entry], "invoice_date": "2026-12-14"}
+    uk_invoice_id = next(
+        iter(uk_kantata.send("POST", "/api/v1/invoices", json={"invoice": uk_invoice}).body["invoices"])
+    )
+    assert uk_invoice_id != invoice_id  # Kantata numbers objects across accounts
+
+    before = set(Handoff.objects.values_list("pk", flat=True))
+    connection_poll_task(german.pk)  # what beat runs for each polled connection
+    opened = list(Handoff.objects.exclude(pk__in=before).order_by("pk"))
+
+    assert [(h.flow, h.business_key) for h in opened] == [("project-to-bill", f"kantata-invoice:{invoice_id}")]
+    billed = run(opened[0])
+    assert billed.status == Handoff.Status.SUCCEEDED, billed.last_error_message
+    d365 = firm_de.connector("dynamicsfinance-de")
+    (draft,) = d365.ledger_invoices(invoice_id=d365.lookup(entity="invoice", key=f"I-K{invoice_id}").external_id)
+    assert (draft.total, draft.currency) == (Decimal("2070.60"), "EUR")  # 1,740.00 + 19 % (module docstring)

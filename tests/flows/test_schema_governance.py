@@ -13,6 +13,7 @@ from pscsync import clock
 from pscsync.governance import schema_check, schema_check_alerting
 from pscsync.models import Handoff
 from tests.flows.conftest import run, trigger, won_deal
+from tests.flows.test_german_entity import firm_de, german_deal  # noqa: F401  (firm_de: the fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -228,3 +229,44 @@ def test_business_central_metadata_enum_member_loss_is_found(firm, baseline) -> 
     assert (finding.field, finding.kind) == ("type", GovernanceFinding.Kind.VALUE_REMOVED)
     assert "no longer allows “Company” (it allows “Person”)" in finding.detail
     assert finding.flows == ["Quote to project"]
+
+
+def test_dynamics_365_finance_metadata_losing_a_mapped_field_is_found_and_alerted_before_the_handoff_fails(
+    firm_de,  # noqa: F811  (the fixture imported above)
+    watching,
+) -> None:
+    # The German entity's ERP describes its data entities in /data/$metadata like the others.
+    baseline = {r.connection.slug: r for r in schema_check()}
+    assert {slug: r.errors for slug, r in baseline.items() if r.errors} == {}
+    assert sorted(baseline["dynamicsfinance-de"].records_checked) == [
+        "CustomersV3",
+        "FreeTextInvoiceHeaders",
+        "ProjectContracts",
+    ]
+    assert firm_de.connections["dynamicsfinance-de"].api_version == "4.0"  # pinned when saved
+
+    # An admin removes the customer group from the customers entity; the customer mapping writes it.
+    change_schema(firm_de.sandboxes["dynamicsfinance"], record="CustomersV3", field="CustomerGroupId", change="drop")
+    summary = schema_check_alerting()
+
+    assert summary["new"] == 1 and summary["alerts_queued"] == 1
+    finding = GovernanceFinding.objects.get()
+    assert (finding.connection.slug, finding.record) == ("dynamicsfinance-de", "CustomersV3")
+    assert (finding.field, finding.kind) == ("CustomerGroupId", GovernanceFinding.Kind.FIELD_MISSING)
+    assert finding.mappings == ["Dynamics 365 Finance (DE): customer version 1"]
+    assert finding.flows == ["Quote to project"]
+    alert = AlertDelivery.objects.get(event_type="schema.drift")
+    assert "Dynamics 365 Finance (DE): customer” version 1" in alert.subject
+    assert alert.payload["data"]["flows"] == ["Quote to project"]
+
+    # The next German quote-to-project handoff fails at that write, after the finding was raised.
+    deal = german_deal(firm_de, "91")
+    handoff = run(trigger(firm_de, "quote-to-project", deal["opportunity"]))
+    assert handoff.status == Handoff.Status.NEEDS_ATTENTION
+    assert "CustomerGroupId" in handoff.last_error_message
+    failed_at = handoff.steps.get(name="upsert_customer").attempts.order_by("-started_at").first().started_at
+    assert finding.first_seen_at < failed_at
+
+    # The field comes back: the finding is resolved.
+    httpx.delete(f"{firm_de.sandboxes['dynamicsfinance'].url}/_sandbox/schema", timeout=5).raise_for_status()
+    assert schema_check_alerting()["resolved"] == 1

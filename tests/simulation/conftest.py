@@ -1,4 +1,5 @@
-"""Simulation tests: the four vendor sandboxes as real processes over HTTP (no engine)."""
+"""Simulation tests: the vendor sandboxes (the German entity's Kantata account and Dynamics 365
+Finance among them) as real processes over HTTP (no engine)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ QUIET = {
 
 @pytest.fixture
 def sandboxes(sandbox_factory):  # noqa: F811
-    return {name: sandbox_factory(name) for name in ("salesforce", "kantata", "netsuite", "businesscentral")}
+    names = ("salesforce", "kantata", "netsuite", "businesscentral", "dynamicsfinance", "kantata-de")
+    return {name: sandbox_factory(name) for name in names}
 
 
 @pytest.fixture

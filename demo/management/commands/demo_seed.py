@@ -39,8 +39,7 @@ class Command(BaseCommand):
         uk, _ = LegalEntity.objects.update_or_create(
             code="uk", defaults={"name": "Northwind Consulting Ltd.", "currency": "GBP", "country": "GB"}
         )
-        # The German entity (EUR) runs on Kantata and Dynamics 365 Finance; the simulated firm's
-        # traffic is the US and UK entities', the German one is there to be driven by hand.
+        # The German entity (EUR) runs on its own Kantata account and Dynamics 365 Finance.
         de, _ = LegalEntity.objects.update_or_create(
             code="de", defaults={"name": "Northwind Consulting GmbH", "currency": "EUR", "country": "DE"}
         )

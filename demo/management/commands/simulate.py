@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from demo.simulation.drivers import drivers_for
+from demo.simulation.drivers import SANDBOXES, drivers_for
 from demo.simulation.plan import Options, scenario_plan, start_of
 from demo.simulation.simulator import Settings, Simulation
 from demo.simulation.trickle import trickle_forever
@@ -47,6 +47,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--uk-share", type=float, default=defaults.uk_share, help="share of deals for the UK entity"
         )
+        parser.add_argument(
+            "--de-share", type=float, default=defaults.de_share, help="share of deals for the German entity"
+        )
         parser.add_argument("--win-rate", type=float, default=defaults.win_rate)
         parser.add_argument("--amendment-rate", type=float, default=defaults.amendment_rate)
         for name, text in RATE_OPTIONS.items():
@@ -66,7 +69,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--web", default="", help="pscsync's URL, for the simulated operators (none: no operators)")
         parser.add_argument("--operator", default="operator", help="the operator's username")
-        for name in ("salesforce", "kantata", "netsuite", "businesscentral"):
+        for name in SANDBOXES:
             parser.add_argument(f"--{name}-url", default="", help=f"the {name} sandbox (default: its port)")
         parser.add_argument("--plan-only", action="store_true", help="print the plan as JSON and stop")
         parser.add_argument(
@@ -86,6 +89,8 @@ class Command(BaseCommand):
         for name, value in values.items():
             if name in RATE_OPTIONS and not 0 <= value <= 1:
                 raise CommandError(f"--{name.replace('_', '-')} must be between 0 and 1")
+        if not (0 <= values["uk_share"] and 0 <= values["de_share"] and values["uk_share"] + values["de_share"] <= 1):
+            raise CommandError("--uk-share and --de-share must be at least 0 and add up to at most 1")
         if values["days"] < 1:
             raise CommandError("--days must be at least 1")
         options = Options(**values)
@@ -97,10 +102,7 @@ class Command(BaseCommand):
         clock_file = opts["clock_file"]
         if clock_file is None and str(settings.CLOCK).startswith("file:"):
             clock_file = Path(str(settings.CLOCK).removeprefix("file:"))
-        urls = {
-            name: opts[f"{name}_url"] or settings.SANDBOX_URLS[name]
-            for name in ("salesforce", "kantata", "netsuite", "businesscentral")
-        }
+        urls = {name: opts[f"{name.replace('-', '_')}_url"] or settings.SANDBOX_URLS[name] for name in SANDBOXES}
         password = os.environ.get("DEMO_PASSWORD", "")
         web = opts["web"]
         if web and len(password) < 12:
