@@ -997,9 +997,12 @@ def aggregates_build(stats: LoadStats, log: Any = print) -> None:
     from django.db import connection as db
 
     from dashboards.facts import rollups_rebuild_all
+    from pscsync import ledger_days
 
     log("  building the dashboard aggregates with dashboards.facts.rollups_rebuild_all ...")
     t1 = time.monotonic()
+    # The ledger was written with COPY, around the models that keep the ledger by day.
+    ledger_days.rebuild()
     stats.rollups = rollups_rebuild_all()
     stats.seconds_rollups = time.monotonic() - t1
     with db.cursor() as cursor:

@@ -40,7 +40,14 @@ from connectors.base import (
 )
 from connectors.errors import ConnectorError, RejectedError, WebhookRejected
 from connectors.odata import ODataConnector, literal, odata_literal
-from connectors.schema import RecordShape
+from connectors.schema import (
+    NUMBER_OR_TEXT,
+    DateText,
+    MalformedRecord,
+    RecordShape,
+    records_checked,
+    sent,
+)
 
 SCOPE = "https://api.businesscentral.dynamics.com/.default"
 PUBLIC_API_HOST = "api.businesscentral.dynamics.com"
@@ -51,6 +58,57 @@ ENTITIES: dict[str, tuple[str, str]] = {
     "salesInvoices": ("externalDocumentNumber", "sales invoice"),
     "projects": ("number", "project"),
     "customerPayments": ("externalDocumentNumber", "customer payment"),
+}
+# Declared shapes of what Business Central sends (connectors/schema.py), checked as each page and
+# record arrives, so a record of another shape is a MalformedRecord naming the field instead of a
+# KeyError in a flow or an amount read as zero.
+RECORD_SHAPES: dict[str, dict[str, tuple[Any, ...]]] = {
+    "salesInvoices": {
+        "id": ((str,), True),
+        "number": ((str,), False),
+        "externalDocumentNumber": ((str,), False),
+        "customerNumber": ((str,), False),
+        "customerName": ((str,), False),
+        "currencyCode": ((str,), False),
+        "status": ((str,), False),
+        "invoiceDate": ((DateText,), False),
+        "dueDate": ((DateText,), False),
+        "postingDate": ((DateText,), False),
+        "totalAmountIncludingTax": (NUMBER_OR_TEXT, False),
+        "totalTaxAmount": (NUMBER_OR_TEXT, False),
+        "remainingAmount": (NUMBER_OR_TEXT, False),
+    },
+    "customerPayments": {
+        "id": ((str,), True),
+        "appliesToInvoiceId": ((str,), False),
+        "amount": (NUMBER_OR_TEXT, False),
+        "postingDate": ((DateText,), False),
+        "documentNumber": ((str,), False),
+    },
+    "customers": {"id": ((str,), True), "number": ((str,), False), "displayName": ((str,), False)},
+    "projects": {"id": ((str,), True), "number": ((str,), False)},
+    "salesInvoiceLines": {"documentId": ((str,), False), "amountExcludingTax": (NUMBER_OR_TEXT, False)},
+    "currencyExchangeRates": {
+        "currencyCode": ((str,), True),
+        "startingDate": ((DateText,), True),
+        "exchangeRateAmount": (NUMBER_OR_TEXT, False),
+        "relationalExchangeRateAmount": (NUMBER_OR_TEXT, False),
+        "relationalCurrencyCode": ((str,), False),
+    },
+    "companyInformation": {"currencyCode": ((str,), False)},
+}
+COLLECTION_NOUNS = {
+    "salesInvoiceLines": "sales invoice line",
+    "currencyExchangeRates": "currency exchange rate",
+    "companyInformation": "company information",
+}
+# A change notification item (the webhook body's `value`).
+NOTIFICATION_SHAPE = {
+    "subscriptionId": ((str,), True),
+    "clientState": ((str,), False),
+    "resource": ((str,), True),
+    "changeType": ((str,), True),
+    "lastModifiedDateTime": ((DateText,), True),
 }
 ALIASES = {"customer": "customers", "invoice": "salesInvoices", "project": "projects", "payment": "customerPayments"}
 # What BC computes itself: never sent back on a PATCH, never compared when deciding whether to write.
@@ -159,6 +217,7 @@ def ledger_invoice(
 
 
 class BusinessCentralConnector(ODataConnector):
+    record_id_field = "id"
     default_api_version = "v2.0"
     vendor = "businesscentral"
     product = "Business Central"
@@ -242,7 +301,14 @@ class BusinessCentralConnector(ODataConnector):
             clauses.append(f"{field} eq {literal(value)}")
         params = {"$filter": " and ".join(clauses)} if clauses else None
         self._context.noun = noun
-        yield from self.pages(f"{self.company_path()}/{name}", params)
+        yield from self.pages(
+            f"{self.company_path()}/{name}", params, shape=RECORD_SHAPES.get(name), what=self._sent(name)
+        )
+
+    @staticmethod
+    def _sent(name: str) -> str:
+        """ "Business Central sent a sales invoice": for the message when a record has another shape."""
+        return sent("Business Central", ENTITIES.get(name, ("", COLLECTION_NOUNS.get(name, name)))[1])
 
     # Exchange rates ------------------------------------------------------------------------------
     reads_exchange_rates = True
@@ -293,7 +359,9 @@ class BusinessCentralConnector(ODataConnector):
 
     def _collection(self, name: str, params: dict[str, str] | None) -> Iterator[dict[str, Any]]:
         """Every row of one of the company's collections."""
-        yield from self.pages(f"{self.company_path()}/{name}", params)
+        yield from self.pages(
+            f"{self.company_path()}/{name}", params, shape=RECORD_SHAPES.get(name), what=self._sent(name)
+        )
 
     def lookup(self, *, entity: str, key: str) -> WriteResult | None:
         name, key_field, noun = self._entity(entity)
@@ -480,12 +548,13 @@ class BusinessCentralConnector(ODataConnector):
         items = payload.get("value") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
             raise WebhookRejected(400, "a Business Central notification has a non-empty 'value' list of objects")
-        for item in items:
-            missing = [
-                f for f in ("subscriptionId", "resource", "changeType", "lastModifiedDateTime") if not item.get(f)
-            ]
-            if missing:
-                raise WebhookRejected(400, f"a notification item lacks {', '.join(missing)}")
+        try:
+            list(records_checked(items, NOTIFICATION_SHAPE, what="Business Central sent a notification"))
+        except MalformedRecord as exc:
+            raise WebhookRejected(400, exc.message) from None
+        missing = [f for item in items for f in NOTIFICATION_SHAPE if f != "clientState" and not item.get(f)]
+        if missing:
+            raise WebhookRejected(400, f"a notification item lacks {', '.join(dict.fromkeys(missing))}")
         return items
 
     @staticmethod

@@ -19,6 +19,7 @@ from connectors import canonical as c
 from connectors import holdings as h
 from connectors.base import InboundChange
 from connectors.salesforce import OWN_CLIENT, SalesforceConnector, change_event_parts
+from connectors.schema import NUMBER_OR_TEXT, DateText, PayloadShape
 
 PROJECT = "pse__Proj__c"
 # The billing event and its items as a canonical billing batch reads them.
@@ -45,6 +46,67 @@ BILLING_ITEM_FIELDS = (
 )
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+# Declared shapes of the PSE records pscsync reads (connectors/schema.py; checked by query() on
+# every record): amounts and hours numbers, dates ISO dates, links ids, so a record of another
+# shape is a MalformedRecord naming the field instead of a crash in a flow or a wrong figure.
+# Amounts as numbers, or as text that reads as one (what a write as text leaves in the field).
+_ID, _LINK, _NUM, _DAY = ((str,), True), ((str,), False), (NUMBER_OR_TEXT, False), ((DateText,), False)
+_HOURS = {f"pse__{d}_Hours__c": _NUM for d in WEEKDAYS}
+RECORD_SHAPES: dict[str, PayloadShape] = {
+    "pse__Proj__c": {"Id": _ID, "Name": _LINK, "pscsync_Key__c": _LINK, "pse__Currency__c": _LINK},
+    "pse__Budget__c": {"Id": _ID, "pse__Project__c": _LINK, "pse__Amount__c": _NUM, "pscsync_Key__c": _LINK},
+    "pse__Billing_Event__c": {
+        "Id": _ID,
+        "Name": _LINK,
+        "pse__Project__c": _LINK,
+        "pse__Date__c": _DAY,
+        "pscsync_Exchange_Rate__c": (NUMBER_OR_TEXT, False),
+        "pse__Project__r": (
+            (dict,),
+            False,
+            {"Name": _LINK, "pscsync_Key__c": _LINK, "pse__Account__c": _LINK, "pse__Currency__c": _LINK},
+        ),
+    },
+    "pse__Billing_Event_Item__c": {
+        "Id": _ID,
+        "pse__Billing_Event__c": _LINK,
+        "pse__Category__c": _LINK,
+        "pse__Object_Id__c": _LINK,
+        "pse__Quantity__c": _NUM,
+        "pse__Unit_Price__c": _NUM,
+        "pse__Amount__c": _NUM,
+        "pse__Date__c": _DAY,
+        "CurrencyIsoCode": _LINK,
+    },
+    "pse__Timecard_Header__c": {
+        "Id": _ID,
+        "pse__Project__c": _LINK,
+        "pse__Assignment__c": _LINK,
+        "pse__Start_Date__c": _DAY,
+        "pse__End_Date__c": _DAY,
+        "pse__Approval_Date__c": _DAY,
+        "pse__Billable__c": ((bool,), False),
+        "pse__Billed__c": ((bool,), False),
+        **_HOURS,
+    },
+    "pse__Expense__c": {"Id": _ID, "pse__Project__c": _LINK, "pse__Amount__c": _NUM, "pse__Expense_Date__c": _DAY},
+    "pse__Milestone__c": {
+        "Id": _ID,
+        "pse__Project__c": _LINK,
+        "pse__Milestone_Amount__c": _NUM,
+        "pse__Actual_Date__c": _DAY,
+        "pse__Target_Date__c": _DAY,
+    },
+    "pse__Assignment__c": {
+        "Id": _ID,
+        "pse__Project__c": _LINK,
+        "pse__Schedule__c": _LINK,
+        "pse__Role__c": _LINK,
+        "pse__Bill_Rate__c": _NUM,
+    },
+    "pse__Schedule__c": {"Id": _ID, "pse__Start_Date__c": _DAY, "pse__End_Date__c": _DAY, **_HOURS},
+}
 
 
 def _item_kind(row: dict[str, Any]) -> str:
@@ -94,6 +156,7 @@ class CertiniaConnector(SalesforceConnector):
         "billing_event_item": "pse__Billing_Event_Item__c",
         "resource": "Contact",
     }
+    record_shapes: ClassVar[dict[str, PayloadShape]] = {**SalesforceConnector.record_shapes, **RECORD_SHAPES}
     entity_labels: ClassVar[dict[str, str]] = {
         **SalesforceConnector.entity_labels,
         PROJECT: "project",

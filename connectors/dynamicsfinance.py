@@ -50,7 +50,7 @@ from connectors.base import (
     PaymentApplied,
     WriteResult,
 )
-from connectors.errors import ConnectorError, RejectedError
+from connectors.errors import ConnectorError, RejectedError, WebhookRejected
 from connectors.odata import (
     BatchAnswer,
     BatchRequest,
@@ -60,7 +60,7 @@ from connectors.odata import (
     literal,
     odata_literal,
 )
-from connectors.schema import RecordShape
+from connectors.schema import NUMBER_OR_TEXT, DateText, NumberText, PayloadShape, RecordShape, payload_check, sent
 
 PUBLIC_HOST_SUFFIX = ".operations.dynamics.com"
 NEVER = "2154-12-31"  # D365's "no end date"
@@ -97,6 +97,55 @@ ALIASES = {
     "project": "Projects",
     "invoice": "FreeTextInvoiceHeaders",
     "payment": "CustomerPaymentJournalLines",
+}
+# Declared shapes of what Dynamics 365 Finance sends (connectors/schema.py), per entity set:
+# checked as each page arrives, so a record of another shape is a MalformedRecord naming the
+# field instead of a KeyError in a flow or an amount read as zero.
+_TEXT, _NUM, _DAY = ((str,), False), (NUMBER_OR_TEXT, False), ((DateText,), False)
+RECORD_SHAPES: dict[str, PayloadShape] = {
+    "CustomersV3": {"CustomerAccount": ((str,), True), "OrganizationName": _TEXT, "SalesCurrencyCode": _TEXT},
+    "ProjectContracts": {"ProjectContractID": ((str,), True)},
+    "Projects": {"ProjectID": ((str,), True)},
+    "FreeTextInvoiceHeaders": {
+        "InvoiceIdentifier": ((int, NumberText), True),
+        "CustomerReference": _TEXT,
+        "CustomerRequisition": _TEXT,
+        "CustomerAccount": _TEXT,
+        "CurrencyCode": _TEXT,
+        "InvoiceDate": _DAY,
+        "DueDate": _DAY,
+        "TotalInvoiceAmount": _NUM,
+        "TotalTaxAmount": _NUM,
+        "IsPosted": ((str, bool), False),
+    },
+    "FreeTextInvoiceLines": {
+        "ParentRecId": ((int, NumberText), True),
+        "Quantity": _NUM,
+        "UnitPrice": _NUM,
+        "SalesTaxAmount": _NUM,
+    },
+    "SalesInvoiceHeadersV2": {
+        "InvoiceNumber": ((str,), True),
+        "CustomersOrderReference": _TEXT,
+        "InvoiceDate": _DAY,
+        "TotalInvoiceAmount": _NUM,
+        "SalesTaxAmount": _NUM,
+    },
+    "CustomerPaymentJournalLines": {
+        "JournalBatchNumber": ((str,), True),
+        "LineNumber": ((int, float, NumberText), True),
+        "MarkedInvoice": _TEXT,
+        "CreditAmount": _NUM,
+        "DebitAmount": _NUM,
+        "TransactionDate": _DAY,
+    },
+    "ExchangeRates": {
+        "FromCurrency": ((str,), True),
+        "ToCurrency": ((str,), True),
+        "Rate": (NUMBER_OR_TEXT, True),
+        "StartDate": ((DateText,), True),
+        "ConversionFactor": _TEXT,
+    },
 }
 # What D365 computes or assigns itself: never sent back on a PATCH, never compared.
 READ_ONLY = {"@odata.etag", "@odata.context", "dataAreaId", "InvoiceIdentifier", "IsPosted"}
@@ -325,7 +374,9 @@ class DynamicsFinanceConnector(ODataConnector):
     def _collection(self, spec: EntitySet, params: dict[str, str] | None) -> Iterator[dict[str, Any]]:
         """Every row of a query, following @odata.nextLink."""
         self._context.noun = spec.noun
-        yield from self.pages(self.data_url(spec.name), params)
+        yield from self.pages(
+            self.data_url(spec.name), params, shape=RECORD_SHAPES.get(spec.name), what=sent(self.product, spec.noun)
+        )
 
     def lookup(self, *, entity: str, key: str) -> WriteResult | None:
         spec = self._entity(entity)
@@ -335,12 +386,15 @@ class DynamicsFinanceConnector(ODataConnector):
             result = self.send("GET", url, params={"cross-company": "true"}, accept_statuses=(404,))
             if result.status == 404:
                 return None
-            record = result.body
+            record = payload_check(
+                result.body, RECORD_SHAPES.get(spec.name, {}), what=f"{sent(self.product, spec.noun)} ({key})"
+            )
         else:
             url = self.data_url(spec.name)
             params = self._params(where={spec.key_field: key}, top=2)
             result = self.send("GET", url, params=params)
-            rows = result.body.get("value", [])
+            shape = RECORD_SHAPES.get(spec.name)
+            rows = self.page_checked(result.body, shape, what=sent(self.product, spec.noun))["value"]
             if not rows:
                 return None
             record = rows[0]
@@ -648,6 +702,12 @@ class DynamicsFinanceConnector(ODataConnector):
         ]
 
     # Changes (polled) ------------------------------------------------------------------------------
+    def verify_webhook(self, *, headers: dict[str, str], body: bytes, now: dt.datetime) -> str:
+        raise WebhookRejected(404, "Dynamics 365 Finance changes are polled here; business events are not wired")
+
+    def parse_webhook(self, *, event_id: str, body: bytes) -> list[InboundChange]:
+        raise WebhookRejected(404, "Dynamics 365 Finance changes are polled here; business events are not wired")
+
     def poll(self, *, cursor: str) -> tuple[list[InboundChange], str]:
         """What reached the ledger since `cursor`: invoices posted (rows of the posted invoice
         journal, after the last invoice number seen) and customer payment lines (after the last

@@ -38,8 +38,14 @@ from connectors.schema import (
     PICKLIST,
     REFERENCE,
     TEXT,
+    TEXT_OR_NUMBER,
+    DateText,
     FieldShape,
+    NumberText,
     RecordShape,
+    payload_check,
+    records_checked,
+    sent,
     shape_of,
 )
 
@@ -144,12 +150,72 @@ def _money(value: Any) -> str:
     return str(Decimal(str(value or 0)).quantize(Decimal("0.01")))
 
 
+# Declared shapes of what Kantata sends (connectors/schema.py): its envelope (a `results` list
+# of {key, id} and a map of objects per collection) and the objects pscsync reads. Checked before
+# reading, so an answer of another shape is a MalformedRecord naming the field instead of a
+# KeyError in a flow, or an empty answer read as "nothing there".
+_COUNT = (int, float, NumberText)  # minutes, cents: Kantata sends integers; text that reads as one passes
+ENVELOPE_SHAPE = {
+    "results": ((list,), True, {"key": ((str,), True), "id": (TEXT_OR_NUMBER, True)}),
+    "meta": ((dict,), False, {"page_count": ((int,), False)}),
+}
+REFERENCES_SHAPE = {"external_references": ((dict,), False), "meta": ENVELOPE_SHAPE["meta"]}
+REFERENCE_SHAPE = {"subject_id": (TEXT_OR_NUMBER, False), "service_model_ref": ((str,), False)}
+RECORD_SHAPES: dict[str, dict[str, tuple[Any, ...]]] = {
+    "workspaces": {
+        "id": (TEXT_OR_NUMBER, True),
+        "title": ((str,), False),
+        "currency": ((str,), False),
+        "price": (_COUNT, False),
+    },
+    "invoices": {
+        "id": (TEXT_OR_NUMBER, True),
+        "workspace_id": (TEXT_OR_NUMBER, True),
+        "title": ((str,), False),
+        "status": ((str,), False),
+        "invoice_date": ((DateText,), False),
+        "time_entry_ids": ((list,), False),
+        "expense_ids": ((list,), False),
+    },
+    "time_entries": {
+        "id": (TEXT_OR_NUMBER, True),
+        "workspace_id": (TEXT_OR_NUMBER, False),
+        "time_in_minutes": (_COUNT, False),
+        "rate_in_cents": (_COUNT, False),
+        "date_performed": ((DateText,), False),
+        "updated_at": ((str,), False),
+    },
+    "expenses": {
+        "id": (TEXT_OR_NUMBER, True),
+        "workspace_id": (TEXT_OR_NUMBER, False),
+        "amount_in_cents": (_COUNT, False),
+        "currency": ((str,), False),
+        "date": ((DateText,), False),
+        "updated_at": ((str,), False),
+    },
+    "subscribed_events": {
+        "id": (TEXT_OR_NUMBER, True),
+        "created_at": ((DateText,), True),
+        "event_type": ((str,), False),
+        "subject_type": ((str,), False),
+        "subject_id": (TEXT_OR_NUMBER, False),
+        "subject_changed_at": ((DateText,), False),
+    },
+}
+RECORD_WORDS = {"workspaces": "workspace", "time_entries": "time entry", "subscribed_events": "event"}
+
+
 def records_of(body: Any, collection: str) -> list[dict[str, Any]]:
-    """The objects of one type in Kantata's envelope, in `results` order (the keyed map has none)."""
-    if not isinstance(body, dict):
-        return []
-    objects = body.get(collection) or {}
-    return [objects[r["id"]] for r in body.get("results", []) if r.get("key") == collection and r["id"] in objects]
+    """The objects of one type in Kantata's envelope, in `results` order (the keyed map has none),
+    each checked against its declared shape."""
+    noun = RECORD_WORDS.get(collection, collection.removesuffix("s"))
+    envelope = payload_check(body, ENVELOPE_SHAPE, what=f"Kantata sent a list of {noun}s")
+    objects = envelope.get(collection) or {}
+    if not isinstance(objects, dict):
+        payload_check(envelope, {collection: ((dict,), False)}, what=f"Kantata sent a list of {noun}s")
+    found = [objects[r["id"]] for r in envelope["results"] if r["key"] == collection and r["id"] in objects]
+    shape = RECORD_SHAPES.get(collection, {"id": (TEXT_OR_NUMBER, True)})
+    return list(records_checked(found, shape, what=sent("Kantata", noun), id_field="id"))
 
 
 # Kantata publishes no describe endpoint: its documented fields (VENDOR_APIS.md section 3.5, from
@@ -325,8 +391,7 @@ class KantataConnector(Connector):
         while True:
             result = self.send("GET", f"{self.api_root}/{kind.collection}", params={**params, "page": page})
             yield from records_of(result.body, kind.collection)
-            meta = result.body.get("meta", {}) if isinstance(result.body, dict) else {}
-            if page >= int(meta.get("page_count") or 0):
+            if page >= int((result.body.get("meta") or {}).get("page_count") or 0):
                 return
             page += 1
 
@@ -527,8 +592,7 @@ class KantataConnector(Connector):
                 seen.setdefault(change.source_event_id, change)
                 if not newest or parse_when(event["created_at"]) > parse_when(newest):
                     newest = event["created_at"]
-            meta = result.body.get("meta", {}) if isinstance(result.body, dict) else {}
-            if page >= int(meta.get("page_count") or 0):
+            if page >= int((result.body.get("meta") or {}).get("page_count") or 0):
                 break
             page += 1
         # Kantata may list events out of order; apply them in the order they happened.
@@ -632,8 +696,13 @@ class KantataConnector(Connector):
         page = 1
         while True:
             params = {"service_name": "pscsync", "service_model": model, "per_page": 200, "page": page}
-            body = self.send("GET", f"{self.api_root}/external_references", params=params).body or {}
-            for ref in (body.get("external_references") or {}).values():
+            body = payload_check(
+                self.send("GET", f"{self.api_root}/external_references", params=params).body or {},
+                REFERENCES_SHAPE,
+                what="Kantata sent a list of external references",
+            )
+            refs = (body.get("external_references") or {}).values()
+            for ref in records_checked(refs, REFERENCE_SHAPE, what="Kantata sent an external reference", id_field="id"):
                 found[str(ref.get("subject_id"))] = str(ref.get("service_model_ref") or "")
             if page >= int((body.get("meta") or {}).get("page_count") or 0):
                 return found

@@ -66,13 +66,20 @@ from connectors.schema import (
     DATE,
     DATETIME,
     NUMBER,
+    NUMBER_OR_TEXT,
     OBJECT,
     PICKLIST,
     REFERENCE,
     TEXT,
+    TEXT_OR_NUMBER,
+    DateText,
     FieldShape,
+    MalformedRecord,
+    PayloadShape,
     RecordShape,
     payload_check,
+    records_checked,
+    sent,
     shape_of,
 )
 
@@ -156,6 +163,69 @@ CATALOG_KINDS = {"number": NUMBER, "integer": NUMBER, "boolean": BOOLEAN, "objec
 CATALOG_FORMATS = {"date": DATE, "date-time": DATETIME}
 CATALOG_SHAPE = {"properties": ((dict,), True), "required": ((list,), False)}
 CATALOG_PROPERTY_SHAPE = {"type": ((str,), False), "format": ((str,), False), "enum": ((list,), False)}
+
+# Declared shapes of what NetSuite sends (connectors/schema.py): checked before it is read, so a
+# record of another shape is a MalformedRecord naming the field, not a KeyError or an amount read
+# as zero. A reference is {"id", "refName"} in a REST record, a flat id in a SuiteQL row.
+_REF = (dict, str, int)
+SUITEQL_PAGE_SHAPE: PayloadShape = {"items": ((list,), True, {}), "hasMore": ((bool,), False)}
+ROW_SHAPE = {"id": (TEXT_OR_NUMBER, True)}
+POLL_ROW_SHAPE = {"id": ((int, str), True), "modified": ((str,), True), "externalid": ((str,), False)}
+INVOICE_SHAPE = {
+    "id": (TEXT_OR_NUMBER, True),
+    "tranId": (TEXT_OR_NUMBER, False),
+    "externalId": ((str,), False),
+    "entity": (_REF, False),
+    "currency": (_REF, False),
+    "subsidiary": (_REF, False),
+    "status": (_REF, False),
+    "approvalStatus": (_REF, False),
+    "total": (NUMBER_OR_TEXT, False),
+    "amountRemaining": (NUMBER_OR_TEXT, False),
+    "taxTotal": (NUMBER_OR_TEXT, False),
+    "exchangeRate": (NUMBER_OR_TEXT, False),
+    "tranDate": ((str,), False),
+    "dueDate": ((str,), False),
+    "custbody_project_key": ((str,), False),
+    "custbody_psa_batch": ((str,), False),
+    "item": ((dict,), False, {"items": ((list,), False, {"amount": (NUMBER_OR_TEXT, False)})}),
+}
+PAYMENT_SHAPE = {
+    "id": (TEXT_OR_NUMBER, True),
+    "tranDate": ((str,), False),
+    "apply": (
+        (dict,),
+        False,
+        {
+            "items": (
+                (list,),
+                False,
+                {"doc": (_REF, False), "amount": (NUMBER_OR_TEXT, False), "apply": ((bool,), False)},
+            )
+        },
+    ),
+}
+CUSTOMER_ROW_SHAPE = {"id": (TEXT_OR_NUMBER, True), "companyname": ((str,), False), "externalid": ((str,), False)}
+SALES_ORDER_ROW_SHAPE = {
+    "id": (TEXT_OR_NUMBER, True),
+    "externalid": ((str,), False),
+    "total": (NUMBER_OR_TEXT, False),
+}
+# A REST record by its record type (get()); other types are checked for their id only.
+RECORD_SHAPES: dict[str, PayloadShape] = {"invoice": INVOICE_SHAPE, "customerPayment": PAYMENT_SHAPE}
+CURRENCY_ROW_SHAPE = {"id": (TEXT_OR_NUMBER, True), "symbol": ((str,), True)}
+RATE_ROW_SHAPE = {
+    "transactioncurrency": (TEXT_OR_NUMBER, True),
+    "basecurrency": (TEXT_OR_NUMBER, True),
+    "exchangerate": (NUMBER_OR_TEXT, True),
+    "effectivedate": ((DateText,), True),
+}
+PERIOD_ROW_SHAPE = {"id": (TEXT_OR_NUMBER, True), "startdate": ((DateText,), True), "enddate": ((DateText,), True)}
+CONSOLIDATED_ROW_SHAPE = {
+    "postingperiod": (TEXT_OR_NUMBER, False),
+    "averagerate": (NUMBER_OR_TEXT, False),
+    "currentrate": (NUMBER_OR_TEXT, False),
+}
 
 
 class NetSuiteConnector(Connector):
@@ -394,7 +464,11 @@ class NetSuiteConnector(Connector):
             return None
         url = self.url(f"{self.record_root}/{record_type}/{record_id}")
         result = self.send("GET", url, params={"expandSubResources": "true"}, accept_statuses=(404,))
-        return None if result.status == 404 else result.body
+        if result.status == 404:
+            return None
+        shape = RECORD_SHAPES.get(record_type, ROW_SHAPE)
+        label = self.labels.get(record_type, record_type)
+        return payload_check(result.body, shape, what=f"{sent('NetSuite', label)} ({record_id})")
 
     def withdraw(self, *, entity: str, record_id: str) -> WriteResult:
         """DELETE the record. NetSuite's REST API has no void; an invoice nobody has paid may be
@@ -437,9 +511,10 @@ class NetSuiteConnector(Connector):
         params: dict[str, Any] | None = {"limit": self.page_size, "offset": 0}
         while url:
             result = self._query(url, query, params)
-            for row in result.body.get("items", []):
+            page = payload_check(result.body, SUITEQL_PAGE_SHAPE, what="NetSuite sent a SuiteQL page")
+            for row in page["items"]:
                 yield {k: v for k, v in row.items() if k != "links"}, result
-            url = _link(result.body, "next") if result.body.get("hasMore") else None
+            url = _link(page, "next") if page.get("hasMore") else None
             params = None  # the next link carries limit and offset
 
     def read(
@@ -481,7 +556,15 @@ class NetSuiteConnector(Connector):
         """The currency rate table (daily: 1 transaction currency = `exchangerate` base currency,
         effective from `effectivedate`) and, in OneWorld accounts, the consolidated exchange rates
         of each accounting period (average and current, child subsidiary's currency → parent's)."""
-        symbols = {str(row["id"]): str(row["symbol"]) for row, _ in self.suiteql("SELECT id, symbol FROM currency")}
+        symbols = {
+            str(row["id"]): str(row["symbol"])
+            for row in records_checked(
+                (row for row, _ in self.suiteql("SELECT id, symbol FROM currency")),
+                CURRENCY_ROW_SHAPE,
+                what="NetSuite sent a currency",
+                id_field="id",
+            )
+        }
         day = _literal(dt.datetime.combine(since, dt.time(), tzinfo=dt.UTC))
         query = f"SELECT id, basecurrency, transactioncurrency, exchangerate, TO_CHAR(effectivedate, 'YYYY-MM-DD') AS effectivedate FROM currencyrate WHERE effectivedate >= {day} ORDER BY effectivedate, id"  # noqa: S608, E501  # nosec B608  # a formatted date literal
         rates = [
@@ -489,10 +572,15 @@ class NetSuiteConnector(Connector):
                 from_currency=symbols[str(row["transactioncurrency"])],
                 to_currency=symbols[str(row["basecurrency"])],
                 rate_type="daily",
-                effective_date=dt.date.fromisoformat(row["effectivedate"]),
+                effective_date=dt.date.fromisoformat(row["effectivedate"][:10]),
                 rate=Decimal(str(row["exchangerate"])),
             )
-            for row, _ in self.suiteql(query)
+            for row in records_checked(
+                (row for row, _ in self.suiteql(query)),
+                RATE_ROW_SHAPE,
+                what="NetSuite sent an exchange rate",
+                id_field="id",
+            )
             if str(row["transactioncurrency"]) in symbols and str(row["basecurrency"]) in symbols
         ]
         return rates + self._consolidated_rates(since, symbols)
@@ -503,16 +591,31 @@ class NetSuiteConnector(Connector):
         periods_query = f"SELECT id, TO_CHAR(startdate, 'YYYY-MM-DD') AS startdate, TO_CHAR(enddate, 'YYYY-MM-DD') AS enddate FROM accountingperiod WHERE isquarter = 'F' AND isyear = 'F' AND startdate >= {day}"  # noqa: S608, E501  # nosec B608  # a formatted date literal
         try:
             periods = {
-                str(row["id"]): (dt.date.fromisoformat(row["startdate"]), dt.date.fromisoformat(row["enddate"]))
-                for row, _ in self.suiteql(periods_query)
-            }
-            rows = [
-                row
-                for row, _ in self.suiteql(
-                    "SELECT id, postingperiod, fromcurrency, tocurrency, averagerate, currentrate "
-                    "FROM consolidatedexchangerate ORDER BY id"
+                str(row["id"]): (
+                    dt.date.fromisoformat(row["startdate"][:10]),
+                    dt.date.fromisoformat(row["enddate"][:10]),
                 )
-            ]
+                for row in records_checked(
+                    (row for row, _ in self.suiteql(periods_query)),
+                    PERIOD_ROW_SHAPE,
+                    what="NetSuite sent an accounting period",
+                    id_field="id",
+                )
+            }
+            rows = list(
+                records_checked(
+                    (
+                        row
+                        for row, _ in self.suiteql(
+                            "SELECT id, postingperiod, fromcurrency, tocurrency, averagerate, currentrate "
+                            "FROM consolidatedexchangerate ORDER BY id"
+                        )
+                    ),
+                    CONSOLIDATED_ROW_SHAPE,
+                    what="NetSuite sent a consolidated exchange rate",
+                    id_field="id",
+                )
+            )
         except RejectedError:
             return []  # not a OneWorld account (no consolidated rates): the daily table is all there is
         out = []
@@ -557,7 +660,10 @@ class NetSuiteConnector(Connector):
             records = [
                 r
                 for r in (
-                    self.get(entity="invoice", record_id=str(row["id"])) for row in self.read("invoice", where=where)
+                    self.get(entity="invoice", record_id=str(row["id"]))
+                    for row in records_checked(
+                        self.read("invoice", where=where), ROW_SHAPE, what="NetSuite sent an invoice row"
+                    )
                 )
                 if r
             ]
@@ -584,7 +690,7 @@ class NetSuiteConnector(Connector):
         if customers == []:
             return []
         out: list[PaymentApplied] = []
-        for row in self.read("payment", where=where):
+        for row in records_checked(self.read("payment", where=where), ROW_SHAPE, what="NetSuite sent a payment row"):
             payment = self.get(entity="payment", record_id=str(row["id"]))
             out.extend(payment_applications(payment or {}))
         return out
@@ -594,7 +700,12 @@ class NetSuiteConnector(Connector):
             return {}
         return {
             str(row["id"]): str(row.get("companyname") or row.get("entityid") or "")
-            for row in self.read("customer", where={"id": customers})
+            for row in records_checked(
+                self.read("customer", where={"id": customers}),
+                CUSTOMER_ROW_SHAPE,
+                what="NetSuite sent a customer",
+                id_field="id",
+            )
         }
 
     # Inbound: NetSuite polls -------------------------------------------------------------------
@@ -640,14 +751,27 @@ class NetSuiteConnector(Connector):
                 self.url(self.suiteql_path), query, {"limit": min(self.page_size, self.max_poll_rows), "offset": 0}
             )
             settled_before = _server_time(result.headers) - self.settle_seconds
-            rows = result.body.get("items", [])
-            for row in rows:
-                modified = dt.datetime.strptime(row["modified"], _STAMP).replace(tzinfo=dt.UTC)
+            page = payload_check(result.body, SUITEQL_PAGE_SHAPE, what="NetSuite sent a page of changes")
+            for row in records_checked(
+                page["items"],
+                POLL_ROW_SHAPE,
+                what=sent("NetSuite", f"{self.labels.get(record_type, record_type)} change"),
+                id_field="id",
+            ):
+                try:
+                    modified = dt.datetime.strptime(row["modified"], _STAMP).replace(tzinfo=dt.UTC)
+                    int(row["id"])
+                except ValueError:
+                    label = self.labels.get(record_type, record_type)
+                    raise MalformedRecord(
+                        f"{sent('NetSuite', label + ' change')} ({row['id']}) we cannot read: "
+                        f"modified {row['modified']!r:.40} is not a date and time, or id is not a number"
+                    ) from None
                 if modified.timestamp() > settled_before:
                     return changes, [stamp, last_id]  # still settling: the next poll takes it
                 changes.append(self._change(record_type, row, modified))
                 stamp, last_id = row["modified"], int(row["id"])
-            if not result.body.get("hasMore"):
+            if not page.get("hasMore"):
                 break
         return changes, [stamp, last_id]
 
@@ -758,7 +882,9 @@ class NetSuiteConnector(Connector):
         currencies = {**CURRENCIES, **currencies}
         customers: dict[str, h.ErpCustomer] = {}
         customer_keys: dict[str, str] = {}
-        for row in self.read("customer"):
+        for row in records_checked(
+            self.read("customer"), CUSTOMER_ROW_SHAPE, what="NetSuite sent a customer", id_field="id"
+        ):
             key = row.get("externalid") or f"customer:{row['id']}"
             customer_keys[str(row["id"])] = key
             customers[key] = h.ErpCustomer(
@@ -769,7 +895,9 @@ class NetSuiteConnector(Connector):
                 currency=currencies.get(str(row.get("currency") or ""), ""),
             )
         contracts = {}
-        for row in self.read("sales_order"):
+        for row in records_checked(
+            self.read("sales_order"), SALES_ORDER_ROW_SHAPE, what="NetSuite sent a sales order", id_field="id"
+        ):
             key = row.get("externalid") or ""
             if not key.startswith("SO-"):
                 continue
@@ -785,10 +913,12 @@ class NetSuiteConnector(Connector):
             )
         invoices = []
         bodies = []
-        for row in self.read("invoice"):
-            body = self.send(
-                "GET", f"{self.record_root}/invoice/{row['id']}", params={"expandSubResources": "true"}
-            ).body
+        for row in records_checked(self.read("invoice"), ROW_SHAPE, what="NetSuite sent an invoice row"):
+            body = payload_check(
+                self.send("GET", f"{self.record_root}/invoice/{row['id']}", params={"expandSubResources": "true"}).body,
+                INVOICE_SHAPE,
+                what=f"NetSuite sent an invoice ({row['id']})",
+            )
             bodies.append(body)
             lines = [
                 h.ErpLine(

@@ -30,9 +30,11 @@ from urllib.parse import urlsplit
 from connectors import http
 from connectors.base import Connector, Token
 from connectors.errors import ConnectorError, RejectedError, TransientError, UnknownOutcomeError
-from connectors.schema import RecordShape, csdl_shape
+from connectors.schema import PayloadShape, RecordShape, csdl_shape, payload_check, records_checked
 
 PUBLIC_LOGIN_URL = "https://login.microsoftonline.com"
+# A collection page as OData v4 defines it (the records in `value`, the next page's address).
+PAGE_SHAPE: PayloadShape = {"value": ((list,), True, {}), "@odata.nextLink": ((str,), False)}
 # What Microsoft appends to an error message that no finance person can act on: BC's correlation
 # id, D365's stack trace.
 ERROR_NOISE = re.compile(r"\s*(CorrelationId|Stack trace|StackTrace):.*$", re.DOTALL)
@@ -73,6 +75,7 @@ class ODataConnector(Connector):
     product: ClassVar[str]  # the name a finance person knows it by, in every message
     page_size: ClassVar[int] = 1000  # asked for with Prefer: odata.maxpagesize
     conflict_codes: ClassVar[frozenset[str]] = frozenset()  # error codes that mean "changed meanwhile"
+    record_id_field: ClassVar[str] = ""  # the field that names a record in a malformed-record message
 
     def __init__(self, connection: Any) -> None:
         super().__init__(connection)
@@ -149,16 +152,28 @@ class ODataConnector(Connector):
         error.args = (error.message,)
 
     # Reading ------------------------------------------------------------------------------------
-    def pages(self, url: str, params: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    def pages(
+        self, url: str, params: dict[str, str] | None = None, *, shape: PayloadShape | None = None, what: str = ""
+    ) -> Iterator[dict[str, Any]]:
         """Every row of a collection query, page by page: each answer's @odata.nextLink carries
-        the query on, so `params` go with the first request only."""
+        the query on, so `params` go with the first request only. Each page, and each row
+        against the product's declared `shape` for it, is checked before it is read (page_checked)."""
         headers = {"Prefer": f"odata.maxpagesize={self.page_size}"}
         next_url: str | None = url
         while next_url:
-            body = self.send("GET", next_url, params=params, headers=headers).body
-            yield from body.get("value", [])
+            body = self.page_checked(self.send("GET", next_url, params=params, headers=headers).body, shape, what=what)
+            yield from body["value"]
             next_url = body.get("@odata.nextLink")
             params = None
+
+    def page_checked(self, body: Any, shape: PayloadShape | None, *, what: str) -> dict[str, Any]:
+        """One page, and each record on it against `shape`: a MalformedRecord saying `what` (who
+        sent which record: "Business Central sent a sales invoice") when either has another shape."""
+        what = what or f"{self.product} sent a record"
+        page = payload_check(body, PAGE_SHAPE, what=what.replace(" sent a", " sent a page of", 1))
+        if shape is not None:
+            list(records_checked(page["value"], shape, what=what, id_field=self.record_id_field))
+        return page
 
     def metadata_shape(self, url: str, entity_set: str) -> RecordShape:
         """An entity set's type in the service's `$metadata` (CSDL XML): property types, enum

@@ -40,17 +40,23 @@ from connectors.schema import (
     DATE,
     DATETIME,
     NUMBER,
+    NUMBER_OR_TEXT,
     PICKLIST,
     REFERENCE,
     TEXT,
     FieldShape,
+    MalformedRecord,
+    PayloadShape,
     RecordShape,
     payload_check,
+    records_checked,
+    sent,
     shape_of,
 )
 
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SELECT = re.compile(r"^\s*SELECT\s+(.+?)\s+FROM\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE | re.DOTALL)
 _ID = re.compile(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
 
 # The opportunity and account fields a canonical deal is read from (docs/canonical.md).
@@ -129,22 +135,61 @@ OPPORTUNITY_SHAPE = {
     "Id": ((str,), True),
     "Name": ((str,), False),
     "StageName": ((str,), False),
-    "Amount": ((int, float), False),
-    "Probability": ((int, float), False),
+    "Amount": (NUMBER_OR_TEXT, False),
+    "Probability": (NUMBER_OR_TEXT, False),
     "CloseDate": ((str,), False),
     "CurrencyIsoCode": ((str,), False),
-    "Contract_Version__c": ((int, float), False),
+    "Contract_Version__c": (NUMBER_OR_TEXT, False),
     "Contract_Start__c": ((str,), False),
     "Contract_End__c": ((str,), False),
-    "Account": ((dict,), False),
+    "Closed_At__c": ((str,), False),
+    "LastModifiedDate": ((str,), False),
+    "AccountId": ((str,), False),
+    "Legal_Entity__c": ((str,), False),
+    "Account": ((dict,), False, {"Name": ((str,), False), "Tax_Profile__c": ((str,), False)}),
 }
-DESCRIBE_SHAPE = {"name": ((str,), True), "fields": ((list,), True)}
 DESCRIBE_FIELD_SHAPE = {
     "name": ((str,), True),
     "type": ((str,), True),
     "nillable": ((bool,), False),
     "picklistValues": ((list,), False),
 }
+DESCRIBE_SHAPE = {"name": ((str,), True), "fields": ((list,), True, DESCRIBE_FIELD_SHAPE)}
+# A query answer (one page of records) and the change events a poll pulls or a webhook pushes
+# (CometD's message shape around a ChangeEventHeader).
+QUERY_SHAPE: PayloadShape = {
+    "records": ((list,), True, {}),
+    "done": ((bool,), False),
+    "nextRecordsUrl": ((str,), False),
+}
+CHANGE_EVENT_SHAPE = {
+    "data": (
+        (dict,),
+        True,
+        {
+            "event": ((dict,), True, {"replayId": ((int, str), True), "EventUuid": ((str,), False)}),
+            "payload": (
+                (dict,),
+                True,
+                {
+                    "ChangeEventHeader": (
+                        (dict,),
+                        True,
+                        {
+                            "entityName": ((str,), True),
+                            "changeType": ((str,), True),
+                            "recordIds": ((list,), True),
+                            "commitTimestamp": ((int,), True),
+                            "changedFields": ((list,), False),
+                            "changeOrigin": ((str,), False),
+                        },
+                    ),
+                },
+            ),
+        },
+    ),
+}
+PULL_SHAPE: PayloadShape = {"messages": ((list,), True, {}), "latestReplayId": ((int, str), False)}
 
 
 class SalesforceConnector(Connector):
@@ -186,6 +231,13 @@ class SalesforceConnector(Connector):
             "IsClosed",
             "IsWon",
         ),
+    }
+    # Declared shapes of the records read, by object (connectors/schema.py): each record a query
+    # returns is checked against its object's, so a value of another type is a MalformedRecord
+    # naming the field, not a crash where a flow reads it. An object not listed needs an Id.
+    record_shapes: ClassVar[dict[str, PayloadShape]] = {
+        "Opportunity": OPPORTUNITY_SHAPE,
+        "Account": {"Id": ((str,), True), "Name": ((str,), False), "ParentId": ((str,), False)},
     }
     batch_size = 2000  # Sforce-Query-Options batchSize: records per page of a query
     # Client-credentials tokens carry no lifetime; the org's session timeout decides (2 h by
@@ -346,13 +398,25 @@ class SalesforceConnector(Connector):
         yield from self.query(self.soql(entity, since=since, where=where, fields=fields))
 
     def query(self, soql: str) -> Iterator[dict[str, Any]]:
+        """Every record the SOQL selects, page after page, each checked against its object's
+        declared shape (the object named after FROM: our own query, so its form is known)."""
+        parts = _SELECT.search(soql)
+        name = parts.group(2) if parts else ""
+        # A field the query did not select is not missing: only selected fields may be required.
+        selected = {f.strip() for f in parts.group(1).split(",")} if parts else set()
+        shape = {
+            field: (spec[0], spec[1] and field in selected, *spec[2:])
+            for field, spec in self.record_shapes.get(name, {"Id": ((str,), True)}).items()
+        }
+        what = sent("Salesforce", self.label(name) if name else "record")
         headers = {"Sforce-Query-Options": f"batchSize={self.batch_size}"}
         result = self.send("GET", self.api_path("query"), params={"q": soql}, headers=headers)
         while True:
-            for record in result.body.get("records", []):
-                yield _plain(record)
-            next_url = result.body.get("nextRecordsUrl")
-            if result.body.get("done", True) or not next_url:
+            page = payload_check(result.body, QUERY_SHAPE, what="Salesforce sent a query answer")
+            for record in page["records"]:
+                yield payload_check(_plain(record), shape, what=f"{what} ({record.get('Id') or 'no id'})")
+            next_url = page.get("nextRecordsUrl")
+            if page.get("done", True) or not next_url:
                 return
             result = self.send("GET", next_url, headers=headers)
 
@@ -485,7 +549,10 @@ class SalesforceConnector(Connector):
         except (ValueError, UnicodeDecodeError) as exc:
             raise WebhookRejected(400, f"the body is not valid JSON: {exc}") from None
         messages = message if isinstance(message, list) else [message]
-        return [change for item in messages for change in change_event_changes(item)]
+        try:
+            return [change for item in messages for change in change_event_changes(item)]
+        except MalformedRecord as exc:
+            raise WebhookRejected(400, exc.message) from None
 
     def change_subject(self, change: InboundChange) -> c.ChangeSubject:
         """The CRM's changes are the deal's. A Certinia org is the same Salesforce org: its pse__
@@ -511,10 +578,9 @@ class SalesforceConnector(Connector):
         filled by Salesforce itself (defaultedOnCreate)."""
         name = self.sobject(entity)
         body = self.send("GET", self.api_path(f"sobjects/{name}/describe")).body
-        described = payload_check(body, DESCRIBE_SHAPE, what=f"Salesforce's describe of {name}")
+        described = payload_check(body, DESCRIBE_SHAPE, what=f"Salesforce sent a describe of {name}")
         fields = []
         for item in described["fields"]:
-            item = payload_check(item, DESCRIBE_FIELD_SHAPE, what=f"a field in Salesforce's describe of {name}")
             vendor_type = str(item["type"])
             fields.append(
                 FieldShape(
@@ -539,7 +605,7 @@ class SalesforceConnector(Connector):
         rows = list(self.read("opportunity", where={"Id": deal_id}, fields=list(OPPORTUNITY_FIELDS)))
         if not rows:
             return None
-        row = payload_check(rows[0], OPPORTUNITY_SHAPE, what=f"Salesforce opportunity {deal_id}")
+        row = payload_check(rows[0], OPPORTUNITY_SHAPE, what=f"Salesforce sent an opportunity ({deal_id})")
         account = row.get("Account") or {}
         closed_at = _text(row.get("Closed_At__c")) or (
             f"{row['CloseDate']}T00:00:00+00:00" if row.get("CloseDate") else ""
@@ -576,7 +642,12 @@ class SalesforceConnector(Connector):
 
     def deals_won(self, *, entity_code: str, currency: str) -> dict[str, h.Deal]:
         """The legal entity's won deals, by opportunity id."""
-        rows = self.read("opportunity", where={"StageName": "Closed Won"}, fields=list(WON_DEAL_FIELDS))
+        rows = records_checked(
+            self.read("opportunity", where={"StageName": "Closed Won"}, fields=list(WON_DEAL_FIELDS)),
+            OPPORTUNITY_SHAPE,
+            what="Salesforce sent an opportunity",
+            id_field="Id",
+        )
         deals = {}
         for row in rows:
             if str(row.get("Legal_Entity__c") or "").strip().lower() != entity_code.lower():
@@ -617,9 +688,10 @@ class SalesforceConnector(Connector):
         version = self.api_version.removeprefix("v")
         params = {"channel": "/data/ChangeEvents", "replayId": cursor or "-2", "limit": "200"}
         result = self.send("GET", f"/cometd/{version}/pull", params=params)
-        messages = result.body.get("messages", [])
+        pulled = payload_check(result.body, PULL_SHAPE, what="Salesforce sent a change event pull")
+        messages = pulled["messages"]
         changes = [change for item in messages for change in change_event_changes(item)]
-        latest = result.body.get("latestReplayId")
+        latest = pulled.get("latestReplayId")
         next_cursor = str(latest) if latest is not None else cursor
         return changes, next_cursor
 
@@ -643,7 +715,9 @@ def change_event_parts(message: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def change_event_changes(message: Any) -> list[InboundChange]:
-    """One CDC message (CometD shape) as InboundChanges: one per record it names."""
+    """One CDC message (CometD shape) as InboundChanges: one per record it names. A message of
+    another shape is a MalformedRecord (parse_webhook answers it with a 400)."""
+    payload_check(message, CHANGE_EVENT_SHAPE, what="Salesforce sent a change event")
     try:
         data = message["data"]
         payload = data["payload"]
@@ -652,10 +726,13 @@ def change_event_changes(message: Any) -> list[InboundChange]:
         record_ids = list(header["recordIds"])
         entity, change_type = str(header["entityName"]), str(header["changeType"])
         occurred_at = dt.datetime.fromtimestamp(int(header["commitTimestamp"]) / 1000, tz=dt.UTC)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise WebhookRejected(400, f"not a Salesforce change event: missing or invalid {exc}") from None
+    except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
+        raise MalformedRecord(f"Salesforce sent a change event we cannot read: {exc}") from None
+    named = [*record_ids, *(header.get("changedFields") or [])]
+    if not all(isinstance(name, str) and name for name in named):
+        raise MalformedRecord("Salesforce sent a change event we cannot read: a record id or field name is not text")
     if not record_ids:
-        raise WebhookRejected(400, "the change event names no record (recordIds is empty)")
+        raise MalformedRecord("Salesforce sent a change event we cannot read: it names no record (recordIds is empty)")
     event_uuid = str(data["event"].get("EventUuid") or "")
     changes = []
     for record_id in record_ids:

@@ -9,8 +9,11 @@ give it, and the values its picklist allows. Nothing here knows a vendor.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import datetime as dt
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from connectors.errors import ValidationError
@@ -94,32 +97,126 @@ def shape_of(record: str, fields: Iterable[FieldShape]) -> RecordShape:
 
 
 # Declared shapes of incoming payloads ---------------------------------------------------------
-# A declared shape: field -> (python types it may hold, required). A connector declares the
-# shape of each payload it parses and checks it before reading it, so a payload of another shape
-# is a ValidationError in words (which vendor, which record, which field) instead of a KeyError
-# or TypeError half-way through intake.
-PayloadShape = Mapping[str, tuple[tuple[type, ...], bool]]
-_TYPE_WORDS = {str: "text", int: "a number", float: "a number", bool: "yes/no", dict: "an object", list: "a list"}
+# A declared shape: field -> (python types it may hold, required[, inner shape]). The inner shape
+# applies to an object field, or to each item of a list field. A connector declares the shape of
+# each payload it parses (a webhook body, a poll answer, each record of a read) and checks it
+# before reading it, so a payload of another shape is a MalformedRecord in words (which vendor,
+# which record, which field) instead of a KeyError or TypeError half-way through a flow.
+PayloadShape = Mapping[str, tuple[Any, ...]]
+_TYPE_WORDS: dict[type, str] = {
+    str: "text",
+    int: "a number",
+    float: "a number",
+    bool: "yes/no",
+    dict: "an object",
+    list: "a list",
+}
+TEXT_OR_NUMBER = (str, int, float)  # ids some vendors send either way
+
+
+class NumberText(str):
+    """In a shape's types: text that reads as a number ("1250.00"), as vendors that send
+    amounts and rates as text do. Never instantiated; matched by `_fits`."""
+
+
+class DateText(str):
+    """In a shape's types: text starting with an ISO date ("2026-12-06", "2026-12-06T10:42:00Z")."""
+
+
+NUMBER_OR_TEXT = (int, float, NumberText)
+NUMBER_TEXT_LIMIT = Decimal("1e15")  # an amount or a rate, as a number or as number text
+_TYPE_WORDS_MORE: dict[type, str] = {NumberText: "a number", DateText: "a date"}
+
+
+class MalformedRecord(ValidationError):
+    """The vendor sent a record we cannot read (a field missing or of another type). Permanent:
+    the same record reads the same way until someone changes it or its mapping."""
+
+
+def sent(vendor: str, noun: str) -> str:
+    """ "Kantata sent an invoice": who sent what, for payload_check's `what`."""
+    return f"{vendor} sent {'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def payload_check(payload: Any, shape: PayloadShape, *, what: str) -> dict[str, Any]:
-    """`payload` if it has the declared shape; else a ValidationError naming what is wrong."""
-    if not isinstance(payload, dict):
-        raise ValidationError(f"{what} is not a JSON object (got {type(payload).__name__})")
-    for name, (types, required) in shape.items():
-        value = payload.get(name)
-        if value is None:
-            if required:
-                raise ValidationError(f"{what} has no {name}, which it must carry")
-            continue
-        if isinstance(value, bool) and bool not in types:
-            ok = False
-        else:
-            ok = isinstance(value, types)
-        if not ok:
-            expected = " or ".join(dict.fromkeys(_TYPE_WORDS.get(t, t.__name__) for t in types))
-            raise ValidationError(f"{what}: {name} should be {expected}, got {type(value).__name__} {value!r:.60}")
+    """`payload` if it has the declared shape; else a MalformedRecord naming what is wrong.
+    `what` says who sent which record, as a person would: "Salesforce sent an opportunity
+    (006…)" gives "Salesforce sent an opportunity (006…) we cannot read: Amount should be a
+    number, got text 'lots'"."""
+    problem = _problem(payload, shape, "")
+    if problem:
+        raise MalformedRecord(f"{what} we cannot read: {problem}")
     return payload
+
+
+def records_checked(
+    records: Iterable[Any], shape: PayloadShape, *, what: str, id_field: str = ""
+) -> Iterator[dict[str, Any]]:
+    """Each record of a read, checked against its declared shape as it arrives; `id_field`
+    names the record in the message when it has one."""
+    for record in records:
+        ident = record.get(id_field) if id_field and isinstance(record, dict) else None
+        yield payload_check(record, shape, what=f"{what} ({ident})" if isinstance(ident, (str, int)) else what)
+
+
+def _problem(payload: Any, shape: PayloadShape, prefix: str) -> str:
+    """The first way `payload` breaks `shape`, in words ("" when it fits)."""
+    if not isinstance(payload, dict):
+        where = prefix.rstrip(".") or "it"
+        return f"{where} is not a record (got {_kind_of(payload)})"
+    for name, spec in shape.items():
+        types, required = spec[0], spec[1]
+        inner: PayloadShape | None = spec[2] if len(spec) > 2 else None
+        value = payload.get(name)
+        label = f"{prefix}{name}"
+        if value is None or required and value == "":  # an empty id is no id
+            if required:
+                return f"{label} is missing"
+            continue
+        if not _fits(value, types):
+            words: dict[type, str] = {**_TYPE_WORDS, **_TYPE_WORDS_MORE}
+            expected = " or ".join(dict.fromkeys(words.get(t, t.__name__) for t in types))
+            return f"{label} should be {expected}, got {_kind_of(value)}"
+        if inner is not None:
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                at = f"{label}[{i + 1}]." if isinstance(value, list) else f"{label}."
+                problem = _problem(item, inner, at)
+                if problem:
+                    return problem
+    return ""
+
+
+def _fits(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types  # a bool is an int to Python, not a number to a vendor
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if isinstance(value, str):
+        if NumberText in types:
+            try:
+                number = Decimal(value.strip())
+            except InvalidOperation:
+                return False
+            # No amount, rate or count a vendor keeps comes near 10^15; "1e999" is not one.
+            return number.is_finite() and abs(number) < NUMBER_TEXT_LIMIT
+        if DateText in types:
+            try:
+                dt.date.fromisoformat(value[:10])
+            except ValueError:
+                return False
+            return True
+    return isinstance(value, types)
+
+
+def _kind_of(value: Any) -> str:
+    """A received value as a person reads it: its kind and the start of it."""
+    if value is None:
+        return "nothing"
+    kind = _TYPE_WORDS.get(type(value), type(value).__name__)
+    if isinstance(value, (dict, list)):
+        return kind
+    return f"{kind} {value!r:.60}"
 
 
 # OData CSDL ($metadata) ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from connectors.base import InboundChange
-from connectors.errors import WebhookRejected
+from connectors.errors import ValidationError, WebhookRejected
 from connectors.models import Connection
 from connectors.registry import connector_for
 from ops import tracing
@@ -143,6 +143,10 @@ def _receive(request: HttpRequest, slug: str) -> HttpResponse:
                 changes = connector.parse_webhook(event_id=event_id, body=body)
             except RecursionError:
                 raise WebhookRejected(400, "the body is nested too deeply") from None
+            except ValidationError as malformed:
+                # A body of another shape than the connector declared: the sender's to fix, so a
+                # 400 it will not retry, in the connector's words.
+                raise WebhookRejected(400, malformed.message) from None
             problem = next(filter(None, map(change_problem, changes)), "")
             if problem:
                 raise WebhookRejected(400, problem)

@@ -879,6 +879,8 @@ def rollup_rebuild(flow: str, days: Iterable[dt.date]) -> None:
 def attempt_rollup_rows(attempts: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     acc: dict[tuple, dict[str, Any]] = {}
     for a in attempts:
+        if a["outcome"] == "deferred":
+            continue  # nothing was sent: the limiter held the call for its slot; no attempt, no failure
         hour = a["started_at"].replace(minute=0, second=0, microsecond=0)
         k = (hour, a["flow"], a["step"], a["connection_id"], a["legal_entity_id"])
         s = acc.setdefault(

@@ -674,7 +674,8 @@ register(
         "revenue.schedule_value_accuracy",
         "Revenue schedule accuracy",
         "1 − Σ|PSA − ERP| of open revenue mismatches ÷ Σ|ERP recognised| of every project-month compared, "
-        "as of each entity's latest complete reconciliation.",
+        "as of each entity's latest complete reconciliation; 0 % when the differences reach what the ERP "
+        "recognised (never below).",
         "percent",
         lambda r: (r.schedule["value_accuracy"], r.schedule["checked"]),
         "dashboards:leaders",

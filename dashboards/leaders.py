@@ -172,6 +172,18 @@ def _latest_runs(f: Filters) -> list[ReconciliationRun]:
     return list(latest.values())
 
 
+def value_accuracy(abs_difference: Decimal, erp_recognised: Decimal, checked: int) -> float | None:
+    """DOMAIN.md §2.5's value accuracy, 1 − Σ|PSA − ERP| ÷ Σ|ERP recognised|, in percent, floored at
+    0 %: when the PSA counts more than the ERP posted, Σ|Δ| can exceed Σ|ERP| and the formula goes
+    negative, a reading no accuracy has (docs/dashboards.md, "Revenue schedule accuracy"). Also
+    0 % when the ERP recognised nothing and the PSA something; None when nothing was compared."""
+    if not checked:
+        return None
+    if not erp_recognised:
+        return 0.0 if abs_difference else None
+    return max(0.0, float(100 * (1 - abs_difference / erp_recognised)))
+
+
 def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None, *, with_rows: bool = True) -> dict[str, Any]:
     """As of each entity's latest complete reconciliation (the period filter does not apply: it
     compares every month the systems hold): value accuracy = 1 − Σ|Δ| of the open revenue
@@ -204,6 +216,7 @@ def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None, *, with
             rows.append({"mismatch": m, "abs_difference": conv.money(abs(m.difference), m.currency, f.end, "closing")})
     # A ratio of partly converted sums would be a wrong number: none until every amount converts.
     complete = abs_difference.complete and erp_total.complete
+    accuracy = value_accuracy(abs_difference.amount, erp_total.amount, checked) if complete else None
     return {
         "as_of": max((r.finished_at for r in runs if r.finished_at), default=None),
         "checked": checked,
@@ -211,9 +224,10 @@ def revenue_schedule_accuracy(f: Filters, conv: Converter | None = None, *, with
         "match_rate": 100.0 * matched / checked if checked else None,
         "erp_total": erp_total,
         "abs_difference": abs_difference,
-        "value_accuracy": float(100 * (1 - abs_difference.amount / erp_total.amount))
-        if complete and erp_total.amount
-        else None,
+        "value_accuracy": accuracy,
+        # At 0 % the differences reach everything the ERP recognised: the tile says so (Σ|Δ| and
+        # Σ|ERP| beside it keep the size of the gap).
+        "floored": accuracy == 0.0 and abs_difference.amount > 0,
         "rows": rows,
     }
 

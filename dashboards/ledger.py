@@ -48,7 +48,7 @@ from django.db.models.functions import Coalesce, Least, TruncMonth, TruncWeek
 
 from dashboards.metrics import AGE_BUCKETS_DAYS, Converter, Filters, bucket_index, converter_for
 from dashboards.money import Money
-from pscsync.models import ErpInvoice, PaymentApplication
+from pscsync.models import ErpInvoice, LedgerDay, PaymentApplication
 
 ZERO = Decimal("0")
 CENT = Decimal("0.01")
@@ -98,6 +98,32 @@ def ledger_applications(f: Filters) -> QuerySet[PaymentApplication]:
     return qs.exclude(invoice_id__in=reversed_.values("id"))
 
 
+def by_day(f: Filters) -> QuerySet[LedgerDay] | None:
+    """The ledger by day (pscsync.ledger_days) in the filter's scope, or None when the scope is
+    finer than its rows (a customer, a connection): then the figures read the invoices. The same
+    sums either way; the days are a few hundred rows where the invoices are the firm's."""
+    if f.customer or f.connection_id:
+        return None
+    qs = LedgerDay.objects.all()
+    if f.entity_ids is not None:
+        qs = qs.filter(legal_entity_id__in=f.entity_ids)
+    return qs
+
+
+def owed_by_day(f: Filters, at: dt.date) -> QuerySet[LedgerDay] | None:
+    """The ledger by day's `owed` (what open invoices owe now, by due day) when it is also what
+    was owed at `at`: nothing in the ledger posted, paid or applied after `at` (the usual case,
+    `at` today). Else None, and receivables read the invoices. Three index lookups, firm-wide."""
+    days = by_day(f)
+    if days is None:
+        return None
+    posted = ErpInvoice.objects.aggregate(posted=Max("posting_date"), paid=Max("paid_on"))
+    applied = PaymentApplication.objects.aggregate(on=Max("applied_on"))["on"]
+    if any(day is not None and day > at for day in (posted["posted"], posted["paid"], applied)):
+        return None
+    return days
+
+
 def ledger_read_at(f: Filters) -> dt.datetime | None:
     """When the ledger in scope was last read from an ERP; None: never (the figures are not
     measured yet, which is not the same as nothing owed)."""
@@ -112,6 +138,16 @@ def ageing_index(days_past_due: int) -> int:
 
 
 AMOUNT = DecimalField(max_digits=16, decimal_places=2)
+
+
+def _band(due: str, at: dt.date) -> Case:
+    """The ageing band (AGEING_BUCKETS' index) of a due date at `at`, in SQL so that the sums are
+    made there: not yet due (or no due date) is current."""
+    bands = [When(**{f"{due}__isnull": True}, then=Value(0))]
+    for index, (_low, high, _label) in enumerate(AGEING_BUCKETS):
+        if high is not None:
+            bands.append(When(**{f"{due}__gte": at - dt.timedelta(days=high)}, then=Value(index)))
+    return Case(*bands, default=Value(len(AGEING_BUCKETS) - 1), output_field=IntegerField())
 
 
 def _open_invoices(f: Filters, at: dt.date) -> list[QuerySet[ErpInvoice]]:
@@ -136,12 +172,7 @@ def _open_invoices(f: Filters, at: dt.date) -> list[QuerySet[ErpInvoice]]:
         .values("s"),
         output_field=AMOUNT,
     )
-    # The band in SQL, so the sums are made there: not yet due (or no due date) is current.
-    bands = [When(due_date__isnull=True, then=Value(0))]
-    for index, (_low, high, _label) in enumerate(AGEING_BUCKETS):
-        if high is not None:
-            bands.append(When(due_date__gte=at - dt.timedelta(days=high), then=Value(index)))
-    bucket = Case(*bands, default=Value(len(AGEING_BUCKETS) - 1), output_field=IntegerField())
+    bucket = _band("due_date", at)
     scope = ledger_invoices(f).filter(open_then, posting_date__lte=at)
     settled = Q(applied_through__isnull=True) | Q(applied_through__lte=at)
     # Applied up to `at`: nothing when no dated payment was applied, else the invoice's own sum.
@@ -182,7 +213,13 @@ def receivables(
     # Each group's open amount and invoice count over both parts, summed before it is converted
     # (one conversion per group, as one query gave it).
     merged: dict[tuple[Any, ...], list[Any]] = {}
-    for part in _open_invoices(f, at):
+    owed = None if detail else owed_by_day(f, at)
+    if owed is not None:
+        # Without the per-customer detail, the ledger by day's open balances by due day, banded at `at`.
+        days = owed.filter(owed_count__gt=0).annotate(bucket=_band("day", at))
+        for *key, v, k in days.values_list(*by).annotate(v=Sum("owed"), k=Sum("owed_count")).order_by():
+            merged[tuple(key)] = [v, k]
+    for part in _open_invoices(f, at) if owed is None else []:
         for *key, v, k in part.values_list(*by).annotate(v=Sum("open_amount"), k=Count("id")).order_by():
             found = merged.get(tuple(key))
             if found is None:
@@ -288,10 +325,17 @@ def invoiced(f: Filters, conv: Converter | None = None, *, start: dt.date | None
     """Invoices posted from `start` (default: the period start) to the period end: count and
     value, each month at its average rate."""
     conv = conv or converter_for(f)
-    qs = ledger_invoices(f).filter(status__in=ErpInvoice.POSTED_STATES, posting_date__range=(start or f.start, f.end))
+    window = (start or f.start, f.end)
+    days = by_day(f)
+    if days is not None:
+        posted = days.filter(day__range=window, invoiced_count__gt=0).annotate(month=TruncMonth("day"))
+        groups = posted.values("currency", "month").annotate(v=Sum("invoiced"), n=Sum("invoiced_count"))
+    else:
+        qs = ledger_invoices(f).filter(status__in=ErpInvoice.POSTED_STATES, posting_date__range=window)
+        qs = qs.annotate(month=TruncMonth("posting_date"))
+        groups = qs.values("currency", "month").annotate(v=Sum("total"), n=Count("id"))
     value, count = conv.zero(), 0
-    groups = qs.annotate(month=TruncMonth("posting_date")).values("currency", "month")
-    for g in groups.annotate(v=Sum("total"), n=Count("id")).order_by():
+    for g in groups.order_by():
         value += conv.money(g["v"] or ZERO, g["currency"], _day(g["month"]))
         count += g["n"]
     return {"value": value, "count": count}
@@ -300,11 +344,19 @@ def invoiced(f: Filters, conv: Converter | None = None, *, start: dt.date | None
 def cash_collected(f: Filters, conv: Converter | None = None) -> dict[str, Any]:
     """Payments the ERP applied to invoices in scope, dated in the period (month's average rate)."""
     conv = conv or converter_for(f)
-    qs = ledger_applications(f).filter(applied_on__range=(f.start, f.end))
+    days = by_day(f)
+    if days is not None:
+        paid = days.filter(day__range=(f.start, f.end), collected_count__gt=0).annotate(month=TruncMonth("day"))
+        groups = paid.values("currency", "legal_entity_id", "month").annotate(
+            v=Sum("collected"), n=Sum("collected_count")
+        )
+    else:
+        qs = ledger_applications(f).filter(applied_on__range=(f.start, f.end))
+        qs = qs.annotate(month=TruncMonth("applied_on"))
+        groups = qs.values("currency", "legal_entity_id", "month").annotate(v=Sum("amount"), n=Count("id"))
     value, count = conv.zero(), 0
     by_entity: dict[int, Money] = defaultdict(conv.zero)
-    groups = qs.annotate(month=TruncMonth("applied_on")).values("currency", "legal_entity_id", "month")
-    for g in groups.annotate(v=Sum("amount"), n=Count("id")).order_by():
+    for g in groups.order_by():
         converted = conv.money(g["v"] or ZERO, g["currency"], _day(g["month"]))
         value += converted
         count += g["n"]
@@ -346,15 +398,23 @@ def by_week(f: Filters, conv: Converter | None = None) -> dict[dt.date, list[flo
     """Invoiced (by posting week) and cash collected (by application week) per ISO week start."""
     conv = conv or converter_for(f)
     weeks: dict[dt.date, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    posted = ledger_invoices(f).filter(status__in=ErpInvoice.POSTED_STATES, posting_date__range=(f.start, f.end))
-    for g in (
-        posted.annotate(week=TruncWeek("posting_date")).values("currency", "week").annotate(v=Sum("total")).order_by()
-    ):
-        weeks[_day(g["week"])][0] += float(conv.convert(g["v"] or ZERO, g["currency"], _day(g["week"])))
-    paid = ledger_applications(f).filter(applied_on__range=(f.start, f.end))
-    paid_weeks = paid.annotate(week=TruncWeek("applied_on")).values("currency", "week")
-    for g in paid_weeks.annotate(v=Sum("amount")).order_by():
-        weeks[_day(g["week"])][1] += float(conv.convert(g["v"] or ZERO, g["currency"], _day(g["week"])))
+    window = (f.start, f.end)
+    days = by_day(f)
+    if days is not None:
+        posted_weeks = days.filter(day__range=window, invoiced_count__gt=0).annotate(week=TruncWeek("day"))
+        posted_weeks = posted_weeks.values("currency", "week").annotate(v=Sum("invoiced"))
+        paid_weeks = days.filter(day__range=window, collected_count__gt=0).annotate(week=TruncWeek("day"))
+        paid_weeks = paid_weeks.values("currency", "week").annotate(v=Sum("collected"))
+    else:
+        posted = ledger_invoices(f).filter(status__in=ErpInvoice.POSTED_STATES, posting_date__range=window)
+        posted_weeks = (
+            posted.annotate(week=TruncWeek("posting_date")).values("currency", "week").annotate(v=Sum("total"))
+        )
+        paid = ledger_applications(f).filter(applied_on__range=window)
+        paid_weeks = paid.annotate(week=TruncWeek("applied_on")).values("currency", "week").annotate(v=Sum("amount"))
+    for column, groups in ((0, posted_weeks), (1, paid_weeks)):
+        for g in groups.order_by():
+            weeks[_day(g["week"])][column] += float(conv.convert(g["v"] or ZERO, g["currency"], _day(g["week"])))
     return dict(sorted(weeks.items()))
 
 

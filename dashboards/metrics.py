@@ -146,6 +146,30 @@ class Converter:
     def zero(self) -> Money:
         return Money(self.target)
 
+    def total(self, items: Iterable[tuple[Decimal, str, dt.date]], kind: str = "average") -> Money:
+        """Σ money(amount, currency, day) over `items`, to the cent as that sum gives it (each item
+        converted and rounded), with plain decimals and one rate lookup per (currency, month): the
+        overview converts ~1,000 rollup rows, and a Money per row and per addition cost more than
+        the rows' query."""
+        amount, missing = Decimal("0"), {}
+        rates: dict[tuple[str, int, int], Decimal | None] = {}
+        cent = Decimal("0.01")
+        for value, currency, day in items:
+            if not value:
+                continue
+            key = (currency, day.year, day.month)
+            rate = (
+                rates[key]
+                if key in rates
+                else rates.setdefault(key, self.rate(currency, f"{day.year:04d}-{day.month:02d}", kind))
+            )
+            if rate is None:
+                self.unconverted[currency] += value
+                missing[currency] = missing.get(currency, Decimal("0")) + value
+            else:
+                amount += (value * rate).quantize(cent)
+        return Money(self.target, amount, missing)
+
     def convert(self, amount: Decimal, currency: str, day: dt.date, kind: str = "average") -> Decimal:
         return self.money(amount, currency, day, kind).amount
 
@@ -362,7 +386,7 @@ def flow_stats(f: Filters, flow: str, *, with_previous: bool = True, conv: Conve
         within_sla=sum(r.within_sla for r in rows),
         sla_label=sla.target_label,
         started=sum(r.started for r in rows),
-        started_value=sum((conv.money(r.started_amount, r.currency, r.day) for r in rows), conv.zero()),
+        started_value=conv.total((r.started_amount, r.currency, r.day) for r in rows),
         hist=hist,
         extra_hist=merge(r.extra_hist for r in rows),
         synced=sum(r.synced for r in rows),
@@ -564,15 +588,25 @@ def open_exceptions(f: Filters, conv: Converter | None = None) -> dict[str, Any]
     counts, amounts = [0] * n, [Decimal("0")] * n
     gaps: list[dict[str, Decimal]] = [{} for _ in range(n)]
     by_flow: dict[str, int] = defaultdict(int)
+    # Every group at the closing rate of the period's month: one lookup per currency, not a Money per group.
+    month = f"{f.end.year:04d}-{f.end.month:02d}"
+    rates: dict[str, Decimal | None] = {}
+    cent = Decimal("0.01")
     for g in backlog_groups(f, needs_person=True, by=("flow", "currency", "started_day")):
         age = age_days(g["started_day"], now)
         for index, (lo, hi, _label) in enumerate(EXCEPTION_AGE_BUCKETS):
             if age >= lo and (hi is None or age < hi):
                 counts[index] += g["n"]
-                value = conv.money(g["total"] or Decimal("0"), g["currency"], f.end, "closing")
-                amounts[index] += value.amount
-                for cur, missing in value.missing.items():
-                    gaps[index][cur] = gaps[index].get(cur, Decimal("0")) + missing
+                total, cur = g["total"] or Decimal("0"), g["currency"]
+                if total:
+                    if cur not in rates:
+                        rates[cur] = conv.rate(cur, month, "closing")
+                    rate = rates[cur]
+                    if rate is None:
+                        conv.unconverted[cur] += total  # named as missing on the figure, as Converter.money does
+                        gaps[index][cur] = gaps[index].get(cur, Decimal("0")) + total
+                    else:
+                        amounts[index] += (total * rate).quantize(cent)
                 break
         by_flow[g["flow"]] += g["n"]
     buckets = [
@@ -591,8 +625,8 @@ def billing_exceptions(f: Filters, conv: Converter | None = None, rows: list[Any
     rows = rollups(f, "project-to-bill") if rows is None else rows
     started = sum(r.started for r in rows)
     exceptions = sum(r.exceptions for r in rows)
-    value = sum((conv.money(r.started_amount, r.currency, r.day) for r in rows), conv.zero())
-    exc_value = sum((conv.money(r.exception_amount, r.currency, r.day) for r in rows), conv.zero())
+    value = conv.total((r.started_amount, r.currency, r.day) for r in rows)
+    exc_value = conv.total((r.exception_amount, r.currency, r.day) for r in rows)
     return {
         "attempted": started,
         "exceptions": exceptions,

@@ -1249,6 +1249,7 @@ def leader_tiles(
             "Revenue schedule accuracy",
             "—" if rev["value_accuracy"] is None else f"{rev['value_accuracy']:.1f}%",
             ("not measured yet: no reconciliation has completed · " if rev["value_accuracy"] is None else "")
+            + ("the differences reach what the ERP recognised (shown as 0 %) · " if rev["floored"] else "")
             + f"match rate {pct(rev['match_rate'])} ({rev['matched']} of {rev['checked']} project-months) · "
             f"{money(rev['abs_difference'])} apart",
             link("dashboards:leaders", f) + "#revenue",

@@ -54,6 +54,8 @@ def health_summary(user: User | AnonymousUser) -> HealthSummary:
     attempts = scope_queryset(
         Attempt.objects.filter(started_at__gte=now - dt.timedelta(days=1)), user, "step__handoff__legal_entity"
     )
+    # A deferred attempt sent nothing (it waited for the rate limit): neither a call nor a failure.
+    attempts = attempts.exclude(outcome=Attempt.Outcome.DEFERRED)
     totals = attempts.aggregate(all=Count("pk"), failed=Count("pk", filter=Q(outcome__in=FAILED_OUTCOMES)))
     return HealthSummary(
         by_status=by_status,

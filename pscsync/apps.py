@@ -9,8 +9,13 @@ class PscsyncConfig(AppConfig):
     verbose_name = "Sync engine"
 
     def ready(self) -> None:
-        from pscsync import checks  # noqa: F401  (registers system checks)
+        from pscsync import (
+            checks,  # noqa: F401  (registers system checks)
+            ledger_days,
+        )
         from pscsync.access import ensure_roles
+
+        ledger_days.connect()
 
         # Framework glue: the role groups exist once the permissions do, on every migrate.
         post_migrate.connect(lambda **kwargs: ensure_roles(), sender=self, weak=False)

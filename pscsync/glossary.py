@@ -62,6 +62,7 @@ ENTITY_NAMES = {
 
 ERROR_KIND_NAMES = {
     "transient": "Temporary failure",
+    "deferred": "Waited for the rate limit",
     "unknown": "Outcome unknown",
     "validation": "Source data problem",
     "mapping": "Mapping problem",
@@ -215,6 +216,15 @@ def when_words(moment: Any, *, with_time: bool = True) -> str:
     if isinstance(moment, dt.date):
         return f"{moment.day} {moment:%b %Y}"
     return str(moment)
+
+
+def later_words(moment: dt.datetime, *, since: dt.datetime) -> str:
+    """A moment after `since`, as short as it stays clear: "10:42 UTC" on the same local day,
+    else with its date ("7 Dec 2026 10:42 UTC")."""
+    local, start = timezone.localtime(moment), timezone.localtime(since)
+    if local.date() == start.date():
+        return f"{local:%H:%M} {local.tzname() or settings.TIME_ZONE}"
+    return when_words(moment)
 
 
 def sla_words(remaining_seconds: float | None) -> str:

@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 
 from connectors.base import InvoiceStatus, LedgerInvoice
 from connectors.models import Connection
-from pscsync import clock
+from pscsync import clock, ledger_days
 from pscsync.models import ErpInvoice, InvoiceStatusChange, LegalEntity, PaymentApplication
 
 log = logging.getLogger("pscsync.ledger")
@@ -120,7 +120,13 @@ def ledger_record_invoice(
     if scope_before is not None and scope_before != (row.legal_entity_id, row.currency):
         # The applications carry their invoice's legal entity and currency (cash collected reads
         # them alone): an invoice re-read under another entity or currency moves them with it.
+        # Cash collected by day moves with them (a queryset update passes no model's save).
+        moved = ledger_days.new_deltas()
+        ledger_days.invoice_applications(row.pk, moved, -1)
         row.applications.update(legal_entity_id=row.legal_entity_id, currency=row.currency)
+        ledger_days.invoice_applications(row.pk, moved, +1)
+        if row.status not in ledger_days.REVERSED_STATES:
+            ledger_days.apply(moved)
     if before != invoice.status:
         InvoiceStatusChange.objects.create(
             invoice=row,

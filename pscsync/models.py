@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Self
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Max, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
@@ -336,6 +336,10 @@ class Attempt(models.Model):
         MAPPING = "mapping", "Mapping failed"
         REJECTED = "rejected", "Rejected by the target"
         WORKER_LOST = "worker_lost", "Worker died"
+        # Nothing was sent: the shared limiter (connectors/limiter.py) held the call past what a
+        # step may wait, and the handoff was rescheduled for its slot. Not a failure: no retry is
+        # spent and dashboards do not count it.
+        DEFERRED = "deferred", "Waited for the rate limit"
 
     step = models.ForeignKey(Step, on_delete=models.CASCADE, related_name="attempts")
     number = models.PositiveIntegerField()
@@ -767,6 +771,8 @@ class ErpInvoice(models.Model):
         return f"invoice {self.number or self.vendor_id} {self.total} {self.currency} {self.status}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
+        from pscsync import ledger_days
+
         # The applied sum belongs to the applications' writes: saving an invoice read before its
         # applications changed must not put back the sum it was read with.
         if not self._state.adding and kwargs.get("update_fields") is None:
@@ -775,18 +781,56 @@ class ErpInvoice(models.Model):
                 for f in self._meta.concrete_fields
                 if not f.primary_key and f.name not in ("applied_total", "applied_through")
             ]
-        super().save(*args, **kwargs)
+        with transaction.atomic():
+            # The ledger by day moves by what the row gave before and gives after: the stored row,
+            # locked, not this object's copy (it may be stale, and applied_total is not written).
+            before = (
+                None
+                if self._state.adding or self.pk is None
+                else ErpInvoice.objects.select_for_update()
+                .filter(pk=self.pk)
+                .values(*ledger_days.INVOICE_FIELDS)
+                .first()
+            )
+            super().save(*args, **kwargs)
+            written = kwargs.get("update_fields")
+            after = {
+                name: getattr(self, name)
+                if before is None or written is None or name.removesuffix("_id") in written or name in written
+                else before[name]
+                for name in ledger_days.INVOICE_FIELDS
+            }
+            deltas = ledger_days.new_deltas()
+            ledger_days.invoice_parts(before, deltas, -1)
+            ledger_days.invoice_parts(after, deltas, +1)
+            if before is not None and (before["status"] in ledger_days.REVERSED_STATES) != (
+                after["status"] in ledger_days.REVERSED_STATES
+            ):
+                # Reversed, or restored: its applications leave cash collected, or come back.
+                sign = -1 if after["status"] in ledger_days.REVERSED_STATES else +1
+                ledger_days.invoice_applications(self.pk, deltas, sign)
+            ledger_days.apply(deltas)
 
     @classmethod
     def applications_summarise(cls, invoice_id: int) -> None:
-        """Set the invoice's applied sum and date from its dated payment applications."""
+        """Set the invoice's applied sum and date from its dated payment applications (and what it
+        owes in the ledger by day)."""
+        from pscsync import ledger_days
+
         dated = PaymentApplication.objects.filter(invoice_id=invoice_id, applied_on__isnull=False).order_by()
-        cls.objects.filter(pk=invoice_id).update(
-            applied_total=Coalesce(
-                Subquery(dated.values("invoice_id").annotate(s=Sum("amount")).values("s")), Value(Decimal("0"))
-            ),
-            applied_through=Subquery(dated.values("invoice_id").annotate(m=Max("applied_on")).values("m")),
-        )
+        with transaction.atomic():
+            row = cls.objects.select_for_update().filter(pk=invoice_id)
+            before = row.values(*ledger_days.INVOICE_FIELDS).first()
+            row.update(
+                applied_total=Coalesce(
+                    Subquery(dated.values("invoice_id").annotate(s=Sum("amount")).values("s")), Value(Decimal("0"))
+                ),
+                applied_through=Subquery(dated.values("invoice_id").annotate(m=Max("applied_on")).values("m")),
+            )
+            deltas = ledger_days.new_deltas()
+            ledger_days.invoice_parts(before, deltas, -1)
+            ledger_days.invoice_parts(row.values(*ledger_days.INVOICE_FIELDS).first(), deltas, +1)
+            ledger_days.apply(deltas)
 
 
 class InvoiceStatusChange(models.Model):
@@ -834,15 +878,62 @@ class PaymentApplication(models.Model):
         return f"{self.amount} from payment {self.reference or self.payment_id} on {self.applied_on}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
+        from pscsync import ledger_days
+
         if self.legal_entity_id is None or not self.currency:
             self.legal_entity_id, self.currency = self.invoice.legal_entity_id, self.invoice.currency
-        super().save(*args, **kwargs)
-        ErpInvoice.applications_summarise(self.invoice_id)
+        with transaction.atomic():
+            # The invoice locked first (as its own writes lock it): its reversal and this payment
+            # move cash collected one after the other.
+            status = (
+                ErpInvoice.objects.select_for_update()
+                .filter(pk=self.invoice_id)
+                .values_list("status", flat=True)
+                .first()
+            )
+            before = (
+                None
+                if self._state.adding or self.pk is None
+                else PaymentApplication.objects.filter(pk=self.pk).values(*ledger_days.APPLICATION_FIELDS).first()
+            )
+            super().save(*args, **kwargs)
+            if status not in ledger_days.REVERSED_STATES:
+                deltas = ledger_days.new_deltas()
+                ledger_days.application_parts(before, deltas, -1)
+                ledger_days.application_parts(
+                    {name: getattr(self, name) for name in ledger_days.APPLICATION_FIELDS}, deltas, +1
+                )
+                ledger_days.apply(deltas)
+            ErpInvoice.applications_summarise(self.invoice_id)
 
     def delete(self, *args: Any, **kwargs: Any) -> Any:
         deleted = super().delete(*args, **kwargs)
         ErpInvoice.applications_summarise(self.invoice_id)
         return deleted
+
+
+class LedgerDay(models.Model):
+    """The ERP ledger summed per legal entity, currency and day (pscsync.ledger_days, which keeps
+    it): invoiced by posting day, cash collected by application day, and what the open invoices
+    owe now by due day. The dashboards' overview adds a few hundred of these rows instead of
+    reading the firm's invoices; the figures' definitions stay in dashboards.ledger."""
+
+    legal_entity = models.ForeignKey(LegalEntity, on_delete=models.CASCADE, related_name="+")
+    currency = models.CharField(max_length=3)
+    day = models.DateField(help_text="Posting day, application day or due day, per sum (9999-12-31: no due date).")
+    invoiced = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"))
+    invoiced_count = models.IntegerField(default=0)
+    collected = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"))
+    collected_count = models.IntegerField(default=0)
+    owed = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"))
+    owed_count = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["legal_entity", "currency", "day"], name="ledger_day_once")]
+        indexes = [models.Index(fields=["day"], name="ledger_day_by_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.currency}: invoiced {self.invoiced}, collected {self.collected}, owed {self.owed}"
 
 
 class Archive(models.Model):

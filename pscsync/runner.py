@@ -361,10 +361,21 @@ def _finish_attempt(
     started: float,
     result: WriteResult | None = None,
     error: ConnectorError | None = None,
+    recovering: bool = False,
 ) -> None:
     with transaction.atomic():
         now = _renew(handoff, worker)
-        _record_outcome(handoff, step, attempt, now, outcome=outcome, started=started, result=result, error=error)
+        _record_outcome(
+            handoff,
+            step,
+            attempt,
+            now,
+            outcome=outcome,
+            started=started,
+            result=result,
+            error=error,
+            recovering=recovering,
+        )
 
 
 _ATTEMPT_OUTCOME_FIELDS = (
@@ -383,16 +394,20 @@ def _record_outcome(
     started: float,
     result: WriteResult | None = None,
     error: ConnectorError | None = None,
+    recovering: bool = False,
 ) -> None:
     """Inside a transaction that has just renewed the lease: store how an attempt ended."""
-    succeeded = _outcome_apply(step, attempt, now, outcome=outcome, started=started, result=result, error=error)
+    status = step.status
+    succeeded = _outcome_apply(
+        step, attempt, now, outcome=outcome, started=started, result=result, error=error, recovering=recovering
+    )
     attempt.save(update_fields=_ATTEMPT_OUTCOME_FIELDS)
     if succeeded:
         step.save(update_fields=["status", "external_id", "output", "mapping_version", "finished_at"])
         if result is not None and result.output.get("handoff_facts"):
             _record_facts(handoff, result.output["handoff_facts"])
         _record_links(handoff, step, now)
-    elif outcome != Attempt.Outcome.UNKNOWN:
+    elif step.status != status:  # failed, or deferred back to pending; unknown stays in flight
         step.save(update_fields=["status"])
 
 
@@ -410,6 +425,7 @@ def _outcome_apply(
     started: float,
     result: WriteResult | None = None,
     error: ConnectorError | None = None,
+    recovering: bool = False,
 ) -> bool:
     """Set how an attempt ended on it and its step (not saved). True when the step succeeded."""
     attempt.outcome = outcome
@@ -434,6 +450,12 @@ def _outcome_apply(
         step.mapping_version_id = result.mapping_version_id if result else None
         step.finished_at = now
         return True
+    if outcome == Attempt.Outcome.DEFERRED:
+        # Nothing was sent: the step waits for its slot. A step being recovered stays in flight,
+        # so the run after the wait still looks before writing.
+        if not recovering:
+            step.status = Step.Status.PENDING
+        return False
     if outcome != Attempt.Outcome.UNKNOWN:
         # An unknown outcome leaves the step in flight, so the next run looks before writing.
         step.status = Step.Status.FAILED
@@ -532,7 +554,9 @@ def _run_step(
         try:
             existing = step_def.find_existing(ctx)
         except ConnectorError as exc:
-            _finish_attempt(handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc)
+            _finish_attempt(
+                handoff, step, attempt, worker, outcome=_outcome_of(exc), started=started, error=exc, recovering=True
+            )
             raise _failure(exc) from exc
         if existing is not None:
             return _Done(step, attempt, Attempt.Outcome.ADOPTED, started, existing)
@@ -575,6 +599,8 @@ def _adopt_after_unknown(step_def: StepDef, ctx: StepContext) -> WriteResult | N
 
 
 def _outcome_of(exc: ConnectorError) -> str:
+    if exc.deferred:
+        return Attempt.Outcome.DEFERRED  # nothing was sent: a wait for a limit, not a failure
     return {
         "transient": Attempt.Outcome.TRANSIENT,
         "unknown": Attempt.Outcome.UNKNOWN,
@@ -616,6 +642,8 @@ def _fail(handoff: Handoff, flow: Flow, step: Step, step_def: StepDef, failure: 
         to = Handoff.Status.WAITING_RETRY
         fields["next_attempt_at"] = now + dt.timedelta(seconds=delay)
         fields["last_error_message"] = f"{step.name}: {failure.message}"
+        # Nothing failed: the handoff did not stop at a step, it waits for its turn.
+        fields.update(failed_step="", failed_key="", failure_reason="")
     elif failure.retryable and attempts < flow.attempt_budget:
         delay = retry_delay(attempts, retry_after=failure.retry_after)
         to = Handoff.Status.WAITING_RETRY

@@ -3,6 +3,7 @@ Nothing here calls a vendor: pages read what the engine stored."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -12,8 +13,8 @@ from django.urls import reverse
 from connectors.models import Connection
 from connectors.registry import connector_for
 from pscsync.flows import FLOWS
-from pscsync.glossary import action_name, document_text, error_words, step_name
-from pscsync.models import AuditEntry, CrossReference, Handoff, Mapping, Step
+from pscsync.glossary import action_name, document_text, error_words, later_words, step_name
+from pscsync.models import Attempt, AuditEntry, CrossReference, Handoff, Mapping, Step
 from pscsync.secrets import mask_secrets
 from pscsync.selectors import events_for_handoff
 
@@ -70,7 +71,7 @@ def handoff_timeline(handoff: Handoff) -> dict[str, Any]:
                     at=attempt.started_at,
                     kind="attempt",
                     title=f"{step_name(step.name)}, attempt {attempt.number}{target}",
-                    detail=error_words(attempt.error_message),
+                    detail=_deferral_words(attempt) or error_words(attempt.error_message),
                     outcome=attempt.outcome,
                     outcome_label=attempt.get_outcome_display(),
                     request=shown["request"],
@@ -109,6 +110,16 @@ def handoff_timeline(handoff: Handoff) -> dict[str, Any]:
         "next_step": next_step(handoff),
         "mapping_versions": sorted({s.mapping_version.label for s in steps if s.mapping_version_id}),
     }
+
+
+def _deferral_words(attempt: Attempt) -> str:
+    """A deferred attempt in business words: it sent nothing and waited for the rate limit until
+    its slot (the limiter's wait, counted from when the attempt ended). "" for other attempts."""
+    if attempt.outcome != Attempt.Outcome.DEFERRED:
+        return ""
+    ended = attempt.started_at + dt.timedelta(milliseconds=attempt.duration_ms or 0)
+    resumes = ended + dt.timedelta(seconds=attempt.retry_after_seconds or 0)
+    return f"Waited for the vendor's rate limit; resumes at {later_words(resumes, since=attempt.started_at)}"
 
 
 _MAPPING_LABEL = re.compile(r"mapping ([\w-]+)/(\w+)@v(\d+)")

@@ -10,8 +10,11 @@ Control API, the same on every sandbox (never part of the vendor's protocol):
   POST /_sandbox/faults   {"latency_ms": 200, "error_rate": 0.2, "error_status": 503,
                            "timeout_rate": 0.1, "rate_limit_per_minute": 60, "match": "/Account",
                            "count": 5, "reject": {"field": "Name", "equals": "Bad", "message": "..."},
-                           "token_lifetime_seconds": 5}
-                          adds a fault rule (several may be active; "count" limits how often it fires)
+                           "token_lifetime_seconds": 5,
+                          "malform": {"field": "Amount", "value": "lots"} or {"field": "Id", "drop": true}}
+                          adds a fault rule (several may be active; "count" limits how often it fires).
+                          "malform" answers as usual but with every record in the answer that
+                          holds the field changed (a vendor sending a record of another shape)
   DELETE /_sandbox/faults clears them
   GET  /_sandbox/journal  every request received: method, path, status, external key of each write
                           (?since=<seq>); {"entries": [...], "writes_by_key": {"<key>": n}}
@@ -269,11 +272,14 @@ class Faults:
                     return rule[name]
         return None
 
-    def pick(self, path: str, body: Any) -> dict[str, Any] | None:
-        """The first rule that fires for this request, its count spent."""
+    def pick(self, path: str, body: Any, *, malform: bool = False) -> dict[str, Any] | None:
+        """The first rule that fires for this request, its count spent: a rule that changes the
+        answer (malform) when `malform`, else one that replaces it."""
         with self.lock:
             for rule in self.rules:
                 if rule.get("match", "") not in path or rule.get("count", 1) <= 0:
+                    continue
+                if bool(rule.get("malform")) != malform:
                     continue
                 if not _rule_applies(rule, body, self.rng):
                     continue
@@ -297,6 +303,8 @@ class Faults:
 
 
 def _rule_applies(rule: dict[str, Any], body: Any, rng: random.Random) -> bool:
+    if rule.get("malform"):
+        return True
     reject = rule.get("reject")
     if reject:
         return isinstance(body, dict) and body.get(reject.get("field")) == reject.get("equals")
@@ -513,10 +521,36 @@ class Sandbox:
                 response = handler(request)
             except BadRequest as exc:
                 response = self.error(exc.status, exc.message, code=exc.code, field_name=exc.field_name)
+            if not request.path.startswith("/_sandbox") and 200 <= response.status < 300:
+                self._malform(request, response)
             return response
         if any(p.match(request.path) for _, p, _, _ in self.routes):
             return self.error(405, f"method {request.method} not allowed on {request.path}", code="METHOD_NOT_ALLOWED")
         return self.error(404, f"the requested resource does not exist: {request.path}", code="NOT_FOUND")
+
+    def _malform(self, request: Request, response: Response) -> None:
+        """A "malform" fault: every record in the answer holding the rule's field gets another
+        value (or loses it), as a vendor would send after a change on its side."""
+        rule = self.faults.pick(request.path, None, malform=True)
+        if rule is None or response.body is None:
+            return
+        spec = rule["malform"]
+        name = str(spec.get("field", ""))
+
+        def change(value: Any) -> None:
+            if isinstance(value, dict):
+                if name in value:
+                    if spec.get("drop"):
+                        del value[name]
+                    else:
+                        value[name] = spec.get("value")
+                for inner in list(value.values()):
+                    change(inner)
+            elif isinstance(value, list):
+                for inner in value:
+                    change(inner)
+
+        change(response.body)
 
     def _fault_response(self, request: Request) -> Response | None | bool:
         try:

@@ -210,3 +210,76 @@ def test_a_step_deferred_by_the_limit_waits_for_its_slot_without_spending_a_retr
     assert 55 <= wait <= 62  # when the minute's slot frees (plus up to a second's jitter)
     assert "calls-per-minute limit is spent" in handoff.last_error_message
     assert echo.stats()["creates"] == {}  # nothing was sent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deferred_step_is_recorded_as_a_wait_not_a_failure_and_resumes_without_spending_a_retry(
+    echo_connection, echo, monkeypatch, operator
+) -> None:
+    import datetime as dt
+
+    from dashboards.facts import attempt_rollup_rows
+    from dashboards.queries import health_summary
+    from pscsync.intake import event_receive
+    from pscsync.models import Attempt, Handoff, Step
+    from pscsync.runner import handoff_run
+    from remediation.timeline import handoff_timeline
+    from tests.helpers import change_body
+
+    # given: a tiny per-minute limit (one call a minute), already spent by another worker
+    monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: None)
+    echo_connection.rate_limit_per_minute = 1
+    echo_connection.save(update_fields=["rate_limit_per_minute"])
+    limiter.acquire(connection_id=echo_connection.pk, per_minute=1)
+    body = change_body("OPP-DEFER")
+    [change] = EchoConnector(echo_connection).parse_webhook(event_id="defer-1", body=body)
+    handoff = event_receive(connection=echo_connection, change=change, headers={}, raw_body=body.decode()).handoff
+
+    # when: the worker takes the handoff and its first call must wait a minute
+    assert handoff_run(handoff_id=handoff.pk, worker="w1") == "waiting_retry"
+
+    # then: one attempt, recorded as deferred (not a temporary failure), its step not failed
+    handoff.refresh_from_db()
+    attempt = Attempt.objects.get(step__handoff=handoff)
+    assert attempt.outcome == Attempt.Outcome.DEFERRED
+    assert 55 <= attempt.retry_after_seconds <= 60
+    assert attempt.step.status == Step.Status.PENDING
+    assert handoff.attempt_count == 0 and handoff.failed_step == "" and handoff.failure_reason == ""
+    # The timeline says it in business words, with the time the slot frees: when the attempt
+    # ended plus the limiter's wait (worked out here from the stored attempt, in UTC).
+    resumes = attempt.started_at + dt.timedelta(milliseconds=attempt.duration_ms, seconds=attempt.retry_after_seconds)
+    [entry] = [e for e in handoff_timeline(handoff)["timeline"] if e.kind == "attempt"]
+    assert entry.detail == f"Waited for the vendor's rate limit; resumes at {resumes:%H:%M} UTC" or (
+        resumes.date() != attempt.started_at.date() and entry.detail.endswith(f"{resumes:%H:%M} UTC")
+    )
+    assert entry.outcome_label == "Waited for the rate limit"
+    # Neither the health page nor the attempt rollups count it as a call or a failure.
+    summary = health_summary(operator)
+    assert summary.by_status["waiting_retry"] == 1  # the operator sees this handoff and its attempts
+    assert (summary.attempts_last_day, summary.failed_attempts_last_day) == (0, 0)
+    row = {
+        "started_at": attempt.started_at,
+        "flow": handoff.flow,
+        "step": attempt.step.name,
+        "connection_id": None,
+        "legal_entity_id": None,
+        "outcome": attempt.outcome,
+        "http_status": None,
+        "retry_after_seconds": attempt.retry_after_seconds,
+        "duration_ms": attempt.duration_ms,
+    }
+    assert attempt_rollup_rows([row]) == {}
+    assert echo.stats()["creates"] == {}  # nothing was sent
+
+    # when: the minute has passed (the window forgotten, the handoff due)
+    limiter.forget_all()
+    echo_connection.rate_limit_per_minute = 600
+    echo_connection.save(update_fields=["rate_limit_per_minute"])
+    Handoff.objects.filter(pk=handoff.pk).update(next_attempt_at=handoff.next_attempt_at - dt.timedelta(minutes=5))
+
+    # then: it resumes and succeeds with its retry budget whole
+    assert handoff_run(handoff_id=handoff.pk, worker="w2") == "succeeded"
+    handoff.refresh_from_db()
+    assert handoff.attempt_count == 0
+    outcomes = list(Attempt.objects.filter(step__handoff=handoff).order_by("pk").values_list("outcome", flat=True))
+    assert outcomes[0] == "deferred" and set(outcomes[1:]) == {"succeeded"}

@@ -122,6 +122,40 @@ def test_revenue_schedule_accuracy_from_the_latest_reconciliation(entities) -> N
     assert [r["mismatch"].subject_key for r in found["rows"]] == ["P-1", "P-2"]
 
 
+@pytest.mark.parametrize(
+    ("abs_difference", "erp", "checked", "want"),
+    [
+        # 1 − 2,000 ÷ 100,000 = 98 %.
+        ("2000.00", "100000.00", 10, 98.0),
+        # 1 − 19,700 ÷ 19,700 = 0 %: every unit the ERP recognised is in dispute.
+        ("19700.00", "19700.00", 6, 0.0),
+        # The PSA counts 3,000 more than the ERP posted: 1 − 22,700 ÷ 19,700 = −15.2 % → 0 %.
+        ("22700.00", "19700.00", 6, 0.0),
+        # The ERP recognised nothing, the PSA 500: nothing agrees, 0 %.
+        ("500.00", "0", 1, 0.0),
+        # Nothing recognised on either side: no ratio to give.
+        ("0", "0", 3, None),
+        # Nothing compared.
+        ("0", "0", 0, None),
+    ],
+)
+def test_value_accuracy_is_floored_at_zero(abs_difference, erp, checked, want) -> None:
+    got = leaders.value_accuracy(Decimal(abs_difference), Decimal(erp), checked)
+    assert got == want
+
+
+def test_revenue_schedule_accuracy_says_when_it_is_floored(entities) -> None:
+    us = entities["us"]
+    # ERP recognised 1,000.00; the PSA recognises 2,500 on P-1 (Δ +1,500) and 0 on P-2 where the
+    # ERP has 1,000 (Δ −1,000): 1 − 2,500 ÷ 1,000 = −150 % → 0 %, floored.
+    run(us, checked=2, matched=0, erp="1000.00", minutes=30)
+    mismatch(us, "P-1", "1500.00")
+    mismatch(us, "P-2", "-1000.00")
+    found = leaders.revenue_schedule_accuracy(OCT)
+    assert (found["value_accuracy"], found["floored"]) == (0.0, True)
+    assert (found["abs_difference"], found["erp_total"]) == (Decimal("2500.00"), Decimal("1000.00"))
+
+
 def test_revenue_schedule_accuracy_is_not_measured_before_a_reconciliation(entities) -> None:
     found = leaders.revenue_schedule_accuracy(OCT)
     assert found["value_accuracy"] is None and found["match_rate"] is None and found["rows"] == []

@@ -194,9 +194,9 @@ EXPECTED: dict[str, dict[str, tuple[Any, int]]] = {
         "money_at_risk": (D("55700.00"), 3),
         # 1 - Σ|Δ| / Σ|ERP| over every project-month compared: Σ|Δ| = 1,500 + 3,000 + 10,000 +
         # 5,000 + 2,000 + 1,200 = 22,700; Σ|ERP| = posted invoices 1,500 + 10,000 + 5,000 + 2,000
-        # + 1,200 = 19,700: 1 - 22,700 / 19,700 = -3,000 / 19,700 = -15.23 % (the PSA counts
-        # 3,000 the ledger has not posted on top of 1,500 it bills twice: worse than no schedule).
-        "revenue.schedule_value_accuracy": (-100 * 3000 / 19700, 6),
+        # + 1,200 = 19,700: 1 - 22,700 / 19,700 = -3,000 / 19,700 = -15.23 %, floored at 0 % (the
+        # PSA counts 3,000 the ledger has not posted on top of 1,500 it bills twice: docs/dashboards.md).
+        "revenue.schedule_value_accuracy": (0.0, 6),
         "revenue.schedule_row_match_rate": (0.0, 6),
         "reconciliation.effort_actions": (3, 3),
         "reconciliation.effort_hours": (0.58, 3),
@@ -267,8 +267,8 @@ EXPECTED: dict[str, dict[str, tuple[Any, int]]] = {
         # revenue: Q6 1,740 (PB3's handoff done) + B2 4,000 = 5,740.00.
         "money_at_risk": (D("5740.00"), 3),
         # Σ|Δ| = 1,740 + 12,000 + 4,000 + 6,000 = 23,740; Σ|ERP| = 12,000 + 4,000 + 6,000 = 22,000:
-        # 1 - 23,740 / 22,000 = -1,740 / 22,000 = -7.91 %.
-        "revenue.schedule_value_accuracy": (-100 * 1740 / 22000, 4),
+        # 1 - 23,740 / 22,000 = -1,740 / 22,000 = -7.91 %, floored at 0 %.
+        "revenue.schedule_value_accuracy": (0.0, 4),
         "revenue.schedule_row_match_rate": (0.0, 4),
         "reconciliation.effort_actions": (0, 0),
         "reconciliation.effort_hours": (0, 0),
@@ -336,8 +336,8 @@ EXPECTED: dict[str, dict[str, tuple[Any, int]]] = {
         "exceptions.open": (2, 2),
         "money_at_risk": (D("63047.20"), 3),  # 55,700 + 5,740 x 1.28 (7,347.20)
         # Σ|Δ| 22,700 + 23,740 x 1.28 (30,387.20) = 53,087.20; Σ|ERP| 19,700 + 22,000 x 1.28
-        # (28,160) = 47,860: 1 - 53,087.20 / 47,860 = -5,227.20 / 47,860.
-        "revenue.schedule_value_accuracy": (-100 * 5227.20 / 47860, 10),
+        # (28,160) = 47,860: 1 - 53,087.20 / 47,860 = -5,227.20 / 47,860 = -10.92 %, floored at 0 %.
+        "revenue.schedule_value_accuracy": (0.0, 10),
         "revenue.schedule_row_match_rate": (0.0, 10),
         "reconciliation.effort_actions": (3, 3),
         "reconciliation.effort_hours": (0.58, 3),

@@ -193,7 +193,8 @@ def test_a_payload_of_another_shape_is_a_classified_error_not_a_crash(firm) -> N
         firm.salesforce.deal_read(deal["opportunity"])
     assert caught.value.error_class == "validation"
     assert caught.value.message == (
-        f"Salesforce opportunity {deal['opportunity']}: Contract_Version__c should be a number, got str 'two'"
+        f"Salesforce sent an opportunity ({deal['opportunity']}) we cannot read: "
+        "Contract_Version__c should be a number, got text 'two'"
     )
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
     assert handoff.status == Handoff.Status.NEEDS_ATTENTION and handoff.last_error_class == "validation"
