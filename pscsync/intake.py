@@ -36,7 +36,7 @@ from pscsync import clock
 from pscsync.dispatch import events_ring, events_take, events_wake, handoffs_publish
 from pscsync.flows import flow_get
 from pscsync.flows.triggers import change_route
-from pscsync.lifecycle import handoff_move, handoff_opened
+from pscsync.lifecycle import handoff_move, handoff_opened, handoffs_opened
 from pscsync.models import Event, Handoff, Step
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,10 @@ def _route_behind(event: Event, open_handoff: Handoff) -> Handoff | None:
         event.status = Event.Status.STALE
         event.save(update_fields=["status"])
         return None
-    supersedable = open_handoff.status != Handoff.Status.RUNNING and not _has_written(open_handoff)
+    # Claimed by a worker (reserved in a batch, pscsync.runner.handoffs_claim) counts as running:
+    # it may start at any moment with the input it was claimed with.
+    reserved = open_handoff.lease_expires_at is not None and open_handoff.lease_expires_at > clock.now()
+    supersedable = open_handoff.status != Handoff.Status.RUNNING and not reserved and not _has_written(open_handoff)
     if not supersedable:
         event.status = Event.Status.QUEUED
         event.handoff = None
@@ -446,15 +449,130 @@ def event_route(event_id: int) -> Handoff | None:
 
 
 def events_route(event_ids: list[int]) -> list[int]:
-    """Route these events (each in its own transaction) and publish the handoffs they open.
-    Returns the published handoff ids."""
+    """Route these events and publish the handoffs they open. Returns the published handoff ids.
+
+    On PostgreSQL the batch is routed in one transaction (events_route_batch); if that fails
+    (a race the batch does not handle, a defect), each event is routed in its own transaction, so
+    one bad event never holds up the others."""
     opened: dict[int, None] = {}  # in order, once each (a newer change may supersede into it)
-    for event_id in event_ids:
-        handoff = event_route(event_id)
-        if handoff is not None:
-            opened[handoff.pk] = None
+    routed = False
+    if db.vendor == "postgresql" and len(event_ids) > 1:
+        try:
+            opened = dict.fromkeys(h.pk for h in events_route_batch(event_ids))
+            routed = True
+        except Exception:
+            log.warning("routing %d events together failed; routing them one by one", len(event_ids), exc_info=True)
+    if not routed:
+        for event_id in event_ids:
+            one = event_route(event_id)
+            if one is not None:
+                opened[one.pk] = None
     handoffs_publish(list(opened))
     return list(opened)
+
+
+def events_route_batch(event_ids: list[int]) -> list[Handoff]:
+    """Route a batch of stored events in one transaction, by the same rules as _route.
+
+    The events are locked first (SKIP LOCKED: one another worker holds is its to route), then
+    their keys' locks are taken in one statement in a fixed order (sorted by the lock's hash), so
+    two workers routing overlapping batches never deadlock. The common case, a key's only change
+    in the batch with no open handoff and nothing newer applied, is decided in memory and written
+    set-based: one INSERT of the handoffs, one of their history rows, one UPDATE of the events.
+    Any other key (several changes, an open handoff, an unknown flow) goes through _route, in the
+    same transaction. Returns the handoffs to publish (PostgreSQL only: the key locks)."""
+    with transaction.atomic():
+        events = list(
+            Event.objects.select_for_update(skip_locked=True)
+            .filter(pk__in=event_ids, status=Event.Status.RECEIVED)
+            .order_by("pk")
+        )
+        by_key: dict[tuple[str, str], list[Event]] = {}
+        for event in events:
+            by_key.setdefault((event.flow, event.business_key), []).append(event)
+        known = {k: v for k, v in by_key.items() if flow_get(k[0]) is not None}
+        if known:
+            _business_keys_lock(list(known))
+        applied = _latest_applied_many(list(known))
+        # Not locked here: with the keys' locks held no handoff of these keys opens or closes
+        # under routing's feet; the keys that have one go through _route, which locks it.
+        open_keys = set(
+            Handoff.objects.filter(
+                flow__in={f for f, _ in known}, business_key__in={k for _, k in known}, status__in=Handoff.OPEN
+            ).values_list("flow", "business_key")
+        )
+        fresh: list[Event] = []
+        opened: list[Handoff] = []
+        for key, group in by_key.items():
+            single = len(group) == 1 and key in known and key not in open_keys
+            if single and not (key in applied and group[0].source_position <= applied[key]):
+                fresh.append(group[0])
+                continue
+            for event in group:  # in the order they arrived, as routing them one by one would
+                with event_route_span(event.traceparent):
+                    handoff = _route(event)
+                if handoff is not None:
+                    opened.append(handoff)
+        opened += _handoffs_start(fresh)
+    return list({h.pk: h for h in opened}.values())
+
+
+def _business_keys_lock(keys: list[tuple[str, str]]) -> None:
+    """business_key_lock for many keys in one statement, in the order of the locks' hashes: every
+    worker that holds several takes them in that order, so none waits in a cycle."""
+    with db.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h "
+            "FROM unnest(%s::text[]) AS k ORDER BY 1) AS locks",
+            [[f"{flow}\x1f{key}" for flow, key in keys]],
+        )
+
+
+def _latest_applied_many(keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
+    """_latest_applied for many keys in one query."""
+    if not keys:
+        return {}
+    wanted = set(keys)
+    latest: dict[tuple[str, str], tuple] = {}
+    rows = Handoff.objects.filter(
+        flow__in={f for f, _ in keys}, business_key__in={k for _, k in keys}, status=Handoff.Status.SUCCEEDED
+    ).values_list("flow", "business_key", "trigger_event__occurred_at", "trigger_event__source_sequence")
+    for flow, key, occurred_at, sequence in rows:
+        if (flow, key) in wanted and ((flow, key) not in latest or (occurred_at, sequence) > latest[(flow, key)]):
+            latest[(flow, key)] = (occurred_at, sequence)
+    return latest
+
+
+def _handoffs_start(events: list[Event]) -> list[Handoff]:
+    """handoff_start for many events whose keys have no open handoff (their key locks held)."""
+    if not events:
+        return []
+    now = clock.now()
+    handoffs = []
+    for event in events:
+        with event_route_span(event.traceparent):
+            handoffs.append(
+                Handoff(
+                    flow=event.flow,
+                    business_key=event.business_key,
+                    legal_entity_id=event.legal_entity_id,
+                    source_connection_id=event.connection_id,
+                    trigger_event=event,
+                    payload=event.payload,
+                    business_started_at=event.occurred_at,
+                    created_at=now,
+                    next_attempt_at=now,
+                    dispatched_at=now,
+                    **handoff_trace_fields(event.traceparent),
+                )
+            )
+    Handoff.objects.bulk_create(handoffs)
+    handoffs_opened(handoffs, actor="intake", reason="a new change")
+    for event, handoff in zip(events, handoffs, strict=True):
+        event.status = Event.Status.ACCEPTED
+        event.handoff = handoff
+    Event.objects.bulk_update(events, ["status", "handoff"])
+    return handoffs
 
 
 def events_drain(*, batch: int = ROUTE_BATCH, budget_seconds: float | None = None) -> int:

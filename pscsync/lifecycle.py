@@ -223,6 +223,25 @@ def handoff_opened(handoff: Handoff, *, actor: str | User | None, reason: str = 
     )
 
 
+def handoffs_opened(handoffs: list[Handoff], *, actor: str, reason: str = "") -> list[Move]:
+    """handoff_opened for many handoffs created together: their history rows in one INSERT, and
+    each one's listeners after commit. Call in the transaction that created them."""
+    now = clock.now()
+    label, _ = _actor_label(actor)
+    HandoffTransition.objects.bulk_create(
+        [
+            HandoffTransition(
+                handoff_id=h.pk, from_status="", to_status=h.status, at=now, actor=label, reason=reason, step=""
+            )
+            for h in handoffs
+        ]
+    )
+    moves = [Move(h.pk, h.flow, "", h.status, now, label, reason, frozenset()) for h in handoffs]
+    for move in moves:
+        transaction.on_commit(functools.partial(listeners_tell, move))
+    return moves
+
+
 repairs_log = logging.getLogger("pscsync.lifecycle.repairs")
 
 
@@ -241,6 +260,7 @@ __all__ = [
     "TransitionNotAllowed",
     "handoff_move",
     "handoff_opened",
+    "handoffs_opened",
     "listener_add",
     "listener_remove",
     "listeners",

@@ -25,6 +25,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import connection as db
 from django.db import transaction
 from django.db.models import Max, OuterRef, Q, Subquery
 
@@ -81,8 +82,25 @@ def _lease_until(now: dt.datetime) -> dt.datetime:
 
 
 def _renew(handoff: Handoff, worker: str) -> dt.datetime:
-    """Inside a transaction: prove we still hold the lease and extend it, or raise LeaseLost."""
+    """Inside a transaction: prove we still hold the lease and extend it, or raise LeaseLost.
+
+    A handoff claimed in a batch (handoffs_claim) is reserved, not yet running: its first commit
+    moves it to running, with the same proof (the reservation is ours) in the same statement."""
     now = clock.now()
+    if handoff.status != Handoff.Status.RUNNING:
+        moved = handoff_move(
+            handoff,
+            from_states=(handoff.status,),
+            to=Handoff.Status.RUNNING,
+            actor=worker,
+            reason="taken by a worker",
+            attempt=handoff.attempt_count,
+            where=Q(lease_owner=worker),
+            fields={"lease_expires_at": _lease_until(now), "started_at": handoff.started_at or now},
+        )
+        if moved is None:
+            raise LeaseLost(f"handoff {handoff.pk}: reservation no longer held by {worker}")
+        return now
     held = Handoff.objects.filter(pk=handoff.pk, lease_owner=worker, status=Handoff.Status.RUNNING).update(
         lease_expires_at=_lease_until(now)
     )
@@ -172,28 +190,39 @@ def _record_worker_lost(handoff: Handoff, now: dt.datetime) -> None:
 
 
 def _ensure_steps(handoff: Handoff, flow: Flow) -> list[Step]:
+    return _steps_of({handoff.pk: (handoff, flow)})[handoff.pk]
+
+
+def _steps_of(runs: dict[int, tuple[Handoff, Flow]]) -> dict[int, list[Step]]:
+    """The steps of each handoff in its flow's order, the missing ones created: one SELECT and
+    one INSERT for the whole batch, so all or none."""
     # Each step with the number of its last attempt: only the lease holder adds attempts, so the
     # runner counts them from here on instead of asking before each one.
-    # A subquery bounded by the handoff's age reads only the attempts partitions since then.
+    if not runs:
+        return {}
+    # A subquery bounded by the batch's oldest handoff reads only the attempts partitions since then.
+    since = min(h.created_at for h, _ in runs.values()) - ATTEMPT_CLOCK_SLACK
     last = (
-        Attempt.objects.filter(step=OuterRef("pk"), started_at__gte=handoff.created_at - ATTEMPT_CLOCK_SLACK)
+        Attempt.objects.filter(step=OuterRef("pk"), started_at__gte=since)
         .order_by()
         .values("step")
         .annotate(n=Max("number"))
         .values("n")
     )
-    existing: dict[str, Step] = {
-        s.name: s for s in Step.objects.filter(handoff=handoff).annotate(last_attempt=Subquery(last))
+    existing: dict[tuple[int, str], Step] = {
+        (s.handoff_id, s.name): s
+        for s in Step.objects.filter(handoff_id__in=list(runs)).annotate(last_attempt=Subquery(last))
     }
     missing = [
         Step(handoff=handoff, name=step_def.name, position=position, idempotency_key="")
+        for handoff, flow in runs.values()
         for position, step_def in enumerate(flow.steps)
-        if step_def.name not in existing
+        if (handoff.pk, step_def.name) not in existing
     ]
-    for step in Step.objects.bulk_create(missing):  # one statement, so all or none
-        step.last_attempt = 0  # type: ignore[attr-defined]  # as steps_for's annotate() gives the others
-        existing[step.name] = step
-    return [existing[step_def.name] for step_def in flow.steps]
+    for step in Step.objects.bulk_create(missing):
+        step.last_attempt = 0  # type: ignore[attr-defined]  # as the annotate() gives the others
+        existing[(step.handoff_id, step.name)] = step
+    return {pk: [existing[(pk, step_def.name)] for step_def in flow.steps] for pk, (_, flow) in runs.items()}
 
 
 @dataclass
@@ -232,24 +261,115 @@ def _begin_attempt(
         planned = _jsonable(step_def.planned_request(ctx))
     except Exception as exc:  # the same error surfaces, classified, when the step runs
         planned = {"could_not_build_request": str(exc)}
+    last = getattr(step, "last_attempt", None)
     with transaction.atomic():
-        now = _renew(handoff, worker)
-        if done is not None:
-            _record_outcome(
-                handoff, done.step, done.attempt, now, outcome=done.outcome, started=done.started, result=done.result
-            )
-        if key is not None:
-            step.idempotency_key = key
-            step.target_connection = target
-        step.status = Step.Status.IN_FLIGHT
-        step.save(update_fields=["status", "idempotency_key", "target_connection"])
-        last = getattr(step, "last_attempt", None)
-        if last is None:
-            last = step.attempts.aggregate(n=Max("number"))["n"]
-        number = (last or 0) + 1
-        attempt = Attempt.objects.create(step=step, number=number, started_at=now, worker=worker, request=planned)
-    step.last_attempt = number  # type: ignore[attr-defined]  # see _steps
+        if (
+            db.vendor == "postgresql"
+            and last is not None
+            and handoff.status == Handoff.Status.RUNNING
+            and (done is None or _plain_success(done))
+        ):
+            # The common case, one statement (a data-modifying WITH): lease, last result, this
+            # step and its attempt.
+            now = clock.now()
+            if done is not None:
+                _outcome_apply(
+                    done.step, done.attempt, now, outcome=done.outcome, started=done.started, result=done.result
+                )
+            _step_begin_apply(step, key, target)
+            attempt = Attempt(step=step, number=last + 1, started_at=now, worker=worker, request=planned)
+            _step_write(handoff, worker, now, done=done, step=step, attempt=attempt)
+            if done is not None:
+                _record_links(handoff, done.step, now)
+        else:
+            now = _renew(handoff, worker)
+            if done is not None:
+                _record_outcome(
+                    handoff,
+                    done.step,
+                    done.attempt,
+                    now,
+                    outcome=done.outcome,
+                    started=done.started,
+                    result=done.result,
+                )
+            _step_begin_apply(step, key, target)
+            step.save(update_fields=["status", "idempotency_key", "target_connection"])
+            if last is None:
+                last = step.attempts.aggregate(n=Max("number"))["n"] or 0
+            attempt = Attempt.objects.create(step=step, number=last + 1, started_at=now, worker=worker, request=planned)
+    step.last_attempt = attempt.number  # type: ignore[attr-defined]  # see _steps
     return attempt
+
+
+def _step_begin_apply(step: Step, key: str | None, target: Any) -> None:
+    if key is not None:
+        step.idempotency_key = key
+        step.target_connection = target
+    step.status = Step.Status.IN_FLIGHT
+
+
+def _plain_success(done: _Done) -> bool:
+    """A success that writes only its attempt, its step and cross references (no business facts
+    for the handoff): what _step_write stores in its one statement."""
+    return done.outcome in (Attempt.Outcome.SUCCEEDED, Attempt.Outcome.ADOPTED) and not (
+        done.result is not None and done.result.output.get("handoff_facts")
+    )
+
+
+_STEP_DONE_FIELDS = ("status", "external_id", "output", "mapping_version", "finished_at")
+_STEP_BEGUN_FIELDS = ("status", "idempotency_key", "target_connection")
+
+
+def _step_write(
+    handoff: Handoff, worker: str, now: dt.datetime, *, done: _Done | None, step: Step, attempt: Attempt
+) -> None:
+    """Inside a transaction, in one statement: prove and extend the lease, store the last step's
+    result (its attempt and its step), mark this step in flight and insert its attempt. Each part
+    writes only if the lease is ours (the first CTE's row); else nothing is written and LeaseLost
+    is raised. Values are prepared by the models' own fields, as a save would prepare them."""
+    parts = [
+        "lease AS (UPDATE pscsync_handoff SET lease_expires_at = %s WHERE id = %s AND lease_owner = %s "
+        "AND status = %s RETURNING id)"
+    ]
+    params: list[Any] = [_lease_until(now), handoff.pk, worker, Handoff.Status.RUNNING]
+    held = "EXISTS (SELECT FROM lease)"
+    updates: list[tuple[Any, tuple[str, ...]]] = [(step, _STEP_BEGUN_FIELDS)]
+    if done is not None:
+        updates += [(done.attempt, _ATTEMPT_OUTCOME_FIELDS), (done.step, _STEP_DONE_FIELDS)]
+    for n, (obj, names) in enumerate(updates):
+        columns, values = _prepared(obj, names)
+        sets = ", ".join(f"{column} = {placeholder}" for column, placeholder in columns)
+        table = obj._meta.db_table
+        part = f"u{n} AS (UPDATE {table} SET {sets} WHERE id = %s AND {held})"  # noqa: S608  # nosec B608  # model names
+        parts.append(part)
+        params += [*values, obj.pk]
+    names = tuple(f.name for f in Attempt._meta.concrete_fields if not f.primary_key)
+    columns, values = _prepared(attempt, names)
+    insert = ", ".join(c for c, _ in columns)
+    sql = (
+        "WITH " + ", ".join(parts) + f" INSERT INTO {Attempt._meta.db_table} ({insert}) "  # nosec B608  # model names
+        f"SELECT {', '.join(p for _, p in columns)} WHERE {held} RETURNING id"  # nosec B608  # values as parameters
+    )
+    with db.cursor() as cursor:
+        cursor.execute(sql, [*params, *values])
+        row = cursor.fetchone()
+    if row is None:
+        raise LeaseLost(f"handoff {handoff.pk}: lease no longer held by {worker}")
+    attempt.pk = row[0]
+    attempt._state.adding = False
+    attempt._state.db = "default"
+
+
+def _prepared(obj: Any, names: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[Any]]:
+    """(quoted column, "%s::type") and the database value of each named field of obj, prepared
+    by the field (JSON, dates, foreign keys) and cast, so a value stands alone in a SELECT."""
+    columns, values = [], []
+    for name in names:
+        field = obj._meta.get_field(name)
+        columns.append((db.ops.quote_name(field.column), f"%s::{field.cast_db_type(db)}"))
+        values.append(field.get_db_prep_save(field.pre_save(obj, obj.pk is None), connection=db))
+    return columns, values
 
 
 def _finish_attempt(
@@ -298,6 +418,41 @@ def _record_outcome(
     recovering: bool = False,
 ) -> None:
     """Inside a transaction that has just renewed the lease: store how an attempt ended."""
+    status = step.status
+    succeeded = _outcome_apply(
+        step, attempt, now, outcome=outcome, started=started, result=result, error=error, recovering=recovering
+    )
+    # By id and start: on PostgreSQL the start names the attempt's month partition. Should the
+    # start read back differently (it never has), the id alone still finds the row.
+    outcome_fields = {f: getattr(attempt, f) for f in _ATTEMPT_OUTCOME_FIELDS}
+    if not Attempt.objects.filter(pk=attempt.pk, started_at=attempt.started_at).update(**outcome_fields):
+        Attempt.objects.filter(pk=attempt.pk).update(**outcome_fields)
+    if succeeded:
+        step.save(update_fields=["status", "external_id", "output", "mapping_version", "finished_at"])
+        if result is not None and result.output.get("handoff_facts"):
+            _record_facts(handoff, result.output["handoff_facts"])
+        _record_links(handoff, step, now)
+    elif step.status != status:  # failed, or deferred back to pending; unknown stays in flight
+        step.save(update_fields=["status"])
+
+
+def _record_links(handoff: Handoff, step: Step, now: dt.datetime) -> None:
+    if step.target_connection_id and (step.external_id or step.output.get("ids")):
+        _cross_reference(handoff, step, now)
+
+
+def _outcome_apply(
+    step: Step,
+    attempt: Attempt,
+    now: dt.datetime,
+    *,
+    outcome: str,
+    started: float,
+    result: WriteResult | None = None,
+    error: ConnectorError | None = None,
+    recovering: bool = False,
+) -> bool:
+    """Set how an attempt ended on it and its step (not saved). True when the step succeeded."""
     attempt.outcome = outcome
     attempt.duration_ms = int((time.monotonic() - started) * 1000)
     if result is not None and result.request:
@@ -313,32 +468,23 @@ def _record_outcome(
         attempt.response = _jsonable(error.response) if error.response is not None else {}
         if isinstance(error, TransientError) and error.retry_after is not None:
             attempt.retry_after_seconds = int(error.retry_after)
-    # By id and start: on PostgreSQL the start names the attempt's month partition. Should the
-    # start read back differently (it never has), the id alone still finds the row.
-    outcome_fields = {f: getattr(attempt, f) for f in _ATTEMPT_OUTCOME_FIELDS}
-    if not Attempt.objects.filter(pk=attempt.pk, started_at=attempt.started_at).update(**outcome_fields):
-        Attempt.objects.filter(pk=attempt.pk).update(**outcome_fields)
     if outcome in (Attempt.Outcome.SUCCEEDED, Attempt.Outcome.ADOPTED):
         step.status = Step.Status.SUCCEEDED
         step.external_id = result.external_id if result else ""
         step.output = result.output if result else {}
         step.mapping_version_id = result.mapping_version_id if result else None
         step.finished_at = now
-        step.save(update_fields=["status", "external_id", "output", "mapping_version", "finished_at"])
-        if result is not None and result.output.get("handoff_facts"):
-            _record_facts(handoff, result.output["handoff_facts"])
-        if step.target_connection_id and (step.external_id or step.output.get("ids")):
-            _cross_reference(handoff, step, now)
-    elif outcome == Attempt.Outcome.DEFERRED:
+        return True
+    if outcome == Attempt.Outcome.DEFERRED:
         # Nothing was sent: the step waits for its slot. A step being recovered stays in flight,
         # so the run after the wait still looks before writing.
         if not recovering:
             step.status = Step.Status.PENDING
-            step.save(update_fields=["status"])
-    elif outcome != Attempt.Outcome.UNKNOWN:
+        return False
+    if outcome != Attempt.Outcome.UNKNOWN:
         # An unknown outcome leaves the step in flight, so the next run looks before writing.
         step.status = Step.Status.FAILED
-        step.save(update_fields=["status"])
+    return False
 
 
 def _instant(value: Any) -> dt.datetime | None:
@@ -560,6 +706,8 @@ def _succeed(handoff: Handoff, worker: str, *, done: _Done | None = None) -> Non
     with transaction.atomic():
         # The key lock before the row lock, in the same order as intake takes them (no deadlock).
         business_key_lock(handoff.flow, handoff.business_key)
+        if handoff.status != Handoff.Status.RUNNING:
+            _renew(handoff, worker)  # claimed in a batch with nothing left to run: start it first
         now = clock.now()
         ended = {
             "finished_at": now,
@@ -603,6 +751,10 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
     handoff = _lease(handoff_id, worker)
     if handoff is None:
         return "skipped"
+    return _run_traced(handoff, worker)
+
+
+def _run_traced(handoff: Handoff, worker: str, steps: list[Step] | None = None) -> str:
     # On every line after, and on every span (ops.tracing), which the run joins to the handoff's trace.
     log_bind(
         handoff_id=handoff.pk,
@@ -611,18 +763,18 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
         legal_entity=handoff.legal_entity.code if handoff.legal_entity else "",
     )
     with tracing.handoff_span(handoff):
-        outcome = _run_leased(handoff, worker)
+        outcome = _run_leased(handoff, worker, steps=steps)
         tracing.annotate(outcome=outcome)  # succeeded, waiting_retry, needs_attention, lease_lost
         return outcome
 
 
-def _run_leased(handoff: Handoff, worker: str) -> str:
+def _run_leased(handoff: Handoff, worker: str, *, steps: list[Step] | None = None) -> str:
     flow = flow_get(handoff.flow)
     if flow is None:
         failure = StepFailed("mapping", f"no flow named {handoff.flow!r} is installed", retryable=False)
         moved = handoff_move(
             handoff,
-            from_states=(Handoff.Status.RUNNING,),
+            from_states=(handoff.status,),  # running, or reserved by a batch claim
             to=Handoff.Status.NEEDS_ATTENTION,
             actor=worker,
             reason=failure.message,
@@ -643,7 +795,8 @@ def _run_leased(handoff: Handoff, worker: str) -> str:
         return Handoff.Status.NEEDS_ATTENTION
     ctx = StepContext(handoff=handoff)
     try:
-        steps = _ensure_steps(handoff, flow)
+        if steps is None:
+            steps = _ensure_steps(handoff, flow)
         done: _Done | None = None  # the last step's success, stored by the next commit
         for step_def, step in zip(flow.steps, steps, strict=True):
             if step.status == Step.Status.SUCCEEDED:
@@ -665,3 +818,119 @@ def _run_leased(handoff: Handoff, worker: str) -> str:
         log.warning("handoff %s: lease lost by %s; another worker continues it", handoff.pk, worker)
         return "lease_lost"
     return Handoff.Status.SUCCEEDED
+
+
+# --- Batch claims -------------------------------------------------------------------------------
+
+
+def handoffs_claim(*, worker: str, limit: int, first: int | None = None) -> tuple[list[Handoff], bool]:
+    """Reserve up to `limit` runnable handoffs for this worker, the longest due first: one locking
+    SELECT (SKIP LOCKED, so two workers never take the same handoff nor wait for each other) and
+    one UPDATE that sets the lease on them all, in one transaction.
+
+    Runnable: pending or waiting to retry, due, and no live lease. `first` (the handoff whose
+    message woke us) is taken when runnable even without a due time. A reserved handoff keeps its
+    status until its first commit moves it to running (_renew); a worker that dies before that
+    leaves it pending with a lease that expires, and no crash is counted for a run that never
+    began. Returns the handoffs (with their connection and legal entity), and whether `first` is a
+    running handoff whose lease expired: the caller takes that one over through handoff_run,
+    which counts the crash."""
+    now = clock.now()
+    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now)
+    waiting = Q(status__in=(Handoff.Status.PENDING, Handoff.Status.WAITING_RETRY)) & free
+    runnable = waiting & Q(next_attempt_at__lte=now)
+    if first is not None:
+        runnable |= Q(pk=first) & waiting & Q(next_attempt_at__isnull=True)
+        runnable |= Q(pk=first, status=Handoff.Status.RUNNING, lease_expires_at__lte=now)
+    with transaction.atomic():
+        found = list(
+            Handoff.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("source_connection", "legal_entity")
+            .filter(runnable)
+            .order_by("next_attempt_at")[:limit]
+        )
+        takeover = any(h.status == Handoff.Status.RUNNING for h in found)
+        reserved = [h for h in found if h.status != Handoff.Status.RUNNING]
+        if reserved:
+            lease = _lease_until(now)
+            Handoff.objects.filter(pk__in=[h.pk for h in reserved]).update(lease_owner=worker, lease_expires_at=lease)
+            for h in reserved:
+                h.lease_owner, h.lease_expires_at = worker, lease
+    return reserved, takeover
+
+
+def _release(handoffs: list[Handoff], worker: str) -> None:
+    """Give back reservations this worker will not run (its time is up, or it failed): their
+    lease is cleared and they are published again, so they do not wait for the lease to expire."""
+    if not handoffs:
+        return
+    from pscsync.dispatch import handoffs_publish
+
+    ids = [h.pk for h in handoffs]
+    Handoff.objects.filter(
+        pk__in=ids, lease_owner=worker, status__in=(Handoff.Status.PENDING, Handoff.Status.WAITING_RETRY)
+    ).update(lease_owner="", lease_expires_at=None)
+    handoffs_publish(ids)
+
+
+def handoffs_claim_run(
+    *, worker: str, limit: int = 0, first: int | None = None, budget_seconds: float | None = None
+) -> int:
+    """A worker's turn: claim up to `limit` runnable handoffs at a time and run them one after the
+    other, until none is runnable or the time budget is spent. Returns how many it ran.
+
+    Each handoff runs exactly as handoff_run runs it (every attempt committed before its call,
+    its result before the next call, the lease proved at every commit); only the claim, the
+    reading of the steps and their creation are shared by the batch. A message whose handoff
+    another worker's batch already ran finds nothing to claim and returns at once."""
+    limit = limit or settings.RUN_BATCH
+    # Well inside the task's soft time limit: a handoff is started only while time is left.
+    budget = budget_seconds if budget_seconds is not None else min(30.0, settings.CELERY_TASK_SOFT_TIME_LIMIT / 2)
+    started = time.monotonic()
+    ran = 0
+    while time.monotonic() - started < budget:
+        handoffs, takeover = handoffs_claim(worker=worker, limit=limit, first=first)
+        if takeover and first is not None:
+            handoff_run(handoff_id=first, worker=worker)
+            ran += 1
+        first = None
+        if not handoffs:
+            if not takeover:
+                break
+            continue
+        ran += _run_batch(handoffs, worker, started=started, budget=budget)
+    return ran
+
+
+def _run_batch(handoffs: list[Handoff], worker: str, *, started: float, budget: float) -> int:
+    runs = {h.pk: (h, flow) for h in handoffs if (flow := flow_get(h.flow)) is not None}
+    steps = _steps_of(runs) if runs else {}
+    done = 0
+    try:
+        for handoff in handoffs:
+            if time.monotonic() - started >= budget:
+                break
+            try:
+                _run_traced(handoff, worker, steps.get(handoff.pk))
+            except Exception:
+                done += 1  # not given back: it failed on our side
+                _start_failed(handoff, worker)
+                raise
+            done += 1
+    finally:
+        _release(handoffs[done:], worker)  # none, unless time ran out or a run raised
+    return done
+
+
+def _start_failed(handoff: Handoff, worker: str) -> None:
+    """A run that raised before its first commit (a defect in a step's key, the database) is
+    moved to running and left there, as handoff_run leaves it: its lease expires, the sweeper
+    publishes it, and the takeover counts a crash, so a handoff that always fails stops after
+    MAX_WORKER_CRASHES instead of being claimed again for ever."""
+    if handoff.status == Handoff.Status.RUNNING:
+        return
+    try:
+        with transaction.atomic():
+            _renew(handoff, worker)
+    except Exception:  # the database is away or the reservation lost: its lease expires as is
+        log.warning("handoff %s: could not mark its failed start", handoff.pk, exc_info=True)

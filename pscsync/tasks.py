@@ -16,10 +16,12 @@ def _worker_name(task_id: str | None) -> str:
 
 
 @shared_task(bind=True, name="pscsync.tasks.handoff_run_task")
-def handoff_run_task(self, handoff_id: int) -> str:
-    from pscsync.runner import handoff_run
+def handoff_run_task(self, handoff_id: int) -> int:
+    """Run this handoff and whatever else is runnable, claimed in batches (the message is a
+    doorbell: a handoff another worker's batch already ran is skipped at once)."""
+    from pscsync.runner import handoffs_claim_run
 
-    return handoff_run(handoff_id=handoff_id, worker=_worker_name(self.request.id))
+    return handoffs_claim_run(worker=_worker_name(self.request.id), first=handoff_id)
 
 
 @shared_task(name="pscsync.tasks.events_route_task")

@@ -212,3 +212,49 @@ def test_the_migration_dates_stored_d365_events_by_when_pscsync_received_them(ec
     migration.forwards(apps, None)
     assert Event.objects.get(pk=posted.event.pk).changed_at == received
     assert Event.objects.get(pk=other.event.pk).changed_at == dt.datetime(2027, 1, 14, tzinfo=dt.UTC)  # kept
+
+
+def test_a_batch_of_events_is_routed_in_one_transaction_by_the_same_rules(echo_connection, monkeypatch) -> None:
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    published: list[int] = []
+    monkeypatch.setattr("pscsync.intake.events_ring", lambda ids, **kw: None)
+    monkeypatch.setattr("pscsync.intake.handoffs_publish", lambda ids, **kw: published.extend(ids))
+    running = receive(echo_connection, "R", 1).handoff
+    _lease(running.pk, "w1")  # R's handoff is running: a newer change queues behind it
+    done = receive(echo_connection, "S", 2).handoff
+    status_force(done.pk, "succeeded")  # S's version 2 is applied: version 1 is stale
+    results = accept(echo_connection, ("N1", 1), ("R", 2), ("N2", 1), ("S", 1), ("N3", 1))
+    ids = [r.event.pk for r in results]
+    published.clear()
+
+    assert len(events_route(ids)) == 3
+    assert [status_of(k, v) for k, v in (("N1", 1), ("R", 2), ("N2", 1), ("S", 1), ("N3", 1))] == [
+        "accepted", "queued", "accepted", "stale", "accepted",
+    ]  # fmt: skip
+    opened = Handoff.objects.filter(business_key__in=["N1", "N2", "N3"])
+    assert sorted(published) == sorted(h.pk for h in opened)
+    for handoff in opened:
+        assert handoff.status == "pending" and handoff.trigger_event.handoff_id == handoff.pk
+        assert [(t.from_status, t.to_status, t.actor) for t in handoff.transitions.all()] == [("", "pending", "intake")]
+
+    # New keys cost a fixed handful of statements for the whole batch, not a transaction each.
+    fresh = [r.event.pk for r in accept(echo_connection, *((f"M{i}", 1) for i in range(20)))]
+    with CaptureQueriesContext(db) as statements:
+        assert len(events_route(fresh)) == 20
+    # BEGIN, the events locked, the key locks, what was applied, what is open, the handoffs, their
+    # history rows, the events updated, COMMIT.
+    assert len(statements.captured_queries) <= 9, [q["sql"][:60] for q in statements.captured_queries]
+
+
+def test_a_batch_that_cannot_be_routed_together_is_routed_one_by_one(echo_connection, monkeypatch) -> None:
+    monkeypatch.setattr("pscsync.intake.events_ring", lambda ids, **kw: None)
+
+    def broken(event_ids):
+        raise RuntimeError("a defect in the batch path")
+
+    monkeypatch.setattr("pscsync.intake.events_route_batch", broken)
+    ids = [r.event.pk for r in accept(echo_connection, ("P1", 1), ("P2", 1))]
+    assert len(events_route(ids)) == 2
+    assert [status_of("P1", 1), status_of("P2", 1)] == ["accepted", "accepted"]

@@ -186,3 +186,107 @@ def test_backoff_grows_exponentially_with_full_jitter_and_a_cap() -> None:
     assert max(firsts) <= 10 and min(firsts) >= 0
     assert max(tenths) > 100 and max(tenths) <= 3600
     assert retry_delay(1, retry_after=120, rng=rng) >= 120
+
+
+# --- Batch claims (issue 18): one claim for several handoffs, each run as handoff_run runs it ---
+
+
+def test_a_batch_claim_runs_every_runnable_handoff_once_and_records_each_attempt(echo_connection, echo) -> None:
+    from pscsync.runner import handoffs_claim_run
+
+    handoffs = [receive(echo_connection, f"OPP-B{i}") for i in range(5)]
+    assert handoffs_claim_run(worker="w1", limit=2) == 5  # three claims: 2, 2, 1
+    assert handoffs_claim_run(worker="w2", limit=2) == 0  # nothing left: a late message runs nothing
+    for handoff in handoffs:
+        handoff.refresh_from_db()
+        assert handoff.status == "succeeded" and handoff.lease_owner == ""
+        assert [t.to_status for t in handoff.transitions.order_by("at", "pk")] == ["pending", "running", "succeeded"]
+    assert Attempt.objects.filter(outcome="succeeded").count() == 15
+    assert sum(echo.stats()["creates"].values()) == 15 and echo.stats()["updates"] == 0
+
+
+def test_two_workers_never_claim_the_same_handoff(echo_connection, frozen) -> None:
+    from pscsync.runner import handoffs_claim
+
+    ids = {receive(echo_connection, f"OPP-C{i}").pk for i in range(3)}
+    first, _ = handoffs_claim(worker="w1", limit=2)
+    second, _ = handoffs_claim(worker="w2", limit=2)
+    assert len(first) == 2 and len(second) == 1
+    assert {h.pk for h in first} | {h.pk for h in second} == ids
+    # Reserved, not moved: the status changes at the run's first commit.
+    assert set(Handoff.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"pending"}
+    assert handoffs_claim(worker="w3", limit=2) == ([], False)
+
+
+def test_a_reserved_handoff_whose_worker_died_is_claimed_again_without_counting_a_crash(
+    echo_connection, echo, frozen
+) -> None:
+    from pscsync.runner import handoffs_claim, handoffs_claim_run
+
+    handoff = receive(echo_connection, "OPP-D1")
+    assert len(handoffs_claim(worker="w1", limit=5)[0]) == 1  # w1 dies before running it
+    assert handoffs_claim_run(worker="w2") == 0  # its reservation is live: hands off
+    frozen.advance(10_000)
+    assert handoffs_claim_run(worker="w2") == 1
+    handoff.refresh_from_db()
+    assert handoff.status == "succeeded" and handoff.worker_crashes == 0
+    assert echo.stats()["creates"] == {"customer/CUST-OPP-D1": 1, "project/PRJ-OPP-D1": 1, "invoice/INV-OPP-D1": 1}
+
+
+def test_a_newer_change_queues_behind_a_reserved_handoff_instead_of_replacing_its_input(
+    echo_connection, echo, frozen
+) -> None:
+    from pscsync.runner import handoffs_claim, handoffs_claim_run
+
+    handoff = receive(echo_connection, "OPP-E1", version=1)
+    handoffs_claim(worker="w1", limit=1)
+    assert receive(echo_connection, "OPP-E1", version=2) is None  # queued, not superseding
+    handoff.refresh_from_db()
+    assert handoff.trigger_event.source_sequence == 1 and handoff.superseded_count == 0
+    frozen.advance(10_000)
+    handoffs_claim_run(worker="w2")  # runs version 1, then the queued version 2 it starts
+    versions = list(
+        Handoff.objects.filter(business_key="OPP-E1")
+        .order_by("created_at")
+        .values_list("status", "trigger_event__source_sequence")
+    )
+    assert versions == [("succeeded", 1), ("succeeded", 2)]
+
+
+def test_a_worker_out_of_time_gives_back_what_it_did_not_start(echo_connection, echo, frozen) -> None:
+    from pscsync.runner import _run_batch, handoffs_claim
+
+    ids = {receive(echo_connection, f"OPP-F{i}").pk for i in range(3)}
+    reserved, _ = handoffs_claim(worker="w1", limit=3)
+    assert _run_batch(reserved, "w1", started=0.0, budget=0.0) == 0  # its time is up before the first
+    rows = Handoff.objects.filter(pk__in=ids).values_list("status", "lease_owner", "lease_expires_at")
+    assert set(rows) == {("pending", "", None)}  # free for any worker at once, no lease to wait out
+    assert Attempt.objects.count() == 0
+
+
+def test_a_batch_run_that_fails_before_its_first_commit_is_left_running_for_the_crash_count(
+    echo_connection, echo, frozen, monkeypatch
+) -> None:
+    from pscsync import runner
+
+    first, second = receive(echo_connection, "OPP-G1"), receive(echo_connection, "OPP-G2")
+    reserved, _ = runner.handoffs_claim(worker="w1", limit=2)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a defect in a step's key")
+
+    monkeypatch.setattr(runner, "_run_leased", broken)
+    with pytest.raises(RuntimeError):
+        runner._run_batch(reserved, "w1", started=time_now(), budget=60.0)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    # The one that failed is running under w1's lease: when it expires the takeover counts a
+    # crash, as for a handoff_run that raised. The one not started is given back.
+    assert (first.status, first.lease_owner) == ("running", "w1")
+    assert (second.status, second.lease_owner, second.lease_expires_at) == ("pending", "", None)
+
+
+def time_now() -> float:
+    import time
+
+    return time.monotonic()
