@@ -370,6 +370,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             "currency",
             "traceparent",
             "trace_id",
+            "attempts_flagged",
         ],
     )
     events = Copier(
@@ -660,6 +661,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             currency,
             "",  # no trace: the load is not a traced intake (ops.tracing)
             "",
+            False,  # kept on the handoff only when its attempts are archived (pscsync.archive)
         )
         stats.by_status[status] = stats.by_status.get(status, 0) + 1
         events.add(
