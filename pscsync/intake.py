@@ -19,6 +19,7 @@ event_receive, which stores and routes in one transaction.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import math
@@ -208,10 +209,9 @@ def _has_written(handoff: Handoff) -> bool:
     return Step.objects.filter(handoff=handoff, status__in=[Step.Status.SUCCEEDED, Step.Status.IN_FLIGHT]).exists()
 
 
-def handoff_start(*, event: Event, reason: str = "a new change") -> Handoff:
-    """Open a handoff for an event. The caller holds the transaction."""
-    now = clock.now()
-    handoff = Handoff.objects.create(
+def _handoff_for(event: Event, now: dt.datetime) -> Handoff:
+    """The handoff an event opens (not saved): one shape for the single and the batch path."""
+    return Handoff(
         flow=event.flow,
         business_key=event.business_key,
         legal_entity_id=event.legal_entity_id,
@@ -224,6 +224,12 @@ def handoff_start(*, event: Event, reason: str = "a new change") -> Handoff:
         dispatched_at=now,
         **handoff_trace_fields(event.traceparent),
     )
+
+
+def handoff_start(*, event: Event, reason: str = "a new change") -> Handoff:
+    """Open a handoff for an event. The caller holds the transaction."""
+    handoff = _handoff_for(event, clock.now())
+    handoff.save(force_insert=True)
     handoff_opened(handoff, actor="intake", reason=reason)
     event.status = Event.Status.ACCEPTED
     event.handoff = handoff
@@ -551,21 +557,7 @@ def _handoffs_start(events: list[Event]) -> list[Handoff]:
     handoffs = []
     for event in events:
         with event_route_span(event.traceparent):
-            handoffs.append(
-                Handoff(
-                    flow=event.flow,
-                    business_key=event.business_key,
-                    legal_entity_id=event.legal_entity_id,
-                    source_connection_id=event.connection_id,
-                    trigger_event=event,
-                    payload=event.payload,
-                    business_started_at=event.occurred_at,
-                    created_at=now,
-                    next_attempt_at=now,
-                    dispatched_at=now,
-                    **handoff_trace_fields(event.traceparent),
-                )
-            )
+            handoffs.append(_handoff_for(event, now))
     Handoff.objects.bulk_create(handoffs)
     handoffs_opened(handoffs, actor="intake", reason="a new change")
     for event, handoff in zip(events, handoffs, strict=True):
