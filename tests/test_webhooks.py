@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 
 import pytest
@@ -154,7 +155,14 @@ def test_bad_signatures_are_refused_with_a_precise_reason(client, echo_connectio
         headers["webhook-signature"] = "garbage"
     response = post(client, sent, headers)
     assert response.status_code == 401, case
-    assert expected_message in response.json()["error"]
+    error = response.json()["error"]
+    if case == "timestamp 301 s old":
+        # The server reads its clock a moment after we signed: on a loaded machine a second may
+        # pass, so the age it reports is 301 s or a little more (CI once saw 302).
+        age = re.search(r"is (\d+) s old; at most 300 s is accepted", error)
+        assert age and 301 <= int(age.group(1)) <= 305, error
+    else:
+        assert expected_message in error
     assert nothing_stored()
     assert publishes == []
 
