@@ -354,9 +354,10 @@ LEASE_SECONDS = env_int("PSCSYNC_LEASE_SECONDS", TASK_HARD_TIME_LIMIT_SECONDS + 
 SWEEP_SECONDS = env_int("PSCSYNC_SWEEP_SECONDS", 5)
 # A pending handoff already published is published again only after this long (lost message).
 REDISPATCH_SECONDS = env_int("PSCSYNC_REDISPATCH_SECONDS", 60)
-# Handoffs a worker claims at once (FOR UPDATE SKIP LOCKED) and runs one after the other: the
-# claim, the steps' read and the steps' creation are one statement for the batch. Small, so a
-# handoff claimed by a busy worker does not wait long behind the others of its batch.
+# At most this many handoffs a worker claims at once (FOR UPDATE SKIP LOCKED) and runs one after
+# the other: the claim, the steps' read and the steps' creation are one statement for the batch.
+# Below it a claim is sized to about a second of work (pscsync.runner.Pace), so a handoff claimed
+# by a busy worker does not wait long behind the others of its batch while other workers idle.
 RUN_BATCH = env_int("PSCSYNC_RUN_BATCH", 10)
 # A worker that dies this many times on one handoff stops it: it needs a person (poison message).
 MAX_WORKER_CRASHES = env_int("PSCSYNC_MAX_WORKER_CRASHES", 3)

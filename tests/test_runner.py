@@ -286,6 +286,50 @@ def test_a_batch_run_that_fails_before_its_first_commit_is_left_running_for_the_
     assert (second.status, second.lease_owner, second.lease_expires_at) == ("pending", "", None)
 
 
+def test_a_claim_is_sized_to_about_a_second_of_work() -> None:
+    from pscsync.runner import Pace
+
+    pace = Pace()
+    assert pace.claim_size(10) == 1  # a new process knows nothing yet: it claims one and times it
+    pace.record(0.25)
+    assert pace.seconds == 0.25 and pace.claim_size(10) == 4  # 1 s / 0.25 s
+    pace.record(0.75)  # a fifth of the way to the newest: 0.25 + 0.2 * 0.5 = 0.35
+    assert pace.seconds == pytest.approx(0.35) and pace.claim_size(10) == 2  # 1 / 0.35 = 2.9
+    pace.seconds = 0.01
+    assert pace.claim_size(10) == 10  # quick handoffs: the ceiling (PSCSYNC_RUN_BATCH)
+    pace.seconds = 4.5  # ten nine-step handoffs' worth at 50 ms a vendor call
+    assert pace.claim_size(10) == 1
+
+
+def test_two_workers_woken_together_both_get_work_when_handoffs_are_slow(echo_connection, echo, monkeypatch) -> None:
+    """Four runnable handoffs taking half a second each: a worker claims two, so the second
+    worker, woken by the same burst while the first runs its batch, finds the other two (one
+    claim of all four would leave it nothing and the first running 2 s of work alone)."""
+    from pscsync import runner
+
+    ids = {receive(echo_connection, f"OPP-H{i}").pk for i in range(4)}
+    paces = {"w1": runner.Pace(), "w2": runner.Pace()}
+    for pace in paces.values():
+        pace.seconds = 0.5
+    ran_by: dict[str, list[int]] = {"w1": [], "w2": []}
+    run_traced = runner._run_traced
+    woken: list[int] = []
+
+    def run(handoff, worker, steps=None):
+        if worker == "w1" and not woken:  # while w1 runs its first, w2's message arrives
+            woken.append(runner.handoffs_claim_run(worker="w2", pace=paces["w2"]))
+        ran_by[worker].append(handoff.pk)
+        return run_traced(handoff, worker, steps)
+
+    monkeypatch.setattr(runner, "_run_traced", run)
+    assert runner.handoffs_claim_run(worker="w1", pace=paces["w1"]) == 2
+    assert woken == [2]
+    assert len(ran_by["w1"]) == len(ran_by["w2"]) == 2 and set(ran_by["w1"]) | set(ran_by["w2"]) == ids
+    assert set(Handoff.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"succeeded"}
+    assert Attempt.objects.filter(outcome="succeeded").count() == 12  # 4 handoffs x 3 steps, each once
+    assert all(count == 1 for count in echo.stats()["creates"].values()) and echo.stats()["updates"] == 0
+
+
 def time_now() -> float:
     import time
 
