@@ -15,8 +15,7 @@ from connectors.models import Connection
 from connectors.registry import connector_for
 from pscsync import clock
 from pscsync.flows.base import StepContext
-from pscsync.flows.routing import legal_entity_get, systems_for
-from pscsync.flows.steps import mapping_for
+from pscsync.flows.steps import mapping_for, systems_of
 
 BILLING_MODELS = ("Time and Materials", "Fixed Fee")
 
@@ -74,7 +73,7 @@ def deal_validate(ctx: StepContext) -> dict[str, Any]:
         fields.append("deal.legal_entity")
     else:
         try:
-            systems_for(legal_entity_get(deal["legal_entity"]))
+            systems_of(ctx, deal["legal_entity"])
         except MappingError as exc:
             problems.append(f"{subject}: {exc}")
             fields.append("deal.legal_entity")
@@ -142,8 +141,7 @@ def _date(text: str) -> dt.date | None:
 
 
 def _check_value_mapped(ctx: StepContext, purpose: str, table: str, value: str, subject: str) -> None:
-    entity = legal_entity_get(ctx.outputs["read_deal"]["deal"]["legal_entity"])
-    erp = systems_for(entity).erp
+    erp = systems_of(ctx, ctx.outputs["read_deal"]["deal"]["legal_entity"]).erp
     version = mapping_for(ctx, erp, purpose)
     values = version.value_maps.get(table, {})
     if value.strip().lower() not in {str(k).strip().lower() for k in values}:

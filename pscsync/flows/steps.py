@@ -38,13 +38,22 @@ def mapping_for(ctx: StepContext, connection: Connection, purpose: str) -> Mappi
 
 def systems(ctx: StepContext) -> Systems:
     """The CRM, PSA and ERP of the handoff's legal entity (known once the source is read)."""
-    if "systems" not in ctx.cache:
+    entity = ctx.handoff.legal_entity
+    if entity is not None:
+        return systems_of(ctx, entity.code)
+    return systems_of(ctx, ctx.outputs.get("read_deal", {}).get("deal", {}).get("legal_entity", ""))
+
+
+def systems_of(ctx: StepContext, code: str) -> Systems:
+    """The systems of the legal entity with this code, read once per run: the check step and
+    every write step ask (three queries each time); the handoff's own entity is not read again."""
+    key = ("systems", code.strip().lower())
+    if key not in ctx.cache:
         entity = ctx.handoff.legal_entity
-        if entity is None:
-            code = ctx.outputs.get("read_deal", {}).get("deal", {}).get("legal_entity", "")
+        if entity is None or entity.code.strip().lower() != key[1]:
             entity = legal_entity_get(code)
-        ctx.cache["systems"] = systems_for(entity)
-    return ctx.cache["systems"]
+        ctx.cache[key] = systems_for(entity)
+    return ctx.cache[key]
 
 
 def key_of(connection: Connection, purpose: str, **parts: Any) -> str:

@@ -73,3 +73,23 @@ def test_running_it_again_writes_nothing_twice(firm) -> None:
     sf_creates = firm.sandboxes["salesforce"].journal()["creates_by_key"]
     assert sf_creates[f"pse__Proj__c/P-{deal['opportunity']}"] == 1
     assert all(count == 1 for key, count in sf_creates.items() if key.startswith("pse__Milestone__c/"))
+
+
+def test_a_run_reads_its_entitys_systems_once(firm, monkeypatch) -> None:
+    """The check step and every write step ask for the entity's CRM, PSA and ERP (three queries
+    each time): the first answer serves the rest of the run."""
+    from pscsync.flows import deals, routing, steps
+
+    asked: list[str] = []
+    systems_for = routing.systems_for
+
+    def counted(entity):
+        asked.append(entity.code)
+        return systems_for(entity)
+
+    monkeypatch.setattr(steps, "systems_for", counted)
+    monkeypatch.setattr(deals, "systems_for", counted, raising=False)  # where the check steps asked before
+    deal = won_deal(firm, entity="us", key="11")
+    handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
+    assert handoff.status == Handoff.Status.SUCCEEDED, handoff.last_error_message
+    assert asked == ["us"]  # was three: the check, the service-line check, then the writes
