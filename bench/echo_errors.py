@@ -3,9 +3,11 @@
 The echo target itself (connectors/sandboxes/echo.py) injects faults by count ("the next 3
 writes matching INV-"), which cannot give "5% of writes" over a run. This wrapper answers a
 transient 503 for a fixed share of writes before they are applied, and decides which ones
-deterministically: the n-th PUT to a path fails when a hash of (path, n) falls below the rate.
-The same key meets the same answers in every run whatever order the workers write in, so runs
-are comparable, and a retried write (n + 1) is decided afresh, as a vendor's next try would be.
+deterministically: the n-th PUT to a record fails when a hash of (its entity, the number that
+ends its key, n) falls below the rate. The bench's keys differ between runs only by a run tag
+before that number, so the same record meets the same answers in every run, whatever order the
+workers write in, and runs are comparable; a retried write (n + 1) is decided afresh, as a
+vendor's next try would be.
 
 Extra paths (no token, like the target's own /_* paths):
   POST /_error_rate  {"rate": 0.05}   set the share of writes answered 503 (0 turns it off)
@@ -34,8 +36,14 @@ from connectors.sandboxes.echo import EchoState, make_handler
 
 def fails(path: str, attempt: int, rate: float) -> bool:
     """Whether the attempt-th PUT (1-based) to `path` is answered 503 at this error rate."""
-    digest = hashlib.sha256(f"{path}#{attempt}".encode()).digest()
+    digest = hashlib.sha256(f"{record_identity(path)}#{attempt}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+
+def record_identity(path: str) -> str:
+    """'/records/invoice/INV-c-threads8-w1-errors-0-17' -> 'invoice/17': the run tag left out."""
+    _, _, entity, key = path.split("/", 3)
+    return f"{entity}/{key.rsplit('-', 1)[-1]}"
 
 
 class ErrorBook:
