@@ -292,6 +292,24 @@ def record_call(connection_id: int | None, status: str) -> None:
         _outage("a call was not counted")
 
 
+def record_throttled(connection_id: int | None) -> None:
+    """Count a 429 found inside an answer (a part of an OData $batch) that `record_call` counted
+    as one call answered 200: the vendor throttled us all the same, and the health page says so."""
+    if connection_id is None:
+        return
+    client = _client()
+    if client is None:
+        return
+    key = _key(connection_id, f"429:{_minute()}")
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, COUNT_TTL_SECONDS)
+            pipe.execute()
+    except (RedisError, OSError):
+        _outage("a 429 was not counted")
+
+
 @dataclass(frozen=True)
 class Usage:
     """A connection's use of its vendor over the last hour, and whether it is paused now."""

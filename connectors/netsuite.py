@@ -428,8 +428,18 @@ class NetSuiteConnector(Connector):
         body = {k: v for k, v in fields.items() if k != "externalId"}
         result = self.send("PUT", url, json=body)
         location = result.headers.get("location", "")
+        internal_id = location.rstrip("/").rsplit("/", 1)[-1] if location else ""
+        if not internal_id.isdigit():
+            # NetSuite answers an upsert with 204 and the record's address in Location; without
+            # it we do not know which record was written. Treated as an unknown outcome, the
+            # engine looks the key up before writing anything again.
+            raise UnknownOutcomeError(
+                f"NetSuite answered {result.status} to the {record_type} upsert without the address"
+                " of the record it wrote (no Location header); it is looked up by its external ID",
+                http_status=result.status,
+            )
         return WriteResult(
-            external_id=location.rstrip("/").rsplit("/", 1)[-1] if location else "",
+            external_id=internal_id,
             request={"method": "PUT", "url": url, "json": body},
             response={"status": result.status, "location": location},
             http_status=result.status,

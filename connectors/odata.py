@@ -27,7 +27,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from connectors import http
+from connectors import http, limiter
 from connectors.base import Connector, Token
 from connectors.errors import ConnectorError, RejectedError, TransientError, UnknownOutcomeError
 from connectors.schema import PayloadShape, RecordShape, csdl_shape, payload_check, records_checked
@@ -206,6 +206,7 @@ class ODataConnector(Connector):
         error: ConnectorError
         retry = http.parse_retry_after(answer.headers.get("retry-after"))
         if answer.status == 429:
+            limiter.record_throttled(self.connection.pk)
             error = TransientError(
                 "the target is rate limiting us (429)", retry_after=retry, http_status=429, response=answer.body
             )

@@ -207,13 +207,39 @@ def backlog_unchanged(handoff_id: int) -> bool:
     return have == contribution(row)
 
 
-def backlog_sync_safely(handoff_id: int) -> None:
-    """Called after a commit: a failure here must never fail the handoff (the repair job fixes it)."""
+def backlog_changed(handoff_ids: Iterable[int]) -> list[int]:
+    """Of these handoffs, those whose committed state and item disagree (backlog_unchanged for a
+    batch: one read, no lock), in id order."""
+    ids = sorted(set(handoff_ids))
+    if not ids:
+        return []
+    rows = {r["pk"]: r for r in Handoff.objects.filter(pk__in=ids).values(*_HANDOFF_FIELDS, *_ITEM_VALUES).order_by()}
+    changed = []
+    for hid in ids:
+        row = rows.get(hid)
+        if row is None:
+            changed.append(hid)  # gone: its item, if any, goes (backlog_sync)
+            continue
+        item = [row.pop(name) for name in _ITEM_VALUES]
+        have = None
+        if item[0] is not None:
+            have = Contribution(Group(*item[: len(GROUP_FIELDS)]), item[-2], item[-1] or Decimal("0"))
+        if have != contribution(row):
+            changed.append(hid)
+    return changed
+
+
+def backlog_follow_safely(handoff_ids: Iterable[int]) -> None:
+    """The lifecycle listener's call for a batch of moved handoffs (after commit): the ones whose
+    item is out of line are synced together, their rows locked in id order. A failure here must
+    never fail the handoffs (the repair job fixes it)."""
+    ids = sorted(set(handoff_ids))
     try:
-        if not backlog_unchanged(handoff_id):
-            backlog_sync([handoff_id])
+        changed = backlog_changed(ids)
+        if changed:
+            backlog_sync(changed)
     except Exception:  # logged and repaired by the beat job
-        log.exception("open backlog not updated for handoff %s; the repair job will", handoff_id)
+        log.exception("open backlog not updated for handoffs %s; the repair job will", ", ".join(map(str, ids)))
 
 
 def backlog_repair(batch: int = 2000) -> dict[str, int]:

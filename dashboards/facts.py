@@ -28,7 +28,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db import connection as db_connection
-from django.db.models import F, Max, Min, Q
+from django.db.models import BigIntegerField, Case, F, Max, Min, Q, Value, When
 from django.db.models.functions import Coalesce
 
 from dashboards import sla as sla_rule
@@ -533,7 +533,7 @@ def _fact_move(row: HandoffRow, key: str, *, add: bool) -> set[dt.date]:
         else:
             siblings = handoff_values(Handoff.objects.filter(flow=row.flow, business_key=row.business_key))
         rows = _rows_for(list(siblings))
-        entity = next((r.legal_entity_id for r in reversed(rows) if r.legal_entity_id), None)
+        entity = _item_entity(rows)
         country = LegalEntity.objects.filter(pk=entity).values_list("country", flat=True).first() or ""
         values = fact_values(row.flow, key, rows, sla_for(row.flow), country)
         if row.flow == "bill-to-cash":
@@ -560,6 +560,146 @@ def _fact_move(row: HandoffRow, key: str, *, add: bool) -> set[dt.date]:
     return days
 
 
+def _item_entity(rows: list[HandoffRow]) -> int | None:
+    """The legal entity whose business calendar an item is measured on: its newest handoff that
+    names one (as fact_values and the rebuild, which reads in creation order, choose it)."""
+    newest_first = sorted(rows, key=lambda r: (r.created_at, r.id), reverse=True)
+    return next((r.legal_entity_id for r in newest_first if r.legal_entity_id), None)
+
+
+def facts_refresh(handoff_ids: Iterable[int]) -> dict[str, set[dt.date]]:
+    """fact_refresh for the handoffs of a worker's batch, set-based: each item they are about is
+    rebuilt once, in one transaction (the items' locks in one statement, in lock order; their
+    handoffs, old facts, countries and SLAs read once for all), and the items' rollup deltas are
+    merged per group and added with one upsert per table. Returns {flow: the days touched}.
+
+    A delta that finds the rollups drifted from the facts rolls the batch back and refreshes its
+    handoffs one by one (fact_refresh rebuilds the days it finds drifted)."""
+    ids = sorted(set(handoff_ids))
+    bases = list(handoff_values(Handoff.objects.filter(pk__in=ids))) if ids else []
+    if not bases:
+        return {}
+    rows = [HandoffRow(**base) for base in bases]
+    paid = [base for base in bases if base["flow"] == "bill-to-cash"]
+    if paid:  # their item is the invoice their read step names
+        read = {r.id: r for r in _rows_for(paid)}
+        rows = [read.get(r.id, r) for r in rows]
+    items: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for row in rows:
+        items[(row.flow, item_key(row))].add(row.id)
+    try:
+        return _facts_move(items)
+    except IntegrityError as error:
+        log.warning("a batch's rollup deltas disagreed with the facts (%s); refreshing it one by one", error)
+        touched: dict[str, set[dt.date]] = defaultdict(set)
+        for hid in ids:
+            done = fact_refresh(hid)
+            if done is not None:
+                touched[done[0]] |= done[1]
+        return dict(touched)
+
+
+def _facts_move(items: dict[tuple[str, str], set[int]]) -> dict[str, set[dt.date]]:
+    """Recompute and store the facts of these items ({(flow, key): the batch's handoffs of it})
+    and add their merged deltas to the rollups, in one transaction."""
+    with transaction.atomic():
+        # The locks before the items' handoffs are read, as _fact_move takes its one.
+        _locks_take([f"fact:{flow}:{key}" for flow, key in items], shared=False)
+        paid_keys = [key for flow, key in items if flow == "bill-to-cash"]
+        counted = (
+            dict(FlowFact.objects.filter(flow="bill-to-cash", key__in=paid_keys).values_list("key", "details"))
+            if paid_keys
+            else {}
+        )
+        # A bill-to-cash item is the handoffs its fact already counts and the batch's own; any
+        # other item is its flow's handoffs of the business key.
+        members = {
+            key: set((counted.get(key) or {}).get("handoffs", [])) | items[("bill-to-cash", key)] for key in paid_keys
+        }
+        keys_by_flow: dict[str, list[str]] = defaultdict(list)
+        for flow, key in sorted(items):
+            keys_by_flow[flow].append(key)
+        wanted = Q(pk__in=sorted(set().union(*members.values()))) if members else Q(pk__in=[])
+        for flow, keys in keys_by_flow.items():
+            if flow != "bill-to-cash":
+                wanted |= Q(flow=flow, business_key__in=keys)
+        by_item: dict[tuple[str, str], list[HandoffRow]] = defaultdict(list)
+        for row in _rows_for(list(handoff_values(Handoff.objects.filter(wanted).order_by("pk")))):
+            if row.flow == "bill-to-cash":
+                for key, ids in members.items():
+                    if row.id in ids:
+                        by_item[(row.flow, key)].append(row)
+            elif (row.flow, row.business_key) in items:
+                by_item[(row.flow, row.business_key)].append(row)
+        entities = {item: _item_entity(rows) for item, rows in by_item.items()}
+        countries = dict(
+            LegalEntity.objects.filter(pk__in={e for e in entities.values() if e}).values_list("pk", "country")
+        )
+        slas = slas_for(flow for flow, _key in by_item)
+        olds_wanted = Q(pk__in=[])
+        for flow, keys in keys_by_flow.items():
+            olds_wanted |= Q(flow=flow, key__in=keys)
+        olds = {
+            (old["flow"], old["key"]): old
+            for old in FlowFact.objects.filter(olds_wanted).values(*FACT_FIELDS, "key", "details")
+        }
+        facts: list[dict[str, Any]] = []
+        deltas: list[DailyRollup] = []
+        days: dict[str, set[dt.date]] = defaultdict(set)
+        demand: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []
+        for (flow, key), rows in sorted(by_item.items()):
+            values = fact_values(flow, key, rows, slas[flow], countries.get(entities[(flow, key)], ""))
+            if flow == "bill-to-cash":
+                values["details"]["handoffs"] = sorted(r.id for r in rows)
+            values["amount"] = _cents(values["amount"])  # as the column stores it
+            old = olds.get((flow, key))
+            if old is not None:
+                old = {name: value for name, value in old.items() if name != "key"}
+            item_deltas = rollup_deltas(old, values)
+            days[flow] |= {d.day for d in item_deltas}
+            deltas += item_deltas
+            facts.append(values)
+            if flow == "pipeline-to-demand":
+                demand.append((old, values))
+        _locks_take([f"rollup:{flow}:{day.isoformat()}" for flow, on in days.items() for day in on], shared=True)
+        for names in sorted({tuple(v) for v in facts}):
+            FlowFact.objects.bulk_create(
+                [FlowFact(**v) for v in facts if tuple(v) == names],
+                update_conflicts=True,
+                unique_fields=["flow", "key"],
+                update_fields=[name for name in names if name not in ("flow", "key")],
+            )
+        if demand:
+            from dashboards.demand import demand_move  # it reads this module: import here
+
+            for old, values in demand:
+                demand_move(old, values)
+        rollups_add(rollup_deltas_merged(deltas))
+    return dict(days)
+
+
+def rollup_deltas_merged(deltas: Iterable[DailyRollup]) -> list[DailyRollup]:
+    """Signed deltas (rollup_deltas of several items) summed per rollup group, histograms bucket
+    by bucket; groups whose sum is nothing are left out. Pure."""
+    acc: dict[tuple, DailyRollup] = {}
+    for r in deltas:
+        k = tuple(getattr(r, name) for name in DAILY_ROLLUP_KEY)
+        t = acc.get(k)
+        if t is None:
+            acc[k] = DailyRollup(**_as_dict(r))
+            continue
+        for name in ENTITY_SUMS:
+            setattr(t, name, getattr(t, name) + getattr(r, name))
+        for name in HISTOGRAMS:
+            hist = dict(getattr(t, name) or {})
+            for bucket, n in (getattr(r, name) or {}).items():
+                hist[bucket] = hist.get(bucket, 0) + n
+            setattr(t, name, {b: n for b, n in hist.items() if n})
+    return [
+        t for t in acc.values() if any(getattr(t, n) for n in ENTITY_SUMS) or any(getattr(t, n) for n in HISTOGRAMS)
+    ]
+
+
 def _cents(amount: Decimal | None) -> Decimal:
     return Decimal(amount or 0).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
 
@@ -578,6 +718,20 @@ def _lock(flow: str, days: Iterable[dt.date], *, shared: bool = False) -> None:
     sql = f"SELECT {function}(hashtext(k)) FROM unnest(%s::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n"  # noqa: S608  # nosec B608  # one of two names
     with db_connection.cursor() as cursor:
         cursor.execute(sql, [keys])
+
+
+def _locks_take(keys: Iterable[str], *, shared: bool) -> None:
+    """Advisory locks on many keys (a batch's items, or its rollup days) in one statement, taken
+    in the order of their hashes, the numbers actually locked: two batches that share keys take
+    them in the same order and cannot deadlock, even when two keys hash alike. (SQLite runs one
+    writing transaction at a time: nothing to take.)"""
+    wanted = sorted(set(keys))
+    if db_connection.vendor != "postgresql" or not wanted:
+        return
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    sql = f"SELECT {function}(h) FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%s::text[]) AS k) AS t ORDER BY h"  # noqa: S608  # nosec B608  # one of two names
+    with db_connection.cursor() as cursor:
+        cursor.execute(sql, [wanted])
 
 
 def rollup_rows(facts: Iterable[dict[str, Any]], days: Container[dt.date] | None = None) -> list[DailyRollup]:
@@ -975,6 +1129,89 @@ def attempts_roll(handoff_id: int) -> None:
         RollupMark.objects.filter(handoff_id=handoff_id).update(attempts_through=max(a["id"] for a in attempts))
 
 
+def attempts_roll_many(handoff_ids: Iterable[int]) -> None:
+    """attempts_roll for a batch's handoffs at once: their marks created or locked (in id order,
+    so two batches cannot deadlock) and read in one statement, their new attempts read in one
+    query and added with one upsert, their marks moved in one UPDATE."""
+    ids = sorted(set(handoff_ids))
+    if not ids:
+        return
+    table = db_connection.ops.quote_name(RollupMark._meta.db_table)
+    with transaction.atomic():
+        with db_connection.cursor() as cursor:
+            rows_sql = ", ".join(["(%s, 0)"] * len(ids))
+            upsert = (
+                f"INSERT INTO {table} (handoff_id, attempts_through) VALUES {rows_sql} ON CONFLICT (handoff_id) "  # noqa: S608  # nosec B608  # model's name
+                f"DO UPDATE SET attempts_through = {table}.attempts_through RETURNING handoff_id, attempts_through"
+            )
+            if db_connection.vendor == "postgresql":
+                # ... with the handoffs' ages, which bound the attempts partitions read below.
+                handoffs = db_connection.ops.quote_name(Handoff._meta.db_table)
+                cursor.execute(
+                    f"WITH m AS ({upsert}) SELECT m.handoff_id, m.attempts_through, h.created_at "  # noqa: S608  # nosec B608  # models' names
+                    f"FROM m JOIN {handoffs} h ON h.id = m.handoff_id",
+                    ids,
+                )
+            else:  # SQLite: no partitions to bound, and no INSERT inside WITH
+                cursor.execute(upsert, ids)
+            marks = cursor.fetchall()
+        through = {row[0]: row[1] for row in marks}
+        if not through:  # none of them is stored any more
+            return
+        ages = [row[2] for row in marks if len(row) > 2]
+        bound = {"started_at__gte": min(ages) - ATTEMPT_CLOCK_SLACK} if ages else {}
+        # From the least counted on: a handoff's attempts counted already are dropped below.
+        attempts = [
+            a
+            for a in _attempt_dicts(
+                Attempt.objects.filter(step__handoff_id__in=list(through), pk__gt=min(through.values()), **bound)
+                .exclude(outcome="in_flight")
+                .order_by()
+            )
+            if a["id"] > through[a["handoff_id"]]
+        ]
+        if not attempts:
+            return
+        rows = [
+            {
+                **dict(zip(ATTEMPT_ROLLUP_KEY, k, strict=True)),
+                **{n: s[n] for n in ATTEMPT_SUMS},
+                "duration_hist": s["hist"],
+            }
+            for k, s in attempt_rollup_rows(attempts).items()
+        ]
+        rollup_add(AttemptRollup, ATTEMPT_ROLLUP_KEY, ATTEMPT_SUMS, ("duration_hist",), rows)
+        last: dict[int, int] = {}
+        for a in attempts:
+            last[a["handoff_id"]] = max(last.get(a["handoff_id"], 0), a["id"])
+        RollupMark.objects.filter(handoff_id__in=list(last)).update(
+            attempts_through=Case(
+                *(When(handoff_id=hid, then=Value(n)) for hid, n in sorted(last.items())),
+                output_field=BigIntegerField(),
+            )
+        )
+
+
+def handoffs_finished(handoff_ids: Iterable[int]) -> None:
+    """handoff_finished for a worker's batch: the items' facts and rollup deltas, then the
+    attempts' hourly counts, each set-based for the whole batch."""
+    ids = sorted(set(handoff_ids))
+    facts_refresh(ids)
+    attempts_roll_many(ids)
+
+
+def handoffs_finished_safely(handoff_ids: Iterable[int]) -> None:
+    """The lifecycle listener's call (after commit): a failure here must never fail the handoffs;
+    the beat job (`rollups_catch_up`) repairs whatever was missed."""
+    ids = sorted(set(handoff_ids))
+    try:
+        handoffs_finished(ids)
+    except Exception:  # logged and repaired by the beat job
+        log.exception(
+            "dashboard rollups not updated for handoffs %s; the catch-up job will retry", ", ".join(map(str, ids))
+        )
+
+
 def handoff_finished(handoff_id: int) -> None:
     """A handoff reached an end state: refresh its item's fact (which moves the item's own delta
     in the daily rollups) and add its attempts to the hourly counts. Its cost does not grow with
@@ -1013,15 +1250,6 @@ def ledger_moved_safely(invoice_id: int) -> None:
         ledger_moved(invoice_id)
     except Exception:
         log.exception("facts not refreshed for ERP invoice %s; the catch-up job will retry", invoice_id)
-
-
-def handoff_finished_safely(handoff_id: int) -> None:
-    """Called after a runner's commit: a failure here must never fail the handoff; the beat job
-    (`rollups_catch_up`) repairs whatever was missed."""
-    try:
-        handoff_finished(handoff_id)
-    except Exception:  # logged and repaired by the beat job
-        log.exception("dashboard rollups not updated for handoff %s; the catch-up job will retry", handoff_id)
 
 
 def rollups_catch_up(window: dt.timedelta = dt.timedelta(minutes=30)) -> int:

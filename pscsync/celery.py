@@ -6,7 +6,7 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import before_task_publish, task_postrun, task_prerun, worker_ready
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_process_init, worker_ready
 from django.db import close_old_connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pscsync.settings")
@@ -34,6 +34,16 @@ log = logging.getLogger("pscsync.worker")
 # one that is broken or past CONN_MAX_AGE before and after each task, so no task inherits it.
 task_prerun.connect(close_old_connections, weak=False)
 task_postrun.connect(close_old_connections, weak=False)
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def _startup_objects_freeze(**kwargs: object) -> None:
+    """Once the worker (or a prefork child) has loaded its code, keep the start-up objects out of
+    the garbage collector's full collections (ops.runtime)."""
+    from ops.runtime import startup_objects_freeze
+
+    startup_objects_freeze()
 
 
 @worker_ready.connect

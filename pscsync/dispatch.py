@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from ops.logs import celery_publish_headers
 from pscsync import clock
@@ -67,6 +69,26 @@ def _redis_broker() -> bool:
     return settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
 
 
+_broker_clients: dict[str, Any] = {}
+_broker_clients_lock = threading.Lock()
+
+
+def _broker() -> Any:
+    """One Redis client per process for the broker's lists (its pool is thread-safe and starts
+    again in a forked child). Opening a kombu connection per push, as `app.connection_for_write()`
+    does, cost every webhook a new TCP connection and Redis handshake: about a third of the
+    request's CPU in process (measured, docs/benchmarks.md)."""
+    import redis
+    from django.conf import settings
+
+    url = settings.CELERY_BROKER_URL
+    with _broker_clients_lock:
+        client = _broker_clients.get(url)
+        if client is None:
+            client = _broker_clients[url] = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    return client
+
+
 # Values per LPUSH: one command per chunk keeps each under Redis's argument limits and the
 # pipeline's buffer small, while a sweep of 2,000 is still one round trip.
 PUSH_CHUNK = 500
@@ -121,12 +143,10 @@ def _redis_push(messages: list[str]) -> None:
     from pscsync.celery import app
 
     queue = app.conf.task_default_queue
-    with app.connection_for_write() as connection:
-        client = connection.default_channel.client
-        with client.pipeline(transaction=False) as pipe:
-            for start in range(0, len(messages), PUSH_CHUNK):
-                pipe.lpush(queue, *messages[start : start + PUSH_CHUNK])
-            pipe.execute()
+    with _broker().pipeline(transaction=False) as pipe:
+        for start in range(0, len(messages), PUSH_CHUNK):
+            pipe.lpush(queue, *messages[start : start + PUSH_CHUNK])
+        pipe.execute()
 
 
 def queue_head_published_at() -> float | None:
@@ -143,9 +163,7 @@ def queue_head_published_at() -> float | None:
     if not settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
         return None
     try:
-        with app.connection_for_read() as connection:
-            client = connection.default_channel.client
-            raw = client.lindex(app.conf.task_default_queue, -1)
+        raw = _broker().lindex(app.conf.task_default_queue, -1)
     except Exception:  # unknown: the sweeper falls back on its fixed window
         log.warning("could not read the queue's head", exc_info=True)
         return None
@@ -176,12 +194,9 @@ def events_ring(event_ids: Iterable[int], *, fault_key: str = "") -> None:
     if not _redis_broker():
         _events_route_publish(ids)  # the embedded broker: one small message carries the ids
         return
-    from pscsync.celery import app
-
     stamp = clock.now().timestamp()
     try:
-        with app.connection_for_write() as connection:
-            length = connection.default_channel.client.lpush(DOORBELL, *(f"{i}@{stamp}" for i in ids))
+        length = _broker().lpush(DOORBELL, *(f"{i}@{stamp}" for i in ids))
     except Exception:
         log.warning("could not ring for %d event(s); the sweeper will", len(ids), exc_info=True)
         return
@@ -208,10 +223,7 @@ def events_take(limit: int) -> list[int]:
     """Take up to `limit` event ids off the doorbell, oldest first ([] when empty or not Redis)."""
     if not _redis_broker():
         return []
-    from pscsync.celery import app
-
-    with app.connection_for_write() as connection:
-        raw = connection.default_channel.client.rpop(DOORBELL, limit) or []
+    raw = _broker().rpop(DOORBELL, limit) or []
     return [int(_entry(value)[0]) for value in raw]
 
 
@@ -225,13 +237,9 @@ def doorbell_state() -> tuple[int, float | None]:
     unreadable; (0, None) when the broker is not Redis)."""
     if not _redis_broker():
         return 0, None
-    from pscsync.celery import app
-
     try:
-        with app.connection_for_read() as connection:
-            client = connection.default_channel.client
-            with client.pipeline(transaction=False) as pipe:
-                length, oldest = pipe.llen(DOORBELL).lindex(DOORBELL, -1).execute()
+        with _broker().pipeline(transaction=False) as pipe:
+            length, oldest = pipe.llen(DOORBELL).lindex(DOORBELL, -1).execute()
     except Exception:
         log.warning("could not read the events' doorbell", exc_info=True)
         return 0, None

@@ -21,16 +21,26 @@ try/except: one failing is logged and does not stop the others. The repair beats
 remain as a safety net for a process killed between commit and listener (they count what they
 repaired; it should stay 0).
 
+Batches (the runner's claimed batch, issue 18): inside `with lifecycle.moves_batched():` the moves
+committed by this thread are collected instead of told, and when the block ends every listener is
+told of them all at once, in commit order: a listener registered with `batch=True` is called once
+with the list (`on_moves(moves: list[lifecycle.Move])`), so it can do its work set-based; a plain
+listener is called once per move, as ever. Outside such a block (a web request, intake) nothing
+changes: each move is told right after its commit, so a person's resolve reaches the dashboards
+before the page answers. A batch listener is told the list `[move]` there.
+
 Every other write of a status is refused at run time (`pscsync.models.status_write_allowed`) and
 by a test that reads the source (tests/test_lifecycle.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,13 +77,26 @@ class Move:
 
 
 Listener = Callable[[Move], None]
-_listeners: dict[str, Listener] = {}
+BatchListener = Callable[[list[Move]], None]
 
 
-def listener_add(name: str, listener: Listener) -> Listener:
-    """Register (or replace, by name) a listener told of every committed move. Returns it, so it
+@dataclass(frozen=True)
+class _Registered:
+    listener: Callable[..., None]
+    batch: bool  # told a list of moves at once (else one move a call)
+
+
+_listeners: dict[str, _Registered] = {}
+# The moves committed inside this thread's `moves_batched` block, waiting to be told at its end;
+# None outside one. A context variable, so each worker thread (and each request) has its own.
+_collecting: contextvars.ContextVar[list[Move] | None] = contextvars.ContextVar("lifecycle_batch", default=None)
+
+
+def listener_add(name: str, listener: Callable[..., None], *, batch: bool = False) -> Callable[..., None]:
+    """Register (or replace, by name) a listener told of every committed move: one Move a call,
+    or with batch=True the list of moves committed together (see moves_batched). Returns it, so it
     can be used as a decorator: @functools.partial(lifecycle.listener_add, "name")."""
-    _listeners[name] = listener
+    _listeners[name] = _Registered(listener, batch)
     return listener
 
 
@@ -81,17 +104,63 @@ def listener_remove(name: str) -> None:
     _listeners.pop(name, None)
 
 
-def listeners() -> dict[str, Listener]:
-    return dict(_listeners)
+def listeners() -> dict[str, Callable[..., None]]:
+    return {name: registered.listener for name, registered in _listeners.items()}
 
 
 def listeners_tell(move: Move) -> None:
-    """Tell every listener of one committed move. Runs after commit; never raises."""
-    for name, listener in list(_listeners.items()):
-        try:
-            listener(move)
-        except Exception:  # a listener must not fail the move or the others
-            log.exception("lifecycle listener %s failed on handoff %s; its repair job will", name, move.handoff_id)
+    """Tell every listener of one committed move (runs after commit; never raises), or, inside a
+    moves_batched block of this thread, keep it for the block's end."""
+    collected = _collecting.get()
+    if collected is not None:
+        collected.append(move)
+        return
+    listeners_tell_many([move])
+
+
+def listeners_tell_many(moves: Sequence[Move]) -> None:
+    """Tell every listener, in registration order, of these committed moves (in commit order): a
+    batch listener once with the list, a plain one once per move. Each call has its own
+    try/except: a listener that fails is logged and neither the others nor its own next moves are
+    kept from running. Never raises."""
+    if not moves:
+        return
+    for name, registered in list(_listeners.items()):
+        if registered.batch:
+            try:
+                registered.listener(list(moves))
+            except Exception:  # a listener must not fail the moves or the others
+                log.exception(
+                    "lifecycle listener %s failed on handoffs %s; its repair job will",
+                    name,
+                    ", ".join(str(h) for h in sorted({m.handoff_id for m in moves})),
+                )
+            continue
+        for move in moves:
+            try:
+                registered.listener(move)
+            except Exception:  # a listener must not fail the move or the others
+                log.exception("lifecycle listener %s failed on handoff %s; its repair job will", name, move.handoff_id)
+
+
+@contextlib.contextmanager
+def moves_batched() -> Iterator[list[Move]]:
+    """Inside: this thread's committed moves are collected, not told; at the end (also when the
+    block raises: the moves committed are committed) the listeners are told of them all at once.
+    For a worker's batch of handoffs, so the listeners' work is done once per batch, set-based.
+    Nested blocks share the outermost one's collection. A move is told when the block ends, not
+    at its commit: keep the block to one short batch of work."""
+    outer = _collecting.get()
+    if outer is not None:  # the outer block tells them
+        yield outer
+        return
+    collected: list[Move] = []
+    token = _collecting.set(collected)
+    try:
+        yield collected
+    finally:
+        _collecting.reset(token)
+        listeners_tell_many(collected)
 
 
 def transition_check(from_states: Iterable[str], to: str) -> None:
@@ -265,6 +334,8 @@ __all__ = [
     "listener_remove",
     "listeners",
     "listeners_tell",
+    "listeners_tell_many",
+    "moves_batched",
     "repairs_note",
     "transition_check",
 ]

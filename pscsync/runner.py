@@ -37,7 +37,7 @@ from pscsync import clock
 from pscsync.faults import fault_point
 from pscsync.flows import Flow, StepContext, StepDef, flow_get
 from pscsync.intake import business_key_lock, queued_event_start
-from pscsync.lifecycle import handoff_move
+from pscsync.lifecycle import handoff_move, moves_batched
 from pscsync.models import ATTEMPT_CLOCK_SLACK, Attempt, CrossReference, Handoff, LegalEntity, Step
 
 log = logging.getLogger(__name__)
@@ -881,7 +881,8 @@ def handoffs_claim_run(
 
     Each handoff runs exactly as handoff_run runs it (every attempt committed before its call,
     its result before the next call, the lease proved at every commit); only the claim, the
-    reading of the steps and their creation are shared by the batch. A message whose handoff
+    reading of the steps and their creation are shared by the batch, and the lifecycle listeners
+    are told of the batch's moves once, at its end (lifecycle.moves_batched). A message whose handoff
     another worker's batch already ran finds nothing to claim and returns at once."""
     limit = limit or settings.RUN_BATCH
     # Well inside the task's soft time limit: a handoff is started only while time is left.
@@ -898,7 +899,10 @@ def handoffs_claim_run(
             if not takeover:
                 break
             continue
-        ran += _run_batch(handoffs, worker, started=started, budget=budget)
+        # The batch's moves are told to the listeners once, when it ends, so they do their work
+        # (facts, rollups, backlog, exceptions) for the batch at once instead of for each move.
+        with moves_batched():
+            ran += _run_batch(handoffs, worker, started=started, budget=budget)
     return ran
 
 

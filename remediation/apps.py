@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.apps import AppConfig
+
+if TYPE_CHECKING:
+    from pscsync.lifecycle import Move
 
 
 class RemediationConfig(AppConfig):
@@ -14,10 +19,11 @@ class RemediationConfig(AppConfig):
         # commit and its listener left behind.
         from pscsync import lifecycle
 
-        lifecycle.listener_add("remediation.exceptions", _handoff_moved)
+        # Told once per worker batch with its moves (lifecycle.moves_batched): one query a batch.
+        lifecycle.listener_add("remediation.exceptions", _handoffs_moved, batch=True)
 
 
-def _handoff_moved(move: object) -> None:
-    from remediation.services import exception_follow
+def _handoffs_moved(moves: list[Move]) -> None:
+    from remediation.services import exceptions_follow
 
-    exception_follow(move)  # type: ignore[arg-type]
+    exceptions_follow(moves)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -299,28 +301,37 @@ def exception_sync(handoff: Handoff) -> None:
 _MOVES_WITHOUT_EXCEPTION_CHANGE = frozenset({Handoff.Status.RUNNING, Handoff.Status.WAITING_RETRY})
 
 
-def exception_follow(move: Move) -> None:
-    """The lifecycle listener: after a committed move, bring the handoff's exception in line with
-    its committed status (which a later move may already have changed: each move's listener reads
-    what is committed, so they converge in any order). One query for a handoff that never needed a
-    person."""
-    if move.to_status in _MOVES_WITHOUT_EXCEPTION_CHANGE:
+def exceptions_follow(moves: Sequence[Move]) -> None:
+    """The lifecycle listener (a worker's batch of moves, or one move outside a batch): after the
+    moves' commits, bring their handoffs' exceptions in line with their committed status (which a
+    later move may already have changed: each reads what is committed, so they converge in any
+    order). The handoffs that may need it are found in one query: those moved to needs attention,
+    and those with an exception not resolved yet; none for moves to running or waiting to retry,
+    or for a batch whose handoffs never needed a person beyond that one read. Each is then synced
+    in its own transaction, in id order; one failing is logged and the others go on (the
+    reconcile beat repairs it)."""
+    to_person: set[int] = set()
+    others: set[int] = set()
+    for move in moves:
+        if move.to_status in _MOVES_WITHOUT_EXCEPTION_CHANGE:
+            continue
+        if not move.from_status and move.to_status != Handoff.Status.NEEDS_ATTENTION:
+            continue
+        (to_person if move.to_status == Handoff.Status.NEEDS_ATTENTION else others).add(move.handoff_id)
+    if not to_person and not others:
         return
-    if not move.from_status and move.to_status != Handoff.Status.NEEDS_ATTENTION:
-        return
-    with transaction.atomic():
-        if move.to_status == Handoff.Status.NEEDS_ATTENTION:
-            handoff = Handoff.objects.filter(pk=move.handoff_id).first()
-        else:
-            item = (
-                HandoffException.objects.filter(handoff_id=move.handoff_id)
-                .exclude(status=ExceptionStatus.RESOLVED)
-                .select_related("handoff")
-                .first()
+    unresolved = [status for status in ExceptionStatus.values if status != ExceptionStatus.RESOLVED]
+    found = Handoff.objects.filter(
+        Q(pk__in=sorted(to_person)) | Q(pk__in=sorted(others - to_person), exception__status__in=unresolved)
+    ).order_by("pk")
+    for handoff in found:
+        try:
+            with transaction.atomic():
+                exception_sync(handoff)
+        except Exception:  # one handoff's sync must not keep the batch's others from theirs
+            logging.getLogger(__name__).exception(
+                "workbench exception not followed for handoff %s; the reconcile beat will", handoff.pk
             )
-            handoff = item.handoff if item is not None else None
-        if handoff is not None:
-            exception_sync(handoff)
 
 
 def _resume_blocked_after_commit(root: Handoff) -> None:

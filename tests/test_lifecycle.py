@@ -117,6 +117,117 @@ def test_a_move_is_recorded_in_its_transaction_and_told_after_commit(
         lifecycle.listener_remove("test.recorder")
 
 
+# ---------------------------------------------------------------------------------------------
+# Batches: a worker's batch tells the listeners once, at its end
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def only_test_listeners(monkeypatch) -> None:
+    """The registry emptied for the test (the dashboards' and workbench's listeners out of it)."""
+    monkeypatch.setattr(lifecycle, "_listeners", {})
+
+
+def _moved(handoff: Handoff, to: str, callbacks_capture) -> None:
+    """A move committed as the runner commits it: its after-commit callbacks run at the block's end."""
+    with callbacks_capture(execute=True):
+        assert handoff_move(handoff, from_states=[handoff.status], to=to, actor="w1") is not None
+
+
+@pytest.mark.django_db
+def test_inside_a_batch_the_moves_are_told_once_at_its_end_in_commit_order(
+    echo_connection, only_test_listeners, django_capture_on_commit_callbacks
+) -> None:
+    first, second = receive(echo_connection, "L-B1"), receive(echo_connection, "L-B2")
+    lists: list[list[tuple[int, str]]] = []
+    singles: list[tuple[int, str]] = []
+    lifecycle.listener_add(
+        "test.batch", lambda moves: lists.append([(m.handoff_id, m.to_status) for m in moves]), batch=True
+    )
+    lifecycle.listener_add("test.single", lambda move: singles.append((move.handoff_id, move.to_status)))
+    with lifecycle.moves_batched() as collected:
+        _moved(first, "running", django_capture_on_commit_callbacks)
+        _moved(second, "running", django_capture_on_commit_callbacks)
+        _moved(first, "succeeded", django_capture_on_commit_callbacks)
+        # Committed, but nobody told yet: they wait for the batch's end.
+        assert lists == [] and singles == [] and len(collected) == 3
+    expected = [(first.pk, "running"), (second.pk, "running"), (first.pk, "succeeded")]
+    assert lists == [expected]  # one call with the list
+    assert singles == expected  # a plain listener still hears one move a call
+
+
+@pytest.mark.django_db
+def test_outside_a_batch_each_move_is_told_at_its_commit_batch_listeners_with_a_list_of_one(
+    echo_connection, only_test_listeners, django_capture_on_commit_callbacks
+) -> None:
+    handoff = receive(echo_connection, "L-B3")
+    lists: list[list[int]] = []
+    lifecycle.listener_add("test.batch", lambda moves: lists.append([m.handoff_id for m in moves]), batch=True)
+    _moved(handoff, "running", django_capture_on_commit_callbacks)
+    assert lists == [[handoff.pk]]
+    _moved(handoff, "succeeded", django_capture_on_commit_callbacks)
+    assert lists == [[handoff.pk], [handoff.pk]]
+
+
+@pytest.mark.django_db
+def test_a_nested_batch_leaves_the_telling_to_the_outer_one(
+    echo_connection, only_test_listeners, django_capture_on_commit_callbacks
+) -> None:
+    handoff = receive(echo_connection, "L-B4")
+    lists: list[int] = []
+    lifecycle.listener_add("test.batch", lambda moves: lists.append(len(moves)), batch=True)
+    with lifecycle.moves_batched():
+        with lifecycle.moves_batched():
+            _moved(handoff, "running", django_capture_on_commit_callbacks)
+        assert lists == []
+        _moved(handoff, "succeeded", django_capture_on_commit_callbacks)
+    assert lists == [2]
+
+
+@pytest.mark.django_db
+def test_a_batch_block_that_raises_still_tells_what_it_committed(
+    echo_connection, only_test_listeners, django_capture_on_commit_callbacks
+) -> None:
+    handoff = receive(echo_connection, "L-B5")
+    lists: list[list[str]] = []
+    lifecycle.listener_add("test.batch", lambda moves: lists.append([m.to_status for m in moves]), batch=True)
+    with pytest.raises(RuntimeError), lifecycle.moves_batched():
+        _moved(handoff, "running", django_capture_on_commit_callbacks)
+        raise RuntimeError("the next handoff's run failed")
+    assert lists == [["running"]]
+
+
+@pytest.mark.django_db
+def test_a_failing_listener_is_logged_and_the_others_still_hear_every_move(
+    echo_connection, only_test_listeners, django_capture_on_commit_callbacks, caplog
+) -> None:
+    first, second = receive(echo_connection, "L-B6"), receive(echo_connection, "L-B7")
+    heard: list[tuple[str, int]] = []
+
+    def batch_broken(moves: list[lifecycle.Move]) -> None:
+        raise RuntimeError("the rollups' database is away")
+
+    def single_broken_once(move: lifecycle.Move) -> None:
+        if move.handoff_id == first.pk:
+            raise RuntimeError("this one move")
+        heard.append(("single_broken_once", move.handoff_id))
+
+    lifecycle.listener_add("test.batch_broken", batch_broken, batch=True)
+    lifecycle.listener_add("test.single_broken_once", single_broken_once)
+    lifecycle.listener_add(
+        "test.batch_ok", lambda moves: heard.extend(("batch_ok", m.handoff_id) for m in moves), batch=True
+    )
+    with caplog.at_level(logging.ERROR, logger="pscsync.lifecycle"), lifecycle.moves_batched():
+        _moved(first, "running", django_capture_on_commit_callbacks)
+        _moved(second, "running", django_capture_on_commit_callbacks)
+    # The failing plain listener still heard the next move, and the listener registered after
+    # both failing ones heard the whole batch.
+    assert heard == [("single_broken_once", second.pk), ("batch_ok", first.pk), ("batch_ok", second.pk)]
+    failures = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert failures == [
+        f"lifecycle listener test.batch_broken failed on handoffs {first.pk}, {second.pk}; its repair job will",
+        f"lifecycle listener test.single_broken_once failed on handoff {first.pk}; its repair job will",
+    ]
+
+
 @pytest.mark.django_db
 def test_a_rolled_back_move_leaves_no_history_and_tells_nobody(
     echo_connection,

@@ -205,6 +205,29 @@ def test_a_batch_claim_runs_every_runnable_handoff_once_and_records_each_attempt
     assert sum(echo.stats()["creates"].values()) == 15 and echo.stats()["updates"] == 0
 
 
+def test_a_batch_claim_tells_the_listeners_once_per_batch_with_its_moves(echo_connection, echo, monkeypatch) -> None:
+    from pscsync import lifecycle
+    from pscsync.runner import handoffs_claim_run
+
+    ids = [receive(echo_connection, f"OPP-L{i}").pk for i in range(3)]
+    other = receive(echo_connection, "OPP-L9").pk
+    # Only the test's listeners: what is told, not what the dashboards do with it.
+    monkeypatch.setattr(lifecycle, "_listeners", {})
+    told: list[list[tuple[int, str]]] = []
+    lifecycle.listener_add(
+        "test.batch", lambda moves: told.append([(m.handoff_id, m.to_status) for m in moves]), batch=True
+    )
+    assert handoff_run(handoff_id=other, worker="w1") == "succeeded"
+    # Outside a batch (handoff_run, a web request) a move is told at its own commit.
+    assert told == [[(other, "running")], [(other, "succeeded")]]
+    told.clear()
+    assert handoffs_claim_run(worker="w1", limit=2) == 3  # two claims: 2, then 1
+    assert told == [
+        [(ids[0], "running"), (ids[0], "succeeded"), (ids[1], "running"), (ids[1], "succeeded")],
+        [(ids[2], "running"), (ids[2], "succeeded")],
+    ]
+
+
 def test_two_workers_never_claim_the_same_handoff(echo_connection, frozen) -> None:
     from pscsync.runner import handoffs_claim
 

@@ -11,7 +11,8 @@ Control API, the same on every sandbox (never part of the vendor's protocol):
                            "timeout_rate": 0.1, "rate_limit_per_minute": 60, "match": "/Account",
                            "count": 5, "reject": {"field": "Name", "equals": "Bad", "message": "..."},
                            "token_lifetime_seconds": 5,
-                          "malform": {"field": "Amount", "value": "lots"} or {"field": "Id", "drop": true}}
+                          "malform": {"field": "Amount", "value": "lots"} or {"field": "Id", "drop": true}
+                                      or {"header": "Location", "drop": true}}
                           adds a fault rule (several may be active; "count" limits how often it fires).
                           "malform" answers as usual but with every record in the answer that
                           holds the field changed (a vendor sending a record of another shape)
@@ -532,9 +533,18 @@ class Sandbox:
         """A "malform" fault: every record in the answer holding the rule's field gets another
         value (or loses it), as a vendor would send after a change on its side."""
         rule = self.faults.pick(request.path, None, malform=True)
-        if rule is None or response.body is None:
+        if rule is None:
             return
         spec = rule["malform"]
+        if spec.get("header"):  # a header the vendor documents, missing or changed
+            header = str(spec["header"]).lower()
+            for existing in [k for k in response.headers if k.lower() == header]:
+                del response.headers[existing]
+            if not spec.get("drop"):
+                response.headers[str(spec["header"])] = str(spec.get("value", ""))
+            return
+        if response.body is None:
+            return
         name = str(spec.get("field", ""))
 
         def change(value: Any) -> None:

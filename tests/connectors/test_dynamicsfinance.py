@@ -505,6 +505,10 @@ def test_a_429_in_or_on_a_batch_pauses_the_connection_until_its_retry_after(
     throttled_at = time.monotonic()
     assert (throttled.value.http_status, throttled.value.retry_after) == (429, 2)
     assert "Dynamics 365 Finance is throttling our requests" in throttled.value.message
+    # The health page counts the 429 either way: one $batch call, one 429 (inside, the call
+    # itself was answered 200 and only its part was throttled).
+    seen = limiter.usage([connector.connection.pk])
+    assert seen is not None and seen[connector.connection.pk].rate_limited == 1
 
     # The next call, if it may not wait that long, is deferred and nothing reaches D365.
     settings.LIMITER_MAX_WAIT_SECONDS = 0.5

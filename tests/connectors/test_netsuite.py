@@ -276,6 +276,20 @@ def test_a_server_error_is_transient_on_read_and_an_unknown_outcome_on_write(con
     assert netsuite.journal()["creates_by_key"] == {"customer/CUST-1": 1}
 
 
+def test_an_upsert_answered_without_its_location_is_an_unknown_outcome_then_found_by_key(connector, netsuite) -> None:
+    # NetSuite documents 204 + Location for an upsert by external ID; an answer without it does
+    # not say which record was written, so the engine must look the key up, not store "".
+    netsuite.fault(malform={"header": "Location", "drop": True}, match="/eid:CUST-1", count=1)
+    with pytest.raises(UnknownOutcomeError) as caught:
+        connector.upsert(entity="customer", key="CUST-1", fields=NORTHWIND)
+    assert "without the address of the record it wrote" in caught.value.message
+    found = connector.lookup(entity="customer", key="CUST-1")
+    assert found is not None and found.external_id.isdigit()
+    again = connector.upsert(entity="customer", key="CUST-1", fields=NORTHWIND)
+    assert again.external_id == found.external_id
+    assert netsuite.journal()["creates_by_key"] == {"customer/CUST-1": 1}
+
+
 def test_a_write_that_times_out_is_an_unknown_outcome(connector, netsuite, short_timeouts) -> None:
     connector.ping()
     netsuite.fault(timeout=True, timeout_seconds=1.0, match="/eid:CUST-1", count=1)

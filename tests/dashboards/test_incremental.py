@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from dashboards.facts import handoff_finished, rollup_rebuild, rollups_rebuild_all
-from dashboards.models import AttemptRollup, DailyRollup, DemandMonth, EntityDailyRollup, FlowFact
-from pscsync import clock
+from dashboards.backlog import GROUP_FIELDS, backlog_repair
+from dashboards.facts import handoff_finished, handoffs_finished, rollup_rebuild, rollups_rebuild_all
+from dashboards.models import AttemptRollup, DailyRollup, DemandMonth, EntityDailyRollup, FlowFact, OpenBacklog
+from pscsync import clock, lifecycle
 from pscsync.lifecycle import handoff_move
 from pscsync.models import Attempt, Handoff, Step
 from tests.dashboards.builders import handoff
@@ -42,6 +43,7 @@ def _rows(model: Any, key: tuple[str, ...]) -> dict[tuple, dict[str, Any]]:
 
 
 DAILY = ("day", "flow", "legal_entity_id", "service_line", "connection_id", "currency")
+BACKLOG = tuple(GROUP_FIELDS)
 
 
 def snapshot() -> dict[str, dict]:
@@ -358,3 +360,125 @@ def test_a_day_of_mixed_moves_leaves_the_rollups_equal_to_a_full_rebuild(
     assert rebuilt["entity"] == kept["entity"]
     assert rebuilt["attempts"] == kept["attempts"]
     assert rebuilt["demand"] == kept["demand"]
+
+
+# Told as a worker's batch (issue 18): the listeners' set-based path --------------------------------
+@pytest.mark.django_db
+def test_mixed_moves_told_in_worker_batches_leave_facts_rollups_and_backlog_equal_to_a_full_rebuild(
+    crm,
+    entities,
+    django_capture_on_commit_callbacks,
+    caplog,
+) -> None:
+    """The same mix, told as a worker's batch is (lifecycle.moves_batched: each listener once with
+    the batch's moves): facts refreshed for the batch at once, the items' rollup deltas merged per
+    group, the attempts' hourly counts added together, the backlog synced together. Within a
+    batch an item moves several times (opened, failed, resolved; an amended second handoff of
+    the same item) and different items share rollup groups."""
+    rng = random.Random(1818)
+    day = Day(crm, entities, django_capture_on_commit_callbacks, rng)
+    sizes = []
+    with caplog.at_level(logging.WARNING, logger="dashboards"):
+        for start in range(0, 48, 6):
+            with lifecycle.moves_batched() as moves:
+                for i in range(start, start + 6):
+                    _play(day, i, PATHS[i % len(PATHS)] if i < 40 else rng.choice(PATHS))
+            sizes.append(len(moves))
+        # A batch opens handoffs of the followed flows and leaves them running: open, not
+        # needing a person.
+        with lifecycle.moves_batched():
+            running = [
+                day.open(flow, f"OPEN-{i}", i, MON + (5 + 30 * i) * H, Decimal("250.00"))
+                for i, flow in enumerate(("quote-to-project", "project-to-bill", "quote-to-project"))
+            ]
+    # Nothing failed (it would log and go on) and no merged delta had to fall back on a rebuild.
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("dashboards")]
+    assert min(sizes) >= 12  # every batch told many moves at once
+    kept = snapshot()
+    assert {flow for flow, _key in kept["facts"]} == set(FLOWS)
+    assert len({g[0] for g in kept["daily"]}) >= 2  # across days
+    assert sum(r["exceptions"] for r in kept["daily"].values()) > 0
+    statuses = set(Handoff.objects.values_list("status", flat=True))
+    assert {"succeeded", "needs_attention", "resolved", "cancelled"} <= statuses
+    backlog = _backlog()
+    assert any(g[1] for g in backlog) and any(not g[1] for g in backlog)  # needs a person, and not
+    # The backlog's repair finds nothing to put right.
+    repaired = backlog_repair()
+    assert (repaired["resynced"], repaired["groups_fixed"]) == (0, 0)
+
+    # A last batch finishes the running ones (out of the backlog), so no handoff is mid-run and
+    # the facts and rollups must equal a full rebuild, and the backlog what the rebuild makes of it.
+    with caplog.at_level(logging.WARNING, logger="dashboards"), lifecycle.moves_batched():
+        for h in running:
+            day.succeed(h, MON + 80 * H)
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("dashboards")]
+    kept = snapshot()
+    backlog = _backlog()
+    assert backlog and all(g[1] for g in backlog)  # only those needing a person are left
+    rollups_rebuild_all()
+    rebuilt = snapshot()
+    assert rebuilt["facts"] == kept["facts"]
+    assert rebuilt["daily"] == kept["daily"]
+    assert rebuilt["entity"] == kept["entity"]
+    assert rebuilt["attempts"] == kept["attempts"]
+    assert rebuilt["demand"] == kept["demand"]
+    assert _backlog() == backlog
+
+
+def _backlog() -> dict[tuple, dict[str, Any]]:
+    """The open backlog's groups that hold something (a group emptied by a move keeps its row at
+    0 until the repair drops it; a rebuild does not write it)."""
+    return {group: row for group, row in _rows(OpenBacklog, BACKLOG).items() if row["items"]}
+
+
+@pytest.mark.django_db
+def test_a_batch_of_finished_handoffs_is_refreshed_in_a_few_statements(
+    crm, entities, django_assert_max_num_queries
+) -> None:
+    """Ten items of two flows on two days, finished together: their facts and rollups, then their
+    attempts, in a number of statements that does not grow with the batch (one by one: about 15
+    each). The figures are the ones worked by hand above: each item started and finished once."""
+    deals = [
+        _deal(crm, entities["us"], f"OPP-BATCH-{i}", MON + (9 + i) * H, MON + (30 + i) * H, "100.00", synced=2)
+        for i in range(5)
+    ]
+    changes = [
+        handoff(
+            flow="contract-change",
+            conn=crm,
+            entity=entities["uk"],
+            key=f"AMD-BATCH-{i}",
+            started=MON + 24 * H + i * H,
+            finished=MON + 26 * H + i * H,
+            currency="GBP",
+            attempts=[{"at": MON + 25 * H, "outcome": "succeeded", "ms": 120}],
+        )
+        for i in range(5)
+    ]
+    with django_assert_max_num_queries(20):
+        handoffs_finished([h.pk for h in deals + changes])
+    monday, tuesday = MON.date(), (MON + 24 * H).date()
+    started = dict(DailyRollup.objects.filter(started__gt=0).values_list("flow", "started"))
+    assert started == {"quote-to-project": 5, "contract-change": 5}
+    assert set(DailyRollup.objects.values_list("day", flat=True)) == {monday, tuesday}
+    assert sum(AttemptRollup.objects.values_list("attempts", flat=True)) == 5
+    before = snapshot()
+    rollups_rebuild_all()
+    assert snapshot() == before
+
+
+@pytest.mark.django_db
+def test_a_batch_whose_rollups_drifted_is_refreshed_one_by_one_and_its_days_rebuilt(crm, entities, caplog) -> None:
+    a = _deal(crm, entities["us"], "OPP-BDRIFT", MON + 9 * H, MON + 12 * H, "10.00", synced=1)
+    handoffs_finished([a.pk])
+    DailyRollup.objects.all().delete()  # a bulk load empties the rollups behind the facts' back
+    EntityDailyRollup.objects.all().delete()
+    b = _deal(crm, entities["us"], "OPP-BDRIFT", MON + 33 * H, MON + 36 * H, "20.00", synced=1)
+    c = _deal(crm, entities["uk"], "OPP-BOTHER", MON + 9 * H, MON + 12 * H, "5.00", synced=1)
+    with caplog.at_level(logging.WARNING, logger="dashboards.facts"):
+        handoffs_finished([b.pk, c.pk])
+    assert "refreshing it one by one" in caplog.text and "disagreed with the facts" in caplog.text
+    before = snapshot()
+    rollups_rebuild_all()
+    assert snapshot() == before
+    assert DailyRollup.objects.get(day=(MON + 24 * H).date()).started_amount == Decimal("20.00")
