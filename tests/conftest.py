@@ -89,6 +89,21 @@ def _collected_static(django_test_environment) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def sqlite_run(request, tmp_path_factory):
+    """One nested pytest on SQLite (tests.helpers.pytest_on_sqlite) for every test of this session
+    marked on_sqlite(target=..., env=...): each used to start a pytest of its own, about 8 s of
+    start-up apiece (Python, Django, the tables); they share one and each reads its own outcome in
+    it (tests.helpers.sqlite_outcomes). A run of one such file runs only that file's target."""
+    from tests.helpers import pytest_on_sqlite
+
+    marks = [mark for item in request.session.items for mark in item.iter_markers("on_sqlite")]
+    targets = list(dict.fromkeys(mark.kwargs["target"] for mark in marks))
+    markers = list(dict.fromkeys(mark.kwargs["env"] for mark in marks))
+    timeout = sum(mark.kwargs.get("timeout", 600) for mark in marks)
+    return pytest_on_sqlite(targets, tmp_path_factory.mktemp("sqlite-run"), markers, timeout=timeout)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _quick_flush() -> Iterator[None]:
     """Transactional tests end with Django's flush; on PostgreSQL it empties only the tables that

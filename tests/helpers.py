@@ -270,10 +270,13 @@ def handoffs_per_entity(connection: Any, entities: dict[str, Any]) -> dict[str, 
 STATIC_COLLECTED = "PSCSYNC_TEST_STATIC_COLLECTED"
 
 
-def pytest_on_sqlite(target: str, var_dir: Path | str, marker: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `target` (file::test) in a pytest of its own on the embedded default database (SQLite
-    under `var_dir`, no DATABASE_URL), with the environment variable `marker` set to "1" so the
-    nested run can tell it is the SQLite one.
+def pytest_on_sqlite(
+    targets: list[str], var_dir: Path | str, markers: list[str], timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run `targets` (file::test each) in one pytest of their own on the embedded default database
+    (SQLite under `var_dir`, no DATABASE_URL), with each environment variable in `markers` set to
+    "1" so the nested tests can tell they are the SQLite run. `-rA` lists every test's outcome
+    (PASSED tests/...::name) so each caller can find its own (sqlite_outcomes).
 
     The nested run gets a copy of this session's collected static files (a tenth of a second)
     instead of collecting them again: collectstatic gzips every file, about 3 s of CPU."""
@@ -286,7 +289,7 @@ def pytest_on_sqlite(target: str, var_dir: Path | str, marker: str, timeout: int
         **os.environ,
         "DATABASE_URL": "",
         "PSCSYNC_VAR_DIR": str(var_dir),
-        marker: "1",
+        **dict.fromkeys(markers, "1"),
         "PSCSYNC_REQUIRE_SERVICES": "",
         STATIC_COLLECTED: "1",
     }
@@ -295,10 +298,24 @@ def pytest_on_sqlite(target: str, var_dir: Path | str, marker: str, timeout: int
     # SQLite every data migration finds nothing to fill. Migrating SQLite itself is tested where
     # production does it (test_security's cookie check, the demo).
     return subprocess.run(
-        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-migrations", target],
+        [PYTHON, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "--no-migrations", *targets],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def sqlite_outcomes(stdout: str, target: str) -> list[str]:
+    """The outcome lines (-rA: "PASSED tests/x.py::test[param]") of the nested tests `target`
+    (file::test) names, parametrized ones included."""
+    relative = str(Path(target.split("::")[0]).resolve().relative_to(ROOT))
+    node = f"{relative}::{target.split('::')[1]}"
+    return [
+        line
+        for line in stdout.splitlines()
+        if line.split(" ")[0] in {"PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS"}
+        and len(line.split(" ")) > 1
+        and (line.split(" ")[1] == node or line.split(" ")[1].startswith(f"{node}["))
+    ]

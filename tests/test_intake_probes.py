@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from connectors.signatures import standard_webhook_sign
 from pscsync.models import Event, Handoff
-from tests.helpers import PYTHON, ROOT, SECRET, Process, free_port, pytest_on_sqlite, wait_for_port
+from tests.helpers import PYTHON, ROOT, SECRET, Process, free_port, sqlite_outcomes, wait_for_port
 
 URL = "/webhooks/echo-us/"
 
@@ -71,12 +71,17 @@ def test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing(client, echo_
 
 
 @pytest.mark.skipif(os.getenv("PSCSYNC_INTAKE_PROBE_NESTED") == "1", reason="already the SQLite run")
-def test_the_same_on_sqlite(tmp_path: Path) -> None:
-    """The parametrized test above, in a pytest of its own on the embedded SQLite database."""
-    target = f"{__file__}::test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing"
-    result = pytest_on_sqlite(target, tmp_path, "PSCSYNC_INTAKE_PROBE_NESTED")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert f"{len(MALFORMED)} passed" in result.stdout
+@pytest.mark.on_sqlite(
+    target=f"{__file__}::test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing",
+    env="PSCSYNC_INTAKE_PROBE_NESTED",
+)
+def test_the_same_on_sqlite(sqlite_run) -> None:
+    """The parametrized test above, in the nested pytest on the embedded SQLite database."""
+    outcomes = sqlite_outcomes(
+        sqlite_run.stdout, f"{__file__}::test_a_permanent_problem_is_a_4xx_naming_it_and_stores_nothing"
+    )
+    assert len(outcomes) == len(MALFORMED), sqlite_run.stdout[-3000:] + sqlite_run.stderr[-2000:]
+    assert all(line.startswith("PASSED") for line in outcomes), sqlite_run.stdout[-3000:] + sqlite_run.stderr[-2000:]
 
 
 # --- Live gunicorn on PostgreSQL ---------------------------------------------------------------

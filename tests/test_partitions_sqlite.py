@@ -15,7 +15,7 @@ from pscsync.archive import Month, archive_month, archive_restore
 from pscsync.models import Attempt, Handoff
 from pscsync.partitions import attempts_drop_due, partitioned, partitions_ensure
 from pscsync.tasks import archive_due_task
-from tests.helpers import pytest_on_sqlite
+from tests.helpers import sqlite_outcomes
 from tests.test_archive import SEPTEMBER, run
 
 MARK = "PSCSYNC_PARTITIONS_SQLITE_NESTED"
@@ -49,8 +49,11 @@ def test_sqlite_keeps_plain_tables_and_empties_bodies_in_place(
 
 
 @pytest.mark.skipif(os.getenv(MARK) == "1", reason="already the SQLite run")
-def test_the_same_on_sqlite(tmp_path: Path) -> None:
-    target = f"{__file__}::test_sqlite_keeps_plain_tables_and_empties_bodies_in_place"
-    result = pytest_on_sqlite(target, tmp_path, MARK)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "1 passed" in result.stdout
+@pytest.mark.on_sqlite(target=f"{__file__}::test_sqlite_keeps_plain_tables_and_empties_bodies_in_place", env=MARK)
+def test_the_same_on_sqlite(sqlite_run) -> None:
+    outcomes = sqlite_outcomes(
+        sqlite_run.stdout, f"{__file__}::test_sqlite_keeps_plain_tables_and_empties_bodies_in_place"
+    )
+    assert len(outcomes) == 1 and outcomes[0].startswith("PASSED"), (
+        sqlite_run.stdout[-3000:] + sqlite_run.stderr[-2000:]
+    )

@@ -23,9 +23,14 @@ from connectors.errors import WebhookRejected
 from connectors.models import Connection
 from connectors.schema import DateText, MalformedRecord, NumberText, payload_check
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: every run tries the same examples, so a budget checked once to catch known bugs
+# keeps catching them (re-injected, each failed the test at these budgets: an empty required id
+# read as an id, D365 without its webhook refusal, a BC invoice shape with its id optional).
+FUZZ = settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None
+)
 # The readers' tests need the rarer conjunction (a record that passes and a field it forgot).
-FUZZ_READERS = settings(FUZZ, max_examples=1000)
+FUZZ_READERS = settings(FUZZ, max_examples=250)
 
 scalars = st.one_of(
     st.none(),

@@ -90,7 +90,7 @@ from remediation.services import handoff_assign
 from tests.flows.conftest import run, won_deal
 from tests.flows.test_ledger import bc_firm, netsuite_firm
 from tests.flows.test_project_to_bill import certinia_approved_week, kantata_invoice, kantata_time
-from tests.helpers import moves_told, pytest_on_sqlite
+from tests.helpers import moves_told, sqlite_outcomes
 
 pytestmark = pytest.mark.django_db
 
@@ -708,10 +708,15 @@ def _build(firm, c: Clock, operator) -> dict:
 
 
 @pytest.mark.skipif(os.getenv(NESTED) == "1", reason="already the SQLite run")
-def test_known_answer_firm_on_sqlite(tmp_path) -> None:
-    """The same firm and figures in a pytest of its own on the embedded default (SQLite, no
+@pytest.mark.on_sqlite(
+    target=f"{__file__}::test_every_registered_figure_matches_the_hand_worked_firm", env=NESTED, timeout=900
+)
+def test_known_answer_firm_on_sqlite(sqlite_run) -> None:
+    """The same firm and figures in the nested pytest on the embedded default (SQLite, no
     DATABASE_URL): the flows run in-process (no worker or broker needed), the sandboxes over HTTP."""
-    target = f"{__file__}::test_every_registered_figure_matches_the_hand_worked_firm"
-    result = pytest_on_sqlite(target, tmp_path, NESTED, timeout=900)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "1 passed" in result.stdout
+    outcomes = sqlite_outcomes(
+        sqlite_run.stdout, f"{__file__}::test_every_registered_figure_matches_the_hand_worked_firm"
+    )
+    assert len(outcomes) == 1 and outcomes[0].startswith("PASSED"), (
+        sqlite_run.stdout[-4000:] + sqlite_run.stderr[-2000:]
+    )
