@@ -301,12 +301,14 @@ def test_a_batch_run_that_fails_before_its_first_commit_is_left_running_for_the_
     monkeypatch.setattr(runner, "_run_leased", broken)
     with pytest.raises(RuntimeError):
         runner._run_batch(reserved, "w1", started=time_now(), budget=60.0)
-    first.refresh_from_db()
-    second.refresh_from_db()
+    # The batch runs in claim order (by next attempt; under the frozen clock the two tie, so
+    # either may come first): the one started failed, the other was never started.
+    assert {h.pk for h in reserved} == {first.pk, second.pk}
+    started_one, not_started = (Handoff.objects.get(pk=h.pk) for h in reserved)
     # The one that failed is running under w1's lease: when it expires the takeover counts a
     # crash, as for a handoff_run that raised. The one not started is given back.
-    assert (first.status, first.lease_owner) == ("running", "w1")
-    assert (second.status, second.lease_owner, second.lease_expires_at) == ("pending", "", None)
+    assert (started_one.status, started_one.lease_owner) == ("running", "w1")
+    assert (not_started.status, not_started.lease_owner, not_started.lease_expires_at) == ("pending", "", None)
 
 
 def test_a_claim_is_sized_to_about_a_second_of_work() -> None:
