@@ -70,6 +70,18 @@ def change_body(key: str, version: int = 1, *, data: dict[str, Any] | None = Non
     return json.dumps(body).encode()
 
 
+def _group_alive(group: int) -> bool:
+    """Whether a process of this group still runs (a zombie has closed its sockets already)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it exited while we read
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
+
+
 @dataclass
 class Process:
     name: str
@@ -93,6 +105,18 @@ class Process:
             except ProcessLookupError:
                 pass
             self.proc.wait(timeout=30)
+            if sig == signal.SIGKILL:
+                self._group_gone()
+
+    def _group_gone(self, timeout: float = 10.0) -> None:
+        """Wait until every process of the group has exited, not only its leader: a gunicorn
+        worker still dying holds the listening socket, so a replacement's wait_for_port would
+        connect to the dead server's backlog and the next requests be refused (seen in CI)."""
+        assert self.proc is not None
+        group = self.proc.pid
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _group_alive(group):
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
