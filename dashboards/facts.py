@@ -1094,39 +1094,8 @@ ATTEMPT_SUMS = ("attempts", "failures", "transient", "rate_limited", "retry_afte
 
 def attempts_roll(handoff_id: int) -> None:
     """Add a handoff's attempts not yet counted to AttemptRollup (each attempt counted once: the
-    handoff's RollupMark, locked, says how far it is counted), one upsert for all its hours."""
-    table = db_connection.ops.quote_name(RollupMark._meta.db_table)
-    with transaction.atomic():
-        # Creates the handoff's mark or locks it, and reads it, in one statement.
-        with db_connection.cursor() as cursor:
-            upsert = (
-                f"INSERT INTO {table} (handoff_id, attempts_through) VALUES (%s, 0) ON CONFLICT (handoff_id) "  # noqa: S608  # nosec B608  # model's name
-                f"DO UPDATE SET attempts_through = {table}.attempts_through RETURNING attempts_through"
-            )
-            if db_connection.vendor == "postgresql":
-                # ... and the handoff's age, which bounds the attempts partitions read below.
-                handoffs = db_connection.ops.quote_name(Handoff._meta.db_table)
-                aged = f"WITH m AS ({upsert}) SELECT m.attempts_through, h.created_at FROM m, {handoffs} h "  # noqa: S608  # nosec B608  # models' names
-                cursor.execute(aged + "WHERE h.id = %s", [handoff_id, handoff_id])
-            else:  # SQLite: no partitions to bound, and no INSERT inside WITH
-                cursor.execute(upsert, [handoff_id])
-            (through, *created_at) = cursor.fetchone()
-        bound = {"started_at__gte": created_at[0] - ATTEMPT_CLOCK_SLACK} if created_at else {}
-        attempts = _attempt_dicts(
-            Attempt.objects.filter(step__handoff_id=handoff_id, pk__gt=through, **bound).exclude(outcome="in_flight")
-        )
-        if not attempts:
-            return
-        rows = [
-            {
-                **dict(zip(ATTEMPT_ROLLUP_KEY, k, strict=True)),
-                **{n: s[n] for n in ATTEMPT_SUMS},
-                "duration_hist": s["hist"],
-            }
-            for k, s in attempt_rollup_rows(attempts).items()
-        ]
-        rollup_add(AttemptRollup, ATTEMPT_ROLLUP_KEY, ATTEMPT_SUMS, ("duration_hist",), rows)
-        RollupMark.objects.filter(handoff_id=handoff_id).update(attempts_through=max(a["id"] for a in attempts))
+    handoff's RollupMark, locked, says how far it is counted): the batch path for one."""
+    attempts_roll_many([handoff_id])
 
 
 def attempts_roll_many(handoff_ids: Iterable[int]) -> None:
