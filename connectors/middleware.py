@@ -11,8 +11,9 @@ What is kept is kept by construction: the list is settings.MIDDLEWARE less the n
 middleware added later runs for webhooks too unless it is added here, with its reason (and in
 docs/security.md, "The webhook's short way"). Django's handler around the middleware (request
 signals, closing old database connections, the django.request log line of a 4xx/5xx) is not
-touched. Tracing's server span is started before this point; its http.route, which Django's
-process_view would set, is set here (ops.tracing.server_route).
+touched. Tracing's server span is started before this point; its http.route and an exception
+the view raises, which OpenTelemetry's process_view and process_exception would record, are
+recorded here (ops.tracing.server_route, server_exception).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, ResolverMatch, resolve
 from django.utils.module_loading import import_string
 
-from ops.tracing import server_route
+from ops.tracing import server_exception, server_route
 
 NAME = "connectors.middleware.WebhookShortWayMiddleware"
 PREFIX = "/webhooks/"  # of the "webhook" route (pscsync/urls.py); resolved before it is trusted
@@ -83,4 +84,8 @@ class WebhookShortWayMiddleware:
             response = hook(request, match.func, match.args, match.kwargs)
             if response is not None:
                 return response
-        return match.func(request, *match.args, **match.kwargs)
+        try:
+            return match.func(request, *match.args, **match.kwargs)
+        except Exception as exc:
+            server_exception(exc)  # then Django answers 500 and logs it, as on the whole stack
+            raise

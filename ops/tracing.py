@@ -265,6 +265,17 @@ def server_route(route: str) -> None:
     trace.get_current_span().set_attribute(HTTP_ROUTE, route)
 
 
+def server_exception(exc: BaseException) -> None:
+    """Record an exception a view raised on the server span, as OpenTelemetry's Django middleware
+    does through its process_exception, for a request answered without Django's view hooks
+    (connectors.middleware). A no-op when tracing is off."""
+    if _provider is None:
+        return
+    from opentelemetry import trace
+
+    trace.get_current_span().record_exception(exc)
+
+
 def annotate(**fields: Any) -> None:
     """Add `pscsync.*` attributes to the current span (a no-op when tracing is off)."""
     if _provider is None:

@@ -162,3 +162,31 @@ def test_the_server_span_of_a_webhook_names_its_route(echo_connection, publishes
     assert intake.parent.span_id == server.context.span_id
     event = Event.objects.get()
     assert event.traceparent.split("-")[1] == format(server.context.trace_id, "032x")
+
+
+@pytest.mark.django_db
+def test_an_exception_in_the_view_is_a_500_recorded_on_the_server_span(echo_connection, monkeypatch, caplog) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from ops import tracing
+
+    def broken(request, slug):
+        raise RuntimeError("a bug in the view")
+
+    monkeypatch.setattr("connectors.webhooks._receive", broken)
+    exporter = InMemorySpanExporter()
+    tracing.tracing_setup(exporter=exporter, make_global=False)
+    try:
+        client = Client(raise_request_exception=False)
+        body = change_body("OPP-X")
+        response = post(client, body, sign(body, msg_id="evt-x"))
+    finally:
+        tracing.tracing_teardown()
+    assert response.status_code == 500 and went_the_short_way(response)
+    server = next(s for s in exporter.get_finished_spans() if s.kind.name == "SERVER")
+    assert server.status.status_code.name == "ERROR"
+    assert [(e.name, e.attributes["exception.message"]) for e in server.events] == [("exception", "a bug in the view")]
+    assert [r.getMessage() for r in caplog.records if r.name == "django.request"] == [
+        "Internal Server Error: /webhooks/echo-us/"
+    ]
+    assert not Event.objects.exists()
