@@ -38,7 +38,7 @@ from pscsync.dispatch import events_ring, events_take, events_wake, handoffs_pub
 from pscsync.flows import flow_get
 from pscsync.flows.triggers import change_route
 from pscsync.lifecycle import handoff_move, handoff_opened, handoffs_opened
-from pscsync.models import Event, Handoff, Step
+from pscsync.models import Event, EventKey, Handoff, Step
 
 log = logging.getLogger(__name__)
 
@@ -173,21 +173,23 @@ def _event(
 
 
 def _store(connection: Connection, change: InboundChange, headers: dict[str, str], raw_body: str) -> Event | None:
+    """Store one event; None when its (connection, source event id) is stored already."""
     event = _event(connection, change, headers, raw_body, received_at=clock.now(), traceparent=current_traceparent())
-    try:
-        with transaction.atomic():
-            event.save(force_insert=True)
-            return event
-    except IntegrityError:
-        return None  # the unique (connection, source_event_id) says we have it already
+    stored = _insert_new([event])
+    if not stored:
+        return None
+    event.pk = stored[event.source_event_id]
+    event._state.adding = False
+    event._state.db = db.alias
+    return event
 
 
 def _latest_applied(flow: str, key: str) -> tuple | None:
     """The source position (occurred_at, source_sequence) of the newest change applied for the key."""
     return (
         Handoff.objects.filter(flow=flow, business_key=key, status=Handoff.Status.SUCCEEDED)
-        .order_by("-trigger_event__occurred_at", "-trigger_event__source_sequence")
-        .values_list("trigger_event__occurred_at", "trigger_event__source_sequence")
+        .order_by("-source_occurred_at", "-source_sequence")
+        .values_list("source_occurred_at", "source_sequence")
         .first()
     )
 
@@ -219,6 +221,9 @@ def _handoff_for(event: Event, now: dt.datetime) -> Handoff:
         trigger_event=event,
         payload=event.payload,
         business_started_at=event.occurred_at,
+        source_occurred_at=event.occurred_at,
+        source_sequence=event.source_sequence,
+        source_changed_at=event.changed_at or event.occurred_at,
         created_at=now,
         next_attempt_at=now,
         dispatched_at=now,
@@ -348,7 +353,8 @@ def event_receive(
     with transaction.atomic(savepoint=False):
         event = _store(connection, change, headers, raw_body)
         if event is None:
-            existing = Event.objects.get(connection=connection, source_event_id=change.source_event_id)
+            key = EventKey.objects.get(connection=connection, source_event_id=change.source_event_id)
+            existing = Event.objects.get(pk=key.event_id, received_at=key.received_at)
             return IntakeResult(event=existing, created=False, handoff=None)
         handoff = _route(event)
         if handoff is not None:
@@ -392,8 +398,8 @@ def events_accept(
     duplicates = [e.source_event_id for e in events if e.source_event_id not in stored]
     existing = (
         dict(
-            Event.objects.filter(connection=connection, source_event_id__in=duplicates).values_list(
-                "source_event_id", "pk"
+            EventKey.objects.filter(connection=connection, source_event_id__in=duplicates).values_list(
+                "source_event_id", "event_id"
             )
         )
         if duplicates
@@ -413,27 +419,87 @@ def events_accept(
 def _insert_new(events: list[Event]) -> dict[str, int]:
     """INSERT the events, skipping any already stored: {source event id: new pk} of those stored.
 
-    Django's bulk_create cannot say which rows ON CONFLICT skipped, so the statement is built here
-    from the model's own fields (their defaults and database preparation, as bulk_create would)."""
+    The dedupe is the unique (connection, source event id) of the small key table (EventKey):
+    on PostgreSQL one statement writes the keys (ON CONFLICT DO NOTHING) and the events of the
+    keys it wrote, each key naming its event's id taken from the events' own sequence. Within a
+    delivery the first of two changes with one id wins, as a plain INSERT ... ON CONFLICT did.
+    Django's bulk_create cannot say which rows were skipped, so the statement is built here from
+    the model's own fields (their defaults and database preparation, as bulk_create would)."""
     if not events:
         return {}
     fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
-    quote = db.ops.quote_name
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     params: list[Any] = []
     for event in events:
         params += [f.get_db_prep_save(f.pre_save(event, True), connection=db) for f in fields]
+    if db.vendor != "postgresql":
+        return _insert_new_plain(events, fields, params)
+    quote = db.ops.quote_name
+    # Typed once in the VALUES, so the key and the event take the columns' own types.
+    row = "(" + ", ".join(f"CAST(%s AS {f.db_type(db)})" for f in fields) + ", %s::int)"
+    numbered: list[Any] = []
+    width = len(fields)
+    for n in range(len(events)):
+        numbered += [*params[n * width : (n + 1) * width], n]
     table = quote(Event._meta.db_table)
+    keys = quote(EventKey._meta.db_table)
     columns = ", ".join(quote(str(f.column)) for f in fields)
+    taken = ", ".join(f"v.{quote(str(f.column))}" for f in fields)
     rows = ", ".join([row] * len(events))
     # The names are the model's own and every value is a parameter.
     sql = (
-        f"INSERT INTO {table} ({columns}) VALUES {rows} "  # noqa: S608  # nosec B608  # names from the model, values as parameters
-        "ON CONFLICT (connection_id, source_event_id) DO NOTHING RETURNING id, source_event_id"
+        f"WITH v ({columns}, n) AS (VALUES {rows}), "  # noqa: S608  # nosec B608  # names from the model, values as parameters
+        "first AS (SELECT DISTINCT ON (connection_id, source_event_id) * FROM v "
+        "ORDER BY connection_id, source_event_id, n), "
+        f"k AS (INSERT INTO {keys} (connection_id, source_event_id, event_id, received_at) "
+        f"SELECT connection_id, source_event_id, nextval(pg_get_serial_sequence('{table}', 'id')), received_at "
+        "FROM first ORDER BY n ON CONFLICT (connection_id, source_event_id) DO NOTHING "
+        "RETURNING connection_id, source_event_id, event_id) "
+        f"INSERT INTO {table} (id, {columns}) SELECT k.event_id, {taken} FROM first v "
+        "JOIN k USING (connection_id, source_event_id) RETURNING id, source_event_id"
     )
     with db.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, numbered)
         return {source_event_id: pk for pk, source_event_id in cursor.fetchall()}
+
+
+def _insert_new_plain(events: list[Event], fields: list[Any], params: list[Any]) -> dict[str, int]:
+    """SQLite (no INSERT inside a WITH): the keys first, then the events of the keys written,
+    then each key's event id, in one transaction; SQLite runs one writer at a time."""
+    quote = db.ops.quote_name
+    table = quote(Event._meta.db_table)
+    keys = quote(EventKey._meta.db_table)
+    columns = ", ".join(quote(str(f.column)) for f in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    width = len(fields)
+    with transaction.atomic(), db.cursor() as cursor:
+        new: dict[str, int] = {}
+        for n, event in enumerate(events):
+            cursor.execute(
+                f"INSERT INTO {keys} (connection_id, source_event_id, event_id, received_at) "  # noqa: S608  # nosec B608  # names from the models
+                "VALUES (%s, %s, 0, %s) ON CONFLICT (connection_id, source_event_id) DO NOTHING RETURNING id",
+                [event.connection_id, event.source_event_id, params[n * width + _column_index(fields, "received_at")]],
+            )
+            if cursor.fetchone() is not None:
+                new[event.source_event_id] = n
+        if not new:
+            return {}
+        chosen = list(new.values())
+        values = [p for n in chosen for p in params[n * width : (n + 1) * width]]
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(chosen))} RETURNING id, source_event_id",  # noqa: S608  # nosec B608  # names from the model, values as parameters
+            values,
+        )
+        stored = {source_event_id: pk for pk, source_event_id in cursor.fetchall()}
+        for source_event_id, pk in stored.items():
+            cursor.execute(
+                f"UPDATE {keys} SET event_id = %s WHERE connection_id = %s AND source_event_id = %s",  # noqa: S608  # nosec B608  # names from the model
+                [pk, events[0].connection_id, source_event_id],
+            )
+        return stored
+
+
+def _column_index(fields: list[Any], name: str) -> int:
+    return next(i for i, f in enumerate(fields) if f.name == name)
 
 
 # Events routed per batch: each in its own transaction (its own key lock), then their handoffs
@@ -542,7 +608,7 @@ def _latest_applied_many(keys: list[tuple[str, str]]) -> dict[tuple[str, str], t
     latest: dict[tuple[str, str], tuple] = {}
     rows = Handoff.objects.filter(
         flow__in={f for f, _ in keys}, business_key__in={k for _, k in keys}, status=Handoff.Status.SUCCEEDED
-    ).values_list("flow", "business_key", "trigger_event__occurred_at", "trigger_event__source_sequence")
+    ).values_list("flow", "business_key", "source_occurred_at", "source_sequence")
     for flow, key, occurred_at, sequence in rows:
         if (flow, key) in wanted and ((flow, key) not in latest or (occurred_at, sequence) > latest[(flow, key)]):
             latest[(flow, key)] = (occurred_at, sequence)

@@ -41,7 +41,7 @@ from pscsync.models import AuditArchive, AuditEntry, Handoff, LegalEntity, Parti
 
 log = logging.getLogger(__name__)
 
-TABLES = {"pscsync_attempt": "started_at", "pscsync_auditentry": "created_at"}
+TABLES = {"pscsync_attempt": "started_at", "pscsync_auditentry": "created_at", "pscsync_event": "received_at"}
 # Per-partition unique indexes (a partitioned table's unique constraints must hold its key).
 UNIQUE = {"pscsync_attempt": {"number": "(step_id, number)"}}
 AHEAD = 3
