@@ -211,6 +211,15 @@ def _has_written(handoff: Handoff) -> bool:
     return Step.objects.filter(handoff=handoff, status__in=[Step.Status.SUCCEEDED, Step.Status.IN_FLIGHT]).exists()
 
 
+def _source_of(event: Event) -> dict[str, Any]:
+    """What a handoff keeps of its trigger event's place in the source (pscsync.models.Handoff)."""
+    return {
+        "source_occurred_at": event.occurred_at,
+        "source_sequence": event.source_sequence,
+        "source_changed_at": event.changed_at or event.occurred_at,
+    }
+
+
 def _handoff_for(event: Event, now: dt.datetime) -> Handoff:
     """The handoff an event opens (not saved): one shape for the single and the batch path."""
     return Handoff(
@@ -221,9 +230,7 @@ def _handoff_for(event: Event, now: dt.datetime) -> Handoff:
         trigger_event=event,
         payload=event.payload,
         business_started_at=event.occurred_at,
-        source_occurred_at=event.occurred_at,
-        source_sequence=event.source_sequence,
-        source_changed_at=event.changed_at or event.occurred_at,
+        **_source_of(event),
         created_at=now,
         next_attempt_at=now,
         dispatched_at=now,
@@ -305,6 +312,7 @@ def _route_behind(event: Event, open_handoff: Handoff) -> Handoff | None:
         reason="superseded by a newer change before anything was written",
         fields={
             "trigger_event": event,
+            **_source_of(event),
             "payload": event.payload,
             "superseded_count": open_handoff.superseded_count + 1,
             "attempt_count": 0,
@@ -354,7 +362,9 @@ def event_receive(
         event = _store(connection, change, headers, raw_body)
         if event is None:
             key = EventKey.objects.get(connection=connection, source_event_id=change.source_event_id)
-            existing = Event.objects.get(pk=key.event_id, received_at=key.received_at)
+            existing = Event.objects.filter(pk=key.event_id, received_at=key.received_at).first()
+            if existing is None:  # its month left the database, archived (pscsync.partitions)
+                existing = Event(pk=key.event_id, connection=connection, source_event_id=key.source_event_id)
             return IntakeResult(event=existing, created=False, handoff=None)
         handoff = _route(event)
         if handoff is not None:
