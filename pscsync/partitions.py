@@ -1,9 +1,12 @@
-"""Monthly partitions (PostgreSQL) of attempts and audit entries: made ahead, dropped when archived.
+"""Monthly partitions (PostgreSQL) of attempts, events and audit entries: made ahead, dropped
+when archived.
 
-Migration 0020 makes `pscsync_attempt` (by `started_at`) and `pscsync_auditentry` (by
-`created_at`) range-partitioned by calendar month (UTC), with a DEFAULT partition for anything
-outside. The daily beat creates the coming months ahead of time (`partitions_ensure`), so rows
-never land in the default partition in normal running.
+Migration 0020 (0023_partitions) makes `pscsync_attempt` (by `started_at`) and
+`pscsync_auditentry` (by `created_at`) range-partitioned by calendar month (UTC), with a DEFAULT
+partition for anything outside; 0025 does the same for `pscsync_event` (by `received_at`), whose
+dedupe moves to the unpartitioned EventKey (pscsync.models). The daily beat creates the coming
+months ahead of time (`partitions_ensure`), so rows never land in the default partition in
+normal running.
 
 A month of attempts leaves the database by DETACH and DROP of its partition, never row by row,
 and only when every attempt in it belongs to a handoff that is finished and archived in a file
@@ -13,6 +16,14 @@ the whole month's partition, and that month's archived handoffs keep the older p
 emptied in place). A month of the audit trail leaves only by `audit_month_archive`, run by hand
 as the tables' owner: its entries go to a file and the chain's boundary hashes are kept, so
 `audit_verify` accepts that gap and no other.
+
+A month of events leaves by the same DROP (`month_drop`), past every entity's retention, when
+every event in it belongs to a handoff finished and archived in a file holding events' full rows
+(manifest version 3), or to no handoff and is done with (ignored, stale, superseded): those are
+in no handoff's archive, so their rows go to a file of their own first. A handoff's trigger event
+has no foreign key in the database (`id` alone is not unique in a partitioned table): the rule
+never drops one whose handoff is unarchived, and the handoff keeps a copy of the event's source
+position for the stale rule and the dashboards.
 
 Detaching and dropping a partition needs the tables' owner (the app's own role may not; docs/
 security.md "Database roles"), and an ACCESS EXCLUSIVE lock on the parent for a moment: it waits
