@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -435,81 +436,80 @@ def _insert_new(events: list[Event]) -> dict[str, int]:
     delivery the first of two changes with one id wins, as a plain INSERT ... ON CONFLICT did.
     Django's bulk_create cannot say which rows were skipped, so the statement is built here from
     the model's own fields (their defaults and database preparation, as bulk_create would)."""
-    if not events:
-        return {}
-    fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
-    params: list[Any] = []
+    first: dict[tuple[int, str], Event] = {}
     for event in events:
-        params += [f.get_db_prep_save(f.pre_save(event, True), connection=db) for f in fields]
+        first.setdefault((event.connection_id, event.source_event_id), event)
+    if not first:
+        return {}
+    params: list[Any] = []
+    for event in first.values():
+        params += [f.get_db_prep_save(f.pre_save(event, True), connection=db) for f in _STORED]
     if db.vendor != "postgresql":
-        return _insert_new_plain(events, fields, params)
-    quote = db.ops.quote_name
-    # Typed once in the VALUES, so the key and the event take the columns' own types.
-    row = "(" + ", ".join(f"CAST(%s AS {f.db_type(db)})" for f in fields) + ", %s::int)"
-    numbered: list[Any] = []
-    width = len(fields)
-    for n in range(len(events)):
-        numbered += [*params[n * width : (n + 1) * width], n]
-    table = quote(Event._meta.db_table)
-    keys = quote(EventKey._meta.db_table)
-    columns = ", ".join(quote(str(f.column)) for f in fields)
-    taken = ", ".join(f"v.{quote(str(f.column))}" for f in fields)
-    rows = ", ".join([row] * len(events))
-    # The names are the model's own and every value is a parameter.
-    sql = (
-        f"WITH v ({columns}, n) AS (VALUES {rows}), "  # noqa: S608  # nosec B608  # names from the model, values as parameters
-        "first AS (SELECT DISTINCT ON (connection_id, source_event_id) * FROM v "
-        "ORDER BY connection_id, source_event_id, n), "
-        f"k AS (INSERT INTO {keys} (connection_id, source_event_id, event_id, received_at) "
-        f"SELECT connection_id, source_event_id, nextval(pg_get_serial_sequence('{table}', 'id')), received_at "
-        "FROM first ORDER BY n ON CONFLICT (connection_id, source_event_id) DO NOTHING "
-        "RETURNING connection_id, source_event_id, event_id) "
-        f"INSERT INTO {table} (id, {columns}) SELECT k.event_id, {taken} FROM first v "
-        "JOIN k USING (connection_id, source_event_id) RETURNING id, source_event_id"
-    )
+        return _insert_new_plain(list(first.values()), params)
     with db.cursor() as cursor:
-        cursor.execute(sql, numbered)
+        cursor.execute(_insert_sql(len(first)), params)
         return {source_event_id: pk for pk, source_event_id in cursor.fetchall()}
 
 
-def _insert_new_plain(events: list[Event], fields: list[Any], params: list[Any]) -> dict[str, int]:
+_STORED = [f for f in Event._meta.concrete_fields if not f.primary_key]
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    """The storing statement for `rows` events (PostgreSQL). Values are typed in the VALUES, so
+    key and event take the columns' own types; every value is a parameter."""
+    quote = db.ops.quote_name
+    table, keys = quote(Event._meta.db_table), quote(EventKey._meta.db_table)
+    columns = ", ".join(quote(str(f.column)) for f in _STORED)
+    taken = ", ".join(f"v.{quote(str(f.column))}" for f in _STORED)
+    row = "(" + ", ".join(f"CAST(%s AS {f.db_type(db)})" for f in _STORED) + ")"
+    return (
+        f"WITH v ({columns}) AS (VALUES {', '.join([row] * rows)}), "  # noqa: S608  # nosec B608  # names from the models
+        f"k AS (INSERT INTO {keys} (connection_id, source_event_id, event_id, received_at) "
+        f"SELECT connection_id, source_event_id, nextval(pg_get_serial_sequence('{table}', 'id')), received_at "
+        "FROM v ON CONFLICT (connection_id, source_event_id) DO NOTHING "
+        "RETURNING connection_id, source_event_id, event_id) "
+        f"INSERT INTO {table} (id, {columns}) SELECT k.event_id, {taken} FROM v "
+        "JOIN k USING (connection_id, source_event_id) RETURNING id, source_event_id"
+    )
+
+
+def _insert_new_plain(events: list[Event], params: list[Any]) -> dict[str, int]:
     """SQLite (no INSERT inside a WITH): the keys first, then the events of the keys written,
     then each key's event id, in one transaction; SQLite runs one writer at a time."""
     quote = db.ops.quote_name
-    table = quote(Event._meta.db_table)
-    keys = quote(EventKey._meta.db_table)
-    columns = ", ".join(quote(str(f.column)) for f in fields)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    width = len(fields)
+    table, keys = quote(Event._meta.db_table), quote(EventKey._meta.db_table)
+    columns = ", ".join(quote(str(f.column)) for f in _STORED)
+    row = "(" + ", ".join(["%s"] * len(_STORED)) + ")"
+    width = len(_STORED)
     with transaction.atomic(), db.cursor() as cursor:
-        new: dict[str, int] = {}
+        new: list[int] = []
         for n, event in enumerate(events):
             cursor.execute(
                 f"INSERT INTO {keys} (connection_id, source_event_id, event_id, received_at) "  # noqa: S608  # nosec B608  # names from the models
                 "VALUES (%s, %s, 0, %s) ON CONFLICT (connection_id, source_event_id) DO NOTHING RETURNING id",
-                [event.connection_id, event.source_event_id, params[n * width + _column_index(fields, "received_at")]],
+                [event.connection_id, event.source_event_id, params[n * width + _column_index("received_at")]],
             )
             if cursor.fetchone() is not None:
-                new[event.source_event_id] = n
+                new.append(n)
         if not new:
             return {}
-        chosen = list(new.values())
-        values = [p for n in chosen for p in params[n * width : (n + 1) * width]]
+        values = [p for n in new for p in params[n * width : (n + 1) * width]]
         cursor.execute(
-            f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(chosen))} RETURNING id, source_event_id",  # noqa: S608  # nosec B608  # names from the model, values as parameters
+            f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(new))} RETURNING id, source_event_id",  # noqa: S608  # nosec B608  # names from the model, values as parameters
             values,
         )
         stored = {source_event_id: pk for pk, source_event_id in cursor.fetchall()}
-        for source_event_id, pk in stored.items():
+        for n in new:
             cursor.execute(
                 f"UPDATE {keys} SET event_id = %s WHERE connection_id = %s AND source_event_id = %s",  # noqa: S608  # nosec B608  # names from the model
-                [pk, events[0].connection_id, source_event_id],
+                [stored[events[n].source_event_id], events[n].connection_id, events[n].source_event_id],
             )
         return stored
 
 
-def _column_index(fields: list[Any], name: str) -> int:
-    return next(i for i, f in enumerate(fields) if f.name == name)
+def _column_index(name: str) -> int:
+    return next(i for i, f in enumerate(_STORED) if f.name == name)
 
 
 # Events routed per batch: each in its own transaction (its own key lock), then their handoffs

@@ -115,7 +115,11 @@ class EventKey(models.Model):
     of a change whose month was dropped is still a duplicate); `event_id` then names a row that
     is in the archive file, not in the database."""
 
-    connection = models.ForeignKey("connectors.Connection", on_delete=models.PROTECT, related_name="+")
+    # No constraint in the database: the event written by the same statement has it, and a
+    # second check of the connection per delivery would only cost.
+    connection = models.ForeignKey(
+        "connectors.Connection", on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
     source_event_id = models.CharField(max_length=200)
     event_id = models.BigIntegerField()
     # The event's partition key: a look-up by key reads one partition.

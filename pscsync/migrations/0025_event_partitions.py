@@ -94,6 +94,7 @@ class Migration(migrations.Migration):
             model_name="eventkey",
             name="connection",
             field=models.ForeignKey(
+                db_constraint=False,
                 on_delete=django.db.models.deletion.PROTECT, related_name="+", to="connectors.connection"
             ),
         ),
