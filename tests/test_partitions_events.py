@@ -24,7 +24,7 @@ from pscsync.archive import ArchiveRefused, Month, archive_month, archive_restor
 from pscsync.clock import FrozenClock
 from pscsync.intake import event_receive, events_accept
 from pscsync.models import AuditEntry, Event, EventKey, Handoff, PartitionDrop
-from pscsync.partitions import events_drop, events_drop_due, partition_create, partition_months
+from pscsync.partitions import events_drop, events_drop_due, partition_create, partition_months, partitions_ensure
 from pscsync.tasks import archive_due_task
 from tests.helpers import change_body, status_force
 from tests.test_archive import OCTOBER, SEPTEMBER, figures, run, setup  # noqa: F401 (autouse fixture)
@@ -76,6 +76,9 @@ def test_events_are_monthly_partitions_with_a_default_and_no_foreign_key_into_th
     assert into == 0 and pkey == "PRIMARY KEY (id, received_at)"
     today = dt.date.today().replace(day=1)
     assert all(Month(today).plus(i) in partition_months("pscsync_event") for i in range(4))
+    # The daily beat makes events' coming months as it does attempts'.
+    later = Month(today).plus(12)
+    assert f"pscsync_event_y{later.first:%Y}m{later.first:%m}" in partitions_ensure(today=later.first)
 
 
 def test_a_redelivery_in_the_next_month_is_a_duplicate(echo_connection) -> None:
