@@ -26,6 +26,7 @@ from pscsync.intake import event_receive, events_accept
 from pscsync.models import AuditEntry, Event, EventKey, Handoff, PartitionDrop
 from pscsync.partitions import events_drop, events_drop_due, partition_create, partition_months, partitions_ensure
 from pscsync.tasks import archive_due_task
+from remediation.services import ActionRefused, handoff_reopen
 from tests.helpers import change_body, status_force
 from tests.test_archive import OCTOBER, SEPTEMBER, figures, run, setup  # noqa: F401 (autouse fixture)
 from tests.test_partitions import AUGUST, dashboards
@@ -184,6 +185,9 @@ def test_a_wholly_archived_month_of_events_is_dropped_and_restored_and_no_figure
     assert figures(admin) == shown
     rollups_rebuild_all()
     assert dashboards() == board
+    # An archived handoff is not reopened while its trigger event may be gone: restore first.
+    with pytest.raises(ActionRefused, match="restore the archive"):
+        handoff_reopen(actor=admin, handoff=Handoff.objects.get(pk=done[0].pk), reason="resolved by mistake")
     # A redelivery of a dropped event is still a duplicate (its key stays).
     assert not delivery(done[0].source_connection, "OPP-E0-v1", "OPP-E0")
     assert not Event.objects.filter(source_event_id="OPP-E0-v1").exists()
