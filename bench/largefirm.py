@@ -488,7 +488,9 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
     batch_seq = 0
     seconds_per = span.total_seconds() / n
     for hid in range(1, n + 1):
-        created = begin + dt.timedelta(seconds=hid * seconds_per + rnd.random() * seconds_per)
+        # Within the handoff's own slot of the span, so the last one is never after `now` (at a
+        # small n a slot is hours long: the last handoffs started tomorrow near midnight UTC).
+        created = begin + dt.timedelta(seconds=(hid - 1 + rnd.random()) * seconds_per)
         r = rnd.random()
         flow = flows[next(i for i, c in enumerate(cum) if r <= c)]
         if flow in ("contract-change", "pipeline-to-demand") and len(deals) < 10:
