@@ -253,6 +253,29 @@ def _store_trace(handoff: Handoff) -> None:
         setattr(handoff, name, value)
 
 
+def server_route(route: str) -> None:
+    """Name the request's route (http.route) on the server span, as OpenTelemetry's Django
+    middleware does in its process_view, for a request answered without Django's view hooks
+    (connectors.middleware: the webhook's short way). A no-op when tracing is off."""
+    if _provider is None:
+        return
+    from opentelemetry import trace
+    from opentelemetry.semconv.attributes.http_attributes import HTTP_ROUTE
+
+    trace.get_current_span().set_attribute(HTTP_ROUTE, route)
+
+
+def server_exception(exc: BaseException) -> None:
+    """Record an exception a view raised on the server span, as OpenTelemetry's Django middleware
+    does through its process_exception, for a request answered without Django's view hooks
+    (connectors.middleware). A no-op when tracing is off."""
+    if _provider is None:
+        return
+    from opentelemetry import trace
+
+    trace.get_current_span().record_exception(exc)
+
+
 def annotate(**fields: Any) -> None:
     """Add `pscsync.*` attributes to the current span (a no-op when tracing is off)."""
     if _provider is None:

@@ -628,6 +628,9 @@ for _handler in ("console", "audit") if not AUDIT_LOG_FILE else ("console",):
     LOGGING["handlers"][_handler]["formatter"] = LOG_FORMAT
     LOGGING["handlers"][_handler]["filters"] = ["context"]
 MIDDLEWARE.insert(0, "ops.logs.RequestIdMiddleware")  # first: every later line has the request id
+# Next: a webhook skips the middleware that serve people (sessions, CSRF, sign-in...); see
+# connectors/middleware.py and docs/security.md, "The webhook's short way".
+MIDDLEWARE.insert(1, "connectors.middleware.WebhookShortWayMiddleware")
 
 # --- Prometheus metrics (docs/operations.md, "Metrics") -------------------------------------
 # /metrics answers only a scraper sending "Authorization: Bearer <PSCSYNC_METRICS_TOKEN>" (404

@@ -264,3 +264,33 @@ def test_database_unavailable_answers_503_so_the_sender_retries(client, echo_con
     assert response.status_code == 503
     assert response["Retry-After"] == "5"
     assert nothing_stored()
+
+
+@pytest.mark.django_db
+def test_the_connection_is_read_as_the_orm_reads_it(echo_connection) -> None:
+    """connectors.webhooks.connection_active reads the row with plain SQL: every field must come
+    back as the ORM gives it, which holds only while no field converts its database value."""
+    from connectors.models import Connection
+    from connectors.webhooks import connection_active
+
+    assert [f.name for f in Connection._meta.concrete_fields if hasattr(f, "from_db_value")] == []
+    read = connection_active("echo-us")
+    orm = Connection.objects.get(slug="echo-us")
+    for field in Connection._meta.concrete_fields:
+        assert getattr(read, field.attname) == getattr(orm, field.attname), field.name
+    assert read.credentials()["webhook_secrets"][0]["secret"] == orm.credentials()["webhook_secrets"][0]["secret"]
+    assert not read._state.adding and read._state.db == "default"
+    assert connection_active("nobody") is None
+
+
+@pytest.mark.django_db
+def test_a_deactivated_connection_refuses_at_once_with_404(client, echo_connection, publishes) -> None:
+    body = change_body("OPP-9")
+    assert post(client, body, sign(body, msg_id="evt-9a")).status_code == 202
+    echo_connection.is_active = False
+    echo_connection.save(update_fields=["is_active"])
+    body = change_body("OPP-10")
+    response = post(client, body, sign(body, msg_id="evt-10"))
+    assert response.status_code == 404
+    assert "no active connection" in response.json()["error"]
+    assert list(Event.objects.values_list("source_event_id", flat=True)) == ["evt-9a"]
