@@ -371,8 +371,13 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             "traceparent",
             "trace_id",
             "attempts_flagged",
+            "source_occurred_at",
+            "source_sequence",
+            "source_changed_at",
         ],
     )
+    # The dedupe key intake writes with each event (pscsync.models.EventKey).
+    keys = Copier(cursor, "pscsync_eventkey", ["id", "connection_id", "source_event_id", "event_id", "received_at"])
     events = Copier(
         cursor,
         "pscsync_event",
@@ -662,6 +667,9 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             "",  # no trace: the load is not a traced intake (ops.tracing)
             "",
             False,  # kept on the handoff only when its attempts are archived (pscsync.archive)
+            business_start,  # its trigger event's source position and change time, copied
+            hid,
+            business_start,
         )
         stats.by_status[status] = stats.by_status.get(status, 0) + 1
         events.add(
@@ -682,6 +690,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
             hid,
             "",
         )
+        keys.add(hid, source, f"evt-{hid}", hid, created)
         # Steps and attempts.
         clock_at = started_at
         if status == "pending":
@@ -875,13 +884,14 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
         stats.open_exceptions += row["open"]
         stats.in_progress_exceptions += row["prog"]
         stats.resolved_exceptions += row["n"] - row["open"] - row["prog"]
-    for c in (handoffs, events, steps, attempts, xrefs, causes, items):
+    for c in (handoffs, events, keys, steps, attempts, xrefs, causes, items):
         c.flush()
     stats.handoffs, stats.steps, stats.attempts = handoffs.rows, steps.rows, attempts.rows
     stats.events, stats.xrefs, stats.causes = events.rows, xrefs.rows, causes.rows
     for table in (
         "pscsync_handoff",
         "pscsync_event",
+        "pscsync_eventkey",
         "pscsync_step",
         "pscsync_attempt",
         "remediation_exceptioncause",

@@ -28,8 +28,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db import connection as db_connection
-from django.db.models import BigIntegerField, Case, F, Max, Min, Q, Value, When
-from django.db.models.functions import Coalesce
+from django.db.models import BigIntegerField, Case, Max, Min, Q, Value, When
 
 from dashboards import sla as sla_rule
 from dashboards.models import (
@@ -266,10 +265,9 @@ HANDOFF_FIELDS = [
 
 def handoff_values(qs: Any) -> Any:
     """The handoffs' HandoffRow fields, with their trigger event's source change time."""
-    return qs.values(
-        *HANDOFF_FIELDS,
-        source_changed_at=Coalesce(F("trigger_event__changed_at"), F("trigger_event__occurred_at")),
-    )
+    # Copied from the trigger event when the handoff opened: the event's row may have left with
+    # its month's partition (pscsync.partitions).
+    return qs.values(*HANDOFF_FIELDS, "source_changed_at")
 
 
 def item_key(row: HandoffRow) -> str:

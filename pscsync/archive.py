@@ -46,11 +46,14 @@ FILES = {
     "attempts": (Attempt, ("request", "response")),
 }
 EMPTY: dict[str, Any] = {"headers": {}, "raw_body": "", "payload": {}, "request": {}, "response": {}}
-# An attempt's whole row goes to the file (version 2), so its month's partition can be dropped
-# (pscsync.partitions) and a restore can write the row back; events keep their rows.
+# An attempt's whole row goes to the file (version 2), and an event's too (version 3), so their
+# month's partition can be dropped (pscsync.partitions) and a restore can write the row back.
 ATTEMPT_COLUMNS = tuple(f.attname for f in Attempt._meta.concrete_fields if f.attname != "id")
+EVENT_COLUMNS = tuple(f.attname for f in Event._meta.concrete_fields if f.attname != "id")
+# Per file: its whole row's columns, and the partition key (pscsync.partitions).
+WHOLE = {"attempts": (ATTEMPT_COLUMNS, "started_at"), "events": (EVENT_COLUMNS, "received_at")}
 CHUNK = 2000
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 # Serialises archive, restore and partition drop: a restore must not write into a partition
 # being dropped, nor a drop read a month half restored.
 ARCHIVE_LOCK = 0x70617274  # "part"
@@ -140,7 +143,7 @@ def _handoffs_of(entity: LegalEntity, month: Month) -> Any:
 
 
 def _file_fields(name: str) -> tuple[str, ...]:
-    return ATTEMPT_COLUMNS if name == "attempts" else FILES[name][1]
+    return WHOLE[name][0]
 
 
 def _rows(model: type[Model], fields: tuple[str, ...], handoff_ids: list[int]) -> Iterator[dict[str, Any]]:
@@ -272,7 +275,7 @@ def archive_due(*, actor_label: str = "system:retention") -> list[Archive]:
 
 
 def _restore_rows(model: type[Model], fields: tuple[str, ...], rows: list[dict[str, Any]]) -> int:
-    """Write the bodies back into rows that are there; write back whole the attempts whose month's
+    """Write the bodies back into rows that are there; write back whole the rows whose month's
     partition was dropped (recreating the partition first)."""
     if not rows:
         return 0
@@ -282,17 +285,19 @@ def _restore_rows(model: type[Model], fields: tuple[str, ...], rows: list[dict[s
     )
     gone = [r for r in rows if r["id"] not in present]
     if gone:
-        if model is not Attempt or "started_at" not in gone[0]:
+        name = "attempts" if model is Attempt else "events"
+        columns, key = WHOLE[name]
+        if key not in gone[0]:  # an older manifest: bodies only
             raise ArchiveRefused(f"{len(gone)} {model._meta.verbose_name_plural} of this archive are no longer there.")
         from pscsync.partitions import partition_create, partitioned
 
-        started = {r["id"]: dt.datetime.fromisoformat(r["started_at"]) for r in gone}
+        at = {r["id"]: dt.datetime.fromisoformat(r[key]) for r in gone}
         if partitioned():
-            for first in {s.astimezone(dt.UTC).date().replace(day=1) for s in started.values()}:
-                partition_create("pscsync_attempt", Month(first))
+            for first in {s.astimezone(dt.UTC).date().replace(day=1) for s in at.values()}:
+                partition_create(model._meta.db_table, Month(first))
         for r in gone:
-            r["started_at"] = started[r["id"]]
-        Attempt.objects.bulk_create([Attempt(pk=r["id"], **{k: r[k] for k in ATTEMPT_COLUMNS}) for r in gone])
+            r[key] = at[r["id"]]
+        model._default_manager.bulk_create([model(pk=r["id"], **{k: r[k] for k in columns}) for r in gone])
     return len(rows)
 
 

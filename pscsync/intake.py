@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from pscsync.dispatch import events_ring, events_take, events_wake, handoffs_pub
 from pscsync.flows import flow_get
 from pscsync.flows.triggers import change_route
 from pscsync.lifecycle import handoff_move, handoff_opened, handoffs_opened
-from pscsync.models import Event, Handoff, Step
+from pscsync.models import Event, EventKey, Handoff, Step
 
 log = logging.getLogger(__name__)
 
@@ -173,21 +174,23 @@ def _event(
 
 
 def _store(connection: Connection, change: InboundChange, headers: dict[str, str], raw_body: str) -> Event | None:
+    """Store one event; None when its (connection, source event id) is stored already."""
     event = _event(connection, change, headers, raw_body, received_at=clock.now(), traceparent=current_traceparent())
-    try:
-        with transaction.atomic():
-            event.save(force_insert=True)
-            return event
-    except IntegrityError:
-        return None  # the unique (connection, source_event_id) says we have it already
+    stored = _insert_new([event])
+    if not stored:
+        return None
+    event.pk = stored[event.source_event_id]
+    event._state.adding = False
+    event._state.db = db.alias
+    return event
 
 
 def _latest_applied(flow: str, key: str) -> tuple | None:
     """The source position (occurred_at, source_sequence) of the newest change applied for the key."""
     return (
         Handoff.objects.filter(flow=flow, business_key=key, status=Handoff.Status.SUCCEEDED)
-        .order_by("-trigger_event__occurred_at", "-trigger_event__source_sequence")
-        .values_list("trigger_event__occurred_at", "trigger_event__source_sequence")
+        .order_by("-source_occurred_at", "-source_sequence")
+        .values_list("source_occurred_at", "source_sequence")
         .first()
     )
 
@@ -209,6 +212,15 @@ def _has_written(handoff: Handoff) -> bool:
     return Step.objects.filter(handoff=handoff, status__in=[Step.Status.SUCCEEDED, Step.Status.IN_FLIGHT]).exists()
 
 
+def _source_of(event: Event) -> dict[str, Any]:
+    """What a handoff keeps of its trigger event's place in the source (pscsync.models.Handoff)."""
+    return {
+        "source_occurred_at": event.occurred_at,
+        "source_sequence": event.source_sequence,
+        "source_changed_at": event.changed_at or event.occurred_at,
+    }
+
+
 def _handoff_for(event: Event, now: dt.datetime) -> Handoff:
     """The handoff an event opens (not saved): one shape for the single and the batch path."""
     return Handoff(
@@ -219,6 +231,7 @@ def _handoff_for(event: Event, now: dt.datetime) -> Handoff:
         trigger_event=event,
         payload=event.payload,
         business_started_at=event.occurred_at,
+        **_source_of(event),
         created_at=now,
         next_attempt_at=now,
         dispatched_at=now,
@@ -300,6 +313,7 @@ def _route_behind(event: Event, open_handoff: Handoff) -> Handoff | None:
         reason="superseded by a newer change before anything was written",
         fields={
             "trigger_event": event,
+            **_source_of(event),
             "payload": event.payload,
             "superseded_count": open_handoff.superseded_count + 1,
             "attempt_count": 0,
@@ -348,7 +362,10 @@ def event_receive(
     with transaction.atomic(savepoint=False):
         event = _store(connection, change, headers, raw_body)
         if event is None:
-            existing = Event.objects.get(connection=connection, source_event_id=change.source_event_id)
+            key = EventKey.objects.get(connection=connection, source_event_id=change.source_event_id)
+            existing = Event.objects.filter(pk=key.event_id, received_at=key.received_at).first()
+            if existing is None:  # its month left the database, archived (pscsync.partitions)
+                existing = Event(pk=key.event_id, connection=connection, source_event_id=key.source_event_id)
             return IntakeResult(event=existing, created=False, handoff=None)
         handoff = _route(event)
         if handoff is not None:
@@ -392,8 +409,8 @@ def events_accept(
     duplicates = [e.source_event_id for e in events if e.source_event_id not in stored]
     existing = (
         dict(
-            Event.objects.filter(connection=connection, source_event_id__in=duplicates).values_list(
-                "source_event_id", "pk"
+            EventKey.objects.filter(connection=connection, source_event_id__in=duplicates).values_list(
+                "source_event_id", "event_id"
             )
         )
         if duplicates
@@ -413,27 +430,86 @@ def events_accept(
 def _insert_new(events: list[Event]) -> dict[str, int]:
     """INSERT the events, skipping any already stored: {source event id: new pk} of those stored.
 
-    Django's bulk_create cannot say which rows ON CONFLICT skipped, so the statement is built here
-    from the model's own fields (their defaults and database preparation, as bulk_create would)."""
-    if not events:
-        return {}
-    fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
-    quote = db.ops.quote_name
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    params: list[Any] = []
+    The dedupe is the unique (connection, source event id) of the small key table (EventKey):
+    on PostgreSQL one statement writes the keys (ON CONFLICT DO NOTHING) and the events of the
+    keys it wrote, each key naming its event's id taken from the events' own sequence. Within a
+    delivery the first of two changes with one id wins, as a plain INSERT ... ON CONFLICT did.
+    Django's bulk_create cannot say which rows were skipped, so the statement is built here from
+    the model's own fields (their defaults and database preparation, as bulk_create would)."""
+    first: dict[tuple[int, str], Event] = {}
     for event in events:
-        params += [f.get_db_prep_save(f.pre_save(event, True), connection=db) for f in fields]
-    table = quote(Event._meta.db_table)
-    columns = ", ".join(quote(str(f.column)) for f in fields)
-    rows = ", ".join([row] * len(events))
-    # The names are the model's own and every value is a parameter.
-    sql = (
-        f"INSERT INTO {table} ({columns}) VALUES {rows} "  # noqa: S608  # nosec B608  # names from the model, values as parameters
-        "ON CONFLICT (connection_id, source_event_id) DO NOTHING RETURNING id, source_event_id"
-    )
+        first.setdefault((event.connection_id, event.source_event_id), event)
+    if not first:
+        return {}
+    params: list[Any] = []
+    for event in first.values():
+        params += [f.get_db_prep_save(f.pre_save(event, True), connection=db) for f in _STORED]
+    if db.vendor != "postgresql":
+        return _insert_new_plain(list(first.values()), params)
     with db.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_insert_sql(len(first)), params)
         return {source_event_id: pk for pk, source_event_id in cursor.fetchall()}
+
+
+_STORED = [f for f in Event._meta.concrete_fields if not f.primary_key]
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    """The storing statement for `rows` events (PostgreSQL). Values are typed in the VALUES, so
+    key and event take the columns' own types; every value is a parameter."""
+    quote = db.ops.quote_name
+    table, keys = quote(Event._meta.db_table), quote(EventKey._meta.db_table)
+    columns = ", ".join(quote(str(f.column)) for f in _STORED)
+    taken = ", ".join(f"v.{quote(str(f.column))}" for f in _STORED)
+    row = "(" + ", ".join(f"CAST(%s AS {f.db_type(db)})" for f in _STORED) + ")"
+    return (
+        f"WITH v ({columns}) AS (VALUES {', '.join([row] * rows)}), "  # noqa: S608  # nosec B608  # names from the models
+        f"k AS (INSERT INTO {keys} (connection_id, source_event_id, event_id, received_at) "
+        f"SELECT connection_id, source_event_id, nextval(pg_get_serial_sequence('{table}', 'id')), received_at "
+        "FROM v ON CONFLICT (connection_id, source_event_id) DO NOTHING "
+        "RETURNING connection_id, source_event_id, event_id) "
+        f"INSERT INTO {table} (id, {columns}) SELECT k.event_id, {taken} FROM v "
+        "JOIN k USING (connection_id, source_event_id) RETURNING id, source_event_id"
+    )
+
+
+def _insert_new_plain(events: list[Event], params: list[Any]) -> dict[str, int]:
+    """SQLite (no INSERT inside a WITH): the keys first, then the events of the keys written,
+    then each key's event id, in one transaction; SQLite runs one writer at a time."""
+    quote = db.ops.quote_name
+    table, keys = quote(Event._meta.db_table), quote(EventKey._meta.db_table)
+    columns = ", ".join(quote(str(f.column)) for f in _STORED)
+    row = "(" + ", ".join(["%s"] * len(_STORED)) + ")"
+    width = len(_STORED)
+    with transaction.atomic(), db.cursor() as cursor:
+        new: list[int] = []
+        for n, event in enumerate(events):
+            cursor.execute(
+                f"INSERT INTO {keys} (connection_id, source_event_id, event_id, received_at) "  # noqa: S608  # nosec B608  # names from the models
+                "VALUES (%s, %s, 0, %s) ON CONFLICT (connection_id, source_event_id) DO NOTHING RETURNING id",
+                [event.connection_id, event.source_event_id, params[n * width + _column_index("received_at")]],
+            )
+            if cursor.fetchone() is not None:
+                new.append(n)
+        if not new:
+            return {}
+        values = [p for n in new for p in params[n * width : (n + 1) * width]]
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(new))} RETURNING id, source_event_id",  # noqa: S608  # nosec B608  # names from the model, values as parameters
+            values,
+        )
+        stored = {source_event_id: pk for pk, source_event_id in cursor.fetchall()}
+        for n in new:
+            cursor.execute(
+                f"UPDATE {keys} SET event_id = %s WHERE connection_id = %s AND source_event_id = %s",  # noqa: S608  # nosec B608  # names from the model
+                [stored[events[n].source_event_id], events[n].connection_id, events[n].source_event_id],
+            )
+        return stored
+
+
+def _column_index(name: str) -> int:
+    return next(i for i, f in enumerate(_STORED) if f.name == name)
 
 
 # Events routed per batch: each in its own transaction (its own key lock), then their handoffs
@@ -542,7 +618,7 @@ def _latest_applied_many(keys: list[tuple[str, str]]) -> dict[tuple[str, str], t
     latest: dict[tuple[str, str], tuple] = {}
     rows = Handoff.objects.filter(
         flow__in={f for f, _ in keys}, business_key__in={k for _, k in keys}, status=Handoff.Status.SUCCEEDED
-    ).values_list("flow", "business_key", "trigger_event__occurred_at", "trigger_event__source_sequence")
+    ).values_list("flow", "business_key", "source_occurred_at", "source_sequence")
     for flow, key, occurred_at, sequence in rows:
         if (flow, key) in wanted and ((flow, key) not in latest or (occurred_at, sequence) > latest[(flow, key)]):
             latest[(flow, key)] = (occurred_at, sequence)

@@ -48,7 +48,11 @@ class AccessProfile(models.Model):
 
 
 class Event(models.Model):
-    """An inbound change, stored raw before anything else happens. Unique per (connection, id)."""
+    """An inbound change, stored raw before anything else happens. Unique per (connection, id):
+    held by its EventKey, written by the same statement (pscsync.intake), because on PostgreSQL the
+    table is partitioned by month of `received_at` (pscsync.partitions) and a partitioned table's
+    unique constraints must hold that column. The database's primary key is (id, received_at);
+    ids still come from one identity sequence, so `id` alone stays unique."""
 
     class Status(models.TextChoices):
         # Stored by intake and not routed yet: a worker takes it from the doorbell (pscsync.dispatch),
@@ -88,9 +92,6 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["-received_at"]
-        constraints = [
-            models.UniqueConstraint(fields=["connection", "source_event_id"], name="event_unique_per_connection"),
-        ]
         indexes = [
             models.Index(fields=["flow", "business_key", "status"], name="event_key_status"),
             # The health page's per-connection latest event and last day's count.
@@ -105,6 +106,32 @@ class Event(models.Model):
     @property
     def source_position(self) -> tuple:
         return (self.occurred_at, self.source_sequence)
+
+
+class EventKey(models.Model):
+    """The dedupe key of an event, kept in a small unpartitioned table: one per (connection, source
+    event id) across every month. Intake writes it in the statement that stores the event, and
+    a delivery whose key is here is a duplicate. It outlives its event's partition (a redelivery
+    of a change whose month was dropped is still a duplicate); `event_id` then names a row that
+    is in the archive file, not in the database."""
+
+    # No constraint in the database: the event written by the same statement has it, and a
+    # second check of the connection per delivery would only cost.
+    connection = models.ForeignKey(
+        "connectors.Connection", on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
+    source_event_id = models.CharField(max_length=200)
+    event_id = models.BigIntegerField()
+    # The event's partition key: a look-up by key reads one partition.
+    received_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "source_event_id"], name="eventkey_unique_per_connection"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id}:{self.source_event_id}"
 
 
 # Set only by pscsync.lifecycle while it moves a handoff: every other write of a handoff's status
@@ -167,7 +194,16 @@ class Handoff(models.Model):
     business_key = models.CharField(max_length=200)
     legal_entity = models.ForeignKey(LegalEntity, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     source_connection = models.ForeignKey("connectors.Connection", on_delete=models.PROTECT, related_name="+")
-    trigger_event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+    # No constraint in the database: a partitioned table's id is not unique on its own there.
+    # Kept by code instead: a month of events is dropped only when every handoff it triggered
+    # is finished and archived (pscsync.partitions), and PROTECT still holds in Django.
+    trigger_event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+", db_constraint=False)
+    # The trigger event's source position and change time, copied when the handoff opens: the
+    # stale rule (pscsync.intake) and the sync latency (dashboards.facts) read them here, so they
+    # hold after the event's month of rows left the database.
+    source_occurred_at = models.DateTimeField(null=True, blank=True)
+    source_sequence = models.BigIntegerField(default=0)
+    source_changed_at = models.DateTimeField(null=True, blank=True)
     payload = models.JSONField(default=dict, help_text="The input the steps map from (the trigger event's).")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     # Business time: when it happened in the source system (e.g. the deal closed).
@@ -255,6 +291,11 @@ class Handoff(models.Model):
     def is_open(self) -> bool:
         return self.status in self.OPEN
 
+    def source_position_copy(self, event: Event) -> None:
+        self.source_occurred_at = event.occurred_at
+        self.source_sequence = event.source_sequence
+        self.source_changed_at = event.changed_at or event.occurred_at
+
     def can_move_to(self, new: str) -> bool:
         return new in self.TRANSITIONS.get(self.status, frozenset())
 
@@ -276,6 +317,8 @@ class Handoff(models.Model):
         writes_status = update_fields is None or "status" in update_fields
         if not self._state.adding and writes_status and self.status != getattr(self, "_status_loaded", self.status):
             _refuse_status_write()
+        if self._state.adding and self.source_occurred_at is None and self.trigger_event_id is not None:
+            self.source_position_copy(self.trigger_event)
         super().save(*args, **kwargs)
         self._status_loaded = self.status
 

@@ -1,9 +1,12 @@
-"""Monthly partitions (PostgreSQL) of attempts and audit entries: made ahead, dropped when archived.
+"""Monthly partitions (PostgreSQL) of attempts, events and audit entries: made ahead, dropped
+when archived.
 
-Migration 0020 makes `pscsync_attempt` (by `started_at`) and `pscsync_auditentry` (by
-`created_at`) range-partitioned by calendar month (UTC), with a DEFAULT partition for anything
-outside. The daily beat creates the coming months ahead of time (`partitions_ensure`), so rows
-never land in the default partition in normal running.
+Migration 0020 (0023_partitions) makes `pscsync_attempt` (by `started_at`) and
+`pscsync_auditentry` (by `created_at`) range-partitioned by calendar month (UTC), with a DEFAULT
+partition for anything outside; 0025 does the same for `pscsync_event` (by `received_at`), whose
+dedupe moves to the unpartitioned EventKey (pscsync.models). The daily beat creates the coming
+months ahead of time (`partitions_ensure`), so rows never land in the default partition in
+normal running.
 
 A month of attempts leaves the database by DETACH and DROP of its partition, never row by row,
 and only when every attempt in it belongs to a handoff that is finished and archived in a file
@@ -13,6 +16,14 @@ the whole month's partition, and that month's archived handoffs keep the older p
 emptied in place). A month of the audit trail leaves only by `audit_month_archive`, run by hand
 as the tables' owner: its entries go to a file and the chain's boundary hashes are kept, so
 `audit_verify` accepts that gap and no other.
+
+A month of events leaves by the same DROP (`month_drop`), past every entity's retention, when
+every event in it belongs to a handoff finished and archived in a file holding events' full rows
+(manifest version 3), or to no handoff and is done with (ignored, stale, superseded): those are
+in no handoff's archive, so their rows go to a file of their own first. A handoff's trigger event
+has no foreign key in the database (`id` alone is not unique in a partitioned table): the rule
+never drops one whose handoff is unarchived, and the handoff keeps a copy of the event's source
+position for the stale rule and the dashboards.
 
 Detaching and dropping a partition needs the tables' owner (the app's own role may not; docs/
 security.md "Database roles"), and an ACCESS EXCLUSIVE lock on the parent for a moment: it waits
@@ -26,6 +37,8 @@ import gzip
 import json
 import logging
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +50,11 @@ from django.db.utils import OperationalError, ProgrammingError
 from pscsync import clock
 from pscsync.archive import ArchiveRefused, Month, _manifest_sha256, _sha256, archive_lock, archive_root
 from pscsync.audit import audit_append, audit_record, audit_verify
-from pscsync.models import AuditArchive, AuditEntry, Handoff, LegalEntity, PartitionDrop
+from pscsync.models import AuditArchive, AuditEntry, Event, Handoff, LegalEntity, PartitionDrop
 
 log = logging.getLogger(__name__)
 
-TABLES = {"pscsync_attempt": "started_at", "pscsync_auditentry": "created_at"}
+TABLES = {"pscsync_attempt": "started_at", "pscsync_auditentry": "created_at", "pscsync_event": "received_at"}
 # Per-partition unique indexes (a partitioned table's unique constraints must hold its key).
 UNIQUE = {"pscsync_attempt": {"number": "(step_id, number)"}}
 AHEAD = 3
@@ -159,16 +172,81 @@ def _attempts_blocking(name: str) -> int:
         return int(cursor.fetchone()[0])
 
 
-def attempt_months_droppable(today: dt.date | None = None) -> list[Month]:
-    """Past months of attempts whose every row is archived in full (see `_attempts_blocking`)."""
-    if not partitioned():
+# A handoff whose events must stay: not finished, not archived, or archived before archives held
+# events' full rows (manifest version 3).
+_HANDOFF_KEEPS = (
+    "{h}.archive_id IS NULL OR NOT ({h}.status = ANY(%s)) OR EXISTS (SELECT 1 FROM pscsync_archive r "
+    "WHERE r.id = {h}.archive_id AND (r.restored_at IS NOT NULL OR COALESCE((r.manifest->>'version')::int, 1) < 3))"
+)
+# An event of no handoff that is done with: routed to nothing, or older than what was applied.
+EVENTS_DONE = ("ignored", "stale", "superseded")
+
+
+def _events_blocking(name: str) -> int:
+    """Events in this partition that must stay: one of a handoff (or the trigger of one, which
+    Handoff.trigger_event needs while the handoff is in the database unarchived) that keeps its
+    events, and one of no handoff that is not done with (not routed yet, or queued)."""
+    terminal = list(Handoff.TERMINAL)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) FROM {name} e LEFT JOIN pscsync_handoff h ON h.id = e.handoff_id "  # noqa: S608  # nosec B608  # partition name from the catalogue
+            "WHERE (e.handoff_id IS NULL AND NOT (e.status = ANY(%s))) "
+            f"OR (e.handoff_id IS NOT NULL AND ({_HANDOFF_KEEPS.format(h='h')})) "
+            "OR EXISTS (SELECT 1 FROM pscsync_handoff t WHERE t.trigger_event_id = e.id "
+            f"AND ({_HANDOFF_KEEPS.format(h='t')}))",
+            [list(EVENTS_DONE), terminal, terminal],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _retention_longest(month: Month, today: dt.date | None = None) -> bool:
+    """Has `month` passed every legal entity's retention? An event of no handoff is in no
+    entity's archive; it stays as long as any entity keeps bodies."""
+    longest = max([0, *LegalEntity.objects.values_list("retention_months", flat=True)])
+    return month.next().plus(longest).first <= (today or clock.now().date())
+
+
+@dataclass(frozen=True)
+class Droppable:
+    """A partitioned table whose months leave by DROP once every row in them may go."""
+
+    table: str
+    what: str
+    blocking: Callable[[str], int]
+    why: str
+    # A month must also pass this (today given), besides being over.
+    due: Callable[[Month, dt.date | None], bool] = lambda month, today: True
+
+
+DROPPABLE = {
+    "attempts": Droppable(
+        "pscsync_attempt", "attempts", _attempts_blocking, "belong to handoffs not archived (or needing a person)"
+    ),
+    "events": Droppable(
+        "pscsync_event",
+        "events",
+        _events_blocking,
+        "belong to handoffs not archived (or needing a person) or wait to be routed",
+        _retention_longest,
+    ),
+}
+
+
+def months_droppable(kind: str, today: dt.date | None = None) -> list[Month]:
+    """Past months of a table whose every row is archived in full (see its `blocking`)."""
+    spec = DROPPABLE[kind]
+    if not partitioned(spec.table):
         return []
     current = Month((today or clock.now().date()).replace(day=1))
     return [
         m
-        for m, name in sorted(partition_months("pscsync_attempt").items(), key=lambda kv: kv[0].first)
-        if m.first < current.first and _attempts_blocking(name) == 0
+        for m, name in sorted(partition_months(spec.table).items(), key=lambda kv: kv[0].first)
+        if m.first < current.first and spec.due(m, today) and spec.blocking(name) == 0
     ]
+
+
+def attempt_months_droppable(today: dt.date | None = None) -> list[Month]:
+    return months_droppable("attempts", today)
 
 
 def _detach_drop(cursor: Any, table: str, name: str) -> None:
@@ -177,58 +255,109 @@ def _detach_drop(cursor: Any, table: str, name: str) -> None:
     cursor.execute(f"DROP TABLE {name}")
 
 
-def attempts_drop(*, month: Month, actor: User | None = None, actor_label: str = "") -> int:
-    """Detach and drop one month's attempts partition; returns its rows. Refuses, changing
-    nothing, when a row in it must stay."""
+def month_drop(kind: str, *, month: Month, actor: User | None = None, actor_label: str = "") -> int:
+    """Detach and drop one month's partition of `kind` (attempts, events); returns its rows.
+    Refuses, changing nothing, when a row in it must stay. Events of no handoff, in no archive,
+    go to a file of their own first (`_unarchived_events_file`)."""
+    spec = DROPPABLE[kind]
     if month.first >= clock.now().date().replace(day=1):
-        raise ArchiveRefused(f"{month.label} is not over: its attempts partition stays.")
+        raise ArchiveRefused(f"{month.label} is not over: its {spec.what} partition stays.")
+    if not spec.due(month, None):
+        raise ArchiveRefused(f"{month.label} is within a legal entity's retention: its {spec.what} partition stays.")
     with transaction.atomic():
         archive_lock()
-        name = partition_months("pscsync_attempt").get(month)
+        name = partition_months(spec.table).get(month)
         if name is None:
-            raise ArchiveRefused(f"There is no attempts partition for {month.label}.")
+            raise ArchiveRefused(f"There is no {spec.what} partition for {month.label}.")
         with connection.cursor() as cursor:
             # Writers are kept out while it is checked and dropped.
             cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             cursor.execute(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")
-            blocking = _attempts_blocking(name)
+            blocking = spec.blocking(name)
             if blocking:
-                raise ArchiveRefused(
-                    f"{blocking:,} attempts of {month.label} belong to handoffs not archived (or needing a "
-                    "person): the partition stays."
-                )
+                raise ArchiveRefused(f"{blocking:,} {spec.what} of {month.label} {spec.why}: the partition stays.")
             cursor.execute(f"SELECT count(*) FROM {name}")  # noqa: S608  # nosec B608  # name from the catalogue
             rows = int(cursor.fetchone()[0])
-            _detach_drop(cursor, "pscsync_attempt", name)
-        drop, made = PartitionDrop.objects.get_or_create(
-            table="pscsync_attempt", month=month.first, defaults={"rows": rows, "dropped_at": clock.now()}
-        )
-        if not made:  # dropped before, partly restored, archived and dropped again
-            PartitionDrop.objects.filter(pk=drop.pk).update(rows=F("rows") + rows, dropped_at=clock.now())
-        audit_append(
-            actor=actor,
-            actor_label=actor_label,
-            action="partition.dropped",
-            object_type="partition",
-            object_id=name,
-            object_repr=f"attempts of {month.label}",
-            after={"table": "attempts", "month": f"{month.first:%Y-%m}", "rows": rows},
-        )
+            after: dict[str, Any] = {"table": spec.what, "month": f"{month.first:%Y-%m}", "rows": rows}
+            directory = None
+            if kind == "events":
+                directory, after["unarchived"] = _unarchived_events_file(name, month)
+            try:
+                _detach_drop(cursor, spec.table, name)
+                drop, made = PartitionDrop.objects.get_or_create(
+                    table=spec.table, month=month.first, defaults={"rows": rows, "dropped_at": clock.now()}
+                )
+                if not made:  # dropped before, partly restored, archived and dropped again
+                    PartitionDrop.objects.filter(pk=drop.pk).update(rows=F("rows") + rows, dropped_at=clock.now())
+                audit_append(
+                    actor=actor,
+                    actor_label=actor_label,
+                    action="partition.dropped",
+                    object_type="partition",
+                    object_id=name,
+                    object_repr=f"{spec.what} of {month.label}",
+                    after=after,
+                )
+            except BaseException:
+                if directory is not None:
+                    shutil.rmtree(directory, ignore_errors=True)
+                raise
     return rows
 
 
-def attempts_drop_due(actor_label: str = "system:retention") -> list[tuple[Month, int]]:
-    """The daily beat after archiving: drop every past month whose attempts are all archived.
+def _unarchived_events_file(name: str, month: Month) -> tuple[Path | None, dict[str, Any]]:
+    """The month's events of no handoff (ignored, stale, superseded in a queue) are in no
+    handoff's archive: their whole rows go to a file of their own, named in the drop's audit
+    entry, so no event leaves the database without a copy."""
+    from pscsync.archive import EVENT_COLUMNS, _iso
+
+    rows = list(
+        Event.objects.raw(
+            f"SELECT * FROM {name} WHERE handoff_id IS NULL ORDER BY id"  # noqa: S608  # nosec B608  # name from the catalogue
+        )
+    )
+    if not rows:
+        return None, {}
+    directory = archive_root() / "events" / f"{month.first:%Y-%m}-{clock.now():%Y%m%dT%H%M%S}"
+    directory.mkdir(parents=True, exist_ok=False)
+    path = directory / "events.jsonl.gz"
+    with gzip.GzipFile(path, "wb", mtime=0) as out:
+        for event in rows:
+            line = {"id": event.pk, **{c: getattr(event, c) for c in EVENT_COLUMNS}}
+            out.write(json.dumps(line, sort_keys=True, default=_iso).encode() + b"\n")
+    return directory, {"file": str(path), "rows": len(rows), "sha256": _sha256(path)}
+
+
+def attempts_drop(*, month: Month, actor: User | None = None, actor_label: str = "") -> int:
+    """Detach and drop one month's attempts partition (month_drop)."""
+    return month_drop("attempts", month=month, actor=actor, actor_label=actor_label)
+
+
+def events_drop(*, month: Month, actor: User | None = None, actor_label: str = "") -> int:
+    """Detach and drop one month's events partition (month_drop)."""
+    return month_drop("events", month=month, actor=actor, actor_label=actor_label)
+
+
+def months_drop_due(kind: str, actor_label: str = "system:retention") -> list[tuple[Month, int]]:
+    """The daily beat after archiving: drop every past month whose rows are all archived.
     A month that cannot take the lock now, or a role that may not drop, waits for the next day."""
     dropped = []
-    for month in attempt_months_droppable():
+    for month in months_droppable(kind):
         try:
-            dropped.append((month, attempts_drop(month=month, actor=None, actor_label=actor_label)))
+            dropped.append((month, month_drop(kind, month=month, actor=None, actor_label=actor_label)))
         except (OperationalError, ProgrammingError) as error:  # lock timeout; not the tables' owner
-            log.warning("attempts of %s not dropped now: %s", month.label, error)
+            log.warning("%s of %s not dropped now: %s", kind, month.label, error)
         except ArchiveRefused as refused:
             log.info("%s", refused)
     return dropped
+
+
+def attempts_drop_due(actor_label: str = "system:retention") -> list[tuple[Month, int]]:
+    return months_drop_due("attempts", actor_label)
+
+
+def events_drop_due(actor_label: str = "system:retention") -> list[tuple[Month, int]]:
+    return months_drop_due("events", actor_label)
 
 
 def audit_month_due(month: Month, today: dt.date | None = None) -> bool:

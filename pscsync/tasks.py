@@ -96,14 +96,18 @@ def schema_check_task() -> dict[str, int]:
 @shared_task(name="pscsync.tasks.archive_due_task")
 def archive_due_task() -> list[str]:
     """Daily: make the coming months' partitions, archive every month past its legal entity's
-    retention (pscsync.archive), then drop the attempts' months now wholly archived
-    (pscsync.partitions)."""
+    retention (pscsync.archive), then drop the months of attempts and of events now wholly
+    archived (pscsync.partitions)."""
     from pscsync.archive import archive_due
-    from pscsync.partitions import attempts_drop_due, partitions_ensure
+    from pscsync.partitions import months_drop_due, partitions_ensure
 
     made = partitions_ensure()
     archived = [str(a) for a in archive_due()]
-    dropped = [f"attempts of {m.label}: {rows} rows dropped" for m, rows in attempts_drop_due()]
+    dropped = [
+        f"{kind} of {m.label}: {rows} rows dropped"
+        for kind in ("attempts", "events")
+        for m, rows in months_drop_due(kind)
+    ]
     return [*made, *archived, *dropped]
 
 

@@ -574,6 +574,10 @@ def handoff_reopen(*, actor: User | None, handoff: Handoff, reason: str) -> Hand
     """Back to the workbench after a resolve or cancel (e.g. resolved by mistake)."""
     if not reason.strip():
         raise ActionRefused("A reason is required to reopen.")
+    if handoff.archive_id is not None:
+        # Its events and attempts may have left the database with their months' partitions
+        # (pscsync.partitions), which keep only what archived, finished handoffs point at.
+        raise ActionRefused("Its month is archived: restore the archive (manage.py archive --restore) to reopen it.")
     try:
         with transaction.atomic():
             before = _snapshot(handoff)

@@ -134,7 +134,9 @@ def test_the_short_path_stores_a_delivery_with_one_statement_and_rings_once(echo
     with CaptureQueriesContext(db) as statements:
         results = accept(echo_connection, ("A", 1), ("B", 1))
     assert len(statements.captured_queries) == 1, [q["sql"][:80] for q in statements.captured_queries]
-    assert statements.captured_queries[0]["sql"].startswith("INSERT INTO")
+    # One statement writes the keys (the dedupe) and the events of the keys it wrote.
+    sql = statements.captured_queries[0]["sql"]
+    assert sql.startswith("WITH v") and 'INSERT INTO "pscsync_eventkey"' in sql and 'INSERT INTO "pscsync_event"' in sql
     ids = [r.event.pk for r in results]
     assert all(r.created for r in results) and rung[-1] == ids
     assert set(Event.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"received"}

@@ -32,8 +32,8 @@ from pscsync.models import Archive, LegalEntity
 from pscsync.partitions import (
     TABLES,
     attempts_drop,
-    attempts_drop_due,
     audit_month_archive,
+    months_drop_due,
     partition_months,
     partitioned,
     partitions_ensure,
@@ -77,8 +77,9 @@ class Command(BaseCommand):
             for a in made:
                 self.stdout.write(f"archived {a}: {a.handoffs:,} handoffs into {a.directory}")
             self.stdout.write(f"{len(made)} month(s) archived")
-            for month, rows in attempts_drop_due(actor_label=ACTOR):
-                self.stdout.write(f"dropped the attempts partition of {month.label}: {rows:,} rows")
+            for kind in ("attempts", "events"):
+                for month, rows in months_drop_due(kind, actor_label=ACTOR):
+                    self.stdout.write(f"dropped the {kind} partition of {month.label}: {rows:,} rows")
             return
         if options["partitions"]:
             for name in partitions_ensure():
