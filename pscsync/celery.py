@@ -6,7 +6,14 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import before_task_publish, task_postrun, task_prerun, worker_process_init, worker_ready
+from celery.signals import (
+    before_task_publish,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+)
 from django.db import close_old_connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pscsync.settings")
@@ -44,6 +51,15 @@ def _startup_objects_freeze(**kwargs: object) -> None:
     from ops.runtime import startup_objects_freeze
 
     startup_objects_freeze()
+
+
+@worker_init.connect
+def _concurrency_record(sender: object = None, **kwargs: object) -> None:
+    """The worker's threads or children (-c), before prefork forks them: a routed batch is
+    published as at most this many messages (pscsync.dispatch.wake_limit)."""
+    from pscsync import dispatch
+
+    dispatch.worker_concurrency = int(getattr(sender, "concurrency", 0) or 0)
 
 
 @worker_ready.connect

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import threading
 import uuid
 from collections.abc import Iterable
@@ -22,16 +23,64 @@ log = logging.getLogger(__name__)
 PUBLISHED_AT_HEADER = "pscsync_published_at"
 
 
-def handoffs_publish(handoff_ids: Iterable[int], *, fault_key: str = "") -> None:
-    """Publish one message per handoff. On Redis the messages are built from one template and
-    pushed in one pipeline (a sweep publishes thousands: Celery's apply_async costs about 0.6 ms
-    of CPU per message, which alone caps a sweep below 2,000/s); on any other broker one
-    apply_async each over one connection. A failed push is logged: the sweeper publishes again."""
+def handoffs_publish(handoff_ids: Iterable[int], *, fault_key: str = "", due: bool = False) -> None:
+    """Publish handoffs to the workers. A failed push is logged: the sweeper publishes again.
+
+    By default one message per handoff, naming it: the worker takes that one even when a claim
+    would not (no due time, or running with its lease expired: the takeover). `due=True` is for
+    callers that know every handoff is pending or waiting to retry, due and free (routing, the
+    sweeper's lost messages): any claim takes them, so only as many messages as will wake the
+    workers that claim them are published (wake_count), each naming one; the rest are claimed by
+    the same workers' next claims. A message per handoff mostly found its handoff already run by
+    another's batch and cost the worker Celery's receive, ack and trace (about 1 ms of CPU) for
+    nothing (docs/benchmarks.md)."""
     ids = list(handoff_ids)
     if not ids:
         return
     for handoff_id in ids:
         fault_point("after_commit_before_publish", fault_key or str(handoff_id))
+    if due:
+        count = wake_count(len(ids))
+        ids = [ids[i * len(ids) // count] for i in range(count)]  # spread over the batch
+    _publish(ids)
+
+
+def handoffs_wake(count: int = 1) -> None:
+    """Wake `count` workers to claim whatever is runnable, naming no handoff (a worker whose time
+    ran out with work left, the sweeper finding runnable handoffs and an empty queue)."""
+    if count > 0:
+        _publish([NO_HANDOFF] * count)
+
+
+# The handoff a wake names: none (ids start at 1), so the claim takes only what is runnable.
+NO_HANDOFF = 0
+
+
+def wake_count(n: int) -> int:
+    """Messages for n due handoffs: one per claim this process would make (its runner's Pace: a
+    second of work each), at most as many as the worker runs at once, so every idle thread or
+    child wakes and none finds its message's work already taken."""
+    from pscsync.runner import claim_size
+
+    return max(1, min(n, math.ceil(n / claim_size()), wake_limit()))
+
+
+# The worker's concurrency, as it started (-c): set in the worker (pscsync.celery), 0 elsewhere.
+worker_concurrency = 0
+
+
+def wake_limit() -> int:
+    """At most this many messages per published batch: PSCSYNC_WAKE_WORKERS when set (several
+    worker processes: their threads in all), else this worker's concurrency."""
+    from django.conf import settings
+
+    return settings.WAKE_WORKERS or worker_concurrency or settings.WORKER_CONCURRENCY
+
+
+def _publish(ids: list[int]) -> None:
+    """On Redis the messages are built from one template and pushed in one pipeline (a sweep
+    publishes thousands: Celery's apply_async costs about 0.6 ms of CPU per message, which alone
+    capped a sweep below 2,000/s); on any other broker one apply_async each over one connection."""
     if not _redis_broker():
         _publish_each(ids)
         return

@@ -549,7 +549,7 @@ def events_route(event_ids: list[int]) -> list[int]:
             one = event_route(event_id)
             if one is not None:
                 opened[one.pk] = None
-    handoffs_publish(list(opened))
+    handoffs_publish(list(opened), due=True)  # routed now: due and free, claimed by any worker
     return list(opened)
 
 

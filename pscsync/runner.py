@@ -836,9 +836,8 @@ def handoffs_claim(*, worker: str, limit: int, first: int | None = None) -> tupl
     running handoff whose lease expired: the caller takes that one over through handoff_run,
     which counts the crash."""
     now = clock.now()
-    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now)
-    waiting = Q(status__in=(Handoff.Status.PENDING, Handoff.Status.WAITING_RETRY)) & free
-    runnable = waiting & Q(next_attempt_at__lte=now)
+    waiting = _waiting_free(now)
+    runnable = handoffs_runnable(now)
     if first is not None:
         runnable |= Q(pk=first) & waiting & Q(next_attempt_at__isnull=True)
         runnable |= Q(pk=first, status=Handoff.Status.RUNNING, lease_expires_at__lte=now)
@@ -857,6 +856,16 @@ def handoffs_claim(*, worker: str, limit: int, first: int | None = None) -> tupl
             for h in reserved:
                 h.lease_owner, h.lease_expires_at = worker, lease
     return reserved, takeover
+
+
+def _waiting_free(now: dt.datetime) -> Q:
+    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now)
+    return Q(status__in=(Handoff.Status.PENDING, Handoff.Status.WAITING_RETRY)) & free
+
+
+def handoffs_runnable(now: dt.datetime) -> Q:
+    """What any claim takes, named in a message or not: waiting, due, and no live lease."""
+    return _waiting_free(now) & Q(next_attempt_at__lte=now)
 
 
 def _release(handoffs: list[Handoff], worker: str) -> None:
@@ -902,6 +911,11 @@ class Pace:
 _pace = Pace()
 
 
+def claim_size() -> int:
+    """How many handoffs this process's next claim would take (pscsync.dispatch.wake_count)."""
+    return _pace.claim_size(settings.RUN_BATCH)
+
+
 def handoffs_claim_run(
     *,
     worker: str,
@@ -939,6 +953,12 @@ def handoffs_claim_run(
         # (facts, rollups, backlog, exceptions) for the batch at once instead of for each move.
         with moves_batched():
             ran += _run_batch(handoffs, worker, started=started, budget=budget, pace=pace)
+    else:
+        # Out of time with work perhaps left: the handoffs a batch published with one message for
+        # several (dispatch.handoffs_publish, due) have no message of their own to wake another.
+        from pscsync.dispatch import handoffs_wake
+
+        handoffs_wake()
     return ran
 
 

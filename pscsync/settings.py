@@ -359,6 +359,12 @@ REDISPATCH_SECONDS = env_int("PSCSYNC_REDISPATCH_SECONDS", 60)
 # Below it a claim is sized to about a second of work (pscsync.runner.Pace), so a handoff claimed
 # by a busy worker does not wait long behind the others of its batch while other workers idle.
 RUN_BATCH = env_int("PSCSYNC_RUN_BATCH", 10)
+# A worker's concurrency (celery -c; the Procfile and compose read the same variable).
+WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 4)
+# Handoffs routed together are published as at most this many messages, enough to wake every
+# thread or child that will claim them (pscsync.dispatch.wake_count). 0: the publishing worker's
+# own concurrency; with several worker processes, set it to their threads or children in all.
+WAKE_WORKERS = env_int("PSCSYNC_WAKE_WORKERS", 0)
 # A worker that dies this many times on one handoff stops it: it needs a person (poison message).
 MAX_WORKER_CRASHES = env_int("PSCSYNC_MAX_WORKER_CRASHES", 3)
 POLL_SECONDS = env_int("PSCSYNC_POLL_SECONDS", 30)

@@ -7,6 +7,10 @@ loss. It publishes, from the database:
   lost: a long queue must not breed duplicate deliveries);
 - retries whose time has come (waiting_retry, next_attempt_at passed);
 - running handoffs whose lease expired (their worker died); the runner counts the crash.
+Due waiting handoffs are published together, as routing publishes them (a few messages wake the
+workers, whose claims take them all); each abandoned one has its own message (only a message
+naming it takes it over). When the queue is empty and nothing was due, it still wakes workers if
+handoffs are runnable: a worker killed before claiming all of a batch left no message for them.
 Rows are claimed with SELECT ... FOR UPDATE SKIP LOCKED, so several sweepers never collide, in
 batches of SWEEP_BATCH pushed in one Redis pipeline (pscsync.dispatch.handoffs_publish), batch
 after batch within one beat tick (handoffs_sweep_all), so a lost queue of a million is queued
@@ -29,8 +33,18 @@ from django.db import transaction
 from django.db.models import F, Q
 
 from pscsync import clock
-from pscsync.dispatch import doorbell_state, events_ring, events_wake, handoffs_publish, queue_head_published_at
+from pscsync.dispatch import (
+    doorbell_state,
+    events_ring,
+    events_wake,
+    handoffs_publish,
+    handoffs_wake,
+    queue_head_published_at,
+    wake_count,
+    wake_limit,
+)
 from pscsync.models import Event, Handoff
+from pscsync.runner import handoffs_runnable
 
 
 def handoffs_due(now: dt.datetime, *, waiting_since: dt.datetime | None = None) -> Q:
@@ -57,21 +71,47 @@ SWEEP_BATCH = 2000
 
 
 def handoffs_sweep(*, limit: int = SWEEP_BATCH) -> list[int]:
-    """Claim and publish up to `limit` due handoffs. Returns their ids."""
+    """Claim and publish up to `limit` due handoffs. Returns their ids.
+
+    A running handoff whose lease expired is taken over only by a message naming it (the
+    takeover counts the crash), so each gets its own; the waiting ones are claimed by any
+    worker, so they are published together (handoffs_publish, due)."""
     now = clock.now()
     head = queue_head_published_at()
     waiting_since = dt.datetime.fromtimestamp(head, tz=dt.UTC) if head is not None else None
     with transaction.atomic():
-        ids = list(
+        rows = list(
             Handoff.objects.select_for_update(skip_locked=True)
             .filter(handoffs_due(now, waiting_since=waiting_since))
             .order_by("next_attempt_at")
-            .values_list("pk", flat=True)[:limit]
+            .values_list("pk", "status")[:limit]
         )
+        ids = [pk for pk, _ in rows]
         if ids:
             Handoff.objects.filter(pk__in=ids).update(dispatched_at=now)
-            transaction.on_commit(lambda: handoffs_publish(ids))
+            abandoned = [pk for pk, status in rows if status == Handoff.Status.RUNNING]
+            waiting = [pk for pk, status in rows if status != Handoff.Status.RUNNING]
+            transaction.on_commit(lambda: _publish(abandoned, waiting))
+    if head is None and not ids:
+        _idle_wake(now)
     return ids
+
+
+def _publish(abandoned: list[int], waiting: list[int]) -> None:
+    handoffs_publish(abandoned)
+    handoffs_publish(waiting, due=True)
+
+
+def _idle_wake(now: dt.datetime) -> None:
+    """The queue is empty, yet handoffs may be runnable with no message left to wake a worker:
+    a batch published with one message for several (handoffs_publish, due) whose worker was
+    killed before claiming them all. Their publish is recent, so they are not due again for
+    REDISPATCH_SECONDS: wake workers for them now. At most one message per worker each tick,
+    and none when nothing is runnable (while workers are busy, a wake waits for one to be free)."""
+    runnable = Handoff.objects.filter(handoffs_runnable(now)).values_list("pk", flat=True)
+    found = len(runnable[: settings.RUN_BATCH * wake_limit()])
+    if found:
+        handoffs_wake(wake_count(found))
 
 
 def handoffs_sweep_all(*, budget_seconds: float | None = None, batch: int = SWEEP_BATCH) -> int:

@@ -18,10 +18,13 @@ def _worker_name(task_id: str | None) -> str:
 @shared_task(bind=True, name="pscsync.tasks.handoff_run_task")
 def handoff_run_task(self, handoff_id: int) -> int:
     """Run this handoff and whatever else is runnable, claimed in batches (the message is a
-    doorbell: a handoff another worker's batch already ran is skipped at once)."""
+    doorbell: a handoff another worker's batch already ran is skipped at once). A wake names no
+    handoff (dispatch.NO_HANDOFF): only what is runnable is claimed."""
+    from pscsync.dispatch import NO_HANDOFF
     from pscsync.runner import handoffs_claim_run
 
-    return handoffs_claim_run(worker=_worker_name(self.request.id), first=handoff_id)
+    first = None if handoff_id == NO_HANDOFF else handoff_id
+    return handoffs_claim_run(worker=_worker_name(self.request.id), first=first)
 
 
 @shared_task(name="pscsync.tasks.events_route_task")

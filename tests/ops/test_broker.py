@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from kombu import Connection
@@ -77,3 +78,36 @@ def test_the_embedded_broker_keeps_every_folder_under_var(tmp_path, monkeypatch)
         queue.close()
     assert list(workdir.iterdir()) == []
     assert (var / "broker" / "control").is_dir()
+
+
+def test_a_batch_routed_on_the_embedded_broker_is_a_few_messages_too(tmp_path) -> None:
+    """Without Redis the messages go through Celery's apply_async one by one (_publish_each): a
+    batch of five due handoffs with two workers to wake is two messages, naming the 1st and the
+    3rd; a wake names none (0)."""
+    import subprocess
+
+    from tests.helpers import PYTHON, ROOT
+
+    script = """
+import base64, json, pathlib, django
+django.setup()
+from pscsync import dispatch
+dispatch.handoffs_publish([11, 12, 13, 14, 15], due=True)
+dispatch.handoffs_wake()
+args = []
+for path in pathlib.Path("%s/broker/queue").glob("*.msg"):
+    message = json.loads(path.read_text())
+    args.append(json.loads(base64.b64decode(message["body"]))[0])
+print(json.dumps(args))
+""" % (tmp_path / "var")
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": "filesystem://",
+        "PSCSYNC_VAR_DIR": str(tmp_path / "var"),
+        "PSCSYNC_WAKE_WORKERS": "2",
+        "DJANGO_SETTINGS_MODULE": "pscsync.settings",
+    }
+    printed = subprocess.run(
+        [PYTHON, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert sorted(json.loads(printed.strip().splitlines()[-1])) == [[0], [11], [13]]
