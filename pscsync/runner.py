@@ -807,7 +807,9 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
     return _run_traced(handoff, worker)
 
 
-def _run_traced(handoff: Handoff, worker: str, steps: list[Step] | None = None) -> str:
+def _run_traced(
+    handoff: Handoff, worker: str, steps: list[Step] | None = None, shared: dict[Any, Any] | None = None
+) -> str:
     # On every line after, and on every span (ops.tracing), which the run joins to the handoff's trace.
     log_bind(
         handoff_id=handoff.pk,
@@ -816,12 +818,14 @@ def _run_traced(handoff: Handoff, worker: str, steps: list[Step] | None = None) 
         legal_entity=handoff.legal_entity.code if handoff.legal_entity else "",
     )
     with tracing.handoff_span(handoff):
-        outcome = _run_leased(handoff, worker, steps=steps)
+        outcome = _run_leased(handoff, worker, steps=steps, shared=shared)
         tracing.annotate(outcome=outcome)  # succeeded, waiting_retry, needs_attention, lease_lost
         return outcome
 
 
-def _run_leased(handoff: Handoff, worker: str, *, steps: list[Step] | None = None) -> str:
+def _run_leased(
+    handoff: Handoff, worker: str, *, steps: list[Step] | None = None, shared: dict[Any, Any] | None = None
+) -> str:
     flow = flow_get(handoff.flow)
     if flow is None:
         failure = StepFailed("mapping", f"no flow named {handoff.flow!r} is installed", retryable=False)
@@ -846,7 +850,7 @@ def _run_leased(handoff: Handoff, worker: str, *, steps: list[Step] | None = Non
         if moved is None:
             return "lease_lost"
         return Handoff.Status.NEEDS_ATTENTION
-    ctx = StepContext(handoff=handoff)
+    ctx = StepContext(handoff=handoff, shared={} if shared is None else shared)
     try:
         if steps is None:
             steps = _ensure_steps(handoff, flow)
@@ -998,6 +1002,7 @@ def handoffs_claim_run(
 def _run_batch(handoffs: list[Handoff], worker: str, *, started: float, budget: float, pace: Pace | None = None) -> int:
     runs = {h.pk: (h, flow) for h in handoffs if (flow := flow_get(h.flow)) is not None}
     steps = _steps_of(runs) if runs else {}
+    shared: dict[Any, Any] = {}  # the batch's memo (StepContext.shared): systems, mapping versions
     done = 0
     try:
         for handoff in handoffs:
@@ -1005,7 +1010,7 @@ def _run_batch(handoffs: list[Handoff], worker: str, *, started: float, budget: 
                 break
             began = time.monotonic()
             try:
-                _run_traced(handoff, worker, steps.get(handoff.pk))
+                _run_traced(handoff, worker, steps.get(handoff.pk), shared)
             except Exception:
                 done += 1  # not given back: it failed on our side
                 _start_failed(handoff, worker)
