@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection as db
+from django.db import DEFAULT_DB_ALIAS, connections
 
 
 @dataclass
@@ -29,14 +29,29 @@ class Write:
     value: Any = None
 
 
+# Per model and field names: the quoted columns, their "%s::type" placeholders and the fields.
+# What a field's column and cast are does not change in a process; working them out (and going
+# through the connection proxy for each) cost more CPU than the rest of a commit's statement.
+_columns: dict[tuple[type, tuple[str, ...]], tuple[list[tuple[str, str]], list[Any]]] = {}
+
+
+def _fields(model: type, names: Sequence[str]) -> tuple[list[tuple[str, str]], list[Any]]:
+    key = (model, tuple(names))
+    found = _columns.get(key)
+    if found is None:
+        db = connections[DEFAULT_DB_ALIAS]
+        fields = [model._meta.get_field(name) for name in names]  # type: ignore[attr-defined]
+        columns = [(db.ops.quote_name(f.column), f"%s::{f.cast_db_type(db)}") for f in fields]
+        found = _columns[key] = (columns, fields)
+    return found
+
+
 def prepared(obj: Any, names: Sequence[str]) -> tuple[list[tuple[str, str]], list[Any]]:
     """(quoted column, "%s::type") and the database value of each named field of obj."""
-    columns, values = [], []
-    for name in names:
-        field = obj._meta.get_field(name)
-        columns.append((db.ops.quote_name(field.column), f"%s::{field.cast_db_type(db)}"))
-        values.append(field.get_db_prep_save(field.pre_save(obj, obj.pk is None), connection=db))
-    return columns, values
+    columns, fields = _fields(type(obj), names)
+    db = connections[DEFAULT_DB_ALIAS]
+    adding = obj.pk is None
+    return columns, [f.get_db_prep_save(f.pre_save(obj, adding), connection=db) for f in fields]
 
 
 def update(obj: Any, names: Sequence[str], guard: str, *, where: str = "", where_params: Sequence[Any] = ()) -> Write:
@@ -69,10 +84,11 @@ def upsert(objs: Sequence[Any], *, unique: Sequence[str], update_fields: Sequenc
         columns, values = prepared(obj, names)
         rows.append("(" + ", ".join(p for _, p in columns) + ")")
         params += values
-    quoted = [c for c, _ in prepared(objs[0], names)[0]]
+    quoted = [c for c, _ in _fields(type(objs[0]), names)[0]]
+    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
 
     def column(name: str) -> str:
-        return db.ops.quote_name(model.get_field(name).column)
+        return quote(model.get_field(name).column)
 
     sets = ", ".join(f"{column(n)} = EXCLUDED.{column(n)}" for n in update_fields)
     sql = (
@@ -95,7 +111,7 @@ def run(head: Sequence[str], head_params: Sequence[Any], writes: Sequence[Write]
         if write.read:
             reads.append((write, f"(SELECT {write.read} FROM w{n})"))  # noqa: S608  # nosec B608  # our parts
     select = ", ".join([final, *(expression for _, expression in reads)])
-    with db.cursor() as cursor:
+    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
         cursor.execute("WITH " + ", ".join(parts) + " SELECT " + select, params)
         row = cursor.fetchone()
     for (write, _), value in zip(reads, row[len(row) - len(reads) :], strict=True):
