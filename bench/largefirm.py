@@ -335,6 +335,7 @@ def load(n: int, *, seed: int = 11, now: dt.datetime | None = None, log: Any = p
 
     cause_rows: dict[int, dict[str, Any]] = {}
 
+    history_partitions(begin, now)
     cursor = db.connection.cursor()
     handoffs = Copier(
         cursor,
@@ -1022,6 +1023,24 @@ def aggregates_build(stats: LoadStats, log: Any = print) -> None:
         # (index-only scans) in place.
         cursor.execute("ANALYZE" if db.in_atomic_block else "VACUUM ANALYZE")  # tests run in a transaction
     log(f"  rollups_rebuild_all: {stats.rollups} in {stats.seconds_rollups:.0f} s")
+
+
+def history_partitions(begin: dt.datetime, now: dt.datetime) -> list[str]:
+    """Monthly partitions of attempts and audit entries for every month of the history, as a
+    database that ran those two years has them (the daily beat makes each month ahead of time).
+    Without them the migration, run on the empty database, made only the months from now on, and
+    COPY put two years of rows in the DEFAULT partition, where retention can drop none."""
+    from pscsync.archive import Month
+    from pscsync.partitions import TABLES, partition_create, partition_name, partitioned
+
+    if not partitioned():
+        return []
+    made = []
+    month = Month(begin.date().replace(day=1))
+    while month.first <= now.date():
+        made += [partition_name(t, month) for t in TABLES if partition_create(t, month)]
+        month = month.next()
+    return made
 
 
 AUDIT_BACKFILL = """

@@ -89,3 +89,25 @@ def test_the_ledger_holds_every_invoice_raised(loaded) -> None:
         assert invoice.total - invoice.a == invoice.open_balance
         assert invoice.posting_date is not None
     assert not PaymentApplication.objects.filter(invoice__status__in=["draft", "pending_approval"]).exists()
+
+
+def test_the_history_lies_in_its_monthly_partitions(loaded) -> None:
+    """Two years of attempts and audit entries go to their months' partitions, as in a database
+    that ran those years, not to the DEFAULT partition, where retention could drop none of them."""
+    from pscsync.partitions import partition_months, partitioned
+
+    assert partitioned("pscsync_attempt") and partitioned("pscsync_auditentry")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pscsync_attempt_default")
+        assert cursor.fetchone()[0] == 0
+        cursor.execute("SELECT count(*) FROM pscsync_auditentry_default")
+        assert cursor.fetchone()[0] == 0
+        cursor.execute("SELECT count(*) FROM pscsync_attempt")
+        assert cursor.fetchone()[0] > 8000
+    # 730 days back from today: the month of 730 days ago through this month, each its own partition.
+    today = clock.now().date()
+    first = (today - dt.timedelta(days=730)).replace(day=1)
+    months = (today.year - first.year) * 12 + today.month - first.month + 1
+    assert months in (24, 25)
+    history = [m for m in partition_months("pscsync_attempt") if first <= m.first <= today]
+    assert len(history) == months
