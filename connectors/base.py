@@ -256,7 +256,7 @@ class Connector:
             raise
         finally:
             slot.release()
-            limiter.record_call(connection.pk, status)
+            limiter.record_call(connection.pk, status, counted=slot.counted)
             vendor_call_observed(
                 connection=slug, status=status, seconds=time.monotonic() - started, retry_after=retry_after
             )

@@ -62,8 +62,10 @@ REASONS = {
     CONCURRENCY: "the vendor's limit on calls at once is reached",
 }
 
-# KEYS: pause, window, busy. ARGV: limit, window_ms, max_concurrency, slot_ms, token.
-# Returns {granted (0/1), wait_ms, reason, now_ms}.
+# KEYS: pause, window, busy, this minute's call count. ARGV: limit, window_ms, max_concurrency,
+# slot_ms, token, count_ttl_s. Returns {granted (0/1), wait_ms, reason, now_ms}. A grant is counted
+# for the health page here (a granted call is made), so a vendor call costs one round trip to
+# Redis, not a second one after the call to count it.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -95,6 +97,8 @@ if limit > 0 then
   redis.call('ZADD', KEYS[2], now, ARGV[5])
   redis.call('PEXPIRE', KEYS[2], window)
 end
+redis.call('INCR', KEYS[4])
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[6]))
 return {1, 0, 0, now}
 """
 
@@ -127,6 +131,7 @@ class Slot:
     token: str
     holds_concurrency: bool
     granted_at_ms: int  # Redis server time of the grant (0 when the limiter was skipped)
+    counted: bool = False  # the grant counted the call for the health page (record_call need not)
 
     def release(self) -> None:
         if not self.holds_concurrency or self.connection_id is None:
@@ -228,16 +233,23 @@ def acquire(
     budget = settings.LIMITER_MAX_WAIT_SECONDS if max_wait is None else max_wait
     deadline = time.monotonic() + budget
     token = uuid.uuid4().hex
-    keys = [_key(connection_id, "pause"), _key(connection_id, "window"), _key(connection_id, "busy")]
-    args = [per_minute, int(settings.LIMITER_WINDOW_SECONDS * 1000), max_concurrency, _slot_ms(timeout), token]
+    window_ms, slot_ms = int(settings.LIMITER_WINDOW_SECONDS * 1000), _slot_ms(timeout)
     while True:
+        # The minute of the grant, as record_call would take it (a wait may cross into the next).
+        keys = [
+            _key(connection_id, "pause"),
+            _key(connection_id, "window"),
+            _key(connection_id, "busy"),
+            _key(connection_id, f"calls:{_minute()}"),
+        ]
+        args = [per_minute, window_ms, max_concurrency, slot_ms, token, COUNT_TTL_SECONDS]
         try:
             granted, wait_ms, reason, now_ms = found.acquire(keys=keys, args=args)
         except (RedisError, OSError):
             _outage("a call was not limited")
             return _OPEN
         if granted:
-            return Slot(connection_id, token, max_concurrency > 0, int(now_ms))
+            return Slot(connection_id, token, max_concurrency > 0, int(now_ms), counted=True)
         wait = max(int(wait_ms), 1) / 1000
         if reason == CONCURRENCY:
             wait = min(wait, CONCURRENCY_POLL_SECONDS)
@@ -272,9 +284,10 @@ def _minute(at: float | None = None) -> int:
     return int((time.time() if at is None else at) // 60)
 
 
-def record_call(connection_id: int | None, status: str) -> None:
-    """Count one call (and a 429) in this minute's bucket, for the health page."""
-    if connection_id is None:
+def record_call(connection_id: int | None, status: str, *, counted: bool = False) -> None:
+    """Count one call (and a 429) in this minute's bucket, for the health page; `counted`: the
+    call's grant counted it already (Slot.counted), so only a 429 is left to count."""
+    if connection_id is None or (counted and status != "429"):
         return
     client = _client()
     if client is None:
@@ -282,8 +295,9 @@ def record_call(connection_id: int | None, status: str) -> None:
     minute = _minute()
     try:
         with client.pipeline(transaction=False) as pipe:
-            pipe.incr(_key(connection_id, f"calls:{minute}"))
-            pipe.expire(_key(connection_id, f"calls:{minute}"), COUNT_TTL_SECONDS)
+            if not counted:
+                pipe.incr(_key(connection_id, f"calls:{minute}"))
+                pipe.expire(_key(connection_id, f"calls:{minute}"), COUNT_TTL_SECONDS)
             if status == "429":
                 pipe.incr(_key(connection_id, f"429:{minute}"))
                 pipe.expire(_key(connection_id, f"429:{minute}"), COUNT_TTL_SECONDS)

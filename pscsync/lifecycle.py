@@ -44,10 +44,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from django.db import connection as db
 from django.db import transaction
 from django.db.models import Q
+from django.db.models.sql import UpdateQuery
 
-from pscsync import clock
+from pscsync import clock, statements
 from pscsync.models import Handoff, HandoffTransition, status_write_allowed
 
 if TYPE_CHECKING:
@@ -177,7 +179,11 @@ def _actor_label(actor: str | User | None) -> tuple[str, User | None]:
     return actor.get_username()[:150], actor
 
 
-def _record(
+# The condition a write made with a move (handoff_move's `also`) is guarded by: the move happened.
+MOVED = "EXISTS (SELECT FROM moved)"
+
+
+def _transition(
     handoff_id: int,
     flow: str,
     from_status: str,
@@ -188,11 +194,11 @@ def _record(
     step: str,
     attempt: int | None,
     fields: Iterable[str],
-) -> Move:
-    """Inside the move's transaction: the history row, and the listeners after commit."""
+) -> tuple[HandoffTransition, Move]:
+    """The history row of a move (not saved) and the Move the listeners will be told."""
     now = clock.now()
     label, user = _actor_label(actor)
-    HandoffTransition.objects.create(
+    row = HandoffTransition(
         handoff_id=handoff_id,
         from_status=from_status,
         to_status=to,
@@ -203,7 +209,13 @@ def _record(
         step=step[:60],
         attempt=attempt,
     )
-    move = Move(handoff_id, flow, from_status, to, now, label, reason, frozenset(fields))
+    return row, Move(handoff_id, flow, from_status, to, now, label, reason, frozenset(fields))
+
+
+def _record(recorded: tuple[HandoffTransition, Move]) -> Move:
+    """Inside the move's transaction: the history row, and the listeners after commit."""
+    row, move = recorded
+    row.save(force_insert=True)
     transaction.on_commit(functools.partial(listeners_tell, move))
     return move
 
@@ -219,13 +231,19 @@ def handoff_move(
     attempt: int | None = None,
     where: Q | None = None,
     fields: dict[str, Any] | None = None,
+    also: Sequence[statements.Write] = (),
 ) -> Move | None:
     """Move a handoff from one of `from_states` to `to`, writing `fields` with it, if it is in one
     of those states and matches `where`; else change nothing and return None.
 
     Raises TransitionNotAllowed for a move the transitions table does not allow. When `handoff`
     is an instance, its status and the plain values of `fields` are set on it after the move
-    (expressions such as F() are not: refresh it if you need them)."""
+    (expressions such as F() are not: refresh it if you need them).
+
+    On PostgreSQL a move from one state of an instance is one statement (a data-modifying WITH:
+    the conditional UPDATE and its history row), into which the caller may put writes of its own
+    that belong to the move (`also`, each guarded by MOVED: the runner's step and attempt), so
+    they are written only if the handoff moved, in the same round trip."""
     from_states = tuple(dict.fromkeys(from_states))
     transition_check(from_states, to)
     fields = dict(fields or {})
@@ -235,32 +253,47 @@ def handoff_move(
     qs = Handoff.objects.filter(pk=pk, status__in=from_states)
     if where is not None:
         qs = qs.filter(where)
+    one_statement = db.vendor == "postgresql" and len(from_states) == 1 and instance is not None
+    if also and not one_statement:
+        raise ValueError("writes made with a move need PostgreSQL, one from-state and the instance")
+    attempt = attempt if attempt is not None else _plain(fields.get("attempt_count"))
     token = status_write_allowed.set(True)
     try:
         with transaction.atomic(savepoint=False):
-            if len(from_states) == 1 and instance is not None:
-                # One possible from-state: the conditional UPDATE alone says whether it moved.
-                moved = qs.update(status=to, **fields)
-                from_status, flow = (from_states[0], instance.flow) if moved else (None, "")
+            if one_statement:
+                assert instance is not None  # for the type checker: one_statement says so
+                row, move = _transition(
+                    pk,
+                    instance.flow,
+                    from_states[0],
+                    to,
+                    actor=actor,
+                    reason=reason,
+                    step=step,
+                    attempt=attempt,
+                    fields=fields,
+                )
+                if not _move_statement(qs, to, fields, row, also):
+                    return None
+                transaction.on_commit(functools.partial(listeners_tell, move))
             else:
-                # Several: lock the row to learn which one it was in, then move it.
-                found = qs.select_for_update().values_list("status", "flow").first()
-                from_status, flow = found if found is not None else (None, "")
-                if found is not None:
-                    Handoff.objects.filter(pk=pk).update(status=to, **fields)
-            if from_status is None:
-                return None
-            move = _record(
-                pk,
-                flow,
-                from_status,
-                to,
-                actor=actor,
-                reason=reason,
-                step=step,
-                attempt=attempt if attempt is not None else _plain(fields.get("attempt_count")),
-                fields=fields,
-            )
+                if len(from_states) == 1 and instance is not None:
+                    # One possible from-state: the conditional UPDATE alone says whether it moved.
+                    moved = qs.update(status=to, **fields)
+                    from_status, flow = (from_states[0], instance.flow) if moved else (None, "")
+                else:
+                    # Several: lock the row to learn which one it was in, then move it.
+                    found = qs.select_for_update().values_list("status", "flow").first()
+                    from_status, flow = found if found is not None else (None, "")
+                    if found is not None:
+                        Handoff.objects.filter(pk=pk).update(status=to, **fields)
+                if from_status is None:
+                    return None
+                move = _record(
+                    _transition(
+                        pk, flow, from_status, to, actor=actor, reason=reason, step=step, attempt=attempt, fields=fields
+                    )
+                )
     finally:
         status_write_allowed.reset(token)
     if instance is not None:
@@ -272,6 +305,22 @@ def handoff_move(
     return move
 
 
+def _move_statement(
+    qs: Any, to: str, fields: dict[str, Any], row: HandoffTransition, also: Sequence[statements.Write]
+) -> bool:
+    """The conditional UPDATE (as QuerySet.update compiles it), its history row and the caller's
+    writes, in one statement; each write only if the UPDATE found the handoff. True if it moved."""
+    query = qs.query.chain(UpdateQuery)
+    query.add_update_values({"status": to, **fields})
+    update_sql, update_params = query.get_compiler(qs.db).as_sql()
+    history = statements.insert(row, MOVED)
+    history.read = ""
+    (moved,) = statements.run(
+        [f"moved AS ({update_sql} RETURNING 1)"], update_params, [history, *also], "(SELECT count(*) FROM moved)"
+    )
+    return bool(moved)
+
+
 def _plain(value: Any) -> int | None:
     return value if isinstance(value, int) else None
 
@@ -280,15 +329,9 @@ def handoff_opened(handoff: Handoff, *, actor: str | User | None, reason: str = 
     """Record that a handoff was just created (its first history row, from nothing to its
     status) and tell the listeners after commit. Call in the transaction that created it."""
     return _record(
-        handoff.pk,
-        handoff.flow,
-        "",
-        handoff.status,
-        actor=actor,
-        reason=reason,
-        step="",
-        attempt=None,
-        fields=(),
+        _transition(
+            handoff.pk, handoff.flow, "", handoff.status, actor=actor, reason=reason, step="", attempt=None, fields=()
+        )
     )
 
 

@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +34,12 @@ from connectors.base import WriteResult
 from connectors.errors import ConnectorError, TransientError, UnknownOutcomeError
 from ops import tracing
 from ops.logs import bind as log_bind
-from pscsync import clock
+from pscsync import clock, statements
 from pscsync.faults import fault_point
 from pscsync.flows import Flow, StepContext, StepDef, flow_get
 from pscsync.intake import business_key_lock, queued_event_start
-from pscsync.lifecycle import handoff_move, moves_batched
-from pscsync.models import ATTEMPT_CLOCK_SLACK, Attempt, CrossReference, Handoff, LegalEntity, Step
+from pscsync.lifecycle import MOVED, handoff_move, moves_batched
+from pscsync.models import ATTEMPT_CLOCK_SLACK, Attempt, CrossReference, Event, Handoff, LegalEntity, Step
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +89,7 @@ def _renew(handoff: Handoff, worker: str) -> dt.datetime:
     moves it to running, with the same proof (the reservation is ours) in the same statement."""
     now = clock.now()
     if handoff.status != Handoff.Status.RUNNING:
-        moved = handoff_move(
-            handoff,
-            from_states=(handoff.status,),
-            to=Handoff.Status.RUNNING,
-            actor=worker,
-            reason="taken by a worker",
-            attempt=handoff.attempt_count,
-            where=Q(lease_owner=worker),
-            fields={"lease_expires_at": _lease_until(now), "started_at": handoff.started_at or now},
-        )
-        if moved is None:
-            raise LeaseLost(f"handoff {handoff.pk}: reservation no longer held by {worker}")
+        _take_reserved(handoff, worker, now)
         return now
     held = Handoff.objects.filter(pk=handoff.pk, lease_owner=worker, status=Handoff.Status.RUNNING).update(
         lease_expires_at=_lease_until(now)
@@ -107,6 +97,24 @@ def _renew(handoff: Handoff, worker: str) -> dt.datetime:
     if held != 1:
         raise LeaseLost(f"handoff {handoff.pk}: lease no longer held by {worker}")
     return now
+
+
+def _take_reserved(handoff: Handoff, worker: str, now: dt.datetime, *, also: Sequence[statements.Write] = ()) -> None:
+    """Move a handoff reserved by this worker's batch claim to running (with `also`, the writes
+    of the same commit), or raise LeaseLost."""
+    moved = handoff_move(
+        handoff,
+        from_states=(handoff.status,),
+        to=Handoff.Status.RUNNING,
+        actor=worker,
+        reason="taken by a worker",
+        attempt=handoff.attempt_count,
+        where=Q(lease_owner=worker),
+        fields={"lease_expires_at": _lease_until(now), "started_at": handoff.started_at or now},
+        also=also,
+    )
+    if moved is None:
+        raise LeaseLost(f"handoff {handoff.pk}: reservation no longer held by {worker}")
 
 
 def _lease(handoff_id: int, worker: str) -> Handoff | None:
@@ -263,14 +271,10 @@ def _begin_attempt(
         planned = {"could_not_build_request": str(exc)}
     last = getattr(step, "last_attempt", None)
     with transaction.atomic():
-        if (
-            db.vendor == "postgresql"
-            and last is not None
-            and handoff.status == Handoff.Status.RUNNING
-            and (done is None or _plain_success(done))
-        ):
-            # The common case, one statement (a data-modifying WITH): lease, last result, this
-            # step and its attempt.
+        if db.vendor == "postgresql" and last is not None and (done is None or _plain_success(done)):
+            # The common cases, one statement (a data-modifying WITH): a running handoff's lease,
+            # the last step's result, this step and its attempt; or a reserved handoff's first
+            # commit, its move to running (with the history row) and this step and its attempt.
             now = clock.now()
             if done is not None:
                 _outcome_apply(
@@ -278,21 +282,14 @@ def _begin_attempt(
                 )
             _step_begin_apply(step, key, target)
             attempt = Attempt(step=step, number=last + 1, started_at=now, worker=worker, request=planned)
-            _step_write(handoff, worker, now, done=done, step=step, attempt=attempt)
-            if done is not None:
-                _record_links(handoff, done.step, now)
+            if handoff.status == Handoff.Status.RUNNING:
+                _step_write(handoff, worker, now, done=done, step=step, attempt=attempt)
+            else:
+                _first_write(handoff, worker, now, done=done, step=step, attempt=attempt)
         else:
             now = _renew(handoff, worker)
             if done is not None:
-                _record_outcome(
-                    handoff,
-                    done.step,
-                    done.attempt,
-                    now,
-                    outcome=done.outcome,
-                    started=done.started,
-                    result=done.result,
-                )
+                _done_record(handoff, done, now)
             _step_begin_apply(step, key, target)
             step.save(update_fields=["status", "idempotency_key", "target_connection"])
             if last is None:
@@ -300,6 +297,13 @@ def _begin_attempt(
             attempt = Attempt.objects.create(step=step, number=last + 1, started_at=now, worker=worker, request=planned)
     step.last_attempt = attempt.number  # type: ignore[attr-defined]  # see _steps
     return attempt
+
+
+def _done_record(handoff: Handoff, done: _Done, now: dt.datetime) -> None:
+    """Inside a transaction that has just renewed the lease: store a step's success (ORM path)."""
+    _record_outcome(
+        handoff, done.step, done.attempt, now, outcome=done.outcome, started=done.started, result=done.result
+    )
 
 
 def _step_begin_apply(step: Step, key: str | None, target: Any) -> None:
@@ -321,55 +325,85 @@ _STEP_DONE_FIELDS = ("status", "external_id", "output", "mapping_version", "fini
 _STEP_BEGUN_FIELDS = ("status", "idempotency_key", "target_connection")
 
 
+def _step_writes(
+    handoff: Handoff, now: dt.datetime, guard: str, *, done: _Done | None, step: Step, attempt: Attempt
+) -> tuple[list[statements.Write], statements.Write]:
+    """The parts of a commit that begins a step, each guarded: the last step's result (its attempt,
+    its step, its cross references), this step in flight, and its attempt (the last part, which
+    reads back the attempt's id)."""
+    writes = [statements.update(step, _STEP_BEGUN_FIELDS, guard)]
+    if done is not None:
+        writes += _done_writes(handoff, done, now, guard)
+    inserted = statements.insert(attempt, guard)
+    return [*writes, inserted], inserted
+
+
+def _done_writes(handoff: Handoff, done: _Done, now: dt.datetime, guard: str) -> list[statements.Write]:
+    """The parts that store a plain success (already applied to its step and attempt): the attempt
+    (by id and start, which names its month's partition), the step, the cross references."""
+    writes = [
+        statements.update(
+            done.attempt,
+            _ATTEMPT_OUTCOME_FIELDS,
+            guard,
+            where="started_at = %s",
+            where_params=[done.attempt.started_at],
+        ),
+        statements.update(done.step, _STEP_DONE_FIELDS, guard),
+    ]
+    links = _cross_reference_rows(handoff, done.step, now)
+    if links:
+        writes.append(
+            statements.upsert(links, unique=_LINK_UNIQUE, update_fields=_LINK_UPDATED, guard=guard),
+        )
+    return writes
+
+
+def _attempt_stored(written: statements.Write, attempt: Attempt) -> None:
+    """After a statement that stored an attempt's outcome by id and start (one of _done_writes):
+    should the start read back differently (it never has), the id alone still finds the row."""
+    if not written.value:
+        Attempt.objects.filter(pk=attempt.pk).update(**{f: getattr(attempt, f) for f in _ATTEMPT_OUTCOME_FIELDS})
+
+
 def _step_write(
     handoff: Handoff, worker: str, now: dt.datetime, *, done: _Done | None, step: Step, attempt: Attempt
 ) -> None:
     """Inside a transaction, in one statement: prove and extend the lease, store the last step's
-    result (its attempt and its step), mark this step in flight and insert its attempt. Each part
-    writes only if the lease is ours (the first CTE's row); else nothing is written and LeaseLost
-    is raised. Values are prepared by the models' own fields, as a save would prepare them."""
-    parts = [
+    result (its attempt, its step and its cross references), mark this step in flight and insert
+    its attempt. Each part writes only if the lease is ours (the first CTE's row); else nothing is
+    written and LeaseLost is raised."""
+    lease = (
         "lease AS (UPDATE pscsync_handoff SET lease_expires_at = %s WHERE id = %s AND lease_owner = %s "
         "AND status = %s RETURNING id)"
-    ]
-    params: list[Any] = [_lease_until(now), handoff.pk, worker, Handoff.Status.RUNNING]
-    held = "EXISTS (SELECT FROM lease)"
-    updates: list[tuple[Any, tuple[str, ...]]] = [(step, _STEP_BEGUN_FIELDS)]
-    if done is not None:
-        updates += [(done.attempt, _ATTEMPT_OUTCOME_FIELDS), (done.step, _STEP_DONE_FIELDS)]
-    for n, (obj, names) in enumerate(updates):
-        columns, values = _prepared(obj, names)
-        sets = ", ".join(f"{column} = {placeholder}" for column, placeholder in columns)
-        table = obj._meta.db_table
-        part = f"u{n} AS (UPDATE {table} SET {sets} WHERE id = %s AND {held})"  # noqa: S608  # nosec B608  # model names
-        parts.append(part)
-        params += [*values, obj.pk]
-    names = tuple(f.name for f in Attempt._meta.concrete_fields if not f.primary_key)
-    columns, values = _prepared(attempt, names)
-    insert = ", ".join(c for c, _ in columns)
-    sql = (
-        "WITH " + ", ".join(parts) + f" INSERT INTO {Attempt._meta.db_table} ({insert}) "  # nosec B608  # model names
-        f"SELECT {', '.join(p for _, p in columns)} WHERE {held} RETURNING id"  # nosec B608  # values as parameters
     )
-    with db.cursor() as cursor:
-        cursor.execute(sql, [*params, *values])
-        row = cursor.fetchone()
-    if row is None:
+    params: list[Any] = [_lease_until(now), handoff.pk, worker, Handoff.Status.RUNNING]
+    writes, inserted = _step_writes(handoff, now, "EXISTS (SELECT FROM lease)", done=done, step=step, attempt=attempt)
+    (held,) = statements.run([lease], params, writes, "(SELECT count(*) FROM lease)")
+    if not held:
         raise LeaseLost(f"handoff {handoff.pk}: lease no longer held by {worker}")
-    attempt.pk = row[0]
+    _attempt_saved(attempt, inserted)
+    if done is not None:
+        _attempt_stored(writes[1], done.attempt)
+
+
+def _first_write(
+    handoff: Handoff, worker: str, now: dt.datetime, *, done: _Done | None, step: Step, attempt: Attempt
+) -> None:
+    """A reserved handoff's first commit in one statement: its move to running (handoff_move, with
+    the proof that the reservation is ours and the history row), this step in flight and its
+    attempt (and the last step's result, should there be one), written only if it moved."""
+    writes, inserted = _step_writes(handoff, now, MOVED, done=done, step=step, attempt=attempt)
+    _take_reserved(handoff, worker, now, also=writes)
+    _attempt_saved(attempt, inserted)
+    if done is not None:
+        _attempt_stored(writes[1], done.attempt)
+
+
+def _attempt_saved(attempt: Attempt, inserted: statements.Write) -> None:
+    attempt.pk = inserted.value
     attempt._state.adding = False
     attempt._state.db = "default"
-
-
-def _prepared(obj: Any, names: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[Any]]:
-    """(quoted column, "%s::type") and the database value of each named field of obj, prepared
-    by the field (JSON, dates, foreign keys) and cast, so a value stands alone in a SELECT."""
-    columns, values = [], []
-    for name in names:
-        field = obj._meta.get_field(name)
-        columns.append((db.ops.quote_name(field.column), f"%s::{field.cast_db_type(db)}"))
-        values.append(field.get_db_prep_save(field.pre_save(obj, obj.pk is None), connection=db))
-    return columns, values
 
 
 def _finish_attempt(
@@ -434,11 +468,6 @@ def _record_outcome(
         _record_links(handoff, step, now)
     elif step.status != status:  # failed, or deferred back to pending; unknown stays in flight
         step.save(update_fields=["status"])
-
-
-def _record_links(handoff: Handoff, step: Step, now: dt.datetime) -> None:
-    if step.target_connection_id and (step.external_id or step.output.get("ids")):
-        _cross_reference(handoff, step, now)
 
 
 def _outcome_apply(
@@ -531,14 +560,19 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _cross_reference(handoff: Handoff, step: Step, now: dt.datetime) -> None:
-    """Remember the id each record has in the target, under its canonical key: one INSERT ...
-    ON CONFLICT DO UPDATE for all the records of the step (created_at is kept when a row exists)."""
-    assert step.target_connection_id is not None, "a step that wrote records has a target"
+_LINK_UNIQUE = ("entity_type", "canonical_id", "connection")
+_LINK_UPDATED = ("external_id", "legal_entity", "handoff", "updated_at")
+
+
+def _cross_reference_rows(handoff: Handoff, step: Step, now: dt.datetime) -> list[CrossReference]:
+    """The id each record the step wrote has in the target, under its canonical key (none when
+    the step wrote nothing a later run or a person looks up)."""
+    if not (step.target_connection_id and (step.external_id or step.output.get("ids"))):
+        return []
     output = step.output or {}
     entity_type = output.get("entity_type") or step.name.removeprefix("upsert_")
     pairs = output.get("ids") or {step.idempotency_key: step.external_id}
-    rows = [
+    return [
         CrossReference(
             entity_type=entity_type,
             canonical_id=canonical_id,
@@ -552,12 +586,15 @@ def _cross_reference(handoff: Handoff, step: Step, now: dt.datetime) -> None:
         for canonical_id, external_id in pairs.items()
         if external_id
     ]
+
+
+def _record_links(handoff: Handoff, step: Step, now: dt.datetime) -> None:
+    """Remember the id each record has in the target: one INSERT ... ON CONFLICT DO UPDATE for all
+    the records of the step (created_at is kept when a row exists)."""
+    rows = _cross_reference_rows(handoff, step, now)
     if rows:
         CrossReference.objects.bulk_create(
-            rows,
-            update_conflicts=True,
-            unique_fields=["entity_type", "canonical_id", "connection"],
-            update_fields=["external_id", "legal_entity", "handoff", "updated_at"],
+            rows, update_conflicts=True, unique_fields=list(_LINK_UNIQUE), update_fields=list(_LINK_UPDATED)
         )
 
 
@@ -723,6 +760,18 @@ def _succeed(handoff: Handoff, worker: str, *, done: _Done | None = None) -> Non
             **NO_FAILURE_DETAIL,
         }
         # The lease check and the end in one statement; only the fields that change are written.
+        # On PostgreSQL the last step's plain success is stored in that same statement, which also
+        # says whether a change waits behind this one (the common case: none, nothing more to do).
+        together = db.vendor == "postgresql" and (done is None or _plain_success(done))
+        writes: list[statements.Write] = []
+        if together and done is not None:
+            _outcome_apply(done.step, done.attempt, now, outcome=done.outcome, started=done.started, result=done.result)
+            writes = _done_writes(handoff, done, now, MOVED)
+        queued = statements.Write(
+            "SELECT 1 FROM pscsync_event WHERE flow = %s AND business_key = %s AND status = %s LIMIT 1",
+            [handoff.flow, handoff.business_key, Event.Status.QUEUED],
+            read="count(*)",
+        )
         moved = handoff_move(
             handoff,
             from_states=(Handoff.Status.RUNNING,),
@@ -731,13 +780,17 @@ def _succeed(handoff: Handoff, worker: str, *, done: _Done | None = None) -> Non
             reason="every step succeeded",
             where=Q(lease_owner=worker),
             fields=ended,
+            also=[*writes, queued] if together else (),
         )
         if moved is None:
             raise LeaseLost(f"handoff {handoff.pk}: lease no longer held by {worker}")
         if done is not None:
-            _record_outcome(
-                handoff, done.step, done.attempt, now, outcome=done.outcome, started=done.started, result=done.result
-            )
+            if together:
+                _attempt_stored(writes[0], done.attempt)
+            else:
+                _done_record(handoff, done, now)
+        if together and not queued.value:
+            return  # read under the key's lock: no change can queue behind it until we commit
         following = queued_event_start(flow=handoff.flow, business_key=handoff.business_key, key_locked=True)
         if following is not None:
             from pscsync.dispatch import handoffs_publish
@@ -754,7 +807,9 @@ def handoff_run(*, handoff_id: int, worker: str) -> str:
     return _run_traced(handoff, worker)
 
 
-def _run_traced(handoff: Handoff, worker: str, steps: list[Step] | None = None) -> str:
+def _run_traced(
+    handoff: Handoff, worker: str, steps: list[Step] | None = None, shared: dict[Any, Any] | None = None
+) -> str:
     # On every line after, and on every span (ops.tracing), which the run joins to the handoff's trace.
     log_bind(
         handoff_id=handoff.pk,
@@ -763,12 +818,14 @@ def _run_traced(handoff: Handoff, worker: str, steps: list[Step] | None = None) 
         legal_entity=handoff.legal_entity.code if handoff.legal_entity else "",
     )
     with tracing.handoff_span(handoff):
-        outcome = _run_leased(handoff, worker, steps=steps)
+        outcome = _run_leased(handoff, worker, steps=steps, shared=shared)
         tracing.annotate(outcome=outcome)  # succeeded, waiting_retry, needs_attention, lease_lost
         return outcome
 
 
-def _run_leased(handoff: Handoff, worker: str, *, steps: list[Step] | None = None) -> str:
+def _run_leased(
+    handoff: Handoff, worker: str, *, steps: list[Step] | None = None, shared: dict[Any, Any] | None = None
+) -> str:
     flow = flow_get(handoff.flow)
     if flow is None:
         failure = StepFailed("mapping", f"no flow named {handoff.flow!r} is installed", retryable=False)
@@ -793,7 +850,7 @@ def _run_leased(handoff: Handoff, worker: str, *, steps: list[Step] | None = Non
         if moved is None:
             return "lease_lost"
         return Handoff.Status.NEEDS_ATTENTION
-    ctx = StepContext(handoff=handoff)
+    ctx = StepContext(handoff=handoff, shared={} if shared is None else shared)
     try:
         if steps is None:
             steps = _ensure_steps(handoff, flow)
@@ -965,6 +1022,7 @@ def handoffs_claim_run(
 def _run_batch(handoffs: list[Handoff], worker: str, *, started: float, budget: float, pace: Pace | None = None) -> int:
     runs = {h.pk: (h, flow) for h in handoffs if (flow := flow_get(h.flow)) is not None}
     steps = _steps_of(runs) if runs else {}
+    shared: dict[Any, Any] = {}  # the batch's memo (StepContext.shared): systems, mapping versions
     done = 0
     try:
         for handoff in handoffs:
@@ -972,7 +1030,7 @@ def _run_batch(handoffs: list[Handoff], worker: str, *, started: float, budget: 
                 break
             began = time.monotonic()
             try:
-                _run_traced(handoff, worker, steps.get(handoff.pk))
+                _run_traced(handoff, worker, steps.get(handoff.pk), shared)
             except Exception:
                 done += 1  # not given back: it failed on our side
                 _start_failed(handoff, worker)

@@ -340,11 +340,11 @@ def test_two_workers_woken_together_both_get_work_when_handoffs_are_slow(echo_co
     run_traced = runner._run_traced
     woken: list[int] = []
 
-    def run(handoff, worker, steps=None):
+    def run(handoff, worker, steps=None, shared=None):
         if worker == "w1" and not woken:  # while w1 runs its first, w2's message arrives
             woken.append(runner.handoffs_claim_run(worker="w2", pace=paces["w2"]))
         ran_by[worker].append(handoff.pk)
-        return run_traced(handoff, worker, steps)
+        return run_traced(handoff, worker, steps, shared)
 
     monkeypatch.setattr(runner, "_run_traced", run)
     assert runner.handoffs_claim_run(worker="w1", pace=paces["w1"]) == 2

@@ -21,8 +21,12 @@ class StepContext:
     results: dict[str, str] = field(default_factory=dict)
     # What earlier steps kept (Step.output), by step name.
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Per-run memo (connections, mapping versions, records built): never stored.
+    # Per-run memo (records built, what they were mapped to): never stored.
     cache: dict[Any, Any] = field(default_factory=dict)
+    # Per-batch memo, shared by the handoffs a worker claimed together (runner._run_batch): what
+    # does not change within a second of work, the systems serving a legal entity and the mapping
+    # versions in force, read once per batch instead of once per handoff. Never stored.
+    shared: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def payload(self) -> dict[str, Any]:

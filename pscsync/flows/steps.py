@@ -29,11 +29,12 @@ if TYPE_CHECKING:
 
 
 def mapping_for(ctx: StepContext, connection: Connection, purpose: str) -> MappingVersion:
-    """The mapping version in force, read once per run: every record of a run maps alike."""
+    """The mapping version in force, read once per claimed batch (ctx.shared): every record of a
+    run maps alike, and a version published meanwhile applies from the worker's next batch."""
     key = ("mapping", connection.pk, purpose)
-    if key not in ctx.cache:
-        ctx.cache[key] = mapping_in_force(connection=connection, entity=purpose)
-    return ctx.cache[key]
+    if key not in ctx.shared:
+        ctx.shared[key] = mapping_in_force(connection=connection, entity=purpose)
+    return ctx.shared[key]
 
 
 def systems(ctx: StepContext) -> Systems:
@@ -45,15 +46,16 @@ def systems(ctx: StepContext) -> Systems:
 
 
 def systems_of(ctx: StepContext, code: str) -> Systems:
-    """The systems of the legal entity with this code, read once per run: the check step and
-    every write step ask (three queries each time); the handoff's own entity is not read again."""
+    """The systems of the legal entity with this code, read once per claimed batch (ctx.shared):
+    the check step and every write step of every handoff ask (three queries each time); the
+    handoff's own entity is not read again."""
     key = ("systems", code.strip().lower())
-    if key not in ctx.cache:
+    if key not in ctx.shared:
         entity = ctx.handoff.legal_entity
         if entity is None or entity.code.strip().lower() != key[1]:
             entity = legal_entity_get(code)
-        ctx.cache[key] = systems_for(entity)
-    return ctx.cache[key]
+        ctx.shared[key] = systems_for(entity)
+    return ctx.shared[key]
 
 
 def key_of(connection: Connection, purpose: str, **parts: Any) -> str:

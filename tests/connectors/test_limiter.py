@@ -23,7 +23,7 @@ from connectors.models import Connection
 from tests.helpers import PYTHON, ROOT, free_port
 
 # Row ids no test database reaches, so these connections exist only in Redis and in memory.
-SHARED_ID, PAUSED_ID, DOWN_ID = 990_001, 990_002, 990_003
+SHARED_ID, PAUSED_ID, DOWN_ID, COUNTED_ID, OPEN_ID = 990_001, 990_002, 990_003, 990_004, 990_005
 
 
 def _connection(echo, connection_id: int, *, per_minute: int = 600) -> Connection:
@@ -171,6 +171,28 @@ def test_a_call_whose_slot_is_far_off_is_deferred_at_once_not_slept_on(settings)
     # The one call of this minute was just made: the next slot is a minute away.
     assert 55 <= deferred.value.retry_after <= 60
     assert deferred.value.message.startswith("Echo US: the connection's calls-per-minute limit is spent")
+
+
+def test_every_call_is_counted_once_for_the_health_page_and_each_429_once(echo) -> None:
+    # A limited connection: its grant counts the call (in the acquire script); an unlimited one
+    # (no per-minute, no at-once limit) never asks the limiter, and the call is counted after it.
+    limited = EchoConnector(_connection(echo, COUNTED_ID, per_minute=600))
+    unlimited = EchoConnector(_connection(echo, OPEN_ID, per_minute=0))
+    for connector in (limited, unlimited):
+        for n in range(3):
+            connector.send("PUT", f"/records/limit/counted-{connector.connection.pk}-{n}", json={})
+        echo.fault(mode="status", status=429, retry_after=0, count=1)
+        with pytest.raises(TransientError):
+            connector.send("PUT", f"/records/limit/counted-{connector.connection.pk}-refused", json={})
+    # Four calls each (three answered, one refused with a 429), whichever way they were counted.
+    usage = limiter.usage([COUNTED_ID, OPEN_ID])
+    assert usage is not None
+    assert (usage[COUNTED_ID].calls, usage[COUNTED_ID].rate_limited) == (4, 1)
+    assert (usage[OPEN_ID].calls, usage[OPEN_ID].rate_limited) == (4, 1)
+    # A call deferred by its limit was never made: not counted.
+    with pytest.raises(limiter.SlotDeferred):
+        limiter.acquire(connection_id=COUNTED_ID, per_minute=4, max_wait=0)
+    assert limiter.usage([COUNTED_ID])[COUNTED_ID].calls == 4
 
 
 def test_with_redis_down_calls_go_out_unlimited_and_a_warning_is_logged(echo, settings, caplog) -> None:

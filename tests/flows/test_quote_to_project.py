@@ -93,3 +93,44 @@ def test_a_run_reads_its_entitys_systems_once(firm, monkeypatch) -> None:
     handoff = run(trigger(firm, "quote-to-project", deal["opportunity"]))
     assert handoff.status == Handoff.Status.SUCCEEDED, handoff.last_error_message
     assert asked == ["us"]  # was three: the check, the service-line check, then the writes
+
+
+def test_a_batch_reads_each_entitys_systems_and_each_mapping_in_force_once(firm, monkeypatch) -> None:
+    """The handoffs a worker claims together share what does not change within a second of work:
+    the systems serving a legal entity and the mapping versions in force are read once per batch,
+    not once per handoff."""
+    from pscsync.flows import routing, steps
+    from pscsync.runner import Pace, handoffs_claim_run
+    from tests.helpers import moves_told
+
+    systems_asked: list[str] = []
+    mappings_asked: list[tuple[str, str]] = []
+    systems_for, mapping_in_force = routing.systems_for, steps.mapping_in_force
+
+    def counted_systems(entity):
+        systems_asked.append(entity.code)
+        return systems_for(entity)
+
+    def counted_mapping(*, connection, entity):
+        mappings_asked.append((connection.slug, entity))
+        return mapping_in_force(connection=connection, entity=entity)
+
+    monkeypatch.setattr(steps, "systems_for", counted_systems)
+    monkeypatch.setattr(steps, "mapping_in_force", counted_mapping)
+    handoffs = [
+        trigger(firm, "quote-to-project", won_deal(firm, entity="us", key=f"2{n}")["opportunity"]) for n in range(3)
+    ]
+    pace = Pace()
+    pace.record(0.001)  # quick handoffs: the three are claimed in one batch
+    with moves_told():
+        assert handoffs_claim_run(worker="test-worker", limit=10, pace=pace) == 3
+    for handoff in handoffs:
+        handoff.refresh_from_db()
+        assert handoff.status == Handoff.Status.SUCCEEDED, handoff.last_error_message
+    assert systems_asked == ["us"]  # was three, one for each handoff
+    # Each (connection, purpose) once for the batch; every step that maps wrote with it.
+    assert mappings_asked and len(mappings_asked) == len(set(mappings_asked))
+    versions = set(
+        Step.objects.filter(handoff__in=handoffs, mapping_version__isnull=False).values_list("name", "mapping_version")
+    )
+    assert len(versions) == len({name for name, _ in versions})  # one version per step across the batch
