@@ -75,7 +75,7 @@ def _connection_query() -> tuple[str, tuple[str, ...]]:
     columns = ", ".join(db.ops.quote_name(str(f.column)) for f in fields)
     table = db.ops.quote_name(Connection._meta.db_table)
     # The names are the model's own and the slug is a parameter.
-    sql = f"SELECT {columns} FROM {table} WHERE slug = %s AND is_active"  # noqa: S608  # nosec B608
+    sql = f"SELECT {columns} FROM {table} WHERE slug = %s AND is_active"  # noqa: S608  # nosec B608  # names from the model, the slug a parameter
     return sql, tuple(f.attname for f in fields)
 
 

@@ -18,7 +18,9 @@ def _demo_env(tmp_path, web_port: int) -> dict[str, str]:
     # The embedded set-up (SQLite, file broker), as `make demo` runs on a bare machine.
     drop = {"DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "SECRET_KEY", "PSCSYNC_CREDENTIALS_KEYS"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    offset = 20000 + os.getpid() % 20000  # sandboxes on 28790.. + a per-run shift, clear of a running demo
+    # Sandboxes on 18790.. plus a per-run shift, clear of a running demo and below the kernel's
+    # ephemeral range (32768..): a client socket's local port there once made the demo refuse to start.
+    offset = 10000 + os.getpid() % 13000
     return {
         **env,
         "PSCSYNC_DEMO_PORT": str(web_port),
