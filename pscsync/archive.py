@@ -36,7 +36,7 @@ from django.db.models import Model
 
 from pscsync import clock
 from pscsync.audit import audit_record
-from pscsync.models import Archive, Attempt, Event, Handoff, LegalEntity
+from pscsync.models import Archive, Attempt, Event, Handoff, LegalEntity, Step
 
 # Handoffs whose attempts needed a person or were rejected (dashboards.facts.EXCEPTION_OUTCOMES).
 EXCEPTION_OUTCOMES = ("validation", "mapping", "rejected")
@@ -146,11 +146,29 @@ def _file_fields(name: str) -> tuple[str, ...]:
     return WHOLE[name][0]
 
 
+# Step ids per statement: well inside PostgreSQL's 65,535 parameters and SQLite's 32,766.
+STEP_IDS = 10_000
+
+
+def _steps_of(handoff_ids: list[int]) -> Iterator[list[int]]:
+    """The ids of these handoffs' steps, in lists of at most STEP_IDS. Attempts are picked by these
+    ids, not by a join to steps: the join made PostgreSQL hash every monthly partition of attempts
+    (a sequential scan of all 4.9 million rows for each chunk of the 1M firm: 2.0 s), where a
+    list of ids is an index scan in each partition (0.45 s, planning included)."""
+    ids = list(Step.objects.filter(handoff_id__in=handoff_ids).order_by("pk").values_list("pk", flat=True))
+    for i in range(0, len(ids), STEP_IDS):
+        yield ids[i : i + STEP_IDS]
+
+
 def _rows(model: type[Model], fields: tuple[str, ...], handoff_ids: list[int]) -> Iterator[dict[str, Any]]:
-    link = "handoff_id__in" if model is Event else "step__handoff_id__in"
     for i in range(0, len(handoff_ids), CHUNK):
         chunk = handoff_ids[i : i + CHUNK]
-        yield from model._default_manager.filter(**{link: chunk}).order_by("pk").values("pk", *fields).iterator(CHUNK)
+        if model is Event:
+            yield from Event.objects.filter(handoff_id__in=chunk).order_by("pk").values("pk", *fields).iterator(CHUNK)
+            continue
+        for steps in _steps_of(chunk):
+            rows = model._default_manager.filter(step_id__in=steps)
+            yield from rows.order_by("pk").values("pk", *fields).iterator(CHUNK)
 
 
 def _sha256(path: Path) -> str:
@@ -220,10 +238,19 @@ def archive_month(*, entity: LegalEntity, month: Month, actor: User | None, acto
             for i in range(0, len(ids), CHUNK):
                 chunk = ids[i : i + CHUNK]
                 Event.objects.filter(handoff_id__in=chunk).update(**{f: EMPTY[f] for f in FILES["events"][1]})
-                Attempt.objects.filter(step__handoff_id__in=chunk).update(**{f: EMPTY[f] for f in FILES["attempts"][1]})
-                # What the facts read from attempts (pscsync.partitions may drop them later).
-                flagged = Attempt.objects.filter(step__handoff_id__in=chunk, outcome__in=EXCEPTION_OUTCOMES)
-                Handoff.objects.filter(pk__in=flagged.values("step__handoff_id")).update(attempts_flagged=True)
+                flagged: set[int] = set()
+                for steps in _steps_of(chunk):
+                    Attempt.objects.filter(step_id__in=steps).update(**{f: EMPTY[f] for f in FILES["attempts"][1]})
+                    # What the facts read from attempts (pscsync.partitions may drop them later).
+                    flagged.update(
+                        Attempt.objects.filter(step_id__in=steps, outcome__in=EXCEPTION_OUTCOMES).values_list(
+                            "step_id", flat=True
+                        )
+                    )
+                if flagged:
+                    Handoff.objects.filter(pk__in=Step.objects.filter(pk__in=flagged).values("handoff_id")).update(
+                        attempts_flagged=True
+                    )
                 Handoff.objects.filter(pk__in=chunk).update(archive=archive)
             audit_record(
                 actor=actor,
