@@ -34,7 +34,7 @@ from django.db import connection as db
 from connectors.base import InboundChange
 from connectors.models import Connection, PollCursor
 from ops.tracing import current_traceparent, event_route_span, handoff_trace_fields
-from pscsync import clock
+from pscsync import clock, statements
 from pscsync.dispatch import events_ring, events_take, events_wake, handoffs_publish
 from pscsync.flows import flow_get
 from pscsync.flows.triggers import change_route
@@ -443,7 +443,7 @@ def _insert_new(events: list[Event]) -> dict[str, int]:
         return {}
     params: list[Any] = []
     for event in first.values():
-        params += [f.get_db_prep_save(f.pre_save(event, True), connection=db) for f in _STORED]
+        params += statements.prepared(event, _STORED_NAMES)[1]
     if db.vendor != "postgresql":
         return _insert_new_plain(list(first.values()), params)
     with db.cursor() as cursor:
@@ -452,6 +452,7 @@ def _insert_new(events: list[Event]) -> dict[str, int]:
 
 
 _STORED = [f for f in Event._meta.concrete_fields if not f.primary_key]
+_STORED_NAMES = [f.name for f in _STORED]
 
 
 @functools.cache
@@ -460,9 +461,10 @@ def _insert_sql(rows: int) -> str:
     key and event take the columns' own types; every value is a parameter."""
     quote = db.ops.quote_name
     table, keys = quote(Event._meta.db_table), quote(EventKey._meta.db_table)
-    columns = ", ".join(quote(str(f.column)) for f in _STORED)
-    taken = ", ".join(f"v.{quote(str(f.column))}" for f in _STORED)
-    row = "(" + ", ".join(f"CAST(%s AS {f.db_type(db)})" for f in _STORED) + ")"
+    typed = statements.columns(Event, _STORED_NAMES)
+    columns = ", ".join(column for column, _ in typed)
+    taken = ", ".join(f"v.{column}" for column, _ in typed)
+    row = "(" + ", ".join(placeholder for _, placeholder in typed) + ")"
     return (
         f"WITH v ({columns}) AS (VALUES {', '.join([row] * rows)}), "  # noqa: S608  # nosec B608  # names from the models
         f"k AS (INSERT INTO {keys} (connection_id, source_event_id, event_id, received_at) "

@@ -46,6 +46,11 @@ def _fields(model: type, names: Sequence[str]) -> tuple[list[tuple[str, str]], l
     return found
 
 
+def columns(model: type, names: Sequence[str]) -> list[tuple[str, str]]:
+    """(quoted column, "%s::type") of each named field of the model, worked out once per process."""
+    return _fields(model, names)[0]
+
+
 def prepared(obj: Any, names: Sequence[str]) -> tuple[list[tuple[str, str]], list[Any]]:
     """(quoted column, "%s::type") and the database value of each named field of obj."""
     columns, fields = _fields(type(obj), names)
